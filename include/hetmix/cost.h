@@ -1,0 +1,68 @@
+/* The one cost model of hetmix: time of point-to-point transfers and collectives over a link,
+ * used by both the planner (src/plan) and hmcomm's algorithm tuner (src/comm).
+ *
+ * Alpha-beta-gamma model: a message of b bytes over a link takes latency + b / bandwidth; a
+ * reduction of b bytes costs b / reduce_bw on the reducing process. Collective costs use the
+ * textbook step counts of each algorithm; bytes is always the whole array (as busbw is defined).
+ * A measured profile overrides the link figures; the formulas stay here. */
+#ifndef HETMIX_COST_H
+#define HETMIX_COST_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct hm_link {
+  double bandwidth;  /* bytes per second, one direction */
+  double latency;    /* seconds per message */
+  double reduce_bw;  /* bytes per second a rank can reduce (0 = free) */
+} hm_link;
+
+typedef enum hm_coll_kind {
+  HM_COLL_ALLREDUCE = 0,
+  HM_COLL_REDUCE,
+  HM_COLL_BROADCAST,
+  HM_COLL_REDUCE_SCATTER,
+  HM_COLL_ALLGATHER,
+  HM_COLL_ALLTOALL,
+  HM_COLL_GATHER,
+  HM_COLL_SCATTER,
+  HM_COLL_BARRIER,
+  HM_COLL_KIND_COUNT
+} hm_coll_kind;
+
+typedef enum hm_coll_algo {
+  HM_ALGO_RING = 0,          /* bandwidth-optimal */
+  HM_ALGO_RECURSIVE_DOUBLING, /* latency-optimal for small messages */
+  HM_ALGO_TREE,              /* binomial tree (rooted collectives, small allreduce) */
+  HM_ALGO_COUNT
+} hm_coll_algo;
+
+const char *hm_coll_kind_name(hm_coll_kind k);
+const char *hm_coll_algo_name(hm_coll_algo a);  /* "ring", "rd", "tree" */
+/* Parses "ring" | "rd" | "tree"; returns -1 for anything else. */
+int hm_coll_algo_parse(const char *s);
+
+/* latency + bytes / bandwidth. */
+double hm_cost_p2p(const hm_link *link, double bytes);
+
+/* Predicted seconds for one collective of `bytes` (the whole array) over nranks equal links.
+ * Returns a negative value when the algorithm does not implement that collective. */
+double hm_cost_collective(hm_coll_kind kind, hm_coll_algo algo, int nranks, double bytes,
+                          const hm_link *link);
+
+/* The algorithm with the lowest predicted time (ties go to the lower enum value), so every rank
+ * given the same inputs picks the same one. *seconds may be NULL. */
+hm_coll_algo hm_cost_best_algo(hm_coll_kind kind, int nranks, double bytes, const hm_link *link,
+                               double *seconds);
+
+/* busbw factor of DESIGN.md: allreduce 2(n-1)/n; reduce_scatter, allgather, alltoall (n-1)/n;
+ * broadcast, reduce 1; gather, scatter (n-1)/n. */
+double hm_busbw_factor(hm_coll_kind kind, int nranks);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

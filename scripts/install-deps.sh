@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that hetmix's build, tests and benchmarks use.
+# Idempotent: packages already present are not touched, apt-get update runs only when something is missing.
+set -euo pipefail
+
+pkgs=(
+  build-essential cmake pkg-config git
+  libopenblas-dev libcmocka-dev libcjson-dev libzstd-dev
+  openmpi-bin libopenmpi-dev
+  clang libclang-rt-14-dev
+  python3 python3-numpy python3-torch
+  fortunes fortunes-min
+  procps psmisc
+)
+if [ "${HETMIX_WITH_SLURM:-0}" = 1 ]; then
+  pkgs+=(slurm-wlm slurmctld slurmd slurm-client munge)
+fi
+
+missing=()
+for p in "${pkgs[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+echo "install-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Builds hetmix and runs its whole test suite: first an optimized build, then the same tests
+# under AddressSanitizer + UndefinedBehaviorSanitizer (tests labelled `nosan` or `slow` skipped).
+#   scripts/test.sh            install missing Debian packages, build, test (both passes)
+#   scripts/test.sh --quick    optimized pass only
+# Extra arguments after `--` go to ctest (e.g. `-- -R comm`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0
+ctest_args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) quick=1 ;;
+    --) shift; ctest_args=("$@"); break ;;
+    *) echo "usage: scripts/test.sh [--quick] [-- ctest args]" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+bash scripts/install-deps.sh
+
+# Open MPI refuses root unless told; tests run oversubscribed on small machines.
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+jobs=$(nproc)
+tjobs=${HETMIX_TEST_JOBS:-1}
+
+cmake -S . -B build/release -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build/release -j"$jobs"
+ctest --test-dir build/release --output-on-failure -j"$tjobs" "${ctest_args[@]}"
+
+if [ "$quick" = 0 ]; then
+  cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DHETMIX_SANITIZE=ON -DHETMIX_BENCH=OFF >/dev/null
+  cmake --build build/asan -j"$jobs"
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+    ctest --test-dir build/asan --output-on-failure -j"$tjobs" -LE 'nosan|slow' "${ctest_args[@]}"
+fi

@@ -1,0 +1,28 @@
+/* The `hetmix` command: one function per subcommand, each in its own file (cmd_*.c).
+ * Subcommands return the process exit status; only the CLI prints errors and exits. */
+#ifndef HETMIX_CLI_H
+#define HETMIX_CLI_H
+
+#include "hetmix/status.h"
+
+/* Prints "hetmix: error: <message>" and, when hint is non-NULL, "hint: <hint>" to stderr;
+ * returns 1 (the exit status for errors). */
+int hm_cli_fail(const char *hint, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+/* Same, with the message of a failed library call: "<what>: <hm_last_error()>". */
+int hm_cli_fail_status(hm_status st, const char *what, const char *hint);
+
+int hm_cmd_train(int argc, char **argv);     /* cmd_train.c */
+int hm_cmd_sample(int argc, char **argv);    /* cmd_sample.c */
+int hm_cmd_prepare(int argc, char **argv);   /* cmd_prepare.c */
+int hm_cmd_plan(int argc, char **argv);      /* cmd_plan.c */
+int hm_cmd_simulate(int argc, char **argv);  /* cmd_plan.c */
+int hm_cmd_profile(int argc, char **argv);   /* cmd_launch.c */
+int hm_cmd_launch(int argc, char **argv);    /* cmd_launch.c */
+int hm_cmd_worker(int argc, char **argv);    /* cmd_launch.c */
+int hm_cmd_bench(int argc, char **argv);     /* cmd_bench.c: `hetmix bench comm ...` */
+
+#endif

@@ -1,0 +1,140 @@
+/* Alpha-beta-gamma cost functions shared by the planner and hmcomm's tuner (see cost.h).
+ * Step counts are the standard ones (Thakur, Rabenseifner, Gropp 2005). */
+#include "hetmix/cost.h"
+
+#include <math.h>
+#include <string.h>
+
+static const char *const kind_names[HM_COLL_KIND_COUNT] = {
+    "allreduce", "reduce", "broadcast", "reduce_scatter", "allgather",
+    "alltoall",  "gather", "scatter",   "barrier"};
+static const char *const algo_names[HM_ALGO_COUNT] = {"ring", "rd", "tree"};
+
+const char *hm_coll_kind_name(hm_coll_kind k) {
+  return (k >= 0 && k < HM_COLL_KIND_COUNT) ? kind_names[k] : "unknown";
+}
+
+const char *hm_coll_algo_name(hm_coll_algo a) {
+  return (a >= 0 && a < HM_ALGO_COUNT) ? algo_names[a] : "unknown";
+}
+
+int hm_coll_algo_parse(const char *s) {
+  if (!s) return -1;
+  for (int a = 0; a < HM_ALGO_COUNT; a++)
+    if (strcmp(s, algo_names[a]) == 0) return a;
+  if (strcmp(s, "recursive_doubling") == 0) return HM_ALGO_RECURSIVE_DOUBLING;
+  return -1;
+}
+
+double hm_cost_p2p(const hm_link *link, double bytes) {
+  return link->latency + (link->bandwidth > 0 ? bytes / link->bandwidth : 0.0);
+}
+
+static double reduce_time(const hm_link *l, double bytes) {
+  return l->reduce_bw > 0 ? bytes / l->reduce_bw : 0.0;
+}
+
+static int ceil_log2(int n) {
+  int k = 0;
+  while ((1 << k) < n) k++;
+  return k;
+}
+
+double hm_cost_collective(hm_coll_kind kind, hm_coll_algo algo, int nranks, double bytes,
+                          const hm_link *l) {
+  if (nranks <= 1) return 0.0;
+  const double n = nranks, a = l->latency;
+  const double b = l->bandwidth > 0 ? 1.0 / l->bandwidth : 0.0;
+  const int lg = ceil_log2(nranks);
+  const int pow2 = (1 << lg) == nranks;
+  switch (algo) {
+    case HM_ALGO_RING:
+      switch (kind) {
+        case HM_COLL_ALLREDUCE:
+          return 2 * (n - 1) * a + 2 * (n - 1) / n * bytes * b + (n - 1) / n * reduce_time(l, bytes);
+        case HM_COLL_REDUCE_SCATTER:
+          return (n - 1) * a + (n - 1) / n * bytes * b + (n - 1) / n * reduce_time(l, bytes);
+        case HM_COLL_ALLGATHER:
+        case HM_COLL_ALLTOALL:
+          return (n - 1) * a + (n - 1) / n * bytes * b;
+        case HM_COLL_BROADCAST:  /* pipelined chain: roughly (n-1) hops of latency plus one copy */
+          return (n - 1) * a + bytes * b;
+        case HM_COLL_REDUCE:
+          return (n - 1) * a + bytes * b + reduce_time(l, bytes);
+        case HM_COLL_GATHER:
+        case HM_COLL_SCATTER:
+          return (n - 1) * a + (n - 1) / n * bytes * b;
+        case HM_COLL_BARRIER:
+          return 2 * (n - 1) * a;
+        default:
+          return -1.0;
+      }
+    case HM_ALGO_RECURSIVE_DOUBLING: {
+      /* non-power-of-two sizes fold the extra ranks in and out: two more steps */
+      const double extra = pow2 ? 0.0 : 2.0;
+      switch (kind) {
+        case HM_COLL_ALLREDUCE:
+          return (lg + extra) * a + (lg + extra) * bytes * b + lg * reduce_time(l, bytes);
+        case HM_COLL_ALLGATHER:
+          return (lg + extra) * a + (n - 1) / n * bytes * b + extra * bytes * b;
+        case HM_COLL_REDUCE_SCATTER:
+          return (lg + extra) * a + (n - 1) / n * bytes * b + extra * bytes * b +
+                 (n - 1) / n * reduce_time(l, bytes);
+        case HM_COLL_BARRIER:
+          return (lg + extra) * a;
+        default:
+          return -1.0;
+      }
+    }
+    case HM_ALGO_TREE:
+      switch (kind) {
+        case HM_COLL_BROADCAST:
+          return lg * (a + bytes * b);
+        case HM_COLL_REDUCE:
+          return lg * (a + bytes * b + reduce_time(l, bytes));
+        case HM_COLL_ALLREDUCE:  /* reduce then broadcast */
+          return 2 * lg * (a + bytes * b) + lg * reduce_time(l, bytes);
+        case HM_COLL_GATHER:
+        case HM_COLL_SCATTER:
+          return lg * a + (n - 1) / n * bytes * b;
+        case HM_COLL_BARRIER:
+          return 2 * lg * a;
+        default:
+          return -1.0;
+      }
+    default:
+      return -1.0;
+  }
+}
+
+hm_coll_algo hm_cost_best_algo(hm_coll_kind kind, int nranks, double bytes, const hm_link *link,
+                               double *seconds) {
+  hm_coll_algo best = HM_ALGO_RING;
+  double best_t = INFINITY;
+  for (int a = 0; a < HM_ALGO_COUNT; a++) {
+    double t = hm_cost_collective(kind, (hm_coll_algo)a, nranks, bytes, link);
+    if (t >= 0 && t < best_t) {
+      best_t = t;
+      best = (hm_coll_algo)a;
+    }
+  }
+  if (seconds) *seconds = best_t;
+  return best;
+}
+
+double hm_busbw_factor(hm_coll_kind kind, int nranks) {
+  const double n = nranks;
+  if (nranks <= 1) return kind == HM_COLL_ALLREDUCE ? 0.0 : 1.0;
+  switch (kind) {
+    case HM_COLL_ALLREDUCE:
+      return 2 * (n - 1) / n;
+    case HM_COLL_REDUCE_SCATTER:
+    case HM_COLL_ALLGATHER:
+    case HM_COLL_ALLTOALL:
+    case HM_COLL_GATHER:
+    case HM_COLL_SCATTER:
+      return (n - 1) / n;
+    default:
+      return 1.0;
+  }
+}

@@ -1,0 +1,58 @@
+/* The shared cost model: formulas at known points, busbw factors, deterministic best choice. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
+
+#include "hetmix/cost.h"
+
+static const hm_link lan = {.bandwidth = 1e9, .latency = 1e-5, .reduce_bw = 0};
+
+static void test_p2p(void **state) {
+  (void)state;
+  assert_true(fabs(hm_cost_p2p(&lan, 1e6) - (1e-5 + 1e-3)) < 1e-15);
+}
+
+static void test_ring_allreduce_formula(void **state) {
+  (void)state;
+  /* 2(n-1) alpha + 2(n-1)/n * bytes / bw */
+  double t = hm_cost_collective(HM_COLL_ALLREDUCE, HM_ALGO_RING, 4, 4e6, &lan);
+  assert_true(fabs(t - (6 * 1e-5 + 1.5 * 4e6 / 1e9)) < 1e-12);
+  assert_true(hm_cost_collective(HM_COLL_ALLREDUCE, HM_ALGO_RING, 1, 4e6, &lan) == 0.0);
+}
+
+static void test_best_algo_by_size(void **state) {
+  (void)state;
+  /* tiny messages: latency-bound, recursive doubling wins; large: ring wins */
+  assert_int_equal(hm_cost_best_algo(HM_COLL_ALLREDUCE, 8, 8, &lan, NULL), HM_ALGO_RECURSIVE_DOUBLING);
+  assert_int_equal(hm_cost_best_algo(HM_COLL_ALLREDUCE, 8, 64e6, &lan, NULL), HM_ALGO_RING);
+  /* unsupported combination is negative, never chosen */
+  assert_true(hm_cost_collective(HM_COLL_ALLTOALL, HM_ALGO_TREE, 4, 1e3, &lan) < 0);
+}
+
+static void test_busbw_factors(void **state) {
+  (void)state;
+  assert_true(fabs(hm_busbw_factor(HM_COLL_ALLREDUCE, 4) - 1.5) < 1e-15);
+  assert_true(fabs(hm_busbw_factor(HM_COLL_ALLGATHER, 4) - 0.75) < 1e-15);
+  assert_true(fabs(hm_busbw_factor(HM_COLL_BROADCAST, 4) - 1.0) < 1e-15);
+}
+
+static void test_algo_names_roundtrip(void **state) {
+  (void)state;
+  for (int a = 0; a < HM_ALGO_COUNT; a++)
+    assert_int_equal(hm_coll_algo_parse(hm_coll_algo_name((hm_coll_algo)a)), a);
+  assert_int_equal(hm_coll_algo_parse("bogus"), -1);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_p2p),
+      cmocka_unit_test(test_ring_allreduce_formula),
+      cmocka_unit_test(test_best_algo_by_size),
+      cmocka_unit_test(test_busbw_factors),
+      cmocka_unit_test(test_algo_names_roundtrip),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
