@@ -31,12 +31,6 @@ static int contains_ci(const char *hay, const char *needle) {
 }
 
 /* ---- invalid arguments ---- */
-typedef struct argcase {
-  const char *name;      /* what is wrong */
-  const char *names[3];  /* the message must contain one of these */
-  hm_status st;
-} argcase;
-
 static int expect_invalid(hm_rank_ctx *ctx, hm_status st, const char *what, const char *k1,
                           const char *k2) {
   const char *msg = hm_last_error();
@@ -52,7 +46,6 @@ static int rank_invalid_args(hm_rank_ctx *ctx) {
   hm_comm_t c = ctx->comm;
   int n = ctx->nranks, f = 0;
   float a[8] = {0}, b[8 * 4] = {0};
-  hm_request_t req = NULL;
   f += expect_invalid(ctx, hm_comm_allreduce(c, NULL, b, 8, HM_FLOAT32, HM_SUM), "NULL sendbuf", "sendbuf", "send");
   f += expect_invalid(ctx, hm_comm_allreduce(c, a, NULL, 8, HM_FLOAT32, HM_SUM), "NULL recvbuf", "recvbuf", "recv");
   f += expect_invalid(ctx, hm_comm_allreduce(c, a, b, 8, HM_DTYPE_COUNT, HM_SUM), "dtype out of range", "dtype", "type");
@@ -74,7 +67,6 @@ static int rank_invalid_args(hm_rank_ctx *ctx) {
     /* Overlapping but not the in-place layout NCCL defines. */
     f += expect_invalid(ctx, hm_comm_allreduce(c, b, b + 1, 8, HM_FLOAT32, HM_SUM),
                         "partly overlapping buffers", "overlap", "buf");
-  (void)req;
   /* Bad calls must not disturb the communicator: a real collective still works. */
   int32_t x = ctx->rank + 1, y = 0;
   hm_status st = hm_comm_allreduce(c, &x, &y, 1, HM_INT32, HM_SUM);
@@ -189,7 +181,21 @@ typedef struct auth_shared {
   volatile int intruder_status;
   volatile int garbage_closed;
   volatile int idle_ok;
+  volatile int log_len;
+  char log[8192]; /* warnings the store host logged (rank 0) */
 } auth_shared;
+
+/* Log hook of the store host: keeps warnings and errors (refusals name the peer's address). */
+static void keep_log(int level, const char *msg, void *arg) {
+  auth_shared *sh = arg;
+  if (level > 1) return;
+  size_t len = (size_t)sh->log_len, n = strlen(msg);
+  if (len + n + 2 >= sizeof sh->log) return;
+  memcpy(sh->log + len, msg, n);
+  sh->log[len + n] = '\n';
+  sh->log[len + n + 1] = '\0';
+  sh->log_len = (int)(len + n + 1);
+}
 
 static int g_store_port;
 #define AUTH_NRANKS 3
@@ -266,6 +272,7 @@ static int rank_auth(hm_rank_ctx *ctx) {
       f += hm_rank_fail(ctx, "wrong secret: init returned %s, expected auth", hm_status_name(st));
     return f != 0;
   }
+  if (ctx->rank == 0) hm_comm_set_log_hook(keep_log, sh);
   set_env_for(ctx->rank, "the-real-secret-0123456789");
   hm_comm_config cfg = HM_COMM_CONFIG_INIT;
   cfg.timeout_ms = 20000;
@@ -282,6 +289,15 @@ static int rank_auth(hm_rank_ctx *ctx) {
   hm_comm_destroy(c);
   if (st != HM_OK) return hm_rank_fail(ctx, "allreduce: %s: %s", hm_status_name(st), hm_last_error());
   if (y != (1 << AUTH_NRANKS) - 1) return hm_rank_fail(ctx, "allreduce sum %d", y);
+  if (ctx->rank == 0) {
+    hm_comm_set_log_hook(NULL, NULL);
+    snprintf(ctx->msg, sizeof ctx->msg, "%s", sh->log);
+    if (!strstr(sh->log, "127.0.0.1")) {
+      ctx->msg[0] = '\0';
+      return hm_rank_fail(ctx, "no refusal naming the intruder's address 127.0.0.1 was logged "
+                               "(warnings seen: '%s')", sh->log);
+    }
+  }
   return 0;
 }
 
@@ -295,6 +311,7 @@ static void test_unauthenticated_refused(void **state) {
   int failed = hm_ranks_run(&o, rank_auth, NULL, res, diag, sizeof diag);
   if (failed < 0) fail_msg("harness: %s", hm_last_error());
   printf("# wrong-secret process was told: %s\n", res[AUTH_NRANKS].msg);
+  printf("# the store host logged:\n%s", res[0].msg);
   if (failed) printf("%s", diag);
   assert_int_equal(failed, 0);
 }
