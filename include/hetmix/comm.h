@@ -164,6 +164,12 @@ hm_status hm_request_test(hm_request_t req, int *done);
 /* Waits up to the communicator's timeout; frees the request. */
 hm_status hm_request_wait(hm_request_t req);
 
+/* Diagnostics (refused connections with the peer's address, dead peers, bootstrap steps) go
+ * to this hook, level 0 error .. 3 debug; HETMIX_LOG=error|warn|info|debug also prints them to
+ * stderr. Errors themselves are always returned as hm_status, never only logged. */
+typedef void (*hm_comm_log_fn)(int level, const char *msg, void *arg);
+void hm_comm_set_log_hook(hm_comm_log_fn fn, void *arg);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,669 @@
+/* hmcomm API entry points: argument checks (naming the argument), operation descriptors,
+ * issue-order execution, nonblocking requests, groups.
+ *
+ * Execution: a blocking call with nothing queued runs in the caller's thread (the low-latency
+ * path: no hand-off). Nonblocking calls go to a per-communicator progress thread, started on
+ * first use, that runs the queue in issue order; a blocking call issued behind queued work waits
+ * its turn. Consecutive point-to-point operations in the queue or in a group run as one set of
+ * transfers, so any send/receive pattern completes. One thread issues calls on a communicator at
+ * a time (as with NCCL); abort() may come from any thread. */
+#include <errno.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "comm/comm_internal.h"
+#include "util/util.h"
+
+struct hm_request {
+  hm_comm_t comm;
+  int is_p2p;
+  hm_coll_args a;      /* collectives */
+  int peer, is_send;   /* point to point */
+  void *buf;
+  size_t bytes, count;
+  hm_dtype dt;
+  hm_status status;
+  char err[512];
+  _Atomic int done;
+  int is_request;      /* the caller holds it (free on wait), else the submitter frees it */
+  int orphan;          /* its waiter gave up (abort): whoever finishes it frees it */
+  hm_op *next;
+};
+
+static _Thread_local int g_group_depth;
+static _Thread_local hm_op *g_group_head, *g_group_tail;
+
+/* ---- checks ---- */
+static hm_status comm_state(hm_comm_t c, const char *fn) {
+  if (!c) return hm_error(HM_ERR_INVALID_ARG, "%s: comm is NULL", fn);
+  if (atomic_load_explicit(&c->aborted, memory_order_relaxed))
+    return hm_error(HM_ERR_ABORTED, "%s: rank %d: communicator was aborted", fn, c->rank);
+  int b = atomic_load_explicit(&c->broken, memory_order_acquire);
+  if (b != HM_OK) {
+    pthread_mutex_lock(&c->err_mu);
+    hm_error((hm_status)b, "%s: communicator is broken by an earlier error: %s", fn, c->broken_msg);
+    pthread_mutex_unlock(&c->err_mu);
+    return (hm_status)b;
+  }
+  return HM_OK;
+}
+
+static hm_status check_dtype(const char *fn, hm_dtype dt) {
+  if ((int)dt < 0 || dt >= HM_DTYPE_COUNT)
+    return hm_error(HM_ERR_INVALID_ARG, "%s: dtype %d is not a valid hm_dtype", fn, (int)dt);
+  return HM_OK;
+}
+
+static hm_status check_op(const char *fn, hm_redop op) {
+  if ((int)op < 0 || op >= HM_REDOP_COUNT)
+    return hm_error(HM_ERR_INVALID_ARG, "%s: op %d is not a valid hm_redop", fn, (int)op);
+  return HM_OK;
+}
+
+static hm_status check_bytes(const char *fn, size_t count, size_t mult, hm_dtype dt, size_t *bytes) {
+  size_t es = hm_dtype_size(dt);
+  if (count > ((size_t)1 << 40) / es / (mult ? mult : 1))
+    return hm_error(HM_ERR_INVALID_ARG, "%s: count %zu is too large", fn, count);
+  *bytes = count * es * mult;
+  return HM_OK;
+}
+
+static hm_status check_buf(const char *fn, const void *p, const char *name, size_t bytes) {
+  if (!p && bytes) return hm_error(HM_ERR_INVALID_ARG, "%s: %s is NULL with %zu bytes to move", fn, name, bytes);
+  return HM_OK;
+}
+
+static int overlap(const void *a, size_t an, const void *b, size_t bn) {
+  const char *x = a, *y = b;
+  return an && bn && x < y + bn && y < x + an;
+}
+
+static hm_status check_root(const char *fn, hm_comm_t c, int root) {
+  if (root < 0 || root >= c->nranks)
+    return hm_error(HM_ERR_INVALID_ARG, "%s: root %d out of range [0, %d)", fn, root, c->nranks);
+  return HM_OK;
+}
+
+/* ---- execution ---- */
+/* Sends to and receives from this rank itself pair up in issue order within one batch. */
+static hm_status exec_self(hm_op **ops, int n) {
+  hm_comm_t c = ops[0]->comm;
+  int si = 0, ri = 0;
+  for (;;) {
+    while (si < n && !(ops[si]->peer == c->rank && ops[si]->is_send)) si++;
+    while (ri < n && !(ops[ri]->peer == c->rank && !ops[ri]->is_send)) ri++;
+    if (si == n && ri == n) return HM_OK;
+    if (si == n || ri == n)
+      return hm_error(HM_ERR_INVALID_ARG, "rank %d: a %s to this rank itself has no matching %s in the same group",
+                      c->rank, si < n ? "send" : "receive", si < n ? "receive" : "send");
+    hm_op *s = ops[si++], *r = ops[ri++];
+    if (s->bytes != r->bytes || s->dt != r->dt)
+      return hm_error(HM_ERR_MISMATCH, "rank %d: send to self of %zu x %s but receive of %zu x %s", c->rank,
+                      s->count, hm_dtype_name(s->dt), r->count, hm_dtype_name(r->dt));
+    if (s->bytes && s->buf != r->buf) memmove(r->buf, s->buf, s->bytes);
+  }
+}
+
+static hm_status exec_p2p_batch(hm_op **ops, int n) {
+  hm_comm_t c = ops[0]->comm;
+  hm_xfer stack[16];
+  hm_xfer *x = n <= 16 ? stack : hm_malloc(sizeof(hm_xfer) * (size_t)n, "p2p transfers");
+  if (!x) return HM_ERR_NOMEM;
+  int nx = 0, nself = 0;
+  for (int i = 0; i < n; i++) {
+    hm_op *o = ops[i];
+    if (o->peer == c->rank) {
+      nself++;
+      continue;
+    }
+    hm_desc d = {HM_DESC_P2P, (int)o->dt, 0, -1, o->count};
+    hm_peer *p = &c->peers[o->peer];
+    if (o->is_send)
+      hm_xfer_send(&x[nx++], o->peer, o->buf, o->bytes, p->send_p2p_seq++, hm_desc_pack(&d));
+    else
+      hm_xfer_recv(&x[nx++], o->peer, o->buf, o->bytes, p->recv_p2p_seq++, hm_desc_pack(&d));
+  }
+  hm_status st = nself ? exec_self(ops, n) : HM_OK;
+  hm_xctx cx = {c, HM_UINT8, HM_SUM}; /* copies only: byte granularity */
+  if (st == HM_OK && nx) st = hm_xfer_run(&cx, x, nx);
+  if (x != stack) free(x);
+  return st;
+}
+
+/* Runs ops[0..n) (one collective, or point-to-point ops of one communicator). */
+static hm_status exec_ops(hm_op **ops, int n) {
+  hm_comm_t c = ops[0]->comm;
+  hm_status st = comm_state(c, ops[0]->is_p2p ? "send/recv" : hm_coll_kind_name(ops[0]->a.kind));
+  if (st == HM_OK) st = ops[0]->is_p2p ? exec_p2p_batch(ops, n) : hm_coll_execute(c, &ops[0]->a);
+  if (st != HM_OK && st != HM_ERR_ABORTED && atomic_load(&c->broken) == HM_OK)
+    hm_comm_fail(c, st, 1); /* tell the peers, so they do not wait for this rank */
+  return st;
+}
+
+static void finish(hm_op *o, hm_status st) {
+  o->status = st;
+  if (st != HM_OK) hm_strcpy(o->err, sizeof o->err, hm_last_error());
+}
+
+static void *progress_main(void *arg) {
+  hm_comm_t c = arg;
+  hm_op *batch[64];
+  pthread_mutex_lock(&c->q_mu);
+  for (;;) {
+    while (!c->q_head && !c->q_stop) pthread_cond_wait(&c->q_cv, &c->q_mu);
+    if (!c->q_head) break;
+    int n = 0;
+    batch[n++] = c->q_head;
+    c->q_head = c->q_head->next;
+    while (batch[0]->is_p2p && c->q_head && c->q_head->is_p2p && n < 64) {
+      batch[n++] = c->q_head;
+      c->q_head = c->q_head->next;
+    }
+    if (!c->q_head) c->q_tail = NULL;
+    pthread_mutex_unlock(&c->q_mu);
+    hm_status st = exec_ops(batch, n);
+    pthread_mutex_lock(&c->q_mu);
+    for (int i = 0; i < n; i++) {
+      finish(batch[i], st);
+      atomic_store(&batch[i]->done, 1);
+      if (batch[i]->orphan) free(batch[i]);
+      atomic_fetch_sub(&c->q_pending, 1);
+    }
+    pthread_cond_broadcast(&c->q_cv);
+  }
+  pthread_mutex_unlock(&c->q_mu);
+  return NULL;
+}
+
+static hm_status enqueue(hm_comm_t c, hm_op *o) {
+  pthread_mutex_lock(&c->q_mu);
+  if (!c->q_thread_started) {
+    if (pthread_create(&c->q_thread, NULL, progress_main, c) != 0) {
+      pthread_mutex_unlock(&c->q_mu);
+      return hm_error(HM_ERR_INTERNAL, "rank %d: cannot start the progress thread", c->rank);
+    }
+    c->q_thread_started = 1;
+  }
+  o->next = NULL;
+  if (c->q_tail) c->q_tail->next = o; else c->q_head = o;
+  c->q_tail = o;
+  atomic_fetch_add(&c->q_pending, 1);
+  pthread_cond_broadcast(&c->q_cv);
+  pthread_mutex_unlock(&c->q_mu);
+  return HM_OK;
+}
+
+/* Waits for a queued op. On abort the op is left to the progress thread (orphan) and
+ * *freed_by_thread says so. */
+static hm_status wait_op(hm_op *o, int *orphaned) {
+  hm_comm_t c = o->comm;
+  *orphaned = 0;
+  for (int i = 0; i < 2000 && !atomic_load(&o->done); i++) sched_yield();
+  pthread_mutex_lock(&c->q_mu);
+  while (!atomic_load(&o->done)) {
+    if (atomic_load(&c->aborted)) {
+      o->orphan = 1;
+      *orphaned = 1;
+      pthread_mutex_unlock(&c->q_mu);
+      return hm_error(HM_ERR_ABORTED, "rank %d: communicator aborted while waiting", c->rank);
+    }
+    /* each queued op ends by its own deadline; this wakes up for abort */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 10 * 1000000;
+    if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+    pthread_cond_timedwait(&c->q_cv, &c->q_mu, &ts);
+  }
+  pthread_mutex_unlock(&c->q_mu);
+  if (o->status != HM_OK) hm_error(o->status, "%s", o->err);
+  return o->status;
+}
+
+/* Waits until nothing is queued (before a group runs in the caller's thread). */
+static hm_status quiesce(hm_comm_t c) {
+  if (atomic_load(&c->q_pending) == 0) return HM_OK;
+  pthread_mutex_lock(&c->q_mu);
+  while (atomic_load(&c->q_pending) != 0 && !atomic_load(&c->aborted)) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 10 * 1000000;
+    if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+    pthread_cond_timedwait(&c->q_cv, &c->q_mu, &ts);
+  }
+  pthread_mutex_unlock(&c->q_mu);
+  return atomic_load(&c->aborted) ? hm_error(HM_ERR_ABORTED, "rank %d: communicator aborted", c->rank) : HM_OK;
+}
+
+void hm_comm_stop_progress(hm_comm_t c) {
+  pthread_mutex_lock(&c->q_mu);
+  c->q_stop = 1;
+  pthread_cond_broadcast(&c->q_cv);
+  int started = c->q_thread_started;
+  pthread_mutex_unlock(&c->q_mu);
+  if (started) pthread_join(c->q_thread, NULL);
+  c->q_thread_started = 0;
+}
+
+/* Issues an op built on the caller's stack: in a group it is recorded; with nothing queued and
+ * no request wanted it runs right here; otherwise it is queued (and waited for if blocking). */
+static hm_status submit(hm_op *tmpl, hm_request_t *req) {
+  hm_comm_t c = tmpl->comm;
+  if (!req && g_group_depth == 0 && atomic_load_explicit(&c->q_pending, memory_order_acquire) == 0) {
+    hm_op *one = tmpl;
+    return exec_ops(&one, 1);
+  }
+  hm_op *o = hm_malloc(sizeof *o, "operation");
+  if (!o) return HM_ERR_NOMEM;
+  *o = *tmpl;
+  o->is_request = req != NULL;
+  if (req) *req = o;
+  if (g_group_depth > 0) {
+    o->next = NULL;
+    if (g_group_tail) g_group_tail->next = o; else g_group_head = o;
+    g_group_tail = o;
+    return HM_OK;
+  }
+  hm_status st = enqueue(c, o);
+  if (st != HM_OK) {
+    free(o);
+    if (req) *req = NULL;
+    return st;
+  }
+  if (req) return HM_OK;
+  int orphaned;
+  st = wait_op(o, &orphaned);
+  if (!orphaned) free(o);
+  return st;
+}
+
+static hm_status coll(hm_comm_t c, hm_coll_kind kind, const void *sb, void *rb, size_t count, hm_dtype dt,
+                      hm_redop op, int root, hm_request_t *req) {
+  hm_op o;
+  memset(&o, 0, sizeof o);
+  o.comm = c;
+  o.a.kind = kind;
+  o.a.sendbuf = sb;
+  o.a.recvbuf = rb;
+  o.a.count = count;
+  o.a.dt = dt;
+  o.a.op = op;
+  o.a.root = root;
+  o.a.seq = c->coll_seq++;
+  int reducing = kind == HM_COLL_ALLREDUCE || kind == HM_COLL_REDUCE || kind == HM_COLL_REDUCE_SCATTER;
+  hm_desc d = {(int)kind, (int)dt, reducing ? (int)op : 0, root, count};
+  o.a.desc = hm_desc_pack(&d);
+  return submit(&o, req);
+}
+
+/* ---- collectives: argument checks then issue ---- */
+#define CHECK(expr) HM_TRY(expr)
+
+static hm_status allreduce_checks(const char *fn, hm_comm_t c, const void *sb, void *rb, size_t count,
+                                  hm_dtype dt, hm_redop op) {
+  CHECK(comm_state(c, fn));
+  CHECK(check_dtype(fn, dt));
+  CHECK(check_op(fn, op));
+  size_t bytes = 0;
+  CHECK(check_bytes(fn, count, 1, dt, &bytes));
+  CHECK(check_buf(fn, sb, "sendbuf", bytes));
+  CHECK(check_buf(fn, rb, "recvbuf", bytes));
+  if (sb != rb && overlap(sb, bytes, rb, bytes))
+    return hm_error(HM_ERR_INVALID_ARG, "%s: sendbuf and recvbuf overlap without being equal (in place needs sendbuf == recvbuf)", fn);
+  return HM_OK;
+}
+
+hm_status hm_comm_allreduce(hm_comm_t c, const void *sb, void *rb, size_t count, hm_dtype dt, hm_redop op) {
+  HM_TRY(allreduce_checks("hm_comm_allreduce", c, sb, rb, count, dt, op));
+  return coll(c, HM_COLL_ALLREDUCE, sb, rb, count, dt, op, -1, NULL);
+}
+
+hm_status hm_comm_iallreduce(hm_comm_t c, const void *sb, void *rb, size_t count, hm_dtype dt, hm_redop op,
+                             hm_request_t *req) {
+  if (!req) return hm_error(HM_ERR_INVALID_ARG, "hm_comm_iallreduce: req is NULL");
+  *req = NULL;
+  HM_TRY(allreduce_checks("hm_comm_iallreduce", c, sb, rb, count, dt, op));
+  return coll(c, HM_COLL_ALLREDUCE, sb, rb, count, dt, op, -1, req);
+}
+
+hm_status hm_comm_reduce(hm_comm_t c, const void *sb, void *rb, size_t count, hm_dtype dt, hm_redop op, int root) {
+  const char *fn = "hm_comm_reduce";
+  CHECK(comm_state(c, fn));
+  CHECK(check_dtype(fn, dt));
+  CHECK(check_op(fn, op));
+  CHECK(check_root(fn, c, root));
+  size_t bytes = 0;
+  CHECK(check_bytes(fn, count, 1, dt, &bytes));
+  CHECK(check_buf(fn, sb, "sendbuf", bytes));
+  if (c->rank == root) {
+    CHECK(check_buf(fn, rb, "recvbuf (at the root)", bytes));
+    if (sb != rb && overlap(sb, bytes, rb, bytes))
+      return hm_error(HM_ERR_INVALID_ARG, "%s: sendbuf and recvbuf overlap without being equal", fn);
+  }
+  return coll(c, HM_COLL_REDUCE, sb, rb, count, dt, op, root, NULL);
+}
+
+static hm_status bcast_checks(const char *fn, hm_comm_t c, const void *sb, void *rb, size_t count, hm_dtype dt, int root) {
+  CHECK(comm_state(c, fn));
+  CHECK(check_dtype(fn, dt));
+  CHECK(check_root(fn, c, root));
+  size_t bytes = 0;
+  CHECK(check_bytes(fn, count, 1, dt, &bytes));
+  if (c->rank == root) CHECK(check_buf(fn, sb, "sendbuf (at the root)", bytes));
+  CHECK(check_buf(fn, rb, "recvbuf", bytes));
+  if (c->rank == root && sb != rb && overlap(sb, bytes, rb, bytes))
+    return hm_error(HM_ERR_INVALID_ARG, "%s: sendbuf and recvbuf overlap without being equal", fn);
+  return HM_OK;
+}
+
+hm_status hm_comm_broadcast(hm_comm_t c, const void *sb, void *rb, size_t count, hm_dtype dt, int root) {
+  HM_TRY(bcast_checks("hm_comm_broadcast", c, sb, rb, count, dt, root));
+  return coll(c, HM_COLL_BROADCAST, sb, rb, count, dt, HM_SUM, root, NULL);
+}
+
+hm_status hm_comm_ibroadcast(hm_comm_t c, const void *sb, void *rb, size_t count, hm_dtype dt, int root,
+                             hm_request_t *req) {
+  if (!req) return hm_error(HM_ERR_INVALID_ARG, "hm_comm_ibroadcast: req is NULL");
+  *req = NULL;
+  HM_TRY(bcast_checks("hm_comm_ibroadcast", c, sb, rb, count, dt, root));
+  return coll(c, HM_COLL_BROADCAST, sb, rb, count, dt, HM_SUM, root, req);
+}
+
+static hm_status rs_checks(const char *fn, hm_comm_t c, const void *sb, void *rb, size_t rc, hm_dtype dt, hm_redop op) {
+  CHECK(comm_state(c, fn));
+  CHECK(check_dtype(fn, dt));
+  CHECK(check_op(fn, op));
+  size_t rbytes = 0, sbytes = 0;
+  CHECK(check_bytes(fn, rc, 1, dt, &rbytes));
+  CHECK(check_bytes(fn, rc, (size_t)c->nranks, dt, &sbytes));
+  CHECK(check_buf(fn, sb, "sendbuf", sbytes));
+  CHECK(check_buf(fn, rb, "recvbuf", rbytes));
+  if ((const char *)sb + (size_t)c->rank * rbytes != rb && overlap(sb, sbytes, rb, rbytes))
+    return hm_error(HM_ERR_INVALID_ARG, "%s: buffers overlap but recvbuf != sendbuf + rank*recvcount (the in-place form)", fn);
+  return HM_OK;
+}
+
+hm_status hm_comm_reduce_scatter(hm_comm_t c, const void *sb, void *rb, size_t rc, hm_dtype dt, hm_redop op) {
+  HM_TRY(rs_checks("hm_comm_reduce_scatter", c, sb, rb, rc, dt, op));
+  return coll(c, HM_COLL_REDUCE_SCATTER, sb, rb, rc, dt, op, -1, NULL);
+}
+
+hm_status hm_comm_ireduce_scatter(hm_comm_t c, const void *sb, void *rb, size_t rc, hm_dtype dt, hm_redop op,
+                                  hm_request_t *req) {
+  if (!req) return hm_error(HM_ERR_INVALID_ARG, "hm_comm_ireduce_scatter: req is NULL");
+  *req = NULL;
+  HM_TRY(rs_checks("hm_comm_ireduce_scatter", c, sb, rb, rc, dt, op));
+  return coll(c, HM_COLL_REDUCE_SCATTER, sb, rb, rc, dt, op, -1, req);
+}
+
+static hm_status ag_checks(const char *fn, hm_comm_t c, const void *sb, void *rb, size_t sc, hm_dtype dt) {
+  CHECK(comm_state(c, fn));
+  CHECK(check_dtype(fn, dt));
+  size_t sbytes = 0, rbytes = 0;
+  CHECK(check_bytes(fn, sc, 1, dt, &sbytes));
+  CHECK(check_bytes(fn, sc, (size_t)c->nranks, dt, &rbytes));
+  CHECK(check_buf(fn, sb, "sendbuf", sbytes));
+  CHECK(check_buf(fn, rb, "recvbuf", rbytes));
+  if ((const char *)rb + (size_t)c->rank * sbytes != sb && overlap(sb, sbytes, rb, rbytes))
+    return hm_error(HM_ERR_INVALID_ARG, "%s: buffers overlap but sendbuf != recvbuf + rank*sendcount (the in-place form)", fn);
+  return HM_OK;
+}
+
+hm_status hm_comm_allgather(hm_comm_t c, const void *sb, void *rb, size_t sc, hm_dtype dt) {
+  HM_TRY(ag_checks("hm_comm_allgather", c, sb, rb, sc, dt));
+  return coll(c, HM_COLL_ALLGATHER, sb, rb, sc, dt, HM_SUM, -1, NULL);
+}
+
+hm_status hm_comm_iallgather(hm_comm_t c, const void *sb, void *rb, size_t sc, hm_dtype dt, hm_request_t *req) {
+  if (!req) return hm_error(HM_ERR_INVALID_ARG, "hm_comm_iallgather: req is NULL");
+  *req = NULL;
+  HM_TRY(ag_checks("hm_comm_iallgather", c, sb, rb, sc, dt));
+  return coll(c, HM_COLL_ALLGATHER, sb, rb, sc, dt, HM_SUM, -1, req);
+}
+
+hm_status hm_comm_allgather_internal(hm_comm_t c, const void *mine, void *all, size_t bytes) {
+  return hm_comm_allgather(c, mine, all, bytes, HM_UINT8);
+}
+
+hm_status hm_comm_alltoall(hm_comm_t c, const void *sb, void *rb, size_t count, hm_dtype dt) {
+  const char *fn = "hm_comm_alltoall";
+  CHECK(comm_state(c, fn));
+  CHECK(check_dtype(fn, dt));
+  size_t bytes = 0;
+  CHECK(check_bytes(fn, count, (size_t)c->nranks, dt, &bytes));
+  CHECK(check_buf(fn, sb, "sendbuf", bytes));
+  CHECK(check_buf(fn, rb, "recvbuf", bytes));
+  if (sb != rb && overlap(sb, bytes, rb, bytes))
+    return hm_error(HM_ERR_INVALID_ARG, "%s: sendbuf and recvbuf overlap without being equal", fn);
+  return coll(c, HM_COLL_ALLTOALL, sb, rb, count, dt, HM_SUM, -1, NULL);
+}
+
+hm_status hm_comm_gather(hm_comm_t c, const void *sb, void *rb, size_t sc, hm_dtype dt, int root) {
+  const char *fn = "hm_comm_gather";
+  CHECK(comm_state(c, fn));
+  CHECK(check_dtype(fn, dt));
+  CHECK(check_root(fn, c, root));
+  size_t sbytes = 0, rbytes = 0;
+  CHECK(check_bytes(fn, sc, 1, dt, &sbytes));
+  CHECK(check_bytes(fn, sc, (size_t)c->nranks, dt, &rbytes));
+  CHECK(check_buf(fn, sb, "sendbuf", sbytes));
+  if (c->rank == root) {
+    CHECK(check_buf(fn, rb, "recvbuf (at the root)", rbytes));
+    if ((const char *)rb + (size_t)root * sbytes != sb && overlap(sb, sbytes, rb, rbytes))
+      return hm_error(HM_ERR_INVALID_ARG, "%s: buffers overlap but sendbuf != recvbuf + root*sendcount", fn);
+  }
+  return coll(c, HM_COLL_GATHER, sb, rb, sc, dt, HM_SUM, root, NULL);
+}
+
+hm_status hm_comm_scatter(hm_comm_t c, const void *sb, void *rb, size_t rc, hm_dtype dt, int root) {
+  const char *fn = "hm_comm_scatter";
+  CHECK(comm_state(c, fn));
+  CHECK(check_dtype(fn, dt));
+  CHECK(check_root(fn, c, root));
+  size_t sbytes = 0, rbytes = 0;
+  CHECK(check_bytes(fn, rc, 1, dt, &rbytes));
+  CHECK(check_bytes(fn, rc, (size_t)c->nranks, dt, &sbytes));
+  CHECK(check_buf(fn, rb, "recvbuf", rbytes));
+  if (c->rank == root) {
+    CHECK(check_buf(fn, sb, "sendbuf (at the root)", sbytes));
+    if ((const char *)sb + (size_t)root * rbytes != rb && overlap(sb, sbytes, rb, rbytes))
+      return hm_error(HM_ERR_INVALID_ARG, "%s: buffers overlap but recvbuf != sendbuf + root*recvcount", fn);
+  }
+  return coll(c, HM_COLL_SCATTER, sb, rb, rc, dt, HM_SUM, root, NULL);
+}
+
+hm_status hm_comm_barrier(hm_comm_t c) {
+  CHECK(comm_state(c, "hm_comm_barrier"));
+  return coll(c, HM_COLL_BARRIER, NULL, NULL, 0, HM_UINT8, HM_MAX, -1, NULL);
+}
+
+/* ---- point to point ---- */
+/* Outside a group, a send to this rank itself pairs with the oldest unmatched receive from
+ * itself (and vice versa); an unmatched blocking one could never complete, so it is an error. */
+static hm_status self_p2p(const char *fn, hm_op *o, hm_request_t *req) {
+  hm_comm_t c = o->comm;
+  hm_op **other = &c->self_pending[!o->is_send];
+  if (*other) {
+    hm_op *m = *other;
+    *other = m->next;
+    hm_op *s = o->is_send ? o : m, *r = o->is_send ? m : o;
+    hm_status st = HM_OK;
+    if (s->bytes != r->bytes || s->dt != r->dt)
+      st = hm_error(HM_ERR_MISMATCH, "%s: rank %d: send to self of %zu x %s but receive of %zu x %s", fn, c->rank,
+                    s->count, hm_dtype_name(s->dt), r->count, hm_dtype_name(r->dt));
+    else if (s->bytes && s->buf != r->buf)
+      memmove(r->buf, s->buf, s->bytes);
+    finish(m, st);
+    atomic_store(&m->done, 1);
+    if (req) {
+      hm_op *h = hm_malloc(sizeof *h, "request");
+      if (!h) return HM_ERR_NOMEM;
+      *h = *o;
+      h->is_request = 1;
+      finish(h, st);
+      atomic_store(&h->done, 1);
+      *req = h;
+      return HM_OK;
+    }
+    return st;
+  }
+  if (!req)
+    return hm_error(HM_ERR_INVALID_ARG, "%s: peer %d is this rank and no matching nonblocking %s is pending "
+                    "(use a group or a nonblocking call)", fn, o->peer, o->is_send ? "receive" : "send");
+  hm_op *h = hm_malloc(sizeof *h, "request");
+  if (!h) return HM_ERR_NOMEM;
+  *h = *o;
+  h->is_request = 1;
+  h->next = NULL;
+  hm_op **tail = &c->self_pending[o->is_send];
+  while (*tail) tail = &(*tail)->next;
+  *tail = h;
+  *req = h;
+  return HM_OK;
+}
+
+static hm_status p2p(const char *fn, hm_comm_t c, void *buf, size_t count, hm_dtype dt, int peer, int is_send,
+                     hm_request_t *req) {
+  CHECK(comm_state(c, fn));
+  CHECK(check_dtype(fn, dt));
+  if (peer < 0 || peer >= c->nranks)
+    return hm_error(HM_ERR_INVALID_ARG, "%s: peer %d out of range [0, %d)", fn, peer, c->nranks);
+  size_t bytes = 0;
+  CHECK(check_bytes(fn, count, 1, dt, &bytes));
+  CHECK(check_buf(fn, buf, "buf", bytes));
+  hm_op o;
+  memset(&o, 0, sizeof o);
+  o.comm = c;
+  o.is_p2p = 1;
+  o.peer = peer;
+  o.is_send = is_send;
+  o.buf = buf;
+  o.bytes = bytes;
+  o.count = count;
+  o.dt = dt;
+  if (peer == c->rank && g_group_depth == 0) return self_p2p(fn, &o, req);
+  return submit(&o, req);
+}
+
+hm_status hm_comm_send(hm_comm_t c, const void *buf, size_t count, hm_dtype dt, int peer) {
+  return p2p("hm_comm_send", c, (void *)buf, count, dt, peer, 1, NULL);
+}
+hm_status hm_comm_recv(hm_comm_t c, void *buf, size_t count, hm_dtype dt, int peer) {
+  return p2p("hm_comm_recv", c, buf, count, dt, peer, 0, NULL);
+}
+hm_status hm_comm_isend(hm_comm_t c, const void *buf, size_t count, hm_dtype dt, int peer, hm_request_t *req) {
+  if (!req) return hm_error(HM_ERR_INVALID_ARG, "hm_comm_isend: req is NULL");
+  *req = NULL;
+  return p2p("hm_comm_isend", c, (void *)buf, count, dt, peer, 1, req);
+}
+hm_status hm_comm_irecv(hm_comm_t c, void *buf, size_t count, hm_dtype dt, int peer, hm_request_t *req) {
+  if (!req) return hm_error(HM_ERR_INVALID_ARG, "hm_comm_irecv: req is NULL");
+  *req = NULL;
+  return p2p("hm_comm_irecv", c, buf, count, dt, peer, 0, req);
+}
+
+/* ---- requests ---- */
+hm_status hm_request_test(hm_request_t req, int *done) {
+  if (!req) return hm_error(HM_ERR_INVALID_ARG, "hm_request_test: req is NULL");
+  if (!done) return hm_error(HM_ERR_INVALID_ARG, "hm_request_test: done is NULL");
+  *done = atomic_load(&req->done);
+  if (!*done) return HM_OK;
+  hm_status st = req->status;
+  if (st != HM_OK) hm_error(st, "%s", req->err);
+  free(req);
+  return st;
+}
+
+hm_status hm_request_wait(hm_request_t req) {
+  if (!req) return hm_error(HM_ERR_INVALID_ARG, "hm_request_wait: req is NULL");
+  if (atomic_load(&req->done)) {
+    hm_status st = req->status;
+    if (st != HM_OK) hm_error(st, "%s", req->err);
+    free(req);
+    return st;
+  }
+  if (req->is_p2p && req->peer == req->comm->rank) { /* unmatched self send/recv: nothing can match it now */
+    hm_op **pp = &req->comm->self_pending[req->is_send];
+    while (*pp && *pp != req) pp = &(*pp)->next;
+    if (*pp) *pp = req->next;
+    hm_error(HM_ERR_INVALID_ARG, "hm_request_wait: rank %d: %s to this rank itself was never matched by a %s",
+             req->comm->rank, req->is_send ? "send" : "receive", req->is_send ? "receive" : "send");
+    free(req);
+    return HM_ERR_INVALID_ARG;
+  }
+  int orphaned;
+  hm_status st = wait_op(req, &orphaned);
+  if (!orphaned) free(req);
+  return st;
+}
+
+/* ---- groups ---- */
+hm_status hm_group_start(void) {
+  g_group_depth++;
+  return HM_OK;
+}
+
+hm_status hm_group_end(void) {
+  if (g_group_depth <= 0) return hm_error(HM_ERR_INVALID_ARG, "hm_group_end: no matching hm_group_start");
+  if (--g_group_depth > 0) return HM_OK;
+  hm_op *head = g_group_head;
+  g_group_head = g_group_tail = NULL;
+  hm_status first = HM_OK;
+  char first_msg[512] = "";
+  for (hm_op *o = head; o; o = o->next)
+    if (first == HM_OK) {
+      hm_status st = quiesce(o->comm);
+      if (st != HM_OK) first = st, hm_strcpy(first_msg, sizeof first_msg, hm_last_error());
+    }
+  hm_op *batch[256];
+  hm_op *o = head;
+  while (o) {
+    int n = 0;
+    batch[n++] = o;
+    hm_op *nx = o->next;
+    while (o->is_p2p && nx && nx->is_p2p && nx->comm == o->comm && n < 256) {
+      batch[n++] = nx;
+      nx = nx->next;
+    }
+    hm_status st = first;
+    if (st == HM_OK) {
+      st = exec_ops(batch, n);
+      if (st != HM_OK) first = st, hm_strcpy(first_msg, sizeof first_msg, hm_last_error());
+    } else {
+      hm_error(st, "%s", first_msg);
+    }
+    for (int i = 0; i < n; i++) {
+      finish(batch[i], st);
+      if (batch[i]->is_request)
+        atomic_store(&batch[i]->done, 1);
+      else
+        free(batch[i]);
+    }
+    o = nx;
+  }
+  if (first != HM_OK) hm_error(first, "%s", first_msg);
+  return first;
+}
+
+/* ---- queries ---- */
+hm_status hm_comm_get_async_error(hm_comm_t c, hm_status *async_error) {
+  if (!c) return hm_error(HM_ERR_INVALID_ARG, "hm_comm_get_async_error: comm is NULL");
+  if (!async_error) return hm_error(HM_ERR_INVALID_ARG, "hm_comm_get_async_error: async_error is NULL");
+  if (atomic_load(&c->aborted)) {
+    *async_error = HM_ERR_ABORTED;
+    hm_error(HM_ERR_ABORTED, "rank %d: communicator aborted", c->rank);
+    return HM_OK;
+  }
+  int b = atomic_load(&c->broken);
+  *async_error = (hm_status)b;
+  if (b != HM_OK) {
+    pthread_mutex_lock(&c->err_mu);
+    hm_error((hm_status)b, "%s", c->broken_msg);
+    pthread_mutex_unlock(&c->err_mu);
+  }
+  return HM_OK;
+}
+
+int hm_comm_rank(const hm_comm_t c) { return c ? c->rank : -1; }
+int hm_comm_size(const hm_comm_t c) { return c ? c->nranks : -1; }

@@ -1,0 +1,214 @@
+/* hmcomm internals shared by the files of src/comm: sockets and frames, authentication, the
+ * rendezvous store, shared-memory rings, the transfer engine, reduction kernels and the
+ * communicator itself. Not a public header (include/hetmix/comm.h is the API). */
+#ifndef HETMIX_COMM_INTERNAL_H
+#define HETMIX_COMM_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "comm/wire.h"
+#include "hetmix/comm.h"
+#include "hetmix/cost.h"
+
+#define HM_SECRET_BYTES 32
+
+/* ---- logging (log.c): diagnostics only; errors travel as hm_status ---- */
+enum { HM_LOG_ERROR = 0, HM_LOG_WARN = 1, HM_LOG_INFO = 2, HM_LOG_DEBUG = 3 };
+void hm_log(int level, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* ---- sockets and frames (net.c) ---- */
+int hm_net_timeleft_ms(uint64_t deadline_ns);
+hm_status hm_net_listen(const char *addr, int port, int *fd, int *bound_port);
+hm_status hm_net_connect(const char *host, int port, uint64_t deadline_ns, int *fd);
+hm_status hm_net_accept(int lfd, uint64_t deadline_ns, int *fd, char *peer, size_t peer_cap);
+void hm_net_tune(int fd, int bulk);
+hm_status hm_net_write_all(int fd, const void *buf, size_t n, uint64_t deadline_ns);
+hm_status hm_net_read_all(int fd, void *buf, size_t n, uint64_t deadline_ns);
+/* Sends header + payload; reads one frame (payload into buf of cap bytes, length in hdr.len). */
+hm_status hm_net_send_frame(int fd, int type, uint32_t seq, uint64_t desc, uint32_t aux,
+                            const void *payload, uint32_t len, uint64_t deadline_ns);
+hm_status hm_net_recv_frame(int fd, hm_wire_hdr *h, void *buf, size_t cap, uint64_t deadline_ns);
+void hm_net_peer_name(int fd, char *buf, size_t cap);
+void hm_random_bytes(void *buf, size_t n);
+
+/* ---- authentication (auth.c): HMAC-SHA256 challenge-response, both directions ---- */
+hm_status hm_auth_connect(int fd, const unsigned char tag[HM_WIRE_TAG_BYTES],
+                          const unsigned char secret[HM_SECRET_BYTES], int rank, int purpose,
+                          uint64_t deadline_ns);
+/* lookup returns the secret for a tag (NULL: unknown job); on success hello says who. */
+typedef const unsigned char *(*hm_secret_lookup_fn)(const unsigned char *tag, void *arg);
+hm_status hm_auth_accept(int fd, hm_secret_lookup_fn lookup, void *arg, uint64_t deadline_ns,
+                         hm_wire_hello *hello);
+
+/* ---- rendezvous store (store.c) ---- */
+typedef struct hm_store_server hm_store_server;
+/* Starts a server thread on addr:port (port 0: ephemeral). */
+hm_status hm_store_server_start(const char *addr, int port, hm_store_server **out, int *bound_port);
+hm_status hm_store_server_add_job(hm_store_server *s, const unsigned char tag[HM_WIRE_TAG_BYTES],
+                                  const unsigned char secret[HM_SECRET_BYTES]);
+void hm_store_server_stop(hm_store_server *s);
+/* The process-wide server hm_get_unique_id uses (started on first use). */
+hm_status hm_store_global(hm_store_server **out, char *host, size_t host_cap, int *port);
+
+typedef struct hm_store_client {
+  int fd;
+  uint64_t deadline_ns;
+} hm_store_client;
+hm_status hm_store_connect(hm_store_client *c, const char *host, int port,
+                           const unsigned char tag[HM_WIRE_TAG_BYTES],
+                           const unsigned char secret[HM_SECRET_BYTES], int rank,
+                           uint64_t deadline_ns);
+hm_status hm_store_set(hm_store_client *c, const char *key, const void *val, size_t len);
+/* Waits (until the client's deadline) for key to exist; *len in: cap, out: value length. */
+hm_status hm_store_get(hm_store_client *c, const char *key, void *val, size_t *len);
+void hm_store_close(hm_store_client *c);
+
+/* ---- reduction kernels (reduce.c) ---- */
+/* dst[i] = a[i] op b[i] for count elements; final_div > 0 divides the result by it (HM_AVG). */
+void hm_reduce(void *dst, const void *a, const void *b, size_t count, hm_dtype dt, hm_redop op,
+               int final_div);
+
+/* ---- shared-memory rings (shm.c) ---- */
+/* One single-producer single-consumer ring of slots, living in the consumer's segment. */
+typedef struct hm_shm_slot {
+  _Atomic uint64_t stamp; /* chunk number + 1, stored last (release) by the producer */
+  uint32_t len;
+  uint32_t seq;
+  uint64_t desc;
+  uint64_t pad;
+} hm_shm_slot; /* payload follows at +32 */
+typedef struct hm_shm_ring_ctl {
+  _Atomic uint64_t consumed; /* chunks the consumer released */
+  char pad[56];
+} hm_shm_ring_ctl;
+
+typedef struct hm_shm_chan {
+  hm_shm_ring_ctl *ctl;
+  char *slots;
+  uint32_t nslots, stride, payload;
+  uint64_t count;  /* producer: chunks published; consumer: chunks released */
+  uint64_t seen_consumed;
+} hm_shm_chan;
+
+hm_status hm_shm_segment_create(const char *name, size_t bytes, void **base);
+hm_status hm_shm_segment_open(const char *name, size_t bytes, void **base);
+size_t hm_shm_ring_bytes(uint32_t nslots, uint32_t payload);
+void hm_shm_chan_init(hm_shm_chan *c, void *ring, uint32_t nslots, uint32_t payload);
+
+/* ---- communicator ---- */
+typedef struct hm_peer {
+  int is_shm;
+  int left;         /* sent BYE: its queued data may still be read, nothing more comes */
+  int ctrl_fd;      /* authenticated control connection (death detection, error notices) */
+  int data_fd;      /* TCP data connection (-1 for shared memory peers) */
+  int pid;
+  hm_shm_chan tx, rx;  /* shared memory: we produce into the peer's segment, consume ours */
+  /* TCP data: frame being sent and frame being received */
+  unsigned char tx_hdr[HM_WIRE_HDR_BYTES];
+  const char *tx_data;
+  size_t tx_len, tx_off; /* bytes of header+payload written */
+  int tx_busy;
+  unsigned char rx_hdr[HM_WIRE_HDR_BYTES];
+  size_t rx_off;          /* header+payload bytes read */
+  hm_wire_hdr rx_h;
+  int rx_ready;
+  char *rx_buf;           /* staging for one chunk */
+  uint32_t send_p2p_seq, recv_p2p_seq;
+} hm_peer;
+
+typedef struct hm_request hm_op; /* a queued operation; also what a request points to */
+
+struct hm_comm {
+  int rank, nranks;
+  unsigned char tag[HM_WIRE_TAG_BYTES];
+  unsigned char secret[HM_SECRET_BYTES];
+  hm_comm_config cfg;
+  char transport[8], algorithm[8], listen_addr[64], name[64];
+  int forced_algo;  /* -1 auto */
+  hm_peer *peers;
+  void *shm_base;   /* our segment (inbound rings) */
+  size_t shm_bytes;
+  void **peer_shm;  /* peers' segments (mapped) */
+  size_t *peer_shm_bytes;
+  uint32_t shm_chunk, tcp_chunk;
+  hm_link link;     /* figures the tuner uses: constants every rank agrees on */
+  uint32_t coll_seq;
+  _Atomic int aborted;
+  _Atomic int broken;   /* hm_status that broke the communicator */
+  char broken_msg[512];
+  pthread_mutex_t err_mu;
+  char *scratch;
+  size_t scratch_bytes;
+  int split_count;
+  /* progress thread and queue of nonblocking operations */
+  pthread_mutex_t q_mu;
+  pthread_cond_t q_cv;
+  hm_op *q_head, *q_tail;
+  _Atomic int q_pending;
+  int q_thread_started, q_stop;
+  pthread_t q_thread;
+  int listen_fd;
+  hm_op *self_pending[2]; /* unmatched nonblocking sends [1] / receives [0] to this rank itself */
+};
+
+/* ---- transfer engine (engine.c) ---- */
+enum { HM_X_COPY = 0, HM_X_REDUCE = 1 };
+typedef struct hm_xfer {
+  int peer;
+  int is_send;
+  int mode;            /* recv: HM_X_COPY or HM_X_REDUCE (dst = operand op incoming) */
+  int final_div;       /* recv reduce: divide by this at the end (avg) */
+  char *dst;           /* recv destination */
+  const char *src;     /* send source; recv reduce operand */
+  size_t bytes, done;
+  const size_t *avail; /* progress bound: bytes [0, *avail) of the dependency are ready */
+  uint32_t seq;
+  uint64_t desc;
+  int finished;
+  int nchunks;         /* chunks moved (a zero-byte transfer still moves one) */
+  int after;           /* engine-internal: earlier xfer on the same channel */
+} hm_xfer;
+
+typedef struct hm_xctx {
+  hm_comm_t comm;
+  hm_dtype dt;
+  hm_redop op;
+} hm_xctx;
+
+void hm_xfer_send(hm_xfer *x, int peer, const void *src, size_t bytes, uint32_t seq, uint64_t desc);
+void hm_xfer_recv(hm_xfer *x, int peer, void *dst, size_t bytes, uint32_t seq, uint64_t desc);
+void hm_xfer_recv_reduce(hm_xfer *x, int peer, void *dst, const void *operand, size_t bytes,
+                         uint32_t seq, uint64_t desc, int final_div);
+/* Runs every transfer to completion (pipelined, any order the channels allow) or fails. All
+ * xfers belong to ctx->comm. */
+hm_status hm_xfer_run(const hm_xctx *ctx, hm_xfer *x, int n);
+
+/* Checks the control connections (dead peers, error notices), abort and broken state. */
+hm_status hm_comm_check_health(hm_comm_t c, int poll_ms);
+/* Marks the communicator broken with st (first error wins) and tells the peers. */
+hm_status hm_comm_fail(hm_comm_t c, hm_status st, int notify);
+char *hm_comm_scratch(hm_comm_t c, size_t bytes);
+
+/* ---- collectives (coll.c) ---- */
+typedef struct hm_coll_args {
+  hm_coll_kind kind;
+  const void *sendbuf;
+  void *recvbuf;
+  size_t count;  /* elements: allreduce/reduce/bcast total; rs recvcount; ag/gather/scatter per rank */
+  hm_dtype dt;
+  hm_redop op;
+  int root;
+  uint32_t seq;
+  uint64_t desc;
+} hm_coll_args;
+hm_status hm_coll_execute(hm_comm_t c, const hm_coll_args *a);
+hm_coll_algo hm_coll_choose(hm_comm_t c, hm_coll_kind kind, size_t bytes);
+
+#endif

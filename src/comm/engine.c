@@ -1,0 +1,423 @@
+/* The transfer engine of hmcomm: runs a set of point-to-point transfers (each a send or a
+ * receive of `bytes` with one peer, over shared memory or TCP) to completion, moving chunks on
+ * every channel that can move, so pipelines (forward what arrived, reduce what arrived) and any
+ * send/receive pattern complete without deadlock. Every chunk carries the sender's operation
+ * sequence number and descriptor; a receiver checks both before it touches the data.
+ * Waiting: spin on the shared cache lines first (the low-latency path), then yield, then sleep in
+ * poll() on the sockets; the control sockets are watched throughout, so a dead peer (EOF), an
+ * error notice from a peer, abort() and the deadline all end the wait.
+ * Not here: which transfers a collective needs (coll.c). */
+#include <errno.h>
+#include <poll.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "comm/comm_internal.h"
+#include "util/util.h"
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
+void hm_xfer_send(hm_xfer *x, int peer, const void *src, size_t bytes, uint32_t seq, uint64_t desc) {
+  memset(x, 0, sizeof *x);
+  x->peer = peer;
+  x->is_send = 1;
+  x->src = src;
+  x->bytes = bytes;
+  x->seq = seq;
+  x->desc = desc;
+}
+
+void hm_xfer_recv(hm_xfer *x, int peer, void *dst, size_t bytes, uint32_t seq, uint64_t desc) {
+  memset(x, 0, sizeof *x);
+  x->peer = peer;
+  x->dst = dst;
+  x->bytes = bytes;
+  x->seq = seq;
+  x->desc = desc;
+}
+
+void hm_xfer_recv_reduce(hm_xfer *x, int peer, void *dst, const void *operand, size_t bytes,
+                         uint32_t seq, uint64_t desc, int final_div) {
+  hm_xfer_recv(x, peer, dst, bytes, seq, desc);
+  x->mode = HM_X_REDUCE;
+  x->src = operand;
+  x->final_div = final_div;
+}
+
+char *hm_comm_scratch(hm_comm_t c, size_t bytes) {
+  if (bytes <= c->scratch_bytes) return c->scratch;
+  free(c->scratch);
+  c->scratch = hm_aligned_alloc(64, bytes, "collective scratch buffer");
+  c->scratch_bytes = c->scratch ? bytes : 0;
+  return c->scratch;
+}
+
+/* ---- errors shared by the whole communicator ---- */
+hm_status hm_comm_fail(hm_comm_t c, hm_status st, int notify) {
+  char msg[512];
+  snprintf(msg, sizeof msg, "%s", hm_last_error());
+  pthread_mutex_lock(&c->err_mu);
+  int first = atomic_load(&c->broken) == HM_OK;
+  if (first) {
+    snprintf(c->broken_msg, sizeof c->broken_msg, "%s", msg);
+    atomic_store(&c->broken, (int)st);
+  }
+  pthread_mutex_unlock(&c->err_mu);
+  if (first && notify) {
+    for (int r = 0; r < c->nranks; r++) {
+      if (r == c->rank || c->peers[r].ctrl_fd < 0) continue;
+      /* best effort: a peer that is gone finds out on its own */
+      hm_net_send_frame(c->peers[r].ctrl_fd, HM_WIRE_CTRL_ERROR, 0, 0, (uint32_t)st, msg,
+                        (uint32_t)strlen(msg), hm_deadline_after_ms(200));
+    }
+    hm_log(HM_LOG_WARN, "%s", msg);
+  }
+  return hm_error(st, "%s", msg);
+}
+
+static hm_status peer_gone(hm_comm_t c, int r, const char *how) {
+  hm_error(HM_ERR_PEER_DEAD, "rank %d: peer rank %d (pid %d) %s: it died or left the communicator",
+           c->rank, r, c->peers[r].pid, how);
+  return hm_comm_fail(c, HM_ERR_PEER_DEAD, 0);
+}
+
+/* Reads what arrived on control connection r: an error notice or EOF. */
+static hm_status ctrl_event(hm_comm_t c, int r) {
+  hm_wire_hdr h;
+  char msg[512];
+  hm_status st = hm_net_recv_frame(c->peers[r].ctrl_fd, &h, msg, sizeof msg - 1, hm_deadline_after_ms(500));
+  if (st == HM_ERR_PEER_DEAD) return peer_gone(c, r, "closed its connection");
+  if (st != HM_OK) return hm_comm_fail(c, st, 0);
+  if (h.type == HM_WIRE_CTRL_BYE) {
+    c->peers[r].left = 1;
+    return HM_OK;
+  }
+  if (h.type == HM_WIRE_CTRL_ERROR) {
+    msg[h.len] = '\0';
+    hm_status pst = (h.aux > HM_OK && h.aux < HM_STATUS_COUNT) ? (hm_status)h.aux : HM_ERR_INTERNAL;
+    hm_error(pst, "rank %d: peer rank %d failed: %s", c->rank, r, msg);
+    return hm_comm_fail(c, pst, 0);
+  }
+  hm_error(HM_ERR_PROTOCOL, "rank %d: unexpected frame type %u on the control connection of rank %d",
+           c->rank, (unsigned)h.type, r);
+  return hm_comm_fail(c, HM_ERR_PROTOCOL, 0);
+}
+
+static hm_status broken_status(hm_comm_t c) {
+  int b = atomic_load(&c->broken);
+  if (b == HM_OK) return HM_OK;
+  pthread_mutex_lock(&c->err_mu);
+  hm_error((hm_status)b, "%s", c->broken_msg);
+  pthread_mutex_unlock(&c->err_mu);
+  return (hm_status)b;
+}
+
+/* Polls the control connections (and extra fds) for up to poll_ms. */
+static hm_status health_poll(hm_comm_t c, struct pollfd *extra, int nextra, int poll_ms) {
+  if (atomic_load(&c->aborted)) return hm_error(HM_ERR_ABORTED, "rank %d: communicator aborted", c->rank);
+  HM_TRY(broken_status(c));
+  struct pollfd pf[256 + 64];
+  int map[256 + 64], n = 0;
+  for (int r = 0; r < c->nranks && n < 256; r++) {
+    if (r == c->rank || c->peers[r].ctrl_fd < 0 || c->peers[r].left) continue;
+    pf[n] = (struct pollfd){c->peers[r].ctrl_fd, POLLIN, 0};
+    map[n++] = r;
+  }
+  int nctrl = n;
+  for (int i = 0; i < nextra && n < 256 + 64; i++) pf[n++] = extra[i];
+  int rc = poll(pf, (nfds_t)n, poll_ms);
+  if (rc <= 0) return HM_OK;
+  for (int i = 0; i < nctrl; i++)
+    if (pf[i].revents & (POLLIN | POLLHUP | POLLERR)) HM_TRY(ctrl_event(c, map[i]));
+  return HM_OK;
+}
+
+hm_status hm_comm_check_health(hm_comm_t c, int poll_ms) { return health_poll(c, NULL, 0, poll_ms); }
+
+/* ---- TCP channel ---- */
+static hm_status tcp_flush(hm_comm_t c, int r) {
+  hm_peer *p = &c->peers[r];
+  while (p->tx_busy) {
+    struct iovec iov[2];
+    int n = 0;
+    if (p->tx_off < HM_WIRE_HDR_BYTES)
+      iov[n++] = (struct iovec){p->tx_hdr + p->tx_off, HM_WIRE_HDR_BYTES - p->tx_off};
+    size_t doff = p->tx_off > HM_WIRE_HDR_BYTES ? p->tx_off - HM_WIRE_HDR_BYTES : 0;
+    if (p->tx_len > HM_WIRE_HDR_BYTES)
+      iov[n++] = (struct iovec){(void *)(p->tx_data + doff), p->tx_len - HM_WIRE_HDR_BYTES - doff};
+    struct msghdr m;
+    memset(&m, 0, sizeof m);
+    m.msg_iov = iov;
+    m.msg_iovlen = (size_t)n;
+    ssize_t w = sendmsg(p->data_fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return HM_OK;
+      if (errno == EPIPE || errno == ECONNRESET) return peer_gone(c, r, "reset its data connection");
+      hm_error(HM_ERR_IO, "rank %d: send to rank %d: %s", c->rank, r, strerror(errno));
+      return hm_comm_fail(c, HM_ERR_IO, 1);
+    }
+    p->tx_off += (size_t)w;
+    if (p->tx_off == p->tx_len) p->tx_busy = 0;
+  }
+  return HM_OK;
+}
+
+/* Receives toward one complete frame in rx_buf; *ready when it is there. */
+static hm_status tcp_fill(hm_comm_t c, int r, int *ready) {
+  hm_peer *p = &c->peers[r];
+  *ready = p->rx_ready;
+  while (!p->rx_ready) {
+    char *dst;
+    size_t want;
+    if (p->rx_off < HM_WIRE_HDR_BYTES) {
+      dst = (char *)p->rx_hdr + p->rx_off;
+      want = HM_WIRE_HDR_BYTES - p->rx_off;
+    } else {
+      dst = p->rx_buf + (p->rx_off - HM_WIRE_HDR_BYTES);
+      want = HM_WIRE_HDR_BYTES + p->rx_h.len - p->rx_off;
+    }
+    ssize_t got = want ? recv(p->data_fd, dst, want, MSG_DONTWAIT) : 0;
+    if (want && got == 0) return peer_gone(c, r, "closed its data connection");
+    if (got < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return HM_OK;
+      if (errno == ECONNRESET) return peer_gone(c, r, "reset its data connection");
+      hm_error(HM_ERR_IO, "rank %d: receive from rank %d: %s", c->rank, r, strerror(errno));
+      return hm_comm_fail(c, HM_ERR_IO, 1);
+    }
+    p->rx_off += (size_t)got;
+    if (p->rx_off == HM_WIRE_HDR_BYTES) {
+      hm_status st = hm_wire_decode_header(p->rx_hdr, HM_WIRE_HDR_BYTES, &p->rx_h);
+      if (st == HM_OK && (p->rx_h.type != HM_WIRE_DATA || p->rx_h.len > c->tcp_chunk))
+        st = hm_error(HM_ERR_PROTOCOL, "frame type %u with %u bytes where a data chunk of at most %u was due",
+                      (unsigned)p->rx_h.type, (unsigned)p->rx_h.len, c->tcp_chunk);
+      if (st != HM_OK) {
+        hm_error_context(HM_ERR_PROTOCOL, "rank %d: data from rank %d: ", c->rank, r);
+        return hm_comm_fail(c, HM_ERR_PROTOCOL, 1);
+      }
+    }
+    if (p->rx_off >= HM_WIRE_HDR_BYTES && p->rx_off == HM_WIRE_HDR_BYTES + p->rx_h.len) p->rx_ready = 1;
+  }
+  *ready = 1;
+  return HM_OK;
+}
+
+/* ---- one transfer step ---- */
+static hm_status mismatch(const hm_xctx *cx, const hm_xfer *x, uint32_t seq, uint64_t desc) {
+  hm_comm_t c = cx->comm;
+  char theirs[128], mine[128];
+  hm_desc_format(desc, theirs, sizeof theirs);
+  hm_desc_format(x->desc, mine, sizeof mine);
+  hm_desc dm;
+  hm_desc_unpack(x->desc, &dm);
+  if (dm.kind == HM_DESC_P2P)
+    hm_error(HM_ERR_MISMATCH, "rank %d: mismatched calls: rank %d sent %s (message #%u) where this rank receives %s (message #%u)",
+             c->rank, x->peer, theirs, (unsigned)seq, mine, (unsigned)x->seq);
+  else
+    hm_error(HM_ERR_MISMATCH, "rank %d: mismatched collectives: rank %d called %s as operation #%u while this rank called %s as operation #%u",
+             c->rank, x->peer, theirs, (unsigned)seq, mine, (unsigned)x->seq);
+  return hm_comm_fail(c, HM_ERR_MISMATCH, 1);
+}
+
+static size_t send_limit(const hm_xfer *x) {
+  if (!x->avail) return x->bytes;
+  size_t a = *x->avail;
+  return a < x->bytes ? a : x->bytes;
+}
+
+static hm_status step_send(const hm_xctx *cx, hm_xfer *x, int *progress) {
+  hm_comm_t c = cx->comm;
+  hm_peer *p = &c->peers[x->peer];
+  if (!p->is_shm) HM_TRY(tcp_flush(c, x->peer));
+  for (;;) {
+    if (x->done == x->bytes && x->nchunks > 0) {
+      if (p->is_shm || !p->tx_busy) x->finished = 1;
+      return HM_OK;
+    }
+    size_t lim = send_limit(x);
+    size_t n = lim - x->done;
+    if (n == 0 && x->bytes > 0) return HM_OK; /* waiting for the data it forwards */
+    if (p->is_shm) {
+      hm_shm_chan *ch = &p->tx;
+      if (n > ch->payload) n = ch->payload;
+      if (ch->count - ch->seen_consumed >= ch->nslots) {
+        ch->seen_consumed = atomic_load_explicit(&ch->ctl->consumed, memory_order_acquire);
+        if (ch->count - ch->seen_consumed >= ch->nslots) return HM_OK;
+      }
+      hm_shm_slot *s = (hm_shm_slot *)(ch->slots + (size_t)(ch->count % ch->nslots) * ch->stride);
+      s->len = (uint32_t)n;
+      s->seq = x->seq;
+      s->desc = x->desc;
+      if (n) memcpy((char *)s + 32, x->src + x->done, n);
+      ch->count++;
+      atomic_store_explicit(&s->stamp, ch->count, memory_order_release);
+    } else {
+      if (p->tx_busy) return HM_OK;
+      if (n > c->tcp_chunk) n = c->tcp_chunk;
+      hm_wire_hdr h;
+      hm_wire_make_header(&h, HM_WIRE_DATA, x->seq, (uint32_t)n, x->desc, 0);
+      hm_wire_encode_header(&h, p->tx_hdr);
+      p->tx_data = x->src + x->done;
+      p->tx_len = HM_WIRE_HDR_BYTES + n;
+      p->tx_off = 0;
+      p->tx_busy = 1;
+      HM_TRY(tcp_flush(c, x->peer));
+    }
+    x->done += n;
+    x->nchunks++;
+    *progress = 1;
+  }
+}
+
+static hm_status step_recv(const hm_xctx *cx, hm_xfer *x, int *progress) {
+  hm_comm_t c = cx->comm;
+  hm_peer *p = &c->peers[x->peer];
+  const size_t es = hm_dtype_size(cx->dt);
+  for (;;) {
+    if (x->done == x->bytes && x->nchunks > 0) {
+      x->finished = 1;
+      return HM_OK;
+    }
+    uint32_t len, seq;
+    uint64_t desc;
+    const char *data;
+    hm_shm_slot *s = NULL;
+    if (p->is_shm) {
+      hm_shm_chan *ch = &p->rx;
+      s = (hm_shm_slot *)(ch->slots + (size_t)(ch->count % ch->nslots) * ch->stride);
+      if (atomic_load_explicit(&s->stamp, memory_order_acquire) != ch->count + 1) return HM_OK;
+      len = s->len;
+      seq = s->seq;
+      desc = s->desc;
+      data = (const char *)s + 32;
+      if (len > ch->payload) len = UINT32_MAX; /* rejected below */
+    } else {
+      int ready;
+      HM_TRY(tcp_fill(c, x->peer, &ready));
+      if (!ready) return HM_OK;
+      len = p->rx_h.len;
+      seq = p->rx_h.seq;
+      desc = p->rx_h.desc;
+      data = p->rx_buf;
+    }
+    if (seq != x->seq || desc != x->desc) return mismatch(cx, x, seq, desc);
+    size_t left = x->bytes - x->done;
+    if (len > left || (left > 0 && len == 0) || (es > 1 && len % es)) {
+      hm_error(HM_ERR_PROTOCOL, "rank %d: chunk of %u bytes from rank %d where %zu bytes remain",
+               c->rank, len, x->peer, left);
+      return hm_comm_fail(c, HM_ERR_PROTOCOL, 1);
+    }
+    if (x->avail && *x->avail < x->done + len) return HM_OK; /* operand not reduced yet */
+    if (len) {
+      if (x->mode == HM_X_REDUCE)
+        hm_reduce(x->dst + x->done, x->src + x->done, data, len / es, cx->dt, cx->op, x->final_div);
+      else
+        memcpy(x->dst + x->done, data, len);
+    }
+    if (p->is_shm) {
+      p->rx.count++;
+      atomic_store_explicit(&p->rx.ctl->consumed, p->rx.count, memory_order_release);
+    } else {
+      p->rx_ready = 0;
+      p->rx_off = 0;
+    }
+    x->done += len;
+    x->nchunks++;
+    *progress = 1;
+  }
+}
+
+hm_status hm_xfer_run(const hm_xctx *cx, hm_xfer *x, int n) {
+  hm_comm_t c = cx->comm;
+  int any_tcp = 0;
+  for (int i = 0; i < n; i++) {
+    x[i].after = -1;
+    for (int j = i - 1; j >= 0; j--)
+      if (x[j].peer == x[i].peer && x[j].is_send == x[i].is_send) {
+        x[i].after = j;
+        break;
+      }
+    if (x[i].peer < 0 || x[i].peer >= c->nranks || x[i].peer == c->rank) {
+      return hm_error(HM_ERR_INTERNAL, "rank %d: transfer with invalid peer %d", c->rank, x[i].peer);
+    }
+    if (!c->peers[x[i].peer].is_shm) any_tcp = 1;
+  }
+  const uint64_t deadline = hm_deadline_after_ms((uint64_t)c->cfg.timeout_ms);
+  uint64_t idle_since = 0, last_health = hm_now_ns();
+  unsigned idle = 0;
+  for (;;) {
+    int progress = 0, pending = 0;
+    for (int i = 0; i < n; i++) {
+      hm_xfer *t = &x[i];
+      if (t->finished) continue;
+      pending = 1;
+      if (t->after >= 0 && !x[t->after].finished) continue;
+      HM_TRY(t->is_send ? step_send(cx, t, &progress) : step_recv(cx, t, &progress));
+    }
+    if (!pending) return HM_OK;
+    if (progress) {
+      idle = 0;
+      idle_since = 0;
+      continue;
+    }
+    if (atomic_load_explicit(&c->aborted, memory_order_relaxed))
+      return hm_error(HM_ERR_ABORTED, "rank %d: communicator aborted", c->rank);
+    idle++;
+    if (idle < 512 && !any_tcp) {
+      cpu_relax();
+      if ((idle & 63) != 0) continue;
+    }
+    uint64_t now = hm_now_ns();
+    if (idle_since == 0) idle_since = now;
+    for (int i = 0; i < n; i++) /* nothing moved: a peer that left will never send or drain */
+      if (!x[i].finished && c->peers[x[i].peer].left) {
+        hm_error(HM_ERR_PEER_DEAD, "rank %d: peer rank %d left the communicator (destroyed it) in the middle of an operation",
+                 c->rank, x[i].peer);
+        return hm_comm_fail(c, HM_ERR_PEER_DEAD, 1);
+      }
+    if (now >= deadline) {
+      int waiting = -1;
+      for (int i = 0; i < n && waiting < 0; i++)
+        if (!x[i].finished) waiting = x[i].peer;
+      char d[128];
+      hm_desc_format(x[0].desc, d, sizeof d);
+      hm_error(HM_ERR_TIMEOUT, "rank %d: %s (operation #%u) timed out after %d ms waiting for rank %d",
+               c->rank, d, (unsigned)x[0].seq, c->cfg.timeout_ms, waiting);
+      return hm_comm_fail(c, HM_ERR_TIMEOUT, 1);
+    }
+    if (any_tcp && idle >= 16) {
+      /* sleep until a socket moves (or a control event); data sockets wake us */
+      struct pollfd pf[64];
+      int np = 0;
+      for (int i = 0; i < n && np < 64; i++) {
+        hm_peer *p = &c->peers[x[i].peer];
+        if (x[i].finished || p->is_shm) continue;
+        pf[np++] = (struct pollfd){p->data_fd, (short)(x[i].is_send ? POLLOUT : POLLIN), 0};
+      }
+      HM_TRY(health_poll(c, pf, np, 2));
+      last_health = hm_now_ns();
+      continue;
+    }
+    if (now - idle_since < 2000000ull) {
+      /* a few hundred microseconds of yielding keeps latency low when ranks share cores */
+      sched_yield();
+      if (now - last_health > 1000000ull) {
+        HM_TRY(health_poll(c, NULL, 0, 0));
+        last_health = now;
+      }
+    } else {
+      HM_TRY(health_poll(c, NULL, 0, 1));
+      last_health = hm_now_ns();
+    }
+  }
+}

@@ -1,0 +1,204 @@
+/* Elementwise reduction kernels of hmcomm: dst = a op b for every dtype and op, plus dtype and
+ * op names. Integers wrap (computed in unsigned arithmetic, so no undefined overflow); f16 and
+ * bf16 are reduced in float and rounded back to nearest even; HM_AVG sums and divides at the
+ * last step, as NCCL's ncclAvg. Compiled at -O3 (see CMakeLists.txt) so the loops vectorize. */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "comm/comm_internal.h"
+
+static const char *const dtype_names[HM_DTYPE_COUNT] = {"i8",  "u8",  "i32", "u32",  "i64",
+                                                         "u64", "f16", "bf16", "f32", "f64"};
+static const size_t dtype_sizes[HM_DTYPE_COUNT] = {1, 1, 4, 4, 8, 8, 2, 2, 4, 8};
+static const char *const redop_names[HM_REDOP_COUNT] = {"sum", "prod", "min", "max", "avg"};
+
+size_t hm_dtype_size(hm_dtype dt) {
+  return ((int)dt >= 0 && dt < HM_DTYPE_COUNT) ? dtype_sizes[dt] : 0;
+}
+const char *hm_dtype_name(hm_dtype dt) {
+  return ((int)dt >= 0 && dt < HM_DTYPE_COUNT) ? dtype_names[dt] : "unknown";
+}
+const char *hm_redop_name(hm_redop op) {
+  return ((int)op >= 0 && op < HM_REDOP_COUNT) ? redop_names[op] : "unknown";
+}
+
+static float f16_to_f32(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+  if (exp == 0) {
+    if (man == 0) {
+      bits = sign;
+    } else { /* subnormal: normalize */
+      int e = -1;
+      do {
+        e++;
+        man <<= 1;
+      } while (!(man & 0x400));
+      bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ff) << 13);
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | (man << 13);
+  } else {
+    bits = sign | ((exp + 112) << 23) | (man << 13);
+  }
+  float f;
+  memcpy(&f, &bits, 4);
+  return f;
+}
+
+static uint16_t f32_to_f16(float f) {
+  uint32_t x;
+  memcpy(&x, &f, 4);
+  uint32_t sign = (x >> 16) & 0x8000;
+  int32_t exp = (int32_t)((x >> 23) & 0xff) - 127 + 15;
+  uint32_t man = x & 0x7fffff;
+  if (((x >> 23) & 0xff) == 0xff) return (uint16_t)(sign | 0x7c00 | (man ? 0x200 : 0));
+  if (exp >= 31) return (uint16_t)(sign | 0x7c00);
+  if (exp <= 0) {
+    if (exp < -10) return (uint16_t)sign;
+    man |= 0x800000;
+    uint32_t shift = (uint32_t)(14 - exp);
+    uint32_t half = man >> shift, rem = man & ((1u << shift) - 1), mid = 1u << (shift - 1);
+    if (rem > mid || (rem == mid && (half & 1))) half++;
+    return (uint16_t)(sign | half);
+  }
+  uint32_t h = sign | ((uint32_t)exp << 10) | (man >> 13);
+  uint32_t rem = man & 0x1fff;
+  if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) h++; /* may carry into exponent: correct */
+  return (uint16_t)h;
+}
+
+static float bf16_to_f32(uint16_t b) {
+  uint32_t bits = (uint32_t)b << 16;
+  float f;
+  memcpy(&f, &bits, 4);
+  return f;
+}
+
+static uint16_t f32_to_bf16(float f) {
+  uint32_t x;
+  memcpy(&x, &f, 4);
+  if ((x & 0x7fffffff) > 0x7f800000) return (uint16_t)((x >> 16) | 0x40);
+  x += 0x7fff + ((x >> 16) & 1);
+  return (uint16_t)(x >> 16);
+}
+
+/* dst may equal a exactly (in place), never partially overlap: two restrict-qualified forms. */
+#define BIN_LOOP(T, EXPR)                                        \
+  do {                                                           \
+    if ((const void *)dst == a) {                                \
+      T *restrict d_ = dst;                                      \
+      const T *restrict b_ = b;                                  \
+      for (size_t i = 0; i < n; i++) {                           \
+        T x = d_[i], y = b_[i];                                  \
+        d_[i] = (EXPR);                                          \
+      }                                                          \
+    } else {                                                     \
+      T *restrict d_ = dst;                                      \
+      const T *restrict a_ = a, *restrict b_ = b;                \
+      for (size_t i = 0; i < n; i++) {                           \
+        T x = a_[i], y = b_[i];                                  \
+        d_[i] = (EXPR);                                          \
+      }                                                          \
+    }                                                            \
+  } while (0)
+
+/* Unsigned arithmetic for sum/prod: defined wrap-around for signed types too. */
+#define INT_KERNEL(T, UT)                                                           \
+  static void red_##T(void *dst, const void *a, const void *b, size_t n, int op, int div) { \
+    switch (op) {                                                                   \
+      case HM_SUM:                                                                  \
+      case HM_AVG:                                                                  \
+        BIN_LOOP(T, (T)((UT)x + (UT)y));                                            \
+        break;                                                                      \
+      case HM_PROD:                                                                 \
+        BIN_LOOP(T, (T)((UT)x * (UT)y));                                            \
+        break;                                                                      \
+      case HM_MIN:                                                                  \
+        BIN_LOOP(T, x < y ? x : y);                                                 \
+        break;                                                                      \
+      default:                                                                      \
+        BIN_LOOP(T, x > y ? x : y);                                                 \
+        break;                                                                      \
+    }                                                                               \
+    if (div > 1) {                                                                  \
+      T *d = dst;                                                                   \
+      for (size_t i = 0; i < n; i++) d[i] = (T)(d[i] / (T)div);                    \
+    }                                                                               \
+  }
+
+INT_KERNEL(int8_t, uint8_t)
+INT_KERNEL(uint8_t, uint8_t)
+INT_KERNEL(int32_t, uint32_t)
+INT_KERNEL(uint32_t, uint32_t)
+INT_KERNEL(int64_t, uint64_t)
+INT_KERNEL(uint64_t, uint64_t)
+
+/* min/max keep NaN out unless both are NaN, as fminf/fmaxf do. */
+#define FLOAT_KERNEL(T, NAME, MINF, MAXF)                                          \
+  static void red_##NAME(void *dst, const void *a, const void *b, size_t n, int op, int div) { \
+    switch (op) {                                                                  \
+      case HM_SUM:                                                                 \
+        BIN_LOOP(T, x + y);                                                        \
+        break;                                                                     \
+      case HM_AVG:                                                                 \
+        if (div > 1) {                                                             \
+          const T dv = (T)div;                                                     \
+          BIN_LOOP(T, (x + y) / dv);                                               \
+        } else {                                                                   \
+          BIN_LOOP(T, x + y);                                                      \
+        }                                                                          \
+        break;                                                                     \
+      case HM_PROD:                                                                \
+        BIN_LOOP(T, x * y);                                                        \
+        break;                                                                     \
+      case HM_MIN:                                                                 \
+        BIN_LOOP(T, MINF(x, y));                                                   \
+        break;                                                                     \
+      default:                                                                     \
+        BIN_LOOP(T, MAXF(x, y));                                                   \
+        break;                                                                     \
+    }                                                                              \
+  }
+
+FLOAT_KERNEL(float, f32, fminf, fmaxf)
+FLOAT_KERNEL(double, f64, fmin, fmax)
+
+static float op_f(float x, float y, int op, int div) {
+  switch (op) {
+    case HM_SUM: return x + y;
+    case HM_AVG: return div > 1 ? (x + y) / (float)div : x + y;
+    case HM_PROD: return x * y;
+    case HM_MIN: return fminf(x, y);
+    default: return fmaxf(x, y);
+  }
+}
+
+static void red_half(void *dst, const void *a, const void *b, size_t n, int op, int div, int bf) {
+  uint16_t *d = dst;
+  const uint16_t *x = a, *y = b;
+  for (size_t i = 0; i < n; i++) {
+    float fx = bf ? bf16_to_f32(x[i]) : f16_to_f32(x[i]);
+    float fy = bf ? bf16_to_f32(y[i]) : f16_to_f32(y[i]);
+    float r = op_f(fx, fy, op, div);
+    d[i] = bf ? f32_to_bf16(r) : f32_to_f16(r);
+  }
+}
+
+void hm_reduce(void *dst, const void *a, const void *b, size_t count, hm_dtype dt, hm_redop op,
+               int final_div) {
+  int div = op == HM_AVG ? final_div : 0;
+  switch (dt) {
+    case HM_INT8: red_int8_t(dst, a, b, count, op, div); break;
+    case HM_UINT8: red_uint8_t(dst, a, b, count, op, div); break;
+    case HM_INT32: red_int32_t(dst, a, b, count, op, div); break;
+    case HM_UINT32: red_uint32_t(dst, a, b, count, op, div); break;
+    case HM_INT64: red_int64_t(dst, a, b, count, op, div); break;
+    case HM_UINT64: red_uint64_t(dst, a, b, count, op, div); break;
+    case HM_FLOAT16: red_half(dst, a, b, count, op, div, 0); break;
+    case HM_BFLOAT16: red_half(dst, a, b, count, op, div, 1); break;
+    case HM_FLOAT32: red_f32(dst, a, b, count, op, div); break;
+    case HM_FLOAT64: red_f64(dst, a, b, count, op, div); break;
+    default: break;
+  }
+}
