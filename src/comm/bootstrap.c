@@ -535,12 +535,9 @@ hm_status hm_comm_init_env(hm_comm_t *comm, const hm_comm_config *cfg) {
   hm_store_server *srv = NULL;
   if (e.rank == 0) {
     int port;
-    hm_status st = hm_store_server_start(e.store_host, e.store_port, &srv, &port);
-    if (st == HM_OK) st = hm_store_server_add_job(srv, tag, secret);
-    if (st != HM_OK) {
-      hm_store_server_stop(srv);
+    hm_status st = hm_store_server_start(e.store_host, e.store_port, tag, secret, &srv, &port);
+    if (st != HM_OK)
       return hm_error_context(st, "rank 0 (%s launch): ", e.source);
-    }
   }
   hm_status st = init_with_store(comm, e.size, e.rank, tag, secret, e.store_host, e.store_port, cfg);
   /* the store is only needed until every rank has connected to the mesh, which init waited for */

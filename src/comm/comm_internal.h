@@ -49,8 +49,9 @@ hm_status hm_auth_accept(int fd, hm_secret_lookup_fn lookup, void *arg, uint64_t
 
 /* ---- rendezvous store (store.c) ---- */
 typedef struct hm_store_server hm_store_server;
-/* Starts a server thread on addr:port (port 0: ephemeral). */
-hm_status hm_store_server_start(const char *addr, int port, hm_store_server **out, int *bound_port);
+/* Starts a server thread on addr:port (port 0: ephemeral), serving job (tag, secret) if given. */
+hm_status hm_store_server_start(const char *addr, int port, const unsigned char *tag,
+                                const unsigned char *secret, hm_store_server **out, int *bound_port);
 hm_status hm_store_server_add_job(hm_store_server *s, const unsigned char tag[HM_WIRE_TAG_BYTES],
                                   const unsigned char secret[HM_SECRET_BYTES]);
 void hm_store_server_stop(hm_store_server *s);
@@ -169,6 +170,7 @@ typedef struct hm_xfer {
   const char *src;     /* send source; recv reduce operand */
   size_t bytes, done;
   const size_t *avail; /* progress bound: bytes [0, *avail) of the dependency are ready */
+  const int *gate;     /* if set, nothing moves until *gate is nonzero (another xfer finished) */
   uint32_t seq;
   uint64_t desc;
   int finished;

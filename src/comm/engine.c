@@ -362,6 +362,7 @@ hm_status hm_xfer_run(const hm_xctx *cx, hm_xfer *x, int n) {
       if (t->finished) continue;
       pending = 1;
       if (t->after >= 0 && !x[t->after].finished) continue;
+      if (t->gate && !*t->gate) continue;
       HM_TRY(t->is_send ? step_send(cx, t, &progress) : step_recv(cx, t, &progress));
     }
     if (!pending) return HM_OK;
