@@ -145,6 +145,9 @@ static hm_comm_t comm_alloc(void) {
   pthread_mutex_init(&c->err_mu, NULL);
   pthread_mutex_init(&c->q_mu, NULL);
   pthread_cond_init(&c->q_cv, NULL);
+  pthread_mutex_init(&c->ctrl_mu, NULL);
+  pthread_mutex_init(&c->hb_mu, NULL);
+  pthread_cond_init(&c->hb_cv, NULL);
   c->listen_fd = -1;
   return c;
 }
@@ -165,6 +168,7 @@ static uint64_t host_key(void) {
 
 static void comm_free(hm_comm_t c) {
   if (!c) return;
+  hm_comm_heartbeat_stop(c);
   if (c->peers) {
     for (int r = 0; r < c->nranks; r++) {
       hm_peer *p = &c->peers[r];
@@ -180,6 +184,10 @@ static void comm_free(hm_comm_t c) {
   free(c->peer_shm);
   free(c->peer_shm_bytes);
   free(c->scratch);
+  free(c->last_heard);
+  pthread_mutex_destroy(&c->ctrl_mu);
+  pthread_mutex_destroy(&c->hb_mu);
+  pthread_cond_destroy(&c->hb_cv);
   pthread_mutex_destroy(&c->err_mu);
   pthread_mutex_destroy(&c->q_mu);
   pthread_cond_destroy(&c->q_cv);
@@ -330,7 +338,7 @@ static hm_status connect_mesh(hm_comm_t c, const rank_info *info, uint64_t deadl
   }
   close(c->listen_fd);
   c->listen_fd = -1;
-  return HM_OK;
+  return hm_comm_heartbeat_start(c);
 }
 
 static hm_status init_with_store(hm_comm_t *out, int nranks, int rank, const unsigned char *tag,
@@ -633,10 +641,10 @@ void hm_comm_stop_progress(hm_comm_t c); /* comm.c */
 hm_status hm_comm_destroy(hm_comm_t c) {
   if (!c) return hm_error(HM_ERR_INVALID_ARG, "hm_comm_destroy: comm is NULL");
   hm_comm_stop_progress(c);
+  hm_comm_heartbeat_stop(c);
   for (int r = 0; r < c->nranks; r++) {
     if (r == c->rank || !c->peers || c->peers[r].ctrl_fd < 0) continue;
-    hm_net_send_frame(c->peers[r].ctrl_fd, HM_WIRE_CTRL_BYE, 0, 0, 0, NULL, 0, hm_deadline_after_ms(100));
-    /* TCP: make sure queued data frames are flushed before the FIN (close is graceful) */
+    hm_comm_ctrl_send(c, r, HM_WIRE_CTRL_BYE, 0, NULL, 0, 100);
   }
   comm_free(c);
   return HM_OK;

@@ -156,6 +156,14 @@ struct hm_comm {
   int q_thread_started, q_stop;
   pthread_t q_thread;
   int listen_fd;
+  /* liveness: a thread sends heartbeats on the control connections; waits check last_heard */
+  pthread_mutex_t ctrl_mu;   /* serializes writes to control connections */
+  pthread_mutex_t hb_mu;
+  pthread_cond_t hb_cv;
+  pthread_t hb_thread;
+  int hb_started, hb_stop;
+  uint64_t *last_heard;      /* per peer, hm_now_ns() of the last control frame read */
+  uint64_t op_start_ns;
   hm_op *self_pending[2]; /* unmatched nonblocking sends [1] / receives [0] to this rank itself */
 };
 
@@ -196,6 +204,11 @@ hm_status hm_xfer_run(const hm_xctx *ctx, hm_xfer *x, int n);
 hm_status hm_comm_check_health(hm_comm_t c, int poll_ms);
 /* Marks the communicator broken with st (first error wins) and tells the peers. */
 hm_status hm_comm_fail(hm_comm_t c, hm_status st, int notify);
+/* Writes one frame on rank r's control connection (serialized with the heartbeat thread). */
+hm_status hm_comm_ctrl_send(hm_comm_t c, int r, int type, uint32_t aux, const void *payload,
+                            uint32_t len, int timeout_ms);
+hm_status hm_comm_heartbeat_start(hm_comm_t c);
+void hm_comm_heartbeat_stop(hm_comm_t c);
 char *hm_comm_scratch(hm_comm_t c, size_t bytes);
 
 /* ---- collectives (coll.c) ---- */
