@@ -119,7 +119,6 @@ typedef struct hm_peer {
   unsigned char rx_hdr[HM_WIRE_HDR_BYTES];
   size_t rx_off;          /* header+payload bytes read */
   hm_wire_hdr rx_h;
-  int rx_ready;
   char *rx_buf;           /* staging for one chunk */
   uint32_t send_p2p_seq, recv_p2p_seq;
 } hm_peer;

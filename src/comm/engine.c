@@ -240,22 +240,26 @@ static hm_status tcp_flush(hm_comm_t c, int r) {
   return HM_OK;
 }
 
-/* Receives toward one complete frame in rx_buf; *ready when it is there. */
-static hm_status tcp_fill(hm_comm_t c, int r, int *ready) {
+/* Reads toward one complete frame: the header into rx_hdr (decoded into rx_h), then the payload
+ * into `payload` (the staging buffer, or the destination itself for plain copies). *ready when
+ * the whole frame is there; *have_hdr once the header is. */
+static hm_status tcp_fill(hm_comm_t c, int r, char *payload, int *have_hdr, int *ready) {
   hm_peer *p = &c->peers[r];
-  *ready = p->rx_ready;
-  while (!p->rx_ready) {
+  for (;;) {
+    *have_hdr = p->rx_off >= HM_WIRE_HDR_BYTES;
+    *ready = *have_hdr && p->rx_off == HM_WIRE_HDR_BYTES + p->rx_h.len;
+    if (*ready || (*have_hdr && !payload)) return HM_OK;
     char *dst;
     size_t want;
-    if (p->rx_off < HM_WIRE_HDR_BYTES) {
+    if (!*have_hdr) {
       dst = (char *)p->rx_hdr + p->rx_off;
       want = HM_WIRE_HDR_BYTES - p->rx_off;
     } else {
-      dst = p->rx_buf + (p->rx_off - HM_WIRE_HDR_BYTES);
+      dst = payload + (p->rx_off - HM_WIRE_HDR_BYTES);
       want = HM_WIRE_HDR_BYTES + p->rx_h.len - p->rx_off;
     }
-    ssize_t got = want ? recv(p->data_fd, dst, want, MSG_DONTWAIT) : 0;
-    if (want && got == 0) return peer_gone(c, r, "closed its data connection");
+    ssize_t got = recv(p->data_fd, dst, want, MSG_DONTWAIT);
+    if (got == 0) return peer_gone(c, r, "closed its data connection");
     if (got < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return HM_OK;
       if (errno == ECONNRESET) return peer_gone(c, r, "reset its data connection");
@@ -273,10 +277,7 @@ static hm_status tcp_fill(hm_comm_t c, int r, int *ready) {
         return hm_comm_fail(c, HM_ERR_PROTOCOL, 1);
       }
     }
-    if (p->rx_off >= HM_WIRE_HDR_BYTES && p->rx_off == HM_WIRE_HDR_BYTES + p->rx_h.len) p->rx_ready = 1;
   }
-  *ready = 1;
-  return HM_OK;
 }
 
 /* ---- one transfer step ---- */
@@ -369,13 +370,18 @@ static hm_status step_recv(const hm_xctx *cx, hm_xfer *x, int *progress) {
       data = (const char *)s + 32;
       if (len > ch->payload) len = UINT32_MAX; /* rejected below */
     } else {
-      int ready;
-      HM_TRY(tcp_fill(c, x->peer, &ready));
-      if (!ready) return HM_OK;
+      int have_hdr, ready;
+      HM_TRY(tcp_fill(c, x->peer, NULL, &have_hdr, &ready));
+      if (!have_hdr) return HM_OK;
       len = p->rx_h.len;
       seq = p->rx_h.seq;
       desc = p->rx_h.desc;
-      data = p->rx_buf;
+      /* plain copies land straight in the destination once the header checked out */
+      int direct = x->mode == HM_X_COPY && !x->avail && seq == x->seq && desc == x->desc && len <= x->bytes - x->done;
+      data = direct ? x->dst + x->done : p->rx_buf;
+      HM_TRY(tcp_fill(c, x->peer, (char *)data, &have_hdr, &ready));
+      if (!ready) return HM_OK;
+      if (direct) data = NULL; /* already in place */
     }
     if (seq != x->seq || desc != x->desc) return mismatch(cx, x, seq, desc);
     size_t left = x->bytes - x->done;
@@ -385,7 +391,7 @@ static hm_status step_recv(const hm_xctx *cx, hm_xfer *x, int *progress) {
       return hm_comm_fail(c, HM_ERR_PROTOCOL, 1);
     }
     if (x->avail && *x->avail < x->done + len) return HM_OK; /* operand not reduced yet */
-    if (len) {
+    if (len && data) {
       if (x->mode == HM_X_REDUCE)
         hm_reduce(x->dst + x->done, x->src + x->done, data, len / es, cx->dt, cx->op, x->final_div);
       else
@@ -395,7 +401,6 @@ static hm_status step_recv(const hm_xctx *cx, hm_xfer *x, int *progress) {
       p->rx.count++;
       atomic_store_explicit(&p->rx.ctl->consumed, p->rx.count, memory_order_release);
     } else {
-      p->rx_ready = 0;
       p->rx_off = 0;
     }
     x->done += len;
