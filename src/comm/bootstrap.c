@@ -212,7 +212,8 @@ static hm_status prepare_local(hm_comm_t c, rank_info *me, char *shm_name, size_
   payload = (payload + 63) & ~63u;
   if (payload < 256) payload = 256;
   me->shm_payload = (int32_t)payload;
-  me->shm_slots = 16;
+  long slots = hm_env_long("HETMIX_SHM_SLOTS", 16);
+  me->shm_slots = (int32_t)(slots >= 2 && slots <= 1024 ? slots : 16);
   shm_name[0] = '\0';
   if (strcmp(c->transport, "tcp") != 0 && c->nranks > 1) {
     snprintf(shm_name, shm_cap, "/hetmix-%02x%02x%02x%02x-%d-%d-%u", c->tag[0], c->tag[1], c->tag[2],
