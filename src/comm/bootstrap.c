@@ -148,6 +148,7 @@ static hm_status resolve_config(hm_comm_t c, const hm_comm_config *cfg) {
   c->tcp_chunk = (uint32_t)hm_env_long("HETMIX_TCP_CHUNK", 512 << 10);
   if (c->tcp_chunk < 4096 || c->tcp_chunk > HM_WIRE_MAX_PAYLOAD) c->tcp_chunk = 512 << 10;
   c->tcp_chunk &= ~63u;
+
   return HM_OK;
 }
 
@@ -232,8 +233,9 @@ static hm_status prepare_local(hm_comm_t c, rank_info *me, char *shm_name, size_
   if (strcmp(c->transport, "tcp") != 0 && c->nranks > 1) {
     snprintf(shm_name, shm_cap, "/hetmix-%02x%02x%02x%02x-%d-%d-%u", c->tag[0], c->tag[1], c->tag[2],
              c->tag[3], c->rank, (int)getpid(), atomic_fetch_add(&g_comm_counter, 1));
-    c->shm_bytes = (size_t)c->nranks * hm_shm_ring_bytes(me->shm_slots, payload);
+    c->shm_bytes = HM_SHM_HDR_BYTES + (size_t)c->nranks * hm_shm_ring_bytes((uint32_t)me->shm_slots, payload);
     HM_TRY(hm_shm_segment_create(shm_name, c->shm_bytes, &c->shm_base));
+    c->bell = c->shm_base;
     hm_strcpy(me->shm_name, sizeof me->shm_name, shm_name);
     me->has_shm = 1;
   }
@@ -276,6 +278,13 @@ static hm_status connect_mesh(hm_comm_t c, const rank_info *info, uint64_t deadl
     p->pid = ri->pid;
     p->is_shm = r != me && info[me].host_key == ri->host_key && info[me].has_shm && ri->has_shm;
   }
+  /* Waits spin while every rank of this host can have a core (sleeping there costs a wake-up
+   * behind everything else runnable), and sleep soon when ranks outnumber cores. */
+  int local = 1;
+  for (int r = 0; r < n; r++) local += r != me && c->peers[r].is_shm;
+  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  long spin_us = hm_env_long("HETMIX_SPIN_US", local <= cpus ? 100000 : 50);
+  c->spin_ns = (uint64_t)(spin_us >= 0 && spin_us <= 10000000 ? spin_us : 50) * 1000u;
   /* tuner constants: the same on every rank because they derive from the shared table */
   if (any_tcp)
     c->link = (hm_link){3e9, 25e-6, 6e9};
@@ -333,11 +342,13 @@ static hm_status connect_mesh(hm_comm_t c, const rank_info *info, uint64_t deadl
     }
     if (p->is_shm) {
       uint32_t slots = (uint32_t)info[r].shm_slots, payload = (uint32_t)info[r].shm_payload;
-      c->peer_shm_bytes[r] = (size_t)n * hm_shm_ring_bytes(slots, payload);
+      c->peer_shm_bytes[r] = HM_SHM_HDR_BYTES + (size_t)n * hm_shm_ring_bytes(slots, payload);
       HM_TRY(hm_shm_segment_open(info[r].shm_name, c->peer_shm_bytes[r], &c->peer_shm[r]));
-      hm_shm_chan_init(&p->tx, (char *)c->peer_shm[r] + (size_t)me * hm_shm_ring_bytes(slots, payload), slots, payload);
+      p->bell = c->peer_shm[r];
+      hm_shm_chan_init(&p->tx, (char *)c->peer_shm[r] + HM_SHM_HDR_BYTES + (size_t)me * hm_shm_ring_bytes(slots, payload),
+                       slots, payload);
       uint32_t ms = (uint32_t)info[me].shm_slots, mp = (uint32_t)info[me].shm_payload;
-      hm_shm_chan_init(&p->rx, (char *)c->shm_base + (size_t)r * hm_shm_ring_bytes(ms, mp), ms, mp);
+      hm_shm_chan_init(&p->rx, (char *)c->shm_base + HM_SHM_HDR_BYTES + (size_t)r * hm_shm_ring_bytes(ms, mp), ms, mp);
     }
   }
   /* READY both ways: after it every peer has mapped our segment; aux says whether we can read

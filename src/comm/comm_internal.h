@@ -95,6 +95,18 @@ typedef struct hm_shm_ring_ctl {
   char pad[48];
 } hm_shm_ring_ctl;
 
+/* First 64 bytes of every segment: the owner sleeps on `seq` (futex) when it has waited a while;
+ * peers that publish into or free space in its rings bump `seq` and wake it if it sleeps. */
+typedef struct hm_shm_bell {
+  _Atomic uint32_t seq;
+  _Atomic uint32_t sleepers;
+  char pad[56];
+} hm_shm_bell;
+#define HM_SHM_HDR_BYTES 64
+void hm_shm_bell_ring(hm_shm_bell *b);
+/* Sleeps until seq != seen or timeout_us passed. */
+void hm_shm_bell_wait(hm_shm_bell *b, uint32_t seen, int timeout_us);
+
 typedef struct hm_shm_chan {
   hm_shm_ring_ctl *ctl;
   char *slots;
@@ -118,6 +130,7 @@ typedef struct hm_peer {
   int pid;
   hm_shm_chan tx, rx;  /* shared memory: we produce into the peer's segment, consume ours */
   int peer_reads_me;   /* the peer can process_vm_readv from this process (probed at bootstrap) */
+  hm_shm_bell *bell;   /* the peer's doorbell (in its segment) */
   /* TCP data: frame being sent and frame being received */
   unsigned char tx_hdr[HM_WIRE_HDR_BYTES];
   const char *tx_data;
@@ -140,7 +153,11 @@ struct hm_comm {
   char transport[8], algorithm[8], listen_addr[64], name[64];
   int forced_algo;  /* -1 auto */
   hm_peer *peers;
-  void *shm_base;   /* our segment (inbound rings) */
+  void *shm_base;   /* our segment (doorbell, inbound rings) */
+  hm_shm_bell *bell; /* our doorbell */
+  int bell_armed;    /* this rank announced it may sleep on the bell */
+  uint64_t spin_ns;  /* how long a wait spins before it sleeps */
+  uint32_t bell_seen;
   size_t shm_bytes;
   void **peer_shm;  /* peers' segments (mapped) */
   size_t *peer_shm_bytes;

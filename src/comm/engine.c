@@ -348,6 +348,7 @@ static hm_status step_send(const hm_xctx *cx, hm_xfer *x, int *progress) {
       }
       ch->count++;
       atomic_store_explicit(&s->stamp, ch->count, memory_order_release);
+      hm_shm_bell_ring(p->bell);
     } else {
       if (p->tx_busy) return HM_OK;
       if (n > c->tcp_chunk) n = c->tcp_chunk;
@@ -399,6 +400,7 @@ static hm_status cma_read(const hm_xctx *cx, hm_xfer *x, hm_peer *p, uint64_t ad
     off += n;
   }
   atomic_fetch_add_explicit(&p->rx.ctl->cma_bytes, len, memory_order_release);
+  hm_shm_bell_ring(p->bell);
   return HM_OK;
 }
 
@@ -462,6 +464,7 @@ static hm_status step_recv(const hm_xctx *cx, hm_xfer *x, int *progress) {
     if (p->is_shm) {
       p->rx.count++;
       atomic_store_explicit(&p->rx.ctl->consumed, p->rx.count, memory_order_release);
+      hm_shm_bell_ring(p->bell);
     } else {
       p->rx_off = 0;
     }
@@ -485,7 +488,13 @@ static int prepare(hm_comm_t c, hm_xfer *x, int from, int n, int *any_tcp) {
   return -1;
 }
 
-hm_status hm_xfer_run(const hm_xctx *cx, hm_xfer *x, int n) {
+static void disarm(hm_comm_t c) {
+  if (!c->bell_armed) return;
+  atomic_fetch_sub_explicit(&c->bell->sleepers, 1, memory_order_relaxed);
+  c->bell_armed = 0;
+}
+
+static hm_status xfer_loop(const hm_xctx *cx, hm_xfer *x, int n) {
   hm_comm_t c = cx->comm;
   int any_tcp = 0;
   int bad = prepare(c, x, 0, n, &any_tcp);
@@ -508,6 +517,7 @@ hm_status hm_xfer_run(const hm_xctx *cx, hm_xfer *x, int n) {
     if (progress) {
       idle = 0;
       idle_since = 0;
+      disarm(c);
       continue;
     }
     if (cx->refill && n < cx->cap && (idle & 15) == 0) { /* operations issued meanwhile join the running set */
@@ -523,9 +533,9 @@ hm_status hm_xfer_run(const hm_xctx *cx, hm_xfer *x, int n) {
     if (atomic_load_explicit(&c->aborted, memory_order_relaxed))
       return hm_error(HM_ERR_ABORTED, "rank %d: communicator aborted", c->rank);
     idle++;
-    if (idle < 512 && !any_tcp) {
+    if (!any_tcp && (idle & 63) != 0) {
       cpu_relax();
-      if ((idle & 63) != 0) continue;
+      continue;
     }
     uint64_t now = hm_now_ns();
     if (idle_since == 0) idle_since = now;
@@ -562,16 +572,38 @@ hm_status hm_xfer_run(const hm_xctx *cx, hm_xfer *x, int n) {
       last_health = hm_now_ns();
       continue;
     }
-    if (now - idle_since < 2000000ull) {
-      /* a few hundred microseconds of yielding keeps latency low when ranks share cores */
-      sched_yield();
+    if (now - idle_since < c->spin_ns) {
+      /* spin on the shared lines (the low-latency path); never yield the core to others here:
+       * on a loaded machine a yield costs a whole time slice */
+      cpu_relax();
       if (now - last_health > 1000000ull) {
         HM_TRY(health_poll(c, NULL, 0, 0));
         last_health = now;
+      }
+    } else if (c->bell) {
+      /* sleep on our doorbell: announce it, look once more, then wait (1 ms at most) */
+      if (!c->bell_armed) {
+        atomic_fetch_add_explicit(&c->bell->sleepers, 1, memory_order_relaxed);
+        atomic_thread_fence(memory_order_seq_cst);
+        c->bell_seen = atomic_load_explicit(&c->bell->seq, memory_order_acquire);
+        c->bell_armed = 1;
+        continue;
+      }
+      hm_shm_bell_wait(c->bell, c->bell_seen, 1000);
+      disarm(c);
+      if (now - last_health > 1000000ull) {
+        HM_TRY(health_poll(c, NULL, 0, 0));
+        last_health = hm_now_ns();
       }
     } else {
       HM_TRY(health_poll(c, NULL, 0, 1));
       last_health = hm_now_ns();
     }
   }
+}
+
+hm_status hm_xfer_run(const hm_xctx *cx, hm_xfer *x, int n) {
+  hm_status st = xfer_loop(cx, x, n);
+  disarm(cx->comm);
+  return st;
 }
