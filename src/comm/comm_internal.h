@@ -47,6 +47,11 @@ typedef const unsigned char *(*hm_secret_lookup_fn)(const unsigned char *tag, vo
 hm_status hm_auth_accept(int fd, hm_secret_lookup_fn lookup, void *arg, uint64_t deadline_ns,
                          hm_wire_hello *hello);
 
+/* The MACs of the handshake (role "hmx-a": acceptor's proof, "hmx-c": connector's), for the
+ * store's nonblocking acceptor. */
+void hm_auth_mac(const unsigned char *secret, const char *role, const unsigned char *hello,
+                 const unsigned char *nonce_a, unsigned char out[HM_WIRE_MAC_BYTES]);
+
 /* ---- rendezvous store (store.c) ---- */
 typedef struct hm_store_server hm_store_server;
 /* Starts a server thread on addr:port (port 0: ephemeral), serving job (tag, secret) if given. */
