@@ -278,13 +278,15 @@ static hm_status connect_mesh(hm_comm_t c, const rank_info *info, uint64_t deadl
     p->pid = ri->pid;
     p->is_shm = r != me && info[me].host_key == ri->host_key && info[me].has_shm && ri->has_shm;
   }
-  /* Waits spin while every rank of this host can have a core (sleeping there costs a wake-up
-   * behind everything else runnable), and sleep soon when ranks outnumber cores. */
+  /* Waits spin briefly, then yield while this host's ranks fit its cores (like Open MPI's
+   * yield-when-idle, it keeps a loaded machine's scheduler on our side), then sleep on the
+   * doorbell. With more ranks than cores they sleep right after the spin. */
   int local = 1;
   for (int r = 0; r < n; r++) local += r != me && c->peers[r].is_shm;
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-  long spin_us = hm_env_long("HETMIX_SPIN_US", local <= cpus ? 100000 : 50);
-  c->spin_ns = (uint64_t)(spin_us >= 0 && spin_us <= 10000000 ? spin_us : 50) * 1000u;
+  long spin_us = hm_env_long("HETMIX_SPIN_US", 20), yield_us = hm_env_long("HETMIX_YIELD_US", local <= cpus ? 2000 : 0);
+  c->spin_ns = (uint64_t)(spin_us >= 0 && spin_us <= 10000000 ? spin_us : 20) * 1000u;
+  c->yield_ns = c->spin_ns + (uint64_t)(yield_us >= 0 && yield_us <= 10000000 ? yield_us : 0) * 1000u;
   /* tuner constants: the same on every rank because they derive from the shared table */
   if (any_tcp)
     c->link = (hm_link){3e9, 25e-6, 6e9};

@@ -161,7 +161,8 @@ struct hm_comm {
   void *shm_base;   /* our segment (doorbell, inbound rings) */
   hm_shm_bell *bell; /* our doorbell */
   int bell_armed;    /* this rank announced it may sleep on the bell */
-  uint64_t spin_ns;  /* how long a wait spins before it sleeps */
+  uint64_t spin_ns;  /* how long a wait spins before it yields */
+  uint64_t yield_ns; /* ... and until when it yields before it sleeps */
   uint32_t bell_seen;
   size_t shm_bytes;
   void **peer_shm;  /* peers' segments (mapped) */

@@ -573,9 +573,14 @@ static hm_status xfer_loop(const hm_xctx *cx, hm_xfer *x, int n) {
       continue;
     }
     if (now - idle_since < c->spin_ns) {
-      /* spin on the shared lines (the low-latency path); never yield the core to others here:
-       * on a loaded machine a yield costs a whole time slice */
+      /* spin on the shared lines: the low-latency path */
       cpu_relax();
+      if (now - last_health > 1000000ull) {
+        HM_TRY(health_poll(c, NULL, 0, 0));
+        last_health = now;
+      }
+    } else if (now - idle_since < c->yield_ns) {
+      sched_yield();
       if (now - last_health > 1000000ull) {
         HM_TRY(health_poll(c, NULL, 0, 0));
         last_health = now;
