@@ -673,6 +673,7 @@ void hm_comm_stop_progress(hm_comm_t c); /* comm.c */
 hm_status hm_comm_destroy(hm_comm_t c) {
   if (!c) return hm_error(HM_ERR_INVALID_ARG, "hm_comm_destroy: comm is NULL");
   hm_comm_stop_progress(c);
+  hm_comm_free_requests(c);
   hm_comm_heartbeat_stop(c);
   for (int r = 0; r < c->nranks; r++) {
     if (r == c->rank || !c->peers || c->peers[r].ctrl_fd < 0) continue;
