@@ -194,6 +194,7 @@ struct hm_comm {
   int hb_started, hb_stop;
   uint64_t *last_heard;      /* per peer, hm_now_ns() of the last control frame read */
   uint64_t op_start_ns;
+  hm_store_server *store; /* the rendezvous store this rank hosts (hm_comm_init_env rank 0) */
   hm_op *requests;        /* nonblocking requests not yet waited on (freed at destroy) */
   hm_op *self_pending[2]; /* unmatched nonblocking sends [1] / receives [0] to this rank itself */
 };
