@@ -288,6 +288,10 @@ static hm_status connect_mesh(hm_comm_t c, const rank_info *info, uint64_t deadl
   long spin_us = hm_env_long("HETMIX_SPIN_US", 20), yield_us = hm_env_long("HETMIX_YIELD_US", local <= cpus ? 2000 : 0);
   c->spin_ns = (uint64_t)(spin_us >= 0 && spin_us <= 10000000 ? spin_us : 20) * 1000u;
   c->yield_ns = c->spin_ns + (uint64_t)(yield_us >= 0 && yield_us <= 10000000 ? yield_us : 0) * 1000u;
+  /* Latency-bound operations (under 1 MiB) spin longer: on a loaded machine the peer is often
+   * preempted briefly, and a yield then costs a time slice; bandwidth-bound ones yield sooner. */
+  long small_us = hm_env_long("HETMIX_SPIN_SMALL_US", local <= cpus ? 2000 : spin_us);
+  c->spin_small_ns = (uint64_t)(small_us >= 0 && small_us <= 10000000 ? small_us : 20) * 1000u;
   /* tuner constants: the same on every rank because they derive from the shared table */
   if (any_tcp)
     c->link = (hm_link){3e9, 25e-6, 6e9};

@@ -163,6 +163,7 @@ struct hm_comm {
   int bell_armed;    /* this rank announced it may sleep on the bell */
   uint64_t spin_ns;  /* how long a wait spins before it yields */
   uint64_t yield_ns; /* ... and until when it yields before it sleeps */
+  uint64_t spin_small_ns; /* spin of operations under 1 MiB */
   uint32_t bell_seen;
   size_t shm_bytes;
   void **peer_shm;  /* peers' segments (mapped) */

@@ -499,6 +499,10 @@ static hm_status xfer_loop(const hm_xctx *cx, hm_xfer *x, int n) {
   int any_tcp = 0;
   int bad = prepare(c, x, 0, n, &any_tcp);
   if (bad >= 0) return hm_error(HM_ERR_INTERNAL, "rank %d: transfer with invalid peer %d", c->rank, x[bad].peer);
+  size_t total = 0;
+  for (int i = 0; i < n; i++) total += x[i].bytes;
+  const uint64_t spin_ns = total < (1u << 20) ? c->spin_small_ns : c->spin_ns;
+  const uint64_t yield_ns = spin_ns > c->spin_ns ? spin_ns + (c->yield_ns - c->spin_ns) : c->yield_ns;
   const uint64_t deadline = hm_deadline_after_ms((uint64_t)c->cfg.timeout_ms);
   c->op_start_ns = deadline - (uint64_t)c->cfg.timeout_ms * 1000000ull;
   uint64_t idle_since = 0, last_health = hm_now_ns();
@@ -572,14 +576,14 @@ static hm_status xfer_loop(const hm_xctx *cx, hm_xfer *x, int n) {
       last_health = hm_now_ns();
       continue;
     }
-    if (now - idle_since < c->spin_ns) {
+    if (now - idle_since < spin_ns) {
       /* spin on the shared lines: the low-latency path */
       cpu_relax();
       if (now - last_health > 1000000ull) {
         HM_TRY(health_poll(c, NULL, 0, 0));
         last_health = now;
       }
-    } else if (now - idle_since < c->yield_ns) {
+    } else if (now - idle_since < yield_ns) {
       sched_yield();
       if (now - last_health > 1000000ull) {
         HM_TRY(health_poll(c, NULL, 0, 0));
