@@ -501,11 +501,15 @@ static hm_status xfer_loop(const hm_xctx *cx, hm_xfer *x, int n) {
   if (bad >= 0) return hm_error(HM_ERR_INTERNAL, "rank %d: transfer with invalid peer %d", c->rank, x[bad].peer);
   size_t total = 0;
   for (int i = 0; i < n; i++) total += x[i].bytes;
-  const uint64_t spin_ns = total < (1u << 20) ? c->spin_small_ns : c->spin_ns;
+  /* Small operations spin long, unless the previous one had to yield anyway (then the peer
+   * probably shares our core, and spinning only keeps it off): adapt per operation. */
+  const int small = total < (1u << 20);
+  const uint64_t spin_ns = small && !c->small_yielded ? c->spin_small_ns : c->spin_ns;
+  if (small) c->small_yielded = 0;
   const uint64_t yield_ns = spin_ns > c->spin_ns ? spin_ns + (c->yield_ns - c->spin_ns) : c->yield_ns;
-  const uint64_t deadline = hm_deadline_after_ms((uint64_t)c->cfg.timeout_ms);
-  c->op_start_ns = deadline - (uint64_t)c->cfg.timeout_ms * 1000000ull;
-  uint64_t idle_since = 0, last_health = hm_now_ns();
+  /* the clock is read at the first wait (within 64 spins of the start), not on the fast path */
+  uint64_t deadline = 0;
+  uint64_t idle_since = 0, last_health = 0;
   unsigned idle = 0;
   for (;;) {
     int progress = 0, pending = 0;
@@ -542,6 +546,11 @@ static hm_status xfer_loop(const hm_xctx *cx, hm_xfer *x, int n) {
       continue;
     }
     uint64_t now = hm_now_ns();
+    if (deadline == 0) {
+      deadline = now + (uint64_t)c->cfg.timeout_ms * 1000000ull;
+      c->op_start_ns = now;
+      last_health = now;
+    }
     if (idle_since == 0) idle_since = now;
     for (int i = 0; i < n; i++) /* nothing moved: a peer that left will never send or drain */
       if (!x[i].finished && c->peers[x[i].peer].left) {
@@ -584,6 +593,7 @@ static hm_status xfer_loop(const hm_xctx *cx, hm_xfer *x, int n) {
         last_health = now;
       }
     } else if (now - idle_since < yield_ns) {
+      if (small) c->small_yielded = 1;
       sched_yield();
       if (now - last_health > 1000000ull) {
         HM_TRY(health_poll(c, NULL, 0, 0));
