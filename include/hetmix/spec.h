@@ -198,12 +198,13 @@ void hm_model_free(hm_model *m);
 /* Training                                                                                   */
 
 typedef enum hm_precision {
+  HM_PREC_AUTO = -1,  /* follow the model's dtype; hm_spec_resolve replaces it */
   HM_PREC_FP32 = 0,   /* everything fp32 */
   HM_PREC_BF16_MIXED, /* bf16 weights/activations/grads, fp32 master weights */
   HM_PREC_FP16_MIXED, /* fp16 likewise (with loss scaling) */
   HM_PREC_COUNT
 } hm_precision;
-const char *hm_precision_name(hm_precision p); /* "fp32", "bf16-mixed", "fp16-mixed" */
+const char *hm_precision_name(hm_precision p); /* "auto", "fp32", "bf16-mixed", "fp16-mixed" */
 
 typedef enum hm_recompute {
   HM_RECOMPUTE_NONE = 0, /* keep every activation */
@@ -216,19 +217,21 @@ typedef struct hm_train {
   int64_t global_batch;                       /* samples per optimizer step */
   int n_micro_batch_sizes;
   int64_t micro_batch_sizes[HM_SPEC_MBS_MAX]; /* candidates, ascending, distinct */
-  hm_precision precision;
-  hm_dtype compute_dtype;      /* dtype whose peak FLOP/s applies (from precision) */
+  hm_precision precision;      /* HM_PREC_AUTO until hm_spec_resolve */
+  hm_dtype compute_dtype;      /* dtype whose peak FLOP/s applies (set by hm_spec_resolve) */
   char optimizer[16];          /* "adamw" */
-  double weight_bytes;         /* per parameter, as used in compute */
-  double grad_bytes;           /* per parameter */
-  double master_bytes;         /* per parameter (fp32 copy in mixed precision, else 0) */
-  double optimizer_bytes;      /* per parameter of optimizer state (AdamW: m and v, 8) */
+  /* Bytes per parameter; negative = "from the precision" until hm_spec_resolve fills them. */
+  double weight_bytes;         /* as used in compute */
+  double grad_bytes;
+  double master_bytes;         /* fp32 copy in mixed precision, else 0 */
+  double optimizer_bytes;      /* optimizer state (AdamW: m and v in fp32, 8) */
   hm_recompute recompute;
   int zero_stage;              /* 0; 1 shards master weights + optimizer state over DP */
   double memory_fraction;      /* part of device memory a plan may use (default 0.9) */
 } hm_train;
 
-/* Defaults of docs/spec.md (global batch 8, micro-batch sizes 1 2 4 8, bf16-mixed AdamW). */
+/* Defaults of docs/spec.md (global batch 8, micro-batch sizes 1 2 4 8, precision "auto",
+ * AdamW, no recompute, memory fraction 0.9). */
 void hm_train_default(hm_train *t);
 /* Forward + backward FLOPs of one layer per sample under t's recompute setting. */
 double hm_layer_train_flops(const hm_layer *l, const hm_train *t);
@@ -259,6 +262,7 @@ typedef struct hm_profile_link {
 } hm_profile_link;
 
 typedef struct hm_profile {
+  char model[HM_SPEC_NAME_MAX]; /* name of the model measured; "" = not recorded */
   int nlayers, cap_layers;
   hm_profile_layer *layers;
   int nlinks, cap_links;
@@ -279,6 +283,13 @@ int hm_profile_layer_time(const hm_profile *p, int type, const char *kind, int64
 /* Measured link between two device types, if any; returns 1 when found. */
 int hm_profile_link_find(const hm_profile *p, int ta, int tb, int inter_host, hm_link *out);
 void hm_profile_free(hm_profile *p);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Cross-checks, once after reading and before planning: completes t against m (precision
+ * "auto" follows the model's dtype; per-parameter bytes from the precision), rejects a
+ * precision whose compute dtype differs from the dtype of the model's byte figures, and
+ * resolves the profile's names against the cluster and model (p may be NULL). */
+hm_status hm_spec_resolve(const hm_cluster *c, const hm_model *m, hm_train *t, hm_profile *p);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Readers and writers. Every reader validates fully: a missing, mistyped, out-of-range or
