@@ -206,23 +206,30 @@ hm_status hm_json_check_object(const cJSON *v, const char *path, const char *con
   return HM_OK;
 }
 
-static void describe_range(hm_json_range r, char *buf, size_t cap) {
-  const char *what = r.integer ? "an integer" : "a number";
-  if (r.min == 0.0 && r.min_open && isinf(r.max))
-    snprintf(buf, cap, "a positive %s", r.integer ? "integer" : "number");
-  else if (r.min == 0.0 && !r.min_open && isinf(r.max))
-    snprintf(buf, cap, "a non-negative %s", r.integer ? "integer" : "number");
-  else if (isinf(r.max))
-    snprintf(buf, cap, "%s %s %.17g", what, r.min_open ? ">" : ">=", r.min);
-  else if (r.min == 0.0 && r.min_open)
-    snprintf(buf, cap, "a positive %s <= %.17g", r.integer ? "integer" : "number", r.max);
-  else
-    snprintf(buf, cap, "%s in %s%.17g, %.17g]", what, r.min_open ? "(" : "[", r.min, r.max);
+/* "a positive number", "an integer in [1, 4096]", "a number in (0, 1]". Very large maxima are
+ * sanity limits, shown only to a value beyond them. */
+static void describe_range(hm_json_range r, int show_max, char *buf, size_t cap) {
+  const char *fmt = r.integer ? "%.17g" : "%g";
+  char lo[32], hi[32];
+  snprintf(lo, sizeof lo, fmt, r.min);
+  snprintf(hi, sizeof hi, fmt, r.max);
+  if (!(r.max < 1e12) && !show_max) {
+    if (r.min == 0.0)
+      snprintf(buf, cap, "a %s %s", r.min_open ? "positive" : "non-negative",
+               r.integer ? "integer" : "number");
+    else
+      snprintf(buf, cap, "%s %s %s", r.integer ? "an integer" : "a number", r.min_open ? ">" : ">=",
+               lo);
+    return;
+  }
+  snprintf(buf, cap, "%s in %s%s, %s]", r.integer ? "an integer" : "a number",
+           r.min_open ? "(" : "[", lo, hi);
 }
 
 hm_status hm_json_number_value(const cJSON *v, const char *path, hm_json_range r, double *out) {
-  char expect[96];
-  describe_range(r, expect, sizeof expect);
+  char expect[128];
+  int above = cJSON_IsNumber(v) && v->valuedouble > r.max;
+  describe_range(r, above, expect, sizeof expect);
   if (!cJSON_IsNumber(v)) return type_error(path, expect, v);
   double x = v->valuedouble;
   if (!isfinite(x)) return type_error(path, expect, v);
@@ -240,8 +247,8 @@ hm_status hm_json_number(const cJSON *obj, const char *path, const char *key, in
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
   if (!v) {
     if (required) {
-      char expect[96];
-      describe_range(range, expect, sizeof expect);
+      char expect[128];
+      describe_range(range, 0, expect, sizeof expect);
       return missing(p, expect);
     }
     *out = def;
