@@ -43,6 +43,12 @@ typedef struct cand {
   tmpl t[4];
 } cand;
 
+/* Best candidates by estimate, sorted, without duplicates. */
+typedef struct clist {
+  int n, cap;
+  cand *c;
+} clist;
+
 typedef struct sctx {
   const hm_plan_inputs *in;
   const hm_search_options *opt;
@@ -51,9 +57,8 @@ typedef struct sctx {
   hm_layer_costs *costs; /* [k][tpi][mbi] */
   int64_t groups[MAXK][NTP];
   int single_only; /* -1 or the type */
-  /* best candidates by estimate, sorted */
-  int ncands, capc;
-  cand *cands;
+  clist all;              /* every family */
+  clist by_type[MAXK];    /* single-type candidates of each type (the upper bound) */
   /* best single-type template per (type, mb): index into a per-type list */
   cand *best_single; /* [k][mbi] */
   int *have_single;
@@ -95,21 +100,19 @@ static int cand_equal(const cand *a, const cand *b) {
 }
 
 /* Adds c to the sorted top list if it beats the worst kept (ties keep the earlier one). */
-static void keep(sctx *x, const cand *c) {
-  if (x->ncands == x->capc && c->est >= x->cands[x->ncands - 1].est) return;
-  for (int i = 0; i < x->ncands; i++)
-    if (cand_equal(&x->cands[i], c)) return;
-  int i = x->ncands < x->capc ? x->ncands++ : x->ncands - 1;
-  while (i > 0 && x->cands[i - 1].est > c->est) {
-    x->cands[i] = x->cands[i - 1];
+static void keep(clist *l, const cand *c) {
+  if (l->n == l->cap && c->est >= l->c[l->n - 1].est) return;
+  for (int i = 0; i < l->n; i++)
+    if (cand_equal(&l->c[i], c)) return;
+  int i = l->n < l->cap ? l->n++ : l->n - 1;
+  while (i > 0 && l->c[i - 1].est > c->est) {
+    l->c[i] = l->c[i - 1];
     i--;
   }
-  x->cands[i] = *c;
+  l->c[i] = *c;
 }
 
-static double worst_kept(const sctx *x) {
-  return x->ncands < x->capc ? INFINITY : x->cands[x->ncands - 1].est;
-}
+static double worst_kept(const clist *l) { return l->n < l->cap ? INFINITY : l->c[l->n - 1].est; }
 
 /* Gradient sync estimate of a template among `nranks` replicas. */
 static double sync_estimate(sctx *x, const tmpl *t, const int *tp_of, int nranks, unsigned mask,
@@ -288,7 +291,8 @@ static void search_single(sctx *x, int k, int mbi, int64_t M) {
       const hm_layer_costs *lc = costs_of(x, k, ti, mbi);
       for (int l = 0; l < x->n; l++) W += lc->fwd[l] + lc->bwd[l];
       double lb = (m - 1) * W / p + W;
-      if (lb >= worst_kept(x) && *have && lb >= best->est) continue;
+      /* cannot enter the overall list nor this type's list (the upper bound's) */
+      if (lb >= worst_kept(&x->all) && lb >= worst_kept(&x->by_type[k])) continue;
       if (split_template(x, &c.t[0], tp_of, mbi, m, (int)R) != HM_OK) {
         note_no_fit(x);
         continue;
@@ -296,7 +300,8 @@ static void search_single(sctx *x, int k, int mbi, int64_t M) {
       int rep = (int)R;
       if (!distribute(&c, 1, &rep, c.t, M)) continue;
       estimate(x, &c, tp_of);
-      keep(x, &c);
+      keep(&x->all, &c);
+      keep(&x->by_type[k], &c);
       if (!*have || c.est < best->est) {
         *best = c;
         *have = 1;
@@ -324,7 +329,7 @@ static void search_hetero_dp(sctx *x, unsigned mask, int mbi, int64_t M, int *tp
   memcpy(c.tp_of, tp_of, sizeof c.tp_of);
   if (!distribute(&c, c.ntmpl, rep, c.t, M)) return;
   estimate(x, &c, tp_of);
-  keep(x, &c);
+  keep(&x->all, &c);
 }
 
 static int next_perm(int *a, int n) {
@@ -371,7 +376,7 @@ static void search_mixed_order(sctx *x, const int *order, int nt, int mbi, int64
     if (R > M) continue;
     const int m = (int)((M + R - 1) / R);
     double lb = (m - 1) * W / P + W;
-    if (lb >= worst_kept(x)) continue;
+    if (lb >= worst_kept(&x->all)) continue;
     cand c;
     memset(&c, 0, sizeof c);
     c.mbi = mbi;
@@ -388,7 +393,7 @@ static void search_mixed_order(sctx *x, const int *order, int nt, int mbi, int64
     int rep = (int)R;
     if (!distribute(&c, 1, &rep, c.t, M)) continue;
     estimate(x, &c, tp_of);
-    keep(x, &c);
+    keep(&x->all, &c);
   }
 }
 
@@ -466,7 +471,8 @@ static void sctx_free(sctx *x) {
   if (x->costs)
     for (int i = 0; i < x->K * NTP * x->nmb; i++) hm_layer_costs_free(&x->costs[i]);
   free(x->costs);
-  free(x->cands);
+  free(x->all.c);
+  for (int k = 0; k < MAXK; k++) free(x->by_type[k].c);
   free(x->best_single);
   free(x->have_single);
   free(x->time);
@@ -536,15 +542,20 @@ hm_status hm_plan_search(const hm_plan_inputs *in, const hm_search_options *opt_
     return hm_error(HM_ERR_SPEC, "training.micro_batch_sizes: none divides global_batch %lld",
                     (long long)in->train->global_batch);
   hm_status st = HM_OK;
-  x.capc = opt.top_k * 4 > 16 ? opt.top_k * 4 : 16;
+  const int capc = opt.top_k * 4 > 16 ? opt.top_k * 4 : 16;
+  x.all.cap = capc;
+  x.all.c = hm_calloc((size_t)capc, sizeof(cand), "candidates");
+  for (int k = 0; k < x.K && x.all.c; k++) {
+    x.by_type[k].cap = capc;
+    if (!(x.by_type[k].c = hm_calloc((size_t)capc, sizeof(cand), "candidates"))) x.all.cap = 0;
+  }
   x.costs = hm_calloc((size_t)x.K * NTP * x.nmb, sizeof *x.costs, "layer costs");
-  x.cands = hm_calloc((size_t)x.capc, sizeof *x.cands, "candidates");
   x.best_single = hm_calloc((size_t)x.K * x.nmb, sizeof *x.best_single, "candidates");
   x.have_single = hm_calloc((size_t)x.K * x.nmb, sizeof *x.have_single, "candidates");
   const size_t pn = (size_t)HM_PLAN_MAX_STAGES * x.n;
   x.time = hm_malloc((pn * 4 + HM_PLAN_MAX_STAGES) * sizeof(double), "split scratch");
   x.infl = hm_malloc(HM_PLAN_MAX_STAGES * sizeof(int), "split scratch");
-  if (!x.costs || !x.cands || !x.best_single || !x.have_single || !x.time || !x.infl) {
+  if (!x.costs || !x.all.c || !x.all.cap || !x.best_single || !x.have_single || !x.time || !x.infl) {
     st = HM_ERR_NOMEM;
     goto done;
   }
@@ -585,14 +596,14 @@ hm_status hm_plan_search(const hm_plan_inputs *in, const hm_search_options *opt_
     }
   }
   /* simulate the best estimates; keep those within memory; rank by simulated step time */
-  out->plans = hm_calloc((size_t)x.ncands + 1, sizeof *out->plans, "plans");
+  out->plans = hm_calloc((size_t)x.all.n + 1, sizeof *out->plans, "plans");
   if (!out->plans) {
     st = HM_ERR_NOMEM;
     goto done;
   }
-  for (int i = 0; i < x.ncands; i++) {
+  for (int i = 0; i < x.all.n; i++) {
     hm_plan *p = &out->plans[out->nplans];
-    if ((st = materialize(&x, &x.cands[i], p)) != HM_OK) goto done;
+    if ((st = materialize(&x, &x.all.c[i], p)) != HM_OK) goto done;
     if (!p->over_memory) out->nplans++;
   }
   if (out->nplans == 0) {
@@ -603,30 +614,28 @@ hm_status hm_plan_search(const hm_plan_inputs *in, const hm_search_options *opt_
   if (out->nplans > opt.top_k) out->nplans = opt.top_k;
   out->candidates = x.nsplits;
   if (opt.upper_bound && opt.only_type < 0) {
-    /* the bound: each type planned alone by this same search */
-    for (int k = 0; k < x.K && k < MAXK; k++) {
-      hm_search_options o1 = opt;
-      o1.only_type = k;
-      o1.upper_bound = 0;
-      o1.top_k = 1;
-      hm_search_result r1;
-      hm_status s1 = hm_plan_search(in, &o1, &r1);
-      if (s1 == HM_OK && r1.nplans > 0) {
-        out->type_best_tokens_per_s[k] = r1.plans[0].tokens_per_s;
-        out->upper_bound_tokens_per_s += r1.plans[0].tokens_per_s;
-        out->candidates += r1.candidates;
-        if (out->best_single_type < 0 ||
-            r1.plans[0].tokens_per_s > out->best_single.tokens_per_s) {
-          out->best_single_type = k;
-          out->best_single = r1.plans[0];
-        }
-      } else if (s1 != HM_ERR_NO_FIT) {
-        hm_search_result_free(&r1);
-        st = s1;
-        goto done;
-      }
-      hm_search_result_free(&r1);
+    /* the bound: each type alone, i.e. exactly the candidates a search restricted to that type
+     * keeps (same pruning against that type's own list), simulated and ranked the same way */
+    hm_plan *tp = hm_malloc(sizeof *tp, "plan");
+    if (!tp) {
+      st = HM_ERR_NOMEM;
+      goto done;
     }
+    for (int k = 0; k < x.K; k++)
+      for (int i = 0; i < x.by_type[k].n; i++) {
+        if ((st = materialize(&x, &x.by_type[k].c[i], tp)) != HM_OK) {
+          free(tp);
+          goto done;
+        }
+        if (tp->over_memory || tp->tokens_per_s <= out->type_best_tokens_per_s[k]) continue;
+        out->type_best_tokens_per_s[k] = tp->tokens_per_s;
+        if (out->best_single_type < 0 || tp->tokens_per_s > out->best_single.tokens_per_s) {
+          out->best_single_type = k;
+          out->best_single = *tp;
+        }
+      }
+    free(tp);
+    for (int k = 0; k < x.K; k++) out->upper_bound_tokens_per_s += out->type_best_tokens_per_s[k];
     hm_clear_error();
     for (int i = 0; i < out->nplans; i++) {
       out->plans[i].upper_bound_tokens_per_s = out->upper_bound_tokens_per_s;
