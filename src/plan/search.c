@@ -14,6 +14,7 @@
  * The optimizations here are exact pruning (bounds) and memoized per-layer costs; the heuristic
  * parts are the candidate families above (documented in docs/plan.md). */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -66,8 +67,6 @@ typedef struct sctx {
   double *time, *bnd, *ms, *ma, *cap; /* DP scratch */
   int *infl;
   int tied;
-  int no_fit_reason_set;
-  char no_fit[256];
 } sctx;
 
 static hm_layer_costs *costs_of(sctx *x, int k, int tpi, int mbi) {
@@ -257,13 +256,6 @@ static double estimate(sctx *x, cand *c, const int *tp_of) {
   return worst;
 }
 
-static void note_no_fit(sctx *x) {
-  if (!x->no_fit_reason_set) {
-    hm_strcpy(x->no_fit, sizeof x->no_fit, hm_last_error());
-    x->no_fit_reason_set = 1;
-  }
-}
-
 /* 1. one device type alone */
 static void search_single(sctx *x, int k, int mbi, int64_t M) {
   cand *best = &x->best_single[(size_t)k * x->nmb + mbi];
@@ -293,10 +285,7 @@ static void search_single(sctx *x, int k, int mbi, int64_t M) {
       double lb = (m - 1) * W / p + W;
       /* cannot enter the overall list nor this type's list (the upper bound's) */
       if (lb >= worst_kept(&x->all) && lb >= worst_kept(&x->by_type[k])) continue;
-      if (split_template(x, &c.t[0], tp_of, mbi, m, (int)R) != HM_OK) {
-        note_no_fit(x);
-        continue;
-      }
+      if (split_template(x, &c.t[0], tp_of, mbi, m, (int)R) != HM_OK) continue;
       int rep = (int)R;
       if (!distribute(&c, 1, &rep, c.t, M)) continue;
       estimate(x, &c, tp_of);
@@ -386,10 +375,7 @@ static void search_mixed_order(sctx *x, const int *order, int nt, int mbi, int64
     for (int i = 0; i < nt; i++)
       for (int j = 0; j < p[i]; j++) c.t[0].types[s++] = (signed char)order[i];
     c.t[0].nstages = P;
-    if (split_template(x, &c.t[0], tp_of, mbi, m, (int)R) != HM_OK) {
-      note_no_fit(x);
-      continue;
-    }
+    if (split_template(x, &c.t[0], tp_of, mbi, m, (int)R) != HM_OK) continue;
     int rep = (int)R;
     if (!distribute(&c, 1, &rep, c.t, M)) continue;
     estimate(x, &c, tp_of);
@@ -479,7 +465,7 @@ static void sctx_free(sctx *x) {
   free(x->infl);
 }
 
-static hm_status no_fit_error(const sctx *x) {
+static hm_status no_fit_error(sctx *x) {
   const hm_plan_inputs *in = x->in;
   double need = hm_static_bytes(in->train, in->model->params, 1), have = 0, biggest = 0;
   for (int k = 0; k < in->cluster->ntypes; k++) {
@@ -493,10 +479,41 @@ static hm_status no_fit_error(const sctx *x) {
                     "weights, gradients and optimizer state, the devices offer %.4g GB in all "
                     "(memory_fraction %.2f)", in->model->name, in->model->params, need / 1e9,
                     have / 1e9, in->train->memory_fraction);
+  /* the smallest stage possible: one layer, one micro-batch in flight, the largest tp */
+  char why[512] = "";
+  size_t w = 0;
+  int layer_too_big = 1;
+  for (int k = 0; k < x->K; k++) {
+    if (x->single_only >= 0 && k != x->single_only) continue;
+    double need = INFINITY;
+    int need_tp = 1, need_l = 0;
+    for (int ti = 0; ti < NTP; ti++) {
+      const hm_layer_costs *lc = costs_of(x, k, ti, 0);
+      if (!lc->ok || x->groups[k][ti] < 1) continue;
+      double worst = 0;
+      int wl = 0;
+      for (int l = 0; l < x->n; l++) {
+        double b = hm_static_bytes(in->train, lc->params[l] - lc->shared[l], 1) + lc->act[l];
+        if (b > worst) worst = b, wl = l;
+      }
+      worst += lc->reserve;
+      if (worst < need) need = worst, need_tp = tp_values[ti], need_l = wl;
+    }
+    const double cap = in->cluster->types[k].memory_bytes * in->train->memory_fraction;
+    if (need <= cap) layer_too_big = 0;
+    if (w < sizeof why && need < INFINITY)
+      w += snprintf(why + w, sizeof why - w, "%s%s: layer %d (%s) needs %.3g GB at tp %d, %.3g GB "
+                    "usable", w ? "; " : "", in->cluster->types[k].name, need_l,
+                    in->model->layers[need_l].kind, need / 1e9, need_tp, cap / 1e9);
+  }
+  if (layer_too_big)
+    return hm_error(HM_ERR_NO_FIT, "model \"%s\" cannot fit: even one layer per device with "
+                    "micro-batch %lld does not fit (%s)", in->model->name, (long long)x->mbs[0], why);
   return hm_error(HM_ERR_NO_FIT, "model \"%s\" fits no plan within %d pipeline stages and tensor "
-                  "parallelism up to 8 (%s; largest device %.4g GB usable)%s%s", in->model->name,
-                  x->maxp, x->single_only >= 0 ? in->cluster->types[x->single_only].name : "all types",
-                  biggest / 1e9, x->no_fit_reason_set ? ": " : "", x->no_fit);
+                  "parallelism up to 8 (%s; largest device %.4g GB usable): the layers fit one by one "
+                  "but there are too few devices to spread them (%s)", in->model->name, x->maxp,
+                  x->single_only >= 0 ? in->cluster->types[x->single_only].name : "all types",
+                  biggest / 1e9, why);
 }
 
 static hm_status check_inputs(const hm_plan_inputs *in) {
