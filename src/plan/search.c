@@ -377,9 +377,32 @@ static void search_mixed_order(sctx *x, const int *order, int nt, int mbi, int64
     c.t[0].nstages = P;
     if (split_template(x, &c.t[0], tp_of, mbi, m, (int)R) != HM_OK) continue;
     int rep = (int)R;
-    if (!distribute(&c, 1, &rep, c.t, M)) continue;
-    estimate(x, &c, tp_of);
-    keep(&x->all, &c);
+    cand d = c; /* before distribute: the same template, for the variant with leftovers */
+    if (distribute(&c, 1, &rep, c.t, M)) {
+      estimate(x, &c, tp_of);
+      keep(&x->all, &c);
+    }
+    /* the devices these pipelines leave idle: replicas of each type's best single template,
+     * the micro-batches spread over both kinds by water-filling */
+    int reps[4] = {rep};
+    int64_t total = R;
+    for (int k = 0; k < x->K && d.ntmpl < 4; k++) {
+      const size_t bi = (size_t)k * x->nmb + mbi;
+      if (!x->have_single[bi] || x->best_single[bi].tp_of[k] != tp_of[k]) continue;
+      int64_t used = 0;
+      for (int i = 0; i < nt; i++)
+        if (order[i] == k) used = R * p[i];
+      int64_t r2 = (x->groups[k][tp_index(tp_of[k])] - used) / x->best_single[bi].t[0].nstages;
+      if (r2 > M - total) r2 = M - total;
+      if (r2 < 1) continue;
+      d.t[d.ntmpl] = x->best_single[bi].t[0];
+      reps[d.ntmpl++] = (int)r2;
+      total += r2;
+    }
+    if (d.ntmpl > 1 && distribute(&d, d.ntmpl, reps, d.t, M)) {
+      estimate(x, &d, tp_of);
+      keep(&x->all, &d);
+    }
   }
 }
 
@@ -559,7 +582,7 @@ hm_status hm_plan_search(const hm_plan_inputs *in, const hm_search_options *opt_
     return hm_error(HM_ERR_SPEC, "training.micro_batch_sizes: none divides global_batch %lld",
                     (long long)in->train->global_batch);
   hm_status st = HM_OK;
-  const int capc = opt.top_k * 4 > 16 ? opt.top_k * 4 : 16;
+  const int capc = opt.top_k * 8 > 48 ? opt.top_k * 8 : 48; /* simulated to re-rank */
   x.all.cap = capc;
   x.all.c = hm_calloc((size_t)capc, sizeof(cand), "candidates");
   for (int k = 0; k < x.K && x.all.c; k++) {
