@@ -294,6 +294,8 @@ int hm_cmd_simulate(int argc, char **argv) {
   if (a.cluster && (rc = remap_types(p, &pc, &c)) != 0) goto done;
   if (a.batch && (rc = rebatch(p, a.batch)) != 0) goto done;
   if (!a.batch) p->global_batch = 0; /* recomputed from the classes */
+  if (a.cluster || a.model || a.train || a.batch || a.profile)
+    p->upper_bound_tokens_per_s = 0; /* the stored bound was for the original inputs */
   hm_plan_inputs in = {.cluster = cl, .model = md, .train = &t, .profile = have_profile ? &pr : NULL};
   hm_sim_trace tr = {0};
   st = hm_plan_predict(&in, p, a.trace ? &tr : NULL);

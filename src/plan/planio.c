@@ -374,6 +374,11 @@ hm_status hm_plan_from_cjson(const cJSON *j, const hm_plan_inputs *against, hm_p
     }
   }
   if ((st = hm_plan_validate(in, p)) != HM_OK) goto fail;
+  /* predictions are informational (re-predicted on load); the bound is kept for utilization */
+  const cJSON *pred = cJSON_GetObjectItemCaseSensitive(j, "predicted");
+  const cJSON *ub = pred ? cJSON_GetObjectItemCaseSensitive(pred, "upper_bound_tokens_per_s") : NULL;
+  if (cJSON_IsNumber(ub) && ub->valuedouble > 0 && isfinite(ub->valuedouble))
+    p->upper_bound_tokens_per_s = ub->valuedouble;
   const cJSON *ra;
   int nr;
   if ((st = hm_json_array(j, root, "ranks", 1, &ra, &nr)) != HM_OK) goto fail;
