@@ -254,8 +254,60 @@ static void test_large_cluster(void **state) {
   unload(&s);
 }
 
+/* A plan predicted from hand-computable figures: compute-bound roofline, free links. */
+static void test_predict_by_hand(void **state) {
+  (void)state;
+  static const char cluster[] =
+      "{\"name\": \"hand\", \"device_types\": [{\"name\": \"x\", \"peak_flops\": {\"fp32\": 1e12},"
+      " \"efficiency\": 0.5, \"memory_bytes\": 1e12, \"memory_bandwidth\": 1e15,"
+      " \"intra_host_link\": {\"bandwidth\": 1e16, \"latency\": 0}}],"
+      " \"hosts\": [{\"name\": \"h\", \"count\": 1, \"devices\": {\"type\": \"x\", \"count\": 2}}]}";
+  static const char model[] =
+      "{\"name\": \"four\", \"dtype\": \"fp32\", \"seq_len\": 1, \"layers\": [{\"kind\": \"l\","
+      " \"count\": 4, \"fwd_flops\": 1e9, \"params\": 1000, \"act_bytes\": 100, \"out_bytes\": 0}]}";
+  static const char train[] =
+      "{\"global_batch\": 4, \"micro_batch_sizes\": [1], \"precision\": \"fp32\"}";
+  specs s;
+  memset(&s, 0, sizeof s);
+  assert_int_equal(hm_cluster_parse(cluster, sizeof cluster - 1, "hand", &s.c), HM_OK);
+  assert_int_equal(hm_model_parse(model, sizeof model - 1, "hand", &s.m), HM_OK);
+  assert_int_equal(hm_train_parse(train, sizeof train - 1, "hand", &s.t), HM_OK);
+  assert_int_equal(hm_spec_resolve(&s.c, &s.m, &s.t, NULL), HM_OK);
+  s.in = (hm_plan_inputs){.cluster = &s.c, .model = &s.m, .train = &s.t};
+  hm_plan *p = calloc(1, sizeof *p);
+  assert_non_null(p);
+  p->micro_batch = 1;
+  p->nclasses = 1;
+  p->classes[0] = (hm_plan_class){.nreplicas = 1, .nmicro = 4, .nstages = 2};
+  p->classes[0].stages[0] = (hm_plan_stage){.type = 0, .tp = 1, .layer_begin = 0, .layer_end = 2};
+  p->classes[0].stages[1] = (hm_plan_stage){.type = 0, .tp = 1, .layer_begin = 2, .layer_end = 4};
+  assert_int_equal(hm_plan_predict(&s.in, p, NULL), HM_OK);
+  /* per stage: forward 2 x 1e9 / (1e12 * 0.5) = 4 ms, backward twice that; (m+p-1)(f+b) */
+  assert_true(fabs(p->classes[0].stages[0].fwd - 4e-3) < 1e-12);
+  assert_true(fabs(p->classes[0].stages[0].bwd - 8e-3) < 1e-12);
+  assert_true(fabs(p->step_time - 5 * 12e-3) < 1e-9);
+  assert_true(fabs(p->tokens_per_s - 4 / p->step_time) < 1e-6);
+  assert_true(fabs(p->bubble_fraction - 1.0 / 5) < 1e-6);
+  /* fp32 AdamW: 4 + 4 + 8 bytes per parameter; stage 0 holds 2 micro-batches */
+  assert_true(fabs(p->classes[0].stages[0].mem_peak - (2000 * 16 + 2 * 200)) < 1e-6);
+  assert_true(fabs(p->classes[0].stages[1].mem_peak - (2000 * 16 + 1 * 200)) < 1e-6);
+  /* MFU: 4 samples x 4 layers x 3e9 FLOPs / step / (2 x 1e12) */
+  assert_true(fabs(p->mfu - 4 * 4 * 3e9 / p->step_time / 2e12) < 1e-9);
+  /* the layer split the search finds for two stages is the even one */
+  hm_search_options o;
+  hm_search_options_default(&o);
+  hm_search_result *r = calloc(1, sizeof *r);
+  assert_int_equal(hm_plan_search(&s.in, &o, r), HM_OK);
+  assert_true(r->plans[0].step_time <= p->step_time + 1e-12);
+  hm_search_result_free(r);
+  free(r);
+  free(p);
+  unload(&s);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_predict_by_hand),
       cmocka_unit_test(test_local_plans),
       cmocka_unit_test(test_memory_limits),
       cmocka_unit_test(test_plan_file),
