@@ -628,11 +628,29 @@ hm_status hm_plan_search(const hm_plan_inputs *in, const hm_search_options *opt_
           }
       }
     }
+    /* mixed pipelines also try the largest tensor-parallel degree of each type (fewer, larger
+     * stages; less memory per device), one type at a time */
+    int tp_max[MAXK];
+    for (int k = 0; k < x.K; k++) {
+      tp_max[k] = tp_best[k];
+      for (int ti = NTP - 1; ti >= 0; ti--)
+        if (costs_of(&x, k, ti, mbi)->ok && x.groups[k][ti] > 0) {
+          tp_max[k] = tp_values[ti];
+          break;
+        }
+    }
     const unsigned all = (1u << x.K) - 1;
     for (unsigned mask = 1; mask <= all; mask++) {
       if (__builtin_popcount(mask) < 2 || (x.K > 6 && mask != all)) continue;
       search_hetero_dp(&x, mask, mbi, M, tp_best);
       search_mixed(&x, mask, mbi, M, tp_best);
+      for (int k = 0; k < x.K; k++) {
+        if (!(mask & (1u << k)) || tp_max[k] == tp_best[k]) continue;
+        int tp_var[MAXK];
+        memcpy(tp_var, tp_best, sizeof tp_var);
+        tp_var[k] = tp_max[k];
+        search_mixed(&x, mask, mbi, M, tp_var);
+      }
     }
   }
   /* simulate the best estimates; keep those within memory; rank by simulated step time */
