@@ -193,7 +193,7 @@ hm_status hm_split_exhaustive(const hm_split_problem *pb, int *bounds, double *o
  * micro-batches per step. Several classes = heterogeneous data parallelism. */
 
 #define HM_PLAN_MAX_STAGES 64
-#define HM_PLAN_MAX_CLASSES 16
+#define HM_PLAN_MAX_CLASSES 8
 #define HM_PLAN_MAX_TYPES 16
 
 typedef struct hm_plan_stage {

@@ -249,6 +249,21 @@ static void test_large_cluster(void **state) {
   }
   free(seen);
   free(ranks);
+  /* the same plans with the micro-batch sizes searched by two threads */
+  hm_search_result *r2 = calloc(1, sizeof *r2);
+  assert_non_null(r2);
+  setenv("HETMIX_PLAN_THREADS", "2", 1);
+  assert_int_equal(hm_plan_search(&s.in, &o, r2), HM_OK);
+  unsetenv("HETMIX_PLAN_THREADS");
+  assert_int_equal(r2->nplans, r->nplans);
+  for (int i = 0; i < r->nplans; i++) {
+    assert_true(r2->plans[i].step_time == r->plans[i].step_time);
+    assert_memory_equal(r2->plans[i].classes, r->plans[i].classes,
+                        sizeof(hm_plan_class) * (size_t)r->plans[i].nclasses);
+  }
+  assert_true(r2->upper_bound_tokens_per_s == r->upper_bound_tokens_per_s);
+  hm_search_result_free(r2);
+  free(r2);
   hm_search_result_free(r);
   free(r);
   unload(&s);
