@@ -10,7 +10,9 @@
  *      micro-batches per replica class set by water-filling on their affine step-time estimates;
  *   3. heterogeneous pipelines: stages of several types in one replica, for every order of the
  *      types (all orders up to 4 types, else by memory and by speed), replicas R and stages per
- *      type floor(groups / R), pruned by a lower bound on the pipeline time.
+ *      type floor(groups / R), pruned by a lower bound on the pipeline time; tp per type from its
+ *      best single-type plan, or its largest degree (one type at a time); and the same pipelines
+ *      with the devices they leave idle running each type's best single-type replicas.
  * The optimizations here are exact pruning (bounds) and memoized per-layer costs; the heuristic
  * parts are the candidate families above (documented in docs/plan.md). */
 #include <math.h>
