@@ -168,7 +168,8 @@ cJSON *hm_plan_to_cjson(const hm_plan_inputs *in, const hm_plan *p) {
     if (g->hostnames) ADD_OR_FAIL(cJSON_AddStringToObject(o, "hostname", g->hostnames[loc.host_in_group]));
     ADD_OR_FAIL(cJSON_AddNumberToObject(o, "device", loc.local_device));
     ADD_OR_FAIL(cJSON_AddStringToObject(o, "device_type", c->types[loc.type].name));
-    ADD_OR_FAIL(cJSON_AddStringToObject(o, "backend", c->types[loc.type].backend));
+    if (c->types[loc.type].backend[0]) /* absent: the type is not executable by hetmix here */
+      ADD_OR_FAIL(cJSON_AddStringToObject(o, "backend", c->types[loc.type].backend));
     ADD_OR_FAIL(cJSON_AddNumberToObject(o, "class", r->cls));
     ADD_OR_FAIL(cJSON_AddNumberToObject(o, "replica", r->replica));
     ADD_OR_FAIL(cJSON_AddNumberToObject(o, "stage", r->stage));
@@ -288,13 +289,47 @@ static hm_status check_ranks(const cJSON *ra, int count, const hm_plan_inputs *i
                     in->cluster->name, (long long)w->rank, w->cls, w->replica, w->stage, w->tp_rank);
       goto done;
     }
-    char tname[HM_SPEC_NAME_MAX];
+    char tname[HM_SPEC_NAME_MAX], backend[HM_SPEC_BACKEND_MAX], hostname[256];
     if ((st = hm_json_string(o, path, "device_type", 1, NULL, tname, sizeof tname)) != HM_OK) goto done;
     hm_rank_loc loc;
     if ((st = hm_cluster_locate(in->cluster, rank, &loc)) != HM_OK) goto done;
-    if (strcmp(tname, in->cluster->types[loc.type].name) != 0) {
+    const hm_device_type *dt = &in->cluster->types[loc.type];
+    if (strcmp(tname, dt->name) != 0) {
       st = hm_error(HM_ERR_SPEC, "%s.device_type: \"%s\", but rank %lld of cluster \"%s\" is a %s",
-                    path, tname, (long long)rank, in->cluster->name, in->cluster->types[loc.type].name);
+                    path, tname, (long long)rank, in->cluster->name, dt->name);
+      goto done;
+    }
+    /* the rest of the role follows from the plan and the cluster: it must say the same */
+    const hm_plan_stage *sg = &p->classes[w->cls].stages[w->stage];
+    const hm_host_group *g = &in->cluster->groups[loc.group];
+    int64_t host, dev, mb;
+    const cJSON *layers;
+    int nl;
+    if ((st = hm_json_int(o, path, "host", 1, 0, INT64_MAX / 2, 0, &host)) != HM_OK ||
+        (st = hm_json_int(o, path, "device", 1, 0, INT32_MAX, 0, &dev)) != HM_OK ||
+        (st = hm_json_int(o, path, "micro_batches", 1, 1, INT32_MAX, 1, &mb)) != HM_OK ||
+        (st = hm_json_string(o, path, "backend", 0, "", backend, sizeof backend)) != HM_OK ||
+        (st = hm_json_array(o, path, "layers", 1, &layers, &nl)) != HM_OK)
+      goto done;
+    const cJSON *l0 = cJSON_GetArrayItem(layers, 0), *l1 = cJSON_GetArrayItem(layers, 1);
+    const char *bad = host != loc.host                                  ? "host"
+                      : dev != loc.local_device                         ? "device"
+                      : mb != p->classes[w->cls].nmicro                 ? "micro_batches"
+                      : strcmp(backend, dt->backend) != 0               ? "backend"
+                      : nl != 2 || !cJSON_IsNumber(l0) || !cJSON_IsNumber(l1) ||
+                                l0->valuedouble != sg->layer_begin || l1->valuedouble != sg->layer_end
+                                                                        ? "layers"
+                                                                        : NULL;
+    if (!bad && g->hostnames) {
+      if ((st = hm_json_string(o, path, "hostname", 1, NULL, hostname, sizeof hostname)) != HM_OK)
+        goto done;
+      if (strcmp(hostname, g->hostnames[loc.host_in_group]) != 0) bad = "hostname";
+    }
+    if (bad) {
+      st = hm_error(HM_ERR_SPEC, "%s.%s: does not match rank %lld's role in this plan on cluster "
+                    "\"%s\" (host %lld, device %d, %s, layers [%d, %d), %d micro-batches)", path,
+                    bad, (long long)rank, in->cluster->name, (long long)loc.host, loc.local_device,
+                    dt->name, sg->layer_begin, sg->layer_end, p->classes[w->cls].nmicro);
       goto done;
     }
   }
@@ -311,6 +346,10 @@ hm_status hm_plan_from_cjson(const cJSON *j, const hm_plan_inputs *against, hm_p
   memset(p, 0, sizeof *p);
   HM_TRY(hm_json_check_object(j, root, keys));
   HM_TRY(hm_json_version(j, root));
+  char format[32];
+  HM_TRY(hm_json_string(j, root, "format", 0, "hetmix-plan", format, sizeof format));
+  if (strcmp(format, "hetmix-plan") != 0)
+    return hm_error(HM_ERR_SPEC, "plan.format: expected \"hetmix-plan\", got \"%s\"", format);
   hm_cluster c_own;
   hm_model m_own;
   hm_train t_own;
