@@ -26,15 +26,11 @@ static int per_host(const hm_cluster *c, int g, int type) {
   return 0;
 }
 
-static hm_status take(const hm_cluster *c, type_cursor *cur, int type, int tp, int64_t *first_rank_out,
-                      int *ok_out) {
-  (void)first_rank_out;
+/* Moves the cursor to the next host with tp free devices of the type; 0 when none is left. */
+static int take(const hm_cluster *c, type_cursor *cur, int type, int tp) {
   while (cur->group < c->ngroups) {
     int ph = per_host(c, cur->group, type);
-    if (ph - cur->used >= tp && cur->host < c->groups[cur->group].count) {
-      *ok_out = 1;
-      return HM_OK;
-    }
+    if (ph - cur->used >= tp && cur->host < c->groups[cur->group].count) return 1;
     cur->used = 0;
     if (ph > 0 && cur->host + 1 < c->groups[cur->group].count) {
       cur->host++;
@@ -43,8 +39,7 @@ static hm_status take(const hm_cluster *c, type_cursor *cur, int type, int tp, i
       cur->host = 0;
     }
   }
-  *ok_out = 0;
-  return HM_OK;
+  return 0;
 }
 
 hm_status hm_plan_assign_ranks(const hm_plan_inputs *in, const hm_plan *p, hm_plan_rank **ranks,
@@ -64,9 +59,7 @@ hm_status hm_plan_assign_ranks(const hm_plan_inputs *in, const hm_plan *p, hm_pl
     for (int rep = 0; rep < cl->nreplicas; rep++)
       for (int s = 0; s < cl->nstages; s++) {
         const int k = cl->stages[s].type, tp = cl->stages[s].tp;
-        int ok = 0;
-        take(c, &cur[k], k, tp, NULL, &ok);
-        if (!ok) {
+        if (!take(c, &cur[k], k, tp)) {
           free(r);
           return hm_error(HM_ERR_SPEC, "plan: class %d replica %d stage %d needs %d more %s devices "
                           "in one host than cluster \"%s\" has left", ci, rep, s, tp,
