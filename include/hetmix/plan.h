@@ -246,6 +246,12 @@ typedef struct hm_plan_inputs {
  * simulator on the op lists; trace (optional) receives the predicted timeline. */
 hm_status hm_plan_predict(const hm_plan_inputs *in, hm_plan *plan, hm_sim_trace *trace);
 
+/* The op lists one replica of class `cls` executes: the schedule hm_plan_predict simulates
+ * (same stages, micro-batches, gradient buckets of one layer, tied-embedding sync when the model
+ * ties its embedding). The pipeline runtime runs this. Free with hm_schedule_free. */
+hm_status hm_plan_schedule(const hm_plan_inputs *in, const hm_plan *plan, int cls,
+                           hm_schedule *out);
+
 /* Checks a plan against a cluster and model: device types exist, every stage's tp fits a host
  * and divides the layers' tp_divides, layers are covered in order, devices suffice, batch adds up.
  * HM_ERR_SPEC with the plan's field path otherwise. */

@@ -97,6 +97,17 @@ static void test_local_plans(void **state) {
   assert_true(fabs(ub - r[0].upper_bound_tokens_per_s) < 1e-6 * ub);
   assert_true(fabs(r[0].plans[0].utilization - r[0].plans[0].tokens_per_s / ub) < 1e-9);
   assert_true(r[0].plans[0].tokens_per_s >= r[0].best_single.tokens_per_s * (1 - 1e-9));
+  /* the schedule the runtime gets is the one predicted: per stage m FWD and m BWD */
+  for (int ci = 0; ci < r[0].plans[0].nclasses; ci++) {
+    hm_schedule sc;
+    const hm_plan_class *cl = &r[0].plans[0].classes[ci];
+    assert_int_equal(hm_plan_schedule(&s.in, &r[0].plans[0], ci, &sc), HM_OK);
+    assert_int_equal(sc.nstages, cl->nstages);
+    assert_int_equal(sc.nmicro, cl->nmicro);
+    for (int st = 0; st < sc.nstages; st++)
+      assert_int_equal(hm_schedule_max_inflight(&sc, st), cl->stages[st].max_inflight);
+    hm_schedule_free(&sc);
+  }
   /* deterministic */
   assert_int_equal(hm_plan_search(&s.in, &o, &r[1]), HM_OK);
   assert_int_equal(r[0].nplans, r[1].nplans);
