@@ -207,6 +207,7 @@ typedef struct hm_plan_stage {
   double mem_peak;            /* bytes per device at the schedule's peak */
   double mem_capacity;        /* bytes per device usable (memory_bytes * memory_fraction) */
   int max_inflight;
+  double busy, idle;          /* seconds of compute (FWD, BWD, optimizer) and the rest of the step */
 } hm_plan_stage;
 
 typedef struct hm_plan_class {

@@ -105,6 +105,21 @@ static void print_summary(const hm_plan_inputs *in, const hm_plan *p) {
   printf("\n");
 }
 
+static void print_stages(const hm_cluster *c, const hm_plan *p) {
+  printf("\n%5s %5s %-14s %9s %9s %9s %9s %9s %6s %9s %9s\n", "class", "stage", "type/tp", "layers",
+         "fwd(ms)", "bwd(ms)", "busy(s)", "idle(s)", "held", "mem(GB)", "cap(GB)");
+  for (int ci = 0; ci < p->nclasses; ci++)
+    for (int s = 0; s < p->classes[ci].nstages; s++) {
+      const hm_plan_stage *st = &p->classes[ci].stages[s];
+      char tt[HM_SPEC_NAME_MAX + 8], lr[32];
+      snprintf(tt, sizeof tt, "%s/%d", c->types[st->type].name, st->tp);
+      snprintf(lr, sizeof lr, "%d-%d", st->layer_begin, st->layer_end - 1);
+      printf("%5d %5d %-14s %9s %9.2f %9.2f %9.3f %9.3f %6d %9.2f %9.2f\n", ci, s, tt, lr,
+             1e3 * st->fwd, 1e3 * st->bwd, st->busy, st->idle, st->max_inflight, st->mem_peak / 1e9,
+             st->mem_capacity / 1e9);
+    }
+}
+
 static int load_inputs(const plan_args *a, hm_cluster *c, hm_model *m, hm_train *t, hm_profile *pr,
                        int *have_profile) {
   hm_status st;
@@ -311,6 +326,7 @@ int hm_cmd_simulate(int argc, char **argv) {
   print_plan_row(cl, 1, p);
   printf("\n");
   print_summary(&in, p);
+  print_stages(cl, p);
   if (p->over_memory) printf("warning: this plan does not fit in memory on this cluster\n");
   if (a.trace) printf("wrote %s\n", a.trace);
 done:

@@ -124,6 +124,8 @@ cJSON *hm_plan_to_cjson(const hm_plan_inputs *in, const hm_plan *p) {
       ADD_OR_FAIL(pr);
       ADD_OR_FAIL(cJSON_AddNumberToObject(pr, "fwd_s", st->fwd));
       ADD_OR_FAIL(cJSON_AddNumberToObject(pr, "bwd_s", st->bwd));
+      ADD_OR_FAIL(cJSON_AddNumberToObject(pr, "busy_s", st->busy));
+      ADD_OR_FAIL(cJSON_AddNumberToObject(pr, "idle_s", st->idle));
       ADD_OR_FAIL(cJSON_AddNumberToObject(pr, "mem_static_bytes", st->mem_static));
       ADD_OR_FAIL(cJSON_AddNumberToObject(pr, "mem_act_bytes_per_micro_batch", st->mem_act));
       ADD_OR_FAIL(cJSON_AddNumberToObject(pr, "max_inflight", st->max_inflight));

@@ -184,6 +184,8 @@ hm_status hm_plan_predict(const hm_plan_inputs *in, hm_plan *p, hm_sim_trace *tr
     for (int s = 0; s < p->classes[ci].nstages; s++) {
       p->classes[ci].stages[s].mem_peak = r.stages[ci][s].mem_peak;
       p->classes[ci].stages[s].max_inflight = r.stages[ci][s].max_inflight;
+      p->classes[ci].stages[s].busy = r.stages[ci][s].busy;
+      p->classes[ci].stages[s].idle = r.stages[ci][s].idle;
     }
   hm_sim_result_free(&r);
   double peak_all = 0;
