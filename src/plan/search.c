@@ -491,11 +491,16 @@ static hm_status materialize(sctx *x, const cand *c, hm_plan *p) {
   return hm_plan_predict(x->in, p, NULL);
 }
 
-/* Every candidate family for one micro-batch size (independent of the other sizes). */
-static void search_micro_batch(sctx *x, int mbi) {
+/* Family 1 for one micro-batch size. */
+static void search_singles(sctx *x, int mbi) {
   const int64_t M = x->in->train->global_batch / x->mbs[mbi];
   for (int k = 0; k < x->K; k++)
     if (x->opt->only_type < 0 || x->opt->only_type == k) search_single(x, k, mbi, M);
+}
+
+/* Families 2 and 3 for one micro-batch size, after family 1 for every size. */
+static void search_mixes(sctx *x, int mbi) {
+  const int64_t M = x->in->train->global_batch / x->mbs[mbi];
   if (x->opt->only_type >= 0) return;
   int tp_best[MAXK];
   for (int k = 0; k < x->K; k++) {
@@ -732,8 +737,12 @@ hm_status hm_plan_search(const hm_plan_inputs *in, const hm_search_options *opt_
       long threads = hm_env_long("HETMIX_PLAN_THREADS", 1);
       if (threads < 1) threads = 1;
       if (threads > x.nmb) threads = x.nmb;
+      /* family 1 in order (the per-size best single-type templates it leaves depend on what
+       * was pruned, so it is not run concurrently); families 2 and 3 in parallel: they only add
+       * to the shared list, whose final content does not depend on timing */
+      for (int mbi = 0; mbi < x.nmb; mbi++) search_singles(&w[mbi], mbi);
 #pragma omp parallel for schedule(dynamic, 1) num_threads((int)threads)
-      for (int mbi = 0; mbi < x.nmb; mbi++) search_micro_batch(&w[mbi], mbi);
+      for (int mbi = 0; mbi < x.nmb; mbi++) search_mixes(&w[mbi], mbi);
       for (int mbi = 0; mbi < x.nmb; mbi++) x.nsplits += w[mbi].nsplits;
     }
     for (int mbi = 0; mbi < x.nmb; mbi++) worker_free(&w[mbi]);
