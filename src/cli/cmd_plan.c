@@ -198,6 +198,16 @@ int hm_cmd_plan(int argc, char **argv) {
   for (int k = 0; k < c.ntypes && k < HM_PLAN_MAX_TYPES; k++) used_types += best->devices_by_type[k] > 0;
   printf("best plan: %.0f tokens/s, utilization %.1f%% of the upper bound, %s\n", best->tokens_per_s,
          100 * best->utilization, used_types > 1 ? "heterogeneous" : "one device type");
+  if (used_types <= 1)
+    for (int i = 1; i < res->nplans; i++) {
+      int n = 0;
+      for (int k = 0; k < c.ntypes && k < HM_PLAN_MAX_TYPES; k++) n += res->plans[i].devices_by_type[k] > 0;
+      if (n > 1) {
+        printf("best heterogeneous plan listed: #%d, %.0f tokens/s, utilization %.1f%%\n", i + 1,
+               res->plans[i].tokens_per_s, 100 * res->plans[i].utilization);
+        break;
+      }
+    }
   if (res->best_single_type >= 0)
     printf("best single-type plan: %s only, %.0f tokens/s; gain of the best plan: %+.1f%%\n",
            c.types[res->best_single_type].name, res->best_single.tokens_per_s,
