@@ -642,8 +642,8 @@ static hm_status no_fit_error(sctx *x) {
     return hm_error(HM_ERR_NO_FIT, "model \"%s\" cannot fit: even one layer per device with "
                     "micro-batch %lld does not fit (%s)", in->model->name, (long long)x->mbs[0], why);
   return hm_error(HM_ERR_NO_FIT, "model \"%s\" fits no plan within %d pipeline stages and tensor "
-                  "parallelism up to 8 (%s; largest device %.4g GB usable): the layers fit one by one "
-                  "but there are too few devices to spread them (%s)", in->model->name, x->maxp,
+                  "parallelism up to 8 (%s; largest device %.4g GB usable): the layers fit one by one, "
+                  "but no pipeline within that depth and the devices available holds them all (%s)", in->model->name, x->maxp,
                   x->single_only >= 0 ? in->cluster->types[x->single_only].name : "all types",
                   biggest / 1e9, why);
 }
