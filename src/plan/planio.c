@@ -427,17 +427,23 @@ fail:
   return st;
 }
 
+hm_status hm_plan_parse(const char *json, size_t len, const char *origin,
+                        const hm_plan_inputs *against, hm_plan *plan, hm_cluster *cluster,
+                        hm_model *model, hm_train *train) {
+  cJSON *j = NULL;
+  HM_TRY(hm_json_parse(json, len, origin, &j));
+  hm_status st = hm_plan_from_cjson(j, against, plan, cluster, model, train);
+  cJSON_Delete(j);
+  if (st != HM_OK && origin) hm_error_context(st, "%s: ", origin);
+  return st;
+}
+
 hm_status hm_plan_load(const char *path, const hm_plan_inputs *against, hm_plan *plan,
                        hm_cluster *cluster, hm_model *model, hm_train *train) {
   char *text = NULL;
   size_t len = 0;
   HM_TRY(hm_json_read_file(path, &text, &len));
-  cJSON *j = NULL;
-  hm_status st = hm_json_parse(text, len, path, &j);
+  hm_status st = hm_plan_parse(text, len, path, against, plan, cluster, model, train);
   free(text);
-  if (st != HM_OK) return st;
-  st = hm_plan_from_cjson(j, against, plan, cluster, model, train);
-  cJSON_Delete(j);
-  if (st != HM_OK) return hm_error_context(st, "%s: ", path);
-  return HM_OK;
+  return st;
 }
