@@ -241,8 +241,9 @@ static hm_status read_stage(const cJSON *so, const char *path, const hm_cluster 
       !cJSON_IsNumber(cJSON_GetArrayItem(layers, 1)))
     return hm_error(HM_ERR_SPEC, "%s: expected [begin, end] (two integers)", p2);
   double a = cJSON_GetArrayItem(layers, 0)->valuedouble, b = cJSON_GetArrayItem(layers, 1)->valuedouble;
-  if (a != floor(a) || b != floor(b) || a < 0 || b > 1e6)
-    return hm_error(HM_ERR_SPEC, "%s: expected [begin, end] (two integers)", p2);
+  /* both bounded before the conversion to int (validation compares them with the model) */
+  if (!(a >= 0 && a <= 1e6 && b >= 0 && b <= 1e6) || a != floor(a) || b != floor(b))
+    return hm_error(HM_ERR_SPEC, "%s: expected [begin, end] (two integers in [0, 1000000])", p2);
   st->layer_begin = (int)a;
   st->layer_end = (int)b;
   return HM_OK;

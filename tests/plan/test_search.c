@@ -404,6 +404,53 @@ static void test_plan_file_mutations(void **state) {
   unload(&s);
 }
 
+/* Values that a plan file can hold but no plan can use: refused with the field's path before
+ * they are converted. */
+static hm_status load_changed(const specs *s, const hm_plan *plan, void (*change)(cJSON *),
+                              hm_plan *back) {
+  cJSON *j = hm_plan_to_cjson(&s->in, plan);
+  assert_non_null(j);
+  change(j);
+  char *text = cJSON_PrintUnformatted(j);
+  cJSON_Delete(j);
+  hm_status st = hm_plan_parse(text, strlen(text), NULL, NULL, back, NULL, NULL, NULL);
+  free(text);
+  return st;
+}
+
+static cJSON *class0(cJSON *j) { return cJSON_GetArrayItem(cJSON_GetObjectItem(j, "classes"), 0); }
+
+static void set_layer_begin_huge(cJSON *j) {
+  cJSON *stage0 = cJSON_GetArrayItem(cJSON_GetObjectItem(class0(j), "stages"), 0);
+  cJSON_ReplaceItemInArray(cJSON_GetObjectItem(stage0, "layers"), 0, cJSON_CreateNumber(1e300));
+}
+
+static void set_layer_end_negative(cJSON *j) {
+  cJSON *stages = cJSON_GetObjectItem(class0(j), "stages");
+  cJSON *last = cJSON_GetArrayItem(stages, cJSON_GetArraySize(stages) - 1);
+  cJSON_ReplaceItemInArray(cJSON_GetObjectItem(last, "layers"), 1, cJSON_CreateNumber(-1e300));
+}
+
+static void test_plan_file_extremes(void **state) {
+  (void)state;
+  specs s;
+  load(&s, "local-2backend.json", "gpt-mini.json", "train-local.json");
+  hm_search_options o;
+  hm_search_options_default(&o);
+  o.upper_bound = 0;
+  hm_search_result *r = calloc(1, sizeof *r);
+  hm_plan *back = calloc(1, sizeof *back);
+  assert_int_equal(hm_plan_search(&s.in, &o, r), HM_OK);
+  assert_int_equal(load_changed(&s, &r->plans[0], set_layer_begin_huge, back), HM_ERR_SPEC);
+  assert_non_null(strstr(hm_last_error(), "plan.classes[0].stages[0].layers: expected [begin, end]"));
+  assert_int_equal(load_changed(&s, &r->plans[0], set_layer_end_negative, back), HM_ERR_SPEC);
+  assert_non_null(strstr(hm_last_error(), "].layers: expected [begin, end]"));
+  hm_search_result_free(r);
+  free(r);
+  free(back);
+  unload(&s);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_predict_by_hand),
@@ -411,6 +458,7 @@ int main(void) {
       cmocka_unit_test(test_memory_limits),
       cmocka_unit_test(test_plan_file),
       cmocka_unit_test(test_plan_file_mutations),
+      cmocka_unit_test(test_plan_file_extremes),
       cmocka_unit_test(test_large_cluster),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
