@@ -42,13 +42,19 @@ static int take(const hm_cluster *c, type_cursor *cur, int type, int tp) {
   return 0;
 }
 
-hm_status hm_plan_assign_ranks(const hm_plan_inputs *in, const hm_plan *p, hm_plan_rank **ranks,
-                               int64_t *nranks) {
-  const hm_cluster *c = in->cluster;
+/* Devices the plan uses: one role each. */
+static int64_t plan_devices(const hm_plan *p) {
   int64_t total = 0;
   for (int ci = 0; ci < p->nclasses; ci++)
     for (int s = 0; s < p->classes[ci].nstages; s++)
       total += (int64_t)p->classes[ci].nreplicas * p->classes[ci].stages[s].tp;
+  return total;
+}
+
+hm_status hm_plan_assign_ranks(const hm_plan_inputs *in, const hm_plan *p, hm_plan_rank **ranks,
+                               int64_t *nranks) {
+  const hm_cluster *c = in->cluster;
+  const int64_t total = plan_devices(p);
   hm_plan_rank *r = hm_malloc((size_t)(total ? total : 1) * sizeof *r, "plan ranks");
   if (!r) return HM_ERR_NOMEM;
   type_cursor cur[HM_PLAN_MAX_TYPES];
@@ -251,15 +257,15 @@ static hm_status read_stage(const cJSON *so, const char *path, const hm_cluster 
 
 /* The ranks list must be exactly the assignment this plan gives on this cluster. */
 static hm_status check_ranks(const cJSON *ra, int count, const hm_plan_inputs *in, const hm_plan *p) {
+  /* counted before the roles are listed: a short file may claim a billion devices */
+  const int64_t ndev = plan_devices(p);
+  if (count != ndev)
+    return hm_error(HM_ERR_SPEC, "plan.ranks: lists %d ranks, the plan uses %lld devices of "
+                    "cluster \"%s\"", count, (long long)ndev, in->cluster->name);
   hm_plan_rank *want = NULL;
   int64_t nwant = 0;
   HM_TRY(hm_plan_assign_ranks(in, p, &want, &nwant));
   hm_status st = HM_OK;
-  if (count != nwant) {
-    st = hm_error(HM_ERR_SPEC, "plan.ranks: lists %d ranks, the plan uses %lld devices of cluster "
-                  "\"%s\"", count, (long long)nwant, in->cluster->name);
-    goto done;
-  }
   for (int i = 0; i < count; i++) {
     const cJSON *o = cJSON_GetArrayItem(ra, i);
     char path[HM_JSON_PATH_MAX];

@@ -405,7 +405,7 @@ static void test_plan_file_mutations(void **state) {
 }
 
 /* Values that a plan file can hold but no plan can use: refused with the field's path before
- * they are converted or multiplied. */
+ * they are converted, multiplied or allocated for. */
 static hm_status load_changed(const specs *s, const hm_plan *plan, void (*change)(cJSON *),
                               hm_plan *back) {
   cJSON *j = hm_plan_to_cjson(&s->in, plan);
@@ -500,6 +500,10 @@ static void test_plan_file_extremes(void **state) {
   assert_int_equal(load_changed(&s, &r->plans[0], set_samples_overflow, back), HM_ERR_SPEC);
   assert_non_null(strstr(hm_last_error(), "plan.classes[0]: 1000000000 replicas x 2147483647 "
                                           "micro-batches x micro_batch 2147483647"));
+  /* refused from the counts, before listing a billion roles (24 GB) */
+  assert_int_equal(load_changed(&s, &r->plans[0], set_billion_devices, back), HM_ERR_SPEC);
+  assert_non_null(strstr(hm_last_error(), "plan.ranks: lists 0 ranks, the plan uses 1000000000 "
+                                          "devices"));
   hm_search_result_free(r);
   free(r);
   free(back);
