@@ -331,6 +331,50 @@ static void test_predict_by_hand(void **state) {
   unload(&s);
 }
 
+/* Fewer micro-batches (48) than tensor-parallel groups of each type (64): the mixed pipeline
+ * with one replica per micro-batch is tried. The model needs two devices; one of each type per
+ * replica, 48 replicas, beats every plan with more stages. */
+static void test_mixed_replicas_capped_by_batch(void **state) {
+  (void)state;
+  static const char cluster[] =
+      "{\"name\": \"two\", \"device_types\": ["
+      " {\"name\": \"a\", \"peak_flops\": {\"fp32\": 1e12}, \"memory_bytes\": 1e9,"
+      "  \"memory_bandwidth\": 1e15},"
+      " {\"name\": \"b\", \"peak_flops\": {\"fp32\": 1e12}, \"memory_bytes\": 1e9,"
+      "  \"memory_bandwidth\": 1e15}],"
+      " \"hosts\": [{\"name\": \"ha\", \"count\": 64, \"devices\": {\"type\": \"a\", \"count\": 1},"
+      "  \"nic\": {\"bandwidth\": 1e12, \"latency\": 0}},"
+      " {\"name\": \"hb\", \"count\": 64, \"devices\": {\"type\": \"b\", \"count\": 1},"
+      "  \"nic\": {\"bandwidth\": 1e12, \"latency\": 0}}]}";
+  static const char model[] =
+      "{\"name\": \"m4\", \"dtype\": \"fp32\", \"seq_len\": 1, \"layers\": [{\"kind\": \"l\","
+      " \"count\": 4, \"fwd_flops\": 1e9, \"params\": 19000000, \"act_bytes\": 1000,"
+      " \"out_bytes\": 0}]}";
+  static const char train[] =
+      "{\"global_batch\": 48, \"micro_batch_sizes\": [1], \"precision\": \"fp32\"}";
+  specs s;
+  memset(&s, 0, sizeof s);
+  assert_int_equal(hm_cluster_parse(cluster, sizeof cluster - 1, "two", &s.c), HM_OK);
+  assert_int_equal(hm_model_parse(model, sizeof model - 1, "m4", &s.m), HM_OK);
+  assert_int_equal(hm_train_parse(train, sizeof train - 1, "b48", &s.t), HM_OK);
+  assert_int_equal(hm_spec_resolve(&s.c, &s.m, &s.t, NULL), HM_OK);
+  s.in = (hm_plan_inputs){.cluster = &s.c, .model = &s.m, .train = &s.t};
+  hm_search_options o;
+  hm_search_options_default(&o);
+  hm_search_result *r = calloc(1, sizeof *r);
+  assert_int_equal(hm_plan_search(&s.in, &o, r), HM_OK);
+  const hm_plan *p = &r->plans[0];
+  assert_int_equal(p->nclasses, 1);
+  assert_int_equal(p->classes[0].nreplicas, 48);
+  assert_int_equal(p->classes[0].nmicro, 1);
+  assert_int_equal(p->classes[0].nstages, 2);
+  assert_true(p->classes[0].stages[0].type != p->classes[0].stages[1].type);
+  check_memory(&s, p);
+  hm_search_result_free(r);
+  free(r);
+  unload(&s);
+}
+
 /* Every field of a plan file deleted or replaced by a wrong value: refused with a message that
  * starts with a field path (or accepted when the change keeps it valid); never a crash. */
 typedef struct node_ref {
@@ -519,6 +563,7 @@ int main(void) {
       cmocka_unit_test(test_plan_file_mutations),
       cmocka_unit_test(test_plan_file_extremes),
       cmocka_unit_test(test_large_cluster),
+      cmocka_unit_test(test_mixed_replicas_capped_by_batch),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
