@@ -14,6 +14,7 @@
 #include <cjson/cJSON.h>
 
 #include "hetmix/plan.h"
+#include "plan/plan_internal.h"
 
 typedef struct specs {
   hm_cluster c;
@@ -375,6 +376,75 @@ static void test_mixed_replicas_capped_by_batch(void **state) {
   unload(&s);
 }
 
+/* Gradient sync across pools: with 40 pools, the types in pools 0 and 32 make a hierarchical
+ * allreduce over 2 pools and their link (pools are told apart by index, whatever their count). */
+static void test_sync_model_pools(void **state) {
+  (void)state;
+  enum { NPOOLS = 40 };
+  cJSON *j = cJSON_CreateObject();
+  cJSON_AddStringToObject(j, "name", "pools");
+  cJSON *types = cJSON_AddArrayToObject(j, "device_types");
+  for (int k = 0; k < 2; k++) {
+    cJSON *t = cJSON_CreateObject();
+    cJSON_AddStringToObject(t, "name", k ? "b" : "a");
+    cJSON_AddNumberToObject(cJSON_AddObjectToObject(t, "peak_flops"), "fp32", 1e12);
+    cJSON_AddNumberToObject(t, "memory_bytes", 1e9);
+    cJSON_AddNumberToObject(t, "memory_bandwidth", 1e12);
+    cJSON_AddItemToArray(types, t);
+  }
+  cJSON *pools = cJSON_AddArrayToObject(j, "pools"), *links = cJSON_AddArrayToObject(j, "pool_links");
+  for (int a = 0; a < NPOOLS; a++) {
+    char name[16];
+    snprintf(name, sizeof name, "p%d", a);
+    cJSON *po = cJSON_CreateObject();
+    cJSON_AddStringToObject(po, "name", name);
+    cJSON_AddItemToArray(pools, po);
+    for (int b = a + 1; b < NPOOLS; b++) {
+      char other[16];
+      snprintf(other, sizeof other, "p%d", b);
+      const char *pair[2] = {name, other};
+      cJSON *l = cJSON_CreateObject();
+      cJSON_AddItemToObject(l, "pools", cJSON_CreateStringArray(pair, 2));
+      cJSON_AddNumberToObject(l, "bandwidth", a == 0 && b == 32 ? 5e8 : 1e9);
+      cJSON_AddNumberToObject(l, "latency", 1e-3);
+      cJSON_AddItemToArray(links, l);
+    }
+  }
+  cJSON *hosts = cJSON_AddArrayToObject(j, "hosts");
+  for (int k = 0; k < 2; k++) {
+    cJSON *h = cJSON_CreateObject();
+    cJSON_AddStringToObject(h, "name", k ? "hb" : "ha");
+    cJSON_AddNumberToObject(h, "count", 4);
+    cJSON *d = cJSON_AddObjectToObject(h, "devices");
+    cJSON_AddStringToObject(d, "type", k ? "b" : "a");
+    cJSON *nic = cJSON_AddObjectToObject(h, "nic");
+    cJSON_AddNumberToObject(nic, "bandwidth", 1e10);
+    cJSON_AddNumberToObject(nic, "latency", 1e-5);
+    cJSON_AddStringToObject(h, "pool", k ? "p32" : "p0");
+    cJSON_AddItemToArray(hosts, h);
+  }
+  char *text = cJSON_PrintUnformatted(j);
+  cJSON_Delete(j);
+  static const char model[] =
+      "{\"seq_len\": 1, \"layers\": [{\"kind\": \"l\", \"fwd_flops\": 1, \"params\": 1,"
+      " \"act_bytes\": 1, \"out_bytes\": 1}]}";
+  specs s;
+  memset(&s, 0, sizeof s);
+  assert_int_equal(hm_cluster_parse(text, strlen(text), "pools", &s.c), HM_OK);
+  free(text);
+  assert_int_equal(hm_model_parse(model, sizeof model - 1, "one", &s.m), HM_OK);
+  hm_train_default(&s.t);
+  assert_int_equal(hm_spec_resolve(&s.c, &s.m, &s.t, NULL), HM_OK);
+  s.in = (hm_plan_inputs){.cluster = &s.c, .model = &s.m, .train = &s.t};
+  hm_sync_model m = hm_plan_sync_model(&s.in, 3u, 8, 8);
+  assert_int_equal(m.ngroups, 2);
+  assert_true(m.outer.bandwidth == 5e8 / 4); /* the p0-p32 link, shared by a pool's 4 devices */
+  assert_true(fabs(m.outer.latency - (1e-3 + 1e-5)) < 1e-15);
+  m = hm_plan_sync_model(&s.in, 1u, 4, 4); /* type a alone: one pool, a flat allreduce */
+  assert_int_equal(m.ngroups, 1);
+  unload(&s);
+}
+
 /* Every field of a plan file deleted or replaced by a wrong value: refused with a message that
  * starts with a field path (or accepted when the change keeps it valid); never a crash. */
 typedef struct node_ref {
@@ -564,6 +634,7 @@ int main(void) {
       cmocka_unit_test(test_plan_file_extremes),
       cmocka_unit_test(test_large_cluster),
       cmocka_unit_test(test_mixed_replicas_capped_by_batch),
+      cmocka_unit_test(test_sync_model_pools),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
