@@ -351,7 +351,10 @@ hm_status hm_plan_from_cjson(const cJSON *j, const hm_plan_inputs *against, hm_p
   if ((st = hm_model_from_cjson(sub, "plan.model", &m_own)) != HM_OK) goto fail;
   if ((st = hm_json_object(j, root, "train", 1, &sub)) != HM_OK) goto fail;
   if ((st = hm_train_from_cjson(sub, "plan.train", &t_own)) != HM_OK) goto fail;
-  if ((st = hm_spec_resolve(&c_own, &m_own, &t_own, NULL)) != HM_OK) goto fail;
+  if ((st = hm_spec_resolve(&c_own, &m_own, &t_own, NULL)) != HM_OK) {
+    hm_error_context(st, "plan."); /* "train.precision: ..." is plan.train's */
+    goto fail;
+  }
   hm_plan_inputs own = {.cluster = &c_own, .model = &m_own, .train = &t_own};
   const hm_plan_inputs *in = against ? against : &own;
   if (against && against->model->nlayers != m_own.nlayers) {

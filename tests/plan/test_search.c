@@ -539,6 +539,11 @@ static void set_layer_begin_huge(cJSON *j) {
   cJSON_ReplaceItemInArray(cJSON_GetObjectItem(stage0, "layers"), 0, cJSON_CreateNumber(1e300));
 }
 
+static void set_train_precision_bf16(cJSON *j) { /* the model's figures are fp32 */
+  cJSON_ReplaceItemInObject(cJSON_GetObjectItem(j, "train"), "precision",
+                            cJSON_CreateString("bf16-mixed"));
+}
+
 static void set_layer_end_negative(cJSON *j) {
   cJSON *stages = cJSON_GetObjectItem(class0(j), "stages");
   cJSON *last = cJSON_GetArrayItem(stages, cJSON_GetArraySize(stages) - 1);
@@ -611,6 +616,9 @@ static void test_plan_file_extremes(void **state) {
   assert_non_null(strstr(hm_last_error(), "plan.classes[0].stages[0].layers: expected [begin, end]"));
   assert_int_equal(load_changed(&s, &r->plans[0], set_layer_end_negative, back), HM_ERR_SPEC);
   assert_non_null(strstr(hm_last_error(), "].layers: expected [begin, end]"));
+  /* specs that disagree with each other: the path is the embedded spec's */
+  assert_int_equal(load_changed(&s, &r->plans[0], set_train_precision_bf16, back), HM_ERR_SPEC);
+  assert_true(strncmp(hm_last_error(), "plan.train.precision: ", 22) == 0);
   assert_int_equal(load_changed(&s, &r->plans[0], set_samples_overflow, back), HM_ERR_SPEC);
   assert_non_null(strstr(hm_last_error(), "plan.classes[0]: 1000000000 replicas x 2147483647 "
                                           "micro-batches x micro_batch 2147483647"));
