@@ -71,7 +71,6 @@ typedef struct sctx {
   int seq;
   double *time, *bnd, *ms, *ma, *cap; /* DP scratch */
   int *infl;
-  int tied;
 } sctx;
 
 static hm_layer_costs *costs_of(sctx *x, int k, int tpi, int mbi) {
