@@ -185,6 +185,10 @@ void *hm_stage_output(hm_stage *s, int mb);
 hm_status hm_stage_backward(hm_stage *s, int mb, const void *dout, float loss_weight);
 void *hm_stage_dinput(hm_stage *s);
 
+/* Runs the following forwards with sequence length T (1 <= T <= the created T), for inference on
+ * a growing sequence; buffers stay sized for the created T. */
+hm_status hm_stage_set_seq_len(hm_stage *s, int T);
+
 hm_status hm_stage_zero_grad(hm_stage *s);
 /* The flat buffers (device, n_params elements of the device dtype), e.g. for a data-parallel
  * allreduce of grads or for broadcasting params. */
@@ -265,6 +269,70 @@ hm_status hm_ckpt_parse(const void *buf, size_t len, const char *what, hm_ckpt *
 void hm_ckpt_free(hm_ckpt *ck);
 /* The tensor named `name`, or NULL. */
 const hm_ckpt_tensor *hm_ckpt_find(const hm_ckpt *ck, const char *name);
+
+/* ---------------------------------------------------------------------------------------------
+ * Single-process training: one device, one stage holding every layer. The pipeline runtime
+ * drives stages itself; this loop is the reference it is checked against. */
+
+typedef struct hm_train_progress {
+  int step, steps;       /* step just finished (1-based) of the run's total */
+  float loss;            /* mean training loss of this step */
+  float lr, grad_norm;
+  double tokens_per_s;   /* training throughput since start (or resume), evaluation excluded */
+  double elapsed_s, eta_s;
+  int has_val;
+  float val_loss;        /* when has_val */
+  const char *checkpoint; /* path written after this step, or NULL */
+} hm_train_progress;
+
+typedef struct hm_train_options {
+  const char *device;        /* device spec, e.g. "cpu:threads=2" */
+  hm_model_config config;
+  const char *data;          /* token file; NULL: the default corpus built under data_dir */
+  const char *data_dir;      /* default "data" */
+  double val_fraction;       /* held-out share of the token file (default 0.05) */
+  int steps;                 /* total optimizer steps of the run (the LR schedule spans them) */
+  int stop_after;            /* stop once this step is reached (0: run to `steps`) */
+  int batch, seq_len;        /* B and T (0: config T) */
+  int grad_accum;            /* micro-batches per step (default 1) */
+  float lr, min_lr_frac;     /* peak LR; cosine decay to lr*min_lr_frac at `steps` */
+  int warmup;                /* linear warm-up steps */
+  float beta1, beta2, eps, weight_decay, grad_clip;
+  uint64_t seed;             /* initialization and batch order */
+  int eval_every, eval_batches; /* validation loss every N steps over M batches (0: never) */
+  int ckpt_every;            /* checkpoint every N steps (0: only at the end) */
+  const char *out_dir;       /* checkpoints and metrics.jsonl; NULL: nothing written */
+  const char *resume;        /* checkpoint file or an out_dir with a `latest` file; NULL: fresh */
+  void (*on_progress)(const hm_train_progress *p, void *user);
+  void *user;
+} hm_train_options;
+
+/* Defaults: batch 8, lr 1e-3, min_lr_frac 0.1, warmup 100 (at most steps/10), betas
+ * (0.9, 0.95), eps 1e-8, weight decay 0.1, clip 1.0, val_fraction 0.05, grad_accum 1,
+ * eval_every 0, eval_batches 8, data_dir "data". */
+void hm_train_defaults(hm_train_options *o);
+
+typedef struct hm_train_result {
+  int steps_done;
+  float last_loss, last_val_loss; /* last_val_loss < 0 when never evaluated */
+  double tokens_per_s;
+  char last_checkpoint[4096];
+  hm_stage_memory memory;
+} hm_train_result;
+
+/* Trains; resuming from a checkpoint continues bitwise as if never stopped (same options).
+ * Writes <out_dir>/ckpt-<step>.hmc, <out_dir>/latest (the newest checkpoint's file name, replaced
+ * atomically) and <out_dir>/metrics.jsonl (docs/model.md). */
+hm_status hm_train_run(const hm_train_options *o, hm_train_result *result);
+
+/* Resolves a --resume argument: a checkpoint file, or a folder whose `latest` names one. */
+hm_status hm_resolve_checkpoint(const char *arg, char *path, size_t cap);
+
+/* Generates n_new tokens after prompt (bytes) with the model of a checkpoint (all layers).
+ * temperature 0 means greedy; top_k 0 means no cut. out receives prompt + new bytes and a NUL
+ * (cap >= prompt_len + n_new + 1). */
+hm_status hm_sample_text(const char *device, const char *checkpoint, const char *prompt, int n_new,
+                         float temperature, int top_k, uint64_t seed, char *out, size_t cap);
 
 #ifdef __cplusplus
 }

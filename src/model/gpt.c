@@ -47,6 +47,7 @@ struct hm_stage {
   hm_model_config cfg;
   hm_device *dev;
   int first, last, B, T, n_mb;
+  int T_max;  // T the buffers are sized for
   int has_embed, has_head, n_blocks, first_block; // blocks are layers first_block+1 ...
   size_t n_params;
   void *params, *grads, *m, *v;
@@ -191,6 +192,7 @@ static void hm_stage_shape(hm_stage *s, const hm_model_config *cfg, hm_device *d
   s->cfg = *cfg;
   s->dev = dev;
   s->first = o->first, s->last = o->last, s->B = o->B, s->T = o->T, s->n_mb = o->max_microbatches;
+  s->T_max = o->T;
   s->has_embed = o->first == 0;
   s->has_head = o->last == cfg->L + 2;
   int lo = o->first < 1 ? 1 : o->first, hi = o->last > cfg->L + 1 ? cfg->L + 1 : o->last;
@@ -486,6 +488,12 @@ hm_status hm_stage_backward(hm_stage *s, int mb, const void *dout, float loss_we
 void *hm_stage_dinput(hm_stage *s) { return s->first > 0 ? s->dresid : NULL; }
 
 // ---- gradients and optimizer ------------------------------------------------------------------
+
+hm_status hm_stage_set_seq_len(hm_stage *s, int T) {
+  if (T < 1 || T > s->T_max) return hm_error(HM_ERR_INVALID_ARG, "sequence length %d outside 1..%d", T, s->T_max);
+  s->T = T;
+  return HM_OK;
+}
 
 hm_status hm_stage_zero_grad(hm_stage *s) { return hm_device_zero(s->dev, s->grads, s->n_params * s->dev->dtype_size); }
 size_t hm_stage_num_params(const hm_stage *s) { return s->n_params; }
