@@ -103,6 +103,18 @@ static inline float hm_row_dot(const float *x, const float *y, int n) {
   return s;
 }
 
+/* sum of w * d * (x - m) */
+static inline float hm_row_dot_centered(const float *w, const float *d, const float *x, float m,
+                                        int n) {
+  float acc[8] = {0};
+  int i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; j++) acc[j] += w[i + j] * d[i + j] * (x[i + j] - m);
+  float s = hm_hsum8(acc);
+  for (; i < n; i++) s += w[i] * d[i] * (x[i] - m);
+  return s;
+}
+
 static inline float hm_row_max(const float *x, int n) {
   float acc[8];
   for (int j = 0; j < 8; j++) acc[j] = -INFINITY;
@@ -177,7 +189,7 @@ static hm_status hm_cpu_matmul_forward(hm_device *dev, void *out_, const void *i
   return HM_OK;
 }
 
-HM_HOT static void hm_colsum_add(float *dst, const float *src, int rows, int ld, int c0, int c1) {
+HM_HOT static void hm_colsum_add(float *restrict dst, const float *restrict src, int rows, int ld, int c0, int c1) {
   // dst[c] += sum over rows of src[r, c] for c in [c0, c1): rows in order, so deterministic
   double acc[256];
   for (int cb = c0; cb < c1; cb += 256) {
@@ -256,8 +268,9 @@ static hm_status hm_cpu_encoder_backward(hm_device *dev, void *dwte_, void *dwpe
 
 /* ---- layernorm ---------------------------------------------------------------------------- */
 
-HM_HOT static void hm_layernorm_row(float *o, float *mean, float *rstd, const float *x,
-                                    const float *w, const float *b, int C) {
+HM_HOT static void hm_layernorm_row(float *restrict o, float *mean, float *rstd,
+                                    const float *restrict x, const float *restrict w,
+                                    const float *restrict b, int C) {
   float m = hm_row_sum(x, C) / C;
   float acc[8] = {0};
   int c = 0;
@@ -285,31 +298,18 @@ static hm_status hm_cpu_layernorm_forward(hm_device *dev, void *out_, void *mean
 }
 
 /* Rows [r0, r1): dinp rows += ...; pw/pb (C) = this block's dweight/dbias partials. */
-HM_HOT static void hm_layernorm_backward_rows(float *dinp, float *pw, float *pb,
-                                              const float *dout, const float *inp,
-                                              const float *w, const float *mean,
+HM_HOT static void hm_layernorm_backward_rows(float *restrict dinp, float *restrict pw,
+                                              float *restrict pb, const float *restrict dout,
+                                              const float *restrict inp,
+                                              const float *restrict w, const float *mean,
                                               const float *rstd, int r0, int r1, int C) {
   for (int c = 0; c < C; c++) pw[c] = pb[c] = 0;
   for (int n = r0; n < r1; n++) {
     const float *d = dout + (size_t)n * C, *x = inp + (size_t)n * C;
     float *dx = dinp + (size_t)n * C;
     float m = mean[n], s = rstd[n];
-    float a1[8] = {0}, a2[8] = {0};
-    int c = 0;
-    for (; c + 8 <= C; c += 8)
-      for (int j = 0; j < 8; j++) {
-        float dnorm = w[c + j] * d[c + j];
-        a1[j] += dnorm;
-        a2[j] += dnorm * ((x[c + j] - m) * s);
-      }
-    float dnorm_mean = hm_hsum8(a1), dnorm_norm_mean = hm_hsum8(a2);
-    for (; c < C; c++) {
-      float dnorm = w[c] * d[c];
-      dnorm_mean += dnorm;
-      dnorm_norm_mean += dnorm * ((x[c] - m) * s);
-    }
-    dnorm_mean /= C;
-    dnorm_norm_mean /= C;
+    float dnorm_mean = hm_row_dot(w, d, C) / C;
+    float dnorm_norm_mean = hm_row_dot_centered(w, d, x, m, C) * s / C;
     for (int c = 0; c < C; c++) {
       float norm = (x[c] - m) * s;
       float dnorm = w[c] * d[c];
@@ -458,7 +458,7 @@ static hm_status hm_cpu_attention_backward(hm_device *dev, void *dqkv_, const vo
 /* ---- GELU, residual, scale ------------------------------------------------------------------ */
 
 /* 0.5 (1 + tanh(u)) = 1 / (1 + exp(-2u)): one exp instead of a libm tanh */
-HM_HOT static void hm_gelu_fwd_span(float *out, const float *inp, size_t n) {
+HM_HOT static void hm_gelu_fwd_span(float *restrict out, const float *restrict inp, size_t n) {
   for (size_t i = 0; i < n; i++) {
     float x = inp[i];
     float u = HM_GELU_S * (x + 0.044715f * x * x * x);
@@ -467,7 +467,8 @@ HM_HOT static void hm_gelu_fwd_span(float *out, const float *inp, size_t n) {
   }
 }
 
-HM_HOT static void hm_gelu_bwd_span(float *dinp, const float *inp, const float *dout, size_t n) {
+HM_HOT static void hm_gelu_bwd_span(float *restrict dinp, const float *restrict inp,
+                                     const float *restrict dout, size_t n) {
   for (size_t i = 0; i < n; i++) {
     float x = inp[i];
     float u = HM_GELU_S * (x + 0.044715f * x * x * x);
@@ -614,7 +615,8 @@ static hm_status hm_cpu_crossentropy_forward_backward(hm_device *dev, void *loss
 
 /* ---- AdamW, sums ------------------------------------------------------------------------- */
 
-HM_HOT static void hm_adamw_span(float *p, const float *g, float *m, float *v, size_t n, float lr,
+HM_HOT static void hm_adamw_span(float *restrict p, const float *restrict g, float *restrict m,
+                                 float *restrict v, size_t n, float lr,
                                  float b1, float b2, float eps, float wd, float gs, float bc1,
                                  float bc2) {
   for (size_t i = 0; i < n; i++) {
