@@ -19,18 +19,18 @@
 
 static const char *const dtype_names[HM_DTYPE_COUNT + 1] = {"fp32", "bf16", "fp16", "fp8", NULL};
 
-const char *hm_dtype_name(hm_dtype t) {
+const char *hm_spec_dtype_name(hm_dtype t) {
   return (t >= 0 && t < HM_DTYPE_COUNT) ? dtype_names[t] : "unknown";
 }
 
-int hm_dtype_parse(const char *s) {
+int hm_spec_dtype_parse(const char *s) {
   if (!s) return -1;
   for (int i = 0; i < HM_DTYPE_COUNT; i++)
     if (strcmp(s, dtype_names[i]) == 0) return i;
   return -1;
 }
 
-size_t hm_dtype_size(hm_dtype t) {
+size_t hm_spec_dtype_size(hm_dtype t) {
   switch (t) {
     case HM_DTYPE_FP32: return 4;
     case HM_DTYPE_BF16:

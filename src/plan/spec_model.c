@@ -125,7 +125,7 @@ static hm_status expand_config(const hm_model_config *cfg_in, hm_dtype dtype, co
   m->layers = hm_calloc((size_t)m->nlayers, sizeof *m->layers, "model layers");
   if (!m->layers) return HM_ERR_NOMEM;
 
-  const double d = (double)hm_dtype_size(dtype);
+  const double d = (double)hm_spec_dtype_size(dtype);
   const double C = (double)cfg.C, T = (double)cfg.T, V = (double)cfg.V, NH = (double)cfg.NH;
   const double F = (double)cfg.ffn, kvd = C * (double)cfg.kv_heads / NH;
   const int gpt2 = cfg.arch == HM_ARCH_GPT2;
@@ -231,7 +231,7 @@ static hm_status read_layers(const cJSON *arr, const char *path, hm_model *m) {
   if (total == 0) return hm_error(HM_ERR_SPEC, "%s: expected at least one layer, got []", path);
   m->layers = hm_calloc((size_t)total, sizeof *m->layers, "model layers");
   if (!m->layers) return HM_ERR_NOMEM;
-  const double dsize = (double)hm_dtype_size(m->dtype);
+  const double dsize = (double)hm_spec_dtype_size(m->dtype);
   int n = 0;
   i = 0;
   for (const cJSON *e = arr->child; e; e = e->next, i++) {
@@ -378,7 +378,7 @@ cJSON *hm_model_to_cjson(const hm_model *m) {
   cJSON *j = cJSON_CreateObject();
   if (!j) return NULL;
   if (!cJSON_AddNumberToObject(j, "version", 1) || !cJSON_AddStringToObject(j, "name", m->name) ||
-      !cJSON_AddStringToObject(j, "dtype", hm_dtype_name(m->dtype)))
+      !cJSON_AddStringToObject(j, "dtype", hm_spec_dtype_name(m->dtype)))
     goto fail;
   if (m->has_config) {
     const hm_model_config *c = &m->cfg;
