@@ -109,9 +109,3 @@ int hm_cmd_worker(int argc, char **argv) {
   (void)argv;
   return hm_cli_fail("this build has no 'worker' command yet", "'worker' is not implemented");
 }
-
-int hm_cmd_profile(int argc, char **argv) {
-  (void)argc;
-  (void)argv;
-  return hm_cli_fail("this build has no 'profile' command yet", "'profile' is not implemented");
-}
