@@ -10,6 +10,7 @@
 #include <stdio.h>
 
 #include "hetmix/cost.h"
+#include "hetmix/spec.h"
 #include "hetmix/status.h"
 
 #ifdef __cplusplus
@@ -183,6 +184,123 @@ double hm_split_objective(const hm_split_problem *pb, const int *bounds);
 hm_status hm_split_dp(const hm_split_problem *pb, int *bounds, double *objective);
 /* Tries every split (for tests; C(n-1, p-1) of them). */
 hm_status hm_split_exhaustive(const hm_split_problem *pb, int *bounds, double *objective);
+
+
+/* ---------------------------------------------------------------------------------------------
+ * Plans: which devices serve which stages and layers, for a cluster, model and training spec.
+ * A plan is a set of replica classes; each class is `nreplicas` identical pipelines (stages of
+ * one device type and tensor-parallel degree each, in order) that each run `nmicro`
+ * micro-batches per step. Several classes = heterogeneous data parallelism. */
+
+#define HM_PLAN_MAX_STAGES 64
+#define HM_PLAN_MAX_CLASSES 16
+#define HM_PLAN_MAX_TYPES 16
+
+typedef struct hm_plan_stage {
+  int type;                   /* device type index in the cluster */
+  int tp;                     /* tensor-parallel degree (devices of one host) */
+  int layer_begin, layer_end; /* model layers [begin, end) */
+  /* predictions (hm_plan_predict) */
+  double fwd, bwd;            /* seconds per micro-batch */
+  double mem_static;          /* bytes per device: weights, gradients, master, optimizer state */
+  double mem_act;             /* bytes per device per micro-batch in flight */
+  double mem_peak;            /* bytes per device at the schedule's peak */
+  double mem_capacity;        /* bytes per device usable (memory_bytes * memory_fraction) */
+  int max_inflight;
+} hm_plan_stage;
+
+typedef struct hm_plan_class {
+  int nreplicas;
+  int nmicro; /* micro-batches per replica per step */
+  int nstages;
+  hm_plan_stage stages[HM_PLAN_MAX_STAGES];
+} hm_plan_class;
+
+typedef struct hm_plan {
+  int64_t micro_batch;  /* samples per micro-batch */
+  int64_t global_batch; /* samples per step = micro_batch * sum(nreplicas * nmicro) */
+  int nclasses;
+  hm_plan_class classes[HM_PLAN_MAX_CLASSES];
+  /* predictions (hm_plan_predict) */
+  double step_time;       /* seconds */
+  double tokens_per_s;
+  double bubble_fraction;
+  double mem_peak_max;    /* bytes, largest over devices */
+  int over_memory;        /* 1 if some device exceeds its usable memory */
+  int64_t devices_used;
+  int64_t devices_by_type[HM_PLAN_MAX_TYPES];
+  double mfu;                           /* over all devices used (DESIGN.md) */
+  double mfu_by_type[HM_PLAN_MAX_TYPES]; /* tokens/s share of the type's replicas, see docs */
+  double upper_bound_tokens_per_s;      /* 0 when not computed */
+  double utilization;                   /* tokens_per_s / upper bound */
+} hm_plan;
+
+typedef struct hm_plan_inputs {
+  const hm_cluster *cluster;
+  const hm_model *model;
+  const hm_train *train;
+  const hm_profile *profile; /* NULL: analytic estimates only (resolved against the cluster) */
+} hm_plan_inputs;
+
+/* Fills every prediction of a plan whose classes, stages and layer ranges are set, by running the
+ * simulator on the op lists; trace (optional) receives the predicted timeline. */
+hm_status hm_plan_predict(const hm_plan_inputs *in, hm_plan *plan, hm_sim_trace *trace);
+
+/* Checks a plan against a cluster and model: device types exist, every stage's tp fits a host
+ * and divides the layers' tp_divides, layers are covered in order, devices suffice, batch adds up.
+ * HM_ERR_SPEC with the plan's field path otherwise. */
+hm_status hm_plan_validate(const hm_plan_inputs *in, const hm_plan *plan);
+
+typedef struct hm_search_options {
+  int top_k;          /* plans to return (default 5) */
+  int max_stages;     /* pipeline depth limit (default and maximum HM_PLAN_MAX_STAGES) */
+  int only_type;      /* -1: every type; k: plans that use device type k alone */
+  int upper_bound;    /* 1: also plan each type alone, fill the bound and utilization */
+} hm_search_options;
+
+void hm_search_options_default(hm_search_options *o);
+
+typedef struct hm_search_result {
+  int nplans;
+  hm_plan *plans;                                  /* best first (shortest simulated step) */
+  double type_best_tokens_per_s[HM_PLAN_MAX_TYPES]; /* each type alone; 0 if it cannot fit */
+  double upper_bound_tokens_per_s;                 /* sum of the above */
+  int best_single_type;                            /* type of the best single-type plan, -1 */
+  hm_plan best_single;                             /* that plan (valid when best_single_type >= 0) */
+  int64_t candidates;                              /* layer splits evaluated */
+  double seconds;                                  /* wall time of the search */
+} hm_search_result;
+
+/* Searches tensor-parallel degree per type, pipeline depth and stage types in order, the exact
+ * layer split, data-parallel degree, heterogeneous data parallelism (unequal micro-batch counts)
+ * and micro-batch size, under memory limits. HM_ERR_NO_FIT with the reason when nothing fits.
+ * Deterministic: same inputs give the same plans. */
+hm_status hm_plan_search(const hm_plan_inputs *in, const hm_search_options *opt,
+                         hm_search_result *out);
+void hm_search_result_free(hm_search_result *r);
+
+/* plan.json (docs/plan.md): the plan, its predictions, every rank's role, and the cluster, model
+ * and training specs it was made for. */
+struct cJSON *hm_plan_to_cjson(const hm_plan_inputs *in, const hm_plan *plan);
+hm_status hm_plan_write(const hm_plan_inputs *in, const hm_plan *plan, const char *path);
+/* Reads a plan file. Its embedded specs are returned in *cluster, *model, *train (caller frees
+ * with the spec free functions; each pointer may be NULL to skip). The plan is validated against
+ * those specs, or against `against` when non-NULL (a runtime refusing a plan for another
+ * cluster or model); the ranks list must match the plan's layout exactly. */
+hm_status hm_plan_load(const char *path, const hm_plan_inputs *against, hm_plan *plan,
+                       hm_cluster *cluster, hm_model *model, hm_train *train);
+hm_status hm_plan_from_cjson(const struct cJSON *j, const hm_plan_inputs *against, hm_plan *plan,
+                             hm_cluster *cluster, hm_model *model, hm_train *train);
+
+/* One rank's role in a plan, in the order plan.json lists ranks (class, replica, stage,
+ * tensor-parallel rank). Devices are taken host by host per type (docs/plan.md). */
+typedef struct hm_plan_rank {
+  int64_t rank;       /* global device rank in the cluster (hm_cluster_locate) */
+  int cls, replica, stage, tp_rank;
+} hm_plan_rank;
+/* Lists the roles of every device the plan uses; *ranks is allocated (free()). */
+hm_status hm_plan_assign_ranks(const hm_plan_inputs *in, const hm_plan *plan,
+                               hm_plan_rank **ranks, int64_t *nranks);
 
 #ifdef __cplusplus
 }

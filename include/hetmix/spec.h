@@ -37,9 +37,11 @@ typedef enum hm_dtype {
   HM_DTYPE_COUNT
 } hm_dtype;
 
-const char *hm_dtype_name(hm_dtype t); /* "fp32", "bf16", "fp16", "fp8" */
-int hm_dtype_parse(const char *s);     /* -1 when unknown */
-size_t hm_dtype_size(hm_dtype t);      /* bytes per element: 4, 2, 2, 1 */
+/* Named hm_spec_* because hmcomm (comm.h) exports its own hm_dtype_name/hm_dtype_size for its
+ * element types; a program using both must link. */
+const char *hm_spec_dtype_name(hm_dtype t); /* "fp32", "bf16", "fp16", "fp8" */
+int hm_spec_dtype_parse(const char *s);     /* -1 when unknown */
+size_t hm_spec_dtype_size(hm_dtype t);      /* bytes per element: 4, 2, 2, 1 */
 
 /* ------------------------------------------------------------------------------------------ */
 /* Cluster                                                                                    */

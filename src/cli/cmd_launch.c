@@ -356,9 +356,3 @@ int hm_cmd_worker(int argc, char **argv) {
   }
   return 0;
 }
-
-int hm_cmd_profile(int argc, char **argv) {
-  (void)argc;
-  (void)argv;
-  return hm_cli_fail("this build has no 'profile' command yet", "'profile' is not implemented");
-}

@@ -19,18 +19,18 @@
 
 static const char *const dtype_names[HM_DTYPE_COUNT + 1] = {"fp32", "bf16", "fp16", "fp8", NULL};
 
-const char *hm_dtype_name(hm_dtype t) {
+const char *hm_spec_dtype_name(hm_dtype t) {
   return (t >= 0 && t < HM_DTYPE_COUNT) ? dtype_names[t] : "unknown";
 }
 
-int hm_dtype_parse(const char *s) {
+int hm_spec_dtype_parse(const char *s) {
   if (!s) return -1;
   for (int i = 0; i < HM_DTYPE_COUNT; i++)
     if (strcmp(s, dtype_names[i]) == 0) return i;
   return -1;
 }
 
-size_t hm_dtype_size(hm_dtype t) {
+size_t hm_spec_dtype_size(hm_dtype t) {
   switch (t) {
     case HM_DTYPE_FP32: return 4;
     case HM_DTYPE_BF16:
@@ -64,6 +64,24 @@ int hm_cluster_find_type(const hm_cluster *c, const char *name) {
   for (int i = 0; i < c->ntypes; i++)
     if (strcmp(c->types[i].name, name) == 0) return i;
   return -1;
+}
+
+/* ' (did you mean "x"?)' for a misspelt name among the n names at stride bytes from first. */
+static const char *suggest(const char *word, const char *first, size_t stride, int n, char *buf,
+                           size_t cap) {
+  int bestd = 99;
+  const char *best = NULL;
+  for (int i = 0; i < n; i++) {
+    const char *cand = first + (size_t)i * stride;
+    int d = hm_json_edit_distance(word, cand);
+    if (d < bestd) {
+      bestd = d;
+      best = cand;
+    }
+  }
+  buf[0] = '\0';
+  if (best && hm_json_is_close(word, best, bestd)) snprintf(buf, cap, " (did you mean \"%s\"?)", best);
+  return buf;
 }
 
 static int find_pool(const hm_cluster *c, const char *name) {
@@ -110,9 +128,11 @@ static hm_status read_host_devices(const hm_cluster *c, const cJSON *o, const ch
   HM_TRY(hm_json_string(o, path, "type", 1, NULL, tname, sizeof tname));
   int t = hm_cluster_find_type(c, tname);
   if (t < 0) {
-    char p[HM_JSON_PATH_MAX];
-    return hm_error(HM_ERR_SPEC, "%s: unknown device type \"%s\" (not in cluster.device_types)",
-                    hm_json_path_key(p, path, "type"), tname);
+    char p[HM_JSON_PATH_MAX], hint[96];
+    return hm_error(HM_ERR_SPEC, "%s: unknown device type \"%s\" (not in cluster.device_types)%s",
+                    hm_json_path_key(p, path, "type"), tname,
+                    suggest(tname, c->types[0].name, sizeof c->types[0], c->ntypes, hint,
+                            sizeof hint));
   }
   int64_t n = 0;
   HM_TRY(hm_json_int(o, path, "count", 0, 1, 4096, 1, &n));
@@ -184,9 +204,12 @@ static hm_status read_host_group(hm_cluster *c, const cJSON *o, const char *path
     char pname[HM_SPEC_NAME_MAX];
     HM_TRY(hm_json_string(o, path, "pool", 1, NULL, pname, sizeof pname));
     g->pool = find_pool(c, pname);
+    char hint[96];
     if (g->pool < 0)
-      return hm_error(HM_ERR_SPEC, "%s: unknown pool \"%s\" (not in cluster.pools)",
-                      hm_json_path_key(p, path, "pool"), pname);
+      return hm_error(HM_ERR_SPEC, "%s: unknown pool \"%s\" (not in cluster.pools)%s",
+                      hm_json_path_key(p, path, "pool"), pname,
+                      suggest(pname, c->pools[0].name, sizeof c->pools[0], c->npools, hint,
+                              sizeof hint));
   } else if (cJSON_GetObjectItemCaseSensitive(o, "pool")) {
     return hm_error(HM_ERR_SPEC, "%s: names a pool but cluster.pools is absent",
                     hm_json_path_key(p, path, "pool"));

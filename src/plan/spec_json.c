@@ -140,8 +140,7 @@ hm_status hm_json_read_file(const char *path, char **text, size_t *len) {
   return HM_OK;
 }
 
-/* Levenshtein distance, capped (keys are short). */
-static int edit_distance(const char *a, const char *b) {
+int hm_json_edit_distance(const char *a, const char *b) {
   size_t la = strlen(a), lb = strlen(b);
   if (la > 63 || lb > 63) return 99;
   int row[64];
@@ -159,6 +158,13 @@ static int edit_distance(const char *a, const char *b) {
     }
   }
   return row[lb];
+}
+
+int hm_json_is_close(const char *word, const char *candidate, int distance) {
+  /* Close enough to be a typo, and not a replacement of most of a short word. */
+  size_t wl = strlen(word), cl = strlen(candidate);
+  return (distance <= 2 || (size_t)distance * 3 <= wl) && (size_t)distance < cl &&
+         (size_t)distance < wl + 1;
 }
 
 hm_status hm_json_check_object(const cJSON *v, const char *path, const char *const *allowed) {
@@ -185,14 +191,13 @@ hm_status hm_json_check_object(const cJSON *v, const char *path, const char *con
       const char *best = NULL;
       int bestd = 99;
       for (int i = 0; i < nallowed; i++) {
-        int d = edit_distance(k, allowed[i]);
+        int d = hm_json_edit_distance(k, allowed[i]);
         if (d < bestd) {
           bestd = d;
           best = allowed[i];
         }
       }
-      size_t kl = strlen(k);
-      int close = best && (bestd <= 2 || (size_t)bestd * 3 <= kl);
+      int close = best && hm_json_is_close(k, best, bestd);
       char shown[48];
       snprintf(shown, sizeof shown, "%s", k);
       if (close)

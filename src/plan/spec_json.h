@@ -73,6 +73,11 @@ hm_status hm_json_version(const cJSON *obj, const char *path);
 hm_status hm_json_name(const cJSON *obj, const char *path, const char *key, int required,
                        const char *def, char *out, size_t cap);
 
+/* Levenshtein distance (99 for strings over 63 characters), and whether a word at that
+ * distance from a known name is worth a "did you mean". */
+int hm_json_edit_distance(const char *a, const char *b);
+int hm_json_is_close(const char *word, const char *candidate, int distance);
+
 /* Writers: add a link object; NULL-safe chaining is not provided, callers check the result. */
 cJSON *hm_json_link_to_cjson(const hm_link *l);
 

@@ -125,7 +125,7 @@ static hm_status expand_config(const hm_model_config *cfg_in, hm_dtype dtype, co
   m->layers = hm_calloc((size_t)m->nlayers, sizeof *m->layers, "model layers");
   if (!m->layers) return HM_ERR_NOMEM;
 
-  const double d = (double)hm_dtype_size(dtype);
+  const double d = (double)hm_spec_dtype_size(dtype);
   const double C = (double)cfg.C, T = (double)cfg.T, V = (double)cfg.V, NH = (double)cfg.NH;
   const double F = (double)cfg.ffn, kvd = C * (double)cfg.kv_heads / NH;
   const int gpt2 = cfg.arch == HM_ARCH_GPT2;
@@ -210,11 +210,11 @@ static hm_status read_config(const cJSON *o, const char *path, hm_model_config *
 }
 
 static hm_status read_layers(const cJSON *arr, const char *path, hm_model *m) {
-  static const char *const keys[] = {"kind",      "count",       "fwd_flops",     "bwd_flops",
+  static const char *const keys[] = {"kind",      "count",       "fwd_flops",     "fwd_flops_per_token", "bwd_flops",
                                      "params",    "param_bytes", "shared_params", "shared_with",
                                      "act_bytes", "in_bytes",    "out_bytes",     "tp_comm_bytes",
                                      "tp_divides", NULL};
-  char p[HM_JSON_PATH_MAX], q[HM_JSON_PATH_MAX];
+  char p[HM_JSON_PATH_MAX];
   const double big = 1e30;
   /* First pass: count the expanded layers so the array is allocated once. */
   int64_t total = 0;
@@ -231,7 +231,7 @@ static hm_status read_layers(const cJSON *arr, const char *path, hm_model *m) {
   if (total == 0) return hm_error(HM_ERR_SPEC, "%s: expected at least one layer, got []", path);
   m->layers = hm_calloc((size_t)total, sizeof *m->layers, "model layers");
   if (!m->layers) return HM_ERR_NOMEM;
-  const double dsize = (double)hm_dtype_size(m->dtype);
+  const double dsize = (double)hm_spec_dtype_size(m->dtype);
   int n = 0;
   i = 0;
   for (const cJSON *e = arr->child; e; e = e->next, i++) {
@@ -241,7 +241,17 @@ static hm_status read_layers(const cJSON *arr, const char *path, hm_model *m) {
     int64_t count = 1;
     HM_TRY(hm_json_int(e, p, "count", 0, 1, HM_MODEL_MAX_LAYERS, 1, &count));
     HM_TRY(hm_json_name(e, p, "kind", 1, NULL, l.kind, sizeof l.kind));
-    HM_TRY(hm_json_number(e, p, "fwd_flops", 1, HM_RANGE_NONNEG(big), 0, &l.fwd_flops));
+    const cJSON *fpt = cJSON_GetObjectItemCaseSensitive(e, "fwd_flops_per_token");
+    if (fpt && cJSON_GetObjectItemCaseSensitive(e, "fwd_flops"))
+      return hm_error(HM_ERR_SPEC, "%s: give \"fwd_flops\" or \"fwd_flops_per_token\", not both",
+                      p);
+    if (fpt) {
+      double per_token = 0;
+      HM_TRY(hm_json_number(e, p, "fwd_flops_per_token", 1, HM_RANGE_NONNEG(big), 0, &per_token));
+      l.fwd_flops = per_token * (double)m->T;
+    } else {
+      HM_TRY(hm_json_number(e, p, "fwd_flops", 1, HM_RANGE_NONNEG(big), 0, &l.fwd_flops));
+    }
     HM_TRY(hm_json_number(e, p, "bwd_flops", 0, HM_RANGE_NONNEG(big), 2 * l.fwd_flops,
                           &l.bwd_flops));
     const cJSON *pc = cJSON_GetObjectItemCaseSensitive(e, "params");
@@ -290,8 +300,7 @@ static hm_status read_layers(const cJSON *arr, const char *path, hm_model *m) {
     if (l->shared_with >= 0 && m->layers[l->shared_with].params < l->shared_params)
       return hm_error(HM_ERR_SPEC,
                       "%s: layer %d shares %.17g parameters of layer %d, which owns only %.17g",
-                      hm_json_path_key(q, path, ""), k, l->shared_params, l->shared_with,
-                      m->layers[l->shared_with].params);
+                      path, k, l->shared_params, l->shared_with, m->layers[l->shared_with].params);
   }
   return HM_OK;
 }
@@ -378,7 +387,7 @@ cJSON *hm_model_to_cjson(const hm_model *m) {
   cJSON *j = cJSON_CreateObject();
   if (!j) return NULL;
   if (!cJSON_AddNumberToObject(j, "version", 1) || !cJSON_AddStringToObject(j, "name", m->name) ||
-      !cJSON_AddStringToObject(j, "dtype", hm_dtype_name(m->dtype)))
+      !cJSON_AddStringToObject(j, "dtype", hm_spec_dtype_name(m->dtype)))
     goto fail;
   if (m->has_config) {
     const hm_model_config *c = &m->cfg;

@@ -199,7 +199,7 @@ hm_status hm_spec_resolve(const hm_cluster *c, const hm_model *m, hm_train *t, h
         return hm_error(HM_ERR_SPEC,
                         "train.precision: \"auto\" has no training precision for model.dtype "
                         "\"%s\"; give train.precision explicitly",
-                        hm_dtype_name(m->dtype));
+                        hm_spec_dtype_name(m->dtype));
     }
   }
   hm_dtype compute = t->precision == HM_PREC_FP32       ? HM_DTYPE_FP32
@@ -210,8 +210,8 @@ hm_status hm_spec_resolve(const hm_cluster *c, const hm_model *m, hm_train *t, h
     return hm_error(HM_ERR_SPEC,
                     "train.precision: \"%s\" computes in %s but model.dtype is \"%s\" (the model's "
                     "activation bytes are for %s); make them agree or use \"auto\"",
-                    hm_precision_name(t->precision), hm_dtype_name(compute),
-                    hm_dtype_name(m->dtype), hm_dtype_name(m->dtype));
+                    hm_precision_name(t->precision), hm_spec_dtype_name(compute),
+                    hm_spec_dtype_name(m->dtype), hm_spec_dtype_name(m->dtype));
   t->compute_dtype = m->dtype == HM_DTYPE_FP8 ? HM_DTYPE_FP8 : compute;
   int mixed = t->precision != HM_PREC_FP32;
   if (t->weight_bytes < 0) t->weight_bytes = mixed ? 2 : 4;

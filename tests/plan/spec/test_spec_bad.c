@@ -243,10 +243,10 @@ static const struct bad_case {
   const char *file; /* example file name, or NULL for explicit_model */
   const char *path;
   const char *value;
-  const char *message; /* the message must contain this */
+  const char *message; /* the message must contain this ('$' at the end: and end with it) */
 } bad_cases[] = {
     {SPEC_CLUSTER, "reference-768.json", "device_types[1].memory_bytes", "\"16GB\"",
-     "cluster.device_types[1].memory_bytes: expected a positive number, got \"16GB\""},
+     "cluster.device_types[1].memory_bytes: expected a positive number, got \"16GB\"$"},
     {SPEC_CLUSTER, "reference-768.json", "device_types[1].memory_bytes", "-1",
      "cluster.device_types[1].memory_bytes: expected a positive number, got -1"},
     {SPEC_CLUSTER, "reference-768.json", "device_types[1].memory_bytes", "1e17",
@@ -273,6 +273,12 @@ static const struct bad_case {
      "cluster.device_types[1].intra_host_link: missing (expected a link object: host group \"a100-node\" holds 8 devices"},
     {SPEC_CLUSTER, "reference-768.json", "hosts[1].devices.type", "\"h100\"",
      "cluster.hosts[1].devices.type: unknown device type \"h100\" (not in cluster.device_types)"},
+    {SPEC_CLUSTER, "reference-768.json", "hosts[1].devices.type", "\"a10O\"",
+     "cluster.hosts[1].devices.type: unknown device type \"a10O\" (not in cluster.device_types) "
+     "(did you mean \"a100\"?)"},
+    {SPEC_CLUSTER, "reference-768.json", "hosts[0].pool", "\"room_amd\"",
+     "cluster.hosts[0].pool: unknown pool \"room_amd\" (not in cluster.pools) (did you mean \"room-amd\"?)"},
+    {SPEC_MODEL, "gpt2-124m.json", "config.x", "1", "model.config: unknown field \"x\"$"},
     {SPEC_CLUSTER, "reference-768.json", "hosts[0].count", "0",
      "cluster.hosts[0].count: expected an integer in [1, 10000000], got 0"},
     {SPEC_CLUSTER, "reference-768.json", "hosts[0].count", "2.5",
@@ -353,11 +359,14 @@ static const struct bad_case {
      "model.layers[2].shared_with: expected an integer in [0, 4], got 9"},
     {SPEC_MODEL, NULL, "layers[2].shared_with", DELETE,
      "model.layers[2].shared_with: missing (\"shared_params\" and \"shared_with\" go together)"},
-    {SPEC_MODEL, NULL, "layers[2].shared_params", "5000",
-     "layer 4 shares 5000 parameters of layer 0, which owns only 1000"},
     {SPEC_MODEL, NULL, "layers[0].param_bytes", "2000",
      "model.layers[0]: give \"params\" or \"param_bytes\", not both"},
     {SPEC_MODEL, NULL, "layers[0].params", DELETE, "model.layers[0].params: missing"},
+    {SPEC_MODEL, NULL, "layers[1].fwd_flops_per_token", "1e6",
+     "model.layers[1]: give \"fwd_flops\" or \"fwd_flops_per_token\", not both"},
+    {SPEC_MODEL, NULL, "layers[1].fwd_flops", DELETE, "model.layers[1].fwd_flops: missing"},
+    {SPEC_MODEL, NULL, "layers[2].shared_params", "5000",
+     "model.layers: layer 4 shares 5000 parameters of layer 0, which owns only 1000"},
     {SPEC_MODEL, NULL, "layers[0].kind", "\"a/b\"", "model.layers[0].kind: \"a/b\" is not a valid name"},
     {SPEC_MODEL, NULL, "seq_len", DELETE, "model.seq_len: missing"},
     {SPEC_MODEL, NULL, "layers", "[]", "model.layers: expected at least one layer, got []"},
@@ -421,7 +430,14 @@ static void test_bad_fields(void **state) {
     cJSON_Delete(root);
     hm_status st = read_spec(bc->kind, text);
     free(text);
-    if (st != HM_ERR_SPEC || !strstr(hm_last_error(), bc->message)) {
+    /* A trailing '$' asks for the message to end right there. */
+    char want[256];
+    snprintf(want, sizeof want, "%s", bc->message);
+    size_t wl = strlen(want);
+    int at_end = wl > 0 && want[wl - 1] == '$';
+    if (at_end) want[--wl] = '\0';
+    const char *msg = hm_last_error(), *hit = strstr(msg, want);
+    if (st != HM_ERR_SPEC || !hit || (at_end && hit[wl] != '\0')) {
       print_error("case %zu (%s %s): got %s: %s\n  want: %s\n", i, bc->file ? bc->file : "explicit",
                   bc->path, hm_status_name(st), hm_last_error(), bc->message);
       failures++;

@@ -188,7 +188,7 @@ static const char explicit_model[] =
     "  \"in_bytes\": 512, \"out_bytes\": 4096},"
     " {\"kind\": \"mix\", \"count\": 3, \"fwd_flops\": 1e9, \"param_bytes\": 2e6,"
     "  \"act_bytes\": 1e6, \"out_bytes\": 4096, \"tp_comm_bytes\": 8192, \"tp_divides\": 4},"
-    " {\"kind\": \"out\", \"fwd_flops\": 5e8, \"bwd_flops\": 7e8, \"params\": 10,"
+    " {\"kind\": \"out\", \"fwd_flops_per_token\": 3906250, \"bwd_flops\": 7e8, \"params\": 10,"
     "  \"shared_params\": 1000, \"shared_with\": 0, \"act_bytes\": 1e5, \"out_bytes\": 4}]}";
 
 static void test_explicit_layers(void **state) {
