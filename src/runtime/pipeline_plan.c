@@ -130,6 +130,16 @@ hm_status hm_pipe_plan_load(const char *path, const char *cluster_path, const ch
     st = hm_plan_load(path, NULL, plan, &cl, &m, &et);
     if (st == HM_OK && cluster_path) st = hm_cluster_load(cluster_path, &acl);
     if (st == HM_OK && model_path) st = hm_model_load(model_path, &am);
+    /* the planner accepts any model whose layers the ranges cover (what-if); a runtime must
+     * train the model the plan's times and memory were computed for */
+    if (st == HM_OK && model_path &&
+        (am.cfg.arch != m.cfg.arch || am.cfg.L != m.cfg.L || am.cfg.C != m.cfg.C || am.cfg.NH != m.cfg.NH ||
+         am.cfg.V != m.cfg.V || am.cfg.T != m.cfg.T || am.has_config != m.has_config))
+      st = hm_error(HM_ERR_SPEC, "model: the plan was made for %s (L%lld C%lld NH%lld V%lld T%lld), %s is %s "
+                    "(L%lld C%lld NH%lld V%lld T%lld)", m.name, (long long)m.cfg.L, (long long)m.cfg.C,
+                    (long long)m.cfg.NH, (long long)m.cfg.V, (long long)m.cfg.T, model_path, am.name,
+                    (long long)am.cfg.L, (long long)am.cfg.C, (long long)am.cfg.NH, (long long)am.cfg.V,
+                    (long long)am.cfg.T);
     if (st == HM_OK) {
       at = et;
       against.cluster = cluster_path ? &acl : &cl;
@@ -137,10 +147,10 @@ hm_status hm_pipe_plan_load(const char *path, const char *cluster_path, const ch
       against.train = &at;
       st = hm_spec_resolve(against.cluster, against.model, &at, NULL);
       if (st == HM_OK) st = hm_plan_load(path, &against, plan, NULL, NULL, NULL);
-      if (st != HM_OK)
-        st = hm_error_context(st, "plan %s does not match %s%s%s: ", path, cluster_path ? cluster_path : "",
-                              cluster_path && model_path ? " and " : "", model_path ? model_path : "");
     }
+    if (st != HM_OK)
+      st = hm_error_context(st, "plan %s does not match %s%s%s: ", path, cluster_path ? cluster_path : "",
+                            cluster_path && model_path ? " and " : "", model_path ? model_path : "");
   } else {
     st = hm_plan_load(path, NULL, plan, &cl, &m, NULL);
   }
