@@ -21,6 +21,7 @@ void hm_profile_options_default(hm_profile_options *o) {
   memset(o, 0, sizeof *o);
   o->warmup = 1;
   o->reps = 5;
+  o->budget_s = 2.0;
   o->links = 1;
   o->link_transport = "shm";
   o->link_probe.seconds_per_size = 0.05;
@@ -213,7 +214,7 @@ hm_status hm_profile_measure(const hm_profile_options *o, hm_profile *out, hm_pr
     const hm_device_type *dt = &c->types[k];
     char desc[256] = "";
     st = hm_profile_time_layers(dt->backend, &shape, layers, nkinds, mbs, nmbs, warmup, reps,
-                                o->seed + 7919u * (uint64_t)k, t, desc, sizeof desc, o->progress, o->user);
+                                o->budget_s, o->seed + 7919u * (uint64_t)k, t, desc, sizeof desc, o->progress, o->user);
     if (st != HM_OK) {
       st = hm_error_context(st, "device type '%s': ", dt->name);
       break;
