@@ -137,7 +137,7 @@ static hm_status exec_ops(hm_op **ops, int n) {
   hm_comm_t c = ops[0]->comm;
   hm_status st = comm_state(c, ops[0]->is_p2p ? "send/recv" : hm_coll_kind_name(ops[0]->a.kind));
   if (st == HM_OK) st = ops[0]->is_p2p ? exec_p2p_batch(ops, n) : hm_coll_execute(c, &ops[0]->a);
-  if (st != HM_OK && st != HM_ERR_ABORTED && atomic_load(&c->broken) == HM_OK)
+  if (st != HM_OK && st != HM_ERR_ABORTED && st != HM_ERR_TIMEOUT && atomic_load(&c->broken) == HM_OK)
     hm_comm_fail(c, st, 1); /* tell the peers, so they do not wait for this rank */
   return st;
 }

@@ -393,7 +393,11 @@ hm_status hm_xfer_run(const hm_xctx *cx, hm_xfer *x, int n) {
       hm_desc_format(x[0].desc, d, sizeof d);
       hm_error(HM_ERR_TIMEOUT, "rank %d: %s (operation #%u) timed out after %d ms waiting for rank %d",
                c->rank, d, (unsigned)x[0].seq, c->cfg.timeout_ms, waiting);
-      return hm_comm_fail(c, HM_ERR_TIMEOUT, 1);
+      /* Nothing of this operation moved: the channels are as before it, the communicator stays
+       * usable (a late peer then shows up as a mismatch). Otherwise it is broken. */
+      int moved = 0;
+      for (int i = 0; i < n; i++) moved |= x[i].nchunks > 0;
+      return moved ? hm_comm_fail(c, HM_ERR_TIMEOUT, 1) : HM_ERR_TIMEOUT;
     }
     if (any_tcp && idle >= 16) {
       /* sleep until a socket moves (or a control event); data sockets wake us */

@@ -29,7 +29,7 @@
 
 #define HM_GELU_S 0.7978845608f /* sqrt(2/pi) */
 #define HM_ROWS_BLOCK 64        /* fixed row blocks for reductions over rows */
-#define HM_ATT_BLOCK 64         /* causal attention tile */
+#define HM_ATT_BLOCK 32         /* causal attention tile */
 #define HM_SUM_BLOCK 8192       /* fixed blocks of sum/sumsq */
 
 typedef struct hm_cpu_impl {
@@ -76,6 +76,75 @@ static inline float hm_expf(float x) {
   return p * scale;
 }
 
+/* Row reductions with 8 running partial sums: the compiler turns the inner lane loop into one
+ * vector op without -ffast-math, and the summation order is fixed by this code, not by the
+ * vector width or the thread count. */
+static inline float hm_hsum8(const float a[8]) {
+  return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
+static inline float hm_row_sum(const float *x, int n) {
+  float acc[8] = {0};
+  int i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; j++) acc[j] += x[i + j];
+  float s = hm_hsum8(acc);
+  for (; i < n; i++) s += x[i];
+  return s;
+}
+
+static inline float hm_row_dot(const float *x, const float *y, int n) {
+  float acc[8] = {0};
+  int i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; j++) acc[j] += x[i + j] * y[i + j];
+  float s = hm_hsum8(acc);
+  for (; i < n; i++) s += x[i] * y[i];
+  return s;
+}
+
+/* sum of w * d * (x - m) */
+static inline float hm_row_dot_centered(const float *w, const float *d, const float *x, float m,
+                                        int n) {
+  float acc[8] = {0};
+  int i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; j++) acc[j] += w[i + j] * d[i + j] * (x[i + j] - m);
+  float s = hm_hsum8(acc);
+  for (; i < n; i++) s += w[i] * d[i] * (x[i] - m);
+  return s;
+}
+
+static inline float hm_row_max(const float *x, int n) {
+  float acc[8];
+  for (int j = 0; j < 8; j++) acc[j] = -INFINITY;
+  int i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; j++) acc[j] = x[i + j] > acc[j] ? x[i + j] : acc[j];
+  float m = -INFINITY;
+  for (int j = 0; j < 8; j++) m = acc[j] > m ? acc[j] : m;
+  for (; i < n; i++) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
+/* x[i] = exp(x[i] - shift) in place; returns their sum */
+static inline float hm_row_exp_sum(float *x, int n, float shift) {
+  float acc[8] = {0};
+  int i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; j++) {
+      float e = hm_expf(x[i + j] - shift);
+      x[i + j] = e;
+      acc[j] += e;
+    }
+  float s = hm_hsum8(acc);
+  for (; i < n; i++) {
+    x[i] = hm_expf(x[i] - shift);
+    s += x[i];
+  }
+  return s;
+}
+
 /* ---- matmul ------------------------------------------------------------------------------- */
 
 /* Splits C (M,N) = alpha op(A) op(B) + beta C over the calling OpenMP team along its larger
@@ -120,7 +189,7 @@ static hm_status hm_cpu_matmul_forward(hm_device *dev, void *out_, const void *i
   return HM_OK;
 }
 
-HM_HOT static void hm_colsum_add(float *dst, const float *src, int rows, int ld, int c0, int c1) {
+HM_HOT static void hm_colsum_add(float *restrict dst, const float *restrict src, int rows, int ld, int c0, int c1) {
   // dst[c] += sum over rows of src[r, c] for c in [c0, c1): rows in order, so deterministic
   double acc[256];
   for (int cb = c0; cb < c1; cb += 256) {
@@ -199,19 +268,19 @@ static hm_status hm_cpu_encoder_backward(hm_device *dev, void *dwte_, void *dwpe
 
 /* ---- layernorm ---------------------------------------------------------------------------- */
 
-HM_HOT static void hm_layernorm_row(float *o, float *mean, float *rstd, const float *x,
-                                    const float *w, const float *b, int C) {
-  float m = 0;
-  for (int c = 0; c < C; c++) m += x[c];
-  m /= C;
-  float var = 0;
-  for (int c = 0; c < C; c++) {
-    float d = x[c] - m;
-    var += d * d;
-  }
+HM_HOT static void hm_layernorm_row(float *restrict o, float *mean, float *rstd,
+                                    const float *restrict x, const float *restrict w,
+                                    const float *restrict b, int C) {
+  float m = hm_row_sum(x, C) / C;
+  float acc[8] = {0};
+  int c = 0;
+  for (; c + 8 <= C; c += 8)
+    for (int j = 0; j < 8; j++) acc[j] += (x[c + j] - m) * (x[c + j] - m);
+  float var = hm_hsum8(acc);
+  for (; c < C; c++) var += (x[c] - m) * (x[c] - m);
   var /= C;
   float s = 1.0f / sqrtf(var + 1e-5f);
-  for (int c = 0; c < C; c++) o[c] = (x[c] - m) * s * w[c] + b[c];
+  for (c = 0; c < C; c++) o[c] = (x[c] - m) * s * w[c] + b[c];
   *mean = m;
   *rstd = s;
 }
@@ -229,24 +298,18 @@ static hm_status hm_cpu_layernorm_forward(hm_device *dev, void *out_, void *mean
 }
 
 /* Rows [r0, r1): dinp rows += ...; pw/pb (C) = this block's dweight/dbias partials. */
-HM_HOT static void hm_layernorm_backward_rows(float *dinp, float *pw, float *pb,
-                                              const float *dout, const float *inp,
-                                              const float *w, const float *mean,
+HM_HOT static void hm_layernorm_backward_rows(float *restrict dinp, float *restrict pw,
+                                              float *restrict pb, const float *restrict dout,
+                                              const float *restrict inp,
+                                              const float *restrict w, const float *mean,
                                               const float *rstd, int r0, int r1, int C) {
   for (int c = 0; c < C; c++) pw[c] = pb[c] = 0;
   for (int n = r0; n < r1; n++) {
     const float *d = dout + (size_t)n * C, *x = inp + (size_t)n * C;
     float *dx = dinp + (size_t)n * C;
     float m = mean[n], s = rstd[n];
-    float dnorm_mean = 0, dnorm_norm_mean = 0;
-    for (int c = 0; c < C; c++) {
-      float norm = (x[c] - m) * s;
-      float dnorm = w[c] * d[c];
-      dnorm_mean += dnorm;
-      dnorm_norm_mean += dnorm * norm;
-    }
-    dnorm_mean /= C;
-    dnorm_norm_mean /= C;
+    float dnorm_mean = hm_row_dot(w, d, C) / C;
+    float dnorm_norm_mean = hm_row_dot_centered(w, d, x, m, C) * s / C;
     for (int c = 0; c < C; c++) {
       float norm = (x[c] - m) * s;
       float dnorm = w[c] * d[c];
@@ -301,14 +364,7 @@ static size_t hm_cpu_attention_saved_elems(hm_device *dev, int B, int T, int C, 
 
 /* row (n): p = softmax(row[0..len)), zeros in [len, n) */
 HM_HOT static void hm_softmax_row_causal(float *row, int len, int n) {
-  float maxv = -INFINITY;
-  for (int i = 0; i < len; i++) maxv = row[i] > maxv ? row[i] : maxv;
-  float sum = 0;
-  for (int i = 0; i < len; i++) {
-    float e = hm_expf(row[i] - maxv);
-    row[i] = e;
-    sum += e;
-  }
+  float sum = hm_row_exp_sum(row, len, hm_row_max(row, len));
   float inv = 1.0f / sum;
   for (int i = 0; i < len; i++) row[i] *= inv;
   for (int i = len; i < n; i++) row[i] = 0;
@@ -343,8 +399,7 @@ static hm_status hm_cpu_attention_forward(hm_device *dev, void *out_, void *att_
 
 /* ds[0..n) = p * (dp - sum(p * dp)) * scale, in place over dp */
 HM_HOT static void hm_softmax_backward_row(float *dp, const float *p, int n, float scale) {
-  float dot = 0;
-  for (int i = 0; i < n; i++) dot += p[i] * dp[i];
+  float dot = hm_row_dot(p, dp, n);
   for (int i = 0; i < n; i++) dp[i] = p[i] * (dp[i] - dot) * scale;
 }
 
@@ -403,15 +458,17 @@ static hm_status hm_cpu_attention_backward(hm_device *dev, void *dqkv_, const vo
 /* ---- GELU, residual, scale ------------------------------------------------------------------ */
 
 /* 0.5 (1 + tanh(u)) = 1 / (1 + exp(-2u)): one exp instead of a libm tanh */
-HM_HOT static void hm_gelu_fwd_span(float *out, const float *inp, size_t n) {
+HM_HOT static void hm_gelu_fwd_span(float *restrict out, const float *restrict inp, size_t n) {
   for (size_t i = 0; i < n; i++) {
     float x = inp[i];
     float u = HM_GELU_S * (x + 0.044715f * x * x * x);
-    out[i] = x / (1.0f + hm_expf(-2.0f * u));
+    float sig = 1.0f / (1.0f + hm_expf(-2.0f * u));
+    out[i] = x * sig;
   }
 }
 
-HM_HOT static void hm_gelu_bwd_span(float *dinp, const float *inp, const float *dout, size_t n) {
+HM_HOT static void hm_gelu_bwd_span(float *restrict dinp, const float *restrict inp,
+                                     const float *restrict dout, size_t n) {
   for (size_t i = 0; i < n; i++) {
     float x = inp[i];
     float u = HM_GELU_S * (x + 0.044715f * x * x * x);
@@ -501,10 +558,13 @@ static hm_status hm_cpu_scale(hm_device *dev, void *x_, double s, size_t n) {
 
 /* returns log(sum exp(l - max)) + max over l[0..V) */
 HM_HOT static float hm_logsumexp_row(const float *l, int V) {
-  float maxv = -INFINITY;
-  for (int i = 0; i < V; i++) maxv = l[i] > maxv ? l[i] : maxv;
-  float sum = 0;
-  for (int i = 0; i < V; i++) sum += hm_expf(l[i] - maxv);
+  float maxv = hm_row_max(l, V);
+  float acc[8] = {0};
+  int i = 0;
+  for (; i + 8 <= V; i += 8)
+    for (int j = 0; j < 8; j++) acc[j] += hm_expf(l[i + j] - maxv);
+  float sum = hm_hsum8(acc);
+  for (; i < V; i++) sum += hm_expf(l[i] - maxv);
   return maxv + logf(sum);
 }
 
@@ -555,7 +615,8 @@ static hm_status hm_cpu_crossentropy_forward_backward(hm_device *dev, void *loss
 
 /* ---- AdamW, sums ------------------------------------------------------------------------- */
 
-HM_HOT static void hm_adamw_span(float *p, const float *g, float *m, float *v, size_t n, float lr,
+HM_HOT static void hm_adamw_span(float *restrict p, const float *restrict g, float *restrict m,
+                                 float *restrict v, size_t n, float lr,
                                  float b1, float b2, float eps, float wd, float gs, float bc1,
                                  float bc2) {
   for (size_t i = 0; i < n; i++) {

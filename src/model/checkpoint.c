@@ -19,7 +19,7 @@ typedef struct {
   uint32_t version, header_bytes;
   int32_t L, C, NH, V, T;
   char name[32];
-  int32_t layer_first, layer_last;
+  int32_t layer_first, layer_last, pad0;
   uint64_t step, data_seed, data_position, rng_state;
   float lr, beta1, beta2, eps, weight_decay, grad_clip;
   int32_t batch, seq_len;
@@ -28,6 +28,9 @@ typedef struct {
   uint64_t header_hash; /* XXH3 of the bytes before it */
 } hm_ckpt_header;
 _Static_assert(sizeof(hm_ckpt_header) == 256, "checkpoint header is 256 bytes");
+_Static_assert(offsetof(hm_ckpt_header, step) == 80 && offsetof(hm_ckpt_header, n_tensors) == 144 &&
+                   offsetof(hm_ckpt_header, header_hash) == 248,
+               "checkpoint header offsets are the documented ones");
 
 typedef struct {
   char name[HM_CKPT_NAME_MAX];
