@@ -63,7 +63,8 @@ hm_status hm_launch_run(const hm_launch_opts *opts, hm_launch_result *res);
 hm_status hm_random_hex(char *buf, size_t cap, size_t nbytes);
 
 /* A TCP port on host (loopback) that is free at the time of the call (bind to port 0). */
-hm_status hm_free_port(const char *host, int *port);
+hm_status hm_launch_free_port(const char *host, int *port);
+
 
 #ifdef __cplusplus
 }

@@ -2,6 +2,7 @@
  * (one worker, started by launch, mpirun or srun) and `hetmix profile`.
  * Parsing and printing only; spawning and supervision live in src/runtime/launch.c. */
 #include <limits.h>
+#include <stdint.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,7 +10,11 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "hetmix/comm.h"
+#include "hetmix/model.h"
+#include "hetmix/pipeline.h"
 #include "hetmix/runtime.h"
+#include "util/util.h"
 
 static void launch_usage(FILE *f) {
   fprintf(f,
@@ -104,8 +109,250 @@ int hm_cmd_launch(int argc, char **argv) {
   return 1;
 }
 
+/* ---------------------------------------------------------------- hetmix worker */
+
+static void worker_usage(FILE *f) {
+  fprintf(f,
+          "usage: hetmix worker [options]      (started by `hetmix launch`, mpirun or srun)\n"
+          "\n"
+          "Runs one worker of a pipeline + data-parallel job. Its rank comes from the launcher's\n"
+          "environment (HETMIX_*, OMPI_COMM_WORLD_*, PMI_*, SLURM_*); world rank = replica*p + stage.\n"
+          "\n"
+          "layout:\n"
+          "  --stages B0,B1,..,Bp   layer bounds of the p stages over the model's L+2 layers\n"
+          "                         (default: one stage with every layer)\n"
+          "  --micro M0[,M1,..]     micro-batches per step of each replica (count = replicas) [1]\n"
+          "  --device SPEC          device of every worker [cpu:threads=1]\n"
+          "  --devices S0|S1|..     one device spec per stage (p of them) or per rank (R*p)\n"
+          "  --bucket N             layers per data-parallel allreduce bucket [1]\n"
+          "training (defaults as `hetmix train`):\n"
+          "  --model NAME           gpt-mini, tiny, or L6,C384,NH6,V256,T256 [gpt-mini]\n"
+          "  --data FILE            token file [default corpus under --data-dir]\n"
+          "  --data-dir DIR         [data]\n"
+          "  --steps N --batch B --seq T --lr X --warmup N --min-lr-frac X --grad-clip X\n"
+          "  --weight-decay X --seed N\n"
+          "output:\n"
+          "  --out DIR              metrics.jsonl (written by replica 0's last stage)\n"
+          "  --trace FILE           measured Chrome/Perfetto trace of the last --trace-steps steps\n"
+          "  --dump DIR             replica 0's stages save stage<s>.hmc after the last step\n"
+          "  --quiet                no progress lines\n"
+          "checks:\n"
+          "  --selftest             bootstrap hmcomm from the environment, allreduce and a ring\n"
+          "                         exchange, print `selftest ok` (launcher tests use it)\n");
+}
+
+static int parse_int_list(const char *s, int *out, int cap, const char *what) {
+  int n = 0;
+  const char *p = s;
+  while (*p) {
+    char *end = NULL;
+    long v = strtol(p, &end, 10);
+    if (end == p || n == cap || v < 0 || v > 1000000) {
+      hm_cli_fail("give comma-separated non-negative integers, e.g. 0,3,8", "%s: cannot read '%s'", what, s);
+      return -1;
+    }
+    out[n++] = (int)v;
+    p = end;
+    if (*p == ',') p++;
+    else if (*p) {
+      hm_cli_fail("give comma-separated non-negative integers, e.g. 0,3,8", "%s: cannot read '%s'", what, s);
+      return -1;
+    }
+  }
+  return n;
+}
+
+static int worker_selftest(void) {
+  hm_launch_env env;
+  hm_status st = hm_launch_env_read(&env);
+  if (st != HM_OK) return hm_cli_fail_status(st, "worker", "start workers with hetmix launch, mpirun or srun");
+  hm_comm_t comm = NULL;
+  st = hm_comm_init_env(&comm, NULL);
+  if (st != HM_OK) return hm_cli_fail_status(st, "worker: hmcomm bootstrap", NULL);
+  const int r = hm_comm_rank(comm), n = hm_comm_size(comm);
+  int64_t mine = r + 1, sum = 0;
+  st = hm_comm_allreduce(comm, &mine, &sum, 1, HM_INT64, HM_SUM);
+  if (st == HM_OK && sum != (int64_t)n * (n + 1) / 2)
+    st = hm_error(HM_ERR_INTERNAL, "allreduce of rank+1 gave %lld, expected %lld", (long long)sum,
+                  (long long)n * (n + 1) / 2);
+  int32_t from_left = -1;
+  if (st == HM_OK && n > 1) { /* ring: send my rank right, receive my left neighbour's */
+    int32_t me = r;
+    hm_request_t rs = NULL, rr = NULL;
+    st = hm_group_start();
+    if (st == HM_OK) st = hm_comm_isend(comm, &me, 1, HM_INT32, (r + 1) % n, &rs);
+    if (st == HM_OK) st = hm_comm_irecv(comm, &from_left, 1, HM_INT32, (r + n - 1) % n, &rr);
+    hm_status s2 = hm_group_end();
+    if (st == HM_OK) st = s2;
+    if (rs && (s2 = hm_request_wait(rs)) != HM_OK && st == HM_OK) st = s2;
+    if (rr && (s2 = hm_request_wait(rr)) != HM_OK && st == HM_OK) st = s2;
+    if (st == HM_OK && from_left != (r + n - 1) % n)
+      st = hm_error(HM_ERR_INTERNAL, "ring exchange gave %d, expected %d", from_left, (r + n - 1) % n);
+  }
+  if (st == HM_OK) st = hm_comm_barrier(comm);
+  if (st != HM_OK) {
+    hm_comm_abort(comm);
+    hm_comm_destroy(comm);
+    return hm_cli_fail_status(st, "worker selftest", NULL);
+  }
+  hm_comm_destroy(comm);
+  printf("hetmix worker: rank %d of %d (local %d of %d, source %s): selftest ok\n", r, n, env.local_rank,
+         env.local_size, env.source);
+  fflush(stdout);
+  return 0;
+}
+
+static void worker_progress(const hm_train_progress *p, void *user) {
+  (void)user;
+  printf("step %5d/%d | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | ETA %.0f s\n", p->step, p->steps,
+         (double)p->loss, (double)p->lr, (double)p->grad_norm, p->tokens_per_s, p->eta_s);
+  fflush(stdout);
+}
+
 int hm_cmd_worker(int argc, char **argv) {
-  (void)argc;
-  (void)argv;
-  return hm_cli_fail("this build has no 'worker' command yet", "'worker' is not implemented");
+  hm_train_options t;
+  hm_train_defaults(&t);
+  t.device = "cpu:threads=1";
+  hm_pipeline_options po;
+  memset(&po, 0, sizeof po);
+  po.train = &t;
+  po.nreplicas = 1;
+  po.micro[0] = 1;
+  const char *devices = NULL;
+  int quiet = 0, have_stages = 0;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+#define NEED_VAL()                                                                 \
+  do {                                                                             \
+    if (!v) return hm_cli_fail("run `hetmix worker --help`", "%s needs a value", a); \
+    i++;                                                                           \
+  } while (0)
+    char *end = NULL;
+    int *ip = NULL;
+    float *fp = NULL;
+    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+      worker_usage(stdout);
+      return 0;
+    } else if (strcmp(a, "--selftest") == 0) {
+      return worker_selftest();
+    } else if (strcmp(a, "--quiet") == 0) {
+      quiet = 1;
+    } else if (strcmp(a, "--stages") == 0) {
+      NEED_VAL();
+      int n = parse_int_list(v, po.stage_layers, HM_PIPE_MAX_STAGES + 1, a);
+      if (n < 0) return 1;
+      if (n < 2) return hm_cli_fail("e.g. --stages 0,3,8 for two stages", "--stages needs at least two bounds");
+      po.nstages = n - 1;
+      have_stages = 1;
+    } else if (strcmp(a, "--micro") == 0) {
+      NEED_VAL();
+      int n = parse_int_list(v, po.micro, HM_PIPE_MAX_REPLICAS, a);
+      if (n < 1) return n < 0 ? 1 : hm_cli_fail(NULL, "--micro needs at least one count");
+      po.nreplicas = n;
+    } else if (strcmp(a, "--device") == 0) {
+      NEED_VAL();
+      t.device = v;
+    } else if (strcmp(a, "--devices") == 0) {
+      NEED_VAL();
+      devices = v;
+    } else if (strcmp(a, "--bucket") == 0) {
+      NEED_VAL();
+      po.layers_per_bucket = atoi(v);
+    } else if (strcmp(a, "--model") == 0) {
+      NEED_VAL();
+      hm_status st = hm_model_config_lookup(v, &t.config);
+      if (st != HM_OK) return hm_cli_fail_status(st, "--model", NULL);
+    } else if (strcmp(a, "--data") == 0) {
+      NEED_VAL();
+      t.data = v;
+    } else if (strcmp(a, "--data-dir") == 0) {
+      NEED_VAL();
+      t.data_dir = v;
+    } else if (strcmp(a, "--out") == 0) {
+      NEED_VAL();
+      t.out_dir = v;
+    } else if (strcmp(a, "--trace") == 0) {
+      NEED_VAL();
+      po.trace_path = v;
+    } else if (strcmp(a, "--trace-steps") == 0) {
+      NEED_VAL();
+      po.trace_steps = atoi(v);
+    } else if (strcmp(a, "--dump") == 0) {
+      NEED_VAL();
+      po.dump_dir = v;
+    } else if ((ip = strcmp(a, "--steps") == 0 ? &t.steps : strcmp(a, "--batch") == 0 ? &t.batch
+                     : strcmp(a, "--seq") == 0 ? &t.seq_len : strcmp(a, "--warmup") == 0 ? &t.warmup : NULL) ||
+               strcmp(a, "--seed") == 0) {
+      NEED_VAL();
+      long x = strtol(v, &end, 10);
+      if (*end || x < 0 || x > 100000000) return hm_cli_fail(NULL, "%s: '%s' is not a count", a, v);
+      if (ip) *ip = (int)x;
+      else t.seed = (uint64_t)x;
+    } else if ((fp = strcmp(a, "--lr") == 0 ? &t.lr : strcmp(a, "--min-lr-frac") == 0 ? &t.min_lr_frac
+                     : strcmp(a, "--grad-clip") == 0 ? &t.grad_clip : strcmp(a, "--weight-decay") == 0 ? &t.weight_decay
+                     : NULL)) {
+      NEED_VAL();
+      float x = strtof(v, &end);
+      if (*end || !(x >= 0)) return hm_cli_fail(NULL, "%s: '%s' is not a non-negative number", a, v);
+      *fp = x;
+    } else {
+      return hm_cli_fail("run `hetmix worker --help`", "unknown option '%s'", a);
+    }
+#undef NEED_VAL
+  }
+  if (!have_stages) {
+    po.nstages = 1;
+    po.stage_layers[0] = 0;
+    po.stage_layers[1] = hm_model_num_layers(&t.config);
+  }
+
+  hm_launch_env env;
+  hm_status st = hm_launch_env_read(&env);
+  if (st != HM_OK)
+    return hm_cli_fail_status(st, "worker", "start workers with `hetmix launch -n N -- hetmix worker ...`, mpirun or srun");
+  /* this worker's device: one spec for all, or the stage's / rank's entry of --devices */
+  char dev_spec[256];
+  if (devices) {
+    char list[4096];
+    hm_strcpy(list, sizeof list, devices);
+    char *specs[HM_PIPE_MAX_STAGES * HM_PIPE_MAX_REPLICAS];
+    int n = 0;
+    for (char *save = NULL, *tok = strtok_r(list, "|", &save); tok && n < (int)(sizeof specs / sizeof specs[0]);
+         tok = strtok_r(NULL, "|", &save))
+      specs[n++] = tok;
+    int idx = -1;
+    if (n == po.nstages) idx = env.rank % po.nstages;
+    else if (n == po.nstages * po.nreplicas) idx = env.rank;
+    if (idx < 0 || idx >= n)
+      return hm_cli_fail("give one spec per stage or one per worker, separated by '|'",
+                         "--devices lists %d specs for %d stages x %d replicas", n, po.nstages, po.nreplicas);
+    hm_strcpy(dev_spec, sizeof dev_spec, specs[idx]);
+    t.device = dev_spec;
+  }
+  st = hm_pipeline_check(&po, env.size);
+  if (st != HM_OK) return hm_cli_fail_status(st, "worker", "the layout must match the model and the number of workers");
+
+  hm_comm_t world = NULL;
+  st = hm_comm_init_env(&world, NULL);
+  if (st != HM_OK) return hm_cli_fail_status(st, "worker: hmcomm bootstrap", NULL);
+  if (!quiet) {
+    t.on_progress = worker_progress;
+    t.user = NULL;
+  }
+  hm_pipeline_result res;
+  st = hm_pipeline_run(&po, world, &res);
+  if (st != HM_OK) {
+    int rc = hm_cli_fail_status(st, "worker", NULL);
+    hm_comm_destroy(world);
+    return rc;
+  }
+  hm_comm_destroy(world);
+  if (!quiet && env.rank == po.nstages - 1) {
+    printf("done: %d steps, loss %.4f, step %.3f s, %.0f tok/s; stage compute per step:", res.steps_done,
+           (double)res.last_loss, res.step_time_s, res.tokens_per_s);
+    for (int s = 0; s < po.nstages; s++) printf(" %.3f", res.stage_busy_s[s]);
+    printf(" s\n");
+  }
+  return 0;
 }

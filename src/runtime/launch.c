@@ -63,7 +63,7 @@ hm_status hm_random_hex(char *buf, size_t cap, size_t nbytes) {
   return HM_OK;
 }
 
-hm_status hm_free_port(const char *host, int *port) {
+hm_status hm_launch_free_port(const char *host, int *port) {
   struct sockaddr_in sa;
   memset(&sa, 0, sizeof sa);
   sa.sin_family = AF_INET;
@@ -399,7 +399,7 @@ static void hm_job_cleanup(hm_job *job) {
 static hm_status hm_job_setup(hm_job *job, hm_launch_result *res) {
   const hm_launch_opts *o = job->opts;
   const char *host = o->store_host ? o->store_host : "127.0.0.1";
-  HM_TRY(hm_free_port(host, &res->store_port));
+  HM_TRY(hm_launch_free_port(host, &res->store_port));
   char store[300], secret[65];
   snprintf(store, sizeof store, "%s:%d", host, res->store_port);
   HM_TRY(hm_random_hex(secret, sizeof secret, 32));
