@@ -66,10 +66,11 @@ hm_status hm_link_fit_points(const double *bytes, const double *seconds, int n, 
 
 /* One layer kind at one micro-batch size on one device. */
 typedef struct hm_layer_timing {
-  double fwd_s, bwd_s;         /* median over reps */
+  double fwd_s, bwd_s;         /* median over the timed rounds */
   double fwd_min_s, bwd_min_s; /* fastest rep (spread = median / min) */
   double mem_bytes;            /* device bytes of the one-layer stage: params, grads, AdamW
                                   moments, one micro-batch's activations, scratch */
+  int reps;                    /* timed rounds (fewer than asked when the budget ran out) */
   int fits;                    /* 0: the stage did not fit the device (no times) */
 } hm_layer_timing;
 
@@ -83,6 +84,8 @@ typedef struct hm_profile_options {
   int64_t micro_batches[HM_PROFILE_MAX_MBS];
   int warmup;                        /* untimed forward+backward rounds first [1] */
   int reps;                          /* timed rounds; the median is kept [5] */
+  double budget_s;                   /* stop timing a (kind, size) after this many seconds of
+                                        timed rounds, at least one round [2]; <= 0: no limit */
   int ntypes;                        /* 0: every device type with a backend string */
   const char *types[16];             /* else only these type names */
   int links;                         /* 1: probe shm and tcp between two local processes */
@@ -118,11 +121,13 @@ typedef struct hm_profile_shape {
 
 /* Opens the device `backend` once and times, for each layer index layers[k] (0 = embedding,
  * 1..L = block, L+1 = head) and each micro-batch size mbs[j], a one-layer stage:
- * out[k * nmbs + j]. A stage that does not fit the device gets fits = 0 (not an error).
+ * out[k * nmbs + j]: warmup untimed rounds, then up to reps timed ones, stopping once they add up
+ * to budget_s (at least one; budget_s <= 0: all reps). A stage that does not fit the device gets fits = 0 (not an error).
  * device_desc (optional, cap bytes) receives e.g. "cpu:threads=1 (1 thread, slow 1)". */
 hm_status hm_profile_time_layers(const char *backend, const hm_profile_shape *shape,
                                  const int *layers, int nlayers, const int64_t *mbs, int nmbs,
-                                 int warmup, int reps, uint64_t seed, hm_layer_timing *out,
+                                 int warmup, int reps, double budget_s, uint64_t seed,
+                                 hm_layer_timing *out,
                                  char *device_desc, size_t cap, hm_profile_progress_fn progress,
                                  void *user);
 

@@ -29,26 +29,27 @@ struct cJSON;
 /* ------------------------------------------------------------------------------------------ */
 /* Data types                                                                                 */
 
-typedef enum hm_dtype {
+typedef enum hm_spec_dtype {
   HM_DTYPE_FP32 = 0,
   HM_DTYPE_BF16,
   HM_DTYPE_FP16,
   HM_DTYPE_FP8,
-  HM_DTYPE_COUNT
-} hm_dtype;
+  HM_SPEC_DTYPE_COUNT
+} hm_spec_dtype;
 
-/* Named hm_spec_* because hmcomm (comm.h) exports its own hm_dtype_name/hm_dtype_size for its
- * element types; a program using both must link. */
-const char *hm_spec_dtype_name(hm_dtype t); /* "fp32", "bf16", "fp16", "fp8" */
-int hm_spec_dtype_parse(const char *s);     /* -1 when unknown */
-size_t hm_spec_dtype_size(hm_dtype t);      /* bytes per element: 4, 2, 2, 1 */
+/* The spec's own names (hm_spec_dtype, hm_spec_model_config, hm_spec_dtype_*) differ from
+ * hmcomm's hm_dtype (comm.h) and the model module's hm_model_config (model.h), so one file can
+ * include this header next to those, and one program can link both. */
+const char *hm_spec_dtype_name(hm_spec_dtype t); /* "fp32", "bf16", "fp16", "fp8" */
+int hm_spec_dtype_parse(const char *s);          /* -1 when unknown */
+size_t hm_spec_dtype_size(hm_spec_dtype t);      /* bytes per element: 4, 2, 2, 1 */
 
 /* ------------------------------------------------------------------------------------------ */
 /* Cluster                                                                                    */
 
 typedef struct hm_device_type {
   char name[HM_SPEC_NAME_MAX];
-  double peak_flops[HM_DTYPE_COUNT]; /* FLOP/s, dense; 0 = no native support (fp32 required) */
+  double peak_flops[HM_SPEC_DTYPE_COUNT]; /* FLOP/s, dense; 0 = no native support (fp32 required) */
   double memory_bytes;               /* device memory */
   double memory_bandwidth;           /* bytes/s of device memory */
   double efficiency;                 /* fraction of peak a large matmul reaches (default 0.5) */
@@ -59,7 +60,7 @@ typedef struct hm_device_type {
 } hm_device_type;
 
 /* Peak FLOP/s for dtype t; a type without native support for t computes in fp32. */
-double hm_device_type_peak(const hm_device_type *dt, hm_dtype t);
+double hm_device_type_peak(const hm_device_type *dt, hm_spec_dtype t);
 
 typedef struct hm_host_devices {
   int type;      /* index into hm_cluster.types */
@@ -145,7 +146,7 @@ void hm_cluster_free(hm_cluster *c);
 typedef enum hm_arch { HM_ARCH_GPT2 = 0, HM_ARCH_LLAMA, HM_ARCH_COUNT } hm_arch;
 const char *hm_arch_name(hm_arch a); /* "gpt2", "llama" */
 
-typedef struct hm_model_config {
+typedef struct hm_spec_model_config {
   hm_arch arch;
   int64_t L;        /* transformer blocks */
   int64_t C;        /* channels (hidden size) */
@@ -156,7 +157,7 @@ typedef struct hm_model_config {
   int64_t T;        /* sequence length */
   int tied_embeddings;  /* head reuses the token embedding (gpt2 default 1, llama default 0) */
   int flash_attention;  /* attention does not keep the (NH,T,T) matrix (default 0) */
-} hm_model_config;
+} hm_spec_model_config;
 
 /* One pipeline-splittable layer. All per-sample figures are for one sequence of T tokens. */
 typedef struct hm_layer {
@@ -177,8 +178,8 @@ typedef struct hm_layer {
 typedef struct hm_model {
   char name[HM_SPEC_NAME_MAX];
   int has_config;           /* 1: layers were expanded from cfg; 0: explicit list */
-  hm_model_config cfg;
-  hm_dtype dtype;           /* activation / weight dtype of the layers' byte figures */
+  hm_spec_model_config cfg;
+  hm_spec_dtype dtype;           /* activation / weight dtype of the layers' byte figures */
   int64_t T;                /* tokens per sample */
   int nlayers;
   hm_layer *layers;
@@ -190,10 +191,10 @@ typedef struct hm_model {
 
 /* Expands cfg into model->layers (embedding, L blocks, head) with the formulas of docs/spec.md;
  * fills every field of *model. dtype sets the byte figures. */
-hm_status hm_model_from_config(const hm_model_config *cfg, hm_dtype dtype, const char *name,
+hm_status hm_model_from_config(const hm_spec_model_config *cfg, hm_spec_dtype dtype, const char *name,
                                hm_model *model);
 /* Parameter count of a config (no allocation); equals the sum over the expanded layers. */
-double hm_model_config_params(const hm_model_config *cfg);
+double hm_model_config_params(const hm_spec_model_config *cfg);
 void hm_model_free(hm_model *m);
 
 /* ------------------------------------------------------------------------------------------ */
@@ -220,7 +221,7 @@ typedef struct hm_train {
   int n_micro_batch_sizes;
   int64_t micro_batch_sizes[HM_SPEC_MBS_MAX]; /* candidates, ascending, distinct */
   hm_precision precision;      /* HM_PREC_AUTO until hm_spec_resolve */
-  hm_dtype compute_dtype;      /* dtype whose peak FLOP/s applies (set by hm_spec_resolve) */
+  hm_spec_dtype compute_dtype;      /* dtype whose peak FLOP/s applies (set by hm_spec_resolve) */
   char optimizer[16];          /* "adamw" */
   /* Bytes per parameter; negative = "from the precision" until hm_spec_resolve fills them. */
   double weight_bytes;         /* as used in compute */

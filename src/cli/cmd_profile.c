@@ -13,7 +13,8 @@
 static void profile_usage(FILE *f) {
   fprintf(f,
           "usage: hetmix profile --cluster C --model M [--train T] [-o profile.json]\n"
-          "                      [--micro-batches 1,2,4] [--reps N] [--warmup N] [--types a,b]\n"
+          "                      [--micro-batches 1,2,4] [--reps N] [--warmup N] [--budget S]\n"
+          "                      [--types a,b]\n"
           "                      [--no-links] [--link-transport shm|tcp]\n"
           "\n"
           "Measures, on this machine, each layer kind of the model (embedding, block, head) on each\n"
@@ -31,6 +32,8 @@ static void profile_usage(FILE *f) {
           "  --micro-batches LIST   micro-batch sizes, e.g. 1,2,4 [the training spec's, else 1,2,4]\n"
           "  --reps N               timed rounds per measurement, median kept [5]\n"
           "  --warmup N             untimed rounds first [1]\n"
+          "  --budget S             stop timing a layer kind and size after S seconds of timed rounds\n"
+          "                         (at least one round) [2]; 0: always all --reps\n"
           "  --types a,b            only these device types [every type with a backend]\n"
           "  --no-links             do not probe links (the cluster spec's figures stay)\n"
           "  --link-transport T     which probe the intra-host link entries record: shm or tcp [shm]\n"
@@ -95,6 +98,12 @@ int hm_cmd_profile(int argc, char **argv) {
         return hm_cli_fail(NULL, "%s: expected a whole number in %d..1000, got '%s'", a, lo, v);
       if (lo) o.reps = (int)n;
       else o.warmup = (int)n;
+    } else if (!strcmp(a, "--budget")) {
+      char *end;
+      double d = strtod(v, &end);
+      if (!v[0] || *end || !(d >= 0) || d > 86400)
+        return hm_cli_fail(NULL, "--budget: expected seconds in 0..86400, got '%s'", v);
+      o.budget_s = d;
     } else if (!strcmp(a, "--types")) {
       if (hm_strcpy(types_buf, sizeof types_buf, v) != 0) return hm_cli_fail(NULL, "--types: list too long");
       o.ntypes = 0;
@@ -151,11 +160,13 @@ int hm_cmd_profile(int argc, char **argv) {
   hm_profile_report rep;
   st = hm_profile_measure(&o, &p, &rep);
   if (st != HM_OK) {
-    rc = hm_cli_fail_status(st, "profile",
-                            st == HM_ERR_NO_FIT ? "give smaller --micro-batches, or a device type with more memory"
+    /* the library's message already starts with "profile: " or names the part that failed */
+    const char *msg = hm_last_error();
+    rc = hm_cli_fail(st == HM_ERR_NO_FIT ? "give smaller --micro-batches, or a device type with more memory"
                             : st == HM_ERR_TIMEOUT || st == HM_ERR_PEER_DEAD
                                 ? "the link probe failed; rerun with --no-links to keep the cluster spec's links"
-                                : NULL);
+                                : NULL,
+                     "%s%s", strncmp(msg, "profile", 7) ? "profile: " : "", msg[0] ? msg : hm_status_name(st));
     goto done;
   }
   if (rep.nfits) {
@@ -165,6 +176,18 @@ int hm_cmd_profile(int argc, char **argv) {
       printf("%-5s %12.2f %16.3f %11.1f%%%s\n", rep.fits[i].transport, 1e6 * rep.fits[i].latency,
              rep.fits[i].bandwidth / 1e9, 100 * rep.fits[i].max_rel_err,
              strcmp(rep.fits[i].transport, o.link_transport) ? "" : "   <- written as intra_host");
+    printf("%12s", "bytes");
+    for (int i = 0; i < rep.nfits; i++) printf("  %9s(us)  %7s", rep.fits[i].transport, "fit");
+    printf("\n");
+    for (int k = 0; k < rep.fits[0].npoints; k++) {
+      printf("%12.0f", rep.fits[0].bytes[k]);
+      for (int i = 0; i < rep.nfits; i++) {
+        const hm_link_fit *f = &rep.fits[i];
+        printf("  %13.2f  %6.1f%%", 1e6 * f->seconds[k],
+               100 * ((f->latency + f->bytes[k] / f->bandwidth) / f->seconds[k] - 1));
+      }
+      printf("\n");
+    }
   }
   if ((st = hm_profile_write(&p, out_path)) != HM_OK) {
     rc = hm_cli_fail_status(st, "writing the profile", NULL);

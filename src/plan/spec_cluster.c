@@ -17,20 +17,20 @@
 #define HM_CLUSTER_MAX_GROUPS 65536
 #define HM_CLUSTER_MAX_POOLS 256
 
-static const char *const dtype_names[HM_DTYPE_COUNT + 1] = {"fp32", "bf16", "fp16", "fp8", NULL};
+static const char *const dtype_names[HM_SPEC_DTYPE_COUNT + 1] = {"fp32", "bf16", "fp16", "fp8", NULL};
 
-const char *hm_spec_dtype_name(hm_dtype t) {
-  return (t >= 0 && t < HM_DTYPE_COUNT) ? dtype_names[t] : "unknown";
+const char *hm_spec_dtype_name(hm_spec_dtype t) {
+  return (t >= 0 && t < HM_SPEC_DTYPE_COUNT) ? dtype_names[t] : "unknown";
 }
 
 int hm_spec_dtype_parse(const char *s) {
   if (!s) return -1;
-  for (int i = 0; i < HM_DTYPE_COUNT; i++)
+  for (int i = 0; i < HM_SPEC_DTYPE_COUNT; i++)
     if (strcmp(s, dtype_names[i]) == 0) return i;
   return -1;
 }
 
-size_t hm_spec_dtype_size(hm_dtype t) {
+size_t hm_spec_dtype_size(hm_spec_dtype t) {
   switch (t) {
     case HM_DTYPE_FP32: return 4;
     case HM_DTYPE_BF16:
@@ -40,8 +40,8 @@ size_t hm_spec_dtype_size(hm_dtype t) {
   }
 }
 
-double hm_device_type_peak(const hm_device_type *dt, hm_dtype t) {
-  if (t >= 0 && t < HM_DTYPE_COUNT && dt->peak_flops[t] > 0) return dt->peak_flops[t];
+double hm_device_type_peak(const hm_device_type *dt, hm_spec_dtype t) {
+  if (t >= 0 && t < HM_SPEC_DTYPE_COUNT && dt->peak_flops[t] > 0) return dt->peak_flops[t];
   return dt->peak_flops[HM_DTYPE_FP32];
 }
 
@@ -105,7 +105,7 @@ static hm_status read_device_type(const cJSON *o, const char *path, hm_device_ty
   HM_TRY(hm_json_check_object(pf, p, flop_keys));
   HM_TRY(hm_json_number(pf, p, "fp32", 1, HM_RANGE_POSITIVE(1e20), 0,
                         &dt->peak_flops[HM_DTYPE_FP32]));
-  for (int t = 1; t < HM_DTYPE_COUNT; t++)
+  for (int t = 1; t < HM_SPEC_DTYPE_COUNT; t++)
     HM_TRY(hm_json_number(pf, p, dtype_names[t], 0, HM_RANGE_POSITIVE(1e20), 0,
                           &dt->peak_flops[t]));
   HM_TRY(hm_json_number(o, path, "memory_bytes", 1, HM_RANGE_POSITIVE(1e16), 0, &dt->memory_bytes));
@@ -451,7 +451,7 @@ cJSON *hm_cluster_to_cjson(const hm_cluster *c) {
     ADD(cJSON_AddStringToObject(o, "name", dt->name));
     cJSON *pf = cJSON_AddObjectToObject(o, "peak_flops");
     ADD(pf);
-    for (int t = 0; t < HM_DTYPE_COUNT; t++)
+    for (int t = 0; t < HM_SPEC_DTYPE_COUNT; t++)
       if (dt->peak_flops[t] > 0) ADD(cJSON_AddNumberToObject(pf, dtype_names[t], dt->peak_flops[t]));
     ADD(cJSON_AddNumberToObject(o, "memory_bytes", dt->memory_bytes));
     ADD(cJSON_AddNumberToObject(o, "memory_bandwidth", dt->memory_bandwidth));

@@ -15,7 +15,7 @@
 #define HM_MODEL_MAX_LAYERS 100000
 
 static const char *const arch_names[HM_ARCH_COUNT + 1] = {"gpt2", "llama", NULL};
-static const char *const dtype_names[HM_DTYPE_COUNT + 1] = {"fp32", "bf16", "fp16", "fp8", NULL};
+static const char *const dtype_names[HM_SPEC_DTYPE_COUNT + 1] = {"fp32", "bf16", "fp16", "fp8", NULL};
 
 const char *hm_arch_name(hm_arch a) {
   return (a >= 0 && a < HM_ARCH_COUNT) ? arch_names[a] : "unknown";
@@ -37,7 +37,7 @@ static int64_t gcd64(int64_t a, int64_t b) {
 }
 
 /* Validates a config; messages start with path (e.g. "model.config"). */
-static hm_status config_check(const hm_model_config *cfg, const char *path) {
+static hm_status config_check(const hm_spec_model_config *cfg, const char *path) {
   if (cfg->arch < 0 || cfg->arch >= HM_ARCH_COUNT)
     return hm_error(HM_ERR_SPEC, "%s.arch: unknown architecture %d", path, (int)cfg->arch);
   struct {
@@ -69,7 +69,7 @@ static int64_t llama_default_ffn(int64_t C) {
 }
 
 /* Parameters of one transformer block. */
-static double block_params(const hm_model_config *cfg) {
+static double block_params(const hm_spec_model_config *cfg) {
   double C = (double)cfg->C, F = (double)cfg->ffn;
   double kvd = C * (double)cfg->kv_heads / (double)cfg->NH;
   if (cfg->arch == HM_ARCH_GPT2) /* qkv + proj (with biases), fc + fcproj (with biases), 2 LN */
@@ -79,14 +79,14 @@ static double block_params(const hm_model_config *cfg) {
 }
 
 /* Weights that take part in the block's matmuls (FLOPs are 2 per weight per token). */
-static double block_matmul_weights(const hm_model_config *cfg) {
+static double block_matmul_weights(const hm_spec_model_config *cfg) {
   double C = (double)cfg->C, F = (double)cfg->ffn;
   double kvd = C * (double)cfg->kv_heads / (double)cfg->NH;
   if (cfg->arch == HM_ARCH_GPT2) return 4 * C * C + 2 * C * F;
   return 2 * C * C + 2 * C * kvd + 3 * C * F;
 }
 
-double hm_model_config_params(const hm_model_config *cfg) {
+double hm_model_config_params(const hm_spec_model_config *cfg) {
   double C = (double)cfg->C, V = (double)cfg->V, T = (double)cfg->T;
   double emb = V * C + (cfg->arch == HM_ARCH_GPT2 ? T * C : 0);
   double head = (cfg->arch == HM_ARCH_GPT2 ? 2 * C : C) + (cfg->tied_embeddings ? 0 : V * C);
@@ -106,15 +106,15 @@ static void model_derive(hm_model *m) {
     m->flops_per_token = flops / (double)m->T;
 }
 
-static hm_status expand_config(const hm_model_config *cfg_in, hm_dtype dtype, const char *name,
+static hm_status expand_config(const hm_spec_model_config *cfg_in, hm_spec_dtype dtype, const char *name,
                                const char *path, hm_model *m) {
   memset(m, 0, sizeof *m);
-  hm_model_config cfg = *cfg_in;
+  hm_spec_model_config cfg = *cfg_in;
   if (cfg.ffn == 0 && cfg.C > 0)
     cfg.ffn = cfg.arch == HM_ARCH_GPT2 ? 4 * cfg.C : llama_default_ffn(cfg.C);
   if (cfg.kv_heads == 0) cfg.kv_heads = cfg.NH;
   HM_TRY(config_check(&cfg, path));
-  if (dtype < 0 || dtype >= HM_DTYPE_COUNT)
+  if (dtype < 0 || dtype >= HM_SPEC_DTYPE_COUNT)
     return hm_error(HM_ERR_SPEC, "%s: unknown dtype %d", path, (int)dtype);
   hm_strcpy(m->name, sizeof m->name, name && name[0] ? name : "model");
   m->has_config = 1;
@@ -180,7 +180,7 @@ static hm_status expand_config(const hm_model_config *cfg_in, hm_dtype dtype, co
   return HM_OK;
 }
 
-hm_status hm_model_from_config(const hm_model_config *cfg, hm_dtype dtype, const char *name,
+hm_status hm_model_from_config(const hm_spec_model_config *cfg, hm_spec_dtype dtype, const char *name,
                                hm_model *model) {
   hm_status st = expand_config(cfg, dtype, name, "config", model);
   if (st != HM_OK) hm_model_free(model);
@@ -189,7 +189,7 @@ hm_status hm_model_from_config(const hm_model_config *cfg, hm_dtype dtype, const
 
 /* ---- reader ------------------------------------------------------------------------------ */
 
-static hm_status read_config(const cJSON *o, const char *path, hm_model_config *cfg) {
+static hm_status read_config(const cJSON *o, const char *path, hm_spec_model_config *cfg) {
   static const char *const keys[] = {"arch", "L", "C", "NH", "kv_heads", "ffn", "V", "T",
                                      "tied_embeddings", "flash_attention", NULL};
   HM_TRY(hm_json_check_object(o, path, keys));
@@ -328,15 +328,15 @@ static hm_status model_read(const cJSON *j, const char *root, hm_model *m) {
                       hm_json_path_key(p, root, "seq_len"));
     const cJSON *co = NULL;
     HM_TRY(hm_json_object(j, root, "config", 1, &co));
-    hm_model_config c;
+    hm_spec_model_config c;
     memset(&c, 0, sizeof c);
     hm_json_path_key(p, root, "config");
     HM_TRY(read_config(co, p, &c));
-    return expand_config(&c, (hm_dtype)dt, name, p, m);
+    return expand_config(&c, (hm_spec_dtype)dt, name, p, m);
   }
   memset(m, 0, sizeof *m);
   hm_strcpy(m->name, sizeof m->name, name);
-  m->dtype = (hm_dtype)dt;
+  m->dtype = (hm_spec_dtype)dt;
   HM_TRY(hm_json_int(j, root, "seq_len", 1, 1, 100000000, 0, &m->T));
   const cJSON *arr = NULL;
   int n = 0;
@@ -390,7 +390,7 @@ cJSON *hm_model_to_cjson(const hm_model *m) {
       !cJSON_AddStringToObject(j, "dtype", hm_spec_dtype_name(m->dtype)))
     goto fail;
   if (m->has_config) {
-    const hm_model_config *c = &m->cfg;
+    const hm_spec_model_config *c = &m->cfg;
     cJSON *o = cJSON_AddObjectToObject(j, "config");
     if (!o || !cJSON_AddStringToObject(o, "arch", hm_arch_name(c->arch)) ||
         !cJSON_AddNumberToObject(o, "L", (double)c->L) ||

@@ -202,7 +202,7 @@ hm_status hm_spec_resolve(const hm_cluster *c, const hm_model *m, hm_train *t, h
                         hm_spec_dtype_name(m->dtype));
     }
   }
-  hm_dtype compute = t->precision == HM_PREC_FP32       ? HM_DTYPE_FP32
+  hm_spec_dtype compute = t->precision == HM_PREC_FP32       ? HM_DTYPE_FP32
                      : t->precision == HM_PREC_BF16_MIXED ? HM_DTYPE_BF16
                                                           : HM_DTYPE_FP16;
   /* fp8 byte figures go with a 16-bit mixed precision (fp8 matmuls, 16-bit master path). */

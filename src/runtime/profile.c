@@ -7,7 +7,7 @@
  * from ping-pong between two local processes. Not measured: inter-host links (one machine) and
  * device types without a backend here (their analytic estimates stay in force).
  * The device and comm halves live in their own files because device.h (through comm.h) and
- * spec.h each define an `hm_dtype`; this file includes only spec.h. */
+ * spec.h each define an `hm_spec_dtype`; this file includes only spec.h. */
 #include "hetmix/profile.h"
 
 #include <stdio.h>
@@ -21,6 +21,7 @@ void hm_profile_options_default(hm_profile_options *o) {
   memset(o, 0, sizeof *o);
   o->warmup = 1;
   o->reps = 5;
+  o->budget_s = 2.0;
   o->links = 1;
   o->link_transport = "shm";
   o->link_probe.seconds_per_size = 0.05;
@@ -171,7 +172,7 @@ hm_status hm_profile_measure(const hm_profile_options *o, hm_profile *out, hm_pr
   if (m->dtype != HM_DTYPE_FP32)
     return hm_error(HM_ERR_UNSUPPORTED, "profile: model '%s' has dtype %s; the local backends compute in fp32",
                     m->name, hm_spec_dtype_name(m->dtype));
-  const hm_model_config *cfg = &m->cfg;
+  const hm_spec_model_config *cfg = &m->cfg;
   if (cfg->L > 1024 || cfg->C > 65536 || cfg->NH > 65536 || cfg->V > (1 << 24) || cfg->T > 65536)
     return hm_error(HM_ERR_INVALID_ARG, "profile: model '%s' is too large to build here (L%lld C%lld V%lld T%lld)",
                     m->name, (long long)cfg->L, (long long)cfg->C, (long long)cfg->V, (long long)cfg->T);
@@ -213,7 +214,7 @@ hm_status hm_profile_measure(const hm_profile_options *o, hm_profile *out, hm_pr
     const hm_device_type *dt = &c->types[k];
     char desc[256] = "";
     st = hm_profile_time_layers(dt->backend, &shape, layers, nkinds, mbs, nmbs, warmup, reps,
-                                o->seed + 7919u * (uint64_t)k, t, desc, sizeof desc, o->progress, o->user);
+                                o->budget_s, o->seed + 7919u * (uint64_t)k, t, desc, sizeof desc, o->progress, o->user);
     if (st != HM_OK) {
       st = hm_error_context(st, "device type '%s': ", dt->name);
       break;

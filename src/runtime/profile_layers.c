@@ -107,7 +107,7 @@ static hm_status hm_time_round(hm_stage *s, hm_device *dev, int layer, int L, co
 }
 
 static hm_status hm_time_one(hm_device *dev, const hm_model_config *cfg, int layer, int B, int warmup,
-                             int reps, uint64_t seed, hm_layer_timing *out) {
+                             int reps, double budget_s, uint64_t seed, hm_layer_timing *out) {
   memset(out, 0, sizeof *out);
   hm_layer_inputs in;
   HM_TRY(hm_layer_inputs_make(dev, cfg, B, seed, &in));
@@ -130,19 +130,27 @@ static hm_status hm_time_one(hm_device *dev, const hm_model_config *cfg, int lay
     b = hm_calloc((size_t)reps, sizeof *b, "profile times");
     if (!f || !b) st = HM_ERR_NOMEM;
   }
+  /* Timed rounds stop early once they have used the budget (a slow device at a large micro-batch
+   * takes seconds per round); at least one is always timed. */
+  int timed = 0;
+  double spent = 0;
   for (int r = 0; st == HM_OK && r < warmup + reps; r++) {
     double tf = 0, tb = 0;
     st = hm_time_round(s, dev, layer, cfg->L, &in, &tf, &tb);
-    if (r >= warmup) {
-      f[r - warmup] = tf;
-      b[r - warmup] = tb;
+    if (st == HM_OK && r >= warmup) {
+      f[timed] = tf;
+      b[timed] = tb;
+      timed++;
+      spent += tf + tb;
+      if (budget_s > 0 && spent >= budget_s) break;
     }
   }
   if (st == HM_OK) {
     out->fits = 1;
+    out->reps = timed;
     out->mem_bytes = (double)(dev->stats.bytes_peak - base);
-    out->fwd_s = hm_median(f, reps);
-    out->bwd_s = hm_median(b, reps);
+    out->fwd_s = hm_median(f, timed);
+    out->bwd_s = hm_median(b, timed);
     out->fwd_min_s = f[0]; /* sorted by hm_median */
     out->bwd_min_s = b[0];
   }
@@ -160,7 +168,7 @@ static const char *hm_layer_label(int layer, int L) {
 
 hm_status hm_profile_time_layers(const char *backend, const hm_profile_shape *shape, const int *layers,
                                  int nlayers, const int64_t *mbs, int nmbs, int warmup, int reps,
-                                 uint64_t seed, hm_layer_timing *out, char *device_desc, size_t cap,
+                                 double budget_s, uint64_t seed, hm_layer_timing *out, char *device_desc, size_t cap,
                                  hm_profile_progress_fn progress, void *user) {
   if (!backend || !shape || !layers || !mbs || !out || nlayers < 1 || nmbs < 1)
     return hm_error(HM_ERR_INVALID_ARG, "hm_profile_time_layers: missing argument");
@@ -184,7 +192,7 @@ hm_status hm_profile_time_layers(const char *backend, const hm_profile_shape *sh
   for (int k = 0; st == HM_OK && k < nlayers; k++)
     for (int j = 0; st == HM_OK && j < nmbs; j++) {
       hm_layer_timing *t = &out[k * nmbs + j];
-      st = hm_time_one(dev, &cfg, layers[k], (int)mbs[j], warmup, reps, seed + (uint64_t)(k * 1000 + j), t);
+      st = hm_time_one(dev, &cfg, layers[k], (int)mbs[j], warmup, reps, budget_s, seed + (uint64_t)(k * 1000 + j), t);
       if (st != HM_OK) {
         st = hm_error_context(st, "profiling %s layer %d at micro-batch %lld on %s: ",
                               hm_layer_label(layers[k], cfg.L), layers[k], (long long)mbs[j], backend);
@@ -193,8 +201,8 @@ hm_status hm_profile_time_layers(const char *backend, const hm_profile_shape *sh
       if (progress) {
         char line[256];
         if (t->fits)
-          snprintf(line, sizeof line, "%-24s %-9s mb %-4lld fwd %9.3f ms  bwd %9.3f ms  (spread %4.1f%%/%4.1f%%)  mem %8.1f MiB",
-                   backend, hm_layer_label(layers[k], cfg.L), (long long)mbs[j], 1e3 * t->fwd_s, 1e3 * t->bwd_s,
+          snprintf(line, sizeof line, "%-24s %-9s mb %-4lld fwd %9.3f ms  bwd %9.3f ms  (%d reps, spread %4.1f%%/%4.1f%%)  mem %7.1f MiB",
+                   backend, hm_layer_label(layers[k], cfg.L), (long long)mbs[j], 1e3 * t->fwd_s, 1e3 * t->bwd_s, t->reps,
                    100 * (t->fwd_s / (t->fwd_min_s > 0 ? t->fwd_min_s : t->fwd_s) - 1),
                    100 * (t->bwd_s / (t->bwd_min_s > 0 ? t->bwd_min_s : t->bwd_s) - 1), t->mem_bytes / 1048576.0);
         else

@@ -93,7 +93,7 @@ static void test_param_counts(void **state) {
   assert_int_equal(m.layers[13].shared_with, 0);
   hm_model_free(&m);
 
-  hm_model_config cfg;
+  hm_spec_model_config cfg;
   memset(&cfg, 0, sizeof cfg);
   cfg.arch = HM_ARCH_GPT2;
   cfg.L = 12, cfg.C = 768, cfg.NH = 12, cfg.V = 50257, cfg.T = 1024;
