@@ -287,15 +287,17 @@ int hm_cmd_train_cluster(int argc, char **argv) {
   }
   const double step_pred = num(pred, "step_time_s");
   const double tok_meas = (double)global_batch * cfg.T / step_meas;
-  printf("\npredicted vs measured (mean of %d steps; a stage's time is the forward and backward of its %d "
-         "micro-batches):\n", nmeas, nmicro);
+  printf("\npredicted vs measured (mean of %d steps; a stage's time is its compute: forward and backward of its "
+         "%d micro-batches and the optimizer):\n", nmeas, nmicro);
   printf("  %-6s %-10s %-9s %12s %12s %8s\n", "stage", "device", "layers", "predicted s", "measured s", "error");
   for (int s = 0; s < nstages && s < 64; s++) {
     const cJSON *sj = cJSON_GetArrayItem(stages, s);
     const cJSON *sp = cJSON_GetObjectItemCaseSensitive(sj, "predicted");
     const cJSON *lay = cJSON_GetObjectItemCaseSensitive(sj, "layers");
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(sj, "device_type");
-    double p = nmicro * (num(sp, "fwd_s") + num(sp, "bwd_s"));
+    /* the simulator's busy time (forward, backward, optimizer), as the worker measures it */
+    double p = cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(sp, "busy_s")) ? num(sp, "busy_s")
+                                                                               : nmicro * (num(sp, "fwd_s") + num(sp, "bwd_s"));
     char lays[32];
     snprintf(lays, sizeof lays, "%d-%d", cJSON_GetArrayItem(lay, 0) ? cJSON_GetArrayItem(lay, 0)->valueint : -1,
              cJSON_GetArrayItem(lay, 1) ? cJSON_GetArrayItem(lay, 1)->valueint - 1 : -1);
