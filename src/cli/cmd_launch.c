@@ -176,6 +176,9 @@ static void worker_usage(FILE *f) {
           "  --out DIR              metrics.jsonl (written by replica 0's last stage)\n"
           "  --trace FILE           measured Chrome/Perfetto trace of the last --trace-steps steps\n"
           "  --dump DIR             replica 0's stages save stage<s>.hmc after the last step\n"
+          "  --resume DIR           continue from a --dump of the same layout and options (params, AdamW\n"
+          "                         moments, step; the data position follows from the step)\n"
+          "  --stop-after N         stop once step N is done (the LR schedule still spans --steps)\n"
           "  --quiet                no progress lines\n"
           "checks:\n"
           "  --selftest             bootstrap hmcomm from the environment, allreduce and a ring\n"
@@ -363,8 +366,12 @@ int hm_cmd_worker(int argc, char **argv) {
     } else if (strcmp(a, "--dump") == 0) {
       NEED_VAL();
       po.dump_dir = v;
+    } else if (strcmp(a, "--resume") == 0) {
+      NEED_VAL();
+      t.resume = v;
     } else if ((ip = strcmp(a, "--steps") == 0 ? &t.steps : strcmp(a, "--batch") == 0 ? &t.batch
-                     : strcmp(a, "--seq") == 0 ? &t.seq_len : strcmp(a, "--warmup") == 0 ? &t.warmup : NULL) ||
+                     : strcmp(a, "--seq") == 0 ? &t.seq_len : strcmp(a, "--warmup") == 0 ? &t.warmup
+                     : strcmp(a, "--stop-after") == 0 ? &t.stop_after : NULL) ||
                strcmp(a, "--seed") == 0) {
       NEED_VAL();
       long x = strtol(v, &end, 10);

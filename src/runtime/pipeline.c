@@ -100,6 +100,7 @@ typedef struct hm_pipe {
   hm_device *dev;
   hm_stage *st;
   int nslots;
+  int start_step;            /* steps already taken (resume), 0 for a fresh run */
   hm_pipe_op *ops;           /* this stage's op list (the planner's 1F1B generator) */
   int nops;
   hm_tokfile tf;
@@ -446,7 +447,24 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
   HM_TRY(hm_device_open(t->device ? t->device : "cpu", &w->dev));
   hm_stage_options so = {w->first, w->last, t->batch, T, w->nslots};
   HM_TRY(hm_stage_create(&t->config, w->dev, &so, &w->st));
-  HM_TRY(hm_stage_init_params(w->st, t->seed));
+  if (t->resume) {
+    /* a dump directory of an earlier run of this layout: this stage's params, moments, step */
+    char path[4200];
+    hm_ckpt_meta m;
+    snprintf(path, sizeof path, "%s/stage%d.hmc", t->resume, w->stage);
+    HM_TRY(hm_stage_load(w->st, path, &m));
+    const int T_run = t->seq_len > 0 ? t->seq_len : t->config.T;
+    if (m.batch != t->batch || m.seq_len != T_run || m.data_seed != t->seed ||
+        m.data_position != m.step * (uint64_t)w->M * (uint64_t)t->batch)
+      return hm_error(HM_ERR_INVALID_ARG, "%s was trained with batch %d, seq_len %d, seed %llu and %llu sequences per "
+                      "step; this run has %d, %d, %llu and %d (resume with the same layout and options)", path,
+                      m.batch, m.seq_len, (unsigned long long)m.data_seed,
+                      (unsigned long long)(m.step ? m.data_position / m.step : 0), t->batch, T_run,
+                      (unsigned long long)t->seed, w->M * t->batch);
+    w->start_step = (int)m.step;
+  } else {
+    HM_TRY(hm_stage_init_params(w->st, t->seed));
+  }
   HM_TRY(hm_build_buckets(w));
 
   if (w->is_first || w->is_last) {
@@ -576,26 +594,39 @@ static void hm_pipe_free(hm_pipe *w) {
   if (w->dp) hm_comm_destroy(w->dp);
 }
 
+/* mkdir -p */
+static hm_status hm_mkdirs(const char *dir) {
+  char p[4096];
+  if (hm_strcpy(p, sizeof p, dir) != 0) return hm_error(HM_ERR_INVALID_ARG, "path too long: %s", dir);
+  for (char *c = p + 1;; c++) {
+    if (*c != '/' && *c != '\0') continue;
+    char save = *c;
+    *c = '\0';
+    if (mkdir(p, 0755) != 0 && errno != EEXIST) return hm_error(HM_ERR_IO, "cannot create %s: %s", p, strerror(errno));
+    *c = save;
+    if (save == '\0') break;
+  }
+  return HM_OK;
+}
+
 static hm_status hm_pipe_open_metrics(hm_pipe *w) {
   const hm_train_options *t = w->t;
   char path[4200];
   const char *mp = w->o->metrics_path;
   if (!mp && t->out_dir) {
-    if (mkdir(t->out_dir, 0755) != 0 && errno != EEXIST)
-      return hm_error(HM_ERR_IO, "cannot create %s: %s", t->out_dir, strerror(errno));
+    HM_TRY(hm_mkdirs(t->out_dir));
     snprintf(path, sizeof path, "%s/metrics.jsonl", t->out_dir);
     mp = path;
   }
   if (!mp) return HM_OK;
-  w->metrics = fopen(mp, "w");
+  w->metrics = fopen(mp, w->t->resume ? "a" : "w");
   if (!w->metrics) return hm_error(HM_ERR_IO, "cannot open %s: %s", mp, strerror(errno));
   return HM_OK;
 }
 
 static hm_status hm_pipe_dump(hm_pipe *w, int steps) {
   const hm_train_options *t = w->t;
-  if (mkdir(w->o->dump_dir, 0755) != 0 && errno != EEXIST)
-    return hm_error(HM_ERR_IO, "cannot create %s: %s", w->o->dump_dir, strerror(errno));
+  HM_TRY(hm_mkdirs(w->o->dump_dir));
   char path[4200];
   snprintf(path, sizeof path, "%s/stage%d.hmc", w->o->dump_dir, w->stage);
   hm_ckpt_meta m;
@@ -628,7 +659,8 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
   int timed_steps = 0;
   double busy_sum[HM_PIPE_MAX_STAGES] = {0};
   uint64_t tokens = 0;
-  for (int step = 0; st == HM_OK && step < steps; step++) {
+  res->steps_done = w.start_step;
+  for (int step = w.start_step; st == HM_OK && step < steps; step++) {
     w.tracing = o->trace_path && step >= steps - trace_steps;
     const double ts = hm_now_s();
     hm_step_out so;
@@ -647,7 +679,7 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
     st = hm_comm_allreduce(w.world, stat, stat_max, (size_t)(1 + w.p), HM_FLOAT64, HM_MAX);
     if (st != HM_OK) break;
     tokens += (uint64_t)w.M * (uint64_t)w.N;
-    if (step > 0 || steps == 1) { /* the first step warms caches and allocators up */
+    if (step > w.start_step || steps == w.start_step + 1) { /* the first step warms caches and allocators up */
       timed_s += stat_max[0];
       timed_steps++;
       for (int s = 0; s < w.p; s++) busy_sum[s] += stat_max[1 + s];
@@ -663,7 +695,7 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
       pr.grad_norm = (float)sqrt(so.sumsq);
       pr.elapsed_s = hm_now_s() - t_start;
       pr.tokens_per_s = (double)tokens / pr.elapsed_s;
-      pr.eta_s = (double)(steps - step - 1) * pr.elapsed_s / (double)(step + 1);
+      pr.eta_s = (double)(steps - step - 1) * pr.elapsed_s / (double)(step + 1 - w.start_step);
       if (w.metrics) {
         cJSON *j = cJSON_CreateObject();
         cJSON_AddNumberToObject(j, "step", pr.step);
