@@ -635,10 +635,16 @@ static hm_status hm_cpu_crossentropy_forward_backward(hm_device *dev, void *loss
   float *losses = losses_, *dlogits = dlogits_;
   const float *logits = logits_;
   float dl = (float)dloss;
+  int bad = -1; /* a row whose target is >= V; checked here because reading l[y] would overrun */
 #pragma omp parallel for num_threads(hm_cpu(dev)->threads) schedule(static) if (N > 4)
   for (int n = 0; n < N; n++) {
     const float *l = logits + (size_t)n * Vp;
     int y = targets[n];
+    if (y >= V) {
+#pragma omp atomic write
+      bad = n;
+      continue;
+    }
     float lse = hm_logsumexp_row(l, V);
     losses[n] = y >= 0 ? lse - l[y] : 0.0f;
     if (!dlogits) continue;
@@ -652,6 +658,9 @@ static hm_status hm_cpu_crossentropy_forward_backward(hm_device *dev, void *loss
     hm_scale_span(d, dl, (size_t)V);
     for (int i = V; i < Vp; i++) d[i] = 0;
   }
+  if (bad >= 0)
+    return hm_error(HM_ERR_INVALID_ARG, "target %d at row %d is outside the vocabulary (V = %d)",
+                    (int)targets[bad], bad, V);
   return HM_OK;
 }
 
@@ -730,13 +739,25 @@ static void hm_cpu_close(hm_device *dev) {
   dev->impl = NULL;
 }
 
+/* Gradient buffers are zeroed every step; two threads write memory faster than one. */
+static hm_status hm_cpu_zero(hm_device *dev, void *ptr, size_t bytes) {
+  char *p = ptr;
+  size_t chunk = (size_t)1 << 16, nchunks = (bytes + chunk - 1) / chunk;
+#pragma omp parallel for num_threads(hm_cpu(dev)->threads) schedule(static) if (nchunks > 16)
+  for (size_t i = 0; i < nchunks; i++) {
+    size_t off = i * chunk;
+    memset(p + off, 0, bytes - off < chunk ? bytes - off : chunk);
+  }
+  return HM_OK;
+}
+
 static const hm_device_ops hm_cpu_ops = {
     .alloc = hm_host_alloc,
     .free = hm_host_free,
     .copy_h2d = hm_host_copy,
     .copy_d2h = hm_host_copy,
     .copy_d2d = hm_host_copy,
-    .zero = hm_host_zero,
+    .zero = hm_cpu_zero,
     .copy_from_f32 = hm_host_copy_from_f32,
     .copy_to_f32 = hm_host_copy_to_f32,
     .synchronize = hm_host_synchronize,

@@ -266,6 +266,13 @@ static void test_softmax_crossentropy(void **state) {
   OK(hm_dev_crossentropy_forward_backward(p->ref, losses.r, logits.r, logits.r, tgt, 1.0 / N, N, V, Vp));
   EXPECT_CLOSE(logits, 1e-5);
   EXPECT_CLOSE(losses, 1e-5);
+  /* a target outside the vocabulary is an error on every backend, not an out-of-bounds read */
+  tgt[9] = V;
+  assert_int_equal(hm_dev_crossentropy_forward_backward(p->cpu, losses.c, NULL, logits.c, tgt, 1.0, N, V, Vp),
+                   HM_ERR_INVALID_ARG);
+  assert_non_null(strstr(hm_last_error(), "row 9"));
+  assert_int_equal(hm_dev_crossentropy_forward_backward(p->ref, losses.r, NULL, logits.r, tgt, 1.0, N, V, Vp),
+                   HM_ERR_INVALID_ARG);
   twin_free(p, &logits); twin_free(p, &probs); twin_free(p, &losses); twin_free(p, &dlogits);
 }
 
@@ -290,6 +297,21 @@ static void test_adamw_sums(void **state) {
   assert_true(fabs(sc - sr) <= 1e-9 * n); /* both sum in double: only the order differs */
   assert_true(fabs(qc - qr) <= 1e-12 * qr);
   twin_free(p, &par); twin_free(p, &g); twin_free(p, &m); twin_free(p, &v);
+}
+
+static void test_zero_and_copies(void **state) {
+  pair *p = *state;
+  size_t n = (3u << 20) / 4 + 5; /* over the cpu backend's threshold for a parallel zero */
+  twin t = twin_rand(p, n, 1);
+  OK(hm_device_zero(p->cpu, t.c, n * 4 - 4)); /* all but the last element */
+  float *h = malloc(n * 4);
+  OK(hm_device_copy_d2h(p->cpu, h, t.c, n * 4));
+  for (size_t i = 0; i + 1 < n; i++) assert_true(h[i] == 0.0f);
+  assert_true(h[n - 1] != 0.0f);
+  OK(hm_device_copy_d2d(p->cpu, t.c, t.r, n * 4));
+  assert_true(rel_err(&t) == 0.0);
+  free(h);
+  twin_free(p, &t);
 }
 
 /* Same inputs, different thread counts: bitwise-identical results where the partition is fixed
@@ -328,6 +350,7 @@ int main(void) {
       cmocka_unit_test(test_gelu_residual_scale),
       cmocka_unit_test(test_softmax_crossentropy),
       cmocka_unit_test(test_adamw_sums),
+      cmocka_unit_test(test_zero_and_copies),
       cmocka_unit_test(test_cpu_thread_count_invariance),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
