@@ -314,8 +314,8 @@ static void test_zero_and_copies(void **state) {
   twin_free(p, &t);
 }
 
-/* Same inputs, different thread counts: bitwise-identical results where the partition is fixed
- * (layernorm weights, bias and embedding gradients, sums). */
+/* Same inputs, different thread counts: bitwise-identical results, because the cpu backend's
+ * work pieces are fixed by the shapes, not by the team size. */
 static void test_cpu_thread_count_invariance(void **state) {
   (void)state;
   hm_device *d1, *d2;
@@ -332,6 +332,34 @@ static void test_cpu_thread_count_invariance(void **state) {
   assert_memory_equal(dw1, dw2, sizeof dw1);
   assert_memory_equal(db1, db2, sizeof db1);
   assert_memory_equal(dx1, dx2, sizeof dx1);
+  /* matmul over several pieces (600 rows) and attention (one head per piece) too */
+  enum { MR = 600, OC = 2 * C };
+  float *xm = host_rand((size_t)MR * C, 1), *wt = host_rand((size_t)OC * C, 0.1f);
+  float *o1 = malloc((size_t)MR * OC * 4), *o2 = malloc((size_t)MR * OC * 4);
+  OK(hm_dev_matmul_forward(d1, o1, xm, wt, NULL, MR, C, OC));
+  OK(hm_dev_matmul_forward(d2, o2, xm, wt, NULL, MR, C, OC));
+  assert_memory_equal(o1, o2, (size_t)MR * OC * 4);
+  float *dw1m = calloc((size_t)OC * C, 4), *dw2m = calloc((size_t)OC * C, 4);
+  float *dx1m = calloc((size_t)MR * C, 4), *dx2m = calloc((size_t)MR * C, 4);
+  float *db1m = calloc(OC, 4), *db2m = calloc(OC, 4);
+  OK(hm_dev_matmul_backward(d1, dx1m, dw1m, db1m, o1, xm, wt, MR, C, OC));
+  OK(hm_dev_matmul_backward(d2, dx2m, dw2m, db2m, o2, xm, wt, MR, C, OC));
+  assert_memory_equal(dx1m, dx2m, (size_t)MR * C * 4);
+  assert_memory_equal(dw1m, dw2m, (size_t)OC * C * 4);
+  assert_memory_equal(db1m, db2m, OC * 4);
+  free(xm); free(wt); free(o1); free(o2); free(dw1m); free(dw2m); free(dx1m); free(dx2m);
+  free(db1m); free(db2m);
+  float *qkv = host_rand(3 * nx, 1), *a1 = malloc(nx * 4), *a2 = malloc(nx * 4);
+  float *l1 = malloc(hm_dev_attention_saved_elems(d1, B, T, C, NH) * 4);
+  float *l2 = malloc(hm_dev_attention_saved_elems(d2, B, T, C, NH) * 4);
+  float *dq1 = calloc(3 * nx, 4), *dq2 = calloc(3 * nx, 4);
+  OK(hm_dev_attention_forward(d1, a1, l1, qkv, B, T, C, NH));
+  OK(hm_dev_attention_forward(d2, a2, l2, qkv, B, T, C, NH));
+  assert_memory_equal(a1, a2, nx * 4);
+  OK(hm_dev_attention_backward(d1, dq1, dy, qkv, l1, B, T, C, NH));
+  OK(hm_dev_attention_backward(d2, dq2, dy, qkv, l2, B, T, C, NH));
+  assert_memory_equal(dq1, dq2, 3 * nx * 4);
+  free(qkv); free(a1); free(a2); free(l1); free(l2); free(dq1); free(dq2);
   double s1, s2;
   OK(hm_dev_sumsq(d1, &s1, x, nx));
   OK(hm_dev_sumsq(d2, &s2, x, nx));
