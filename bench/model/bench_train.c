@@ -97,7 +97,7 @@ int main(int argc, char **argv) {
     fflush(stdout);
     if (!torch) continue;
     char cmd[1024];
-    snprintf(cmd, sizeof cmd, "'%s' '%s/bench/model/torch_train.py' %d %d %d %d %d %d %d %d %d 2>&1", python,
+    snprintf(cmd, sizeof cmd, "timeout 1800 '%s' '%s/bench/model/torch_train.py' %d %d %d %d %d %d %d %d %d 2>&1", python,
              HM_SOURCE_DIR, cfg.L, cfg.C, cfg.NH, cfg.V, cfg.T, B, steps, warmup, threads);
     FILE *p = popen(cmd, "r");
     char line[512];

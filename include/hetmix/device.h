@@ -18,6 +18,7 @@
  *    makes micro-batch gradient accumulation and residual branches free.
  *  - Kernels are in-order on the device's single queue; host backends finish before returning.
  *    hm_device_synchronize() waits for all queued work (a no-op on host backends).
+ *  - Outputs do not overlap inputs, except where a kernel says so (residual, cross-entropy).
  *  - A device is used by one thread at a time.
  *  - Results are deterministic: the same inputs, shapes and options give bitwise the same
  *    outputs on every run (reductions use a fixed order, not atomics).
@@ -209,8 +210,9 @@ hm_status hm_dev_matmul_backward(hm_device *dev, void *dinp, void *dweight, void
                                  const void *dout, const void *inp, const void *weight, int N,
                                  int C, int OC);
 
-/* Elements of the `saved` buffer attention_forward fills for attention_backward (backend
- * specific: cpu/ref save the softmax probabilities (B,NH,T,T)). */
+/* Elements of the `saved` buffer attention_forward fills for attention_backward. Its contents
+ * are backend specific (ref: the softmax probabilities (B,NH,T,T); cpu: each score row's
+ * log-sum-exp (B,NH,T), recomputing the rest): never read it, never share it across backends. */
 size_t hm_dev_attention_saved_elems(hm_device *dev, int B, int T, int C, int NH);
 /* Causal multi-head self-attention. qkv (B,T,3C) holds q | k | v, each split into NH heads of
  * hs = C/NH; out (B,T,C) = softmax(q k^T / sqrt(hs), causal) v, heads concatenated. */

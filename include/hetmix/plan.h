@@ -193,7 +193,7 @@ hm_status hm_split_exhaustive(const hm_split_problem *pb, int *bounds, double *o
  * micro-batches per step. Several classes = heterogeneous data parallelism. */
 
 #define HM_PLAN_MAX_STAGES 64
-#define HM_PLAN_MAX_CLASSES 16
+#define HM_PLAN_MAX_CLASSES 8
 #define HM_PLAN_MAX_TYPES 16
 
 typedef struct hm_plan_stage {
@@ -207,6 +207,7 @@ typedef struct hm_plan_stage {
   double mem_peak;            /* bytes per device at the schedule's peak */
   double mem_capacity;        /* bytes per device usable (memory_bytes * memory_fraction) */
   int max_inflight;
+  double busy, idle;          /* seconds of compute (FWD, BWD, optimizer) and the rest of the step */
 } hm_plan_stage;
 
 typedef struct hm_plan_class {
@@ -245,6 +246,12 @@ typedef struct hm_plan_inputs {
 /* Fills every prediction of a plan whose classes, stages and layer ranges are set, by running the
  * simulator on the op lists; trace (optional) receives the predicted timeline. */
 hm_status hm_plan_predict(const hm_plan_inputs *in, hm_plan *plan, hm_sim_trace *trace);
+
+/* The op lists one replica of class `cls` executes: the schedule hm_plan_predict simulates
+ * (same stages, micro-batches, gradient buckets of one layer, tied-embedding sync when the model
+ * ties its embedding). The pipeline runtime runs this. Free with hm_schedule_free. */
+hm_status hm_plan_schedule(const hm_plan_inputs *in, const hm_plan *plan, int cls,
+                           hm_schedule *out);
 
 /* Checks a plan against a cluster and model: device types exist, every stage's tp fits a host
  * and divides the layers' tp_divides, layers are covered in order, devices suffice, batch adds up.

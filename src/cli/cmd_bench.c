@@ -1,8 +1,585 @@
-/* Entry point placeholder until this subcommand lands. */
+/* `hetmix bench comm <op>`: hmcomm's collective benchmark, nccl-tests style.
+ *
+ * Same flags (-b -e -f -i -o -d -r -n -w -c) and columns (size, count, type, redop, root,
+ * time, algbw, busbw, #wrong; out-of-place then in-place) as nccl-tests, with busbw factors
+ * from hm_busbw_factor() (DESIGN.md). -c 1 checks every size with exactly representable values.
+ * Ranks: --ranks N forks N local ranks; otherwise, under a launcher (mpirun, torchrun, Slurm),
+ * each process is one rank bootstrapped from its environment. -t/--transport and --algo force
+ * hmcomm's choice. Times are averaged over ranks, as nccl-tests does.
+ * Not a test: exit status is 0 unless a run failed or a check found wrong values. */
+#include <errno.h>
+#include <math.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
 #include "cli.h"
+#include "hetmix/comm.h"
+#include "hetmix/cost.h"
+
+/* ---- options ---- */
+enum { BENCH_SENDRECV = HM_COLL_KIND_COUNT };
+
+typedef struct bench_opts {
+  int kind;  /* hm_coll_kind or BENCH_SENDRECV */
+  size_t min_bytes, max_bytes, step_bytes;
+  double step_factor;
+  int op;    /* hm_redop or -1 = all */
+  int dt;    /* hm_dtype or -1 = all */
+  int root;
+  int iters, warmup, check;
+  int ranks; /* 0: from the launcher's environment */
+  const char *transport, *algo;
+  double timeout_s;
+} bench_opts;
+
+static const char *kind_names[] = {"allreduce", "reduce", "broadcast", "reduce_scatter",
+                                   "allgather", "alltoall", "gather", "scatter", "barrier",
+                                   "sendrecv"};
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int parse_size(const char *s, size_t *out) {
+  char *end;
+  errno = 0;
+  double v = strtod(s, &end);
+  if (errno || end == s || v < 0) return -1;
+  double mult = 1;
+  if (*end == 'K' || *end == 'k') mult = 1024, end++;
+  else if (*end == 'M' || *end == 'm') mult = 1024.0 * 1024, end++;
+  else if (*end == 'G' || *end == 'g') mult = 1024.0 * 1024 * 1024, end++;
+  if (*end == 'B' || *end == 'b') end++;
+  if (*end) return -1;
+  *out = (size_t)(v * mult);
+  return 0;
+}
+
+static int parse_dtype(const char *s) {
+  static const struct { const char *name; hm_dtype dt; } alias[] = {
+      {"float", HM_FLOAT32}, {"half", HM_FLOAT16}, {"bfloat16", HM_BFLOAT16},
+      {"double", HM_FLOAT64}, {"int8", HM_INT8}, {"uint8", HM_UINT8}, {"int32", HM_INT32},
+      {"int", HM_INT32}, {"uint32", HM_UINT32}, {"int64", HM_INT64}, {"uint64", HM_UINT64}};
+  if (strcmp(s, "all") == 0) return -1;
+  for (int d = 0; d < HM_DTYPE_COUNT; d++)
+    if (strcmp(s, hm_dtype_name((hm_dtype)d)) == 0) return d;
+  for (size_t i = 0; i < sizeof alias / sizeof alias[0]; i++)
+    if (strcmp(s, alias[i].name) == 0) return (int)alias[i].dt;
+  return -2;
+}
+
+static int parse_op(const char *s) {
+  if (strcmp(s, "all") == 0) return -1;
+  for (int o = 0; o < HM_REDOP_COUNT; o++)
+    if (strcmp(s, hm_redop_name((hm_redop)o)) == 0) return o;
+  return -2;
+}
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: hetmix bench comm <op> [options]\n"
+          "  op: allreduce reduce broadcast reduce_scatter allgather alltoall gather scatter sendrecv\n"
+          "  -b, --minbytes SIZE     smallest size (bytes, K/M/G suffixes) [8]\n"
+          "  -e, --maxbytes SIZE     largest size [64M]\n"
+          "  -f, --stepfactor F      multiply the size by F each step [2]\n"
+          "  -i, --stepbytes SIZE    or add SIZE each step (when -f is 0 or 1)\n"
+          "  -o, --op OP             sum prod min max avg all [sum]\n"
+          "  -d, --datatype TYPE     i8 u8 i32 u32 i64 u64 f16 bf16 f32 f64 (or float, half, ...) all [f32]\n"
+          "  -r, --root R            root of rooted collectives [0]\n"
+          "  -n, --iters N           timed iterations per size [20]\n"
+          "  -w, --warmup_iters N    untimed iterations first [5]\n"
+          "  -c, --check 0|1         verify results with exactly representable values [1]\n"
+          "      --ranks N           fork N local ranks (default: the launcher's, else 2)\n"
+          "  -t, --transport T       auto shm tcp [auto]\n"
+          "      --algo A            auto ring rd tree [auto]\n"
+          "      --timeout S         kill forked ranks after S seconds [900]\n"
+          "size is the whole array (as nccl-tests); busbw = algbw x factor (allreduce 2(n-1)/n,\n"
+          "reduce_scatter/allgather/alltoall/gather/scatter (n-1)/n, broadcast/reduce/sendrecv 1).\n");
+}
+
+/* ---- exactly representable values ---- */
+static uint16_t f32_to_bf16(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
+}
+static float bf16_to_f32(uint16_t h) {
+  uint32_t u = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+/* Exact for the small integers and dyadic fractions the check uses (|v| < 65504). */
+static uint16_t f32_to_f16(float f) {
+  if (f == 0) return signbit(f) ? 0x8000u : 0;
+  uint16_t sign = f < 0 ? 0x8000u : 0;
+  float a = fabsf(f);
+  int e;
+  float m = frexpf(a, &e); /* a = m * 2^e, m in [0.5, 1) */
+  int exp = e - 1 + 15;
+  if (exp <= 0) return (uint16_t)(sign | (uint16_t)lrintf(a * 16777216.0f));
+  uint32_t man = (uint32_t)lrintf((m * 2 - 1) * 1024.0f);
+  if (man == 1024) man = 0, exp++;
+  return (uint16_t)(sign | (uint16_t)(exp << 10) | (uint16_t)man);
+}
+static float f16_to_f32(uint16_t h) {
+  int exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+  float v = exp == 0 ? ldexpf((float)man, -24) : ldexpf((float)(man + 1024), exp - 25);
+  return (h & 0x8000u) ? -v : v;
+}
+
+static double get_val(const void *b, hm_dtype dt, size_t i) {
+  switch (dt) {
+    case HM_INT8: return ((const int8_t *)b)[i];
+    case HM_UINT8: return ((const uint8_t *)b)[i];
+    case HM_INT32: return ((const int32_t *)b)[i];
+    case HM_UINT32: return ((const uint32_t *)b)[i];
+    case HM_INT64: return (double)((const int64_t *)b)[i];
+    case HM_UINT64: return (double)((const uint64_t *)b)[i];
+    case HM_FLOAT16: return f16_to_f32(((const uint16_t *)b)[i]);
+    case HM_BFLOAT16: return bf16_to_f32(((const uint16_t *)b)[i]);
+    case HM_FLOAT32: return ((const float *)b)[i];
+    default: return ((const double *)b)[i];
+  }
+}
+static void set_val(void *b, hm_dtype dt, size_t i, double v) {
+  switch (dt) {
+    case HM_INT8: ((int8_t *)b)[i] = (int8_t)v; break;
+    case HM_UINT8: ((uint8_t *)b)[i] = (uint8_t)v; break;
+    case HM_INT32: ((int32_t *)b)[i] = (int32_t)v; break;
+    case HM_UINT32: ((uint32_t *)b)[i] = (uint32_t)v; break;
+    case HM_INT64: ((int64_t *)b)[i] = (int64_t)v; break;
+    case HM_UINT64: ((uint64_t *)b)[i] = (uint64_t)v; break;
+    case HM_FLOAT16: ((uint16_t *)b)[i] = f32_to_f16((float)v); break;
+    case HM_BFLOAT16: ((uint16_t *)b)[i] = f32_to_bf16((float)v); break;
+    case HM_FLOAT32: ((float *)b)[i] = (float)v; break;
+    default: ((double *)b)[i] = v; break;
+  }
+}
+
+/* Largest per-rank input such that nranks of them still sum exactly in dt. */
+static int value_limit(hm_dtype dt, int n) {
+  int lim = dt == HM_INT8 ? 127 : dt == HM_UINT8 ? 255 : dt == HM_BFLOAT16 ? 256
+          : dt == HM_FLOAT16 ? 2048 : 1 << 20;
+  int m = lim / n;
+  return m < 1 ? 1 : m > 15 ? 15 : m;
+}
+static double red_input(hm_redop op, int r, size_t i, int lim) {
+  if (op == HM_PROD) return ((i + (size_t)r) % 8) == 0 ? 2 : 1;  /* few 2s: no overflow */
+  return (double)((i * 5 + (size_t)r * 3) % (size_t)(lim + 1));
+}
+static double red_expect(hm_redop op, hm_dtype dt, int n, size_t i, int lim, double *tol) {
+  double s = 0, p = 1, mn = 1e300, mx = -1e300;
+  for (int r = 0; r < n; r++) {
+    double v = red_input(op, r, i, lim);
+    s += v, p *= v;
+    mn = v < mn ? v : mn;
+    mx = v > mx ? v : mx;
+  }
+  *tol = 0;
+  switch (op) {
+    case HM_SUM: return s;
+    case HM_PROD: return p;
+    case HM_MIN: return mn;
+    case HM_MAX: return mx;
+    default:
+      if (dt < HM_FLOAT16) return floor(s / n);
+      if ((n & (n - 1)) != 0) *tol = fmax(1.0, s / n) / 64; /* 1/n is rounded (pre-multiplied) */
+      return s / n;
+  }
+}
+static double mov_input(int r, int p, size_t i) { return (double)((r * 131 + p * 17 + (int)(i % 97) * 7) % 97); }
+
+/* ---- one size ---- */
+typedef struct bench_case {
+  int kind;
+  hm_dtype dt;
+  hm_redop op;
+  int root, n, r;
+  size_t count;      /* per-rank count argument of the call */
+  size_t send_elems, recv_elems;
+} bench_case;
+
+static hm_status run_once(hm_comm_t comm, const bench_case *c, char *sbuf, char *rbuf, int inplace) {
+  size_t es = hm_dtype_size(c->dt);
+  void *send = sbuf, *recv = inplace ? sbuf : rbuf;
+  switch (c->kind) {
+    case HM_COLL_ALLREDUCE: return hm_comm_allreduce(comm, send, recv, c->count, c->dt, c->op);
+    case HM_COLL_REDUCE: return hm_comm_reduce(comm, send, recv, c->count, c->dt, c->op, c->root);
+    case HM_COLL_BROADCAST: return hm_comm_broadcast(comm, send, recv, c->count, c->dt, c->root);
+    case HM_COLL_REDUCE_SCATTER:
+      if (inplace) recv = sbuf + (size_t)c->r * c->count * es;
+      return hm_comm_reduce_scatter(comm, send, recv, c->count, c->dt, c->op);
+    case HM_COLL_ALLGATHER:
+      if (inplace) recv = sbuf, send = sbuf + (size_t)c->r * c->count * es;
+      return hm_comm_allgather(comm, send, recv, c->count, c->dt);
+    case HM_COLL_ALLTOALL: return hm_comm_alltoall(comm, send, recv, c->count, c->dt);
+    case HM_COLL_GATHER:
+      if (inplace && c->r == c->root) recv = sbuf, send = sbuf + (size_t)c->root * c->count * es;
+      else recv = rbuf;
+      return hm_comm_gather(comm, send, recv, c->count, c->dt, c->root);
+    case HM_COLL_SCATTER:
+      recv = inplace && c->r == c->root ? sbuf + (size_t)c->root * c->count * es : rbuf;
+      return hm_comm_scatter(comm, send, recv, c->count, c->dt, c->root);
+    default: { /* sendrecv: ring exchange, right neighbour gets our buffer */
+      /* "in place" has no meaning for a send and a receive: both columns time the same. */
+      int right = (c->r + 1) % c->n, left = (c->r + c->n - 1) % c->n;
+      recv = rbuf;
+      hm_status st = hm_group_start();
+      if (st == HM_OK) st = hm_comm_send(comm, send, c->count, c->dt, right);
+      if (st == HM_OK) st = hm_comm_recv(comm, recv, c->count, c->dt, left);
+      hm_status st2 = hm_group_end();
+      return st != HM_OK ? st : st2;
+    }
+  }
+}
+
+/* Fills inputs, runs once, counts wrong elements on this rank. */
+static hm_status check_once(hm_comm_t comm, const bench_case *c, char *sbuf, char *rbuf, int inplace,
+                            int64_t *wrong) {
+  size_t es = hm_dtype_size(c->dt);
+  int n = c->n, r = c->r, lim = value_limit(c->dt, n);
+  int red = c->kind == HM_COLL_ALLREDUCE || c->kind == HM_COLL_REDUCE || c->kind == HM_COLL_REDUCE_SCATTER;
+  /* inputs */
+  switch (c->kind) {
+    case HM_COLL_ALLREDUCE:
+    case HM_COLL_REDUCE:
+    case HM_COLL_REDUCE_SCATTER:
+      for (size_t g = 0; g < c->send_elems; g++) set_val(sbuf, c->dt, g, red_input(c->op, r, g, lim));
+      break;
+    case HM_COLL_BROADCAST:
+      for (size_t i = 0; i < c->count; i++) set_val(sbuf, c->dt, i, r == c->root ? mov_input(c->root, 0, i) : 0);
+      break;
+    case HM_COLL_ALLGATHER:
+    case HM_COLL_GATHER: {
+      char *s = sbuf;
+      if (inplace && (c->kind == HM_COLL_ALLGATHER || r == c->root))
+        s = sbuf + (size_t)(c->kind == HM_COLL_ALLGATHER ? r : c->root) * c->count * es;
+      for (size_t i = 0; i < c->count; i++) set_val(s, c->dt, i, mov_input(r, 0, i));
+      break;
+    }
+    default: /* alltoall, scatter, sendrecv: a block per destination */
+      for (int p = 0; p < n; p++)
+        for (size_t i = 0; i < c->count; i++)
+          set_val(sbuf, c->dt, (size_t)p * c->count + i, mov_input(r, p, i));
+      if (c->kind == BENCH_SENDRECV)
+        for (size_t i = 0; i < c->count; i++) set_val(sbuf, c->dt, i, mov_input(r, (r + 1) % n, i));
+      break;
+  }
+  memset(rbuf, 0, c->recv_elems * es);
+  hm_status st = run_once(comm, c, sbuf, rbuf, inplace);
+  if (st != HM_OK) return st;
+  const char *out = inplace ? sbuf : rbuf;
+  if (c->kind == BENCH_SENDRECV || (inplace && c->kind == HM_COLL_GATHER && r != c->root) ||
+      (inplace && c->kind == HM_COLL_SCATTER && r != c->root))
+    out = rbuf;
+  int64_t bad = 0;
+  double tol = 0;
+  if (red) {
+    if (c->kind == HM_COLL_REDUCE && r != c->root) return HM_OK;
+    size_t base = c->kind == HM_COLL_REDUCE_SCATTER ? (size_t)r * c->count : 0;
+    if (c->kind == HM_COLL_REDUCE_SCATTER && inplace) out = sbuf + base * es;
+    for (size_t i = 0; i < c->count; i++) {
+      double want = red_expect(c->op, c->dt, n, base + i, lim, &tol);
+      double got = get_val(out, c->dt, i);
+      if (tol == 0 ? got != want : fabs(got - want) > tol) bad++;
+    }
+  } else {
+    for (size_t i = 0; i < c->recv_elems; i++) {
+      double want;
+      size_t blk = c->count ? i / c->count : 0, j = c->count ? i % c->count : 0;
+      switch (c->kind) {
+        case HM_COLL_BROADCAST: want = mov_input(c->root, 0, i); break;
+        case HM_COLL_ALLGATHER: want = mov_input((int)blk, 0, j); break;
+        case HM_COLL_GATHER:
+          if (r != c->root) return HM_OK;
+          want = mov_input((int)blk, 0, j);
+          break;
+        case HM_COLL_ALLTOALL: want = mov_input((int)blk, r, j); break;
+        case HM_COLL_SCATTER:
+          if (inplace && r == c->root) out = sbuf + (size_t)r * c->count * es;
+          want = mov_input(c->root, r, i);
+          break;
+        default: want = mov_input((r + n - 1) % n, r, i); break;
+      }
+      if (get_val(out, c->dt, i) != want) bad++;
+    }
+  }
+  *wrong += bad;
+  return HM_OK;
+}
+
+static double bus_factor(int kind, int n) {
+  return kind == BENCH_SENDRECV ? 1.0 : hm_busbw_factor((hm_coll_kind)kind, n);
+}
+
+static void print_header(const bench_opts *o, int n) {
+  printf("# hetmix bench comm %s: %d ranks, transport %s, algorithm %s\n", kind_names[o->kind], n,
+         o->transport ? o->transport : "auto", o->algo ? o->algo : "auto");
+  printf("# minBytes %zu maxBytes %zu step: %s%g warmup iters: %d iters: %d validation: %d\n",
+         o->min_bytes, o->max_bytes, o->step_factor > 1 ? "x" : "+",
+         o->step_factor > 1 ? o->step_factor : (double)o->step_bytes, o->warmup, o->iters, o->check);
+  printf("#\n");
+  printf("#%53s%s%36s\n", "", "out-of-place", "in-place");
+  printf("# %10s %12s %8s %6s %6s %8s %7s %7s %6s %8s %7s %7s %6s\n", "size", "count", "type",
+         "redop", "root", "time", "algbw", "busbw", "#wrong", "time", "algbw", "busbw", "#wrong");
+  printf("# %10s %12s %8s %6s %6s %8s %7s %7s %6s %8s %7s %7s %6s\n", "(B)", "(elements)", "", "",
+         "", "(us)", "(GB/s)", "(GB/s)", "", "(us)", "(GB/s)", "(GB/s)", "");
+  fflush(stdout);
+}
+
+/* Runs the whole sweep on one rank; rank 0 prints. Returns 0 when all ran and checked clean. */
+static int bench_rank(hm_comm_t comm, const bench_opts *o) {
+  int n = hm_comm_size(comm), r = hm_comm_rank(comm);
+  int rooted = o->kind == HM_COLL_REDUCE || o->kind == HM_COLL_BROADCAST ||
+               o->kind == HM_COLL_GATHER || o->kind == HM_COLL_SCATTER;
+  int reducing = o->kind == HM_COLL_ALLREDUCE || o->kind == HM_COLL_REDUCE ||
+                 o->kind == HM_COLL_REDUCE_SCATTER;
+  int per_rank_split = o->kind == HM_COLL_REDUCE_SCATTER || o->kind == HM_COLL_ALLGATHER ||
+                       o->kind == HM_COLL_ALLTOALL || o->kind == HM_COLL_GATHER ||
+                       o->kind == HM_COLL_SCATTER;
+  if (o->root < 0 || o->root >= n) {
+    if (r == 0) hm_cli_fail("pass -r between 0 and nranks-1", "root %d out of range for %d ranks", o->root, n);
+    return 1;
+  }
+  /* Buffers hold the whole array (the largest size) plus room for sendrecv's per-peer blocks. */
+  size_t cap = o->max_bytes + 64;
+  if (o->kind == BENCH_SENDRECV || o->kind == HM_COLL_SCATTER || o->kind == HM_COLL_ALLTOALL)
+    cap = o->max_bytes * (o->kind == BENCH_SENDRECV ? (size_t)n : 1) + 64;
+  char *sbuf = aligned_alloc(4096, (cap + 4095) / 4096 * 4096);
+  char *rbuf = aligned_alloc(4096, (cap + 4095) / 4096 * 4096);
+  if (!sbuf || !rbuf) {
+    free(sbuf), free(rbuf);
+    if (r == 0) hm_cli_fail("lower -e", "cannot allocate 2 x %zu bytes", cap);
+    return 1;
+  }
+  memset(sbuf, 0, cap);
+  memset(rbuf, 0, cap);
+  if (r == 0) print_header(o, n);
+  int64_t total_wrong = 0;
+  double bw_sum = 0;
+  int bw_n = 0, failed = 0;
+  for (int d = 0; d < HM_DTYPE_COUNT && !failed; d++) {
+    if (o->dt >= 0 ? d != o->dt : 0) continue;
+    for (int op = 0; op < HM_REDOP_COUNT && !failed; op++) {
+      if (!reducing && op > 0) break;
+      if (reducing && o->op >= 0 && op != o->op) continue;
+      for (size_t size = o->min_bytes; size <= o->max_bytes && !failed;) {
+        bench_case c = {.kind = o->kind, .dt = (hm_dtype)d, .op = (hm_redop)op, .root = o->root,
+                        .n = n, .r = r};
+        size_t es = hm_dtype_size(c.dt);
+        size_t elems = size / es;
+        c.count = per_rank_split ? elems / (size_t)n : elems;
+        size_t whole = per_rank_split ? c.count * (size_t)n : c.count;
+        c.send_elems = o->kind == HM_COLL_REDUCE_SCATTER || o->kind == HM_COLL_ALLTOALL ||
+                               o->kind == HM_COLL_SCATTER
+                           ? whole
+                           : c.count;
+        if (o->kind == BENCH_SENDRECV) c.send_elems = c.count;
+        c.recv_elems = o->kind == HM_COLL_REDUCE_SCATTER || o->kind == HM_COLL_SCATTER ? c.count : whole;
+        if (o->kind == HM_COLL_GATHER || o->kind == HM_COLL_ALLGATHER) c.send_elems = whole; /* room for in place */
+        double t[2] = {0, 0};
+        int64_t wrong[2] = {0, 0};
+        for (int ip = 0; ip < 2 && !failed; ip++) {
+          hm_status st = HM_OK;
+          for (int w = 0; w < o->warmup && st == HM_OK; w++) st = run_once(comm, &c, sbuf, rbuf, ip);
+          if (st == HM_OK) st = hm_comm_barrier(comm);
+          double t0 = now_s();
+          for (int it = 0; it < o->iters && st == HM_OK; it++) st = run_once(comm, &c, sbuf, rbuf, ip);
+          double dt = (now_s() - t0) / (o->iters > 0 ? o->iters : 1);
+          if (st == HM_OK && o->check) st = check_once(comm, &c, sbuf, rbuf, ip, &wrong[ip]);
+          /* nccl-tests reports the time averaged over ranks and the sum of wrong values. */
+          double tsum = 0;
+          int64_t wsum = 0;
+          if (st == HM_OK) st = hm_comm_allreduce(comm, &dt, &tsum, 1, HM_FLOAT64, HM_SUM);
+          if (st == HM_OK) st = hm_comm_allreduce(comm, &wrong[ip], &wsum, 1, HM_INT64, HM_SUM);
+          if (st != HM_OK) {
+            if (r == 0) hm_cli_fail_status(st, kind_names[o->kind], "rerun with HETMIX_LOG=info for details");
+            failed = 1;
+            break;
+          }
+          t[ip] = tsum / n;
+          wrong[ip] = wsum;
+        }
+        if (failed) break;
+        double bytes = (double)whole * (double)es;
+        double algbw[2], busbw[2];
+        for (int ip = 0; ip < 2; ip++) {
+          algbw[ip] = t[ip] > 0 ? bytes / t[ip] * 1e-9 : 0;
+          busbw[ip] = algbw[ip] * bus_factor(o->kind, n);
+        }
+        if (r == 0) {
+          char w0[24] = "N/A", w1[24] = "N/A";
+          if (o->check) {
+            snprintf(w0, sizeof w0, "%lld", (long long)wrong[0]);
+            snprintf(w1, sizeof w1, "%lld", (long long)wrong[1]);
+          }
+          printf("  %10.0f %12zu %8s %6s %6d %8.2f %7.2f %7.2f %6s %8.2f %7.2f %7.2f %6s\n", bytes,
+                 whole, hm_dtype_name(c.dt), reducing ? hm_redop_name(c.op) : "none",
+                 rooted ? c.root : -1, t[0] * 1e6, algbw[0], busbw[0], w0, t[1] * 1e6, algbw[1],
+                 busbw[1], w1);
+          fflush(stdout);
+        }
+        total_wrong += wrong[0] + wrong[1];
+        bw_sum += busbw[0] + busbw[1];
+        bw_n += 2;
+        if (o->step_factor > 1) {
+          size_t next = (size_t)((double)size * o->step_factor);
+          size = next > size ? next : size + 1;
+        } else {
+          size += o->step_bytes ? o->step_bytes : 1;
+        }
+      }
+    }
+  }
+  if (r == 0 && !failed) {
+    printf("# Out of bounds values : %lld %s\n", (long long)total_wrong, total_wrong ? "FAILED" : "OK");
+    printf("# Avg bus bandwidth    : %g\n#\n", bw_n ? bw_sum / bw_n : 0.0);
+    fflush(stdout);
+  }
+  free(sbuf), free(rbuf);
+  return failed || total_wrong != 0;
+}
+
+/* ---- ranks: forked locally or from the launcher ---- */
+static int run_forked(const bench_opts *o, const hm_comm_config *cfg) {
+  hm_unique_id id;
+  hm_status st = hm_get_unique_id(&id);
+  if (st != HM_OK) return hm_cli_fail_status(st, "bench: unique id", NULL);
+  fflush(NULL);
+  pid_t parent = getpid(), pids[256];
+  int started = 0;
+  for (int r = 0; r < o->ranks; r++) {
+    pid_t pid = fork();
+    if (pid < 0) break;
+    if (pid == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != parent) _exit(1);
+      hm_comm_t comm = NULL;
+      hm_status s = hm_comm_init_rank(&comm, o->ranks, &id, r, cfg);
+      int rc;
+      if (s != HM_OK) {
+        char what[64];
+        snprintf(what, sizeof what, "bench: rank %d: init", r);
+        rc = hm_cli_fail_status(s, what, "check -t/--algo and HETMIX_* variables");
+      } else {
+        rc = bench_rank(comm, o);
+        hm_status ds = rc ? hm_comm_abort(comm) : HM_OK;
+        (void)ds;
+        hm_comm_destroy(comm);
+      }
+      fflush(NULL);
+      _exit(rc);
+    }
+    pids[started++] = pid;
+  }
+  int rc = started == o->ranks ? 0 : hm_cli_fail("lower --ranks", "could only start %d of %d ranks", started, o->ranks);
+  double deadline = now_s() + o->timeout_s;
+  int left = started;
+  while (left > 0) {
+    int status;
+    pid_t w = waitpid(-1, &status, WNOHANG);
+    if (w > 0) {
+      left--;
+      int bad = !WIFEXITED(status) || WEXITSTATUS(status) != 0;
+      if (bad && !rc) {
+        rc = 1;
+        if (WIFSIGNALED(status)) hm_cli_fail(NULL, "bench: a rank died with signal %d", WTERMSIG(status));
+        for (int k = 0; k < started; k++) kill(pids[k], SIGKILL); /* the others cannot finish */
+      }
+      continue;
+    }
+    if (w < 0 && errno != EINTR) break;
+    if (now_s() > deadline) {
+      for (int k = 0; k < started; k++) kill(pids[k], SIGKILL);
+      rc = hm_cli_fail("raise --timeout or lower -e", "bench: ranks still running after %.0f s; killed", o->timeout_s);
+      while (waitpid(-1, &status, 0) > 0) {
+      }
+      break;
+    }
+    struct timespec ts = {0, 5 * 1000000L};
+    nanosleep(&ts, NULL);
+  }
+  return rc;
+}
+
+static int bench_comm(int argc, char **argv) {
+  if (argc < 1 || strcmp(argv[0], "--help") == 0 || strcmp(argv[0], "-h") == 0) {
+    usage(argc < 1 ? stderr : stdout);
+    return argc < 1 ? 2 : 0;
+  }
+  bench_opts o = {.kind = -1, .min_bytes = 8, .max_bytes = 64u << 20, .step_factor = 2,
+                  .op = HM_SUM, .dt = HM_FLOAT32, .iters = 20, .warmup = 5, .check = 1,
+                  .timeout_s = 900};
+  for (int k = 0; k < (int)(sizeof kind_names / sizeof kind_names[0]); k++)
+    if (k != HM_COLL_BARRIER && strcmp(argv[0], kind_names[k]) == 0) o.kind = k;
+  if (o.kind < 0)
+    return hm_cli_fail("run `hetmix bench comm --help` for the list", "unknown collective '%s'", argv[0]);
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+      usage(stdout);
+      return 0;
+    }
+    if (i + 1 >= argc) return hm_cli_fail("run `hetmix bench comm --help`", "option %s needs a value", a);
+    const char *v = argv[++i];
+    char *end = NULL;
+    int bad = 0;
+    if (!strcmp(a, "-b") || !strcmp(a, "--minbytes")) bad = parse_size(v, &o.min_bytes);
+    else if (!strcmp(a, "-e") || !strcmp(a, "--maxbytes")) bad = parse_size(v, &o.max_bytes);
+    else if (!strcmp(a, "-i") || !strcmp(a, "--stepbytes")) bad = parse_size(v, &o.step_bytes);
+    else if (!strcmp(a, "-f") || !strcmp(a, "--stepfactor")) o.step_factor = strtod(v, &end), bad = *end != 0 || o.step_factor < 0;
+    else if (!strcmp(a, "-o") || !strcmp(a, "--op")) bad = (o.op = parse_op(v)) < -1;
+    else if (!strcmp(a, "-d") || !strcmp(a, "--datatype")) bad = (o.dt = parse_dtype(v)) < -1;
+    else if (!strcmp(a, "-r") || !strcmp(a, "--root")) o.root = (int)strtol(v, &end, 10), bad = *end != 0;
+    else if (!strcmp(a, "-n") || !strcmp(a, "--iters")) o.iters = (int)strtol(v, &end, 10), bad = *end != 0 || o.iters < 1;
+    else if (!strcmp(a, "-w") || !strcmp(a, "--warmup_iters")) o.warmup = (int)strtol(v, &end, 10), bad = *end != 0 || o.warmup < 0;
+    else if (!strcmp(a, "-c") || !strcmp(a, "--check")) o.check = (int)strtol(v, &end, 10), bad = *end != 0;
+    else if (!strcmp(a, "--ranks")) o.ranks = (int)strtol(v, &end, 10), bad = *end != 0 || o.ranks < 1 || o.ranks > 256;
+    else if (!strcmp(a, "-t") || !strcmp(a, "--transport")) o.transport = v, bad = strcmp(v, "auto") && strcmp(v, "shm") && strcmp(v, "tcp");
+    else if (!strcmp(a, "--algo")) o.algo = v, bad = strcmp(v, "auto") && hm_coll_algo_parse(v) < 0;
+    else if (!strcmp(a, "--timeout")) o.timeout_s = strtod(v, &end), bad = *end != 0 || o.timeout_s <= 0;
+    else return hm_cli_fail("run `hetmix bench comm --help`", "unknown option '%s'", a);
+    if (bad) return hm_cli_fail("run `hetmix bench comm --help`", "bad value '%s' for %s", v, a);
+  }
+  if (o.min_bytes > o.max_bytes)
+    return hm_cli_fail("pass -b <= -e", "minbytes %zu is above maxbytes %zu", o.min_bytes, o.max_bytes);
+  if (o.step_factor <= 1 && o.step_bytes == 0) o.step_factor = 2;
+  hm_comm_config cfg = HM_COMM_CONFIG_INIT;
+  cfg.transport = o.transport;
+  cfg.algorithm = o.algo;
+  hm_launch_env env;
+  if (o.ranks == 0 && hm_launch_env_read(&env) == HM_OK && env.size >= 1) {
+    hm_comm_t comm = NULL;
+    hm_status st = hm_comm_init_env(&comm, &cfg);
+    if (st != HM_OK)
+      return hm_cli_fail_status(st, "bench: init from the launcher's environment",
+                                "set HETMIX_STORE_ADDR (rank 0's host:port) and HETMIX_SECRET");
+    int rc = bench_rank(comm, &o);
+    if (rc) hm_comm_abort(comm);
+    hm_comm_destroy(comm);
+    return rc;
+  }
+  if (o.ranks == 0) o.ranks = 2;
+  return run_forked(&o, &cfg);
+}
 
 int hm_cmd_bench(int argc, char **argv) {
-  (void)argc;
-  (void)argv;
-  return hm_cli_fail("this build has no 'bench' command yet", "'bench' is not implemented");
+  if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+    fprintf(argc < 2 ? stderr : stdout, "usage: hetmix bench comm <op> [options]   (see `hetmix bench comm --help`)\n");
+    return argc < 2 ? 2 : 0;
+  }
+  if (strcmp(argv[1], "comm") == 0) return bench_comm(argc - 2, argv + 2);
+  return hm_cli_fail("the benchmarks are: comm", "unknown benchmark '%s'", argv[1]);
 }

@@ -14,11 +14,13 @@
 #include "hetmix/model.h"
 #include "hetmix/pipeline.h"
 #include "hetmix/runtime.h"
+#include "runtime/pipeline_internal.h"
 #include "util/util.h"
 
 static void launch_usage(FILE *f) {
   fprintf(f,
           "usage: hetmix launch -n N [options] [-- command [args...]]\n"
+          "       hetmix launch --plan plan.json [--cluster C] [--model M] [options] [-- worker options]\n"
           "\n"
           "Starts N workers on this machine (ranks 0..N-1) with the environment hmcomm bootstraps\n"
           "from: HETMIX_RANK, HETMIX_WORLD_SIZE, HETMIX_LOCAL_RANK, HETMIX_LOCAL_WORLD_SIZE,\n"
@@ -28,8 +30,13 @@ static void launch_usage(FILE *f) {
           "the grace period) and is named. Exit status: 0 when all succeed, else the failed worker's\n"
           "status (128+signal when killed).\n"
           "\n"
+          "With --plan, N is the plan's number of ranks and each runs `hetmix worker --plan plan.json`\n"
+          "plus the worker options after `--` (e.g. --steps 100 --out run); a plan that does not fit\n"
+          "the --cluster / --model spec files (or its own embedded ones) is refused before starting.\n"
+          "\n"
           "options:\n"
           "  -n, --nworkers N   number of workers\n"
+          "  --plan FILE        start the workers of a plan\n"
           "  --tag-output       prefix each output line with \"[rank R] \"\n"
           "  --grace-ms MS      SIGTERM to SIGKILL delay when stopping workers [2000]\n"
           "  --timeout S        stop the job after S seconds [no limit]\n"
@@ -46,6 +53,7 @@ static int parse_int(const char *s, long lo, long hi, long *out) {
 
 int hm_cmd_launch(int argc, char **argv) {
   hm_launch_opts opts = HM_LAUNCH_OPTS_INIT;
+  const char *plan_path = NULL, *cluster_path = NULL, *model_path = NULL;
   long v;
   int i = 1;
   for (; i < argc; i++) {
@@ -65,6 +73,10 @@ int hm_cmd_launch(int argc, char **argv) {
       opts.nworkers = (int)v;
     } else if (strcmp(a, "--tag-output") == 0) {
       opts.tag_output = 1;
+    } else if (strcmp(a, "--plan") == 0 || strcmp(a, "--cluster") == 0 || strcmp(a, "--model") == 0) {
+      if (!has_val) return hm_cli_fail(NULL, "%s needs a file", a);
+      const char **dst = a[2] == 'p' ? &plan_path : a[2] == 'c' ? &cluster_path : &model_path;
+      *dst = argv[++i];
     } else if (strcmp(a, "--grace-ms") == 0) {
       if (!has_val || parse_int(argv[++i], 1, 600000, &v) != 0)
         return hm_cli_fail(NULL, "--grace-ms needs milliseconds in 1..600000");
@@ -78,19 +90,44 @@ int hm_cmd_launch(int argc, char **argv) {
                          "unknown option '%s'", a);
     }
   }
-  if (opts.nworkers <= 0)
-    return hm_cli_fail("for example: hetmix launch -n 4 -- ./my_worker", "how many workers? give -n N");
-
-  /* default command: this same executable's `worker` subcommand */
   char self[PATH_MAX];
-  char *default_argv[] = {self, "worker", NULL};
-  if (i < argc) {
+  ssize_t self_n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (self_n <= 0) return hm_cli_fail(NULL, "cannot find the hetmix executable (/proc/self/exe)");
+  self[self_n] = '\0';
+  /* default command: this same executable's `worker` subcommand (+ --plan and worker options) */
+  char *wargv[64];
+  int wn = 0;
+  wargv[wn++] = self;
+  wargv[wn++] = "worker";
+  if (plan_path) {
+    hm_pipe_plan *pl = calloc(1, sizeof *pl);
+    if (!pl) return hm_cli_fail(NULL, "out of memory");
+    hm_status pst = hm_pipe_plan_load(plan_path, cluster_path, model_path, pl);
+    int nranks = pl->nranks;
+    free(pl);
+    if (pst != HM_OK)
+      return hm_cli_fail_status(pst, "launch", "make the plan for this cluster and model with `hetmix plan`");
+    if (opts.nworkers > 0 && opts.nworkers != nranks)
+      return hm_cli_fail("leave -n out with --plan", "the plan has %d ranks but -n says %d", nranks, opts.nworkers);
+    opts.nworkers = nranks;
+    wargv[wn++] = "--plan";
+    wargv[wn++] = (char *)plan_path;
+    if (cluster_path) wargv[wn++] = "--cluster", wargv[wn++] = (char *)cluster_path;
+    if (model_path) wargv[wn++] = "--model", wargv[wn++] = (char *)model_path;
+  } else if (cluster_path || model_path) {
+    return hm_cli_fail(NULL, "--cluster and --model check a --plan; give --plan too");
+  }
+  if (opts.nworkers <= 0)
+    return hm_cli_fail("for example: hetmix launch -n 4 -- ./my_worker", "how many workers? give -n N or --plan");
+  if (i < argc && !(plan_path && argv[i][0] == '-')) {
     opts.argv = argv + i;
   } else {
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n <= 0) return hm_cli_fail(NULL, "cannot find the hetmix executable (/proc/self/exe)");
-    self[n] = '\0';
-    opts.argv = default_argv;
+    for (; i < argc; i++) {
+      if (wn == 63) return hm_cli_fail(NULL, "too many worker options");
+      wargv[wn++] = argv[i];
+    }
+    wargv[wn] = NULL;
+    opts.argv = wargv;
   }
 
   hm_launch_result res;
@@ -118,7 +155,11 @@ static void worker_usage(FILE *f) {
           "Runs one worker of a pipeline + data-parallel job. Its rank comes from the launcher's\n"
           "environment (HETMIX_*, OMPI_COMM_WORLD_*, PMI_*, SLURM_*); world rank = replica*p + stage.\n"
           "\n"
-          "layout:\n"
+          "layout (either a plan or the options after it):\n"
+          "  --plan FILE            plan.json from `hetmix plan`: stages, layers, replicas, micro-batches,\n"
+          "                         micro-batch size, model and each rank's device backend\n"
+          "  --cluster FILE         with --plan: refuse the plan unless it fits this cluster spec\n"
+          "  --model FILE.json      with --plan: refuse the plan unless it fits this model spec\n"
           "  --stages B0,B1,..,Bp   layer bounds of the p stages over the model's L+2 layers\n"
           "                         (default: one stage with every layer)\n"
           "  --micro M0[,M1,..]     micro-batches per step of each replica (count = replicas) [1]\n"
@@ -209,17 +250,45 @@ static void worker_progress(const hm_train_progress *p, void *user) {
   fflush(stdout);
 }
 
+/* Fills the layout, model and micro-batch size from a plan file (the plan's device per rank is
+ * applied once the rank is known). *layout is allocated (free()). */
+static hm_status worker_apply_plan(const char *path, const char *cluster, const char *model, hm_pipeline_options *po,
+                                   hm_train_options *t, hm_pipe_plan **layout) {
+  hm_pipe_plan *pl = hm_calloc(1, sizeof *pl, "plan layout");
+  if (!pl) return HM_ERR_NOMEM;
+  hm_status st = hm_pipe_plan_load(path, cluster, model, pl);
+  if (st != HM_OK) {
+    free(pl);
+    return st;
+  }
+  char cfg[128];
+  snprintf(cfg, sizeof cfg, "L%d,C%d,NH%d,V%d,T%d", pl->L, pl->C, pl->NH, pl->V, pl->T);
+  st = hm_model_config_lookup(cfg, &t->config);
+  if (st != HM_OK) {
+    free(pl);
+    return st;
+  }
+  t->batch = pl->micro_batch;
+  po->nstages = pl->nstages;
+  memcpy(po->stage_layers, pl->stage_layers, sizeof(int) * (size_t)(pl->nstages + 1));
+  po->nreplicas = pl->nreplicas;
+  memcpy(po->micro, pl->micro, sizeof(int) * (size_t)pl->nreplicas);
+  *layout = pl;
+  return HM_OK;
+}
+
 int hm_cmd_worker(int argc, char **argv) {
   hm_train_options t;
   hm_train_defaults(&t);
   t.device = "cpu:threads=1";
   hm_pipeline_options po;
   memset(&po, 0, sizeof po);
+  hm_pipe_plan *plan_layout = NULL;
   po.train = &t;
   po.nreplicas = 1;
   po.micro[0] = 1;
-  const char *devices = NULL;
-  int quiet = 0, have_stages = 0;
+  const char *devices = NULL, *plan_path = NULL, *cluster_path = NULL, *model_path = NULL;
+  int quiet = 0, have_stages = 0, have_layout = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -238,8 +307,15 @@ int hm_cmd_worker(int argc, char **argv) {
       return worker_selftest();
     } else if (strcmp(a, "--quiet") == 0) {
       quiet = 1;
+    } else if (strcmp(a, "--plan") == 0) {
+      NEED_VAL();
+      plan_path = v;
+    } else if (strcmp(a, "--cluster") == 0) {
+      NEED_VAL();
+      cluster_path = v;
     } else if (strcmp(a, "--stages") == 0) {
       NEED_VAL();
+      have_layout = 1;
       int n = parse_int_list(v, po.stage_layers, HM_PIPE_MAX_STAGES + 1, a);
       if (n < 0) return 1;
       if (n < 2) return hm_cli_fail("e.g. --stages 0,3,8 for two stages", "--stages needs at least two bounds");
@@ -247,6 +323,7 @@ int hm_cmd_worker(int argc, char **argv) {
       have_stages = 1;
     } else if (strcmp(a, "--micro") == 0) {
       NEED_VAL();
+      have_layout = 1;
       int n = parse_int_list(v, po.micro, HM_PIPE_MAX_REPLICAS, a);
       if (n < 1) return n < 0 ? 1 : hm_cli_fail(NULL, "--micro needs at least one count");
       po.nreplicas = n;
@@ -261,6 +338,11 @@ int hm_cmd_worker(int argc, char **argv) {
       po.layers_per_bucket = atoi(v);
     } else if (strcmp(a, "--model") == 0) {
       NEED_VAL();
+      if (strchr(v, '/') || strstr(v, ".json")) { /* a model spec file: checks a --plan against it */
+        model_path = v;
+        continue;
+      }
+      have_layout = 1;
       hm_status st = hm_model_config_lookup(v, &t.config);
       if (st != HM_OK) return hm_cli_fail_status(st, "--model", NULL);
     } else if (strcmp(a, "--data") == 0) {
@@ -301,6 +383,16 @@ int hm_cmd_worker(int argc, char **argv) {
     }
 #undef NEED_VAL
   }
+  if (plan_path) {
+    if (have_layout || devices)
+      return hm_cli_fail("give either --plan or --model/--stages/--micro/--devices", "--plan sets the layout");
+    hm_status st = worker_apply_plan(plan_path, cluster_path, model_path, &po, &t, &plan_layout);
+    if (st != HM_OK)
+      return hm_cli_fail_status(st, "worker", "make the plan for this cluster and model with `hetmix plan`");
+    have_stages = 1;
+  } else if (cluster_path || model_path) {
+    return hm_cli_fail(NULL, "--cluster and a model spec file only check a --plan");
+  }
   if (!have_stages) {
     po.nstages = 1;
     po.stage_layers[0] = 0;
@@ -329,6 +421,18 @@ int hm_cmd_worker(int argc, char **argv) {
                          "--devices lists %d specs for %d stages x %d replicas", n, po.nstages, po.nreplicas);
     hm_strcpy(dev_spec, sizeof dev_spec, specs[idx]);
     t.device = dev_spec;
+  }
+  if (plan_layout) {
+    if (env.rank < 0 || env.rank >= plan_layout->nranks) {
+      int n = plan_layout->nranks;
+      free(plan_layout);
+      return hm_cli_fail("start exactly as many workers as the plan has ranks (hetmix launch --plan does)",
+                         "the plan has %d ranks, this worker is rank %d of %d", n, env.rank, env.size);
+    }
+    hm_strcpy(dev_spec, sizeof dev_spec, plan_layout->backend[env.rank]);
+    t.device = dev_spec;
+    free(plan_layout);
+    plan_layout = NULL;
   }
   st = hm_pipeline_check(&po, env.size);
   if (st != HM_OK) return hm_cli_fail_status(st, "worker", "the layout must match the model and the number of workers");

@@ -105,6 +105,21 @@ static void print_summary(const hm_plan_inputs *in, const hm_plan *p) {
   printf("\n");
 }
 
+static void print_stages(const hm_cluster *c, const hm_plan *p) {
+  printf("\n%5s %5s %-14s %9s %9s %9s %9s %9s %6s %9s %9s\n", "class", "stage", "type/tp", "layers",
+         "fwd(ms)", "bwd(ms)", "busy(s)", "idle(s)", "held", "mem(GB)", "cap(GB)");
+  for (int ci = 0; ci < p->nclasses; ci++)
+    for (int s = 0; s < p->classes[ci].nstages; s++) {
+      const hm_plan_stage *st = &p->classes[ci].stages[s];
+      char tt[HM_SPEC_NAME_MAX + 8], lr[32];
+      snprintf(tt, sizeof tt, "%s/%d", c->types[st->type].name, st->tp);
+      snprintf(lr, sizeof lr, "%d-%d", st->layer_begin, st->layer_end - 1);
+      printf("%5d %5d %-14s %9s %9.2f %9.2f %9.3f %9.3f %6d %9.2f %9.2f\n", ci, s, tt, lr,
+             1e3 * st->fwd, 1e3 * st->bwd, st->busy, st->idle, st->max_inflight, st->mem_peak / 1e9,
+             st->mem_capacity / 1e9);
+    }
+}
+
 static int load_inputs(const plan_args *a, hm_cluster *c, hm_model *m, hm_train *t, hm_profile *pr,
                        int *have_profile) {
   hm_status st;
@@ -183,6 +198,16 @@ int hm_cmd_plan(int argc, char **argv) {
   for (int k = 0; k < c.ntypes && k < HM_PLAN_MAX_TYPES; k++) used_types += best->devices_by_type[k] > 0;
   printf("best plan: %.0f tokens/s, utilization %.1f%% of the upper bound, %s\n", best->tokens_per_s,
          100 * best->utilization, used_types > 1 ? "heterogeneous" : "one device type");
+  if (used_types <= 1)
+    for (int i = 1; i < res->nplans; i++) {
+      int n = 0;
+      for (int k = 0; k < c.ntypes && k < HM_PLAN_MAX_TYPES; k++) n += res->plans[i].devices_by_type[k] > 0;
+      if (n > 1) {
+        printf("best heterogeneous plan listed: #%d, %.0f tokens/s, utilization %.1f%%\n", i + 1,
+               res->plans[i].tokens_per_s, 100 * res->plans[i].utilization);
+        break;
+      }
+    }
   if (res->best_single_type >= 0)
     printf("best single-type plan: %s only, %.0f tokens/s; gain of the best plan: %+.1f%%\n",
            c.types[res->best_single_type].name, res->best_single.tokens_per_s,
@@ -311,6 +336,7 @@ int hm_cmd_simulate(int argc, char **argv) {
   print_plan_row(cl, 1, p);
   printf("\n");
   print_summary(&in, p);
+  print_stages(cl, p);
   if (p->over_memory) printf("warning: this plan does not fit in memory on this cluster\n");
   if (a.trace) printf("wrote %s\n", a.trace);
 done:

@@ -145,6 +145,9 @@ static hm_comm_t comm_alloc(void) {
   pthread_mutex_init(&c->err_mu, NULL);
   pthread_mutex_init(&c->q_mu, NULL);
   pthread_cond_init(&c->q_cv, NULL);
+  pthread_mutex_init(&c->ctrl_mu, NULL);
+  pthread_mutex_init(&c->hb_mu, NULL);
+  pthread_cond_init(&c->hb_cv, NULL);
   c->listen_fd = -1;
   return c;
 }
@@ -165,6 +168,7 @@ static uint64_t host_key(void) {
 
 static void comm_free(hm_comm_t c) {
   if (!c) return;
+  hm_comm_heartbeat_stop(c);
   if (c->peers) {
     for (int r = 0; r < c->nranks; r++) {
       hm_peer *p = &c->peers[r];
@@ -180,6 +184,10 @@ static void comm_free(hm_comm_t c) {
   free(c->peer_shm);
   free(c->peer_shm_bytes);
   free(c->scratch);
+  free(c->last_heard);
+  pthread_mutex_destroy(&c->ctrl_mu);
+  pthread_mutex_destroy(&c->hb_mu);
+  pthread_cond_destroy(&c->hb_cv);
   pthread_mutex_destroy(&c->err_mu);
   pthread_mutex_destroy(&c->q_mu);
   pthread_cond_destroy(&c->q_cv);
@@ -204,7 +212,8 @@ static hm_status prepare_local(hm_comm_t c, rank_info *me, char *shm_name, size_
   payload = (payload + 63) & ~63u;
   if (payload < 256) payload = 256;
   me->shm_payload = (int32_t)payload;
-  me->shm_slots = 16;
+  long slots = hm_env_long("HETMIX_SHM_SLOTS", 16);
+  me->shm_slots = (int32_t)(slots >= 2 && slots <= 1024 ? slots : 16);
   shm_name[0] = '\0';
   if (strcmp(c->transport, "tcp") != 0 && c->nranks > 1) {
     snprintf(shm_name, shm_cap, "/hetmix-%02x%02x%02x%02x-%d-%d-%u", c->tag[0], c->tag[1], c->tag[2],
@@ -330,7 +339,7 @@ static hm_status connect_mesh(hm_comm_t c, const rank_info *info, uint64_t deadl
   }
   close(c->listen_fd);
   c->listen_fd = -1;
-  return HM_OK;
+  return hm_comm_heartbeat_start(c);
 }
 
 static hm_status init_with_store(hm_comm_t *out, int nranks, int rank, const unsigned char *tag,
@@ -535,12 +544,9 @@ hm_status hm_comm_init_env(hm_comm_t *comm, const hm_comm_config *cfg) {
   hm_store_server *srv = NULL;
   if (e.rank == 0) {
     int port;
-    hm_status st = hm_store_server_start(e.store_host, e.store_port, &srv, &port);
-    if (st == HM_OK) st = hm_store_server_add_job(srv, tag, secret);
-    if (st != HM_OK) {
-      hm_store_server_stop(srv);
+    hm_status st = hm_store_server_start(e.store_host, e.store_port, tag, secret, &srv, &port);
+    if (st != HM_OK)
       return hm_error_context(st, "rank 0 (%s launch): ", e.source);
-    }
   }
   hm_status st = init_with_store(comm, e.size, e.rank, tag, secret, e.store_host, e.store_port, cfg);
   /* the store is only needed until every rank has connected to the mesh, which init waited for */
@@ -636,10 +642,10 @@ void hm_comm_stop_progress(hm_comm_t c); /* comm.c */
 hm_status hm_comm_destroy(hm_comm_t c) {
   if (!c) return hm_error(HM_ERR_INVALID_ARG, "hm_comm_destroy: comm is NULL");
   hm_comm_stop_progress(c);
+  hm_comm_heartbeat_stop(c);
   for (int r = 0; r < c->nranks; r++) {
     if (r == c->rank || !c->peers || c->peers[r].ctrl_fd < 0) continue;
-    hm_net_send_frame(c->peers[r].ctrl_fd, HM_WIRE_CTRL_BYE, 0, 0, 0, NULL, 0, hm_deadline_after_ms(100));
-    /* TCP: make sure queued data frames are flushed before the FIN (close is graceful) */
+    hm_comm_ctrl_send(c, r, HM_WIRE_CTRL_BYE, 0, NULL, 0, 100);
   }
   comm_free(c);
   return HM_OK;

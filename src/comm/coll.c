@@ -47,10 +47,25 @@ static hm_status xl_run(xlist *l, const hm_xctx *cx) {
   return st;
 }
 
-/* zero-byte token to the right, from the left: every rank checks its left neighbour's descriptor */
-static void add_desc_ring(xlist *l, hm_comm_t c, const hm_coll_args *a) {
-  hm_xfer_send(xl_add(l), mod(c->rank + 1, c->nranks), NULL, 0, a->seq, a->desc);
-  hm_xfer_recv(xl_add(l), mod(c->rank - 1, c->nranks), NULL, 0, a->seq, a->desc);
+/* Descriptor agreement for rooted collectives: zero-byte tokens in a dissemination pattern
+ * (step k: to rank+2^k, from rank-2^k, each send gated on the previous receive). A receiver
+ * checks the sender's descriptor; a rank that finds a mismatch stops and tells everyone, so no
+ * rank completes the operation unless all ranks agree (transitively, after ceil(log2 n) steps). */
+static int desc_steps(int n) {
+  int k = 0;
+  while ((1 << k) < n) k++;
+  return k;
+}
+static void add_desc_check(xlist *l, hm_comm_t c, const hm_coll_args *a) {
+  const int n = c->nranks;
+  hm_xfer *prev = NULL;
+  for (int k = 0; (1 << k) < n; k++) {
+    hm_xfer *s = xl_add(l);
+    hm_xfer_send(s, mod(c->rank + (1 << k), n), NULL, 0, a->seq, a->desc);
+    if (prev) s->gate = &prev->finished;
+    prev = xl_add(l);
+    hm_xfer_recv(prev, mod(c->rank - (1 << k), n), NULL, 0, a->seq, a->desc);
+  }
 }
 
 hm_coll_algo hm_coll_choose(hm_comm_t c, hm_coll_kind kind, size_t bytes) {
@@ -174,8 +189,8 @@ static hm_status broadcast_tree(hm_comm_t c, const hm_coll_args *a, const hm_xct
     nc = tree_links(n, vr, &parent, children);
   }
   xlist l;
-  HM_TRY(xl_init(&l, nc + 3));
-  add_desc_ring(&l, c, a);
+  HM_TRY(xl_init(&l, nc + 1 + 2 * desc_steps(n)));
+  add_desc_check(&l, c, a);
   const char *src = a->recvbuf;
   hm_xfer *rv = NULL;
   if (parent < 0) {
@@ -201,8 +216,8 @@ static hm_status reduce_tree(hm_comm_t c, const hm_coll_args *a, const hm_xctx *
   char *acc = parent < 0 ? a->recvbuf : (nc ? hm_comm_scratch(c, bytes) : NULL);
   if (nc && !acc && bytes) return HM_ERR_NOMEM;
   xlist l;
-  HM_TRY(xl_init(&l, nc + 3));
-  if (with_token) add_desc_ring(&l, c, a);
+  HM_TRY(xl_init(&l, nc + 1 + 2 * desc_steps(n)));
+  if (with_token) add_desc_check(&l, c, a);
   hm_xfer *prev = NULL;
   /* children in a fixed order, so every run reduces in the same order (bitwise repeatable) */
   for (int i = nc - 1; i >= 0; i--) {
@@ -292,8 +307,8 @@ static hm_status gather_scatter_direct(hm_comm_t c, const hm_coll_args *a, const
   const int n = c->nranks, r = c->rank, root = a->root;
   const size_t sz = a->count * hm_dtype_size(a->dt);
   xlist l;
-  HM_TRY(xl_init(&l, n + 2));
-  add_desc_ring(&l, c, a);
+  HM_TRY(xl_init(&l, n + 2 * desc_steps(n)));
+  add_desc_check(&l, c, a);
   if (r == root) {
     char *big = gather ? (char *)a->recvbuf : (char *)a->sendbuf;
     char *own = big + (size_t)root * sz;

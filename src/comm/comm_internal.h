@@ -49,8 +49,9 @@ hm_status hm_auth_accept(int fd, hm_secret_lookup_fn lookup, void *arg, uint64_t
 
 /* ---- rendezvous store (store.c) ---- */
 typedef struct hm_store_server hm_store_server;
-/* Starts a server thread on addr:port (port 0: ephemeral). */
-hm_status hm_store_server_start(const char *addr, int port, hm_store_server **out, int *bound_port);
+/* Starts a server thread on addr:port (port 0: ephemeral), serving job (tag, secret) if given. */
+hm_status hm_store_server_start(const char *addr, int port, const unsigned char *tag,
+                                const unsigned char *secret, hm_store_server **out, int *bound_port);
 hm_status hm_store_server_add_job(hm_store_server *s, const unsigned char tag[HM_WIRE_TAG_BYTES],
                                   const unsigned char secret[HM_SECRET_BYTES]);
 void hm_store_server_stop(hm_store_server *s);
@@ -118,7 +119,6 @@ typedef struct hm_peer {
   unsigned char rx_hdr[HM_WIRE_HDR_BYTES];
   size_t rx_off;          /* header+payload bytes read */
   hm_wire_hdr rx_h;
-  int rx_ready;
   char *rx_buf;           /* staging for one chunk */
   uint32_t send_p2p_seq, recv_p2p_seq;
 } hm_peer;
@@ -155,6 +155,14 @@ struct hm_comm {
   int q_thread_started, q_stop;
   pthread_t q_thread;
   int listen_fd;
+  /* liveness: a thread sends heartbeats on the control connections; waits check last_heard */
+  pthread_mutex_t ctrl_mu;   /* serializes writes to control connections */
+  pthread_mutex_t hb_mu;
+  pthread_cond_t hb_cv;
+  pthread_t hb_thread;
+  int hb_started, hb_stop;
+  uint64_t *last_heard;      /* per peer, hm_now_ns() of the last control frame read */
+  uint64_t op_start_ns;
   hm_op *self_pending[2]; /* unmatched nonblocking sends [1] / receives [0] to this rank itself */
 };
 
@@ -169,6 +177,7 @@ typedef struct hm_xfer {
   const char *src;     /* send source; recv reduce operand */
   size_t bytes, done;
   const size_t *avail; /* progress bound: bytes [0, *avail) of the dependency are ready */
+  const int *gate;     /* if set, nothing moves until *gate is nonzero (another xfer finished) */
   uint32_t seq;
   uint64_t desc;
   int finished;
@@ -194,6 +203,11 @@ hm_status hm_xfer_run(const hm_xctx *ctx, hm_xfer *x, int n);
 hm_status hm_comm_check_health(hm_comm_t c, int poll_ms);
 /* Marks the communicator broken with st (first error wins) and tells the peers. */
 hm_status hm_comm_fail(hm_comm_t c, hm_status st, int notify);
+/* Writes one frame on rank r's control connection (serialized with the heartbeat thread). */
+hm_status hm_comm_ctrl_send(hm_comm_t c, int r, int type, uint32_t aux, const void *payload,
+                            uint32_t len, int timeout_ms);
+hm_status hm_comm_heartbeat_start(hm_comm_t c);
+void hm_comm_heartbeat_stop(hm_comm_t c);
 char *hm_comm_scratch(hm_comm_t c, size_t bytes);
 
 /* ---- collectives (coll.c) ---- */

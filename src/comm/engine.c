@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "comm/comm_internal.h"
@@ -78,8 +79,7 @@ hm_status hm_comm_fail(hm_comm_t c, hm_status st, int notify) {
     for (int r = 0; r < c->nranks; r++) {
       if (r == c->rank || c->peers[r].ctrl_fd < 0) continue;
       /* best effort: a peer that is gone finds out on its own */
-      hm_net_send_frame(c->peers[r].ctrl_fd, HM_WIRE_CTRL_ERROR, 0, 0, (uint32_t)st, msg,
-                        (uint32_t)strlen(msg), hm_deadline_after_ms(200));
+      hm_comm_ctrl_send(c, r, HM_WIRE_CTRL_ERROR, (uint32_t)st, msg, (uint32_t)strlen(msg), 200);
     }
     hm_log(HM_LOG_WARN, "%s", msg);
   }
@@ -99,6 +99,8 @@ static hm_status ctrl_event(hm_comm_t c, int r) {
   hm_status st = hm_net_recv_frame(c->peers[r].ctrl_fd, &h, msg, sizeof msg - 1, hm_deadline_after_ms(500));
   if (st == HM_ERR_PEER_DEAD) return peer_gone(c, r, "closed its connection");
   if (st != HM_OK) return hm_comm_fail(c, st, 0);
+  c->last_heard[r] = hm_now_ns();
+  if (h.type == HM_WIRE_CTRL_HEARTBEAT) return HM_OK;
   if (h.type == HM_WIRE_CTRL_BYE) {
     c->peers[r].left = 1;
     return HM_OK;
@@ -137,13 +139,78 @@ static hm_status health_poll(hm_comm_t c, struct pollfd *extra, int nextra, int 
   int nctrl = n;
   for (int i = 0; i < nextra && n < 256 + 64; i++) pf[n++] = extra[i];
   int rc = poll(pf, (nfds_t)n, poll_ms);
-  if (rc <= 0) return HM_OK;
-  for (int i = 0; i < nctrl; i++)
-    if (pf[i].revents & (POLLIN | POLLHUP | POLLERR)) HM_TRY(ctrl_event(c, map[i]));
+  if (rc > 0)
+    for (int i = 0; i < nctrl; i++)
+      if (pf[i].revents & (POLLIN | POLLHUP | POLLERR)) HM_TRY(ctrl_event(c, map[i]));
+  /* alive but silent (stopped, hung host, cut network): nothing for peer_dead_ms while we wait */
+  if (c->hb_started && c->op_start_ns) {
+    uint64_t now = hm_now_ns(), limit = (uint64_t)c->cfg.peer_dead_ms * 1000000ull;
+    for (int i = 0; i < nctrl; i++) {
+      int r = map[i];
+      uint64_t since = c->last_heard[r] > c->op_start_ns ? c->last_heard[r] : c->op_start_ns;
+      if (now > since + limit) {
+        hm_error(HM_ERR_PEER_DEAD, "rank %d: peer rank %d (pid %d) sent no heartbeat for %d ms: it hangs or is unreachable",
+                 c->rank, r, c->peers[r].pid, (int)((now - since) / 1000000));
+        return hm_comm_fail(c, HM_ERR_PEER_DEAD, 1);
+      }
+    }
+  }
   return HM_OK;
 }
 
 hm_status hm_comm_check_health(hm_comm_t c, int poll_ms) { return health_poll(c, NULL, 0, poll_ms); }
+
+hm_status hm_comm_ctrl_send(hm_comm_t c, int r, int type, uint32_t aux, const void *payload,
+                            uint32_t len, int timeout_ms) {
+  pthread_mutex_lock(&c->ctrl_mu);
+  hm_status st = c->peers[r].ctrl_fd < 0 ? HM_OK
+                 : hm_net_send_frame(c->peers[r].ctrl_fd, type, 0, 0, aux, payload, len,
+                                     hm_deadline_after_ms((uint64_t)timeout_ms));
+  pthread_mutex_unlock(&c->ctrl_mu);
+  return st;
+}
+
+static void *heartbeat_main(void *arg) {
+  hm_comm_t c = arg;
+  pthread_mutex_lock(&c->hb_mu);
+  while (!c->hb_stop) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t ns = (uint64_t)ts.tv_nsec + (uint64_t)c->cfg.heartbeat_ms * 1000000ull;
+    ts.tv_sec += (time_t)(ns / 1000000000ull);
+    ts.tv_nsec = (long)(ns % 1000000000ull);
+    pthread_cond_timedwait(&c->hb_cv, &c->hb_mu, &ts);
+    if (c->hb_stop) break;
+    pthread_mutex_unlock(&c->hb_mu);
+    for (int r = 0; r < c->nranks; r++)
+      if (r != c->rank && !c->peers[r].left) hm_comm_ctrl_send(c, r, HM_WIRE_CTRL_HEARTBEAT, 0, NULL, 0, 100);
+    pthread_mutex_lock(&c->hb_mu);
+  }
+  pthread_mutex_unlock(&c->hb_mu);
+  return NULL;
+}
+
+hm_status hm_comm_heartbeat_start(hm_comm_t c) {
+  if (c->nranks < 2 || c->cfg.heartbeat_ms <= 0 || c->cfg.peer_dead_ms <= 0) return HM_OK;
+  c->last_heard = hm_calloc((size_t)c->nranks, sizeof(uint64_t), "heartbeat times");
+  if (!c->last_heard) return HM_ERR_NOMEM;
+  uint64_t now = hm_now_ns();
+  for (int r = 0; r < c->nranks; r++) c->last_heard[r] = now;
+  if (pthread_create(&c->hb_thread, NULL, heartbeat_main, c) != 0)
+    return hm_error(HM_ERR_INTERNAL, "rank %d: cannot start the heartbeat thread", c->rank);
+  c->hb_started = 1;
+  return HM_OK;
+}
+
+void hm_comm_heartbeat_stop(hm_comm_t c) {
+  if (!c->hb_started) return;
+  pthread_mutex_lock(&c->hb_mu);
+  c->hb_stop = 1;
+  pthread_cond_broadcast(&c->hb_cv);
+  pthread_mutex_unlock(&c->hb_mu);
+  pthread_join(c->hb_thread, NULL);
+  c->hb_started = 0;
+}
 
 /* ---- TCP channel ---- */
 static hm_status tcp_flush(hm_comm_t c, int r) {
@@ -173,22 +240,26 @@ static hm_status tcp_flush(hm_comm_t c, int r) {
   return HM_OK;
 }
 
-/* Receives toward one complete frame in rx_buf; *ready when it is there. */
-static hm_status tcp_fill(hm_comm_t c, int r, int *ready) {
+/* Reads toward one complete frame: the header into rx_hdr (decoded into rx_h), then the payload
+ * into `payload` (the staging buffer, or the destination itself for plain copies). *ready when
+ * the whole frame is there; *have_hdr once the header is. */
+static hm_status tcp_fill(hm_comm_t c, int r, char *payload, int *have_hdr, int *ready) {
   hm_peer *p = &c->peers[r];
-  *ready = p->rx_ready;
-  while (!p->rx_ready) {
+  for (;;) {
+    *have_hdr = p->rx_off >= HM_WIRE_HDR_BYTES;
+    *ready = *have_hdr && p->rx_off == HM_WIRE_HDR_BYTES + p->rx_h.len;
+    if (*ready || (*have_hdr && !payload)) return HM_OK;
     char *dst;
     size_t want;
-    if (p->rx_off < HM_WIRE_HDR_BYTES) {
+    if (!*have_hdr) {
       dst = (char *)p->rx_hdr + p->rx_off;
       want = HM_WIRE_HDR_BYTES - p->rx_off;
     } else {
-      dst = p->rx_buf + (p->rx_off - HM_WIRE_HDR_BYTES);
+      dst = payload + (p->rx_off - HM_WIRE_HDR_BYTES);
       want = HM_WIRE_HDR_BYTES + p->rx_h.len - p->rx_off;
     }
-    ssize_t got = want ? recv(p->data_fd, dst, want, MSG_DONTWAIT) : 0;
-    if (want && got == 0) return peer_gone(c, r, "closed its data connection");
+    ssize_t got = recv(p->data_fd, dst, want, MSG_DONTWAIT);
+    if (got == 0) return peer_gone(c, r, "closed its data connection");
     if (got < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return HM_OK;
       if (errno == ECONNRESET) return peer_gone(c, r, "reset its data connection");
@@ -206,10 +277,7 @@ static hm_status tcp_fill(hm_comm_t c, int r, int *ready) {
         return hm_comm_fail(c, HM_ERR_PROTOCOL, 1);
       }
     }
-    if (p->rx_off >= HM_WIRE_HDR_BYTES && p->rx_off == HM_WIRE_HDR_BYTES + p->rx_h.len) p->rx_ready = 1;
   }
-  *ready = 1;
-  return HM_OK;
 }
 
 /* ---- one transfer step ---- */
@@ -302,13 +370,18 @@ static hm_status step_recv(const hm_xctx *cx, hm_xfer *x, int *progress) {
       data = (const char *)s + 32;
       if (len > ch->payload) len = UINT32_MAX; /* rejected below */
     } else {
-      int ready;
-      HM_TRY(tcp_fill(c, x->peer, &ready));
-      if (!ready) return HM_OK;
+      int have_hdr, ready;
+      HM_TRY(tcp_fill(c, x->peer, NULL, &have_hdr, &ready));
+      if (!have_hdr) return HM_OK;
       len = p->rx_h.len;
       seq = p->rx_h.seq;
       desc = p->rx_h.desc;
-      data = p->rx_buf;
+      /* plain copies land straight in the destination once the header checked out */
+      int direct = x->mode == HM_X_COPY && !x->avail && seq == x->seq && desc == x->desc && len <= x->bytes - x->done;
+      data = direct ? x->dst + x->done : p->rx_buf;
+      HM_TRY(tcp_fill(c, x->peer, (char *)data, &have_hdr, &ready));
+      if (!ready) return HM_OK;
+      if (direct) data = NULL; /* already in place */
     }
     if (seq != x->seq || desc != x->desc) return mismatch(cx, x, seq, desc);
     size_t left = x->bytes - x->done;
@@ -318,7 +391,7 @@ static hm_status step_recv(const hm_xctx *cx, hm_xfer *x, int *progress) {
       return hm_comm_fail(c, HM_ERR_PROTOCOL, 1);
     }
     if (x->avail && *x->avail < x->done + len) return HM_OK; /* operand not reduced yet */
-    if (len) {
+    if (len && data) {
       if (x->mode == HM_X_REDUCE)
         hm_reduce(x->dst + x->done, x->src + x->done, data, len / es, cx->dt, cx->op, x->final_div);
       else
@@ -328,7 +401,6 @@ static hm_status step_recv(const hm_xctx *cx, hm_xfer *x, int *progress) {
       p->rx.count++;
       atomic_store_explicit(&p->rx.ctl->consumed, p->rx.count, memory_order_release);
     } else {
-      p->rx_ready = 0;
       p->rx_off = 0;
     }
     x->done += len;
@@ -353,6 +425,7 @@ hm_status hm_xfer_run(const hm_xctx *cx, hm_xfer *x, int n) {
     if (!c->peers[x[i].peer].is_shm) any_tcp = 1;
   }
   const uint64_t deadline = hm_deadline_after_ms((uint64_t)c->cfg.timeout_ms);
+  c->op_start_ns = deadline - (uint64_t)c->cfg.timeout_ms * 1000000ull;
   uint64_t idle_since = 0, last_health = hm_now_ns();
   unsigned idle = 0;
   for (;;) {
@@ -362,6 +435,7 @@ hm_status hm_xfer_run(const hm_xctx *cx, hm_xfer *x, int n) {
       if (t->finished) continue;
       pending = 1;
       if (t->after >= 0 && !x[t->after].finished) continue;
+      if (t->gate && !*t->gate) continue;
       HM_TRY(t->is_send ? step_send(cx, t, &progress) : step_recv(cx, t, &progress));
     }
     if (!pending) return HM_OK;

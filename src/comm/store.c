@@ -4,6 +4,7 @@
  * One process-wide server backs hm_get_unique_id(); hm_comm_init_env() runs a dedicated one on
  * rank 0 for the bootstrap only. Not used after bootstrap: splits exchange over the parent. */
 #include <errno.h>
+#include <openssl/crypto.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -142,7 +143,13 @@ static void *store_main(void *arg) {
   if (!pf) return NULL;
   while (!atomic_load(&s->stop)) {
     int n = 0;
-    pf[n++] = (struct pollfd){s->lfd, POLLIN, 0};
+    /* Accept only once a job is registered: the server starts listening before its first
+     * add_job, and a client connecting in between would be refused as unknown. Until then the
+     * kernel's backlog holds it and its own authentication deadline keeps running. */
+    pthread_mutex_lock(&s->mu);
+    const int have_jobs = s->jobs != NULL;
+    pthread_mutex_unlock(&s->mu);
+    pf[n++] = (struct pollfd){s->lfd, have_jobs ? POLLIN : 0, 0};
     for (int i = 0; i < s->nclients; i++) pf[n++] = (struct pollfd){s->clients[i].fd, POLLIN, 0};
     int rc = poll(pf, (nfds_t)n, 100);
     if (rc <= 0) continue;
@@ -169,10 +176,15 @@ static void *store_main(void *arg) {
     }
   }
   free(pf);
+  OPENSSL_thread_stop(); /* per-thread crypto state of the HMACs this thread computed */
   return NULL;
 }
 
-hm_status hm_store_server_start(const char *addr, int port, hm_store_server **out, int *bound_port) {
+hm_status hm_store_server_start(const char *addr, int port, const unsigned char *tag,
+                                const unsigned char *secret, hm_store_server **out, int *bound_port) {
+  /* load OpenSSL's configuration here, not lazily in the server thread (whose per-thread state
+   * would then outlive it) */
+  OPENSSL_init_crypto(OPENSSL_INIT_LOAD_CONFIG, NULL);
   hm_store_server *s = hm_calloc(1, sizeof *s, "rendezvous store");
   if (!s) return HM_ERR_NOMEM;
   s->buf = hm_malloc(STORE_MAX_VALUE + HM_WIRE_MAX_KEY + 16, "store buffer");
@@ -187,6 +199,13 @@ hm_status hm_store_server_start(const char *addr, int port, hm_store_server **ou
     return hm_error_context(st, "rendezvous store: ");
   }
   pthread_mutex_init(&s->mu, NULL);
+  /* the first job is known before the thread accepts anyone (no refusal race at startup) */
+  if (tag && (st = hm_store_server_add_job(s, tag, secret)) != HM_OK) {
+    close(s->lfd);
+    free(s->buf);
+    free(s);
+    return st;
+  }
   if (pthread_create(&s->thread, NULL, store_main, s) != 0) {
     close(s->lfd);
     free(s->buf);
@@ -258,6 +277,9 @@ hm_status hm_store_global(hm_store_server **out, char *host, size_t host_cap, in
   pthread_mutex_lock(&g_store_mu);
   if (!g_atfork_set) {
     pthread_atfork(NULL, NULL, store_atfork_child);
+    /* OpenSSL registers its own exit cleanup on first use: do that first, so it runs after ours
+     * (our handler joins the store thread, whose HMACs need the library) */
+    OPENSSL_init_crypto(OPENSSL_INIT_LOAD_CONFIG, NULL);
     atexit(store_atexit);
     g_atfork_set = 1;
   }
@@ -274,7 +296,7 @@ hm_status hm_store_global(hm_store_server **out, char *host, size_t host_cap, in
       h[hl] = '\0';
       if (colon) p = atoi(colon + 1);
     }
-    st = hm_store_server_start(h, p, &g_store, &g_store_port);
+    st = hm_store_server_start(h, p, NULL, NULL, &g_store, &g_store_port);
     if (st == HM_OK) snprintf(g_store_host, sizeof g_store_host, "%s", h);
   }
   if (st == HM_OK) {

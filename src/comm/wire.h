@@ -32,6 +32,7 @@ typedef enum hm_wire_type {
   HM_WIRE_CTRL_ERROR,    /* a rank failed: aux = hm_status, payload = message */
   HM_WIRE_CTRL_READY,    /* bootstrap barrier token */
   HM_WIRE_CTRL_BYE,      /* the sender destroys its communicator (an orderly leave, not a death) */
+  HM_WIRE_CTRL_HEARTBEAT, /* the sender's process is alive (sent every heartbeat_ms) */
   HM_WIRE_TYPE_END
 } hm_wire_type;
 

@@ -4,7 +4,8 @@
  * slices and every thread calls a single-threaded sgemm on its slice, so OpenBLAS's own thread
  * pool never runs (it would spin against the OpenMP team on small machines). Opening a cpu
  * device therefore sets OpenBLAS to one thread process-wide.
- * Attention is blocked causal sgemm per (batch, head); elementwise work (layernorm, GELU,
+ * Attention is tiled causal sgemm per (batch, head), saving only each row's log-sum-exp and
+ * recomputing probabilities in backward; elementwise work (layernorm, GELU,
  * softmax, AdamW) is fused per row, vectorized with a polynomial exp, and compiled for
  * x86-64-v3 (AVX2+FMA) with a baseline fallback chosen at load time.
  * Reductions (layernorm weights, bias and embedding gradients, sums) use a fixed partition, so
@@ -29,12 +30,12 @@
 
 #define HM_GELU_S 0.7978845608f /* sqrt(2/pi) */
 #define HM_ROWS_BLOCK 64        /* fixed row blocks for reductions over rows */
-#define HM_ATT_BLOCK 32         /* causal attention tile */
+#define HM_ATT_BLOCK 64         /* causal attention tile */
 #define HM_SUM_BLOCK 8192       /* fixed blocks of sum/sumsq */
 
 typedef struct hm_cpu_impl {
   int threads;
-  float **att_scratch; /* per thread: (T,T) dP/dS tile for attention backward */
+  float **att_scratch; /* per thread: attention tiles, up to 2 x (T,T) */
   size_t att_scratch_elems;
   double *partials; /* fixed-block partial sums */
   size_t partials_elems;
@@ -355,43 +356,86 @@ static hm_status hm_cpu_layernorm_backward(hm_device *dev, void *dinp_, void *dw
 }
 
 /* ---- attention ---------------------------------------------------------------------------- */
+/* Causal attention per (batch, head) in tiles of HM_ATT_BLOCK query rows. A tile's scores reach
+ * only keys [0, r1), so nothing above the diagonal block is computed. The forward saves the
+ * log-sum-exp of each score row (B,NH,T), not the (B,NH,T,T) probabilities: backward recomputes
+ * a tile's probabilities with one more sgemm, which is cheaper on a CPU than writing and
+ * re-reading T*T floats per head through memory (and 1/T of the activation memory). Tiles live
+ * in a per-thread scratch that stays in cache (forward: one tile; backward: one head's P and
+ * dS). */
 
 static size_t hm_cpu_attention_saved_elems(hm_device *dev, int B, int T, int C, int NH) {
   (void)dev;
   (void)C;
-  return (size_t)B * NH * T * T; /* softmax probabilities, zero above the diagonal */
+  return (size_t)B * NH * T; /* log-sum-exp of each score row */
 }
 
-/* row (n): p = softmax(row[0..len)), zeros in [len, n) */
-HM_HOT static void hm_softmax_row_causal(float *row, int len, int n) {
-  float sum = hm_row_exp_sum(row, len, hm_row_max(row, len));
+static hm_status hm_cpu_att_scratch(hm_cpu_impl *impl, size_t need) {
+  if (need <= impl->att_scratch_elems) return HM_OK;
+  for (int i = 0; i < impl->threads; i++) {
+    free(impl->att_scratch[i]);
+    impl->att_scratch[i] = hm_aligned_alloc(64, need * sizeof(float), "cpu attention scratch");
+    if (!impl->att_scratch[i]) {
+      impl->att_scratch_elems = 0;
+      return HM_ERR_NOMEM;
+    }
+  }
+  impl->att_scratch_elems = need;
+  return HM_OK;
+}
+
+/* OpenBLAS implements beta = 0 as a separate scaling pass that costs as much as a small
+ * tile's product; zeroing here and accumulating with beta = 1 skips it. */
+static void hm_zero_tile(float *c, int rows, int cols, int ldc) {
+  for (int r = 0; r < rows; r++) memset(c + (size_t)r * ldc, 0, (size_t)cols * sizeof(float));
+}
+
+/* row[0..len) = softmax(row[0..len)), zeros in [len, n); returns the log-sum-exp */
+HM_HOT static float hm_softmax_row_causal(float *row, int len, int n) {
+  float maxv = hm_row_max(row, len);
+  float sum = hm_row_exp_sum(row, len, maxv);
   float inv = 1.0f / sum;
   for (int i = 0; i < len; i++) row[i] *= inv;
   for (int i = len; i < n; i++) row[i] = 0;
+  return maxv + logf(sum);
 }
 
-static hm_status hm_cpu_attention_forward(hm_device *dev, void *out_, void *att_,
+/* row[0..len) = exp(row - lse), zeros in [len, n): the forward's probabilities again */
+HM_HOT static void hm_probs_row_causal(float *row, int len, int n, float lse) {
+  for (int i = 0; i < len; i++) row[i] = hm_expf(row[i] - lse);
+  for (int i = len; i < n; i++) row[i] = 0;
+}
+
+/* scores tile (r1-r0, r1) at s (ld r1) = scale * q[r0:r1] k[0:r1]^T */
+static void hm_att_scores(float *s, const float *q, const float *k, int r0, int r1, int hs,
+                          int C3, float scale) {
+  hm_zero_tile(s, r1 - r0, r1, r1);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, r1, hs, scale,
+              q + (size_t)r0 * C3, C3, k, C3, 1.0f, s, r1);
+}
+
+static hm_status hm_cpu_attention_forward(hm_device *dev, void *out_, void *lse_,
                                           const void *qkv_, int B, int T, int C, int NH) {
-  // out (B,T,C), att (B,NH,T,T), qkv (B,T,3C)
-  float *out = out_, *att = att_;
+  // out (B,T,C), lse (B,NH,T), qkv (B,T,3C)
+  float *out = out_, *lse = lse_;
   const float *qkv = qkv_;
+  hm_cpu_impl *impl = hm_cpu(dev);
   int hs = C / NH, C3 = 3 * C;
   float scale = 1.0f / sqrtf((float)hs);
-  int nt = hm_cpu(dev)->threads;
-#pragma omp parallel for num_threads(nt) schedule(static)
+  HM_TRY(hm_cpu_att_scratch(impl, (size_t)HM_ATT_BLOCK * T));
+#pragma omp parallel for num_threads(impl->threads) schedule(static)
   for (int bh = 0; bh < B * NH; bh++) {
     int b = bh / NH, h = bh % NH;
+    float *p = impl->att_scratch[omp_get_thread_num()];
     const float *q = qkv + (size_t)b * T * C3 + h * hs, *k = q + C, *v = q + 2 * C;
-    float *a = att + (size_t)bh * T * T;
-    float *o = out + (size_t)b * T * C + h * hs;
+    float *o = out + (size_t)b * T * C + h * hs, *l = lse + (size_t)bh * T;
     for (int r0 = 0; r0 < T; r0 += HM_ATT_BLOCK) {
       int r1 = r0 + HM_ATT_BLOCK < T ? r0 + HM_ATT_BLOCK : T;
-      // scores of rows [r0,r1) against keys [0,r1): the causal tile, nothing above it
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, r1, hs, scale,
-                  q + (size_t)r0 * C3, C3, k, C3, 0.0f, a + (size_t)r0 * T, T);
-      for (int t = r0; t < r1; t++) hm_softmax_row_causal(a + (size_t)t * T, t + 1, T);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r1 - r0, hs, r1, 1.0f,
-                  a + (size_t)r0 * T, T, v, C3, 0.0f, o + (size_t)r0 * C, C);
+      hm_att_scores(p, q, k, r0, r1, hs, C3, scale);
+      for (int t = r0; t < r1; t++) l[t] = hm_softmax_row_causal(p + (size_t)(t - r0) * r1, t + 1, r1);
+      hm_zero_tile(o + (size_t)r0 * C, r1 - r0, hs, C);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r1 - r0, hs, r1, 1.0f, p, r1, v,
+                  C3, 1.0f, o + (size_t)r0 * C, C);
     }
   }
   return HM_OK;
@@ -404,46 +448,44 @@ HM_HOT static void hm_softmax_backward_row(float *dp, const float *p, int n, flo
 }
 
 static hm_status hm_cpu_attention_backward(hm_device *dev, void *dqkv_, const void *dout_,
-                                           const void *qkv_, const void *att_, int B, int T,
+                                           const void *qkv_, const void *lse_, int B, int T,
                                            int C, int NH) {
   float *dqkv = dqkv_;
-  const float *dout = dout_, *qkv = qkv_, *att = att_;
+  const float *dout = dout_, *qkv = qkv_, *lse = lse_;
   hm_cpu_impl *impl = hm_cpu(dev);
   int hs = C / NH, C3 = 3 * C;
   float scale = 1.0f / sqrtf((float)hs);
-  size_t need = (size_t)T * T;
-  if (need > impl->att_scratch_elems) {
-    for (int i = 0; i < impl->threads; i++) {
-      free(impl->att_scratch[i]);
-      impl->att_scratch[i] = hm_aligned_alloc(64, need * sizeof(float), "cpu attention scratch");
-      if (!impl->att_scratch[i]) {
-        impl->att_scratch_elems = 0;
-        return HM_ERR_NOMEM;
-      }
-    }
-    impl->att_scratch_elems = need;
-  }
+  /* one head's P and dS (T,T) per thread: dk and dv then run as sgemms over all the query rows
+   * that see a key tile, far more efficient than one small product per row tile */
+  HM_TRY(hm_cpu_att_scratch(impl, (size_t)2 * T * T));
 #pragma omp parallel for num_threads(impl->threads) schedule(static)
   for (int bh = 0; bh < B * NH; bh++) {
     int b = bh / NH, h = bh % NH;
-    float *ds = impl->att_scratch[omp_get_thread_num()];
+    float *p = impl->att_scratch[omp_get_thread_num()], *ds = p + (size_t)T * T;
     const float *q = qkv + (size_t)b * T * C3 + h * hs, *k = q + C, *v = q + 2 * C;
     float *dq = dqkv + (size_t)b * T * C3 + h * hs, *dk = dq + C, *dv = dq + 2 * C;
-    const float *p = att + (size_t)bh * T * T;
-    const float *d = dout + (size_t)b * T * C + h * hs;
+    const float *d = dout + (size_t)b * T * C + h * hs, *l = lse + (size_t)bh * T;
     for (int r0 = 0; r0 < T; r0 += HM_ATT_BLOCK) {
-      int r1 = r0 + HM_ATT_BLOCK < T ? r0 + HM_ATT_BLOCK : T;
-      // dP = dout v^T on the causal tile, then dS in place; dq += dS k
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, r1, hs, 1.0f,
-                  d + (size_t)r0 * C, C, v, C3, 0.0f, ds + (size_t)r0 * T, T);
-      for (int t = r0; t < r1; t++)  // p is 0 above the diagonal, so dS is too
+      int r1 = r0 + HM_ATT_BLOCK < T ? r0 + HM_ATT_BLOCK : T, rb = r1 - r0;
+      float *pt = p + (size_t)r0 * T, *dst = ds + (size_t)r0 * T;
+      // P of this tile again (rows r0..r1, keys 0..r1), and dP = dout v^T
+      hm_zero_tile(pt, rb, r1, T);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rb, r1, hs, scale, q + (size_t)r0 * C3,
+                  C3, k, C3, 1.0f, pt, T);
+      for (int t = r0; t < r1; t++) hm_probs_row_causal(p + (size_t)t * T, t + 1, r1, l[t]);
+      hm_zero_tile(dst, rb, r1, T);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rb, r1, hs, 1.0f, d + (size_t)r0 * C,
+                  C, v, C3, 1.0f, dst, T);
+      // dS in place (0 wherever P is 0, i.e. above the diagonal); dq[r0:r1] += dS k[0:r1]
+      for (int t = r0; t < r1; t++)
         hm_softmax_backward_row(ds + (size_t)t * T, p + (size_t)t * T, r1, scale);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r1 - r0, hs, r1, 1.0f,
-                  ds + (size_t)r0 * T, T, k, C3, 1.0f, dq + (size_t)r0 * C3, C3);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rb, hs, r1, 1.0f, dst, T, k, C3,
+                  1.0f, dq + (size_t)r0 * C3, C3);
     }
     for (int c0 = 0; c0 < T; c0 += HM_ATT_BLOCK) {
       int c1 = c0 + HM_ATT_BLOCK < T ? c0 + HM_ATT_BLOCK : T;
-      // keys [c0,c1) are seen by queries [c0,T): dk += dS^T q, dv += P^T dout
+      // keys [c0,c1) are seen by queries [c0,T), whose tiles all reach column c1:
+      // dk += dS^T q, dv += P^T dout
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, c1 - c0, hs, T - c0, 1.0f,
                   ds + (size_t)c0 * T + c0, T, q + (size_t)c0 * C3, C3, 1.0f,
                   dk + (size_t)c0 * C3, C3);

@@ -153,6 +153,7 @@ hm_status hm_ckpt_parse(const void *buf, size_t len, const char *what, hm_ckpt *
     return HM_CORRUPT("checkpoint %s: tensor table checksum mismatch", what);
   uint64_t total_floats = 0;
   uint64_t data_end = len - sizeof tr;
+  uint64_t prev_end = sizeof h + n * sizeof(hm_ckpt_entry);
   for (size_t i = 0; i < n; i++) {
     hm_ckpt_entry e;
     memcpy(&e, table_bytes + i * sizeof e, sizeof e);
@@ -160,6 +161,11 @@ hm_status hm_ckpt_parse(const void *buf, size_t len, const char *what, hm_ckpt *
     if (e.offset % HM_CKPT_ALIGN != 0 || e.offset > data_end || e.numel > (data_end - e.offset) / sizeof(float))
       return HM_CORRUPT("checkpoint %s: tensor '%s' (%llu floats at %llu) lies outside the file", what, e.name,
                         (unsigned long long)e.numel, (unsigned long long)e.offset);
+    // the writer lays tensors out in order without overlap; requiring it bounds the total
+    // size by the file size, so a crafted table cannot ask for a huge allocation
+    if (e.offset < prev_end)
+      return HM_CORRUPT("checkpoint %s: tensor '%s' overlaps the one before it", what, e.name);
+    prev_end = e.offset + e.numel * sizeof(float);
     if (XXH3_64bits(b + e.offset, e.numel * sizeof(float)) != e.hash)
       return HM_CORRUPT("checkpoint %s: tensor '%s' checksum mismatch (data damaged)", what, e.name);
     total_floats += e.numel;

@@ -4,6 +4,10 @@
 
 #include "hetmix/plan.h"
 
+/* Gradient buckets of a plan's schedule: one layer each (a layer of a large model is already
+ * hundreds of MB; the simulator and the runtime use the same value). */
+#define HM_PLAN_LAYERS_PER_BUCKET 1
+
 /* Per-layer figures of one (device type, tp, micro-batch size), before the split. */
 typedef struct hm_layer_costs {
   int type, tp;

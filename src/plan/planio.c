@@ -26,15 +26,11 @@ static int per_host(const hm_cluster *c, int g, int type) {
   return 0;
 }
 
-static hm_status take(const hm_cluster *c, type_cursor *cur, int type, int tp, int64_t *first_rank_out,
-                      int *ok_out) {
-  (void)first_rank_out;
+/* Moves the cursor to the next host with tp free devices of the type; 0 when none is left. */
+static int take(const hm_cluster *c, type_cursor *cur, int type, int tp) {
   while (cur->group < c->ngroups) {
     int ph = per_host(c, cur->group, type);
-    if (ph - cur->used >= tp && cur->host < c->groups[cur->group].count) {
-      *ok_out = 1;
-      return HM_OK;
-    }
+    if (ph - cur->used >= tp && cur->host < c->groups[cur->group].count) return 1;
     cur->used = 0;
     if (ph > 0 && cur->host + 1 < c->groups[cur->group].count) {
       cur->host++;
@@ -43,8 +39,7 @@ static hm_status take(const hm_cluster *c, type_cursor *cur, int type, int tp, i
       cur->host = 0;
     }
   }
-  *ok_out = 0;
-  return HM_OK;
+  return 0;
 }
 
 hm_status hm_plan_assign_ranks(const hm_plan_inputs *in, const hm_plan *p, hm_plan_rank **ranks,
@@ -64,9 +59,7 @@ hm_status hm_plan_assign_ranks(const hm_plan_inputs *in, const hm_plan *p, hm_pl
     for (int rep = 0; rep < cl->nreplicas; rep++)
       for (int s = 0; s < cl->nstages; s++) {
         const int k = cl->stages[s].type, tp = cl->stages[s].tp;
-        int ok = 0;
-        take(c, &cur[k], k, tp, NULL, &ok);
-        if (!ok) {
+        if (!take(c, &cur[k], k, tp)) {
           free(r);
           return hm_error(HM_ERR_SPEC, "plan: class %d replica %d stage %d needs %d more %s devices "
                           "in one host than cluster \"%s\" has left", ci, rep, s, tp,
@@ -131,6 +124,8 @@ cJSON *hm_plan_to_cjson(const hm_plan_inputs *in, const hm_plan *p) {
       ADD_OR_FAIL(pr);
       ADD_OR_FAIL(cJSON_AddNumberToObject(pr, "fwd_s", st->fwd));
       ADD_OR_FAIL(cJSON_AddNumberToObject(pr, "bwd_s", st->bwd));
+      ADD_OR_FAIL(cJSON_AddNumberToObject(pr, "busy_s", st->busy));
+      ADD_OR_FAIL(cJSON_AddNumberToObject(pr, "idle_s", st->idle));
       ADD_OR_FAIL(cJSON_AddNumberToObject(pr, "mem_static_bytes", st->mem_static));
       ADD_OR_FAIL(cJSON_AddNumberToObject(pr, "mem_act_bytes_per_micro_batch", st->mem_act));
       ADD_OR_FAIL(cJSON_AddNumberToObject(pr, "max_inflight", st->max_inflight));
@@ -168,7 +163,8 @@ cJSON *hm_plan_to_cjson(const hm_plan_inputs *in, const hm_plan *p) {
     if (g->hostnames) ADD_OR_FAIL(cJSON_AddStringToObject(o, "hostname", g->hostnames[loc.host_in_group]));
     ADD_OR_FAIL(cJSON_AddNumberToObject(o, "device", loc.local_device));
     ADD_OR_FAIL(cJSON_AddStringToObject(o, "device_type", c->types[loc.type].name));
-    ADD_OR_FAIL(cJSON_AddStringToObject(o, "backend", c->types[loc.type].backend));
+    if (c->types[loc.type].backend[0]) /* absent: the type is not executable by hetmix here */
+      ADD_OR_FAIL(cJSON_AddStringToObject(o, "backend", c->types[loc.type].backend));
     ADD_OR_FAIL(cJSON_AddNumberToObject(o, "class", r->cls));
     ADD_OR_FAIL(cJSON_AddNumberToObject(o, "replica", r->replica));
     ADD_OR_FAIL(cJSON_AddNumberToObject(o, "stage", r->stage));
@@ -288,13 +284,47 @@ static hm_status check_ranks(const cJSON *ra, int count, const hm_plan_inputs *i
                     in->cluster->name, (long long)w->rank, w->cls, w->replica, w->stage, w->tp_rank);
       goto done;
     }
-    char tname[HM_SPEC_NAME_MAX];
+    char tname[HM_SPEC_NAME_MAX], backend[HM_SPEC_BACKEND_MAX], hostname[256];
     if ((st = hm_json_string(o, path, "device_type", 1, NULL, tname, sizeof tname)) != HM_OK) goto done;
     hm_rank_loc loc;
     if ((st = hm_cluster_locate(in->cluster, rank, &loc)) != HM_OK) goto done;
-    if (strcmp(tname, in->cluster->types[loc.type].name) != 0) {
+    const hm_device_type *dt = &in->cluster->types[loc.type];
+    if (strcmp(tname, dt->name) != 0) {
       st = hm_error(HM_ERR_SPEC, "%s.device_type: \"%s\", but rank %lld of cluster \"%s\" is a %s",
-                    path, tname, (long long)rank, in->cluster->name, in->cluster->types[loc.type].name);
+                    path, tname, (long long)rank, in->cluster->name, dt->name);
+      goto done;
+    }
+    /* the rest of the role follows from the plan and the cluster: it must say the same */
+    const hm_plan_stage *sg = &p->classes[w->cls].stages[w->stage];
+    const hm_host_group *g = &in->cluster->groups[loc.group];
+    int64_t host, dev, mb;
+    const cJSON *layers;
+    int nl;
+    if ((st = hm_json_int(o, path, "host", 1, 0, INT64_MAX / 2, 0, &host)) != HM_OK ||
+        (st = hm_json_int(o, path, "device", 1, 0, INT32_MAX, 0, &dev)) != HM_OK ||
+        (st = hm_json_int(o, path, "micro_batches", 1, 1, INT32_MAX, 1, &mb)) != HM_OK ||
+        (st = hm_json_string(o, path, "backend", 0, "", backend, sizeof backend)) != HM_OK ||
+        (st = hm_json_array(o, path, "layers", 1, &layers, &nl)) != HM_OK)
+      goto done;
+    const cJSON *l0 = cJSON_GetArrayItem(layers, 0), *l1 = cJSON_GetArrayItem(layers, 1);
+    const char *bad = host != loc.host                                  ? "host"
+                      : dev != loc.local_device                         ? "device"
+                      : mb != p->classes[w->cls].nmicro                 ? "micro_batches"
+                      : strcmp(backend, dt->backend) != 0               ? "backend"
+                      : nl != 2 || !cJSON_IsNumber(l0) || !cJSON_IsNumber(l1) ||
+                                l0->valuedouble != sg->layer_begin || l1->valuedouble != sg->layer_end
+                                                                        ? "layers"
+                                                                        : NULL;
+    if (!bad && g->hostnames) {
+      if ((st = hm_json_string(o, path, "hostname", 1, NULL, hostname, sizeof hostname)) != HM_OK)
+        goto done;
+      if (strcmp(hostname, g->hostnames[loc.host_in_group]) != 0) bad = "hostname";
+    }
+    if (bad) {
+      st = hm_error(HM_ERR_SPEC, "%s.%s: does not match rank %lld's role in this plan on cluster "
+                    "\"%s\" (host %lld, device %d, %s, layers [%d, %d), %d micro-batches)", path,
+                    bad, (long long)rank, in->cluster->name, (long long)loc.host, loc.local_device,
+                    dt->name, sg->layer_begin, sg->layer_end, p->classes[w->cls].nmicro);
       goto done;
     }
   }
@@ -311,6 +341,10 @@ hm_status hm_plan_from_cjson(const cJSON *j, const hm_plan_inputs *against, hm_p
   memset(p, 0, sizeof *p);
   HM_TRY(hm_json_check_object(j, root, keys));
   HM_TRY(hm_json_version(j, root));
+  char format[32];
+  HM_TRY(hm_json_string(j, root, "format", 0, "hetmix-plan", format, sizeof format));
+  if (strcmp(format, "hetmix-plan") != 0)
+    return hm_error(HM_ERR_SPEC, "plan.format: expected \"hetmix-plan\", got \"%s\"", format);
   hm_cluster c_own;
   hm_model m_own;
   hm_train t_own;

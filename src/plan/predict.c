@@ -165,7 +165,8 @@ hm_status hm_plan_predict(const hm_plan_inputs *in, hm_plan *p, hm_sim_trace *tr
     }
   }
   hm_sim_input si = {.nclasses = p->nclasses, .classes = cls, .nlayers = n,
-                     .layer_grad_bytes = grad, .layers_per_bucket = 1, .tied_embeddings = tied};
+                     .layer_grad_bytes = grad, .layers_per_bucket = HM_PLAN_LAYERS_PER_BUCKET,
+                     .tied_embeddings = tied};
   si.sync = hm_plan_sync_model(in, mask, replicas, p->devices_used);
   si.tied_link = hm_stage_link(in, p->classes[0].stages[0].type,
                                p->classes[0].stages[p->classes[0].nstages - 1].type, 0);
@@ -183,6 +184,8 @@ hm_status hm_plan_predict(const hm_plan_inputs *in, hm_plan *p, hm_sim_trace *tr
     for (int s = 0; s < p->classes[ci].nstages; s++) {
       p->classes[ci].stages[s].mem_peak = r.stages[ci][s].mem_peak;
       p->classes[ci].stages[s].max_inflight = r.stages[ci][s].max_inflight;
+      p->classes[ci].stages[s].busy = r.stages[ci][s].busy;
+      p->classes[ci].stages[s].idle = r.stages[ci][s].idle;
     }
   hm_sim_result_free(&r);
   double peak_all = 0;
@@ -199,4 +202,21 @@ done:
   free(stages);
   free(grad);
   return st;
+}
+
+hm_status hm_plan_schedule(const hm_plan_inputs *in, const hm_plan *p, int cls, hm_schedule *out) {
+  HM_TRY(hm_plan_validate(in, p));
+  if (cls < 0 || cls >= p->nclasses)
+    return hm_error(HM_ERR_INVALID_ARG, "plan schedule: no class %d (the plan has %d)", cls,
+                    p->nclasses);
+  const hm_plan_class *pc = &p->classes[cls];
+  int bounds[HM_PLAN_MAX_STAGES + 1], replicas = 0, tied = 0;
+  for (int s = 0; s < pc->nstages; s++) bounds[s] = pc->stages[s].layer_begin;
+  bounds[pc->nstages] = pc->stages[pc->nstages - 1].layer_end;
+  for (int c = 0; c < p->nclasses; c++) replicas += p->classes[c].nreplicas;
+  for (int l = 0; l < in->model->nlayers; l++) tied |= in->model->layers[l].shared_with >= 0;
+  hm_schedule_config sc = {.nstages = pc->nstages, .nmicro = pc->nmicro, .stage_layers = bounds,
+                           .data_parallel = replicas > 1, .layers_per_bucket = HM_PLAN_LAYERS_PER_BUCKET,
+                           .tied_embeddings = tied};
+  return hm_schedule_1f1b(&sc, out);
 }

@@ -10,7 +10,9 @@
  *      micro-batches per replica class set by water-filling on their affine step-time estimates;
  *   3. heterogeneous pipelines: stages of several types in one replica, for every order of the
  *      types (all orders up to 4 types, else by memory and by speed), replicas R and stages per
- *      type floor(groups / R), pruned by a lower bound on the pipeline time.
+ *      type floor(groups / R), pruned by a lower bound on the pipeline time; tp per type from its
+ *      best single-type plan, or its largest degree (one type at a time); and the same pipelines
+ *      with the devices they leave idle running each type's best single-type replicas.
  * The optimizations here are exact pruning (bounds) and memoized per-layer costs; the heuristic
  * parts are the candidate families above (documented in docs/plan.md). */
 #include <math.h>
@@ -36,6 +38,7 @@ typedef struct tmpl {
 typedef struct cand {
   double est;
   int mbi;
+  int seq; /* order of generation within its micro-batch size: the tie-break */
   int nclasses;
   int tmpl_of[HM_PLAN_MAX_CLASSES];
   int nrep[HM_PLAN_MAX_CLASSES], nmicro[HM_PLAN_MAX_CLASSES];
@@ -64,6 +67,8 @@ typedef struct sctx {
   cand *best_single; /* [k][mbi] */
   int *have_single;
   int64_t nsplits;
+  struct sctx *root; /* owner of the shared shortlists (workers run micro-batch sizes in parallel) */
+  int seq;
   double *time, *bnd, *ms, *ma, *cap; /* DP scratch */
   int *infl;
   int tied;
@@ -99,19 +104,50 @@ static int cand_equal(const cand *a, const cand *b) {
 }
 
 /* Adds c to the sorted top list if it beats the worst kept (ties keep the earlier one). */
-static void keep(clist *l, const cand *c) {
-  if (l->n == l->cap && c->est >= l->c[l->n - 1].est) return;
+/* Total order of candidates: estimate, then micro-batch size, then generation order, so that the
+ * lists do not depend on which worker thread got there first. */
+static int cand_before(const cand *a, const cand *b) {
+  if (a->est != b->est) return a->est < b->est;
+  if (a->mbi != b->mbi) return a->mbi < b->mbi;
+  return a->seq < b->seq;
+}
+
+static void keep_in(clist *l, const cand *c) {
+  if (l->n == l->cap && !cand_before(c, &l->c[l->n - 1])) return;
   for (int i = 0; i < l->n; i++)
     if (cand_equal(&l->c[i], c)) return;
   int i = l->n < l->cap ? l->n++ : l->n - 1;
-  while (i > 0 && l->c[i - 1].est > c->est) {
+  while (i > 0 && cand_before(c, &l->c[i - 1])) {
     l->c[i] = l->c[i - 1];
     i--;
   }
   l->c[i] = *c;
 }
 
-static double worst_kept(const clist *l) { return l->n < l->cap ? INFINITY : l->c[l->n - 1].est; }
+static double worst_in(const clist *l) { return l->n < l->cap ? INFINITY : l->c[l->n - 1].est; }
+
+/* The shortlists are shared by the workers; a candidate whose lower bound is strictly above the
+ * worst kept can never enter, whatever the timing, so pruning keeps results deterministic. */
+static void keep(sctx *x, clist *(*which)(sctx *, int), int k, cand *c) {
+  c->seq = x->seq++;
+#pragma omp critical(hm_plan_shortlist)
+  keep_in(which(x->root, k), c);
+}
+
+static double worst_kept(sctx *x, clist *(*which)(sctx *, int), int k) {
+  double w;
+#pragma omp critical(hm_plan_shortlist)
+  w = worst_in(which(x->root, k));
+  return w;
+}
+
+static clist *list_all(sctx *r, int k) {
+  (void)k;
+  return &r->all;
+}
+
+static clist *list_type(sctx *r, int k) { return &r->by_type[k]; }
+
 
 /* Gradient sync estimate of a template among `nranks` replicas. */
 static double sync_estimate(sctx *x, const tmpl *t, const int *tp_of, int nranks, unsigned mask,
@@ -284,13 +320,13 @@ static void search_single(sctx *x, int k, int mbi, int64_t M) {
       for (int l = 0; l < x->n; l++) W += lc->fwd[l] + lc->bwd[l];
       double lb = (m - 1) * W / p + W;
       /* cannot enter the overall list nor this type's list (the upper bound's) */
-      if (lb >= worst_kept(&x->all) && lb >= worst_kept(&x->by_type[k])) continue;
+      if (lb > worst_kept(x, list_all, 0) && lb > worst_kept(x, list_type, k)) continue;
       if (split_template(x, &c.t[0], tp_of, mbi, m, (int)R) != HM_OK) continue;
       int rep = (int)R;
       if (!distribute(&c, 1, &rep, c.t, M)) continue;
       estimate(x, &c, tp_of);
-      keep(&x->all, &c);
-      keep(&x->by_type[k], &c);
+      keep(x, list_all, 0, &c);
+      keep(x, list_type, k, &c);
       if (!*have || c.est < best->est) {
         *best = c;
         *have = 1;
@@ -318,7 +354,7 @@ static void search_hetero_dp(sctx *x, unsigned mask, int mbi, int64_t M, int *tp
   memcpy(c.tp_of, tp_of, sizeof c.tp_of);
   if (!distribute(&c, c.ntmpl, rep, c.t, M)) return;
   estimate(x, &c, tp_of);
-  keep(&x->all, &c);
+  keep(x, list_all, 0, &c);
 }
 
 static int next_perm(int *a, int n) {
@@ -365,7 +401,7 @@ static void search_mixed_order(sctx *x, const int *order, int nt, int mbi, int64
     if (R > M) continue;
     const int m = (int)((M + R - 1) / R);
     double lb = (m - 1) * W / P + W;
-    if (lb >= worst_kept(&x->all)) continue;
+    if (lb > worst_kept(x, list_all, 0)) continue;
     cand c;
     memset(&c, 0, sizeof c);
     c.mbi = mbi;
@@ -380,7 +416,7 @@ static void search_mixed_order(sctx *x, const int *order, int nt, int mbi, int64
     cand d = c; /* before distribute: the same template, for the variant with leftovers */
     if (distribute(&c, 1, &rep, c.t, M)) {
       estimate(x, &c, tp_of);
-      keep(&x->all, &c);
+      keep(x, list_all, 0, &c);
     }
     /* the devices these pipelines leave idle: replicas of each type's best single template,
      * the micro-batches spread over both kinds by water-filling */
@@ -401,7 +437,7 @@ static void search_mixed_order(sctx *x, const int *order, int nt, int mbi, int64
     }
     if (d.ntmpl > 1 && distribute(&d, d.ntmpl, reps, d.t, M)) {
       estimate(x, &d, tp_of);
-      keep(&x->all, &d);
+      keep(x, list_all, 0, &d);
     }
   }
 }
@@ -453,6 +489,79 @@ static hm_status materialize(sctx *x, const cand *c, hm_plan *p) {
     }
   }
   return hm_plan_predict(x->in, p, NULL);
+}
+
+/* Family 1 for one micro-batch size. */
+static void search_singles(sctx *x, int mbi) {
+  const int64_t M = x->in->train->global_batch / x->mbs[mbi];
+  for (int k = 0; k < x->K; k++)
+    if (x->opt->only_type < 0 || x->opt->only_type == k) search_single(x, k, mbi, M);
+}
+
+/* Families 2 and 3 for one micro-batch size, after family 1 for every size. */
+static void search_mixes(sctx *x, int mbi) {
+  const int64_t M = x->in->train->global_batch / x->mbs[mbi];
+  if (x->opt->only_type >= 0) return;
+  int tp_best[MAXK];
+  for (int k = 0; k < x->K; k++) {
+    tp_best[k] = 1;
+    if (x->have_single[(size_t)k * x->nmb + mbi]) {
+      tp_best[k] = x->best_single[(size_t)k * x->nmb + mbi].tp_of[k];
+    } else { /* cannot hold the model alone: the largest degree relieves memory most */
+      for (int ti = NTP - 1; ti >= 0; ti--)
+        if (costs_of(x, k, ti, mbi)->ok && x->groups[k][ti] > 0) {
+          tp_best[k] = tp_values[ti];
+          break;
+        }
+    }
+  }
+  /* mixed pipelines also try the largest tensor-parallel degree of each type (fewer, larger
+   * stages; less memory per device), one type at a time */
+  int tp_max[MAXK];
+  for (int k = 0; k < x->K; k++) {
+    tp_max[k] = tp_best[k];
+    for (int ti = NTP - 1; ti >= 0; ti--)
+      if (costs_of(x, k, ti, mbi)->ok && x->groups[k][ti] > 0) {
+        tp_max[k] = tp_values[ti];
+        break;
+      }
+  }
+  const unsigned all = (1u << x->K) - 1;
+  for (unsigned mask = 1; mask <= all; mask++) {
+    if (__builtin_popcount(mask) < 2 || (x->K > 6 && mask != all)) continue;
+    search_hetero_dp(x, mask, mbi, M, tp_best);
+    search_mixed(x, mask, mbi, M, tp_best);
+    for (int k = 0; k < x->K; k++) {
+      if (!(mask & (1u << k)) || tp_max[k] == tp_best[k]) continue;
+      int tp_var[MAXK];
+      memcpy(tp_var, tp_best, sizeof tp_var);
+      tp_var[k] = tp_max[k];
+      search_mixed(x, mask, mbi, M, tp_var);
+    }
+  }
+}
+
+/* Worker copy of the search state for one micro-batch size: shares the read-only costs and the
+ * per-(type, size) best slots, owns its shortlists and DP scratch. */
+static hm_status worker_init(sctx *w, sctx *x) {
+  *w = *x;
+  w->nsplits = 0;
+  w->seq = 0;
+  w->root = x;
+  const size_t pn = (size_t)HM_PLAN_MAX_STAGES * x->n;
+  w->time = hm_malloc((pn * 4 + HM_PLAN_MAX_STAGES) * sizeof(double), "split scratch");
+  w->infl = hm_malloc(HM_PLAN_MAX_STAGES * sizeof(int), "split scratch");
+  if (!w->time || !w->infl) return HM_ERR_NOMEM;
+  w->bnd = w->time + pn;
+  w->ms = w->bnd + pn;
+  w->ma = w->ms + pn;
+  w->cap = w->ma + pn;
+  return HM_OK;
+}
+
+static void worker_free(sctx *w) {
+  free(w->time);
+  free(w->infl);
 }
 
 void hm_search_options_default(hm_search_options *o) {
@@ -533,8 +642,8 @@ static hm_status no_fit_error(sctx *x) {
     return hm_error(HM_ERR_NO_FIT, "model \"%s\" cannot fit: even one layer per device with "
                     "micro-batch %lld does not fit (%s)", in->model->name, (long long)x->mbs[0], why);
   return hm_error(HM_ERR_NO_FIT, "model \"%s\" fits no plan within %d pipeline stages and tensor "
-                  "parallelism up to 8 (%s; largest device %.4g GB usable): the layers fit one by one "
-                  "but there are too few devices to spread them (%s)", in->model->name, x->maxp,
+                  "parallelism up to 8 (%s; largest device %.4g GB usable): the layers fit one by one, "
+                  "but no pipeline within that depth and the devices available holds them all (%s)", in->model->name, x->maxp,
                   x->single_only >= 0 ? in->cluster->types[x->single_only].name : "all types",
                   biggest / 1e9, why);
 }
@@ -585,9 +694,12 @@ hm_status hm_plan_search(const hm_plan_inputs *in, const hm_search_options *opt_
   const int capc = opt.top_k * 8 > 48 ? opt.top_k * 8 : 48; /* simulated to re-rank */
   x.all.cap = capc;
   x.all.c = hm_calloc((size_t)capc, sizeof(cand), "candidates");
+  /* each type alone: a shortlist of 16, the same as a search restricted to that type keeps */
+  const int cap1 = 16;
+  if (opt.only_type >= 0) x.all.cap = cap1;
   for (int k = 0; k < x.K && x.all.c; k++) {
-    x.by_type[k].cap = capc;
-    if (!(x.by_type[k].c = hm_calloc((size_t)capc, sizeof(cand), "candidates"))) x.all.cap = 0;
+    x.by_type[k].cap = cap1;
+    if (!(x.by_type[k].c = hm_calloc((size_t)cap1, sizeof(cand), "candidates"))) x.all.cap = 0;
   }
   x.costs = hm_calloc((size_t)x.K * NTP * x.nmb, sizeof *x.costs, "layer costs");
   x.best_single = hm_calloc((size_t)x.K * x.nmb, sizeof *x.best_single, "candidates");
@@ -610,48 +722,32 @@ hm_status hm_plan_search(const hm_plan_inputs *in, const hm_search_options *opt_
         if ((st = hm_layer_costs_init(in, k, tp_values[ti], x.mbs[mbi], costs_of(&x, k, ti, mbi))) != HM_OK)
           goto done;
     }
-  for (int mbi = 0; mbi < x.nmb; mbi++) {
-    const int64_t M = in->train->global_batch / x.mbs[mbi];
-    for (int k = 0; k < x.K; k++)
-      if (opt.only_type < 0 || opt.only_type == k) search_single(&x, k, mbi, M);
-    if (opt.only_type >= 0) continue;
-    int tp_best[MAXK];
-    for (int k = 0; k < x.K; k++) {
-      tp_best[k] = 1;
-      if (x.have_single[(size_t)k * x.nmb + mbi]) {
-        tp_best[k] = x.best_single[(size_t)k * x.nmb + mbi].tp_of[k];
-      } else { /* cannot hold the model alone: the largest degree relieves memory most */
-        for (int ti = NTP - 1; ti >= 0; ti--)
-          if (costs_of(&x, k, ti, mbi)->ok && x.groups[k][ti] > 0) {
-            tp_best[k] = tp_values[ti];
-            break;
-          }
-      }
+  {
+    /* micro-batch sizes, in parallel with HETMIX_PLAN_THREADS > 1 (OpenMP), sharing the
+     * shortlists; results do not depend on the thread count */
+    sctx *w = hm_calloc((size_t)x.nmb, sizeof *w, "search workers");
+    if (!w) {
+      st = HM_ERR_NOMEM;
+      goto done;
     }
-    /* mixed pipelines also try the largest tensor-parallel degree of each type (fewer, larger
-     * stages; less memory per device), one type at a time */
-    int tp_max[MAXK];
-    for (int k = 0; k < x.K; k++) {
-      tp_max[k] = tp_best[k];
-      for (int ti = NTP - 1; ti >= 0; ti--)
-        if (costs_of(&x, k, ti, mbi)->ok && x.groups[k][ti] > 0) {
-          tp_max[k] = tp_values[ti];
-          break;
-        }
+    for (int mbi = 0; mbi < x.nmb && st == HM_OK; mbi++) st = worker_init(&w[mbi], &x);
+    if (st == HM_OK) {
+      /* default one thread: on a shared machine the workers mostly wait for a core and prune
+       * less (bench_plan shows both) */
+      long threads = hm_env_long("HETMIX_PLAN_THREADS", 1);
+      if (threads < 1) threads = 1;
+      if (threads > x.nmb) threads = x.nmb;
+      /* family 1 in order (the per-size best single-type templates it leaves depend on what
+       * was pruned, so it is not run concurrently); families 2 and 3 in parallel: they only add
+       * to the shared list, whose final content does not depend on timing */
+      for (int mbi = 0; mbi < x.nmb; mbi++) search_singles(&w[mbi], mbi);
+#pragma omp parallel for schedule(dynamic, 1) num_threads((int)threads)
+      for (int mbi = 0; mbi < x.nmb; mbi++) search_mixes(&w[mbi], mbi);
+      for (int mbi = 0; mbi < x.nmb; mbi++) x.nsplits += w[mbi].nsplits;
     }
-    const unsigned all = (1u << x.K) - 1;
-    for (unsigned mask = 1; mask <= all; mask++) {
-      if (__builtin_popcount(mask) < 2 || (x.K > 6 && mask != all)) continue;
-      search_hetero_dp(&x, mask, mbi, M, tp_best);
-      search_mixed(&x, mask, mbi, M, tp_best);
-      for (int k = 0; k < x.K; k++) {
-        if (!(mask & (1u << k)) || tp_max[k] == tp_best[k]) continue;
-        int tp_var[MAXK];
-        memcpy(tp_var, tp_best, sizeof tp_var);
-        tp_var[k] = tp_max[k];
-        search_mixed(&x, mask, mbi, M, tp_var);
-      }
-    }
+    for (int mbi = 0; mbi < x.nmb; mbi++) worker_free(&w[mbi]);
+    free(w);
+    if (st != HM_OK) goto done;
   }
   /* simulate the best estimates; keep those within memory; rank by simulated step time */
   out->plans = hm_calloc((size_t)x.all.n + 1, sizeof *out->plans, "plans");

@@ -21,7 +21,7 @@
 #include <sys/stat.h>
 
 #include "hetmix/device.h"
-#include "hetmix/plan.h"
+#include "runtime/pipeline_internal.h"
 #include "util/util.h"
 
 /* ---------------------------------------------------------------- layout checks */
@@ -100,7 +100,8 @@ typedef struct hm_pipe {
   hm_device *dev;
   hm_stage *st;
   int nslots;
-  hm_schedule sched;
+  hm_pipe_op *ops;           /* this stage's op list (the planner's 1F1B generator) */
+  int nops;
   hm_tokfile tf;
   int have_tf;
   hm_dataloader dl;
@@ -130,7 +131,7 @@ static hm_status hm_pipe_ctx(hm_status st, const hm_pipe *w) {
   return hm_error_context(st, "rank %d (replica %d, stage %d): ", w->rank, w->replica, w->stage);
 }
 
-static void hm_trace_add(hm_pipe *w, int track, hm_op_kind kind, int micro, uint64_t t0, uint64_t t1) {
+static void hm_trace_add(hm_pipe *w, int track, int kind, int micro, uint64_t t0, uint64_t t1) {
   if (!w->tracing) return;
   if (w->ntrace == w->cap_trace) {
     int cap = w->cap_trace ? 2 * w->cap_trace : 256;
@@ -340,7 +341,6 @@ typedef struct hm_step_out {
 
 static hm_status hm_pipe_step(hm_pipe *w, int step /* 0-based */, hm_step_out *out) {
   const hm_train_options *t = w->t;
-  const hm_stage_ops *ops = &w->sched.stages[w->stage];
   memset(out, 0, sizeof *out);
   HM_TRY(hm_stage_zero_grad(w->st));
   if (w->is_first || w->is_last) {
@@ -352,40 +352,40 @@ static hm_status hm_pipe_step(hm_pipe *w, int step /* 0-based */, hm_step_out *o
   }
   const float loss_weight = 1.0f / (float)w->M;
   uint64_t busy = 0;
-  for (int i = 0; i < ops->nops; i++) {
-    const hm_op *op = &ops->ops[i];
+  for (int i = 0; i < w->nops; i++) {
+    const hm_pipe_op *op = &w->ops[i];
     const int k = op->micro, slot = k >= 0 ? k % w->nslots : 0;
     const uint64_t t0 = hm_now_ns();
     int track = 1;
     switch (op->kind) {
-      case HM_OP_RECV_ACT:
-      case HM_OP_RECV_GRAD:
+      case HM_PIPE_OP_RECV_ACT:
+      case HM_PIPE_OP_RECV_GRAD:
         HM_TRY(hm_recv_act(w, op->peer));
         break;
-      case HM_OP_FWD:
+      case HM_PIPE_OP_FWD:
         track = 0;
         HM_TRY(hm_stage_forward(w->st, slot, w->is_first ? w->inputs + (size_t)k * w->N : NULL,
                                 w->is_first ? NULL : w->dev_x, w->is_last ? w->targets + (size_t)k * w->N : NULL,
                                 w->is_last ? &w->losses[k] : NULL));
         break;
-      case HM_OP_SEND_ACT:
+      case HM_PIPE_OP_SEND_ACT:
         HM_TRY(hm_send_act(w, hm_stage_output(w->st, slot), op->peer));
         break;
-      case HM_OP_BWD:
+      case HM_PIPE_OP_BWD:
         track = 0;
         HM_TRY(hm_stage_backward(w->st, slot, w->is_last ? NULL : w->dev_x, loss_weight));
         break;
-      case HM_OP_SEND_GRAD:
+      case HM_PIPE_OP_SEND_GRAD:
         HM_TRY(hm_send_act(w, hm_stage_dinput(w->st), op->peer));
         break;
-      case HM_OP_ALLREDUCE:
+      case HM_PIPE_OP_ALLREDUCE:
         HM_TRY(hm_allreduce_bucket(w, op->layer_begin, op->layer_end));
         break;
-      case HM_OP_TIED_EMB_SYNC:
+      case HM_PIPE_OP_TIED_EMB_SYNC:
         HM_TRY(hm_finish_allreduce(w)); /* the tied gradient is summed over replicas first */
         HM_TRY(hm_tied_sync(w, op->peer));
         break;
-      case HM_OP_GRAD_NORM: {
+      case HM_PIPE_OP_GRAD_NORM: {
         HM_TRY(hm_finish_allreduce(w));
         double local = 0;
         HM_TRY(hm_stage_grad_sumsq(w->st, &local));
@@ -395,7 +395,7 @@ static hm_status hm_pipe_step(hm_pipe *w, int step /* 0-based */, hm_step_out *o
           return hm_error(HM_ERR_INTERNAL, "step %d: gradient norm is not finite; lower the learning rate", step + 1);
         break;
       }
-      case HM_OP_OPTIMIZER: {
+      case HM_PIPE_OP_OPTIMIZER: {
         track = 0;
         hm_adamw a = {hm_pipe_lr_at(t, step + 1), t->beta1, t->beta2, t->eps, t->weight_decay};
         out->lr = a.lr;
@@ -439,10 +439,8 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
   HM_TRY(hm_comm_split(w->world, w->replica, w->stage, &w->pipe, NULL));
   HM_TRY(hm_comm_split(w->world, w->stage, w->replica, &w->dp, NULL));
 
-  hm_schedule_config sc = {w->p, w->m, o->stage_layers, w->R > 1, o->layers_per_bucket > 0 ? o->layers_per_bucket : 1,
-                           1};
-  HM_TRY(hm_schedule_1f1b(&sc, &w->sched));
-  w->nslots = hm_schedule_max_inflight(&w->sched, w->stage);
+  HM_TRY(hm_pipe_stage_ops(w->p, w->m, o->stage_layers, w->R > 1, o->layers_per_bucket > 0 ? o->layers_per_bucket : 1,
+                            1, w->stage, &w->ops, &w->nops, &w->nslots));
   if (w->nslots < 1) w->nslots = 1;
 
   HM_TRY(hm_device_open(t->device ? t->device : "cpu", &w->dev));
@@ -526,11 +524,11 @@ static hm_status hm_pipe_write_trace(hm_pipe *w) {
   s2 = hm_comm_gather(w->world, send ? send : (unsigned char *)&mine, all, per, HM_UINT8, 0);
   if (st == HM_OK) st = s2;
   if (st == HM_OK && w->rank == 0) {
-    hm_sim_trace tr = {0, 0, NULL};
     int64_t total = 0, t_min = INT64_MAX;
+    int nev = 0;
     for (int r = 0; r < n; r++) total += counts[r];
-    tr.events = hm_calloc((size_t)(total > 0 ? total : 1), sizeof(hm_sim_event), "trace events");
-    if (!tr.events) st = HM_ERR_NOMEM;
+    hm_pipe_event *ev = hm_calloc((size_t)(total > 0 ? total : 1), sizeof *ev, "trace events");
+    if (!ev) st = HM_ERR_NOMEM;
     for (int r = 0; st == HM_OK && r < n; r++)
       for (int64_t i = 0; i < counts[r]; i++) {
         const hm_trace_rec *e = (const hm_trace_rec *)(all + (size_t)r * per) + i;
@@ -539,12 +537,11 @@ static hm_status hm_pipe_write_trace(hm_pipe *w) {
     for (int r = 0; st == HM_OK && r < n; r++)
       for (int64_t i = 0; i < counts[r]; i++) {
         const hm_trace_rec *e = (const hm_trace_rec *)(all + (size_t)r * per) + i;
-        tr.events[tr.nevents++] = (hm_sim_event){e->replica, e->stage, e->track, (hm_op_kind)e->kind, e->micro,
-                                                 (double)(e->start_ns - t_min) * 1e-9, (double)e->dur_ns * 1e-9};
+        ev[nev++] = (hm_pipe_event){e->replica, e->stage, e->track, e->kind, e->micro,
+                                    (double)(e->start_ns - t_min) * 1e-9, (double)e->dur_ns * 1e-9};
       }
-    tr.cap = tr.nevents;
-    if (st == HM_OK) st = hm_sim_trace_write(&tr, w->o->trace_path);
-    free(tr.events);
+    if (st == HM_OK) st = hm_pipe_trace_write(ev, nev, w->o->trace_path);
+    free(ev);
   }
   free(send);
   free(all);
@@ -573,7 +570,7 @@ static void hm_pipe_free(hm_pipe *w) {
   hm_stage_destroy(w->st);
   hm_device_close(w->dev);
   if (w->have_tf) hm_tokfile_close(&w->tf);
-  hm_schedule_free(&w->sched);
+  free(w->ops);
   if (w->metrics) fclose(w->metrics);
   if (w->pipe) hm_comm_destroy(w->pipe);
   if (w->dp) hm_comm_destroy(w->dp);

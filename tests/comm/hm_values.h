@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #include "hetmix/comm.h"
 
@@ -54,6 +55,12 @@ static inline uint16_t hm_tv_to_f16(float f) {
   uint32_t rest = man & 0x1fffu;
   if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) h++;
   return (uint16_t)(sign | h);
+}
+
+static inline double hm_tv_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 static inline int hm_tv_is_float(hm_dtype dt) { return dt >= HM_FLOAT16; }

@@ -45,7 +45,7 @@ typedef struct torchrun_arg {
 
 static int rank_torchrun(hm_rank_ctx *ctx) {
   torchrun_arg *a = ctx->arg;
-  char rank[16], size[16], port[16];
+  char rank[32], size[32], port[32];
   snprintf(rank, sizeof rank, "RANK=%d", ctx->rank);
   snprintf(size, sizeof size, "WORLD_SIZE=%d", ctx->nranks);
   char local[32];

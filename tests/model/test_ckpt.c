@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <xxhash.h>
 
 #include "hetmix/model.h"
 
@@ -140,10 +141,38 @@ static void test_damage_detected(void **state) {
   assert_int_equal(hm_ckpt_read("/nonexistent/c.hmc", &ck), HM_ERR_NOT_FOUND);
 }
 
+// A table whose checksums are all right but whose second tensor overlaps the first (a crafted
+// file could otherwise make the reader allocate far more than the file holds).
+static void test_overlapping_tensors(void **state) {
+  (void)state;
+  char p[512];
+  snprintf(p, sizeof p, "%s/c.hmc", tmpdir);
+  float a[64], b[64];
+  for (int i = 0; i < 64; i++) a[i] = (float)i, b[i] = (float)i;  // same bytes: same hash
+  hm_ckpt_tensor ts[2] = {{"param/a", 64, a}, {"param/b", 64, b}};
+  hm_ckpt_meta m = sample_meta();
+  assert_int_equal(hm_ckpt_write(p, &m, ts, 2), HM_OK);
+  size_t len;
+  uint8_t *img = read_all(p, &len);
+  hm_ckpt ck;
+  assert_int_equal(hm_ckpt_parse(img, len, p, &ck), HM_OK);
+  hm_ckpt_free(&ck);
+  // entry 1 (at 256 + 72) takes entry 0's offset; then re-hash the table and the trailer
+  memcpy(img + 256 + 72 + 56, img + 256 + 56, 8);
+  uint64_t th = XXH3_64bits(img + 256, 2 * 72);
+  memcpy(img + len - 32 + 16, &th, 8);
+  uint64_t trh = XXH3_64bits(img + len - 32, 24);
+  memcpy(img + len - 32 + 24, &trh, 8);
+  assert_int_equal(hm_ckpt_parse(img, len, p, &ck), HM_ERR_CORRUPT);
+  assert_non_null(strstr(hm_last_error(), "'param/b' overlaps"));
+  free(img);
+}
+
 int main(void) {
   snprintf(tmpdir, sizeof tmpdir, "%s/test_ckpt.XXXXXX", HM_BINARY_DIR);
   if (!mkdtemp(tmpdir)) return 1;
-  const struct CMUnitTest tests[] = {cmocka_unit_test(test_roundtrip), cmocka_unit_test(test_damage_detected)};
+  const struct CMUnitTest tests[] = {cmocka_unit_test(test_roundtrip), cmocka_unit_test(test_damage_detected),
+                                     cmocka_unit_test(test_overlapping_tensors)};
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   char cmd[600];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);

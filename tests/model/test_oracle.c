@@ -124,7 +124,8 @@ static void run_case(const char *device) {
   free(text);
   cJSON_Delete(j);
   char cmd[1200];
-  snprintf(cmd, sizeof cmd, "'%s' '%s/tests/model/torch_oracle.py' '%s'", python, HM_SOURCE_DIR, dir);
+  // a deadline for the child: coreutils timeout ends a hung interpreter
+  snprintf(cmd, sizeof cmd, "timeout 600 '%s' '%s/tests/model/torch_oracle.py' '%s'", python, HM_SOURCE_DIR, dir);
   print_message("device %s: %s\n", device, cmd);
   fflush(stdout);
   int rc = system(cmd);

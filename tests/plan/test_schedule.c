@@ -249,6 +249,28 @@ static void test_heterogeneous_replicas(void **state) {
   assert_non_null(strstr(hm_last_error(), "does not start where"));
 }
 
+/* Data-parallel sync: flat = best algorithm over the link; across pools = reduce-scatter inside,
+ * allreduce of the shards across pools, allgather inside (cost.h functions at each level). */
+static void test_sync_model(void **state) {
+  (void)state;
+  hm_link nic = {.bandwidth = 25e9, .latency = 5e-6}, pool = {.bandwidth = 1e9, .latency = 2e-5};
+  hm_sync_model flat = {.nranks = 16, .link = nic, .ngroups = 1};
+  double want = 0;
+  hm_cost_best_algo(HM_COLL_ALLREDUCE, 16, 1e9, &nic, &want);
+  assert_true(fabs(hm_sync_allreduce_time(&flat, 1e9) - want) < 1e-15);
+  hm_sync_model two = {.nranks = 16, .link = nic, .ngroups = 2, .outer = pool};
+  double rs = 0, ag = 0, ar = 0;
+  hm_cost_best_algo(HM_COLL_REDUCE_SCATTER, 8, 1e9, &nic, &rs);
+  hm_cost_best_algo(HM_COLL_ALLGATHER, 8, 1e9, &nic, &ag);
+  hm_cost_best_algo(HM_COLL_ALLREDUCE, 2, 1e9 / 8, &pool, &ar);
+  assert_true(fabs(hm_sync_allreduce_time(&two, 1e9) - (rs + ar + ag)) < 1e-12);
+  /* hierarchical beats a flat ring that crosses the slow link */
+  hm_sync_model slow_flat = {.nranks = 16, .link = pool, .ngroups = 1};
+  assert_true(hm_sync_allreduce_time(&two, 1e9) < hm_sync_allreduce_time(&slow_flat, 1e9));
+  hm_sync_model one = {.nranks = 1, .link = nic};
+  assert_true(hm_sync_allreduce_time(&one, 1e9) == 0.0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_schedule_invariants),
@@ -256,6 +278,7 @@ int main(void) {
       cmocka_unit_test(test_zero_comm_unequal_stages),
       cmocka_unit_test(test_memory_and_comm),
       cmocka_unit_test(test_heterogeneous_replicas),
+      cmocka_unit_test(test_sync_model),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -97,6 +97,17 @@ static void test_local_plans(void **state) {
   assert_true(fabs(ub - r[0].upper_bound_tokens_per_s) < 1e-6 * ub);
   assert_true(fabs(r[0].plans[0].utilization - r[0].plans[0].tokens_per_s / ub) < 1e-9);
   assert_true(r[0].plans[0].tokens_per_s >= r[0].best_single.tokens_per_s * (1 - 1e-9));
+  /* the schedule the runtime gets is the one predicted: per stage m FWD and m BWD */
+  for (int ci = 0; ci < r[0].plans[0].nclasses; ci++) {
+    hm_schedule sc;
+    const hm_plan_class *cl = &r[0].plans[0].classes[ci];
+    assert_int_equal(hm_plan_schedule(&s.in, &r[0].plans[0], ci, &sc), HM_OK);
+    assert_int_equal(sc.nstages, cl->nstages);
+    assert_int_equal(sc.nmicro, cl->nmicro);
+    for (int st = 0; st < sc.nstages; st++)
+      assert_int_equal(hm_schedule_max_inflight(&sc, st), cl->stages[st].max_inflight);
+    hm_schedule_free(&sc);
+  }
   /* deterministic */
   assert_int_equal(hm_plan_search(&s.in, &o, &r[1]), HM_OK);
   assert_int_equal(r[0].nplans, r[1].nplans);
@@ -249,6 +260,21 @@ static void test_large_cluster(void **state) {
   }
   free(seen);
   free(ranks);
+  /* the same plans with the micro-batch sizes searched by two threads */
+  hm_search_result *r2 = calloc(1, sizeof *r2);
+  assert_non_null(r2);
+  setenv("HETMIX_PLAN_THREADS", "2", 1);
+  assert_int_equal(hm_plan_search(&s.in, &o, r2), HM_OK);
+  unsetenv("HETMIX_PLAN_THREADS");
+  assert_int_equal(r2->nplans, r->nplans);
+  for (int i = 0; i < r->nplans; i++) {
+    assert_true(r2->plans[i].step_time == r->plans[i].step_time);
+    assert_memory_equal(r2->plans[i].classes, r->plans[i].classes,
+                        sizeof(hm_plan_class) * (size_t)r->plans[i].nclasses);
+  }
+  assert_true(r2->upper_bound_tokens_per_s == r->upper_bound_tokens_per_s);
+  hm_search_result_free(r2);
+  free(r2);
   hm_search_result_free(r);
   free(r);
   unload(&s);
@@ -305,12 +331,86 @@ static void test_predict_by_hand(void **state) {
   unload(&s);
 }
 
+/* Every field of a plan file deleted or replaced by a wrong value: refused with a message that
+ * starts with a field path (or accepted when the change keeps it valid); never a crash. */
+typedef struct node_ref {
+  cJSON *parent, *node;
+} node_ref;
+
+static int collect(cJSON *parent, cJSON *n, node_ref *out, int cap, int k) {
+  if (k < cap) out[k++] = (node_ref){parent, n};
+  for (cJSON *c = n->child; c; c = c->next) k = collect(n, c, out, cap, k);
+  return k;
+}
+
+static void test_plan_file_mutations(void **state) {
+  (void)state;
+  specs s;
+  load(&s, "local-2backend.json", "gpt-mini.json", "train-local.json");
+  hm_search_options o;
+  hm_search_options_default(&o);
+  o.upper_bound = 0;
+  hm_search_result *r = calloc(1, sizeof *r);
+  hm_plan *back = calloc(1, sizeof *back);
+  assert_int_equal(hm_plan_search(&s.in, &o, r), HM_OK);
+  cJSON *orig = hm_plan_to_cjson(&s.in, &r->plans[0]);
+  assert_non_null(orig);
+  /* only the plan's own part: the embedded specs have their own tests */
+  cJSON_DeleteItemFromObject(orig, "cluster");
+  cJSON_DeleteItemFromObject(orig, "model");
+  cJSON_DeleteItemFromObject(orig, "train");
+  enum { CAP = 4096 };
+  node_ref *refs = calloc(CAP, sizeof *refs);
+  int total = collect(NULL, orig, refs, CAP, 0);
+  cJSON_Delete(orig);
+  int refused = 0;
+  for (int i = 1; i < total; i++)
+    for (int mut = 0; mut < 4; mut++) {
+      cJSON *j = hm_plan_to_cjson(&s.in, &r->plans[0]);
+      cJSON_DeleteItemFromObject(j, "cluster");
+      cJSON_DeleteItemFromObject(j, "model");
+      cJSON_DeleteItemFromObject(j, "train");
+      node_ref *mine = calloc(CAP, sizeof *mine);
+      int n = collect(NULL, j, mine, CAP, 0);
+      assert_int_equal(n, total);
+      node_ref t = mine[i];
+      free(mine);
+      cJSON *repl = mut == 0 ? cJSON_CreateString("x")
+                  : mut == 1 ? cJSON_CreateNumber(-1)
+                  : mut == 2 ? cJSON_CreateNumber(1e300)
+                             : NULL;
+      if (repl) cJSON_ReplaceItemViaPointer(t.parent, t.node, repl);
+      else cJSON_Delete(cJSON_DetachItemViaPointer(t.parent, t.node));
+      /* the specs come from `against`; the plan part is what is being checked */
+      cJSON *full = cJSON_Duplicate(j, 1);
+      cJSON_AddItemToObject(full, "cluster", hm_cluster_to_cjson(&s.c));
+      cJSON_AddItemToObject(full, "model", hm_model_to_cjson(&s.m));
+      cJSON_AddItemToObject(full, "train", hm_train_to_cjson(&s.t));
+      hm_status st = hm_plan_from_cjson(full, &s.in, back, NULL, NULL, NULL);
+      if (st != HM_OK) {
+        refused++;
+        assert_int_equal(st, HM_ERR_SPEC);
+        assert_true(strncmp(hm_last_error(), "plan", 4) == 0);
+      }
+      cJSON_Delete(full);
+      cJSON_Delete(j);
+    }
+  assert_true(refused > total); /* most changes break the plan */
+  print_message("%d fields x 4 changes, %d refused\n", total - 1, refused);
+  free(refs);
+  hm_search_result_free(r);
+  free(r);
+  free(back);
+  unload(&s);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_predict_by_hand),
       cmocka_unit_test(test_local_plans),
       cmocka_unit_test(test_memory_limits),
       cmocka_unit_test(test_plan_file),
+      cmocka_unit_test(test_plan_file_mutations),
       cmocka_unit_test(test_large_cluster),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

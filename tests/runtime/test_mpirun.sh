@@ -24,16 +24,20 @@ for r in $(seq 0 $((n - 1))); do
 done
 echo "test_mpirun: $n ranks saw OMPI_COMM_WORLD_RANK 0..$((n - 1)), SIZE, LOCAL_RANK, LOCAL_SIZE"
 
-if "$hetmix" worker --help 2>/dev/null | grep -q -- '--selftest'; then
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  secret=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
-  timeout 90 "$mpirun" -np $n --oversubscribe -x HETMIX_STORE_ADDR=127.0.0.1:$port -x HETMIX_SECRET="$secret" \
-    "$hetmix" worker --selftest >"$out/selftest.out" 2>&1 ||
-    { cat "$out/selftest.out" >&2; fail "hetmix worker --selftest under mpirun failed"; }
-  n_ok=$(grep -c 'selftest ok' "$out/selftest.out" || true)
-  [ "$n_ok" -eq $n ] || { cat "$out/selftest.out" >&2; fail "$n_ok of $n workers passed"; }
-  grep -q 'source openmpi' "$out/selftest.out" || { cat "$out/selftest.out" >&2; fail "rank not taken from Open MPI"; }
-  echo "test_mpirun: $n hetmix workers bootstrapped hmcomm from Open MPI's environment"
-else
-  echo "test_mpirun: this hetmix has no 'worker --selftest' yet; checked Open MPI's variables only"
-fi
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+secret=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
+timeout 90 "$mpirun" -np $n --oversubscribe -x HETMIX_STORE_ADDR=127.0.0.1:$port -x HETMIX_SECRET="$secret" \
+  "$hetmix" worker --selftest >"$out/selftest.out" 2>&1 ||
+  { cat "$out/selftest.out" >&2; fail "hetmix worker --selftest under mpirun failed"; }
+n_ok=$(grep -c 'selftest ok' "$out/selftest.out" || true)
+[ "$n_ok" -eq $n ] || { cat "$out/selftest.out" >&2; fail "$n_ok of $n workers passed"; }
+grep -q 'source openmpi' "$out/selftest.out" || { cat "$out/selftest.out" >&2; fail "rank not taken from Open MPI"; }
+echo "test_mpirun: $n hetmix workers bootstrapped hmcomm from Open MPI's environment"
+
+# train through mpirun: 2 stages of the tiny model
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+timeout 120 "$mpirun" -np 2 --oversubscribe -x HETMIX_STORE_ADDR=127.0.0.1:$port -x HETMIX_SECRET="$secret" \
+  "$hetmix" worker --model tiny --stages 0,3,4 --micro 3 --steps 4 --batch 2 --data-dir "$out/data" \
+  >"$out/train.out" 2>&1 || { cat "$out/train.out" >&2; fail "training under mpirun failed"; }
+grep -q 'step     4/4' "$out/train.out" || { cat "$out/train.out" >&2; fail "no progress line for step 4"; }
+echo "test_mpirun: trained 4 steps through mpirun (2 stages): $(grep '^done' "$out/train.out")"

@@ -258,6 +258,62 @@ static void test_mismatched_layout_is_refused(void **state) {
   }
 }
 
+/* Runs `cmd` (argv) and returns its exit status; its stderr lands in err (cap bytes). */
+static int run_cli(char *const argv[], char *err, size_t cap) {
+  char errp[300];
+  snprintf(errp, sizeof errp, "%s/cli.err", work);
+  pid_t pid = hm_t_spawn(argv, NULL, errp);
+  int st = hm_t_wait(pid, 100.0);
+  err[0] = '\0';
+  hm_t_read_file(errp, err, cap);
+  return st == -1 || !WIFEXITED(st) ? -1 : WEXITSTATUS(st);
+}
+
+/* A plan from `hetmix plan` runs through `hetmix launch --plan`; the same plan is refused for
+ * another model, for a cluster without its device types, and with the wrong worker count. */
+static void test_plan_runs_and_mismatch_is_refused(void **state) {
+  (void)state;
+  char model[300], cluster[300], plan[300], out[300], err[8192];
+  snprintf(model, sizeof model, "%s/model.json", work);
+  snprintf(cluster, sizeof cluster, "%s/one-cpu.json", work);
+  snprintf(plan, sizeof plan, "%s/plan.json", work);
+  snprintf(out, sizeof out, "%s/planrun", work);
+  FILE *f = fopen(model, "w");
+  assert_non_null(f);
+  fputs("{\"version\": 1, \"name\": \"equiv\", \"dtype\": \"fp32\", "
+        "\"config\": {\"arch\": \"gpt2\", \"L\": 6, \"C\": 32, \"NH\": 4, \"V\": 256, \"T\": 16}}\n", f);
+  fclose(f);
+  f = fopen(cluster, "w");
+  assert_non_null(f);
+  fputs("{\"version\": 1, \"name\": \"one-cpu\", \"device_types\": [{\"name\": \"cpu\", \"backend\": "
+        "\"cpu:threads=1\", \"peak_flops\": {\"fp32\": 1e11}, \"memory_bytes\": 4e9, \"memory_bandwidth\": 1e10}], "
+        "\"hosts\": [{\"name\": \"h\", \"count\": 1, \"devices\": [{\"type\": \"cpu\", \"count\": 1}], "
+        "\"host_link\": {\"bandwidth\": 6e9, \"latency\": 2e-6}}]}\n", f);
+  fclose(f);
+  char *mk[] = {(char *)hetmix_bin, "plan", "--cluster", HM_SOURCE_DIR "/examples/local-2backend.json", "--model",
+                model, "--train", HM_SOURCE_DIR "/examples/train-local.json", "-o", plan, "--top", "1", NULL};
+  if (run_cli(mk, err, sizeof err) != 0) fail_msg("hetmix plan failed:\n%s", err);
+
+  char *run[] = {(char *)hetmix_bin, "launch", "--plan", plan, "--", "--data", tokpath, "--steps", "2", "--out", out,
+                 "--quiet", NULL};
+  if (run_cli(run, err, sizeof err) != 0) fail_msg("running the plan failed:\n%s", err);
+  char path[400], buf[4096];
+  snprintf(path, sizeof path, "%s/metrics.jsonl", out);
+  assert_int_equal(hm_t_read_file(path, buf, sizeof buf), 0);
+  assert_non_null(strstr(buf, "\"step\":2"));
+
+  char *wrong_model[] = {(char *)hetmix_bin, "launch", "--plan", plan, "--model", HM_SOURCE_DIR "/examples/gpt-mini.json",
+                         NULL};
+  assert_int_not_equal(run_cli(wrong_model, err, sizeof err), 0);
+  if (!strstr(err, "the plan was made for equiv")) fail_msg("wrong model: %s", err);
+  char *wrong_cluster[] = {(char *)hetmix_bin, "launch", "--plan", plan, "--cluster", cluster, NULL};
+  assert_int_not_equal(run_cli(wrong_cluster, err, sizeof err), 0);
+  if (!strstr(err, "has no device type")) fail_msg("wrong cluster: %s", err);
+  char *wrong_n[] = {(char *)hetmix_bin, "launch", "--plan", plan, "-n", "5", NULL};
+  assert_int_not_equal(run_cli(wrong_n, err, sizeof err), 0);
+  if (!strstr(err, "but -n says 5")) fail_msg("wrong -n: %s", err);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_one_stage_is_bitwise),
@@ -265,6 +321,7 @@ int main(void) {
       cmocka_unit_test(test_depth4_nonuniform),
       cmocka_unit_test(test_2replicas_x_2stages_unequal_micro),
       cmocka_unit_test(test_mismatched_layout_is_refused),
+      cmocka_unit_test(test_plan_runs_and_mismatch_is_refused),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -254,7 +254,7 @@ static void test_store_and_auth(void **state) {
   (void)state;
   hm_store_server *s;
   int port;
-  assert_int_equal(hm_store_server_start("127.0.0.1", 0, &s, &port), HM_OK);
+  assert_int_equal(hm_store_server_start("127.0.0.1", 0, NULL, NULL, &s, &port), HM_OK);
   unsigned char tag[HM_WIRE_TAG_BYTES], secret[HM_SECRET_BYTES], wrong[HM_SECRET_BYTES];
   hm_random_bytes(tag, sizeof tag);
   hm_random_bytes(secret, sizeof secret);

@@ -42,17 +42,23 @@ done
 echo "test_srun: $ntasks tasks saw SLURM_PROCID 0..$((ntasks - 1)), SLURM_NTASKS=$ntasks, SLURM_LOCALID"
 
 # 2. hetmix workers take their rank from Slurm and bootstrap hmcomm from it
-if "$hetmix" worker --help 2>/dev/null | grep -q -- '--selftest'; then
-  port=$(hm_slurm_free_port)
-  secret=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
-  timeout 90 env HETMIX_STORE_ADDR=127.0.0.1:$port HETMIX_SECRET="$secret" \
-    srun --overcommit -n $ntasks --time=1 "$hetmix" worker --selftest >"$out/selftest.out" 2>&1 ||
-    { cat "$out/selftest.out" >&2; fail "hetmix worker --selftest under srun failed"; }
-  n_ok=$(grep -c 'selftest ok' "$out/selftest.out" || true)
-  [ "$n_ok" -eq $ntasks ] || { cat "$out/selftest.out" >&2; fail "$n_ok of $ntasks workers passed"; }
-  grep -q 'source slurm' "$out/selftest.out" || { cat "$out/selftest.out" >&2; fail "rank not taken from Slurm"; }
-  echo "test_srun: $ntasks hetmix workers bootstrapped hmcomm from Slurm's environment"
-else
-  echo "test_srun: this hetmix has no 'worker --selftest' yet; checked Slurm's variables only"
-fi
+port=$(hm_slurm_free_port)
+secret=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
+timeout 90 env HETMIX_STORE_ADDR=127.0.0.1:$port HETMIX_SECRET="$secret" \
+  srun --overcommit -n $ntasks --time=1 "$hetmix" worker --selftest >"$out/selftest.out" 2>&1 ||
+  { cat "$out/selftest.out" >&2; fail "hetmix worker --selftest under srun failed"; }
+n_ok=$(grep -c 'selftest ok' "$out/selftest.out" || true)
+[ "$n_ok" -eq $ntasks ] || { cat "$out/selftest.out" >&2; fail "$n_ok of $ntasks workers passed"; }
+grep -q 'source slurm' "$out/selftest.out" || { cat "$out/selftest.out" >&2; fail "rank not taken from Slurm"; }
+echo "test_srun: $ntasks hetmix workers bootstrapped hmcomm from Slurm's environment"
+
+# 3. train through srun: a 2-stage pipeline x 2 replicas of the tiny model on the default corpus
+port=$(hm_slurm_free_port)
+timeout 120 env HETMIX_STORE_ADDR=127.0.0.1:$port HETMIX_SECRET="$secret" \
+  srun --overcommit -n 4 --time=2 "$hetmix" worker --model tiny --stages 0,2,4 --micro 2,2 --steps 5 \
+  --batch 2 --data-dir "$out/data" --out "$out/train" >"$out/train.out" 2>&1 ||
+  { cat "$out/train.out" >&2; fail "training under srun failed"; }
+grep -q 'step     5/5' "$out/train.out" || { cat "$out/train.out" >&2; fail "no progress line for step 5"; }
+[ "$(wc -l <"$out/train/metrics.jsonl")" -eq 5 ] || fail "metrics.jsonl does not have 5 steps"
+echo "test_srun: trained 5 steps through srun (2 replicas x 2 stages): $(grep '^done' "$out/train.out")"
 exit 0

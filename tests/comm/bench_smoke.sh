@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# `hetmix bench comm` end to end: every collective, small sizes, 3 forked ranks, all dtypes
+# (reductions: all ops on f32 and i8), with -c 1 verification; every row must report 0 wrong,
+# the table must have nccl-tests' columns, and bad flags must fail with a hint.
+#   tests/comm/bench_smoke.sh <path-to-hetmix>
+set -euo pipefail
+hetmix=$1
+fail=0
+check() { # description, command...
+  local what=$1
+  shift
+  local out
+  if ! out=$("$@" 2>&1); then
+    echo "FAIL ($what): exit status $?"; echo "$out"; fail=1; return
+  fi
+  if ! grep -q "^# Out of bounds values : 0 OK" <<<"$out"; then
+    echo "FAIL ($what): wrong values or no summary"; echo "$out"; fail=1; return
+  fi
+  if ! grep -q "size.*count.*type.*redop.*root.*time.*algbw.*busbw.*#wrong.*time.*algbw.*busbw.*#wrong" <<<"$out"; then
+    echo "FAIL ($what): header lacks nccl-tests' columns"; echo "$out"; fail=1; return
+  fi
+  local rows
+  rows=$(grep -vc '^#' <<<"$out" || true)
+  if [ "$rows" -lt 1 ]; then echo "FAIL ($what): no rows"; echo "$out"; fail=1; return; fi
+  echo "ok   $what ($rows rows)"
+}
+for op in allreduce reduce reduce_scatter; do
+  check "$op f32 all ops" "$hetmix" bench comm $op --ranks 3 -b 8 -e 4K -f 8 -n 2 -w 1 -c 1 -d f32 -o all
+  check "$op i8 all ops" "$hetmix" bench comm $op --ranks 3 -b 8 -e 4K -f 8 -n 2 -w 1 -c 1 -d i8 -o all
+  check "$op all dtypes" "$hetmix" bench comm $op --ranks 3 -b 64 -e 64K -f 32 -n 2 -w 1 -c 1 -d all
+done
+for op in broadcast allgather alltoall gather scatter sendrecv; do
+  check "$op all dtypes" "$hetmix" bench comm $op --ranks 3 -b 24 -e 96K -f 64 -n 2 -w 1 -c 1 -d all -r 1
+done
+check "allreduce tcp ring" "$hetmix" bench comm allreduce --ranks 2 -b 8 -e 1M -f 16 -n 2 -w 1 -c 1 -t tcp --algo ring
+check "allreduce rd" "$hetmix" bench comm allreduce --ranks 4 -b 8 -e 1M -f 16 -n 2 -w 1 -c 1 --algo rd
+# Bad input is refused with a hint, never run.
+for bad in "bench comm allreduce -b 1X" "bench comm nosuchop" "bench comm allreduce -d f33" \
+           "bench comm allreduce --ranks 0" "bench comm allreduce -t carrier" "bench comm allreduce -b 64 -e 8"; do
+  if out=$("$hetmix" $bad 2>&1); then
+    echo "FAIL: '$bad' succeeded"; fail=1
+  elif ! grep -q "^hetmix: error:" <<<"$out" || ! grep -q "^hint:" <<<"$out"; then
+    echo "FAIL: '$bad' did not print an error and a hint:"; echo "$out"; fail=1
+  else
+    echo "ok   refused: $bad"
+  fi
+done
+exit $fail
