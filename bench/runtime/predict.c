@@ -6,7 +6,7 @@
  * with the half-speed device; two data-parallel replicas; ...) and each run: profiles the layers
  * again (links once), predicts the step time with the planner on that profile (hm_plan_predict,
  * what `hetmix simulate --plan planN.json --profile ...` prints) and measures it by training the
- * plan with `hetmix launch` + `hetmix worker` right after, so both see the same machine load. Prints predicted, measured (median step after the first), the error, and per stage
+ * plan with `hetmix launch --plan planN.json` right after, so both see the same machine load. Prints predicted, measured (median step after the first), the error, and per stage
  * the predicted and measured compute per step, so a wrong prediction shows where it is wrong.
  *
  * Not a unit test: on a shared machine the figures move with its load, which the table header
@@ -239,7 +239,7 @@ int main(int argc, char **argv) {
       }
       plan.classes[ci].nreplicas++;
     }
-    /* the same layout for the worker: world rank = replica * p + stage */
+    /* the layout in the worker's terms, for the report (the workers read the plan file) */
     char bounds[128] = "", micro[64] = "", devices[512] = "";
     for (int s = 0; s <= bp->nstages; s++)
       snprintf(bounds + strlen(bounds), sizeof bounds - strlen(bounds), "%s%d", s ? "," : "", bp->bounds[s]);
@@ -248,7 +248,6 @@ int main(int argc, char **argv) {
     for (int s = 0; s < bp->nstages; s++)
       snprintf(devices + strlen(devices), sizeof devices - strlen(devices), "%s%s", s ? "|" : "",
                type_backend(bp->types[s]));
-    const int world = bp->nstages * bp->nreplicas;
     double rp[16], rm[16], re[16], busy[4] = {0}, busy_sum[4] = {0}, pbusy_sum[4] = {0};
     int ok = 0;
     char plan_path[1024];
@@ -291,10 +290,9 @@ int main(int argc, char **argv) {
       char out_dir[1024];
       snprintf(out_dir, sizeof out_dir, "%s/run%d-%d", a.dir, pi + 1, run + 1);
       snprintf(cmd, sizeof cmd,
-               "rm -rf %s && %s launch -n %d -- %s worker --quiet --model %s --stages %s --micro %s --devices '%s' "
-               "--batch %d --steps %d --data-dir %s --out %s --trace %s/trace.json > %s.log 2>&1",
-               out_dir, a.hetmix, world, a.hetmix, a.model, bounds, micro, devices, a.mb, a.steps, a.data_dir,
-               out_dir, out_dir, out_dir);
+               "rm -rf %s && %s launch --plan %s -- --quiet --steps %d --data-dir %s --out %s --trace %s/trace.json "
+               "> %s.log 2>&1",
+               out_dir, a.hetmix, plan_path, a.steps, a.data_dir, out_dir, out_dir, out_dir);
       if (sh(cmd) != 0) {
         fprintf(stderr, "plan %d run %d failed; see %s.log\n", pi + 1, run + 1, out_dir);
         continue;
@@ -317,7 +315,7 @@ int main(int argc, char **argv) {
     meas[pi] = median(rm, ok);
     err[pi] = median(re, ok);
     done[pi] = 1;
-    printf("plan %d: %s  (%s; worker --stages %s --micro %s --devices '%s')\n", pi + 1, bp->name, plan_path, bounds,
+    printf("plan %d: %s  (%s: stages %s, micro-batches %s, devices '%s')\n", pi + 1, bp->name, plan_path, bounds,
            micro, devices);
     for (int s = 0; s < bp->nstages; s++)
       printf("  stage %d (%s, layers [%d,%d)): compute per step predicted %.4f s, measured %.4f s (means)\n", s,
