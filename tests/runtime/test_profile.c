@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -275,6 +277,27 @@ static void test_refusals(void **state) {
   fixture_free(&f);
 }
 
+/* A probe that cannot finish in time fails with a message naming the transport, and leaves no
+ * child process behind (this test process has no other children). */
+static void test_probe_deadline(void **state) {
+  (void)state;
+  hm_link_probe_options lo;
+  memset(&lo, 0, sizeof lo);
+  lo.transport = "tcp";
+  lo.nsizes = 2;
+  lo.sizes[0] = 8;
+  lo.sizes[1] = 1 << 20;
+  lo.seconds_per_size = 0.01;
+  lo.timeout_ms = 1; /* the ranks' own waits give up at once: bootstrap cannot finish */
+  hm_link_fit fit;
+  hm_status st = hm_profile_link_probe(&lo, &fit);
+  assert_true(st == HM_ERR_TIMEOUT || st == HM_ERR_PEER_DEAD || st == HM_ERR_AUTH || st == HM_ERR_IO);
+  if (!strstr(hm_last_error(), "link probe over tcp: rank")) fail_msg("message: %s", hm_last_error());
+  int wst;
+  assert_int_equal(waitpid(-1, &wst, WNOHANG), -1);
+  assert_int_equal(errno, ECHILD);
+}
+
 static int run(const char *cmd, char *out, size_t cap) {
   FILE *pf = popen(cmd, "r");
   assert_non_null(pf);
@@ -338,6 +361,7 @@ int main(void) {
       cmocka_unit_test(test_fit_exact),
       cmocka_unit_test(test_measure_write_read_plan),
       cmocka_unit_test(test_refusals),
+      cmocka_unit_test(test_probe_deadline),
       cmocka_unit_test(test_cli),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
