@@ -30,6 +30,7 @@ typedef struct bench_args {
   const char *profile;  /* an existing profile to use instead of measuring */
   const char *only;     /* run only plans whose name contains this */
   int mb, steps, runs, reps;
+  int alone;            /* 1: profile each type alone, not under the plan's own load */
 } bench_args;
 
 typedef struct bench_plan {
@@ -38,6 +39,7 @@ typedef struct bench_plan {
   int bounds[5];        /* layer bounds; -1 entries are filled from the model (last = L+2) */
   const char *types[4]; /* device type per stage */
   int micro[4];         /* micro-batches per replica */
+  const char *profile;  /* how to profile for it: the workers it runs at once on this host */
 } bench_plan;
 
 static const char *type_backend(const char *type) {
@@ -114,16 +116,22 @@ static double median(const double *x, int n) {
 
 static void usage(void) {
   printf("usage: predict_bench --hetmix PATH [--dir DIR] [--data-dir DIR] [--model L4,C128,NH4,V256,T128]\n"
-         "                     [--mb 4] [--steps 8] [--runs 3] [--reps 5] [--profile P] [--only NAME]\n");
+         "                     [--mb 4] [--steps 8] [--runs 3] [--reps 5] [--profile P] [--only NAME] [--alone]\n"
+         "Each run profiles the layers under the plan's own load (the workers it runs at once: hetmix\n"
+         "profile --copies / --concurrent); --alone profiles each type by itself instead.\n");
 }
 
 int main(int argc, char **argv) {
-  bench_args a = {NULL, "predict-bench", "data", "L4,C128,NH4,V256,T128", NULL, NULL, 4, 8, 3, 5};
+  bench_args a = {NULL, "predict-bench", "data", "L4,C128,NH4,V256,T128", NULL, NULL, 4, 8, 3, 5, 0};
   for (int i = 1; i < argc; i++) {
     const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (!strcmp(k, "-h") || !strcmp(k, "--help")) {
       usage();
       return 0;
+    }
+    if (!strcmp(k, "--alone")) {
+      a.alone = 1;
+      continue;
     }
     if (!v) {
       usage();
@@ -203,19 +211,19 @@ int main(int argc, char **argv) {
 
   const int n = L + 2;
   bench_plan plans[] = {
-      {"1 stage", 1, 1, {0, n}, {"cpu"}, {4}},
-      {"2 stages uneven", 2, 1, {0, 2, n}, {"cpu", "cpu"}, {4}},
-      {"2 stages, half-speed 2nd", 2, 1, {0, n - 2, n}, {"cpu", "cpu-half"}, {4}},
-      {"2 replicas (DP)", 1, 2, {0, n}, {"cpu"}, {2, 2}},
-      {"2 stages even, m=8", 2, 1, {0, n / 2, n}, {"cpu", "cpu"}, {8}},
+      {"1 stage", 1, 1, {0, n}, {"cpu"}, {4}, "--types cpu"},
+      {"2 stages uneven", 2, 1, {0, 2, n}, {"cpu", "cpu"}, {4}, "--types cpu --copies 2"},
+      {"2 stages, half-speed 2nd", 2, 1, {0, n - 2, n}, {"cpu", "cpu-half"}, {4}, "--types cpu,cpu-half --concurrent"},
+      {"2 replicas (DP)", 1, 2, {0, n}, {"cpu"}, {2, 2}, "--types cpu --copies 2"},
+      {"2 stages even, m=8", 2, 1, {0, n / 2, n}, {"cpu", "cpu"}, {8}, "--types cpu --copies 2"},
   };
   const int nplans = (int)(sizeof plans / sizeof plans[0]);
   double pred[8] = {0}, meas[8] = {0}, err[8] = {0};
   int done[8] = {0};
 
   printf("\nmodel %s, micro-batch %d, %d steps per run (first not counted), %d run(s) per plan, each run "
-         "right after its own profile of the layers; loadavg %.2f before\n",
-         a.model, a.mb, a.steps, a.runs, load0);
+         "right after its own profile of the layers (%s); loadavg %.2f before\n",
+         a.model, a.mb, a.steps, a.runs, a.alone ? "each type alone" : "under the plan's own load", load0);
   for (int pi = 0; pi < nplans; pi++) {
     const bench_plan *bp = &plans[pi];
     if (a.only && !strstr(bp->name, a.only)) continue;
@@ -261,8 +269,8 @@ int main(int argc, char **argv) {
       } else {
         snprintf(cmd, sizeof cmd,
                  "%s profile --cluster %s/cluster.json --model %s/model.json --micro-batches %d --reps %d "
-                 "--no-links -o %s > %s.log 2>&1",
-                 a.hetmix, a.dir, a.dir, a.mb, a.reps, prof_run, prof_run);
+                 "--no-links %s -o %s > %s.log 2>&1",
+                 a.hetmix, a.dir, a.dir, a.mb, a.reps, a.alone ? "" : bp->profile, prof_run, prof_run);
         if (sh(cmd) != 0) return fprintf(stderr, "predict_bench: profiling failed; see %s.log\n", prof_run), 1;
       }
       hm_profile pr;
