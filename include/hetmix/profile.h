@@ -141,7 +141,9 @@ hm_status hm_profile_time_layers(const char *backend, const hm_profile_shape *sh
  * running together; a process done early keeps its device busy until every one is done. out is
  * (njobs, nlayers, nmbs): per backend the median over its copies. descs (optional) receives one
  * device description of desc_cap bytes per backend. A failing process stops all and is named;
- * past timeout_s (<= 0: 3600) all are killed. No process outlives the call. */
+ * past timeout_s (<= 0: 3600) all are killed. No process outlives the call. The children run
+ * device kernels (OpenMP in the cpu backend): call it before this process has started OpenMP
+ * threads of its own (libgomp's pool does not survive fork), as `hetmix profile` does. */
 hm_status hm_profile_time_layers_together(int njobs, const char *const *backends, int copies,
                                           const hm_profile_shape *shape, const int *layers, int nlayers,
                                           const int64_t *mbs, int nmbs, int warmup, int reps,
