@@ -79,6 +79,8 @@ static int parse_float(const char *opt, const char *s, float *out) {
 }
 
 int hm_cmd_train(int argc, char **argv) {
+  for (int i = 1; i < argc; i++) /* the multi-worker path: cmd_train_cluster.c */
+    if (strcmp(argv[i], "--cluster") == 0) return hm_cmd_train_cluster(argc, argv);
   hm_train_options o;
   hm_train_defaults(&o);
   o.out_dir = "out";

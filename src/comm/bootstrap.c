@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
@@ -29,12 +30,23 @@ typedef struct rank_info {
   uint32_t magic, size;
   uint64_t host_key;
   int32_t pid, port, nranks, shm_payload, shm_slots, has_shm;
+  uint64_t cma_probe;  /* address of g_cma_probe in this process */
   char addr[64];
   char shm_name[64];
   char transport[8];
 } rank_info;
 
 static _Atomic unsigned g_comm_counter;
+static const uint64_t g_cma_probe = 0x434d412070726f62ull; /* read by same-host peers to test CMA */
+
+/* Can this process read the peer's memory with process_vm_readv (same user, no ptrace limits,
+ * not forbidden by seccomp)? */
+static int cma_works(int pid, uint64_t addr) {
+  if (hm_env_long("HETMIX_CMA", 1) == 0) return 0;
+  uint64_t v = 0;
+  struct iovec l = {&v, sizeof v}, r = {(void *)(uintptr_t)addr, sizeof v};
+  return process_vm_readv(pid, &l, 1, &r, 1, 0) == (ssize_t)sizeof v && v == g_cma_probe;
+}
 
 /* ---- unique id ---- */
 typedef struct id_layout {
@@ -184,6 +196,7 @@ static void comm_free(hm_comm_t c) {
   free(c->peer_shm);
   free(c->peer_shm_bytes);
   free(c->scratch);
+  free(c->cma_tmp);
   free(c->last_heard);
   pthread_mutex_destroy(&c->ctrl_mu);
   pthread_mutex_destroy(&c->hb_mu);
@@ -205,6 +218,7 @@ static hm_status prepare_local(hm_comm_t c, rank_info *me, char *shm_name, size_
   me->pid = (int32_t)getpid();
   me->port = port;
   me->nranks = c->nranks;
+  me->cma_probe = (uint64_t)(uintptr_t)&g_cma_probe;
   hm_strcpy(me->addr, sizeof me->addr, c->listen_addr);
   hm_strcpy(me->transport, sizeof me->transport, c->transport);
   /* ring geometry: 16 slots; 32 KiB chunks for small communicators, smaller for large ones */
@@ -326,9 +340,12 @@ static hm_status connect_mesh(hm_comm_t c, const rank_info *info, uint64_t deadl
       hm_shm_chan_init(&p->rx, (char *)c->shm_base + (size_t)r * hm_shm_ring_bytes(ms, mp), ms, mp);
     }
   }
-  /* READY both ways: after it every peer has mapped our segment */
+  /* READY both ways: after it every peer has mapped our segment; aux says whether we can read
+   * the peer's memory directly (so it may send us large transfers single-copy) */
   for (int r = 0; r < n; r++)
-    if (r != me) HM_TRY(hm_net_send_frame(c->peers[r].ctrl_fd, HM_WIRE_CTRL_READY, 0, 0, 0, NULL, 0, deadline));
+    if (r != me)
+      HM_TRY(hm_net_send_frame(c->peers[r].ctrl_fd, HM_WIRE_CTRL_READY, 0, 0,
+                               c->peers[r].is_shm && cma_works(info[r].pid, info[r].cma_probe), NULL, 0, deadline));
   for (int r = 0; r < n; r++) {
     if (r == me) continue;
     hm_wire_hdr h;
@@ -336,6 +353,7 @@ static hm_status connect_mesh(hm_comm_t c, const rank_info *info, uint64_t deadl
     if (st == HM_OK && h.type != HM_WIRE_CTRL_READY)
       st = hm_error(HM_ERR_PROTOCOL, "expected READY, got frame type %u", (unsigned)h.type);
     if (st != HM_OK) return hm_error_context(st, "bootstrap with rank %d: ", r);
+    c->peers[r].peer_reads_me = c->peers[r].is_shm && h.aux == 1;
   }
   close(c->listen_fd);
   c->listen_fd = -1;

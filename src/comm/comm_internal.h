@@ -83,11 +83,16 @@ typedef struct hm_shm_slot {
   uint32_t len;
   uint32_t seq;
   uint64_t desc;
-  uint64_t pad;
+  uint64_t kind;  /* HM_SLOT_DATA: payload holds the bytes; HM_SLOT_CMA: payload holds the
+                     sender's address of `len` bytes, read with process_vm_readv */
 } hm_shm_slot; /* payload follows at +32 */
+enum { HM_SLOT_DATA = 0, HM_SLOT_CMA = 1 };
+#define HM_CMA_MIN_BYTES (256u << 10) /* transfers from this size may go single-copy */
+#define HM_CMA_MAX_DESC (1u << 20)    /* bytes one descriptor covers at most */
 typedef struct hm_shm_ring_ctl {
-  _Atomic uint64_t consumed; /* chunks the consumer released */
-  char pad[56];
+  _Atomic uint64_t consumed;  /* chunks the consumer released */
+  _Atomic uint64_t cma_bytes; /* bytes the consumer has read out of the producer (single copy) */
+  char pad[48];
 } hm_shm_ring_ctl;
 
 typedef struct hm_shm_chan {
@@ -96,6 +101,7 @@ typedef struct hm_shm_chan {
   uint32_t nslots, stride, payload;
   uint64_t count;  /* producer: chunks published; consumer: chunks released */
   uint64_t seen_consumed;
+  uint64_t cma_posted;  /* producer: bytes described to the consumer so far */
 } hm_shm_chan;
 
 hm_status hm_shm_segment_create(const char *name, size_t bytes, void **base);
@@ -111,6 +117,7 @@ typedef struct hm_peer {
   int data_fd;      /* TCP data connection (-1 for shared memory peers) */
   int pid;
   hm_shm_chan tx, rx;  /* shared memory: we produce into the peer's segment, consume ours */
+  int peer_reads_me;   /* the peer can process_vm_readv from this process (probed at bootstrap) */
   /* TCP data: frame being sent and frame being received */
   unsigned char tx_hdr[HM_WIRE_HDR_BYTES];
   const char *tx_data;
@@ -145,6 +152,7 @@ struct hm_comm {
   char broken_msg[512];
   pthread_mutex_t err_mu;
   char *scratch;
+  char *cma_tmp;     /* staging for reductions out of single-copy reads */
   size_t scratch_bytes;
   int split_count;
   /* progress thread and queue of nonblocking operations */
@@ -181,6 +189,8 @@ typedef struct hm_xfer {
   uint32_t seq;
   uint64_t desc;
   int finished;
+  int cma_ok;          /* send: the receiver copies, so single copy (process_vm_readv) is worth it */
+  uint64_t cma_until;  /* send: finished once the receiver has read this many CMA bytes */
   int nchunks;         /* chunks moved (a zero-byte transfer still moves one) */
   int after;           /* engine-internal: earlier xfer on the same channel */
 } hm_xfer;
@@ -189,6 +199,10 @@ typedef struct hm_xctx {
   hm_comm_t comm;
   hm_dtype dt;
   hm_redop op;
+  /* optional: adds transfers (issued meanwhile) to a running set; returns the new count */
+  int (*refill)(void *arg, hm_xfer *x, int n, int cap);
+  void *refill_arg;
+  int cap;
 } hm_xctx;
 
 void hm_xfer_send(hm_xfer *x, int peer, const void *src, size_t bytes, uint32_t seq, uint64_t desc);

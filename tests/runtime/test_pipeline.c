@@ -314,6 +314,39 @@ static void test_plan_runs_and_mismatch_is_refused(void **state) {
   if (!strstr(err, "but -n says 5")) fail_msg("wrong -n: %s", err);
 }
 
+/* A worker killed in the middle of training: the launcher stops the others and names it. */
+static void test_killed_worker_mid_training(void **state) {
+  (void)state;
+  char dir[300], errp[300], metrics[400];
+  snprintf(dir, sizeof dir, "%s/killed", work);
+  snprintf(errp, sizeof errp, "%s/killed.err", work);
+  snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", dir);
+  char *argv[] = {(char *)hetmix_bin, "launch", "-n", "4", "--", (char *)hetmix_bin, "worker", "--model", MODEL,
+                  "--data", tokpath, "--steps", "100000", "--batch", "2", "--stages", "0,3,8", "--micro", "2,2",
+                  "--out", dir, "--quiet", NULL};
+  pid_t launcher = hm_t_spawn(argv, NULL, errp);
+  assert_int_equal(hm_t_wait_file(metrics, 60.0), 0); /* training is under way */
+  /* the launcher's children are the workers; rank 2 is the third one started */
+  char path[64], kids[256] = "";
+  snprintf(path, sizeof path, "/proc/%d/task/%d/children", (int)launcher, (int)launcher);
+  assert_int_equal(hm_t_read_file(path, kids, sizeof kids), 0);
+  long pids[4];
+  int n = sscanf(kids, "%ld %ld %ld %ld", &pids[0], &pids[1], &pids[2], &pids[3]);
+  assert_int_equal(n, 4);
+  double t0 = hm_t_now();
+  kill((pid_t)pids[2], SIGKILL);
+  int st = hm_t_wait(launcher, 10.0);
+  double took = hm_t_now() - t0;
+  assert_true(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 128 + 9);
+  char err[8192] = "", expect[96];
+  hm_t_read_file(errp, err, sizeof err);
+  snprintf(expect, sizeof expect, "rank 2 (pid %ld) was killed by signal 9", pids[2]);
+  if (!strstr(err, expect)) fail_msg("launcher said:\n%s", err);
+  assert_true(took < 5.0);
+  for (int r = 0; r < 4; r++) assert_false(hm_t_pid_running((pid_t)pids[r]));
+  print_message("  killed rank 2 of a training job: launcher exited after %.2f s\n", took);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_one_stage_is_bitwise),
@@ -322,6 +355,7 @@ int main(void) {
       cmocka_unit_test(test_2replicas_x_2stages_unequal_micro),
       cmocka_unit_test(test_mismatched_layout_is_refused),
       cmocka_unit_test(test_plan_runs_and_mismatch_is_refused),
+      cmocka_unit_test(test_killed_worker_mid_training),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
