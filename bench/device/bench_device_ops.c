@@ -5,8 +5,9 @@
  *
  * Prints, per op: milliseconds per call (median of reps) forward and backward for hetmix and
  * for torch (bench/device/torch_ops.py, run with the same thread count), calls per step, and
- * the per-step totals with the ratio torch/hetmix (above 1: hetmix is faster). Not a training
- * benchmark: bench/model times whole steps end to end. */
+ * the per-step totals with the ratio torch/hetmix (above 1: hetmix is faster). HETMIX_PYTHON
+ * names the interpreter (default /usr/bin/python3, where Debian's python3-torch lives). Not a
+ * training benchmark: bench/model times whole steps end to end. */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <stdio.h>

@@ -243,7 +243,8 @@ hm_status hm_dev_softmax_forward(hm_device *dev, void *probs, const void *logits
  * losses (N) = -log softmax(logits)[target]; dlogits (N,Vp) = (softmax - onehot) * dloss, 0 in
  * the padded columns. dlogits may be NULL (forward only) or alias logits (in place; it is
  * overwritten, not accumulated, the one exception to the += rule). targets (N) int32 in [0,V);
- * a negative target means "ignore": loss 0 and a zero gradient row. */
+ * a negative target means "ignore": loss 0 and a zero gradient row; a target >= V is
+ * HM_ERR_INVALID_ARG (outputs are then unspecified). */
 hm_status hm_dev_crossentropy_forward_backward(hm_device *dev, void *losses, void *dlogits,
                                                const void *logits, const int32_t *targets,
                                                double dloss, int N, int V, int Vp);

@@ -296,6 +296,10 @@ hm_status hm_plan_write(const hm_plan_inputs *in, const hm_plan *plan, const cha
  * cluster or model); the ranks list must match the plan's layout exactly. */
 hm_status hm_plan_load(const char *path, const hm_plan_inputs *against, hm_plan *plan,
                        hm_cluster *cluster, hm_model *model, hm_train *train);
+/* Same, from text in memory (`origin` names it in messages; may be NULL). */
+hm_status hm_plan_parse(const char *json, size_t len, const char *origin,
+                        const hm_plan_inputs *against, hm_plan *plan, hm_cluster *cluster,
+                        hm_model *model, hm_train *train);
 hm_status hm_plan_from_cjson(const struct cJSON *j, const hm_plan_inputs *against, hm_plan *plan,
                              hm_cluster *cluster, hm_model *model, hm_train *train);
 

@@ -30,6 +30,7 @@ struct hm_profile;
 
 #define HM_PROFILE_MAX_SIZES 16  /* ping-pong message sizes */
 #define HM_PROFILE_MAX_MBS 32    /* micro-batch sizes (HM_SPEC_MBS_MAX) */
+#define HM_PROFILE_MAX_TYPES 16  /* device types measured in one call */
 
 /* Latency and bandwidth of one transport between two local processes, fitted to ping-pong
  * one-way times t(b) = latency + b / bandwidth by least squares on the relative error. */
@@ -88,6 +89,11 @@ typedef struct hm_profile_options {
                                         timed rounds, at least one round [2]; <= 0: no limit */
   int ntypes;                        /* 0: every device type with a backend string */
   const char *types[16];             /* else only these type names */
+  int concurrent;                    /* 1: time every selected type at the same time, each in its
+                                        own process (as a heterogeneous plan's workers run) */
+  int copies;                        /* processes per type timed at once [1]; > 1 or concurrent:
+                                        the figures include what the others take from the host */
+  int timeout_s;                     /* deadline of a concurrent measurement [3600] */
   int links;                         /* 1: probe shm and tcp between two local processes */
   const char *link_transport;        /* which probe the intra-host entries record ["shm"] */
   hm_link_probe_options link_probe;  /* sizes and time per size (transport is set per probe) */
@@ -130,6 +136,20 @@ hm_status hm_profile_time_layers(const char *backend, const hm_profile_shape *sh
                                  hm_layer_timing *out,
                                  char *device_desc, size_t cap, hm_profile_progress_fn progress,
                                  void *user);
+
+/* Times the same layers on njobs devices at once: copies processes per backend, all forked and
+ * running together; a process done early keeps its device busy until every one is done. out is
+ * (njobs, nlayers, nmbs): per backend the median over its copies. descs (optional) receives one
+ * device description of desc_cap bytes per backend. A failing process stops all and is named;
+ * past timeout_s (<= 0: 3600) all are killed. No process outlives the call. The children run
+ * device kernels (OpenMP in the cpu backend): call it before this process has started OpenMP
+ * threads of its own (libgomp's pool does not survive fork), as `hetmix profile` does. */
+hm_status hm_profile_time_layers_together(int njobs, const char *const *backends, int copies,
+                                          const hm_profile_shape *shape, const int *layers, int nlayers,
+                                          const int64_t *mbs, int nmbs, int warmup, int reps,
+                                          double budget_s, uint64_t seed, int timeout_s,
+                                          hm_layer_timing *out, char *descs, size_t desc_cap,
+                                          hm_profile_progress_fn progress, void *user);
 
 #ifdef __cplusplus
 }

@@ -459,13 +459,21 @@ static int run_forked(const bench_opts *o, const hm_comm_config *cfg) {
   if (st != HM_OK) return hm_cli_fail_status(st, "bench: unique id", NULL);
   fflush(NULL);
   pid_t parent = getpid(), pids[256];
-  int started = 0;
+  int started = 0, gate[2];
+  if (pipe(gate) != 0) return hm_cli_fail(NULL, "bench: pipe: %s", strerror(errno));
   for (int r = 0; r < o->ranks; r++) {
     pid_t pid = fork();
     if (pid < 0) break;
     if (pid == 0) {
       prctl(PR_SET_PDEATHSIG, SIGKILL);
       if (getppid() != parent) _exit(1);
+      /* Start only once all ranks exist: while ranks bootstrap, this process's store thread
+       * is busy, and forking then could hand a child a held allocator lock. */
+      close(gate[1]);
+      char c;
+      while (read(gate[0], &c, 1) < 0 && errno == EINTR) {
+      }
+      close(gate[0]);
       hm_comm_t comm = NULL;
       hm_status s = hm_comm_init_rank(&comm, o->ranks, &id, r, cfg);
       int rc;
@@ -484,6 +492,8 @@ static int run_forked(const bench_opts *o, const hm_comm_config *cfg) {
     }
     pids[started++] = pid;
   }
+  close(gate[0]);
+  close(gate[1]);
   int rc = started == o->ranks ? 0 : hm_cli_fail("lower --ranks", "could only start %d of %d ranks", started, o->ranks);
   double deadline = now_s() + o->timeout_s;
   int left = started;

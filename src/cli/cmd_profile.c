@@ -14,7 +14,7 @@ static void profile_usage(FILE *f) {
   fprintf(f,
           "usage: hetmix profile --cluster C --model M [--train T] [-o profile.json]\n"
           "                      [--micro-batches 1,2,4] [--reps N] [--warmup N] [--budget S]\n"
-          "                      [--types a,b]\n"
+          "                      [--types a,b] [--concurrent] [--copies K]\n"
           "                      [--no-links] [--link-transport shm|tcp]\n"
           "\n"
           "Measures, on this machine, each layer kind of the model (embedding, block, head) on each\n"
@@ -35,6 +35,11 @@ static void profile_usage(FILE *f) {
           "  --budget S             stop timing a layer kind and size after S seconds of timed rounds\n"
           "                         (at least one round) [2]; 0: always all --reps\n"
           "  --types a,b            only these device types [every type with a backend]\n"
+          "  --concurrent           time every selected type at the same time, one process each\n"
+          "                         (the figures then include what the others take from the host,\n"
+          "                         as when the workers of a heterogeneous plan run together)\n"
+          "  --copies K             K processes per type timed at once (as K workers of that type)\n"
+          "                         [1]; the median over the copies is written\n"
           "  --no-links             do not probe links (the cluster spec's figures stay)\n"
           "  --link-transport T     which probe the intra-host link entries record: shm or tcp [shm]\n"
           "  -h, --help             this text\n");
@@ -78,6 +83,10 @@ int hm_cmd_profile(int argc, char **argv) {
       o.links = 0;
       continue;
     }
+    if (!strcmp(a, "--concurrent")) {
+      o.concurrent = 1;
+      continue;
+    }
     if (i + 1 >= argc)
       return a[0] == '-' ? hm_cli_fail("run `hetmix profile --help`", "%s needs a value", a)
                          : hm_cli_fail("run `hetmix profile --help`", "unexpected argument '%s'", a);
@@ -98,6 +107,11 @@ int hm_cmd_profile(int argc, char **argv) {
         return hm_cli_fail(NULL, "%s: expected a whole number in %d..1000, got '%s'", a, lo, v);
       if (lo) o.reps = (int)n;
       else o.warmup = (int)n;
+    } else if (!strcmp(a, "--copies")) {
+      char *end;
+      long n = strtol(v, &end, 10);
+      if (!v[0] || *end || n < 1 || n > 16) return hm_cli_fail(NULL, "--copies: expected 1..16, got '%s'", v);
+      o.copies = (int)n;
     } else if (!strcmp(a, "--budget")) {
       char *end;
       double d = strtod(v, &end);
@@ -154,8 +168,10 @@ int hm_cmd_profile(int argc, char **argv) {
   }
   o.cluster = &c;
   o.model = &m;
-  printf("profiling model \"%s\" on cluster \"%s\" (%d timed rounds after %d warm-up)\n", m.name, c.name, o.reps,
-         o.warmup);
+  printf("profiling model \"%s\" on cluster \"%s\" (%d timed rounds after %d warm-up%s", m.name, c.name, o.reps,
+         o.warmup, o.concurrent ? "; every type at once" : "");
+  if (o.copies > 1) printf("; %d processes per type", o.copies);
+  printf(")\n");
   fflush(stdout);
   hm_profile_report rep;
   st = hm_profile_measure(&o, &p, &rep);

@@ -14,8 +14,8 @@
 #include "comm/comm_internal.h"
 #include "util/util.h"
 
-static void mac(const unsigned char *secret, const char *role, const unsigned char *hello,
-                const unsigned char *nonce_a, unsigned char out[HM_WIRE_MAC_BYTES]) {
+void hm_auth_mac(const unsigned char *secret, const char *role, const unsigned char *hello,
+                 const unsigned char *nonce_a, unsigned char out[HM_WIRE_MAC_BYTES]) {
   unsigned char msg[8 + HM_WIRE_HELLO_BYTES + HM_WIRE_NONCE_BYTES];
   memset(msg, 0, sizeof msg);
   memcpy(msg, role, strlen(role));
@@ -44,11 +44,11 @@ hm_status hm_auth_connect(int fd, const unsigned char tag[HM_WIRE_TAG_BYTES],
   if (fh.type != HM_WIRE_CHALLENGE || fh.len != sizeof buf)
     return hm_error(HM_ERR_AUTH, "authentication: expected a challenge, got frame type %u", (unsigned)fh.type);
   unsigned char want[HM_WIRE_MAC_BYTES];
-  mac(secret, "hmx-a", hello, buf, want);
+  hm_auth_mac(secret, "hmx-a", hello, buf, want);
   if (CRYPTO_memcmp(want, buf + HM_WIRE_NONCE_BYTES, HM_WIRE_MAC_BYTES) != 0)
     return hm_error(HM_ERR_AUTH, "authentication: the peer does not know the job secret");
   unsigned char resp[HM_WIRE_MAC_BYTES];
-  mac(secret, "hmx-c", hello, buf, resp);
+  hm_auth_mac(secret, "hmx-c", hello, buf, resp);
   HM_TRY(hm_net_send_frame(fd, HM_WIRE_RESPONSE, 0, 0, 0, resp, sizeof resp, deadline_ns));
   st = hm_net_recv_frame(fd, &fh, NULL, 0, deadline_ns);
   if (st != HM_OK || fh.type != HM_WIRE_AUTH_OK)
@@ -77,11 +77,11 @@ hm_status hm_auth_accept(int fd, hm_secret_lookup_fn lookup, void *arg, uint64_t
   }
   unsigned char ch[HM_WIRE_NONCE_BYTES + HM_WIRE_MAC_BYTES];
   hm_random_bytes(ch, HM_WIRE_NONCE_BYTES);
-  mac(secret, "hmx-a", hello, ch, ch + HM_WIRE_NONCE_BYTES);
+  hm_auth_mac(secret, "hmx-a", hello, ch, ch + HM_WIRE_NONCE_BYTES);
   HM_TRY(hm_net_send_frame(fd, HM_WIRE_CHALLENGE, 0, 0, 0, ch, sizeof ch, deadline_ns));
   unsigned char resp[HM_WIRE_MAC_BYTES], want[HM_WIRE_MAC_BYTES];
   st = hm_net_recv_frame(fd, &fh, resp, sizeof resp, deadline_ns);
-  mac(secret, "hmx-c", hello, ch, want);
+  hm_auth_mac(secret, "hmx-c", hello, ch, want);
   if (st != HM_OK || fh.type != HM_WIRE_RESPONSE || fh.len != sizeof resp ||
       CRYPTO_memcmp(want, resp, sizeof resp) != 0) {
     hm_log(HM_LOG_WARN, "refused connection from %s: authentication with the job secret failed", who);

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
@@ -29,12 +30,23 @@ typedef struct rank_info {
   uint32_t magic, size;
   uint64_t host_key;
   int32_t pid, port, nranks, shm_payload, shm_slots, has_shm;
+  uint64_t cma_probe;  /* address of g_cma_probe in this process */
   char addr[64];
   char shm_name[64];
   char transport[8];
 } rank_info;
 
 static _Atomic unsigned g_comm_counter;
+static const uint64_t g_cma_probe = 0x434d412070726f62ull; /* read by same-host peers to test CMA */
+
+/* Can this process read the peer's memory with process_vm_readv (same user, no ptrace limits,
+ * not forbidden by seccomp)? */
+static int cma_works(int pid, uint64_t addr) {
+  if (hm_env_long("HETMIX_CMA", 1) == 0) return 0;
+  uint64_t v = 0;
+  struct iovec l = {&v, sizeof v}, r = {(void *)(uintptr_t)addr, sizeof v};
+  return process_vm_readv(pid, &l, 1, &r, 1, 0) == (ssize_t)sizeof v && v == g_cma_probe;
+}
 
 /* ---- unique id ---- */
 typedef struct id_layout {
@@ -136,6 +148,7 @@ static hm_status resolve_config(hm_comm_t c, const hm_comm_config *cfg) {
   c->tcp_chunk = (uint32_t)hm_env_long("HETMIX_TCP_CHUNK", 512 << 10);
   if (c->tcp_chunk < 4096 || c->tcp_chunk > HM_WIRE_MAX_PAYLOAD) c->tcp_chunk = 512 << 10;
   c->tcp_chunk &= ~63u;
+
   return HM_OK;
 }
 
@@ -184,6 +197,7 @@ static void comm_free(hm_comm_t c) {
   free(c->peer_shm);
   free(c->peer_shm_bytes);
   free(c->scratch);
+  free(c->cma_tmp);
   free(c->last_heard);
   pthread_mutex_destroy(&c->ctrl_mu);
   pthread_mutex_destroy(&c->hb_mu);
@@ -205,6 +219,7 @@ static hm_status prepare_local(hm_comm_t c, rank_info *me, char *shm_name, size_
   me->pid = (int32_t)getpid();
   me->port = port;
   me->nranks = c->nranks;
+  me->cma_probe = (uint64_t)(uintptr_t)&g_cma_probe;
   hm_strcpy(me->addr, sizeof me->addr, c->listen_addr);
   hm_strcpy(me->transport, sizeof me->transport, c->transport);
   /* ring geometry: 16 slots; 32 KiB chunks for small communicators, smaller for large ones */
@@ -218,8 +233,9 @@ static hm_status prepare_local(hm_comm_t c, rank_info *me, char *shm_name, size_
   if (strcmp(c->transport, "tcp") != 0 && c->nranks > 1) {
     snprintf(shm_name, shm_cap, "/hetmix-%02x%02x%02x%02x-%d-%d-%u", c->tag[0], c->tag[1], c->tag[2],
              c->tag[3], c->rank, (int)getpid(), atomic_fetch_add(&g_comm_counter, 1));
-    c->shm_bytes = (size_t)c->nranks * hm_shm_ring_bytes(me->shm_slots, payload);
+    c->shm_bytes = HM_SHM_HDR_BYTES + (size_t)c->nranks * hm_shm_ring_bytes((uint32_t)me->shm_slots, payload);
     HM_TRY(hm_shm_segment_create(shm_name, c->shm_bytes, &c->shm_base));
+    c->bell = c->shm_base;
     hm_strcpy(me->shm_name, sizeof me->shm_name, shm_name);
     me->has_shm = 1;
   }
@@ -262,6 +278,15 @@ static hm_status connect_mesh(hm_comm_t c, const rank_info *info, uint64_t deadl
     p->pid = ri->pid;
     p->is_shm = r != me && info[me].host_key == ri->host_key && info[me].has_shm && ri->has_shm;
   }
+  /* Waits spin briefly, then yield while this host's ranks fit its cores (like Open MPI's
+   * yield-when-idle, it keeps a loaded machine's scheduler on our side), then sleep on the
+   * doorbell. With more ranks than cores they sleep right after the spin. */
+  int local = 1;
+  for (int r = 0; r < n; r++) local += r != me && c->peers[r].is_shm;
+  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  long spin_us = hm_env_long("HETMIX_SPIN_US", 20), yield_us = hm_env_long("HETMIX_YIELD_US", local <= cpus ? 2000 : 0);
+  c->spin_ns = (uint64_t)(spin_us >= 0 && spin_us <= 10000000 ? spin_us : 20) * 1000u;
+  c->yield_ns = c->spin_ns + (uint64_t)(yield_us >= 0 && yield_us <= 10000000 ? yield_us : 0) * 1000u;
   /* tuner constants: the same on every rank because they derive from the shared table */
   if (any_tcp)
     c->link = (hm_link){3e9, 25e-6, 6e9};
@@ -319,16 +344,21 @@ static hm_status connect_mesh(hm_comm_t c, const rank_info *info, uint64_t deadl
     }
     if (p->is_shm) {
       uint32_t slots = (uint32_t)info[r].shm_slots, payload = (uint32_t)info[r].shm_payload;
-      c->peer_shm_bytes[r] = (size_t)n * hm_shm_ring_bytes(slots, payload);
+      c->peer_shm_bytes[r] = HM_SHM_HDR_BYTES + (size_t)n * hm_shm_ring_bytes(slots, payload);
       HM_TRY(hm_shm_segment_open(info[r].shm_name, c->peer_shm_bytes[r], &c->peer_shm[r]));
-      hm_shm_chan_init(&p->tx, (char *)c->peer_shm[r] + (size_t)me * hm_shm_ring_bytes(slots, payload), slots, payload);
+      p->bell = c->peer_shm[r];
+      hm_shm_chan_init(&p->tx, (char *)c->peer_shm[r] + HM_SHM_HDR_BYTES + (size_t)me * hm_shm_ring_bytes(slots, payload),
+                       slots, payload);
       uint32_t ms = (uint32_t)info[me].shm_slots, mp = (uint32_t)info[me].shm_payload;
-      hm_shm_chan_init(&p->rx, (char *)c->shm_base + (size_t)r * hm_shm_ring_bytes(ms, mp), ms, mp);
+      hm_shm_chan_init(&p->rx, (char *)c->shm_base + HM_SHM_HDR_BYTES + (size_t)r * hm_shm_ring_bytes(ms, mp), ms, mp);
     }
   }
-  /* READY both ways: after it every peer has mapped our segment */
+  /* READY both ways: after it every peer has mapped our segment; aux says whether we can read
+   * the peer's memory directly (so it may send us large transfers single-copy) */
   for (int r = 0; r < n; r++)
-    if (r != me) HM_TRY(hm_net_send_frame(c->peers[r].ctrl_fd, HM_WIRE_CTRL_READY, 0, 0, 0, NULL, 0, deadline));
+    if (r != me)
+      HM_TRY(hm_net_send_frame(c->peers[r].ctrl_fd, HM_WIRE_CTRL_READY, 0, 0,
+                               c->peers[r].is_shm && cma_works(info[r].pid, info[r].cma_probe), NULL, 0, deadline));
   for (int r = 0; r < n; r++) {
     if (r == me) continue;
     hm_wire_hdr h;
@@ -336,6 +366,7 @@ static hm_status connect_mesh(hm_comm_t c, const rank_info *info, uint64_t deadl
     if (st == HM_OK && h.type != HM_WIRE_CTRL_READY)
       st = hm_error(HM_ERR_PROTOCOL, "expected READY, got frame type %u", (unsigned)h.type);
     if (st != HM_OK) return hm_error_context(st, "bootstrap with rank %d: ", r);
+    c->peers[r].peer_reads_me = c->peers[r].is_shm && h.aux == 1;
   }
   close(c->listen_fd);
   c->listen_fd = -1;

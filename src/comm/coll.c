@@ -94,6 +94,7 @@ static hm_status allreduce_ring(hm_comm_t c, const hm_coll_args *a, const hm_xct
     int ss = mod(r - k - 1, n), rs = mod(r - k - 2, n);
     hm_xfer *s = xl_add(&l);
     hm_xfer_send(s, right, (k == 0 ? sb : rb) + seg_off(&m, ss) * es, seg_len(&m, ss) * es, a->seq, a->desc);
+    s->cma_ok = 0; /* the receiver reduces: slots split the work between both sides */
     if (prev_recv) s->avail = &prev_recv->done;
     hm_xfer *rv = xl_add(&l);
     hm_xfer_recv_reduce(rv, left, rb + seg_off(&m, rs) * es, sb + seg_off(&m, rs) * es,
@@ -128,6 +129,7 @@ static hm_status allreduce_rd(hm_comm_t c, const hm_coll_args *a, const hm_xctx 
   if (r < 2 * rem) {
     if (r % 2 == 0) {
       hm_xfer_send(&x[0], r + 1, cur, bytes, a->seq, a->desc);
+      x[0].cma_ok = 0;
       HM_TRY(hm_xfer_run(cx, x, 1));
       newrank = -1;
     } else {
@@ -145,6 +147,7 @@ static hm_status allreduce_rd(hm_comm_t c, const hm_coll_args *a, const hm_xctx 
       int partner = pn < rem ? pn * 2 + 1 : pn + rem;
       char *other = cur == rb ? tmp : rb;
       hm_xfer_send(&x[0], partner, cur, bytes, a->seq, a->desc);
+      x[0].cma_ok = 0;
       hm_xfer_recv_reduce(&x[1], partner, other, cur, bytes, a->seq, a->desc, mask * 2 == p ? n : 0);
       HM_TRY(hm_xfer_run(cx, x, 2));
       cur = other;
@@ -231,6 +234,7 @@ static hm_status reduce_tree(hm_comm_t c, const hm_coll_args *a, const hm_xctx *
   if (parent >= 0) {
     hm_xfer *s = xl_add(&l);
     hm_xfer_send(s, mod(parent + root, n), prev ? acc : a->sendbuf, bytes, a->seq, a->desc);
+    s->cma_ok = 0;
     if (prev) s->avail = &prev->done;
   }
   return xl_run(&l, cx);
@@ -250,6 +254,7 @@ static hm_status reduce_scatter_ring(hm_comm_t c, const hm_coll_args *a, const h
     int ss = mod(r - k - 1, n), rs = mod(r - k - 2, n);
     hm_xfer *s = xl_add(&l);
     hm_xfer_send(s, right, (k == 0 ? sb : tmp) + (size_t)ss * sb_bytes, sb_bytes, a->seq, a->desc);
+    s->cma_ok = 0;
     if (prev) s->avail = &prev->done;
     hm_xfer *rv = xl_add(&l);
     char *dst = k == n - 2 ? (char *)a->recvbuf : tmp + (size_t)rs * sb_bytes;
@@ -332,7 +337,7 @@ static hm_status gather_scatter_direct(hm_comm_t c, const hm_coll_args *a, const
 hm_status hm_coll_execute(hm_comm_t c, const hm_coll_args *a) {
   const int n = c->nranks;
   const size_t es = hm_dtype_size(a->dt);
-  hm_xctx cx = {c, a->dt, a->op};
+  hm_xctx cx = {.comm = c, .dt = a->dt, .op = a->op};
   if (n == 1) { /* no peers: only the copies the semantics require */
     size_t bytes = a->count * es;
     if (a->kind != HM_COLL_BARRIER && bytes && a->recvbuf && a->sendbuf != a->recvbuf)
@@ -357,7 +362,7 @@ hm_status hm_coll_execute(hm_comm_t c, const hm_coll_args *a) {
       t.sendbuf = &in;
       t.recvbuf = &out;
       t.count = 1;
-      hm_xctx bx = {c, HM_UINT8, HM_MAX};
+      hm_xctx bx = {.comm = c, .dt = HM_UINT8, .op = HM_MAX};
       return allreduce_rd(c, &t, &bx);
     }
     case HM_COLL_REDUCE: return reduce_tree(c, a, &cx, 1);

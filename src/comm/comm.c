@@ -106,37 +106,74 @@ static hm_status exec_self(hm_op **ops, int n) {
   }
 }
 
-static hm_status exec_p2p_batch(hm_op **ops, int n) {
+static void p2p_xfer(hm_comm_t c, hm_op *o, hm_xfer *x) {
+  hm_desc d = {HM_DESC_P2P, (int)o->dt, 0, -1, o->count};
+  hm_peer *p = &c->peers[o->peer];
+  if (o->is_send)
+    hm_xfer_send(x, o->peer, o->buf, o->bytes, p->send_p2p_seq++, hm_desc_pack(&d));
+  else
+    hm_xfer_recv(x, o->peer, o->buf, o->bytes, p->recv_p2p_seq++, hm_desc_pack(&d));
+}
+
+/* The progress thread's running point-to-point set takes in the point-to-point operations
+ * queued after it started (an irecv issued after an isend it must pair with, say). */
+typedef struct p2p_refill_state {
+  hm_comm_t c;
+  hm_op **ops;
+  int *nops, cap;
+} p2p_refill_state;
+
+static int p2p_refill(void *arg, hm_xfer *x, int n, int cap) {
+  p2p_refill_state *st = arg;
+  hm_comm_t c = st->c;
+  pthread_mutex_lock(&c->q_mu);
+  while (c->q_head && c->q_head->is_p2p && n < cap && *st->nops < st->cap) {
+    hm_op *o = c->q_head;
+    c->q_head = o->next;
+    if (!c->q_head) c->q_tail = NULL;
+    st->ops[(*st->nops)++] = o;
+    p2p_xfer(c, o, &x[n++]);
+  }
+  pthread_mutex_unlock(&c->q_mu);
+  return n;
+}
+
+/* ops[0..*n) are point-to-point operations of one communicator; with cap > 0 (progress thread)
+ * more may join while it runs, and *n grows. */
+static hm_status exec_p2p_batch(hm_op **ops, int *n, int cap) {
   hm_comm_t c = ops[0]->comm;
-  hm_xfer stack[16];
-  hm_xfer *x = n <= 16 ? stack : hm_malloc(sizeof(hm_xfer) * (size_t)n, "p2p transfers");
+  enum { STACK = 64 };
+  hm_xfer stack[STACK];
+  int xcap = cap > 0 ? STACK : *n;
+  hm_xfer *x = xcap <= STACK ? stack : hm_malloc(sizeof(hm_xfer) * (size_t)xcap, "p2p transfers");
   if (!x) return HM_ERR_NOMEM;
   int nx = 0, nself = 0;
-  for (int i = 0; i < n; i++) {
-    hm_op *o = ops[i];
-    if (o->peer == c->rank) {
+  for (int i = 0; i < *n; i++) {
+    if (ops[i]->peer == c->rank) {
       nself++;
       continue;
     }
-    hm_desc d = {HM_DESC_P2P, (int)o->dt, 0, -1, o->count};
-    hm_peer *p = &c->peers[o->peer];
-    if (o->is_send)
-      hm_xfer_send(&x[nx++], o->peer, o->buf, o->bytes, p->send_p2p_seq++, hm_desc_pack(&d));
-    else
-      hm_xfer_recv(&x[nx++], o->peer, o->buf, o->bytes, p->recv_p2p_seq++, hm_desc_pack(&d));
+    p2p_xfer(c, ops[i], &x[nx++]);
   }
-  hm_status st = nself ? exec_self(ops, n) : HM_OK;
-  hm_xctx cx = {c, HM_UINT8, HM_SUM}; /* copies only: byte granularity */
-  if (st == HM_OK && nx) st = hm_xfer_run(&cx, x, nx);
+  hm_status st = nself ? exec_self(ops, *n) : HM_OK;
+  p2p_refill_state rs = {c, ops, n, cap};
+  hm_xctx cx = {c, HM_UINT8, HM_SUM, NULL, NULL, 0}; /* copies only: byte granularity */
+  if (cap > 0 && !nself) {
+    cx.refill = p2p_refill;
+    cx.refill_arg = &rs;
+    cx.cap = STACK;
+  }
+  if (st == HM_OK && (nx || cx.refill)) st = hm_xfer_run(&cx, x, nx);
   if (x != stack) free(x);
   return st;
 }
 
-/* Runs ops[0..n) (one collective, or point-to-point ops of one communicator). */
-static hm_status exec_ops(hm_op **ops, int n) {
+/* Runs ops[0..*n) (one collective, or point-to-point ops of one communicator; cap > 0 lets
+ * queued point-to-point ops join, growing *n). */
+static hm_status exec_ops(hm_op **ops, int *n, int cap) {
   hm_comm_t c = ops[0]->comm;
   hm_status st = comm_state(c, ops[0]->is_p2p ? "send/recv" : hm_coll_kind_name(ops[0]->a.kind));
-  if (st == HM_OK) st = ops[0]->is_p2p ? exec_p2p_batch(ops, n) : hm_coll_execute(c, &ops[0]->a);
+  if (st == HM_OK) st = ops[0]->is_p2p ? exec_p2p_batch(ops, n, cap) : hm_coll_execute(c, &ops[0]->a);
   if (st != HM_OK && st != HM_ERR_ABORTED && st != HM_ERR_TIMEOUT && atomic_load(&c->broken) == HM_OK)
     hm_comm_fail(c, st, 1); /* tell the peers, so they do not wait for this rank */
   return st;
@@ -163,7 +200,7 @@ static void *progress_main(void *arg) {
     }
     if (!c->q_head) c->q_tail = NULL;
     pthread_mutex_unlock(&c->q_mu);
-    hm_status st = exec_ops(batch, n);
+    hm_status st = exec_ops(batch, &n, batch[0]->is_p2p ? 64 : 0);
     pthread_mutex_lock(&c->q_mu);
     for (int i = 0; i < n; i++) {
       finish(batch[i], st);
@@ -252,7 +289,8 @@ static hm_status submit(hm_op *tmpl, hm_request_t *req) {
   hm_comm_t c = tmpl->comm;
   if (!req && g_group_depth == 0 && atomic_load_explicit(&c->q_pending, memory_order_acquire) == 0) {
     hm_op *one = tmpl;
-    return exec_ops(&one, 1);
+    int n1 = 1;
+    return exec_ops(&one, &n1, 0);
   }
   hm_op *o = hm_malloc(sizeof *o, "operation");
   if (!o) return HM_ERR_NOMEM;
@@ -628,7 +666,7 @@ hm_status hm_group_end(void) {
     }
     hm_status st = first;
     if (st == HM_OK) {
-      st = exec_ops(batch, n);
+      st = exec_ops(batch, &n, 0);
       if (st != HM_OK) first = st, hm_strcpy(first_msg, sizeof first_msg, hm_last_error());
     } else {
       hm_error(st, "%s", first_msg);

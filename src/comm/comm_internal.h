@@ -47,6 +47,11 @@ typedef const unsigned char *(*hm_secret_lookup_fn)(const unsigned char *tag, vo
 hm_status hm_auth_accept(int fd, hm_secret_lookup_fn lookup, void *arg, uint64_t deadline_ns,
                          hm_wire_hello *hello);
 
+/* The MACs of the handshake (role "hmx-a": acceptor's proof, "hmx-c": connector's), for the
+ * store's nonblocking acceptor. */
+void hm_auth_mac(const unsigned char *secret, const char *role, const unsigned char *hello,
+                 const unsigned char *nonce_a, unsigned char out[HM_WIRE_MAC_BYTES]);
+
 /* ---- rendezvous store (store.c) ---- */
 typedef struct hm_store_server hm_store_server;
 /* Starts a server thread on addr:port (port 0: ephemeral), serving job (tag, secret) if given. */
@@ -83,12 +88,29 @@ typedef struct hm_shm_slot {
   uint32_t len;
   uint32_t seq;
   uint64_t desc;
-  uint64_t pad;
+  uint64_t kind;  /* HM_SLOT_DATA: payload holds the bytes; HM_SLOT_CMA: payload holds the
+                     sender's address of `len` bytes, read with process_vm_readv */
 } hm_shm_slot; /* payload follows at +32 */
+enum { HM_SLOT_DATA = 0, HM_SLOT_CMA = 1 };
+#define HM_CMA_MIN_BYTES (256u << 10) /* transfers from this size may go single-copy */
+#define HM_CMA_MAX_DESC (1u << 20)    /* bytes one descriptor covers at most */
 typedef struct hm_shm_ring_ctl {
-  _Atomic uint64_t consumed; /* chunks the consumer released */
-  char pad[56];
+  _Atomic uint64_t consumed;  /* chunks the consumer released */
+  _Atomic uint64_t cma_bytes; /* bytes the consumer has read out of the producer (single copy) */
+  char pad[48];
 } hm_shm_ring_ctl;
+
+/* First 64 bytes of every segment: the owner sleeps on `seq` (futex) when it has waited a while;
+ * peers that publish into or free space in its rings bump `seq` and wake it if it sleeps. */
+typedef struct hm_shm_bell {
+  _Atomic uint32_t seq;
+  _Atomic uint32_t sleepers;
+  char pad[56];
+} hm_shm_bell;
+#define HM_SHM_HDR_BYTES 64
+void hm_shm_bell_ring(hm_shm_bell *b);
+/* Sleeps until seq != seen or timeout_us passed. */
+void hm_shm_bell_wait(hm_shm_bell *b, uint32_t seen, int timeout_us);
 
 typedef struct hm_shm_chan {
   hm_shm_ring_ctl *ctl;
@@ -96,6 +118,7 @@ typedef struct hm_shm_chan {
   uint32_t nslots, stride, payload;
   uint64_t count;  /* producer: chunks published; consumer: chunks released */
   uint64_t seen_consumed;
+  uint64_t cma_posted;  /* producer: bytes described to the consumer so far */
 } hm_shm_chan;
 
 hm_status hm_shm_segment_create(const char *name, size_t bytes, void **base);
@@ -111,6 +134,8 @@ typedef struct hm_peer {
   int data_fd;      /* TCP data connection (-1 for shared memory peers) */
   int pid;
   hm_shm_chan tx, rx;  /* shared memory: we produce into the peer's segment, consume ours */
+  int peer_reads_me;   /* the peer can process_vm_readv from this process (probed at bootstrap) */
+  hm_shm_bell *bell;   /* the peer's doorbell (in its segment) */
   /* TCP data: frame being sent and frame being received */
   unsigned char tx_hdr[HM_WIRE_HDR_BYTES];
   const char *tx_data;
@@ -133,7 +158,12 @@ struct hm_comm {
   char transport[8], algorithm[8], listen_addr[64], name[64];
   int forced_algo;  /* -1 auto */
   hm_peer *peers;
-  void *shm_base;   /* our segment (inbound rings) */
+  void *shm_base;   /* our segment (doorbell, inbound rings) */
+  hm_shm_bell *bell; /* our doorbell */
+  int bell_armed;    /* this rank announced it may sleep on the bell */
+  uint64_t spin_ns;  /* how long a wait spins before it yields */
+  uint64_t yield_ns; /* ... and until when it yields before it sleeps */
+  uint32_t bell_seen;
   size_t shm_bytes;
   void **peer_shm;  /* peers' segments (mapped) */
   size_t *peer_shm_bytes;
@@ -145,6 +175,7 @@ struct hm_comm {
   char broken_msg[512];
   pthread_mutex_t err_mu;
   char *scratch;
+  char *cma_tmp;     /* staging for reductions out of single-copy reads */
   size_t scratch_bytes;
   int split_count;
   /* progress thread and queue of nonblocking operations */
@@ -181,6 +212,8 @@ typedef struct hm_xfer {
   uint32_t seq;
   uint64_t desc;
   int finished;
+  int cma_ok;          /* send: the receiver copies, so single copy (process_vm_readv) is worth it */
+  uint64_t cma_until;  /* send: finished once the receiver has read this many CMA bytes */
   int nchunks;         /* chunks moved (a zero-byte transfer still moves one) */
   int after;           /* engine-internal: earlier xfer on the same channel */
 } hm_xfer;
@@ -189,6 +222,10 @@ typedef struct hm_xctx {
   hm_comm_t comm;
   hm_dtype dt;
   hm_redop op;
+  /* optional: adds transfers (issued meanwhile) to a running set; returns the new count */
+  int (*refill)(void *arg, hm_xfer *x, int n, int cap);
+  void *refill_arg;
+  int cap;
 } hm_xctx;
 
 void hm_xfer_send(hm_xfer *x, int peer, const void *src, size_t bytes, uint32_t seq, uint64_t desc);

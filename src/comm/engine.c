@@ -33,6 +33,7 @@ void hm_xfer_send(hm_xfer *x, int peer, const void *src, size_t bytes, uint32_t 
   memset(x, 0, sizeof *x);
   x->peer = peer;
   x->is_send = 1;
+  x->cma_ok = 1; /* the algorithms clear it where the receiver reduces */
   x->src = src;
   x->bytes = bytes;
   x->seq = seq;
@@ -309,7 +310,10 @@ static hm_status step_send(const hm_xctx *cx, hm_xfer *x, int *progress) {
   if (!p->is_shm) HM_TRY(tcp_flush(c, x->peer));
   for (;;) {
     if (x->done == x->bytes && x->nchunks > 0) {
-      if (p->is_shm || !p->tx_busy) x->finished = 1;
+      if (p->is_shm ? (!x->cma_until ||
+                       atomic_load_explicit(&p->tx.ctl->cma_bytes, memory_order_acquire) >= x->cma_until)
+                    : !p->tx_busy)
+        x->finished = 1;
       return HM_OK;
     }
     size_t lim = send_limit(x);
@@ -317,7 +321,14 @@ static hm_status step_send(const hm_xctx *cx, hm_xfer *x, int *progress) {
     if (n == 0 && x->bytes > 0) return HM_OK; /* waiting for the data it forwards */
     if (p->is_shm) {
       hm_shm_chan *ch = &p->tx;
-      if (n > ch->payload) n = ch->payload;
+      const int cma = x->cma_ok && p->peer_reads_me && x->bytes >= HM_CMA_MIN_BYTES && n > 0;
+      if (cma) {
+        if (n > HM_CMA_MAX_DESC) n = HM_CMA_MAX_DESC;
+        /* while forwarded data trickles in, describe it in pieces worth a system call */
+        if (n < x->bytes - x->done && n < HM_CMA_MIN_BYTES) return HM_OK;
+      } else if (n > ch->payload) {
+        n = ch->payload;
+      }
       if (ch->count - ch->seen_consumed >= ch->nslots) {
         ch->seen_consumed = atomic_load_explicit(&ch->ctl->consumed, memory_order_acquire);
         if (ch->count - ch->seen_consumed >= ch->nslots) return HM_OK;
@@ -326,9 +337,18 @@ static hm_status step_send(const hm_xctx *cx, hm_xfer *x, int *progress) {
       s->len = (uint32_t)n;
       s->seq = x->seq;
       s->desc = x->desc;
-      if (n) memcpy((char *)s + 32, x->src + x->done, n);
+      s->kind = cma ? HM_SLOT_CMA : HM_SLOT_DATA;
+      if (cma) {
+        uint64_t addr = (uint64_t)(uintptr_t)(x->src + x->done);
+        memcpy((char *)s + 32, &addr, sizeof addr);
+        ch->cma_posted += n;
+        x->cma_until = ch->cma_posted;
+      } else if (n) {
+        memcpy((char *)s + 32, x->src + x->done, n);
+      }
       ch->count++;
       atomic_store_explicit(&s->stamp, ch->count, memory_order_release);
+      hm_shm_bell_ring(p->bell);
     } else {
       if (p->tx_busy) return HM_OK;
       if (n > c->tcp_chunk) n = c->tcp_chunk;
@@ -347,6 +367,43 @@ static hm_status step_send(const hm_xctx *cx, hm_xfer *x, int *progress) {
   }
 }
 
+/* Single copy: reads `len` bytes at the sender's address straight into the destination (or, to
+ * reduce, through a small staging buffer), then tells the sender they were read. */
+static hm_status cma_read(const hm_xctx *cx, hm_xfer *x, hm_peer *p, uint64_t addr, uint32_t len) {
+  hm_comm_t c = cx->comm;
+  const size_t es = hm_dtype_size(cx->dt), piece = 256u << 10;
+  if (x->mode == HM_X_REDUCE && !c->cma_tmp) {
+    c->cma_tmp = hm_aligned_alloc(64, piece, "single-copy staging");
+    if (!c->cma_tmp) return HM_ERR_NOMEM;
+  }
+  size_t off = 0;
+  while (off < len) {
+    size_t n = len - off;
+    char *dst = x->dst + x->done + off;
+    if (x->mode == HM_X_REDUCE) {
+      if (n > piece) n = piece;
+      dst = c->cma_tmp;
+    }
+    struct iovec l = {dst, n}, r = {(void *)(uintptr_t)(addr + off), n};
+    ssize_t got = process_vm_readv(p->pid, &l, 1, &r, 1, 0);
+    if (got <= 0) {
+      int e = errno;
+      if (got < 0 && e == ESRCH) return peer_gone(c, x->peer, "exited during a single-copy read");
+      hm_error(HM_ERR_IO, "rank %d: single-copy read of %zu bytes from rank %d (pid %d): %s", c->rank, n,
+               x->peer, p->pid, got < 0 ? strerror(e) : "nothing read");
+      return hm_comm_fail(c, HM_ERR_IO, 1);
+    }
+    n = (size_t)got - (size_t)got % (es ? es : 1);
+    if (n == 0) continue;
+    if (x->mode == HM_X_REDUCE)
+      hm_reduce(x->dst + x->done + off, x->src + x->done + off, c->cma_tmp, n / es, cx->dt, cx->op, x->final_div);
+    off += n;
+  }
+  atomic_fetch_add_explicit(&p->rx.ctl->cma_bytes, len, memory_order_release);
+  hm_shm_bell_ring(p->bell);
+  return HM_OK;
+}
+
 static hm_status step_recv(const hm_xctx *cx, hm_xfer *x, int *progress) {
   hm_comm_t c = cx->comm;
   hm_peer *p = &c->peers[x->peer];
@@ -357,7 +414,7 @@ static hm_status step_recv(const hm_xctx *cx, hm_xfer *x, int *progress) {
       return HM_OK;
     }
     uint32_t len, seq;
-    uint64_t desc;
+    uint64_t desc, cma_addr = 0;
     const char *data;
     hm_shm_slot *s = NULL;
     if (p->is_shm) {
@@ -368,7 +425,12 @@ static hm_status step_recv(const hm_xctx *cx, hm_xfer *x, int *progress) {
       seq = s->seq;
       desc = s->desc;
       data = (const char *)s + 32;
-      if (len > ch->payload) len = UINT32_MAX; /* rejected below */
+      if (s->kind == HM_SLOT_CMA) {
+        memcpy(&cma_addr, data, sizeof cma_addr);
+        data = NULL;
+      } else if (len > ch->payload) {
+        len = UINT32_MAX; /* rejected below */
+      }
     } else {
       int have_hdr, ready;
       HM_TRY(tcp_fill(c, x->peer, NULL, &have_hdr, &ready));
@@ -391,7 +453,9 @@ static hm_status step_recv(const hm_xctx *cx, hm_xfer *x, int *progress) {
       return hm_comm_fail(c, HM_ERR_PROTOCOL, 1);
     }
     if (x->avail && *x->avail < x->done + len) return HM_OK; /* operand not reduced yet */
-    if (len && data) {
+    if (len && cma_addr) {
+      HM_TRY(cma_read(cx, x, p, cma_addr, len));
+    } else if (len && data) {
       if (x->mode == HM_X_REDUCE)
         hm_reduce(x->dst + x->done, x->src + x->done, data, len / es, cx->dt, cx->op, x->final_div);
       else
@@ -400,6 +464,7 @@ static hm_status step_recv(const hm_xctx *cx, hm_xfer *x, int *progress) {
     if (p->is_shm) {
       p->rx.count++;
       atomic_store_explicit(&p->rx.ctl->consumed, p->rx.count, memory_order_release);
+      hm_shm_bell_ring(p->bell);
     } else {
       p->rx_off = 0;
     }
@@ -409,21 +474,31 @@ static hm_status step_recv(const hm_xctx *cx, hm_xfer *x, int *progress) {
   }
 }
 
-hm_status hm_xfer_run(const hm_xctx *cx, hm_xfer *x, int n) {
-  hm_comm_t c = cx->comm;
-  int any_tcp = 0;
-  for (int i = 0; i < n; i++) {
+static int prepare(hm_comm_t c, hm_xfer *x, int from, int n, int *any_tcp) {
+  for (int i = from; i < n; i++) {
     x[i].after = -1;
     for (int j = i - 1; j >= 0; j--)
       if (x[j].peer == x[i].peer && x[j].is_send == x[i].is_send) {
         x[i].after = j;
         break;
       }
-    if (x[i].peer < 0 || x[i].peer >= c->nranks || x[i].peer == c->rank) {
-      return hm_error(HM_ERR_INTERNAL, "rank %d: transfer with invalid peer %d", c->rank, x[i].peer);
-    }
-    if (!c->peers[x[i].peer].is_shm) any_tcp = 1;
+    if (x[i].peer < 0 || x[i].peer >= c->nranks || x[i].peer == c->rank) return i;
+    if (!c->peers[x[i].peer].is_shm) *any_tcp = 1;
   }
+  return -1;
+}
+
+static void disarm(hm_comm_t c) {
+  if (!c->bell_armed) return;
+  atomic_fetch_sub_explicit(&c->bell->sleepers, 1, memory_order_relaxed);
+  c->bell_armed = 0;
+}
+
+static hm_status xfer_loop(const hm_xctx *cx, hm_xfer *x, int n) {
+  hm_comm_t c = cx->comm;
+  int any_tcp = 0;
+  int bad = prepare(c, x, 0, n, &any_tcp);
+  if (bad >= 0) return hm_error(HM_ERR_INTERNAL, "rank %d: transfer with invalid peer %d", c->rank, x[bad].peer);
   const uint64_t deadline = hm_deadline_after_ms((uint64_t)c->cfg.timeout_ms);
   c->op_start_ns = deadline - (uint64_t)c->cfg.timeout_ms * 1000000ull;
   uint64_t idle_since = 0, last_health = hm_now_ns();
@@ -442,14 +517,25 @@ hm_status hm_xfer_run(const hm_xctx *cx, hm_xfer *x, int n) {
     if (progress) {
       idle = 0;
       idle_since = 0;
+      disarm(c);
       continue;
     }
+    if (cx->refill && n < cx->cap && (idle & 15) == 0) { /* operations issued meanwhile join the running set */
+      int m = cx->refill(cx->refill_arg, x, n, cx->cap);
+      if (m > n) {
+        bad = prepare(c, x, n, m, &any_tcp);
+        if (bad >= 0) return hm_error(HM_ERR_INTERNAL, "rank %d: transfer with invalid peer %d", c->rank, x[bad].peer);
+        n = m;
+        continue;
+      }
+    }
+
     if (atomic_load_explicit(&c->aborted, memory_order_relaxed))
       return hm_error(HM_ERR_ABORTED, "rank %d: communicator aborted", c->rank);
     idle++;
-    if (idle < 512 && !any_tcp) {
+    if (!any_tcp && (idle & 63) != 0) {
       cpu_relax();
-      if ((idle & 63) != 0) continue;
+      continue;
     }
     uint64_t now = hm_now_ns();
     if (idle_since == 0) idle_since = now;
@@ -486,16 +572,43 @@ hm_status hm_xfer_run(const hm_xctx *cx, hm_xfer *x, int n) {
       last_health = hm_now_ns();
       continue;
     }
-    if (now - idle_since < 2000000ull) {
-      /* a few hundred microseconds of yielding keeps latency low when ranks share cores */
+    if (now - idle_since < c->spin_ns) {
+      /* spin on the shared lines: the low-latency path */
+      cpu_relax();
+      if (now - last_health > 1000000ull) {
+        HM_TRY(health_poll(c, NULL, 0, 0));
+        last_health = now;
+      }
+    } else if (now - idle_since < c->yield_ns) {
       sched_yield();
       if (now - last_health > 1000000ull) {
         HM_TRY(health_poll(c, NULL, 0, 0));
         last_health = now;
+      }
+    } else if (c->bell) {
+      /* sleep on our doorbell: announce it, look once more, then wait (1 ms at most) */
+      if (!c->bell_armed) {
+        atomic_fetch_add_explicit(&c->bell->sleepers, 1, memory_order_relaxed);
+        atomic_thread_fence(memory_order_seq_cst);
+        c->bell_seen = atomic_load_explicit(&c->bell->seq, memory_order_acquire);
+        c->bell_armed = 1;
+        continue;
+      }
+      hm_shm_bell_wait(c->bell, c->bell_seen, 1000);
+      disarm(c);
+      if (now - last_health > 1000000ull) {
+        HM_TRY(health_poll(c, NULL, 0, 0));
+        last_health = hm_now_ns();
       }
     } else {
       HM_TRY(health_poll(c, NULL, 0, 1));
       last_health = hm_now_ns();
     }
   }
+}
+
+hm_status hm_xfer_run(const hm_xctx *cx, hm_xfer *x, int n) {
+  hm_status st = xfer_loop(cx, x, n);
+  disarm(cx->comm);
+  return st;
 }

@@ -6,6 +6,10 @@
  * advancing `consumed`. Small messages therefore cost one cache line each way.
  * The segment is unlinked as soon as every peer mapped it, so nothing is left behind. */
 #include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -61,4 +65,19 @@ hm_status hm_shm_segment_open(const char *name, size_t bytes, void **base) {
   if (p == MAP_FAILED) return hm_error(HM_ERR_IO, "mmap peer shared memory %s: %s", name, strerror(e));
   *base = p;
   return HM_OK;
+}
+
+/* Called after publishing a slot or freeing one: a full fence orders our store before reading
+ * `sleepers` (the sleeper orders its `sleepers` store before re-checking the rings), so either
+ * it sees our data or we see it asleep. */
+void hm_shm_bell_ring(hm_shm_bell *b) {
+  atomic_thread_fence(memory_order_seq_cst);
+  if (atomic_load_explicit(&b->sleepers, memory_order_relaxed) == 0) return;
+  atomic_fetch_add_explicit(&b->seq, 1, memory_order_release);
+  syscall(SYS_futex, (uint32_t *)&b->seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+void hm_shm_bell_wait(hm_shm_bell *b, uint32_t seen, int timeout_us) {
+  struct timespec ts = {timeout_us / 1000000, (long)(timeout_us % 1000000) * 1000};
+  syscall(SYS_futex, (uint32_t *)&b->seq, FUTEX_WAIT, seen, &ts, NULL, 0);
 }

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "comm/comm_internal.h"
@@ -30,9 +31,21 @@ typedef struct store_job {
   struct store_job *next;
 } store_job;
 
+/* A connection: authenticated step by step inside the poll loop (a silent or slow peer holds
+ * up nobody), frames read incrementally without blocking. */
+enum { CL_HELLO = 0, CL_RESPONSE, CL_AUTHED };
 typedef struct store_client {
-  int fd;
+  int fd, state;
+  uint64_t deadline_ns; /* for finishing authentication */
+  char who[64];
   unsigned char tag[HM_WIRE_TAG_BYTES];
+  unsigned char secret[HM_SECRET_BYTES];
+  unsigned char hello[HM_WIRE_HELLO_BYTES];
+  unsigned char nonce[HM_WIRE_NONCE_BYTES];
+  unsigned char hdr[HM_WIRE_HDR_BYTES];
+  hm_wire_hdr h;
+  size_t off;            /* bytes of the current frame read (header + payload) */
+  unsigned char *payload;
   char waiting[2 * HM_WIRE_TAG_BYTES + 2 + HM_WIRE_MAX_KEY]; /* parked GET ("" if none) */
 } store_client;
 
@@ -72,6 +85,7 @@ static store_kv *kv_find(hm_store_server *s, const char *key) {
 
 static void drop_client(hm_store_server *s, int i) {
   close(s->clients[i].fd);
+  free(s->clients[i].payload);
   s->clients[i] = s->clients[--s->nclients];
 }
 
@@ -80,22 +94,48 @@ static int reply_value(store_client *c, const store_kv *e) {
                            hm_deadline_after_ms(2000)) == HM_OK;
 }
 
-/* Handles one frame from an authenticated client; returns 0 to drop the client. */
+static int refuse(store_client *c, const char *why) {
+  hm_log(HM_LOG_WARN, "refused connection from %s: %s", c->who, why);
+  return 0;
+}
+
+/* One complete frame from client c; returns 0 to drop it. */
 static int serve_frame(hm_store_server *s, store_client *c) {
-  hm_wire_hdr h;
-  if (hm_net_recv_frame(c->fd, &h, s->buf, STORE_MAX_VALUE + HM_WIRE_MAX_KEY + 2,
-                        hm_deadline_after_ms(2000)) != HM_OK) {
-    if (hm_last_error()[0] && !strstr(hm_last_error(), "closed by peer"))
-      hm_log(HM_LOG_WARN, "store: dropping client: %s", hm_last_error());
-    return 0;
+  const hm_wire_hdr *h = &c->h;
+  const unsigned char *pl = c->payload;
+  if (c->state == CL_HELLO) {
+    hm_wire_hello hello;
+    if (h->type != HM_WIRE_HELLO) return refuse(c, "expected a hello");
+    if (hm_wire_decode_hello(pl, h->len, &hello) != HM_OK) return refuse(c, hm_last_error());
+    if (hello.purpose != HM_CONN_STORE) return refuse(c, "not a store connection");
+    const unsigned char *secret = lookup_secret(hello.tag, s);
+    if (!secret) return refuse(c, "unknown job");
+    memcpy(c->tag, hello.tag, sizeof c->tag);
+    memcpy(c->secret, secret, sizeof c->secret);
+    memcpy(c->hello, pl, HM_WIRE_HELLO_BYTES);
+    unsigned char ch[HM_WIRE_NONCE_BYTES + HM_WIRE_MAC_BYTES];
+    hm_random_bytes(ch, HM_WIRE_NONCE_BYTES);
+    memcpy(c->nonce, ch, HM_WIRE_NONCE_BYTES);
+    hm_auth_mac(c->secret, "hmx-a", c->hello, c->nonce, ch + HM_WIRE_NONCE_BYTES);
+    c->state = CL_RESPONSE;
+    /* a fresh connection's send buffer is empty: this does not block */
+    return hm_net_send_frame(c->fd, HM_WIRE_CHALLENGE, 0, 0, 0, ch, sizeof ch, hm_deadline_after_ms(500)) == HM_OK;
+  }
+  if (c->state == CL_RESPONSE) {
+    unsigned char want[HM_WIRE_MAC_BYTES];
+    hm_auth_mac(c->secret, "hmx-c", c->hello, c->nonce, want);
+    if (h->type != HM_WIRE_RESPONSE || h->len != HM_WIRE_MAC_BYTES || CRYPTO_memcmp(want, pl, sizeof want) != 0)
+      return refuse(c, "authentication with the job secret failed");
+    c->state = CL_AUTHED;
+    return hm_net_send_frame(c->fd, HM_WIRE_AUTH_OK, 0, 0, 0, NULL, 0, hm_deadline_after_ms(500)) == HM_OK;
   }
   char key[HM_WIRE_MAX_KEY + 1];
   char fk[sizeof c->waiting];
-  if (h.type == HM_WIRE_STORE_SET) {
+  if (h->type == HM_WIRE_STORE_SET) {
     const unsigned char *val;
     size_t vl;
-    if (hm_wire_decode_store_set(s->buf, h.len, key, &val, &vl) != HM_OK || vl > STORE_MAX_VALUE) {
-      hm_log(HM_LOG_WARN, "store: bad set: %s", hm_last_error());
+    if (hm_wire_decode_store_set(pl, h->len, key, &val, &vl) != HM_OK || vl > STORE_MAX_VALUE) {
+      hm_log(HM_LOG_WARN, "store: bad set from %s: %s", c->who, hm_last_error());
       return 0;
     }
     full_key(c->tag, key, fk, sizeof fk);
@@ -122,9 +162,9 @@ static int serve_frame(hm_store_server *s, store_client *c) {
     }
     return 1;
   }
-  if (h.type == HM_WIRE_STORE_GET) {
-    if (hm_wire_decode_store_key(s->buf, h.len, key) != HM_OK) {
-      hm_log(HM_LOG_WARN, "store: bad get: %s", hm_last_error());
+  if (h->type == HM_WIRE_STORE_GET) {
+    if (hm_wire_decode_store_key(pl, h->len, key) != HM_OK) {
+      hm_log(HM_LOG_WARN, "store: bad get from %s: %s", c->who, hm_last_error());
       return 0;
     }
     full_key(c->tag, key, fk, sizeof fk);
@@ -133,8 +173,44 @@ static int serve_frame(hm_store_server *s, store_client *c) {
     snprintf(c->waiting, sizeof c->waiting, "%s", fk);
     return 1;
   }
-  hm_log(HM_LOG_WARN, "store: unexpected frame type %u", (unsigned)h.type);
+  hm_log(HM_LOG_WARN, "store: unexpected frame type %u from %s", (unsigned)h->type, c->who);
   return 0;
+}
+
+/* Reads what is there; serves every complete frame. Returns 0 to drop the client. */
+static int client_readable(hm_store_server *s, store_client *c) {
+  for (;;) {
+    unsigned char *dst;
+    size_t want;
+    if (c->off < HM_WIRE_HDR_BYTES) {
+      dst = c->hdr + c->off;
+      want = HM_WIRE_HDR_BYTES - c->off;
+    } else {
+      dst = c->payload + (c->off - HM_WIRE_HDR_BYTES);
+      want = HM_WIRE_HDR_BYTES + c->h.len - c->off;
+    }
+    ssize_t got = want ? recv(c->fd, dst, want, MSG_DONTWAIT) : 0;
+    if (want && got == 0) return c->state == CL_AUTHED ? 0 : refuse(c, "closed during authentication");
+    if (got < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return 1;
+      return c->state == CL_AUTHED ? 0 : refuse(c, strerror(errno));
+    }
+    c->off += (size_t)got;
+    if (c->off == HM_WIRE_HDR_BYTES && want) {
+      if (hm_wire_decode_header(c->hdr, HM_WIRE_HDR_BYTES, &c->h) != HM_OK)
+        return c->state == CL_AUTHED ? (hm_log(HM_LOG_WARN, "store: %s: %s", c->who, hm_last_error()), 0)
+                                     : refuse(c, hm_last_error());
+      size_t limit = c->state == CL_AUTHED ? STORE_MAX_VALUE + HM_WIRE_MAX_KEY + 2 : HM_WIRE_HELLO_BYTES;
+      if (c->h.len > limit) return refuse(c, "frame too large");
+      free(c->payload);
+      c->payload = malloc(c->h.len ? c->h.len : 1);
+      if (!c->payload) return 0;
+    }
+    if (c->off >= HM_WIRE_HDR_BYTES && c->off == HM_WIRE_HDR_BYTES + c->h.len) {
+      if (!serve_frame(s, c)) return 0;
+      c->off = 0;
+    }
+  }
 }
 
 static void *store_main(void *arg) {
@@ -151,28 +227,28 @@ static void *store_main(void *arg) {
     pthread_mutex_unlock(&s->mu);
     pf[n++] = (struct pollfd){s->lfd, have_jobs ? POLLIN : 0, 0};
     for (int i = 0; i < s->nclients; i++) pf[n++] = (struct pollfd){s->clients[i].fd, POLLIN, 0};
-    int rc = poll(pf, (nfds_t)n, 100);
-    if (rc <= 0) continue;
+    int rc = poll(pf, (nfds_t)n, 50);
+    uint64_t now = hm_now_ns();
     /* clients first (indices shift when one is dropped, so walk backwards) */
     for (int i = s->nclients - 1; i >= 0; i--) {
-      if (!(pf[i + 1].revents & (POLLIN | POLLHUP | POLLERR))) continue;
-      if (!serve_frame(s, &s->clients[i])) drop_client(s, i);
+      store_client *c = &s->clients[i];
+      int ok = 1;
+      if (rc > 0 && (pf[i + 1].revents & (POLLIN | POLLHUP | POLLERR))) ok = client_readable(s, c);
+      if (ok && c->state != CL_AUTHED && now > c->deadline_ns) ok = refuse(c, "authentication timed out");
+      if (!ok) drop_client(s, i);
     }
-    if (pf[0].revents & POLLIN) {
-      int fd;
-      char who[64];
-      if (hm_net_accept(s->lfd, hm_deadline_after_ms(1), &fd, who, sizeof who) != HM_OK) continue;
-      hm_wire_hello hello;
-      /* A slow or silent client can hold the store for at most this long. */
-      if (hm_auth_accept(fd, lookup_secret, s, hm_deadline_after_ms(2000), &hello) != HM_OK ||
-          hello.purpose != HM_CONN_STORE || s->nclients >= STORE_MAX_CLIENTS) {
-        close(fd);
-        continue;
+    if (rc > 0 && (pf[0].revents & POLLIN)) {
+      for (int k = 0; k < 64 && s->nclients < STORE_MAX_CLIENTS; k++) {
+        int fd;
+        char who[64];
+        if (hm_net_accept(s->lfd, 1 /* already passed: no wait */, &fd, who, sizeof who) != HM_OK) break;
+        store_client *c = &s->clients[s->nclients++];
+        memset(c, 0, sizeof *c);
+        c->fd = fd;
+        c->state = CL_HELLO;
+        c->deadline_ns = hm_deadline_after_ms(5000);
+        snprintf(c->who, sizeof c->who, "%s", who);
       }
-      store_client *c = &s->clients[s->nclients++];
-      c->fd = fd;
-      memcpy(c->tag, hello.tag, HM_WIRE_TAG_BYTES);
-      c->waiting[0] = '\0';
     }
   }
   free(pf);
@@ -233,7 +309,7 @@ void hm_store_server_stop(hm_store_server *s) {
   if (!s) return;
   atomic_store(&s->stop, 1);
   pthread_join(s->thread, NULL);
-  for (int i = 0; i < s->nclients; i++) close(s->clients[i].fd);
+  for (int i = 0; i < s->nclients; i++) close(s->clients[i].fd), free(s->clients[i].payload);
   close(s->lfd);
   while (s->kv) {
     store_kv *e = s->kv;

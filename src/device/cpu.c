@@ -1,9 +1,9 @@
 /* The `cpu` backend: f32 kernels on OpenBLAS sgemm and OpenMP, built to be fast on a few cores.
  *
- * Threading: one OpenMP team of dev->threads threads. Each matmul is split into per-thread
- * slices and every thread calls a single-threaded sgemm on its slice, so OpenBLAS's own thread
- * pool never runs (it would spin against the OpenMP team on small machines). Opening a cpu
- * device therefore sets OpenBLAS to one thread process-wide.
+ * Threading: one OpenMP team of dev->threads threads. Each matmul is cut into fixed pieces of
+ * rows, handed out dynamically, and every piece is a single-threaded sgemm, so OpenBLAS's own
+ * thread pool never runs (it would spin against the OpenMP team on small machines). Opening a
+ * cpu device therefore sets OpenBLAS to one thread process-wide.
  * Attention is tiled causal sgemm per (batch, head), saving only each row's log-sum-exp and
  * recomputing probabilities in backward; elementwise work (layernorm, GELU,
  * softmax, AdamW) is fused per row, vectorized with a polynomial exp, and compiled for
@@ -148,27 +148,34 @@ static inline float hm_row_exp_sum(float *x, int n, float shift) {
 
 /* ---- matmul ------------------------------------------------------------------------------- */
 
-/* Splits C (M,N) = alpha op(A) op(B) + beta C over the calling OpenMP team along its larger
- * dimension; every thread runs a single-threaded sgemm on its slice. Row-major. */
+/* Work is cut into fixed pieces handed out dynamically rather than one static slice per thread:
+ * on a machine shared with other processes a thread that loses its core leaves its pieces to
+ * the others instead of stalling the team at the barrier. Piece boundaries depend only on the
+ * shapes, so results do not depend on the thread count or on who ran what. */
+#define HM_GEMM_PIECE 256 /* rows (or columns) of C per sgemm call */
+
+/* C (M,N) = alpha op(A) op(B) + beta C, split along the larger dimension of C into pieces
+ * shared by the calling OpenMP team (no barrier at the end: callers chain independent
+ * products and meet at the region's end). Row-major; each piece is a single-threaded sgemm. */
 static void hm_gemm_team(int transA, int transB, int M, int N, int K, float alpha,
                          const float *A, int lda, const float *B, int ldb, float beta, float *C,
                          int ldc) {
-  int nt = omp_get_num_threads(), tid = omp_get_thread_num();
   int splitM = M >= N;
   int len = splitM ? M : N;
-  int chunk = (len + nt - 1) / nt;
-  chunk = (chunk + 15) / 16 * 16;
-  int lo = tid * chunk, hi = lo + chunk > len ? len : lo + chunk;
-  if (lo >= hi) return;
+  int npieces = (len + HM_GEMM_PIECE - 1) / HM_GEMM_PIECE;
   enum CBLAS_TRANSPOSE ta = transA ? CblasTrans : CblasNoTrans;
   enum CBLAS_TRANSPOSE tb = transB ? CblasTrans : CblasNoTrans;
-  if (splitM) {
-    const float *a = transA ? A + lo : A + (size_t)lo * lda;
-    cblas_sgemm(CblasRowMajor, ta, tb, hi - lo, N, K, alpha, a, lda, B, ldb, beta,
-                C + (size_t)lo * ldc, ldc);
-  } else {
-    const float *b = transB ? B + (size_t)lo * ldb : B + lo;
-    cblas_sgemm(CblasRowMajor, ta, tb, M, hi - lo, K, alpha, A, lda, b, ldb, beta, C + lo, ldc);
+#pragma omp for schedule(dynamic, 1) nowait
+  for (int piece = 0; piece < npieces; piece++) {
+    int lo = piece * HM_GEMM_PIECE, hi = lo + HM_GEMM_PIECE > len ? len : lo + HM_GEMM_PIECE;
+    if (splitM) {
+      const float *a = transA ? A + lo : A + (size_t)lo * lda;
+      cblas_sgemm(CblasRowMajor, ta, tb, hi - lo, N, K, alpha, a, lda, B, ldb, beta,
+                  C + (size_t)lo * ldc, ldc);
+    } else {
+      const float *b = transB ? B + (size_t)lo * ldb : B + lo;
+      cblas_sgemm(CblasRowMajor, ta, tb, M, hi - lo, K, alpha, A, lda, b, ldb, beta, C + lo, ldc);
+    }
   }
 }
 
@@ -182,6 +189,7 @@ static hm_status hm_cpu_matmul_forward(hm_device *dev, void *out_, const void *i
 #pragma omp parallel num_threads(nt)
   {
     if (bias) {
+      /* bias first, then accumulate (beta = 1): OpenBLAS's beta = 0 is an extra pass anyway */
 #pragma omp for schedule(static)
       for (int n = 0; n < N; n++) memcpy(out + (size_t)n * OC, bias, (size_t)OC * sizeof(float));
     }
@@ -217,10 +225,8 @@ static hm_status hm_cpu_matmul_backward(hm_device *dev, void *dinp_, void *dweig
     // dweight (OC,C) += dout^T (OC,N) inp (N,C)
     hm_gemm_team(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dweight, C);
     if (dbias) {
-      int tid = omp_get_thread_num(), team = omp_get_num_threads();
-      int chunk = ((OC + team - 1) / team + 15) / 16 * 16;
-      int c0 = tid * chunk, c1 = c0 + chunk > OC ? OC : c0 + chunk;
-      if (c0 < c1) hm_colsum_add(dbias, dout, N, OC, c0, c1);
+#pragma omp for schedule(dynamic, 1) nowait
+      for (int c0 = 0; c0 < OC; c0 += 64) hm_colsum_add(dbias, dout, N, OC, c0, c0 + 64 < OC ? c0 + 64 : OC);
     }
   }
   return HM_OK;
@@ -292,7 +298,7 @@ static hm_status hm_cpu_layernorm_forward(hm_device *dev, void *out_, void *mean
   float *out = out_, *mean = mean_, *rstd = rstd_;
   const float *inp = inp_, *weight = weight_, *bias = bias_;
   int nt = hm_cpu(dev)->threads;
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 64)
   for (int n = 0; n < N; n++)
     hm_layernorm_row(out + (size_t)n * C, mean + n, rstd + n, inp + (size_t)n * C, weight, bias, C);
   return HM_OK;
@@ -334,7 +340,7 @@ static hm_status hm_cpu_layernorm_backward(hm_device *dev, void *dinp_, void *dw
   float *part = (float *)impl->partials;
 #pragma omp parallel num_threads(impl->threads)
   {
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
     for (int blk = 0; blk < nblocks; blk++) {
       int r0 = blk * HM_ROWS_BLOCK, r1 = r0 + HM_ROWS_BLOCK > N ? N : r0 + HM_ROWS_BLOCK;
       hm_layernorm_backward_rows(dinp, part + (size_t)blk * 2 * C, part + (size_t)blk * 2 * C + C,
@@ -423,7 +429,7 @@ static hm_status hm_cpu_attention_forward(hm_device *dev, void *out_, void *lse_
   int hs = C / NH, C3 = 3 * C;
   float scale = 1.0f / sqrtf((float)hs);
   HM_TRY(hm_cpu_att_scratch(impl, (size_t)HM_ATT_BLOCK * T));
-#pragma omp parallel for num_threads(impl->threads) schedule(static)
+#pragma omp parallel for num_threads(impl->threads) schedule(dynamic, 1)
   for (int bh = 0; bh < B * NH; bh++) {
     int b = bh / NH, h = bh % NH;
     float *p = impl->att_scratch[omp_get_thread_num()];
@@ -458,7 +464,7 @@ static hm_status hm_cpu_attention_backward(hm_device *dev, void *dqkv_, const vo
   /* one head's P and dS (T,T) per thread: dk and dv then run as sgemms over all the query rows
    * that see a key tile, far more efficient than one small product per row tile */
   HM_TRY(hm_cpu_att_scratch(impl, (size_t)2 * T * T));
-#pragma omp parallel for num_threads(impl->threads) schedule(static)
+#pragma omp parallel for num_threads(impl->threads) schedule(dynamic, 1)
   for (int bh = 0; bh < B * NH; bh++) {
     int b = bh / NH, h = bh % NH;
     float *p = impl->att_scratch[omp_get_thread_num()], *ds = p + (size_t)T * T;
@@ -546,7 +552,7 @@ HM_HOT static void hm_scale_span(float *x, float s, size_t n) {
 #define HM_FOR_SPANS(dev, n, body)                                                        \
   do {                                                                                    \
     size_t hm_nspans_ = ((n) + HM_SPAN - 1) / HM_SPAN;                                    \
-    _Pragma("omp parallel for num_threads(hm_cpu(dev)->threads) schedule(static) if(hm_nspans_ > 4)") \
+    _Pragma("omp parallel for num_threads(hm_cpu(dev)->threads) schedule(dynamic, 8) if(hm_nspans_ > 4)") \
     for (size_t hm_s_ = 0; hm_s_ < hm_nspans_; hm_s_++) {                                 \
       size_t i0 = hm_s_ * HM_SPAN, len = (n) - i0 < HM_SPAN ? (n) - i0 : HM_SPAN;         \
       body;                                                                               \
@@ -618,7 +624,7 @@ static hm_status hm_cpu_softmax_forward(hm_device *dev, void *probs_, const void
                                         int V, int Vp) {
   float *probs = probs_;
   const float *logits = logits_;
-#pragma omp parallel for num_threads(hm_cpu(dev)->threads) schedule(static) if (N > 4)
+#pragma omp parallel for num_threads(hm_cpu(dev)->threads) schedule(dynamic, 32) if (N > 4)
   for (int n = 0; n < N; n++) {
     const float *l = logits + (size_t)n * Vp;
     float *p = probs + (size_t)n * Vp;
@@ -635,10 +641,16 @@ static hm_status hm_cpu_crossentropy_forward_backward(hm_device *dev, void *loss
   float *losses = losses_, *dlogits = dlogits_;
   const float *logits = logits_;
   float dl = (float)dloss;
-#pragma omp parallel for num_threads(hm_cpu(dev)->threads) schedule(static) if (N > 4)
+  int bad = -1; /* a row whose target is >= V; checked here because reading l[y] would overrun */
+#pragma omp parallel for num_threads(hm_cpu(dev)->threads) schedule(dynamic, 32) if (N > 4)
   for (int n = 0; n < N; n++) {
     const float *l = logits + (size_t)n * Vp;
     int y = targets[n];
+    if (y >= V) {
+#pragma omp atomic write
+      bad = n;
+      continue;
+    }
     float lse = hm_logsumexp_row(l, V);
     losses[n] = y >= 0 ? lse - l[y] : 0.0f;
     if (!dlogits) continue;
@@ -652,6 +664,9 @@ static hm_status hm_cpu_crossentropy_forward_backward(hm_device *dev, void *loss
     hm_scale_span(d, dl, (size_t)V);
     for (int i = V; i < Vp; i++) d[i] = 0;
   }
+  if (bad >= 0)
+    return hm_error(HM_ERR_INVALID_ARG, "target %d at row %d is outside the vocabulary (V = %d)",
+                    (int)targets[bad], bad, V);
   return HM_OK;
 }
 
@@ -698,7 +713,7 @@ static hm_status hm_cpu_reduce(hm_device *dev, double *out, const float *x, size
   size_t nb = (n + HM_SUM_BLOCK - 1) / HM_SUM_BLOCK;
   HM_TRY(hm_cpu_partials(impl, nb ? nb : 1));
   double *part = impl->partials;
-#pragma omp parallel for num_threads(impl->threads) schedule(static) if (nb > 4)
+#pragma omp parallel for num_threads(impl->threads) schedule(dynamic, 8) if (nb > 4)
   for (size_t b = 0; b < nb; b++) {
     size_t i0 = b * HM_SUM_BLOCK, len = n - i0 < HM_SUM_BLOCK ? n - i0 : HM_SUM_BLOCK;
     part[b] = hm_sum_span(x + i0, len, squares);
@@ -730,13 +745,25 @@ static void hm_cpu_close(hm_device *dev) {
   dev->impl = NULL;
 }
 
+/* Gradient buffers are zeroed every step; two threads write memory faster than one. */
+static hm_status hm_cpu_zero(hm_device *dev, void *ptr, size_t bytes) {
+  char *p = ptr;
+  size_t chunk = (size_t)1 << 16, nchunks = (bytes + chunk - 1) / chunk;
+#pragma omp parallel for num_threads(hm_cpu(dev)->threads) schedule(dynamic, 4) if (nchunks > 16)
+  for (size_t i = 0; i < nchunks; i++) {
+    size_t off = i * chunk;
+    memset(p + off, 0, bytes - off < chunk ? bytes - off : chunk);
+  }
+  return HM_OK;
+}
+
 static const hm_device_ops hm_cpu_ops = {
     .alloc = hm_host_alloc,
     .free = hm_host_free,
     .copy_h2d = hm_host_copy,
     .copy_d2h = hm_host_copy,
     .copy_d2d = hm_host_copy,
-    .zero = hm_host_zero,
+    .zero = hm_cpu_zero,
     .copy_from_f32 = hm_host_copy_from_f32,
     .copy_to_f32 = hm_host_copy_to_f32,
     .synchronize = hm_host_synchronize,

@@ -184,6 +184,7 @@ static hm_status hm_train_loop(hm_trainer *t, hm_train_result *res) {
   uint64_t tokens = 0;
   const double t0 = hm_now_s();
   res->last_val_loss = -1;
+  res->steps_done = step;  // a resume at or past `last` trains nothing
   while (step < last) {
     const double ts = hm_now_s();
     HM_TRY(hm_stage_zero_grad(t->stage));

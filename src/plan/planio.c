@@ -42,13 +42,19 @@ static int take(const hm_cluster *c, type_cursor *cur, int type, int tp) {
   return 0;
 }
 
-hm_status hm_plan_assign_ranks(const hm_plan_inputs *in, const hm_plan *p, hm_plan_rank **ranks,
-                               int64_t *nranks) {
-  const hm_cluster *c = in->cluster;
+/* Devices the plan uses: one role each. */
+static int64_t plan_devices(const hm_plan *p) {
   int64_t total = 0;
   for (int ci = 0; ci < p->nclasses; ci++)
     for (int s = 0; s < p->classes[ci].nstages; s++)
       total += (int64_t)p->classes[ci].nreplicas * p->classes[ci].stages[s].tp;
+  return total;
+}
+
+hm_status hm_plan_assign_ranks(const hm_plan_inputs *in, const hm_plan *p, hm_plan_rank **ranks,
+                               int64_t *nranks) {
+  const hm_cluster *c = in->cluster;
+  const int64_t total = plan_devices(p);
   hm_plan_rank *r = hm_malloc((size_t)(total ? total : 1) * sizeof *r, "plan ranks");
   if (!r) return HM_ERR_NOMEM;
   type_cursor cur[HM_PLAN_MAX_TYPES];
@@ -241,8 +247,9 @@ static hm_status read_stage(const cJSON *so, const char *path, const hm_cluster 
       !cJSON_IsNumber(cJSON_GetArrayItem(layers, 1)))
     return hm_error(HM_ERR_SPEC, "%s: expected [begin, end] (two integers)", p2);
   double a = cJSON_GetArrayItem(layers, 0)->valuedouble, b = cJSON_GetArrayItem(layers, 1)->valuedouble;
-  if (a != floor(a) || b != floor(b) || a < 0 || b > 1e6)
-    return hm_error(HM_ERR_SPEC, "%s: expected [begin, end] (two integers)", p2);
+  /* both bounded before the conversion to int (validation compares them with the model) */
+  if (!(a >= 0 && a <= 1e6 && b >= 0 && b <= 1e6) || a != floor(a) || b != floor(b))
+    return hm_error(HM_ERR_SPEC, "%s: expected [begin, end] (two integers in [0, 1000000])", p2);
   st->layer_begin = (int)a;
   st->layer_end = (int)b;
   return HM_OK;
@@ -250,15 +257,15 @@ static hm_status read_stage(const cJSON *so, const char *path, const hm_cluster 
 
 /* The ranks list must be exactly the assignment this plan gives on this cluster. */
 static hm_status check_ranks(const cJSON *ra, int count, const hm_plan_inputs *in, const hm_plan *p) {
+  /* counted before the roles are listed: a short file may claim a billion devices */
+  const int64_t ndev = plan_devices(p);
+  if (count != ndev)
+    return hm_error(HM_ERR_SPEC, "plan.ranks: lists %d ranks, the plan uses %lld devices of "
+                    "cluster \"%s\"", count, (long long)ndev, in->cluster->name);
   hm_plan_rank *want = NULL;
   int64_t nwant = 0;
   HM_TRY(hm_plan_assign_ranks(in, p, &want, &nwant));
   hm_status st = HM_OK;
-  if (count != nwant) {
-    st = hm_error(HM_ERR_SPEC, "plan.ranks: lists %d ranks, the plan uses %lld devices of cluster "
-                  "\"%s\"", count, (long long)nwant, in->cluster->name);
-    goto done;
-  }
   for (int i = 0; i < count; i++) {
     const cJSON *o = cJSON_GetArrayItem(ra, i);
     char path[HM_JSON_PATH_MAX];
@@ -427,17 +434,23 @@ fail:
   return st;
 }
 
+hm_status hm_plan_parse(const char *json, size_t len, const char *origin,
+                        const hm_plan_inputs *against, hm_plan *plan, hm_cluster *cluster,
+                        hm_model *model, hm_train *train) {
+  cJSON *j = NULL;
+  HM_TRY(hm_json_parse(json, len, origin, &j));
+  hm_status st = hm_plan_from_cjson(j, against, plan, cluster, model, train);
+  cJSON_Delete(j);
+  if (st != HM_OK && origin) hm_error_context(st, "%s: ", origin);
+  return st;
+}
+
 hm_status hm_plan_load(const char *path, const hm_plan_inputs *against, hm_plan *plan,
                        hm_cluster *cluster, hm_model *model, hm_train *train) {
   char *text = NULL;
   size_t len = 0;
   HM_TRY(hm_json_read_file(path, &text, &len));
-  cJSON *j = NULL;
-  hm_status st = hm_json_parse(text, len, path, &j);
+  hm_status st = hm_plan_parse(text, len, path, against, plan, cluster, model, train);
   free(text);
-  if (st != HM_OK) return st;
-  st = hm_plan_from_cjson(j, against, plan, cluster, model, train);
-  cJSON_Delete(j);
-  if (st != HM_OK) return hm_error_context(st, "%s: ", path);
-  return HM_OK;
+  return st;
 }

@@ -8,6 +8,22 @@
 #include "plan/plan_internal.h"
 #include "util/util.h"
 
+/* Samples per step, sum over classes of replicas x micro-batches x micro_batch (all >= 1);
+ * HM_ERR_SPEC naming the class when the sum does not fit in 64 bits (a tampered plan file). */
+static hm_status plan_samples(const hm_plan *p, int64_t *samples) {
+  *samples = 0;
+  for (int ci = 0; ci < p->nclasses; ci++) {
+    const hm_plan_class *cl = &p->classes[ci];
+    int64_t n; /* replicas x micro-batches < 2^62: only the last product and the sum can overflow */
+    if (__builtin_mul_overflow((int64_t)cl->nreplicas * cl->nmicro, p->micro_batch, &n) ||
+        __builtin_add_overflow(*samples, n, samples))
+      return hm_error(HM_ERR_SPEC, "plan.classes[%d]: %d replicas x %d micro-batches x "
+                      "micro_batch %lld samples per step is out of range", ci, cl->nreplicas,
+                      cl->nmicro, (long long)p->micro_batch);
+  }
+  return HM_OK;
+}
+
 hm_status hm_plan_validate(const hm_plan_inputs *in, const hm_plan *p) {
   if (!in || !in->cluster || !in->model || !in->train || !p)
     return hm_error(HM_ERR_INVALID_ARG, "plan: cluster, model, training and plan are required");
@@ -23,7 +39,6 @@ hm_status hm_plan_validate(const hm_plan_inputs *in, const hm_plan *p) {
   int64_t used[HM_PLAN_MAX_TYPES][9];
   memset(used, 0, sizeof used);
   int tp_of[HM_PLAN_MAX_TYPES] = {0};
-  int64_t samples = 0;
   for (int ci = 0; ci < p->nclasses; ci++) {
     const hm_plan_class *cl = &p->classes[ci];
     if (cl->nreplicas < 1 || cl->nmicro < 1)
@@ -32,7 +47,6 @@ hm_status hm_plan_validate(const hm_plan_inputs *in, const hm_plan *p) {
     if (cl->nstages < 1 || cl->nstages > HM_PLAN_MAX_STAGES)
       return hm_error(HM_ERR_SPEC, "plan.classes[%d].stages: need 1 to %d stages, got %d", ci,
                       HM_PLAN_MAX_STAGES, cl->nstages);
-    samples += (int64_t)cl->nreplicas * cl->nmicro * p->micro_batch;
     for (int s = 0; s < cl->nstages; s++) {
       const hm_plan_stage *st = &cl->stages[s];
       if (st->type < 0 || st->type >= c->ntypes || st->type >= HM_PLAN_MAX_TYPES)
@@ -69,6 +83,8 @@ hm_status hm_plan_validate(const hm_plan_inputs *in, const hm_plan *p) {
       return hm_error(HM_ERR_SPEC, "plan: needs %lld groups of %d %s devices, cluster \"%s\" has %lld",
                       (long long)used[k][0], tp_of[k], c->types[k].name, c->name, (long long)have);
   }
+  int64_t samples;
+  HM_TRY(plan_samples(p, &samples));
   if (p->global_batch && samples != p->global_batch)
     return hm_error(HM_ERR_SPEC, "plan.global_batch: %lld, but replicas x micro-batches x "
                     "micro_batch give %lld", (long long)p->global_batch, (long long)samples);
@@ -111,11 +127,8 @@ hm_status hm_plan_predict(const hm_plan_inputs *in, hm_plan *p, hm_sim_trace *tr
   unsigned mask = 0;
   memset(p->devices_by_type, 0, sizeof p->devices_by_type);
   p->devices_used = 0;
-  p->global_batch = 0;
-  for (int ci = 0; ci < p->nclasses; ci++) {
-    replicas += p->classes[ci].nreplicas;
-    p->global_batch += (int64_t)p->classes[ci].nreplicas * p->classes[ci].nmicro * p->micro_batch;
-  }
+  if ((st = plan_samples(p, &p->global_batch)) != HM_OK) goto done; /* checked by validate */
+  for (int ci = 0; ci < p->nclasses; ci++) replicas += p->classes[ci].nreplicas;
   for (int l = 0; l < n; l++)
     grad[l] = (md->layers[l].params + md->layers[l].shared_params) * tr->grad_bytes;
   int tied = 0;

@@ -21,6 +21,8 @@ void hm_profile_options_default(hm_profile_options *o) {
   memset(o, 0, sizeof *o);
   o->warmup = 1;
   o->reps = 5;
+  o->copies = 1;
+  o->timeout_s = 3600;
   o->budget_s = 2.0;
   o->links = 1;
   o->link_transport = "shm";
@@ -206,18 +208,46 @@ hm_status hm_profile_measure(const hm_profile_options *o, hm_profile *out, hm_pr
   /* links first: the probe forks, best done before this process starts device threads */
   if (o->links) HM_TRY(hm_measure_links(o, c, out, rep));
 
-  hm_layer_timing *t = hm_calloc((size_t)nkinds * (size_t)nmbs, sizeof *t, "profile timings");
-  if (!t) return HM_ERR_NOMEM;
+  /* the types to time, in cluster order */
+  int sel[HM_PROFILE_MAX_TYPES], nsel = 0;
+  for (int k = 0; k < c->ntypes && nsel < HM_PROFILE_MAX_TYPES; k++)
+    if (hm_type_selected(o, c, k)) sel[nsel++] = k;
+  const int copies = o->copies > 0 ? o->copies : 1, together = o->concurrent || copies > 1;
+  if (o->copies < 0 || copies > 16)
+    return hm_error(HM_ERR_INVALID_ARG, "profile: copies %d outside 1..16", o->copies);
+  const size_t per = (size_t)nkinds * (size_t)nmbs;
+  hm_layer_timing *all = hm_calloc(per * (size_t)nsel, sizeof *all, "profile timings");
+  char(*descs)[256] = hm_calloc((size_t)nsel, sizeof *descs, "profile device descriptions");
+  if (!all || !descs) {
+    free(all);
+    free(descs);
+    return HM_ERR_NOMEM;
+  }
   hm_status st = HM_OK;
-  for (int k = 0; st == HM_OK && k < c->ntypes; k++) {
-    if (!hm_type_selected(o, c, k)) continue;
+  if (together) {
+    /* every type at once (concurrent), or each type alone with its copies */
+    const int groups = o->concurrent ? 1 : nsel;
+    for (int g = 0; st == HM_OK && g < groups; g++) {
+      const int first = o->concurrent ? 0 : g, njobs = o->concurrent ? nsel : 1;
+      const char *backends[HM_PROFILE_MAX_TYPES];
+      for (int j = 0; j < njobs; j++) backends[j] = c->types[sel[first + j]].backend;
+      st = hm_profile_time_layers_together(njobs, backends, copies, &shape, layers, nkinds, mbs, nmbs, warmup, reps,
+                                           o->budget_s, o->seed, o->timeout_s, all + per * (size_t)first,
+                                           descs[first], sizeof descs[0], o->progress, o->user);
+    }
+  }
+  for (int si = 0; st == HM_OK && si < nsel; si++) {
+    const int k = sel[si];
     const hm_device_type *dt = &c->types[k];
-    char desc[256] = "";
-    st = hm_profile_time_layers(dt->backend, &shape, layers, nkinds, mbs, nmbs, warmup, reps,
-                                o->budget_s, o->seed + 7919u * (uint64_t)k, t, desc, sizeof desc, o->progress, o->user);
-    if (st != HM_OK) {
-      st = hm_error_context(st, "device type '%s': ", dt->name);
-      break;
+    hm_layer_timing *t = all + per * (size_t)si;
+    char *desc = descs[si];
+    if (!together) {
+      st = hm_profile_time_layers(dt->backend, &shape, layers, nkinds, mbs, nmbs, warmup, reps, o->budget_s,
+                                  o->seed + 7919u * (uint64_t)k, t, desc, sizeof descs[0], o->progress, o->user);
+      if (st != HM_OK) {
+        st = hm_error_context(st, "device type '%s': ", dt->name);
+        break;
+      }
     }
     hm_say(o, "measured device type '%s': %s", dt->name, desc);
     rep->ntypes_measured++;
@@ -247,7 +277,8 @@ hm_status hm_profile_measure(const hm_profile_options *o, hm_profile *out, hm_pr
                       m->layers[layers[i]].kind, m->name, dt->name, dt->backend, (long long)mbs[0]);
     }
   }
-  free(t);
+  free(all);
+  free(descs);
   /* the planner's own check: every name must resolve against the cluster and model */
   if (st == HM_OK) st = hm_profile_resolve(out, c, m);
   rep->seconds = hm_now_s() - t_start;

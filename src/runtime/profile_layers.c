@@ -6,10 +6,20 @@
  * hm_device_synchronize. A device emulating a slower chip (slow=F) sleeps in batches (device.c
  * carries a debt of owed sleep across kernels); the sleep a round owes but has not yet taken is
  * counted in, so the figure is the emulated chip's time, not a lucky or unlucky batching.
+ * Several devices can be timed at once, each in its own process (as the workers of a plan run),
+ * so that each figure includes what the others take from the host (cores, caches, memory
+ * bandwidth); a process that finishes early keeps its device busy until all have finished.
  * Not here: choosing what to time, the profile format (src/runtime/profile.c). */
+#include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "hetmix/device.h"
 #include "hetmix/model.h"
@@ -212,5 +222,151 @@ hm_status hm_profile_time_layers(const char *backend, const hm_profile_shape *sh
       }
     }
   hm_device_close(dev);
+  return st;
+}
+
+/* ---- several devices at once ------------------------------------------------------------- */
+
+#define HM_TOGETHER_MAX 64
+
+typedef struct hm_together_slot {
+  int status;            /* hm_status of the process; -1 while measuring */
+  char msg[512];
+  char desc[256];
+} hm_together_slot;
+
+/* Keeps the device busy with its heaviest measured layer until every process has measured, so
+ * each measurement saw the others running the whole time. */
+static void hm_keep_busy(const char *backend, const hm_profile_shape *shape, const int *layers, int nlayers,
+                         const int64_t *mbs, int nmbs, const hm_layer_timing *mine, uint64_t seed,
+                         volatile int *ndone, int nprocs) {
+  int best = -1;
+  for (int i = 0; i < nlayers * nmbs; i++)
+    if (mine[i].fits && (best < 0 || mine[i].fwd_s + mine[i].bwd_s > mine[best].fwd_s + mine[best].bwd_s)) best = i;
+  if (best < 0) return;
+  const int layer = layers[best / nmbs];
+  const int64_t mb = mbs[best % nmbs];
+  while (__atomic_load_n(ndone, __ATOMIC_ACQUIRE) < nprocs) {
+    hm_layer_timing t;
+    if (hm_profile_time_layers(backend, shape, &layer, 1, &mb, 1, 0, 1, 0, seed, &t, NULL, 0, NULL, NULL) != HM_OK)
+      return;
+  }
+}
+
+hm_status hm_profile_time_layers_together(int njobs, const char *const *backends, int copies,
+                                          const hm_profile_shape *shape, const int *layers, int nlayers,
+                                          const int64_t *mbs, int nmbs, int warmup, int reps, double budget_s,
+                                          uint64_t seed, int timeout_s, hm_layer_timing *out, char *descs,
+                                          size_t desc_cap, hm_profile_progress_fn progress, void *user) {
+  if (njobs < 1 || copies < 1 || njobs * copies > HM_TOGETHER_MAX || !backends || !out)
+    return hm_error(HM_ERR_INVALID_ARG, "profile: %d device types x %d copies at once (at most %d processes)", njobs,
+                    copies, HM_TOGETHER_MAX);
+  const int nprocs = njobs * copies, per = nlayers * nmbs;
+  /* shared: the done counter, one slot per process, then every process's timings */
+  const size_t bytes = 64 + (size_t)nprocs * sizeof(hm_together_slot) + (size_t)nprocs * (size_t)per * sizeof(hm_layer_timing);
+  unsigned char *shared = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (shared == MAP_FAILED) return hm_error(HM_ERR_NOMEM, "profile: shared memory for %d processes: %s", nprocs, strerror(errno));
+  memset(shared, 0, bytes);
+  volatile int *ndone = (volatile int *)shared;
+  hm_together_slot *slot = (hm_together_slot *)(shared + 64);
+  hm_layer_timing *times = (hm_layer_timing *)(slot + nprocs);
+  for (int p = 0; p < nprocs; p++) slot[p].status = -1;
+
+  fflush(stdout); /* children print progress lines through the same stdout */
+  const pid_t parent = getpid();
+  pid_t pid[HM_TOGETHER_MAX] = {0};
+  hm_status st = HM_OK;
+  int started = 0;
+  for (int p = 0; p < nprocs; p++) {
+    pid[p] = fork();
+    if (pid[p] < 0) {
+      st = hm_error(HM_ERR_IO, "profile: fork: %s", strerror(errno));
+      pid[p] = 0;
+      break;
+    }
+    started++;
+    if (pid[p] == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != parent) _exit(1);
+      const char *backend = backends[p / copies];
+      hm_layer_timing *mine = times + (size_t)p * per;
+      hm_status cs = hm_profile_time_layers(backend, shape, layers, nlayers, mbs, nmbs, warmup, reps, budget_s,
+                                            seed + 104729u * (uint64_t)(p % copies), mine, slot[p].desc,
+                                            sizeof slot[p].desc, p % copies == 0 ? progress : NULL, user);
+      if (cs != HM_OK) snprintf(slot[p].msg, sizeof slot[p].msg, "%s", hm_last_error());
+      __atomic_store_n(&slot[p].status, (int)cs, __ATOMIC_RELEASE);
+      __atomic_add_fetch(ndone, 1, __ATOMIC_ACQ_REL);
+      if (cs == HM_OK) hm_keep_busy(backend, shape, layers, nlayers, mbs, nmbs, mine, seed, ndone, nprocs);
+      _exit(cs == HM_OK ? 0 : 1);
+    }
+  }
+  const uint64_t deadline = hm_deadline_after_ms((uint64_t)(timeout_s > 0 ? timeout_s : 3600) * 1000u);
+  int alive = started, failed = -1, wst = 0;
+  while (alive > 0) {
+    for (int p = 0; p < started; p++) {
+      if (pid[p] <= 0) continue;
+      pid_t w = waitpid(pid[p], &wst, WNOHANG);
+      if (w == pid[p] || (w < 0 && errno != EINTR)) {
+        if (w < 0 || !WIFEXITED(wst) || WEXITSTATUS(wst) != 0) {
+          if (failed < 0) failed = p;
+          if (w == pid[p] && WIFSIGNALED(wst) && slot[p].status < 0)
+            snprintf(slot[p].msg, sizeof slot[p].msg, "killed by signal %d", WTERMSIG(wst));
+        }
+        pid[p] = -pid[p];
+        alive--;
+      }
+    }
+    if (alive == 0) break;
+    if (failed >= 0 || st != HM_OK || hm_deadline_passed(deadline)) {
+      if (st == HM_OK && failed < 0)
+        st = hm_error(HM_ERR_TIMEOUT, "profile: measuring %d processes at once took over %d s; stopped them", nprocs,
+                      timeout_s > 0 ? timeout_s : 3600);
+      for (int p = 0; p < started; p++)
+        if (pid[p] > 0) kill(pid[p], SIGKILL);
+      for (int p = 0; p < started; p++)
+        if (pid[p] > 0) {
+          while (waitpid(pid[p], &wst, 0) < 0 && errno == EINTR) {
+          }
+          pid[p] = -pid[p];
+        }
+      break;
+    }
+    struct timespec ts = {0, 5000000};
+    nanosleep(&ts, NULL);
+  }
+  if (st == HM_OK && failed >= 0) {
+    const int p = failed;
+    st = hm_error(slot[p].status > 0 ? (hm_status)slot[p].status : HM_ERR_PEER_DEAD, "profile: %s (copy %d): %s",
+                  backends[p / copies], p % copies, slot[p].msg[0] ? slot[p].msg : "the measuring process failed");
+  }
+  if (st == HM_OK) {
+    /* per device type: the median over its copies (one copy: as measured) */
+    for (int j = 0; j < njobs; j++) {
+      if (descs && desc_cap) snprintf(descs + (size_t)j * desc_cap, desc_cap, "%s", slot[j * copies].desc);
+      for (int i = 0; i < per; i++) {
+        hm_layer_timing *o = &out[(size_t)j * per + i];
+        *o = times[(size_t)(j * copies) * per + i];
+        double f[HM_TOGETHER_MAX], b[HM_TOGETHER_MAX];
+        int n = 0;
+        for (int k = 0; k < copies; k++) {
+          const hm_layer_timing *x = &times[(size_t)(j * copies + k) * per + i];
+          if (!x->fits) {
+            o->fits = 0;
+            continue;
+          }
+          f[n] = x->fwd_s;
+          b[n] = x->bwd_s;
+          n++;
+          if (x->fwd_min_s < o->fwd_min_s) o->fwd_min_s = x->fwd_min_s;
+          if (x->bwd_min_s < o->bwd_min_s) o->bwd_min_s = x->bwd_min_s;
+        }
+        if (o->fits && n > 0) {
+          o->fwd_s = hm_median(f, n);
+          o->bwd_s = hm_median(b, n);
+        }
+      }
+    }
+  }
+  munmap(shared, bytes);
   return st;
 }

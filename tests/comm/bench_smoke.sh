@@ -9,9 +9,10 @@ fail=0
 check() { # description, command...
   local what=$1
   shift
-  local out
-  if ! out=$("$@" 2>&1); then
-    echo "FAIL ($what): exit status $?"; echo "$out"; fail=1; return
+  local out rc=0
+  out=$("$@" 2>&1) || rc=$?
+  if [ $rc -ne 0 ]; then
+    echo "FAIL ($what): exit status $rc"; echo "$out"; fail=1; return
   fi
   if ! grep -q "^# Out of bounds values : 0 OK" <<<"$out"; then
     echo "FAIL ($what): wrong values or no summary"; echo "$out"; fail=1; return

@@ -58,10 +58,16 @@ static void write_all(int fd, const void *p, size_t n) {
 }
 
 static void child_main(const hm_ranks_opts *o, int rank, const hm_unique_id *id, hm_rank_fn fn,
-                       void *arg, int fd, pid_t parent) {
+                       void *arg, int fd, int gate, pid_t parent) {
   /* Die with the parent, so a crashed or killed test leaves no ranks behind. */
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != parent) _exit(70);
+  /* Wait until every rank is forked: while ranks bootstrap, the parent's store thread is busy
+   * (allocating), and a fork at that moment could hand the next child a held allocator lock. */
+  char c;
+  while (read(gate, &c, 1) < 0 && errno == EINTR) {
+  }
+  close(gate);
   hm_rank_ctx ctx;
   memset(&ctx, 0, sizeof ctx);
   ctx.rank = rank;
@@ -153,6 +159,13 @@ int hm_ranks_run(const hm_ranks_opts *o, hm_rank_fn fn, void *arg, hm_rank_resul
   fflush(NULL);
   pid_t self = getpid();
   int started = 0;
+  int gate[2];
+  if (pipe(gate) != 0) {
+    free(vs);
+    munmap(shm, HM_RANKS_SHARED_BYTES);
+    hm_error(HM_ERR_IO, "harness: pipe: %s", strerror(errno));
+    return -1;
+  }
   for (int r = 0; r < n; r++) {
     int p[2];
     if (pipe(p) != 0) break;
@@ -164,8 +177,9 @@ int hm_ranks_run(const hm_ranks_opts *o, hm_rank_fn fn, void *arg, hm_rank_resul
     }
     if (pid == 0) {
       close(p[0]);
+      close(gate[1]);
       for (int q = 0; q < r; q++) close(fds[q]);
-      child_main(o, r, &id, fn, arg, p[1], self);
+      child_main(o, r, &id, fn, arg, p[1], gate[0], self);
     }
     close(p[1]);
     pids[r] = pid;
@@ -174,6 +188,8 @@ int hm_ranks_run(const hm_ranks_opts *o, hm_rank_fn fn, void *arg, hm_rank_resul
     started++;
   }
 
+  close(gate[0]);
+  close(gate[1]); /* releases the ranks (EOF) */
   double timeout = o->timeout_s > 0 ? o->timeout_s : 60.0;
   double deadline = now_s() + timeout;
   int open_fds = started;

@@ -266,6 +266,13 @@ static void test_softmax_crossentropy(void **state) {
   OK(hm_dev_crossentropy_forward_backward(p->ref, losses.r, logits.r, logits.r, tgt, 1.0 / N, N, V, Vp));
   EXPECT_CLOSE(logits, 1e-5);
   EXPECT_CLOSE(losses, 1e-5);
+  /* a target outside the vocabulary is an error on every backend, not an out-of-bounds read */
+  tgt[9] = V;
+  assert_int_equal(hm_dev_crossentropy_forward_backward(p->cpu, losses.c, NULL, logits.c, tgt, 1.0, N, V, Vp),
+                   HM_ERR_INVALID_ARG);
+  assert_non_null(strstr(hm_last_error(), "row 9"));
+  assert_int_equal(hm_dev_crossentropy_forward_backward(p->ref, losses.r, NULL, logits.r, tgt, 1.0, N, V, Vp),
+                   HM_ERR_INVALID_ARG);
   twin_free(p, &logits); twin_free(p, &probs); twin_free(p, &losses); twin_free(p, &dlogits);
 }
 
@@ -292,8 +299,23 @@ static void test_adamw_sums(void **state) {
   twin_free(p, &par); twin_free(p, &g); twin_free(p, &m); twin_free(p, &v);
 }
 
-/* Same inputs, different thread counts: bitwise-identical results where the partition is fixed
- * (layernorm weights, bias and embedding gradients, sums). */
+static void test_zero_and_copies(void **state) {
+  pair *p = *state;
+  size_t n = (3u << 20) / 4 + 5; /* over the cpu backend's threshold for a parallel zero */
+  twin t = twin_rand(p, n, 1);
+  OK(hm_device_zero(p->cpu, t.c, n * 4 - 4)); /* all but the last element */
+  float *h = malloc(n * 4);
+  OK(hm_device_copy_d2h(p->cpu, h, t.c, n * 4));
+  for (size_t i = 0; i + 1 < n; i++) assert_true(h[i] == 0.0f);
+  assert_true(h[n - 1] != 0.0f);
+  OK(hm_device_copy_d2d(p->cpu, t.c, t.r, n * 4));
+  assert_true(rel_err(&t) == 0.0);
+  free(h);
+  twin_free(p, &t);
+}
+
+/* Same inputs, different thread counts: bitwise-identical results, because the cpu backend's
+ * work pieces are fixed by the shapes, not by the team size. */
 static void test_cpu_thread_count_invariance(void **state) {
   (void)state;
   hm_device *d1, *d2;
@@ -310,6 +332,34 @@ static void test_cpu_thread_count_invariance(void **state) {
   assert_memory_equal(dw1, dw2, sizeof dw1);
   assert_memory_equal(db1, db2, sizeof db1);
   assert_memory_equal(dx1, dx2, sizeof dx1);
+  /* matmul over several pieces (600 rows) and attention (one head per piece) too */
+  enum { MR = 600, OC = 2 * C };
+  float *xm = host_rand((size_t)MR * C, 1), *wt = host_rand((size_t)OC * C, 0.1f);
+  float *o1 = malloc((size_t)MR * OC * 4), *o2 = malloc((size_t)MR * OC * 4);
+  OK(hm_dev_matmul_forward(d1, o1, xm, wt, NULL, MR, C, OC));
+  OK(hm_dev_matmul_forward(d2, o2, xm, wt, NULL, MR, C, OC));
+  assert_memory_equal(o1, o2, (size_t)MR * OC * 4);
+  float *dw1m = calloc((size_t)OC * C, 4), *dw2m = calloc((size_t)OC * C, 4);
+  float *dx1m = calloc((size_t)MR * C, 4), *dx2m = calloc((size_t)MR * C, 4);
+  float *db1m = calloc(OC, 4), *db2m = calloc(OC, 4);
+  OK(hm_dev_matmul_backward(d1, dx1m, dw1m, db1m, o1, xm, wt, MR, C, OC));
+  OK(hm_dev_matmul_backward(d2, dx2m, dw2m, db2m, o2, xm, wt, MR, C, OC));
+  assert_memory_equal(dx1m, dx2m, (size_t)MR * C * 4);
+  assert_memory_equal(dw1m, dw2m, (size_t)OC * C * 4);
+  assert_memory_equal(db1m, db2m, OC * 4);
+  free(xm); free(wt); free(o1); free(o2); free(dw1m); free(dw2m); free(dx1m); free(dx2m);
+  free(db1m); free(db2m);
+  float *qkv = host_rand(3 * nx, 1), *a1 = malloc(nx * 4), *a2 = malloc(nx * 4);
+  float *l1 = malloc(hm_dev_attention_saved_elems(d1, B, T, C, NH) * 4);
+  float *l2 = malloc(hm_dev_attention_saved_elems(d2, B, T, C, NH) * 4);
+  float *dq1 = calloc(3 * nx, 4), *dq2 = calloc(3 * nx, 4);
+  OK(hm_dev_attention_forward(d1, a1, l1, qkv, B, T, C, NH));
+  OK(hm_dev_attention_forward(d2, a2, l2, qkv, B, T, C, NH));
+  assert_memory_equal(a1, a2, nx * 4);
+  OK(hm_dev_attention_backward(d1, dq1, dy, qkv, l1, B, T, C, NH));
+  OK(hm_dev_attention_backward(d2, dq2, dy, qkv, l2, B, T, C, NH));
+  assert_memory_equal(dq1, dq2, 3 * nx * 4);
+  free(qkv); free(a1); free(a2); free(l1); free(l2); free(dq1); free(dq2);
   double s1, s2;
   OK(hm_dev_sumsq(d1, &s1, x, nx));
   OK(hm_dev_sumsq(d2, &s2, x, nx));
@@ -328,6 +378,7 @@ int main(void) {
       cmocka_unit_test(test_gelu_residual_scale),
       cmocka_unit_test(test_softmax_crossentropy),
       cmocka_unit_test(test_adamw_sums),
+      cmocka_unit_test(test_zero_and_copies),
       cmocka_unit_test(test_cpu_thread_count_invariance),
   };
   return cmocka_run_group_tests(tests, setup, teardown);

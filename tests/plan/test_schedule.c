@@ -123,44 +123,158 @@ static void test_zero_comm_equal_stages(void **state) {
   }
 }
 
-/* (m-1) max t_s + sum t_s holds exactly when the slowest stage is the last one (the others'
- * fill and drain hide behind it); otherwise the 1F1B timeline differs and the formula is only
- * an estimate, which the simulator replaces. */
+/* Reference for the zero-communication 1F1B timeline, written apart from the generator and the
+ * simulator: each stage's order of forwards and backwards is rebuilt here, and each op ends at
+ * its duration after the later of (the stage's previous op, its dependency): F(k) on s after
+ * F(k) on s-1, B(k) on s after B(k) on s+1. The step is the last end (a longest path). */
+enum { REF_MAXP = 16, REF_MAXM = 64 };
+typedef struct ref_timeline {
+  int p, m;
+  const double *f, *b;
+  char is_bwd[REF_MAXP][2 * REF_MAXM];
+  int micro[REF_MAXP][2 * REF_MAXM];
+  int pos[REF_MAXP][2][REF_MAXM]; /* [stage][fwd, bwd][micro] -> index in the stage's order */
+  double end[REF_MAXP][2 * REF_MAXM];
+  char known[REF_MAXP][2 * REF_MAXM];
+} ref_timeline;
+
+static double ref_end(ref_timeline *r, int s, int i) {
+  if (r->known[s][i]) return r->end[s][i];
+  const int k = r->micro[s][i], bwd = r->is_bwd[s][i];
+  double start = i > 0 ? ref_end(r, s, i - 1) : 0.0;
+  if (!bwd && s > 0) start = fmax(start, ref_end(r, s - 1, r->pos[s - 1][0][k]));
+  if (bwd && s < r->p - 1) start = fmax(start, ref_end(r, s + 1, r->pos[s + 1][1][k]));
+  r->known[s][i] = 1;
+  return r->end[s][i] = start + (bwd ? r->b[s] : r->f[s]);
+}
+
+static double ref_step_time(int p, int m, const double *f, const double *b) {
+  static ref_timeline r;
+  memset(&r, 0, sizeof r);
+  r.p = p, r.m = m, r.f = f, r.b = b;
+  for (int s = 0; s < p; s++) {
+    const int warm = p - 1 - s < m ? p - 1 - s : m;
+    int n = 0, nf = 0, nb = 0;
+    while (nf < m || nb < m) {
+      /* forwards until `warm` are ahead, then one backward per forward, then the rest */
+      const int bwd = nf == m || nf - nb > warm;
+      const int k = bwd ? nb++ : nf++;
+      r.is_bwd[s][n] = (char)bwd;
+      r.micro[s][n] = k;
+      r.pos[s][bwd][k] = n++;
+    }
+  }
+  double t = 0;
+  for (int s = 0; s < p; s++) t = fmax(t, ref_end(&r, s, 2 * m - 1));
+  return t;
+}
+
+static double formula(int p, int m, const double *f, const double *b) {
+  double mx = 0, sum = 0;
+  for (int s = 0; s < p; s++) {
+    sum += f[s] + b[s];
+    mx = fmax(mx, f[s] + b[s]);
+  }
+  return (m - 1) * mx + sum;
+}
+
+static int close_to(double a, double b) { return fabs(a - b) <= 1e-9 * fmax(fabs(a), fabs(b)); }
+
+/* Timelines worked out by hand (docs/plan.md, section 4), in whole seconds: the simulator, the
+ * reference and the hand value agree exactly; the formula only in the first case. */
+static void test_zero_comm_by_hand(void **state) {
+  (void)state;
+  static const struct {
+    int p, m;
+    double f[4], b[4], step, formula;
+  } cases[] = {
+      /* last stage slowest: F0 [0,1] F1 [1,2] on s0; s1 F0 [1,3] B0 [3,5] F1 [5,7] B1 [7,9]
+       * F2 [9,11] B2 [11,13]; s0 B2 [13,14] */
+      {2, 3, {1, 2}, {1, 2}, 14, 14},
+      /* first stage slowest: s0 F0 [0,2] F1 [2,4] B0 [4,6] F2 [6,8] B1 [8,10] B2 [10,12] */
+      {2, 3, {2, 1}, {2, 1}, 12, 14},
+      /* slowest in the middle: s1 B1 waits for s2 [10,11]; s0 B0 [10,14] B1 [14,18] */
+      {3, 2, {1, 4, 1}, {4, 1, 1}, 18, 17},
+      /* last stage slowest only in total (tied with s0): s0's four forwards end at 164, F3
+       * crosses s1 [164,165], s1's backwards B1..B3 [165,252], s0 B3 [252,253] */
+      {4, 4, {41, 1, 1, 1}, {1, 29, 1, 41}, 253, 242},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    hm_sim_result r;
+    double t = simulate_times(cases[i].p, cases[i].m, cases[i].f, cases[i].b, &r);
+    hm_sim_result_free(&r);
+    assert_true(t == cases[i].step);
+    assert_true(ref_step_time(cases[i].p, cases[i].m, cases[i].f, cases[i].b) == cases[i].step);
+    assert_true(formula(cases[i].p, cases[i].m, cases[i].f, cases[i].b) == cases[i].formula);
+  }
+}
+
+/* Stage times of very different sizes and forward/backward ratios, where timelines part from
+ * the formula. */
+static double rnd_skewed(void) {
+  switch (rnd() % 3) {
+    case 0: return 0.01 + (rnd() % 1000) / 5000.0;
+    case 1: return 0.01 + (rnd() % 1000) / 200.0;
+    default: return 4.0 + (rnd() % 1000) / 1000.0;
+  }
+}
+
+/* Unequal stages, zero communication. The simulator equals the reference timeline on every
+ * instance, and the formula (m-1) max t_s + sum t_s in the two cases docs/plan.md states:
+ * stage times that never decrease along the pipeline, and a last stage slowest in forward and
+ * in backward separately. With the last stage slowest in total only, the formula is a lower
+ * bound; otherwise the timeline can be shorter or longer than it. */
 static void test_zero_comm_unequal_stages(void **state) {
   (void)state;
-  int above = 0, below = 0;
-  for (int it = 0; it < 1000; it++) {
-    int p = 1 + rnd() % 10, m = 1 + rnd() % 30;
-    double f[16], b[16], mx = 0, sum = 0;
+  int above = 0, below = 0, last_slowest_above = 0;
+  for (int it = 0; it < 4000; it++) {
+    const int p = 1 + rnd() % 10, m = 1 + rnd() % 30, kind = it % 4;
+    double f[16], b[16];
     for (int s = 0; s < p; s++) {
-      f[s] = rnd_time();
-      b[s] = rnd_time();
+      f[s] = kind >= 2 ? rnd_skewed() : rnd_time();
+      b[s] = kind >= 2 ? rnd_skewed() : rnd_time();
     }
-    int slow = 0;
-    for (int s = 0; s < p; s++)
-      if (f[s] + b[s] > f[slow] + b[slow]) slow = s;
-    double tf = f[slow], tb = b[slow]; /* move the slowest stage last */
-    f[slow] = f[p - 1], b[slow] = b[p - 1];
-    f[p - 1] = tf, b[p - 1] = tb;
-    for (int s = 0; s < p; s++) {
-      sum += f[s] + b[s];
-      if (f[s] + b[s] > mx) mx = f[s] + b[s];
+    if (kind == 0) /* t_0 <= t_1 <= ... (insertion sort by f + b) */
+      for (int s = 1; s < p; s++)
+        for (int q = s; q > 0 && f[q] + b[q] < f[q - 1] + b[q - 1]; q--) {
+          double tf = f[q], tb = b[q];
+          f[q] = f[q - 1], b[q] = b[q - 1];
+          f[q - 1] = tf, b[q - 1] = tb;
+        }
+    if (kind == 1) /* the last stage is the slowest in forward and in backward */
+      for (int s = 0; s < p - 1; s++) {
+        f[p - 1] = fmax(f[p - 1], f[s]);
+        b[p - 1] = fmax(b[p - 1], b[s]);
+      }
+    if (kind == 3) { /* the slowest stage in total moved last */
+      int slow = 0;
+      for (int s = 1; s < p; s++)
+        if (f[s] + b[s] > f[slow] + b[slow]) slow = s;
+      double tf = f[slow], tb = b[slow];
+      f[slow] = f[p - 1], b[slow] = b[p - 1];
+      f[p - 1] = tf, b[p - 1] = tb;
     }
     hm_sim_result r;
-    double t = simulate_times(p, m, f, b, &r);
-    double want = (m - 1) * mx + sum;
-    assert_true(fabs(t - want) <= 1e-9 * want);
+    const double t = simulate_times(p, m, f, b, &r);
     hm_sim_result_free(&r);
-    /* slowest first: the simulator gives the real timeline, not the formula */
-    double f2[16], b2[16];
-    for (int s = 0; s < p; s++) f2[s] = f[p - 1 - s], b2[s] = b[p - 1 - s];
-    t = simulate_times(p, m, f2, b2, &r);
-    above += t > want + 1e-9;
-    below += t < want - 1e-9;
-    hm_sim_result_free(&r);
+    assert_true(close_to(t, ref_step_time(p, m, f, b)));
+    const double want = formula(p, m, f, b);
+    if (kind < 2) {
+      assert_true(close_to(t, want));
+      continue;
+    }
+    int last_slowest = 1;
+    for (int s = 0; s < p - 1; s++) last_slowest &= f[s] + b[s] <= f[p - 1] + b[p - 1];
+    if (last_slowest) assert_true(t >= want * (1 - 1e-12));
+    above += t > want * (1 + 1e-9);
+    below += t < want * (1 - 1e-9);
+    last_slowest_above += last_slowest && t > want * (1 + 1e-9);
   }
-  assert_true(below > 0); /* the formula is not baked in */
-  (void)above;
+  print_message("skewed instances: simulated step above the formula %d, below %d (of them with "
+                "the last stage slowest in total: %d above)\n", above, below, last_slowest_above);
+  /* the formula is not what the simulator returns (test_zero_comm_by_hand has a case of a last
+   * stage slowest in total with a longer timeline) */
+  assert_true(above > 0 && below > 0 && last_slowest_above > 0);
 }
 
 static void test_memory_and_comm(void **state) {
@@ -275,6 +389,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_schedule_invariants),
       cmocka_unit_test(test_zero_comm_equal_stages),
+      cmocka_unit_test(test_zero_comm_by_hand),
       cmocka_unit_test(test_zero_comm_unequal_stages),
       cmocka_unit_test(test_memory_and_comm),
       cmocka_unit_test(test_heterogeneous_replicas),

@@ -404,6 +404,112 @@ static void test_plan_file_mutations(void **state) {
   unload(&s);
 }
 
+/* Values that a plan file can hold but no plan can use: refused with the field's path before
+ * they are converted, multiplied or allocated for. */
+static hm_status load_changed(const specs *s, const hm_plan *plan, void (*change)(cJSON *),
+                              hm_plan *back) {
+  cJSON *j = hm_plan_to_cjson(&s->in, plan);
+  assert_non_null(j);
+  change(j);
+  char *text = cJSON_PrintUnformatted(j);
+  cJSON_Delete(j);
+  hm_status st = hm_plan_parse(text, strlen(text), NULL, NULL, back, NULL, NULL, NULL);
+  free(text);
+  return st;
+}
+
+static cJSON *class0(cJSON *j) { return cJSON_GetArrayItem(cJSON_GetObjectItem(j, "classes"), 0); }
+
+static void set_layer_begin_huge(cJSON *j) {
+  cJSON *stage0 = cJSON_GetArrayItem(cJSON_GetObjectItem(class0(j), "stages"), 0);
+  cJSON_ReplaceItemInArray(cJSON_GetObjectItem(stage0, "layers"), 0, cJSON_CreateNumber(1e300));
+}
+
+static void set_layer_end_negative(cJSON *j) {
+  cJSON *stages = cJSON_GetObjectItem(class0(j), "stages");
+  cJSON *last = cJSON_GetArrayItem(stages, cJSON_GetArraySize(stages) - 1);
+  cJSON_ReplaceItemInArray(cJSON_GetObjectItem(last, "layers"), 1, cJSON_CreateNumber(-1e300));
+}
+
+/* a billion devices claimed by a short file whose ranks list is empty */
+static void set_billion_devices(cJSON *j) {
+  cJSON *cl = cJSON_GetObjectItem(j, "cluster");
+  cJSON *t0 = cJSON_GetArrayItem(cJSON_GetObjectItem(cl, "device_types"), 0);
+  const char *type = cJSON_GetObjectItem(t0, "name")->valuestring;
+  cJSON *link = cJSON_CreateObject();
+  cJSON_AddNumberToObject(link, "bandwidth", 1e11);
+  cJSON_AddNumberToObject(link, "latency", 1e-6);
+  cJSON_DeleteItemFromObject(t0, "intra_host_link");
+  cJSON_AddItemToObject(t0, "intra_host_link", link);
+  cJSON *g = cJSON_GetArrayItem(cJSON_GetObjectItem(cl, "hosts"), 0);
+  cJSON_DeleteItemFromObject(g, "hostnames");
+  cJSON_ReplaceItemInObject(g, "count", cJSON_CreateNumber(10000000));
+  cJSON *nic = cJSON_CreateObject();
+  cJSON_AddNumberToObject(nic, "bandwidth", 1e10);
+  cJSON_AddNumberToObject(nic, "latency", 1e-5);
+  cJSON_DeleteItemFromObject(g, "nic");
+  cJSON_AddItemToObject(g, "nic", nic);
+  cJSON *devs = cJSON_GetObjectItem(g, "devices");
+  for (int i = 0; i < cJSON_GetArraySize(devs); i++) {
+    cJSON *d = cJSON_GetArrayItem(devs, i);
+    if (!strcmp(cJSON_GetObjectItem(d, "type")->valuestring, type))
+      cJSON_ReplaceItemInObject(d, "count", cJSON_CreateNumber(100));
+  }
+  int nlayers = cJSON_GetArrayItem(cJSON_GetObjectItem(cJSON_GetArrayItem(
+      cJSON_GetObjectItem(class0(j), "stages"), cJSON_GetArraySize(cJSON_GetObjectItem(
+      class0(j), "stages")) - 1), "layers"), 1)->valueint;
+  cJSON *stage = cJSON_CreateObject();
+  cJSON_AddStringToObject(stage, "device_type", type);
+  cJSON_AddNumberToObject(stage, "tp", 1);
+  int lr[2] = {0, nlayers};
+  cJSON_AddItemToObject(stage, "layers", cJSON_CreateIntArray(lr, 2));
+  cJSON *stages = cJSON_CreateArray();
+  cJSON_AddItemToArray(stages, stage);
+  cJSON *c = cJSON_CreateObject();
+  cJSON_AddNumberToObject(c, "replicas", 1e9);
+  cJSON_AddNumberToObject(c, "micro_batches", 1);
+  cJSON_AddItemToObject(c, "stages", stages);
+  cJSON *classes = cJSON_CreateArray();
+  cJSON_AddItemToArray(classes, c);
+  cJSON_ReplaceItemInObject(j, "classes", classes);
+  cJSON_ReplaceItemInObject(j, "micro_batch", cJSON_CreateNumber(1));
+  cJSON_ReplaceItemInObject(j, "global_batch", cJSON_CreateNumber(1e9));
+  cJSON_ReplaceItemInObject(j, "ranks", cJSON_CreateArray());
+}
+
+static void set_samples_overflow(cJSON *j) {
+  set_billion_devices(j); /* enough devices for the replicas: the sample count is checked next */
+  cJSON_ReplaceItemInObject(j, "micro_batch", cJSON_CreateNumber(2147483647));
+  cJSON_ReplaceItemInObject(class0(j), "micro_batches", cJSON_CreateNumber(2147483647));
+}
+
+static void test_plan_file_extremes(void **state) {
+  (void)state;
+  specs s;
+  load(&s, "local-2backend.json", "gpt-mini.json", "train-local.json");
+  hm_search_options o;
+  hm_search_options_default(&o);
+  o.upper_bound = 0;
+  hm_search_result *r = calloc(1, sizeof *r);
+  hm_plan *back = calloc(1, sizeof *back);
+  assert_int_equal(hm_plan_search(&s.in, &o, r), HM_OK);
+  assert_int_equal(load_changed(&s, &r->plans[0], set_layer_begin_huge, back), HM_ERR_SPEC);
+  assert_non_null(strstr(hm_last_error(), "plan.classes[0].stages[0].layers: expected [begin, end]"));
+  assert_int_equal(load_changed(&s, &r->plans[0], set_layer_end_negative, back), HM_ERR_SPEC);
+  assert_non_null(strstr(hm_last_error(), "].layers: expected [begin, end]"));
+  assert_int_equal(load_changed(&s, &r->plans[0], set_samples_overflow, back), HM_ERR_SPEC);
+  assert_non_null(strstr(hm_last_error(), "plan.classes[0]: 1000000000 replicas x 2147483647 "
+                                          "micro-batches x micro_batch 2147483647"));
+  /* refused from the counts, before listing a billion roles (24 GB) */
+  assert_int_equal(load_changed(&s, &r->plans[0], set_billion_devices, back), HM_ERR_SPEC);
+  assert_non_null(strstr(hm_last_error(), "plan.ranks: lists 0 ranks, the plan uses 1000000000 "
+                                          "devices"));
+  hm_search_result_free(r);
+  free(r);
+  free(back);
+  unload(&s);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_predict_by_hand),
@@ -411,6 +517,7 @@ int main(void) {
       cmocka_unit_test(test_memory_limits),
       cmocka_unit_test(test_plan_file),
       cmocka_unit_test(test_plan_file_mutations),
+      cmocka_unit_test(test_plan_file_extremes),
       cmocka_unit_test(test_large_cluster),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

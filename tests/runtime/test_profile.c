@@ -1,8 +1,9 @@
 /* hetmix profile: the latency/bandwidth fit on known points; a real measurement of a tiny GPT-2
  * on a cluster of `cpu` and `ref` (plus a type with no backend here) that has every layer kind
  * for every runnable type and nothing for the other, reads back equal from the written file and
- * drives the planner (a predicted stage time is the sum of the profile's figures); refusals
- * with clear messages; the `hetmix profile` command end to end. */
+ * drives the planner (a predicted stage time is the sum of the profile's figures); the same
+ * with every type timed at once in child processes; refusals with clear messages; a link probe
+ * past its deadline; the `hetmix profile` command end to end. No child process is left over. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -10,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -214,6 +217,53 @@ static void test_measure_write_read_plan(void **state) {
   fixture_free(&f);
 }
 
+/* Every type at once, two processes each (as four workers sharing the host): the same complete
+ * set of entries, measured in children that are all gone afterwards. */
+static void test_measure_together(void **state) {
+  (void)state;
+  fixture f;
+  fixture_load(&f);
+  hm_profile_options o;
+  quick_options(&o, &f);
+  o.links = 0;
+  o.concurrent = 1;
+  o.copies = 2;
+  o.reps = 2;
+  hm_profile p;
+  memset(&p, 0, sizeof p);
+  hm_profile_report rep;
+  hm_status st = hm_profile_measure(&o, &p, &rep);
+  if (st != HM_OK) fail_msg("measure together: %s", hm_last_error());
+  assert_int_equal(rep.ntypes_measured, 2);
+  assert_int_equal(p.nlayers, 2 * 3 * 2);
+  static const char *const kinds[3] = {"embedding", "block", "head"};
+  for (int k = 0; k < 3; k++)
+    for (int64_t mb = 1; mb <= 2; mb++) {
+      const hm_profile_layer *a = find_layer(&p, "fast", kinds[k], mb), *b = find_layer(&p, "slow", kinds[k], mb);
+      assert_non_null(a);
+      assert_non_null(b);
+      assert_true(a->fwd_s > 0 && a->bwd_s > 0 && b->fwd_s > 0 && b->bwd_s > 0 && a->mem_bytes > 0);
+    }
+  int wst;
+  assert_int_equal(waitpid(-1, &wst, WNOHANG), -1);
+  assert_int_equal(errno, ECHILD);
+  /* a backend that cannot open fails in its child and is named */
+  hm_profile q;
+  memset(&q, 0, sizeof q);
+  const char *bad[1] = {"nosuchbackend"};
+  hm_profile_shape shape = {3, 32, 4, 64, 16};
+  int layer = 1;
+  int64_t mb = 1;
+  hm_layer_timing t[2];
+  st = hm_profile_time_layers_together(1, bad, 2, &shape, &layer, 1, &mb, 1, 0, 1, 0, 1, 60, t, NULL, 0, NULL, NULL);
+  assert_int_not_equal(st, HM_OK);
+  if (!strstr(hm_last_error(), "nosuchbackend")) fail_msg("message: %s", hm_last_error());
+  assert_int_equal(waitpid(-1, &wst, WNOHANG), -1);
+  hm_profile_free(&p);
+  hm_profile_free(&q);
+  fixture_free(&f);
+}
+
 static void expect_error(hm_status got, hm_status want, const char *needle) {
   assert_int_equal(got, want);
   if (!strstr(hm_last_error(), needle)) fail_msg("message '%s' lacks '%s'", hm_last_error(), needle);
@@ -273,6 +323,27 @@ static void test_refusals(void **state) {
   expect_error(hm_profile_link_probe(&lo, &fit), HM_ERR_INVALID_ARG, "infiniband");
   hm_profile_free(&p);
   fixture_free(&f);
+}
+
+/* A probe that cannot finish in time fails with a message naming the transport, and leaves no
+ * child process behind (this test process has no other children). */
+static void test_probe_deadline(void **state) {
+  (void)state;
+  hm_link_probe_options lo;
+  memset(&lo, 0, sizeof lo);
+  lo.transport = "tcp";
+  lo.nsizes = 2;
+  lo.sizes[0] = 8;
+  lo.sizes[1] = 1 << 20;
+  lo.seconds_per_size = 0.01;
+  lo.timeout_ms = 1; /* the ranks' own waits give up at once: bootstrap cannot finish */
+  hm_link_fit fit;
+  hm_status st = hm_profile_link_probe(&lo, &fit);
+  assert_true(st == HM_ERR_TIMEOUT || st == HM_ERR_PEER_DEAD || st == HM_ERR_AUTH || st == HM_ERR_IO);
+  if (!strstr(hm_last_error(), "link probe over tcp: rank")) fail_msg("message: %s", hm_last_error());
+  int wst;
+  assert_int_equal(waitpid(-1, &wst, WNOHANG), -1);
+  assert_int_equal(errno, ECHILD);
 }
 
 static int run(const char *cmd, char *out, size_t cap) {
@@ -337,7 +408,9 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_fit_exact),
       cmocka_unit_test(test_measure_write_read_plan),
+      cmocka_unit_test(test_measure_together),
       cmocka_unit_test(test_refusals),
+      cmocka_unit_test(test_probe_deadline),
       cmocka_unit_test(test_cli),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
