@@ -5,8 +5,9 @@
  * HETMIX_LOCAL_WORLD_SIZE, HETMIX_STORE_ADDR on loopback, a fresh HETMIX_SECRET), forwards
  * SIGINT/SIGTERM/SIGHUP to them, and on the first worker that fails stops the rest (SIGTERM,
  * then SIGKILL after a grace period) and reports which rank failed and how. No worker outlives
- * the call: they share one process group that is killed before returning, and each child asks
- * the kernel to kill it if the launcher dies (PR_SET_PDEATHSIG).
+ * the call: each leads its own session and process group (so the scheduler's autogroups treat
+ * workers as separate jobs), every group is killed before returning, and each child asks the
+ * kernel to kill it if the launcher dies (PR_SET_PDEATHSIG).
  *
  * Workers started by mpirun or Slurm's srun do not go through this file: they read their rank
  * from the launcher's environment with hm_launch_env_read() (include/hetmix/comm.h). */

@@ -2,8 +2,9 @@
  *
  * What it guarantees: every worker gets the HETMIX_* bootstrap environment; the launcher's
  * SIGINT/SIGTERM/SIGHUP reach all workers; the first failing worker stops the job within the
- * grace period and is named; nothing started here survives the call (one process group, killed
- * before returning, plus PR_SET_PDEATHSIG in each child for the case the launcher itself dies).
+ * grace period and is named; nothing started here survives the call (each worker leads its own
+ * session and process group, all killed before returning, plus PR_SET_PDEATHSIG in each child
+ * for the case the launcher itself dies).
  * What it is not: a multi-host launcher (mpirun and srun do that; workers then read their rank
  * with hm_launch_env_read()), nor a restart policy.
  *
@@ -167,7 +168,7 @@ typedef struct hm_job {
   const hm_launch_opts *opts;
   hm_worker *w;
   int n;
-  pid_t pgid;
+  int nspawned;     /* workers started so far (each leads its own session and group) */
   int out_fd, err_fd;
   int sig_rd, sig_wr;
   struct sigaction old_act[HM_NFWD];
@@ -273,7 +274,10 @@ static void hm_child_exec(hm_job *job, int r, const char *exe, int out_wr, int e
   sigset_t none;
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, NULL);
-  setpgid(0, job->pgid); /* pgid 0 for rank 0: it becomes the group leader */
+  /* Its own session (and process group, id = its pid): Linux's autogroup scheduling then
+   * shares the CPU between workers as between separate jobs, the way separate devices would
+   * not share one; in one session, two workers of a loaded machine get half a share each. */
+  setsid();
   /* the kernel kills this worker if the launcher dies, even by SIGKILL */
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != parent) _exit(127); /* the launcher died before prctl took effect */
@@ -308,8 +312,7 @@ static hm_status hm_spawn(hm_job *job, int r, const char *exe) {
   }
   if (pid == 0) hm_child_exec(job, r, exe, out_p[1], err_p[1], exec_p[1], parent);
   /* parent: also set the group here, so it is right whichever of the two runs first */
-  if (r == 0) job->pgid = pid;
-  setpgid(pid, job->pgid);
+  job->nspawned = r + 1;
   w->pid = pid;
   w->status_code = -1;
   w->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
@@ -335,7 +338,7 @@ static hm_status hm_spawn(hm_job *job, int r, const char *exe) {
   return HM_OK;
 }
 
-/* Notices exits without reaping (WNOWAIT): a zombie keeps its pid, so the group id (rank 0's
+/* Notices exits without reaping (WNOWAIT): a zombie keeps its pid, so a worker's group id (its
  * pid) cannot be reused by an unrelated process before our final killpg. */
 static int hm_sweep_exits(hm_job *job, int *first_failed) {
   int alive = 0;
@@ -359,6 +362,16 @@ static int hm_sweep_exits(hm_job *job, int *first_failed) {
   return alive;
 }
 
+/* Signals every worker's process group (the worker and whatever it started), or the worker
+ * alone when it has left its group. The exec pipe in hm_spawn guarantees setsid() ran. */
+static void hm_signal_all(hm_job *job, int sig) {
+  for (int r = 0; job->w && r < job->nspawned; r++) {
+    hm_worker *w = &job->w[r];
+    if (w->pid <= 0 || w->reaped) continue;
+    if (killpg(w->pid, sig) != 0) kill(w->pid, sig);
+  }
+}
+
 static void hm_reap_all(hm_job *job) {
   for (int r = 0; job->w && r < job->n; r++) {
     hm_worker *w = &job->w[r];
@@ -370,9 +383,9 @@ static void hm_reap_all(hm_job *job) {
 }
 
 static void hm_job_cleanup(hm_job *job) {
-  if (job->pgid > 0) {
-    /* kill whatever is left in the group (workers' own children) before the leader is reaped */
-    killpg(job->pgid, SIGKILL);
+  if (job->nspawned > 0) {
+    /* kill whatever is left in the groups (workers' own children) before the leaders are reaped */
+    hm_signal_all(job, SIGKILL);
     uint64_t deadline = hm_deadline_after_ms(HM_LAUNCH_KILL_WAIT_MS);
     int first = -1;
     while (hm_sweep_exits(job, &first) > 0 && !hm_deadline_passed(deadline)) usleep(2000);
@@ -498,11 +511,11 @@ hm_status hm_launch_run(const hm_launch_opts *opts, hm_launch_result *res_out) {
       cause = first_failed >= 0 ? HM_STOP_FAILURE : HM_STOP_TIMEOUT;
       stop_t = now;
       kill_at = now + grace_ns;
-      killpg(job.pgid, SIGTERM);
+      hm_signal_all(&job, SIGTERM);
     }
     if (cause != HM_RUNNING && !killed && alive > 0 && now >= kill_at) {
       killed = 1;
-      killpg(job.pgid, SIGKILL);
+      hm_signal_all(&job, SIGKILL);
       reap_deadline = hm_deadline_after_ms(HM_LAUNCH_KILL_WAIT_MS);
     }
     if (killed && alive > 0 && hm_deadline_passed(reap_deadline)) {
@@ -543,7 +556,7 @@ hm_status hm_launch_run(const hm_launch_opts *opts, hm_launch_result *res_out) {
         unsigned char sig;
         while (read(job.sig_rd, &sig, 1) == 1) {
           if (!res->interrupt_signal) res->interrupt_signal = sig;
-          killpg(job.pgid, sig);
+          hm_signal_all(&job, sig);
           if (cause == HM_RUNNING) {
             cause = HM_STOP_SIGNAL;
             stop_t = hm_now_ns();
