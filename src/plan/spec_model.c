@@ -385,9 +385,9 @@ static int layer_equal(const hm_layer *a, const hm_layer *b) {
 
 /* "params" takes whole counts up to 9e15; a count from "param_bytes" that is not one goes back
  * as bytes (exact: dtype sizes are powers of two), so what the reader accepted it reads again. */
-static cJSON *add_params(cJSON *o, double params, hm_dtype dtype) {
+static cJSON *add_params(cJSON *o, double params, hm_spec_dtype dtype) {
   if (params == floor(params) && params <= 9e15) return cJSON_AddNumberToObject(o, "params", params);
-  return cJSON_AddNumberToObject(o, "param_bytes", params * (double)hm_dtype_size(dtype));
+  return cJSON_AddNumberToObject(o, "param_bytes", params * (double)hm_spec_dtype_size(dtype));
 }
 
 cJSON *hm_model_to_cjson(const hm_model *m) {
