@@ -29,22 +29,48 @@ static hm_status grow(void **arr, int *cap, int need, size_t elem, const char *w
   return HM_OK;
 }
 
-hm_status hm_profile_add_layer(hm_profile *p, const hm_profile_layer *e) {
+static hm_status layer_valid(const hm_profile_layer *e) {
   if (!e->device_type[0] || !e->kind[0] || e->micro_batch < 1 || !(e->fwd_s >= 0) ||
       !(e->bwd_s >= 0) || !(e->mem_bytes >= 0))
     return hm_error(HM_ERR_INVALID_ARG,
                     "profile entry (%s, %s, micro-batch %lld) has an empty name or a negative "
                     "figure",
                     e->device_type, e->kind, (long long)e->micro_batch);
-  for (int i = 0; i < p->nlayers; i++) {
-    const hm_profile_layer *o = &p->layers[i];
-    if (o->micro_batch == e->micro_batch && strcmp(o->kind, e->kind) == 0 &&
-        strcmp(o->device_type, e->device_type) == 0)
-      return hm_error(HM_ERR_SPEC,
-                      "profile.layers[%d]: a second entry for device type \"%s\", kind \"%s\", "
-                      "micro_batch %lld (first is [%d])",
-                      p->nlayers, e->device_type, e->kind, (long long)e->micro_batch, i);
-  }
+  return HM_OK;
+}
+
+static hm_status link_valid(const hm_profile_link *e) {
+  if (!e->type_a[0] || !e->type_b[0] || !(e->link.bandwidth > 0) || !(e->link.latency >= 0))
+    return hm_error(HM_ERR_INVALID_ARG, "profile link (%s, %s) has an empty name or bad figures",
+                    e->type_a, e->type_b);
+  return HM_OK;
+}
+
+static int same_layer(const hm_profile_layer *a, const hm_profile_layer *b) {
+  return a->micro_batch == b->micro_batch && strcmp(a->kind, b->kind) == 0 &&
+         strcmp(a->device_type, b->device_type) == 0;
+}
+
+static int same_link(const hm_profile_link *a, const hm_profile_link *b) {
+  return a->inter_host == b->inter_host &&
+         ((strcmp(a->type_a, b->type_a) == 0 && strcmp(a->type_b, b->type_b) == 0) ||
+          (strcmp(a->type_a, b->type_b) == 0 && strcmp(a->type_b, b->type_a) == 0));
+}
+
+static hm_status duplicate_layer(const hm_profile_layer *e, int first, int second) {
+  return hm_error(HM_ERR_SPEC,
+                  "profile.layers[%d]: a second entry for device type \"%s\", kind \"%s\", "
+                  "micro_batch %lld (first is [%d])",
+                  second, e->device_type, e->kind, (long long)e->micro_batch, first);
+}
+
+static hm_status duplicate_link(const hm_profile_link *e, int first, int second) {
+  return hm_error(HM_ERR_SPEC,
+                  "profile.links[%d]: a second %s link between \"%s\" and \"%s\" (first is [%d])",
+                  second, e->inter_host ? "inter_host" : "intra_host", e->type_a, e->type_b, first);
+}
+
+static hm_status append_layer(hm_profile *p, const hm_profile_layer *e) {
   HM_TRY(grow((void **)&p->layers, &p->cap_layers, p->nlayers + 1, sizeof *p->layers, "layers"));
   p->layers[p->nlayers] = *e;
   p->layers[p->nlayers].type = -1;
@@ -52,26 +78,84 @@ hm_status hm_profile_add_layer(hm_profile *p, const hm_profile_layer *e) {
   return HM_OK;
 }
 
-hm_status hm_profile_add_link(hm_profile *p, const hm_profile_link *e) {
-  if (!e->type_a[0] || !e->type_b[0] || !(e->link.bandwidth > 0) || !(e->link.latency >= 0))
-    return hm_error(HM_ERR_INVALID_ARG, "profile link (%s, %s) has an empty name or bad figures",
-                    e->type_a, e->type_b);
-  for (int i = 0; i < p->nlinks; i++) {
-    const hm_profile_link *o = &p->links[i];
-    int same = (strcmp(o->type_a, e->type_a) == 0 && strcmp(o->type_b, e->type_b) == 0) ||
-               (strcmp(o->type_a, e->type_b) == 0 && strcmp(o->type_b, e->type_a) == 0);
-    if (same && o->inter_host == e->inter_host)
-      return hm_error(HM_ERR_SPEC,
-                      "profile.links[%d]: a second %s link between \"%s\" and \"%s\" (first is "
-                      "[%d])",
-                      p->nlinks, e->inter_host ? "inter_host" : "intra_host", e->type_a, e->type_b,
-                      i);
-  }
+static hm_status append_link(hm_profile *p, const hm_profile_link *e) {
   HM_TRY(grow((void **)&p->links, &p->cap_links, p->nlinks + 1, sizeof *p->links, "links"));
   p->links[p->nlinks] = *e;
   p->links[p->nlinks].a = p->links[p->nlinks].b = -1;
   p->nlinks++;
   return HM_OK;
+}
+
+hm_status hm_profile_add_layer(hm_profile *p, const hm_profile_layer *e) {
+  HM_TRY(layer_valid(e));
+  for (int i = 0; i < p->nlayers; i++)
+    if (same_layer(&p->layers[i], e)) return duplicate_layer(e, i, p->nlayers);
+  return append_layer(p, e);
+}
+
+hm_status hm_profile_add_link(hm_profile *p, const hm_profile_link *e) {
+  HM_TRY(link_valid(e));
+  for (int i = 0; i < p->nlinks; i++)
+    if (same_link(&p->links[i], e)) return duplicate_link(e, i, p->nlinks);
+  return append_link(p, e);
+}
+
+/* The reader appends entries unchecked, then finds repeats by sorting (a file may hold a million
+ * entries: 5e11 comparisons of each with every earlier one). It reports what hm_profile_add_*
+ * would have: the earliest entry that repeats an earlier one, and the first. */
+typedef struct entry_key {
+  const char *a, *b; /* names (a link's in a fixed order) */
+  int64_t c;         /* micro-batch, or scope */
+  int index;         /* in the file */
+} entry_key;
+
+static int key_cmp(const entry_key *x, const entry_key *y) {
+  int c = strcmp(x->a, y->a);
+  if (!c) c = strcmp(x->b, y->b);
+  if (!c) c = (x->c > y->c) - (x->c < y->c);
+  return c;
+}
+
+static int cmp_entry(const void *a, const void *b) {
+  const entry_key *x = a, *y = b;
+  int c = key_cmp(x, y);
+  return c ? c : (x->index > y->index) - (x->index < y->index);
+}
+
+/* Sorts k; returns the index of the earliest repeat (its first occurrence in *first), or -1. */
+static int earliest_repeat(entry_key *k, int n, int *first) {
+  qsort(k, (size_t)n, sizeof *k, cmp_entry);
+  int second = -1;
+  for (int i = 1; i < n; i++) /* a run of equal keys is in file order: its second is k[i] */
+    if (!key_cmp(&k[i], &k[i - 1]) && (i < 2 || key_cmp(&k[i - 1], &k[i - 2])) &&
+        (second < 0 || k[i].index < second)) {
+      second = k[i].index;
+      *first = k[i - 1].index;
+    }
+  return second;
+}
+
+static hm_status check_repeats(const hm_profile *p, int links) {
+  const int n = links ? p->nlinks : p->nlayers;
+  entry_key *k = hm_malloc((size_t)(n ? n : 1) * sizeof *k, "profile check");
+  if (!k) return HM_ERR_NOMEM;
+  for (int i = 0; i < n; i++) {
+    if (!links) {
+      const hm_profile_layer *e = &p->layers[i];
+      k[i] = (entry_key){e->device_type, e->kind, e->micro_batch, i};
+    } else {
+      const hm_profile_link *e = &p->links[i];
+      const int swap = strcmp(e->type_a, e->type_b) > 0;
+      k[i] = (entry_key){swap ? e->type_b : e->type_a, swap ? e->type_a : e->type_b,
+                         e->inter_host, i};
+    }
+  }
+  int first = 0;
+  const int second = earliest_repeat(k, n, &first);
+  free(k);
+  if (second < 0) return HM_OK;
+  return links ? duplicate_link(&p->links[second], first, second)
+               : duplicate_layer(&p->layers[second], first, second);
 }
 
 /* Lists the cluster's device type names for "unknown device type" messages. */
@@ -189,8 +273,9 @@ static hm_status profile_read(const cJSON *j, const char *root, hm_profile *p) {
     HM_TRY(hm_json_number(e, q, "fwd_s", 1, HM_RANGE_NONNEG(1e6), 0, &l.fwd_s));
     HM_TRY(hm_json_number(e, q, "bwd_s", 1, HM_RANGE_NONNEG(1e6), 0, &l.bwd_s));
     HM_TRY(hm_json_number(e, q, "mem_bytes", 0, HM_RANGE_NONNEG(1e16), 0, &l.mem_bytes));
-    HM_TRY(hm_profile_add_layer(p, &l));
+    HM_TRY(append_layer(p, &l));
   }
+  HM_TRY(check_repeats(p, 0));
 
   HM_TRY(hm_json_array(j, root, "links", 0, &arr, &n));
   hm_json_path_key(path, root, "links");
@@ -224,9 +309,9 @@ static hm_status profile_read(const cJSON *j, const char *root, hm_profile *p) {
     l.inter_host = scope;
     HM_TRY(hm_json_number(e, q, "bandwidth", 1, HM_RANGE_POSITIVE(1e16), 0, &l.link.bandwidth));
     HM_TRY(hm_json_number(e, q, "latency", 1, HM_RANGE_NONNEG(10.0), 0, &l.link.latency));
-    HM_TRY(hm_profile_add_link(p, &l));
+    HM_TRY(append_link(p, &l));
   }
-  return HM_OK;
+  return check_repeats(p, 1);
 }
 
 hm_status hm_profile_from_cjson(const cJSON *j, const char *root, hm_profile *out) {

@@ -474,6 +474,26 @@ static void test_bad_documents(void **state) {
   text = "{\"global_batch\": 1e999}";
   assert_int_equal(hm_train_parse(text, strlen(text), NULL, &t), HM_ERR_SPEC);
   assert_non_null(strstr(hm_last_error(), "train.global_batch: expected an integer"));
+  /* repeated profile entries: the earliest repeat is named, with its first occurrence */
+  hm_profile pr;
+  text = "{\"layers\": ["
+         "{\"device_type\": \"x\", \"kind\": \"k\", \"micro_batch\": 2, \"fwd_s\": 1, \"bwd_s\": 1},"
+         "{\"device_type\": \"x\", \"kind\": \"k\", \"micro_batch\": 1, \"fwd_s\": 1, \"bwd_s\": 1},"
+         "{\"device_type\": \"y\", \"kind\": \"k\", \"micro_batch\": 1, \"fwd_s\": 1, \"bwd_s\": 1},"
+         "{\"device_type\": \"x\", \"kind\": \"k\", \"micro_batch\": 1, \"fwd_s\": 1, \"bwd_s\": 1},"
+         "{\"device_type\": \"x\", \"kind\": \"k\", \"micro_batch\": 2, \"fwd_s\": 1, \"bwd_s\": 1},"
+         "{\"device_type\": \"x\", \"kind\": \"k\", \"micro_batch\": 1, \"fwd_s\": 1, \"bwd_s\": 1}]}";
+  assert_int_equal(hm_profile_parse(text, strlen(text), NULL, &pr), HM_ERR_SPEC);
+  assert_string_equal(hm_last_error(), "profile.layers[3]: a second entry for device type \"x\", "
+                                       "kind \"k\", micro_batch 1 (first is [1])");
+  text = "{\"links\": ["
+         "{\"types\": [\"a\", \"b\"], \"scope\": \"intra_host\", \"bandwidth\": 1, \"latency\": 0},"
+         "{\"types\": [\"b\", \"a\"], \"scope\": \"inter_host\", \"bandwidth\": 1, \"latency\": 0},"
+         "{\"types\": [\"b\", \"a\"], \"scope\": \"intra_host\", \"bandwidth\": 1, \"latency\": 0}]}";
+  assert_int_equal(hm_profile_parse(text, strlen(text), NULL, &pr), HM_ERR_SPEC);
+  assert_string_equal(hm_last_error(), "profile.links[2]: a second intra_host link between \"b\" "
+                                       "and \"a\" (first is [0])");
+  hm_profile_free(&pr);
   hm_model m;
   assert_int_equal(hm_model_load("/nonexistent/model.json", &m), HM_ERR_IO);
   assert_non_null(strstr(hm_last_error(), "/nonexistent/model.json"));
