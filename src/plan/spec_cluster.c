@@ -326,29 +326,35 @@ static hm_status cluster_read(const cJSON *j, const char *root, hm_cluster *c) {
   hm_json_path_key(p, root, "pool_links");
   if (arr && c->npools == 0)
     return hm_error(HM_ERR_SPEC, "%s: given but cluster.pools is absent", p);
+  /* which link joins each pair of pools: (npools, npools), 0 = none, else 1 + its index */
+  int *link_of = NULL;
+  if (c->npools > 0) {
+    link_of = hm_calloc((size_t)c->npools * c->npools, sizeof *link_of, "pool pairs");
+    if (!link_of) return HM_ERR_NOMEM;
+  }
+  hm_status st = HM_OK;
   if (n > 0) {
     c->pool_links = hm_calloc((size_t)n, sizeof *c->pool_links, "pool links");
-    if (!c->pool_links) return HM_ERR_NOMEM;
+    if (!c->pool_links) st = HM_ERR_NOMEM;
     i = 0;
-    for (const cJSON *e = arr->child; e; e = e->next, i++) {
-      HM_TRY(read_pool_link(c, e, hm_json_path_index(q, p, i), &c->pool_links[i]));
-      for (int k = 0; k < i; k++)
-        if (c->pool_links[k].a == c->pool_links[i].a && c->pool_links[k].b == c->pool_links[i].b)
-          return hm_error(HM_ERR_SPEC, "%s: pools \"%s\" and \"%s\" are linked twice (also [%d])",
-                          q, c->pools[c->pool_links[i].a].name, c->pools[c->pool_links[i].b].name,
-                          k);
+    for (const cJSON *e = arr ? arr->child : NULL; e && st == HM_OK; e = e->next, i++) {
+      hm_pool_link *pl = &c->pool_links[i];
+      if ((st = read_pool_link(c, e, hm_json_path_index(q, p, i), pl)) != HM_OK) break;
+      int *slot = &link_of[(size_t)pl->a * c->npools + pl->b];
+      if (*slot)
+        st = hm_error(HM_ERR_SPEC, "%s: pools \"%s\" and \"%s\" are linked twice (also [%d])", q,
+                      c->pools[pl->a].name, c->pools[pl->b].name, *slot - 1);
+      *slot = i + 1;
       c->npool_links = i + 1;
     }
   }
-  for (int a = 0; a < c->npools; a++)
-    for (int b = a + 1; b < c->npools; b++) {
-      int found = 0;
-      for (int k = 0; k < c->npool_links; k++)
-        found |= c->pool_links[k].a == a && c->pool_links[k].b == b;
-      if (!found)
-        return hm_error(HM_ERR_SPEC, "%s: no link between pools \"%s\" and \"%s\"", p,
-                        c->pools[a].name, c->pools[b].name);
-    }
+  for (int a = 0; a < c->npools && st == HM_OK; a++)
+    for (int b = a + 1; b < c->npools && st == HM_OK; b++)
+      if (!link_of[(size_t)a * c->npools + b])
+        st = hm_error(HM_ERR_SPEC, "%s: no link between pools \"%s\" and \"%s\"", p,
+                      c->pools[a].name, c->pools[b].name);
+  free(link_of);
+  HM_TRY(st);
 
   HM_TRY(hm_json_array(j, root, "hosts", 1, &arr, &n));
   hm_json_path_key(p, root, "hosts");

@@ -301,6 +301,10 @@ static const struct bad_case {
      "cluster.hosts: expected at least one host group, got []"},
     {SPEC_CLUSTER, "reference-768.json", "pool_links", "[]",
      "cluster.pool_links: no link between pools \"room-amd\" and \"room-nv\""},
+    {SPEC_CLUSTER, "reference-768.json", "pool_links",
+     "[{\"pools\": [\"room-amd\", \"room-nv\"], \"bandwidth\": 1e9, \"latency\": 0},"
+     " {\"pools\": [\"room-nv\", \"room-amd\"], \"bandwidth\": 1e9, \"latency\": 0}]",
+     "cluster.pool_links[1]: pools \"room-amd\" and \"room-nv\" are linked twice (also [0])"},
     {SPEC_CLUSTER, "reference-768.json", "pool_links[0].pools[1]", "\"room-amd\"",
      "cluster.pool_links[0].pools: links pool \"room-amd\" to itself"},
     {SPEC_CLUSTER, "reference-768.json", "pool_links[0].pools", "[\"room-amd\"]",
