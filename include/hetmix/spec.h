@@ -25,6 +25,7 @@ struct cJSON;
 #define HM_SPEC_BACKEND_MAX 128  /* hetmix backend string, e.g. "cpu:threads=1" */
 #define HM_SPEC_HOST_KINDS_MAX 8 /* device types within one host */
 #define HM_SPEC_MBS_MAX 32       /* micro-batch sizes to consider */
+#define HM_SPEC_POOLS_MAX 256    /* pools in one cluster */
 
 /* ------------------------------------------------------------------------------------------ */
 /* Data types                                                                                 */

@@ -258,6 +258,8 @@ static int remap_types(hm_plan *p, const hm_cluster *from, const hm_cluster *to)
 
 /* New global batch: keeps the classes' micro-batch ratios, totals exactly batch / micro_batch. */
 static int rebatch(hm_plan *p, long long batch) {
+  if (batch > 1000000000) /* train.global_batch's limit; keeps micro-batch counts in an int */
+    return hm_cli_fail(NULL, "--batch %lld is larger than 1000000000", batch);
   if (batch % p->micro_batch)
     return hm_cli_fail(NULL, "--batch %lld is not a multiple of the plan's micro-batch %lld", batch,
                        (long long)p->micro_batch);

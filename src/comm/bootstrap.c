@@ -182,6 +182,7 @@ static uint64_t host_key(void) {
 static void comm_free(hm_comm_t c) {
   if (!c) return;
   hm_comm_heartbeat_stop(c);
+  hm_store_server_stop(c->store);
   if (c->peers) {
     for (int r = 0; r < c->nranks; r++) {
       hm_peer *p = &c->peers[r];
@@ -580,9 +581,13 @@ hm_status hm_comm_init_env(hm_comm_t *comm, const hm_comm_config *cfg) {
       return hm_error_context(st, "rank 0 (%s launch): ", e.source);
   }
   hm_status st = init_with_store(comm, e.size, e.rank, tag, secret, e.store_host, e.store_port, cfg);
-  /* the store is only needed until every rank has connected to the mesh, which init waited for */
-  hm_store_server_stop(srv);
-  if (st != HM_OK) return hm_error_context(st, "%s launch: ", e.source);
+  if (st != HM_OK) {
+    hm_store_server_stop(srv);
+    return hm_error_context(st, "%s launch: ", e.source);
+  }
+  /* The bootstrap is over, but the store stays up (refusing and logging strangers) for as long
+   * as the communicator lives, as a launcher's store would. */
+  (*comm)->store = srv;
   return HM_OK;
 }
 
@@ -673,6 +678,7 @@ void hm_comm_stop_progress(hm_comm_t c); /* comm.c */
 hm_status hm_comm_destroy(hm_comm_t c) {
   if (!c) return hm_error(HM_ERR_INVALID_ARG, "hm_comm_destroy: comm is NULL");
   hm_comm_stop_progress(c);
+  hm_comm_free_requests(c);
   hm_comm_heartbeat_stop(c);
   for (int r = 0; r < c->nranks; r++) {
     if (r == c->rank || !c->peers || c->peers[r].ctrl_fd < 0) continue;

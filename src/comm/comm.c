@@ -30,7 +30,47 @@ struct hm_request {
   int is_request;      /* the caller holds it (free on wait), else the submitter frees it */
   int orphan;          /* its waiter gave up (abort): whoever finishes it frees it */
   hm_op *next;
+  hm_op *rprev, *rnext; /* the communicator's list of requests not yet waited on */
 };
+
+/* Requests handed to the caller are listed on their communicator, so that destroying it frees
+ * the ones never waited on (comm.h allows that). Guarded by q_mu. */
+static void req_track(hm_op *o) {
+  hm_comm_t c = o->comm;
+  pthread_mutex_lock(&c->q_mu);
+  o->rprev = NULL;
+  o->rnext = c->requests;
+  if (c->requests) c->requests->rprev = o;
+  c->requests = o;
+  pthread_mutex_unlock(&c->q_mu);
+}
+
+static void req_untrack_locked(hm_op *o) {
+  hm_comm_t c = o->comm;
+  if (o->rprev) o->rprev->rnext = o->rnext; else if (c->requests == o) c->requests = o->rnext;
+  if (o->rnext) o->rnext->rprev = o->rprev;
+  o->rprev = o->rnext = NULL;
+}
+
+static void req_free(hm_op *o) {
+  hm_comm_t c = o->comm;
+  pthread_mutex_lock(&c->q_mu);
+  req_untrack_locked(o);
+  pthread_mutex_unlock(&c->q_mu);
+  free(o);
+}
+
+/* At destroy, after the progress thread stopped: requests nobody waited on. */
+void hm_comm_free_requests(hm_comm_t c) {
+  pthread_mutex_lock(&c->q_mu);
+  while (c->requests) {
+    hm_op *o = c->requests;
+    req_untrack_locked(o);
+    free(o);
+  }
+  for (int k = 0; k < 2; k++) c->self_pending[k] = NULL; /* they were requests too: freed above */
+  pthread_mutex_unlock(&c->q_mu);
+}
 
 static _Thread_local int g_group_depth;
 static _Thread_local hm_op *g_group_head, *g_group_tail;
@@ -243,6 +283,7 @@ static hm_status wait_op(hm_op *o, int *orphaned) {
     if (atomic_load(&c->aborted)) {
       o->orphan = 1;
       *orphaned = 1;
+      req_untrack_locked(o);
       pthread_mutex_unlock(&c->q_mu);
       return hm_error(HM_ERR_ABORTED, "rank %d: communicator aborted while waiting", c->rank);
     }
@@ -296,7 +337,10 @@ static hm_status submit(hm_op *tmpl, hm_request_t *req) {
   if (!o) return HM_ERR_NOMEM;
   *o = *tmpl;
   o->is_request = req != NULL;
-  if (req) *req = o;
+  if (req) {
+    *req = o;
+    req_track(o);
+  }
   if (g_group_depth > 0) {
     o->next = NULL;
     if (g_group_tail) g_group_tail->next = o; else g_group_head = o;
@@ -542,6 +586,7 @@ static hm_status self_p2p(const char *fn, hm_op *o, hm_request_t *req) {
       finish(h, st);
       atomic_store(&h->done, 1);
       *req = h;
+      req_track(h);
       return HM_OK;
     }
     return st;
@@ -553,6 +598,7 @@ static hm_status self_p2p(const char *fn, hm_op *o, hm_request_t *req) {
   if (!h) return HM_ERR_NOMEM;
   *h = *o;
   h->is_request = 1;
+  req_track(h);
   h->next = NULL;
   hm_op **tail = &c->self_pending[o->is_send];
   while (*tail) tail = &(*tail)->next;
@@ -609,7 +655,7 @@ hm_status hm_request_test(hm_request_t req, int *done) {
   if (!*done) return HM_OK;
   hm_status st = req->status;
   if (st != HM_OK) hm_error(st, "%s", req->err);
-  free(req);
+  req_free(req);
   return st;
 }
 
@@ -618,7 +664,7 @@ hm_status hm_request_wait(hm_request_t req) {
   if (atomic_load(&req->done)) {
     hm_status st = req->status;
     if (st != HM_OK) hm_error(st, "%s", req->err);
-    free(req);
+    req_free(req);
     return st;
   }
   if (req->is_p2p && req->peer == req->comm->rank) { /* unmatched self send/recv: nothing can match it now */
@@ -627,12 +673,12 @@ hm_status hm_request_wait(hm_request_t req) {
     if (*pp) *pp = req->next;
     hm_error(HM_ERR_INVALID_ARG, "hm_request_wait: rank %d: %s to this rank itself was never matched by a %s",
              req->comm->rank, req->is_send ? "send" : "receive", req->is_send ? "receive" : "send");
-    free(req);
+    req_free(req);
     return HM_ERR_INVALID_ARG;
   }
   int orphaned;
   hm_status st = wait_op(req, &orphaned);
-  if (!orphaned) free(req);
+  if (!orphaned) req_free(req);
   return st;
 }
 

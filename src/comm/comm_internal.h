@@ -194,6 +194,8 @@ struct hm_comm {
   int hb_started, hb_stop;
   uint64_t *last_heard;      /* per peer, hm_now_ns() of the last control frame read */
   uint64_t op_start_ns;
+  hm_store_server *store; /* the rendezvous store this rank hosts (hm_comm_init_env rank 0) */
+  hm_op *requests;        /* nonblocking requests not yet waited on (freed at destroy) */
   hm_op *self_pending[2]; /* unmatched nonblocking sends [1] / receives [0] to this rank itself */
 };
 
@@ -244,6 +246,7 @@ hm_status hm_comm_fail(hm_comm_t c, hm_status st, int notify);
 hm_status hm_comm_ctrl_send(hm_comm_t c, int r, int type, uint32_t aux, const void *payload,
                             uint32_t len, int timeout_ms);
 hm_status hm_comm_heartbeat_start(hm_comm_t c);
+void hm_comm_free_requests(hm_comm_t c);
 void hm_comm_heartbeat_stop(hm_comm_t c);
 char *hm_comm_scratch(hm_comm_t c, size_t bytes);
 

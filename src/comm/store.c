@@ -213,10 +213,31 @@ static int client_readable(hm_store_server *s, store_client *c) {
   }
 }
 
+/* Store threads hold this while they work (allocate, hash, reply) and release it while they wait
+ * in poll(). fork() takes it first (pthread_atfork), so a child is never born while a store
+ * thread is inside an allocator lock it would inherit locked (ASan's allocator, for one, is not
+ * fork-safe): a parent can make an id, keep serving the store and fork its ranks. */
+static pthread_mutex_t g_store_work_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t g_store_fork_once = PTHREAD_ONCE_INIT;
+static void store_fork_prepare(void) { pthread_mutex_lock(&g_store_work_mu); }
+static void store_fork_parent(void) { pthread_mutex_unlock(&g_store_work_mu); }
+static void store_atfork_child(void);
+static void store_fork_child(void) {
+  pthread_mutex_init(&g_store_work_mu, NULL);
+  store_atfork_child();
+}
+static void store_fork_setup(void) {
+  pthread_atfork(store_fork_prepare, store_fork_parent, store_fork_child);
+}
+
 static void *store_main(void *arg) {
   hm_store_server *s = arg;
+  pthread_mutex_lock(&g_store_work_mu);
   struct pollfd *pf = malloc(sizeof(struct pollfd) * (STORE_MAX_CLIENTS + 1));
-  if (!pf) return NULL;
+  if (!pf) {
+    pthread_mutex_unlock(&g_store_work_mu);
+    return NULL;
+  }
   while (!atomic_load(&s->stop)) {
     int n = 0;
     /* Accept only once a job is registered: the server starts listening before its first
@@ -227,7 +248,9 @@ static void *store_main(void *arg) {
     pthread_mutex_unlock(&s->mu);
     pf[n++] = (struct pollfd){s->lfd, have_jobs ? POLLIN : 0, 0};
     for (int i = 0; i < s->nclients; i++) pf[n++] = (struct pollfd){s->clients[i].fd, POLLIN, 0};
+    pthread_mutex_unlock(&g_store_work_mu);
     int rc = poll(pf, (nfds_t)n, 50);
+    pthread_mutex_lock(&g_store_work_mu);
     uint64_t now = hm_now_ns();
     /* clients first (indices shift when one is dropped, so walk backwards) */
     for (int i = s->nclients - 1; i >= 0; i--) {
@@ -253,6 +276,7 @@ static void *store_main(void *arg) {
   }
   free(pf);
   OPENSSL_thread_stop(); /* per-thread crypto state of the HMACs this thread computed */
+  pthread_mutex_unlock(&g_store_work_mu);
   return NULL;
 }
 
@@ -261,6 +285,7 @@ hm_status hm_store_server_start(const char *addr, int port, const unsigned char 
   /* load OpenSSL's configuration here, not lazily in the server thread (whose per-thread state
    * would then outlive it) */
   OPENSSL_init_crypto(OPENSSL_INIT_LOAD_CONFIG, NULL);
+  pthread_once(&g_store_fork_once, store_fork_setup);
   hm_store_server *s = hm_calloc(1, sizeof *s, "rendezvous store");
   if (!s) return HM_ERR_NOMEM;
   s->buf = hm_malloc(STORE_MAX_VALUE + HM_WIRE_MAX_KEY + 16, "store buffer");
@@ -352,7 +377,6 @@ static void store_atexit(void) {
 hm_status hm_store_global(hm_store_server **out, char *host, size_t host_cap, int *port) {
   pthread_mutex_lock(&g_store_mu);
   if (!g_atfork_set) {
-    pthread_atfork(NULL, NULL, store_atfork_child);
     /* OpenSSL registers its own exit cleanup on first use: do that first, so it runs after ours
      * (our handler joins the store thread, whose HMACs need the library) */
     OPENSSL_init_crypto(OPENSSL_INIT_LOAD_CONFIG, NULL);

@@ -206,24 +206,9 @@ hm_status hm_plan_write(const hm_plan_inputs *in, const hm_plan *p, const char *
     const char *e = hm_last_error();
     return e[0] ? HM_ERR_SPEC : hm_error(HM_ERR_NOMEM, "plan: cannot build plan.json");
   }
-  char *text = cJSON_Print(j);
+  hm_status st = hm_json_write_file(j, path, "plan");
   cJSON_Delete(j);
-  if (!text) return hm_error(HM_ERR_NOMEM, "plan: cannot print plan.json");
-  char tmp[4096];
-  snprintf(tmp, sizeof tmp, "%s.tmp", path);
-  FILE *f = fopen(tmp, "w");
-  if (!f) {
-    free(text);
-    return hm_error(HM_ERR_IO, "plan: cannot open '%s' for writing", tmp);
-  }
-  int ok = fputs(text, f) >= 0 && fputc('\n', f) != EOF;
-  ok = (fclose(f) == 0) && ok;
-  free(text);
-  if (!ok || rename(tmp, path) != 0) {
-    remove(tmp);
-    return hm_error(HM_ERR_IO, "plan: cannot write '%s'", path);
-  }
-  return HM_OK;
+  return st;
 }
 
 static hm_status read_stage(const cJSON *so, const char *path, const hm_cluster *c,
@@ -366,7 +351,10 @@ hm_status hm_plan_from_cjson(const cJSON *j, const hm_plan_inputs *against, hm_p
   if ((st = hm_model_from_cjson(sub, "plan.model", &m_own)) != HM_OK) goto fail;
   if ((st = hm_json_object(j, root, "train", 1, &sub)) != HM_OK) goto fail;
   if ((st = hm_train_from_cjson(sub, "plan.train", &t_own)) != HM_OK) goto fail;
-  if ((st = hm_spec_resolve(&c_own, &m_own, &t_own, NULL)) != HM_OK) goto fail;
+  if ((st = hm_spec_resolve(&c_own, &m_own, &t_own, NULL)) != HM_OK) {
+    hm_error_context(st, "plan."); /* "train.precision: ..." is plan.train's */
+    goto fail;
+  }
   hm_plan_inputs own = {.cluster = &c_own, .model = &m_own, .train = &t_own};
   const hm_plan_inputs *in = against ? against : &own;
   if (against && against->model->nlayers != m_own.nlayers) {

@@ -36,8 +36,7 @@ hm_status hm_plan_validate(const hm_plan_inputs *in, const hm_plan *p) {
   if (p->nclasses < 1 || p->nclasses > HM_PLAN_MAX_CLASSES)
     return hm_error(HM_ERR_SPEC, "plan.classes: need 1 to %d classes, got %d", HM_PLAN_MAX_CLASSES,
                     p->nclasses);
-  int64_t used[HM_PLAN_MAX_TYPES][9];
-  memset(used, 0, sizeof used);
+  int64_t used[HM_PLAN_MAX_TYPES] = {0}; /* tensor-parallel groups of each type */
   int tp_of[HM_PLAN_MAX_TYPES] = {0};
   for (int ci = 0; ci < p->nclasses; ci++) {
     const hm_plan_class *cl = &p->classes[ci];
@@ -70,18 +69,18 @@ hm_status hm_plan_validate(const hm_plan_inputs *in, const hm_plan *p) {
         if (md->layers[l].tp_divides > 0 && md->layers[l].tp_divides % st->tp)
           return hm_error(HM_ERR_SPEC, "plan.classes[%d].stages[%d].tp: %d does not divide layer "
                           "%d's %lld", ci, s, st->tp, l, (long long)md->layers[l].tp_divides);
-      used[st->type][0] += (int64_t)cl->nreplicas;
+      used[st->type] += (int64_t)cl->nreplicas;
     }
     if (cl->stages[cl->nstages - 1].layer_end != md->nlayers)
       return hm_error(HM_ERR_SPEC, "plan.classes[%d].stages: the last stage ends at layer %d, the "
                       "model has %d", ci, cl->stages[cl->nstages - 1].layer_end, md->nlayers);
   }
   for (int k = 0; k < c->ntypes && k < HM_PLAN_MAX_TYPES; k++) {
-    if (!used[k][0]) continue;
+    if (!used[k]) continue;
     int64_t have = hm_type_groups(c, k, tp_of[k]);
-    if (used[k][0] > have)
+    if (used[k] > have)
       return hm_error(HM_ERR_SPEC, "plan: needs %lld groups of %d %s devices, cluster \"%s\" has %lld",
-                      (long long)used[k][0], tp_of[k], c->types[k].name, c->name, (long long)have);
+                      (long long)used[k], tp_of[k], c->types[k].name, c->name, (long long)have);
   }
   int64_t samples;
   HM_TRY(plan_samples(p, &samples));
@@ -89,6 +88,13 @@ hm_status hm_plan_validate(const hm_plan_inputs *in, const hm_plan *p) {
     return hm_error(HM_ERR_SPEC, "plan.global_batch: %lld, but replicas x micro-batches x "
                     "micro_batch give %lld", (long long)p->global_batch, (long long)samples);
   return HM_OK;
+}
+
+/* Whether some layer uses another's weights (a tied embedding): the schedule then syncs them. */
+static int model_ties(const hm_model *md) {
+  for (int l = 0; l < md->nlayers; l++)
+    if (md->layers[l].shared_with >= 0) return 1;
+  return 0;
 }
 
 typedef struct cost_cache {
@@ -131,8 +137,6 @@ hm_status hm_plan_predict(const hm_plan_inputs *in, hm_plan *p, hm_sim_trace *tr
   for (int ci = 0; ci < p->nclasses; ci++) replicas += p->classes[ci].nreplicas;
   for (int l = 0; l < n; l++)
     grad[l] = (md->layers[l].params + md->layers[l].shared_params) * tr->grad_bytes;
-  int tied = 0;
-  for (int l = 0; l < n; l++) tied |= md->layers[l].shared_with >= 0;
   double flops_dev[HM_PLAN_MAX_TYPES] = {0};
   for (int ci = 0; ci < p->nclasses; ci++) {
     hm_plan_class *pc = &p->classes[ci];
@@ -179,7 +183,7 @@ hm_status hm_plan_predict(const hm_plan_inputs *in, hm_plan *p, hm_sim_trace *tr
   }
   hm_sim_input si = {.nclasses = p->nclasses, .classes = cls, .nlayers = n,
                      .layer_grad_bytes = grad, .layers_per_bucket = HM_PLAN_LAYERS_PER_BUCKET,
-                     .tied_embeddings = tied};
+                     .tied_embeddings = model_ties(md)};
   si.sync = hm_plan_sync_model(in, mask, replicas, p->devices_used);
   si.tied_link = hm_stage_link(in, p->classes[0].stages[0].type,
                                p->classes[0].stages[p->classes[0].nstages - 1].type, 0);
@@ -223,13 +227,12 @@ hm_status hm_plan_schedule(const hm_plan_inputs *in, const hm_plan *p, int cls, 
     return hm_error(HM_ERR_INVALID_ARG, "plan schedule: no class %d (the plan has %d)", cls,
                     p->nclasses);
   const hm_plan_class *pc = &p->classes[cls];
-  int bounds[HM_PLAN_MAX_STAGES + 1], replicas = 0, tied = 0;
+  int bounds[HM_PLAN_MAX_STAGES + 1], replicas = 0;
   for (int s = 0; s < pc->nstages; s++) bounds[s] = pc->stages[s].layer_begin;
   bounds[pc->nstages] = pc->stages[pc->nstages - 1].layer_end;
   for (int c = 0; c < p->nclasses; c++) replicas += p->classes[c].nreplicas;
-  for (int l = 0; l < in->model->nlayers; l++) tied |= in->model->layers[l].shared_with >= 0;
   hm_schedule_config sc = {.nstages = pc->nstages, .nmicro = pc->nmicro, .stage_layers = bounds,
                            .data_parallel = replicas > 1, .layers_per_bucket = HM_PLAN_LAYERS_PER_BUCKET,
-                           .tied_embeddings = tied};
+                           .tied_embeddings = model_ties(in->model)};
   return hm_schedule_1f1b(&sc, out);
 }

@@ -71,7 +71,6 @@ typedef struct sctx {
   int seq;
   double *time, *bnd, *ms, *ma, *cap; /* DP scratch */
   int *infl;
-  int tied;
 } sctx;
 
 static hm_layer_costs *costs_of(sctx *x, int k, int tpi, int mbi) {
@@ -383,22 +382,24 @@ static void search_mixed_order(sctx *x, const int *order, int nt, int mbi, int64
     }
     W += best;
   }
-  int prev_p[MAXK] = {0};
   for (int i = 0; i < nt; i++) G[i] = x->groups[order[i]][tp_index(tp_of[order[i]])];
-  /* R from large to small: each R gives the stage counts floor(G_i / R) */
-  int64_t Gmin = G[0];
-  for (int i = 1; i < nt; i++) if (G[i] < Gmin) Gmin = G[i];
-  for (int64_t R = Gmin; R >= 1; R--) {
-    int p[MAXK], P = 0, same = 1;
+  /* R replicas from large to small (at most one per micro-batch); each R gives the stage counts
+   * floor(G_i / R), and only the largest R of each set of counts is tried (more replicas, same
+   * stages): the next R is the largest that raises some count */
+  int64_t R = G[0];
+  for (int i = 1; i < nt; i++) if (G[i] < R) R = G[i];
+  if (R > M) R = M;
+  for (int64_t next_R; R >= 1; R = next_R) {
+    int64_t pl[MAXK], P = 0;
+    next_R = 0;
     for (int i = 0; i < nt; i++) {
-      p[i] = (int)(G[i] / R);
-      P += p[i];
-      same &= p[i] == prev_p[i];
+      pl[i] = G[i] / R;
+      P += pl[i];
+      if (G[i] / (pl[i] + 1) > next_R) next_R = G[i] / (pl[i] + 1);
     }
-    if (same) continue; /* a larger R gave the same stages and more replicas */
-    memcpy(prev_p, p, sizeof p);
     if (P > x->maxp || P > x->n) break;
-    if (R > M) continue;
+    int p[MAXK];
+    for (int i = 0; i < nt; i++) p[i] = (int)pl[i];
     const int m = (int)((M + R - 1) / R);
     double lb = (m - 1) * W / P + W;
     if (lb > worst_kept(x, list_all, 0)) continue;

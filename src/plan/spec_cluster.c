@@ -15,7 +15,6 @@
 #define HM_CLUSTER_MAX_DEVICES ((int64_t)1 << 30)
 #define HM_CLUSTER_MAX_TYPES 64
 #define HM_CLUSTER_MAX_GROUPS 65536
-#define HM_CLUSTER_MAX_POOLS 256
 
 static const char *const dtype_names[HM_SPEC_DTYPE_COUNT + 1] = {"fp32", "bf16", "fp16", "fp8", NULL};
 
@@ -305,8 +304,8 @@ static hm_status cluster_read(const cJSON *j, const char *root, hm_cluster *c) {
   if (arr) {
     hm_json_path_key(p, root, "pools");
     if (n == 0) return hm_error(HM_ERR_SPEC, "%s: expected at least one pool, got []", p);
-    if (n > HM_CLUSTER_MAX_POOLS)
-      return hm_error(HM_ERR_SPEC, "%s: %d pools, more than %d", p, n, HM_CLUSTER_MAX_POOLS);
+    if (n > HM_SPEC_POOLS_MAX)
+      return hm_error(HM_ERR_SPEC, "%s: %d pools, more than %d", p, n, HM_SPEC_POOLS_MAX);
     c->pools = hm_calloc((size_t)n, sizeof *c->pools, "pools");
     if (!c->pools) return HM_ERR_NOMEM;
     static const char *const pool_keys[] = {"name", NULL};

@@ -140,6 +140,36 @@ hm_status hm_json_read_file(const char *path, char **text, size_t *len) {
   return HM_OK;
 }
 
+hm_status hm_json_write_file(const cJSON *v, const char *path, const char *what) {
+  char *text = cJSON_Print(v);
+  if (!text) return hm_error(HM_ERR_NOMEM, "%s: cannot print the JSON for %s", what, path);
+  const size_t plen = strlen(path);
+  char *tmp = hm_malloc(plen + sizeof ".tmp", "temporary file name");
+  if (!tmp) {
+    free(text);
+    return HM_ERR_NOMEM;
+  }
+  memcpy(tmp, path, plen);
+  memcpy(tmp + plen, ".tmp", sizeof ".tmp");
+  hm_status st = HM_OK;
+  FILE *f = fopen(tmp, "wb");
+  if (!f) {
+    st = hm_error(HM_ERR_IO, "%s: cannot create %s: %s", what, tmp, strerror(errno));
+  } else {
+    const size_t n = strlen(text);
+    int bad = fwrite(text, 1, n, f) != n || fputc('\n', f) == EOF;
+    bad |= fclose(f) != 0;
+    if (bad)
+      st = hm_error(HM_ERR_IO, "%s: cannot write %s: %s", what, tmp, strerror(errno));
+    else if (rename(tmp, path) != 0)
+      st = hm_error(HM_ERR_IO, "%s: cannot rename %s to %s: %s", what, tmp, path, strerror(errno));
+    if (st != HM_OK) remove(tmp);
+  }
+  free(tmp);
+  free(text);
+  return st;
+}
+
 int hm_json_edit_distance(const char *a, const char *b) {
   size_t la = strlen(a), lb = strlen(b);
   if (la > 63 || lb > 63) return 99;

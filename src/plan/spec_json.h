@@ -78,6 +78,10 @@ hm_status hm_json_name(const cJSON *obj, const char *path, const char *key, int 
 int hm_json_edit_distance(const char *a, const char *b);
 int hm_json_is_close(const char *word, const char *candidate, int distance);
 
+/* Writes v as indented JSON to path atomically: a temporary file next to it, then a rename, so
+ * a reader never sees half a file. `what` names the document in messages ("plan", "profile"). */
+hm_status hm_json_write_file(const cJSON *v, const char *path, const char *what);
+
 /* Writers: add a link object; NULL-safe chaining is not provided, callers check the result. */
 cJSON *hm_json_link_to_cjson(const hm_link *l);
 

@@ -383,6 +383,13 @@ static int layer_equal(const hm_layer *a, const hm_layer *b) {
          a->shared_with < 0 && b->shared_with < 0;
 }
 
+/* "params" takes whole counts up to 9e15; a count from "param_bytes" that is not one goes back
+ * as bytes (exact: dtype sizes are powers of two), so what the reader accepted it reads again. */
+static cJSON *add_params(cJSON *o, double params, hm_spec_dtype dtype) {
+  if (params == floor(params) && params <= 9e15) return cJSON_AddNumberToObject(o, "params", params);
+  return cJSON_AddNumberToObject(o, "param_bytes", params * (double)hm_spec_dtype_size(dtype));
+}
+
 cJSON *hm_model_to_cjson(const hm_model *m) {
   cJSON *j = cJSON_CreateObject();
   if (!j) return NULL;
@@ -419,7 +426,7 @@ cJSON *hm_model_to_cjson(const hm_model *m) {
         (count > 1 && !cJSON_AddNumberToObject(o, "count", count)) ||
         !cJSON_AddNumberToObject(o, "fwd_flops", l->fwd_flops) ||
         !cJSON_AddNumberToObject(o, "bwd_flops", l->bwd_flops) ||
-        !cJSON_AddNumberToObject(o, "params", l->params) ||
+        !add_params(o, l->params, m->dtype) ||
         !cJSON_AddNumberToObject(o, "act_bytes", l->act_bytes) ||
         !cJSON_AddNumberToObject(o, "in_bytes", l->in_bytes) ||
         !cJSON_AddNumberToObject(o, "out_bytes", l->out_bytes) ||

@@ -2,7 +2,6 @@
  * micro-batch sizes, and measured links between device types. Reader, writer (used by the
  * runtime's profiler), name resolution and lookup with interpolation. The planner prefers
  * these figures over its analytic estimates; this file only stores and looks them up. */
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -302,31 +301,7 @@ fail:
 hm_status hm_profile_write(const hm_profile *p, const char *path) {
   cJSON *j = hm_profile_to_cjson(p);
   if (!j) return hm_error(HM_ERR_NOMEM, "cannot build the profile JSON for %s", path);
-  char *text = cJSON_Print(j);
+  hm_status st = hm_json_write_file(j, path, "profile");
   cJSON_Delete(j);
-  if (!text) return hm_error(HM_ERR_NOMEM, "cannot print the profile JSON for %s", path);
-  size_t plen = strlen(path);
-  char *tmp = hm_malloc(plen + 16, "temporary file name");
-  if (!tmp) {
-    free(text);
-    return HM_ERR_NOMEM;
-  }
-  snprintf(tmp, plen + 16, "%s.tmp", path);
-  hm_status st = HM_OK;
-  FILE *f = fopen(tmp, "wb");
-  if (!f) {
-    st = hm_error(HM_ERR_IO, "cannot create %s: %s", tmp, strerror(errno));
-  } else {
-    size_t n = strlen(text);
-    int bad = fwrite(text, 1, n, f) != n || fputc('\n', f) == EOF;
-    bad |= fclose(f) != 0;
-    if (bad)
-      st = hm_error(HM_ERR_IO, "cannot write %s: %s", tmp, strerror(errno));
-    else if (rename(tmp, path) != 0)
-      st = hm_error(HM_ERR_IO, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
-    if (st != HM_OK) remove(tmp);
-  }
-  free(tmp);
-  free(text);
   return st;
 }

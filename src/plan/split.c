@@ -71,31 +71,31 @@ static hm_status ctx_init(split_ctx *c, const hm_split_problem *pb) {
   return HM_OK;
 }
 
+static double objective_ctx(const split_ctx *c, const int *bounds) {
+  double mx = 0, sum = 0;
+  for (int s = 0; s < c->p; s++) {
+    if (bounds[s + 1] <= bounds[s] || !seg_fits(c, s, bounds[s], bounds[s + 1])) return INFINITY;
+    double t = seg_time(c, s, bounds[s], bounds[s + 1]);
+    sum += t;
+    if (t > mx) mx = t;
+  }
+  return (c->pb->nmicro - 1) * mx + sum;
+}
+
 double hm_split_objective(const hm_split_problem *pb, const int *bounds) {
   if (check_problem(pb) != HM_OK || !bounds || bounds[0] != 0 || bounds[pb->nstages] != pb->nlayers)
     return INFINITY;
   split_ctx c;
   if (ctx_init(&c, pb) != HM_OK) return INFINITY;
-  double mx = 0, sum = 0;
-  for (int s = 0; s < c.p; s++) {
-    if (bounds[s + 1] <= bounds[s] || !seg_fits(&c, s, bounds[s], bounds[s + 1])) {
-      free(c.pt);
-      return INFINITY;
-    }
-    double t = seg_time(&c, s, bounds[s], bounds[s + 1]);
-    sum += t;
-    if (t > mx) mx = t;
-  }
+  const double obj = objective_ctx(&c, bounds);
   free(c.pt);
-  return (pb->nmicro - 1) * mx + sum;
+  return obj;
 }
 
-/* Stage s may end at j in [s+1, n-(p-1-s)] and start at i in [s, j-1] (i = 0 for s = 0).
- * Loops walk i downwards: the segment's time and memory only grow, so they stop early. */
 /* Memory only grows with the segment, so the starts that fit are an interval [lo, j-1]. */
 static void compute_lo(split_ctx *c) {
   for (int s = 0; s < c->p; s++) {
-    int i = s == 0 ? 0 : s;
+    int i = s;
     for (int j = s + 1; j <= c->n; j++) {
       int *lo = &c->lo[(size_t)s * (c->n + 1) + j];
       if (s == 0) {
@@ -112,6 +112,9 @@ static int first_start(const split_ctx *c, int s, int j) {
   int lo = c->lo[(size_t)s * (c->n + 1) + j];
   return lo > s ? lo : s;
 }
+
+/* Stage s may end at j in [s+1, n-(p-1-s)] and start at i in [s, j-1] (i = 0 for s = 0).
+ * The DP loops walk i downwards: the segment's time and memory only grow, so they stop early. */
 
 /* Min over splits of the largest stage time; INFINITY when nothing fits. */
 static double minmax_bottleneck(const split_ctx *c, double *g) {
@@ -151,17 +154,6 @@ static double min_sum(const split_ctx *c, double cap, double *f, int *arg) {
       }
     }
   return f[(size_t)(c->p - 1) * (n + 1) + n];
-}
-
-static double objective_ctx(const split_ctx *c, const int *bounds) {
-  double mx = 0, sum = 0;
-  for (int s = 0; s < c->p; s++) {
-    if (bounds[s + 1] <= bounds[s] || !seg_fits(c, s, bounds[s], bounds[s + 1])) return INFINITY;
-    double t = seg_time(c, s, bounds[s], bounds[s + 1]);
-    sum += t;
-    if (t > mx) mx = t;
-  }
-  return (c->pb->nmicro - 1) * mx + sum;
 }
 
 static void reconstruct(const split_ctx *c, const int *arg, int *bounds) {

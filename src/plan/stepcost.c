@@ -96,7 +96,8 @@ hm_sync_model hm_plan_sync_model(const hm_plan_inputs *in, unsigned types_mask, 
   const hm_cluster *c = in->cluster;
   hm_sync_model m = {.nranks = nranks, .ngroups = 1};
   int first = 1;
-  unsigned pools_mask = 0;
+  unsigned char pool_used[HM_SPEC_POOLS_MAX] = {0};
+  int npools = 0;
   for (int k = 0; k < c->ntypes && k < 32; k++) {
     if (!(types_mask & (1u << k))) continue;
     hm_link l = c->nhosts <= 1 ? hm_stage_link(in, k, k, 1) : hm_device_nic(c, k);
@@ -111,18 +112,21 @@ hm_sync_model hm_plan_sync_model(const hm_plan_inputs *in, unsigned types_mask, 
     if (first || l.latency > m.link.latency) m.link.latency = l.latency;
     first = 0;
     for (int g = 0; g < c->ngroups; g++)
-      for (int d = 0; d < c->groups[g].nkinds; d++)
-        if (c->groups[g].dev[d].type == k && c->groups[g].pool >= 0)
-          pools_mask |= 1u << (c->groups[g].pool & 31);
+      for (int d = 0; d < c->groups[g].nkinds; d++) {
+        const int pool = c->groups[g].pool;
+        if (c->groups[g].dev[d].type == k && pool >= 0 && !pool_used[pool]) {
+          pool_used[pool] = 1;
+          npools++;
+        }
+      }
   }
-  int npools = __builtin_popcount(pools_mask);
   if (npools > 1 && nranks >= npools) {
     m.ngroups = npools;
     /* the slowest pool link among the pools used, shared by the devices of one pool */
     int firstp = 1;
     for (int i = 0; i < c->npool_links; i++) {
       const hm_pool_link *pl = &c->pool_links[i];
-      if (!(pools_mask & (1u << (pl->a & 31))) || !(pools_mask & (1u << (pl->b & 31)))) continue;
+      if (!pool_used[pl->a] || !pool_used[pl->b]) continue;
       if (firstp || pl->link.bandwidth < m.outer.bandwidth) m.outer.bandwidth = pl->link.bandwidth;
       if (firstp || pl->link.latency > m.outer.latency) m.outer.latency = pl->link.latency;
       firstp = 0;

@@ -1,5 +1,5 @@
-/* Faults of hmcomm: a rank SIGKILLed in the middle of 64 MiB allreduces is named on every
- * survivor within 5 s; hm_comm_abort from a second thread unblocks a rank stuck in a
+/* Faults of hmcomm: a rank SIGKILLed (dead) or SIGSTOPped (hung: only the heartbeat can tell)
+ * in the middle of 64 MiB allreduces is named on every survivor within 5 s; hm_comm_abort from a second thread unblocks a rank stuck in a
  * collective (and a pending nonblocking request); a rank whose peer never arrives gets
  * HM_ERR_TIMEOUT at its deadline, not earlier and not much later. */
 #include <pthread.h>
@@ -20,7 +20,9 @@
 
 /* Shared scratch layout. */
 typedef struct fault_shared {
-  volatile uint64_t kill_ns;   /* when the victim killed itself (CLOCK_MONOTONIC) */
+  volatile uint64_t kill_ns;   /* when the victim killed (or stopped) itself (CLOCK_MONOTONIC) */
+  volatile int victim_pid;
+  volatile int stop_instead;   /* the victim SIGSTOPs itself: hung, not dead (heartbeat path) */
   volatile int done[HM_RANKS_MAX];
   volatile int iterations[HM_RANKS_MAX];
 } fault_shared;
@@ -53,14 +55,16 @@ static void *victim_thread(void *arg) {
   double end = hm_now_s() + 30;
   while (sh->iterations[ctx->rank] < 2 && hm_now_s() < end) sleep_ms(1);
   sleep_ms(37);
+  sh->victim_pid = (int)getpid();
   sh->kill_ns = hm_now_ns();
   __atomic_thread_fence(__ATOMIC_SEQ_CST);
-  raise(SIGKILL);
+  raise(sh->stop_instead ? SIGSTOP : SIGKILL);
   return NULL;
 }
 
 static int rank_kill(hm_rank_ctx *ctx) {
   fault_shared *sh = shared_of(ctx);
+  if (ctx->arg) sh->stop_instead = 1; /* every rank writes the same value before any kill */
   float *a = malloc(KILL_COUNT * sizeof(float)), *b = malloc(KILL_COUNT * sizeof(float));
   if (!a || !b) return hm_rank_fail(ctx, "out of memory");
   for (size_t i = 0; i < KILL_COUNT; i++) a[i] = (float)(i % 7);
@@ -78,6 +82,8 @@ static int rank_kill(hm_rank_ctx *ctx) {
   char err[1024];
   snprintf(err, sizeof err, "%s", hm_last_error());
   free(a), free(b);
+  /* A stopped victim never exits by itself: the first survivor to see the error ends it. */
+  if (sh->stop_instead && sh->victim_pid > 0) kill(sh->victim_pid, SIGKILL);
   if (st == HM_OK) return hm_rank_fail(ctx, "no error 60 s after the start (%d allreduces)", it);
   if (sh->kill_ns == 0)
     return hm_rank_fail(ctx, "error before the kill: %s: %s", hm_status_name(st), err);
@@ -104,23 +110,34 @@ static int rank_kill(hm_rank_ctx *ctx) {
   return fails != 0;
 }
 
-static void test_sigkill_named_within_5s(void **state) {
-  (void)state;
+static void run_kill(int stop_instead) {
+  const char *how = stop_instead ? "SIGSTOP" : "SIGKILL";
   hm_ranks_opts o = {.nranks = KILL_NRANKS, .timeout_s = 90, .expect_dead = 1u << KILL_VICTIM};
   hm_rank_result res[HM_RANKS_MAX];
   char diag[8192];
-  int failed = hm_ranks_run(&o, rank_kill, NULL, res, diag, sizeof diag);
+  int failed = hm_ranks_run(&o, rank_kill, stop_instead ? (void *)&o : NULL, res, diag, sizeof diag);
   if (failed < 0) fail_msg("harness: %s", hm_last_error());
   for (int r = 0; r < KILL_NRANKS; r++)
     if (r != KILL_VICTIM && res[r].reported)
-      printf("# survivor %d: error %.3f s after SIGKILL of rank %d: %s\n", r, res[r].value,
+      printf("# survivor %d: error %.3f s after %s of rank %d: %s\n", r, res[r].value, how,
              KILL_VICTIM, res[r].msg);
   if (res[KILL_VICTIM].signo != SIGKILL)
-    printf("# victim did not die by SIGKILL (signal %d, exit %d)\n", res[KILL_VICTIM].signo,
+    printf("# victim did not end by SIGKILL (signal %d, exit %d)\n", res[KILL_VICTIM].signo,
            res[KILL_VICTIM].exit_code);
   if (failed) printf("%s", diag);
   assert_int_equal(res[KILL_VICTIM].signo, SIGKILL);
   assert_int_equal(failed, 0);
+}
+
+static void test_sigkill_named_within_5s(void **state) {
+  (void)state;
+  run_kill(0);
+}
+
+/* A hung rank (stopped, sockets open) is found by the heartbeat, also within 5 s. */
+static void test_sigstop_named_within_5s(void **state) {
+  (void)state;
+  run_kill(1);
 }
 
 /* ---- abort from a second thread ---- */
@@ -318,6 +335,7 @@ int main(void) {
       cmocka_unit_test(test_abort_unblocks_request),
       cmocka_unit_test(test_timeout_when_peer_never_joins),
       cmocka_unit_test(test_sigkill_named_within_5s),
+      cmocka_unit_test(test_sigstop_named_within_5s),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

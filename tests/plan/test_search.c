@@ -14,6 +14,7 @@
 #include <cjson/cJSON.h>
 
 #include "hetmix/plan.h"
+#include "plan/plan_internal.h"
 
 typedef struct specs {
   hm_cluster c;
@@ -331,6 +332,119 @@ static void test_predict_by_hand(void **state) {
   unload(&s);
 }
 
+/* Fewer micro-batches (48) than tensor-parallel groups of each type (64): the mixed pipeline
+ * with one replica per micro-batch is tried. The model needs two devices; one of each type per
+ * replica, 48 replicas, beats every plan with more stages. */
+static void test_mixed_replicas_capped_by_batch(void **state) {
+  (void)state;
+  static const char cluster[] =
+      "{\"name\": \"two\", \"device_types\": ["
+      " {\"name\": \"a\", \"peak_flops\": {\"fp32\": 1e12}, \"memory_bytes\": 1e9,"
+      "  \"memory_bandwidth\": 1e15},"
+      " {\"name\": \"b\", \"peak_flops\": {\"fp32\": 1e12}, \"memory_bytes\": 1e9,"
+      "  \"memory_bandwidth\": 1e15}],"
+      " \"hosts\": [{\"name\": \"ha\", \"count\": 64, \"devices\": {\"type\": \"a\", \"count\": 1},"
+      "  \"nic\": {\"bandwidth\": 1e12, \"latency\": 0}},"
+      " {\"name\": \"hb\", \"count\": 64, \"devices\": {\"type\": \"b\", \"count\": 1},"
+      "  \"nic\": {\"bandwidth\": 1e12, \"latency\": 0}}]}";
+  static const char model[] =
+      "{\"name\": \"m4\", \"dtype\": \"fp32\", \"seq_len\": 1, \"layers\": [{\"kind\": \"l\","
+      " \"count\": 4, \"fwd_flops\": 1e9, \"params\": 19000000, \"act_bytes\": 1000,"
+      " \"out_bytes\": 0}]}";
+  static const char train[] =
+      "{\"global_batch\": 48, \"micro_batch_sizes\": [1], \"precision\": \"fp32\"}";
+  specs s;
+  memset(&s, 0, sizeof s);
+  assert_int_equal(hm_cluster_parse(cluster, sizeof cluster - 1, "two", &s.c), HM_OK);
+  assert_int_equal(hm_model_parse(model, sizeof model - 1, "m4", &s.m), HM_OK);
+  assert_int_equal(hm_train_parse(train, sizeof train - 1, "b48", &s.t), HM_OK);
+  assert_int_equal(hm_spec_resolve(&s.c, &s.m, &s.t, NULL), HM_OK);
+  s.in = (hm_plan_inputs){.cluster = &s.c, .model = &s.m, .train = &s.t};
+  hm_search_options o;
+  hm_search_options_default(&o);
+  hm_search_result *r = calloc(1, sizeof *r);
+  assert_int_equal(hm_plan_search(&s.in, &o, r), HM_OK);
+  const hm_plan *p = &r->plans[0];
+  assert_int_equal(p->nclasses, 1);
+  assert_int_equal(p->classes[0].nreplicas, 48);
+  assert_int_equal(p->classes[0].nmicro, 1);
+  assert_int_equal(p->classes[0].nstages, 2);
+  assert_true(p->classes[0].stages[0].type != p->classes[0].stages[1].type);
+  check_memory(&s, p);
+  hm_search_result_free(r);
+  free(r);
+  unload(&s);
+}
+
+/* Gradient sync across pools: with 40 pools, the types in pools 0 and 32 make a hierarchical
+ * allreduce over 2 pools and their link (pools are told apart by index, whatever their count). */
+static void test_sync_model_pools(void **state) {
+  (void)state;
+  enum { NPOOLS = 40 };
+  cJSON *j = cJSON_CreateObject();
+  cJSON_AddStringToObject(j, "name", "pools");
+  cJSON *types = cJSON_AddArrayToObject(j, "device_types");
+  for (int k = 0; k < 2; k++) {
+    cJSON *t = cJSON_CreateObject();
+    cJSON_AddStringToObject(t, "name", k ? "b" : "a");
+    cJSON_AddNumberToObject(cJSON_AddObjectToObject(t, "peak_flops"), "fp32", 1e12);
+    cJSON_AddNumberToObject(t, "memory_bytes", 1e9);
+    cJSON_AddNumberToObject(t, "memory_bandwidth", 1e12);
+    cJSON_AddItemToArray(types, t);
+  }
+  cJSON *pools = cJSON_AddArrayToObject(j, "pools"), *links = cJSON_AddArrayToObject(j, "pool_links");
+  for (int a = 0; a < NPOOLS; a++) {
+    char name[16];
+    snprintf(name, sizeof name, "p%d", a);
+    cJSON *po = cJSON_CreateObject();
+    cJSON_AddStringToObject(po, "name", name);
+    cJSON_AddItemToArray(pools, po);
+    for (int b = a + 1; b < NPOOLS; b++) {
+      char other[16];
+      snprintf(other, sizeof other, "p%d", b);
+      const char *pair[2] = {name, other};
+      cJSON *l = cJSON_CreateObject();
+      cJSON_AddItemToObject(l, "pools", cJSON_CreateStringArray(pair, 2));
+      cJSON_AddNumberToObject(l, "bandwidth", a == 0 && b == 32 ? 5e8 : 1e9);
+      cJSON_AddNumberToObject(l, "latency", 1e-3);
+      cJSON_AddItemToArray(links, l);
+    }
+  }
+  cJSON *hosts = cJSON_AddArrayToObject(j, "hosts");
+  for (int k = 0; k < 2; k++) {
+    cJSON *h = cJSON_CreateObject();
+    cJSON_AddStringToObject(h, "name", k ? "hb" : "ha");
+    cJSON_AddNumberToObject(h, "count", 4);
+    cJSON *d = cJSON_AddObjectToObject(h, "devices");
+    cJSON_AddStringToObject(d, "type", k ? "b" : "a");
+    cJSON *nic = cJSON_AddObjectToObject(h, "nic");
+    cJSON_AddNumberToObject(nic, "bandwidth", 1e10);
+    cJSON_AddNumberToObject(nic, "latency", 1e-5);
+    cJSON_AddStringToObject(h, "pool", k ? "p32" : "p0");
+    cJSON_AddItemToArray(hosts, h);
+  }
+  char *text = cJSON_PrintUnformatted(j);
+  cJSON_Delete(j);
+  static const char model[] =
+      "{\"seq_len\": 1, \"layers\": [{\"kind\": \"l\", \"fwd_flops\": 1, \"params\": 1,"
+      " \"act_bytes\": 1, \"out_bytes\": 1}]}";
+  specs s;
+  memset(&s, 0, sizeof s);
+  assert_int_equal(hm_cluster_parse(text, strlen(text), "pools", &s.c), HM_OK);
+  free(text);
+  assert_int_equal(hm_model_parse(model, sizeof model - 1, "one", &s.m), HM_OK);
+  hm_train_default(&s.t);
+  assert_int_equal(hm_spec_resolve(&s.c, &s.m, &s.t, NULL), HM_OK);
+  s.in = (hm_plan_inputs){.cluster = &s.c, .model = &s.m, .train = &s.t};
+  hm_sync_model m = hm_plan_sync_model(&s.in, 3u, 8, 8);
+  assert_int_equal(m.ngroups, 2);
+  assert_true(m.outer.bandwidth == 5e8 / 4); /* the p0-p32 link, shared by a pool's 4 devices */
+  assert_true(fabs(m.outer.latency - (1e-3 + 1e-5)) < 1e-15);
+  m = hm_plan_sync_model(&s.in, 1u, 4, 4); /* type a alone: one pool, a flat allreduce */
+  assert_int_equal(m.ngroups, 1);
+  unload(&s);
+}
+
 /* Every field of a plan file deleted or replaced by a wrong value: refused with a message that
  * starts with a field path (or accepted when the change keeps it valid); never a crash. */
 typedef struct node_ref {
@@ -425,6 +539,11 @@ static void set_layer_begin_huge(cJSON *j) {
   cJSON_ReplaceItemInArray(cJSON_GetObjectItem(stage0, "layers"), 0, cJSON_CreateNumber(1e300));
 }
 
+static void set_train_precision_bf16(cJSON *j) { /* the model's figures are fp32 */
+  cJSON_ReplaceItemInObject(cJSON_GetObjectItem(j, "train"), "precision",
+                            cJSON_CreateString("bf16-mixed"));
+}
+
 static void set_layer_end_negative(cJSON *j) {
   cJSON *stages = cJSON_GetObjectItem(class0(j), "stages");
   cJSON *last = cJSON_GetArrayItem(stages, cJSON_GetArraySize(stages) - 1);
@@ -497,6 +616,9 @@ static void test_plan_file_extremes(void **state) {
   assert_non_null(strstr(hm_last_error(), "plan.classes[0].stages[0].layers: expected [begin, end]"));
   assert_int_equal(load_changed(&s, &r->plans[0], set_layer_end_negative, back), HM_ERR_SPEC);
   assert_non_null(strstr(hm_last_error(), "].layers: expected [begin, end]"));
+  /* specs that disagree with each other: the path is the embedded spec's */
+  assert_int_equal(load_changed(&s, &r->plans[0], set_train_precision_bf16, back), HM_ERR_SPEC);
+  assert_true(strncmp(hm_last_error(), "plan.train.precision: ", 22) == 0);
   assert_int_equal(load_changed(&s, &r->plans[0], set_samples_overflow, back), HM_ERR_SPEC);
   assert_non_null(strstr(hm_last_error(), "plan.classes[0]: 1000000000 replicas x 2147483647 "
                                           "micro-batches x micro_batch 2147483647"));
@@ -519,6 +641,8 @@ int main(void) {
       cmocka_unit_test(test_plan_file_mutations),
       cmocka_unit_test(test_plan_file_extremes),
       cmocka_unit_test(test_large_cluster),
+      cmocka_unit_test(test_mixed_replicas_capped_by_batch),
+      cmocka_unit_test(test_sync_model_pools),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

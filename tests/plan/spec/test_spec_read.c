@@ -284,6 +284,20 @@ static void test_round_trip(void **state) {
   hm_model_free(&a);
   hm_model_free(&b);
 
+  /* parameter counts given as bytes that are not whole parameters, or beyond "params"' range */
+  static const char by_bytes[] =
+      "{\"seq_len\": 4, \"dtype\": \"bf16\", \"layers\": [{\"kind\": \"l\", \"fwd_flops\": 1, "
+      "\"param_bytes\": 3, \"act_bytes\": 1, \"out_bytes\": 1}, {\"kind\": \"l\", \"fwd_flops\": 1, "
+      "\"param_bytes\": 1e20, \"act_bytes\": 1, \"out_bytes\": 1}]}";
+  assert_ok(hm_model_parse(by_bytes, sizeof by_bytes - 1, NULL, &a));
+  assert_true(a.layers[0].params == 1.5 && a.layers[1].params == 5e19);
+  s = print_and_free(hm_model_to_cjson(&a));
+  assert_ok(hm_model_parse(s, strlen(s), "round-trip", &b));
+  free(s);
+  assert_layers_equal(&a, &b);
+  hm_model_free(&a);
+  hm_model_free(&b);
+
   hm_train ta, tb;
   assert_ok(hm_train_load(EX("train-default.json"), &ta));
   ta.recompute = HM_RECOMPUTE_FULL;
