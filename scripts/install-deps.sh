@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that hetmix's build, tests and benchmarks use.
+# Slurm and munge (about 5 MB, for the srun launch test) are included unless HETMIX_WITH_SLURM=0.
 # Idempotent: packages already present are not touched, apt-get update runs only when something is missing.
 set -euo pipefail
 
@@ -12,7 +13,7 @@ pkgs=(
   fortunes fortunes-min
   procps psmisc
 )
-if [ "${HETMIX_WITH_SLURM:-0}" = 1 ]; then
+if [ "${HETMIX_WITH_SLURM:-1}" = 1 ]; then
   pkgs+=(slurm-wlm slurmctld slurmd slurm-client munge)
 fi
 

@@ -16,11 +16,12 @@ int hm_cli_fail(const char *hint, const char *fmt, ...)
 int hm_cli_fail_status(hm_status st, const char *what, const char *hint);
 
 int hm_cmd_train(int argc, char **argv);     /* cmd_train.c */
+int hm_cmd_train_cluster(int argc, char **argv); /* cmd_train_cluster.c: train --cluster */
 int hm_cmd_sample(int argc, char **argv);    /* cmd_sample.c */
 int hm_cmd_prepare(int argc, char **argv);   /* cmd_prepare.c */
 int hm_cmd_plan(int argc, char **argv);      /* cmd_plan.c */
 int hm_cmd_simulate(int argc, char **argv);  /* cmd_plan.c */
-int hm_cmd_profile(int argc, char **argv);   /* cmd_launch.c */
+int hm_cmd_profile(int argc, char **argv);   /* cmd_profile.c */
 int hm_cmd_launch(int argc, char **argv);    /* cmd_launch.c */
 int hm_cmd_worker(int argc, char **argv);    /* cmd_launch.c */
 int hm_cmd_bench(int argc, char **argv);     /* cmd_bench.c: `hetmix bench comm ...` */

@@ -1,20 +1,469 @@
-/* Entry point placeholder until this subcommand lands. */
-#include "cli.h"
+/* `hetmix launch` (start and supervise the workers of a job on this machine), `hetmix worker`
+ * (one worker, started by launch, mpirun or srun) and `hetmix profile`.
+ * Parsing and printing only; spawning and supervision live in src/runtime/launch.c. */
+#include <limits.h>
+#include <stdint.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
-int hm_cmd_profile(int argc, char **argv) {
-  (void)argc;
-  (void)argv;
-  return hm_cli_fail("this build has no 'profile' command yet", "'profile' is not implemented");
+#include "cli.h"
+#include "hetmix/comm.h"
+#include "hetmix/model.h"
+#include "hetmix/pipeline.h"
+#include "hetmix/runtime.h"
+#include "runtime/pipeline_internal.h"
+#include "util/util.h"
+
+static void launch_usage(FILE *f) {
+  fprintf(f,
+          "usage: hetmix launch -n N [options] [-- command [args...]]\n"
+          "       hetmix launch --plan plan.json [--cluster C] [--model M] [options] [-- worker options]\n"
+          "\n"
+          "Starts N workers on this machine (ranks 0..N-1) with the environment hmcomm bootstraps\n"
+          "from: HETMIX_RANK, HETMIX_WORLD_SIZE, HETMIX_LOCAL_RANK, HETMIX_LOCAL_WORLD_SIZE,\n"
+          "HETMIX_STORE_ADDR (127.0.0.1 and a free port) and HETMIX_SECRET (fresh per job).\n"
+          "Without a command each worker runs `hetmix worker`. SIGINT/SIGTERM/SIGHUP are forwarded\n"
+          "to the workers; the first worker that fails stops the others (SIGTERM, then SIGKILL after\n"
+          "the grace period) and is named. Exit status: 0 when all succeed, else the failed worker's\n"
+          "status (128+signal when killed).\n"
+          "\n"
+          "With --plan, N is the plan's number of ranks and each runs `hetmix worker --plan plan.json`\n"
+          "plus the worker options after `--` (e.g. --steps 100 --out run); a plan that does not fit\n"
+          "the --cluster / --model spec files (or its own embedded ones) is refused before starting.\n"
+          "\n"
+          "options:\n"
+          "  -n, --nworkers N   number of workers\n"
+          "  --plan FILE        start the workers of a plan\n"
+          "  --tag-output       prefix each output line with \"[rank R] \"\n"
+          "  --grace-ms MS      SIGTERM to SIGKILL delay when stopping workers [2000]\n"
+          "  --timeout S        stop the job after S seconds [no limit]\n"
+          "  -h, --help         this text\n");
+}
+
+static int parse_int(const char *s, long lo, long hi, long *out) {
+  char *end = NULL;
+  long v = strtol(s, &end, 10);
+  if (!s[0] || *end || v < lo || v > hi) return -1;
+  *out = v;
+  return 0;
 }
 
 int hm_cmd_launch(int argc, char **argv) {
-  (void)argc;
-  (void)argv;
-  return hm_cli_fail("this build has no 'launch' command yet", "'launch' is not implemented");
+  hm_launch_opts opts = HM_LAUNCH_OPTS_INIT;
+  const char *plan_path = NULL, *cluster_path = NULL, *model_path = NULL;
+  long v;
+  int i = 1;
+  for (; i < argc; i++) {
+    const char *a = argv[i];
+    if (strcmp(a, "--") == 0) {
+      i++;
+      break;
+    }
+    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+      launch_usage(stdout);
+      return 0;
+    }
+    int has_val = i + 1 < argc;
+    if (strcmp(a, "-n") == 0 || strcmp(a, "--nworkers") == 0) {
+      if (!has_val || parse_int(argv[++i], 1, 4096, &v) != 0)
+        return hm_cli_fail("for example: hetmix launch -n 4 -- ./my_worker", "%s needs a worker count in 1..4096", a);
+      opts.nworkers = (int)v;
+    } else if (strcmp(a, "--tag-output") == 0) {
+      opts.tag_output = 1;
+    } else if (strcmp(a, "--plan") == 0 || strcmp(a, "--cluster") == 0 || strcmp(a, "--model") == 0) {
+      if (!has_val) return hm_cli_fail(NULL, "%s needs a file", a);
+      const char **dst = a[2] == 'p' ? &plan_path : a[2] == 'c' ? &cluster_path : &model_path;
+      *dst = argv[++i];
+    } else if (strcmp(a, "--grace-ms") == 0) {
+      if (!has_val || parse_int(argv[++i], 1, 600000, &v) != 0)
+        return hm_cli_fail(NULL, "--grace-ms needs milliseconds in 1..600000");
+      opts.grace_ms = (int)v;
+    } else if (strcmp(a, "--timeout") == 0) {
+      if (!has_val || parse_int(argv[++i], 1, 30L * 86400, &v) != 0)
+        return hm_cli_fail(NULL, "--timeout needs seconds in 1..2592000");
+      opts.timeout_ms = (int)(v * 1000 > INT_MAX ? INT_MAX : v * 1000);
+    } else {
+      return hm_cli_fail("run `hetmix launch --help`; put the worker command after `--`",
+                         "unknown option '%s'", a);
+    }
+  }
+  char self[PATH_MAX];
+  ssize_t self_n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (self_n <= 0) return hm_cli_fail(NULL, "cannot find the hetmix executable (/proc/self/exe)");
+  self[self_n] = '\0';
+  /* default command: this same executable's `worker` subcommand (+ --plan and worker options) */
+  char *wargv[64];
+  int wn = 0;
+  wargv[wn++] = self;
+  wargv[wn++] = "worker";
+  if (plan_path) {
+    hm_pipe_plan *pl = calloc(1, sizeof *pl);
+    if (!pl) return hm_cli_fail(NULL, "out of memory");
+    hm_status pst = hm_pipe_plan_load(plan_path, cluster_path, model_path, pl);
+    int nranks = pl->nranks;
+    free(pl);
+    if (pst != HM_OK)
+      return hm_cli_fail_status(pst, "launch", "make the plan for this cluster and model with `hetmix plan`");
+    if (opts.nworkers > 0 && opts.nworkers != nranks)
+      return hm_cli_fail("leave -n out with --plan", "the plan has %d ranks but -n says %d", nranks, opts.nworkers);
+    opts.nworkers = nranks;
+    wargv[wn++] = "--plan";
+    wargv[wn++] = (char *)plan_path;
+    if (cluster_path) wargv[wn++] = "--cluster", wargv[wn++] = (char *)cluster_path;
+    if (model_path) wargv[wn++] = "--model", wargv[wn++] = (char *)model_path;
+  } else if (cluster_path || model_path) {
+    return hm_cli_fail(NULL, "--cluster and --model check a --plan; give --plan too");
+  }
+  if (opts.nworkers <= 0)
+    return hm_cli_fail("for example: hetmix launch -n 4 -- ./my_worker", "how many workers? give -n N or --plan");
+  if (i < argc && !(plan_path && argv[i][0] == '-')) {
+    opts.argv = argv + i;
+  } else {
+    for (; i < argc; i++) {
+      if (wn == 63) return hm_cli_fail(NULL, "too many worker options");
+      wargv[wn++] = argv[i];
+    }
+    wargv[wn] = NULL;
+    opts.argv = wargv;
+  }
+
+  hm_launch_result res;
+  hm_status st = hm_launch_run(&opts, &res);
+  if (st == HM_OK) return 0;
+  const char *hint = NULL;
+  if (st == HM_ERR_PEER_DEAD)
+    hint = "the failed rank's own output above says why; rerun with --tag-output to tell ranks apart";
+  else if (st == HM_ERR_NOT_FOUND)
+    hint = "give the worker command after `--` with a path or a name in PATH";
+  else if (st == HM_ERR_TIMEOUT)
+    hint = "raise --timeout, or look at the workers' output for the step that hangs";
+  hm_cli_fail_status(st, "launch", hint);
+  if (st == HM_ERR_PEER_DEAD) return res.term_signal ? 128 + res.term_signal : (res.exit_code > 0 ? res.exit_code : 1);
+  if (st == HM_ERR_ABORTED && res.interrupt_signal) return 128 + res.interrupt_signal;
+  return 1;
+}
+
+/* ---------------------------------------------------------------- hetmix worker */
+
+static void worker_usage(FILE *f) {
+  fprintf(f,
+          "usage: hetmix worker [options]      (started by `hetmix launch`, mpirun or srun)\n"
+          "\n"
+          "Runs one worker of a pipeline + data-parallel job. Its rank comes from the launcher's\n"
+          "environment (HETMIX_*, OMPI_COMM_WORLD_*, PMI_*, SLURM_*); world rank = replica*p + stage.\n"
+          "\n"
+          "layout (either a plan or the options after it):\n"
+          "  --plan FILE            plan.json from `hetmix plan`: stages, layers, replicas, micro-batches,\n"
+          "                         micro-batch size, model and each rank's device backend\n"
+          "  --cluster FILE         with --plan: refuse the plan unless it fits this cluster spec\n"
+          "  --model FILE.json      with --plan: refuse the plan unless it fits this model spec\n"
+          "  --stages B0,B1,..,Bp   layer bounds of the p stages over the model's L+2 layers\n"
+          "                         (default: one stage with every layer)\n"
+          "  --micro M0[,M1,..]     micro-batches per step of each replica (count = replicas) [1]\n"
+          "  --device SPEC          device of every worker [cpu:threads=1]\n"
+          "  --devices S0|S1|..     one device spec per stage (p of them) or per rank (R*p)\n"
+          "  --bucket N             layers per data-parallel allreduce bucket [1]\n"
+          "training (defaults as `hetmix train`):\n"
+          "  --model NAME           gpt-mini, tiny, or L6,C384,NH6,V256,T256 [gpt-mini]\n"
+          "  --data FILE            token file [default corpus under --data-dir]\n"
+          "  --data-dir DIR         [data]\n"
+          "  --steps N --batch B --seq T --lr X --warmup N --min-lr-frac X --grad-clip X\n"
+          "  --weight-decay X --seed N\n"
+          "output:\n"
+          "  --out DIR              metrics.jsonl (written by replica 0's last stage)\n"
+          "  --trace FILE           measured Chrome/Perfetto trace of the last --trace-steps steps\n"
+          "  --dump DIR             replica 0's stages save stage<s>.hmc after the last step\n"
+          "  --resume DIR           continue from a --dump of the same layout and options (params, AdamW\n"
+          "                         moments, step; the data position follows from the step)\n"
+          "  --stop-after N         stop once step N is done (the LR schedule still spans --steps)\n"
+          "  --quiet                no progress lines\n"
+          "checks:\n"
+          "  --selftest             bootstrap hmcomm from the environment, allreduce and a ring\n"
+          "                         exchange, print `selftest ok` (launcher tests use it)\n");
+}
+
+static int parse_int_list(const char *s, int *out, int cap, const char *what) {
+  int n = 0;
+  const char *p = s;
+  while (*p) {
+    char *end = NULL;
+    long v = strtol(p, &end, 10);
+    if (end == p || n == cap || v < 0 || v > 1000000) {
+      hm_cli_fail("give comma-separated non-negative integers, e.g. 0,3,8", "%s: cannot read '%s'", what, s);
+      return -1;
+    }
+    out[n++] = (int)v;
+    p = end;
+    if (*p == ',') p++;
+    else if (*p) {
+      hm_cli_fail("give comma-separated non-negative integers, e.g. 0,3,8", "%s: cannot read '%s'", what, s);
+      return -1;
+    }
+  }
+  return n;
+}
+
+static int worker_selftest(void) {
+  hm_launch_env env;
+  hm_status st = hm_launch_env_read(&env);
+  if (st != HM_OK) return hm_cli_fail_status(st, "worker", "start workers with hetmix launch, mpirun or srun");
+  hm_comm_t comm = NULL;
+  st = hm_comm_init_env(&comm, NULL);
+  if (st != HM_OK) return hm_cli_fail_status(st, "worker: hmcomm bootstrap", NULL);
+  const int r = hm_comm_rank(comm), n = hm_comm_size(comm);
+  int64_t mine = r + 1, sum = 0;
+  st = hm_comm_allreduce(comm, &mine, &sum, 1, HM_INT64, HM_SUM);
+  if (st == HM_OK && sum != (int64_t)n * (n + 1) / 2)
+    st = hm_error(HM_ERR_INTERNAL, "allreduce of rank+1 gave %lld, expected %lld", (long long)sum,
+                  (long long)n * (n + 1) / 2);
+  int32_t from_left = -1;
+  if (st == HM_OK && n > 1) { /* ring: send my rank right, receive my left neighbour's */
+    int32_t me = r;
+    hm_request_t rs = NULL, rr = NULL;
+    st = hm_group_start();
+    if (st == HM_OK) st = hm_comm_isend(comm, &me, 1, HM_INT32, (r + 1) % n, &rs);
+    if (st == HM_OK) st = hm_comm_irecv(comm, &from_left, 1, HM_INT32, (r + n - 1) % n, &rr);
+    hm_status s2 = hm_group_end();
+    if (st == HM_OK) st = s2;
+    if (rs && (s2 = hm_request_wait(rs)) != HM_OK && st == HM_OK) st = s2;
+    if (rr && (s2 = hm_request_wait(rr)) != HM_OK && st == HM_OK) st = s2;
+    if (st == HM_OK && from_left != (r + n - 1) % n)
+      st = hm_error(HM_ERR_INTERNAL, "ring exchange gave %d, expected %d", from_left, (r + n - 1) % n);
+  }
+  if (st == HM_OK) st = hm_comm_barrier(comm);
+  if (st != HM_OK) {
+    hm_comm_abort(comm);
+    hm_comm_destroy(comm);
+    return hm_cli_fail_status(st, "worker selftest", NULL);
+  }
+  hm_comm_destroy(comm);
+  printf("hetmix worker: rank %d of %d (local %d of %d, source %s): selftest ok\n", r, n, env.local_rank,
+         env.local_size, env.source);
+  fflush(stdout);
+  return 0;
+}
+
+static void worker_progress(const hm_train_progress *p, void *user) {
+  (void)user;
+  printf("step %5d/%d | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | ETA %.0f s\n", p->step, p->steps,
+         (double)p->loss, (double)p->lr, (double)p->grad_norm, p->tokens_per_s, p->eta_s);
+  fflush(stdout);
+}
+
+/* Fills the layout, model and micro-batch size from a plan file (the plan's device per rank is
+ * applied once the rank is known). *layout is allocated (free()). */
+static hm_status worker_apply_plan(const char *path, const char *cluster, const char *model, hm_pipeline_options *po,
+                                   hm_train_options *t, hm_pipe_plan **layout) {
+  hm_pipe_plan *pl = hm_calloc(1, sizeof *pl, "plan layout");
+  if (!pl) return HM_ERR_NOMEM;
+  hm_status st = hm_pipe_plan_load(path, cluster, model, pl);
+  if (st != HM_OK) {
+    free(pl);
+    return st;
+  }
+  char cfg[128];
+  snprintf(cfg, sizeof cfg, "L%d,C%d,NH%d,V%d,T%d", pl->L, pl->C, pl->NH, pl->V, pl->T);
+  st = hm_model_config_lookup(cfg, &t->config);
+  if (st != HM_OK) {
+    free(pl);
+    return st;
+  }
+  t->batch = pl->micro_batch;
+  po->nstages = pl->nstages;
+  memcpy(po->stage_layers, pl->stage_layers, sizeof(int) * (size_t)(pl->nstages + 1));
+  po->nreplicas = pl->nreplicas;
+  memcpy(po->micro, pl->micro, sizeof(int) * (size_t)pl->nreplicas);
+  *layout = pl;
+  return HM_OK;
 }
 
 int hm_cmd_worker(int argc, char **argv) {
-  (void)argc;
-  (void)argv;
-  return hm_cli_fail("this build has no 'worker' command yet", "'worker' is not implemented");
+  hm_train_options t;
+  hm_train_defaults(&t);
+  t.device = "cpu:threads=1";
+  hm_pipeline_options po;
+  memset(&po, 0, sizeof po);
+  hm_pipe_plan *plan_layout = NULL;
+  po.train = &t;
+  po.nreplicas = 1;
+  po.micro[0] = 1;
+  const char *devices = NULL, *plan_path = NULL, *cluster_path = NULL, *model_path = NULL;
+  int quiet = 0, have_stages = 0, have_layout = 0;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+#define NEED_VAL()                                                                 \
+  do {                                                                             \
+    if (!v) return hm_cli_fail("run `hetmix worker --help`", "%s needs a value", a); \
+    i++;                                                                           \
+  } while (0)
+    char *end = NULL;
+    int *ip = NULL;
+    float *fp = NULL;
+    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+      worker_usage(stdout);
+      return 0;
+    } else if (strcmp(a, "--selftest") == 0) {
+      return worker_selftest();
+    } else if (strcmp(a, "--quiet") == 0) {
+      quiet = 1;
+    } else if (strcmp(a, "--plan") == 0) {
+      NEED_VAL();
+      plan_path = v;
+    } else if (strcmp(a, "--cluster") == 0) {
+      NEED_VAL();
+      cluster_path = v;
+    } else if (strcmp(a, "--stages") == 0) {
+      NEED_VAL();
+      have_layout = 1;
+      int n = parse_int_list(v, po.stage_layers, HM_PIPE_MAX_STAGES + 1, a);
+      if (n < 0) return 1;
+      if (n < 2) return hm_cli_fail("e.g. --stages 0,3,8 for two stages", "--stages needs at least two bounds");
+      po.nstages = n - 1;
+      have_stages = 1;
+    } else if (strcmp(a, "--micro") == 0) {
+      NEED_VAL();
+      have_layout = 1;
+      int n = parse_int_list(v, po.micro, HM_PIPE_MAX_REPLICAS, a);
+      if (n < 1) return n < 0 ? 1 : hm_cli_fail(NULL, "--micro needs at least one count");
+      po.nreplicas = n;
+    } else if (strcmp(a, "--device") == 0) {
+      NEED_VAL();
+      t.device = v;
+    } else if (strcmp(a, "--devices") == 0) {
+      NEED_VAL();
+      devices = v;
+    } else if (strcmp(a, "--bucket") == 0) {
+      NEED_VAL();
+      po.layers_per_bucket = atoi(v);
+    } else if (strcmp(a, "--model") == 0) {
+      NEED_VAL();
+      if (strchr(v, '/') || strstr(v, ".json")) { /* a model spec file: checks a --plan against it */
+        model_path = v;
+        continue;
+      }
+      have_layout = 1;
+      hm_status st = hm_model_config_lookup(v, &t.config);
+      if (st != HM_OK) return hm_cli_fail_status(st, "--model", NULL);
+    } else if (strcmp(a, "--data") == 0) {
+      NEED_VAL();
+      t.data = v;
+    } else if (strcmp(a, "--data-dir") == 0) {
+      NEED_VAL();
+      t.data_dir = v;
+    } else if (strcmp(a, "--out") == 0) {
+      NEED_VAL();
+      t.out_dir = v;
+    } else if (strcmp(a, "--trace") == 0) {
+      NEED_VAL();
+      po.trace_path = v;
+    } else if (strcmp(a, "--trace-steps") == 0) {
+      NEED_VAL();
+      po.trace_steps = atoi(v);
+    } else if (strcmp(a, "--dump") == 0) {
+      NEED_VAL();
+      po.dump_dir = v;
+    } else if (strcmp(a, "--resume") == 0) {
+      NEED_VAL();
+      t.resume = v;
+    } else if ((ip = strcmp(a, "--steps") == 0 ? &t.steps : strcmp(a, "--batch") == 0 ? &t.batch
+                     : strcmp(a, "--seq") == 0 ? &t.seq_len : strcmp(a, "--warmup") == 0 ? &t.warmup
+                     : strcmp(a, "--stop-after") == 0 ? &t.stop_after : NULL) ||
+               strcmp(a, "--seed") == 0) {
+      NEED_VAL();
+      long x = strtol(v, &end, 10);
+      if (*end || x < 0 || x > 100000000) return hm_cli_fail(NULL, "%s: '%s' is not a count", a, v);
+      if (ip) *ip = (int)x;
+      else t.seed = (uint64_t)x;
+    } else if ((fp = strcmp(a, "--lr") == 0 ? &t.lr : strcmp(a, "--min-lr-frac") == 0 ? &t.min_lr_frac
+                     : strcmp(a, "--grad-clip") == 0 ? &t.grad_clip : strcmp(a, "--weight-decay") == 0 ? &t.weight_decay
+                     : NULL)) {
+      NEED_VAL();
+      float x = strtof(v, &end);
+      if (*end || !(x >= 0)) return hm_cli_fail(NULL, "%s: '%s' is not a non-negative number", a, v);
+      *fp = x;
+    } else {
+      return hm_cli_fail("run `hetmix worker --help`", "unknown option '%s'", a);
+    }
+#undef NEED_VAL
+  }
+  if (plan_path) {
+    if (have_layout || devices)
+      return hm_cli_fail("give either --plan or --model/--stages/--micro/--devices", "--plan sets the layout");
+    hm_status st = worker_apply_plan(plan_path, cluster_path, model_path, &po, &t, &plan_layout);
+    if (st != HM_OK)
+      return hm_cli_fail_status(st, "worker", "make the plan for this cluster and model with `hetmix plan`");
+    have_stages = 1;
+  } else if (cluster_path || model_path) {
+    return hm_cli_fail(NULL, "--cluster and a model spec file only check a --plan");
+  }
+  if (!have_stages) {
+    po.nstages = 1;
+    po.stage_layers[0] = 0;
+    po.stage_layers[1] = hm_model_num_layers(&t.config);
+  }
+
+  hm_launch_env env;
+  hm_status st = hm_launch_env_read(&env);
+  if (st != HM_OK)
+    return hm_cli_fail_status(st, "worker", "start workers with `hetmix launch -n N -- hetmix worker ...`, mpirun or srun");
+  /* this worker's device: one spec for all, or the stage's / rank's entry of --devices */
+  char dev_spec[256];
+  if (devices) {
+    char list[4096];
+    hm_strcpy(list, sizeof list, devices);
+    char *specs[HM_PIPE_MAX_STAGES * HM_PIPE_MAX_REPLICAS];
+    int n = 0;
+    for (char *save = NULL, *tok = strtok_r(list, "|", &save); tok && n < (int)(sizeof specs / sizeof specs[0]);
+         tok = strtok_r(NULL, "|", &save))
+      specs[n++] = tok;
+    int idx = -1;
+    if (n == po.nstages) idx = env.rank % po.nstages;
+    else if (n == po.nstages * po.nreplicas) idx = env.rank;
+    if (idx < 0 || idx >= n)
+      return hm_cli_fail("give one spec per stage or one per worker, separated by '|'",
+                         "--devices lists %d specs for %d stages x %d replicas", n, po.nstages, po.nreplicas);
+    hm_strcpy(dev_spec, sizeof dev_spec, specs[idx]);
+    t.device = dev_spec;
+  }
+  if (plan_layout) {
+    if (env.rank < 0 || env.rank >= plan_layout->nranks) {
+      int n = plan_layout->nranks;
+      free(plan_layout);
+      return hm_cli_fail("start exactly as many workers as the plan has ranks (hetmix launch --plan does)",
+                         "the plan has %d ranks, this worker is rank %d of %d", n, env.rank, env.size);
+    }
+    hm_strcpy(dev_spec, sizeof dev_spec, plan_layout->backend[env.rank]);
+    t.device = dev_spec;
+    free(plan_layout);
+    plan_layout = NULL;
+  }
+  st = hm_pipeline_check(&po, env.size);
+  if (st != HM_OK) return hm_cli_fail_status(st, "worker", "the layout must match the model and the number of workers");
+
+  hm_comm_t world = NULL;
+  st = hm_comm_init_env(&world, NULL);
+  if (st != HM_OK) return hm_cli_fail_status(st, "worker: hmcomm bootstrap", NULL);
+  if (!quiet) {
+    t.on_progress = worker_progress;
+    t.user = NULL;
+  }
+  hm_pipeline_result res;
+  st = hm_pipeline_run(&po, world, &res);
+  if (st != HM_OK) {
+    int rc = hm_cli_fail_status(st, "worker", NULL);
+    hm_comm_destroy(world);
+    return rc;
+  }
+  hm_comm_destroy(world);
+  if (!quiet && env.rank == po.nstages - 1) {
+    printf("done: %d steps, loss %.4f, step %.3f s, %.0f tok/s; stage compute per step:", res.steps_done,
+           (double)res.last_loss, res.step_time_s, res.tokens_per_s);
+    for (int s = 0; s < po.nstages; s++) printf(" %.3f", res.stage_busy_s[s]);
+    printf(" s\n");
+  }
+  return 0;
 }

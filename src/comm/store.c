@@ -240,7 +240,13 @@ static void *store_main(void *arg) {
   }
   while (!atomic_load(&s->stop)) {
     int n = 0;
-    pf[n++] = (struct pollfd){s->lfd, POLLIN, 0};
+    /* Accept only once a job is registered: the server starts listening before its first
+     * add_job, and a client connecting in between would be refused as unknown. Until then the
+     * kernel's backlog holds it and its own authentication deadline keeps running. */
+    pthread_mutex_lock(&s->mu);
+    const int have_jobs = s->jobs != NULL;
+    pthread_mutex_unlock(&s->mu);
+    pf[n++] = (struct pollfd){s->lfd, have_jobs ? POLLIN : 0, 0};
     for (int i = 0; i < s->nclients; i++) pf[n++] = (struct pollfd){s->clients[i].fd, POLLIN, 0};
     pthread_mutex_unlock(&g_store_work_mu);
     int rc = poll(pf, (nfds_t)n, 50);

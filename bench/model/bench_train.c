@@ -1,0 +1,139 @@
+/* Training throughput of gpt-mini (B8, T256, fp32, AdamW, 2 threads) with hetmix's cpu backend
+ * and with PyTorch (torch_train.py, Debian's python3-torch) side by side, in alternating rounds,
+ * and hetmix's peak memory against the expected parameter + gradient + AdamW + activation bytes.
+ *
+ * usage: bench_model_train [--model NAME] [--batch B] [--steps N] [--warmup N] [--threads N]
+ *                          [--rounds R] [--device SPEC] [--no-torch]
+ * Both sides run the same step: forward, cross-entropy, backward, global-norm clip, AdamW. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "hetmix/device.h"
+#include "hetmix/model.h"
+#include "util/util.h"
+
+static int die(const char *what) {
+  fprintf(stderr, "bench_model_train: error: %s: %s\n", what, hm_last_error());
+  return 1;
+}
+
+static double rss_mib(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_maxrss / 1024.0;  // Linux reports KiB
+}
+
+static double current_rss_mib(void) {
+  FILE *f = fopen("/proc/self/statm", "r");
+  long pages = 0, rss = 0;
+  if (f) {
+    if (fscanf(f, "%ld %ld", &pages, &rss) != 2) rss = 0;
+    fclose(f);
+  }
+  return rss * 4096.0 / 1048576.0;
+}
+
+int main(int argc, char **argv) {
+  const char *model = "gpt-mini", *device = NULL, *python = getenv("HETMIX_PYTHON");
+  int B = 8, steps = 8, warmup = 2, threads = 2, rounds = 2, torch = 1;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (!strcmp(a, "--no-torch")) torch = 0;
+    else if (!v) return fprintf(stderr, "usage: see the top of bench/model/bench_train.c\n"), 2;
+    else if (!strcmp(a, "--model")) model = v, i++;
+    else if (!strcmp(a, "--device")) device = v, i++;
+    else if (!strcmp(a, "--batch")) B = atoi(v), i++;
+    else if (!strcmp(a, "--steps")) steps = atoi(v), i++;
+    else if (!strcmp(a, "--warmup")) warmup = atoi(v), i++;
+    else if (!strcmp(a, "--threads")) threads = atoi(v), i++;
+    else if (!strcmp(a, "--rounds")) rounds = atoi(v), i++;
+    else return fprintf(stderr, "unknown option %s\n", a), 2;
+  }
+  if (B < 1 || steps < 1 || warmup < 0 || threads < 1 || rounds < 1) return fprintf(stderr, "bad numbers\n"), 2;
+  hm_model_config cfg;
+  if (hm_model_config_lookup(model, &cfg) != HM_OK) return die("--model");
+  char spec[128];
+  if (!device) snprintf(spec, sizeof spec, "cpu:threads=%d", threads), device = spec;
+  if (!python) python = "/usr/bin/python3";
+  const int T = cfg.T, N = B * T;
+
+  double rss0 = current_rss_mib();
+  hm_device *dev = NULL;
+  hm_stage *s = NULL;
+  hm_stage_options so = {0, cfg.L + 2, B, T, 1};
+  if (hm_device_open(device, &dev) != HM_OK) return die("device");
+  if (hm_stage_create(&cfg, dev, &so, &s) != HM_OK) return die("stage");
+  if (hm_stage_init_params(s, 1) != HM_OK) return die("init");
+  hm_stage_memory mem;
+  hm_stage_estimate(&cfg, dev, &so, &mem);
+  int32_t *inp = malloc((size_t)N * sizeof *inp), *tgt = malloc((size_t)N * sizeof *tgt);
+  for (int i = 0; i < N; i++) inp[i] = (int32_t)(hm_splitmix64(2 * (uint64_t)i) % (uint64_t)cfg.V),
+                              tgt[i] = (int32_t)(hm_splitmix64(2 * (uint64_t)i + 1) % (uint64_t)cfg.V);
+  const hm_adamw adam = {1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f};
+  printf("# gpt %s (L%d C%d NH%d V%d T%d), B=%d, fp32, AdamW, clip 1.0; %d timed steps after %d warm-up, "
+         "%d round(s), hetmix on %s\n", cfg.name, cfg.L, cfg.C, cfg.NH, cfg.V, cfg.T, B, steps, warmup, rounds, device);
+  printf("%-6s %-8s %12s %10s %14s\n", "round", "system", "tokens/s", "step ms", "peak RSS MiB");
+  double best_h = 0, best_t = 0, sum_h = 0, sum_t = 0, torch_rss = 0;
+  int t_ok = 0, step_no = 0;
+  float loss = 0;
+  for (int r = 1; r <= rounds; r++) {
+    double t0 = 0;
+    for (int k = 0; k < warmup + steps; k++) {
+      if (k == warmup) t0 = hm_now_s();
+      if (hm_stage_zero_grad(s) != HM_OK || hm_stage_forward(s, 0, inp, NULL, tgt, &loss) != HM_OK ||
+          hm_stage_backward(s, 0, NULL, 1.0f) != HM_OK)
+        return die("step");
+      double sumsq = 0;
+      if (hm_stage_grad_sumsq(s, &sumsq) != HM_OK) return die("norm");
+      if (hm_stage_adamw(s, &adam, ++step_no, hm_grad_clip_scale(sumsq, 1.0f)) != HM_OK) return die("adamw");
+      if (hm_device_synchronize(dev) != HM_OK) return die("sync");
+    }
+    double dt = hm_now_s() - t0, tps = (double)N * steps / dt;
+    best_h = tps > best_h ? tps : best_h;
+    sum_h += tps;
+    printf("%-6d %-8s %12.1f %10.1f %14.1f\n", r, "hetmix", tps, 1000 * dt / steps, rss_mib());
+    fflush(stdout);
+    if (!torch) continue;
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "timeout 1800 '%s' '%s/bench/model/torch_train.py' %d %d %d %d %d %d %d %d %d 2>&1", python,
+             HM_SOURCE_DIR, cfg.L, cfg.C, cfg.NH, cfg.V, cfg.T, B, steps, warmup, threads);
+    FILE *p = popen(cmd, "r");
+    char line[512];
+    double tt = 0, ms = 0, trss = 0;
+    while (p && fgets(line, sizeof line, p)) {
+      const char *q = strstr(line, "torch tokens_per_s=");
+      if (q && sscanf(q, "torch tokens_per_s=%lf step_ms=%lf peak_rss_mib=%lf", &tt, &ms, &trss) == 3) continue;
+      if (!q) fprintf(stderr, "torch: %s", line);
+    }
+    int rc = p ? pclose(p) : -1;
+    if (rc != 0 || tt <= 0) {
+      printf("%-6d %-8s %12s   (PyTorch did not run: install python3-torch or set HETMIX_PYTHON)\n", r, "torch", "-");
+      torch = 0;
+      continue;
+    }
+    t_ok = 1;
+    best_t = tt > best_t ? tt : best_t;
+    sum_t += tt;
+    torch_rss = trss > torch_rss ? trss : torch_rss;
+    printf("%-6d %-8s %12.1f %10.1f %14.1f\n", r, "torch", tt, ms, trss);
+    fflush(stdout);
+  }
+  printf("\nhetmix mean %.1f tokens/s (best %.1f)", sum_h / rounds, best_h);
+  if (t_ok) printf(" | torch mean %.1f tokens/s (best %.1f) | ratio hetmix/torch %.2fx (of means), %.2fx (of bests)",
+                   sum_t / rounds, best_t, sum_h / sum_t, best_h / best_t);
+  printf("\n\nmemory (hetmix): expected %.1f MiB = params %.1f + grads %.1f + AdamW m,v %.1f + activations %.1f "
+         "+ backward scratch %.1f (n_params %zu)\n",
+         mem.total / 1048576.0, mem.params / 1048576.0, mem.grads / 1048576.0, mem.optimizer / 1048576.0,
+         mem.activations / 1048576.0, mem.scratch / 1048576.0, mem.n_params);
+  printf("                 peak RSS %.1f MiB, of which %.1f MiB before the model (binary, libraries); "
+         "device peak allocated %.1f MiB\n", rss_mib(), rss0, dev->stats.bytes_peak / 1048576.0);
+  if (t_ok) printf("                 torch peak RSS %.1f MiB (whole python process)\n", torch_rss);
+  printf("final loss %.4f (random tokens; a sanity value, not a quality figure)\n", loss);
+  free(inp);
+  free(tgt);
+  hm_stage_destroy(s);
+  hm_device_close(dev);
+  return 0;
+}

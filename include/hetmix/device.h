@@ -1,0 +1,268 @@
+/* hetmix device backends: one function table per chip type, found by name in a registry.
+ *
+ * A device is a context (name, kind, dtype, options, accounting) plus a table of function
+ * pointers: memory (alloc/free, copies host<->device<->device, zero), synchronize, memory info,
+ * and the kernels of a GPT-2 training step with llm.c's argument order (outputs, saved values,
+ * inputs, weights, sizes). Callers use the hm_device_* / hm_dev_* functions below, which check
+ * arguments, apply the `slow` emulation factor and keep statistics; they never call the table
+ * directly. Backends: "ref" (portable C, plain loops, f32 and f64: the oracle), "cpu" (OpenBLAS
+ * + OpenMP, f32). A CUDA backend fills the same table. See docs/device.md.
+ *
+ * Not here: the model (src/model), parallelism, streams beyond one in-order queue per device.
+ *
+ * Conventions every kernel follows:
+ *  - Tensors are device pointers (void *) holding elements of dev->dtype (f32 or f64); token
+ *    ids and targets are int32_t. Shapes are in comments: `inp (N,C)` with N = B*T rows.
+ *  - Backward kernels ACCUMULATE (+=) into every gradient they write, activations and
+ *    parameters alike (as llm.c): the caller zeroes gradient buffers before a step. This is what
+ *    makes micro-batch gradient accumulation and residual branches free.
+ *  - Kernels are in-order on the device's single queue; host backends finish before returning.
+ *    hm_device_synchronize() waits for all queued work (a no-op on host backends).
+ *  - Outputs do not overlap inputs, except where a kernel says so (residual, cross-entropy).
+ *  - A device is used by one thread at a time.
+ *  - Results are deterministic: the same inputs, shapes and options give bitwise the same
+ *    outputs on every run (reductions use a fixed order, not atomics).
+ *  - Every call returns hm_status; on failure hm_last_error() names the op and what is wrong. */
+#ifndef HETMIX_DEVICE_H
+#define HETMIX_DEVICE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hetmix/comm.h" /* hm_dtype */
+#include "hetmix/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct hm_device hm_device;
+
+typedef enum hm_device_kind {
+  HM_DEVICE_HOST = 0, /* buffers are ordinary host memory (cpu, ref) */
+  HM_DEVICE_CUDA,     /* buffers live in GPU memory; copy to reach them from the host */
+} hm_device_kind;
+
+/* Options parsed from "name:key=value,key=value" (docs/device.md lists them). */
+typedef struct hm_device_options {
+  int threads;      /* threads=N: OpenMP/OpenBLAS threads (cpu; 0 = all cores). ref: 1 only */
+  double slow;      /* slow=F >= 1: emulate a chip F times slower (see hm_device.slow) */
+  hm_dtype dtype;   /* dtype=f32|f64: element type of every tensor (f64 on ref only) */
+  size_t mem_limit; /* mem=64M: cap on bytes allocated (0 = physical memory); emulates a smaller chip */
+  int index;        /* device=N: which device of this backend (0 on host backends) */
+} hm_device_options;
+
+typedef struct hm_device_stats {
+  uint64_t kernel_calls;  /* kernels run through the hm_dev_* wrappers */
+  uint64_t kernel_ns;     /* wall time inside kernels, before the slow-down */
+  uint64_t slow_sleep_ns; /* time slept to emulate the slow factor */
+  size_t bytes_allocated; /* live device bytes allocated through hm_device_alloc */
+  size_t bytes_peak;      /* high-water mark of bytes_allocated */
+} hm_device_stats;
+
+/* The function table a backend fills. Kernel entries receive already-checked arguments. */
+typedef struct hm_device_ops {
+  /* memory */
+  hm_status (*alloc)(hm_device *dev, void **ptr, size_t bytes); /* 64-byte aligned, not zeroed */
+  void (*free)(hm_device *dev, void *ptr);
+  hm_status (*copy_h2d)(hm_device *dev, void *dst, const void *src, size_t bytes);
+  hm_status (*copy_d2h)(hm_device *dev, void *dst, const void *src, size_t bytes);
+  hm_status (*copy_d2d)(hm_device *dev, void *dst, const void *src, size_t bytes);
+  hm_status (*zero)(hm_device *dev, void *ptr, size_t bytes);
+  /* converting copies between host f32 and device dtype (n elements) */
+  hm_status (*copy_from_f32)(hm_device *dev, void *dst, const float *src, size_t n);
+  hm_status (*copy_to_f32)(hm_device *dev, float *dst, const void *src, size_t n);
+  hm_status (*synchronize)(hm_device *dev);
+  /* physical memory of the device: total and currently free (before the mem= cap) */
+  hm_status (*mem_info)(hm_device *dev, size_t *total, size_t *free_bytes);
+  void (*close)(hm_device *dev); /* releases impl; buffers must already be freed */
+
+  /* kernels (shapes: see the hm_dev_* wrappers below) */
+  hm_status (*encoder_forward)(hm_device *dev, void *out, const int32_t *inp, const void *wte,
+                               const void *wpe, int B, int T, int C);
+  hm_status (*encoder_backward)(hm_device *dev, void *dwte, void *dwpe, const void *dout,
+                                const int32_t *inp, int B, int T, int C);
+  hm_status (*layernorm_forward)(hm_device *dev, void *out, void *mean, void *rstd,
+                                 const void *inp, const void *weight, const void *bias, int N,
+                                 int C);
+  hm_status (*layernorm_backward)(hm_device *dev, void *dinp, void *dweight, void *dbias,
+                                  const void *dout, const void *inp, const void *weight,
+                                  const void *mean, const void *rstd, int N, int C);
+  hm_status (*matmul_forward)(hm_device *dev, void *out, const void *inp, const void *weight,
+                              const void *bias, int N, int C, int OC);
+  hm_status (*matmul_backward)(hm_device *dev, void *dinp, void *dweight, void *dbias,
+                               const void *dout, const void *inp, const void *weight, int N,
+                               int C, int OC);
+  size_t (*attention_saved_elems)(hm_device *dev, int B, int T, int C, int NH);
+  hm_status (*attention_forward)(hm_device *dev, void *out, void *saved, const void *qkv, int B,
+                                 int T, int C, int NH);
+  hm_status (*attention_backward)(hm_device *dev, void *dqkv, const void *dout, const void *qkv,
+                                  const void *saved, int B, int T, int C, int NH);
+  hm_status (*gelu_forward)(hm_device *dev, void *out, const void *inp, size_t n);
+  hm_status (*gelu_backward)(hm_device *dev, void *dinp, const void *inp, const void *dout,
+                             size_t n);
+  hm_status (*residual_forward)(hm_device *dev, void *out, const void *inp1, const void *inp2,
+                                size_t n);
+  hm_status (*residual_backward)(hm_device *dev, void *dinp1, void *dinp2, const void *dout,
+                                 size_t n);
+  hm_status (*softmax_forward)(hm_device *dev, void *probs, const void *logits, int N, int V,
+                               int Vp);
+  hm_status (*crossentropy_forward_backward)(hm_device *dev, void *losses, void *dlogits,
+                                             const void *logits, const int32_t *targets,
+                                             double dloss, int N, int V, int Vp);
+  hm_status (*adamw_update)(hm_device *dev, void *params, const void *grads, void *m, void *v,
+                            size_t n, double lr, double beta1, double beta2, double eps,
+                            double weight_decay, double grad_scale, int t);
+  hm_status (*sum)(hm_device *dev, double *out_host, const void *x, size_t n);
+  hm_status (*sumsq)(hm_device *dev, double *out_host, const void *x, size_t n);
+  hm_status (*scale)(hm_device *dev, void *x, double s, size_t n);
+} hm_device_ops;
+
+struct hm_device {
+  const char *name;        /* backend name: "cpu", "ref", ... */
+  char spec[128];          /* the spec it was opened with, e.g. "cpu:threads=2,slow=2" */
+  hm_device_kind kind;
+  hm_dtype dtype;          /* HM_FLOAT32 or HM_FLOAT64 */
+  size_t dtype_size;       /* bytes per element of dtype */
+  int threads;             /* effective thread count */
+  double slow;             /* >= 1. After each kernel the wrapper sleeps (slow-1) x the kernel's
+                              measured time: EMULATION of a slower chip so heterogeneous runs and
+                              their schedules can be tested on one machine. Never a real speed. */
+  size_t mem_limit;        /* effective cap on allocated bytes */
+  const hm_device_ops *ops;
+  void *impl;              /* backend state */
+  hm_device_stats stats;
+  uint64_t slow_debt_ns;   /* sleep owed but not yet taken (short kernels are batched) */
+};
+
+/* ---- registry ------------------------------------------------------------------------- */
+
+typedef struct hm_device_backend {
+  const char *name;        /* "cpu" */
+  const char *description; /* one line for listings */
+  /* Fills dev->ops, dev->impl, kind, threads; options already parsed; reject what it can't do. */
+  hm_status (*open)(hm_device *dev, const hm_device_options *opt);
+} hm_device_backend;
+
+/* Adds a backend (built-in ones are registered automatically). HM_ERR_INVALID_ARG if the name
+ * is taken. The struct must outlive every device opened from it. */
+hm_status hm_device_register(const hm_device_backend *backend);
+int hm_device_backend_count(void);
+const hm_device_backend *hm_device_backend_at(int i);
+/* Comma-separated names of registered backends, e.g. "cpu, ref" (static storage). */
+const char *hm_device_backend_names(void);
+
+/* Parses "name[:key=value,...]" into name and options (defaults filled in). Unknown keys or bad
+ * values give HM_ERR_INVALID_ARG naming them. */
+hm_status hm_device_parse_spec(const char *spec, char *name, size_t name_cap,
+                               hm_device_options *opt);
+
+/* Opens a device: "cpu", "ref", "ref:dtype=f64", "cpu:threads=2,slow=2.0,mem=512M".
+ * Unknown backend: HM_ERR_NOT_FOUND listing the known ones. */
+hm_status hm_device_open(const char *spec, hm_device **out);
+void hm_device_close(hm_device *dev); /* NULL is fine */
+
+/* ---- memory ---------------------------------------------------------------------------- */
+
+/* Allocates bytes (64-byte aligned, contents undefined). what names the buffer in errors.
+ * HM_ERR_NO_FIT when it would exceed the mem= cap or the device's free memory. */
+hm_status hm_device_alloc(hm_device *dev, void **ptr, size_t bytes, const char *what);
+void hm_device_free(hm_device *dev, void *ptr); /* NULL is fine */
+hm_status hm_device_copy_h2d(hm_device *dev, void *dst, const void *src, size_t bytes);
+hm_status hm_device_copy_d2h(hm_device *dev, void *dst, const void *src, size_t bytes);
+hm_status hm_device_copy_d2d(hm_device *dev, void *dst, const void *src, size_t bytes);
+hm_status hm_device_zero(hm_device *dev, void *ptr, size_t bytes);
+hm_status hm_device_copy_from_f32(hm_device *dev, void *dst, const float *src, size_t n);
+hm_status hm_device_copy_to_f32(hm_device *dev, float *dst, const void *src, size_t n);
+hm_status hm_device_synchronize(hm_device *dev);
+/* total and free: the smaller of physical memory and the mem= cap, free minus what is allocated */
+hm_status hm_device_mem_info(hm_device *dev, size_t *total, size_t *free_bytes);
+/* Element pointer arithmetic in dev->dtype: &((T *)base)[n]. */
+static inline void *hm_device_offset(const hm_device *dev, void *base, size_t n) {
+  return (char *)base + n * dev->dtype_size;
+}
+size_t hm_dtype_bytes(hm_dtype dt); /* 4 for HM_FLOAT32, 8 for HM_FLOAT64, ... */
+
+/* ---- kernels ----------------------------------------------------------------------------- */
+
+/* out (B,T,C) = wte[inp[b,t]] + wpe[t];  inp (B,T) int32 in [0,V), wte (V,C), wpe (>=T,C) */
+hm_status hm_dev_encoder_forward(hm_device *dev, void *out, const int32_t *inp, const void *wte,
+                                 const void *wpe, int B, int T, int C);
+/* dwte (V,C) += scatter of dout by token; dwpe (>=T,C) += sum over b; dout (B,T,C) */
+hm_status hm_dev_encoder_backward(hm_device *dev, void *dwte, void *dwpe, const void *dout,
+                                  const int32_t *inp, int B, int T, int C);
+
+/* out (N,C) = (inp - mean) * rstd * weight + bias, eps 1e-5; saves mean (N), rstd (N) */
+hm_status hm_dev_layernorm_forward(hm_device *dev, void *out, void *mean, void *rstd,
+                                   const void *inp, const void *weight, const void *bias, int N,
+                                   int C);
+/* dinp (N,C), dweight (C), dbias (C) += ... from dout (N,C), inp, weight, mean, rstd */
+hm_status hm_dev_layernorm_backward(hm_device *dev, void *dinp, void *dweight, void *dbias,
+                                    const void *dout, const void *inp, const void *weight,
+                                    const void *mean, const void *rstd, int N, int C);
+
+/* out (N,OC) = inp (N,C) x weight (OC,C)^T + bias (OC); bias may be NULL */
+hm_status hm_dev_matmul_forward(hm_device *dev, void *out, const void *inp, const void *weight,
+                                const void *bias, int N, int C, int OC);
+/* dinp (N,C) += dout (N,OC) x weight (OC,C); dweight (OC,C) += dout^T x inp;
+ * dbias (OC) += column sums of dout. dinp and dbias may be NULL (not wanted). */
+hm_status hm_dev_matmul_backward(hm_device *dev, void *dinp, void *dweight, void *dbias,
+                                 const void *dout, const void *inp, const void *weight, int N,
+                                 int C, int OC);
+
+/* Elements of the `saved` buffer attention_forward fills for attention_backward. Its contents
+ * are backend specific (ref: the softmax probabilities (B,NH,T,T); cpu: each score row's
+ * log-sum-exp (B,NH,T), recomputing the rest): never read it, never share it across backends. */
+size_t hm_dev_attention_saved_elems(hm_device *dev, int B, int T, int C, int NH);
+/* Causal multi-head self-attention. qkv (B,T,3C) holds q | k | v, each split into NH heads of
+ * hs = C/NH; out (B,T,C) = softmax(q k^T / sqrt(hs), causal) v, heads concatenated. */
+hm_status hm_dev_attention_forward(hm_device *dev, void *out, void *saved, const void *qkv,
+                                   int B, int T, int C, int NH);
+/* dqkv (B,T,3C) += ... from dout (B,T,C), qkv and saved */
+hm_status hm_dev_attention_backward(hm_device *dev, void *dqkv, const void *dout,
+                                    const void *qkv, const void *saved, int B, int T, int C,
+                                    int NH);
+
+/* out (n) = gelu_tanh(inp) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
+hm_status hm_dev_gelu_forward(hm_device *dev, void *out, const void *inp, size_t n);
+/* dinp (n) += gelu'(inp) * dout */
+hm_status hm_dev_gelu_backward(hm_device *dev, void *dinp, const void *inp, const void *dout,
+                               size_t n);
+
+/* out (n) = inp1 + inp2 (out may alias an input) */
+hm_status hm_dev_residual_forward(hm_device *dev, void *out, const void *inp1, const void *inp2,
+                                  size_t n);
+/* dinp1 += dout; dinp2 += dout. Either may be NULL, so this is also y += x. */
+hm_status hm_dev_residual_backward(hm_device *dev, void *dinp1, void *dinp2, const void *dout,
+                                   size_t n);
+
+/* probs (N,Vp) = softmax over the first V of logits (N,Vp); the padded columns [V,Vp) get 0 */
+hm_status hm_dev_softmax_forward(hm_device *dev, void *probs, const void *logits, int N, int V,
+                                 int Vp);
+/* Fused softmax + cross-entropy over the first V of Vp columns (llm.c padding: Vp >= V).
+ * losses (N) = -log softmax(logits)[target]; dlogits (N,Vp) = (softmax - onehot) * dloss, 0 in
+ * the padded columns. dlogits may be NULL (forward only) or alias logits (in place; it is
+ * overwritten, not accumulated, the one exception to the += rule). targets (N) int32 in [0,V);
+ * a negative target means "ignore": loss 0 and a zero gradient row; a target >= V is
+ * HM_ERR_INVALID_ARG (outputs are then unspecified). */
+hm_status hm_dev_crossentropy_forward_backward(hm_device *dev, void *losses, void *dlogits,
+                                               const void *logits, const int32_t *targets,
+                                               double dloss, int N, int V, int Vp);
+
+/* AdamW (decoupled weight decay, bias correction) on n elements, step t >= 1:
+ *   g = grads * grad_scale; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+ *   params -= lr * ((m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps) + weight_decay * params) */
+hm_status hm_dev_adamw_update(hm_device *dev, void *params, const void *grads, void *m, void *v,
+                              size_t n, double lr, double beta1, double beta2, double eps,
+                              double weight_decay, double grad_scale, int t);
+
+/* *out_host = sum of x (n) / sum of x^2 (n), accumulated in double in a fixed order */
+hm_status hm_dev_sum(hm_device *dev, double *out_host, const void *x, size_t n);
+hm_status hm_dev_sumsq(hm_device *dev, double *out_host, const void *x, size_t n);
+/* x (n) *= s */
+hm_status hm_dev_scale(hm_device *dev, void *x, double s, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

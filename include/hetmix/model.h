@@ -1,0 +1,340 @@
+/* hetmix model: GPT-2 as a chain of layers, the data it reads and the checkpoints it writes.
+ *
+ * The model is GPT-2 (pre-LayerNorm, GELU-tanh, learned positions, input and output embedding
+ * tied), configured by L, C, NH, V, T. It is cut into L+2 layers: 0 = embedding (wte, wpe),
+ * 1..L = transformer blocks, L+1 = head (final LayerNorm + tied lm head + cross-entropy).
+ * A *stage* holds a contiguous range [first,last) of layers on one device, with its parameters,
+ * gradients and AdamW moments each in one flat device allocation carved into named tensors
+ * (llm.c). A pipeline runtime creates one stage per device; single-process training is one stage
+ * holding all layers. This header does not launch processes or communicate: callers move
+ * activations and gradients between stages, and allreduce the flat gradient buffer.
+ *
+ * Data: token files (docs/model.md) memory-mapped, a byte tokenizer (V=256), deterministic seeded
+ * sampling of (B,T) batches from a training split and fixed batches from a held-out split.
+ * Checkpoints: one file per stage, header + per-tensor XXH3 checksums + commit trailer, written
+ * atomically (temporary file, fsync, rename). Formats are documented in docs/model.md. */
+#ifndef HETMIX_MODEL_H
+#define HETMIX_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hetmix/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------------------------------------
+ * Configurations */
+
+typedef struct hm_model_config {
+  char name[32]; /* "gpt-mini", "gpt2-124m", "tiny", or "custom" */
+  int L;         /* number of transformer blocks */
+  int C;         /* channels */
+  int NH;        /* attention heads; C % NH == 0 */
+  int V;         /* vocabulary size (256 for the byte tokenizer) */
+  int T;         /* maximum sequence length (rows of wpe) */
+} hm_model_config;
+
+/* Named configs: "gpt-mini" (L6 C384 NH6 V256 T256), "gpt2-124m" (L12 C768 NH12 V50304 T1024),
+ * "tiny" (L2 C32 NH4 V256 T16, for tests). Also parses "L6,C384,NH6,V256,T256" as "custom".
+ * Unknown name -> HM_ERR_NOT_FOUND listing the known ones. */
+hm_status hm_model_config_lookup(const char *name, hm_model_config *out);
+/* Checks positivity, C % NH == 0 and size limits; HM_ERR_INVALID_ARG naming the field. */
+hm_status hm_model_config_check(const hm_model_config *cfg);
+/* Number of layers (L+2) and parameters of the whole model (tied wte counted once). */
+int hm_model_num_layers(const hm_model_config *cfg);
+size_t hm_model_num_params(const hm_model_config *cfg);
+/* Parameters owned by layer `layer` (the head owns none of wte; see hm_stage tied grads). */
+size_t hm_model_layer_params(const hm_model_config *cfg, int layer);
+
+/* ---------------------------------------------------------------------------------------------
+ * Token files and the byte tokenizer (format: docs/model.md) */
+
+#define HM_TOKFILE_MAGIC "HMTOKENS"
+#define HM_TOKFILE_VERSION 1u
+#define HM_TOKFILE_HEADER_BYTES 64u
+
+typedef enum hm_token_dtype { HM_TOKEN_U8 = 1, HM_TOKEN_U16 = 2, HM_TOKEN_U32 = 4 } hm_token_dtype;
+
+typedef struct hm_tokfile {
+  uint64_t count;   /* number of tokens */
+  uint32_t vocab;   /* every token is < vocab */
+  hm_token_dtype dtype;
+  const void *tokens; /* memory-mapped payload, count * dtype bytes */
+  void *map_;         /* private: the mapping and its length */
+  size_t map_len_;
+} hm_tokfile;
+
+/* Byte tokenizer: token = byte value, V = 256. Decoding is the identity. */
+enum { HM_BYTE_VOCAB = 256 };
+
+/* Writes `count` tokens (each < vocab) as a token file: temp file, fsync, rename. */
+hm_status hm_tokfile_write(const char *path, const void *tokens, uint64_t count, hm_token_dtype dtype,
+                           uint32_t vocab);
+/* Concatenates text files as bytes (byte tokenizer) into one token file. */
+hm_status hm_tokfile_from_text(const char *out_path, const char *const *inputs, int n_inputs,
+                               uint64_t *out_count);
+/* Maps and checks a token file: magic, version, dtype, size, payload checksum, tokens < vocab.
+ * Bad file -> HM_ERR_CORRUPT naming the path and the check that failed. */
+hm_status hm_tokfile_open(const char *path, hm_tokfile *tf);
+/* Same checks on a file image in memory (the fuzz target and tests use it); tf->tokens points
+ * into buf. */
+hm_status hm_tokfile_parse(const void *buf, size_t len, const char *what, hm_tokfile *tf);
+void hm_tokfile_close(hm_tokfile *tf);
+static inline uint32_t hm_tokfile_at(const hm_tokfile *tf, uint64_t i) {
+  switch (tf->dtype) {
+    case HM_TOKEN_U8: return ((const uint8_t *)tf->tokens)[i];
+    case HM_TOKEN_U16: return ((const uint16_t *)tf->tokens)[i];
+    default: return ((const uint32_t *)tf->tokens)[i];
+  }
+}
+
+/* The default corpus: the English text files of Debian's fortunes packages
+ * (/usr/share/games/fortunes, skipping *.dat, *.u8 and off/), built on first use into
+ * <dir>/fortunes.tok. Writes the path to out_path. HETMIX_FORTUNES_DIR overrides the source. */
+hm_status hm_default_corpus(const char *dir, char *out_path, size_t cap);
+
+/* ---------------------------------------------------------------------------------------------
+ * Batches: a training split and a held-out validation split of one token file.
+ * The last `val_fraction` of the tokens is the validation split. Training sequence number k
+ * (k = 0,1,2,... across the whole run) starts at offset splitmix64(seed, k) mod (n_train - T),
+ * so the stream depends only on (file, seed, k): the position k is the loader's whole state.
+ * Validation batches are fixed, evenly spaced windows of the validation split. */
+
+typedef struct hm_dataloader {
+  const hm_tokfile *tf;
+  int B, T;
+  uint64_t seed;
+  uint64_t position;  /* training sequences drawn so far; saved in checkpoints */
+  uint64_t n_train;   /* tokens [0, n_train) train, [n_train, count) validation */
+  uint64_t n_val_batches;
+} hm_dataloader;
+
+hm_status hm_dataloader_init(hm_dataloader *dl, const hm_tokfile *tf, int B, int T, uint64_t seed,
+                             double val_fraction);
+/* Next training batch: inputs (B,T) and targets (B,T) = inputs shifted by one. */
+void hm_dataloader_next(hm_dataloader *dl, int32_t *inputs, int32_t *targets);
+/* Validation batch i (0 <= i < n_val_batches). */
+void hm_dataloader_val(const hm_dataloader *dl, uint64_t i, int32_t *inputs, int32_t *targets);
+
+uint64_t hm_splitmix64(uint64_t x);
+
+/* ---------------------------------------------------------------------------------------------
+ * Stages: layers [first,last) of the model on one device.
+ *
+ * Parameter tensors (names used in checkpoints): layer 0 "wte" (V,C), "wpe" (T,C); block i
+ * (layer i+1) "h<i>.ln1.w" (C), "h<i>.ln1.b", "h<i>.attn.qkv.w" (3C,C), "h<i>.attn.qkv.b" (3C),
+ * "h<i>.attn.proj.w" (C,C), "h<i>.attn.proj.b" (C), "h<i>.ln2.w", "h<i>.ln2.b", "h<i>.mlp.fc.w"
+ * (4C,C), "h<i>.mlp.fc.b" (4C), "h<i>.mlp.proj.w" (C,4C), "h<i>.mlp.proj.b" (C); head "lnf.w",
+ * "lnf.b" and, when the stage does not also hold layer 0, its own copy "wte" of the tied
+ * embedding. Two copies stay equal when the runtime sums their gradients (hm_stage_tied_grad)
+ * before both take the same AdamW step.
+ *
+ * Micro-batches: forward(mb) keeps the activations backward(mb) needs in slot mb
+ * (0 <= mb < max_microbatches), so a pipeline can hold several in flight. Backward of a slot
+ * must follow its forward; a slot is reused by the next forward into it. */
+
+typedef struct hm_device hm_device;
+typedef struct hm_stage hm_stage;
+
+typedef struct hm_stage_options {
+  int first, last;      /* layers [first,last), 0 <= first < last <= L+2 */
+  int B, T;             /* micro-batch shape, T <= config T */
+  int max_microbatches; /* activation slots (>= 1) */
+} hm_stage_options;
+
+/* Bytes a stage needs on its device (also what hm_stage_create allocates). */
+typedef struct hm_stage_memory {
+  size_t params, grads, optimizer, activations, scratch, total;
+  size_t n_params;
+} hm_stage_memory;
+
+hm_status hm_stage_estimate(const hm_model_config *cfg, hm_device *dev, const hm_stage_options *opt,
+                            hm_stage_memory *out);
+/* Creates a stage: checks the config, estimates memory against the device's free memory
+ * (HM_ERR_NO_FIT with both figures when it does not fit), allocates, zeroes grads and moments.
+ * Parameters are uninitialized until hm_stage_init_params or hm_stage_load. */
+hm_status hm_stage_create(const hm_model_config *cfg, hm_device *dev, const hm_stage_options *opt,
+                          hm_stage **out);
+void hm_stage_destroy(hm_stage *s);
+
+/* GPT-2 initialization: weights N(0, 0.02), residual projections N(0, 0.02/sqrt(2L)), biases 0,
+ * LayerNorm weights 1. Each tensor's values depend only on (seed, tensor name), so any split of
+ * the model into stages initializes identically. */
+hm_status hm_stage_init_params(hm_stage *s, uint64_t seed);
+
+/* Forward of micro-batch slot mb.
+ *   tokens (B,T) host int32: required when the stage holds layer 0 (embedding), else NULL.
+ *   x_in (B,T,C) device: the previous stage's output, required when first > 0 (copied).
+ *   targets (B,T) host int32: used by the head; NULL skips the loss (e.g. for sampling).
+ *   loss: when the stage holds the head and targets are given, the mean loss over B*T (waits
+ *   for the device). */
+hm_status hm_stage_forward(hm_stage *s, int mb, const int32_t *tokens, const void *x_in,
+                           const int32_t *targets, float *loss);
+/* Output of the last forward of slot mb: (B,T,C) device activations for the next stage (stages
+ * without the head), or the logits (B,T,V) (stages with the head; gone after backward). */
+void *hm_stage_output(hm_stage *s, int mb);
+/* Backward of slot mb; gradients ACCUMULATE into the flat gradient buffer.
+ *   dout (B,T,C) device: gradient of this stage's output (stages without the head), else NULL.
+ *   loss_weight: the head differentiates loss_weight x (mean loss of this micro-batch); use
+ *   1/m for m micro-batches, or this replica's share when replicas run unequal counts.
+ * Afterwards hm_stage_dinput() is the gradient of x_in (B,T,C) (first > 0), valid until the
+ * next backward. */
+hm_status hm_stage_backward(hm_stage *s, int mb, const void *dout, float loss_weight);
+void *hm_stage_dinput(hm_stage *s);
+
+/* Runs the following forwards with sequence length T (1 <= T <= the created T), for inference on
+ * a growing sequence; buffers stay sized for the created T. */
+hm_status hm_stage_set_seq_len(hm_stage *s, int T);
+
+hm_status hm_stage_zero_grad(hm_stage *s);
+/* The flat buffers (device, n_params elements of the device dtype), e.g. for a data-parallel
+ * allreduce of grads or for broadcasting params. */
+size_t hm_stage_num_params(const hm_stage *s);
+void *hm_stage_params(hm_stage *s);
+void *hm_stage_grads(hm_stage *s);
+/* The tied embedding's gradient (V,C) inside the flat grads, or NULL when the stage holds
+ * neither layer 0 nor the head. The first and last stage sum theirs before the optimizer. */
+void *hm_stage_tied_grad(hm_stage *s, size_t *n);
+/* Sum of squares of the stage's grads (host double). The head's own copy of wte is left out,
+ * so summing over stages counts the tied embedding once. */
+hm_status hm_stage_grad_sumsq(hm_stage *s, double *out);
+/* min(1, max_norm / sqrt(total_sumsq)); 1 when max_norm <= 0. */
+float hm_grad_clip_scale(double total_sumsq, float max_norm);
+
+typedef struct hm_adamw {
+  float lr, beta1, beta2, eps, weight_decay; /* weight decay applies to 2-D tensors only */
+} hm_adamw;
+/* One AdamW step (t >= 1) on every tensor with gradients multiplied by grad_scale (clip). */
+hm_status hm_stage_adamw(hm_stage *s, const hm_adamw *opt, int t, float grad_scale);
+
+/* Named tensors of the stage (params; grads, adam_m, adam_v have the same layout). */
+int hm_stage_num_tensors(const hm_stage *s);
+const char *hm_stage_tensor_name(const hm_stage *s, int i);
+size_t hm_stage_tensor_offset(const hm_stage *s, int i); /* elements into the flat buffers */
+size_t hm_stage_tensor_numel(const hm_stage *s, int i);
+int hm_stage_find_tensor(const hm_stage *s, const char *name); /* index or -1 */
+
+/* ---------------------------------------------------------------------------------------------
+ * Checkpoints (format: docs/model.md). One file holds the tensors of one stage. */
+
+#define HM_CKPT_MAGIC "HMCKPT01"
+#define HM_CKPT_END_MAGIC "HMCKEND1"
+#define HM_CKPT_VERSION 1u
+#define HM_CKPT_NAME_MAX 48
+
+typedef struct hm_ckpt_meta {
+  hm_model_config config;
+  int layer_first, layer_last; /* the stage's layers [first,last) */
+  uint64_t step;               /* optimizer steps taken */
+  uint64_t data_seed;
+  uint64_t data_position;      /* hm_dataloader.position after `step` steps */
+  uint64_t rng_state;          /* trainer RNG (sampling, init) */
+  /* AdamW settings the run used, so a resume continues with the same ones. */
+  float lr, beta1, beta2, eps, weight_decay, grad_clip;
+  int batch, seq_len;
+} hm_ckpt_meta;
+
+typedef struct hm_ckpt_tensor {
+  char name[HM_CKPT_NAME_MAX]; /* e.g. "param/h3.attn.qkv.w", "adam_m/wte" */
+  uint64_t numel;              /* float32 elements */
+  float *data;                 /* host memory */
+} hm_ckpt_tensor;
+
+/* Saves params and AdamW moments of a stage ("param/<name>", "adam_m/<name>", "adam_v/<name>",
+ * float32) with meta (layer range and config filled in from the stage). */
+hm_status hm_stage_save(hm_stage *s, const char *path, const hm_ckpt_meta *meta);
+/* Loads a checkpoint written by hm_stage_save for the same config and layer range (else
+ * HM_ERR_INVALID_ARG naming the difference); fills meta. */
+hm_status hm_stage_load(hm_stage *s, const char *path, hm_ckpt_meta *meta);
+
+/* Writes meta and tensors to path atomically: path.tmp, fsync, rename, fsync of the folder. */
+hm_status hm_ckpt_write(const char *path, const hm_ckpt_meta *meta, const hm_ckpt_tensor *tensors,
+                        int n_tensors);
+
+/* A read checkpoint: meta and tensors (names, sizes, data in one host allocation). */
+typedef struct hm_ckpt {
+  hm_ckpt_meta meta;
+  int n_tensors;
+  hm_ckpt_tensor *tensors;
+  void *blob_;
+} hm_ckpt;
+
+/* Reads and verifies everything (header, table, every checksum, trailer). Truncated or corrupt
+ * -> HM_ERR_CORRUPT naming the path and what is wrong. */
+hm_status hm_ckpt_read(const char *path, hm_ckpt *out);
+hm_status hm_ckpt_parse(const void *buf, size_t len, const char *what, hm_ckpt *out);
+void hm_ckpt_free(hm_ckpt *ck);
+/* The tensor named `name`, or NULL. */
+const hm_ckpt_tensor *hm_ckpt_find(const hm_ckpt *ck, const char *name);
+
+/* ---------------------------------------------------------------------------------------------
+ * Single-process training: one device, one stage holding every layer. The pipeline runtime
+ * drives stages itself; this loop is the reference it is checked against. */
+
+typedef struct hm_train_progress {
+  int step, steps;       /* step just finished (1-based) of the run's total */
+  float loss;            /* mean training loss of this step */
+  float lr, grad_norm;
+  double tokens_per_s;   /* training throughput since start (or resume), evaluation excluded */
+  double elapsed_s, eta_s;
+  int has_val;
+  float val_loss;        /* when has_val */
+  const char *checkpoint; /* path written after this step, or NULL */
+} hm_train_progress;
+
+typedef struct hm_train_options {
+  const char *device;        /* device spec, e.g. "cpu:threads=2" */
+  hm_model_config config;
+  const char *data;          /* token file; NULL: the default corpus built under data_dir */
+  const char *data_dir;      /* default "data" */
+  double val_fraction;       /* held-out share of the token file (default 0.05) */
+  int steps;                 /* total optimizer steps of the run (the LR schedule spans them) */
+  int stop_after;            /* stop once this step is reached (0: run to `steps`) */
+  int batch, seq_len;        /* B and T (0: config T) */
+  int grad_accum;            /* micro-batches per step (default 1) */
+  float lr, min_lr_frac;     /* peak LR; cosine decay to lr*min_lr_frac at `steps` */
+  int warmup;                /* linear warm-up steps */
+  float beta1, beta2, eps, weight_decay, grad_clip;
+  uint64_t seed;             /* initialization and batch order */
+  int eval_every, eval_batches; /* validation loss every N steps over M batches (0: never) */
+  int ckpt_every;            /* checkpoint every N steps (0: only at the end) */
+  const char *out_dir;       /* checkpoints and metrics.jsonl; NULL: nothing written */
+  const char *resume;        /* checkpoint file or an out_dir with a `latest` file; NULL: fresh */
+  void (*on_progress)(const hm_train_progress *p, void *user);
+  void *user;
+} hm_train_options;
+
+/* Defaults: batch 8, lr 1e-3, min_lr_frac 0.1, warmup 100 (at most steps/10), betas
+ * (0.9, 0.95), eps 1e-8, weight decay 0.1, clip 1.0, val_fraction 0.05, grad_accum 1,
+ * eval_every 0, eval_batches 8, data_dir "data". */
+void hm_train_defaults(hm_train_options *o);
+
+typedef struct hm_train_result {
+  int steps_done;
+  float last_loss, last_val_loss; /* last_val_loss < 0 when never evaluated */
+  double tokens_per_s;
+  char last_checkpoint[4096];
+  hm_stage_memory memory;
+} hm_train_result;
+
+/* Trains; resuming from a checkpoint continues bitwise as if never stopped (same options).
+ * Writes <out_dir>/ckpt-<step>.hmc, <out_dir>/latest (the newest checkpoint's file name, replaced
+ * atomically) and <out_dir>/metrics.jsonl (docs/model.md). */
+hm_status hm_train_run(const hm_train_options *o, hm_train_result *result);
+
+/* Resolves a --resume argument: a checkpoint file, or a folder whose `latest` names one. */
+hm_status hm_resolve_checkpoint(const char *arg, char *path, size_t cap);
+
+/* Generates n_new tokens after prompt (bytes) with the model of a checkpoint (all layers).
+ * temperature 0 means greedy; top_k 0 means no cut. out receives prompt + new bytes and a NUL
+ * (cap >= prompt_len + n_new + 1). */
+hm_status hm_sample_text(const char *device, const char *checkpoint, const char *prompt, int n_new,
+                         float temperature, int top_k, uint64_t seed, char *out, size_t cap);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

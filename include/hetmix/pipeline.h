@@ -1,0 +1,62 @@
+/* hetmix pipeline runtime: one worker's part of pipeline + data-parallel training.
+ *
+ * The job: R replicas of a p-stage pipeline of the model; stage s holds layers
+ * [stage_layers[s], stage_layers[s+1]) in every replica; replica r runs micro[r] micro-batches
+ * of `batch` sequences per step. World rank = r * p + s. Each worker runs its stage's op list
+ * from the planner's 1F1B generator (hm_schedule_1f1b, include/hetmix/plan.h): activations and
+ * their gradients go between neighbouring stages with hmcomm's nonblocking send and a receive,
+ * gradients are summed across replicas per bucket of layers, the tied embedding's gradient is
+ * summed between first and last stage, the global gradient norm is one scalar allreduce, then
+ * AdamW. Every micro-batch's loss is weighted 1/M (M = sum of micro[r]), so replicas with unequal
+ * counts give the update of one process running all M micro-batches: data micro-batch j of step
+ * t is the one the single-process trainer (hm_train_run) draws as its (t*M + j)-th, replica r
+ * taking j in [sum micro[<r], sum micro[<=r]).
+ *
+ * Not here: launching (include/hetmix/runtime.h), planning (plan.h), the layers (model.h). */
+#ifndef HETMIX_PIPELINE_H
+#define HETMIX_PIPELINE_H
+
+#include "hetmix/comm.h"
+#include "hetmix/model.h"
+#include "hetmix/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define HM_PIPE_MAX_STAGES 64
+#define HM_PIPE_MAX_REPLICAS 64
+
+typedef struct hm_pipeline_options {
+  const hm_train_options *train; /* model, data, steps, batch, optimizer, seed, out_dir;
+                                    train->device is this worker's device, grad_accum ignored */
+  int nstages;                   /* p >= 1 */
+  int stage_layers[HM_PIPE_MAX_STAGES + 1]; /* bounds over the model's L+2 layers */
+  int nreplicas;                 /* R >= 1 */
+  int micro[HM_PIPE_MAX_REPLICAS]; /* micro-batches per replica per step, each >= 1 */
+  int layers_per_bucket;         /* data-parallel allreduce bucket [1] */
+  const char *trace_path;        /* measured Chrome/Perfetto trace (rank 0 writes), or NULL */
+  int trace_steps;               /* how many final steps the trace covers [1] */
+  const char *metrics_path;      /* JSON lines, one per step, or NULL (train->out_dir/metrics.jsonl) */
+  const char *dump_dir;          /* replica 0's stages write stage<s>.hmc checkpoints here, or NULL */
+} hm_pipeline_options;
+
+typedef struct hm_pipeline_result {
+  int steps_done;
+  float last_loss;          /* mean loss of the last step over all M micro-batches */
+  double step_time_s;       /* mean over the measured steps (after the first), slowest rank */
+  double tokens_per_s;      /* M * batch * T / step_time_s */
+  double stage_busy_s[HM_PIPE_MAX_STAGES]; /* mean compute time per step of each stage (replica 0) */
+} hm_pipeline_result;
+
+/* Runs the whole training on this worker. world: every worker of the job (size R*p). Collective:
+ * every worker calls it with the same options except train->device. res may be NULL. */
+hm_status hm_pipeline_run(const hm_pipeline_options *opts, hm_comm_t world, hm_pipeline_result *res);
+
+/* Checks a pipeline layout against the model and world size; the message names what is wrong. */
+hm_status hm_pipeline_check(const hm_pipeline_options *opts, int world_size);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

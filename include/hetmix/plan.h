@@ -1,0 +1,319 @@
+/* hetmix planner core: the per-stage op lists of a 1F1B pipeline step ("one schedule, two
+ * consumers": the simulator times these lists, the pipeline runtime executes them), the
+ * event-driven simulator over abstract stage costs, and the exact layer-split dynamic program.
+ *
+ * Nothing here knows about cluster or model specs: callers give seconds, bytes and links.
+ * The spec-aware part (cost of a step, search, plan.json) follows in the second half. */
+#ifndef HETMIX_PLAN_H
+#define HETMIX_PLAN_H
+
+#include <stdio.h>
+
+#include "hetmix/cost.h"
+#include "hetmix/spec.h"
+#include "hetmix/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------------------------------------
+ * Schedule: each stage's ordered op list for one training step of one pipeline replica. */
+
+typedef enum hm_op_kind {
+  HM_OP_FWD = 0,       /* forward of micro-batch `micro` through the stage's layers */
+  HM_OP_BWD,           /* backward of micro-batch `micro` (frees its saved activations) */
+  HM_OP_SEND_ACT,      /* send micro's output activations to stage `peer` (= s+1), non-blocking */
+  HM_OP_RECV_ACT,      /* wait for micro's input activations from stage `peer` (= s-1) */
+  HM_OP_SEND_GRAD,     /* send micro's input gradient to stage `peer` (= s-1), non-blocking */
+  HM_OP_RECV_GRAD,     /* wait for micro's output gradient from stage `peer` (= s+1) */
+  HM_OP_ALLREDUCE,     /* data-parallel allreduce of the gradients of layers [layer_begin,layer_end) */
+  HM_OP_TIED_EMB_SYNC, /* sum the tied embedding's gradient between first and last stage (`peer`) */
+  HM_OP_GRAD_NORM,     /* global gradient norm (one scalar allreduce over every rank) */
+  HM_OP_OPTIMIZER,     /* optimizer step on the stage's parameters */
+  HM_OP_KIND_COUNT
+} hm_op_kind;
+
+typedef struct hm_op {
+  hm_op_kind kind;
+  int micro;       /* micro-batch index for FWD/BWD/SEND_ and RECV_; -1 otherwise */
+  int peer;        /* peer stage for SEND_, RECV_ and TIED_EMB_SYNC; -1 otherwise */
+  int layer_begin; /* layers the op covers: the stage's range, or an ALLREDUCE bucket's */
+  int layer_end;
+} hm_op;
+
+typedef struct hm_stage_ops {
+  int nops;
+  hm_op *ops;
+} hm_stage_ops;
+
+typedef struct hm_schedule {
+  int nstages, nmicro;
+  hm_stage_ops *stages; /* (nstages) */
+} hm_schedule;
+
+typedef struct hm_schedule_config {
+  int nstages;             /* p >= 1 */
+  int nmicro;              /* m >= 1 micro-batches of this replica */
+  const int *stage_layers; /* (p+1) bounds: stage s holds layers [b[s], b[s+1]); b[0] = 0 */
+  int data_parallel;       /* 1: emit ALLREDUCE buckets (more than one replica holds each layer) */
+  int layers_per_bucket;   /* >= 1; buckets go from the last layer of the stage backwards */
+  int tied_embeddings;     /* 1: the first and last layer share weights (TIED_EMB_SYNC when p > 1) */
+} hm_schedule_config;
+
+/* 1F1B (PipeDream-flush): stage s runs min(p-1-s, m) warm-up forwards, then alternates one
+ * forward and one backward, then drains the remaining backwards; then gradient buckets, tied
+ * embedding sync, gradient norm and optimizer. */
+hm_status hm_schedule_1f1b(const hm_schedule_config *cfg, hm_schedule *out);
+void hm_schedule_free(hm_schedule *s);
+const char *hm_op_kind_name(hm_op_kind k);
+/* Largest number of micro-batches whose activations the stage holds at once (FWD done, BWD not). */
+int hm_schedule_max_inflight(const hm_schedule *s, int stage);
+
+/* ---------------------------------------------------------------------------------------------
+ * Simulator: times the op lists of one or more replica classes (a class = identical replicas with
+ * the same stages, split and micro-batch count; heterogeneous data parallelism = several classes).
+ * Compute ops are serial per stage ("compute" track); sends occupy the sender's link to its peer
+ * ("comm" track) and a RECV completes when the matching transfer has arrived. */
+
+/* Gradient allreduce among the replicas that hold a layer: a ring/tree over `link` when
+ * ngroups <= 1, else hierarchical: reduce-scatter inside each of ngroups groups over `link`,
+ * allreduce of the shards across groups over `outer`, allgather inside. */
+typedef struct hm_sync_model {
+  int nranks;    /* replicas taking part (all classes together) */
+  hm_link link;  /* link between replicas (inter-host NIC, or intra-host when all on one host) */
+  int ngroups;   /* pools the replicas span (hierarchical when > 1) */
+  hm_link outer; /* link between pools */
+} hm_sync_model;
+
+/* Seconds to allreduce `bytes` under the sync model, with hm_cost_best_algo at each level. */
+double hm_sync_allreduce_time(const hm_sync_model *m, double bytes);
+
+typedef struct hm_sim_stage {
+  int layer_begin, layer_end; /* layers of this stage */
+  int tp;                     /* tensor-parallel degree (gradient shard = layer bytes / tp) */
+  double fwd, bwd;            /* seconds for one micro-batch (recompute included in bwd) */
+  double act_bytes;           /* bytes of one micro-batch's output sent to stage s+1 per device */
+  hm_link link_next;          /* link to stage s+1 (unused on the last stage) */
+  double optimizer;           /* seconds of the optimizer step */
+  double mem_static;          /* bytes per device: weights + gradients + optimizer state */
+  double mem_act;             /* bytes per device per micro-batch held between FWD and BWD */
+  double mem_capacity;        /* bytes per device available */
+} hm_sim_stage;
+
+typedef struct hm_sim_class {
+  int nreplicas; /* identical replicas of this class */
+  int nstages;
+  int nmicro;
+  hm_sim_stage *stages; /* (nstages) */
+} hm_sim_class;
+
+typedef struct hm_sim_input {
+  int nclasses;
+  const hm_sim_class *classes;
+  int nlayers;
+  const double *layer_grad_bytes; /* (nlayers) gradient bytes of each whole layer */
+  hm_sync_model sync;             /* nranks = sum of nreplicas (set by the caller) */
+  int layers_per_bucket;
+  int tied_embeddings;            /* layer 0 and layer nlayers-1 share weights */
+  hm_link tied_link;              /* link between a replica's first and last stage */
+  double grad_norm_time;          /* seconds of the scalar allreduce */
+} hm_sim_input;
+
+typedef struct hm_sim_stage_result {
+  double busy;       /* seconds of compute ops (FWD, BWD, OPTIMIZER) */
+  double comm;       /* seconds the stage's comm track was busy (sends, allreduce, syncs) */
+  double idle;       /* step_time - busy */
+  double end;        /* when the stage's last op ended */
+  int max_inflight;  /* micro-batches held at once, from the op list */
+  double mem_peak;   /* mem_static + max_inflight * mem_act */
+} hm_sim_stage_result;
+
+typedef struct hm_sim_result {
+  double step_time;
+  double bubble_fraction;     /* 1 - sum busy / (stages * step_time), over all classes' stages */
+  double mem_peak_max;        /* bytes, the largest over every stage of every class */
+  int over_memory;            /* 1 if some stage's peak exceeds its capacity */
+  int nclasses;
+  int *nstages;               /* (nclasses) */
+  hm_sim_stage_result **stages; /* [class][stage] */
+} hm_sim_result;
+
+/* A timed event for the trace (Chrome/Perfetto "X" events). */
+typedef struct hm_sim_event {
+  int cls, stage, track; /* track 0 = compute, 1 = comm */
+  hm_op_kind kind;
+  int micro;
+  double start, dur;
+} hm_sim_event;
+
+typedef struct hm_sim_trace {
+  int nevents, cap;
+  hm_sim_event *events;
+} hm_sim_trace;
+
+/* Simulates one step. trace may be NULL. On HM_OK, result must be freed with hm_sim_result_free. */
+hm_status hm_simulate(const hm_sim_input *in, hm_sim_result *result, hm_sim_trace *trace);
+void hm_sim_result_free(hm_sim_result *r);
+void hm_sim_trace_free(hm_sim_trace *t);
+/* Writes the trace as Chrome/Perfetto JSON {"traceEvents": [...]}: pid = class*1000 + stage
+ * (named "class c stage s"), tid 0 = compute, 1 = comm; times in microseconds. */
+hm_status hm_sim_trace_write(const hm_sim_trace *t, const char *path);
+
+/* ---------------------------------------------------------------------------------------------
+ * Layer split: assign contiguous layers to p stages (each at least one layer) minimizing the
+ * pipeline objective (m-1) * max_s T_s + sum_s T_s, where T_s is the time of stage s's layers on
+ * stage s's devices plus the send of its last layer's output, subject to memory per stage. */
+
+typedef struct hm_split_problem {
+  int nlayers;              /* n >= p */
+  int nstages;              /* p >= 1 */
+  int nmicro;               /* m >= 1 */
+  const double *time;       /* (p, n) seconds of layer l (fwd+bwd, one micro-batch) on stage s */
+  const double *boundary;   /* (p, n) or NULL: seconds added to stage s < p-1 whose last layer is l */
+  const double *mem_static; /* (p, n) or NULL: bytes per device of layer l on stage s */
+  const double *mem_act;    /* (p, n) or NULL: bytes per device per micro-batch in flight */
+  const double *mem_cap;    /* (p) or NULL: bytes per device of stage s */
+  const int *inflight;      /* (p) or NULL: micro-batches stage s holds (1F1B: min(m, p-s)) */
+} hm_split_problem;
+
+/* Objective of a given split (bounds: p+1 entries); INFINITY if a stage is empty or over memory. */
+double hm_split_objective(const hm_split_problem *pb, const int *bounds);
+/* Exact: enumerates the bottleneck value, each with a min-sum dynamic program under that cap.
+ * Returns HM_ERR_NO_FIT when no split fits in memory. bounds: p+1 entries. */
+hm_status hm_split_dp(const hm_split_problem *pb, int *bounds, double *objective);
+/* Tries every split (for tests; C(n-1, p-1) of them). */
+hm_status hm_split_exhaustive(const hm_split_problem *pb, int *bounds, double *objective);
+
+
+/* ---------------------------------------------------------------------------------------------
+ * Plans: which devices serve which stages and layers, for a cluster, model and training spec.
+ * A plan is a set of replica classes; each class is `nreplicas` identical pipelines (stages of
+ * one device type and tensor-parallel degree each, in order) that each run `nmicro`
+ * micro-batches per step. Several classes = heterogeneous data parallelism. */
+
+#define HM_PLAN_MAX_STAGES 64
+#define HM_PLAN_MAX_CLASSES 8
+#define HM_PLAN_MAX_TYPES 16
+
+typedef struct hm_plan_stage {
+  int type;                   /* device type index in the cluster */
+  int tp;                     /* tensor-parallel degree (devices of one host) */
+  int layer_begin, layer_end; /* model layers [begin, end) */
+  /* predictions (hm_plan_predict) */
+  double fwd, bwd;            /* seconds per micro-batch */
+  double mem_static;          /* bytes per device: weights, gradients, master, optimizer state */
+  double mem_act;             /* bytes per device per micro-batch in flight */
+  double mem_peak;            /* bytes per device at the schedule's peak */
+  double mem_capacity;        /* bytes per device usable (memory_bytes * memory_fraction) */
+  int max_inflight;
+  double busy, idle;          /* seconds of compute (FWD, BWD, optimizer) and the rest of the step */
+} hm_plan_stage;
+
+typedef struct hm_plan_class {
+  int nreplicas;
+  int nmicro; /* micro-batches per replica per step */
+  int nstages;
+  hm_plan_stage stages[HM_PLAN_MAX_STAGES];
+} hm_plan_class;
+
+typedef struct hm_plan {
+  int64_t micro_batch;  /* samples per micro-batch */
+  int64_t global_batch; /* samples per step = micro_batch * sum(nreplicas * nmicro) */
+  int nclasses;
+  hm_plan_class classes[HM_PLAN_MAX_CLASSES];
+  /* predictions (hm_plan_predict) */
+  double step_time;       /* seconds */
+  double tokens_per_s;
+  double bubble_fraction;
+  double mem_peak_max;    /* bytes, largest over devices */
+  int over_memory;        /* 1 if some device exceeds its usable memory */
+  int64_t devices_used;
+  int64_t devices_by_type[HM_PLAN_MAX_TYPES];
+  double mfu;                           /* over all devices used (DESIGN.md) */
+  double mfu_by_type[HM_PLAN_MAX_TYPES]; /* tokens/s share of the type's replicas, see docs */
+  double upper_bound_tokens_per_s;      /* 0 when not computed */
+  double utilization;                   /* tokens_per_s / upper bound */
+} hm_plan;
+
+typedef struct hm_plan_inputs {
+  const hm_cluster *cluster;
+  const hm_model *model;
+  const hm_train *train;
+  const hm_profile *profile; /* NULL: analytic estimates only (resolved against the cluster) */
+} hm_plan_inputs;
+
+/* Fills every prediction of a plan whose classes, stages and layer ranges are set, by running the
+ * simulator on the op lists; trace (optional) receives the predicted timeline. */
+hm_status hm_plan_predict(const hm_plan_inputs *in, hm_plan *plan, hm_sim_trace *trace);
+
+/* The op lists one replica of class `cls` executes: the schedule hm_plan_predict simulates
+ * (same stages, micro-batches, gradient buckets of one layer, tied-embedding sync when the model
+ * ties its embedding). The pipeline runtime runs this. Free with hm_schedule_free. */
+hm_status hm_plan_schedule(const hm_plan_inputs *in, const hm_plan *plan, int cls,
+                           hm_schedule *out);
+
+/* Checks a plan against a cluster and model: device types exist, every stage's tp fits a host
+ * and divides the layers' tp_divides, layers are covered in order, devices suffice, batch adds up.
+ * HM_ERR_SPEC with the plan's field path otherwise. */
+hm_status hm_plan_validate(const hm_plan_inputs *in, const hm_plan *plan);
+
+typedef struct hm_search_options {
+  int top_k;          /* plans to return (default 5) */
+  int max_stages;     /* pipeline depth limit (default and maximum HM_PLAN_MAX_STAGES) */
+  int only_type;      /* -1: every type; k: plans that use device type k alone */
+  int upper_bound;    /* 1: also plan each type alone, fill the bound and utilization */
+} hm_search_options;
+
+void hm_search_options_default(hm_search_options *o);
+
+typedef struct hm_search_result {
+  int nplans;
+  hm_plan *plans;                                  /* best first (shortest simulated step) */
+  double type_best_tokens_per_s[HM_PLAN_MAX_TYPES]; /* each type alone; 0 if it cannot fit */
+  double upper_bound_tokens_per_s;                 /* sum of the above */
+  int best_single_type;                            /* type of the best single-type plan, -1 */
+  hm_plan best_single;                             /* that plan (valid when best_single_type >= 0) */
+  int64_t candidates;                              /* layer splits evaluated */
+  double seconds;                                  /* wall time of the search */
+} hm_search_result;
+
+/* Searches tensor-parallel degree per type, pipeline depth and stage types in order, the exact
+ * layer split, data-parallel degree, heterogeneous data parallelism (unequal micro-batch counts)
+ * and micro-batch size, under memory limits. HM_ERR_NO_FIT with the reason when nothing fits.
+ * Deterministic: same inputs give the same plans. */
+hm_status hm_plan_search(const hm_plan_inputs *in, const hm_search_options *opt,
+                         hm_search_result *out);
+void hm_search_result_free(hm_search_result *r);
+
+/* plan.json (docs/plan.md): the plan, its predictions, every rank's role, and the cluster, model
+ * and training specs it was made for. */
+struct cJSON *hm_plan_to_cjson(const hm_plan_inputs *in, const hm_plan *plan);
+hm_status hm_plan_write(const hm_plan_inputs *in, const hm_plan *plan, const char *path);
+/* Reads a plan file. Its embedded specs are returned in *cluster, *model, *train (caller frees
+ * with the spec free functions; each pointer may be NULL to skip). The plan is validated against
+ * those specs, or against `against` when non-NULL (a runtime refusing a plan for another
+ * cluster or model); the ranks list must match the plan's layout exactly. */
+hm_status hm_plan_load(const char *path, const hm_plan_inputs *against, hm_plan *plan,
+                       hm_cluster *cluster, hm_model *model, hm_train *train);
+/* Same, from text in memory (`origin` names it in messages; may be NULL). */
+hm_status hm_plan_parse(const char *json, size_t len, const char *origin,
+                        const hm_plan_inputs *against, hm_plan *plan, hm_cluster *cluster,
+                        hm_model *model, hm_train *train);
+hm_status hm_plan_from_cjson(const struct cJSON *j, const hm_plan_inputs *against, hm_plan *plan,
+                             hm_cluster *cluster, hm_model *model, hm_train *train);
+
+/* One rank's role in a plan, in the order plan.json lists ranks (class, replica, stage,
+ * tensor-parallel rank). Devices are taken host by host per type (docs/plan.md). */
+typedef struct hm_plan_rank {
+  int64_t rank;       /* global device rank in the cluster (hm_cluster_locate) */
+  int cls, replica, stage, tp_rank;
+} hm_plan_rank;
+/* Lists the roles of every device the plan uses; *ranks is allocated (free()). */
+hm_status hm_plan_assign_ranks(const hm_plan_inputs *in, const hm_plan *plan,
+                               hm_plan_rank **ranks, int64_t *nranks);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

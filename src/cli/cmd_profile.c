@@ -1,0 +1,221 @@
+/* `hetmix profile`: measure per-layer forward/backward time and memory of the local device types
+ * of a cluster spec, and the link between local workers, and write the profile the planner reads
+ * (`hetmix plan --profile`). Parsing and printing only; measuring is src/runtime/profile*.c. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "hetmix/profile.h"
+#include "hetmix/spec.h"
+#include "util/util.h"
+
+static void profile_usage(FILE *f) {
+  fprintf(f,
+          "usage: hetmix profile --cluster C --model M [--train T] [-o profile.json]\n"
+          "                      [--micro-batches 1,2,4] [--reps N] [--warmup N] [--budget S]\n"
+          "                      [--types a,b] [--concurrent] [--copies K]\n"
+          "                      [--no-links] [--link-transport shm|tcp]\n"
+          "\n"
+          "Measures, on this machine, each layer kind of the model (embedding, block, head) on each\n"
+          "device type of the cluster that has a \"backend\" string: forward and backward seconds per\n"
+          "micro-batch (median of N timed rounds after the warm-up) and the device memory of a\n"
+          "one-layer stage; and the link between two local worker processes (hmcomm send/recv\n"
+          "ping-pong over shared memory and TCP, fitted to latency + bytes / bandwidth). Writes the\n"
+          "profile for `hetmix plan --profile` (format: docs/spec.md; method: docs/profile.md).\n"
+          "\n"
+          "options:\n"
+          "  --cluster C            cluster spec (JSON)\n"
+          "  --model M              model spec (JSON) with a gpt2 \"config\"\n"
+          "  --train T              training spec: its micro_batch_sizes are measured\n"
+          "  -o, --output FILE      where to write the profile [profile.json]\n"
+          "  --micro-batches LIST   micro-batch sizes, e.g. 1,2,4 [the training spec's, else 1,2,4]\n"
+          "  --reps N               timed rounds per measurement, median kept [5]\n"
+          "  --warmup N             untimed rounds first [1]\n"
+          "  --budget S             stop timing a layer kind and size after S seconds of timed rounds\n"
+          "                         (at least one round) [2]; 0: always all --reps\n"
+          "  --types a,b            only these device types [every type with a backend]\n"
+          "  --concurrent           time every selected type at the same time, one process each\n"
+          "                         (the figures then include what the others take from the host,\n"
+          "                         as when the workers of a heterogeneous plan run together)\n"
+          "  --copies K             K processes per type timed at once (as K workers of that type)\n"
+          "                         [1]; the median over the copies is written\n"
+          "  --no-links             do not probe links (the cluster spec's figures stay)\n"
+          "  --link-transport T     which probe the intra-host link entries record: shm or tcp [shm]\n"
+          "  -h, --help             this text\n");
+}
+
+static void print_line(const char *line, void *user) {
+  (void)user;
+  printf("%s\n", line);
+  fflush(stdout);
+}
+
+/* "1,2,4" -> values; returns the count or -1. */
+static int parse_list(const char *s, int64_t *out, int cap) {
+  int n = 0;
+  const char *p = s;
+  while (*p) {
+    char *end;
+    long long v = strtoll(p, &end, 10);
+    if (end == p || v < 1 || v > 65536 || n == cap) return -1;
+    out[n++] = v;
+    if (*end == ',') end++;
+    else if (*end) return -1;
+    p = end;
+  }
+  return n;
+}
+
+int hm_cmd_profile(int argc, char **argv) {
+  const char *cluster_path = NULL, *model_path = NULL, *train_path = NULL, *out_path = "profile.json";
+  char types_buf[1024] = "";
+  hm_profile_options o;
+  hm_profile_options_default(&o);
+  o.progress = print_line;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+      profile_usage(stdout);
+      return 0;
+    }
+    if (!strcmp(a, "--no-links")) {
+      o.links = 0;
+      continue;
+    }
+    if (!strcmp(a, "--concurrent")) {
+      o.concurrent = 1;
+      continue;
+    }
+    if (i + 1 >= argc)
+      return a[0] == '-' ? hm_cli_fail("run `hetmix profile --help`", "%s needs a value", a)
+                         : hm_cli_fail("run `hetmix profile --help`", "unexpected argument '%s'", a);
+    const char *v = argv[++i];
+    if (!strcmp(a, "--cluster")) cluster_path = v;
+    else if (!strcmp(a, "--model")) model_path = v;
+    else if (!strcmp(a, "--train")) train_path = v;
+    else if (!strcmp(a, "-o") || !strcmp(a, "--output")) out_path = v;
+    else if (!strcmp(a, "--micro-batches")) {
+      o.n_micro_batches = parse_list(v, o.micro_batches, HM_PROFILE_MAX_MBS);
+      if (o.n_micro_batches < 1)
+        return hm_cli_fail("for example: --micro-batches 1,2,4", "--micro-batches: expected sizes in 1..65536 separated by commas, got '%s'", v);
+    } else if (!strcmp(a, "--reps") || !strcmp(a, "--warmup")) {
+      char *end;
+      long n = strtol(v, &end, 10);
+      int lo = !strcmp(a, "--reps") ? 1 : 0;
+      if (!v[0] || *end || n < lo || n > 1000)
+        return hm_cli_fail(NULL, "%s: expected a whole number in %d..1000, got '%s'", a, lo, v);
+      if (lo) o.reps = (int)n;
+      else o.warmup = (int)n;
+    } else if (!strcmp(a, "--copies")) {
+      char *end;
+      long n = strtol(v, &end, 10);
+      if (!v[0] || *end || n < 1 || n > 16) return hm_cli_fail(NULL, "--copies: expected 1..16, got '%s'", v);
+      o.copies = (int)n;
+    } else if (!strcmp(a, "--budget")) {
+      char *end;
+      double d = strtod(v, &end);
+      if (!v[0] || *end || !(d >= 0) || d > 86400)
+        return hm_cli_fail(NULL, "--budget: expected seconds in 0..86400, got '%s'", v);
+      o.budget_s = d;
+    } else if (!strcmp(a, "--types")) {
+      if (hm_strcpy(types_buf, sizeof types_buf, v) != 0) return hm_cli_fail(NULL, "--types: list too long");
+      o.ntypes = 0;
+      for (char *save = NULL, *tok = strtok_r(types_buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (o.ntypes == 16) return hm_cli_fail(NULL, "--types: at most 16 names");
+        o.types[o.ntypes++] = tok;
+      }
+      if (o.ntypes == 0) return hm_cli_fail("for example: --types cpu,ref", "--types: no type names in '%s'", v);
+    } else if (!strcmp(a, "--link-transport")) {
+      if (strcmp(v, "shm") && strcmp(v, "tcp"))
+        return hm_cli_fail(NULL, "--link-transport: expected shm or tcp, got '%s'", v);
+      o.link_transport = v;
+    } else {
+      return hm_cli_fail("run `hetmix profile --help`", "unknown option '%s'", a);
+    }
+  }
+  if (!cluster_path || !model_path)
+    return hm_cli_fail("for example: hetmix profile --cluster examples/local-2backend.json --model examples/gpt-mini.json",
+                       "profile needs --cluster and --model");
+
+  hm_cluster c;
+  hm_model m;
+  hm_train t;
+  hm_profile p;
+  memset(&c, 0, sizeof c);
+  memset(&m, 0, sizeof m);
+  memset(&p, 0, sizeof p);
+  hm_train_default(&t);
+  int rc = 0;
+  hm_status st;
+  if ((st = hm_cluster_load(cluster_path, &c)) != HM_OK) {
+    rc = hm_cli_fail_status(st, "cluster", "fix the field named above (format: docs/spec.md)");
+    goto done;
+  }
+  if ((st = hm_model_load(model_path, &m)) != HM_OK) {
+    rc = hm_cli_fail_status(st, "model", "fix the field named above (format: docs/spec.md)");
+    goto done;
+  }
+  if (train_path) {
+    if ((st = hm_train_load(train_path, &t)) != HM_OK) {
+      rc = hm_cli_fail_status(st, "training", "fix the field named above (format: docs/spec.md)");
+      goto done;
+    }
+    if (o.n_micro_batches == 0) {
+      o.n_micro_batches = t.n_micro_batch_sizes;
+      memcpy(o.micro_batches, t.micro_batch_sizes, sizeof(int64_t) * (size_t)t.n_micro_batch_sizes);
+    }
+  }
+  o.cluster = &c;
+  o.model = &m;
+  printf("profiling model \"%s\" on cluster \"%s\" (%d timed rounds after %d warm-up%s", m.name, c.name, o.reps,
+         o.warmup, o.concurrent ? "; every type at once" : "");
+  if (o.copies > 1) printf("; %d processes per type", o.copies);
+  printf(")\n");
+  fflush(stdout);
+  hm_profile_report rep;
+  st = hm_profile_measure(&o, &p, &rep);
+  if (st != HM_OK) {
+    /* the library's message already starts with "profile: " or names the part that failed */
+    const char *msg = hm_last_error();
+    rc = hm_cli_fail(st == HM_ERR_NO_FIT ? "give smaller --micro-batches, or a device type with more memory"
+                            : st == HM_ERR_TIMEOUT || st == HM_ERR_PEER_DEAD
+                                ? "the link probe failed; rerun with --no-links to keep the cluster spec's links"
+                                : NULL,
+                     "%s%s", strncmp(msg, "profile", 7) ? "profile: " : "", msg[0] ? msg : hm_status_name(st));
+    goto done;
+  }
+  if (rep.nfits) {
+    printf("\n%-5s %12s %16s %12s   (one-way time = latency + bytes / bandwidth)\n", "link", "latency(us)",
+           "bandwidth(GB/s)", "max fit err");
+    for (int i = 0; i < rep.nfits; i++)
+      printf("%-5s %12.2f %16.3f %11.1f%%%s\n", rep.fits[i].transport, 1e6 * rep.fits[i].latency,
+             rep.fits[i].bandwidth / 1e9, 100 * rep.fits[i].max_rel_err,
+             strcmp(rep.fits[i].transport, o.link_transport) ? "" : "   <- written as intra_host");
+    printf("%12s", "bytes");
+    for (int i = 0; i < rep.nfits; i++) printf("  %9s(us)  %7s", rep.fits[i].transport, "fit");
+    printf("\n");
+    for (int k = 0; k < rep.fits[0].npoints; k++) {
+      printf("%12.0f", rep.fits[0].bytes[k]);
+      for (int i = 0; i < rep.nfits; i++) {
+        const hm_link_fit *f = &rep.fits[i];
+        printf("  %13.2f  %6.1f%%", 1e6 * f->seconds[k],
+               100 * ((f->latency + f->bytes[k] / f->bandwidth) / f->seconds[k] - 1));
+      }
+      printf("\n");
+    }
+  }
+  if ((st = hm_profile_write(&p, out_path)) != HM_OK) {
+    rc = hm_cli_fail_status(st, "writing the profile", NULL);
+    goto done;
+  }
+  printf("\nwrote %s: %d layer entries for %d device type%s, %d link entr%s, in %.1f s%s\n", out_path, p.nlayers,
+         rep.ntypes_measured, rep.ntypes_measured == 1 ? "" : "s", p.nlinks, p.nlinks == 1 ? "y" : "ies", rep.seconds,
+         rep.nskipped ? " (some sizes did not fit: see above)" : "");
+  printf("next: hetmix plan --cluster %s --model %s --profile %s\n", cluster_path, model_path, out_path);
+done:
+  hm_profile_free(&p);
+  hm_model_free(&m);
+  hm_cluster_free(&c);
+  return rc;
+}

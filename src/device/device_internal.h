@@ -1,0 +1,21 @@
+/* Internals shared by the device registry and the host backends (cpu, ref): host memory,
+ * copies and conversions that both implement the same way. Not a public header. */
+#ifndef HETMIX_DEVICE_INTERNAL_H
+#define HETMIX_DEVICE_INTERNAL_H
+
+#include "hetmix/device.h"
+
+extern const hm_device_backend hm_device_backend_cpu;
+extern const hm_device_backend hm_device_backend_ref;
+
+/* Host-memory implementations of the memory entries of hm_device_ops. */
+hm_status hm_host_alloc(hm_device *dev, void **ptr, size_t bytes);
+void hm_host_free(hm_device *dev, void *ptr);
+hm_status hm_host_copy(hm_device *dev, void *dst, const void *src, size_t bytes);
+hm_status hm_host_zero(hm_device *dev, void *ptr, size_t bytes);
+hm_status hm_host_copy_from_f32(hm_device *dev, void *dst, const float *src, size_t n);
+hm_status hm_host_copy_to_f32(hm_device *dev, float *dst, const void *src, size_t n);
+hm_status hm_host_synchronize(hm_device *dev);
+hm_status hm_host_mem_info(hm_device *dev, size_t *total, size_t *free_bytes);
+
+#endif

@@ -1,0 +1,234 @@
+/* Checkpoint files (format: docs/model.md): a header with the run's state, a tensor table with
+ * per-tensor XXH3-64 checksums, 64-byte aligned float32 payloads, and a trailer that marks the
+ * file complete. Written atomically. Not the model: callers pass named host tensors. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "hetmix/model.h"
+#include "model/model_internal.h"
+#include "util/util.h"
+
+typedef struct {
+  char magic[8];
+  uint32_t version, header_bytes;
+  int32_t L, C, NH, V, T;
+  char name[32];
+  int32_t layer_first, layer_last, pad0;
+  uint64_t step, data_seed, data_position, rng_state;
+  float lr, beta1, beta2, eps, weight_decay, grad_clip;
+  int32_t batch, seq_len;
+  uint32_t n_tensors, pad;
+  uint8_t reserved[96];
+  uint64_t header_hash; /* XXH3 of the bytes before it */
+} hm_ckpt_header;
+_Static_assert(sizeof(hm_ckpt_header) == 256, "checkpoint header is 256 bytes");
+_Static_assert(offsetof(hm_ckpt_header, step) == 80 && offsetof(hm_ckpt_header, n_tensors) == 144 &&
+                   offsetof(hm_ckpt_header, header_hash) == 248,
+               "checkpoint header offsets are the documented ones");
+
+typedef struct {
+  char name[HM_CKPT_NAME_MAX];
+  uint64_t numel, offset, hash; /* offset from the start of the file; hash of the payload */
+} hm_ckpt_entry;
+_Static_assert(sizeof(hm_ckpt_entry) == 72, "checkpoint table entry is 72 bytes");
+
+typedef struct {
+  char magic[8];
+  uint64_t file_bytes, table_hash;
+  uint64_t trailer_hash; /* XXH3 of the bytes before it */
+} hm_ckpt_trailer;
+_Static_assert(sizeof(hm_ckpt_trailer) == 32, "checkpoint trailer is 32 bytes");
+
+#define HM_CKPT_ALIGN 64u
+#define HM_CKPT_MAX_TENSORS 100000u
+
+static uint64_t hm_align_up(uint64_t x) { return (x + HM_CKPT_ALIGN - 1) & ~(uint64_t)(HM_CKPT_ALIGN - 1); }
+
+hm_status hm_ckpt_write(const char *path, const hm_ckpt_meta *m, const hm_ckpt_tensor *tensors, int n) {
+  if (n < 0 || (unsigned)n > HM_CKPT_MAX_TENSORS) return hm_error(HM_ERR_INVALID_ARG, "checkpoint: %d tensors", n);
+  hm_ckpt_header h;
+  memset(&h, 0, sizeof h);
+  memcpy(h.magic, HM_CKPT_MAGIC, 8);
+  h.version = HM_CKPT_VERSION;
+  h.header_bytes = sizeof h;
+  h.L = m->config.L, h.C = m->config.C, h.NH = m->config.NH, h.V = m->config.V, h.T = m->config.T;
+  hm_strcpy(h.name, sizeof h.name, m->config.name);
+  h.layer_first = m->layer_first, h.layer_last = m->layer_last;
+  h.step = m->step, h.data_seed = m->data_seed, h.data_position = m->data_position, h.rng_state = m->rng_state;
+  h.lr = m->lr, h.beta1 = m->beta1, h.beta2 = m->beta2, h.eps = m->eps;
+  h.weight_decay = m->weight_decay, h.grad_clip = m->grad_clip;
+  h.batch = m->batch, h.seq_len = m->seq_len;
+  h.n_tensors = (uint32_t)n;
+  h.header_hash = XXH3_64bits(&h, offsetof(hm_ckpt_header, header_hash));
+
+  hm_ckpt_entry *table = hm_calloc((size_t)n + 1, sizeof *table, "checkpoint table");
+  if (!table) return HM_ERR_NOMEM;
+  uint64_t off = hm_align_up(sizeof h + (uint64_t)n * sizeof *table);
+  for (int i = 0; i < n; i++) {
+    if (hm_strcpy(table[i].name, sizeof table[i].name, tensors[i].name) != 0) {
+      free(table);
+      return hm_error(HM_ERR_INVALID_ARG, "checkpoint: tensor name '%s' is too long", tensors[i].name);
+    }
+    table[i].numel = tensors[i].numel;
+    table[i].offset = off;
+    table[i].hash = XXH3_64bits(tensors[i].data, tensors[i].numel * sizeof(float));
+    off = hm_align_up(off + tensors[i].numel * sizeof(float));
+  }
+  hm_ckpt_trailer tr;
+  memset(&tr, 0, sizeof tr);
+  memcpy(tr.magic, HM_CKPT_END_MAGIC, 8);
+  tr.file_bytes = off + sizeof tr;
+  tr.table_hash = XXH3_64bits(table, (size_t)n * sizeof *table);
+  tr.trailer_hash = XXH3_64bits(&tr, offsetof(hm_ckpt_trailer, trailer_hash));
+
+  static const uint8_t zeros[HM_CKPT_ALIGN];
+  hm_atomic_file f;
+  hm_status st = hm_atomic_open(&f, path);
+  if (st != HM_OK) {
+    free(table);
+    return st;
+  }
+  uint64_t pos = 0;
+#define HM_PUT(buf, len)                                   \
+  do {                                                     \
+    if (st == HM_OK) st = hm_atomic_write(&f, (buf), (len)); \
+    pos += (len);                                          \
+  } while (0)
+  HM_PUT(&h, sizeof h);
+  HM_PUT(table, (size_t)n * sizeof *table);
+  for (int i = 0; i < n; i++) {
+    HM_PUT(zeros, (size_t)(table[i].offset - pos));
+    HM_PUT(tensors[i].data, (size_t)(tensors[i].numel * sizeof(float)));
+  }
+  HM_PUT(zeros, (size_t)(hm_align_up(pos) - pos));
+  HM_PUT(&tr, sizeof tr);
+#undef HM_PUT
+  free(table);
+  if (st != HM_OK) {
+    hm_atomic_abort(&f);
+    return hm_error_context(st, "checkpoint %s: ", path);
+  }
+  return hm_atomic_commit(&f);
+}
+
+#define HM_CORRUPT(...) hm_error(HM_ERR_CORRUPT, __VA_ARGS__)
+
+hm_status hm_ckpt_parse(const void *buf, size_t len, const char *what, hm_ckpt *out) {
+  memset(out, 0, sizeof *out);
+  const uint8_t *b = buf;
+  hm_ckpt_header h;
+  if (len < sizeof h + sizeof(hm_ckpt_trailer))
+    return HM_CORRUPT("checkpoint %s: truncated (%zu bytes, smaller than header + trailer)", what, len);
+  memcpy(&h, b, sizeof h);
+  if (memcmp(h.magic, HM_CKPT_MAGIC, 8) != 0) return HM_CORRUPT("checkpoint %s: bad magic (not a hetmix checkpoint)", what);
+  if (h.version != HM_CKPT_VERSION)
+    return HM_CORRUPT("checkpoint %s: version %u, this build reads %u", what, h.version, HM_CKPT_VERSION);
+  if (XXH3_64bits(&h, offsetof(hm_ckpt_header, header_hash)) != h.header_hash)
+    return HM_CORRUPT("checkpoint %s: header checksum mismatch", what);
+  hm_ckpt_trailer tr;
+  memcpy(&tr, b + len - sizeof tr, sizeof tr);
+  if (memcmp(tr.magic, HM_CKPT_END_MAGIC, 8) != 0 ||
+      XXH3_64bits(&tr, offsetof(hm_ckpt_trailer, trailer_hash)) != tr.trailer_hash)
+    return HM_CORRUPT("checkpoint %s: no commit trailer (truncated or an interrupted write)", what);
+  if (tr.file_bytes != len)
+    return HM_CORRUPT("checkpoint %s: file is %zu bytes, trailer says %llu", what, len, (unsigned long long)tr.file_bytes);
+  if (h.n_tensors > HM_CKPT_MAX_TENSORS || sizeof h + (uint64_t)h.n_tensors * sizeof(hm_ckpt_entry) > len - sizeof tr)
+    return HM_CORRUPT("checkpoint %s: tensor count %u does not fit the file", what, h.n_tensors);
+  hm_model_config cfg = {"", h.L, h.C, h.NH, h.V, h.T};
+  memcpy(cfg.name, h.name, sizeof cfg.name);
+  cfg.name[sizeof cfg.name - 1] = '\0';
+  if (hm_model_config_check(&cfg) != HM_OK) return hm_error_context(HM_ERR_CORRUPT, "checkpoint %s: ", what);
+  if (h.layer_first < 0 || h.layer_last > cfg.L + 2 || h.layer_first >= h.layer_last)
+    return HM_CORRUPT("checkpoint %s: layer range [%d,%d) is invalid for L=%d", what, h.layer_first, h.layer_last, cfg.L);
+
+  const size_t n = h.n_tensors;
+  const uint8_t *table_bytes = b + sizeof h;
+  if (XXH3_64bits(table_bytes, n * sizeof(hm_ckpt_entry)) != tr.table_hash)
+    return HM_CORRUPT("checkpoint %s: tensor table checksum mismatch", what);
+  uint64_t total_floats = 0;
+  uint64_t data_end = len - sizeof tr;
+  uint64_t prev_end = sizeof h + n * sizeof(hm_ckpt_entry);
+  for (size_t i = 0; i < n; i++) {
+    hm_ckpt_entry e;
+    memcpy(&e, table_bytes + i * sizeof e, sizeof e);
+    if (memchr(e.name, '\0', sizeof e.name) == NULL) return HM_CORRUPT("checkpoint %s: tensor %zu name is not terminated", what, i);
+    if (e.offset % HM_CKPT_ALIGN != 0 || e.offset > data_end || e.numel > (data_end - e.offset) / sizeof(float))
+      return HM_CORRUPT("checkpoint %s: tensor '%s' (%llu floats at %llu) lies outside the file", what, e.name,
+                        (unsigned long long)e.numel, (unsigned long long)e.offset);
+    // the writer lays tensors out in order without overlap; requiring it bounds the total
+    // size by the file size, so a crafted table cannot ask for a huge allocation
+    if (e.offset < prev_end)
+      return HM_CORRUPT("checkpoint %s: tensor '%s' overlaps the one before it", what, e.name);
+    prev_end = e.offset + e.numel * sizeof(float);
+    if (XXH3_64bits(b + e.offset, e.numel * sizeof(float)) != e.hash)
+      return HM_CORRUPT("checkpoint %s: tensor '%s' checksum mismatch (data damaged)", what, e.name);
+    total_floats += e.numel;
+  }
+  // one allocation: tensor descriptors, then every tensor's floats (copied out of buf)
+  size_t bytes = n * sizeof(hm_ckpt_tensor) + (size_t)total_floats * sizeof(float);
+  uint8_t *blob = hm_malloc(bytes, "checkpoint tensors");
+  if (!blob) return hm_error_context(HM_ERR_NOMEM, "checkpoint %s: ", what);
+  hm_ckpt_tensor *ts = (hm_ckpt_tensor *)blob;
+  float *data = (float *)(blob + n * sizeof(hm_ckpt_tensor));
+  for (size_t i = 0; i < n; i++) {
+    hm_ckpt_entry e;
+    memcpy(&e, table_bytes + i * sizeof e, sizeof e);
+    memcpy(ts[i].name, e.name, sizeof ts[i].name);
+    ts[i].numel = e.numel;
+    ts[i].data = data;
+    if (e.numel) memcpy(data, b + e.offset, e.numel * sizeof(float));
+    data += e.numel;
+  }
+  out->meta.config = cfg;
+  out->meta.layer_first = h.layer_first, out->meta.layer_last = h.layer_last;
+  out->meta.step = h.step, out->meta.data_seed = h.data_seed;
+  out->meta.data_position = h.data_position, out->meta.rng_state = h.rng_state;
+  out->meta.lr = h.lr, out->meta.beta1 = h.beta1, out->meta.beta2 = h.beta2, out->meta.eps = h.eps;
+  out->meta.weight_decay = h.weight_decay, out->meta.grad_clip = h.grad_clip;
+  out->meta.batch = h.batch, out->meta.seq_len = h.seq_len;
+  out->n_tensors = (int)n;
+  out->tensors = ts;
+  out->blob_ = blob;
+  return HM_OK;
+}
+
+hm_status hm_ckpt_read(const char *path, hm_ckpt *out) {
+  memset(out, 0, sizeof *out);
+  FILE *f = fopen(path, "rb");
+  if (!f) return hm_error(errno == ENOENT ? HM_ERR_NOT_FOUND : HM_ERR_IO, "checkpoint %s: %s", path, strerror(errno));
+  struct stat sb;
+  if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+    fclose(f);
+    return hm_error(HM_ERR_IO, "checkpoint %s: not a regular file", path);
+  }
+  size_t len = (size_t)sb.st_size;
+  uint8_t *buf = hm_malloc(len, "checkpoint file");
+  if (!buf) {
+    fclose(f);
+    return hm_error_context(HM_ERR_NOMEM, "checkpoint %s: ", path);
+  }
+  size_t got = fread(buf, 1, len, f);
+  fclose(f);
+  hm_status st = got == len ? hm_ckpt_parse(buf, len, path, out)
+                            : hm_error(HM_ERR_IO, "checkpoint %s: read %zu of %zu bytes", path, got, len);
+  free(buf);
+  return st;
+}
+
+void hm_ckpt_free(hm_ckpt *ck) {
+  if (!ck) return;
+  free(ck->blob_);
+  memset(ck, 0, sizeof *ck);
+}
+
+const hm_ckpt_tensor *hm_ckpt_find(const hm_ckpt *ck, const char *name) {
+  for (int i = 0; i < ck->n_tensors; i++)
+    if (strcmp(ck->tensors[i].name, name) == 0) return &ck->tensors[i];
+  return NULL;
+}

@@ -1,0 +1,625 @@
+/* GPT-2 stages: a contiguous range of layers (embedding, transformer blocks, head) on one device,
+ * with forward and backward per micro-batch, gradient accumulation and AdamW. Every tensor op is
+ * a device kernel (include/hetmix/device.h), so the same code runs on every backend and dtype.
+ * Not here: scheduling, communication, checkpoint file format (checkpoint.c), the trainer. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hetmix/device.h"
+#include "hetmix/model.h"
+#include "util/util.h"
+
+// parameter tensors of one transformer block, in flat-buffer order
+enum {
+  BK_LN1W, BK_LN1B, BK_QKVW, BK_QKVB, BK_ATTPROJW, BK_ATTPROJB,
+  BK_LN2W, BK_LN2B, BK_FCW, BK_FCB, BK_FCPROJW, BK_FCPROJB, BK_COUNT
+};
+static const char *const hm_block_names[BK_COUNT] = {
+    "ln1.w", "ln1.b", "attn.qkv.w", "attn.qkv.b", "attn.proj.w", "attn.proj.b",
+    "ln2.w", "ln2.b", "mlp.fc.w", "mlp.fc.b", "mlp.proj.w", "mlp.proj.b"};
+
+typedef struct {
+  char name[HM_CKPT_NAME_MAX];
+  size_t offset, numel;
+  int decay;       // 2-D tensors get weight decay
+  double init_std; // 0: constant init_const
+  float init_const;
+} hm_stage_tensor;
+
+// saved activations of one block for one micro-batch
+typedef struct {
+  void *ln1, *ln1_mean, *ln1_rstd, *qkv, *atty, *att_saved, *res2;
+  void *ln2, *ln2_mean, *ln2_rstd, *fch, *fch_gelu, *res3;
+} hm_block_acts;
+
+typedef struct {
+  int32_t *tokens, *targets; // (B,T) on the device
+  void *in;                  // (B,T,C) copy of x_in, when first > 0
+  void *enc;                 // (B,T,C) embedding output, when the stage holds layer 0
+  hm_block_acts *blocks;     // one per block in the stage
+  void *lnf, *lnf_mean, *lnf_rstd, *logits, *losses; // head
+  int has_targets;
+} hm_mb_acts;
+
+struct hm_stage {
+  hm_model_config cfg;
+  hm_device *dev;
+  int first, last, B, T, n_mb;
+  int T_max;  // T the buffers are sized for
+  int has_embed, has_head, n_blocks, first_block; // blocks are layers first_block+1 ...
+  size_t n_params;
+  void *params, *grads, *m, *v;
+  int n_tensors;
+  hm_stage_tensor *tensors;
+  int wte, wpe, lnfw, lnfb, block0; // tensor indices (-1 when absent); block b at block0+b*BK_COUNT
+  void *acts;                        // one allocation for every micro-batch slot
+  hm_mb_acts *mb;
+  void *scratch;                     // backward scratch: A (4NC), B (4NC), D (NC), dresid (NC)
+  void *sA, *sB, *sD, *dresid;
+  hm_stage_memory mem;
+};
+
+#define HM_ALIGN_BYTES 64u
+static size_t hm_round(size_t bytes) { return (bytes + HM_ALIGN_BYTES - 1) & ~(size_t)(HM_ALIGN_BYTES - 1); }
+
+// Carves buffers out of one allocation; with base NULL it only measures.
+typedef struct {
+  char *base;
+  size_t off;
+} hm_carver;
+static void *hm_take(hm_carver *c, size_t bytes) {
+  void *p = c->base ? c->base + c->off : NULL;
+  c->off += hm_round(bytes);
+  return p;
+}
+
+static hm_status hm_check_options(const hm_model_config *cfg, const hm_stage_options *o) {
+  HM_TRY(hm_model_config_check(cfg));
+  int nl = hm_model_num_layers(cfg);
+  if (o->first < 0 || o->last > nl || o->first >= o->last)
+    return hm_error(HM_ERR_INVALID_ARG, "stage layers [%d,%d) must lie within [0,%d)", o->first, o->last, nl);
+  if (o->B < 1 || o->T < 1 || o->T > cfg->T)
+    return hm_error(HM_ERR_INVALID_ARG, "stage micro-batch B=%d T=%d: need B >= 1 and 1 <= T <= %d", o->B, o->T, cfg->T);
+  if (o->max_microbatches < 1 || o->max_microbatches > 4096)
+    return hm_error(HM_ERR_INVALID_ARG, "stage max_microbatches=%d must be in 1..4096", o->max_microbatches);
+  if ((double)o->B * o->T * (double)(cfg->V > 4 * cfg->C ? cfg->V : 4 * cfg->C) > 2147483647.0)
+    return hm_error(HM_ERR_INVALID_ARG, "stage micro-batch B*T=%lld is too large for 32-bit kernel indices",
+                    (long long)o->B * o->T);
+  return HM_OK;
+}
+
+static void hm_add_tensor(hm_stage *s, const char *name, size_t numel, int decay, double std, float c) {
+  if (s->tensors) {
+    hm_stage_tensor *t = &s->tensors[s->n_tensors];
+    hm_strcpy(t->name, sizeof t->name, name);
+    t->offset = s->n_params;
+    t->numel = numel;
+    t->decay = decay;
+    t->init_std = std;
+    t->init_const = c;
+  }
+  s->n_tensors++;
+  s->n_params += numel;
+}
+
+// Lists the stage's tensors (count only when s->tensors is NULL).
+static void hm_list_tensors(hm_stage *s) {
+  const size_t C = (size_t)s->cfg.C, V = (size_t)s->cfg.V, T = (size_t)s->cfg.T;
+  const double std = 0.02, proj_std = 0.02 / sqrt(2.0 * s->cfg.L);
+  s->n_tensors = 0;
+  s->n_params = 0;
+  s->wte = s->wpe = s->lnfw = s->lnfb = s->block0 = -1;
+  if (s->has_embed) {
+    s->wte = s->n_tensors;
+    hm_add_tensor(s, "wte", V * C, 1, std, 0);
+    s->wpe = s->n_tensors;
+    hm_add_tensor(s, "wpe", T * C, 1, std, 0);
+  }
+  if (s->n_blocks > 0) s->block0 = s->n_tensors;
+  for (int b = 0; b < s->n_blocks; b++) {
+    char name[HM_CKPT_NAME_MAX];
+    const size_t sizes[BK_COUNT] = {C, C, 3 * C * C, 3 * C, C * C, C, C, C, 4 * C * C, 4 * C, 4 * C * C, C};
+    for (int k = 0; k < BK_COUNT; k++) {
+      snprintf(name, sizeof name, "h%d.%s", s->first_block + b, hm_block_names[k]);
+      int is_w = k == BK_QKVW || k == BK_ATTPROJW || k == BK_FCW || k == BK_FCPROJW;
+      int is_ln_w = k == BK_LN1W || k == BK_LN2W;
+      double sd = !is_w ? 0.0 : (k == BK_ATTPROJW || k == BK_FCPROJW) ? proj_std : std;
+      hm_add_tensor(s, name, sizes[k], is_w, sd, is_ln_w ? 1.0f : 0.0f);
+    }
+  }
+  if (s->has_head) {
+    s->lnfw = s->n_tensors;
+    hm_add_tensor(s, "lnf.w", C, 0, 0.0, 1.0f);
+    s->lnfb = s->n_tensors;
+    hm_add_tensor(s, "lnf.b", C, 0, 0.0, 0.0f);
+    if (!s->has_embed) {
+      s->wte = s->n_tensors;  // this stage's own copy of the tied embedding
+      hm_add_tensor(s, "wte", V * C, 1, std, 0);
+    }
+  }
+}
+
+// Lays out the activations of every slot and the backward scratch (measure when base is NULL).
+static void hm_carve_acts(hm_stage *s, hm_carver *c, size_t att_saved) {
+  const size_t es = s->dev->dtype_size;
+  const size_t N = (size_t)s->B * s->T, C = (size_t)s->cfg.C, V = (size_t)s->cfg.V;
+  for (int i = 0; i < s->n_mb; i++) {
+    hm_mb_acts tmp;
+    hm_block_acts btmp;
+    hm_mb_acts *a = s->mb ? &s->mb[i] : &tmp;
+    a->tokens = s->has_embed ? hm_take(c, N * sizeof(int32_t)) : NULL;
+    a->targets = s->has_head ? hm_take(c, N * sizeof(int32_t)) : NULL;
+    a->in = s->first > 0 ? hm_take(c, N * C * es) : NULL;
+    a->enc = s->has_embed ? hm_take(c, N * C * es) : NULL;
+    for (int b = 0; b < s->n_blocks; b++) {
+      hm_block_acts *k = s->mb ? &a->blocks[b] : &btmp;
+      k->ln1 = hm_take(c, N * C * es);
+      k->ln1_mean = hm_take(c, N * es);
+      k->ln1_rstd = hm_take(c, N * es);
+      k->qkv = hm_take(c, 3 * N * C * es);
+      k->atty = hm_take(c, N * C * es);
+      k->att_saved = hm_take(c, att_saved * es);
+      k->res2 = hm_take(c, N * C * es);
+      k->ln2 = hm_take(c, N * C * es);
+      k->ln2_mean = hm_take(c, N * es);
+      k->ln2_rstd = hm_take(c, N * es);
+      k->fch = hm_take(c, 4 * N * C * es);
+      k->fch_gelu = hm_take(c, 4 * N * C * es);
+      k->res3 = hm_take(c, N * C * es);
+    }
+    if (s->has_head) {
+      a->lnf = hm_take(c, N * C * es);
+      a->lnf_mean = hm_take(c, N * es);
+      a->lnf_rstd = hm_take(c, N * es);
+      a->logits = hm_take(c, N * V * es);
+      a->losses = hm_take(c, N * es);
+    }
+  }
+}
+
+static void hm_carve_scratch(hm_stage *s, hm_carver *c) {
+  const size_t es = s->dev->dtype_size;
+  const size_t N = (size_t)s->B * s->T, C = (size_t)s->cfg.C;
+  s->sA = hm_take(c, 4 * N * C * es);
+  s->sB = hm_take(c, 4 * N * C * es);
+  s->sD = hm_take(c, N * C * es);
+  s->dresid = hm_take(c, N * C * es);
+}
+
+static void hm_stage_shape(hm_stage *s, const hm_model_config *cfg, hm_device *dev, const hm_stage_options *o) {
+  s->cfg = *cfg;
+  s->dev = dev;
+  s->first = o->first, s->last = o->last, s->B = o->B, s->T = o->T, s->n_mb = o->max_microbatches;
+  s->T_max = o->T;
+  s->has_embed = o->first == 0;
+  s->has_head = o->last == cfg->L + 2;
+  int lo = o->first < 1 ? 1 : o->first, hi = o->last > cfg->L + 1 ? cfg->L + 1 : o->last;
+  s->n_blocks = hi > lo ? hi - lo : 0;
+  s->first_block = lo - 1;
+}
+
+static void hm_measure(hm_stage *s, hm_stage_memory *m) {
+  const size_t es = s->dev->dtype_size;
+  size_t att = s->n_blocks ? hm_dev_attention_saved_elems(s->dev, s->B, s->T, s->cfg.C, s->cfg.NH) : 0;
+  hm_carver ca = {NULL, 0}, cs = {NULL, 0};
+  hm_stage_memory r;
+  memset(&r, 0, sizeof r);
+  hm_list_tensors(s);
+  r.n_params = s->n_params;
+  r.params = r.grads = hm_round(s->n_params * es);
+  r.optimizer = 2 * r.params;
+  hm_mb_acts *saved = s->mb;
+  s->mb = NULL;
+  hm_carve_acts(s, &ca, att);
+  s->mb = saved;
+  hm_carve_scratch(s, &cs);
+  r.activations = ca.off;
+  r.scratch = cs.off;
+  r.total = r.params + r.grads + r.optimizer + r.activations + r.scratch;
+  *m = r;
+}
+
+hm_status hm_stage_estimate(const hm_model_config *cfg, hm_device *dev, const hm_stage_options *opt,
+                            hm_stage_memory *out) {
+  HM_TRY(hm_check_options(cfg, opt));
+  hm_stage s;
+  memset(&s, 0, sizeof s);
+  hm_stage_shape(&s, cfg, dev, opt);
+  hm_measure(&s, out);
+  return HM_OK;
+}
+
+static double hm_gib(size_t b) { return (double)b / (1024.0 * 1024.0 * 1024.0); }
+
+hm_status hm_stage_create(const hm_model_config *cfg, hm_device *dev, const hm_stage_options *opt, hm_stage **out) {
+  *out = NULL;
+  if (!dev) return hm_error(HM_ERR_INVALID_ARG, "stage: device is NULL");
+  HM_TRY(hm_check_options(cfg, opt));
+  hm_stage *s = hm_calloc(1, sizeof *s, "stage");
+  if (!s) return HM_ERR_NOMEM;
+  hm_stage_shape(s, cfg, dev, opt);
+  hm_measure(s, &s->mem);
+  size_t total = 0, free_bytes = 0;
+  hm_status st = hm_device_mem_info(dev, &total, &free_bytes);
+  if (st == HM_OK && s->mem.total > free_bytes) {
+    st = hm_error(HM_ERR_NO_FIT,
+                  "model %s layers [%d,%d) with B=%d T=%d needs %.2f GiB on %s (params %.2f, grads %.2f, "
+                  "AdamW %.2f, activations %.2f for %d micro-batches, scratch %.2f) but %.2f GiB are free",
+                  cfg->name, opt->first, opt->last, opt->B, opt->T, hm_gib(s->mem.total), dev->spec,
+                  hm_gib(s->mem.params), hm_gib(s->mem.grads), hm_gib(s->mem.optimizer),
+                  hm_gib(s->mem.activations), opt->max_microbatches, hm_gib(s->mem.scratch), hm_gib(free_bytes));
+    free(s);
+    return st;
+  }
+  if (st != HM_OK) {
+    free(s);
+    return st;
+  }
+  s->tensors = hm_calloc((size_t)s->n_tensors, sizeof *s->tensors, "stage tensor table");
+  s->mb = hm_calloc((size_t)s->n_mb, sizeof *s->mb, "stage micro-batch slots");
+  if (!s->tensors || !s->mb) {
+    hm_stage_destroy(s);
+    return HM_ERR_NOMEM;
+  }
+  hm_list_tensors(s);
+  for (int i = 0; i < s->n_mb && s->n_blocks > 0; i++) {
+    s->mb[i].blocks = hm_calloc((size_t)s->n_blocks, sizeof(hm_block_acts), "stage block activations");
+    if (!s->mb[i].blocks) {
+      hm_stage_destroy(s);
+      return HM_ERR_NOMEM;
+    }
+  }
+  const size_t pb = s->mem.params;
+  st = hm_device_alloc(dev, &s->params, pb, "parameters");
+  if (st == HM_OK) st = hm_device_alloc(dev, &s->grads, pb, "gradients");
+  if (st == HM_OK) st = hm_device_alloc(dev, &s->m, pb, "AdamW first moments");
+  if (st == HM_OK) st = hm_device_alloc(dev, &s->v, pb, "AdamW second moments");
+  if (st == HM_OK) st = hm_device_alloc(dev, &s->acts, s->mem.activations, "activations");
+  if (st == HM_OK) st = hm_device_alloc(dev, &s->scratch, s->mem.scratch, "backward scratch");
+  if (st == HM_OK) st = hm_device_zero(dev, s->params, pb);
+  if (st == HM_OK) st = hm_device_zero(dev, s->grads, pb);
+  if (st == HM_OK) st = hm_device_zero(dev, s->m, pb);
+  if (st == HM_OK) st = hm_device_zero(dev, s->v, pb);
+  if (st != HM_OK) {
+    hm_stage_destroy(s);
+    return hm_error_context(st, "stage [%d,%d) on %s: ", opt->first, opt->last, dev->spec);
+  }
+  size_t att = s->n_blocks ? hm_dev_attention_saved_elems(dev, s->B, s->T, s->cfg.C, s->cfg.NH) : 0;
+  hm_carver ca = {s->acts, 0}, cs = {s->scratch, 0};
+  hm_carve_acts(s, &ca, att);
+  hm_carve_scratch(s, &cs);
+  *out = s;
+  return HM_OK;
+}
+
+void hm_stage_destroy(hm_stage *s) {
+  if (!s) return;
+  hm_device_free(s->dev, s->params);
+  hm_device_free(s->dev, s->grads);
+  hm_device_free(s->dev, s->m);
+  hm_device_free(s->dev, s->v);
+  hm_device_free(s->dev, s->acts);
+  hm_device_free(s->dev, s->scratch);
+  if (s->mb)
+    for (int i = 0; i < s->n_mb; i++) free(s->mb[i].blocks);
+  free(s->mb);
+  free(s->tensors);
+  free(s);
+}
+
+// ---- parameters -------------------------------------------------------------------------------
+
+static uint64_t hm_name_hash(const char *s) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a
+  for (; *s; s++) h = (h ^ (uint8_t)*s) * 1099511628211ull;
+  return h;
+}
+
+hm_status hm_stage_init_params(hm_stage *s, uint64_t seed) {
+  size_t maxn = 0;
+  for (int i = 0; i < s->n_tensors; i++) maxn = s->tensors[i].numel > maxn ? s->tensors[i].numel : maxn;
+  float *buf = hm_malloc(maxn * sizeof(float), "parameter init buffer");
+  if (!buf) return HM_ERR_NOMEM;
+  hm_status st = HM_OK;
+  for (int i = 0; i < s->n_tensors && st == HM_OK; i++) {
+    const hm_stage_tensor *t = &s->tensors[i];
+    uint64_t state = hm_splitmix64(seed ^ hm_name_hash(t->name));
+    for (size_t j = 0; j < t->numel; j++) {
+      if (t->init_std == 0.0) {
+        buf[j] = t->init_const;
+        continue;
+      }
+      // Box-Muller on two uniforms in (0,1] from the splitmix64 stream
+      double u1 = ((double)(hm_splitmix64(state++) >> 11) + 1.0) * 0x1.0p-53;
+      double u2 = (double)(hm_splitmix64(state++) >> 11) * 0x1.0p-53;
+      buf[j] = (float)(t->init_std * sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
+    }
+    st = hm_device_copy_from_f32(s->dev, hm_device_offset(s->dev, s->params, t->offset), buf, t->numel);
+  }
+  free(buf);
+  return st;
+}
+
+static void *P(hm_stage *s, int i) { return hm_device_offset(s->dev, s->params, s->tensors[i].offset); }
+static void *G(hm_stage *s, int i) { return hm_device_offset(s->dev, s->grads, s->tensors[i].offset); }
+
+// ---- forward ----------------------------------------------------------------------------------
+
+static hm_status hm_block_forward(hm_stage *s, int b, hm_block_acts *k, const void *x) {
+  hm_device *d = s->dev;
+  const int B = s->B, T = s->T, C = s->cfg.C, NH = s->cfg.NH, N = B * T;
+  const size_t NC = (size_t)N * C;
+  const int w = s->block0 + b * BK_COUNT;
+  void *proj = s->sD;  // attention / MLP projection before the residual add
+  HM_TRY(hm_dev_layernorm_forward(d, k->ln1, k->ln1_mean, k->ln1_rstd, x, P(s, w + BK_LN1W), P(s, w + BK_LN1B), N, C));
+  HM_TRY(hm_dev_matmul_forward(d, k->qkv, k->ln1, P(s, w + BK_QKVW), P(s, w + BK_QKVB), N, C, 3 * C));
+  HM_TRY(hm_dev_attention_forward(d, k->atty, k->att_saved, k->qkv, B, T, C, NH));
+  HM_TRY(hm_dev_matmul_forward(d, proj, k->atty, P(s, w + BK_ATTPROJW), P(s, w + BK_ATTPROJB), N, C, C));
+  HM_TRY(hm_dev_residual_forward(d, k->res2, x, proj, NC));
+  HM_TRY(hm_dev_layernorm_forward(d, k->ln2, k->ln2_mean, k->ln2_rstd, k->res2, P(s, w + BK_LN2W), P(s, w + BK_LN2B), N, C));
+  HM_TRY(hm_dev_matmul_forward(d, k->fch, k->ln2, P(s, w + BK_FCW), P(s, w + BK_FCB), N, C, 4 * C));
+  HM_TRY(hm_dev_gelu_forward(d, k->fch_gelu, k->fch, 4 * NC));
+  HM_TRY(hm_dev_matmul_forward(d, proj, k->fch_gelu, P(s, w + BK_FCPROJW), P(s, w + BK_FCPROJB), N, 4 * C, C));
+  HM_TRY(hm_dev_residual_forward(d, k->res3, k->res2, proj, NC));
+  return HM_OK;
+}
+
+// The activation entering block b (or the head when b == n_blocks).
+static const void *hm_block_input(hm_stage *s, hm_mb_acts *a, int b) {
+  if (b > 0) return a->blocks[b - 1].res3;
+  return s->has_embed ? a->enc : a->in;
+}
+
+static hm_status hm_check_mb(const hm_stage *s, int mb) {
+  if (mb < 0 || mb >= s->n_mb)
+    return hm_error(HM_ERR_INVALID_ARG, "stage [%d,%d): micro-batch slot %d outside 0..%d", s->first, s->last, mb, s->n_mb - 1);
+  return HM_OK;
+}
+
+hm_status hm_stage_forward(hm_stage *s, int mb, const int32_t *tokens, const void *x_in, const int32_t *targets,
+                           float *loss) {
+  HM_TRY(hm_check_mb(s, mb));
+  hm_device *d = s->dev;
+  hm_mb_acts *a = &s->mb[mb];
+  const int B = s->B, T = s->T, C = s->cfg.C, V = s->cfg.V, N = B * T;
+  const size_t es = d->dtype_size;
+  if (s->has_embed) {
+    if (!tokens) return hm_error(HM_ERR_INVALID_ARG, "stage [%d,%d) holds the embedding: tokens are required", s->first, s->last);
+    for (int i = 0; i < N; i++)
+      if (tokens[i] < 0 || tokens[i] >= V)
+        return hm_error(HM_ERR_INVALID_ARG, "token %d at position %d is outside the vocabulary 0..%d", tokens[i], i, V - 1);
+    HM_TRY(hm_device_copy_h2d(d, a->tokens, tokens, (size_t)N * sizeof(int32_t)));
+    HM_TRY(hm_dev_encoder_forward(d, a->enc, a->tokens, P(s, s->wte), P(s, s->wpe), B, T, C));
+  } else {
+    if (!x_in) return hm_error(HM_ERR_INVALID_ARG, "stage [%d,%d): input activations are required", s->first, s->last);
+    HM_TRY(hm_device_copy_d2d(d, a->in, x_in, (size_t)N * C * es));
+  }
+  for (int b = 0; b < s->n_blocks; b++) HM_TRY(hm_block_forward(s, b, &a->blocks[b], hm_block_input(s, a, b)));
+  a->has_targets = 0;
+  if (!s->has_head) return HM_OK;
+  const void *x = hm_block_input(s, a, s->n_blocks);
+  HM_TRY(hm_dev_layernorm_forward(d, a->lnf, a->lnf_mean, a->lnf_rstd, x, P(s, s->lnfw), P(s, s->lnfb), N, C));
+  HM_TRY(hm_dev_matmul_forward(d, a->logits, a->lnf, P(s, s->wte), NULL, N, C, V));
+  if (!targets) return HM_OK;
+  for (int i = 0; i < N; i++)
+    if (targets[i] >= V)
+      return hm_error(HM_ERR_INVALID_ARG, "target %d at position %d is outside the vocabulary 0..%d", targets[i], i, V - 1);
+  HM_TRY(hm_device_copy_h2d(d, a->targets, targets, (size_t)N * sizeof(int32_t)));
+  a->has_targets = 1;
+  HM_TRY(hm_dev_crossentropy_forward_backward(d, a->losses, NULL, a->logits, a->targets, 0.0, N, V, V));
+  if (loss) {
+    double sum = 0;
+    HM_TRY(hm_dev_sum(d, &sum, a->losses, (size_t)N));
+    *loss = (float)(sum / N);
+  }
+  return HM_OK;
+}
+
+void *hm_stage_output(hm_stage *s, int mb) {
+  if (mb < 0 || mb >= s->n_mb) return NULL;
+  hm_mb_acts *a = &s->mb[mb];
+  if (s->has_head) return a->logits;
+  return (void *)hm_block_input(s, a, s->n_blocks);
+}
+
+// ---- backward ---------------------------------------------------------------------------------
+
+// s->dresid holds d(block output) on entry and d(block input) on return (updated in place:
+// the residual stream's gradient passes through both residual adds unchanged).
+static hm_status hm_block_backward(hm_stage *s, int b, hm_block_acts *k, const void *x) {
+  hm_device *d = s->dev;
+  const int B = s->B, T = s->T, C = s->cfg.C, NH = s->cfg.NH, N = B * T;
+  const size_t NC = (size_t)N * C, es = d->dtype_size;
+  const int w = s->block0 + b * BK_COUNT;
+  void *dres = s->dresid, *dgelu = s->sA, *dfch = s->sB, *dln = s->sD;
+  HM_TRY(hm_device_zero(d, dgelu, 4 * NC * es));
+  HM_TRY(hm_dev_matmul_backward(d, dgelu, G(s, w + BK_FCPROJW), G(s, w + BK_FCPROJB), dres, k->fch_gelu,
+                                P(s, w + BK_FCPROJW), N, 4 * C, C));
+  HM_TRY(hm_device_zero(d, dfch, 4 * NC * es));
+  HM_TRY(hm_dev_gelu_backward(d, dfch, k->fch, dgelu, 4 * NC));
+  HM_TRY(hm_device_zero(d, dln, NC * es));
+  HM_TRY(hm_dev_matmul_backward(d, dln, G(s, w + BK_FCW), G(s, w + BK_FCB), dfch, k->ln2, P(s, w + BK_FCW), N, C, 4 * C));
+  HM_TRY(hm_dev_layernorm_backward(d, dres, G(s, w + BK_LN2W), G(s, w + BK_LN2B), dln, k->res2, P(s, w + BK_LN2W),
+                                   k->ln2_mean, k->ln2_rstd, N, C));
+  void *datty = s->sD, *dqkv = s->sA, *dln1 = s->sB;
+  HM_TRY(hm_device_zero(d, datty, NC * es));
+  HM_TRY(hm_dev_matmul_backward(d, datty, G(s, w + BK_ATTPROJW), G(s, w + BK_ATTPROJB), dres, k->atty,
+                                P(s, w + BK_ATTPROJW), N, C, C));
+  HM_TRY(hm_device_zero(d, dqkv, 3 * NC * es));
+  HM_TRY(hm_dev_attention_backward(d, dqkv, datty, k->qkv, k->att_saved, B, T, C, NH));
+  HM_TRY(hm_device_zero(d, dln1, NC * es));
+  HM_TRY(hm_dev_matmul_backward(d, dln1, G(s, w + BK_QKVW), G(s, w + BK_QKVB), dqkv, k->ln1, P(s, w + BK_QKVW), N, C, 3 * C));
+  HM_TRY(hm_dev_layernorm_backward(d, dres, G(s, w + BK_LN1W), G(s, w + BK_LN1B), dln1, x, P(s, w + BK_LN1W),
+                                   k->ln1_mean, k->ln1_rstd, N, C));
+  return HM_OK;
+}
+
+hm_status hm_stage_backward(hm_stage *s, int mb, const void *dout, float loss_weight) {
+  HM_TRY(hm_check_mb(s, mb));
+  hm_device *d = s->dev;
+  hm_mb_acts *a = &s->mb[mb];
+  const int B = s->B, T = s->T, C = s->cfg.C, V = s->cfg.V, N = B * T;
+  const size_t NC = (size_t)N * C, es = d->dtype_size;
+  if (s->has_head) {
+    if (!a->has_targets)
+      return hm_error(HM_ERR_INVALID_ARG, "stage [%d,%d): backward of slot %d needs a forward with targets first",
+                      s->first, s->last, mb);
+    a->has_targets = 0;  // dlogits overwrite the logits: one backward per forward
+    // the mean over N tokens, weighted: d(loss_weight * mean loss)/d loss_i = loss_weight / N
+    HM_TRY(hm_dev_crossentropy_forward_backward(d, a->losses, a->logits, a->logits, a->targets,
+                                                (double)loss_weight / N, N, V, V));
+    void *dlnf = s->sD;
+    HM_TRY(hm_device_zero(d, dlnf, NC * es));
+    HM_TRY(hm_dev_matmul_backward(d, dlnf, G(s, s->wte), NULL, a->logits, a->lnf, P(s, s->wte), N, C, V));
+    HM_TRY(hm_device_zero(d, s->dresid, NC * es));
+    HM_TRY(hm_dev_layernorm_backward(d, s->dresid, G(s, s->lnfw), G(s, s->lnfb), dlnf, hm_block_input(s, a, s->n_blocks),
+                                     P(s, s->lnfw), a->lnf_mean, a->lnf_rstd, N, C));
+  } else {
+    if (!dout) return hm_error(HM_ERR_INVALID_ARG, "stage [%d,%d): backward needs the output gradient", s->first, s->last);
+    HM_TRY(hm_device_copy_d2d(d, s->dresid, dout, NC * es));
+  }
+  for (int b = s->n_blocks - 1; b >= 0; b--) HM_TRY(hm_block_backward(s, b, &a->blocks[b], hm_block_input(s, a, b)));
+  if (s->has_embed) HM_TRY(hm_dev_encoder_backward(d, G(s, s->wte), G(s, s->wpe), s->dresid, a->tokens, B, T, C));
+  return HM_OK;
+}
+
+void *hm_stage_dinput(hm_stage *s) { return s->first > 0 ? s->dresid : NULL; }
+
+// ---- gradients and optimizer ------------------------------------------------------------------
+
+hm_status hm_stage_set_seq_len(hm_stage *s, int T) {
+  if (T < 1 || T > s->T_max) return hm_error(HM_ERR_INVALID_ARG, "sequence length %d outside 1..%d", T, s->T_max);
+  s->T = T;
+  return HM_OK;
+}
+
+hm_status hm_stage_zero_grad(hm_stage *s) { return hm_device_zero(s->dev, s->grads, s->n_params * s->dev->dtype_size); }
+size_t hm_stage_num_params(const hm_stage *s) { return s->n_params; }
+void *hm_stage_params(hm_stage *s) { return s->params; }
+void *hm_stage_grads(hm_stage *s) { return s->grads; }
+
+void *hm_stage_tied_grad(hm_stage *s, size_t *n) {
+  if (s->wte < 0) {
+    if (n) *n = 0;
+    return NULL;
+  }
+  if (n) *n = s->tensors[s->wte].numel;
+  return G(s, s->wte);
+}
+
+hm_status hm_stage_grad_sumsq(hm_stage *s, double *out) {
+  double total = 0;
+  for (int i = 0; i < s->n_tensors; i++) {
+    if (i == s->wte && !s->has_embed) continue;  // the head's copy: counted by the first stage
+    double part = 0;
+    HM_TRY(hm_dev_sumsq(s->dev, &part, G(s, i), s->tensors[i].numel));
+    total += part;
+  }
+  *out = total;
+  return HM_OK;
+}
+
+float hm_grad_clip_scale(double total_sumsq, float max_norm) {
+  if (max_norm <= 0.0f) return 1.0f;
+  double norm = sqrt(total_sumsq);
+  return norm > max_norm ? (float)(max_norm / norm) : 1.0f;
+}
+
+hm_status hm_stage_adamw(hm_stage *s, const hm_adamw *o, int t, float grad_scale) {
+  if (t < 1) return hm_error(HM_ERR_INVALID_ARG, "AdamW step %d must be >= 1", t);
+  hm_device *d = s->dev;
+  // consecutive tensors with the same decay setting go in one call
+  int i = 0;
+  while (i < s->n_tensors) {
+    int j = i;
+    while (j + 1 < s->n_tensors && s->tensors[j + 1].decay == s->tensors[i].decay) j++;
+    size_t off = s->tensors[i].offset, n = s->tensors[j].offset + s->tensors[j].numel - off;
+    HM_TRY(hm_dev_adamw_update(d, hm_device_offset(d, s->params, off), hm_device_offset(d, s->grads, off),
+                               hm_device_offset(d, s->m, off), hm_device_offset(d, s->v, off), n, o->lr, o->beta1,
+                               o->beta2, o->eps, s->tensors[i].decay ? o->weight_decay : 0.0, grad_scale, t));
+    i = j + 1;
+  }
+  return HM_OK;
+}
+
+// ---- tensor table -----------------------------------------------------------------------------
+
+int hm_stage_num_tensors(const hm_stage *s) { return s->n_tensors; }
+const char *hm_stage_tensor_name(const hm_stage *s, int i) { return s->tensors[i].name; }
+size_t hm_stage_tensor_offset(const hm_stage *s, int i) { return s->tensors[i].offset; }
+size_t hm_stage_tensor_numel(const hm_stage *s, int i) { return s->tensors[i].numel; }
+int hm_stage_find_tensor(const hm_stage *s, const char *name) {
+  for (int i = 0; i < s->n_tensors; i++)
+    if (strcmp(s->tensors[i].name, name) == 0) return i;
+  return -1;
+}
+
+// ---- checkpoints ------------------------------------------------------------------------------
+
+static const char *const hm_ckpt_kinds[3] = {"param", "adam_m", "adam_v"};
+
+static void *hm_stage_buffer(hm_stage *s, int kind) { return kind == 0 ? s->params : kind == 1 ? s->m : s->v; }
+
+hm_status hm_stage_save(hm_stage *s, const char *path, const hm_ckpt_meta *meta) {
+  hm_ckpt_meta m = *meta;
+  m.config = s->cfg;
+  m.layer_first = s->first;
+  m.layer_last = s->last;
+  const int n = 3 * s->n_tensors;
+  hm_ckpt_tensor *ts = hm_calloc((size_t)n, sizeof *ts, "checkpoint tensor list");
+  float *host = hm_malloc(3 * s->n_params * sizeof(float), "checkpoint host copy");
+  if (!ts || !host) {
+    free(ts);
+    free(host);
+    return HM_ERR_NOMEM;
+  }
+  hm_status st = HM_OK;
+  for (int k = 0; k < 3 && st == HM_OK; k++) {
+    float *h = host + (size_t)k * s->n_params;
+    st = hm_device_copy_to_f32(s->dev, h, hm_stage_buffer(s, k), s->n_params);
+    for (int i = 0; i < s->n_tensors; i++) {
+      hm_ckpt_tensor *t = &ts[k * s->n_tensors + i];
+      char full[HM_CKPT_NAME_MAX + 16];  // kind/name; stage tensor names are far shorter than the limit
+      snprintf(full, sizeof full, "%s/%s", hm_ckpt_kinds[k], s->tensors[i].name);
+      hm_strcpy(t->name, sizeof t->name, full);
+      t->numel = s->tensors[i].numel;
+      t->data = h + s->tensors[i].offset;
+    }
+  }
+  if (st == HM_OK) st = hm_ckpt_write(path, &m, ts, n);
+  free(ts);
+  free(host);
+  return st;
+}
+
+hm_status hm_stage_load(hm_stage *s, const char *path, hm_ckpt_meta *meta) {
+  hm_ckpt ck;
+  HM_TRY(hm_ckpt_read(path, &ck));
+  const hm_model_config *c = &ck.meta.config;
+  hm_status st = HM_OK;
+  if (c->L != s->cfg.L || c->C != s->cfg.C || c->NH != s->cfg.NH || c->V != s->cfg.V || c->T != s->cfg.T)
+    st = hm_error(HM_ERR_INVALID_ARG, "checkpoint %s holds model L%d C%d NH%d V%d T%d, this run is L%d C%d NH%d V%d T%d",
+                  path, c->L, c->C, c->NH, c->V, c->T, s->cfg.L, s->cfg.C, s->cfg.NH, s->cfg.V, s->cfg.T);
+  else if (ck.meta.layer_first != s->first || ck.meta.layer_last != s->last)
+    st = hm_error(HM_ERR_INVALID_ARG, "checkpoint %s holds layers [%d,%d), this stage is [%d,%d)", path,
+                  ck.meta.layer_first, ck.meta.layer_last, s->first, s->last);
+  for (int k = 0; k < 3 && st == HM_OK; k++)
+    for (int i = 0; i < s->n_tensors && st == HM_OK; i++) {
+      char name[HM_CKPT_NAME_MAX + 8];
+      snprintf(name, sizeof name, "%s/%s", hm_ckpt_kinds[k], s->tensors[i].name);
+      const hm_ckpt_tensor *t = hm_ckpt_find(&ck, name);
+      if (!t)
+        st = hm_error(HM_ERR_CORRUPT, "checkpoint %s: tensor '%s' is missing", path, name);
+      else if (t->numel != s->tensors[i].numel)
+        st = hm_error(HM_ERR_CORRUPT, "checkpoint %s: tensor '%s' has %llu elements, expected %zu", path, name,
+                      (unsigned long long)t->numel, s->tensors[i].numel);
+      else
+        st = hm_device_copy_from_f32(s->dev, hm_device_offset(s->dev, hm_stage_buffer(s, k), s->tensors[i].offset),
+                                     t->data, t->numel);
+    }
+  if (st == HM_OK && meta) *meta = ck.meta;
+  hm_ckpt_free(&ck);
+  return st;
+}

@@ -1,0 +1,812 @@
+/* Plan search. Reasons per device type and host group, never per device: a candidate is a few
+ * pipeline templates (stage types in order, tp per type, exact DP layer split) with replica
+ * counts and micro-batches per replica; its step time is first estimated from the DP objective,
+ * then the best candidates are simulated on their op lists and re-ranked.
+ *
+ * Candidates, for each micro-batch size:
+ *   1. one type alone: tp in {1,2,4,8} (fits a host, divides the layers), pipeline depth p,
+ *      replicas = tp groups / p, micro-batches spread as evenly as the global batch allows;
+ *   2. heterogeneous data parallelism: the best single-type template of each type in a subset,
+ *      micro-batches per replica class set by water-filling on their affine step-time estimates;
+ *   3. heterogeneous pipelines: stages of several types in one replica, for every order of the
+ *      types (all orders up to 4 types, else by memory and by speed), replicas R and stages per
+ *      type floor(groups / R), pruned by a lower bound on the pipeline time; tp per type from its
+ *      best single-type plan, or its largest degree (one type at a time); and the same pipelines
+ *      with the devices they leave idle running each type's best single-type replicas.
+ * The optimizations here are exact pruning (bounds) and memoized per-layer costs; the heuristic
+ * parts are the candidate families above (documented in docs/plan.md). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "plan/plan_internal.h"
+#include "util/util.h"
+
+enum { NTP = 4, MAXK = HM_PLAN_MAX_TYPES };
+static const int tp_values[NTP] = {1, 2, 4, 8};
+
+typedef struct tmpl {
+  int nstages;
+  signed char types[HM_PLAN_MAX_STAGES];
+  int bounds[HM_PLAN_MAX_STAGES + 1];
+  double B, S;    /* bottleneck and sum of the DP's stage times */
+  double opt;     /* largest optimizer time over stages */
+  double sync1;   /* gradient bytes / tp of the heaviest stage (for the sync estimate) */
+} tmpl;
+
+typedef struct cand {
+  double est;
+  int mbi;
+  int seq; /* order of generation within its micro-batch size: the tie-break */
+  int nclasses;
+  int tmpl_of[HM_PLAN_MAX_CLASSES];
+  int nrep[HM_PLAN_MAX_CLASSES], nmicro[HM_PLAN_MAX_CLASSES];
+  int ntmpl;
+  int tp_of[MAXK]; /* tensor-parallel degree of each type used */
+  tmpl t[4];
+} cand;
+
+/* Best candidates by estimate, sorted, without duplicates. */
+typedef struct clist {
+  int n, cap;
+  cand *c;
+} clist;
+
+typedef struct sctx {
+  const hm_plan_inputs *in;
+  const hm_search_options *opt;
+  int n, K, maxp, nmb;
+  int64_t mbs[HM_SPEC_MBS_MAX];
+  hm_layer_costs *costs; /* [k][tpi][mbi] */
+  int64_t groups[MAXK][NTP];
+  int single_only; /* -1 or the type */
+  clist all;              /* every family */
+  clist by_type[MAXK];    /* single-type candidates of each type (the upper bound) */
+  /* best single-type template per (type, mb): index into a per-type list */
+  cand *best_single; /* [k][mbi] */
+  int *have_single;
+  int64_t nsplits;
+  struct sctx *root; /* owner of the shared shortlists (workers run micro-batch sizes in parallel) */
+  int seq;
+  double *time, *bnd, *ms, *ma, *cap; /* DP scratch */
+  int *infl;
+} sctx;
+
+static hm_layer_costs *costs_of(sctx *x, int k, int tpi, int mbi) {
+  return &x->costs[((size_t)k * NTP + tpi) * x->nmb + mbi];
+}
+
+static int tp_index(int tp) {
+  for (int i = 0; i < NTP; i++)
+    if (tp_values[i] == tp) return i;
+  return 0;
+}
+
+static int tmpl_equal(const tmpl *a, const tmpl *b) {
+  if (a->nstages != b->nstages) return 0;
+  for (int s = 0; s < a->nstages; s++)
+    if (a->types[s] != b->types[s] || a->bounds[s + 1] != b->bounds[s + 1]) return 0;
+  return 1;
+}
+
+/* Same plan reached by two families (e.g. a type given no micro-batches by water-filling). */
+static int cand_equal(const cand *a, const cand *b) {
+  if (a->mbi != b->mbi || a->nclasses != b->nclasses) return 0;
+  for (int i = 0; i < a->nclasses; i++) {
+    const tmpl *ta = &a->t[a->tmpl_of[i]], *tb = &b->t[b->tmpl_of[i]];
+    if (a->nrep[i] != b->nrep[i] || a->nmicro[i] != b->nmicro[i] || !tmpl_equal(ta, tb)) return 0;
+    for (int s = 0; s < ta->nstages; s++)
+      if (a->tp_of[(int)ta->types[s]] != b->tp_of[(int)tb->types[s]]) return 0;
+  }
+  return 1;
+}
+
+/* Adds c to the sorted top list if it beats the worst kept (ties keep the earlier one). */
+/* Total order of candidates: estimate, then micro-batch size, then generation order, so that the
+ * lists do not depend on which worker thread got there first. */
+static int cand_before(const cand *a, const cand *b) {
+  if (a->est != b->est) return a->est < b->est;
+  if (a->mbi != b->mbi) return a->mbi < b->mbi;
+  return a->seq < b->seq;
+}
+
+static void keep_in(clist *l, const cand *c) {
+  if (l->n == l->cap && !cand_before(c, &l->c[l->n - 1])) return;
+  for (int i = 0; i < l->n; i++)
+    if (cand_equal(&l->c[i], c)) return;
+  int i = l->n < l->cap ? l->n++ : l->n - 1;
+  while (i > 0 && cand_before(c, &l->c[i - 1])) {
+    l->c[i] = l->c[i - 1];
+    i--;
+  }
+  l->c[i] = *c;
+}
+
+static double worst_in(const clist *l) { return l->n < l->cap ? INFINITY : l->c[l->n - 1].est; }
+
+/* The shortlists are shared by the workers; a candidate whose lower bound is strictly above the
+ * worst kept can never enter, whatever the timing, so pruning keeps results deterministic. */
+static void keep(sctx *x, clist *(*which)(sctx *, int), int k, cand *c) {
+  c->seq = x->seq++;
+#pragma omp critical(hm_plan_shortlist)
+  keep_in(which(x->root, k), c);
+}
+
+static double worst_kept(sctx *x, clist *(*which)(sctx *, int), int k) {
+  double w;
+#pragma omp critical(hm_plan_shortlist)
+  w = worst_in(which(x->root, k));
+  return w;
+}
+
+static clist *list_all(sctx *r, int k) {
+  (void)k;
+  return &r->all;
+}
+
+static clist *list_type(sctx *r, int k) { return &r->by_type[k]; }
+
+
+/* Gradient sync estimate of a template among `nranks` replicas. */
+static double sync_estimate(sctx *x, const tmpl *t, const int *tp_of, int nranks, unsigned mask,
+                            int64_t devices) {
+  if (nranks <= 1) return 0.0;
+  hm_sync_model sm = hm_plan_sync_model(x->in, mask, nranks, devices);
+  double worst = 0;
+  for (int s = 0; s < t->nstages; s++) {
+    double sum = 0;
+    for (int l = t->bounds[s]; l < t->bounds[s + 1]; l++) {
+      const hm_layer *ly = &x->in->model->layers[l];
+      sum += hm_sync_allreduce_time(&sm, (ly->params + ly->shared_params) *
+                                             x->in->train->grad_bytes / tp_of[t->types[s]]);
+    }
+    if (sum > worst) worst = sum;
+  }
+  return worst;
+}
+
+/* DP split of a stage-type sequence; fills t (bounds, B, S, opt). HM_ERR_NO_FIT if it cannot fit. */
+static hm_status split_template(sctx *x, tmpl *t, const int *tp_of, int mbi, int m, int dp) {
+  const int p = t->nstages, n = x->n;
+  int per_type[MAXK] = {0};
+  for (int s = 0; s < p; s++) per_type[(int)t->types[s]]++;
+  for (int s = 0; s < p; s++) {
+    const int k = t->types[s];
+    const hm_layer_costs *lc = costs_of(x, k, tp_index(tp_of[k]), mbi);
+    if (!lc->ok) return HM_ERR_NO_FIT;
+    hm_link link = {0, 0, 0};
+    if (s + 1 < p) {
+      const int k2 = t->types[s + 1];
+      int same = k2 == k && tp_of[k] * per_type[k] <= hm_type_per_host_max(x->in->cluster, k);
+      link = hm_stage_link(x->in, k, k2, same);
+    }
+    for (int l = 0; l < n; l++) {
+      const size_t i = (size_t)s * n + l;
+      x->time[i] = lc->fwd[l] + lc->bwd[l];
+      x->bnd[i] = s + 1 < p ? 2 * hm_cost_p2p(&link, lc->out_bytes[l]) : 0.0;
+      x->ms[i] = hm_static_bytes(x->in->train, lc->params[l] - (p == 1 ? lc->shared[l] : 0.0), dp);
+      x->ma[i] = lc->act[l];
+    }
+    x->cap[s] = lc->capacity - lc->reserve;
+    x->infl[s] = p - s < m ? p - s : m;
+  }
+  hm_split_problem pb = {.nlayers = n, .nstages = p, .nmicro = m, .time = x->time,
+                         .boundary = x->bnd, .mem_static = x->ms, .mem_act = x->ma,
+                         .mem_cap = x->cap, .inflight = x->infl};
+  double obj;
+  x->nsplits++;
+  hm_status st = hm_split_dp(&pb, t->bounds, &obj);
+  if (st != HM_OK) return st;
+  t->B = 0;
+  t->S = 0;
+  t->opt = 0;
+  for (int s = 0; s < p; s++) {
+    double ts = 0, o = 0;
+    const int k = t->types[s];
+    const hm_layer_costs *lc = costs_of(x, k, tp_index(tp_of[k]), mbi);
+    for (int l = t->bounds[s]; l < t->bounds[s + 1]; l++) {
+      ts += x->time[(size_t)s * n + l];
+      o += lc->opt[l];
+    }
+    if (s + 1 < p) ts += x->bnd[(size_t)s * n + t->bounds[s + 1] - 1];
+    t->S += ts;
+    if (ts > t->B) t->B = ts;
+    if (o > t->opt) t->opt = o;
+  }
+  return HM_OK;
+}
+
+/* Spreads M micro-batches over replica classes (R_c replicas, affine time (m-1) B_c + S_c):
+ * smallest T such that sum R_c * m_c(T) >= M, then trims the excess by splitting classes.
+ * Returns the number of classes written into c (0 when it cannot). */
+static int distribute(cand *c, int ntm, const int *rep, const tmpl *t, int64_t M) {
+  double lo = 0, hi = 0;
+  int64_t total_rep = 0;
+  for (int i = 0; i < ntm; i++) {
+    total_rep += rep[i];
+    double h = (double)M * t[i].B + t[i].S;
+    if (h > hi) hi = h;
+  }
+  if (total_rep > M) return 0;
+  for (int it = 0; it < 100; it++) {
+    double mid = 0.5 * (lo + hi);
+    int64_t got = 0;
+    for (int i = 0; i < ntm; i++) {
+      double mm = t[i].B > 0 ? floor((mid - t[i].S) / t[i].B) + 1 : (double)M;
+      if (mm > (double)M) mm = (double)M;
+      if (mm >= 1) got += (int64_t)mm * rep[i];
+    }
+    if (got >= M) hi = mid; else lo = mid;
+  }
+  int64_t m[8], got = 0;
+  for (int i = 0; i < ntm; i++) {
+    double mm = t[i].B > 0 ? floor((hi - t[i].S) / t[i].B) + 1 : (double)M;
+    if (mm > (double)M) mm = (double)M;
+    m[i] = mm < 1 ? 0 : (int64_t)mm;
+    got += m[i] * rep[i];
+  }
+  int64_t excess = got - M;
+  int nc = 0;
+  for (int i = 0; i < ntm; i++) { /* largest m first loses a micro-batch on some replicas */
+    if (m[i] < 1) continue;
+    int64_t cut = excess < rep[i] ? excess : rep[i];
+    if (m[i] == 1) cut = 0; /* a replica keeps at least one micro-batch */
+    excess -= cut;
+    if (rep[i] - cut > 0) {
+      c->tmpl_of[nc] = i, c->nrep[nc] = (int)(rep[i] - cut), c->nmicro[nc] = (int)m[i];
+      nc++;
+    }
+    if (cut > 0) {
+      c->tmpl_of[nc] = i, c->nrep[nc] = (int)cut, c->nmicro[nc] = (int)(m[i] - 1);
+      nc++;
+    }
+  }
+  if (excess != 0) return 0;
+  c->nclasses = nc;
+  return nc;
+}
+
+/* Estimated step time of a candidate whose classes are set. */
+static double estimate(sctx *x, cand *c, const int *tp_of) {
+  int nranks = 0;
+  unsigned mask = 0;
+  int64_t devices = 0;
+  for (int i = 0; i < c->nclasses; i++) {
+    nranks += c->nrep[i];
+    const tmpl *t = &c->t[c->tmpl_of[i]];
+    for (int s = 0; s < t->nstages; s++) {
+      mask |= 1u << t->types[s];
+      devices += (int64_t)c->nrep[i] * tp_of[(int)t->types[s]];
+    }
+  }
+  double worst = 0;
+  for (int i = 0; i < c->nclasses; i++) {
+    const tmpl *t = &c->t[c->tmpl_of[i]];
+    double v = (c->nmicro[i] - 1) * t->B + t->S + sync_estimate(x, t, tp_of, nranks, mask, devices) +
+               t->opt;
+    if (v > worst) worst = v;
+  }
+  c->est = worst;
+  return worst;
+}
+
+/* 1. one device type alone */
+static void search_single(sctx *x, int k, int mbi, int64_t M) {
+  cand *best = &x->best_single[(size_t)k * x->nmb + mbi];
+  int *have = &x->have_single[(size_t)k * x->nmb + mbi];
+  for (int ti = 0; ti < NTP; ti++) {
+    const int tp = tp_values[ti];
+    if (!costs_of(x, k, ti, mbi)->ok || x->groups[k][ti] < 1) continue;
+    int tp_of[MAXK] = {0};
+    tp_of[k] = tp;
+    for (int p = 1; p <= x->maxp && p <= x->n; p++) {
+      int64_t R = x->groups[k][ti] / p;
+      if (R < 1) break;
+      if (R > M) R = M;
+      if (R > (1 << 30)) R = 1 << 30;
+      const int m = (int)((M + R - 1) / R);
+      cand c;
+      memset(&c, 0, sizeof c);
+      c.mbi = mbi;
+      c.ntmpl = 1;
+      c.tp_of[k] = tp;
+      c.t[0].nstages = p;
+      for (int s = 0; s < p; s++) c.t[0].types[s] = (signed char)k;
+      /* lower bound before the DP: no split beats perfect balance */
+      double W = 0;
+      const hm_layer_costs *lc = costs_of(x, k, ti, mbi);
+      for (int l = 0; l < x->n; l++) W += lc->fwd[l] + lc->bwd[l];
+      double lb = (m - 1) * W / p + W;
+      /* cannot enter the overall list nor this type's list (the upper bound's) */
+      if (lb > worst_kept(x, list_all, 0) && lb > worst_kept(x, list_type, k)) continue;
+      if (split_template(x, &c.t[0], tp_of, mbi, m, (int)R) != HM_OK) continue;
+      int rep = (int)R;
+      if (!distribute(&c, 1, &rep, c.t, M)) continue;
+      estimate(x, &c, tp_of);
+      keep(x, list_all, 0, &c);
+      keep(x, list_type, k, &c);
+      if (!*have || c.est < best->est) {
+        *best = c;
+        *have = 1;
+      }
+    }
+  }
+}
+
+/* 2. heterogeneous data parallelism over the types in `mask` */
+static void search_hetero_dp(sctx *x, unsigned mask, int mbi, int64_t M, int *tp_best) {
+  cand c;
+  memset(&c, 0, sizeof c);
+  c.mbi = mbi;
+  int rep[8], tp_of[MAXK] = {0};
+  for (int k = 0; k < x->K; k++) {
+    if (!(mask & (1u << k))) continue;
+    if (!x->have_single[(size_t)k * x->nmb + mbi] || c.ntmpl == 4) return;
+    const cand *b = &x->best_single[(size_t)k * x->nmb + mbi];
+    c.t[c.ntmpl] = b->t[0];
+    int r = 0;
+    for (int i = 0; i < b->nclasses; i++) r += b->nrep[i];
+    rep[c.ntmpl++] = r;
+    tp_of[k] = tp_best[k];
+  }
+  memcpy(c.tp_of, tp_of, sizeof c.tp_of);
+  if (!distribute(&c, c.ntmpl, rep, c.t, M)) return;
+  estimate(x, &c, tp_of);
+  keep(x, list_all, 0, &c);
+}
+
+static int next_perm(int *a, int n) {
+  int i = n - 2;
+  while (i >= 0 && a[i] >= a[i + 1]) i--;
+  if (i < 0) return 0;
+  int j = n - 1;
+  while (a[j] <= a[i]) j--;
+  int t = a[i];
+  a[i] = a[j];
+  a[j] = t;
+  for (int l = i + 1, r = n - 1; l < r; l++, r--) t = a[l], a[l] = a[r], a[r] = t;
+  return 1;
+}
+
+/* 3. pipelines mixing the types of `mask`, in `order` */
+static void search_mixed_order(sctx *x, const int *order, int nt, int mbi, int64_t M,
+                               const int *tp_of) {
+  int64_t G[MAXK] = {0};
+  double W = 0;
+  for (int l = 0; l < x->n; l++) {
+    double best = INFINITY;
+    for (int i = 0; i < nt; i++) {
+      const hm_layer_costs *lc = costs_of(x, order[i], tp_index(tp_of[order[i]]), mbi);
+      if (lc->fwd[l] + lc->bwd[l] < best) best = lc->fwd[l] + lc->bwd[l];
+    }
+    W += best;
+  }
+  for (int i = 0; i < nt; i++) G[i] = x->groups[order[i]][tp_index(tp_of[order[i]])];
+  /* R replicas from large to small (at most one per micro-batch); each R gives the stage counts
+   * floor(G_i / R), and only the largest R of each set of counts is tried (more replicas, same
+   * stages): the next R is the largest that raises some count */
+  int64_t R = G[0];
+  for (int i = 1; i < nt; i++) if (G[i] < R) R = G[i];
+  if (R > M) R = M;
+  for (int64_t next_R; R >= 1; R = next_R) {
+    int64_t pl[MAXK], P = 0;
+    next_R = 0;
+    for (int i = 0; i < nt; i++) {
+      pl[i] = G[i] / R;
+      P += pl[i];
+      if (G[i] / (pl[i] + 1) > next_R) next_R = G[i] / (pl[i] + 1);
+    }
+    if (P > x->maxp || P > x->n) break;
+    int p[MAXK];
+    for (int i = 0; i < nt; i++) p[i] = (int)pl[i];
+    const int m = (int)((M + R - 1) / R);
+    double lb = (m - 1) * W / P + W;
+    if (lb > worst_kept(x, list_all, 0)) continue;
+    cand c;
+    memset(&c, 0, sizeof c);
+    c.mbi = mbi;
+    c.ntmpl = 1;
+    memcpy(c.tp_of, tp_of, sizeof c.tp_of);
+    int s = 0;
+    for (int i = 0; i < nt; i++)
+      for (int j = 0; j < p[i]; j++) c.t[0].types[s++] = (signed char)order[i];
+    c.t[0].nstages = P;
+    if (split_template(x, &c.t[0], tp_of, mbi, m, (int)R) != HM_OK) continue;
+    int rep = (int)R;
+    cand d = c; /* before distribute: the same template, for the variant with leftovers */
+    if (distribute(&c, 1, &rep, c.t, M)) {
+      estimate(x, &c, tp_of);
+      keep(x, list_all, 0, &c);
+    }
+    /* the devices these pipelines leave idle: replicas of each type's best single template,
+     * the micro-batches spread over both kinds by water-filling */
+    int reps[4] = {rep};
+    int64_t total = R;
+    for (int k = 0; k < x->K && d.ntmpl < 4; k++) {
+      const size_t bi = (size_t)k * x->nmb + mbi;
+      if (!x->have_single[bi] || x->best_single[bi].tp_of[k] != tp_of[k]) continue;
+      int64_t used = 0;
+      for (int i = 0; i < nt; i++)
+        if (order[i] == k) used = R * p[i];
+      int64_t r2 = (x->groups[k][tp_index(tp_of[k])] - used) / x->best_single[bi].t[0].nstages;
+      if (r2 > M - total) r2 = M - total;
+      if (r2 < 1) continue;
+      d.t[d.ntmpl] = x->best_single[bi].t[0];
+      reps[d.ntmpl++] = (int)r2;
+      total += r2;
+    }
+    if (d.ntmpl > 1 && distribute(&d, d.ntmpl, reps, d.t, M)) {
+      estimate(x, &d, tp_of);
+      keep(x, list_all, 0, &d);
+    }
+  }
+}
+
+static void search_mixed(sctx *x, unsigned mask, int mbi, int64_t M, const int *tp_best) {
+  int order[MAXK], nt = 0;
+  for (int k = 0; k < x->K; k++)
+    if (mask & (1u << k)) order[nt++] = k;
+  if (nt <= 4) {
+    do search_mixed_order(x, order, nt, mbi, M, tp_best);
+    while (next_perm(order, nt));
+    return;
+  }
+  /* many types: larger memory first (early stages hold more micro-batches), and fastest first */
+  const hm_cluster *c = x->in->cluster;
+  for (int pass = 0; pass < 2; pass++) {
+    for (int i = 0; i < nt; i++)
+      for (int j = i + 1; j < nt; j++) {
+        double a = pass == 0 ? c->types[order[i]].memory_bytes
+                             : hm_device_type_peak(&c->types[order[i]], x->in->train->compute_dtype);
+        double b = pass == 0 ? c->types[order[j]].memory_bytes
+                             : hm_device_type_peak(&c->types[order[j]], x->in->train->compute_dtype);
+        if (b > a) {
+          int t = order[i];
+          order[i] = order[j];
+          order[j] = t;
+        }
+      }
+    search_mixed_order(x, order, nt, mbi, M, tp_best);
+  }
+}
+
+/* Turns a candidate into a plan and simulates it. */
+static hm_status materialize(sctx *x, const cand *c, hm_plan *p) {
+  memset(p, 0, sizeof *p);
+  p->micro_batch = x->mbs[c->mbi];
+  p->nclasses = c->nclasses;
+  for (int i = 0; i < c->nclasses; i++) {
+    const tmpl *t = &c->t[c->tmpl_of[i]];
+    hm_plan_class *pc = &p->classes[i];
+    pc->nreplicas = c->nrep[i];
+    pc->nmicro = c->nmicro[i];
+    pc->nstages = t->nstages;
+    for (int s = 0; s < t->nstages; s++) {
+      pc->stages[s].type = t->types[s];
+      pc->stages[s].tp = c->tp_of[(int)t->types[s]];
+      pc->stages[s].layer_begin = t->bounds[s];
+      pc->stages[s].layer_end = t->bounds[s + 1];
+    }
+  }
+  return hm_plan_predict(x->in, p, NULL);
+}
+
+/* Family 1 for one micro-batch size. */
+static void search_singles(sctx *x, int mbi) {
+  const int64_t M = x->in->train->global_batch / x->mbs[mbi];
+  for (int k = 0; k < x->K; k++)
+    if (x->opt->only_type < 0 || x->opt->only_type == k) search_single(x, k, mbi, M);
+}
+
+/* Families 2 and 3 for one micro-batch size, after family 1 for every size. */
+static void search_mixes(sctx *x, int mbi) {
+  const int64_t M = x->in->train->global_batch / x->mbs[mbi];
+  if (x->opt->only_type >= 0) return;
+  int tp_best[MAXK];
+  for (int k = 0; k < x->K; k++) {
+    tp_best[k] = 1;
+    if (x->have_single[(size_t)k * x->nmb + mbi]) {
+      tp_best[k] = x->best_single[(size_t)k * x->nmb + mbi].tp_of[k];
+    } else { /* cannot hold the model alone: the largest degree relieves memory most */
+      for (int ti = NTP - 1; ti >= 0; ti--)
+        if (costs_of(x, k, ti, mbi)->ok && x->groups[k][ti] > 0) {
+          tp_best[k] = tp_values[ti];
+          break;
+        }
+    }
+  }
+  /* mixed pipelines also try the largest tensor-parallel degree of each type (fewer, larger
+   * stages; less memory per device), one type at a time */
+  int tp_max[MAXK];
+  for (int k = 0; k < x->K; k++) {
+    tp_max[k] = tp_best[k];
+    for (int ti = NTP - 1; ti >= 0; ti--)
+      if (costs_of(x, k, ti, mbi)->ok && x->groups[k][ti] > 0) {
+        tp_max[k] = tp_values[ti];
+        break;
+      }
+  }
+  const unsigned all = (1u << x->K) - 1;
+  for (unsigned mask = 1; mask <= all; mask++) {
+    if (__builtin_popcount(mask) < 2 || (x->K > 6 && mask != all)) continue;
+    search_hetero_dp(x, mask, mbi, M, tp_best);
+    search_mixed(x, mask, mbi, M, tp_best);
+    for (int k = 0; k < x->K; k++) {
+      if (!(mask & (1u << k)) || tp_max[k] == tp_best[k]) continue;
+      int tp_var[MAXK];
+      memcpy(tp_var, tp_best, sizeof tp_var);
+      tp_var[k] = tp_max[k];
+      search_mixed(x, mask, mbi, M, tp_var);
+    }
+  }
+}
+
+/* Worker copy of the search state for one micro-batch size: shares the read-only costs and the
+ * per-(type, size) best slots, owns its shortlists and DP scratch. */
+static hm_status worker_init(sctx *w, sctx *x) {
+  *w = *x;
+  w->nsplits = 0;
+  w->seq = 0;
+  w->root = x;
+  const size_t pn = (size_t)HM_PLAN_MAX_STAGES * x->n;
+  w->time = hm_malloc((pn * 4 + HM_PLAN_MAX_STAGES) * sizeof(double), "split scratch");
+  w->infl = hm_malloc(HM_PLAN_MAX_STAGES * sizeof(int), "split scratch");
+  if (!w->time || !w->infl) return HM_ERR_NOMEM;
+  w->bnd = w->time + pn;
+  w->ms = w->bnd + pn;
+  w->ma = w->ms + pn;
+  w->cap = w->ma + pn;
+  return HM_OK;
+}
+
+static void worker_free(sctx *w) {
+  free(w->time);
+  free(w->infl);
+}
+
+void hm_search_options_default(hm_search_options *o) {
+  memset(o, 0, sizeof *o);
+  o->top_k = 5;
+  o->max_stages = HM_PLAN_MAX_STAGES;
+  o->only_type = -1;
+  o->upper_bound = 1;
+}
+
+void hm_search_result_free(hm_search_result *r) {
+  if (!r) return;
+  free(r->plans);
+  r->plans = NULL;
+  r->nplans = 0;
+}
+
+static int cmp_plan(const void *a, const void *b) {
+  const hm_plan *x = a, *y = b;
+  if (x->step_time != y->step_time) return x->step_time < y->step_time ? -1 : 1;
+  return 0;
+}
+
+static void sctx_free(sctx *x) {
+  if (x->costs)
+    for (int i = 0; i < x->K * NTP * x->nmb; i++) hm_layer_costs_free(&x->costs[i]);
+  free(x->costs);
+  free(x->all.c);
+  for (int k = 0; k < MAXK; k++) free(x->by_type[k].c);
+  free(x->best_single);
+  free(x->have_single);
+  free(x->time);
+  free(x->infl);
+}
+
+static hm_status no_fit_error(sctx *x) {
+  const hm_plan_inputs *in = x->in;
+  double need = hm_static_bytes(in->train, in->model->params, 1), have = 0, biggest = 0;
+  for (int k = 0; k < in->cluster->ntypes; k++) {
+    if (x->single_only >= 0 && k != x->single_only) continue;
+    double cap = in->cluster->types[k].memory_bytes * in->train->memory_fraction;
+    have += cap * (double)in->cluster->types[k].count;
+    if (cap > biggest) biggest = cap;
+  }
+  if (need > have)
+    return hm_error(HM_ERR_NO_FIT, "model \"%s\" cannot fit: its %.4g parameters need %.4g GB of "
+                    "weights, gradients and optimizer state, the devices offer %.4g GB in all "
+                    "(memory_fraction %.2f)", in->model->name, in->model->params, need / 1e9,
+                    have / 1e9, in->train->memory_fraction);
+  /* the smallest stage possible: one layer, one micro-batch in flight, the largest tp */
+  char why[512] = "";
+  size_t w = 0;
+  int layer_too_big = 1;
+  for (int k = 0; k < x->K; k++) {
+    if (x->single_only >= 0 && k != x->single_only) continue;
+    double need = INFINITY;
+    int need_tp = 1, need_l = 0;
+    for (int ti = 0; ti < NTP; ti++) {
+      const hm_layer_costs *lc = costs_of(x, k, ti, 0);
+      if (!lc->ok || x->groups[k][ti] < 1) continue;
+      double worst = 0;
+      int wl = 0;
+      for (int l = 0; l < x->n; l++) {
+        double b = hm_static_bytes(in->train, lc->params[l] - lc->shared[l], 1) + lc->act[l];
+        if (b > worst) worst = b, wl = l;
+      }
+      worst += lc->reserve;
+      if (worst < need) need = worst, need_tp = tp_values[ti], need_l = wl;
+    }
+    const double cap = in->cluster->types[k].memory_bytes * in->train->memory_fraction;
+    if (need <= cap) layer_too_big = 0;
+    if (w < sizeof why && need < INFINITY)
+      w += snprintf(why + w, sizeof why - w, "%s%s: layer %d (%s) needs %.3g GB at tp %d, %.3g GB "
+                    "usable", w ? "; " : "", in->cluster->types[k].name, need_l,
+                    in->model->layers[need_l].kind, need / 1e9, need_tp, cap / 1e9);
+  }
+  if (layer_too_big)
+    return hm_error(HM_ERR_NO_FIT, "model \"%s\" cannot fit: even one layer per device with "
+                    "micro-batch %lld does not fit (%s)", in->model->name, (long long)x->mbs[0], why);
+  return hm_error(HM_ERR_NO_FIT, "model \"%s\" fits no plan within %d pipeline stages and tensor "
+                  "parallelism up to 8 (%s; largest device %.4g GB usable): the layers fit one by one, "
+                  "but no pipeline within that depth and the devices available holds them all (%s)", in->model->name, x->maxp,
+                  x->single_only >= 0 ? in->cluster->types[x->single_only].name : "all types",
+                  biggest / 1e9, why);
+}
+
+static hm_status check_inputs(const hm_plan_inputs *in) {
+  if (!in || !in->cluster || !in->model || !in->train)
+    return hm_error(HM_ERR_INVALID_ARG, "plan search: cluster, model and training are required");
+  if (in->cluster->ntypes < 1 || in->cluster->ntypes > HM_PLAN_MAX_TYPES)
+    return hm_error(HM_ERR_UNSUPPORTED, "plan search: %d device types (1 to %d supported)",
+                    in->cluster->ntypes, HM_PLAN_MAX_TYPES);
+  if (in->model->nlayers < 1) return hm_error(HM_ERR_SPEC, "model: has no layers");
+  if (in->train->weight_bytes < 0 || in->train->optimizer_bytes < 0)
+    return hm_error(HM_ERR_INVALID_ARG, "plan search: the training spec is not resolved (call "
+                    "hm_spec_resolve after reading the specs)");
+  if (in->train->global_batch < 1)
+    return hm_error(HM_ERR_SPEC, "training.global_batch: must be >= 1");
+  return HM_OK;
+}
+
+hm_status hm_plan_search(const hm_plan_inputs *in, const hm_search_options *opt_in,
+                         hm_search_result *out) {
+  const double t0 = hm_now_s();
+  if (!out) return hm_error(HM_ERR_INVALID_ARG, "plan search: result is NULL");
+  memset(out, 0, sizeof *out);
+  out->best_single_type = -1;
+  HM_TRY(check_inputs(in));
+  hm_search_options opt;
+  if (opt_in) opt = *opt_in; else hm_search_options_default(&opt);
+  if (opt.top_k < 1) opt.top_k = 1;
+  if (opt.max_stages < 1 || opt.max_stages > HM_PLAN_MAX_STAGES) opt.max_stages = HM_PLAN_MAX_STAGES;
+  if (opt.only_type >= in->cluster->ntypes)
+    return hm_error(HM_ERR_INVALID_ARG, "plan search: no device type %d", opt.only_type);
+  sctx x;
+  memset(&x, 0, sizeof x);
+  x.in = in;
+  x.opt = &opt;
+  x.n = in->model->nlayers;
+  x.K = in->cluster->ntypes;
+  x.maxp = opt.max_stages;
+  x.single_only = opt.only_type;
+  for (int i = 0; i < in->train->n_micro_batch_sizes; i++)
+    if (in->train->global_batch % in->train->micro_batch_sizes[i] == 0)
+      x.mbs[x.nmb++] = in->train->micro_batch_sizes[i];
+  if (x.nmb == 0)
+    return hm_error(HM_ERR_SPEC, "training.micro_batch_sizes: none divides global_batch %lld",
+                    (long long)in->train->global_batch);
+  hm_status st = HM_OK;
+  const int capc = opt.top_k * 8 > 48 ? opt.top_k * 8 : 48; /* simulated to re-rank */
+  x.all.cap = capc;
+  x.all.c = hm_calloc((size_t)capc, sizeof(cand), "candidates");
+  /* each type alone: a shortlist of 16, the same as a search restricted to that type keeps */
+  const int cap1 = 16;
+  if (opt.only_type >= 0) x.all.cap = cap1;
+  for (int k = 0; k < x.K && x.all.c; k++) {
+    x.by_type[k].cap = cap1;
+    if (!(x.by_type[k].c = hm_calloc((size_t)cap1, sizeof(cand), "candidates"))) x.all.cap = 0;
+  }
+  x.costs = hm_calloc((size_t)x.K * NTP * x.nmb, sizeof *x.costs, "layer costs");
+  x.best_single = hm_calloc((size_t)x.K * x.nmb, sizeof *x.best_single, "candidates");
+  x.have_single = hm_calloc((size_t)x.K * x.nmb, sizeof *x.have_single, "candidates");
+  const size_t pn = (size_t)HM_PLAN_MAX_STAGES * x.n;
+  x.time = hm_malloc((pn * 4 + HM_PLAN_MAX_STAGES) * sizeof(double), "split scratch");
+  x.infl = hm_malloc(HM_PLAN_MAX_STAGES * sizeof(int), "split scratch");
+  if (!x.costs || !x.all.c || !x.all.cap || !x.best_single || !x.have_single || !x.time || !x.infl) {
+    st = HM_ERR_NOMEM;
+    goto done;
+  }
+  x.bnd = x.time + pn;
+  x.ms = x.bnd + pn;
+  x.ma = x.ms + pn;
+  x.cap = x.ma + pn;
+  for (int k = 0; k < x.K; k++)
+    for (int ti = 0; ti < NTP; ti++) {
+      x.groups[k][ti] = hm_type_groups(in->cluster, k, tp_values[ti]);
+      for (int mbi = 0; mbi < x.nmb; mbi++)
+        if ((st = hm_layer_costs_init(in, k, tp_values[ti], x.mbs[mbi], costs_of(&x, k, ti, mbi))) != HM_OK)
+          goto done;
+    }
+  {
+    /* micro-batch sizes, in parallel with HETMIX_PLAN_THREADS > 1 (OpenMP), sharing the
+     * shortlists; results do not depend on the thread count */
+    sctx *w = hm_calloc((size_t)x.nmb, sizeof *w, "search workers");
+    if (!w) {
+      st = HM_ERR_NOMEM;
+      goto done;
+    }
+    for (int mbi = 0; mbi < x.nmb && st == HM_OK; mbi++) st = worker_init(&w[mbi], &x);
+    if (st == HM_OK) {
+      /* default one thread: on a shared machine the workers mostly wait for a core and prune
+       * less (bench_plan shows both) */
+      long threads = hm_env_long("HETMIX_PLAN_THREADS", 1);
+      if (threads < 1) threads = 1;
+      if (threads > x.nmb) threads = x.nmb;
+      /* family 1 in order (the per-size best single-type templates it leaves depend on what
+       * was pruned, so it is not run concurrently); families 2 and 3 in parallel: they only add
+       * to the shared list, whose final content does not depend on timing */
+      for (int mbi = 0; mbi < x.nmb; mbi++) search_singles(&w[mbi], mbi);
+#pragma omp parallel for schedule(dynamic, 1) num_threads((int)threads)
+      for (int mbi = 0; mbi < x.nmb; mbi++) search_mixes(&w[mbi], mbi);
+      for (int mbi = 0; mbi < x.nmb; mbi++) x.nsplits += w[mbi].nsplits;
+    }
+    for (int mbi = 0; mbi < x.nmb; mbi++) worker_free(&w[mbi]);
+    free(w);
+    if (st != HM_OK) goto done;
+  }
+  /* simulate the best estimates; keep those within memory; rank by simulated step time */
+  out->plans = hm_calloc((size_t)x.all.n + 1, sizeof *out->plans, "plans");
+  if (!out->plans) {
+    st = HM_ERR_NOMEM;
+    goto done;
+  }
+  for (int i = 0; i < x.all.n; i++) {
+    hm_plan *p = &out->plans[out->nplans];
+    if ((st = materialize(&x, &x.all.c[i], p)) != HM_OK) goto done;
+    if (!p->over_memory) out->nplans++;
+  }
+  if (out->nplans == 0) {
+    st = no_fit_error(&x);
+    goto done;
+  }
+  qsort(out->plans, (size_t)out->nplans, sizeof *out->plans, cmp_plan);
+  if (out->nplans > opt.top_k) out->nplans = opt.top_k;
+  out->candidates = x.nsplits;
+  if (opt.upper_bound && opt.only_type < 0) {
+    /* the bound: each type alone, i.e. exactly the candidates a search restricted to that type
+     * keeps (same pruning against that type's own list), simulated and ranked the same way */
+    hm_plan *tp = hm_malloc(sizeof *tp, "plan");
+    if (!tp) {
+      st = HM_ERR_NOMEM;
+      goto done;
+    }
+    for (int k = 0; k < x.K; k++)
+      for (int i = 0; i < x.by_type[k].n; i++) {
+        if ((st = materialize(&x, &x.by_type[k].c[i], tp)) != HM_OK) {
+          free(tp);
+          goto done;
+        }
+        if (tp->over_memory || tp->tokens_per_s <= out->type_best_tokens_per_s[k]) continue;
+        out->type_best_tokens_per_s[k] = tp->tokens_per_s;
+        if (out->best_single_type < 0 || tp->tokens_per_s > out->best_single.tokens_per_s) {
+          out->best_single_type = k;
+          out->best_single = *tp;
+        }
+      }
+    free(tp);
+    for (int k = 0; k < x.K; k++) out->upper_bound_tokens_per_s += out->type_best_tokens_per_s[k];
+    hm_clear_error();
+    for (int i = 0; i < out->nplans; i++) {
+      out->plans[i].upper_bound_tokens_per_s = out->upper_bound_tokens_per_s;
+      out->plans[i].utilization = out->upper_bound_tokens_per_s > 0
+                                      ? out->plans[i].tokens_per_s / out->upper_bound_tokens_per_s
+                                      : 0;
+    }
+    if (out->best_single_type >= 0) {
+      out->best_single.upper_bound_tokens_per_s = out->upper_bound_tokens_per_s;
+      out->best_single.utilization =
+          out->best_single.tokens_per_s / out->upper_bound_tokens_per_s;
+    }
+  }
+done:
+  out->seconds = hm_now_s() - t0;
+  sctx_free(&x);
+  if (st != HM_OK) hm_search_result_free(out);
+  return st;
+}

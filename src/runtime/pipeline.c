@@ -1,0 +1,736 @@
+/* The pipeline + data-parallel worker: executes its stage's op list from the planner's 1F1B
+ * generator with the model's stage functions and hmcomm (see include/hetmix/pipeline.h).
+ *
+ * What crosses between workers lives in host memory in one "wire" element type the whole job
+ * agrees on at start: float64 when any worker computes in f64 (ref:dtype=f64), else float32, so
+ * no worker loses precision it has. That is activations and their gradients (B,T,C) per
+ * micro-batch, gradient buckets for the data-parallel allreduce, the tied embedding's gradient
+ * (V,C). Host devices whose dtype is the wire type are used in place; others go through host
+ * staging with converting copies, so unlike devices (cpu next to ref:dtype=f64) share a job.
+ *
+ * Not here: choosing the layout (the planner), starting processes (launch.c), checkpoints of a
+ * resumed pipeline run (a final per-stage checkpoint is written; resume is single-process). */
+#include "hetmix/pipeline.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "hetmix/device.h"
+#include "runtime/pipeline_internal.h"
+#include "util/util.h"
+
+/* ---------------------------------------------------------------- layout checks */
+
+hm_status hm_pipeline_check(const hm_pipeline_options *o, int world_size) {
+  if (!o || !o->train) return hm_error(HM_ERR_INVALID_ARG, "pipeline: no options");
+  const hm_train_options *t = o->train;
+  HM_TRY(hm_model_config_check(&t->config));
+  const int nl = hm_model_num_layers(&t->config);
+  const int p = o->nstages, R = o->nreplicas;
+  if (p < 1 || p > HM_PIPE_MAX_STAGES)
+    return hm_error(HM_ERR_SPEC, "pipeline: %d stages, need 1..%d", p, HM_PIPE_MAX_STAGES);
+  if (R < 1 || R > HM_PIPE_MAX_REPLICAS)
+    return hm_error(HM_ERR_SPEC, "pipeline: %d replicas, need 1..%d", R, HM_PIPE_MAX_REPLICAS);
+  if (p > nl)
+    return hm_error(HM_ERR_SPEC, "pipeline: %d stages but model %s has only %d layers (L+2)", p,
+                    t->config.name, nl);
+  if (o->stage_layers[0] != 0 || o->stage_layers[p] != nl)
+    return hm_error(HM_ERR_SPEC, "pipeline: stage layers must start at 0 and end at %d (L+2 of model %s), "
+                    "got %d..%d", nl, t->config.name, o->stage_layers[0], o->stage_layers[p]);
+  for (int s = 0; s < p; s++)
+    if (o->stage_layers[s + 1] <= o->stage_layers[s])
+      return hm_error(HM_ERR_SPEC, "pipeline: stage %d has no layers ([%d, %d))", s, o->stage_layers[s],
+                      o->stage_layers[s + 1]);
+  for (int r = 0; r < R; r++)
+    if (o->micro[r] < 1)
+      return hm_error(HM_ERR_SPEC, "pipeline: replica %d has %d micro-batches, need >= 1", r, o->micro[r]);
+  if (world_size != R * p)
+    return hm_error(HM_ERR_SPEC, "pipeline: %d replicas x %d stages need %d workers, but %d were started", R, p,
+                    R * p, world_size);
+  if (t->batch < 1 || t->steps < 1)
+    return hm_error(HM_ERR_INVALID_ARG, "pipeline: batch %d and steps %d must be >= 1", t->batch, t->steps);
+  return HM_OK;
+}
+
+/* The single-process trainer's learning-rate schedule (src/model/train.c, hm_lr_at): linear
+ * warm-up then cosine decay. Kept identical so a pipeline run equals a one-process run; the
+ * equivalence test compares the two. */
+static float hm_pipe_lr_at(const hm_train_options *o, int step /* 1-based */) {
+  int warmup = o->warmup < o->steps / 10 ? o->warmup : o->steps / 10;
+  if (step <= warmup) return o->lr * (float)step / (float)warmup;
+  double progress = (double)(step - warmup) / (double)(o->steps - warmup > 0 ? o->steps - warmup : 1);
+  if (progress > 1.0) progress = 1.0;
+  double min_lr = o->lr * o->min_lr_frac;
+  return (float)(min_lr + 0.5 * (o->lr - min_lr) * (1.0 + cos(M_PI * progress)));
+}
+
+/* ---------------------------------------------------------------- worker state */
+
+typedef struct hm_span {
+  size_t offset, count; /* elements in the stage's flat gradient buffer */
+} hm_span;
+
+typedef struct hm_bucket {
+  int layer_begin, layer_end;
+  int nspans;
+  hm_span spans[8]; /* contiguous runs of the bucket's tensors (usually one) */
+} hm_bucket;
+
+typedef struct hm_send_slot {
+  void *buf;
+  hm_request_t req; /* NULL when free */
+} hm_send_slot;
+
+typedef struct hm_trace_rec {
+  int32_t stage, replica, track, kind, micro, pad;
+  int64_t start_ns, dur_ns;
+} hm_trace_rec;
+
+typedef struct hm_pipe {
+  const hm_pipeline_options *o;
+  const hm_train_options *t;
+  hm_comm_t world, pipe, dp; /* pipe: this replica's stages; dp: this stage across replicas */
+  int rank, replica, stage, p, R, m, M, micro_off, first, last, is_first, is_last;
+  int N, C;                  /* N = B*T rows per micro-batch */
+  hm_device *dev;
+  hm_stage *st;
+  int nslots;
+  int start_step;            /* steps already taken (resume), 0 for a fresh run */
+  hm_pipe_op *ops;           /* this stage's op list (the planner's 1F1B generator) */
+  int nops;
+  hm_tokfile tf;
+  int have_tf;
+  hm_dataloader dl;
+  int32_t *inputs, *targets; /* (m, N) this step's micro-batches (first / last stage) */
+  float *losses;             /* (m) */
+  hm_dtype wire;             /* element type of everything sent (see the top of the file) */
+  size_t wire_size;
+  void *recv_buf;            /* (N*C) host, wire type */
+  void *dev_x;               /* (N*C) device: received activations or output gradient */
+  hm_send_slot *sends;
+  int nsends, next_send;
+  hm_bucket *buckets;
+  int nbuckets;
+  hm_request_t *pending; /* outstanding allreduces of this step */
+  int npending, cap_pending;
+  void *stage_buf;       /* (n_params) wire-typed gradient staging when not direct, else NULL */
+  void *tied_mine, *tied_peer; /* (V*C) host, wire type */
+  float *conv;           /* f32 scratch for an f32 device on an f64 wire, else NULL */
+  int direct;            /* 1: device is host memory of the wire type: hmcomm uses it in place */
+  hm_trace_rec *trace;
+  int ntrace, cap_trace, tracing;
+  FILE *metrics;
+} hm_pipe;
+
+static hm_status hm_pipe_ctx(hm_status st, const hm_pipe *w) {
+  if (st == HM_OK) return st;
+  return hm_error_context(st, "rank %d (replica %d, stage %d): ", w->rank, w->replica, w->stage);
+}
+
+static void hm_trace_add(hm_pipe *w, int track, int kind, int micro, uint64_t t0, uint64_t t1) {
+  if (!w->tracing) return;
+  if (w->ntrace == w->cap_trace) {
+    int cap = w->cap_trace ? 2 * w->cap_trace : 256;
+    hm_trace_rec *n = realloc(w->trace, (size_t)cap * sizeof *n);
+    if (!n) return; /* a trace is a diagnostic: a short one beats a failed run */
+    w->trace = n;
+    w->cap_trace = cap;
+  }
+  w->trace[w->ntrace++] = (hm_trace_rec){w->stage, w->replica, track, (int32_t)kind, micro, 0,
+                                         (int64_t)t0, (int64_t)(t1 - t0)};
+}
+
+/* Layer of a stage tensor by name: wte is layer 0 on the stage holding the embedding and the
+ * head's (L+1) own copy elsewhere. */
+static int hm_tensor_layer(const hm_pipe *w, const char *name) {
+  const int L = w->t->config.L;
+  if (strcmp(name, "wpe") == 0) return 0;
+  if (strcmp(name, "wte") == 0) return w->first == 0 ? 0 : L + 1;
+  if (strncmp(name, "lnf.", 4) == 0) return L + 1;
+  if (name[0] == 'h') return atoi(name + 1) + 1;
+  return -1;
+}
+
+static hm_status hm_build_buckets(hm_pipe *w) {
+  int per = w->o->layers_per_bucket > 0 ? w->o->layers_per_bucket : 1;
+  int n = (w->last - w->first + per - 1) / per;
+  w->buckets = hm_calloc((size_t)n, sizeof *w->buckets, "gradient buckets");
+  if (!w->buckets) return HM_ERR_NOMEM;
+  w->nbuckets = 0;
+  const int nt = hm_stage_num_tensors(w->st);
+  /* same order as the schedule's ALLREDUCE ops: from the last layer backwards */
+  for (int hi = w->last; hi > w->first; hi -= per) {
+    int lo = hi - per > w->first ? hi - per : w->first;
+    hm_bucket *b = &w->buckets[w->nbuckets++];
+    b->layer_begin = lo, b->layer_end = hi;
+    for (int i = 0; i < nt; i++) {
+      int l = hm_tensor_layer(w, hm_stage_tensor_name(w->st, i));
+      if (l < 0)
+        return hm_error(HM_ERR_INTERNAL, "tensor '%s' belongs to no layer", hm_stage_tensor_name(w->st, i));
+      if (l < lo || l >= hi) continue;
+      size_t off = hm_stage_tensor_offset(w->st, i), cnt = hm_stage_tensor_numel(w->st, i);
+      if (b->nspans > 0 && b->spans[b->nspans - 1].offset + b->spans[b->nspans - 1].count == off) {
+        b->spans[b->nspans - 1].count += cnt;
+      } else {
+        if (b->nspans == 8)
+          return hm_error(HM_ERR_INTERNAL, "bucket [%d,%d) is split in more than 8 runs", lo, hi);
+        b->spans[b->nspans++] = (hm_span){off, cnt};
+      }
+    }
+  }
+  return HM_OK;
+}
+
+/* ---------------------------------------------------------------- transfers */
+
+/* Device buffer (dev->dtype) -> host wire buffer, n elements. */
+static hm_status hm_to_wire(hm_pipe *w, void *dst, const void *src, size_t n) {
+  if (w->dev->dtype == w->wire) return hm_device_copy_d2h(w->dev, dst, src, n * w->wire_size);
+  if (w->wire == HM_FLOAT32) return hm_device_copy_to_f32(w->dev, dst, src, n);
+  HM_TRY(hm_device_copy_to_f32(w->dev, w->conv, src, n)); /* f32 device, f64 wire: exact */
+  double *d = dst;
+  for (size_t i = 0; i < n; i++) d[i] = w->conv[i];
+  return HM_OK;
+}
+
+/* Host wire buffer -> device buffer, n elements. */
+static hm_status hm_from_wire(hm_pipe *w, void *dst, const void *src, size_t n) {
+  if (w->dev->dtype == w->wire) return hm_device_copy_h2d(w->dev, dst, src, n * w->wire_size);
+  if (w->wire == HM_FLOAT32) return hm_device_copy_from_f32(w->dev, dst, src, n);
+  const double *d = src;
+  for (size_t i = 0; i < n; i++) w->conv[i] = (float)d[i];
+  return hm_device_copy_from_f32(w->dev, dst, w->conv, n);
+}
+
+static hm_status hm_wait_pending(hm_pipe *w) {
+  hm_status first = HM_OK;
+  for (int i = 0; i < w->npending; i++) {
+    hm_status st = hm_request_wait(w->pending[i]);
+    if (st != HM_OK && first == HM_OK) first = st;
+  }
+  w->npending = 0;
+  return first;
+}
+
+static hm_status hm_push_pending(hm_pipe *w, hm_request_t r) {
+  if (w->npending == w->cap_pending) {
+    int cap = w->cap_pending ? 2 * w->cap_pending : 16;
+    hm_request_t *n = realloc(w->pending, (size_t)cap * sizeof *n);
+    if (!n) return hm_error(HM_ERR_NOMEM, "pending request list");
+    w->pending = n;
+    w->cap_pending = cap;
+  }
+  w->pending[w->npending++] = r;
+  return HM_OK;
+}
+
+/* Sends (N,C) device activations (or their gradient) to pipe rank peer without blocking:
+ * converted into a free host slot, then isend. A slot is reused only after its send completed. */
+static hm_status hm_send_act(hm_pipe *w, const void *dev_src, int peer) {
+  hm_send_slot *sl = &w->sends[w->next_send];
+  w->next_send = (w->next_send + 1) % w->nsends;
+  if (sl->req) {
+    hm_request_t r = sl->req;
+    sl->req = NULL;
+    HM_TRY(hm_request_wait(r));
+  }
+  const size_t n = (size_t)w->N * w->C;
+  HM_TRY(hm_to_wire(w, sl->buf, dev_src, n));
+  return hm_comm_isend(w->pipe, sl->buf, n, w->wire, peer, &sl->req);
+}
+
+static hm_status hm_recv_act(hm_pipe *w, int peer) {
+  const size_t n = (size_t)w->N * w->C;
+  HM_TRY(hm_comm_recv(w->pipe, w->recv_buf, n, w->wire, peer));
+  return hm_from_wire(w, w->dev_x, w->recv_buf, n);
+}
+
+static hm_status hm_wait_sends(hm_pipe *w) {
+  hm_status first = HM_OK;
+  for (int i = 0; i < w->nsends; i++)
+    if (w->sends[i].req) {
+      hm_status st = hm_request_wait(w->sends[i].req);
+      w->sends[i].req = NULL;
+      if (st != HM_OK && first == HM_OK) first = st;
+    }
+  return first;
+}
+
+/* Issues the data-parallel allreduce of one bucket (sum over replicas). */
+static hm_status hm_allreduce_bucket(hm_pipe *w, int lb, int le) {
+  const hm_bucket *b = NULL;
+  for (int i = 0; i < w->nbuckets && !b; i++)
+    if (w->buckets[i].layer_begin == lb && w->buckets[i].layer_end == le) b = &w->buckets[i];
+  if (!b) return hm_error(HM_ERR_INTERNAL, "the schedule's bucket [%d,%d) is not one of this stage's", lb, le);
+  void *grads = hm_stage_grads(w->st);
+  for (int i = 0; i < b->nspans; i++) {
+    void *buf;
+    if (w->direct) {
+      buf = hm_device_offset(w->dev, grads, b->spans[i].offset);
+    } else {
+      buf = (char *)w->stage_buf + b->spans[i].offset * w->wire_size;
+      HM_TRY(hm_to_wire(w, buf, hm_device_offset(w->dev, grads, b->spans[i].offset), b->spans[i].count));
+    }
+    hm_request_t r = NULL;
+    HM_TRY(hm_comm_iallreduce(w->dp, buf, buf, b->spans[i].count, w->wire, HM_SUM, &r));
+    HM_TRY(hm_push_pending(w, r));
+  }
+  return HM_OK;
+}
+
+/* Completes the allreduces and, for staged devices, copies the sums back. */
+static hm_status hm_finish_allreduce(hm_pipe *w) {
+  HM_TRY(hm_wait_pending(w));
+  if (w->direct || w->R == 1) return HM_OK;
+  void *grads = hm_stage_grads(w->st);
+  for (int k = 0; k < w->nbuckets; k++)
+    for (int i = 0; i < w->buckets[k].nspans; i++) {
+      const hm_span *sp = &w->buckets[k].spans[i];
+      HM_TRY(hm_from_wire(w, hm_device_offset(w->dev, grads, sp->offset),
+                          (char *)w->stage_buf + sp->offset * w->wire_size, sp->count));
+    }
+  return HM_OK;
+}
+
+/* First and last stage swap their copies of the tied embedding's gradient and both keep the
+ * sum. a + b == b + a exactly in IEEE arithmetic, so the two copies stay bitwise equal. */
+static hm_status hm_tied_sync(hm_pipe *w, int peer) {
+  size_t n = 0;
+  void *g = hm_stage_tied_grad(w->st, &n);
+  if (!g) return hm_error(HM_ERR_INTERNAL, "stage [%d,%d) has no tied embedding to sync", w->first, w->last);
+  HM_TRY(hm_to_wire(w, w->tied_mine, g, n));
+  hm_request_t rs = NULL, rr = NULL;
+  HM_TRY(hm_group_start());
+  hm_status st = hm_comm_isend(w->pipe, w->tied_mine, n, w->wire, peer, &rs);
+  if (st == HM_OK) st = hm_comm_irecv(w->pipe, w->tied_peer, n, w->wire, peer, &rr);
+  hm_status st2 = hm_group_end();
+  if (st == HM_OK) st = st2;
+  if (rs) {
+    hm_status s3 = hm_request_wait(rs);
+    if (st == HM_OK) st = s3;
+  }
+  if (rr) {
+    hm_status s3 = hm_request_wait(rr);
+    if (st == HM_OK) st = s3;
+  }
+  HM_TRY(st);
+  if (w->wire == HM_FLOAT32) {
+    float *a = w->tied_mine;
+    const float *b = w->tied_peer;
+    for (size_t i = 0; i < n; i++) a[i] += b[i];
+  } else {
+    double *a = w->tied_mine;
+    const double *b = w->tied_peer;
+    for (size_t i = 0; i < n; i++) a[i] += b[i];
+  }
+  return hm_from_wire(w, g, w->tied_mine, n);
+}
+
+/* ---------------------------------------------------------------- one step */
+
+typedef struct hm_step_out {
+  double loss_sum;  /* sum of this replica's micro-batch losses (last stage) */
+  double sumsq;     /* global gradient sum of squares */
+  double busy_s;    /* this worker's compute time */
+  float lr;
+} hm_step_out;
+
+static hm_status hm_pipe_step(hm_pipe *w, int step /* 0-based */, hm_step_out *out) {
+  const hm_train_options *t = w->t;
+  memset(out, 0, sizeof *out);
+  HM_TRY(hm_stage_zero_grad(w->st));
+  if (w->is_first || w->is_last) {
+    for (int k = 0; k < w->m; k++) {
+      /* the single-process trainer's (step*M + micro_off + k)-th micro-batch of B sequences */
+      w->dl.position = ((uint64_t)step * (uint64_t)w->M + (uint64_t)(w->micro_off + k)) * (uint64_t)t->batch;
+      hm_dataloader_next(&w->dl, w->inputs + (size_t)k * w->N, w->targets + (size_t)k * w->N);
+    }
+  }
+  const float loss_weight = 1.0f / (float)w->M;
+  uint64_t busy = 0;
+  for (int i = 0; i < w->nops; i++) {
+    const hm_pipe_op *op = &w->ops[i];
+    const int k = op->micro, slot = k >= 0 ? k % w->nslots : 0;
+    const uint64_t t0 = hm_now_ns();
+    int track = 1;
+    switch (op->kind) {
+      case HM_PIPE_OP_RECV_ACT:
+      case HM_PIPE_OP_RECV_GRAD:
+        HM_TRY(hm_recv_act(w, op->peer));
+        break;
+      case HM_PIPE_OP_FWD:
+        track = 0;
+        HM_TRY(hm_stage_forward(w->st, slot, w->is_first ? w->inputs + (size_t)k * w->N : NULL,
+                                w->is_first ? NULL : w->dev_x, w->is_last ? w->targets + (size_t)k * w->N : NULL,
+                                w->is_last ? &w->losses[k] : NULL));
+        break;
+      case HM_PIPE_OP_SEND_ACT:
+        HM_TRY(hm_send_act(w, hm_stage_output(w->st, slot), op->peer));
+        break;
+      case HM_PIPE_OP_BWD:
+        track = 0;
+        HM_TRY(hm_stage_backward(w->st, slot, w->is_last ? NULL : w->dev_x, loss_weight));
+        break;
+      case HM_PIPE_OP_SEND_GRAD:
+        HM_TRY(hm_send_act(w, hm_stage_dinput(w->st), op->peer));
+        break;
+      case HM_PIPE_OP_ALLREDUCE:
+        HM_TRY(hm_allreduce_bucket(w, op->layer_begin, op->layer_end));
+        break;
+      case HM_PIPE_OP_TIED_EMB_SYNC:
+        HM_TRY(hm_finish_allreduce(w)); /* the tied gradient is summed over replicas first */
+        HM_TRY(hm_tied_sync(w, op->peer));
+        break;
+      case HM_PIPE_OP_GRAD_NORM: {
+        HM_TRY(hm_finish_allreduce(w));
+        double local = 0;
+        HM_TRY(hm_stage_grad_sumsq(w->st, &local));
+        /* every replica holds the same summed gradients: the norm is over this replica's stages */
+        HM_TRY(hm_comm_allreduce(w->pipe, &local, &out->sumsq, 1, HM_FLOAT64, HM_SUM));
+        if (!isfinite(out->sumsq))
+          return hm_error(HM_ERR_INTERNAL, "step %d: gradient norm is not finite; lower the learning rate", step + 1);
+        break;
+      }
+      case HM_PIPE_OP_OPTIMIZER: {
+        track = 0;
+        hm_adamw a = {hm_pipe_lr_at(t, step + 1), t->beta1, t->beta2, t->eps, t->weight_decay};
+        out->lr = a.lr;
+        HM_TRY(hm_stage_adamw(w->st, &a, step + 1, hm_grad_clip_scale(out->sumsq, t->grad_clip)));
+        HM_TRY(hm_device_synchronize(w->dev));
+        break;
+      }
+      default:
+        return hm_error(HM_ERR_INTERNAL, "unknown op kind %d in the schedule", (int)op->kind);
+    }
+    const uint64_t t1 = hm_now_ns();
+    if (track == 0) busy += t1 - t0;
+    hm_trace_add(w, track, op->kind, k, t0, t1);
+  }
+  HM_TRY(hm_wait_sends(w));
+  out->busy_s = (double)busy * 1e-9;
+  if (w->is_last)
+    for (int k = 0; k < w->m; k++) out->loss_sum += w->losses[k];
+  return HM_OK;
+}
+
+/* ---------------------------------------------------------------- setup, trace, teardown */
+
+static hm_status hm_pipe_setup(hm_pipe *w) {
+  const hm_pipeline_options *o = w->o;
+  const hm_train_options *t = w->t;
+  w->p = o->nstages, w->R = o->nreplicas;
+  w->rank = hm_comm_rank(w->world);
+  HM_TRY(hm_pipeline_check(o, hm_comm_size(w->world)));
+  w->replica = w->rank / w->p, w->stage = w->rank % w->p;
+  w->m = o->micro[w->replica];
+  for (int r = 0; r < w->R; r++) {
+    if (r < w->replica) w->micro_off += o->micro[r];
+    w->M += o->micro[r];
+  }
+  w->first = o->stage_layers[w->stage], w->last = o->stage_layers[w->stage + 1];
+  w->is_first = w->stage == 0, w->is_last = w->stage == w->p - 1;
+  const int T = t->seq_len > 0 ? t->seq_len : t->config.T;
+  w->N = t->batch * T, w->C = t->config.C;
+
+  HM_TRY(hm_comm_split(w->world, w->replica, w->stage, &w->pipe, NULL));
+  HM_TRY(hm_comm_split(w->world, w->stage, w->replica, &w->dp, NULL));
+
+  HM_TRY(hm_pipe_stage_ops(w->p, w->m, o->stage_layers, w->R > 1, o->layers_per_bucket > 0 ? o->layers_per_bucket : 1,
+                            1, w->stage, &w->ops, &w->nops, &w->nslots));
+  if (w->nslots < 1) w->nslots = 1;
+
+  HM_TRY(hm_device_open(t->device ? t->device : "cpu", &w->dev));
+  hm_stage_options so = {w->first, w->last, t->batch, T, w->nslots};
+  HM_TRY(hm_stage_create(&t->config, w->dev, &so, &w->st));
+  if (t->resume) {
+    /* a dump directory of an earlier run of this layout: this stage's params, moments, step */
+    char path[4200];
+    hm_ckpt_meta m;
+    snprintf(path, sizeof path, "%s/stage%d.hmc", t->resume, w->stage);
+    HM_TRY(hm_stage_load(w->st, path, &m));
+    const int T_run = t->seq_len > 0 ? t->seq_len : t->config.T;
+    if (m.batch != t->batch || m.seq_len != T_run || m.data_seed != t->seed ||
+        m.data_position != m.step * (uint64_t)w->M * (uint64_t)t->batch)
+      return hm_error(HM_ERR_INVALID_ARG, "%s was trained with batch %d, seq_len %d, seed %llu and %llu sequences per "
+                      "step; this run has %d, %d, %llu and %d (resume with the same layout and options)", path,
+                      m.batch, m.seq_len, (unsigned long long)m.data_seed,
+                      (unsigned long long)(m.step ? m.data_position / m.step : 0), t->batch, T_run,
+                      (unsigned long long)t->seed, w->M * t->batch);
+    w->start_step = (int)m.step;
+  } else {
+    HM_TRY(hm_stage_init_params(w->st, t->seed));
+  }
+  HM_TRY(hm_build_buckets(w));
+
+  if (w->is_first || w->is_last) {
+    char corpus[4200];
+    const char *data = t->data;
+    if (!data) {
+      HM_TRY(hm_default_corpus(t->data_dir ? t->data_dir : "data", corpus, sizeof corpus));
+      data = corpus;
+    }
+    HM_TRY(hm_tokfile_open(data, &w->tf));
+    w->have_tf = 1;
+    if (w->tf.vocab > (uint32_t)t->config.V)
+      return hm_error(HM_ERR_INVALID_ARG, "token file %s has vocabulary %u, larger than the model's V=%d", data,
+                      w->tf.vocab, t->config.V);
+    HM_TRY(hm_dataloader_init(&w->dl, &w->tf, t->batch, T, t->seed, t->val_fraction));
+    w->inputs = hm_malloc((size_t)w->m * w->N * sizeof(int32_t), "micro-batch inputs");
+    w->targets = hm_malloc((size_t)w->m * w->N * sizeof(int32_t), "micro-batch targets");
+    w->losses = hm_calloc((size_t)w->m, sizeof(float), "micro-batch losses");
+    if (!w->inputs || !w->targets || !w->losses) return HM_ERR_NOMEM;
+  }
+  /* the wire type: f64 as soon as one worker computes in f64 */
+  int64_t esize = (int64_t)w->dev->dtype_size, esize_max = 0;
+  HM_TRY(hm_comm_allreduce(w->world, &esize, &esize_max, 1, HM_INT64, HM_MAX));
+  w->wire = esize_max >= 8 ? HM_FLOAT64 : HM_FLOAT32;
+  w->wire_size = hm_dtype_size(w->wire);
+  w->direct = w->dev->kind == HM_DEVICE_HOST && w->dev->dtype == w->wire;
+  const size_t nc = (size_t)w->N * w->C, vc = (size_t)t->config.V * t->config.C;
+  const size_t np = hm_stage_num_params(w->st);
+  if (w->dev->dtype != w->wire) { /* f32 device on an f64 wire */
+    size_t most = nc > vc ? nc : vc;
+    if (np > most) most = np;
+    w->conv = hm_malloc(most * sizeof(float), "f32 conversion scratch");
+    if (!w->conv) return HM_ERR_NOMEM;
+  }
+  w->recv_buf = hm_malloc(nc * w->wire_size, "received activations");
+  if (!w->recv_buf) return HM_ERR_NOMEM;
+  HM_TRY(hm_device_alloc(w->dev, &w->dev_x, nc * w->dev->dtype_size, "received activations"));
+  /* sends in flight at once: at most the micro-batches between two waits, bounded by m */
+  w->nsends = w->m + 1;
+  w->sends = hm_calloc((size_t)w->nsends, sizeof *w->sends, "send slots");
+  if (!w->sends) return HM_ERR_NOMEM;
+  if (w->p > 1)
+    for (int i = 0; i < w->nsends; i++) {
+      w->sends[i].buf = hm_malloc(nc * w->wire_size, "send slot");
+      if (!w->sends[i].buf) return HM_ERR_NOMEM;
+    }
+  if (!w->direct && w->R > 1) {
+    w->stage_buf = hm_malloc(np * w->wire_size, "gradient staging");
+    if (!w->stage_buf) return HM_ERR_NOMEM;
+  }
+  if (w->p > 1 && (w->is_first || w->is_last)) {
+    w->tied_mine = hm_malloc(vc * w->wire_size, "tied embedding gradient");
+    w->tied_peer = hm_malloc(vc * w->wire_size, "tied embedding gradient (peer)");
+    if (!w->tied_mine || !w->tied_peer) return HM_ERR_NOMEM;
+  }
+  return HM_OK;
+}
+
+/* Rank 0 gathers every worker's trace records and writes them in the simulator's format
+ * (pid = replica*1000 + stage, tid 0 compute / 1 comm), times from the earliest record. */
+static hm_status hm_pipe_write_trace(hm_pipe *w) {
+  const int n = hm_comm_size(w->world);
+  int64_t mine = w->ntrace, most = 0;
+  HM_TRY(hm_comm_allreduce(w->world, &mine, &most, 1, HM_INT64, HM_MAX));
+  const size_t rec = sizeof(hm_trace_rec);
+  const size_t per = (size_t)(most > 0 ? most : 1) * rec;
+  unsigned char *send = hm_calloc(per, 1, "trace records");
+  unsigned char *all = w->rank == 0 ? hm_calloc(per * (size_t)n, 1, "trace records") : NULL;
+  int64_t *counts = w->rank == 0 ? hm_calloc((size_t)n, sizeof(int64_t), "trace counts") : NULL;
+  hm_status st = (!send || (w->rank == 0 && (!all || !counts))) ? HM_ERR_NOMEM : HM_OK;
+  /* every rank must enter the collectives even when its own allocation failed */
+  if (send && w->ntrace) memcpy(send, w->trace, (size_t)w->ntrace * rec);
+  hm_status s2 = hm_comm_gather(w->world, &mine, counts, 1, HM_INT64, 0);
+  if (st == HM_OK) st = s2;
+  s2 = hm_comm_gather(w->world, send ? send : (unsigned char *)&mine, all, per, HM_UINT8, 0);
+  if (st == HM_OK) st = s2;
+  if (st == HM_OK && w->rank == 0) {
+    int64_t total = 0, t_min = INT64_MAX;
+    int nev = 0;
+    for (int r = 0; r < n; r++) total += counts[r];
+    hm_pipe_event *ev = hm_calloc((size_t)(total > 0 ? total : 1), sizeof *ev, "trace events");
+    if (!ev) st = HM_ERR_NOMEM;
+    for (int r = 0; st == HM_OK && r < n; r++)
+      for (int64_t i = 0; i < counts[r]; i++) {
+        const hm_trace_rec *e = (const hm_trace_rec *)(all + (size_t)r * per) + i;
+        if (e->start_ns < t_min) t_min = e->start_ns;
+      }
+    for (int r = 0; st == HM_OK && r < n; r++)
+      for (int64_t i = 0; i < counts[r]; i++) {
+        const hm_trace_rec *e = (const hm_trace_rec *)(all + (size_t)r * per) + i;
+        ev[nev++] = (hm_pipe_event){e->replica, e->stage, e->track, e->kind, e->micro,
+                                    (double)(e->start_ns - t_min) * 1e-9, (double)e->dur_ns * 1e-9};
+      }
+    if (st == HM_OK) st = hm_pipe_trace_write(ev, nev, w->o->trace_path);
+    free(ev);
+  }
+  free(send);
+  free(all);
+  free(counts);
+  return st;
+}
+
+static void hm_pipe_free(hm_pipe *w) {
+  hm_wait_pending(w);
+  if (w->sends) hm_wait_sends(w);
+  if (w->sends)
+    for (int i = 0; i < w->nsends; i++) free(w->sends[i].buf);
+  free(w->sends);
+  free(w->pending);
+  free(w->buckets);
+  free(w->stage_buf);
+  free(w->tied_mine);
+  free(w->tied_peer);
+  free(w->conv);
+  free(w->recv_buf);
+  free(w->inputs);
+  free(w->targets);
+  free(w->losses);
+  free(w->trace);
+  if (w->dev && w->dev_x) hm_device_free(w->dev, w->dev_x);
+  hm_stage_destroy(w->st);
+  hm_device_close(w->dev);
+  if (w->have_tf) hm_tokfile_close(&w->tf);
+  free(w->ops);
+  if (w->metrics) fclose(w->metrics);
+  if (w->pipe) hm_comm_destroy(w->pipe);
+  if (w->dp) hm_comm_destroy(w->dp);
+}
+
+/* mkdir -p */
+static hm_status hm_mkdirs(const char *dir) {
+  char p[4096];
+  if (hm_strcpy(p, sizeof p, dir) != 0) return hm_error(HM_ERR_INVALID_ARG, "path too long: %s", dir);
+  for (char *c = p + 1;; c++) {
+    if (*c != '/' && *c != '\0') continue;
+    char save = *c;
+    *c = '\0';
+    if (mkdir(p, 0755) != 0 && errno != EEXIST) return hm_error(HM_ERR_IO, "cannot create %s: %s", p, strerror(errno));
+    *c = save;
+    if (save == '\0') break;
+  }
+  return HM_OK;
+}
+
+static hm_status hm_pipe_open_metrics(hm_pipe *w) {
+  const hm_train_options *t = w->t;
+  char path[4200];
+  const char *mp = w->o->metrics_path;
+  if (!mp && t->out_dir) {
+    HM_TRY(hm_mkdirs(t->out_dir));
+    snprintf(path, sizeof path, "%s/metrics.jsonl", t->out_dir);
+    mp = path;
+  }
+  if (!mp) return HM_OK;
+  w->metrics = fopen(mp, w->t->resume ? "a" : "w");
+  if (!w->metrics) return hm_error(HM_ERR_IO, "cannot open %s: %s", mp, strerror(errno));
+  return HM_OK;
+}
+
+static hm_status hm_pipe_dump(hm_pipe *w, int steps) {
+  const hm_train_options *t = w->t;
+  HM_TRY(hm_mkdirs(w->o->dump_dir));
+  char path[4200];
+  snprintf(path, sizeof path, "%s/stage%d.hmc", w->o->dump_dir, w->stage);
+  hm_ckpt_meta m;
+  memset(&m, 0, sizeof m);
+  m.step = (uint64_t)steps;
+  m.data_seed = t->seed;
+  m.data_position = (uint64_t)steps * (uint64_t)w->M * (uint64_t)t->batch;
+  m.lr = t->lr, m.beta1 = t->beta1, m.beta2 = t->beta2, m.eps = t->eps;
+  m.weight_decay = t->weight_decay, m.grad_clip = t->grad_clip;
+  m.batch = t->batch, m.seq_len = w->N / t->batch;
+  return hm_stage_save(w->st, path, &m);
+}
+
+hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipeline_result *res) {
+  hm_pipeline_result local;
+  if (!res) res = &local;
+  memset(res, 0, sizeof *res);
+  if (!world) return hm_error(HM_ERR_INVALID_ARG, "pipeline: no communicator");
+  hm_pipe w;
+  memset(&w, 0, sizeof w);
+  w.o = o;
+  w.t = o ? o->train : NULL;
+  w.world = world;
+  hm_status st = hm_pipe_setup(&w);
+  const int reporter = w.replica == 0 && w.is_last; /* holds replica 0's losses */
+  if (st == HM_OK && reporter) st = hm_pipe_open_metrics(&w);
+  const int steps = w.t ? (w.t->stop_after > 0 && w.t->stop_after < w.t->steps ? w.t->stop_after : w.t->steps) : 0;
+  const int trace_steps = o && o->trace_steps > 0 ? o->trace_steps : 1;
+  double timed_s = 0, t_start = hm_now_s();
+  int timed_steps = 0;
+  double busy_sum[HM_PIPE_MAX_STAGES] = {0};
+  uint64_t tokens = 0;
+  res->steps_done = w.start_step;
+  for (int step = w.start_step; st == HM_OK && step < steps; step++) {
+    w.tracing = o->trace_path && step >= steps - trace_steps;
+    const double ts = hm_now_s();
+    hm_step_out so;
+    st = hm_pipe_step(&w, step, &so);
+    if (st != HM_OK) break;
+    /* the step's loss over all M micro-batches: the last stages hold it */
+    double loss_sum = so.loss_sum, loss_all = 0;
+    if (w.R > 1 && w.is_last) st = hm_comm_allreduce(w.dp, &loss_sum, &loss_all, 1, HM_FLOAT64, HM_SUM);
+    else loss_all = loss_sum;
+    if (st != HM_OK) break;
+    const double dt = hm_now_s() - ts;
+    /* slowest worker's step time and each stage's compute time (replica 0's), all in one call */
+    double stat[1 + HM_PIPE_MAX_STAGES] = {0}, stat_max[1 + HM_PIPE_MAX_STAGES];
+    stat[0] = dt;
+    if (w.replica == 0) stat[1 + w.stage] = so.busy_s;
+    st = hm_comm_allreduce(w.world, stat, stat_max, (size_t)(1 + w.p), HM_FLOAT64, HM_MAX);
+    if (st != HM_OK) break;
+    tokens += (uint64_t)w.M * (uint64_t)w.N;
+    if (step > w.start_step || steps == w.start_step + 1) { /* the first step warms caches and allocators up */
+      timed_s += stat_max[0];
+      timed_steps++;
+      for (int s = 0; s < w.p; s++) busy_sum[s] += stat_max[1 + s];
+    }
+    res->steps_done = step + 1;
+    res->last_loss = (float)(loss_all / w.M);
+    if (reporter) {
+      hm_train_progress pr;
+      memset(&pr, 0, sizeof pr);
+      pr.step = step + 1, pr.steps = w.t->steps;
+      pr.loss = res->last_loss;
+      pr.lr = so.lr;
+      pr.grad_norm = (float)sqrt(so.sumsq);
+      pr.elapsed_s = hm_now_s() - t_start;
+      pr.tokens_per_s = (double)tokens / pr.elapsed_s;
+      pr.eta_s = (double)(steps - step - 1) * pr.elapsed_s / (double)(step + 1 - w.start_step);
+      if (w.metrics) {
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddNumberToObject(j, "step", pr.step);
+        cJSON_AddNumberToObject(j, "loss", pr.loss);
+        cJSON_AddNumberToObject(j, "lr", pr.lr);
+        cJSON_AddNumberToObject(j, "grad_norm", pr.grad_norm);
+        cJSON_AddNumberToObject(j, "tokens_per_s", pr.tokens_per_s);
+        cJSON_AddNumberToObject(j, "step_time_s", stat_max[0]);
+        cJSON_AddNumberToObject(j, "elapsed_s", pr.elapsed_s);
+        cJSON *busy = cJSON_AddArrayToObject(j, "stage_busy_s");
+        for (int s = 0; s < w.p; s++) cJSON_AddItemToArray(busy, cJSON_CreateNumber(stat_max[1 + s]));
+        char *txt = cJSON_PrintUnformatted(j);
+        cJSON_Delete(j);
+        if (txt) {
+          fprintf(w.metrics, "%s\n", txt);
+          fflush(w.metrics);
+          free(txt);
+        }
+      }
+      if (w.t->on_progress) w.t->on_progress(&pr, w.t->user);
+    }
+  }
+  if (timed_steps > 0) {
+    res->step_time_s = timed_s / timed_steps;
+    res->tokens_per_s = (double)w.M * (double)w.N / res->step_time_s;
+    for (int s = 0; s < w.p && s < HM_PIPE_MAX_STAGES; s++) res->stage_busy_s[s] = busy_sum[s] / timed_steps;
+  }
+  if (st == HM_OK && o->trace_path) st = hm_pipe_write_trace(&w);
+  if (st == HM_OK && o->dump_dir && w.replica == 0) st = hm_pipe_dump(&w, res->steps_done);
+  st = hm_pipe_ctx(st, &w);
+  if (st != HM_OK) { /* peers blocked on this worker fail fast instead of waiting out deadlines */
+    if (w.pipe) hm_comm_abort(w.pipe);
+    if (w.dp) hm_comm_abort(w.dp);
+    hm_comm_abort(world);
+  }
+  hm_pipe_free(&w);
+  return st;
+}

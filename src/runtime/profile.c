@@ -1,0 +1,286 @@
+/* hetmix profiler, the spec side: decides what to measure from the cluster and model specs,
+ * runs the device half (profile_layers.c) and the link half (profile_links.c), and fills the
+ * profile the planner reads (include/hetmix/spec.h, docs/spec.md "Profile"; docs/profile.md).
+ *
+ * Measured: every layer kind of the model on every device type that has a backend string, at
+ * each micro-batch size; the intra-host link between every two such types that share a host,
+ * from ping-pong between two local processes. Not measured: inter-host links (one machine) and
+ * device types without a backend here (their analytic estimates stay in force).
+ * The device and comm halves live in their own files because device.h (through comm.h) and
+ * spec.h each define an `hm_spec_dtype`; this file includes only spec.h. */
+#include "hetmix/profile.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hetmix/spec.h"
+#include "util/util.h"
+
+void hm_profile_options_default(hm_profile_options *o) {
+  memset(o, 0, sizeof *o);
+  o->warmup = 1;
+  o->reps = 5;
+  o->copies = 1;
+  o->timeout_s = 3600;
+  o->budget_s = 2.0;
+  o->links = 1;
+  o->link_transport = "shm";
+  o->link_probe.seconds_per_size = 0.05;
+  o->link_probe.timeout_ms = 30000;
+  o->seed = 1234;
+}
+
+static void hm_say(const hm_profile_options *o, const char *fmt, const char *a, const char *b) {
+  if (!o->progress) return;
+  char line[512];
+  snprintf(line, sizeof line, fmt, a, b);
+  o->progress(line, o->user);
+}
+
+/* Micro-batch sizes: given ones sorted and deduplicated, or 1, 2, 4. */
+static hm_status hm_pick_mbs(const hm_profile_options *o, int64_t *mbs, int *n) {
+  static const int64_t def[] = {1, 2, 4};
+  int k = 0;
+  if (o->n_micro_batches <= 0) {
+    for (k = 0; k < 3; k++) mbs[k] = def[k];
+    *n = k;
+    return HM_OK;
+  }
+  if (o->n_micro_batches > HM_PROFILE_MAX_MBS)
+    return hm_error(HM_ERR_INVALID_ARG, "profile: %d micro-batch sizes, at most %d", o->n_micro_batches,
+                    HM_PROFILE_MAX_MBS);
+  for (int i = 0; i < o->n_micro_batches; i++) {
+    int64_t v = o->micro_batches[i];
+    if (v < 1 || v > 65536)
+      return hm_error(HM_ERR_INVALID_ARG, "profile: micro-batch size %lld outside 1..65536", (long long)v);
+    int j = k;
+    while (j > 0 && mbs[j - 1] > v) {
+      mbs[j] = mbs[j - 1];
+      j--;
+    }
+    if (j > 0 && mbs[j - 1] == v) { /* duplicate: undo the shift */
+      for (; j < k; j++) mbs[j] = mbs[j + 1];
+      continue;
+    }
+    mbs[j] = v;
+    k++;
+  }
+  *n = k;
+  return HM_OK;
+}
+
+/* 1 when type k is one to measure. Unknown names in the filter were rejected before. */
+static int hm_type_selected(const hm_profile_options *o, const hm_cluster *c, int k) {
+  if (!c->types[k].backend[0]) return 0;
+  if (o->ntypes <= 0) return 1;
+  for (int i = 0; i < o->ntypes; i++)
+    if (strcmp(o->types[i], c->types[k].name) == 0) return 1;
+  return 0;
+}
+
+static hm_status hm_check_type_filter(const hm_profile_options *o, const hm_cluster *c) {
+  if (o->ntypes < 0 || o->ntypes > (int)(sizeof o->types / sizeof o->types[0]))
+    return hm_error(HM_ERR_INVALID_ARG, "profile: %d type names, at most 16", o->ntypes);
+  for (int i = 0; i < o->ntypes; i++) {
+    int k = o->types[i] ? hm_cluster_find_type(c, o->types[i]) : -1;
+    if (k < 0) {
+      char known[512] = "";
+      for (int t = 0; t < c->ntypes; t++)
+        snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", t ? ", " : "", c->types[t].name);
+      return hm_error(HM_ERR_NOT_FOUND, "profile: cluster '%s' has no device type '%s' (its types: %s)", c->name,
+                      o->types[i] ? o->types[i] : "(null)", known);
+    }
+    if (!c->types[k].backend[0])
+      return hm_error(HM_ERR_INVALID_ARG,
+                      "profile: device type '%s' has no \"backend\" in cluster '%s', so it cannot be run here",
+                      c->types[k].name, c->name);
+  }
+  return HM_OK;
+}
+
+static int hm_has_link(const hm_profile *p, const char *a, const char *b) {
+  for (int i = 0; i < p->nlinks; i++) {
+    const hm_profile_link *l = &p->links[i];
+    if (l->inter_host) continue;
+    if ((!strcmp(l->type_a, a) && !strcmp(l->type_b, b)) || (!strcmp(l->type_a, b) && !strcmp(l->type_b, a)))
+      return 1;
+  }
+  return 0;
+}
+
+/* Intra-host entries for every two measured types that share a host (a type with itself when a
+ * host holds two or more of it): processes on one host talk over the same transport whatever
+ * their device backends are, so one probe serves every pair. */
+static hm_status hm_add_links(const hm_profile_options *o, const hm_cluster *c, const hm_link_fit *fit,
+                              hm_profile *p) {
+  for (int g = 0; g < c->ngroups; g++) {
+    const hm_host_group *hg = &c->groups[g];
+    for (int i = 0; i < hg->nkinds; i++)
+      for (int j = i; j < hg->nkinds; j++) {
+        const int ta = hg->dev[i].type, tb = hg->dev[j].type;
+        if (i == j && hg->dev[i].count < 2) continue;
+        if (!hm_type_selected(o, c, ta) || !hm_type_selected(o, c, tb)) continue;
+        if (hm_has_link(p, c->types[ta].name, c->types[tb].name)) continue;
+        hm_profile_link e;
+        memset(&e, 0, sizeof e);
+        hm_strcpy(e.type_a, sizeof e.type_a, c->types[ta].name);
+        hm_strcpy(e.type_b, sizeof e.type_b, c->types[tb].name);
+        e.inter_host = 0;
+        e.link.bandwidth = fit->bandwidth;
+        e.link.latency = fit->latency;
+        e.a = e.b = -1;
+        HM_TRY(hm_profile_add_link(p, &e));
+      }
+  }
+  return HM_OK;
+}
+
+static hm_status hm_measure_links(const hm_profile_options *o, const hm_cluster *c, hm_profile *p,
+                                  hm_profile_report *rep) {
+  static const char *const transports[2] = {"shm", "tcp"};
+  const char *record = o->link_transport ? o->link_transport : "shm";
+  if (strcmp(record, "shm") && strcmp(record, "tcp"))
+    return hm_error(HM_ERR_INVALID_ARG, "profile: link transport '%s' is not shm or tcp", record);
+  const hm_link_fit *chosen = NULL;
+  for (int t = 0; t < 2; t++) {
+    hm_link_probe_options lo = o->link_probe;
+    lo.transport = transports[t];
+    hm_say(o, "probing %s ping-pong between two processes%s", transports[t], "");
+    hm_link_fit *fit = &rep->fits[rep->nfits];
+    hm_status st = hm_profile_link_probe(&lo, fit);
+    if (st != HM_OK) return st;
+    rep->nfits++;
+    if (!strcmp(transports[t], record)) chosen = fit;
+  }
+  return hm_add_links(o, c, chosen, p);
+}
+
+hm_status hm_profile_measure(const hm_profile_options *o, hm_profile *out, hm_profile_report *rep) {
+  if (!o || !o->cluster || !o->model || !out)
+    return hm_error(HM_ERR_INVALID_ARG, "hm_profile_measure: cluster, model and output are required");
+  const hm_cluster *c = o->cluster;
+  const hm_model *m = o->model;
+  hm_profile_report local;
+  if (!rep) rep = &local;
+  memset(rep, 0, sizeof *rep);
+  const double t_start = hm_now_s();
+
+  if (!m->has_config || m->cfg.arch != HM_ARCH_GPT2)
+    return hm_error(HM_ERR_UNSUPPORTED,
+                    "profile: model '%s' %s; the profiler times GPT-2 stages, so give a model with a "
+                    "\"config\" of arch \"gpt2\"",
+                    m->name, m->has_config ? "is not gpt2" : "is an explicit layer list");
+  if (m->dtype != HM_DTYPE_FP32)
+    return hm_error(HM_ERR_UNSUPPORTED, "profile: model '%s' has dtype %s; the local backends compute in fp32",
+                    m->name, hm_spec_dtype_name(m->dtype));
+  const hm_spec_model_config *cfg = &m->cfg;
+  if (cfg->L > 1024 || cfg->C > 65536 || cfg->NH > 65536 || cfg->V > (1 << 24) || cfg->T > 65536)
+    return hm_error(HM_ERR_INVALID_ARG, "profile: model '%s' is too large to build here (L%lld C%lld V%lld T%lld)",
+                    m->name, (long long)cfg->L, (long long)cfg->C, (long long)cfg->V, (long long)cfg->T);
+  if (m->nlayers != cfg->L + 2)
+    return hm_error(HM_ERR_INTERNAL, "profile: model '%s' has %d layers, expected L+2 = %lld", m->name, m->nlayers,
+                    (long long)(cfg->L + 2));
+  const hm_profile_shape shape = {(int)cfg->L, (int)cfg->C, (int)cfg->NH, (int)cfg->V, (int)cfg->T};
+
+  /* one representative layer per kind: the model's layer index is the stage's layer index */
+  int layers[8], nkinds = 0;
+  for (int l = 0; l < m->nlayers; l++) {
+    int seen = 0;
+    for (int k = 0; k < nkinds; k++) seen |= !strcmp(m->layers[layers[k]].kind, m->layers[l].kind);
+    if (seen) continue;
+    if (nkinds == 8) return hm_error(HM_ERR_INTERNAL, "profile: more than 8 layer kinds in '%s'", m->name);
+    layers[nkinds++] = l;
+  }
+  int64_t mbs[HM_PROFILE_MAX_MBS];
+  int nmbs = 0;
+  HM_TRY(hm_pick_mbs(o, mbs, &nmbs));
+  HM_TRY(hm_check_type_filter(o, c));
+  int ntypes = 0;
+  for (int k = 0; k < c->ntypes; k++) ntypes += hm_type_selected(o, c, k);
+  if (ntypes == 0)
+    return hm_error(HM_ERR_NOT_FOUND,
+                    "profile: no device type of cluster '%s' has a \"backend\" string, so none can run here",
+                    c->name);
+  const int reps = o->reps > 0 ? o->reps : 5, warmup = o->warmup >= 0 ? o->warmup : 1;
+  hm_strcpy(out->model, sizeof out->model, m->name);
+
+  /* links first: the probe forks, best done before this process starts device threads */
+  if (o->links) HM_TRY(hm_measure_links(o, c, out, rep));
+
+  /* the types to time, in cluster order */
+  int sel[HM_PROFILE_MAX_TYPES], nsel = 0;
+  for (int k = 0; k < c->ntypes && nsel < HM_PROFILE_MAX_TYPES; k++)
+    if (hm_type_selected(o, c, k)) sel[nsel++] = k;
+  const int copies = o->copies > 0 ? o->copies : 1, together = o->concurrent || copies > 1;
+  if (o->copies < 0 || copies > 16)
+    return hm_error(HM_ERR_INVALID_ARG, "profile: copies %d outside 1..16", o->copies);
+  const size_t per = (size_t)nkinds * (size_t)nmbs;
+  hm_layer_timing *all = hm_calloc(per * (size_t)nsel, sizeof *all, "profile timings");
+  char(*descs)[256] = hm_calloc((size_t)nsel, sizeof *descs, "profile device descriptions");
+  if (!all || !descs) {
+    free(all);
+    free(descs);
+    return HM_ERR_NOMEM;
+  }
+  hm_status st = HM_OK;
+  if (together) {
+    /* every type at once (concurrent), or each type alone with its copies */
+    const int groups = o->concurrent ? 1 : nsel;
+    for (int g = 0; st == HM_OK && g < groups; g++) {
+      const int first = o->concurrent ? 0 : g, njobs = o->concurrent ? nsel : 1;
+      const char *backends[HM_PROFILE_MAX_TYPES];
+      for (int j = 0; j < njobs; j++) backends[j] = c->types[sel[first + j]].backend;
+      st = hm_profile_time_layers_together(njobs, backends, copies, &shape, layers, nkinds, mbs, nmbs, warmup, reps,
+                                           o->budget_s, o->seed, o->timeout_s, all + per * (size_t)first,
+                                           descs[first], sizeof descs[0], o->progress, o->user);
+    }
+  }
+  for (int si = 0; st == HM_OK && si < nsel; si++) {
+    const int k = sel[si];
+    const hm_device_type *dt = &c->types[k];
+    hm_layer_timing *t = all + per * (size_t)si;
+    char *desc = descs[si];
+    if (!together) {
+      st = hm_profile_time_layers(dt->backend, &shape, layers, nkinds, mbs, nmbs, warmup, reps, o->budget_s,
+                                  o->seed + 7919u * (uint64_t)k, t, desc, sizeof descs[0], o->progress, o->user);
+      if (st != HM_OK) {
+        st = hm_error_context(st, "device type '%s': ", dt->name);
+        break;
+      }
+    }
+    hm_say(o, "measured device type '%s': %s", dt->name, desc);
+    rep->ntypes_measured++;
+    for (int i = 0; st == HM_OK && i < nkinds; i++) {
+      int any = 0;
+      for (int j = 0; st == HM_OK && j < nmbs; j++) {
+        const hm_layer_timing *x = &t[i * nmbs + j];
+        if (!x->fits) {
+          rep->nskipped++;
+          continue;
+        }
+        any = 1;
+        hm_profile_layer e;
+        memset(&e, 0, sizeof e);
+        hm_strcpy(e.device_type, sizeof e.device_type, dt->name);
+        hm_strcpy(e.kind, sizeof e.kind, m->layers[layers[i]].kind);
+        e.micro_batch = mbs[j];
+        e.fwd_s = x->fwd_s;
+        e.bwd_s = x->bwd_s;
+        e.mem_bytes = x->mem_bytes;
+        e.type = -1;
+        st = hm_profile_add_layer(out, &e);
+      }
+      if (st == HM_OK && !any)
+        st = hm_error(HM_ERR_NO_FIT, "profile: a %s layer of '%s' does not fit device type '%s' (%s) even at "
+                      "micro-batch %lld",
+                      m->layers[layers[i]].kind, m->name, dt->name, dt->backend, (long long)mbs[0]);
+    }
+  }
+  free(all);
+  free(descs);
+  /* the planner's own check: every name must resolve against the cluster and model */
+  if (st == HM_OK) st = hm_profile_resolve(out, c, m);
+  rep->seconds = hm_now_s() - t_start;
+  return st;
+}

@@ -1,0 +1,372 @@
+/* The device half of the profiler: times forward and backward of one-layer model stages on one
+ * device (include/hetmix/profile.h, hm_profile_time_layers).
+ *
+ * What is timed is exactly what a pipeline stage runs per micro-batch: hm_stage_forward (with the
+ * input copy, and the loss on the head) and hm_stage_backward, each followed by
+ * hm_device_synchronize. A device emulating a slower chip (slow=F) sleeps in batches (device.c
+ * carries a debt of owed sleep across kernels); the sleep a round owes but has not yet taken is
+ * counted in, so the figure is the emulated chip's time, not a lucky or unlucky batching.
+ * Several devices can be timed at once, each in its own process (as the workers of a plan run),
+ * so that each figure includes what the others take from the host (cores, caches, memory
+ * bandwidth); a process that finishes early keeps its device busy until all have finished.
+ * Not here: choosing what to time, the profile format (src/runtime/profile.c). */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "hetmix/device.h"
+#include "hetmix/model.h"
+#include "hetmix/profile.h"
+#include "util/util.h"
+
+static int hm_cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+/* Median of n values (sorts them). */
+static double hm_median(double *v, int n) {
+  qsort(v, (size_t)n, sizeof *v, hm_cmp_double);
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* Seconds since t0_ns including the change of the device's owed slow-down sleep since debt0. */
+static double hm_elapsed_emulated(const hm_device *dev, uint64_t t0_ns, uint64_t debt0) {
+  double s = (double)(hm_now_ns() - t0_ns) * 1e-9;
+  return s + ((double)dev->slow_debt_ns - (double)debt0) * 1e-9;
+}
+
+/* Deterministic inputs: tokens and targets in [0,V), activations and gradients in [-a, a). */
+static void hm_fill_tokens(int32_t *t, size_t n, int V, uint64_t seed) {
+  for (size_t i = 0; i < n; i++) t[i] = (int32_t)(hm_splitmix64(seed + i) % (uint64_t)V);
+}
+
+static void hm_fill_uniform(float *x, size_t n, float a, uint64_t seed) {
+  for (size_t i = 0; i < n; i++) {
+    uint64_t r = hm_splitmix64(seed ^ (0x9e3779b97f4a7c15ull * (i + 1)));
+    x[i] = a * (2.0f * (float)((double)(r >> 11) * 0x1.0p-53) - 1.0f);
+  }
+}
+
+typedef struct hm_layer_inputs {
+  int32_t *tokens, *targets; /* host (B,T) */
+  void *x_in, *dout;         /* device (B,T,C) */
+} hm_layer_inputs;
+
+static void hm_layer_inputs_free(hm_device *dev, hm_layer_inputs *in) {
+  free(in->tokens);
+  free(in->targets);
+  hm_device_free(dev, in->x_in);
+  hm_device_free(dev, in->dout);
+  memset(in, 0, sizeof *in);
+}
+
+static hm_status hm_layer_inputs_make(hm_device *dev, const hm_model_config *cfg, int B, uint64_t seed,
+                                      hm_layer_inputs *in) {
+  memset(in, 0, sizeof *in);
+  const size_t N = (size_t)B * cfg->T, NC = N * (size_t)cfg->C;
+  in->tokens = hm_malloc(N * sizeof(int32_t), "profile tokens");
+  in->targets = hm_malloc(N * sizeof(int32_t), "profile targets");
+  float *host = hm_malloc(NC * sizeof(float), "profile activations");
+  hm_status st = in->tokens && in->targets && host ? HM_OK : HM_ERR_NOMEM;
+  if (st == HM_OK) {
+    hm_fill_tokens(in->tokens, N, cfg->V, seed);
+    hm_fill_tokens(in->targets, N, cfg->V, seed + N);
+    st = hm_device_alloc(dev, &in->x_in, NC * dev->dtype_size, "profile input activations");
+  }
+  if (st == HM_OK) st = hm_device_alloc(dev, &in->dout, NC * dev->dtype_size, "profile output gradient");
+  if (st == HM_OK) {
+    /* a residual stream of unit scale; output gradients of the size a mean loss gives */
+    hm_fill_uniform(host, NC, 1.0f, seed + 1);
+    st = hm_device_copy_from_f32(dev, in->x_in, host, NC);
+  }
+  if (st == HM_OK) {
+    hm_fill_uniform(host, NC, 1e-3f, seed + 2);
+    st = hm_device_copy_from_f32(dev, in->dout, host, NC);
+  }
+  free(host);
+  if (st != HM_OK) hm_layer_inputs_free(dev, in);
+  return st;
+}
+
+/* One round: forward then backward of slot 0, each timed to the device's completion. */
+static hm_status hm_time_round(hm_stage *s, hm_device *dev, int layer, int L, const hm_layer_inputs *in,
+                               double *fwd, double *bwd) {
+  const int is_head = layer == L + 1;
+  HM_TRY(hm_stage_zero_grad(s));
+  HM_TRY(hm_device_synchronize(dev));
+  float loss = 0;
+  uint64_t debt = dev->slow_debt_ns, t0 = hm_now_ns();
+  HM_TRY(hm_stage_forward(s, 0, layer == 0 ? in->tokens : NULL, layer > 0 ? in->x_in : NULL,
+                          is_head ? in->targets : NULL, is_head ? &loss : NULL));
+  HM_TRY(hm_device_synchronize(dev));
+  *fwd = hm_elapsed_emulated(dev, t0, debt);
+  debt = dev->slow_debt_ns;
+  t0 = hm_now_ns();
+  HM_TRY(hm_stage_backward(s, 0, is_head ? NULL : in->dout, 1.0f));
+  HM_TRY(hm_device_synchronize(dev));
+  *bwd = hm_elapsed_emulated(dev, t0, debt);
+  return HM_OK;
+}
+
+static hm_status hm_time_one(hm_device *dev, const hm_model_config *cfg, int layer, int B, int warmup,
+                             int reps, double budget_s, uint64_t seed, hm_layer_timing *out) {
+  memset(out, 0, sizeof *out);
+  hm_layer_inputs in;
+  HM_TRY(hm_layer_inputs_make(dev, cfg, B, seed, &in));
+  /* the stage's own footprint: the high-water mark counted from here */
+  const size_t base = dev->stats.bytes_allocated, peak_before = dev->stats.bytes_peak;
+  dev->stats.bytes_peak = base;
+  hm_stage_options so = {.first = layer, .last = layer + 1, .B = B, .T = cfg->T, .max_microbatches = 1};
+  hm_stage *s = NULL;
+  hm_status st = hm_stage_create(cfg, dev, &so, &s);
+  if (st == HM_ERR_NO_FIT) { /* a size this device cannot hold: report, do not fail */
+    hm_clear_error();
+    dev->stats.bytes_peak = peak_before > dev->stats.bytes_peak ? peak_before : dev->stats.bytes_peak;
+    hm_layer_inputs_free(dev, &in);
+    return HM_OK;
+  }
+  double *f = NULL, *b = NULL;
+  if (st == HM_OK) st = hm_stage_init_params(s, seed);
+  if (st == HM_OK) {
+    f = hm_calloc((size_t)reps, sizeof *f, "profile times");
+    b = hm_calloc((size_t)reps, sizeof *b, "profile times");
+    if (!f || !b) st = HM_ERR_NOMEM;
+  }
+  /* Timed rounds stop early once they have used the budget (a slow device at a large micro-batch
+   * takes seconds per round); at least one is always timed. */
+  int timed = 0;
+  double spent = 0;
+  for (int r = 0; st == HM_OK && r < warmup + reps; r++) {
+    double tf = 0, tb = 0;
+    st = hm_time_round(s, dev, layer, cfg->L, &in, &tf, &tb);
+    if (st == HM_OK && r >= warmup) {
+      f[timed] = tf;
+      b[timed] = tb;
+      timed++;
+      spent += tf + tb;
+      if (budget_s > 0 && spent >= budget_s) break;
+    }
+  }
+  if (st == HM_OK) {
+    out->fits = 1;
+    out->reps = timed;
+    out->mem_bytes = (double)(dev->stats.bytes_peak - base);
+    out->fwd_s = hm_median(f, timed);
+    out->bwd_s = hm_median(b, timed);
+    out->fwd_min_s = f[0]; /* sorted by hm_median */
+    out->bwd_min_s = b[0];
+  }
+  free(f);
+  free(b);
+  hm_stage_destroy(s);
+  if (peak_before > dev->stats.bytes_peak) dev->stats.bytes_peak = peak_before;
+  hm_layer_inputs_free(dev, &in);
+  return st;
+}
+
+static const char *hm_layer_label(int layer, int L) {
+  return layer == 0 ? "embedding" : layer == L + 1 ? "head" : "block";
+}
+
+hm_status hm_profile_time_layers(const char *backend, const hm_profile_shape *shape, const int *layers,
+                                 int nlayers, const int64_t *mbs, int nmbs, int warmup, int reps,
+                                 double budget_s, uint64_t seed, hm_layer_timing *out, char *device_desc, size_t cap,
+                                 hm_profile_progress_fn progress, void *user) {
+  if (!backend || !shape || !layers || !mbs || !out || nlayers < 1 || nmbs < 1)
+    return hm_error(HM_ERR_INVALID_ARG, "hm_profile_time_layers: missing argument");
+  if (reps < 1 || warmup < 0)
+    return hm_error(HM_ERR_INVALID_ARG, "profile: reps must be >= 1 and warmup >= 0 (got %d, %d)", reps, warmup);
+  hm_model_config cfg = {"profile", shape->L, shape->C, shape->NH, shape->V, shape->T};
+  HM_TRY(hm_model_config_check(&cfg));
+  for (int k = 0; k < nlayers; k++)
+    if (layers[k] < 0 || layers[k] > cfg.L + 1)
+      return hm_error(HM_ERR_INVALID_ARG, "profile: layer %d outside 0..%d", layers[k], cfg.L + 1);
+  for (int j = 0; j < nmbs; j++)
+    if (mbs[j] < 1 || mbs[j] > 65536 || mbs[j] * (int64_t)cfg.T > (1 << 30))
+      return hm_error(HM_ERR_INVALID_ARG, "profile: micro-batch %lld outside 1..65536 (or B*T too large)",
+                      (long long)mbs[j]);
+  hm_device *dev = NULL;
+  HM_TRY(hm_device_open(backend, &dev));
+  if (device_desc && cap)
+    snprintf(device_desc, cap, "%s (%s, %d thread%s, slow %g)", dev->spec, dev->name, dev->threads,
+             dev->threads == 1 ? "" : "s", dev->slow);
+  hm_status st = HM_OK;
+  for (int k = 0; st == HM_OK && k < nlayers; k++)
+    for (int j = 0; st == HM_OK && j < nmbs; j++) {
+      hm_layer_timing *t = &out[k * nmbs + j];
+      st = hm_time_one(dev, &cfg, layers[k], (int)mbs[j], warmup, reps, budget_s, seed + (uint64_t)(k * 1000 + j), t);
+      if (st != HM_OK) {
+        st = hm_error_context(st, "profiling %s layer %d at micro-batch %lld on %s: ",
+                              hm_layer_label(layers[k], cfg.L), layers[k], (long long)mbs[j], backend);
+        break;
+      }
+      if (progress) {
+        char line[256];
+        if (t->fits)
+          snprintf(line, sizeof line, "%-24s %-9s mb %-4lld fwd %9.3f ms  bwd %9.3f ms  (%d reps, spread %4.1f%%/%4.1f%%)  mem %7.1f MiB",
+                   backend, hm_layer_label(layers[k], cfg.L), (long long)mbs[j], 1e3 * t->fwd_s, 1e3 * t->bwd_s, t->reps,
+                   100 * (t->fwd_s / (t->fwd_min_s > 0 ? t->fwd_min_s : t->fwd_s) - 1),
+                   100 * (t->bwd_s / (t->bwd_min_s > 0 ? t->bwd_min_s : t->bwd_s) - 1), t->mem_bytes / 1048576.0);
+        else
+          snprintf(line, sizeof line, "%-24s %-9s mb %-4lld does not fit the device: skipped", backend,
+                   hm_layer_label(layers[k], cfg.L), (long long)mbs[j]);
+        progress(line, user);
+      }
+    }
+  hm_device_close(dev);
+  return st;
+}
+
+/* ---- several devices at once ------------------------------------------------------------- */
+
+#define HM_TOGETHER_MAX 64
+
+typedef struct hm_together_slot {
+  int status;            /* hm_status of the process; -1 while measuring */
+  char msg[512];
+  char desc[256];
+} hm_together_slot;
+
+/* Keeps the device busy with its heaviest measured layer until every process has measured, so
+ * each measurement saw the others running the whole time. */
+static void hm_keep_busy(const char *backend, const hm_profile_shape *shape, const int *layers, int nlayers,
+                         const int64_t *mbs, int nmbs, const hm_layer_timing *mine, uint64_t seed,
+                         volatile int *ndone, int nprocs) {
+  int best = -1;
+  for (int i = 0; i < nlayers * nmbs; i++)
+    if (mine[i].fits && (best < 0 || mine[i].fwd_s + mine[i].bwd_s > mine[best].fwd_s + mine[best].bwd_s)) best = i;
+  if (best < 0) return;
+  const int layer = layers[best / nmbs];
+  const int64_t mb = mbs[best % nmbs];
+  while (__atomic_load_n(ndone, __ATOMIC_ACQUIRE) < nprocs) {
+    hm_layer_timing t;
+    if (hm_profile_time_layers(backend, shape, &layer, 1, &mb, 1, 0, 1, 0, seed, &t, NULL, 0, NULL, NULL) != HM_OK)
+      return;
+  }
+}
+
+hm_status hm_profile_time_layers_together(int njobs, const char *const *backends, int copies,
+                                          const hm_profile_shape *shape, const int *layers, int nlayers,
+                                          const int64_t *mbs, int nmbs, int warmup, int reps, double budget_s,
+                                          uint64_t seed, int timeout_s, hm_layer_timing *out, char *descs,
+                                          size_t desc_cap, hm_profile_progress_fn progress, void *user) {
+  if (njobs < 1 || copies < 1 || njobs * copies > HM_TOGETHER_MAX || !backends || !out)
+    return hm_error(HM_ERR_INVALID_ARG, "profile: %d device types x %d copies at once (at most %d processes)", njobs,
+                    copies, HM_TOGETHER_MAX);
+  const int nprocs = njobs * copies, per = nlayers * nmbs;
+  /* shared: the done counter, one slot per process, then every process's timings */
+  const size_t bytes = 64 + (size_t)nprocs * sizeof(hm_together_slot) + (size_t)nprocs * (size_t)per * sizeof(hm_layer_timing);
+  unsigned char *shared = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (shared == MAP_FAILED) return hm_error(HM_ERR_NOMEM, "profile: shared memory for %d processes: %s", nprocs, strerror(errno));
+  memset(shared, 0, bytes);
+  volatile int *ndone = (volatile int *)shared;
+  hm_together_slot *slot = (hm_together_slot *)(shared + 64);
+  hm_layer_timing *times = (hm_layer_timing *)(slot + nprocs);
+  for (int p = 0; p < nprocs; p++) slot[p].status = -1;
+
+  fflush(stdout); /* children print progress lines through the same stdout */
+  const pid_t parent = getpid();
+  pid_t pid[HM_TOGETHER_MAX] = {0};
+  hm_status st = HM_OK;
+  int started = 0;
+  for (int p = 0; p < nprocs; p++) {
+    pid[p] = fork();
+    if (pid[p] < 0) {
+      st = hm_error(HM_ERR_IO, "profile: fork: %s", strerror(errno));
+      pid[p] = 0;
+      break;
+    }
+    started++;
+    if (pid[p] == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != parent) _exit(1);
+      const char *backend = backends[p / copies];
+      hm_layer_timing *mine = times + (size_t)p * per;
+      hm_status cs = hm_profile_time_layers(backend, shape, layers, nlayers, mbs, nmbs, warmup, reps, budget_s,
+                                            seed + 104729u * (uint64_t)(p % copies), mine, slot[p].desc,
+                                            sizeof slot[p].desc, p % copies == 0 ? progress : NULL, user);
+      if (cs != HM_OK) snprintf(slot[p].msg, sizeof slot[p].msg, "%s", hm_last_error());
+      __atomic_store_n(&slot[p].status, (int)cs, __ATOMIC_RELEASE);
+      __atomic_add_fetch(ndone, 1, __ATOMIC_ACQ_REL);
+      if (cs == HM_OK) hm_keep_busy(backend, shape, layers, nlayers, mbs, nmbs, mine, seed, ndone, nprocs);
+      _exit(cs == HM_OK ? 0 : 1);
+    }
+  }
+  const uint64_t deadline = hm_deadline_after_ms((uint64_t)(timeout_s > 0 ? timeout_s : 3600) * 1000u);
+  int alive = started, failed = -1, wst = 0;
+  while (alive > 0) {
+    for (int p = 0; p < started; p++) {
+      if (pid[p] <= 0) continue;
+      pid_t w = waitpid(pid[p], &wst, WNOHANG);
+      if (w == pid[p] || (w < 0 && errno != EINTR)) {
+        if (w < 0 || !WIFEXITED(wst) || WEXITSTATUS(wst) != 0) {
+          if (failed < 0) failed = p;
+          if (w == pid[p] && WIFSIGNALED(wst) && slot[p].status < 0)
+            snprintf(slot[p].msg, sizeof slot[p].msg, "killed by signal %d", WTERMSIG(wst));
+        }
+        pid[p] = -pid[p];
+        alive--;
+      }
+    }
+    if (alive == 0) break;
+    if (failed >= 0 || st != HM_OK || hm_deadline_passed(deadline)) {
+      if (st == HM_OK && failed < 0)
+        st = hm_error(HM_ERR_TIMEOUT, "profile: measuring %d processes at once took over %d s; stopped them", nprocs,
+                      timeout_s > 0 ? timeout_s : 3600);
+      for (int p = 0; p < started; p++)
+        if (pid[p] > 0) kill(pid[p], SIGKILL);
+      for (int p = 0; p < started; p++)
+        if (pid[p] > 0) {
+          while (waitpid(pid[p], &wst, 0) < 0 && errno == EINTR) {
+          }
+          pid[p] = -pid[p];
+        }
+      break;
+    }
+    struct timespec ts = {0, 5000000};
+    nanosleep(&ts, NULL);
+  }
+  if (st == HM_OK && failed >= 0) {
+    const int p = failed;
+    st = hm_error(slot[p].status > 0 ? (hm_status)slot[p].status : HM_ERR_PEER_DEAD, "profile: %s (copy %d): %s",
+                  backends[p / copies], p % copies, slot[p].msg[0] ? slot[p].msg : "the measuring process failed");
+  }
+  if (st == HM_OK) {
+    /* per device type: the median over its copies (one copy: as measured) */
+    for (int j = 0; j < njobs; j++) {
+      if (descs && desc_cap) snprintf(descs + (size_t)j * desc_cap, desc_cap, "%s", slot[j * copies].desc);
+      for (int i = 0; i < per; i++) {
+        hm_layer_timing *o = &out[(size_t)j * per + i];
+        *o = times[(size_t)(j * copies) * per + i];
+        double f[HM_TOGETHER_MAX], b[HM_TOGETHER_MAX];
+        int n = 0;
+        for (int k = 0; k < copies; k++) {
+          const hm_layer_timing *x = &times[(size_t)(j * copies + k) * per + i];
+          if (!x->fits) {
+            o->fits = 0;
+            continue;
+          }
+          f[n] = x->fwd_s;
+          b[n] = x->bwd_s;
+          n++;
+          if (x->fwd_min_s < o->fwd_min_s) o->fwd_min_s = x->fwd_min_s;
+          if (x->bwd_min_s < o->bwd_min_s) o->bwd_min_s = x->bwd_min_s;
+        }
+        if (o->fits && n > 0) {
+          o->fwd_s = hm_median(f, n);
+          o->bwd_s = hm_median(b, n);
+        }
+      }
+    }
+  }
+  munmap(shared, bytes);
+  return st;
+}

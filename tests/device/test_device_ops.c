@@ -1,0 +1,385 @@
+/* Every kernel of the `cpu` backend against the `ref` oracle, forward and backward, on odd shapes
+ * (B=3, T=37, C=96, NH=3, V=259 padded to 264) so no power-of-two or block-size assumption can
+ * hide. Gradient buffers start from random values, which checks that backward kernels
+ * accumulate (+=) rather than overwrite.
+ *
+ * Tolerances: ref sums in double, cpu in float with a different order (sgemm blocking), so a
+ * result with K terms differs by ~sqrt(K) ulp of the largest term; we compare
+ * max|cpu - ref| / max|ref| per tensor (a norm-relative error, immune to cancellation in single
+ * elements) against 1e-5 for sums of up to a few thousand terms (K <= 3*37 rows, 384 columns)
+ * and 1e-4 where cpu uses its polynomial exp (~2 ulp per call, compounded in softmax sums and
+ * then multiplied through attention's second matmul). */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "hetmix/device.h"
+
+enum { B = 3, T = 37, C = 96, NH = 3, V = 259, Vp = 264, N = B * T };
+
+typedef struct pair {
+  hm_device *cpu, *ref;
+} pair;
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static float frand(void) { /* uniform in [-1, 1) */
+  rng_state ^= rng_state << 13;
+  rng_state ^= rng_state >> 7;
+  rng_state ^= rng_state << 17;
+  return (float)((rng_state >> 40) / (double)(1ull << 24)) * 2.0f - 1.0f;
+}
+
+static float *host_rand(size_t n, float scale) {
+  float *h = malloc(n * sizeof *h);
+  assert_non_null(h);
+  for (size_t i = 0; i < n; i++) h[i] = frand() * scale;
+  return h;
+}
+
+/* a tensor living on both devices with identical contents */
+typedef struct twin {
+  float *c, *r;
+  size_t n;
+} twin;
+
+static twin twin_from(pair *p, const float *h, size_t n) {
+  twin t = {NULL, NULL, n};
+  assert_int_equal(hm_device_alloc(p->cpu, (void **)&t.c, n * 4, "test"), HM_OK);
+  assert_int_equal(hm_device_alloc(p->ref, (void **)&t.r, n * 4, "test"), HM_OK);
+  assert_int_equal(hm_device_copy_from_f32(p->cpu, t.c, h, n), HM_OK);
+  assert_int_equal(hm_device_copy_from_f32(p->ref, t.r, h, n), HM_OK);
+  return t;
+}
+
+static twin twin_rand(pair *p, size_t n, float scale) {
+  float *h = host_rand(n, scale);
+  twin t = twin_from(p, h, n);
+  free(h);
+  return t;
+}
+
+static void twin_free(pair *p, twin *t) {
+  hm_device_free(p->cpu, t->c);
+  hm_device_free(p->ref, t->r);
+}
+
+static pair *g_pair;
+
+static double rel_err(const twin *t) {
+  float *a = malloc(t->n * 4), *b = malloc(t->n * 4);
+  assert_non_null(a);
+  assert_non_null(b);
+  assert_int_equal(hm_device_copy_to_f32(g_pair->cpu, a, t->c, t->n), HM_OK);
+  assert_int_equal(hm_device_copy_to_f32(g_pair->ref, b, t->r, t->n), HM_OK);
+  double maxd = 0, maxr = 0;
+  for (size_t i = 0; i < t->n; i++) {
+    assert_true(isfinite(a[i]));
+    double d = fabs((double)a[i] - b[i]);
+    if (d > maxd) maxd = d;
+    if (fabs(b[i]) > maxr) maxr = fabs(b[i]);
+  }
+  free(a);
+  free(b);
+  return maxr > 0 ? maxd / maxr : maxd;
+}
+
+#define EXPECT_CLOSE(tw, tol)                                                         \
+  do {                                                                                \
+    double e_ = rel_err(&(tw));                                                       \
+    if (!(e_ <= (tol))) fail_msg("%s: relative error %.3g > %.3g", #tw, e_, (double)(tol)); \
+  } while (0)
+
+#define OK(x) assert_int_equal((x), HM_OK)
+
+static int setup(void **state) {
+  pair *p = calloc(1, sizeof *p);
+  if (!p) return -1;
+  if (hm_device_open("cpu:threads=2", &p->cpu) != HM_OK) return -1;
+  if (hm_device_open("ref", &p->ref) != HM_OK) return -1;
+  *state = p;
+  g_pair = p;
+  return 0;
+}
+
+static int teardown(void **state) {
+  pair *p = *state;
+  hm_device_close(p->cpu);
+  hm_device_close(p->ref);
+  free(p);
+  return 0;
+}
+
+static void test_encoder(void **state) {
+  pair *p = *state;
+  int32_t tok[N];
+  for (int i = 0; i < N; i++) tok[i] = (int32_t)((i * 7919u + 13) % V);
+  tok[5] = tok[40] = tok[77] = 3; /* repeated tokens exercise the scatter-add */
+  twin wte = twin_rand(p, (size_t)V * C, 0.5f), wpe = twin_rand(p, (size_t)T * C, 0.5f);
+  twin out = twin_rand(p, (size_t)N * C, 1);
+  OK(hm_dev_encoder_forward(p->cpu, out.c, tok, wte.c, wpe.c, B, T, C));
+  OK(hm_dev_encoder_forward(p->ref, out.r, tok, wte.r, wpe.r, B, T, C));
+  EXPECT_CLOSE(out, 1e-7);
+  twin dout = twin_rand(p, (size_t)N * C, 1);
+  twin dwte = twin_rand(p, (size_t)V * C, 1), dwpe = twin_rand(p, (size_t)T * C, 1);
+  OK(hm_dev_encoder_backward(p->cpu, dwte.c, dwpe.c, dout.c, tok, B, T, C));
+  OK(hm_dev_encoder_backward(p->ref, dwte.r, dwpe.r, dout.r, tok, B, T, C));
+  EXPECT_CLOSE(dwte, 1e-6);
+  EXPECT_CLOSE(dwpe, 1e-6);
+  twin_free(p, &wte); twin_free(p, &wpe); twin_free(p, &out); twin_free(p, &dout);
+  twin_free(p, &dwte); twin_free(p, &dwpe);
+}
+
+static void test_layernorm(void **state) {
+  pair *p = *state;
+  twin inp = twin_rand(p, (size_t)N * C, 2), w = twin_rand(p, C, 1), b = twin_rand(p, C, 1);
+  twin out = twin_rand(p, (size_t)N * C, 1), mean = twin_rand(p, N, 1), rstd = twin_rand(p, N, 1);
+  OK(hm_dev_layernorm_forward(p->cpu, out.c, mean.c, rstd.c, inp.c, w.c, b.c, N, C));
+  OK(hm_dev_layernorm_forward(p->ref, out.r, mean.r, rstd.r, inp.r, w.r, b.r, N, C));
+  EXPECT_CLOSE(out, 1e-5);
+  EXPECT_CLOSE(mean, 1e-5);
+  EXPECT_CLOSE(rstd, 1e-5);
+  twin dout = twin_rand(p, (size_t)N * C, 1), dinp = twin_rand(p, (size_t)N * C, 1);
+  twin dw = twin_rand(p, C, 1), db = twin_rand(p, C, 1);
+  OK(hm_dev_layernorm_backward(p->cpu, dinp.c, dw.c, db.c, dout.c, inp.c, w.c, mean.c, rstd.c, N, C));
+  OK(hm_dev_layernorm_backward(p->ref, dinp.r, dw.r, db.r, dout.r, inp.r, w.r, mean.r, rstd.r, N, C));
+  EXPECT_CLOSE(dinp, 1e-5);
+  EXPECT_CLOSE(dw, 1e-5);
+  EXPECT_CLOSE(db, 1e-5);
+  twin_free(p, &inp); twin_free(p, &w); twin_free(p, &b); twin_free(p, &out); twin_free(p, &mean);
+  twin_free(p, &rstd); twin_free(p, &dout); twin_free(p, &dinp); twin_free(p, &dw); twin_free(p, &db);
+}
+
+static void matmul_case(pair *p, int n, int c, int oc, int with_bias) {
+  twin inp = twin_rand(p, (size_t)n * c, 1), w = twin_rand(p, (size_t)oc * c, 0.2f);
+  twin bias = twin_rand(p, oc, 1);
+  twin out = twin_rand(p, (size_t)n * oc, 1);
+  OK(hm_dev_matmul_forward(p->cpu, out.c, inp.c, w.c, with_bias ? bias.c : NULL, n, c, oc));
+  OK(hm_dev_matmul_forward(p->ref, out.r, inp.r, w.r, with_bias ? bias.r : NULL, n, c, oc));
+  EXPECT_CLOSE(out, 1e-5);
+  twin dout = twin_rand(p, (size_t)n * oc, 1), dinp = twin_rand(p, (size_t)n * c, 1);
+  twin dw = twin_rand(p, (size_t)oc * c, 1), db = twin_rand(p, oc, 1);
+  OK(hm_dev_matmul_backward(p->cpu, dinp.c, dw.c, with_bias ? db.c : NULL, dout.c, inp.c, w.c, n, c, oc));
+  OK(hm_dev_matmul_backward(p->ref, dinp.r, dw.r, with_bias ? db.r : NULL, dout.r, inp.r, w.r, n, c, oc));
+  EXPECT_CLOSE(dinp, 1e-5);
+  EXPECT_CLOSE(dw, 1e-5);
+  EXPECT_CLOSE(db, 1e-5);
+  twin_free(p, &inp); twin_free(p, &w); twin_free(p, &bias); twin_free(p, &out);
+  twin_free(p, &dout); twin_free(p, &dinp); twin_free(p, &dw); twin_free(p, &db);
+}
+
+static void test_matmul(void **state) {
+  pair *p = *state;
+  matmul_case(p, N, C, 3 * C, 1);  /* qkv projection */
+  matmul_case(p, N, 4 * C, C, 1);  /* MLP down projection (K = 384) */
+  matmul_case(p, N, C, Vp, 0);     /* head, no bias */
+  matmul_case(p, 1, C, 4 * C, 1);  /* one row: the split goes along OC */
+  matmul_case(p, 5, 3, 2, 1);      /* tiny */
+}
+
+static void attention_case(pair *p, int b, int t, int c, int nh) {
+  /* what forward saves for backward is backend-defined (ref: probabilities, cpu: log-sum-exp),
+   * so only the outputs and the gradients are compared */
+  void *saved_c, *saved_r;
+  assert_int_equal(hm_device_alloc(p->cpu, &saved_c, 4 * hm_dev_attention_saved_elems(p->cpu, b, t, c, nh), "saved"), HM_OK);
+  assert_int_equal(hm_device_alloc(p->ref, &saved_r, 4 * hm_dev_attention_saved_elems(p->ref, b, t, c, nh), "saved"), HM_OK);
+  twin qkv = twin_rand(p, (size_t)b * t * 3 * c, 1), out = twin_rand(p, (size_t)b * t * c, 1);
+  OK(hm_dev_attention_forward(p->cpu, out.c, saved_c, qkv.c, b, t, c, nh));
+  OK(hm_dev_attention_forward(p->ref, out.r, saved_r, qkv.r, b, t, c, nh));
+  EXPECT_CLOSE(out, 1e-4);
+  twin dout = twin_rand(p, (size_t)b * t * c, 1), dqkv = twin_rand(p, (size_t)b * t * 3 * c, 1);
+  OK(hm_dev_attention_backward(p->cpu, dqkv.c, dout.c, qkv.c, saved_c, b, t, c, nh));
+  OK(hm_dev_attention_backward(p->ref, dqkv.r, dout.r, qkv.r, saved_r, b, t, c, nh));
+  EXPECT_CLOSE(dqkv, 1e-4);
+  hm_device_free(p->cpu, saved_c);
+  hm_device_free(p->ref, saved_r);
+  twin_free(p, &qkv); twin_free(p, &out); twin_free(p, &dout); twin_free(p, &dqkv);
+}
+
+static void test_attention(void **state) {
+  pair *p = *state;
+  attention_case(p, B, T, C, NH);
+  attention_case(p, 2, 130, 64, 4); /* T spans three 64-row tiles, the last one partial */
+  attention_case(p, 1, 1, 8, 1);
+}
+
+static void test_gelu_residual_scale(void **state) {
+  pair *p = *state;
+  size_t n = (size_t)N * 4 * C + 3; /* not a multiple of any span or vector width */
+  twin inp = twin_rand(p, n, 4), out = twin_rand(p, n, 1);
+  float *h = malloc(n * 4);
+  memcpy(h, inp.c, n * 4);
+  h[0] = -30; h[1] = 30; h[2] = 0; /* saturated tails and the origin */
+  OK(hm_device_copy_from_f32(p->cpu, inp.c, h, n));
+  OK(hm_device_copy_from_f32(p->ref, inp.r, h, n));
+  free(h);
+  OK(hm_dev_gelu_forward(p->cpu, out.c, inp.c, n));
+  OK(hm_dev_gelu_forward(p->ref, out.r, inp.r, n));
+  EXPECT_CLOSE(out, 1e-6);
+  twin dout = twin_rand(p, n, 1), dinp = twin_rand(p, n, 1);
+  OK(hm_dev_gelu_backward(p->cpu, dinp.c, inp.c, dout.c, n));
+  OK(hm_dev_gelu_backward(p->ref, dinp.r, inp.r, dout.r, n));
+  EXPECT_CLOSE(dinp, 1e-6);
+  OK(hm_dev_residual_forward(p->cpu, out.c, inp.c, dout.c, n));
+  OK(hm_dev_residual_forward(p->ref, out.r, inp.r, dout.r, n));
+  EXPECT_CLOSE(out, 1e-7);
+  OK(hm_dev_residual_backward(p->cpu, out.c, dinp.c, dout.c, n));
+  OK(hm_dev_residual_backward(p->ref, out.r, dinp.r, dout.r, n));
+  EXPECT_CLOSE(out, 1e-7);
+  EXPECT_CLOSE(dinp, 1e-6);
+  OK(hm_dev_residual_backward(p->cpu, NULL, dinp.c, dinp.c, n)); /* aliasing: dinp doubles */
+  OK(hm_dev_residual_backward(p->ref, NULL, dinp.r, dinp.r, n));
+  EXPECT_CLOSE(dinp, 1e-6);
+  OK(hm_dev_scale(p->cpu, dinp.c, 0.37, n));
+  OK(hm_dev_scale(p->ref, dinp.r, 0.37, n));
+  EXPECT_CLOSE(dinp, 1e-6);
+  twin_free(p, &inp); twin_free(p, &out); twin_free(p, &dout); twin_free(p, &dinp);
+}
+
+static void test_softmax_crossentropy(void **state) {
+  pair *p = *state;
+  twin logits = twin_rand(p, (size_t)N * Vp, 8);
+  int32_t tgt[N];
+  for (int i = 0; i < N; i++) tgt[i] = (int32_t)((i * 31u + 7) % V);
+  tgt[0] = V - 1;
+  tgt[4] = -1; /* ignored position */
+  twin probs = twin_rand(p, (size_t)N * Vp, 1);
+  OK(hm_dev_softmax_forward(p->cpu, probs.c, logits.c, N, V, Vp));
+  OK(hm_dev_softmax_forward(p->ref, probs.r, logits.r, N, V, Vp));
+  EXPECT_CLOSE(probs, 1e-5);
+  twin losses = twin_rand(p, N, 1), dlogits = twin_rand(p, (size_t)N * Vp, 1);
+  OK(hm_dev_crossentropy_forward_backward(p->cpu, losses.c, dlogits.c, logits.c, tgt, 1.0 / N, N, V, Vp));
+  OK(hm_dev_crossentropy_forward_backward(p->ref, losses.r, dlogits.r, logits.r, tgt, 1.0 / N, N, V, Vp));
+  EXPECT_CLOSE(losses, 1e-5);
+  EXPECT_CLOSE(dlogits, 1e-5);
+  assert_true(losses.c[4] == 0.0f);
+  for (int i = V; i < Vp; i++) assert_true(dlogits.c[(size_t)7 * Vp + i] == 0.0f);
+  /* forward only, and in place (dlogits == logits) */
+  OK(hm_dev_crossentropy_forward_backward(p->cpu, losses.c, NULL, logits.c, tgt, 1.0 / N, N, V, Vp));
+  EXPECT_CLOSE(losses, 1e-5);
+  OK(hm_dev_crossentropy_forward_backward(p->cpu, losses.c, logits.c, logits.c, tgt, 1.0 / N, N, V, Vp));
+  OK(hm_dev_crossentropy_forward_backward(p->ref, losses.r, logits.r, logits.r, tgt, 1.0 / N, N, V, Vp));
+  EXPECT_CLOSE(logits, 1e-5);
+  EXPECT_CLOSE(losses, 1e-5);
+  /* a target outside the vocabulary is an error on every backend, not an out-of-bounds read */
+  tgt[9] = V;
+  assert_int_equal(hm_dev_crossentropy_forward_backward(p->cpu, losses.c, NULL, logits.c, tgt, 1.0, N, V, Vp),
+                   HM_ERR_INVALID_ARG);
+  assert_non_null(strstr(hm_last_error(), "row 9"));
+  assert_int_equal(hm_dev_crossentropy_forward_backward(p->ref, losses.r, NULL, logits.r, tgt, 1.0, N, V, Vp),
+                   HM_ERR_INVALID_ARG);
+  twin_free(p, &logits); twin_free(p, &probs); twin_free(p, &losses); twin_free(p, &dlogits);
+}
+
+static void test_adamw_sums(void **state) {
+  pair *p = *state;
+  size_t n = 100003;
+  twin par = twin_rand(p, n, 1), g = twin_rand(p, n, 1), m = twin_rand(p, n, 0.1f);
+  twin v = twin_rand(p, n, 0.1f);
+  for (size_t i = 0; i < n; i++) v.c[i] = v.r[i] = fabsf(v.c[i]); /* second moments are >= 0 */
+  for (int t = 1; t <= 3; t++) {
+    OK(hm_dev_adamw_update(p->cpu, par.c, g.c, m.c, v.c, n, 1e-3, 0.9, 0.95, 1e-8, 0.1, 0.5, t));
+    OK(hm_dev_adamw_update(p->ref, par.r, g.r, m.r, v.r, n, 1e-3, 0.9, 0.95, 1e-8, 0.1, 0.5, t));
+  }
+  EXPECT_CLOSE(par, 1e-6);
+  EXPECT_CLOSE(m, 1e-6);
+  EXPECT_CLOSE(v, 1e-6);
+  double sc, sr, qc, qr;
+  OK(hm_dev_sum(p->cpu, &sc, g.c, n));
+  OK(hm_dev_sum(p->ref, &sr, g.r, n));
+  OK(hm_dev_sumsq(p->cpu, &qc, g.c, n));
+  OK(hm_dev_sumsq(p->ref, &qr, g.r, n));
+  assert_true(fabs(sc - sr) <= 1e-9 * n); /* both sum in double: only the order differs */
+  assert_true(fabs(qc - qr) <= 1e-12 * qr);
+  twin_free(p, &par); twin_free(p, &g); twin_free(p, &m); twin_free(p, &v);
+}
+
+static void test_zero_and_copies(void **state) {
+  pair *p = *state;
+  size_t n = (3u << 20) / 4 + 5; /* over the cpu backend's threshold for a parallel zero */
+  twin t = twin_rand(p, n, 1);
+  OK(hm_device_zero(p->cpu, t.c, n * 4 - 4)); /* all but the last element */
+  float *h = malloc(n * 4);
+  OK(hm_device_copy_d2h(p->cpu, h, t.c, n * 4));
+  for (size_t i = 0; i + 1 < n; i++) assert_true(h[i] == 0.0f);
+  assert_true(h[n - 1] != 0.0f);
+  OK(hm_device_copy_d2d(p->cpu, t.c, t.r, n * 4));
+  assert_true(rel_err(&t) == 0.0);
+  free(h);
+  twin_free(p, &t);
+}
+
+/* Same inputs, different thread counts: bitwise-identical results, because the cpu backend's
+ * work pieces are fixed by the shapes, not by the team size. */
+static void test_cpu_thread_count_invariance(void **state) {
+  (void)state;
+  hm_device *d1, *d2;
+  OK(hm_device_open("cpu:threads=1", &d1));
+  OK(hm_device_open("cpu:threads=2", &d2));
+  size_t nx = (size_t)N * C;
+  float *x = host_rand(nx, 1), *dy = host_rand(nx, 1), *w = host_rand(C, 1);
+  float mean[N], rstd[N], y[N * C];
+  float dx1[N * C] = {0}, dx2[N * C] = {0}, dw1[C] = {0}, dw2[C] = {0}, db1[C] = {0}, db2[C] = {0};
+  /* host backends take host pointers, so plain arrays serve as device memory here */
+  OK(hm_dev_layernorm_forward(d1, y, mean, rstd, x, w, w, N, C));
+  OK(hm_dev_layernorm_backward(d1, dx1, dw1, db1, dy, x, w, mean, rstd, N, C));
+  OK(hm_dev_layernorm_backward(d2, dx2, dw2, db2, dy, x, w, mean, rstd, N, C));
+  assert_memory_equal(dw1, dw2, sizeof dw1);
+  assert_memory_equal(db1, db2, sizeof db1);
+  assert_memory_equal(dx1, dx2, sizeof dx1);
+  /* matmul over several pieces (600 rows) and attention (one head per piece) too */
+  enum { MR = 600, OC = 2 * C };
+  float *xm = host_rand((size_t)MR * C, 1), *wt = host_rand((size_t)OC * C, 0.1f);
+  float *o1 = malloc((size_t)MR * OC * 4), *o2 = malloc((size_t)MR * OC * 4);
+  OK(hm_dev_matmul_forward(d1, o1, xm, wt, NULL, MR, C, OC));
+  OK(hm_dev_matmul_forward(d2, o2, xm, wt, NULL, MR, C, OC));
+  assert_memory_equal(o1, o2, (size_t)MR * OC * 4);
+  float *dw1m = calloc((size_t)OC * C, 4), *dw2m = calloc((size_t)OC * C, 4);
+  float *dx1m = calloc((size_t)MR * C, 4), *dx2m = calloc((size_t)MR * C, 4);
+  float *db1m = calloc(OC, 4), *db2m = calloc(OC, 4);
+  OK(hm_dev_matmul_backward(d1, dx1m, dw1m, db1m, o1, xm, wt, MR, C, OC));
+  OK(hm_dev_matmul_backward(d2, dx2m, dw2m, db2m, o2, xm, wt, MR, C, OC));
+  assert_memory_equal(dx1m, dx2m, (size_t)MR * C * 4);
+  assert_memory_equal(dw1m, dw2m, (size_t)OC * C * 4);
+  assert_memory_equal(db1m, db2m, OC * 4);
+  free(xm); free(wt); free(o1); free(o2); free(dw1m); free(dw2m); free(dx1m); free(dx2m);
+  free(db1m); free(db2m);
+  float *qkv = host_rand(3 * nx, 1), *a1 = malloc(nx * 4), *a2 = malloc(nx * 4);
+  float *l1 = malloc(hm_dev_attention_saved_elems(d1, B, T, C, NH) * 4);
+  float *l2 = malloc(hm_dev_attention_saved_elems(d2, B, T, C, NH) * 4);
+  float *dq1 = calloc(3 * nx, 4), *dq2 = calloc(3 * nx, 4);
+  OK(hm_dev_attention_forward(d1, a1, l1, qkv, B, T, C, NH));
+  OK(hm_dev_attention_forward(d2, a2, l2, qkv, B, T, C, NH));
+  assert_memory_equal(a1, a2, nx * 4);
+  OK(hm_dev_attention_backward(d1, dq1, dy, qkv, l1, B, T, C, NH));
+  OK(hm_dev_attention_backward(d2, dq2, dy, qkv, l2, B, T, C, NH));
+  assert_memory_equal(dq1, dq2, 3 * nx * 4);
+  free(qkv); free(a1); free(a2); free(l1); free(l2); free(dq1); free(dq2);
+  double s1, s2;
+  OK(hm_dev_sumsq(d1, &s1, x, nx));
+  OK(hm_dev_sumsq(d2, &s2, x, nx));
+  assert_memory_equal(&s1, &s2, sizeof s1);
+  free(x); free(dy); free(w);
+  hm_device_close(d1);
+  hm_device_close(d2);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_encoder),
+      cmocka_unit_test(test_layernorm),
+      cmocka_unit_test(test_matmul),
+      cmocka_unit_test(test_attention),
+      cmocka_unit_test(test_gelu_residual_scale),
+      cmocka_unit_test(test_softmax_crossentropy),
+      cmocka_unit_test(test_adamw_sums),
+      cmocka_unit_test(test_zero_and_copies),
+      cmocka_unit_test(test_cpu_thread_count_invariance),
+  };
+  return cmocka_run_group_tests(tests, setup, teardown);
+}

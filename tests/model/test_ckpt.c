@@ -1,0 +1,181 @@
+/* Checkpoint files: round trip, atomic replacement, and every kind of damage detected. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <xxhash.h>
+
+#include "hetmix/model.h"
+
+static char tmpdir[256];
+
+static hm_ckpt_meta sample_meta(void) {
+  hm_ckpt_meta m;
+  memset(&m, 0, sizeof m);
+  hm_model_config_lookup("tiny", &m.config);
+  m.layer_first = 1, m.layer_last = 3;
+  m.step = 123, m.data_seed = 99, m.data_position = 4567, m.rng_state = 0xdeadbeefcafef00dull;
+  m.lr = 3e-4f, m.beta1 = 0.9f, m.beta2 = 0.95f, m.eps = 1e-8f, m.weight_decay = 0.1f, m.grad_clip = 1.0f;
+  m.batch = 4, m.seq_len = 16;
+  return m;
+}
+
+static uint8_t *read_all(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  assert_non_null(f);
+  fseek(f, 0, SEEK_END);
+  *len = (size_t)ftell(f);
+  fseek(f, 0, SEEK_SET);
+  uint8_t *b = malloc(*len);
+  assert_int_equal(fread(b, 1, *len, f), *len);
+  fclose(f);
+  return b;
+}
+
+static void write_sample(const char *path, float *a, float *b) {
+  for (int i = 0; i < 1000; i++) a[i] = (float)i * 0.5f - 3.0f;
+  for (int i = 0; i < 37; i++) b[i] = -(float)i;
+  hm_ckpt_tensor ts[3] = {{"param/a", 1000, a}, {"param/b", 37, b}, {"empty", 0, a}};
+  hm_ckpt_meta m = sample_meta();
+  assert_int_equal(hm_ckpt_write(path, &m, ts, 3), HM_OK);
+}
+
+static void test_roundtrip(void **state) {
+  (void)state;
+  char p[512];
+  snprintf(p, sizeof p, "%s/a.hmc", tmpdir);
+  float a[1000], b[37];
+  write_sample(p, a, b);
+  char tmp[600];
+  snprintf(tmp, sizeof tmp, "%s.tmp.%ld", p, (long)getpid());
+  assert_int_not_equal(access(tmp, F_OK), 0);  // the temporary file was renamed away
+  hm_ckpt ck;
+  assert_int_equal(hm_ckpt_read(p, &ck), HM_OK);
+  hm_ckpt_meta m = sample_meta();
+  assert_string_equal(ck.meta.config.name, "tiny");
+  assert_int_equal(ck.meta.config.C, m.config.C);
+  assert_int_equal(ck.meta.layer_first, 1);
+  assert_int_equal(ck.meta.layer_last, 3);
+  assert_int_equal(ck.meta.step, 123);
+  assert_int_equal(ck.meta.data_position, 4567);
+  assert_int_equal(ck.meta.rng_state, 0xdeadbeefcafef00dull);
+  assert_true(ck.meta.lr == m.lr && ck.meta.batch == 4 && ck.meta.seq_len == 16);
+  assert_int_equal(ck.n_tensors, 3);
+  const hm_ckpt_tensor *ta = hm_ckpt_find(&ck, "param/a");
+  assert_non_null(ta);
+  assert_int_equal(ta->numel, 1000);
+  assert_memory_equal(ta->data, a, sizeof a);
+  assert_memory_equal(hm_ckpt_find(&ck, "param/b")->data, b, sizeof b);
+  assert_int_equal(hm_ckpt_find(&ck, "empty")->numel, 0);
+  assert_null(hm_ckpt_find(&ck, "nope"));
+  hm_ckpt_free(&ck);
+  // overwriting replaces the whole file
+  a[5] = 42.0f;
+  hm_ckpt_tensor ts[1] = {{"param/a", 1000, a}};
+  hm_ckpt_meta m2 = sample_meta();
+  m2.step = 124;
+  assert_int_equal(hm_ckpt_write(p, &m2, ts, 1), HM_OK);
+  assert_int_equal(hm_ckpt_read(p, &ck), HM_OK);
+  assert_int_equal(ck.meta.step, 124);
+  assert_int_equal(ck.n_tensors, 1);
+  assert_true(ck.tensors[0].data[5] == 42.0f);
+  hm_ckpt_free(&ck);
+}
+
+static void test_damage_detected(void **state) {
+  (void)state;
+  char p[512];
+  snprintf(p, sizeof p, "%s/b.hmc", tmpdir);
+  float a[1000], b[37];
+  write_sample(p, a, b);
+  size_t len;
+  uint8_t *img = read_all(p, &len);
+  hm_ckpt ck;
+  // every truncation length (step 7 to stay fast) is refused, none crashes
+  for (size_t cut = 0; cut < len; cut += 7) {
+    assert_int_equal(hm_ckpt_parse(img, cut, p, &ck), HM_ERR_CORRUPT);
+  }
+  assert_int_equal(hm_ckpt_parse(img, len - 1, p, &ck), HM_ERR_CORRUPT);
+  assert_non_null(strstr(hm_last_error(), "trailer"));
+  // a flipped bit anywhere is caught by one of the checksums
+  uint8_t *c = malloc(len);
+  for (size_t pos = 0; pos < len; pos += 13) {
+    memcpy(c, img, len);
+    c[pos] ^= 0x10;
+    hm_status st = hm_ckpt_parse(c, len, p, &ck);
+    if (st == HM_OK) {
+      // only padding bytes between tensors are outside every checksum: the data must be intact
+      assert_memory_equal(hm_ckpt_find(&ck, "param/a")->data, a, sizeof a);
+      assert_memory_equal(hm_ckpt_find(&ck, "param/b")->data, b, sizeof b);
+      hm_ckpt_free(&ck);
+    } else {
+      assert_int_equal(st, HM_ERR_CORRUPT);
+    }
+  }
+  // named messages for the main cases
+  memcpy(c, img, len);
+  c[300] ^= 1;  // inside the tensor table
+  assert_int_equal(hm_ckpt_parse(c, len, p, &ck), HM_ERR_CORRUPT);
+  assert_non_null(strstr(hm_last_error(), "table checksum"));
+  memcpy(c, img, len);
+  c[len - 32 - 100] ^= 1;  // inside param/b's payload
+  assert_int_equal(hm_ckpt_parse(c, len, p, &ck), HM_ERR_CORRUPT);
+  assert_non_null(strstr(hm_last_error(), "'param/b' checksum mismatch"));
+  memcpy(c, img, len);
+  c[1] = 'X';
+  assert_int_equal(hm_ckpt_parse(c, len, p, &ck), HM_ERR_CORRUPT);
+  assert_non_null(strstr(hm_last_error(), "bad magic"));
+  free(c);
+  // truncated on disk, through the file reader
+  FILE *f = fopen(p, "wb");
+  fwrite(img, 1, len / 2, f);
+  fclose(f);
+  assert_int_equal(hm_ckpt_read(p, &ck), HM_ERR_CORRUPT);
+  assert_non_null(strstr(hm_last_error(), p));
+  free(img);
+  assert_int_equal(hm_ckpt_read("/nonexistent/c.hmc", &ck), HM_ERR_NOT_FOUND);
+}
+
+// A table whose checksums are all right but whose second tensor overlaps the first (a crafted
+// file could otherwise make the reader allocate far more than the file holds).
+static void test_overlapping_tensors(void **state) {
+  (void)state;
+  char p[512];
+  snprintf(p, sizeof p, "%s/c.hmc", tmpdir);
+  float a[64], b[64];
+  for (int i = 0; i < 64; i++) a[i] = (float)i, b[i] = (float)i;  // same bytes: same hash
+  hm_ckpt_tensor ts[2] = {{"param/a", 64, a}, {"param/b", 64, b}};
+  hm_ckpt_meta m = sample_meta();
+  assert_int_equal(hm_ckpt_write(p, &m, ts, 2), HM_OK);
+  size_t len;
+  uint8_t *img = read_all(p, &len);
+  hm_ckpt ck;
+  assert_int_equal(hm_ckpt_parse(img, len, p, &ck), HM_OK);
+  hm_ckpt_free(&ck);
+  // entry 1 (at 256 + 72) takes entry 0's offset; then re-hash the table and the trailer
+  memcpy(img + 256 + 72 + 56, img + 256 + 56, 8);
+  uint64_t th = XXH3_64bits(img + 256, 2 * 72);
+  memcpy(img + len - 32 + 16, &th, 8);
+  uint64_t trh = XXH3_64bits(img + len - 32, 24);
+  memcpy(img + len - 32 + 24, &trh, 8);
+  assert_int_equal(hm_ckpt_parse(img, len, p, &ck), HM_ERR_CORRUPT);
+  assert_non_null(strstr(hm_last_error(), "'param/b' overlaps"));
+  free(img);
+}
+
+int main(void) {
+  snprintf(tmpdir, sizeof tmpdir, "%s/test_ckpt.XXXXXX", HM_BINARY_DIR);
+  if (!mkdtemp(tmpdir)) return 1;
+  const struct CMUnitTest tests[] = {cmocka_unit_test(test_roundtrip), cmocka_unit_test(test_damage_detected),
+                                     cmocka_unit_test(test_overlapping_tensors)};
+  int rc = cmocka_run_group_tests(tests, NULL, NULL);
+  char cmd[600];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+  if (system(cmd) != 0) rc = rc ? rc : 1;
+  return rc;
+}

@@ -1,0 +1,162 @@
+/* External oracle: the same GPT-2 in PyTorch (torch_oracle.py, Debian's python3-torch) with the
+ * same weights and batches must give hetmix's loss, logits and every gradient within 1e-4
+ * relative, then the same losses over 10 AdamW steps. Runs for the cpu and the ref backend.
+ * Skipped, with the reason printed, only when PyTorch cannot be imported. */
+#include <cjson/cJSON.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include <cmocka.h>
+
+#include "hetmix/device.h"
+#include "hetmix/model.h"
+
+enum { STEPS = 10, B = 4, T = 32 };
+static const hm_model_config cfg = {"oracle", 2, 64, 4, 256, 32};
+static const hm_adamw adam = {1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f};
+static const float clip = 1.0f;
+static char python[256];
+
+static void write_file(const char *dir, const char *name, const void *data, size_t bytes) {
+  char p[700];
+  snprintf(p, sizeof p, "%s/%s", dir, name);
+  FILE *f = fopen(p, "wb");
+  assert_non_null(f);
+  assert_int_equal(fwrite(data, 1, bytes, f), bytes);
+  fclose(f);
+}
+
+static int find_python(void) {
+  const char *env = getenv("HETMIX_PYTHON");
+  const char *cands[] = {env, "/usr/bin/python3", "python3"};
+  for (int i = 0; i < 3; i++) {
+    if (!cands[i] || !*cands[i]) continue;
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "'%s' -c 'import torch, numpy' >/dev/null 2>&1", cands[i]);
+    if (system(cmd) == 0) {
+      snprintf(python, sizeof python, "%s", cands[i]);
+      return 1;
+    }
+  }
+  return 0;
+}
+
+static void run_case(const char *device) {
+  char dir[300];
+  snprintf(dir, sizeof dir, "%s/test_oracle.XXXXXX", HM_BINARY_DIR);
+  assert_non_null(mkdtemp(dir));
+  hm_device *d = NULL;
+  assert_int_equal(hm_device_open(device, &d), HM_OK);
+  hm_stage_options o = {0, cfg.L + 2, B, T, 1};
+  hm_stage *s = NULL;
+  assert_int_equal(hm_stage_create(&cfg, d, &o, &s), HM_OK);
+  assert_int_equal(hm_stage_init_params(s, 31337), HM_OK);
+  const size_t np = hm_stage_num_params(s), N = (size_t)B * T;
+  float *buf = malloc(np * sizeof(float));
+  assert_int_equal(hm_device_copy_to_f32(d, buf, hm_stage_params(s), np), HM_OK);
+  write_file(dir, "params.bin", buf, np * sizeof(float));
+  // batches: byte-like tokens, targets = a different draw (any targets exercise the loss)
+  int32_t *tok = malloc((STEPS + 1) * N * sizeof(int32_t)), *tgt = malloc((STEPS + 1) * N * sizeof(int32_t));
+  for (size_t i = 0; i < (STEPS + 1) * N; i++) {
+    tok[i] = (int32_t)(hm_splitmix64(2 * i) % (uint64_t)cfg.V);
+    tgt[i] = (int32_t)(hm_splitmix64(2 * i + 1) % (uint64_t)cfg.V);
+  }
+  write_file(dir, "tokens.bin", tok, (STEPS + 1) * N * sizeof(int32_t));
+  write_file(dir, "targets.bin", tgt, (STEPS + 1) * N * sizeof(int32_t));
+  float losses[STEPS + 1];
+  float *logits = malloc(N * (size_t)cfg.V * sizeof(float));
+  for (int step = 0; step <= STEPS; step++) {
+    assert_int_equal(hm_stage_zero_grad(s), HM_OK);
+    assert_int_equal(hm_stage_forward(s, 0, tok + step * N, NULL, tgt + step * N, &losses[step]), HM_OK);
+    if (step == STEPS) break;
+    if (step == 0)
+      assert_int_equal(hm_device_copy_to_f32(d, logits, hm_stage_output(s, 0), N * (size_t)cfg.V), HM_OK);
+    assert_int_equal(hm_stage_backward(s, 0, NULL, 1.0f), HM_OK);
+    if (step == 0) {
+      assert_int_equal(hm_device_copy_to_f32(d, buf, hm_stage_grads(s), np), HM_OK);
+      write_file(dir, "grads.bin", buf, np * sizeof(float));
+      write_file(dir, "logits.bin", logits, N * (size_t)cfg.V * sizeof(float));
+    }
+    double sumsq = 0;
+    assert_int_equal(hm_stage_grad_sumsq(s, &sumsq), HM_OK);
+    assert_int_equal(hm_stage_adamw(s, &adam, step + 1, hm_grad_clip_scale(sumsq, clip)), HM_OK);
+  }
+  write_file(dir, "losses.bin", losses, sizeof losses);
+  cJSON *j = cJSON_CreateObject();
+  cJSON_AddNumberToObject(j, "L", cfg.L);
+  cJSON_AddNumberToObject(j, "C", cfg.C);
+  cJSON_AddNumberToObject(j, "NH", cfg.NH);
+  cJSON_AddNumberToObject(j, "V", cfg.V);
+  cJSON_AddNumberToObject(j, "T", cfg.T);
+  cJSON_AddNumberToObject(j, "B", B);
+  cJSON_AddNumberToObject(j, "seq_len", T);
+  cJSON_AddNumberToObject(j, "steps", STEPS);
+  cJSON_AddNumberToObject(j, "lr", adam.lr);
+  cJSON_AddNumberToObject(j, "beta1", adam.beta1);
+  cJSON_AddNumberToObject(j, "beta2", adam.beta2);
+  cJSON_AddNumberToObject(j, "eps", adam.eps);
+  cJSON_AddNumberToObject(j, "weight_decay", adam.weight_decay);
+  cJSON_AddNumberToObject(j, "grad_clip", clip);
+  cJSON *ts = cJSON_AddArrayToObject(j, "tensors");
+  for (int i = 0; i < hm_stage_num_tensors(s); i++) {
+    const char *name = hm_stage_tensor_name(s, i);
+    size_t n = hm_stage_tensor_numel(s, i);
+    cJSON *t = cJSON_CreateObject();
+    cJSON_AddStringToObject(t, "name", name);
+    cJSON_AddNumberToObject(t, "offset", (double)hm_stage_tensor_offset(s, i));
+    cJSON_AddNumberToObject(t, "numel", (double)n);
+    // shapes from the names: matrices are (rows, C) or (C, 4C); the rest are vectors
+    cJSON *shape = cJSON_AddArrayToObject(t, "shape");
+    size_t cols = strstr(name, "mlp.proj.w") ? (size_t)4 * cfg.C
+                  : (strstr(name, ".w") && !strstr(name, "ln")) || !strcmp(name, "wte") || !strcmp(name, "wpe") ? (size_t)cfg.C
+                                                                                                                  : 0;
+    if (cols) cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)(n / cols)));
+    cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)(cols ? cols : n)));
+    cJSON_AddItemToArray(ts, t);
+  }
+  char *text = cJSON_Print(j);
+  write_file(dir, "case.json", text, strlen(text));
+  free(text);
+  cJSON_Delete(j);
+  char cmd[1200];
+  // a deadline for the child: coreutils timeout ends a hung interpreter
+  snprintf(cmd, sizeof cmd, "timeout 600 '%s' '%s/tests/model/torch_oracle.py' '%s'", python, HM_SOURCE_DIR, dir);
+  print_message("device %s: %s\n", device, cmd);
+  fflush(stdout);
+  int rc = system(cmd);
+  assert_true(WIFEXITED(rc));
+  assert_int_equal(WEXITSTATUS(rc), 0);
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  assert_int_equal(system(cmd), 0);
+  free(buf);
+  free(tok);
+  free(tgt);
+  free(logits);
+  hm_stage_destroy(s);
+  hm_device_close(d);
+}
+
+static void test_cpu_matches_torch(void **state) {
+  (void)state;
+  run_case("cpu:threads=2");
+}
+
+static void test_ref_matches_torch(void **state) {
+  (void)state;
+  run_case("ref");
+}
+
+int main(void) {
+  if (!find_python()) {
+    printf("SKIPPED: PyTorch is not importable by /usr/bin/python3, python3 or $HETMIX_PYTHON; "
+           "install Debian's python3-torch (scripts/install-deps.sh) to run the oracle test\n");
+    return 0;
+  }
+  const struct CMUnitTest tests[] = {cmocka_unit_test(test_cpu_matches_torch), cmocka_unit_test(test_ref_matches_torch)};
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

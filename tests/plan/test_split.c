@@ -1,0 +1,104 @@
+/* Acceptance: the dynamic-programming layer split equals exhaustive search of the same objective
+ * on random small instances (up to 12 layers, 4 stages, 3 device types), with unequal layers,
+ * boundary transfers and memory limits; and it reports when nothing fits. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "hetmix/plan.h"
+
+static unsigned rng_state = 777;
+static unsigned rnd(void) {
+  rng_state = rng_state * 1103515245u + 12345u;
+  return (rng_state >> 8) & 0xffffff;
+}
+
+enum { MAXL = 12, MAXP = 4, NTYPES = 3 };
+
+static void test_dp_equals_exhaustive(void **state) {
+  (void)state;
+  int instances = 0, nofit = 0, ties = 0;
+  for (int it = 0; it < 3000; it++) {
+    const int n = 1 + rnd() % MAXL;
+    const int p = 1 + rnd() % (n < MAXP ? n : MAXP);
+    const int m = 1 + rnd() % 16;
+    /* device types: speed and memory; each stage gets one of them */
+    double speed[NTYPES], cap[NTYPES];
+    for (int k = 0; k < NTYPES; k++) {
+      speed[k] = 0.25 + (rnd() % 400) / 100.0;
+      cap[k] = 4 + rnd() % 40;
+    }
+    double work[MAXL], wbytes[MAXL], abytes[MAXL], out[MAXL];
+    for (int l = 0; l < n; l++) {
+      /* integer-valued work makes exact ties common, which stresses tie handling */
+      work[l] = (it % 3 == 0) ? 1 + rnd() % 4 : 0.1 + (rnd() % 1000) / 97.0;
+      wbytes[l] = 1 + rnd() % 6;
+      abytes[l] = rnd() % 3;
+      out[l] = (rnd() % 50) / 100.0;
+    }
+    double time[MAXP * MAXL], bnd[MAXP * MAXL], ms[MAXP * MAXL], ma[MAXP * MAXL], mc[MAXP];
+    for (int s = 0; s < p; s++) {
+      int k = rnd() % NTYPES;
+      mc[s] = (it % 4 == 0) ? 1e30 : cap[k];
+      for (int l = 0; l < n; l++) {
+        time[s * n + l] = work[l] / speed[k];
+        bnd[s * n + l] = out[l];
+        ms[s * n + l] = wbytes[l];
+        ma[s * n + l] = abytes[l];
+      }
+    }
+    hm_split_problem pb = {.nlayers = n, .nstages = p, .nmicro = m, .time = time,
+                           .boundary = (it % 2) ? bnd : NULL, .mem_static = ms, .mem_act = ma,
+                           .mem_cap = mc};
+    int bd[MAXP + 1], be[MAXP + 1];
+    double od = 0, oe = 0;
+    hm_status sd = hm_split_dp(&pb, bd, &od);
+    hm_status se = hm_split_exhaustive(&pb, be, &oe);
+    assert_int_equal(sd, se);
+    instances++;
+    if (sd == HM_ERR_NO_FIT) {
+      nofit++;
+      continue;
+    }
+    assert_int_equal(sd, HM_OK);
+    if (fabs(od - oe) > 1e-9 * (1 + fabs(oe))) {
+      print_error("instance %d: n=%d p=%d m=%d dp %.12g exhaustive %.12g\n", it, n, p, m, od, oe);
+      fail();
+    }
+    /* the DP's own split really achieves what it reports */
+    assert_true(fabs(hm_split_objective(&pb, bd) - od) <= 1e-12 * (1 + od));
+    ties += memcmp(bd, be, sizeof(int) * (p + 1)) != 0;
+  }
+  assert_true(instances - nofit >= 1000);
+  assert_true(nofit > 0); /* the memory limits bind on some instances */
+  print_message("%d instances, %d with no split in memory, %d equal-objective ties\n", instances,
+                nofit, ties);
+}
+
+static void test_no_fit_message(void **state) {
+  (void)state;
+  double time[4] = {1, 1, 1, 1}, ms[4] = {10, 10, 10, 10}, mc[2] = {15, 15};
+  hm_split_problem pb = {.nlayers = 2, .nstages = 2, .nmicro = 4, .time = time,
+                         .mem_static = ms, .mem_cap = mc};
+  int b[3];
+  double o;
+  assert_int_equal(hm_split_dp(&pb, b, &o), HM_OK);
+  assert_int_equal(b[1], 1);
+  mc[1] = 5;
+  assert_int_equal(hm_split_dp(&pb, b, &o), HM_ERR_NO_FIT);
+  assert_non_null(strstr(hm_last_error(), "fits in memory"));
+  pb.nstages = 3;
+  assert_int_equal(hm_split_dp(&pb, b, &o), HM_ERR_NO_FIT);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_dp_equals_exhaustive),
+      cmocka_unit_test(test_no_fit_message),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,401 @@
+/* Equivalence of the pipeline + data-parallel runtime with one process: a small GPT trained 20
+ * steps by the single-process trainer (hm_train_run) and by `hetmix launch ... hetmix worker`
+ * with pipeline depth 2 and 4 on non-uniform splits, and 2 replicas x 2 stages with unequal
+ * micro-batch counts, must give the same losses and parameters.
+ *
+ * Why not bitwise: the tied embedding's gradient. One process accumulates the head's and the
+ * embedding's contributions into one buffer micro-batch by micro-batch; a pipeline sums each
+ * side over its micro-batches and then adds the two (and replicas add partial sums): the same
+ * terms in a different order. One stage and one replica performs the very same additions and is
+ * checked bitwise.
+ *
+ * In f64 (the `ref` backend, dtype=f64) every parameter and loss must agree within 1e-6 relative
+ * (per tensor: max|a-b| <= 1e-6 * max|ref|). In f32 (`cpu`) the losses must agree within 1e-6
+ * relative and every tensor within 1e-5 except the attention key biases: their exact gradient is
+ * zero (softmax ignores a constant added to every score), so what they receive is rounding
+ * noise, which AdamW divides by its own tiny RMS and turns into steps of the order of
+ * lr * noise/eps; there they are only checked to stay that small. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
+#include <cjson/cJSON.h>
+#include <math.h>
+
+#include "hetmix/model.h"
+#include "hetmix/runtime.h"
+#include "runtime/proc_helpers.h"
+
+#define STEPS 20
+#define MODEL "L6,C32,NH4,V256,T16" /* 8 layers: room for 4 non-uniform stages */
+#define BATCH 2
+
+static const char *hetmix_bin = HM_BINARY_DIR "/hetmix";
+static char work[128], tokpath[256];
+typedef struct reference {
+  const char *device;
+  float loss[STEPS];
+  hm_ckpt ckpt;
+} reference;
+static reference ref32 = {.device = "cpu:threads=1"}, ref64 = {.device = "ref:dtype=f64"};
+
+static int read_losses(const char *metrics, float *loss, int n) {
+  static char buf[1 << 20];
+  if (hm_t_read_file(metrics, buf, sizeof buf) != 0) return -1;
+  int k = 0;
+  for (char *line = strtok(buf, "\n"); line && k < n; line = strtok(NULL, "\n")) {
+    cJSON *j = cJSON_Parse(line);
+    if (!j) return -1;
+    cJSON *l = cJSON_GetObjectItem(j, "loss");
+    if (cJSON_IsNumber(l)) loss[k++] = (float)l->valuedouble;
+    cJSON_Delete(j);
+  }
+  return k;
+}
+
+/* The reference: one process, all layers, M = 4 micro-batches per step. */
+static int make_reference(reference *ref, const char *name) {
+  hm_train_options o;
+  hm_train_defaults(&o);
+  o.device = ref->device;
+  if (hm_model_config_lookup(MODEL, &o.config) != HM_OK) return -1;
+  o.data = tokpath;
+  o.steps = STEPS;
+  o.batch = BATCH;
+  o.grad_accum = 4;
+  o.lr = 3e-3f;
+  char dir[256], path[512];
+  snprintf(dir, sizeof dir, "%s/%s", work, name);
+  o.out_dir = dir;
+  hm_train_result res;
+  if (hm_train_run(&o, &res) != HM_OK) {
+    print_error("reference training on %s failed: %s\n", ref->device, hm_last_error());
+    return -1;
+  }
+  snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+  if (read_losses(path, ref->loss, STEPS) != STEPS) return -1;
+  if (hm_resolve_checkpoint(dir, path, sizeof path) != HM_OK || hm_ckpt_read(path, &ref->ckpt) != HM_OK) {
+    print_error("reading the reference checkpoint: %s\n", hm_last_error());
+    return -1;
+  }
+  return 0;
+}
+
+static int setup(void **state) {
+  (void)state;
+  if (hm_t_mkdtemp(work, sizeof work, "pipe-equiv") != 0) return -1;
+  /* tokens: a deterministic mix of text-like bytes */
+  enum { NTOK = 60000 };
+  static uint8_t tok[NTOK];
+  uint64_t x = 42;
+  for (int i = 0; i < NTOK; i++) {
+    x = hm_splitmix64(x);
+    tok[i] = (uint8_t)(i % 7 == 0 ? ' ' : 'a' + (x % 26));
+  }
+  snprintf(tokpath, sizeof tokpath, "%s/data.tok", work);
+  if (hm_tokfile_write(tokpath, tok, NTOK, HM_TOKEN_U8, 256) != HM_OK) return -1;
+
+  return make_reference(&ref32, "ref32") || make_reference(&ref64, "ref64");
+}
+
+static int teardown(void **state) {
+  (void)state;
+  hm_ckpt_free(&ref32.ckpt);
+  hm_ckpt_free(&ref64.ckpt);
+  hm_t_rmtree(work);
+  return 0;
+}
+
+/* Runs `hetmix launch -n <workers> -- hetmix worker ...` and compares with the reference. */
+/* Key bias of block tensor "param/h<i>.attn.qkv.b": elements [C, 2C). */
+static int is_key_bias(const char *name, uint64_t k) {
+  const char *q = strstr(name, ".attn.qkv.b");
+  return q && q[11] == '\0' && k >= 32 && k < 64; /* C = 32 */
+}
+
+static void run_and_compare(const reference *ref, const char *name, int workers, const char *stages,
+                            const char *micro, int nstages, int expect_bitwise) {
+  const int f64 = strstr(ref->device, "f64") != NULL;
+  const double param_bound = f64 ? 1e-6 : 1e-5;
+  char dir[256], dump[300], nstr[16], errp[300];
+  snprintf(dir, sizeof dir, "%s/%s", work, name);
+  snprintf(dump, sizeof dump, "%s/dump", dir);
+  snprintf(nstr, sizeof nstr, "%d", workers);
+  mkdir(dir, 0755);
+  snprintf(errp, sizeof errp, "%s/launch.err", dir);
+  char steps[16];
+  snprintf(steps, sizeof steps, "%d", STEPS);
+  char *argv[] = {(char *)hetmix_bin, "launch", "-n", nstr, "--tag-output", "--", (char *)hetmix_bin, "worker",
+                  "--model", MODEL, "--data", tokpath, "--steps", steps, "--batch", "2", "--lr", "3e-3",
+                  "--stages", (char *)stages, "--micro", (char *)micro, "--device", (char *)ref->device,
+                  "--out", dir, "--dump", dump, "--quiet", NULL};
+  pid_t pid = hm_t_spawn(argv, NULL, errp);
+  int st = hm_t_wait(pid, 100.0);
+  char err[8192] = "";
+  hm_t_read_file(errp, err, sizeof err);
+  if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) fail_msg("%s: launch failed:\n%s", name, err);
+
+  float loss[STEPS];
+  char path[512];
+  snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+  assert_int_equal(read_losses(path, loss, STEPS), STEPS);
+  double worst_loss = 0;
+  for (int i = 0; i < STEPS; i++) {
+    double rel = fabs((double)loss[i] - ref->loss[i]) / fabs((double)ref->loss[i]);
+    if (rel > worst_loss) worst_loss = rel;
+    if (expect_bitwise && loss[i] != ref->loss[i]) fail_msg("%s: step %d loss %.9g != %.9g", name, i + 1, loss[i], ref->loss[i]);
+  }
+  assert_true(worst_loss <= 1e-6);
+
+  double worst = 0;
+  const char *worst_name = "";
+  int ntensors = 0;
+  float *wte_first = NULL, *wte_last = NULL;
+  size_t wte_n = 0;
+  hm_ckpt ck[8];
+  for (int s = 0; s < nstages; s++) {
+    snprintf(path, sizeof path, "%s/stage%d.hmc", dump, s);
+    if (hm_ckpt_read(path, &ck[s]) != HM_OK) fail_msg("%s: %s", name, hm_last_error());
+    for (int i = 0; i < ck[s].n_tensors; i++) {
+      const hm_ckpt_tensor *t = &ck[s].tensors[i];
+      if (strncmp(t->name, "param/", 6) != 0) continue;
+      const hm_ckpt_tensor *r = hm_ckpt_find(&ref->ckpt, t->name);
+      if (!r) fail_msg("%s: stage %d tensor %s is not in the reference", name, s, t->name);
+      assert_int_equal(r->numel, t->numel);
+      double dmax = 0, amax = 0;
+      for (uint64_t k = 0; k < t->numel; k++) {
+        if (!f64 && is_key_bias(t->name, k)) { /* rounding noise amplified by AdamW: see the top */
+          if (fabs((double)t->data[k]) > 1e-4 || fabs((double)r->data[k]) > 1e-4)
+            fail_msg("%s: key bias %s[%llu] = %g / %g, expected noise-sized", name, t->name, (unsigned long long)k,
+                     t->data[k], r->data[k]);
+          if (!expect_bitwise) continue;
+        }
+        double d = fabs((double)t->data[k] - r->data[k]);
+        if (d > dmax) dmax = d;
+        if (fabs((double)r->data[k]) > amax) amax = fabs((double)r->data[k]);
+        if (expect_bitwise && t->data[k] != r->data[k])
+          fail_msg("%s: %s[%llu] %.9g != %.9g", name, t->name, (unsigned long long)k, t->data[k], r->data[k]);
+      }
+      double rel = amax > 0 ? dmax / amax : dmax;
+      if (getenv("HM_TEST_VERBOSE") && rel > 1e-7) {
+        uint64_t at = 0;
+        for (uint64_t k = 0; k < t->numel; k++)
+          if (fabs((double)t->data[k] - r->data[k]) == dmax) at = k;
+        print_message("    %s: rel %.2e at [%llu] %.9g vs %.9g (max|ref| %.3g)\n", t->name, rel, (unsigned long long)at,
+                      t->data[at], r->data[at], amax);
+      }
+      if (rel > worst) worst = rel, worst_name = t->name;
+      ntensors++;
+      if (strcmp(t->name, "param/wte") == 0) {
+        if (s == 0) wte_first = t->data;
+        else wte_last = t->data;
+        wte_n = t->numel;
+      }
+    }
+  }
+  /* every reference tensor is somewhere (the head's extra wte copy aside) */
+  int nref = 0;
+  for (int i = 0; i < ref->ckpt.n_tensors; i++) nref += strncmp(ref->ckpt.tensors[i].name, "param/", 6) == 0;
+  assert_int_equal(ntensors, nref + (nstages > 1 ? 1 : 0));
+  /* the two copies of the tied embedding stay bitwise equal */
+  if (nstages > 1) {
+    assert_non_null(wte_first);
+    assert_non_null(wte_last);
+    assert_memory_equal(wte_first, wte_last, wte_n * sizeof(float));
+  }
+  print_message("  %-8s %-14s stages %-10s micro %-4s: worst param rel diff %.2e (%s), worst loss rel diff %.2e\n",
+                name, ref->device, stages, micro, worst, worst_name, worst_loss);
+  if (worst > param_bound) fail_msg("%s: %s differs by %.3e relative (bound %g)", name, worst_name, worst, param_bound);
+  for (int s = 0; s < nstages; s++) hm_ckpt_free(&ck[s]);
+}
+
+static void test_one_stage_is_bitwise(void **state) {
+  (void)state;
+  run_and_compare(&ref32, "p1", 1, "0,8", "4", 1, 1);
+}
+
+static void test_depth2_nonuniform(void **state) {
+  (void)state;
+  run_and_compare(&ref32, "p2", 2, "0,5,8", "4", 2, 0);
+  run_and_compare(&ref64, "p2-f64", 2, "0,5,8", "4", 2, 0);
+}
+
+static void test_depth4_nonuniform(void **state) {
+  (void)state;
+  run_and_compare(&ref32, "p4", 4, "0,1,4,6,8", "4", 4, 0);
+  run_and_compare(&ref64, "p4-f64", 4, "0,1,4,6,8", "4", 4, 0);
+}
+
+static void test_2replicas_x_2stages_unequal_micro(void **state) {
+  (void)state;
+  run_and_compare(&ref32, "r2p2", 4, "0,3,8", "3,1", 2, 0);
+  run_and_compare(&ref64, "r2p2-f64", 4, "0,3,8", "3,1", 2, 0);
+}
+
+/* A layout that does not match the model or the workers is refused, naming what is wrong. */
+static void test_mismatched_layout_is_refused(void **state) {
+  (void)state;
+  struct {
+    const char *n, *stages, *micro, *expect;
+  } cases[] = {
+      {"3", "0,5,8", "4", "need 2 workers, but 3 were started"},
+      {"2", "0,5,9", "4", "end at 8"},
+      {"2", "0,5,5,8", "4", "stage 1 has no layers"},
+  };
+  for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+    char errp[300];
+    snprintf(errp, sizeof errp, "%s/refuse.err", work);
+    char *argv[] = {(char *)hetmix_bin, "launch", "-n", (char *)cases[c].n, "--", (char *)hetmix_bin, "worker",
+                    "--model", MODEL, "--data", tokpath, "--steps", "1", "--stages", (char *)cases[c].stages,
+                    "--micro", (char *)cases[c].micro, "--quiet", NULL};
+    pid_t pid = hm_t_spawn(argv, NULL, errp);
+    int st = hm_t_wait(pid, 30.0);
+    char err[8192] = "";
+    hm_t_read_file(errp, err, sizeof err);
+    assert_true(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) != 0);
+    if (!strstr(err, cases[c].expect)) fail_msg("case %zu: expected '%s' in:\n%s", c, cases[c].expect, err);
+  }
+}
+
+/* Runs `cmd` (argv) and returns its exit status; its stderr lands in err (cap bytes). */
+static int run_cli(char *const argv[], char *err, size_t cap) {
+  char errp[300];
+  snprintf(errp, sizeof errp, "%s/cli.err", work);
+  pid_t pid = hm_t_spawn(argv, NULL, errp);
+  int st = hm_t_wait(pid, 100.0);
+  err[0] = '\0';
+  hm_t_read_file(errp, err, cap);
+  return st == -1 || !WIFEXITED(st) ? -1 : WEXITSTATUS(st);
+}
+
+/* A plan from `hetmix plan` runs through `hetmix launch --plan`; the same plan is refused for
+ * another model, for a cluster without its device types, and with the wrong worker count. */
+static void test_plan_runs_and_mismatch_is_refused(void **state) {
+  (void)state;
+  char model[300], cluster[300], plan[300], out[300], err[8192];
+  snprintf(model, sizeof model, "%s/model.json", work);
+  snprintf(cluster, sizeof cluster, "%s/one-cpu.json", work);
+  snprintf(plan, sizeof plan, "%s/plan.json", work);
+  snprintf(out, sizeof out, "%s/planrun", work);
+  FILE *f = fopen(model, "w");
+  assert_non_null(f);
+  fputs("{\"version\": 1, \"name\": \"equiv\", \"dtype\": \"fp32\", "
+        "\"config\": {\"arch\": \"gpt2\", \"L\": 6, \"C\": 32, \"NH\": 4, \"V\": 256, \"T\": 16}}\n", f);
+  fclose(f);
+  f = fopen(cluster, "w");
+  assert_non_null(f);
+  fputs("{\"version\": 1, \"name\": \"one-cpu\", \"device_types\": [{\"name\": \"cpu\", \"backend\": "
+        "\"cpu:threads=1\", \"peak_flops\": {\"fp32\": 1e11}, \"memory_bytes\": 4e9, \"memory_bandwidth\": 1e10}], "
+        "\"hosts\": [{\"name\": \"h\", \"count\": 1, \"devices\": [{\"type\": \"cpu\", \"count\": 1}], "
+        "\"host_link\": {\"bandwidth\": 6e9, \"latency\": 2e-6}}]}\n", f);
+  fclose(f);
+  char *mk[] = {(char *)hetmix_bin, "plan", "--cluster", HM_SOURCE_DIR "/examples/local-2backend.json", "--model",
+                model, "--train", HM_SOURCE_DIR "/examples/train-local.json", "-o", plan, "--top", "1", NULL};
+  if (run_cli(mk, err, sizeof err) != 0) fail_msg("hetmix plan failed:\n%s", err);
+
+  char *run[] = {(char *)hetmix_bin, "launch", "--plan", plan, "--", "--data", tokpath, "--steps", "2", "--out", out,
+                 "--quiet", NULL};
+  if (run_cli(run, err, sizeof err) != 0) fail_msg("running the plan failed:\n%s", err);
+  char path[400], buf[4096];
+  snprintf(path, sizeof path, "%s/metrics.jsonl", out);
+  assert_int_equal(hm_t_read_file(path, buf, sizeof buf), 0);
+  assert_non_null(strstr(buf, "\"step\":2"));
+
+  char *wrong_model[] = {(char *)hetmix_bin, "launch", "--plan", plan, "--model", HM_SOURCE_DIR "/examples/gpt-mini.json",
+                         NULL};
+  assert_int_not_equal(run_cli(wrong_model, err, sizeof err), 0);
+  if (!strstr(err, "the plan was made for equiv")) fail_msg("wrong model: %s", err);
+  char *wrong_cluster[] = {(char *)hetmix_bin, "launch", "--plan", plan, "--cluster", cluster, NULL};
+  assert_int_not_equal(run_cli(wrong_cluster, err, sizeof err), 0);
+  if (!strstr(err, "has no device type")) fail_msg("wrong cluster: %s", err);
+  char *wrong_n[] = {(char *)hetmix_bin, "launch", "--plan", plan, "-n", "5", NULL};
+  assert_int_not_equal(run_cli(wrong_n, err, sizeof err), 0);
+  if (!strstr(err, "but -n says 5")) fail_msg("wrong -n: %s", err);
+}
+
+static int files_equal(const char *a, const char *b) {
+  FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+  int eq = fa && fb;
+  while (eq) {
+    int ca = fgetc(fa), cb = fgetc(fb);
+    if (ca != cb) eq = 0;
+    if (ca == EOF || cb == EOF) break;
+  }
+  if (fa) fclose(fa);
+  if (fb) fclose(fb);
+  return eq;
+}
+
+/* Stopping after 3 of 6 steps and resuming from the stage checkpoints gives bitwise the
+ * checkpoints of an uninterrupted run (params, AdamW moments, step, data position). */
+static void test_resume_is_bitwise(void **state) {
+  (void)state;
+  char full[300], part[300], rest[300], e[8192];
+  snprintf(full, sizeof full, "%s/resume-full", work);
+  snprintf(part, sizeof part, "%s/resume-part", work);
+  snprintf(rest, sizeof rest, "%s/resume-rest", work);
+  char *base[] = {(char *)hetmix_bin, "launch", "-n", "4", "--", (char *)hetmix_bin, "worker", "--model", MODEL,
+                  "--data", tokpath, "--steps", "6", "--batch", "2", "--stages", "0,3,8", "--micro", "2,1", "--quiet",
+                  "--dump", NULL, NULL, NULL, NULL, NULL};
+  const int k = 21; /* index of the --dump value */
+  base[k] = full;
+  if (run_cli(base, e, sizeof e) != 0) fail_msg("uninterrupted run: %s", e);
+  base[k] = part, base[k + 1] = "--stop-after", base[k + 2] = "3";
+  if (run_cli(base, e, sizeof e) != 0) fail_msg("first half: %s", e);
+  base[k] = rest, base[k + 1] = "--resume", base[k + 2] = part;
+  if (run_cli(base, e, sizeof e) != 0) fail_msg("resumed half: %s", e);
+  for (int s = 0; s < 2; s++) {
+    char a[400], b[400];
+    snprintf(a, sizeof a, "%s/stage%d.hmc", full, s);
+    snprintf(b, sizeof b, "%s/stage%d.hmc", rest, s);
+    if (!files_equal(a, b)) fail_msg("%s and %s differ", a, b);
+  }
+}
+
+/* A worker killed in the middle of training: the launcher stops the others and names it. */
+static void test_killed_worker_mid_training(void **state) {
+  (void)state;
+  char dir[300], errp[300], metrics[400];
+  snprintf(dir, sizeof dir, "%s/killed", work);
+  snprintf(errp, sizeof errp, "%s/killed.err", work);
+  snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", dir);
+  char *argv[] = {(char *)hetmix_bin, "launch", "-n", "4", "--", (char *)hetmix_bin, "worker", "--model", MODEL,
+                  "--data", tokpath, "--steps", "100000", "--batch", "2", "--stages", "0,3,8", "--micro", "2,2",
+                  "--out", dir, "--quiet", NULL};
+  pid_t launcher = hm_t_spawn(argv, NULL, errp);
+  assert_int_equal(hm_t_wait_file(metrics, 60.0), 0); /* training is under way */
+  /* the launcher's children are the workers; rank 2 is the third one started */
+  char path[64], kids[256] = "";
+  snprintf(path, sizeof path, "/proc/%d/task/%d/children", (int)launcher, (int)launcher);
+  assert_int_equal(hm_t_read_file(path, kids, sizeof kids), 0);
+  long pids[4];
+  int n = sscanf(kids, "%ld %ld %ld %ld", &pids[0], &pids[1], &pids[2], &pids[3]);
+  assert_int_equal(n, 4);
+  double t0 = hm_t_now();
+  kill((pid_t)pids[2], SIGKILL);
+  int st = hm_t_wait(launcher, 10.0);
+  double took = hm_t_now() - t0;
+  assert_true(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 128 + 9);
+  char err[8192] = "", expect[96];
+  hm_t_read_file(errp, err, sizeof err);
+  snprintf(expect, sizeof expect, "rank 2 (pid %ld) was killed by signal 9", pids[2]);
+  if (!strstr(err, expect)) fail_msg("launcher said:\n%s", err);
+  assert_true(took < 5.0);
+  for (int r = 0; r < 4; r++) assert_false(hm_t_pid_running((pid_t)pids[r]));
+  print_message("  killed rank 2 of a training job: launcher exited after %.2f s\n", took);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_one_stage_is_bitwise),
+      cmocka_unit_test(test_depth2_nonuniform),
+      cmocka_unit_test(test_depth4_nonuniform),
+      cmocka_unit_test(test_2replicas_x_2stages_unequal_micro),
+      cmocka_unit_test(test_mismatched_layout_is_refused),
+      cmocka_unit_test(test_plan_runs_and_mismatch_is_refused),
+      cmocka_unit_test(test_resume_is_bitwise),
+      cmocka_unit_test(test_killed_worker_mid_training),
+  };
+  return cmocka_run_group_tests(tests, setup, teardown);
+}

@@ -1,0 +1,417 @@
+/* hetmix profile: the latency/bandwidth fit on known points; a real measurement of a tiny GPT-2
+ * on a cluster of `cpu` and `ref` (plus a type with no backend here) that has every layer kind
+ * for every runnable type and nothing for the other, reads back equal from the written file and
+ * drives the planner (a predicted stage time is the sum of the profile's figures); the same
+ * with every type timed at once in child processes; refusals with clear messages; a link probe
+ * past its deadline; the `hetmix profile` command end to end. No child process is left over. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <errno.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "hetmix/plan.h"
+#include "hetmix/profile.h"
+
+/* Two runnable types on one host and one that exists only on paper (no backend). */
+static const char cluster_json[] =
+    "{\"version\": 1, \"name\": \"test-local\", \"device_types\": ["
+    " {\"name\": \"fast\", \"backend\": \"cpu:threads=1\", \"peak_flops\": {\"fp32\": 1e11},"
+    "  \"memory_bytes\": 1e9, \"memory_bandwidth\": 1e10,"
+    "  \"intra_host_link\": {\"bandwidth\": 1e9, \"latency\": 1e-5}},"
+    " {\"name\": \"slow\", \"backend\": \"ref\", \"peak_flops\": {\"fp32\": 1e10},"
+    "  \"memory_bytes\": 1e9, \"memory_bandwidth\": 1e10},"
+    " {\"name\": \"paper\", \"peak_flops\": {\"fp32\": 1e12}, \"memory_bytes\": 1e9,"
+    "  \"memory_bandwidth\": 1e11}],"
+    " \"hosts\": [{\"name\": \"here\", \"count\": 1,"
+    "   \"devices\": [{\"type\": \"fast\", \"count\": 2}, {\"type\": \"slow\", \"count\": 1}],"
+    "   \"host_link\": {\"bandwidth\": 1e9, \"latency\": 1e-5},"
+    "   \"nic\": {\"bandwidth\": 1e9, \"latency\": 1e-5}},"
+    "  {\"name\": \"there\", \"count\": 1, \"devices\": [{\"type\": \"paper\", \"count\": 1}],"
+    "   \"nic\": {\"bandwidth\": 1e9, \"latency\": 1e-5}}]}";
+
+static const char model_json[] =
+    "{\"version\": 1, \"name\": \"tiny\", \"dtype\": \"fp32\","
+    " \"config\": {\"arch\": \"gpt2\", \"L\": 3, \"C\": 32, \"NH\": 4, \"V\": 64, \"T\": 16}}";
+
+typedef struct fixture {
+  hm_cluster c;
+  hm_model m;
+} fixture;
+
+static void fixture_load(fixture *f) {
+  memset(f, 0, sizeof *f);
+  if (hm_cluster_parse(cluster_json, sizeof cluster_json - 1, "test", &f->c) != HM_OK) fail_msg("%s", hm_last_error());
+  if (hm_model_parse(model_json, sizeof model_json - 1, "test", &f->m) != HM_OK) fail_msg("%s", hm_last_error());
+}
+
+static void fixture_free(fixture *f) {
+  hm_cluster_free(&f->c);
+  hm_model_free(&f->m);
+}
+
+static void quick_options(hm_profile_options *o, const fixture *f) {
+  hm_profile_options_default(o);
+  o->cluster = &f->c;
+  o->model = &f->m;
+  o->n_micro_batches = 2;
+  o->micro_batches[0] = 2; /* given out of order: stored ascending */
+  o->micro_batches[1] = 1;
+  o->reps = 3;
+  o->warmup = 1;
+  o->link_probe.nsizes = 3;
+  o->link_probe.sizes[0] = 8;
+  o->link_probe.sizes[1] = 4096;
+  o->link_probe.sizes[2] = 262144;
+  o->link_probe.seconds_per_size = 0.01;
+}
+
+static void test_fit_exact(void **state) {
+  (void)state;
+  const double lat = 4e-6, bw = 3e9;
+  double x[5] = {8, 1024, 65536, 1 << 20, 16 << 20}, t[5];
+  for (int i = 0; i < 5; i++) t[i] = lat + x[i] / bw;
+  double a = 0, b = 0;
+  assert_int_equal(hm_link_fit_points(x, t, 5, &a, &b), HM_OK);
+  assert_true(fabs(a - lat) < 1e-9 * lat + 1e-15);
+  assert_true(fabs(b - bw) < 1e-6 * bw);
+
+  /* a fall with size (noise) cannot give a negative bandwidth: the largest point decides */
+  double tf[3] = {1e-3, 5e-4, 4e-4}, xf[3] = {8, 4096, 65536};
+  assert_int_equal(hm_link_fit_points(xf, tf, 3, &a, &b), HM_OK);
+  assert_true(b > 0 && a >= 0 && a <= 4e-4);
+  assert_true(fabs(b - 65536 / 4e-4) < 1e-6 * b);
+
+  /* a negative intercept is clamped to zero latency, slope through the origin */
+  double tn[2] = {1e-9, 1e-3}, xn[2] = {1000, 1e6};
+  assert_int_equal(hm_link_fit_points(xn, tn, 2, &a, &b), HM_OK);
+  assert_true(a == 0 && b > 0);
+
+  assert_int_equal(hm_link_fit_points(x, t, 1, &a, &b), HM_ERR_INVALID_ARG);
+  double tz[2] = {0, 1e-3};
+  assert_int_equal(hm_link_fit_points(xn, tz, 2, &a, &b), HM_ERR_INVALID_ARG);
+}
+
+static const hm_profile_layer *find_layer(const hm_profile *p, const char *type, const char *kind, int64_t mb) {
+  for (int i = 0; i < p->nlayers; i++)
+    if (!strcmp(p->layers[i].device_type, type) && !strcmp(p->layers[i].kind, kind) && p->layers[i].micro_batch == mb)
+      return &p->layers[i];
+  return NULL;
+}
+
+static void check_complete(const fixture *f, const hm_profile *p) {
+  static const char *const kinds[3] = {"embedding", "block", "head"};
+  static const char *const types[2] = {"fast", "slow"};
+  assert_string_equal(p->model, "tiny");
+  assert_int_equal(p->nlayers, 2 * 3 * 2);
+  for (int t = 0; t < 2; t++)
+    for (int k = 0; k < 3; k++)
+      for (int64_t mb = 1; mb <= 2; mb++) {
+        const hm_profile_layer *e = find_layer(p, types[t], kinds[k], mb);
+        assert_non_null(e);
+        assert_true(e->fwd_s > 0 && e->fwd_s < 10);
+        assert_true(e->bwd_s > 0 && e->bwd_s < 10);
+        assert_true(e->mem_bytes > 0);
+      }
+  for (int i = 0; i < p->nlayers; i++) assert_string_not_equal(p->layers[i].device_type, "paper");
+  /* memory of a one-layer stage grows with the micro-batch (activations) */
+  assert_true(find_layer(p, "fast", "block", 2)->mem_bytes > find_layer(p, "fast", "block", 1)->mem_bytes);
+  /* the two runnable types share a host, and "fast" has two devices there: two intra-host links */
+  assert_int_equal(p->nlinks, 2);
+  int seen_pair = 0, seen_self = 0;
+  for (int i = 0; i < p->nlinks; i++) {
+    const hm_profile_link *l = &p->links[i];
+    assert_int_equal(l->inter_host, 0);
+    assert_true(l->link.bandwidth > 1e6 && l->link.latency >= 0 && l->link.latency < 1e-2);
+    if (!strcmp(l->type_a, "fast") && !strcmp(l->type_b, "fast")) seen_self = 1;
+    if ((!strcmp(l->type_a, "fast") && !strcmp(l->type_b, "slow")) ||
+        (!strcmp(l->type_a, "slow") && !strcmp(l->type_b, "fast")))
+      seen_pair = 1;
+  }
+  assert_true(seen_pair && seen_self);
+  (void)f;
+}
+
+/* Measures once (the expensive part) and checks the profile, its file and the planner on it. */
+static void test_measure_write_read_plan(void **state) {
+  (void)state;
+  fixture f;
+  fixture_load(&f);
+  hm_profile_options o;
+  quick_options(&o, &f);
+  hm_profile p;
+  memset(&p, 0, sizeof p);
+  hm_profile_report rep;
+  hm_status st = hm_profile_measure(&o, &p, &rep);
+  if (st != HM_OK) fail_msg("measure: %s", hm_last_error());
+  assert_int_equal(rep.nfits, 2);
+  assert_string_equal(rep.fits[0].transport, "shm");
+  assert_string_equal(rep.fits[1].transport, "tcp");
+  assert_int_equal(rep.ntypes_measured, 2);
+  check_complete(&f, &p);
+
+  /* written through spec's writer, read back by spec's reader: the same figures */
+  char path[] = "/tmp/hm_test_profile_XXXXXX";
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  close(fd);
+  assert_int_equal(hm_profile_write(&p, path), HM_OK);
+  hm_profile q;
+  memset(&q, 0, sizeof q);
+  st = hm_profile_load(path, &q);
+  if (st != HM_OK) fail_msg("load: %s", hm_last_error());
+  unlink(path);
+  check_complete(&f, &q);
+  for (int i = 0; i < p.nlayers; i++) {
+    const hm_profile_layer *a = &p.layers[i], *b = find_layer(&q, a->device_type, a->kind, a->micro_batch);
+    assert_non_null(b);
+    assert_true(fabs(a->fwd_s - b->fwd_s) <= 1e-12 * a->fwd_s);
+    assert_true(fabs(a->bwd_s - b->bwd_s) <= 1e-12 * a->bwd_s);
+    assert_true(fabs(a->mem_bytes - b->mem_bytes) <= 1e-12 * a->mem_bytes);
+  }
+
+  /* the planner uses it: a 2-stage plan fast [0,2) + slow [2,5) at micro-batch 2 predicts each
+   * stage's forward and backward as the sum of the profile's per-layer figures */
+  hm_train t;
+  hm_train_default(&t);
+  t.global_batch = 8;
+  t.n_micro_batch_sizes = 1;
+  t.micro_batch_sizes[0] = 2;
+  st = hm_spec_resolve(&f.c, &f.m, &t, &q);
+  if (st != HM_OK) fail_msg("resolve: %s", hm_last_error());
+  hm_plan plan;
+  memset(&plan, 0, sizeof plan);
+  plan.micro_batch = 2;
+  plan.global_batch = 8;
+  plan.nclasses = 1;
+  plan.classes[0].nreplicas = 1;
+  plan.classes[0].nmicro = 4;
+  plan.classes[0].nstages = 2;
+  const int fast = hm_cluster_find_type(&f.c, "fast"), slow = hm_cluster_find_type(&f.c, "slow");
+  plan.classes[0].stages[0] = (hm_plan_stage){.type = fast, .tp = 1, .layer_begin = 0, .layer_end = 2};
+  plan.classes[0].stages[1] = (hm_plan_stage){.type = slow, .tp = 1, .layer_begin = 2, .layer_end = 5};
+  hm_plan_inputs in = {.cluster = &f.c, .model = &f.m, .train = &t, .profile = &q};
+  st = hm_plan_predict(&in, &plan, NULL);
+  if (st != HM_OK) fail_msg("predict: %s", hm_last_error());
+  const hm_profile_layer *emb = find_layer(&q, "fast", "embedding", 2), *blk_f = find_layer(&q, "fast", "block", 2);
+  const hm_profile_layer *blk_s = find_layer(&q, "slow", "block", 2), *head = find_layer(&q, "slow", "head", 2);
+  const double f0 = emb->fwd_s + blk_f->fwd_s, b0 = emb->bwd_s + blk_f->bwd_s;
+  const double f1 = 2 * blk_s->fwd_s + head->fwd_s, b1 = 2 * blk_s->bwd_s + head->bwd_s;
+  assert_true(fabs(plan.classes[0].stages[0].fwd - f0) <= 1e-9 * f0);
+  assert_true(fabs(plan.classes[0].stages[0].bwd - b0) <= 1e-9 * b0);
+  assert_true(fabs(plan.classes[0].stages[1].fwd - f1) <= 1e-9 * f1);
+  assert_true(fabs(plan.classes[0].stages[1].bwd - b1) <= 1e-9 * b1);
+  /* and the step is at least the pipeline's compute bound (m-1) max t_s + sum t_s */
+  const double t0s = f0 + b0, t1s = f1 + b1;
+  assert_true(plan.step_time >= 3 * fmax(t0s, t1s) + t0s + t1s - 1e-12);
+
+  hm_profile_free(&p);
+  hm_profile_free(&q);
+  fixture_free(&f);
+}
+
+/* Every type at once, two processes each (as four workers sharing the host): the same complete
+ * set of entries, measured in children that are all gone afterwards. */
+static void test_measure_together(void **state) {
+  (void)state;
+  fixture f;
+  fixture_load(&f);
+  hm_profile_options o;
+  quick_options(&o, &f);
+  o.links = 0;
+  o.concurrent = 1;
+  o.copies = 2;
+  o.reps = 2;
+  hm_profile p;
+  memset(&p, 0, sizeof p);
+  hm_profile_report rep;
+  hm_status st = hm_profile_measure(&o, &p, &rep);
+  if (st != HM_OK) fail_msg("measure together: %s", hm_last_error());
+  assert_int_equal(rep.ntypes_measured, 2);
+  assert_int_equal(p.nlayers, 2 * 3 * 2);
+  static const char *const kinds[3] = {"embedding", "block", "head"};
+  for (int k = 0; k < 3; k++)
+    for (int64_t mb = 1; mb <= 2; mb++) {
+      const hm_profile_layer *a = find_layer(&p, "fast", kinds[k], mb), *b = find_layer(&p, "slow", kinds[k], mb);
+      assert_non_null(a);
+      assert_non_null(b);
+      assert_true(a->fwd_s > 0 && a->bwd_s > 0 && b->fwd_s > 0 && b->bwd_s > 0 && a->mem_bytes > 0);
+    }
+  int wst;
+  assert_int_equal(waitpid(-1, &wst, WNOHANG), -1);
+  assert_int_equal(errno, ECHILD);
+  /* a backend that cannot open fails in its child and is named */
+  hm_profile q;
+  memset(&q, 0, sizeof q);
+  const char *bad[1] = {"nosuchbackend"};
+  hm_profile_shape shape = {3, 32, 4, 64, 16};
+  int layer = 1;
+  int64_t mb = 1;
+  hm_layer_timing t[2];
+  st = hm_profile_time_layers_together(1, bad, 2, &shape, &layer, 1, &mb, 1, 0, 1, 0, 1, 60, t, NULL, 0, NULL, NULL);
+  assert_int_not_equal(st, HM_OK);
+  if (!strstr(hm_last_error(), "nosuchbackend")) fail_msg("message: %s", hm_last_error());
+  assert_int_equal(waitpid(-1, &wst, WNOHANG), -1);
+  hm_profile_free(&p);
+  hm_profile_free(&q);
+  fixture_free(&f);
+}
+
+static void expect_error(hm_status got, hm_status want, const char *needle) {
+  assert_int_equal(got, want);
+  if (!strstr(hm_last_error(), needle)) fail_msg("message '%s' lacks '%s'", hm_last_error(), needle);
+}
+
+static void test_refusals(void **state) {
+  (void)state;
+  fixture f;
+  fixture_load(&f);
+  hm_profile_options o;
+  quick_options(&o, &f);
+  o.links = 0;
+  hm_profile p;
+  memset(&p, 0, sizeof p);
+
+  o.ntypes = 1;
+  o.types[0] = "fsat";
+  expect_error(hm_profile_measure(&o, &p, NULL), HM_ERR_NOT_FOUND, "'fsat'");
+  o.types[0] = "paper";
+  expect_error(hm_profile_measure(&o, &p, NULL), HM_ERR_INVALID_ARG, "no \"backend\"");
+  o.ntypes = 0;
+
+  /* an explicit layer list has no stages to build */
+  static const char explicit_json[] =
+      "{\"version\": 1, \"name\": \"listed\", \"seq_len\": 16, \"layers\": ["
+      " {\"kind\": \"block\", \"count\": 2, \"fwd_flops\": 1e6, \"params\": 1000, \"act_bytes\": 100,"
+      "  \"out_bytes\": 10}]}";
+  hm_model listed;
+  memset(&listed, 0, sizeof listed);
+  hm_status st = hm_model_parse(explicit_json, sizeof explicit_json - 1, "test", &listed);
+  if (st != HM_OK) fail_msg("explicit model: %s", hm_last_error());
+  o.model = &listed;
+  expect_error(hm_profile_measure(&o, &p, NULL), HM_ERR_UNSUPPORTED, "explicit layer list");
+  hm_model_free(&listed);
+  o.model = &f.m;
+
+  /* a cluster with nothing runnable here */
+  hm_cluster paper;
+  memset(&paper, 0, sizeof paper);
+  static const char paper_json[] =
+      "{\"version\": 1, \"name\": \"elsewhere\", \"device_types\": [{\"name\": \"gpu\", \"peak_flops\":"
+      " {\"fp32\": 1e12}, \"memory_bytes\": 1e9, \"memory_bandwidth\": 1e11}], \"hosts\": [{\"name\":"
+      " \"h\", \"count\": 1, \"devices\": [{\"type\": \"gpu\", \"count\": 1}]}]}";
+  assert_int_equal(hm_cluster_parse(paper_json, sizeof paper_json - 1, "test", &paper), HM_OK);
+  o.cluster = &paper;
+  expect_error(hm_profile_measure(&o, &p, NULL), HM_ERR_NOT_FOUND, "elsewhere");
+  hm_cluster_free(&paper);
+  o.cluster = &f.c;
+
+  o.micro_batches[0] = 0;
+  expect_error(hm_profile_measure(&o, &p, NULL), HM_ERR_INVALID_ARG, "micro-batch size 0");
+
+  hm_link_probe_options lo;
+  memset(&lo, 0, sizeof lo);
+  lo.transport = "infiniband";
+  hm_link_fit fit;
+  expect_error(hm_profile_link_probe(&lo, &fit), HM_ERR_INVALID_ARG, "infiniband");
+  hm_profile_free(&p);
+  fixture_free(&f);
+}
+
+/* A probe that cannot finish in time fails with a message naming the transport, and leaves no
+ * child process behind (this test process has no other children). */
+static void test_probe_deadline(void **state) {
+  (void)state;
+  hm_link_probe_options lo;
+  memset(&lo, 0, sizeof lo);
+  lo.transport = "tcp";
+  lo.nsizes = 2;
+  lo.sizes[0] = 8;
+  lo.sizes[1] = 1 << 20;
+  lo.seconds_per_size = 0.01;
+  lo.timeout_ms = 1; /* the ranks' own waits give up at once: bootstrap cannot finish */
+  hm_link_fit fit;
+  hm_status st = hm_profile_link_probe(&lo, &fit);
+  assert_true(st == HM_ERR_TIMEOUT || st == HM_ERR_PEER_DEAD || st == HM_ERR_AUTH || st == HM_ERR_IO);
+  if (!strstr(hm_last_error(), "link probe over tcp: rank")) fail_msg("message: %s", hm_last_error());
+  int wst;
+  assert_int_equal(waitpid(-1, &wst, WNOHANG), -1);
+  assert_int_equal(errno, ECHILD);
+}
+
+static int run(const char *cmd, char *out, size_t cap) {
+  FILE *pf = popen(cmd, "r");
+  assert_non_null(pf);
+  size_t n = fread(out, 1, cap - 1, pf);
+  out[n] = '\0';
+  int rc = pclose(pf);
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+static void test_cli(void **state) {
+  (void)state;
+  char dir[] = "/tmp/hm_test_profile_cli_XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  char cmd[2048], out[16384], path[512];
+  snprintf(path, sizeof path, "%s/cluster.json", dir);
+  FILE *fc = fopen(path, "w");
+  assert_non_null(fc);
+  fputs(cluster_json, fc);
+  fclose(fc);
+  snprintf(path, sizeof path, "%s/model.json", dir);
+  fc = fopen(path, "w");
+  assert_non_null(fc);
+  fputs(model_json, fc);
+  fclose(fc);
+
+  snprintf(cmd, sizeof cmd,
+           "cd %s && %s/hetmix profile --cluster cluster.json --model model.json -o p.json --micro-batches 1 "
+           "--reps 1 --warmup 0 --types slow --no-links 2>&1",
+           dir, HM_BINARY_DIR);
+  int rc = run(cmd, out, sizeof out);
+  if (rc != 0) fail_msg("hetmix profile failed (%d): %s", rc, out);
+  assert_non_null(strstr(out, "wrote p.json: 3 layer entries for 1 device type"));
+  snprintf(path, sizeof path, "%s/p.json", dir);
+  hm_profile p;
+  memset(&p, 0, sizeof p);
+  assert_int_equal(hm_profile_load(path, &p), HM_OK);
+  assert_int_equal(p.nlayers, 3);
+  assert_int_equal(p.nlinks, 0);
+  hm_profile_free(&p);
+
+  snprintf(cmd, sizeof cmd, "cd %s && %s/hetmix profile --cluster cluster.json --model model.json --types gpu 2>&1",
+           dir, HM_BINARY_DIR);
+  rc = run(cmd, out, sizeof out);
+  assert_int_equal(rc, 1);
+  assert_non_null(strstr(out, "hetmix: error: profile: cluster 'test-local' has no device type 'gpu'"));
+  snprintf(cmd, sizeof cmd, "%s/hetmix profile --cluster %s/cluster.json 2>&1", HM_BINARY_DIR, dir);
+  rc = run(cmd, out, sizeof out);
+  assert_int_equal(rc, 1);
+  assert_non_null(strstr(out, "needs --cluster and --model"));
+  assert_non_null(strstr(out, "hint:"));
+  snprintf(cmd, sizeof cmd, "%s/hetmix profile --micro-batches 1,x 2>&1", HM_BINARY_DIR);
+  assert_int_equal(run(cmd, out, sizeof out), 1);
+  assert_non_null(strstr(out, "--micro-batches"));
+
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  assert_int_equal(system(cmd), 0);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_fit_exact),
+      cmocka_unit_test(test_measure_write_read_plan),
+      cmocka_unit_test(test_measure_together),
+      cmocka_unit_test(test_refusals),
+      cmocka_unit_test(test_probe_deadline),
+      cmocka_unit_test(test_cli),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
