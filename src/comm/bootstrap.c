@@ -285,7 +285,7 @@ static hm_status connect_mesh(hm_comm_t c, const rank_info *info, uint64_t deadl
   int local = 1;
   for (int r = 0; r < n; r++) local += r != me && c->peers[r].is_shm;
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-  long spin_us = hm_env_long("HETMIX_SPIN_US", 20), yield_us = hm_env_long("HETMIX_YIELD_US", local <= cpus ? 2000 : 0);
+  long spin_us = hm_env_long("HETMIX_SPIN_US", 20), yield_us = hm_env_long("HETMIX_YIELD_US", local <= cpus ? 10000000 : 0);
   c->spin_ns = (uint64_t)(spin_us >= 0 && spin_us <= 10000000 ? spin_us : 20) * 1000u;
   c->yield_ns = c->spin_ns + (uint64_t)(yield_us >= 0 && yield_us <= 10000000 ? yield_us : 0) * 1000u;
   /* Latency-bound operations (under 1 MiB) spin longer: on a loaded machine the peer is often

@@ -362,20 +362,20 @@ static hm_status submit(hm_op *tmpl, hm_request_t *req) {
 
 static hm_status coll(hm_comm_t c, hm_coll_kind kind, const void *sb, void *rb, size_t count, hm_dtype dt,
                       hm_redop op, int root, hm_request_t *req) {
+  int reducing = kind == HM_COLL_ALLREDUCE || kind == HM_COLL_REDUCE || kind == HM_COLL_REDUCE_SCATTER;
+  hm_desc d = {(int)kind, (int)dt, reducing ? (int)op : 0, root, count};
+  hm_coll_args a = {kind, sb, rb, count, dt, op, root, c->coll_seq++, hm_desc_pack(&d)};
+  if (!req && g_group_depth == 0 && atomic_load_explicit(&c->q_pending, memory_order_acquire) == 0) {
+    /* the fast path: run it here, without building a queueable operation */
+    hm_status st = hm_coll_execute(c, &a);
+    if (st != HM_OK && st != HM_ERR_ABORTED && st != HM_ERR_TIMEOUT && atomic_load(&c->broken) == HM_OK)
+      hm_comm_fail(c, st, 1);
+    return st;
+  }
   hm_op o;
   memset(&o, 0, sizeof o);
   o.comm = c;
-  o.a.kind = kind;
-  o.a.sendbuf = sb;
-  o.a.recvbuf = rb;
-  o.a.count = count;
-  o.a.dt = dt;
-  o.a.op = op;
-  o.a.root = root;
-  o.a.seq = c->coll_seq++;
-  int reducing = kind == HM_COLL_ALLREDUCE || kind == HM_COLL_REDUCE || kind == HM_COLL_REDUCE_SCATTER;
-  hm_desc d = {(int)kind, (int)dt, reducing ? (int)op : 0, root, count};
-  o.a.desc = hm_desc_pack(&d);
+  o.a = a;
   return submit(&o, req);
 }
 

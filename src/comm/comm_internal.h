@@ -164,7 +164,6 @@ struct hm_comm {
   uint64_t spin_ns;  /* how long a wait spins before it yields */
   uint64_t yield_ns; /* ... and until when it yields before it sleeps */
   uint64_t spin_small_ns; /* spin of operations under 1 MiB */
-  int small_yielded;      /* the last small operation spun out and yielded */
   uint32_t bell_seen;
   size_t shm_bytes;
   void **peer_shm;  /* peers' segments (mapped) */

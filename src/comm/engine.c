@@ -501,11 +501,9 @@ static hm_status xfer_loop(const hm_xctx *cx, hm_xfer *x, int n) {
   if (bad >= 0) return hm_error(HM_ERR_INTERNAL, "rank %d: transfer with invalid peer %d", c->rank, x[bad].peer);
   size_t total = 0;
   for (int i = 0; i < n; i++) total += x[i].bytes;
-  /* Small operations spin long, unless the previous one had to yield anyway (then the peer
-   * probably shares our core, and spinning only keeps it off): adapt per operation. */
+  /* Latency-bound operations spin longer than bandwidth-bound ones before yielding. */
   const int small = total < (1u << 20);
-  const uint64_t spin_ns = small && !c->small_yielded ? c->spin_small_ns : c->spin_ns;
-  if (small) c->small_yielded = 0;
+  const uint64_t spin_ns = small ? c->spin_small_ns : c->spin_ns;
   const uint64_t yield_ns = spin_ns > c->spin_ns ? spin_ns + (c->yield_ns - c->spin_ns) : c->yield_ns;
   /* the clock is read at the first wait (within 64 spins of the start), not on the fast path */
   uint64_t deadline = 0;
@@ -593,7 +591,6 @@ static hm_status xfer_loop(const hm_xctx *cx, hm_xfer *x, int n) {
         last_health = now;
       }
     } else if (now - idle_since < yield_ns) {
-      if (small) c->small_yielded = 1;
       sched_yield();
       if (now - last_health > 1000000ull) {
         HM_TRY(health_poll(c, NULL, 0, 0));
