@@ -11,7 +11,10 @@
 
 static void train_usage(FILE *f) {
   fprintf(f,
-          "usage: hetmix train [options]\n"
+          "usage: hetmix train                    the embedded default: profile, plan and train\n"
+          "                                       gpt-mini on this machine as a two-device cluster\n"
+          "       hetmix train --cluster FILE|local [options]   (see `hetmix train --cluster local --help`)\n"
+          "       hetmix train [options]          one process on one device:\n"
           "  --device SPEC      device backend: cpu, ref, cpu:threads=2,slow=2 ... (default cpu)\n"
           "  --model NAME       gpt-mini (default), gpt2-124m, tiny, or L6,C384,NH6,V256,T256\n"
           "  --data FILE.tok    token file from `hetmix prepare` (default: fortunes corpus in data/)\n"
@@ -79,6 +82,11 @@ static int parse_float(const char *opt, const char *s, float *out) {
 }
 
 int hm_cmd_train(int argc, char **argv) {
+  if (argc == 1) {
+    /* bare `hetmix train`: the embedded default, this machine as a two-device cluster */
+    char *local_argv[] = {argv[0], "--cluster", "local", NULL};
+    return hm_cmd_train_cluster(3, local_argv);
+  }
   for (int i = 1; i < argc; i++) /* the multi-worker path: cmd_train_cluster.c */
     if (strcmp(argv[i], "--cluster") == 0) return hm_cmd_train_cluster(argc, argv);
   hm_train_options o;
