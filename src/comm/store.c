@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <openssl/crypto.h>
 #include <poll.h>
+#include <semaphore.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +55,7 @@ struct hm_store_server {
   pthread_t thread;
   _Atomic int stop;
   pthread_mutex_t mu; /* guards jobs (added from other threads) */
+  sem_t started;      /* posted once the thread holds g_store_work_mu */
   store_job *jobs;
   store_kv *kv;
   store_client clients[STORE_MAX_CLIENTS];
@@ -233,6 +235,7 @@ static void store_fork_setup(void) {
 static void *store_main(void *arg) {
   hm_store_server *s = arg;
   pthread_mutex_lock(&g_store_work_mu);
+  sem_post(&s->started); /* the thread's start-up (allocating) is over: see hm_store_server_start */
   struct pollfd *pf = malloc(sizeof(struct pollfd) * (STORE_MAX_CLIENTS + 1));
   if (!pf) {
     pthread_mutex_unlock(&g_store_work_mu);
@@ -307,12 +310,20 @@ hm_status hm_store_server_start(const char *addr, int port, const unsigned char 
     free(s);
     return st;
   }
-  if (pthread_create(&s->thread, NULL, store_main, s) != 0) {
+  /* A new thread allocates before it reaches store_main (libc's and the sanitizers' thread
+   * set-up), outside g_store_work_mu: return only once it holds the mutex, so a fork right after
+   * (a parent forking its ranks after hm_get_unique_id) cannot copy an allocator lock it holds. */
+  int sem_ok = sem_init(&s->started, 0, 0) == 0;
+  if (!sem_ok || pthread_create(&s->thread, NULL, store_main, s) != 0) {
+    if (sem_ok) sem_destroy(&s->started);
     close(s->lfd);
     free(s->buf);
     free(s);
     return hm_error(HM_ERR_INTERNAL, "rendezvous store: cannot start its thread");
   }
+  while (sem_wait(&s->started) != 0 && errno == EINTR) {
+  }
+  sem_destroy(&s->started);
   *out = s;
   return HM_OK;
 }
