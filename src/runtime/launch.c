@@ -339,9 +339,12 @@ static hm_status hm_spawn(hm_job *job, int r, const char *exe) {
 }
 
 /* Notices exits without reaping (WNOWAIT): a zombie keeps its pid, so a worker's group id (its
- * pid) cannot be reused by an unrelated process before our final killpg. */
+ * pid) cannot be reused by an unrelated process before our final killpg.
+ * When several failures show up in the same sweep, a worker killed by a signal is named before
+ * workers that exited with an error: survivors exit with an error because a peer died, so the
+ * signalled one is the cause and the others are its consequences. */
 static int hm_sweep_exits(hm_job *job, int *first_failed) {
-  int alive = 0;
+  int alive = 0, first_exit = -1, first_signal = -1;
   for (int r = 0; r < job->n; r++) {
     hm_worker *w = &job->w[r];
     if (w->pid <= 0 || w->exited) continue;
@@ -354,11 +357,13 @@ static int hm_sweep_exits(hm_job *job, int *first_failed) {
       } else {
         w->signal = si.si_status;
       }
-      if ((w->status_code != 0 || w->signal != 0) && *first_failed < 0) *first_failed = r;
+      if (w->signal != 0 && first_signal < 0) first_signal = r;
+      if (w->status_code != 0 && first_exit < 0) first_exit = r;
     } else {
       alive++;
     }
   }
+  if (*first_failed < 0) *first_failed = first_signal >= 0 ? first_signal : first_exit;
   return alive;
 }
 
