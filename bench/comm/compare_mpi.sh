@@ -9,6 +9,7 @@
 #   bench/comm/compare_mpi.sh [shm|tcp|both]
 # Open MPI runs with its own defaults (it binds 2 ranks to cores); OMPI_ARGS adds mpirun flags.
 #   env: BUILD=build-bench REPEATS=3 NP=2 SMALL_ITERS=500 (8 B..64 KiB) LARGE_ITERS=10 (128 KiB..64 MiB)
+#        SETTLE_S=1 (pause before each run, so one run's exiting processes do not load the next)
 # Targets checked in the last column: shm ratio >= 1 at every size and >= 2 from 8 MiB;
 # tcp ratio >= 1 from 1 MiB.
 set -euo pipefail
@@ -36,6 +37,7 @@ run_side() { # side transport repeat -> $tmp/<side>-<transport>-<repeat>.txt (si
   : >"$out"
   for range in "${ranges[@]}"; do
     set -- $range
+    sleep "${SETTLE_S:-1}" # let the previous run's processes (mpirun's daemon, forked ranks) exit first
     if [ "$side" = hetmix ]; then
       "$hetmix" bench comm allreduce -b "$1" -e "$2" -f 2 -n "$3" -w "$4" -c 0 -d f32 -o sum \
         --ranks "$np" -t "$tr" | awk '!/^#/ && NF >= 8 {print $1, $6}' >>"$out"

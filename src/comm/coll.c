@@ -80,6 +80,13 @@ hm_coll_algo hm_coll_choose(hm_comm_t c, hm_coll_kind kind, size_t bytes) {
   }
 }
 
+/* s sends on what rv receives: s may move only what rv has written, and if s sends exactly
+ * rv's bytes the engine may produce each chunk straight into s's channel. */
+static void forward(hm_xfer *rv, hm_xfer *s) {
+  s->avail = &rv->done;
+  if (s->src == rv->dst && s->bytes == rv->bytes) rv->fwd = s;
+}
+
 /* ---- allreduce ---- */
 static hm_status allreduce_ring(hm_comm_t c, const hm_coll_args *a, const hm_xctx *cx) {
   const int n = c->nranks, r = c->rank, right = mod(r + 1, n), left = mod(r - 1, n);
@@ -95,19 +102,22 @@ static hm_status allreduce_ring(hm_comm_t c, const hm_coll_args *a, const hm_xct
     hm_xfer *s = xl_add(&l);
     hm_xfer_send(s, right, (k == 0 ? sb : rb) + seg_off(&m, ss) * es, seg_len(&m, ss) * es, a->seq, a->desc);
     s->cma_ok = 0; /* the receiver reduces: slots split the work between both sides */
-    if (prev_recv) s->avail = &prev_recv->done;
+    if (prev_recv) forward(prev_recv, s);
     hm_xfer *rv = xl_add(&l);
     hm_xfer_recv_reduce(rv, left, rb + seg_off(&m, rs) * es, sb + seg_off(&m, rs) * es,
                         seg_len(&m, rs) * es, a->seq, a->desc, k == n - 2 ? n : 0);
+    s->stream = rv->stream = k + 1; /* the left neighbour's send of this step is our receive */
     prev_recv = rv;
   }
   for (int k = 0; k < n - 1; k++) {
     int ss = mod(r - k, n), rs = mod(r - k - 1, n);
     hm_xfer *s = xl_add(&l);
     hm_xfer_send(s, right, rb + seg_off(&m, ss) * es, seg_len(&m, ss) * es, a->seq, a->desc);
-    s->avail = &prev_recv->done;
+    s->cma_ok = 0; /* forwarded chunk by chunk from the slots (single copy measured slower) */
+    forward(prev_recv, s);
     hm_xfer *rv = xl_add(&l);
     hm_xfer_recv(rv, left, rb + seg_off(&m, rs) * es, seg_len(&m, rs) * es, a->seq, a->desc);
+    s->stream = rv->stream = n + k;
     prev_recv = rv;
   }
   return xl_run(&l, cx);

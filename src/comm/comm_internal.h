@@ -80,6 +80,11 @@ void hm_store_close(hm_store_client *c);
 /* dst[i] = a[i] op b[i] for count elements; final_div > 0 divides the result by it (HM_AVG). */
 void hm_reduce(void *dst, const void *a, const void *b, size_t count, hm_dtype dt, hm_redop op,
                int final_div);
+/* memcpy with streaming stores (the destination is not cached); fenced before it returns. */
+void hm_copy_stream(void *dst, const void *src, size_t n);
+/* Transfers from this size write their destination with streaming stores when nothing reads it
+ * back soon (the data is far beyond the caches' share of one operation). */
+#define HM_STREAM_MIN_BYTES (2u << 20)
 
 /* ---- shared-memory rings (shm.c) ---- */
 /* One single-producer single-consumer ring of slots, living in the consumer's segment. */
@@ -88,8 +93,9 @@ typedef struct hm_shm_slot {
   uint32_t len;
   uint32_t seq;
   uint64_t desc;
-  uint64_t kind;  /* HM_SLOT_DATA: payload holds the bytes; HM_SLOT_CMA: payload holds the
+  uint32_t kind;  /* HM_SLOT_DATA: payload holds the bytes; HM_SLOT_CMA: payload holds the
                      sender's address of `len` bytes, read with process_vm_readv */
+  uint32_t stream; /* the transfer of the operation it belongs to (hm_xfer.stream; 0: in order) */
 } hm_shm_slot; /* payload follows at +32 */
 enum { HM_SLOT_DATA = 0, HM_SLOT_CMA = 1 };
 #define HM_CMA_MIN_BYTES (256u << 10) /* transfers from this size may go single-copy */
@@ -219,6 +225,15 @@ typedef struct hm_xfer {
   uint64_t cma_until;  /* send: finished once the receiver has read this many CMA bytes */
   int nchunks;         /* chunks moved (a zero-byte transfer still moves one) */
   int after;           /* engine-internal: earlier xfer on the same channel */
+  int stream;          /* 0: moves after earlier transfers on its channel (FIFO). k > 0: the
+                          k-th stream of a collective; over shared memory its chunks carry k and
+                          may interleave with the operation's other streams on the channel (the
+                          receiver routes them), so a forward need not wait for a whole earlier
+                          transfer. Both sides number matching transfers alike. */
+  struct hm_xfer *fwd; /* recv: the send that forwards exactly what this receive writes (same
+                          bytes, its src is this dst, gated by avail on this one): over shared
+                          memory each chunk is then produced straight into that send's next
+                          slot and copied to dst from there, so dst is never read back */
 } hm_xfer;
 
 typedef struct hm_xctx {

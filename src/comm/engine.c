@@ -338,6 +338,7 @@ static hm_status step_send(const hm_xctx *cx, hm_xfer *x, int *progress) {
       s->seq = x->seq;
       s->desc = x->desc;
       s->kind = cma ? HM_SLOT_CMA : HM_SLOT_DATA;
+      s->stream = (uint32_t)x->stream;
       if (cma) {
         uint64_t addr = (uint64_t)(uintptr_t)(x->src + x->done);
         memcpy((char *)s + 32, &addr, sizeof addr);
@@ -364,6 +365,7 @@ static hm_status step_send(const hm_xctx *cx, hm_xfer *x, int *progress) {
     x->done += n;
     x->nchunks++;
     *progress = 1;
+    if (x->stream && p->is_shm) return HM_OK; /* one chunk a turn: leave slots to the streams it interleaves with */
   }
 }
 
@@ -404,7 +406,39 @@ static hm_status cma_read(const hm_xctx *cx, hm_xfer *x, hm_peer *p, uint64_t ad
   return HM_OK;
 }
 
-static hm_status step_recv(const hm_xctx *cx, hm_xfer *x, int *progress) {
+/* The forwarding send f can take this receive's next chunk of len bytes straight into its
+ * channel: it is the running send on that channel, has forwarded everything received so far,
+ * and a slot is free. */
+static hm_shm_slot *fwd_slot(hm_comm_t c, const hm_xfer *all, const hm_xfer *x, uint32_t len) {
+  const hm_xfer *f = x->fwd;
+  if (!f || f->finished || len == 0 || f->done != x->done || f->done + len > f->bytes) return NULL;
+  if ((f->after >= 0 && !all[f->after].finished) || (f->gate && !*f->gate)) return NULL;
+  (void)all;
+  hm_peer *q = &c->peers[f->peer];
+  hm_shm_chan *ch = &q->tx;
+  if (!q->is_shm || len > ch->payload || f->cma_until) return NULL;
+  if (ch->count - ch->seen_consumed >= ch->nslots) {
+    ch->seen_consumed = atomic_load_explicit(&ch->ctl->consumed, memory_order_acquire);
+    if (ch->count - ch->seen_consumed >= ch->nslots) return NULL;
+  }
+  return (hm_shm_slot *)(ch->slots + (size_t)(ch->count % ch->nslots) * ch->stride);
+}
+
+static void fwd_publish(hm_comm_t c, hm_xfer *f, hm_shm_slot *s, uint32_t len) {
+  hm_peer *q = &c->peers[f->peer];
+  s->len = len;
+  s->seq = f->seq;
+  s->desc = f->desc;
+  s->kind = HM_SLOT_DATA;
+  s->stream = (uint32_t)f->stream;
+  q->tx.count++;
+  atomic_store_explicit(&s->stamp, q->tx.count, memory_order_release);
+  hm_shm_bell_ring(q->bell);
+  f->done += len;
+  f->nchunks++;
+}
+
+static hm_status step_recv(const hm_xctx *cx, const hm_xfer *all, int n_all, hm_xfer *x, int *progress) {
   hm_comm_t c = cx->comm;
   hm_peer *p = &c->peers[x->peer];
   const size_t es = hm_dtype_size(cx->dt);
@@ -421,6 +455,15 @@ static hm_status step_recv(const hm_xctx *cx, hm_xfer *x, int *progress) {
       hm_shm_chan *ch = &p->rx;
       s = (hm_shm_slot *)(ch->slots + (size_t)(ch->count % ch->nslots) * ch->stride);
       if (atomic_load_explicit(&s->stamp, memory_order_acquire) != ch->count + 1) return HM_OK;
+      if (s->stream != (uint32_t)x->stream && s->seq == x->seq && s->desc == x->desc) {
+        /* another stream's chunk is first: its receive takes it, unless there is none */
+        for (const hm_xfer *o = all; o < all + n_all; o++)
+          if (!o->is_send && !o->finished && o->peer == x->peer && (uint32_t)o->stream == s->stream && o->stream)
+            return HM_OK;
+        hm_error(HM_ERR_PROTOCOL, "rank %d: chunk of stream %u from rank %d matches no pending transfer",
+                 c->rank, (unsigned)s->stream, x->peer);
+        return hm_comm_fail(c, HM_ERR_PROTOCOL, 1);
+      }
       len = s->len;
       seq = s->seq;
       desc = s->desc;
@@ -453,11 +496,27 @@ static hm_status step_recv(const hm_xctx *cx, hm_xfer *x, int *progress) {
       return hm_comm_fail(c, HM_ERR_PROTOCOL, 1);
     }
     if (x->avail && *x->avail < x->done + len) return HM_OK; /* operand not reduced yet */
-    if (len && cma_addr) {
+    hm_shm_slot *out = (len && data && p->is_shm) ? fwd_slot(c, all, x, len) : NULL;
+    const int stream = x->bytes >= HM_STREAM_MIN_BYTES;
+    if (out) {
+      /* produce into the next hop's slot (cached), publish it, then fill dst from there */
+      char *o = (char *)out + 32;
+      if (x->mode == HM_X_REDUCE)
+        hm_reduce(o, x->src + x->done, data, len / es, cx->dt, cx->op, x->final_div);
+      else
+        memcpy(o, data, len);
+      fwd_publish(c, x->fwd, out, len);
+      if (stream)
+        hm_copy_stream(x->dst + x->done, o, len);
+      else
+        memcpy(x->dst + x->done, o, len);
+    } else if (len && cma_addr) {
       HM_TRY(cma_read(cx, x, p, cma_addr, len));
     } else if (len && data) {
       if (x->mode == HM_X_REDUCE)
         hm_reduce(x->dst + x->done, x->src + x->done, data, len / es, cx->dt, cx->op, x->final_div);
+      else if (stream && !x->fwd)
+        hm_copy_stream(x->dst + x->done, data, len);
       else
         memcpy(x->dst + x->done, data, len);
     }
@@ -477,13 +536,14 @@ static hm_status step_recv(const hm_xctx *cx, hm_xfer *x, int *progress) {
 static int prepare(hm_comm_t c, hm_xfer *x, int from, int n, int *any_tcp) {
   for (int i = from; i < n; i++) {
     x[i].after = -1;
+    if (x[i].peer < 0 || x[i].peer >= c->nranks || x[i].peer == c->rank) return i;
+    if (!c->peers[x[i].peer].is_shm) *any_tcp = 1;
+    else if (x[i].stream) continue; /* interleaves with the other streams: no order to keep */
     for (int j = i - 1; j >= 0; j--)
       if (x[j].peer == x[i].peer && x[j].is_send == x[i].is_send) {
         x[i].after = j;
         break;
       }
-    if (x[i].peer < 0 || x[i].peer >= c->nranks || x[i].peer == c->rank) return i;
-    if (!c->peers[x[i].peer].is_shm) *any_tcp = 1;
   }
   return -1;
 }
@@ -517,7 +577,7 @@ static hm_status xfer_loop(const hm_xctx *cx, hm_xfer *x, int n) {
       pending = 1;
       if (t->after >= 0 && !x[t->after].finished) continue;
       if (t->gate && !*t->gate) continue;
-      HM_TRY(t->is_send ? step_send(cx, t, &progress) : step_recv(cx, t, &progress));
+      HM_TRY(t->is_send ? step_send(cx, t, &progress) : step_recv(cx, x, n, t, &progress));
     }
     if (!pending) return HM_OK;
     if (progress) {

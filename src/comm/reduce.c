@@ -3,6 +3,9 @@
  * bf16 are reduced in float and rounded back to nearest even; HM_AVG sums and divides at the
  * last step, as NCCL's ncclAvg. Compiled at -O3 (see CMakeLists.txt) so the loops vectorize. */
 #include <math.h>
+#if defined(__x86_64__)
+#include <emmintrin.h>
+#endif
 #include <stdint.h>
 #include <string.h>
 
@@ -201,4 +204,31 @@ void hm_reduce(void *dst, const void *a, const void *b, size_t count, hm_dtype d
     case HM_FLOAT64: red_f64(dst, a, b, count, op, div); break;
     default: break;
   }
+}
+
+/* Copy with streaming (non-temporal) stores: the destination bypasses the caches, so a large
+ * result that will not be read again soon costs no read-for-ownership and evicts nothing. On
+ * a machine whose memory bandwidth is the limit (two ranks on two cores) that is a third less
+ * memory traffic than memcpy. x86-64 only (SSE2 is part of its baseline); memcpy elsewhere. */
+void hm_copy_stream(void *dst, const void *src, size_t n) {
+#if defined(__x86_64__)
+  char *d = dst;
+  const char *s = src;
+  size_t head = (size_t)(-(uintptr_t)d & 15u);
+  if (head > n) head = n;
+  memcpy(d, s, head);
+  d += head, s += head, n -= head;
+  for (; n >= 64; n -= 64, d += 64, s += 64) {
+    __m128i a = _mm_loadu_si128((const __m128i *)s), b = _mm_loadu_si128((const __m128i *)(s + 16));
+    __m128i e = _mm_loadu_si128((const __m128i *)(s + 32)), f = _mm_loadu_si128((const __m128i *)(s + 48));
+    _mm_stream_si128((__m128i *)d, a);
+    _mm_stream_si128((__m128i *)(d + 16), b);
+    _mm_stream_si128((__m128i *)(d + 32), e);
+    _mm_stream_si128((__m128i *)(d + 48), f);
+  }
+  memcpy(d, s, n);
+  _mm_sfence(); /* order the streamed stores before whatever publishes them */
+#else
+  memcpy(dst, src, n);
+#endif
 }

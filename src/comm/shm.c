@@ -4,7 +4,9 @@
  * the payload, then stores the stamp (release); the consumer spins on the stamp (acquire), uses
  * the payload in place (copy or reduce straight out of the slot) and releases the slot by
  * advancing `consumed`. Small messages therefore cost one cache line each way.
- * The segment is unlinked as soon as every peer mapped it, so nothing is left behind. */
+ * The segment is unlinked as soon as every peer mapped it, so nothing is left behind. Both sides
+ * map it populated (MAP_POPULATE): the first operations then take no page faults (a 1 MiB ring
+ * costs about a millisecond of faults otherwise, all in the first large operation). */
 #include <errno.h>
 #include <limits.h>
 #include <linux/futex.h>
@@ -40,7 +42,7 @@ hm_status hm_shm_segment_create(const char *name, size_t bytes, void **base) {
     shm_unlink(name);
     return hm_error(HM_ERR_IO, "ftruncate shared memory %s to %zu bytes: %s", name, bytes, strerror(e));
   }
-  void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
   int e = errno;
   close(fd);
   if (p == MAP_FAILED) {
@@ -59,7 +61,7 @@ hm_status hm_shm_segment_open(const char *name, size_t bytes, void **base) {
     close(fd);
     return hm_error(HM_ERR_PROTOCOL, "peer shared memory %s is smaller than %zu bytes", name, bytes);
   }
-  void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
   int e = errno;
   close(fd);
   if (p == MAP_FAILED) return hm_error(HM_ERR_IO, "mmap peer shared memory %s: %s", name, strerror(e));

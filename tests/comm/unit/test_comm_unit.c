@@ -146,6 +146,22 @@ static void test_reduce_kernels(void **state) {
   assert_string_equal(hm_redop_name(HM_AVG), "avg");
 }
 
+/* hm_copy_stream: every head misalignment, every tail length, bytes outside untouched */
+static void test_copy_stream(void **state) {
+  (void)state;
+  enum { CAP = 600 };
+  unsigned char src[CAP], dst[CAP + 64];
+  for (int i = 0; i < CAP; i++) src[i] = (unsigned char)(i * 7 + 3);
+  for (int off = 0; off < 17; off++)
+    for (int len = 0; len < 300; len += (len < 140 ? 1 : 13)) {
+      memset(dst, 0xa5, sizeof dst);
+      hm_copy_stream(dst + off, src + (off * 5) % 32, (size_t)len);
+      assert_memory_equal(dst + off, src + (off * 5) % 32, (size_t)len);
+      for (int i = 0; i < off; i++) assert_int_equal(dst[i], 0xa5);
+      for (int i = off + len; i < (int)sizeof dst; i++) assert_int_equal(dst[i], 0xa5);
+    }
+}
+
 static void test_unique_id_text(void **state) {
   (void)state;
   hm_unique_id id, back;
@@ -317,6 +333,7 @@ int main(void) {
       cmocka_unit_test(test_payload_decoders),
       cmocka_unit_test(test_descriptors),
       cmocka_unit_test(test_reduce_kernels),
+      cmocka_unit_test(test_copy_stream),
       cmocka_unit_test(test_unique_id_text),
       cmocka_unit_test(test_launch_env),
       cmocka_unit_test(test_store_and_auth),
