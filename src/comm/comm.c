@@ -227,6 +227,7 @@ static void finish(hm_op *o, hm_status st) {
 static void *progress_main(void *arg) {
   hm_comm_t c = arg;
   hm_op *batch[64];
+  hm_xfer_background(1);
   pthread_mutex_lock(&c->q_mu);
   for (;;) {
     while (!c->q_head && !c->q_stop) pthread_cond_wait(&c->q_cv, &c->q_mu);

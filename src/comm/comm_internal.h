@@ -253,6 +253,9 @@ void hm_xfer_recv_reduce(hm_xfer *x, int peer, void *dst, const void *operand, s
 /* Runs every transfer to completion (pipelined, any order the channels allow) or fails. All
  * xfers belong to ctx->comm. */
 hm_status hm_xfer_run(const hm_xctx *ctx, hm_xfer *x, int n);
+/* Marks the calling thread as a background (progress) thread: its waits sleep soon instead of
+ * spinning and yielding, leaving the cores to the threads that compute. */
+void hm_xfer_background(int on);
 
 /* Checks the control connections (dead peers, error notices), abort and broken state. */
 hm_status hm_comm_check_health(hm_comm_t c, int poll_ms);

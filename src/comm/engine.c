@@ -533,6 +533,9 @@ static hm_status step_recv(const hm_xctx *cx, const hm_xfer *all, int n_all, hm_
   }
 }
 
+static _Thread_local int g_background;
+void hm_xfer_background(int on) { g_background = on; }
+
 static int prepare(hm_comm_t c, hm_xfer *x, int from, int n, int *any_tcp) {
   for (int i = from; i < n; i++) {
     x[i].after = -1;
@@ -561,10 +564,13 @@ static hm_status xfer_loop(const hm_xctx *cx, hm_xfer *x, int n) {
   if (bad >= 0) return hm_error(HM_ERR_INTERNAL, "rank %d: transfer with invalid peer %d", c->rank, x[bad].peer);
   size_t total = 0;
   for (int i = 0; i < n; i++) total += x[i].bytes;
-  /* Latency-bound operations spin longer than bandwidth-bound ones before yielding. */
+  /* Latency-bound operations spin longer than bandwidth-bound ones before yielding. On the
+   * progress thread (nonblocking operations) the caller's thread is computing meanwhile: a wait
+   * there spins briefly and then sleeps on the doorbell, so it takes no core from the compute. */
   const int small = total < (1u << 20);
-  const uint64_t spin_ns = small ? c->spin_small_ns : c->spin_ns;
-  const uint64_t yield_ns = spin_ns > c->spin_ns ? spin_ns + (c->yield_ns - c->spin_ns) : c->yield_ns;
+  const uint64_t spin_ns = g_background ? c->spin_ns : small ? c->spin_small_ns : c->spin_ns;
+  const uint64_t yield_ns = g_background ? spin_ns
+                            : spin_ns > c->spin_ns ? spin_ns + (c->yield_ns - c->spin_ns) : c->yield_ns;
   /* the clock is read at the first wait (within 64 spins of the start), not on the fast path */
   uint64_t deadline = 0;
   uint64_t idle_since = 0, last_health = 0;
