@@ -39,6 +39,11 @@ typedef struct hm_pipeline_options {
   int trace_steps;               /* how many final steps the trace covers [1] */
   const char *metrics_path;      /* JSON lines, one per step, or NULL (train->out_dir/metrics.jsonl) */
   const char *dump_dir;          /* replica 0's stages write stage<s>.hmc checkpoints here, or NULL */
+  int rebalance;                 /* 1: after each step, move micro-batches between data-parallel
+                                    replicas toward equal finish times, from each replica's measured
+                                    compute per micro-batch (the global batch and the update stay
+                                    the same: micro-batch k of a step is the same data wherever it
+                                    runs). 0: keep `micro` as given [0] */
 } hm_pipeline_options;
 
 typedef struct hm_pipeline_result {
@@ -47,6 +52,8 @@ typedef struct hm_pipeline_result {
   double step_time_s;       /* mean over the measured steps (after the first), slowest rank */
   double tokens_per_s;      /* M * batch * T / step_time_s */
   double stage_busy_s[HM_PIPE_MAX_STAGES]; /* mean compute time per step of each stage (replica 0) */
+  int micro[HM_PIPE_MAX_REPLICAS]; /* micro-batches per replica in the last step */
+  int rebalances;           /* steps after which the split changed (option rebalance) */
 } hm_pipeline_result;
 
 /* Runs the whole training on this worker. world: every worker of the job (size R*p). Collective:

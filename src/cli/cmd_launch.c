@@ -166,6 +166,8 @@ static void worker_usage(FILE *f) {
           "  --device SPEC          device of every worker [cpu:threads=1]\n"
           "  --devices S0|S1|..     one device spec per stage (p of them) or per rank (R*p)\n"
           "  --bucket N             layers per data-parallel allreduce bucket [1]\n"
+          "  --rebalance            after each step move micro-batches between replicas toward\n"
+          "                         equal finish times, from their measured compute (same update)\n"
           "training (defaults as `hetmix train`):\n"
           "  --model NAME           gpt-mini, tiny, or L6,C384,NH6,V256,T256 [gpt-mini]\n"
           "  --data FILE            token file [default corpus under --data-dir]\n"
@@ -310,6 +312,8 @@ int hm_cmd_worker(int argc, char **argv) {
       return worker_selftest();
     } else if (strcmp(a, "--quiet") == 0) {
       quiet = 1;
+    } else if (strcmp(a, "--rebalance") == 0) {
+      po.rebalance = 1;
     } else if (strcmp(a, "--plan") == 0) {
       NEED_VAL();
       plan_path = v;

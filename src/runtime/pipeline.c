@@ -125,6 +125,9 @@ typedef struct hm_pipe {
   hm_trace_rec *trace;
   int ntrace, cap_trace, tracing;
   FILE *metrics;
+  int micro[HM_PIPE_MAX_REPLICAS]; /* the split in use (rebalancing changes it) */
+  double pace[HM_PIPE_MAX_REPLICAS]; /* smoothed seconds of compute per micro-batch, per replica */
+  int paced;
 } hm_pipe;
 
 static hm_status hm_pipe_ctx(hm_status st, const hm_pipe *w) {
@@ -337,6 +340,7 @@ typedef struct hm_step_out {
   double loss_sum;  /* sum of this replica's micro-batch losses (last stage) */
   double sumsq;     /* global gradient sum of squares */
   double busy_s;    /* this worker's compute time */
+  double fb_s;      /* ... of which forward and backward (what scales with micro-batches) */
   float lr;
 } hm_step_out;
 
@@ -352,7 +356,7 @@ static hm_status hm_pipe_step(hm_pipe *w, int step /* 0-based */, hm_step_out *o
     }
   }
   const float loss_weight = 1.0f / (float)w->M;
-  uint64_t busy = 0;
+  uint64_t busy = 0, fb = 0;
   for (int i = 0; i < w->nops; i++) {
     const hm_pipe_op *op = &w->ops[i];
     const int k = op->micro, slot = k >= 0 ? k % w->nslots : 0;
@@ -409,10 +413,12 @@ static hm_status hm_pipe_step(hm_pipe *w, int step /* 0-based */, hm_step_out *o
     }
     const uint64_t t1 = hm_now_ns();
     if (track == 0) busy += t1 - t0;
+    if (op->kind == HM_PIPE_OP_FWD || op->kind == HM_PIPE_OP_BWD) fb += t1 - t0;
     hm_trace_add(w, track, op->kind, k, t0, t1);
   }
   HM_TRY(hm_wait_sends(w));
   out->busy_s = (double)busy * 1e-9;
+  out->fb_s = (double)fb * 1e-9;
   if (w->is_last)
     for (int k = 0; k < w->m; k++) out->loss_sum += w->losses[k];
   return HM_OK;
@@ -431,7 +437,10 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
   for (int r = 0; r < w->R; r++) {
     if (r < w->replica) w->micro_off += o->micro[r];
     w->M += o->micro[r];
+    w->micro[r] = o->micro[r];
   }
+  /* rebalancing may hand this replica up to M - (R-1) micro-batches: size for that */
+  const int m_cap = o->rebalance && w->R > 1 ? w->M - (w->R - 1) : w->m;
   w->first = o->stage_layers[w->stage], w->last = o->stage_layers[w->stage + 1];
   w->is_first = w->stage == 0, w->is_last = w->stage == w->p - 1;
   const int T = t->seq_len > 0 ? t->seq_len : t->config.T;
@@ -440,8 +449,16 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
   HM_TRY(hm_comm_split(w->world, w->replica, w->stage, &w->pipe, NULL));
   HM_TRY(hm_comm_split(w->world, w->stage, w->replica, &w->dp, NULL));
 
+  if (m_cap > w->m) { /* activation slots for the largest share this replica may get */
+    HM_TRY(hm_pipe_stage_ops(w->p, m_cap, o->stage_layers, w->R > 1, o->layers_per_bucket > 0 ? o->layers_per_bucket : 1,
+                              1, w->stage, &w->ops, &w->nops, &w->nslots));
+    free(w->ops);
+    w->ops = NULL;
+  }
+  int nslots = 0;
   HM_TRY(hm_pipe_stage_ops(w->p, w->m, o->stage_layers, w->R > 1, o->layers_per_bucket > 0 ? o->layers_per_bucket : 1,
-                            1, w->stage, &w->ops, &w->nops, &w->nslots));
+                            1, w->stage, &w->ops, &w->nops, &nslots));
+  if (nslots > w->nslots) w->nslots = nslots;
   if (w->nslots < 1) w->nslots = 1;
 
   HM_TRY(hm_device_open(t->device ? t->device : "cpu", &w->dev));
@@ -480,9 +497,9 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
       return hm_error(HM_ERR_INVALID_ARG, "token file %s has vocabulary %u, larger than the model's V=%d", data,
                       w->tf.vocab, t->config.V);
     HM_TRY(hm_dataloader_init(&w->dl, &w->tf, t->batch, T, t->seed, t->val_fraction));
-    w->inputs = hm_malloc((size_t)w->m * w->N * sizeof(int32_t), "micro-batch inputs");
-    w->targets = hm_malloc((size_t)w->m * w->N * sizeof(int32_t), "micro-batch targets");
-    w->losses = hm_calloc((size_t)w->m, sizeof(float), "micro-batch losses");
+    w->inputs = hm_malloc((size_t)m_cap * w->N * sizeof(int32_t), "micro-batch inputs");
+    w->targets = hm_malloc((size_t)m_cap * w->N * sizeof(int32_t), "micro-batch targets");
+    w->losses = hm_calloc((size_t)m_cap, sizeof(float), "micro-batch losses");
     if (!w->inputs || !w->targets || !w->losses) return HM_ERR_NOMEM;
   }
   /* the wire type: f64 as soon as one worker computes in f64 */
@@ -503,7 +520,7 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
   if (!w->recv_buf) return HM_ERR_NOMEM;
   HM_TRY(hm_device_alloc(w->dev, &w->dev_x, nc * w->dev->dtype_size, "received activations"));
   /* sends in flight at once: at most the micro-batches between two waits, bounded by m */
-  w->nsends = w->m + 1;
+  w->nsends = m_cap + 1;
   w->sends = hm_calloc((size_t)w->nsends, sizeof *w->sends, "send slots");
   if (!w->sends) return HM_ERR_NOMEM;
   if (w->p > 1)
@@ -640,6 +657,64 @@ static hm_status hm_pipe_dump(hm_pipe *w, int steps) {
   return hm_stage_save(w->st, path, &m);
 }
 
+/* Predicted step time of a split: each replica's 1F1B takes about (m + p - 1) micro-batch
+ * paces of its slowest stage; the step waits for the slowest replica. */
+static double hm_split_time(const int *m, const double *pace, int R, int p) {
+  double worst = 0;
+  for (int r = 0; r < R; r++) {
+    double t = (m[r] + p - 1) * pace[r];
+    if (t > worst) worst = t;
+  }
+  return worst;
+}
+
+/* After a step: every rank contributes its forward+backward time per micro-batch; all compute
+ * the same new split from the same numbers (so they agree without a further message), and it
+ * replaces the current one when it is predicted at least 2% faster. The first step (warm-up)
+ * is not used; the pace is smoothed (half old, half new) so one noisy step moves little. */
+static hm_status hm_pipe_rebalance(hm_pipe *w, int step, const hm_step_out *so, int *changed) {
+  *changed = 0;
+  const int R = w->R, p = w->p;
+  double mine[HM_PIPE_MAX_REPLICAS * HM_PIPE_MAX_STAGES] = {0}, all[HM_PIPE_MAX_REPLICAS * HM_PIPE_MAX_STAGES];
+  mine[w->replica * p + w->stage] = so->fb_s / (w->m > 0 ? w->m : 1);
+  HM_TRY(hm_comm_allreduce(w->world, mine, all, (size_t)(R * p), HM_FLOAT64, HM_SUM));
+  if (step == w->start_step) return HM_OK;
+  for (int r = 0; r < R; r++) {
+    double t = 0;
+    for (int s = 0; s < p; s++) t = all[r * p + s] > t ? all[r * p + s] : t;
+    if (!(t > 0)) return HM_OK; /* nothing measured (cannot happen with m >= 1): keep the split */
+    w->pace[r] = w->paced ? 0.5 * w->pace[r] + 0.5 * t : t;
+  }
+  w->paced = 1;
+  int m[HM_PIPE_MAX_REPLICAS];
+  for (int r = 0; r < R; r++) m[r] = 1;
+  for (int k = R; k < w->M; k++) { /* each further micro-batch to the replica that finishes first with it */
+    int best = 0;
+    for (int r = 1; r < R; r++)
+      if ((m[r] + p) * w->pace[r] < (m[best] + p) * w->pace[best]) best = r;
+    m[best]++;
+  }
+  if (hm_split_time(m, w->pace, R, p) > 0.98 * hm_split_time(w->micro, w->pace, R, p)) return HM_OK;
+  int nslots = 0, nops = 0;
+  hm_pipe_op *ops = NULL;
+  HM_TRY(hm_pipe_stage_ops(p, m[w->replica], w->o->stage_layers, 1,
+                            w->o->layers_per_bucket > 0 ? w->o->layers_per_bucket : 1, 1, w->stage, &ops, &nops, &nslots));
+  if (nslots > w->nslots) { /* cannot happen: the stage was sized for the largest share */
+    free(ops);
+    return hm_error(HM_ERR_INTERNAL, "rebalancing needs %d activation slots, the stage has %d", nslots, w->nslots);
+  }
+  free(w->ops);
+  w->ops = ops, w->nops = nops;
+  w->micro_off = 0;
+  for (int r = 0; r < R; r++) {
+    if (r < w->replica) w->micro_off += m[r];
+    w->micro[r] = m[r];
+  }
+  w->m = m[w->replica];
+  *changed = 1;
+  return HM_OK;
+}
+
 hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipeline_result *res) {
   hm_pipeline_result local;
   if (!res) res = &local;
@@ -684,6 +759,14 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
       timed_steps++;
       for (int s = 0; s < w.p; s++) busy_sum[s] += stat_max[1 + s];
     }
+    int split_used[HM_PIPE_MAX_REPLICAS]; /* the split this step ran with */
+    memcpy(split_used, w.micro, sizeof split_used);
+    if (o->rebalance && w.R > 1) {
+      int changed = 0;
+      st = hm_pipe_rebalance(&w, step, &so, &changed);
+      if (st != HM_OK) break;
+      res->rebalances += changed;
+    }
     res->steps_done = step + 1;
     res->last_loss = (float)(loss_all / w.M);
     if (reporter) {
@@ -707,6 +790,10 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
         cJSON_AddNumberToObject(j, "elapsed_s", pr.elapsed_s);
         cJSON *busy = cJSON_AddArrayToObject(j, "stage_busy_s");
         for (int s = 0; s < w.p; s++) cJSON_AddItemToArray(busy, cJSON_CreateNumber(stat_max[1 + s]));
+        if (w.R > 1) {
+          cJSON *mi = cJSON_AddArrayToObject(j, "micro");
+          for (int r = 0; r < w.R; r++) cJSON_AddItemToArray(mi, cJSON_CreateNumber(split_used[r]));
+        }
         char *txt = cJSON_PrintUnformatted(j);
         cJSON_Delete(j);
         if (txt) {
@@ -718,6 +805,7 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
       if (w.t->on_progress) w.t->on_progress(&pr, w.t->user);
     }
   }
+  for (int r = 0; r < w.R && r < HM_PIPE_MAX_REPLICAS; r++) res->micro[r] = w.micro[r];
   if (timed_steps > 0) {
     res->step_time_s = timed_s / timed_steps;
     res->tokens_per_s = (double)w.M * (double)w.N / res->step_time_s;
