@@ -4,7 +4,8 @@
  * `cpu-half` = the same emulating a chip of half the speed), a GPT-2 model spec, profiles them
  * with `hetmix profile`, then for each plan (one stage; two stages split unevenly; two stages
  * with the half-speed device; two data-parallel replicas; ...) and each run: profiles the layers
- * again (links once), predicts the step time with the planner on that profile (hm_plan_predict,
+ * again right before and right after the run (links once), predicts the step time with the planner on
+ * each profile and takes the mean (hm_plan_predict,
  * what `hetmix simulate --plan planN.json --profile ...` prints) and measures it by training the
  * plan with `hetmix launch --plan planN.json` right after, so both see the same machine load. Prints predicted, measured (median step after the first), the error, and per stage
  * the predicted and measured compute per step, so a wrong prediction shows where it is wrong.
@@ -70,6 +71,51 @@ static int sh(const char *cmd) {
 }
 
 /* Median of the step_time_s of steps after the first, and the mean stage compute per step. */
+/* Profiles the layers now (under the plan's own load unless --alone), predicts the plan on that
+ * profile, writes plan and predicted trace on the first call; the step time and each stage's
+ * predicted compute per step come back. */
+static int predict_once(const bench_args *a, const bench_plan *bp, int pi, int run, int after, const hm_profile *links,
+                        const hm_cluster *c, const hm_model *m, hm_plan *plan, const char *plan_path, double *step,
+                        double *stage_busy) {
+  char prof_run[1024], cmd[8192];
+  snprintf(prof_run, sizeof prof_run, "%s/profile-plan%d-run%d%s.json", a->dir, pi + 1, run + 1, after ? "-after" : "");
+  if (a->profile) {
+    snprintf(prof_run, sizeof prof_run, "%s", a->profile);
+  } else {
+    snprintf(cmd, sizeof cmd,
+             "%s profile --cluster %s/cluster.json --model %s/model.json --micro-batches %d --reps %d "
+             "--no-links %s -o %s > %s.log 2>&1",
+             a->hetmix, a->dir, a->dir, a->mb, a->reps, a->alone ? "" : bp->profile, prof_run, prof_run);
+    if (sh(cmd) != 0) return fprintf(stderr, "predict_bench: profiling failed; see %s.log\n", prof_run), 1;
+  }
+  hm_profile pr;
+  memset(&pr, 0, sizeof pr);
+  if (hm_profile_load(prof_run, &pr) != HM_OK) return fprintf(stderr, "%s\n", hm_last_error()), 1;
+  for (int i = 0; i < links->nlinks && !a->profile; i++)
+    if (hm_profile_add_link(&pr, &links->links[i]) != HM_OK) return fprintf(stderr, "%s\n", hm_last_error()), 1;
+  hm_train t;
+  hm_train_default(&t);
+  t.global_batch = plan->global_batch;
+  t.n_micro_batch_sizes = 1;
+  t.micro_batch_sizes[0] = a->mb;
+  if (hm_spec_resolve(c, m, &t, &pr) != HM_OK) return fprintf(stderr, "%s\n", hm_last_error()), 1;
+  hm_plan_inputs in = {.cluster = c, .model = m, .train = &t, .profile = &pr};
+  char pred_trace[1024];
+  snprintf(pred_trace, sizeof pred_trace, "%s/plan%d-predicted.json", a->dir, pi + 1);
+  hm_sim_trace trace = {0};
+  hm_status st = hm_plan_predict(&in, plan, &trace);
+  const int first = run == 0 && !after;
+  if (st == HM_OK && first) st = hm_plan_write(&in, plan, plan_path);
+  if (st == HM_OK && first) st = hm_sim_trace_write(&trace, pred_trace);
+  hm_sim_trace_free(&trace);
+  hm_profile_free(&pr);
+  if (st != HM_OK) return fprintf(stderr, "plan %d: %s\n", pi + 1, hm_last_error()), 1;
+  *step = plan->step_time;
+  const hm_plan_class *cl = &plan->classes[0];
+  for (int s = 0; s < bp->nstages; s++) stage_busy[s] = cl->nmicro * (cl->stages[s].fwd + cl->stages[s].bwd);
+  return 0;
+}
+
 static int read_metrics(const char *path, double *step, double *busy, int nstages) {
   FILE *f = fopen(path, "r");
   if (!f) return -1;
@@ -222,7 +268,7 @@ int main(int argc, char **argv) {
   int done[8] = {0};
 
   printf("\nmodel %s, micro-batch %d, %d steps per run (first not counted), %d run(s) per plan, each run "
-         "right after its own profile of the layers (%s); loadavg %.2f before\n",
+         "between two profiles of the layers (%s; the prediction is the mean of the two); loadavg %.2f before\n",
          a.model, a.mb, a.steps, a.runs, a.alone ? "each type alone" : "under the plan's own load", load0);
   for (int pi = 0; pi < nplans; pi++) {
     const bench_plan *bp = &plans[pi];
@@ -261,58 +307,39 @@ int main(int argc, char **argv) {
     char plan_path[1024];
     snprintf(plan_path, sizeof plan_path, "%s/plan%d.json", a.dir, pi + 1);
     for (int run = 0; run < a.runs && run < 16; run++) {
-      /* predict on a fresh profile of the layers (links from the first profile) */
-      char prof_run[1024];
-      snprintf(prof_run, sizeof prof_run, "%s/profile-plan%d-run%d.json", a.dir, pi + 1, run + 1);
-      if (a.profile) {
-        snprintf(prof_run, sizeof prof_run, "%s", a.profile);
-      } else {
-        snprintf(cmd, sizeof cmd,
-                 "%s profile --cluster %s/cluster.json --model %s/model.json --micro-batches %d --reps %d "
-                 "--no-links %s -o %s > %s.log 2>&1",
-                 a.hetmix, a.dir, a.dir, a.mb, a.reps, a.alone ? "" : bp->profile, prof_run, prof_run);
-        if (sh(cmd) != 0) return fprintf(stderr, "predict_bench: profiling failed; see %s.log\n", prof_run), 1;
+      /* predict on fresh profiles of the layers taken right before and right after the run
+       * (links from the first profile): their mean, so a drift of the machine's speed during
+       * the run moves both sides alike */
+      double pstep[2] = {0, 0}, pbusy[2][4] = {{0}};
+      for (int k = 0; k < (a.profile ? 1 : 2); k++) {
+        if (k == 1) { /* after the run */
+          char od[1024];
+          snprintf(od, sizeof od, "%s/run%d-%d/metrics.jsonl", a.dir, pi + 1, run + 1);
+          struct stat sb;
+          if (stat(od, &sb) != 0) break;
+        }
+        if (predict_once(&a, bp, pi, run, k, &links, &c, &m, &plan, plan_path, &pstep[k], pbusy[k]) != 0) return 1;
+        if (k == 0) {
+          char out_dir[1024];
+          snprintf(out_dir, sizeof out_dir, "%s/run%d-%d", a.dir, pi + 1, run + 1);
+          snprintf(cmd, sizeof cmd,
+                   "rm -rf %s && %s launch --plan %s -- --quiet --steps %d --data-dir %s --out %s --trace %s/trace.json "
+                   "> %s.log 2>&1",
+                   out_dir, a.hetmix, plan_path, a.steps, a.data_dir, out_dir, out_dir, out_dir);
+          if (sh(cmd) != 0) fprintf(stderr, "plan %d run %d failed; see %s.log\n", pi + 1, run + 1, out_dir);
+        }
       }
-      hm_profile pr;
-      memset(&pr, 0, sizeof pr);
-      if (hm_profile_load(prof_run, &pr) != HM_OK) return fprintf(stderr, "%s\n", hm_last_error()), 1;
-      for (int i = 0; i < links.nlinks && !a.profile; i++)
-        if (hm_profile_add_link(&pr, &links.links[i]) != HM_OK) return fprintf(stderr, "%s\n", hm_last_error()), 1;
-      hm_train t;
-      hm_train_default(&t);
-      t.global_batch = plan.global_batch;
-      t.n_micro_batch_sizes = 1;
-      t.micro_batch_sizes[0] = a.mb;
-      if (hm_spec_resolve(&c, &m, &t, &pr) != HM_OK) return fprintf(stderr, "%s\n", hm_last_error()), 1;
-      hm_plan_inputs in = {.cluster = &c, .model = &m, .train = &t, .profile = &pr};
-      char pred_trace[1024];
-      snprintf(pred_trace, sizeof pred_trace, "%s/plan%d-predicted.json", a.dir, pi + 1);
-      hm_sim_trace trace = {0};
-      hm_status st = hm_plan_predict(&in, &plan, &trace);
-      if (st == HM_OK && run == 0) st = hm_plan_write(&in, &plan, plan_path);
-      if (st == HM_OK && run == 0) st = hm_sim_trace_write(&trace, pred_trace);
-      hm_sim_trace_free(&trace);
-      hm_profile_free(&pr);
-      if (st != HM_OK) return fprintf(stderr, "plan %d: %s\n", pi + 1, hm_last_error()), 1;
+      const int nk = pstep[1] > 0 ? 2 : 1;
+      plan.step_time = (pstep[0] + pstep[1]) / nk;
+      for (int s = 0; s < bp->nstages; s++) pbusy[0][s] = (pbusy[0][s] + pbusy[1][s]) / nk;
 
-      char out_dir[1024];
-      snprintf(out_dir, sizeof out_dir, "%s/run%d-%d", a.dir, pi + 1, run + 1);
-      snprintf(cmd, sizeof cmd,
-               "rm -rf %s && %s launch --plan %s -- --quiet --steps %d --data-dir %s --out %s --trace %s/trace.json "
-               "> %s.log 2>&1",
-               out_dir, a.hetmix, plan_path, a.steps, a.data_dir, out_dir, out_dir, out_dir);
-      if (sh(cmd) != 0) {
-        fprintf(stderr, "plan %d run %d failed; see %s.log\n", pi + 1, run + 1, out_dir);
-        continue;
-      }
-      snprintf(path, sizeof path, "%s/metrics.jsonl", out_dir);
+      snprintf(path, sizeof path, "%s/run%d-%d/metrics.jsonl", a.dir, pi + 1, run + 1);
       if (read_metrics(path, &rm[ok], busy, bp->nstages) != 0) continue;
       rp[ok] = plan.step_time;
       re[ok] = plan.step_time / rm[ok] - 1;
-      const hm_plan_class *cl = &plan.classes[0];
       for (int s = 0; s < bp->nstages; s++) {
         busy_sum[s] += busy[s];
-        pbusy_sum[s] += cl->nmicro * (cl->stages[s].fwd + cl->stages[s].bwd);
+        pbusy_sum[s] += pbusy[0][s];
       }
       /* The pipeline formula on the stage compute measured in this very run: separates the model
        * of the step (schedule, bubble) from the compute figures, which a busy machine moves. */
