@@ -139,7 +139,7 @@ hm_status hm_profile_time_layers(const char *backend, const hm_profile_shape *sh
 
 /* Times the same layers on njobs devices at once: copies processes per backend, all forked and
  * running together; a process done early keeps its device busy until every one is done. out is
- * (njobs, nlayers, nmbs): per backend the median over its copies. descs (optional) receives one
+ * (njobs, nlayers, nmbs): per backend the figures of its slowest copy (largest total). descs (optional) receives one
  * device description of desc_cap bytes per backend. A failing process stops all and is named;
  * past timeout_s (<= 0: 3600) all are killed. No process outlives the call. The children run
  * device kernels (OpenMP in the cpu backend): call it before this process has started OpenMP

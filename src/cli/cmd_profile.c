@@ -39,7 +39,7 @@ static void profile_usage(FILE *f) {
           "                         (the figures then include what the others take from the host,\n"
           "                         as when the workers of a heterogeneous plan run together)\n"
           "  --copies K             K processes per type timed at once (as K workers of that type)\n"
-          "                         [1]; the median over the copies is written\n"
+          "                         [1]; the slowest copy's figures are written (a step waits for it)\n"
           "  --no-links             do not probe links (the cluster spec's figures stay)\n"
           "  --link-transport T     which probe the intra-host link entries record: shm or tcp [shm]\n"
           "  -h, --help             this text\n");

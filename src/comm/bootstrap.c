@@ -487,7 +487,7 @@ hm_status hm_launch_env_read(hm_launch_env *e) {
   e->rank = e->size = e->local_rank = e->local_size = -1;
   e->store_port = 0;
   struct { const char *src, *rank, *size, *lrank, *lsize; } kinds[] = {
-      {"hetmix", "HETMIX_RANK", "HETMIX_WORLD_SIZE", "HETMIX_LOCAL_RANK", "HETMIX_LOCAL_SIZE"},
+      {"hetmix", "HETMIX_RANK", "HETMIX_WORLD_SIZE", "HETMIX_LOCAL_RANK", "HETMIX_LOCAL_WORLD_SIZE"},
       {"torchrun", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"},
       {"openmpi", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"},
       {"mpich", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"},

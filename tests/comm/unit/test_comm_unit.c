@@ -185,7 +185,7 @@ static void test_unique_id_text(void **state) {
 }
 
 static const char *const launch_vars[] = {
-    "HETMIX_RANK", "HETMIX_WORLD_SIZE", "HETMIX_LOCAL_RANK", "HETMIX_LOCAL_SIZE", "HETMIX_STORE_ADDR",
+    "HETMIX_RANK", "HETMIX_WORLD_SIZE", "HETMIX_LOCAL_RANK", "HETMIX_LOCAL_WORLD_SIZE", "HETMIX_STORE_ADDR",
     "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
     "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
     "OMPI_COMM_WORLD_LOCAL_SIZE", "OMPI_MCA_ess_base_jobid", "PMIX_NAMESPACE", "PMI_RANK", "PMI_SIZE",
@@ -205,9 +205,12 @@ static void test_launch_env(void **state) {
   setenv("HETMIX_STORE_ADDR", "127.0.0.1:29555", 1);
   setenv("RANK", "1", 1); /* ours win over torchrun's */
   setenv("WORLD_SIZE", "4", 1);
+  setenv("HETMIX_LOCAL_RANK", "0", 1);
+  setenv("HETMIX_LOCAL_WORLD_SIZE", "3", 1); /* what `hetmix launch` sets */
   assert_int_equal(hm_launch_env_read(&e), HM_OK);
   assert_string_equal(e.source, "hetmix");
   assert_int_equal(e.rank, 2);
+  assert_int_equal(e.local_size, 3);
   assert_int_equal(e.store_port, 29555);
   assert_string_equal(e.store_host, "127.0.0.1");
   setenv("HETMIX_STORE_ADDR", "nohostport", 1);
