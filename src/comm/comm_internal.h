@@ -128,6 +128,10 @@ typedef struct hm_shm_chan {
 } hm_shm_chan;
 
 hm_status hm_shm_segment_create(const char *name, size_t bytes, void **base);
+/* Unlinks this user's /dev/shm/hetmix-* segments whose creating pid is gone and that are at
+ * least min_age_s old (leftovers of a rank killed during bootstrap); returns how many. The
+ * first hm_shm_segment_create of a process runs it with 10 minutes. */
+int hm_shm_sweep_stale(int min_age_s);
 hm_status hm_shm_segment_open(const char *name, size_t bytes, void **base);
 size_t hm_shm_ring_bytes(uint32_t nslots, uint32_t payload);
 void hm_shm_chan_init(hm_shm_chan *c, void *ring, uint32_t nslots, uint32_t payload);

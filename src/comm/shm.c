@@ -7,7 +7,11 @@
  * The segment is unlinked as soon as every peer mapped it, so nothing is left behind. Both sides
  * map it populated (MAP_POPULATE): the first operations then take no page faults (a 1 MiB ring
  * costs about a millisecond of faults otherwise, all in the first large operation). */
+#include <dirent.h>
 #include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <limits.h>
 #include <linux/futex.h>
 #include <sys/syscall.h>
@@ -33,7 +37,40 @@ void hm_shm_chan_init(hm_shm_chan *c, void *ring, uint32_t nslots, uint32_t payl
   c->stride = payload + 64;
 }
 
+/* A rank unlinks its segment at the end of bootstrap, failed or not; one killed during bootstrap
+ * cannot, and its segment would stay in /dev/shm. The first segment a process creates sweeps
+ * such leftovers: hetmix segments of this user whose creating process (the pid in the name:
+ * /hetmix-<tag>-<rank>-<pid>-<n>) is gone and that are older than any bootstrap lasts (10 min;
+ * a live job's segment is unlinked within its bootstrap, so also another pid namespace's is safe). */
+int hm_shm_sweep_stale(int min_age_s) {
+  int removed = 0;
+  DIR *d = opendir("/dev/shm");
+  if (!d) return 0;
+  const time_t now = time(NULL);
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    unsigned tag, n;
+    int rank, pid;
+    if (sscanf(e->d_name, "hetmix-%8x-%d-%d-%u", &tag, &rank, &pid, &n) != 4 || pid <= 0) continue;
+    char path[300];
+    snprintf(path, sizeof path, "/dev/shm/%s", e->d_name);
+    struct stat sb;
+    if (stat(path, &sb) != 0 || sb.st_uid != geteuid() || now - sb.st_mtime < min_age_s) continue;
+    if (kill(pid, 0) == 0 || errno != ESRCH) continue;
+    char name[300];
+    snprintf(name, sizeof name, "/%s", e->d_name);
+    if (shm_unlink(name) == 0) {
+      removed++;
+      hm_log(HM_LOG_INFO, "removed stale shared memory %s (pid %d is gone)", name, pid);
+    }
+  }
+  closedir(d);
+  return removed;
+}
+
 hm_status hm_shm_segment_create(const char *name, size_t bytes, void **base) {
+  static _Atomic int swept;
+  if (!atomic_exchange(&swept, 1)) hm_shm_sweep_stale(600);
   int fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
   if (fd < 0) return hm_error(HM_ERR_IO, "shm_open(%s): %s", name, strerror(errno));
   if (ftruncate(fd, (off_t)bytes) != 0) {

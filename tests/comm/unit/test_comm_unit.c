@@ -9,6 +9,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -160,6 +165,41 @@ static void test_copy_stream(void **state) {
       for (int i = 0; i < off; i++) assert_int_equal(dst[i], 0xa5);
       for (int i = off + len; i < (int)sizeof dst; i++) assert_int_equal(dst[i], 0xa5);
     }
+}
+
+/* Leftover segments of dead processes are swept; young ones and live processes' stay. */
+static void test_sweep_stale_segments(void **state) {
+  (void)state;
+  pid_t dead = fork();
+  assert_true(dead >= 0);
+  if (dead == 0) _exit(0);
+  waitpid(dead, NULL, 0);
+  char old_dead[96], young_dead[96], old_live[96];
+  snprintf(old_dead, sizeof old_dead, "/hetmix-0badf00d-0-%d-1", (int)dead);
+  snprintf(young_dead, sizeof young_dead, "/hetmix-0badf00d-1-%d-2", (int)dead);
+  snprintf(old_live, sizeof old_live, "/hetmix-0badf00d-2-%d-3", (int)getpid());
+  const char *names[3] = {old_dead, young_dead, old_live};
+  for (int i = 0; i < 3; i++) {
+    int fd = shm_open(names[i], O_CREAT | O_RDWR, 0600);
+    assert_true(fd >= 0);
+    if (i != 1) { /* an hour old */
+      struct timespec ts[2];
+      clock_gettime(CLOCK_REALTIME, &ts[0]);
+      ts[0].tv_sec -= 3600;
+      ts[1] = ts[0];
+      assert_int_equal(futimens(fd, ts), 0);
+    }
+    close(fd);
+  }
+  assert_true(hm_shm_sweep_stale(600) >= 1);
+  int fd = shm_open(old_dead, O_RDWR, 0600);
+  assert_true(fd < 0); /* swept */
+  for (int i = 1; i < 3; i++) {
+    fd = shm_open(names[i], O_RDWR, 0600);
+    assert_true(fd >= 0);
+    close(fd);
+    shm_unlink(names[i]);
+  }
 }
 
 static void test_unique_id_text(void **state) {
@@ -337,6 +377,7 @@ int main(void) {
       cmocka_unit_test(test_descriptors),
       cmocka_unit_test(test_reduce_kernels),
       cmocka_unit_test(test_copy_stream),
+      cmocka_unit_test(test_sweep_stale_segments),
       cmocka_unit_test(test_unique_id_text),
       cmocka_unit_test(test_launch_env),
       cmocka_unit_test(test_store_and_auth),
