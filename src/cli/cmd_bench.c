@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <math.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -36,6 +37,7 @@ typedef struct bench_opts {
   int root;
   int iters, warmup, check;
   int ranks; /* 0: from the launcher's environment */
+  int bind;  /* forked ranks: pin rank r to CPU r mod (CPUs this process may use) */
   const char *transport, *algo;
   double timeout_s;
 } bench_opts;
@@ -103,6 +105,8 @@ static void usage(FILE *f) {
           "  -t, --transport T       auto shm tcp [auto]\n"
           "      --algo A            auto ring rd tree [auto]\n"
           "      --timeout S         kill forked ranks after S seconds [900]\n"
+          "      --bind              pin forked rank r to the r-th CPU this process may use (mod\n"
+          "                          their count), as mpirun's default binding does\n"
           "size is the whole array (as nccl-tests); busbw = algbw x factor (allreduce 2(n-1)/n,\n"
           "reduce_scatter/allgather/alltoall/gather/scatter (n-1)/n, broadcast/reduce/sendrecv 1).\n");
 }
@@ -453,6 +457,23 @@ static int bench_rank(hm_comm_t comm, const bench_opts *o) {
 }
 
 /* ---- ranks: forked locally or from the launcher ---- */
+/* Pins the calling process to the (r mod n)-th of the n CPUs it may run on. */
+static int bind_cpu(int r) {
+  cpu_set_t allowed, one;
+  if (sched_getaffinity(0, sizeof allowed, &allowed) != 0)
+    return hm_cli_fail(NULL, "bench: --bind: sched_getaffinity: %s", strerror(errno));
+  int n = CPU_COUNT(&allowed), k = r % (n > 0 ? n : 1);
+  for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
+    if (!CPU_ISSET(cpu, &allowed) || k-- > 0) continue;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    if (sched_setaffinity(0, sizeof one, &one) != 0)
+      return hm_cli_fail(NULL, "bench: --bind: sched_setaffinity(cpu %d): %s", cpu, strerror(errno));
+    return 0;
+  }
+  return hm_cli_fail(NULL, "bench: --bind: no CPU for rank %d", r);
+}
+
 static int run_forked(const bench_opts *o, const hm_comm_config *cfg) {
   hm_unique_id id;
   hm_status st = hm_get_unique_id(&id);
@@ -474,6 +495,7 @@ static int run_forked(const bench_opts *o, const hm_comm_config *cfg) {
       while (read(gate[0], &c, 1) < 0 && errno == EINTR) {
       }
       close(gate[0]);
+      if (o->bind && bind_cpu(r) != 0) _exit(1);
       hm_comm_t comm = NULL;
       hm_status s = hm_comm_init_rank(&comm, o->ranks, &id, r, cfg);
       int rc;
@@ -541,6 +563,10 @@ static int bench_comm(int argc, char **argv) {
     if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
       usage(stdout);
       return 0;
+    }
+    if (strcmp(a, "--bind") == 0) {
+      o.bind = 1;
+      continue;
     }
     if (i + 1 >= argc) return hm_cli_fail("run `hetmix bench comm --help`", "option %s needs a value", a);
     const char *v = argv[++i];

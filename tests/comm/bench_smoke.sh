@@ -35,6 +35,7 @@ for op in broadcast allgather alltoall gather scatter sendrecv; do
 done
 check "allreduce tcp ring" "$hetmix" bench comm allreduce --ranks 2 -b 8 -e 1M -f 16 -n 2 -w 1 -c 1 -t tcp --algo ring
 check "allreduce rd" "$hetmix" bench comm allreduce --ranks 4 -b 8 -e 1M -f 16 -n 2 -w 1 -c 1 --algo rd
+check "allreduce bound ranks" "$hetmix" bench comm allreduce --ranks 3 --bind -b 8 -e 1M -f 16 -n 2 -w 1 -c 1
 # Bad input is refused with a hint, never run.
 for bad in "bench comm allreduce -b 1X" "bench comm nosuchop" "bench comm allreduce -d f33" \
            "bench comm allreduce --ranks 0" "bench comm allreduce -t carrier" "bench comm allreduce -b 64 -e 8"; do
