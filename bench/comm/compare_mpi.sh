@@ -8,7 +8,7 @@
 # computed from those times (full precision, also for the microsecond sizes).
 #   bench/comm/compare_mpi.sh [shm|tcp|both]
 # Open MPI runs with its own defaults (it binds 2 ranks to cores); OMPI_ARGS adds mpirun flags.
-#   env: BUILD=build-bench REPEATS=3 NP=2 SMALL_ITERS=500 (8 B..64 KiB) LARGE_ITERS=10 (128 KiB..64 MiB)
+#   env: BUILD=build-bench REPEATS=5 NP=2 SMALL_ITERS=500 (8 B..64 KiB) LARGE_ITERS=10 (128 KiB..64 MiB)
 #        SETTLE_S=1 (pause before each run, so one run's exiting processes do not load the next)
 # Targets checked in the last column: shm ratio >= 1 at every size and >= 2 from 8 MiB;
 # tcp ratio >= 1 from 1 MiB.
@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 mode=${1:-both}
 build=${BUILD:-build-bench}
-repeats=${REPEATS:-3}
+repeats=${REPEATS:-5}
 np=${NP:-2}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 
