@@ -52,7 +52,9 @@ static void train_cluster_usage(FILE *f) {
           "  --data FILE.tok       token file [the default corpus under data/]\n"
           "  --out DIR             [out]\n"
           "  --reps N              profile repetitions [3]\n"
-          "  --sample N            bytes of text to generate at the end [200]\n");
+          "  --sample N            bytes of text to generate at the end [200]\n"
+          "  --rebalance           let the workers move micro-batches between data-parallel\n"
+          "                        replicas from their measured pace (docs/runtime.md)\n");
 }
 
 /* Runs this executable with args (NULL-terminated, without argv[0]); output goes to ours. */
@@ -172,12 +174,16 @@ static hm_status merge_stages(const char *dir, int nstages, const char *out) {
 
 int hm_cmd_train_cluster(int argc, char **argv) {
   const char *cluster = NULL, *model_name = "gpt-mini", *out = "out", *data = NULL, *lr = "1e-3";
-  int global_batch = 16, steps = 200, reps = 3, sample = 200;
+  int global_batch = 16, steps = 200, reps = 3, sample = 200, rebalance = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
       train_cluster_usage(stdout);
       return 0;
+    }
+    if (!strcmp(a, "--rebalance")) {
+      rebalance = 1;
+      continue;
     }
     if (!v) return hm_cli_fail("see `hetmix train --cluster local --help`", "%s needs a value", a);
     i++;
@@ -273,6 +279,7 @@ int hm_cmd_train_cluster(int argc, char **argv) {
   launch_args[na++] = "--dump";
   launch_args[na++] = stages_dir;
   if (data) launch_args[na++] = "--data", launch_args[na++] = (char *)data;
+  if (rebalance) launch_args[na++] = "--rebalance";
   launch_args[na] = NULL;
   if ((st = run_self(self, launch_args, "training")) != HM_OK) {
     cJSON_Delete(plan);
