@@ -10,6 +10,7 @@
 # Open MPI runs with its own defaults (it binds 2 ranks to cores); OMPI_ARGS adds mpirun flags.
 #   env: BUILD=build-bench REPEATS=5 NP=2 SMALL_ITERS=500 (8 B..64 KiB) LARGE_ITERS=10 (128 KiB..64 MiB)
 #        SETTLE_S=1 (pause before each run, so one run's exiting processes do not load the next)
+#        HUGEPAGES=0 (1: both sides' buffers 2 MiB-aligned with MADV_HUGEPAGE)
 # Targets checked in the last column: shm ratio >= 1 at every size and >= 2 from 8 MiB;
 # tcp ratio >= 1 from 1 MiB.
 set -euo pipefail
@@ -18,6 +19,10 @@ mode=${1:-both}
 build=${BUILD:-build-bench}
 repeats=${REPEATS:-5}
 np=${NP:-2}
+# HUGEPAGES=1: both sides allocate their buffers 2 MiB-aligned and advised for transparent huge
+# pages (default 0: 4 KiB-aligned buffers on both sides, as malloc gives them)
+huge=${HUGEPAGES:-0}
+[ "$huge" = 0 ] && huge=
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 
 if [ ! -x "$build/hetmix" ] || [ ! -x "$build/bench/mpi_allreduce_bench" ] || [ -n "${REBUILD:-}" ]; then
@@ -40,12 +45,13 @@ run_side() { # side transport repeat -> $tmp/<side>-<transport>-<repeat>.txt (si
     sleep "${SETTLE_S:-1}" # let the previous run's processes (mpirun's daemon, forked ranks) exit first
     if [ "$side" = hetmix ]; then
       "$hetmix" bench comm allreduce -b "$1" -e "$2" -f 2 -n "$3" -w "$4" -c 0 -d f32 -o sum \
-        --ranks "$np" -t "$tr" | awk '!/^#/ && NF >= 8 {print $1, $6}' >>"$out"
+        --ranks "$np" -t "$tr" ${huge:+--hugepages} | awk '!/^#/ && NF >= 8 {print $1, $6}' >>"$out"
     else
       local mca=()
       [ "$tr" = tcp ] && mca=(--mca btl tcp,self)
       # shellcheck disable=SC2086
-      mpirun -np "$np" ${OMPI_ARGS:-} "${mca[@]}" "$mpib" -b "$1" -e "$2" -f 2 -n "$3" -w "$4" |
+      mpirun -np "$np" ${OMPI_ARGS:-} "${mca[@]}" "$mpib" -b "$1" -e "$2" -f 2 -n "$3" -w "$4" \
+        --hugepages "${huge:-0}" |
         awk '!/^#/ && NF >= 8 {print $1, $6}' >>"$out"
     fi
   done

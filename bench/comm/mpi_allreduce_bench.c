@@ -3,10 +3,12 @@
  * iterations, time averaged over ranks, busbw = algbw x 2(n-1)/n), out of place. Built against
  * Debian's Open MPI; bench/comm/compare_mpi.sh prints both side by side.
  *   mpirun -np 2 mpi_allreduce_bench [-b 8] [-e 64M] [-f 2] [-n 20] [-w 5] */
+#define _GNU_SOURCE /* madvise, MADV_HUGEPAGE */
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 static size_t parse_size(const char *s) {
   char *end;
@@ -24,13 +26,14 @@ int main(int argc, char **argv) {
   MPI_Comm_size(MPI_COMM_WORLD, &n);
   size_t minb = 8, maxb = 64u << 20;
   double factor = 2;
-  int iters = 20, warmup = 5;
+  int iters = 20, warmup = 5, huge = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!strcmp(argv[i], "-b")) minb = parse_size(argv[i + 1]);
     else if (!strcmp(argv[i], "-e")) maxb = parse_size(argv[i + 1]);
     else if (!strcmp(argv[i], "-f")) factor = atof(argv[i + 1]);
     else if (!strcmp(argv[i], "-n")) iters = atoi(argv[i + 1]);
     else if (!strcmp(argv[i], "-w")) warmup = atoi(argv[i + 1]);
+    else if (!strcmp(argv[i], "--hugepages")) huge = atoi(argv[i + 1]);
     else {
       if (rank == 0) fprintf(stderr, "mpi_allreduce_bench: unknown option %s\n", argv[i]);
       MPI_Abort(MPI_COMM_WORLD, 2);
@@ -38,9 +41,16 @@ int main(int argc, char **argv) {
   }
   if (factor <= 1) factor = 2;
   if (iters < 1) iters = 1;
-  float *s = aligned_alloc(4096, (maxb + 4095) / 4096 * 4096);
-  float *r = aligned_alloc(4096, (maxb + 4095) / 4096 * 4096);
+  /* --hugepages 1: 2 MiB-aligned buffers advised for transparent huge pages, as hetmix bench
+   * comm --hugepages allocates them (the comparison gives both sides the same memory) */
+  const size_t al = huge ? (2u << 20) : 4096, cap = (maxb + al - 1) / al * al;
+  float *s = aligned_alloc(al, cap);
+  float *r = aligned_alloc(al, cap);
   if (!s || !r) MPI_Abort(MPI_COMM_WORLD, 1);
+  if (huge) {
+    madvise(s, cap, MADV_HUGEPAGE);
+    madvise(r, cap, MADV_HUGEPAGE);
+  }
   memset(s, 0, maxb);
   memset(r, 0, maxb);
   for (size_t i = 0; i < maxb / 4; i++) s[i] = (float)((i * 5 + (size_t)rank * 3) % 16);

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -38,6 +39,7 @@ typedef struct bench_opts {
   int iters, warmup, check;
   int ranks; /* 0: from the launcher's environment */
   int bind;  /* forked ranks: pin rank r to CPU r mod (CPUs this process may use) */
+  int huge;  /* buffers 2 MiB-aligned and advised for transparent huge pages */
   const char *transport, *algo;
   double timeout_s;
 } bench_opts;
@@ -107,6 +109,8 @@ static void usage(FILE *f) {
           "      --timeout S         kill forked ranks after S seconds [900]\n"
           "      --bind              pin forked rank r to the r-th CPU this process may use (mod\n"
           "                          their count), as mpirun's default binding does\n"
+          "      --hugepages         2 MiB-aligned buffers advised for transparent huge pages\n"
+          "                          (madvise; as a training framework's allocator does)\n"
           "size is the whole array (as nccl-tests); busbw = algbw x factor (allreduce 2(n-1)/n,\n"
           "reduce_scatter/allgather/alltoall/gather/scatter (n-1)/n, broadcast/reduce/sendrecv 1).\n");
 }
@@ -361,8 +365,13 @@ static int bench_rank(hm_comm_t comm, const bench_opts *o) {
   size_t cap = o->max_bytes + 64;
   if (o->kind == BENCH_SENDRECV || o->kind == HM_COLL_SCATTER || o->kind == HM_COLL_ALLTOALL)
     cap = o->max_bytes * (o->kind == BENCH_SENDRECV ? (size_t)n : 1) + 64;
-  char *sbuf = aligned_alloc(4096, (cap + 4095) / 4096 * 4096);
-  char *rbuf = aligned_alloc(4096, (cap + 4095) / 4096 * 4096);
+  const size_t al = o->huge ? (2u << 20) : 4096, alloc = (cap + al - 1) / al * al;
+  char *sbuf = aligned_alloc(al, alloc);
+  char *rbuf = aligned_alloc(al, alloc);
+  if (o->huge && sbuf && rbuf) { /* best effort: without THP the pages stay 4 KiB */
+    (void)madvise(sbuf, alloc, MADV_HUGEPAGE);
+    (void)madvise(rbuf, alloc, MADV_HUGEPAGE);
+  }
   if (!sbuf || !rbuf) {
     free(sbuf), free(rbuf);
     if (r == 0) hm_cli_fail("lower -e", "cannot allocate 2 x %zu bytes", cap);
@@ -564,8 +573,8 @@ static int bench_comm(int argc, char **argv) {
       usage(stdout);
       return 0;
     }
-    if (strcmp(a, "--bind") == 0) {
-      o.bind = 1;
+    if (strcmp(a, "--bind") == 0 || strcmp(a, "--hugepages") == 0) {
+      *(a[2] == 'b' ? &o.bind : &o.huge) = 1;
       continue;
     }
     if (i + 1 >= argc) return hm_cli_fail("run `hetmix bench comm --help`", "option %s needs a value", a);
