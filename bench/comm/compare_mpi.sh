@@ -8,7 +8,7 @@
 # computed from those times (full precision, also for the microsecond sizes).
 #   bench/comm/compare_mpi.sh [shm|tcp|both]
 # Open MPI runs with its own defaults (it binds 2 ranks to cores); OMPI_ARGS adds mpirun flags.
-#   env: BUILD=build-bench REPEATS=5 NP=2 SMALL_ITERS=500 (8 B..64 KiB) LARGE_ITERS=10 (128 KiB..64 MiB)
+#   env: BUILD=build-bench REPEATS=5 NP=2 SMALL_ITERS=2000 (8 B..64 KiB) LARGE_ITERS=10 (128 KiB..64 MiB)
 #        SETTLE_S=1 (pause before each run, so one run's exiting processes do not load the next)
 #        HUGEPAGES=0 (1: both sides' buffers 2 MiB-aligned with MADV_HUGEPAGE)
 # Targets checked in the last column: shm ratio >= 1 at every size and >= 2 from 8 MiB;
@@ -35,7 +35,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 # Small sizes get many iterations (microsecond latencies), large ones few; both sides alike.
-ranges=("8 64K ${SMALL_ITERS:-500} 50" "128K 64M ${LARGE_ITERS:-10} 3")
+ranges=("8 64K ${SMALL_ITERS:-2000} 50" "128K 64M ${LARGE_ITERS:-10} 3")
 
 run_side() { # side transport repeat -> $tmp/<side>-<transport>-<repeat>.txt (size time_us)
   local side=$1 tr=$2 rep=$3 out="$tmp/$1-$2-$3.txt"
