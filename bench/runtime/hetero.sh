@@ -42,7 +42,9 @@ cat >train.json <<EOF
 {"version": 1, "global_batch": $gb, "micro_batch_sizes": [1, 2, 4], "precision": "fp32"}
 EOF
 
-"$hetmix" profile --cluster cluster.json --model model.json --train train.json -o profile.json --reps 3 >profile.log 2>&1
+# both device types timed at once (as the mixed run loads the host), 5 rounds each
+"$hetmix" profile --cluster cluster.json --model model.json --train train.json -o profile.json --reps 5 \
+  --concurrent >profile.log 2>&1
 "$hetmix" plan --cluster cluster.json --model model.json --train train.json --profile profile.json -o plan.json \
   --top 1 >plan.log 2>&1
 read -r mb layout < <(python3 "$here/hetero_stats.py" layout plan.json)
