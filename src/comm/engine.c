@@ -304,6 +304,27 @@ static size_t send_limit(const hm_xfer *x) {
   return a < x->bytes ? a : x->bytes;
 }
 
+/* The next free slot of a shared-memory channel we produce into, or NULL when it is full. */
+static hm_shm_slot *chan_slot(hm_shm_chan *ch) {
+  if (ch->count - ch->seen_consumed >= ch->nslots) {
+    ch->seen_consumed = atomic_load_explicit(&ch->ctl->consumed, memory_order_acquire);
+    if (ch->count - ch->seen_consumed >= ch->nslots) return NULL;
+  }
+  return (hm_shm_slot *)(ch->slots + (size_t)(ch->count % ch->nslots) * ch->stride);
+}
+
+/* Publishes slot s (payload filled) of transfer x to peer q: header, then the stamp (release). */
+static void chan_publish(hm_peer *q, hm_shm_slot *s, const hm_xfer *x, uint32_t len, uint32_t kind) {
+  s->len = len;
+  s->seq = x->seq;
+  s->desc = x->desc;
+  s->kind = kind;
+  s->stream = (uint32_t)x->stream;
+  q->tx.count++;
+  atomic_store_explicit(&s->stamp, q->tx.count, memory_order_release);
+  hm_shm_bell_ring(q->bell);
+}
+
 static hm_status step_send(const hm_xctx *cx, hm_xfer *x, int *progress) {
   hm_comm_t c = cx->comm;
   hm_peer *p = &c->peers[x->peer];
@@ -329,16 +350,8 @@ static hm_status step_send(const hm_xctx *cx, hm_xfer *x, int *progress) {
       } else if (n > ch->payload) {
         n = ch->payload;
       }
-      if (ch->count - ch->seen_consumed >= ch->nslots) {
-        ch->seen_consumed = atomic_load_explicit(&ch->ctl->consumed, memory_order_acquire);
-        if (ch->count - ch->seen_consumed >= ch->nslots) return HM_OK;
-      }
-      hm_shm_slot *s = (hm_shm_slot *)(ch->slots + (size_t)(ch->count % ch->nslots) * ch->stride);
-      s->len = (uint32_t)n;
-      s->seq = x->seq;
-      s->desc = x->desc;
-      s->kind = cma ? HM_SLOT_CMA : HM_SLOT_DATA;
-      s->stream = (uint32_t)x->stream;
+      hm_shm_slot *s = chan_slot(ch);
+      if (!s) return HM_OK;
       if (cma) {
         uint64_t addr = (uint64_t)(uintptr_t)(x->src + x->done);
         memcpy((char *)s + 32, &addr, sizeof addr);
@@ -347,9 +360,7 @@ static hm_status step_send(const hm_xctx *cx, hm_xfer *x, int *progress) {
       } else if (n) {
         memcpy((char *)s + 32, x->src + x->done, n);
       }
-      ch->count++;
-      atomic_store_explicit(&s->stamp, ch->count, memory_order_release);
-      hm_shm_bell_ring(p->bell);
+      chan_publish(p, s, x, (uint32_t)n, cma ? HM_SLOT_CMA : HM_SLOT_DATA);
     } else {
       if (p->tx_busy) return HM_OK;
       if (n > c->tcp_chunk) n = c->tcp_chunk;
@@ -413,29 +424,9 @@ static hm_shm_slot *fwd_slot(hm_comm_t c, const hm_xfer *all, const hm_xfer *x, 
   const hm_xfer *f = x->fwd;
   if (!f || f->finished || len == 0 || f->done != x->done || f->done + len > f->bytes) return NULL;
   if ((f->after >= 0 && !all[f->after].finished) || (f->gate && !*f->gate)) return NULL;
-  (void)all;
   hm_peer *q = &c->peers[f->peer];
-  hm_shm_chan *ch = &q->tx;
-  if (!q->is_shm || len > ch->payload || f->cma_until) return NULL;
-  if (ch->count - ch->seen_consumed >= ch->nslots) {
-    ch->seen_consumed = atomic_load_explicit(&ch->ctl->consumed, memory_order_acquire);
-    if (ch->count - ch->seen_consumed >= ch->nslots) return NULL;
-  }
-  return (hm_shm_slot *)(ch->slots + (size_t)(ch->count % ch->nslots) * ch->stride);
-}
-
-static void fwd_publish(hm_comm_t c, hm_xfer *f, hm_shm_slot *s, uint32_t len) {
-  hm_peer *q = &c->peers[f->peer];
-  s->len = len;
-  s->seq = f->seq;
-  s->desc = f->desc;
-  s->kind = HM_SLOT_DATA;
-  s->stream = (uint32_t)f->stream;
-  q->tx.count++;
-  atomic_store_explicit(&s->stamp, q->tx.count, memory_order_release);
-  hm_shm_bell_ring(q->bell);
-  f->done += len;
-  f->nchunks++;
+  if (!q->is_shm || len > q->tx.payload || f->cma_until) return NULL;
+  return chan_slot(&q->tx);
 }
 
 static hm_status step_recv(const hm_xctx *cx, const hm_xfer *all, int n_all, hm_xfer *x, int *progress) {
@@ -505,7 +496,9 @@ static hm_status step_recv(const hm_xctx *cx, const hm_xfer *all, int n_all, hm_
         hm_reduce(o, x->src + x->done, data, len / es, cx->dt, cx->op, x->final_div);
       else
         memcpy(o, data, len);
-      fwd_publish(c, x->fwd, out, len);
+      chan_publish(&c->peers[x->fwd->peer], out, x->fwd, len, HM_SLOT_DATA);
+      x->fwd->done += len;
+      x->fwd->nchunks++;
       if (stream)
         hm_copy_stream(x->dst + x->done, o, len);
       else
