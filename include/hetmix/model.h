@@ -311,6 +311,10 @@ typedef struct hm_train_options {
  * (0.9, 0.95), eps 1e-8, weight decay 0.1, clip 1.0, val_fraction 0.05, grad_accum 1,
  * eval_every 0, eval_batches 8, data_dir "data". */
 void hm_train_defaults(hm_train_options *o);
+/* The learning rate of 1-based step `step`: linear warm-up over min(warmup, steps/10) steps, then
+ * cosine decay to lr * min_lr_frac at the last step. The one schedule of every trainer (one
+ * process and pipeline workers), so their updates agree. */
+float hm_train_lr_at(const hm_train_options *o, int step);
 
 typedef struct hm_train_result {
   int steps_done;

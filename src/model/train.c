@@ -33,7 +33,7 @@ void hm_train_defaults(hm_train_options *o) {
   o->eval_batches = 8;
 }
 
-static float hm_lr_at(const hm_train_options *o, int step /* 1-based */) {
+float hm_train_lr_at(const hm_train_options *o, int step /* 1-based */) {
   int warmup = o->warmup < o->steps / 10 ? o->warmup : o->steps / 10;
   if (step <= warmup) return o->lr * (float)step / (float)warmup;
   double progress = (double)(step - warmup) / (double)(o->steps - warmup > 0 ? o->steps - warmup : 1);
@@ -203,7 +203,7 @@ static hm_status hm_train_loop(hm_trainer *t, hm_train_result *res) {
                       step + 1, loss_sum / o->grad_accum);
     step++;
     hm_adamw a = adam;
-    a.lr = hm_lr_at(o, step);
+    a.lr = hm_train_lr_at(o, step);
     HM_TRY(hm_stage_adamw(t->stage, &a, step, hm_grad_clip_scale(sumsq, o->grad_clip)));
     HM_TRY(hm_device_synchronize(t->dev));
     train_s += hm_now_s() - ts;

@@ -57,18 +57,6 @@ hm_status hm_pipeline_check(const hm_pipeline_options *o, int world_size) {
   return HM_OK;
 }
 
-/* The single-process trainer's learning-rate schedule (src/model/train.c, hm_lr_at): linear
- * warm-up then cosine decay. Kept identical so a pipeline run equals a one-process run; the
- * equivalence test compares the two. */
-static float hm_pipe_lr_at(const hm_train_options *o, int step /* 1-based */) {
-  int warmup = o->warmup < o->steps / 10 ? o->warmup : o->steps / 10;
-  if (step <= warmup) return o->lr * (float)step / (float)warmup;
-  double progress = (double)(step - warmup) / (double)(o->steps - warmup > 0 ? o->steps - warmup : 1);
-  if (progress > 1.0) progress = 1.0;
-  double min_lr = o->lr * o->min_lr_frac;
-  return (float)(min_lr + 0.5 * (o->lr - min_lr) * (1.0 + cos(M_PI * progress)));
-}
-
 /* ---------------------------------------------------------------- worker state */
 
 typedef struct hm_span {
@@ -402,7 +390,7 @@ static hm_status hm_pipe_step(hm_pipe *w, int step /* 0-based */, hm_step_out *o
       }
       case HM_PIPE_OP_OPTIMIZER: {
         track = 0;
-        hm_adamw a = {hm_pipe_lr_at(t, step + 1), t->beta1, t->beta2, t->eps, t->weight_decay};
+        hm_adamw a = {hm_train_lr_at(t, step + 1), t->beta1, t->beta2, t->eps, t->weight_decay};
         out->lr = a.lr;
         HM_TRY(hm_stage_adamw(w->st, &a, step + 1, hm_grad_clip_scale(out->sumsq, t->grad_clip)));
         HM_TRY(hm_device_synchronize(w->dev));
