@@ -58,7 +58,7 @@ double hm_cost_collective(hm_coll_kind kind, hm_coll_algo algo, int nranks, doub
 hm_coll_algo hm_cost_best_algo(hm_coll_kind kind, int nranks, double bytes, const hm_link *link,
                                double *seconds);
 
-/* busbw factor of DESIGN.md: allreduce 2(n-1)/n; reduce_scatter, allgather, alltoall (n-1)/n;
+/* busbw factor (docs/ARCHITECTURE.md, Definitions): allreduce 2(n-1)/n; reduce_scatter, allgather, alltoall (n-1)/n;
  * broadcast, reduce 1; gather, scatter (n-1)/n. */
 double hm_busbw_factor(hm_coll_kind kind, int nranks);
 

@@ -230,7 +230,7 @@ typedef struct hm_plan {
   int over_memory;        /* 1 if some device exceeds its usable memory */
   int64_t devices_used;
   int64_t devices_by_type[HM_PLAN_MAX_TYPES];
-  double mfu;                           /* over all devices used (DESIGN.md) */
+  double mfu;                           /* over all devices used (docs/ARCHITECTURE.md) */
   double mfu_by_type[HM_PLAN_MAX_TYPES]; /* tokens/s share of the type's replicas, see docs */
   double upper_bound_tokens_per_s;      /* 0 when not computed */
   double utilization;                   /* tokens_per_s / upper bound */

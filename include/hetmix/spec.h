@@ -186,7 +186,7 @@ typedef struct hm_model {
   hm_layer *layers;
   /* derived */
   double params;            /* sum of layers[].params */
-  double flops_per_token;   /* for MFU: 6N + 12 L C T with a config (DESIGN.md), else
+  double flops_per_token;   /* for MFU: 6N + 12 L C T with a config (docs/ARCHITECTURE.md), else
                                (sum of fwd + bwd FLOPs) / T */
 } hm_model;
 

@@ -2,7 +2,7 @@
  *
  * Same flags (-b -e -f -i -o -d -r -n -w -c) and columns (size, count, type, redop, root,
  * time, algbw, busbw, #wrong; out-of-place then in-place) as nccl-tests, with busbw factors
- * from hm_busbw_factor() (DESIGN.md). -c 1 checks every size with exactly representable values.
+ * from hm_busbw_factor() (docs/ARCHITECTURE.md, Definitions). -c 1 checks every size with exactly representable values.
  * Ranks: --ranks N forks N local ranks; otherwise, under a launcher (mpirun, torchrun, Slurm),
  * each process is one rank bootstrapped from its environment. -t/--transport and --algo force
  * hmcomm's choice. Times are averaged over ranks, as nccl-tests does.

@@ -15,7 +15,7 @@
 
 #define HM_SECRET_BYTES 32
 
-/* ---- logging (log.c): diagnostics only; errors travel as hm_status ---- */
+/* ---- logging (net.c): diagnostics only; errors travel as hm_status ---- */
 enum { HM_LOG_ERROR = 0, HM_LOG_WARN = 1, HM_LOG_INFO = 2, HM_LOG_DEBUG = 3 };
 void hm_log(int level, const char *fmt, ...)
 #if defined(__GNUC__)

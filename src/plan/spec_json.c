@@ -11,14 +11,19 @@
 
 #include "util/util.h"
 
-const char *hm_json_path_key(char *buf, const char *parent, const char *key) {
-  snprintf(buf, HM_JSON_PATH_MAX, "%s.%s", parent, key);
+/* A path longer than the buffer (a hostile spec nests deeply) ends in "..." so a message
+ * never names a shorter, different field as if it were the one at fault. */
+static const char *path_mark_truncated(char *buf, int n) {
+  if (n < 0 || n >= HM_JSON_PATH_MAX) memcpy(buf + HM_JSON_PATH_MAX - 4, "...", 4);
   return buf;
 }
 
+const char *hm_json_path_key(char *buf, const char *parent, const char *key) {
+  return path_mark_truncated(buf, snprintf(buf, HM_JSON_PATH_MAX, "%s.%s", parent, key));
+}
+
 const char *hm_json_path_index(char *buf, const char *parent, long i) {
-  snprintf(buf, HM_JSON_PATH_MAX, "%s[%ld]", parent, i);
-  return buf;
+  return path_mark_truncated(buf, snprintf(buf, HM_JSON_PATH_MAX, "%s[%ld]", parent, i));
 }
 
 void hm_json_describe(const cJSON *v, char *buf, size_t cap) {

@@ -152,8 +152,8 @@ static hm_status expand_config(const hm_spec_model_config *cfg_in, hm_spec_dtype
     hm_layer *b = &m->layers[1 + l];
     hm_strcpy(b->kind, sizeof b->kind, "block");
     b->params = block_params(&cfg);
-    /* matmuls 2 FLOPs per weight per token; attention QK^T and AV 2*T*T*C each (DESIGN.md's
-     * 12*L*C*T per token for forward + backward). */
+    /* matmuls 2 FLOPs per weight per token; attention QK^T and AV 2*T*T*C each (the
+     * 12*L*C*T per token for forward + backward of docs/ARCHITECTURE.md's MFU). */
     b->fwd_flops = 2 * T * block_matmul_weights(&cfg) + 4 * T * T * C;
     b->act_bytes = act_bytes;
     b->in_bytes = T * C * d;

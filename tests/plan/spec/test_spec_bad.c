@@ -15,6 +15,7 @@
 #include <cjson/cJSON.h>
 
 #include "hetmix/spec.h"
+#include "plan/spec_json.h"
 
 #define EX(name) HM_SOURCE_DIR "/examples/" name
 
@@ -505,9 +506,28 @@ static void test_bad_documents(void **state) {
   hm_cluster_free(&c);
 }
 
+/* A field path longer than the message buffer ends in "..." instead of silently naming a
+ * shorter path (and compiles warning-free at -O3, where GCC checks the truncation). */
+static void test_long_path_marked(void **state) {
+  (void)state;
+  char parent[400], buf[HM_JSON_PATH_MAX];
+  memset(parent, 'a', sizeof parent - 1);
+  parent[sizeof parent - 1] = '\0';
+  hm_json_path_key(buf, parent, "key");
+  assert_int_equal(strlen(buf), HM_JSON_PATH_MAX - 1);
+  assert_string_equal(buf + HM_JSON_PATH_MAX - 4, "...");
+  hm_json_path_index(buf, parent, 7);
+  assert_string_equal(buf + HM_JSON_PATH_MAX - 4, "...");
+  hm_json_path_key(buf, "cluster", "hosts");
+  assert_string_equal(buf, "cluster.hosts");
+  hm_json_path_index(buf, "cluster.hosts", 3);
+  assert_string_equal(buf, "cluster.hosts[3]");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(test_every_field_mistyped_or_missing),
                                      cmocka_unit_test(test_bad_fields),
-                                     cmocka_unit_test(test_bad_documents)};
+                                     cmocka_unit_test(test_bad_documents),
+                                     cmocka_unit_test(test_long_path_marked)};
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
