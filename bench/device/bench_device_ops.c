@@ -152,7 +152,7 @@ int main(int argc, char **argv) {
     rows[11].bwd_ms = 0;
   }
 
-  int threads = dev->threads;
+  int threads = hm_device_threads(dev);
   if (torch) {
     char cmd[1024];
     snprintf(cmd, sizeof cmd, "%s %s/bench/device/torch_ops.py --threads %d --B %d --reps %d",

@@ -123,12 +123,14 @@ int main(int argc, char **argv) {
   printf("\nhetmix mean %.1f tokens/s (best %.1f)", sum_h / rounds, best_h);
   if (t_ok) printf(" | torch mean %.1f tokens/s (best %.1f) | ratio hetmix/torch %.2fx (of means), %.2fx (of bests)",
                    sum_t / rounds, best_t, sum_h / sum_t, best_h / best_t);
+  hm_device_stats ds;
+  hm_device_get_stats(dev, &ds);
   printf("\n\nmemory (hetmix): expected %.1f MiB = params %.1f + grads %.1f + AdamW m,v %.1f + activations %.1f "
          "+ backward scratch %.1f (n_params %zu)\n",
          mem.total / 1048576.0, mem.params / 1048576.0, mem.grads / 1048576.0, mem.optimizer / 1048576.0,
          mem.activations / 1048576.0, mem.scratch / 1048576.0, mem.n_params);
   printf("                 peak RSS %.1f MiB, of which %.1f MiB before the model (binary, libraries); "
-         "device peak allocated %.1f MiB\n", rss_mib(), rss0, dev->stats.bytes_peak / 1048576.0);
+         "device peak allocated %.1f MiB\n", rss_mib(), rss0, (double)ds.bytes_peak / 1048576.0);
   if (t_ok) printf("                 torch peak RSS %.1f MiB (whole python process)\n", torch_rss);
   printf("final loss %.4f (random tokens; a sanity value, not a quality figure)\n", loss);
   free(inp);

@@ -24,6 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "hetmix/dtype.h"
 #include "hetmix/status.h"
 
 #ifdef __cplusplus
@@ -39,23 +40,8 @@ typedef struct hm_unique_id {
   char internal[HM_UNIQUE_ID_BYTES];
 } hm_unique_id;
 
-typedef enum hm_dtype {
-  HM_INT8 = 0,
-  HM_UINT8,
-  HM_INT32,
-  HM_UINT32,
-  HM_INT64,
-  HM_UINT64,
-  HM_FLOAT16,
-  HM_BFLOAT16,
-  HM_FLOAT32,
-  HM_FLOAT64,
-  HM_DTYPE_COUNT
-} hm_dtype;
-
 typedef enum hm_redop { HM_SUM = 0, HM_PROD, HM_MIN, HM_MAX, HM_AVG, HM_REDOP_COUNT } hm_redop;
 
-size_t hm_dtype_size(hm_dtype dt);
 const char *hm_dtype_name(hm_dtype dt);  /* "f32", "bf16", ... */
 const char *hm_redop_name(hm_redop op);  /* "sum", ... */
 

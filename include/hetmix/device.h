@@ -1,18 +1,22 @@
 /* hetmix device backends: one function table per chip type, found by name in a registry.
  *
- * A device is a context (name, kind, dtype, options, accounting) plus a table of function
- * pointers: memory (alloc/free, copies host<->device<->device, zero), synchronize, memory info,
+ * A device is an opaque handle (name, kind, dtype, options, accounting) behind which a backend
+ * fills a table of function pointers (src/device/device_impl.h, private): memory (alloc/free,
+ * copies host<->device<->device, zero, pinned host staging buffers), synchronize, memory info,
  * and the kernels of a GPT-2 training step with llm.c's argument order (outputs, saved values,
  * inputs, weights, sizes). Callers use the hm_device_* / hm_dev_* functions below, which check
- * arguments, apply the `slow` emulation factor and keep statistics; they never call the table
- * directly. Backends: "ref" (portable C, plain loops, f32 and f64: the oracle), "cpu" (OpenBLAS
- * + OpenMP, f32). A CUDA backend fills the same table. See docs/device.md.
+ * arguments, apply the `slow` emulation factor and keep statistics. Backends: "ref" (portable
+ * C, plain loops, f32 and f64: the oracle), "cpu" (OpenBLAS + OpenMP, f32), "opencl" (OpenCL C
+ * kernels + CLBlast, f32; when built with OpenCL). See docs/device.md.
  *
  * Not here: the model (src/model), parallelism, streams beyond one in-order queue per device.
  *
  * Conventions every kernel follows:
- *  - Tensors are device pointers (void *) holding elements of dev->dtype (f32 or f64); token
- *    ids and targets are int32_t. Shapes are in comments: `inp (N,C)` with N = B*T rows.
+ *  - Tensors are device addresses (void *) holding elements of the device dtype (f32 or f64);
+ *    token ids and targets are int32_t. Shapes are in comments: `inp (N,C)` with N = B*T rows.
+ *    A device address is opaque: host code may offset it inside its allocation
+ *    (hm_device_offset) but never dereferences it; data moves only through the copy calls.
+ *    On host backends (kind HM_DEVICE_HOST) it happens to be a host pointer.
  *  - Backward kernels ACCUMULATE (+=) into every gradient they write, activations and
  *    parameters alike (as llm.c): the caller zeroes gradient buffers before a step. This is what
  *    makes micro-batch gradient accumulation and residual branches free.
@@ -29,7 +33,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "hetmix/comm.h" /* hm_dtype */
+#include "hetmix/dtype.h"
 #include "hetmix/status.h"
 
 #ifdef __cplusplus
@@ -41,15 +45,18 @@ typedef struct hm_device hm_device;
 typedef enum hm_device_kind {
   HM_DEVICE_HOST = 0, /* buffers are ordinary host memory (cpu, ref) */
   HM_DEVICE_CUDA,     /* buffers live in GPU memory; copy to reach them from the host */
+  HM_DEVICE_OPENCL,   /* buffers are OpenCL buffers; addresses are opaque tokens */
 } hm_device_kind;
 
 /* Options parsed from "name:key=value,key=value" (docs/device.md lists them). */
 typedef struct hm_device_options {
-  int threads;      /* threads=N: OpenMP/OpenBLAS threads (cpu; 0 = all cores). ref: 1 only */
-  double slow;      /* slow=F >= 1: emulate a chip F times slower (see hm_device.slow) */
+  int threads;      /* threads=N: OpenMP/OpenBLAS threads (cpu; 0 = all cores). ref: 1 only;
+                       opencl: cap on pocl's worker threads (0 = the driver's default) */
+  double slow;      /* slow=F >= 1: emulate a chip F times slower (see hm_device_slow) */
   hm_dtype dtype;   /* dtype=f32|f64: element type of every tensor (f64 on ref only) */
   size_t mem_limit; /* mem=64M: cap on bytes allocated (0 = physical memory); emulates a smaller chip */
   int index;        /* device=N: which device of this backend (0 on host backends) */
+  int platform;     /* platform=P: which OpenCL platform (opencl only; 0 elsewhere) */
 } hm_device_options;
 
 typedef struct hm_device_stats {
@@ -60,89 +67,33 @@ typedef struct hm_device_stats {
   size_t bytes_peak;      /* high-water mark of bytes_allocated */
 } hm_device_stats;
 
-/* The function table a backend fills. Kernel entries receive already-checked arguments. */
-typedef struct hm_device_ops {
-  /* memory */
-  hm_status (*alloc)(hm_device *dev, void **ptr, size_t bytes); /* 64-byte aligned, not zeroed */
-  void (*free)(hm_device *dev, void *ptr);
-  hm_status (*copy_h2d)(hm_device *dev, void *dst, const void *src, size_t bytes);
-  hm_status (*copy_d2h)(hm_device *dev, void *dst, const void *src, size_t bytes);
-  hm_status (*copy_d2d)(hm_device *dev, void *dst, const void *src, size_t bytes);
-  hm_status (*zero)(hm_device *dev, void *ptr, size_t bytes);
-  /* converting copies between host f32 and device dtype (n elements) */
-  hm_status (*copy_from_f32)(hm_device *dev, void *dst, const float *src, size_t n);
-  hm_status (*copy_to_f32)(hm_device *dev, float *dst, const void *src, size_t n);
-  hm_status (*synchronize)(hm_device *dev);
-  /* physical memory of the device: total and currently free (before the mem= cap) */
-  hm_status (*mem_info)(hm_device *dev, size_t *total, size_t *free_bytes);
-  void (*close)(hm_device *dev); /* releases impl; buffers must already be freed */
+/* A backend (its function table and open()): defined in src/device/device_impl.h. */
+typedef struct hm_device_backend hm_device_backend;
 
-  /* kernels (shapes: see the hm_dev_* wrappers below) */
-  hm_status (*encoder_forward)(hm_device *dev, void *out, const int32_t *inp, const void *wte,
-                               const void *wpe, int B, int T, int C);
-  hm_status (*encoder_backward)(hm_device *dev, void *dwte, void *dwpe, const void *dout,
-                                const int32_t *inp, int B, int T, int C);
-  hm_status (*layernorm_forward)(hm_device *dev, void *out, void *mean, void *rstd,
-                                 const void *inp, const void *weight, const void *bias, int N,
-                                 int C);
-  hm_status (*layernorm_backward)(hm_device *dev, void *dinp, void *dweight, void *dbias,
-                                  const void *dout, const void *inp, const void *weight,
-                                  const void *mean, const void *rstd, int N, int C);
-  hm_status (*matmul_forward)(hm_device *dev, void *out, const void *inp, const void *weight,
-                              const void *bias, int N, int C, int OC);
-  hm_status (*matmul_backward)(hm_device *dev, void *dinp, void *dweight, void *dbias,
-                               const void *dout, const void *inp, const void *weight, int N,
-                               int C, int OC);
-  size_t (*attention_saved_elems)(hm_device *dev, int B, int T, int C, int NH);
-  hm_status (*attention_forward)(hm_device *dev, void *out, void *saved, const void *qkv, int B,
-                                 int T, int C, int NH);
-  hm_status (*attention_backward)(hm_device *dev, void *dqkv, const void *dout, const void *qkv,
-                                  const void *saved, int B, int T, int C, int NH);
-  hm_status (*gelu_forward)(hm_device *dev, void *out, const void *inp, size_t n);
-  hm_status (*gelu_backward)(hm_device *dev, void *dinp, const void *inp, const void *dout,
-                             size_t n);
-  hm_status (*residual_forward)(hm_device *dev, void *out, const void *inp1, const void *inp2,
-                                size_t n);
-  hm_status (*residual_backward)(hm_device *dev, void *dinp1, void *dinp2, const void *dout,
-                                 size_t n);
-  hm_status (*softmax_forward)(hm_device *dev, void *probs, const void *logits, int N, int V,
-                               int Vp);
-  hm_status (*crossentropy_forward_backward)(hm_device *dev, void *losses, void *dlogits,
-                                             const void *logits, const int32_t *targets,
-                                             double dloss, int N, int V, int Vp);
-  hm_status (*adamw_update)(hm_device *dev, void *params, const void *grads, void *m, void *v,
-                            size_t n, double lr, double beta1, double beta2, double eps,
-                            double weight_decay, double grad_scale, int t);
-  hm_status (*sum)(hm_device *dev, double *out_host, const void *x, size_t n);
-  hm_status (*sumsq)(hm_device *dev, double *out_host, const void *x, size_t n);
-  hm_status (*scale)(hm_device *dev, void *x, double s, size_t n);
-} hm_device_ops;
+/* ---- properties ------------------------------------------------------------------------- */
 
-struct hm_device {
-  const char *name;        /* backend name: "cpu", "ref", ... */
-  char spec[128];          /* the spec it was opened with, e.g. "cpu:threads=2,slow=2" */
-  hm_device_kind kind;
-  hm_dtype dtype;          /* HM_FLOAT32 or HM_FLOAT64 */
-  size_t dtype_size;       /* bytes per element of dtype */
-  int threads;             /* effective thread count */
-  double slow;             /* >= 1. After each kernel the wrapper sleeps (slow-1) x the kernel's
-                              measured time: EMULATION of a slower chip so heterogeneous runs and
-                              their schedules can be tested on one machine. Never a real speed. */
-  size_t mem_limit;        /* effective cap on allocated bytes */
-  const hm_device_ops *ops;
-  void *impl;              /* backend state */
-  hm_device_stats stats;
-  uint64_t slow_debt_ns;   /* sleep owed but not yet taken (short kernels are batched) */
-};
+const char *hm_device_name(const hm_device *dev);   /* backend name: "cpu", "ref", "opencl" */
+const char *hm_device_spec(const hm_device *dev);   /* the spec it was opened with */
+const char *hm_device_backend_name(const hm_device_backend *b);
+const char *hm_device_backend_description(const hm_device_backend *b);
+hm_device_kind hm_device_get_kind(const hm_device *dev);
+/* 1 when device addresses are host pointers (HM_DEVICE_HOST): only then may a caller hand a
+ * device buffer to host code (hmcomm) in place; otherwise it stages through host memory. */
+int hm_device_is_host(const hm_device *dev);
+hm_dtype hm_device_dtype(const hm_device *dev);      /* HM_FLOAT32 or HM_FLOAT64 */
+size_t hm_device_elem_size(const hm_device *dev);    /* bytes per element of the dtype */
+int hm_device_threads(const hm_device *dev);         /* effective thread count */
+/* >= 1. After each kernel the wrapper sleeps (slow-1) x the kernel's measured time: EMULATION
+ * of a slower chip so heterogeneous runs can be tested on one machine. Never a real speed. */
+double hm_device_slow(const hm_device *dev);
+/* Sleep owed by the slow emulation but not yet taken (short kernels are batched). */
+uint64_t hm_device_slow_debt_ns(const hm_device *dev);
+void hm_device_get_stats(const hm_device *dev, hm_device_stats *out);
+/* Sets the high-water mark of allocated bytes to max(peak, bytes allocated now) (a profiler
+ * measures one structure's footprint from a reset, then restores the earlier mark). */
+void hm_device_set_peak(hm_device *dev, size_t peak);
 
 /* ---- registry ------------------------------------------------------------------------- */
-
-typedef struct hm_device_backend {
-  const char *name;        /* "cpu" */
-  const char *description; /* one line for listings */
-  /* Fills dev->ops, dev->impl, kind, threads; options already parsed; reject what it can't do. */
-  hm_status (*open)(hm_device *dev, const hm_device_options *opt);
-} hm_device_backend;
 
 /* Adds a backend (built-in ones are registered automatically). HM_ERR_INVALID_ARG if the name
  * is taken. The struct must outlive every device opened from it. */
@@ -157,7 +108,8 @@ const char *hm_device_backend_names(void);
 hm_status hm_device_parse_spec(const char *spec, char *name, size_t name_cap,
                                hm_device_options *opt);
 
-/* Opens a device: "cpu", "ref", "ref:dtype=f64", "cpu:threads=2,slow=2.0,mem=512M".
+/* Opens a device: "cpu", "ref", "ref:dtype=f64", "cpu:threads=2,slow=2.0,mem=512M",
+ * "opencl:platform=0,device=0,threads=2".
  * Unknown backend: HM_ERR_NOT_FOUND listing the known ones. */
 hm_status hm_device_open(const char *spec, hm_device **out);
 void hm_device_close(hm_device *dev); /* NULL is fine */
@@ -177,11 +129,15 @@ hm_status hm_device_copy_to_f32(hm_device *dev, float *dst, const void *src, siz
 hm_status hm_device_synchronize(hm_device *dev);
 /* total and free: the smaller of physical memory and the mem= cap, free minus what is allocated */
 hm_status hm_device_mem_info(hm_device *dev, size_t *total, size_t *free_bytes);
-/* Element pointer arithmetic in dev->dtype: &((T *)base)[n]. */
-static inline void *hm_device_offset(const hm_device *dev, void *base, size_t n) {
-  return (char *)base + n * dev->dtype_size;
-}
-size_t hm_dtype_bytes(hm_dtype dt); /* 4 for HM_FLOAT32, 8 for HM_FLOAT64, ... */
+/* Element address arithmetic in the device dtype: &((T *)base)[n] (no dereference; base must
+ * be a device address and the result stays inside base's allocation). */
+void *hm_device_offset(const hm_device *dev, void *base, size_t n);
+/* Pinned (page-locked / host-visible) host memory for staging transfers to and from the
+ * device: faster copies on a GPU backend, 64-byte-aligned host memory on host backends. The
+ * result is a HOST pointer (not a device address). Free with hm_device_free_host on the same
+ * device. Not counted against the mem= cap (it is host memory). */
+hm_status hm_device_alloc_host(hm_device *dev, void **ptr, size_t bytes, const char *what);
+void hm_device_free_host(hm_device *dev, void *ptr); /* NULL is fine */
 
 /* ---- kernels ----------------------------------------------------------------------------- */
 

@@ -13,12 +13,8 @@
 
 static const char *const dtype_names[HM_DTYPE_COUNT] = {"i8",  "u8",  "i32", "u32",  "i64",
                                                          "u64", "f16", "bf16", "f32", "f64"};
-static const size_t dtype_sizes[HM_DTYPE_COUNT] = {1, 1, 4, 4, 8, 8, 2, 2, 4, 8};
 static const char *const redop_names[HM_REDOP_COUNT] = {"sum", "prod", "min", "max", "avg"};
 
-size_t hm_dtype_size(hm_dtype dt) {
-  return ((int)dt >= 0 && dt < HM_DTYPE_COUNT) ? dtype_sizes[dt] : 0;
-}
 const char *hm_dtype_name(hm_dtype dt) {
   return ((int)dt >= 0 && dt < HM_DTYPE_COUNT) ? dtype_names[dt] : "unknown";
 }

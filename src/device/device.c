@@ -73,14 +73,22 @@ const char *hm_device_backend_names(void) {
   return hm_backend_names_buf;
 }
 
-size_t hm_dtype_bytes(hm_dtype dt) {
-  switch (dt) {
-    case HM_INT8: case HM_UINT8: return 1;
-    case HM_FLOAT16: case HM_BFLOAT16: return 2;
-    case HM_INT32: case HM_UINT32: case HM_FLOAT32: return 4;
-    case HM_INT64: case HM_UINT64: case HM_FLOAT64: return 8;
-    default: return 0;
-  }
+/* ---- properties -------------------------------------------------------------------------- */
+
+const char *hm_device_name(const hm_device *dev) { return dev->name; }
+const char *hm_device_spec(const hm_device *dev) { return dev->spec; }
+const char *hm_device_backend_name(const hm_device_backend *b) { return b->name; }
+const char *hm_device_backend_description(const hm_device_backend *b) { return b->description; }
+hm_device_kind hm_device_get_kind(const hm_device *dev) { return dev->kind; }
+int hm_device_is_host(const hm_device *dev) { return dev->kind == HM_DEVICE_HOST; }
+hm_dtype hm_device_dtype(const hm_device *dev) { return dev->dtype; }
+size_t hm_device_elem_size(const hm_device *dev) { return dev->dtype_size; }
+int hm_device_threads(const hm_device *dev) { return dev->threads; }
+double hm_device_slow(const hm_device *dev) { return dev->slow; }
+uint64_t hm_device_slow_debt_ns(const hm_device *dev) { return dev->slow_debt_ns; }
+void hm_device_get_stats(const hm_device *dev, hm_device_stats *out) { *out = dev->stats; }
+void hm_device_set_peak(hm_device *dev, size_t peak) {
+  dev->stats.bytes_peak = peak > dev->stats.bytes_allocated ? peak : dev->stats.bytes_allocated;
 }
 
 /* ---- spec parsing --------------------------------------------------------------------------- */
@@ -204,7 +212,7 @@ hm_status hm_device_open(const char *spec, hm_device **out) {
   dev->name = be->name;
   hm_strcpy(dev->spec, sizeof dev->spec, spec);
   dev->dtype = opt.dtype;
-  dev->dtype_size = hm_dtype_bytes(opt.dtype);
+  dev->dtype_size = hm_dtype_size(opt.dtype);
   dev->slow = opt.slow;
   dev->threads = opt.threads;
   hm_status st = be->open(dev, &opt);
@@ -290,6 +298,25 @@ void hm_device_free(hm_device *dev, void *ptr) {
     }
   }
   /* not ours: ignoring it is safer than freeing foreign memory */
+}
+
+void *hm_device_offset(const hm_device *dev, void *base, size_t n) {
+  return (char *)base + n * dev->dtype_size; /* address arithmetic only, never a dereference */
+}
+
+hm_status hm_device_alloc_host(hm_device *dev, void **ptr, size_t bytes, const char *what) {
+  HM_CHECK_DEV(dev, "hm_device_alloc_host");
+  HM_CHECK_PTR(ptr, "hm_device_alloc_host");
+  *ptr = NULL;
+  hm_status st = dev->ops->alloc_host(dev, ptr, bytes ? bytes : 1);
+  if (st != HM_OK)
+    return hm_error_context(st, "device %s: host staging for %s (%zu bytes): ", dev->spec,
+                            what ? what : "a buffer", bytes);
+  return HM_OK;
+}
+
+void hm_device_free_host(hm_device *dev, void *ptr) {
+  if (dev && ptr) dev->ops->free_host(dev, ptr);
 }
 
 hm_status hm_device_copy_h2d(hm_device *dev, void *dst, const void *src, size_t bytes) {

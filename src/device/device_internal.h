@@ -3,16 +3,18 @@
 #ifndef HETMIX_DEVICE_INTERNAL_H
 #define HETMIX_DEVICE_INTERNAL_H
 
-#include "hetmix/device.h"
+#include "device/device_impl.h"
 
 extern const hm_device_backend hm_device_backend_cpu;
 extern const hm_device_backend hm_device_backend_ref;
 
-/* Host-memory implementations of the memory entries of hm_device_ops. */
+/* Host-memory implementations of the memory entries of hm_device_ops (alloc/free serve as
+ * alloc_host/free_host too: host backends stage in ordinary aligned memory). */
 hm_status hm_host_alloc(hm_device *dev, void **ptr, size_t bytes);
 void hm_host_free(hm_device *dev, void *ptr);
 hm_status hm_host_copy(hm_device *dev, void *dst, const void *src, size_t bytes);
 hm_status hm_host_zero(hm_device *dev, void *ptr, size_t bytes);
+
 hm_status hm_host_copy_from_f32(hm_device *dev, void *dst, const float *src, size_t n);
 hm_status hm_host_copy_to_f32(hm_device *dev, float *dst, const void *src, size_t n);
 hm_status hm_host_synchronize(hm_device *dev);

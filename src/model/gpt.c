@@ -143,7 +143,7 @@ static void hm_list_tensors(hm_stage *s) {
 
 // Lays out the activations of every slot and the backward scratch (measure when base is NULL).
 static void hm_carve_acts(hm_stage *s, hm_carver *c, size_t att_saved) {
-  const size_t es = s->dev->dtype_size;
+  const size_t es = hm_device_elem_size(s->dev);
   const size_t N = (size_t)s->B * s->T, C = (size_t)s->cfg.C, V = (size_t)s->cfg.V;
   for (int i = 0; i < s->n_mb; i++) {
     hm_mb_acts tmp;
@@ -180,7 +180,7 @@ static void hm_carve_acts(hm_stage *s, hm_carver *c, size_t att_saved) {
 }
 
 static void hm_carve_scratch(hm_stage *s, hm_carver *c) {
-  const size_t es = s->dev->dtype_size;
+  const size_t es = hm_device_elem_size(s->dev);
   const size_t N = (size_t)s->B * s->T, C = (size_t)s->cfg.C;
   s->sA = hm_take(c, 4 * N * C * es);
   s->sB = hm_take(c, 4 * N * C * es);
@@ -201,7 +201,7 @@ static void hm_stage_shape(hm_stage *s, const hm_model_config *cfg, hm_device *d
 }
 
 static void hm_measure(hm_stage *s, hm_stage_memory *m) {
-  const size_t es = s->dev->dtype_size;
+  const size_t es = hm_device_elem_size(s->dev);
   size_t att = s->n_blocks ? hm_dev_attention_saved_elems(s->dev, s->B, s->T, s->cfg.C, s->cfg.NH) : 0;
   hm_carver ca = {NULL, 0}, cs = {NULL, 0};
   hm_stage_memory r;
@@ -247,7 +247,7 @@ hm_status hm_stage_create(const hm_model_config *cfg, hm_device *dev, const hm_s
     st = hm_error(HM_ERR_NO_FIT,
                   "model %s layers [%d,%d) with B=%d T=%d needs %.2f GiB on %s (params %.2f, grads %.2f, "
                   "AdamW %.2f, activations %.2f for %d micro-batches, scratch %.2f) but %.2f GiB are free",
-                  cfg->name, opt->first, opt->last, opt->B, opt->T, hm_gib(s->mem.total), dev->spec,
+                  cfg->name, opt->first, opt->last, opt->B, opt->T, hm_gib(s->mem.total), hm_device_spec(dev),
                   hm_gib(s->mem.params), hm_gib(s->mem.grads), hm_gib(s->mem.optimizer),
                   hm_gib(s->mem.activations), opt->max_microbatches, hm_gib(s->mem.scratch), hm_gib(free_bytes));
     free(s);
@@ -284,7 +284,7 @@ hm_status hm_stage_create(const hm_model_config *cfg, hm_device *dev, const hm_s
   if (st == HM_OK) st = hm_device_zero(dev, s->v, pb);
   if (st != HM_OK) {
     hm_stage_destroy(s);
-    return hm_error_context(st, "stage [%d,%d) on %s: ", opt->first, opt->last, dev->spec);
+    return hm_error_context(st, "stage [%d,%d) on %s: ", opt->first, opt->last, hm_device_spec(dev));
   }
   size_t att = s->n_blocks ? hm_dev_attention_saved_elems(dev, s->B, s->T, s->cfg.C, s->cfg.NH) : 0;
   hm_carver ca = {s->acts, 0}, cs = {s->scratch, 0};
@@ -384,7 +384,7 @@ hm_status hm_stage_forward(hm_stage *s, int mb, const int32_t *tokens, const voi
   hm_device *d = s->dev;
   hm_mb_acts *a = &s->mb[mb];
   const int B = s->B, T = s->T, C = s->cfg.C, V = s->cfg.V, N = B * T;
-  const size_t es = d->dtype_size;
+  const size_t es = hm_device_elem_size(d);
   if (s->has_embed) {
     if (!tokens) return hm_error(HM_ERR_INVALID_ARG, "stage [%d,%d) holds the embedding: tokens are required", s->first, s->last);
     for (int i = 0; i < N; i++)
@@ -431,7 +431,7 @@ void *hm_stage_output(hm_stage *s, int mb) {
 static hm_status hm_block_backward(hm_stage *s, int b, hm_block_acts *k, const void *x) {
   hm_device *d = s->dev;
   const int B = s->B, T = s->T, C = s->cfg.C, NH = s->cfg.NH, N = B * T;
-  const size_t NC = (size_t)N * C, es = d->dtype_size;
+  const size_t NC = (size_t)N * C, es = hm_device_elem_size(d);
   const int w = s->block0 + b * BK_COUNT;
   void *dres = s->dresid, *dgelu = s->sA, *dfch = s->sB, *dln = s->sD;
   HM_TRY(hm_device_zero(d, dgelu, 4 * NC * es));
@@ -461,7 +461,7 @@ hm_status hm_stage_backward(hm_stage *s, int mb, const void *dout, float loss_we
   hm_device *d = s->dev;
   hm_mb_acts *a = &s->mb[mb];
   const int B = s->B, T = s->T, C = s->cfg.C, V = s->cfg.V, N = B * T;
-  const size_t NC = (size_t)N * C, es = d->dtype_size;
+  const size_t NC = (size_t)N * C, es = hm_device_elem_size(d);
   if (s->has_head) {
     if (!a->has_targets)
       return hm_error(HM_ERR_INVALID_ARG, "stage [%d,%d): backward of slot %d needs a forward with targets first",
@@ -495,7 +495,7 @@ hm_status hm_stage_set_seq_len(hm_stage *s, int T) {
   return HM_OK;
 }
 
-hm_status hm_stage_zero_grad(hm_stage *s) { return hm_device_zero(s->dev, s->grads, s->n_params * s->dev->dtype_size); }
+hm_status hm_stage_zero_grad(hm_stage *s) { return hm_device_zero(s->dev, s->grads, s->n_params * hm_device_elem_size(s->dev)); }
 size_t hm_stage_num_params(const hm_stage *s) { return s->n_params; }
 void *hm_stage_params(hm_stage *s) { return s->params; }
 void *hm_stage_grads(hm_stage *s) { return s->grads; }

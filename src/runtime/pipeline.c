@@ -181,7 +181,7 @@ static hm_status hm_build_buckets(hm_pipe *w) {
 
 /* Device buffer (dev->dtype) -> host wire buffer, n elements. */
 static hm_status hm_to_wire(hm_pipe *w, void *dst, const void *src, size_t n) {
-  if (w->dev->dtype == w->wire) return hm_device_copy_d2h(w->dev, dst, src, n * w->wire_size);
+  if (hm_device_dtype(w->dev) == w->wire) return hm_device_copy_d2h(w->dev, dst, src, n * w->wire_size);
   if (w->wire == HM_FLOAT32) return hm_device_copy_to_f32(w->dev, dst, src, n);
   HM_TRY(hm_device_copy_to_f32(w->dev, w->conv, src, n)); /* f32 device, f64 wire: exact */
   double *d = dst;
@@ -191,7 +191,7 @@ static hm_status hm_to_wire(hm_pipe *w, void *dst, const void *src, size_t n) {
 
 /* Host wire buffer -> device buffer, n elements. */
 static hm_status hm_from_wire(hm_pipe *w, void *dst, const void *src, size_t n) {
-  if (w->dev->dtype == w->wire) return hm_device_copy_h2d(w->dev, dst, src, n * w->wire_size);
+  if (hm_device_dtype(w->dev) == w->wire) return hm_device_copy_h2d(w->dev, dst, src, n * w->wire_size);
   if (w->wire == HM_FLOAT32) return hm_device_copy_from_f32(w->dev, dst, src, n);
   const double *d = src;
   for (size_t i = 0; i < n; i++) w->conv[i] = (float)d[i];
@@ -491,14 +491,14 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
     if (!w->inputs || !w->targets || !w->losses) return HM_ERR_NOMEM;
   }
   /* the wire type: f64 as soon as one worker computes in f64 */
-  int64_t esize = (int64_t)w->dev->dtype_size, esize_max = 0;
+  int64_t esize = (int64_t)hm_device_elem_size(w->dev), esize_max = 0;
   HM_TRY(hm_comm_allreduce(w->world, &esize, &esize_max, 1, HM_INT64, HM_MAX));
   w->wire = esize_max >= 8 ? HM_FLOAT64 : HM_FLOAT32;
   w->wire_size = hm_dtype_size(w->wire);
-  w->direct = w->dev->kind == HM_DEVICE_HOST && w->dev->dtype == w->wire;
+  w->direct = hm_device_is_host(w->dev) && hm_device_dtype(w->dev) == w->wire;
   const size_t nc = (size_t)w->N * w->C, vc = (size_t)t->config.V * t->config.C;
   const size_t np = hm_stage_num_params(w->st);
-  if (w->dev->dtype != w->wire) { /* f32 device on an f64 wire */
+  if (hm_device_dtype(w->dev) != w->wire) { /* f32 device on an f64 wire */
     size_t most = nc > vc ? nc : vc;
     if (np > most) most = np;
     w->conv = hm_malloc(most * sizeof(float), "f32 conversion scratch");
@@ -506,7 +506,7 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
   }
   w->recv_buf = hm_malloc(nc * w->wire_size, "received activations");
   if (!w->recv_buf) return HM_ERR_NOMEM;
-  HM_TRY(hm_device_alloc(w->dev, &w->dev_x, nc * w->dev->dtype_size, "received activations"));
+  HM_TRY(hm_device_alloc(w->dev, &w->dev_x, nc * hm_device_elem_size(w->dev), "received activations"));
   /* sends in flight at once: at most the micro-batches between two waits, bounded by m */
   w->nsends = m_cap + 1;
   w->sends = hm_calloc((size_t)w->nsends, sizeof *w->sends, "send slots");

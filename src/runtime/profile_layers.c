@@ -40,7 +40,7 @@ static double hm_median(double *v, int n) {
 /* Seconds since t0_ns including the change of the device's owed slow-down sleep since debt0. */
 static double hm_elapsed_emulated(const hm_device *dev, uint64_t t0_ns, uint64_t debt0) {
   double s = (double)(hm_now_ns() - t0_ns) * 1e-9;
-  return s + ((double)dev->slow_debt_ns - (double)debt0) * 1e-9;
+  return s + ((double)hm_device_slow_debt_ns(dev) - (double)debt0) * 1e-9;
 }
 
 /* Deterministic inputs: tokens and targets in [0,V), activations and gradients in [-a, a). */
@@ -79,9 +79,9 @@ static hm_status hm_layer_inputs_make(hm_device *dev, const hm_model_config *cfg
   if (st == HM_OK) {
     hm_fill_tokens(in->tokens, N, cfg->V, seed);
     hm_fill_tokens(in->targets, N, cfg->V, seed + N);
-    st = hm_device_alloc(dev, &in->x_in, NC * dev->dtype_size, "profile input activations");
+    st = hm_device_alloc(dev, &in->x_in, NC * hm_device_elem_size(dev), "profile input activations");
   }
-  if (st == HM_OK) st = hm_device_alloc(dev, &in->dout, NC * dev->dtype_size, "profile output gradient");
+  if (st == HM_OK) st = hm_device_alloc(dev, &in->dout, NC * hm_device_elem_size(dev), "profile output gradient");
   if (st == HM_OK) {
     /* a residual stream of unit scale; output gradients of the size a mean loss gives */
     hm_fill_uniform(host, NC, 1.0f, seed + 1);
@@ -103,17 +103,29 @@ static hm_status hm_time_round(hm_stage *s, hm_device *dev, int layer, int L, co
   HM_TRY(hm_stage_zero_grad(s));
   HM_TRY(hm_device_synchronize(dev));
   float loss = 0;
-  uint64_t debt = dev->slow_debt_ns, t0 = hm_now_ns();
+  uint64_t debt = hm_device_slow_debt_ns(dev), t0 = hm_now_ns();
   HM_TRY(hm_stage_forward(s, 0, layer == 0 ? in->tokens : NULL, layer > 0 ? in->x_in : NULL,
                           is_head ? in->targets : NULL, is_head ? &loss : NULL));
   HM_TRY(hm_device_synchronize(dev));
   *fwd = hm_elapsed_emulated(dev, t0, debt);
-  debt = dev->slow_debt_ns;
+  debt = hm_device_slow_debt_ns(dev);
   t0 = hm_now_ns();
   HM_TRY(hm_stage_backward(s, 0, is_head ? NULL : in->dout, 1.0f));
   HM_TRY(hm_device_synchronize(dev));
   *bwd = hm_elapsed_emulated(dev, t0, debt);
   return HM_OK;
+}
+
+static size_t hm_peak_of(const hm_device *dev) {
+  hm_device_stats ds;
+  hm_device_get_stats(dev, &ds);
+  return ds.bytes_peak;
+}
+
+/* Puts back the high-water mark from before a measurement when it was higher. */
+static void hm_peak_restore(hm_device *dev, size_t peak_before) {
+  size_t now = hm_peak_of(dev);
+  hm_device_set_peak(dev, peak_before > now ? peak_before : now);
 }
 
 static hm_status hm_time_one(hm_device *dev, const hm_model_config *cfg, int layer, int B, int warmup,
@@ -122,14 +134,16 @@ static hm_status hm_time_one(hm_device *dev, const hm_model_config *cfg, int lay
   hm_layer_inputs in;
   HM_TRY(hm_layer_inputs_make(dev, cfg, B, seed, &in));
   /* the stage's own footprint: the high-water mark counted from here */
-  const size_t base = dev->stats.bytes_allocated, peak_before = dev->stats.bytes_peak;
-  dev->stats.bytes_peak = base;
+  hm_device_stats ds;
+  hm_device_get_stats(dev, &ds);
+  const size_t base = ds.bytes_allocated, peak_before = ds.bytes_peak;
+  hm_device_set_peak(dev, base);
   hm_stage_options so = {.first = layer, .last = layer + 1, .B = B, .T = cfg->T, .max_microbatches = 1};
   hm_stage *s = NULL;
   hm_status st = hm_stage_create(cfg, dev, &so, &s);
   if (st == HM_ERR_NO_FIT) { /* a size this device cannot hold: report, do not fail */
     hm_clear_error();
-    dev->stats.bytes_peak = peak_before > dev->stats.bytes_peak ? peak_before : dev->stats.bytes_peak;
+    hm_peak_restore(dev, peak_before);
     hm_layer_inputs_free(dev, &in);
     return HM_OK;
   }
@@ -158,7 +172,7 @@ static hm_status hm_time_one(hm_device *dev, const hm_model_config *cfg, int lay
   if (st == HM_OK) {
     out->fits = 1;
     out->reps = timed;
-    out->mem_bytes = (double)(dev->stats.bytes_peak - base);
+    out->mem_bytes = (double)(hm_peak_of(dev) - base);
     out->fwd_s = hm_median(f, timed);
     out->bwd_s = hm_median(b, timed);
     out->fwd_min_s = f[0]; /* sorted by hm_median */
@@ -167,7 +181,7 @@ static hm_status hm_time_one(hm_device *dev, const hm_model_config *cfg, int lay
   free(f);
   free(b);
   hm_stage_destroy(s);
-  if (peak_before > dev->stats.bytes_peak) dev->stats.bytes_peak = peak_before;
+  hm_peak_restore(dev, peak_before);
   hm_layer_inputs_free(dev, &in);
   return st;
 }
@@ -196,8 +210,8 @@ hm_status hm_profile_time_layers(const char *backend, const hm_profile_shape *sh
   hm_device *dev = NULL;
   HM_TRY(hm_device_open(backend, &dev));
   if (device_desc && cap)
-    snprintf(device_desc, cap, "%s (%s, %d thread%s, slow %g)", dev->spec, dev->name, dev->threads,
-             dev->threads == 1 ? "" : "s", dev->slow);
+    snprintf(device_desc, cap, "%s (%s, %d thread%s, slow %g)", hm_device_spec(dev), hm_device_name(dev), hm_device_threads(dev),
+             hm_device_threads(dev) == 1 ? "" : "s", hm_device_slow(dev));
   hm_status st = HM_OK;
   for (int k = 0; st == HM_OK && k < nlayers; k++)
     for (int j = 0; st == HM_OK && j < nmbs; j++) {

@@ -1,0 +1,94 @@
+/* The backend side of include/hetmix/device.h, in the manner of ggml-backend-impl.h: the
+ * function table a backend fills, the device struct behind the public opaque handle, and the
+ * backend descriptor. Only src/device/ (and tests of the registry) include it; model, runtime
+ * and CLI code see hm_device as opaque and reach device memory only through the copy calls.
+ * Kernel entries receive arguments already checked by the hm_dev_* wrappers (device.c). */
+#ifndef HETMIX_DEVICE_IMPL_H
+#define HETMIX_DEVICE_IMPL_H
+
+#include "hetmix/device.h"
+
+/* The function table a backend fills. Kernel entries receive already-checked arguments. */
+typedef struct hm_device_ops {
+  /* memory */
+  hm_status (*alloc)(hm_device *dev, void **ptr, size_t bytes); /* 64-byte aligned, not zeroed */
+  void (*free)(hm_device *dev, void *ptr);
+  hm_status (*copy_h2d)(hm_device *dev, void *dst, const void *src, size_t bytes);
+  hm_status (*copy_d2h)(hm_device *dev, void *dst, const void *src, size_t bytes);
+  hm_status (*copy_d2d)(hm_device *dev, void *dst, const void *src, size_t bytes);
+  hm_status (*zero)(hm_device *dev, void *ptr, size_t bytes);
+  /* pinned host staging memory (host backends: 64-byte-aligned malloc) */
+  hm_status (*alloc_host)(hm_device *dev, void **ptr, size_t bytes);
+  void (*free_host)(hm_device *dev, void *ptr);
+  /* converting copies between host f32 and device dtype (n elements) */
+  hm_status (*copy_from_f32)(hm_device *dev, void *dst, const float *src, size_t n);
+  hm_status (*copy_to_f32)(hm_device *dev, float *dst, const void *src, size_t n);
+  hm_status (*synchronize)(hm_device *dev);
+  /* physical memory of the device: total and currently free (before the mem= cap) */
+  hm_status (*mem_info)(hm_device *dev, size_t *total, size_t *free_bytes);
+  void (*close)(hm_device *dev); /* releases impl; buffers must already be freed */
+
+  /* kernels (shapes: see the hm_dev_* wrappers below) */
+  hm_status (*encoder_forward)(hm_device *dev, void *out, const int32_t *inp, const void *wte,
+                               const void *wpe, int B, int T, int C);
+  hm_status (*encoder_backward)(hm_device *dev, void *dwte, void *dwpe, const void *dout,
+                                const int32_t *inp, int B, int T, int C);
+  hm_status (*layernorm_forward)(hm_device *dev, void *out, void *mean, void *rstd,
+                                 const void *inp, const void *weight, const void *bias, int N,
+                                 int C);
+  hm_status (*layernorm_backward)(hm_device *dev, void *dinp, void *dweight, void *dbias,
+                                  const void *dout, const void *inp, const void *weight,
+                                  const void *mean, const void *rstd, int N, int C);
+  hm_status (*matmul_forward)(hm_device *dev, void *out, const void *inp, const void *weight,
+                              const void *bias, int N, int C, int OC);
+  hm_status (*matmul_backward)(hm_device *dev, void *dinp, void *dweight, void *dbias,
+                               const void *dout, const void *inp, const void *weight, int N,
+                               int C, int OC);
+  size_t (*attention_saved_elems)(hm_device *dev, int B, int T, int C, int NH);
+  hm_status (*attention_forward)(hm_device *dev, void *out, void *saved, const void *qkv, int B,
+                                 int T, int C, int NH);
+  hm_status (*attention_backward)(hm_device *dev, void *dqkv, const void *dout, const void *qkv,
+                                  const void *saved, int B, int T, int C, int NH);
+  hm_status (*gelu_forward)(hm_device *dev, void *out, const void *inp, size_t n);
+  hm_status (*gelu_backward)(hm_device *dev, void *dinp, const void *inp, const void *dout,
+                             size_t n);
+  hm_status (*residual_forward)(hm_device *dev, void *out, const void *inp1, const void *inp2,
+                                size_t n);
+  hm_status (*residual_backward)(hm_device *dev, void *dinp1, void *dinp2, const void *dout,
+                                 size_t n);
+  hm_status (*softmax_forward)(hm_device *dev, void *probs, const void *logits, int N, int V,
+                               int Vp);
+  hm_status (*crossentropy_forward_backward)(hm_device *dev, void *losses, void *dlogits,
+                                             const void *logits, const int32_t *targets,
+                                             double dloss, int N, int V, int Vp);
+  hm_status (*adamw_update)(hm_device *dev, void *params, const void *grads, void *m, void *v,
+                            size_t n, double lr, double beta1, double beta2, double eps,
+                            double weight_decay, double grad_scale, int t);
+  hm_status (*sum)(hm_device *dev, double *out_host, const void *x, size_t n);
+  hm_status (*sumsq)(hm_device *dev, double *out_host, const void *x, size_t n);
+  hm_status (*scale)(hm_device *dev, void *x, double s, size_t n);
+} hm_device_ops;
+
+struct hm_device {
+  const char *name;        /* backend name: "cpu", "ref", "opencl" */
+  char spec[128];          /* the spec it was opened with, e.g. "cpu:threads=2,slow=2" */
+  hm_device_kind kind;
+  hm_dtype dtype;          /* HM_FLOAT32 or HM_FLOAT64 */
+  size_t dtype_size;       /* bytes per element of dtype */
+  int threads;             /* effective thread count */
+  double slow;             /* >= 1: see hm_device_slow() */
+  size_t mem_limit;        /* effective cap on allocated bytes */
+  const hm_device_ops *ops;
+  void *impl;              /* backend state */
+  hm_device_stats stats;
+  uint64_t slow_debt_ns;   /* sleep owed but not yet taken (short kernels are batched) */
+};
+
+struct hm_device_backend {
+  const char *name;        /* "cpu" */
+  const char *description; /* one line for listings */
+  /* Fills dev->ops, dev->impl, kind, threads; options already parsed; reject what it can't do. */
+  hm_status (*open)(hm_device *dev, const hm_device_options *opt);
+};
+
+#endif
