@@ -5,8 +5,11 @@
  * agrees on at start: float64 when any worker computes in f64 (ref:dtype=f64), else float32, so
  * no worker loses precision it has. That is activations and their gradients (B,T,C) per
  * micro-batch, gradient buckets for the data-parallel allreduce, the tied embedding's gradient
- * (V,C). Host devices whose dtype is the wire type are used in place; others go through host
- * staging with converting copies, so unlike devices (cpu next to ref:dtype=f64) share a job.
+ * (V,C). Host devices whose dtype is the wire type are used in place; others (f64 ref, opencl
+ * and any device whose memory the host cannot address) go through the device's pinned host
+ * staging buffers (hm_device_alloc_host) with copies: d2h, hmcomm on host memory, h2d. This is
+ * simple whole-buffer staging, not a chunked copy/communication pipeline, so unlike devices
+ * (cpu next to ref:dtype=f64 or opencl) share a job.
  *
  * Not here: choosing the layout (the planner), starting processes (launch.c), checkpoints of a
  * resumed pipeline run (a final per-stage checkpoint is written; resume is single-process). */
@@ -504,8 +507,8 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
     w->conv = hm_malloc(most * sizeof(float), "f32 conversion scratch");
     if (!w->conv) return HM_ERR_NOMEM;
   }
-  w->recv_buf = hm_malloc(nc * w->wire_size, "received activations");
-  if (!w->recv_buf) return HM_ERR_NOMEM;
+  /* every host buffer a transfer stages through is the device's pinned host memory */
+  HM_TRY(hm_device_alloc_host(w->dev, &w->recv_buf, nc * w->wire_size, "received activations"));
   HM_TRY(hm_device_alloc(w->dev, &w->dev_x, nc * hm_device_elem_size(w->dev), "received activations"));
   /* sends in flight at once: at most the micro-batches between two waits, bounded by m */
   w->nsends = m_cap + 1;
@@ -513,17 +516,14 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
   if (!w->sends) return HM_ERR_NOMEM;
   if (w->p > 1)
     for (int i = 0; i < w->nsends; i++) {
-      w->sends[i].buf = hm_malloc(nc * w->wire_size, "send slot");
-      if (!w->sends[i].buf) return HM_ERR_NOMEM;
+      HM_TRY(hm_device_alloc_host(w->dev, &w->sends[i].buf, nc * w->wire_size, "send slot"));
     }
   if (!w->direct && w->R > 1) {
-    w->stage_buf = hm_malloc(np * w->wire_size, "gradient staging");
-    if (!w->stage_buf) return HM_ERR_NOMEM;
+    HM_TRY(hm_device_alloc_host(w->dev, &w->stage_buf, np * w->wire_size, "gradient staging"));
   }
   if (w->p > 1 && (w->is_first || w->is_last)) {
-    w->tied_mine = hm_malloc(vc * w->wire_size, "tied embedding gradient");
-    w->tied_peer = hm_malloc(vc * w->wire_size, "tied embedding gradient (peer)");
-    if (!w->tied_mine || !w->tied_peer) return HM_ERR_NOMEM;
+    HM_TRY(hm_device_alloc_host(w->dev, &w->tied_mine, vc * w->wire_size, "tied embedding gradient"));
+    HM_TRY(hm_device_alloc_host(w->dev, &w->tied_peer, vc * w->wire_size, "tied embedding gradient (peer)"));
   }
   return HM_OK;
 }
@@ -575,16 +575,18 @@ static hm_status hm_pipe_write_trace(hm_pipe *w) {
 static void hm_pipe_free(hm_pipe *w) {
   hm_wait_pending(w);
   if (w->sends) hm_wait_sends(w);
-  if (w->sends)
-    for (int i = 0; i < w->nsends; i++) free(w->sends[i].buf);
+  if (w->sends && w->dev)
+    for (int i = 0; i < w->nsends; i++) hm_device_free_host(w->dev, w->sends[i].buf);
   free(w->sends);
   free(w->pending);
   free(w->buckets);
-  free(w->stage_buf);
-  free(w->tied_mine);
-  free(w->tied_peer);
+  if (w->dev) {
+    hm_device_free_host(w->dev, w->stage_buf);
+    hm_device_free_host(w->dev, w->tied_mine);
+    hm_device_free_host(w->dev, w->tied_peer);
+    hm_device_free_host(w->dev, w->recv_buf);
+  }
   free(w->conv);
-  free(w->recv_buf);
   free(w->inputs);
   free(w->targets);
   free(w->losses);
