@@ -797,6 +797,8 @@ static hm_status hm_cpu_open(hm_device *dev, const hm_device_options *opt) {
     return hm_error(HM_ERR_UNSUPPORTED, "cpu computes in f32 only (use ref:dtype=f64 for f64)");
   if (opt->index != 0)
     return hm_error(HM_ERR_INVALID_ARG, "cpu has one device: device=%d (use device=0)", opt->index);
+  if (opt->platform != 0)
+    return hm_error(HM_ERR_INVALID_ARG, "cpu has no OpenCL platforms: platform=%d (opencl only)", opt->platform);
   hm_cpu_impl *impl = hm_calloc(1, sizeof *impl, "cpu backend state");
   if (!impl) return HM_ERR_NOMEM;
   impl->threads = opt->threads > 0 ? opt->threads : omp_get_num_procs();

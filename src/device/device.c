@@ -47,6 +47,9 @@ static void hm_register_builtins(void) {
   pthread_mutex_lock(&hm_registry_lock);
   hm_register_locked(&hm_device_backend_cpu);
   hm_register_locked(&hm_device_backend_ref);
+#ifdef HETMIX_HAVE_OPENCL
+  hm_register_locked(&hm_device_backend_opencl);
+#endif
   pthread_mutex_unlock(&hm_registry_lock);
 }
 
@@ -93,7 +96,7 @@ void hm_device_set_peak(hm_device *dev, size_t peak) {
 
 /* ---- spec parsing --------------------------------------------------------------------------- */
 
-#define HM_SPEC_KEYS "threads, slow, dtype, mem, device"
+#define HM_SPEC_KEYS "threads, slow, dtype, mem, device, platform"
 
 static hm_status hm_parse_long(const char *key, const char *val, long lo, long hi, long *out) {
   char *end = NULL;
@@ -158,6 +161,9 @@ hm_status hm_device_parse_spec(const char *spec, char *name, size_t name_cap,
     } else if (strcmp(key, "device") == 0) {
       HM_TRY(hm_parse_long(key, val, 0, 1024, &l));
       opt->index = (int)l;
+    } else if (strcmp(key, "platform") == 0) {
+      HM_TRY(hm_parse_long(key, val, 0, 64, &l));
+      opt->platform = (int)l;
     } else if (strcmp(key, "slow") == 0) {
       char *end = NULL;
       double v = strtod(val, &end);

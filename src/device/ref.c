@@ -64,6 +64,8 @@ static hm_status hm_ref_open(hm_device *dev, const hm_device_options *opt) {
                     opt->threads);
   if (opt->index != 0)
     return hm_error(HM_ERR_INVALID_ARG, "ref has one device: device=%d (use device=0)", opt->index);
+  if (opt->platform != 0)
+    return hm_error(HM_ERR_INVALID_ARG, "ref has no OpenCL platforms: platform=%d (opencl only)", opt->platform);
   if (opt->dtype != HM_FLOAT32 && opt->dtype != HM_FLOAT64)
     return hm_error(HM_ERR_UNSUPPORTED, "ref supports dtype=f32 and dtype=f64 only");
   hm_ref_impl *impl = hm_calloc(1, sizeof *impl, "ref backend state");
