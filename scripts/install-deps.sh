@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that hetmix's build, tests and benchmarks use.
 # Slurm and munge (about 5 MB, for the srun launch test) are included unless HETMIX_WITH_SLURM=0.
+# OpenCL: the ICD loader and headers, CLBlast, and pocl (OpenCL on this CPU) for the opencl
+# backend and its tests.
 # Idempotent: packages already present are not touched, apt-get update runs only when something is missing.
 set -euo pipefail
 
@@ -12,6 +14,7 @@ pkgs=(
   python3 python3-numpy python3-torch
   fortunes fortunes-min
   procps psmisc
+  ocl-icd-opencl-dev opencl-c-headers pocl-opencl-icd libclblast-dev
 )
 if [ "${HETMIX_WITH_SLURM:-1}" = 1 ]; then
   pkgs+=(slurm-wlm slurmctld slurmd slurm-client munge)

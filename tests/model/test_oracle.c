@@ -1,6 +1,7 @@
 /* External oracle: the same GPT-2 in PyTorch (torch_oracle.py, Debian's python3-torch) with the
  * same weights and batches must give hetmix's loss, logits and every gradient within 1e-4
- * relative, then the same losses over 10 AdamW steps. Runs for the cpu and the ref backend.
+ * relative, then the same losses over 10 AdamW steps. Runs for the cpu and the ref backend, and
+ * for opencl when it is built and has a device (skipped otherwise).
  * Skipped, with the reason printed, only when PyTorch cannot be imported. */
 #include <cjson/cJSON.h>
 #include <setjmp.h>
@@ -151,12 +152,24 @@ static void test_ref_matches_torch(void **state) {
   run_case("ref");
 }
 
+static void test_opencl_matches_torch(void **state) {
+  (void)state;
+  hm_device *d = NULL;
+  if (hm_device_open("opencl:threads=2", &d) != HM_OK) {
+    print_message("opencl unavailable: %s\n", hm_last_error());
+    skip();
+  }
+  hm_device_close(d);
+  run_case("opencl:threads=2");
+}
+
 int main(void) {
   if (!find_python()) {
     printf("SKIPPED: PyTorch is not importable by /usr/bin/python3, python3 or $HETMIX_PYTHON; "
            "install Debian's python3-torch (scripts/install-deps.sh) to run the oracle test\n");
     return 0;
   }
-  const struct CMUnitTest tests[] = {cmocka_unit_test(test_cpu_matches_torch), cmocka_unit_test(test_ref_matches_torch)};
+  const struct CMUnitTest tests[] = {cmocka_unit_test(test_cpu_matches_torch), cmocka_unit_test(test_ref_matches_torch),
+                                     cmocka_unit_test(test_opencl_matches_torch)};
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,5 +1,6 @@
 /* The single-process trainer: stopping at step k and resuming gives bitwise the same parameters
- * and AdamW moments at step 2k as never stopping; metrics lines; bad inputs named. */
+ * and AdamW moments at step 2k as never stopping (on cpu, and on opencl when it is built and
+ * has a device); metrics lines; bad inputs named. */
 #include <cjson/cJSON.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -10,6 +11,7 @@
 
 #include <cmocka.h>
 
+#include "hetmix/device.h"
 #include "hetmix/model.h"
 
 static char tmpdir[256], tokpath[512];
@@ -30,21 +32,23 @@ static void base_options(hm_train_options *o, const char *out) {
   o->out_dir = out;
 }
 
-static void test_resume_is_bitwise(void **state) {
-  (void)state;
+static void resume_case(const char *device, const char *tag) {
   char a[600], b[600];
-  snprintf(a, sizeof a, "%s/a", tmpdir);
-  snprintf(b, sizeof b, "%s/b", tmpdir);
+  snprintf(a, sizeof a, "%s/a-%s", tmpdir, tag);
+  snprintf(b, sizeof b, "%s/b-%s", tmpdir, tag);
   hm_train_options o;
   hm_train_result ra, rb;
   base_options(&o, a);
+  o.device = device;
   assert_int_equal(hm_train_run(&o, &ra), HM_OK);
   assert_int_equal(ra.steps_done, 8);
   base_options(&o, b);
+  o.device = device;
   o.stop_after = 4;
   assert_int_equal(hm_train_run(&o, &rb), HM_OK);
   assert_int_equal(rb.steps_done, 4);
   base_options(&o, b);
+  o.device = device;
   o.resume = b;  // the folder: its `latest` names step 4
   assert_int_equal(hm_train_run(&o, &rb), HM_OK);
   assert_int_equal(rb.steps_done, 8);
@@ -84,6 +88,23 @@ static void test_resume_is_bitwise(void **state) {
   fclose(f);
   assert_int_equal(lines, 8);
   assert_int_equal(vals, 4);  // 3, 4 (end of the first part), 6, 8
+}
+
+static void test_resume_is_bitwise(void **state) {
+  (void)state;
+  resume_case("cpu:threads=2", "cpu");
+}
+
+/* the same on a device whose memory the host cannot address (every tensor through copies) */
+static void test_resume_is_bitwise_opencl(void **state) {
+  (void)state;
+  hm_device *d = NULL;
+  if (hm_device_open("opencl:threads=2", &d) != HM_OK) {
+    print_message("opencl unavailable: %s\n", hm_last_error());
+    skip();
+  }
+  hm_device_close(d);
+  resume_case("opencl:threads=2", "opencl");
 }
 
 static void test_bad_inputs(void **state) {
@@ -140,7 +161,9 @@ int main(void) {
   snprintf(tokpath, sizeof tokpath, "%s/corpus.tok", tmpdir);
   if (hm_tokfile_write(tokpath, text, n, HM_TOKEN_U8, 256) != HM_OK) return 1;
   free(text);
-  const struct CMUnitTest tests[] = {cmocka_unit_test(test_resume_is_bitwise), cmocka_unit_test(test_bad_inputs)};
+  const struct CMUnitTest tests[] = {cmocka_unit_test(test_resume_is_bitwise),
+                                     cmocka_unit_test(test_resume_is_bitwise_opencl),
+                                     cmocka_unit_test(test_bad_inputs)};
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   char cmd[600];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
