@@ -1,4 +1,6 @@
-/* Each backward kernel against central finite differences, in f64 on `ref:dtype=f64`.
+/* Each backward kernel against central finite differences, in f64 on `ref:dtype=f64`, and in
+ * f32 on the backend named as the first argument (`opencl:threads=2`; exit 77, skipped, when
+ * it is not built or has no device).
  *
  * For a kernel y = f(x...) we take the scalar L = sum(y * R) with a fixed random R, run the
  * backward kernel with dout = R into zeroed gradients, and compare every input element's
@@ -6,7 +8,16 @@
  * ~h^2 |f'''| ~ 1e-10 and the rounding error ~ 1e-16 |L| / h ~ 1e-10, so a tolerance of
  * 1e-7 absolute plus 1e-6 relative separates a right gradient from a wrong one by orders of
  * magnitude. Shapes are tiny (B=2, T=5, C=8, NH=2, V=11 padded to 13) so every element is
- * checked. */
+ * checked.
+ *
+ * In f32 (eps = 6e-8) we take h = 1e-2. Outputs that do not depend on the perturbed element
+ * are recomputed bitwise identically (the kernels are deterministic) and cancel in L(x+h) -
+ * L(x-h); the at most 3C = 24 outputs that do depend on it carry rounding errors of a few eps
+ * times |y| <= ~4 each, ~1e-6 together, so the rounding error of the difference quotient is
+ * ~1e-6 / 2h = 5e-5; the truncation error is h^2/6 |f^(3)| ~ 2e-5 for the O(1) third
+ * derivatives of these functions, and rounding x0 +- h to f32 changes the step by eps |x0| / h
+ * < 1e-4 relative. A tolerance of 1e-3 absolute plus 1e-2 relative is ten times these, and
+ * still far below the O(0.1 - 1) error of a wrong gradient (a missing term, = instead of +=). */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -19,10 +30,14 @@
 
 #include "hetmix/device.h"
 
+#define SKIP 77 /* ctest's SKIP_RETURN_CODE */
+
 enum { B = 2, T = 5, C = 8, NH = 2, V = 11, Vp = 13, N = B * T };
 #define OK(x) assert_int_equal((x), HM_OK)
 
 static hm_device *dev;
+static const char *g_spec = "ref:dtype=f64";
+static int f32; /* the device computes in f32: the f32 step and tolerances (above) apply */
 static uint64_t rng_state = 0x2545F4914F6CDD1Dull;
 static double drand(void) {
   rng_state ^= rng_state << 13;
@@ -31,35 +46,66 @@ static double drand(void) {
   return (double)(rng_state >> 11) / (double)(1ull << 53) * 2.0 - 1.0;
 }
 
+/* Tensors are device addresses typed double * for brevity; their elements are the device
+ * dtype (f64 or f32), reached only through these copies. */
 static double *dalloc(size_t n) {
   double *p = NULL;
-  OK(hm_device_alloc(dev, (void **)&p, n * sizeof(double), "test tensor"));
+  OK(hm_device_alloc(dev, (void **)&p, n * hm_device_elem_size(dev), "test tensor"));
   return p;
+}
+/* host doubles -> device elements i0 .. i0+n */
+static void dput(double *buf, size_t i0, const double *h, size_t n) {
+  void *at = hm_device_offset(dev, buf, i0);
+  if (!f32) {
+    OK(hm_device_copy_h2d(dev, at, h, n * sizeof *h));
+    return;
+  }
+  float *f = malloc(n * sizeof *f);
+  for (size_t i = 0; i < n; i++) f[i] = (float)h[i];
+  OK(hm_device_copy_from_f32(dev, at, f, n));
+  free(f);
+}
+static void dread(double *h, const double *buf, size_t n) {
+  if (!f32) {
+    OK(hm_device_copy_d2h(dev, h, buf, n * sizeof *h));
+    return;
+  }
+  float *f = malloc(n * sizeof *f);
+  OK(hm_device_copy_to_f32(dev, f, buf, n));
+  for (size_t i = 0; i < n; i++) h[i] = f[i];
+  free(f);
 }
 static double *drandn(size_t n, double scale) {
   double *h = malloc(n * sizeof *h), *d = dalloc(n);
   for (size_t i = 0; i < n; i++) h[i] = drand() * scale;
-  OK(hm_device_copy_h2d(dev, d, h, n * sizeof *h));
+  dput(d, 0, h, n);
   free(h);
   return d;
 }
 static double *dzeros(size_t n) {
   double *d = dalloc(n);
-  OK(hm_device_zero(dev, d, n * sizeof(double)));
+  OK(hm_device_zero(dev, d, n * hm_device_elem_size(dev)));
   return d;
 }
 static double dget(const double *buf, size_t i) {
   double v;
-  OK(hm_device_copy_d2h(dev, &v, buf + i, sizeof v));
+  dread(&v, hm_device_offset(dev, (void *)buf, i), 1);
   return v;
 }
-static void dset(double *buf, size_t i, double v) { OK(hm_device_copy_h2d(dev, buf + i, &v, sizeof v)); }
+static void dset(double *buf, size_t i, double v) { dput(buf, i, &v, 1); }
+/* int32 values on the device (token ids, targets) */
+static int32_t *dints(const int32_t *h, size_t n) {
+  int32_t *p = NULL;
+  OK(hm_device_alloc(dev, (void **)&p, n * sizeof *p, "test ints"));
+  OK(hm_device_copy_h2d(dev, p, h, n * sizeof *p));
+  return p;
+}
 
 /* sum(y * r) over n elements */
 static double dot(const double *y, const double *r, size_t n) {
   double *hy = malloc(n * sizeof *hy), *hr = malloc(n * sizeof *hr);
-  OK(hm_device_copy_d2h(dev, hy, y, n * sizeof *hy));
-  OK(hm_device_copy_d2h(dev, hr, r, n * sizeof *hr));
+  dread(hy, y, n);
+  dread(hr, r, n);
   double s = 0;
   for (size_t i = 0; i < n; i++) s += hy[i] * hr[i];
   free(hy);
@@ -72,7 +118,7 @@ typedef double (*loss_fn)(void *ctx);
 /* compares grad (device, n) with central differences of loss over x (device, n) */
 static void check_grad(const char *what, loss_fn loss, void *ctx, double *x, const double *grad,
                        size_t n) {
-  const double h = 1e-5;
+  const double h = f32 ? 1e-2 : 1e-5, abs_tol = f32 ? 1e-3 : 1e-7, rel_tol = f32 ? 1e-2 : 1e-6;
   for (size_t i = 0; i < n; i++) {
     double x0 = dget(x, i);
     dset(x, i, x0 + h);
@@ -81,7 +127,7 @@ static void check_grad(const char *what, loss_fn loss, void *ctx, double *x, con
     double lm = loss(ctx);
     dset(x, i, x0);
     double fd = (lp - lm) / (2 * h), an = dget(grad, i);
-    if (fabs(fd - an) > 1e-7 + 1e-6 * fabs(fd))
+    if (fabs(fd - an) > abs_tol + rel_tol * fabs(fd))
       fail_msg("%s[%zu]: analytic %.12g vs finite difference %.12g", what, i, an, fd);
   }
 }
@@ -171,7 +217,7 @@ static void test_gelu_residual(void **state) {
   OK(hm_dev_gelu_backward(dev, da, k.a, k.r, n));
   check_grad("gelu dinp", ew_loss, &k, k.a, da, n);
   k.residual = 1;
-  OK(hm_device_zero(dev, da, n * sizeof(double)));
+  OK(hm_device_zero(dev, da, n * hm_device_elem_size(dev)));
   OK(hm_dev_residual_backward(dev, da, db, k.r, n));
   check_grad("residual dinp1", ew_loss, &k, k.a, da, n);
   check_grad("residual dinp2", ew_loss, &k, k.b, db, n);
@@ -180,7 +226,7 @@ static void test_gelu_residual(void **state) {
 /* ---- encoder ----------------------------------------------------------------------------- */
 typedef struct enc_ctx {
   double *out, *wte, *wpe, *r;
-  int32_t tok[N];
+  int32_t *tok; /* device */
 } enc_ctx;
 static double enc_loss(void *p) {
   enc_ctx *k = p;
@@ -190,9 +236,11 @@ static double enc_loss(void *p) {
 static void test_encoder(void **state) {
   (void)state;
   enc_ctx k = {dalloc((size_t)N * C), drandn((size_t)V * C, 1), drandn((size_t)T * C, 1),
-               drandn((size_t)N * C, 1), {0}};
-  for (int i = 0; i < N; i++) k.tok[i] = (int32_t)((i * 5) % V);
-  k.tok[7] = k.tok[2]; /* a repeated token */
+               drandn((size_t)N * C, 1), NULL};
+  int32_t tok[N];
+  for (int i = 0; i < N; i++) tok[i] = (int32_t)((i * 5) % V);
+  tok[7] = tok[2]; /* a repeated token */
+  k.tok = dints(tok, N);
   double *dwte = dzeros((size_t)V * C), *dwpe = dzeros((size_t)T * C);
   OK(hm_dev_encoder_backward(dev, dwte, dwpe, k.r, k.tok, B, T, C));
   check_grad("encoder dwte", enc_loss, &k, k.wte, dwte, (size_t)V * C);
@@ -202,7 +250,7 @@ static void test_encoder(void **state) {
 /* ---- cross-entropy ------------------------------------------------------------------------ */
 typedef struct ce_ctx {
   double *losses, *logits;
-  int32_t tgt[N];
+  int32_t *tgt; /* device */
   double dloss;
 } ce_ctx;
 static double ce_loss(void *p) {
@@ -214,19 +262,22 @@ static double ce_loss(void *p) {
 }
 static void test_crossentropy(void **state) {
   (void)state;
-  ce_ctx k = {dalloc(N), drandn((size_t)N * Vp, 3), {0}, 0.7};
-  for (int i = 0; i < N; i++) k.tgt[i] = (int32_t)((i * 3 + 1) % V);
-  k.tgt[3] = -1;
+  ce_ctx k = {dalloc(N), drandn((size_t)N * Vp, 3), NULL, 0.7};
+  int32_t tgt[N];
+  for (int i = 0; i < N; i++) tgt[i] = (int32_t)((i * 3 + 1) % V);
+  tgt[3] = -1;
+  k.tgt = dints(tgt, N);
   double *dlogits = dalloc((size_t)N * Vp);
   OK(hm_dev_crossentropy_forward_backward(dev, k.losses, dlogits, k.logits, k.tgt, k.dloss, N, V, Vp));
   check_grad("crossentropy dlogits", ce_loss, &k, k.logits, dlogits, (size_t)N * Vp);
-  /* the losses agree with log-softmax computed here */
+  /* the losses agree with log-softmax computed here (f32: a few eps of |lse| <= ~10) */
+  const double lse_tol = f32 ? 1e-5 : 1e-12;
   for (int n = 0; n < N; n++) {
     double mx = -INFINITY, s = 0;
     for (int i = 0; i < V; i++) mx = fmax(mx, dget(k.logits, (size_t)n * Vp + i));
     for (int i = 0; i < V; i++) s += exp(dget(k.logits, (size_t)n * Vp + i) - mx);
-    double want = k.tgt[n] < 0 ? 0 : mx + log(s) - dget(k.logits, (size_t)n * Vp + k.tgt[n]);
-    assert_true(fabs(dget(k.losses, n) - want) < 1e-12);
+    double want = tgt[n] < 0 ? 0 : mx + log(s) - dget(k.logits, (size_t)n * Vp + tgt[n]);
+    assert_true(fabs(dget(k.losses, n) - want) < lse_tol);
   }
 }
 
@@ -236,8 +287,8 @@ static void test_adamw_formula(void **state) {
   size_t n = 7;
   double *p = drandn(n, 1), *g = drandn(n, 1), *m = dzeros(n), *v = dzeros(n);
   double hp[7], hg[7], hm[7] = {0}, hv[7] = {0};
-  OK(hm_device_copy_d2h(dev, hp, p, sizeof hp));
-  OK(hm_device_copy_d2h(dev, hg, g, sizeof hg));
+  dread(hp, p, n);
+  dread(hg, g, n);
   const double lr = 0.01, b1 = 0.9, b2 = 0.999, eps = 1e-8, wd = 0.1, gs = 0.5;
   for (int t = 1; t <= 5; t++) {
     OK(hm_dev_adamw_update(dev, p, g, m, v, n, lr, b1, b2, eps, wd, gs, t));
@@ -249,12 +300,15 @@ static void test_adamw_formula(void **state) {
       hp[i] -= lr * (mh / (sqrt(vh) + eps) + wd * hp[i]);
     }
   }
-  for (size_t i = 0; i < n; i++) assert_true(fabs(dget(p, i) - hp[i]) < 1e-14);
+  /* f64: rounding only; f32: 5 steps of a few eps each on |p| <= ~1 */
+  for (size_t i = 0; i < n; i++) assert_true(fabs(dget(p, i) - hp[i]) < (f32 ? 1e-6 : 1e-14));
 }
 
 static int setup(void **state) {
   (void)state;
-  return hm_device_open("ref:dtype=f64", &dev) == HM_OK ? 0 : -1;
+  if (hm_device_open(g_spec, &dev) != HM_OK) return -1;
+  f32 = hm_device_dtype(dev) == HM_FLOAT32;
+  return 0;
 }
 static int teardown(void **state) {
   (void)state;
@@ -262,7 +316,14 @@ static int teardown(void **state) {
   return 0;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+  if (argc > 1) g_spec = argv[1];
+  hm_device *probe = NULL;
+  if (hm_device_open(g_spec, &probe) == HM_ERR_NOT_FOUND) {
+    printf("SKIP: %s: %s\n", g_spec, hm_last_error());
+    return SKIP;
+  }
+  hm_device_close(probe);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_matmul),      cmocka_unit_test(test_layernorm),
       cmocka_unit_test(test_attention),   cmocka_unit_test(test_gelu_residual),
