@@ -113,6 +113,7 @@ typedef struct hm_pipe {
   void *tied_mine, *tied_peer; /* (V*C) host, wire type */
   float *conv;           /* f32 scratch for an f32 device on an f64 wire, else NULL */
   int direct;            /* 1: device is host memory of the wire type: hmcomm uses it in place */
+  int staged;            /* 1: allreduced sums wait in stage_buf to be copied back (not direct) */
   hm_trace_rec *trace;
   int ntrace, cap_trace, tracing;
   FILE *metrics;
@@ -269,6 +270,7 @@ static hm_status hm_allreduce_bucket(hm_pipe *w, int lb, int le) {
     } else {
       buf = (char *)w->stage_buf + b->spans[i].offset * w->wire_size;
       HM_TRY(hm_to_wire(w, buf, hm_device_offset(w->dev, grads, b->spans[i].offset), b->spans[i].count));
+      w->staged = 1;
     }
     hm_request_t r = NULL;
     HM_TRY(hm_comm_iallreduce(w->dp, buf, buf, b->spans[i].count, w->wire, HM_SUM, &r));
@@ -277,10 +279,13 @@ static hm_status hm_allreduce_bucket(hm_pipe *w, int lb, int le) {
   return HM_OK;
 }
 
-/* Completes the allreduces and, for staged devices, copies the sums back. */
+/* Completes the allreduces and, for staged devices, copies the sums back, once: a second call
+ * in the same step (the tied sync, then the gradient norm) must not copy the pre-sync sums over
+ * the tied embedding's synced gradient. */
 static hm_status hm_finish_allreduce(hm_pipe *w) {
   HM_TRY(hm_wait_pending(w));
-  if (w->direct || w->R == 1) return HM_OK;
+  if (w->direct || !w->staged) return HM_OK;
+  w->staged = 0;
   void *grads = hm_stage_grads(w->st);
   for (int k = 0; k < w->nbuckets; k++)
     for (int i = 0; i < w->buckets[k].nspans; i++) {
