@@ -43,6 +43,8 @@ if [ "$quick" = 0 ]; then
   done
   cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DHETMIX_SANITIZE=ON -DHETMIX_BENCH=OFF >/dev/null
   cmake --build build/asan -j"$jobs"
+  # lsan.supp: leaks inside pocl, LLVM, the OpenCL loader and CLBlast (each named there)
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+    LSAN_OPTIONS=suppressions="$PWD/scripts/lsan.supp" \
     ctest --test-dir build/asan --output-on-failure -j"$tjobs" -LE 'nosan|slow' "${ctest_args[@]}"
 fi

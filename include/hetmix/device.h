@@ -135,7 +135,7 @@ void *hm_device_offset(const hm_device *dev, void *base, size_t n);
 /* Pinned (page-locked / host-visible) host memory for staging transfers to and from the
  * device: faster copies on a GPU backend, 64-byte-aligned host memory on host backends. The
  * result is a HOST pointer (not a device address). Free with hm_device_free_host on the same
- * device. Not counted against the mem= cap (it is host memory). */
+ * device (hm_device_close frees any left). Not counted against the mem= cap (host memory). */
 hm_status hm_device_alloc_host(hm_device *dev, void **ptr, size_t bytes, const char *what);
 void hm_device_free_host(hm_device *dev, void *ptr); /* NULL is fine */
 

@@ -190,6 +190,7 @@ hm_status hm_device_parse_spec(const char *spec, char *name, size_t name_cap,
 typedef struct hm_alloc_rec {
   void *ptr;
   size_t bytes;
+  int host; /* 1: pinned host staging (alloc_host), 0: device memory */
 } hm_alloc_rec;
 
 /* The public struct plus what only this file needs (live allocations for free()'s accounting). */
@@ -241,7 +242,10 @@ hm_status hm_device_open(const char *spec, hm_device **out) {
 void hm_device_close(hm_device *dev) {
   if (!dev) return;
   hm_device_full *full = (hm_device_full *)dev;
-  for (size_t i = 0; i < full->nallocs; i++) dev->ops->free(dev, full->allocs[i].ptr);
+  for (size_t i = 0; i < full->nallocs; i++) {
+    if (full->allocs[i].host) dev->ops->free_host(dev, full->allocs[i].ptr);
+    else dev->ops->free(dev, full->allocs[i].ptr);
+  }
   free(full->allocs);
   dev->ops->close(dev);
   free(full);
@@ -255,6 +259,28 @@ void hm_device_close(hm_device *dev) {
   do {                                                                                   \
     if (!(p)) return hm_error(HM_ERR_INVALID_ARG, "%s: %s is NULL", op, #p);             \
   } while (0)
+
+static hm_status hm_alloc_table_room(hm_device_full *full) {
+  if (full->nallocs < full->cap_allocs) return HM_OK;
+  size_t cap = full->cap_allocs ? 2 * full->cap_allocs : 64;
+  hm_alloc_rec *a = realloc(full->allocs, cap * sizeof *a);
+  if (!a) return hm_error(HM_ERR_NOMEM, "device %s: allocation table", full->dev.spec);
+  full->allocs = a;
+  full->cap_allocs = cap;
+  return HM_OK;
+}
+
+/* Removes ptr's record of the given kind; 0 when it is not one of this device's. */
+static int hm_alloc_forget(hm_device_full *full, void *ptr, int host, size_t *bytes) {
+  /* newest first: buffers are usually freed in reverse order of allocation */
+  for (size_t i = full->nallocs; i-- > 0;)
+    if (full->allocs[i].ptr == ptr && full->allocs[i].host == host) {
+      *bytes = full->allocs[i].bytes;
+      full->allocs[i] = full->allocs[--full->nallocs];
+      return 1;
+    }
+  return 0;
+}
 
 hm_status hm_device_alloc(hm_device *dev, void **ptr, size_t bytes, const char *what) {
   HM_CHECK_DEV(dev, "hm_device_alloc");
@@ -275,16 +301,10 @@ hm_status hm_device_alloc(hm_device *dev, void **ptr, size_t bytes, const char *
   if (bytes > freeb)
     return hm_error(HM_ERR_NO_FIT, "device %s: %s needs %.1f MiB but the device has only %.1f MiB "
                     "free", dev->spec, what, bytes / 1048576.0, freeb / 1048576.0);
-  if (full->nallocs == full->cap_allocs) {
-    size_t cap = full->cap_allocs ? 2 * full->cap_allocs : 64;
-    hm_alloc_rec *a = realloc(full->allocs, cap * sizeof *a);
-    if (!a) return hm_error(HM_ERR_NOMEM, "device %s: allocation table", dev->spec);
-    full->allocs = a;
-    full->cap_allocs = cap;
-  }
+  HM_TRY(hm_alloc_table_room(full));
   st = dev->ops->alloc(dev, ptr, bytes);
   if (st != HM_OK) return hm_error_context(st, "device %s: %s (%zu bytes): ", dev->spec, what, bytes);
-  full->allocs[full->nallocs++] = (hm_alloc_rec){*ptr, bytes};
+  full->allocs[full->nallocs++] = (hm_alloc_rec){*ptr, bytes, 0};
   dev->stats.bytes_allocated += bytes;
   if (dev->stats.bytes_allocated > dev->stats.bytes_peak)
     dev->stats.bytes_peak = dev->stats.bytes_allocated;
@@ -293,17 +313,11 @@ hm_status hm_device_alloc(hm_device *dev, void **ptr, size_t bytes, const char *
 
 void hm_device_free(hm_device *dev, void *ptr) {
   if (!dev || !ptr) return;
-  hm_device_full *full = (hm_device_full *)dev;
-  /* newest first: buffers are usually freed in reverse order of allocation */
-  for (size_t i = full->nallocs; i-- > 0;) {
-    if (full->allocs[i].ptr == ptr) {
-      dev->stats.bytes_allocated -= full->allocs[i].bytes;
-      full->allocs[i] = full->allocs[--full->nallocs];
-      dev->ops->free(dev, ptr);
-      return;
-    }
-  }
-  /* not ours: ignoring it is safer than freeing foreign memory */
+  size_t bytes = 0;
+  if (!hm_alloc_forget((hm_device_full *)dev, ptr, 0, &bytes))
+    return; /* not ours: ignoring it is safer than freeing foreign memory */
+  dev->stats.bytes_allocated -= bytes;
+  dev->ops->free(dev, ptr);
 }
 
 void *hm_device_offset(const hm_device *dev, void *base, size_t n) {
@@ -314,15 +328,19 @@ hm_status hm_device_alloc_host(hm_device *dev, void **ptr, size_t bytes, const c
   HM_CHECK_DEV(dev, "hm_device_alloc_host");
   HM_CHECK_PTR(ptr, "hm_device_alloc_host");
   *ptr = NULL;
+  hm_device_full *full = (hm_device_full *)dev;
+  HM_TRY(hm_alloc_table_room(full));
   hm_status st = dev->ops->alloc_host(dev, ptr, bytes ? bytes : 1);
   if (st != HM_OK)
     return hm_error_context(st, "device %s: host staging for %s (%zu bytes): ", dev->spec,
                             what ? what : "a buffer", bytes);
+  full->allocs[full->nallocs++] = (hm_alloc_rec){*ptr, bytes, 1};
   return HM_OK;
 }
 
 void hm_device_free_host(hm_device *dev, void *ptr) {
-  if (dev && ptr) dev->ops->free_host(dev, ptr);
+  size_t bytes = 0;
+  if (dev && ptr && hm_alloc_forget((hm_device_full *)dev, ptr, 1, &bytes)) dev->ops->free_host(dev, ptr);
 }
 
 hm_status hm_device_copy_h2d(hm_device *dev, void *dst, const void *src, size_t bytes) {
