@@ -99,7 +99,9 @@ static hm_status hm_cl_encoder_forward(hm_device *dev, void *out, const int32_t 
   hm_cl_args a = hm_args(dev, HM_CLK_ENCODER_FORWARD, "encoder_forward");
   const size_t n = (size_t)B * T * C;
   ARG_F(&a, out, n); ARG_I32(&a, inp, (size_t)B * T);
-  ARG_F(&a, wte, C); /* rows are indexed by token: the whole allocation is checked by the kernel's range */
+  /* wte (V,C): rows are picked by token ids, which callers keep in [0,V) as on every backend
+   * (the model checks them on the host); only its first row is range-checked here */
+  ARG_F(&a, wte, C);
   ARG_F(&a, wpe, (size_t)T * C);
   hm_arg_int(&a, T); hm_arg_int(&a, C); hm_arg_ulong(&a, n);
   return hm_run(&a, n);
@@ -109,7 +111,8 @@ static hm_status hm_cl_encoder_backward(hm_device *dev, void *dwte, void *dwpe, 
                                         const int32_t *inp, int B, int T, int C) {
   const int N = B * T;
   hm_cl_args a = hm_args(dev, HM_CLK_ENCODER_BACKWARD_WTE, "encoder_backward");
-  ARG_F(&a, dwte, C); ARG_F(&a, dout, (size_t)N * C); ARG_I32(&a, inp, N);
+  ARG_F(&a, dwte, C); /* (V,C), indexed by token ids as in encoder_forward */
+  ARG_F(&a, dout, (size_t)N * C); ARG_I32(&a, inp, N);
   hm_arg_int(&a, N); hm_arg_int(&a, C);
   HM_TRY(hm_run(&a, (size_t)C));
   hm_cl_args b = hm_args(dev, HM_CLK_ENCODER_BACKWARD_WPE, "encoder_backward");
