@@ -44,6 +44,9 @@ static void test_unknown_backend_and_bad_options(void **state) {
   expect_open_error("cpu:dtype=f64", HM_ERR_UNSUPPORTED, "f32 only");
   expect_open_error("ref:threads=4", HM_ERR_INVALID_ARG, "single-threaded");
   expect_open_error("cpu:device=1", HM_ERR_INVALID_ARG, "device=1");
+  expect_open_error("cpu:platform=1", HM_ERR_INVALID_ARG, "platform=1");
+  expect_open_error("ref:platform=2", HM_ERR_INVALID_ARG, "platform=2");
+  expect_open_error("cpu:platform=x", HM_ERR_INVALID_ARG, "platform=x");
   assert_int_equal(hm_device_open("cpu", NULL), HM_ERR_INVALID_ARG);
 }
 
@@ -59,6 +62,9 @@ static void test_parse_and_open(void **state) {
   assert_int_equal(o.dtype, HM_FLOAT32);
   OK(hm_device_parse_spec("ref", name, sizeof name, &o));
   assert_true(o.slow == 1.0 && o.threads == 0 && o.mem_limit == 0 && o.dtype == HM_FLOAT32);
+  OK(hm_device_parse_spec("opencl:platform=1,device=2,threads=3", name, sizeof name, &o));
+  assert_string_equal(name, "opencl");
+  assert_true(o.platform == 1 && o.index == 2 && o.threads == 3);
   OK(hm_device_parse_spec("ref:mem=1.5GiB", name, sizeof name, &o));
   assert_int_equal(o.mem_limit, (size_t)3 << 29);
   assert_int_equal(hm_device_parse_spec("averyveryverylongname", name, sizeof name, &o),
@@ -70,6 +76,11 @@ static void test_parse_and_open(void **state) {
   assert_int_equal(hm_device_threads(dev), 2);
   assert_int_equal(hm_device_get_kind(dev), HM_DEVICE_HOST);
   assert_int_equal(hm_device_elem_size(dev), 4);
+  assert_true(hm_device_is_host(dev));
+  /* pinned staging on a host backend: host memory, freed by close when left */
+  void *stage = NULL;
+  OK(hm_device_alloc_host(dev, &stage, 4096, "staging"));
+  memset(stage, 1, 4096);
   size_t total, freeb;
   OK(hm_device_mem_info(dev, &total, &freeb));
   assert_true(total > 0 && freeb <= total);
