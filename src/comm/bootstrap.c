@@ -9,10 +9,12 @@
  * which is then unlinked. Not here: the data path (engine.c, coll.c, comm.c). */
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -213,6 +215,7 @@ static void comm_free(hm_comm_t c) {
 static hm_status prepare_local(hm_comm_t c, rank_info *me, char *shm_name, size_t shm_cap) {
   int port;
   HM_TRY(hm_net_listen(c->listen_addr, 0, &c->listen_fd, &port));
+  hm_log(HM_LOG_DEBUG, "bootstrap: accepting peers on %s:%d", c->listen_addr, port);
   memset(me, 0, sizeof *me);
   me->magic = RANK_INFO_MAGIC;
   me->size = sizeof *me;
@@ -244,12 +247,22 @@ static hm_status prepare_local(hm_comm_t c, rank_info *me, char *shm_name, size_
   return HM_OK;
 }
 
-typedef struct accept_ctx {
-  hm_comm_t c;
-} accept_ctx;
-static const unsigned char *comm_secret(const unsigned char *tag, void *arg) {
-  hm_comm_t c = ((accept_ctx *)arg)->c;
-  return memcmp(tag, c->tag, HM_WIRE_TAG_BYTES) == 0 ? c->secret : NULL;
+/* Takes an authenticated connection from a higher rank into its peer slot (control, or data
+ * for a TCP pair). Only a connection that proved the job secret gets here, so what is wrong with
+ * it is the claimed rank's doing. */
+static int take_peer_conn(void *arg, const hm_wire_hello *hello, int fd, const char *who) {
+  hm_comm_t c = arg;
+  int r = hello->rank, me = c->rank;
+  hm_peer *p = (r > me && r < c->nranks) ? &c->peers[r] : NULL;
+  int *slot = !p ? NULL : hello->purpose == HM_CONN_CTRL ? &p->ctrl_fd
+                        : (hello->purpose == HM_CONN_DATA && !p->is_shm) ? &p->data_fd : NULL;
+  if (!slot || *slot >= 0) {
+    hm_log(HM_LOG_WARN, "rank %d: refused connection from %s (authenticated as rank %d): unexpected rank / purpose %u",
+           me, who, r, (unsigned)hello->purpose);
+    return 0;
+  }
+  *slot = fd;
+  return 1;
 }
 
 /* Mesh, shared memory and the READY exchange, once everyone's rank_info is known. */
@@ -313,33 +326,8 @@ static hm_status connect_mesh(hm_comm_t c, const rank_info *info, uint64_t deadl
   }
   int expected = 0;
   for (int r = me + 1; r < n; r++) expected += c->peers[r].is_shm ? 1 : 2;
-  accept_ctx ax = {c};
-  while (expected > 0) {
-    int fd;
-    char who[64];
-    hm_status st = hm_net_accept(c->listen_fd, deadline, &fd, who, sizeof who);
-    if (st != HM_OK) return hm_error_context(st, "waiting for %d connection(s) from higher ranks: ", expected);
-    hm_wire_hello hello;
-    uint64_t hs_deadline = hm_deadline_after_ms(2000);
-    if (hs_deadline > deadline) hs_deadline = deadline;
-    st = hm_auth_accept(fd, comm_secret, &ax, hs_deadline, &hello);
-    if (st != HM_OK) {
-      close(fd); /* refused and logged; keep waiting for the real peers */
-      continue;
-    }
-    int r = hello.rank;
-    hm_peer *p = (r > me && r < n) ? &c->peers[r] : NULL;
-    int *slot = !p ? NULL : hello.purpose == HM_CONN_CTRL ? &p->ctrl_fd
-                          : (hello.purpose == HM_CONN_DATA && !p->is_shm) ? &p->data_fd : NULL;
-    if (!slot || *slot >= 0) {
-      hm_log(HM_LOG_WARN, "rank %d: refused connection from %s: unexpected rank %d / purpose %u", me, who, r,
-             (unsigned)hello.purpose);
-      close(fd);
-      continue;
-    }
-    *slot = fd;
-    expected--;
-  }
+  hm_status ast = hm_mesh_accept(c->listen_fd, c->tag, c->secret, me, expected, take_peer_conn, c, deadline);
+  if (ast != HM_OK) return ast;
   for (int r = 0; r < n; r++) {
     hm_peer *p = &c->peers[r];
     if (r == me) continue;
@@ -541,6 +529,30 @@ hm_status hm_launch_env_read(hm_launch_env *e) {
   return HM_OK;
 }
 
+/* Reads the secret file as ssh reads a private key: a regular file of this user that nobody
+ * else may read or write. Checked on the open descriptor (no window between check and read). */
+static hm_status read_secret_file(const char *path, char *buf, size_t cap, size_t *len) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) return hm_error(HM_ERR_AUTH, "HETMIX_SECRET_FILE %s: %s", path, strerror(errno));
+  struct stat sb;
+  hm_status st = HM_OK;
+  if (fstat(fd, &sb) != 0)
+    st = hm_error(HM_ERR_AUTH, "HETMIX_SECRET_FILE %s: %s", path, strerror(errno));
+  else if (!S_ISREG(sb.st_mode))
+    st = hm_error(HM_ERR_AUTH, "HETMIX_SECRET_FILE %s is not a regular file", path);
+  else if (sb.st_uid != geteuid())
+    st = hm_error(HM_ERR_AUTH, "HETMIX_SECRET_FILE %s is owned by uid %u, not by this user (uid %u): use a "
+                  "secret file of your own (chmod 600)", path, (unsigned)sb.st_uid, (unsigned)geteuid());
+  else if (sb.st_mode & 077)
+    st = hm_error(HM_ERR_AUTH, "HETMIX_SECRET_FILE %s has mode %03o: other users may read or change the job "
+                  "secret; run chmod 600 %s", path, (unsigned)(sb.st_mode & 0777), path);
+  ssize_t got = st == HM_OK ? read(fd, buf, cap) : 0;
+  if (got < 0) st = hm_error(HM_ERR_AUTH, "HETMIX_SECRET_FILE %s: %s", path, strerror(errno));
+  close(fd);
+  *len = got > 0 ? (size_t)got : 0;
+  return st;
+}
+
 static hm_status read_secret(unsigned char secret[HM_SECRET_BYTES]) {
   const char *s = getenv("HETMIX_SECRET");
   char buf[4096];
@@ -554,10 +566,7 @@ static hm_status read_secret(unsigned char secret[HM_SECRET_BYTES]) {
     if (!path || !*path)
       return hm_error(HM_ERR_AUTH, "no job secret: set HETMIX_SECRET (any string shared by the job's ranks) "
                                    "or HETMIX_SECRET_FILE (a file only the job can read)");
-    FILE *f = fopen(path, "rb");
-    if (!f) return hm_error(HM_ERR_AUTH, "HETMIX_SECRET_FILE %s: %s", path, strerror(errno));
-    len = fread(buf, 1, sizeof buf, f);
-    fclose(f);
+    HM_TRY(read_secret_file(path, buf, sizeof buf, &len));
     while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r')) len--;
     if (len == 0) return hm_error(HM_ERR_AUTH, "HETMIX_SECRET_FILE %s is empty", path);
   }
