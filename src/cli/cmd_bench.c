@@ -25,6 +25,7 @@
 #include "cli.h"
 #include "hetmix/comm.h"
 #include "hetmix/cost.h"
+#include "util/half.h"
 
 /* ---- options ---- */
 enum { BENCH_SENDRECV = HM_COLL_KIND_COUNT };
@@ -116,37 +117,6 @@ static void usage(FILE *f) {
 }
 
 /* ---- exactly representable values ---- */
-static uint16_t f32_to_bf16(float f) {
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return (uint16_t)(u >> 16);
-}
-static float bf16_to_f32(uint16_t h) {
-  uint32_t u = (uint32_t)h << 16;
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
-/* Exact for the small integers and dyadic fractions the check uses (|v| < 65504). */
-static uint16_t f32_to_f16(float f) {
-  if (f == 0) return signbit(f) ? 0x8000u : 0;
-  uint16_t sign = f < 0 ? 0x8000u : 0;
-  float a = fabsf(f);
-  int e;
-  float m = frexpf(a, &e); /* a = m * 2^e, m in [0.5, 1) */
-  int exp = e - 1 + 15;
-  if (exp <= 0) return (uint16_t)(sign | (uint16_t)lrintf(a * 16777216.0f));
-  uint32_t man = (uint32_t)lrintf((m * 2 - 1) * 1024.0f);
-  if (man == 1024) man = 0, exp++;
-  return (uint16_t)(sign | (uint16_t)(exp << 10) | (uint16_t)man);
-}
-static float f16_to_f32(uint16_t h) {
-  int exp = (h >> 10) & 0x1f, man = h & 0x3ff;
-  float v = exp == 0 ? ldexpf((float)man, -24) : ldexpf((float)(man + 1024), exp - 25);
-  return (h & 0x8000u) ? -v : v;
-}
-
 static double get_val(const void *b, hm_dtype dt, size_t i) {
   switch (dt) {
     case HM_INT8: return ((const int8_t *)b)[i];
@@ -155,8 +125,8 @@ static double get_val(const void *b, hm_dtype dt, size_t i) {
     case HM_UINT32: return ((const uint32_t *)b)[i];
     case HM_INT64: return (double)((const int64_t *)b)[i];
     case HM_UINT64: return (double)((const uint64_t *)b)[i];
-    case HM_FLOAT16: return f16_to_f32(((const uint16_t *)b)[i]);
-    case HM_BFLOAT16: return bf16_to_f32(((const uint16_t *)b)[i]);
+    case HM_FLOAT16: return hm_f16_to_f32(((const uint16_t *)b)[i]);
+    case HM_BFLOAT16: return hm_bf16_to_f32(((const uint16_t *)b)[i]);
     case HM_FLOAT32: return ((const float *)b)[i];
     default: return ((const double *)b)[i];
   }
@@ -169,8 +139,8 @@ static void set_val(void *b, hm_dtype dt, size_t i, double v) {
     case HM_UINT32: ((uint32_t *)b)[i] = (uint32_t)v; break;
     case HM_INT64: ((int64_t *)b)[i] = (int64_t)v; break;
     case HM_UINT64: ((uint64_t *)b)[i] = (uint64_t)v; break;
-    case HM_FLOAT16: ((uint16_t *)b)[i] = f32_to_f16((float)v); break;
-    case HM_BFLOAT16: ((uint16_t *)b)[i] = f32_to_bf16((float)v); break;
+    case HM_FLOAT16: ((uint16_t *)b)[i] = hm_f32_to_f16((float)v); break;
+    case HM_BFLOAT16: ((uint16_t *)b)[i] = hm_f32_to_bf16((float)v); break;
     case HM_FLOAT32: ((float *)b)[i] = (float)v; break;
     default: ((double *)b)[i] = v; break;
   }
