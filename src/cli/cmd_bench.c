@@ -453,6 +453,45 @@ static int bind_cpu(int r) {
   return hm_cli_fail(NULL, "bench: --bind: no CPU for rank %d", r);
 }
 
+/* The rank whose process is pid (-1: none of ours). */
+static int rank_of(const pid_t *pids, int n, pid_t pid) {
+  for (int r = 0; r < n; r++)
+    if (pids[r] == pid) return r;
+  return -1;
+}
+
+/* Says how a rank ended when it did not exit with 0; returns 1 then. */
+static int report_rank_end(int rank, int status) {
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return 0;
+  if (WIFSIGNALED(status))
+    hm_cli_fail("a rank killed by a signal prints nothing itself; look for an OOM kill (dmesg) or a crash",
+                "bench: rank %d was killed by signal %d (%s)", rank, WTERMSIG(status), strsignal(WTERMSIG(status)));
+  else
+    hm_cli_fail("rerun with HETMIX_LOG=info for details",
+                "bench: rank %d exited with status %d", rank, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+  return 1;
+}
+
+/* After a rank failed: reaps the ranks that end on their own within grace_s (they see the dead
+ * peer in milliseconds) and reports each failure, then kills the rest (they cannot finish). */
+static void reap_after_failure(const pid_t *pids, int started, int *left, double grace_s) {
+  double end = now_s() + grace_s;
+  while (*left > 0 && now_s() < end) {
+    int status;
+    pid_t w = waitpid(-1, &status, WNOHANG);
+    if (w > 0) {
+      (*left)--;
+      report_rank_end(rank_of(pids, started, w), status);
+    } else if (w < 0 && errno != EINTR) {
+      return;
+    } else {
+      struct timespec ts = {0, 5 * 1000000L};
+      nanosleep(&ts, NULL);
+    }
+  }
+  for (int k = 0; k < started; k++) kill(pids[k], SIGKILL);
+}
+
 static int run_forked(const bench_opts *o, const hm_comm_config *cfg) {
   hm_unique_id id;
   hm_status st = hm_get_unique_id(&id);
@@ -466,6 +505,9 @@ static int run_forked(const bench_opts *o, const hm_comm_config *cfg) {
     if (pid < 0) break;
     if (pid == 0) {
       prctl(PR_SET_PDEATHSIG, SIGKILL);
+      char title[32]; /* ps and pgrep show which rank a process is (the kernel keeps 15 chars) */
+      snprintf(title, sizeof title, "hetmix-rank%d", r);
+      prctl(PR_SET_NAME, title);
       if (getppid() != parent) _exit(1);
       /* Start only once all ranks exist: while ranks bootstrap, this process's store thread
        * is busy, and forking then could hand a child a held allocator lock. */
@@ -497,17 +539,15 @@ static int run_forked(const bench_opts *o, const hm_comm_config *cfg) {
   close(gate[1]);
   int rc = started == o->ranks ? 0 : hm_cli_fail("lower --ranks", "could only start %d of %d ranks", started, o->ranks);
   double deadline = now_s() + o->timeout_s;
-  int left = started;
+  int left = started, failed = 0;
   while (left > 0) {
     int status;
     pid_t w = waitpid(-1, &status, WNOHANG);
     if (w > 0) {
       left--;
-      int bad = !WIFEXITED(status) || WEXITSTATUS(status) != 0;
-      if (bad && !rc) {
-        rc = 1;
-        if (WIFSIGNALED(status)) hm_cli_fail(NULL, "bench: a rank died with signal %d", WTERMSIG(status));
-        for (int k = 0; k < started; k++) kill(pids[k], SIGKILL); /* the others cannot finish */
+      if (!failed && report_rank_end(rank_of(pids, started, w), status)) {
+        failed = rc = 1; /* the ranks still running are killed: their ends are not news */
+        reap_after_failure(pids, started, &left, 2.0);
       }
       continue;
     }

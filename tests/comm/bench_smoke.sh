@@ -36,6 +36,32 @@ done
 check "allreduce tcp ring" "$hetmix" bench comm allreduce --ranks 2 -b 8 -e 1M -f 16 -n 2 -w 1 -c 1 -t tcp --algo ring
 check "allreduce rd" "$hetmix" bench comm allreduce --ranks 4 -b 8 -e 1M -f 16 -n 2 -w 1 -c 1 --algo rd
 check "allreduce bound ranks" "$hetmix" bench comm allreduce --ranks 3 --bind -b 8 -e 1M -f 16 -n 2 -w 1 -c 1
+# A rank that dies is named with how it ended (rank 0 too, whose output is the table's).
+for victim in "0 KILL 9" "1 TERM 15"; do
+  read -r rank sig signo <<<"$victim"
+  log=$(mktemp)
+  timeout 60 "$hetmix" bench comm allreduce --ranks 2 -b 1M -e 1M -n 1000000 -w 0 -c 0 >"$log" 2>&1 &
+  bench=$!
+  pid=""
+  for _ in $(seq 200); do # the ranks exist and run (0.05 s steps, 10 s at most)
+    pid=$(pgrep -P "$(pgrep -P $bench -x hetmix || echo $bench)" -x "hetmix-rank$rank" || true)
+    [ -n "$pid" ] && grep -q "^# *size" "$log" && break
+    sleep 0.05
+  done
+  if [ -z "$pid" ]; then
+    echo "FAIL: rank $rank of the bench never appeared"; cat "$log"; fail=1
+    kill "$bench" 2>/dev/null || true
+  else
+    kill -"$sig" "$pid"
+  fi
+  wait $bench || true
+  if grep -q "rank $rank was killed by signal $signo" "$log"; then
+    echo "ok   rank $rank killed by SIG$sig is named"
+  else
+    echo "FAIL: the death of rank $rank (SIG$sig) was not reported:"; cat "$log"; fail=1
+  fi
+  rm -f "$log"
+done
 # Bad input is refused with a hint, never run.
 for bad in "bench comm allreduce -b 1X" "bench comm nosuchop" "bench comm allreduce -d f33" \
            "bench comm allreduce --ranks 0" "bench comm allreduce -t carrier" "bench comm allreduce -b 64 -e 8"; do
