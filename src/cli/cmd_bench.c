@@ -25,6 +25,7 @@
 #include "cli.h"
 #include "hetmix/comm.h"
 #include "hetmix/cost.h"
+#include "util/bench_values.h"
 #include "util/half.h"
 
 /* ---- options ---- */
@@ -146,21 +147,10 @@ static void set_val(void *b, hm_dtype dt, size_t i, double v) {
   }
 }
 
-/* Largest per-rank input such that nranks of them still sum exactly in dt. */
-static int value_limit(hm_dtype dt, int n) {
-  int lim = dt == HM_INT8 ? 127 : dt == HM_UINT8 ? 255 : dt == HM_BFLOAT16 ? 256
-          : dt == HM_FLOAT16 ? 2048 : 1 << 20;
-  int m = lim / n;
-  return m < 1 ? 1 : m > 15 ? 15 : m;
-}
-static double red_input(hm_redop op, int r, size_t i, int lim) {
-  if (op == HM_PROD) return ((i + (size_t)r) % 8) == 0 ? 2 : 1;  /* few 2s: no overflow */
-  return (double)((i * 5 + (size_t)r * 3) % (size_t)(lim + 1));
-}
 static double red_expect(hm_redop op, hm_dtype dt, int n, size_t i, int lim, double *tol) {
   double s = 0, p = 1, mn = 1e300, mx = -1e300;
   for (int r = 0; r < n; r++) {
-    double v = red_input(op, r, i, lim);
+    double v = hm_bench_red_input(op, r, i, lim);
     s += v, p *= v;
     mn = v < mn ? v : mn;
     mx = v > mx ? v : mx;
@@ -177,7 +167,6 @@ static double red_expect(hm_redop op, hm_dtype dt, int n, size_t i, int lim, dou
       return s / n;
   }
 }
-static double mov_input(int r, int p, size_t i) { return (double)((r * 131 + p * 17 + (int)(i % 97) * 7) % 97); }
 
 /* ---- one size ---- */
 typedef struct bench_case {
@@ -223,38 +212,44 @@ static hm_status run_once(hm_comm_t comm, const bench_case *c, char *sbuf, char 
   }
 }
 
-/* Fills inputs, runs once, counts wrong elements on this rank. */
-static hm_status check_once(hm_comm_t comm, const bench_case *c, char *sbuf, char *rbuf, int inplace,
-                            int64_t *wrong) {
+/* Fills this rank's inputs (the same whether or not -c checks them). */
+static void fill_inputs(const bench_case *c, char *sbuf, int inplace) {
   size_t es = hm_dtype_size(c->dt);
-  int n = c->n, r = c->r, lim = value_limit(c->dt, n);
-  int red = c->kind == HM_COLL_ALLREDUCE || c->kind == HM_COLL_REDUCE || c->kind == HM_COLL_REDUCE_SCATTER;
-  /* inputs */
+  int n = c->n, r = c->r, lim = hm_bench_value_limit(c->dt, n);
   switch (c->kind) {
     case HM_COLL_ALLREDUCE:
     case HM_COLL_REDUCE:
     case HM_COLL_REDUCE_SCATTER:
-      for (size_t g = 0; g < c->send_elems; g++) set_val(sbuf, c->dt, g, red_input(c->op, r, g, lim));
+      for (size_t g = 0; g < c->send_elems; g++) set_val(sbuf, c->dt, g, hm_bench_red_input(c->op, r, g, lim));
       break;
     case HM_COLL_BROADCAST:
-      for (size_t i = 0; i < c->count; i++) set_val(sbuf, c->dt, i, r == c->root ? mov_input(c->root, 0, i) : 0);
+      for (size_t i = 0; i < c->count; i++) set_val(sbuf, c->dt, i, r == c->root ? hm_bench_mov_input(c->root, 0, i) : 0);
       break;
     case HM_COLL_ALLGATHER:
     case HM_COLL_GATHER: {
       char *s = sbuf;
       if (inplace && (c->kind == HM_COLL_ALLGATHER || r == c->root))
         s = sbuf + (size_t)(c->kind == HM_COLL_ALLGATHER ? r : c->root) * c->count * es;
-      for (size_t i = 0; i < c->count; i++) set_val(s, c->dt, i, mov_input(r, 0, i));
+      for (size_t i = 0; i < c->count; i++) set_val(s, c->dt, i, hm_bench_mov_input(r, 0, i));
       break;
     }
     default: /* alltoall, scatter, sendrecv: a block per destination */
       for (int p = 0; p < n; p++)
         for (size_t i = 0; i < c->count; i++)
-          set_val(sbuf, c->dt, (size_t)p * c->count + i, mov_input(r, p, i));
+          set_val(sbuf, c->dt, (size_t)p * c->count + i, hm_bench_mov_input(r, p, i));
       if (c->kind == BENCH_SENDRECV)
-        for (size_t i = 0; i < c->count; i++) set_val(sbuf, c->dt, i, mov_input(r, (r + 1) % n, i));
+        for (size_t i = 0; i < c->count; i++) set_val(sbuf, c->dt, i, hm_bench_mov_input(r, (r + 1) % n, i));
       break;
   }
+}
+
+/* Fills inputs, runs once, counts wrong elements on this rank. */
+static hm_status check_once(hm_comm_t comm, const bench_case *c, char *sbuf, char *rbuf, int inplace,
+                            int64_t *wrong) {
+  size_t es = hm_dtype_size(c->dt);
+  int n = c->n, r = c->r, lim = hm_bench_value_limit(c->dt, n);
+  int red = c->kind == HM_COLL_ALLREDUCE || c->kind == HM_COLL_REDUCE || c->kind == HM_COLL_REDUCE_SCATTER;
+  fill_inputs(c, sbuf, inplace);
   memset(rbuf, 0, c->recv_elems * es);
   hm_status st = run_once(comm, c, sbuf, rbuf, inplace);
   if (st != HM_OK) return st;
@@ -278,18 +273,18 @@ static hm_status check_once(hm_comm_t comm, const bench_case *c, char *sbuf, cha
       double want;
       size_t blk = c->count ? i / c->count : 0, j = c->count ? i % c->count : 0;
       switch (c->kind) {
-        case HM_COLL_BROADCAST: want = mov_input(c->root, 0, i); break;
-        case HM_COLL_ALLGATHER: want = mov_input((int)blk, 0, j); break;
+        case HM_COLL_BROADCAST: want = hm_bench_mov_input(c->root, 0, i); break;
+        case HM_COLL_ALLGATHER: want = hm_bench_mov_input((int)blk, 0, j); break;
         case HM_COLL_GATHER:
           if (r != c->root) return HM_OK;
-          want = mov_input((int)blk, 0, j);
+          want = hm_bench_mov_input((int)blk, 0, j);
           break;
-        case HM_COLL_ALLTOALL: want = mov_input((int)blk, r, j); break;
+        case HM_COLL_ALLTOALL: want = hm_bench_mov_input((int)blk, r, j); break;
         case HM_COLL_SCATTER:
           if (inplace && r == c->root) out = sbuf + (size_t)r * c->count * es;
-          want = mov_input(c->root, r, i);
+          want = hm_bench_mov_input(c->root, r, i);
           break;
-        default: want = mov_input((r + n - 1) % n, r, i); break;
+        default: want = hm_bench_mov_input((r + n - 1) % n, r, i); break;
       }
       if (get_val(out, c->dt, i) != want) bad++;
     }
@@ -376,6 +371,7 @@ static int bench_rank(hm_comm_t comm, const bench_opts *o) {
         int64_t wrong[2] = {0, 0};
         for (int ip = 0; ip < 2 && !failed; ip++) {
           hm_status st = HM_OK;
+          fill_inputs(&c, sbuf, ip); /* real values also with -c 0 (as the Open MPI peer's) */
           for (int w = 0; w < o->warmup && st == HM_OK; w++) st = run_once(comm, &c, sbuf, rbuf, ip);
           if (st == HM_OK) st = hm_comm_barrier(comm);
           double t0 = now_s();
