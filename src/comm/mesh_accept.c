@@ -1,8 +1,8 @@
 /* The mesh acceptor of a bootstrapping rank: accepts the connections of the higher ranks and
  * authenticates them all at once in one poll loop. Its port is reachable by any local user, so
  * an idle, slow or lying connection must cost the real peers nothing: every pending handshake
- * has its own deadline, at most MESH_MAX_PENDING are kept (a newcomer evicts the oldest), and
- * a connection that has not proven the job secret is logged as "unauthenticated connection from
+ * has its own deadline, at most MESH_MAX_PENDING are kept (a newcomer evicts the oldest one
+ * that has sent nothing yet), and a connection that has not proven the job secret is logged as "unauthenticated connection from
  * ADDR" and never blamed on the rank it claims to be. Not here: what a rank does with an
  * authenticated connection (bootstrap.c). */
 #include <errno.h>
@@ -58,10 +58,16 @@ static void drop(mesh_acceptor *a, int i, const char *why) {
   forget(a, i, 0);
 }
 
-static int oldest(const mesh_acceptor *a) {
-  int o = 0;
-  for (int i = 1; i < a->n; i++)
-    if (a->p[i].since_ns < a->p[o].since_ns) o = i;
+/* The handshake to evict: the oldest of those that sent nothing yet (a real peer sends its
+ * hello at once, so a flood of silent connections cannot push it out), else the oldest. */
+static int victim(const mesh_acceptor *a) {
+  int o = -1;
+  for (int silent = 1; silent >= 0 && o < 0; silent--)
+    for (int i = 0; i < a->n; i++) {
+      const mesh_pending *p = &a->p[i];
+      if (silent && (p->auth.state != HM_AUTH_HELLO || p->rx.off > 0)) continue;
+      if (o < 0 || p->since_ns < a->p[o].since_ns) o = i;
+    }
   return o;
 }
 
@@ -70,7 +76,7 @@ static void accept_new(mesh_acceptor *a, int lfd, uint64_t deadline_ns) {
   for (int k = 0; k < MESH_MAX_PENDING; k++) {
     int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (fd < 0) return; /* EAGAIN, or an error the next poll reports again */
-    if (a->n == MESH_MAX_PENDING) drop(a, oldest(a), "evicted (too many handshakes pending)");
+    if (a->n == MESH_MAX_PENDING) drop(a, victim(a), "evicted (too many handshakes pending)");
     mesh_pending *p = &a->p[a->n++];
     memset(p, 0, sizeof *p);
     p->fd = fd;

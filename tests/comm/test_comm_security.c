@@ -37,7 +37,7 @@ static void sleep_ms(int ms) {
 }
 
 /* ---- mesh acceptor under attack ---- */
-#define FLOOD_IDLE 20
+#define FLOOD_MAX_IDLE 160
 typedef struct flood_shared {
   volatile int mesh_port;     /* rank 0's mesh port, from its debug log */
   volatile int attack_ready;  /* the attacker's connections are open */
@@ -82,15 +82,15 @@ static void send_claiming_hello(int fd) {
   (void)hm_net_send_frame(fd, HM_WIRE_HELLO, 0, 0, 0, b, sizeof b, hm_deadline_after_ms(1000));
 }
 
-static int attacker(hm_rank_ctx *ctx, flood_shared *sh) {
+static int attacker(hm_rank_ctx *ctx, flood_shared *sh, int idle) {
   double end = hm_now_s() + 10;
   while (!sh->mesh_port && hm_now_s() < end) sleep_ms(5);
   if (!sh->mesh_port) {
     sh->attack_ready = 1;
     return hm_rank_fail(ctx, "rank 0 never logged its mesh port");
   }
-  int fds[FLOOD_IDLE + 4], nf = 0;
-  for (int i = 0; i < FLOOD_IDLE; i++) fds[nf++] = connect_port(sh->mesh_port); /* idle */
+  int fds[FLOOD_MAX_IDLE + 4], nf = 0;
+  for (int i = 0; i < idle; i++) fds[nf++] = connect_port(sh->mesh_port); /* idle */
   int junk = connect_port(sh->mesh_port); /* garbage bytes */
   char g[300];
   for (size_t i = 0; i < sizeof g; i++) g[i] = (char)(i * 37 + 11);
@@ -139,7 +139,7 @@ static int check_flood_log(hm_rank_ctx *ctx, const char *log) {
 
 static int rank_flood(hm_rank_ctx *ctx) {
   flood_shared *sh = (flood_shared *)(void *)ctx->shared;
-  if (ctx->rank == 2) return attacker(ctx, sh);
+  if (ctx->rank == 2) return attacker(ctx, sh, *(const int *)ctx->arg);
   hm_comm_config cfg = HM_COMM_CONFIG_INIT;
   cfg.timeout_ms = 10000; /* before the fix the bootstrap needed 2 s per idle connection */
   if (ctx->rank == 0) hm_comm_set_log_hook(flood_log, sh);
@@ -165,17 +165,30 @@ static int rank_flood(hm_rank_ctx *ctx) {
   return 0;
 }
 
-static void test_mesh_flood_does_not_starve_peers(void **state) {
-  (void)state;
+/* idle silent connections, then 4 lying ones, then the real rank 1 */
+static void run_flood(int idle) {
   assert_int_equal(hm_get_unique_id(&g_flood_id), HM_OK);
   hm_ranks_opts o = {.nranks = 3, .timeout_s = 40, .init = HM_RANKS_INIT_NONE};
   hm_rank_result res[HM_RANKS_MAX];
   char diag[8192];
-  int failed = hm_ranks_run(&o, rank_flood, NULL, res, diag, sizeof diag);
+  int failed = hm_ranks_run(&o, rank_flood, &idle, res, diag, sizeof diag);
   if (failed < 0) fail_msg("harness: %s", hm_last_error());
-  printf("# rank 1 bootstrapped in %.3f s; rank 0 logged:\n%s", res[1].value, res[0].msg);
+  printf("# %d idle connections: rank 1 bootstrapped in %.3f s; rank 0 logged (first lines):\n%.600s\n", idle,
+         res[1].value, res[0].msg);
   if (failed) printf("%s", diag);
   assert_int_equal(failed, 0);
+}
+
+static void test_mesh_flood_does_not_starve_peers(void **state) {
+  (void)state;
+  run_flood(20);
+}
+
+/* More connections than the acceptor keeps pending (64): the silent ones are evicted first, the
+ * liars are still refused, and the real peer gets through. */
+static void test_mesh_flood_beyond_pending_cap(void **state) {
+  (void)state;
+  run_flood(FLOOD_MAX_IDLE);
 }
 
 /* ---- the store's limits ---- */
@@ -335,6 +348,7 @@ int main(int argc, char **argv) {
   if (argc > 1) cmocka_set_test_filter(argv[1]);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_mesh_flood_does_not_starve_peers),
+      cmocka_unit_test(test_mesh_flood_beyond_pending_cap),
       cmocka_unit_test(test_store_full_does_not_spin),
       cmocka_unit_test(test_store_quota),
       cmocka_unit_test(test_secret_file_permissions),
