@@ -18,6 +18,7 @@
 #include "cli.h"
 #include "hetmix/model.h"
 #include "hetmix/runtime.h"
+#include "util/files.h"
 #include "util/util.h"
 
 /* This machine as two unlike devices. slow=2 is an emulation (sleeps after each kernel), so the
@@ -76,10 +77,7 @@ static hm_status run_self(const char *self, char *const *args, const char *what)
 }
 
 static hm_status write_text(const char *path, const char *text) {
-  FILE *f = fopen(path, "w");
-  if (!f) return hm_error(HM_ERR_IO, "cannot write %s: %s", path, strerror(errno));
-  fputs(text, f);
-  return fclose(f) == 0 ? HM_OK : hm_error(HM_ERR_IO, "cannot write %s", path);
+  return hm_atomic_write_file(path, text, strlen(text));
 }
 
 static cJSON *read_json(const char *path) {
@@ -203,7 +201,8 @@ int hm_cmd_train_cluster(int argc, char **argv) {
   hm_model_config cfg;
   hm_status st = hm_model_config_lookup(model_name, &cfg);
   if (st != HM_OK) return hm_cli_fail_status(st, "--model", NULL);
-  if (mkdir(out, 0755) != 0 && errno != EEXIST) return hm_cli_fail(NULL, "cannot create %s: %s", out, strerror(errno));
+  if ((st = hm_make_dirs(out, 0755, HM_DIR_OUTPUT)) != HM_OK || (st = hm_clean_tmp_files(out, NULL)) != HM_OK)
+    return hm_cli_fail_status(st, "--out", "pick a folder of your own for --out");
 
   char self[PATH_MAX];
   ssize_t sn = readlink("/proc/self/exe", self, sizeof self - 1);

@@ -13,15 +13,14 @@
 #include "hetmix/pipeline.h"
 
 #include <cjson/cJSON.h>
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "hetmix/device.h"
 #include "runtime/pipeline_internal.h"
+#include "util/files.h"
 #include "util/util.h"
 
 /* ---------------------------------------------------------------- layout checks */
@@ -490,6 +489,11 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
     w->losses = hm_calloc((size_t)m_cap, sizeof(float), "micro-batch losses");
     if (!w->inputs || !w->targets || !w->losses) return HM_ERR_NOMEM;
   }
+  /* leftovers of killed writes go before anyone writes there (the allreduce below orders it) */
+  if (o->dump_dir && w->replica == 0) {
+    HM_TRY(hm_make_dirs(o->dump_dir, 0755, HM_DIR_OUTPUT));
+    HM_TRY(hm_clean_tmp_files(o->dump_dir, NULL));
+  }
   /* the wire type: f64 as soon as one worker computes in f64 */
   int64_t esize = (int64_t)w->dev->dtype_size, esize_max = 0;
   HM_TRY(hm_comm_allreduce(w->world, &esize, &esize_max, 1, HM_INT64, HM_MAX));
@@ -599,39 +603,23 @@ static void hm_pipe_free(hm_pipe *w) {
   if (w->dp) hm_comm_destroy(w->dp);
 }
 
-/* mkdir -p */
-static hm_status hm_mkdirs(const char *dir) {
-  char p[4096];
-  if (hm_strcpy(p, sizeof p, dir) != 0) return hm_error(HM_ERR_INVALID_ARG, "path too long: %s", dir);
-  for (char *c = p + 1;; c++) {
-    if (*c != '/' && *c != '\0') continue;
-    char save = *c;
-    *c = '\0';
-    if (mkdir(p, 0755) != 0 && errno != EEXIST) return hm_error(HM_ERR_IO, "cannot create %s: %s", p, strerror(errno));
-    *c = save;
-    if (save == '\0') break;
-  }
-  return HM_OK;
-}
-
 static hm_status hm_pipe_open_metrics(hm_pipe *w) {
   const hm_train_options *t = w->t;
   char path[4200];
   const char *mp = w->o->metrics_path;
   if (!mp && t->out_dir) {
-    HM_TRY(hm_mkdirs(t->out_dir));
+    HM_TRY(hm_make_dirs(t->out_dir, 0755, HM_DIR_OUTPUT));
+    HM_TRY(hm_clean_tmp_files(t->out_dir, NULL));
     snprintf(path, sizeof path, "%s/metrics.jsonl", t->out_dir);
     mp = path;
   }
   if (!mp) return HM_OK;
-  w->metrics = fopen(mp, w->t->resume ? "a" : "w");
-  if (!w->metrics) return hm_error(HM_ERR_IO, "cannot open %s: %s", mp, strerror(errno));
-  return HM_OK;
+  return hm_file_open_write(mp, 0644, w->t->resume != NULL, &w->metrics);
 }
 
 static hm_status hm_pipe_dump(hm_pipe *w, int steps) {
   const hm_train_options *t = w->t;
-  HM_TRY(hm_mkdirs(w->o->dump_dir));
+  HM_TRY(hm_make_dirs(w->o->dump_dir, 0755, HM_DIR_OUTPUT));
   char path[4200];
   snprintf(path, sizeof path, "%s/stage%d.hmc", w->o->dump_dir, w->stage);
   hm_ckpt_meta m;
