@@ -8,8 +8,8 @@
  * (V,C). Host devices whose dtype is the wire type are used in place; others go through host
  * staging with converting copies, so unlike devices (cpu next to ref:dtype=f64) share a job.
  *
- * Not here: choosing the layout (the planner), starting processes (launch.c), checkpoints of a
- * resumed pipeline run (a final per-stage checkpoint is written; resume is single-process). */
+ * Not here: choosing the layout (the planner), starting processes (launch.c), the run identity
+ * and the check of a resume's stage checkpoints (pipeline_resume.c). */
 #include "hetmix/pipeline.h"
 
 #include <cjson/cJSON.h>
@@ -20,6 +20,7 @@
 
 #include "hetmix/device.h"
 #include "runtime/pipeline_internal.h"
+#include "runtime/pipeline_resume.h"
 #include "util/files.h"
 #include "util/util.h"
 
@@ -88,6 +89,7 @@ typedef struct hm_pipe {
   hm_stage *st;
   int nslots;
   int start_step;            /* steps already taken (resume), 0 for a fresh run */
+  uint64_t run_id;           /* the run's identity, the same on every worker (pipeline_resume.h) */
   hm_pipe_op *ops;           /* this stage's op list (the planner's 1F1B generator) */
   int nops;
   hm_tokfile tf;
@@ -448,11 +450,13 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
   if (nslots > w->nslots) w->nslots = nslots;
   if (w->nslots < 1) w->nslots = 1;
 
+  HM_TRY(hm_pipe_run_identity(w->world, o, w->stage, w->M, &w->run_id));
   HM_TRY(hm_device_open(t->device ? t->device : "cpu", &w->dev));
   hm_stage_options so = {w->first, w->last, t->batch, T, w->nslots};
   HM_TRY(hm_stage_create(&t->config, w->dev, &so, &w->st));
   if (t->resume) {
-    /* a dump directory of an earlier run of this layout: this stage's params, moments, step */
+    /* a dump directory of an earlier run of this layout (its files checked to be one run at one
+     * step by hm_pipe_run_identity): this stage's params, moments, step */
     char path[4200];
     hm_ckpt_meta m;
     snprintf(path, sizeof path, "%s/stage%d.hmc", t->resume, w->stage);
@@ -630,6 +634,8 @@ static hm_status hm_pipe_dump(hm_pipe *w, int steps) {
   m.lr = t->lr, m.beta1 = t->beta1, m.beta2 = t->beta2, m.eps = t->eps;
   m.weight_decay = t->weight_decay, m.grad_clip = t->grad_clip;
   m.batch = t->batch, m.seq_len = w->N / t->batch;
+  m.run_id = w->run_id;
+  m.stage_index = w->stage, m.stage_count = w->p, m.micro_batches = w->M;
   return hm_stage_save(w->st, path, &m);
 }
 
