@@ -52,29 +52,25 @@ hm_status hm_make_dirs(const char *dir, unsigned mode, int flags) {
   return (flags & HM_DIR_OUTPUT) ? hm_check_output_dir(dir) : HM_OK;
 }
 
-static hm_status hm_open_error(const char *path, int err) {
-  if (err == ELOOP)
-    return hm_error(HM_ERR_IO, "%s is a symbolic link; refusing to write through it (remove it)", path);
-  if (err == EEXIST)
-    return hm_error(HM_ERR_IO, "%s appeared again while it was being replaced; refusing to write to it", path);
-  return hm_error(HM_ERR_IO, "cannot open %s for writing: %s", path, strerror(err));
-}
-
 hm_status hm_file_open_write(const char *path, unsigned mode, int append, FILE **out) {
   *out = NULL;
-  int flags = O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC;
-  if (append) {
-    flags |= O_APPEND;
-  } else {
-    if (unlink(path) != 0 && errno != ENOENT) return hm_error(HM_ERR_IO, "cannot replace %s: %s", path, strerror(errno));
-    flags |= O_EXCL;
-  }
+  /* O_NONBLOCK: a FIFO planted at the path must not block the open; cleared below */
+  const int flags = O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | (append ? O_APPEND : 0);
   int fd = open(path, flags, (mode_t)mode);
-  if (fd < 0) return hm_open_error(path, errno);
+  if (fd < 0 && errno == ELOOP)
+    return hm_error(HM_ERR_IO, "%s is a symbolic link; refusing to write through it (remove it)", path);
   struct stat sb;
-  if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_nlink != 1 || sb.st_uid != geteuid()) {
+  const int bad = fd < 0 ? errno == ENXIO /* a FIFO without a reader */
+                         : fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_nlink != 1 || sb.st_uid != geteuid();
+  if (fd < 0 && !bad) return hm_error(HM_ERR_IO, "cannot open %s for writing: %s", path, strerror(errno));
+  if (bad) {
+    if (fd >= 0) close(fd);
+    return hm_error(HM_ERR_IO, "%s is not a regular file of this user with one link; refusing to write to it", path);
+  }
+  if (fcntl(fd, F_SETFL, append ? O_APPEND : 0) != 0 || (!append && ftruncate(fd, 0) != 0)) {
+    hm_status st = hm_error(HM_ERR_IO, "cannot open %s for writing: %s", path, strerror(errno));
     close(fd);
-    return hm_error(HM_ERR_IO, "%s is not a regular file of this user with one link; refusing to append to it", path);
+    return st;
   }
   *out = fdopen(fd, append ? "a" : "w");
   if (!*out) {

@@ -19,10 +19,10 @@
  * error naming the path. */
 hm_status hm_make_dirs(const char *dir, unsigned mode, int flags);
 
-/* Opens path for writing without following a symbolic link. append = 0: a fresh file (an
- * existing entry is unlinked first, so a planted symlink or hard link is replaced, never written
- * through); append = 1: the existing file, which must be a regular file of this user with one
- * link, or a new one. mode applies to a new file (the umask too). */
+/* Opens path for writing without following a symbolic link: the file must be missing (it is
+ * created with mode, less the umask) or a regular file of this user with one link; a symlink,
+ * hard link, FIFO or another user's file there is refused (HM_ERR_IO naming it), never written
+ * through or removed. append = 0 truncates it, 1 appends. */
 hm_status hm_file_open_write(const char *path, unsigned mode, int append, FILE **out);
 
 /* A file written to "<path>.tmp.<random>" (created exclusively, mode 0600, no symlink

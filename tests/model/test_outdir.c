@@ -1,6 +1,6 @@
 /* What a training run writes under --out cannot be redirected: a symbolic link planted (by
- * another user) at metrics.jsonl, at a checkpoint's path or at the temporary name of an atomic
- * write never makes the run write to the link's target; leftovers of killed writes are removed at
+ * another user) at a checkpoint's path or at the temporary name of an atomic write never makes
+ * the run write to the link's target, and one (or a hard link) at metrics.jsonl is refused; leftovers of killed writes are removed at
  * the next start (only regular files with the temporary-name pattern); `keep` prunes the old
  * checkpoints; an output folder reached through another user's symlink, or owned by another
  * user, is refused. Local files only. */
@@ -60,17 +60,19 @@ static void fresh_out(char *out, size_t cap, const char *name) {
   write_file(victim, victim_text);
 }
 
-/* Links at metrics.jsonl, at the last checkpoint's path, at `latest` and at the temporary names
- * the old writer predicted ("<path>.tmp.<pid>"): the run replaces or ignores them. */
+/* Links at the last checkpoint's path, at `latest` and at the temporary names the old writer
+ * predicted ("<path>.tmp.<pid>"): the run's renames replace the links, the temporaries are new
+ * files with other names. */
 static void test_planted_symlinks_are_not_followed(void **state) {
   (void)state;
   char out[600], p[800];
   fresh_out(out, sizeof out, "planted");
-  const char *names[] = {"metrics.jsonl", "ckpt-00000002.hmc", "latest"};
+  const char *names[] = {"ckpt-00000002.hmc", "latest", "metrics.jsonl"};
   for (size_t i = 0; i < 3; i++) {
-    snprintf(p, sizeof p, "%s/%s", out, names[i]);
-    assert_int_equal(symlink(victim, p), 0);
     snprintf(p, sizeof p, "%s/%s.tmp.%ld", out, names[i], (long)getpid());
+    assert_int_equal(symlink(victim, p), 0);
+    if (i == 2) continue; /* metrics.jsonl itself: the next test */
+    snprintf(p, sizeof p, "%s/%s", out, names[i]);
     assert_int_equal(symlink(victim, p), 0);
   }
   hm_train_options o;
@@ -78,7 +80,7 @@ static void test_planted_symlinks_are_not_followed(void **state) {
   hm_train_result r;
   assert_int_equal(hm_train_run(&o, &r), HM_OK);
   assert_victim_intact();
-  for (size_t i = 0; i < 3; i++) { /* the links were replaced by the run's own files */
+  for (size_t i = 0; i < 3; i++) { /* the run's own regular files */
     snprintf(p, sizeof p, "%s/%s", out, names[i]);
     if (!is_regular(p)) fail_msg("%s is not the run's regular file", p);
   }
@@ -88,23 +90,34 @@ static void test_planted_symlinks_are_not_followed(void **state) {
   hm_ckpt_free(&ck);
 }
 
-/* A resume appends to metrics.jsonl: a symlink there is refused, naming it; nothing written. */
-static void test_resume_refuses_a_symlinked_metrics_file(void **state) {
+/* metrics.jsonl is written in place: a symlink or a hard link there is refused, naming it, on
+ * a fresh run and on a resume (which appends); the target is untouched. */
+static void test_linked_metrics_file_is_refused(void **state) {
   (void)state;
   char out[600], p[800];
-  fresh_out(out, sizeof out, "append");
+  fresh_out(out, sizeof out, "metrics");
+  snprintf(p, sizeof p, "%s/metrics.jsonl", out);
+  assert_int_equal(symlink(victim, p), 0);
   hm_train_options o;
   base_options(&o, out);
+  assert_int_equal(hm_train_run(&o, NULL), HM_ERR_IO);
+  if (!strstr(hm_last_error(), "metrics.jsonl is a symbolic link")) fail_msg("unexpected error: %s", hm_last_error());
+  assert_victim_intact();
+  assert_int_equal(unlink(p), 0);
+  assert_int_equal(link(victim, p), 0);
+  assert_int_equal(hm_train_run(&o, NULL), HM_ERR_IO);
+  if (!strstr(hm_last_error(), "one link")) fail_msg("unexpected error: %s", hm_last_error());
+  assert_victim_intact();
+  /* a resume appends: the same refusal */
+  assert_int_equal(unlink(p), 0);
   assert_int_equal(hm_train_run(&o, NULL), HM_OK);
-  snprintf(p, sizeof p, "%s/metrics.jsonl", out);
   assert_int_equal(unlink(p), 0);
   assert_int_equal(symlink(victim, p), 0);
   base_options(&o, out);
   o.steps = 4;
   o.resume = out;
   assert_int_equal(hm_train_run(&o, NULL), HM_ERR_IO);
-  if (!strstr(hm_last_error(), "metrics.jsonl is a symbolic link"))
-    fail_msg("unexpected error: %s", hm_last_error());
+  if (!strstr(hm_last_error(), "metrics.jsonl is a symbolic link")) fail_msg("unexpected error: %s", hm_last_error());
   assert_victim_intact();
 }
 
@@ -183,6 +196,26 @@ static void test_keep_prunes_old_checkpoints(void **state) {
   assert_int_equal(count_checkpoints(all, &newest), 5);
 }
 
+/* --out a/b/c creates the missing parents (one mkdir -p for every command); a file where a
+ * folder should be is an error naming it. */
+static void test_out_folder_parents_are_created(void **state) {
+  (void)state;
+  char out[600], p[800];
+  snprintf(out, sizeof out, "%s/nested/deeper/run", tmpdir);
+  hm_train_options o;
+  base_options(&o, out);
+  hm_train_result r;
+  if (hm_train_run(&o, &r) != HM_OK) fail_msg("%s", hm_last_error());
+  snprintf(p, sizeof p, "%s/latest", out);
+  assert_true(is_regular(p));
+  snprintf(p, sizeof p, "%s/blocker", tmpdir);
+  write_file(p, "a file, not a folder");
+  snprintf(out, sizeof out, "%s/blocker/run", tmpdir);
+  base_options(&o, out);
+  assert_int_equal(hm_train_run(&o, NULL), HM_ERR_IO);
+  if (!strstr(hm_last_error(), "blocker exists and is not a folder")) fail_msg("unexpected error: %s", hm_last_error());
+}
+
 /* An output folder behind another user's symlink, or owned by another user, is refused. Needs
  * root to make files of another user: its own CTest entry, skipped (77) otherwise. */
 static void test_foreign_output_folder_is_refused(void **state) {
@@ -219,9 +252,10 @@ int main(int argc, char **argv) {
   if (hm_tokfile_write(tokpath, tok, NTOK, HM_TOKEN_U8, 256) != HM_OK) return 1;
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_planted_symlinks_are_not_followed),
-      cmocka_unit_test(test_resume_refuses_a_symlinked_metrics_file),
+      cmocka_unit_test(test_linked_metrics_file_is_refused),
       cmocka_unit_test(test_leftover_temporaries_are_removed),
       cmocka_unit_test(test_keep_prunes_old_checkpoints),
+      cmocka_unit_test(test_out_folder_parents_are_created),
   };
   const struct CMUnitTest root_tests[] = {cmocka_unit_test(test_foreign_output_folder_is_refused)};
   int rc = foreign ? cmocka_run_group_tests(root_tests, NULL, NULL) : cmocka_run_group_tests(tests, NULL, NULL);
