@@ -345,6 +345,10 @@ hm_status hm_resolve_checkpoint(const char *arg, char *path, size_t cap);
 /* Removes all but the newest `keep` checkpoints "ckpt-<step>.hmc" (regular files only) of dir;
  * keep <= 0 removes none. *removed (may be NULL) counts them. */
 hm_status hm_ckpt_prune(const char *dir, int keep, int *removed);
+/* The same for a pipeline's periodic checkpoints "step-<step>/stage<s>.hmc" under dir: removes
+ * this stage's file from all but the newest `keep` step folders, and each such folder once empty
+ * (every stage removes its own file). *removed counts the folders handled. */
+hm_status hm_ckpt_prune_stage_dirs(const char *dir, int keep, int stage, int *removed);
 
 /* Generates n_new tokens after prompt (bytes) with the model of a checkpoint (all layers).
  * temperature 0 means greedy; top_k 0 means no cut. out receives prompt + new bytes and a NUL

@@ -621,11 +621,12 @@ static hm_status hm_pipe_open_metrics(hm_pipe *w) {
   return hm_file_open_write(mp, 0644, w->t->resume != NULL, &w->metrics);
 }
 
-static hm_status hm_pipe_dump(hm_pipe *w, int steps) {
+/* This stage's checkpoint "<dir>/stage<s>.hmc" after `steps` steps (replica 0's workers). */
+static hm_status hm_pipe_dump(hm_pipe *w, const char *dir, int steps) {
   const hm_train_options *t = w->t;
-  HM_TRY(hm_make_dirs(w->o->dump_dir, 0755, HM_DIR_OUTPUT));
+  HM_TRY(hm_make_dirs(dir, 0755, HM_DIR_OUTPUT));
   char path[4200];
-  snprintf(path, sizeof path, "%s/stage%d.hmc", w->o->dump_dir, w->stage);
+  snprintf(path, sizeof path, "%s/stage%d.hmc", dir, w->stage);
   hm_ckpt_meta m;
   memset(&m, 0, sizeof m);
   m.step = (uint64_t)steps;
@@ -637,6 +638,25 @@ static hm_status hm_pipe_dump(hm_pipe *w, int steps) {
   m.run_id = w->run_id;
   m.stage_index = w->stage, m.stage_count = w->p, m.micro_batches = w->M;
   return hm_stage_save(w->st, path, &m);
+}
+
+/* A periodic checkpoint (--ckpt-every): replica 0's workers write "<dump>/step-<steps>/"; all
+ * workers learn whether every write succeeded (so all stop together on a failure), then each
+ * writer removes its file from all but the newest `keep` step folders. */
+static hm_status hm_pipe_checkpoint(hm_pipe *w, int steps) {
+  const char *dump = w->o->dump_dir;
+  hm_status mine = HM_OK;
+  if (w->replica == 0) {
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/step-%08d", dump, steps);
+    mine = hm_pipe_dump(w, dir, steps);
+  }
+  int64_t failed = mine != HM_OK, any = 0;
+  hm_status st = hm_comm_allreduce(w->world, &failed, &any, 1, HM_INT64, HM_MAX);
+  if (mine != HM_OK) return mine;
+  HM_TRY(st);
+  if (any) return hm_error(HM_ERR_IO, "the checkpoint of step %d failed on another worker (see its error)", steps);
+  return w->replica == 0 ? hm_ckpt_prune_stage_dirs(dump, w->t->keep, w->stage, NULL) : HM_OK;
 }
 
 /* Predicted step time of a split: each replica's 1F1B takes about (m + p - 1) micro-batch
@@ -786,6 +806,9 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
       }
       if (w.t->on_progress) w.t->on_progress(&pr, w.t->user);
     }
+    const int done = step + 1; /* the last step's state is the final dump below */
+    if (o->dump_dir && w.t->ckpt_every > 0 && done % w.t->ckpt_every == 0 && done < steps)
+      st = hm_pipe_checkpoint(&w, done);
   }
   for (int r = 0; r < w.R && r < HM_PIPE_MAX_REPLICAS; r++) res->micro[r] = w.micro[r];
   if (timed_steps > 0) {
@@ -794,7 +817,7 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
     for (int s = 0; s < w.p && s < HM_PIPE_MAX_STAGES; s++) res->stage_busy_s[s] = busy_sum[s] / timed_steps;
   }
   if (st == HM_OK && o->trace_path) st = hm_pipe_write_trace(&w);
-  if (st == HM_OK && o->dump_dir && w.replica == 0) st = hm_pipe_dump(&w, res->steps_done);
+  if (st == HM_OK && o->dump_dir && w.replica == 0) st = hm_pipe_dump(&w, o->dump_dir, res->steps_done);
   st = hm_pipe_ctx(st, &w);
   if (st != HM_OK) { /* peers blocked on this worker fail fast instead of waiting out deadlines */
     if (w.pipe) hm_comm_abort(w.pipe);

@@ -95,6 +95,7 @@ int hm_is_tmp_name(const char *name) {
 hm_status hm_clean_tmp_files(const char *dir, int *removed) {
   if (removed) *removed = 0;
   int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0 && errno == ENOENT) return HM_OK; /* no folder, nothing left over */
   if (dfd < 0) return hm_error(HM_ERR_IO, "cannot open folder %s: %s", dir, strerror(errno));
   DIR *d = fdopendir(dfd);
   if (!d) {

@@ -46,7 +46,8 @@ hm_status hm_atomic_write_file(const char *path, const void *buf, size_t len);
 int hm_is_tmp_name(const char *name);
 /* Removes the temporary files a killed write left in dir: entries with hm_is_tmp_name that are
  * regular files of this user (symlinks, folders and other users' files are left alone). Run it
- * when a run starts, before anything is written there. *removed (may be NULL) counts them. */
+ * when a run starts, before anything is written there; a missing dir has none. *removed (may be
+ * NULL) counts them. */
 hm_status hm_clean_tmp_files(const char *dir, int *removed);
 
 #endif

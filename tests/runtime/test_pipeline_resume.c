@@ -1,7 +1,8 @@
 /* A pipeline resume from stage checkpoints of different steps or different runs (stage 0 from a
  * `--stop-after 5` dump, stage 1 from a `--stop-after 10` one) is refused on every worker before
  * training, naming both files and what differs, in bounded time and without a worker dying on
- * a broken pipe. Two workers, a small model, local files only. */
+ * a broken pipe. Periodic checkpoints (--ckpt-every) keep the newest --keep step folders and
+ * resume. Two workers, a small model, local files only. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,14 +17,18 @@
 static const char *hetmix_bin = HM_BINARY_DIR "/hetmix";
 static char work[128], tokpath[256];
 
-/* `hetmix launch -n 2 -- hetmix worker ...` with a 2-stage layout; extra: 4 more arguments.
- * Returns the exit status (-1: killed at the deadline); stderr into err; seconds into *took. */
-static int run_job(const char *tag, char *extra[4], char *err, size_t cap, double *took) {
+/* `hetmix launch -n 2 -- hetmix worker ...` with a 2-stage layout; extra: up to 6 more
+ * arguments, NULL-terminated. Returns the exit status (-1: killed at the deadline); stderr into
+ * err; seconds into *took. */
+static int run_job(const char *tag, char *const extra[], char *err, size_t cap, double *took) {
   char errp[300];
   snprintf(errp, sizeof errp, "%s/%s.err", work, tag);
-  char *argv[] = {(char *)hetmix_bin, "launch", "-n", "2", "--timeout", "120", "--", (char *)hetmix_bin, "worker",
-                  "--model", MODEL, "--data", tokpath, "--steps", "12", "--batch", "2", "--stages", "0,3,8",
-                  "--micro", "2", "--quiet", extra[0], extra[1], extra[2], extra[3], NULL};
+  char *argv[32] = {(char *)hetmix_bin, "launch", "-n", "2", "--timeout", "120", "--", (char *)hetmix_bin, "worker",
+                    "--model", MODEL, "--data", tokpath, "--steps", "12", "--batch", "2", "--stages", "0,3,8",
+                    "--micro", "2", "--quiet"};
+  int n = 22;
+  for (int i = 0; extra[i] && n < 31; i++) argv[n++] = extra[i];
+  argv[n] = NULL;
   const double t0 = hm_t_now();
   pid_t pid = hm_t_spawn(argv, NULL, errp);
   int st = hm_t_wait(pid, 150.0);
@@ -36,7 +41,7 @@ static int run_job(const char *tag, char *extra[4], char *err, size_t cap, doubl
 static void dump_at(const char *dir, const char *stop) {
   char err[8192];
   double took;
-  char *extra[4] = {"--dump", (char *)dir, "--stop-after", (char *)stop};
+  char *extra[] = {"--dump", (char *)dir, "--stop-after", (char *)stop, NULL};
   if (run_job("dump", extra, err, sizeof err, &took) != 0) fail_msg("the run to step %s failed:\n%s", stop, err);
 }
 
@@ -62,7 +67,7 @@ static void resume_mixed(const char *name, const char *dir0, const char *dir1, c
     copy_file(from, to);
   }
   double took;
-  char *extra[4] = {"--resume", mix, "--dump", out};
+  char *extra[] = {"--resume", mix, "--dump", out, NULL};
   int rc = run_job(name, extra, err, cap, &took);
   if (rc == -1) fail_msg("the mixed resume did not end within the deadline:\n%s", err);
   if (rc == 0) fail_msg("the mixed resume of %s was accepted:\n%s", mix, err);
@@ -92,6 +97,55 @@ static void test_shards_of_two_steps_are_refused(void **state) {
   if (!strstr(err, "differ in run")) fail_msg("the error does not say the runs differ:\n%s", err);
 }
 
+static int exists(const char *dir, const char *name) {
+  char p[400];
+  snprintf(p, sizeof p, "%s/%s", dir, name);
+  return access(p, F_OK) == 0;
+}
+
+/* The same state in two checkpoints: step, data position and every tensor bitwise. */
+static void assert_same_state(const char *a, const char *b) {
+  hm_ckpt x, y;
+  if (hm_ckpt_read(a, &x) != HM_OK || hm_ckpt_read(b, &y) != HM_OK) fail_msg("reading %s, %s: %s", a, b, hm_last_error());
+  assert_int_equal(x.meta.step, y.meta.step);
+  assert_int_equal(x.meta.data_position, y.meta.data_position);
+  assert_int_equal(x.n_tensors, y.n_tensors);
+  for (int i = 0; i < x.n_tensors; i++)
+    if (x.tensors[i].numel != y.tensors[i].numel ||
+        memcmp(x.tensors[i].data, y.tensors[i].data, x.tensors[i].numel * sizeof(float)) != 0)
+      fail_msg("tensor %s differs between %s and %s", x.tensors[i].name, a, b);
+  hm_ckpt_free(&x);
+  hm_ckpt_free(&y);
+}
+
+/* --ckpt-every 2 --keep 2 over 12 steps: step-00000008/ and step-00000010/ stay (step 12 is the
+ * final dump), the older step folders are gone; resuming from step 8 gives the final state. */
+static void test_periodic_checkpoints_keep_the_newest(void **state) {
+  (void)state;
+  char dir[200], rest[220], from[240], err[8192];
+  double took;
+  snprintf(dir, sizeof dir, "%s/periodic", work);
+  snprintf(rest, sizeof rest, "%s/periodic-rest", work);
+  snprintf(from, sizeof from, "%s/step-00000008", dir);
+  char *extra[] = {"--dump", dir, "--ckpt-every", "2", "--keep", "2", NULL};
+  if (run_job("periodic", extra, err, sizeof err, &took) != 0) fail_msg("the periodic run failed:\n%s", err);
+  const char *kept[] = {"step-00000008/stage0.hmc", "step-00000008/stage1.hmc", "step-00000010/stage1.hmc",
+                        "stage0.hmc", "stage1.hmc"};
+  for (size_t i = 0; i < 5; i++)
+    if (!exists(dir, kept[i])) fail_msg("%s/%s is missing", dir, kept[i]);
+  const char *gone[] = {"step-00000002", "step-00000004", "step-00000006", "step-00000012"};
+  for (size_t i = 0; i < 4; i++)
+    if (exists(dir, gone[i])) fail_msg("%s/%s is still there", dir, gone[i]);
+  char *resume[] = {"--resume", from, "--dump", rest, NULL};
+  if (run_job("periodic-rest", resume, err, sizeof err, &took) != 0) fail_msg("resuming from step 8 failed:\n%s", err);
+  for (int s = 0; s < 2; s++) {
+    char a[400], b[400];
+    snprintf(a, sizeof a, "%s/stage%d.hmc", dir, s);
+    snprintf(b, sizeof b, "%s/stage%d.hmc", rest, s);
+    assert_same_state(a, b);
+  }
+}
+
 static int setup(void **state) {
   (void)state;
   if (hm_t_mkdtemp(work, sizeof work, "pipe-resume") != 0) return -1;
@@ -113,6 +167,7 @@ static int teardown(void **state) {
 }
 
 int main(void) {
-  const struct CMUnitTest tests[] = {cmocka_unit_test(test_shards_of_two_steps_are_refused)};
+  const struct CMUnitTest tests[] = {cmocka_unit_test(test_shards_of_two_steps_are_refused),
+                                     cmocka_unit_test(test_periodic_checkpoints_keep_the_newest)};
   return cmocka_run_group_tests(tests, setup, teardown);
 }
