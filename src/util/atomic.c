@@ -50,6 +50,10 @@ hm_status hm_atomic_open(hm_atomic_file *f, const char *path) {
   f->fd = -1;
   f->tmp[0] = '\0';
   if (hm_strcpy(f->path, sizeof f->path, path) != 0) return hm_error(HM_ERR_INVALID_ARG, "path too long: %s", path);
+  // the rename would replace a device, FIFO or folder (or a link to one, e.g. /dev/stdout)
+  struct stat sb;
+  if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode))
+    return hm_error(HM_ERR_IO, "%s exists and is not a regular file; give the path of a file to write", path);
   for (int attempt = 0; attempt < 100; attempt++) {
     char suffix[HM_TMP_SUFFIX_LEN + 1];
     hm_random_suffix(suffix, HM_TMP_SUFFIX_LEN);

@@ -28,7 +28,8 @@ hm_status hm_file_open_write(const char *path, unsigned mode, int append, FILE *
 /* A file written to "<path>.tmp.<random>" (created exclusively, mode 0600, no symlink
  * followed), then fsync'd, given its mode (0644 less the umask), renamed over <path> (a symlink
  * there is replaced, not followed) and the folder fsync'd, so readers see the old file or the
- * whole new one. */
+ * whole new one. A path that exists as something other than a regular file (a device, FIFO or
+ * folder, or a link to one) is refused. */
 typedef struct hm_atomic_file {
   int fd;
   char path[4096];

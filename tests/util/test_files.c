@@ -68,6 +68,12 @@ static void test_open_write_refuses_a_fifo(void **state) {
   assert_true(hm_now_s() - t0 < 5.0);
   assert_null(f);
   assert_non_null(strstr(hm_last_error(), "not a regular file"));
+  /* atomic replacement does not replace it either (nor a link to one, like /dev/stdout) */
+  assert_int_equal(hm_atomic_write_file(p, "x", 1), HM_ERR_IO);
+  assert_non_null(strstr(hm_last_error(), "not a regular file"));
+  struct stat sb;
+  assert_int_equal(lstat(p, &sb), 0);
+  assert_true(S_ISFIFO(sb.st_mode));
 }
 
 /* Atomic replacement: the new content, mode 0644 less the umask, no temporary file left. */
