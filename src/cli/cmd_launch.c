@@ -178,6 +178,8 @@ static void worker_usage(FILE *f) {
           "  --out DIR              metrics.jsonl (written by replica 0's last stage)\n"
           "  --trace FILE           measured Chrome/Perfetto trace of the last --trace-steps steps\n"
           "  --dump DIR             replica 0's stages save stage<s>.hmc after the last step\n"
+          "  --ckpt-every N         also every N steps, in DIR/step-<N>/ (0: only the last step) [0]\n"
+          "  --keep K               keep the newest K step-<N>/ folders of --dump (0: all) [3]\n"
           "  --resume DIR           continue from a --dump of the same layout and options (params, AdamW\n"
           "                         moments, step; the data position follows from the step)\n"
           "  --stop-after N         stop once step N is done (the LR schedule still spans --steps)\n"
@@ -375,7 +377,8 @@ int hm_cmd_worker(int argc, char **argv) {
       t.resume = v;
     } else if ((ip = strcmp(a, "--steps") == 0 ? &t.steps : strcmp(a, "--batch") == 0 ? &t.batch
                      : strcmp(a, "--seq") == 0 ? &t.seq_len : strcmp(a, "--warmup") == 0 ? &t.warmup
-                     : strcmp(a, "--stop-after") == 0 ? &t.stop_after : NULL) ||
+                     : strcmp(a, "--stop-after") == 0 ? &t.stop_after : strcmp(a, "--ckpt-every") == 0 ? &t.ckpt_every
+                     : strcmp(a, "--keep") == 0 ? &t.keep : NULL) ||
                strcmp(a, "--seed") == 0) {
       NEED_VAL();
       long x = strtol(v, &end, 10);

@@ -29,6 +29,7 @@ static void train_usage(FILE *f) {
           "  --eval-every N     validation loss every N steps (default 0: never)\n"
           "  --eval-batches N   validation batches per evaluation (default 8)\n"
           "  --ckpt-every N     checkpoint every N steps (default: only at the end)\n"
+          "  --keep K           keep the newest K checkpoints in --out (default 3; 0 keeps all)\n"
           "  --out DIR          checkpoints and metrics.jsonl (default out/)\n"
           "  --resume PATH      checkpoint file, or a --out folder (its `latest`)\n"
           "  --log-every N      progress line every N steps (default 10)\n"
@@ -95,7 +96,7 @@ int hm_cmd_train(int argc, char **argv) {
   train_cli cli = {10};
   const char *model = "gpt-mini";
   int seed_set = 0, batch_set = 0, seq_set = 0;
-  enum { O_STOP = 256, O_SEQ, O_ACC, O_WARM, O_WD, O_CLIP, O_EVAL, O_EVALB, O_CKPT, O_LOG, O_SINGLE };
+  enum { O_STOP = 256, O_SEQ, O_ACC, O_WARM, O_WD, O_CLIP, O_EVAL, O_EVALB, O_CKPT, O_LOG, O_SINGLE, O_KEEP };
   static const struct option opts[] = {
       {"device", required_argument, 0, 'd'}, {"model", required_argument, 0, 'm'},
       {"data", required_argument, 0, 'D'},   {"steps", required_argument, 0, 'n'},
@@ -107,6 +108,7 @@ int hm_cmd_train(int argc, char **argv) {
       {"eval-batches", required_argument, 0, O_EVALB}, {"ckpt-every", required_argument, 0, O_CKPT},
       {"out", required_argument, 0, 'o'},    {"resume", required_argument, 0, 'r'},
       {"log-every", required_argument, 0, O_LOG}, {"single", no_argument, 0, O_SINGLE},
+      {"keep", required_argument, 0, O_KEEP},
       {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
   optind = 1;
   opterr = 0;
@@ -130,6 +132,7 @@ int hm_cmd_train(int argc, char **argv) {
       case O_EVAL: bad = parse_int("--eval-every", optarg, 0, &o.eval_every); break;
       case O_EVALB: bad = parse_int("--eval-batches", optarg, 1, &o.eval_batches); break;
       case O_CKPT: bad = parse_int("--ckpt-every", optarg, 0, &o.ckpt_every); break;
+      case O_KEEP: bad = parse_int("--keep", optarg, 0, &o.keep); break;
       case 'o': o.out_dir = optarg; break;
       case 'r': o.resume = optarg; break;
       case O_LOG: bad = parse_int("--log-every", optarg, 1, &cli.log_every); break;

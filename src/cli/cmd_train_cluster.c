@@ -18,6 +18,7 @@
 #include "cli.h"
 #include "hetmix/model.h"
 #include "hetmix/runtime.h"
+#include "util/files.h"
 #include "util/util.h"
 
 /* This machine as two unlike devices. slow=2 is an emulation (sleeps after each kernel), so the
@@ -53,6 +54,8 @@ static void train_cluster_usage(FILE *f) {
           "  --out DIR             [out]\n"
           "  --reps N              profile repetitions [3]\n"
           "  --sample N            bytes of text to generate at the end [200]\n"
+          "  --ckpt-every N        also checkpoint every N steps, in stages/step-<N>/ [0: only the end]\n"
+          "  --keep K              keep the newest K of those step folders (0: all) [3]\n"
           "  --rebalance           let the workers move micro-batches between data-parallel\n"
           "                        replicas from their measured pace (docs/runtime.md)\n");
 }
@@ -76,10 +79,7 @@ static hm_status run_self(const char *self, char *const *args, const char *what)
 }
 
 static hm_status write_text(const char *path, const char *text) {
-  FILE *f = fopen(path, "w");
-  if (!f) return hm_error(HM_ERR_IO, "cannot write %s: %s", path, strerror(errno));
-  fputs(text, f);
-  return fclose(f) == 0 ? HM_OK : hm_error(HM_ERR_IO, "cannot write %s", path);
+  return hm_atomic_write_file(path, text, strlen(text));
 }
 
 static cJSON *read_json(const char *path) {
@@ -174,7 +174,7 @@ static hm_status merge_stages(const char *dir, int nstages, const char *out) {
 
 int hm_cmd_train_cluster(int argc, char **argv) {
   const char *cluster = NULL, *model_name = "gpt-mini", *out = "out", *data = NULL, *lr = "1e-3";
-  int global_batch = 16, steps = 200, reps = 3, sample = 200, rebalance = 0;
+  int global_batch = 16, steps = 200, reps = 3, sample = 200, rebalance = 0, ckpt_every = 0, keep = 3;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -196,14 +196,18 @@ int hm_cmd_train_cluster(int argc, char **argv) {
     else if (!strcmp(a, "--steps")) steps = atoi(v);
     else if (!strcmp(a, "--reps")) reps = atoi(v);
     else if (!strcmp(a, "--sample")) sample = atoi(v);
+    else if (!strcmp(a, "--ckpt-every")) ckpt_every = atoi(v);
+    else if (!strcmp(a, "--keep")) keep = atoi(v);
     else return hm_cli_fail("see `hetmix train --cluster local --help`", "unknown option '%s' for the multi-worker path", a);
   }
   if (global_batch < 1 || steps < 1 || reps < 1 || sample < 0)
     return hm_cli_fail(NULL, "--global-batch, --steps and --reps must be >= 1");
+  if (ckpt_every < 0 || keep < 0) return hm_cli_fail(NULL, "--ckpt-every and --keep must be >= 0");
   hm_model_config cfg;
   hm_status st = hm_model_config_lookup(model_name, &cfg);
   if (st != HM_OK) return hm_cli_fail_status(st, "--model", NULL);
-  if (mkdir(out, 0755) != 0 && errno != EEXIST) return hm_cli_fail(NULL, "cannot create %s: %s", out, strerror(errno));
+  if ((st = hm_make_dirs(out, 0755, HM_DIR_OUTPUT)) != HM_OK || (st = hm_clean_tmp_files(out, NULL)) != HM_OK)
+    return hm_cli_fail_status(st, "--out", "pick a folder of your own for --out");
 
   char self[PATH_MAX];
   ssize_t sn = readlink("/proc/self/exe", self, sizeof self - 1);
@@ -235,9 +239,11 @@ int hm_cmd_train_cluster(int argc, char **argv) {
            global_batch);
   if ((st = write_text(train_path, text)) != HM_OK) return hm_cli_fail_status(st, "train", NULL);
 
-  char reps_s[16], steps_s[16];
+  char reps_s[16], steps_s[16], ckpt_s[16], keep_s[16];
   snprintf(reps_s, sizeof reps_s, "%d", reps);
   snprintf(steps_s, sizeof steps_s, "%d", steps);
+  snprintf(ckpt_s, sizeof ckpt_s, "%d", ckpt_every);
+  snprintf(keep_s, sizeof keep_s, "%d", keep);
   printf("== 1/3 profile: %s on %s\n", cfg.name, cl_path);
   fflush(stdout);
   char *prof_args[] = {"profile", "--cluster", cl_path, "--model", model_path, "--train", train_path, "-o", prof_path,
@@ -280,6 +286,8 @@ int hm_cmd_train_cluster(int argc, char **argv) {
   launch_args[na++] = stages_dir;
   if (data) launch_args[na++] = "--data", launch_args[na++] = (char *)data;
   if (rebalance) launch_args[na++] = "--rebalance";
+  launch_args[na++] = "--ckpt-every", launch_args[na++] = ckpt_s;
+  launch_args[na++] = "--keep", launch_args[na++] = keep_s;
   launch_args[na] = NULL;
   if ((st = run_self(self, launch_args, "training")) != HM_OK) {
     cJSON_Delete(plan);

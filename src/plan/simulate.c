@@ -15,6 +15,7 @@
 #include <cjson/cJSON.h>
 
 #include "hetmix/plan.h"
+#include "util/files.h"
 #include "util/util.h"
 
 double hm_sync_allreduce_time(const hm_sync_model *m, double bytes) {
@@ -403,13 +404,7 @@ hm_status hm_sim_trace_write(const hm_sim_trace *t, const char *path) {
   char *text = cJSON_PrintUnformatted(root);
   cJSON_Delete(root);
   if (!text) return hm_error(HM_ERR_NOMEM, "trace: cannot print JSON");
-  FILE *f = fopen(path, "w");
-  if (!f) {
-    free(text);
-    return hm_error(HM_ERR_IO, "trace: cannot open '%s' for writing", path);
-  }
-  int ok = fputs(text, f) >= 0;
-  ok = (fclose(f) == 0) && ok;
+  hm_status st = hm_atomic_write_file(path, text, strlen(text));
   free(text);
-  return ok ? HM_OK : hm_error(HM_ERR_IO, "trace: cannot write '%s'", path);
+  return st == HM_OK ? HM_OK : hm_error_context(st, "trace: ");
 }

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/files.h"
 #include "util/util.h"
 
 /* A path longer than the buffer (a hostile spec nests deeply) ends in "..." so a message
@@ -148,31 +149,16 @@ hm_status hm_json_read_file(const char *path, char **text, size_t *len) {
 hm_status hm_json_write_file(const cJSON *v, const char *path, const char *what) {
   char *text = cJSON_Print(v);
   if (!text) return hm_error(HM_ERR_NOMEM, "%s: cannot print the JSON for %s", what, path);
-  const size_t plen = strlen(path);
-  char *tmp = hm_malloc(plen + sizeof ".tmp", "temporary file name");
-  if (!tmp) {
+  const size_t n = strlen(text);
+  char *line = realloc(text, n + 2);
+  if (!line) {
     free(text);
-    return HM_ERR_NOMEM;
+    return hm_error(HM_ERR_NOMEM, "%s: JSON text for %s", what, path);
   }
-  memcpy(tmp, path, plen);
-  memcpy(tmp + plen, ".tmp", sizeof ".tmp");
-  hm_status st = HM_OK;
-  FILE *f = fopen(tmp, "wb");
-  if (!f) {
-    st = hm_error(HM_ERR_IO, "%s: cannot create %s: %s", what, tmp, strerror(errno));
-  } else {
-    const size_t n = strlen(text);
-    int bad = fwrite(text, 1, n, f) != n || fputc('\n', f) == EOF;
-    bad |= fclose(f) != 0;
-    if (bad)
-      st = hm_error(HM_ERR_IO, "%s: cannot write %s: %s", what, tmp, strerror(errno));
-    else if (rename(tmp, path) != 0)
-      st = hm_error(HM_ERR_IO, "%s: cannot rename %s to %s: %s", what, tmp, path, strerror(errno));
-    if (st != HM_OK) remove(tmp);
-  }
-  free(tmp);
-  free(text);
-  return st;
+  line[n] = '\n', line[n + 1] = '\0';
+  hm_status st = hm_atomic_write_file(path, line, n + 1);
+  free(line);
+  return st == HM_OK ? HM_OK : hm_error_context(st, "%s: ", what);
 }
 
 int hm_json_edit_distance(const char *a, const char *b) {
