@@ -86,7 +86,7 @@ int hm_cmd_train(int argc, char **argv) {
   hm_opt_result res_args = {NULL, 0, 0};
   int rc = hm_opts_parse(&spec, argc, argv, &res_args);
   if (rc != HM_OPTS_CONTINUE) return rc;
-  (void)single;
+  (void)single; /* --single only selects this path, as any option but --cluster does */
   hm_status st = hm_model_config_lookup(model, &o.config);
   if (st != HM_OK) return hm_cli_fail_status(st, "--model", "pick a named model or give L<n>,C<n>,NH<n>,V<n>,T<n>");
   if (o.resume) {
