@@ -27,6 +27,7 @@
 #include "hetmix/cost.h"
 #include "util/bench_values.h"
 #include "util/half.h"
+#include "options.h"
 
 /* ---- options ---- */
 enum { BENCH_SENDRECV = HM_COLL_KIND_COUNT };
@@ -56,21 +57,6 @@ static double now_s(void) {
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static int parse_size(const char *s, size_t *out) {
-  char *end;
-  errno = 0;
-  double v = strtod(s, &end);
-  if (errno || end == s || v < 0) return -1;
-  double mult = 1;
-  if (*end == 'K' || *end == 'k') mult = 1024, end++;
-  else if (*end == 'M' || *end == 'm') mult = 1024.0 * 1024, end++;
-  else if (*end == 'G' || *end == 'g') mult = 1024.0 * 1024 * 1024, end++;
-  if (*end == 'B' || *end == 'b') end++;
-  if (*end) return -1;
-  *out = (size_t)(v * mult);
-  return 0;
-}
-
 static int parse_dtype(const char *s) {
   static const struct { const char *name; hm_dtype dt; } alias[] = {
       {"float", HM_FLOAT32}, {"half", HM_FLOAT16}, {"bfloat16", HM_BFLOAT16},
@@ -89,32 +75,6 @@ static int parse_op(const char *s) {
   for (int o = 0; o < HM_REDOP_COUNT; o++)
     if (strcmp(s, hm_redop_name((hm_redop)o)) == 0) return o;
   return -2;
-}
-
-static void usage(FILE *f) {
-  fprintf(f,
-          "usage: hetmix bench comm <op> [options]\n"
-          "  op: allreduce reduce broadcast reduce_scatter allgather alltoall gather scatter sendrecv\n"
-          "  -b, --minbytes SIZE     smallest size (bytes, K/M/G suffixes) [8]\n"
-          "  -e, --maxbytes SIZE     largest size [64M]\n"
-          "  -f, --stepfactor F      multiply the size by F each step [2]\n"
-          "  -i, --stepbytes SIZE    or add SIZE each step (when -f is 0 or 1)\n"
-          "  -o, --op OP             sum prod min max avg all [sum]\n"
-          "  -d, --datatype TYPE     i8 u8 i32 u32 i64 u64 f16 bf16 f32 f64 (or float, half, ...) all [f32]\n"
-          "  -r, --root R            root of rooted collectives [0]\n"
-          "  -n, --iters N           timed iterations per size [20]\n"
-          "  -w, --warmup_iters N    untimed iterations first [5]\n"
-          "  -c, --check 0|1         verify results with exactly representable values [1]\n"
-          "      --ranks N           fork N local ranks (default: the launcher's, else 2)\n"
-          "  -t, --transport T       auto shm tcp [auto]\n"
-          "      --algo A            auto ring rd tree [auto]\n"
-          "      --timeout S         kill forked ranks after S seconds [900]\n"
-          "      --bind              pin forked rank r to the r-th CPU this process may use (mod\n"
-          "                          their count), as mpirun's default binding does\n"
-          "      --hugepages         2 MiB-aligned buffers advised for transparent huge pages\n"
-          "                          (madvise; as a training framework's allocator does)\n"
-          "size is the whole array (as nccl-tests); busbw = algbw x factor (allreduce 2(n-1)/n,\n"
-          "reduce_scatter/allgather/alltoall/gather/scatter (n-1)/n, broadcast/reduce/sendrecv 1).\n");
 }
 
 /* ---- exactly representable values ---- */
@@ -562,48 +522,53 @@ static int run_forked(const bench_opts *o, const hm_comm_config *cfg) {
 }
 
 static int bench_comm(int argc, char **argv) {
-  if (argc < 1 || strcmp(argv[0], "--help") == 0 || strcmp(argv[0], "-h") == 0) {
-    usage(argc < 1 ? stderr : stdout);
-    return argc < 1 ? 2 : 0;
-  }
   bench_opts o = {.kind = -1, .min_bytes = 8, .max_bytes = 64u << 20, .step_factor = 2,
                   .op = HM_SUM, .dt = HM_FLOAT32, .iters = 20, .warmup = 5, .check = 1,
                   .timeout_s = 900};
-  for (int k = 0; k < (int)(sizeof kind_names / sizeof kind_names[0]); k++)
-    if (k != HM_COLL_BARRIER && strcmp(argv[0], kind_names[k]) == 0) o.kind = k;
-  if (o.kind < 0)
-    return hm_cli_fail("run `hetmix bench comm --help` for the list", "unknown collective '%s'", argv[0]);
-  for (int i = 1; i < argc; i++) {
-    const char *a = argv[i];
-    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
-      usage(stdout);
-      return 0;
-    }
-    if (strcmp(a, "--bind") == 0 || strcmp(a, "--hugepages") == 0) {
-      *(a[2] == 'b' ? &o.bind : &o.huge) = 1;
-      continue;
-    }
-    if (i + 1 >= argc) return hm_cli_fail("run `hetmix bench comm --help`", "option %s needs a value", a);
-    const char *v = argv[++i];
-    char *end = NULL;
-    int bad = 0;
-    if (!strcmp(a, "-b") || !strcmp(a, "--minbytes")) bad = parse_size(v, &o.min_bytes);
-    else if (!strcmp(a, "-e") || !strcmp(a, "--maxbytes")) bad = parse_size(v, &o.max_bytes);
-    else if (!strcmp(a, "-i") || !strcmp(a, "--stepbytes")) bad = parse_size(v, &o.step_bytes);
-    else if (!strcmp(a, "-f") || !strcmp(a, "--stepfactor")) o.step_factor = strtod(v, &end), bad = *end != 0 || o.step_factor < 0;
-    else if (!strcmp(a, "-o") || !strcmp(a, "--op")) bad = (o.op = parse_op(v)) < -1;
-    else if (!strcmp(a, "-d") || !strcmp(a, "--datatype")) bad = (o.dt = parse_dtype(v)) < -1;
-    else if (!strcmp(a, "-r") || !strcmp(a, "--root")) o.root = (int)strtol(v, &end, 10), bad = *end != 0;
-    else if (!strcmp(a, "-n") || !strcmp(a, "--iters")) o.iters = (int)strtol(v, &end, 10), bad = *end != 0 || o.iters < 1;
-    else if (!strcmp(a, "-w") || !strcmp(a, "--warmup_iters")) o.warmup = (int)strtol(v, &end, 10), bad = *end != 0 || o.warmup < 0;
-    else if (!strcmp(a, "-c") || !strcmp(a, "--check")) o.check = (int)strtol(v, &end, 10), bad = *end != 0;
-    else if (!strcmp(a, "--ranks")) o.ranks = (int)strtol(v, &end, 10), bad = *end != 0 || o.ranks < 1 || o.ranks > 256;
-    else if (!strcmp(a, "-t") || !strcmp(a, "--transport")) o.transport = v, bad = strcmp(v, "auto") && strcmp(v, "shm") && strcmp(v, "tcp");
-    else if (!strcmp(a, "--algo")) o.algo = v, bad = strcmp(v, "auto") && hm_coll_algo_parse(v) < 0;
-    else if (!strcmp(a, "--timeout")) o.timeout_s = strtod(v, &end), bad = *end != 0 || o.timeout_s <= 0;
-    else return hm_cli_fail("run `hetmix bench comm --help`", "unknown option '%s'", a);
-    if (bad) return hm_cli_fail("run `hetmix bench comm --help`", "bad value '%s' for %s", v, a);
+  static const char *const transports[] = {"auto", "shm", "tcp", NULL};
+  const char *op_name = NULL, *dt_name = NULL, *words[1] = {NULL};
+  const hm_opt table[] = {
+      HM_OPT_ROW(HM_OPT_SIZE, "minbytes", 'b', &o.min_bytes, 0, (double)SIZE_MAX, "SIZE", "smallest size (bytes, K/M/G suffixes) [8]"),
+      HM_OPT_ROW(HM_OPT_SIZE, "maxbytes", 'e', &o.max_bytes, 0, (double)SIZE_MAX, "SIZE", "largest size [64M]"),
+      HM_OPT_ROW(HM_OPT_DOUBLE, "stepfactor", 'f', &o.step_factor, 0, 1e6, "F", "multiply the size by F each step [2]"),
+      HM_OPT_ROW(HM_OPT_SIZE, "stepbytes", 'i', &o.step_bytes, 0, (double)SIZE_MAX, "SIZE", "or add SIZE each step (when -f is 0 or 1)"),
+      HM_OPT_STR_ROW("op", 'o', &op_name, "OP", "sum prod min max avg all [sum]"),
+      HM_OPT_STR_ROW("datatype", 'd', &dt_name, "TYPE", "i8 u8 i32 u32 i64 u64 f16 bf16 f32 f64 (or float, half, ...) all [f32]"),
+      HM_OPT_ROW(HM_OPT_INT, "root", 'r', &o.root, 0, 65535, "R", "root of rooted collectives [0]"),
+      HM_OPT_ROW(HM_OPT_INT, "iters", 'n', &o.iters, 1, 1e9, "N", "timed iterations per size [20]"),
+      HM_OPT_ROW(HM_OPT_INT, "warmup_iters", 'w', &o.warmup, 0, 1e9, "N", "untimed iterations first [5]"),
+      HM_OPT_ROW(HM_OPT_INT, "check", 'c', &o.check, 0, 1, "0|1", "verify results with exactly representable values [1]"),
+      HM_OPT_ROW(HM_OPT_INT, "ranks", 0, &o.ranks, 1, 256, "N", "fork N local ranks (default: the launcher's, else 2)"),
+      HM_OPT_CHOICE_ROW("transport", 't', &o.transport, transports, "[auto]"),
+      HM_OPT_STR_ROW("algo", 0, &o.algo, "A", "auto ring rd tree [auto]"),
+      HM_OPT_ROW(HM_OPT_DOUBLE, "timeout", 0, &o.timeout_s, 1e-3, 1e9, "S", "kill forked ranks after S seconds [900]"),
+      HM_OPT_FLAG_ROW("bind", 0, &o.bind, "pin forked rank r to the r-th CPU this process may use (mod\n"
+                      "their count), as mpirun's default binding does"),
+      HM_OPT_FLAG_ROW("hugepages", 0, &o.huge, "2 MiB-aligned buffers advised for transparent huge pages\n"
+                      "(madvise; as a training framework's allocator does)"),
+      HM_OPT_END_ROW};
+  const hm_opt_spec spec = {
+      "bench comm", "hetmix bench comm <op> [options]",
+      "op: allreduce reduce broadcast reduce_scatter allgather alltoall gather scatter sendrecv", table,
+      "size is the whole array (as nccl-tests); busbw = algbw x factor (allreduce 2(n-1)/n,\n"
+      "reduce_scatter/allgather/alltoall/gather/scatter (n-1)/n, broadcast/reduce/sendrecv 1).",
+      1, 0};
+  hm_opt_result parsed = {(char **)words, 0, 0};
+  const int prc = hm_opts_parse(&spec, argc, argv, &parsed);
+  if (prc != HM_OPTS_CONTINUE) return prc;
+  if (parsed.npos == 0) {
+    hm_opts_help(&spec, stderr);
+    return 2;
   }
+  for (int k = 0; k < (int)(sizeof kind_names / sizeof kind_names[0]); k++)
+    if (k != HM_COLL_BARRIER && strcmp(words[0], kind_names[k]) == 0) o.kind = k;
+  if (o.kind < 0)
+    return hm_cli_fail("run `hetmix bench comm --help` for the list", "unknown collective '%s'", words[0]);
+  if (op_name && (o.op = parse_op(op_name)) < -1) return hm_opts_bad_value(&spec, "op", op_name, "is not a reduction");
+  if (dt_name && (o.dt = parse_dtype(dt_name)) < -1)
+    return hm_opts_bad_value(&spec, "datatype", dt_name, "is not a data type");
+  if (o.algo && strcmp(o.algo, "auto") && hm_coll_algo_parse(o.algo) < 0)
+    return hm_opts_bad_value(&spec, "algo", o.algo, "is not an algorithm (auto ring rd tree)");
   if (o.min_bytes > o.max_bytes)
     return hm_cli_fail("pass -b <= -e", "minbytes %zu is above maxbytes %zu", o.min_bytes, o.max_bytes);
   if (o.step_factor <= 1 && o.step_bytes == 0) o.step_factor = 2;
@@ -631,6 +596,6 @@ int hm_cmd_bench(int argc, char **argv) {
     fprintf(argc < 2 ? stderr : stdout, "usage: hetmix bench comm <op> [options]   (see `hetmix bench comm --help`)\n");
     return argc < 2 ? 2 : 0;
   }
-  if (strcmp(argv[1], "comm") == 0) return bench_comm(argc - 2, argv + 2);
+  if (strcmp(argv[1], "comm") == 0) return bench_comm(argc - 1, argv + 1);
   return hm_cli_fail("the benchmarks are: comm", "unknown benchmark '%s'", argv[1]);
 }

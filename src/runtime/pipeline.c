@@ -749,11 +749,13 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
     else loss_all = loss_sum;
     if (st != HM_OK) break;
     const double dt = hm_now_s() - ts;
-    /* slowest worker's step time and each stage's compute time (replica 0's), all in one call */
-    double stat[1 + HM_PIPE_MAX_STAGES] = {0}, stat_max[1 + HM_PIPE_MAX_STAGES];
+    /* slowest worker's step time and every worker's compute time (at 1 + its world rank
+     * replica*p + stage, so replica 0's stages come first), all in one call */
+    double stat[1 + HM_PIPE_MAX_REPLICAS * HM_PIPE_MAX_STAGES] = {0};
+    double stat_max[1 + HM_PIPE_MAX_REPLICAS * HM_PIPE_MAX_STAGES];
     stat[0] = dt;
-    if (w.replica == 0) stat[1 + w.stage] = so.busy_s;
-    st = hm_comm_allreduce(w.world, stat, stat_max, (size_t)(1 + w.p), HM_FLOAT64, HM_MAX);
+    stat[1 + w.replica * w.p + w.stage] = so.busy_s;
+    st = hm_comm_allreduce(w.world, stat, stat_max, (size_t)(1 + w.R * w.p), HM_FLOAT64, HM_MAX);
     if (st != HM_OK) break;
     tokens += (uint64_t)w.M * (uint64_t)w.N;
     if (step > w.start_step || steps == w.start_step + 1) { /* the first step warms caches and allocators up */
@@ -793,6 +795,12 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
         cJSON *busy = cJSON_AddArrayToObject(j, "stage_busy_s");
         for (int s = 0; s < w.p; s++) cJSON_AddItemToArray(busy, cJSON_CreateNumber(stat_max[1 + s]));
         if (w.R > 1) {
+          cJSON *rb = cJSON_AddArrayToObject(j, "replica_busy_s");
+          for (int r = 0; r < w.R; r++) {
+            cJSON *row = cJSON_CreateArray();
+            for (int s = 0; s < w.p; s++) cJSON_AddItemToArray(row, cJSON_CreateNumber(stat_max[1 + r * w.p + s]));
+            cJSON_AddItemToArray(rb, row);
+          }
           cJSON *mi = cJSON_AddArrayToObject(j, "micro");
           for (int r = 0; r < w.R; r++) cJSON_AddItemToArray(mi, cJSON_CreateNumber(split_used[r]));
         }
