@@ -186,6 +186,12 @@ typedef struct hm_peer {
 
 typedef struct hm_request hm_op; /* a queued operation; also what a request points to */
 
+/* Tuning knobs read from the environment at init (HETMIX_TIMEOUT_MS, ...; docs/comm.md). */
+typedef struct hm_env_knobs {
+  long timeout_ms, heartbeat_ms, peer_dead_ms, shm_chunk, tcp_chunk, cma;
+  long shm_slots, spin_us, yield_us, spin_small_us; /* -1: unset, the default depends on the layout */
+} hm_env_knobs;
+
 struct hm_comm {
   int rank, nranks;
   unsigned char tag[HM_WIRE_TAG_BYTES];
@@ -205,6 +211,7 @@ struct hm_comm {
   void **peer_shm;  /* peers' segments (mapped) */
   size_t *peer_shm_bytes;
   uint32_t shm_chunk, tcp_chunk;
+  hm_env_knobs env; /* the environment's tuning knobs, checked at init */
   hm_link link;     /* figures the tuner uses: constants every rank agrees on */
   uint32_t coll_seq;
   _Atomic int aborted;
