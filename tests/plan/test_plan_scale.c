@@ -36,6 +36,7 @@ static long maxrss_kb(void) {
   return ru.ru_maxrss;
 }
 
+#ifndef HM_TEST_ASAN
 /* Virtual size of this process in kB (/proc/self/status VmSize), 0 if unknown. */
 static long vm_size_kb(void) {
   FILE *f = fopen("/proc/self/status", "r");
@@ -46,6 +47,7 @@ static long vm_size_kb(void) {
   if (f) fclose(f);
   return kb;
 }
+#endif
 
 static void load(const char *name, char *path, size_t n) {
   snprintf(path, n, "%s/examples/%s", HM_SOURCE_DIR, name);
