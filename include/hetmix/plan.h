@@ -174,7 +174,9 @@ typedef struct hm_sim_trace {
   hm_sim_event *events;
 } hm_sim_trace;
 
-/* Simulates one step. trace may be NULL. On HM_OK, result must be freed with hm_sim_result_free. */
+/* Simulates one step. trace may be NULL (for an extrapolated class it holds the periods simulated,
+ * not the skipped ones). Time and memory do not grow with the micro-batch count once the steady
+ * state repeats. On HM_OK, result must be freed with hm_sim_result_free. */
 hm_status hm_simulate(const hm_sim_input *in, hm_sim_result *result, hm_sim_trace *trace);
 void hm_sim_result_free(hm_sim_result *r);
 void hm_sim_trace_free(hm_sim_trace *t);

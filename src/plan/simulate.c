@@ -7,7 +7,12 @@
  * Sync phase: a gradient bucket starts when every replica holding those layers has finished its
  * last backward (all classes) and the stage's previous bucket is done; the tied-embedding sync
  * starts when both ends are ready; the gradient norm waits for every stage; then the optimizer.
- * Not modelled: overlap of gradient buckets with backward, contention between replicas on a NIC. */
+ * Not modelled: overlap of gradient buckets with backward, contention between replicas on a NIC.
+ *
+ * Nothing grows with the micro-batch count: ops come one at a time from the generator
+ * (hm_schedule_1f1b_op), transfers in flight sit in a small ring per stage, and a class with more
+ * than HM_SIM_FULL_MICRO micro-batches is extrapolated once its steady state repeats (each later
+ * full period is then the same shifted by a constant; docs/plan.md, section 4). */
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
