@@ -140,6 +140,8 @@ typedef struct hm_sim_input {
  * full); beyond it the simulator stops at the first repeat of the 1F1B steady state and shifts
  * the rest, so its time and memory do not grow with the micro-batch count. */
 #define HM_SIM_FULL_MICRO 256
+/* Extrapolation keeps O(stages^2) numbers; classes of more stages are simulated op by op. */
+#define HM_SIM_EXTRAPOLATE_MAX_STAGES 256
 
 typedef struct hm_sim_stage_result {
   double busy;       /* seconds of compute ops (FWD, BWD, OPTIMIZER) */

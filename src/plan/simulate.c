@@ -388,14 +388,18 @@ static hm_status setup_class(const hm_sim_input *in, const hm_sim_class *cl, cla
   /* a stage has at most p-s+1 transfers to it in flight (1F1B holds p-s micro-batches) */
   cs->ring = 2 * p + 4;
   const int full = in->full_micro > 0 ? in->full_micro : HM_SIM_FULL_MICRO;
-  cs->detect = m > full && m > p;
+  /* snapshots take O(p^2) memory: classes of more stages go op by op (still O(p) memory) */
+  cs->detect = m > full && m > p && p <= HM_SIM_EXTRAPOLATE_MAX_STAGES;
   cs->cmax = 2 * p + 2;
-  cs->hist = cs->cmax + 2 * p + 8;
+  cs->hist = cs->cmax + 2 * p + 8; /* stages run at most p+2 periods apart */
   cs->st = hm_calloc((size_t)p, sizeof *cs->st, "simulator stages");
-  cs->snap = hm_malloc((size_t)cs->hist * p * NSNAP * sizeof *cs->snap, "simulator snapshots");
-  cs->snap_period = hm_malloc((size_t)cs->hist * p * sizeof *cs->snap_period, "simulator snapshots");
-  if (!cs->st || !cs->snap || !cs->snap_period) return HM_ERR_NOMEM;
-  for (size_t i = 0; i < (size_t)cs->hist * p; i++) cs->snap_period[i] = -1;
+  if (!cs->st) return HM_ERR_NOMEM;
+  if (cs->detect) {
+    cs->snap = hm_malloc((size_t)cs->hist * p * NSNAP * sizeof *cs->snap, "simulator snapshots");
+    cs->snap_period = hm_malloc((size_t)cs->hist * p * sizeof *cs->snap_period, "simulator snapshots");
+    if (!cs->snap || !cs->snap_period) return HM_ERR_NOMEM;
+    for (size_t i = 0; i < (size_t)cs->hist * p; i++) cs->snap_period[i] = -1;
+  }
   for (int s = 0; s < p; s++) HM_TRY(setup_stage(cl, cs, s));
   return HM_OK;
 }
