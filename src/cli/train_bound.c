@@ -18,13 +18,8 @@
 
 /* The device types plan.json's stages use, in order of first use, and its micro-batch size. */
 static hm_status plan_types(const char *path, hm_cli_bound *b, int *micro_batch) {
-  char *text = NULL;
-  size_t len = 0;
   cJSON *j = NULL;
-  hm_status st = hm_json_read_file(path, &text, &len);
-  if (st == HM_OK) st = hm_json_parse(text, len, path, &j);
-  free(text);
-  if (st != HM_OK) return st;
+  HM_TRY(hm_json_load_file(path, "plan", &j));
   const cJSON *mb = cJSON_GetObjectItemCaseSensitive(j, "micro_batch");
   *micro_batch = cJSON_IsNumber(mb) ? mb->valueint : 0;
   const cJSON *cl, *stage;

@@ -56,15 +56,6 @@ int hm_cli_metrics_mean(const char *path, int R, int p, double *step_s, double *
   return n;
 }
 
-static hm_status read_plan(const char *path, cJSON **out) {
-  char *text = NULL;
-  size_t len = 0;
-  hm_status st = hm_json_read_file(path, &text, &len);
-  if (st == HM_OK) st = hm_json_parse(text, len, path, out);
-  free(text);
-  return st;
-}
-
 /* The simulator's busy time of a stage (forward, backward, optimizer), as a worker measures it. */
 static double predicted_busy(const cJSON *stage, int nmicro) {
   const cJSON *sp = cJSON_GetObjectItemCaseSensitive(stage, "predicted");
@@ -122,7 +113,7 @@ static void print_utilization(double tok_meas, const cJSON *pred, const hm_cli_b
 int hm_cli_train_report(const char *plan_path, const char *metrics_path, double tokens_per_step,
                         const hm_cli_bound *bound) {
   cJSON *plan = NULL;
-  hm_status st = read_plan(plan_path, &plan);
+  hm_status st = hm_json_load_file(plan_path, "plan", &plan);
   if (st != HM_OK) return hm_cli_fail_status(st, "train: report", NULL);
   const cJSON *classes = cJSON_GetObjectItemCaseSensitive(plan, "classes");
   const cJSON *pred = cJSON_GetObjectItemCaseSensitive(plan, "predicted");

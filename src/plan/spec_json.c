@@ -231,6 +231,16 @@ hm_status hm_json_parse(const char *text, size_t len, const char *origin, const 
   return HM_OK;
 }
 
+hm_status hm_json_load_file(const char *path, const char *root_path, cJSON **out) {
+  char *text = NULL;
+  size_t len = 0;
+  *out = NULL;
+  hm_status st = hm_json_read_file(path, &text, &len);
+  if (st == HM_OK) st = hm_json_parse(text, len, path, root_path, out);
+  free(text);
+  return st;
+}
+
 hm_status hm_json_read_file(const char *path, char **text, size_t *len) {
   *text = NULL;
   *len = 0;

@@ -30,6 +30,8 @@ hm_status hm_json_parse(const char *text, size_t len, const char *origin, const 
                         cJSON **out);
 /* Reads a whole file (at most 256 MiB) into a NUL-terminated buffer. */
 hm_status hm_json_read_file(const char *path, char **text, size_t *len);
+/* hm_json_read_file then hm_json_parse (path is the origin of messages). */
+hm_status hm_json_load_file(const char *path, const char *root_path, cJSON **out);
 
 /* Requires v to be an object whose keys are all in `allowed` (NULL-terminated) or "note"
  * (a free-text string everywhere). Unknown keys get a "did you mean" when one is close;
