@@ -19,6 +19,7 @@
 
 #include "hetmix/plan.h"
 #include "hetmix/profile.h"
+#include "util/util.h"
 
 /* Two runnable types on one host and one that exists only on paper (no backend). */
 static const char cluster_json[] =
@@ -326,7 +327,14 @@ static void test_refusals(void **state) {
 }
 
 /* A probe that cannot finish in time fails with a message naming the transport, and leaves no
- * child process behind (this test process has no other children). */
+ * child process behind (this test process has no other children). Deterministic: the work asked
+ * for cannot fit the deadline on any machine. A size's round trips are capped at 20000 per batch
+ * and it takes 5 batches plus a warm-up, so with seconds_per_size far beyond the cap the 4 MiB
+ * size alone moves 6 * 20000 * 2 * 4 MiB ~ 1 TB, minutes even at memory bandwidth, against a
+ * deadline of timeout_ms + 2 s = 3 s. (A 1 ms timeout raced bootstrap against loopback speed
+ * and sometimes let the probe succeed.) Either the parent's deadline stops both ranks
+ * (HM_ERR_TIMEOUT) or, on a starved machine, a rank's own 1 s wait gives up first: both are the
+ * failure this checks, and both name the transport and the rank. */
 static void test_probe_deadline(void **state) {
   (void)state;
   hm_link_probe_options lo;
@@ -334,13 +342,18 @@ static void test_probe_deadline(void **state) {
   lo.transport = "tcp";
   lo.nsizes = 2;
   lo.sizes[0] = 8;
-  lo.sizes[1] = 1 << 20;
-  lo.seconds_per_size = 0.01;
-  lo.timeout_ms = 1; /* the ranks' own waits give up at once: bootstrap cannot finish */
+  lo.sizes[1] = 4 << 20;
+  lo.seconds_per_size = 1e9; /* every batch at the 20000 round-trip cap */
+  lo.timeout_ms = 1000;
   hm_link_fit fit;
+  const uint64_t t0 = hm_now_ns();
   hm_status st = hm_profile_link_probe(&lo, &fit);
-  assert_true(st == HM_ERR_TIMEOUT || st == HM_ERR_PEER_DEAD || st == HM_ERR_AUTH || st == HM_ERR_IO);
+  const double secs = (double)(hm_now_ns() - t0) * 1e-9;
+  if (!(st == HM_ERR_TIMEOUT || st == HM_ERR_PEER_DEAD || st == HM_ERR_IO))
+    fail_msg("status %s after %.2f s: %s", hm_status_name(st), secs, hm_last_error());
   if (!strstr(hm_last_error(), "link probe over tcp: rank")) fail_msg("message: %s", hm_last_error());
+  /* the deadline (3 s) plus the time to kill and reap two processes */
+  if (secs > 3.0 + 2.0) fail_msg("the probe returned after %.2f s, its deadline is 3 s", secs);
   int wst;
   assert_int_equal(waitpid(-1, &wst, WNOHANG), -1);
   assert_int_equal(errno, ECHILD);
