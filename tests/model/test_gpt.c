@@ -91,7 +91,8 @@ static void test_backward_matches_finite_differences(void **state) {
       double lm = loss_f64(s, inp, tgt);
       p[i] = keep;
       double fd = (lp - lm) / (2 * h);
-      // central differences err O(h^2 * L''') ~ 1e-10 and rounding ~ 1e-16/h ~ 1e-11
+      // central differences err O(h^2 * L''') ~ 1e-10 and rounding ~ 1e-16/h ~ 1e-11 (|L| ~ 5):
+      // 1e-7 + 1e-5 |fd| is 1000x above both and far below a wrong gradient term
       double err = fabs(fd - g[i]);
       if (fabs(fd) > 1e-6 && err / fabs(fd) > worst) worst = err / fabs(fd);
       if (err > worst_abs) worst_abs = err;
@@ -154,12 +155,15 @@ static void test_stage_chain_matches_whole(void **state) {
       const double *a = (const double *)hm_stage_grads(parts[l]) + hm_stage_tensor_offset(parts[l], ti);
       const double *b = (const double *)hm_stage_grads(whole) + hm_stage_tensor_offset(whole, wi);
       for (size_t j = 0; j < hm_stage_tensor_numel(parts[l], ti); j++)
+        /* f64: the same products, the tied embedding's two halves summed in another order:
+         * a few u64 (1.1e-16) times sums of <= N*C = 80 terms of magnitude <= 1: < 1e-13 */
         if (fabs(a[j] - b[j]) > 1e-12 * (1 + fabs(b[j]))) fail_msg("%s[%zu]: split %.17g whole %.17g", name, j, a[j], b[j]);
     }
     assert_int_equal(hm_stage_grad_sumsq(parts[l], &part), HM_OK);
     total_parts += part;
   }
   assert_int_equal(hm_stage_grad_sumsq(whole, &total_whole), HM_OK);
+  /* sums of squares of ~2000 gradients in f64, grouped differently: ~2000 u64 ~ 2e-13 relative */
   assert_true(fabs(total_parts - total_whole) < 1e-10 * total_whole);
 
   // input gradient of a block stage vs finite differences through the rest of the chain
@@ -198,6 +202,7 @@ static void test_stage_chain_matches_whole(void **state) {
       lpm[sgn] = sum / N;
     }
     double fd = (lpm[0] - lpm[1]) / (2 * h);
+    /* as in test_backward_matches_finite_differences: O(h^2) truncation + u64 |L| / h rounding */
     if (fabs(fd - dx[i]) > 1e-7 + 1e-5 * fabs(fd)) fail_msg("dinput[%zu]: backward %.10g, finite difference %.10g", i, dx[i], fd);
   }
   free(x);
@@ -237,6 +242,7 @@ static void test_microbatch_slots_and_weights(void **state) {
   assert_true(l0 == m0 && l1 == m1 && l0 != l1);
   const double *ga = hm_stage_grads(a), *gb = hm_stage_grads(b);
   for (size_t i = 0; i < hm_stage_num_params(a); i++)
+    /* f64, the same two accumulations in the same order (weights 1/2 exact): a few u64 */
     if (fabs(ga[i] - gb[i]) > 1e-13 * (1 + fabs(gb[i]))) fail_msg("grad[%zu]: slots %.17g sequential %.17g", i, ga[i], gb[i]);
   // bad inputs are errors that name the problem
   i0[3] = c->V;

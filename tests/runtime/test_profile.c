@@ -81,14 +81,27 @@ static void test_fit_exact(void **state) {
   for (int i = 0; i < 5; i++) t[i] = lat + x[i] / bw;
   double a = 0, b = 0;
   assert_int_equal(hm_link_fit_points(x, t, 5, &a, &b), HM_OK);
-  assert_true(fabs(a - lat) < 1e-9 * lat + 1e-15);
-  assert_true(fabs(b - bw) < 1e-6 * bw);
+  /* Exact data: only rounding separates the fit from (lat, bw). The fit solves the 2x2 weighted
+   * normal equations by Cramer's rule, a = (t0 s2 - s1 t1) / det, slope = (s0 t1 - s1 t0) / det,
+   * det = s0 s2 - s1^2, from sums of 5 terms (gamma_5 each, all terms positive); each
+   * difference loses the cancellation factor (|p| + |q|) / |p - q| of its terms. So the
+   * relative error is at most (5 + 4) u64 times the numerator's factor plus the determinant's
+   * (first order), times 2 for safety; bw = 1 / slope adds one rounding. */
+  double s0 = 0, s1 = 0, s2 = 0, t0 = 0, t1 = 0;
+  for (int i = 0; i < 5; i++) {
+    const double w = 1 / (t[i] * t[i]);
+    s0 += w, s1 += w * x[i], s2 += w * x[i] * x[i], t0 += w * t[i], t1 += w * x[i] * t[i];
+  }
+  const double u64 = 0x1.0p-53, k_det = (s0 * s2 + s1 * s1) / (s0 * s2 - s1 * s1);
+  const double k_a = (t0 * s2 + s1 * t1) / fabs(t0 * s2 - s1 * t1), k_b = (s0 * t1 + s1 * t0) / fabs(s0 * t1 - s1 * t0);
+  assert_true(fabs(a - lat) <= 2 * 9 * u64 * (k_a + k_det) * lat);
+  assert_true(fabs(b - bw) <= 2 * (9 * u64 * (k_b + k_det) + u64) * bw);
 
   /* a fall with size (noise) cannot give a negative bandwidth: the largest point decides */
   double tf[3] = {1e-3, 5e-4, 4e-4}, xf[3] = {8, 4096, 65536};
   assert_int_equal(hm_link_fit_points(xf, tf, 3, &a, &b), HM_OK);
   assert_true(b > 0 && a >= 0 && a <= 4e-4);
-  assert_true(fabs(b - 65536 / 4e-4) < 1e-6 * b);
+  assert_true(fabs(b - 65536 / 4e-4) <= 2 * 0x1.0p-53 * b); /* 1 / (4e-4 / 65536): two roundings */
 
   /* a negative intercept is clamped to zero latency, slope through the origin */
   double tn[2] = {1e-9, 1e-3}, xn[2] = {1000, 1e6};
@@ -173,6 +186,8 @@ static void test_measure_write_read_plan(void **state) {
   for (int i = 0; i < p.nlayers; i++) {
     const hm_profile_layer *a = &p.layers[i], *b = find_layer(&q, a->device_type, a->kind, a->micro_batch);
     assert_non_null(b);
+    /* written with 17 significant digits (cJSON) and read back: exact; 1e-12 allows a writer
+     * that keeps 13 digits, and a wrong field or unit differs by far more */
     assert_true(fabs(a->fwd_s - b->fwd_s) <= 1e-12 * a->fwd_s);
     assert_true(fabs(a->bwd_s - b->bwd_s) <= 1e-12 * a->bwd_s);
     assert_true(fabs(a->mem_bytes - b->mem_bytes) <= 1e-12 * a->mem_bytes);
@@ -205,13 +220,15 @@ static void test_measure_write_read_plan(void **state) {
   const hm_profile_layer *blk_s = find_layer(&q, "slow", "block", 2), *head = find_layer(&q, "slow", "head", 2);
   const double f0 = emb->fwd_s + blk_f->fwd_s, b0 = emb->bwd_s + blk_f->bwd_s;
   const double f1 = 2 * blk_s->fwd_s + head->fwd_s, b1 = 2 * blk_s->bwd_s + head->bwd_s;
+  /* the planner adds the same profile times (a few f64 additions, ~1e-16 relative each) and
+   * may scale them by micro-batch size; 1e-9 relative is far below a missing or extra layer */
   assert_true(fabs(plan.classes[0].stages[0].fwd - f0) <= 1e-9 * f0);
   assert_true(fabs(plan.classes[0].stages[0].bwd - b0) <= 1e-9 * b0);
   assert_true(fabs(plan.classes[0].stages[1].fwd - f1) <= 1e-9 * f1);
   assert_true(fabs(plan.classes[0].stages[1].bwd - b1) <= 1e-9 * b1);
   /* and the step is at least the pipeline's compute bound (m-1) max t_s + sum t_s */
   const double t0s = f0 + b0, t1s = f1 + b1;
-  assert_true(plan.step_time >= 3 * fmax(t0s, t1s) + t0s + t1s - 1e-12);
+  assert_true(plan.step_time >= 3 * fmax(t0s, t1s) + t0s + t1s - 1e-12); /* rounding of ~10 additions of ~1e-3 s */
 
   hm_profile_free(&p);
   hm_profile_free(&q);
