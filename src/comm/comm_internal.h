@@ -199,6 +199,7 @@ struct hm_comm {
   hm_comm_config cfg;
   char transport[8], algorithm[8], listen_addr[64], name[64];
   int forced_algo;  /* -1 auto */
+  _Atomic uint64_t allreduce_runs[HM_ALGO_COUNT]; /* allreduces run per algorithm (tests read it) */
   hm_peer *peers;
   void *shm_base;   /* our segment (doorbell, inbound rings) */
   hm_shm_bell *bell; /* our doorbell */
@@ -320,5 +321,8 @@ typedef struct hm_coll_args {
 } hm_coll_args;
 hm_status hm_coll_execute(hm_comm_t c, const hm_coll_args *a);
 hm_coll_algo hm_coll_choose(hm_comm_t c, hm_coll_kind kind, size_t bytes);
+/* How many allreduces of more than one rank this communicator ran with algorithm a: lets a test
+ * see which algorithm HETMIX_ALGO (or the tuner) actually picked. */
+uint64_t hm_coll_allreduce_runs(hm_comm_t c, hm_coll_algo a);
 
 #endif
