@@ -1,6 +1,7 @@
 /* The peer run of hmcomm's allreduce benchmark: MPI_Allreduce (f32, sum) timed exactly as
  * `hetmix bench comm allreduce` times hm_comm_allreduce (same sizes, warmup, barrier, timed
- * iterations, time averaged over ranks, busbw = algbw x 2(n-1)/n), out of place. Built against
+ * iterations, time averaged over ranks, busbw = algbw x 2(n-1)/n), out of place, on the same
+ * values (src/util/bench_values.h). Built against
  * Debian's Open MPI; bench/comm/compare_mpi.sh prints both side by side.
  *   mpirun -np 2 mpi_allreduce_bench [-b 8] [-e 64M] [-f 2] [-n 20] [-w 5] */
 #define _GNU_SOURCE /* madvise, MADV_HUGEPAGE */
@@ -9,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+
+#include "util/bench_values.h"
 
 static size_t parse_size(const char *s) {
   char *end;
@@ -53,7 +56,9 @@ int main(int argc, char **argv) {
   }
   memset(s, 0, maxb);
   memset(r, 0, maxb);
-  for (size_t i = 0; i < maxb / 4; i++) s[i] = (float)((i * 5 + (size_t)rank * 3) % 16);
+  /* the values hetmix bench comm reduces (with or without -c) */
+  const int lim = hm_bench_value_limit(HM_FLOAT32, n);
+  for (size_t i = 0; i < maxb / 4; i++) s[i] = (float)hm_bench_red_input(HM_SUM, rank, i, lim);
   if (rank == 0) {
     printf("# MPI_Allreduce f32 sum, %d ranks, out of place\n", n);
     printf("# %10s %12s %8s %6s %6s %8s %7s %7s\n", "size", "count", "type", "redop", "root",

@@ -4,7 +4,9 @@
  *
  * usage: bench_model_train [--model NAME] [--batch B] [--steps N] [--warmup N] [--threads N]
  *                          [--rounds R] [--device SPEC] [--no-torch]
- * Both sides run the same step: forward, cross-entropy, backward, global-norm clip, AdamW. */
+ * Both sides run the same step: forward, cross-entropy, backward, global-norm clip, AdamW.
+ * Means and bests are over each side's successful rounds; a failed PyTorch round is reported and
+ * left out, and no ratio is printed when a side has no successful round. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +35,54 @@ static double current_rss_mib(void) {
     fclose(f);
   }
   return rss * 4096.0 / 1048576.0;
+}
+
+/* One system's rounds: figures over the successful ones, and how many failed. */
+typedef struct bench_side {
+  double sum, best, rss;
+  int ok, failed;
+} bench_side;
+
+static void side_add(bench_side *b, double tps, double rss) {
+  b->sum += tps;
+  b->best = tps > b->best ? tps : b->best;
+  b->rss = rss > b->rss ? rss : b->rss;
+  b->ok++;
+}
+
+/* One PyTorch round through torch_train.py; 0 with its figures, -1 when it did not run. */
+static int torch_round(const char *python, const hm_model_config *cfg, int B, int steps, int warmup,
+                       int threads, double *tps, double *ms, double *rss) {
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd, "timeout 1800 '%s' '%s/bench/model/torch_train.py' %d %d %d %d %d %d %d %d %d 2>&1", python,
+           HM_SOURCE_DIR, cfg->L, cfg->C, cfg->NH, cfg->V, cfg->T, B, steps, warmup, threads);
+  FILE *p = popen(cmd, "r");
+  char line[512];
+  *tps = *ms = *rss = 0;
+  while (p && fgets(line, sizeof line, p)) {
+    const char *q = strstr(line, "torch tokens_per_s=");
+    if (q && sscanf(q, "torch tokens_per_s=%lf step_ms=%lf peak_rss_mib=%lf", tps, ms, rss) == 3) continue;
+    if (!q) fprintf(stderr, "torch: %s", line);
+  }
+  int rc = p ? pclose(p) : -1;
+  return rc == 0 && *tps > 0 ? 0 : -1;
+}
+
+/* Means over successful rounds only; the ratio only when both sides have one. */
+static void print_throughput(const bench_side *h, const bench_side *t, int torch_asked) {
+  if (h->ok)
+    printf("\nhetmix mean %.1f tokens/s (best %.1f) over %d round(s)", h->sum / h->ok, h->best, h->ok);
+  else
+    printf("\nhetmix had no successful round");
+  if (t->ok)
+    printf(" | torch mean %.1f tokens/s (best %.1f) over %d successful round(s), %d failed", t->sum / t->ok,
+           t->best, t->ok, t->failed);
+  if (t->ok && h->ok)
+    printf(" | ratio hetmix/torch %.2fx (of means), %.2fx (of bests)", (h->sum / h->ok) / (t->sum / t->ok),
+           h->best / t->best);
+  else if (torch_asked)
+    printf(" | no ratio: PyTorch had no successful round (%d failed)", t->failed);
+  printf("\n");
 }
 
 int main(int argc, char **argv) {
@@ -75,8 +125,8 @@ int main(int argc, char **argv) {
   printf("# gpt %s (L%d C%d NH%d V%d T%d), B=%d, fp32, AdamW, clip 1.0; %d timed steps after %d warm-up, "
          "%d round(s), hetmix on %s\n", cfg.name, cfg.L, cfg.C, cfg.NH, cfg.V, cfg.T, B, steps, warmup, rounds, device);
   printf("%-6s %-8s %12s %10s %14s\n", "round", "system", "tokens/s", "step ms", "peak RSS MiB");
-  double best_h = 0, best_t = 0, sum_h = 0, sum_t = 0, torch_rss = 0;
-  int t_ok = 0, step_no = 0;
+  bench_side hs = {0, 0, 0, 0, 0}, ts = {0, 0, 0, 0, 0};
+  int step_no = 0;
   float loss = 0;
   for (int r = 1; r <= rounds; r++) {
     double t0 = 0;
@@ -91,47 +141,31 @@ int main(int argc, char **argv) {
       if (hm_device_synchronize(dev) != HM_OK) return die("sync");
     }
     double dt = hm_now_s() - t0, tps = (double)N * steps / dt;
-    best_h = tps > best_h ? tps : best_h;
-    sum_h += tps;
+    side_add(&hs, tps, rss_mib());
     printf("%-6d %-8s %12.1f %10.1f %14.1f\n", r, "hetmix", tps, 1000 * dt / steps, rss_mib());
     fflush(stdout);
     if (!torch) continue;
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, "timeout 1800 '%s' '%s/bench/model/torch_train.py' %d %d %d %d %d %d %d %d %d 2>&1", python,
-             HM_SOURCE_DIR, cfg.L, cfg.C, cfg.NH, cfg.V, cfg.T, B, steps, warmup, threads);
-    FILE *p = popen(cmd, "r");
-    char line[512];
-    double tt = 0, ms = 0, trss = 0;
-    while (p && fgets(line, sizeof line, p)) {
-      const char *q = strstr(line, "torch tokens_per_s=");
-      if (q && sscanf(q, "torch tokens_per_s=%lf step_ms=%lf peak_rss_mib=%lf", &tt, &ms, &trss) == 3) continue;
-      if (!q) fprintf(stderr, "torch: %s", line);
-    }
-    int rc = p ? pclose(p) : -1;
-    if (rc != 0 || tt <= 0) {
-      printf("%-6d %-8s %12s   (PyTorch did not run: install python3-torch or set HETMIX_PYTHON)\n", r, "torch", "-");
-      torch = 0;
+    double tt, ms, trss;
+    if (torch_round(python, &cfg, B, steps, warmup, threads, &tt, &ms, &trss) != 0) {
+      ts.failed++;
+      printf("%-6d %-8s %12s   (PyTorch failed this round: install python3-torch or set HETMIX_PYTHON)\n", r,
+             "torch", "-");
       continue;
     }
-    t_ok = 1;
-    best_t = tt > best_t ? tt : best_t;
-    sum_t += tt;
-    torch_rss = trss > torch_rss ? trss : torch_rss;
+    side_add(&ts, tt, trss);
     printf("%-6d %-8s %12.1f %10.1f %14.1f\n", r, "torch", tt, ms, trss);
     fflush(stdout);
   }
-  printf("\nhetmix mean %.1f tokens/s (best %.1f)", sum_h / rounds, best_h);
-  if (t_ok) printf(" | torch mean %.1f tokens/s (best %.1f) | ratio hetmix/torch %.2fx (of means), %.2fx (of bests)",
-                   sum_t / rounds, best_t, sum_h / sum_t, best_h / best_t);
+  print_throughput(&hs, &ts, torch);
   hm_device_stats ds;
   hm_device_get_stats(dev, &ds);
-  printf("\n\nmemory (hetmix): expected %.1f MiB = params %.1f + grads %.1f + AdamW m,v %.1f + activations %.1f "
+  printf("\nmemory (hetmix): expected %.1f MiB = params %.1f + grads %.1f + AdamW m,v %.1f + activations %.1f "
          "+ backward scratch %.1f (n_params %zu)\n",
          mem.total / 1048576.0, mem.params / 1048576.0, mem.grads / 1048576.0, mem.optimizer / 1048576.0,
          mem.activations / 1048576.0, mem.scratch / 1048576.0, mem.n_params);
   printf("                 peak RSS %.1f MiB, of which %.1f MiB before the model (binary, libraries); "
          "device peak allocated %.1f MiB\n", rss_mib(), rss0, (double)ds.bytes_peak / 1048576.0);
-  if (t_ok) printf("                 torch peak RSS %.1f MiB (whole python process)\n", torch_rss);
+  if (ts.ok) printf("                 torch peak RSS %.1f MiB (whole python process)\n", ts.rss);
   printf("final loss %.4f (random tokens; a sanity value, not a quality figure)\n", loss);
   free(inp);
   free(tgt);

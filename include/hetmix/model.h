@@ -222,7 +222,7 @@ int hm_stage_find_tensor(const hm_stage *s, const char *name); /* index or -1 */
 
 #define HM_CKPT_MAGIC "HMCKPT01"
 #define HM_CKPT_END_MAGIC "HMCKEND1"
-#define HM_CKPT_VERSION 1u
+#define HM_CKPT_VERSION 2u /* 1 is still read: its run identity reads as unknown (0) */
 #define HM_CKPT_NAME_MAX 48
 
 typedef struct hm_ckpt_meta {
@@ -235,6 +235,11 @@ typedef struct hm_ckpt_meta {
   /* AdamW settings the run used, so a resume continues with the same ones. */
   float lr, beta1, beta2, eps, weight_decay, grad_clip;
   int batch, seq_len;
+  /* The run's identity, so a resume can tell whether files belong together (0: unknown, e.g.
+   * a version-1 file). run_id: random at a fresh start, kept by a resume; stage_index of
+   * stage_count pipeline stages (0 of 1 for one process); micro_batches per optimizer step. */
+  uint64_t run_id;
+  int stage_index, stage_count, micro_batches;
 } hm_ckpt_meta;
 
 typedef struct hm_ckpt_tensor {
@@ -265,6 +270,10 @@ typedef struct hm_ckpt {
 /* Reads and verifies everything (header, table, every checksum, trailer). Truncated or corrupt
  * -> HM_ERR_CORRUPT naming the path and what is wrong. */
 hm_status hm_ckpt_read(const char *path, hm_ckpt *out);
+/* Reads and verifies only the header (256 bytes): the meta, without the tensors. */
+hm_status hm_ckpt_read_meta(const char *path, hm_ckpt_meta *meta);
+/* A fresh run identity (random, never 0). */
+uint64_t hm_ckpt_new_run_id(void);
 hm_status hm_ckpt_parse(const void *buf, size_t len, const char *what, hm_ckpt *out);
 void hm_ckpt_free(hm_ckpt *ck);
 /* The tensor named `name`, or NULL. */
@@ -301,6 +310,7 @@ typedef struct hm_train_options {
   uint64_t seed;             /* initialization and batch order */
   int eval_every, eval_batches; /* validation loss every N steps over M batches (0: never) */
   int ckpt_every;            /* checkpoint every N steps (0: only at the end) */
+  int keep;                  /* keep the newest K ckpt-*.hmc of out_dir (default 3; 0: all) */
   const char *out_dir;       /* checkpoints and metrics.jsonl; NULL: nothing written */
   const char *resume;        /* checkpoint file or an out_dir with a `latest` file; NULL: fresh */
   void (*on_progress)(const hm_train_progress *p, void *user);
@@ -309,7 +319,7 @@ typedef struct hm_train_options {
 
 /* Defaults: batch 8, lr 1e-3, min_lr_frac 0.1, warmup 100 (at most steps/10), betas
  * (0.9, 0.95), eps 1e-8, weight decay 0.1, clip 1.0, val_fraction 0.05, grad_accum 1,
- * eval_every 0, eval_batches 8, data_dir "data". */
+ * eval_every 0, eval_batches 8, data_dir "data", keep 3. */
 void hm_train_defaults(hm_train_options *o);
 /* The learning rate of 1-based step `step`: linear warm-up over min(warmup, steps/10) steps, then
  * cosine decay to lr * min_lr_frac at the last step. The one schedule of every trainer (one
@@ -326,11 +336,19 @@ typedef struct hm_train_result {
 
 /* Trains; resuming from a checkpoint continues bitwise as if never stopped (same options).
  * Writes <out_dir>/ckpt-<step>.hmc, <out_dir>/latest (the newest checkpoint's file name, replaced
- * atomically) and <out_dir>/metrics.jsonl (docs/model.md). */
+ * atomically) and <out_dir>/metrics.jsonl (docs/model.md); removes all but the newest `keep`
+ * checkpoints and, at the start, the temporary files of writes a killed run left there. */
 hm_status hm_train_run(const hm_train_options *o, hm_train_result *result);
 
 /* Resolves a --resume argument: a checkpoint file, or a folder whose `latest` names one. */
 hm_status hm_resolve_checkpoint(const char *arg, char *path, size_t cap);
+/* Removes all but the newest `keep` checkpoints "ckpt-<step>.hmc" (regular files only) of dir;
+ * keep <= 0 removes none. *removed (may be NULL) counts them. */
+hm_status hm_ckpt_prune(const char *dir, int keep, int *removed);
+/* The same for a pipeline's periodic checkpoints "step-<step>/stage<s>.hmc" under dir: removes
+ * this stage's file from all but the newest `keep` step folders, and each such folder once empty
+ * (every stage removes its own file). *removed counts the folders handled. */
+hm_status hm_ckpt_prune_stage_dirs(const char *dir, int keep, int stage, int *removed);
 
 /* Generates n_new tokens after prompt (bytes) with the model of a checkpoint (all layers).
  * temperature 0 means greedy; top_k 0 means no cut. out receives prompt + new bytes and a NUL

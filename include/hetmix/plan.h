@@ -65,6 +65,19 @@ typedef struct hm_schedule_config {
  * forward and one backward, then drains the remaining backwards; then gradient buckets, tied
  * embedding sync, gradient norm and optimizer. */
 hm_status hm_schedule_1f1b(const hm_schedule_config *cfg, hm_schedule *out);
+/* The same lists one op at a time (hm_schedule_1f1b is built from these; the simulator reads them
+ * so, without memory that grows with the micro-batch count). Check cfg once with
+ * hm_schedule_1f1b_check; then stage s has hm_schedule_1f1b_nops ops, op i (0 <= i < nops) is
+ * hm_schedule_1f1b_op. */
+hm_status hm_schedule_1f1b_check(const hm_schedule_config *cfg);
+int64_t hm_schedule_1f1b_nops(const hm_schedule_config *cfg, int s);
+hm_op hm_schedule_1f1b_op(const hm_schedule_config *cfg, int s, int64_t i);
+/* The steady state of stage s: ops [*begin, *begin + *nperiods * *period_ops) repeat the first
+ * *period_ops of them with every micro-batch index one higher per period. Period j of a stage is
+ * the forward of micro-batch w+j and the backward of micro-batch j, so period j of every stage
+ * holds the backward of micro-batch j. */
+void hm_schedule_1f1b_steady(const hm_schedule_config *cfg, int s, int64_t *begin, int *period_ops,
+                             int64_t *nperiods);
 void hm_schedule_free(hm_schedule *s);
 const char *hm_op_kind_name(hm_op_kind k);
 /* Largest number of micro-batches whose activations the stage holds at once (FWD done, BWD not). */
@@ -118,7 +131,17 @@ typedef struct hm_sim_input {
   int tied_embeddings;            /* layer 0 and layer nlayers-1 share weights */
   hm_link tied_link;              /* link between a replica's first and last stage */
   double grad_norm_time;          /* seconds of the scalar allreduce */
+  int full_micro;                 /* classes with more micro-batches are extrapolated once their
+                                     steady state repeats (docs/plan.md, section 4); 0: default
+                                     HM_SIM_FULL_MICRO; INT_MAX: always every op */
 } hm_sim_input;
+
+/* Classes with up to this many micro-batches are simulated op by op to the end (and traced in
+ * full); beyond it the simulator stops at the first repeat of the 1F1B steady state and shifts
+ * the rest, so its time and memory do not grow with the micro-batch count. */
+#define HM_SIM_FULL_MICRO 256
+/* Extrapolation keeps O(stages^2) numbers; classes of more stages are simulated op by op. */
+#define HM_SIM_EXTRAPOLATE_MAX_STAGES 256
 
 typedef struct hm_sim_stage_result {
   double busy;       /* seconds of compute ops (FWD, BWD, OPTIMIZER) */
@@ -134,6 +157,7 @@ typedef struct hm_sim_result {
   double bubble_fraction;     /* 1 - sum busy / (stages * step_time), over all classes' stages */
   double mem_peak_max;        /* bytes, the largest over every stage of every class */
   int over_memory;            /* 1 if some stage's peak exceeds its capacity */
+  int64_t periods_skipped;    /* steady periods extrapolated instead of simulated, all classes */
   int nclasses;
   int *nstages;               /* (nclasses) */
   hm_sim_stage_result **stages; /* [class][stage] */
@@ -152,7 +176,9 @@ typedef struct hm_sim_trace {
   hm_sim_event *events;
 } hm_sim_trace;
 
-/* Simulates one step. trace may be NULL. On HM_OK, result must be freed with hm_sim_result_free. */
+/* Simulates one step. trace may be NULL (for an extrapolated class it holds the periods simulated,
+ * not the skipped ones). Time and memory do not grow with the micro-batch count once the steady
+ * state repeats. On HM_OK, result must be freed with hm_sim_result_free. */
 hm_status hm_simulate(const hm_sim_input *in, hm_sim_result *result, hm_sim_trace *trace);
 void hm_sim_result_free(hm_sim_result *r);
 void hm_sim_trace_free(hm_sim_trace *t);

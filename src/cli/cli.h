@@ -15,6 +15,10 @@ int hm_cli_fail(const char *hint, const char *fmt, ...)
 /* Same, with the message of a failed library call: "<what>: <hm_last_error()>". */
 int hm_cli_fail_status(hm_status st, const char *what, const char *hint);
 
+/* Runs this executable (self) with args (NULL-terminated, without argv[0]) as one child
+ * process under the local launcher; its output goes to ours. `what` names it in errors. */
+hm_status hm_cli_run_self(const char *self, char *const *args, const char *what);
+
 int hm_cmd_train(int argc, char **argv);     /* cmd_train.c */
 int hm_cmd_train_cluster(int argc, char **argv); /* cmd_train_cluster.c: train --cluster */
 int hm_cmd_sample(int argc, char **argv);    /* cmd_sample.c */

@@ -1,8 +1,9 @@
-/* Error printing shared by the subcommands. */
+/* Error printing shared by the subcommands, and running this executable as a child. */
 #include <stdarg.h>
 #include <stdio.h>
 
 #include "cli.h"
+#include "hetmix/runtime.h"
 
 int hm_cli_fail(const char *hint, const char *fmt, ...) {
   va_list ap;
@@ -18,4 +19,20 @@ int hm_cli_fail(const char *hint, const char *fmt, ...) {
 int hm_cli_fail_status(hm_status st, const char *what, const char *hint) {
   const char *msg = hm_last_error();
   return hm_cli_fail(hint, "%s: %s", what, msg[0] ? msg : hm_status_name(st));
+}
+
+hm_status hm_cli_run_self(const char *self, char *const *args, const char *what) {
+  char *argv[64];
+  int n = 0;
+  argv[n++] = (char *)self;
+  for (int i = 0; args[i] && n < 63; i++) argv[n++] = args[i];
+  argv[n] = NULL;
+  hm_launch_opts o = HM_LAUNCH_OPTS_INIT;
+  o.nworkers = 1;
+  o.argv = argv;
+  hm_launch_result res;
+  hm_status st = hm_launch_run(&o, &res);
+  if (st == HM_ERR_PEER_DEAD)
+    return hm_error(st, "%s failed (%s)", what, res.term_signal ? "killed by a signal" : "see its error above");
+  return st;
 }

@@ -25,6 +25,9 @@
 #include "cli.h"
 #include "hetmix/comm.h"
 #include "hetmix/cost.h"
+#include "util/bench_values.h"
+#include "util/half.h"
+#include "options.h"
 
 /* ---- options ---- */
 enum { BENCH_SENDRECV = HM_COLL_KIND_COUNT };
@@ -54,21 +57,6 @@ static double now_s(void) {
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static int parse_size(const char *s, size_t *out) {
-  char *end;
-  errno = 0;
-  double v = strtod(s, &end);
-  if (errno || end == s || v < 0) return -1;
-  double mult = 1;
-  if (*end == 'K' || *end == 'k') mult = 1024, end++;
-  else if (*end == 'M' || *end == 'm') mult = 1024.0 * 1024, end++;
-  else if (*end == 'G' || *end == 'g') mult = 1024.0 * 1024 * 1024, end++;
-  if (*end == 'B' || *end == 'b') end++;
-  if (*end) return -1;
-  *out = (size_t)(v * mult);
-  return 0;
-}
-
 static int parse_dtype(const char *s) {
   static const struct { const char *name; hm_dtype dt; } alias[] = {
       {"float", HM_FLOAT32}, {"half", HM_FLOAT16}, {"bfloat16", HM_BFLOAT16},
@@ -89,64 +77,7 @@ static int parse_op(const char *s) {
   return -2;
 }
 
-static void usage(FILE *f) {
-  fprintf(f,
-          "usage: hetmix bench comm <op> [options]\n"
-          "  op: allreduce reduce broadcast reduce_scatter allgather alltoall gather scatter sendrecv\n"
-          "  -b, --minbytes SIZE     smallest size (bytes, K/M/G suffixes) [8]\n"
-          "  -e, --maxbytes SIZE     largest size [64M]\n"
-          "  -f, --stepfactor F      multiply the size by F each step [2]\n"
-          "  -i, --stepbytes SIZE    or add SIZE each step (when -f is 0 or 1)\n"
-          "  -o, --op OP             sum prod min max avg all [sum]\n"
-          "  -d, --datatype TYPE     i8 u8 i32 u32 i64 u64 f16 bf16 f32 f64 (or float, half, ...) all [f32]\n"
-          "  -r, --root R            root of rooted collectives [0]\n"
-          "  -n, --iters N           timed iterations per size [20]\n"
-          "  -w, --warmup_iters N    untimed iterations first [5]\n"
-          "  -c, --check 0|1         verify results with exactly representable values [1]\n"
-          "      --ranks N           fork N local ranks (default: the launcher's, else 2)\n"
-          "  -t, --transport T       auto shm tcp [auto]\n"
-          "      --algo A            auto ring rd tree [auto]\n"
-          "      --timeout S         kill forked ranks after S seconds [900]\n"
-          "      --bind              pin forked rank r to the r-th CPU this process may use (mod\n"
-          "                          their count), as mpirun's default binding does\n"
-          "      --hugepages         2 MiB-aligned buffers advised for transparent huge pages\n"
-          "                          (madvise; as a training framework's allocator does)\n"
-          "size is the whole array (as nccl-tests); busbw = algbw x factor (allreduce 2(n-1)/n,\n"
-          "reduce_scatter/allgather/alltoall/gather/scatter (n-1)/n, broadcast/reduce/sendrecv 1).\n");
-}
-
 /* ---- exactly representable values ---- */
-static uint16_t f32_to_bf16(float f) {
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return (uint16_t)(u >> 16);
-}
-static float bf16_to_f32(uint16_t h) {
-  uint32_t u = (uint32_t)h << 16;
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
-/* Exact for the small integers and dyadic fractions the check uses (|v| < 65504). */
-static uint16_t f32_to_f16(float f) {
-  if (f == 0) return signbit(f) ? 0x8000u : 0;
-  uint16_t sign = f < 0 ? 0x8000u : 0;
-  float a = fabsf(f);
-  int e;
-  float m = frexpf(a, &e); /* a = m * 2^e, m in [0.5, 1) */
-  int exp = e - 1 + 15;
-  if (exp <= 0) return (uint16_t)(sign | (uint16_t)lrintf(a * 16777216.0f));
-  uint32_t man = (uint32_t)lrintf((m * 2 - 1) * 1024.0f);
-  if (man == 1024) man = 0, exp++;
-  return (uint16_t)(sign | (uint16_t)(exp << 10) | (uint16_t)man);
-}
-static float f16_to_f32(uint16_t h) {
-  int exp = (h >> 10) & 0x1f, man = h & 0x3ff;
-  float v = exp == 0 ? ldexpf((float)man, -24) : ldexpf((float)(man + 1024), exp - 25);
-  return (h & 0x8000u) ? -v : v;
-}
-
 static double get_val(const void *b, hm_dtype dt, size_t i) {
   switch (dt) {
     case HM_INT8: return ((const int8_t *)b)[i];
@@ -155,8 +86,8 @@ static double get_val(const void *b, hm_dtype dt, size_t i) {
     case HM_UINT32: return ((const uint32_t *)b)[i];
     case HM_INT64: return (double)((const int64_t *)b)[i];
     case HM_UINT64: return (double)((const uint64_t *)b)[i];
-    case HM_FLOAT16: return f16_to_f32(((const uint16_t *)b)[i]);
-    case HM_BFLOAT16: return bf16_to_f32(((const uint16_t *)b)[i]);
+    case HM_FLOAT16: return hm_f16_to_f32(((const uint16_t *)b)[i]);
+    case HM_BFLOAT16: return hm_bf16_to_f32(((const uint16_t *)b)[i]);
     case HM_FLOAT32: return ((const float *)b)[i];
     default: return ((const double *)b)[i];
   }
@@ -169,28 +100,17 @@ static void set_val(void *b, hm_dtype dt, size_t i, double v) {
     case HM_UINT32: ((uint32_t *)b)[i] = (uint32_t)v; break;
     case HM_INT64: ((int64_t *)b)[i] = (int64_t)v; break;
     case HM_UINT64: ((uint64_t *)b)[i] = (uint64_t)v; break;
-    case HM_FLOAT16: ((uint16_t *)b)[i] = f32_to_f16((float)v); break;
-    case HM_BFLOAT16: ((uint16_t *)b)[i] = f32_to_bf16((float)v); break;
+    case HM_FLOAT16: ((uint16_t *)b)[i] = hm_f32_to_f16((float)v); break;
+    case HM_BFLOAT16: ((uint16_t *)b)[i] = hm_f32_to_bf16((float)v); break;
     case HM_FLOAT32: ((float *)b)[i] = (float)v; break;
     default: ((double *)b)[i] = v; break;
   }
 }
 
-/* Largest per-rank input such that nranks of them still sum exactly in dt. */
-static int value_limit(hm_dtype dt, int n) {
-  int lim = dt == HM_INT8 ? 127 : dt == HM_UINT8 ? 255 : dt == HM_BFLOAT16 ? 256
-          : dt == HM_FLOAT16 ? 2048 : 1 << 20;
-  int m = lim / n;
-  return m < 1 ? 1 : m > 15 ? 15 : m;
-}
-static double red_input(hm_redop op, int r, size_t i, int lim) {
-  if (op == HM_PROD) return ((i + (size_t)r) % 8) == 0 ? 2 : 1;  /* few 2s: no overflow */
-  return (double)((i * 5 + (size_t)r * 3) % (size_t)(lim + 1));
-}
 static double red_expect(hm_redop op, hm_dtype dt, int n, size_t i, int lim, double *tol) {
   double s = 0, p = 1, mn = 1e300, mx = -1e300;
   for (int r = 0; r < n; r++) {
-    double v = red_input(op, r, i, lim);
+    double v = hm_bench_red_input(op, r, i, lim);
     s += v, p *= v;
     mn = v < mn ? v : mn;
     mx = v > mx ? v : mx;
@@ -207,7 +127,6 @@ static double red_expect(hm_redop op, hm_dtype dt, int n, size_t i, int lim, dou
       return s / n;
   }
 }
-static double mov_input(int r, int p, size_t i) { return (double)((r * 131 + p * 17 + (int)(i % 97) * 7) % 97); }
 
 /* ---- one size ---- */
 typedef struct bench_case {
@@ -253,38 +172,44 @@ static hm_status run_once(hm_comm_t comm, const bench_case *c, char *sbuf, char 
   }
 }
 
-/* Fills inputs, runs once, counts wrong elements on this rank. */
-static hm_status check_once(hm_comm_t comm, const bench_case *c, char *sbuf, char *rbuf, int inplace,
-                            int64_t *wrong) {
+/* Fills this rank's inputs (the same whether or not -c checks them). */
+static void fill_inputs(const bench_case *c, char *sbuf, int inplace) {
   size_t es = hm_dtype_size(c->dt);
-  int n = c->n, r = c->r, lim = value_limit(c->dt, n);
-  int red = c->kind == HM_COLL_ALLREDUCE || c->kind == HM_COLL_REDUCE || c->kind == HM_COLL_REDUCE_SCATTER;
-  /* inputs */
+  int n = c->n, r = c->r, lim = hm_bench_value_limit(c->dt, n);
   switch (c->kind) {
     case HM_COLL_ALLREDUCE:
     case HM_COLL_REDUCE:
     case HM_COLL_REDUCE_SCATTER:
-      for (size_t g = 0; g < c->send_elems; g++) set_val(sbuf, c->dt, g, red_input(c->op, r, g, lim));
+      for (size_t g = 0; g < c->send_elems; g++) set_val(sbuf, c->dt, g, hm_bench_red_input(c->op, r, g, lim));
       break;
     case HM_COLL_BROADCAST:
-      for (size_t i = 0; i < c->count; i++) set_val(sbuf, c->dt, i, r == c->root ? mov_input(c->root, 0, i) : 0);
+      for (size_t i = 0; i < c->count; i++) set_val(sbuf, c->dt, i, r == c->root ? hm_bench_mov_input(c->root, 0, i) : 0);
       break;
     case HM_COLL_ALLGATHER:
     case HM_COLL_GATHER: {
       char *s = sbuf;
       if (inplace && (c->kind == HM_COLL_ALLGATHER || r == c->root))
         s = sbuf + (size_t)(c->kind == HM_COLL_ALLGATHER ? r : c->root) * c->count * es;
-      for (size_t i = 0; i < c->count; i++) set_val(s, c->dt, i, mov_input(r, 0, i));
+      for (size_t i = 0; i < c->count; i++) set_val(s, c->dt, i, hm_bench_mov_input(r, 0, i));
       break;
     }
     default: /* alltoall, scatter, sendrecv: a block per destination */
       for (int p = 0; p < n; p++)
         for (size_t i = 0; i < c->count; i++)
-          set_val(sbuf, c->dt, (size_t)p * c->count + i, mov_input(r, p, i));
+          set_val(sbuf, c->dt, (size_t)p * c->count + i, hm_bench_mov_input(r, p, i));
       if (c->kind == BENCH_SENDRECV)
-        for (size_t i = 0; i < c->count; i++) set_val(sbuf, c->dt, i, mov_input(r, (r + 1) % n, i));
+        for (size_t i = 0; i < c->count; i++) set_val(sbuf, c->dt, i, hm_bench_mov_input(r, (r + 1) % n, i));
       break;
   }
+}
+
+/* Fills inputs, runs once, counts wrong elements on this rank. */
+static hm_status check_once(hm_comm_t comm, const bench_case *c, char *sbuf, char *rbuf, int inplace,
+                            int64_t *wrong) {
+  size_t es = hm_dtype_size(c->dt);
+  int n = c->n, r = c->r, lim = hm_bench_value_limit(c->dt, n);
+  int red = c->kind == HM_COLL_ALLREDUCE || c->kind == HM_COLL_REDUCE || c->kind == HM_COLL_REDUCE_SCATTER;
+  fill_inputs(c, sbuf, inplace);
   memset(rbuf, 0, c->recv_elems * es);
   hm_status st = run_once(comm, c, sbuf, rbuf, inplace);
   if (st != HM_OK) return st;
@@ -308,18 +233,18 @@ static hm_status check_once(hm_comm_t comm, const bench_case *c, char *sbuf, cha
       double want;
       size_t blk = c->count ? i / c->count : 0, j = c->count ? i % c->count : 0;
       switch (c->kind) {
-        case HM_COLL_BROADCAST: want = mov_input(c->root, 0, i); break;
-        case HM_COLL_ALLGATHER: want = mov_input((int)blk, 0, j); break;
+        case HM_COLL_BROADCAST: want = hm_bench_mov_input(c->root, 0, i); break;
+        case HM_COLL_ALLGATHER: want = hm_bench_mov_input((int)blk, 0, j); break;
         case HM_COLL_GATHER:
           if (r != c->root) return HM_OK;
-          want = mov_input((int)blk, 0, j);
+          want = hm_bench_mov_input((int)blk, 0, j);
           break;
-        case HM_COLL_ALLTOALL: want = mov_input((int)blk, r, j); break;
+        case HM_COLL_ALLTOALL: want = hm_bench_mov_input((int)blk, r, j); break;
         case HM_COLL_SCATTER:
           if (inplace && r == c->root) out = sbuf + (size_t)r * c->count * es;
-          want = mov_input(c->root, r, i);
+          want = hm_bench_mov_input(c->root, r, i);
           break;
-        default: want = mov_input((r + n - 1) % n, r, i); break;
+        default: want = hm_bench_mov_input((r + n - 1) % n, r, i); break;
       }
       if (get_val(out, c->dt, i) != want) bad++;
     }
@@ -406,6 +331,7 @@ static int bench_rank(hm_comm_t comm, const bench_opts *o) {
         int64_t wrong[2] = {0, 0};
         for (int ip = 0; ip < 2 && !failed; ip++) {
           hm_status st = HM_OK;
+          fill_inputs(&c, sbuf, ip); /* real values also with -c 0 (as the Open MPI peer's) */
           for (int w = 0; w < o->warmup && st == HM_OK; w++) st = run_once(comm, &c, sbuf, rbuf, ip);
           if (st == HM_OK) st = hm_comm_barrier(comm);
           double t0 = now_s();
@@ -483,6 +409,45 @@ static int bind_cpu(int r) {
   return hm_cli_fail(NULL, "bench: --bind: no CPU for rank %d", r);
 }
 
+/* The rank whose process is pid (-1: none of ours). */
+static int rank_of(const pid_t *pids, int n, pid_t pid) {
+  for (int r = 0; r < n; r++)
+    if (pids[r] == pid) return r;
+  return -1;
+}
+
+/* Says how a rank ended when it did not exit with 0; returns 1 then. */
+static int report_rank_end(int rank, int status) {
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return 0;
+  if (WIFSIGNALED(status))
+    hm_cli_fail("a rank killed by a signal prints nothing itself; look for an OOM kill (dmesg) or a crash",
+                "bench: rank %d was killed by signal %d (%s)", rank, WTERMSIG(status), strsignal(WTERMSIG(status)));
+  else
+    hm_cli_fail("rerun with HETMIX_LOG=info for details",
+                "bench: rank %d exited with status %d", rank, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+  return 1;
+}
+
+/* After a rank failed: reaps the ranks that end on their own within grace_s (they see the dead
+ * peer in milliseconds) and reports each failure, then kills the rest (they cannot finish). */
+static void reap_after_failure(const pid_t *pids, int started, int *left, double grace_s) {
+  double end = now_s() + grace_s;
+  while (*left > 0 && now_s() < end) {
+    int status;
+    pid_t w = waitpid(-1, &status, WNOHANG);
+    if (w > 0) {
+      (*left)--;
+      report_rank_end(rank_of(pids, started, w), status);
+    } else if (w < 0 && errno != EINTR) {
+      return;
+    } else {
+      struct timespec ts = {0, 5 * 1000000L};
+      nanosleep(&ts, NULL);
+    }
+  }
+  for (int k = 0; k < started; k++) kill(pids[k], SIGKILL);
+}
+
 static int run_forked(const bench_opts *o, const hm_comm_config *cfg) {
   hm_unique_id id;
   hm_status st = hm_get_unique_id(&id);
@@ -496,6 +461,9 @@ static int run_forked(const bench_opts *o, const hm_comm_config *cfg) {
     if (pid < 0) break;
     if (pid == 0) {
       prctl(PR_SET_PDEATHSIG, SIGKILL);
+      char title[32]; /* ps and pgrep show which rank a process is (the kernel keeps 15 chars) */
+      snprintf(title, sizeof title, "hetmix-rank%d", r);
+      prctl(PR_SET_NAME, title);
       if (getppid() != parent) _exit(1);
       /* Start only once all ranks exist: while ranks bootstrap, this process's store thread
        * is busy, and forking then could hand a child a held allocator lock. */
@@ -527,17 +495,15 @@ static int run_forked(const bench_opts *o, const hm_comm_config *cfg) {
   close(gate[1]);
   int rc = started == o->ranks ? 0 : hm_cli_fail("lower --ranks", "could only start %d of %d ranks", started, o->ranks);
   double deadline = now_s() + o->timeout_s;
-  int left = started;
+  int left = started, failed = 0;
   while (left > 0) {
     int status;
     pid_t w = waitpid(-1, &status, WNOHANG);
     if (w > 0) {
       left--;
-      int bad = !WIFEXITED(status) || WEXITSTATUS(status) != 0;
-      if (bad && !rc) {
-        rc = 1;
-        if (WIFSIGNALED(status)) hm_cli_fail(NULL, "bench: a rank died with signal %d", WTERMSIG(status));
-        for (int k = 0; k < started; k++) kill(pids[k], SIGKILL); /* the others cannot finish */
+      if (!failed && report_rank_end(rank_of(pids, started, w), status)) {
+        failed = rc = 1; /* the ranks still running are killed: their ends are not news */
+        reap_after_failure(pids, started, &left, 2.0);
       }
       continue;
     }
@@ -556,48 +522,53 @@ static int run_forked(const bench_opts *o, const hm_comm_config *cfg) {
 }
 
 static int bench_comm(int argc, char **argv) {
-  if (argc < 1 || strcmp(argv[0], "--help") == 0 || strcmp(argv[0], "-h") == 0) {
-    usage(argc < 1 ? stderr : stdout);
-    return argc < 1 ? 2 : 0;
-  }
   bench_opts o = {.kind = -1, .min_bytes = 8, .max_bytes = 64u << 20, .step_factor = 2,
                   .op = HM_SUM, .dt = HM_FLOAT32, .iters = 20, .warmup = 5, .check = 1,
                   .timeout_s = 900};
-  for (int k = 0; k < (int)(sizeof kind_names / sizeof kind_names[0]); k++)
-    if (k != HM_COLL_BARRIER && strcmp(argv[0], kind_names[k]) == 0) o.kind = k;
-  if (o.kind < 0)
-    return hm_cli_fail("run `hetmix bench comm --help` for the list", "unknown collective '%s'", argv[0]);
-  for (int i = 1; i < argc; i++) {
-    const char *a = argv[i];
-    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
-      usage(stdout);
-      return 0;
-    }
-    if (strcmp(a, "--bind") == 0 || strcmp(a, "--hugepages") == 0) {
-      *(a[2] == 'b' ? &o.bind : &o.huge) = 1;
-      continue;
-    }
-    if (i + 1 >= argc) return hm_cli_fail("run `hetmix bench comm --help`", "option %s needs a value", a);
-    const char *v = argv[++i];
-    char *end = NULL;
-    int bad = 0;
-    if (!strcmp(a, "-b") || !strcmp(a, "--minbytes")) bad = parse_size(v, &o.min_bytes);
-    else if (!strcmp(a, "-e") || !strcmp(a, "--maxbytes")) bad = parse_size(v, &o.max_bytes);
-    else if (!strcmp(a, "-i") || !strcmp(a, "--stepbytes")) bad = parse_size(v, &o.step_bytes);
-    else if (!strcmp(a, "-f") || !strcmp(a, "--stepfactor")) o.step_factor = strtod(v, &end), bad = *end != 0 || o.step_factor < 0;
-    else if (!strcmp(a, "-o") || !strcmp(a, "--op")) bad = (o.op = parse_op(v)) < -1;
-    else if (!strcmp(a, "-d") || !strcmp(a, "--datatype")) bad = (o.dt = parse_dtype(v)) < -1;
-    else if (!strcmp(a, "-r") || !strcmp(a, "--root")) o.root = (int)strtol(v, &end, 10), bad = *end != 0;
-    else if (!strcmp(a, "-n") || !strcmp(a, "--iters")) o.iters = (int)strtol(v, &end, 10), bad = *end != 0 || o.iters < 1;
-    else if (!strcmp(a, "-w") || !strcmp(a, "--warmup_iters")) o.warmup = (int)strtol(v, &end, 10), bad = *end != 0 || o.warmup < 0;
-    else if (!strcmp(a, "-c") || !strcmp(a, "--check")) o.check = (int)strtol(v, &end, 10), bad = *end != 0;
-    else if (!strcmp(a, "--ranks")) o.ranks = (int)strtol(v, &end, 10), bad = *end != 0 || o.ranks < 1 || o.ranks > 256;
-    else if (!strcmp(a, "-t") || !strcmp(a, "--transport")) o.transport = v, bad = strcmp(v, "auto") && strcmp(v, "shm") && strcmp(v, "tcp");
-    else if (!strcmp(a, "--algo")) o.algo = v, bad = strcmp(v, "auto") && hm_coll_algo_parse(v) < 0;
-    else if (!strcmp(a, "--timeout")) o.timeout_s = strtod(v, &end), bad = *end != 0 || o.timeout_s <= 0;
-    else return hm_cli_fail("run `hetmix bench comm --help`", "unknown option '%s'", a);
-    if (bad) return hm_cli_fail("run `hetmix bench comm --help`", "bad value '%s' for %s", v, a);
+  static const char *const transports[] = {"auto", "shm", "tcp", NULL};
+  const char *op_name = NULL, *dt_name = NULL, *words[1] = {NULL};
+  const hm_opt table[] = {
+      HM_OPT_ROW(HM_OPT_SIZE, "minbytes", 'b', &o.min_bytes, 0, (double)SIZE_MAX, "SIZE", "smallest size (bytes, K/M/G suffixes) [8]"),
+      HM_OPT_ROW(HM_OPT_SIZE, "maxbytes", 'e', &o.max_bytes, 0, (double)SIZE_MAX, "SIZE", "largest size [64M]"),
+      HM_OPT_ROW(HM_OPT_DOUBLE, "stepfactor", 'f', &o.step_factor, 0, 1e6, "F", "multiply the size by F each step [2]"),
+      HM_OPT_ROW(HM_OPT_SIZE, "stepbytes", 'i', &o.step_bytes, 0, (double)SIZE_MAX, "SIZE", "or add SIZE each step (when -f is 0 or 1)"),
+      HM_OPT_STR_ROW("op", 'o', &op_name, "OP", "sum prod min max avg all [sum]"),
+      HM_OPT_STR_ROW("datatype", 'd', &dt_name, "TYPE", "i8 u8 i32 u32 i64 u64 f16 bf16 f32 f64 (or float, half, ...) all [f32]"),
+      HM_OPT_ROW(HM_OPT_INT, "root", 'r', &o.root, 0, 65535, "R", "root of rooted collectives [0]"),
+      HM_OPT_ROW(HM_OPT_INT, "iters", 'n', &o.iters, 1, 1e9, "N", "timed iterations per size [20]"),
+      HM_OPT_ROW(HM_OPT_INT, "warmup_iters", 'w', &o.warmup, 0, 1e9, "N", "untimed iterations first [5]"),
+      HM_OPT_ROW(HM_OPT_INT, "check", 'c', &o.check, 0, 1, "0|1", "verify results with exactly representable values [1]"),
+      HM_OPT_ROW(HM_OPT_INT, "ranks", 0, &o.ranks, 1, 256, "N", "fork N local ranks (default: the launcher's, else 2)"),
+      HM_OPT_CHOICE_ROW("transport", 't', &o.transport, transports, "[auto]"),
+      HM_OPT_STR_ROW("algo", 0, &o.algo, "A", "auto ring rd tree [auto]"),
+      HM_OPT_ROW(HM_OPT_DOUBLE, "timeout", 0, &o.timeout_s, 1e-3, 1e9, "S", "kill forked ranks after S seconds [900]"),
+      HM_OPT_FLAG_ROW("bind", 0, &o.bind, "pin forked rank r to the r-th CPU this process may use (mod\n"
+                      "their count), as mpirun's default binding does"),
+      HM_OPT_FLAG_ROW("hugepages", 0, &o.huge, "2 MiB-aligned buffers advised for transparent huge pages\n"
+                      "(madvise; as a training framework's allocator does)"),
+      HM_OPT_END_ROW};
+  const hm_opt_spec spec = {
+      "bench comm", "hetmix bench comm <op> [options]",
+      "op: allreduce reduce broadcast reduce_scatter allgather alltoall gather scatter sendrecv", table,
+      "size is the whole array (as nccl-tests); busbw = algbw x factor (allreduce 2(n-1)/n,\n"
+      "reduce_scatter/allgather/alltoall/gather/scatter (n-1)/n, broadcast/reduce/sendrecv 1).",
+      1, 0};
+  hm_opt_result parsed = {(char **)words, 0, 0};
+  const int prc = hm_opts_parse(&spec, argc, argv, &parsed);
+  if (prc != HM_OPTS_CONTINUE) return prc;
+  if (parsed.npos == 0) {
+    hm_opts_help(&spec, stderr);
+    return 2;
   }
+  for (int k = 0; k < (int)(sizeof kind_names / sizeof kind_names[0]); k++)
+    if (k != HM_COLL_BARRIER && strcmp(words[0], kind_names[k]) == 0) o.kind = k;
+  if (o.kind < 0)
+    return hm_cli_fail("run `hetmix bench comm --help` for the list", "unknown collective '%s'", words[0]);
+  if (op_name && (o.op = parse_op(op_name)) < -1) return hm_opts_bad_value(&spec, "op", op_name, "is not a reduction");
+  if (dt_name && (o.dt = parse_dtype(dt_name)) < -1)
+    return hm_opts_bad_value(&spec, "datatype", dt_name, "is not a data type");
+  if (o.algo && strcmp(o.algo, "auto") && hm_coll_algo_parse(o.algo) < 0)
+    return hm_opts_bad_value(&spec, "algo", o.algo, "is not an algorithm (auto ring rd tree)");
   if (o.min_bytes > o.max_bytes)
     return hm_cli_fail("pass -b <= -e", "minbytes %zu is above maxbytes %zu", o.min_bytes, o.max_bytes);
   if (o.step_factor <= 1 && o.step_bytes == 0) o.step_factor = 2;
@@ -625,6 +596,6 @@ int hm_cmd_bench(int argc, char **argv) {
     fprintf(argc < 2 ? stderr : stdout, "usage: hetmix bench comm <op> [options]   (see `hetmix bench comm --help`)\n");
     return argc < 2 ? 2 : 0;
   }
-  if (strcmp(argv[1], "comm") == 0) return bench_comm(argc - 2, argv + 2);
+  if (strcmp(argv[1], "comm") == 0) return bench_comm(argc - 1, argv + 1);
   return hm_cli_fail("the benchmarks are: comm", "unknown benchmark '%s'", argv[1]);
 }

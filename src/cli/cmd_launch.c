@@ -1,6 +1,7 @@
 /* `hetmix launch` (start and supervise the workers of a job on this machine), `hetmix worker`
  * (one worker, started by launch, mpirun or srun) and `hetmix profile`.
  * Parsing and printing only; spawning and supervision live in src/runtime/launch.c. */
+#include <float.h>
 #include <limits.h>
 #include <stdint.h>
 #include <signal.h>
@@ -14,82 +15,45 @@
 #include "hetmix/model.h"
 #include "hetmix/pipeline.h"
 #include "hetmix/runtime.h"
+#include "options.h"
 #include "runtime/pipeline_internal.h"
 #include "util/util.h"
-
-static void launch_usage(FILE *f) {
-  fprintf(f,
-          "usage: hetmix launch -n N [options] [-- command [args...]]\n"
-          "       hetmix launch --plan plan.json [--cluster C] [--model M] [options] [-- worker options]\n"
-          "\n"
-          "Starts N workers on this machine (ranks 0..N-1) with the environment hmcomm bootstraps\n"
-          "from: HETMIX_RANK, HETMIX_WORLD_SIZE, HETMIX_LOCAL_RANK, HETMIX_LOCAL_WORLD_SIZE,\n"
-          "HETMIX_STORE_ADDR (127.0.0.1 and a free port) and HETMIX_SECRET (fresh per job).\n"
-          "Without a command each worker runs `hetmix worker`. SIGINT/SIGTERM/SIGHUP are forwarded\n"
-          "to the workers; the first worker that fails stops the others (SIGTERM, then SIGKILL after\n"
-          "the grace period) and is named. Exit status: 0 when all succeed, else the failed worker's\n"
-          "status (128+signal when killed).\n"
-          "\n"
-          "With --plan, N is the plan's number of ranks and each runs `hetmix worker --plan plan.json`\n"
-          "plus the worker options after `--` (e.g. --steps 100 --out run); a plan that does not fit\n"
-          "the --cluster / --model spec files (or its own embedded ones) is refused before starting.\n"
-          "\n"
-          "options:\n"
-          "  -n, --nworkers N   number of workers\n"
-          "  --plan FILE        start the workers of a plan\n"
-          "  --tag-output       prefix each output line with \"[rank R] \"\n"
-          "  --grace-ms MS      SIGTERM to SIGKILL delay when stopping workers [2000]\n"
-          "  --timeout S        stop the job after S seconds [no limit]\n"
-          "  -h, --help         this text\n");
-}
-
-static int parse_int(const char *s, long lo, long hi, long *out) {
-  char *end = NULL;
-  long v = strtol(s, &end, 10);
-  if (!s[0] || *end || v < lo || v > hi) return -1;
-  *out = v;
-  return 0;
-}
 
 int hm_cmd_launch(int argc, char **argv) {
   hm_launch_opts opts = HM_LAUNCH_OPTS_INIT;
   const char *plan_path = NULL, *cluster_path = NULL, *model_path = NULL;
-  long v;
-  int i = 1;
-  for (; i < argc; i++) {
-    const char *a = argv[i];
-    if (strcmp(a, "--") == 0) {
-      i++;
-      break;
-    }
-    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
-      launch_usage(stdout);
-      return 0;
-    }
-    int has_val = i + 1 < argc;
-    if (strcmp(a, "-n") == 0 || strcmp(a, "--nworkers") == 0) {
-      if (!has_val || parse_int(argv[++i], 1, 4096, &v) != 0)
-        return hm_cli_fail("for example: hetmix launch -n 4 -- ./my_worker", "%s needs a worker count in 1..4096", a);
-      opts.nworkers = (int)v;
-    } else if (strcmp(a, "--tag-output") == 0) {
-      opts.tag_output = 1;
-    } else if (strcmp(a, "--plan") == 0 || strcmp(a, "--cluster") == 0 || strcmp(a, "--model") == 0) {
-      if (!has_val) return hm_cli_fail(NULL, "%s needs a file", a);
-      const char **dst = a[2] == 'p' ? &plan_path : a[2] == 'c' ? &cluster_path : &model_path;
-      *dst = argv[++i];
-    } else if (strcmp(a, "--grace-ms") == 0) {
-      if (!has_val || parse_int(argv[++i], 1, 600000, &v) != 0)
-        return hm_cli_fail(NULL, "--grace-ms needs milliseconds in 1..600000");
-      opts.grace_ms = (int)v;
-    } else if (strcmp(a, "--timeout") == 0) {
-      if (!has_val || parse_int(argv[++i], 1, 30L * 86400, &v) != 0)
-        return hm_cli_fail(NULL, "--timeout needs seconds in 1..2592000");
-      opts.timeout_ms = (int)(v * 1000 > INT_MAX ? INT_MAX : v * 1000);
-    } else {
-      return hm_cli_fail("run `hetmix launch --help`; put the worker command after `--`",
-                         "unknown option '%s'", a);
-    }
-  }
+  int timeout_s = 0;
+  const hm_opt table[] = {
+      HM_OPT_ROW(HM_OPT_INT, "nworkers", 'n', &opts.nworkers, 1, 4096, "N", "number of workers"),
+      HM_OPT_STR_ROW("plan", 0, &plan_path, "FILE", "start the workers of a plan"),
+      HM_OPT_STR_ROW("cluster", 0, &cluster_path, "C", "with --plan: refuse the plan unless it fits this cluster spec"),
+      HM_OPT_STR_ROW("model", 0, &model_path, "M", "with --plan: refuse the plan unless it fits this model spec"),
+      HM_OPT_FLAG_ROW("tag-output", 0, &opts.tag_output, "prefix each output line with \"[rank R] \""),
+      HM_OPT_ROW(HM_OPT_INT, "grace-ms", 0, &opts.grace_ms, 1, 600000, "MS",
+                 "SIGTERM to SIGKILL delay when stopping workers [2000]"),
+      HM_OPT_ROW(HM_OPT_INT, "timeout", 0, &timeout_s, 1, 30 * 86400, "S", "stop the job after S seconds [no limit]"),
+      HM_OPT_END_ROW};
+  const hm_opt_spec spec = {
+      "launch",
+      "hetmix launch -n N [options] [-- command [args...]]\n"
+      "       hetmix launch --plan plan.json [--cluster C] [--model M] [options] [-- worker options]",
+      "Starts N workers on this machine (ranks 0..N-1) with the environment hmcomm bootstraps\n"
+      "from: HETMIX_RANK, HETMIX_WORLD_SIZE, HETMIX_LOCAL_RANK, HETMIX_LOCAL_WORLD_SIZE,\n"
+      "HETMIX_STORE_ADDR (127.0.0.1 and a free port) and HETMIX_SECRET (fresh per job).\n"
+      "Without a command each worker runs `hetmix worker`. SIGINT/SIGTERM/SIGHUP are forwarded\n"
+      "to the workers; the first worker that fails stops the others (SIGTERM, then SIGKILL after\n"
+      "the grace period) and is named. Exit status: 0 when all succeed, else the failed worker's\n"
+      "status (128+signal when killed); 2 for a bad option.\n"
+      "\n"
+      "With --plan, N is the plan's number of ranks and each runs `hetmix worker --plan plan.json`\n"
+      "plus the worker options after `--` (e.g. --steps 100 --out run); a plan that does not fit\n"
+      "the --cluster / --model spec files (or its own embedded ones) is refused before starting.",
+      table, NULL, 0, 1};
+  hm_opt_result parsed = {NULL, 0, 0};
+  const int prc = hm_opts_parse(&spec, argc, argv, &parsed);
+  if (prc != HM_OPTS_CONTINUE) return prc;
+  if (timeout_s > 0) opts.timeout_ms = timeout_s > INT_MAX / 1000 ? INT_MAX : timeout_s * 1000;
+  int i = parsed.rest;
   char self[PATH_MAX];
   ssize_t self_n = readlink("/proc/self/exe", self, sizeof self - 1);
   if (self_n <= 0) return hm_cli_fail(NULL, "cannot find the hetmix executable (/proc/self/exe)");
@@ -147,66 +111,6 @@ int hm_cmd_launch(int argc, char **argv) {
 }
 
 /* ---------------------------------------------------------------- hetmix worker */
-
-static void worker_usage(FILE *f) {
-  fprintf(f,
-          "usage: hetmix worker [options]      (started by `hetmix launch`, mpirun or srun)\n"
-          "\n"
-          "Runs one worker of a pipeline + data-parallel job. Its rank comes from the launcher's\n"
-          "environment (HETMIX_*, OMPI_COMM_WORLD_*, PMI_*, SLURM_*); world rank = replica*p + stage.\n"
-          "\n"
-          "layout (either a plan or the options after it):\n"
-          "  --plan FILE            plan.json from `hetmix plan`: stages, layers, replicas, micro-batches,\n"
-          "                         micro-batch size, model and each rank's device backend\n"
-          "  --cluster FILE         with --plan: refuse the plan unless it fits this cluster spec\n"
-          "  --model FILE.json      with --plan: refuse the plan unless it fits this model spec\n"
-          "  --stages B0,B1,..,Bp   layer bounds of the p stages over the model's L+2 layers\n"
-          "                         (default: one stage with every layer)\n"
-          "  --micro M0[,M1,..]     micro-batches per step of each replica (count = replicas) [1]\n"
-          "  --device SPEC          device of every worker [cpu:threads=1]\n"
-          "  --devices S0|S1|..     one device spec per stage (p of them) or per rank (R*p)\n"
-          "  --bucket N             layers per data-parallel allreduce bucket [1]\n"
-          "  --rebalance            after each step move micro-batches between replicas toward\n"
-          "                         equal finish times, from their measured compute (same update)\n"
-          "training (defaults as `hetmix train`):\n"
-          "  --model NAME           gpt-mini, tiny, or L6,C384,NH6,V256,T256 [gpt-mini]\n"
-          "  --data FILE            token file [default corpus under --data-dir]\n"
-          "  --data-dir DIR         [data]\n"
-          "  --steps N --batch B --seq T --lr X --warmup N --min-lr-frac X --grad-clip X\n"
-          "  --weight-decay X --seed N\n"
-          "output:\n"
-          "  --out DIR              metrics.jsonl (written by replica 0's last stage)\n"
-          "  --trace FILE           measured Chrome/Perfetto trace of the last --trace-steps steps\n"
-          "  --dump DIR             replica 0's stages save stage<s>.hmc after the last step\n"
-          "  --resume DIR           continue from a --dump of the same layout and options (params, AdamW\n"
-          "                         moments, step; the data position follows from the step)\n"
-          "  --stop-after N         stop once step N is done (the LR schedule still spans --steps)\n"
-          "  --quiet                no progress lines\n"
-          "checks:\n"
-          "  --selftest             bootstrap hmcomm from the environment, allreduce and a ring\n"
-          "                         exchange, print `selftest ok` (launcher tests use it)\n");
-}
-
-static int parse_int_list(const char *s, int *out, int cap, const char *what) {
-  int n = 0;
-  const char *p = s;
-  while (*p) {
-    char *end = NULL;
-    long v = strtol(p, &end, 10);
-    if (end == p || n == cap || v < 0 || v > 1000000) {
-      hm_cli_fail("give comma-separated non-negative integers, e.g. 0,3,8", "%s: cannot read '%s'", what, s);
-      return -1;
-    }
-    out[n++] = (int)v;
-    p = end;
-    if (*p == ',') p++;
-    else if (*p) {
-      hm_cli_fail("give comma-separated non-negative integers, e.g. 0,3,8", "%s: cannot read '%s'", what, s);
-      return -1;
-    }
-  }
-  return n;
-}
 
 static int worker_selftest(void) {
   hm_launch_env env;
@@ -292,107 +196,80 @@ int hm_cmd_worker(int argc, char **argv) {
   po.train = &t;
   po.nreplicas = 1;
   po.micro[0] = 1;
-  const char *devices = NULL, *plan_path = NULL, *cluster_path = NULL, *model_path = NULL;
-  int quiet = 0, have_stages = 0, have_layout = 0;
-  for (int i = 1; i < argc; i++) {
-    const char *a = argv[i];
-    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-#define NEED_VAL()                                                                 \
-  do {                                                                             \
-    if (!v) return hm_cli_fail("run `hetmix worker --help`", "%s needs a value", a); \
-    i++;                                                                           \
-  } while (0)
-    char *end = NULL;
-    int *ip = NULL;
-    float *fp = NULL;
-    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
-      worker_usage(stdout);
-      return 0;
-    } else if (strcmp(a, "--selftest") == 0) {
-      return worker_selftest();
-    } else if (strcmp(a, "--quiet") == 0) {
-      quiet = 1;
-    } else if (strcmp(a, "--rebalance") == 0) {
-      po.rebalance = 1;
-    } else if (strcmp(a, "--plan") == 0) {
-      NEED_VAL();
-      plan_path = v;
-    } else if (strcmp(a, "--cluster") == 0) {
-      NEED_VAL();
-      cluster_path = v;
-    } else if (strcmp(a, "--stages") == 0) {
-      NEED_VAL();
-      have_layout = 1;
-      int n = parse_int_list(v, po.stage_layers, HM_PIPE_MAX_STAGES + 1, a);
-      if (n < 0) return 1;
-      if (n < 2) return hm_cli_fail("e.g. --stages 0,3,8 for two stages", "--stages needs at least two bounds");
-      po.nstages = n - 1;
-      have_stages = 1;
-    } else if (strcmp(a, "--micro") == 0) {
-      NEED_VAL();
-      have_layout = 1;
-      int n = parse_int_list(v, po.micro, HM_PIPE_MAX_REPLICAS, a);
-      if (n < 1) return n < 0 ? 1 : hm_cli_fail(NULL, "--micro needs at least one count");
-      po.nreplicas = n;
-    } else if (strcmp(a, "--device") == 0) {
-      NEED_VAL();
-      t.device = v;
-    } else if (strcmp(a, "--devices") == 0) {
-      NEED_VAL();
-      devices = v;
-    } else if (strcmp(a, "--bucket") == 0) {
-      NEED_VAL();
-      po.layers_per_bucket = atoi(v);
-    } else if (strcmp(a, "--model") == 0) {
-      NEED_VAL();
-      if (strchr(v, '/') || strstr(v, ".json")) { /* a model spec file: checks a --plan against it */
-        model_path = v;
-        continue;
-      }
-      have_layout = 1;
-      hm_status st = hm_model_config_lookup(v, &t.config);
-      if (st != HM_OK) return hm_cli_fail_status(st, "--model", NULL);
-    } else if (strcmp(a, "--data") == 0) {
-      NEED_VAL();
-      t.data = v;
-    } else if (strcmp(a, "--data-dir") == 0) {
-      NEED_VAL();
-      t.data_dir = v;
-    } else if (strcmp(a, "--out") == 0) {
-      NEED_VAL();
-      t.out_dir = v;
-    } else if (strcmp(a, "--trace") == 0) {
-      NEED_VAL();
-      po.trace_path = v;
-    } else if (strcmp(a, "--trace-steps") == 0) {
-      NEED_VAL();
-      po.trace_steps = atoi(v);
-    } else if (strcmp(a, "--dump") == 0) {
-      NEED_VAL();
-      po.dump_dir = v;
-    } else if (strcmp(a, "--resume") == 0) {
-      NEED_VAL();
-      t.resume = v;
-    } else if ((ip = strcmp(a, "--steps") == 0 ? &t.steps : strcmp(a, "--batch") == 0 ? &t.batch
-                     : strcmp(a, "--seq") == 0 ? &t.seq_len : strcmp(a, "--warmup") == 0 ? &t.warmup
-                     : strcmp(a, "--stop-after") == 0 ? &t.stop_after : NULL) ||
-               strcmp(a, "--seed") == 0) {
-      NEED_VAL();
-      long x = strtol(v, &end, 10);
-      if (*end || x < 0 || x > 100000000) return hm_cli_fail(NULL, "%s: '%s' is not a count", a, v);
-      if (ip) *ip = (int)x;
-      else t.seed = (uint64_t)x;
-    } else if ((fp = strcmp(a, "--lr") == 0 ? &t.lr : strcmp(a, "--min-lr-frac") == 0 ? &t.min_lr_frac
-                     : strcmp(a, "--grad-clip") == 0 ? &t.grad_clip : strcmp(a, "--weight-decay") == 0 ? &t.weight_decay
-                     : NULL)) {
-      NEED_VAL();
-      float x = strtof(v, &end);
-      if (*end || !(x >= 0)) return hm_cli_fail(NULL, "%s: '%s' is not a non-negative number", a, v);
-      *fp = x;
-    } else {
-      return hm_cli_fail("run `hetmix worker --help`", "unknown option '%s'", a);
-    }
-#undef NEED_VAL
+  const char *devices = NULL, *plan_path = NULL, *cluster_path = NULL, *model_path = NULL, *model = NULL;
+  int quiet = 0, have_stages = 0, have_layout = 0, selftest = 0, nbounds = 0, nmicro = 0;
+  const hm_opt opts[] = {
+      HM_OPT_SECTION_ROW("layout (either a plan or the options after it):"),
+      HM_OPT_STR_ROW("plan", 0, &plan_path, "FILE",
+                     "plan.json from `hetmix plan`: stages, layers, replicas, micro-batches,\n"
+                     "micro-batch size, model and each rank's device backend"),
+      HM_OPT_STR_ROW("cluster", 0, &cluster_path, "FILE", "with --plan: refuse the plan unless it fits this cluster spec"),
+      HM_OPT_STR_ROW("model", 0, &model, "NAME|FILE.json",
+                     "gpt-mini, tiny, or L6,C384,NH6,V256,T256 [gpt-mini]; a spec file\n"
+                     "(a path or *.json): with --plan, refuse the plan unless it fits it"),
+      HM_OPT_LIST_ROW("stages", 0, po.stage_layers, HM_PIPE_MAX_STAGES + 1, &nbounds, 0, 1000000, "B0,B1,..,Bp",
+                      "layer bounds of the p stages over the model's L+2 layers\n(default: one stage with every layer)"),
+      HM_OPT_LIST_ROW("micro", 0, po.micro, HM_PIPE_MAX_REPLICAS, &nmicro, 0, 1000000, "M0[,M1,..]",
+                      "micro-batches per step of each replica (count = replicas) [1]"),
+      HM_OPT_STR_ROW("device", 0, &t.device, "SPEC", "device of every worker [cpu:threads=1]"),
+      HM_OPT_STR_ROW("devices", 0, &devices, "S0|S1|..", "one device spec per stage (p of them) or per rank (R*p)"),
+      HM_OPT_ROW(HM_OPT_INT, "bucket", 0, &po.layers_per_bucket, 1, 1000000, "N",
+                 "layers per data-parallel allreduce bucket [1]"),
+      HM_OPT_FLAG_ROW("rebalance", 0, &po.rebalance,
+                      "after each step move micro-batches between replicas toward\n"
+                      "equal finish times, from their measured compute (same update)"),
+      HM_OPT_SECTION_ROW("training (defaults as `hetmix train`):"),
+      HM_OPT_STR_ROW("data", 0, &t.data, "FILE", "token file [default corpus under --data-dir]"),
+      HM_OPT_STR_ROW("data-dir", 0, &t.data_dir, "DIR", "[data]"),
+      HM_OPT_ROW(HM_OPT_INT, "steps", 0, &t.steps, 0, 1e8, "N", "optimizer steps [1000]"),
+      HM_OPT_ROW(HM_OPT_INT, "batch", 0, &t.batch, 0, 1e8, "B", "sequences per micro-batch [8]"),
+      HM_OPT_ROW(HM_OPT_INT, "seq", 0, &t.seq_len, 0, 1e8, "T", "tokens per sequence [the model's T]"),
+      HM_OPT_ROW(HM_OPT_FLOAT, "lr", 0, &t.lr, 0, FLT_MAX, "X", "peak learning rate [1e-3]"),
+      HM_OPT_ROW(HM_OPT_INT, "warmup", 0, &t.warmup, 0, 1e8, "N", "linear warm-up steps [100]"),
+      HM_OPT_ROW(HM_OPT_FLOAT, "min-lr-frac", 0, &t.min_lr_frac, 0, FLT_MAX, "X", "cosine decay to lr*X"),
+      HM_OPT_ROW(HM_OPT_FLOAT, "grad-clip", 0, &t.grad_clip, 0, FLT_MAX, "X", "gradient norm clip [1.0]"),
+      HM_OPT_ROW(HM_OPT_FLOAT, "weight-decay", 0, &t.weight_decay, 0, FLT_MAX, "X", "AdamW weight decay [0.1]"),
+      HM_OPT_ROW(HM_OPT_U64, "seed", 0, &t.seed, 0, HM_OPT_U64_MAX, "N", "initialization and batch order [1337]"),
+      HM_OPT_SECTION_ROW("output:"),
+      HM_OPT_STR_ROW("out", 0, &t.out_dir, "DIR", "metrics.jsonl (written by replica 0's last stage)"),
+      HM_OPT_STR_ROW("trace", 0, &po.trace_path, "FILE", "measured Chrome/Perfetto trace of the last --trace-steps steps"),
+      HM_OPT_ROW(HM_OPT_INT, "trace-steps", 0, &po.trace_steps, 1, 1000000, "N", "[1]"),
+      HM_OPT_STR_ROW("dump", 0, &po.dump_dir, "DIR", "replica 0's stages save stage<s>.hmc after the last step"),
+      HM_OPT_ROW(HM_OPT_INT, "ckpt-every", 0, &t.ckpt_every, 0, 1e8, "N",
+                 "also every N steps, in DIR/step-<N>/ (0: only the last step) [0]"),
+      HM_OPT_ROW(HM_OPT_INT, "keep", 0, &t.keep, 0, 1e8, "K", "keep the newest K step-<N>/ folders of --dump (0: all) [3]"),
+      HM_OPT_STR_ROW("resume", 0, &t.resume, "DIR",
+                     "continue from a --dump of the same layout and options (params, AdamW\n"
+                     "moments, step; the data position follows from the step)"),
+      HM_OPT_ROW(HM_OPT_INT, "stop-after", 0, &t.stop_after, 0, 1e8, "N",
+                 "stop once step N is done (the LR schedule still spans --steps)"),
+      HM_OPT_FLAG_ROW("quiet", 0, &quiet, "no progress lines"),
+      HM_OPT_SECTION_ROW("checks:"),
+      HM_OPT_FLAG_ROW("selftest", 0, &selftest,
+                      "bootstrap hmcomm from the environment, allreduce and a ring\n"
+                      "exchange, print `selftest ok` (launcher tests use it)"),
+      HM_OPT_END_ROW};
+  const hm_opt_spec spec = {
+      "worker", "hetmix worker [options]      (started by `hetmix launch`, mpirun or srun)",
+      "Runs one worker of a pipeline + data-parallel job. Its rank comes from the launcher's\n"
+      "environment (HETMIX_*, OMPI_COMM_WORLD_*, PMI_*, SLURM_*); world rank = replica*p + stage.",
+      opts, NULL, 0, 0};
+  hm_opt_result parsed = {NULL, 0, 0};
+  const int prc = hm_opts_parse(&spec, argc, argv, &parsed);
+  if (prc != HM_OPTS_CONTINUE) return prc;
+  if (selftest) return worker_selftest();
+  if (nbounds > 0) {
+    if (nbounds < 2) return hm_cli_fail("e.g. --stages 0,3,8 for two stages", "--stages needs at least two bounds");
+    po.nstages = nbounds - 1;
+    have_stages = have_layout = 1;
+  }
+  if (nmicro > 0) po.nreplicas = nmicro, have_layout = 1;
+  if (model && (strchr(model, '/') || strstr(model, ".json"))) { /* a model spec file: checks a --plan against it */
+    model_path = model;
+  } else if (model) {
+    have_layout = 1;
+    hm_status st = hm_model_config_lookup(model, &t.config);
+    if (st != HM_OK) return hm_cli_fail_status(st, "--model", NULL);
   }
   if (plan_path) {
     if (have_layout || devices)

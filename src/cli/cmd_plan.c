@@ -2,60 +2,56 @@
  * (re-predict a plan.json, optionally on another cluster, model or batch: what-if).
  * Printing only; the planning itself is in src/plan. */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
 #include "hetmix/plan.h"
+#include "options.h"
 
 typedef struct plan_args {
   const char *cluster, *model, *profile, *train, *out, *trace, *plan;
   int top, max_stages;
-  long long batch;
+  int64_t batch;
 } plan_args;
 
+/* Returns HM_OPTS_CONTINUE to go on, else the exit status (0 after --help). */
 static int parse_args(int argc, char **argv, plan_args *a, int simulate) {
   memset(a, 0, sizeof *a);
   a->top = 5;
-  for (int i = 1; i < argc; i++) {
-    const char *k = argv[i];
-    const char **dst = NULL;
-    if (!strcmp(k, "--cluster")) dst = &a->cluster;
-    else if (!strcmp(k, "--model")) dst = &a->model;
-    else if (!strcmp(k, "--profile")) dst = &a->profile;
-    else if (!strcmp(k, "--train")) dst = &a->train;
-    else if (!strcmp(k, "-o") || !strcmp(k, "--output")) dst = &a->out;
-    else if (!strcmp(k, "--trace")) dst = &a->trace;
-    else if (!strcmp(k, "--plan")) dst = &a->plan;
-    else if (!strcmp(k, "--top") || !strcmp(k, "--max-stages") || !strcmp(k, "--batch")) {
-      if (i + 1 >= argc) return hm_cli_fail(NULL, "%s needs a value", k) + 1;
-      char *end;
-      long long v = strtoll(argv[++i], &end, 10);
-      if (*end || v < 1 || v > (1ll << 40))
-        return hm_cli_fail(NULL, "%s: expected a positive integer, got '%s'", k, argv[i]) + 1;
-      if (!strcmp(k, "--top")) a->top = v > 1000 ? 1000 : (int)v;
-      else if (!strcmp(k, "--max-stages")) a->max_stages = v > HM_PLAN_MAX_STAGES ? HM_PLAN_MAX_STAGES : (int)v;
-      else a->batch = v;
-      continue;
-    } else if (!strcmp(k, "--help") || !strcmp(k, "-h")) {
-      if (simulate)
-        printf("usage: hetmix simulate --plan plan.json [--cluster C] [--model M] [--train T]\n"
-               "                       [--profile P] [--batch B] [--trace predicted.json]\n"
-               "Re-predicts a plan; the options replace the specs stored in plan.json (what-if).\n");
-      else
-        printf("usage: hetmix plan --cluster C --model M [--profile P] [--train T] [-o plan.json]\n"
-               "                   [--trace predicted.json] [--top K] [--max-stages N]\n"
-               "Searches the fastest plans; prints the K best, writes the best as plan.json and\n"
-               "its predicted timeline as a Chrome/Perfetto trace. Formats: docs/plan.md.\n");
-      return 1;
-    } else {
-      return hm_cli_fail("see `hetmix plan --help`", "unknown option '%s'", k) + 1;
-    }
-    if (i + 1 >= argc) return hm_cli_fail(NULL, "%s needs a value", k) + 1;
-    *dst = argv[++i];
-  }
-  return 0;
+  const hm_opt plan_opts[] = {
+      HM_OPT_STR_ROW("cluster", 0, &a->cluster, "C", "cluster spec (JSON)"),
+      HM_OPT_STR_ROW("model", 0, &a->model, "M", "model spec (JSON)"),
+      HM_OPT_STR_ROW("profile", 0, &a->profile, "P", "measured profile from `hetmix profile` [analytic estimates]"),
+      HM_OPT_STR_ROW("train", 0, &a->train, "T", "training spec [defaults]"),
+      HM_OPT_STR_ROW("output", 'o', &a->out, "FILE", "write the best plan (plan.json)"),
+      HM_OPT_STR_ROW("trace", 0, &a->trace, "FILE", "write its predicted timeline (Chrome/Perfetto trace)"),
+      HM_OPT_ROW(HM_OPT_INT, "top", 0, &a->top, 1, 1000, "K", "plans to list [5]"),
+      HM_OPT_ROW(HM_OPT_INT, "max-stages", 0, &a->max_stages, 1, HM_PLAN_MAX_STAGES, "N",
+                 "pipeline depth limit [64]"),
+      HM_OPT_END_ROW};
+  const hm_opt sim_opts[] = {
+      HM_OPT_STR_ROW("plan", 0, &a->plan, "FILE", "plan.json from `hetmix plan`"),
+      HM_OPT_STR_ROW("cluster", 0, &a->cluster, "C", "what-if cluster spec [the plan's]"),
+      HM_OPT_STR_ROW("model", 0, &a->model, "M", "what-if model spec [the plan's]"),
+      HM_OPT_STR_ROW("train", 0, &a->train, "T", "what-if training spec [the plan's]"),
+      HM_OPT_STR_ROW("profile", 0, &a->profile, "P", "measured profile [analytic estimates]"),
+      HM_OPT_ROW(HM_OPT_INT64, "batch", 0, &a->batch, 1, 1e9, "B",
+                 "what-if global batch (the classes keep their micro-batch ratios)"),
+      HM_OPT_STR_ROW("trace", 0, &a->trace, "FILE", "write the predicted timeline (Chrome/Perfetto trace)"),
+      HM_OPT_END_ROW};
+  const hm_opt_spec plan_spec = {
+      "plan", "hetmix plan --cluster C --model M [--profile P] [--train T] [-o plan.json] [options]",
+      "Searches the fastest plans; prints the K best, writes the best as plan.json and\n"
+      "its predicted timeline as a Chrome/Perfetto trace. Formats: docs/plan.md.",
+      plan_opts, NULL, 0, 0};
+  const hm_opt_spec sim_spec = {"simulate", "hetmix simulate --plan plan.json [options]",
+                                "Re-predicts a plan; the options replace the specs stored in plan.json (what-if).",
+                                sim_opts, NULL, 0, 0};
+  hm_opt_result res = {NULL, 0, 0};
+  return hm_opts_parse(simulate ? &sim_spec : &plan_spec, argc, argv, &res);
 }
 
 static void describe_class(const hm_cluster *c, const hm_plan_class *cl, char *buf, size_t cap) {
@@ -151,7 +147,8 @@ static int resolve_inputs(const hm_cluster *c, const hm_model *m, hm_train *t, h
 int hm_cmd_plan(int argc, char **argv) {
   plan_args a;
   int rc = parse_args(argc, argv, &a, 0);
-  if (rc) return rc - 1;
+  if (rc != HM_OPTS_CONTINUE) return rc;
+  rc = 0;
   if (!a.cluster || !a.model)
     return hm_cli_fail("usage: hetmix plan --cluster C --model M [--train T] (see --help)",
                        "plan needs --cluster and --model");
@@ -293,7 +290,8 @@ static int rebatch(hm_plan *p, long long batch) {
 int hm_cmd_simulate(int argc, char **argv) {
   plan_args a;
   int rc = parse_args(argc, argv, &a, 1);
-  if (rc) return rc - 1;
+  if (rc != HM_OPTS_CONTINUE) return rc;
+  rc = 0;
   if (!a.plan) return hm_cli_fail("usage: hetmix simulate --plan plan.json (see --help)", "simulate needs --plan");
   hm_plan *p = calloc(1, sizeof *p);
   hm_cluster pc, c;

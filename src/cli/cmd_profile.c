@@ -8,63 +8,13 @@
 #include "cli.h"
 #include "hetmix/profile.h"
 #include "hetmix/spec.h"
+#include "options.h"
 #include "util/util.h"
-
-static void profile_usage(FILE *f) {
-  fprintf(f,
-          "usage: hetmix profile --cluster C --model M [--train T] [-o profile.json]\n"
-          "                      [--micro-batches 1,2,4] [--reps N] [--warmup N] [--budget S]\n"
-          "                      [--types a,b] [--concurrent] [--copies K]\n"
-          "                      [--no-links] [--link-transport shm|tcp]\n"
-          "\n"
-          "Measures, on this machine, each layer kind of the model (embedding, block, head) on each\n"
-          "device type of the cluster that has a \"backend\" string: forward and backward seconds per\n"
-          "micro-batch (median of N timed rounds after the warm-up) and the device memory of a\n"
-          "one-layer stage; and the link between two local worker processes (hmcomm send/recv\n"
-          "ping-pong over shared memory and TCP, fitted to latency + bytes / bandwidth). Writes the\n"
-          "profile for `hetmix plan --profile` (format: docs/spec.md; method: docs/profile.md).\n"
-          "\n"
-          "options:\n"
-          "  --cluster C            cluster spec (JSON)\n"
-          "  --model M              model spec (JSON) with a gpt2 \"config\"\n"
-          "  --train T              training spec: its micro_batch_sizes are measured\n"
-          "  -o, --output FILE      where to write the profile [profile.json]\n"
-          "  --micro-batches LIST   micro-batch sizes, e.g. 1,2,4 [the training spec's, else 1,2,4]\n"
-          "  --reps N               timed rounds per measurement, median kept [5]\n"
-          "  --warmup N             untimed rounds first [1]\n"
-          "  --budget S             stop timing a layer kind and size after S seconds of timed rounds\n"
-          "                         (at least one round) [2]; 0: always all --reps\n"
-          "  --types a,b            only these device types [every type with a backend]\n"
-          "  --concurrent           time every selected type at the same time, one process each\n"
-          "                         (the figures then include what the others take from the host,\n"
-          "                         as when the workers of a heterogeneous plan run together)\n"
-          "  --copies K             K processes per type timed at once (as K workers of that type)\n"
-          "                         [1]; the slowest copy's figures are written (a step waits for it)\n"
-          "  --no-links             do not probe links (the cluster spec's figures stay)\n"
-          "  --link-transport T     which probe the intra-host link entries record: shm or tcp [shm]\n"
-          "  -h, --help             this text\n");
-}
 
 static void print_line(const char *line, void *user) {
   (void)user;
   printf("%s\n", line);
   fflush(stdout);
-}
-
-/* "1,2,4" -> values; returns the count or -1. */
-static int parse_list(const char *s, int64_t *out, int cap) {
-  int n = 0;
-  const char *p = s;
-  while (*p) {
-    char *end;
-    long long v = strtoll(p, &end, 10);
-    if (end == p || v < 1 || v > 65536 || n == cap) return -1;
-    out[n++] = v;
-    if (*end == ',') end++;
-    else if (*end) return -1;
-    p = end;
-  }
-  return n;
 }
 
 int hm_cmd_profile(int argc, char **argv) {
@@ -73,66 +23,57 @@ int hm_cmd_profile(int argc, char **argv) {
   hm_profile_options o;
   hm_profile_options_default(&o);
   o.progress = print_line;
-  for (int i = 1; i < argc; i++) {
-    const char *a = argv[i];
-    if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-      profile_usage(stdout);
-      return 0;
+  static const char *const transports[] = {"shm", "tcp", NULL};
+  const char *types = NULL;
+  int mbs[HM_PROFILE_MAX_MBS], nmbs = 0, no_links = 0;
+  const hm_opt opts[] = {
+      HM_OPT_STR_ROW("cluster", 0, &cluster_path, "C", "cluster spec (JSON)"),
+      HM_OPT_STR_ROW("model", 0, &model_path, "M", "model spec (JSON) with a gpt2 \"config\""),
+      HM_OPT_STR_ROW("train", 0, &train_path, "T", "training spec: its micro_batch_sizes are measured"),
+      HM_OPT_STR_ROW("output", 'o', &out_path, "FILE", "where to write the profile [profile.json]"),
+      HM_OPT_LIST_ROW("micro-batches", 0, mbs, HM_PROFILE_MAX_MBS, &nmbs, 1, 65536, "LIST",
+                      "micro-batch sizes, e.g. 1,2,4 [the training spec's, else 1,2,4]"),
+      HM_OPT_ROW(HM_OPT_INT, "reps", 0, &o.reps, 1, 1000, "N", "timed rounds per measurement, median kept [5]"),
+      HM_OPT_ROW(HM_OPT_INT, "warmup", 0, &o.warmup, 0, 1000, "N", "untimed rounds first [1]"),
+      HM_OPT_ROW(HM_OPT_DOUBLE, "budget", 0, &o.budget_s, 0, 86400, "S",
+                 "stop timing a layer kind and size after S seconds of timed rounds\n"
+                 "(at least one round) [2]; 0: always all --reps"),
+      HM_OPT_STR_ROW("types", 0, &types, "a,b", "only these device types [every type with a backend]"),
+      HM_OPT_FLAG_ROW("concurrent", 0, &o.concurrent,
+                      "time every selected type at the same time, one process each\n"
+                      "(the figures then include what the others take from the host,\n"
+                      "as when the workers of a heterogeneous plan run together)"),
+      HM_OPT_ROW(HM_OPT_INT, "copies", 0, &o.copies, 1, 16, "K",
+                 "K processes per type timed at once (as K workers of that type)\n"
+                 "[1]; the slowest copy's figures are written (a step waits for it)"),
+      HM_OPT_FLAG_ROW("no-links", 0, &no_links, "do not probe links (the cluster spec's figures stay)"),
+      HM_OPT_CHOICE_ROW("link-transport", 0, &o.link_transport, transports,
+                        "which probe the intra-host link entries record [shm]"),
+      HM_OPT_END_ROW};
+  const hm_opt_spec spec = {
+      "profile", "hetmix profile --cluster C --model M [--train T] [-o profile.json] [options]",
+      "Measures, on this machine, each layer kind of the model (embedding, block, head) on each\n"
+      "device type of the cluster that has a \"backend\" string: forward and backward seconds per\n"
+      "micro-batch (median of N timed rounds after the warm-up) and the device memory of a\n"
+      "one-layer stage; and the link between two local worker processes (hmcomm send/recv\n"
+      "ping-pong over shared memory and TCP, fitted to latency + bytes / bandwidth). Writes the\n"
+      "profile for `hetmix plan --profile` (format: docs/spec.md; method: docs/profile.md).",
+      opts, NULL, 0, 0};
+  hm_opt_result res = {NULL, 0, 0};
+  int rc = hm_opts_parse(&spec, argc, argv, &res);
+  if (rc != HM_OPTS_CONTINUE) return rc;
+  rc = 0;
+  if (no_links) o.links = 0;
+  o.n_micro_batches = nmbs;
+  for (int i = 0; i < nmbs; i++) o.micro_batches[i] = mbs[i];
+  if (types) {
+    if (hm_strcpy(types_buf, sizeof types_buf, types) != 0) return hm_cli_fail(NULL, "--types: list too long");
+    o.ntypes = 0;
+    for (char *save = NULL, *tok = strtok_r(types_buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+      if (o.ntypes == 16) return hm_cli_fail(NULL, "--types: at most 16 names");
+      o.types[o.ntypes++] = tok;
     }
-    if (!strcmp(a, "--no-links")) {
-      o.links = 0;
-      continue;
-    }
-    if (!strcmp(a, "--concurrent")) {
-      o.concurrent = 1;
-      continue;
-    }
-    if (i + 1 >= argc)
-      return a[0] == '-' ? hm_cli_fail("run `hetmix profile --help`", "%s needs a value", a)
-                         : hm_cli_fail("run `hetmix profile --help`", "unexpected argument '%s'", a);
-    const char *v = argv[++i];
-    if (!strcmp(a, "--cluster")) cluster_path = v;
-    else if (!strcmp(a, "--model")) model_path = v;
-    else if (!strcmp(a, "--train")) train_path = v;
-    else if (!strcmp(a, "-o") || !strcmp(a, "--output")) out_path = v;
-    else if (!strcmp(a, "--micro-batches")) {
-      o.n_micro_batches = parse_list(v, o.micro_batches, HM_PROFILE_MAX_MBS);
-      if (o.n_micro_batches < 1)
-        return hm_cli_fail("for example: --micro-batches 1,2,4", "--micro-batches: expected sizes in 1..65536 separated by commas, got '%s'", v);
-    } else if (!strcmp(a, "--reps") || !strcmp(a, "--warmup")) {
-      char *end;
-      long n = strtol(v, &end, 10);
-      int lo = !strcmp(a, "--reps") ? 1 : 0;
-      if (!v[0] || *end || n < lo || n > 1000)
-        return hm_cli_fail(NULL, "%s: expected a whole number in %d..1000, got '%s'", a, lo, v);
-      if (lo) o.reps = (int)n;
-      else o.warmup = (int)n;
-    } else if (!strcmp(a, "--copies")) {
-      char *end;
-      long n = strtol(v, &end, 10);
-      if (!v[0] || *end || n < 1 || n > 16) return hm_cli_fail(NULL, "--copies: expected 1..16, got '%s'", v);
-      o.copies = (int)n;
-    } else if (!strcmp(a, "--budget")) {
-      char *end;
-      double d = strtod(v, &end);
-      if (!v[0] || *end || !(d >= 0) || d > 86400)
-        return hm_cli_fail(NULL, "--budget: expected seconds in 0..86400, got '%s'", v);
-      o.budget_s = d;
-    } else if (!strcmp(a, "--types")) {
-      if (hm_strcpy(types_buf, sizeof types_buf, v) != 0) return hm_cli_fail(NULL, "--types: list too long");
-      o.ntypes = 0;
-      for (char *save = NULL, *tok = strtok_r(types_buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        if (o.ntypes == 16) return hm_cli_fail(NULL, "--types: at most 16 names");
-        o.types[o.ntypes++] = tok;
-      }
-      if (o.ntypes == 0) return hm_cli_fail("for example: --types cpu,ref", "--types: no type names in '%s'", v);
-    } else if (!strcmp(a, "--link-transport")) {
-      if (strcmp(v, "shm") && strcmp(v, "tcp"))
-        return hm_cli_fail(NULL, "--link-transport: expected shm or tcp, got '%s'", v);
-      o.link_transport = v;
-    } else {
-      return hm_cli_fail("run `hetmix profile --help`", "unknown option '%s'", a);
-    }
+    if (o.ntypes == 0) return hm_cli_fail("for example: --types cpu,ref", "--types: no type names in '%s'", types);
   }
   if (!cluster_path || !model_path)
     return hm_cli_fail("for example: hetmix profile --cluster examples/local-2backend.json --model examples/gpt-mini.json",
@@ -146,7 +87,6 @@ int hm_cmd_profile(int argc, char **argv) {
   memset(&m, 0, sizeof m);
   memset(&p, 0, sizeof p);
   hm_train_default(&t);
-  int rc = 0;
   hm_status st;
   if ((st = hm_cluster_load(cluster_path, &c)) != HM_OK) {
     rc = hm_cli_fail_status(st, "cluster", "fix the field named above (format: docs/spec.md)");

@@ -1,39 +1,14 @@
 /* `hetmix train`: single-process training on one device (one stage with every layer).
  * Prints a progress line per --log-every steps and validation losses; writes checkpoints and
  * metrics.jsonl under --out. The multi-worker path (profile, plan, launch) builds on this. */
-#include <getopt.h>
+#include <float.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
 #include "hetmix/model.h"
-
-static void train_usage(FILE *f) {
-  fprintf(f,
-          "usage: hetmix train                    the embedded default: profile, plan and train\n"
-          "                                       gpt-mini on this machine as a two-device cluster\n"
-          "       hetmix train --cluster FILE|local [options]   (see `hetmix train --cluster local --help`)\n"
-          "       hetmix train [options]          one process on one device:\n"
-          "  --device SPEC      device backend: cpu, ref, cpu:threads=2,slow=2 ... (default cpu)\n"
-          "  --model NAME       gpt-mini (default), gpt2-124m, tiny, or L6,C384,NH6,V256,T256\n"
-          "  --data FILE.tok    token file from `hetmix prepare` (default: fortunes corpus in data/)\n"
-          "  --steps N          optimizer steps (default 1000); the LR schedule spans them\n"
-          "  --stop-after N     stop at step N (the schedule still spans --steps)\n"
-          "  --batch B          sequences per micro-batch (default 8)\n"
-          "  --seq-len T        tokens per sequence (default: the model's T)\n"
-          "  --grad-accum M     micro-batches per step (default 1)\n"
-          "  --lr X             peak learning rate (default 1e-3), --warmup N (default 100)\n"
-          "  --weight-decay X   (default 0.1), --grad-clip X (default 1.0)\n"
-          "  --seed N           initialization and batch order (default 1337)\n"
-          "  --eval-every N     validation loss every N steps (default 0: never)\n"
-          "  --eval-batches N   validation batches per evaluation (default 8)\n"
-          "  --ckpt-every N     checkpoint every N steps (default: only at the end)\n"
-          "  --out DIR          checkpoints and metrics.jsonl (default out/)\n"
-          "  --resume PATH      checkpoint file, or a --out folder (its `latest`)\n"
-          "  --log-every N      progress line every N steps (default 10)\n"
-          "  --single           single process on one device (the only mode in this build)\n");
-}
+#include "options.h"
 
 typedef struct {
   int log_every;
@@ -59,28 +34,6 @@ static void on_progress(const hm_train_progress *p, void *user) {
   fflush(stdout);
 }
 
-static int parse_int(const char *opt, const char *s, int lo, int *out) {
-  char *end = NULL;
-  long v = strtol(s, &end, 10);
-  if (!*s || *end || v < lo || v > 1000000000) {
-    hm_cli_fail("see `hetmix train --help`", "%s expects an integer >= %d, got '%s'", opt, lo, s);
-    return -1;
-  }
-  *out = (int)v;
-  return 0;
-}
-
-static int parse_float(const char *opt, const char *s, float *out) {
-  char *end = NULL;
-  double v = strtod(s, &end);
-  if (!*s || *end || !(v >= 0)) {
-    hm_cli_fail("see `hetmix train --help`", "%s expects a non-negative number, got '%s'", opt, s);
-    return -1;
-  }
-  *out = (float)v;
-  return 0;
-}
-
 int hm_cmd_train(int argc, char **argv) {
   if (argc == 1) {
     /* bare `hetmix train`: the embedded default, this machine as a two-device cluster */
@@ -88,60 +41,53 @@ int hm_cmd_train(int argc, char **argv) {
     return hm_cmd_train_cluster(3, local_argv);
   }
   for (int i = 1; i < argc; i++) /* the multi-worker path: cmd_train_cluster.c */
-    if (strcmp(argv[i], "--cluster") == 0) return hm_cmd_train_cluster(argc, argv);
+    if (strcmp(argv[i], "--cluster") == 0 || strncmp(argv[i], "--cluster=", 10) == 0)
+      return hm_cmd_train_cluster(argc, argv);
   hm_train_options o;
   hm_train_defaults(&o);
   o.out_dir = "out";
   train_cli cli = {10};
   const char *model = "gpt-mini";
-  int seed_set = 0, batch_set = 0, seq_set = 0;
-  enum { O_STOP = 256, O_SEQ, O_ACC, O_WARM, O_WD, O_CLIP, O_EVAL, O_EVALB, O_CKPT, O_LOG, O_SINGLE };
-  static const struct option opts[] = {
-      {"device", required_argument, 0, 'd'}, {"model", required_argument, 0, 'm'},
-      {"data", required_argument, 0, 'D'},   {"steps", required_argument, 0, 'n'},
-      {"stop-after", required_argument, 0, O_STOP}, {"batch", required_argument, 0, 'b'},
-      {"seq-len", required_argument, 0, O_SEQ}, {"grad-accum", required_argument, 0, O_ACC},
-      {"lr", required_argument, 0, 'l'},     {"warmup", required_argument, 0, O_WARM},
-      {"weight-decay", required_argument, 0, O_WD}, {"grad-clip", required_argument, 0, O_CLIP},
-      {"seed", required_argument, 0, 's'},   {"eval-every", required_argument, 0, O_EVAL},
-      {"eval-batches", required_argument, 0, O_EVALB}, {"ckpt-every", required_argument, 0, O_CKPT},
-      {"out", required_argument, 0, 'o'},    {"resume", required_argument, 0, 'r'},
-      {"log-every", required_argument, 0, O_LOG}, {"single", no_argument, 0, O_SINGLE},
-      {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
-  optind = 1;
-  opterr = 0;
-  int c, seed = 0;
-  while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-    int bad = 0;
-    switch (c) {
-      case 'd': o.device = optarg; break;
-      case 'm': model = optarg; break;
-      case 'D': o.data = optarg; break;
-      case 'n': bad = parse_int("--steps", optarg, 1, &o.steps); break;
-      case O_STOP: bad = parse_int("--stop-after", optarg, 1, &o.stop_after); break;
-      case 'b': bad = parse_int("--batch", optarg, 1, &o.batch), batch_set = 1; break;
-      case O_SEQ: bad = parse_int("--seq-len", optarg, 1, &o.seq_len), seq_set = 1; break;
-      case O_ACC: bad = parse_int("--grad-accum", optarg, 1, &o.grad_accum); break;
-      case 'l': bad = parse_float("--lr", optarg, &o.lr); break;
-      case O_WARM: bad = parse_int("--warmup", optarg, 0, &o.warmup); break;
-      case O_WD: bad = parse_float("--weight-decay", optarg, &o.weight_decay); break;
-      case O_CLIP: bad = parse_float("--grad-clip", optarg, &o.grad_clip); break;
-      case 's': bad = parse_int("--seed", optarg, 0, &seed), seed_set = 1; break;
-      case O_EVAL: bad = parse_int("--eval-every", optarg, 0, &o.eval_every); break;
-      case O_EVALB: bad = parse_int("--eval-batches", optarg, 1, &o.eval_batches); break;
-      case O_CKPT: bad = parse_int("--ckpt-every", optarg, 0, &o.ckpt_every); break;
-      case 'o': o.out_dir = optarg; break;
-      case 'r': o.resume = optarg; break;
-      case O_LOG: bad = parse_int("--log-every", optarg, 1, &cli.log_every); break;
-      case O_SINGLE: break;
-      case 'h': train_usage(stdout); return 0;
-      default:
-        return hm_cli_fail("see `hetmix train --help`", "unknown or incomplete option '%s'", argv[optind - 1]);
-    }
-    if (bad) return 1;
-  }
-  if (optind < argc) return hm_cli_fail("see `hetmix train --help`", "unexpected argument '%s'", argv[optind]);
-  if (seed_set) o.seed = (uint64_t)seed;
+  int seed_set = 0, batch_set = 0, seq_set = 0, single = 0;
+  const hm_opt opts[] = {
+      HM_OPT_STR_ROW("device", 0, &o.device, "SPEC", "device backend: cpu, ref, cpu:threads=2,slow=2 ... [cpu]"),
+      HM_OPT_STR_ROW("model", 0, &model, "NAME", "gpt-mini (default), gpt2-124m, tiny, or L6,C384,NH6,V256,T256"),
+      HM_OPT_STR_ROW("data", 0, &o.data, "FILE.tok", "token file from `hetmix prepare` [fortunes corpus in data/]"),
+      HM_OPT_ROW(HM_OPT_INT, "steps", 0, &o.steps, 1, 1e9, "N", "optimizer steps [1000]; the LR schedule spans them"),
+      HM_OPT_ROW(HM_OPT_INT, "stop-after", 0, &o.stop_after, 1, 1e9, "N",
+                 "stop at step N (the schedule still spans --steps)"),
+      HM_OPT_ROW_SEEN(HM_OPT_INT, "batch", 0, &o.batch, 1, 1e9, "B", "sequences per micro-batch [8]", &batch_set),
+      HM_OPT_ROW_SEEN(HM_OPT_INT, "seq-len", 0, &o.seq_len, 1, 1e9, "T", "tokens per sequence [the model's T]",
+                      &seq_set),
+      HM_OPT_ROW(HM_OPT_INT, "grad-accum", 0, &o.grad_accum, 1, 1e9, "M", "micro-batches per step [1]"),
+      HM_OPT_ROW(HM_OPT_FLOAT, "lr", 0, &o.lr, 0, FLT_MAX, "X", "peak learning rate [1e-3]"),
+      HM_OPT_ROW(HM_OPT_INT, "warmup", 0, &o.warmup, 0, 1e9, "N", "linear warm-up steps [100]"),
+      HM_OPT_ROW(HM_OPT_FLOAT, "weight-decay", 0, &o.weight_decay, 0, FLT_MAX, "X", "AdamW weight decay [0.1]"),
+      HM_OPT_ROW(HM_OPT_FLOAT, "grad-clip", 0, &o.grad_clip, 0, FLT_MAX, "X", "gradient norm clip [1.0]"),
+      HM_OPT_ROW_SEEN(HM_OPT_U64, "seed", 0, &o.seed, 0, HM_OPT_U64_MAX, "N", "initialization and batch order [1337]",
+                      &seed_set),
+      HM_OPT_ROW(HM_OPT_INT, "eval-every", 0, &o.eval_every, 0, 1e9, "N", "validation loss every N steps [0: never]"),
+      HM_OPT_ROW(HM_OPT_INT, "eval-batches", 0, &o.eval_batches, 1, 1e9, "N", "validation batches per evaluation [8]"),
+      HM_OPT_ROW(HM_OPT_INT, "ckpt-every", 0, &o.ckpt_every, 0, 1e9, "N", "checkpoint every N steps [0: only at the end]"),
+      HM_OPT_ROW(HM_OPT_INT, "keep", 0, &o.keep, 0, 1e9, "K", "keep the newest K checkpoints in --out [3; 0 keeps all]"),
+      HM_OPT_STR_ROW("out", 0, &o.out_dir, "DIR", "checkpoints and metrics.jsonl [out]"),
+      HM_OPT_STR_ROW("resume", 0, &o.resume, "PATH", "checkpoint file, or a --out folder (its `latest`)"),
+      HM_OPT_ROW(HM_OPT_INT, "log-every", 0, &cli.log_every, 1, 1e9, "N", "progress line every N steps [10]"),
+      HM_OPT_FLAG_ROW("single", 0, &single,
+                      "one process on one device: what any option but --cluster selects;\n"
+                      "`hetmix train --single` alone trains gpt-mini so, not the embedded default"),
+      HM_OPT_END_ROW};
+  const hm_opt_spec spec = {
+      "train",
+      "hetmix train                    the embedded default: profile, plan and train gpt-mini\n"
+      "                                       on this machine as a two-device cluster\n"
+      "       hetmix train --cluster FILE|local [options]   (see `hetmix train --cluster local --help`)\n"
+      "       hetmix train [options]          one process on one device",
+      NULL, opts, NULL, 0, 0};
+  hm_opt_result res_args = {NULL, 0, 0};
+  int rc = hm_opts_parse(&spec, argc, argv, &res_args);
+  if (rc != HM_OPTS_CONTINUE) return rc;
+  (void)single; /* --single only selects this path, as any option but --cluster does */
   hm_status st = hm_model_config_lookup(model, &o.config);
   if (st != HM_OK) return hm_cli_fail_status(st, "--model", "pick a named model or give L<n>,C<n>,NH<n>,V<n>,T<n>");
   if (o.resume) {

@@ -1,13 +1,14 @@
 /* `hetmix train --cluster ...`: the multi-worker path of `hetmix train` on this machine.
  * Chains the other commands as child processes (each is a subcommand of this same executable):
- * profile the local device types, plan, launch the plan's workers, then report predicted vs
- * measured step time per stage, utilization against the planner's upper bound, where the two
- * traces are, and a text sample from the trained model. Without a cluster file it uses an
+ * profile the local device types, plan, launch the plan's workers, then report (train_report.c)
+ * predicted vs measured compute of every stage of every replica, utilization against the
+ * profile-predicted bound and, with --measure-bound, the measured one (train_bound.c), where the
+ * two traces are, and a text sample from the trained model. Without a cluster file it uses an
  * embedded one: this machine as two unlike workers (one OpenBLAS thread, and one OpenBLAS thread
  * emulating a chip half as fast).
  * Not here: the single-process trainer (cmd_train.c), the worker (src/runtime/pipeline.c). */
-#include <cjson/cJSON.h>
 #include <errno.h>
+#include <float.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,10 @@
 #include "cli.h"
 #include "hetmix/model.h"
 #include "hetmix/runtime.h"
+#include "options.h"
+#include "runtime/pipeline_internal.h"
+#include "train_report.h"
+#include "util/files.h"
 #include "util/util.h"
 
 /* This machine as two unlike devices. slow=2 is an emulation (sleeps after each kernel), so the
@@ -34,104 +39,8 @@ static const char hm_default_cluster[] =
     "   \"devices\": [{\"type\": \"cpu\", \"count\": 1}, {\"type\": \"cpu-half\", \"count\": 1}],\n"
     "   \"host_link\": {\"bandwidth\": 5e9, \"latency\": 5e-6}}]}\n";
 
-static void train_cluster_usage(FILE *f) {
-  fprintf(f,
-          "usage: hetmix train --cluster FILE|local [options]\n"
-          "\n"
-          "Profiles the cluster's local device types, plans, launches one worker per device of the\n"
-          "plan, trains, and prints predicted vs measured step time per stage and a text sample.\n"
-          "Files land in --out: cluster.json, model.json, train.json, profile.json, plan.json,\n"
-          "predicted.json and measured.json (Chrome/Perfetto traces), metrics.jsonl, stages/.\n"
-          "\n"
-          "options:\n"
-          "  --cluster FILE|local  cluster spec; `local` is this machine as cpu + an emulated half-speed cpu\n"
-          "  --model NAME          gpt-mini (default), tiny, or L6,C384,NH6,V256,T256\n"
-          "  --global-batch N      sequences per optimizer step [16]\n"
-          "  --steps N             [200]\n"
-          "  --lr X                [1e-3]\n"
-          "  --data FILE.tok       token file [the default corpus under data/]\n"
-          "  --out DIR             [out]\n"
-          "  --reps N              profile repetitions [3]\n"
-          "  --sample N            bytes of text to generate at the end [200]\n"
-          "  --rebalance           let the workers move micro-batches between data-parallel\n"
-          "                        replicas from their measured pace (docs/runtime.md)\n");
-}
-
-/* Runs this executable with args (NULL-terminated, without argv[0]); output goes to ours. */
-static hm_status run_self(const char *self, char *const *args, const char *what) {
-  char *argv[64];
-  int n = 0;
-  argv[n++] = (char *)self;
-  for (int i = 0; args[i] && n < 63; i++) argv[n++] = args[i];
-  argv[n] = NULL;
-  hm_launch_opts o = HM_LAUNCH_OPTS_INIT;
-  o.nworkers = 1;
-  o.argv = argv;
-  hm_launch_result res;
-  hm_status st = hm_launch_run(&o, &res);
-  if (st == HM_ERR_PEER_DEAD)
-    return hm_error(st, "%s failed (%s)", what,
-                    res.term_signal ? "killed by a signal" : "see its error above");
-  return st;
-}
-
 static hm_status write_text(const char *path, const char *text) {
-  FILE *f = fopen(path, "w");
-  if (!f) return hm_error(HM_ERR_IO, "cannot write %s: %s", path, strerror(errno));
-  fputs(text, f);
-  return fclose(f) == 0 ? HM_OK : hm_error(HM_ERR_IO, "cannot write %s", path);
-}
-
-static cJSON *read_json(const char *path) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  char *buf = n > 0 ? malloc((size_t)n + 1) : NULL;
-  cJSON *j = NULL;
-  if (buf && fread(buf, 1, (size_t)n, f) == (size_t)n) {
-    buf[n] = '\0';
-    j = cJSON_Parse(buf);
-  }
-  free(buf);
-  fclose(f);
-  return j;
-}
-
-/* Mean step time and per-stage compute time over metrics.jsonl, the first step left out (it
- * warms caches and allocators up). */
-static int mean_metrics(const char *path, double *step_s, double *busy, int nstages) {
-  FILE *f = fopen(path, "r");
-  if (!f) return -1;
-  char line[8192];
-  int n = 0, first = 1;
-  *step_s = 0;
-  for (int s = 0; s < nstages; s++) busy[s] = 0;
-  while (fgets(line, sizeof line, f)) {
-    cJSON *j = cJSON_Parse(line);
-    if (!j) continue;
-    if (!first) {
-      const cJSON *st = cJSON_GetObjectItemCaseSensitive(j, "step_time_s");
-      const cJSON *b = cJSON_GetObjectItemCaseSensitive(j, "stage_busy_s");
-      if (cJSON_IsNumber(st)) *step_s += st->valuedouble;
-      for (int s = 0; s < nstages; s++)
-        if (cJSON_IsNumber(cJSON_GetArrayItem(b, s))) busy[s] += cJSON_GetArrayItem(b, s)->valuedouble;
-      n++;
-    }
-    first = 0;
-    cJSON_Delete(j);
-  }
-  fclose(f);
-  if (n == 0) return -1;
-  *step_s /= n;
-  for (int s = 0; s < nstages; s++) busy[s] /= n;
-  return n;
-}
-
-static double num(const cJSON *o, const char *k) {
-  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-  return cJSON_IsNumber(v) ? v->valuedouble : 0.0;
+  return hm_atomic_write_file(path, text, strlen(text));
 }
 
 /* Joins replica 0's stage checkpoints into one checkpoint of the whole model (the head's copy of
@@ -172,169 +81,198 @@ static hm_status merge_stages(const char *dir, int nstages, const char *out) {
   return st;
 }
 
-int hm_cmd_train_cluster(int argc, char **argv) {
-  const char *cluster = NULL, *model_name = "gpt-mini", *out = "out", *data = NULL, *lr = "1e-3";
-  int global_batch = 16, steps = 200, reps = 3, sample = 200, rebalance = 0;
-  for (int i = 1; i < argc; i++) {
-    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-    if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-      train_cluster_usage(stdout);
-      return 0;
-    }
-    if (!strcmp(a, "--rebalance")) {
-      rebalance = 1;
-      continue;
-    }
-    if (!v) return hm_cli_fail("see `hetmix train --cluster local --help`", "%s needs a value", a);
-    i++;
-    if (!strcmp(a, "--cluster")) cluster = v;
-    else if (!strcmp(a, "--model")) model_name = v;
-    else if (!strcmp(a, "--out")) out = v;
-    else if (!strcmp(a, "--data")) data = v;
-    else if (!strcmp(a, "--lr")) lr = v;
-    else if (!strcmp(a, "--global-batch")) global_batch = atoi(v);
-    else if (!strcmp(a, "--steps")) steps = atoi(v);
-    else if (!strcmp(a, "--reps")) reps = atoi(v);
-    else if (!strcmp(a, "--sample")) sample = atoi(v);
-    else return hm_cli_fail("see `hetmix train --cluster local --help`", "unknown option '%s' for the multi-worker path", a);
-  }
-  if (global_batch < 1 || steps < 1 || reps < 1 || sample < 0)
-    return hm_cli_fail(NULL, "--global-batch, --steps and --reps must be >= 1");
-  hm_model_config cfg;
-  hm_status st = hm_model_config_lookup(model_name, &cfg);
-  if (st != HM_OK) return hm_cli_fail_status(st, "--model", NULL);
-  if (mkdir(out, 0755) != 0 && errno != EEXIST) return hm_cli_fail(NULL, "cannot create %s: %s", out, strerror(errno));
+/* The plan's workers and stages (the runtime's reader: the layout the workers will run). */
+static hm_status plan_shape(const char *path, int *nranks, int *nstages) {
+  hm_pipe_plan *pl = hm_calloc(1, sizeof *pl, "plan layout");
+  if (!pl) return HM_ERR_NOMEM;
+  hm_status st = hm_pipe_plan_load(path, NULL, NULL, pl);
+  *nranks = pl->nranks;
+  *nstages = pl->nstages;
+  free(pl);
+  return st;
+}
 
-  char self[PATH_MAX];
-  ssize_t sn = readlink("/proc/self/exe", self, sizeof self - 1);
-  if (sn <= 0) return hm_cli_fail(NULL, "cannot find the hetmix executable (/proc/self/exe)");
-  self[sn] = '\0';
-  char cl_path[PATH_MAX], model_path[PATH_MAX], train_path[PATH_MAX], prof_path[PATH_MAX], plan_path[PATH_MAX];
-  char pred_path[PATH_MAX], meas_path[PATH_MAX], stages_dir[PATH_MAX], metrics_path[PATH_MAX], text[1024];
-  snprintf(model_path, sizeof model_path, "%s/model.json", out);
-  snprintf(train_path, sizeof train_path, "%s/train.json", out);
-  snprintf(prof_path, sizeof prof_path, "%s/profile.json", out);
-  snprintf(plan_path, sizeof plan_path, "%s/plan.json", out);
-  snprintf(pred_path, sizeof pred_path, "%s/predicted.json", out);
-  snprintf(meas_path, sizeof meas_path, "%s/measured.json", out);
-  snprintf(stages_dir, sizeof stages_dir, "%s/stages", out);
-  snprintf(metrics_path, sizeof metrics_path, "%s/metrics.jsonl", out);
-  if (!cluster || !strcmp(cluster, "local")) {
-    snprintf(cl_path, sizeof cl_path, "%s/cluster.json", out);
-    if ((st = write_text(cl_path, hm_default_cluster)) != HM_OK) return hm_cli_fail_status(st, "train", NULL);
+typedef struct cluster_args {
+  const char *cluster, *model, *out, *data;
+  int global_batch, steps, reps, sample, rebalance, measure_bound, bound_steps, ckpt_every, keep;
+  double lr;
+} cluster_args;
+
+static int parse_cluster_args(int argc, char **argv, cluster_args *a) {
+  *a = (cluster_args){NULL, "gpt-mini", "out", NULL, 16, 200, 3, 200, 0, 0, 5, 0, 3, 1e-3};
+  const hm_opt opts[] = {
+      HM_OPT_STR_ROW("cluster", 0, &a->cluster, "FILE|local",
+                     "cluster spec; `local` is this machine as cpu + an emulated half-speed cpu"),
+      HM_OPT_STR_ROW("model", 0, &a->model, "NAME", "gpt-mini (default), tiny, or L6,C384,NH6,V256,T256"),
+      HM_OPT_ROW(HM_OPT_INT, "global-batch", 0, &a->global_batch, 1, 1e9, "N", "sequences per optimizer step [16]"),
+      HM_OPT_ROW(HM_OPT_INT, "steps", 0, &a->steps, 1, 1e9, "N", "optimizer steps [200]"),
+      HM_OPT_ROW(HM_OPT_DOUBLE, "lr", 0, &a->lr, 0, FLT_MAX, "X", "peak learning rate [1e-3]"),
+      HM_OPT_STR_ROW("data", 0, &a->data, "FILE.tok", "token file [the default corpus under data/]"),
+      HM_OPT_STR_ROW("out", 0, &a->out, "DIR", "[out]"),
+      HM_OPT_ROW(HM_OPT_INT, "reps", 0, &a->reps, 1, 1000, "N", "profile repetitions [3]"),
+      HM_OPT_ROW(HM_OPT_INT, "sample", 0, &a->sample, 0, 1000000, "N", "bytes of text to generate at the end [200]"),
+      HM_OPT_ROW(HM_OPT_INT, "ckpt-every", 0, &a->ckpt_every, 0, 1e9, "N",
+                 "also checkpoint every N steps, in stages/step-<N>/ [0: only the end]"),
+      HM_OPT_ROW(HM_OPT_INT, "keep", 0, &a->keep, 0, 1e9, "K", "keep the newest K of those step folders (0: all) [3]"),
+      HM_OPT_FLAG_ROW("rebalance", 0, &a->rebalance,
+                      "let the workers move micro-batches between data-parallel\n"
+                      "replicas from their measured pace (docs/runtime.md)"),
+      HM_OPT_FLAG_ROW("measure-bound", 0, &a->measure_bound,
+                      "after training, train each device type of the plan alone\n"
+                      "(one after the other) and report utilization against that\n"
+                      "measured bound too"),
+      HM_OPT_ROW(HM_OPT_INT, "bound-steps", 0, &a->bound_steps, 2, 1000000, "N",
+                 "steps of each --measure-bound run (the first is not timed) [5]"),
+      HM_OPT_END_ROW};
+  const hm_opt_spec spec = {
+      "train --cluster local", "hetmix train --cluster FILE|local [options]",
+      "Profiles the cluster's local device types, plans, launches one worker per device of the\n"
+      "plan, trains, and prints predicted vs measured compute time of every stage of every\n"
+      "replica, utilization, and a text sample. Files land in --out: cluster.json, model.json,\n"
+      "train.json, profile.json, plan.json, predicted.json and measured.json (Chrome/Perfetto\n"
+      "traces), metrics.jsonl, stages/.",
+      opts, NULL, 0, 0};
+  hm_opt_result res = {NULL, 0, 0};
+  return hm_opts_parse(&spec, argc, argv, &res);
+}
+
+/* Writes cluster.json (for `local`), model.json and train.json under out. */
+static int write_specs(const cluster_args *a, const hm_model_config *cfg, char *cl_path, size_t cap) {
+  char path[PATH_MAX], text[1024];
+  hm_status st = HM_OK;
+  if (!a->cluster || !strcmp(a->cluster, "local")) {
+    snprintf(cl_path, cap, "%s/cluster.json", a->out);
+    st = write_text(cl_path, hm_default_cluster);
   } else {
-    hm_strcpy(cl_path, sizeof cl_path, cluster);
+    hm_strcpy(cl_path, cap, a->cluster);
   }
+  snprintf(path, sizeof path, "%s/model.json", a->out);
   snprintf(text, sizeof text,
            "{\"version\": 1, \"name\": \"%s\", \"dtype\": \"fp32\", \"config\": {\"arch\": \"gpt2\", \"L\": %d, "
            "\"C\": %d, \"NH\": %d, \"V\": %d, \"T\": %d}}\n",
-           cfg.name, cfg.L, cfg.C, cfg.NH, cfg.V, cfg.T);
-  if ((st = write_text(model_path, text)) != HM_OK) return hm_cli_fail_status(st, "train", NULL);
+           cfg->name, cfg->L, cfg->C, cfg->NH, cfg->V, cfg->T);
+  if (st == HM_OK) st = write_text(path, text);
+  snprintf(path, sizeof path, "%s/train.json", a->out);
   snprintf(text, sizeof text,
            "{\"version\": 1, \"global_batch\": %d, \"micro_batch_sizes\": [1, 2, 4, 8], \"precision\": \"fp32\"}\n",
-           global_batch);
-  if ((st = write_text(train_path, text)) != HM_OK) return hm_cli_fail_status(st, "train", NULL);
+           a->global_batch);
+  if (st == HM_OK) st = write_text(path, text);
+  return st == HM_OK ? 0 : hm_cli_fail_status(st, "train", NULL);
+}
 
-  char reps_s[16], steps_s[16];
-  snprintf(reps_s, sizeof reps_s, "%d", reps);
-  snprintf(steps_s, sizeof steps_s, "%d", steps);
-  printf("== 1/3 profile: %s on %s\n", cfg.name, cl_path);
+/* Profile, then plan, as child processes. */
+static int profile_and_plan(const char *self, const cluster_args *a, const hm_model_config *cfg, const char *cl_path) {
+  char model_path[PATH_MAX], train_path[PATH_MAX], prof_path[PATH_MAX], plan_path[PATH_MAX], pred_path[PATH_MAX];
+  char reps_s[16];
+  snprintf(model_path, sizeof model_path, "%s/model.json", a->out);
+  snprintf(train_path, sizeof train_path, "%s/train.json", a->out);
+  snprintf(prof_path, sizeof prof_path, "%s/profile.json", a->out);
+  snprintf(plan_path, sizeof plan_path, "%s/plan.json", a->out);
+  snprintf(pred_path, sizeof pred_path, "%s/predicted.json", a->out);
+  snprintf(reps_s, sizeof reps_s, "%d", a->reps);
+  printf("== 1/3 profile: %s on %s\n", cfg->name, cl_path);
   fflush(stdout);
-  char *prof_args[] = {"profile", "--cluster", cl_path, "--model", model_path, "--train", train_path, "-o", prof_path,
-                       "--reps", reps_s, NULL};
-  if ((st = run_self(self, prof_args, "hetmix profile")) != HM_OK) return hm_cli_fail_status(st, "train", NULL);
+  char *prof_args[] = {"profile", "--cluster", (char *)cl_path, "--model", model_path, "--train", train_path, "-o",
+                       prof_path, "--reps", reps_s, NULL};
+  hm_status st = hm_cli_run_self(self, prof_args, "hetmix profile");
+  if (st != HM_OK) return hm_cli_fail_status(st, "train", NULL);
   printf("\n== 2/3 plan\n");
   fflush(stdout);
-  char *plan_args[] = {"plan", "--cluster", cl_path, "--model", model_path, "--train", train_path, "--profile",
-                       prof_path, "-o", plan_path, "--trace", pred_path, "--top", "3", NULL};
-  if ((st = run_self(self, plan_args, "hetmix plan")) != HM_OK) return hm_cli_fail_status(st, "train", NULL);
+  char *plan_args[] = {"plan", "--cluster", (char *)cl_path, "--model", model_path, "--train", train_path,
+                       "--profile", prof_path, "-o", plan_path, "--trace", pred_path, "--top", "3", NULL};
+  st = hm_cli_run_self(self, plan_args, "hetmix plan");
+  return st == HM_OK ? 0 : hm_cli_fail_status(st, "train", NULL);
+}
 
-  cJSON *plan = read_json(plan_path);
-  if (!plan) return hm_cli_fail(NULL, "cannot read %s", plan_path);
-  const cJSON *ranks = cJSON_GetObjectItemCaseSensitive(plan, "ranks");
-  const cJSON *cls0 = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(plan, "classes"), 0);
-  const cJSON *stages = cJSON_GetObjectItemCaseSensitive(cls0, "stages");
-  const cJSON *pred = cJSON_GetObjectItemCaseSensitive(plan, "predicted");
-  const int nranks = cJSON_GetArraySize(ranks), nstages = cJSON_GetArraySize(stages);
-  const int nmicro = (int)num(cls0, "micro_batches");
-  printf("\n== 3/3 train: %d workers, %d steps\n", nranks, steps);
+/* Launches the plan's workers (hetmix launch --plan) with traces and stage checkpoints. */
+static int train_plan(const char *self, const cluster_args *a) {
+  char plan_path[PATH_MAX], meas_path[PATH_MAX], stages_dir[PATH_MAX], steps_s[16], lr_s[32], ckpt_s[16], keep_s[16];
+  snprintf(plan_path, sizeof plan_path, "%s/plan.json", a->out);
+  snprintf(meas_path, sizeof meas_path, "%s/measured.json", a->out);
+  snprintf(stages_dir, sizeof stages_dir, "%s/stages", a->out);
+  snprintf(steps_s, sizeof steps_s, "%d", a->steps);
+  snprintf(lr_s, sizeof lr_s, "%.9g", a->lr);
+  snprintf(ckpt_s, sizeof ckpt_s, "%d", a->ckpt_every);
+  snprintf(keep_s, sizeof keep_s, "%d", a->keep);
+  int nranks = 0, nstages = 0;
+  hm_status st = plan_shape(plan_path, &nranks, &nstages);
+  if (st != HM_OK) return hm_cli_fail_status(st, "train", NULL);
+  printf("\n== 3/3 train: %d workers, %d steps\n", nranks, a->steps);
   fflush(stdout);
+  char *args[32] = {"launch", "--plan", plan_path, "--", "--steps", steps_s, "--lr", lr_s, "--out", (char *)a->out,
+                    "--trace", meas_path, "--trace-steps", "2", "--dump", stages_dir};
+  int n = 16;
+  if (a->data) args[n++] = "--data", args[n++] = (char *)a->data;
+  if (a->rebalance) args[n++] = "--rebalance";
+  args[n++] = "--ckpt-every", args[n++] = ckpt_s;
+  args[n++] = "--keep", args[n++] = keep_s;
+  args[n] = NULL;
+  st = hm_cli_run_self(self, args, "training");
+  return st == HM_OK ? 0 : hm_cli_fail_status(st, "train", NULL);
+}
 
-  char *launch_args[40];
-  int na = 0;
-  launch_args[na++] = "launch";
-  launch_args[na++] = "--plan";
-  launch_args[na++] = plan_path;
-  launch_args[na++] = "--";
-  launch_args[na++] = "--steps";
-  launch_args[na++] = steps_s;
-  launch_args[na++] = "--lr";
-  launch_args[na++] = (char *)lr;
-  launch_args[na++] = "--out";
-  launch_args[na++] = (char *)out;
-  launch_args[na++] = "--trace";
-  launch_args[na++] = meas_path;
-  launch_args[na++] = "--trace-steps";
-  launch_args[na++] = "2";
-  launch_args[na++] = "--dump";
-  launch_args[na++] = stages_dir;
-  if (data) launch_args[na++] = "--data", launch_args[na++] = (char *)data;
-  if (rebalance) launch_args[na++] = "--rebalance";
-  launch_args[na] = NULL;
-  if ((st = run_self(self, launch_args, "training")) != HM_OK) {
-    cJSON_Delete(plan);
-    return hm_cli_fail_status(st, "train", NULL);
-  }
-
-  double step_meas = 0, busy[64] = {0};
-  const int nmeas = mean_metrics(metrics_path, &step_meas, busy, nstages < 64 ? nstages : 64);
-  if (nmeas < 1) {
-    cJSON_Delete(plan);
-    return hm_cli_fail("train with --steps 2 or more", "%s has no timed step", metrics_path);
-  }
-  const double step_pred = num(pred, "step_time_s");
-  const double tok_meas = (double)global_batch * cfg.T / step_meas;
-  printf("\npredicted vs measured (mean of %d steps; a stage's time is its compute: forward and backward of its "
-         "%d micro-batches and the optimizer):\n", nmeas, nmicro);
-  printf("  %-6s %-10s %-9s %12s %12s %8s\n", "stage", "device", "layers", "predicted s", "measured s", "error");
-  for (int s = 0; s < nstages && s < 64; s++) {
-    const cJSON *sj = cJSON_GetArrayItem(stages, s);
-    const cJSON *sp = cJSON_GetObjectItemCaseSensitive(sj, "predicted");
-    const cJSON *lay = cJSON_GetObjectItemCaseSensitive(sj, "layers");
-    const cJSON *dt = cJSON_GetObjectItemCaseSensitive(sj, "device_type");
-    /* the simulator's busy time (forward, backward, optimizer), as the worker measures it */
-    double p = cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(sp, "busy_s")) ? num(sp, "busy_s")
-                                                                               : nmicro * (num(sp, "fwd_s") + num(sp, "bwd_s"));
-    char lays[32];
-    snprintf(lays, sizeof lays, "%d-%d", cJSON_GetArrayItem(lay, 0) ? cJSON_GetArrayItem(lay, 0)->valueint : -1,
-             cJSON_GetArrayItem(lay, 1) ? cJSON_GetArrayItem(lay, 1)->valueint - 1 : -1);
-    printf("  %-6d %-10s %-9s %12.4f %12.4f %+7.1f%%\n", s, cJSON_IsString(dt) ? dt->valuestring : "?", lays, p,
-           busy[s], p > 0 ? 100.0 * (busy[s] - p) / p : 0.0);
-  }
-  printf("  %-27s %12.4f %12.4f %+7.1f%%\n", "step", step_pred, step_meas,
-         step_pred > 0 ? 100.0 * (step_meas - step_pred) / step_pred : 0.0);
-  const double bound = num(pred, "upper_bound_tokens_per_s");
-  printf("throughput %.0f tokens/s measured, %.0f predicted", tok_meas, num(pred, "tokens_per_s"));
-  if (bound > 0)
-    printf("; utilization %.1f%% of the upper bound %.0f tokens/s (each device type alone, from the profile)",
-           100.0 * tok_meas / bound, bound);
-  printf("\ntraces: %s (predicted) and %s (measured): open both in https://ui.perfetto.dev\n", pred_path, meas_path);
-  cJSON_Delete(plan);
-
-  if (sample > 0) {
-    char merged[PATH_MAX];
-    snprintf(merged, sizeof merged, "%s/model-final.hmc", out);
-    if ((st = merge_stages(stages_dir, nstages, merged)) != HM_OK) return hm_cli_fail_status(st, "train: sample", NULL);
-    size_t cap = (size_t)sample + 64;
-    char *txt = malloc(cap);
-    if (!txt) return hm_cli_fail(NULL, "out of memory");
-    st = hm_sample_text("cpu", merged, "\n", sample, 0.8f, 40, 1337, txt, cap);
-    if (st != HM_OK) {
-      free(txt);
-      return hm_cli_fail_status(st, "train: sample", NULL);
-    }
-    printf("\nsample (%s, %d bytes, temperature 0.8):\n%s\n", merged, sample, txt);
+/* Joins the stage checkpoints into one model and prints a text sample from it. */
+static int print_sample(const cluster_args *a) {
+  char plan_path[PATH_MAX], stages_dir[PATH_MAX], merged[PATH_MAX];
+  snprintf(plan_path, sizeof plan_path, "%s/plan.json", a->out);
+  snprintf(stages_dir, sizeof stages_dir, "%s/stages", a->out);
+  snprintf(merged, sizeof merged, "%s/model-final.hmc", a->out);
+  int nranks = 0, nstages = 0;
+  hm_status st = plan_shape(plan_path, &nranks, &nstages);
+  if (st == HM_OK) st = merge_stages(stages_dir, nstages, merged);
+  if (st != HM_OK) return hm_cli_fail_status(st, "train: sample", NULL);
+  size_t cap = (size_t)a->sample + 64;
+  char *txt = malloc(cap);
+  if (!txt) return hm_cli_fail(NULL, "out of memory");
+  st = hm_sample_text("cpu", merged, "\n", a->sample, 0.8f, 40, 1337, txt, cap);
+  if (st != HM_OK) {
     free(txt);
+    return hm_cli_fail_status(st, "train: sample", NULL);
   }
+  printf("\nsample (%s, %d bytes, temperature 0.8):\n%s\n", merged, a->sample, txt);
+  free(txt);
   return 0;
+}
+
+/* The report, after the bound runs when asked for. */
+static int report(const char *self, const cluster_args *a, const hm_model_config *cfg, const char *cl_path) {
+  char plan_path[PATH_MAX], metrics_path[PATH_MAX], model_s[128];
+  snprintf(plan_path, sizeof plan_path, "%s/plan.json", a->out);
+  snprintf(metrics_path, sizeof metrics_path, "%s/metrics.jsonl", a->out);
+  snprintf(model_s, sizeof model_s, "L%d,C%d,NH%d,V%d,T%d", cfg->L, cfg->C, cfg->NH, cfg->V, cfg->T);
+  hm_cli_bound bound;
+  int have_bound = 0;
+  if (a->measure_bound) {
+    printf("\n");
+    const hm_cli_bound_job job = {self, cl_path, plan_path, model_s, a->data, a->out, a->global_batch, cfg->T,
+                                  a->bound_steps};
+    hm_status st = hm_cli_measure_bound(&job, &bound);
+    if (st != HM_OK) return hm_cli_fail_status(st, "train: --measure-bound", NULL);
+    have_bound = 1;
+  }
+  int rc = hm_cli_train_report(plan_path, metrics_path, (double)a->global_batch * cfg->T, have_bound ? &bound : NULL);
+  if (rc) return rc;
+  printf("traces: %s/predicted.json (predicted) and %s/measured.json (measured): open both in "
+         "https://ui.perfetto.dev\n", a->out, a->out);
+  return 0;
+}
+
+int hm_cmd_train_cluster(int argc, char **argv) {
+  cluster_args a;
+  int rc = parse_cluster_args(argc, argv, &a);
+  if (rc != HM_OPTS_CONTINUE) return rc;
+  hm_model_config cfg;
+  hm_status st = hm_model_config_lookup(a.model, &cfg);
+  if (st != HM_OK) return hm_cli_fail_status(st, "--model", NULL);
+  if ((st = hm_make_dirs(a.out, 0755, HM_DIR_OUTPUT)) != HM_OK || (st = hm_clean_tmp_files(a.out, NULL)) != HM_OK)
+    return hm_cli_fail_status(st, "--out", "pick a folder of your own for --out");
+  char self[PATH_MAX], cl_path[PATH_MAX];
+  ssize_t sn = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (sn <= 0) return hm_cli_fail(NULL, "cannot find the hetmix executable (/proc/self/exe)");
+  self[sn] = '\0';
+  if ((rc = write_specs(&a, &cfg, cl_path, sizeof cl_path)) != 0) return rc;
+  if ((rc = profile_and_plan(self, &a, &cfg, cl_path)) != 0) return rc;
+  if ((rc = train_plan(self, &a)) != 0) return rc;
+  if ((rc = report(self, &a, &cfg, cl_path)) != 0) return rc;
+  return a.sample > 0 ? print_sample(&a) : 0;
 }

@@ -14,8 +14,10 @@
 #include "comm/comm_internal.h"
 #include "util/util.h"
 
-void hm_auth_mac(const unsigned char *secret, const char *role, const unsigned char *hello,
-                 const unsigned char *nonce_a, unsigned char out[HM_WIRE_MAC_BYTES]) {
+/* HMAC-SHA256(secret, role | hello | nonce_a); role "hmx-a": the acceptor's proof, "hmx-c": the
+ * connector's. */
+static void hm_auth_mac(const unsigned char *secret, const char *role, const unsigned char *hello,
+                        const unsigned char *nonce_a, unsigned char out[HM_WIRE_MAC_BYTES]) {
   unsigned char msg[8 + HM_WIRE_HELLO_BYTES + HM_WIRE_NONCE_BYTES];
   memset(msg, 0, sizeof msg);
   memcpy(msg, role, strlen(role));
@@ -56,36 +58,31 @@ hm_status hm_auth_connect(int fd, const unsigned char tag[HM_WIRE_TAG_BYTES],
   return HM_OK;
 }
 
-hm_status hm_auth_accept(int fd, hm_secret_lookup_fn lookup, void *arg, uint64_t deadline_ns,
-                         hm_wire_hello *hello_out) {
-  char who[64];
-  hm_net_peer_name(fd, who, sizeof who);
-  hm_wire_hdr fh;
-  unsigned char hello[HM_WIRE_HELLO_BYTES];
-  hm_status st = hm_net_recv_frame(fd, &fh, hello, sizeof hello, deadline_ns);
-  if (st == HM_OK && fh.type != HM_WIRE_HELLO)
-    st = hm_error(HM_ERR_PROTOCOL, "expected hello, got frame type %u", (unsigned)fh.type);
-  if (st == HM_OK) st = hm_wire_decode_hello(hello, fh.len, hello_out);
-  if (st != HM_OK) {
-    hm_log(HM_LOG_WARN, "refused connection from %s: %s", who, hm_last_error());
-    return hm_error_context(HM_ERR_AUTH, "refused connection from %s: ", who);
+/* Acceptor side, one frame at a time (the caller's poll loop reads the frames). */
+hm_status hm_auth_accept_step(int fd, hm_auth_pending *a, const hm_wire_hdr *h, const unsigned char *payload,
+                              hm_secret_lookup_fn lookup, void *arg) {
+  if (a->state == HM_AUTH_HELLO) {
+    if (h->type != HM_WIRE_HELLO)
+      return hm_error(HM_ERR_AUTH, "expected a hello, got frame type %u", (unsigned)h->type);
+    HM_TRY(hm_wire_decode_hello(payload, h->len, &a->hello));
+    const char *why = "unknown job";
+    const unsigned char *secret = lookup(&a->hello, arg, &why);
+    if (!secret) return hm_error(HM_ERR_AUTH, "%s", why);
+    memcpy(a->secret, secret, HM_SECRET_BYTES);
+    memcpy(a->hello_bytes, payload, HM_WIRE_HELLO_BYTES);
+    unsigned char ch[HM_WIRE_NONCE_BYTES + HM_WIRE_MAC_BYTES];
+    hm_random_bytes(a->nonce, HM_WIRE_NONCE_BYTES);
+    memcpy(ch, a->nonce, HM_WIRE_NONCE_BYTES);
+    hm_auth_mac(a->secret, "hmx-a", a->hello_bytes, a->nonce, ch + HM_WIRE_NONCE_BYTES);
+    a->state = HM_AUTH_RESPONSE;
+    /* a fresh connection's send buffer is empty: this does not block */
+    return hm_net_send_frame(fd, HM_WIRE_CHALLENGE, 0, 0, 0, ch, sizeof ch, hm_deadline_after_ms(500));
   }
-  const unsigned char *secret = lookup(hello_out->tag, arg);
-  if (!secret) {
-    hm_log(HM_LOG_WARN, "refused connection from %s: unknown job", who);
-    return hm_error(HM_ERR_AUTH, "refused connection from %s: unknown job", who);
-  }
-  unsigned char ch[HM_WIRE_NONCE_BYTES + HM_WIRE_MAC_BYTES];
-  hm_random_bytes(ch, HM_WIRE_NONCE_BYTES);
-  hm_auth_mac(secret, "hmx-a", hello, ch, ch + HM_WIRE_NONCE_BYTES);
-  HM_TRY(hm_net_send_frame(fd, HM_WIRE_CHALLENGE, 0, 0, 0, ch, sizeof ch, deadline_ns));
-  unsigned char resp[HM_WIRE_MAC_BYTES], want[HM_WIRE_MAC_BYTES];
-  st = hm_net_recv_frame(fd, &fh, resp, sizeof resp, deadline_ns);
-  hm_auth_mac(secret, "hmx-c", hello, ch, want);
-  if (st != HM_OK || fh.type != HM_WIRE_RESPONSE || fh.len != sizeof resp ||
-      CRYPTO_memcmp(want, resp, sizeof resp) != 0) {
-    hm_log(HM_LOG_WARN, "refused connection from %s: authentication with the job secret failed", who);
-    return hm_error(HM_ERR_AUTH, "refused connection from %s: authentication failed", who);
-  }
-  return hm_net_send_frame(fd, HM_WIRE_AUTH_OK, 0, 0, 0, NULL, 0, deadline_ns);
+  if (a->state != HM_AUTH_RESPONSE) return hm_error(HM_ERR_PROTOCOL, "frame after authentication");
+  unsigned char want[HM_WIRE_MAC_BYTES];
+  hm_auth_mac(a->secret, "hmx-c", a->hello_bytes, a->nonce, want);
+  if (h->type != HM_WIRE_RESPONSE || h->len != HM_WIRE_MAC_BYTES || CRYPTO_memcmp(want, payload, sizeof want) != 0)
+    return hm_error(HM_ERR_AUTH, "no valid proof of the job secret");
+  a->state = HM_AUTH_DONE;
+  return hm_net_send_frame(fd, HM_WIRE_AUTH_OK, 0, 0, 0, NULL, 0, hm_deadline_after_ms(500));
 }

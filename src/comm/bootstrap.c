@@ -9,10 +9,12 @@
  * which is then unlinked. Not here: the data path (engine.c, coll.c, comm.c). */
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -42,7 +44,6 @@ static const uint64_t g_cma_probe = 0x434d412070726f62ull; /* read by same-host 
 /* Can this process read the peer's memory with process_vm_readv (same user, no ptrace limits,
  * not forbidden by seccomp)? */
 static int cma_works(int pid, uint64_t addr) {
-  if (hm_env_long("HETMIX_CMA", 1) == 0) return 0;
   uint64_t v = 0;
   struct iovec l = {&v, sizeof v}, r = {(void *)(uintptr_t)addr, sizeof v};
   return process_vm_readv(pid, &l, 1, &r, 1, 0) == (ssize_t)sizeof v && v == g_cma_probe;
@@ -123,16 +124,41 @@ static hm_status pick_str(const char *given, const char *env, const char *def, c
   return HM_OK;
 }
 
+/* The tuning knobs of the environment (docs/comm.md), read once and checked: a value out of
+ * range is an error naming the variable, not a silent default. -1: unset, the default depends
+ * on the job's layout. */
+static hm_status read_env_knobs(hm_env_knobs *k) {
+  static const struct {
+    const char *name;
+    long def, lo, hi;
+    size_t off;
+  } knobs[] = {
+      {"HETMIX_TIMEOUT_MS", 30000, 1, 86400000L, offsetof(hm_env_knobs, timeout_ms)},
+      {"HETMIX_HEARTBEAT_MS", 500, 1, 3600000L, offsetof(hm_env_knobs, heartbeat_ms)},
+      {"HETMIX_PEER_DEAD_MS", 3000, 1, 86400000L, offsetof(hm_env_knobs, peer_dead_ms)},
+      {"HETMIX_SHM_CHUNK", 0, 0, 64L << 20, offsetof(hm_env_knobs, shm_chunk)},
+      {"HETMIX_TCP_CHUNK", 512 << 10, 4096, HM_WIRE_MAX_PAYLOAD, offsetof(hm_env_knobs, tcp_chunk)},
+      {"HETMIX_CMA", 1, 0, 1, offsetof(hm_env_knobs, cma)},
+      {"HETMIX_SHM_SLOTS", -1, 2, 1024, offsetof(hm_env_knobs, shm_slots)},
+      {"HETMIX_SPIN_US", -1, 0, 10000000L, offsetof(hm_env_knobs, spin_us)},
+      {"HETMIX_YIELD_US", -1, 0, 10000000L, offsetof(hm_env_knobs, yield_us)},
+      {"HETMIX_SPIN_SMALL_US", -1, 0, 10000000L, offsetof(hm_env_knobs, spin_small_us)},
+  };
+  for (size_t i = 0; i < sizeof knobs / sizeof knobs[0]; i++)
+    HM_TRY(hm_env_long(knobs[i].name, knobs[i].def, knobs[i].lo, knobs[i].hi, (long *)((char *)k + knobs[i].off)));
+  return HM_OK;
+}
+
 static hm_status resolve_config(hm_comm_t c, const hm_comm_config *cfg) {
   hm_comm_config z = HM_COMM_CONFIG_INIT;
   if (!cfg) cfg = &z;
   if (cfg->timeout_ms < 0) return hm_error(HM_ERR_INVALID_ARG, "config.timeout_ms is negative (%d)", cfg->timeout_ms);
   if (cfg->heartbeat_ms < 0) return hm_error(HM_ERR_INVALID_ARG, "config.heartbeat_ms is negative (%d)", cfg->heartbeat_ms);
   if (cfg->peer_dead_ms < 0) return hm_error(HM_ERR_INVALID_ARG, "config.peer_dead_ms is negative (%d)", cfg->peer_dead_ms);
-  c->cfg.timeout_ms = cfg->timeout_ms ? cfg->timeout_ms : (int)hm_env_long("HETMIX_TIMEOUT_MS", 30000);
-  c->cfg.heartbeat_ms = cfg->heartbeat_ms ? cfg->heartbeat_ms : (int)hm_env_long("HETMIX_HEARTBEAT_MS", 500);
-  c->cfg.peer_dead_ms = cfg->peer_dead_ms ? cfg->peer_dead_ms : (int)hm_env_long("HETMIX_PEER_DEAD_MS", 3000);
-  if (c->cfg.timeout_ms <= 0) c->cfg.timeout_ms = 30000;
+  HM_TRY(read_env_knobs(&c->env));
+  c->cfg.timeout_ms = cfg->timeout_ms ? cfg->timeout_ms : (int)c->env.timeout_ms;
+  c->cfg.heartbeat_ms = cfg->heartbeat_ms ? cfg->heartbeat_ms : (int)c->env.heartbeat_ms;
+  c->cfg.peer_dead_ms = cfg->peer_dead_ms ? cfg->peer_dead_ms : (int)c->env.peer_dead_ms;
   static const char *const transports[] = {"auto", "shm", "tcp", NULL};
   static const char *const algos[] = {"auto", "ring", "rd", "tree", NULL};
   HM_TRY(pick_str(cfg->transport, "HETMIX_TRANSPORT", "auto", transports, "transport", c->transport, sizeof c->transport));
@@ -144,10 +170,8 @@ static hm_status resolve_config(hm_comm_t c, const hm_comm_config *cfg) {
   c->cfg.listen_addr = c->listen_addr;
   c->cfg.name = c->name;
   c->forced_algo = strcmp(c->algorithm, "auto") == 0 ? -1 : hm_coll_algo_parse(c->algorithm);
-  c->shm_chunk = (uint32_t)hm_env_long("HETMIX_SHM_CHUNK", 0);
-  c->tcp_chunk = (uint32_t)hm_env_long("HETMIX_TCP_CHUNK", 512 << 10);
-  if (c->tcp_chunk < 4096 || c->tcp_chunk > HM_WIRE_MAX_PAYLOAD) c->tcp_chunk = 512 << 10;
-  c->tcp_chunk &= ~63u;
+  c->shm_chunk = (uint32_t)c->env.shm_chunk;
+  c->tcp_chunk = (uint32_t)c->env.tcp_chunk & ~63u;
 
   return HM_OK;
 }
@@ -213,6 +237,7 @@ static void comm_free(hm_comm_t c) {
 static hm_status prepare_local(hm_comm_t c, rank_info *me, char *shm_name, size_t shm_cap) {
   int port;
   HM_TRY(hm_net_listen(c->listen_addr, 0, &c->listen_fd, &port));
+  hm_log(HM_LOG_DEBUG, "bootstrap: accepting peers on %s:%d", c->listen_addr, port);
   memset(me, 0, sizeof *me);
   me->magic = RANK_INFO_MAGIC;
   me->size = sizeof *me;
@@ -229,8 +254,7 @@ static hm_status prepare_local(hm_comm_t c, rank_info *me, char *shm_name, size_
   payload = (payload + 63) & ~63u;
   if (payload < 256) payload = 256;
   me->shm_payload = (int32_t)payload;
-  long slots = hm_env_long("HETMIX_SHM_SLOTS", c->nranks <= 4 ? 8 : 16);
-  me->shm_slots = (int32_t)(slots >= 2 && slots <= 1024 ? slots : 16);
+  me->shm_slots = (int32_t)(c->env.shm_slots >= 0 ? c->env.shm_slots : c->nranks <= 4 ? 8 : 16);
   shm_name[0] = '\0';
   if (strcmp(c->transport, "tcp") != 0 && c->nranks > 1) {
     snprintf(shm_name, shm_cap, "/hetmix-%02x%02x%02x%02x-%d-%d-%u", c->tag[0], c->tag[1], c->tag[2],
@@ -244,12 +268,22 @@ static hm_status prepare_local(hm_comm_t c, rank_info *me, char *shm_name, size_
   return HM_OK;
 }
 
-typedef struct accept_ctx {
-  hm_comm_t c;
-} accept_ctx;
-static const unsigned char *comm_secret(const unsigned char *tag, void *arg) {
-  hm_comm_t c = ((accept_ctx *)arg)->c;
-  return memcmp(tag, c->tag, HM_WIRE_TAG_BYTES) == 0 ? c->secret : NULL;
+/* Takes an authenticated connection from a higher rank into its peer slot (control, or data
+ * for a TCP pair). Only a connection that proved the job secret gets here, so what is wrong with
+ * it is the claimed rank's doing. */
+static int take_peer_conn(void *arg, const hm_wire_hello *hello, int fd, const char *who) {
+  hm_comm_t c = arg;
+  int r = hello->rank, me = c->rank;
+  hm_peer *p = (r > me && r < c->nranks) ? &c->peers[r] : NULL;
+  int *slot = !p ? NULL : hello->purpose == HM_CONN_CTRL ? &p->ctrl_fd
+                        : (hello->purpose == HM_CONN_DATA && !p->is_shm) ? &p->data_fd : NULL;
+  if (!slot || *slot >= 0) {
+    hm_log(HM_LOG_WARN, "rank %d: refused connection from %s (authenticated as rank %d): unexpected rank / purpose %u",
+           me, who, r, (unsigned)hello->purpose);
+    return 0;
+  }
+  *slot = fd;
+  return 1;
 }
 
 /* Mesh, shared memory and the READY exchange, once everyone's rank_info is known. */
@@ -286,13 +320,14 @@ static hm_status connect_mesh(hm_comm_t c, const rank_info *info, uint64_t deadl
   int local = 1;
   for (int r = 0; r < n; r++) local += r != me && c->peers[r].is_shm;
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-  long spin_us = hm_env_long("HETMIX_SPIN_US", 20), yield_us = hm_env_long("HETMIX_YIELD_US", local <= cpus ? 10000000 : 0);
-  c->spin_ns = (uint64_t)(spin_us >= 0 && spin_us <= 10000000 ? spin_us : 20) * 1000u;
-  c->yield_ns = c->spin_ns + (uint64_t)(yield_us >= 0 && yield_us <= 10000000 ? yield_us : 0) * 1000u;
+  long spin_us = c->env.spin_us >= 0 ? c->env.spin_us : 20;
+  long yield_us = c->env.yield_us >= 0 ? c->env.yield_us : local <= cpus ? 10000000 : 0;
+  c->spin_ns = (uint64_t)spin_us * 1000u;
+  c->yield_ns = c->spin_ns + (uint64_t)yield_us * 1000u;
   /* Latency-bound operations (under 1 MiB) spin longer: on a loaded machine the peer is often
    * preempted briefly, and a yield then costs a time slice; bandwidth-bound ones yield sooner. */
-  long small_us = hm_env_long("HETMIX_SPIN_SMALL_US", local <= cpus ? 2000 : spin_us);
-  c->spin_small_ns = (uint64_t)(small_us >= 0 && small_us <= 10000000 ? small_us : 20) * 1000u;
+  long small_us = c->env.spin_small_us >= 0 ? c->env.spin_small_us : local <= cpus ? 2000 : spin_us;
+  c->spin_small_ns = (uint64_t)small_us * 1000u;
   /* tuner constants: the same on every rank because they derive from the shared table */
   if (any_tcp)
     c->link = (hm_link){3e9, 25e-6, 6e9};
@@ -313,33 +348,8 @@ static hm_status connect_mesh(hm_comm_t c, const rank_info *info, uint64_t deadl
   }
   int expected = 0;
   for (int r = me + 1; r < n; r++) expected += c->peers[r].is_shm ? 1 : 2;
-  accept_ctx ax = {c};
-  while (expected > 0) {
-    int fd;
-    char who[64];
-    hm_status st = hm_net_accept(c->listen_fd, deadline, &fd, who, sizeof who);
-    if (st != HM_OK) return hm_error_context(st, "waiting for %d connection(s) from higher ranks: ", expected);
-    hm_wire_hello hello;
-    uint64_t hs_deadline = hm_deadline_after_ms(2000);
-    if (hs_deadline > deadline) hs_deadline = deadline;
-    st = hm_auth_accept(fd, comm_secret, &ax, hs_deadline, &hello);
-    if (st != HM_OK) {
-      close(fd); /* refused and logged; keep waiting for the real peers */
-      continue;
-    }
-    int r = hello.rank;
-    hm_peer *p = (r > me && r < n) ? &c->peers[r] : NULL;
-    int *slot = !p ? NULL : hello.purpose == HM_CONN_CTRL ? &p->ctrl_fd
-                          : (hello.purpose == HM_CONN_DATA && !p->is_shm) ? &p->data_fd : NULL;
-    if (!slot || *slot >= 0) {
-      hm_log(HM_LOG_WARN, "rank %d: refused connection from %s: unexpected rank %d / purpose %u", me, who, r,
-             (unsigned)hello.purpose);
-      close(fd);
-      continue;
-    }
-    *slot = fd;
-    expected--;
-  }
+  hm_status ast = hm_mesh_accept(c->listen_fd, c->tag, c->secret, me, expected, take_peer_conn, c, deadline);
+  if (ast != HM_OK) return ast;
   for (int r = 0; r < n; r++) {
     hm_peer *p = &c->peers[r];
     if (r == me) continue;
@@ -364,7 +374,7 @@ static hm_status connect_mesh(hm_comm_t c, const rank_info *info, uint64_t deadl
   for (int r = 0; r < n; r++)
     if (r != me)
       HM_TRY(hm_net_send_frame(c->peers[r].ctrl_fd, HM_WIRE_CTRL_READY, 0, 0,
-                               c->peers[r].is_shm && cma_works(info[r].pid, info[r].cma_probe), NULL, 0, deadline));
+                               c->peers[r].is_shm && c->env.cma && cma_works(info[r].pid, info[r].cma_probe), NULL, 0, deadline));
   for (int r = 0; r < n; r++) {
     if (r == me) continue;
     hm_wire_hdr h;
@@ -541,6 +551,30 @@ hm_status hm_launch_env_read(hm_launch_env *e) {
   return HM_OK;
 }
 
+/* Reads the secret file as ssh reads a private key: a regular file of this user that nobody
+ * else may read or write. Checked on the open descriptor (no window between check and read). */
+static hm_status read_secret_file(const char *path, char *buf, size_t cap, size_t *len) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) return hm_error(HM_ERR_AUTH, "HETMIX_SECRET_FILE %s: %s", path, strerror(errno));
+  struct stat sb;
+  hm_status st = HM_OK;
+  if (fstat(fd, &sb) != 0)
+    st = hm_error(HM_ERR_AUTH, "HETMIX_SECRET_FILE %s: %s", path, strerror(errno));
+  else if (!S_ISREG(sb.st_mode))
+    st = hm_error(HM_ERR_AUTH, "HETMIX_SECRET_FILE %s is not a regular file", path);
+  else if (sb.st_uid != geteuid())
+    st = hm_error(HM_ERR_AUTH, "HETMIX_SECRET_FILE %s is owned by uid %u, not by this user (uid %u): use a "
+                  "secret file of your own (chmod 600)", path, (unsigned)sb.st_uid, (unsigned)geteuid());
+  else if (sb.st_mode & 077)
+    st = hm_error(HM_ERR_AUTH, "HETMIX_SECRET_FILE %s has mode %03o: other users may read or change the job "
+                  "secret; run chmod 600 %s", path, (unsigned)(sb.st_mode & 0777), path);
+  ssize_t got = st == HM_OK ? read(fd, buf, cap) : 0;
+  if (got < 0) st = hm_error(HM_ERR_AUTH, "HETMIX_SECRET_FILE %s: %s", path, strerror(errno));
+  close(fd);
+  *len = got > 0 ? (size_t)got : 0;
+  return st;
+}
+
 static hm_status read_secret(unsigned char secret[HM_SECRET_BYTES]) {
   const char *s = getenv("HETMIX_SECRET");
   char buf[4096];
@@ -554,10 +588,7 @@ static hm_status read_secret(unsigned char secret[HM_SECRET_BYTES]) {
     if (!path || !*path)
       return hm_error(HM_ERR_AUTH, "no job secret: set HETMIX_SECRET (any string shared by the job's ranks) "
                                    "or HETMIX_SECRET_FILE (a file only the job can read)");
-    FILE *f = fopen(path, "rb");
-    if (!f) return hm_error(HM_ERR_AUTH, "HETMIX_SECRET_FILE %s: %s", path, strerror(errno));
-    len = fread(buf, 1, sizeof buf, f);
-    fclose(f);
+    HM_TRY(read_secret_file(path, buf, sizeof buf, &len));
     while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r')) len--;
     if (len == 0) return hm_error(HM_ERR_AUTH, "HETMIX_SECRET_FILE %s is empty", path);
   }

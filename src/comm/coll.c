@@ -344,6 +344,10 @@ static hm_status gather_scatter_direct(hm_comm_t c, const hm_coll_args *a, const
   return xl_run(&l, cx);
 }
 
+uint64_t hm_coll_allreduce_runs(hm_comm_t c, hm_coll_algo a) {
+  return (unsigned)a < HM_ALGO_COUNT ? atomic_load_explicit(&c->allreduce_runs[a], memory_order_relaxed) : 0;
+}
+
 hm_status hm_coll_execute(hm_comm_t c, const hm_coll_args *a) {
   const int n = c->nranks;
   const size_t es = hm_dtype_size(a->dt);
@@ -357,6 +361,7 @@ hm_status hm_coll_execute(hm_comm_t c, const hm_coll_args *a) {
   switch (a->kind) {
     case HM_COLL_ALLREDUCE: {
       hm_coll_algo algo = hm_coll_choose(c, a->kind, a->count * es);
+      atomic_fetch_add_explicit(&c->allreduce_runs[algo], 1, memory_order_relaxed);
       if (algo == HM_ALGO_RING) return allreduce_ring(c, a, &cx);
       if (algo == HM_ALGO_RECURSIVE_DOUBLING) return allreduce_rd(c, a, &cx);
       hm_coll_args t = *a;

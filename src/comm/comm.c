@@ -383,22 +383,71 @@ static hm_status coll(hm_comm_t c, hm_coll_kind kind, const void *sb, void *rb, 
 /* ---- collectives: argument checks then issue ---- */
 #define CHECK(expr) HM_TRY(expr)
 
-static hm_status allreduce_checks(const char *fn, hm_comm_t c, const void *sb, void *rb, size_t count,
-                                  hm_dtype dt, hm_redop op) {
+/* The in-place form a collective allows where its buffers overlap. */
+enum {
+  IP_SAME,         /* sendbuf == recvbuf */
+  IP_RECV_IN_SEND, /* recvbuf == sendbuf + k * recvbytes (reduce_scatter, scatter) */
+  IP_SEND_IN_RECV, /* sendbuf == recvbuf + k * sendbytes (allgather, gather) */
+};
+
+/* What one collective's arguments must satisfy; k above is the rank, or the root when rooted. */
+typedef struct coll_rule {
+  int has_op, rooted;
+  int send_n, recv_n;       /* the buffer holds nranks blocks of count elements */
+  int send_root, recv_root; /* only the root's buffer is used (and checked) */
+  int recv_first;           /* name a NULL recvbuf before a NULL sendbuf */
+  int inplace;
+  const char *overlap_msg;  /* after "fn: "; NULL: the plain one */
+} coll_rule;
+
+static const coll_rule k_rules[HM_COLL_KIND_COUNT] = {
+    [HM_COLL_ALLREDUCE] = {1, 0, 0, 0, 0, 0, 0, IP_SAME,
+                           "sendbuf and recvbuf overlap without being equal (in place needs sendbuf == recvbuf)"},
+    [HM_COLL_REDUCE] = {1, 1, 0, 0, 0, 1, 0, IP_SAME, NULL},
+    [HM_COLL_BROADCAST] = {0, 1, 0, 0, 1, 0, 0, IP_SAME, NULL},
+    [HM_COLL_REDUCE_SCATTER] = {1, 0, 1, 0, 0, 0, 0, IP_RECV_IN_SEND,
+                                "buffers overlap but recvbuf != sendbuf + rank*recvcount (the in-place form)"},
+    [HM_COLL_ALLGATHER] = {0, 0, 0, 1, 0, 0, 0, IP_SEND_IN_RECV,
+                           "buffers overlap but sendbuf != recvbuf + rank*sendcount (the in-place form)"},
+    [HM_COLL_ALLTOALL] = {0, 0, 1, 1, 0, 0, 0, IP_SAME, NULL},
+    [HM_COLL_GATHER] = {0, 1, 0, 1, 0, 1, 0, IP_SEND_IN_RECV, "buffers overlap but sendbuf != recvbuf + root*sendcount"},
+    [HM_COLL_SCATTER] = {0, 1, 1, 0, 1, 0, 1, IP_RECV_IN_SEND, "buffers overlap but recvbuf != sendbuf + root*recvcount"},
+};
+
+static hm_status check_overlap(const char *fn, const coll_rule *r, const char *sb, size_t sbytes, const char *rb,
+                               size_t rbytes, size_t k) {
+  int in_place = r->inplace == IP_SAME           ? sb == rb
+                 : r->inplace == IP_RECV_IN_SEND ? sb + k * rbytes == rb
+                                                 : rb + k * sbytes == sb;
+  if (in_place || !overlap(sb, sbytes, rb, rbytes)) return HM_OK;
+  return hm_error(HM_ERR_INVALID_ARG, "%s: %s", fn,
+                  r->overlap_msg ? r->overlap_msg : "sendbuf and recvbuf overlap without being equal");
+}
+
+/* The argument checks of every collective but barrier, driven by k_rules. */
+static hm_status coll_checks(const char *fn, hm_coll_kind kind, hm_comm_t c, const void *sb, const void *rb,
+                             size_t count, hm_dtype dt, hm_redop op, int root) {
+  const coll_rule *r = &k_rules[kind];
   CHECK(comm_state(c, fn));
   CHECK(check_dtype(fn, dt));
-  CHECK(check_op(fn, op));
-  size_t bytes = 0;
-  CHECK(check_bytes(fn, count, 1, dt, &bytes));
-  CHECK(check_buf(fn, sb, "sendbuf", bytes));
-  CHECK(check_buf(fn, rb, "recvbuf", bytes));
-  if (sb != rb && overlap(sb, bytes, rb, bytes))
-    return hm_error(HM_ERR_INVALID_ARG, "%s: sendbuf and recvbuf overlap without being equal (in place needs sendbuf == recvbuf)", fn);
-  return HM_OK;
+  if (r->has_op) CHECK(check_op(fn, op));
+  if (r->rooted) CHECK(check_root(fn, c, root));
+  size_t n = (size_t)c->nranks, sbytes = 0, rbytes = 0;
+  CHECK(check_bytes(fn, count, r->send_n ? n : 1, dt, &sbytes));
+  CHECK(check_bytes(fn, count, r->recv_n ? n : 1, dt, &rbytes));
+  const int at_root = r->rooted && c->rank == root;
+  const int use_send = !r->send_root || at_root, use_recv = !r->recv_root || at_root;
+  const char *sname = r->send_root ? "sendbuf (at the root)" : "sendbuf";
+  const char *rname = r->recv_root ? "recvbuf (at the root)" : "recvbuf";
+  if (r->recv_first && use_recv) CHECK(check_buf(fn, rb, rname, rbytes));
+  if (use_send) CHECK(check_buf(fn, sb, sname, sbytes));
+  if (!r->recv_first && use_recv) CHECK(check_buf(fn, rb, rname, rbytes));
+  if (r->rooted && !at_root) return HM_OK; /* only the root uses both buffers */
+  return check_overlap(fn, r, sb, sbytes, rb, rbytes, (size_t)(r->rooted ? root : c->rank));
 }
 
 hm_status hm_comm_allreduce(hm_comm_t c, const void *sb, void *rb, size_t count, hm_dtype dt, hm_redop op) {
-  HM_TRY(allreduce_checks("hm_comm_allreduce", c, sb, rb, count, dt, op));
+  HM_TRY(coll_checks("hm_comm_allreduce", HM_COLL_ALLREDUCE, c, sb, rb, count, dt, op, 0));
   return coll(c, HM_COLL_ALLREDUCE, sb, rb, count, dt, op, -1, NULL);
 }
 
@@ -406,42 +455,17 @@ hm_status hm_comm_iallreduce(hm_comm_t c, const void *sb, void *rb, size_t count
                              hm_request_t *req) {
   if (!req) return hm_error(HM_ERR_INVALID_ARG, "hm_comm_iallreduce: req is NULL");
   *req = NULL;
-  HM_TRY(allreduce_checks("hm_comm_iallreduce", c, sb, rb, count, dt, op));
+  HM_TRY(coll_checks("hm_comm_iallreduce", HM_COLL_ALLREDUCE, c, sb, rb, count, dt, op, 0));
   return coll(c, HM_COLL_ALLREDUCE, sb, rb, count, dt, op, -1, req);
 }
 
 hm_status hm_comm_reduce(hm_comm_t c, const void *sb, void *rb, size_t count, hm_dtype dt, hm_redop op, int root) {
-  const char *fn = "hm_comm_reduce";
-  CHECK(comm_state(c, fn));
-  CHECK(check_dtype(fn, dt));
-  CHECK(check_op(fn, op));
-  CHECK(check_root(fn, c, root));
-  size_t bytes = 0;
-  CHECK(check_bytes(fn, count, 1, dt, &bytes));
-  CHECK(check_buf(fn, sb, "sendbuf", bytes));
-  if (c->rank == root) {
-    CHECK(check_buf(fn, rb, "recvbuf (at the root)", bytes));
-    if (sb != rb && overlap(sb, bytes, rb, bytes))
-      return hm_error(HM_ERR_INVALID_ARG, "%s: sendbuf and recvbuf overlap without being equal", fn);
-  }
+  HM_TRY(coll_checks("hm_comm_reduce", HM_COLL_REDUCE, c, sb, rb, count, dt, op, root));
   return coll(c, HM_COLL_REDUCE, sb, rb, count, dt, op, root, NULL);
 }
 
-static hm_status bcast_checks(const char *fn, hm_comm_t c, const void *sb, void *rb, size_t count, hm_dtype dt, int root) {
-  CHECK(comm_state(c, fn));
-  CHECK(check_dtype(fn, dt));
-  CHECK(check_root(fn, c, root));
-  size_t bytes = 0;
-  CHECK(check_bytes(fn, count, 1, dt, &bytes));
-  if (c->rank == root) CHECK(check_buf(fn, sb, "sendbuf (at the root)", bytes));
-  CHECK(check_buf(fn, rb, "recvbuf", bytes));
-  if (c->rank == root && sb != rb && overlap(sb, bytes, rb, bytes))
-    return hm_error(HM_ERR_INVALID_ARG, "%s: sendbuf and recvbuf overlap without being equal", fn);
-  return HM_OK;
-}
-
 hm_status hm_comm_broadcast(hm_comm_t c, const void *sb, void *rb, size_t count, hm_dtype dt, int root) {
-  HM_TRY(bcast_checks("hm_comm_broadcast", c, sb, rb, count, dt, root));
+  HM_TRY(coll_checks("hm_comm_broadcast", HM_COLL_BROADCAST, c, sb, rb, count, dt, HM_SUM, root));
   return coll(c, HM_COLL_BROADCAST, sb, rb, count, dt, HM_SUM, root, NULL);
 }
 
@@ -449,26 +473,12 @@ hm_status hm_comm_ibroadcast(hm_comm_t c, const void *sb, void *rb, size_t count
                              hm_request_t *req) {
   if (!req) return hm_error(HM_ERR_INVALID_ARG, "hm_comm_ibroadcast: req is NULL");
   *req = NULL;
-  HM_TRY(bcast_checks("hm_comm_ibroadcast", c, sb, rb, count, dt, root));
+  HM_TRY(coll_checks("hm_comm_ibroadcast", HM_COLL_BROADCAST, c, sb, rb, count, dt, HM_SUM, root));
   return coll(c, HM_COLL_BROADCAST, sb, rb, count, dt, HM_SUM, root, req);
 }
 
-static hm_status rs_checks(const char *fn, hm_comm_t c, const void *sb, void *rb, size_t rc, hm_dtype dt, hm_redop op) {
-  CHECK(comm_state(c, fn));
-  CHECK(check_dtype(fn, dt));
-  CHECK(check_op(fn, op));
-  size_t rbytes = 0, sbytes = 0;
-  CHECK(check_bytes(fn, rc, 1, dt, &rbytes));
-  CHECK(check_bytes(fn, rc, (size_t)c->nranks, dt, &sbytes));
-  CHECK(check_buf(fn, sb, "sendbuf", sbytes));
-  CHECK(check_buf(fn, rb, "recvbuf", rbytes));
-  if ((const char *)sb + (size_t)c->rank * rbytes != rb && overlap(sb, sbytes, rb, rbytes))
-    return hm_error(HM_ERR_INVALID_ARG, "%s: buffers overlap but recvbuf != sendbuf + rank*recvcount (the in-place form)", fn);
-  return HM_OK;
-}
-
 hm_status hm_comm_reduce_scatter(hm_comm_t c, const void *sb, void *rb, size_t rc, hm_dtype dt, hm_redop op) {
-  HM_TRY(rs_checks("hm_comm_reduce_scatter", c, sb, rb, rc, dt, op));
+  HM_TRY(coll_checks("hm_comm_reduce_scatter", HM_COLL_REDUCE_SCATTER, c, sb, rb, rc, dt, op, 0));
   return coll(c, HM_COLL_REDUCE_SCATTER, sb, rb, rc, dt, op, -1, NULL);
 }
 
@@ -476,32 +486,19 @@ hm_status hm_comm_ireduce_scatter(hm_comm_t c, const void *sb, void *rb, size_t 
                                   hm_request_t *req) {
   if (!req) return hm_error(HM_ERR_INVALID_ARG, "hm_comm_ireduce_scatter: req is NULL");
   *req = NULL;
-  HM_TRY(rs_checks("hm_comm_ireduce_scatter", c, sb, rb, rc, dt, op));
+  HM_TRY(coll_checks("hm_comm_ireduce_scatter", HM_COLL_REDUCE_SCATTER, c, sb, rb, rc, dt, op, 0));
   return coll(c, HM_COLL_REDUCE_SCATTER, sb, rb, rc, dt, op, -1, req);
 }
 
-static hm_status ag_checks(const char *fn, hm_comm_t c, const void *sb, void *rb, size_t sc, hm_dtype dt) {
-  CHECK(comm_state(c, fn));
-  CHECK(check_dtype(fn, dt));
-  size_t sbytes = 0, rbytes = 0;
-  CHECK(check_bytes(fn, sc, 1, dt, &sbytes));
-  CHECK(check_bytes(fn, sc, (size_t)c->nranks, dt, &rbytes));
-  CHECK(check_buf(fn, sb, "sendbuf", sbytes));
-  CHECK(check_buf(fn, rb, "recvbuf", rbytes));
-  if ((const char *)rb + (size_t)c->rank * sbytes != sb && overlap(sb, sbytes, rb, rbytes))
-    return hm_error(HM_ERR_INVALID_ARG, "%s: buffers overlap but sendbuf != recvbuf + rank*sendcount (the in-place form)", fn);
-  return HM_OK;
-}
-
 hm_status hm_comm_allgather(hm_comm_t c, const void *sb, void *rb, size_t sc, hm_dtype dt) {
-  HM_TRY(ag_checks("hm_comm_allgather", c, sb, rb, sc, dt));
+  HM_TRY(coll_checks("hm_comm_allgather", HM_COLL_ALLGATHER, c, sb, rb, sc, dt, HM_SUM, 0));
   return coll(c, HM_COLL_ALLGATHER, sb, rb, sc, dt, HM_SUM, -1, NULL);
 }
 
 hm_status hm_comm_iallgather(hm_comm_t c, const void *sb, void *rb, size_t sc, hm_dtype dt, hm_request_t *req) {
   if (!req) return hm_error(HM_ERR_INVALID_ARG, "hm_comm_iallgather: req is NULL");
   *req = NULL;
-  HM_TRY(ag_checks("hm_comm_iallgather", c, sb, rb, sc, dt));
+  HM_TRY(coll_checks("hm_comm_iallgather", HM_COLL_ALLGATHER, c, sb, rb, sc, dt, HM_SUM, 0));
   return coll(c, HM_COLL_ALLGATHER, sb, rb, sc, dt, HM_SUM, -1, req);
 }
 
@@ -510,49 +507,17 @@ hm_status hm_comm_allgather_internal(hm_comm_t c, const void *mine, void *all, s
 }
 
 hm_status hm_comm_alltoall(hm_comm_t c, const void *sb, void *rb, size_t count, hm_dtype dt) {
-  const char *fn = "hm_comm_alltoall";
-  CHECK(comm_state(c, fn));
-  CHECK(check_dtype(fn, dt));
-  size_t bytes = 0;
-  CHECK(check_bytes(fn, count, (size_t)c->nranks, dt, &bytes));
-  CHECK(check_buf(fn, sb, "sendbuf", bytes));
-  CHECK(check_buf(fn, rb, "recvbuf", bytes));
-  if (sb != rb && overlap(sb, bytes, rb, bytes))
-    return hm_error(HM_ERR_INVALID_ARG, "%s: sendbuf and recvbuf overlap without being equal", fn);
+  HM_TRY(coll_checks("hm_comm_alltoall", HM_COLL_ALLTOALL, c, sb, rb, count, dt, HM_SUM, 0));
   return coll(c, HM_COLL_ALLTOALL, sb, rb, count, dt, HM_SUM, -1, NULL);
 }
 
 hm_status hm_comm_gather(hm_comm_t c, const void *sb, void *rb, size_t sc, hm_dtype dt, int root) {
-  const char *fn = "hm_comm_gather";
-  CHECK(comm_state(c, fn));
-  CHECK(check_dtype(fn, dt));
-  CHECK(check_root(fn, c, root));
-  size_t sbytes = 0, rbytes = 0;
-  CHECK(check_bytes(fn, sc, 1, dt, &sbytes));
-  CHECK(check_bytes(fn, sc, (size_t)c->nranks, dt, &rbytes));
-  CHECK(check_buf(fn, sb, "sendbuf", sbytes));
-  if (c->rank == root) {
-    CHECK(check_buf(fn, rb, "recvbuf (at the root)", rbytes));
-    if ((const char *)rb + (size_t)root * sbytes != sb && overlap(sb, sbytes, rb, rbytes))
-      return hm_error(HM_ERR_INVALID_ARG, "%s: buffers overlap but sendbuf != recvbuf + root*sendcount", fn);
-  }
+  HM_TRY(coll_checks("hm_comm_gather", HM_COLL_GATHER, c, sb, rb, sc, dt, HM_SUM, root));
   return coll(c, HM_COLL_GATHER, sb, rb, sc, dt, HM_SUM, root, NULL);
 }
 
 hm_status hm_comm_scatter(hm_comm_t c, const void *sb, void *rb, size_t rc, hm_dtype dt, int root) {
-  const char *fn = "hm_comm_scatter";
-  CHECK(comm_state(c, fn));
-  CHECK(check_dtype(fn, dt));
-  CHECK(check_root(fn, c, root));
-  size_t sbytes = 0, rbytes = 0;
-  CHECK(check_bytes(fn, rc, 1, dt, &rbytes));
-  CHECK(check_bytes(fn, rc, (size_t)c->nranks, dt, &sbytes));
-  CHECK(check_buf(fn, rb, "recvbuf", rbytes));
-  if (c->rank == root) {
-    CHECK(check_buf(fn, sb, "sendbuf (at the root)", sbytes));
-    if ((const char *)sb + (size_t)root * rbytes != rb && overlap(sb, sbytes, rb, rbytes))
-      return hm_error(HM_ERR_INVALID_ARG, "%s: buffers overlap but recvbuf != sendbuf + root*recvcount", fn);
-  }
+  HM_TRY(coll_checks("hm_comm_scatter", HM_COLL_SCATTER, c, sb, rb, rc, dt, HM_SUM, root));
   return coll(c, HM_COLL_SCATTER, sb, rb, rc, dt, HM_SUM, root, NULL);
 }
 

@@ -35,6 +35,18 @@ hm_status hm_net_read_all(int fd, void *buf, size_t n, uint64_t deadline_ns);
 hm_status hm_net_send_frame(int fd, int type, uint32_t seq, uint64_t desc, uint32_t aux,
                             const void *payload, uint32_t len, uint64_t deadline_ns);
 hm_status hm_net_recv_frame(int fd, hm_wire_hdr *h, void *buf, size_t cap, uint64_t deadline_ns);
+/* A frame read piece by piece from a nonblocking socket. step reads what is there: 1 when the
+ * whole frame is in (h, payload; reset before the next), 0 when more is needed, -1 when the
+ * peer closed, -2 on an error, a bad header or a payload over limit (message in hm_last_error()). */
+typedef struct hm_frame_rx {
+  unsigned char hdr[HM_WIRE_HDR_BYTES];
+  hm_wire_hdr h;
+  size_t off;
+  unsigned char *payload;
+} hm_frame_rx;
+int hm_net_frame_rx_step(int fd, hm_frame_rx *rx, size_t limit);
+void hm_net_frame_rx_reset(hm_frame_rx *rx);
+void hm_net_frame_rx_free(hm_frame_rx *rx);
 void hm_net_peer_name(int fd, char *buf, size_t cap);
 void hm_random_bytes(void *buf, size_t n);
 
@@ -42,15 +54,29 @@ void hm_random_bytes(void *buf, size_t n);
 hm_status hm_auth_connect(int fd, const unsigned char tag[HM_WIRE_TAG_BYTES],
                           const unsigned char secret[HM_SECRET_BYTES], int rank, int purpose,
                           uint64_t deadline_ns);
-/* lookup returns the secret for a tag (NULL: unknown job); on success hello says who. */
-typedef const unsigned char *(*hm_secret_lookup_fn)(const unsigned char *tag, void *arg);
-hm_status hm_auth_accept(int fd, hm_secret_lookup_fn lookup, void *arg, uint64_t deadline_ns,
-                         hm_wire_hello *hello);
+/* Acceptor side as a state machine driven by the caller's poll loop, one complete frame at a
+ * time, so that many handshakes proceed at once and a silent or slow peer delays nobody.
+ * lookup returns the secret for a hello (NULL: refused, *why says why). */
+typedef const unsigned char *(*hm_secret_lookup_fn)(const hm_wire_hello *hello, void *arg, const char **why);
+enum { HM_AUTH_HELLO = 0, HM_AUTH_RESPONSE, HM_AUTH_DONE };
+typedef struct hm_auth_pending {
+  int state;             /* HM_AUTH_*; DONE: the peer proved the secret, hello says who it is */
+  hm_wire_hello hello;
+  unsigned char hello_bytes[HM_WIRE_HELLO_BYTES];
+  unsigned char nonce[HM_WIRE_NONCE_BYTES];
+  unsigned char secret[HM_SECRET_BYTES];
+} hm_auth_pending;
+/* Feeds frame (h, payload) of the connection on fd and sends the reply (challenge, AUTH_OK).
+ * An error status (message set) means the peer did not authenticate: drop it. */
+hm_status hm_auth_accept_step(int fd, hm_auth_pending *a, const hm_wire_hdr *h, const unsigned char *payload,
+                              hm_secret_lookup_fn lookup, void *arg);
 
-/* The MACs of the handshake (role "hmx-a": acceptor's proof, "hmx-c": connector's), for the
- * store's nonblocking acceptor. */
-void hm_auth_mac(const unsigned char *secret, const char *role, const unsigned char *hello,
-                 const unsigned char *nonce_a, unsigned char out[HM_WIRE_MAC_BYTES]);
+/* The mesh acceptor (mesh_accept.c): accepts and authenticates connections on lfd for job
+ * (tag, secret) until `expected` of them were taken, or the deadline. take(arg, hello, fd, who)
+ * gets each authenticated one and returns 1 when it keeps fd, 0 when it refuses it (closed). */
+typedef int (*hm_mesh_take_fn)(void *arg, const hm_wire_hello *hello, int fd, const char *who);
+hm_status hm_mesh_accept(int lfd, const unsigned char *tag, const unsigned char *secret, int me, int expected,
+                         hm_mesh_take_fn take, void *arg, uint64_t deadline_ns);
 
 /* ---- rendezvous store (store.c) ---- */
 typedef struct hm_store_server hm_store_server;
@@ -160,6 +186,12 @@ typedef struct hm_peer {
 
 typedef struct hm_request hm_op; /* a queued operation; also what a request points to */
 
+/* Tuning knobs read from the environment at init (HETMIX_TIMEOUT_MS, ...; docs/comm.md). */
+typedef struct hm_env_knobs {
+  long timeout_ms, heartbeat_ms, peer_dead_ms, shm_chunk, tcp_chunk, cma;
+  long shm_slots, spin_us, yield_us, spin_small_us; /* -1: unset, the default depends on the layout */
+} hm_env_knobs;
+
 struct hm_comm {
   int rank, nranks;
   unsigned char tag[HM_WIRE_TAG_BYTES];
@@ -167,6 +199,7 @@ struct hm_comm {
   hm_comm_config cfg;
   char transport[8], algorithm[8], listen_addr[64], name[64];
   int forced_algo;  /* -1 auto */
+  _Atomic uint64_t allreduce_runs[HM_ALGO_COUNT]; /* allreduces run per algorithm (tests read it) */
   hm_peer *peers;
   void *shm_base;   /* our segment (doorbell, inbound rings) */
   hm_shm_bell *bell; /* our doorbell */
@@ -179,6 +212,7 @@ struct hm_comm {
   void **peer_shm;  /* peers' segments (mapped) */
   size_t *peer_shm_bytes;
   uint32_t shm_chunk, tcp_chunk;
+  hm_env_knobs env; /* the environment's tuning knobs, checked at init */
   hm_link link;     /* figures the tuner uses: constants every rank agrees on */
   uint32_t coll_seq;
   _Atomic int aborted;
@@ -287,5 +321,8 @@ typedef struct hm_coll_args {
 } hm_coll_args;
 hm_status hm_coll_execute(hm_comm_t c, const hm_coll_args *a);
 hm_coll_algo hm_coll_choose(hm_comm_t c, hm_coll_kind kind, size_t bytes);
+/* How many allreduces of more than one rank this communicator ran with algorithm a: lets a test
+ * see which algorithm HETMIX_ALGO (or the tuner) actually picked. */
+uint64_t hm_coll_allreduce_runs(hm_comm_t c, hm_coll_algo a);
 
 #endif

@@ -263,3 +263,53 @@ hm_status hm_net_recv_frame(int fd, hm_wire_hdr *h, void *buf, size_t cap, uint6
   if (h->len) HM_TRY(hm_net_read_all(fd, buf, h->len, deadline_ns));
   return HM_OK;
 }
+
+/* ---- one frame read piece by piece from a nonblocking socket (acceptors' poll loops) ---- */
+int hm_net_frame_rx_step(int fd, hm_frame_rx *rx, size_t limit) {
+  for (;;) {
+    unsigned char *dst;
+    size_t want;
+    if (rx->off < HM_WIRE_HDR_BYTES) {
+      dst = rx->hdr + rx->off;
+      want = HM_WIRE_HDR_BYTES - rx->off;
+    } else {
+      dst = rx->payload + (rx->off - HM_WIRE_HDR_BYTES);
+      want = HM_WIRE_HDR_BYTES + rx->h.len - rx->off;
+    }
+    if (want == 0) return 1; /* a frame without payload */
+    ssize_t got = recv(fd, dst, want, MSG_DONTWAIT);
+    if (got == 0) {
+      hm_error(HM_ERR_PEER_DEAD, "closed the connection");
+      return -1;
+    }
+    if (got < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return 0;
+      hm_error(HM_ERR_IO, "recv: %s", strerror(errno));
+      return -2;
+    }
+    rx->off += (size_t)got;
+    if (rx->off == HM_WIRE_HDR_BYTES) {
+      if (hm_wire_decode_header(rx->hdr, HM_WIRE_HDR_BYTES, &rx->h) != HM_OK) return -2;
+      if (rx->h.len > limit) {
+        hm_error(HM_ERR_PROTOCOL, "frame of type %u carries %u bytes, at most %zu expected", (unsigned)rx->h.type,
+                 (unsigned)rx->h.len, limit);
+        return -2;
+      }
+      free(rx->payload);
+      rx->payload = malloc(rx->h.len ? rx->h.len : 1);
+      if (!rx->payload) {
+        hm_error(HM_ERR_NOMEM, "out of memory for a frame of %u bytes", (unsigned)rx->h.len);
+        return -2;
+      }
+    }
+    if (rx->off >= HM_WIRE_HDR_BYTES && rx->off == HM_WIRE_HDR_BYTES + rx->h.len) return 1;
+  }
+}
+
+void hm_net_frame_rx_reset(hm_frame_rx *rx) { rx->off = 0; }
+
+void hm_net_frame_rx_free(hm_frame_rx *rx) {
+  free(rx->payload);
+  rx->payload = NULL;
+  rx->off = 0;
+}

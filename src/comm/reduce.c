@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "comm/comm_internal.h"
+#include "util/half.h"
 
 static const char *const dtype_names[HM_DTYPE_COUNT] = {"i8",  "u8",  "i32", "u32",  "i64",
                                                          "u64", "f16", "bf16", "f32", "f64"};
@@ -20,66 +21,6 @@ const char *hm_dtype_name(hm_dtype dt) {
 }
 const char *hm_redop_name(hm_redop op) {
   return ((int)op >= 0 && op < HM_REDOP_COUNT) ? redop_names[op] : "unknown";
-}
-
-static float f16_to_f32(uint16_t h) {
-  uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
-  if (exp == 0) {
-    if (man == 0) {
-      bits = sign;
-    } else { /* subnormal: normalize */
-      int e = -1;
-      do {
-        e++;
-        man <<= 1;
-      } while (!(man & 0x400));
-      bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ff) << 13);
-    }
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000u | (man << 13);
-  } else {
-    bits = sign | ((exp + 112) << 23) | (man << 13);
-  }
-  float f;
-  memcpy(&f, &bits, 4);
-  return f;
-}
-
-static uint16_t f32_to_f16(float f) {
-  uint32_t x;
-  memcpy(&x, &f, 4);
-  uint32_t sign = (x >> 16) & 0x8000;
-  int32_t exp = (int32_t)((x >> 23) & 0xff) - 127 + 15;
-  uint32_t man = x & 0x7fffff;
-  if (((x >> 23) & 0xff) == 0xff) return (uint16_t)(sign | 0x7c00 | (man ? 0x200 : 0));
-  if (exp >= 31) return (uint16_t)(sign | 0x7c00);
-  if (exp <= 0) {
-    if (exp < -10) return (uint16_t)sign;
-    man |= 0x800000;
-    uint32_t shift = (uint32_t)(14 - exp);
-    uint32_t half = man >> shift, rem = man & ((1u << shift) - 1), mid = 1u << (shift - 1);
-    if (rem > mid || (rem == mid && (half & 1))) half++;
-    return (uint16_t)(sign | half);
-  }
-  uint32_t h = sign | ((uint32_t)exp << 10) | (man >> 13);
-  uint32_t rem = man & 0x1fff;
-  if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) h++; /* may carry into exponent: correct */
-  return (uint16_t)h;
-}
-
-static float bf16_to_f32(uint16_t b) {
-  uint32_t bits = (uint32_t)b << 16;
-  float f;
-  memcpy(&f, &bits, 4);
-  return f;
-}
-
-static uint16_t f32_to_bf16(float f) {
-  uint32_t x;
-  memcpy(&x, &f, 4);
-  if ((x & 0x7fffffff) > 0x7f800000) return (uint16_t)((x >> 16) | 0x40);
-  x += 0x7fff + ((x >> 16) & 1);
-  return (uint16_t)(x >> 16);
 }
 
 /* dst may equal a exactly (in place), never partially overlap: two restrict-qualified forms. */
@@ -177,10 +118,10 @@ static void red_half(void *dst, const void *a, const void *b, size_t n, int op, 
   uint16_t *d = dst;
   const uint16_t *x = a, *y = b;
   for (size_t i = 0; i < n; i++) {
-    float fx = bf ? bf16_to_f32(x[i]) : f16_to_f32(x[i]);
-    float fy = bf ? bf16_to_f32(y[i]) : f16_to_f32(y[i]);
+    float fx = bf ? hm_bf16_to_f32(x[i]) : hm_f16_to_f32(x[i]);
+    float fy = bf ? hm_bf16_to_f32(y[i]) : hm_f16_to_f32(y[i]);
     float r = op_f(fx, fy, op, div);
-    d[i] = bf ? f32_to_bf16(r) : f32_to_f16(r);
+    d[i] = bf ? hm_f32_to_bf16(r) : hm_f32_to_f16(r);
   }
 }
 

@@ -3,6 +3,7 @@
  * for; GET waits until the key exists (the client bounds the wait with its deadline).
  * One process-wide server backs hm_get_unique_id(); hm_comm_init_env() runs a dedicated one on
  * rank 0 for the bootstrap only. Not used after bootstrap: splits exchange over the parent. */
+#include <ctype.h>
 #include <errno.h>
 #include <openssl/crypto.h>
 #include <poll.h>
@@ -18,6 +19,10 @@
 
 #define STORE_MAX_CLIENTS 1024
 #define STORE_MAX_VALUE 65536
+/* Quota defaults (HETMIX_STORE_MAX_KEYS, HETMIX_STORE_MAX_BYTES): far above a bootstrap's needs
+ * (one key of about 200 bytes per rank), far below what would hurt the host. */
+#define STORE_DEF_MAX_KEYS 65536
+#define STORE_DEF_MAX_BYTES (64u << 20)
 
 typedef struct store_kv {
   char key[2 * HM_WIRE_TAG_BYTES + 2 + HM_WIRE_MAX_KEY];
@@ -34,19 +39,12 @@ typedef struct store_job {
 
 /* A connection: authenticated step by step inside the poll loop (a silent or slow peer holds
  * up nobody), frames read incrementally without blocking. */
-enum { CL_HELLO = 0, CL_RESPONSE, CL_AUTHED };
 typedef struct store_client {
-  int fd, state;
+  int fd;
   uint64_t deadline_ns; /* for finishing authentication */
   char who[64];
-  unsigned char tag[HM_WIRE_TAG_BYTES];
-  unsigned char secret[HM_SECRET_BYTES];
-  unsigned char hello[HM_WIRE_HELLO_BYTES];
-  unsigned char nonce[HM_WIRE_NONCE_BYTES];
-  unsigned char hdr[HM_WIRE_HDR_BYTES];
-  hm_wire_hdr h;
-  size_t off;            /* bytes of the current frame read (header + payload) */
-  unsigned char *payload;
+  hm_auth_pending auth; /* auth.state == HM_AUTH_DONE: authenticated for job auth.hello.tag */
+  hm_frame_rx rx;
   char waiting[2 * HM_WIRE_TAG_BYTES + 2 + HM_WIRE_MAX_KEY]; /* parked GET ("" if none) */
 } store_client;
 
@@ -60,6 +58,9 @@ struct hm_store_server {
   store_kv *kv;
   store_client clients[STORE_MAX_CLIENTS];
   int nclients;
+  int full_logged;          /* the client table was full (logged once until it drains) */
+  size_t nkeys, bytes;      /* what the keys hold now (key + value bytes) */
+  size_t max_keys, max_bytes;
   unsigned char *buf;
 };
 
@@ -69,13 +70,18 @@ static void full_key(const unsigned char *tag, const char *key, char *out, size_
   snprintf(out, cap, "%s/%s", hex, key);
 }
 
-static const unsigned char *lookup_secret(const unsigned char *tag, void *arg) {
+static const unsigned char *lookup_secret(const hm_wire_hello *hello, void *arg, const char **why) {
   hm_store_server *s = arg;
+  if (hello->purpose != HM_CONN_STORE) {
+    *why = "not a store connection";
+    return NULL;
+  }
   const unsigned char *found = NULL;
   pthread_mutex_lock(&s->mu);
   for (store_job *j = s->jobs; j; j = j->next)
-    if (memcmp(j->tag, tag, HM_WIRE_TAG_BYTES) == 0) found = j->secret;
+    if (memcmp(j->tag, hello->tag, HM_WIRE_TAG_BYTES) == 0) found = j->secret;
   pthread_mutex_unlock(&s->mu);
+  *why = "unknown job";
   return found;
 }
 
@@ -87,7 +93,7 @@ static store_kv *kv_find(hm_store_server *s, const char *key) {
 
 static void drop_client(hm_store_server *s, int i) {
   close(s->clients[i].fd);
-  free(s->clients[i].payload);
+  hm_net_frame_rx_free(&s->clients[i].rx);
   s->clients[i] = s->clients[--s->nclients];
 }
 
@@ -101,75 +107,88 @@ static int refuse(store_client *c, const char *why) {
   return 0;
 }
 
+/* Answers a SET: an empty STORE_VALUE (stored) or CTRL_ERROR (status in aux, the reason). */
+static int reply_set(store_client *c, hm_status st, const char *why) {
+  if (st == HM_OK)
+    return hm_net_send_frame(c->fd, HM_WIRE_STORE_VALUE, 0, 0, 0, NULL, 0, hm_deadline_after_ms(2000)) == HM_OK;
+  hm_log(HM_LOG_WARN, "store: refused a set from %s: %s", c->who, why);
+  return hm_net_send_frame(c->fd, HM_WIRE_CTRL_ERROR, 0, 0, (uint32_t)st, why, (uint32_t)strnlen(why, 255),
+                           hm_deadline_after_ms(2000)) == HM_OK;
+}
+
+/* Would storing vl bytes under fk (replacing old, if any) stay within the quota? */
+static int within_quota(const hm_store_server *s, const store_kv *old, const char *fk, size_t vl, char *why,
+                        size_t cap) {
+  size_t add = strlen(fk) + vl, drop = old ? strlen(old->key) + old->len : 0;
+  if (!old && s->nkeys >= s->max_keys) {
+    snprintf(why, cap, "rendezvous store quota: %zu keys already (HETMIX_STORE_MAX_KEYS)", s->nkeys);
+    return 0;
+  }
+  if (s->bytes - drop + add > s->max_bytes) {
+    snprintf(why, cap, "rendezvous store quota: %zu bytes held, this value of %zu bytes would pass %zu "
+                       "(HETMIX_STORE_MAX_BYTES)", s->bytes, vl, s->max_bytes);
+    return 0;
+  }
+  return 1;
+}
+
+static int serve_set(hm_store_server *s, store_client *c, const unsigned char *pl, uint32_t len) {
+  char key[HM_WIRE_MAX_KEY + 1], fk[sizeof c->waiting], why[200];
+  const unsigned char *val;
+  size_t vl;
+  if (hm_wire_decode_store_set(pl, len, key, &val, &vl) != HM_OK) return reply_set(c, HM_ERR_PROTOCOL, hm_last_error());
+  if (vl > STORE_MAX_VALUE) {
+    snprintf(why, sizeof why, "value of %zu bytes is over the %d-byte limit", vl, STORE_MAX_VALUE);
+    return reply_set(c, HM_ERR_INVALID_ARG, why);
+  }
+  full_key(c->auth.hello.tag, key, fk, sizeof fk);
+  store_kv *e = kv_find(s, fk);
+  if (!within_quota(s, e, fk, vl, why, sizeof why)) return reply_set(c, HM_ERR_NO_FIT, why);
+  unsigned char *nv = malloc(vl ? vl : 1);
+  if (!nv) return reply_set(c, HM_ERR_NOMEM, "rendezvous store: out of memory");
+  if (!e) {
+    e = calloc(1, sizeof *e);
+    if (!e) {
+      free(nv);
+      return reply_set(c, HM_ERR_NOMEM, "rendezvous store: out of memory");
+    }
+    snprintf(e->key, sizeof e->key, "%s", fk);
+    e->next = s->kv;
+    s->kv = e;
+    s->nkeys++;
+    s->bytes += strlen(fk);
+  }
+  memcpy(nv, val, vl);
+  free(e->val);
+  s->bytes = s->bytes - e->len + vl;
+  e->val = nv;
+  e->len = vl;
+  for (int i = 0; i < s->nclients; i++) {
+    store_client *w = &s->clients[i];
+    if (w->waiting[0] && strcmp(w->waiting, fk) == 0) {
+      w->waiting[0] = '\0';
+      reply_value(w, e); /* a failed reply surfaces as EOF on the next poll */
+    }
+  }
+  return reply_set(c, HM_OK, NULL);
+}
+
 /* One complete frame from client c; returns 0 to drop it. */
 static int serve_frame(hm_store_server *s, store_client *c) {
-  const hm_wire_hdr *h = &c->h;
-  const unsigned char *pl = c->payload;
-  if (c->state == CL_HELLO) {
-    hm_wire_hello hello;
-    if (h->type != HM_WIRE_HELLO) return refuse(c, "expected a hello");
-    if (hm_wire_decode_hello(pl, h->len, &hello) != HM_OK) return refuse(c, hm_last_error());
-    if (hello.purpose != HM_CONN_STORE) return refuse(c, "not a store connection");
-    const unsigned char *secret = lookup_secret(hello.tag, s);
-    if (!secret) return refuse(c, "unknown job");
-    memcpy(c->tag, hello.tag, sizeof c->tag);
-    memcpy(c->secret, secret, sizeof c->secret);
-    memcpy(c->hello, pl, HM_WIRE_HELLO_BYTES);
-    unsigned char ch[HM_WIRE_NONCE_BYTES + HM_WIRE_MAC_BYTES];
-    hm_random_bytes(ch, HM_WIRE_NONCE_BYTES);
-    memcpy(c->nonce, ch, HM_WIRE_NONCE_BYTES);
-    hm_auth_mac(c->secret, "hmx-a", c->hello, c->nonce, ch + HM_WIRE_NONCE_BYTES);
-    c->state = CL_RESPONSE;
-    /* a fresh connection's send buffer is empty: this does not block */
-    return hm_net_send_frame(c->fd, HM_WIRE_CHALLENGE, 0, 0, 0, ch, sizeof ch, hm_deadline_after_ms(500)) == HM_OK;
+  const hm_wire_hdr *h = &c->rx.h;
+  const unsigned char *pl = c->rx.payload;
+  if (c->auth.state != HM_AUTH_DONE) {
+    if (hm_auth_accept_step(c->fd, &c->auth, h, pl, lookup_secret, s) == HM_OK) return 1;
+    return refuse(c, hm_last_error());
   }
-  if (c->state == CL_RESPONSE) {
-    unsigned char want[HM_WIRE_MAC_BYTES];
-    hm_auth_mac(c->secret, "hmx-c", c->hello, c->nonce, want);
-    if (h->type != HM_WIRE_RESPONSE || h->len != HM_WIRE_MAC_BYTES || CRYPTO_memcmp(want, pl, sizeof want) != 0)
-      return refuse(c, "authentication with the job secret failed");
-    c->state = CL_AUTHED;
-    return hm_net_send_frame(c->fd, HM_WIRE_AUTH_OK, 0, 0, 0, NULL, 0, hm_deadline_after_ms(500)) == HM_OK;
-  }
-  char key[HM_WIRE_MAX_KEY + 1];
-  char fk[sizeof c->waiting];
-  if (h->type == HM_WIRE_STORE_SET) {
-    const unsigned char *val;
-    size_t vl;
-    if (hm_wire_decode_store_set(pl, h->len, key, &val, &vl) != HM_OK || vl > STORE_MAX_VALUE) {
-      hm_log(HM_LOG_WARN, "store: bad set from %s: %s", c->who, hm_last_error());
-      return 0;
-    }
-    full_key(c->tag, key, fk, sizeof fk);
-    store_kv *e = kv_find(s, fk);
-    if (!e) {
-      e = calloc(1, sizeof *e);
-      if (!e) return 0;
-      snprintf(e->key, sizeof e->key, "%s", fk);
-      e->next = s->kv;
-      s->kv = e;
-    }
-    unsigned char *nv = malloc(vl ? vl : 1);
-    if (!nv) return 0;
-    memcpy(nv, val, vl);
-    free(e->val);
-    e->val = nv;
-    e->len = vl;
-    for (int i = 0; i < s->nclients; i++) {
-      store_client *w = &s->clients[i];
-      if (w->waiting[0] && strcmp(w->waiting, fk) == 0) {
-        w->waiting[0] = '\0';
-        reply_value(w, e); /* a failed reply surfaces as EOF on the next poll */
-      }
-    }
-    return 1;
-  }
+  if (h->type == HM_WIRE_STORE_SET) return serve_set(s, c, pl, h->len);
   if (h->type == HM_WIRE_STORE_GET) {
+    char key[HM_WIRE_MAX_KEY + 1], fk[sizeof c->waiting];
     if (hm_wire_decode_store_key(pl, h->len, key) != HM_OK) {
       hm_log(HM_LOG_WARN, "store: bad get from %s: %s", c->who, hm_last_error());
       return 0;
     }
-    full_key(c->tag, key, fk, sizeof fk);
+    full_key(c->auth.hello.tag, key, fk, sizeof fk);
     store_kv *e = kv_find(s, fk);
     if (e) return reply_value(c, e);
     snprintf(c->waiting, sizeof c->waiting, "%s", fk);
@@ -181,37 +200,19 @@ static int serve_frame(hm_store_server *s, store_client *c) {
 
 /* Reads what is there; serves every complete frame. Returns 0 to drop the client. */
 static int client_readable(hm_store_server *s, store_client *c) {
+  const int authed = c->auth.state == HM_AUTH_DONE;
+  const size_t limit = authed ? STORE_MAX_VALUE + HM_WIRE_MAX_KEY + 2 : HM_WIRE_HELLO_BYTES;
   for (;;) {
-    unsigned char *dst;
-    size_t want;
-    if (c->off < HM_WIRE_HDR_BYTES) {
-      dst = c->hdr + c->off;
-      want = HM_WIRE_HDR_BYTES - c->off;
-    } else {
-      dst = c->payload + (c->off - HM_WIRE_HDR_BYTES);
-      want = HM_WIRE_HDR_BYTES + c->h.len - c->off;
+    int r = hm_net_frame_rx_step(c->fd, &c->rx, limit);
+    if (r == 0) return 1;
+    if (r < 0) {
+      if (!authed) return refuse(c, r == -1 ? "closed during authentication" : hm_last_error());
+      if (r == -2) hm_log(HM_LOG_WARN, "store: %s: %s", c->who, hm_last_error());
+      return 0;
     }
-    ssize_t got = want ? recv(c->fd, dst, want, MSG_DONTWAIT) : 0;
-    if (want && got == 0) return c->state == CL_AUTHED ? 0 : refuse(c, "closed during authentication");
-    if (got < 0) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return 1;
-      return c->state == CL_AUTHED ? 0 : refuse(c, strerror(errno));
-    }
-    c->off += (size_t)got;
-    if (c->off == HM_WIRE_HDR_BYTES && want) {
-      if (hm_wire_decode_header(c->hdr, HM_WIRE_HDR_BYTES, &c->h) != HM_OK)
-        return c->state == CL_AUTHED ? (hm_log(HM_LOG_WARN, "store: %s: %s", c->who, hm_last_error()), 0)
-                                     : refuse(c, hm_last_error());
-      size_t limit = c->state == CL_AUTHED ? STORE_MAX_VALUE + HM_WIRE_MAX_KEY + 2 : HM_WIRE_HELLO_BYTES;
-      if (c->h.len > limit) return refuse(c, "frame too large");
-      free(c->payload);
-      c->payload = malloc(c->h.len ? c->h.len : 1);
-      if (!c->payload) return 0;
-    }
-    if (c->off >= HM_WIRE_HDR_BYTES && c->off == HM_WIRE_HDR_BYTES + c->h.len) {
-      if (!serve_frame(s, c)) return 0;
-      c->off = 0;
-    }
+    if (!serve_frame(s, c)) return 0;
+    hm_net_frame_rx_reset(&c->rx);
+    if (c->auth.state == HM_AUTH_DONE && !authed) return 1; /* next frame with the larger limit */
   }
 }
 
@@ -249,7 +250,13 @@ static void *store_main(void *arg) {
     pthread_mutex_lock(&s->mu);
     const int have_jobs = s->jobs != NULL;
     pthread_mutex_unlock(&s->mu);
-    pf[n++] = (struct pollfd){s->lfd, have_jobs ? POLLIN : 0, 0};
+    /* A full client table stops accepting (polling the listener then would spin): newcomers
+     * wait in the kernel's backlog until a handshake times out or a client leaves. */
+    const int full = s->nclients >= STORE_MAX_CLIENTS;
+    if (full && !s->full_logged)
+      hm_log(HM_LOG_WARN, "store: %d connections open, the most it serves; new ones wait", s->nclients);
+    s->full_logged = full;
+    pf[n++] = (struct pollfd){s->lfd, have_jobs && !full ? POLLIN : 0, 0};
     for (int i = 0; i < s->nclients; i++) pf[n++] = (struct pollfd){s->clients[i].fd, POLLIN, 0};
     pthread_mutex_unlock(&g_store_work_mu);
     int rc = poll(pf, (nfds_t)n, 50);
@@ -260,7 +267,7 @@ static void *store_main(void *arg) {
       store_client *c = &s->clients[i];
       int ok = 1;
       if (rc > 0 && (pf[i + 1].revents & (POLLIN | POLLHUP | POLLERR))) ok = client_readable(s, c);
-      if (ok && c->state != CL_AUTHED && now > c->deadline_ns) ok = refuse(c, "authentication timed out");
+      if (ok && c->auth.state != HM_AUTH_DONE && now > c->deadline_ns) ok = refuse(c, "authentication timed out");
       if (!ok) drop_client(s, i);
     }
     if (rc > 0 && (pf[0].revents & POLLIN)) {
@@ -271,7 +278,6 @@ static void *store_main(void *arg) {
         store_client *c = &s->clients[s->nclients++];
         memset(c, 0, sizeof *c);
         c->fd = fd;
-        c->state = CL_HELLO;
         c->deadline_ns = hm_deadline_after_ms(5000);
         snprintf(c->who, sizeof c->who, "%s", who);
       }
@@ -283,14 +289,40 @@ static void *store_main(void *arg) {
   return NULL;
 }
 
+/* A whole decimal number in [lo, hi] (no sign, suffix or spaces); an error names the text. */
+static hm_status parse_count(const char *what, const char *text, unsigned long long lo, unsigned long long hi,
+                             unsigned long long *out) {
+  char *end = NULL;
+  errno = 0;
+  unsigned long long v = isdigit((unsigned char)text[0]) ? strtoull(text, &end, 10) : 0;
+  if (!end || *end || errno == ERANGE || v < lo || v > hi)
+    return hm_error(HM_ERR_INVALID_ARG, "%s '%s' is not a whole number in %llu..%llu", what, text, lo, hi);
+  *out = v;
+  return HM_OK;
+}
+
+/* An environment quota: def when unset, else a number in [1, hi]. */
+static hm_status env_quota(const char *name, size_t def, unsigned long long hi, size_t *out) {
+  const char *v = getenv(name);
+  unsigned long long n = def;
+  if (v && *v) HM_TRY(parse_count(name, v, 1, hi, &n));
+  *out = (size_t)n;
+  return HM_OK;
+}
+
 hm_status hm_store_server_start(const char *addr, int port, const unsigned char *tag,
                                 const unsigned char *secret, hm_store_server **out, int *bound_port) {
+  size_t max_keys, max_bytes;
+  HM_TRY(env_quota("HETMIX_STORE_MAX_KEYS", STORE_DEF_MAX_KEYS, 1ull << 30, &max_keys));
+  HM_TRY(env_quota("HETMIX_STORE_MAX_BYTES", STORE_DEF_MAX_BYTES, 1ull << 40, &max_bytes));
   /* load OpenSSL's configuration here, not lazily in the server thread (whose per-thread state
    * would then outlive it) */
   OPENSSL_init_crypto(OPENSSL_INIT_LOAD_CONFIG, NULL);
   pthread_once(&g_store_fork_once, store_fork_setup);
   hm_store_server *s = hm_calloc(1, sizeof *s, "rendezvous store");
   if (!s) return HM_ERR_NOMEM;
+  s->max_keys = max_keys;
+  s->max_bytes = max_bytes;
   s->buf = hm_malloc(STORE_MAX_VALUE + HM_WIRE_MAX_KEY + 16, "store buffer");
   if (!s->buf) {
     free(s);
@@ -345,7 +377,7 @@ void hm_store_server_stop(hm_store_server *s) {
   if (!s) return;
   atomic_store(&s->stop, 1);
   pthread_join(s->thread, NULL);
-  for (int i = 0; i < s->nclients; i++) close(s->clients[i].fd), free(s->clients[i].payload);
+  for (int i = 0; i < s->nclients; i++) close(s->clients[i].fd), hm_net_frame_rx_free(&s->clients[i].rx);
   close(s->lfd);
   while (s->kv) {
     store_kv *e = s->kv;
@@ -385,6 +417,22 @@ static void store_atexit(void) {
   hm_store_server_stop(s);
 }
 
+/* HETMIX_STORE_ADDR as host[:port] (port 0 or none: ephemeral), parsed strictly. */
+static hm_status global_addr(char *host, size_t cap, int *port) {
+  const char *addr = getenv("HETMIX_STORE_ADDR");
+  if (!addr || !*addr) return HM_OK;
+  const char *colon = strrchr(addr, ':');
+  size_t hl = colon ? (size_t)(colon - addr) : strlen(addr);
+  if (hl == 0 || hl >= cap)
+    return hm_error(HM_ERR_INVALID_ARG, "HETMIX_STORE_ADDR '%s': the host must have 1..%zu characters", addr, cap - 1);
+  memcpy(host, addr, hl);
+  host[hl] = '\0';
+  unsigned long long p = 0;
+  if (colon) HM_TRY(parse_count("HETMIX_STORE_ADDR port", colon + 1, 0, 65535, &p));
+  *port = (int)p;
+  return HM_OK;
+}
+
 hm_status hm_store_global(hm_store_server **out, char *host, size_t host_cap, int *port) {
   pthread_mutex_lock(&g_store_mu);
   if (!g_atfork_set) {
@@ -396,18 +444,10 @@ hm_status hm_store_global(hm_store_server **out, char *host, size_t host_cap, in
   }
   hm_status st = HM_OK;
   if (!g_store) {
-    const char *addr = getenv("HETMIX_STORE_ADDR");
     char h[64] = "127.0.0.1";
     int p = 0;
-    if (addr && *addr) {
-      const char *colon = strrchr(addr, ':');
-      size_t hl = colon ? (size_t)(colon - addr) : strlen(addr);
-      if (hl >= sizeof h) hl = sizeof h - 1;
-      memcpy(h, addr, hl);
-      h[hl] = '\0';
-      if (colon) p = atoi(colon + 1);
-    }
-    st = hm_store_server_start(h, p, NULL, NULL, &g_store, &g_store_port);
+    st = global_addr(h, sizeof h, &p);
+    if (st == HM_OK) st = hm_store_server_start(h, p, NULL, NULL, &g_store, &g_store_port);
     if (st == HM_OK) snprintf(g_store_host, sizeof g_store_host, "%s", h);
   }
   if (st == HM_OK) {
@@ -445,7 +485,20 @@ hm_status hm_store_set(hm_store_client *c, const char *key, const void *val, siz
   hm_status st = n ? hm_net_send_frame(c->fd, HM_WIRE_STORE_SET, 0, 0, 0, buf, (uint32_t)n, c->deadline_ns)
                    : hm_error(HM_ERR_INVALID_ARG, "store key '%s' too long", key);
   free(buf);
-  return st;
+  if (st != HM_OK) return st;
+  /* the answer: an empty value (stored) or an error with the store's reason (e.g. a quota) */
+  hm_wire_hdr h;
+  char why[256];
+  st = hm_net_recv_frame(c->fd, &h, why, sizeof why - 1, c->deadline_ns);
+  if (st != HM_OK) return hm_error_context(st, "rendezvous: set '%s': ", key);
+  if (h.type == HM_WIRE_CTRL_ERROR) {
+    why[h.len] = '\0';
+    hm_status told = h.aux > HM_OK && h.aux < HM_STATUS_COUNT ? (hm_status)h.aux : HM_ERR_PROTOCOL;
+    return hm_error(told, "rendezvous: the store refused '%s': %s", key, why);
+  }
+  if (h.type != HM_WIRE_STORE_VALUE || h.len != 0)
+    return hm_error(HM_ERR_PROTOCOL, "rendezvous: set '%s': unexpected reply type %u", key, (unsigned)h.type);
+  return HM_OK;
 }
 
 hm_status hm_store_get(hm_store_client *c, const char *key, void *val, size_t *len) {

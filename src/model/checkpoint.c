@@ -6,12 +6,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
 
 #include "hetmix/model.h"
-#include "model/model_internal.h"
+#include "util/files.h"
 #include "util/util.h"
 
 typedef struct {
@@ -23,12 +24,15 @@ typedef struct {
   uint64_t step, data_seed, data_position, rng_state;
   float lr, beta1, beta2, eps, weight_decay, grad_clip;
   int32_t batch, seq_len;
-  uint32_t n_tensors, pad;
-  uint8_t reserved[96];
+  uint32_t n_tensors, stage_count;
+  uint64_t run_id;
+  int32_t stage_index, micro_batches;
+  uint8_t reserved[80];
   uint64_t header_hash; /* XXH3 of the bytes before it */
 } hm_ckpt_header;
 _Static_assert(sizeof(hm_ckpt_header) == 256, "checkpoint header is 256 bytes");
 _Static_assert(offsetof(hm_ckpt_header, step) == 80 && offsetof(hm_ckpt_header, n_tensors) == 144 &&
+                   offsetof(hm_ckpt_header, run_id) == 152 && offsetof(hm_ckpt_header, stage_index) == 160 &&
                    offsetof(hm_ckpt_header, header_hash) == 248,
                "checkpoint header offsets are the documented ones");
 
@@ -65,6 +69,8 @@ hm_status hm_ckpt_write(const char *path, const hm_ckpt_meta *m, const hm_ckpt_t
   h.weight_decay = m->weight_decay, h.grad_clip = m->grad_clip;
   h.batch = m->batch, h.seq_len = m->seq_len;
   h.n_tensors = (uint32_t)n;
+  h.run_id = m->run_id;
+  h.stage_index = m->stage_index, h.stage_count = (uint32_t)m->stage_count, h.micro_batches = m->micro_batches;
   h.header_hash = XXH3_64bits(&h, offsetof(hm_ckpt_header, header_hash));
 
   hm_ckpt_entry *table = hm_calloc((size_t)n + 1, sizeof *table, "checkpoint table");
@@ -119,6 +125,41 @@ hm_status hm_ckpt_write(const char *path, const hm_ckpt_meta *m, const hm_ckpt_t
 
 #define HM_CORRUPT(...) hm_error(HM_ERR_CORRUPT, __VA_ARGS__)
 
+/* Checks a header (magic, version, checksum, config, layer range) and fills meta from it. */
+static hm_status hm_ckpt_header_meta(const hm_ckpt_header *hp, const char *what, hm_ckpt_meta *m) {
+  hm_ckpt_header h = *hp;
+  if (memcmp(h.magic, HM_CKPT_MAGIC, 8) != 0) return HM_CORRUPT("checkpoint %s: bad magic (not a hetmix checkpoint)", what);
+  if (h.version != HM_CKPT_VERSION && h.version != 1)
+    return HM_CORRUPT("checkpoint %s: version %u, this build reads 1 and %u", what, h.version, HM_CKPT_VERSION);
+  if (XXH3_64bits(&h, offsetof(hm_ckpt_header, header_hash)) != h.header_hash)
+    return HM_CORRUPT("checkpoint %s: header checksum mismatch", what);
+  if (h.version == 1) { /* no run identity yet: those bytes were zero */
+    h.stage_count = 0, h.run_id = 0;
+    h.stage_index = 0, h.micro_batches = 0;
+  }
+  hm_model_config cfg = {"", h.L, h.C, h.NH, h.V, h.T};
+  memcpy(cfg.name, h.name, sizeof cfg.name);
+  cfg.name[sizeof cfg.name - 1] = '\0';
+  if (hm_model_config_check(&cfg) != HM_OK) return hm_error_context(HM_ERR_CORRUPT, "checkpoint %s: ", what);
+  if (h.layer_first < 0 || h.layer_last > cfg.L + 2 || h.layer_first >= h.layer_last)
+    return HM_CORRUPT("checkpoint %s: layer range [%d,%d) is invalid for L=%d", what, h.layer_first, h.layer_last, cfg.L);
+  if (h.stage_count > 4096 || h.stage_index < 0 || (h.stage_count > 0 && (uint32_t)h.stage_index >= h.stage_count) ||
+      h.micro_batches < 0)
+    return HM_CORRUPT("checkpoint %s: stage %d of %u, %d micro-batches is invalid", what, h.stage_index, h.stage_count,
+                      h.micro_batches);
+  memset(m, 0, sizeof *m);
+  m->config = cfg;
+  m->layer_first = h.layer_first, m->layer_last = h.layer_last;
+  m->step = h.step, m->data_seed = h.data_seed;
+  m->data_position = h.data_position, m->rng_state = h.rng_state;
+  m->lr = h.lr, m->beta1 = h.beta1, m->beta2 = h.beta2, m->eps = h.eps;
+  m->weight_decay = h.weight_decay, m->grad_clip = h.grad_clip;
+  m->batch = h.batch, m->seq_len = h.seq_len;
+  m->run_id = h.run_id;
+  m->stage_index = h.stage_index, m->stage_count = (int)h.stage_count, m->micro_batches = h.micro_batches;
+  return HM_OK;
+}
+
 hm_status hm_ckpt_parse(const void *buf, size_t len, const char *what, hm_ckpt *out) {
   memset(out, 0, sizeof *out);
   const uint8_t *b = buf;
@@ -126,11 +167,8 @@ hm_status hm_ckpt_parse(const void *buf, size_t len, const char *what, hm_ckpt *
   if (len < sizeof h + sizeof(hm_ckpt_trailer))
     return HM_CORRUPT("checkpoint %s: truncated (%zu bytes, smaller than header + trailer)", what, len);
   memcpy(&h, b, sizeof h);
-  if (memcmp(h.magic, HM_CKPT_MAGIC, 8) != 0) return HM_CORRUPT("checkpoint %s: bad magic (not a hetmix checkpoint)", what);
-  if (h.version != HM_CKPT_VERSION)
-    return HM_CORRUPT("checkpoint %s: version %u, this build reads %u", what, h.version, HM_CKPT_VERSION);
-  if (XXH3_64bits(&h, offsetof(hm_ckpt_header, header_hash)) != h.header_hash)
-    return HM_CORRUPT("checkpoint %s: header checksum mismatch", what);
+  hm_ckpt_meta meta;
+  HM_TRY(hm_ckpt_header_meta(&h, what, &meta));
   hm_ckpt_trailer tr;
   memcpy(&tr, b + len - sizeof tr, sizeof tr);
   if (memcmp(tr.magic, HM_CKPT_END_MAGIC, 8) != 0 ||
@@ -140,12 +178,6 @@ hm_status hm_ckpt_parse(const void *buf, size_t len, const char *what, hm_ckpt *
     return HM_CORRUPT("checkpoint %s: file is %zu bytes, trailer says %llu", what, len, (unsigned long long)tr.file_bytes);
   if (h.n_tensors > HM_CKPT_MAX_TENSORS || sizeof h + (uint64_t)h.n_tensors * sizeof(hm_ckpt_entry) > len - sizeof tr)
     return HM_CORRUPT("checkpoint %s: tensor count %u does not fit the file", what, h.n_tensors);
-  hm_model_config cfg = {"", h.L, h.C, h.NH, h.V, h.T};
-  memcpy(cfg.name, h.name, sizeof cfg.name);
-  cfg.name[sizeof cfg.name - 1] = '\0';
-  if (hm_model_config_check(&cfg) != HM_OK) return hm_error_context(HM_ERR_CORRUPT, "checkpoint %s: ", what);
-  if (h.layer_first < 0 || h.layer_last > cfg.L + 2 || h.layer_first >= h.layer_last)
-    return HM_CORRUPT("checkpoint %s: layer range [%d,%d) is invalid for L=%d", what, h.layer_first, h.layer_last, cfg.L);
 
   const size_t n = h.n_tensors;
   const uint8_t *table_bytes = b + sizeof h;
@@ -185,13 +217,7 @@ hm_status hm_ckpt_parse(const void *buf, size_t len, const char *what, hm_ckpt *
     if (e.numel) memcpy(data, b + e.offset, e.numel * sizeof(float));
     data += e.numel;
   }
-  out->meta.config = cfg;
-  out->meta.layer_first = h.layer_first, out->meta.layer_last = h.layer_last;
-  out->meta.step = h.step, out->meta.data_seed = h.data_seed;
-  out->meta.data_position = h.data_position, out->meta.rng_state = h.rng_state;
-  out->meta.lr = h.lr, out->meta.beta1 = h.beta1, out->meta.beta2 = h.beta2, out->meta.eps = h.eps;
-  out->meta.weight_decay = h.weight_decay, out->meta.grad_clip = h.grad_clip;
-  out->meta.batch = h.batch, out->meta.seq_len = h.seq_len;
+  out->meta = meta;
   out->n_tensors = (int)n;
   out->tensors = ts;
   out->blob_ = blob;
@@ -219,6 +245,23 @@ hm_status hm_ckpt_read(const char *path, hm_ckpt *out) {
                             : hm_error(HM_ERR_IO, "checkpoint %s: read %zu of %zu bytes", path, got, len);
   free(buf);
   return st;
+}
+
+hm_status hm_ckpt_read_meta(const char *path, hm_ckpt_meta *meta) {
+  memset(meta, 0, sizeof *meta);
+  FILE *f = fopen(path, "rb");
+  if (!f) return hm_error(errno == ENOENT ? HM_ERR_NOT_FOUND : HM_ERR_IO, "checkpoint %s: %s", path, strerror(errno));
+  hm_ckpt_header h;
+  size_t got = fread(&h, 1, sizeof h, f);
+  fclose(f);
+  if (got != sizeof h) return HM_CORRUPT("checkpoint %s: truncated (%zu bytes, smaller than the header)", path, got);
+  return hm_ckpt_header_meta(&h, path, meta);
+}
+
+uint64_t hm_ckpt_new_run_id(void) {
+  uint64_t id = 0;
+  if (getrandom(&id, sizeof id, GRND_NONBLOCK) != (ssize_t)sizeof id) id = hm_splitmix64(hm_now_ns() ^ (uint64_t)getpid());
+  return id ? id : 1;
 }
 
 void hm_ckpt_free(hm_ckpt *ck) {

@@ -12,7 +12,7 @@
 #include <xxhash.h>
 
 #include "hetmix/model.h"
-#include "model/model_internal.h"
+#include "util/files.h"
 #include "util/util.h"
 
 // header: magic[8] version u32 dtype u32 count u64 vocab u32 pad u32 payload_xxh3 u64
@@ -247,8 +247,8 @@ hm_status hm_default_corpus(const char *dir, char *out_path, size_t cap) {
   if (n == 0) return hm_error(HM_ERR_NOT_FOUND, "default corpus: no text files in %s", src);
   // sorted so that the corpus is the same byte stream on every machine
   qsort(names, (size_t)n, sizeof names[0], hm_cmp_str);
-  mkdir(dir, 0755);
-  hm_status st = hm_tokfile_from_text(out_path, (const char *const *)names, n, NULL);
+  hm_status st = hm_make_dirs(dir, 0755, 0);
+  if (st == HM_OK) st = hm_tokfile_from_text(out_path, (const char *const *)names, n, NULL);
   for (int i = 0; i < n; i++) free(names[i]);
   if (st != HM_OK) return hm_error_context(st, "default corpus: ");
   return HM_OK;

@@ -13,7 +13,7 @@
 
 #include "hetmix/device.h"
 #include "hetmix/model.h"
-#include "model/model_internal.h"
+#include "util/files.h"
 #include "util/util.h"
 
 void hm_train_defaults(hm_train_options *o) {
@@ -31,6 +31,7 @@ void hm_train_defaults(hm_train_options *o) {
   o->beta1 = 0.9f, o->beta2 = 0.95f, o->eps = 1e-8f, o->weight_decay = 0.1f, o->grad_clip = 1.0f;
   o->seed = 1337;
   o->eval_batches = 8;
+  o->keep = 3;
 }
 
 float hm_train_lr_at(const hm_train_options *o, int step /* 1-based */) {
@@ -93,6 +94,7 @@ typedef struct {
   hm_dataloader dl;
   int32_t *inputs, *targets;
   FILE *metrics;
+  uint64_t run_id; /* random at a fresh start, the checkpoint's on a resume */
 } hm_trainer;
 
 static hm_status hm_eval(hm_trainer *t, float *out) {
@@ -123,8 +125,11 @@ static hm_status hm_save(hm_trainer *t, int step, char *path, size_t cap) {
   m.lr = o->lr, m.beta1 = o->beta1, m.beta2 = o->beta2, m.eps = o->eps;
   m.weight_decay = o->weight_decay, m.grad_clip = o->grad_clip;
   m.batch = t->dl.B, m.seq_len = t->dl.T;
+  m.run_id = t->run_id;
+  m.stage_index = 0, m.stage_count = 1, m.micro_batches = o->grad_accum;
   HM_TRY(hm_stage_save(t->stage, path, &m));
-  return hm_write_latest(o->out_dir, name);
+  HM_TRY(hm_write_latest(o->out_dir, name));
+  return hm_ckpt_prune(o->out_dir, o->keep, NULL);
 }
 
 static hm_status hm_train_loop(hm_trainer *t, hm_train_result *res) {
@@ -163,20 +168,21 @@ static hm_status hm_train_loop(hm_trainer *t, hm_train_result *res) {
                       (unsigned long long)m.data_seed, o->batch, T, (unsigned long long)o->seed);
     step = (int)m.step;
     t->dl.position = m.data_position;
+    t->run_id = m.run_id ? m.run_id : hm_ckpt_new_run_id();
   } else {
     HM_TRY(hm_stage_init_params(t->stage, o->seed));
+    t->run_id = hm_ckpt_new_run_id();
   }
   size_t n_tok = (size_t)o->batch * T;
   t->inputs = hm_malloc(n_tok * sizeof(int32_t), "batch inputs");
   t->targets = hm_malloc(n_tok * sizeof(int32_t), "batch targets");
   if (!t->inputs || !t->targets) return HM_ERR_NOMEM;
   if (o->out_dir) {
-    if (mkdir(o->out_dir, 0755) != 0 && errno != EEXIST)
-      return hm_error(HM_ERR_IO, "cannot create %s: %s", o->out_dir, strerror(errno));
+    HM_TRY(hm_make_dirs(o->out_dir, 0755, HM_DIR_OUTPUT));
+    HM_TRY(hm_clean_tmp_files(o->out_dir, NULL));
     char mp[4200];
     snprintf(mp, sizeof mp, "%s/metrics.jsonl", o->out_dir);
-    t->metrics = fopen(mp, o->resume ? "a" : "w");
-    if (!t->metrics) return hm_error(HM_ERR_IO, "cannot open %s: %s", mp, strerror(errno));
+    HM_TRY(hm_file_open_write(mp, 0644, o->resume != NULL, &t->metrics));
   }
   const int last = o->stop_after > 0 && o->stop_after < o->steps ? o->stop_after : o->steps;
   const hm_adamw adam = {0, o->beta1, o->beta2, o->eps, o->weight_decay};

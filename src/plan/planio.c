@@ -426,7 +426,7 @@ hm_status hm_plan_parse(const char *json, size_t len, const char *origin,
                         const hm_plan_inputs *against, hm_plan *plan, hm_cluster *cluster,
                         hm_model *model, hm_train *train) {
   cJSON *j = NULL;
-  HM_TRY(hm_json_parse(json, len, origin, &j));
+  HM_TRY(hm_json_parse(json, len, origin, "plan", &j));
   hm_status st = hm_plan_from_cjson(j, against, plan, cluster, model, train);
   cJSON_Delete(j);
   if (st != HM_OK && origin) hm_error_context(st, "%s: ", origin);

@@ -735,8 +735,8 @@ hm_status hm_plan_search(const hm_plan_inputs *in, const hm_search_options *opt_
     if (st == HM_OK) {
       /* default one thread: on a shared machine the workers mostly wait for a core and prune
        * less (bench_plan shows both) */
-      long threads = hm_env_long("HETMIX_PLAN_THREADS", 1);
-      if (threads < 1) threads = 1;
+      long threads = 1;
+      st = hm_env_long("HETMIX_PLAN_THREADS", 1, 1, 1024, &threads);
       if (threads > x.nmb) threads = x.nmb;
       /* family 1 in order (the per-size best single-type templates it leaves depend on what
        * was pruned, so it is not run concurrently); families 2 and 3 in parallel: they only add

@@ -7,14 +7,22 @@
  * Sync phase: a gradient bucket starts when every replica holding those layers has finished its
  * last backward (all classes) and the stage's previous bucket is done; the tied-embedding sync
  * starts when both ends are ready; the gradient norm waits for every stage; then the optimizer.
- * Not modelled: overlap of gradient buckets with backward, contention between replicas on a NIC. */
+ * Not modelled: overlap of gradient buckets with backward, contention between replicas on a NIC.
+ *
+ * Nothing grows with the micro-batch count: ops come one at a time from the generator
+ * (hm_schedule_1f1b_op), transfers in flight sit in a small ring per stage, and a class with more
+ * than HM_SIM_FULL_MICRO micro-batches is extrapolated once its steady state repeats (each later
+ * full period is then the same shifted by a constant; docs/plan.md, section 4). */
+#include <float.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <cjson/cJSON.h>
 
 #include "hetmix/plan.h"
+#include "util/files.h"
 #include "util/util.h"
 
 double hm_sync_allreduce_time(const hm_sync_model *m, double bytes) {
@@ -50,67 +58,235 @@ static hm_status trace_add(hm_sim_trace *tr, int cls, int stage, int track, hm_o
   return HM_OK;
 }
 
+/* A transfer on its way to a stage: micro-batch `micro`'s data arrives at `t`. */
+typedef struct arrival {
+  int64_t micro; /* < 0: slot free */
+  double t;
+} arrival;
+
 /* Per-stage state of the representative replica of one class. */
 typedef struct stage_state {
-  int pc;              /* next op */
+  int64_t pc, npipe;   /* next op; the pipeline ops (FWD, BWD, SEND_, RECV_) are [0, npipe) */
+  int64_t steady_begin, nperiods; /* the repeating part (hm_schedule_1f1b_steady) */
+  int period_ops;
+  int64_t last_period; /* last steady period completed; -1 none */
   double t;            /* compute track free at */
   double act_link_free, grad_link_free; /* this stage's outgoing links, per direction */
   double comm_busy;
   double busy_fb;      /* seconds of FWD + BWD */
   double busy;         /* FWD + BWD + OPTIMIZER */
   double grads_ready;  /* end of the last BWD */
+  double period_fb, period_comm; /* seconds of FWD + BWD and of sends in one steady period */
+  int live, max_inflight; /* micro-batches held (FWD done, BWD not) now and at most */
+  arrival *act_in, *grad_in; /* (ring) transfers to this stage not yet received, slot micro % ring */
 } stage_state;
 
+/* Values of one stage after a steady period that the next periods read: the compute track and
+ * both outgoing links (the last send of each is the arrival the neighbour receives next). */
+enum { NSNAP = 3 };
+
 typedef struct class_state {
-  hm_schedule sched;
+  hm_schedule_config cfg;
+  int *bounds;
   stage_state *st;
-  double *act_arr, *grad_arr; /* (p, m) arrival time at stage s of micro k; < 0: not sent yet */
+  int ring;            /* arrival slots per stage */
+  /* steady-state detection (docs/plan.md, section 4) */
+  int detect;          /* 1 while looking for a repeating state */
+  int cmax, hist;      /* longest repetition looked for; periods of snapshots kept */
+  double *snap;        /* (hist, p, NSNAP) state of each stage after period j, slot j % hist */
+  int64_t *snap_period; /* (hist, p) period held by each slot; -1 none */
+  int64_t checked;     /* steady periods examined so far */
+  int64_t skipped;     /* periods extrapolated */
 } class_state;
 
 static int is_pipeline_op(hm_op_kind k) { return k <= HM_OP_RECV_GRAD; }
 
+static double send_time(const hm_sim_class *cl, int s, hm_op_kind kind) {
+  /* SEND_GRAD to s-1 goes over the same link as s-1's forward sends */
+  const hm_sim_stage *sg = &cl->stages[kind == HM_OP_SEND_ACT ? s : s - 1];
+  return hm_cost_p2p(&sg->link_next, sg->act_bytes);
+}
+
+/* Runs op `op` of stage s. Returns 1 when done, 0 when it waits for a transfer, -1 on error. */
+static int run_op(const hm_sim_class *cl, class_state *cs, int c, int s, const hm_op *op,
+                  hm_sim_trace *tr, hm_status *st) {
+  stage_state *ss = &cs->st[s];
+  const hm_sim_stage *sg = &cl->stages[s];
+  const int64_t k = op->micro;
+  if (op->kind == HM_OP_RECV_ACT || op->kind == HM_OP_RECV_GRAD) {
+    arrival *a = &(op->kind == HM_OP_RECV_ACT ? ss->act_in : ss->grad_in)[k % cs->ring];
+    if (a->micro != k) return 0; /* the sender has not got there yet */
+    if (a->t > ss->t) ss->t = a->t;
+    a->micro = -1;
+  } else if (op->kind == HM_OP_FWD || op->kind == HM_OP_BWD) {
+    const double d = op->kind == HM_OP_FWD ? sg->fwd : sg->bwd;
+    if ((*st = trace_add(tr, c, s, 0, op->kind, op->micro, ss->t, d)) != HM_OK) return -1;
+    ss->t += d;
+    ss->busy_fb += d;
+    if (op->kind == HM_OP_BWD) {
+      ss->grads_ready = ss->t;
+      ss->live--;
+    } else if (++ss->live > ss->max_inflight) {
+      ss->max_inflight = ss->live;
+    }
+  } else {
+    const int act = op->kind == HM_OP_SEND_ACT;
+    double *link_free = act ? &ss->act_link_free : &ss->grad_link_free;
+    const double start = ss->t > *link_free ? ss->t : *link_free;
+    const double d = send_time(cl, s, op->kind);
+    if ((*st = trace_add(tr, c, s, 1, op->kind, op->micro, start, d)) != HM_OK) return -1;
+    *link_free = start + d;
+    ss->comm_busy += d;
+    arrival *a = &(act ? cs->st[s + 1].act_in : cs->st[s - 1].grad_in)[k % cs->ring];
+    if (a->micro >= 0) {
+      *st = hm_error(HM_ERR_INTERNAL, "simulator: class %d stage %d: more than %d transfers in "
+                     "flight", c, s, cs->ring);
+      return -1;
+    }
+    *a = (arrival){.micro = k, .t = start + d};
+  }
+  return 1;
+}
+
+static double *snap_at(class_state *cs, int64_t j, int s) {
+  return &cs->snap[((size_t)(j % cs->hist) * cs->cfg.nstages + s) * NSNAP];
+}
+
+/* After op pc of stage s: keeps the stage's state when the op ends a steady period (returns 1). */
+static int note_period(class_state *cs, int s) {
+  stage_state *ss = &cs->st[s];
+  const int64_t r = ss->pc - ss->steady_begin;
+  if (!cs->detect || r < 0 || r >= ss->nperiods * ss->period_ops || (r + 1) % ss->period_ops)
+    return 0;
+  const int64_t j = r / ss->period_ops;
+  double *v = snap_at(cs, j, s);
+  v[0] = ss->t;
+  v[1] = ss->act_link_free;
+  v[2] = ss->grad_link_free;
+  cs->snap_period[(size_t)(j % cs->hist) * cs->cfg.nstages + s] = j;
+  ss->last_period = j;
+  return 1;
+}
+
+static int have_period(const class_state *cs, int64_t j) {
+  for (int s = 0; s < cs->cfg.nstages; s++)
+    if (j < 0 || cs->snap_period[(size_t)(j % cs->hist) * cs->cfg.nstages + s] != j) return 0;
+  return 1;
+}
+
+/* Whether the state after period j equals the state after period j-c shifted by one time delta
+ * (within rounding: tol from the magnitude of the times and the 6c additions in between). */
+static int repeats(class_state *cs, int64_t j, int c, double mag, double *delta) {
+  const int p = cs->cfg.nstages;
+  *delta = snap_at(cs, j, 0)[0] - snap_at(cs, j - c, 0)[0];
+  const double tol = 32.0 * (c + 1) * DBL_EPSILON * mag;
+  for (int s = 0; s < p; s++) {
+    const double *a = snap_at(cs, j, s), *b = snap_at(cs, j - c, s);
+    for (int x = 0; x < NSNAP; x++) {
+      if ((x == 1 && s == p - 1) || (x == 2 && s == 0)) continue; /* no such link */
+      if (fabs(a[x] - b[x] - *delta) > tol) return 0;
+    }
+  }
+  return 1;
+}
+
+static void reverse(arrival *a, int n) {
+  for (int i = 0, j = n - 1; i < j; i++, j--) {
+    const arrival t = a[i];
+    a[i] = a[j];
+    a[j] = t;
+  }
+}
+
+/* Moves one ring of arrivals kc periods on: micro-batch indices + kc, times + shift. The slot of
+ * micro-batch k is k % n, so the ring rotates by kc % n. */
+static void shift_ring(arrival *ring, int n, int64_t kc, double shift) {
+  for (int i = 0; i < n; i++)
+    if (ring[i].micro >= 0) {
+      ring[i].micro += kc;
+      ring[i].t += shift;
+    }
+  const int r = (int)(kc % n);
+  reverse(ring, n);
+  reverse(ring, r);
+  reverse(ring + r, n - r);
+}
+
+/* The state after steady period j repeats the one after j-c, shifted by delta: every later full
+ * period repeats too (each period's times are maxima of sums of the previous period's times and
+ * constants), so K*c periods are skipped by shifting every stage K*c periods on and K*delta later.
+ * Stages may already be in periods after j; they stay within the full periods (<= m-p). */
+static void extrapolate(const hm_sim_class *cl, class_state *cs, int c, double delta) {
+  const int p = cl->nstages;
+  const int64_t last_full = (int64_t)cl->nmicro - p;
+  int64_t jmax = 0;
+  for (int s = 0; s < p; s++) {
+    const stage_state *ss = &cs->st[s];
+    const int64_t j = (ss->pc - ss->steady_begin) / ss->period_ops;
+    if (j > jmax) jmax = j;
+  }
+  const int64_t K = (last_full - jmax) / c;
+  cs->detect = 0;
+  if (K < 1) return;
+  const int64_t kc = K * c;
+  const double shift = (double)K * delta;
+  for (int s = 0; s < p; s++) {
+    stage_state *ss = &cs->st[s];
+    ss->pc += kc * ss->period_ops;
+    ss->t += shift;
+    ss->act_link_free += shift;
+    ss->grad_link_free += shift;
+    ss->grads_ready += shift;
+    ss->busy_fb += (double)kc * ss->period_fb;
+    ss->comm_busy += (double)kc * ss->period_comm;
+    shift_ring(ss->act_in, cs->ring, kc, shift);
+    shift_ring(ss->grad_in, cs->ring, kc, shift);
+  }
+  cs->skipped = kc;
+}
+
+/* Examines each steady period that every stage has completed; extrapolates at the first repeat. */
+static void detect_repeat(const hm_sim_class *cl, class_state *cs) {
+  const int p = cl->nstages;
+  int64_t done = INT64_MAX;
+  for (int s = 0; s < p; s++)
+    if (cs->st[s].last_period < done) done = cs->st[s].last_period;
+  for (; cs->detect && cs->checked <= done; cs->checked++) {
+    const int64_t j = cs->checked;
+    if (!have_period(cs, j)) continue;
+    double mag = 0; /* largest time in the state */
+    for (int s = 0; s < p; s++)
+      for (int x = 0; x < NSNAP; x++) mag = fmax(mag, fabs(snap_at(cs, j, s)[x]));
+    for (int c = 1; c <= cs->cmax && j - c >= 0; c++) {
+      double delta;
+      if (have_period(cs, j - c) && repeats(cs, j, c, mag, &delta)) {
+        extrapolate(cl, cs, c, delta);
+        return;
+      }
+    }
+  }
+}
+
 /* Runs the FWD/BWD/SEND/RECV prefix of every stage of class c until all stop at the sync ops. */
 static hm_status run_pipeline(const hm_sim_class *cl, class_state *cs, int c, hm_sim_trace *tr) {
-  const int p = cl->nstages, m = cl->nmicro;
+  const int p = cl->nstages;
   for (;;) {
     int progressed = 0, done = 1;
     for (int s = 0; s < p; s++) {
       stage_state *ss = &cs->st[s];
-      const hm_stage_ops *ops = &cs->sched.stages[s];
-      const hm_sim_stage *sg = &cl->stages[s];
-      while (ss->pc < ops->nops && is_pipeline_op(ops->ops[ss->pc].kind)) {
-        const hm_op *op = &ops->ops[ss->pc];
-        const int k = op->micro;
-        if (op->kind == HM_OP_RECV_ACT || op->kind == HM_OP_RECV_GRAD) {
-          double arr = op->kind == HM_OP_RECV_ACT ? cs->act_arr[(size_t)s * m + k]
-                                                  : cs->grad_arr[(size_t)s * m + k];
-          if (arr < 0) break; /* the sender has not got there yet */
-          if (arr > ss->t) ss->t = arr;
-        } else if (op->kind == HM_OP_FWD || op->kind == HM_OP_BWD) {
-          double d = op->kind == HM_OP_FWD ? sg->fwd : sg->bwd;
-          HM_TRY(trace_add(tr, c, s, 0, op->kind, k, ss->t, d));
-          ss->t += d;
-          ss->busy_fb += d;
-          if (op->kind == HM_OP_BWD) ss->grads_ready = ss->t;
-        } else if (op->kind == HM_OP_SEND_ACT) {
-          double start = ss->t > ss->act_link_free ? ss->t : ss->act_link_free;
-          double d = hm_cost_p2p(&sg->link_next, sg->act_bytes);
-          HM_TRY(trace_add(tr, c, s, 1, op->kind, k, start, d));
-          ss->act_link_free = start + d;
-          ss->comm_busy += d;
-          cs->act_arr[(size_t)(s + 1) * m + k] = start + d;
-        } else { /* SEND_GRAD to s-1 over the same link as s-1's forward sends */
-          double start = ss->t > ss->grad_link_free ? ss->t : ss->grad_link_free;
-          double d = hm_cost_p2p(&cl->stages[s - 1].link_next, cl->stages[s - 1].act_bytes);
-          HM_TRY(trace_add(tr, c, s, 1, op->kind, k, start, d));
-          ss->grad_link_free = start + d;
-          ss->comm_busy += d;
-          cs->grad_arr[(size_t)(s - 1) * m + k] = start + d;
-        }
+      while (ss->pc < ss->npipe) {
+        const hm_op op = hm_schedule_1f1b_op(&cs->cfg, s, ss->pc);
+        hm_status st = HM_OK;
+        const int r = run_op(cl, cs, c, s, &op, tr, &st);
+        if (r < 0) return st;
+        if (r == 0) break;
+        const int period_end = note_period(cs, s);
         ss->pc++;
         progressed = 1;
+        /* a stage that never waits (p = 1) would otherwise run to its end first */
+        if (period_end && cs->detect) detect_repeat(cl, cs);
       }
-      if (ss->pc < ops->nops && is_pipeline_op(ops->ops[ss->pc].kind)) done = 0;
+      if (ss->pc < ss->npipe) done = 0;
     }
     if (done) return HM_OK;
     if (!progressed)
@@ -163,33 +339,69 @@ static hm_status check_input(const hm_sim_input *in) {
 static void free_states(class_state *cs, int n) {
   if (!cs) return;
   for (int c = 0; c < n; c++) {
-    hm_schedule_free(&cs[c].sched);
+    if (cs[c].st)
+      for (int s = 0; s < cs[c].cfg.nstages; s++) {
+        free(cs[c].st[s].act_in);
+        free(cs[c].st[s].grad_in);
+      }
     free(cs[c].st);
-    free(cs[c].act_arr);
-    free(cs[c].grad_arr);
+    free(cs[c].bounds);
+    free(cs[c].snap);
+    free(cs[c].snap_period);
   }
   free(cs);
+}
+
+/* Stage s's op cursor, its repeating part and the seconds one repeat takes. */
+static hm_status setup_stage(const hm_sim_class *cl, class_state *cs, int s) {
+  stage_state *ss = &cs->st[s];
+  ss->act_in = hm_malloc((size_t)cs->ring * sizeof *ss->act_in, "simulator arrivals");
+  ss->grad_in = hm_malloc((size_t)cs->ring * sizeof *ss->grad_in, "simulator arrivals");
+  if (!ss->act_in || !ss->grad_in) return HM_ERR_NOMEM;
+  for (int i = 0; i < cs->ring; i++) ss->act_in[i].micro = ss->grad_in[i].micro = -1;
+  ss->npipe = hm_schedule_1f1b_nops(&cs->cfg, s);
+  while (ss->npipe > 0 && !is_pipeline_op(hm_schedule_1f1b_op(&cs->cfg, s, ss->npipe - 1).kind))
+    ss->npipe--;
+  hm_schedule_1f1b_steady(&cs->cfg, s, &ss->steady_begin, &ss->period_ops, &ss->nperiods);
+  ss->last_period = -1;
+  for (int i = 0; ss->nperiods > 0 && i < ss->period_ops; i++) {
+    const hm_op op = hm_schedule_1f1b_op(&cs->cfg, s, ss->steady_begin + i);
+    if (op.kind == HM_OP_FWD) ss->period_fb += cl->stages[s].fwd;
+    if (op.kind == HM_OP_BWD) ss->period_fb += cl->stages[s].bwd;
+    if (op.kind == HM_OP_SEND_ACT || op.kind == HM_OP_SEND_GRAD)
+      ss->period_comm += send_time(cl, s, op.kind);
+  }
+  return HM_OK;
 }
 
 static hm_status setup_class(const hm_sim_input *in, const hm_sim_class *cl, class_state *cs,
                              int total_replicas) {
   const int p = cl->nstages, m = cl->nmicro;
-  int *bounds = hm_malloc((size_t)(p + 1) * sizeof *bounds, "stage bounds");
-  if (!bounds) return HM_ERR_NOMEM;
-  for (int s = 0; s < p; s++) bounds[s] = cl->stages[s].layer_begin;
-  bounds[p] = cl->stages[p - 1].layer_end;
-  hm_schedule_config sc = {.nstages = p, .nmicro = m, .stage_layers = bounds,
-                           .data_parallel = total_replicas > 1,
-                           .layers_per_bucket = in->layers_per_bucket,
-                           .tied_embeddings = in->tied_embeddings};
-  hm_status st = hm_schedule_1f1b(&sc, &cs->sched);
-  free(bounds);
-  if (st != HM_OK) return st;
+  cs->bounds = hm_malloc((size_t)(p + 1) * sizeof *cs->bounds, "stage bounds");
+  if (!cs->bounds) return HM_ERR_NOMEM;
+  for (int s = 0; s < p; s++) cs->bounds[s] = cl->stages[s].layer_begin;
+  cs->bounds[p] = cl->stages[p - 1].layer_end;
+  cs->cfg = (hm_schedule_config){.nstages = p, .nmicro = m, .stage_layers = cs->bounds,
+                                 .data_parallel = total_replicas > 1,
+                                 .layers_per_bucket = in->layers_per_bucket,
+                                 .tied_embeddings = in->tied_embeddings};
+  HM_TRY(hm_schedule_1f1b_check(&cs->cfg));
+  /* a stage has at most p-s+1 transfers to it in flight (1F1B holds p-s micro-batches) */
+  cs->ring = 2 * p + 4;
+  const int full = in->full_micro > 0 ? in->full_micro : HM_SIM_FULL_MICRO;
+  /* snapshots take O(p^2) memory: classes of more stages go op by op (still O(p) memory) */
+  cs->detect = m > full && m > p && p <= HM_SIM_EXTRAPOLATE_MAX_STAGES;
+  cs->cmax = 2 * p + 2;
+  cs->hist = cs->cmax + 2 * p + 8; /* stages run at most p+2 periods apart */
   cs->st = hm_calloc((size_t)p, sizeof *cs->st, "simulator stages");
-  cs->act_arr = hm_malloc((size_t)p * m * sizeof(double), "simulator arrivals");
-  cs->grad_arr = hm_malloc((size_t)p * m * sizeof(double), "simulator arrivals");
-  if (!cs->st || !cs->act_arr || !cs->grad_arr) return HM_ERR_NOMEM;
-  for (size_t i = 0; i < (size_t)p * m; i++) cs->act_arr[i] = cs->grad_arr[i] = -1.0;
+  if (!cs->st) return HM_ERR_NOMEM;
+  if (cs->detect) {
+    cs->snap = hm_malloc((size_t)cs->hist * p * NSNAP * sizeof *cs->snap, "simulator snapshots");
+    cs->snap_period = hm_malloc((size_t)cs->hist * p * sizeof *cs->snap_period, "simulator snapshots");
+    if (!cs->snap || !cs->snap_period) return HM_ERR_NOMEM;
+    for (size_t i = 0; i < (size_t)cs->hist * p; i++) cs->snap_period[i] = -1;
+  }
+  for (int s = 0; s < p; s++) HM_TRY(setup_stage(cl, cs, s));
   return HM_OK;
 }
 
@@ -215,10 +427,11 @@ hm_status hm_simulate(const hm_sim_input *in, hm_sim_result *res, hm_sim_trace *
     const hm_sim_class *cl = &in->classes[c];
     for (int s = 0; s < cl->nstages; s++) {
       stage_state *ss = &cs[c].st[s];
-      const hm_stage_ops *ops = &cs[c].sched.stages[s];
+      const int64_t nops = hm_schedule_1f1b_nops(&cs[c].cfg, s);
       double comm_t = ss->t;
-      for (; ss->pc < ops->nops && ops->ops[ss->pc].kind == HM_OP_ALLREDUCE; ss->pc++) {
-        const hm_op *op = &ops->ops[ss->pc];
+      for (; ss->pc < nops; ss->pc++) {
+        const hm_op o = hm_schedule_1f1b_op(&cs[c].cfg, s, ss->pc), *op = &o;
+        if (op->kind != HM_OP_ALLREDUCE) break;
         double bytes = 0;
         for (int l = op->layer_begin; l < op->layer_end; l++)
           bytes += in->layer_grad_bytes ? in->layer_grad_bytes[l] : 0.0;
@@ -238,9 +451,11 @@ hm_status hm_simulate(const hm_sim_input *in, hm_sim_result *res, hm_sim_trace *
     const hm_sim_class *cl = &in->classes[c];
     const int p = cl->nstages;
     stage_state *a = &cs[c].st[0], *b = &cs[c].st[p - 1];
-    const hm_stage_ops *oa = &cs[c].sched.stages[0], *ob = &cs[c].sched.stages[p - 1];
-    if (p > 1 && a->pc < oa->nops && oa->ops[a->pc].kind == HM_OP_TIED_EMB_SYNC) {
-      if (b->pc >= ob->nops || ob->ops[b->pc].kind != HM_OP_TIED_EMB_SYNC) {
+    const hm_schedule_config *cfg = &cs[c].cfg;
+    if (p > 1 && a->pc < hm_schedule_1f1b_nops(cfg, 0) &&
+        hm_schedule_1f1b_op(cfg, 0, a->pc).kind == HM_OP_TIED_EMB_SYNC) {
+      if (b->pc >= hm_schedule_1f1b_nops(cfg, p - 1) ||
+          hm_schedule_1f1b_op(cfg, p - 1, b->pc).kind != HM_OP_TIED_EMB_SYNC) {
         st = hm_error(HM_ERR_INTERNAL, "simulator: class %d tied sync only on stage 0", c);
         goto fail;
       }
@@ -280,9 +495,9 @@ hm_status hm_simulate(const hm_sim_input *in, hm_sim_result *res, hm_sim_trace *
     }
     for (int s = 0; s < cl->nstages; s++) {
       stage_state *ss = &cs[c].st[s];
-      const hm_stage_ops *ops = &cs[c].sched.stages[s];
-      for (; ss->pc < ops->nops; ss->pc++) {
-        const hm_op *op = &ops->ops[ss->pc];
+      const int64_t nops = hm_schedule_1f1b_nops(&cs[c].cfg, s);
+      for (; ss->pc < nops; ss->pc++) {
+        const hm_op o = hm_schedule_1f1b_op(&cs[c].cfg, s, ss->pc), *op = &o;
         if (op->kind == HM_OP_GRAD_NORM) {
           if ((st = trace_add(tr, c, s, 1, op->kind, -1, norm_start, in->grad_norm_time)) != HM_OK)
             goto fail;
@@ -313,7 +528,7 @@ hm_status hm_simulate(const hm_sim_input *in, hm_sim_result *res, hm_sim_trace *
       r->comm = ss->comm_busy;
       r->idle = res->step_time - ss->busy;
       r->end = ss->t;
-      r->max_inflight = hm_schedule_max_inflight(&cs[c].sched, s);
+      r->max_inflight = ss->max_inflight;
       r->mem_peak = sg->mem_static + r->max_inflight * sg->mem_act;
       if (r->mem_peak > res->mem_peak_max) res->mem_peak_max = r->mem_peak;
       if (sg->mem_capacity > 0 && r->mem_peak > sg->mem_capacity) res->over_memory = 1;
@@ -321,6 +536,7 @@ hm_status hm_simulate(const hm_sim_input *in, hm_sim_result *res, hm_sim_trace *
       stages_w += (double)cl->nreplicas;
     }
   }
+  for (int c = 0; c < nc; c++) res->periods_skipped += cs[c].skipped;
   res->bubble_fraction = res->step_time > 0 ? 1.0 - busy_w / (stages_w * res->step_time) : 0.0;
   free_states(cs, nc);
   return HM_OK;
@@ -403,13 +619,7 @@ hm_status hm_sim_trace_write(const hm_sim_trace *t, const char *path) {
   char *text = cJSON_PrintUnformatted(root);
   cJSON_Delete(root);
   if (!text) return hm_error(HM_ERR_NOMEM, "trace: cannot print JSON");
-  FILE *f = fopen(path, "w");
-  if (!f) {
-    free(text);
-    return hm_error(HM_ERR_IO, "trace: cannot open '%s' for writing", path);
-  }
-  int ok = fputs(text, f) >= 0;
-  ok = (fclose(f) == 0) && ok;
+  hm_status st = hm_atomic_write_file(path, text, strlen(text));
   free(text);
-  return ok ? HM_OK : hm_error(HM_ERR_IO, "trace: cannot write '%s'", path);
+  return st == HM_OK ? HM_OK : hm_error_context(st, "trace: ");
 }

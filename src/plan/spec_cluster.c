@@ -417,7 +417,7 @@ hm_status hm_cluster_from_cjson(const cJSON *j, const char *root, hm_cluster *ou
 hm_status hm_cluster_parse(const char *json, size_t len, const char *origin, hm_cluster *out) {
   memset(out, 0, sizeof *out);
   cJSON *j = NULL;
-  HM_TRY(hm_json_parse(json, len, origin, &j));
+  HM_TRY(hm_json_parse(json, len, origin, "cluster", &j));
   hm_status st = hm_cluster_from_cjson(j, "cluster", out);
   cJSON_Delete(j);
   if (st != HM_OK && origin) hm_error_context(st, "%s: ", origin);

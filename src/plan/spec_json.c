@@ -8,7 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
+#include "util/files.h"
 #include "util/util.h"
 
 /* A path longer than the buffer (a hostile spec nests deeply) ends in "..." so a message
@@ -60,22 +62,143 @@ static hm_status missing(const char *path, const char *expected) {
   return hm_error(HM_ERR_SPEC, "%s: missing (expected %s)", path, expected);
 }
 
-hm_status hm_json_parse(const char *text, size_t len, const char *origin, cJSON **out) {
+/* ---- U+0000 in strings ----------------------------------------------------------------
+ * cJSON decodes "\u0000" into a NUL that ends its C string, so "c\u0000pu" would read as "c".
+ * No spec string may hold U+0000: when the text has that escape inside a string, it is parsed
+ * again with the escape replaced by a noncharacter the text does not use (same length, so
+ * positions stay), and the first key or value holding it is named by its path. */
+
+/* Finds the "\u0000" escapes inside strings of t: returns the first one's offset (len if none)
+ * and, when w is not NULL (a copy of t), overwrites each escape's digits in w with hex. */
+static size_t nul_escapes(const char *t, size_t len, char *w, const char *hex) {
+  int in_string = 0;
+  size_t first = len;
+  for (size_t i = 0; i < len; i++) {
+    if (t[i] == '"') {
+      in_string = !in_string;
+    } else if (in_string && t[i] == '\\' && i + 1 < len) {
+      if (t[i + 1] == 'u' && i + 5 < len && memcmp(t + i + 2, "0000", 4) == 0) {
+        if (first == len) first = i;
+        if (w) memcpy(w + i + 2, hex, 4);
+      }
+      i++; /* the escaped character; the \u digits are plain characters */
+    }
+  }
+  return first;
+}
+
+/* Whether text holds code point U+FDD0+k, raw (UTF-8) or as a \u escape of either case. */
+static int uses_nonchar(const char *t, size_t len, int k) {
+  const unsigned char utf8[3] = {0xEF, 0xB7, (unsigned char)(0x90 + k)};
+  char lo[8], up[8];
+  snprintf(lo, sizeof lo, "\\ufdd%x", k);
+  snprintf(up, sizeof up, "\\uFDD%X", k);
+  for (size_t i = 0; i + 3 <= len; i++) {
+    if (memcmp(t + i, utf8, 3) == 0) return 1;
+    if (i + 6 <= len && (strncasecmp(t + i, lo, 6) == 0 || strncasecmp(t + i, up, 6) == 0)) return 1;
+  }
+  return 0;
+}
+
+/* Renders s for a message with each marker shown as \u0000. */
+static void show_marked(const char *s, const char *marker, char *buf, size_t cap) {
+  size_t n = 0;
+  const size_t ml = strlen(marker);
+  for (; *s && n + 8 < cap; s++) {
+    if (strncmp(s, marker, ml) == 0) {
+      n += (size_t)snprintf(buf + n, cap - n, "\\u0000");
+      s += ml - 1;
+    } else {
+      buf[n++] = *s;
+    }
+  }
+  buf[n] = '\0';
+}
+
+static hm_status nul_error(const char *origin, const char *path, const char *what, const char *s,
+                           const char *marker) {
+  char shown[64];
+  show_marked(s, marker, shown, sizeof shown);
+  return hm_error(HM_ERR_SPEC, "%s%s%s: %s U+0000 (\"%s%s\"); a spec string cannot hold a NUL "
+                  "character", origin ? origin : "", origin ? ": " : "", path, what, shown,
+                  strlen(s) > 40 ? "..." : "");
+}
+
+/* First key or string value under v holding marker: HM_ERR_SPEC naming its path. */
+static hm_status find_marked(const cJSON *v, const char *path, const char *marker,
+                             const char *origin) {
+  if (cJSON_IsString(v) && v->valuestring && strstr(v->valuestring, marker))
+    return nul_error(origin, path, "contains", v->valuestring, marker);
+  long i = 0;
+  for (const cJSON *c = v->child; c; c = c->next, i++) {
+    char p[HM_JSON_PATH_MAX];
+    if (cJSON_IsObject(v)) {
+      if (c->string && strstr(c->string, marker))
+        return nul_error(origin, path, "a key contains", c->string, marker);
+      hm_json_path_key(p, path, c->string ? c->string : "");
+    } else {
+      hm_json_path_index(p, path, i);
+    }
+    HM_TRY(find_marked(c, p, marker, origin));
+  }
+  return HM_OK;
+}
+
+/* text holds "\u0000" in a string: the error naming where. */
+static hm_status nul_escape_error(const char *text, size_t len, const char *origin,
+                                  const char *root) {
+  int k = 0;
+  while (k < 16 && uses_nonchar(text, len, k)) k++;
+  if (k == 16)
+    return hm_error(HM_ERR_SPEC, "%s%sa string contains U+0000; a spec string cannot hold a "
+                    "NUL character", origin ? origin : "", origin ? ": " : "");
+  char *copy = hm_malloc(len + 1, "spec text");
+  if (!copy) return HM_ERR_NOMEM;
+  memcpy(copy, text, len);
+  copy[len] = '\0';
+  char hex[8];
+  snprintf(hex, sizeof hex, "FDD%X", k);
+  nul_escapes(text, len, copy, hex);
+  cJSON *j = cJSON_ParseWithLength(copy, len);
+  free(copy);
+  const unsigned char m[4] = {0xEF, 0xB7, (unsigned char)(0x90 + k), 0};
+  hm_status st = j ? find_marked(j, root, (const char *)m, origin) : HM_OK;
+  cJSON_Delete(j);
+  return st;
+}
+
+/* 1-based line and column of offset off in text. */
+static void line_col(const char *text, size_t off, int *line, int *col) {
+  *line = 1;
+  *col = 1;
+  for (size_t i = 0; i < off; i++) {
+    if (text[i] == '\n') {
+      ++*line;
+      *col = 1;
+    } else {
+      ++*col;
+    }
+  }
+}
+
+hm_status hm_json_parse(const char *text, size_t len, const char *origin, const char *root_path,
+                        cJSON **out) {
   *out = NULL;
   if (!text) return hm_error(HM_ERR_INVALID_ARG, "spec text is NULL");
+  /* a raw NUL byte is not JSON, and would end a string (or the text) early for cJSON */
+  const char *nul = len ? memchr(text, 0, len) : NULL;
+  if (nul) {
+    int line, col;
+    line_col(text, (size_t)(nul - text), &line, &col);
+    return hm_error(HM_ERR_SPEC, "%s:%d:%d: invalid JSON: a NUL byte (no spec text or string may "
+                    "hold one)", origin ? origin : "<string>", line, col);
+  }
   const char *end = NULL;
   cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
   if (!root) {
     size_t off = (end && end >= text && end <= text + len) ? (size_t)(end - text) : 0;
-    int line = 1, col = 1;
-    for (size_t i = 0; i < off; i++) {
-      if (text[i] == '\n') {
-        line++;
-        col = 1;
-      } else {
-        col++;
-      }
-    }
+    int line, col;
+    line_col(text, off, &line, &col);
     if (len == 0 || off >= len)
       return hm_error(HM_ERR_SPEC, "%s:%d:%d: invalid JSON (unexpected end of input)",
                       origin ? origin : "<string>", line, col);
@@ -97,8 +220,25 @@ hm_status hm_json_parse(const char *text, size_t len, const char *origin, cJSON 
                       origin ? origin : "<string>");
     }
   }
+  if (nul_escapes(text, len, NULL, NULL) < len) {
+    cJSON_Delete(root);
+    hm_status st = nul_escape_error(text, len, origin, root_path ? root_path : "$");
+    /* parsed once, so the copy parses too and names a field; kept for safety */
+    return st != HM_OK ? st : hm_error(HM_ERR_SPEC, "%s%sa string contains U+0000", origin ? origin : "",
+                                       origin ? ": " : "");
+  }
   *out = root;
   return HM_OK;
+}
+
+hm_status hm_json_load_file(const char *path, const char *root_path, cJSON **out) {
+  char *text = NULL;
+  size_t len = 0;
+  *out = NULL;
+  hm_status st = hm_json_read_file(path, &text, &len);
+  if (st == HM_OK) st = hm_json_parse(text, len, path, root_path, out);
+  free(text);
+  return st;
 }
 
 hm_status hm_json_read_file(const char *path, char **text, size_t *len) {
@@ -148,31 +288,16 @@ hm_status hm_json_read_file(const char *path, char **text, size_t *len) {
 hm_status hm_json_write_file(const cJSON *v, const char *path, const char *what) {
   char *text = cJSON_Print(v);
   if (!text) return hm_error(HM_ERR_NOMEM, "%s: cannot print the JSON for %s", what, path);
-  const size_t plen = strlen(path);
-  char *tmp = hm_malloc(plen + sizeof ".tmp", "temporary file name");
-  if (!tmp) {
+  const size_t n = strlen(text);
+  char *line = realloc(text, n + 2);
+  if (!line) {
     free(text);
-    return HM_ERR_NOMEM;
+    return hm_error(HM_ERR_NOMEM, "%s: JSON text for %s", what, path);
   }
-  memcpy(tmp, path, plen);
-  memcpy(tmp + plen, ".tmp", sizeof ".tmp");
-  hm_status st = HM_OK;
-  FILE *f = fopen(tmp, "wb");
-  if (!f) {
-    st = hm_error(HM_ERR_IO, "%s: cannot create %s: %s", what, tmp, strerror(errno));
-  } else {
-    const size_t n = strlen(text);
-    int bad = fwrite(text, 1, n, f) != n || fputc('\n', f) == EOF;
-    bad |= fclose(f) != 0;
-    if (bad)
-      st = hm_error(HM_ERR_IO, "%s: cannot write %s: %s", what, tmp, strerror(errno));
-    else if (rename(tmp, path) != 0)
-      st = hm_error(HM_ERR_IO, "%s: cannot rename %s to %s: %s", what, tmp, path, strerror(errno));
-    if (st != HM_OK) remove(tmp);
-  }
-  free(tmp);
-  free(text);
-  return st;
+  line[n] = '\n', line[n + 1] = '\0';
+  hm_status st = hm_atomic_write_file(path, line, n + 1);
+  free(line);
+  return st == HM_OK ? HM_OK : hm_error_context(st, "%s: ", what);
 }
 
 int hm_json_edit_distance(const char *a, const char *b) {

@@ -23,10 +23,15 @@ const char *hm_json_path_index(char *buf, const char *parent, long i);
 /* Short rendering of a value for messages: "16GB" (quoted), 3, true, null, an object, ... */
 void hm_json_describe(const cJSON *v, char *buf, size_t cap);
 
-/* Parses text with cJSON; syntax errors become HM_ERR_SPEC with line and column. */
-hm_status hm_json_parse(const char *text, size_t len, const char *origin, cJSON **out);
+/* Parses text with cJSON; syntax errors become HM_ERR_SPEC with line and column. A string or key
+ * holding U+0000 (the escape \u0000, which cJSON's NUL-terminated strings would cut short) is
+ * HM_ERR_SPEC naming its path under root_path (e.g. "cluster"). */
+hm_status hm_json_parse(const char *text, size_t len, const char *origin, const char *root_path,
+                        cJSON **out);
 /* Reads a whole file (at most 256 MiB) into a NUL-terminated buffer. */
 hm_status hm_json_read_file(const char *path, char **text, size_t *len);
+/* hm_json_read_file then hm_json_parse (path is the origin of messages). */
+hm_status hm_json_load_file(const char *path, const char *root_path, cJSON **out);
 
 /* Requires v to be an object whose keys are all in `allowed` (NULL-terminated) or "note"
  * (a free-text string everywhere). Unknown keys get a "did you mean" when one is close;

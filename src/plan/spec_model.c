@@ -356,7 +356,7 @@ hm_status hm_model_from_cjson(const cJSON *j, const char *root, hm_model *out) {
 hm_status hm_model_parse(const char *json, size_t len, const char *origin, hm_model *out) {
   memset(out, 0, sizeof *out);
   cJSON *j = NULL;
-  HM_TRY(hm_json_parse(json, len, origin, &j));
+  HM_TRY(hm_json_parse(json, len, origin, "model", &j));
   hm_status st = hm_model_from_cjson(j, "model", out);
   cJSON_Delete(j);
   if (st != HM_OK && origin) hm_error_context(st, "%s: ", origin);

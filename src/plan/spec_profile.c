@@ -324,7 +324,7 @@ hm_status hm_profile_from_cjson(const cJSON *j, const char *root, hm_profile *ou
 hm_status hm_profile_parse(const char *json, size_t len, const char *origin, hm_profile *out) {
   memset(out, 0, sizeof *out);
   cJSON *j = NULL;
-  HM_TRY(hm_json_parse(json, len, origin, &j));
+  HM_TRY(hm_json_parse(json, len, origin, "profile", &j));
   hm_status st = hm_profile_from_cjson(j, "profile", out);
   cJSON_Delete(j);
   if (st != HM_OK && origin) hm_error_context(st, "%s: ", origin);

@@ -129,7 +129,7 @@ hm_status hm_train_from_cjson(const cJSON *j, const char *root, hm_train *out) {
 hm_status hm_train_parse(const char *json, size_t len, const char *origin, hm_train *out) {
   hm_train_default(out);
   cJSON *j = NULL;
-  HM_TRY(hm_json_parse(json, len, origin, &j));
+  HM_TRY(hm_json_parse(json, len, origin, "train", &j));
   hm_status st = hm_train_from_cjson(j, "train", out);
   cJSON_Delete(j);
   if (st != HM_OK && origin) hm_error_context(st, "%s: ", origin);

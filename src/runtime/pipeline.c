@@ -11,20 +11,20 @@
  * simple whole-buffer staging, not a chunked copy/communication pipeline, so unlike devices
  * (cpu next to ref:dtype=f64 or opencl) share a job.
  *
- * Not here: choosing the layout (the planner), starting processes (launch.c), checkpoints of a
- * resumed pipeline run (a final per-stage checkpoint is written; resume is single-process). */
+ * Not here: choosing the layout (the planner), starting processes (launch.c), the run identity
+ * and the check of a resume's stage checkpoints (pipeline_resume.c). */
 #include "hetmix/pipeline.h"
 
 #include <cjson/cJSON.h>
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "hetmix/device.h"
 #include "runtime/pipeline_internal.h"
+#include "runtime/pipeline_resume.h"
+#include "util/files.h"
 #include "util/util.h"
 
 /* ---------------------------------------------------------------- layout checks */
@@ -92,6 +92,7 @@ typedef struct hm_pipe {
   hm_stage *st;
   int nslots;
   int start_step;            /* steps already taken (resume), 0 for a fresh run */
+  uint64_t run_id;           /* the run's identity, the same on every worker (pipeline_resume.h) */
   hm_pipe_op *ops;           /* this stage's op list (the planner's 1F1B generator) */
   int nops;
   hm_tokfile tf;
@@ -457,11 +458,13 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
   if (nslots > w->nslots) w->nslots = nslots;
   if (w->nslots < 1) w->nslots = 1;
 
+  HM_TRY(hm_pipe_run_identity(w->world, o, w->stage, w->M, &w->run_id));
   HM_TRY(hm_device_open(t->device ? t->device : "cpu", &w->dev));
   hm_stage_options so = {w->first, w->last, t->batch, T, w->nslots};
   HM_TRY(hm_stage_create(&t->config, w->dev, &so, &w->st));
   if (t->resume) {
-    /* a dump directory of an earlier run of this layout: this stage's params, moments, step */
+    /* a dump directory of an earlier run of this layout (its files checked to be one run at one
+     * step by hm_pipe_run_identity): this stage's params, moments, step */
     char path[4200];
     hm_ckpt_meta m;
     snprintf(path, sizeof path, "%s/stage%d.hmc", t->resume, w->stage);
@@ -497,6 +500,11 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
     w->targets = hm_malloc((size_t)m_cap * w->N * sizeof(int32_t), "micro-batch targets");
     w->losses = hm_calloc((size_t)m_cap, sizeof(float), "micro-batch losses");
     if (!w->inputs || !w->targets || !w->losses) return HM_ERR_NOMEM;
+  }
+  /* leftovers of killed writes go before anyone writes there (the allreduce below orders it) */
+  if (o->dump_dir && w->replica == 0) {
+    HM_TRY(hm_make_dirs(o->dump_dir, 0755, HM_DIR_OUTPUT));
+    HM_TRY(hm_clean_tmp_files(o->dump_dir, NULL));
   }
   /* the wire type: f64 as soon as one worker computes in f64 */
   int64_t esize = (int64_t)hm_device_elem_size(w->dev), esize_max = 0;
@@ -606,41 +614,26 @@ static void hm_pipe_free(hm_pipe *w) {
   if (w->dp) hm_comm_destroy(w->dp);
 }
 
-/* mkdir -p */
-static hm_status hm_mkdirs(const char *dir) {
-  char p[4096];
-  if (hm_strcpy(p, sizeof p, dir) != 0) return hm_error(HM_ERR_INVALID_ARG, "path too long: %s", dir);
-  for (char *c = p + 1;; c++) {
-    if (*c != '/' && *c != '\0') continue;
-    char save = *c;
-    *c = '\0';
-    if (mkdir(p, 0755) != 0 && errno != EEXIST) return hm_error(HM_ERR_IO, "cannot create %s: %s", p, strerror(errno));
-    *c = save;
-    if (save == '\0') break;
-  }
-  return HM_OK;
-}
-
 static hm_status hm_pipe_open_metrics(hm_pipe *w) {
   const hm_train_options *t = w->t;
   char path[4200];
   const char *mp = w->o->metrics_path;
   if (!mp && t->out_dir) {
-    HM_TRY(hm_mkdirs(t->out_dir));
+    HM_TRY(hm_make_dirs(t->out_dir, 0755, HM_DIR_OUTPUT));
+    HM_TRY(hm_clean_tmp_files(t->out_dir, NULL));
     snprintf(path, sizeof path, "%s/metrics.jsonl", t->out_dir);
     mp = path;
   }
   if (!mp) return HM_OK;
-  w->metrics = fopen(mp, w->t->resume ? "a" : "w");
-  if (!w->metrics) return hm_error(HM_ERR_IO, "cannot open %s: %s", mp, strerror(errno));
-  return HM_OK;
+  return hm_file_open_write(mp, 0644, w->t->resume != NULL, &w->metrics);
 }
 
-static hm_status hm_pipe_dump(hm_pipe *w, int steps) {
+/* This stage's checkpoint "<dir>/stage<s>.hmc" after `steps` steps (replica 0's workers). */
+static hm_status hm_pipe_dump(hm_pipe *w, const char *dir, int steps) {
   const hm_train_options *t = w->t;
-  HM_TRY(hm_mkdirs(w->o->dump_dir));
+  HM_TRY(hm_make_dirs(dir, 0755, HM_DIR_OUTPUT));
   char path[4200];
-  snprintf(path, sizeof path, "%s/stage%d.hmc", w->o->dump_dir, w->stage);
+  snprintf(path, sizeof path, "%s/stage%d.hmc", dir, w->stage);
   hm_ckpt_meta m;
   memset(&m, 0, sizeof m);
   m.step = (uint64_t)steps;
@@ -649,7 +642,28 @@ static hm_status hm_pipe_dump(hm_pipe *w, int steps) {
   m.lr = t->lr, m.beta1 = t->beta1, m.beta2 = t->beta2, m.eps = t->eps;
   m.weight_decay = t->weight_decay, m.grad_clip = t->grad_clip;
   m.batch = t->batch, m.seq_len = w->N / t->batch;
+  m.run_id = w->run_id;
+  m.stage_index = w->stage, m.stage_count = w->p, m.micro_batches = w->M;
   return hm_stage_save(w->st, path, &m);
+}
+
+/* A periodic checkpoint (--ckpt-every): replica 0's workers write "<dump>/step-<steps>/"; all
+ * workers learn whether every write succeeded (so all stop together on a failure), then each
+ * writer removes its file from all but the newest `keep` step folders. */
+static hm_status hm_pipe_checkpoint(hm_pipe *w, int steps) {
+  const char *dump = w->o->dump_dir;
+  hm_status mine = HM_OK;
+  if (w->replica == 0) {
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/step-%08d", dump, steps);
+    mine = hm_pipe_dump(w, dir, steps);
+  }
+  int64_t failed = mine != HM_OK, any = 0;
+  hm_status st = hm_comm_allreduce(w->world, &failed, &any, 1, HM_INT64, HM_MAX);
+  if (mine != HM_OK) return mine;
+  HM_TRY(st);
+  if (any) return hm_error(HM_ERR_IO, "the checkpoint of step %d failed on another worker (see its error)", steps);
+  return w->replica == 0 ? hm_ckpt_prune_stage_dirs(dump, w->t->keep, w->stage, NULL) : HM_OK;
 }
 
 /* Predicted step time of a split: each replica's 1F1B takes about (m + p - 1) micro-batch
@@ -742,11 +756,13 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
     else loss_all = loss_sum;
     if (st != HM_OK) break;
     const double dt = hm_now_s() - ts;
-    /* slowest worker's step time and each stage's compute time (replica 0's), all in one call */
-    double stat[1 + HM_PIPE_MAX_STAGES] = {0}, stat_max[1 + HM_PIPE_MAX_STAGES];
+    /* slowest worker's step time and every worker's compute time (at 1 + its world rank
+     * replica*p + stage, so replica 0's stages come first), all in one call */
+    double stat[1 + HM_PIPE_MAX_REPLICAS * HM_PIPE_MAX_STAGES] = {0};
+    double stat_max[1 + HM_PIPE_MAX_REPLICAS * HM_PIPE_MAX_STAGES];
     stat[0] = dt;
-    if (w.replica == 0) stat[1 + w.stage] = so.busy_s;
-    st = hm_comm_allreduce(w.world, stat, stat_max, (size_t)(1 + w.p), HM_FLOAT64, HM_MAX);
+    stat[1 + w.replica * w.p + w.stage] = so.busy_s;
+    st = hm_comm_allreduce(w.world, stat, stat_max, (size_t)(1 + w.R * w.p), HM_FLOAT64, HM_MAX);
     if (st != HM_OK) break;
     tokens += (uint64_t)w.M * (uint64_t)w.N;
     if (step > w.start_step || steps == w.start_step + 1) { /* the first step warms caches and allocators up */
@@ -786,6 +802,12 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
         cJSON *busy = cJSON_AddArrayToObject(j, "stage_busy_s");
         for (int s = 0; s < w.p; s++) cJSON_AddItemToArray(busy, cJSON_CreateNumber(stat_max[1 + s]));
         if (w.R > 1) {
+          cJSON *rb = cJSON_AddArrayToObject(j, "replica_busy_s");
+          for (int r = 0; r < w.R; r++) {
+            cJSON *row = cJSON_CreateArray();
+            for (int s = 0; s < w.p; s++) cJSON_AddItemToArray(row, cJSON_CreateNumber(stat_max[1 + r * w.p + s]));
+            cJSON_AddItemToArray(rb, row);
+          }
           cJSON *mi = cJSON_AddArrayToObject(j, "micro");
           for (int r = 0; r < w.R; r++) cJSON_AddItemToArray(mi, cJSON_CreateNumber(split_used[r]));
         }
@@ -799,6 +821,9 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
       }
       if (w.t->on_progress) w.t->on_progress(&pr, w.t->user);
     }
+    const int done = step + 1; /* the last step's state is the final dump below */
+    if (o->dump_dir && w.t->ckpt_every > 0 && done % w.t->ckpt_every == 0 && done < steps)
+      st = hm_pipe_checkpoint(&w, done);
   }
   for (int r = 0; r < w.R && r < HM_PIPE_MAX_REPLICAS; r++) res->micro[r] = w.micro[r];
   if (timed_steps > 0) {
@@ -807,7 +832,7 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
     for (int s = 0; s < w.p && s < HM_PIPE_MAX_STAGES; s++) res->stage_busy_s[s] = busy_sum[s] / timed_steps;
   }
   if (st == HM_OK && o->trace_path) st = hm_pipe_write_trace(&w);
-  if (st == HM_OK && o->dump_dir && w.replica == 0) st = hm_pipe_dump(&w, res->steps_done);
+  if (st == HM_OK && o->dump_dir && w.replica == 0) st = hm_pipe_dump(&w, o->dump_dir, res->steps_done);
   st = hm_pipe_ctx(st, &w);
   if (st != HM_OK) { /* peers blocked on this worker fail fast instead of waiting out deadlines */
     if (w.pipe) hm_comm_abort(w.pipe);

@@ -37,14 +37,18 @@ void *hm_aligned_alloc(size_t alignment, size_t bytes, const char *what) {
   return p;
 }
 
-long hm_env_long(const char *name, long def) {
+hm_status hm_env_long(const char *name, long def, long lo, long hi, long *out) {
   const char *s = getenv(name);
-  if (!s || !*s) return def;
+  *out = def;
+  if (!s || !*s) return HM_OK;
   char *end = NULL;
   errno = 0;
   long v = strtol(s, &end, 10);
-  if (errno != 0 || end == s || *end != '\0') return def;
-  return v;
+  if (errno != 0 || end == s || *end != '\0' || v < lo || v > hi)
+    return hm_error(HM_ERR_INVALID_ARG, "environment variable %s=\"%.40s\" is not a whole number in %ld..%ld", name, s,
+                    lo, hi);
+  *out = v;
+  return HM_OK;
 }
 
 int hm_strcpy(char *dst, size_t cap, const char *src) {

@@ -30,8 +30,10 @@ void *hm_malloc(size_t bytes, const char *what);
 void *hm_calloc(size_t n, size_t size, const char *what);
 void *hm_aligned_alloc(size_t alignment, size_t bytes, const char *what);
 
-/* Reads an environment variable as a positive integer; returns def when unset or invalid. */
-long hm_env_long(const char *name, long def);
+/* Reads an integer environment variable (a tuning knob): *out = def when it is unset or empty;
+ * HM_ERR_INVALID_ARG naming the variable when it is not a whole decimal number in [lo, hi], so
+ * a typo never falls back silently to a default. */
+hm_status hm_env_long(const char *name, long def, long lo, long hi, long *out);
 
 /* strlcpy-like: always NUL-terminates, returns 0 if it fit, -1 if truncated. */
 int hm_strcpy(char *dst, size_t cap, const char *src);

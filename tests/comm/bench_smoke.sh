@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `hetmix bench comm` end to end: every collective, small sizes, 3 forked ranks, all dtypes
-# (reductions: all ops on f32 and i8), with -c 1 verification; every row must report 0 wrong,
-# the table must have nccl-tests' columns, and bad flags must fail with a hint.
+# (reductions: all ops on f32 and i8), odd sizes on every allreduce algorithm, with -c 1
+# verification; every row must report 0 wrong, the table must have nccl-tests' columns, a rank
+# that dies is named, and bad flags must fail with a hint.
 #   tests/comm/bench_smoke.sh <path-to-hetmix>
 set -euo pipefail
 hetmix=$1
@@ -36,6 +37,46 @@ done
 check "allreduce tcp ring" "$hetmix" bench comm allreduce --ranks 2 -b 8 -e 1M -f 16 -n 2 -w 1 -c 1 -t tcp --algo ring
 check "allreduce rd" "$hetmix" bench comm allreduce --ranks 4 -b 8 -e 1M -f 16 -n 2 -w 1 -c 1 --algo rd
 check "allreduce bound ranks" "$hetmix" bench comm allreduce --ranks 3 --bind -b 8 -e 1M -f 16 -n 2 -w 1 -c 1
+# Odd sizes (counts 1, 3, 9, ... 59049 f32, none a multiple of 2 or 4 ranks): a segment, block
+# or chunk boundary that is off by one loses or repeats elements only when the count does not
+# divide evenly.
+for algo in ring rd tree; do
+  for np in 2 3 4; do
+    check "allreduce odd sizes $algo $np ranks" "$hetmix" bench comm allreduce --ranks $np -b 4 -e 240K -f 3 \
+      -n 1 -w 0 -c 1 --algo $algo -d f32
+  done
+done
+check "allreduce odd sizes tcp ring" "$hetmix" bench comm allreduce --ranks 3 -b 4 -e 240K -f 3 -n 1 -w 0 -c 1 \
+  -t tcp --algo ring
+for op in reduce_scatter allgather broadcast reduce alltoall; do
+  check "$op odd sizes" "$hetmix" bench comm $op --ranks 3 -b 36 -e 240K -f 3 -n 1 -w 0 -c 1 -d f32 -r 2
+done
+# A rank that dies is named with how it ended (rank 0 too, whose output is the table's).
+for victim in "0 KILL 9" "1 TERM 15"; do
+  read -r rank sig signo <<<"$victim"
+  log=$(mktemp)
+  timeout 60 "$hetmix" bench comm allreduce --ranks 2 -b 1M -e 1M -n 1000000 -w 0 -c 0 >"$log" 2>&1 &
+  bench=$!
+  pid=""
+  for _ in $(seq 200); do # the ranks exist and run (0.05 s steps, 10 s at most)
+    pid=$(pgrep -P "$(pgrep -P $bench -x hetmix || echo $bench)" -x "hetmix-rank$rank" || true)
+    [ -n "$pid" ] && grep -q "^# *size" "$log" && break
+    sleep 0.05
+  done
+  if [ -z "$pid" ]; then
+    echo "FAIL: rank $rank of the bench never appeared"; cat "$log"; fail=1
+    kill "$bench" 2>/dev/null || true
+  else
+    kill -"$sig" "$pid"
+  fi
+  wait $bench || true
+  if grep -q "rank $rank was killed by signal $signo" "$log"; then
+    echo "ok   rank $rank killed by SIG$sig is named"
+  else
+    echo "FAIL: the death of rank $rank (SIG$sig) was not reported:"; cat "$log"; fail=1
+  fi
+  rm -f "$log"
+done
 # Bad input is refused with a hint, never run.
 for bad in "bench comm allreduce -b 1X" "bench comm nosuchop" "bench comm allreduce -d f33" \
            "bench comm allreduce --ranks 0" "bench comm allreduce -t carrier" "bench comm allreduce -b 64 -e 8"; do

@@ -119,6 +119,23 @@ static void test_invalid_init(void **state) {
     st = hm_comm_init_rank(&c, 1, &good, 0, &cfg);
     assert_int_equal(st, HM_ERR_INVALID_ARG);
     assert_true(contains_ci(hm_last_error(), "transport"));
+    /* A tuning knob with a typo or out of range is refused by name (it used to fall back to
+     * the default silently: HETMIX_TIMEOUT_MS=30s meant 30000 ms, =-1 meant 30000 too). */
+    static const char *const bad_knobs[][2] = {{"HETMIX_TIMEOUT_MS", "30s"}, {"HETMIX_TIMEOUT_MS", "-1"},
+                                               {"HETMIX_SHM_SLOTS", "1"},   {"HETMIX_TCP_CHUNK", "99999999999"},
+                                               {"HETMIX_CMA", "yes"},       {"HETMIX_SPIN_US", ""}};
+    for (size_t i = 0; i < sizeof bad_knobs / sizeof bad_knobs[0]; i++) {
+      setenv(bad_knobs[i][0], bad_knobs[i][1], 1);
+      st = hm_comm_init_rank(&c, 1, &good, 0, NULL);
+      unsetenv(bad_knobs[i][0]);
+      if (!*bad_knobs[i][1]) { /* empty means unset: the default */
+        assert_int_equal(st, HM_OK);
+        assert_int_equal(hm_comm_destroy(c), HM_OK);
+        continue;
+      }
+      assert_int_equal(st, HM_ERR_INVALID_ARG);
+      if (!strstr(hm_last_error(), bad_knobs[i][0])) fail_msg("message: %s", hm_last_error());
+    }
   }
 }
 

@@ -2,8 +2,10 @@
  * 1..8 forked ranks (oversubscribed), with exactly representable values so results compare
  * exactly. Also point-to-point (blocking, grouped, nonblocking), nonblocking collectives and
  * split. Transport and algorithm come from the environment (HETMIX_TRANSPORT, HETMIX_ALGO),
- * so CTest runs this one program several times, forced each way.
+ * so CTest runs this one program several times, forced each way; --expect-algo makes every rank
+ * check that each of its allreduces ran that algorithm (the communicator counts them).
  *   test_comm_matrix --ranks 1,2,3,4,8 --counts 0,1,7,1023,1000003 [--big-subset N]
+ *                    [--expect-algo ring|rd|tree]
  * Values: reductions use small integers (sum/min/max/avg), {1,-1,2} with few 2s (prod), plus on
  * wide types a slowly varying part shared by all ranks so that misplaced blocks are caught;
  * avg follows NCCL (integers truncate; floats are exact when nranks is a power of two, else
@@ -17,6 +19,7 @@
 
 #include <cmocka.h>
 
+#include "comm/comm_internal.h"
 #include "hm_ranks.h"
 #include "hm_values.h"
 #include "hetmix/cost.h"
@@ -28,6 +31,7 @@ static int g_ncounts;
 /* Counts at or above this run the subset described in rank_matrix (0 = everything). */
 static size_t g_big_subset;
 static double g_timeout = 110;
+static int g_expect_algo = -1; /* hm_coll_algo every allreduce must run, -1: any */
 static int g_verbose; /* HM_MATRIX_VERBOSE=1: rank 0 prints each case as it starts (stderr) */
 
 
@@ -111,6 +115,10 @@ static double red_expect(const red_table *t, hm_redop op, hm_dtype dt, int n, si
       if (!hm_tv_is_float(dt)) return (double)((long long)s / (long long)n);
       double e = s / n;
       if (!pow2(n)) {
+        /* the sum is exact (small integers); one division in float and the rounding to the
+         * dtype give at most 1/2 ulp + 1/2 ulp of e. 4 ulps of max(|e|, 8) also covers NCCL's
+         * way, each rank's value times a rounded 1/n (n <= 8 terms of magnitude <= 8, one
+         * rounding each, summed): the tolerance any of these implementations meets. */
         double a = fabs(e) > 8 ? fabs(e) : 8;
         int ex;
         frexp(a, &ex);
@@ -489,6 +497,20 @@ static void run_split(mstate *m, hm_comm_t comm) {
   if (st != HM_OK) mfail(m, "split destroy: %s: %s", hm_status_name(st), hm_last_error());
 }
 
+/* Every allreduce of more than one rank ran the algorithm HETMIX_ALGO forced, and some did. */
+static void check_algorithm(mstate *m, hm_comm_t comm) {
+  if (g_expect_algo < 0 || m->n < 2) return;
+  m->cases++;
+  for (int a = 0; a < HM_ALGO_COUNT; a++) {
+    uint64_t runs = hm_coll_allreduce_runs(comm, (hm_coll_algo)a);
+    if (a == g_expect_algo && runs == 0)
+      mfail(m, "no allreduce ran %s, the forced algorithm", hm_coll_algo_name((hm_coll_algo)a));
+    if (a != g_expect_algo && runs)
+      mfail(m, "%llu allreduces ran %s, not the forced %s", (unsigned long long)runs,
+            hm_coll_algo_name((hm_coll_algo)a), hm_coll_algo_name((hm_coll_algo)g_expect_algo));
+  }
+}
+
 static int rank_matrix(hm_rank_ctx *ctx) {
   mstate m = {.n = ctx->nranks, .r = ctx->rank, .ctx = ctx};
   hm_comm_t comm = ctx->comm;
@@ -535,6 +557,7 @@ static int rank_matrix(hm_rank_ctx *ctx) {
     if (st != HM_OK) mfail(&m, "barrier: %s: %s", hm_status_name(st), hm_last_error());
     if (m.fails > 50) break; /* enough to diagnose; the rest would only repeat it */
   }
+  check_algorithm(&m, comm);
   run_split(&m, comm);
   free(a), free(b);
   ctx->value = m.cases;
@@ -585,6 +608,13 @@ int main(int argc, char **argv) {
       g_big_subset = strtoull(argv[i + 1], NULL, 10);
     else if (strcmp(argv[i], "--timeout") == 0)
       g_timeout = atof(argv[i + 1]);
+    else if (strcmp(argv[i], "--expect-algo") == 0) {
+      g_expect_algo = hm_coll_algo_parse(argv[i + 1]);
+      if (g_expect_algo < 0) {
+        fprintf(stderr, "--expect-algo %s: not ring, rd or tree\n", argv[i + 1]);
+        return 2;
+      }
+    }
     else {
       fprintf(stderr, "unknown option %s\n", argv[i]);
       return 2;

@@ -9,6 +9,10 @@
 #include "hetmix/cost.h"
 
 static const hm_link lan = {.bandwidth = 1e9, .latency = 1e-5, .reduce_bw = 0};
+/* Tolerances: each formula is a handful of f64 operations on values of 1e-5 .. 1e-2, so its
+ * rounding is a few u64 (1.1e-16) relative, ~1e-18 absolute; 1e-15 (factors near 1) and 1e-12
+ * (times near 6e-3) leave orders of magnitude to spare, and a wrong term (one more latency,
+ * a factor n or 2) changes a result by 1e-5 or more. */
 
 static void test_p2p(void **state) {
   (void)state;

@@ -116,7 +116,7 @@ static void test_zero_comm_equal_stages(void **state) {
     hm_sim_result r;
     double t = simulate_times(p, m, f, b, &r);
     double want = (m + p - 1) * (tf + tb);
-    assert_true(fabs(t - want) <= 1e-9 * want);
+    assert_true(fabs(t - want) <= 1e-9 * want); /* sums of <= 2(m + p) times: see close_to */
     /* bubble (p-1)/(m+p-1) */
     assert_true(fabs(r.bubble_fraction - (double)(p - 1) / (m + p - 1)) < 1e-9);
     hm_sim_result_free(&r);
@@ -178,6 +178,9 @@ static double formula(int p, int m, const double *f, const double *b) {
   return (m - 1) * mx + sum;
 }
 
+/* The simulator adds at most 2 m p (<= 1000 here) op times in f64 per timeline, so its result
+ * errs by at most ~1000 u64 ~ 1e-13 relative (gamma_n with all terms positive); 1e-9 relative is
+ * far above that and far below one op's time (a wrong dependency moves the end by a whole op). */
 static int close_to(double a, double b) { return fabs(a - b) <= 1e-9 * fmax(fabs(a), fabs(b)); }
 
 /* Timelines worked out by hand (docs/plan.md, section 4), in whole seconds: the simulator, the
@@ -265,6 +268,7 @@ static void test_zero_comm_unequal_stages(void **state) {
     }
     int last_slowest = 1;
     for (int s = 0; s < p - 1; s++) last_slowest &= f[s] + b[s] <= f[p - 1] + b[p - 1];
+    /* a lower bound, up to the rounding of ~2(m + p) additions (1e-13 relative, see close_to) */
     if (last_slowest) assert_true(t >= want * (1 - 1e-12));
     above += t > want * (1 + 1e-9);
     below += t < want * (1 - 1e-9);
@@ -300,6 +304,7 @@ static void test_memory_and_comm(void **state) {
   /* memory: static + min(m, p-s) micro-batches of activations */
   for (int s = 0; s < p; s++) {
     assert_int_equal(r.stages[0][s].max_inflight, p - s);
+    /* byte counts: integers below 2^53, added exactly; 1 byte is below any real difference */
     assert_true(fabs(r.stages[0][s].mem_peak - (1e9 + (p - s) * 1e8)) < 1);
   }
   assert_true(r.over_memory); /* stage 0: 1.3e9 > 1.25e9 */
@@ -314,7 +319,7 @@ static void test_memory_and_comm(void **state) {
   int found = 0;
   for (int i = 0; i < tr.nevents; i++)
     if (tr.events[i].kind == HM_OP_ALLREDUCE && tr.events[i].stage == 0) {
-      assert_true(fabs(tr.events[i].dur - ar) < 1e-12);
+      assert_true(fabs(tr.events[i].dur - ar) < 1e-12); /* the same cost call: ~1e-18 apart at most */
       found++;
     }
   assert_int_equal(found, 1);
@@ -355,7 +360,7 @@ static void test_heterogeneous_replicas(void **state) {
                      .layers_per_bucket = 4};
   hm_sim_result r;
   assert_int_equal(hm_simulate(&in, &r, NULL), HM_OK);
-  assert_true(fabs(r.step_time - 20.0) < 1e-9); /* class b: 10 x (1+1) */
+  assert_true(fabs(r.step_time - 20.0) < 1e-9); /* class b: 10 x (1+1), whole seconds: exact */
   assert_true(fabs(r.stages[0][0].end - 20.0) < 1e-9); /* a waits for b's buckets */
   hm_sim_result_free(&r);
   a[1].layer_begin = 3; /* gap: rejected with a reason */
@@ -371,6 +376,7 @@ static void test_sync_model(void **state) {
   hm_sync_model flat = {.nranks = 16, .link = nic, .ngroups = 1};
   double want = 0;
   hm_cost_best_algo(HM_COLL_ALLREDUCE, 16, 1e9, &nic, &want);
+  /* the same cost.h calls in the same order: equal up to a few roundings (~1e-18 s) */
   assert_true(fabs(hm_sync_allreduce_time(&flat, 1e9) - want) < 1e-15);
   hm_sync_model two = {.nranks = 16, .link = nic, .ngroups = 2, .outer = pool};
   double rs = 0, ag = 0, ar = 0;

@@ -16,6 +16,13 @@
 #include "hetmix/plan.h"
 #include "plan/plan_internal.h"
 
+/* Tolerances: the planner's figures are f64 sums and products of at most ~1e4 terms (stages x
+ * micro-batches x layers, all positive), so they err by at most ~1e4 u64 ~ 1e-12 relative. The
+ * checks allow 1e-9 relative (plus 1 byte for byte counts, integers below 2^53) where the test
+ * recomputes a figure in another order, 1e-12 absolute for times of ~1e-2 s computed by the same
+ * formula, and 1e-6 where a figure goes through a rate and back (tokens/s = tokens / time); a
+ * wrong term (a missing layer, micro-batch or byte class) changes a figure by 1e-3 or more. */
+
 typedef struct specs {
   hm_cluster c;
   hm_model m;
@@ -95,7 +102,7 @@ static void test_local_plans(void **state) {
     assert_true(r[0].type_best_tokens_per_s[k] > 0);
     ub += r[0].type_best_tokens_per_s[k];
   }
-  assert_true(fabs(ub - r[0].upper_bound_tokens_per_s) < 1e-6 * ub);
+  assert_true(fabs(ub - r[0].upper_bound_tokens_per_s) < 1e-6 * ub); /* rates: see the top */
   assert_true(fabs(r[0].plans[0].utilization - r[0].plans[0].tokens_per_s / ub) < 1e-9);
   assert_true(r[0].plans[0].tokens_per_s >= r[0].best_single.tokens_per_s * (1 - 1e-9));
   /* the schedule the runtime gets is the one predicted: per stage m FWD and m BWD */
@@ -439,7 +446,7 @@ static void test_sync_model_pools(void **state) {
   hm_sync_model m = hm_plan_sync_model(&s.in, 3u, 8, 8);
   assert_int_equal(m.ngroups, 2);
   assert_true(m.outer.bandwidth == 5e8 / 4); /* the p0-p32 link, shared by a pool's 4 devices */
-  assert_true(fabs(m.outer.latency - (1e-3 + 1e-5)) < 1e-15);
+  assert_true(fabs(m.outer.latency - (1e-3 + 1e-5)) < 1e-15); /* one addition: ~1e-19 */
   m = hm_plan_sync_model(&s.in, 1u, 4, 4); /* type a alone: one pool, a flat allreduce */
   assert_int_equal(m.ngroups, 1);
   unload(&s);

@@ -14,6 +14,7 @@
 #include <cmocka.h>
 #include <cjson/cJSON.h>
 
+#include "hetmix/plan.h"
 #include "hetmix/spec.h"
 #include "plan/spec_json.h"
 
@@ -506,6 +507,143 @@ static void test_bad_documents(void **state) {
   hm_cluster_free(&c);
 }
 
+/* ---- U+0000 in strings ------------------------------------------------------------------ */
+
+/* Copies s with every "@NUL@" replaced by the JSON escape \u0000 (caller frees). */
+static char *with_nul_escapes(const char *s) {
+  char *out = malloc(strlen(s) * 2 + 1), *o = out;
+  assert_non_null(out);
+  while (*s) {
+    if (strncmp(s, "@NUL@", 5) == 0) {
+      memcpy(o, "\\u0000", 6);
+      o += 6;
+      s += 5;
+    } else {
+      *o++ = *s++;
+    }
+  }
+  *o = '\0';
+  return out;
+}
+
+/* "ab" -> "a@NUL@b" (the marker becomes \u0000 in the text). */
+static char *marked(const char *s) {
+  char *m = malloc(strlen(s) + 6);
+  assert_non_null(m);
+  snprintf(m, strlen(s) + 6, "%.1s@NUL@%s", s, *s ? s + 1 : "");
+  return m;
+}
+
+/* Reads the document with the string value (key = 0) or the key (key = 1) of the node at w's
+ * index chain holding U+0000; the reader must reject it naming `want_path`. */
+static void nul_read(walk *w, int key, const char *want_path) {
+  cJSON *copy = cJSON_Duplicate(w->root, 1);
+  assert_non_null(copy);
+  cJSON *parent = NULL;
+  cJSON *n = node_at(copy, w->idx, w->depth, &parent);
+  char *m = marked(key ? n->string : n->valuestring);
+  if (key) {
+    free(n->string);
+    n->string = m;
+  } else {
+    assert_non_null(cJSON_SetValuestring(n, m));
+    free(m);
+  }
+  char *printed = cJSON_PrintUnformatted(copy);
+  cJSON_Delete(copy);
+  assert_non_null(printed);
+  char *text = with_nul_escapes(printed);
+  free(printed);
+  hm_status st = read_spec(w->kind, text);
+  free(text);
+  const char *msg = hm_last_error();
+  const size_t pl = strlen(want_path);
+  if (st != HM_ERR_SPEC || strncmp(msg, want_path, pl) != 0 || msg[pl] != ':' ||
+      !strstr(msg, key ? "a key contains U+0000" : "contains U+0000"))
+    fail_msg("U+0000 in %s %s: got %s: %s", key ? "a key of" : "", want_path,
+             hm_status_name(st), msg);
+  w->checked++;
+}
+
+static void nul_walk(walk *w, const cJSON *v, const char *path) {
+  char p[512];
+  int i = 0;
+  for (const cJSON *c = v->child; c; c = c->next, i++) {
+    if (cJSON_IsObject(v))
+      snprintf(p, sizeof p, "%s.%s", path, c->string);
+    else
+      snprintf(p, sizeof p, "%s[%d]", path, i);
+    if (w->depth == 32) fail_msg("%s: nested too deep for this test", p);
+    w->idx[w->depth++] = i;
+    if (cJSON_IsObject(v)) nul_read(w, 1, path);
+    if (cJSON_IsString(c)) nul_read(w, 0, p);
+    nul_walk(w, c, p);
+    w->depth--;
+  }
+}
+
+/* Every string value and every key of every example spec, with U+0000 inserted after its first
+ * character, is rejected with its path (cJSON's strings end at the NUL: "c\u0000pu" read as
+ * "c" before). */
+static void test_nul_in_every_string(void **state) {
+  (void)state;
+  static const struct {
+    spec_kind kind;
+    const char *file;
+  } files[] = {{SPEC_CLUSTER, EX("local-2backend.json")}, {SPEC_CLUSTER, EX("mixed-1024-3types.json")},
+               {SPEC_MODEL, EX("gpt-mini.json")},         {SPEC_MODEL, EX("llama2-70b.json")},
+               {SPEC_TRAIN, EX("train-default.json")},    {SPEC_TRAIN, EX("train-local.json")},
+               {SPEC_PROFILE, EX("profile-local.json")}};
+  int checked = 0;
+  for (size_t f = 0; f < sizeof files / sizeof files[0]; f++) {
+    char *text = slurp(files[f].file);
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    assert_non_null(root);
+    walk w = {.kind = files[f].kind, .root = root};
+    nul_walk(&w, root, roots[files[f].kind]);
+    checked += w.checked;
+    cJSON_Delete(root);
+  }
+  print_message("checked %d strings and keys with U+0000\n", checked);
+  assert_true(checked > 200);
+}
+
+/* The reported case, the message in full, a file name, a plan, and what is not U+0000. */
+static void test_nul_messages(void **state) {
+  (void)state;
+  char *text = slurp(EX("local-2backend.json"));
+  char *at = strstr(text, "\"cpu\"");
+  assert_non_null(at);
+  char *doc = malloc(strlen(text) + 8);
+  assert_non_null(doc);
+  snprintf(doc, strlen(text) + 8, "%.*s\"c\\u0000pu\"%s", (int)(at - text), text, at + 5);
+  hm_cluster c;
+  assert_int_equal(hm_cluster_parse(doc, strlen(doc), "c.json", &c), HM_ERR_SPEC);
+  assert_string_equal(hm_last_error(), "c.json: cluster.device_types[0].name: contains U+0000 "
+                                       "(\"c\\u0000pu\"); a spec string cannot hold a NUL character");
+  free(doc);
+  free(text);
+  hm_train t;
+  /* an escaped backslash followed by u0000 is six plain characters, not U+0000 */
+  const char *ok = "{\"global_batch\": 8, \"note\": \"C:\\\\u0000\"}";
+  assert_int_equal(hm_train_parse(ok, strlen(ok), NULL, &t), HM_OK);
+  /* a raw NUL byte is not JSON; it ended the text or a string for cJSON */
+  const char raw[] = "{\"global_batch\": 8, \"precision\": \"bf16-mixed\0x\"}";
+  assert_int_equal(hm_train_parse(raw, sizeof raw - 1, "t.json", &t), HM_ERR_SPEC);
+  assert_string_equal(hm_last_error(), "t.json:1:45: invalid JSON: a NUL byte (no spec text or "
+                                       "string may hold one)");
+  /* a document that also uses the first stand-in character still names the right field */
+  const char *both = "{\"global_batch\": 8, \"note\": \"\\uFDD0\", \"precision\": \"fp\\u000032\"}";
+  assert_int_equal(hm_train_parse(both, strlen(both), NULL, &t), HM_ERR_SPEC);
+  assert_non_null(strstr(hm_last_error(), "train.precision: contains U+0000 (\"fp\\u000032\")"));
+  /* plan.json too */
+  hm_plan plan;
+  const char *pj = "{\"version\": 1, \"format\": \"hetmix\\u0000-plan\"}";
+  assert_int_equal(hm_plan_parse(pj, strlen(pj), NULL, NULL, &plan, NULL, NULL, NULL), HM_ERR_SPEC);
+  assert_non_null(strstr(hm_last_error(), "plan.format: contains U+0000"));
+}
+
 /* A field path longer than the message buffer ends in "..." instead of silently naming a
  * shorter path (and compiles warning-free at -O3, where GCC checks the truncation). */
 static void test_long_path_marked(void **state) {
@@ -528,6 +666,8 @@ int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(test_every_field_mistyped_or_missing),
                                      cmocka_unit_test(test_bad_fields),
                                      cmocka_unit_test(test_bad_documents),
-                                     cmocka_unit_test(test_long_path_marked)};
+                                     cmocka_unit_test(test_long_path_marked),
+                                     cmocka_unit_test(test_nul_in_every_string),
+                                     cmocka_unit_test(test_nul_messages)};
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -21,6 +21,9 @@ static void assert_ok(hm_status st) {
   if (st != HM_OK) fail_msg("status %s: %s", hm_status_name(st), hm_last_error());
 }
 
+/* Spec numbers are read with strtod (correctly rounded) and converted by at most a few f64
+ * operations (units, derived figures): ~1e-15 relative; 1e-9 relative (+1e-12 for zeros) is far
+ * below any wrong unit or field. */
 static void assert_close(double got, double want) {
   if (fabs(got - want) > 1e-9 * fabs(want) + 1e-12) fail_msg("got %.17g, want %.17g", got, want);
 }
