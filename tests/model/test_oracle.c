@@ -3,8 +3,8 @@
  * loss, its gradients and its clip scale, and the state after the step; PyTorch starts from the
  * same state and must give the loss, logits (step 0) and every gradient within the f32 error
  * bound, and after torch.optim.AdamW every parameter and moment within the bound of one AdamW
- * step (torch_oracle.py derives both). Runs for the cpu and the ref backend, and for opencl when
- * it is built and has a device (skipped otherwise). Skipped (exit code
+ * step (torch_oracle.py derives both). Runs for the cpu and the ref backend, and for opencl as
+ * `test_model_oracle opencl` (exit 77 when it is not built or has no device). Skipped (exit code
  * 77, shown as skipped by ctest) with the reason printed only when PyTorch cannot be imported. */
 #include <cjson/cJSON.h>
 #include <setjmp.h>
@@ -20,6 +20,7 @@
 
 #include "hetmix/device.h"
 #include "hetmix/model.h"
+#include "opencl_case.h"
 
 enum { STEPS = 10, B = 4, T = 32 };
 static const hm_model_config cfg = {"oracle", 2, 64, 4, 256, 32};
@@ -194,22 +195,18 @@ static void test_ref_matches_torch(void **state) {
 
 static void test_opencl_matches_torch(void **state) {
   (void)state;
-  hm_device *d = NULL;
-  if (hm_device_open("opencl:threads=2", &d) != HM_OK) {
-    print_message("opencl unavailable: %s\n", hm_last_error());
-    skip();
-  }
-  hm_device_close(d);
   run_case("opencl:threads=2");
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+  const int opencl = hm_test_opencl_only(argc, argv); /* `test_model_oracle opencl`: that case only */
+  if (opencl && hm_test_opencl_missing("opencl:threads=2")) return HM_TEST_SKIP;
   if (!find_python()) {
     printf("SKIPPED: PyTorch is not importable by $HETMIX_PYTHON, or when unset /usr/bin/python3 or python3; "
            "install Debian's python3-torch (scripts/install-deps.sh) to run the oracle test\n");
     return 77;  // ctest's SKIP_RETURN_CODE for this test (tests/model/CMakeLists.txt)
   }
-  const struct CMUnitTest tests[] = {cmocka_unit_test(test_cpu_matches_torch), cmocka_unit_test(test_ref_matches_torch),
-                                     cmocka_unit_test(test_opencl_matches_torch)};
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  const struct CMUnitTest tests[] = {cmocka_unit_test(test_cpu_matches_torch), cmocka_unit_test(test_ref_matches_torch)};
+  const struct CMUnitTest opencl_tests[] = {cmocka_unit_test(test_opencl_matches_torch)};
+  return opencl ? cmocka_run_group_tests(opencl_tests, NULL, NULL) : cmocka_run_group_tests(tests, NULL, NULL);
 }

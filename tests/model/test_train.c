@@ -1,6 +1,6 @@
 /* The single-process trainer: stopping at step k and resuming gives bitwise the same parameters
- * and AdamW moments at step 2k as never stopping (on cpu, and on opencl when it is built and
- * has a device); metrics lines; bad inputs named. */
+ * and AdamW moments at step 2k as never stopping (on cpu; on opencl as `test_model_train opencl`,
+ * exit 77 when it is not built or has no device); metrics lines; bad inputs named. */
 #include <cjson/cJSON.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -11,8 +11,8 @@
 
 #include <cmocka.h>
 
-#include "hetmix/device.h"
 #include "hetmix/model.h"
+#include "opencl_case.h"
 
 static char tmpdir[256], tokpath[512];
 
@@ -98,12 +98,6 @@ static void test_resume_is_bitwise(void **state) {
 /* the same on a device whose memory the host cannot address (every tensor through copies) */
 static void test_resume_is_bitwise_opencl(void **state) {
   (void)state;
-  hm_device *d = NULL;
-  if (hm_device_open("opencl:threads=2", &d) != HM_OK) {
-    print_message("opencl unavailable: %s\n", hm_last_error());
-    skip();
-  }
-  hm_device_close(d);
   resume_case("opencl:threads=2", "opencl");
 }
 
@@ -145,7 +139,9 @@ static void test_bad_inputs(void **state) {
   assert_non_null(strstr(hm_last_error(), "batch 4"));
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+  const int opencl = hm_test_opencl_only(argc, argv); /* `test_model_train opencl`: that case only */
+  if (opencl && hm_test_opencl_missing("opencl:threads=2")) return HM_TEST_SKIP;
   snprintf(tmpdir, sizeof tmpdir, "%s/test_train.XXXXXX", HM_BINARY_DIR);
   if (!mkdtemp(tmpdir)) return 1;
   // a small English-like corpus: 20 KB of varied sentences
@@ -161,10 +157,9 @@ int main(void) {
   snprintf(tokpath, sizeof tokpath, "%s/corpus.tok", tmpdir);
   if (hm_tokfile_write(tokpath, text, n, HM_TOKEN_U8, 256) != HM_OK) return 1;
   free(text);
-  const struct CMUnitTest tests[] = {cmocka_unit_test(test_resume_is_bitwise),
-                                     cmocka_unit_test(test_resume_is_bitwise_opencl),
-                                     cmocka_unit_test(test_bad_inputs)};
-  int rc = cmocka_run_group_tests(tests, NULL, NULL);
+  const struct CMUnitTest tests[] = {cmocka_unit_test(test_resume_is_bitwise), cmocka_unit_test(test_bad_inputs)};
+  const struct CMUnitTest opencl_tests[] = {cmocka_unit_test(test_resume_is_bitwise_opencl)};
+  int rc = opencl ? cmocka_run_group_tests(opencl_tests, NULL, NULL) : cmocka_run_group_tests(tests, NULL, NULL);
   char cmd[600];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
   if (system(cmd) != 0) rc = rc ? rc : 1;

@@ -37,7 +37,7 @@
 #include <cjson/cJSON.h>
 #include <math.h>
 
-#include "hetmix/device.h"
+#include "opencl_case.h"
 #include "hetmix/model.h"
 #include "hetmix/runtime.h"
 #include "runtime/proc_helpers.h"
@@ -337,12 +337,6 @@ static void test_rebalanced_replicas(void **state) {
  * in other orders). */
 static void test_opencl_workers(void **state) {
   (void)state;
-  hm_device *d = NULL;
-  if (hm_device_open("opencl:threads=1", &d) != HM_OK) {
-    print_message("opencl unavailable: %s\n", hm_last_error());
-    skip();
-  }
-  hm_device_close(d);
   run_and_compare_ex(&ref32, "r2p2-opencl", 4, "0,3,8", "3,1", 2, 0,
                      "opencl:threads=1|opencl:threads=1|opencl:threads=1|opencl:threads=1", 0);
 }
@@ -513,14 +507,18 @@ static void test_killed_worker_mid_training(void **state) {
   print_message("  killed rank 2 of a training job: launcher exited after %.2f s\n", took);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+  if (hm_test_opencl_only(argc, argv)) { /* `test_pipeline opencl`: that case only */
+    if (hm_test_opencl_missing("opencl:threads=1")) return HM_TEST_SKIP;
+    const struct CMUnitTest opencl_tests[] = {cmocka_unit_test(test_opencl_workers)};
+    return cmocka_run_group_tests(opencl_tests, setup, teardown);
+  }
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_one_stage_is_bitwise),
       cmocka_unit_test(test_depth2_nonuniform),
       cmocka_unit_test(test_depth4_nonuniform),
       cmocka_unit_test(test_2replicas_x_2stages_unequal_micro),
       cmocka_unit_test(test_rebalanced_replicas),
-      cmocka_unit_test(test_opencl_workers),
       cmocka_unit_test(test_mismatched_layout_is_refused),
       cmocka_unit_test(test_plan_runs_and_mismatch_is_refused),
       cmocka_unit_test(test_resume_is_bitwise),
