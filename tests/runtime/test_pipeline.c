@@ -339,6 +339,11 @@ static void test_opencl_workers(void **state) {
   (void)state;
   run_and_compare_ex(&ref32, "r2p2-opencl", 4, "0,3,8", "3,1", 2, 0,
                      "opencl:threads=1|opencl:threads=1|opencl:threads=1|opencl:threads=1", 0);
+  /* two device runtimes in one job (rank = replica x 2 + stage): replica 0 runs opencl then cpu,
+   * replica 1 cpu then opencl, so activations cross between the runtimes in both directions and
+   * each stage's allreduce joins an opencl and a cpu worker */
+  run_and_compare_ex(&ref32, "r2p2-mixed", 4, "0,3,8", "3,1", 2, 0,
+                     "opencl:threads=1|cpu:threads=1|cpu:threads=1|opencl:threads=1", 0);
 }
 
 /* A layout that does not match the model or the workers is refused, naming what is wrong. */
