@@ -33,6 +33,7 @@ static const char *const hm_cl_kernel_names[HM_CLK_COUNT] = {
 static const char hm_cl_build_options[] = "-cl-std=CL1.2";
 
 #define HM_CL_MAGIC "HMCLBIN1"
+#define HM_CL_MAX_BINARY (256ull << 20) /* a larger entry is not ours: never read into memory */
 typedef struct hm_cl_header {
   char magic[8];
   uint64_t key_len, bin_len, bin_hash;
@@ -107,7 +108,7 @@ static unsigned char *hm_cl_cache_read(const char *path, const char *key, size_t
   size_t klen = strlen(key);
   int ok = fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && hm_read_all(fd, &h, sizeof h) == 0 &&
            memcmp(h.magic, HM_CL_MAGIC, 8) == 0 && h.key_len == klen && h.bin_len > 0 &&
-           h.bin_len < (1ull << 32) && (uint64_t)sb.st_size == sizeof h + h.key_len + h.bin_len;
+           h.bin_len <= HM_CL_MAX_BINARY && (uint64_t)sb.st_size == sizeof h + h.key_len + h.bin_len;
   if (ok) {
     k = malloc(klen);
     bin = malloc((size_t)h.bin_len);
