@@ -6,10 +6,11 @@
  * call cannot beat when its copies do not overlap each other (one in-order queue).
  *
  *   bench_comm_device [--device opencl:threads=1] [--ranks 2] [-b 65536] [-e 67108864] [-f 4]
+ *                     [--rounds 3]
  *
  * busbw as nccl-tests: allreduce size/time x 2(n-1)/n; sendrecv size/time (one way). Each figure
  * is rank 0's mean time per call over the timed iterations (after warm-up, the ranks released
- * together by a barrier), the best of 3 rounds that alternate host and device buffers. The staging chunk and ring come from HETMIX_STAGE_CHUNK/SLOTS. */
+ * together by a barrier), the best of --rounds rounds that alternate host and device buffers. The staging chunk and ring come from HETMIX_STAGE_CHUNK/SLOTS. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <signal.h>
@@ -30,6 +31,7 @@ typedef struct opts {
   int nranks;
   size_t begin, end;
   int factor;
+  int rounds;
 } opts;
 
 typedef struct figures {
@@ -116,10 +118,9 @@ static void keep_min(double *best, double t) {
   if (*best <= 0 || t < *best) *best = t;
 }
 
-/* ROUNDS rounds, host then device in each; every figure keeps its best round (the machine is
+/* rounds rounds, host then device in each; every figure keeps its best round (the machine is
  * shared: the best round is the one least disturbed). */
-#define ROUNDS 3
-static int run_size(hm_comm_t c, hm_device *dev, size_t bytes, char *d_s, char *d_r, float *h_s, float *h_r,
+static int run_size(hm_comm_t c, hm_device *dev, int rounds, size_t bytes, char *d_s, char *d_r, float *h_s, float *h_r,
                     void *pinned, figures *f) {
   size_t count = bytes / sizeof(float);
   int it = iters_for(bytes), n = hm_comm_size(c), r = hm_comm_rank(c);
@@ -127,7 +128,7 @@ static int run_size(hm_comm_t c, hm_device *dev, size_t bytes, char *d_s, char *
   TRY("copy_h2d", hm_device_copy_h2d(dev, d_s, h_s, bytes));
   memset(f, 0, sizeof *f);
   f->ok = 1;
-  for (int round = 0; round < ROUNDS; round++) {
+  for (int round = 0; round < rounds; round++) {
     double t;
     TRY("register (host)", hm_comm_register_device(c, NULL));
     if (time_allreduce(c, h_s, h_r, count, it, &t)) return 1;
@@ -180,7 +181,7 @@ static int rank_main(const opts *o, const hm_unique_id *id, int rank) {
   int ns = 0;
   for (size_t b = o->begin; b <= o->end && ns < MAX_SIZES; b *= (size_t)o->factor) {
     sizes[ns] = b;
-    if (run_size(c, dev, b, d_s, d_r, h_s, h_r, pinned, &f[ns])) return 1;
+    if (run_size(c, dev, o->rounds, b, d_s, d_r, h_s, h_r, pinned, &f[ns])) return 1;
     ns++;
   }
   TRY("register (host)", hm_comm_register_device(c, NULL));
@@ -196,7 +197,7 @@ static int rank_main(const opts *o, const hm_unique_id *id, int rank) {
 }
 
 static int parse(int argc, char **argv, opts *o) {
-  *o = (opts){"opencl:threads=1", 2, 64 << 10, 64 << 20, 4};
+  *o = (opts){"opencl:threads=1", 2, 64 << 10, 64 << 20, 4, 3};
   for (int i = 1; i + 1 < argc; i += 2) {
     const char *k = argv[i], *v = argv[i + 1];
     if (!strcmp(k, "--device")) o->device = v;
@@ -204,13 +205,14 @@ static int parse(int argc, char **argv, opts *o) {
     else if (!strcmp(k, "-b")) o->begin = strtoull(v, NULL, 10);
     else if (!strcmp(k, "-e")) o->end = strtoull(v, NULL, 10);
     else if (!strcmp(k, "-f")) o->factor = atoi(v);
+    else if (!strcmp(k, "--rounds")) o->rounds = atoi(v);
     else {
       fprintf(stderr, "bench_comm_device: unknown option %s (see the comment at the top of the source)\n", k);
       return 1;
     }
   }
-  if (o->nranks < 2 || o->nranks > 16 || o->begin < 64 || o->end < o->begin || o->factor < 2) {
-    fprintf(stderr, "bench_comm_device: need 2..16 ranks, 64 <= -b <= -e, -f >= 2\n");
+  if (o->nranks < 2 || o->nranks > 16 || o->begin < 64 || o->end < o->begin || o->factor < 2 || o->rounds < 1) {
+    fprintf(stderr, "bench_comm_device: need 2..16 ranks, 64 <= -b <= -e, -f >= 2, --rounds >= 1\n");
     return 1;
   }
   return 0;
