@@ -141,19 +141,33 @@ static size_t chunk_len(const stage_plan *p, size_t k) {
   return p->total - off < p->chunk ? p->total - off : p->chunk;
 }
 
-static hm_status pipeline_steps(const stage_plan *p, stage_ring *g, size_t nch, int ns) {
+/* Where a staged call's time went (logged at level debug for calls of several chunks). */
+typedef struct stage_times {
+  uint64_t wait_in, run, wait_out; /* ns waiting for device->host copies, in transfers, for host->device */
+} stage_times;
+
+static hm_status timed_wait(const stage_plan *p, hm_device_event **ev, uint64_t *acc) {
+  uint64_t t0 = hm_now_ns();
+  hm_status st = wait_event(p, ev);
+  *acc += hm_now_ns() - t0;
+  return st;
+}
+
+static hm_status pipeline_steps(const stage_plan *p, stage_ring *g, size_t nch, int ns, stage_times *tm) {
   for (size_t k = 0; k < nch && k < (size_t)ns; k++)
     if (p->s.blocks) HM_TRY(stage_in(p, g, (int)k, k * p->chunk, chunk_len(p, k)));
   for (size_t k = 0; k < nch; k++) {
     int i = (int)(k % (size_t)ns);
     size_t n = chunk_len(p, k);
-    HM_TRY(wait_event(p, &g->in[i]));  /* chunk k is in slot i */
-    HM_TRY(wait_event(p, &g->out[i])); /* chunk k-ns left slot i */
+    HM_TRY(timed_wait(p, &g->in[i], &tm->wait_in));   /* chunk k is in slot i */
+    HM_TRY(timed_wait(p, &g->out[i], &tm->wait_out)); /* chunk k-ns left slot i */
+    uint64_t t0 = hm_now_ns();
     HM_TRY(plan_run(p, p->s.blocks ? p->c->stage.send[i] : NULL, p->r.blocks ? p->c->stage.recv[i] : NULL, n));
+    tm->run += hm_now_ns() - t0;
     if (p->r.blocks) HM_TRY(stage_out(p, g, i, k * p->chunk, n));
     if (p->s.blocks && k + (size_t)ns < nch) HM_TRY(stage_in(p, g, i, (k + (size_t)ns) * p->chunk, chunk_len(p, k + (size_t)ns)));
   }
-  for (int i = 0; i < ns; i++) HM_TRY(wait_event(p, &g->out[i]));
+  for (int i = 0; i < ns; i++) HM_TRY(timed_wait(p, &g->out[i], &tm->wait_out));
   return HM_OK;
 }
 
@@ -163,7 +177,15 @@ static hm_status pipeline(const stage_plan *p) {
   size_t nch = p->total ? (p->total + p->chunk - 1) / p->chunk : 1;
   stage_ring g;
   memset(&g, 0, sizeof g);
-  hm_status st = pipeline_steps(p, &g, nch, s->nslots);
+  stage_times tm = {0, 0, 0};
+  uint64_t t0 = hm_now_ns();
+  hm_status st = pipeline_steps(p, &g, nch, s->nslots, &tm);
+  if (st == HM_OK && nch > 1)
+    hm_log(HM_LOG_DEBUG, "rank %d: staged %s of %zu x %zu elements in %zu chunks: %.0f us, of which %.0f us "
+           "in transfers, %.0f us waiting for device->host copies, %.0f us for host->device copies",
+           p->c->rank, p->is_p2p ? (p->is_send ? "send" : "recv") : hm_coll_kind_name(p->kind), p->total,
+           p->s.blocks > p->r.blocks ? (size_t)p->s.blocks : (size_t)p->r.blocks, nch,
+           (double)(hm_now_ns() - t0) / 1e3, (double)tm.run / 1e3, (double)tm.wait_in / 1e3, (double)tm.wait_out / 1e3);
   return st == HM_OK ? HM_OK : drain(p, &g, s->nslots, st);
 }
 
