@@ -17,8 +17,10 @@ static hm_status cl_async(hm_device *dev, int write, void *dst, const void *src,
   cl_int e = write ? clEnqueueWriteBuffer(impl->queue, m, CL_FALSE, off, bytes, src, 0, NULL, event ? &ev : NULL)
                    : clEnqueueReadBuffer(impl->queue, m, CL_FALSE, off, bytes, dst, 0, NULL, event ? &ev : NULL);
   if (e != CL_SUCCESS) return hm_cl_fail(e, write ? "copy_h2d_async" : "copy_d2h_async");
-  clFlush(impl->queue); /* start it now, not at the next blocking call */
-  if (event) *event = ev;
+  if (event) { /* start it (and any event-less copies before it) now, not at the next blocking call */
+    clFlush(impl->queue);
+    *event = ev;
+  }
   return HM_OK;
 }
 
