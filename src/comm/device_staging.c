@@ -171,10 +171,24 @@ static hm_status pipeline_steps(const stage_plan *p, stage_ring *g, size_t nch, 
   return HM_OK;
 }
 
+/* A call of one chunk has nothing to overlap: blocking copies, no events to make and poll. */
+static hm_status single_chunk(const stage_plan *p) {
+  hm_devstage *s = &p->c->stage;
+  size_t n = p->total, bytes = n * p->es;
+  char *hs = s->send[0], *hr = s->recv[0];
+  for (int q = 0; q < p->s.blocks; q++)
+    HM_TRY(hm_device_copy_d2h(p->dev, hs + (size_t)q * bytes, p->s.dev + (size_t)q * p->s.stride, bytes));
+  HM_TRY(plan_run(p, p->s.blocks ? hs : NULL, p->r.blocks ? hr : NULL, n));
+  for (int q = 0; q < p->r.blocks; q++)
+    HM_TRY(hm_device_copy_h2d(p->dev, p->r.dev + (size_t)q * p->r.stride, hr + (size_t)q * bytes, bytes));
+  return HM_OK;
+}
+
 static hm_status pipeline(const stage_plan *p) {
   hm_devstage *s = &p->c->stage;
   HM_TRY(stage_alloc_slots(s));
   size_t nch = p->total ? (p->total + p->chunk - 1) / p->chunk : 1;
+  if (nch == 1) return single_chunk(p);
   stage_ring g;
   memset(&g, 0, sizeof g);
   stage_times tm = {0, 0, 0};
