@@ -2,8 +2,9 @@
  *
  * NCCL-shaped: a unique id (or the launcher's environment) bootstraps a communicator of
  * nranks processes; collectives, point-to-point and group calls then run over hmcomm's own
- * transports (shared memory inside a host, TCP between hosts). This header is the host-memory
- * API; device buffers and vendor-library adaptors come later behind the same calls.
+ * transports (shared memory inside a host, TCP between hosts). Buffers are host memory, or
+ * device memory of a registered device (hm_comm_register_device); vendor-library adaptors come
+ * later behind the same calls.
  *
  * Semantics follow NCCL where NCCL defines them:
  *  - Operations on one communicator execute in the order they were issued on that rank, and
@@ -122,6 +123,19 @@ hm_status hm_comm_gather(hm_comm_t comm, const void *sendbuf, void *recvbuf, siz
 hm_status hm_comm_scatter(hm_comm_t comm, const void *sendbuf, void *recvbuf, size_t recvcount,
                           hm_dtype dt, int root);
 hm_status hm_comm_barrier(hm_comm_t comm);
+
+/* Device buffers. After hm_comm_register_device(comm, dev), the buffers this rank passes to
+ * collectives and send/recv on comm are device addresses of dev (include/hetmix/device.h),
+ * never dereferenced on the host: hmcomm moves them through a ring of pinned host slots, chunk
+ * by chunk, the device copies overlapping the transfers (docs/comm.md). A host device (cpu,
+ * ref) passes its pointers through in place. Every rank of comm that moves device buffers
+ * registers its device, host devices included: all then cut large calls into the same chunks
+ * (a rank that did not register takes the plain path and gets HM_ERR_MISMATCH on a call of
+ * more than one chunk). On a non-host device only blocking calls outside groups are supported
+ * (HM_ERR_UNSUPPORTED otherwise). dev NULL returns comm to host buffers and frees the slots:
+ * do that before closing dev. The device is used from the calling thread only. */
+struct hm_device;
+hm_status hm_comm_register_device(hm_comm_t comm, struct hm_device *dev);
 
 /* Point to point. Between hm_group_start/hm_group_end, sends and receives (and collectives)
  * are issued together so that any pattern completes without deadlock. */

@@ -127,6 +127,20 @@ hm_status hm_device_zero(hm_device *dev, void *ptr, size_t bytes);
 hm_status hm_device_copy_from_f32(hm_device *dev, void *dst, const float *src, size_t n);
 hm_status hm_device_copy_to_f32(hm_device *dev, float *dst, const void *src, size_t n);
 hm_status hm_device_synchronize(hm_device *dev);
+/* Asynchronous copies between HOST memory from hm_device_alloc_host and the device, queued in
+ * order on the device's queue behind earlier work; the host memory must stay valid and
+ * untouched until the copy completes. With event non-NULL, *event receives a handle to pass to
+ * hm_device_event_wait (NULL when the copy already completed: host backends copy at once).
+ * event NULL: no handle (a later event, or hm_device_synchronize, covers it: the queue is in
+ * order). */
+typedef struct hm_device_event hm_device_event;
+hm_status hm_device_copy_h2d_async(hm_device *dev, void *dst, const void *src, size_t bytes,
+                                   hm_device_event **event);
+hm_status hm_device_copy_d2h_async(hm_device *dev, void *dst, const void *src, size_t bytes,
+                                   hm_device_event **event);
+/* Waits up to timeout_ms for the copy behind event, then releases it (also on an error or a
+ * timeout: HM_ERR_TIMEOUT; the copy may then still be in flight). event NULL: HM_OK at once. */
+hm_status hm_device_event_wait(hm_device *dev, hm_device_event *event, int timeout_ms);
 /* total and free: the smaller of physical memory and the mem= cap, free minus what is allocated */
 hm_status hm_device_mem_info(hm_device *dev, size_t *total, size_t *free_bytes);
 /* Element address arithmetic in the device dtype: &((T *)base)[n] (no dereference; base must

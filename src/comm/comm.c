@@ -361,8 +361,8 @@ static hm_status submit(hm_op *tmpl, hm_request_t *req) {
   return st;
 }
 
-static hm_status coll(hm_comm_t c, hm_coll_kind kind, const void *sb, void *rb, size_t count, hm_dtype dt,
-                      hm_redop op, int root, hm_request_t *req) {
+static hm_status coll_host(hm_comm_t c, hm_coll_kind kind, const void *sb, void *rb, size_t count, hm_dtype dt,
+                           hm_redop op, int root, hm_request_t *req) {
   int reducing = kind == HM_COLL_ALLREDUCE || kind == HM_COLL_REDUCE || kind == HM_COLL_REDUCE_SCATTER;
   hm_desc d = {(int)kind, (int)dt, reducing ? (int)op : 0, root, count};
   hm_coll_args a = {kind, sb, rb, count, dt, op, root, c->coll_seq++, hm_desc_pack(&d)};
@@ -378,6 +378,28 @@ static hm_status coll(hm_comm_t c, hm_coll_kind kind, const void *sb, void *rb, 
   o.comm = c;
   o.a = a;
   return submit(&o, req);
+}
+
+hm_status hm_comm_coll_host(hm_comm_t c, hm_coll_kind kind, const void *sb, void *rb, size_t count, hm_dtype dt,
+                            hm_redop op, int root) {
+  return coll_host(c, kind, sb, rb, count, dt, op, root, NULL);
+}
+
+/* Buffers on a registered non-host device go through the staging layer (blocking calls only). */
+static hm_status staged_unsupported(hm_comm_t c, const char *what) {
+  return hm_error(HM_ERR_UNSUPPORTED, "rank %d: %s with buffers on device %s: only blocking calls outside "
+                  "groups move device buffers (use the blocking call, or host buffers)", c->rank, what,
+                  hm_device_spec(c->stage.dev));
+}
+
+static hm_status coll(hm_comm_t c, hm_coll_kind kind, const void *sb, void *rb, size_t count, hm_dtype dt,
+                      hm_redop op, int root, hm_request_t *req) {
+  if (c->stage.dev && kind != HM_COLL_BARRIER) {
+    if (!req && g_group_depth == 0) return hm_devstage_coll(c, kind, sb, rb, count, dt, op, root);
+    if (!c->stage.host)
+      return staged_unsupported(c, req ? "a nonblocking collective" : "a collective in a group");
+  }
+  return coll_host(c, kind, sb, rb, count, dt, op, root, req);
 }
 
 /* ---- collectives: argument checks then issue ---- */
@@ -592,8 +614,27 @@ static hm_status p2p(const char *fn, hm_comm_t c, void *buf, size_t count, hm_dt
   o.bytes = bytes;
   o.count = count;
   o.dt = dt;
+  if (c->stage.dev && !c->stage.host && (req || g_group_depth > 0 || peer == c->rank))
+    return staged_unsupported(c, peer == c->rank ? "a send/receive to this rank itself"
+                                 : req ? "a nonblocking send/receive" : "a send/receive in a group");
+  if (c->stage.dev && !req && g_group_depth == 0 && peer != c->rank)
+    return hm_devstage_p2p(c, buf, count, dt, peer, is_send);
   if (peer == c->rank && g_group_depth == 0) return self_p2p(fn, &o, req);
   return submit(&o, req);
+}
+
+hm_status hm_comm_p2p_host(hm_comm_t c, void *buf, size_t count, hm_dtype dt, int peer, int is_send) {
+  hm_op o;
+  memset(&o, 0, sizeof o);
+  o.comm = c;
+  o.is_p2p = 1;
+  o.peer = peer;
+  o.is_send = is_send;
+  o.buf = buf;
+  o.bytes = count * hm_dtype_size(dt);
+  o.count = count;
+  o.dt = dt;
+  return submit(&o, NULL);
 }
 
 hm_status hm_comm_send(hm_comm_t c, const void *buf, size_t count, hm_dtype dt, int peer) {

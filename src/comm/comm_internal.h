@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "comm/device_staging.h"
 #include "comm/wire.h"
 #include "hetmix/comm.h"
 #include "hetmix/cost.h"
@@ -242,6 +243,7 @@ struct hm_comm {
   hm_store_server *store; /* the rendezvous store this rank hosts (hm_comm_init_env rank 0) */
   hm_op *requests;        /* nonblocking requests not yet waited on (freed at destroy) */
   hm_op *self_pending[2]; /* unmatched nonblocking sends [1] / receives [0] to this rank itself */
+  hm_devstage stage;      /* the registered device of this rank's buffers (device_staging.c) */
 };
 
 /* ---- transfer engine (engine.c) ---- */

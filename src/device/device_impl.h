@@ -24,6 +24,14 @@ typedef struct hm_device_ops {
   hm_status (*copy_from_f32)(hm_device *dev, void *dst, const float *src, size_t n);
   hm_status (*copy_to_f32)(hm_device *dev, float *dst, const void *src, size_t n);
   hm_status (*synchronize)(hm_device *dev);
+  /* Optional asynchronous copies between pinned host memory (alloc_host) and the device,
+   * queued in order on the device's queue. *event (when event is not NULL) receives a handle
+   * for event_query; NULL entries: the wrappers copy synchronously and report no event. */
+  hm_status (*copy_h2d_async)(hm_device *dev, void *dst, const void *src, size_t bytes, void **event);
+  hm_status (*copy_d2h_async)(hm_device *dev, void *dst, const void *src, size_t bytes, void **event);
+  /* *done = 1 once the event's copy has completed (then, and on an error, it is released);
+   * done NULL: release it now without waiting (the copy runs on) */
+  hm_status (*event_query)(hm_device *dev, void *event, int *done);
   /* physical memory of the device: total and currently free (before the mem= cap) */
   hm_status (*mem_info)(hm_device *dev, size_t *total, size_t *free_bytes);
   void (*close)(hm_device *dev); /* releases impl; buffers must already be freed */

@@ -88,6 +88,10 @@ hm_status hm_cl_zero(hm_device *dev, void *ptr, size_t bytes);
 hm_status hm_cl_from_f32(hm_device *dev, void *dst, const float *src, size_t n);
 hm_status hm_cl_to_f32(hm_device *dev, float *dst, const void *src, size_t n);
 hm_status hm_cl_synchronize(hm_device *dev);
+/* asynchronous copies and their events (opencl_async.c) */
+hm_status hm_cl_h2d_async(hm_device *dev, void *dst, const void *src, size_t bytes, void **event);
+hm_status hm_cl_d2h_async(hm_device *dev, void *dst, const void *src, size_t bytes, void **event);
+hm_status hm_cl_event_query(hm_device *dev, void *event, int *done);
 hm_status hm_cl_mem_info(hm_device *dev, size_t *total, size_t *free_bytes);
 void hm_cl_close(hm_device *dev);
 

@@ -20,6 +20,7 @@
 
 #include <cmocka.h>
 
+#include "hetmix/device.h"
 #include "hm_ranks.h"
 #include "util/util.h"
 
@@ -88,6 +89,42 @@ static void test_invalid_arguments(void **state) {
     if (failed) printf("# %d ranks:\n%s", n, diag);
     assert_int_equal(failed, 0);
   }
+}
+
+/* ---- device registration ---- */
+/* A bad staging knob is refused naming it; a rank that registered a device (cutting calls into
+ * 4 KiB chunks) and one that did not are told HM_ERR_MISMATCH, on both ranks, not a hang. */
+static int rank_device_registration(hm_rank_ctx *ctx) {
+  hm_comm_t c = ctx->comm;
+  int f = 0;
+  hm_device *dev = NULL;
+  if (hm_device_open("cpu:threads=1", &dev) != HM_OK) return hm_rank_fail(ctx, "cpu device: %s", hm_last_error());
+  f += expect_invalid(ctx, hm_comm_register_device(NULL, dev), "register on NULL comm", "comm", NULL);
+  setenv("HETMIX_STAGE_CHUNK", "12", 1);
+  f += expect_invalid(ctx, hm_comm_register_device(c, dev), "staging chunk of 12 bytes", "HETMIX_STAGE_CHUNK", NULL);
+  setenv("HETMIX_STAGE_CHUNK", "4096", 1);
+  hm_status st = ctx->rank == 0 ? hm_comm_register_device(c, dev) : HM_OK;
+  if (st != HM_OK) f += hm_rank_fail(ctx, "register: %s: %s", hm_status_name(st), hm_last_error());
+  enum { N = 4096 }; /* 16 KiB: 4 chunks on the registered rank, one call on the other */
+  float *x = calloc(N, sizeof *x), *y = calloc(N, sizeof *y);
+  st = x && y ? hm_comm_allreduce(c, x, y, N, HM_FLOAT32, HM_SUM) : HM_ERR_NOMEM;
+  if (st != HM_ERR_MISMATCH)
+    f += hm_rank_fail(ctx, "registered on rank 0 only: allreduce gave %s (%s), expected mismatch",
+                      hm_status_name(st), hm_last_error());
+  free(x), free(y);
+  hm_comm_register_device(c, NULL);
+  hm_device_close(dev);
+  return f != 0;
+}
+
+static void test_device_registration(void **state) {
+  (void)state;
+  hm_ranks_opts o = {.nranks = 2, .timeout_s = 60};
+  char diag[16384];
+  int failed = hm_ranks_run(&o, rank_device_registration, NULL, NULL, diag, sizeof diag);
+  if (failed < 0) fail_msg("harness: %s", hm_last_error());
+  if (failed) printf("%s", diag);
+  assert_int_equal(failed, 0);
 }
 
 static void test_invalid_init(void **state) {
@@ -338,6 +375,7 @@ int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_invalid_arguments),
       cmocka_unit_test(test_invalid_init),
+      cmocka_unit_test(test_device_registration),
       cmocka_unit_test(test_mismatched_collectives),
       cmocka_unit_test(test_unauthenticated_refused),
   };

@@ -5,7 +5,14 @@
  * so CTest runs this one program several times, forced each way; --expect-algo makes every rank
  * check that each of its allreduces ran that algorithm (the communicator counts them).
  *   test_comm_matrix --ranks 1,2,3,4,8 --counts 0,1,7,1023,1000003 [--big-subset N]
- *                    [--expect-algo ring|rd|tree]
+ *                    [--expect-algo ring|rd|tree] [--devices SPECS[/SPECS...]] [--device-big]
+ * Device mode (--devices): each SPECS is a '+'-separated list of device specs given to the ranks
+ * in turn (rank r opens item r % len, e.g. "opencl:threads=1+cpu:threads=1"), registers it with
+ * hm_comm_register_device and holds every buffer on it: inputs reach the device through
+ * hm_device_copy_h2d, results come back through hm_device_copy_d2h and are checked on the host.
+ * Collectives and blocking send/recv run (nonblocking and grouped calls on a non-host device
+ * are checked to be refused); --device-big runs only allreduce on f32 and i32 (every op), for
+ * the large count. Exit 77 when a spec's backend is not available.
  * Values: reductions use small integers (sum/min/max/avg), {1,-1,2} with few 2s (prod), plus on
  * wide types a slowly varying part shared by all ranks so that misplaced blocks are caught;
  * avg follows NCCL (integers truncate; floats are exact when nranks is a power of two, else
@@ -16,6 +23,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -23,6 +33,7 @@
 #include "hm_ranks.h"
 #include "hm_values.h"
 #include "hetmix/cost.h"
+#include "hetmix/device.h"
 
 #define MAX_COUNTS 16
 static int g_ranks[8], g_nranks_list;
@@ -33,6 +44,11 @@ static size_t g_big_subset;
 static double g_timeout = 110;
 static int g_expect_algo = -1; /* hm_coll_algo every allreduce must run, -1: any */
 static int g_verbose; /* HM_MATRIX_VERBOSE=1: rank 0 prints each case as it starts (stderr) */
+/* Device mode: patterns of specs ('/'-separated), each a comma list given to the ranks in turn. */
+#define MAX_PATTERNS 8
+static char g_patterns[MAX_PATTERNS][256];
+static int g_npatterns, g_cur_pattern;
+static int g_device_big;
 
 
 
@@ -40,7 +56,42 @@ typedef struct mstate {
   int n, r;
   int fails, cases;
   hm_rank_ctx *ctx;
+  /* device mode: the rank's device and its copies of the host buffers a and b */
+  hm_device *dev;
+  unsigned char *a, *b;
+  char *da, *db;
+  size_t cap;       /* bytes of each buffer */
+  hm_status dev_st; /* a failed copy of the case in progress */
 } mstate;
+
+/* ---- device mode: buffers live on the rank's device ---- */
+/* The device address that host pointer p (inside a or b, or NULL) stands for. */
+static void *dv(mstate *m, const void *p) {
+  const unsigned char *q = p;
+  if (!m->dev || !p) return (void *)p;
+  if (q >= m->a && q < m->a + m->cap) return m->da + (q - m->a);
+  if (q >= m->b && q < m->b + m->cap) return m->db + (q - m->b);
+  return (void *)p;
+}
+/* Before a call: the first span bytes of a and b go to the device. Returns 0 (for a comma). */
+static int dev_pre(mstate *m, size_t span) {
+  m->dev_st = HM_OK;
+  if (!m->dev || !span) return 0;
+  m->dev_st = hm_device_copy_h2d(m->dev, m->da, m->a, span);
+  if (m->dev_st == HM_OK) m->dev_st = hm_device_copy_h2d(m->dev, m->db, m->b, span);
+  return 0;
+}
+/* After a call: the results come back into a and b; a failed copy fails the case. */
+static hm_status dev_post(mstate *m, size_t span, hm_status st) {
+  if (st != HM_OK) return st;
+  if (m->dev_st != HM_OK) return m->dev_st;
+  if (!m->dev || !span) return HM_OK;
+  st = hm_device_copy_d2h(m->dev, m->a, m->da, span);
+  if (st == HM_OK) st = hm_device_copy_d2h(m->dev, m->b, m->db, span);
+  return st;
+}
+#define DV(p) dv(m, (p))
+#define PRE (dev_pre(m, span))
 
 static int mfail(mstate *m, const char *fmt, ...) {
   m->fails++;
@@ -163,12 +214,14 @@ static void run_reduction(mstate *m, hm_comm_t comm, hm_coll_kind kind, hm_dtype
   }
   if (g_verbose && r == 0) fprintf(stderr, "%.3f %s\n", hm_tv_now(), what);
   hm_status st;
+  size_t span = (size_t)n * count * es;
   if (kind == HM_COLL_ALLREDUCE)
-    st = hm_comm_allreduce(comm, send, recv, count, dt, op);
+    st = (PRE, hm_comm_allreduce(comm, DV(send), DV(recv), count, dt, op));
   else if (kind == HM_COLL_REDUCE)
-    st = hm_comm_reduce(comm, send, recv, count, dt, op, root);
+    st = (PRE, hm_comm_reduce(comm, DV(send), DV(recv), count, dt, op, root));
   else
-    st = hm_comm_reduce_scatter(comm, send, recv, count, dt, op);
+    st = (PRE, hm_comm_reduce_scatter(comm, DV(send), DV(recv), count, dt, op));
+  st = dev_post(m, span, st);
   m->cases++;
   if (st != HM_OK) {
     mfail(m, "%s: %s: %s", what, hm_status_name(st), hm_last_error());
@@ -198,6 +251,7 @@ static void run_movement(mstate *m, hm_comm_t comm, hm_coll_kind kind, hm_dtype 
            hm_dtype_name(dt), inplace ? "in-place" : "out-of-place", count, root, n);
   void *send = a, *recv = b;
   hm_status st = HM_OK;
+  size_t span = all * es;
   if (g_verbose && r == 0) fprintf(stderr, "%.3f %s\n", hm_tv_now(), what);
   switch (kind) {
     case HM_COLL_BROADCAST:
@@ -209,7 +263,7 @@ static void run_movement(mstate *m, hm_comm_t comm, hm_coll_kind kind, hm_dtype 
       } else {
         memset(b, 0xA5, count * es);
       }
-      st = hm_comm_broadcast(comm, send, recv, count, dt, root);
+      st = (PRE, hm_comm_broadcast(comm, DV(send), DV(recv), count, dt, root));
       break;
     case HM_COLL_ALLGATHER:
       if (inplace) {
@@ -219,7 +273,7 @@ static void run_movement(mstate *m, hm_comm_t comm, hm_coll_kind kind, hm_dtype 
         memset(b, 0xA5, all * es);
       }
       for (size_t i = 0; i < count; i++) hm_tv_set(send, dt, i, mov_val(dt, r, 0, i));
-      st = hm_comm_allgather(comm, send, recv, count, dt);
+      st = (PRE, hm_comm_allgather(comm, DV(send), DV(recv), count, dt));
       break;
     case HM_COLL_ALLTOALL:
       for (int p = 0; p < n; p++)
@@ -229,13 +283,13 @@ static void run_movement(mstate *m, hm_comm_t comm, hm_coll_kind kind, hm_dtype 
         recv = a;
       else
         memset(b, 0xA5, all * es);
-      st = hm_comm_alltoall(comm, send, recv, count, dt);
+      st = (PRE, hm_comm_alltoall(comm, DV(send), DV(recv), count, dt));
       break;
     case HM_COLL_GATHER:
       if (r == root) memset(b, 0xA5, all * es);
       if (inplace && r == root) send = b + (size_t)root * count * es;
       for (size_t i = 0; i < count; i++) hm_tv_set(send, dt, i, mov_val(dt, r, 0, i));
-      st = hm_comm_gather(comm, send, recv, count, dt, root);
+      st = (PRE, hm_comm_gather(comm, DV(send), DV(recv), count, dt, root));
       break;
     case HM_COLL_SCATTER:
       if (r == root)
@@ -246,11 +300,12 @@ static void run_movement(mstate *m, hm_comm_t comm, hm_coll_kind kind, hm_dtype 
         recv = a + (size_t)root * count * es;
       else
         memset(b, 0xA5, count * es);
-      st = hm_comm_scatter(comm, send, recv, count, dt, root);
+      st = (PRE, hm_comm_scatter(comm, DV(send), DV(recv), count, dt, root));
       break;
     default:
       break;
   }
+  st = dev_post(m, span, st);
   m->cases++;
   if (st != HM_OK) {
     mfail(m, "%s: %s: %s", what, hm_status_name(st), hm_last_error());
@@ -288,6 +343,34 @@ static void run_movement(mstate *m, hm_comm_t comm, hm_coll_kind kind, hm_dtype 
 }
 
 /* ---- point to point ---- */
+/* Blocking send/recv of buf (inside a or b) through the device in device mode. */
+static hm_status m_send(mstate *m, hm_comm_t comm, unsigned char *buf, size_t count, hm_dtype dt, int peer) {
+  size_t span = (size_t)(buf - m->a) + count * hm_dtype_size(dt);
+  hm_status st = (PRE, hm_comm_send(comm, DV(buf), count, dt, peer));
+  return st == HM_OK ? m->dev_st : st;
+}
+static hm_status m_recv(mstate *m, hm_comm_t comm, unsigned char *buf, size_t count, hm_dtype dt, int peer) {
+  size_t span = (size_t)(buf - m->b) + count * hm_dtype_size(dt);
+  hm_status st = (PRE, hm_comm_recv(comm, DV(buf), count, dt, peer));
+  return dev_post(m, span, st);
+}
+
+/* A non-host device refuses nonblocking and grouped calls, naming why. */
+static void run_device_refusals(mstate *m, hm_comm_t comm) {
+  if (!m->dev || hm_device_is_host(m->dev) || m->n < 2) return;
+  hm_request_t q = NULL;
+  m->cases++;
+  hm_status st = hm_comm_iallreduce(comm, m->da, m->db, 1, HM_FLOAT32, HM_SUM, &q);
+  if (st != HM_ERR_UNSUPPORTED || q) mfail(m, "iallreduce on device buffers: %s, expected unsupported", hm_status_name(st));
+  int peer = (m->r + 1) % m->n;
+  hm_group_start();
+  st = hm_comm_send(comm, m->da, 1, HM_FLOAT32, peer);
+  hm_status st2 = hm_group_end();
+  m->cases++;
+  if (st != HM_ERR_UNSUPPORTED || st2 != HM_OK)
+    mfail(m, "grouped send on device buffers: %s/%s, expected unsupported", hm_status_name(st), hm_status_name(st2));
+}
+
 static void run_p2p(mstate *m, hm_comm_t comm, hm_dtype dt, size_t count, unsigned char *a,
                     unsigned char *b) {
   int n = m->n, r = m->r;
@@ -296,6 +379,7 @@ static void run_p2p(mstate *m, hm_comm_t comm, hm_dtype dt, size_t count, unsign
   hm_status st;
   /* 1. ring in a group: everyone sends right and receives from the left at once. */
   int right = (r + 1) % n, left = (r + n - 1) % n;
+  if (m->dev) goto blocking; /* device buffers: blocking calls only */
   snprintf(what, sizeof what, "grouped ring send/recv %s count %zu n %d", hm_dtype_name(dt), count, n);
   for (size_t i = 0; i < count; i++) hm_tv_set(a, dt, i, mov_val(dt, r, right, i));
   memset(b, 0xA5, count * es);
@@ -333,6 +417,7 @@ static void run_p2p(mstate *m, hm_comm_t comm, hm_dtype dt, size_t count, unsign
     for (size_t i = 0; i < count; i++)
       if (check_elem(m, what, b, dt, (size_t)p * count + i, mov_val(dt, p, r, i), 0)) return;
 
+blocking:
   /* 3. blocking: rank 0 sends to each rank in turn, then each rank answers rank 0. */
   if (n >= 2) {
     snprintf(what, sizeof what, "blocking send/recv %s count %zu n %d", hm_dtype_name(dt), count, n);
@@ -340,21 +425,21 @@ static void run_p2p(mstate *m, hm_comm_t comm, hm_dtype dt, size_t count, unsign
     if (r == 0) {
       for (int p = 1; p < n && st == HM_OK; p++) {
         for (size_t i = 0; i < count; i++) hm_tv_set(a, dt, i, mov_val(dt, 0, p, i));
-        st = hm_comm_send(comm, a, count, dt, p);
+        st = m_send(m, comm, a, count, dt, p);
       }
       for (int p = 1; p < n && st == HM_OK; p++) {
         memset(b, 0xA5, count * es);
-        st = hm_comm_recv(comm, b, count, dt, p);
+        st = m_recv(m, comm, b, count, dt, p);
         for (size_t i = 0; st == HM_OK && i < count; i++)
           if (check_elem(m, what, b, dt, i, mov_val(dt, p, 0, i), 0)) return;
       }
     } else {
       memset(b, 0xA5, count * es);
-      st = hm_comm_recv(comm, b, count, dt, 0);
+      st = m_recv(m, comm, b, count, dt, 0);
       for (size_t i = 0; st == HM_OK && i < count; i++)
         if (check_elem(m, what, b, dt, i, mov_val(dt, 0, r, i), 0)) return;
       for (size_t i = 0; i < count; i++) hm_tv_set(a, dt, i, mov_val(dt, r, 0, i));
-      if (st == HM_OK) st = hm_comm_send(comm, a, count, dt, 0);
+      if (st == HM_OK) st = m_send(m, comm, a, count, dt, 0);
     }
     m->cases++;
     if (st != HM_OK) {
@@ -362,6 +447,7 @@ static void run_p2p(mstate *m, hm_comm_t comm, hm_dtype dt, size_t count, unsign
       return;
     }
   }
+  if (m->dev) return;
 
   /* 4. nonblocking ring: isend/irecv, then wait (receive first). */
   snprintf(what, sizeof what, "isend/irecv ring %s count %zu n %d", hm_dtype_name(dt), count, n);
@@ -511,6 +597,43 @@ static void check_algorithm(mstate *m, hm_comm_t comm) {
   }
 }
 
+/* The spec rank r of the current pattern opens: item r % len of its '+'-separated list. */
+static void pattern_spec(int pattern, int r, char *out, size_t cap) {
+  const char *items[8];
+  size_t lens[8];
+  int n = 0;
+  for (const char *p = g_patterns[pattern]; n < 8;) {
+    const char *e = strchr(p, '+');
+    items[n] = p;
+    lens[n++] = e ? (size_t)(e - p) : strlen(p);
+    if (!e) break;
+    p = e + 1;
+  }
+  int k = r % n;
+  snprintf(out, cap, "%.*s", (int)lens[k], items[k]);
+}
+
+static int device_setup(mstate *m, size_t bytes) {
+  char spec[128];
+  pattern_spec(g_cur_pattern, m->r, spec, sizeof spec);
+  hm_status st = hm_device_open(spec, &m->dev);
+  if (st == HM_OK) st = hm_device_alloc(m->dev, (void **)&m->da, bytes, "matrix buffer a");
+  if (st == HM_OK) st = hm_device_alloc(m->dev, (void **)&m->db, bytes, "matrix buffer b");
+  if (st == HM_OK) st = hm_comm_register_device(m->ctx->comm, m->dev);
+  if (st != HM_OK) return hm_rank_fail(m->ctx, "device %s: %s: %s", spec, hm_status_name(st), hm_last_error());
+  return 0;
+}
+
+static void device_teardown(mstate *m) {
+  if (!m->dev) return;
+  hm_status st = hm_comm_register_device(m->ctx->comm, NULL);
+  if (st != HM_OK) mfail(m, "unregistering the device: %s", hm_last_error());
+  hm_device_free(m->dev, m->da);
+  hm_device_free(m->dev, m->db);
+  hm_device_close(m->dev);
+  m->dev = NULL;
+}
+
 static int rank_matrix(hm_rank_ctx *ctx) {
   mstate m = {.n = ctx->nranks, .r = ctx->rank, .ctx = ctx};
   hm_comm_t comm = ctx->comm;
@@ -526,6 +649,13 @@ static int rank_matrix(hm_rank_ctx *ctx) {
     free(a), free(b);
     return hm_rank_fail(ctx, "cannot allocate 2 x %zu bytes", bytes);
   }
+  if (g_npatterns && device_setup(&m, bytes) != 0) {
+    free(a), free(b);
+    device_teardown(&m);
+    return 1;
+  }
+  m.a = a, m.b = b, m.cap = bytes;
+  run_device_refusals(&m, comm);
   static const hm_coll_kind reds[] = {HM_COLL_ALLREDUCE, HM_COLL_REDUCE, HM_COLL_REDUCE_SCATTER};
   static const hm_coll_kind movs[] = {HM_COLL_BROADCAST, HM_COLL_ALLGATHER, HM_COLL_ALLTOALL,
                                       HM_COLL_GATHER, HM_COLL_SCATTER};
@@ -534,6 +664,13 @@ static int rank_matrix(hm_rank_ctx *ctx) {
     int big = g_big_subset && count >= g_big_subset;
     for (int d = 0; d < HM_DTYPE_COUNT; d++) {
       hm_dtype dt = (hm_dtype)d;
+      if (g_device_big) { /* device mode, large count: allreduce on f32 and i32, every op */
+        if (dt != HM_FLOAT32 && dt != HM_INT32) continue;
+        for (int o = 0; o < HM_REDOP_COUNT; o++)
+          for (int ip = 0; ip < 2; ip++)
+            run_reduction(&m, comm, HM_COLL_ALLREDUCE, dt, (hm_redop)o, ip, count, 0, a, b);
+        continue;
+      }
       /* Big counts: every dtype sums; every op on f32 (and on bf16/i8 for allreduce); data
        * movement once per element width, since it never looks at the values' type. */
       int width_rep = dt == HM_INT8 || dt == HM_BFLOAT16 || dt == HM_FLOAT32 || dt == HM_FLOAT64;
@@ -551,13 +688,14 @@ static int rank_matrix(hm_rank_ctx *ctx) {
           run_movement(&m, comm, movs[c], dt, ip, count, (d * 3 + (int)c + k) % m.n, a, b);
       if (!big || dt == HM_INT8 || dt == HM_FLOAT64) run_p2p(&m, comm, dt, count, a, b);
     }
-    run_nonblocking(&m, comm, count);
+    if (!m.dev) run_nonblocking(&m, comm, count);
     hm_status st = hm_comm_barrier(comm);
     m.cases++;
     if (st != HM_OK) mfail(&m, "barrier: %s: %s", hm_status_name(st), hm_last_error());
     if (m.fails > 50) break; /* enough to diagnose; the rest would only repeat it */
   }
   check_algorithm(&m, comm);
+  device_teardown(&m);
   run_split(&m, comm);
   free(a), free(b);
   ctx->value = m.cases;
@@ -565,10 +703,30 @@ static int rank_matrix(hm_rank_ctx *ctx) {
   return m.fails != 0;
 }
 
+/* Whether spec opens, tried in a child so that this process never initialises OpenCL before it
+ * forks the ranks. */
+static int device_available(const char *spec) {
+  pid_t pid = fork();
+  if (pid < 0) return 0;
+  if (pid == 0) {
+    hm_device *dev = NULL;
+    int ok = hm_device_open(spec, &dev) == HM_OK;
+    hm_device_close(dev);
+    _exit(ok ? 0 : 1);
+  }
+  int ws = 0;
+  while (waitpid(pid, &ws, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(ws) && WEXITSTATUS(ws) == 0;
+}
+
 static void test_matrix(void **state) {
   (void)state;
   int total_failed = 0;
+  for (int pat = 0; pat < (g_npatterns ? g_npatterns : 1); pat++)
   for (int k = 0; k < g_nranks_list; k++) {
+    g_cur_pattern = pat;
+    if (g_npatterns) printf("# devices %s\n", g_patterns[pat]);
     hm_ranks_opts o = {.nranks = g_ranks[k], .timeout_s = g_timeout};
     hm_rank_result res[HM_RANKS_MAX];
     static char diag[16384];
@@ -599,14 +757,27 @@ int main(int argc, char **argv) {
   size_t ranks[8];
   g_nranks_list = parse_list("1,2,3,4,8", ranks, 8);
   g_ncounts = parse_list("0,1,7,1023", g_counts, MAX_COUNTS);
-  for (int i = 1; i + 1 < argc; i += 2) {
+  for (int i = 1; i < argc; i += 2) {
+    if (i + 1 == argc && strcmp(argv[i], "--device-big") != 0) {
+      fprintf(stderr, "option %s needs a value\n", argv[i]);
+      return 2;
+    }
     if (strcmp(argv[i], "--ranks") == 0)
       g_nranks_list = parse_list(argv[i + 1], ranks, 8);
     else if (strcmp(argv[i], "--counts") == 0)
       g_ncounts = parse_list(argv[i + 1], g_counts, MAX_COUNTS);
     else if (strcmp(argv[i], "--big-subset") == 0)
       g_big_subset = strtoull(argv[i + 1], NULL, 10);
-    else if (strcmp(argv[i], "--timeout") == 0)
+    else if (strcmp(argv[i], "--devices") == 0) {
+      char list[sizeof g_patterns];
+      snprintf(list, sizeof list, "%s", argv[i + 1]);
+      for (char *save = NULL, *t = strtok_r(list, "/", &save); t && g_npatterns < MAX_PATTERNS;
+           t = strtok_r(NULL, "/", &save))
+        snprintf(g_patterns[g_npatterns++], sizeof g_patterns[0], "%s", t);
+    } else if (strcmp(argv[i], "--device-big") == 0) {
+      g_device_big = 1;
+      i--; /* a flag: no value */
+    } else if (strcmp(argv[i], "--timeout") == 0)
       g_timeout = atof(argv[i + 1]);
     else if (strcmp(argv[i], "--expect-algo") == 0) {
       g_expect_algo = hm_coll_algo_parse(argv[i + 1]);
@@ -626,6 +797,15 @@ int main(int argc, char **argv) {
   }
   for (int k = 0; k < g_nranks_list; k++) g_ranks[k] = (int)ranks[k];
   g_verbose = getenv("HM_MATRIX_VERBOSE") != NULL;
+  for (int p = 0; p < g_npatterns; p++)
+    for (int r = 0; r < 8; r++) {
+      char spec[128];
+      pattern_spec(p, r, spec, sizeof spec);
+      if (!device_available(spec)) {
+        printf("# SKIP: device %s is not available here (backend not built, or no OpenCL device)\n", spec);
+        return 77;
+      }
+    }
   const struct CMUnitTest tests[] = {cmocka_unit_test(test_matrix)};
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,36 @@
+/* hmcomm's bridge to device memory (device_staging.c): the device a communicator's buffers
+ * live on (hm_comm_register_device) and the ring of pinned host slots through which a staged
+ * collective or send/receive moves, chunk by chunk, with the device copies overlapping the
+ * transfers. It sits above the collective algorithms: each chunk is an ordinary host-memory
+ * collective (or message) on the slots. Internal to src/comm. */
+#ifndef HETMIX_COMM_DEVICE_STAGING_H
+#define HETMIX_COMM_DEVICE_STAGING_H
+
+#include <stddef.h>
+
+#include "hetmix/comm.h"
+#include "hetmix/cost.h"
+#include "hetmix/device.h"
+
+#define HM_STAGE_MAX_SLOTS 16
+
+typedef struct hm_devstage {
+  hm_device *dev;  /* NULL: buffers are host memory (the plain path, untouched) */
+  int host;        /* the device's addresses are host pointers: chunks pass through in place */
+  size_t chunk;    /* bytes of one slot side [1 MiB]  HETMIX_STAGE_CHUNK */
+  int nslots;      /* slots in the ring [4]            HETMIX_STAGE_SLOTS */
+  void *send[HM_STAGE_MAX_SLOTS], *recv[HM_STAGE_MAX_SLOTS]; /* pinned, made on first use */
+} hm_devstage;
+
+/* A collective whose buffers are on the registered device (arguments already checked). */
+hm_status hm_devstage_coll(hm_comm_t c, hm_coll_kind kind, const void *sendbuf, void *recvbuf, size_t count,
+                           hm_dtype dt, hm_redop op, int root);
+/* A blocking send or receive of a buffer on the registered device (arguments checked). */
+hm_status hm_devstage_p2p(hm_comm_t c, void *buf, size_t count, hm_dtype dt, int peer, int is_send);
+
+/* comm.c: the host-memory paths the staging layer drives, one chunk at a time. */
+hm_status hm_comm_coll_host(hm_comm_t c, hm_coll_kind kind, const void *sendbuf, void *recvbuf, size_t count,
+                            hm_dtype dt, hm_redop op, int root);
+hm_status hm_comm_p2p_host(hm_comm_t c, void *buf, size_t count, hm_dtype dt, int peer, int is_send);
+
+#endif
