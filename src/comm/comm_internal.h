@@ -295,8 +295,14 @@ hm_status hm_xfer_run(const hm_xctx *ctx, hm_xfer *x, int n);
  * spinning and yielding, leaving the cores to the threads that compute. */
 void hm_xfer_background(int on);
 
+/* ---- liveness (liveness.c): error state, control connections, heartbeats ---- */
 /* Checks the control connections (dead peers, error notices), abort and broken state. */
 hm_status hm_comm_check_health(hm_comm_t c, int poll_ms);
+/* The same, also polling nextra more descriptors (a transport's sockets) for up to poll_ms. */
+struct pollfd;
+hm_status hm_comm_health_poll(hm_comm_t c, struct pollfd *extra, int nextra, int poll_ms);
+/* Fails the communicator with HM_ERR_PEER_DEAD: rank r's process is gone (`how` it showed). */
+hm_status hm_comm_peer_gone(hm_comm_t c, int r, const char *how);
 /* Marks the communicator broken with st (first error wins) and tells the peers. */
 hm_status hm_comm_fail(hm_comm_t c, hm_status st, int notify);
 /* Writes one frame on rank r's control connection (serialized with the heartbeat thread). */
