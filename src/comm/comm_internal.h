@@ -158,9 +158,7 @@ hm_status hm_shm_segment_create(const char *name, size_t bytes, void **base);
  * least min_age_s old (leftovers of a rank killed during bootstrap); returns how many. The
  * first hm_shm_segment_create of a process runs it with 10 minutes. */
 int hm_shm_sweep_stale(int min_age_s);
-hm_status hm_shm_segment_open(const char *name, size_t bytes, void **base);
 size_t hm_shm_ring_bytes(uint32_t nslots, uint32_t payload);
-void hm_shm_chan_init(hm_shm_chan *c, void *ring, uint32_t nslots, uint32_t payload);
 /* Same-host peers read it with process_vm_readv at bootstrap to learn whether single copy works. */
 extern const uint64_t hm_shm_cma_probe;
 
@@ -331,9 +329,10 @@ hm_status hm_comm_fail(hm_comm_t c, hm_status st, int notify);
 hm_status hm_comm_ctrl_send(hm_comm_t c, int r, int type, uint32_t aux, const void *payload,
                             uint32_t len, int timeout_ms);
 hm_status hm_comm_heartbeat_start(hm_comm_t c);
-void hm_comm_free_requests(hm_comm_t c);
 void hm_comm_heartbeat_stop(hm_comm_t c);
-char *hm_comm_scratch(hm_comm_t c, size_t bytes);
+
+void hm_comm_free_requests(hm_comm_t c);         /* comm.c */
+char *hm_comm_scratch(hm_comm_t c, size_t bytes); /* engine.c: the collectives' scratch buffer */
 
 /* ---- collectives (coll.c) ---- */
 typedef struct hm_coll_args {

@@ -34,7 +34,7 @@ size_t hm_shm_ring_bytes(uint32_t nslots, uint32_t payload) {
   return sizeof(hm_shm_ring_ctl) + (size_t)nslots * (payload + 64);
 }
 
-void hm_shm_chan_init(hm_shm_chan *c, void *ring, uint32_t nslots, uint32_t payload) {
+static void chan_init(hm_shm_chan *c, void *ring, uint32_t nslots, uint32_t payload) {
   memset(c, 0, sizeof *c);
   c->ctl = ring;
   c->slots = (char *)ring + sizeof(hm_shm_ring_ctl);
@@ -96,7 +96,7 @@ hm_status hm_shm_segment_create(const char *name, size_t bytes, void **base) {
   return HM_OK;
 }
 
-hm_status hm_shm_segment_open(const char *name, size_t bytes, void **base) {
+static hm_status segment_open(const char *name, size_t bytes, void **base) {
   int fd = shm_open(name, O_RDWR | O_CLOEXEC, 0600);
   if (fd < 0) return hm_error(HM_ERR_IO, "shm_open(%s) of a peer: %s", name, strerror(errno));
   struct stat sb;
@@ -145,12 +145,12 @@ static hm_status shm_connect(hm_comm_t c, int r, const hm_rank_info *mine, const
   hm_shm_peer *s = &c->peers[r].shm;
   uint32_t slots = (uint32_t)peer->shm_slots, payload = (uint32_t)peer->shm_payload;
   s->seg_bytes = HM_SHM_HDR_BYTES + (size_t)c->nranks * hm_shm_ring_bytes(slots, payload);
-  HM_TRY(hm_shm_segment_open(peer->shm_name, s->seg_bytes, &s->seg));
+  HM_TRY(segment_open(peer->shm_name, s->seg_bytes, &s->seg));
   s->bell = s->seg;
-  hm_shm_chan_init(&s->tx, (char *)s->seg + HM_SHM_HDR_BYTES + (size_t)c->rank * hm_shm_ring_bytes(slots, payload),
-                   slots, payload);
+  chan_init(&s->tx, (char *)s->seg + HM_SHM_HDR_BYTES + (size_t)c->rank * hm_shm_ring_bytes(slots, payload), slots,
+            payload);
   uint32_t ms = (uint32_t)mine->shm_slots, mp = (uint32_t)mine->shm_payload;
-  hm_shm_chan_init(&s->rx, (char *)c->shm_base + HM_SHM_HDR_BYTES + (size_t)r * hm_shm_ring_bytes(ms, mp), ms, mp);
+  chan_init(&s->rx, (char *)c->shm_base + HM_SHM_HDR_BYTES + (size_t)r * hm_shm_ring_bytes(ms, mp), ms, mp);
   *ready_aux = c->env.cma && cma_works(peer->pid, peer->cma_probe);
   return HM_OK;
 }
