@@ -2,7 +2,7 @@
  * the rendezvous, the authenticated connection mesh, shared-memory setup, split, destroy, abort.
  *
  * Bootstrap: every rank opens a listening socket and its shared-memory segment, publishes a
- * rank_info, reads everyone's (from the store, or for split from an allgather over the parent),
+ * hm_rank_info, reads everyone's (from the store, or for split from an allgather over the parent),
  * connects to every lower rank (control connection; plus a data connection when the pair talks
  * TCP) and accepts the higher ones. Each connection is authenticated both ways with the job
  * secret. A final READY exchange on the control connections means every peer mapped our segment,
@@ -15,39 +15,17 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/uio.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
-#include "comm/comm_internal.h"
+#include "comm/transport/transport.h"
 #include "util/util.h"
 
 #define RANK_INFO_MAGIC 0x464e4948u /* "HINF" */
 
-/* What a rank tells the others at bootstrap (same build on every rank: raw struct bytes,
- * checked by magic and size). */
-typedef struct rank_info {
-  uint32_t magic, size;
-  uint64_t host_key;
-  int32_t pid, port, nranks, shm_payload, shm_slots, has_shm;
-  uint64_t cma_probe;  /* address of g_cma_probe in this process */
-  char addr[64];
-  char shm_name[64];
-  char transport[8];
-} rank_info;
-
 static _Atomic unsigned g_comm_counter;
-static const uint64_t g_cma_probe = 0x434d412070726f62ull; /* read by same-host peers to test CMA */
-
-/* Can this process read the peer's memory with process_vm_readv (same user, no ptrace limits,
- * not forbidden by seccomp)? */
-static int cma_works(int pid, uint64_t addr) {
-  uint64_t v = 0;
-  struct iovec l = {&v, sizeof v}, r = {(void *)(uintptr_t)addr, sizeof v};
-  return process_vm_readv(pid, &l, 1, &r, 1, 0) == (ssize_t)sizeof v && v == g_cma_probe;
-}
 
 /* ---- unique id ---- */
 typedef struct id_layout {
@@ -210,17 +188,14 @@ static void comm_free(hm_comm_t c) {
   if (c->peers) {
     for (int r = 0; r < c->nranks; r++) {
       hm_peer *p = &c->peers[r];
+      if (p->tp) p->tp->close(c, r);
       if (p->ctrl_fd >= 0) close(p->ctrl_fd);
       if (p->data_fd >= 0) close(p->data_fd);
-      free(p->rx_buf);
-      if (c->peer_shm && c->peer_shm[r]) munmap(c->peer_shm[r], c->peer_shm_bytes[r]);
     }
   }
   if (c->shm_base) munmap(c->shm_base, c->shm_bytes);
   if (c->listen_fd >= 0) close(c->listen_fd);
   free(c->peers);
-  free(c->peer_shm);
-  free(c->peer_shm_bytes);
   free(c->scratch);
   free(c->cma_tmp);
   free(c->last_heard);
@@ -233,8 +208,8 @@ static void comm_free(hm_comm_t c) {
   free(c);
 }
 
-/* Opens the listening socket and shared-memory segment, fills our rank_info. */
-static hm_status prepare_local(hm_comm_t c, rank_info *me, char *shm_name, size_t shm_cap) {
+/* Opens the listening socket and shared-memory segment, fills our hm_rank_info. */
+static hm_status prepare_local(hm_comm_t c, hm_rank_info *me, char *shm_name, size_t shm_cap) {
   int port;
   HM_TRY(hm_net_listen(c->listen_addr, 0, &c->listen_fd, &port));
   hm_log(HM_LOG_DEBUG, "bootstrap: accepting peers on %s:%d", c->listen_addr, port);
@@ -245,7 +220,7 @@ static hm_status prepare_local(hm_comm_t c, rank_info *me, char *shm_name, size_
   me->pid = (int32_t)getpid();
   me->port = port;
   me->nranks = c->nranks;
-  me->cma_probe = (uint64_t)(uintptr_t)&g_cma_probe;
+  me->cma_probe = (uint64_t)(uintptr_t)&hm_shm_cma_probe;
   hm_strcpy(me->addr, sizeof me->addr, c->listen_addr);
   hm_strcpy(me->transport, sizeof me->transport, c->transport);
   /* ring geometry: up to 4 ranks 8 slots of 64 KiB (a 512 KiB ring, the size of a core's L2
@@ -276,7 +251,7 @@ static int take_peer_conn(void *arg, const hm_wire_hello *hello, int fd, const c
   int r = hello->rank, me = c->rank;
   hm_peer *p = (r > me && r < c->nranks) ? &c->peers[r] : NULL;
   int *slot = !p ? NULL : hello->purpose == HM_CONN_CTRL ? &p->ctrl_fd
-                        : (hello->purpose == HM_CONN_DATA && !p->is_shm) ? &p->data_fd : NULL;
+                        : (hello->purpose == HM_CONN_DATA && p->tp->data_conns) ? &p->data_fd : NULL;
   if (!slot || *slot >= 0) {
     hm_log(HM_LOG_WARN, "rank %d: refused connection from %s (authenticated as rank %d): unexpected rank / purpose %u",
            me, who, r, (unsigned)hello->purpose);
@@ -286,16 +261,11 @@ static int take_peer_conn(void *arg, const hm_wire_hello *hello, int fd, const c
   return 1;
 }
 
-/* Mesh, shared memory and the READY exchange, once everyone's rank_info is known. */
-static hm_status connect_mesh(hm_comm_t c, const rank_info *info, uint64_t deadline) {
+/* Checks everyone's bootstrap record against ours and picks each pair's transport. */
+static hm_status check_table(hm_comm_t c, const hm_rank_info *info) {
   const int n = c->nranks, me = c->rank;
-  c->peers = hm_calloc((size_t)n, sizeof(hm_peer), "peers");
-  c->peer_shm = hm_calloc((size_t)n, sizeof(void *), "peer segments");
-  c->peer_shm_bytes = hm_calloc((size_t)n, sizeof(size_t), "peer segment sizes");
-  if (!c->peers || !c->peer_shm || !c->peer_shm_bytes) return HM_ERR_NOMEM;
-  int any_tcp = 0;
   for (int r = 0; r < n; r++) {
-    const rank_info *ri = &info[r];
+    const hm_rank_info *ri = &info[r];
     if (ri->magic != RANK_INFO_MAGIC || ri->size != sizeof *ri)
       return hm_error(HM_ERR_PROTOCOL, "rank %d published a malformed bootstrap record (different hetmix build?)", r);
     if (ri->nranks != n)
@@ -303,22 +273,21 @@ static hm_status connect_mesh(hm_comm_t c, const rank_info *info, uint64_t deadl
     if (strcmp(ri->transport, c->transport) != 0)
       return hm_error(HM_ERR_MISMATCH, "rank %d uses transport '%s', this rank '%s' (HETMIX_TRANSPORT must agree)",
                       r, ri->transport, c->transport);
-    for (int q = 0; q < r; q++) {
-      int shm = info[q].host_key == ri->host_key && info[q].has_shm && ri->has_shm;
-      if (!shm) any_tcp = 1;
-      if (!shm && strcmp(c->transport, "shm") == 0)
+    for (int q = 0; q < r; q++)
+      if (hm_transport_select(&info[q], ri) != &hm_transport_shm && strcmp(c->transport, "shm") == 0)
         return hm_error(HM_ERR_UNSUPPORTED, "transport=shm but ranks %d and %d are on different hosts", q, r);
-    }
-    hm_peer *p = &c->peers[r];
-    p->ctrl_fd = p->data_fd = -1;
-    p->pid = ri->pid;
-    p->is_shm = r != me && info[me].host_key == ri->host_key && info[me].has_shm && ri->has_shm;
+    c->peers[r].pid = ri->pid;
+    c->peers[r].tp = r == me ? NULL : hm_transport_select(&info[me], ri);
   }
-  /* Waits spin briefly, then yield while this host's ranks fit its cores (like Open MPI's
-   * yield-when-idle, it keeps a loaded machine's scheduler on our side), then sleep on the
-   * doorbell. With more ranks than cores they sleep right after the spin. */
+  return HM_OK;
+}
+
+/* Waits spin briefly, then yield while this host's ranks fit its cores (like Open MPI's
+ * yield-when-idle, it keeps a loaded machine's scheduler on our side), then sleep on the
+ * doorbell. With more ranks than cores they sleep right after the spin. */
+static void wait_policy(hm_comm_t c) {
   int local = 1;
-  for (int r = 0; r < n; r++) local += r != me && c->peers[r].is_shm;
+  for (int r = 0; r < c->nranks; r++) local += c->peers[r].tp && (c->peers[r].tp->caps & HM_TP_LOCAL);
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
   long spin_us = c->env.spin_us >= 0 ? c->env.spin_us : 20;
   long yield_us = c->env.yield_us >= 0 ? c->env.yield_us : local <= cpus ? 10000000 : 0;
@@ -328,17 +297,17 @@ static hm_status connect_mesh(hm_comm_t c, const rank_info *info, uint64_t deadl
    * preempted briefly, and a yield then costs a time slice; bandwidth-bound ones yield sooner. */
   long small_us = c->env.spin_small_us >= 0 ? c->env.spin_small_us : local <= cpus ? 2000 : spin_us;
   c->spin_small_ns = (uint64_t)small_us * 1000u;
-  /* tuner constants: the same on every rank because they derive from the shared table */
-  if (any_tcp)
-    c->link = (hm_link){3e9, 25e-6, 6e9};
-  else
-    c->link = (hm_link){8e9, 1.5e-6, 6e9};
-  for (int r = 0; r < me; r++) { /* connect down */
+}
+
+/* Connects to every lower rank: the control connection, plus the data connections its
+ * transport wants. */
+static hm_status connect_down(hm_comm_t c, const hm_rank_info *info, uint64_t deadline) {
+  for (int r = 0; r < c->rank; r++) {
     hm_peer *p = &c->peers[r];
-    for (int purpose = HM_CONN_CTRL; purpose <= (p->is_shm ? HM_CONN_CTRL : HM_CONN_DATA); purpose++) {
+    for (int purpose = HM_CONN_CTRL; purpose <= HM_CONN_CTRL + p->tp->data_conns; purpose++) {
       int fd = -1;
       hm_status st = hm_net_connect(info[r].addr, info[r].port, deadline, &fd);
-      if (st == HM_OK) st = hm_auth_connect(fd, c->tag, c->secret, me, purpose, deadline);
+      if (st == HM_OK) st = hm_auth_connect(fd, c->tag, c->secret, c->rank, purpose, deadline);
       if (st != HM_OK) {
         if (fd >= 0) close(fd);
         return hm_error_context(st, "connecting to rank %d at %s:%d: ", r, info[r].addr, info[r].port);
@@ -346,44 +315,47 @@ static hm_status connect_mesh(hm_comm_t c, const rank_info *info, uint64_t deadl
       if (purpose == HM_CONN_CTRL) p->ctrl_fd = fd; else p->data_fd = fd;
     }
   }
-  int expected = 0;
-  for (int r = me + 1; r < n; r++) expected += c->peers[r].is_shm ? 1 : 2;
-  hm_status ast = hm_mesh_accept(c->listen_fd, c->tag, c->secret, me, expected, take_peer_conn, c, deadline);
-  if (ast != HM_OK) return ast;
-  for (int r = 0; r < n; r++) {
-    hm_peer *p = &c->peers[r];
+  return HM_OK;
+}
+
+/* Sets up every peer's transport and exchanges READY both ways: after it every peer has mapped
+ * our segment; aux carries what the transport tells the peer (shm: whether we can read its
+ * memory directly, so it may send us large transfers single-copy). */
+static hm_status connect_transports(hm_comm_t c, const hm_rank_info *info, uint64_t deadline) {
+  const int me = c->rank;
+  for (int r = 0; r < c->nranks; r++) {
     if (r == me) continue;
-    if (p->data_fd >= 0) {
-      hm_net_tune(p->data_fd, 1);
-      p->rx_buf = hm_malloc(c->tcp_chunk, "tcp receive staging");
-      if (!p->rx_buf) return HM_ERR_NOMEM;
-    }
-    if (p->is_shm) {
-      uint32_t slots = (uint32_t)info[r].shm_slots, payload = (uint32_t)info[r].shm_payload;
-      c->peer_shm_bytes[r] = HM_SHM_HDR_BYTES + (size_t)n * hm_shm_ring_bytes(slots, payload);
-      HM_TRY(hm_shm_segment_open(info[r].shm_name, c->peer_shm_bytes[r], &c->peer_shm[r]));
-      p->bell = c->peer_shm[r];
-      hm_shm_chan_init(&p->tx, (char *)c->peer_shm[r] + HM_SHM_HDR_BYTES + (size_t)me * hm_shm_ring_bytes(slots, payload),
-                       slots, payload);
-      uint32_t ms = (uint32_t)info[me].shm_slots, mp = (uint32_t)info[me].shm_payload;
-      hm_shm_chan_init(&p->rx, (char *)c->shm_base + HM_SHM_HDR_BYTES + (size_t)r * hm_shm_ring_bytes(ms, mp), ms, mp);
-    }
+    uint32_t aux = 0;
+    HM_TRY(c->peers[r].tp->connect(c, r, &info[me], &info[r], &aux));
+    HM_TRY(hm_net_send_frame(c->peers[r].ctrl_fd, HM_WIRE_CTRL_READY, 0, 0, aux, NULL, 0, deadline));
   }
-  /* READY both ways: after it every peer has mapped our segment; aux says whether we can read
-   * the peer's memory directly (so it may send us large transfers single-copy) */
-  for (int r = 0; r < n; r++)
-    if (r != me)
-      HM_TRY(hm_net_send_frame(c->peers[r].ctrl_fd, HM_WIRE_CTRL_READY, 0, 0,
-                               c->peers[r].is_shm && c->env.cma && cma_works(info[r].pid, info[r].cma_probe), NULL, 0, deadline));
-  for (int r = 0; r < n; r++) {
+  for (int r = 0; r < c->nranks; r++) {
     if (r == me) continue;
     hm_wire_hdr h;
     hm_status st = hm_net_recv_frame(c->peers[r].ctrl_fd, &h, NULL, 0, deadline);
     if (st == HM_OK && h.type != HM_WIRE_CTRL_READY)
       st = hm_error(HM_ERR_PROTOCOL, "expected READY, got frame type %u", (unsigned)h.type);
     if (st != HM_OK) return hm_error_context(st, "bootstrap with rank %d: ", r);
-    c->peers[r].peer_reads_me = c->peers[r].is_shm && h.aux == 1;
+    if (c->peers[r].tp->ready) c->peers[r].tp->ready(c, r, h.aux);
   }
+  return HM_OK;
+}
+
+/* Mesh, transports and the READY exchange, once everyone's hm_rank_info is known. */
+static hm_status connect_mesh(hm_comm_t c, const hm_rank_info *info, uint64_t deadline) {
+  const int n = c->nranks, me = c->rank;
+  c->peers = hm_calloc((size_t)n, sizeof(hm_peer), "peers");
+  if (!c->peers) return HM_ERR_NOMEM;
+  for (int r = 0; r < n; r++) c->peers[r].ctrl_fd = c->peers[r].data_fd = -1;
+  HM_TRY(check_table(c, info));
+  wait_policy(c);
+  /* tuner constants: the same on every rank because they derive from the shared table */
+  hm_transport_job_link(info, n, &c->link);
+  HM_TRY(connect_down(c, info, deadline));
+  int expected = 0;
+  for (int r = me + 1; r < n; r++) expected += 1 + c->peers[r].tp->data_conns;
+  HM_TRY(hm_mesh_accept(c->listen_fd, c->tag, c->secret, me, expected, take_peer_conn, c, deadline));
+  HM_TRY(connect_transports(c, info, deadline));
   close(c->listen_fd);
   c->listen_fd = -1;
   return hm_comm_heartbeat_start(c);
@@ -399,11 +371,11 @@ static hm_status init_with_store(hm_comm_t *out, int nranks, int rank, const uns
   memcpy(c->tag, tag, HM_WIRE_TAG_BYTES);
   memcpy(c->secret, secret, HM_SECRET_BYTES);
   char shm_name[64] = "";
-  rank_info *info = NULL;
+  hm_rank_info *info = NULL;
   hm_store_client sc = {-1, 0};
   hm_status st = resolve_config(c, cfg);
   uint64_t deadline = hm_deadline_after_ms((uint64_t)c->cfg.timeout_ms);
-  rank_info me;
+  hm_rank_info me;
   if (st == HM_OK) st = prepare_local(c, &me, shm_name, sizeof shm_name);
   if (st == HM_OK) st = hm_store_connect(&sc, host, port, tag, secret, rank, deadline);
   char key[64];
@@ -631,7 +603,7 @@ hm_status hm_comm_init_env(hm_comm_t *comm, const hm_comm_config *cfg) {
 typedef struct split_rec {
   int32_t color, key, rank;
   int32_t pad;
-  rank_info info;
+  hm_rank_info info;
 } split_rec;
 
 static int cmp_split(const void *a, const void *b) {
@@ -687,7 +659,7 @@ hm_status hm_comm_split(hm_comm_t comm, int color, int key, hm_comm_t *newcomm, 
     for (int r = 0; r < comm->nranks; r++)
       if (all[r].color == color) all[n++] = all[r];
     qsort(all, (size_t)n, sizeof *all, cmp_split);
-    rank_info *info = hm_calloc((size_t)n, sizeof *info, "split bootstrap table");
+    hm_rank_info *info = hm_calloc((size_t)n, sizeof *info, "split bootstrap table");
     if (!info) st = HM_ERR_NOMEM;
     for (int i = 0; i < n && st == HM_OK; i++) {
       info[i] = all[i].info;

@@ -113,7 +113,7 @@ void hm_copy_stream(void *dst, const void *src, size_t n);
  * back soon (the data is far beyond the caches' share of one operation). */
 #define HM_STREAM_MIN_BYTES (2u << 20)
 
-/* ---- shared-memory rings (shm.c) ---- */
+/* ---- shared-memory segments and rings (transport/shm.c) ---- */
 /* One single-producer single-consumer ring of slots, living in the consumer's segment. */
 typedef struct hm_shm_slot {
   _Atomic uint64_t stamp; /* chunk number + 1, stored last (release) by the producer */
@@ -159,21 +159,20 @@ hm_status hm_shm_segment_create(const char *name, size_t bytes, void **base);
  * least min_age_s old (leftovers of a rank killed during bootstrap); returns how many. The
  * first hm_shm_segment_create of a process runs it with 10 minutes. */
 int hm_shm_sweep_stale(int min_age_s);
-hm_status hm_shm_segment_open(const char *name, size_t bytes, void **base);
 size_t hm_shm_ring_bytes(uint32_t nslots, uint32_t payload);
-void hm_shm_chan_init(hm_shm_chan *c, void *ring, uint32_t nslots, uint32_t payload);
+/* Same-host peers read it with process_vm_readv at bootstrap to learn whether single copy works. */
+extern const uint64_t hm_shm_cma_probe;
 
-/* ---- communicator ---- */
-typedef struct hm_peer {
-  int is_shm;
-  int left;         /* sent BYE: its queued data may still be read, nothing more comes */
-  int ctrl_fd;      /* authenticated control connection (death detection, error notices) */
-  int data_fd;      /* TCP data connection (-1 for shared memory peers) */
-  int pid;
-  hm_shm_chan tx, rx;  /* shared memory: we produce into the peer's segment, consume ours */
+/* The shared-memory channel with one peer (transport/shm.c). */
+typedef struct hm_shm_peer {
+  hm_shm_chan tx, rx;  /* we produce into the peer's segment, consume ours */
   int peer_reads_me;   /* the peer can process_vm_readv from this process (probed at bootstrap) */
   hm_shm_bell *bell;   /* the peer's doorbell (in its segment) */
-  /* TCP data: frame being sent and frame being received */
+  void *seg;           /* the peer's segment, mapped */
+  size_t seg_bytes;
+} hm_shm_peer;
+/* The TCP data channel with one peer (transport/tcp.c): frame being sent and frame being received. */
+typedef struct hm_tcp_peer {
   unsigned char tx_hdr[HM_WIRE_HDR_BYTES];
   const char *tx_data;
   size_t tx_len, tx_off; /* bytes of header+payload written */
@@ -182,6 +181,29 @@ typedef struct hm_peer {
   size_t rx_off;          /* header+payload bytes read */
   hm_wire_hdr rx_h;
   char *rx_buf;           /* staging for one chunk */
+} hm_tcp_peer;
+
+/* What a rank tells the others at bootstrap (same build on every rank: raw struct bytes,
+ * checked by magic and size); the transports read what they need of it at connect. */
+typedef struct hm_rank_info {
+  uint32_t magic, size;
+  uint64_t host_key;
+  int32_t pid, port, nranks, shm_payload, shm_slots, has_shm;
+  uint64_t cma_probe;  /* address of hm_shm_cma_probe in this process */
+  char addr[64];
+  char shm_name[64];
+  char transport[8];
+} hm_rank_info;
+
+/* ---- communicator ---- */
+typedef struct hm_peer {
+  const struct hm_transport *tp; /* chosen at bootstrap (transport/transport.h); NULL for self */
+  int left;         /* sent BYE: its queued data may still be read, nothing more comes */
+  int ctrl_fd;      /* authenticated control connection (death detection, error notices) */
+  int data_fd;      /* data connection of a transport that wants one (tp->data_conns), else -1 */
+  int pid;
+  hm_shm_peer shm;
+  hm_tcp_peer tcp;
   uint32_t send_p2p_seq, recv_p2p_seq;
 } hm_peer;
 
@@ -210,8 +232,6 @@ struct hm_comm {
   uint64_t spin_small_ns; /* spin of operations under 1 MiB */
   uint32_t bell_seen;
   size_t shm_bytes;
-  void **peer_shm;  /* peers' segments (mapped) */
-  size_t *peer_shm_bytes;
   uint32_t shm_chunk, tcp_chunk;
   hm_env_knobs env; /* the environment's tuning knobs, checked at init */
   hm_link link;     /* figures the tuner uses: constants every rank agrees on */
@@ -297,17 +317,24 @@ hm_status hm_xfer_run(const hm_xctx *ctx, hm_xfer *x, int n);
  * spinning and yielding, leaving the cores to the threads that compute. */
 void hm_xfer_background(int on);
 
+/* ---- liveness (liveness.c): error state, control connections, heartbeats ---- */
 /* Checks the control connections (dead peers, error notices), abort and broken state. */
 hm_status hm_comm_check_health(hm_comm_t c, int poll_ms);
+/* The same, also polling nextra more descriptors (a transport's sockets) for up to poll_ms. */
+struct pollfd;
+hm_status hm_comm_health_poll(hm_comm_t c, struct pollfd *extra, int nextra, int poll_ms);
+/* Fails the communicator with HM_ERR_PEER_DEAD: rank r's process is gone (`how` it showed). */
+hm_status hm_comm_peer_gone(hm_comm_t c, int r, const char *how);
 /* Marks the communicator broken with st (first error wins) and tells the peers. */
 hm_status hm_comm_fail(hm_comm_t c, hm_status st, int notify);
 /* Writes one frame on rank r's control connection (serialized with the heartbeat thread). */
 hm_status hm_comm_ctrl_send(hm_comm_t c, int r, int type, uint32_t aux, const void *payload,
                             uint32_t len, int timeout_ms);
 hm_status hm_comm_heartbeat_start(hm_comm_t c);
-void hm_comm_free_requests(hm_comm_t c);
 void hm_comm_heartbeat_stop(hm_comm_t c);
-char *hm_comm_scratch(hm_comm_t c, size_t bytes);
+
+void hm_comm_free_requests(hm_comm_t c);         /* comm.c */
+char *hm_comm_scratch(hm_comm_t c, size_t bytes); /* engine.c: the collectives' scratch buffer */
 
 /* ---- collectives (coll.c) ---- */
 typedef struct hm_coll_args {

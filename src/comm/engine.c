@@ -1,24 +1,21 @@
 /* The transfer engine of hmcomm: runs a set of point-to-point transfers (each a send or a
- * receive of `bytes` with one peer, over shared memory or TCP) to completion, moving chunks on
- * every channel that can move, so pipelines (forward what arrived, reduce what arrived) and any
- * send/receive pattern complete without deadlock. Every chunk carries the sender's operation
+ * receive of `bytes` with one peer, through that peer's transport table: transport/transport.h)
+ * to completion, moving chunks on every channel that can move, so pipelines (forward what
+ * arrived, reduce what arrived) and any send/receive pattern complete without deadlock. Every chunk carries the sender's operation
  * sequence number and descriptor; a receiver checks both before it touches the data.
  * Waiting: spin on the shared cache lines first (the low-latency path), then yield, then sleep in
  * poll() on the sockets; the control sockets are watched throughout, so a dead peer (EOF), an
- * error notice from a peer, abort() and the deadline all end the wait.
- * Not here: which transfers a collective needs (coll.c). */
-#include <errno.h>
+ * error notice from a peer, abort() and the deadline all end the wait (liveness.c watches them).
+ * Not here: which transfers a collective needs (coll.c), peer liveness (liveness.c). */
 #include <poll.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "comm/comm_internal.h"
+#include "comm/transport/transport.h"
 #include "util/util.h"
 
 static inline void cpu_relax(void) {
@@ -65,225 +62,14 @@ char *hm_comm_scratch(hm_comm_t c, size_t bytes) {
   return c->scratch;
 }
 
-/* ---- errors shared by the whole communicator ---- */
-hm_status hm_comm_fail(hm_comm_t c, hm_status st, int notify) {
-  char msg[512];
-  snprintf(msg, sizeof msg, "%s", hm_last_error());
-  pthread_mutex_lock(&c->err_mu);
-  int first = atomic_load(&c->broken) == HM_OK;
-  if (first) {
-    snprintf(c->broken_msg, sizeof c->broken_msg, "%s", msg);
-    atomic_store(&c->broken, (int)st);
-  }
-  pthread_mutex_unlock(&c->err_mu);
-  if (first && notify) {
-    for (int r = 0; r < c->nranks; r++) {
-      if (r == c->rank || c->peers[r].ctrl_fd < 0) continue;
-      /* best effort: a peer that is gone finds out on its own */
-      hm_comm_ctrl_send(c, r, HM_WIRE_CTRL_ERROR, (uint32_t)st, msg, (uint32_t)strlen(msg), 200);
-    }
-    hm_log(HM_LOG_WARN, "%s", msg);
-  }
-  return hm_error(st, "%s", msg);
-}
-
-static hm_status peer_gone(hm_comm_t c, int r, const char *how) {
-  hm_error(HM_ERR_PEER_DEAD, "rank %d: peer rank %d (pid %d) %s: it died or left the communicator",
-           c->rank, r, c->peers[r].pid, how);
-  return hm_comm_fail(c, HM_ERR_PEER_DEAD, 0);
-}
-
-/* Reads what arrived on control connection r: an error notice or EOF. */
-static hm_status ctrl_event(hm_comm_t c, int r) {
-  hm_wire_hdr h;
-  char msg[512];
-  hm_status st = hm_net_recv_frame(c->peers[r].ctrl_fd, &h, msg, sizeof msg - 1, hm_deadline_after_ms(500));
-  if (st == HM_ERR_PEER_DEAD) return peer_gone(c, r, "closed its connection");
-  if (st != HM_OK) return hm_comm_fail(c, st, 0);
-  c->last_heard[r] = hm_now_ns();
-  if (h.type == HM_WIRE_CTRL_HEARTBEAT) return HM_OK;
-  if (h.type == HM_WIRE_CTRL_BYE) {
-    c->peers[r].left = 1;
-    return HM_OK;
-  }
-  if (h.type == HM_WIRE_CTRL_ERROR) {
-    msg[h.len] = '\0';
-    hm_status pst = (h.aux > HM_OK && h.aux < HM_STATUS_COUNT) ? (hm_status)h.aux : HM_ERR_INTERNAL;
-    hm_error(pst, "rank %d: peer rank %d failed: %s", c->rank, r, msg);
-    return hm_comm_fail(c, pst, 0);
-  }
-  hm_error(HM_ERR_PROTOCOL, "rank %d: unexpected frame type %u on the control connection of rank %d",
-           c->rank, (unsigned)h.type, r);
-  return hm_comm_fail(c, HM_ERR_PROTOCOL, 0);
-}
-
-static hm_status broken_status(hm_comm_t c) {
-  int b = atomic_load(&c->broken);
-  if (b == HM_OK) return HM_OK;
-  pthread_mutex_lock(&c->err_mu);
-  hm_error((hm_status)b, "%s", c->broken_msg);
-  pthread_mutex_unlock(&c->err_mu);
-  return (hm_status)b;
-}
-
-/* Polls the control connections (and extra fds) for up to poll_ms. */
-static hm_status health_poll(hm_comm_t c, struct pollfd *extra, int nextra, int poll_ms) {
-  if (atomic_load(&c->aborted)) return hm_error(HM_ERR_ABORTED, "rank %d: communicator aborted", c->rank);
-  HM_TRY(broken_status(c));
-  struct pollfd pf[256 + 64];
-  int map[256 + 64], n = 0;
-  for (int r = 0; r < c->nranks && n < 256; r++) {
-    if (r == c->rank || c->peers[r].ctrl_fd < 0 || c->peers[r].left) continue;
-    pf[n] = (struct pollfd){c->peers[r].ctrl_fd, POLLIN, 0};
-    map[n++] = r;
-  }
-  int nctrl = n;
-  for (int i = 0; i < nextra && n < 256 + 64; i++) pf[n++] = extra[i];
-  int rc = poll(pf, (nfds_t)n, poll_ms);
-  if (rc > 0)
-    for (int i = 0; i < nctrl; i++)
-      if (pf[i].revents & (POLLIN | POLLHUP | POLLERR)) HM_TRY(ctrl_event(c, map[i]));
-  /* alive but silent (stopped, hung host, cut network): nothing for peer_dead_ms while we wait */
-  if (c->hb_started && c->op_start_ns) {
-    uint64_t now = hm_now_ns(), limit = (uint64_t)c->cfg.peer_dead_ms * 1000000ull;
-    for (int i = 0; i < nctrl; i++) {
-      int r = map[i];
-      uint64_t since = c->last_heard[r] > c->op_start_ns ? c->last_heard[r] : c->op_start_ns;
-      if (now > since + limit) {
-        hm_error(HM_ERR_PEER_DEAD, "rank %d: peer rank %d (pid %d) sent no heartbeat for %d ms: it hangs or is unreachable",
-                 c->rank, r, c->peers[r].pid, (int)((now - since) / 1000000));
-        return hm_comm_fail(c, HM_ERR_PEER_DEAD, 1);
-      }
-    }
-  }
-  return HM_OK;
-}
-
-hm_status hm_comm_check_health(hm_comm_t c, int poll_ms) { return health_poll(c, NULL, 0, poll_ms); }
-
-hm_status hm_comm_ctrl_send(hm_comm_t c, int r, int type, uint32_t aux, const void *payload,
-                            uint32_t len, int timeout_ms) {
-  pthread_mutex_lock(&c->ctrl_mu);
-  hm_status st = c->peers[r].ctrl_fd < 0 ? HM_OK
-                 : hm_net_send_frame(c->peers[r].ctrl_fd, type, 0, 0, aux, payload, len,
-                                     hm_deadline_after_ms((uint64_t)timeout_ms));
-  pthread_mutex_unlock(&c->ctrl_mu);
-  return st;
-}
-
-static void *heartbeat_main(void *arg) {
-  hm_comm_t c = arg;
-  pthread_mutex_lock(&c->hb_mu);
-  while (!c->hb_stop) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    uint64_t ns = (uint64_t)ts.tv_nsec + (uint64_t)c->cfg.heartbeat_ms * 1000000ull;
-    ts.tv_sec += (time_t)(ns / 1000000000ull);
-    ts.tv_nsec = (long)(ns % 1000000000ull);
-    pthread_cond_timedwait(&c->hb_cv, &c->hb_mu, &ts);
-    if (c->hb_stop) break;
-    pthread_mutex_unlock(&c->hb_mu);
-    for (int r = 0; r < c->nranks; r++)
-      if (r != c->rank && !c->peers[r].left) hm_comm_ctrl_send(c, r, HM_WIRE_CTRL_HEARTBEAT, 0, NULL, 0, 100);
-    pthread_mutex_lock(&c->hb_mu);
-  }
-  pthread_mutex_unlock(&c->hb_mu);
-  return NULL;
-}
-
-hm_status hm_comm_heartbeat_start(hm_comm_t c) {
-  if (c->nranks < 2 || c->cfg.heartbeat_ms <= 0 || c->cfg.peer_dead_ms <= 0) return HM_OK;
-  c->last_heard = hm_calloc((size_t)c->nranks, sizeof(uint64_t), "heartbeat times");
-  if (!c->last_heard) return HM_ERR_NOMEM;
-  uint64_t now = hm_now_ns();
-  for (int r = 0; r < c->nranks; r++) c->last_heard[r] = now;
-  if (pthread_create(&c->hb_thread, NULL, heartbeat_main, c) != 0)
-    return hm_error(HM_ERR_INTERNAL, "rank %d: cannot start the heartbeat thread", c->rank);
-  c->hb_started = 1;
-  return HM_OK;
-}
-
-void hm_comm_heartbeat_stop(hm_comm_t c) {
-  if (!c->hb_started) return;
-  pthread_mutex_lock(&c->hb_mu);
-  c->hb_stop = 1;
-  pthread_cond_broadcast(&c->hb_cv);
-  pthread_mutex_unlock(&c->hb_mu);
-  pthread_join(c->hb_thread, NULL);
-  c->hb_started = 0;
-}
-
-/* ---- TCP channel ---- */
-static hm_status tcp_flush(hm_comm_t c, int r) {
-  hm_peer *p = &c->peers[r];
-  while (p->tx_busy) {
-    struct iovec iov[2];
-    int n = 0;
-    if (p->tx_off < HM_WIRE_HDR_BYTES)
-      iov[n++] = (struct iovec){p->tx_hdr + p->tx_off, HM_WIRE_HDR_BYTES - p->tx_off};
-    size_t doff = p->tx_off > HM_WIRE_HDR_BYTES ? p->tx_off - HM_WIRE_HDR_BYTES : 0;
-    if (p->tx_len > HM_WIRE_HDR_BYTES)
-      iov[n++] = (struct iovec){(void *)(p->tx_data + doff), p->tx_len - HM_WIRE_HDR_BYTES - doff};
-    struct msghdr m;
-    memset(&m, 0, sizeof m);
-    m.msg_iov = iov;
-    m.msg_iovlen = (size_t)n;
-    ssize_t w = sendmsg(p->data_fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (w < 0) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return HM_OK;
-      if (errno == EPIPE || errno == ECONNRESET) return peer_gone(c, r, "reset its data connection");
-      hm_error(HM_ERR_IO, "rank %d: send to rank %d: %s", c->rank, r, strerror(errno));
-      return hm_comm_fail(c, HM_ERR_IO, 1);
-    }
-    p->tx_off += (size_t)w;
-    if (p->tx_off == p->tx_len) p->tx_busy = 0;
-  }
-  return HM_OK;
-}
-
-/* Reads toward one complete frame: the header into rx_hdr (decoded into rx_h), then the payload
- * into `payload` (the staging buffer, or the destination itself for plain copies). *ready when
- * the whole frame is there; *have_hdr once the header is. */
-static hm_status tcp_fill(hm_comm_t c, int r, char *payload, int *have_hdr, int *ready) {
-  hm_peer *p = &c->peers[r];
-  for (;;) {
-    *have_hdr = p->rx_off >= HM_WIRE_HDR_BYTES;
-    *ready = *have_hdr && p->rx_off == HM_WIRE_HDR_BYTES + p->rx_h.len;
-    if (*ready || (*have_hdr && !payload)) return HM_OK;
-    char *dst;
-    size_t want;
-    if (!*have_hdr) {
-      dst = (char *)p->rx_hdr + p->rx_off;
-      want = HM_WIRE_HDR_BYTES - p->rx_off;
-    } else {
-      dst = payload + (p->rx_off - HM_WIRE_HDR_BYTES);
-      want = HM_WIRE_HDR_BYTES + p->rx_h.len - p->rx_off;
-    }
-    ssize_t got = recv(p->data_fd, dst, want, MSG_DONTWAIT);
-    if (got == 0) return peer_gone(c, r, "closed its data connection");
-    if (got < 0) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return HM_OK;
-      if (errno == ECONNRESET) return peer_gone(c, r, "reset its data connection");
-      hm_error(HM_ERR_IO, "rank %d: receive from rank %d: %s", c->rank, r, strerror(errno));
-      return hm_comm_fail(c, HM_ERR_IO, 1);
-    }
-    p->rx_off += (size_t)got;
-    if (p->rx_off == HM_WIRE_HDR_BYTES) {
-      hm_status st = hm_wire_decode_header(p->rx_hdr, HM_WIRE_HDR_BYTES, &p->rx_h);
-      if (st == HM_OK && (p->rx_h.type != HM_WIRE_DATA || p->rx_h.len > c->tcp_chunk))
-        st = hm_error(HM_ERR_PROTOCOL, "frame type %u with %u bytes where a data chunk of at most %u was due",
-                      (unsigned)p->rx_h.type, (unsigned)p->rx_h.len, c->tcp_chunk);
-      if (st != HM_OK) {
-        hm_error_context(HM_ERR_PROTOCOL, "rank %d: data from rank %d: ", c->rank, r);
-        return hm_comm_fail(c, HM_ERR_PROTOCOL, 1);
-      }
-    }
-  }
-}
-
-/* ---- one transfer step ---- */
-static hm_status mismatch(const hm_xctx *cx, const hm_xfer *x, uint32_t seq, uint64_t desc) {
+/* ---- what the transports share ---- */
+hm_status hm_xfer_bad_chunk(const hm_xctx *cx, const hm_xfer *x, uint32_t seq, uint64_t desc, uint32_t len) {
   hm_comm_t c = cx->comm;
+  if (seq == x->seq && desc == x->desc) {
+    hm_error(HM_ERR_PROTOCOL, "rank %d: chunk of %u bytes from rank %d where %zu bytes remain",
+             c->rank, len, x->peer, x->bytes - x->done);
+    return hm_comm_fail(c, HM_ERR_PROTOCOL, 1);
+  }
   char theirs[128], mine[128];
   hm_desc_format(desc, theirs, sizeof theirs);
   hm_desc_format(x->desc, mine, sizeof mine);
@@ -298,243 +84,26 @@ static hm_status mismatch(const hm_xctx *cx, const hm_xfer *x, uint32_t seq, uin
   return hm_comm_fail(c, HM_ERR_MISMATCH, 1);
 }
 
-static size_t send_limit(const hm_xfer *x) {
-  if (!x->avail) return x->bytes;
-  size_t a = *x->avail;
-  return a < x->bytes ? a : x->bytes;
-}
-
-/* The next free slot of a shared-memory channel we produce into, or NULL when it is full. */
-static hm_shm_slot *chan_slot(hm_shm_chan *ch) {
-  if (ch->count - ch->seen_consumed >= ch->nslots) {
-    ch->seen_consumed = atomic_load_explicit(&ch->ctl->consumed, memory_order_acquire);
-    if (ch->count - ch->seen_consumed >= ch->nslots) return NULL;
-  }
-  return (hm_shm_slot *)(ch->slots + (size_t)(ch->count % ch->nslots) * ch->stride);
-}
-
-/* Publishes slot s (payload filled) of transfer x to peer q: header, then the stamp (release). */
-static void chan_publish(hm_peer *q, hm_shm_slot *s, const hm_xfer *x, uint32_t len, uint32_t kind) {
-  s->len = len;
-  s->seq = x->seq;
-  s->desc = x->desc;
-  s->kind = kind;
-  s->stream = (uint32_t)x->stream;
-  q->tx.count++;
-  atomic_store_explicit(&s->stamp, q->tx.count, memory_order_release);
-  hm_shm_bell_ring(q->bell);
-}
-
-static hm_status step_send(const hm_xctx *cx, hm_xfer *x, int *progress) {
-  hm_comm_t c = cx->comm;
-  hm_peer *p = &c->peers[x->peer];
-  if (!p->is_shm) HM_TRY(tcp_flush(c, x->peer));
-  for (;;) {
-    if (x->done == x->bytes && x->nchunks > 0) {
-      if (p->is_shm ? (!x->cma_until ||
-                       atomic_load_explicit(&p->tx.ctl->cma_bytes, memory_order_acquire) >= x->cma_until)
-                    : !p->tx_busy)
-        x->finished = 1;
-      return HM_OK;
-    }
-    size_t lim = send_limit(x);
-    size_t n = lim - x->done;
-    if (n == 0 && x->bytes > 0) return HM_OK; /* waiting for the data it forwards */
-    if (p->is_shm) {
-      hm_shm_chan *ch = &p->tx;
-      const int cma = x->cma_ok && p->peer_reads_me && x->bytes >= HM_CMA_MIN_BYTES && n > 0;
-      if (cma) {
-        if (n > HM_CMA_MAX_DESC) n = HM_CMA_MAX_DESC;
-        /* while forwarded data trickles in, describe it in pieces worth a system call */
-        if (n < x->bytes - x->done && n < HM_CMA_MIN_BYTES) return HM_OK;
-      } else if (n > ch->payload) {
-        n = ch->payload;
-      }
-      hm_shm_slot *s = chan_slot(ch);
-      if (!s) return HM_OK;
-      if (cma) {
-        uint64_t addr = (uint64_t)(uintptr_t)(x->src + x->done);
-        memcpy((char *)s + 32, &addr, sizeof addr);
-        ch->cma_posted += n;
-        x->cma_until = ch->cma_posted;
-      } else if (n) {
-        memcpy((char *)s + 32, x->src + x->done, n);
-      }
-      chan_publish(p, s, x, (uint32_t)n, cma ? HM_SLOT_CMA : HM_SLOT_DATA);
-    } else {
-      if (p->tx_busy) return HM_OK;
-      if (n > c->tcp_chunk) n = c->tcp_chunk;
-      hm_wire_hdr h;
-      hm_wire_make_header(&h, HM_WIRE_DATA, x->seq, (uint32_t)n, x->desc, 0);
-      hm_wire_encode_header(&h, p->tx_hdr);
-      p->tx_data = x->src + x->done;
-      p->tx_len = HM_WIRE_HDR_BYTES + n;
-      p->tx_off = 0;
-      p->tx_busy = 1;
-      HM_TRY(tcp_flush(c, x->peer));
-    }
-    x->done += n;
-    x->nchunks++;
-    *progress = 1;
-    if (x->stream && p->is_shm) return HM_OK; /* one chunk a turn: leave slots to the streams it interleaves with */
-  }
-}
-
-/* Single copy: reads `len` bytes at the sender's address straight into the destination (or, to
- * reduce, through a small staging buffer), then tells the sender they were read. */
-static hm_status cma_read(const hm_xctx *cx, hm_xfer *x, hm_peer *p, uint64_t addr, uint32_t len) {
-  hm_comm_t c = cx->comm;
-  const size_t es = hm_dtype_size(cx->dt), piece = 256u << 10;
-  if (x->mode == HM_X_REDUCE && !c->cma_tmp) {
-    c->cma_tmp = hm_aligned_alloc(64, piece, "single-copy staging");
-    if (!c->cma_tmp) return HM_ERR_NOMEM;
-  }
-  size_t off = 0;
-  while (off < len) {
-    size_t n = len - off;
-    char *dst = x->dst + x->done + off;
-    if (x->mode == HM_X_REDUCE) {
-      if (n > piece) n = piece;
-      dst = c->cma_tmp;
-    }
-    struct iovec l = {dst, n}, r = {(void *)(uintptr_t)(addr + off), n};
-    ssize_t got = process_vm_readv(p->pid, &l, 1, &r, 1, 0);
-    if (got <= 0) {
-      int e = errno;
-      if (got < 0 && e == ESRCH) return peer_gone(c, x->peer, "exited during a single-copy read");
-      hm_error(HM_ERR_IO, "rank %d: single-copy read of %zu bytes from rank %d (pid %d): %s", c->rank, n,
-               x->peer, p->pid, got < 0 ? strerror(e) : "nothing read");
-      return hm_comm_fail(c, HM_ERR_IO, 1);
-    }
-    n = (size_t)got - (size_t)got % (es ? es : 1);
-    if (n == 0) continue;
-    if (x->mode == HM_X_REDUCE)
-      hm_reduce(x->dst + x->done + off, x->src + x->done + off, c->cma_tmp, n / es, cx->dt, cx->op, x->final_div);
-    off += n;
-  }
-  atomic_fetch_add_explicit(&p->rx.ctl->cma_bytes, len, memory_order_release);
-  hm_shm_bell_ring(p->bell);
-  return HM_OK;
-}
-
-/* The forwarding send f can take this receive's next chunk of len bytes straight into its
- * channel: it is the running send on that channel, has forwarded everything received so far,
- * and a slot is free. */
-static hm_shm_slot *fwd_slot(hm_comm_t c, const hm_xfer *all, const hm_xfer *x, uint32_t len) {
-  const hm_xfer *f = x->fwd;
-  if (!f || f->finished || len == 0 || f->done != x->done || f->done + len > f->bytes) return NULL;
-  if ((f->after >= 0 && !all[f->after].finished) || (f->gate && !*f->gate)) return NULL;
-  hm_peer *q = &c->peers[f->peer];
-  if (!q->is_shm || len > q->tx.payload || f->cma_until) return NULL;
-  return chan_slot(&q->tx);
-}
-
-static hm_status step_recv(const hm_xctx *cx, const hm_xfer *all, int n_all, hm_xfer *x, int *progress) {
-  hm_comm_t c = cx->comm;
-  hm_peer *p = &c->peers[x->peer];
-  const size_t es = hm_dtype_size(cx->dt);
-  for (;;) {
-    if (x->done == x->bytes && x->nchunks > 0) {
-      x->finished = 1;
-      return HM_OK;
-    }
-    uint32_t len, seq;
-    uint64_t desc, cma_addr = 0;
-    const char *data;
-    hm_shm_slot *s = NULL;
-    if (p->is_shm) {
-      hm_shm_chan *ch = &p->rx;
-      s = (hm_shm_slot *)(ch->slots + (size_t)(ch->count % ch->nslots) * ch->stride);
-      if (atomic_load_explicit(&s->stamp, memory_order_acquire) != ch->count + 1) return HM_OK;
-      if (s->stream != (uint32_t)x->stream && s->seq == x->seq && s->desc == x->desc) {
-        /* another stream's chunk is first: its receive takes it, unless there is none */
-        for (const hm_xfer *o = all; o < all + n_all; o++)
-          if (!o->is_send && !o->finished && o->peer == x->peer && (uint32_t)o->stream == s->stream && o->stream)
-            return HM_OK;
-        hm_error(HM_ERR_PROTOCOL, "rank %d: chunk of stream %u from rank %d matches no pending transfer",
-                 c->rank, (unsigned)s->stream, x->peer);
-        return hm_comm_fail(c, HM_ERR_PROTOCOL, 1);
-      }
-      len = s->len;
-      seq = s->seq;
-      desc = s->desc;
-      data = (const char *)s + 32;
-      if (s->kind == HM_SLOT_CMA) {
-        memcpy(&cma_addr, data, sizeof cma_addr);
-        data = NULL;
-      } else if (len > ch->payload) {
-        len = UINT32_MAX; /* rejected below */
-      }
-    } else {
-      int have_hdr, ready;
-      HM_TRY(tcp_fill(c, x->peer, NULL, &have_hdr, &ready));
-      if (!have_hdr) return HM_OK;
-      len = p->rx_h.len;
-      seq = p->rx_h.seq;
-      desc = p->rx_h.desc;
-      /* plain copies land straight in the destination once the header checked out */
-      int direct = x->mode == HM_X_COPY && !x->avail && seq == x->seq && desc == x->desc && len <= x->bytes - x->done;
-      data = direct ? x->dst + x->done : p->rx_buf;
-      HM_TRY(tcp_fill(c, x->peer, (char *)data, &have_hdr, &ready));
-      if (!ready) return HM_OK;
-      if (direct) data = NULL; /* already in place */
-    }
-    if (seq != x->seq || desc != x->desc) return mismatch(cx, x, seq, desc);
-    size_t left = x->bytes - x->done;
-    if (len > left || (left > 0 && len == 0) || (es > 1 && len % es)) {
-      hm_error(HM_ERR_PROTOCOL, "rank %d: chunk of %u bytes from rank %d where %zu bytes remain",
-               c->rank, len, x->peer, left);
-      return hm_comm_fail(c, HM_ERR_PROTOCOL, 1);
-    }
-    if (x->avail && *x->avail < x->done + len) return HM_OK; /* operand not reduced yet */
-    hm_shm_slot *out = (len && data && p->is_shm) ? fwd_slot(c, all, x, len) : NULL;
-    const int stream = x->bytes >= HM_STREAM_MIN_BYTES;
-    if (out) {
-      /* produce into the next hop's slot (cached), publish it, then fill dst from there */
-      char *o = (char *)out + 32;
-      if (x->mode == HM_X_REDUCE)
-        hm_reduce(o, x->src + x->done, data, len / es, cx->dt, cx->op, x->final_div);
-      else
-        memcpy(o, data, len);
-      chan_publish(&c->peers[x->fwd->peer], out, x->fwd, len, HM_SLOT_DATA);
-      x->fwd->done += len;
-      x->fwd->nchunks++;
-      if (stream)
-        hm_copy_stream(x->dst + x->done, o, len);
-      else
-        memcpy(x->dst + x->done, o, len);
-    } else if (len && cma_addr) {
-      HM_TRY(cma_read(cx, x, p, cma_addr, len));
-    } else if (len && data) {
-      if (x->mode == HM_X_REDUCE)
-        hm_reduce(x->dst + x->done, x->src + x->done, data, len / es, cx->dt, cx->op, x->final_div);
-      else if (stream && !x->fwd)
-        hm_copy_stream(x->dst + x->done, data, len);
-      else
-        memcpy(x->dst + x->done, data, len);
-    }
-    if (p->is_shm) {
-      p->rx.count++;
-      atomic_store_explicit(&p->rx.ctl->consumed, p->rx.count, memory_order_release);
-      hm_shm_bell_ring(p->bell);
-    } else {
-      p->rx_off = 0;
-    }
-    x->done += len;
-    x->nchunks++;
-    *progress = 1;
-  }
+/* One step of transfer x on its peer's transport. */
+static inline hm_status step(const hm_xctx *cx, hm_xfer *all, int n, hm_xfer *x, int *progress) {
+  const hm_transport *tp = cx->comm->peers[x->peer].tp;
+  if (!x->is_send) return tp->recv_step(cx, all, n, x, progress);
+  if (tp->progress) HM_TRY(tp->progress(cx->comm, x->peer));
+  return tp->send_step(cx, all, n, x, progress);
 }
 
 static _Thread_local int g_background;
 void hm_xfer_background(int on) { g_background = on; }
 
-static int prepare(hm_comm_t c, hm_xfer *x, int from, int n, int *any_tcp) {
+/* Orders each transfer after the earlier one in the same direction with the same peer, unless
+ * its transport interleaves streams; *any_poll when some transport's waits sleep in poll(). */
+static int prepare(hm_comm_t c, hm_xfer *x, int from, int n, int *any_poll) {
   for (int i = from; i < n; i++) {
     x[i].after = -1;
     if (x[i].peer < 0 || x[i].peer >= c->nranks || x[i].peer == c->rank) return i;
-    if (!c->peers[x[i].peer].is_shm) *any_tcp = 1;
-    else if (x[i].stream) continue; /* interleaves with the other streams: no order to keep */
+    const unsigned caps = c->peers[x[i].peer].tp->caps;
+    if (caps & HM_TP_POLL) *any_poll = 1;
+    if (x[i].stream && (caps & HM_TP_STREAMS)) continue; /* interleaves with the other streams: no order to keep */
     for (int j = i - 1; j >= 0; j--)
       if (x[j].peer == x[i].peer && x[j].is_send == x[i].is_send) {
         x[i].after = j;
@@ -550,130 +119,167 @@ static void disarm(hm_comm_t c) {
   c->bell_armed = 0;
 }
 
-static hm_status xfer_loop(const hm_xctx *cx, hm_xfer *x, int n) {
-  hm_comm_t c = cx->comm;
-  int any_tcp = 0;
-  int bad = prepare(c, x, 0, n, &any_tcp);
-  if (bad >= 0) return hm_error(HM_ERR_INTERNAL, "rank %d: transfer with invalid peer %d", c->rank, x[bad].peer);
+/* How a set of transfers waits when nothing moves. */
+typedef struct xwait {
+  uint64_t spin_ns, yield_ns; /* since idle: spin until spin_ns, then yield until yield_ns, then sleep */
+  uint64_t deadline;          /* 0 until the first wait reads the clock */
+  uint64_t idle_since, last_health;
+  unsigned idle;              /* passes without progress */
+  int any_poll;               /* some transfer's transport sleeps in poll() */
+} xwait;
+
+/* Latency-bound operations spin longer than bandwidth-bound ones before yielding. On the
+ * progress thread (nonblocking operations) the caller's thread is computing meanwhile: a wait
+ * there spins briefly and then sleeps on the doorbell, so it takes no core from the compute. */
+static void wait_init(hm_comm_t c, const hm_xfer *x, int n, xwait *w) {
   size_t total = 0;
   for (int i = 0; i < n; i++) total += x[i].bytes;
-  /* Latency-bound operations spin longer than bandwidth-bound ones before yielding. On the
-   * progress thread (nonblocking operations) the caller's thread is computing meanwhile: a wait
-   * there spins briefly and then sleeps on the doorbell, so it takes no core from the compute. */
   const int small = total < (1u << 20);
-  const uint64_t spin_ns = g_background ? c->spin_ns : small ? c->spin_small_ns : c->spin_ns;
-  const uint64_t yield_ns = g_background ? spin_ns
-                            : spin_ns > c->spin_ns ? spin_ns + (c->yield_ns - c->spin_ns) : c->yield_ns;
-  /* the clock is read at the first wait (within 64 spins of the start), not on the fast path */
-  uint64_t deadline = 0;
-  uint64_t idle_since = 0, last_health = 0;
-  unsigned idle = 0;
+  memset(w, 0, sizeof *w);
+  w->spin_ns = g_background ? c->spin_ns : small ? c->spin_small_ns : c->spin_ns;
+  w->yield_ns = g_background ? w->spin_ns
+                : w->spin_ns > c->spin_ns ? w->spin_ns + (c->yield_ns - c->spin_ns) : c->yield_ns;
+}
+
+/* One pass: a step of every transfer that may move. *pending when some are unfinished. */
+static hm_status sweep(const hm_xctx *cx, hm_xfer *x, int n, int *pending, int *progress) {
+  for (int i = 0; i < n; i++) {
+    hm_xfer *t = &x[i];
+    if (t->finished) continue;
+    *pending = 1;
+    if (!hm_xfer_may_move(x, t)) continue;
+    HM_TRY(step(cx, x, n, t, progress));
+  }
+  return HM_OK;
+}
+
+/* Nothing moved: fails when a peer of an unfinished transfer left or the deadline passed. */
+static hm_status check_stalled(hm_comm_t c, const hm_xfer *x, int n, uint64_t now, uint64_t deadline) {
+  for (int i = 0; i < n; i++) /* a peer that left will never send or drain */
+    if (!x[i].finished && c->peers[x[i].peer].left) {
+      hm_error(HM_ERR_PEER_DEAD, "rank %d: peer rank %d left the communicator (destroyed it) in the middle of an operation",
+               c->rank, x[i].peer);
+      return hm_comm_fail(c, HM_ERR_PEER_DEAD, 1);
+    }
+  if (now < deadline) return HM_OK;
+  int waiting = -1;
+  for (int i = 0; i < n && waiting < 0; i++)
+    if (!x[i].finished) waiting = x[i].peer;
+  char d[128];
+  hm_desc_format(x[0].desc, d, sizeof d);
+  hm_error(HM_ERR_TIMEOUT, "rank %d: %s (operation #%u) timed out after %d ms waiting for rank %d",
+           c->rank, d, (unsigned)x[0].seq, c->cfg.timeout_ms, waiting);
+  /* Nothing of this operation moved: the channels are as before it, the communicator stays
+   * usable (a late peer then shows up as a mismatch). Otherwise it is broken. */
+  int moved = 0;
+  for (int i = 0; i < n; i++) moved |= x[i].nchunks > 0;
+  return moved ? hm_comm_fail(c, HM_ERR_TIMEOUT, 1) : HM_ERR_TIMEOUT;
+}
+
+/* Looks at the control connections at most once a millisecond while spinning or yielding. */
+static inline hm_status health_tick(hm_comm_t c, xwait *w, uint64_t now, int restamp) {
+  if (now - w->last_health <= 1000000ull) return HM_OK;
+  HM_TRY(hm_comm_health_poll(c, NULL, 0, 0));
+  w->last_health = restamp ? hm_now_ns() : now;
+  return HM_OK;
+}
+
+/* Sleeps until a transport's socket moves (or a control event): data sockets wake us. */
+static hm_status wait_poll(hm_comm_t c, const hm_xfer *x, int n, xwait *w) {
+  struct pollfd pf[64];
+  int np = 0;
+  for (int i = 0; i < n && np < 64; i++) {
+    const hm_transport *tp = c->peers[x[i].peer].tp;
+    if (!x[i].finished && tp->poll_fd) np += tp->poll_fd(c, &x[i], &pf[np]);
+  }
+  HM_TRY(hm_comm_health_poll(c, pf, np, 2));
+  w->last_health = hm_now_ns();
+  return HM_OK;
+}
+
+/* Waits on memory the peers write: spin on the shared lines (the low-latency path), then yield,
+ * then sleep on our doorbell (announce it, look once more, then wait 1 ms at most). */
+static hm_status wait_local(hm_comm_t c, xwait *w, uint64_t now) {
+  if (now - w->idle_since < w->spin_ns) {
+    cpu_relax();
+    return health_tick(c, w, now, 0);
+  }
+  if (now - w->idle_since < w->yield_ns) {
+    sched_yield();
+    return health_tick(c, w, now, 0);
+  }
+  if (!c->bell) {
+    HM_TRY(hm_comm_health_poll(c, NULL, 0, 1));
+    w->last_health = hm_now_ns();
+    return HM_OK;
+  }
+  if (!c->bell_armed) {
+    atomic_fetch_add_explicit(&c->bell->sleepers, 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_seq_cst);
+    c->bell_seen = atomic_load_explicit(&c->bell->seq, memory_order_acquire);
+    c->bell_armed = 1;
+    return HM_OK;
+  }
+  hm_shm_bell_wait(c->bell, c->bell_seen, 1000);
+  disarm(c);
+  return health_tick(c, w, now, 1);
+}
+
+/* Nothing moved in the last pass: spin a little, then check for dead peers and the deadline
+ * and wait the way the transports allow. */
+static hm_status wait_idle(const hm_xctx *cx, const hm_xfer *x, int n, xwait *w) {
+  hm_comm_t c = cx->comm;
+  if (atomic_load_explicit(&c->aborted, memory_order_relaxed))
+    return hm_error(HM_ERR_ABORTED, "rank %d: communicator aborted", c->rank);
+  w->idle++;
+  if (!w->any_poll && (w->idle & 63) != 0) {
+    cpu_relax();
+    return HM_OK;
+  }
+  uint64_t now = hm_now_ns();
+  if (w->deadline == 0) { /* the clock is read at the first wait (within 64 spins), not on the fast path */
+    w->deadline = now + (uint64_t)c->cfg.timeout_ms * 1000000ull;
+    c->op_start_ns = now;
+    w->last_health = now;
+  }
+  if (w->idle_since == 0) w->idle_since = now;
+  HM_TRY(check_stalled(c, x, n, now, w->deadline));
+  if (w->any_poll && w->idle >= 16) return wait_poll(c, x, n, w);
+  return wait_local(c, w, now);
+}
+
+/* Operations issued meanwhile join the running set (cx->refill); *n becomes the new count. */
+static hm_status refill(const hm_xctx *cx, hm_xfer *x, int *n, xwait *w) {
+  int m = cx->refill(cx->refill_arg, x, *n, cx->cap);
+  if (m <= *n) return HM_OK;
+  int bad = prepare(cx->comm, x, *n, m, &w->any_poll);
+  if (bad >= 0) return hm_error(HM_ERR_INTERNAL, "rank %d: transfer with invalid peer %d", cx->comm->rank, x[bad].peer);
+  *n = m;
+  return HM_OK;
+}
+
+static hm_status xfer_loop(const hm_xctx *cx, hm_xfer *x, int n) {
+  hm_comm_t c = cx->comm;
+  xwait w;
+  wait_init(c, x, n, &w);
+  int bad = prepare(c, x, 0, n, &w.any_poll);
+  if (bad >= 0) return hm_error(HM_ERR_INTERNAL, "rank %d: transfer with invalid peer %d", c->rank, x[bad].peer);
   for (;;) {
     int progress = 0, pending = 0;
-    for (int i = 0; i < n; i++) {
-      hm_xfer *t = &x[i];
-      if (t->finished) continue;
-      pending = 1;
-      if (t->after >= 0 && !x[t->after].finished) continue;
-      if (t->gate && !*t->gate) continue;
-      HM_TRY(t->is_send ? step_send(cx, t, &progress) : step_recv(cx, x, n, t, &progress));
-    }
+    HM_TRY(sweep(cx, x, n, &pending, &progress));
     if (!pending) return HM_OK;
     if (progress) {
-      idle = 0;
-      idle_since = 0;
+      w.idle = 0;
+      w.idle_since = 0;
       disarm(c);
       continue;
     }
-    if (cx->refill && n < cx->cap && (idle & 15) == 0) { /* operations issued meanwhile join the running set */
-      int m = cx->refill(cx->refill_arg, x, n, cx->cap);
-      if (m > n) {
-        bad = prepare(c, x, n, m, &any_tcp);
-        if (bad >= 0) return hm_error(HM_ERR_INTERNAL, "rank %d: transfer with invalid peer %d", c->rank, x[bad].peer);
-        n = m;
-        continue;
-      }
+    if (cx->refill && n < cx->cap && (w.idle & 15) == 0) {
+      int before = n;
+      HM_TRY(refill(cx, x, &n, &w));
+      if (n > before) continue;
     }
-
-    if (atomic_load_explicit(&c->aborted, memory_order_relaxed))
-      return hm_error(HM_ERR_ABORTED, "rank %d: communicator aborted", c->rank);
-    idle++;
-    if (!any_tcp && (idle & 63) != 0) {
-      cpu_relax();
-      continue;
-    }
-    uint64_t now = hm_now_ns();
-    if (deadline == 0) {
-      deadline = now + (uint64_t)c->cfg.timeout_ms * 1000000ull;
-      c->op_start_ns = now;
-      last_health = now;
-    }
-    if (idle_since == 0) idle_since = now;
-    for (int i = 0; i < n; i++) /* nothing moved: a peer that left will never send or drain */
-      if (!x[i].finished && c->peers[x[i].peer].left) {
-        hm_error(HM_ERR_PEER_DEAD, "rank %d: peer rank %d left the communicator (destroyed it) in the middle of an operation",
-                 c->rank, x[i].peer);
-        return hm_comm_fail(c, HM_ERR_PEER_DEAD, 1);
-      }
-    if (now >= deadline) {
-      int waiting = -1;
-      for (int i = 0; i < n && waiting < 0; i++)
-        if (!x[i].finished) waiting = x[i].peer;
-      char d[128];
-      hm_desc_format(x[0].desc, d, sizeof d);
-      hm_error(HM_ERR_TIMEOUT, "rank %d: %s (operation #%u) timed out after %d ms waiting for rank %d",
-               c->rank, d, (unsigned)x[0].seq, c->cfg.timeout_ms, waiting);
-      /* Nothing of this operation moved: the channels are as before it, the communicator stays
-       * usable (a late peer then shows up as a mismatch). Otherwise it is broken. */
-      int moved = 0;
-      for (int i = 0; i < n; i++) moved |= x[i].nchunks > 0;
-      return moved ? hm_comm_fail(c, HM_ERR_TIMEOUT, 1) : HM_ERR_TIMEOUT;
-    }
-    if (any_tcp && idle >= 16) {
-      /* sleep until a socket moves (or a control event); data sockets wake us */
-      struct pollfd pf[64];
-      int np = 0;
-      for (int i = 0; i < n && np < 64; i++) {
-        hm_peer *p = &c->peers[x[i].peer];
-        if (x[i].finished || p->is_shm) continue;
-        pf[np++] = (struct pollfd){p->data_fd, (short)(x[i].is_send ? POLLOUT : POLLIN), 0};
-      }
-      HM_TRY(health_poll(c, pf, np, 2));
-      last_health = hm_now_ns();
-      continue;
-    }
-    if (now - idle_since < spin_ns) {
-      /* spin on the shared lines: the low-latency path */
-      cpu_relax();
-      if (now - last_health > 1000000ull) {
-        HM_TRY(health_poll(c, NULL, 0, 0));
-        last_health = now;
-      }
-    } else if (now - idle_since < yield_ns) {
-      sched_yield();
-      if (now - last_health > 1000000ull) {
-        HM_TRY(health_poll(c, NULL, 0, 0));
-        last_health = now;
-      }
-    } else if (c->bell) {
-      /* sleep on our doorbell: announce it, look once more, then wait (1 ms at most) */
-      if (!c->bell_armed) {
-        atomic_fetch_add_explicit(&c->bell->sleepers, 1, memory_order_relaxed);
-        atomic_thread_fence(memory_order_seq_cst);
-        c->bell_seen = atomic_load_explicit(&c->bell->seq, memory_order_acquire);
-        c->bell_armed = 1;
-        continue;
-      }
-      hm_shm_bell_wait(c->bell, c->bell_seen, 1000);
-      disarm(c);
-      if (now - last_health > 1000000ull) {
-        HM_TRY(health_poll(c, NULL, 0, 0));
-        last_health = hm_now_ns();
-      }
-    } else {
-      HM_TRY(health_poll(c, NULL, 0, 1));
-      last_health = hm_now_ns();
-    }
+    HM_TRY(wait_idle(cx, x, n, &w));
   }
 }
 

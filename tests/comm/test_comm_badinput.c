@@ -6,8 +6,10 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -174,6 +177,55 @@ static void test_invalid_init(void **state) {
       if (!strstr(hm_last_error(), bad_knobs[i][0])) fail_msg("message: %s", hm_last_error());
     }
   }
+}
+
+/* ---- a bootstrap refused for a mismatch leaves the process's descriptors alone ---- */
+typedef struct mm_init_arg {
+  const hm_unique_id *id;
+  int rank;
+  const char *transport;
+  hm_status st;
+  char msg[512];
+} mm_init_arg;
+
+static void *mm_init_thread(void *p) {
+  mm_init_arg *a = p;
+  hm_comm_config cfg = HM_COMM_CONFIG_INIT;
+  cfg.transport = a->transport;
+  cfg.timeout_ms = 20000;
+  hm_comm_t c = NULL;
+  a->st = hm_comm_init_rank(&c, 2, a->id, a->rank, &cfg);
+  snprintf(a->msg, sizeof a->msg, "%s", hm_last_error());
+  if (c) hm_comm_destroy(c);
+  return NULL;
+}
+
+/* Two ranks (threads of this process) that disagree on the transport both fail init with
+ * HM_ERR_MISMATCH. The failed init used to close descriptor 0 (the peer slots past the
+ * mismatching rank still held 0 from calloc), taking the process's stdin or whatever reused it. */
+static void test_mismatch_keeps_descriptors(void **state) {
+  (void)state;
+  hm_unique_id id;
+  assert_int_equal(hm_get_unique_id(&id), HM_OK);
+  int saved = dup(0);
+  int null_fd = open("/dev/null", O_RDONLY);
+  assert_true(saved >= 0 && null_fd >= 0);
+  assert_int_equal(dup2(null_fd, 0), 0);
+  close(null_fd);
+  struct stat before, after;
+  assert_int_equal(fstat(0, &before), 0);
+  mm_init_arg a[2] = {{&id, 0, "shm", HM_OK, ""}, {&id, 1, "tcp", HM_OK, ""}};
+  pthread_t th[2];
+  for (int i = 0; i < 2; i++) assert_int_equal(pthread_create(&th[i], NULL, mm_init_thread, &a[i]), 0);
+  for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
+  int fd0_ok = fstat(0, &after) == 0 && after.st_dev == before.st_dev && after.st_ino == before.st_ino;
+  dup2(saved, 0);
+  close(saved);
+  for (int i = 0; i < 2; i++) {
+    if (a[i].st != HM_ERR_MISMATCH || !contains_ci(a[i].msg, "transport"))
+      fail_msg("rank %d: init returned %s: %s (expected a transport mismatch)", i, hm_status_name(a[i].st), a[i].msg);
+  }
+  if (!fd0_ok) fail_msg("descriptor 0 was closed or replaced by the failed init");
 }
 
 /* ---- mismatched collectives ---- */
@@ -376,6 +428,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_invalid_arguments),
       cmocka_unit_test(test_invalid_init),
       cmocka_unit_test(test_device_registration),
+      cmocka_unit_test(test_mismatch_keeps_descriptors),
       cmocka_unit_test(test_mismatched_collectives),
       cmocka_unit_test(test_unauthenticated_refused),
   };
