@@ -346,6 +346,18 @@ static void test_opencl_workers(void **state) {
                      "opencl:threads=1|cpu:threads=1|cpu:threads=1|opencl:threads=1", 0);
 }
 
+/* The layouts the local default (cpu + opencl, `hetmix train`) plans: one pipeline of two
+ * stages, cpu then opencl and opencl then cpu (activations and their gradients cross the two
+ * runtimes through pinned staging; the tied embedding's gradient is swapped between them), and
+ * two data-parallel replicas of the whole model, one cpu and one opencl, with unequal
+ * micro-batch counts (the allreduce of every gradient joins the two runtimes). Same bounds. */
+static void test_opencl_cpu_layouts(void **state) {
+  (void)state;
+  run_and_compare_ex(&ref32, "p2-cpu-opencl", 2, "0,5,8", "4", 2, 0, "cpu:threads=1|opencl:threads=1", 0);
+  run_and_compare_ex(&ref32, "p2-opencl-cpu", 2, "0,5,8", "4", 2, 0, "opencl:threads=1|cpu:threads=1", 0);
+  run_and_compare_ex(&ref32, "r2-cpu-opencl", 2, "0,8", "3,1", 1, 0, "cpu:threads=1|opencl:threads=1", 0);
+}
+
 /* A layout that does not match the model or the workers is refused, naming what is wrong. */
 static void test_mismatched_layout_is_refused(void **state) {
   (void)state;
@@ -515,7 +527,8 @@ static void test_killed_worker_mid_training(void **state) {
 int main(int argc, char **argv) {
   if (hm_test_opencl_only(argc, argv)) { /* `test_pipeline opencl`: that case only */
     if (hm_test_opencl_missing("opencl:threads=1")) return HM_TEST_SKIP;
-    const struct CMUnitTest opencl_tests[] = {cmocka_unit_test(test_opencl_workers)};
+    const struct CMUnitTest opencl_tests[] = {cmocka_unit_test(test_opencl_workers),
+                                              cmocka_unit_test(test_opencl_cpu_layouts)};
     return cmocka_run_group_tests(opencl_tests, setup, teardown);
   }
   const struct CMUnitTest tests[] = {
