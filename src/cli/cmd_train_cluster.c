@@ -80,12 +80,12 @@ static hm_status plan_shape(const char *path, int *nranks, int *nstages) {
 
 typedef struct cluster_args {
   const char *cluster, *model, *out, *data;
-  int global_batch, steps, reps, sample, rebalance, measure_bound, bound_steps, ckpt_every, keep;
+  int global_batch, steps, reps, sample, rebalance, measure_bound, bound_steps, ckpt_every, keep, profile_alone;
   double lr;
 } cluster_args;
 
 static int parse_cluster_args(int argc, char **argv, cluster_args *a) {
-  *a = (cluster_args){NULL, "gpt-mini", "out", NULL, 16, 20, 3, 200, 0, 0, 5, 0, 3, 1e-3};
+  *a = (cluster_args){NULL, "gpt-mini", "out", NULL, 16, 20, 3, 200, 0, 0, 5, 0, 3, 0, 1e-3};
   const hm_opt opts[] = {
       HM_OPT_STR_ROW("cluster", 0, &a->cluster, "FILE|local",
                      "cluster spec; `local` is this machine as a cpu and an opencl\n"
@@ -105,6 +105,9 @@ static int parse_cluster_args(int argc, char **argv, cluster_args *a) {
       HM_OPT_FLAG_ROW("rebalance", 0, &a->rebalance,
                       "let the workers move micro-batches between data-parallel\n"
                       "replicas from their measured pace (docs/runtime.md)"),
+      HM_OPT_FLAG_ROW("profile-alone", 0, &a->profile_alone,
+                      "profile each device type by itself instead of all at once\n"
+                      "(the workers train at once, so at once is the default)"),
       HM_OPT_FLAG_ROW("measure-bound", 0, &a->measure_bound,
                       "after training, train each device type of the plan alone\n"
                       "(one after the other) and report utilization against that\n"
@@ -172,7 +175,7 @@ static int profile_and_plan(const char *self, const cluster_args *a, const hm_mo
   printf("== 1/3 profile: %s on %s\n", cfg->name, cl_path);
   fflush(stdout);
   char *prof_args[] = {"profile", "--cluster", (char *)cl_path, "--model", model_path, "--train", train_path, "-o",
-                       prof_path, "--reps", reps_s, "--concurrent", NULL};
+                       prof_path, "--reps", reps_s, a->profile_alone ? NULL : "--concurrent", NULL};
   hm_status st = hm_cli_run_self(self, prof_args, "hetmix profile");
   if (st != HM_OK) return hm_cli_fail_status(st, "train", NULL);
   printf("\n== 2/3 plan\n");
