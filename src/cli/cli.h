@@ -19,6 +19,11 @@ int hm_cli_fail_status(hm_status st, const char *what, const char *hint);
  * process under the local launcher; its output goes to ours. `what` names it in errors. */
 hm_status hm_cli_run_self(const char *self, char *const *args, const char *what);
 
+/* The embedded default cluster (local_cluster.c): JSON text of this machine as a `cpu` and an
+ * `opencl` device, one core each; when opencl cannot be opened here, `cpu` and an emulated
+ * half-speed `cpu-half`, with the reason in why (else why is ""). */
+const char *hm_cli_local_cluster(char *why, size_t cap);
+
 int hm_cmd_train(int argc, char **argv);     /* cmd_train.c */
 int hm_cmd_train_cluster(int argc, char **argv); /* cmd_train_cluster.c: train --cluster */
 int hm_cmd_sample(int argc, char **argv);    /* cmd_sample.c */

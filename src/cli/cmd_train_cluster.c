@@ -4,8 +4,8 @@
  * predicted vs measured compute of every stage of every replica, utilization against the
  * profile-predicted bound and, with --measure-bound, the measured one (train_bound.c), where the
  * two traces are, and a text sample from the trained model. Without a cluster file it uses an
- * embedded one: this machine as two unlike workers (one OpenBLAS thread, and one OpenBLAS thread
- * emulating a chip half as fast).
+ * embedded one (local_cluster.c): this machine as a cpu and an opencl device, one core each, or,
+ * without a working opencl backend, a cpu and an emulated half-speed cpu.
  * Not here: the single-process trainer (cmd_train.c), the worker (src/runtime/pipeline.c). */
 #include <errno.h>
 #include <float.h>
@@ -24,20 +24,6 @@
 #include "train_report.h"
 #include "util/files.h"
 #include "util/util.h"
-
-/* This machine as two unlike devices. slow=2 is an emulation (sleeps after each kernel), so the
- * two single-thread workers fit two cores. */
-static const char hm_default_cluster[] =
-    "{\"version\": 1, \"name\": \"local-mixed\",\n"
-    " \"note\": \"this machine as two unlike workers: one OpenBLAS thread, and one emulating a chip half as fast\",\n"
-    " \"device_types\": [\n"
-    "  {\"name\": \"cpu\", \"backend\": \"cpu:threads=1\", \"peak_flops\": {\"fp32\": 1e11},\n"
-    "   \"memory_bytes\": 4e9, \"memory_bandwidth\": 1e10, \"efficiency\": 0.5},\n"
-    "  {\"name\": \"cpu-half\", \"backend\": \"cpu:threads=1,slow=2\", \"peak_flops\": {\"fp32\": 5e10},\n"
-    "   \"memory_bytes\": 4e9, \"memory_bandwidth\": 1e10, \"efficiency\": 0.5}],\n"
-    " \"hosts\": [{\"name\": \"localhost\", \"count\": 1,\n"
-    "   \"devices\": [{\"type\": \"cpu\", \"count\": 1}, {\"type\": \"cpu-half\", \"count\": 1}],\n"
-    "   \"host_link\": {\"bandwidth\": 5e9, \"latency\": 5e-6}}]}\n";
 
 static hm_status write_text(const char *path, const char *text) {
   return hm_atomic_write_file(path, text, strlen(text));
@@ -94,18 +80,20 @@ static hm_status plan_shape(const char *path, int *nranks, int *nstages) {
 
 typedef struct cluster_args {
   const char *cluster, *model, *out, *data;
-  int global_batch, steps, reps, sample, rebalance, measure_bound, bound_steps, ckpt_every, keep;
+  int global_batch, steps, reps, sample, rebalance, measure_bound, bound_steps, ckpt_every, keep, profile_alone;
   double lr;
 } cluster_args;
 
 static int parse_cluster_args(int argc, char **argv, cluster_args *a) {
-  *a = (cluster_args){NULL, "gpt-mini", "out", NULL, 16, 200, 3, 200, 0, 0, 5, 0, 3, 1e-3};
+  *a = (cluster_args){NULL, "gpt-mini", "out", NULL, 16, 20, 3, 200, 0, 0, 5, 0, 3, 0, 1e-3};
   const hm_opt opts[] = {
       HM_OPT_STR_ROW("cluster", 0, &a->cluster, "FILE|local",
-                     "cluster spec; `local` is this machine as cpu + an emulated half-speed cpu"),
+                     "cluster spec; `local` is this machine as a cpu and an opencl\n"
+                     "device (cpu + an emulated half-speed cpu without opencl)"),
       HM_OPT_STR_ROW("model", 0, &a->model, "NAME", "gpt-mini (default), tiny, or L6,C384,NH6,V256,T256"),
       HM_OPT_ROW(HM_OPT_INT, "global-batch", 0, &a->global_batch, 1, 1e9, "N", "sequences per optimizer step [16]"),
-      HM_OPT_ROW(HM_OPT_INT, "steps", 0, &a->steps, 1, 1e9, "N", "optimizer steps [200]"),
+      HM_OPT_ROW(HM_OPT_INT, "steps", 0, &a->steps, 1, 1e9, "N",
+                 "optimizer steps [20: a few minutes of gpt-mini on two cores]"),
       HM_OPT_ROW(HM_OPT_DOUBLE, "lr", 0, &a->lr, 0, FLT_MAX, "X", "peak learning rate [1e-3]"),
       HM_OPT_STR_ROW("data", 0, &a->data, "FILE.tok", "token file [the default corpus under data/]"),
       HM_OPT_STR_ROW("out", 0, &a->out, "DIR", "[out]"),
@@ -117,6 +105,9 @@ static int parse_cluster_args(int argc, char **argv, cluster_args *a) {
       HM_OPT_FLAG_ROW("rebalance", 0, &a->rebalance,
                       "let the workers move micro-batches between data-parallel\n"
                       "replicas from their measured pace (docs/runtime.md)"),
+      HM_OPT_FLAG_ROW("profile-alone", 0, &a->profile_alone,
+                      "profile each device type by itself instead of all at once\n"
+                      "(the workers train at once, so at once is the default)"),
       HM_OPT_FLAG_ROW("measure-bound", 0, &a->measure_bound,
                       "after training, train each device type of the plan alone\n"
                       "(one after the other) and report utilization against that\n"
@@ -141,8 +132,17 @@ static int write_specs(const cluster_args *a, const hm_model_config *cfg, char *
   char path[PATH_MAX], text[1024];
   hm_status st = HM_OK;
   if (!a->cluster || !strcmp(a->cluster, "local")) {
+    char why[512];
+    const char *local = hm_cli_local_cluster(why, sizeof why);
+    if (why[0])
+      printf("note: the opencl backend cannot run here (%s);\n"
+             "      using this machine as cpu + cpu-half instead (the cpu backend emulating a chip half as "
+             "fast, slow=2)\n", why);
+    else
+      printf("local cluster: cpu (cpu:threads=1) + opencl (opencl:threads=1), one core each\n");
+    fflush(stdout);
     snprintf(cl_path, cap, "%s/cluster.json", a->out);
-    st = write_text(cl_path, hm_default_cluster);
+    st = write_text(cl_path, local);
   } else {
     hm_strcpy(cl_path, cap, a->cluster);
   }
@@ -154,13 +154,15 @@ static int write_specs(const cluster_args *a, const hm_model_config *cfg, char *
   if (st == HM_OK) st = write_text(path, text);
   snprintf(path, sizeof path, "%s/train.json", a->out);
   snprintf(text, sizeof text,
-           "{\"version\": 1, \"global_batch\": %d, \"micro_batch_sizes\": [1, 2, 4, 8], \"precision\": \"fp32\"}\n",
+           "{\"version\": 1, \"global_batch\": %d, \"micro_batch_sizes\": [1, 2, 4], \"precision\": \"fp32\"}\n",
            a->global_batch);
   if (st == HM_OK) st = write_text(path, text);
   return st == HM_OK ? 0 : hm_cli_fail_status(st, "train", NULL);
 }
 
-/* Profile, then plan, as child processes. */
+/* Profile, then plan, as child processes. Every device type is timed at the same time
+ * (--concurrent), one process each, because the plan's workers train at the same time on this
+ * host and take cores, caches and memory bandwidth from one another. */
 static int profile_and_plan(const char *self, const cluster_args *a, const hm_model_config *cfg, const char *cl_path) {
   char model_path[PATH_MAX], train_path[PATH_MAX], prof_path[PATH_MAX], plan_path[PATH_MAX], pred_path[PATH_MAX];
   char reps_s[16];
@@ -173,7 +175,7 @@ static int profile_and_plan(const char *self, const cluster_args *a, const hm_mo
   printf("== 1/3 profile: %s on %s\n", cfg->name, cl_path);
   fflush(stdout);
   char *prof_args[] = {"profile", "--cluster", (char *)cl_path, "--model", model_path, "--train", train_path, "-o",
-                       prof_path, "--reps", reps_s, NULL};
+                       prof_path, "--reps", reps_s, a->profile_alone ? NULL : "--concurrent", NULL};
   hm_status st = hm_cli_run_self(self, prof_args, "hetmix profile");
   if (st != HM_OK) return hm_cli_fail_status(st, "train", NULL);
   printf("\n== 2/3 plan\n");

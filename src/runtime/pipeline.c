@@ -369,6 +369,7 @@ static hm_status hm_pipe_step(hm_pipe *w, int step /* 0-based */, hm_step_out *o
         HM_TRY(hm_stage_forward(w->st, slot, w->is_first ? w->inputs + (size_t)k * w->N : NULL,
                                 w->is_first ? NULL : w->dev_x, w->is_last ? w->targets + (size_t)k * w->N : NULL,
                                 w->is_last ? &w->losses[k] : NULL));
+        HM_TRY(hm_device_synchronize(w->dev)); /* an asynchronous queue: time the work, not its enqueueing */
         break;
       case HM_PIPE_OP_SEND_ACT:
         HM_TRY(hm_send_act(w, hm_stage_output(w->st, slot), op->peer));
@@ -376,6 +377,7 @@ static hm_status hm_pipe_step(hm_pipe *w, int step /* 0-based */, hm_step_out *o
       case HM_PIPE_OP_BWD:
         track = 0;
         HM_TRY(hm_stage_backward(w->st, slot, w->is_last ? NULL : w->dev_x, loss_weight));
+        HM_TRY(hm_device_synchronize(w->dev));
         break;
       case HM_PIPE_OP_SEND_GRAD:
         HM_TRY(hm_send_act(w, hm_stage_dinput(w->st), op->peer));

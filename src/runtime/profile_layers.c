@@ -267,6 +267,49 @@ static void hm_keep_busy(const char *backend, const hm_profile_shape *shape, con
   }
 }
 
+#define HM_TOGETHER_PASSES 16 /* measurement passes a fast process keeps while slower ones measure */
+
+/* A process that finished measuring before the others measures everything again, pass after
+ * pass, while they are still measuring, and keeps per entry the median over its passes that
+ * ended before the last process was done. A fast device's first pass overlaps only the first
+ * seconds of a slow one's (its kernel builds, its lightest layers); the median over passes
+ * spread across the whole measurement is what it runs at while the slow one trains. When the
+ * passes are used up it keeps its device busy as before. */
+static void hm_remeasure(const char *backend, const hm_profile_shape *shape, const int *layers, int nlayers,
+                         const int64_t *mbs, int nmbs, int warmup, int reps, double budget_s, uint64_t seed,
+                         hm_layer_timing *mine, volatile int *ndone, int nprocs) {
+  const int per = nlayers * nmbs;
+  double *f = hm_calloc((size_t)HM_TOGETHER_PASSES * (size_t)per, sizeof *f, "profile passes");
+  double *b = hm_calloc((size_t)HM_TOGETHER_PASSES * (size_t)per, sizeof *b, "profile passes");
+  hm_layer_timing *pass = hm_calloc((size_t)per, sizeof *pass, "profile pass");
+  int npass = 0;
+  if (f && b && pass) {
+    for (int i = 0; i < per; i++) f[i] = mine[i].fwd_s, b[i] = mine[i].bwd_s;
+    npass = 1;
+  }
+  while (npass > 0 && npass < HM_TOGETHER_PASSES && __atomic_load_n(ndone, __ATOMIC_ACQUIRE) < nprocs) {
+    if (hm_profile_time_layers(backend, shape, layers, nlayers, mbs, nmbs, warmup, reps, budget_s, seed, pass, NULL,
+                               0, NULL, NULL) != HM_OK)
+      break;
+    if (__atomic_load_n(ndone, __ATOMIC_ACQUIRE) >= nprocs) break; /* ended partly without the others */
+    for (int i = 0; i < per; i++) f[(size_t)npass * per + i] = pass[i].fwd_s, b[(size_t)npass * per + i] = pass[i].bwd_s;
+    npass++;
+  }
+  for (int i = 0; npass > 1 && i < per; i++) {
+    if (!mine[i].fits) continue;
+    double fi[HM_TOGETHER_PASSES], bi[HM_TOGETHER_PASSES];
+    for (int k = 0; k < npass; k++) fi[k] = f[(size_t)k * per + i], bi[k] = b[(size_t)k * per + i];
+    mine[i].fwd_s = hm_median(fi, npass);
+    mine[i].bwd_s = hm_median(bi, npass);
+    if (fi[0] < mine[i].fwd_min_s) mine[i].fwd_min_s = fi[0]; /* sorted by hm_median */
+    if (bi[0] < mine[i].bwd_min_s) mine[i].bwd_min_s = bi[0];
+  }
+  free(f);
+  free(b);
+  free(pass);
+  hm_keep_busy(backend, shape, layers, nlayers, mbs, nmbs, mine, seed, ndone, nprocs);
+}
+
 hm_status hm_profile_time_layers_together(int njobs, const char *const *backends, int copies,
                                           const hm_profile_shape *shape, const int *layers, int nlayers,
                                           const int64_t *mbs, int nmbs, int warmup, int reps, double budget_s,
@@ -310,7 +353,9 @@ hm_status hm_profile_time_layers_together(int njobs, const char *const *backends
       if (cs != HM_OK) snprintf(slot[p].msg, sizeof slot[p].msg, "%s", hm_last_error());
       __atomic_store_n(&slot[p].status, (int)cs, __ATOMIC_RELEASE);
       __atomic_add_fetch(ndone, 1, __ATOMIC_ACQ_REL);
-      if (cs == HM_OK) hm_keep_busy(backend, shape, layers, nlayers, mbs, nmbs, mine, seed, ndone, nprocs);
+      if (cs == HM_OK)
+        hm_remeasure(backend, shape, layers, nlayers, mbs, nmbs, warmup, reps, budget_s,
+                     seed + 104729u * (uint64_t)(p % copies), mine, ndone, nprocs);
       _exit(cs == HM_OK ? 0 : 1);
     }
   }

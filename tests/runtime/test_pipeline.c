@@ -346,6 +346,56 @@ static void test_opencl_workers(void **state) {
                      "opencl:threads=1|cpu:threads=1|cpu:threads=1|opencl:threads=1", 0);
 }
 
+/* The layouts the local default (cpu + opencl, `hetmix train`) plans: one pipeline of two
+ * stages, cpu then opencl and opencl then cpu (activations and their gradients cross the two
+ * runtimes through pinned staging; the tied embedding's gradient is swapped between them), and
+ * two data-parallel replicas of the whole model, one cpu and one opencl, with unequal
+ * micro-batch counts (the allreduce of every gradient joins the two runtimes). Same bounds. */
+static void test_opencl_cpu_layouts(void **state) {
+  (void)state;
+  run_and_compare_ex(&ref32, "p2-cpu-opencl", 2, "0,5,8", "4", 2, 0, "cpu:threads=1|opencl:threads=1", 0);
+  run_and_compare_ex(&ref32, "p2-opencl-cpu", 2, "0,5,8", "4", 2, 0, "opencl:threads=1|cpu:threads=1", 0);
+  run_and_compare_ex(&ref32, "r2-cpu-opencl", 2, "0,8", "3,1", 1, 0, "cpu:threads=1|opencl:threads=1", 0);
+}
+
+/* An opencl worker's measured compute is the device's work, not the time to enqueue it: its queue
+ * is asynchronous, so a backward that returned at once used to be charged to whatever waited
+ * next (the next forward's loss read, the allreduce's staging copy) and the worker's busy time
+ * (the report's and --rebalance's figure) left the last backward of every step out. A backward
+ * does twice a forward's matmul work (dinput and dweight for each weight), so over a step the
+ * backward time must be at least half the forward time (it is near 0.002 when only enqueued). */
+static void test_opencl_compute_is_timed(void **state) {
+  (void)state;
+  char dir[256], trace[300], errp[300];
+  snprintf(dir, sizeof dir, "%s/timed-opencl", work);
+  snprintf(trace, sizeof trace, "%s/trace.json", dir);
+  snprintf(errp, sizeof errp, "%s/launch.err", work);
+  mkdir(dir, 0755);
+  char *argv[] = {(char *)hetmix_bin, "launch", "-n", "1", "--", (char *)hetmix_bin, "worker", "--model",
+                  "L2,C128,NH4,V256,T64", "--data", tokpath, "--steps", "2", "--batch", "4", "--stages", "0,4",
+                  "--micro", "2", "--device", "opencl:threads=1", "--out", dir, "--trace", trace, "--quiet", NULL};
+  pid_t pid = hm_t_spawn(argv, NULL, errp);
+  int st = hm_t_wait(pid, 100.0);
+  char err[8192] = "";
+  hm_t_read_file(errp, err, sizeof err);
+  if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) fail_msg("launch failed:\n%s", err);
+  static char buf[1 << 20];
+  assert_int_equal(hm_t_read_file(trace, buf, sizeof buf), 0);
+  cJSON *j = cJSON_Parse(buf), *e;
+  assert_non_null(j);
+  double fwd = 0, bwd = 0;
+  cJSON_ArrayForEach(e, cJSON_GetObjectItem(j, "traceEvents")) {
+    const cJSON *name = cJSON_GetObjectItem(e, "name"), *dur = cJSON_GetObjectItem(e, "dur");
+    if (!cJSON_IsString(name) || !cJSON_IsNumber(dur)) continue;
+    if (!strncmp(name->valuestring, "fwd ", 4)) fwd += dur->valuedouble;
+    if (!strncmp(name->valuestring, "bwd ", 4)) bwd += dur->valuedouble;
+  }
+  cJSON_Delete(j);
+  print_message("  opencl worker: forward %.1f ms, backward %.1f ms over the traced step\n", fwd / 1e3, bwd / 1e3);
+  assert_true(fwd > 0);
+  if (bwd < 0.5 * fwd) fail_msg("backward %.3f ms < half the forward %.3f ms: the queue was not waited for", bwd / 1e3, fwd / 1e3);
+}
+
 /* A layout that does not match the model or the workers is refused, naming what is wrong. */
 static void test_mismatched_layout_is_refused(void **state) {
   (void)state;
@@ -515,7 +565,9 @@ static void test_killed_worker_mid_training(void **state) {
 int main(int argc, char **argv) {
   if (hm_test_opencl_only(argc, argv)) { /* `test_pipeline opencl`: that case only */
     if (hm_test_opencl_missing("opencl:threads=1")) return HM_TEST_SKIP;
-    const struct CMUnitTest opencl_tests[] = {cmocka_unit_test(test_opencl_workers)};
+    const struct CMUnitTest opencl_tests[] = {cmocka_unit_test(test_opencl_workers),
+                                              cmocka_unit_test(test_opencl_cpu_layouts),
+                                              cmocka_unit_test(test_opencl_compute_is_timed)};
     return cmocka_run_group_tests(opencl_tests, setup, teardown);
   }
   const struct CMUnitTest tests[] = {
