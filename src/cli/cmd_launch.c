@@ -1,5 +1,5 @@
 /* `hetmix launch` (start and supervise the workers of a job on this machine), `hetmix worker`
- * (one worker, started by launch, mpirun or srun) and `hetmix profile`.
+ * (one worker, started by launch, mpirun or srun); `hetmix profile` is in cmd_profile.c.
  * Parsing and printing only; spawning and supervision live in src/runtime/launch.c. */
 #include <float.h>
 #include <limits.h>

@@ -61,7 +61,6 @@ struct hm_store_server {
   int full_logged;          /* the client table was full (logged once until it drains) */
   size_t nkeys, bytes;      /* what the keys hold now (key + value bytes) */
   size_t max_keys, max_bytes;
-  unsigned char *buf;
 };
 
 static void full_key(const unsigned char *tag, const char *key, char *out, size_t cap) {
@@ -323,14 +322,8 @@ hm_status hm_store_server_start(const char *addr, int port, const unsigned char 
   if (!s) return HM_ERR_NOMEM;
   s->max_keys = max_keys;
   s->max_bytes = max_bytes;
-  s->buf = hm_malloc(STORE_MAX_VALUE + HM_WIRE_MAX_KEY + 16, "store buffer");
-  if (!s->buf) {
-    free(s);
-    return HM_ERR_NOMEM;
-  }
   hm_status st = hm_net_listen(addr, port, &s->lfd, bound_port);
   if (st != HM_OK) {
-    free(s->buf);
     free(s);
     return hm_error_context(st, "rendezvous store: ");
   }
@@ -338,7 +331,6 @@ hm_status hm_store_server_start(const char *addr, int port, const unsigned char 
   /* the first job is known before the thread accepts anyone (no refusal race at startup) */
   if (tag && (st = hm_store_server_add_job(s, tag, secret)) != HM_OK) {
     close(s->lfd);
-    free(s->buf);
     free(s);
     return st;
   }
@@ -349,7 +341,6 @@ hm_status hm_store_server_start(const char *addr, int port, const unsigned char 
   if (!sem_ok || pthread_create(&s->thread, NULL, store_main, s) != 0) {
     if (sem_ok) sem_destroy(&s->started);
     close(s->lfd);
-    free(s->buf);
     free(s);
     return hm_error(HM_ERR_INTERNAL, "rendezvous store: cannot start its thread");
   }
@@ -391,7 +382,6 @@ void hm_store_server_stop(hm_store_server *s) {
     free(j);
   }
   pthread_mutex_destroy(&s->mu);
-  free(s->buf);
   free(s);
 }
 
