@@ -595,6 +595,19 @@ static hm_status self_p2p(const char *fn, hm_op *o, hm_request_t *req) {
   return HM_OK;
 }
 
+/* A send or receive of `bytes` between this rank and `peer`, ready to submit. */
+static void p2p_op(hm_op *o, hm_comm_t c, void *buf, size_t bytes, size_t count, hm_dtype dt, int peer, int is_send) {
+  memset(o, 0, sizeof *o);
+  o->comm = c;
+  o->is_p2p = 1;
+  o->peer = peer;
+  o->is_send = is_send;
+  o->buf = buf;
+  o->bytes = bytes;
+  o->count = count;
+  o->dt = dt;
+}
+
 static hm_status p2p(const char *fn, hm_comm_t c, void *buf, size_t count, hm_dtype dt, int peer, int is_send,
                      hm_request_t *req) {
   CHECK(comm_state(c, fn));
@@ -605,15 +618,7 @@ static hm_status p2p(const char *fn, hm_comm_t c, void *buf, size_t count, hm_dt
   CHECK(check_bytes(fn, count, 1, dt, &bytes));
   CHECK(check_buf(fn, buf, "buf", bytes));
   hm_op o;
-  memset(&o, 0, sizeof o);
-  o.comm = c;
-  o.is_p2p = 1;
-  o.peer = peer;
-  o.is_send = is_send;
-  o.buf = buf;
-  o.bytes = bytes;
-  o.count = count;
-  o.dt = dt;
+  p2p_op(&o, c, buf, bytes, count, dt, peer, is_send);
   if (c->stage.dev && !c->stage.host && (req || g_group_depth > 0 || peer == c->rank))
     return staged_unsupported(c, peer == c->rank ? "a send/receive to this rank itself"
                                  : req ? "a nonblocking send/receive" : "a send/receive in a group");
@@ -625,15 +630,7 @@ static hm_status p2p(const char *fn, hm_comm_t c, void *buf, size_t count, hm_dt
 
 hm_status hm_comm_p2p_host(hm_comm_t c, void *buf, size_t count, hm_dtype dt, int peer, int is_send) {
   hm_op o;
-  memset(&o, 0, sizeof o);
-  o.comm = c;
-  o.is_p2p = 1;
-  o.peer = peer;
-  o.is_send = is_send;
-  o.buf = buf;
-  o.bytes = count * hm_dtype_size(dt);
-  o.count = count;
-  o.dt = dt;
+  p2p_op(&o, c, buf, count * hm_dtype_size(dt), count, dt, peer, is_send);
   return submit(&o, NULL);
 }
 
