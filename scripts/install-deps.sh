@@ -2,7 +2,9 @@
 # Installs the Debian packages that hetmix's build, tests and benchmarks use.
 # Slurm and munge (about 5 MB, for the srun launch test) are included unless HETMIX_WITH_SLURM=0.
 # OpenCL: the ICD loader and headers, CLBlast, and pocl (OpenCL on this CPU) for the opencl
-# backend and its tests.
+# backend and its tests. hipcc (AMD's HIP compiler, about 40 s to install) for the check that the
+# cuda backend's sources also compile as HIP; the CUDA toolkit itself is not a Debian package
+# (CMake finds it under /usr/local/cuda).
 # Idempotent: packages already present are not touched, apt-get update runs only when something is missing.
 set -euo pipefail
 
@@ -15,6 +17,7 @@ pkgs=(
   fortunes fortunes-min
   procps psmisc
   ocl-icd-opencl-dev opencl-c-headers pocl-opencl-icd libclblast-dev
+  hipcc
 )
 if [ "${HETMIX_WITH_SLURM:-1}" = 1 ]; then
   pkgs+=(slurm-wlm slurmctld slurmd slurm-client munge)

@@ -27,4 +27,16 @@ static inline int hm_test_opencl_missing(const char *spec) {
   return 0;
 }
 
+/* 1 (after printing why) when the backend of spec is not built or finds no device (a GPU test on
+ * a machine without one). */
+static inline int hm_test_device_missing(const char *spec) {
+  hm_device *d = NULL;
+  if (hm_device_open(spec, &d) != HM_OK) {
+    printf("SKIP: %s: %s\n", spec, hm_last_error());
+    return 1;
+  }
+  hm_device_close(d);
+  return 0;
+}
+
 #endif

@@ -3,7 +3,9 @@
  * and hetmix's peak memory against the expected parameter + gradient + AdamW + activation bytes.
  *
  * usage: bench_model_train [--model NAME] [--batch B] [--steps N] [--warmup N] [--threads N]
- *                          [--rounds R] [--device SPEC] [--no-torch]
+ *                          [--rounds R] [--device SPEC] [--torch-device cpu|cuda] [--no-torch]
+ * --torch-device cuda runs the PyTorch peer on the GPU (with --device cuda for hetmix: the GPU
+ * comparison of scripts/device-check.sh); its peak GPU memory is printed beside hetmix's.
  * Both sides run the same step: forward, cross-entropy, backward, global-norm clip, AdamW.
  * Means and bests are over each side's successful rounds; a failed PyTorch round is reported and
  * left out, and no ratio is printed when a side has no successful round. */
@@ -51,16 +53,22 @@ static void side_add(bench_side *b, double tps, double rss) {
 }
 
 /* One PyTorch round through torch_train.py; 0 with its figures, -1 when it did not run. */
+static const char *g_torch_device = "cpu"; /* --torch-device */
+static double g_torch_gpu_mib;             /* the PyTorch peer's peak GPU memory (on a GPU) */
+
 static int torch_round(const char *python, const hm_model_config *cfg, int B, int steps, int warmup,
                        int threads, double *tps, double *ms, double *rss) {
   char cmd[1024];
-  snprintf(cmd, sizeof cmd, "timeout 1800 '%s' '%s/bench/model/torch_train.py' %d %d %d %d %d %d %d %d %d 2>&1", python,
-           HM_SOURCE_DIR, cfg->L, cfg->C, cfg->NH, cfg->V, cfg->T, B, steps, warmup, threads);
+  snprintf(cmd, sizeof cmd, "timeout 1800 '%s' '%s/bench/model/torch_train.py' %d %d %d %d %d %d %d %d %d %s 2>&1",
+           python, HM_SOURCE_DIR, cfg->L, cfg->C, cfg->NH, cfg->V, cfg->T, B, steps, warmup, threads, g_torch_device);
   FILE *p = popen(cmd, "r");
   char line[512];
   *tps = *ms = *rss = 0;
   while (p && fgets(line, sizeof line, p)) {
     const char *q = strstr(line, "torch tokens_per_s=");
+    const char *g = q ? strstr(q, "peak_gpu_mib=") : NULL;
+    double gm = 0;
+    if (g && sscanf(g, "peak_gpu_mib=%lf", &gm) == 1 && gm > g_torch_gpu_mib) g_torch_gpu_mib = gm;
     if (q && sscanf(q, "torch tokens_per_s=%lf step_ms=%lf peak_rss_mib=%lf", tps, ms, rss) == 3) continue;
     if (!q) fprintf(stderr, "torch: %s", line);
   }
@@ -94,6 +102,7 @@ int main(int argc, char **argv) {
     else if (!v) return fprintf(stderr, "usage: see the top of bench/model/bench_train.c\n"), 2;
     else if (!strcmp(a, "--model")) model = v, i++;
     else if (!strcmp(a, "--device")) device = v, i++;
+    else if (!strcmp(a, "--torch-device")) g_torch_device = v, i++;
     else if (!strcmp(a, "--batch")) B = atoi(v), i++;
     else if (!strcmp(a, "--steps")) steps = atoi(v), i++;
     else if (!strcmp(a, "--warmup")) warmup = atoi(v), i++;
@@ -102,6 +111,8 @@ int main(int argc, char **argv) {
     else return fprintf(stderr, "unknown option %s\n", a), 2;
   }
   if (B < 1 || steps < 1 || warmup < 0 || threads < 1 || rounds < 1) return fprintf(stderr, "bad numbers\n"), 2;
+  if (strcmp(g_torch_device, "cpu") != 0 && strcmp(g_torch_device, "cuda") != 0)
+    return fprintf(stderr, "--torch-device %s: expected cpu or cuda\n", g_torch_device), 2;
   hm_model_config cfg;
   if (hm_model_config_lookup(model, &cfg) != HM_OK) return die("--model");
   char spec[128];
@@ -166,6 +177,9 @@ int main(int argc, char **argv) {
   printf("                 peak RSS %.1f MiB, of which %.1f MiB before the model (binary, libraries); "
          "device peak allocated %.1f MiB\n", rss_mib(), rss0, (double)ds.bytes_peak / 1048576.0);
   if (ts.ok) printf("                 torch peak RSS %.1f MiB (whole python process)\n", ts.rss);
+  if (ts.ok && g_torch_gpu_mib > 0)
+    printf("                 torch peak GPU memory %.1f MiB (max_memory_allocated) | hetmix %.1f MiB\n",
+           g_torch_gpu_mib, (double)ds.bytes_peak / 1048576.0);
   printf("final loss %.4f (random tokens; a sanity value, not a quality figure)\n", loss);
   free(inp);
   free(tgt);

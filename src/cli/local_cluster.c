@@ -1,6 +1,8 @@
 /* The embedded default cluster of `hetmix train` (and `--cluster local`): this machine as two
  * unlike devices of two runtimes, each given one core: `cpu` (the cpu backend, one OpenBLAS
  * thread) and `opencl` (the opencl backend, one pocl worker thread on a CPU, or a GPU's ICD).
+ * On a machine where the cuda backend opens a GPU, the default is that GPU (`cuda`) beside a
+ * `cpu` device of four OpenBLAS threads, so the planner weighs one against the other.
  * When the opencl backend is not built or finds no OpenCL platform or device, the default falls
  * back to `cpu` and `cpu-half` (the cpu backend emulating a chip half as fast, slow=2: a test
  * aid, not a chip) and the caller prints why.
@@ -21,6 +23,7 @@
 #include "util/util.h"
 
 #define HM_LOCAL_OPENCL_SPEC "opencl:threads=1"
+#define HM_LOCAL_CUDA_SPEC "cuda:device=0"
 #define HM_LOCAL_PROBE_TIMEOUT_MS 180000 /* a first open builds the kernels from source */
 
 static const char hm_local_cpu_opencl[] =
@@ -34,6 +37,20 @@ static const char hm_local_cpu_opencl[] =
     " \"hosts\": [{\"name\": \"localhost\", \"count\": 1,\n"
     "   \"devices\": [{\"type\": \"cpu\", \"count\": 1}, {\"type\": \"opencl\", \"count\": 1}],\n"
     "   \"host_link\": {\"bandwidth\": 5e9, \"latency\": 5e-6}}]}\n";
+
+/* A GPU machine: the GPU and four of the host's cores. The figures are datasheet starting
+ * points (an H100/H200-class GPU's f32 peak); the profile measures both devices before planning. */
+static const char hm_local_cuda_cpu[] =
+    "{\"version\": 1, \"name\": \"local-cuda-cpu\",\n"
+    " \"note\": \"this machine as a GPU (cuda) and four host cores (cpu)\",\n"
+    " \"device_types\": [\n"
+    "  {\"name\": \"cuda\", \"backend\": \"" HM_LOCAL_CUDA_SPEC "\", \"peak_flops\": {\"fp32\": 6.7e13},\n"
+    "   \"memory_bytes\": 8e10, \"memory_bandwidth\": 3.3e12, \"efficiency\": 0.5},\n"
+    "  {\"name\": \"cpu\", \"backend\": \"cpu:threads=4\", \"peak_flops\": {\"fp32\": 4e11},\n"
+    "   \"memory_bytes\": 8e9, \"memory_bandwidth\": 2e10, \"efficiency\": 0.5}],\n"
+    " \"hosts\": [{\"name\": \"localhost\", \"count\": 1,\n"
+    "   \"devices\": [{\"type\": \"cuda\", \"count\": 1}, {\"type\": \"cpu\", \"count\": 1}],\n"
+    "   \"host_link\": {\"bandwidth\": 2e10, \"latency\": 5e-6}}]}\n";
 
 /* The fallback: slow=2 is an emulation (sleeps after each kernel), so both workers fit two cores. */
 static const char hm_local_cpu_half[] =
@@ -120,7 +137,15 @@ static int probe_device(const char *spec, char *why, size_t cap) {
   return 0;
 }
 
+static int backend_built(const char *name) {
+  for (int i = 0; i < hm_device_backend_count(); i++)
+    if (strcmp(hm_device_backend_name(hm_device_backend_at(i)), name) == 0) return 1;
+  return 0;
+}
+
 const char *hm_cli_local_cluster(char *why, size_t cap) {
   why[0] = '\0';
+  if (backend_built("cuda") && probe_device(HM_LOCAL_CUDA_SPEC, why, cap)) return hm_local_cuda_cpu;
+  why[0] = '\0'; /* no GPU is the common case, not a reason worth printing */
   return probe_device(HM_LOCAL_OPENCL_SPEC, why, cap) ? hm_local_cpu_opencl : hm_local_cpu_half;
 }

@@ -50,6 +50,9 @@ static void hm_register_builtins(void) {
 #ifdef HETMIX_HAVE_OPENCL
   hm_register_locked(&hm_device_backend_opencl);
 #endif
+#ifdef HETMIX_HAVE_CUDA
+  hm_register_locked(&hm_device_backend_cuda);
+#endif
   pthread_mutex_unlock(&hm_registry_lock);
 }
 

@@ -10,6 +10,9 @@ extern const hm_device_backend hm_device_backend_ref;
 #ifdef HETMIX_HAVE_OPENCL
 extern const hm_device_backend hm_device_backend_opencl;
 #endif
+#ifdef HETMIX_HAVE_CUDA
+extern const hm_device_backend hm_device_backend_cuda;
+#endif
 
 /* Host-memory implementations of the memory entries of hm_device_ops (alloc/free serve as
  * alloc_host/free_host too: host backends stage in ordinary aligned memory). */

@@ -198,9 +198,16 @@ static void test_opencl_matches_torch(void **state) {
   run_case("opencl:threads=2");
 }
 
+static void test_cuda_matches_torch(void **state) {
+  (void)state;
+  run_case("cuda");
+}
+
 int main(int argc, char **argv) {
   const int opencl = hm_test_opencl_only(argc, argv); /* `test_model_oracle opencl`: that case only */
+  const int cuda = argc > 1 && strcmp(argv[1], "cuda") == 0; /* likewise on the GPU */
   if (opencl && hm_test_opencl_missing("opencl:threads=2")) return HM_TEST_SKIP;
+  if (cuda && hm_test_device_missing("cuda")) return HM_TEST_SKIP;
   if (!find_python()) {
     printf("SKIPPED: PyTorch is not importable by $HETMIX_PYTHON, or when unset /usr/bin/python3 or python3; "
            "install Debian's python3-torch (scripts/install-deps.sh) to run the oracle test\n");
@@ -208,5 +215,7 @@ int main(int argc, char **argv) {
   }
   const struct CMUnitTest tests[] = {cmocka_unit_test(test_cpu_matches_torch), cmocka_unit_test(test_ref_matches_torch)};
   const struct CMUnitTest opencl_tests[] = {cmocka_unit_test(test_opencl_matches_torch)};
+  const struct CMUnitTest cuda_tests[] = {cmocka_unit_test(test_cuda_matches_torch)};
+  if (cuda) return cmocka_run_group_tests(cuda_tests, NULL, NULL);
   return opencl ? cmocka_run_group_tests(opencl_tests, NULL, NULL) : cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -358,6 +358,17 @@ static void test_opencl_cpu_layouts(void **state) {
   run_and_compare_ex(&ref32, "r2-cpu-opencl", 2, "0,8", "3,1", 1, 0, "cpu:threads=1|opencl:threads=1", 0);
 }
 
+/* The GPU + CPU job: one cuda stage and one cpu stage in both orders, and a cuda replica beside
+ * a cpu replica. Activations, their gradients and the allreduces cross between GPU memory and
+ * host memory through pinned staging. Same bounds as the opencl layouts (run with TensorFloat-32
+ * off, HETMIX_CUDA_TF32=0, so every product is an f32 product). */
+static void test_cuda_cpu_layouts(void **state) {
+  (void)state;
+  run_and_compare_ex(&ref32, "p2-cuda-cpu", 2, "0,5,8", "4", 2, 0, "cuda|cpu:threads=1", 0);
+  run_and_compare_ex(&ref32, "p2-cpu-cuda", 2, "0,5,8", "4", 2, 0, "cpu:threads=1|cuda", 0);
+  run_and_compare_ex(&ref32, "r2-cuda-cpu", 2, "0,8", "3,1", 1, 0, "cuda|cpu:threads=1", 0);
+}
+
 /* An opencl worker's measured compute is the device's work, not the time to enqueue it: its queue
  * is asynchronous, so a backward that returned at once used to be charged to whatever waited
  * next (the next forward's loss read, the allreduce's staging copy) and the worker's busy time
@@ -563,6 +574,11 @@ static void test_killed_worker_mid_training(void **state) {
 }
 
 int main(int argc, char **argv) {
+  if (argc > 1 && strcmp(argv[1], "cuda") == 0) { /* `test_pipeline cuda`: the GPU + CPU layouts */
+    if (hm_test_device_missing("cuda")) return HM_TEST_SKIP;
+    const struct CMUnitTest cuda_tests[] = {cmocka_unit_test(test_cuda_cpu_layouts)};
+    return cmocka_run_group_tests(cuda_tests, setup, teardown);
+  }
   if (hm_test_opencl_only(argc, argv)) { /* `test_pipeline opencl`: that case only */
     if (hm_test_opencl_missing("opencl:threads=1")) return HM_TEST_SKIP;
     const struct CMUnitTest opencl_tests[] = {cmocka_unit_test(test_opencl_workers),
