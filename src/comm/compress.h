@@ -116,10 +116,11 @@ typedef struct hm_zip_peer {
  * a codec this build lacks is an error naming it. */
 hm_status hm_zip_configure(hm_zip_conf *z, const char *setting, long always, long below, long link_bw);
 
-/* Send side: chunk src[0, n) of a transfer of `total` bytes of dt to rank r. Sets *payload,
- * *len and *flags to what goes on the wire: the chunk itself, or (HM_WIRE_FLAG_ZIP) a compressed
- * frame in the peer's buffer, valid until the next call for r. */
-hm_status hm_zip_tx(struct hm_comm *c, int r, hm_dtype dt, size_t total, const char *src, uint32_t n,
+/* Send side: chunk src[0, n) of a transfer of `total` bytes to rank r for the call described by
+ * desc (its dtype is the element type). Sets *payload, *len and *flags to what goes on the wire:
+ * the chunk itself, or (HM_WIRE_FLAG_ZIP) a compressed frame in the peer's buffer, valid until
+ * the next call for r. */
+hm_status hm_zip_tx(struct hm_comm *c, int r, uint64_t desc, size_t total, const char *src, uint32_t n,
                     const char **payload, uint32_t *len, uint16_t *flags);
 /* Receive side: the buffer a compressed frame from r is read into (made on first use). */
 hm_status hm_zip_rx_buffer(struct hm_comm *c, int r, char **buf);

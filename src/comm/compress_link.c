@@ -104,10 +104,13 @@ static hm_status encode(hm_comm_t c, int r, hm_zip_peer *z, hm_zip_stream *s, si
   return HM_OK;
 }
 
-hm_status hm_zip_tx(hm_comm_t c, int r, hm_dtype dt, size_t total, const char *src, uint32_t n, const char **payload,
+hm_status hm_zip_tx(hm_comm_t c, int r, uint64_t desc, size_t total, const char *src, uint32_t n, const char **payload,
                     uint32_t *len, uint16_t *flags) {
   *payload = src, *len = n, *flags = 0;
   const hm_zip_conf *zc = &c->zip;
+  hm_desc d; /* the call's element type (point-to-point transfers move bytes: the engine's is u8) */
+  hm_desc_unpack(desc, &d);
+  const hm_dtype dt = (hm_dtype)d.dtype;
   if (zc->codec == HM_ZIP_NONE || !is_float(dt) || n < HM_ZIP_MIN_CHUNK) return HM_OK;
   const hm_link link = {zc->link_bw > 0 ? zc->link_bw : c->peers[r].link_bw, 0, 0};
   if (!zc->always && !(link.bandwidth > 0 && link.bandwidth < zc->below)) return HM_OK;

@@ -85,7 +85,7 @@ static hm_status tcp_send_step(const hm_xctx *cx, const hm_xfer *all, int n_all,
     const char *payload;
     uint32_t len;
     uint16_t flags;
-    HM_TRY(hm_zip_tx(c, x->peer, cx->dt, x->bytes, x->src + x->done, (uint32_t)n, &payload, &len, &flags));
+    HM_TRY(hm_zip_tx(c, x->peer, x->desc, x->bytes, x->src + x->done, (uint32_t)n, &payload, &len, &flags));
     hm_wire_hdr h;
     hm_wire_make_header(&h, HM_WIRE_DATA, x->seq, len, x->desc, 0);
     h.flags = flags;
