@@ -22,6 +22,7 @@ const char *hm_zip_codec_name(int codec) {
 }
 
 int hm_zip_codec_available(int codec) {
+  (void)codec;
 #ifdef HETMIX_HAVE_ZSTD
   if (codec == HM_ZIP_ZSTD) return 1;
 #endif
@@ -76,7 +77,7 @@ void hm_zip_join(unsigned char *dst, const unsigned char *src, size_t n, size_t 
 /* Compresses one plane of m bytes into at most cap bytes; 0 when it does not fit (or the codec
  * fails): the caller stores the plane instead. */
 static size_t pack_plane(hm_zip_ctx *z, int codec, const unsigned char *src, size_t m, unsigned char *dst, size_t cap) {
-  (void)z, (void)src, (void)m, (void)dst, (void)cap;
+  (void)z, (void)codec, (void)src, (void)m, (void)dst, (void)cap;
 #ifdef HETMIX_HAVE_ZSTD
   if (codec == HM_ZIP_ZSTD) {
     if (!z->cctx && !(z->cctx = ZSTD_createCCtx())) return 0;
@@ -171,7 +172,7 @@ hm_status hm_zip_parse(const unsigned char *p, size_t n, size_t max_raw, hm_zip_
 /* Decodes one block into exactly m bytes of dst. */
 static hm_status unpack_plane(hm_zip_ctx *z, int codec, const unsigned char *src, size_t len, unsigned char *dst,
                               size_t m, int k) {
-  (void)z, (void)src, (void)len, (void)dst, (void)m;
+  (void)z, (void)src, (void)len, (void)dst, (void)m, (void)k;
 #ifdef HETMIX_HAVE_ZSTD
   if (codec == HM_ZIP_ZSTD) {
     if (!z->dctx && !(z->dctx = ZSTD_createDCtx())) return hm_error(HM_ERR_NOMEM, "zstd decompression context");
