@@ -675,6 +675,8 @@ hm_status hm_comm_split(hm_comm_t comm, int color, int key, hm_comm_t *newcomm, 
     }
     c->nranks = n;
     if (st == HM_OK) st = connect_mesh(c, info, hm_deadline_after_ms((uint64_t)c->cfg.timeout_ms));
+    for (int i = 0; i < n && st == HM_OK; i++) /* the links to the same processes: their figures carry over */
+      c->peers[i].link_bw = comm->peers[all[i].rank].link_bw;
     free(info);
   }
   if (shm_name[0]) shm_unlink(shm_name);
