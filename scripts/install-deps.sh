@@ -10,7 +10,7 @@ set -euo pipefail
 
 pkgs=(
   build-essential cmake pkg-config git
-  libopenblas-dev libcmocka-dev libcjson-dev libzstd-dev libssl-dev libxxhash-dev
+  libopenblas-dev libcmocka-dev libcjson-dev libzstd-dev liblz4-dev libssl-dev libxxhash-dev
   openmpi-bin libopenmpi-dev
   clang libclang-rt-14-dev
   python3 python3-numpy python3-torch

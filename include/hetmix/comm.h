@@ -57,9 +57,13 @@ typedef struct hm_comm_config {
                                HETMIX_ALGO */
   const char *listen_addr;  /* address data sockets bind to ["127.0.0.1"] HETMIX_LISTEN_ADDR */
   const char *name;         /* label used in messages and traces [""] */
+  const char *compress;     /* "auto" | "off" | "zstd" | "lz4": lossless compression of floating-point
+                               chunks over TCP links slower than HETMIX_COMPRESS_BELOW where the cost
+                               model says it pays ("auto": zstd, else lz4, if built in) ["auto"]
+                               HETMIX_COMPRESS (docs/comm.md, "Compression") */
 } hm_comm_config;
 
-#define HM_COMM_CONFIG_INIT {0, 0, 0, NULL, NULL, NULL, NULL}
+#define HM_COMM_CONFIG_INIT {0, 0, 0, NULL, NULL, NULL, NULL, NULL}
 
 /* Rank 0 (or a launcher) creates the id: it starts the rendezvous store in this process,
  * listening on HETMIX_STORE_ADDR or loopback, and embeds a fresh random job secret. */

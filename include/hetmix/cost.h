@@ -58,6 +58,35 @@ double hm_cost_collective(hm_coll_kind kind, hm_coll_algo algo, int nranks, doub
 hm_coll_algo hm_cost_best_algo(hm_coll_kind kind, int nranks, double bytes, const hm_link *link,
                                double *seconds);
 
+/* Lossless compression of what crosses a link (hmcomm compresses chunks on slow TCP links,
+ * docs/comm.md "Compression"): ratio = compressed / raw bytes; the codec's throughputs in raw
+ * bytes per second on the sending and the receiving host. */
+typedef struct hm_zip_figures {
+  double ratio;
+  double compress_bw;
+  double decompress_bw;
+} hm_zip_figures;
+
+/* Raw bytes per second a link of link_bw carries when its chunks are compressed: the sender
+ * compresses the next chunk while the link carries the last one and the receiver decompresses
+ * the one before, so the slowest of the three stages sets the pace:
+ * min(compress_bw, link_bw / ratio, decompress_bw). 0 when a figure is missing. */
+double hm_cost_zip_bandwidth(double link_bw, const hm_zip_figures *z);
+
+/* Seconds to move `bytes` in chunks of `chunk` bytes compressed: latency, the pipeline's fill
+ * (the first chunk is compressed and the last decompressed with nothing to overlap) and the
+ * rest at hm_cost_zip_bandwidth. A negative value when the figures are unusable. */
+double hm_cost_p2p_zip(const hm_link *link, double bytes, double chunk, const hm_zip_figures *z);
+
+/* Whether compress + send + decompress of `bytes` (chunks of `chunk`) beats sending them as
+ * they are: hm_cost_p2p_zip < hm_cost_p2p. */
+int hm_cost_zip_pays(const hm_link *link, double bytes, double chunk, const hm_zip_figures *z);
+
+/* The link as the planner sees it when compression is on: out = in, with the bandwidth raised
+ * to hm_cost_zip_bandwidth where that is higher (never lowered: hmcomm sends uncompressed
+ * where compression does not pay). */
+void hm_cost_link_with_zip(const hm_link *in, const hm_zip_figures *z, hm_link *out);
+
 /* busbw factor (docs/ARCHITECTURE.md, Definitions): allreduce 2(n-1)/n; reduce_scatter, allgather, alltoall (n-1)/n;
  * broadcast, reduce 1; gather, scatter (n-1)/n. */
 double hm_busbw_factor(hm_coll_kind kind, int nranks);

@@ -232,6 +232,11 @@ typedef struct hm_train {
   hm_recompute recompute;
   int zero_stage;              /* 0; 1 shards master weights + optimizer state over DP */
   double memory_fraction;      /* part of device memory a plan may use (default 0.9) */
+  /* hmcomm's link compression as the planner counts it ("compression"): figures measured by
+   * bench_comm_zip; zip.ratio 0 = not counted. Inter-host links slower than zip_below carry
+   * at hm_cost_link_with_zip's bandwidth. */
+  hm_zip_figures zip;
+  double zip_below;
 } hm_train;
 
 /* Defaults of docs/spec.md (global batch 8, micro-batch sizes 1 2 4 8, precision "auto",

@@ -121,6 +121,9 @@ static hm_status read_env_knobs(hm_env_knobs *k) {
       {"HETMIX_SPIN_US", -1, 0, 10000000L, offsetof(hm_env_knobs, spin_us)},
       {"HETMIX_YIELD_US", -1, 0, 10000000L, offsetof(hm_env_knobs, yield_us)},
       {"HETMIX_SPIN_SMALL_US", -1, 0, 10000000L, offsetof(hm_env_knobs, spin_small_us)},
+      {"HETMIX_COMPRESS_ALWAYS", 0, 0, 1, offsetof(hm_env_knobs, compress_always)},
+      {"HETMIX_COMPRESS_BELOW", (long)HM_ZIP_DEFAULT_BELOW, 1, 1000000000000000L, offsetof(hm_env_knobs, compress_below)},
+      {"HETMIX_LINK_BW", 0, 0, 1000000000000000L, offsetof(hm_env_knobs, link_bw)},
   };
   for (size_t i = 0; i < sizeof knobs / sizeof knobs[0]; i++)
     HM_TRY(hm_env_long(knobs[i].name, knobs[i].def, knobs[i].lo, knobs[i].hi, (long *)((char *)k + knobs[i].off)));
@@ -143,6 +146,10 @@ static hm_status resolve_config(hm_comm_t c, const hm_comm_config *cfg) {
   HM_TRY(pick_str(cfg->algorithm, "HETMIX_ALGO", "auto", algos, "algorithm", c->algorithm, sizeof c->algorithm));
   HM_TRY(pick_str(cfg->listen_addr, "HETMIX_LISTEN_ADDR", "127.0.0.1", NULL, "listen_addr", c->listen_addr, sizeof c->listen_addr));
   HM_TRY(pick_str(cfg->name, "HETMIX_COMM_NAME", "", NULL, "name", c->name, sizeof c->name));
+  static const char *const zips[] = {"auto", "off", "zstd", "lz4", NULL};
+  HM_TRY(pick_str(cfg->compress, "HETMIX_COMPRESS", "auto", zips, "compress", c->compress, sizeof c->compress));
+  HM_TRY(hm_zip_configure(&c->zip, c->compress, c->env.compress_always, c->env.compress_below, c->env.link_bw));
+  c->cfg.compress = c->compress;
   c->cfg.transport = c->transport;
   c->cfg.algorithm = c->algorithm;
   c->cfg.listen_addr = c->listen_addr;
@@ -668,6 +675,8 @@ hm_status hm_comm_split(hm_comm_t comm, int color, int key, hm_comm_t *newcomm, 
     }
     c->nranks = n;
     if (st == HM_OK) st = connect_mesh(c, info, hm_deadline_after_ms((uint64_t)c->cfg.timeout_ms));
+    for (int i = 0; i < n && st == HM_OK; i++) /* the links to the same processes: their figures carry over */
+      c->peers[i].link_bw = comm->peers[all[i].rank].link_bw;
     free(info);
   }
   if (shm_name[0]) shm_unlink(shm_name);

@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "comm/compress.h"
 #include "comm/device_staging.h"
 #include "comm/wire.h"
 #include "hetmix/comm.h"
@@ -204,6 +205,9 @@ typedef struct hm_peer {
   int pid;
   hm_shm_peer shm;
   hm_tcp_peer tcp;
+  double link_bw;   /* bytes/s of the link to this peer, 0 when unknown: the host/pool topology sets
+                       it; it decides whether chunks to it may be compressed (compress.h) */
+  hm_zip_peer *zip; /* compression state for this peer (compress_link.c), made on first use */
   uint32_t send_p2p_seq, recv_p2p_seq;
 } hm_peer;
 
@@ -212,6 +216,7 @@ typedef struct hm_request hm_op; /* a queued operation; also what a request poin
 /* Tuning knobs read from the environment at init (HETMIX_TIMEOUT_MS, ...; docs/comm.md). */
 typedef struct hm_env_knobs {
   long timeout_ms, heartbeat_ms, peer_dead_ms, shm_chunk, tcp_chunk, cma;
+  long compress_always, compress_below, link_bw;
   long shm_slots, spin_us, yield_us, spin_small_us; /* -1: unset, the default depends on the layout */
 } hm_env_knobs;
 
@@ -220,7 +225,8 @@ struct hm_comm {
   unsigned char tag[HM_WIRE_TAG_BYTES];
   unsigned char secret[HM_SECRET_BYTES];
   hm_comm_config cfg;
-  char transport[8], algorithm[8], listen_addr[64], name[64];
+  char transport[8], algorithm[8], listen_addr[64], name[64], compress[8];
+  hm_zip_conf zip;  /* compression of chunks on slow TCP links (compress.h) */
   int forced_algo;  /* -1 auto */
   _Atomic uint64_t allreduce_runs[HM_ALGO_COUNT]; /* allreduces run per algorithm (tests read it) */
   hm_peer *peers;

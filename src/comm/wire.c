@@ -78,6 +78,9 @@ hm_status hm_wire_decode_header(const unsigned char *b, size_t n, hm_wire_hdr *h
   if (h->type < HM_WIRE_HELLO || h->type >= HM_WIRE_TYPE_END)
     return hm_error(HM_ERR_PROTOCOL, "wire header: unknown type %u", (unsigned)h->type);
   h->flags = get16(b + 6);
+  if (h->flags & ~(h->type == HM_WIRE_DATA ? HM_WIRE_FLAG_ZIP : 0u))
+    return hm_error(HM_ERR_PROTOCOL, "wire header: flags 0x%x on a frame of type %u", (unsigned)h->flags,
+                    (unsigned)h->type);
   h->seq = get32(b + 8);
   h->len = get32(b + 12);
   if (h->len > HM_WIRE_MAX_PAYLOAD)

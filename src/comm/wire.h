@@ -39,6 +39,10 @@ typedef enum hm_wire_type {
 /* Purposes of a connection (HELLO). */
 enum { HM_CONN_STORE = 0, HM_CONN_CTRL = 1, HM_CONN_DATA = 2, HM_CONN_PURPOSE_END };
 
+/* Header flags. HM_WIRE_FLAG_ZIP (DATA only): the payload is a compressed chunk (comm/compress.h);
+ * any other bit, or the flag on another type, is refused. */
+#define HM_WIRE_FLAG_ZIP 0x1u
+
 typedef struct hm_wire_hdr {
   uint32_t magic;
   uint8_t version;

@@ -138,3 +138,26 @@ double hm_busbw_factor(hm_coll_kind kind, int nranks) {
       return 1.0;
   }
 }
+
+double hm_cost_zip_bandwidth(double link_bw, const hm_zip_figures *z) {
+  if (!(link_bw > 0) || !(z->ratio > 0) || !(z->compress_bw > 0) || !(z->decompress_bw > 0)) return 0.0;
+  return fmin(fmin(z->compress_bw, link_bw / z->ratio), z->decompress_bw);
+}
+
+double hm_cost_p2p_zip(const hm_link *link, double bytes, double chunk, const hm_zip_figures *z) {
+  const double bw = hm_cost_zip_bandwidth(link->bandwidth, z);
+  if (!(bw > 0)) return -1.0;
+  const double first = fmin(chunk, bytes);
+  return link->latency + first / z->compress_bw + first / z->decompress_bw + bytes / bw;
+}
+
+int hm_cost_zip_pays(const hm_link *link, double bytes, double chunk, const hm_zip_figures *z) {
+  const double t = hm_cost_p2p_zip(link, bytes, chunk, z);
+  return t >= 0 && t < hm_cost_p2p(link, bytes);
+}
+
+void hm_cost_link_with_zip(const hm_link *in, const hm_zip_figures *z, hm_link *out) {
+  *out = *in;
+  const double bw = hm_cost_zip_bandwidth(in->bandwidth, z);
+  if (bw > out->bandwidth) out->bandwidth = bw;
+}

@@ -34,6 +34,7 @@ void hm_train_default(hm_train *t) {
   t->recompute = HM_RECOMPUTE_NONE;
   t->zero_stage = 0;
   t->memory_fraction = 0.9;
+  t->zip_below = 1.25e9;
 }
 
 double hm_layer_train_flops(const hm_layer *l, const hm_train *t) {
@@ -51,10 +52,25 @@ static int cmp_i64(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
+/* "compression": {"ratio", "compress_bw", "decompress_bw", "below"} (docs/spec.md). */
+static hm_status zip_read(const cJSON *j, const char *root, hm_train *t) {
+  static const char *const keys[] = {"ratio", "compress_bw", "decompress_bw", "below", NULL};
+  const cJSON *z = NULL;
+  char p[HM_JSON_PATH_MAX];
+  HM_TRY(hm_json_object(j, root, "compression", 0, &z));
+  if (!z) return HM_OK;
+  hm_json_path_key(p, root, "compression");
+  HM_TRY(hm_json_check_object(z, p, keys));
+  HM_TRY(hm_json_number(z, p, "ratio", 1, HM_RANGE_POSITIVE(1), 0, &t->zip.ratio));
+  HM_TRY(hm_json_number(z, p, "compress_bw", 1, HM_RANGE_POSITIVE(1e16), 0, &t->zip.compress_bw));
+  HM_TRY(hm_json_number(z, p, "decompress_bw", 1, HM_RANGE_POSITIVE(1e16), 0, &t->zip.decompress_bw));
+  return hm_json_number(z, p, "below", 0, HM_RANGE_POSITIVE(1e16), 1.25e9, &t->zip_below);
+}
+
 static hm_status train_read(const cJSON *j, const char *root, hm_train *t) {
   static const char *const keys[] = {"version",   "global_batch", "micro_batch_sizes",
                                      "optimizer", "precision",    "recompute",
-                                     "zero_stage", "memory_fraction", "bytes_per_param", NULL};
+                                     "zero_stage", "memory_fraction", "bytes_per_param", "compression", NULL};
   static const char *const bpp_keys[] = {"weights", "grads", "master", "optimizer", NULL};
   char p[HM_JSON_PATH_MAX], q[HM_JSON_PATH_MAX];
   hm_train_default(t);
@@ -117,7 +133,7 @@ static hm_status train_read(const cJSON *j, const char *root, hm_train *t) {
     HM_TRY(hm_json_number(bpp, p, "master", 0, HM_RANGE_NONNEG(64), -1, &t->master_bytes));
     HM_TRY(hm_json_number(bpp, p, "optimizer", 0, HM_RANGE_NONNEG(64), -1, &t->optimizer_bytes));
   }
-  return HM_OK;
+  return zip_read(j, root, t);
 }
 
 hm_status hm_train_from_cjson(const cJSON *j, const char *root, hm_train *out) {
@@ -166,6 +182,13 @@ cJSON *hm_train_to_cjson(const hm_train *t) {
       !cJSON_AddStringToObject(j, "recompute", hm_recompute_name(t->recompute)) ||
       !cJSON_AddNumberToObject(j, "zero_stage", t->zero_stage) ||
       !cJSON_AddNumberToObject(j, "memory_fraction", t->memory_fraction))
+    goto fail;
+  cJSON *z = NULL;
+  if (t->zip.ratio > 0 &&
+      (!(z = cJSON_AddObjectToObject(j, "compression")) || !cJSON_AddNumberToObject(z, "ratio", t->zip.ratio) ||
+       !cJSON_AddNumberToObject(z, "compress_bw", t->zip.compress_bw) ||
+       !cJSON_AddNumberToObject(z, "decompress_bw", t->zip.decompress_bw) ||
+       !cJSON_AddNumberToObject(z, "below", t->zip_below)))
     goto fail;
   if (t->weight_bytes >= 0 || t->grad_bytes >= 0 || t->master_bytes >= 0 ||
       t->optimizer_bytes >= 0) {

@@ -62,6 +62,13 @@ hm_link hm_device_nic(const hm_cluster *c, int type) {
   return best;
 }
 
+/* A link between hosts as hmcomm drives it: compressed where the training spec counts
+ * compression and the link is slower than its threshold (docs/plan.md). */
+static hm_link zip_link(const hm_train *t, hm_link l) {
+  if (t && t->zip.ratio > 0 && l.bandwidth > 0 && l.bandwidth < t->zip_below) hm_cost_link_with_zip(&l, &t->zip, &l);
+  return l;
+}
+
 hm_link hm_stage_link(const hm_plan_inputs *in, int ta, int tb, int same_host) {
   const hm_cluster *c = in->cluster;
   hm_link l = {0, 0, 0};
@@ -88,7 +95,7 @@ hm_link hm_stage_link(const hm_plan_inputs *in, int ta, int tb, int same_host) {
     hm_link m;
     if (hm_profile_link_find(in->profile, ta, tb, 1, &m)) l = m;
   }
-  return l;
+  return zip_link(in->train, l);
 }
 
 hm_sync_model hm_plan_sync_model(const hm_plan_inputs *in, unsigned types_mask, int nranks,
@@ -120,6 +127,7 @@ hm_sync_model hm_plan_sync_model(const hm_plan_inputs *in, unsigned types_mask, 
         }
       }
   }
+  if (c->nhosts > 1) m.link = zip_link(in->train, m.link);
   if (npools > 1 && nranks >= npools) {
     m.ngroups = npools;
     /* the slowest pool link among the pools used, shared by the devices of one pool */
@@ -131,6 +139,7 @@ hm_sync_model hm_plan_sync_model(const hm_plan_inputs *in, unsigned types_mask, 
       if (firstp || pl->link.latency > m.outer.latency) m.outer.latency = pl->link.latency;
       firstp = 0;
     }
+    m.outer = zip_link(in->train, m.outer);
     double per_pool = (double)devices / npools;
     if (per_pool > 1) m.outer.bandwidth /= per_pool;
     m.outer.latency += m.link.latency;

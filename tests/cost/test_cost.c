@@ -50,6 +50,31 @@ static void test_algo_names_roundtrip(void **state) {
   assert_int_equal(hm_coll_algo_parse("bogus"), -1);
 }
 
+/* Compressed links: the pipeline's pace is its slowest stage; compression pays on a slow link
+ * for a large transfer, not on a fast link, not for one small chunk, not without figures. */
+static void test_zip_costs(void **state) {
+  (void)state;
+  const hm_zip_figures z = {.ratio = 0.7, .compress_bw = 500e6, .decompress_bw = 1e9};
+  const hm_link gbit = {.bandwidth = 125e6, .latency = 1e-4, .reduce_bw = 0};
+  const hm_link ten = {.bandwidth = 1.25e9, .latency = 1e-5, .reduce_bw = 0};
+  assert_true(fabs(hm_cost_zip_bandwidth(125e6, &z) - 125e6 / 0.7) < 1e-3); /* the link: 178.6 MB/s */
+  assert_true(hm_cost_zip_bandwidth(1.25e9, &z) == 500e6);                   /* the compressor */
+  /* 64 MiB in 512 KiB chunks: latency + fill (one chunk compressed, one decompressed) + the rest */
+  const double b = 64.0 * (1 << 20), c = 512.0 * 1024;
+  assert_true(fabs(hm_cost_p2p_zip(&gbit, b, c, &z) - (1e-4 + c / 500e6 + c / 1e9 + b * 0.7 / 125e6)) < 1e-12);
+  assert_true(hm_cost_zip_pays(&gbit, b, c, &z));
+  assert_false(hm_cost_zip_pays(&ten, b, c, &z));
+  assert_false(hm_cost_zip_pays(&gbit, 4096, c, &z)); /* 4 KiB: compress + decompress exceed the saving */
+  const hm_zip_figures none = {0};
+  assert_true(hm_cost_p2p_zip(&gbit, b, c, &none) < 0);
+  assert_false(hm_cost_zip_pays(&gbit, b, c, &none));
+  hm_link eff;
+  hm_cost_link_with_zip(&gbit, &z, &eff);
+  assert_true(eff.bandwidth == hm_cost_zip_bandwidth(125e6, &z) && eff.latency == gbit.latency);
+  hm_cost_link_with_zip(&ten, &z, &eff); /* never slower than sending as is */
+  assert_true(eff.bandwidth == ten.bandwidth);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_p2p),
@@ -57,6 +82,7 @@ int main(void) {
       cmocka_unit_test(test_best_algo_by_size),
       cmocka_unit_test(test_busbw_factors),
       cmocka_unit_test(test_algo_names_roundtrip),
+      cmocka_unit_test(test_zip_costs),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -449,6 +449,26 @@ static void test_sync_model_pools(void **state) {
   assert_true(fabs(m.outer.latency - (1e-3 + 1e-5)) < 1e-15); /* one addition: ~1e-19 */
   m = hm_plan_sync_model(&s.in, 1u, 4, 4); /* type a alone: one pool, a flat allreduce */
   assert_int_equal(m.ngroups, 1);
+  /* Compression counted (training spec "compression"): the 5e8 B/s pool link, under the
+   * threshold, carries 5e8 / 0.5 = 1e9 B/s (the codec is faster); the 1e10 NICs are above it. */
+  static const char train[] = "{\"version\": 1, \"global_batch\": 8, \"compression\": {\"ratio\": 0.5, "
+                              "\"compress_bw\": 4e9, \"decompress_bw\": 8e9, \"below\": 1.25e9}}";
+  assert_int_equal(hm_train_parse(train, sizeof train - 1, "zip", &s.t), HM_OK);
+  assert_true(s.t.zip.ratio == 0.5 && s.t.zip.compress_bw == 4e9 && s.t.zip_below == 1.25e9);
+  m = hm_plan_sync_model(&s.in, 3u, 8, 8);
+  assert_true(m.outer.bandwidth == 1e9 / 4);
+  assert_true(m.link.bandwidth == 1e10);
+  cJSON *back = hm_train_to_cjson(&s.t);
+  char *text2 = cJSON_PrintUnformatted(back);
+  hm_train t2;
+  assert_int_equal(hm_train_parse(text2, strlen(text2), "back", &t2), HM_OK);
+  assert_memory_equal(&t2.zip, &s.t.zip, sizeof t2.zip);
+  free(text2);
+  cJSON_Delete(back);
+  static const char bad[] = "{\"version\": 1, \"global_batch\": 8, \"compression\": {\"ratio\": 1.5, "
+                            "\"compress_bw\": 4e9, \"decompress_bw\": 8e9}}";
+  assert_int_equal(hm_train_parse(bad, sizeof bad - 1, "bad", &t2), HM_ERR_SPEC);
+  assert_non_null(strstr(hm_last_error(), "compression.ratio"));
   unload(&s);
 }
 

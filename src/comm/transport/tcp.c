@@ -3,7 +3,9 @@
  * 4 MiB buffers. A frame goes out with sendmsg (header and payload in one call) and may take
  * several steps; a receive reads the header first and, for a plain copy whose header checks out,
  * the payload straight into the destination (else into a staging buffer to reduce from).
- * Waits sleep in poll() on the data sockets. Not here: sockets and frames in general (net.c). */
+ * Waits sleep in poll() on the data sockets. Chunks of floating-point data to a peer behind a
+ * slow link may go compressed (HM_WIRE_FLAG_ZIP): compress_link.c decides and codes them.
+ * Not here: sockets and frames in general (net.c). */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +27,7 @@ static hm_status tcp_connect(hm_comm_t c, int r, const hm_rank_info *mine, const
 }
 
 static void tcp_close(hm_comm_t c, int r) {
+  hm_zip_peer_free(c, r);
   free(c->peers[r].tcp.rx_buf);
   c->peers[r].tcp.rx_buf = NULL;
 }
@@ -79,11 +82,16 @@ static hm_status tcp_send_step(const hm_xctx *cx, const hm_xfer *all, int n_all,
     if (n == 0 && x->bytes > 0) return HM_OK; /* waiting for the data it forwards */
     if (t->tx_busy) return HM_OK;
     if (n > c->tcp_chunk) n = c->tcp_chunk;
+    const char *payload;
+    uint32_t len;
+    uint16_t flags;
+    HM_TRY(hm_zip_tx(c, x->peer, x->desc, x->bytes, x->src + x->done, (uint32_t)n, &payload, &len, &flags));
     hm_wire_hdr h;
-    hm_wire_make_header(&h, HM_WIRE_DATA, x->seq, (uint32_t)n, x->desc, 0);
+    hm_wire_make_header(&h, HM_WIRE_DATA, x->seq, len, x->desc, 0);
+    h.flags = flags;
     hm_wire_encode_header(&h, t->tx_hdr);
-    t->tx_data = x->src + x->done;
-    t->tx_len = HM_WIRE_HDR_BYTES + n;
+    t->tx_data = payload;
+    t->tx_len = HM_WIRE_HDR_BYTES + len;
     t->tx_off = 0;
     t->tx_busy = 1;
     HM_TRY(tcp_flush(c, x->peer));
@@ -150,16 +158,28 @@ static hm_status tcp_recv_step(const hm_xctx *cx, const hm_xfer *all, int n_all,
     int have_hdr, ready;
     HM_TRY(tcp_fill(c, x->peer, NULL, &have_hdr, &ready));
     if (!have_hdr) return HM_OK;
-    const uint32_t len = t->rx_h.len, seq = t->rx_h.seq;
+    const uint32_t seq = t->rx_h.seq;
     const uint64_t desc = t->rx_h.desc;
+    const int zip = (t->rx_h.flags & HM_WIRE_FLAG_ZIP) != 0;
+    uint32_t len = t->rx_h.len; /* bytes of the chunk: for a compressed frame, what it decodes to */
     /* plain copies land straight in the destination once the header checked out */
-    const int direct = x->mode == HM_X_COPY && !x->avail && seq == x->seq && desc == x->desc && len <= x->bytes - x->done;
+    const int direct = !zip && x->mode == HM_X_COPY && !x->avail && seq == x->seq && desc == x->desc &&
+                       len <= x->bytes - x->done;
     char *data = direct ? x->dst + x->done : t->rx_buf;
+    if (zip) HM_TRY(hm_zip_rx_buffer(c, x->peer, &data));
     HM_TRY(tcp_fill(c, x->peer, data, &have_hdr, &ready));
     if (!ready) return HM_OK;
+    hm_zip_frame zf;
+    if (zip) HM_TRY(hm_zip_rx_parse(c, x->peer, data, t->rx_h.len, &zf));
+    if (zip) len = zf.raw_len;
     HM_TRY(hm_xfer_check_chunk(cx, x, seq, desc, len, es));
     if (x->avail && *x->avail < x->done + len) return HM_OK; /* operand not reduced yet */
-    if (len && !direct) hm_xfer_deliver(cx, x, data, len, es);
+    if (zip) { /* a copy decodes straight into the destination */
+      char *out = x->mode == HM_X_COPY ? x->dst + x->done : t->rx_buf;
+      HM_TRY(hm_zip_rx_decode(c, x->peer, &zf, out));
+      if (out == t->rx_buf) hm_xfer_deliver(cx, x, t->rx_buf, len, es);
+    } else if (len && !direct)
+      hm_xfer_deliver(cx, x, data, len, es);
     t->rx_off = 0;
     x->done += len;
     x->nchunks++;
