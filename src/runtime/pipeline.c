@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "hetmix/device.h"
+#include "runtime/ckpt_agent.h"
 #include "runtime/pipeline_internal.h"
 #include "runtime/pipeline_resume.h"
 #include "util/files.h"
@@ -121,6 +122,7 @@ typedef struct hm_pipe {
   int micro[HM_PIPE_MAX_REPLICAS]; /* the split in use (rebalancing changes it) */
   double pace[HM_PIPE_MAX_REPLICAS]; /* smoothed seconds of compute per micro-batch, per replica */
   int paced;
+  hm_ckpt_agent *agent;  /* periodic checkpoints (--ckpt-every with --dump), else NULL */
 } hm_pipe;
 
 static hm_status hm_pipe_ctx(hm_status st, const hm_pipe *w) {
@@ -460,17 +462,17 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
   if (nslots > w->nslots) w->nslots = nslots;
   if (w->nslots < 1) w->nslots = 1;
 
-  HM_TRY(hm_pipe_run_identity(w->world, o, w->stage, w->M, &w->run_id));
+  char shard[1024];
+  HM_TRY(hm_pipe_run_identity(w->world, o, w->stage, w->M, &w->run_id, shard, sizeof shard));
   HM_TRY(hm_device_open(t->device ? t->device : "cpu", &w->dev));
   hm_stage_options so = {w->first, w->last, t->batch, T, w->nslots};
   HM_TRY(hm_stage_create(&t->config, w->dev, &so, &w->st));
   if (t->resume) {
-    /* a dump directory of an earlier run of this layout (its files checked to be one run at one
+    /* a checkpoint of an earlier run of this layout (its shards checked to be one run at one
      * step by hm_pipe_run_identity): this stage's params, moments, step */
-    char path[4200];
+    const char *path = shard;
     hm_ckpt_meta m;
-    snprintf(path, sizeof path, "%s/stage%d.hmc", t->resume, w->stage);
-    HM_TRY(hm_stage_load(w->st, path, &m));
+    HM_TRY(hm_stage_load_shard(w->st, w->dev, path, &m));
     const int T_run = t->seq_len > 0 ? t->seq_len : t->config.T;
     if (m.batch != t->batch || m.seq_len != T_run || m.data_seed != t->seed ||
         m.data_position != m.step * (uint64_t)w->M * (uint64_t)t->batch)
@@ -507,6 +509,10 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
   if (o->dump_dir && w->replica == 0) {
     HM_TRY(hm_make_dirs(o->dump_dir, 0755, HM_DIR_OUTPUT));
     HM_TRY(hm_clean_tmp_files(o->dump_dir, NULL));
+  }
+  if (o->dump_dir && t->ckpt_every > 0) {
+    hm_ckpt_agent_config ac = {o->dump_dir, hm_ckpt_peer_root(), t->keep, w->stage, w->p, w->replica, w->run_id};
+    HM_TRY(hm_ckpt_agent_open(w->world, &ac, &w->agent));
   }
   /* the wire type: f64 as soon as one worker computes in f64 */
   int64_t esize = (int64_t)hm_device_elem_size(w->dev), esize_max = 0;
@@ -630,42 +636,42 @@ static hm_status hm_pipe_open_metrics(hm_pipe *w) {
   return hm_file_open_write(mp, 0644, w->t->resume != NULL, &w->metrics);
 }
 
+/* The identity and state fields of this stage's checkpoint after `steps` steps. */
+static void hm_pipe_meta(const hm_pipe *w, int steps, hm_ckpt_meta *m) {
+  const hm_train_options *t = w->t;
+  memset(m, 0, sizeof *m);
+  m->config = t->config;
+  m->layer_first = w->first, m->layer_last = w->last;
+  m->step = (uint64_t)steps;
+  m->data_seed = t->seed;
+  m->data_position = (uint64_t)steps * (uint64_t)w->M * (uint64_t)t->batch;
+  m->lr = t->lr, m->beta1 = t->beta1, m->beta2 = t->beta2, m->eps = t->eps;
+  m->weight_decay = t->weight_decay, m->grad_clip = t->grad_clip;
+  m->batch = t->batch, m->seq_len = w->N / t->batch;
+  m->run_id = w->run_id;
+  m->stage_index = w->stage, m->stage_count = w->p, m->micro_batches = w->M;
+}
+
 /* This stage's checkpoint "<dir>/stage<s>.hmc" after `steps` steps (replica 0's workers). */
 static hm_status hm_pipe_dump(hm_pipe *w, const char *dir, int steps) {
-  const hm_train_options *t = w->t;
   HM_TRY(hm_make_dirs(dir, 0755, HM_DIR_OUTPUT));
   char path[4200];
   snprintf(path, sizeof path, "%s/stage%d.hmc", dir, w->stage);
   hm_ckpt_meta m;
-  memset(&m, 0, sizeof m);
-  m.step = (uint64_t)steps;
-  m.data_seed = t->seed;
-  m.data_position = (uint64_t)steps * (uint64_t)w->M * (uint64_t)t->batch;
-  m.lr = t->lr, m.beta1 = t->beta1, m.beta2 = t->beta2, m.eps = t->eps;
-  m.weight_decay = t->weight_decay, m.grad_clip = t->grad_clip;
-  m.batch = t->batch, m.seq_len = w->N / t->batch;
-  m.run_id = w->run_id;
-  m.stage_index = w->stage, m.stage_count = w->p, m.micro_batches = w->M;
+  hm_pipe_meta(w, steps, &m);
   return hm_stage_save(w->st, path, &m);
 }
 
-/* A periodic checkpoint (--ckpt-every): replica 0's workers write "<dump>/step-<steps>/"; all
- * workers learn whether every write succeeded (so all stop together on a failure), then each
- * writer removes its file from all but the newest `keep` step folders. */
-static hm_status hm_pipe_checkpoint(hm_pipe *w, int steps) {
-  const char *dump = w->o->dump_dir;
-  hm_status mine = HM_OK;
-  if (w->replica == 0) {
-    char dir[4200];
-    snprintf(dir, sizeof dir, "%s/step-%08d", dump, steps);
-    mine = hm_pipe_dump(w, dir, steps);
-  }
-  int64_t failed = mine != HM_OK, any = 0;
-  hm_status st = hm_comm_allreduce(w->world, &failed, &any, 1, HM_INT64, HM_MAX);
-  if (mine != HM_OK) return mine;
-  HM_TRY(st);
-  if (any) return hm_error(HM_ERR_IO, "the checkpoint of step %d failed on another worker (see its error)", steps);
-  return w->replica == 0 ? hm_ckpt_prune_stage_dirs(dump, w->t->keep, w->stage, NULL) : HM_OK;
+/* After every step with periodic checkpoints (--ckpt-every): at a checkpoint step replica 0's
+ * workers snapshot their stage into host memory (the first phase; ckpt_agent.c persists it in
+ * the background); at every step the agent follows the outstanding checkpoint to its manifest. */
+static hm_status hm_pipe_checkpoint(hm_pipe *w, int done, int checkpoint) {
+  void *image = NULL;
+  size_t bytes = 0;
+  hm_ckpt_meta m;
+  hm_pipe_meta(w, done, &m);
+  if (checkpoint && w->replica == 0) HM_TRY(hm_stage_snapshot(w->st, w->dev, &m, &image, &bytes));
+  return hm_ckpt_agent_step(w->agent, done, checkpoint, m.data_position, image, bytes);
 }
 
 /* Predicted step time of a split: each replica's 1F1B takes about (m + p - 1) micro-batch
@@ -824,9 +830,9 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
       if (w.t->on_progress) w.t->on_progress(&pr, w.t->user);
     }
     const int done = step + 1; /* the last step's state is the final dump below */
-    if (o->dump_dir && w.t->ckpt_every > 0 && done % w.t->ckpt_every == 0 && done < steps)
-      st = hm_pipe_checkpoint(&w, done);
+    if (w.agent) st = hm_pipe_checkpoint(&w, done, done % w.t->ckpt_every == 0 && done < steps);
   }
+  if (st == HM_OK && w.agent) st = hm_ckpt_agent_finish(w.agent);
   for (int r = 0; r < w.R && r < HM_PIPE_MAX_REPLICAS; r++) res->micro[r] = w.micro[r];
   if (timed_steps > 0) {
     res->step_time_s = timed_s / timed_steps;
@@ -835,6 +841,8 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
   }
   if (st == HM_OK && o->trace_path) st = hm_pipe_write_trace(&w);
   if (st == HM_OK && o->dump_dir && w.replica == 0) st = hm_pipe_dump(&w, o->dump_dir, res->steps_done);
+  hm_ckpt_agent_close(w.agent, st == HM_OK); /* a run that ended well needs no peer copies */
+  w.agent = NULL;
   st = hm_pipe_ctx(st, &w);
   if (st != HM_OK) { /* peers blocked on this worker fail fast instead of waiting out deadlines */
     if (w.pipe) hm_comm_abort(w.pipe);
