@@ -412,6 +412,11 @@ hm_status hm_ckpt_prune_complete(const char *run_dir, int keep, int *removed);
 /* Removes every "step-<N>/" folder of run_dir (their regular files), then run_dir when empty. */
 hm_status hm_ckpt_remove_step_dirs(const char *run_dir);
 
+/* Joins the stage checkpoints "<dir>/stage<s>.hmc" (s < nstages, one replica's, float32) into
+ * one checkpoint of the whole model at out: every stage's params, then moments, in layer order;
+ * the head's copy of the tied embedding is dropped (it equals the first stage's). */
+hm_status hm_ckpt_merge_stages(const char *dir, int nstages, const char *out);
+
 /* Generates n_new tokens after prompt (bytes) with the model of a checkpoint (all layers).
  * temperature 0 means greedy; top_k 0 means no cut. out receives prompt + new bytes and a NUL
  * (cap >= prompt_len + n_new + 1). */

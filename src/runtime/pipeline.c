@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "hetmix/device.h"
+#include "model/runbook.h"
 #include "runtime/ckpt_agent.h"
 #include "runtime/pipeline_internal.h"
 #include "runtime/pipeline_resume.h"
@@ -488,18 +489,8 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
   HM_TRY(hm_build_buckets(w));
 
   if (w->is_first || w->is_last) {
-    char corpus[4200];
-    const char *data = t->data;
-    if (!data) {
-      HM_TRY(hm_default_corpus(t->data_dir ? t->data_dir : "data", corpus, sizeof corpus));
-      data = corpus;
-    }
-    HM_TRY(hm_tokfile_open(data, &w->tf));
+    HM_TRY(hm_run_open_data(t, t->batch, T, &w->tf, &w->dl));
     w->have_tf = 1;
-    if (w->tf.vocab > (uint32_t)t->config.V)
-      return hm_error(HM_ERR_INVALID_ARG, "token file %s has vocabulary %u, larger than the model's V=%d", data,
-                      w->tf.vocab, t->config.V);
-    HM_TRY(hm_dataloader_init(&w->dl, &w->tf, t->batch, T, t->seed, t->val_fraction));
     w->inputs = hm_malloc((size_t)m_cap * w->N * sizeof(int32_t), "micro-batch inputs");
     w->targets = hm_malloc((size_t)m_cap * w->N * sizeof(int32_t), "micro-batch targets");
     w->losses = hm_calloc((size_t)m_cap, sizeof(float), "micro-batch losses");
@@ -622,20 +613,6 @@ static void hm_pipe_free(hm_pipe *w) {
   if (w->dp) hm_comm_destroy(w->dp);
 }
 
-static hm_status hm_pipe_open_metrics(hm_pipe *w) {
-  const hm_train_options *t = w->t;
-  char path[4200];
-  const char *mp = w->o->metrics_path;
-  if (!mp && t->out_dir) {
-    HM_TRY(hm_make_dirs(t->out_dir, 0755, HM_DIR_OUTPUT));
-    HM_TRY(hm_clean_tmp_files(t->out_dir, NULL));
-    snprintf(path, sizeof path, "%s/metrics.jsonl", t->out_dir);
-    mp = path;
-  }
-  if (!mp) return HM_OK;
-  return hm_file_open_write(mp, 0644, w->t->resume != NULL, &w->metrics);
-}
-
 /* The identity and state fields of this stage's checkpoint after `steps` steps. */
 static void hm_pipe_meta(const hm_pipe *w, int steps, hm_ckpt_meta *m) {
   const hm_train_options *t = w->t;
@@ -744,7 +721,7 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
   w.world = world;
   hm_status st = hm_pipe_setup(&w);
   const int reporter = w.replica == 0 && w.is_last; /* holds replica 0's losses */
-  if (st == HM_OK && reporter) st = hm_pipe_open_metrics(&w);
+  if (st == HM_OK && reporter) st = hm_run_open_metrics(w.t, o->metrics_path, &w.metrics);
   const int steps = w.t ? (w.t->stop_after > 0 && w.t->stop_after < w.t->steps ? w.t->stop_after : w.t->steps) : 0;
   const int trace_steps = o && o->trace_steps > 0 ? o->trace_steps : 1;
   double timed_s = 0, t_start = hm_now_s();
@@ -819,13 +796,8 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
           cJSON *mi = cJSON_AddArrayToObject(j, "micro");
           for (int r = 0; r < w.R; r++) cJSON_AddItemToArray(mi, cJSON_CreateNumber(split_used[r]));
         }
-        char *txt = cJSON_PrintUnformatted(j);
-        cJSON_Delete(j);
-        if (txt) {
-          fprintf(w.metrics, "%s\n", txt);
-          fflush(w.metrics);
-          free(txt);
-        }
+        st = hm_run_metrics_line(w.metrics, j);
+        if (st != HM_OK) break;
       }
       if (w.t->on_progress) w.t->on_progress(&pr, w.t->user);
     }
