@@ -1,4 +1,5 @@
-/* Run bookkeeping shared by the trainers (runbook.h): corpus, data loader, metrics.jsonl. */
+/* Run bookkeeping shared by the trainers (runbook.h): corpus, data loader, evaluation
+ * schedule, metrics.jsonl. */
 #include "model/runbook.h"
 
 #include <cjson/cJSON.h>
@@ -37,6 +38,20 @@ hm_status hm_run_open_metrics(const hm_train_options *t, const char *path, FILE 
   }
   if (!path) return HM_OK;
   return hm_file_open_write(path, 0644, t->resume != NULL, out);
+}
+
+int hm_run_eval_due(const hm_train_options *t, int step, int last) {
+  return t->eval_every > 0 && (step % t->eval_every == 0 || step == last);
+}
+
+hm_status hm_run_eval_batches(const hm_train_options *t, const hm_dataloader *dl, int *n) {
+  const uint64_t want = t->eval_batches > 0 ? (uint64_t)t->eval_batches : 1;
+  const uint64_t have = dl->n_val_batches < want ? dl->n_val_batches : want;
+  *n = (int)have;
+  if (have == 0)
+    return hm_error(HM_ERR_INVALID_ARG,
+                    "validation split is smaller than one batch; lower --batch or raise the validation fraction");
+  return HM_OK;
 }
 
 hm_status hm_run_metrics_line(FILE *f, cJSON *obj) {

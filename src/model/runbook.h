@@ -21,6 +21,13 @@ hm_status hm_run_open_data(const hm_train_options *t, int B, int T, hm_tokfile *
  * and cleared of killed writes' leftovers), else none (*out = NULL). A resume appends. */
 hm_status hm_run_open_metrics(const hm_train_options *t, const char *path, FILE **out);
 
+/* Whether step (1-based, just taken) is evaluated: every t->eval_every steps and at the last
+ * step of this run (`last`), never when eval_every is 0. */
+int hm_run_eval_due(const hm_train_options *t, int step, int last);
+/* Validation batches per evaluation: min(t->eval_batches, the split's batches); an error when
+ * the validation split holds no batch. */
+hm_status hm_run_eval_batches(const hm_train_options *t, const hm_dataloader *dl, int *n);
+
 /* Writes obj as one JSON line and flushes; frees obj. */
 hm_status hm_run_metrics_line(FILE *f, struct cJSON *obj);
 

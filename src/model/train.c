@@ -90,11 +90,11 @@ typedef struct {
 } hm_trainer;
 
 static hm_status hm_eval(hm_trainer *t, float *out) {
-  uint64_t n = t->dl.n_val_batches < (uint64_t)t->o->eval_batches ? t->dl.n_val_batches : (uint64_t)t->o->eval_batches;
-  if (n == 0) return hm_error(HM_ERR_INVALID_ARG, "validation split is smaller than one batch; lower --batch or raise the validation fraction");
+  int n = 0;
+  HM_TRY(hm_run_eval_batches(t->o, &t->dl, &n));
   double sum = 0;
-  for (uint64_t i = 0; i < n; i++) {
-    hm_dataloader_val(&t->dl, i, t->inputs, t->targets);
+  for (int i = 0; i < n; i++) {
+    hm_dataloader_val(&t->dl, (uint64_t)i, t->inputs, t->targets);
     float loss = 0;
     HM_TRY(hm_stage_forward(t->stage, 0, t->inputs, NULL, t->targets, &loss));
     sum += loss;
@@ -200,7 +200,7 @@ static hm_status hm_train_loop(hm_trainer *t, hm_train_result *res) {
     p.tokens_per_s = (double)tokens / train_s;
     p.elapsed_s = hm_now_s() - t0;
     p.eta_s = (double)(last - step) * train_s / (double)(tokens / (n_tok * (uint64_t)o->grad_accum));
-    if (o->eval_every > 0 && (step % o->eval_every == 0 || step == last)) {
+    if (hm_run_eval_due(o, step, last)) {
       HM_TRY(hm_eval(t, &p.val_loss));
       p.has_val = 1;
       res->last_val_loss = p.val_loss;

@@ -426,6 +426,34 @@ static hm_status hm_pipe_step(hm_pipe *w, int step /* 0-based */, hm_step_out *o
   return HM_OK;
 }
 
+/* Validation loss of the current weights, on replica 0 (the other replicas hold the same weights
+ * and skip it): forward only, the first stage feeding validation batch i (the single-process
+ * trainer's, hm_run_eval_batches of them) down the pipeline and the last computing its loss, as
+ * the single-process trainer does; the mean lands in *val on the last stage. */
+static hm_status hm_pipe_eval(hm_pipe *w, float *val) {
+  *val = 0;
+  if (w->replica != 0) return HM_OK;
+  int n = 0;
+  int64_t mine = 0, count = 0;
+  hm_status st = w->is_first ? hm_run_eval_batches(w->t, &w->dl, &n) : HM_OK;
+  mine = st == HM_OK ? n : -1;
+  HM_TRY(hm_comm_broadcast(w->pipe, &mine, &count, 1, HM_INT64, 0)); /* every stage learns n, or that it failed */
+  if (count < 1) return st != HM_OK ? st : hm_error(HM_ERR_INVALID_ARG, "evaluation: stage 0 found no validation batch");
+  double sum = 0;
+  for (int64_t i = 0; i < count; i++) {
+    if (w->is_first || w->is_last) hm_dataloader_val(&w->dl, (uint64_t)i, w->inputs, w->targets);
+    if (!w->is_first) HM_TRY(hm_recv_act(w, w->stage - 1));
+    float loss = 0;
+    HM_TRY(hm_stage_forward(w->st, 0, w->is_first ? w->inputs : NULL, w->is_first ? NULL : w->dev_x,
+                            w->is_last ? w->targets : NULL, w->is_last ? &loss : NULL));
+    if (!w->is_last) HM_TRY(hm_send_act(w, hm_stage_output(w->st, 0), w->stage + 1));
+    sum += loss;
+  }
+  HM_TRY(hm_wait_sends(w));
+  *val = (float)(sum / (double)count);
+  return HM_OK;
+}
+
 /* ---------------------------------------------------------------- setup, trace, teardown */
 
 static hm_status hm_pipe_setup(hm_pipe *w) {
@@ -763,6 +791,9 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
       if (st != HM_OK) break;
       res->rebalances += changed;
     }
+    float val_loss = 0;
+    const int has_val = hm_run_eval_due(w.t, step + 1, steps);
+    if (has_val && (st = hm_pipe_eval(&w, &val_loss)) != HM_OK) break;
     res->steps_done = step + 1;
     res->last_loss = (float)(loss_all / w.M);
     if (reporter) {
@@ -772,6 +803,7 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
       pr.loss = res->last_loss;
       pr.lr = so.lr;
       pr.grad_norm = (float)sqrt(so.sumsq);
+      pr.has_val = has_val, pr.val_loss = val_loss;
       pr.elapsed_s = hm_now_s() - t_start;
       pr.tokens_per_s = (double)tokens / pr.elapsed_s;
       pr.eta_s = (double)(steps - step - 1) * pr.elapsed_s / (double)(step + 1 - w.start_step);
@@ -784,6 +816,7 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
         cJSON_AddNumberToObject(j, "tokens_per_s", pr.tokens_per_s);
         cJSON_AddNumberToObject(j, "step_time_s", stat_max[0]);
         cJSON_AddNumberToObject(j, "elapsed_s", pr.elapsed_s);
+        if (has_val) cJSON_AddNumberToObject(j, "val_loss", val_loss);
         cJSON *busy = cJSON_AddArrayToObject(j, "stage_busy_s");
         for (int s = 0; s < w.p; s++) cJSON_AddItemToArray(busy, cJSON_CreateNumber(stat_max[1 + s]));
         if (w.R > 1) {

@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include <dirent.h>
+#include <math.h>
 
 #include "hetmix/model.h"
 #include "runtime/proc_helpers.h"
@@ -21,17 +22,17 @@
 static const char *hetmix_bin = HM_BINARY_DIR "/hetmix";
 static char work[128], tokpath[256];
 
-/* `hetmix launch -n 2 -- hetmix worker ...` with a 2-stage layout; extra: up to 6 more
- * arguments, NULL-terminated. Returns the exit status (-1: killed at the deadline); stderr into
+/* `hetmix launch -n 2 -- hetmix worker ...` with a 2-stage layout; extra: up to 17 more
+ * arguments (a repeated option overrides), NULL-terminated. Returns the exit status (-1: killed at the deadline); stderr into
  * err; seconds into *took. */
 static int run_job(const char *tag, char *const extra[], char *err, size_t cap, double *took) {
   char errp[300];
   snprintf(errp, sizeof errp, "%s/%s.err", work, tag);
-  char *argv[32] = {(char *)hetmix_bin, "launch", "-n", "2", "--timeout", "120", "--", (char *)hetmix_bin, "worker",
+  char *argv[40] = {(char *)hetmix_bin, "launch", "-n", "2", "--timeout", "120", "--", (char *)hetmix_bin, "worker",
                     "--model", MODEL, "--data", tokpath, "--steps", "12", "--batch", "2", "--stages", "0,3,8",
                     "--micro", "2", "--quiet"};
   int n = 22;
-  for (int i = 0; extra[i] && n < 31; i++) argv[n++] = extra[i]; /* a later --steps overrides */
+  for (int i = 0; extra[i] && n < 39; i++) argv[n++] = extra[i]; /* a later option overrides */
   argv[n] = NULL;
   const double t0 = hm_t_now();
   pid_t pid = hm_t_spawn(argv, NULL, errp);
@@ -262,6 +263,56 @@ static void test_killed_worker_recovers_from_peer_copy(void **state) {
   unsetenv("HETMIX_PEER_DIR");
 }
 
+/* Every "val_loss" of a metrics.jsonl, in order; returns how many (at most cap). */
+static int read_val_losses(const char *path, double *out, int cap) {
+  static char text[1 << 16];
+  if (hm_t_read_file(path, text, sizeof text) != 0) fail_msg("cannot read %s", path);
+  int n = 0;
+  for (const char *p = text; n < cap && (p = strstr(p, "\"val_loss\":")) != NULL; p += 11) out[n++] = strtod(p + 11, NULL);
+  return n;
+}
+
+/* `hetmix train` (one process) and the pipeline workers, same data and options with
+ * --eval-every 6 over 12 steps, report a validation loss at steps 6 and 12: two stages, and two
+ * one-stage replicas, in f64 within 1e-9 relative of the one process's (their weights agree to
+ * ~1e-13 there: docs/runtime.md; the loss is a smooth function of them, so anything but the
+ * same batches through the same model is far outside it). */
+static void test_pipeline_evaluates_like_one_process(void **state) {
+  (void)state;
+  static const struct { const char *stages, *micro, *tag; } cases[] = {{"0,3,8", "2", "eval-2stages"},
+                                                                        {"0,8", "1,1", "eval-2replicas"}};
+  /* run_job's options: 12 steps, batch 2, 2 micro-batches; validation: the default 8 batches */
+  for (int c = 0; c < 2; c++) {
+    char one[300], pipe[300], path[400], err[8192];
+    double took;
+    snprintf(one, sizeof one, "%s/%s-one", work, cases[c].tag);
+    snprintf(pipe, sizeof pipe, "%s/%s-pipe", work, cases[c].tag);
+    char *single[] = {(char *)hetmix_bin, "train", "--single", "--model", MODEL, "--data", tokpath, "--steps", "12",
+                      "--batch", "2", "--grad-accum", "2", "--device", "ref:dtype=f64", "--eval-every", "6",
+                      "--out", one, NULL};
+    snprintf(path, sizeof path, "%s/%s-one.err", work, cases[c].tag);
+    pid_t pid = hm_t_spawn(single, "/dev/null", path);
+    int st = hm_t_wait(pid, 120.0);
+    if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) fail_msg("the one-process run %s failed", cases[c].tag);
+    char *extra[] = {"--device", "ref:dtype=f64", "--stages", (char *)cases[c].stages, "--micro", (char *)cases[c].micro,
+                     "--eval-every", "6", "--out", pipe, NULL};
+    if (run_job(cases[c].tag, extra, err, sizeof err, &took) != 0) fail_msg("the pipeline run failed:\n%s", err);
+    double a[4], b[4];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", one);
+    const int na = read_val_losses(path, a, 4);
+    snprintf(path, sizeof path, "%s/metrics.jsonl", pipe);
+    const int nb = read_val_losses(path, b, 4);
+    assert_int_equal(na, 2);
+    assert_int_equal(nb, 2);
+    for (int i = 0; i < 2; i++) {
+      const double rel = fabs(a[i] - b[i]) / fabs(a[i]);
+      if (!(rel <= 1e-9))
+        fail_msg("%s: validation loss %d: one process %.17g, pipeline %.17g", cases[c].tag, i, a[i], b[i]);
+    }
+    print_message("  %s: validation losses %.9g, %.9g (pipeline %.9g, %.9g)\n", cases[c].tag, a[0], a[1], b[0], b[1]);
+  }
+}
+
 static int setup(void **state) {
   (void)state;
   if (hm_t_mkdtemp(work, sizeof work, "pipe-resume") != 0) return -1;
@@ -286,6 +337,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(test_shards_of_two_steps_are_refused),
                                      cmocka_unit_test(test_periodic_checkpoints_keep_the_newest),
                                      cmocka_unit_test(test_f64_resume_from_manifest_is_bitwise),
-                                     cmocka_unit_test(test_killed_worker_recovers_from_peer_copy)};
+                                     cmocka_unit_test(test_killed_worker_recovers_from_peer_copy),
+                                     cmocka_unit_test(test_pipeline_evaluates_like_one_process)};
   return cmocka_run_group_tests(tests, setup, teardown);
 }
