@@ -12,7 +12,8 @@
  * (cpu next to ref:dtype=f64 or opencl) share a job.
  *
  * Not here: choosing the layout (the planner), starting processes (launch.c), the run identity
- * and the check of a resume's stage checkpoints (pipeline_resume.c). */
+ * and the check of a resume's stage checkpoints (pipeline_resume.c), persisting periodic
+ * checkpoints (ckpt_agent.c), the corpus and metrics bookkeeping (src/model/runbook.c). */
 #include "hetmix/pipeline.h"
 
 #include <cjson/cJSON.h>
