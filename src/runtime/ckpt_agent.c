@@ -83,6 +83,11 @@ void hm_ckpt_peer_dir(const char *root, uint64_t run_id, char *out, size_t cap) 
 static hm_status hm_job_shard(hm_ckpt_agent *a, const hm_ckpt_job *j) {
   HM_TRY(hm_make_dirs(j->dir, j->peer ? 0700 : 0755, HM_DIR_OUTPUT));
   char path[4400];
+  /* a folder of this step left by an earlier attempt (a resumed run) loses its manifest before
+   * any of its shards is replaced: it counts again only once the new manifest is written */
+  snprintf(path, sizeof path, "%s/%s", j->dir, HM_CKPT_MANIFEST);
+  if (unlink(path) != 0 && errno != ENOENT)
+    return hm_error(HM_ERR_IO, "cannot remove the old manifest %s: %s", path, strerror(errno));
   snprintf(path, sizeof path, "%s/%s", j->dir, j->file);
   HM_TRY(hm_atomic_write_file(path, j->image, j->bytes));
   const uint64_t h = XXH3_64bits(j->image, j->bytes);
