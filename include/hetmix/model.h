@@ -195,6 +195,8 @@ hm_status hm_stage_zero_grad(hm_stage *s);
 size_t hm_stage_num_params(const hm_stage *s);
 void *hm_stage_params(hm_stage *s);
 void *hm_stage_grads(hm_stage *s);
+void *hm_stage_adam_m(hm_stage *s); /* AdamW first moments (same layout as params) */
+void *hm_stage_adam_v(hm_stage *s); /* AdamW second moments */
 /* The tied embedding's gradient (V,C) inside the flat grads, or NULL when the stage holds
  * neither layer 0 nor the head. The first and last stage sum theirs before the optimizer. */
 void *hm_stage_tied_grad(hm_stage *s, size_t *n);
@@ -240,12 +242,15 @@ typedef struct hm_ckpt_meta {
    * stage_count pipeline stages (0 of 1 for one process); micro_batches per optimizer step. */
   uint64_t run_id;
   int stage_index, stage_count, micro_batches;
+  /* Bytes per stored element: 4 (float32; 0 reads as 4) or 8 (float64: an f64 stage's exact
+   * state, file version 3, written by the periodic checkpoints of f64 workers). */
+  int elem_size;
 } hm_ckpt_meta;
 
 typedef struct hm_ckpt_tensor {
   char name[HM_CKPT_NAME_MAX]; /* e.g. "param/h3.attn.qkv.w", "adam_m/wte" */
-  uint64_t numel;              /* float32 elements */
-  float *data;                 /* host memory */
+  uint64_t numel;              /* elements (float32, or float64 when meta.elem_size is 8) */
+  float *data;                 /* host memory (doubles behind the pointer when elem_size is 8) */
 } hm_ckpt_tensor;
 
 /* Saves params and AdamW moments of a stage ("param/<name>", "adam_m/<name>", "adam_v/<name>",
@@ -258,6 +263,10 @@ hm_status hm_stage_load(hm_stage *s, const char *path, hm_ckpt_meta *meta);
 /* Writes meta and tensors to path atomically: path.tmp, fsync, rename, fsync of the folder. */
 hm_status hm_ckpt_write(const char *path, const hm_ckpt_meta *meta, const hm_ckpt_tensor *tensors,
                         int n_tensors);
+
+/* The bytes hm_ckpt_write would write, in one allocation (*image: free()). */
+hm_status hm_ckpt_encode(const hm_ckpt_meta *meta, const hm_ckpt_tensor *tensors, int n_tensors, void **image,
+                         size_t *bytes);
 
 /* A read checkpoint: meta and tensors (names, sizes, data in one host allocation). */
 typedef struct hm_ckpt {
@@ -349,6 +358,64 @@ hm_status hm_ckpt_prune(const char *dir, int keep, int *removed);
  * this stage's file from all but the newest `keep` step folders, and each such folder once empty
  * (every stage removes its own file). *removed counts the folders handled. */
 hm_status hm_ckpt_prune_stage_dirs(const char *dir, int keep, int stage, int *removed);
+
+/* ---------------------------------------------------------------------------------------------
+ * Distributed checkpoints (docs/runtime.md, "Checkpoints and failures"): a run folder holds
+ * "step-<8 digits>/" folders, each with one shard per pipeline stage ("stage<s>.hmc", the
+ * stage's exact state in its device's element type) and "manifest.json", which names every
+ * shard with its size and XXH3-64 checksum. The manifest is renamed into place only after every
+ * shard is durable, so a folder with a manifest is a complete checkpoint and one without is not. */
+
+/* A stage's exact state as the bytes of a shard file: params and AdamW moments in the element
+ * type of dev (the stage's device) with meta, whose config and layer range the caller fills
+ * (the stage's). *image: free(). */
+hm_status hm_stage_snapshot(hm_stage *s, hm_device *dev, const hm_ckpt_meta *meta, void **image, size_t *bytes);
+/* Loads a shard or any checkpoint holding exactly this stage's tensors (float32 files into any
+ * device; float64 files into f64 devices exactly, into f32 devices rounded); fills meta. */
+hm_status hm_stage_load_shard(hm_stage *s, hm_device *dev, const char *path, hm_ckpt_meta *meta);
+
+#define HM_CKPT_MANIFEST "manifest.json"
+#define HM_CKPT_MAX_SHARDS 64
+
+typedef struct hm_ckpt_shard_info {
+  int stage;
+  char file[64];      /* name inside the checkpoint's folder */
+  uint64_t bytes;     /* file size */
+  uint64_t xxh3;      /* XXH3-64 of the whole file */
+} hm_ckpt_shard_info;
+
+typedef struct hm_ckpt_manifest {
+  uint64_t run_id, step, data_position;
+  int nstages, world; /* pipeline stages (one shard each), workers of the run */
+  hm_ckpt_shard_info shards[HM_CKPT_MAX_SHARDS];
+} hm_ckpt_manifest;
+
+/* Writes dir/manifest.json atomically (temporary file, fsync, rename, folder fsync). */
+hm_status hm_ckpt_manifest_write(const char *dir, const hm_ckpt_manifest *m);
+/* Reads a manifest: `path` is a checkpoint folder or its manifest.json; `dir` (may be NULL)
+ * receives the folder. HM_ERR_NOT_FOUND when there is none, HM_ERR_CORRUPT naming what is wrong. */
+hm_status hm_ckpt_manifest_read(const char *path, hm_ckpt_manifest *m, char *dir, size_t cap);
+/* The XXH3-64 and size of a file (read in pieces). */
+hm_status hm_ckpt_file_hash(const char *path, uint64_t *xxh3, uint64_t *bytes);
+/* Checks that dir holds every shard m names with its size and checksum; the error names the
+ * first shard that is missing or differs. */
+hm_status hm_ckpt_manifest_verify(const char *dir, const hm_ckpt_manifest *m);
+/* The newest complete checkpoint of a run folder: its "step-<N>/" folders with a manifest whose
+ * shards are all present with their sizes (checksums are verified by the resume that loads
+ * them), newest step first. path receives the folder to pass to --resume, *step (may be NULL)
+ * its step. HM_ERR_NOT_FOUND when there is none. */
+hm_status hm_ckpt_newest_complete(const char *run_dir, char *path, size_t cap, int64_t *step);
+/* Removes the "step-<N>/" folders of run_dir older than the keep-th newest complete one
+ * (complete or not: an older incomplete one can never become the newest); keep <= 0 removes
+ * none. Only regular files in them and the emptied folders are removed. *removed may be NULL. */
+hm_status hm_ckpt_prune_complete(const char *run_dir, int keep, int *removed);
+/* Removes every "step-<N>/" folder of run_dir (their regular files), then run_dir when empty. */
+hm_status hm_ckpt_remove_step_dirs(const char *run_dir);
+
+/* Joins the stage checkpoints "<dir>/stage<s>.hmc" (s < nstages, one replica's, float32) into
+ * one checkpoint of the whole model at out: every stage's params, then moments, in layer order;
+ * the head's copy of the tied embedding is dropped (it equals the first stage's). */
+hm_status hm_ckpt_merge_stages(const char *dir, int nstages, const char *out);
 
 /* Generates n_new tokens after prompt (bytes) with the model of a checkpoint (all layers).
  * temperature 0 means greedy; top_k 0 means no cut. out receives prompt + new bytes and a NUL

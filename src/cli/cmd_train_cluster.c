@@ -6,6 +6,8 @@
  * two traces are, and a text sample from the trained model. Without a cluster file it uses an
  * embedded one (local_cluster.c): this machine as a cpu and an opencl device, one core each, or,
  * without a working opencl backend, a cpu and an emulated half-speed cpu.
+ * The spec files and the plan's layout come from the runtime (src/runtime/cluster_run.c), the
+ * merged checkpoint from the checkpoint module (hm_ckpt_merge_stages).
  * Not here: the single-process trainer (cmd_train.c), the worker (src/runtime/pipeline.c). */
 #include <errno.h>
 #include <float.h>
@@ -20,63 +22,10 @@
 #include "hetmix/model.h"
 #include "hetmix/runtime.h"
 #include "options.h"
-#include "runtime/pipeline_internal.h"
+#include "runtime/cluster_run.h"
 #include "train_report.h"
 #include "util/files.h"
 #include "util/util.h"
-
-static hm_status write_text(const char *path, const char *text) {
-  return hm_atomic_write_file(path, text, strlen(text));
-}
-
-/* Joins replica 0's stage checkpoints into one checkpoint of the whole model (the head's copy of
- * the tied embedding is dropped: it equals the first stage's), for `hetmix sample`. */
-static hm_status merge_stages(const char *dir, int nstages, const char *out) {
-  hm_ckpt *ck = hm_calloc((size_t)nstages, sizeof *ck, "stage checkpoints");
-  if (!ck) return HM_ERR_NOMEM;
-  hm_status st = HM_OK;
-  int total = 0;
-  for (int s = 0; s < nstages && st == HM_OK; s++) {
-    char path[PATH_MAX + 32];
-    snprintf(path, sizeof path, "%s/stage%d.hmc", dir, s);
-    st = hm_ckpt_read(path, &ck[s]);
-    total += st == HM_OK ? ck[s].n_tensors : 0;
-  }
-  hm_ckpt_tensor *all = st == HM_OK ? hm_calloc((size_t)total, sizeof *all, "merged tensors") : NULL;
-  if (st == HM_OK && !all) st = HM_ERR_NOMEM;
-  int n = 0;
-  /* checkpoint order: params of every stage, then adam_m, then adam_v, as one stage writes them */
-  static const char *const groups[] = {"param/", "adam_m/", "adam_v/"};
-  for (int g = 0; g < 3 && st == HM_OK; g++)
-    for (int s = 0; s < nstages; s++)
-      for (int i = 0; i < ck[s].n_tensors; i++) {
-        const hm_ckpt_tensor *t = &ck[s].tensors[i];
-        if (strncmp(t->name, groups[g], strlen(groups[g])) != 0) continue;
-        if (s > 0 && strcmp(t->name + strlen(groups[g]), "wte") == 0) continue; /* the head's copy */
-        all[n++] = *t;
-      }
-  if (st == HM_OK) {
-    hm_ckpt_meta m = ck[nstages - 1].meta;
-    m.layer_first = 0;
-    m.layer_last = hm_model_num_layers(&m.config);
-    st = hm_ckpt_write(out, &m, all, n);
-  }
-  free(all);
-  for (int s = 0; s < nstages; s++) hm_ckpt_free(&ck[s]);
-  free(ck);
-  return st;
-}
-
-/* The plan's workers and stages (the runtime's reader: the layout the workers will run). */
-static hm_status plan_shape(const char *path, int *nranks, int *nstages) {
-  hm_pipe_plan *pl = hm_calloc(1, sizeof *pl, "plan layout");
-  if (!pl) return HM_ERR_NOMEM;
-  hm_status st = hm_pipe_plan_load(path, NULL, NULL, pl);
-  *nranks = pl->nranks;
-  *nstages = pl->nstages;
-  free(pl);
-  return st;
-}
 
 typedef struct cluster_args {
   const char *cluster, *model, *out, *data;
@@ -127,13 +76,12 @@ static int parse_cluster_args(int argc, char **argv, cluster_args *a) {
   return hm_opts_parse(&spec, argc, argv, &res);
 }
 
-/* Writes cluster.json (for `local`), model.json and train.json under out. */
+/* Writes cluster.json (for `local`), model.json and train.json under out (cluster_run.c). */
 static int write_specs(const cluster_args *a, const hm_model_config *cfg, char *cl_path, size_t cap) {
-  char path[PATH_MAX], text[1024];
-  hm_status st = HM_OK;
+  const char *local = NULL;
   if (!a->cluster || !strcmp(a->cluster, "local")) {
     char why[512];
-    const char *local = hm_cli_local_cluster(why, sizeof why);
+    local = hm_cli_local_cluster(why, sizeof why);
     if (why[0])
       printf("note: the opencl backend cannot run here (%s);\n"
              "      using this machine as cpu + cpu-half instead (the cpu backend emulating a chip half as "
@@ -142,21 +90,10 @@ static int write_specs(const cluster_args *a, const hm_model_config *cfg, char *
       printf("local cluster: cpu (cpu:threads=1) + opencl (opencl:threads=1), one core each\n");
     fflush(stdout);
     snprintf(cl_path, cap, "%s/cluster.json", a->out);
-    st = write_text(cl_path, local);
   } else {
     hm_strcpy(cl_path, cap, a->cluster);
   }
-  snprintf(path, sizeof path, "%s/model.json", a->out);
-  snprintf(text, sizeof text,
-           "{\"version\": 1, \"name\": \"%s\", \"dtype\": \"fp32\", \"config\": {\"arch\": \"gpt2\", \"L\": %d, "
-           "\"C\": %d, \"NH\": %d, \"V\": %d, \"T\": %d}}\n",
-           cfg->name, cfg->L, cfg->C, cfg->NH, cfg->V, cfg->T);
-  if (st == HM_OK) st = write_text(path, text);
-  snprintf(path, sizeof path, "%s/train.json", a->out);
-  snprintf(text, sizeof text,
-           "{\"version\": 1, \"global_batch\": %d, \"micro_batch_sizes\": [1, 2, 4], \"precision\": \"fp32\"}\n",
-           a->global_batch);
-  if (st == HM_OK) st = write_text(path, text);
+  hm_status st = hm_cluster_write_specs(a->out, local, cfg, a->global_batch);
   return st == HM_OK ? 0 : hm_cli_fail_status(st, "train", NULL);
 }
 
@@ -197,7 +134,7 @@ static int train_plan(const char *self, const cluster_args *a) {
   snprintf(ckpt_s, sizeof ckpt_s, "%d", a->ckpt_every);
   snprintf(keep_s, sizeof keep_s, "%d", a->keep);
   int nranks = 0, nstages = 0;
-  hm_status st = plan_shape(plan_path, &nranks, &nstages);
+  hm_status st = hm_cluster_plan_shape(plan_path, &nranks, &nstages);
   if (st != HM_OK) return hm_cli_fail_status(st, "train", NULL);
   printf("\n== 3/3 train: %d workers, %d steps\n", nranks, a->steps);
   fflush(stdout);
@@ -220,8 +157,8 @@ static int print_sample(const cluster_args *a) {
   snprintf(stages_dir, sizeof stages_dir, "%s/stages", a->out);
   snprintf(merged, sizeof merged, "%s/model-final.hmc", a->out);
   int nranks = 0, nstages = 0;
-  hm_status st = plan_shape(plan_path, &nranks, &nstages);
-  if (st == HM_OK) st = merge_stages(stages_dir, nstages, merged);
+  hm_status st = hm_cluster_plan_shape(plan_path, &nranks, &nstages);
+  if (st == HM_OK) st = hm_ckpt_merge_stages(stages_dir, nstages, merged);
   if (st != HM_OK) return hm_cli_fail_status(st, "train: sample", NULL);
   size_t cap = (size_t)a->sample + 64;
   char *txt = malloc(cap);

@@ -27,12 +27,14 @@ typedef struct {
   uint32_t n_tensors, stage_count;
   uint64_t run_id;
   int32_t stage_index, micro_batches;
-  uint8_t reserved[80];
+  uint32_t elem_size; /* version 3: bytes per stored element, 4 or 8 (versions 1 and 2: 4) */
+  uint8_t reserved[76];
   uint64_t header_hash; /* XXH3 of the bytes before it */
 } hm_ckpt_header;
 _Static_assert(sizeof(hm_ckpt_header) == 256, "checkpoint header is 256 bytes");
 _Static_assert(offsetof(hm_ckpt_header, step) == 80 && offsetof(hm_ckpt_header, n_tensors) == 144 &&
                    offsetof(hm_ckpt_header, run_id) == 152 && offsetof(hm_ckpt_header, stage_index) == 160 &&
+                   offsetof(hm_ckpt_header, elem_size) == 168 &&
                    offsetof(hm_ckpt_header, header_hash) == 248,
                "checkpoint header offsets are the documented ones");
 
@@ -54,50 +56,69 @@ _Static_assert(sizeof(hm_ckpt_trailer) == 32, "checkpoint trailer is 32 bytes");
 
 static uint64_t hm_align_up(uint64_t x) { return (x + HM_CKPT_ALIGN - 1) & ~(uint64_t)(HM_CKPT_ALIGN - 1); }
 
-hm_status hm_ckpt_write(const char *path, const hm_ckpt_meta *m, const hm_ckpt_tensor *tensors, int n) {
-  if (n < 0 || (unsigned)n > HM_CKPT_MAX_TENSORS) return hm_error(HM_ERR_INVALID_ARG, "checkpoint: %d tensors", n);
-  hm_ckpt_header h;
-  memset(&h, 0, sizeof h);
-  memcpy(h.magic, HM_CKPT_MAGIC, 8);
-  h.version = HM_CKPT_VERSION;
-  h.header_bytes = sizeof h;
-  h.L = m->config.L, h.C = m->config.C, h.NH = m->config.NH, h.V = m->config.V, h.T = m->config.T;
-  hm_strcpy(h.name, sizeof h.name, m->config.name);
-  h.layer_first = m->layer_first, h.layer_last = m->layer_last;
-  h.step = m->step, h.data_seed = m->data_seed, h.data_position = m->data_position, h.rng_state = m->rng_state;
-  h.lr = m->lr, h.beta1 = m->beta1, h.beta2 = m->beta2, h.eps = m->eps;
-  h.weight_decay = m->weight_decay, h.grad_clip = m->grad_clip;
-  h.batch = m->batch, h.seq_len = m->seq_len;
-  h.n_tensors = (uint32_t)n;
-  h.run_id = m->run_id;
-  h.stage_index = m->stage_index, h.stage_count = (uint32_t)m->stage_count, h.micro_batches = m->micro_batches;
-  h.header_hash = XXH3_64bits(&h, offsetof(hm_ckpt_header, header_hash));
+/* Bytes per stored element of meta: 4 unless it asks for 8 (an f64 stage's exact state). */
+static uint32_t hm_meta_elem_size(const hm_ckpt_meta *m) { return m->elem_size == 8 ? 8u : 4u; }
 
-  hm_ckpt_entry *table = hm_calloc((size_t)n + 1, sizeof *table, "checkpoint table");
-  if (!table) return HM_ERR_NOMEM;
-  uint64_t off = hm_align_up(sizeof h + (uint64_t)n * sizeof *table);
+/* Header, tensor table (offsets and checksums) and trailer of a file holding these tensors. */
+typedef struct {
+  hm_ckpt_header h;
+  hm_ckpt_entry *table;
+  hm_ckpt_trailer tr;
+} hm_ckpt_layout;
+
+static hm_status hm_ckpt_lay_out(const hm_ckpt_meta *m, const hm_ckpt_tensor *tensors, int n, hm_ckpt_layout *l) {
+  if (n < 0 || (unsigned)n > HM_CKPT_MAX_TENSORS) return hm_error(HM_ERR_INVALID_ARG, "checkpoint: %d tensors", n);
+  const uint32_t es = hm_meta_elem_size(m);
+  hm_ckpt_header *h = &l->h;
+  memset(h, 0, sizeof *h);
+  memcpy(h->magic, HM_CKPT_MAGIC, 8);
+  h->version = es == 8 ? 3u : HM_CKPT_VERSION; /* version-2 readers must not take doubles for floats */
+  h->header_bytes = sizeof *h;
+  h->L = m->config.L, h->C = m->config.C, h->NH = m->config.NH, h->V = m->config.V, h->T = m->config.T;
+  hm_strcpy(h->name, sizeof h->name, m->config.name);
+  h->layer_first = m->layer_first, h->layer_last = m->layer_last;
+  h->step = m->step, h->data_seed = m->data_seed, h->data_position = m->data_position, h->rng_state = m->rng_state;
+  h->lr = m->lr, h->beta1 = m->beta1, h->beta2 = m->beta2, h->eps = m->eps;
+  h->weight_decay = m->weight_decay, h->grad_clip = m->grad_clip;
+  h->batch = m->batch, h->seq_len = m->seq_len;
+  h->n_tensors = (uint32_t)n;
+  h->run_id = m->run_id;
+  h->stage_index = m->stage_index, h->stage_count = (uint32_t)m->stage_count, h->micro_batches = m->micro_batches;
+  h->elem_size = es == 8 ? 8u : 0u;
+  h->header_hash = XXH3_64bits(h, offsetof(hm_ckpt_header, header_hash));
+
+  l->table = hm_calloc((size_t)n + 1, sizeof *l->table, "checkpoint table");
+  if (!l->table) return HM_ERR_NOMEM;
+  uint64_t off = hm_align_up(sizeof *h + (uint64_t)n * sizeof *l->table);
   for (int i = 0; i < n; i++) {
-    if (hm_strcpy(table[i].name, sizeof table[i].name, tensors[i].name) != 0) {
-      free(table);
+    if (hm_strcpy(l->table[i].name, sizeof l->table[i].name, tensors[i].name) != 0) {
+      free(l->table);
+      l->table = NULL;
       return hm_error(HM_ERR_INVALID_ARG, "checkpoint: tensor name '%s' is too long", tensors[i].name);
     }
-    table[i].numel = tensors[i].numel;
-    table[i].offset = off;
-    table[i].hash = XXH3_64bits(tensors[i].data, tensors[i].numel * sizeof(float));
-    off = hm_align_up(off + tensors[i].numel * sizeof(float));
+    l->table[i].numel = tensors[i].numel;
+    l->table[i].offset = off;
+    l->table[i].hash = XXH3_64bits(tensors[i].data, tensors[i].numel * es);
+    off = hm_align_up(off + tensors[i].numel * es);
   }
-  hm_ckpt_trailer tr;
-  memset(&tr, 0, sizeof tr);
-  memcpy(tr.magic, HM_CKPT_END_MAGIC, 8);
-  tr.file_bytes = off + sizeof tr;
-  tr.table_hash = XXH3_64bits(table, (size_t)n * sizeof *table);
-  tr.trailer_hash = XXH3_64bits(&tr, offsetof(hm_ckpt_trailer, trailer_hash));
+  hm_ckpt_trailer *tr = &l->tr;
+  memset(tr, 0, sizeof *tr);
+  memcpy(tr->magic, HM_CKPT_END_MAGIC, 8);
+  tr->file_bytes = off + sizeof *tr;
+  tr->table_hash = XXH3_64bits(l->table, (size_t)n * sizeof *l->table);
+  tr->trailer_hash = XXH3_64bits(tr, offsetof(hm_ckpt_trailer, trailer_hash));
+  return HM_OK;
+}
 
+hm_status hm_ckpt_write(const char *path, const hm_ckpt_meta *m, const hm_ckpt_tensor *tensors, int n) {
+  hm_ckpt_layout l;
+  HM_TRY(hm_ckpt_lay_out(m, tensors, n, &l));
+  const uint32_t es = hm_meta_elem_size(m);
   static const uint8_t zeros[HM_CKPT_ALIGN];
   hm_atomic_file f;
   hm_status st = hm_atomic_open(&f, path);
   if (st != HM_OK) {
-    free(table);
+    free(l.table);
     return st;
   }
   uint64_t pos = 0;
@@ -106,21 +127,42 @@ hm_status hm_ckpt_write(const char *path, const hm_ckpt_meta *m, const hm_ckpt_t
     if (st == HM_OK) st = hm_atomic_write(&f, (buf), (len)); \
     pos += (len);                                          \
   } while (0)
-  HM_PUT(&h, sizeof h);
-  HM_PUT(table, (size_t)n * sizeof *table);
+  HM_PUT(&l.h, sizeof l.h);
+  HM_PUT(l.table, (size_t)n * sizeof *l.table);
   for (int i = 0; i < n; i++) {
-    HM_PUT(zeros, (size_t)(table[i].offset - pos));
-    HM_PUT(tensors[i].data, (size_t)(tensors[i].numel * sizeof(float)));
+    HM_PUT(zeros, (size_t)(l.table[i].offset - pos));
+    HM_PUT(tensors[i].data, (size_t)(tensors[i].numel * es));
   }
   HM_PUT(zeros, (size_t)(hm_align_up(pos) - pos));
-  HM_PUT(&tr, sizeof tr);
+  HM_PUT(&l.tr, sizeof l.tr);
 #undef HM_PUT
-  free(table);
+  free(l.table);
   if (st != HM_OK) {
     hm_atomic_abort(&f);
     return hm_error_context(st, "checkpoint %s: ", path);
   }
   return hm_atomic_commit(&f);
+}
+
+hm_status hm_ckpt_encode(const hm_ckpt_meta *m, const hm_ckpt_tensor *tensors, int n, void **image, size_t *bytes) {
+  *image = NULL, *bytes = 0;
+  hm_ckpt_layout l;
+  HM_TRY(hm_ckpt_lay_out(m, tensors, n, &l));
+  const uint32_t es = hm_meta_elem_size(m);
+  uint8_t *b = hm_calloc(1, (size_t)l.tr.file_bytes, "checkpoint image");
+  if (!b) {
+    free(l.table);
+    return HM_ERR_NOMEM;
+  }
+  memcpy(b, &l.h, sizeof l.h);
+  memcpy(b + sizeof l.h, l.table, (size_t)n * sizeof *l.table);
+  for (int i = 0; i < n; i++)
+    if (tensors[i].numel) memcpy(b + l.table[i].offset, tensors[i].data, (size_t)(tensors[i].numel * es));
+  memcpy(b + l.tr.file_bytes - sizeof l.tr, &l.tr, sizeof l.tr);
+  *bytes = (size_t)l.tr.file_bytes;
+  *image = b;
+  free(l.table);
+  return HM_OK;
 }
 
 #define HM_CORRUPT(...) hm_error(HM_ERR_CORRUPT, __VA_ARGS__)
@@ -129,14 +171,17 @@ hm_status hm_ckpt_write(const char *path, const hm_ckpt_meta *m, const hm_ckpt_t
 static hm_status hm_ckpt_header_meta(const hm_ckpt_header *hp, const char *what, hm_ckpt_meta *m) {
   hm_ckpt_header h = *hp;
   if (memcmp(h.magic, HM_CKPT_MAGIC, 8) != 0) return HM_CORRUPT("checkpoint %s: bad magic (not a hetmix checkpoint)", what);
-  if (h.version != HM_CKPT_VERSION && h.version != 1)
-    return HM_CORRUPT("checkpoint %s: version %u, this build reads 1 and %u", what, h.version, HM_CKPT_VERSION);
+  if (h.version < 1 || h.version > 3)
+    return HM_CORRUPT("checkpoint %s: version %u, this build reads 1 to 3", what, h.version);
   if (XXH3_64bits(&h, offsetof(hm_ckpt_header, header_hash)) != h.header_hash)
     return HM_CORRUPT("checkpoint %s: header checksum mismatch", what);
   if (h.version == 1) { /* no run identity yet: those bytes were zero */
     h.stage_count = 0, h.run_id = 0;
     h.stage_index = 0, h.micro_batches = 0;
   }
+  if (h.version < 3) h.elem_size = 4;
+  else if (h.elem_size != 4 && h.elem_size != 8)
+    return HM_CORRUPT("checkpoint %s: %u bytes per element, need 4 or 8", what, h.elem_size);
   hm_model_config cfg = {"", h.L, h.C, h.NH, h.V, h.T};
   memcpy(cfg.name, h.name, sizeof cfg.name);
   cfg.name[sizeof cfg.name - 1] = '\0';
@@ -157,6 +202,7 @@ static hm_status hm_ckpt_header_meta(const hm_ckpt_header *hp, const char *what,
   m->batch = h.batch, m->seq_len = h.seq_len;
   m->run_id = h.run_id;
   m->stage_index = h.stage_index, m->stage_count = (int)h.stage_count, m->micro_batches = h.micro_batches;
+  m->elem_size = (int)h.elem_size;
   return HM_OK;
 }
 
@@ -180,6 +226,7 @@ hm_status hm_ckpt_parse(const void *buf, size_t len, const char *what, hm_ckpt *
     return HM_CORRUPT("checkpoint %s: tensor count %u does not fit the file", what, h.n_tensors);
 
   const size_t n = h.n_tensors;
+  const uint64_t es = (uint64_t)meta.elem_size;
   const uint8_t *table_bytes = b + sizeof h;
   if (XXH3_64bits(table_bytes, n * sizeof(hm_ckpt_entry)) != tr.table_hash)
     return HM_CORRUPT("checkpoint %s: tensor table checksum mismatch", what);
@@ -190,32 +237,32 @@ hm_status hm_ckpt_parse(const void *buf, size_t len, const char *what, hm_ckpt *
     hm_ckpt_entry e;
     memcpy(&e, table_bytes + i * sizeof e, sizeof e);
     if (memchr(e.name, '\0', sizeof e.name) == NULL) return HM_CORRUPT("checkpoint %s: tensor %zu name is not terminated", what, i);
-    if (e.offset % HM_CKPT_ALIGN != 0 || e.offset > data_end || e.numel > (data_end - e.offset) / sizeof(float))
+    if (e.offset % HM_CKPT_ALIGN != 0 || e.offset > data_end || e.numel > (data_end - e.offset) / es)
       return HM_CORRUPT("checkpoint %s: tensor '%s' (%llu floats at %llu) lies outside the file", what, e.name,
                         (unsigned long long)e.numel, (unsigned long long)e.offset);
     // the writer lays tensors out in order without overlap; requiring it bounds the total
     // size by the file size, so a crafted table cannot ask for a huge allocation
     if (e.offset < prev_end)
       return HM_CORRUPT("checkpoint %s: tensor '%s' overlaps the one before it", what, e.name);
-    prev_end = e.offset + e.numel * sizeof(float);
-    if (XXH3_64bits(b + e.offset, e.numel * sizeof(float)) != e.hash)
+    prev_end = e.offset + e.numel * es;
+    if (XXH3_64bits(b + e.offset, e.numel * es) != e.hash)
       return HM_CORRUPT("checkpoint %s: tensor '%s' checksum mismatch (data damaged)", what, e.name);
     total_floats += e.numel;
   }
-  // one allocation: tensor descriptors, then every tensor's floats (copied out of buf)
-  size_t bytes = n * sizeof(hm_ckpt_tensor) + (size_t)total_floats * sizeof(float);
+  // one allocation: tensor descriptors, then every tensor's elements (copied out of buf)
+  size_t bytes = n * sizeof(hm_ckpt_tensor) + (size_t)(total_floats * es);
   uint8_t *blob = hm_malloc(bytes, "checkpoint tensors");
   if (!blob) return hm_error_context(HM_ERR_NOMEM, "checkpoint %s: ", what);
   hm_ckpt_tensor *ts = (hm_ckpt_tensor *)blob;
-  float *data = (float *)(blob + n * sizeof(hm_ckpt_tensor));
+  uint8_t *data = blob + n * sizeof(hm_ckpt_tensor);
   for (size_t i = 0; i < n; i++) {
     hm_ckpt_entry e;
     memcpy(&e, table_bytes + i * sizeof e, sizeof e);
     memcpy(ts[i].name, e.name, sizeof ts[i].name);
     ts[i].numel = e.numel;
-    ts[i].data = data;
-    if (e.numel) memcpy(data, b + e.offset, e.numel * sizeof(float));
-    data += e.numel;
+    ts[i].data = (float *)(void *)data; /* elem_size 8: doubles behind the float pointer */
+    if (e.numel) memcpy(data, b + e.offset, (size_t)(e.numel * es));
+    data += e.numel * es;
   }
   out->meta = meta;
   out->n_tensors = (int)n;

@@ -1,7 +1,8 @@
 /* Keeping only the newest checkpoints of a run's folder, ordered by step: the one-process
  * trainer's "ckpt-<step>.hmc" files, and a pipeline's "step-<step>/" folders of stage files.
  * Only regular files are removed (never what a symlink points to); a folder goes once empty,
- * with the temporary files killed writes left in it. */
+ * with the temporary files killed writes left in it. And finding the newest complete
+ * distributed checkpoint ("step-<step>/" with a manifest naming all its shards). */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -124,4 +125,113 @@ hm_status hm_ckpt_prune_stage_dirs(const char *dir, int keep, int stage, int *re
   char inner[32];
   snprintf(inner, sizeof inner, "stage%d.hmc", stage);
   return hm_prune(dir, keep, "step-", "", S_IFDIR, inner, removed);
+}
+
+/* 1 when dir/<name> holds a manifest whose shards are all there with their sizes. */
+static int hm_is_complete(const char *dir, const char *name, hm_ckpt_manifest *m) {
+  char sub[4300];
+  snprintf(sub, sizeof sub, "%s/%s", dir, name);
+  if (hm_ckpt_manifest_read(sub, m, NULL, 0) != HM_OK) return 0;
+  for (int s = 0; s < m->nstages; s++) {
+    char path[4400];
+    struct stat sb;
+    snprintf(path, sizeof path, "%s/%s", sub, m->shards[s].file);
+    if (lstat(path, &sb) != 0 || !S_ISREG(sb.st_mode) || (uint64_t)sb.st_size != m->shards[s].bytes) return 0;
+  }
+  return 1;
+}
+
+/* The step folders of dir, newest first (*list: free()). */
+static hm_status hm_step_dirs(const char *dir, hm_numbered **list, size_t *n) {
+  int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0)
+    return hm_error(errno == ENOENT ? HM_ERR_NOT_FOUND : HM_ERR_IO, "cannot open folder %s: %s", dir, strerror(errno));
+  hm_status st = hm_list_numbered(dfd, dir, "step-", "", S_IFDIR, list, n);
+  close(dfd);
+  return st;
+}
+
+hm_status hm_ckpt_newest_complete(const char *run_dir, char *path, size_t cap, int64_t *step) {
+  hm_numbered *list = NULL;
+  size_t n = 0;
+  hm_status st = hm_step_dirs(run_dir, &list, &n);
+  if (st == HM_ERR_NOT_FOUND) return hm_error(HM_ERR_NOT_FOUND, "%s holds no complete checkpoint (no such folder)", run_dir);
+  HM_TRY(st);
+  hm_ckpt_manifest *m = hm_malloc(sizeof *m, "manifest");
+  st = m ? hm_error(HM_ERR_NOT_FOUND, "%s holds no complete checkpoint (no step-<N>/ with a manifest and all its shards)",
+                    run_dir)
+         : HM_ERR_NOMEM;
+  for (size_t i = 0; m && i < n; i++) {
+    if (!hm_is_complete(run_dir, list[i].name, m)) continue;
+    if (snprintf(path, cap, "%s/%s", run_dir, list[i].name) >= (int)cap) {
+      st = hm_error(HM_ERR_INVALID_ARG, "checkpoint path too long: %s/%s", run_dir, list[i].name);
+      break;
+    }
+    if (step) *step = (int64_t)list[i].step;
+    st = HM_OK;
+    break;
+  }
+  free(m);
+  free(list);
+  return st;
+}
+
+/* Removes the regular files of dir/<name> (a checkpoint folder nobody writes to any more) and
+ * the folder; symlinks and other entries stay, and so does the folder then. */
+static hm_status hm_remove_folder(const char *dir, const char *name) {
+  char sub[4300];
+  snprintf(sub, sizeof sub, "%s/%s", dir, name);
+  int fd = open(sub, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return errno == ENOENT ? HM_OK : hm_error(HM_ERR_IO, "cannot open %s: %s", sub, strerror(errno));
+  DIR *d = fdopendir(fd);
+  if (!d) {
+    close(fd);
+    return hm_error(HM_ERR_IO, "cannot list %s: %s", sub, strerror(errno));
+  }
+  hm_status st = HM_OK;
+  for (struct dirent *e; st == HM_OK && (e = readdir(d)) != NULL;) {
+    struct stat sb;
+    if (fstatat(fd, e->d_name, &sb, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(sb.st_mode)) continue;
+    if (unlinkat(fd, e->d_name, 0) != 0 && errno != ENOENT)
+      st = hm_error(HM_ERR_IO, "cannot remove %s/%s: %s", sub, e->d_name, strerror(errno));
+  }
+  closedir(d);
+  if (st == HM_OK && rmdir(sub) != 0 && errno != ENOTEMPTY && errno != EEXIST && errno != ENOENT)
+    st = hm_error(HM_ERR_IO, "cannot remove the old checkpoint folder %s: %s", sub, strerror(errno));
+  return st;
+}
+
+hm_status hm_ckpt_prune_complete(const char *run_dir, int keep, int *removed) {
+  if (removed) *removed = 0;
+  if (keep <= 0) return HM_OK;
+  hm_numbered *list = NULL;
+  size_t n = 0;
+  HM_TRY(hm_step_dirs(run_dir, &list, &n));
+  hm_ckpt_manifest *m = hm_malloc(sizeof *m, "manifest");
+  hm_status st = m ? HM_OK : HM_ERR_NOMEM;
+  int complete = 0;
+  for (size_t i = 0; st == HM_OK && i < n; i++) {
+    if (complete < keep) {
+      complete += hm_is_complete(run_dir, list[i].name, m);
+      continue;
+    }
+    st = hm_remove_folder(run_dir, list[i].name);
+    if (st == HM_OK && removed) ++*removed;
+  }
+  free(m);
+  free(list);
+  return st;
+}
+
+hm_status hm_ckpt_remove_step_dirs(const char *run_dir) {
+  hm_numbered *list = NULL;
+  size_t n = 0;
+  hm_status st = hm_step_dirs(run_dir, &list, &n);
+  if (st == HM_ERR_NOT_FOUND) return HM_OK;
+  HM_TRY(st);
+  for (size_t i = 0; st == HM_OK && i < n; i++) st = hm_remove_folder(run_dir, list[i].name);
+  free(list);
+  if (st == HM_OK && rmdir(run_dir) != 0 && errno != ENOTEMPTY && errno != EEXIST && errno != ENOENT)
+    st = hm_error(HM_ERR_IO, "cannot remove %s: %s", run_dir, strerror(errno));
+  return st;
 }

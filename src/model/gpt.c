@@ -499,6 +499,8 @@ hm_status hm_stage_zero_grad(hm_stage *s) { return hm_device_zero(s->dev, s->gra
 size_t hm_stage_num_params(const hm_stage *s) { return s->n_params; }
 void *hm_stage_params(hm_stage *s) { return s->params; }
 void *hm_stage_grads(hm_stage *s) { return s->grads; }
+void *hm_stage_adam_m(hm_stage *s) { return s->m; }
+void *hm_stage_adam_v(hm_stage *s) { return s->v; }
 
 void *hm_stage_tied_grad(hm_stage *s, size_t *n) {
   if (s->wte < 0) {

@@ -13,6 +13,7 @@
 
 #include "hetmix/device.h"
 #include "hetmix/model.h"
+#include "model/runbook.h"
 #include "util/files.h"
 #include "util/util.h"
 
@@ -77,15 +78,6 @@ static hm_status hm_write_latest(const char *dir, const char *name) {
   return hm_atomic_commit(&f);
 }
 
-static hm_status hm_metrics_line(FILE *f, cJSON *obj) {
-  char *s = cJSON_PrintUnformatted(obj);
-  cJSON_Delete(obj);
-  if (!s) return hm_error(HM_ERR_NOMEM, "metrics line");
-  int bad = fprintf(f, "%s\n", s) < 0 || fflush(f) != 0;
-  free(s);
-  return bad ? hm_error(HM_ERR_IO, "writing metrics: %s", strerror(errno)) : HM_OK;
-}
-
 typedef struct {
   const hm_train_options *o;
   hm_device *dev;
@@ -98,11 +90,11 @@ typedef struct {
 } hm_trainer;
 
 static hm_status hm_eval(hm_trainer *t, float *out) {
-  uint64_t n = t->dl.n_val_batches < (uint64_t)t->o->eval_batches ? t->dl.n_val_batches : (uint64_t)t->o->eval_batches;
-  if (n == 0) return hm_error(HM_ERR_INVALID_ARG, "validation split is smaller than one batch; lower --batch or raise the validation fraction");
+  int n = 0;
+  HM_TRY(hm_run_eval_batches(t->o, &t->dl, &n));
   double sum = 0;
-  for (uint64_t i = 0; i < n; i++) {
-    hm_dataloader_val(&t->dl, i, t->inputs, t->targets);
+  for (int i = 0; i < n; i++) {
+    hm_dataloader_val(&t->dl, (uint64_t)i, t->inputs, t->targets);
     float loss = 0;
     HM_TRY(hm_stage_forward(t->stage, 0, t->inputs, NULL, t->targets, &loss));
     sum += loss;
@@ -140,17 +132,7 @@ static hm_status hm_train_loop(hm_trainer *t, hm_train_result *res) {
   if (o->grad_accum < 1) return hm_error(HM_ERR_INVALID_ARG, "grad_accum=%d must be >= 1", o->grad_accum);
   if (!(o->lr > 0)) return hm_error(HM_ERR_INVALID_ARG, "learning rate %g must be > 0", (double)o->lr);
 
-  char corpus[4200];
-  const char *data = o->data;
-  if (!data) {
-    HM_TRY(hm_default_corpus(o->data_dir ? o->data_dir : "data", corpus, sizeof corpus));
-    data = corpus;
-  }
-  HM_TRY(hm_tokfile_open(data, &t->tf));
-  if (t->tf.vocab > (uint32_t)cfg->V)
-    return hm_error(HM_ERR_INVALID_ARG, "token file %s has vocabulary %u, larger than the model's V=%d", data,
-                    t->tf.vocab, cfg->V);
-  HM_TRY(hm_dataloader_init(&t->dl, &t->tf, o->batch, T, o->seed, o->val_fraction));
+  HM_TRY(hm_run_open_data(o, o->batch, T, &t->tf, &t->dl));
   HM_TRY(hm_device_open(o->device, &t->dev));
   hm_stage_options so = {0, hm_model_num_layers(cfg), o->batch, T, 1};
   HM_TRY(hm_stage_create(cfg, t->dev, &so, &t->stage));
@@ -177,13 +159,7 @@ static hm_status hm_train_loop(hm_trainer *t, hm_train_result *res) {
   t->inputs = hm_malloc(n_tok * sizeof(int32_t), "batch inputs");
   t->targets = hm_malloc(n_tok * sizeof(int32_t), "batch targets");
   if (!t->inputs || !t->targets) return HM_ERR_NOMEM;
-  if (o->out_dir) {
-    HM_TRY(hm_make_dirs(o->out_dir, 0755, HM_DIR_OUTPUT));
-    HM_TRY(hm_clean_tmp_files(o->out_dir, NULL));
-    char mp[4200];
-    snprintf(mp, sizeof mp, "%s/metrics.jsonl", o->out_dir);
-    HM_TRY(hm_file_open_write(mp, 0644, o->resume != NULL, &t->metrics));
-  }
+  HM_TRY(hm_run_open_metrics(o, NULL, &t->metrics)); /* also makes out_dir for the checkpoints */
   const int last = o->stop_after > 0 && o->stop_after < o->steps ? o->stop_after : o->steps;
   const hm_adamw adam = {0, o->beta1, o->beta2, o->eps, o->weight_decay};
   double train_s = 0;
@@ -224,7 +200,7 @@ static hm_status hm_train_loop(hm_trainer *t, hm_train_result *res) {
     p.tokens_per_s = (double)tokens / train_s;
     p.elapsed_s = hm_now_s() - t0;
     p.eta_s = (double)(last - step) * train_s / (double)(tokens / (n_tok * (uint64_t)o->grad_accum));
-    if (o->eval_every > 0 && (step % o->eval_every == 0 || step == last)) {
+    if (hm_run_eval_due(o, step, last)) {
       HM_TRY(hm_eval(t, &p.val_loss));
       p.has_val = 1;
       res->last_val_loss = p.val_loss;
@@ -245,7 +221,7 @@ static hm_status hm_train_loop(hm_trainer *t, hm_train_result *res) {
       cJSON_AddNumberToObject(j, "elapsed_s", p.elapsed_s);
       if (p.has_val) cJSON_AddNumberToObject(j, "val_loss", p.val_loss);
       if (p.checkpoint) cJSON_AddStringToObject(j, "checkpoint", p.checkpoint);
-      HM_TRY(hm_metrics_line(t->metrics, j));
+      HM_TRY(hm_run_metrics_line(t->metrics, j));
     }
     res->steps_done = step;
     res->last_loss = p.loss;

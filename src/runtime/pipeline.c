@@ -12,7 +12,8 @@
  * (cpu next to ref:dtype=f64 or opencl) share a job.
  *
  * Not here: choosing the layout (the planner), starting processes (launch.c), the run identity
- * and the check of a resume's stage checkpoints (pipeline_resume.c). */
+ * and the check of a resume's stage checkpoints (pipeline_resume.c), persisting periodic
+ * checkpoints (ckpt_agent.c), the corpus and metrics bookkeeping (src/model/runbook.c). */
 #include "hetmix/pipeline.h"
 
 #include <cjson/cJSON.h>
@@ -22,6 +23,8 @@
 #include <string.h>
 
 #include "hetmix/device.h"
+#include "model/runbook.h"
+#include "runtime/ckpt_agent.h"
 #include "runtime/pipeline_internal.h"
 #include "runtime/pipeline_resume.h"
 #include "util/files.h"
@@ -121,6 +124,7 @@ typedef struct hm_pipe {
   int micro[HM_PIPE_MAX_REPLICAS]; /* the split in use (rebalancing changes it) */
   double pace[HM_PIPE_MAX_REPLICAS]; /* smoothed seconds of compute per micro-batch, per replica */
   int paced;
+  hm_ckpt_agent *agent;  /* periodic checkpoints (--ckpt-every with --dump), else NULL */
 } hm_pipe;
 
 static hm_status hm_pipe_ctx(hm_status st, const hm_pipe *w) {
@@ -423,6 +427,34 @@ static hm_status hm_pipe_step(hm_pipe *w, int step /* 0-based */, hm_step_out *o
   return HM_OK;
 }
 
+/* Validation loss of the current weights, on replica 0 (the other replicas hold the same weights
+ * and skip it): forward only, the first stage feeding validation batch i (the single-process
+ * trainer's, hm_run_eval_batches of them) down the pipeline and the last computing its loss, as
+ * the single-process trainer does; the mean lands in *val on the last stage. */
+static hm_status hm_pipe_eval(hm_pipe *w, float *val) {
+  *val = 0;
+  if (w->replica != 0) return HM_OK;
+  int n = 0;
+  int64_t mine = 0, count = 0;
+  hm_status st = w->is_first ? hm_run_eval_batches(w->t, &w->dl, &n) : HM_OK;
+  mine = st == HM_OK ? n : -1;
+  HM_TRY(hm_comm_broadcast(w->pipe, &mine, &count, 1, HM_INT64, 0)); /* every stage learns n, or that it failed */
+  if (count < 1) return st != HM_OK ? st : hm_error(HM_ERR_INVALID_ARG, "evaluation: stage 0 found no validation batch");
+  double sum = 0;
+  for (int64_t i = 0; i < count; i++) {
+    if (w->is_first || w->is_last) hm_dataloader_val(&w->dl, (uint64_t)i, w->inputs, w->targets);
+    if (!w->is_first) HM_TRY(hm_recv_act(w, w->stage - 1));
+    float loss = 0;
+    HM_TRY(hm_stage_forward(w->st, 0, w->is_first ? w->inputs : NULL, w->is_first ? NULL : w->dev_x,
+                            w->is_last ? w->targets : NULL, w->is_last ? &loss : NULL));
+    if (!w->is_last) HM_TRY(hm_send_act(w, hm_stage_output(w->st, 0), w->stage + 1));
+    sum += loss;
+  }
+  HM_TRY(hm_wait_sends(w));
+  *val = (float)(sum / (double)count);
+  return HM_OK;
+}
+
 /* ---------------------------------------------------------------- setup, trace, teardown */
 
 static hm_status hm_pipe_setup(hm_pipe *w) {
@@ -460,17 +492,17 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
   if (nslots > w->nslots) w->nslots = nslots;
   if (w->nslots < 1) w->nslots = 1;
 
-  HM_TRY(hm_pipe_run_identity(w->world, o, w->stage, w->M, &w->run_id));
+  char shard[1024];
+  HM_TRY(hm_pipe_run_identity(w->world, o, w->stage, w->M, &w->run_id, shard, sizeof shard));
   HM_TRY(hm_device_open(t->device ? t->device : "cpu", &w->dev));
   hm_stage_options so = {w->first, w->last, t->batch, T, w->nslots};
   HM_TRY(hm_stage_create(&t->config, w->dev, &so, &w->st));
   if (t->resume) {
-    /* a dump directory of an earlier run of this layout (its files checked to be one run at one
+    /* a checkpoint of an earlier run of this layout (its shards checked to be one run at one
      * step by hm_pipe_run_identity): this stage's params, moments, step */
-    char path[4200];
+    const char *path = shard;
     hm_ckpt_meta m;
-    snprintf(path, sizeof path, "%s/stage%d.hmc", t->resume, w->stage);
-    HM_TRY(hm_stage_load(w->st, path, &m));
+    HM_TRY(hm_stage_load_shard(w->st, w->dev, path, &m));
     const int T_run = t->seq_len > 0 ? t->seq_len : t->config.T;
     if (m.batch != t->batch || m.seq_len != T_run || m.data_seed != t->seed ||
         m.data_position != m.step * (uint64_t)w->M * (uint64_t)t->batch)
@@ -486,18 +518,8 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
   HM_TRY(hm_build_buckets(w));
 
   if (w->is_first || w->is_last) {
-    char corpus[4200];
-    const char *data = t->data;
-    if (!data) {
-      HM_TRY(hm_default_corpus(t->data_dir ? t->data_dir : "data", corpus, sizeof corpus));
-      data = corpus;
-    }
-    HM_TRY(hm_tokfile_open(data, &w->tf));
+    HM_TRY(hm_run_open_data(t, t->batch, T, &w->tf, &w->dl));
     w->have_tf = 1;
-    if (w->tf.vocab > (uint32_t)t->config.V)
-      return hm_error(HM_ERR_INVALID_ARG, "token file %s has vocabulary %u, larger than the model's V=%d", data,
-                      w->tf.vocab, t->config.V);
-    HM_TRY(hm_dataloader_init(&w->dl, &w->tf, t->batch, T, t->seed, t->val_fraction));
     w->inputs = hm_malloc((size_t)m_cap * w->N * sizeof(int32_t), "micro-batch inputs");
     w->targets = hm_malloc((size_t)m_cap * w->N * sizeof(int32_t), "micro-batch targets");
     w->losses = hm_calloc((size_t)m_cap, sizeof(float), "micro-batch losses");
@@ -507,6 +529,10 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
   if (o->dump_dir && w->replica == 0) {
     HM_TRY(hm_make_dirs(o->dump_dir, 0755, HM_DIR_OUTPUT));
     HM_TRY(hm_clean_tmp_files(o->dump_dir, NULL));
+  }
+  if (o->dump_dir && t->ckpt_every > 0) {
+    hm_ckpt_agent_config ac = {o->dump_dir, hm_ckpt_peer_root(), t->keep, w->stage, w->p, w->replica, w->run_id};
+    HM_TRY(hm_ckpt_agent_open(w->world, &ac, &w->agent));
   }
   /* the wire type: f64 as soon as one worker computes in f64 */
   int64_t esize = (int64_t)hm_device_elem_size(w->dev), esize_max = 0;
@@ -616,56 +642,42 @@ static void hm_pipe_free(hm_pipe *w) {
   if (w->dp) hm_comm_destroy(w->dp);
 }
 
-static hm_status hm_pipe_open_metrics(hm_pipe *w) {
+/* The identity and state fields of this stage's checkpoint after `steps` steps. */
+static void hm_pipe_meta(const hm_pipe *w, int steps, hm_ckpt_meta *m) {
   const hm_train_options *t = w->t;
-  char path[4200];
-  const char *mp = w->o->metrics_path;
-  if (!mp && t->out_dir) {
-    HM_TRY(hm_make_dirs(t->out_dir, 0755, HM_DIR_OUTPUT));
-    HM_TRY(hm_clean_tmp_files(t->out_dir, NULL));
-    snprintf(path, sizeof path, "%s/metrics.jsonl", t->out_dir);
-    mp = path;
-  }
-  if (!mp) return HM_OK;
-  return hm_file_open_write(mp, 0644, w->t->resume != NULL, &w->metrics);
+  memset(m, 0, sizeof *m);
+  m->config = t->config;
+  m->layer_first = w->first, m->layer_last = w->last;
+  m->step = (uint64_t)steps;
+  m->data_seed = t->seed;
+  m->data_position = (uint64_t)steps * (uint64_t)w->M * (uint64_t)t->batch;
+  m->lr = t->lr, m->beta1 = t->beta1, m->beta2 = t->beta2, m->eps = t->eps;
+  m->weight_decay = t->weight_decay, m->grad_clip = t->grad_clip;
+  m->batch = t->batch, m->seq_len = w->N / t->batch;
+  m->run_id = w->run_id;
+  m->stage_index = w->stage, m->stage_count = w->p, m->micro_batches = w->M;
 }
 
 /* This stage's checkpoint "<dir>/stage<s>.hmc" after `steps` steps (replica 0's workers). */
 static hm_status hm_pipe_dump(hm_pipe *w, const char *dir, int steps) {
-  const hm_train_options *t = w->t;
   HM_TRY(hm_make_dirs(dir, 0755, HM_DIR_OUTPUT));
   char path[4200];
   snprintf(path, sizeof path, "%s/stage%d.hmc", dir, w->stage);
   hm_ckpt_meta m;
-  memset(&m, 0, sizeof m);
-  m.step = (uint64_t)steps;
-  m.data_seed = t->seed;
-  m.data_position = (uint64_t)steps * (uint64_t)w->M * (uint64_t)t->batch;
-  m.lr = t->lr, m.beta1 = t->beta1, m.beta2 = t->beta2, m.eps = t->eps;
-  m.weight_decay = t->weight_decay, m.grad_clip = t->grad_clip;
-  m.batch = t->batch, m.seq_len = w->N / t->batch;
-  m.run_id = w->run_id;
-  m.stage_index = w->stage, m.stage_count = w->p, m.micro_batches = w->M;
+  hm_pipe_meta(w, steps, &m);
   return hm_stage_save(w->st, path, &m);
 }
 
-/* A periodic checkpoint (--ckpt-every): replica 0's workers write "<dump>/step-<steps>/"; all
- * workers learn whether every write succeeded (so all stop together on a failure), then each
- * writer removes its file from all but the newest `keep` step folders. */
-static hm_status hm_pipe_checkpoint(hm_pipe *w, int steps) {
-  const char *dump = w->o->dump_dir;
-  hm_status mine = HM_OK;
-  if (w->replica == 0) {
-    char dir[4200];
-    snprintf(dir, sizeof dir, "%s/step-%08d", dump, steps);
-    mine = hm_pipe_dump(w, dir, steps);
-  }
-  int64_t failed = mine != HM_OK, any = 0;
-  hm_status st = hm_comm_allreduce(w->world, &failed, &any, 1, HM_INT64, HM_MAX);
-  if (mine != HM_OK) return mine;
-  HM_TRY(st);
-  if (any) return hm_error(HM_ERR_IO, "the checkpoint of step %d failed on another worker (see its error)", steps);
-  return w->replica == 0 ? hm_ckpt_prune_stage_dirs(dump, w->t->keep, w->stage, NULL) : HM_OK;
+/* After every step with periodic checkpoints (--ckpt-every): at a checkpoint step replica 0's
+ * workers snapshot their stage into host memory (the first phase; ckpt_agent.c persists it in
+ * the background); at every step the agent follows the outstanding checkpoint to its manifest. */
+static hm_status hm_pipe_checkpoint(hm_pipe *w, int done, int checkpoint) {
+  void *image = NULL;
+  size_t bytes = 0;
+  hm_ckpt_meta m;
+  hm_pipe_meta(w, done, &m);
+  if (checkpoint && w->replica == 0) HM_TRY(hm_stage_snapshot(w->st, w->dev, &m, &image, &bytes));
+  return hm_ckpt_agent_step(w->agent, done, checkpoint, m.data_position, image, bytes);
 }
 
 /* Predicted step time of a split: each replica's 1F1B takes about (m + p - 1) micro-batch
@@ -738,7 +750,7 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
   w.world = world;
   hm_status st = hm_pipe_setup(&w);
   const int reporter = w.replica == 0 && w.is_last; /* holds replica 0's losses */
-  if (st == HM_OK && reporter) st = hm_pipe_open_metrics(&w);
+  if (st == HM_OK && reporter) st = hm_run_open_metrics(w.t, o->metrics_path, &w.metrics);
   const int steps = w.t ? (w.t->stop_after > 0 && w.t->stop_after < w.t->steps ? w.t->stop_after : w.t->steps) : 0;
   const int trace_steps = o && o->trace_steps > 0 ? o->trace_steps : 1;
   double timed_s = 0, t_start = hm_now_s();
@@ -780,6 +792,9 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
       if (st != HM_OK) break;
       res->rebalances += changed;
     }
+    float val_loss = 0;
+    const int has_val = hm_run_eval_due(w.t, step + 1, steps);
+    if (has_val && (st = hm_pipe_eval(&w, &val_loss)) != HM_OK) break;
     res->steps_done = step + 1;
     res->last_loss = (float)(loss_all / w.M);
     if (reporter) {
@@ -789,6 +804,7 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
       pr.loss = res->last_loss;
       pr.lr = so.lr;
       pr.grad_norm = (float)sqrt(so.sumsq);
+      pr.has_val = has_val, pr.val_loss = val_loss;
       pr.elapsed_s = hm_now_s() - t_start;
       pr.tokens_per_s = (double)tokens / pr.elapsed_s;
       pr.eta_s = (double)(steps - step - 1) * pr.elapsed_s / (double)(step + 1 - w.start_step);
@@ -801,6 +817,7 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
         cJSON_AddNumberToObject(j, "tokens_per_s", pr.tokens_per_s);
         cJSON_AddNumberToObject(j, "step_time_s", stat_max[0]);
         cJSON_AddNumberToObject(j, "elapsed_s", pr.elapsed_s);
+        if (has_val) cJSON_AddNumberToObject(j, "val_loss", val_loss);
         cJSON *busy = cJSON_AddArrayToObject(j, "stage_busy_s");
         for (int s = 0; s < w.p; s++) cJSON_AddItemToArray(busy, cJSON_CreateNumber(stat_max[1 + s]));
         if (w.R > 1) {
@@ -813,20 +830,15 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
           cJSON *mi = cJSON_AddArrayToObject(j, "micro");
           for (int r = 0; r < w.R; r++) cJSON_AddItemToArray(mi, cJSON_CreateNumber(split_used[r]));
         }
-        char *txt = cJSON_PrintUnformatted(j);
-        cJSON_Delete(j);
-        if (txt) {
-          fprintf(w.metrics, "%s\n", txt);
-          fflush(w.metrics);
-          free(txt);
-        }
+        st = hm_run_metrics_line(w.metrics, j);
+        if (st != HM_OK) break;
       }
       if (w.t->on_progress) w.t->on_progress(&pr, w.t->user);
     }
     const int done = step + 1; /* the last step's state is the final dump below */
-    if (o->dump_dir && w.t->ckpt_every > 0 && done % w.t->ckpt_every == 0 && done < steps)
-      st = hm_pipe_checkpoint(&w, done);
+    if (w.agent) st = hm_pipe_checkpoint(&w, done, done % w.t->ckpt_every == 0 && done < steps);
   }
+  if (st == HM_OK && w.agent) st = hm_ckpt_agent_finish(w.agent);
   for (int r = 0; r < w.R && r < HM_PIPE_MAX_REPLICAS; r++) res->micro[r] = w.micro[r];
   if (timed_steps > 0) {
     res->step_time_s = timed_s / timed_steps;
@@ -835,6 +847,8 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
   }
   if (st == HM_OK && o->trace_path) st = hm_pipe_write_trace(&w);
   if (st == HM_OK && o->dump_dir && w.replica == 0) st = hm_pipe_dump(&w, o->dump_dir, res->steps_done);
+  hm_ckpt_agent_close(w.agent, st == HM_OK); /* a run that ended well needs no peer copies */
+  w.agent = NULL;
   st = hm_pipe_ctx(st, &w);
   if (st != HM_OK) { /* peers blocked on this worker fail fast instead of waiting out deadlines */
     if (w.pipe) hm_comm_abort(w.pipe);

@@ -8,22 +8,65 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/ckpt_agent.h"
 #include "util/util.h"
 
 /* What a worker learned about its stage's checkpoint, exchanged as bytes. */
 typedef struct hm_shard_id {
   int32_t ok, stage;
   hm_ckpt_meta meta;
-  char path[256];
-  char err[512];
+  char path[1024];
+  char err[1024];
 } hm_shard_id;
+
+/* The file of this stage's shard in the manifest's folder, when its size and checksum are the
+ * manifest's; else the peer copy of the same step (the peer folder of the run, in this host's
+ * memory), when that one's are. */
+static hm_status hm_manifest_shard(const hm_ckpt_manifest *m, const char *dir, int stage, char *path, size_t cap) {
+  const hm_ckpt_shard_info *i = &m->shards[stage];
+  snprintf(path, cap, "%s/%s", dir, i->file);
+  uint64_t h = 0, n = 0;
+  hm_status st = hm_ckpt_file_hash(path, &h, &n);
+  if (st == HM_OK && h == i->xxh3 && n == i->bytes) return HM_OK;
+  char why[600], peer[2200], copy[2400];
+  snprintf(why, sizeof why, "%s", st == HM_OK ? "its size or checksum is not the manifest's" : hm_last_error());
+  const char *root = hm_ckpt_peer_root();
+  if (!root) return hm_error(HM_ERR_CORRUPT, "resume: shard %s: %s, and no peer copies are kept (HETMIX_PEER_DIR)", path, why);
+  hm_ckpt_peer_dir(root, m->run_id, peer, sizeof peer);
+  snprintf(copy, sizeof copy, "%s/step-%08llu/%s", peer, (unsigned long long)m->step, i->file);
+  if (hm_ckpt_file_hash(copy, &h, &n) == HM_OK && h == i->xxh3 && n == i->bytes) {
+    hm_strcpy(path, cap, copy);
+    return HM_OK;
+  }
+  return hm_error(HM_ERR_CORRUPT, "resume: shard %s: %s, and no peer copy at %s matches the manifest", path, why, copy);
+}
+
+hm_status hm_pipe_shard_path(const char *resume, int stage, int nstages, char *path, size_t cap) {
+  hm_ckpt_manifest *m = hm_malloc(sizeof *m, "manifest");
+  if (!m) return HM_ERR_NOMEM;
+  char dir[4200];
+  hm_status st = hm_ckpt_manifest_read(resume, m, dir, sizeof dir);
+  if (st == HM_ERR_NOT_FOUND) { /* a folder of stage files without a manifest (--dump) */
+    st = snprintf(path, cap, "%s/stage%d.hmc", resume, stage) < (int)cap
+             ? HM_OK : hm_error(HM_ERR_INVALID_ARG, "resume path too long: %s", resume);
+  } else if (st == HM_OK && m->nstages != nstages) {
+    st = hm_error(HM_ERR_INVALID_ARG, "resume from %s: its manifest names %d stages, this run has %d", resume, m->nstages,
+                  nstages);
+  } else if (st == HM_OK) {
+    st = hm_manifest_shard(m, dir, stage, path, cap);
+  }
+  free(m);
+  return st;
+}
 
 static void hm_shard_read(const hm_pipeline_options *o, int stage, hm_shard_id *id) {
   memset(id, 0, sizeof *id);
   id->stage = stage;
-  snprintf(id->path, sizeof id->path, "%s/stage%d.hmc", o->train->resume, stage);
-  if (hm_ckpt_read_meta(id->path, &id->meta) == HM_OK) id->ok = 1;
-  else hm_strcpy(id->err, sizeof id->err, hm_last_error());
+  if (hm_pipe_shard_path(o->train->resume, stage, o->nstages, id->path, sizeof id->path) == HM_OK &&
+      hm_ckpt_read_meta(id->path, &id->meta) == HM_OK)
+    id->ok = 1;
+  else
+    hm_strcpy(id->err, sizeof id->err, hm_last_error());
 }
 
 static int hm_same_config(const hm_model_config *a, const hm_model_config *b) {
@@ -86,11 +129,14 @@ static hm_status hm_shards_check(const hm_pipeline_options *o, int M, const hm_s
   return hm_shards_agree(o, ids);
 }
 
-hm_status hm_pipe_run_identity(hm_comm_t world, const hm_pipeline_options *o, int stage, int M, uint64_t *run_id) {
+hm_status hm_pipe_run_identity(hm_comm_t world, const hm_pipeline_options *o, int stage, int M, uint64_t *run_id,
+                               char *shard, size_t cap) {
   uint64_t id = 0;
+  if (shard && cap) shard[0] = '\0';
   if (o->train->resume) {
     hm_shard_id mine;
     hm_shard_read(o, stage, &mine);
+    if (shard) hm_strcpy(shard, cap, mine.path);
     hm_shard_id *all = hm_calloc((size_t)hm_comm_size(world), sizeof *all, "resume: stage checkpoint headers");
     if (!all) return HM_ERR_NOMEM;
     hm_status st = hm_comm_allgather(world, &mine, all, sizeof mine, HM_UINT8);

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -198,20 +199,118 @@ static void test_versions(void **state) {
   assert_int_equal(ck.meta.step, 123);
   assert_memory_equal(hm_ckpt_find(&ck, "param/a")->data, a, sizeof a);
   hm_ckpt_free(&ck);
-  v = 3;
+  v = 3; /* version 3 needs 4 or 8 bytes per element at offset 168 */
   memcpy(img + 8, &v, 4);
   h = XXH3_64bits(img, 248);
   memcpy(img + 248, &h, 8);
   assert_int_equal(hm_ckpt_parse(img, len, p, &ck), HM_ERR_CORRUPT);
-  assert_non_null(strstr(hm_last_error(), "version 3, this build reads 1 and 2"));
+  assert_non_null(strstr(hm_last_error(), "0 bytes per element, need 4 or 8"));
+  v = 4;
+  memcpy(img + 8, &v, 4);
+  h = XXH3_64bits(img, 248);
+  memcpy(img + 248, &h, 8);
+  assert_int_equal(hm_ckpt_parse(img, len, p, &ck), HM_ERR_CORRUPT);
+  assert_non_null(strstr(hm_last_error(), "version 4, this build reads 1 to 3"));
   free(img);
+}
+
+/* float64 tensors (elem_size 8, version 3) round-trip bit for bit; hm_ckpt_encode gives the
+ * bytes hm_ckpt_write writes. */
+static void test_f64_and_encode(void **state) {
+  (void)state;
+  char p[512];
+  snprintf(p, sizeof p, "%s/d.hmc", tmpdir);
+  double a[300];
+  for (int i = 0; i < 300; i++) a[i] = 1.0 / (i + 3.0); /* not representable in float32 */
+  hm_ckpt_tensor ts[1] = {{"param/a", 300, (float *)(void *)a}};
+  hm_ckpt_meta m = sample_meta();
+  m.elem_size = 8;
+  assert_int_equal(hm_ckpt_write(p, &m, ts, 1), HM_OK);
+  size_t len = 0, elen = 0;
+  uint8_t *img = read_all(p, &len);
+  void *enc = NULL;
+  assert_int_equal(hm_ckpt_encode(&m, ts, 1, &enc, &elen), HM_OK);
+  assert_int_equal(len, elen);
+  assert_memory_equal(img, enc, len);
+  hm_ckpt ck;
+  assert_int_equal(hm_ckpt_read(p, &ck), HM_OK);
+  assert_int_equal(ck.meta.elem_size, 8);
+  assert_memory_equal(hm_ckpt_find(&ck, "param/a")->data, a, sizeof a);
+  hm_ckpt_free(&ck);
+  free(img);
+  free(enc);
+}
+
+/* A step folder counts only with a manifest whose shards are all there with their sizes; the
+ * newest complete one is found, damage is named, pruning keeps the newest complete ones. */
+static void test_manifest_and_newest_complete(void **state) {
+  (void)state;
+  char run[512], dir[600], path[700], got[700];
+  snprintf(run, sizeof run, "%s/run", tmpdir);
+  assert_int_equal(mkdir(run, 0755), 0);
+  int64_t step = -1;
+  assert_int_equal(hm_ckpt_newest_complete(run, got, sizeof got, &step), HM_ERR_NOT_FOUND);
+  float a[1000], b[37];
+  for (int n = 2; n <= 8; n += 2) {
+    snprintf(dir, sizeof dir, "%s/step-%08d", run, n);
+    assert_int_equal(mkdir(dir, 0755), 0);
+    hm_ckpt_manifest m;
+    memset(&m, 0, sizeof m);
+    m.run_id = 0xabcdef0123456789ull, m.step = (uint64_t)n, m.data_position = 40u * n, m.nstages = 2, m.world = 4;
+    for (int s = 0; s < 2; s++) {
+      snprintf(path, sizeof path, "%s/stage%d.hmc", dir, s);
+      write_sample(path, a, b);
+      m.shards[s].stage = s;
+      snprintf(m.shards[s].file, sizeof m.shards[s].file, "stage%d.hmc", s);
+      assert_int_equal(hm_ckpt_file_hash(path, &m.shards[s].xxh3, &m.shards[s].bytes), HM_OK);
+    }
+    if (n != 8) assert_int_equal(hm_ckpt_manifest_write(dir, &m), HM_OK); /* step 8: still being written */
+    if (n == 6) { /* step 6: one shard lost */
+      snprintf(path, sizeof path, "%s/stage1.hmc", dir);
+      assert_int_equal(unlink(path), 0);
+    }
+  }
+  assert_int_equal(hm_ckpt_newest_complete(run, got, sizeof got, &step), HM_OK);
+  snprintf(dir, sizeof dir, "%s/step-00000004", run);
+  assert_string_equal(got, dir);
+  assert_int_equal(step, 4);
+  hm_ckpt_manifest m;
+  snprintf(path, sizeof path, "%s/manifest.json", dir);
+  assert_int_equal(hm_ckpt_manifest_read(path, &m, got, sizeof got), HM_OK);
+  assert_string_equal(got, dir);
+  assert_true(m.run_id == 0xabcdef0123456789ull && m.step == 4 && m.data_position == 160 && m.nstages == 2);
+  assert_int_equal(hm_ckpt_manifest_verify(dir, &m), HM_OK);
+  m.shards[1].xxh3 ^= 1;
+  assert_int_equal(hm_ckpt_manifest_verify(dir, &m), HM_ERR_CORRUPT);
+  assert_non_null(strstr(hm_last_error(), "stage1.hmc"));
+  /* a damaged manifest is refused naming the field */
+  snprintf(dir, sizeof dir, "%s/bad", tmpdir);
+  assert_int_equal(mkdir(dir, 0755), 0);
+  snprintf(path, sizeof path, "%s/manifest.json", dir);
+  FILE *f = fopen(path, "w");
+  fputs("{\"format\":\"hetmix-checkpoint\",\"version\":1,\"run_id\":\"zz\"}", f);
+  fclose(f);
+  assert_int_equal(hm_ckpt_manifest_read(dir, &m, NULL, 0), HM_ERR_CORRUPT);
+  assert_non_null(strstr(hm_last_error(), "run_id"));
+  /* keep 1: steps 2 (older than the newest complete) go; 6 and 8 are newer, they stay */
+  int removed = 0;
+  assert_int_equal(hm_ckpt_prune_complete(run, 1, &removed), HM_OK);
+  assert_int_equal(removed, 1);
+  snprintf(dir, sizeof dir, "%s/step-00000002", run);
+  assert_int_equal(access(dir, F_OK), -1);
+  snprintf(dir, sizeof dir, "%s/step-00000006", run);
+  assert_int_equal(access(dir, F_OK), 0);
+  assert_int_equal(hm_ckpt_remove_step_dirs(run), HM_OK);
+  assert_int_equal(access(run, F_OK), -1);
 }
 
 int main(void) {
   snprintf(tmpdir, sizeof tmpdir, "%s/test_ckpt.XXXXXX", HM_BINARY_DIR);
   if (!mkdtemp(tmpdir)) return 1;
   const struct CMUnitTest tests[] = {cmocka_unit_test(test_roundtrip), cmocka_unit_test(test_damage_detected),
-                                     cmocka_unit_test(test_overlapping_tensors), cmocka_unit_test(test_versions)};
+                                     cmocka_unit_test(test_overlapping_tensors), cmocka_unit_test(test_versions),
+                                     cmocka_unit_test(test_f64_and_encode),
+                                     cmocka_unit_test(test_manifest_and_newest_complete)};
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   char cmd[600];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);

@@ -1,13 +1,18 @@
 /* A pipeline resume from stage checkpoints of different steps or different runs (stage 0 from a
  * `--stop-after 5` dump, stage 1 from a `--stop-after 10` one) is refused on every worker before
  * training, naming both files and what differs, in bounded time and without a worker dying on
- * a broken pipe. Periodic checkpoints (--ckpt-every) keep the newest --keep step folders and
- * resume. Two workers, a small model, local files only. */
+ * a broken pipe. Periodic checkpoints (--ckpt-every) keep the newest --keep complete step
+ * folders, each with a manifest, and resume bitwise from one (f32 and f64); a worker killed
+ * during training has its shard recovered from its peer's in-memory copy, bitwise. Two
+ * workers, a small model, local files only. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 
 #include <cmocka.h>
+
+#include <dirent.h>
+#include <math.h>
 
 #include "hetmix/model.h"
 #include "runtime/proc_helpers.h"
@@ -17,17 +22,17 @@
 static const char *hetmix_bin = HM_BINARY_DIR "/hetmix";
 static char work[128], tokpath[256];
 
-/* `hetmix launch -n 2 -- hetmix worker ...` with a 2-stage layout; extra: up to 6 more
- * arguments, NULL-terminated. Returns the exit status (-1: killed at the deadline); stderr into
+/* `hetmix launch -n 2 -- hetmix worker ...` with a 2-stage layout; extra: up to 17 more
+ * arguments (a repeated option overrides), NULL-terminated. Returns the exit status (-1: killed at the deadline); stderr into
  * err; seconds into *took. */
 static int run_job(const char *tag, char *const extra[], char *err, size_t cap, double *took) {
   char errp[300];
   snprintf(errp, sizeof errp, "%s/%s.err", work, tag);
-  char *argv[32] = {(char *)hetmix_bin, "launch", "-n", "2", "--timeout", "120", "--", (char *)hetmix_bin, "worker",
+  char *argv[40] = {(char *)hetmix_bin, "launch", "-n", "2", "--timeout", "120", "--", (char *)hetmix_bin, "worker",
                     "--model", MODEL, "--data", tokpath, "--steps", "12", "--batch", "2", "--stages", "0,3,8",
                     "--micro", "2", "--quiet"};
   int n = 22;
-  for (int i = 0; extra[i] && n < 31; i++) argv[n++] = extra[i];
+  for (int i = 0; extra[i] && n < 39; i++) argv[n++] = extra[i]; /* a later option overrides */
   argv[n] = NULL;
   const double t0 = hm_t_now();
   pid_t pid = hm_t_spawn(argv, NULL, errp);
@@ -136,6 +141,15 @@ static void test_periodic_checkpoints_keep_the_newest(void **state) {
   const char *gone[] = {"step-00000002", "step-00000004", "step-00000006", "step-00000012"};
   for (size_t i = 0; i < 4; i++)
     if (exists(dir, gone[i])) fail_msg("%s/%s is still there", dir, gone[i]);
+  /* both kept folders are complete: a manifest naming their shards, which match it */
+  char newest[400];
+  int64_t step = 0;
+  if (hm_ckpt_newest_complete(dir, newest, sizeof newest, &step) != HM_OK) fail_msg("%s", hm_last_error());
+  assert_int_equal(step, 10);
+  hm_ckpt_manifest m;
+  if (hm_ckpt_manifest_read(from, &m, NULL, 0) != HM_OK) fail_msg("%s", hm_last_error());
+  assert_true(m.step == 8 && m.nstages == 2 && m.world == 2 && m.data_position == 8u * 2 * 2);
+  if (hm_ckpt_manifest_verify(from, &m) != HM_OK) fail_msg("%s", hm_last_error());
   char *resume[] = {"--resume", from, "--dump", rest, NULL};
   if (run_job("periodic-rest", resume, err, sizeof err, &took) != 0) fail_msg("resuming from step 8 failed:\n%s", err);
   for (int s = 0; s < 2; s++) {
@@ -143,6 +157,159 @@ static void test_periodic_checkpoints_keep_the_newest(void **state) {
     snprintf(a, sizeof a, "%s/stage%d.hmc", dir, s);
     snprintf(b, sizeof b, "%s/stage%d.hmc", rest, s);
     assert_same_state(a, b);
+  }
+}
+
+/* An f64 run (ref:dtype=f64) resumed from its periodic checkpoint's manifest ends in bitwise
+ * the state of the uninterrupted run: the shards hold the f64 state itself (stored as f32 the
+ * resumed run would start from rounded weights and moments and drift away). */
+static void test_f64_resume_from_manifest_is_bitwise(void **state) {
+  (void)state;
+  char dir[200], rest[220], from[260], err[8192];
+  double took;
+  snprintf(dir, sizeof dir, "%s/f64", work);
+  snprintf(rest, sizeof rest, "%s/f64-rest", work);
+  snprintf(from, sizeof from, "%s/step-00000004/manifest.json", dir);
+  char *extra[] = {"--device", "ref:dtype=f64", "--dump", dir, "--ckpt-every", "4", NULL};
+  if (run_job("f64", extra, err, sizeof err, &took) != 0) fail_msg("the f64 run failed:\n%s", err);
+  char *resume[] = {"--device", "ref:dtype=f64", "--resume", from, "--dump", rest, NULL};
+  if (run_job("f64-rest", resume, err, sizeof err, &took) != 0) fail_msg("resuming from step 4 failed:\n%s", err);
+  for (int s = 0; s < 2; s++) {
+    char a[400], b[400];
+    snprintf(a, sizeof a, "%s/stage%d.hmc", dir, s);
+    snprintf(b, sizeof b, "%s/stage%d.hmc", rest, s);
+    assert_same_state(a, b);
+  }
+}
+
+/* The folder of a run's peer copies under root (hmpeer-<uid>-<run>), or "" while none. */
+static void peer_run_dir(const char root[200], char out[600], size_t cap) {
+  out[0] = '\0';
+  DIR *d = opendir(root);
+  if (!d) return;
+  for (struct dirent *e; (e = readdir(d)) != NULL;)
+    if (strncmp(e->d_name, "hmpeer-", 7) == 0) snprintf(out, cap, "%s/%s", root, e->d_name);
+  closedir(d);
+}
+
+/* Rank 1 is killed (SIGKILL) during training once a checkpoint is complete in memory; its
+ * shard is taken from the copy its peer (rank 0) holds: a resume from the peer folder, and one
+ * from the disk manifest with rank 1's disk shard gone, end in bitwise the state of a run that
+ * never failed. */
+static void test_killed_worker_recovers_from_peer_copy(void **state) {
+  (void)state;
+  char root[200], dir[200], peer[600], mem[800], ref[200], rest[200], errp[240], err[8192], stop[32];
+  snprintf(root, sizeof root, "%s/shm", work);
+  snprintf(dir, sizeof dir, "%s/killed", work);
+  snprintf(errp, sizeof errp, "%s/killed.err", work);
+  assert_int_equal(mkdir(root, 0700), 0);
+  setenv("HETMIX_PEER_DIR", root, 1);
+  char *argv[] = {(char *)hetmix_bin, "launch", "-n", "2", "--timeout", "120", "--", (char *)hetmix_bin, "worker",
+                  "--model", MODEL, "--data", tokpath, "--steps", "100000", "--batch", "2", "--stages", "0,3,8",
+                  "--micro", "2", "--quiet", "--dump", dir, "--ckpt-every", "2", NULL};
+  pid_t launcher = hm_t_spawn(argv, NULL, errp);
+  int64_t n = 0;
+  for (double t0 = hm_t_now(); hm_t_now() - t0 < 60.0 && n < 4; usleep(20000)) {
+    peer_run_dir(root, peer, sizeof peer);
+    if (peer[0] && hm_ckpt_newest_complete(peer, mem, sizeof mem, &n) != HM_OK) n = 0;
+  }
+  if (n < 4) fail_msg("no checkpoint in the peers' memory within 60 s (%s)", peer);
+  char path[64], kids[256] = "";
+  snprintf(path, sizeof path, "/proc/%d/task/%d/children", (int)launcher, (int)launcher);
+  assert_int_equal(hm_t_read_file(path, kids, sizeof kids), 0);
+  long pids[2];
+  assert_int_equal(sscanf(kids, "%ld %ld", &pids[0], &pids[1]), 2);
+  kill((pid_t)pids[1], SIGKILL);
+  int st = hm_t_wait(launcher, 20.0);
+  assert_true(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 128 + 9);
+  if (hm_ckpt_newest_complete(peer, mem, sizeof mem, &n) != HM_OK) fail_msg("after the kill: %s", hm_last_error());
+  snprintf(stop, sizeof stop, "%lld", (long long)n + 2);
+  snprintf(ref, sizeof ref, "%s/killed-ref", work);
+  double took;
+  char *steps[] = {"--steps", "100000", NULL};
+  (void)steps;
+  char *ref_args[] = {"--steps", "100000", "--stop-after", stop, "--dump", ref, NULL};
+  if (run_job("killed-ref", ref_args, err, sizeof err, &took) != 0) fail_msg("the reference run failed:\n%s", err);
+  /* from the peer folder itself (every shard a copy a peer held) */
+  snprintf(rest, sizeof rest, "%s/killed-mem", work);
+  char *from_mem[] = {"--steps", "100000", "--resume", mem, "--stop-after", stop, "--dump", rest, NULL};
+  if (run_job("killed-mem", from_mem, err, sizeof err, &took) != 0) fail_msg("resuming from %s failed:\n%s", mem, err);
+  for (int s = 0; s < 2; s++) {
+    char a[400], b[400];
+    snprintf(a, sizeof a, "%s/stage%d.hmc", ref, s);
+    snprintf(b, sizeof b, "%s/stage%d.hmc", rest, s);
+    assert_same_state(a, b);
+  }
+  /* from the disk checkpoint of that step, rank 1's shard lost there: the peer copy stands in */
+  char disk[300], lost[340];
+  snprintf(disk, sizeof disk, "%s/step-%08lld", dir, (long long)n);
+  if (exists(disk, "manifest.json")) {
+    snprintf(lost, sizeof lost, "%s/stage1.hmc", disk);
+    assert_int_equal(unlink(lost), 0);
+    snprintf(rest, sizeof rest, "%s/killed-disk", work);
+    char *from_disk[] = {"--steps", "100000", "--resume", disk, "--stop-after", stop, "--dump", rest, NULL};
+    if (run_job("killed-disk", from_disk, err, sizeof err, &took) != 0) fail_msg("resuming from %s failed:\n%s", disk, err);
+    for (int s = 0; s < 2; s++) {
+      char a[400], b[400];
+      snprintf(a, sizeof a, "%s/stage%d.hmc", ref, s);
+      snprintf(b, sizeof b, "%s/stage%d.hmc", rest, s);
+      assert_same_state(a, b);
+    }
+    print_message("  killed rank 1 after step %lld: resumed from the peer folder and from the disk manifest\n", (long long)n);
+  } else {
+    print_message("  killed rank 1 after step %lld: resumed from the peer folder (the disk manifest of that step was "
+                  "not written yet)\n", (long long)n);
+  }
+  unsetenv("HETMIX_PEER_DIR");
+}
+
+/* Every "val_loss" of a metrics.jsonl, in order; returns how many (at most cap). */
+static int read_val_losses(const char *path, double *out, int cap) {
+  static char text[1 << 16];
+  if (hm_t_read_file(path, text, sizeof text) != 0) fail_msg("cannot read %s", path);
+  int n = 0;
+  for (const char *p = text; n < cap && (p = strstr(p, "\"val_loss\":")) != NULL; p += 11) out[n++] = strtod(p + 11, NULL);
+  return n;
+}
+
+/* `hetmix train` (one process) and the pipeline workers, same data and options with
+ * --eval-every 6 over 12 steps, report a validation loss at steps 6 and 12: two stages, and two
+ * one-stage replicas, in f64 within 1e-9 relative of the one process's (their weights agree to
+ * ~1e-13 there: docs/runtime.md; the loss is a smooth function of them, so anything but the
+ * same batches through the same model is far outside it). */
+static void test_pipeline_evaluates_like_one_process(void **state) {
+  (void)state;
+  static const struct { const char *stages, *micro, *tag; } cases[] = {{"0,3,8", "2", "eval-2stages"},
+                                                                        {"0,8", "1,1", "eval-2replicas"}};
+  /* run_job's options: 12 steps, batch 2, 2 micro-batches; validation: the default 8 batches */
+  for (int c = 0; c < 2; c++) {
+    char one[300], pipe[300], path[400], err[8192];
+    double took;
+    snprintf(one, sizeof one, "%s/%s-one", work, cases[c].tag);
+    snprintf(pipe, sizeof pipe, "%s/%s-pipe", work, cases[c].tag);
+    char *single[] = {(char *)hetmix_bin, "train", "--single", "--model", MODEL, "--data", tokpath, "--steps", "12",
+                      "--batch", "2", "--grad-accum", "2", "--device", "ref:dtype=f64", "--eval-every", "6",
+                      "--out", one, NULL};
+    snprintf(path, sizeof path, "%s/%s-one.err", work, cases[c].tag);
+    pid_t pid = hm_t_spawn(single, "/dev/null", path);
+    int st = hm_t_wait(pid, 120.0);
+    if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) fail_msg("the one-process run %s failed", cases[c].tag);
+    char *extra[] = {"--device", "ref:dtype=f64", "--stages", (char *)cases[c].stages, "--micro", (char *)cases[c].micro,
+                     "--eval-every", "6", "--out", pipe, NULL};
+    if (run_job(cases[c].tag, extra, err, sizeof err, &took) != 0) fail_msg("the pipeline run failed:\n%s", err);
+    double a[4], b[4];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", one);
+    const int na = read_val_losses(path, a, 4);
+    snprintf(path, sizeof path, "%s/metrics.jsonl", pipe);
+    const int nb = read_val_losses(path, b, 4);
+    assert_int_equal(na, 2);
+    assert_int_equal(nb, 2);
+    for (int i = 0; i < 2; i++) {
+      const double rel = fabs(a[i] - b[i]) / fabs(a[i]);
+      if (!(rel <= 1e-9))
+        fail_msg("%s: validation loss %d: one process %.17g, pipeline %.17g", cases[c].tag, i, a[i], b[i]);
+    }
+    print_message("  %s: validation losses %.9g, %.9g (pipeline %.9g, %.9g)\n", cases[c].tag, a[0], a[1], b[0], b[1]);
   }
 }
 
@@ -168,6 +335,9 @@ static int teardown(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {cmocka_unit_test(test_shards_of_two_steps_are_refused),
-                                     cmocka_unit_test(test_periodic_checkpoints_keep_the_newest)};
+                                     cmocka_unit_test(test_periodic_checkpoints_keep_the_newest),
+                                     cmocka_unit_test(test_f64_resume_from_manifest_is_bitwise),
+                                     cmocka_unit_test(test_killed_worker_recovers_from_peer_copy),
+                                     cmocka_unit_test(test_pipeline_evaluates_like_one_process)};
   return cmocka_run_group_tests(tests, setup, teardown);
 }
