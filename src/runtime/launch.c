@@ -29,8 +29,10 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "runtime/watch.h"
 #include "util/util.h"
 
 extern char **environ;
@@ -162,6 +164,9 @@ typedef struct hm_worker {
   int out_rd, err_rd; /* tagged output pipes, -1 when closed or untagged */
   char *line[2];    /* partial line per stream */
   size_t line_len[2];
+  int watch_cause;  /* HM_FAIL_SILENT / HM_FAIL_HANG when the watch failed it, else 0 */
+  double idle_s;    /* how long it was silent or without a step */
+  long long steps;  /* steps it had completed then */
 } hm_worker;
 
 typedef struct hm_job {
@@ -449,12 +454,41 @@ static hm_status hm_job_setup(hm_job *job, hm_launch_result *res) {
   return HM_OK;
 }
 
-static void hm_describe_failure(const hm_worker *w, int r, char *buf, size_t cap) {
-  if (w->signal)
-    snprintf(buf, cap, "rank %d (pid %d) was killed by signal %d (%s)", r, (int)w->pid, w->signal,
-             strsignal(w->signal));
+static void hm_describe_failure(const hm_worker *w, int r, const hm_launch_result *res, char *buf, size_t cap) {
+  char where[260] = "";
+  if (res->host[0]) snprintf(where, sizeof where, " on host %s, device %s", res->host, res->device);
+  if (w->watch_cause == HM_FAIL_SILENT)
+    snprintf(buf, cap, "rank %d (pid %d)%s stopped beating for %.1f s (stopped, frozen or dead)", r, (int)w->pid,
+             where, w->idle_s);
+  else if (w->watch_cause == HM_FAIL_HANG)
+    snprintf(buf, cap, "rank %d (pid %d)%s completed no step for %.1f s after step %lld (hung: the progress "
+             "watchdog's deadline)", r, (int)w->pid, where, w->idle_s, w->steps);
+  else if (w->signal)
+    snprintf(buf, cap, "rank %d (pid %d) was killed by signal %d (%s)%s", r, (int)w->pid, w->signal,
+             strsignal(w->signal), where);
   else
-    snprintf(buf, cap, "rank %d (pid %d) exited with status %d", r, (int)w->pid, w->status_code);
+    snprintf(buf, cap, "rank %d (pid %d) exited with status %d%s", r, (int)w->pid, w->status_code, where);
+}
+
+static double hm_wall_now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* The watch's verdict this round: a silent or hung rank becomes the job's failure; it is killed
+ * at once (SIGTERM cannot end a stopped process), the others get the usual SIGTERM. */
+static int hm_watch_round(hm_job *job, hm_watch *wt, int *exited) {
+  for (int r = 0; r < job->n; r++) exited[r] = job->w[r].exited;
+  int cause = 0;
+  double idle = 0;
+  int r = hm_watch_check(wt, hm_now_ns(), exited, &cause, &idle);
+  if (r < 0) return -1;
+  job->w[r].watch_cause = cause;
+  job->w[r].idle_s = idle;
+  job->w[r].steps = wt->r[r].step;
+  if (killpg(job->w[r].pid, SIGKILL) != 0) kill(job->w[r].pid, SIGKILL);
+  return r;
 }
 
 hm_status hm_launch_run(const hm_launch_opts *opts, hm_launch_result *res_out) {
@@ -509,9 +543,21 @@ hm_status hm_launch_run(const hm_launch_opts *opts, hm_launch_result *res_out) {
     return HM_ERR_NOMEM;
   }
   st = HM_OK;
-  for (;;) {
+  hm_watch wt;
+  int watching = 0, *exited = NULL;
+  if (opts->heartbeat_dir) {
+    exited = hm_calloc((size_t)job.n, sizeof(int), "exit flags");
+    if (!exited || hm_watch_init(&wt, opts->heartbeat_dir, job.n, opts->silence_ms, opts->step_deadline_ms,
+                                 opts->first_step_deadline_ms) != HM_OK)
+      st = HM_ERR_NOMEM;
+    else
+      watching = 1;
+  }
+  for (; st == HM_OK;) {
     int alive = hm_sweep_exits(&job, &first_failed);
+    if (watching && cause == HM_RUNNING && first_failed < 0) first_failed = hm_watch_round(&job, &wt, exited);
     uint64_t now = hm_now_ns();
+    if (cause == HM_RUNNING && first_failed >= 0) res->failed_wall_s = hm_wall_now_s();
     if (cause == HM_RUNNING && (first_failed >= 0 || hm_deadline_passed(job_deadline))) {
       cause = first_failed >= 0 ? HM_STOP_FAILURE : HM_STOP_TIMEOUT;
       stop_t = now;
@@ -577,15 +623,32 @@ hm_status hm_launch_run(const hm_launch_opts *opts, hm_launch_result *res_out) {
   }
   free(pfds);
   free(tags);
+  res->steps_seen = -1;
+  if (watching) {
+    int cause_unused = 0;
+    double idle_unused = 0;
+    for (int r = 0; r < job.n; r++) exited[r] = 0; /* a last look: steps done just before the end */
+    hm_watch_check(&wt, hm_now_ns(), exited, &cause_unused, &idle_unused);
+    res->steps_seen = wt.steps_seen;
+    res->first_step_wall_s = wt.first_step_wall_s;
+    hm_hb_state hb; /* its last heartbeat stays in the file after it died */
+    if (first_failed >= 0 && hm_hb_read(opts->heartbeat_dir, first_failed, &hb) == HM_OK) {
+      hm_strcpy(res->host, sizeof res->host, hb.host);
+      hm_strcpy(res->device, sizeof res->device, hb.device);
+    }
+    hm_watch_free(&wt);
+  }
+  free(exited);
   if (first_failed >= 0 && cause == HM_STOP_FAILURE) {
     hm_worker *w = &job.w[first_failed];
+    res->cause = w->watch_cause ? w->watch_cause : w->signal ? HM_FAIL_SIGNAL : HM_FAIL_EXIT;
     res->failed_rank = first_failed;
     res->failed_pid = (int)w->pid;
     res->exit_code = w->signal ? -1 : w->status_code;
     res->term_signal = w->signal;
   }
-  char what[160] = "";
-  if (first_failed >= 0) hm_describe_failure(&job.w[first_failed], first_failed, what, sizeof what);
+  char what[600] = "";
+  if (first_failed >= 0) hm_describe_failure(&job.w[first_failed], first_failed, res, what, sizeof what);
   int n = job.n;
   hm_job_cleanup(&job);
   uint64_t t_end = hm_now_ns();
