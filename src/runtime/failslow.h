@@ -17,7 +17,8 @@
 
 #include "hetmix/status.h"
 
-#define HM_FS_THRESHOLD 1.5
+#define HM_FS_THRESHOLD 2.0 /* a device at half speed or worse; smaller differences are what the
+                               rebalancer (--rebalance) evens out from measured pace anyway */
 #define HM_FS_MIN_EXCESS_S 0.010 /* and at least this much compute per step above it: a timer
                                     and scheduler's noise (a time slice) is not a slow device */
 #define HM_FS_WINDOW 5

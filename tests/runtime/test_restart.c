@@ -159,7 +159,7 @@ static void test_f64_kill_random_rank(void **state) {
 static void test_fail_slow_worker_is_named(void **state) {
   (void)state;
   char dir[300], err[32768], ev[4096], clean[300];
-  job_model = "L4,C128,NH4,V256,T64", job_stages = "0,3,6";
+  job_model = "L4,C192,NH4,V256,T64", job_stages = "0,3,6";
   snprintf(clean, sizeof clean, "%s/slow-clean", work);
   snprintf(dir, sizeof dir, "%s/slow", work);
   if (run_job(clean, 2, 0, NULL, err, sizeof err, ev, sizeof ev) != 0) fail_msg("the clean run failed:\n%s", err);
