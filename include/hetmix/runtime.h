@@ -41,9 +41,13 @@ typedef struct hm_launch_opts {
   int step_deadline_ms;    /* progress watchdog floor: a rank that completed no step for
                               max(this, HM_WATCH_FACTOR x the longest step seen) is hung; 0: off */
   int first_step_deadline_ms; /* the same for the first step of the job [max(60000, floor)] */
+  int external;            /* 1: argv is a launcher (srun ... hetmix worker) that starts the
+                              nworkers ranks itself: one process is spawned, given
+                              HETMIX_STORE_ADDR and HETMIX_SECRET but no rank; the heartbeat
+                              watch names ranks, a silent or hung one is killed when on this host */
 } hm_launch_opts;
 
-#define HM_LAUNCH_OPTS_INIT {0, NULL, 0, 0, 0, 0, 0, NULL, NULL, NULL, 0, 0, 0}
+#define HM_LAUNCH_OPTS_INIT {0, NULL, 0, 0, 0, 0, 0, NULL, NULL, NULL, 0, 0, 0, 0}
 
 /* The progress watchdog's factor over the longest step seen (a checkpoint's step included). */
 #define HM_WATCH_FACTOR 5

@@ -70,7 +70,7 @@ static const char *worker_dump_dir(char *const *wargv) {
 
 int hm_cmd_launch(int argc, char **argv) {
   hm_launch_opts opts = HM_LAUNCH_OPTS_INIT;
-  const char *plan_path = NULL, *cluster_path = NULL, *model_path = NULL, *events_path = NULL;
+  const char *plan_path = NULL, *cluster_path = NULL, *model_path = NULL, *events_path = NULL, *launcher = NULL;
   int timeout_s = 0, max_restarts = 0, watchdog_s = 10;
   double predicted_step_s = 0;
   const hm_opt table[] = {
@@ -92,6 +92,11 @@ int hm_cmd_launch(int argc, char **argv) {
                  "a worker that completes no step for max(S, 5 x its longest step, 5 x\n"
                  "the plan's predicted step) is hung; 0: off [10]"),
       HM_OPT_STR_ROW("events", 0, &events_path, "FILE", "one JSON line per attempt (failure, cause, times)"),
+      HM_OPT_STR_ROW("launcher", 0, &launcher, "CMD",
+                     "start the N ranks through this command line instead (words split\n"
+                     "at spaces, the worker command appended), e.g. \"srun -n 4\n"
+                     "--kill-on-bad-exit=1\": it gets HETMIX_STORE_ADDR and HETMIX_SECRET,\n"
+                     "each task takes its rank from it; heartbeats still name ranks"),
       HM_OPT_END_ROW};
   const hm_opt_spec spec = {
       "launch",
@@ -159,6 +164,23 @@ int hm_cmd_launch(int argc, char **argv) {
     opts.argv = wargv;
   }
 
+  char *largv[128], lbuf[2048];
+  if (launcher) { /* the launcher's words, then the worker command */
+    if (hm_strcpy(lbuf, sizeof lbuf, launcher) != 0) return hm_cli_fail(NULL, "--launcher is longer than %zu bytes", sizeof lbuf - 1);
+    int ln = 0;
+    for (char *save = NULL, *tok = strtok_r(lbuf, " \t", &save); tok; tok = strtok_r(NULL, " \t", &save)) {
+      if (ln == 63) return hm_cli_fail(NULL, "--launcher has more than 63 words");
+      largv[ln++] = tok;
+    }
+    if (ln == 0) return hm_cli_fail("e.g. --launcher \"srun -n 4 --kill-on-bad-exit=1\"", "--launcher is empty");
+    for (int k = 0; opts.argv[k]; k++) {
+      if (ln == 127) return hm_cli_fail(NULL, "too many words for --launcher and the worker command");
+      largv[ln++] = opts.argv[k];
+    }
+    largv[ln] = NULL;
+    opts.argv = largv;
+    opts.external = 1;
+  }
   const char *run_dir = worker_dump_dir(opts.argv);
   if (max_restarts > 0 && !run_dir)
     fprintf(stderr, "hetmix: launch: note: the workers have no --dump DIR (with --ckpt-every N): a restart starts "

@@ -3,7 +3,9 @@
 #include "runtime/heartbeat.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,7 +28,26 @@ static struct {
   char dir[1024];
   char host[64];
   char device[160];
+  char end_path[1200];  /* "<dir>/rank<R>.end": written when this process ends on its own terms */
+  struct sigaction old_term;
 } hm_hb;
+
+/* Marks an orderly end: a normal return, or SIGTERM from a launcher stopping the job. A rank
+ * without the mark died abruptly (SIGKILL, a crash): under an external launcher that is how the
+ * cause is told from the peers stopped after it. Async-signal-safe. */
+static void hm_hb_mark_end(const char *why) {
+  int fd = open(hm_hb.end_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return;
+  ssize_t w = write(fd, why, strlen(why));
+  (void)w;
+  close(fd);
+}
+
+static void hm_hb_on_term(int sig) {
+  hm_hb_mark_end("term\n");
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
 
 static double hm_wall_s(void) {
   struct timespec ts;
@@ -78,6 +99,13 @@ hm_status hm_hb_start(int rank, const char *device) {
   atomic_store(&hm_hb.stop, 0);
   atomic_store(&hm_hb.step, 0);
   atomic_store(&hm_hb.step_wall, 0.0);
+  snprintf(hm_hb.end_path, sizeof hm_hb.end_path, "%s/rank%d.end", hm_hb.dir, rank);
+  unlink(hm_hb.end_path);
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = hm_hb_on_term;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, &hm_hb.old_term);
   int rc = pthread_create(&hm_hb.thread, NULL, hm_hb_main, NULL);
   if (rc != 0) return hm_error(HM_ERR_IO, "cannot start the heartbeat thread: %s", strerror(rc));
   hm_hb.running = 1;
@@ -100,6 +128,8 @@ void hm_hb_stop(void) {
   atomic_store(&hm_hb.stop, 1);
   pthread_join(hm_hb.thread, NULL);
   pthread_mutex_destroy(&hm_hb.lock);
+  hm_hb_mark_end("exit\n");
+  sigaction(SIGTERM, &hm_hb.old_term, NULL);
   hm_hb.running = 0;
 }
 
@@ -126,4 +156,10 @@ hm_status hm_hb_read(const char *dir, int rank, hm_hb_state *out) {
   fclose(f);
   if (fields < 7) return hm_error(HM_ERR_CORRUPT, "heartbeat %s is incomplete", path);
   return HM_OK;
+}
+
+int hm_hb_ended_orderly(const char *dir, int rank) {
+  char path[1200];
+  snprintf(path, sizeof path, "%s/rank%d.end", dir, rank);
+  return access(path, F_OK) == 0;
 }

@@ -33,10 +33,13 @@ void hm_hb_step(int64_t step);
 /* Marks whether the training thread now waits on peers (1) or works on its own (0): of ranks
  * that stopped progressing, one that is not waiting is the cause, the waiting ones its victims. */
 void hm_hb_waiting(int waiting);
-/* Stops the thread and leaves the last state in the file. */
+/* Stops the thread and leaves the last state in the file. From start to stop, SIGTERM and this
+ * call write "<dir>/rank<R>.end" (an orderly end) before the process goes. */
 void hm_hb_stop(void);
 
 /* Launcher side: rank's latest heartbeat in dir. HM_ERR_NOT_FOUND before its first beat. */
+/* 1 when rank's process marked an orderly end (SIGTERM or a return), 0 when it did not. */
+int hm_hb_ended_orderly(const char *dir, int rank);
 hm_status hm_hb_read(const char *dir, int rank, hm_hb_state *out);
 
 /* Test hooks, driven by HETMIX_FAULT="kind:rank=R:step=K[:factor=F]" (several separated by

@@ -41,6 +41,8 @@ static void hm_remove_hb_dir(const char *dir, int n) {
     unlink(p);
     snprintf(p, sizeof p, "%s/rank%d.tmp", dir, r);
     unlink(p);
+    snprintf(p, sizeof p, "%s/rank%d.end", dir, r);
+    unlink(p);
   }
   rmdir(dir);
 }

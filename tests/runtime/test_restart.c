@@ -30,6 +30,8 @@ static uint64_t rng_state;
 /* the model and stages of run_job: the tiny one, or one with enough compute per step (tens of
  * ms) for the fail-slow rule's 10 ms floor */
 static const char *job_model = MODEL, *job_stages = "0,3,8";
+/* --launcher for run_job (an external launcher that starts the ranks itself), or NULL */
+static const char *job_launcher = NULL;
 
 static uint64_t rnd(uint64_t n) {
   rng_state = hm_splitmix64(rng_state);
@@ -47,10 +49,11 @@ static int run_job(const char *dir, int nranks, int f64, const char *fault, char
   snprintf(n_s, sizeof n_s, "%d", nranks);
   unlink(evp);
   char *argv[48] = {(char *)hetmix_bin, "launch", "-n", n_s, "--max-restarts", "3", "--timeout", "150", "--events",
-                    evp, "--", (char *)hetmix_bin, "worker", "--model", (char *)job_model, "--data", tokpath, "--steps", "12",
+                    evp, job_launcher ? "--launcher" : "--grace-ms", job_launcher ? (char *)job_launcher : "2000", "--",
+                    (char *)hetmix_bin, "worker", "--model", (char *)job_model, "--data", tokpath, "--steps", "12",
                     "--batch", "2", "--stages", (char *)job_stages, "--quiet", "--dump", (char *)dir,
                     "--ckpt-every", "2", "--keep", "2"};
-  int n = 30;
+  int n = 32;
   if (nranks == 4) argv[n++] = "--micro", argv[n++] = "1,1";
   if (f64) argv[n++] = "--device", argv[n++] = "ref:dtype=f64";
   argv[n] = NULL;
@@ -144,6 +147,19 @@ static void test_two_ranks_killed_in_one_step(void **state) {
   const int a = (int)rnd(4), b = (a + 1 + (int)rnd(3)) % 4, step = 1 + (int)rnd(STEPS - 1);
   snprintf(fault, sizeof fault, "kill:rank=%d:step=%d;kill:rank=%d:step=%d", a, step, b, step);
   trial("kill2", 4, 0, fault, -1, "");
+}
+
+/* Under an external launcher (a stand-in for srun that starts the ranks and stops the rest when
+ * one fails): the killed rank is named from the heartbeats (it died without an orderly end, the
+ * others were stopped by SIGTERM), and the restarted job ends bitwise equal. */
+static void test_external_launcher_restart(void **state) {
+  (void)state;
+  char fault[96];
+  const int rank = (int)rnd(2), step = 1 + (int)rnd(STEPS - 1);
+  snprintf(fault, sizeof fault, "kill:rank=%d:step=%d", rank, step);
+  job_launcher = HM_SOURCE_DIR "/tests/runtime/fake_srun.sh -n 2";
+  trial("srun-kill", 2, 0, fault, rank, "exit");
+  job_launcher = NULL;
 }
 
 static void test_f64_kill_random_rank(void **state) {
@@ -394,6 +410,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_kill_during_checkpoint_write),
       cmocka_unit_test(test_two_ranks_killed_in_one_step),
       cmocka_unit_test(test_fail_slow_worker_is_named),
+      cmocka_unit_test(test_external_launcher_restart),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
