@@ -86,10 +86,11 @@ double hm_fault_slow_factor(int rank, int step) {
   return f.factor;
 }
 
-void hm_fault_slow_step(int rank, int step, double *busy_s) {
+void hm_fault_slow_step(int rank, int step, double *busy_s, double *fb_s) {
   const double f = hm_fault_slow_factor(rank, step);
   if (f <= 1.0 || !(*busy_s > 0)) return;
   const double extra = (f - 1.0) * *busy_s;
+  *fb_s += extra; /* the rebalancer's pace follows it too */
   struct timespec ts = {(time_t)extra, (long)((extra - (double)(time_t)extra) * 1e9)};
   while (nanosleep(&ts, &ts) != 0) {
   }

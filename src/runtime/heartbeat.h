@@ -55,8 +55,9 @@ enum { HM_FAULT_STEP = 0, HM_FAULT_CKPT = 1 };
 void hm_fault_point(int where, int rank, int step);
 /* The slow factor in force for rank at step (1 when none). */
 double hm_fault_slow_factor(int rank, int step);
-/* Under a slow fault: sleeps (F-1) * *busy_s and multiplies *busy_s by F (the step's measured
- * compute then reads as a device F times slower would make it). */
-void hm_fault_slow_step(int rank, int step, double *busy_s);
+/* Under a slow fault: sleeps (F-1) * *busy_s and adds that to *busy_s and *fb_s (the step's
+ * measured compute, and the forward+backward part the rebalancer paces by, then read as a
+ * device F times slower would make them). */
+void hm_fault_slow_step(int rank, int step, double *busy_s, double *fb_s);
 
 #endif

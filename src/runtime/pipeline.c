@@ -761,7 +761,7 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
     hm_step_out so;
     st = hm_pipe_step(&w, step, &so);
     if (st != HM_OK) break;
-    hm_fault_slow_step(w.rank, step, &so.busy_s);
+    hm_fault_slow_step(w.rank, step, &so.busy_s, &so.fb_s);
     hm_hb_waiting(1); /* the step's remaining collectives */
     /* the step's loss over all M micro-batches: the last stages hold it */
     double loss_sum = so.loss_sum, loss_all = 0;
