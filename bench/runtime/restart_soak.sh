@@ -17,6 +17,7 @@ trials=${2:-20}
 workers=${3:-2}
 kinds=${4:-"kill stop hang ckptkill kill2 slow clean"}
 steps=${5:-10}
+[ "$steps" -ge 6 ] || { echo "restart_soak: steps must be >= 6 (10 or more for the slow kind)" >&2; exit 2; }
 seed=${HETMIX_BENCH_SEED:-$(date +%s)}
 work=$(realpath -m "${HETMIX_BENCH_DIR:-build/restart-soak}")
 extra=${HETMIX_SOAK_WORKER_ARGS:-"--batch 1 --seq 64"}
@@ -57,7 +58,8 @@ for kind in $kinds; do
       ckptkill) fault="ckptkill:rank=$rank:step=$(((step / 2) * 2))" ;;
       kill2) other=$(((rank + 1 + RANDOM % (workers - 1)) % workers))
         fault="kill:rank=$rank:step=$step;kill:rank=$other:step=$step" ;;
-      slow) fault="slow:rank=$rank:step=$step:factor=3" ;;
+      # after the 3 baseline steps that follow the warm-up step, with 5 steps left to be named in
+      slow) fault="slow:rank=$rank:step=$((4 + RANDOM % (steps > 9 ? steps - 8 : 1))):factor=3" ;;
       clean) fault="" ;;
       *) echo "restart_soak: unknown kind $kind" >&2; exit 2 ;;
     esac
@@ -118,4 +120,11 @@ for kind in kinds:
     print("%-9s %8s %14s %14s %12s %10s" % (kind, "%d/%d" % (done, trials), "%s / %s" % med_worst(det),
           "%s / %s" % med_worst(rec), "%s / %s" % med_worst(lost), "%.2f" % statistics.median(ratio) if ratio else "-"))
     for n in notes: print("          " + n)
+# every run without a slowed worker is also a clean run for fail-slow
+fp = runs = 0
+for f in os.listdir(work):
+    if f.endswith(".err") and not f.startswith("slow-"):
+        runs += 1
+        fp += open(os.path.join(work, f), errors="replace").read().count("fail-slow:")
+print("fail-slow reports in all %d runs without a slowed worker (false positives): %d" % (runs, fp))
 PY
