@@ -105,6 +105,10 @@ typedef struct hm_restart_opts {
   const char *tmp_dir;     /* where heartbeat folders go [$TMPDIR or /tmp] */
   void (*on_attempt)(const hm_restart_event *ev, void *user); /* after each attempt, or NULL */
   void *user;
+  /* Before a restart, or NULL: may replace the command (without --resume) and the number of
+   * workers of the next attempts (dropping a device that keeps failing); *argv stays the
+   * caller's. An error ends the job with it. */
+  hm_status (*reshape)(const hm_restart_event *ev, void *user, char *const **argv, int *nworkers);
 } hm_restart_opts;
 
 /* HM_OK when an attempt succeeds; else the last attempt's status. *restarts: attempts - 1. */

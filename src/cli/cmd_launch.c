@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "launch_elastic.h"
 #include "hetmix/comm.h"
 #include "hetmix/model.h"
 #include "hetmix/pipeline.h"
@@ -25,7 +26,13 @@
  * one JSON line (the soak benchmark reads those). */
 typedef struct launch_report {
   FILE *events;
+  hm_elastic *el; /* --drop-after, or NULL */
 } launch_report;
+
+static hm_status launch_reshape(const hm_restart_event *ev, void *user, char *const **argv, int *nworkers) {
+  launch_report *lr = user;
+  return lr->el ? hm_elastic_reshape(ev, lr->el, argv, nworkers) : HM_OK;
+}
 
 static const char *const cause_names[] = {"none", "exit", "signal", "silent", "hang"};
 
@@ -71,7 +78,8 @@ static const char *worker_dump_dir(char *const *wargv) {
 int hm_cmd_launch(int argc, char **argv) {
   hm_launch_opts opts = HM_LAUNCH_OPTS_INIT;
   const char *plan_path = NULL, *cluster_path = NULL, *model_path = NULL, *events_path = NULL, *launcher = NULL;
-  int timeout_s = 0, max_restarts = 0, watchdog_s = 10;
+  int timeout_s = 0, max_restarts = 0, watchdog_s = 10, drop_after = 0, nexclude = 0;
+  int exclude[64];
   double predicted_step_s = 0;
   const hm_opt table[] = {
       HM_OPT_ROW(HM_OPT_INT, "nworkers", 'n', &opts.nworkers, 1, 4096, "N", "number of workers"),
@@ -92,6 +100,11 @@ int hm_cmd_launch(int argc, char **argv) {
                  "a worker that completes no step for max(S, 5 x its longest step, 5 x\n"
                  "the plan's predicted step) is hung; 0: off [10]"),
       HM_OPT_STR_ROW("events", 0, &events_path, "FILE", "one JSON line per attempt (failure, cause, times)"),
+      HM_OPT_ROW(HM_OPT_INT, "drop-after", 0, &drop_after, 0, 1000000, "K",
+                 "a rank that failed K times has its data-parallel replica dropped;\n"
+                 "the others take its micro-batches (worker --stages/--micro layouts) [0: never]"),
+      HM_OPT_LIST_ROW("exclude", 0, exclude, 64, &nexclude, 0, 4095, "R0[,R1..]",
+                      "drop the replicas of these ranks before starting (as --drop-after)"),
       HM_OPT_STR_ROW("launcher", 0, &launcher, "CMD",
                      "start the N ranks through this command line instead (words split\n"
                      "at spaces, the worker command appended), e.g. \"srun -n 4\n"
@@ -181,6 +194,30 @@ int hm_cmd_launch(int argc, char **argv) {
     opts.argv = largv;
     opts.external = 1;
   }
+  hm_elastic *el = NULL;
+  if (drop_after > 0 || nexclude > 0) {
+    if (launcher) return hm_cli_fail(NULL, "--drop-after and --exclude cannot change the rank count of a --launcher");
+    el = calloc(1, sizeof *el);
+    if (!el) return hm_cli_fail(NULL, "out of memory");
+    hm_status est = hm_elastic_init(el, opts.argv, opts.nworkers, drop_after);
+    /* highest replica first, so the lower ones keep their numbers */
+    for (int pass = 0; est == HM_OK && pass < nexclude; pass++) {
+      int best = -1;
+      for (int k = 0; k < nexclude; k++)
+        if (exclude[k] >= 0 && (best < 0 || exclude[k] > exclude[best])) best = k;
+      const int q = exclude[best] / el->p;
+      for (int k = 0; k < nexclude; k++)
+        if (exclude[k] >= 0 && exclude[k] / el->p == q) exclude[k] = -1;
+      if (q < el->R) est = hm_elastic_drop(el, q, &opts.nworkers);
+    }
+    if (est != HM_OK) {
+      free(el);
+      return hm_cli_fail_status(est, "launch", "--drop-after and --exclude drop data-parallel replicas of a worker "
+                                "--stages/--micro layout");
+    }
+    if (nexclude > 0) fprintf(stderr, "hetmix: launch: excluded: %d workers, --micro %s\n", opts.nworkers, el->micro_s);
+    opts.argv = el->argv;
+  }
   const char *run_dir = worker_dump_dir(opts.argv);
   if (max_restarts > 0 && !run_dir)
     fprintf(stderr, "hetmix: launch: note: the workers have no --dump DIR (with --ckpt-every N): a restart starts "
@@ -188,12 +225,14 @@ int hm_cmd_launch(int argc, char **argv) {
   double floor_s = watchdog_s;
   if (watchdog_s > 0 && HM_WATCH_FACTOR * predicted_step_s > floor_s) floor_s = HM_WATCH_FACTOR * predicted_step_s;
   opts.step_deadline_ms = floor_s * 1000 > INT_MAX ? INT_MAX : (int)(floor_s * 1000);
-  launch_report lr = {NULL};
+  launch_report lr = {NULL, drop_after > 0 ? el : NULL};
   if (events_path && !(lr.events = fopen(events_path, "a")))
-    return hm_cli_fail(NULL, "cannot open --events %s: %s", events_path, strerror(errno));
-  hm_restart_opts ro = {opts, max_restarts, run_dir, NULL, launch_on_attempt, &lr};
+    return free(el), hm_cli_fail(NULL, "cannot open --events %s: %s", events_path, strerror(errno));
+  hm_restart_opts ro = {opts, max_restarts, run_dir, NULL, launch_on_attempt, &lr, NULL};
+  ro.reshape = launch_reshape;
   hm_launch_result res;
   hm_status st = hm_launch_with_restarts(&ro, &res, NULL);
+  free(el);
   if (lr.events) fclose(lr.events);
   if (st == HM_OK) return 0;
   const char *hint = NULL;

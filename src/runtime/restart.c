@@ -49,7 +49,8 @@ static void hm_remove_hb_dir(const char *dir, int n) {
 
 /* One attempt: a fresh heartbeat folder, HETMIX_HEARTBEAT_DIR and HETMIX_ATTEMPT added to the
  * caller's extra environment. */
-static hm_status hm_attempt(const hm_restart_opts *o, int attempt, char *const *argv, hm_launch_result *res) {
+static hm_status hm_attempt(const hm_restart_opts *o, int attempt, char *const *argv, int nworkers,
+                            hm_launch_result *res) {
   const char *tmp = o->tmp_dir ? o->tmp_dir : getenv("TMPDIR");
   char dir[1024];
   snprintf(dir, sizeof dir, "%s/hetmix-hb-XXXXXX", tmp && *tmp ? tmp : "/tmp");
@@ -71,6 +72,7 @@ static hm_status hm_attempt(const hm_restart_opts *o, int attempt, char *const *
   env[ne] = NULL;
   hm_launch_opts lo = o->launch;
   lo.argv = argv;
+  lo.nworkers = nworkers;
   lo.extra_env = env;
   lo.heartbeat_dir = dir;
   hm_status st = hm_launch_run(&lo, res);
@@ -85,12 +87,14 @@ hm_status hm_launch_with_restarts(const hm_restart_opts *o, hm_launch_result *re
   if (!o || o->max_restarts < 0 || !o->launch.argv)
     return hm_error(HM_ERR_INVALID_ARG, "restart: need a command and max_restarts >= 0");
   char *argv[HM_RESTART_MAX_ARGS];
-  HM_TRY(hm_argv_with_resume(o->launch.argv, NULL, argv, HM_RESTART_MAX_ARGS));
+  char *const *base = o->launch.argv; /* the command without --resume; a reshape replaces it */
+  int nworkers = o->launch.nworkers;
+  HM_TRY(hm_argv_with_resume(base, NULL, argv, HM_RESTART_MAX_ARGS));
   char resume[4200];
   long long start = 0; /* the step the attempt starts from */
   int stuck_before = 0;
   for (int attempt = 0;; attempt++) {
-    hm_status st = hm_attempt(o, attempt, argv, res);
+    hm_status st = hm_attempt(o, attempt, argv, nworkers, res);
     char msg[1200];
     hm_strcpy(msg, sizeof msg, st == HM_OK ? "" : hm_last_error());
     /* a failure that comes back before any step twice in a row (a bad option, a missing file)
@@ -111,8 +115,15 @@ hm_status hm_launch_with_restarts(const hm_restart_opts *o, hm_launch_result *re
       if (cs == HM_OK) ev.resume_step = step, ev.resume_path = resume;
       else if (cs != HM_ERR_NOT_FOUND) ev.restarting = 0, st = cs, ev.status = cs;
     }
+    if (ev.restarting && o->reshape) { /* e.g. drop a device that keeps failing */
+      hm_status rs = o->reshape(&ev, o->user, &base, &nworkers);
+      if (rs != HM_OK) {
+        hm_strcpy(msg, sizeof msg, hm_last_error());
+        ev.restarting = 0, st = rs, ev.status = rs;
+      }
+    }
     if (ev.restarting) {
-      HM_TRY(hm_argv_with_resume(o->launch.argv, ev.resume_path, argv, HM_RESTART_MAX_ARGS));
+      HM_TRY(hm_argv_with_resume(base, ev.resume_path, argv, HM_RESTART_MAX_ARGS));
       start = ev.resume_path ? ev.resume_step : 0;
     }
     if (o->on_attempt) o->on_attempt(&ev, o->user);

@@ -162,6 +162,43 @@ static void test_external_launcher_restart(void **state) {
   job_launcher = NULL;
 }
 
+/* --drop-after 1 on 2 replicas x 2 stages: the replica of a killed rank is dropped, the other
+ * takes its micro-batches, and the job resumes on 2 workers and finishes all 12 steps with
+ * replica 0's checkpoint. --exclude drops one before starting; a pipeline stage cannot go. */
+static void test_drop_failing_replica(void **state) {
+  (void)state;
+  char dir[300], errp[320], err[32768], ck[400];
+  snprintf(dir, sizeof dir, "%s/drop", work);
+  snprintf(errp, sizeof errp, "%s/drop.err", work);
+  const int rank = 2 + (int)rnd(2), step = 1 + (int)rnd(STEPS - 1);
+  char fault[96];
+  snprintf(fault, sizeof fault, "kill:rank=%d:step=%d", rank, step);
+  char *argv[] = {(char *)hetmix_bin, "launch", "-n", "4", "--max-restarts", "2", "--drop-after", "1", "--timeout", "150",
+                  "--", (char *)hetmix_bin, "worker", "--model", MODEL, "--data", tokpath, "--steps", "12", "--batch",
+                  "2", "--stages", "0,3,8", "--micro", "2,2", "--quiet", "--dump", dir, "--ckpt-every", "2", NULL};
+  setenv("HETMIX_FAULT", fault, 1);
+  pid_t pid = hm_t_spawn(argv, NULL, errp);
+  unsetenv("HETMIX_FAULT");
+  int st = hm_t_wait(pid, 180.0);
+  hm_t_read_file(errp, err, sizeof err);
+  if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) fail_msg("%s did not finish:\n%s", fault, err);
+  if (!strstr(err, "dropping replica 1; 2 workers now, --micro 4")) fail_msg("replica 1 not dropped:\n%s", err);
+  hm_ckpt_meta m;
+  snprintf(ck, sizeof ck, "%s/stage1.hmc", dir);
+  assert_int_equal(hm_ckpt_read_meta(ck, &m), HM_OK);
+  assert_int_equal(m.step, STEPS);
+  assert_int_equal(m.micro_batches, 4);
+  /* a stage is not a replica: refused before anything starts */
+  char *one[] = {(char *)hetmix_bin, "launch", "-n", "2", "--exclude", "1", "--", (char *)hetmix_bin, "worker",
+                 "--model", MODEL, "--data", tokpath, "--steps", "2", "--batch", "2", "--stages", "0,3,8", NULL};
+  pid = hm_t_spawn(one, NULL, errp);
+  st = hm_t_wait(pid, 60.0);
+  hm_t_read_file(errp, err, sizeof err);
+  if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) == 0 || !strstr(err, "only one"))
+    fail_msg("excluding the only replica was not refused:\n%s", err);
+  print_message("  drop           HETMIX_FAULT=%-34s replica 1 dropped, finished on 2 workers\n", fault);
+}
+
 static void test_f64_kill_random_rank(void **state) {
   (void)state;
   char fault[96];
@@ -411,6 +448,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_two_ranks_killed_in_one_step),
       cmocka_unit_test(test_fail_slow_worker_is_named),
       cmocka_unit_test(test_external_launcher_restart),
+      cmocka_unit_test(test_drop_failing_replica),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
