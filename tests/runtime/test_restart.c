@@ -30,8 +30,8 @@ static uint64_t rng_state;
 /* the model and stages of run_job: the tiny one, or one with enough compute per step (tens of
  * ms) for the fail-slow rule's 10 ms floor */
 static const char *job_model = MODEL, *job_stages = "0,3,8";
-/* --launcher for run_job (an external launcher that starts the ranks itself), or NULL */
-static const char *job_launcher = NULL;
+/* one more launch option of run_job and its value (--launcher, --watchdog) */
+static const char *job_lopt = "--grace-ms", *job_lval = "2000";
 
 static uint64_t rnd(uint64_t n) {
   rng_state = hm_splitmix64(rng_state);
@@ -49,7 +49,7 @@ static int run_job(const char *dir, int nranks, int f64, const char *fault, char
   snprintf(n_s, sizeof n_s, "%d", nranks);
   unlink(evp);
   char *argv[48] = {(char *)hetmix_bin, "launch", "-n", n_s, "--max-restarts", "3", "--timeout", "150", "--events",
-                    evp, job_launcher ? "--launcher" : "--grace-ms", job_launcher ? (char *)job_launcher : "2000", "--",
+                    evp, (char *)job_lopt, (char *)job_lval, "--",
                     (char *)hetmix_bin, "worker", "--model", (char *)job_model, "--data", tokpath, "--steps", "12",
                     "--batch", "2", "--stages", (char *)job_stages, "--quiet", "--dump", (char *)dir,
                     "--ckpt-every", "2", "--keep", "2"};
@@ -157,9 +157,22 @@ static void test_external_launcher_restart(void **state) {
   char fault[96];
   const int rank = (int)rnd(2), step = 1 + (int)rnd(STEPS - 1);
   snprintf(fault, sizeof fault, "kill:rank=%d:step=%d", rank, step);
-  job_launcher = HM_SOURCE_DIR "/tests/runtime/fake_srun.sh -n 2";
+  job_lopt = "--launcher", job_lval = HM_SOURCE_DIR "/tests/runtime/fake_srun.sh -n 2";
   trial("srun-kill", 2, 0, fault, rank, "exit");
-  job_launcher = NULL;
+  job_lopt = "--grace-ms", job_lval = "2000";
+}
+
+/* A rank whose training thread stops while its heartbeat goes on is caught by the progress
+ * watchdog (its floor lowered to 2 s for the test) and named: it is the one not waiting on a
+ * peer. */
+static void test_hang_caught_by_watchdog(void **state) {
+  (void)state;
+  char fault[96];
+  const int rank = (int)rnd(2), step = 2 + (int)rnd(STEPS - 2);
+  snprintf(fault, sizeof fault, "hang:rank=%d:step=%d", rank, step);
+  job_lopt = "--watchdog", job_lval = "2";
+  trial("hang", 2, 0, fault, rank, "hang");
+  job_lopt = "--grace-ms", job_lval = "2000";
 }
 
 /* --drop-after 1 on 2 replicas x 2 stages: the replica of a killed rank is dropped, the other
@@ -446,6 +459,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_sigstop_is_a_silent_rank),
       cmocka_unit_test(test_kill_during_checkpoint_write),
       cmocka_unit_test(test_two_ranks_killed_in_one_step),
+      cmocka_unit_test(test_hang_caught_by_watchdog),
       cmocka_unit_test(test_fail_slow_worker_is_named),
       cmocka_unit_test(test_external_launcher_restart),
       cmocka_unit_test(test_drop_failing_replica),
