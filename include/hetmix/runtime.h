@@ -10,7 +10,10 @@
  * kernel to kill it if the launcher dies (PR_SET_PDEATHSIG).
  *
  * Workers started by mpirun or Slurm's srun do not go through this file: they read their rank
- * from the launcher's environment with hm_launch_env_read() (include/hetmix/comm.h). */
+ * from the launcher's environment with hm_launch_env_read() (include/hetmix/comm.h).
+ *
+ * hm_launch_with_restarts() adds failure detection through worker heartbeats and automatic
+ * restarts from the newest complete checkpoint (docs/runtime.md, "Failure model"). */
 #ifndef HETMIX_RUNTIME_H
 #define HETMIX_RUNTIME_H
 
