@@ -27,6 +27,16 @@ extern "C" {
 #define HM_PIPE_MAX_STAGES 64
 #define HM_PIPE_MAX_REPLICAS 64
 
+/* A rank whose compute stayed slower than predicted and than its peers (docs/runtime.md,
+ * "Failure model": threshold 1.5x over 3 consecutive steps). */
+typedef struct hm_slow_report {
+  int rank, replica, stage;
+  int step;              /* steps completed when it was found */
+  int self;              /* 1 on the reported rank's own worker */
+  double expected_s;     /* what it was judged against, seconds of compute this step */
+  double measured_s;     /* its measured compute this step */
+} hm_slow_report;
+
 typedef struct hm_pipeline_options {
   const hm_train_options *train; /* model, data, steps, batch, optimizer, seed, out_dir;
                                     train->device is this worker's device, grad_accum ignored */
@@ -44,6 +54,15 @@ typedef struct hm_pipeline_options {
                                     compute per micro-batch (the global batch and the update stay
                                     the same: micro-batch k of a step is the same data wherever it
                                     runs). 0: keep `micro` as given [0] */
+  double expected_busy_s;        /* the plan's predicted compute seconds per micro-batch of this
+                                    worker's stage on its device, 0 when unknown: fail-slow
+                                    localization then judges against the rank's own first steps */
+  void (*on_slow)(const struct hm_slow_report *r, void *user); /* a rank found persistently slow
+                                    (every worker gets every report; r->self marks its own), or NULL */
+  void *slow_user;
+  void (*on_warning)(const char *msg, void *user); /* something the run survived (a periodic
+                                    checkpoint that could not be written is skipped), or NULL */
+  void *warning_user;
 } hm_pipeline_options;
 
 typedef struct hm_pipeline_result {
@@ -54,6 +73,8 @@ typedef struct hm_pipeline_result {
   double stage_busy_s[HM_PIPE_MAX_STAGES]; /* mean compute time per step of each stage (replica 0) */
   int micro[HM_PIPE_MAX_REPLICAS]; /* micro-batches per replica in the last step */
   int rebalances;           /* steps after which the split changed (option rebalance) */
+  int slow_reports;         /* fail-slow reports (option on_slow) */
+  int ckpt_skipped;         /* periodic checkpoints not written (I/O error, e.g. a full disk) */
 } hm_pipeline_result;
 
 /* Runs the whole training on this worker. world: every worker of the job (size R*p). Collective:

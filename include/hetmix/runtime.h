@@ -10,11 +10,15 @@
  * kernel to kill it if the launcher dies (PR_SET_PDEATHSIG).
  *
  * Workers started by mpirun or Slurm's srun do not go through this file: they read their rank
- * from the launcher's environment with hm_launch_env_read() (include/hetmix/comm.h). */
+ * from the launcher's environment with hm_launch_env_read() (include/hetmix/comm.h).
+ *
+ * hm_launch_with_restarts() adds failure detection through worker heartbeats and automatic
+ * restarts from the newest complete checkpoint (docs/runtime.md, "Failure model"). */
 #ifndef HETMIX_RUNTIME_H
 #define HETMIX_RUNTIME_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "hetmix/status.h"
 
@@ -33,9 +37,26 @@ typedef struct hm_launch_opts {
                               deadlines; a training run may last hours) */
   const char *store_host;  /* rendezvous host for HETMIX_STORE_ADDR ["127.0.0.1"]; loopback only */
   char *const *extra_env;  /* "NAME=value" entries added to every worker, NULL-terminated, or NULL */
+  /* Failure detection beyond exits (docs/runtime.md, "Failure model"); off when NULL: */
+  const char *heartbeat_dir; /* workers beat into this folder (set as HETMIX_HEARTBEAT_DIR) */
+  int silence_ms;          /* a rank that beat once and then stays silent this long failed
+                              (stopped, frozen, dead) [2000] */
+  int step_deadline_ms;    /* progress watchdog floor: a rank that completed no step for
+                              max(this, HM_WATCH_FACTOR x the longest step seen) is hung; 0: off */
+  int first_step_deadline_ms; /* the same for the first step of the job [max(60000, floor)] */
+  int external;            /* 1: argv is a launcher (srun ... hetmix worker) that starts the
+                              nworkers ranks itself: one process is spawned, given
+                              HETMIX_STORE_ADDR and HETMIX_SECRET but no rank; the heartbeat
+                              watch names ranks, a silent or hung one is killed when on this host */
 } hm_launch_opts;
 
-#define HM_LAUNCH_OPTS_INIT {0, NULL, 0, 0, 0, 0, 0, NULL, NULL}
+#define HM_LAUNCH_OPTS_INIT {0, NULL, 0, 0, 0, 0, 0, NULL, NULL, NULL, 0, 0, 0, 0}
+
+/* The progress watchdog's factor over the longest step seen (a checkpoint's step included). */
+#define HM_WATCH_FACTOR 5
+
+/* How a failed rank was found. */
+enum { HM_FAIL_NONE = 0, HM_FAIL_EXIT, HM_FAIL_SIGNAL, HM_FAIL_SILENT, HM_FAIL_HANG };
 
 typedef struct hm_launch_result {
   int failed_rank;       /* first rank that failed, -1 when none did */
@@ -47,6 +68,12 @@ typedef struct hm_launch_result {
   int store_port;        /* the port given in HETMIX_STORE_ADDR */
   double elapsed_s;      /* from the first spawn to the last worker reaped */
   double stop_s;         /* from the first failure (or signal) seen to the last worker reaped */
+  int cause;             /* HM_FAIL_*: how failed_rank was found */
+  char host[64];         /* failed rank's host and device from its heartbeat ("" when none) */
+  char device[160];
+  double failed_wall_s;  /* CLOCK_REALTIME seconds when the failure was seen, else 0 */
+  long long steps_seen;  /* most steps any rank reported done (heartbeats), -1 when none */
+  double first_step_wall_s; /* CLOCK_REALTIME seconds of the first step this job completed, else 0 */
 } hm_launch_result;
 
 /* Runs the job to completion. HM_OK when every worker exited with status 0. Otherwise:
@@ -58,6 +85,38 @@ typedef struct hm_launch_result {
  * One call at a time per process (it installs, then restores, handlers for the forwarded
  * signals). The caller's other children are never waited for. res may be NULL. */
 hm_status hm_launch_run(const hm_launch_opts *opts, hm_launch_result *res);
+
+/* A job with automatic restarts (`hetmix launch --max-restarts N`): runs launch; when a worker
+ * fails (HM_ERR_PEER_DEAD: exit, signal, heartbeat silence, progress watchdog) and restarts are
+ * left, it starts the whole job again resuming from hm_ckpt_newest_complete(run_dir) (the
+ * argument after "--resume" in argv is replaced, or "--resume PATH" appended; from scratch when
+ * there is none). Every attempt gets HETMIX_ATTEMPT=<k> and a fresh heartbeat folder. */
+typedef struct hm_restart_event {
+  int attempt;             /* the attempt that ended (0 = the first) */
+  hm_status status;        /* how it ended */
+  const char *message;     /* hm_last_error() of that attempt */
+  const hm_launch_result *res;
+  int restarting;          /* 1: another attempt follows */
+  long long resume_step;   /* its resume point, -1 from scratch */
+  const char *resume_path; /* NULL from scratch */
+} hm_restart_event;
+
+typedef struct hm_restart_opts {
+  hm_launch_opts launch;   /* heartbeat_dir is set per attempt (under tmp_dir) */
+  int max_restarts;        /* >= 0 */
+  const char *run_dir;     /* the workers' --dump folder, or NULL (restarts start from scratch) */
+  const char *tmp_dir;     /* where heartbeat folders go [$TMPDIR or /tmp] */
+  void (*on_attempt)(const hm_restart_event *ev, void *user); /* after each attempt, or NULL */
+  void *user;
+  /* Before a restart, or NULL: may replace the command (without --resume) and the number of
+   * workers of the next attempts (dropping a device that keeps failing); *argv stays the
+   * caller's. An error ends the job with it. */
+  hm_status (*reshape)(const hm_restart_event *ev, void *user, char *const **argv, int *nworkers);
+} hm_restart_opts;
+
+/* HM_OK when an attempt succeeds; else the last attempt's status. *restarts: attempts - 1. */
+hm_status hm_launch_with_restarts(const hm_restart_opts *opts, hm_launch_result *res, int *restarts);
+
 
 /* Fills buf with 2*nbytes lowercase hex digits of fresh randomness from getrandom(2) (the job
  * secret format HETMIX_SECRET expects: 32 bytes, 64 digits). cap >= 2*nbytes + 1. */

@@ -1,6 +1,8 @@
 /* `hetmix launch` (start and supervise the workers of a job on this machine), `hetmix worker`
  * (one worker, started by launch, mpirun or srun); `hetmix profile` is in cmd_profile.c.
  * Parsing and printing only; spawning and supervision live in src/runtime/launch.c. */
+#include <cjson/cJSON.h>
+#include <errno.h>
 #include <float.h>
 #include <limits.h>
 #include <stdint.h>
@@ -11,6 +13,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "launch_elastic.h"
 #include "hetmix/comm.h"
 #include "hetmix/model.h"
 #include "hetmix/pipeline.h"
@@ -19,10 +22,65 @@
 #include "runtime/pipeline_internal.h"
 #include "util/util.h"
 
+/* How `hetmix launch` says what each attempt came to (stderr) and, with --events, writes it as
+ * one JSON line (the soak benchmark reads those). */
+typedef struct launch_report {
+  FILE *events;
+  hm_elastic *el; /* --drop-after, or NULL */
+} launch_report;
+
+static hm_status launch_reshape(const hm_restart_event *ev, void *user, char *const **argv, int *nworkers) {
+  launch_report *lr = user;
+  return lr->el ? hm_elastic_reshape(ev, lr->el, argv, nworkers) : HM_OK;
+}
+
+static const char *const cause_names[] = {"none", "exit", "signal", "silent", "hang"};
+
+static void launch_on_attempt(const hm_restart_event *ev, void *user) {
+  launch_report *lr = user;
+  const hm_launch_result *r = ev->res;
+  if (ev->restarting) {
+    fprintf(stderr, "hetmix: launch: attempt %d failed: %s\n", ev->attempt, ev->message);
+    if (ev->resume_path)
+      fprintf(stderr, "hetmix: launch: restart %d: resuming from %s (step %lld)\n", ev->attempt + 1, ev->resume_path,
+              ev->resume_step);
+    else
+      fprintf(stderr, "hetmix: launch: restart %d: no complete checkpoint yet, starting over\n", ev->attempt + 1);
+  }
+  if (!lr->events) return;
+  cJSON *j = cJSON_CreateObject();
+  cJSON_AddNumberToObject(j, "attempt", ev->attempt);
+  cJSON_AddStringToObject(j, "status", ev->status == HM_OK ? "ok" : hm_status_name(ev->status));
+  cJSON_AddNumberToObject(j, "rank", r->failed_rank);
+  cJSON_AddStringToObject(j, "cause", cause_names[r->cause >= 0 && r->cause <= HM_FAIL_HANG ? r->cause : 0]);
+  cJSON_AddStringToObject(j, "host", r->host);
+  cJSON_AddStringToObject(j, "device", r->device);
+  cJSON_AddNumberToObject(j, "failed_wall_s", r->failed_wall_s);
+  cJSON_AddNumberToObject(j, "first_step_wall_s", r->first_step_wall_s);
+  cJSON_AddNumberToObject(j, "steps_seen", (double)r->steps_seen);
+  cJSON_AddNumberToObject(j, "stop_s", r->stop_s);
+  cJSON_AddBoolToObject(j, "restarting", ev->restarting);
+  cJSON_AddNumberToObject(j, "resume_step", (double)ev->resume_step);
+  cJSON_AddStringToObject(j, "message", ev->message ? ev->message : "");
+  char *txt = cJSON_PrintUnformatted(j);
+  cJSON_Delete(j);
+  if (txt) fprintf(lr->events, "%s\n", txt), fflush(lr->events);
+  free(txt);
+}
+
+/* The value after `--dump` among the worker arguments, or NULL. */
+static const char *worker_dump_dir(char *const *wargv) {
+  for (int i = 0; wargv[i]; i++)
+    if (strcmp(wargv[i], "--dump") == 0 && wargv[i + 1]) return wargv[i + 1];
+  return NULL;
+}
+
 int hm_cmd_launch(int argc, char **argv) {
   hm_launch_opts opts = HM_LAUNCH_OPTS_INIT;
-  const char *plan_path = NULL, *cluster_path = NULL, *model_path = NULL;
-  int timeout_s = 0;
+  const char *plan_path = NULL, *cluster_path = NULL, *model_path = NULL, *events_path = NULL, *launcher = NULL;
+  int timeout_s = 0, max_restarts = 0, watchdog_s = 10, drop_after = 0, nexclude = 0;
+  int exclude[64];
+  double predicted_step_s = 0;
   const hm_opt table[] = {
       HM_OPT_ROW(HM_OPT_INT, "nworkers", 'n', &opts.nworkers, 1, 4096, "N", "number of workers"),
       HM_OPT_STR_ROW("plan", 0, &plan_path, "FILE", "start the workers of a plan"),
@@ -32,6 +90,26 @@ int hm_cmd_launch(int argc, char **argv) {
       HM_OPT_ROW(HM_OPT_INT, "grace-ms", 0, &opts.grace_ms, 1, 600000, "MS",
                  "SIGTERM to SIGKILL delay when stopping workers [2000]"),
       HM_OPT_ROW(HM_OPT_INT, "timeout", 0, &timeout_s, 1, 30 * 86400, "S", "stop the job after S seconds [no limit]"),
+      HM_OPT_SECTION_ROW("failures (docs/runtime.md, \"Failure model\"):"),
+      HM_OPT_ROW(HM_OPT_INT, "max-restarts", 0, &max_restarts, 0, 1000000, "N",
+                 "after a failure, stop the rest and start the job again up to N times,\n"
+                 "resuming from the newest complete checkpoint of the workers' --dump [0]"),
+      HM_OPT_ROW(HM_OPT_INT, "silence-ms", 0, &opts.silence_ms, 100, 3600000, "MS",
+                 "a worker whose heartbeat stops this long has failed [2000]"),
+      HM_OPT_ROW(HM_OPT_INT, "watchdog", 0, &watchdog_s, 0, 30 * 86400, "S",
+                 "a worker that completes no step for max(S, 5 x its longest step, 5 x\n"
+                 "the plan's predicted step) is hung; 0: off [10]"),
+      HM_OPT_STR_ROW("events", 0, &events_path, "FILE", "one JSON line per attempt (failure, cause, times)"),
+      HM_OPT_ROW(HM_OPT_INT, "drop-after", 0, &drop_after, 0, 1000000, "K",
+                 "a rank that failed K times has its data-parallel replica dropped;\n"
+                 "the others take its micro-batches (worker --stages/--micro layouts) [0: never]"),
+      HM_OPT_LIST_ROW("exclude", 0, exclude, 64, &nexclude, 0, 4095, "R0[,R1..]",
+                      "drop the replicas of these ranks before starting (as --drop-after)"),
+      HM_OPT_STR_ROW("launcher", 0, &launcher, "CMD",
+                     "start the N ranks through this command line instead (words split\n"
+                     "at spaces, the worker command appended), e.g. \"srun -n 4\n"
+                     "--kill-on-bad-exit=1\": it gets HETMIX_STORE_ADDR and HETMIX_SECRET,\n"
+                     "each task takes its rank from it; heartbeats still name ranks"),
       HM_OPT_END_ROW};
   const hm_opt_spec spec = {
       "launch",
@@ -44,6 +122,10 @@ int hm_cmd_launch(int argc, char **argv) {
       "to the workers; the first worker that fails stops the others (SIGTERM, then SIGKILL after\n"
       "the grace period) and is named. Exit status: 0 when all succeed, else the failed worker's\n"
       "status (128+signal when killed); 2 for a bad option.\n"
+      "\n"
+      "A worker whose heartbeat stops (--silence-ms) or that completes no step (--watchdog) has\n"
+      "failed too; with --max-restarts the job then starts again from its newest complete\n"
+      "checkpoint (each attempt gets HETMIX_ATTEMPT=k).\n"
       "\n"
       "With --plan, N is the plan's number of ranks and each runs `hetmix worker --plan plan.json`\n"
       "plus the worker options after `--` (e.g. --steps 100 --out run); a plan that does not fit\n"
@@ -68,6 +150,7 @@ int hm_cmd_launch(int argc, char **argv) {
     if (!pl) return hm_cli_fail(NULL, "out of memory");
     hm_status pst = hm_pipe_plan_load(plan_path, cluster_path, model_path, pl);
     int nranks = pl->nranks;
+    predicted_step_s = pl->predicted_step_s;
     free(pl);
     if (pst != HM_OK)
       return hm_cli_fail_status(pst, "launch", "make the plan for this cluster and model with `hetmix plan`");
@@ -94,8 +177,63 @@ int hm_cmd_launch(int argc, char **argv) {
     opts.argv = wargv;
   }
 
+  char *largv[128], lbuf[2048];
+  if (launcher) { /* the launcher's words, then the worker command */
+    if (hm_strcpy(lbuf, sizeof lbuf, launcher) != 0) return hm_cli_fail(NULL, "--launcher is longer than %zu bytes", sizeof lbuf - 1);
+    int ln = 0;
+    for (char *save = NULL, *tok = strtok_r(lbuf, " \t", &save); tok; tok = strtok_r(NULL, " \t", &save)) {
+      if (ln == 63) return hm_cli_fail(NULL, "--launcher has more than 63 words");
+      largv[ln++] = tok;
+    }
+    if (ln == 0) return hm_cli_fail("e.g. --launcher \"srun -n 4 --kill-on-bad-exit=1\"", "--launcher is empty");
+    for (int k = 0; opts.argv[k]; k++) {
+      if (ln == 127) return hm_cli_fail(NULL, "too many words for --launcher and the worker command");
+      largv[ln++] = opts.argv[k];
+    }
+    largv[ln] = NULL;
+    opts.argv = largv;
+    opts.external = 1;
+  }
+  hm_elastic *el = NULL;
+  if (drop_after > 0 || nexclude > 0) {
+    if (launcher) return hm_cli_fail(NULL, "--drop-after and --exclude cannot change the rank count of a --launcher");
+    el = calloc(1, sizeof *el);
+    if (!el) return hm_cli_fail(NULL, "out of memory");
+    hm_status est = hm_elastic_init(el, opts.argv, opts.nworkers, drop_after);
+    /* highest replica first, so the lower ones keep their numbers */
+    for (int pass = 0; est == HM_OK && pass < nexclude; pass++) {
+      int best = -1;
+      for (int k = 0; k < nexclude; k++)
+        if (exclude[k] >= 0 && (best < 0 || exclude[k] > exclude[best])) best = k;
+      const int q = exclude[best] / el->p;
+      for (int k = 0; k < nexclude; k++)
+        if (exclude[k] >= 0 && exclude[k] / el->p == q) exclude[k] = -1;
+      if (q < el->R) est = hm_elastic_drop(el, q, &opts.nworkers);
+    }
+    if (est != HM_OK) {
+      free(el);
+      return hm_cli_fail_status(est, "launch", "--drop-after and --exclude drop data-parallel replicas of a worker "
+                                "--stages/--micro layout");
+    }
+    if (nexclude > 0) fprintf(stderr, "hetmix: launch: excluded: %d workers, --micro %s\n", opts.nworkers, el->micro_s);
+    opts.argv = el->argv;
+  }
+  const char *run_dir = worker_dump_dir(opts.argv);
+  if (max_restarts > 0 && !run_dir)
+    fprintf(stderr, "hetmix: launch: note: the workers have no --dump DIR (with --ckpt-every N): a restart starts "
+            "the training over\n");
+  double floor_s = watchdog_s;
+  if (watchdog_s > 0 && HM_WATCH_FACTOR * predicted_step_s > floor_s) floor_s = HM_WATCH_FACTOR * predicted_step_s;
+  opts.step_deadline_ms = floor_s * 1000 > INT_MAX ? INT_MAX : (int)(floor_s * 1000);
+  launch_report lr = {NULL, drop_after > 0 ? el : NULL};
+  if (events_path && !(lr.events = fopen(events_path, "a")))
+    return free(el), hm_cli_fail(NULL, "cannot open --events %s: %s", events_path, strerror(errno));
+  hm_restart_opts ro = {opts, max_restarts, run_dir, NULL, launch_on_attempt, &lr, NULL};
+  ro.reshape = launch_reshape;
   hm_launch_result res;
-  hm_status st = hm_launch_run(&opts, &res);
+  hm_status st = hm_launch_with_restarts(&ro, &res, NULL);
+  free(el);
+  if (lr.events) fclose(lr.events);
   if (st == HM_OK) return 0;
   const char *hint = NULL;
   if (st == HM_ERR_PEER_DEAD)
@@ -157,6 +295,25 @@ static void worker_progress(const hm_train_progress *p, void *user) {
   printf("step %5d/%d | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | ETA %.0f s\n", p->step, p->steps,
          (double)p->loss, (double)p->lr, (double)p->grad_norm, p->tokens_per_s, p->eta_s);
   fflush(stdout);
+}
+
+/* A rank found persistently slow: its own worker names it, with its host and device. */
+static void worker_on_slow(const hm_slow_report *r, void *user) {
+  const char *device = user;
+  if (!r->self) return;
+  char host[64] = "?";
+  if (gethostname(host, sizeof host) != 0) hm_strcpy(host, sizeof host, "?");
+  host[sizeof host - 1] = '\0';
+  fprintf(stderr, "hetmix worker: fail-slow: rank %d (replica %d, stage %d, host %s, device %s) at step %d: "
+          "compute %.3f s per step, expected %.3f s (%.1fx)\n", r->rank, r->replica, r->stage, host, device, r->step,
+          r->measured_s, r->expected_s, r->expected_s > 0 ? r->measured_s / r->expected_s : 0.0);
+  fflush(stderr);
+}
+
+static void worker_on_warning(const char *msg, void *user) {
+  (void)user;
+  fprintf(stderr, "hetmix worker: warning: %s (checkpoint skipped; training goes on)\n", msg);
+  fflush(stderr);
 }
 
 /* Fills the layout, model and micro-batch size from a plan file (the plan's device per rank is
@@ -322,6 +479,11 @@ int hm_cmd_worker(int argc, char **argv) {
     }
     hm_strcpy(dev_spec, sizeof dev_spec, plan_layout->backend[env.rank]);
     t.device = dev_spec;
+    /* the plan predicts class 0's stages (replica 0's devices): a rank on the same device as
+     * replica 0's stage gets that prediction per micro-batch, others judge against themselves */
+    const int s0 = env.rank % plan_layout->nstages;
+    if (strcmp(plan_layout->backend[s0], dev_spec) == 0 && plan_layout->micro[0] > 0)
+      po.expected_busy_s = plan_layout->predicted_stage_busy_s[s0] / plan_layout->micro[0];
     free(plan_layout);
     plan_layout = NULL;
   }
@@ -335,6 +497,9 @@ int hm_cmd_worker(int argc, char **argv) {
     t.on_progress = worker_progress;
     t.user = NULL;
   }
+  po.on_slow = worker_on_slow;
+  po.slow_user = (void *)t.device;
+  po.on_warning = worker_on_warning;
   hm_pipeline_result res;
   st = hm_pipeline_run(&po, world, &res);
   if (st != HM_OK) {

@@ -31,10 +31,11 @@ typedef struct cluster_args {
   const char *cluster, *model, *out, *data;
   int global_batch, steps, reps, sample, rebalance, measure_bound, bound_steps, ckpt_every, keep, profile_alone;
   double lr;
+  int max_restarts;
 } cluster_args;
 
 static int parse_cluster_args(int argc, char **argv, cluster_args *a) {
-  *a = (cluster_args){NULL, "gpt-mini", "out", NULL, 16, 20, 3, 200, 0, 0, 5, 0, 3, 0, 1e-3};
+  *a = (cluster_args){NULL, "gpt-mini", "out", NULL, 16, 20, 3, 200, 0, 0, 5, 0, 3, 0, 1e-3, 0};
   const hm_opt opts[] = {
       HM_OPT_STR_ROW("cluster", 0, &a->cluster, "FILE|local",
                      "cluster spec; `local` is this machine as a cpu and an opencl\n"
@@ -51,6 +52,9 @@ static int parse_cluster_args(int argc, char **argv, cluster_args *a) {
       HM_OPT_ROW(HM_OPT_INT, "ckpt-every", 0, &a->ckpt_every, 0, 1e9, "N",
                  "also checkpoint every N steps, in stages/step-<N>/ [0: only the end]"),
       HM_OPT_ROW(HM_OPT_INT, "keep", 0, &a->keep, 0, 1e9, "K", "keep the newest K of those step folders (0: all) [3]"),
+      HM_OPT_ROW(HM_OPT_INT, "max-restarts", 0, &a->max_restarts, 0, 1000000, "N",
+                 "after a worker fails, restart the workers from the newest complete\n"
+                 "checkpoint up to N times (hetmix launch --max-restarts) [0]"),
       HM_OPT_FLAG_ROW("rebalance", 0, &a->rebalance,
                       "let the workers move micro-batches between data-parallel\n"
                       "replicas from their measured pace (docs/runtime.md)"),
@@ -126,6 +130,8 @@ static int profile_and_plan(const char *self, const cluster_args *a, const hm_mo
 /* Launches the plan's workers (hetmix launch --plan) with traces and stage checkpoints. */
 static int train_plan(const char *self, const cluster_args *a) {
   char plan_path[PATH_MAX], meas_path[PATH_MAX], stages_dir[PATH_MAX], steps_s[16], lr_s[32], ckpt_s[16], keep_s[16];
+  char restarts_s[16];
+  snprintf(restarts_s, sizeof restarts_s, "%d", a->max_restarts);
   snprintf(plan_path, sizeof plan_path, "%s/plan.json", a->out);
   snprintf(meas_path, sizeof meas_path, "%s/measured.json", a->out);
   snprintf(stages_dir, sizeof stages_dir, "%s/stages", a->out);
@@ -138,9 +144,9 @@ static int train_plan(const char *self, const cluster_args *a) {
   if (st != HM_OK) return hm_cli_fail_status(st, "train", NULL);
   printf("\n== 3/3 train: %d workers, %d steps\n", nranks, a->steps);
   fflush(stdout);
-  char *args[32] = {"launch", "--plan", plan_path, "--", "--steps", steps_s, "--lr", lr_s, "--out", (char *)a->out,
-                    "--trace", meas_path, "--trace-steps", "2", "--dump", stages_dir};
-  int n = 16;
+  char *args[32] = {"launch", "--plan", plan_path, "--max-restarts", restarts_s, "--", "--steps", steps_s, "--lr", lr_s,
+                    "--out", (char *)a->out, "--trace", meas_path, "--trace-steps", "2", "--dump", stages_dir};
+  int n = 18;
   if (a->data) args[n++] = "--data", args[n++] = (char *)a->data;
   if (a->rebalance) args[n++] = "--rebalance";
   args[n++] = "--ckpt-every", args[n++] = ckpt_s;

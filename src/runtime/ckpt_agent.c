@@ -230,6 +230,12 @@ static hm_status hm_agent_poll(hm_ckpt_agent *a) {
     if (a->rank == 0) st = hm_agent_complete(a, all, a->pending_pos);
     a->pending = 0;
   }
+  if (st == HM_ERR_IO) { /* every worker saw the same records: all abandon this step alike, and */
+    pthread_mutex_lock(&a->mu); /* the next checkpoint is tried afresh (a disk may have room again) */
+    a->rec.failed = 0;
+    pthread_mutex_unlock(&a->mu);
+    a->pending = 0;
+  }
   free(all);
   return st;
 }

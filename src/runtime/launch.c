@@ -5,8 +5,10 @@
  * grace period and is named; nothing started here survives the call (each worker leads its own
  * session and process group, all killed before returning, plus PR_SET_PDEATHSIG in each child
  * for the case the launcher itself dies).
+ * With a heartbeat folder it also fails a rank that stops beating or completing steps (watch.c)
+ * and, with opts.external, supervises a launcher (srun) that starts the ranks itself.
  * What it is not: a multi-host launcher (mpirun and srun do that; workers then read their rank
- * with hm_launch_env_read()), nor a restart policy.
+ * with hm_launch_env_read()), nor a restart policy (restart.c).
  *
  * Why no SIGCHLD: OpenBLAS and OpenMP start threads in this process that do not block signals,
  * so a blocked-signal + signalfd scheme can lose SIGCHLD to them. Exits are seen through a
@@ -29,8 +31,10 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "runtime/watch.h"
 #include "util/util.h"
 
 extern char **environ;
@@ -175,6 +179,12 @@ typedef struct hm_job {
   int handlers_installed;
   char **envs;     /* per rank: a NULL-terminated environment, built before fork */
   int envs_built;
+  int own_env;     /* leading entries of each environment allocated here */
+  int nranks;      /* ranks of the job: n, or the ranks an external launcher starts */
+  /* a rank the heartbeat watch failed (or, under an external launcher, found gone) */
+  int named_rank, named_cause, named_pid;
+  double named_idle_s;
+  long long named_steps;
 } hm_job;
 
 static void hm_emit_line(hm_job *job, int rank, int stream, const char *s, size_t n, int add_nl) {
@@ -224,6 +234,8 @@ static int hm_pump(hm_job *job, int rank, int stream) {
  * finds the first match, so these win), then the caller's minus inherited launch variables. */
 #define HM_OWN_ENV 6
 static hm_status hm_build_env(hm_job *job, int r, const char *store, const char *secret) {
+  /* an external launcher (srun) gives each of its tasks the rank: only the store and secret here */
+  job->own_env = job->opts->external ? 2 : HM_OWN_ENV;
   size_t nenv = 0, nextra = 0;
   while (environ && environ[nenv]) nenv++;
   while (job->opts->extra_env && job->opts->extra_env[nextra]) nextra++;
@@ -231,21 +243,23 @@ static hm_status hm_build_env(hm_job *job, int r, const char *store, const char 
   if (!env) return HM_ERR_NOMEM;
   job->envs[r] = (char *)env;
   char tmp[512];
-  snprintf(tmp, sizeof tmp, "HETMIX_RANK=%d", r);
-  env[0] = strdup(tmp);
-  snprintf(tmp, sizeof tmp, "HETMIX_WORLD_SIZE=%d", job->n);
-  env[1] = strdup(tmp);
-  snprintf(tmp, sizeof tmp, "HETMIX_LOCAL_RANK=%d", r);
-  env[2] = strdup(tmp);
-  snprintf(tmp, sizeof tmp, "HETMIX_LOCAL_WORLD_SIZE=%d", job->n);
-  env[3] = strdup(tmp);
+  size_t k = 0;
   snprintf(tmp, sizeof tmp, "HETMIX_STORE_ADDR=%s", store);
-  env[4] = strdup(tmp);
+  env[k++] = strdup(tmp);
   snprintf(tmp, sizeof tmp, "HETMIX_SECRET=%s", secret);
-  env[5] = strdup(tmp);
-  for (int i = 0; i < HM_OWN_ENV; i++)
+  env[k++] = strdup(tmp);
+  if (!job->opts->external) {
+    snprintf(tmp, sizeof tmp, "HETMIX_RANK=%d", r);
+    env[k++] = strdup(tmp);
+    snprintf(tmp, sizeof tmp, "HETMIX_WORLD_SIZE=%d", job->n);
+    env[k++] = strdup(tmp);
+    snprintf(tmp, sizeof tmp, "HETMIX_LOCAL_RANK=%d", r);
+    env[k++] = strdup(tmp);
+    snprintf(tmp, sizeof tmp, "HETMIX_LOCAL_WORLD_SIZE=%d", job->n);
+    env[k++] = strdup(tmp);
+  }
+  for (size_t i = 0; i < k; i++)
     if (!env[i]) return hm_error(HM_ERR_NOMEM, "cannot allocate the worker environment");
-  size_t k = HM_OWN_ENV;
   for (size_t i = 0; i < nextra; i++) env[k++] = job->opts->extra_env[i]; /* borrowed */
   for (size_t i = 0; i < nenv; i++)
     if (!hm_is_launch_var(environ[i])) env[k++] = environ[i]; /* borrowed */
@@ -258,7 +272,7 @@ static void hm_free_envs(hm_job *job) {
   for (int r = 0; r < job->n; r++) {
     char **env = (char **)job->envs[r];
     if (!env) continue;
-    for (int i = 0; i < HM_OWN_ENV; i++) free(env[i]);
+    for (int i = 0; i < job->own_env; i++) free(env[i]);
     free(env);
   }
   free(job->envs);
@@ -449,12 +463,76 @@ static hm_status hm_job_setup(hm_job *job, hm_launch_result *res) {
   return HM_OK;
 }
 
-static void hm_describe_failure(const hm_worker *w, int r, char *buf, size_t cap) {
-  if (w->signal)
-    snprintf(buf, cap, "rank %d (pid %d) was killed by signal %d (%s)", r, (int)w->pid, w->signal,
-             strsignal(w->signal));
+static void hm_describe_failure(const hm_job *job, const hm_worker *w, int r, const hm_launch_result *res, char *buf,
+                                size_t cap) {
+  char where[260] = "";
+  if (res->host[0]) snprintf(where, sizeof where, " on host %s, device %s", res->host, res->device);
+  const int pid = job->named_pid > 0 ? job->named_pid : (int)w->pid;
+  const int nr = job->named_rank >= 0 ? job->named_rank : r;
+  if (job->named_cause == HM_FAIL_SILENT)
+    snprintf(buf, cap, "rank %d (pid %d)%s stopped beating for %.1f s (stopped, frozen or dead)", nr, pid, where,
+             job->named_idle_s);
+  else if (job->named_cause == HM_FAIL_HANG)
+    snprintf(buf, cap, "rank %d (pid %d)%s completed no step for %.1f s after step %lld (hung: the progress "
+             "watchdog's deadline)", nr, pid, where, job->named_idle_s, job->named_steps);
+  else if (job->opts->external && job->named_rank >= 0)
+    snprintf(buf, cap, "rank %d (pid %d)%s is gone; the launcher command (pid %d) %s %d", nr, pid, where,
+             (int)w->pid, w->signal ? "was killed by signal" : "exited with status", w->signal ? w->signal : w->status_code);
+  else if (job->opts->external)
+    snprintf(buf, cap, "the launcher command (pid %d) %s %d", (int)w->pid,
+             w->signal ? "was killed by signal" : "exited with status", w->signal ? w->signal : w->status_code);
+  else if (w->signal)
+    snprintf(buf, cap, "rank %d (pid %d) was killed by signal %d (%s)%s", r, (int)w->pid, w->signal,
+             strsignal(w->signal), where);
   else
-    snprintf(buf, cap, "rank %d (pid %d) exited with status %d", r, (int)w->pid, w->status_code);
+    snprintf(buf, cap, "rank %d (pid %d) exited with status %d%s", r, (int)w->pid, w->status_code, where);
+}
+
+static double hm_wall_now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* The watch's verdict this round: a silent or hung rank becomes the job's failure; it is killed
+ * at once (SIGTERM cannot end a stopped process), the others get the usual SIGTERM. */
+static int hm_watch_round(hm_job *job, hm_watch *wt, int *exited) {
+  for (int r = 0; r < job->nranks; r++) exited[r] = job->opts->external ? 0 : job->w[r].exited;
+  int cause = 0;
+  double idle = 0;
+  int r = hm_watch_check(wt, hm_now_ns(), exited, &cause, &idle);
+  if (r < 0) return -1;
+  job->named_rank = r;
+  job->named_cause = cause;
+  job->named_idle_s = idle;
+  job->named_steps = wt->r[r].step;
+  job->named_pid = wt->r[r].last.pid;
+  if (!job->opts->external) {
+    if (killpg(job->w[r].pid, SIGKILL) != 0) kill(job->w[r].pid, SIGKILL);
+    return r;
+  }
+  /* a task of an external launcher: killed here when it runs on this host; its launcher then
+   * stops the rest (srun --kill-on-bad-exit) and gets SIGTERM from us anyway */
+  char host[64] = "";
+  gethostname(host, sizeof host);
+  host[sizeof host - 1] = '\0';
+  if (job->named_pid > 0 && strcmp(host, wt->r[r].last.host) == 0) kill(job->named_pid, SIGKILL);
+  return 0;
+}
+
+/* Under an external launcher that exited: a rank that died abruptly (no orderly-end mark: not
+ * stopped by SIGTERM, not returned), else the first whose process is gone from this host. */
+static void hm_find_gone_rank(hm_job *job, const char *dir) {
+  char host[64] = "";
+  gethostname(host, sizeof host);
+  host[sizeof host - 1] = '\0';
+  for (int pass = 0; pass < 2 && job->named_rank < 0; pass++)
+    for (int r = 0; r < job->nranks && job->named_rank < 0; r++) {
+      hm_hb_state hb;
+      if (hm_hb_read(dir, r, &hb) != HM_OK || strcmp(hb.host, host) != 0) continue;
+      if (pass == 0 && hm_hb_ended_orderly(dir, r)) continue;
+      if (kill(hb.pid, 0) != 0 && errno == ESRCH) job->named_rank = r, job->named_pid = hb.pid;
+    }
 }
 
 hm_status hm_launch_run(const hm_launch_opts *opts, hm_launch_result *res_out) {
@@ -475,7 +553,9 @@ hm_status hm_launch_run(const hm_launch_opts *opts, hm_launch_result *res_out) {
   hm_job job;
   memset(&job, 0, sizeof job);
   job.opts = opts;
-  job.n = opts->nworkers;
+  job.n = opts->external ? 1 : opts->nworkers;
+  job.nranks = opts->nworkers;
+  job.named_rank = -1;
   job.out_fd = opts->out_fd > 0 ? opts->out_fd : 1;
   job.err_fd = opts->err_fd > 0 ? opts->err_fd : 2;
   job.sig_rd = job.sig_wr = -1;
@@ -509,9 +589,21 @@ hm_status hm_launch_run(const hm_launch_opts *opts, hm_launch_result *res_out) {
     return HM_ERR_NOMEM;
   }
   st = HM_OK;
-  for (;;) {
+  hm_watch wt;
+  int watching = 0, *exited = NULL;
+  if (opts->heartbeat_dir) {
+    exited = hm_calloc((size_t)job.nranks, sizeof(int), "exit flags");
+    if (!exited || hm_watch_init(&wt, opts->heartbeat_dir, job.nranks, opts->silence_ms, opts->step_deadline_ms,
+                                 opts->first_step_deadline_ms) != HM_OK)
+      st = HM_ERR_NOMEM;
+    else
+      watching = 1;
+  }
+  for (; st == HM_OK;) {
     int alive = hm_sweep_exits(&job, &first_failed);
+    if (watching && cause == HM_RUNNING && first_failed < 0) first_failed = hm_watch_round(&job, &wt, exited);
     uint64_t now = hm_now_ns();
+    if (cause == HM_RUNNING && first_failed >= 0) res->failed_wall_s = hm_wall_now_s();
     if (cause == HM_RUNNING && (first_failed >= 0 || hm_deadline_passed(job_deadline))) {
       cause = first_failed >= 0 ? HM_STOP_FAILURE : HM_STOP_TIMEOUT;
       stop_t = now;
@@ -577,16 +669,35 @@ hm_status hm_launch_run(const hm_launch_opts *opts, hm_launch_result *res_out) {
   }
   free(pfds);
   free(tags);
+  res->steps_seen = -1;
+  if (watching) {
+    int cause_unused = 0;
+    double idle_unused = 0;
+    for (int r = 0; r < job.nranks; r++) exited[r] = 0; /* a last look: steps done just before the end */
+    hm_watch_check(&wt, hm_now_ns(), exited, &cause_unused, &idle_unused);
+    res->steps_seen = wt.steps_seen;
+    res->first_step_wall_s = wt.first_step_wall_s;
+    if (opts->external && first_failed >= 0 && job.named_rank < 0) hm_find_gone_rank(&job, opts->heartbeat_dir);
+    const int rank = job.named_rank >= 0 ? job.named_rank : opts->external ? -1 : first_failed;
+    hm_hb_state hb; /* its last heartbeat stays in the file after it died */
+    if (rank >= 0 && hm_hb_read(opts->heartbeat_dir, rank, &hb) == HM_OK) {
+      hm_strcpy(res->host, sizeof res->host, hb.host);
+      hm_strcpy(res->device, sizeof res->device, hb.device);
+    }
+    hm_watch_free(&wt);
+  }
+  free(exited);
   if (first_failed >= 0 && cause == HM_STOP_FAILURE) {
     hm_worker *w = &job.w[first_failed];
-    res->failed_rank = first_failed;
-    res->failed_pid = (int)w->pid;
+    res->cause = job.named_cause ? job.named_cause : w->signal ? HM_FAIL_SIGNAL : HM_FAIL_EXIT;
+    res->failed_rank = job.named_rank >= 0 ? job.named_rank : opts->external ? -1 : first_failed;
+    res->failed_pid = job.named_pid > 0 ? job.named_pid : (int)w->pid;
     res->exit_code = w->signal ? -1 : w->status_code;
     res->term_signal = w->signal;
   }
-  char what[160] = "";
-  if (first_failed >= 0) hm_describe_failure(&job.w[first_failed], first_failed, what, sizeof what);
-  int n = job.n;
+  char what[600] = "";
+  if (first_failed >= 0) hm_describe_failure(&job, &job.w[first_failed], first_failed, res, what, sizeof what);
+  int n = job.nranks;
   hm_job_cleanup(&job);
   uint64_t t_end = hm_now_ns();
   res->elapsed_s = (double)(t_end - t0) * 1e-9;

@@ -25,6 +25,8 @@
 #include "hetmix/device.h"
 #include "model/runbook.h"
 #include "runtime/ckpt_agent.h"
+#include "runtime/failslow.h"
+#include "runtime/heartbeat.h"
 #include "runtime/pipeline_internal.h"
 #include "runtime/pipeline_resume.h"
 #include "util/files.h"
@@ -363,6 +365,7 @@ static hm_status hm_pipe_step(hm_pipe *w, int step /* 0-based */, hm_step_out *o
     const int k = op->micro, slot = k >= 0 ? k % w->nslots : 0;
     const uint64_t t0 = hm_now_ns();
     int track = 1;
+    hm_hb_waiting(!(op->kind == HM_PIPE_OP_FWD || op->kind == HM_PIPE_OP_BWD || op->kind == HM_PIPE_OP_OPTIMIZER));
     switch (op->kind) {
       case HM_PIPE_OP_RECV_ACT:
       case HM_PIPE_OP_RECV_GRAD:
@@ -671,6 +674,15 @@ static hm_status hm_pipe_dump(hm_pipe *w, const char *dir, int steps) {
 /* After every step with periodic checkpoints (--ckpt-every): at a checkpoint step replica 0's
  * workers snapshot their stage into host memory (the first phase; ckpt_agent.c persists it in
  * the background); at every step the agent follows the outstanding checkpoint to its manifest. */
+/* A periodic checkpoint that failed to persist (every worker gets the same HM_ERR_IO) is
+ * skipped with a warning: a full or failing disk costs that checkpoint, not the run. */
+static hm_status hm_pipe_ckpt_skipped(hm_status st, const hm_pipeline_options *o, hm_pipeline_result *res) {
+  if (st != HM_ERR_IO) return st;
+  res->ckpt_skipped++;
+  if (o->on_warning) o->on_warning(hm_last_error(), o->warning_user);
+  return HM_OK;
+}
+
 static hm_status hm_pipe_checkpoint(hm_pipe *w, int done, int checkpoint) {
   void *image = NULL;
   size_t bytes = 0;
@@ -749,6 +761,10 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
   w.t = o ? o->train : NULL;
   w.world = world;
   hm_status st = hm_pipe_setup(&w);
+  hm_failslow fs;
+  memset(&fs, 0, sizeof fs);
+  if (st == HM_OK) st = hm_hb_start(w.rank, w.t->device);
+  if (st == HM_OK) st = hm_failslow_init(&fs, w.R * w.p);
   const int reporter = w.replica == 0 && w.is_last; /* holds replica 0's losses */
   if (st == HM_OK && reporter) st = hm_run_open_metrics(w.t, o->metrics_path, &w.metrics);
   const int steps = w.t ? (w.t->stop_after > 0 && w.t->stop_after < w.t->steps ? w.t->stop_after : w.t->steps) : 0;
@@ -760,10 +776,14 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
   res->steps_done = w.start_step;
   for (int step = w.start_step; st == HM_OK && step < steps; step++) {
     w.tracing = o->trace_path && step >= steps - trace_steps;
+    hm_hb_waiting(0);
+    hm_fault_point(HM_FAULT_STEP, w.rank, step);
     const double ts = hm_now_s();
     hm_step_out so;
     st = hm_pipe_step(&w, step, &so);
     if (st != HM_OK) break;
+    hm_fault_slow_step(w.rank, step, &so.busy_s, &so.fb_s);
+    hm_hb_waiting(1); /* the step's remaining collectives */
     /* the step's loss over all M micro-batches: the last stages hold it */
     double loss_sum = so.loss_sum, loss_all = 0;
     if (w.R > 1 && w.is_last) st = hm_comm_allreduce(w.dp, &loss_sum, &loss_all, 1, HM_FLOAT64, HM_SUM);
@@ -772,11 +792,13 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
     const double dt = hm_now_s() - ts;
     /* slowest worker's step time and every worker's compute time (at 1 + its world rank
      * replica*p + stage, so replica 0's stages come first), all in one call */
-    double stat[1 + HM_PIPE_MAX_REPLICAS * HM_PIPE_MAX_STAGES] = {0};
-    double stat_max[1 + HM_PIPE_MAX_REPLICAS * HM_PIPE_MAX_STAGES];
+    /* and, after them, every worker's predicted compute per micro-batch (fail-slow) */
+    double stat[1 + 2 * HM_PIPE_MAX_REPLICAS * HM_PIPE_MAX_STAGES] = {0};
+    double stat_max[1 + 2 * HM_PIPE_MAX_REPLICAS * HM_PIPE_MAX_STAGES];
     stat[0] = dt;
     stat[1 + w.replica * w.p + w.stage] = so.busy_s;
-    st = hm_comm_allreduce(w.world, stat, stat_max, (size_t)(1 + w.R * w.p), HM_FLOAT64, HM_MAX);
+    stat[1 + w.R * w.p + w.replica * w.p + w.stage] = o->expected_busy_s;
+    st = hm_comm_allreduce(w.world, stat, stat_max, (size_t)(1 + 2 * w.R * w.p), HM_FLOAT64, HM_MAX);
     if (st != HM_OK) break;
     tokens += (uint64_t)w.M * (uint64_t)w.N;
     if (step > w.start_step || steps == w.start_step + 1) { /* the first step warms caches and allocators up */
@@ -786,6 +808,8 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
     }
     int split_used[HM_PIPE_MAX_REPLICAS]; /* the split this step ran with */
     memcpy(split_used, w.micro, sizeof split_used);
+    if (step > w.start_step)
+      res->slow_reports += hm_failslow_pipe_step(&fs, o, w.rank, step + 1, w.p, split_used, stat_max + 1);
     if (o->rebalance && w.R > 1) {
       int changed = 0;
       st = hm_pipe_rebalance(&w, step, &so, &changed);
@@ -836,9 +860,19 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
       if (w.t->on_progress) w.t->on_progress(&pr, w.t->user);
     }
     const int done = step + 1; /* the last step's state is the final dump below */
-    if (w.agent) st = hm_pipe_checkpoint(&w, done, done % w.t->ckpt_every == 0 && done < steps);
+    hm_hb_step(done);
+    if (w.agent) {
+      const int due = done % w.t->ckpt_every == 0 && done < steps;
+      if (due) {
+        hm_hb_waiting(0);
+        hm_fault_point(HM_FAULT_CKPT, w.rank, done);
+      }
+      st = hm_pipe_checkpoint(&w, done, due);
+      st = hm_pipe_ckpt_skipped(st, o, res);
+    }
   }
-  if (st == HM_OK && w.agent) st = hm_ckpt_agent_finish(w.agent);
+  if (st == HM_OK && w.agent) st = hm_pipe_ckpt_skipped(hm_ckpt_agent_finish(w.agent), o, res);
+  hm_failslow_free(&fs);
   for (int r = 0; r < w.R && r < HM_PIPE_MAX_REPLICAS; r++) res->micro[r] = w.micro[r];
   if (timed_steps > 0) {
     res->step_time_s = timed_s / timed_steps;
@@ -856,5 +890,6 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
     hm_comm_abort(world);
   }
   hm_pipe_free(&w);
+  hm_hb_stop(); /* after the final dump: a long write is not silence */
   return st;
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts a real single-node Slurm (slurm_cluster.sh), runs `srun -n 4` and checks that every
 # task got its place in the job from Slurm (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID) and that
-# the hetmix workers bootstrapped from it. Daemons and files are removed on every exit path.
+# the hetmix workers bootstrapped from it; then a killed worker is restarted through srun
+# (hetmix launch --launcher srun --max-restarts). Daemons and files are removed on every exit path.
 #   test_srun.sh <path to the hetmix executable>
 # Exit 0 pass, 1 fail, 77 skipped (no Slurm packages or not root).
 set -uo pipefail
@@ -61,4 +62,17 @@ timeout 120 env HETMIX_STORE_ADDR=127.0.0.1:$port HETMIX_SECRET="$secret" \
 grep -q 'step     5/5' "$out/train.out" || { cat "$out/train.out" >&2; fail "no progress line for step 5"; }
 [ "$(wc -l <"$out/train/metrics.jsonl")" -eq 5 ] || fail "metrics.jsonl does not have 5 steps"
 echo "test_srun: trained 5 steps through srun (2 replicas x 2 stages): $(grep '^done' "$out/train.out")"
+
+# 4. automatic restart through srun: rank 1 kills itself before step 3 on the first attempt;
+# hetmix launch --launcher srun names it, starts srun again from the newest complete checkpoint,
+# and the job finishes
+timeout 180 env HETMIX_FAULT="kill:rank=1:step=3" "$hetmix" launch -n 2 --max-restarts 2 \
+  --launcher "srun --overcommit -n 2 --time=2 --kill-on-bad-exit=1" -- "$hetmix" worker --model tiny \
+  --stages 0,2,4 --steps 6 --batch 2 --data-dir "$out/data" --dump "$out/restart" --ckpt-every 2 --quiet \
+  >"$out/restart.out" 2>&1 || { cat "$out/restart.out" >&2; fail "the restarted job under srun did not finish"; }
+grep -q 'attempt 0 failed: rank 1 ' "$out/restart.out" || { cat "$out/restart.out" >&2; fail "rank 1 not named"; }
+grep -q 'restart 1: resuming from .*step-00000002' "$out/restart.out" ||
+  { cat "$out/restart.out" >&2; fail "not resumed from step 2"; }
+[ -s "$out/restart/stage1.hmc" ] || fail "no final checkpoint after the restart"
+echo "test_srun: restart through srun: $(grep 'attempt 0 failed' "$out/restart.out" | cut -c1-160)"
 exit 0
