@@ -8,7 +8,7 @@
 static const char *const kind_names[HM_COLL_KIND_COUNT] = {
     "allreduce", "reduce", "broadcast", "reduce_scatter", "allgather",
     "alltoall",  "gather", "scatter",   "barrier"};
-static const char *const algo_names[HM_ALGO_COUNT] = {"ring", "rd", "tree"};
+static const char *const algo_names[HM_ALGO_COUNT] = {"ring", "rd", "tree", "hier"};
 
 const char *hm_coll_kind_name(hm_coll_kind k) {
   return (k >= 0 && k < HM_COLL_KIND_COUNT) ? kind_names[k] : "unknown";
@@ -105,6 +105,17 @@ double hm_cost_collective(hm_coll_kind kind, hm_coll_algo algo, int nranks, doub
     default:
       return -1.0;
   }
+}
+
+double hm_cost_allreduce_hier(int npools, int per_pool, int sharing, double bytes, const hm_link *pool,
+                              const hm_link *cross) {
+  if (npools < 1 || per_pool < 1 || sharing < 1) return -1.0;
+  const double seg = bytes / per_pool;
+  hm_link shared = *cross;
+  shared.bandwidth = cross->bandwidth / sharing;
+  double t = hm_cost_collective(HM_COLL_REDUCE_SCATTER, HM_ALGO_RING, per_pool, bytes, pool) +
+             hm_cost_collective(HM_COLL_ALLGATHER, HM_ALGO_RING, per_pool, bytes, pool);
+  return t + hm_cost_collective(HM_COLL_ALLREDUCE, HM_ALGO_RING, npools, seg, &shared);
 }
 
 hm_coll_algo hm_cost_best_algo(hm_coll_kind kind, int nranks, double bytes, const hm_link *link,
