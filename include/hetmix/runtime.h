@@ -33,9 +33,13 @@ typedef struct hm_launch_opts {
                               deadlines; a training run may last hours) */
   const char *store_host;  /* rendezvous host for HETMIX_STORE_ADDR ["127.0.0.1"]; loopback only */
   char *const *extra_env;  /* "NAME=value" entries added to every worker, NULL-terminated, or NULL */
+  char *const *rank_netns; /* per rank (nworkers entries): the network namespace (a name under
+                              /run/netns, as `ip netns` makes) the worker runs in, or NULL */
+  char *const *const *rank_env; /* per rank: NULL-terminated "NAME=value" entries for that worker
+                              only (before extra_env), or NULL */
 } hm_launch_opts;
 
-#define HM_LAUNCH_OPTS_INIT {0, NULL, 0, 0, 0, 0, 0, NULL, NULL}
+#define HM_LAUNCH_OPTS_INIT {0, NULL, 0, 0, 0, 0, 0, NULL, NULL, NULL, NULL}
 
 typedef struct hm_launch_result {
   int failed_rank;       /* first rank that failed, -1 when none did */
@@ -65,6 +69,12 @@ hm_status hm_random_hex(char *buf, size_t cap, size_t nbytes);
 
 /* A TCP port on host (loopback) that is free at the time of the call (bind to port 0). */
 hm_status hm_launch_free_port(const char *host, int *port);
+
+/* The IPv4 address of network namespace `netns` (a name under /run/netns): the first address of
+ * an interface that is up and not loopback. HM_ERR_NOT_FOUND when there is none. */
+hm_status hm_netns_addr(const char *netns, char *addr, size_t cap);
+/* Opens /run/netns/<netns> (O_CLOEXEC) for setns(2); *fd is -1 and a message set on failure. */
+hm_status hm_netns_open(const char *netns, int *fd);
 
 
 #ifdef __cplusplus

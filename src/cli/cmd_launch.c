@@ -22,12 +22,13 @@
 int hm_cmd_launch(int argc, char **argv) {
   hm_launch_opts opts = HM_LAUNCH_OPTS_INIT;
   const char *plan_path = NULL, *cluster_path = NULL, *model_path = NULL;
-  int timeout_s = 0;
+  int timeout_s = 0, netns = 0;
   const hm_opt table[] = {
       HM_OPT_ROW(HM_OPT_INT, "nworkers", 'n', &opts.nworkers, 1, 4096, "N", "number of workers"),
       HM_OPT_STR_ROW("plan", 0, &plan_path, "FILE", "start the workers of a plan"),
       HM_OPT_STR_ROW("cluster", 0, &cluster_path, "C", "with --plan: refuse the plan unless it fits this cluster spec"),
       HM_OPT_STR_ROW("model", 0, &model_path, "M", "with --plan: refuse the plan unless it fits this model spec"),
+      HM_OPT_FLAG_ROW("netns", 0, &netns, "with --cluster: run each host's workers in the network namespace named like the host (scripts/testbed.sh)"),
       HM_OPT_FLAG_ROW("tag-output", 0, &opts.tag_output, "prefix each output line with \"[rank R] \""),
       HM_OPT_ROW(HM_OPT_INT, "grace-ms", 0, &opts.grace_ms, 1, 600000, "MS",
                  "SIGTERM to SIGKILL delay when stopping workers [2000]"),
@@ -47,7 +48,11 @@ int hm_cmd_launch(int argc, char **argv) {
       "\n"
       "With --plan, N is the plan's number of ranks and each runs `hetmix worker --plan plan.json`\n"
       "plus the worker options after `--` (e.g. --steps 100 --out run); a plan that does not fit\n"
-      "the --cluster / --model spec files (or its own embedded ones) is refused before starting.",
+      "the --cluster / --model spec files (or its own embedded ones) is refused before starting.\n"
+      "\n"
+      "With --cluster C --netns (a testbed from scripts/testbed.sh), the cluster's ranks run each in\n"
+      "the network namespace named like its host, listening on that namespace's address, with\n"
+      "their pool and the file's link figures in HETMIX_POOL, HETMIX_LINK_POOL, HETMIX_LINK_CROSS.",
       table, NULL, 0, 1};
   hm_opt_result parsed = {NULL, 0, 0};
   const int prc = hm_opts_parse(&spec, argc, argv, &parsed);
@@ -78,8 +83,22 @@ int hm_cmd_launch(int argc, char **argv) {
     wargv[wn++] = (char *)plan_path;
     if (cluster_path) wargv[wn++] = "--cluster", wargv[wn++] = (char *)cluster_path;
     if (model_path) wargv[wn++] = "--model", wargv[wn++] = (char *)model_path;
-  } else if (cluster_path || model_path) {
+  } else if (model_path || (cluster_path && !netns)) {
     return hm_cli_fail(NULL, "--cluster and --model check a --plan; give --plan too");
+  }
+  hm_launch_hosts hosts = {0};
+  if (netns) {
+    if (!cluster_path) return hm_cli_fail("scripts/testbed.sh up --out C writes one", "--netns needs --cluster C");
+    hm_status hst = hm_launch_hosts_from_cluster(cluster_path, &hosts);
+    if (hst != HM_OK) return hm_cli_fail_status(hst, "launch --netns", "bring the testbed up: scripts/testbed.sh up");
+    if (opts.nworkers > 0 && opts.nworkers != hosts.n) {
+      hm_launch_hosts_free(&hosts);
+      return hm_cli_fail("leave -n out with --netns", "the cluster has %d ranks, the job %d", hosts.n, opts.nworkers);
+    }
+    opts.nworkers = hosts.n;
+    opts.rank_netns = hosts.netns;
+    opts.rank_env = (char *const *const *)hosts.env;
+    opts.store_host = hosts.store_host;
   }
   if (opts.nworkers <= 0)
     return hm_cli_fail("for example: hetmix launch -n 4 -- ./my_worker", "how many workers? give -n N or --plan");
@@ -96,6 +115,7 @@ int hm_cmd_launch(int argc, char **argv) {
 
   hm_launch_result res;
   hm_status st = hm_launch_run(&opts, &res);
+  hm_launch_hosts_free(&hosts);
   if (st == HM_OK) return 0;
   const char *hint = NULL;
   if (st == HM_ERR_PEER_DEAD)
