@@ -7,6 +7,8 @@
 #   scripts/testbed.sh up   --name NAME [--pools 2] [--hosts 2] [--intra-rate 400mbit]
 #                           [--intra-delay 50us] [--inter-rate 40mbit] [--inter-delay 1ms]
 #                           [--types cpu,ref] [--devices 1] [--out cluster.json]
+#     --types: the device type of each pool in turn (cpu, cpu-half: the cpu backend emulating a
+#     chip half as fast, ref, opencl); --devices: ranks (devices) per host
 #   scripts/testbed.sh down --name NAME
 #   scripts/testbed.sh list [--name NAME]     namespaces of NAME (or of every testbed)
 #
@@ -20,11 +22,13 @@
 #
 # Rates: hundreds of Mbit/s at most by default, so that the two loaded cores of a CI machine can
 # drive every shaped link at its configured rate (a shaped link that the CPU cannot fill measures
-# the CPU, not the link). The delays are netem's, added once per direction on the sender's side.
+# the CPU, not the link). The delays are netem's, added once per direction on the sender's side;
+# a kernel without netem (sch_netem) gets rate shaping only, with a warning, and the cluster file
+# then gives the veth's own latency (about 30 us here).
 set -euo pipefail
 
 die() { echo "testbed: error: $*" >&2; exit 1; }
-usage() { sed -n '5,12p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '7,13p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 name="" pools=2 hosts=2 intra_rate=400mbit intra_delay=50us inter_rate=40mbit inter_delay=1ms
 types="cpu,ref" devices=1 out=""
@@ -111,7 +115,7 @@ add_host() {
 write_cluster() {
   local p h sep="" first=1 ty
   IFS=, read -r -a ty <<<"$types"
-  [ "${#ty[@]}" -ge 1 ] || die "--types: give one device type per pool (cpu, ref or opencl), comma-separated"
+  [ "${#ty[@]}" -ge 1 ] || die "--types: give one device type per pool (cpu, cpu-half, ref or opencl), comma-separated"
   local intra_bw inter_bw intra_s inter_s
   intra_bw=$(rate_bytes "$intra_rate"); inter_bw=$(rate_bytes "$inter_rate")
   intra_s=$(delay_s "$intra_delay"); inter_s=$(delay_s "$inter_delay")
@@ -131,9 +135,10 @@ write_cluster() {
       first=0; seen="$seen$t "
       case "$t" in
         cpu) printf '    {"name": "cpu", "backend": "cpu:threads=1", "peak_flops": {"fp32": 100e9}, "memory_bytes": 4294967296, "memory_bandwidth": 10e9, "efficiency": 0.7, "intra_host_link": {"bandwidth": 6e9, "latency": 2e-6}}' ;;
+        cpu-half) printf '    {"name": "cpu-half", "backend": "cpu:threads=1,slow=2", "peak_flops": {"fp32": 5e10}, "memory_bytes": 4294967296, "memory_bandwidth": 10e9, "efficiency": 0.7, "intra_host_link": {"bandwidth": 6e9, "latency": 2e-6}}' ;;
         ref) printf '    {"name": "ref", "backend": "ref", "peak_flops": {"fp32": 8e9}, "memory_bytes": 4294967296, "memory_bandwidth": 10e9, "efficiency": 0.5, "intra_host_link": {"bandwidth": 6e9, "latency": 2e-6}}' ;;
         opencl) printf '    {"name": "opencl", "backend": "opencl:threads=1", "peak_flops": {"fp32": 50e9}, "memory_bytes": 4294967296, "memory_bandwidth": 10e9, "efficiency": 0.5, "intra_host_link": {"bandwidth": 6e9, "latency": 2e-6}}' ;;
-        *) die "--types: unknown device type '$t' (cpu, ref or opencl)" ;;
+        *) die "--types: unknown device type '$t' (cpu, cpu-half, ref or opencl)" ;;
       esac
     done
     echo; echo '  ],'

@@ -89,7 +89,7 @@ int hm_cmd_launch(int argc, char **argv) {
   hm_launch_hosts hosts = {0};
   if (netns) {
     if (!cluster_path) return hm_cli_fail("scripts/testbed.sh up --out C writes one", "--netns needs --cluster C");
-    hm_status hst = hm_launch_hosts_from_cluster(cluster_path, &hosts);
+    hm_status hst = hm_launch_hosts_from_cluster(cluster_path, plan_path, &hosts);
     if (hst != HM_OK) return hm_cli_fail_status(hst, "launch --netns", "bring the testbed up: scripts/testbed.sh up");
     if (opts.nworkers > 0 && opts.nworkers != hosts.n) {
       hm_launch_hosts_free(&hosts);

@@ -82,10 +82,11 @@ typedef struct cluster_args {
   const char *cluster, *model, *out, *data;
   int global_batch, steps, reps, sample, rebalance, measure_bound, bound_steps, ckpt_every, keep, profile_alone;
   double lr;
+  int netns;
 } cluster_args;
 
 static int parse_cluster_args(int argc, char **argv, cluster_args *a) {
-  *a = (cluster_args){NULL, "gpt-mini", "out", NULL, 16, 20, 3, 200, 0, 0, 5, 0, 3, 0, 1e-3};
+  *a = (cluster_args){NULL, "gpt-mini", "out", NULL, 16, 20, 3, 200, 0, 0, 5, 0, 3, 0, 1e-3, 0};
   const hm_opt opts[] = {
       HM_OPT_STR_ROW("cluster", 0, &a->cluster, "FILE|local",
                      "cluster spec; `local` is this machine as a cpu and an opencl\n"
@@ -114,6 +115,9 @@ static int parse_cluster_args(int argc, char **argv, cluster_args *a) {
                       "measured bound too"),
       HM_OPT_ROW(HM_OPT_INT, "bound-steps", 0, &a->bound_steps, 2, 1000000, "N",
                  "steps of each --measure-bound run (the first is not timed) [5]"),
+      HM_OPT_FLAG_ROW("netns", 0, &a->netns,
+                      "run each host's workers in the network namespace named like\n"
+                      "the host (a testbed from scripts/testbed.sh; hetmix launch --netns)"),
       HM_OPT_END_ROW};
   const hm_opt_spec spec = {
       "train --cluster local", "hetmix train --cluster FILE|local [options]",
@@ -187,7 +191,7 @@ static int profile_and_plan(const char *self, const cluster_args *a, const hm_mo
 }
 
 /* Launches the plan's workers (hetmix launch --plan) with traces and stage checkpoints. */
-static int train_plan(const char *self, const cluster_args *a) {
+static int train_plan(const char *self, const cluster_args *a, const char *cl_path) {
   char plan_path[PATH_MAX], meas_path[PATH_MAX], stages_dir[PATH_MAX], steps_s[16], lr_s[32], ckpt_s[16], keep_s[16];
   snprintf(plan_path, sizeof plan_path, "%s/plan.json", a->out);
   snprintf(meas_path, sizeof meas_path, "%s/measured.json", a->out);
@@ -201,9 +205,14 @@ static int train_plan(const char *self, const cluster_args *a) {
   if (st != HM_OK) return hm_cli_fail_status(st, "train", NULL);
   printf("\n== 3/3 train: %d workers, %d steps\n", nranks, a->steps);
   fflush(stdout);
-  char *args[32] = {"launch", "--plan", plan_path, "--", "--steps", steps_s, "--lr", lr_s, "--out", (char *)a->out,
+  char *args[36] = {"launch", "--plan", plan_path, "--", "--steps", steps_s, "--lr", lr_s, "--out", (char *)a->out,
                     "--trace", meas_path, "--trace-steps", "2", "--dump", stages_dir};
   int n = 16;
+  if (a->netns) { /* launch's own options go before `--` */
+    memmove(args + 6, args + 3, sizeof(char *) * 13);
+    args[3] = "--cluster", args[4] = (char *)cl_path, args[5] = "--netns";
+    n += 3;
+  }
   if (a->data) args[n++] = "--data", args[n++] = (char *)a->data;
   if (a->rebalance) args[n++] = "--rebalance";
   args[n++] = "--ckpt-every", args[n++] = ckpt_s;
@@ -274,7 +283,7 @@ int hm_cmd_train_cluster(int argc, char **argv) {
   self[sn] = '\0';
   if ((rc = write_specs(&a, &cfg, cl_path, sizeof cl_path)) != 0) return rc;
   if ((rc = profile_and_plan(self, &a, &cfg, cl_path)) != 0) return rc;
-  if ((rc = train_plan(self, &a)) != 0) return rc;
+  if ((rc = train_plan(self, &a, cl_path)) != 0) return rc;
   if ((rc = report(self, &a, &cfg, cl_path)) != 0) return rc;
   return a.sample > 0 ? print_sample(&a) : 0;
 }
