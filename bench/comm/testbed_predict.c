@@ -23,7 +23,7 @@ int main(int argc, char **argv) {
   for (int i = 8; i < argc; i++) {
     double b = atof(argv[i]);
     printf("%.0f %.9g %.9g\n", b, hm_cost_collective(HM_COLL_ALLREDUCE, HM_ALGO_RING, pools * per_pool, b, &cross),
-           hm_cost_allreduce_hier(pools, per_pool, per_host, b, &pool, &cross));
+           hm_cost_hier(HM_COLL_ALLREDUCE, pools, per_pool, per_host, b, &pool, &cross));
   }
   return 0;
 }

@@ -68,30 +68,35 @@ static void add_desc_check(xlist *l, hm_comm_t c, const hm_coll_args *a) {
   }
 }
 
-/* The hierarchy is usable: 2+ pools of equal size, each pool's ranks on hosts of their own. */
+/* The hierarchy is usable: 2+ pools of equal size. */
 static int hier_usable(hm_comm_t c) { return c->topo.regular && c->topo.per_pool >= 1; }
+static int hier_kind(hm_coll_kind k) {
+  return k == HM_COLL_ALLREDUCE || k == HM_COLL_REDUCE_SCATTER || k == HM_COLL_ALLGATHER;
+}
 
-/* Allreduce: the flat algorithms over the slowest link of the job (the link between pools when
- * the ranks span pools), against the hierarchy over its two link classes. */
-static int choose_allreduce(hm_comm_t c, size_t bytes) {
+/* Allreduce, reduce-scatter, allgather across pools: the flat algorithms over the slowest link
+ * of the job (the link between pools), against the hierarchy over its two link classes. */
+static int choose_topo(hm_comm_t c, hm_coll_kind kind, size_t bytes) {
   const hm_topo *t = &c->topo;
-  if (!hier_usable(c)) return (int)hm_cost_best_algo(HM_COLL_ALLREDUCE, c->nranks, (double)bytes, &c->link, NULL);
   double flat_t;
-  hm_coll_algo flat = hm_cost_best_algo(HM_COLL_ALLREDUCE, c->nranks, (double)bytes, &t->cross_link, &flat_t);
-  double hier_t = hm_cost_allreduce_hier(t->npools, t->per_pool, t->per_host, (double)bytes, &t->pool_link, &t->cross_link);
+  hm_coll_algo flat = hm_cost_best_algo(kind, c->nranks, (double)bytes, &t->cross_link, &flat_t);
+  double hier_t = hm_cost_hier(kind, t->npools, t->per_pool, t->per_host, (double)bytes, &t->pool_link, &t->cross_link);
   return hier_t >= 0 && hier_t < flat_t ? HM_ALGO_HIER : (int)flat;
 }
 
+/* bytes: the whole array (reduce_scatter's input, allgather's output), as hm_cost_* take it. */
 hm_coll_algo hm_coll_choose(hm_comm_t c, hm_coll_kind kind, size_t bytes) {
   int a = c->forced_algo;
-  if (a == HM_ALGO_HIER && (kind != HM_COLL_ALLREDUCE || !hier_usable(c))) a = HM_ALGO_RING;
-  if (a < 0 && kind == HM_COLL_ALLREDUCE) a = choose_allreduce(c, bytes);
+  if (a == HM_ALGO_HIER && (!hier_kind(kind) || !hier_usable(c))) a = HM_ALGO_RING;
+  if (a < 0 && hier_kind(kind) && hier_usable(c)) a = choose_topo(c, kind, bytes);
   if (a < 0) a = (int)hm_cost_best_algo(kind, c->nranks, (double)bytes, &c->link, NULL);
   switch (kind) {
     case HM_COLL_ALLREDUCE: return (hm_coll_algo)a;
     case HM_COLL_BROADCAST: return a == HM_ALGO_RING ? HM_ALGO_RING : HM_ALGO_TREE;
     case HM_COLL_REDUCE: return HM_ALGO_TREE;
     case HM_COLL_BARRIER: return HM_ALGO_RECURSIVE_DOUBLING;
+    case HM_COLL_REDUCE_SCATTER:
+    case HM_COLL_ALLGATHER: return a == HM_ALGO_HIER ? HM_ALGO_HIER : HM_ALGO_RING;
     default: return HM_ALGO_RING;
   }
 }
@@ -182,6 +187,68 @@ static hm_status allreduce_hier(hm_comm_t c, const hm_coll_args *a, const hm_xct
   if (st == HM_OK) st = ring_run(&across, a, cx, in, mine, seg_len(&m, i), RING_RS | RING_AG, c->nranks);
   if (st == HM_OK && k > 1) st = ring_run(&pool, a, cx, a->recvbuf, a->recvbuf, a->count, RING_AG, 0);
   if (x != cross) free(x);
+  return st;
+}
+
+/* The cross ring of this rank (the ranks of its place in every pool), in x[npools]. */
+static int *cross_ring(const hm_topo *t, int *stack) {
+  int *x = t->npools <= XFER_STACK ? stack : hm_malloc(sizeof(int) * (size_t)t->npools, "cross ring");
+  for (int p = 0; x && p < t->npools; p++) x[p] = t->members[p * t->per_pool + t->me_index];
+  return x;
+}
+
+/* Bundle order: bundle i holds the blocks of the ranks at place i of every pool, pool by pool.
+ * Copies block by block between the rank order (ranks[r]) and the bundle order. */
+static void bundle_copy(const hm_topo *t, char *bundled, char *ranked, size_t block, int to_bundles) {
+  for (int i = 0; i < t->per_pool; i++)
+    for (int p = 0; p < t->npools; p++) {
+      char *b = bundled + ((size_t)i * (size_t)t->npools + (size_t)p) * block;
+      char *r = ranked + (size_t)t->members[p * t->per_pool + i] * block;
+      if (block) memcpy(to_bundles ? b : r, to_bundles ? r : b, block);
+    }
+}
+
+/* Hierarchical reduce-scatter: the input in bundle order, a ring reduce-scatter of the bundles
+ * inside the pool (this rank keeps its place's bundle, summed over the pool), then a ring
+ * reduce-scatter of that bundle across the pools. Reduction order of a block: the pool ring's
+ * order for its bundle (ring_run), then the cross ring's order over the pools' partial sums. */
+static hm_status reduce_scatter_hier(hm_comm_t c, const hm_coll_args *a, const hm_xctx *cx) {
+  const hm_topo *t = &c->topo;
+  const int k = t->per_pool, np = t->npools;
+  const size_t block = a->count * hm_dtype_size(a->dt), bundle = block * (size_t)np;
+  char *tmp = hm_comm_scratch(c, block * (size_t)c->nranks);
+  if (!tmp && block) return HM_ERR_NOMEM;
+  int stack[XFER_STACK], *x = cross_ring(t, stack);
+  if (!x) return HM_ERR_NOMEM;
+  bundle_copy(t, tmp, (char *)a->sendbuf, block, 1);
+  ring_grp pool = {t->members + t->me_pool * k, k, t->me_index}, across = {x, np, t->me_pool};
+  char *mine = tmp + (size_t)t->me_index * bundle;
+  hm_status st = HM_OK;
+  if (k > 1) st = ring_run(&pool, a, cx, tmp, tmp, a->count * (size_t)c->nranks, RING_RS, 0);
+  if (st == HM_OK) st = ring_run(&across, a, cx, mine, mine, a->count * (size_t)np, RING_RS, c->nranks);
+  if (st == HM_OK && block) memcpy(a->recvbuf, mine + (size_t)t->me_pool * block, block);
+  if (x != stack) free(x);
+  return st;
+}
+
+/* Hierarchical allgather: a ring allgather across the pools (this rank's bundle: the blocks of
+ * its place in every pool), then a ring allgather of the bundles inside the pool, then the
+ * bundles back into rank order. Copies only, so the result equals the flat ring's. */
+static hm_status allgather_hier(hm_comm_t c, const hm_coll_args *a, const hm_xctx *cx) {
+  const hm_topo *t = &c->topo;
+  const int k = t->per_pool, np = t->npools;
+  const size_t block = a->count * hm_dtype_size(a->dt), bundle = block * (size_t)np;
+  char *tmp = hm_comm_scratch(c, block * (size_t)c->nranks);
+  if (!tmp && block) return HM_ERR_NOMEM;
+  int stack[XFER_STACK], *x = cross_ring(t, stack);
+  if (!x) return HM_ERR_NOMEM;
+  ring_grp pool = {t->members + t->me_pool * k, k, t->me_index}, across = {x, np, t->me_pool};
+  char *mine = tmp + (size_t)t->me_index * bundle;
+  if (block) memcpy(mine + (size_t)t->me_pool * block, a->sendbuf, block);
+  hm_status st = ring_run(&across, a, cx, mine, mine, a->count * (size_t)np, RING_AG, 0);
+  if (st == HM_OK && k > 1) st = ring_run(&pool, a, cx, tmp, tmp, a->count * (size_t)c->nranks, RING_AG, 0);
+  if (st == HM_OK) bundle_copy(t, tmp, a->recvbuf, block, 0);
+  if (x != stack) free(x);
   return st;
 }
 
@@ -446,8 +513,12 @@ hm_status hm_coll_execute(hm_comm_t c, const hm_coll_args *a) {
     case HM_COLL_REDUCE: return reduce_tree(c, a, &cx, 1);
     case HM_COLL_BROADCAST:
       return broadcast_tree(c, a, &cx, hm_coll_choose(c, a->kind, a->count * es) == HM_ALGO_RING);
-    case HM_COLL_REDUCE_SCATTER: return reduce_scatter_ring(c, a, &cx);
-    case HM_COLL_ALLGATHER: return allgather_ring(c, a, &cx);
+    case HM_COLL_REDUCE_SCATTER:
+      if (hm_coll_choose(c, a->kind, a->count * es * (size_t)n) == HM_ALGO_HIER) return reduce_scatter_hier(c, a, &cx);
+      return reduce_scatter_ring(c, a, &cx);
+    case HM_COLL_ALLGATHER:
+      if (hm_coll_choose(c, a->kind, a->count * es * (size_t)n) == HM_ALGO_HIER) return allgather_hier(c, a, &cx);
+      return allgather_ring(c, a, &cx);
     case HM_COLL_ALLTOALL: return alltoall_direct(c, a, &cx);
     case HM_COLL_GATHER: return gather_scatter_direct(c, a, &cx, 1);
     case HM_COLL_SCATTER: return gather_scatter_direct(c, a, &cx, 0);

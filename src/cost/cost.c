@@ -107,15 +107,24 @@ double hm_cost_collective(hm_coll_kind kind, hm_coll_algo algo, int nranks, doub
   }
 }
 
-double hm_cost_allreduce_hier(int npools, int per_pool, int sharing, double bytes, const hm_link *pool,
-                              const hm_link *cross) {
+double hm_cost_hier(hm_coll_kind kind, int npools, int per_pool, int sharing, double bytes, const hm_link *pool,
+                    const hm_link *cross) {
   if (npools < 1 || per_pool < 1 || sharing < 1) return -1.0;
-  const double seg = bytes / per_pool;
+  const double part = bytes / per_pool; /* what one rank moves between the pools */
   hm_link shared = *cross;
   shared.bandwidth = cross->bandwidth / sharing;
-  double t = hm_cost_collective(HM_COLL_REDUCE_SCATTER, HM_ALGO_RING, per_pool, bytes, pool) +
-             hm_cost_collective(HM_COLL_ALLGATHER, HM_ALGO_RING, per_pool, bytes, pool);
-  return t + hm_cost_collective(HM_COLL_ALLREDUCE, HM_ALGO_RING, npools, seg, &shared);
+  const double rs = hm_cost_collective(HM_COLL_REDUCE_SCATTER, HM_ALGO_RING, per_pool, bytes, pool);
+  const double ag = hm_cost_collective(HM_COLL_ALLGATHER, HM_ALGO_RING, per_pool, bytes, pool);
+  switch (kind) {
+    case HM_COLL_ALLREDUCE:
+      return rs + ag + hm_cost_collective(HM_COLL_ALLREDUCE, HM_ALGO_RING, npools, part, &shared);
+    case HM_COLL_REDUCE_SCATTER:
+      return rs + hm_cost_collective(HM_COLL_REDUCE_SCATTER, HM_ALGO_RING, npools, part, &shared);
+    case HM_COLL_ALLGATHER:
+      return hm_cost_collective(HM_COLL_ALLGATHER, HM_ALGO_RING, npools, part, &shared) + ag;
+    default:
+      return -1.0;
+  }
 }
 
 hm_coll_algo hm_cost_best_algo(hm_coll_kind kind, int nranks, double bytes, const hm_link *link,
