@@ -5,8 +5,9 @@
  * grace period and is named; nothing started here survives the call (each worker leads its own
  * session and process group, all killed before returning, plus PR_SET_PDEATHSIG in each child
  * for the case the launcher itself dies).
- * What it is not: a multi-host launcher (mpirun and srun do that; workers then read their rank
- * with hm_launch_env_read()), nor a restart policy.
+ * Workers may each enter a network namespace before exec (opts.rank_netns: a testbed of hosts on
+ * this machine, scripts/testbed.sh). What it is not: a multi-host launcher (mpirun and srun do
+ * that; workers then read their rank with hm_launch_env_read()), nor a restart policy.
  *
  * Why no SIGCHLD: OpenBLAS and OpenMP start threads in this process that do not block signals,
  * so a blocked-signal + signalfd scheme can lose SIGCHLD to them. Exits are seen through a
