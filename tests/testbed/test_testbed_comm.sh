@@ -2,11 +2,12 @@
 # hmcomm across the testbed: `hetmix launch --cluster C --netns` starts 8 ranks in 4 namespaces
 # (2 pools x 2 hosts x 2 ranks: shared memory inside a host, TCP between hosts) and
 # `hetmix bench comm -c 1` checks every result of allreduce (ring, hierarchical, the tuner's
-# choice), reduce_scatter and allgather, 4 KiB - 1 MiB, with exactly representable values.
+# choice), reduce_scatter and allgather, 4 KiB - 1 MiB, with exactly representable values;
+# `hetmix profile --netns` measures the link inside a pool and the link between pools.
 # Exits 77 (skipped) where network namespaces cannot be made.
 #   tests/testbed/test_testbed_comm.sh <scripts/testbed.sh> <hetmix>
 set -uo pipefail
-tb=$1 hetmix=$2
+tb=$(readlink -f "$1") hetmix=$(readlink -f "$2")
 name="tc$(( $$ % 1000000 ))"
 work=$(mktemp -d)
 trap '"$tb" down --name "$name" >/dev/null 2>&1; rm -rf "$work"' EXIT
@@ -32,6 +33,19 @@ run() { # what, bench args...
 for algo in ring hier auto; do run "allreduce $algo" allreduce -b 4K -e 1M -f 16 --algo "$algo" -d all; done
 run "reduce_scatter" reduce_scatter -b 4K -e 1M -f 16
 run "allgather" allgather -b 4K -e 1M -f 16
+# hetmix profile --netns probes both link classes between namespaces (a 1 MiB message takes
+# 0.1 s on the 80 Mbit/s link: the peer's BYE used to overtake it and fail the receive)
+cat >"$work/model.json" <<'JSON'
+{"version": 1, "name": "tb-tiny", "dtype": "fp32", "config": {"arch": "gpt2", "L": 1, "C": 32, "NH": 2, "V": 256, "T": 16}}
+JSON
+if ! (cd "$work" && timeout 200 "$hetmix" profile --cluster c.json --model model.json --netns --micro-batches 1 \
+      --reps 1 --budget 0.1 -o p.json) >"$work/prof" 2>&1; then
+  echo "FAIL: profile --netns"; cat "$work/prof"; fail=1
+elif ! grep -q "^pool " "$work/prof" || ! grep -q "^cross " "$work/prof"; then
+  echo "FAIL: profile --netns did not probe the pool and cross links"; cat "$work/prof"; fail=1
+else
+  echo "ok   profile --netns: $(grep -E '^(pool|cross) ' "$work/prof" | awk '{printf "%s %s us %s GB/s; ", $1, $2, $3}')"
+fi
 # a host missing from the testbed is named before anything starts
 sed "s/$name-p1h1/$name-p9h9/" "$work/c.json" >"$work/bad.json"
 if "$hetmix" launch --cluster "$work/bad.json" --netns -- true 2>"$work/err"; then
