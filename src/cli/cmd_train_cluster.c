@@ -117,7 +117,8 @@ static int parse_cluster_args(int argc, char **argv, cluster_args *a) {
                  "steps of each --measure-bound run (the first is not timed) [5]"),
       HM_OPT_FLAG_ROW("netns", 0, &a->netns,
                       "run each host's workers in the network namespace named like\n"
-                      "the host (a testbed from scripts/testbed.sh; hetmix launch --netns)"),
+                      "the host (a testbed from scripts/testbed.sh; hetmix launch --netns),\n"
+                      "and profile the links between the hosts (hetmix profile --netns)"),
       HM_OPT_END_ROW};
   const hm_opt_spec spec = {
       "train --cluster local", "hetmix train --cluster FILE|local [options]",
@@ -178,8 +179,12 @@ static int profile_and_plan(const char *self, const cluster_args *a, const hm_mo
   snprintf(reps_s, sizeof reps_s, "%d", a->reps);
   printf("== 1/3 profile: %s on %s\n", cfg->name, cl_path);
   fflush(stdout);
-  char *prof_args[] = {"profile", "--cluster", (char *)cl_path, "--model", model_path, "--train", train_path, "-o",
-                       prof_path, "--reps", reps_s, a->profile_alone ? NULL : "--concurrent", NULL};
+  char *prof_args[16] = {"profile", "--cluster", (char *)cl_path, "--model", model_path, "--train", train_path, "-o",
+                         prof_path, "--reps", reps_s};
+  int n = 11;
+  if (!a->profile_alone) prof_args[n++] = "--concurrent";
+  if (a->netns) prof_args[n++] = "--netns"; /* the links between the testbed's hosts too */
+  prof_args[n] = NULL;
   hm_status st = hm_cli_run_self(self, prof_args, "hetmix profile");
   if (st != HM_OK) return hm_cli_fail_status(st, "train", NULL);
   printf("\n== 2/3 plan\n");
