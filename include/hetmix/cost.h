@@ -37,12 +37,13 @@ typedef enum hm_coll_algo {
   HM_ALGO_RING = 0,          /* bandwidth-optimal */
   HM_ALGO_RECURSIVE_DOUBLING, /* latency-optimal for small messages */
   HM_ALGO_TREE,              /* binomial tree (rooted collectives, small allreduce) */
+  HM_ALGO_HIER,              /* hierarchical over pools (hm_cost_hier) */
   HM_ALGO_COUNT
 } hm_coll_algo;
 
 const char *hm_coll_kind_name(hm_coll_kind k);
-const char *hm_coll_algo_name(hm_coll_algo a);  /* "ring", "rd", "tree" */
-/* Parses "ring" | "rd" | "tree"; returns -1 for anything else. */
+const char *hm_coll_algo_name(hm_coll_algo a);  /* "ring", "rd", "tree", "hier" */
+/* Parses "ring" | "rd" | "tree" | "hier"; returns -1 for anything else. */
 int hm_coll_algo_parse(const char *s);
 
 /* latency + bytes / bandwidth. */
@@ -52,6 +53,19 @@ double hm_cost_p2p(const hm_link *link, double bytes);
  * Returns a negative value when the algorithm does not implement that collective. */
 double hm_cost_collective(hm_coll_kind kind, hm_coll_algo algo, int nranks, double bytes,
                           const hm_link *link);
+
+/* Hierarchical collectives over npools pools of per_pool ranks each (bytes: the whole array,
+ * as everywhere). Allreduce: ring reduce-scatter inside each pool (per_pool segments), ring
+ * allreduce of each segment between the pools (the ranks with the same place in their pool),
+ * ring allgather inside each pool. Reduce-scatter: the pool's reduce-scatter of the whole array
+ * (each rank keeps the bundle of the pools' blocks for its place), then reduce-scatter of that
+ * bundle between the pools. Allgather: allgather between the pools, then of the bundles inside
+ * the pool. `pool` is the slowest link of a pool's ring, `cross` a host's link to another pool;
+ * all ranks of a pool cross at once, `sharing` of them (the ranks of one host) through one host's
+ * link. Negative for other kinds. hm_cost_collective gives -1 for HM_ALGO_HIER: it needs the
+ * topology. */
+double hm_cost_hier(hm_coll_kind kind, int npools, int per_pool, int sharing, double bytes, const hm_link *pool,
+                    const hm_link *cross);
 
 /* The algorithm with the lowest predicted time (ties go to the lower enum value), so every rank
  * given the same inputs picks the same one. *seconds may be NULL. */

@@ -50,6 +50,8 @@ typedef struct hm_link_probe_options {
   size_t sizes[HM_PROFILE_MAX_SIZES];
   double seconds_per_size; /* time spent per size (default 0.05) */
   int timeout_ms;          /* deadline of the whole measurement (default 30000) */
+  const char *netns[2];    /* rank r runs in network namespace netns[r] (a testbed host,
+                              scripts/testbed.sh) and listens on its address; NULL: here */
 } hm_link_probe_options;
 
 /* Forks two processes that bootstrap an hmcomm communicator (hm_get_unique_id in this process,
@@ -96,6 +98,8 @@ typedef struct hm_profile_options {
   int timeout_s;                     /* deadline of a concurrent measurement [3600] */
   int links;                         /* 1: probe shm and tcp between two local processes */
   const char *link_transport;        /* which probe the intra-host entries record ["shm"] */
+  int netns;                         /* 1: also probe the links between the cluster's hosts, each
+                                        host the network namespace named like it (a testbed) */
   hm_link_probe_options link_probe;  /* sizes and time per size (transport is set per probe) */
   uint64_t seed;                     /* parameters and inputs of the timed stages */
   hm_profile_progress_fn progress;
@@ -107,7 +111,8 @@ void hm_profile_options_default(hm_profile_options *o);
 /* What was measured beyond the profile entries, for reporting. */
 typedef struct hm_profile_report {
   int nfits;
-  hm_link_fit fits[2];        /* shm, tcp (when links were probed) */
+  hm_link_fit fits[4];        /* shm, tcp (when links were probed); with netns: "pool" (two
+                                 hosts of one pool), "cross" (hosts of two pools) */
   int ntypes_measured;
   int nskipped;               /* (type, kind, micro-batch) that did not fit their device */
   double seconds;             /* wall time of the whole measurement */

@@ -48,9 +48,13 @@ typedef struct hm_launch_opts {
                               nworkers ranks itself: one process is spawned, given
                               HETMIX_STORE_ADDR and HETMIX_SECRET but no rank; the heartbeat
                               watch names ranks, a silent or hung one is killed when on this host */
+  char *const *rank_netns; /* per rank (nworkers entries): the network namespace (a name under
+                              /run/netns, as `ip netns` makes) the worker runs in, or NULL */
+  char *const *const *rank_env; /* per rank: NULL-terminated "NAME=value" entries for that worker
+                              only (before extra_env), or NULL */
 } hm_launch_opts;
 
-#define HM_LAUNCH_OPTS_INIT {0, NULL, 0, 0, 0, 0, 0, NULL, NULL, NULL, 0, 0, 0, 0}
+#define HM_LAUNCH_OPTS_INIT {0, NULL, 0, 0, 0, 0, 0, NULL, NULL, NULL, 0, 0, 0, 0, NULL, NULL}
 
 /* The progress watchdog's factor over the longest step seen (a checkpoint's step included). */
 #define HM_WATCH_FACTOR 5
@@ -124,6 +128,12 @@ hm_status hm_random_hex(char *buf, size_t cap, size_t nbytes);
 
 /* A TCP port on host (loopback) that is free at the time of the call (bind to port 0). */
 hm_status hm_launch_free_port(const char *host, int *port);
+
+/* The IPv4 address of network namespace `netns` (a name under /run/netns): the first address of
+ * an interface that is up and not loopback. HM_ERR_NOT_FOUND when there is none. */
+hm_status hm_netns_addr(const char *netns, char *addr, size_t cap);
+/* Opens /run/netns/<netns> (O_CLOEXEC) for setns(2); *fd is -1 and a message set on failure. */
+hm_status hm_netns_open(const char *netns, int *fd);
 
 
 #ifdef __cplusplus

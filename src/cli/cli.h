@@ -24,6 +24,19 @@ hm_status hm_cli_run_self(const char *self, char *const *args, const char *what)
  * half-speed `cpu-half`, with the reason in why (else why is ""). */
 const char *hm_cli_local_cluster(char *why, size_t cap);
 
+/* The ranks of a cluster file placed in the network namespaces named like their hosts
+ * (launch_hosts.c, for `hetmix launch --netns`; with a plan, its ranks on the devices the plan
+ * assigns them): per rank the namespace and the environment
+ * (listen address, pool, link figures); store_host is rank 0's address. */
+typedef struct hm_launch_hosts {
+  int n;
+  char **netns;
+  char ***env;
+  char store_host[64];
+} hm_launch_hosts;
+hm_status hm_launch_hosts_from_cluster(const char *path, const char *plan_path, hm_launch_hosts *h);
+void hm_launch_hosts_free(hm_launch_hosts *h);
+
 int hm_cmd_train(int argc, char **argv);     /* cmd_train.c */
 int hm_cmd_train_cluster(int argc, char **argv); /* cmd_train_cluster.c: train --cluster */
 int hm_cmd_sample(int argc, char **argv);    /* cmd_sample.c */

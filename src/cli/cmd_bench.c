@@ -540,7 +540,7 @@ static int bench_comm(int argc, char **argv) {
       HM_OPT_ROW(HM_OPT_INT, "check", 'c', &o.check, 0, 1, "0|1", "verify results with exactly representable values [1]"),
       HM_OPT_ROW(HM_OPT_INT, "ranks", 0, &o.ranks, 1, 256, "N", "fork N local ranks (default: the launcher's, else 2)"),
       HM_OPT_CHOICE_ROW("transport", 't', &o.transport, transports, "[auto]"),
-      HM_OPT_STR_ROW("algo", 0, &o.algo, "A", "auto ring rd tree [auto]"),
+      HM_OPT_STR_ROW("algo", 0, &o.algo, "A", "auto ring rd tree hier [auto]"),
       HM_OPT_ROW(HM_OPT_DOUBLE, "timeout", 0, &o.timeout_s, 1e-3, 1e9, "S", "kill forked ranks after S seconds [900]"),
       HM_OPT_FLAG_ROW("bind", 0, &o.bind, "pin forked rank r to the r-th CPU this process may use (mod\n"
                       "their count), as mpirun's default binding does"),
@@ -568,7 +568,7 @@ static int bench_comm(int argc, char **argv) {
   if (dt_name && (o.dt = parse_dtype(dt_name)) < -1)
     return hm_opts_bad_value(&spec, "datatype", dt_name, "is not a data type");
   if (o.algo && strcmp(o.algo, "auto") && hm_coll_algo_parse(o.algo) < 0)
-    return hm_opts_bad_value(&spec, "algo", o.algo, "is not an algorithm (auto ring rd tree)");
+    return hm_opts_bad_value(&spec, "algo", o.algo, "is not an algorithm (auto ring rd tree hier)");
   if (o.min_bytes > o.max_bytes)
     return hm_cli_fail("pass -b <= -e", "minbytes %zu is above maxbytes %zu", o.min_bytes, o.max_bytes);
   if (o.step_factor <= 1 && o.step_bytes == 0) o.step_factor = 2;

@@ -78,7 +78,7 @@ static const char *worker_dump_dir(char *const *wargv) {
 int hm_cmd_launch(int argc, char **argv) {
   hm_launch_opts opts = HM_LAUNCH_OPTS_INIT;
   const char *plan_path = NULL, *cluster_path = NULL, *model_path = NULL, *events_path = NULL, *launcher = NULL;
-  int timeout_s = 0, max_restarts = 0, watchdog_s = 10, drop_after = 0, nexclude = 0;
+  int timeout_s = 0, netns = 0, max_restarts = 0, watchdog_s = 10, drop_after = 0, nexclude = 0;
   int exclude[64];
   double predicted_step_s = 0;
   const hm_opt table[] = {
@@ -86,6 +86,7 @@ int hm_cmd_launch(int argc, char **argv) {
       HM_OPT_STR_ROW("plan", 0, &plan_path, "FILE", "start the workers of a plan"),
       HM_OPT_STR_ROW("cluster", 0, &cluster_path, "C", "with --plan: refuse the plan unless it fits this cluster spec"),
       HM_OPT_STR_ROW("model", 0, &model_path, "M", "with --plan: refuse the plan unless it fits this model spec"),
+      HM_OPT_FLAG_ROW("netns", 0, &netns, "with --cluster: run each host's workers in the network namespace named like the host (scripts/testbed.sh)"),
       HM_OPT_FLAG_ROW("tag-output", 0, &opts.tag_output, "prefix each output line with \"[rank R] \""),
       HM_OPT_ROW(HM_OPT_INT, "grace-ms", 0, &opts.grace_ms, 1, 600000, "MS",
                  "SIGTERM to SIGKILL delay when stopping workers [2000]"),
@@ -129,7 +130,11 @@ int hm_cmd_launch(int argc, char **argv) {
       "\n"
       "With --plan, N is the plan's number of ranks and each runs `hetmix worker --plan plan.json`\n"
       "plus the worker options after `--` (e.g. --steps 100 --out run); a plan that does not fit\n"
-      "the --cluster / --model spec files (or its own embedded ones) is refused before starting.",
+      "the --cluster / --model spec files (or its own embedded ones) is refused before starting.\n"
+      "\n"
+      "With --cluster C --netns (a testbed from scripts/testbed.sh), the cluster's ranks run each in\n"
+      "the network namespace named like its host, listening on that namespace's address, with\n"
+      "their pool and the file's link figures in HETMIX_POOL, HETMIX_LINK_POOL, HETMIX_LINK_CROSS.",
       table, NULL, 0, 1};
   hm_opt_result parsed = {NULL, 0, 0};
   const int prc = hm_opts_parse(&spec, argc, argv, &parsed);
@@ -161,8 +166,27 @@ int hm_cmd_launch(int argc, char **argv) {
     wargv[wn++] = (char *)plan_path;
     if (cluster_path) wargv[wn++] = "--cluster", wargv[wn++] = (char *)cluster_path;
     if (model_path) wargv[wn++] = "--model", wargv[wn++] = (char *)model_path;
-  } else if (cluster_path || model_path) {
+  } else if (model_path || (cluster_path && !netns)) {
     return hm_cli_fail(NULL, "--cluster and --model check a --plan; give --plan too");
+  }
+  hm_launch_hosts hosts = {0};
+  if (netns) {
+    if (!cluster_path) return hm_cli_fail("scripts/testbed.sh up --out C writes one", "--netns needs --cluster C");
+    hm_status hst = hm_launch_hosts_from_cluster(cluster_path, plan_path, &hosts);
+    if (hst != HM_OK) return hm_cli_fail_status(hst, "launch --netns", "bring the testbed up: scripts/testbed.sh up");
+    if (opts.nworkers > 0 && opts.nworkers != hosts.n) {
+      hm_launch_hosts_free(&hosts);
+      return hm_cli_fail("leave -n out with --netns", "the cluster has %d ranks, the job %d", hosts.n, opts.nworkers);
+    }
+    opts.nworkers = hosts.n;
+    opts.rank_netns = hosts.netns;
+    opts.rank_env = (char *const *const *)hosts.env;
+    opts.store_host = hosts.store_host;
+    if (launcher || drop_after > 0 || nexclude > 0) {
+      hm_launch_hosts_free(&hosts);
+      return hm_cli_fail(NULL, "--netns places each rank in its host's namespace: it cannot be combined with "
+                         "--launcher, --drop-after or --exclude");
+    }
   }
   if (opts.nworkers <= 0)
     return hm_cli_fail("for example: hetmix launch -n 4 -- ./my_worker", "how many workers? give -n N or --plan");
@@ -227,13 +251,15 @@ int hm_cmd_launch(int argc, char **argv) {
   opts.step_deadline_ms = floor_s * 1000 > INT_MAX ? INT_MAX : (int)(floor_s * 1000);
   launch_report lr = {NULL, drop_after > 0 ? el : NULL};
   if (events_path && !(lr.events = fopen(events_path, "a")))
-    return free(el), hm_cli_fail(NULL, "cannot open --events %s: %s", events_path, strerror(errno));
+    return free(el), hm_launch_hosts_free(&hosts),
+           hm_cli_fail(NULL, "cannot open --events %s: %s", events_path, strerror(errno));
   hm_restart_opts ro = {opts, max_restarts, run_dir, NULL, launch_on_attempt, &lr, NULL};
   ro.reshape = launch_reshape;
   hm_launch_result res;
   hm_status st = hm_launch_with_restarts(&ro, &res, NULL);
   free(el);
   if (lr.events) fclose(lr.events);
+  hm_launch_hosts_free(&hosts);
   if (st == HM_OK) return 0;
   const char *hint = NULL;
   if (st == HM_ERR_PEER_DEAD)

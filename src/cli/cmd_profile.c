@@ -49,6 +49,11 @@ int hm_cmd_profile(int argc, char **argv) {
       HM_OPT_FLAG_ROW("no-links", 0, &no_links, "do not probe links (the cluster spec's figures stay)"),
       HM_OPT_CHOICE_ROW("link-transport", 0, &o.link_transport, transports,
                         "which probe the intra-host link entries record [shm]"),
+      HM_OPT_FLAG_ROW("netns", 0, &o.netns,
+                      "also probe the links between the cluster's hosts, each the network\n"
+                      "namespace named like it (a testbed, scripts/testbed.sh): two hosts\n"
+                      "of one pool (\"pool\") and of two pools (\"cross\"), written as the\n"
+                      "inter_host entries of the type pairs whose hosts are all of that kind"),
       HM_OPT_END_ROW};
   const hm_opt_spec spec = {
       "profile", "hetmix profile --cluster C --model M [--train T] [-o profile.json] [options]",
@@ -131,7 +136,9 @@ int hm_cmd_profile(int argc, char **argv) {
     for (int i = 0; i < rep.nfits; i++)
       printf("%-5s %12.2f %16.3f %11.1f%%%s\n", rep.fits[i].transport, 1e6 * rep.fits[i].latency,
              rep.fits[i].bandwidth / 1e9, 100 * rep.fits[i].max_rel_err,
-             strcmp(rep.fits[i].transport, o.link_transport) ? "" : "   <- written as intra_host");
+             !strcmp(rep.fits[i].transport, o.link_transport) ? "   <- written as intra_host"
+             : strcmp(rep.fits[i].transport, "pool") && strcmp(rep.fits[i].transport, "cross") ? ""
+                                                                                               : "   <- inter_host, for type pairs whose hosts are all this kind");
     printf("%12s", "bytes");
     for (int i = 0; i < rep.nfits; i++) printf("  %9s(us)  %7s", rep.fits[i].transport, "fit");
     printf("\n");
@@ -139,6 +146,10 @@ int hm_cmd_profile(int argc, char **argv) {
       printf("%12.0f", rep.fits[0].bytes[k]);
       for (int i = 0; i < rep.nfits; i++) {
         const hm_link_fit *f = &rep.fits[i];
+        if (k >= f->npoints || f->bytes[k] != rep.fits[0].bytes[k]) { /* probed at fewer sizes */
+          printf("  %13s  %7s", "-", "-");
+          continue;
+        }
         printf("  %13.2f  %6.1f%%", 1e6 * f->seconds[k],
                100 * ((f->latency + f->bytes[k] / f->bandwidth) / f->seconds[k] - 1));
       }

@@ -32,10 +32,11 @@ typedef struct cluster_args {
   int global_batch, steps, reps, sample, rebalance, measure_bound, bound_steps, ckpt_every, keep, profile_alone;
   double lr;
   int max_restarts;
+  int netns;
 } cluster_args;
 
 static int parse_cluster_args(int argc, char **argv, cluster_args *a) {
-  *a = (cluster_args){NULL, "gpt-mini", "out", NULL, 16, 20, 3, 200, 0, 0, 5, 0, 3, 0, 1e-3, 0};
+  *a = (cluster_args){NULL, "gpt-mini", "out", NULL, 16, 20, 3, 200, 0, 0, 5, 0, 3, 0, 1e-3, 0, 0};
   const hm_opt opts[] = {
       HM_OPT_STR_ROW("cluster", 0, &a->cluster, "FILE|local",
                      "cluster spec; `local` is this machine as a cpu and an opencl\n"
@@ -67,6 +68,10 @@ static int parse_cluster_args(int argc, char **argv, cluster_args *a) {
                       "measured bound too"),
       HM_OPT_ROW(HM_OPT_INT, "bound-steps", 0, &a->bound_steps, 2, 1000000, "N",
                  "steps of each --measure-bound run (the first is not timed) [5]"),
+      HM_OPT_FLAG_ROW("netns", 0, &a->netns,
+                      "run each host's workers in the network namespace named like\n"
+                      "the host (a testbed from scripts/testbed.sh; hetmix launch --netns),\n"
+                      "and profile the links between the hosts (hetmix profile --netns)"),
       HM_OPT_END_ROW};
   const hm_opt_spec spec = {
       "train --cluster local", "hetmix train --cluster FILE|local [options]",
@@ -115,8 +120,12 @@ static int profile_and_plan(const char *self, const cluster_args *a, const hm_mo
   snprintf(reps_s, sizeof reps_s, "%d", a->reps);
   printf("== 1/3 profile: %s on %s\n", cfg->name, cl_path);
   fflush(stdout);
-  char *prof_args[] = {"profile", "--cluster", (char *)cl_path, "--model", model_path, "--train", train_path, "-o",
-                       prof_path, "--reps", reps_s, a->profile_alone ? NULL : "--concurrent", NULL};
+  char *prof_args[16] = {"profile", "--cluster", (char *)cl_path, "--model", model_path, "--train", train_path, "-o",
+                         prof_path, "--reps", reps_s};
+  int n = 11;
+  if (!a->profile_alone) prof_args[n++] = "--concurrent";
+  if (a->netns) prof_args[n++] = "--netns"; /* the links between the testbed's hosts too */
+  prof_args[n] = NULL;
   hm_status st = hm_cli_run_self(self, prof_args, "hetmix profile");
   if (st != HM_OK) return hm_cli_fail_status(st, "train", NULL);
   printf("\n== 2/3 plan\n");
@@ -128,7 +137,7 @@ static int profile_and_plan(const char *self, const cluster_args *a, const hm_mo
 }
 
 /* Launches the plan's workers (hetmix launch --plan) with traces and stage checkpoints. */
-static int train_plan(const char *self, const cluster_args *a) {
+static int train_plan(const char *self, const cluster_args *a, const char *cl_path) {
   char plan_path[PATH_MAX], meas_path[PATH_MAX], stages_dir[PATH_MAX], steps_s[16], lr_s[32], ckpt_s[16], keep_s[16];
   char restarts_s[16];
   snprintf(restarts_s, sizeof restarts_s, "%d", a->max_restarts);
@@ -144,9 +153,14 @@ static int train_plan(const char *self, const cluster_args *a) {
   if (st != HM_OK) return hm_cli_fail_status(st, "train", NULL);
   printf("\n== 3/3 train: %d workers, %d steps\n", nranks, a->steps);
   fflush(stdout);
-  char *args[32] = {"launch", "--plan", plan_path, "--max-restarts", restarts_s, "--", "--steps", steps_s, "--lr", lr_s,
+  char *args[40] = {"launch", "--plan", plan_path, "--max-restarts", restarts_s, "--", "--steps", steps_s, "--lr", lr_s,
                     "--out", (char *)a->out, "--trace", meas_path, "--trace-steps", "2", "--dump", stages_dir};
   int n = 18;
+  if (a->netns) { /* launch's own options go before `--` */
+    memmove(args + 8, args + 5, sizeof(char *) * 13);
+    args[5] = "--cluster", args[6] = (char *)cl_path, args[7] = "--netns";
+    n += 3;
+  }
   if (a->data) args[n++] = "--data", args[n++] = (char *)a->data;
   if (a->rebalance) args[n++] = "--rebalance";
   args[n++] = "--ckpt-every", args[n++] = ckpt_s;
@@ -217,7 +231,7 @@ int hm_cmd_train_cluster(int argc, char **argv) {
   self[sn] = '\0';
   if ((rc = write_specs(&a, &cfg, cl_path, sizeof cl_path)) != 0) return rc;
   if ((rc = profile_and_plan(self, &a, &cfg, cl_path)) != 0) return rc;
-  if ((rc = train_plan(self, &a)) != 0) return rc;
+  if ((rc = train_plan(self, &a, cl_path)) != 0) return rc;
   if ((rc = report(self, &a, &cfg, cl_path)) != 0) return rc;
   return a.sample > 0 ? print_sample(&a) : 0;
 }

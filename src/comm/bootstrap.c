@@ -141,7 +141,7 @@ static hm_status resolve_config(hm_comm_t c, const hm_comm_config *cfg) {
   c->cfg.heartbeat_ms = cfg->heartbeat_ms ? cfg->heartbeat_ms : (int)c->env.heartbeat_ms;
   c->cfg.peer_dead_ms = cfg->peer_dead_ms ? cfg->peer_dead_ms : (int)c->env.peer_dead_ms;
   static const char *const transports[] = {"auto", "shm", "tcp", NULL};
-  static const char *const algos[] = {"auto", "ring", "rd", "tree", NULL};
+  static const char *const algos[] = {"auto", "ring", "rd", "tree", "hier", NULL};
   HM_TRY(pick_str(cfg->transport, "HETMIX_TRANSPORT", "auto", transports, "transport", c->transport, sizeof c->transport));
   HM_TRY(pick_str(cfg->algorithm, "HETMIX_ALGO", "auto", algos, "algorithm", c->algorithm, sizeof c->algorithm));
   HM_TRY(pick_str(cfg->listen_addr, "HETMIX_LISTEN_ADDR", "127.0.0.1", NULL, "listen_addr", c->listen_addr, sizeof c->listen_addr));
@@ -174,20 +174,6 @@ static hm_comm_t comm_alloc(void) {
   return c;
 }
 
-static uint64_t host_key(void) {
-  char buf[512] = "";
-  gethostname(buf, 255);
-  FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
-  if (f) {
-    size_t l = strlen(buf);
-    if (!fgets(buf + l, (int)(sizeof buf - l), f)) buf[l] = '\0';
-    fclose(f);
-  }
-  uint64_t h = 1469598103934665603ull;
-  for (const char *p = buf; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
-  return h;
-}
-
 static void comm_free(hm_comm_t c) {
   if (!c) return;
   hm_comm_heartbeat_stop(c);
@@ -206,6 +192,7 @@ static void comm_free(hm_comm_t c) {
   free(c->scratch);
   free(c->cma_tmp);
   free(c->last_heard);
+  hm_topo_free(&c->topo);
   pthread_mutex_destroy(&c->ctrl_mu);
   pthread_mutex_destroy(&c->hb_mu);
   pthread_cond_destroy(&c->hb_cv);
@@ -223,7 +210,7 @@ static hm_status prepare_local(hm_comm_t c, hm_rank_info *me, char *shm_name, si
   memset(me, 0, sizeof *me);
   me->magic = RANK_INFO_MAGIC;
   me->size = sizeof *me;
-  me->host_key = host_key();
+  HM_TRY(hm_topo_local(me));
   me->pid = (int32_t)getpid();
   me->port = port;
   me->nranks = c->nranks;
@@ -292,9 +279,7 @@ static hm_status check_table(hm_comm_t c, const hm_rank_info *info) {
 /* Waits spin briefly, then yield while this host's ranks fit its cores (like Open MPI's
  * yield-when-idle, it keeps a loaded machine's scheduler on our side), then sleep on the
  * doorbell. With more ranks than cores they sleep right after the spin. */
-static void wait_policy(hm_comm_t c) {
-  int local = 1;
-  for (int r = 0; r < c->nranks; r++) local += c->peers[r].tp && (c->peers[r].tp->caps & HM_TP_LOCAL);
+static void wait_policy(hm_comm_t c, int local) {
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
   long spin_us = c->env.spin_us >= 0 ? c->env.spin_us : 20;
   long yield_us = c->env.yield_us >= 0 ? c->env.yield_us : local <= cpus ? 10000000 : 0;
@@ -355,7 +340,8 @@ static hm_status connect_mesh(hm_comm_t c, const hm_rank_info *info, uint64_t de
   if (!c->peers) return HM_ERR_NOMEM;
   for (int r = 0; r < n; r++) c->peers[r].ctrl_fd = c->peers[r].data_fd = -1;
   HM_TRY(check_table(c, info));
-  wait_policy(c);
+  HM_TRY(hm_topo_build(&c->topo, info, n, me));
+  wait_policy(c, hm_topo_same_machine(info, n, me));
   /* tuner constants: the same on every rank because they derive from the shared table */
   hm_transport_job_link(info, n, &c->link);
   HM_TRY(connect_down(c, info, deadline));

@@ -68,14 +68,35 @@ static void add_desc_check(xlist *l, hm_comm_t c, const hm_coll_args *a) {
   }
 }
 
+/* The hierarchy is usable: 2+ pools of equal size. */
+static int hier_usable(hm_comm_t c) { return c->topo.regular && c->topo.per_pool >= 1; }
+static int hier_kind(hm_coll_kind k) {
+  return k == HM_COLL_ALLREDUCE || k == HM_COLL_REDUCE_SCATTER || k == HM_COLL_ALLGATHER;
+}
+
+/* Allreduce, reduce-scatter, allgather across pools: the flat algorithms over the slowest link
+ * of the job (the link between pools), against the hierarchy over its two link classes. */
+static int choose_topo(hm_comm_t c, hm_coll_kind kind, size_t bytes) {
+  const hm_topo *t = &c->topo;
+  double flat_t;
+  hm_coll_algo flat = hm_cost_best_algo(kind, c->nranks, (double)bytes, &t->cross_link, &flat_t);
+  double hier_t = hm_cost_hier(kind, t->npools, t->per_pool, t->per_host, (double)bytes, &t->pool_link, &t->cross_link);
+  return hier_t >= 0 && hier_t < flat_t ? HM_ALGO_HIER : (int)flat;
+}
+
+/* bytes: the whole array (reduce_scatter's input, allgather's output), as hm_cost_* take it. */
 hm_coll_algo hm_coll_choose(hm_comm_t c, hm_coll_kind kind, size_t bytes) {
   int a = c->forced_algo;
+  if (a == HM_ALGO_HIER && (!hier_kind(kind) || !hier_usable(c))) a = HM_ALGO_RING;
+  if (a < 0 && hier_kind(kind) && hier_usable(c)) a = choose_topo(c, kind, bytes);
   if (a < 0) a = (int)hm_cost_best_algo(kind, c->nranks, (double)bytes, &c->link, NULL);
   switch (kind) {
     case HM_COLL_ALLREDUCE: return (hm_coll_algo)a;
     case HM_COLL_BROADCAST: return a == HM_ALGO_RING ? HM_ALGO_RING : HM_ALGO_TREE;
     case HM_COLL_REDUCE: return HM_ALGO_TREE;
     case HM_COLL_BARRIER: return HM_ALGO_RECURSIVE_DOUBLING;
+    case HM_COLL_REDUCE_SCATTER:
+    case HM_COLL_ALLGATHER: return a == HM_ALGO_HIER ? HM_ALGO_HIER : HM_ALGO_RING;
     default: return HM_ALGO_RING;
   }
 }
@@ -88,16 +109,25 @@ static void forward(hm_xfer *rv, hm_xfer *s) {
 }
 
 /* ---- allreduce ---- */
-static hm_status allreduce_ring(hm_comm_t c, const hm_coll_args *a, const hm_xctx *cx) {
-  const int n = c->nranks, r = c->rank, right = mod(r + 1, n), left = mod(r - 1, n);
+/* A ring over a group of ranks (g[0..n-1], this rank at g[me]) on count elements from sb to rb.
+ * RING_RS: reduce-scatter (afterwards this rank holds the reduced segment me in rb); RING_AG:
+ * allgather of the segments (rb's segment me is this rank's). div divides the reduced result
+ * (HM_AVG). Reduction order of segment s: starting at the rank after s's owner (g[s+1]), each
+ * rank adds its own operand to what arrived: ((x[s+1] + x[s+2]) + ...) + x[s]. */
+enum { RING_RS = 1, RING_AG = 2 };
+typedef struct ring_grp {
+  const int *g;
+  int n, me;
+} ring_grp;
+static hm_status ring_run(const ring_grp *rg, const hm_coll_args *a, const hm_xctx *cx, const char *sb, char *rb,
+                          size_t count, int phases, int div) {
+  const int n = rg->n, r = rg->me, right = rg->g[mod(r + 1, n)], left = rg->g[mod(r - 1, n)];
   const size_t es = hm_dtype_size(a->dt);
-  const char *sb = a->sendbuf;
-  char *rb = a->recvbuf;
-  seg_map m = {a->count, (size_t)n};
+  seg_map m = {count, (size_t)n};
   xlist l;
   HM_TRY(xl_init(&l, 4 * (n - 1)));
   hm_xfer *prev_recv = NULL;
-  for (int k = 0; k < n - 1; k++) {
+  for (int k = 0; (phases & RING_RS) && k < n - 1; k++) {
     int ss = mod(r - k - 1, n), rs = mod(r - k - 2, n);
     hm_xfer *s = xl_add(&l);
     hm_xfer_send(s, right, (k == 0 ? sb : rb) + seg_off(&m, ss) * es, seg_len(&m, ss) * es, a->seq, a->desc);
@@ -105,22 +135,121 @@ static hm_status allreduce_ring(hm_comm_t c, const hm_coll_args *a, const hm_xct
     if (prev_recv) forward(prev_recv, s);
     hm_xfer *rv = xl_add(&l);
     hm_xfer_recv_reduce(rv, left, rb + seg_off(&m, rs) * es, sb + seg_off(&m, rs) * es,
-                        seg_len(&m, rs) * es, a->seq, a->desc, k == n - 2 ? n : 0);
+                        seg_len(&m, rs) * es, a->seq, a->desc, k == n - 2 ? div : 0);
     s->stream = rv->stream = k + 1; /* the left neighbour's send of this step is our receive */
     prev_recv = rv;
   }
-  for (int k = 0; k < n - 1; k++) {
+  for (int k = 0; (phases & RING_AG) && k < n - 1; k++) {
     int ss = mod(r - k, n), rs = mod(r - k - 1, n);
     hm_xfer *s = xl_add(&l);
     hm_xfer_send(s, right, rb + seg_off(&m, ss) * es, seg_len(&m, ss) * es, a->seq, a->desc);
     s->cma_ok = 0; /* forwarded chunk by chunk from the slots (single copy measured slower) */
-    forward(prev_recv, s);
+    if (prev_recv) forward(prev_recv, s);
     hm_xfer *rv = xl_add(&l);
     hm_xfer_recv(rv, left, rb + seg_off(&m, rs) * es, seg_len(&m, rs) * es, a->seq, a->desc);
     s->stream = rv->stream = n + k;
     prev_recv = rv;
   }
   return xl_run(&l, cx);
+}
+
+static hm_status allreduce_ring(hm_comm_t c, const hm_coll_args *a, const hm_xctx *cx) {
+  int stack[XFER_STACK], *g = c->nranks <= XFER_STACK ? stack : hm_malloc(sizeof(int) * (size_t)c->nranks, "ring");
+  if (!g) return HM_ERR_NOMEM;
+  for (int i = 0; i < c->nranks; i++) g[i] = i;
+  ring_grp rg = {g, c->nranks, c->rank};
+  hm_status st = ring_run(&rg, a, cx, a->sendbuf, a->recvbuf, a->count, RING_RS | RING_AG, c->nranks);
+  if (g != stack) free(g);
+  return st;
+}
+
+/* Hierarchical allreduce (FlagCX's cluster-to-cluster scheme): ring reduce-scatter inside the
+ * pool (its ranks in rank order, so the ranks of one host are neighbours and talk through shared
+ * memory), then each rank allreduces its segment with the ranks of the same place in the other
+ * pools (a ring across pools: only 1/per_pool of the data per rank crosses the slow links), then
+ * ring allgather inside the pool. Reduction order of an element of pool segment s and cross
+ * segment t: the pool ring's order for s in each pool (ring_run), then the cross ring's order
+ * for t over the pools' partial sums; fixed by the layout, so every run and every rank gives the
+ * same bits, but not the flat ring's bits for floats (integers agree). */
+static hm_status allreduce_hier(hm_comm_t c, const hm_coll_args *a, const hm_xctx *cx) {
+  const hm_topo *t = &c->topo;
+  const int k = t->per_pool, np = t->npools, i = t->me_index;
+  const size_t es = hm_dtype_size(a->dt);
+  int cross[XFER_STACK], *x = np <= XFER_STACK ? cross : hm_malloc(sizeof(int) * (size_t)np, "cross ring");
+  if (!x) return HM_ERR_NOMEM;
+  for (int p = 0; p < np; p++) x[p] = t->members[p * k + i];
+  ring_grp pool = {t->members + t->me_pool * k, k, i}, across = {x, np, t->me_pool};
+  seg_map m = {a->count, (size_t)k};
+  char *mine = (char *)a->recvbuf + seg_off(&m, i) * es;
+  hm_status st = HM_OK;
+  if (k > 1) st = ring_run(&pool, a, cx, a->sendbuf, a->recvbuf, a->count, RING_RS, 0);
+  const char *in = k > 1 ? mine : (const char *)a->sendbuf;
+  if (st == HM_OK) st = ring_run(&across, a, cx, in, mine, seg_len(&m, i), RING_RS | RING_AG, c->nranks);
+  if (st == HM_OK && k > 1) st = ring_run(&pool, a, cx, a->recvbuf, a->recvbuf, a->count, RING_AG, 0);
+  if (x != cross) free(x);
+  return st;
+}
+
+/* The cross ring of this rank (the ranks of its place in every pool), in x[npools]. */
+static int *cross_ring(const hm_topo *t, int *stack) {
+  int *x = t->npools <= XFER_STACK ? stack : hm_malloc(sizeof(int) * (size_t)t->npools, "cross ring");
+  for (int p = 0; x && p < t->npools; p++) x[p] = t->members[p * t->per_pool + t->me_index];
+  return x;
+}
+
+/* Bundle order: bundle i holds the blocks of the ranks at place i of every pool, pool by pool.
+ * Copies block by block between the rank order (ranks[r]) and the bundle order. */
+static void bundle_copy(const hm_topo *t, char *bundled, char *ranked, size_t block, int to_bundles) {
+  for (int i = 0; i < t->per_pool; i++)
+    for (int p = 0; p < t->npools; p++) {
+      char *b = bundled + ((size_t)i * (size_t)t->npools + (size_t)p) * block;
+      char *r = ranked + (size_t)t->members[p * t->per_pool + i] * block;
+      if (block) memcpy(to_bundles ? b : r, to_bundles ? r : b, block);
+    }
+}
+
+/* Hierarchical reduce-scatter: the input in bundle order, a ring reduce-scatter of the bundles
+ * inside the pool (this rank keeps its place's bundle, summed over the pool), then a ring
+ * reduce-scatter of that bundle across the pools. Reduction order of a block: the pool ring's
+ * order for its bundle (ring_run), then the cross ring's order over the pools' partial sums. */
+static hm_status reduce_scatter_hier(hm_comm_t c, const hm_coll_args *a, const hm_xctx *cx) {
+  const hm_topo *t = &c->topo;
+  const int k = t->per_pool, np = t->npools;
+  const size_t block = a->count * hm_dtype_size(a->dt), bundle = block * (size_t)np;
+  char *tmp = hm_comm_scratch(c, block * (size_t)c->nranks);
+  if (!tmp && block) return HM_ERR_NOMEM;
+  int stack[XFER_STACK], *x = cross_ring(t, stack);
+  if (!x) return HM_ERR_NOMEM;
+  bundle_copy(t, tmp, (char *)a->sendbuf, block, 1);
+  ring_grp pool = {t->members + t->me_pool * k, k, t->me_index}, across = {x, np, t->me_pool};
+  char *mine = tmp + (size_t)t->me_index * bundle;
+  hm_status st = HM_OK;
+  if (k > 1) st = ring_run(&pool, a, cx, tmp, tmp, a->count * (size_t)c->nranks, RING_RS, 0);
+  if (st == HM_OK) st = ring_run(&across, a, cx, mine, mine, a->count * (size_t)np, RING_RS, c->nranks);
+  if (st == HM_OK && block) memcpy(a->recvbuf, mine + (size_t)t->me_pool * block, block);
+  if (x != stack) free(x);
+  return st;
+}
+
+/* Hierarchical allgather: a ring allgather across the pools (this rank's bundle: the blocks of
+ * its place in every pool), then a ring allgather of the bundles inside the pool, then the
+ * bundles back into rank order. Copies only, so the result equals the flat ring's. */
+static hm_status allgather_hier(hm_comm_t c, const hm_coll_args *a, const hm_xctx *cx) {
+  const hm_topo *t = &c->topo;
+  const int k = t->per_pool, np = t->npools;
+  const size_t block = a->count * hm_dtype_size(a->dt), bundle = block * (size_t)np;
+  char *tmp = hm_comm_scratch(c, block * (size_t)c->nranks);
+  if (!tmp && block) return HM_ERR_NOMEM;
+  int stack[XFER_STACK], *x = cross_ring(t, stack);
+  if (!x) return HM_ERR_NOMEM;
+  ring_grp pool = {t->members + t->me_pool * k, k, t->me_index}, across = {x, np, t->me_pool};
+  char *mine = tmp + (size_t)t->me_index * bundle;
+  if (block) memcpy(mine + (size_t)t->me_pool * block, a->sendbuf, block);
+  hm_status st = ring_run(&across, a, cx, mine, mine, a->count * (size_t)np, RING_AG, 0);
+  if (st == HM_OK && k > 1) st = ring_run(&pool, a, cx, tmp, tmp, a->count * (size_t)c->nranks, RING_AG, 0);
+  if (st == HM_OK) bundle_copy(t, tmp, a->recvbuf, block, 0);
+  if (x != stack) free(x);
+  return st;
 }
 
 static hm_status allreduce_rd(hm_comm_t c, const hm_coll_args *a, const hm_xctx *cx) {
@@ -364,6 +493,7 @@ hm_status hm_coll_execute(hm_comm_t c, const hm_coll_args *a) {
       atomic_fetch_add_explicit(&c->allreduce_runs[algo], 1, memory_order_relaxed);
       if (algo == HM_ALGO_RING) return allreduce_ring(c, a, &cx);
       if (algo == HM_ALGO_RECURSIVE_DOUBLING) return allreduce_rd(c, a, &cx);
+      if (algo == HM_ALGO_HIER) return allreduce_hier(c, a, &cx);
       hm_coll_args t = *a;
       t.root = 0;
       HM_TRY(reduce_tree(c, &t, &cx, 0));
@@ -383,8 +513,12 @@ hm_status hm_coll_execute(hm_comm_t c, const hm_coll_args *a) {
     case HM_COLL_REDUCE: return reduce_tree(c, a, &cx, 1);
     case HM_COLL_BROADCAST:
       return broadcast_tree(c, a, &cx, hm_coll_choose(c, a->kind, a->count * es) == HM_ALGO_RING);
-    case HM_COLL_REDUCE_SCATTER: return reduce_scatter_ring(c, a, &cx);
-    case HM_COLL_ALLGATHER: return allgather_ring(c, a, &cx);
+    case HM_COLL_REDUCE_SCATTER:
+      if (hm_coll_choose(c, a->kind, a->count * es * (size_t)n) == HM_ALGO_HIER) return reduce_scatter_hier(c, a, &cx);
+      return reduce_scatter_ring(c, a, &cx);
+    case HM_COLL_ALLGATHER:
+      if (hm_coll_choose(c, a->kind, a->count * es * (size_t)n) == HM_ALGO_HIER) return allgather_hier(c, a, &cx);
+      return allgather_ring(c, a, &cx);
     case HM_COLL_ALLTOALL: return alltoall_direct(c, a, &cx);
     case HM_COLL_GATHER: return gather_scatter_direct(c, a, &cx, 1);
     case HM_COLL_SCATTER: return gather_scatter_direct(c, a, &cx, 0);

@@ -188,13 +188,35 @@ typedef struct hm_tcp_peer {
  * checked by magic and size); the transports read what they need of it at connect. */
 typedef struct hm_rank_info {
   uint32_t magic, size;
-  uint64_t host_key;
+  uint64_t host_key;     /* machine + network namespace (topology.c) */
+  uint64_t machine_key;  /* hostname + boot id: ranks sharing cores and memory */
+  double pool_link[2], cross_link[2]; /* HETMIX_LINK_POOL / _CROSS: bytes/s, s (0: not given) */
+  char pool[64];         /* HETMIX_POOL ("" : one pool) */
   int32_t pid, port, nranks, shm_payload, shm_slots, has_shm;
   uint64_t cma_probe;  /* address of hm_shm_cma_probe in this process */
   char addr[64];
   char shm_name[64];
   char transport[8];
 } hm_rank_info;
+
+/* ---- topology (topology.c): hosts and pools of the ranks, the same on every rank ---- */
+typedef struct hm_topo {
+  int nhosts, npools;
+  int *host_of, *pool_of; /* per rank: host and pool index (numbered in order of first rank) */
+  int regular;            /* 2+ pools of equal size: hierarchy usable */
+  int per_pool;           /* ranks per pool (regular) */
+  int per_host;           /* most ranks on one host: they share its link across pools */
+  int *members;           /* regular: members[p * per_pool + i], the pools' ranks in rank order */
+  int me_pool, me_index;  /* this rank's pool and place in it */
+  int measured;           /* link figures came from the environment (a profile or cluster file) */
+  hm_link pool_link, cross_link; /* the tuner's figures: inside a pool, between pools */
+} hm_topo;
+/* Fills me's machine and host keys, pool and link figures from the environment. */
+hm_status hm_topo_local(hm_rank_info *me);
+hm_status hm_topo_build(hm_topo *t, const hm_rank_info *info, int n, int me);
+void hm_topo_free(hm_topo *t);
+/* How many ranks of the table share rank me's machine (cores), whatever their host. */
+int hm_topo_same_machine(const hm_rank_info *info, int n, int me);
 
 /* ---- communicator ---- */
 typedef struct hm_peer {
@@ -241,6 +263,7 @@ struct hm_comm {
   uint32_t shm_chunk, tcp_chunk;
   hm_env_knobs env; /* the environment's tuning knobs, checked at init */
   hm_link link;     /* figures the tuner uses: constants every rank agrees on */
+  hm_topo topo;     /* hosts and pools (topology.c) */
   uint32_t coll_seq;
   _Atomic int aborted;
   _Atomic int broken;   /* hm_status that broke the communicator */

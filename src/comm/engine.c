@@ -153,10 +153,14 @@ static hm_status sweep(const hm_xctx *cx, hm_xfer *x, int n, int *pending, int *
   return HM_OK;
 }
 
-/* Nothing moved: fails when a peer of an unfinished transfer left or the deadline passed. */
+/* Nothing moved: fails when a peer of an unfinished transfer left or the deadline passed.
+ * A receive over a data connection (TCP) is not failed for its peer's BYE: the BYE travels on the
+ * control connection and can overtake data the peer sent before it left (on a slow link, a whole
+ * message can still be on its way); the transport reports the data connection's end itself. */
 static hm_status check_stalled(hm_comm_t c, const hm_xfer *x, int n, uint64_t now, uint64_t deadline) {
   for (int i = 0; i < n; i++) /* a peer that left will never send or drain */
-    if (!x[i].finished && c->peers[x[i].peer].left) {
+    if (!x[i].finished && c->peers[x[i].peer].left &&
+        (x[i].is_send || !c->peers[x[i].peer].tp->data_conns)) {
       hm_error(HM_ERR_PEER_DEAD, "rank %d: peer rank %d left the communicator (destroyed it) in the middle of an operation",
                c->rank, x[i].peer);
       return hm_comm_fail(c, HM_ERR_PEER_DEAD, 1);

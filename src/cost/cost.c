@@ -8,7 +8,7 @@
 static const char *const kind_names[HM_COLL_KIND_COUNT] = {
     "allreduce", "reduce", "broadcast", "reduce_scatter", "allgather",
     "alltoall",  "gather", "scatter",   "barrier"};
-static const char *const algo_names[HM_ALGO_COUNT] = {"ring", "rd", "tree"};
+static const char *const algo_names[HM_ALGO_COUNT] = {"ring", "rd", "tree", "hier"};
 
 const char *hm_coll_kind_name(hm_coll_kind k) {
   return (k >= 0 && k < HM_COLL_KIND_COUNT) ? kind_names[k] : "unknown";
@@ -102,6 +102,26 @@ double hm_cost_collective(hm_coll_kind kind, hm_coll_algo algo, int nranks, doub
         default:
           return -1.0;
       }
+    default:
+      return -1.0;
+  }
+}
+
+double hm_cost_hier(hm_coll_kind kind, int npools, int per_pool, int sharing, double bytes, const hm_link *pool,
+                    const hm_link *cross) {
+  if (npools < 1 || per_pool < 1 || sharing < 1) return -1.0;
+  const double part = bytes / per_pool; /* what one rank moves between the pools */
+  hm_link shared = *cross;
+  shared.bandwidth = cross->bandwidth / sharing;
+  const double rs = hm_cost_collective(HM_COLL_REDUCE_SCATTER, HM_ALGO_RING, per_pool, bytes, pool);
+  const double ag = hm_cost_collective(HM_COLL_ALLGATHER, HM_ALGO_RING, per_pool, bytes, pool);
+  switch (kind) {
+    case HM_COLL_ALLREDUCE:
+      return rs + ag + hm_cost_collective(HM_COLL_ALLREDUCE, HM_ALGO_RING, npools, part, &shared);
+    case HM_COLL_REDUCE_SCATTER:
+      return rs + hm_cost_collective(HM_COLL_REDUCE_SCATTER, HM_ALGO_RING, npools, part, &shared);
+    case HM_COLL_ALLGATHER:
+      return hm_cost_collective(HM_COLL_ALLGATHER, HM_ALGO_RING, npools, part, &shared) + ag;
     default:
       return -1.0;
   }

@@ -6,7 +6,9 @@
  * session and process group, all killed before returning, plus PR_SET_PDEATHSIG in each child
  * for the case the launcher itself dies).
  * With a heartbeat folder it also fails a rank that stops beating or completing steps (watch.c)
- * and, with opts.external, supervises a launcher (srun) that starts the ranks itself.
+ * and, with opts.external, supervises a launcher (srun) that starts the ranks itself. Workers
+ * may each enter a network namespace before exec (opts.rank_netns: a testbed of hosts on this
+ * machine, scripts/testbed.sh).
  * What it is not: a multi-host launcher (mpirun and srun do that; workers then read their rank
  * with hm_launch_env_read()), nor a restart policy (restart.c).
  *
@@ -22,6 +24,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -164,6 +167,7 @@ typedef struct hm_worker {
   int status_code;  /* exit status, or -1 */
   int signal;       /* terminating signal, or 0 */
   int out_rd, err_rd; /* tagged output pipes, -1 when closed or untagged */
+  int netns_fd;     /* opts.rank_netns: the namespace to enter before exec, else -1 */
   char *line[2];    /* partial line per stream */
   size_t line_len[2];
 } hm_worker;
@@ -236,10 +240,12 @@ static int hm_pump(hm_job *job, int rank, int stream) {
 static hm_status hm_build_env(hm_job *job, int r, const char *store, const char *secret) {
   /* an external launcher (srun) gives each of its tasks the rank: only the store and secret here */
   job->own_env = job->opts->external ? 2 : HM_OWN_ENV;
-  size_t nenv = 0, nextra = 0;
+  size_t nenv = 0, nextra = 0, nrank = 0;
+  char *const *rank_env = job->opts->rank_env ? job->opts->rank_env[r] : NULL;
   while (environ && environ[nenv]) nenv++;
   while (job->opts->extra_env && job->opts->extra_env[nextra]) nextra++;
-  char **env = hm_calloc(HM_OWN_ENV + nextra + nenv + 1, sizeof(char *), "worker environment");
+  while (rank_env && rank_env[nrank]) nrank++;
+  char **env = hm_calloc(HM_OWN_ENV + nrank + nextra + nenv + 1, sizeof(char *), "worker environment");
   if (!env) return HM_ERR_NOMEM;
   job->envs[r] = (char *)env;
   char tmp[512];
@@ -260,6 +266,7 @@ static hm_status hm_build_env(hm_job *job, int r, const char *store, const char 
   }
   for (size_t i = 0; i < k; i++)
     if (!env[i]) return hm_error(HM_ERR_NOMEM, "cannot allocate the worker environment");
+  for (size_t i = 0; i < nrank; i++) env[k++] = rank_env[i]; /* borrowed */
   for (size_t i = 0; i < nextra; i++) env[k++] = job->opts->extra_env[i]; /* borrowed */
   for (size_t i = 0; i < nenv; i++)
     if (!hm_is_launch_var(environ[i])) env[k++] = environ[i]; /* borrowed */
@@ -301,8 +308,10 @@ static void hm_child_exec(hm_job *job, int r, const char *exe, int out_wr, int e
     int devnull = open("/dev/null", O_RDONLY);
     if (devnull >= 0) dup2(devnull, 0);
   }
-  execve(exe, job->opts->argv, (char **)job->envs[r]);
-  int e = errno;
+  int e = 0;
+  if (job->w[r].netns_fd >= 0 && setns(job->w[r].netns_fd, CLONE_NEWNET) != 0) e = errno;
+  if (!e) execve(exe, job->opts->argv, (char **)job->envs[r]);
+  if (!e) e = errno;
   ssize_t rc = write(exec_err_wr, &e, sizeof e);
   (void)rc;
   _exit(127);
@@ -347,7 +356,9 @@ static hm_status hm_spawn(hm_job *job, int r, const char *exe) {
   close(exec_p[0]);
   if (pr == 0) return hm_error(HM_ERR_TIMEOUT, "rank %d (pid %d) did not start within 10 s", r, (int)pid);
   if (n == (ssize_t)sizeof e)
-    return hm_error(HM_ERR_NOT_FOUND, "cannot run '%s' for rank %d: %s", job->opts->argv[0], r,
+    return hm_error(HM_ERR_NOT_FOUND, "cannot run '%s' for rank %d%s%s: %s", job->opts->argv[0], r,
+                    job->opts->rank_netns && job->opts->rank_netns[r] ? " in network namespace " : "",
+                    job->opts->rank_netns && job->opts->rank_netns[r] ? job->opts->rank_netns[r] : "",
                     strerror(e));
   return HM_OK;
 }
@@ -413,6 +424,7 @@ static void hm_job_cleanup(hm_job *job) {
   for (int r = 0; job->w && r < job->n; r++) {
     hm_worker *w = &job->w[r];
     if (w->pidfd >= 0) close(w->pidfd);
+    if (w->netns_fd >= 0) close(w->netns_fd);
     if (w->out_rd >= 0) close(w->out_rd);
     if (w->err_rd >= 0) close(w->err_rd);
     free(w->line[0]);
@@ -438,7 +450,9 @@ static hm_status hm_job_setup(hm_job *job, hm_launch_result *res) {
   job->w = hm_calloc((size_t)job->n, sizeof(hm_worker), "worker table");
   job->envs = hm_calloc((size_t)job->n, sizeof(char *), "worker environments");
   if (!job->w || !job->envs) return HM_ERR_NOMEM;
-  for (int r = 0; r < job->n; r++) job->w[r].pidfd = job->w[r].out_rd = job->w[r].err_rd = -1;
+  for (int r = 0; r < job->n; r++) job->w[r].pidfd = job->w[r].out_rd = job->w[r].err_rd = job->w[r].netns_fd = -1;
+  for (int r = 0; o->rank_netns && r < job->n; r++)
+    if (o->rank_netns[r]) HM_TRY(hm_netns_open(o->rank_netns[r], &job->w[r].netns_fd));
   for (int r = 0; r < job->n; r++) {
     hm_worker *w = &job->w[r];
     if (o->tag_output) {

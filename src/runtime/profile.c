@@ -99,10 +99,10 @@ static hm_status hm_check_type_filter(const hm_profile_options *o, const hm_clus
   return HM_OK;
 }
 
-static int hm_has_link(const hm_profile *p, const char *a, const char *b) {
+static int hm_has_link(const hm_profile *p, const char *a, const char *b, int inter_host) {
   for (int i = 0; i < p->nlinks; i++) {
     const hm_profile_link *l = &p->links[i];
-    if (l->inter_host) continue;
+    if (l->inter_host != inter_host) continue;
     if ((!strcmp(l->type_a, a) && !strcmp(l->type_b, b)) || (!strcmp(l->type_a, b) && !strcmp(l->type_b, a)))
       return 1;
   }
@@ -121,7 +121,7 @@ static hm_status hm_add_links(const hm_profile_options *o, const hm_cluster *c, 
         const int ta = hg->dev[i].type, tb = hg->dev[j].type;
         if (i == j && hg->dev[i].count < 2) continue;
         if (!hm_type_selected(o, c, ta) || !hm_type_selected(o, c, tb)) continue;
-        if (hm_has_link(p, c->types[ta].name, c->types[tb].name)) continue;
+        if (hm_has_link(p, c->types[ta].name, c->types[tb].name, 0)) continue;
         hm_profile_link e;
         memset(&e, 0, sizeof e);
         hm_strcpy(e.type_a, sizeof e.type_a, c->types[ta].name);
@@ -154,6 +154,88 @@ static hm_status hm_measure_links(const hm_profile_options *o, const hm_cluster 
     if (!strcmp(transports[t], record)) chosen = fit;
   }
   return hm_add_links(o, c, chosen, p);
+}
+
+/* ---- links between the cluster's hosts (a testbed: each host the namespace named like it) ---- */
+
+/* Two hosts of the class: same pool (cross = 0) or two pools (cross = 1); 0 when none. */
+static int hm_class_hosts(const hm_cluster *c, int cross, const char **a, const char **b) {
+  for (int ga = 0; ga < c->ngroups; ga++)
+    for (int gb = ga; gb < c->ngroups; gb++) {
+      const hm_host_group *x = &c->groups[ga], *y = &c->groups[gb];
+      if ((x->pool != y->pool) != cross || !x->hostnames || !y->hostnames) continue;
+      if (ga == gb && x->count < 2) continue;
+      *a = x->hostnames[0];
+      *b = y->hostnames[ga == gb ? 1 : 0];
+      return 1;
+    }
+  return 0;
+}
+
+/* The class of every host pair of two types: 0 same pool, 1 two pools, -1 both occur, -2 none. */
+static int hm_pair_class(const hm_cluster *c, int ta, int tb) {
+  int seen = -2;
+  for (int ga = 0; ga < c->ngroups; ga++)
+    for (int gb = 0; gb < c->ngroups; gb++) {
+      const hm_host_group *x = &c->groups[ga], *y = &c->groups[gb];
+      int has = 0;
+      for (int i = 0; i < x->nkinds; i++)
+        for (int j = 0; j < y->nkinds; j++) has |= x->dev[i].type == ta && y->dev[j].type == tb;
+      if (!has || (ga == gb && x->count < 2)) continue;
+      const int k = x->pool != y->pool;
+      seen = seen == -2 ? k : seen == k ? k : -1;
+    }
+  return seen;
+}
+
+/* Inter-host entries for every two measured types whose host pairs are all of one class. */
+static hm_status hm_add_host_links(const hm_profile_options *o, const hm_cluster *c, const hm_link_fit *fit[2],
+                                   hm_profile *p) {
+  for (int ta = 0; ta < c->ntypes; ta++)
+    for (int tb = ta; tb < c->ntypes; tb++) {
+      const int k = hm_pair_class(c, ta, tb);
+      if (k < 0 || !fit[k] || !hm_type_selected(o, c, ta) || !hm_type_selected(o, c, tb)) continue;
+      if (hm_has_link(p, c->types[ta].name, c->types[tb].name, 1)) continue;
+      hm_profile_link e;
+      memset(&e, 0, sizeof e);
+      hm_strcpy(e.type_a, sizeof e.type_a, c->types[ta].name);
+      hm_strcpy(e.type_b, sizeof e.type_b, c->types[tb].name);
+      e.inter_host = 1;
+      e.link.bandwidth = fit[k]->bandwidth;
+      e.link.latency = fit[k]->latency;
+      e.a = e.b = -1;
+      HM_TRY(hm_profile_add_link(p, &e));
+    }
+  return HM_OK;
+}
+
+static hm_status hm_measure_host_links(const hm_profile_options *o, const hm_cluster *c, hm_profile *p,
+                                       hm_profile_report *rep) {
+  static const char *const names[2] = {"pool", "cross"};
+  const hm_link_fit *fit[2] = {NULL, NULL};
+  for (int k = 0; k < 2; k++) {
+    const char *a, *b;
+    if (!hm_class_hosts(c, k, &a, &b)) continue;
+    hm_link_probe_options lo = o->link_probe;
+    if (lo.nsizes <= 0) { /* shaped links are slow: up to 1 MiB (16 MiB would take seconds a round trip) */
+      static const size_t sizes[] = {8, 4096, 65536, 262144, 1 << 20};
+      lo.nsizes = (int)(sizeof sizes / sizeof sizes[0]);
+      memcpy(lo.sizes, sizes, sizeof sizes);
+    }
+    lo.transport = "tcp";
+    lo.netns[0] = a;
+    lo.netns[1] = b;
+    char what[300];
+    snprintf(what, sizeof what, "%s and %s", a, b);
+    hm_say(o, "probing the %s link: tcp ping-pong between network namespaces %s", names[k], what);
+    hm_link_fit *f = &rep->fits[rep->nfits];
+    hm_status st = hm_profile_link_probe(&lo, f);
+    if (st != HM_OK) return hm_error_context(st, "%s link (%s - %s): ", names[k], a, b);
+    hm_strcpy(f->transport, sizeof f->transport, names[k]);
+    rep->nfits++;
+    fit[k] = f;
+  }
+  return hm_add_host_links(o, c, fit, p);
 }
 
 hm_status hm_profile_measure(const hm_profile_options *o, hm_profile *out, hm_profile_report *rep) {
@@ -207,6 +289,7 @@ hm_status hm_profile_measure(const hm_profile_options *o, hm_profile *out, hm_pr
 
   /* links first: the probe forks, best done before this process starts device threads */
   if (o->links) HM_TRY(hm_measure_links(o, c, out, rep));
+  if (o->links && o->netns) HM_TRY(hm_measure_host_links(o, c, out, rep));
 
   /* the types to time, in cluster order */
   int sel[HM_PROFILE_MAX_TYPES], nsel = 0;

@@ -8,6 +8,7 @@
  * Not here: other hosts (a real NIC cannot be probed from one machine). */
 #include <errno.h>
 #include <math.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,9 +21,33 @@
 
 #include "hetmix/comm.h"
 #include "hetmix/profile.h"
+#include "hetmix/runtime.h"
 #include "util/util.h"
 
 #define HM_PROBE_BATCHES 5
+
+/* A probe between two network namespaces: their files (opened here, entered by each child),
+ * addresses, and the job's store and secret. */
+typedef struct hm_probe_ns {
+  const char *name[2];
+  int fd[2];
+  char addr[2][64];
+  char store[96];
+  char secret[65];
+} hm_probe_ns;
+
+static hm_status hm_probe_ns_open(const hm_link_probe_options *o, hm_probe_ns *ns) {
+  ns->fd[0] = ns->fd[1] = -1;
+  for (int r = 0; r < 2; r++) {
+    ns->name[r] = o->netns[r];
+    HM_TRY(hm_netns_addr(o->netns[r], ns->addr[r], sizeof ns->addr[r]));
+    HM_TRY(hm_netns_open(o->netns[r], &ns->fd[r]));
+  }
+  int port;
+  HM_TRY(hm_launch_free_port(ns->addr[0], &port));
+  snprintf(ns->store, sizeof ns->store, "%s:%d", ns->addr[0], port);
+  return hm_random_hex(ns->secret, sizeof ns->secret, 32);
+}
 
 typedef struct hm_probe_shared {
   int status[2];     /* hm_status of each rank; -1 while running */
@@ -74,14 +99,34 @@ static long hm_probe_iters(size_t bytes, double seconds_per_size) {
   return it < 2 ? 2 : it > 20000 ? 20000 : (long)it;
 }
 
-static int hm_probe_rank(int rank, const hm_unique_id *id, const hm_link_probe_options *o,
+/* In a namespace (netns probe): enter it and bootstrap from the environment the parent prepared
+ * (rank 0 hosts the store at its namespace's address). */
+static hm_status hm_probe_init(int rank, const hm_unique_id *id, const hm_probe_ns *ns, const hm_comm_config *cfg,
+                               hm_comm_t *comm) {
+  if (!ns) return hm_comm_init_rank(comm, 2, id, rank, cfg);
+  if (setns(ns->fd[rank], CLONE_NEWNET) != 0)
+    return hm_error(HM_ERR_IO, "link probe: cannot enter network namespace %s: %s", ns->name[rank], strerror(errno));
+  char v[16];
+  snprintf(v, sizeof v, "%d", rank);
+  setenv("HETMIX_RANK", v, 1);
+  setenv("HETMIX_LOCAL_RANK", v, 1);
+  setenv("HETMIX_WORLD_SIZE", "2", 1);
+  setenv("HETMIX_LOCAL_WORLD_SIZE", "2", 1);
+  setenv("HETMIX_STORE_ADDR", ns->store, 1);
+  setenv("HETMIX_SECRET", ns->secret, 1);
+  setenv("HETMIX_LISTEN_ADDR", ns->addr[rank], 1);
+  unsetenv("HETMIX_SECRET_FILE");
+  return hm_comm_init_env(comm, cfg);
+}
+
+static int hm_probe_rank(int rank, const hm_unique_id *id, const hm_probe_ns *ns, const hm_link_probe_options *o,
                          hm_probe_shared *sh) {
   hm_comm_config cfg = HM_COMM_CONFIG_INIT;
   cfg.transport = o->transport;
   cfg.timeout_ms = o->timeout_ms;
   cfg.name = "profile";
   hm_comm_t comm = NULL;
-  hm_status st = hm_comm_init_rank(&comm, 2, id, rank, &cfg);
+  hm_status st = hm_probe_init(rank, id, ns, &cfg, &comm);
   size_t maxb = 1;
   for (int i = 0; i < o->nsizes; i++) maxb = o->sizes[i] > maxb ? o->sizes[i] : maxb;
   unsigned char *buf = st == HM_OK ? hm_malloc(maxb, "ping-pong buffer") : NULL;
@@ -153,9 +198,26 @@ hm_status hm_profile_link_probe(const hm_link_probe_options *opt, hm_link_fit *o
   hm_strcpy(out->transport, sizeof out->transport, o.transport);
 
   hm_unique_id id;
-  HM_TRY(hm_get_unique_id(&id));
+  hm_probe_ns ns_store, *ns = NULL;
+  memset(&id, 0, sizeof id);
+  if (o.netns[0] || o.netns[1]) {
+    if (!o.netns[0] || !o.netns[1]) return hm_error(HM_ERR_INVALID_ARG, "link probe: give both network namespaces");
+    ns = &ns_store;
+    hm_status nst = hm_probe_ns_open(&o, ns);
+    if (nst != HM_OK) {
+      for (int r = 0; r < 2; r++)
+        if (ns->fd[r] >= 0) close(ns->fd[r]);
+      return nst;
+    }
+  } else {
+    HM_TRY(hm_get_unique_id(&id));
+  }
   hm_probe_shared *sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  if (sh == MAP_FAILED) return hm_error(HM_ERR_NOMEM, "link probe: shared page: %s", strerror(errno));
+  if (sh == MAP_FAILED) {
+    hm_status mst = hm_error(HM_ERR_NOMEM, "link probe: shared page: %s", strerror(errno));
+    for (int r = 0; ns && r < 2; r++) close(ns->fd[r]);
+    return mst;
+  }
   memset(sh, 0, sizeof *sh);
   sh->status[0] = sh->status[1] = -1;
 
@@ -172,7 +234,7 @@ hm_status hm_profile_link_probe(const hm_link_probe_options *opt, hm_link_fit *o
     if (pid[r] == 0) {
       prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive the profiler */
       if (getppid() != parent) _exit(1);
-      _exit(hm_probe_rank(r, &id, &o, sh));
+      _exit(hm_probe_rank(r, &id, ns, &o, sh));
     }
   }
   /* Wait for both with the deadline; the first failure stops the other. */
@@ -239,5 +301,6 @@ hm_status hm_profile_link_probe(const hm_link_probe_options *opt, hm_link_fit *o
     }
   }
   munmap(sh, sizeof *sh);
+  for (int r = 0; ns && r < 2; r++) close(ns->fd[r]);
   return st;
 }

@@ -165,7 +165,11 @@ static void test_invalid_init(void **state) {
                                                {"HETMIX_SHM_SLOTS", "1"},   {"HETMIX_TCP_CHUNK", "99999999999"},
                                                {"HETMIX_CMA", "yes"},       {"HETMIX_SPIN_US", ""},
                                                {"HETMIX_COMPRESS", "gzip"}, {"HETMIX_COMPRESS_ALWAYS", "2"},
-                                               {"HETMIX_COMPRESS_BELOW", "0"}, {"HETMIX_LINK_BW", "-1"}};
+                                               {"HETMIX_COMPRESS_BELOW", "0"}, {"HETMIX_LINK_BW", "-1"},
+                                               /* topology (topology.c): a pool name, link figures */
+                                               {"HETMIX_POOL", "room a"},   {"HETMIX_LINK_CROSS", "1e9"},
+                                               {"HETMIX_LINK_POOL", "-5,0"}, {"HETMIX_LINK_CROSS", "1e9,20"},
+                                               {"HETMIX_LINK_POOL", "fast,1e-6"}};
     for (size_t i = 0; i < sizeof bad_knobs / sizeof bad_knobs[0]; i++) {
       setenv(bad_knobs[i][0], bad_knobs[i][1], 1);
       st = hm_comm_init_rank(&c, 1, &good, 0, NULL);

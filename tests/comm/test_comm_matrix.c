@@ -5,7 +5,10 @@
  * so CTest runs this one program several times, forced each way; --expect-algo makes every rank
  * check that each of its allreduces ran that algorithm (the communicator counts them).
  *   test_comm_matrix --ranks 1,2,3,4,8 --counts 0,1,7,1023,1000003 [--big-subset N]
- *                    [--expect-algo ring|rd|tree] [--devices SPECS[/SPECS...]] [--device-big]
+ *                    [--expect-algo ring|rd|tree|hier] [--devices SPECS[/SPECS...]] [--device-big]
+ *                    [--pools P]
+ * --pools P puts the ranks in P pools (HETMIX_POOL, rank blocks in order), so the hierarchical
+ * allreduce runs where the pools come out equal.
  * Device mode (--devices): each SPECS is a '+'-separated list of device specs given to the ranks
  * in turn (rank r opens item r % len, e.g. "opencl:threads=1+cpu:threads=1"), registers it with
  * hm_comm_register_device and holds every buffer on it: inputs reach the device through
@@ -43,6 +46,7 @@ static int g_ncounts;
 static size_t g_big_subset;
 static double g_timeout = 110;
 static int g_expect_algo = -1; /* hm_coll_algo every allreduce must run, -1: any */
+static int g_pools;            /* --pools: HETMIX_POOL of rank r is pool<r * P / n> */
 static int g_verbose; /* HM_MATRIX_VERBOSE=1: rank 0 prints each case as it starts (stderr) */
 /* Device mode: patterns of specs ('/'-separated), each a comma list given to the ranks in turn. */
 #define MAX_PATTERNS 8
@@ -720,6 +724,13 @@ static int device_available(const char *spec) {
   return WIFEXITED(ws) && WEXITSTATUS(ws) == 0;
 }
 
+static void pool_env(int rank, int nranks, void *arg) {
+  (void)arg;
+  char name[32];
+  snprintf(name, sizeof name, "pool%d", rank * g_pools / nranks);
+  setenv("HETMIX_POOL", name, 1);
+}
+
 static void test_matrix(void **state) {
   (void)state;
   int total_failed = 0;
@@ -728,6 +739,7 @@ static void test_matrix(void **state) {
     g_cur_pattern = pat;
     if (g_npatterns) printf("# devices %s\n", g_patterns[pat]);
     hm_ranks_opts o = {.nranks = g_ranks[k], .timeout_s = g_timeout};
+    if (g_pools) o.env_setup = pool_env;
     hm_rank_result res[HM_RANKS_MAX];
     static char diag[16384];
     int failed = hm_ranks_run(&o, rank_matrix, NULL, res, diag, sizeof diag);
@@ -779,10 +791,12 @@ int main(int argc, char **argv) {
       i--; /* a flag: no value */
     } else if (strcmp(argv[i], "--timeout") == 0)
       g_timeout = atof(argv[i + 1]);
+    else if (strcmp(argv[i], "--pools") == 0)
+      g_pools = atoi(argv[i + 1]);
     else if (strcmp(argv[i], "--expect-algo") == 0) {
       g_expect_algo = hm_coll_algo_parse(argv[i + 1]);
       if (g_expect_algo < 0) {
-        fprintf(stderr, "--expect-algo %s: not ring, rd or tree\n", argv[i + 1]);
+        fprintf(stderr, "--expect-algo %s: not ring, rd, tree or hier\n", argv[i + 1]);
         return 2;
       }
     }

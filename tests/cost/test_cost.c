@@ -75,6 +75,29 @@ static void test_zip_costs(void **state) {
   assert_true(eff.bandwidth == ten.bandwidth);
 }
 
+/* Hierarchical allreduce, bandwidth terms only: pool ring reduce-scatter + allgather
+ * 2 (k-1)/k B / bw_pool, plus the ring across pools on B/k per rank, `sharing` ranks of a host
+ * through one host link: 2 (P-1)/P (B/k) / (bw_cross / sharing). */
+static void test_hier_allreduce_formula(void **state) {
+  (void)state;
+  const hm_link pool = {100e6, 0, 0}, cross = {10e6, 0, 0};
+  const double b = 64e6;
+  double t = hm_cost_hier(HM_COLL_ALLREDUCE, 2, 4, 2, b, &pool, &cross);
+  double want = 1.5 * b / 100e6 + 0.5 * b / 10e6;
+  assert_true(fabs(t - want) < 1e-12 * want);
+  /* the flat ring over the slow link: 2 (n-1)/n B / bw_cross, 2.7x slower here */
+  double ring = hm_cost_collective(HM_COLL_ALLREDUCE, HM_ALGO_RING, 8, b, &cross);
+  assert_true(ring / t > 2.6 && ring / t < 2.8);
+  assert_true(hm_cost_collective(HM_COLL_ALLREDUCE, HM_ALGO_HIER, 8, b, &cross) < 0);
+  assert_true(hm_cost_hier(HM_COLL_ALLREDUCE, 2, 0, 1, b, &pool, &cross) < 0);
+  /* reduce-scatter and allgather: the pool's half, (k-1)/k B / bw_pool, plus the cross ring on
+   * the bundle B/k: (P-1)/P (B/k) / (bw_cross / sharing) */
+  const double half = 0.75 * b / 100e6 + 0.25 * b / 10e6;
+  assert_true(fabs(hm_cost_hier(HM_COLL_REDUCE_SCATTER, 2, 4, 2, b, &pool, &cross) - half) < 1e-12 * half);
+  assert_true(fabs(hm_cost_hier(HM_COLL_ALLGATHER, 2, 4, 2, b, &pool, &cross) - half) < 1e-12 * half);
+  assert_true(hm_cost_hier(HM_COLL_BROADCAST, 2, 4, 2, b, &pool, &cross) < 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_p2p),
@@ -83,6 +106,7 @@ int main(void) {
       cmocka_unit_test(test_busbw_factors),
       cmocka_unit_test(test_algo_names_roundtrip),
       cmocka_unit_test(test_zip_costs),
+      cmocka_unit_test(test_hier_allreduce_formula),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

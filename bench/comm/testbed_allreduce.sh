@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Allreduce on a network-namespace testbed (scripts/testbed.sh), flat ring and hierarchical side
+# by side, each against the cost model's prediction and its bottleneck-link bound.
+#   BUILD=build/release bench/comm/testbed_allreduce.sh
+# Knobs (environment): INTRA=800mbit INTER=80mbit (per host; 10x slower across pools),
+# POOLS=2 HOSTS=2 (per pool) DEVICES=2 (ranks per host), MIN=64K MAX=64M, ITERS=3 WARMUP=1.
+# Rates stay at hundreds of Mbit/s so that the two loaded cores of a CI machine can drive every
+# shaped link at its rate: a link the CPU cannot fill would measure the CPU, not the link.
+# Needs root (network namespaces). Columns:
+#   ring, hier        measured time per allreduce (f32 sum, out of place, mean over ranks)
+#   speedup           ring time / hier time
+#   pred, err         the cost model's time (hm_cost_collective ring over the link between pools;
+#                     hm_cost_allreduce_hier) and (measured - predicted) / predicted
+#   %bound            the algorithm's bandwidth-only time over the bottleneck links (no
+#                     latency) / measured time: busbw as a share of what the links allow
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BUILD=${BUILD:-build/release}
+hetmix=$BUILD/hetmix predict=$BUILD/bench/testbed_predict
+INTRA=${INTRA:-800mbit} INTER=${INTER:-80mbit} POOLS=${POOLS:-2} HOSTS=${HOSTS:-2} DEVICES=${DEVICES:-2}
+MIN=${MIN:-64K} MAX=${MAX:-64M} ITERS=${ITERS:-3} WARMUP=${WARMUP:-1}
+[ -x "$hetmix" ] && [ -x "$predict" ] || { echo "build first: cmake --build $BUILD" >&2; exit 1; }
+name="tba$(( $$ % 100000 ))"
+work=$(mktemp -d)
+trap 'scripts/testbed.sh down --name "$name" >/dev/null 2>&1; rm -rf "$work"' EXIT
+scripts/testbed.sh up --name "$name" --pools "$POOLS" --hosts "$HOSTS" --devices "$DEVICES" \
+  --intra-rate "$INTRA" --inter-rate "$INTER" --types cpu --out "$work/c.json" >&2
+# the link figures the launcher hands the ranks (HETMIX_LINK_POOL / _CROSS: bytes/s,seconds)
+read -r pool_bw pool_lat cross_bw cross_lat < <("$hetmix" launch --cluster "$work/c.json" --netns -- \
+  sh -c '[ "$HETMIX_RANK" = 0 ] && echo "$HETMIX_LINK_POOL $HETMIX_LINK_CROSS" | tr , " " || true')
+for algo in ring hier; do
+  "$hetmix" launch --cluster "$work/c.json" --netns --timeout 3000 -- "$hetmix" bench comm allreduce \
+    -b "$MIN" -e "$MAX" -f 4 -n "$ITERS" -w "$WARMUP" -c 0 --algo "$algo" >"$work/$algo.out"
+done
+sizes=$(awk '!/^#/ && NF > 5 { print $1 }' "$work/ring.out")
+n=$((POOLS * HOSTS * DEVICES))
+# shellcheck disable=SC2086
+"$predict" "$POOLS" $((HOSTS * DEVICES)) "$DEVICES" "$pool_bw" "$pool_lat" "$cross_bw" "$cross_lat" $sizes >"$work/pred"
+"$predict" "$POOLS" $((HOSTS * DEVICES)) "$DEVICES" "$pool_bw" 0 "$cross_bw" 0 $sizes >"$work/bound"
+echo "# allreduce f32 sum on the testbed: $POOLS pools x $HOSTS hosts x $DEVICES ranks ($n ranks), same pool $INTRA, other pool $INTER per host; $ITERS iterations"
+echo "# load $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores"
+printf '#%11s %11s %11s %8s %11s %7s %7s %11s %7s %7s\n' size "ring(us)" "hier(us)" speedup "ring pred" err "%bound" "hier pred" err "%bound"
+paste <(awk '!/^#/ && NF > 5 { print $1, $6 }' "$work/ring.out") <(awk '!/^#/ && NF > 5 { print $6 }' "$work/hier.out") \
+  "$work/pred" "$work/bound" | awk '{
+    size = $1; ring = $2; hier = $3; pr = $5 * 1e6; ph = $6 * 1e6; br = $8 * 1e6; bh = $9 * 1e6;
+    printf "%12d %11.0f %11.0f %7.2fx %11.0f %+6.1f%% %6.1f%% %11.0f %+6.1f%% %6.1f%%\n", size, ring, hier, ring / hier,
+      pr, (ring - pr) / pr * 100, br / ring * 100, ph, (hier - ph) / ph * 100, bh / hier * 100 }'

@@ -1,0 +1,29 @@
+/* The cost model's allreduce times for a testbed (bench/comm/testbed_allreduce.sh): the flat
+ * ring over the link between pools and the hierarchical allreduce, from include/hetmix/cost.h,
+ * the functions hmcomm's tuner uses.
+ *   testbed_predict POOLS PER_POOL PER_HOST POOL_BW POOL_LAT CROSS_BW CROSS_LAT SIZE...
+ * prints "size ring_s hier_s" per size (bytes). */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "hetmix/cost.h"
+
+int main(int argc, char **argv) {
+  if (argc < 9) {
+    fprintf(stderr, "usage: testbed_predict POOLS PER_POOL PER_HOST POOL_BW POOL_LAT CROSS_BW CROSS_LAT SIZE...\n");
+    return 2;
+  }
+  const int pools = atoi(argv[1]), per_pool = atoi(argv[2]), per_host = atoi(argv[3]);
+  /* reduce_bw as hmcomm's transports assume it (src/comm/transport) */
+  const hm_link pool = {atof(argv[4]), atof(argv[5]), 6e9}, cross = {atof(argv[6]), atof(argv[7]), 6e9};
+  if (pools < 1 || per_pool < 1 || per_host < 1 || !(pool.bandwidth > 0) || !(cross.bandwidth > 0)) {
+    fprintf(stderr, "testbed_predict: counts must be >= 1 and bandwidths > 0\n");
+    return 2;
+  }
+  for (int i = 8; i < argc; i++) {
+    double b = atof(argv[i]);
+    printf("%.0f %.9g %.9g\n", b, hm_cost_collective(HM_COLL_ALLREDUCE, HM_ALGO_RING, pools * per_pool, b, &cross),
+           hm_cost_hier(HM_COLL_ALLREDUCE, pools, per_pool, per_host, b, &pool, &cross));
+  }
+  return 0;
+}
