@@ -339,6 +339,15 @@ typedef struct hm_plan_rank {
 hm_status hm_plan_assign_ranks(const hm_plan_inputs *in, const hm_plan *plan,
                                hm_plan_rank **ranks, int64_t *nranks);
 
+/* What-if: a copy of cluster c with `delta` devices of type `type` added (delta > 0) or removed
+ * (delta < 0), as whole hosts of host groups that hold only that type (in pool `pool` when not
+ * NULL). Added devices go to the first such group whose host size divides delta; removed ones
+ * come from the last such groups first (a group left with no host, and a type left with no
+ * device, leave the cluster). The result is read back through the spec reader (validated,
+ * derived fields recomputed); a changed group loses its host names. Free with hm_cluster_free. */
+hm_status hm_cluster_whatif(const hm_cluster *c, const char *type, int64_t delta, const char *pool,
+                            hm_cluster *out);
+
 #ifdef __cplusplus
 }
 #endif
