@@ -311,6 +311,14 @@ typedef struct hm_search_result {
 hm_status hm_plan_search(const hm_plan_inputs *in, const hm_search_options *opt,
                          hm_search_result *out);
 void hm_search_result_free(hm_search_result *r);
+/* Exhaustive search for small clusters (at most 16 devices, 4 types, 16 layers, 256 micro-batches
+ * per step; HM_ERR_UNSUPPORTED beyond): every micro-batch size, tensor-parallel degree per type,
+ * stage order with device types interleaved, layer split judged by the simulator, and plan of
+ * one or two stage orders with any replica counts and micro-batch spread (docs/plan.md, section
+ * 6). Starts from the default search's best, so *best is never slower than it. The oracle of
+ * the default search's tests; *nsimulated (may be NULL) counts the simulations it ran. */
+hm_status hm_plan_search_exhaustive(const hm_plan_inputs *in, const hm_search_options *opt,
+                                    hm_plan *best, int64_t *nsimulated);
 
 /* plan.json (docs/plan.md): the plan, its predictions, every rank's role, and the cluster, model
  * and training specs it was made for. */

@@ -44,4 +44,9 @@ int64_t hm_type_groups(const hm_cluster *c, int type, int tp);
 /* Largest number of devices of type k in one host. */
 int hm_type_per_host_max(const hm_cluster *c, int type);
 
+/* Split refinement by simulation (search_refine.c): moves one stage boundary of one class by one
+ * layer while the simulated step gets shorter within memory; at most max_rounds moves. p must be
+ * predicted; it stays predicted. *nsim (may be NULL) counts the simulations. */
+hm_status hm_plan_refine(const hm_plan_inputs *in, hm_plan *p, int max_rounds, int64_t *nsim);
+
 #endif
