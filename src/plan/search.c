@@ -12,7 +12,15 @@
  *      types (all orders up to 4 types, else by memory and by speed), replicas R and stages per
  *      type floor(groups / R), pruned by a lower bound on the pipeline time; tp per type from its
  *      best single-type plan, or its largest degree (one type at a time); and the same pipelines
- *      with the devices they leave idle running each type's best single-type replicas.
+ *      with the devices they leave idle running each type's best single-type replicas; and
+ *      the first type's stages split around the others (a, b, a), one stage moved to the end.
+ * Small clusters (at most HM_SEARCH_WIDE_DEVICES devices) get a wider set: every tp per type in
+ * mixed pipelines, every stage count per type and replica count, every interleaving of the first
+ * type around the others, fewer replicas than the devices allow, a second split that balances
+ * the optimizer step too, every single-type template on the devices a pipeline leaves idle, and
+ * a longer simulated shortlist. The best simulated plans are then refined by simulation (split
+ * boundaries and micro-batches between classes, search_refine.c). The exhaustive search of
+ * search_exact.c is the oracle these are tested against.
  * The optimizations here are exact pruning (bounds) and memoized per-layer costs; the heuristic
  * parts are the candidate families above (documented in docs/plan.md). */
 #include <math.h>
@@ -470,7 +478,7 @@ static void mixed_candidate(sctx *x, const int *order, int nt, int mbi, int64_t 
   for (int i = 0; i < nt; i++)
     for (int j = 0; j < p[i]; j++) c.t[0].types[s++] = (signed char)order[i];
   c.t[0].nstages = P;
-  if (x->wide) try_interleaved(x, &c, p[0], tp_of, mbi, m, (int)R, M);
+  try_interleaved(x, &c, x->wide ? p[0] : (p[0] < 2 ? p[0] : 2), tp_of, mbi, m, (int)R, M);
   if (x->wide) keep_opt_split(x, &c, tp_of, mbi, m, (int)R, M);
   if (split_template(x, &c.t[0], tp_of, mbi, m, (int)R) != HM_OK) return;
   int rep = (int)R;

@@ -79,16 +79,21 @@ static double layer_time(const xctx *x, int k, int l) { return x->lc[k].fwd[l] +
 
 /* Lower bound of the one-replica step of a split with m micro-batches: stage s cannot start
  * before micro-batch 0 crossed the stages before it, runs its 2m ops, and its last backward must
- * cross back: max_s (m T_s + sum_{j<s} T_j). */
+ * cross back: max_s (m T_s + sum_{j<s} T_j); then the gradient norm waits for all of them and
+ * every stage's optimizer step follows it: + max_s O_s. */
 static double split_bound(const xctx *x, const xseq *q, const unsigned char *b, int m) {
-  double pre = 0, lb = 0;
+  double pre = 0, lb = 0, opt = 0;
   for (int s = 0; s < q->p; s++) {
-    double t = 0;
-    for (int l = b[s]; l < b[s + 1]; l++) t += layer_time(x, q->t[s], l);
+    double t = 0, o = 0;
+    for (int l = b[s]; l < b[s + 1]; l++) {
+      t += layer_time(x, q->t[s], l);
+      o += x->lc[(int)q->t[s]].opt[l];
+    }
     if (m * t + pre > lb) lb = m * t + pre;
+    if (o > opt) opt = o;
     pre += t;
   }
-  return lb;
+  return lb + opt; /* every optimizer step waits for the gradient norm, after every backward */
 }
 
 /* Smallest split_bound over every split (exact DP over the end of stage s). */
@@ -99,13 +104,16 @@ static double seq_bound(const xctx *x, const xseq *q, int m) {
   double f[XMAXP + 1][XMAXN + 1];
   double fast[XMAXN + 1];
   fast[0] = 0;
+  double opt = 0; /* the largest stage's optimizer is at least the mean of the smallest */
   for (int l = 0; l < n; l++) {
-    double best = INFINITY;
+    double best = INFINITY, ob = INFINITY;
     for (int s = 0; s < q->p; s++) {
-      double t = layer_time(x, q->t[s], l);
+      double t = layer_time(x, q->t[s], l), o = x->lc[(int)q->t[s]].opt[l];
       if (t < best) best = t;
+      if (o < ob) ob = o;
     }
     fast[l + 1] = fast[l] + best;
+    opt += ob / q->p;
   }
   for (int s = 0; s <= q->p; s++)
     for (int e = 0; e <= n; e++) f[s][e] = INFINITY;
@@ -121,7 +129,7 @@ static double seq_bound(const xctx *x, const xseq *q, int m) {
         if (v < f[s + 1][e]) f[s + 1][e] = v;
       }
     }
-  return f[q->p][n];
+  return f[q->p][n] + opt;
 }
 
 static double bound_of(xctx *x, int qi, int m) {
