@@ -13,7 +13,8 @@
  *      type floor(groups / R), pruned by a lower bound on the pipeline time; tp per type from its
  *      best single-type plan, or its largest degree (one type at a time); and the same pipelines
  *      with the devices they leave idle running each type's best single-type replicas; and
- *      the first type's stages split around the others (a, b, a), one stage moved to the end.
+ *      for two types, the first type's stages split around the other (a, b, a), one stage moved
+ *      to the end.
  * Small clusters (at most HM_SEARCH_WIDE_DEVICES devices) get a wider set: every tp per type in
  * mixed pipelines, every stage count per type and replica count, every interleaving of the first
  * type around the others, fewer replicas than the devices allow, a second split that balances
@@ -478,7 +479,9 @@ static void mixed_candidate(sctx *x, const int *order, int nt, int mbi, int64_t 
   for (int i = 0; i < nt; i++)
     for (int j = 0; j < p[i]; j++) c.t[0].types[s++] = (signed char)order[i];
   c.t[0].nstages = P;
-  try_interleaved(x, &c, x->wide ? p[0] : (p[0] < 2 ? p[0] : 2), tp_of, mbi, m, (int)R, M);
+  /* interleaved orders: all on a small cluster, else one stage moved, for two types */
+  if (x->wide || nt == 2)
+    try_interleaved(x, &c, x->wide ? p[0] : (p[0] < 2 ? p[0] : 2), tp_of, mbi, m, (int)R, M);
   if (x->wide) keep_opt_split(x, &c, tp_of, mbi, m, (int)R, M);
   if (split_template(x, &c.t[0], tp_of, mbi, m, (int)R) != HM_OK) return;
   int rep = (int)R;
