@@ -22,7 +22,8 @@ static int move_boundary(hm_plan_class *cl, int s, int d) {
 }
 
 /* Trial i of a round: boundary moves first (class, boundary, direction), then micro-batch moves
- * between two classes of equal replica counts (one micro-batch per replica from a to b). Returns
+ * between two classes of equal replica counts (one micro-batch per replica from a to b), then
+ * two classes swapped in the plan's order. Returns
  * 0 when the trial does not apply, -1 past the last trial. */
 static int make_trial(const hm_plan *p, int i, hm_plan *t) {
   *t = *p;
@@ -31,11 +32,19 @@ static int make_trial(const hm_plan *p, int i, hm_plan *t) {
     if (i < n) return move_boundary(&t->classes[c], 1 + i / 2, i % 2 ? 1 : -1);
     i -= n;
   }
-  if (i >= p->nclasses * p->nclasses) return -1;
-  hm_plan_class *a = &t->classes[i / p->nclasses], *b = &t->classes[i % p->nclasses];
-  if (a == b || a->nreplicas != b->nreplicas || a->nmicro < 2) return 0;
-  a->nmicro--;
-  b->nmicro++;
+  const int nc = p->nclasses;
+  if (i < nc * nc) {
+    hm_plan_class *a = &t->classes[i / nc], *b = &t->classes[i % nc];
+    if (a == b || a->nreplicas != b->nreplicas || a->nmicro < 2) return 0;
+    a->nmicro--;
+    b->nmicro++;
+    return 1;
+  }
+  i -= nc * nc; /* two classes swapped: the order of classes decides which gradient sync waits */
+  if (i >= nc * nc) return -1;
+  if (i / nc >= i % nc) return 0;
+  t->classes[i / nc] = p->classes[i % nc];
+  t->classes[i % nc] = p->classes[i / nc];
   return 1;
 }
 
