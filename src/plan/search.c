@@ -35,14 +35,17 @@
 enum { NTP = 4, MAXK = HM_PLAN_MAX_TYPES };
 /* Clusters of at most this many devices get the wide search (docs/plan.md, section 6). */
 #define HM_SEARCH_WIDE_DEVICES 64
-/* Plans refined by simulation beyond the small clusters, and the moves each may make. */
-#define HM_SEARCH_REFINE 4
-#define HM_SEARCH_REFINE_WIDE 16
+/* Plans refined by simulation, and the simulations each may take: beyond the small clusters
+ * the best plan only, with a budget that keeps the search's time (a simulation of a large plan
+ * is not free); on a small cluster the best 32. */
+#define HM_SEARCH_REFINE 1
+#define HM_SEARCH_REFINE_SIMS 48
+#define HM_SEARCH_REFINE_WIDE 32
+#define HM_SEARCH_REFINE_WIDE_SIMS 4096
 /* Wide search: all stage counts per type when there are at most this many vectors of them. */
 #define HM_SEARCH_WIDE_COUNTS 512
 /* Wide search: candidates simulated (ranked by estimate, then by simulation). */
 #define HM_SEARCH_WIDE_SIMULATE 256
-#define HM_SEARCH_REFINE_ROUNDS 64
 static const int tp_values[NTP] = {1, 2, 4, 8};
 
 typedef struct tmpl {
@@ -386,6 +389,47 @@ static void search_single(sctx *x, int k, int mbi, int64_t M) {
   }
 }
 
+/* Wide search: two replica classes of single-type templates (a, b: (type, tp index, stages);
+ * the same type twice with two depths too), every replica count of the first with the most of
+ * the second that the devices left allow. */
+static void wide_pair(sctx *x, int mbi, int64_t M, const int *a, const int *b) {
+  const tmpl *ta = wide_tmpl(x, a[0], a[1], mbi, a[2]), *tb = wide_tmpl(x, b[0], b[1], mbi, b[2]);
+  if (!ta->nstages || !tb->nstages) return;
+  int tp_of[MAXK] = {0};
+  tp_of[a[0]] = tp_values[a[1]];
+  tp_of[b[0]] = tp_values[b[1]];
+  const int64_t ga = x->groups[a[0]][a[1]], gb = x->groups[b[0]][b[1]];
+  for (int64_t r1 = 1; r1 * a[2] <= ga && r1 < M; r1++) {
+    int64_t r2 = (gb - (a[0] == b[0] ? r1 * a[2] : 0)) / b[2];
+    if (r2 > M - r1) r2 = M - r1;
+    if (r2 < 1) break;
+    cand c;
+    memset(&c, 0, sizeof c);
+    c.mbi = mbi;
+    c.ntmpl = 2;
+    c.t[0] = *ta;
+    c.t[1] = *tb;
+    memcpy(c.tp_of, tp_of, sizeof c.tp_of);
+    int reps[2] = {(int)r1, (int)r2};
+    if (!distribute(&c, 2, reps, c.t, M)) continue;
+    estimate(x, &c, tp_of);
+    keep(x, list_all, 0, &c);
+  }
+}
+
+static void wide_pairs(sctx *x, int mbi, int64_t M) {
+  for (int k1 = 0; k1 < x->K; k1++)
+    for (int t1 = 0; t1 < NTP; t1++)
+      for (int p1 = 1; p1 <= x->wide_p; p1++)
+        for (int k2 = k1; k2 < x->K; k2++)
+          for (int t2 = 0; t2 < NTP; t2++)
+            for (int p2 = 1; p2 <= x->wide_p; p2++) {
+              if (k1 == k2 && (t1 != t2 || p2 <= p1)) continue; /* one tp per type */
+              const int a[3] = {k1, t1, p1}, b[3] = {k2, t2, p2};
+              wide_pair(x, mbi, M, a, b);
+            }
+}
+
 /* 2. heterogeneous data parallelism over the types in `mask` */
 static void search_hetero_dp(sctx *x, unsigned mask, int mbi, int64_t M, int *tp_best) {
   cand c;
@@ -689,6 +733,7 @@ static void search_mixes(sctx *x, int mbi) {
         break;
       }
   }
+  if (x->wide) wide_pairs(x, mbi, M);
   const unsigned all = (1u << x->K) - 1;
   for (unsigned mask = 1; mask <= all; mask++) {
     if (__builtin_popcount(mask) < 2 || (x->K > 6 && mask != all)) continue;
@@ -786,7 +831,8 @@ static hm_status refine_top(sctx *x, hm_search_result *out) {
   const int lim = x->wide ? HM_SEARCH_REFINE_WIDE : HM_SEARCH_REFINE;
   const int n = out->nplans < lim ? out->nplans : lim;
   for (int i = 0; i < n; i++)
-    HM_TRY(hm_plan_refine(x->in, &out->plans[i], HM_SEARCH_REFINE_ROUNDS, &x->nsplits));
+    HM_TRY(hm_plan_refine(x->in, &out->plans[i], x->wide,
+                          x->wide ? HM_SEARCH_REFINE_WIDE_SIMS : HM_SEARCH_REFINE_SIMS, &x->nsplits));
   qsort(out->plans, (size_t)out->nplans, sizeof *out->plans, cmp_plan);
   int k = 0;
   for (int i = 0; i < out->nplans; i++) {
