@@ -311,6 +311,14 @@ typedef struct hm_search_result {
 hm_status hm_plan_search(const hm_plan_inputs *in, const hm_search_options *opt,
                          hm_search_result *out);
 void hm_search_result_free(hm_search_result *r);
+/* Exhaustive search for small clusters (at most 16 devices, 4 types, 16 layers, 256 micro-batches
+ * per step; HM_ERR_UNSUPPORTED beyond): every micro-batch size, tensor-parallel degree per type,
+ * stage order with device types interleaved, layer split judged by the simulator, and plan of
+ * one or two stage orders with any replica counts and micro-batch spread (docs/plan.md, section
+ * 6). Starts from the default search's best, so *best is never slower than it. The oracle of
+ * the default search's tests; *nsimulated (may be NULL) counts the simulations it ran. */
+hm_status hm_plan_search_exhaustive(const hm_plan_inputs *in, const hm_search_options *opt,
+                                    hm_plan *best, int64_t *nsimulated);
 
 /* plan.json (docs/plan.md): the plan, its predictions, every rank's role, and the cluster, model
  * and training specs it was made for. */
@@ -338,6 +346,15 @@ typedef struct hm_plan_rank {
 /* Lists the roles of every device the plan uses; *ranks is allocated (free()). */
 hm_status hm_plan_assign_ranks(const hm_plan_inputs *in, const hm_plan *plan,
                                hm_plan_rank **ranks, int64_t *nranks);
+
+/* What-if: a copy of cluster c with `delta` devices of type `type` added (delta > 0) or removed
+ * (delta < 0), as whole hosts of host groups that hold only that type (in pool `pool` when not
+ * NULL). Added devices go to the first such group whose host size divides delta; removed ones
+ * come from the last such groups first (a group left with no host, and a type left with no
+ * device, leave the cluster). The result is read back through the spec reader (validated,
+ * derived fields recomputed); a changed group loses its host names. Free with hm_cluster_free. */
+hm_status hm_cluster_whatif(const hm_cluster *c, const char *type, int64_t delta, const char *pool,
+                            hm_cluster *out);
 
 #ifdef __cplusplus
 }

@@ -7,12 +7,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cjson/cJSON.h>
+
 #include "cli.h"
 #include "hetmix/plan.h"
 #include "options.h"
+#include "util/util.h"
 
 typedef struct plan_args {
-  const char *cluster, *model, *profile, *train, *out, *trace, *plan;
+  const char *cluster, *model, *profile, *train, *out, *trace, *plan, *add, *remove;
   int top, max_stages;
   int64_t batch;
 } plan_args;
@@ -31,6 +34,11 @@ static int parse_args(int argc, char **argv, plan_args *a, int simulate) {
       HM_OPT_ROW(HM_OPT_INT, "top", 0, &a->top, 1, 1000, "K", "plans to list [5]"),
       HM_OPT_ROW(HM_OPT_INT, "max-stages", 0, &a->max_stages, 1, HM_PLAN_MAX_STAGES, "N",
                  "pipeline depth limit [64]"),
+      HM_OPT_SECTION_ROW("what-if (prints the best plan of the changed cluster beside the current one):"),
+      HM_OPT_STR_ROW("add", 0, &a->add, "TYPE:COUNT[@POOL],...",
+                     "add COUNT devices of TYPE (whole hosts of a group holding only TYPE)"),
+      HM_OPT_STR_ROW("remove", 0, &a->remove, "TYPE:COUNT[@POOL],...",
+                     "remove COUNT devices of TYPE (whole hosts, last groups first)"),
       HM_OPT_END_ROW};
   const hm_opt sim_opts[] = {
       HM_OPT_STR_ROW("plan", 0, &a->plan, "FILE", "plan.json from `hetmix plan`"),
@@ -144,6 +152,124 @@ static int resolve_inputs(const hm_cluster *c, const hm_model *m, hm_train *t, h
   return 0;
 }
 
+/* Applies one --add/--remove list "TYPE:COUNT[@POOL],..." (sign +1 or -1) to *w, which holds
+ * the cluster so far (replaced by the changed copy). */
+static int apply_changes(hm_cluster *w, const char *list, int sign, const char *opt) {
+  char buf[1024];
+  if (strlen(list) >= sizeof buf) return hm_cli_fail(NULL, "--%s: longer than %zu characters", opt, sizeof buf - 1);
+  strcpy(buf, list);
+  char *save = NULL;
+  for (char *item = strtok_r(buf, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+    char *colon = strchr(item, ':'), *at = strchr(item, '@'), *end = NULL;
+    if (at) *at = '\0';
+    long long n = colon ? strtoll(colon + 1, &end, 10) : 0;
+    if (!colon || colon == item || !end || end == colon + 1 || *end || n < 1 || n > 1000000000)
+      return hm_cli_fail("write TYPE:COUNT or TYPE:COUNT@POOL, e.g. mi250:64@room-amd",
+                         "--%s: \"%s\" is not TYPE:COUNT[@POOL] with 1 <= COUNT <= 1e9", opt, item);
+    *colon = '\0';
+    hm_cluster next;
+    hm_status st = hm_cluster_whatif(w, item, sign * n, at ? at + 1 : NULL, &next);
+    if (st != HM_OK)
+      return hm_cli_fail_status(st, sign > 0 ? "--add" : "--remove",
+                                "name a device type (and pool) of the cluster; counts go by whole "
+                                "hosts of a host group holding only that type");
+    hm_cluster_free(w);
+    *w = next;
+  }
+  return 0;
+}
+
+static void print_compare_row(const char *what, double a, double b, const char *fmt, int pct) {
+  char x[32], y[32];
+  snprintf(x, sizeof x, fmt, a);
+  snprintf(y, sizeof y, fmt, b);
+  printf("%-28s %14s %14s", what, x, y);
+  if (pct && a > 0) printf(" %+9.1f%%", 100 * (b / a - 1));
+  printf("\n");
+}
+
+/* --add/--remove: plans the cluster as it is and as changed, and prints both best plans. */
+static int plan_whatif(const plan_args *a, const hm_plan_inputs *in, hm_profile *pr,
+                       const hm_search_options *opt) {
+  if (a->out || a->trace)
+    return hm_cli_fail("plan the changed cluster from its own file to write a plan",
+                       "--add/--remove compare two clusters and write no plan (-o, --trace)");
+  const double t0 = hm_now_s();
+  hm_cluster w;
+  memset(&w, 0, sizeof w);
+  int rc = 0;
+  hm_search_result *res = calloc(2, sizeof *res);
+  if (!res) {
+    rc = hm_cli_fail(NULL, "out of memory");
+    goto done;
+  }
+  hm_status st;
+  {
+    const char *lists[2] = {a->add, a->remove};
+    const int signs[2] = {1, -1};
+    const char *names[2] = {"add", "remove"};
+    int have = 0;
+    for (int i = 0; i < 2 && !rc; i++) {
+      if (!lists[i]) continue;
+      if (!have) { /* a copy to change: a round trip through the JSON form */
+        cJSON *j = hm_cluster_to_cjson(in->cluster);
+        st = j ? hm_cluster_from_cjson(j, "cluster", &w) : HM_ERR_NOMEM;
+        cJSON_Delete(j);
+        if (st != HM_OK) {
+          rc = hm_cli_fail_status(st, "what-if cluster", NULL);
+          break;
+        }
+        have = 1;
+      }
+      rc = apply_changes(&w, lists[i], signs[i], names[i]);
+    }
+  }
+  if (rc) goto done;
+  if ((st = hm_plan_search(in, opt, &res[0])) != HM_OK) {
+    rc = hm_cli_fail_status(st, "plan (current cluster)", NULL);
+    goto done;
+  }
+  if (pr && (st = hm_profile_resolve(pr, &w, in->model)) != HM_OK) {
+    rc = hm_cli_fail_status(st, "profile (what-if cluster)", "a profile naming a removed device "
+                            "type cannot be used with that removal");
+    goto done;
+  }
+  hm_plan_inputs in2 = {.cluster = &w, .model = in->model, .train = in->train, .profile = pr};
+  if ((st = hm_plan_search(&in2, opt, &res[1])) != HM_OK) {
+    rc = hm_cli_fail_status(st, "plan (what-if cluster)", NULL);
+    goto done;
+  }
+  const hm_plan *p0 = &res[0].plans[0], *p1 = &res[1].plans[0];
+  printf("what-if on cluster \"%s\", model \"%s\":%s%s%s%s\n\n", in->cluster->name, in->model->name,
+         a->add ? " add " : "", a->add ? a->add : "", a->remove ? " remove " : "",
+         a->remove ? a->remove : "");
+  printf("%-28s %14s %14s %10s\n", "", "current", "what-if", "change");
+  print_compare_row("devices in the cluster", (double)in->cluster->ndevices, (double)w.ndevices, "%.0f", 1);
+  print_compare_row("devices used by the best", (double)p0->devices_used, (double)p1->devices_used, "%.0f", 1);
+  print_compare_row("tokens/s", p0->tokens_per_s, p1->tokens_per_s, "%.0f", 1);
+  print_compare_row("step (s)", p0->step_time, p1->step_time, "%.4f", 1);
+  print_compare_row("utilization (% of own bound)", 100 * p0->utilization, 100 * p1->utilization, "%.1f", 0);
+  print_compare_row("upper bound tokens/s", res[0].upper_bound_tokens_per_s,
+                    res[1].upper_bound_tokens_per_s, "%.0f", 1);
+  print_compare_row("MFU (%)", 100 * p0->mfu, 100 * p1->mfu, "%.1f", 0);
+  printf("\ncurrent best plan:\n");
+  print_header();
+  print_plan_row(in->cluster, 1, p0);
+  printf("what-if best plan:\n");
+  print_header();
+  print_plan_row(&w, 1, p1);
+  printf("\nanswered in %.3f s (searches %.3f s + %.3f s)\n", hm_now_s() - t0, res[0].seconds,
+         res[1].seconds);
+done:
+  if (res) {
+    hm_search_result_free(&res[0]);
+    hm_search_result_free(&res[1]);
+  }
+  free(res);
+  hm_cluster_free(&w);
+  return rc;
+}
+
 int hm_cmd_plan(int argc, char **argv) {
   plan_args a;
   int rc = parse_args(argc, argv, &a, 0);
@@ -170,6 +296,10 @@ int hm_cmd_plan(int argc, char **argv) {
   hm_search_options_default(&opt);
   opt.top_k = a.top;
   if (a.max_stages) opt.max_stages = a.max_stages;
+  if (a.add || a.remove) {
+    rc = plan_whatif(&a, &in, have_profile ? &pr : NULL, &opt);
+    goto done;
+  }
   hm_status st = hm_plan_search(&in, &opt, res);
   if (st != HM_OK) {
     rc = hm_cli_fail_status(st, "plan", st == HM_ERR_NO_FIT

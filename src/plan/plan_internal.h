@@ -44,4 +44,11 @@ int64_t hm_type_groups(const hm_cluster *c, int type, int tp);
 /* Largest number of devices of type k in one host. */
 int hm_type_per_host_max(const hm_cluster *c, int type);
 
+/* Refinement by simulation (search_refine.c): moves a layer between two stages of one class
+ * (neighbours only unless `ranges`), a micro-batch per replica between two classes, or swaps
+ * two classes, while the simulated step gets shorter within memory; at most max_sims
+ * simulations. p must be predicted; it stays predicted. *nsim (may be NULL) counts them. */
+hm_status hm_plan_refine(const hm_plan_inputs *in, hm_plan *p, int ranges, int max_sims,
+                         int64_t *nsim);
+
 #endif

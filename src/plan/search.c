@@ -12,7 +12,16 @@
  *      types (all orders up to 4 types, else by memory and by speed), replicas R and stages per
  *      type floor(groups / R), pruned by a lower bound on the pipeline time; tp per type from its
  *      best single-type plan, or its largest degree (one type at a time); and the same pipelines
- *      with the devices they leave idle running each type's best single-type replicas.
+ *      with the devices they leave idle running each type's best single-type replicas; and
+ *      for two types, the first type's stages split around the other (a, b, a), one stage moved
+ *      to the end.
+ * Small clusters (at most HM_SEARCH_WIDE_DEVICES devices) get a wider set: every tp per type in
+ * mixed pipelines, every stage count per type and replica count, every interleaving of the first
+ * type around the others, fewer replicas than the devices allow, a second split that balances
+ * the optimizer step too, every single-type template on the devices a pipeline leaves idle, and
+ * a longer simulated shortlist. The best simulated plans are then refined by simulation (split
+ * boundaries and micro-batches between classes, search_refine.c). The exhaustive search of
+ * search_exact.c is the oracle these are tested against.
  * The optimizations here are exact pruning (bounds) and memoized per-layer costs; the heuristic
  * parts are the candidate families above (documented in docs/plan.md). */
 #include <math.h>
@@ -24,6 +33,19 @@
 #include "util/util.h"
 
 enum { NTP = 4, MAXK = HM_PLAN_MAX_TYPES };
+/* Clusters of at most this many devices get the wide search (docs/plan.md, section 6). */
+#define HM_SEARCH_WIDE_DEVICES 64
+/* Plans refined by simulation, and the simulations each may take: beyond the small clusters
+ * the best plan only, with a budget that keeps the search's time (a simulation of a large plan
+ * is not free); on a small cluster the best 32. */
+#define HM_SEARCH_REFINE 1
+#define HM_SEARCH_REFINE_SIMS 48
+#define HM_SEARCH_REFINE_WIDE 32
+#define HM_SEARCH_REFINE_WIDE_SIMS 4096
+/* Wide search: all stage counts per type when there are at most this many vectors of them. */
+#define HM_SEARCH_WIDE_COUNTS 512
+/* Wide search: candidates simulated (ranked by estimate, then by simulation). */
+#define HM_SEARCH_WIDE_SIMULATE 256
 static const int tp_values[NTP] = {1, 2, 4, 8};
 
 typedef struct tmpl {
@@ -61,6 +83,9 @@ typedef struct sctx {
   hm_layer_costs *costs; /* [k][tpi][mbi] */
   int64_t groups[MAXK][NTP];
   int single_only; /* -1 or the type */
+  int wide;        /* small cluster: every tp per type and interleaved orders in mixed pipelines */
+  int wide_p;      /* wide: templates of family 1 kept for 1..wide_p stages */
+  tmpl *wide_t;    /* wide: [k][tpi][mbi][p-1] family 1's split (nstages 0: none) */
   clist all;              /* every family */
   clist by_type[MAXK];    /* single-type candidates of each type (the upper bound) */
   /* best single-type template per (type, mb): index into a per-type list */
@@ -75,6 +100,10 @@ typedef struct sctx {
 
 static hm_layer_costs *costs_of(sctx *x, int k, int tpi, int mbi) {
   return &x->costs[((size_t)k * NTP + tpi) * x->nmb + mbi];
+}
+
+static tmpl *wide_tmpl(sctx *x, int k, int ti, int mbi, int p) {
+  return &x->wide_t[(((size_t)k * NTP + ti) * x->nmb + mbi) * x->wide_p + (p - 1)];
 }
 
 static int tp_index(int tp) {
@@ -167,7 +196,8 @@ static double sync_estimate(sctx *x, const tmpl *t, const int *tp_of, int nranks
 }
 
 /* DP split of a stage-type sequence; fills t (bounds, B, S, opt). HM_ERR_NO_FIT if it cannot fit. */
-static hm_status split_template(sctx *x, tmpl *t, const int *tp_of, int mbi, int m, int dp) {
+static hm_status split_template_opt(sctx *x, tmpl *t, const int *tp_of, int mbi, int m, int dp,
+                                    int fold_opt) {
   const int p = t->nstages, n = x->n;
   int per_type[MAXK] = {0};
   for (int s = 0; s < p; s++) per_type[(int)t->types[s]]++;
@@ -183,7 +213,7 @@ static hm_status split_template(sctx *x, tmpl *t, const int *tp_of, int mbi, int
     }
     for (int l = 0; l < n; l++) {
       const size_t i = (size_t)s * n + l;
-      x->time[i] = lc->fwd[l] + lc->bwd[l];
+      x->time[i] = lc->fwd[l] + lc->bwd[l] + (fold_opt ? lc->opt[l] / m : 0.0);
       x->bnd[i] = s + 1 < p ? 2 * hm_cost_p2p(&link, lc->out_bytes[l]) : 0.0;
       x->ms[i] = hm_static_bytes(x->in->train, lc->params[l] - (p == 1 ? lc->shared[l] : 0.0), dp);
       x->ma[i] = lc->act[l];
@@ -206,7 +236,7 @@ static hm_status split_template(sctx *x, tmpl *t, const int *tp_of, int mbi, int
     const int k = t->types[s];
     const hm_layer_costs *lc = costs_of(x, k, tp_index(tp_of[k]), mbi);
     for (int l = t->bounds[s]; l < t->bounds[s + 1]; l++) {
-      ts += x->time[(size_t)s * n + l];
+      ts += lc->fwd[l] + lc->bwd[l];
       o += lc->opt[l];
     }
     if (s + 1 < p) ts += x->bnd[(size_t)s * n + t->bounds[s + 1] - 1];
@@ -216,6 +246,11 @@ static hm_status split_template(sctx *x, tmpl *t, const int *tp_of, int mbi, int
   }
   return HM_OK;
 }
+
+static hm_status split_template(sctx *x, tmpl *t, const int *tp_of, int mbi, int m, int dp) {
+  return split_template_opt(x, t, tp_of, mbi, m, dp, 0);
+}
+
 
 /* Spreads M micro-batches over replica classes (R_c replicas, affine time (m-1) B_c + S_c):
  * smallest T such that sum R_c * m_c(T) >= M, then trims the excess by splitting classes.
@@ -291,6 +326,20 @@ static double estimate(sctx *x, cand *c, const int *tp_of) {
   return worst;
 }
 
+/* Wide search: the same stage list split with each layer's optimizer time folded into its
+ * per-micro-batch time (opt / m), so that the split also balances the optimizer step, which
+ * the formula leaves out; kept as a further candidate when the split differs. c: before
+ * its split (one template, types set). */
+static void keep_opt_split(sctx *x, const cand *c, const int *tp_of, int mbi, int m, int R,
+                           int64_t M) {
+  cand d = *c;
+  if (split_template_opt(x, &d.t[0], tp_of, mbi, m, R, 1) != HM_OK) return;
+  int rep = R;
+  if (!distribute(&d, 1, &rep, d.t, M)) return;
+  estimate(x, &d, tp_of);
+  keep(x, list_all, 0, &d);
+}
+
 /* 1. one device type alone */
 static void search_single(sctx *x, int k, int mbi, int64_t M) {
   cand *best = &x->best_single[(size_t)k * x->nmb + mbi];
@@ -301,37 +350,84 @@ static void search_single(sctx *x, int k, int mbi, int64_t M) {
     int tp_of[MAXK] = {0};
     tp_of[k] = tp;
     for (int p = 1; p <= x->maxp && p <= x->n; p++) {
-      int64_t R = x->groups[k][ti] / p;
-      if (R < 1) break;
-      if (R > M) R = M;
-      if (R > (1 << 30)) R = 1 << 30;
-      const int m = (int)((M + R - 1) / R);
-      cand c;
-      memset(&c, 0, sizeof c);
-      c.mbi = mbi;
-      c.ntmpl = 1;
-      c.tp_of[k] = tp;
-      c.t[0].nstages = p;
-      for (int s = 0; s < p; s++) c.t[0].types[s] = (signed char)k;
-      /* lower bound before the DP: no split beats perfect balance */
-      double W = 0;
-      const hm_layer_costs *lc = costs_of(x, k, ti, mbi);
-      for (int l = 0; l < x->n; l++) W += lc->fwd[l] + lc->bwd[l];
-      double lb = (m - 1) * W / p + W;
-      /* cannot enter the overall list nor this type's list (the upper bound's) */
-      if (lb > worst_kept(x, list_all, 0) && lb > worst_kept(x, list_type, k)) continue;
-      if (split_template(x, &c.t[0], tp_of, mbi, m, (int)R) != HM_OK) continue;
-      int rep = (int)R;
-      if (!distribute(&c, 1, &rep, c.t, M)) continue;
-      estimate(x, &c, tp_of);
-      keep(x, list_all, 0, &c);
-      keep(x, list_type, k, &c);
-      if (!*have || c.est < best->est) {
-        *best = c;
-        *have = 1;
+      int64_t Rmax = x->groups[k][ti] / p;
+      if (Rmax < 1) break;
+      if (Rmax > M) Rmax = M;
+      if (Rmax > (1 << 30)) Rmax = 1 << 30;
+      /* wide: fewer replicas too (their gradient sync may cost more than they bring) */
+      for (int64_t R = Rmax; R >= (x->wide ? 1 : Rmax); R--) {
+        const int m = (int)((M + R - 1) / R);
+        cand c;
+        memset(&c, 0, sizeof c);
+        c.mbi = mbi;
+        c.ntmpl = 1;
+        c.tp_of[k] = tp;
+        c.t[0].nstages = p;
+        for (int s = 0; s < p; s++) c.t[0].types[s] = (signed char)k;
+        /* lower bound before the DP: no split beats perfect balance */
+        double W = 0;
+        const hm_layer_costs *lc = costs_of(x, k, ti, mbi);
+        for (int l = 0; l < x->n; l++) W += lc->fwd[l] + lc->bwd[l];
+        double lb = (m - 1) * W / p + W;
+        /* cannot enter the overall list nor this type's list (the upper bound's) */
+        if (!x->wide && lb > worst_kept(x, list_all, 0) && lb > worst_kept(x, list_type, k))
+          continue;
+        if (x->wide) keep_opt_split(x, &c, tp_of, mbi, m, (int)R, M);
+        if (split_template(x, &c.t[0], tp_of, mbi, m, (int)R) != HM_OK) continue;
+        if (x->wide && p <= x->wide_p && R == Rmax) *wide_tmpl(x, k, ti, mbi, p) = c.t[0];
+        int rep = (int)R;
+        if (!distribute(&c, 1, &rep, c.t, M)) continue;
+        estimate(x, &c, tp_of);
+        keep(x, list_all, 0, &c);
+        keep(x, list_type, k, &c);
+        if (!*have || c.est < best->est) {
+          *best = c;
+          *have = 1;
+        }
       }
     }
   }
+}
+
+/* Wide search: two replica classes of single-type templates (a, b: (type, tp index, stages);
+ * the same type twice with two depths too), every replica count of the first with the most of
+ * the second that the devices left allow. */
+static void wide_pair(sctx *x, int mbi, int64_t M, const int *a, const int *b) {
+  const tmpl *ta = wide_tmpl(x, a[0], a[1], mbi, a[2]), *tb = wide_tmpl(x, b[0], b[1], mbi, b[2]);
+  if (!ta->nstages || !tb->nstages) return;
+  int tp_of[MAXK] = {0};
+  tp_of[a[0]] = tp_values[a[1]];
+  tp_of[b[0]] = tp_values[b[1]];
+  const int64_t ga = x->groups[a[0]][a[1]], gb = x->groups[b[0]][b[1]];
+  for (int64_t r1 = 1; r1 * a[2] <= ga && r1 < M; r1++) {
+    int64_t r2 = (gb - (a[0] == b[0] ? r1 * a[2] : 0)) / b[2];
+    if (r2 > M - r1) r2 = M - r1;
+    if (r2 < 1) break;
+    cand c;
+    memset(&c, 0, sizeof c);
+    c.mbi = mbi;
+    c.ntmpl = 2;
+    c.t[0] = *ta;
+    c.t[1] = *tb;
+    memcpy(c.tp_of, tp_of, sizeof c.tp_of);
+    int reps[2] = {(int)r1, (int)r2};
+    if (!distribute(&c, 2, reps, c.t, M)) continue;
+    estimate(x, &c, tp_of);
+    keep(x, list_all, 0, &c);
+  }
+}
+
+static void wide_pairs(sctx *x, int mbi, int64_t M) {
+  for (int k1 = 0; k1 < x->K; k1++)
+    for (int t1 = 0; t1 < NTP; t1++)
+      for (int p1 = 1; p1 <= x->wide_p; p1++)
+        for (int k2 = k1; k2 < x->K; k2++)
+          for (int t2 = 0; t2 < NTP; t2++)
+            for (int p2 = 1; p2 <= x->wide_p; p2++) {
+              if (k1 == k2 && (t1 != t2 || p2 <= p1)) continue; /* one tp per type */
+              const int a[3] = {k1, t1, p1}, b[3] = {k2, t2, p2};
+              wide_pair(x, mbi, M, a, b);
+            }
 }
 
 /* 2. heterogeneous data parallelism over the types in `mask` */
@@ -369,7 +465,136 @@ static int next_perm(int *a, int n) {
   return 1;
 }
 
-/* 3. pipelines mixing the types of `mask`, in `order` */
+/* Interleaved orders (wide search): j of the first type's p0 stages moved to the end of the
+ * pipeline (a^(p0-j) b... a^j), for every j; c holds the contiguous order. */
+static void try_interleaved(sctx *x, const cand *c, int p0, const int *tp_of, int mbi, int m,
+                            int R, int64_t M) {
+  const int P = c->t[0].nstages;
+  for (int j = 1; j < p0; j++) {
+    cand d = *c;
+    /* rotated: stages j.. of the contiguous order first, then the first type's first j */
+    for (int s = 0; s < P - j; s++) d.t[0].types[s] = c->t[0].types[s + j];
+    for (int s = 0; s < j; s++) d.t[0].types[P - j + s] = c->t[0].types[0];
+    keep_opt_split(x, &d, tp_of, mbi, m, R, M);
+    if (split_template(x, &d.t[0], tp_of, mbi, m, R) != HM_OK) continue;
+    int rep = R;
+    if (!distribute(&d, 1, &rep, d.t, M)) continue;
+    estimate(x, &d, tp_of);
+    keep(x, list_all, 0, &d);
+  }
+}
+
+/* Wide search: the leftover devices of type k (avail groups) as replicas of type k's single-type
+ * template of p stages, for every p family 1 split; one candidate each (d: the pipeline's). */
+static void wide_leftovers(sctx *x, const cand *d0, int rep, int k, int64_t avail, int mbi,
+                           int64_t M, const int *tp_of) {
+  const int ti = tp_index(tp_of[k]);
+  for (int p = 1; p <= avail && p <= x->wide_p; p++) {
+    const tmpl *t = wide_tmpl(x, k, ti, mbi, p);
+    if (!t->nstages) continue;
+    int64_t r2 = avail / p;
+    if (r2 > M - rep) r2 = M - rep;
+    if (r2 < 1) continue;
+    cand d = *d0;
+    d.t[1] = *t;
+    d.ntmpl = 2;
+    int reps[2] = {rep, (int)r2};
+    if (!distribute(&d, 2, reps, d.t, M)) continue;
+    estimate(x, &d, tp_of);
+    keep(x, list_all, 0, &d);
+  }
+}
+
+/* One mixed pipeline: p[i] stages of type order[i], R replicas (W: sum over layers of the fastest
+ * type's time, for the lower bound); and the variant with the devices it leaves idle. */
+static void mixed_candidate(sctx *x, const int *order, int nt, int mbi, int64_t M,
+                            const int *tp_of, int64_t R, const int *p, double W) {
+  int64_t P = 0;
+  for (int i = 0; i < nt; i++) P += p[i];
+  const int m = (int)((M + R - 1) / R);
+  double lb = (m - 1) * W / P + W;
+  if (lb > worst_kept(x, list_all, 0)) return;
+  cand c;
+  memset(&c, 0, sizeof c);
+  c.mbi = mbi;
+  c.ntmpl = 1;
+  memcpy(c.tp_of, tp_of, sizeof c.tp_of);
+  int s = 0;
+  for (int i = 0; i < nt; i++)
+    for (int j = 0; j < p[i]; j++) c.t[0].types[s++] = (signed char)order[i];
+  c.t[0].nstages = P;
+  /* interleaved orders: all on a small cluster, else one stage moved, for two types */
+  if (x->wide || nt == 2)
+    try_interleaved(x, &c, x->wide ? p[0] : (p[0] < 2 ? p[0] : 2), tp_of, mbi, m, (int)R, M);
+  if (x->wide) keep_opt_split(x, &c, tp_of, mbi, m, (int)R, M);
+  if (split_template(x, &c.t[0], tp_of, mbi, m, (int)R) != HM_OK) return;
+  int rep = (int)R;
+  cand d = c; /* before distribute: the same template, for the variant with leftovers */
+  if (distribute(&c, 1, &rep, c.t, M)) {
+    estimate(x, &c, tp_of);
+    keep(x, list_all, 0, &c);
+  }
+  if (x->wide) /* every single-type template on the devices of one type left idle */
+    for (int k = 0; k < x->K; k++) {
+      if (!tp_of[k]) continue;
+      int64_t used = 0;
+      for (int i = 0; i < nt; i++)
+        if (order[i] == k) used = R * p[i];
+      wide_leftovers(x, &d, rep, k, x->groups[k][tp_index(tp_of[k])] - used, mbi, M, tp_of);
+    }
+  /* the devices these pipelines leave idle: replicas of each type's best single template,
+   * the micro-batches spread over both kinds by water-filling */
+  int reps[4] = {rep};
+  int64_t total = R;
+  for (int k = 0; k < x->K && d.ntmpl < 4; k++) {
+    const size_t bi = (size_t)k * x->nmb + mbi;
+    if (!x->have_single[bi] || x->best_single[bi].tp_of[k] != tp_of[k]) continue;
+    int64_t used = 0;
+    for (int i = 0; i < nt; i++)
+      if (order[i] == k) used = R * p[i];
+    int64_t r2 = (x->groups[k][tp_index(tp_of[k])] - used) / x->best_single[bi].t[0].nstages;
+    if (r2 > M - total) r2 = M - total;
+    if (r2 < 1) continue;
+    d.t[d.ntmpl] = x->best_single[bi].t[0];
+    reps[d.ntmpl++] = (int)r2;
+    total += r2;
+  }
+  if (d.ntmpl > 1 && distribute(&d, d.ntmpl, reps, d.t, M)) {
+    estimate(x, &d, tp_of);
+    keep(x, list_all, 0, &d);
+  }
+}
+
+/* Wide search: every stage count per type (1..groups) within the depth limit, each with every
+ * replica count its counts allow, when there are at most HM_SEARCH_WIDE_COUNTS such pairs.
+ * Returns 0 (nothing done) when there are more. */
+static int wide_counts(sctx *x, const int *order, int nt, int mbi, int64_t M, const int *tp_of,
+                       const int64_t *G, double W) {
+  const int64_t lim = x->maxp < x->n ? x->maxp : x->n;
+  int p[MAXK];
+  for (int pass = 0; pass < 2; pass++) {
+    int64_t count = 0;
+    for (int i = 0; i < nt; i++) p[i] = 1;
+    for (;;) {
+      int64_t P = 0, R = INT64_MAX;
+      for (int i = 0; i < nt; i++) {
+        P += p[i];
+        if (G[i] / p[i] < R) R = G[i] / p[i];
+      }
+      if (R > M) R = M;
+      for (; P <= lim && R >= 1; R--) { /* fewer replicas too */
+        if (pass == 0 && ++count > HM_SEARCH_WIDE_COUNTS) return 0;
+        if (pass == 1) mixed_candidate(x, order, nt, mbi, M, tp_of, R, p, W);
+      }
+      int i = 0;
+      while (i < nt && (p[i] >= G[i] || p[i] >= lim)) p[i++] = 1;
+      if (i == nt) break;
+      p[i]++;
+    }
+  }
+  return 1;
+}
+
 static void search_mixed_order(sctx *x, const int *order, int nt, int mbi, int64_t M,
                                const int *tp_of) {
   int64_t G[MAXK] = {0};
@@ -383,6 +608,7 @@ static void search_mixed_order(sctx *x, const int *order, int nt, int mbi, int64
     W += best;
   }
   for (int i = 0; i < nt; i++) G[i] = x->groups[order[i]][tp_index(tp_of[order[i]])];
+  if (x->wide && wide_counts(x, order, nt, mbi, M, tp_of, G, W)) return;
   /* R replicas from large to small (at most one per micro-batch); each R gives the stage counts
    * floor(G_i / R), and only the largest R of each set of counts is tried (more replicas, same
    * stages): the next R is the largest that raises some count */
@@ -400,46 +626,7 @@ static void search_mixed_order(sctx *x, const int *order, int nt, int mbi, int64
     if (P > x->maxp || P > x->n) break;
     int p[MAXK];
     for (int i = 0; i < nt; i++) p[i] = (int)pl[i];
-    const int m = (int)((M + R - 1) / R);
-    double lb = (m - 1) * W / P + W;
-    if (lb > worst_kept(x, list_all, 0)) continue;
-    cand c;
-    memset(&c, 0, sizeof c);
-    c.mbi = mbi;
-    c.ntmpl = 1;
-    memcpy(c.tp_of, tp_of, sizeof c.tp_of);
-    int s = 0;
-    for (int i = 0; i < nt; i++)
-      for (int j = 0; j < p[i]; j++) c.t[0].types[s++] = (signed char)order[i];
-    c.t[0].nstages = P;
-    if (split_template(x, &c.t[0], tp_of, mbi, m, (int)R) != HM_OK) continue;
-    int rep = (int)R;
-    cand d = c; /* before distribute: the same template, for the variant with leftovers */
-    if (distribute(&c, 1, &rep, c.t, M)) {
-      estimate(x, &c, tp_of);
-      keep(x, list_all, 0, &c);
-    }
-    /* the devices these pipelines leave idle: replicas of each type's best single template,
-     * the micro-batches spread over both kinds by water-filling */
-    int reps[4] = {rep};
-    int64_t total = R;
-    for (int k = 0; k < x->K && d.ntmpl < 4; k++) {
-      const size_t bi = (size_t)k * x->nmb + mbi;
-      if (!x->have_single[bi] || x->best_single[bi].tp_of[k] != tp_of[k]) continue;
-      int64_t used = 0;
-      for (int i = 0; i < nt; i++)
-        if (order[i] == k) used = R * p[i];
-      int64_t r2 = (x->groups[k][tp_index(tp_of[k])] - used) / x->best_single[bi].t[0].nstages;
-      if (r2 > M - total) r2 = M - total;
-      if (r2 < 1) continue;
-      d.t[d.ntmpl] = x->best_single[bi].t[0];
-      reps[d.ntmpl++] = (int)r2;
-      total += r2;
-    }
-    if (d.ntmpl > 1 && distribute(&d, d.ntmpl, reps, d.t, M)) {
-      estimate(x, &d, tp_of);
-      keep(x, list_all, 0, &d);
-    }
+    mixed_candidate(x, order, nt, mbi, M, tp_of, R, p, W);
   }
 }
 
@@ -499,6 +686,25 @@ static void search_singles(sctx *x, int mbi) {
     if (x->opt->only_type < 0 || x->opt->only_type == k) search_single(x, k, mbi, M);
 }
 
+/* Wide search: mixed pipelines for every tensor-parallel degree of each type of `mask`. */
+static void search_mixed_tps(sctx *x, unsigned mask, int mbi, int64_t M, int *tp_of, int k) {
+  if (k == x->K) {
+    search_mixed(x, mask, mbi, M, tp_of);
+    return;
+  }
+  if (!(mask & (1u << k))) {
+    search_mixed_tps(x, mask, mbi, M, tp_of, k + 1);
+    return;
+  }
+  const int keep_tp = tp_of[k];
+  for (int ti = 0; ti < NTP; ti++) {
+    if (!costs_of(x, k, ti, mbi)->ok || x->groups[k][ti] < 1) continue;
+    tp_of[k] = tp_values[ti];
+    search_mixed_tps(x, mask, mbi, M, tp_of, k + 1);
+  }
+  tp_of[k] = keep_tp;
+}
+
 /* Families 2 and 3 for one micro-batch size, after family 1 for every size. */
 static void search_mixes(sctx *x, int mbi) {
   const int64_t M = x->in->train->global_batch / x->mbs[mbi];
@@ -527,10 +733,17 @@ static void search_mixes(sctx *x, int mbi) {
         break;
       }
   }
+  if (x->wide) wide_pairs(x, mbi, M);
   const unsigned all = (1u << x->K) - 1;
   for (unsigned mask = 1; mask <= all; mask++) {
     if (__builtin_popcount(mask) < 2 || (x->K > 6 && mask != all)) continue;
     search_hetero_dp(x, mask, mbi, M, tp_best);
+    if (x->wide) {
+      int tp_var[MAXK];
+      memcpy(tp_var, tp_best, sizeof tp_var);
+      search_mixed_tps(x, mask, mbi, M, tp_var, 0);
+      continue;
+    }
     search_mixed(x, mask, mbi, M, tp_best);
     for (int k = 0; k < x->K; k++) {
       if (!(mask & (1u << k)) || tp_max[k] == tp_best[k]) continue;
@@ -594,8 +807,41 @@ static void sctx_free(sctx *x) {
   for (int k = 0; k < MAXK; k++) free(x->by_type[k].c);
   free(x->best_single);
   free(x->have_single);
+  free(x->wide_t);
   free(x->time);
   free(x->infl);
+}
+
+static int plan_same(const hm_plan *a, const hm_plan *b) {
+  if (a->micro_batch != b->micro_batch || a->nclasses != b->nclasses) return 0;
+  for (int c = 0; c < a->nclasses; c++) {
+    const hm_plan_class *x = &a->classes[c], *y = &b->classes[c];
+    if (x->nreplicas != y->nreplicas || x->nmicro != y->nmicro || x->nstages != y->nstages) return 0;
+    for (int s = 0; s < x->nstages; s++)
+      if (x->stages[s].type != y->stages[s].type || x->stages[s].tp != y->stages[s].tp ||
+          x->stages[s].layer_end != y->stages[s].layer_end)
+        return 0;
+  }
+  return 1;
+}
+
+/* Refinement by simulation of the best simulated plans (the first HM_SEARCH_REFINE_WIDE on a
+ * small cluster, else HM_SEARCH_REFINE), then ranked again without duplicates. */
+static hm_status refine_top(sctx *x, hm_search_result *out) {
+  const int lim = x->wide ? HM_SEARCH_REFINE_WIDE : HM_SEARCH_REFINE;
+  const int n = out->nplans < lim ? out->nplans : lim;
+  for (int i = 0; i < n; i++)
+    HM_TRY(hm_plan_refine(x->in, &out->plans[i], x->wide,
+                          x->wide ? HM_SEARCH_REFINE_WIDE_SIMS : HM_SEARCH_REFINE_SIMS, &x->nsplits));
+  qsort(out->plans, (size_t)out->nplans, sizeof *out->plans, cmp_plan);
+  int k = 0;
+  for (int i = 0; i < out->nplans; i++) {
+    int dup = 0;
+    for (int j = 0; j < k && !dup; j++) dup = plan_same(&out->plans[j], &out->plans[i]);
+    if (!dup) out->plans[k++] = out->plans[i];
+  }
+  out->nplans = k;
+  return HM_OK;
 }
 
 static hm_status no_fit_error(sctx *x) {
@@ -692,7 +938,16 @@ hm_status hm_plan_search(const hm_plan_inputs *in, const hm_search_options *opt_
     return hm_error(HM_ERR_SPEC, "training.micro_batch_sizes: none divides global_batch %lld",
                     (long long)in->train->global_batch);
   hm_status st = HM_OK;
-  const int capc = opt.top_k * 8 > 48 ? opt.top_k * 8 : 48; /* simulated to re-rank */
+  /* small clusters get the wide candidate set and a longer simulated shortlist */
+  x.wide = in->cluster->ndevices <= HM_SEARCH_WIDE_DEVICES;
+  int capc = opt.top_k * 8 > 48 ? opt.top_k * 8 : 48; /* simulated to re-rank */
+  if (x.wide && capc < HM_SEARCH_WIDE_SIMULATE) capc = HM_SEARCH_WIDE_SIMULATE;
+  if (x.wide) {
+    x.wide_p = x.n < x.maxp ? x.n : x.maxp;
+    if (x.wide_p > in->cluster->ndevices) x.wide_p = (int)in->cluster->ndevices;
+    x.wide_t = hm_calloc((size_t)x.K * NTP * x.nmb * x.wide_p, sizeof *x.wide_t, "templates");
+    if (!x.wide_t) x.wide = 0;
+  }
   x.all.cap = capc;
   x.all.c = hm_calloc((size_t)capc, sizeof(cand), "candidates");
   /* each type alone: a shortlist of 16, the same as a search restricted to that type keeps */
@@ -751,14 +1006,24 @@ hm_status hm_plan_search(const hm_plan_inputs *in, const hm_search_options *opt_
     if (st != HM_OK) goto done;
   }
   /* simulate the best estimates; keep those within memory; rank by simulated step time */
-  out->plans = hm_calloc((size_t)x.all.n + 1, sizeof *out->plans, "plans");
+  /* with each type's own shortlist: the best single-type plans are ranked by simulation too,
+   * whatever the estimates of the mixed candidates */
+  int nby = 0;
+  for (int k = 0; k < x.K; k++) nby += x.by_type[k].n;
+  out->plans = hm_calloc((size_t)(x.all.n + nby) + 1, sizeof *out->plans, "plans");
   if (!out->plans) {
     st = HM_ERR_NOMEM;
     goto done;
   }
-  for (int i = 0; i < x.all.n; i++) {
+  for (int i = 0; i < x.all.n + nby; i++) {
+    const cand *c = i < x.all.n ? &x.all.c[i] : NULL;
+    for (int k = 0, j = i - x.all.n; !c; j -= x.by_type[k++].n)
+      if (j < x.by_type[k].n) c = &x.by_type[k].c[j];
+    int dup = 0;
+    for (int j = 0; j < x.all.n && i >= x.all.n && !dup; j++) dup = cand_equal(&x.all.c[j], c);
+    if (dup) continue;
     hm_plan *p = &out->plans[out->nplans];
-    if ((st = materialize(&x, &x.all.c[i], p)) != HM_OK) goto done;
+    if ((st = materialize(&x, c, p)) != HM_OK) goto done;
     if (!p->over_memory) out->nplans++;
   }
   if (out->nplans == 0) {
@@ -766,6 +1031,7 @@ hm_status hm_plan_search(const hm_plan_inputs *in, const hm_search_options *opt_
     goto done;
   }
   qsort(out->plans, (size_t)out->nplans, sizeof *out->plans, cmp_plan);
+  if ((st = refine_top(&x, out)) != HM_OK) goto done;
   if (out->nplans > opt.top_k) out->nplans = opt.top_k;
   out->candidates = x.nsplits;
   if (opt.upper_bound && opt.only_type < 0) {

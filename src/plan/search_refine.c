@@ -1,0 +1,81 @@
+/* Split refinement by simulation: the layer split of search.c minimizes the formula
+ * (m-1) max T_s + sum T_s, which is not the simulated timeline (docs/plan.md, section 4) and
+ * ignores gradient sync and the optimizer; the micro-batches of replica classes come from
+ * water-filling on the same formula. Around those choices, this moves one layer between two
+ * stages of one class (the stages between keep their counts and shift), one micro-batch per
+ * replica between two classes of equal replica counts, or swaps two classes, one move at a
+ * time, and keeps a move when the simulated step gets shorter and every device stays within
+ * memory (first improvement, repeated until no move helps or the simulation budget is spent).
+ * Without `ranges`, layers move only between neighbouring stages. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "plan/plan_internal.h"
+#include "util/util.h"
+
+/* Moves the boundaries a+1..b of class c by d (d = +1: stage a takes a layer from stage b, the
+ * stages between keep their counts and shift; d = -1: the reverse); 0 when a stage would be
+ * empty. b = a+1 moves one boundary. */
+static int move_range(hm_plan_class *cl, int a, int b, int d) {
+  for (int s = a + 1; s <= b; s++) {
+    hm_plan_stage *x = &cl->stages[s - 1], *y = &cl->stages[s];
+    x->layer_end += d;
+    y->layer_begin += d;
+  }
+  for (int s = a; s <= b; s++)
+    if (cl->stages[s].layer_end <= cl->stages[s].layer_begin) return 0;
+  return 1;
+}
+
+/* Trial i of a round: layer moves first (class, stages a < b, direction), then micro-batch moves
+ * between two classes of equal replica counts (one micro-batch per replica from a to b), then
+ * two classes swapped in the plan's order. Returns
+ * 0 when the trial does not apply, -1 past the last trial. */
+static int make_trial(const hm_plan *p, int i, int ranges, hm_plan *t) {
+  *t = *p;
+  for (int c = 0; c < p->nclasses; c++) {
+    const int ns = p->classes[c].nstages, n = 2 * ns * ns;
+    if (i < n) {
+      const int a = i / (2 * ns), b = (i / 2) % ns;
+      if (b <= a || (!ranges && b != a + 1)) return 0;
+      return move_range(&t->classes[c], a, b, i % 2 ? 1 : -1);
+    }
+    i -= n;
+  }
+  const int nc = p->nclasses;
+  if (i < nc * nc) {
+    hm_plan_class *a = &t->classes[i / nc], *b = &t->classes[i % nc];
+    if (a == b || a->nreplicas != b->nreplicas || a->nmicro < 2) return 0;
+    a->nmicro--;
+    b->nmicro++;
+    return 1;
+  }
+  i -= nc * nc; /* two classes swapped: the order of classes decides which gradient sync waits */
+  if (i >= nc * nc) return -1;
+  if (i / nc >= i % nc) return 0;
+  t->classes[i / nc] = p->classes[i % nc];
+  t->classes[i % nc] = p->classes[i / nc];
+  return 1;
+}
+
+hm_status hm_plan_refine(const hm_plan_inputs *in, hm_plan *p, int ranges, int max_sims,
+                         int64_t *nsim) {
+  hm_plan *trial = hm_malloc(sizeof *trial, "plan");
+  if (!trial) return HM_ERR_NOMEM;
+  hm_status st = HM_OK;
+  for (int sims = 0, improved = 1; improved && sims < max_sims && st == HM_OK;) {
+    improved = 0;
+    for (int i = 0, r; !improved && sims < max_sims && (r = make_trial(p, i, ranges, trial)) >= 0;
+         i++) {
+      if (!r) continue;
+      sims++;
+      if (nsim) (*nsim)++;
+      if ((st = hm_plan_predict(in, trial, NULL)) != HM_OK) break;
+      if (trial->over_memory || trial->step_time >= p->step_time) continue;
+      *p = *trial;
+      improved = 1;
+    }
+  }
+  free(trial);
+  return st;
+}

@@ -1,0 +1,96 @@
+/* The exhaustive search (hm_plan_search_exhaustive) as the oracle of the default search, on
+ * random small heterogeneous clusters (bench/plan/exact_cases.h; up to 6 devices here so that
+ * the oracle stays quick, bench_search_exact runs 200 cases of up to 8):
+ *  - the oracle's plan validates, fits in memory, and is never slower than the default's;
+ *  - the default search's best is within 2% of the oracle's on every case and within 0.5% on
+ *    at least HM_EXACT_WITHIN_HALF_PERCENT of them (docs/plan.md, section 6);
+ *  - clusters too large for the oracle are refused with a clear message. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "exact_cases.h"
+#include "hetmix/plan.h"
+
+enum { NCASES = 24 };
+
+static void test_default_against_oracle(void **state) {
+  (void)state;
+  hm_plan *best = calloc(1, sizeof *best);
+  assert_non_null(best);
+  int done = 0, half = 0, over2 = 0;
+  double worst = 0;
+  for (uint64_t seed = 1; done < NCASES; seed++) {
+    exact_case e;
+    assert_int_equal(exact_case_make(seed, 6, &e), HM_OK);
+    hm_search_options o;
+    hm_search_options_default(&o);
+    o.top_k = 1;
+    o.upper_bound = 0;
+    hm_search_result r;
+    hm_status st = hm_plan_search(&e.in, &o, &r);
+    if (st == HM_ERR_NO_FIT) {
+      exact_case_free(&e);
+      continue;
+    }
+    if (st != HM_OK) fail_msg("%s: %s", e.desc, hm_last_error());
+    int64_t ns = 0;
+    if (hm_plan_search_exhaustive(&e.in, &o, best, &ns) != HM_OK)
+      fail_msg("%s: exhaustive: %s", e.desc, hm_last_error());
+    assert_int_equal(hm_plan_validate(&e.in, best), HM_OK);
+    assert_false(best->over_memory);
+    /* the oracle starts from the default's best: never slower (same simulator, same figures) */
+    if (best->step_time > r.plans[0].step_time * (1 + 1e-12))
+      fail_msg("%s: exhaustive %.9g slower than default %.9g", e.desc, best->step_time,
+               r.plans[0].step_time);
+    const double gap = r.plans[0].step_time / best->step_time - 1;
+    if (gap > worst) worst = gap;
+    half += gap <= 0.005;
+    if (gap > 0.005) print_message("%s: default %.3f%% slower than exhaustive\n", e.desc, 100 * gap);
+    over2 += gap > 0.02;
+    hm_search_result_free(&r);
+    exact_case_free(&e);
+    done++;
+  }
+  print_message("%d cases: %d within 0.5%% of the exhaustive best, worst %+.3f%%\n", done, half,
+                100 * worst);
+  assert_int_equal(over2, 0);
+  assert_true(half * 100 >= 99 * done);
+  free(best);
+}
+
+static void test_too_large_refused(void **state) {
+  (void)state;
+  char path[1024];
+  snprintf(path, sizeof path, "%s/examples/reference-768.json", HM_SOURCE_DIR);
+  hm_cluster c;
+  hm_model m;
+  hm_train t;
+  assert_int_equal(hm_cluster_load(path, &c), HM_OK);
+  snprintf(path, sizeof path, "%s/examples/llama2-70b.json", HM_SOURCE_DIR);
+  assert_int_equal(hm_model_load(path, &m), HM_OK);
+  hm_train_default(&t);
+  assert_int_equal(hm_spec_resolve(&c, &m, &t, NULL), HM_OK);
+  hm_plan_inputs in = {.cluster = &c, .model = &m, .train = &t};
+  hm_plan *p = calloc(1, sizeof *p);
+  assert_non_null(p);
+  assert_int_equal(hm_plan_search_exhaustive(&in, NULL, p, NULL), HM_ERR_UNSUPPORTED);
+  assert_non_null(strstr(hm_last_error(), "at most 16 devices"));
+  free(p);
+  hm_cluster_free(&c);
+  hm_model_free(&m);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_default_against_oracle),
+      cmocka_unit_test(test_too_large_refused),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
