@@ -27,7 +27,8 @@ typedef struct {
   uint32_t n_tensors, stage_count;
   uint64_t run_id;
   int32_t stage_index, micro_batches;
-  uint8_t reserved[80];
+  int32_t tp_rank, tp_size; /* 0, 0 in files from before tensor parallelism: unsplit */
+  uint8_t reserved[72];
   uint64_t header_hash; /* XXH3 of the bytes before it */
 } hm_ckpt_header;
 _Static_assert(sizeof(hm_ckpt_header) == 256, "checkpoint header is 256 bytes");
@@ -71,6 +72,7 @@ hm_status hm_ckpt_write(const char *path, const hm_ckpt_meta *m, const hm_ckpt_t
   h.n_tensors = (uint32_t)n;
   h.run_id = m->run_id;
   h.stage_index = m->stage_index, h.stage_count = (uint32_t)m->stage_count, h.micro_batches = m->micro_batches;
+  h.tp_rank = m->tp_rank, h.tp_size = m->tp_size;
   h.header_hash = XXH3_64bits(&h, offsetof(hm_ckpt_header, header_hash));
 
   hm_ckpt_entry *table = hm_calloc((size_t)n + 1, sizeof *table, "checkpoint table");
@@ -136,6 +138,7 @@ static hm_status hm_ckpt_header_meta(const hm_ckpt_header *hp, const char *what,
   if (h.version == 1) { /* no run identity yet: those bytes were zero */
     h.stage_count = 0, h.run_id = 0;
     h.stage_index = 0, h.micro_batches = 0;
+    h.tp_rank = 0, h.tp_size = 0;
   }
   hm_model_config cfg = {"", h.L, h.C, h.NH, h.V, h.T};
   memcpy(cfg.name, h.name, sizeof cfg.name);
@@ -147,8 +150,11 @@ static hm_status hm_ckpt_header_meta(const hm_ckpt_header *hp, const char *what,
       h.micro_batches < 0)
     return HM_CORRUPT("checkpoint %s: stage %d of %u, %d micro-batches is invalid", what, h.stage_index, h.stage_count,
                       h.micro_batches);
+  if (h.tp_size < 0 || h.tp_size > 64 || h.tp_rank < 0 || h.tp_rank >= (h.tp_size > 1 ? h.tp_size : 1))
+    return HM_CORRUPT("checkpoint %s: tensor-parallel rank %d of %d is invalid", what, h.tp_rank, h.tp_size);
   memset(m, 0, sizeof *m);
   m->config = cfg;
+  m->tp_rank = h.tp_rank, m->tp_size = h.tp_size;
   m->layer_first = h.layer_first, m->layer_last = h.layer_last;
   m->step = h.step, m->data_seed = h.data_seed;
   m->data_position = h.data_position, m->rng_state = h.rng_state;

@@ -462,7 +462,7 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
 
   HM_TRY(hm_pipe_run_identity(w->world, o, w->stage, w->M, &w->run_id));
   HM_TRY(hm_device_open(t->device ? t->device : "cpu", &w->dev));
-  hm_stage_options so = {w->first, w->last, t->batch, T, w->nslots};
+  hm_stage_options so = {w->first, w->last, t->batch, T, w->nslots, HM_STAGE_TP_NONE};
   HM_TRY(hm_stage_create(&t->config, w->dev, &so, &w->st));
   if (t->resume) {
     /* a dump directory of an earlier run of this layout (its files checked to be one run at one
