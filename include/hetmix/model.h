@@ -253,6 +253,18 @@ const char *hm_stage_tensor_name(const hm_stage *s, int i);
 size_t hm_stage_tensor_offset(const hm_stage *s, int i); /* elements into the flat buffers */
 size_t hm_stage_tensor_numel(const hm_stage *s, int i);
 int hm_stage_find_tensor(const hm_stage *s, const char *name); /* index or -1 */
+/* How tensor i is split over the stage's tensor-parallel ranks: its full shape (rows, cols)
+ * (1-D tensors: (n, 1)), split 0 = replicated (every rank holds it whole), 1 = rows (each of
+ * `blocks` equal row blocks cut into tp parts: 3 blocks q | k | v for QKV), 2 = columns. */
+typedef struct hm_tensor_split {
+  size_t rows, cols;
+  int split, blocks;
+} hm_tensor_split;
+void hm_stage_tensor_split(const hm_stage *s, int i, hm_tensor_split *out);
+/* Copies between a full tensor and rank's shard of it (elem bytes per element; to_shard 1: full
+ * -> shard, 0: shard -> full). */
+void hm_tensor_shard_copy(void *full, void *shard, const hm_tensor_split *sp, size_t elem, int tp_size,
+                          int tp_rank, int to_shard);
 
 /* ---------------------------------------------------------------------------------------------
  * Checkpoints (format: docs/model.md). One file holds the tensors of one stage. */
@@ -292,8 +304,9 @@ typedef struct hm_ckpt_tensor {
  * float32) with meta (layer range, config and tensor-parallel rank filled in from the stage):
  * a tensor-parallel rank saves its own shards. */
 hm_status hm_stage_save(hm_stage *s, const char *path, const hm_ckpt_meta *meta);
-/* Loads a checkpoint written by hm_stage_save for the same config, layer range and
- * tensor-parallel rank and size (else HM_ERR_INVALID_ARG naming the difference); fills meta. */
+/* Loads a checkpoint written by hm_stage_save for the same config and layer range (else
+ * HM_ERR_INVALID_ARG naming the difference); fills meta. An unsplit checkpoint loads into any
+ * tensor-parallel rank (its shard is cut out); a shard loads only into the same rank and size. */
 hm_status hm_stage_load(hm_stage *s, const char *path, hm_ckpt_meta *meta);
 
 /* Writes meta and tensors to path atomically: path.tmp, fsync, rename, fsync of the folder. */

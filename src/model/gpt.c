@@ -695,6 +695,11 @@ int hm_stage_num_tensors(const hm_stage *s) { return s->n_tensors; }
 const char *hm_stage_tensor_name(const hm_stage *s, int i) { return s->tensors[i].name; }
 size_t hm_stage_tensor_offset(const hm_stage *s, int i) { return s->tensors[i].offset; }
 size_t hm_stage_tensor_numel(const hm_stage *s, int i) { return s->tensors[i].numel; }
+void hm_stage_tensor_split(const hm_stage *s, int i, hm_tensor_split *out) {
+  const hm_stage_tensor *t = &s->tensors[i];
+  *out = (hm_tensor_split){t->rows, t->cols, (int)t->split, t->blocks};
+}
+
 int hm_stage_find_tensor(const hm_stage *s, const char *name) {
   for (int i = 0; i < s->n_tensors; i++)
     if (strcmp(s->tensors[i].name, name) == 0) return i;
@@ -741,6 +746,16 @@ hm_status hm_stage_save(hm_stage *s, const char *path, const hm_ckpt_meta *meta)
   return st;
 }
 
+// Tensor i of buffer kind k from a checkpoint's f32 data: whole (split_file) or this rank's shard of it.
+static hm_status hm_load_tensor(hm_stage *s, int k, int i, float *data, int split_file, float *shard) {
+  const hm_stage_tensor *t = &s->tensors[i];
+  if (!split_file && t->split != HM_TP_REPLICATED) {
+    hm_tp_copy(data, shard, t->rows, t->cols, t->split, t->blocks, s->tp.size, s->tp.rank, 1);
+    data = shard;
+  }
+  return hm_device_copy_from_f32(s->dev, hm_device_offset(s->dev, hm_stage_buffer(s, k), t->offset), data, t->numel);
+}
+
 hm_status hm_stage_load(hm_stage *s, const char *path, hm_ckpt_meta *meta) {
   hm_ckpt ck;
   HM_TRY(hm_ckpt_read(path, &ck));
@@ -752,10 +767,19 @@ hm_status hm_stage_load(hm_stage *s, const char *path, hm_ckpt_meta *meta) {
   else if (ck.meta.layer_first != s->first || ck.meta.layer_last != s->last)
     st = hm_error(HM_ERR_INVALID_ARG, "checkpoint %s holds layers [%d,%d), this stage is [%d,%d)", path,
                   ck.meta.layer_first, ck.meta.layer_last, s->first, s->last);
-  else if ((ck.meta.tp_size > 1 ? ck.meta.tp_size : 1) != s->tp.size || ck.meta.tp_rank != s->tp.rank)
+  else if (ck.meta.tp_size > 1 && (ck.meta.tp_size != s->tp.size || ck.meta.tp_rank != s->tp.rank))
     st = hm_error(HM_ERR_INVALID_ARG, "checkpoint %s holds tensor-parallel rank %d of %d, this stage is rank %d of %d%s",
                   path, ck.meta.tp_rank, ck.meta.tp_size > 1 ? ck.meta.tp_size : 1, s->tp.rank, s->tp.size,
                   ck.meta.tp_size > 1 ? " (hm_ckpt_merge_tp makes the unsplit model)" : "");
+  // an unsplit file into a tensor-parallel rank: cut each tensor's shard out
+  const int split_file = ck.meta.tp_size > 1 || s->tp.size <= 1;
+  float *shard = NULL;
+  if (st == HM_OK && !split_file) {
+    size_t most = 0;
+    for (int i = 0; i < s->n_tensors; i++) most = s->tensors[i].numel > most ? s->tensors[i].numel : most;
+    shard = hm_malloc(most * sizeof(float), "checkpoint shard");
+    if (!shard) st = HM_ERR_NOMEM;
+  }
   for (int k = 0; k < 3 && st == HM_OK; k++)
     for (int i = 0; i < s->n_tensors && st == HM_OK; i++) {
       char name[HM_CKPT_NAME_MAX + 8];
@@ -763,14 +787,14 @@ hm_status hm_stage_load(hm_stage *s, const char *path, hm_ckpt_meta *meta) {
       const hm_ckpt_tensor *t = hm_ckpt_find(&ck, name);
       if (!t)
         st = hm_error(HM_ERR_CORRUPT, "checkpoint %s: tensor '%s' is missing", path, name);
-      else if (t->numel != s->tensors[i].numel)
+      else if (t->numel != (split_file ? s->tensors[i].numel : s->tensors[i].rows * s->tensors[i].cols))
         st = hm_error(HM_ERR_CORRUPT, "checkpoint %s: tensor '%s' has %llu elements, expected %zu", path, name,
-                      (unsigned long long)t->numel, s->tensors[i].numel);
+                      (unsigned long long)t->numel, split_file ? s->tensors[i].numel : s->tensors[i].rows * s->tensors[i].cols);
       else
-        st = hm_device_copy_from_f32(s->dev, hm_device_offset(s->dev, hm_stage_buffer(s, k), s->tensors[i].offset),
-                                     t->data, t->numel);
+        st = hm_load_tensor(s, k, i, t->data, split_file, shard);
     }
   if (st == HM_OK && meta) *meta = ck.meta;
+  free(shard);
   hm_ckpt_free(&ck);
   return st;
 }

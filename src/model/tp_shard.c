@@ -42,26 +42,38 @@ hm_tp_split hm_tp_tensor_split(const char *name, int *blocks) {
   return HM_TP_REPLICATED;  // LayerNorms, wpe, row-parallel biases
 }
 
-void hm_tp_copy(float *full, float *shard, size_t rows, size_t cols, hm_tp_split split, int blocks, int size,
-                int rank, int to_shard) {
+void hm_tp_copy_bytes(void *full_, void *shard_, size_t rows, size_t cols, size_t elem, hm_tp_split split,
+                      int blocks, int size, int rank, int to_shard) {
+  char *full = full_, *shard = shard_;
   if (split == HM_TP_REPLICATED || size <= 1) {
-    if (to_shard) memcpy(shard, full, rows * cols * sizeof(float));
-    else memcpy(full, shard, rows * cols * sizeof(float));
+    if (to_shard) memcpy(shard, full, rows * cols * elem);
+    else memcpy(full, shard, rows * cols * elem);
     return;
   }
   if (split == HM_TP_COLS) {
     const size_t w = cols / (size_t)size, c0 = (size_t)rank * w;
     for (size_t r = 0; r < rows; r++) {
-      float *f = full + r * cols + c0, *s = shard + r * w;
-      memcpy(to_shard ? s : f, to_shard ? f : s, w * sizeof(float));
+      char *f = full + (r * cols + c0) * elem, *s = shard + r * w * elem;
+      memcpy(to_shard ? s : f, to_shard ? f : s, w * elem);
     }
     return;
   }
   const size_t rb = rows / (size_t)blocks, h = rb / (size_t)size;
   for (int b = 0; b < blocks; b++) {
-    float *f = full + ((size_t)b * rb + (size_t)rank * h) * cols, *s = shard + (size_t)b * h * cols;
-    memcpy(to_shard ? s : f, to_shard ? f : s, h * cols * sizeof(float));
+    char *f = full + ((size_t)b * rb + (size_t)rank * h) * cols * elem, *s = shard + (size_t)b * h * cols * elem;
+    memcpy(to_shard ? s : f, to_shard ? f : s, h * cols * elem);
   }
+}
+
+void hm_tp_copy(float *full, float *shard, size_t rows, size_t cols, hm_tp_split split, int blocks, int size,
+                int rank, int to_shard) {
+  hm_tp_copy_bytes(full, shard, rows, cols, sizeof(float), split, blocks, size, rank, to_shard);
+}
+
+void hm_tensor_shard_copy(void *full, void *shard, const hm_tensor_split *sp, size_t elem, int tp_size, int tp_rank,
+                          int to_shard) {
+  hm_tp_copy_bytes(full, shard, sp->rows, sp->cols, elem, (hm_tp_split)sp->split, sp->blocks, tp_size, tp_rank,
+                   to_shard);
 }
 
 // The shard files belong together: same model, layers, step and run; rank r of n in paths[r].

@@ -22,5 +22,8 @@ hm_tp_split hm_tp_tensor_split(const char *name, int *blocks);
  * 0: shard -> full). Replicated tensors copy whole. */
 void hm_tp_copy(float *full, float *shard, size_t rows, size_t cols, hm_tp_split split, int blocks,
                 int size, int rank, int to_shard);
+/* The same for elements of `elem` bytes. */
+void hm_tp_copy_bytes(void *full, void *shard, size_t rows, size_t cols, size_t elem, hm_tp_split split,
+                      int blocks, int size, int rank, int to_shard);
 
 #endif

@@ -49,6 +49,7 @@
 #define DUMP_ULP 0x1.0p-24       /* rounding of a dump (checkpoints hold f32) */
 
 static const char *hetmix_bin = HM_BINARY_DIR "/hetmix";
+static const char *g_tp; /* --tp for the next run_and_compare, or NULL */
 static char work[128], tokpath[256];
 typedef struct reference {
   const char *device;
@@ -258,7 +259,10 @@ static void run_and_compare_ex(const reference *ref, const char *name, int worke
                   "--model", MODEL, "--data", tokpath, "--steps", steps, "--batch", "2", "--lr", "3e-3",
                   "--stages", (char *)stages, "--micro", (char *)micro,
                   devices ? "--devices" : "--device", devices ? (char *)devices : (char *)ref->device,
-                  "--out", dir, "--dump", dump, "--quiet", rebalance ? "--rebalance" : NULL, NULL};
+                  "--out", dir, "--dump", dump, "--quiet", NULL, NULL, NULL, NULL};
+  int na = (int)(sizeof argv / sizeof argv[0]) - 4;
+  if (rebalance) argv[na++] = "--rebalance";
+  if (g_tp) argv[na++] = "--tp", argv[na++] = (char *)g_tp;
   pid_t pid = hm_t_spawn(argv, NULL, errp);
   int st = hm_t_wait(pid, 100.0);
   char err[8192] = "";
@@ -291,8 +295,9 @@ static void run_and_compare_ex(const reference *ref, const char *name, int worke
   }
   char worst_name[HM_CKPT_NAME_MAX] = "";
   double worst = compare_params(ref, name, dump, nstages, expect_bitwise, f64, worst_name, sizeof worst_name);
-  print_message("  %-8s %-14s stages %-10s micro %-4s: losses vs f64 %.2e (f32 drift %.2e), worst param %.3f of "
-                "its bound (%s)\n", name, ref->device, stages, micro, loss_err, loss_drift, worst, worst_name);
+  print_message("  %-8s %-14s stages %-10s micro %-4s%s%s: losses vs f64 %.2e (f32 drift %.2e), worst param %.3f of "
+                "its bound (%s)\n", name, ref->device, stages, micro, g_tp ? " tp " : "", g_tp ? g_tp : "", loss_err,
+                loss_drift, worst, worst_name);
 }
 
 static void test_one_stage_is_bitwise(void **state) {
@@ -396,22 +401,47 @@ static void test_opencl_compute_is_timed(void **state) {
   if (bwd < 0.5 * fwd) fail_msg("backward %.3f ms < half the forward %.3f ms: the queue was not waited for", bwd / 1e3, fwd / 1e3);
 }
 
+/* Tensor parallelism inside stages (--tp): TP2 and TP4 of the whole model, PP2 x TP2, DP2 x TP2,
+ * two replicas split differently (TP2 next to TP1: their gradients are summed through the full
+ * layout) and a pipeline whose middle stage has another degree than its neighbours (activations
+ * and their gradients go between TP2 and TP1 ranks). Same bounds as the layouts above: a TP run
+ * performs the reference's operations but for the order of the sums over ranks, the bias added
+ * before the sum, and the softmax normalizer summed per rank; in f64 its dump equals ref64's to
+ * the dump's rounding. (test_model_tp holds TP2 and TP4 to 1e-12 in f64 memory.) */
+static void tp_case(const char *name, int workers, const char *stages, const char *micro, int nstages, const char *tp) {
+  char n64[64];
+  snprintf(n64, sizeof n64, "%s-f64", name);
+  g_tp = tp;
+  run_and_compare(&ref32, name, workers, stages, micro, nstages, 0);
+  run_and_compare(&ref64, n64, workers, stages, micro, nstages, 0);
+  g_tp = NULL;
+}
+static void test_tp2(void **state) { (void)state; tp_case("tp2", 2, "0,8", "4", 1, "2"); }
+static void test_tp4(void **state) { (void)state; tp_case("tp4", 4, "0,8", "4", 1, "4"); }
+static void test_pp2_tp2(void **state) { (void)state; tp_case("p2tp2", 4, "0,5,8", "4", 2, "2"); }
+static void test_dp2_tp2(void **state) { (void)state; tp_case("r2tp2", 4, "0,8", "3,1", 1, "2"); }
+static void test_tp_mixed_replicas(void **state) { (void)state; tp_case("r2tp21", 3, "0,8", "3,1", 1, "2,1"); }
+static void test_tp_mixed_stages(void **state) { (void)state; tp_case("p3tp212", 5, "0,3,5,8", "4", 3, "2,1,2"); }
+
 /* A layout that does not match the model or the workers is refused, naming what is wrong. */
 static void test_mismatched_layout_is_refused(void **state) {
   (void)state;
   struct {
-    const char *n, *stages, *micro, *expect;
+    const char *n, *stages, *micro, *expect, *tp;
   } cases[] = {
-      {"3", "0,5,8", "4", "need 2 workers, but 3 were started"},
-      {"2", "0,5,9", "4", "end at 8"},
-      {"2", "0,5,5,8", "4", "stage 1 has no layers"},
+      {"3", "0,5,8", "4", "need 2 workers, but 3 were started", "1"},
+      {"2", "0,5,9", "4", "end at 8", "1"},
+      {"2", "0,5,5,8", "4", "stage 1 has no layers", "1"},
+      {"3", "0,8", "4", "tensor-parallel degree 3 must be in 1..64 and divide the model's NH=4", "3"},
+      {"3", "0,5,8", "4", "the first stage has tensor-parallel degree 2 and the last 1", "2,1"},
+      {"3", "0,8", "4", "need 2 workers, but 3 were started", "2"},
   };
   for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
     char errp[300];
     snprintf(errp, sizeof errp, "%s/refuse.err", work);
     char *argv[] = {(char *)hetmix_bin, "launch", "-n", (char *)cases[c].n, "--", (char *)hetmix_bin, "worker",
                     "--model", MODEL, "--data", tokpath, "--steps", "1", "--stages", (char *)cases[c].stages,
-                    "--micro", (char *)cases[c].micro, "--quiet", NULL};
+                    "--micro", (char *)cases[c].micro, "--tp", (char *)cases[c].tp, "--quiet", NULL};
     pid_t pid = hm_t_spawn(argv, NULL, errp);
     int st = hm_t_wait(pid, 30.0);
     char err[8192] = "";
@@ -575,6 +605,12 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_depth2_nonuniform),
       cmocka_unit_test(test_depth4_nonuniform),
       cmocka_unit_test(test_2replicas_x_2stages_unequal_micro),
+      cmocka_unit_test(test_tp2),
+      cmocka_unit_test(test_tp4),
+      cmocka_unit_test(test_pp2_tp2),
+      cmocka_unit_test(test_dp2_tp2),
+      cmocka_unit_test(test_tp_mixed_replicas),
+      cmocka_unit_test(test_tp_mixed_stages),
       cmocka_unit_test(test_rebalanced_replicas),
       cmocka_unit_test(test_mismatched_layout_is_refused),
       cmocka_unit_test(test_plan_runs_and_mismatch_is_refused),
