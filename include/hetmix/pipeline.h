@@ -43,9 +43,7 @@ typedef struct hm_pipeline_options {
   const char *metrics_path;      /* JSON lines, one per step, or NULL (train->out_dir/metrics.jsonl) */
   const char *dump_dir;          /* replica 0's stages write stage<s>.hmc checkpoints here, or NULL */
   int tp[HM_PIPE_MAX_REPLICAS][HM_PIPE_MAX_STAGES]; /* tensor-parallel degree of each replica's
-                                    stages (0: 1); it must divide the model's NH and V, and a
-                                    replica's first and last stage (the tied embedding's two
-                                    shards) must have the same one */
+                                    stages (0: 1); it must divide the model's NH and V */
   int rebalance;                 /* 1: after each step, move micro-batches between data-parallel
                                     replicas toward equal finish times, from each replica's measured
                                     compute per micro-batch (the global batch and the update stay

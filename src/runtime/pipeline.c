@@ -62,11 +62,6 @@ hm_status hm_pipeline_check(const hm_pipeline_options *o, int world_size) {
         return hm_error(HM_ERR_SPEC, "pipeline: replica %d stage %d: tensor-parallel degree %d must be in 1..64 and "
                         "divide the model's NH=%d and V=%d", r, s, o->tp[r][s], t->config.NH, t->config.V);
     }
-  for (int r = 0; r < R && p > 1; r++)
-    if ((o->tp[r][0] > 1 ? o->tp[r][0] : 1) != (o->tp[r][p - 1] > 1 ? o->tp[r][p - 1] : 1))
-      return hm_error(HM_ERR_SPEC, "pipeline: replica %d: the first stage has tensor-parallel degree %d and the last "
-                      "%d; they hold the two copies of the tied embedding, split alike, so they need the same one",
-                      r, o->tp[r][0], o->tp[r][p - 1]);
   const int need = hm_pipeline_world_size(o);
   if (world_size != need)
     return hm_error(HM_ERR_SPEC, "pipeline: %d replicas x %d stages (with their tensor-parallel degrees) need %d "
@@ -105,6 +100,8 @@ typedef struct hm_pipe {
   const hm_train_options *t;
   hm_comm_t world, pipe, dp; /* pipe: this replica's workers; dp: this stage across replicas */
   hm_comm_t tpc;             /* this stage's tensor-parallel ranks in this replica (tp > 1) */
+  hm_comm_t tied;            /* first and last stage's workers of this replica when their degrees
+                                differ (the tied gradient is summed through the full layout) */
   int rank, replica, stage, p, R, m, M, micro_off, first, last, is_first, is_last;
   int tp, tp_rank;           /* this stage's tensor-parallel degree and this worker's rank in it */
   int pipe_base[HM_PIPE_MAX_STAGES + 1]; /* pipe rank of each stage's tp rank 0 in this replica */
@@ -344,6 +341,8 @@ static hm_status hm_tied_sync(hm_pipe *w, int peer) {
   size_t n = 0;
   void *g = hm_stage_tied_grad(w->st, &n);
   if (!g) return hm_error(HM_ERR_INTERNAL, "stage [%d,%d) has no tied embedding to sync", w->first, w->last);
+  if (w->tied)
+    return hm_pipe_sum_full(w->st, w->dev, w->tied, w->wire, w->tp, w->tp_rank, hm_stage_find_tensor(w->st, "wte"));
   HM_TRY(hm_to_wire(w, w->tied_mine, g, n));
   hm_request_t rs = NULL, rr = NULL;
   HM_TRY(hm_group_start());
@@ -500,6 +499,9 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
   HM_TRY(hm_comm_split(w->world, w->dp_mixed ? w->stage : w->stage * HM_PIPE_MAX_TP + w->tp_rank,
                        w->replica * HM_PIPE_MAX_TP + w->tp_rank, &w->dp, NULL));
   HM_TRY(hm_comm_split(w->world, w->replica * HM_PIPE_MAX_STAGES + w->stage, w->tp_rank, &w->tpc, NULL));
+  const int tied_mixed = w->p > 1 && hm_tp_at(w, 0) != hm_tp_at(w, w->p - 1);
+  HM_TRY(hm_comm_split(w->world, tied_mixed && (w->is_first || w->is_last) ? w->replica : HM_SPLIT_NOCOLOR,
+                       w->stage * HM_PIPE_MAX_TP + w->tp_rank, &w->tied, NULL));
 
   if (m_cap > w->m) { /* activation slots for the largest share this replica may get */
     HM_TRY(hm_pipe_stage_ops(w->p, m_cap, o->stage_layers, w->R > 1, o->layers_per_bucket > 0 ? o->layers_per_bucket : 1,
@@ -675,6 +677,7 @@ static void hm_pipe_free(hm_pipe *w) {
   if (w->pipe) hm_comm_destroy(w->pipe);
   if (w->dp) hm_comm_destroy(w->dp);
   if (w->tpc) hm_comm_destroy(w->tpc);
+  if (w->tied) hm_comm_destroy(w->tied);
 }
 
 static hm_status hm_pipe_open_metrics(hm_pipe *w) {
@@ -945,6 +948,7 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
     if (w.pipe) hm_comm_abort(w.pipe);
     if (w.dp) hm_comm_abort(w.dp);
     if (w.tpc) hm_comm_abort(w.tpc);
+    if (w.tied) hm_comm_abort(w.tied);
     hm_comm_abort(world);
   }
   hm_pipe_free(&w);

@@ -80,10 +80,16 @@ hm_status hm_pipe_from_wire(hm_device *dev, hm_dtype wire, float *conv, void *ds
 }
 
 hm_status hm_pipe_dp_sum_mixed(hm_stage *st, hm_device *dev, hm_comm_t dp, hm_dtype wire, int tp_size, int tp_rank) {
+  return hm_pipe_sum_full(st, dev, dp, wire, tp_size, tp_rank, -1);
+}
+
+hm_status hm_pipe_sum_full(hm_stage *st, hm_device *dev, hm_comm_t comm, hm_dtype wire, int tp_size, int tp_rank,
+                           int only) {
   const int nt = hm_stage_num_tensors(st);
   const size_t es = hm_dtype_size(wire);
   size_t full_n = 0, most = 0;
   for (int i = 0; i < nt; i++) {
+    if (only >= 0 && i != only) continue;
     hm_tensor_split sp;
     hm_stage_tensor_split(st, i, &sp);
     full_n += sp.rows * sp.cols;
@@ -96,6 +102,7 @@ hm_status hm_pipe_dp_sum_mixed(hm_stage *st, hm_device *dev, hm_comm_t dp, hm_dt
   void *grads = hm_stage_grads(st);
   size_t off = 0;
   for (int i = 0; i < nt && s == HM_OK; i++) { /* place this rank's shards */
+    if (only >= 0 && i != only) continue;
     hm_tensor_split sp;
     hm_stage_tensor_split(st, i, &sp);
     const size_t n = hm_stage_tensor_numel(st, i);
@@ -105,9 +112,10 @@ hm_status hm_pipe_dp_sum_mixed(hm_stage *st, hm_device *dev, hm_comm_t dp, hm_dt
     }
     off += sp.rows * sp.cols;
   }
-  if (s == HM_OK) s = hm_comm_allreduce(dp, full, full, full_n, wire, HM_SUM);
+  if (s == HM_OK) s = hm_comm_allreduce(comm, full, full, full_n, wire, HM_SUM);
   off = 0;
   for (int i = 0; i < nt && s == HM_OK; i++) { /* take the sums of this rank's shards back */
+    if (only >= 0 && i != only) continue;
     hm_tensor_split sp;
     hm_stage_tensor_split(st, i, &sp);
     hm_tensor_shard_copy(full + off * es, shard, &sp, es, tp_size, tp_rank, 1);

@@ -33,5 +33,9 @@ hm_status hm_pipe_from_wire(hm_device *dev, hm_dtype wire, float *conv, void *ds
  * buffers are summed over `dp` (all ranks of this stage in every replica), and each rank takes
  * its shards back. Exact placement (a sum with zeros), at the cost of full-size messages. */
 hm_status hm_pipe_dp_sum_mixed(hm_stage *st, hm_device *dev, hm_comm_t dp, hm_dtype wire, int tp_size, int tp_rank);
+/* The same for the tied embedding alone (tensor `only`), over `comm` = the first and the last
+ * stage's workers of one replica when the two stages have different tensor-parallel degrees. */
+hm_status hm_pipe_sum_full(hm_stage *st, hm_device *dev, hm_comm_t comm, hm_dtype wire, int tp_size, int tp_rank,
+                           int only);
 
 #endif
