@@ -562,6 +562,34 @@ static void test_resume_is_bitwise(void **state) {
   }
 }
 
+/* The same with tensor-parallel stages of different degrees (1 and 2): the shard files are merged
+ * into unsplit stage checkpoints, from which each rank of the resumed run cuts its shard. */
+static void test_tp_resume_is_bitwise(void **state) {
+  (void)state;
+  char full[300], part[300], rest[300], e[8192];
+  snprintf(full, sizeof full, "%s/tp-resume-full", work);
+  snprintf(part, sizeof part, "%s/tp-resume-part", work);
+  snprintf(rest, sizeof rest, "%s/tp-resume-rest", work);
+  char *base[] = {(char *)hetmix_bin, "launch", "-n", "3", "--", (char *)hetmix_bin, "worker", "--model", MODEL,
+                  "--data", tokpath, "--steps", "6", "--batch", "2", "--stages", "0,3,8", "--tp", "1,2", "--quiet",
+                  "--dump", NULL, NULL, NULL, NULL, NULL};
+  const int k = 21; /* index of the --dump value */
+  base[k] = full;
+  if (run_cli(base, e, sizeof e) != 0) fail_msg("uninterrupted run: %s", e);
+  base[k] = part, base[k + 1] = "--stop-after", base[k + 2] = "3";
+  if (run_cli(base, e, sizeof e) != 0) fail_msg("first half: %s", e);
+  base[k] = rest, base[k + 1] = "--resume", base[k + 2] = part;
+  if (run_cli(base, e, sizeof e) != 0) fail_msg("resumed half: %s", e);
+  for (int s = 0; s < 2; s++) {
+    char a[400], b[400], shard[400];
+    snprintf(a, sizeof a, "%s/stage%d.hmc", full, s);
+    snprintf(b, sizeof b, "%s/stage%d.hmc", rest, s);
+    assert_same_state(a, b);
+    snprintf(shard, sizeof shard, "%s/stage%d.tp0.hmc", full, s);
+    assert_int_equal(access(shard, F_OK), -1); /* merged, then removed */
+  }
+}
+
 /* A worker killed in the middle of training: the launcher stops the others and names it. */
 static void test_killed_worker_mid_training(void **state) {
   (void)state;
@@ -614,6 +642,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_dp2_tp2),
       cmocka_unit_test(test_tp_mixed_replicas),
       cmocka_unit_test(test_tp_mixed_stages),
+      cmocka_unit_test(test_tp_resume_is_bitwise),
       cmocka_unit_test(test_rebalanced_replicas),
       cmocka_unit_test(test_mismatched_layout_is_refused),
       cmocka_unit_test(test_plan_runs_and_mismatch_is_refused),
