@@ -1,6 +1,7 @@
 /* Tensor parallelism inside a stage: TP2 and TP4 ranks (threads, each with its own device, joined
  * by an in-process allreduce) train 20 AdamW steps with gradient clipping and two micro-batches
- * per step, and must give the parameters of one unsplit stage.
+ * per step, and must give the parameters of one unsplit stage; so must PP2 x TP2 and DP2 x TP2
+ * (the model's side of what the pipeline runtime builds) in f64.
  *
  * Bounds. f64 (ref:dtype=f64): every tensor within 1e-12 relative to its largest element. TP
  * changes only the order of sums (the row-parallel products are summed over ranks, the bias is
@@ -391,10 +392,177 @@ static void test_bad_layouts(void **state) {
   hm_device_close(d);
 }
 
+/* ---- several stages and replicas of TP ranks: what the pipeline runtime builds, in f64 ------
+ * R replicas x P stages (stage 0 holds layers [0, cut)), every stage at degree tp, one thread per
+ * worker, in lock-step phases: stage 0's rank q feeds stage 1's rank q its activation (every TP
+ * rank holds all of it) and receives the input gradient back; replicas sum their gradients shard
+ * with shard (replica 0's term first), then the first and last stage's rank q sum the tied
+ * embedding's rows they both hold; the norm sums replica 0's workers. Must match one unsplit
+ * stage within 1e-12 as above, the key biases (noise, see above) left out (the runtime's own
+ * runs are checked through f32 dumps). */
+enum { MAXW = 8 };
+typedef struct layout {
+  int R, P, tp, cut;
+  pthread_barrier_t all;
+  tp_group groups[MAXW];
+  hm_stage *st[MAXW];
+  hm_device *dev[MAXW];
+  double sumsq[MAXW];
+  char err[MAXW][256];
+} layout;
+typedef struct worker {
+  layout *L;
+  int r, s, q;
+} worker;
+
+static int widx(const layout *L, int r, int s, int q) { return (r * L->P + s) * L->tp + q; }
+
+/* dst (n doubles) = a + b, then (after every worker read) into a: the same bits on both sides */
+static void pair_sum(layout *L, double *a, const double *b, double *tmp, size_t n, int first) {
+  for (size_t i = 0; i < n; i++) tmp[i] = first ? a[i] + b[i] : b[i] + a[i];
+  pthread_barrier_wait(&L->all);
+  memcpy(a, tmp, n * sizeof(double));
+  pthread_barrier_wait(&L->all);
+}
+
+static hm_status worker_steps(worker *w, tp_rank *tr, double *tmp) {
+  layout *L = w->L;
+  const int me = widx(L, w->r, w->s, w->q), per = MICRO / L->R;
+  hm_stage *st = L->st[me];
+  const hm_adamw opt = {3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f};
+  int32_t inp[B * T], tgt[B * T];
+  hm_status rc = HM_OK;
+  for (int step = 0; step < STEPS; step++) { /* a failed worker still meets every barrier */
+    if (rc == HM_OK) rc = hm_stage_zero_grad(st);
+    for (int mb = 0; mb < per; mb++) {
+      batch(step, w->r * per + mb, inp, tgt);
+      for (int s = 0; s < L->P; s++) {
+        if (s == w->s && rc == HM_OK) {
+          const void *x = s > 0 ? hm_stage_output(L->st[widx(L, w->r, s - 1, w->q)], mb) : NULL;
+          float loss;
+          rc = hm_stage_forward(st, mb, s == 0 ? inp : NULL, x, s == L->P - 1 ? tgt : NULL, &loss);
+        }
+        pthread_barrier_wait(&L->all);
+      }
+    }
+    for (int mb = 0; mb < per; mb++)
+      for (int s = L->P - 1; s >= 0; s--) {
+        if (s == w->s && rc == HM_OK) {
+          const void *d = s < L->P - 1 ? hm_stage_dinput(L->st[widx(L, w->r, s + 1, w->q)]) : NULL;
+          rc = hm_stage_backward(st, mb, d, 1.0f / MICRO);
+        }
+        pthread_barrier_wait(&L->all);
+      }
+    size_t n = hm_stage_num_params(st);
+    if (L->R == 2) pair_sum(L, hm_stage_grads(st), hm_stage_grads(L->st[widx(L, 1 - w->r, w->s, w->q)]), tmp, n, w->r == 0);
+    if (L->P == 2) {
+      size_t nt;
+      double *g = hm_stage_tied_grad(st, &nt);
+      pair_sum(L, g, hm_stage_tied_grad(L->st[widx(L, w->r, 1 - w->s, w->q)], NULL), tmp, nt, w->s == 0);
+    }
+    double ss = 0;
+    if (rc == HM_OK) rc = hm_stage_grad_sumsq(st, &ss);
+    L->sumsq[me] = ss;
+    pthread_barrier_wait(&L->all);
+    double total = 0;
+    for (int k = 0; k < L->P * L->tp; k++) total += L->sumsq[k]; /* replica 0's workers */
+    pthread_barrier_wait(&L->all);
+    if (rc == HM_OK) rc = hm_stage_adamw(st, &opt, step + 1, hm_grad_clip_scale(total, 1.0f));
+  }
+  (void)tr;
+  return rc;
+}
+
+static void *worker_main(void *arg) {
+  worker *w = arg;
+  layout *L = w->L;
+  const int me = widx(L, w->r, w->s, w->q);
+  tp_rank tr = {&L->groups[w->r * L->P + w->s], w->q, malloc((size_t)B * T * cfg.V * 8)};
+  double *tmp = malloc(hm_stage_num_params(L->st[me]) * sizeof(double));
+  hm_status rc = tmp && tr.tmp ? worker_steps(w, &tr, tmp) : HM_ERR_NOMEM;
+  if (rc != HM_OK) snprintf(L->err[me], sizeof L->err[me], "%s", hm_last_error());
+  free(tmp);
+  free(tr.tmp);
+  return NULL;
+}
+
+static void check_layout(const char *name, int R, int P, int tp, int cut) {
+  layout *L = calloc(1, sizeof *L);
+  L->R = R, L->P = P, L->tp = tp, L->cut = cut;
+  const int n = R * P * tp;
+  pthread_barrier_init(&L->all, NULL, (unsigned)n);
+  static tp_rank ctx[MAXW];
+  for (int g = 0; g < R * P; g++) {
+    L->groups[g].n = tp, L->groups[g].f64 = 1;
+    pthread_barrier_init(&L->groups[g].bar, NULL, (unsigned)tp);
+  }
+  for (int r = 0; r < R; r++)
+    for (int s = 0; s < P; s++)
+      for (int q = 0; q < tp; q++) {
+        const int k = widx(L, r, s, q);
+        ctx[k] = (tp_rank){&L->groups[r * P + s], q, malloc((size_t)B * T * cfg.V * 8)};
+        hm_stage_options o = {s == 0 ? 0 : cut, s == P - 1 ? cfg.L + 2 : cut, B, T, MICRO,
+                              {q, tp, group_allreduce, &ctx[k]}};
+        assert_int_equal(hm_device_open("ref:dtype=f64", &L->dev[k]), HM_OK);
+        if (hm_stage_create(&cfg, L->dev[k], &o, &L->st[k]) != HM_OK) fail_msg("%s: %s", name, hm_last_error());
+        assert_int_equal(hm_stage_init_params(L->st[k], 42), HM_OK);
+      }
+  worker w[MAXW];
+  pthread_t th[MAXW];
+  for (int r = 0; r < R; r++)
+    for (int s = 0; s < P; s++)
+      for (int q = 0; q < tp; q++) {
+        const int k = widx(L, r, s, q);
+        w[k] = (worker){L, r, s, q};
+        assert_int_equal(pthread_create(&th[k], NULL, worker_main, &w[k]), 0);
+      }
+  for (int k = 0; k < n; k++) pthread_join(th[k], NULL);
+  for (int k = 0; k < n; k++)
+    if (L->err[k][0]) fail_msg("%s worker %d: %s", name, k, L->err[k]);
+  /* replica 0's tensors, placed whole, against the unsplit stage */
+  double worst = 0;
+  char wname[64] = "";
+  for (int s = 0; s < P; s++) {
+    run rr[MAXTP];
+    for (int q = 0; q < tp; q++) {
+      memset(&rr[q], 0, sizeof rr[q]);
+      rr[q].device = "ref:dtype=f64", rr[q].stage = L->st[widx(L, 0, s, q)], rr[q].dev = L->dev[widx(L, 0, s, q)];
+    }
+    for (int i = 0; i < hm_stage_num_tensors(rr[0].stage); i++) {
+      const char *tn = hm_stage_tensor_name(rr[0].stage, i);
+      const int j = hm_stage_find_tensor(ref64[0].stage, tn);
+      assert_true(j >= 0);
+      size_t na, nb;
+      double *x = full_tensor(rr, tp, i, &na), *y = full_tensor(ref64, 1, j, &nb);
+      assert_int_equal(na, nb);
+      double e = 0, mx = 0;
+      for (size_t k = 0; k < na; k++)
+        if (!is_key_bias(tn, k)) e = fmax(e, fabs(x[k] - y[k])), mx = fmax(mx, fabs(y[k]));
+      if (mx > 0 && e / mx > worst) worst = e / mx, snprintf(wname, sizeof wname, "%s", tn);
+      free(x);
+      free(y);
+    }
+  }
+  print_message("  %s f64: params within %.2e relative of one stage (worst %s)\n", name, worst, wname);
+  if (worst > 1e-12) fail_msg("%s f64: %s differs from one stage by %.3e relative (bound 1e-12)", name, wname, worst);
+  for (int k = 0; k < n; k++) {
+    hm_stage_destroy(L->st[k]);
+    hm_device_close(L->dev[k]);
+    free(ctx[k].tmp);
+  }
+  for (int g = 0; g < R * P; g++) pthread_barrier_destroy(&L->groups[g].bar);
+  pthread_barrier_destroy(&L->all);
+  free(L);
+}
+
+static void test_pp2_tp2_f64(void **state) { (void)state; check_layout("PP2 x TP2", 1, 2, 2, 2); }
+static void test_dp2_tp2_f64(void **state) { (void)state; check_layout("DP2 x TP2", 2, 1, 2, 0); }
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_bad_layouts), cmocka_unit_test(test_tp2_f64), cmocka_unit_test(test_tp4_f64),
-      cmocka_unit_test(test_tp2_f32),     cmocka_unit_test(test_ckpt_merge),
+      cmocka_unit_test(test_tp2_f32),     cmocka_unit_test(test_ckpt_merge),  cmocka_unit_test(test_pp2_tp2_f64),
+      cmocka_unit_test(test_dp2_tp2_f64),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
