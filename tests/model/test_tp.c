@@ -172,7 +172,7 @@ static void free_runs(run *r, int n) {
 /* Tensor i of the run as the full f64 tensor (shards placed by rank). */
 static double *full_tensor(run *r, int tp, int i, size_t *n_out) {
   const char *name = hm_stage_tensor_name(r[0].stage, i);
-  int blocks;
+  int blocks = 1;
   hm_tp_split split = tp > 1 ? hm_tp_tensor_split(name, &blocks) : HM_TP_REPLICATED;
   size_t ns = hm_stage_tensor_numel(r[0].stage, i), n = split == HM_TP_REPLICATED ? ns : ns * (size_t)tp;
   size_t cols = strstr(name, "mlp.proj.w") ? 4 * (size_t)cfg.C : (split != HM_TP_REPLICATED && (strstr(name, ".w") || strstr(name, "wte"))) ? (size_t)cfg.C : 1;
