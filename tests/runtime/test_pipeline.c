@@ -631,18 +631,20 @@ int main(int argc, char **argv) {
                                               cmocka_unit_test(test_opencl_compute_is_timed)};
     return cmocka_run_group_tests(opencl_tests, setup, teardown);
   }
+  if (argc > 1 && strcmp(argv[1], "tp") == 0) { /* `test_pipeline tp`: the tensor-parallel layouts */
+    const struct CMUnitTest tp_tests[] = {
+        cmocka_unit_test(test_tp2),           cmocka_unit_test(test_tp4),
+        cmocka_unit_test(test_pp2_tp2),       cmocka_unit_test(test_dp2_tp2),
+        cmocka_unit_test(test_tp_mixed_replicas), cmocka_unit_test(test_tp_mixed_stages),
+        cmocka_unit_test(test_tp_resume_is_bitwise),
+    };
+    return cmocka_run_group_tests(tp_tests, setup, teardown);
+  }
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_one_stage_is_bitwise),
       cmocka_unit_test(test_depth2_nonuniform),
       cmocka_unit_test(test_depth4_nonuniform),
       cmocka_unit_test(test_2replicas_x_2stages_unequal_micro),
-      cmocka_unit_test(test_tp2),
-      cmocka_unit_test(test_tp4),
-      cmocka_unit_test(test_pp2_tp2),
-      cmocka_unit_test(test_dp2_tp2),
-      cmocka_unit_test(test_tp_mixed_replicas),
-      cmocka_unit_test(test_tp_mixed_stages),
-      cmocka_unit_test(test_tp_resume_is_bitwise),
       cmocka_unit_test(test_rebalanced_replicas),
       cmocka_unit_test(test_mismatched_layout_is_refused),
       cmocka_unit_test(test_plan_runs_and_mismatch_is_refused),
