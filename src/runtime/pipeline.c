@@ -499,6 +499,7 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
   HM_TRY(hm_comm_split(w->world, w->dp_mixed ? w->stage : w->stage * HM_PIPE_MAX_TP + w->tp_rank,
                        w->replica * HM_PIPE_MAX_TP + w->tp_rank, &w->dp, NULL));
   HM_TRY(hm_comm_split(w->world, w->replica * HM_PIPE_MAX_STAGES + w->stage, w->tp_rank, &w->tpc, NULL));
+  if (w->tp > 1) HM_TRY(hm_pipe_tp_check_host(w->tpc, w->replica, w->stage));
   const int tied_mixed = w->p > 1 && hm_tp_at(w, 0) != hm_tp_at(w, w->p - 1);
   HM_TRY(hm_comm_split(w->world, tied_mixed && (w->is_first || w->is_last) ? w->replica : HM_SPLIT_NOCOLOR,
                        w->stage * HM_PIPE_MAX_TP + w->tp_rank, &w->tied, NULL));

@@ -5,6 +5,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "hetmix/pipeline.h"
 #include "util/util.h"
@@ -59,6 +60,22 @@ hm_status hm_pipe_tp_allreduce(void *ctx, void *buf, size_t n, hm_tp_op op) {
     if (st == HM_OK) st = hm_device_copy_h2d(c->dev, buf, c->host, bytes);
   }
   c->ns += hm_now_ns() - t0;
+  return st;
+}
+
+hm_status hm_pipe_tp_check_host(hm_comm_t comm, int replica, int stage) {
+  enum { NAME = 64 };
+  const int n = hm_comm_size(comm);
+  char mine[NAME] = "";
+  gethostname(mine, NAME - 1);
+  char *all = hm_calloc((size_t)n, NAME, "tensor-parallel host names");
+  if (!all) return HM_ERR_NOMEM;
+  hm_status st = hm_comm_allgather(comm, mine, all, NAME, HM_UINT8);
+  for (int r = 1; st == HM_OK && r < n; r++)
+    if (strncmp(all, all + (size_t)r * NAME, NAME) != 0)
+      st = hm_error(HM_ERR_SPEC, "replica %d stage %d: tensor-parallel rank 0 runs on host %s and rank %d on %s; a "
+                    "stage's tensor-parallel workers must share a host", replica, stage, all, r, all + (size_t)r * NAME);
+  free(all);
   return st;
 }
 

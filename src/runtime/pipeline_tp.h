@@ -23,6 +23,10 @@ typedef struct hm_pipe_tp {
 
 hm_status hm_pipe_tp_allreduce(void *ctx, void *buf, size_t n, hm_tp_op op);
 
+/* Checks that the tensor-parallel workers of comm run on one host (their allreduce follows every
+ * layer: it must not cross a NIC); HM_ERR_SPEC naming the hosts otherwise. Collective over comm. */
+hm_status hm_pipe_tp_check_host(hm_comm_t comm, int replica, int stage);
+
 /* Device buffer (device dtype) <-> host buffer of the wire type, n elements; conv: f32 scratch
  * of n elements when the device is f32 and the wire f64, else unused. */
 hm_status hm_pipe_to_wire(hm_device *dev, hm_dtype wire, float *conv, void *dst, const void *src, size_t n);
