@@ -123,7 +123,7 @@ int main(int argc, char **argv) {
   double rss0 = current_rss_mib();
   hm_device *dev = NULL;
   hm_stage *s = NULL;
-  hm_stage_options so = {0, cfg.L + 2, B, T, 1};
+  hm_stage_options so = {0, cfg.L + 2, B, T, 1, HM_STAGE_TP_NONE};
   if (hm_device_open(device, &dev) != HM_OK) return die("device");
   if (hm_stage_create(&cfg, dev, &so, &s) != HM_OK) return die("stage");
   if (hm_stage_init_params(s, 1) != HM_OK) return die("init");

@@ -219,6 +219,24 @@ hm_status hm_dev_crossentropy_forward_backward(hm_device *dev, void *losses, voi
                                                const void *logits, const int32_t *targets,
                                                double dloss, int N, int V, int Vp);
 
+/* Vocabulary-parallel cross-entropy (Megatron): each of tp ranks holds the logits (N,V) of the
+ * vocabulary columns [lo, lo+V); the caller allreduces the statistics between the calls, so no
+ * rank ever holds the full logits. Backends without these kernels return HM_ERR_UNSUPPORTED.
+ *   rowmax (N) = max over the row of logits;
+ *   stats (2N): stats[n] = sum_v exp(logits[n,v] - rowmax[n]), stats[N+n] = logits[n, targets[n]-lo]
+ *   when lo <= targets[n] < lo+V, else 0 (rowmax: the allreduced maximum);
+ *   dlogits (N,V) = (exp(logits - rowmax) / sumexp - onehot(targets - lo)) * dloss, 0 in rows whose
+ *   target is negative (ignored); overwritten, not accumulated; may alias logits (sumexp: the
+ *   allreduced stats[0..N)). targets (N) int32 are global ids. */
+hm_status hm_dev_rowmax(hm_device *dev, void *rowmax, const void *logits, int N, int V);
+hm_status hm_dev_crossentropy_shard_forward(hm_device *dev, void *stats, const void *logits,
+                                            const void *rowmax, const int32_t *targets, int lo,
+                                            int N, int V);
+hm_status hm_dev_crossentropy_shard_backward(hm_device *dev, void *dlogits, const void *logits,
+                                             const void *rowmax, const void *sumexp,
+                                             const int32_t *targets, int lo, double dloss, int N,
+                                             int V);
+
 /* AdamW (decoupled weight decay, bias correction) on n elements, step t >= 1:
  *   g = grads * grad_scale; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
  *   params -= lr * ((m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps) + weight_decay * params) */

@@ -139,11 +139,45 @@ uint64_t hm_splitmix64(uint64_t x);
 typedef struct hm_device hm_device;
 typedef struct hm_stage hm_stage;
 
+/* Tensor parallelism inside a stage (Megatron-LM): `size` ranks each hold one shard of every
+ * block's QKV and MLP-fc (column-parallel: heads and fc outputs split), attention-out and
+ * MLP-proj (row-parallel: their input columns split; the bias is added by rank 0 and its
+ * gradient taken by every rank), of the tied embedding (vocabulary-parallel: V/size rows each)
+ * and of the logits (vocabulary-parallel cross-entropy, no full-logit gather). LayerNorms, wpe
+ * and the row-parallel biases are replicated: every rank computes the same gradient for them.
+ * The model calls `allreduce` (supplied by the runtime, so the model stays free of hmcomm) in
+ * place on a device buffer of n elements of the device dtype, summing (HM_TP_SUM) or taking the
+ * maximum (HM_TP_MAX) over the ranks; every rank must receive bitwise the same result.
+ * Per block: one allreduce after each row-parallel layer in forward, one of the input gradient
+ * of each column-parallel layer in backward; the embedding one in forward; the head three in
+ * forward (row max; sum of exponentials with the target logit) and one in backward. size 0 or 1:
+ * no tensor parallelism (the zero-initialized default). Rank-local sizes: hm_stage_tp_sizes. */
+typedef enum hm_tp_op { HM_TP_SUM = 0, HM_TP_MAX = 1 } hm_tp_op;
+typedef hm_status (*hm_tp_allreduce_fn)(void *ctx, void *buf, size_t n, hm_tp_op op);
+typedef struct hm_stage_tp {
+  int rank, size;               /* 0 <= rank < size; size 0 means 1 */
+  hm_tp_allreduce_fn allreduce; /* required when size > 1 */
+  void *ctx;
+} hm_stage_tp;
+
+#define HM_STAGE_TP_NONE {0, 1, NULL, NULL} /* one rank: no tensor parallelism */
+
 typedef struct hm_stage_options {
   int first, last;      /* layers [first,last), 0 <= first < last <= L+2 */
   int B, T;             /* micro-batch shape, T <= config T */
   int max_microbatches; /* activation slots (>= 1) */
+  hm_stage_tp tp;       /* tensor parallelism (zero: none) */
 } hm_stage_options;
+
+/* The sizes one tensor-parallel rank holds, computed in one place: heads NH/size, channels of
+ * q, k and v C/size (head size unchanged), MLP hidden 4C/size, vocabulary rows V/size starting
+ * at vocab_lo = rank * V/size. HM_ERR_INVALID_ARG when size does not divide NH and V or rank is
+ * out of range. */
+typedef struct hm_tp_sizes {
+  int size, rank;
+  int heads, channels, hidden, vocab, vocab_lo;
+} hm_tp_sizes;
+hm_status hm_stage_tp_sizes(const hm_model_config *cfg, int size, int rank, hm_tp_sizes *out);
 
 /* Bytes a stage needs on its device (also what hm_stage_create allocates). */
 typedef struct hm_stage_memory {
@@ -174,7 +208,8 @@ hm_status hm_stage_init_params(hm_stage *s, uint64_t seed);
 hm_status hm_stage_forward(hm_stage *s, int mb, const int32_t *tokens, const void *x_in,
                            const int32_t *targets, float *loss);
 /* Output of the last forward of slot mb: (B,T,C) device activations for the next stage (stages
- * without the head), or the logits (B,T,V) (stages with the head; gone after backward). */
+ * without the head; every tensor-parallel rank holds all of them), or the logits (B,T,V)
+ * (stages with the head; this rank's V/tp columns with tensor parallelism; gone after backward). */
 void *hm_stage_output(hm_stage *s, int mb);
 /* Backward of slot mb; gradients ACCUMULATE into the flat gradient buffer.
  *   dout (B,T,C) device: gradient of this stage's output (stages without the head), else NULL.
@@ -197,11 +232,13 @@ void *hm_stage_params(hm_stage *s);
 void *hm_stage_grads(hm_stage *s);
 void *hm_stage_adam_m(hm_stage *s); /* AdamW first moments (same layout as params) */
 void *hm_stage_adam_v(hm_stage *s); /* AdamW second moments */
-/* The tied embedding's gradient (V,C) inside the flat grads, or NULL when the stage holds
- * neither layer 0 nor the head. The first and last stage sum theirs before the optimizer. */
+/* The tied embedding's gradient (V,C) inside the flat grads (this rank's (V/tp,C) rows with
+ * tensor parallelism), or NULL when the stage holds neither layer 0 nor the head. The first and
+ * last stage sum theirs before the optimizer. */
 void *hm_stage_tied_grad(hm_stage *s, size_t *n);
 /* Sum of squares of the stage's grads (host double). The head's own copy of wte is left out,
- * so summing over stages counts the tied embedding once. */
+ * so summing over stages counts the tied embedding once; with tensor parallelism replicated
+ * tensors are counted by tp rank 0 only, so summing over the ranks counts every one once. */
 hm_status hm_stage_grad_sumsq(hm_stage *s, double *out);
 /* min(1, max_norm / sqrt(total_sumsq)); 1 when max_norm <= 0. */
 float hm_grad_clip_scale(double total_sumsq, float max_norm);
@@ -218,6 +255,18 @@ const char *hm_stage_tensor_name(const hm_stage *s, int i);
 size_t hm_stage_tensor_offset(const hm_stage *s, int i); /* elements into the flat buffers */
 size_t hm_stage_tensor_numel(const hm_stage *s, int i);
 int hm_stage_find_tensor(const hm_stage *s, const char *name); /* index or -1 */
+/* How tensor i is split over the stage's tensor-parallel ranks: its full shape (rows, cols)
+ * (1-D tensors: (n, 1)), split 0 = replicated (every rank holds it whole), 1 = rows (each of
+ * `blocks` equal row blocks cut into tp parts: 3 blocks q | k | v for QKV), 2 = columns. */
+typedef struct hm_tensor_split {
+  size_t rows, cols;
+  int split, blocks;
+} hm_tensor_split;
+void hm_stage_tensor_split(const hm_stage *s, int i, hm_tensor_split *out);
+/* Copies between a full tensor and rank's shard of it (elem bytes per element; to_shard 1: full
+ * -> shard, 0: shard -> full). */
+void hm_tensor_shard_copy(void *full, void *shard, const hm_tensor_split *sp, size_t elem, int tp_size,
+                          int tp_rank, int to_shard);
 
 /* ---------------------------------------------------------------------------------------------
  * Checkpoints (format: docs/model.md). One file holds the tensors of one stage. */
@@ -245,6 +294,9 @@ typedef struct hm_ckpt_meta {
   /* Bytes per stored element: 4 (float32; 0 reads as 4) or 8 (float64: an f64 stage's exact
    * state, file version 3, written by the periodic checkpoints of f64 workers). */
   int elem_size;
+  /* Tensor-parallel shard: rank tp_rank of tp_size (0 of 1 unsplit; a file from before tensor
+   * parallelism reads as 0 of 0, meaning unsplit). */
+  int tp_rank, tp_size;
 } hm_ckpt_meta;
 
 typedef struct hm_ckpt_tensor {
@@ -254,10 +306,12 @@ typedef struct hm_ckpt_tensor {
 } hm_ckpt_tensor;
 
 /* Saves params and AdamW moments of a stage ("param/<name>", "adam_m/<name>", "adam_v/<name>",
- * float32) with meta (layer range and config filled in from the stage). */
+ * float32) with meta (layer range, config and tensor-parallel rank filled in from the stage):
+ * a tensor-parallel rank saves its own shards. */
 hm_status hm_stage_save(hm_stage *s, const char *path, const hm_ckpt_meta *meta);
 /* Loads a checkpoint written by hm_stage_save for the same config and layer range (else
- * HM_ERR_INVALID_ARG naming the difference); fills meta. */
+ * HM_ERR_INVALID_ARG naming the difference); fills meta. An unsplit checkpoint loads into any
+ * tensor-parallel rank (its shard is cut out); a shard loads only into the same rank and size. */
 hm_status hm_stage_load(hm_stage *s, const char *path, hm_ckpt_meta *meta);
 
 /* Writes meta and tensors to path atomically: path.tmp, fsync, rename, fsync of the folder. */
@@ -275,6 +329,11 @@ typedef struct hm_ckpt {
   hm_ckpt_tensor *tensors;
   void *blob_;
 } hm_ckpt;
+
+/* Merges the tp_size shard checkpoints of one stage (paths[r] holds rank r) into the unsplit
+ * checkpoint out_path (tp 0 of 1), e.g. for hetmix sample. HM_ERR_INVALID_ARG when the files do
+ * not belong together (config, layers, step, tp rank and size). */
+hm_status hm_ckpt_merge_tp(const char *const *paths, int n, const char *out_path);
 
 /* Reads and verifies everything (header, table, every checksum, trailer). Truncated or corrupt
  * -> HM_ERR_CORRUPT naming the path and what is wrong. */

@@ -1,8 +1,11 @@
-/* hetmix pipeline runtime: one worker's part of pipeline + data-parallel training.
+/* hetmix pipeline runtime: one worker's part of pipeline + tensor- + data-parallel training.
  *
  * The job: R replicas of a p-stage pipeline of the model; stage s holds layers
  * [stage_layers[s], stage_layers[s+1]) in every replica; replica r runs micro[r] micro-batches
- * of `batch` sequences per step. World rank = r * p + s. Each worker runs its stage's op list
+ * of `batch` sequences per step. Stage s of replica r runs on tp[r][s] workers (tensor
+ * parallelism inside the stage, model.h's hm_stage_tp; 0 counts as 1). World ranks go replica by
+ * replica, stage by stage, tensor-parallel rank by rank (the order of plan.json's ranks):
+ * hm_pipeline_rank_of; with tp 1 everywhere, world rank = r * p + s. Each worker runs its stage's op list
  * from the planner's 1F1B generator (hm_schedule_1f1b, include/hetmix/plan.h): activations and
  * their gradients go between neighbouring stages with hmcomm's nonblocking send and a receive,
  * gradients are summed across replicas per bucket of layers, the tied embedding's gradient is
@@ -49,6 +52,8 @@ typedef struct hm_pipeline_options {
   int trace_steps;               /* how many final steps the trace covers [1] */
   const char *metrics_path;      /* JSON lines, one per step, or NULL (train->out_dir/metrics.jsonl) */
   const char *dump_dir;          /* replica 0's stages write stage<s>.hmc checkpoints here, or NULL */
+  int tp[HM_PIPE_MAX_REPLICAS][HM_PIPE_MAX_STAGES]; /* tensor-parallel degree of each replica's
+                                    stages (0: 1); it must divide the model's NH and V */
   int rebalance;                 /* 1: after each step, move micro-batches between data-parallel
                                     replicas toward equal finish times, from each replica's measured
                                     compute per micro-batch (the global batch and the update stay
@@ -75,7 +80,15 @@ typedef struct hm_pipeline_result {
   int rebalances;           /* steps after which the split changed (option rebalance) */
   int slow_reports;         /* fail-slow reports (option on_slow) */
   int ckpt_skipped;         /* periodic checkpoints not written (I/O error, e.g. a full disk) */
+  double stage_tp_s[HM_PIPE_MAX_STAGES]; /* mean time per step of each stage's tensor-parallel
+                                    allreduces (replica 0; 0 without tensor parallelism) */
 } hm_pipeline_result;
+
+/* Workers of the layout (sum of every replica's stage tp degrees), the world rank of (replica,
+ * stage, tp rank), and the inverse (-1s when rank is outside the layout). */
+int hm_pipeline_world_size(const hm_pipeline_options *opts);
+int hm_pipeline_rank_of(const hm_pipeline_options *opts, int replica, int stage, int tp_rank);
+void hm_pipeline_locate(const hm_pipeline_options *opts, int rank, int *replica, int *stage, int *tp_rank);
 
 /* Runs the whole training on this worker. world: every worker of the job (size R*p). Collective:
  * every worker calls it with the same options except train->device. res may be NULL. */

@@ -52,10 +52,14 @@ typedef struct hm_link_probe_options {
   int timeout_ms;          /* deadline of the whole measurement (default 30000) */
   const char *netns[2];    /* rank r runs in network namespace netns[r] (a testbed host,
                               scripts/testbed.sh) and listens on its address; NULL: here */
+  int allreduce_ranks;     /* 0: send/recv ping-pong of two processes; 2..8: time an in-place
+                              float32 sum allreduce among that many processes instead (what
+                              tensor-parallel ranks do), fitted as one operation */
 } hm_link_probe_options;
 
-/* Forks two processes that bootstrap an hmcomm communicator (hm_get_unique_id in this process,
- * hm_comm_init_rank in each child) and time send/recv ping-pong; then fits. No child outlives
+/* Forks two processes (allreduce_ranks of them for the allreduce probe) that bootstrap an hmcomm
+ * communicator (hm_get_unique_id in this process, hm_comm_init_rank in each child) and time
+ * send/recv ping-pong (or the allreduce); then fits. No child outlives
  * the call: on the deadline both are killed and HM_ERR_TIMEOUT names the one still running.
  * Call before this process starts threads of its own if it can (fork copies only the caller). */
 hm_status hm_profile_link_probe(const hm_link_probe_options *opt, hm_link_fit *out);

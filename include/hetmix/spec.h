@@ -270,12 +270,22 @@ typedef struct hm_profile_link {
   int a, b;            /* resolved device type indices, -1 until hm_profile_resolve */
 } hm_profile_link;
 
+/* A measured tensor-parallel allreduce: `ranks` processes of one host summing a float32 buffer
+ * in place with hmcomm, t(bytes) = latency + bytes / bandwidth fitted to the timed sizes. */
+#define HM_PROFILE_MAX_TP_ALLREDUCE 8
+typedef struct hm_profile_allreduce {
+  int ranks;
+  double latency, bandwidth;
+} hm_profile_allreduce;
+
 typedef struct hm_profile {
   char model[HM_SPEC_NAME_MAX]; /* name of the model measured; "" = not recorded */
   int nlayers, cap_layers;
   hm_profile_layer *layers;
   int nlinks, cap_links;
   hm_profile_link *links;
+  int ntp_allreduce;            /* "tp_allreduce": one entry per rank count */
+  hm_profile_allreduce tp_allreduce[HM_PROFILE_MAX_TP_ALLREDUCE];
 } hm_profile;
 
 /* Appends an entry (the runtime's profiler builds a profile this way, then writes it). */
@@ -291,6 +301,9 @@ int hm_profile_layer_time(const hm_profile *p, int type, const char *kind, int64
                           double *fwd_s, double *bwd_s);
 /* Measured link between two device types, if any; returns 1 when found. */
 int hm_profile_link_find(const hm_profile *p, int ta, int tb, int inter_host, hm_link *out);
+/* Measured seconds of an allreduce of `bytes` among `ranks` tensor-parallel processes of one
+ * host; returns 1 when the profile has that rank count, 0 otherwise. */
+int hm_profile_tp_allreduce_time(const hm_profile *p, int ranks, double bytes, double *seconds);
 void hm_profile_free(hm_profile *p);
 
 /* ------------------------------------------------------------------------------------------ */

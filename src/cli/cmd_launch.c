@@ -365,6 +365,8 @@ static hm_status worker_apply_plan(const char *path, const char *cluster, const 
   memcpy(po->stage_layers, pl->stage_layers, sizeof(int) * (size_t)(pl->nstages + 1));
   po->nreplicas = pl->nreplicas;
   memcpy(po->micro, pl->micro, sizeof(int) * (size_t)pl->nreplicas);
+  for (int r = 0; r < pl->nreplicas; r++)
+    for (int s = 0; s < pl->nstages; s++) po->tp[r][s] = pl->tp[r][s];
   *layout = pl;
   return HM_OK;
 }
@@ -380,7 +382,8 @@ int hm_cmd_worker(int argc, char **argv) {
   po.nreplicas = 1;
   po.micro[0] = 1;
   const char *devices = NULL, *plan_path = NULL, *cluster_path = NULL, *model_path = NULL, *model = NULL;
-  int quiet = 0, have_stages = 0, have_layout = 0, selftest = 0, nbounds = 0, nmicro = 0;
+  int quiet = 0, have_stages = 0, have_layout = 0, selftest = 0, nbounds = 0, nmicro = 0, ntp = 0;
+  int tp_list[HM_PIPE_MAX_REPLICAS * HM_PIPE_MAX_STAGES];
   const hm_opt opts[] = {
       HM_OPT_SECTION_ROW("layout (either a plan or the options after it):"),
       HM_OPT_STR_ROW("plan", 0, &plan_path, "FILE",
@@ -394,8 +397,13 @@ int hm_cmd_worker(int argc, char **argv) {
                       "layer bounds of the p stages over the model's L+2 layers\n(default: one stage with every layer)"),
       HM_OPT_LIST_ROW("micro", 0, po.micro, HM_PIPE_MAX_REPLICAS, &nmicro, 0, 1000000, "M0[,M1,..]",
                       "micro-batches per step of each replica (count = replicas) [1]"),
+      HM_OPT_LIST_ROW("tp", 0, tp_list, HM_PIPE_MAX_REPLICAS * HM_PIPE_MAX_STAGES, &ntp, 1, 64, "T[,..]",
+                      "tensor-parallel degree: one for every stage, one per stage (p),\n"
+                      "or one per stage of each replica (R*p, replica by replica) [1]"),
       HM_OPT_STR_ROW("device", 0, &t.device, "SPEC", "device of every worker [cpu:threads=1]"),
-      HM_OPT_STR_ROW("devices", 0, &devices, "S0|S1|..", "one device spec per stage (p of them) or per rank (R*p)"),
+      HM_OPT_STR_ROW("devices", 0, &devices, "S0|S1|..",
+                     "one device spec per stage (p of them), per stage of each replica\n"
+                     "(R*p; a stage's tensor-parallel ranks share it) or per worker"),
       HM_OPT_ROW(HM_OPT_INT, "bucket", 0, &po.layers_per_bucket, 1, 1000000, "N",
                  "layers per data-parallel allreduce bucket [1]"),
       HM_OPT_FLAG_ROW("rebalance", 0, &po.rebalance,
@@ -438,7 +446,8 @@ int hm_cmd_worker(int argc, char **argv) {
   const hm_opt_spec spec = {
       "worker", "hetmix worker [options]      (started by `hetmix launch`, mpirun or srun)",
       "Runs one worker of a pipeline + data-parallel job. Its rank comes from the launcher's\n"
-      "environment (HETMIX_*, OMPI_COMM_WORLD_*, PMI_*, SLURM_*); world rank = replica*p + stage.",
+      "environment (HETMIX_*, OMPI_COMM_WORLD_*, PMI_*, SLURM_*); world ranks go replica by replica,\n"
+      "stage by stage, tensor-parallel rank by rank (replica*p + stage without --tp).",
       opts, NULL, 0, 0};
   hm_opt_result parsed = {NULL, 0, 0};
   const int prc = hm_opts_parse(&spec, argc, argv, &parsed);
@@ -450,6 +459,15 @@ int hm_cmd_worker(int argc, char **argv) {
     have_stages = have_layout = 1;
   }
   if (nmicro > 0) po.nreplicas = nmicro, have_layout = 1;
+  if (ntp > 0) {
+    have_layout = 1;
+    const int p = po.nstages > 0 ? po.nstages : 1;
+    if (ntp != 1 && ntp != p && ntp != p * po.nreplicas)
+      return hm_cli_fail("e.g. --tp 2, or one value per stage, or per stage of each replica",
+                         "--tp lists %d values for %d stages x %d replicas", ntp, p, po.nreplicas);
+    for (int r = 0; r < po.nreplicas; r++)
+      for (int s = 0; s < p; s++) po.tp[r][s] = tp_list[ntp == 1 ? 0 : ntp == p ? s : r * p + s];
+  }
   if (model && (strchr(model, '/') || strstr(model, ".json"))) { /* a model spec file: checks a --plan against it */
     model_path = model;
   } else if (model) {
@@ -487,9 +505,11 @@ int hm_cmd_worker(int argc, char **argv) {
     for (char *save = NULL, *tok = strtok_r(list, "|", &save); tok && n < (int)(sizeof specs / sizeof specs[0]);
          tok = strtok_r(NULL, "|", &save))
       specs[n++] = tok;
-    int idx = -1;
-    if (n == po.nstages) idx = env.rank % po.nstages;
-    else if (n == po.nstages * po.nreplicas) idx = env.rank;
+    int idx = -1, replica, stage, tp_rank;
+    hm_pipeline_locate(&po, env.rank, &replica, &stage, &tp_rank);
+    if (n == po.nstages) idx = stage;
+    else if (n == po.nstages * po.nreplicas) idx = replica * po.nstages + stage;
+    else if (n == hm_pipeline_world_size(&po)) idx = env.rank;
     if (idx < 0 || idx >= n)
       return hm_cli_fail("give one spec per stage or one per worker, separated by '|'",
                          "--devices lists %d specs for %d stages x %d replicas", n, po.nstages, po.nreplicas);
@@ -534,7 +554,7 @@ int hm_cmd_worker(int argc, char **argv) {
     return rc;
   }
   hm_comm_destroy(world);
-  if (!quiet && env.rank == po.nstages - 1) {
+  if (!quiet && env.rank == hm_pipeline_rank_of(&po, 0, po.nstages - 1, 0)) {
     printf("done: %d steps, loss %.4f, step %.3f s, %.0f tok/s; stage compute per step:", res.steps_done,
            (double)res.last_loss, res.step_time_s, res.tokens_per_s);
     for (int s = 0; s < po.nstages; s++) printf(" %.3f", res.stage_busy_s[s]);

@@ -670,6 +670,60 @@ static hm_status hm_cpu_crossentropy_forward_backward(hm_device *dev, void *loss
   return HM_OK;
 }
 
+/* ---- vocabulary-parallel cross-entropy (one shard of the vocabulary per rank) ----------- */
+
+static hm_status hm_cpu_rowmax(hm_device *dev, void *rowmax_, const void *logits_, int N, int V) {
+  float *rowmax = rowmax_;
+  const float *logits = logits_;
+#pragma omp parallel for num_threads(hm_cpu(dev)->threads) schedule(static) if (N > 4)
+  for (int n = 0; n < N; n++) {
+    const float *l = logits + (size_t)n * V;
+    float m = l[0];
+    for (int i = 1; i < V; i++) m = l[i] > m ? l[i] : m;
+    rowmax[n] = m;
+  }
+  return HM_OK;
+}
+
+static hm_status hm_cpu_crossentropy_shard_forward(hm_device *dev, void *stats_, const void *logits_,
+                                                   const void *rowmax_, const int32_t *targets, int lo,
+                                                   int N, int V) {
+  float *stats = stats_;
+  const float *logits = logits_, *rowmax = rowmax_;
+#pragma omp parallel for num_threads(hm_cpu(dev)->threads) schedule(static) if (N > 4)
+  for (int n = 0; n < N; n++) {
+    const float *l = logits + (size_t)n * V;
+    float sum = 0.0f;
+    for (int i = 0; i < V; i++) sum += expf(l[i] - rowmax[n]);
+    stats[n] = sum;
+    int y = targets[n] - lo;
+    stats[N + n] = targets[n] >= 0 && y >= 0 && y < V ? l[y] : 0.0f;
+  }
+  return HM_OK;
+}
+
+static hm_status hm_cpu_crossentropy_shard_backward(hm_device *dev, void *dlogits_, const void *logits_,
+                                                    const void *rowmax_, const void *sumexp_,
+                                                    const int32_t *targets, int lo, double dloss, int N,
+                                                    int V) {
+  float *dlogits = dlogits_;
+  const float *logits = logits_, *rowmax = rowmax_, *sumexp = sumexp_;
+  const float dl = (float)dloss;
+#pragma omp parallel for num_threads(hm_cpu(dev)->threads) schedule(static) if (N > 4)
+  for (int n = 0; n < N; n++) {
+    const float *l = logits + (size_t)n * V;
+    float *d = dlogits + (size_t)n * V; /* may alias l: each l[i] is read before written */
+    if (targets[n] < 0) {
+      memset(d, 0, (size_t)V * sizeof(float));
+      continue;
+    }
+    const float inv = 1.0f / sumexp[n];
+    const int y = targets[n] - lo;
+    for (int i = 0; i < V; i++) d[i] = (expf(l[i] - rowmax[n]) * inv - (i == y ? 1.0f : 0.0f)) * dl;
+  }
+  return HM_OK;
+}
+
 /* ---- AdamW, sums ------------------------------------------------------------------------- */
 
 HM_HOT static void hm_adamw_span(float *restrict p, const float *restrict g, float *restrict m,
@@ -786,6 +840,9 @@ static const hm_device_ops hm_cpu_ops = {
     .residual_backward = hm_cpu_residual_backward,
     .softmax_forward = hm_cpu_softmax_forward,
     .crossentropy_forward_backward = hm_cpu_crossentropy_forward_backward,
+    .rowmax = hm_cpu_rowmax,
+    .crossentropy_shard_forward = hm_cpu_crossentropy_shard_forward,
+    .crossentropy_shard_backward = hm_cpu_crossentropy_shard_backward,
     .adamw_update = hm_cpu_adamw_update,
     .sum = hm_cpu_sum,
     .sumsq = hm_cpu_sumsq,

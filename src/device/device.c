@@ -579,6 +579,45 @@ hm_status hm_dev_crossentropy_forward_backward(hm_device *dev, void *losses, voi
                                                                  targets, dloss, N, V, Vp));
 }
 
+#define HM_CHECK_OPTIONAL(dev, entry, op)                                                        \
+  do {                                                                                           \
+    if (!(dev)->ops->entry)                                                                      \
+      return hm_error(HM_ERR_UNSUPPORTED, "%s: backend %s has no such kernel (it is needed by "    \
+                      "tensor parallelism's vocabulary-parallel head)", op, (dev)->name);        \
+  } while (0)
+
+hm_status hm_dev_rowmax(hm_device *dev, void *rowmax, const void *logits, int N, int V) {
+  const char *op = "rowmax";
+  HM_CHECK_DEV(dev, op); HM_CHECK_PTR(rowmax, op); HM_CHECK_PTR(logits, op);
+  HM_CHECK_POS(N, op); HM_CHECK_POS(V, op); HM_CHECK_OPTIONAL(dev, rowmax, op);
+  HM_RUN_KERNEL(dev, op, dev->ops->rowmax(dev, rowmax, logits, N, V));
+}
+
+hm_status hm_dev_crossentropy_shard_forward(hm_device *dev, void *stats, const void *logits,
+                                            const void *rowmax, const int32_t *targets, int lo,
+                                            int N, int V) {
+  const char *op = "crossentropy_shard_forward";
+  HM_CHECK_DEV(dev, op); HM_CHECK_PTR(stats, op); HM_CHECK_PTR(logits, op); HM_CHECK_PTR(rowmax, op);
+  HM_CHECK_PTR(targets, op); HM_CHECK_POS(N, op); HM_CHECK_POS(V, op);
+  if (lo < 0) return hm_error(HM_ERR_INVALID_ARG, "%s: first column lo = %d must be >= 0", op, lo);
+  HM_CHECK_OPTIONAL(dev, crossentropy_shard_forward, op);
+  HM_RUN_KERNEL(dev, op, dev->ops->crossentropy_shard_forward(dev, stats, logits, rowmax, targets, lo, N, V));
+}
+
+hm_status hm_dev_crossentropy_shard_backward(hm_device *dev, void *dlogits, const void *logits,
+                                             const void *rowmax, const void *sumexp,
+                                             const int32_t *targets, int lo, double dloss, int N,
+                                             int V) {
+  const char *op = "crossentropy_shard_backward";
+  HM_CHECK_DEV(dev, op); HM_CHECK_PTR(dlogits, op); HM_CHECK_PTR(logits, op); HM_CHECK_PTR(rowmax, op);
+  HM_CHECK_PTR(sumexp, op); HM_CHECK_PTR(targets, op); HM_CHECK_POS(N, op); HM_CHECK_POS(V, op);
+  if (lo < 0) return hm_error(HM_ERR_INVALID_ARG, "%s: first column lo = %d must be >= 0", op, lo);
+  if (!isfinite(dloss)) return hm_error(HM_ERR_INVALID_ARG, "%s: dloss is not finite", op);
+  HM_CHECK_OPTIONAL(dev, crossentropy_shard_backward, op);
+  HM_RUN_KERNEL(dev, op, dev->ops->crossentropy_shard_backward(dev, dlogits, logits, rowmax, sumexp, targets,
+                                                               lo, dloss, N, V));
+}
+
 hm_status hm_dev_adamw_update(hm_device *dev, void *params, const void *grads, void *m, void *v,
                               size_t n, double lr, double beta1, double beta2, double eps,
                               double weight_decay, double grad_scale, int t) {

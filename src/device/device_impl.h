@@ -69,6 +69,15 @@ typedef struct hm_device_ops {
   hm_status (*crossentropy_forward_backward)(hm_device *dev, void *losses, void *dlogits,
                                              const void *logits, const int32_t *targets,
                                              double dloss, int N, int V, int Vp);
+  /* vocabulary-parallel cross-entropy; optional (NULL: HM_ERR_UNSUPPORTED) */
+  hm_status (*rowmax)(hm_device *dev, void *rowmax, const void *logits, int N, int V);
+  hm_status (*crossentropy_shard_forward)(hm_device *dev, void *stats, const void *logits,
+                                          const void *rowmax, const int32_t *targets, int lo, int N,
+                                          int V);
+  hm_status (*crossentropy_shard_backward)(hm_device *dev, void *dlogits, const void *logits,
+                                           const void *rowmax, const void *sumexp,
+                                           const int32_t *targets, int lo, double dloss, int N,
+                                           int V);
   hm_status (*adamw_update)(hm_device *dev, void *params, const void *grads, void *m, void *v,
                             size_t n, double lr, double beta1, double beta2, double eps,
                             double weight_decay, double grad_scale, int t);

@@ -28,7 +28,8 @@ typedef struct {
   uint64_t run_id;
   int32_t stage_index, micro_batches;
   uint32_t elem_size; /* version 3: bytes per stored element, 4 or 8 (versions 1 and 2: 4) */
-  uint8_t reserved[76];
+  int32_t tp_rank, tp_size; /* 0, 0 in files from before tensor parallelism: unsplit */
+  uint8_t reserved[68];
   uint64_t header_hash; /* XXH3 of the bytes before it */
 } hm_ckpt_header;
 _Static_assert(sizeof(hm_ckpt_header) == 256, "checkpoint header is 256 bytes");
@@ -85,6 +86,7 @@ static hm_status hm_ckpt_lay_out(const hm_ckpt_meta *m, const hm_ckpt_tensor *te
   h->run_id = m->run_id;
   h->stage_index = m->stage_index, h->stage_count = (uint32_t)m->stage_count, h->micro_batches = m->micro_batches;
   h->elem_size = es == 8 ? 8u : 0u;
+  h->tp_rank = m->tp_rank, h->tp_size = m->tp_size;
   h->header_hash = XXH3_64bits(h, offsetof(hm_ckpt_header, header_hash));
 
   l->table = hm_calloc((size_t)n + 1, sizeof *l->table, "checkpoint table");
@@ -178,6 +180,7 @@ static hm_status hm_ckpt_header_meta(const hm_ckpt_header *hp, const char *what,
   if (h.version == 1) { /* no run identity yet: those bytes were zero */
     h.stage_count = 0, h.run_id = 0;
     h.stage_index = 0, h.micro_batches = 0;
+    h.tp_rank = 0, h.tp_size = 0;
   }
   if (h.version < 3) h.elem_size = 4;
   else if (h.elem_size != 4 && h.elem_size != 8)
@@ -192,8 +195,11 @@ static hm_status hm_ckpt_header_meta(const hm_ckpt_header *hp, const char *what,
       h.micro_batches < 0)
     return HM_CORRUPT("checkpoint %s: stage %d of %u, %d micro-batches is invalid", what, h.stage_index, h.stage_count,
                       h.micro_batches);
+  if (h.tp_size < 0 || h.tp_size > 64 || h.tp_rank < 0 || h.tp_rank >= (h.tp_size > 1 ? h.tp_size : 1))
+    return HM_CORRUPT("checkpoint %s: tensor-parallel rank %d of %d is invalid", what, h.tp_rank, h.tp_size);
   memset(m, 0, sizeof *m);
   m->config = cfg;
+  m->tp_rank = h.tp_rank, m->tp_size = h.tp_size;
   m->layer_first = h.layer_first, m->layer_last = h.layer_last;
   m->step = h.step, m->data_seed = h.data_seed;
   m->data_position = h.data_position, m->rng_state = h.rng_state;

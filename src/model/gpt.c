@@ -9,6 +9,7 @@
 
 #include "hetmix/device.h"
 #include "hetmix/model.h"
+#include "model/tp_shard.h"
 #include "util/util.h"
 
 // parameter tensors of one transformer block, in flat-buffer order
@@ -22,7 +23,10 @@ static const char *const hm_block_names[BK_COUNT] = {
 
 typedef struct {
   char name[HM_CKPT_NAME_MAX];
-  size_t offset, numel;
+  size_t offset, numel; // numel: this tensor-parallel rank's shard
+  size_t rows, cols;    // the full tensor's shape
+  hm_tp_split split;
+  int blocks;
   int decay;       // 2-D tensors get weight decay
   double init_std; // 0: constant init_const
   float init_const;
@@ -39,13 +43,16 @@ typedef struct {
   void *in;                  // (B,T,C) copy of x_in, when first > 0
   void *enc;                 // (B,T,C) embedding output, when the stage holds layer 0
   hm_block_acts *blocks;     // one per block in the stage
-  void *lnf, *lnf_mean, *lnf_rstd, *logits, *losses; // head
+  void *lnf, *lnf_mean, *lnf_rstd, *logits, *losses; // head; logits (B,T,V/tp)
+  void *rowmax, *ce_stats;   // head with tp > 1: row maxima (N), [sum of exp | target logit] (2N)
   int has_targets;
 } hm_mb_acts;
 
 struct hm_stage {
   hm_model_config cfg;
   hm_device *dev;
+  hm_tp_sizes tp;      // this rank's local sizes (size 1: no tensor parallelism)
+  hm_stage_tp tpo;     // the runtime's allreduce
   int first, last, B, T, n_mb;
   int T_max;  // T the buffers are sized for
   int has_embed, has_head, n_blocks, first_block; // blocks are layers first_block+1 ...
@@ -58,6 +65,8 @@ struct hm_stage {
   hm_mb_acts *mb;
   void *scratch;                     // backward scratch: A (4NC), B (4NC), D (NC), dresid (NC)
   void *sA, *sB, *sD, *dresid;
+  void *wte_pad, *wpe_zero;          // tp > 1 embedding: local wte + a zero row; zeros for ranks > 0
+  int32_t *tok_map;                  // tp > 1 embedding: host tokens mapped to local rows (B*T)
   hm_stage_memory mem;
 };
 
@@ -87,15 +96,25 @@ static hm_status hm_check_options(const hm_model_config *cfg, const hm_stage_opt
   if ((double)o->B * o->T * (double)(cfg->V > 4 * cfg->C ? cfg->V : 4 * cfg->C) > 2147483647.0)
     return hm_error(HM_ERR_INVALID_ARG, "stage micro-batch B*T=%lld is too large for 32-bit kernel indices",
                     (long long)o->B * o->T);
+  hm_tp_sizes tp;
+  HM_TRY(hm_stage_tp_sizes(cfg, o->tp.size, o->tp.rank, &tp));
+  if (tp.size > 1 && !o->tp.allreduce)
+    return hm_error(HM_ERR_INVALID_ARG, "stage [%d,%d): tensor parallelism %d needs an allreduce callback", o->first,
+                    o->last, tp.size);
   return HM_OK;
 }
 
-static void hm_add_tensor(hm_stage *s, const char *name, size_t numel, int decay, double std, float c) {
+// Adds a tensor of full shape (rows, cols); the stage holds this tensor-parallel rank's shard.
+static void hm_add_tensor(hm_stage *s, const char *name, size_t rows, size_t cols, int decay, double std, float c) {
+  int blocks = 1;
+  const hm_tp_split split = s->tp.size > 1 ? hm_tp_tensor_split(name, &blocks) : HM_TP_REPLICATED;
+  const size_t numel = split == HM_TP_REPLICATED ? rows * cols : rows * cols / (size_t)s->tp.size;
   if (s->tensors) {
     hm_stage_tensor *t = &s->tensors[s->n_tensors];
     hm_strcpy(t->name, sizeof t->name, name);
     t->offset = s->n_params;
     t->numel = numel;
+    t->rows = rows, t->cols = cols, t->split = split, t->blocks = blocks;
     t->decay = decay;
     t->init_std = std;
     t->init_const = c;
@@ -113,30 +132,31 @@ static void hm_list_tensors(hm_stage *s) {
   s->wte = s->wpe = s->lnfw = s->lnfb = s->block0 = -1;
   if (s->has_embed) {
     s->wte = s->n_tensors;
-    hm_add_tensor(s, "wte", V * C, 1, std, 0);
+    hm_add_tensor(s, "wte", V, C, 1, std, 0);
     s->wpe = s->n_tensors;
-    hm_add_tensor(s, "wpe", T * C, 1, std, 0);
+    hm_add_tensor(s, "wpe", T, C, 1, std, 0);
   }
   if (s->n_blocks > 0) s->block0 = s->n_tensors;
   for (int b = 0; b < s->n_blocks; b++) {
     char name[HM_CKPT_NAME_MAX];
-    const size_t sizes[BK_COUNT] = {C, C, 3 * C * C, 3 * C, C * C, C, C, C, 4 * C * C, 4 * C, 4 * C * C, C};
+    const size_t rows[BK_COUNT] = {C, C, 3 * C, 3 * C, C, C, C, C, 4 * C, 4 * C, C, C};
+    const size_t cols[BK_COUNT] = {1, 1, C, 1, C, 1, 1, 1, C, 1, 4 * C, 1};
     for (int k = 0; k < BK_COUNT; k++) {
       snprintf(name, sizeof name, "h%d.%s", s->first_block + b, hm_block_names[k]);
       int is_w = k == BK_QKVW || k == BK_ATTPROJW || k == BK_FCW || k == BK_FCPROJW;
       int is_ln_w = k == BK_LN1W || k == BK_LN2W;
       double sd = !is_w ? 0.0 : (k == BK_ATTPROJW || k == BK_FCPROJW) ? proj_std : std;
-      hm_add_tensor(s, name, sizes[k], is_w, sd, is_ln_w ? 1.0f : 0.0f);
+      hm_add_tensor(s, name, rows[k], cols[k], is_w, sd, is_ln_w ? 1.0f : 0.0f);
     }
   }
   if (s->has_head) {
     s->lnfw = s->n_tensors;
-    hm_add_tensor(s, "lnf.w", C, 0, 0.0, 1.0f);
+    hm_add_tensor(s, "lnf.w", C, 1, 0, 0.0, 1.0f);
     s->lnfb = s->n_tensors;
-    hm_add_tensor(s, "lnf.b", C, 0, 0.0, 0.0f);
+    hm_add_tensor(s, "lnf.b", C, 1, 0, 0.0, 0.0f);
     if (!s->has_embed) {
       s->wte = s->n_tensors;  // this stage's own copy of the tied embedding
-      hm_add_tensor(s, "wte", V * C, 1, std, 0);
+      hm_add_tensor(s, "wte", V, C, 1, std, 0);
     }
   }
 }
@@ -144,7 +164,8 @@ static void hm_list_tensors(hm_stage *s) {
 // Lays out the activations of every slot and the backward scratch (measure when base is NULL).
 static void hm_carve_acts(hm_stage *s, hm_carver *c, size_t att_saved) {
   const size_t es = hm_device_elem_size(s->dev);
-  const size_t N = (size_t)s->B * s->T, C = (size_t)s->cfg.C, V = (size_t)s->cfg.V;
+  const size_t N = (size_t)s->B * s->T, C = (size_t)s->cfg.C, V = (size_t)s->tp.vocab;
+  const size_t Cl = (size_t)s->tp.channels, H = (size_t)s->tp.hidden;
   for (int i = 0; i < s->n_mb; i++) {
     hm_mb_acts tmp;
     hm_block_acts btmp;
@@ -158,15 +179,15 @@ static void hm_carve_acts(hm_stage *s, hm_carver *c, size_t att_saved) {
       k->ln1 = hm_take(c, N * C * es);
       k->ln1_mean = hm_take(c, N * es);
       k->ln1_rstd = hm_take(c, N * es);
-      k->qkv = hm_take(c, 3 * N * C * es);
-      k->atty = hm_take(c, N * C * es);
+      k->qkv = hm_take(c, 3 * N * Cl * es);
+      k->atty = hm_take(c, N * Cl * es);
       k->att_saved = hm_take(c, att_saved * es);
       k->res2 = hm_take(c, N * C * es);
       k->ln2 = hm_take(c, N * C * es);
       k->ln2_mean = hm_take(c, N * es);
       k->ln2_rstd = hm_take(c, N * es);
-      k->fch = hm_take(c, 4 * N * C * es);
-      k->fch_gelu = hm_take(c, 4 * N * C * es);
+      k->fch = hm_take(c, N * H * es);
+      k->fch_gelu = hm_take(c, N * H * es);
       k->res3 = hm_take(c, N * C * es);
     }
     if (s->has_head) {
@@ -175,22 +196,30 @@ static void hm_carve_acts(hm_stage *s, hm_carver *c, size_t att_saved) {
       a->lnf_rstd = hm_take(c, N * es);
       a->logits = hm_take(c, N * V * es);
       a->losses = hm_take(c, N * es);
+      a->rowmax = s->tp.size > 1 ? hm_take(c, N * es) : NULL;
+      a->ce_stats = s->tp.size > 1 ? hm_take(c, 2 * N * es) : NULL;
     }
   }
 }
 
 static void hm_carve_scratch(hm_stage *s, hm_carver *c) {
   const size_t es = hm_device_elem_size(s->dev);
-  const size_t N = (size_t)s->B * s->T, C = (size_t)s->cfg.C;
-  s->sA = hm_take(c, 4 * N * C * es);
-  s->sB = hm_take(c, 4 * N * C * es);
+  const size_t N = (size_t)s->B * s->T, C = (size_t)s->cfg.C, H = (size_t)s->tp.hidden;
+  const size_t wide = H > 3 * (size_t)s->tp.channels ? H : 3 * (size_t)s->tp.channels;
+  s->sA = hm_take(c, N * wide * es);  // d(gelu) (N,H), d(qkv) (N,3C/tp)
+  s->sB = hm_take(c, N * (H > C ? H : C) * es);
   s->sD = hm_take(c, N * C * es);
   s->dresid = hm_take(c, N * C * es);
+  const int tp_embed = s->tp.size > 1 && s->has_embed;
+  s->wte_pad = tp_embed ? hm_take(c, ((size_t)s->tp.vocab + 1) * C * es) : NULL;
+  s->wpe_zero = tp_embed ? hm_take(c, (size_t)s->T_max * C * es) : NULL;
 }
 
 static void hm_stage_shape(hm_stage *s, const hm_model_config *cfg, hm_device *dev, const hm_stage_options *o) {
   s->cfg = *cfg;
   s->dev = dev;
+  (void)hm_stage_tp_sizes(cfg, o->tp.size, o->tp.rank, &s->tp);  // checked by hm_check_options
+  s->tpo = o->tp;
   s->first = o->first, s->last = o->last, s->B = o->B, s->T = o->T, s->n_mb = o->max_microbatches;
   s->T_max = o->T;
   s->has_embed = o->first == 0;
@@ -202,7 +231,7 @@ static void hm_stage_shape(hm_stage *s, const hm_model_config *cfg, hm_device *d
 
 static void hm_measure(hm_stage *s, hm_stage_memory *m) {
   const size_t es = hm_device_elem_size(s->dev);
-  size_t att = s->n_blocks ? hm_dev_attention_saved_elems(s->dev, s->B, s->T, s->cfg.C, s->cfg.NH) : 0;
+  size_t att = s->n_blocks ? hm_dev_attention_saved_elems(s->dev, s->B, s->T, s->tp.channels, s->tp.heads) : 0;
   hm_carver ca = {NULL, 0}, cs = {NULL, 0};
   hm_stage_memory r;
   memset(&r, 0, sizeof r);
@@ -259,7 +288,8 @@ hm_status hm_stage_create(const hm_model_config *cfg, hm_device *dev, const hm_s
   }
   s->tensors = hm_calloc((size_t)s->n_tensors, sizeof *s->tensors, "stage tensor table");
   s->mb = hm_calloc((size_t)s->n_mb, sizeof *s->mb, "stage micro-batch slots");
-  if (!s->tensors || !s->mb) {
+  if (s->tp.size > 1 && s->has_embed) s->tok_map = hm_calloc((size_t)s->B * s->T_max, sizeof(int32_t), "token map");
+  if (!s->tensors || !s->mb || (s->tp.size > 1 && s->has_embed && !s->tok_map)) {
     hm_stage_destroy(s);
     return HM_ERR_NOMEM;
   }
@@ -286,10 +316,16 @@ hm_status hm_stage_create(const hm_model_config *cfg, hm_device *dev, const hm_s
     hm_stage_destroy(s);
     return hm_error_context(st, "stage [%d,%d) on %s: ", opt->first, opt->last, hm_device_spec(dev));
   }
-  size_t att = s->n_blocks ? hm_dev_attention_saved_elems(dev, s->B, s->T, s->cfg.C, s->cfg.NH) : 0;
+  size_t att = s->n_blocks ? hm_dev_attention_saved_elems(dev, s->B, s->T, s->tp.channels, s->tp.heads) : 0;
   hm_carver ca = {s->acts, 0}, cs = {s->scratch, 0};
   hm_carve_acts(s, &ca, att);
   hm_carve_scratch(s, &cs);
+  if (s->wte_pad) st = hm_device_zero(dev, s->wte_pad, ((size_t)s->tp.vocab + 1) * s->cfg.C * hm_device_elem_size(dev));
+  if (st == HM_OK && s->wpe_zero) st = hm_device_zero(dev, s->wpe_zero, (size_t)s->T_max * s->cfg.C * hm_device_elem_size(dev));
+  if (st != HM_OK) {
+    hm_stage_destroy(s);
+    return st;
+  }
   *out = s;
   return HM_OK;
 }
@@ -305,6 +341,7 @@ void hm_stage_destroy(hm_stage *s) {
   if (s->mb)
     for (int i = 0; i < s->n_mb; i++) free(s->mb[i].blocks);
   free(s->mb);
+  free(s->tok_map);
   free(s->tensors);
   free(s);
 }
@@ -317,26 +354,42 @@ static uint64_t hm_name_hash(const char *s) {
   return h;
 }
 
+// The full tensor's values, which depend only on (seed, name): every split into stages and
+// tensor-parallel shards initializes identically.
+static void hm_init_full(const hm_stage_tensor *t, uint64_t seed, float *buf) {
+  const size_t n = t->rows * t->cols;
+  uint64_t state = hm_splitmix64(seed ^ hm_name_hash(t->name));
+  for (size_t j = 0; j < n; j++) {
+    if (t->init_std == 0.0) {
+      buf[j] = t->init_const;
+      continue;
+    }
+    // Box-Muller on two uniforms in (0,1] from the splitmix64 stream
+    double u1 = ((double)(hm_splitmix64(state++) >> 11) + 1.0) * 0x1.0p-53;
+    double u2 = (double)(hm_splitmix64(state++) >> 11) * 0x1.0p-53;
+    buf[j] = (float)(t->init_std * sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
+  }
+}
+
 hm_status hm_stage_init_params(hm_stage *s, uint64_t seed) {
   size_t maxn = 0;
-  for (int i = 0; i < s->n_tensors; i++) maxn = s->tensors[i].numel > maxn ? s->tensors[i].numel : maxn;
-  float *buf = hm_malloc(maxn * sizeof(float), "parameter init buffer");
+  for (int i = 0; i < s->n_tensors; i++) {
+    size_t n = s->tensors[i].rows * s->tensors[i].cols;
+    maxn = n > maxn ? n : maxn;
+  }
+  float *buf = hm_malloc(2 * maxn * sizeof(float), "parameter init buffer");
   if (!buf) return HM_ERR_NOMEM;
+  float *shard = buf + maxn;
   hm_status st = HM_OK;
   for (int i = 0; i < s->n_tensors && st == HM_OK; i++) {
     const hm_stage_tensor *t = &s->tensors[i];
-    uint64_t state = hm_splitmix64(seed ^ hm_name_hash(t->name));
-    for (size_t j = 0; j < t->numel; j++) {
-      if (t->init_std == 0.0) {
-        buf[j] = t->init_const;
-        continue;
-      }
-      // Box-Muller on two uniforms in (0,1] from the splitmix64 stream
-      double u1 = ((double)(hm_splitmix64(state++) >> 11) + 1.0) * 0x1.0p-53;
-      double u2 = (double)(hm_splitmix64(state++) >> 11) * 0x1.0p-53;
-      buf[j] = (float)(t->init_std * sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
+    hm_init_full(t, seed, buf);
+    const float *src = buf;
+    if (t->split != HM_TP_REPLICATED) {
+      hm_tp_copy(buf, shard, t->rows, t->cols, t->split, t->blocks, s->tp.size, s->tp.rank, 1);
+      src = shard;
     }
-    st = hm_device_copy_from_f32(s->dev, hm_device_offset(s->dev, s->params, t->offset), buf, t->numel);
+    st = hm_device_copy_from_f32(s->dev, hm_device_offset(s->dev, s->params, t->offset), src, t->numel);
   }
   free(buf);
   return st;
@@ -347,21 +400,37 @@ static void *G(hm_stage *s, int i) { return hm_device_offset(s->dev, s->grads, s
 
 // ---- forward ----------------------------------------------------------------------------------
 
+// Megatron's g (forward) and f (backward) operators: the sum over the tensor-parallel ranks.
+static hm_status hm_tp_allreduce(hm_stage *s, void *buf, size_t n, hm_tp_op op) {
+  if (s->tp.size <= 1) return HM_OK;
+  hm_status st = s->tpo.allreduce(s->tpo.ctx, buf, n, op);
+  if (st != HM_OK)
+    return hm_error_context(st, "stage [%d,%d) tensor-parallel rank %d of %d: ", s->first, s->last, s->tp.rank,
+                            s->tp.size);
+  return HM_OK;
+}
+
+// A row-parallel layer's bias is added once, by rank 0, before the allreduce of the output.
+static const void *hm_row_bias(hm_stage *s, int i) { return s->tp.rank == 0 ? P(s, i) : NULL; }
+
 static hm_status hm_block_forward(hm_stage *s, int b, hm_block_acts *k, const void *x) {
   hm_device *d = s->dev;
-  const int B = s->B, T = s->T, C = s->cfg.C, NH = s->cfg.NH, N = B * T;
+  const int B = s->B, T = s->T, C = s->cfg.C, N = B * T;
+  const int Cl = s->tp.channels, NHl = s->tp.heads, H = s->tp.hidden;
   const size_t NC = (size_t)N * C;
   const int w = s->block0 + b * BK_COUNT;
   void *proj = s->sD;  // attention / MLP projection before the residual add
   HM_TRY(hm_dev_layernorm_forward(d, k->ln1, k->ln1_mean, k->ln1_rstd, x, P(s, w + BK_LN1W), P(s, w + BK_LN1B), N, C));
-  HM_TRY(hm_dev_matmul_forward(d, k->qkv, k->ln1, P(s, w + BK_QKVW), P(s, w + BK_QKVB), N, C, 3 * C));
-  HM_TRY(hm_dev_attention_forward(d, k->atty, k->att_saved, k->qkv, B, T, C, NH));
-  HM_TRY(hm_dev_matmul_forward(d, proj, k->atty, P(s, w + BK_ATTPROJW), P(s, w + BK_ATTPROJB), N, C, C));
+  HM_TRY(hm_dev_matmul_forward(d, k->qkv, k->ln1, P(s, w + BK_QKVW), P(s, w + BK_QKVB), N, C, 3 * Cl));
+  HM_TRY(hm_dev_attention_forward(d, k->atty, k->att_saved, k->qkv, B, T, Cl, NHl));
+  HM_TRY(hm_dev_matmul_forward(d, proj, k->atty, P(s, w + BK_ATTPROJW), hm_row_bias(s, w + BK_ATTPROJB), N, Cl, C));
+  HM_TRY(hm_tp_allreduce(s, proj, NC, HM_TP_SUM));
   HM_TRY(hm_dev_residual_forward(d, k->res2, x, proj, NC));
   HM_TRY(hm_dev_layernorm_forward(d, k->ln2, k->ln2_mean, k->ln2_rstd, k->res2, P(s, w + BK_LN2W), P(s, w + BK_LN2B), N, C));
-  HM_TRY(hm_dev_matmul_forward(d, k->fch, k->ln2, P(s, w + BK_FCW), P(s, w + BK_FCB), N, C, 4 * C));
-  HM_TRY(hm_dev_gelu_forward(d, k->fch_gelu, k->fch, 4 * NC));
-  HM_TRY(hm_dev_matmul_forward(d, proj, k->fch_gelu, P(s, w + BK_FCPROJW), P(s, w + BK_FCPROJB), N, 4 * C, C));
+  HM_TRY(hm_dev_matmul_forward(d, k->fch, k->ln2, P(s, w + BK_FCW), P(s, w + BK_FCB), N, C, H));
+  HM_TRY(hm_dev_gelu_forward(d, k->fch_gelu, k->fch, (size_t)N * H));
+  HM_TRY(hm_dev_matmul_forward(d, proj, k->fch_gelu, P(s, w + BK_FCPROJW), hm_row_bias(s, w + BK_FCPROJB), N, H, C));
+  HM_TRY(hm_tp_allreduce(s, proj, NC, HM_TP_SUM));
   HM_TRY(hm_dev_residual_forward(d, k->res3, k->res2, proj, NC));
   return HM_OK;
 }
@@ -378,6 +447,60 @@ static hm_status hm_check_mb(const hm_stage *s, int mb) {
   return HM_OK;
 }
 
+// The embedding. With tensor parallelism each rank holds rows [vocab_lo, vocab_lo + V/tp) of wte:
+// tokens outside them read a zero row appended to a copy of the shard, wpe is added by rank 0
+// only, and the allreduce sums the parts (each position gets one nonzero wte row: exact).
+static hm_status hm_embed_forward(hm_stage *s, hm_mb_acts *a, const int32_t *tokens) {
+  hm_device *d = s->dev;
+  const int B = s->B, T = s->T, C = s->cfg.C, N = B * T;
+  if (s->tp.size <= 1) {
+    HM_TRY(hm_device_copy_h2d(d, a->tokens, tokens, (size_t)N * sizeof(int32_t)));
+    return hm_dev_encoder_forward(d, a->enc, a->tokens, P(s, s->wte), P(s, s->wpe), B, T, C);
+  }
+  const int lo = s->tp.vocab_lo, Vl = s->tp.vocab;
+  for (int i = 0; i < N; i++) s->tok_map[i] = tokens[i] >= lo && tokens[i] < lo + Vl ? tokens[i] - lo : Vl;
+  HM_TRY(hm_device_copy_h2d(d, a->tokens, s->tok_map, (size_t)N * sizeof(int32_t)));
+  const size_t es = hm_device_elem_size(d);
+  HM_TRY(hm_device_copy_d2d(d, s->wte_pad, P(s, s->wte), (size_t)Vl * C * es));
+  HM_TRY(hm_device_zero(d, hm_device_offset(d, s->wte_pad, (size_t)Vl * C), (size_t)C * es));  // backward used it
+  HM_TRY(hm_dev_encoder_forward(d, a->enc, a->tokens, s->wte_pad, s->tp.rank == 0 ? P(s, s->wpe) : s->wpe_zero, B, T, C));
+  return hm_tp_allreduce(s, a->enc, (size_t)N * C, HM_TP_SUM);
+}
+
+// Reads n device values (the device dtype) into host doubles.
+static hm_status hm_read_values(hm_stage *s, double *out, const void *src, size_t n) {
+  const size_t es = hm_device_elem_size(s->dev);
+  void *tmp = hm_malloc(n * es, "loss statistics");
+  if (!tmp) return HM_ERR_NOMEM;
+  hm_status st = hm_device_copy_d2h(s->dev, tmp, src, n * es);
+  for (size_t i = 0; st == HM_OK && i < n; i++)
+    out[i] = es == sizeof(double) ? ((const double *)tmp)[i] : (double)((const float *)tmp)[i];
+  free(tmp);
+  return st;
+}
+
+// Vocabulary-parallel cross-entropy (forward): allreduce of the row maxima, then of the sums of
+// exponentials and the target logits; loss_n = log(sum) + max - target logit.
+static hm_status hm_head_tp_forward(hm_stage *s, hm_mb_acts *a, const int32_t *targets, float *loss) {
+  hm_device *d = s->dev;
+  const int N = s->B * s->T, Vl = s->tp.vocab;
+  HM_TRY(hm_dev_rowmax(d, a->rowmax, a->logits, N, Vl));
+  HM_TRY(hm_tp_allreduce(s, a->rowmax, (size_t)N, HM_TP_MAX));
+  HM_TRY(hm_dev_crossentropy_shard_forward(d, a->ce_stats, a->logits, a->rowmax, a->targets, s->tp.vocab_lo, N, Vl));
+  HM_TRY(hm_tp_allreduce(s, a->ce_stats, 2 * (size_t)N, HM_TP_SUM));
+  if (!loss) return HM_OK;
+  double *h = hm_malloc(3 * (size_t)N * sizeof(double), "loss statistics");
+  if (!h) return HM_ERR_NOMEM;
+  hm_status st = hm_read_values(s, h, a->rowmax, (size_t)N);
+  if (st == HM_OK) st = hm_read_values(s, h + N, a->ce_stats, 2 * (size_t)N);
+  double sum = 0;
+  for (int i = 0; i < N; i++)
+    if (targets[i] >= 0) sum += log(h[N + i]) + h[i] - h[2 * N + i];
+  free(h);
+  *loss = (float)(sum / N);
+  return st;
+}
+
 hm_status hm_stage_forward(hm_stage *s, int mb, const int32_t *tokens, const void *x_in, const int32_t *targets,
                            float *loss) {
   HM_TRY(hm_check_mb(s, mb));
@@ -390,8 +513,7 @@ hm_status hm_stage_forward(hm_stage *s, int mb, const int32_t *tokens, const voi
     for (int i = 0; i < N; i++)
       if (tokens[i] < 0 || tokens[i] >= V)
         return hm_error(HM_ERR_INVALID_ARG, "token %d at position %d is outside the vocabulary 0..%d", tokens[i], i, V - 1);
-    HM_TRY(hm_device_copy_h2d(d, a->tokens, tokens, (size_t)N * sizeof(int32_t)));
-    HM_TRY(hm_dev_encoder_forward(d, a->enc, a->tokens, P(s, s->wte), P(s, s->wpe), B, T, C));
+    HM_TRY(hm_embed_forward(s, a, tokens));
   } else {
     if (!x_in) return hm_error(HM_ERR_INVALID_ARG, "stage [%d,%d): input activations are required", s->first, s->last);
     HM_TRY(hm_device_copy_d2d(d, a->in, x_in, (size_t)N * C * es));
@@ -401,13 +523,14 @@ hm_status hm_stage_forward(hm_stage *s, int mb, const int32_t *tokens, const voi
   if (!s->has_head) return HM_OK;
   const void *x = hm_block_input(s, a, s->n_blocks);
   HM_TRY(hm_dev_layernorm_forward(d, a->lnf, a->lnf_mean, a->lnf_rstd, x, P(s, s->lnfw), P(s, s->lnfb), N, C));
-  HM_TRY(hm_dev_matmul_forward(d, a->logits, a->lnf, P(s, s->wte), NULL, N, C, V));
+  HM_TRY(hm_dev_matmul_forward(d, a->logits, a->lnf, P(s, s->wte), NULL, N, C, s->tp.vocab));
   if (!targets) return HM_OK;
   for (int i = 0; i < N; i++)
     if (targets[i] >= V)
       return hm_error(HM_ERR_INVALID_ARG, "target %d at position %d is outside the vocabulary 0..%d", targets[i], i, V - 1);
   HM_TRY(hm_device_copy_h2d(d, a->targets, targets, (size_t)N * sizeof(int32_t)));
   a->has_targets = 1;
+  if (s->tp.size > 1) return hm_head_tp_forward(s, a, targets, loss);
   HM_TRY(hm_dev_crossentropy_forward_backward(d, a->losses, NULL, a->logits, a->targets, 0.0, N, V, V));
   if (loss) {
     double sum = 0;
@@ -430,30 +553,46 @@ void *hm_stage_output(hm_stage *s, int mb) {
 // the residual stream's gradient passes through both residual adds unchanged).
 static hm_status hm_block_backward(hm_stage *s, int b, hm_block_acts *k, const void *x) {
   hm_device *d = s->dev;
-  const int B = s->B, T = s->T, C = s->cfg.C, NH = s->cfg.NH, N = B * T;
-  const size_t NC = (size_t)N * C, es = hm_device_elem_size(d);
+  const int B = s->B, T = s->T, C = s->cfg.C, N = B * T;
+  const int Cl = s->tp.channels, NHl = s->tp.heads, H = s->tp.hidden;
+  const size_t NC = (size_t)N * C, NH = (size_t)N * H, es = hm_device_elem_size(d);
   const int w = s->block0 + b * BK_COUNT;
   void *dres = s->dresid, *dgelu = s->sA, *dfch = s->sB, *dln = s->sD;
-  HM_TRY(hm_device_zero(d, dgelu, 4 * NC * es));
+  HM_TRY(hm_device_zero(d, dgelu, NH * es));
   HM_TRY(hm_dev_matmul_backward(d, dgelu, G(s, w + BK_FCPROJW), G(s, w + BK_FCPROJB), dres, k->fch_gelu,
-                                P(s, w + BK_FCPROJW), N, 4 * C, C));
-  HM_TRY(hm_device_zero(d, dfch, 4 * NC * es));
-  HM_TRY(hm_dev_gelu_backward(d, dfch, k->fch, dgelu, 4 * NC));
+                                P(s, w + BK_FCPROJW), N, H, C));
+  HM_TRY(hm_device_zero(d, dfch, NH * es));
+  HM_TRY(hm_dev_gelu_backward(d, dfch, k->fch, dgelu, NH));
   HM_TRY(hm_device_zero(d, dln, NC * es));
-  HM_TRY(hm_dev_matmul_backward(d, dln, G(s, w + BK_FCW), G(s, w + BK_FCB), dfch, k->ln2, P(s, w + BK_FCW), N, C, 4 * C));
+  HM_TRY(hm_dev_matmul_backward(d, dln, G(s, w + BK_FCW), G(s, w + BK_FCB), dfch, k->ln2, P(s, w + BK_FCW), N, C, H));
+  HM_TRY(hm_tp_allreduce(s, dln, NC, HM_TP_SUM));
   HM_TRY(hm_dev_layernorm_backward(d, dres, G(s, w + BK_LN2W), G(s, w + BK_LN2B), dln, k->res2, P(s, w + BK_LN2W),
                                    k->ln2_mean, k->ln2_rstd, N, C));
   void *datty = s->sD, *dqkv = s->sA, *dln1 = s->sB;
-  HM_TRY(hm_device_zero(d, datty, NC * es));
+  HM_TRY(hm_device_zero(d, datty, (size_t)N * Cl * es));
   HM_TRY(hm_dev_matmul_backward(d, datty, G(s, w + BK_ATTPROJW), G(s, w + BK_ATTPROJB), dres, k->atty,
-                                P(s, w + BK_ATTPROJW), N, C, C));
-  HM_TRY(hm_device_zero(d, dqkv, 3 * NC * es));
-  HM_TRY(hm_dev_attention_backward(d, dqkv, datty, k->qkv, k->att_saved, B, T, C, NH));
+                                P(s, w + BK_ATTPROJW), N, Cl, C));
+  HM_TRY(hm_device_zero(d, dqkv, 3 * (size_t)N * Cl * es));
+  HM_TRY(hm_dev_attention_backward(d, dqkv, datty, k->qkv, k->att_saved, B, T, Cl, NHl));
   HM_TRY(hm_device_zero(d, dln1, NC * es));
-  HM_TRY(hm_dev_matmul_backward(d, dln1, G(s, w + BK_QKVW), G(s, w + BK_QKVB), dqkv, k->ln1, P(s, w + BK_QKVW), N, C, 3 * C));
+  HM_TRY(hm_dev_matmul_backward(d, dln1, G(s, w + BK_QKVW), G(s, w + BK_QKVB), dqkv, k->ln1, P(s, w + BK_QKVW), N, C,
+                                3 * Cl));
+  HM_TRY(hm_tp_allreduce(s, dln1, NC, HM_TP_SUM));
   HM_TRY(hm_dev_layernorm_backward(d, dres, G(s, w + BK_LN1W), G(s, w + BK_LN1B), dln1, x, P(s, w + BK_LN1W),
                                    k->ln1_mean, k->ln1_rstd, N, C));
   return HM_OK;
+}
+
+// The embedding's backward; with tensor parallelism the scatter goes into the padded copy, whose
+// first V/tp rows are this rank's wte gradient (the zero row takes the other ranks' tokens).
+static hm_status hm_embed_backward(hm_stage *s, hm_mb_acts *a) {
+  hm_device *d = s->dev;
+  const int B = s->B, T = s->T, C = s->cfg.C;
+  if (s->tp.size <= 1) return hm_dev_encoder_backward(d, G(s, s->wte), G(s, s->wpe), s->dresid, a->tokens, B, T, C);
+  const size_t Vl = (size_t)s->tp.vocab;
+  HM_TRY(hm_device_zero(d, s->wte_pad, (Vl + 1) * C * hm_device_elem_size(d)));
+  HM_TRY(hm_dev_encoder_backward(d, s->wte_pad, G(s, s->wpe), s->dresid, a->tokens, B, T, C));
+  return hm_dev_residual_backward(d, G(s, s->wte), NULL, s->wte_pad, Vl * C);
 }
 
 hm_status hm_stage_backward(hm_stage *s, int mb, const void *dout, float loss_weight) {
@@ -468,11 +607,16 @@ hm_status hm_stage_backward(hm_stage *s, int mb, const void *dout, float loss_we
                       s->first, s->last, mb);
     a->has_targets = 0;  // dlogits overwrite the logits: one backward per forward
     // the mean over N tokens, weighted: d(loss_weight * mean loss)/d loss_i = loss_weight / N
-    HM_TRY(hm_dev_crossentropy_forward_backward(d, a->losses, a->logits, a->logits, a->targets,
-                                                (double)loss_weight / N, N, V, V));
+    if (s->tp.size > 1)
+      HM_TRY(hm_dev_crossentropy_shard_backward(d, a->logits, a->logits, a->rowmax, a->ce_stats, a->targets,
+                                                s->tp.vocab_lo, (double)loss_weight / N, N, s->tp.vocab));
+    else
+      HM_TRY(hm_dev_crossentropy_forward_backward(d, a->losses, a->logits, a->logits, a->targets,
+                                                  (double)loss_weight / N, N, V, V));
     void *dlnf = s->sD;
     HM_TRY(hm_device_zero(d, dlnf, NC * es));
-    HM_TRY(hm_dev_matmul_backward(d, dlnf, G(s, s->wte), NULL, a->logits, a->lnf, P(s, s->wte), N, C, V));
+    HM_TRY(hm_dev_matmul_backward(d, dlnf, G(s, s->wte), NULL, a->logits, a->lnf, P(s, s->wte), N, C, s->tp.vocab));
+    HM_TRY(hm_tp_allreduce(s, dlnf, NC, HM_TP_SUM));
     HM_TRY(hm_device_zero(d, s->dresid, NC * es));
     HM_TRY(hm_dev_layernorm_backward(d, s->dresid, G(s, s->lnfw), G(s, s->lnfb), dlnf, hm_block_input(s, a, s->n_blocks),
                                      P(s, s->lnfw), a->lnf_mean, a->lnf_rstd, N, C));
@@ -481,7 +625,7 @@ hm_status hm_stage_backward(hm_stage *s, int mb, const void *dout, float loss_we
     HM_TRY(hm_device_copy_d2d(d, s->dresid, dout, NC * es));
   }
   for (int b = s->n_blocks - 1; b >= 0; b--) HM_TRY(hm_block_backward(s, b, &a->blocks[b], hm_block_input(s, a, b)));
-  if (s->has_embed) HM_TRY(hm_dev_encoder_backward(d, G(s, s->wte), G(s, s->wpe), s->dresid, a->tokens, B, T, C));
+  if (s->has_embed) HM_TRY(hm_embed_backward(s, a));
   return HM_OK;
 }
 
@@ -515,6 +659,7 @@ hm_status hm_stage_grad_sumsq(hm_stage *s, double *out) {
   double total = 0;
   for (int i = 0; i < s->n_tensors; i++) {
     if (i == s->wte && !s->has_embed) continue;  // the head's copy: counted by the first stage
+    if (s->tp.rank > 0 && s->tensors[i].split == HM_TP_REPLICATED) continue;  // counted by tp rank 0
     double part = 0;
     HM_TRY(hm_dev_sumsq(s->dev, &part, G(s, i), s->tensors[i].numel));
     total += part;
@@ -552,6 +697,11 @@ int hm_stage_num_tensors(const hm_stage *s) { return s->n_tensors; }
 const char *hm_stage_tensor_name(const hm_stage *s, int i) { return s->tensors[i].name; }
 size_t hm_stage_tensor_offset(const hm_stage *s, int i) { return s->tensors[i].offset; }
 size_t hm_stage_tensor_numel(const hm_stage *s, int i) { return s->tensors[i].numel; }
+void hm_stage_tensor_split(const hm_stage *s, int i, hm_tensor_split *out) {
+  const hm_stage_tensor *t = &s->tensors[i];
+  *out = (hm_tensor_split){t->rows, t->cols, (int)t->split, t->blocks};
+}
+
 int hm_stage_find_tensor(const hm_stage *s, const char *name) {
   for (int i = 0; i < s->n_tensors; i++)
     if (strcmp(s->tensors[i].name, name) == 0) return i;
@@ -569,6 +719,8 @@ hm_status hm_stage_save(hm_stage *s, const char *path, const hm_ckpt_meta *meta)
   m.config = s->cfg;
   m.layer_first = s->first;
   m.layer_last = s->last;
+  m.tp_rank = s->tp.rank;
+  m.tp_size = s->tp.size;
   const int n = 3 * s->n_tensors;
   hm_ckpt_tensor *ts = hm_calloc((size_t)n, sizeof *ts, "checkpoint tensor list");
   float *host = hm_malloc(3 * s->n_params * sizeof(float), "checkpoint host copy");
@@ -596,6 +748,16 @@ hm_status hm_stage_save(hm_stage *s, const char *path, const hm_ckpt_meta *meta)
   return st;
 }
 
+// Tensor i of buffer kind k from a checkpoint's f32 data: whole (split_file) or this rank's shard of it.
+static hm_status hm_load_tensor(hm_stage *s, int k, int i, float *data, int split_file, float *shard) {
+  const hm_stage_tensor *t = &s->tensors[i];
+  if (!split_file && t->split != HM_TP_REPLICATED) {
+    hm_tp_copy(data, shard, t->rows, t->cols, t->split, t->blocks, s->tp.size, s->tp.rank, 1);
+    data = shard;
+  }
+  return hm_device_copy_from_f32(s->dev, hm_device_offset(s->dev, hm_stage_buffer(s, k), t->offset), data, t->numel);
+}
+
 hm_status hm_stage_load(hm_stage *s, const char *path, hm_ckpt_meta *meta) {
   hm_ckpt ck;
   HM_TRY(hm_ckpt_read(path, &ck));
@@ -607,6 +769,19 @@ hm_status hm_stage_load(hm_stage *s, const char *path, hm_ckpt_meta *meta) {
   else if (ck.meta.layer_first != s->first || ck.meta.layer_last != s->last)
     st = hm_error(HM_ERR_INVALID_ARG, "checkpoint %s holds layers [%d,%d), this stage is [%d,%d)", path,
                   ck.meta.layer_first, ck.meta.layer_last, s->first, s->last);
+  else if (ck.meta.tp_size > 1 && (ck.meta.tp_size != s->tp.size || ck.meta.tp_rank != s->tp.rank))
+    st = hm_error(HM_ERR_INVALID_ARG, "checkpoint %s holds tensor-parallel rank %d of %d, this stage is rank %d of %d%s",
+                  path, ck.meta.tp_rank, ck.meta.tp_size > 1 ? ck.meta.tp_size : 1, s->tp.rank, s->tp.size,
+                  ck.meta.tp_size > 1 ? " (hm_ckpt_merge_tp makes the unsplit model)" : "");
+  // an unsplit file into a tensor-parallel rank: cut each tensor's shard out
+  const int split_file = ck.meta.tp_size > 1 || s->tp.size <= 1;
+  float *shard = NULL;
+  if (st == HM_OK && !split_file) {
+    size_t most = 0;
+    for (int i = 0; i < s->n_tensors; i++) most = s->tensors[i].numel > most ? s->tensors[i].numel : most;
+    shard = hm_malloc(most * sizeof(float), "checkpoint shard");
+    if (!shard) st = HM_ERR_NOMEM;
+  }
   for (int k = 0; k < 3 && st == HM_OK; k++)
     for (int i = 0; i < s->n_tensors && st == HM_OK; i++) {
       char name[HM_CKPT_NAME_MAX + 8];
@@ -614,14 +789,14 @@ hm_status hm_stage_load(hm_stage *s, const char *path, hm_ckpt_meta *meta) {
       const hm_ckpt_tensor *t = hm_ckpt_find(&ck, name);
       if (!t)
         st = hm_error(HM_ERR_CORRUPT, "checkpoint %s: tensor '%s' is missing", path, name);
-      else if (t->numel != s->tensors[i].numel)
+      else if (t->numel != (split_file ? s->tensors[i].numel : s->tensors[i].rows * s->tensors[i].cols))
         st = hm_error(HM_ERR_CORRUPT, "checkpoint %s: tensor '%s' has %llu elements, expected %zu", path, name,
-                      (unsigned long long)t->numel, s->tensors[i].numel);
+                      (unsigned long long)t->numel, split_file ? s->tensors[i].numel : s->tensors[i].rows * s->tensors[i].cols);
       else
-        st = hm_device_copy_from_f32(s->dev, hm_device_offset(s->dev, hm_stage_buffer(s, k), s->tensors[i].offset),
-                                     t->data, t->numel);
+        st = hm_load_tensor(s, k, i, t->data, split_file, shard);
     }
   if (st == HM_OK && meta) *meta = ck.meta;
+  free(shard);
   hm_ckpt_free(&ck);
   return st;
 }

@@ -134,7 +134,7 @@ static hm_status hm_train_loop(hm_trainer *t, hm_train_result *res) {
 
   HM_TRY(hm_run_open_data(o, o->batch, T, &t->tf, &t->dl));
   HM_TRY(hm_device_open(o->device, &t->dev));
-  hm_stage_options so = {0, hm_model_num_layers(cfg), o->batch, T, 1};
+  hm_stage_options so = {0, hm_model_num_layers(cfg), o->batch, T, 1, HM_STAGE_TP_NONE};
   HM_TRY(hm_stage_create(cfg, t->dev, &so, &t->stage));
   hm_stage_estimate(cfg, t->dev, &so, &res->memory);
 
@@ -300,7 +300,7 @@ hm_status hm_sample_text(const char *device, const char *checkpoint, const char 
   float *row = NULL;
   int32_t *tok = NULL;
   hm_status st = hm_device_open(device, &dev);
-  hm_stage_options so = {0, cfg.L + 2, 1, cfg.T, 1};
+  hm_stage_options so = {0, cfg.L + 2, 1, cfg.T, 1, HM_STAGE_TP_NONE};
   if (st == HM_OK) st = hm_stage_create(&cfg, dev, &so, &s);
   if (st == HM_OK) st = hm_stage_load(s, checkpoint, NULL);
   row = hm_malloc((size_t)cfg.V * sizeof(float), "logits row");

@@ -244,10 +244,47 @@ int hm_profile_link_find(const hm_profile *p, int ta, int tb, int inter_host, hm
   return 0;
 }
 
+int hm_profile_tp_allreduce_time(const hm_profile *p, int ranks, double bytes, double *seconds) {
+  for (int i = 0; i < p->ntp_allreduce; i++)
+    if (p->tp_allreduce[i].ranks == ranks) {
+      *seconds = p->tp_allreduce[i].latency + bytes / p->tp_allreduce[i].bandwidth;
+      return 1;
+    }
+  return 0;
+}
+
 /* ---- reader ------------------------------------------------------------------------------ */
 
+static hm_status tp_allreduce_read(const cJSON *j, const char *root, hm_profile *p) {
+  static const char *const keys[] = {"ranks", "bandwidth", "latency", NULL};
+  char path[HM_JSON_PATH_MAX], q[HM_JSON_PATH_MAX];
+  const cJSON *arr = NULL;
+  int n = 0;
+  HM_TRY(hm_json_array(j, root, "tp_allreduce", 0, &arr, &n));
+  hm_json_path_key(path, root, "tp_allreduce");
+  if (n > HM_PROFILE_MAX_TP_ALLREDUCE)
+    return hm_error(HM_ERR_SPEC, "%s: %d entries, at most %d", path, n, HM_PROFILE_MAX_TP_ALLREDUCE);
+  int i = 0;
+  for (const cJSON *e = arr ? arr->child : NULL; e; e = e->next, i++) {
+    hm_json_path_index(q, path, i);
+    HM_TRY(hm_json_check_object(e, q, keys));
+    hm_profile_allreduce a;
+    memset(&a, 0, sizeof a);
+    int64_t ranks = 0;
+    HM_TRY(hm_json_int(e, q, "ranks", 1, 2, 64, 0, &ranks));
+    a.ranks = (int)ranks;
+    HM_TRY(hm_json_number(e, q, "bandwidth", 1, HM_RANGE_POSITIVE(1e16), 0, &a.bandwidth));
+    HM_TRY(hm_json_number(e, q, "latency", 1, HM_RANGE_NONNEG(10.0), 0, &a.latency));
+    for (int k = 0; k < p->ntp_allreduce; k++)
+      if (p->tp_allreduce[k].ranks == a.ranks)
+        return hm_error(HM_ERR_SPEC, "%s: a second entry for %d ranks (first is [%d])", q, a.ranks, k);
+    p->tp_allreduce[p->ntp_allreduce++] = a;
+  }
+  return HM_OK;
+}
+
 static hm_status profile_read(const cJSON *j, const char *root, hm_profile *p) {
-  static const char *const keys[] = {"version", "model", "layers", "links", NULL};
+  static const char *const keys[] = {"version", "model", "layers", "links", "tp_allreduce", NULL};
   static const char *const layer_keys[] = {"device_type", "kind",  "micro_batch",
                                            "fwd_s",       "bwd_s", "mem_bytes", NULL};
   static const char *const link_keys[] = {"types", "scope", "bandwidth", "latency", NULL};
@@ -311,6 +348,7 @@ static hm_status profile_read(const cJSON *j, const char *root, hm_profile *p) {
     HM_TRY(hm_json_number(e, q, "latency", 1, HM_RANGE_NONNEG(10.0), 0, &l.link.latency));
     HM_TRY(append_link(p, &l));
   }
+  HM_TRY(tp_allreduce_read(j, root, p));
   return check_repeats(p, 1);
 }
 
@@ -376,6 +414,19 @@ cJSON *hm_profile_to_cjson(const hm_profile *p) {
         !cJSON_AddNumberToObject(o, "bandwidth", e->link.bandwidth) ||
         !cJSON_AddNumberToObject(o, "latency", e->link.latency))
       goto fail;
+  }
+  if (p->ntp_allreduce > 0) {
+    cJSON *ar = cJSON_AddArrayToObject(j, "tp_allreduce");
+    if (!ar) goto fail;
+    for (int i = 0; i < p->ntp_allreduce; i++) {
+      cJSON *o = cJSON_CreateObject();
+      if (!o) goto fail;
+      cJSON_AddItemToArray(ar, o);
+      if (!cJSON_AddNumberToObject(o, "ranks", p->tp_allreduce[i].ranks) ||
+          !cJSON_AddNumberToObject(o, "bandwidth", p->tp_allreduce[i].bandwidth) ||
+          !cJSON_AddNumberToObject(o, "latency", p->tp_allreduce[i].latency))
+        goto fail;
+    }
   }
   return j;
 fail:

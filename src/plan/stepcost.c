@@ -203,8 +203,9 @@ hm_status hm_layer_costs_init(const hm_plan_inputs *in, int type, int tp, int64_
                             2 * ly->act_bytes * b / tp) / membw);
     }
     if (tp > 1 && ly->tp_comm_bytes > 0) {
-      double ar = 0;
-      hm_cost_best_algo(HM_COLL_ALLREDUCE, tp, ly->tp_comm_bytes * b, &tp_link, &ar);
+      double ar = 0; /* measured by the profiler when it timed this rank count, else the cost model */
+      if (!in->profile || !hm_profile_tp_allreduce_time(in->profile, tp, ly->tp_comm_bytes * b, &ar))
+        hm_cost_best_algo(HM_COLL_ALLREDUCE, tp, ly->tp_comm_bytes * b, &tp_link, &ar);
       f += ar;
       bw += ar * (full ? 2 : 1);
     }

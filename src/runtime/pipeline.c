@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "hetmix/device.h"
 #include "model/runbook.h"
@@ -29,6 +30,7 @@
 #include "runtime/heartbeat.h"
 #include "runtime/pipeline_internal.h"
 #include "runtime/pipeline_resume.h"
+#include "runtime/pipeline_tp.h"
 #include "util/files.h"
 #include "util/util.h"
 
@@ -57,9 +59,18 @@ hm_status hm_pipeline_check(const hm_pipeline_options *o, int world_size) {
   for (int r = 0; r < R; r++)
     if (o->micro[r] < 1)
       return hm_error(HM_ERR_SPEC, "pipeline: replica %d has %d micro-batches, need >= 1", r, o->micro[r]);
-  if (world_size != R * p)
-    return hm_error(HM_ERR_SPEC, "pipeline: %d replicas x %d stages need %d workers, but %d were started", R, p,
-                    R * p, world_size);
+  for (int r = 0; r < R; r++)
+    for (int s = 0; s < p; s++) {
+      const int tp = o->tp[r][s] > 1 ? o->tp[r][s] : 1;
+      hm_tp_sizes sz;
+      if (o->tp[r][s] < 0 || hm_stage_tp_sizes(&t->config, tp, 0, &sz) != HM_OK)
+        return hm_error(HM_ERR_SPEC, "pipeline: replica %d stage %d: tensor-parallel degree %d must be in 1..64 and "
+                        "divide the model's NH=%d and V=%d", r, s, o->tp[r][s], t->config.NH, t->config.V);
+    }
+  const int need = hm_pipeline_world_size(o);
+  if (world_size != need)
+    return hm_error(HM_ERR_SPEC, "pipeline: %d replicas x %d stages (with their tensor-parallel degrees) need %d "
+                    "workers, but %d were started", R, p, need, world_size);
   if (t->batch < 1 || t->steps < 1)
     return hm_error(HM_ERR_INVALID_ARG, "pipeline: batch %d and steps %d must be >= 1", t->batch, t->steps);
   return HM_OK;
@@ -77,9 +88,11 @@ typedef struct hm_bucket {
   hm_span spans[8]; /* contiguous runs of the bucket's tensors (usually one) */
 } hm_bucket;
 
+#define HM_PIPE_MAX_TP 64
 typedef struct hm_send_slot {
   void *buf;
-  hm_request_t req; /* NULL when free */
+  hm_request_t req[HM_PIPE_MAX_TP]; /* one per receiving tensor-parallel rank; NULL when free */
+  int nreq;
 } hm_send_slot;
 
 typedef struct hm_trace_rec {
@@ -90,8 +103,16 @@ typedef struct hm_trace_rec {
 typedef struct hm_pipe {
   const hm_pipeline_options *o;
   const hm_train_options *t;
-  hm_comm_t world, pipe, dp; /* pipe: this replica's stages; dp: this stage across replicas */
+  hm_comm_t world, pipe, dp; /* pipe: this replica's workers; dp: this stage across replicas */
+  hm_comm_t tpc;             /* this stage's tensor-parallel ranks in this replica (tp > 1) */
+  hm_comm_t tied;            /* first and last stage's workers of this replica when their degrees
+                                differ (the tied gradient is summed through the full layout) */
   int rank, replica, stage, p, R, m, M, micro_off, first, last, is_first, is_last;
+  int tp, tp_rank;           /* this stage's tensor-parallel degree and this worker's rank in it */
+  int pipe_base[HM_PIPE_MAX_STAGES + 1]; /* pipe rank of each stage's tp rank 0 in this replica */
+  int dp_mixed;              /* 1: replicas split this stage differently (hm_pipe_dp_sum_mixed) */
+  int dp_due;                /* mixed: this step's gradients still wait for the sum */
+  hm_pipe_tp tpx;            /* the model's tensor-parallel allreduce context */
   int N, C;                  /* N = B*T rows per micro-batch */
   hm_device *dev;
   hm_stage *st;
@@ -192,21 +213,12 @@ static hm_status hm_build_buckets(hm_pipe *w) {
 
 /* Device buffer (dev->dtype) -> host wire buffer, n elements. */
 static hm_status hm_to_wire(hm_pipe *w, void *dst, const void *src, size_t n) {
-  if (hm_device_dtype(w->dev) == w->wire) return hm_device_copy_d2h(w->dev, dst, src, n * w->wire_size);
-  if (w->wire == HM_FLOAT32) return hm_device_copy_to_f32(w->dev, dst, src, n);
-  HM_TRY(hm_device_copy_to_f32(w->dev, w->conv, src, n)); /* f32 device, f64 wire: exact */
-  double *d = dst;
-  for (size_t i = 0; i < n; i++) d[i] = w->conv[i];
-  return HM_OK;
+  return hm_pipe_to_wire(w->dev, w->wire, w->conv, dst, src, n);
 }
 
 /* Host wire buffer -> device buffer, n elements. */
 static hm_status hm_from_wire(hm_pipe *w, void *dst, const void *src, size_t n) {
-  if (hm_device_dtype(w->dev) == w->wire) return hm_device_copy_h2d(w->dev, dst, src, n * w->wire_size);
-  if (w->wire == HM_FLOAT32) return hm_device_copy_from_f32(w->dev, dst, src, n);
-  const double *d = src;
-  for (size_t i = 0; i < n; i++) w->conv[i] = (float)d[i];
-  return hm_device_copy_from_f32(w->dev, dst, w->conv, n);
+  return hm_pipe_from_wire(w->dev, w->wire, w->conv, dst, src, n);
 }
 
 static hm_status hm_wait_pending(hm_pipe *w) {
@@ -231,35 +243,53 @@ static hm_status hm_push_pending(hm_pipe *w, hm_request_t r) {
   return HM_OK;
 }
 
-/* Sends (N,C) device activations (or their gradient) to pipe rank peer without blocking:
- * converted into a free host slot, then isend. A slot is reused only after its send completed. */
+static hm_status hm_wait_slot(hm_send_slot *sl) {
+  hm_status first = HM_OK;
+  for (int i = 0; i < sl->nreq; i++)
+    if (sl->req[i]) {
+      hm_status st = hm_request_wait(sl->req[i]);
+      sl->req[i] = NULL;
+      if (st != HM_OK && first == HM_OK) first = st;
+    }
+  sl->nreq = 0;
+  return first;
+}
+
+/* Between stages of different tensor-parallel degrees. Every tensor-parallel rank of a stage
+ * holds the whole (N,C) activation (after the row-parallel allreduce) and the whole gradient of
+ * its input (after the column-parallel one), and every rank of the neighbour needs all of it:
+ * receiver j takes it from the sender's rank j mod (the sender's degree), so sender i sends to
+ * j = i, i + tp_sender, ... below the receiver's degree (none when i >= it). */
+static int hm_tp_at(const hm_pipe *w, int stage) { return w->pipe_base[stage + 1] - w->pipe_base[stage]; }
+
+/* Sends (N,C) device activations (or their gradient) to stage peer (its tensor-parallel ranks as
+ * above) without blocking: converted into a free host slot, then isend. A slot is reused only
+ * after its sends completed. */
 static hm_status hm_send_act(hm_pipe *w, const void *dev_src, int peer) {
   hm_send_slot *sl = &w->sends[w->next_send];
   w->next_send = (w->next_send + 1) % w->nsends;
-  if (sl->req) {
-    hm_request_t r = sl->req;
-    sl->req = NULL;
-    HM_TRY(hm_request_wait(r));
-  }
+  HM_TRY(hm_wait_slot(sl));
+  const int tp_peer = hm_tp_at(w, peer);
+  if (w->tp_rank >= tp_peer) return HM_OK;
   const size_t n = (size_t)w->N * w->C;
   HM_TRY(hm_to_wire(w, sl->buf, dev_src, n));
-  return hm_comm_isend(w->pipe, sl->buf, n, w->wire, peer, &sl->req);
+  for (int j = w->tp_rank; j < tp_peer; j += w->tp)
+    HM_TRY(hm_comm_isend(w->pipe, sl->buf, n, w->wire, w->pipe_base[peer] + j, &sl->req[sl->nreq++]));
+  return HM_OK;
 }
 
 static hm_status hm_recv_act(hm_pipe *w, int peer) {
   const size_t n = (size_t)w->N * w->C;
-  HM_TRY(hm_comm_recv(w->pipe, w->recv_buf, n, w->wire, peer));
+  HM_TRY(hm_comm_recv(w->pipe, w->recv_buf, n, w->wire, w->pipe_base[peer] + w->tp_rank % hm_tp_at(w, peer)));
   return hm_from_wire(w, w->dev_x, w->recv_buf, n);
 }
 
 static hm_status hm_wait_sends(hm_pipe *w) {
   hm_status first = HM_OK;
-  for (int i = 0; i < w->nsends; i++)
-    if (w->sends[i].req) {
-      hm_status st = hm_request_wait(w->sends[i].req);
-      w->sends[i].req = NULL;
-      if (st != HM_OK && first == HM_OK) first = st;
-    }
+  for (int i = 0; i < w->nsends; i++) {
+    hm_status st = hm_wait_slot(&w->sends[i]);
+    if (st != HM_OK && first == HM_OK) first = st;
+  }
   return first;
 }
 
@@ -269,6 +299,10 @@ static hm_status hm_allreduce_bucket(hm_pipe *w, int lb, int le) {
   for (int i = 0; i < w->nbuckets && !b; i++)
     if (w->buckets[i].layer_begin == lb && w->buckets[i].layer_end == le) b = &w->buckets[i];
   if (!b) return hm_error(HM_ERR_INTERNAL, "the schedule's bucket [%d,%d) is not one of this stage's", lb, le);
+  if (w->dp_mixed) { /* summed whole by hm_finish_allreduce */
+    w->dp_due = 1;
+    return HM_OK;
+  }
   void *grads = hm_stage_grads(w->st);
   for (int i = 0; i < b->nspans; i++) {
     void *buf;
@@ -291,6 +325,10 @@ static hm_status hm_allreduce_bucket(hm_pipe *w, int lb, int le) {
  * the tied embedding's synced gradient. */
 static hm_status hm_finish_allreduce(hm_pipe *w) {
   HM_TRY(hm_wait_pending(w));
+  if (w->dp_due) {
+    w->dp_due = 0;
+    return hm_pipe_dp_sum_mixed(w->st, w->dev, w->dp, w->wire, w->tp, w->tp_rank);
+  }
   if (w->direct || !w->staged) return HM_OK;
   w->staged = 0;
   void *grads = hm_stage_grads(w->st);
@@ -309,11 +347,14 @@ static hm_status hm_tied_sync(hm_pipe *w, int peer) {
   size_t n = 0;
   void *g = hm_stage_tied_grad(w->st, &n);
   if (!g) return hm_error(HM_ERR_INTERNAL, "stage [%d,%d) has no tied embedding to sync", w->first, w->last);
+  if (w->tied)
+    return hm_pipe_sum_full(w->st, w->dev, w->tied, w->wire, w->tp, w->tp_rank, hm_stage_find_tensor(w->st, "wte"));
   HM_TRY(hm_to_wire(w, w->tied_mine, g, n));
   hm_request_t rs = NULL, rr = NULL;
   HM_TRY(hm_group_start());
-  hm_status st = hm_comm_isend(w->pipe, w->tied_mine, n, w->wire, peer, &rs);
-  if (st == HM_OK) st = hm_comm_irecv(w->pipe, w->tied_peer, n, w->wire, peer, &rr);
+  /* the same tensor-parallel rank of the other end holds the same vocabulary rows */
+  hm_status st = hm_comm_isend(w->pipe, w->tied_mine, n, w->wire, w->pipe_base[peer] + w->tp_rank, &rs);
+  if (st == HM_OK) st = hm_comm_irecv(w->pipe, w->tied_peer, n, w->wire, w->pipe_base[peer] + w->tp_rank, &rr);
   hm_status st2 = hm_group_end();
   if (st == HM_OK) st = st2;
   if (rs) {
@@ -460,13 +501,27 @@ static hm_status hm_pipe_eval(hm_pipe *w, float *val) {
 
 /* ---------------------------------------------------------------- setup, trace, teardown */
 
+/* 1 when some stage of some replica is tensor-parallel. */
+static int hm_pipe_any_tp(const hm_pipeline_options *o) {
+  for (int r = 0; o && r < o->nreplicas && r < HM_PIPE_MAX_REPLICAS; r++)
+    for (int s = 0; s < o->nstages && s < HM_PIPE_MAX_STAGES; s++)
+      if (o->tp[r][s] > 1) return 1;
+  return 0;
+}
+
 static hm_status hm_pipe_setup(hm_pipe *w) {
   const hm_pipeline_options *o = w->o;
   const hm_train_options *t = w->t;
   w->p = o->nstages, w->R = o->nreplicas;
   w->rank = hm_comm_rank(w->world);
   HM_TRY(hm_pipeline_check(o, hm_comm_size(w->world)));
-  w->replica = w->rank / w->p, w->stage = w->rank % w->p;
+  hm_pipeline_locate(o, w->rank, &w->replica, &w->stage, &w->tp_rank);
+  w->tp = o->tp[w->replica][w->stage] > 1 ? o->tp[w->replica][w->stage] : 1;
+  w->pipe_base[0] = 0;
+  for (int s = 0; s < w->p; s++)
+    w->pipe_base[s + 1] = w->pipe_base[s] + (o->tp[w->replica][s] > 1 ? o->tp[w->replica][s] : 1);
+  for (int r = 0; r < w->R; r++)
+    if ((o->tp[r][w->stage] > 1 ? o->tp[r][w->stage] : 1) != w->tp) w->dp_mixed = 1;
   w->m = o->micro[w->replica];
   for (int r = 0; r < w->R; r++) {
     if (r < w->replica) w->micro_off += o->micro[r];
@@ -480,8 +535,17 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
   const int T = t->seq_len > 0 ? t->seq_len : t->config.T;
   w->N = t->batch * T, w->C = t->config.C;
 
-  HM_TRY(hm_comm_split(w->world, w->replica, w->stage, &w->pipe, NULL));
-  HM_TRY(hm_comm_split(w->world, w->stage, w->replica, &w->dp, NULL));
+  /* pipe: the replica's workers in stage, tp-rank order (pipe rank = pipe_base[stage] + tp rank);
+   * dp: this stage's workers of the same tp rank in every replica, or, when replicas split the
+   * stage differently, all of this stage's workers; tpc: this stage's tp ranks of this replica */
+  HM_TRY(hm_comm_split(w->world, w->replica, w->stage * HM_PIPE_MAX_TP + w->tp_rank, &w->pipe, NULL));
+  HM_TRY(hm_comm_split(w->world, w->dp_mixed ? w->stage : w->stage * HM_PIPE_MAX_TP + w->tp_rank,
+                       w->replica * HM_PIPE_MAX_TP + w->tp_rank, &w->dp, NULL));
+  HM_TRY(hm_comm_split(w->world, w->replica * HM_PIPE_MAX_STAGES + w->stage, w->tp_rank, &w->tpc, NULL));
+  if (w->tp > 1) HM_TRY(hm_pipe_tp_check_host(w->tpc, w->replica, w->stage));
+  const int tied_mixed = w->p > 1 && hm_tp_at(w, 0) != hm_tp_at(w, w->p - 1);
+  HM_TRY(hm_comm_split(w->world, tied_mixed && (w->is_first || w->is_last) ? w->replica : HM_SPLIT_NOCOLOR,
+                       w->stage * HM_PIPE_MAX_TP + w->tp_rank, &w->tied, NULL));
 
   if (m_cap > w->m) { /* activation slots for the largest share this replica may get */
     HM_TRY(hm_pipe_stage_ops(w->p, m_cap, o->stage_layers, w->R > 1, o->layers_per_bucket > 0 ? o->layers_per_bucket : 1,
@@ -498,14 +562,21 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
   char shard[1024];
   HM_TRY(hm_pipe_run_identity(w->world, o, w->stage, w->M, &w->run_id, shard, sizeof shard));
   HM_TRY(hm_device_open(t->device ? t->device : "cpu", &w->dev));
-  hm_stage_options so = {w->first, w->last, t->batch, T, w->nslots};
+  w->tpx.comm = w->tpc, w->tpx.dev = w->dev;
+  if (w->tp > 1 && !hm_device_is_host(w->dev)) { /* the largest allreduce is one (N,C) activation */
+    w->tpx.cap = (size_t)w->N * w->C * hm_device_elem_size(w->dev);
+    HM_TRY(hm_device_alloc_host(w->dev, &w->tpx.host, w->tpx.cap, "tensor-parallel staging"));
+  }
+  hm_stage_options so = {w->first, w->last, t->batch, T, w->nslots,
+                         {w->tp_rank, w->tp, w->tp > 1 ? hm_pipe_tp_allreduce : NULL, &w->tpx}};
   HM_TRY(hm_stage_create(&t->config, w->dev, &so, &w->st));
   if (t->resume) {
     /* a checkpoint of an earlier run of this layout (its shards checked to be one run at one
      * step by hm_pipe_run_identity): this stage's params, moments, step */
     const char *path = shard;
     hm_ckpt_meta m;
-    HM_TRY(hm_stage_load_shard(w->st, w->dev, path, &m));
+    /* a tensor-parallel rank cuts its shard out of the unsplit stage file (hm_stage_load) */
+    HM_TRY(w->tp > 1 ? hm_stage_load(w->st, path, &m) : hm_stage_load_shard(w->st, w->dev, path, &m));
     const int T_run = t->seq_len > 0 ? t->seq_len : t->config.T;
     if (m.batch != t->batch || m.seq_len != T_run || m.data_seed != t->seed ||
         m.data_position != m.step * (uint64_t)w->M * (uint64_t)t->batch)
@@ -533,6 +604,9 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
     HM_TRY(hm_make_dirs(o->dump_dir, 0755, HM_DIR_OUTPUT));
     HM_TRY(hm_clean_tmp_files(o->dump_dir, NULL));
   }
+  if (o->dump_dir && t->ckpt_every > 0 && hm_pipe_any_tp(o))
+    return hm_error(HM_ERR_UNSUPPORTED, "periodic checkpoints (--ckpt-every) of a layout with tensor-parallel stages "
+                    "are not supported yet: the final checkpoint (--dump) is");
   if (o->dump_dir && t->ckpt_every > 0) {
     hm_ckpt_agent_config ac = {o->dump_dir, hm_ckpt_peer_root(), t->keep, w->stage, w->p, w->replica, w->run_id};
     HM_TRY(hm_ckpt_agent_open(w->world, &ac, &w->agent));
@@ -629,6 +703,7 @@ static void hm_pipe_free(hm_pipe *w) {
     hm_device_free_host(w->dev, w->tied_mine);
     hm_device_free_host(w->dev, w->tied_peer);
     hm_device_free_host(w->dev, w->recv_buf);
+    hm_device_free_host(w->dev, w->tpx.host);
   }
   free(w->conv);
   free(w->inputs);
@@ -643,6 +718,8 @@ static void hm_pipe_free(hm_pipe *w) {
   if (w->metrics) fclose(w->metrics);
   if (w->pipe) hm_comm_destroy(w->pipe);
   if (w->dp) hm_comm_destroy(w->dp);
+  if (w->tpc) hm_comm_destroy(w->tpc);
+  if (w->tied) hm_comm_destroy(w->tied);
 }
 
 /* The identity and state fields of this stage's checkpoint after `steps` steps. */
@@ -661,6 +738,34 @@ static void hm_pipe_meta(const hm_pipe *w, int steps, hm_ckpt_meta *m) {
   m->stage_index = w->stage, m->stage_count = w->p, m->micro_batches = w->M;
 }
 
+/* A tensor-parallel stage's checkpoint: each rank writes its shards to stage<s>.tp<r>.hmc, rank
+ * 0 merges them into the unsplit stage<s>.hmc (which any layout can resume from: a rank cuts its
+ * shard out), then the shard files go. All tp ranks learn whether every part succeeded. */
+static hm_status hm_pipe_dump_tp(hm_pipe *w, const char *dir, const char *path, const hm_ckpt_meta *m) {
+  char shard[4200];
+  snprintf(shard, sizeof shard, "%s/stage%d.tp%d.hmc", dir, w->stage, w->tp_rank);
+  hm_status mine = hm_stage_save(w->st, shard, m);
+  int64_t failed = mine != HM_OK, any = 0;
+  HM_TRY(hm_comm_allreduce(w->tpc, &failed, &any, 1, HM_INT64, HM_MAX));
+  if (w->tp_rank == 0 && !any) {
+    const size_t cap = strlen(dir) + 64;
+    char *paths = hm_calloc((size_t)w->tp, cap, "shard paths");
+    const char *pp[HM_PIPE_MAX_TP];
+    for (int r = 0; paths && r < w->tp; r++) {
+      snprintf(paths + (size_t)r * cap, cap, "%s/stage%d.tp%d.hmc", dir, w->stage, r);
+      pp[r] = paths + (size_t)r * cap;
+    }
+    mine = paths ? hm_ckpt_merge_tp(pp, w->tp, path) : HM_ERR_NOMEM;
+    free(paths);
+  }
+  int64_t failed2 = mine != HM_OK, any2 = 0;
+  HM_TRY(hm_comm_allreduce(w->tpc, &failed2, &any2, 1, HM_INT64, HM_MAX));
+  unlink(shard);
+  if (mine != HM_OK) return mine;
+  if (any || any2) return hm_error(HM_ERR_IO, "%s: another tensor-parallel rank's part failed (see its error)", path);
+  return HM_OK;
+}
+
 /* This stage's checkpoint "<dir>/stage<s>.hmc" after `steps` steps (replica 0's workers). */
 static hm_status hm_pipe_dump(hm_pipe *w, const char *dir, int steps) {
   HM_TRY(hm_make_dirs(dir, 0755, HM_DIR_OUTPUT));
@@ -668,7 +773,7 @@ static hm_status hm_pipe_dump(hm_pipe *w, const char *dir, int steps) {
   snprintf(path, sizeof path, "%s/stage%d.hmc", dir, w->stage);
   hm_ckpt_meta m;
   hm_pipe_meta(w, steps, &m);
-  return hm_stage_save(w->st, path, &m);
+  return w->tp > 1 ? hm_pipe_dump_tp(w, dir, path, &m) : hm_stage_save(w->st, path, &m);
 }
 
 /* After every step with periodic checkpoints (--ckpt-every): at a checkpoint step replica 0's
@@ -712,7 +817,8 @@ static hm_status hm_pipe_rebalance(hm_pipe *w, int step, const hm_step_out *so, 
   const int R = w->R, p = w->p;
   double mine[HM_PIPE_MAX_REPLICAS * HM_PIPE_MAX_STAGES] = {0}, all[HM_PIPE_MAX_REPLICAS * HM_PIPE_MAX_STAGES];
   mine[w->replica * p + w->stage] = so->fb_s / (w->m > 0 ? w->m : 1);
-  HM_TRY(hm_comm_allreduce(w->world, mine, all, (size_t)(R * p), HM_FLOAT64, HM_SUM));
+  /* MAX: a stage's tensor-parallel ranks all report (each slot holds one stage's values) */
+  HM_TRY(hm_comm_allreduce(w->world, mine, all, (size_t)(R * p), HM_FLOAT64, HM_MAX));
   if (step == w->start_step) return HM_OK;
   for (int r = 0; r < R; r++) {
     double t = 0;
@@ -765,46 +871,53 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
   memset(&fs, 0, sizeof fs);
   if (st == HM_OK) st = hm_hb_start(w.rank, w.t->device);
   if (st == HM_OK) st = hm_failslow_init(&fs, w.R * w.p);
-  const int reporter = w.replica == 0 && w.is_last; /* holds replica 0's losses */
+  const int reporter = w.replica == 0 && w.is_last && w.tp_rank == 0; /* holds replica 0's losses */
   if (st == HM_OK && reporter) st = hm_run_open_metrics(w.t, o->metrics_path, &w.metrics);
   const int steps = w.t ? (w.t->stop_after > 0 && w.t->stop_after < w.t->steps ? w.t->stop_after : w.t->steps) : 0;
   const int trace_steps = o && o->trace_steps > 0 ? o->trace_steps : 1;
   double timed_s = 0, t_start = hm_now_s();
   int timed_steps = 0;
-  double busy_sum[HM_PIPE_MAX_STAGES] = {0};
+  double busy_sum[HM_PIPE_MAX_STAGES] = {0}, tp_sum[HM_PIPE_MAX_STAGES] = {0};
+  const int any_tp = hm_pipe_any_tp(o);
   uint64_t tokens = 0;
   res->steps_done = w.start_step;
   for (int step = w.start_step; st == HM_OK && step < steps; step++) {
-    w.tracing = o->trace_path && step >= steps - trace_steps;
+    w.tracing = o->trace_path && step >= steps - trace_steps && w.tp_rank == 0;
     hm_hb_waiting(0);
     hm_fault_point(HM_FAULT_STEP, w.rank, step);
     const double ts = hm_now_s();
+    w.tpx.ns = 0;
     hm_step_out so;
     st = hm_pipe_step(&w, step, &so);
     if (st != HM_OK) break;
     hm_fault_slow_step(w.rank, step, &so.busy_s, &so.fb_s);
     hm_hb_waiting(1); /* the step's remaining collectives */
-    /* the step's loss over all M micro-batches: the last stages hold it */
-    double loss_sum = so.loss_sum, loss_all = 0;
-    if (w.R > 1 && w.is_last) st = hm_comm_allreduce(w.dp, &loss_sum, &loss_all, 1, HM_FLOAT64, HM_SUM);
+    /* the step's loss over all M micro-batches: the last stages hold it (each tensor-parallel
+     * rank the same; rank 0 of each counts) */
+    double loss_sum = w.tp_rank == 0 ? so.loss_sum : 0, loss_all = 0;
+    if (w.R > 1) st = hm_comm_allreduce(w.world, &loss_sum, &loss_all, 1, HM_FLOAT64, HM_SUM);
     else loss_all = loss_sum;
     if (st != HM_OK) break;
     const double dt = hm_now_s() - ts;
     /* slowest worker's step time and every worker's compute time (at 1 + its world rank
      * replica*p + stage, so replica 0's stages come first), all in one call */
-    /* and, after them, every worker's predicted compute per micro-batch (fail-slow) */
-    double stat[1 + 2 * HM_PIPE_MAX_REPLICAS * HM_PIPE_MAX_STAGES] = {0};
-    double stat_max[1 + 2 * HM_PIPE_MAX_REPLICAS * HM_PIPE_MAX_STAGES];
+    /* then every worker's predicted compute per micro-batch (fail-slow) at 1 + RP + ..., and
+     * each stage's tensor-parallel allreduce time at 1 + 2 RP + ... */
+    double stat[1 + 3 * HM_PIPE_MAX_REPLICAS * HM_PIPE_MAX_STAGES];
+    double stat_max[1 + 3 * HM_PIPE_MAX_REPLICAS * HM_PIPE_MAX_STAGES];
+    const int RP = w.R * w.p;
+    memset(stat, 0, sizeof(double) * (size_t)(1 + 3 * RP));
     stat[0] = dt;
     stat[1 + w.replica * w.p + w.stage] = so.busy_s;
-    stat[1 + w.R * w.p + w.replica * w.p + w.stage] = o->expected_busy_s;
-    st = hm_comm_allreduce(w.world, stat, stat_max, (size_t)(1 + 2 * w.R * w.p), HM_FLOAT64, HM_MAX);
+    stat[1 + RP + w.replica * w.p + w.stage] = o->expected_busy_s;
+    stat[1 + 2 * RP + w.replica * w.p + w.stage] = (double)w.tpx.ns * 1e-9;
+    st = hm_comm_allreduce(w.world, stat, stat_max, (size_t)(1 + 3 * RP), HM_FLOAT64, HM_MAX);
     if (st != HM_OK) break;
     tokens += (uint64_t)w.M * (uint64_t)w.N;
     if (step > w.start_step || steps == w.start_step + 1) { /* the first step warms caches and allocators up */
       timed_s += stat_max[0];
       timed_steps++;
-      for (int s = 0; s < w.p; s++) busy_sum[s] += stat_max[1 + s];
+      for (int s = 0; s < w.p; s++) busy_sum[s] += stat_max[1 + s], tp_sum[s] += stat_max[1 + 2 * RP + s];
     }
     int split_used[HM_PIPE_MAX_REPLICAS]; /* the split this step ran with */
     memcpy(split_used, w.micro, sizeof split_used);
@@ -844,6 +957,10 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
         if (has_val) cJSON_AddNumberToObject(j, "val_loss", val_loss);
         cJSON *busy = cJSON_AddArrayToObject(j, "stage_busy_s");
         for (int s = 0; s < w.p; s++) cJSON_AddItemToArray(busy, cJSON_CreateNumber(stat_max[1 + s]));
+        if (any_tp) { /* replica 0's stages: time in tensor-parallel allreduces (inside stage_busy_s) */
+          cJSON *tpa = cJSON_AddArrayToObject(j, "stage_tp_allreduce_s");
+          for (int s = 0; s < w.p; s++) cJSON_AddItemToArray(tpa, cJSON_CreateNumber(stat_max[1 + 2 * RP + s]));
+        }
         if (w.R > 1) {
           cJSON *rb = cJSON_AddArrayToObject(j, "replica_busy_s");
           for (int r = 0; r < w.R; r++) {
@@ -877,7 +994,10 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
   if (timed_steps > 0) {
     res->step_time_s = timed_s / timed_steps;
     res->tokens_per_s = (double)w.M * (double)w.N / res->step_time_s;
-    for (int s = 0; s < w.p && s < HM_PIPE_MAX_STAGES; s++) res->stage_busy_s[s] = busy_sum[s] / timed_steps;
+    for (int s = 0; s < w.p && s < HM_PIPE_MAX_STAGES; s++) {
+      res->stage_busy_s[s] = busy_sum[s] / timed_steps;
+      res->stage_tp_s[s] = tp_sum[s] / timed_steps;
+    }
   }
   if (st == HM_OK && o->trace_path) st = hm_pipe_write_trace(&w);
   if (st == HM_OK && o->dump_dir && w.replica == 0) st = hm_pipe_dump(&w, o->dump_dir, res->steps_done);
@@ -887,6 +1007,8 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
   if (st != HM_OK) { /* peers blocked on this worker fail fast instead of waiting out deadlines */
     if (w.pipe) hm_comm_abort(w.pipe);
     if (w.dp) hm_comm_abort(w.dp);
+    if (w.tpc) hm_comm_abort(w.tpc);
+    if (w.tied) hm_comm_abort(w.tied);
     hm_comm_abort(world);
   }
   hm_pipe_free(&w);

@@ -52,7 +52,8 @@ typedef struct hm_pipe_plan {
   int stage_layers[65];                     /* bounds, identical in every class */
   int nreplicas;                            /* over all classes */
   int micro[64];                            /* per replica */
-  int nranks;                               /* = nreplicas * nstages */
+  int tp[64][64];                           /* tensor-parallel degree per replica and stage */
+  int nranks;                               /* = sum over replicas and stages of tp */
   char backend[HM_PIPE_PLAN_MAX_RANKS][128]; /* per world rank (replica*p + stage) */
   double predicted_step_s;
   double predicted_tokens_per_s;
@@ -62,8 +63,8 @@ typedef struct hm_pipe_plan {
 
 /* Loads and validates plan.json (hm_plan_load: against its embedded specs, or against the
  * cluster / model spec files given, when not NULL) and checks it is a layout this runtime runs:
- * a gpt2 model config, tensor-parallel degree 1, every replica class with the same stages and
- * layer ranges. HM_ERR_SPEC naming what does not fit. */
+ * a gpt2 model config, every replica class with the same stages and layer ranges (each class and
+ * stage with its own tensor-parallel degree). HM_ERR_SPEC naming what does not fit. */
 hm_status hm_pipe_plan_load(const char *path, const char *cluster_path, const char *model_path, hm_pipe_plan *out);
 
 #endif

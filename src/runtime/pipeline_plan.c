@@ -88,21 +88,24 @@ static hm_status hm_pipe_plan_fill(const char *path, const hm_plan *plan, const 
                         "this runtime needs every replica to split the model the same way", k, s,
                         c->stages[s].layer_begin, c->stages[s].layer_end, c0->stages[s].layer_begin,
                         c0->stages[s].layer_end);
-      if (c->stages[s].tp != 1)
-        return hm_error(HM_ERR_SPEC, "plan.classes[%d].stages[%d].tp: %d; the runtime has no tensor parallelism yet "
-                        "(plan with tp 1)", k, s, c->stages[s].tp);
+      if (c->stages[s].tp < 1 || c->stages[s].tp > 64)
+        return hm_error(HM_ERR_SPEC, "plan.classes[%d].stages[%d].tp: %d; the runtime runs 1..64", k, s,
+                        c->stages[s].tp);
     }
     for (int r = 0; r < c->nreplicas; r++) {
       if (out->nreplicas == 64) return hm_error(HM_ERR_SPEC, "%s: more than 64 replicas", path);
+      for (int s = 0; s < c->nstages; s++) out->tp[out->nreplicas][s] = c->stages[s].tp;
       out->micro[out->nreplicas++] = c->nmicro;
       for (int s = 0; s < c->nstages; s++) {
-        if (out->nranks == HM_PIPE_PLAN_MAX_RANKS) return hm_error(HM_ERR_SPEC, "%s: more than %d ranks", path,
-                                                                   HM_PIPE_PLAN_MAX_RANKS);
         const hm_device_type *dt = &cl->types[c->stages[s].type];
         if (!dt->backend[0])
           return hm_error(HM_ERR_SPEC, "%s: device type %s has no \"backend\" string, so it cannot run here", path,
                           dt->name);
-        hm_strcpy(out->backend[out->nranks++], sizeof out->backend[0], dt->backend);
+        for (int q = 0; q < c->stages[s].tp; q++) { /* plan.json's rank order: class, replica, stage, tp rank */
+          if (out->nranks == HM_PIPE_PLAN_MAX_RANKS)
+            return hm_error(HM_ERR_SPEC, "%s: more than %d ranks", path, HM_PIPE_PLAN_MAX_RANKS);
+          hm_strcpy(out->backend[out->nranks++], sizeof out->backend[0], dt->backend);
+        }
       }
     }
   }

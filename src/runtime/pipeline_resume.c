@@ -120,9 +120,10 @@ static hm_status hm_shards_agree(const hm_pipeline_options *o, const hm_shard_id
   return HM_OK;
 }
 
-/* The same verdict on every worker: from the same gathered records, in stage order (world rank
- * s is replica 0's stage s). */
-static hm_status hm_shards_check(const hm_pipeline_options *o, int M, const hm_shard_id *ids) {
+/* The same verdict on every worker: from the same gathered records of replica 0's stages (tensor-
+ * parallel rank 0 of each), in stage order. */
+static hm_status hm_shards_check(const hm_pipeline_options *o, int M, const hm_shard_id *all, hm_shard_id *ids) {
+  for (int s = 0; s < o->nstages; s++) ids[s] = all[hm_pipeline_rank_of(o, 0, s, 0)];
   for (int s = 0; s < o->nstages; s++)
     if (!ids[s].ok) return hm_error(HM_ERR_INVALID_ARG, "resume: stage %d: %s", s, ids[s].err);
   for (int s = 0; s < o->nstages; s++) HM_TRY(hm_shard_fits(o, M, &ids[s]));
@@ -139,8 +140,10 @@ hm_status hm_pipe_run_identity(hm_comm_t world, const hm_pipeline_options *o, in
     if (shard) hm_strcpy(shard, cap, mine.path);
     hm_shard_id *all = hm_calloc((size_t)hm_comm_size(world), sizeof *all, "resume: stage checkpoint headers");
     if (!all) return HM_ERR_NOMEM;
-    hm_status st = hm_comm_allgather(world, &mine, all, sizeof mine, HM_UINT8);
-    if (st == HM_OK) st = hm_shards_check(o, M, all);
+    hm_shard_id *ids = hm_calloc((size_t)o->nstages, sizeof *ids, "resume: stage checkpoint headers");
+    hm_status st = ids ? hm_comm_allgather(world, &mine, all, sizeof mine, HM_UINT8) : HM_ERR_NOMEM;
+    if (st == HM_OK) st = hm_shards_check(o, M, all, ids);
+    free(ids);
     id = all[0].meta.run_id; /* a resume continues the run it resumes */
     free(all);
     HM_TRY(st);

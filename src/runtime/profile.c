@@ -136,6 +136,35 @@ static hm_status hm_add_links(const hm_profile_options *o, const hm_cluster *c, 
   return HM_OK;
 }
 
+/* The tensor-parallel allreduce on this host's transport, timed among 2, 4 and 8 processes up to
+ * the most devices of one measured type a host holds (the planner's tp degrees), recorded per
+ * rank count in profile.tp_allreduce. */
+static hm_status hm_measure_tp_allreduce(const hm_profile_options *o, const hm_cluster *c, const char *transport,
+                                         hm_profile *p) {
+  int most = 1;
+  for (int g = 0; g < c->ngroups; g++)
+    for (int i = 0; i < c->groups[g].nkinds; i++)
+      if (hm_type_selected(o, c, c->groups[g].dev[i].type) && c->groups[g].dev[i].count > most)
+        most = (int)c->groups[g].dev[i].count;
+  for (int r = 2; r <= most && r <= 8; r *= 2) {
+    hm_link_probe_options lo = o->link_probe;
+    lo.transport = transport;
+    lo.allreduce_ranks = r;
+    char ranks[16];
+    snprintf(ranks, sizeof ranks, "%d", r);
+    hm_say(o, "timing the tensor-parallel allreduce among %s processes over %s", ranks, transport);
+    hm_link_fit fit;
+    HM_TRY(hm_profile_link_probe(&lo, &fit));
+    hm_profile_allreduce e = {r, fit.latency, fit.bandwidth};
+    int k = 0;
+    while (k < p->ntp_allreduce && p->tp_allreduce[k].ranks != r) k++;
+    if (k == HM_PROFILE_MAX_TP_ALLREDUCE) break;
+    if (k == p->ntp_allreduce) p->ntp_allreduce++;
+    p->tp_allreduce[k] = e;
+  }
+  return HM_OK;
+}
+
 static hm_status hm_measure_links(const hm_profile_options *o, const hm_cluster *c, hm_profile *p,
                                   hm_profile_report *rep) {
   static const char *const transports[2] = {"shm", "tcp"};
@@ -153,7 +182,8 @@ static hm_status hm_measure_links(const hm_profile_options *o, const hm_cluster 
     rep->nfits++;
     if (!strcmp(transports[t], record)) chosen = fit;
   }
-  return hm_add_links(o, c, chosen, p);
+  HM_TRY(hm_add_links(o, c, chosen, p));
+  return hm_measure_tp_allreduce(o, c, record, p);
 }
 
 /* ---- links between the cluster's hosts (a testbed: each host the namespace named like it) ---- */

@@ -25,6 +25,7 @@
 #include "util/util.h"
 
 #define HM_PROBE_BATCHES 5
+#define HM_PROBE_MAX_RANKS 8
 
 /* A probe between two network namespaces: their files (opened here, entered by each child),
  * addresses, and the job's store and secret. */
@@ -50,8 +51,8 @@ static hm_status hm_probe_ns_open(const hm_link_probe_options *o, hm_probe_ns *n
 }
 
 typedef struct hm_probe_shared {
-  int status[2];     /* hm_status of each rank; -1 while running */
-  char msg[2][512];  /* the failing rank's message */
+  int status[HM_PROBE_MAX_RANKS];    /* hm_status of each rank; -1 while running */
+  char msg[HM_PROBE_MAX_RANKS][512]; /* the failing rank's message */
   double seconds[HM_PROFILE_MAX_SIZES];
 } hm_probe_shared;
 
@@ -101,9 +102,9 @@ static long hm_probe_iters(size_t bytes, double seconds_per_size) {
 
 /* In a namespace (netns probe): enter it and bootstrap from the environment the parent prepared
  * (rank 0 hosts the store at its namespace's address). */
-static hm_status hm_probe_init(int rank, const hm_unique_id *id, const hm_probe_ns *ns, const hm_comm_config *cfg,
-                               hm_comm_t *comm) {
-  if (!ns) return hm_comm_init_rank(comm, 2, id, rank, cfg);
+static hm_status hm_probe_init(int rank, int nranks, const hm_unique_id *id, const hm_probe_ns *ns,
+                               const hm_comm_config *cfg, hm_comm_t *comm) {
+  if (!ns) return hm_comm_init_rank(comm, nranks, id, rank, cfg);
   if (setns(ns->fd[rank], CLONE_NEWNET) != 0)
     return hm_error(HM_ERR_IO, "link probe: cannot enter network namespace %s: %s", ns->name[rank], strerror(errno));
   char v[16];
@@ -126,12 +127,13 @@ static int hm_probe_rank(int rank, const hm_unique_id *id, const hm_probe_ns *ns
   cfg.timeout_ms = o->timeout_ms;
   cfg.name = "profile";
   hm_comm_t comm = NULL;
-  hm_status st = hm_probe_init(rank, id, ns, &cfg, &comm);
+  const int nranks = o->allreduce_ranks >= 2 ? o->allreduce_ranks : 2;
+  hm_status st = hm_probe_init(rank, nranks, id, ns, &cfg, &comm);
   size_t maxb = 1;
   for (int i = 0; i < o->nsizes; i++) maxb = o->sizes[i] > maxb ? o->sizes[i] : maxb;
-  unsigned char *buf = st == HM_OK ? hm_malloc(maxb, "ping-pong buffer") : NULL;
+  unsigned char *buf = st == HM_OK ? hm_calloc(maxb / sizeof(float) + 1, sizeof(float), "probe buffer") : NULL;
   if (st == HM_OK && !buf) st = HM_ERR_NOMEM;
-  if (buf) memset(buf, rank + 1, maxb);
+  if (buf && o->allreduce_ranks < 2) memset(buf, rank + 1, maxb); /* zeros stay finite when summed */
   const int peer = 1 - rank;
   for (int i = 0; st == HM_OK && i < o->nsizes; i++) {
     const size_t n = o->sizes[i];
@@ -141,7 +143,9 @@ static int hm_probe_rank(int rank, const hm_unique_id *id, const hm_probe_ns *ns
       const long it = k < 0 ? 2 : iters;
       uint64_t t0 = hm_now_ns();
       for (long j = 0; st == HM_OK && j < it; j++) {
-        if (rank == 0) {
+        if (o->allreduce_ranks >= 2) {
+          st = hm_comm_allreduce(comm, buf, buf, n / sizeof(float), HM_FLOAT32, HM_SUM);
+        } else if (rank == 0) {
           st = hm_comm_send(comm, buf, n, HM_UINT8, peer);
           if (st == HM_OK) st = hm_comm_recv(comm, buf, n, HM_UINT8, peer);
         } else {
@@ -149,7 +153,8 @@ static int hm_probe_rank(int rank, const hm_unique_id *id, const hm_probe_ns *ns
           if (st == HM_OK) st = hm_comm_send(comm, buf, n, HM_UINT8, peer);
         }
       }
-      if (k >= 0) batch[k] = (double)(hm_now_ns() - t0) * 1e-9 / (2.0 * (double)it);
+      const double per = o->allreduce_ranks >= 2 ? 1.0 : 2.0; /* one allreduce, or a round trip's half */
+      if (k >= 0) batch[k] = (double)(hm_now_ns() - t0) * 1e-9 / (per * (double)it);
     }
     if (st != HM_OK) {
       hm_error_context(st, "%zu-byte messages: ", n);
@@ -194,6 +199,13 @@ hm_status hm_profile_link_probe(const hm_link_probe_options *opt, hm_link_fit *o
       return hm_error(HM_ERR_INVALID_ARG, "link probe: size %zu outside 1 B..1 GiB", o.sizes[i]);
   if (!(o.seconds_per_size > 0)) o.seconds_per_size = 0.05;
   if (o.timeout_ms <= 0) o.timeout_ms = 30000;
+  if (o.allreduce_ranks == 1 || o.allreduce_ranks < 0 || o.allreduce_ranks > HM_PROBE_MAX_RANKS)
+    return hm_error(HM_ERR_INVALID_ARG, "link probe: allreduce among %d ranks, expected 2..%d (or 0 for ping-pong)",
+                    o.allreduce_ranks, HM_PROBE_MAX_RANKS);
+  for (int i = 0; o.allreduce_ranks && i < o.nsizes; i++)
+    if (o.sizes[i] < sizeof(float))
+      return hm_error(HM_ERR_INVALID_ARG, "link probe: allreduce size %zu is below one float", o.sizes[i]);
+  const int nr = o.allreduce_ranks >= 2 ? o.allreduce_ranks : 2;
   memset(out, 0, sizeof *out);
   hm_strcpy(out->transport, sizeof out->transport, o.transport);
 
@@ -202,6 +214,8 @@ hm_status hm_profile_link_probe(const hm_link_probe_options *opt, hm_link_fit *o
   memset(&id, 0, sizeof id);
   if (o.netns[0] || o.netns[1]) {
     if (!o.netns[0] || !o.netns[1]) return hm_error(HM_ERR_INVALID_ARG, "link probe: give both network namespaces");
+    if (o.allreduce_ranks >= 2)
+      return hm_error(HM_ERR_UNSUPPORTED, "link probe: the allreduce probe runs on this host only, not across namespaces");
     ns = &ns_store;
     hm_status nst = hm_probe_ns_open(&o, ns);
     if (nst != HM_OK) {
@@ -219,12 +233,12 @@ hm_status hm_profile_link_probe(const hm_link_probe_options *opt, hm_link_fit *o
     return mst;
   }
   memset(sh, 0, sizeof *sh);
-  sh->status[0] = sh->status[1] = -1;
+  for (int r = 0; r < nr; r++) sh->status[r] = -1;
 
   const pid_t parent = getpid();
-  pid_t pid[2] = {0, 0};
+  pid_t pid[HM_PROBE_MAX_RANKS] = {0};
   hm_status st = HM_OK;
-  for (int r = 0; r < 2; r++) {
+  for (int r = 0; r < nr; r++) {
     pid[r] = fork();
     if (pid[r] < 0) {
       st = hm_error(HM_ERR_IO, "link probe: fork of rank %d: %s", r, strerror(errno));
@@ -239,9 +253,10 @@ hm_status hm_profile_link_probe(const hm_link_probe_options *opt, hm_link_fit *o
   }
   /* Wait for both with the deadline; the first failure stops the other. */
   const uint64_t deadline = hm_deadline_after_ms((uint64_t)o.timeout_ms + 2000);
-  int alive = (pid[0] > 0) + (pid[1] > 0), wstatus[2] = {0, 0}, failed = -1;
+  int alive = 0, wstatus[HM_PROBE_MAX_RANKS] = {0}, failed = -1;
+  for (int r = 0; r < nr; r++) alive += pid[r] > 0;
   while (alive > 0) {
-    for (int r = 0; r < 2; r++) {
+    for (int r = 0; r < nr; r++) {
       if (pid[r] <= 0) continue;
       pid_t w = waitpid(pid[r], &wstatus[r], WNOHANG);
       if (w == pid[r]) {
@@ -257,14 +272,15 @@ hm_status hm_profile_link_probe(const hm_link_probe_options *opt, hm_link_fit *o
     }
     if (alive == 0) break;
     if (failed >= 0 || st != HM_OK || hm_deadline_passed(deadline)) {
-      for (int r = 0; r < 2; r++)
+      for (int r = 0; r < nr; r++)
         if (pid[r] > 0) kill(pid[r], SIGKILL);
       if (st == HM_OK && failed < 0) {
-        int which = pid[0] > 0 ? 0 : 1;
+        int which = 0;
+        while (which < nr - 1 && pid[which] <= 0) which++;
         st = hm_error(HM_ERR_TIMEOUT, "link probe over %s: rank %d still running after %d ms; both stopped",
                       o.transport, which, o.timeout_ms + 2000);
       }
-      for (int r = 0; r < 2; r++)
+      for (int r = 0; r < nr; r++)
         if (pid[r] > 0) {
           while (waitpid(pid[r], &wstatus[r], 0) < 0 && errno == EINTR) {
           }

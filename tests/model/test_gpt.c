@@ -27,7 +27,7 @@ static void make_batch(const hm_model_config *c, int B, int T, uint64_t seed, in
 }
 
 static hm_stage *make_stage(hm_device *d, const hm_model_config *c, int first, int last, int B, int T, int nmb) {
-  hm_stage_options o = {first, last, B, T, nmb};
+  hm_stage_options o = {first, last, B, T, nmb, HM_STAGE_TP_NONE};
   hm_stage *s = NULL;
   hm_status st = hm_stage_create(c, d, &o, &s);
   if (st != HM_OK) fail_msg("stage [%d,%d): %s", first, last, hm_last_error());
@@ -443,7 +443,7 @@ static void test_memory_that_does_not_fit(void **state) {
   assert_int_equal(hm_model_num_params(&c), 10844160);  // 12*L*C^2 + 13*L*C + V*C + T*C + 2C
   hm_device *d = NULL;
   assert_int_equal(hm_device_open("cpu:mem=64M", &d), HM_OK);
-  hm_stage_options o = {0, c.L + 2, 8, c.T, 1};
+  hm_stage_options o = {0, c.L + 2, 8, c.T, 1, HM_STAGE_TP_NONE};
   hm_stage *s = NULL;
   assert_int_equal(hm_stage_create(&c, d, &o, &s), HM_ERR_NO_FIT);
   assert_null(s);

@@ -94,7 +94,7 @@ static void run_case(const char *device) {
   assert_non_null(mkdtemp(dir));
   hm_device *d = NULL;
   assert_int_equal(hm_device_open(device, &d), HM_OK);
-  hm_stage_options o = {0, cfg.L + 2, B, T, 1};
+  hm_stage_options o = {0, cfg.L + 2, B, T, 1, HM_STAGE_TP_NONE};
   hm_stage *s = NULL;
   assert_int_equal(hm_stage_create(&cfg, d, &o, &s), HM_OK);
   assert_int_equal(hm_stage_init_params(s, 31337), HM_OK);

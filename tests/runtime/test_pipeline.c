@@ -49,6 +49,7 @@
 #define DUMP_ULP 0x1.0p-24       /* rounding of a dump (checkpoints hold f32) */
 
 static const char *hetmix_bin = HM_BINARY_DIR "/hetmix";
+static const char *g_tp; /* --tp for the next run_and_compare, or NULL */
 static char work[128], tokpath[256];
 typedef struct reference {
   const char *device;
@@ -258,7 +259,10 @@ static void run_and_compare_ex(const reference *ref, const char *name, int worke
                   "--model", MODEL, "--data", tokpath, "--steps", steps, "--batch", "2", "--lr", "3e-3",
                   "--stages", (char *)stages, "--micro", (char *)micro,
                   devices ? "--devices" : "--device", devices ? (char *)devices : (char *)ref->device,
-                  "--out", dir, "--dump", dump, "--quiet", rebalance ? "--rebalance" : NULL, NULL};
+                  "--out", dir, "--dump", dump, "--quiet", NULL, NULL, NULL, NULL};
+  int na = (int)(sizeof argv / sizeof argv[0]) - 4;
+  if (rebalance) argv[na++] = "--rebalance";
+  if (g_tp) argv[na++] = "--tp", argv[na++] = (char *)g_tp;
   pid_t pid = hm_t_spawn(argv, NULL, errp);
   int st = hm_t_wait(pid, 100.0);
   char err[8192] = "";
@@ -291,8 +295,9 @@ static void run_and_compare_ex(const reference *ref, const char *name, int worke
   }
   char worst_name[HM_CKPT_NAME_MAX] = "";
   double worst = compare_params(ref, name, dump, nstages, expect_bitwise, f64, worst_name, sizeof worst_name);
-  print_message("  %-8s %-14s stages %-10s micro %-4s: losses vs f64 %.2e (f32 drift %.2e), worst param %.3f of "
-                "its bound (%s)\n", name, ref->device, stages, micro, loss_err, loss_drift, worst, worst_name);
+  print_message("  %-8s %-14s stages %-10s micro %-4s%s%s: losses vs f64 %.2e (f32 drift %.2e), worst param %.3f of "
+                "its bound (%s)\n", name, ref->device, stages, micro, g_tp ? " tp " : "", g_tp ? g_tp : "", loss_err,
+                loss_drift, worst, worst_name);
 }
 
 static void test_one_stage_is_bitwise(void **state) {
@@ -407,22 +412,50 @@ static void test_opencl_compute_is_timed(void **state) {
   if (bwd < 0.5 * fwd) fail_msg("backward %.3f ms < half the forward %.3f ms: the queue was not waited for", bwd / 1e3, fwd / 1e3);
 }
 
+/* Tensor parallelism inside stages (--tp): TP2 and TP4 of the whole model, PP2 x TP2, DP2 x TP2,
+ * two replicas split differently (TP2 next to TP1: their gradients are summed through the full
+ * layout) and a pipeline whose middle stage has another degree than its neighbours (activations
+ * and their gradients go between TP2 and TP1 ranks). Same bounds as the layouts above: a TP run
+ * performs the reference's operations but for the order of the sums over ranks, the bias added
+ * before the sum, and the softmax normalizer summed per rank; in f64 its dump equals ref64's to
+ * the dump's rounding. (test_model_tp holds TP2 and TP4 to 1e-12 in f64 memory.) */
+static void tp_case(const char *name, int workers, const char *stages, const char *micro, int nstages, const char *tp) {
+  char n64[64];
+  snprintf(n64, sizeof n64, "%s-f64", name);
+  g_tp = tp;
+  run_and_compare(&ref32, name, workers, stages, micro, nstages, 0);
+  run_and_compare(&ref64, n64, workers, stages, micro, nstages, 0);
+  g_tp = NULL;
+}
+static void test_tp2(void **state) { (void)state; tp_case("tp2", 2, "0,8", "4", 1, "2"); }
+static void test_tp4(void **state) { (void)state; tp_case("tp4", 4, "0,8", "4", 1, "4"); }
+static void test_pp2_tp2(void **state) { (void)state; tp_case("p2tp2", 4, "0,5,8", "4", 2, "2"); }
+static void test_dp2_tp2(void **state) { (void)state; tp_case("r2tp2", 4, "0,8", "3,1", 1, "2"); }
+static void test_tp_mixed_replicas(void **state) { (void)state; tp_case("r2tp21", 3, "0,8", "3,1", 1, "2,1"); }
+static void test_tp_mixed_stages(void **state) {
+  (void)state;
+  tp_case("p3tp212", 5, "0,3,5,8", "4", 3, "2,1,2");
+  tp_case("p2tp12", 3, "0,1,8", "4", 2, "1,2"); /* the tied embedding's two copies split differently */
+}
+
 /* A layout that does not match the model or the workers is refused, naming what is wrong. */
 static void test_mismatched_layout_is_refused(void **state) {
   (void)state;
   struct {
-    const char *n, *stages, *micro, *expect;
+    const char *n, *stages, *micro, *expect, *tp;
   } cases[] = {
-      {"3", "0,5,8", "4", "need 2 workers, but 3 were started"},
-      {"2", "0,5,9", "4", "end at 8"},
-      {"2", "0,5,5,8", "4", "stage 1 has no layers"},
+      {"3", "0,5,8", "4", "need 2 workers, but 3 were started", "1"},
+      {"2", "0,5,9", "4", "end at 8", "1"},
+      {"2", "0,5,5,8", "4", "stage 1 has no layers", "1"},
+      {"3", "0,8", "4", "tensor-parallel degree 3 must be in 1..64 and divide the model's NH=4", "3"},
+      {"3", "0,8", "4", "need 2 workers, but 3 were started", "2"},
   };
   for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
     char errp[300];
     snprintf(errp, sizeof errp, "%s/refuse.err", work);
     char *argv[] = {(char *)hetmix_bin, "launch", "-n", (char *)cases[c].n, "--", (char *)hetmix_bin, "worker",
                     "--model", MODEL, "--data", tokpath, "--steps", "1", "--stages", (char *)cases[c].stages,
-                    "--micro", (char *)cases[c].micro, "--quiet", NULL};
+                    "--micro", (char *)cases[c].micro, "--tp", (char *)cases[c].tp, "--quiet", NULL};
     pid_t pid = hm_t_spawn(argv, NULL, errp);
     int st = hm_t_wait(pid, 30.0);
     char err[8192] = "";
@@ -540,6 +573,34 @@ static void test_resume_is_bitwise(void **state) {
   }
 }
 
+/* The same with tensor-parallel stages of different degrees (1 and 2): the shard files are merged
+ * into unsplit stage checkpoints, from which each rank of the resumed run cuts its shard. */
+static void test_tp_resume_is_bitwise(void **state) {
+  (void)state;
+  char full[300], part[300], rest[300], e[8192];
+  snprintf(full, sizeof full, "%s/tp-resume-full", work);
+  snprintf(part, sizeof part, "%s/tp-resume-part", work);
+  snprintf(rest, sizeof rest, "%s/tp-resume-rest", work);
+  char *base[] = {(char *)hetmix_bin, "launch", "-n", "3", "--", (char *)hetmix_bin, "worker", "--model", MODEL,
+                  "--data", tokpath, "--steps", "6", "--batch", "2", "--stages", "0,3,8", "--tp", "1,2", "--quiet",
+                  "--dump", NULL, NULL, NULL, NULL, NULL};
+  const int k = 21; /* index of the --dump value */
+  base[k] = full;
+  if (run_cli(base, e, sizeof e) != 0) fail_msg("uninterrupted run: %s", e);
+  base[k] = part, base[k + 1] = "--stop-after", base[k + 2] = "3";
+  if (run_cli(base, e, sizeof e) != 0) fail_msg("first half: %s", e);
+  base[k] = rest, base[k + 1] = "--resume", base[k + 2] = part;
+  if (run_cli(base, e, sizeof e) != 0) fail_msg("resumed half: %s", e);
+  for (int s = 0; s < 2; s++) {
+    char a[400], b[400], shard[400];
+    snprintf(a, sizeof a, "%s/stage%d.hmc", full, s);
+    snprintf(b, sizeof b, "%s/stage%d.hmc", rest, s);
+    assert_same_state(a, b);
+    snprintf(shard, sizeof shard, "%s/stage%d.tp0.hmc", full, s);
+    assert_int_equal(access(shard, F_OK), -1); /* merged, then removed */
+  }
+}
+
 /* A worker killed in the middle of training: the launcher stops the others and names it. */
 static void test_killed_worker_mid_training(void **state) {
   (void)state;
@@ -585,6 +646,15 @@ int main(int argc, char **argv) {
                                               cmocka_unit_test(test_opencl_cpu_layouts),
                                               cmocka_unit_test(test_opencl_compute_is_timed)};
     return cmocka_run_group_tests(opencl_tests, setup, teardown);
+  }
+  if (argc > 1 && strcmp(argv[1], "tp") == 0) { /* `test_pipeline tp`: the tensor-parallel layouts */
+    const struct CMUnitTest tp_tests[] = {
+        cmocka_unit_test(test_tp2),           cmocka_unit_test(test_tp4),
+        cmocka_unit_test(test_pp2_tp2),       cmocka_unit_test(test_dp2_tp2),
+        cmocka_unit_test(test_tp_mixed_replicas), cmocka_unit_test(test_tp_mixed_stages),
+        cmocka_unit_test(test_tp_resume_is_bitwise),
+    };
+    return cmocka_run_group_tests(tp_tests, setup, teardown);
   }
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_one_stage_is_bitwise),

@@ -150,6 +150,11 @@ static void check_complete(const fixture *f, const hm_profile *p) {
       seen_pair = 1;
   }
   assert_true(seen_pair && seen_self);
+  /* "fast" has two devices on one host: the tensor-parallel allreduce among 2 processes */
+  assert_int_equal(p->ntp_allreduce, 1);
+  assert_int_equal(p->tp_allreduce[0].ranks, 2);
+  assert_true(p->tp_allreduce[0].bandwidth > 1e6 && p->tp_allreduce[0].latency >= 0 &&
+              p->tp_allreduce[0].latency < 1e-2);
   (void)f;
 }
 
@@ -229,6 +234,18 @@ static void test_measure_write_read_plan(void **state) {
   /* and the step is at least the pipeline's compute bound (m-1) max t_s + sum t_s */
   const double t0s = f0 + b0, t1s = f1 + b1;
   assert_true(plan.step_time >= 3 * fmax(t0s, t1s) + t0s + t1s - 1e-12); /* rounding of ~10 additions of ~1e-3 s */
+
+  /* the first stage at tp 2: the layer times halve and each layer adds the profile's measured
+   * allreduce of its tp_comm_bytes (forward and backward), not the cost model's */
+  plan.classes[0].stages[0].tp = 2;
+  st = hm_plan_predict(&in, &plan, NULL);
+  if (st != HM_OK) fail_msg("predict at tp 2: %s", hm_last_error());
+  double ar = 0;
+  for (int l = 0; l < 2; l++)
+    if (f.m.layers[l].tp_comm_bytes > 0) ar += q.tp_allreduce[0].latency + f.m.layers[l].tp_comm_bytes * 2 / q.tp_allreduce[0].bandwidth;
+  assert_true(ar > 0);
+  assert_true(fabs(plan.classes[0].stages[0].fwd - (f0 / 2 + ar)) <= 1e-9 * f0);
+  assert_true(fabs(plan.classes[0].stages[0].bwd - (b0 / 2 + ar)) <= 1e-9 * b0);
 
   hm_profile_free(&p);
   hm_profile_free(&q);

@@ -1,0 +1,150 @@
+/* Tensor-parallel shards of GPT-2 tensors: rank-local sizes, the split of each named tensor, the
+ * copy between a full tensor and a shard, and the merge of shard checkpoints into the unsplit
+ * model. Not here: the parallel forward and backward (gpt.c). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/tp_shard.h"
+#include "util/util.h"
+
+hm_status hm_stage_tp_sizes(const hm_model_config *cfg, int size, int rank, hm_tp_sizes *out) {
+  if (size < 1) size = 1;
+  if (size > 64 || rank < 0 || rank >= size)
+    return hm_error(HM_ERR_INVALID_ARG, "tensor parallelism: rank %d of %d (need 1 <= size <= 64, 0 <= rank < size)",
+                    rank, size);
+  if (cfg->NH % size != 0 || cfg->V % size != 0)
+    return hm_error(HM_ERR_INVALID_ARG, "tensor parallelism %d must divide the heads NH=%d and the vocabulary V=%d",
+                    size, cfg->NH, cfg->V);
+  out->size = size, out->rank = rank;
+  out->heads = cfg->NH / size;
+  out->channels = cfg->C / size;  // C = NH * head size, so size divides C too
+  out->hidden = 4 * cfg->C / size;
+  out->vocab = cfg->V / size;
+  out->vocab_lo = rank * out->vocab;
+  return HM_OK;
+}
+
+static int hm_ends_with(const char *s, const char *suffix) {
+  size_t n = strlen(s), k = strlen(suffix);
+  return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+hm_tp_split hm_tp_tensor_split(const char *name, int *blocks) {
+  *blocks = 1;
+  if (strcmp(name, "wte") == 0) return HM_TP_ROWS;  // vocabulary-parallel embedding and head
+  if (hm_ends_with(name, ".attn.qkv.w") || hm_ends_with(name, ".attn.qkv.b")) {
+    *blocks = 3;  // q | k | v, each split by heads
+    return HM_TP_ROWS;
+  }
+  if (hm_ends_with(name, ".mlp.fc.w") || hm_ends_with(name, ".mlp.fc.b")) return HM_TP_ROWS;
+  if (hm_ends_with(name, ".attn.proj.w") || hm_ends_with(name, ".mlp.proj.w")) return HM_TP_COLS;
+  return HM_TP_REPLICATED;  // LayerNorms, wpe, row-parallel biases
+}
+
+void hm_tp_copy_bytes(void *full_, void *shard_, size_t rows, size_t cols, size_t elem, hm_tp_split split,
+                      int blocks, int size, int rank, int to_shard) {
+  char *full = full_, *shard = shard_;
+  if (split == HM_TP_REPLICATED || size <= 1) {
+    if (to_shard) memcpy(shard, full, rows * cols * elem);
+    else memcpy(full, shard, rows * cols * elem);
+    return;
+  }
+  if (split == HM_TP_COLS) {
+    const size_t w = cols / (size_t)size, c0 = (size_t)rank * w;
+    for (size_t r = 0; r < rows; r++) {
+      char *f = full + (r * cols + c0) * elem, *s = shard + r * w * elem;
+      memcpy(to_shard ? s : f, to_shard ? f : s, w * elem);
+    }
+    return;
+  }
+  const size_t rb = rows / (size_t)blocks, h = rb / (size_t)size;
+  for (int b = 0; b < blocks; b++) {
+    char *f = full + ((size_t)b * rb + (size_t)rank * h) * cols * elem, *s = shard + (size_t)b * h * cols * elem;
+    memcpy(to_shard ? s : f, to_shard ? f : s, h * cols * elem);
+  }
+}
+
+void hm_tp_copy(float *full, float *shard, size_t rows, size_t cols, hm_tp_split split, int blocks, int size,
+                int rank, int to_shard) {
+  hm_tp_copy_bytes(full, shard, rows, cols, sizeof(float), split, blocks, size, rank, to_shard);
+}
+
+void hm_tensor_shard_copy(void *full, void *shard, const hm_tensor_split *sp, size_t elem, int tp_size, int tp_rank,
+                          int to_shard) {
+  hm_tp_copy_bytes(full, shard, sp->rows, sp->cols, elem, (hm_tp_split)sp->split, sp->blocks, tp_size, tp_rank,
+                   to_shard);
+}
+
+// The shard files belong together: same model, layers, step and run; rank r of n in paths[r].
+static hm_status hm_merge_check(const hm_ckpt *ck, int n, const char *const *paths) {
+  for (int r = 0; r < n; r++) {
+    const hm_ckpt_meta *m = &ck[r].meta, *m0 = &ck[0].meta;
+    if (m->tp_size != n || m->tp_rank != r)
+      return hm_error(HM_ERR_INVALID_ARG, "checkpoint %s holds tensor-parallel rank %d of %d, expected rank %d of %d",
+                      paths[r], m->tp_rank, m->tp_size, r, n);
+    if (memcmp(&m->config, &m0->config, sizeof m->config) != 0 || m->layer_first != m0->layer_first ||
+        m->layer_last != m0->layer_last || m->step != m0->step || m->run_id != m0->run_id ||
+        ck[r].n_tensors != ck[0].n_tensors)
+      return hm_error(HM_ERR_INVALID_ARG, "checkpoints %s and %s are not shards of one stage at one step (model, "
+                      "layers, step, run or tensors differ)", paths[0], paths[r]);
+  }
+  return HM_OK;
+}
+
+// Full shape (rows, cols) of a split tensor from its name and shard size; replicated ones are
+// copied whole, so (numel, 1) serves them.
+static void hm_full_shape(const hm_model_config *c, const char *name, size_t numel_shard, hm_tp_split split, int n,
+                          size_t *rows, size_t *cols) {
+  const size_t C = (size_t)c->C, len = strlen(name);
+  const int is_w = len > 2 && strcmp(name + len - 2, ".w") == 0;
+  *cols = split == HM_TP_REPLICATED         ? 1
+          : strstr(name, ".mlp.proj.w")     ? 4 * C
+          : is_w || strstr(name, "wte")     ? C
+                                            : 1;
+  *rows = (split == HM_TP_REPLICATED ? numel_shard : numel_shard * (size_t)n) / *cols;
+}
+
+hm_status hm_ckpt_merge_tp(const char *const *paths, int n, const char *out_path) {
+  if (n < 1 || n > 64) return hm_error(HM_ERR_INVALID_ARG, "merge of %d tensor-parallel shards (need 1..64)", n);
+  hm_ckpt *ck = hm_calloc((size_t)n, sizeof *ck, "shard checkpoints");
+  if (!ck) return HM_ERR_NOMEM;
+  hm_status st = HM_OK;
+  int nread = 0;
+  for (; nread < n && st == HM_OK; nread++) st = hm_ckpt_read(paths[nread], &ck[nread]);
+  if (st != HM_OK) nread--;
+  if (st == HM_OK) st = hm_merge_check(ck, n, paths);
+  const int nt = st == HM_OK ? ck[0].n_tensors : 0;
+  hm_ckpt_tensor *out = nt ? hm_calloc((size_t)nt, sizeof *out, "merged tensors") : NULL;
+  if (st == HM_OK && nt && !out) st = HM_ERR_NOMEM;
+  for (int i = 0; i < nt && st == HM_OK; i++) {
+    const hm_ckpt_tensor *t0 = &ck[0].tensors[i];
+    const char *slash = strchr(t0->name, '/');
+    int blocks;
+    hm_tp_split split = hm_tp_tensor_split(slash ? slash + 1 : t0->name, &blocks);
+    size_t rows, cols;
+    hm_full_shape(&ck[0].meta.config, t0->name, t0->numel, split, n, &rows, &cols);
+    out[i] = *t0;
+    out[i].numel = rows * cols;
+    out[i].data = hm_malloc(rows * cols * sizeof(float), "merged tensor");
+    if (!out[i].data) st = HM_ERR_NOMEM;
+    for (int r = 0; r < n && st == HM_OK; r++) {
+      const hm_ckpt_tensor *t = hm_ckpt_find(&ck[r], t0->name);
+      if (!t || t->numel != t0->numel)
+        st = hm_error(HM_ERR_CORRUPT, "checkpoint %s: tensor '%s' is missing or has another size than in %s",
+                      paths[r], t0->name, paths[0]);
+      else
+        hm_tp_copy(out[i].data, t->data, rows, cols, split, blocks, n, r, 0);
+    }
+  }
+  if (st == HM_OK) {
+    hm_ckpt_meta m = ck[0].meta;
+    m.tp_rank = 0, m.tp_size = 1;
+    st = hm_ckpt_write(out_path, &m, out, nt);
+  }
+  for (int i = 0; i < nt && out; i++) free(out[i].data);
+  free(out);
+  for (int r = 0; r < nread; r++) hm_ckpt_free(&ck[r]);
+  free(ck);
+  return st;
+}
