@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "hetmix/spec.h"
 #include "hetmix/status.h"
 
 #ifdef __cplusplus
@@ -28,26 +29,30 @@ extern "C" {
 /* ---------------------------------------------------------------------------------------------
  * Configurations */
 
-typedef struct hm_model_config {
-  char name[32]; /* "gpt-mini", "gpt2-124m", "tiny", or "custom" */
-  int L;         /* number of transformer blocks */
-  int C;         /* channels */
-  int NH;        /* attention heads; C % NH == 0 */
-  int V;         /* vocabulary size (256 for the byte tokenizer) */
-  int T;         /* maximum sequence length (rows of wpe) */
-} hm_model_config;
+/* The model description is the spec's (include/hetmix/spec.h): hm_spec_model_config, the one
+ * type planner, model and runtime share; its parameter count is hm_model_config_params(). */
 
-/* Named configs: "gpt-mini" (L6 C384 NH6 V256 T256), "gpt2-124m" (L12 C768 NH12 V50304 T1024),
- * "tiny" (L2 C32 NH4 V256 T16, for tests). Also parses "L6,C384,NH6,V256,T256" as "custom".
- * Unknown name -> HM_ERR_NOT_FOUND listing the known ones. */
-hm_status hm_model_config_lookup(const char *name, hm_model_config *out);
-/* Checks positivity, C % NH == 0 and size limits; HM_ERR_INVALID_ARG naming the field. */
-hm_status hm_model_config_check(const hm_model_config *cfg);
-/* Number of layers (L+2) and parameters of the whole model (tied wte counted once). */
-int hm_model_num_layers(const hm_model_config *cfg);
-size_t hm_model_num_params(const hm_model_config *cfg);
-/* Parameters owned by layer `layer` (the head owns none of wte; see hm_stage tied grads). */
-size_t hm_model_layer_params(const hm_model_config *cfg, int layer);
+/* Named configs: "gpt-mini" (gpt2 L6 C384 NH6 V256 T256), "gpt2-124m" (gpt2 L12 C768 NH12
+ * V50304 T1024), "gpt2-350m", "tiny" (gpt2 L2 C32 NH4 V256 T16, for tests), "llama-mini" (llama
+ * L6 C384 NH6 kv_heads 3 ffn 1152 V256 T256), "llama-tiny" (tests). Also parses
+ * "L6,C384,NH6,V256,T256" (gpt2). Unknown name -> HM_ERR_NOT_FOUND listing the known ones. The
+ * config comes back completed and checked (hm_model_config_check). */
+hm_status hm_model_config_lookup(const char *name, hm_spec_model_config *out);
+/* Reads a spec model file (the planner's model JSON, docs/spec.md) that has a "config"; the
+ * model's name goes to name (may be NULL). */
+hm_status hm_model_config_load(const char *path, hm_spec_model_config *out, char *name, size_t cap);
+/* --model ARG: a name or shape as above, or a spec model file (ends in .json or holds a '/'). */
+hm_status hm_model_config_resolve(const char *arg, hm_spec_model_config *out, char *name, size_t cap);
+/* Checks a completed config against what the stages run (HM_ERR_INVALID_ARG naming the field):
+ * the spec's checks, sizes inside 32-bit kernel indices; gpt2 with ffn = 4C and tied embeddings;
+ * llama with untied embeddings and an even head size (rotary embedding). */
+hm_status hm_model_config_check(const hm_spec_model_config *cfg);
+/* 1 when two configs describe the same trainable model (flash_attention, a planner figure, aside). */
+int hm_model_config_same(const hm_spec_model_config *a, const hm_spec_model_config *b);
+/* Number of layers (L+2). */
+int hm_model_num_layers(const hm_spec_model_config *cfg);
+/* "L6 C384 NH6 V256 T256" (gpt2) or "llama L6 C384 NH6 KV2 F1024 V256 T256", for messages. */
+const char *hm_model_config_str(const hm_spec_model_config *cfg, char *buf, size_t cap);
 
 /* ---------------------------------------------------------------------------------------------
  * Token files and the byte tokenizer (format: docs/model.md) */
@@ -151,12 +156,12 @@ typedef struct hm_stage_memory {
   size_t n_params;
 } hm_stage_memory;
 
-hm_status hm_stage_estimate(const hm_model_config *cfg, hm_device *dev, const hm_stage_options *opt,
+hm_status hm_stage_estimate(const hm_spec_model_config *cfg, hm_device *dev, const hm_stage_options *opt,
                             hm_stage_memory *out);
 /* Creates a stage: checks the config, estimates memory against the device's free memory
  * (HM_ERR_NO_FIT with both figures when it does not fit), allocates, zeroes grads and moments.
  * Parameters are uninitialized until hm_stage_init_params or hm_stage_load. */
-hm_status hm_stage_create(const hm_model_config *cfg, hm_device *dev, const hm_stage_options *opt,
+hm_status hm_stage_create(const hm_spec_model_config *cfg, hm_device *dev, const hm_stage_options *opt,
                           hm_stage **out);
 void hm_stage_destroy(hm_stage *s);
 
@@ -222,11 +227,12 @@ int hm_stage_find_tensor(const hm_stage *s, const char *name); /* index or -1 */
 
 #define HM_CKPT_MAGIC "HMCKPT01"
 #define HM_CKPT_END_MAGIC "HMCKEND1"
-#define HM_CKPT_VERSION 2u /* 1 is still read: its run identity reads as unknown (0) */
+#define HM_CKPT_VERSION 3u /* 1 and 2 are still read (GPT-2; version 1: run identity unknown, 0) */
 #define HM_CKPT_NAME_MAX 48
 
 typedef struct hm_ckpt_meta {
-  hm_model_config config;
+  hm_spec_model_config config;
+  char model_name[32];         /* the config's name, e.g. "gpt-mini" (informational) */
   int layer_first, layer_last; /* the stage's layers [first,last) */
   uint64_t step;               /* optimizer steps taken */
   uint64_t data_seed;
@@ -296,7 +302,8 @@ typedef struct hm_train_progress {
 
 typedef struct hm_train_options {
   const char *device;        /* device spec, e.g. "cpu:threads=2" */
-  hm_model_config config;
+  hm_spec_model_config config; /* completed (hm_model_config_lookup) */
+  char model_name[32];         /* its name, written into checkpoints */
   const char *data;          /* token file; NULL: the default corpus built under data_dir */
   const char *data_dir;      /* default "data" */
   double val_fraction;       /* held-out share of the token file (default 0.05) */

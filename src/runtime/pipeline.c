@@ -41,10 +41,10 @@ hm_status hm_pipeline_check(const hm_pipeline_options *o, int world_size) {
     return hm_error(HM_ERR_SPEC, "pipeline: %d replicas, need 1..%d", R, HM_PIPE_MAX_REPLICAS);
   if (p > nl)
     return hm_error(HM_ERR_SPEC, "pipeline: %d stages but model %s has only %d layers (L+2)", p,
-                    t->config.name, nl);
+                    t->model_name, nl);
   if (o->stage_layers[0] != 0 || o->stage_layers[p] != nl)
     return hm_error(HM_ERR_SPEC, "pipeline: stage layers must start at 0 and end at %d (L+2 of model %s), "
-                    "got %d..%d", nl, t->config.name, o->stage_layers[0], o->stage_layers[p]);
+                    "got %d..%d", nl, t->model_name, o->stage_layers[0], o->stage_layers[p]);
   for (int s = 0; s < p; s++)
     if (o->stage_layers[s + 1] <= o->stage_layers[s])
       return hm_error(HM_ERR_SPEC, "pipeline: stage %d has no layers ([%d, %d))", s, o->stage_layers[s],
@@ -450,13 +450,13 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
 
   if (m_cap > w->m) { /* activation slots for the largest share this replica may get */
     HM_TRY(hm_pipe_stage_ops(w->p, m_cap, o->stage_layers, w->R > 1, o->layers_per_bucket > 0 ? o->layers_per_bucket : 1,
-                              1, w->stage, &w->ops, &w->nops, &w->nslots));
+                              t->config.tied_embeddings, w->stage, &w->ops, &w->nops, &w->nslots));
     free(w->ops);
     w->ops = NULL;
   }
   int nslots = 0;
   HM_TRY(hm_pipe_stage_ops(w->p, w->m, o->stage_layers, w->R > 1, o->layers_per_bucket > 0 ? o->layers_per_bucket : 1,
-                            1, w->stage, &w->ops, &w->nops, &nslots));
+                            t->config.tied_embeddings, w->stage, &w->ops, &w->nops, &nslots));
   if (nslots > w->nslots) w->nslots = nslots;
   if (w->nslots < 1) w->nslots = 1;
 
@@ -496,7 +496,7 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
     w->have_tf = 1;
     if (w->tf.vocab > (uint32_t)t->config.V)
       return hm_error(HM_ERR_INVALID_ARG, "token file %s has vocabulary %u, larger than the model's V=%d", data,
-                      w->tf.vocab, t->config.V);
+                      w->tf.vocab, (int)t->config.V);
     HM_TRY(hm_dataloader_init(&w->dl, &w->tf, t->batch, T, t->seed, t->val_fraction));
     w->inputs = hm_malloc((size_t)m_cap * w->N * sizeof(int32_t), "micro-batch inputs");
     w->targets = hm_malloc((size_t)m_cap * w->N * sizeof(int32_t), "micro-batch targets");
@@ -536,7 +536,7 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
   if (!w->direct && w->R > 1) {
     HM_TRY(hm_device_alloc_host(w->dev, &w->stage_buf, np * w->wire_size, "gradient staging"));
   }
-  if (w->p > 1 && (w->is_first || w->is_last)) {
+  if (w->p > 1 && (w->is_first || w->is_last) && w->o->train->config.tied_embeddings) {
     HM_TRY(hm_device_alloc_host(w->dev, &w->tied_mine, vc * w->wire_size, "tied embedding gradient"));
     HM_TRY(hm_device_alloc_host(w->dev, &w->tied_peer, vc * w->wire_size, "tied embedding gradient (peer)"));
   }
@@ -638,6 +638,7 @@ static hm_status hm_pipe_dump(hm_pipe *w, const char *dir, int steps) {
   snprintf(path, sizeof path, "%s/stage%d.hmc", dir, w->stage);
   hm_ckpt_meta m;
   memset(&m, 0, sizeof m);
+  hm_strcpy(m.model_name, sizeof m.model_name, t->model_name);
   m.step = (uint64_t)steps;
   m.data_seed = t->seed;
   m.data_position = (uint64_t)steps * (uint64_t)w->M * (uint64_t)t->batch;
@@ -709,7 +710,8 @@ static hm_status hm_pipe_rebalance(hm_pipe *w, int step, const hm_step_out *so, 
   int nslots = 0, nops = 0;
   hm_pipe_op *ops = NULL;
   HM_TRY(hm_pipe_stage_ops(p, m[w->replica], w->o->stage_layers, 1,
-                            w->o->layers_per_bucket > 0 ? w->o->layers_per_bucket : 1, 1, w->stage, &ops, &nops, &nslots));
+                            w->o->layers_per_bucket > 0 ? w->o->layers_per_bucket : 1,
+                            w->o->train->config.tied_embeddings, w->stage, &ops, &nops, &nslots));
   if (nslots > w->nslots) { /* cannot happen: the stage was sized for the largest share */
     free(ops);
     return hm_error(HM_ERR_INTERNAL, "rebalancing needs %d activation slots, the stage has %d", nslots, w->nslots);
