@@ -221,6 +221,8 @@ const char *hm_stage_tensor_name(const hm_stage *s, int i);
 size_t hm_stage_tensor_offset(const hm_stage *s, int i); /* elements into the flat buffers */
 size_t hm_stage_tensor_numel(const hm_stage *s, int i);
 int hm_stage_find_tensor(const hm_stage *s, const char *name); /* index or -1 */
+/* The model layer (0..L+1) tensor i belongs to (the head's copy of a tied embedding: L+1). */
+int hm_stage_tensor_layer(const hm_stage *s, int i);
 
 /* ---------------------------------------------------------------------------------------------
  * Checkpoints (format: docs/model.md). One file holds the tensors of one stage. */

@@ -515,6 +515,12 @@ int hm_stage_num_tensors(const hm_stage *s) { return s->n_tensors; }
 const char *hm_stage_tensor_name(const hm_stage *s, int i) { return s->tensors[i].name; }
 size_t hm_stage_tensor_offset(const hm_stage *s, int i) { return s->tensors[i].offset; }
 size_t hm_stage_tensor_numel(const hm_stage *s, int i) { return s->tensors[i].numel; }
+int hm_stage_tensor_layer(const hm_stage *s, int i) {
+  const char *name = s->tensors[i].name;
+  if (name[0] == 'h') return atoi(name + 1) + 1;               // "h<block>."
+  if (i == s->wte || i == s->wpe) return s->has_embed ? 0 : (int)s->cfg.L + 1;  // the head's tied copy
+  return (int)s->cfg.L + 1;                                   // final norm, untied output embedding
+}
 int hm_stage_find_tensor(const hm_stage *s, const char *name) {
   for (int i = 0; i < s->n_tensors; i++)
     if (strcmp(s->tensors[i].name, name) == 0) return i;

@@ -141,17 +141,6 @@ static void hm_trace_add(hm_pipe *w, int track, int kind, int micro, uint64_t t0
                                          (int64_t)t0, (int64_t)(t1 - t0)};
 }
 
-/* Layer of a stage tensor by name: wte is layer 0 on the stage holding the embedding and the
- * head's (L+1) own copy elsewhere. */
-static int hm_tensor_layer(const hm_pipe *w, const char *name) {
-  const int L = w->t->config.L;
-  if (strcmp(name, "wpe") == 0) return 0;
-  if (strcmp(name, "wte") == 0) return w->first == 0 ? 0 : L + 1;
-  if (strncmp(name, "lnf.", 4) == 0) return L + 1;
-  if (name[0] == 'h') return atoi(name + 1) + 1;
-  return -1;
-}
-
 static hm_status hm_build_buckets(hm_pipe *w) {
   int per = w->o->layers_per_bucket > 0 ? w->o->layers_per_bucket : 1;
   int n = (w->last - w->first + per - 1) / per;
@@ -165,7 +154,7 @@ static hm_status hm_build_buckets(hm_pipe *w) {
     hm_bucket *b = &w->buckets[w->nbuckets++];
     b->layer_begin = lo, b->layer_end = hi;
     for (int i = 0; i < nt; i++) {
-      int l = hm_tensor_layer(w, hm_stage_tensor_name(w->st, i));
+      int l = hm_stage_tensor_layer(w->st, i);
       if (l < 0)
         return hm_error(HM_ERR_INTERNAL, "tensor '%s' belongs to no layer", hm_stage_tensor_name(w->st, i));
       if (l < lo || l >= hi) continue;
