@@ -1,8 +1,11 @@
-/* hetmix model: GPT-2 as a chain of layers, the data it reads and the checkpoints it writes.
+/* hetmix model: GPT-2 and Llama as a chain of layers, the data it reads and the checkpoints it
+ * writes.
  *
- * The model is GPT-2 (pre-LayerNorm, GELU-tanh, learned positions, input and output embedding
- * tied), configured by L, C, NH, V, T. It is cut into L+2 layers: 0 = embedding (wte, wpe),
- * 1..L = transformer blocks, L+1 = head (final LayerNorm + tied lm head + cross-entropy).
+ * The model is described by the spec's hm_spec_model_config (spec.h), the one type planner,
+ * model and runtime share: GPT-2 (pre-LayerNorm, GELU-tanh, learned positions, input and output
+ * embedding tied) or Llama (pre-RMSNorm, rotary positions, grouped-query attention, SwiGLU, no
+ * biases, untied embeddings). It is cut into L+2 layers: 0 = embedding (wte, and wpe for GPT-2),
+ * 1..L = transformer blocks, L+1 = head (final norm + lm head + cross-entropy).
  * A *stage* holds a contiguous range [first,last) of layers on one device, with its parameters,
  * gradients and AdamW moments each in one flat device allocation carved into named tensors
  * (llm.c). A pipeline runtime creates one stage per device; single-process training is one stage
@@ -135,7 +138,10 @@ uint64_t hm_splitmix64(uint64_t x);
  * (4C,C), "h<i>.mlp.fc.b" (4C), "h<i>.mlp.proj.w" (C,4C), "h<i>.mlp.proj.b" (C); head "lnf.w",
  * "lnf.b" and, when the stage does not also hold layer 0, its own copy "wte" of the tied
  * embedding. Two copies stay equal when the runtime sums their gradients (hm_stage_tied_grad)
- * before both take the same AdamW step.
+ * before both take the same AdamW step. Llama (src/model/llama.c): layer 0 "wte" (V,C); block i
+ * "h<i>.norm1.w" (C), "h<i>.attn.qkv.w" (C + 2 kvd, C), "h<i>.attn.proj.w" (C,C), "h<i>.norm2.w",
+ * "h<i>.mlp.gate_up.w" (2 ffn, C), "h<i>.mlp.down.w" (C, ffn); head "normf.w", "lm_head" (V,C);
+ * nothing tied (hm_stage_tied_grad is NULL).
  *
  * Micro-batches: forward(mb) keeps the activations backward(mb) needs in slot mb
  * (0 <= mb < max_microbatches), so a pipeline can hold several in flight. Backward of a slot

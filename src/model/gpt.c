@@ -207,7 +207,8 @@ hm_status hm_stage_create(const hm_spec_model_config *cfg, hm_device *dev, const
     st = hm_error(HM_ERR_NO_FIT,
                   "model %s layers [%d,%d) with B=%d T=%d needs %.2f GiB on %s (params %.2f, grads %.2f, "
                   "AdamW %.2f, activations %.2f for %d micro-batches, scratch %.2f) but %.2f GiB are free",
-                  hm_model_config_str(cfg, cfgs, sizeof cfgs), opt->first, opt->last, opt->B, opt->T, hm_gib(s->mem.total), hm_device_spec(dev),
+                  hm_model_config_str(cfg, cfgs, sizeof cfgs), opt->first, opt->last, opt->B, opt->T,
+                  hm_gib(s->mem.total), hm_device_spec(dev),
                   hm_gib(s->mem.params), hm_gib(s->mem.grads), hm_gib(s->mem.optimizer),
                   hm_gib(s->mem.activations), opt->max_microbatches, hm_gib(s->mem.scratch), hm_gib(free_bytes));
     free(s);
@@ -305,7 +306,6 @@ hm_status hm_stage_init_params(hm_stage *s, uint64_t seed) {
   free(buf);
   return st;
 }
-
 
 // ---- forward ----------------------------------------------------------------------------------
 
