@@ -539,6 +539,13 @@ static void test_cpu_thread_count_invariance(void **state) {
   OK(hm_dev_layernorm_backward(d1, dx1, dw1, db1, dy, x, w, mean, rstd, N, C));
   OK(hm_dev_layernorm_backward(d2, dx2, dw2, db2, dy, x, w, mean, rstd, N, C));
   assert_memory_equal(dw1, dw2, sizeof dw1);
+  /* RMSNorm's weight gradient is a reduction over the rows as well */
+  float rr[N], dxr1[N * C] = {0}, dxr2[N * C] = {0}, dwr1[C] = {0}, dwr2[C] = {0};
+  OK(hm_dev_rmsnorm_forward(d1, y, rr, x, w, N, C));
+  OK(hm_dev_rmsnorm_backward(d1, dxr1, dwr1, dy, x, w, rr, N, C));
+  OK(hm_dev_rmsnorm_backward(d2, dxr2, dwr2, dy, x, w, rr, N, C));
+  assert_memory_equal(dwr1, dwr2, sizeof dwr1);
+  assert_memory_equal(dxr1, dxr2, sizeof dxr1);
   assert_memory_equal(db1, db2, sizeof db1);
   assert_memory_equal(dx1, dx2, sizeof dx1);
   /* matmul over several pieces (600 rows) and attention (one head per piece) too */
