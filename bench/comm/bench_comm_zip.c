@@ -49,7 +49,7 @@ typedef struct dataset {
  * step's first micro-batch, the gradients of both stages, the stage boundary's activations and
  * their gradients (host f32 copies). */
 static int train(int steps, int batch, dataset out[3]) {
-  hm_model_config cfg;
+  hm_spec_model_config cfg;
   hm_device *dev;
   char corpus[4200];
   hm_tokfile tf;

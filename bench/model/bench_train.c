@@ -56,11 +56,12 @@ static void side_add(bench_side *b, double tps, double rss) {
 static const char *g_torch_device = "cpu"; /* --torch-device */
 static double g_torch_gpu_mib;             /* the PyTorch peer's peak GPU memory (on a GPU) */
 
-static int torch_round(const char *python, const hm_model_config *cfg, int B, int steps, int warmup,
+static int torch_round(const char *python, const hm_spec_model_config *cfg, int B, int steps, int warmup,
                        int threads, double *tps, double *ms, double *rss) {
   char cmd[1024];
   snprintf(cmd, sizeof cmd, "timeout 1800 '%s' '%s/bench/model/torch_train.py' %d %d %d %d %d %d %d %d %d %s 2>&1",
-           python, HM_SOURCE_DIR, cfg->L, cfg->C, cfg->NH, cfg->V, cfg->T, B, steps, warmup, threads, g_torch_device);
+           python, HM_SOURCE_DIR, (int)cfg->L, (int)cfg->C, (int)cfg->NH, (int)cfg->V, (int)cfg->T, B, steps, warmup,
+           threads, g_torch_device);
   FILE *p = popen(cmd, "r");
   char line[512];
   *tps = *ms = *rss = 0;
@@ -113,8 +114,9 @@ int main(int argc, char **argv) {
   if (B < 1 || steps < 1 || warmup < 0 || threads < 1 || rounds < 1) return fprintf(stderr, "bad numbers\n"), 2;
   if (strcmp(g_torch_device, "cpu") != 0 && strcmp(g_torch_device, "cuda") != 0)
     return fprintf(stderr, "--torch-device %s: expected cpu or cuda\n", g_torch_device), 2;
-  hm_model_config cfg;
+  hm_spec_model_config cfg;
   if (hm_model_config_lookup(model, &cfg) != HM_OK) return die("--model");
+  if (cfg.arch != HM_ARCH_GPT2) return fprintf(stderr, "--model: the PyTorch side of this benchmark is GPT-2\n"), 2;
   char spec[128];
   if (!device) snprintf(spec, sizeof spec, "cpu:threads=%d", threads), device = spec;
   if (!python) python = "/usr/bin/python3";
@@ -133,8 +135,9 @@ int main(int argc, char **argv) {
   for (int i = 0; i < N; i++) inp[i] = (int32_t)(hm_splitmix64(2 * (uint64_t)i) % (uint64_t)cfg.V),
                               tgt[i] = (int32_t)(hm_splitmix64(2 * (uint64_t)i + 1) % (uint64_t)cfg.V);
   const hm_adamw adam = {1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f};
-  printf("# gpt %s (L%d C%d NH%d V%d T%d), B=%d, fp32, AdamW, clip 1.0; %d timed steps after %d warm-up, "
-         "%d round(s), hetmix on %s\n", cfg.name, cfg.L, cfg.C, cfg.NH, cfg.V, cfg.T, B, steps, warmup, rounds, device);
+  char cs[128];
+  printf("# gpt %s (%s), B=%d, fp32, AdamW, clip 1.0; %d timed steps after %d warm-up, "
+         "%d round(s), hetmix on %s\n", model, hm_model_config_str(&cfg, cs, sizeof cs), B, steps, warmup, rounds, device);
   printf("%-6s %-8s %12s %10s %14s\n", "round", "system", "tokens/s", "step ms", "peak RSS MiB");
   bench_side hs = {0, 0, 0, 0, 0}, ts = {0, 0, 0, 0, 0};
   int step_no = 0;

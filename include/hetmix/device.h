@@ -199,6 +199,31 @@ hm_status hm_dev_gelu_forward(hm_device *dev, void *out, const void *inp, size_t
 hm_status hm_dev_gelu_backward(hm_device *dev, void *dinp, const void *inp, const void *dout,
                                size_t n);
 
+/* Llama's kernels. RMSNorm: out (N,C) = inp * rstd * weight, saves rstd (N) = 1/sqrt(mean(inp^2)
+ * + 1e-5). */
+hm_status hm_dev_rmsnorm_forward(hm_device *dev, void *out, void *rstd, const void *inp, const void *weight, int N,
+                                 int C);
+/* dinp (N,C) += ..., dweight (C) += sum over rows of dout * inp * rstd; from dout, inp, weight, rstd */
+hm_status hm_dev_rmsnorm_backward(hm_device *dev, void *dinp, void *dweight, const void *dout, const void *inp,
+                                  const void *weight, const void *rstd, int N, int C);
+/* Rotary position embedding in place: x holds B*T rows of `stride` elements; the first H*hd of each
+ * row are H heads of hd (even) elements. Row b*T+t, head h: the pair (i, i + hd/2), i < hd/2, is
+ * rotated by the angle t * 10000^(-2i/hd) (the rotate-half convention). */
+hm_status hm_dev_rope_forward(hm_device *dev, void *x, int B, int T, int H, int hd, int stride);
+/* Gradient of rope_forward in place: the inverse (transposed) rotation of dx. */
+hm_status hm_dev_rope_backward(hm_device *dev, void *dx, int B, int T, int H, int hd, int stride);
+/* SwiGLU: out (N,F) = silu(inp[:, :F]) * inp[:, F:], inp (N,2F) = gate | up; silu(g) = g sigmoid(g) */
+hm_status hm_dev_swiglu_forward(hm_device *dev, void *out, const void *inp, int N, int F);
+/* dinp (N,2F) = d gate | d up from inp and dout (N,F); written, not accumulated */
+hm_status hm_dev_swiglu_backward(hm_device *dev, void *dinp, const void *inp, const void *dout, int N, int F);
+/* Grouped-query attention's key/value repeat: inp (N, C + 2*KVH*hd) = q (C) | k | v (KVH heads of
+ * hd = C/NH each); out (N,3C) = q | k | v with NH heads, head h taken from KV head h/(NH/KVH):
+ * attention_forward's layout. */
+hm_status hm_dev_repeat_kv_forward(hm_device *dev, void *out, const void *inp, int N, int C, int NH, int KVH);
+/* dinp (N, C + 2*KVH*hd) from dout (N,3C): dq copied, each KV head's gradient the sum of its group's
+ * heads in head order; written, not accumulated */
+hm_status hm_dev_repeat_kv_backward(hm_device *dev, void *dinp, const void *dout, int N, int C, int NH, int KVH);
+
 /* out (n) = inp1 + inp2 (out may alias an input) */
 hm_status hm_dev_residual_forward(hm_device *dev, void *out, const void *inp1, const void *inp2,
                                   size_t n);

@@ -1,8 +1,11 @@
-/* hetmix model: GPT-2 as a chain of layers, the data it reads and the checkpoints it writes.
+/* hetmix model: GPT-2 and Llama as a chain of layers, the data it reads and the checkpoints it
+ * writes.
  *
- * The model is GPT-2 (pre-LayerNorm, GELU-tanh, learned positions, input and output embedding
- * tied), configured by L, C, NH, V, T. It is cut into L+2 layers: 0 = embedding (wte, wpe),
- * 1..L = transformer blocks, L+1 = head (final LayerNorm + tied lm head + cross-entropy).
+ * The model is described by the spec's hm_spec_model_config (spec.h), the one type planner,
+ * model and runtime share: GPT-2 (pre-LayerNorm, GELU-tanh, learned positions, input and output
+ * embedding tied) or Llama (pre-RMSNorm, rotary positions, grouped-query attention, SwiGLU, no
+ * biases, untied embeddings). It is cut into L+2 layers: 0 = embedding (wte, and wpe for GPT-2),
+ * 1..L = transformer blocks, L+1 = head (final norm + lm head + cross-entropy).
  * A *stage* holds a contiguous range [first,last) of layers on one device, with its parameters,
  * gradients and AdamW moments each in one flat device allocation carved into named tensors
  * (llm.c). A pipeline runtime creates one stage per device; single-process training is one stage
@@ -19,6 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "hetmix/spec.h"
 #include "hetmix/status.h"
 
 #ifdef __cplusplus
@@ -28,26 +32,30 @@ extern "C" {
 /* ---------------------------------------------------------------------------------------------
  * Configurations */
 
-typedef struct hm_model_config {
-  char name[32]; /* "gpt-mini", "gpt2-124m", "tiny", or "custom" */
-  int L;         /* number of transformer blocks */
-  int C;         /* channels */
-  int NH;        /* attention heads; C % NH == 0 */
-  int V;         /* vocabulary size (256 for the byte tokenizer) */
-  int T;         /* maximum sequence length (rows of wpe) */
-} hm_model_config;
+/* The model description is the spec's (include/hetmix/spec.h): hm_spec_model_config, the one
+ * type planner, model and runtime share; its parameter count is hm_model_config_params(). */
 
-/* Named configs: "gpt-mini" (L6 C384 NH6 V256 T256), "gpt2-124m" (L12 C768 NH12 V50304 T1024),
- * "tiny" (L2 C32 NH4 V256 T16, for tests). Also parses "L6,C384,NH6,V256,T256" as "custom".
- * Unknown name -> HM_ERR_NOT_FOUND listing the known ones. */
-hm_status hm_model_config_lookup(const char *name, hm_model_config *out);
-/* Checks positivity, C % NH == 0 and size limits; HM_ERR_INVALID_ARG naming the field. */
-hm_status hm_model_config_check(const hm_model_config *cfg);
-/* Number of layers (L+2) and parameters of the whole model (tied wte counted once). */
-int hm_model_num_layers(const hm_model_config *cfg);
-size_t hm_model_num_params(const hm_model_config *cfg);
-/* Parameters owned by layer `layer` (the head owns none of wte; see hm_stage tied grads). */
-size_t hm_model_layer_params(const hm_model_config *cfg, int layer);
+/* Named configs: "gpt-mini" (gpt2 L6 C384 NH6 V256 T256), "gpt2-124m" (gpt2 L12 C768 NH12
+ * V50304 T1024), "gpt2-350m", "tiny" (gpt2 L2 C32 NH4 V256 T16, for tests), "llama-mini" (llama
+ * L6 C384 NH6 kv_heads 3 ffn 1152 V256 T256), "llama-tiny" (tests). Also parses
+ * "L6,C384,NH6,V256,T256" (gpt2). Unknown name -> HM_ERR_NOT_FOUND listing the known ones. The
+ * config comes back completed and checked (hm_model_config_check). */
+hm_status hm_model_config_lookup(const char *name, hm_spec_model_config *out);
+/* Reads a spec model file (the planner's model JSON, docs/spec.md) that has a "config"; the
+ * model's name goes to name (may be NULL). */
+hm_status hm_model_config_load(const char *path, hm_spec_model_config *out, char *name, size_t cap);
+/* --model ARG: a name or shape as above, or a spec model file (ends in .json or holds a '/'). */
+hm_status hm_model_config_resolve(const char *arg, hm_spec_model_config *out, char *name, size_t cap);
+/* Checks a completed config against what the stages run (HM_ERR_INVALID_ARG naming the field):
+ * the spec's checks, sizes inside 32-bit kernel indices; gpt2 with ffn = 4C and tied embeddings;
+ * llama with untied embeddings and an even head size (rotary embedding). */
+hm_status hm_model_config_check(const hm_spec_model_config *cfg);
+/* 1 when two configs describe the same trainable model (flash_attention, a planner figure, aside). */
+int hm_model_config_same(const hm_spec_model_config *a, const hm_spec_model_config *b);
+/* Number of layers (L+2). */
+int hm_model_num_layers(const hm_spec_model_config *cfg);
+/* "L6 C384 NH6 V256 T256" (gpt2) or "llama L6 C384 NH6 KV2 F1024 V256 T256", for messages. */
+const char *hm_model_config_str(const hm_spec_model_config *cfg, char *buf, size_t cap);
 
 /* ---------------------------------------------------------------------------------------------
  * Token files and the byte tokenizer (format: docs/model.md) */
@@ -130,7 +138,10 @@ uint64_t hm_splitmix64(uint64_t x);
  * (4C,C), "h<i>.mlp.fc.b" (4C), "h<i>.mlp.proj.w" (C,4C), "h<i>.mlp.proj.b" (C); head "lnf.w",
  * "lnf.b" and, when the stage does not also hold layer 0, its own copy "wte" of the tied
  * embedding. Two copies stay equal when the runtime sums their gradients (hm_stage_tied_grad)
- * before both take the same AdamW step.
+ * before both take the same AdamW step. Llama (src/model/llama.c): layer 0 "wte" (V,C); block i
+ * "h<i>.norm1.w" (C), "h<i>.attn.qkv.w" (C + 2 kvd, C), "h<i>.attn.proj.w" (C,C), "h<i>.norm2.w",
+ * "h<i>.mlp.gate_up.w" (2 ffn, C), "h<i>.mlp.down.w" (C, ffn); head "normf.w", "lm_head" (V,C);
+ * nothing tied (hm_stage_tied_grad is NULL).
  *
  * Micro-batches: forward(mb) keeps the activations backward(mb) needs in slot mb
  * (0 <= mb < max_microbatches), so a pipeline can hold several in flight. Backward of a slot
@@ -177,7 +188,7 @@ typedef struct hm_tp_sizes {
   int size, rank;
   int heads, channels, hidden, vocab, vocab_lo;
 } hm_tp_sizes;
-hm_status hm_stage_tp_sizes(const hm_model_config *cfg, int size, int rank, hm_tp_sizes *out);
+hm_status hm_stage_tp_sizes(const hm_spec_model_config *cfg, int size, int rank, hm_tp_sizes *out);
 
 /* Bytes a stage needs on its device (also what hm_stage_create allocates). */
 typedef struct hm_stage_memory {
@@ -185,12 +196,12 @@ typedef struct hm_stage_memory {
   size_t n_params;
 } hm_stage_memory;
 
-hm_status hm_stage_estimate(const hm_model_config *cfg, hm_device *dev, const hm_stage_options *opt,
+hm_status hm_stage_estimate(const hm_spec_model_config *cfg, hm_device *dev, const hm_stage_options *opt,
                             hm_stage_memory *out);
 /* Creates a stage: checks the config, estimates memory against the device's free memory
  * (HM_ERR_NO_FIT with both figures when it does not fit), allocates, zeroes grads and moments.
  * Parameters are uninitialized until hm_stage_init_params or hm_stage_load. */
-hm_status hm_stage_create(const hm_model_config *cfg, hm_device *dev, const hm_stage_options *opt,
+hm_status hm_stage_create(const hm_spec_model_config *cfg, hm_device *dev, const hm_stage_options *opt,
                           hm_stage **out);
 void hm_stage_destroy(hm_stage *s);
 
@@ -267,17 +278,20 @@ void hm_stage_tensor_split(const hm_stage *s, int i, hm_tensor_split *out);
  * -> shard, 0: shard -> full). */
 void hm_tensor_shard_copy(void *full, void *shard, const hm_tensor_split *sp, size_t elem, int tp_size,
                           int tp_rank, int to_shard);
+/* The model layer (0..L+1) tensor i belongs to (the head's copy of a tied embedding: L+1). */
+int hm_stage_tensor_layer(const hm_stage *s, int i);
 
 /* ---------------------------------------------------------------------------------------------
  * Checkpoints (format: docs/model.md). One file holds the tensors of one stage. */
 
 #define HM_CKPT_MAGIC "HMCKPT01"
 #define HM_CKPT_END_MAGIC "HMCKEND1"
-#define HM_CKPT_VERSION 2u /* 1 is still read: its run identity reads as unknown (0) */
+#define HM_CKPT_VERSION 3u /* 1 and 2 are still read (GPT-2; version 1: run identity unknown, 0) */
 #define HM_CKPT_NAME_MAX 48
 
 typedef struct hm_ckpt_meta {
-  hm_model_config config;
+  hm_spec_model_config config;
+  char model_name[32];         /* the config's name, e.g. "gpt-mini" (informational) */
   int layer_first, layer_last; /* the stage's layers [first,last) */
   uint64_t step;               /* optimizer steps taken */
   uint64_t data_seed;
@@ -364,7 +378,8 @@ typedef struct hm_train_progress {
 
 typedef struct hm_train_options {
   const char *device;        /* device spec, e.g. "cpu:threads=2" */
-  hm_model_config config;
+  hm_spec_model_config config; /* completed (hm_model_config_lookup) */
+  char model_name[32];         /* its name, written into checkpoints */
   const char *data;          /* token file; NULL: the default corpus built under data_dir */
   const char *data_dir;      /* default "data" */
   double val_fraction;       /* held-out share of the token file (default 0.05) */

@@ -27,6 +27,7 @@ extern "C" {
 struct hm_cluster;
 struct hm_model;
 struct hm_profile;
+struct hm_spec_model_config;
 
 #define HM_PROFILE_MAX_SIZES 16  /* ping-pong message sizes */
 #define HM_PROFILE_MAX_MBS 32    /* micro-batch sizes (HM_SPEC_MBS_MAX) */
@@ -129,17 +130,15 @@ hm_status hm_profile_measure(const hm_profile_options *o, struct hm_profile *out
 
 /* ---- the device half (src/runtime/profile_layers.c), used by hm_profile_measure ---------- */
 
-/* The shape of a GPT-2 model, in the model module's terms. */
-typedef struct hm_profile_shape {
-  int L, C, NH, V, T;
-} hm_profile_shape;
+/* Stages are built from the spec's model config (struct hm_spec_model_config, the one model
+ * description; completed and checked by the model module before timing). */
 
 /* Opens the device `backend` once and times, for each layer index layers[k] (0 = embedding,
  * 1..L = block, L+1 = head) and each micro-batch size mbs[j], a one-layer stage:
  * out[k * nmbs + j]: warmup untimed rounds, then up to reps timed ones, stopping once they add up
  * to budget_s (at least one; budget_s <= 0: all reps). A stage that does not fit the device gets fits = 0 (not an error).
  * device_desc (optional, cap bytes) receives e.g. "cpu:threads=1 (1 thread, slow 1)". */
-hm_status hm_profile_time_layers(const char *backend, const hm_profile_shape *shape,
+hm_status hm_profile_time_layers(const char *backend, const struct hm_spec_model_config *shape,
                                  const int *layers, int nlayers, const int64_t *mbs, int nmbs,
                                  int warmup, int reps, double budget_s, uint64_t seed,
                                  hm_layer_timing *out,
@@ -154,7 +153,7 @@ hm_status hm_profile_time_layers(const char *backend, const hm_profile_shape *sh
  * device kernels (OpenMP in the cpu backend): call it before this process has started OpenMP
  * threads of its own (libgomp's pool does not survive fork), as `hetmix profile` does. */
 hm_status hm_profile_time_layers_together(int njobs, const char *const *backends, int copies,
-                                          const hm_profile_shape *shape, const int *layers, int nlayers,
+                                          const struct hm_spec_model_config *shape, const int *layers, int nlayers,
                                           const int64_t *mbs, int nmbs, int warmup, int reps,
                                           double budget_s, uint64_t seed, int timeout_s,
                                           hm_layer_timing *out, char *descs, size_t desc_cap,

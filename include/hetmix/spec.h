@@ -38,9 +38,8 @@ typedef enum hm_spec_dtype {
   HM_SPEC_DTYPE_COUNT
 } hm_spec_dtype;
 
-/* The spec's own names (hm_spec_dtype, hm_spec_model_config, hm_spec_dtype_*) differ from
- * hmcomm's hm_dtype (comm.h) and the model module's hm_model_config (model.h), so one file can
- * include this header next to those, and one program can link both. */
+/* The spec's own names (hm_spec_dtype, hm_spec_dtype_*) differ from hmcomm's hm_dtype (comm.h),
+ * so one file can include this header next to it, and one program can link both. */
 const char *hm_spec_dtype_name(hm_spec_dtype t); /* "fp32", "bf16", "fp16", "fp8" */
 int hm_spec_dtype_parse(const char *s);          /* -1 when unknown */
 size_t hm_spec_dtype_size(hm_spec_dtype t);      /* bytes per element: 4, 2, 2, 1 */
@@ -147,6 +146,7 @@ void hm_cluster_free(hm_cluster *c);
 typedef enum hm_arch { HM_ARCH_GPT2 = 0, HM_ARCH_LLAMA, HM_ARCH_COUNT } hm_arch;
 const char *hm_arch_name(hm_arch a); /* "gpt2", "llama" */
 
+/* The one model description of planner, model and runtime (model.h's stages are built from it). */
 typedef struct hm_spec_model_config {
   hm_arch arch;
   int64_t L;        /* transformer blocks */
@@ -194,8 +194,12 @@ typedef struct hm_model {
  * fills every field of *model. dtype sets the byte figures. */
 hm_status hm_model_from_config(const hm_spec_model_config *cfg, hm_spec_dtype dtype, const char *name,
                                hm_model *model);
-/* Parameter count of a config (no allocation); equals the sum over the expanded layers. */
+/* Parameter count of a config (no allocation); equals the sum over the expanded layers. The one
+ * parameter-count formula: the model module (model.h) allocates exactly these counts. */
 double hm_model_config_params(const hm_spec_model_config *cfg);
+/* Fills what a config may leave 0 (ffn: 4C for gpt2, 8C/3 rounded up to 256 for llama; kv_heads:
+ * NH) and checks it; HM_ERR_SPEC naming path.field. */
+hm_status hm_spec_model_config_complete(hm_spec_model_config *cfg, const char *path);
 void hm_model_free(hm_model *m);
 
 /* ------------------------------------------------------------------------------------------ */

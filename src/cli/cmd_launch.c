@@ -353,13 +353,8 @@ static hm_status worker_apply_plan(const char *path, const char *cluster, const 
     free(pl);
     return st;
   }
-  char cfg[128];
-  snprintf(cfg, sizeof cfg, "L%d,C%d,NH%d,V%d,T%d", pl->L, pl->C, pl->NH, pl->V, pl->T);
-  st = hm_model_config_lookup(cfg, &t->config);
-  if (st != HM_OK) {
-    free(pl);
-    return st;
-  }
+  t->config = pl->cfg; /* the plan's model itself: no second description */
+  hm_strcpy(t->model_name, sizeof t->model_name, pl->model_name);
   t->batch = pl->micro_batch;
   po->nstages = pl->nstages;
   memcpy(po->stage_layers, pl->stage_layers, sizeof(int) * (size_t)(pl->nstages + 1));
@@ -391,8 +386,9 @@ int hm_cmd_worker(int argc, char **argv) {
                      "micro-batch size, model and each rank's device backend"),
       HM_OPT_STR_ROW("cluster", 0, &cluster_path, "FILE", "with --plan: refuse the plan unless it fits this cluster spec"),
       HM_OPT_STR_ROW("model", 0, &model, "NAME|FILE.json",
-                     "gpt-mini, tiny, or L6,C384,NH6,V256,T256 [gpt-mini]; a spec file\n"
-                     "(a path or *.json): with --plan, refuse the plan unless it fits it"),
+                     "gpt-mini, llama-mini, tiny, or L6,C384,NH6,V256,T256 [gpt-mini]; a spec\n"
+                     "file (a path or *.json): the model to train, or with --plan: refuse the plan\n"
+                     "unless it fits it"),
       HM_OPT_LIST_ROW("stages", 0, po.stage_layers, HM_PIPE_MAX_STAGES + 1, &nbounds, 0, 1000000, "B0,B1,..,Bp",
                       "layer bounds of the p stages over the model's L+2 layers\n(default: one stage with every layer)"),
       HM_OPT_LIST_ROW("micro", 0, po.micro, HM_PIPE_MAX_REPLICAS, &nmicro, 0, 1000000, "M0[,M1,..]",
@@ -470,9 +466,10 @@ int hm_cmd_worker(int argc, char **argv) {
   }
   if (model && (strchr(model, '/') || strstr(model, ".json"))) { /* a model spec file: checks a --plan against it */
     model_path = model;
-  } else if (model) {
+  }
+  if (model && !(model_path && plan_path)) { /* the model to train (a name, a shape or a spec file) */
     have_layout = 1;
-    hm_status st = hm_model_config_lookup(model, &t.config);
+    hm_status st = hm_model_config_resolve(model, &t.config, t.model_name, sizeof t.model_name);
     if (st != HM_OK) return hm_cli_fail_status(st, "--model", NULL);
   }
   if (plan_path) {
@@ -482,8 +479,8 @@ int hm_cmd_worker(int argc, char **argv) {
     if (st != HM_OK)
       return hm_cli_fail_status(st, "worker", "make the plan for this cluster and model with `hetmix plan`");
     have_stages = 1;
-  } else if (cluster_path || model_path) {
-    return hm_cli_fail(NULL, "--cluster and a model spec file only check a --plan");
+  } else if (cluster_path) {
+    return hm_cli_fail(NULL, "--cluster only checks a --plan");
   }
   if (!have_stages) {
     po.nstages = 1;

@@ -51,7 +51,8 @@ int hm_cmd_train(int argc, char **argv) {
   int seed_set = 0, batch_set = 0, seq_set = 0, single = 0;
   const hm_opt opts[] = {
       HM_OPT_STR_ROW("device", 0, &o.device, "SPEC", "device backend: cpu, ref, cpu:threads=2,slow=2 ... [cpu]"),
-      HM_OPT_STR_ROW("model", 0, &model, "NAME", "gpt-mini (default), gpt2-124m, tiny, or L6,C384,NH6,V256,T256"),
+      HM_OPT_STR_ROW("model", 0, &model, "NAME|FILE.json",
+                     "gpt-mini (default), llama-mini, gpt2-124m, tiny, L6,C384,NH6,V256,T256, or a model spec file"),
       HM_OPT_STR_ROW("data", 0, &o.data, "FILE.tok", "token file from `hetmix prepare` [fortunes corpus in data/]"),
       HM_OPT_ROW(HM_OPT_INT, "steps", 0, &o.steps, 1, 1e9, "N", "optimizer steps [1000]; the LR schedule spans them"),
       HM_OPT_ROW(HM_OPT_INT, "stop-after", 0, &o.stop_after, 1, 1e9, "N",
@@ -88,8 +89,9 @@ int hm_cmd_train(int argc, char **argv) {
   int rc = hm_opts_parse(&spec, argc, argv, &res_args);
   if (rc != HM_OPTS_CONTINUE) return rc;
   (void)single; /* --single only selects this path, as any option but --cluster does */
-  hm_status st = hm_model_config_lookup(model, &o.config);
-  if (st != HM_OK) return hm_cli_fail_status(st, "--model", "pick a named model or give L<n>,C<n>,NH<n>,V<n>,T<n>");
+  hm_status st = hm_model_config_resolve(model, &o.config, o.model_name, sizeof o.model_name);
+  if (st != HM_OK)
+    return hm_cli_fail_status(st, "--model", "pick a named model, give L<n>,C<n>,NH<n>,V<n>,T<n>, or a model .json with a \"config\"");
   if (o.resume) {
     // a resumed run continues with the batch shape and seed it was started with
     char path[4200];

@@ -18,6 +18,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "cli.h"
 #include "hetmix/model.h"
 #include "hetmix/runtime.h"
@@ -41,7 +43,7 @@ static int parse_cluster_args(int argc, char **argv, cluster_args *a) {
       HM_OPT_STR_ROW("cluster", 0, &a->cluster, "FILE|local",
                      "cluster spec; `local` is this machine as a cpu and an opencl\n"
                      "device (cpu + an emulated half-speed cpu without opencl)"),
-      HM_OPT_STR_ROW("model", 0, &a->model, "NAME", "gpt-mini (default), tiny, or L6,C384,NH6,V256,T256"),
+      HM_OPT_STR_ROW("model", 0, &a->model, "NAME", "gpt-mini (default), llama-mini, tiny, L6,C384,NH6,V256,T256 or FILE.json"),
       HM_OPT_ROW(HM_OPT_INT, "global-batch", 0, &a->global_batch, 1, 1e9, "N", "sequences per optimizer step [16]"),
       HM_OPT_ROW(HM_OPT_INT, "steps", 0, &a->steps, 1, 1e9, "N",
                  "optimizer steps [20: a few minutes of gpt-mini on two cores]"),
@@ -86,7 +88,8 @@ static int parse_cluster_args(int argc, char **argv, cluster_args *a) {
 }
 
 /* Writes cluster.json (for `local`), model.json and train.json under out (cluster_run.c). */
-static int write_specs(const cluster_args *a, const hm_model_config *cfg, char *cl_path, size_t cap) {
+static int write_specs(const cluster_args *a, const hm_spec_model_config *cfg, const char *name, char *cl_path,
+                       size_t cap) {
   const char *local = NULL;
   if (!a->cluster || !strcmp(a->cluster, "local")) {
     char why[512];
@@ -95,6 +98,8 @@ static int write_specs(const cluster_args *a, const hm_model_config *cfg, char *
       printf("note: the opencl backend cannot run here (%s);\n"
              "      using this machine as cpu + cpu-half instead (the cpu backend emulating a chip half as "
              "fast, slow=2)\n", why);
+    else if (strstr(local, "\"cuda\""))
+      printf("local cluster: cuda (cuda:device=0) + cpu (cpu:threads=4)\n");
     else
       printf("local cluster: cpu (cpu:threads=1) + opencl (opencl:threads=1), one core each\n");
     fflush(stdout);
@@ -102,14 +107,14 @@ static int write_specs(const cluster_args *a, const hm_model_config *cfg, char *
   } else {
     hm_strcpy(cl_path, cap, a->cluster);
   }
-  hm_status st = hm_cluster_write_specs(a->out, local, cfg, a->global_batch);
+  hm_status st = hm_cluster_write_specs(a->out, local, cfg, name, a->global_batch);
   return st == HM_OK ? 0 : hm_cli_fail_status(st, "train", NULL);
 }
 
 /* Profile, then plan, as child processes. Every device type is timed at the same time
  * (--concurrent), one process each, because the plan's workers train at the same time on this
  * host and take cores, caches and memory bandwidth from one another. */
-static int profile_and_plan(const char *self, const cluster_args *a, const hm_model_config *cfg, const char *cl_path) {
+static int profile_and_plan(const char *self, const cluster_args *a, const char *name, const char *cl_path) {
   char model_path[PATH_MAX], train_path[PATH_MAX], prof_path[PATH_MAX], plan_path[PATH_MAX], pred_path[PATH_MAX];
   char reps_s[16];
   snprintf(model_path, sizeof model_path, "%s/model.json", a->out);
@@ -118,7 +123,7 @@ static int profile_and_plan(const char *self, const cluster_args *a, const hm_mo
   snprintf(plan_path, sizeof plan_path, "%s/plan.json", a->out);
   snprintf(pred_path, sizeof pred_path, "%s/predicted.json", a->out);
   snprintf(reps_s, sizeof reps_s, "%d", a->reps);
-  printf("== 1/3 profile: %s on %s\n", cfg->name, cl_path);
+  printf("== 1/3 profile: %s on %s\n", name, cl_path);
   fflush(stdout);
   char *prof_args[16] = {"profile", "--cluster", (char *)cl_path, "--model", model_path, "--train", train_path, "-o",
                          prof_path, "--reps", reps_s};
@@ -194,16 +199,16 @@ static int print_sample(const cluster_args *a) {
 }
 
 /* The report, after the bound runs when asked for. */
-static int report(const char *self, const cluster_args *a, const hm_model_config *cfg, const char *cl_path) {
-  char plan_path[PATH_MAX], metrics_path[PATH_MAX], model_s[128];
+static int report(const char *self, const cluster_args *a, const hm_spec_model_config *cfg, const char *cl_path) {
+  char plan_path[PATH_MAX], metrics_path[PATH_MAX], model_s[PATH_MAX];
   snprintf(plan_path, sizeof plan_path, "%s/plan.json", a->out);
   snprintf(metrics_path, sizeof metrics_path, "%s/metrics.jsonl", a->out);
-  snprintf(model_s, sizeof model_s, "L%d,C%d,NH%d,V%d,T%d", cfg->L, cfg->C, cfg->NH, cfg->V, cfg->T);
+  snprintf(model_s, sizeof model_s, "%s/model.json", a->out); /* the workers read the spec itself */
   hm_cli_bound bound;
   int have_bound = 0;
   if (a->measure_bound) {
     printf("\n");
-    const hm_cli_bound_job job = {self, cl_path, plan_path, model_s, a->data, a->out, a->global_batch, cfg->T,
+    const hm_cli_bound_job job = {self, cl_path, plan_path, model_s, a->data, a->out, a->global_batch, (int)cfg->T,
                                   a->bound_steps};
     hm_status st = hm_cli_measure_bound(&job, &bound);
     if (st != HM_OK) return hm_cli_fail_status(st, "train: --measure-bound", NULL);
@@ -220,8 +225,9 @@ int hm_cmd_train_cluster(int argc, char **argv) {
   cluster_args a;
   int rc = parse_cluster_args(argc, argv, &a);
   if (rc != HM_OPTS_CONTINUE) return rc;
-  hm_model_config cfg;
-  hm_status st = hm_model_config_lookup(a.model, &cfg);
+  hm_spec_model_config cfg;
+  char name[64];
+  hm_status st = hm_model_config_resolve(a.model, &cfg, name, sizeof name);
   if (st != HM_OK) return hm_cli_fail_status(st, "--model", NULL);
   if ((st = hm_make_dirs(a.out, 0755, HM_DIR_OUTPUT)) != HM_OK || (st = hm_clean_tmp_files(a.out, NULL)) != HM_OK)
     return hm_cli_fail_status(st, "--out", "pick a folder of your own for --out");
@@ -229,8 +235,8 @@ int hm_cmd_train_cluster(int argc, char **argv) {
   ssize_t sn = readlink("/proc/self/exe", self, sizeof self - 1);
   if (sn <= 0) return hm_cli_fail(NULL, "cannot find the hetmix executable (/proc/self/exe)");
   self[sn] = '\0';
-  if ((rc = write_specs(&a, &cfg, cl_path, sizeof cl_path)) != 0) return rc;
-  if ((rc = profile_and_plan(self, &a, &cfg, cl_path)) != 0) return rc;
+  if ((rc = write_specs(&a, &cfg, name, cl_path, sizeof cl_path)) != 0) return rc;
+  if ((rc = profile_and_plan(self, &a, name, cl_path)) != 0) return rc;
   if ((rc = train_plan(self, &a, cl_path)) != 0) return rc;
   if ((rc = report(self, &a, &cfg, cl_path)) != 0) return rc;
   return a.sample > 0 ? print_sample(&a) : 0;

@@ -799,6 +799,157 @@ static void hm_cpu_close(hm_device *dev) {
   dev->impl = NULL;
 }
 
+/* ---- Llama: RMSNorm, rotary embedding, SwiGLU, grouped-query key/value repeat ---------------- */
+
+static hm_status hm_cpu_rmsnorm_forward(hm_device *dev, void *out_, void *rstd_, const void *inp_,
+                                        const void *weight_, int N, int C) {
+  float *out = out_, *rstd = rstd_;
+  const float *inp = inp_, *w = weight_;
+#pragma omp parallel for num_threads(hm_cpu(dev)->threads) schedule(dynamic, 64)
+  for (int n = 0; n < N; n++) {
+    const float *x = inp + (size_t)n * C;
+    float r = 1.0f / sqrtf(hm_row_dot(x, x, C) / C + 1e-5f);
+    float *o = out + (size_t)n * C;
+    for (int c = 0; c < C; c++) o[c] = x[c] * r * w[c];
+    rstd[n] = r;
+  }
+  return HM_OK;
+}
+
+/* Rows [r0, r1): dinp rows += ...; pw (C) = this block's dweight partial. */
+HM_HOT static void hm_rmsnorm_backward_rows(float *restrict dinp, float *restrict pw, const float *restrict dout,
+                                            const float *restrict inp, const float *restrict w,
+                                            const float *rstd, int r0, int r1, int C) {
+  for (int c = 0; c < C; c++) pw[c] = 0;
+  for (int n = r0; n < r1; n++) {
+    const float *d = dout + (size_t)n * C, *x = inp + (size_t)n * C;
+    float *dx = dinp + (size_t)n * C;
+    float r = rstd[n], dot = 0;
+    for (int c = 0; c < C; c++) dot += w[c] * d[c] * x[c];
+    float k = r * r * r * dot / C;
+    for (int c = 0; c < C; c++) {
+      dx[c] += r * w[c] * d[c] - k * x[c];
+      pw[c] += d[c] * x[c] * r;
+    }
+  }
+}
+
+static hm_status hm_cpu_rmsnorm_backward(hm_device *dev, void *dinp_, void *dweight_, const void *dout_,
+                                         const void *inp_, const void *weight_, const void *rstd_, int N, int C) {
+  float *dinp = dinp_, *dweight = dweight_;
+  const float *dout = dout_, *inp = inp_, *weight = weight_, *rstd = rstd_;
+  hm_cpu_impl *impl = hm_cpu(dev);
+  int nblocks = (N + HM_ROWS_BLOCK - 1) / HM_ROWS_BLOCK;
+  HM_TRY(hm_cpu_partials(impl, ((size_t)nblocks * C + 1) / 2));
+  float *part = (float *)impl->partials;
+#pragma omp parallel num_threads(impl->threads)
+  {
+#pragma omp for schedule(dynamic, 1)
+    for (int blk = 0; blk < nblocks; blk++) {
+      int r0 = blk * HM_ROWS_BLOCK, r1 = r0 + HM_ROWS_BLOCK > N ? N : r0 + HM_ROWS_BLOCK;
+      hm_rmsnorm_backward_rows(dinp, part + (size_t)blk * C, dout, inp, weight, rstd, r0, r1, C);
+    }
+    // blocks summed in order for each channel: the same result for any thread count
+#pragma omp for schedule(static)
+    for (int c = 0; c < C; c++) {
+      float sw = 0;
+      for (int blk = 0; blk < nblocks; blk++) sw += part[(size_t)blk * C + c];
+      dweight[c] += sw;
+    }
+  }
+  return HM_OK;
+}
+
+static hm_status hm_cpu_rope(hm_device *dev, void *x_, int B, int T, int H, int hd, int stride, int sign) {
+  float *x = x_;
+  const int half = hd / 2;
+#pragma omp parallel for num_threads(hm_cpu(dev)->threads) schedule(dynamic, 4)
+  for (int t = 0; t < T; t++)
+    for (int i = 0; i < half; i++) {
+      const double a = hm_rope_angle(t, i, hd);
+      const float c = (float)cos(a), sn = (float)(sign * sin(a));
+      for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+          float *p = x + ((size_t)b * T + t) * stride + (size_t)h * hd;
+          float x1 = p[i], x2 = p[i + half];
+          p[i] = x1 * c - x2 * sn;
+          p[i + half] = x1 * sn + x2 * c;
+        }
+    }
+  return HM_OK;
+}
+
+static hm_status hm_cpu_swiglu_forward(hm_device *dev, void *out_, const void *inp_, int N, int F) {
+  float *out = out_;
+  const float *inp = inp_;
+#pragma omp parallel for num_threads(hm_cpu(dev)->threads) schedule(dynamic, 16)
+  for (int n = 0; n < N; n++) {
+    const float *g = inp + (size_t)n * 2 * F, *u = g + F;
+    float *o = out + (size_t)n * F;
+    for (int f = 0; f < F; f++) o[f] = g[f] / (1.0f + expf(-g[f])) * u[f];
+  }
+  return HM_OK;
+}
+
+static hm_status hm_cpu_swiglu_backward(hm_device *dev, void *dinp_, const void *inp_, const void *dout_, int N,
+                                        int F) {
+  float *dinp = dinp_;
+  const float *inp = inp_, *dout = dout_;
+#pragma omp parallel for num_threads(hm_cpu(dev)->threads) schedule(dynamic, 16)
+  for (int n = 0; n < N; n++) {
+    const float *g = inp + (size_t)n * 2 * F, *u = g + F, *d = dout + (size_t)n * F;
+    float *dg = dinp + (size_t)n * 2 * F, *du = dg + F;
+    for (int f = 0; f < F; f++) {
+      float sg = 1.0f / (1.0f + expf(-g[f]));
+      dg[f] = d[f] * u[f] * sg * (1.0f + g[f] * (1.0f - sg));
+      du[f] = d[f] * g[f] * sg;
+    }
+  }
+  return HM_OK;
+}
+
+static hm_status hm_cpu_repeat_kv_forward(hm_device *dev, void *out_, const void *inp_, int N, int C, int NH,
+                                          int KVH) {
+  float *out = out_;
+  const float *inp = inp_;
+  const int hd = C / NH, kvd = KVH * hd, rep = NH / KVH, W = C + 2 * kvd;
+#pragma omp parallel for num_threads(hm_cpu(dev)->threads) schedule(dynamic, 64)
+  for (int n = 0; n < N; n++) {
+    const float *in = inp + (size_t)n * W;
+    float *o = out + (size_t)n * 3 * C;
+    memcpy(o, in, (size_t)C * sizeof(float));
+    for (int h = 0; h < NH; h++) {
+      memcpy(o + C + h * hd, in + C + (h / rep) * hd, (size_t)hd * sizeof(float));
+      memcpy(o + 2 * C + h * hd, in + C + kvd + (h / rep) * hd, (size_t)hd * sizeof(float));
+    }
+  }
+  return HM_OK;
+}
+
+static hm_status hm_cpu_repeat_kv_backward(hm_device *dev, void *dinp_, const void *dout_, int N, int C, int NH,
+                                           int KVH) {
+  float *dinp = dinp_;
+  const float *dout = dout_;
+  const int hd = C / NH, kvd = KVH * hd, rep = NH / KVH, W = C + 2 * kvd;
+#pragma omp parallel for num_threads(hm_cpu(dev)->threads) schedule(dynamic, 64)
+  for (int n = 0; n < N; n++) {
+    const float *g = dout + (size_t)n * 3 * C;
+    float *di = dinp + (size_t)n * W;
+    memcpy(di, g, (size_t)C * sizeof(float));
+    for (int j = 0; j < KVH; j++)
+      for (int d = 0; d < hd; d++) {
+        float sk = 0, sv = 0; /* the group's heads in order */
+        for (int r = 0; r < rep; r++) {
+          sk += g[C + (j * rep + r) * hd + d];
+          sv += g[2 * C + (j * rep + r) * hd + d];
+        }
+        di[C + j * hd + d] = sk;
+        di[C + kvd + j * hd + d] = sv;
+      }
+  }
+  return HM_OK;
+}
+
 /* Gradient buffers are zeroed every step; two threads write memory faster than one. */
 static hm_status hm_cpu_zero(hm_device *dev, void *ptr, size_t bytes) {
   char *p = ptr;
@@ -836,6 +987,13 @@ static const hm_device_ops hm_cpu_ops = {
     .attention_backward = hm_cpu_attention_backward,
     .gelu_forward = hm_cpu_gelu_forward,
     .gelu_backward = hm_cpu_gelu_backward,
+    .rmsnorm_forward = hm_cpu_rmsnorm_forward,
+    .rmsnorm_backward = hm_cpu_rmsnorm_backward,
+    .rope = hm_cpu_rope,
+    .swiglu_forward = hm_cpu_swiglu_forward,
+    .swiglu_backward = hm_cpu_swiglu_backward,
+    .repeat_kv_forward = hm_cpu_repeat_kv_forward,
+    .repeat_kv_backward = hm_cpu_repeat_kv_backward,
     .residual_forward = hm_cpu_residual_forward,
     .residual_backward = hm_cpu_residual_backward,
     .softmax_forward = hm_cpu_softmax_forward,

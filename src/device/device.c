@@ -544,6 +544,88 @@ hm_status hm_dev_gelu_backward(hm_device *dev, void *dinp, const void *inp, cons
   HM_RUN_KERNEL(dev, op, dev->ops->gelu_backward(dev, dinp, inp, dout, n));
 }
 
+/* A backend without Llama's kernels (an entry left NULL) says so instead of crashing. */
+#define HM_NEED_OP(dev, op, entry)                                                                 \
+  do {                                                                                             \
+    if (!(dev)->ops->entry)                                                                        \
+      return hm_error(HM_ERR_UNSUPPORTED, "device %s: backend %s has no %s kernel", (dev)->spec,   \
+                      (dev)->name, op);                                                            \
+  } while (0)
+
+hm_status hm_dev_rmsnorm_forward(hm_device *dev, void *out, void *rstd, const void *inp, const void *weight, int N,
+                                 int C) {
+  const char *op = "rmsnorm_forward";
+  HM_CHECK_DEV(dev, op); HM_CHECK_PTR(out, op); HM_CHECK_PTR(rstd, op); HM_CHECK_PTR(inp, op);
+  HM_CHECK_PTR(weight, op); HM_CHECK_POS(N, op); HM_CHECK_POS(C, op); HM_NEED_OP(dev, op, rmsnorm_forward);
+  HM_RUN_KERNEL(dev, op, dev->ops->rmsnorm_forward(dev, out, rstd, inp, weight, N, C));
+}
+
+hm_status hm_dev_rmsnorm_backward(hm_device *dev, void *dinp, void *dweight, const void *dout, const void *inp,
+                                  const void *weight, const void *rstd, int N, int C) {
+  const char *op = "rmsnorm_backward";
+  HM_CHECK_DEV(dev, op); HM_CHECK_PTR(dinp, op); HM_CHECK_PTR(dweight, op); HM_CHECK_PTR(dout, op);
+  HM_CHECK_PTR(inp, op); HM_CHECK_PTR(weight, op); HM_CHECK_PTR(rstd, op); HM_CHECK_POS(N, op);
+  HM_CHECK_POS(C, op); HM_NEED_OP(dev, op, rmsnorm_backward);
+  HM_RUN_KERNEL(dev, op, dev->ops->rmsnorm_backward(dev, dinp, dweight, dout, inp, weight, rstd, N, C));
+}
+
+static hm_status hm_check_rope(const char *op, int B, int T, int H, int hd, int stride) {
+  HM_CHECK_POS(B, op); HM_CHECK_POS(T, op); HM_CHECK_POS(H, op); HM_CHECK_POS(hd, op);
+  if (hd % 2 != 0) return hm_error(HM_ERR_INVALID_ARG, "%s: head size hd = %d must be even", op, hd);
+  if ((long long)H * hd > stride)
+    return hm_error(HM_ERR_INVALID_ARG, "%s: H*hd = %lld exceeds the row stride %d", op, (long long)H * hd, stride);
+  return HM_OK;
+}
+
+hm_status hm_dev_rope_forward(hm_device *dev, void *x, int B, int T, int H, int hd, int stride) {
+  const char *op = "rope_forward";
+  HM_CHECK_DEV(dev, op); HM_CHECK_PTR(x, op); HM_TRY(hm_check_rope(op, B, T, H, hd, stride));
+  HM_NEED_OP(dev, op, rope);
+  HM_RUN_KERNEL(dev, op, dev->ops->rope(dev, x, B, T, H, hd, stride, 1));
+}
+
+hm_status hm_dev_rope_backward(hm_device *dev, void *dx, int B, int T, int H, int hd, int stride) {
+  const char *op = "rope_backward";
+  HM_CHECK_DEV(dev, op); HM_CHECK_PTR(dx, op); HM_TRY(hm_check_rope(op, B, T, H, hd, stride));
+  HM_NEED_OP(dev, op, rope);
+  HM_RUN_KERNEL(dev, op, dev->ops->rope(dev, dx, B, T, H, hd, stride, -1));
+}
+
+hm_status hm_dev_swiglu_forward(hm_device *dev, void *out, const void *inp, int N, int F) {
+  const char *op = "swiglu_forward";
+  HM_CHECK_DEV(dev, op); HM_CHECK_PTR(out, op); HM_CHECK_PTR(inp, op); HM_CHECK_POS(N, op); HM_CHECK_POS(F, op);
+  HM_NEED_OP(dev, op, swiglu_forward);
+  HM_RUN_KERNEL(dev, op, dev->ops->swiglu_forward(dev, out, inp, N, F));
+}
+
+hm_status hm_dev_swiglu_backward(hm_device *dev, void *dinp, const void *inp, const void *dout, int N, int F) {
+  const char *op = "swiglu_backward";
+  HM_CHECK_DEV(dev, op); HM_CHECK_PTR(dinp, op); HM_CHECK_PTR(inp, op); HM_CHECK_PTR(dout, op);
+  HM_CHECK_POS(N, op); HM_CHECK_POS(F, op); HM_NEED_OP(dev, op, swiglu_backward);
+  HM_RUN_KERNEL(dev, op, dev->ops->swiglu_backward(dev, dinp, inp, dout, N, F));
+}
+
+static hm_status hm_check_kv(const char *op, int N, int C, int NH, int KVH) {
+  HM_CHECK_POS(N, op); HM_CHECK_POS(C, op); HM_CHECK_POS(KVH, op);
+  HM_TRY(hm_check_heads(op, C, NH));
+  if (NH % KVH != 0) return hm_error(HM_ERR_INVALID_ARG, "%s: KVH = %d does not divide NH = %d", op, KVH, NH);
+  return HM_OK;
+}
+
+hm_status hm_dev_repeat_kv_forward(hm_device *dev, void *out, const void *inp, int N, int C, int NH, int KVH) {
+  const char *op = "repeat_kv_forward";
+  HM_CHECK_DEV(dev, op); HM_CHECK_PTR(out, op); HM_CHECK_PTR(inp, op); HM_TRY(hm_check_kv(op, N, C, NH, KVH));
+  HM_NEED_OP(dev, op, repeat_kv_forward);
+  HM_RUN_KERNEL(dev, op, dev->ops->repeat_kv_forward(dev, out, inp, N, C, NH, KVH));
+}
+
+hm_status hm_dev_repeat_kv_backward(hm_device *dev, void *dinp, const void *dout, int N, int C, int NH, int KVH) {
+  const char *op = "repeat_kv_backward";
+  HM_CHECK_DEV(dev, op); HM_CHECK_PTR(dinp, op); HM_CHECK_PTR(dout, op); HM_TRY(hm_check_kv(op, N, C, NH, KVH));
+  HM_NEED_OP(dev, op, repeat_kv_backward);
+  HM_RUN_KERNEL(dev, op, dev->ops->repeat_kv_backward(dev, dinp, dout, N, C, NH, KVH));
+}
+
 hm_status hm_dev_residual_forward(hm_device *dev, void *out, const void *inp1, const void *inp2,
                                   size_t n) {
   const char *op = "residual_forward";

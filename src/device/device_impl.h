@@ -60,6 +60,16 @@ typedef struct hm_device_ops {
   hm_status (*gelu_forward)(hm_device *dev, void *out, const void *inp, size_t n);
   hm_status (*gelu_backward)(hm_device *dev, void *dinp, const void *inp, const void *dout,
                              size_t n);
+  hm_status (*rmsnorm_forward)(hm_device *dev, void *out, void *rstd, const void *inp, const void *weight, int N,
+                               int C);
+  hm_status (*rmsnorm_backward)(hm_device *dev, void *dinp, void *dweight, const void *dout, const void *inp,
+                                const void *weight, const void *rstd, int N, int C);
+  /* sign +1: forward rotation, -1: its inverse (the gradient) */
+  hm_status (*rope)(hm_device *dev, void *x, int B, int T, int H, int hd, int stride, int sign);
+  hm_status (*swiglu_forward)(hm_device *dev, void *out, const void *inp, int N, int F);
+  hm_status (*swiglu_backward)(hm_device *dev, void *dinp, const void *inp, const void *dout, int N, int F);
+  hm_status (*repeat_kv_forward)(hm_device *dev, void *out, const void *inp, int N, int C, int NH, int KVH);
+  hm_status (*repeat_kv_backward)(hm_device *dev, void *dinp, const void *dout, int N, int C, int NH, int KVH);
   hm_status (*residual_forward)(hm_device *dev, void *out, const void *inp1, const void *inp2,
                                 size_t n);
   hm_status (*residual_backward)(hm_device *dev, void *dinp1, void *dinp2, const void *dout,

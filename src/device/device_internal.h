@@ -3,6 +3,8 @@
 #ifndef HETMIX_DEVICE_INTERNAL_H
 #define HETMIX_DEVICE_INTERNAL_H
 
+#include <math.h>
+
 #include "device/device_impl.h"
 
 extern const hm_device_backend hm_device_backend_cpu;
@@ -25,5 +27,9 @@ hm_status hm_host_copy_from_f32(hm_device *dev, void *dst, const float *src, siz
 hm_status hm_host_copy_to_f32(hm_device *dev, float *dst, const void *src, size_t n);
 hm_status hm_host_synchronize(hm_device *dev);
 hm_status hm_host_mem_info(hm_device *dev, size_t *total, size_t *free_bytes);
+
+/* Rotary embedding: the angle of pair i (< hd/2) at position t, t * 10000^(-2i/hd), in double so
+ * that every host backend rotates by the same angle. */
+static inline double hm_rope_angle(int t, int i, int hd) { return (double)t * pow(10000.0, -2.0 * i / hd); }
 
 #endif

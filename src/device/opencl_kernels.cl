@@ -354,3 +354,123 @@ __kernel void scale(GP(float, x), float s, ulong n) {
   if (i >= n) return;
   x[i] = x[i] * s;
 }
+
+/* ---- Llama: RMSNorm, rotary embedding, SwiGLU, grouped-query key/value repeat ---- */
+
+/* one work-item per row */
+__kernel void rmsnorm_forward(GP(float, out), GP(float, rstd), GP(const float, inp), GP(const float, weight),
+                              int N, int C) {
+  AT(float, out); AT(float, rstd); AT(const float, inp); AT(const float, weight);
+  int n = get_global_id(0);
+  if (n >= N) return;
+  __global const float *x = inp + (size_t)n * C;
+  ACC ss = 0;
+  for (int c = 0; c < C; c++) ss += (ACC)x[c] * x[c];
+  ACC r = (ACC)1 / sqrt(ss / C + LIT(1e-5));
+  __global float *o = out + (size_t)n * C;
+  for (int c = 0; c < C; c++) o[c] = (float)((ACC)x[c] * r * weight[c]);
+  rstd[n] = (float)r;
+}
+
+/* dinp (N,C) += ...; one work-item per row */
+__kernel void rmsnorm_backward_dinp(GP(float, dinp), GP(const float, dout), GP(const float, inp),
+                                    GP(const float, weight), GP(const float, rstd), int N, int C) {
+  AT(float, dinp); AT(const float, dout); AT(const float, inp); AT(const float, weight); AT(const float, rstd);
+  int n = get_global_id(0);
+  if (n >= N) return;
+  __global const float *d = dout + (size_t)n * C, *x = inp + (size_t)n * C;
+  __global float *dx = dinp + (size_t)n * C;
+  ACC r = rstd[n], dot = 0;
+  for (int c = 0; c < C; c++) dot += (ACC)weight[c] * d[c] * x[c];
+  ACC k = r * r * r * dot / C;
+  for (int c = 0; c < C; c++) dx[c] = (float)(dx[c] + (r * weight[c] * d[c] - k * x[c]));
+}
+
+/* dweight (C) += column sums over the N rows in order; one work-item per column */
+__kernel void rmsnorm_backward_dw(GP(float, dweight), GP(const float, dout), GP(const float, inp),
+                                  GP(const float, rstd), int N, int C) {
+  AT(float, dweight); AT(const float, dout); AT(const float, inp); AT(const float, rstd);
+  int c = get_global_id(0);
+  if (c >= C) return;
+  ACC dw = 0;
+  for (int n = 0; n < N; n++) dw += (ACC)dout[(size_t)n * C + c] * inp[(size_t)n * C + c] * rstd[n];
+  dweight[c] = (float)(dweight[c] + dw);
+}
+
+/* rotary embedding in place; one work-item per rotated pair (row, head, i); the angle
+ * t * 10000^(-2i/hd) in ACC, as the host backends compute it in double */
+__kernel void rope(GP(float, x), int T, int H, int hd, int stride, int sign, ulong n) {
+  AT(float, x);
+  size_t j = get_global_id(0);
+  if (j >= n) return;
+  const int hh = hd / 2; /* (half is a type in OpenCL C) */
+  int i = (int)(j % hh);
+  size_t rh = j / hh;
+  int h = (int)(rh % H);
+  size_t row = rh / H;
+  int t = (int)(row % T);
+  ACC a = (ACC)t * pow((ACC)10000, -(ACC)(2 * i) / hd);
+  ACC c = cos(a), s = sign * sin(a);
+  __global float *p = x + row * stride + (size_t)h * hd;
+  ACC x1 = p[i], x2 = p[i + hh];
+  p[i] = (float)(x1 * c - x2 * s);
+  p[i + hh] = (float)(x1 * s + x2 * c);
+}
+
+/* out (N,F) = silu(gate) * up from inp (N,2F) = gate | up; one work-item per output */
+__kernel void swiglu_forward(GP(float, out), GP(const float, inp), int F, ulong n) {
+  AT(float, out); AT(const float, inp);
+  size_t i = get_global_id(0);
+  if (i >= n) return;
+  size_t r = i / F, f = i % F;
+  ACC g = inp[r * 2 * F + f], u = inp[r * 2 * F + F + f];
+  out[i] = (float)(g / (1 + exp(-g)) * u);
+}
+
+/* dinp (N,2F) = d gate | d up (written); one work-item per output element of the forward */
+__kernel void swiglu_backward(GP(float, dinp), GP(const float, inp), GP(const float, dout), int F, ulong n) {
+  AT(float, dinp); AT(const float, inp); AT(const float, dout);
+  size_t i = get_global_id(0);
+  if (i >= n) return;
+  size_t r = i / F, f = i % F, gi = r * 2 * F + f;
+  ACC g = inp[gi], u = inp[gi + F], d = dout[i];
+  ACC sg = 1 / (1 + exp(-g));
+  dinp[gi] = (float)(d * u * sg * (1 + g * (1 - sg)));
+  dinp[gi + F] = (float)(d * g * sg);
+}
+
+/* out (N,3C) = q | k | v with NH heads from inp (N, C + 2 KVH hd); one work-item per output */
+__kernel void repeat_kv_forward(GP(float, out), GP(const float, inp), int C, int NH, int KVH, ulong n) {
+  AT(float, out); AT(const float, inp);
+  size_t i = get_global_id(0);
+  if (i >= n) return;
+  const int hd = C / NH, kvd = KVH * hd, rep = NH / KVH, W = C + 2 * kvd;
+  size_t r = i / (3 * (size_t)C);
+  int c = (int)(i % (3 * (size_t)C));
+  int src;
+  if (c < C) src = c;
+  else if (c < 2 * C) src = C + ((c - C) / hd / rep) * hd + (c - C) % hd;
+  else src = C + kvd + ((c - 2 * C) / hd / rep) * hd + (c - 2 * C) % hd;
+  out[i] = inp[r * W + src];
+}
+
+/* dinp (N, C + 2 KVH hd) from dout (N,3C), each KV head the sum of its group in head order
+ * (written); one work-item per element of dinp */
+__kernel void repeat_kv_backward(GP(float, dinp), GP(const float, dout), int C, int NH, int KVH, ulong n) {
+  AT(float, dinp); AT(const float, dout);
+  size_t i = get_global_id(0);
+  if (i >= n) return;
+  const int hd = C / NH, kvd = KVH * hd, rep = NH / KVH, W = C + 2 * kvd;
+  size_t r = i / W;
+  int c = (int)(i % W);
+  __global const float *g = dout + r * 3 * (size_t)C;
+  if (c < C) {
+    dinp[i] = g[c];
+    return;
+  }
+  int base = c < C + kvd ? C : 2 * C, k = c < C + kvd ? c - C : c - C - kvd;
+  int j = k / hd, d = k % hd;
+  ACC s = 0;
+  for (int q = 0; q < rep; q++) s += g[base + (j * rep + q) * hd + d];
+  dinp[i] = (float)s;
+}

@@ -336,6 +336,70 @@ static hm_status hm_cl_scale(hm_device *dev, void *x, double s, size_t n) {
   return hm_run(&a, n);
 }
 
+/* ---- Llama ------------------------------------------------------------------------------------ */
+
+static hm_status hm_cl_rmsnorm_forward(hm_device *dev, void *out, void *rstd, const void *inp, const void *weight,
+                                       int N, int C) {
+  hm_cl_args a = hm_args(dev, HM_CLK_RMSNORM_FORWARD, "rmsnorm_forward");
+  const size_t NC = (size_t)N * C;
+  ARG_F(&a, out, NC); ARG_F(&a, rstd, N); ARG_F(&a, inp, NC); ARG_F(&a, weight, C);
+  hm_arg_int(&a, N); hm_arg_int(&a, C);
+  return hm_run(&a, (size_t)N);
+}
+
+static hm_status hm_cl_rmsnorm_backward(hm_device *dev, void *dinp, void *dweight, const void *dout, const void *inp,
+                                        const void *weight, const void *rstd, int N, int C) {
+  const size_t NC = (size_t)N * C;
+  hm_cl_args a = hm_args(dev, HM_CLK_RMSNORM_BACKWARD_DINP, "rmsnorm_backward");
+  ARG_F(&a, dinp, NC); ARG_F(&a, dout, NC); ARG_F(&a, inp, NC); ARG_F(&a, weight, C); ARG_F(&a, rstd, N);
+  hm_arg_int(&a, N); hm_arg_int(&a, C);
+  HM_TRY(hm_run(&a, (size_t)N));
+  hm_cl_args b = hm_args(dev, HM_CLK_RMSNORM_BACKWARD_DW, "rmsnorm_backward");
+  ARG_F(&b, dweight, C); ARG_F(&b, dout, NC); ARG_F(&b, inp, NC); ARG_F(&b, rstd, N);
+  hm_arg_int(&b, N); hm_arg_int(&b, C);
+  return hm_run(&b, (size_t)C);
+}
+
+static hm_status hm_cl_rope(hm_device *dev, void *x, int B, int T, int H, int hd, int stride, int sign) {
+  hm_cl_args a = hm_args(dev, HM_CLK_ROPE, sign > 0 ? "rope_forward" : "rope_backward");
+  const size_t rows = (size_t)B * T, n = rows * H * (hd / 2);
+  ARG_F(&a, x, (rows - 1) * stride + (size_t)H * hd);
+  hm_arg_int(&a, T); hm_arg_int(&a, H); hm_arg_int(&a, hd); hm_arg_int(&a, stride); hm_arg_int(&a, sign);
+  hm_arg_ulong(&a, n);
+  return hm_run(&a, n);
+}
+
+static hm_status hm_cl_swiglu_forward(hm_device *dev, void *out, const void *inp, int N, int F) {
+  hm_cl_args a = hm_args(dev, HM_CLK_SWIGLU_FORWARD, "swiglu_forward");
+  const size_t n = (size_t)N * F;
+  ARG_F(&a, out, n); ARG_F(&a, inp, 2 * n); hm_arg_int(&a, F); hm_arg_ulong(&a, n);
+  return hm_run(&a, n);
+}
+
+static hm_status hm_cl_swiglu_backward(hm_device *dev, void *dinp, const void *inp, const void *dout, int N, int F) {
+  hm_cl_args a = hm_args(dev, HM_CLK_SWIGLU_BACKWARD, "swiglu_backward");
+  const size_t n = (size_t)N * F;
+  ARG_F(&a, dinp, 2 * n); ARG_F(&a, inp, 2 * n); ARG_F(&a, dout, n); hm_arg_int(&a, F); hm_arg_ulong(&a, n);
+  return hm_run(&a, n);
+}
+
+static hm_status hm_cl_repeat_kv_forward(hm_device *dev, void *out, const void *inp, int N, int C, int NH, int KVH) {
+  hm_cl_args a = hm_args(dev, HM_CLK_REPEAT_KV_FORWARD, "repeat_kv_forward");
+  const size_t n = (size_t)N * 3 * C, w = (size_t)C + 2 * (size_t)KVH * (C / NH);
+  ARG_F(&a, out, n); ARG_F(&a, inp, (size_t)N * w);
+  hm_arg_int(&a, C); hm_arg_int(&a, NH); hm_arg_int(&a, KVH); hm_arg_ulong(&a, n);
+  return hm_run(&a, n);
+}
+
+static hm_status hm_cl_repeat_kv_backward(hm_device *dev, void *dinp, const void *dout, int N, int C, int NH,
+                                          int KVH) {
+  hm_cl_args a = hm_args(dev, HM_CLK_REPEAT_KV_BACKWARD, "repeat_kv_backward");
+  const size_t w = (size_t)C + 2 * (size_t)KVH * (C / NH), n = (size_t)N * w;
+  ARG_F(&a, dinp, n); ARG_F(&a, dout, (size_t)N * 3 * C);
+  hm_arg_int(&a, C); hm_arg_int(&a, NH); hm_arg_int(&a, KVH); hm_arg_ulong(&a, n);
+  return hm_run(&a, n);
+}
+
 const hm_device_ops hm_opencl_ops = {
     .alloc = hm_cl_alloc_fn,
     .free = hm_cl_free_fn,
@@ -364,6 +428,13 @@ const hm_device_ops hm_opencl_ops = {
     .attention_backward = hm_cl_attention_backward,
     .gelu_forward = hm_cl_gelu_forward,
     .gelu_backward = hm_cl_gelu_backward,
+    .rmsnorm_forward = hm_cl_rmsnorm_forward,
+    .rmsnorm_backward = hm_cl_rmsnorm_backward,
+    .rope = hm_cl_rope,
+    .swiglu_forward = hm_cl_swiglu_forward,
+    .swiglu_backward = hm_cl_swiglu_backward,
+    .repeat_kv_forward = hm_cl_repeat_kv_forward,
+    .repeat_kv_backward = hm_cl_repeat_kv_backward,
     .residual_forward = hm_cl_residual_forward,
     .residual_backward = hm_cl_residual_backward,
     .softmax_forward = hm_cl_softmax_forward,

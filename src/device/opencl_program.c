@@ -27,7 +27,9 @@ static const char *const hm_cl_kernel_names[HM_CLK_COUNT] = {
     "attention_probs",   "attention_out",        "attention_dpre",       "attention_dq",
     "attention_dkv",     "gelu_forward",         "gelu_backward",        "residual_forward",
     "accumulate",        "softmax_forward",      "crossentropy",         "adamw",
-    "partial_sums",      "scale"};
+    "partial_sums",      "scale",                "rmsnorm_forward",      "rmsnorm_backward_dinp",
+    "rmsnorm_backward_dw", "rope",               "swiglu_forward",       "swiglu_backward",
+    "repeat_kv_forward", "repeat_kv_backward"};
 
 /* No fast-math style options: results must match the reference to the tested bounds. */
 static const char hm_cl_build_options[] = "-cl-std=CL1.2";

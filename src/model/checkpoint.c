@@ -28,14 +28,15 @@ typedef struct {
   uint64_t run_id;
   int32_t stage_index, micro_batches;
   uint32_t elem_size; /* version 3: bytes per stored element, 4 or 8 (versions 1 and 2: 4) */
-  int32_t tp_rank, tp_size; /* 0, 0 in files from before tensor parallelism: unsplit */
-  uint8_t reserved[68];
+  int32_t tp_rank, tp_size; /* version 3: tensor-parallel shard (0, 0 or 0, 1: unsplit) */
+  int32_t arch, kv_heads, ffn, tied; /* version 3; before: gpt2, NH, 4C, tied */
+  uint8_t reserved[52];
   uint64_t header_hash; /* XXH3 of the bytes before it */
 } hm_ckpt_header;
 _Static_assert(sizeof(hm_ckpt_header) == 256, "checkpoint header is 256 bytes");
 _Static_assert(offsetof(hm_ckpt_header, step) == 80 && offsetof(hm_ckpt_header, n_tensors) == 144 &&
                    offsetof(hm_ckpt_header, run_id) == 152 && offsetof(hm_ckpt_header, stage_index) == 160 &&
-                   offsetof(hm_ckpt_header, elem_size) == 168 &&
+                   offsetof(hm_ckpt_header, elem_size) == 168 && offsetof(hm_ckpt_header, arch) == 180 &&
                    offsetof(hm_ckpt_header, header_hash) == 248,
                "checkpoint header offsets are the documented ones");
 
@@ -73,10 +74,13 @@ static hm_status hm_ckpt_lay_out(const hm_ckpt_meta *m, const hm_ckpt_tensor *te
   hm_ckpt_header *h = &l->h;
   memset(h, 0, sizeof *h);
   memcpy(h->magic, HM_CKPT_MAGIC, 8);
-  h->version = es == 8 ? 3u : HM_CKPT_VERSION; /* version-2 readers must not take doubles for floats */
+  h->version = HM_CKPT_VERSION;
   h->header_bytes = sizeof *h;
-  h->L = m->config.L, h->C = m->config.C, h->NH = m->config.NH, h->V = m->config.V, h->T = m->config.T;
-  hm_strcpy(h->name, sizeof h->name, m->config.name);
+  const hm_spec_model_config *c = &m->config;
+  h->L = (int32_t)c->L, h->C = (int32_t)c->C, h->NH = (int32_t)c->NH, h->V = (int32_t)c->V, h->T = (int32_t)c->T;
+  h->arch = (int32_t)c->arch, h->kv_heads = (int32_t)c->kv_heads, h->ffn = (int32_t)c->ffn;
+  h->tied = c->tied_embeddings;
+  hm_strcpy(h->name, sizeof h->name, m->model_name);
   h->layer_first = m->layer_first, h->layer_last = m->layer_last;
   h->step = m->step, h->data_seed = m->data_seed, h->data_position = m->data_position, h->rng_state = m->rng_state;
   h->lr = m->lr, h->beta1 = m->beta1, h->beta2 = m->beta2, h->eps = m->eps;
@@ -85,7 +89,7 @@ static hm_status hm_ckpt_lay_out(const hm_ckpt_meta *m, const hm_ckpt_tensor *te
   h->n_tensors = (uint32_t)n;
   h->run_id = m->run_id;
   h->stage_index = m->stage_index, h->stage_count = (uint32_t)m->stage_count, h->micro_batches = m->micro_batches;
-  h->elem_size = es == 8 ? 8u : 0u;
+  h->elem_size = es;
   h->tp_rank = m->tp_rank, h->tp_size = m->tp_size;
   h->header_hash = XXH3_64bits(h, offsetof(hm_ckpt_header, header_hash));
 
@@ -173,8 +177,8 @@ hm_status hm_ckpt_encode(const hm_ckpt_meta *m, const hm_ckpt_tensor *tensors, i
 static hm_status hm_ckpt_header_meta(const hm_ckpt_header *hp, const char *what, hm_ckpt_meta *m) {
   hm_ckpt_header h = *hp;
   if (memcmp(h.magic, HM_CKPT_MAGIC, 8) != 0) return HM_CORRUPT("checkpoint %s: bad magic (not a hetmix checkpoint)", what);
-  if (h.version < 1 || h.version > 3)
-    return HM_CORRUPT("checkpoint %s: version %u, this build reads 1 to 3", what, h.version);
+  if (h.version < 1 || h.version > HM_CKPT_VERSION)
+    return HM_CORRUPT("checkpoint %s: version %u, this build reads 1 to %u", what, h.version, HM_CKPT_VERSION);
   if (XXH3_64bits(&h, offsetof(hm_ckpt_header, header_hash)) != h.header_hash)
     return HM_CORRUPT("checkpoint %s: header checksum mismatch", what);
   if (h.version == 1) { /* no run identity yet: those bytes were zero */
@@ -182,15 +186,18 @@ static hm_status hm_ckpt_header_meta(const hm_ckpt_header *hp, const char *what,
     h.stage_index = 0, h.micro_batches = 0;
     h.tp_rank = 0, h.tp_size = 0;
   }
-  if (h.version < 3) h.elem_size = 4;
-  else if (h.elem_size != 4 && h.elem_size != 8)
+  if (h.version < 3) { /* GPT-2 only, 4-byte elements, unsplit: these bytes were zero */
+    h.elem_size = 4, h.tp_rank = 0, h.tp_size = 0;
+    h.arch = HM_ARCH_GPT2, h.kv_heads = h.NH, h.ffn = 4 * h.C, h.tied = 1;
+  } else if (h.elem_size != 4 && h.elem_size != 8) {
     return HM_CORRUPT("checkpoint %s: %u bytes per element, need 4 or 8", what, h.elem_size);
-  hm_model_config cfg = {"", h.L, h.C, h.NH, h.V, h.T};
-  memcpy(cfg.name, h.name, sizeof cfg.name);
-  cfg.name[sizeof cfg.name - 1] = '\0';
-  if (hm_model_config_check(&cfg) != HM_OK) return hm_error_context(HM_ERR_CORRUPT, "checkpoint %s: ", what);
+  }
+  hm_spec_model_config cfg = {(hm_arch)h.arch, h.L, h.C, h.NH, h.kv_heads, h.ffn, h.V, h.T, h.tied, 0};
+  if (h.arch < 0 || h.arch >= HM_ARCH_COUNT || h.kv_heads < 1 || h.ffn < 1 || hm_model_config_check(&cfg) != HM_OK)
+    return hm_error_context(HM_ERR_CORRUPT, "checkpoint %s: model config arch %d kv_heads %d ffn %d: ", what, h.arch,
+                            h.kv_heads, h.ffn);
   if (h.layer_first < 0 || h.layer_last > cfg.L + 2 || h.layer_first >= h.layer_last)
-    return HM_CORRUPT("checkpoint %s: layer range [%d,%d) is invalid for L=%d", what, h.layer_first, h.layer_last, cfg.L);
+    return HM_CORRUPT("checkpoint %s: layer range [%d,%d) is invalid for L=%d", what, h.layer_first, h.layer_last, h.L);
   if (h.stage_count > 4096 || h.stage_index < 0 || (h.stage_count > 0 && (uint32_t)h.stage_index >= h.stage_count) ||
       h.micro_batches < 0)
     return HM_CORRUPT("checkpoint %s: stage %d of %u, %d micro-batches is invalid", what, h.stage_index, h.stage_count,
@@ -200,6 +207,8 @@ static hm_status hm_ckpt_header_meta(const hm_ckpt_header *hp, const char *what,
   memset(m, 0, sizeof *m);
   m->config = cfg;
   m->tp_rank = h.tp_rank, m->tp_size = h.tp_size;
+  memcpy(m->model_name, h.name, sizeof m->model_name);
+  m->model_name[sizeof m->model_name - 1] = '\0';
   m->layer_first = h.layer_first, m->layer_last = h.layer_last;
   m->step = h.step, m->data_seed = h.data_seed;
   m->data_position = h.data_position, m->rng_state = h.rng_state;

@@ -9,6 +9,7 @@
 
 #include "hetmix/device.h"
 #include "hetmix/model.h"
+#include "model/stage_internal.h"
 #include "model/tp_shard.h"
 #include "util/util.h"
 
@@ -21,81 +22,22 @@ static const char *const hm_block_names[BK_COUNT] = {
     "ln1.w", "ln1.b", "attn.qkv.w", "attn.qkv.b", "attn.proj.w", "attn.proj.b",
     "ln2.w", "ln2.b", "mlp.fc.w", "mlp.fc.b", "mlp.proj.w", "mlp.proj.b"};
 
-typedef struct {
-  char name[HM_CKPT_NAME_MAX];
-  size_t offset, numel; // numel: this tensor-parallel rank's shard
-  size_t rows, cols;    // the full tensor's shape
-  hm_tp_split split;
-  int blocks;
-  int decay;       // 2-D tensors get weight decay
-  double init_std; // 0: constant init_const
-  float init_const;
-} hm_stage_tensor;
-
-// saved activations of one block for one micro-batch
-typedef struct {
-  void *ln1, *ln1_mean, *ln1_rstd, *qkv, *atty, *att_saved, *res2;
-  void *ln2, *ln2_mean, *ln2_rstd, *fch, *fch_gelu, *res3;
-} hm_block_acts;
-
-typedef struct {
-  int32_t *tokens, *targets; // (B,T) on the device
-  void *in;                  // (B,T,C) copy of x_in, when first > 0
-  void *enc;                 // (B,T,C) embedding output, when the stage holds layer 0
-  hm_block_acts *blocks;     // one per block in the stage
-  void *lnf, *lnf_mean, *lnf_rstd, *logits, *losses; // head; logits (B,T,V/tp)
-  void *rowmax, *ce_stats;   // head with tp > 1: row maxima (N), [sum of exp | target logit] (2N)
-  int has_targets;
-} hm_mb_acts;
-
-struct hm_stage {
-  hm_model_config cfg;
-  hm_device *dev;
-  hm_tp_sizes tp;      // this rank's local sizes (size 1: no tensor parallelism)
-  hm_stage_tp tpo;     // the runtime's allreduce
-  int first, last, B, T, n_mb;
-  int T_max;  // T the buffers are sized for
-  int has_embed, has_head, n_blocks, first_block; // blocks are layers first_block+1 ...
-  size_t n_params;
-  void *params, *grads, *m, *v;
-  int n_tensors;
-  hm_stage_tensor *tensors;
-  int wte, wpe, lnfw, lnfb, block0; // tensor indices (-1 when absent); block b at block0+b*BK_COUNT
-  void *acts;                        // one allocation for every micro-batch slot
-  hm_mb_acts *mb;
-  void *scratch;                     // backward scratch: A (4NC), B (4NC), D (NC), dresid (NC)
-  void *sA, *sB, *sD, *dresid;
-  void *wte_pad, *wpe_zero;          // tp > 1 embedding: local wte + a zero row; zeros for ranks > 0
-  int32_t *tok_map;                  // tp > 1 embedding: host tokens mapped to local rows (B*T)
-  hm_stage_memory mem;
-};
-
-#define HM_ALIGN_BYTES 64u
-static size_t hm_round(size_t bytes) { return (bytes + HM_ALIGN_BYTES - 1) & ~(size_t)(HM_ALIGN_BYTES - 1); }
-
-// Carves buffers out of one allocation; with base NULL it only measures.
-typedef struct {
-  char *base;
-  size_t off;
-} hm_carver;
-static void *hm_take(hm_carver *c, size_t bytes) {
-  void *p = c->base ? c->base + c->off : NULL;
-  c->off += hm_round(bytes);
-  return p;
-}
-
-static hm_status hm_check_options(const hm_model_config *cfg, const hm_stage_options *o) {
+static hm_status hm_check_options(const hm_spec_model_config *cfg, const hm_stage_options *o) {
   HM_TRY(hm_model_config_check(cfg));
   int nl = hm_model_num_layers(cfg);
   if (o->first < 0 || o->last > nl || o->first >= o->last)
     return hm_error(HM_ERR_INVALID_ARG, "stage layers [%d,%d) must lie within [0,%d)", o->first, o->last, nl);
   if (o->B < 1 || o->T < 1 || o->T > cfg->T)
-    return hm_error(HM_ERR_INVALID_ARG, "stage micro-batch B=%d T=%d: need B >= 1 and 1 <= T <= %d", o->B, o->T, cfg->T);
+    return hm_error(HM_ERR_INVALID_ARG, "stage micro-batch B=%d T=%d: need B >= 1 and 1 <= T <= %d", o->B, o->T, (int)cfg->T);
   if (o->max_microbatches < 1 || o->max_microbatches > 4096)
     return hm_error(HM_ERR_INVALID_ARG, "stage max_microbatches=%d must be in 1..4096", o->max_microbatches);
-  if ((double)o->B * o->T * (double)(cfg->V > 4 * cfg->C ? cfg->V : 4 * cfg->C) > 2147483647.0)
+  const double widest = cfg->arch == HM_ARCH_LLAMA ? (double)hm_llama_widest(cfg) : (double)(4 * cfg->C);
+  if ((double)o->B * o->T * (double)(cfg->V > widest ? cfg->V : widest) > 2147483647.0)
     return hm_error(HM_ERR_INVALID_ARG, "stage micro-batch B*T=%lld is too large for 32-bit kernel indices",
                     (long long)o->B * o->T);
+  if (cfg->arch == HM_ARCH_LLAMA && o->tp.size > 1)
+    return hm_error(HM_ERR_UNSUPPORTED, "stage [%d,%d): tensor parallelism of Llama blocks is not implemented yet "
+                    "(tp %d; GPT-2 stages support it)", o->first, o->last, o->tp.size);
   hm_tp_sizes tp;
   HM_TRY(hm_stage_tp_sizes(cfg, o->tp.size, o->tp.rank, &tp));
   if (tp.size > 1 && !o->tp.allreduce)
@@ -105,7 +47,7 @@ static hm_status hm_check_options(const hm_model_config *cfg, const hm_stage_opt
 }
 
 // Adds a tensor of full shape (rows, cols); the stage holds this tensor-parallel rank's shard.
-static void hm_add_tensor(hm_stage *s, const char *name, size_t rows, size_t cols, int decay, double std, float c) {
+void hm_add_tensor(hm_stage *s, const char *name, size_t rows, size_t cols, int decay, double std, float c) {
   int blocks = 1;
   const hm_tp_split split = s->tp.size > 1 ? hm_tp_tensor_split(name, &blocks) : HM_TP_REPLICATED;
   const size_t numel = split == HM_TP_REPLICATED ? rows * cols : rows * cols / (size_t)s->tp.size;
@@ -125,6 +67,10 @@ static void hm_add_tensor(hm_stage *s, const char *name, size_t rows, size_t col
 
 // Lists the stage's tensors (count only when s->tensors is NULL).
 static void hm_list_tensors(hm_stage *s) {
+  if (s->cfg.arch == HM_ARCH_LLAMA) {
+    hm_llama_list_tensors(s);
+    return;
+  }
   const size_t C = (size_t)s->cfg.C, V = (size_t)s->cfg.V, T = (size_t)s->cfg.T;
   const double std = 0.02, proj_std = 0.02 / sqrt(2.0 * s->cfg.L);
   s->n_tensors = 0;
@@ -163,6 +109,10 @@ static void hm_list_tensors(hm_stage *s) {
 
 // Lays out the activations of every slot and the backward scratch (measure when base is NULL).
 static void hm_carve_acts(hm_stage *s, hm_carver *c, size_t att_saved) {
+  if (s->cfg.arch == HM_ARCH_LLAMA) {
+    hm_llama_carve_acts(s, c, att_saved);
+    return;
+  }
   const size_t es = hm_device_elem_size(s->dev);
   const size_t N = (size_t)s->B * s->T, C = (size_t)s->cfg.C, V = (size_t)s->tp.vocab;
   const size_t Cl = (size_t)s->tp.channels, H = (size_t)s->tp.hidden;
@@ -203,6 +153,10 @@ static void hm_carve_acts(hm_stage *s, hm_carver *c, size_t att_saved) {
 }
 
 static void hm_carve_scratch(hm_stage *s, hm_carver *c) {
+  if (s->cfg.arch == HM_ARCH_LLAMA) {
+    hm_llama_carve_scratch(s, c);
+    return;
+  }
   const size_t es = hm_device_elem_size(s->dev);
   const size_t N = (size_t)s->B * s->T, C = (size_t)s->cfg.C, H = (size_t)s->tp.hidden;
   const size_t wide = H > 3 * (size_t)s->tp.channels ? H : 3 * (size_t)s->tp.channels;
@@ -215,7 +169,7 @@ static void hm_carve_scratch(hm_stage *s, hm_carver *c) {
   s->wpe_zero = tp_embed ? hm_take(c, (size_t)s->T_max * C * es) : NULL;
 }
 
-static void hm_stage_shape(hm_stage *s, const hm_model_config *cfg, hm_device *dev, const hm_stage_options *o) {
+static void hm_stage_shape(hm_stage *s, const hm_spec_model_config *cfg, hm_device *dev, const hm_stage_options *o) {
   s->cfg = *cfg;
   s->dev = dev;
   (void)hm_stage_tp_sizes(cfg, o->tp.size, o->tp.rank, &s->tp);  // checked by hm_check_options
@@ -250,7 +204,7 @@ static void hm_measure(hm_stage *s, hm_stage_memory *m) {
   *m = r;
 }
 
-hm_status hm_stage_estimate(const hm_model_config *cfg, hm_device *dev, const hm_stage_options *opt,
+hm_status hm_stage_estimate(const hm_spec_model_config *cfg, hm_device *dev, const hm_stage_options *opt,
                             hm_stage_memory *out) {
   HM_TRY(hm_check_options(cfg, opt));
   hm_stage s;
@@ -262,7 +216,7 @@ hm_status hm_stage_estimate(const hm_model_config *cfg, hm_device *dev, const hm
 
 static double hm_gib(size_t b) { return (double)b / (1024.0 * 1024.0 * 1024.0); }
 
-hm_status hm_stage_create(const hm_model_config *cfg, hm_device *dev, const hm_stage_options *opt, hm_stage **out) {
+hm_status hm_stage_create(const hm_spec_model_config *cfg, hm_device *dev, const hm_stage_options *opt, hm_stage **out) {
   *out = NULL;
   if (!dev) return hm_error(HM_ERR_INVALID_ARG, "stage: device is NULL");
   HM_TRY(hm_check_options(cfg, opt));
@@ -272,11 +226,13 @@ hm_status hm_stage_create(const hm_model_config *cfg, hm_device *dev, const hm_s
   hm_measure(s, &s->mem);
   size_t total = 0, free_bytes = 0;
   hm_status st = hm_device_mem_info(dev, &total, &free_bytes);
+  char cfgs[128];
   if (st == HM_OK && s->mem.total > free_bytes) {
     st = hm_error(HM_ERR_NO_FIT,
                   "model %s layers [%d,%d) with B=%d T=%d needs %.2f GiB on %s (params %.2f, grads %.2f, "
                   "AdamW %.2f, activations %.2f for %d micro-batches, scratch %.2f) but %.2f GiB are free",
-                  cfg->name, opt->first, opt->last, opt->B, opt->T, hm_gib(s->mem.total), hm_device_spec(dev),
+                  hm_model_config_str(cfg, cfgs, sizeof cfgs), opt->first, opt->last, opt->B, opt->T,
+                  hm_gib(s->mem.total), hm_device_spec(dev),
                   hm_gib(s->mem.params), hm_gib(s->mem.grads), hm_gib(s->mem.optimizer),
                   hm_gib(s->mem.activations), opt->max_microbatches, hm_gib(s->mem.scratch), hm_gib(free_bytes));
     free(s);
@@ -294,12 +250,16 @@ hm_status hm_stage_create(const hm_model_config *cfg, hm_device *dev, const hm_s
     return HM_ERR_NOMEM;
   }
   hm_list_tensors(s);
-  for (int i = 0; i < s->n_mb && s->n_blocks > 0; i++) {
+  for (int i = 0; i < s->n_mb && s->n_blocks > 0 && s->cfg.arch == HM_ARCH_GPT2; i++) {
     s->mb[i].blocks = hm_calloc((size_t)s->n_blocks, sizeof(hm_block_acts), "stage block activations");
     if (!s->mb[i].blocks) {
       hm_stage_destroy(s);
       return HM_ERR_NOMEM;
     }
+  }
+  if (s->cfg.arch == HM_ARCH_LLAMA && (st = hm_llama_alloc_slots(s)) != HM_OK) {
+    hm_stage_destroy(s);
+    return st;
   }
   const size_t pb = s->mem.params;
   st = hm_device_alloc(dev, &s->params, pb, "parameters");
@@ -339,7 +299,7 @@ void hm_stage_destroy(hm_stage *s) {
   hm_device_free(s->dev, s->acts);
   hm_device_free(s->dev, s->scratch);
   if (s->mb)
-    for (int i = 0; i < s->n_mb; i++) free(s->mb[i].blocks);
+    for (int i = 0; i < s->n_mb; i++) free(s->mb[i].blocks), free(s->mb[i].lblocks);
   free(s->mb);
   free(s->tok_map);
   free(s->tensors);
@@ -394,9 +354,6 @@ hm_status hm_stage_init_params(hm_stage *s, uint64_t seed) {
   free(buf);
   return st;
 }
-
-static void *P(hm_stage *s, int i) { return hm_device_offset(s->dev, s->params, s->tensors[i].offset); }
-static void *G(hm_stage *s, int i) { return hm_device_offset(s->dev, s->grads, s->tensors[i].offset); }
 
 // ---- forward ----------------------------------------------------------------------------------
 
@@ -504,6 +461,7 @@ static hm_status hm_head_tp_forward(hm_stage *s, hm_mb_acts *a, const int32_t *t
 hm_status hm_stage_forward(hm_stage *s, int mb, const int32_t *tokens, const void *x_in, const int32_t *targets,
                            float *loss) {
   HM_TRY(hm_check_mb(s, mb));
+  if (s->cfg.arch == HM_ARCH_LLAMA) return hm_llama_forward(s, mb, tokens, x_in, targets, loss);
   hm_device *d = s->dev;
   hm_mb_acts *a = &s->mb[mb];
   const int B = s->B, T = s->T, C = s->cfg.C, V = s->cfg.V, N = B * T;
@@ -542,6 +500,7 @@ hm_status hm_stage_forward(hm_stage *s, int mb, const int32_t *tokens, const voi
 
 void *hm_stage_output(hm_stage *s, int mb) {
   if (mb < 0 || mb >= s->n_mb) return NULL;
+  if (s->cfg.arch == HM_ARCH_LLAMA) return hm_llama_output(s, mb);
   hm_mb_acts *a = &s->mb[mb];
   if (s->has_head) return a->logits;
   return (void *)hm_block_input(s, a, s->n_blocks);
@@ -597,6 +556,7 @@ static hm_status hm_embed_backward(hm_stage *s, hm_mb_acts *a) {
 
 hm_status hm_stage_backward(hm_stage *s, int mb, const void *dout, float loss_weight) {
   HM_TRY(hm_check_mb(s, mb));
+  if (s->cfg.arch == HM_ARCH_LLAMA) return hm_llama_backward(s, mb, dout, loss_weight);
   hm_device *d = s->dev;
   hm_mb_acts *a = &s->mb[mb];
   const int B = s->B, T = s->T, C = s->cfg.C, V = s->cfg.V, N = B * T;
@@ -647,7 +607,7 @@ void *hm_stage_adam_m(hm_stage *s) { return s->m; }
 void *hm_stage_adam_v(hm_stage *s) { return s->v; }
 
 void *hm_stage_tied_grad(hm_stage *s, size_t *n) {
-  if (s->wte < 0) {
+  if (s->wte < 0 || !s->cfg.tied_embeddings) {
     if (n) *n = 0;
     return NULL;
   }
@@ -658,7 +618,7 @@ void *hm_stage_tied_grad(hm_stage *s, size_t *n) {
 hm_status hm_stage_grad_sumsq(hm_stage *s, double *out) {
   double total = 0;
   for (int i = 0; i < s->n_tensors; i++) {
-    if (i == s->wte && !s->has_embed) continue;  // the head's copy: counted by the first stage
+    if (i == s->wte && !s->has_embed && s->cfg.tied_embeddings) continue;  // the head's copy: counted by the first stage
     if (s->tp.rank > 0 && s->tensors[i].split == HM_TP_REPLICATED) continue;  // counted by tp rank 0
     double part = 0;
     HM_TRY(hm_dev_sumsq(s->dev, &part, G(s, i), s->tensors[i].numel));
@@ -702,6 +662,12 @@ void hm_stage_tensor_split(const hm_stage *s, int i, hm_tensor_split *out) {
   *out = (hm_tensor_split){t->rows, t->cols, (int)t->split, t->blocks};
 }
 
+int hm_stage_tensor_layer(const hm_stage *s, int i) {
+  const char *name = s->tensors[i].name;
+  if (name[0] == 'h') return atoi(name + 1) + 1;               // "h<block>."
+  if (i == s->wte || i == s->wpe) return s->has_embed ? 0 : (int)s->cfg.L + 1;  // the head's tied copy
+  return (int)s->cfg.L + 1;                                   // final norm, untied output embedding
+}
 int hm_stage_find_tensor(const hm_stage *s, const char *name) {
   for (int i = 0; i < s->n_tensors; i++)
     if (strcmp(s->tensors[i].name, name) == 0) return i;
@@ -761,11 +727,12 @@ static hm_status hm_load_tensor(hm_stage *s, int k, int i, float *data, int spli
 hm_status hm_stage_load(hm_stage *s, const char *path, hm_ckpt_meta *meta) {
   hm_ckpt ck;
   HM_TRY(hm_ckpt_read(path, &ck));
-  const hm_model_config *c = &ck.meta.config;
+  const hm_spec_model_config *c = &ck.meta.config;
   hm_status st = HM_OK;
-  if (c->L != s->cfg.L || c->C != s->cfg.C || c->NH != s->cfg.NH || c->V != s->cfg.V || c->T != s->cfg.T)
-    st = hm_error(HM_ERR_INVALID_ARG, "checkpoint %s holds model L%d C%d NH%d V%d T%d, this run is L%d C%d NH%d V%d T%d",
-                  path, c->L, c->C, c->NH, c->V, c->T, s->cfg.L, s->cfg.C, s->cfg.NH, s->cfg.V, s->cfg.T);
+  char a[128], b[128];
+  if (!hm_model_config_same(c, &s->cfg))
+    st = hm_error(HM_ERR_INVALID_ARG, "checkpoint %s holds model %s, this run is %s", path,
+                  hm_model_config_str(c, a, sizeof a), hm_model_config_str(&s->cfg, b, sizeof b));
   else if (ck.meta.layer_first != s->first || ck.meta.layer_last != s->last)
     st = hm_error(HM_ERR_INVALID_ARG, "checkpoint %s holds layers [%d,%d), this stage is [%d,%d)", path,
                   ck.meta.layer_first, ck.meta.layer_last, s->first, s->last);

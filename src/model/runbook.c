@@ -21,7 +21,7 @@ hm_status hm_run_open_data(const hm_train_options *t, int B, int T, hm_tokfile *
   HM_TRY(hm_tokfile_open(data, tf));
   hm_status st = tf->vocab > (uint32_t)t->config.V
                      ? hm_error(HM_ERR_INVALID_ARG, "token file %s has vocabulary %u, larger than the model's V=%d", data,
-                                tf->vocab, t->config.V)
+                                tf->vocab, (int)t->config.V)
                      : hm_dataloader_init(dl, tf, B, T, t->seed, t->val_fraction);
   if (st != HM_OK) hm_tokfile_close(tf);
   return st;

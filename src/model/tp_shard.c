@@ -8,14 +8,14 @@
 #include "model/tp_shard.h"
 #include "util/util.h"
 
-hm_status hm_stage_tp_sizes(const hm_model_config *cfg, int size, int rank, hm_tp_sizes *out) {
+hm_status hm_stage_tp_sizes(const hm_spec_model_config *cfg, int size, int rank, hm_tp_sizes *out) {
   if (size < 1) size = 1;
   if (size > 64 || rank < 0 || rank >= size)
     return hm_error(HM_ERR_INVALID_ARG, "tensor parallelism: rank %d of %d (need 1 <= size <= 64, 0 <= rank < size)",
                     rank, size);
   if (cfg->NH % size != 0 || cfg->V % size != 0)
     return hm_error(HM_ERR_INVALID_ARG, "tensor parallelism %d must divide the heads NH=%d and the vocabulary V=%d",
-                    size, cfg->NH, cfg->V);
+                    size, (int)cfg->NH, (int)cfg->V);
   out->size = size, out->rank = rank;
   out->heads = cfg->NH / size;
   out->channels = cfg->C / size;  // C = NH * head size, so size divides C too
@@ -83,7 +83,7 @@ static hm_status hm_merge_check(const hm_ckpt *ck, int n, const char *const *pat
     if (m->tp_size != n || m->tp_rank != r)
       return hm_error(HM_ERR_INVALID_ARG, "checkpoint %s holds tensor-parallel rank %d of %d, expected rank %d of %d",
                       paths[r], m->tp_rank, m->tp_size, r, n);
-    if (memcmp(&m->config, &m0->config, sizeof m->config) != 0 || m->layer_first != m0->layer_first ||
+    if (!hm_model_config_same(&m->config, &m0->config) || m->layer_first != m0->layer_first ||
         m->layer_last != m0->layer_last || m->step != m0->step || m->run_id != m0->run_id ||
         ck[r].n_tensors != ck[0].n_tensors)
       return hm_error(HM_ERR_INVALID_ARG, "checkpoints %s and %s are not shards of one stage at one step (model, "
@@ -94,7 +94,7 @@ static hm_status hm_merge_check(const hm_ckpt *ck, int n, const char *const *pat
 
 // Full shape (rows, cols) of a split tensor from its name and shard size; replicated ones are
 // copied whole, so (numel, 1) serves them.
-static void hm_full_shape(const hm_model_config *c, const char *name, size_t numel_shard, hm_tp_split split, int n,
+static void hm_full_shape(const hm_spec_model_config *c, const char *name, size_t numel_shard, hm_tp_split split, int n,
                           size_t *rows, size_t *cols) {
   const size_t C = (size_t)c->C, len = strlen(name);
   const int is_w = len > 2 && strcmp(name + len - 2, ".w") == 0;

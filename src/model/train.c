@@ -21,6 +21,7 @@ void hm_train_defaults(hm_train_options *o) {
   memset(o, 0, sizeof *o);
   o->device = "cpu";
   hm_model_config_lookup("gpt-mini", &o->config);
+  hm_strcpy(o->model_name, sizeof o->model_name, "gpt-mini");
   o->data_dir = "data";
   o->val_fraction = 0.05;
   o->steps = 1000;
@@ -110,6 +111,7 @@ static hm_status hm_save(hm_trainer *t, int step, char *path, size_t cap) {
   snprintf(path, cap, "%s/%s", o->out_dir, name);
   hm_ckpt_meta m;
   memset(&m, 0, sizeof m);
+  hm_strcpy(m.model_name, sizeof m.model_name, o->model_name);
   m.step = (uint64_t)step;
   m.data_seed = t->dl.seed;
   m.data_position = t->dl.position;
@@ -126,7 +128,7 @@ static hm_status hm_save(hm_trainer *t, int step, char *path, size_t cap) {
 
 static hm_status hm_train_loop(hm_trainer *t, hm_train_result *res) {
   const hm_train_options *o = t->o;
-  const hm_model_config *cfg = &o->config;
+  const hm_spec_model_config *cfg = &o->config;
   const int T = o->seq_len > 0 ? o->seq_len : cfg->T;
   if (o->steps < 1) return hm_error(HM_ERR_INVALID_ARG, "steps=%d must be >= 1", o->steps);
   if (o->grad_accum < 1) return hm_error(HM_ERR_INVALID_ARG, "grad_accum=%d must be >= 1", o->grad_accum);
@@ -288,13 +290,13 @@ hm_status hm_sample_text(const char *device, const char *checkpoint, const char 
   if (plen == 0) return hm_error(HM_ERR_INVALID_ARG, "sample: the prompt is empty");
   hm_ckpt ck;
   HM_TRY(hm_ckpt_read(checkpoint, &ck));
-  hm_model_config cfg = ck.meta.config;
+  hm_spec_model_config cfg = ck.meta.config;
   int full = ck.meta.layer_first == 0 && ck.meta.layer_last == cfg.L + 2;
   hm_ckpt_free(&ck);
   if (!full)
     return hm_error(HM_ERR_INVALID_ARG, "sample: checkpoint %s holds only some layers; sampling needs the whole model", checkpoint);
   if (cfg.V != HM_BYTE_VOCAB)
-    return hm_error(HM_ERR_UNSUPPORTED, "sample: model vocabulary %d; only byte-level models (V=256) can print text", cfg.V);
+    return hm_error(HM_ERR_UNSUPPORTED, "sample: model vocabulary %d; only byte-level models (V=256) can print text", (int)cfg.V);
   hm_device *dev = NULL;
   hm_stage *s = NULL;
   float *row = NULL;

@@ -106,14 +106,18 @@ static void model_derive(hm_model *m) {
     m->flops_per_token = flops / (double)m->T;
 }
 
+hm_status hm_spec_model_config_complete(hm_spec_model_config *cfg, const char *path) {
+  if (cfg->ffn == 0 && cfg->C > 0)
+    cfg->ffn = cfg->arch == HM_ARCH_GPT2 ? 4 * cfg->C : llama_default_ffn(cfg->C);
+  if (cfg->kv_heads == 0) cfg->kv_heads = cfg->NH;
+  return config_check(cfg, path ? path : "config");
+}
+
 static hm_status expand_config(const hm_spec_model_config *cfg_in, hm_spec_dtype dtype, const char *name,
                                const char *path, hm_model *m) {
   memset(m, 0, sizeof *m);
   hm_spec_model_config cfg = *cfg_in;
-  if (cfg.ffn == 0 && cfg.C > 0)
-    cfg.ffn = cfg.arch == HM_ARCH_GPT2 ? 4 * cfg.C : llama_default_ffn(cfg.C);
-  if (cfg.kv_heads == 0) cfg.kv_heads = cfg.NH;
-  HM_TRY(config_check(&cfg, path));
+  HM_TRY(hm_spec_model_config_complete(&cfg, path));
   if (dtype < 0 || dtype >= HM_SPEC_DTYPE_COUNT)
     return hm_error(HM_ERR_SPEC, "%s: unknown dtype %d", path, (int)dtype);
   hm_strcpy(m->name, sizeof m->name, name && name[0] ? name : "model");

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hetmix/spec.h"
 #include "runtime/pipeline_internal.h"
 #include "util/files.h"
 #include "util/util.h"
@@ -25,18 +26,12 @@ static hm_status hm_write_json(const char *out, const char *name, cJSON *j) {
   return st;
 }
 
-static cJSON *hm_model_spec(const hm_model_config *cfg) {
-  cJSON *j = cJSON_CreateObject(), *c = cJSON_CreateObject();
-  cJSON_AddNumberToObject(j, "version", 1);
-  cJSON_AddStringToObject(j, "name", cfg->name);
-  cJSON_AddStringToObject(j, "dtype", "fp32");
-  cJSON_AddStringToObject(c, "arch", "gpt2");
-  cJSON_AddNumberToObject(c, "L", cfg->L);
-  cJSON_AddNumberToObject(c, "C", cfg->C);
-  cJSON_AddNumberToObject(c, "NH", cfg->NH);
-  cJSON_AddNumberToObject(c, "V", cfg->V);
-  cJSON_AddNumberToObject(c, "T", cfg->T);
-  cJSON_AddItemToObject(j, "config", c);
+/* The model's spec through the planner's own writer, so planner and workers read one model. */
+static cJSON *hm_model_spec(const hm_spec_model_config *cfg, const char *name) {
+  hm_model m;
+  if (hm_model_from_config(cfg, HM_DTYPE_FP32, name, &m) != HM_OK) return NULL;
+  cJSON *j = hm_model_to_cjson(&m);
+  hm_model_free(&m);
   return j;
 }
 
@@ -50,14 +45,14 @@ static cJSON *hm_train_spec(int global_batch) {
   return j;
 }
 
-hm_status hm_cluster_write_specs(const char *out, const char *cluster_json, const hm_model_config *cfg,
-                                 int global_batch) {
+hm_status hm_cluster_write_specs(const char *out, const char *cluster_json, const hm_spec_model_config *cfg,
+                                 const char *name, int global_batch) {
   if (cluster_json) {
     char path[4200];
     snprintf(path, sizeof path, "%s/cluster.json", out);
     HM_TRY(hm_atomic_write_file(path, cluster_json, strlen(cluster_json)));
   }
-  HM_TRY(hm_write_json(out, "model.json", hm_model_spec(cfg)));
+  HM_TRY(hm_write_json(out, "model.json", hm_model_spec(cfg, name)));
   return hm_write_json(out, "train.json", hm_train_spec(global_batch));
 }
 

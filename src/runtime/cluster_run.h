@@ -7,11 +7,11 @@
 
 #include "hetmix/model.h"
 
-/* Writes <out>/model.json (the model config, fp32) and <out>/train.json (global batch,
- * micro-batch sizes 1, 2, 4, fp32), and <out>/cluster.json from cluster_json when given; every
- * file atomically. */
-hm_status hm_cluster_write_specs(const char *out, const char *cluster_json, const hm_model_config *cfg,
-                                 int global_batch);
+/* Writes <out>/model.json (the model config under `name`, fp32, through the planner's spec
+ * writer) and <out>/train.json (global batch, micro-batch sizes 1, 2, 4, fp32), and
+ * <out>/cluster.json from cluster_json when given; every file atomically. */
+hm_status hm_cluster_write_specs(const char *out, const char *cluster_json, const hm_spec_model_config *cfg,
+                                 const char *name, int global_batch);
 
 /* Workers and pipeline stages of a plan, read with the plan reader. */
 hm_status hm_cluster_plan_shape(const char *plan_path, int *nranks, int *nstages);

@@ -48,10 +48,10 @@ hm_status hm_pipeline_check(const hm_pipeline_options *o, int world_size) {
     return hm_error(HM_ERR_SPEC, "pipeline: %d replicas, need 1..%d", R, HM_PIPE_MAX_REPLICAS);
   if (p > nl)
     return hm_error(HM_ERR_SPEC, "pipeline: %d stages but model %s has only %d layers (L+2)", p,
-                    t->config.name, nl);
+                    t->model_name, nl);
   if (o->stage_layers[0] != 0 || o->stage_layers[p] != nl)
     return hm_error(HM_ERR_SPEC, "pipeline: stage layers must start at 0 and end at %d (L+2 of model %s), "
-                    "got %d..%d", nl, t->config.name, o->stage_layers[0], o->stage_layers[p]);
+                    "got %d..%d", nl, t->model_name, o->stage_layers[0], o->stage_layers[p]);
   for (int s = 0; s < p; s++)
     if (o->stage_layers[s + 1] <= o->stage_layers[s])
       return hm_error(HM_ERR_SPEC, "pipeline: stage %d has no layers ([%d, %d))", s, o->stage_layers[s],
@@ -65,7 +65,7 @@ hm_status hm_pipeline_check(const hm_pipeline_options *o, int world_size) {
       hm_tp_sizes sz;
       if (o->tp[r][s] < 0 || hm_stage_tp_sizes(&t->config, tp, 0, &sz) != HM_OK)
         return hm_error(HM_ERR_SPEC, "pipeline: replica %d stage %d: tensor-parallel degree %d must be in 1..64 and "
-                        "divide the model's NH=%d and V=%d", r, s, o->tp[r][s], t->config.NH, t->config.V);
+                        "divide the model's NH=%d and V=%d", r, s, o->tp[r][s], (int)t->config.NH, (int)t->config.V);
     }
   const int need = hm_pipeline_world_size(o);
   if (world_size != need)
@@ -168,17 +168,6 @@ static void hm_trace_add(hm_pipe *w, int track, int kind, int micro, uint64_t t0
                                          (int64_t)t0, (int64_t)(t1 - t0)};
 }
 
-/* Layer of a stage tensor by name: wte is layer 0 on the stage holding the embedding and the
- * head's (L+1) own copy elsewhere. */
-static int hm_tensor_layer(const hm_pipe *w, const char *name) {
-  const int L = w->t->config.L;
-  if (strcmp(name, "wpe") == 0) return 0;
-  if (strcmp(name, "wte") == 0) return w->first == 0 ? 0 : L + 1;
-  if (strncmp(name, "lnf.", 4) == 0) return L + 1;
-  if (name[0] == 'h') return atoi(name + 1) + 1;
-  return -1;
-}
-
 static hm_status hm_build_buckets(hm_pipe *w) {
   int per = w->o->layers_per_bucket > 0 ? w->o->layers_per_bucket : 1;
   int n = (w->last - w->first + per - 1) / per;
@@ -192,7 +181,7 @@ static hm_status hm_build_buckets(hm_pipe *w) {
     hm_bucket *b = &w->buckets[w->nbuckets++];
     b->layer_begin = lo, b->layer_end = hi;
     for (int i = 0; i < nt; i++) {
-      int l = hm_tensor_layer(w, hm_stage_tensor_name(w->st, i));
+      int l = hm_stage_tensor_layer(w->st, i);
       if (l < 0)
         return hm_error(HM_ERR_INTERNAL, "tensor '%s' belongs to no layer", hm_stage_tensor_name(w->st, i));
       if (l < lo || l >= hi) continue;
@@ -549,13 +538,13 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
 
   if (m_cap > w->m) { /* activation slots for the largest share this replica may get */
     HM_TRY(hm_pipe_stage_ops(w->p, m_cap, o->stage_layers, w->R > 1, o->layers_per_bucket > 0 ? o->layers_per_bucket : 1,
-                              1, w->stage, &w->ops, &w->nops, &w->nslots));
+                              t->config.tied_embeddings, w->stage, &w->ops, &w->nops, &w->nslots));
     free(w->ops);
     w->ops = NULL;
   }
   int nslots = 0;
   HM_TRY(hm_pipe_stage_ops(w->p, w->m, o->stage_layers, w->R > 1, o->layers_per_bucket > 0 ? o->layers_per_bucket : 1,
-                            1, w->stage, &w->ops, &w->nops, &nslots));
+                            t->config.tied_embeddings, w->stage, &w->ops, &w->nops, &nslots));
   if (nslots > w->nslots) w->nslots = nslots;
   if (w->nslots < 1) w->nslots = 1;
 
@@ -639,7 +628,7 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
   if (!w->direct && w->R > 1) {
     HM_TRY(hm_device_alloc_host(w->dev, &w->stage_buf, np * w->wire_size, "gradient staging"));
   }
-  if (w->p > 1 && (w->is_first || w->is_last)) {
+  if (w->p > 1 && (w->is_first || w->is_last) && w->o->train->config.tied_embeddings) {
     HM_TRY(hm_device_alloc_host(w->dev, &w->tied_mine, vc * w->wire_size, "tied embedding gradient"));
     HM_TRY(hm_device_alloc_host(w->dev, &w->tied_peer, vc * w->wire_size, "tied embedding gradient (peer)"));
   }
@@ -727,6 +716,7 @@ static void hm_pipe_meta(const hm_pipe *w, int steps, hm_ckpt_meta *m) {
   const hm_train_options *t = w->t;
   memset(m, 0, sizeof *m);
   m->config = t->config;
+  hm_strcpy(m->model_name, sizeof m->model_name, t->model_name);
   m->layer_first = w->first, m->layer_last = w->last;
   m->step = (uint64_t)steps;
   m->data_seed = t->seed;
@@ -839,7 +829,8 @@ static hm_status hm_pipe_rebalance(hm_pipe *w, int step, const hm_step_out *so, 
   int nslots = 0, nops = 0;
   hm_pipe_op *ops = NULL;
   HM_TRY(hm_pipe_stage_ops(p, m[w->replica], w->o->stage_layers, 1,
-                            w->o->layers_per_bucket > 0 ? w->o->layers_per_bucket : 1, 1, w->stage, &ops, &nops, &nslots));
+                            w->o->layers_per_bucket > 0 ? w->o->layers_per_bucket : 1,
+                            w->o->train->config.tied_embeddings, w->stage, &ops, &nops, &nslots));
   if (nslots > w->nslots) { /* cannot happen: the stage was sized for the largest share */
     free(ops);
     return hm_error(HM_ERR_INTERNAL, "rebalancing needs %d activation slots, the stage has %d", nslots, w->nslots);

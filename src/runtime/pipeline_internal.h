@@ -1,12 +1,12 @@
-/* Internal bridge between the pipeline runtime and the planner. include/hetmix/plan.h pulls in
- * spec.h, whose hm_dtype and hm_model_config differ from hmcomm's and the model's types of the
- * same names, so no file can include both. pipeline_plan.c includes plan.h and hands the rest
- * of the runtime plain data: the op lists, the trace writer, and a plan's layout. */
+/* Internal bridge between the pipeline runtime and the planner: pipeline_plan.c includes plan.h
+ * and hands the rest of the runtime plain data: the op lists, the trace writer, and a plan's
+ * layout with the plan's model config (the spec's hm_spec_model_config, the one model type). */
 #ifndef HETMIX_PIPELINE_INTERNAL_H
 #define HETMIX_PIPELINE_INTERNAL_H
 
 #include <stdint.h>
 
+#include "hetmix/spec.h"
 #include "hetmix/status.h"
 
 /* Mirrors hm_op_kind (checked in pipeline_plan.c). */
@@ -46,7 +46,8 @@ hm_status hm_pipe_trace_write(const hm_pipe_event *ev, int n, const char *path);
 /* A plan file's layout, as the runtime needs it (hm_pipe_plan_load). */
 #define HM_PIPE_PLAN_MAX_RANKS 4096
 typedef struct hm_pipe_plan {
-  int L, C, NH, V, T;                       /* model config (gpt2 only) */
+  hm_spec_model_config cfg;                 /* the plan's model (gpt2 or llama), completed */
+  char model_name[64];
   int micro_batch;                          /* sequences per micro-batch */
   int nstages;
   int stage_layers[65];                     /* bounds, identical in every class */
@@ -63,8 +64,9 @@ typedef struct hm_pipe_plan {
 
 /* Loads and validates plan.json (hm_plan_load: against its embedded specs, or against the
  * cluster / model spec files given, when not NULL) and checks it is a layout this runtime runs:
- * a gpt2 model config, every replica class with the same stages and layer ranges (each class and
- * stage with its own tensor-parallel degree). HM_ERR_SPEC naming what does not fit. */
+ * a model config the stages run (gpt2 or llama), every replica class with the same stages and
+ * layer ranges (each class and stage with its own tensor-parallel degree; Llama stages: 1).
+ * HM_ERR_SPEC naming what does not fit. */
 hm_status hm_pipe_plan_load(const char *path, const char *cluster_path, const char *model_path, hm_pipe_plan *out);
 
 #endif

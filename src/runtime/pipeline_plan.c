@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hetmix/model.h"
 #include "hetmix/plan.h"
 #include "runtime/pipeline_internal.h"
 #include "util/util.h"
@@ -57,14 +58,13 @@ hm_status hm_pipe_trace_write(const hm_pipe_event *ev, int n, const char *path) 
 
 static hm_status hm_pipe_plan_fill(const char *path, const hm_plan *plan, const hm_cluster *cl, const hm_model *m,
                                    hm_pipe_plan *out) {
-  if (!m->has_config || m->cfg.arch != HM_ARCH_GPT2)
-    return hm_error(HM_ERR_SPEC, "%s: model %s is not a gpt2 config; the runtime trains GPT-2 models only", path,
-                    m->name);
-  if (m->cfg.ffn != 4 * m->cfg.C || m->cfg.kv_heads != m->cfg.NH || !m->cfg.tied_embeddings)
-    return hm_error(HM_ERR_SPEC, "%s: model %s changes ffn, kv_heads or untied embeddings, which the runtime's "
-                    "GPT-2 does not", path, m->name);
-  out->L = (int)m->cfg.L, out->C = (int)m->cfg.C, out->NH = (int)m->cfg.NH, out->V = (int)m->cfg.V;
-  out->T = (int)m->cfg.T;
+  if (!m->has_config)
+    return hm_error(HM_ERR_SPEC, "%s: model %s is an explicit layer list; the runtime trains a model \"config\"",
+                    path, m->name);
+  if (hm_model_config_check(&m->cfg) != HM_OK)
+    return hm_error_context(HM_ERR_SPEC, "%s: model %s: ", path, m->name);
+  out->cfg = m->cfg;
+  hm_strcpy(out->model_name, sizeof out->model_name, m->name);
   out->micro_batch = (int)plan->micro_batch;
   if (plan->nclasses < 1) return hm_error(HM_ERR_SPEC, "%s: plan.classes is empty", path);
   const hm_plan_class *c0 = &plan->classes[0];
@@ -135,14 +135,11 @@ hm_status hm_pipe_plan_load(const char *path, const char *cluster_path, const ch
     if (st == HM_OK && model_path) st = hm_model_load(model_path, &am);
     /* the planner accepts any model whose layers the ranges cover (what-if); a runtime must
      * train the model the plan's times and memory were computed for */
-    if (st == HM_OK && model_path &&
-        (am.cfg.arch != m.cfg.arch || am.cfg.L != m.cfg.L || am.cfg.C != m.cfg.C || am.cfg.NH != m.cfg.NH ||
-         am.cfg.V != m.cfg.V || am.cfg.T != m.cfg.T || am.has_config != m.has_config))
-      st = hm_error(HM_ERR_SPEC, "model: the plan was made for %s (L%lld C%lld NH%lld V%lld T%lld), %s is %s "
-                    "(L%lld C%lld NH%lld V%lld T%lld)", m.name, (long long)m.cfg.L, (long long)m.cfg.C,
-                    (long long)m.cfg.NH, (long long)m.cfg.V, (long long)m.cfg.T, model_path, am.name,
-                    (long long)am.cfg.L, (long long)am.cfg.C, (long long)am.cfg.NH, (long long)am.cfg.V,
-                    (long long)am.cfg.T);
+    char ms[128], as[128];
+    if (st == HM_OK && model_path && (!hm_model_config_same(&am.cfg, &m.cfg) || am.has_config != m.has_config))
+      st = hm_error(HM_ERR_SPEC, "model: the plan was made for %s (%s), %s is %s (%s)", m.name,
+                    hm_model_config_str(&m.cfg, ms, sizeof ms), model_path, am.name,
+                    hm_model_config_str(&am.cfg, as, sizeof as));
     if (st == HM_OK) {
       at = et;
       against.cluster = cluster_path ? &acl : &cl;

@@ -69,17 +69,15 @@ static void hm_shard_read(const hm_pipeline_options *o, int stage, hm_shard_id *
     hm_strcpy(id->err, sizeof id->err, hm_last_error());
 }
 
-static int hm_same_config(const hm_model_config *a, const hm_model_config *b) {
-  return a->L == b->L && a->C == b->C && a->NH == b->NH && a->V == b->V && a->T == b->T;
-}
-
 /* A shard that does not fit this run's layout or model: HM_ERR_INVALID_ARG, else HM_OK. */
 static hm_status hm_shard_fits(const hm_pipeline_options *o, int M, const hm_shard_id *id) {
   const hm_ckpt_meta *m = &id->meta;
   const int s = id->stage, p = o->nstages;
-  if (!hm_same_config(&m->config, &o->train->config))
-    return hm_error(HM_ERR_INVALID_ARG, "%s holds model L%d,C%d,NH%d,V%d,T%d, this run trains %s", id->path,
-                    m->config.L, m->config.C, m->config.NH, m->config.V, m->config.T, o->train->config.name);
+  char a[128], b[128];
+  if (!hm_model_config_same(&m->config, &o->train->config))
+    return hm_error(HM_ERR_INVALID_ARG, "%s holds model %s, this run trains %s (%s)", id->path,
+                    hm_model_config_str(&m->config, a, sizeof a), o->train->model_name,
+                    hm_model_config_str(&o->train->config, b, sizeof b));
   if ((m->stage_count && (m->stage_count != p || m->stage_index != s)) || m->layer_first != o->stage_layers[s] ||
       m->layer_last != o->stage_layers[s + 1])
     return hm_error(HM_ERR_INVALID_ARG, "%s is stage %d of %d with layers [%d,%d); this run's stage %d of %d has "

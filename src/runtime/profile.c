@@ -278,11 +278,10 @@ hm_status hm_profile_measure(const hm_profile_options *o, hm_profile *out, hm_pr
   memset(rep, 0, sizeof *rep);
   const double t_start = hm_now_s();
 
-  if (!m->has_config || m->cfg.arch != HM_ARCH_GPT2)
+  if (!m->has_config)
     return hm_error(HM_ERR_UNSUPPORTED,
-                    "profile: model '%s' %s; the profiler times GPT-2 stages, so give a model with a "
-                    "\"config\" of arch \"gpt2\"",
-                    m->name, m->has_config ? "is not gpt2" : "is an explicit layer list");
+                    "profile: model '%s' is an explicit layer list; the profiler times the model's stages, so "
+                    "give a model with a \"config\"", m->name);
   if (m->dtype != HM_DTYPE_FP32)
     return hm_error(HM_ERR_UNSUPPORTED, "profile: model '%s' has dtype %s; the local backends compute in fp32",
                     m->name, hm_spec_dtype_name(m->dtype));
@@ -293,7 +292,7 @@ hm_status hm_profile_measure(const hm_profile_options *o, hm_profile *out, hm_pr
   if (m->nlayers != cfg->L + 2)
     return hm_error(HM_ERR_INTERNAL, "profile: model '%s' has %d layers, expected L+2 = %lld", m->name, m->nlayers,
                     (long long)(cfg->L + 2));
-  const hm_profile_shape shape = {(int)cfg->L, (int)cfg->C, (int)cfg->NH, (int)cfg->V, (int)cfg->T};
+  const hm_spec_model_config shape = *cfg;
 
   /* one representative layer per kind: the model's layer index is the stage's layer index */
   int layers[8], nkinds = 0;

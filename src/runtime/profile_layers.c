@@ -68,7 +68,7 @@ static void hm_layer_inputs_free(hm_device *dev, hm_layer_inputs *in) {
   memset(in, 0, sizeof *in);
 }
 
-static hm_status hm_layer_inputs_make(hm_device *dev, const hm_model_config *cfg, int B, uint64_t seed,
+static hm_status hm_layer_inputs_make(hm_device *dev, const hm_spec_model_config *cfg, int B, uint64_t seed,
                                       hm_layer_inputs *in) {
   memset(in, 0, sizeof *in);
   const size_t N = (size_t)B * cfg->T, NC = N * (size_t)cfg->C;
@@ -128,7 +128,7 @@ static void hm_peak_restore(hm_device *dev, size_t peak_before) {
   hm_device_set_peak(dev, peak_before > now ? peak_before : now);
 }
 
-static hm_status hm_time_one(hm_device *dev, const hm_model_config *cfg, int layer, int B, int warmup,
+static hm_status hm_time_one(hm_device *dev, const hm_spec_model_config *cfg, int layer, int B, int warmup,
                              int reps, double budget_s, uint64_t seed, hm_layer_timing *out) {
   memset(out, 0, sizeof *out);
   hm_layer_inputs in;
@@ -190,7 +190,7 @@ static const char *hm_layer_label(int layer, int L) {
   return layer == 0 ? "embedding" : layer == L + 1 ? "head" : "block";
 }
 
-hm_status hm_profile_time_layers(const char *backend, const hm_profile_shape *shape, const int *layers,
+hm_status hm_profile_time_layers(const char *backend, const hm_spec_model_config *shape, const int *layers,
                                  int nlayers, const int64_t *mbs, int nmbs, int warmup, int reps,
                                  double budget_s, uint64_t seed, hm_layer_timing *out, char *device_desc, size_t cap,
                                  hm_profile_progress_fn progress, void *user) {
@@ -198,11 +198,12 @@ hm_status hm_profile_time_layers(const char *backend, const hm_profile_shape *sh
     return hm_error(HM_ERR_INVALID_ARG, "hm_profile_time_layers: missing argument");
   if (reps < 1 || warmup < 0)
     return hm_error(HM_ERR_INVALID_ARG, "profile: reps must be >= 1 and warmup >= 0 (got %d, %d)", reps, warmup);
-  hm_model_config cfg = {"profile", shape->L, shape->C, shape->NH, shape->V, shape->T};
-  HM_TRY(hm_model_config_check(&cfg));
+  hm_spec_model_config cfg = *shape;
+  if (hm_spec_model_config_complete(&cfg, "profile model") != HM_OK || hm_model_config_check(&cfg) != HM_OK)
+    return hm_error_context(HM_ERR_INVALID_ARG, "profile: ");
   for (int k = 0; k < nlayers; k++)
     if (layers[k] < 0 || layers[k] > cfg.L + 1)
-      return hm_error(HM_ERR_INVALID_ARG, "profile: layer %d outside 0..%d", layers[k], cfg.L + 1);
+      return hm_error(HM_ERR_INVALID_ARG, "profile: layer %d outside 0..%d", layers[k], (int)cfg.L + 1);
   for (int j = 0; j < nmbs; j++)
     if (mbs[j] < 1 || mbs[j] > 65536 || mbs[j] * (int64_t)cfg.T > (1 << 30))
       return hm_error(HM_ERR_INVALID_ARG, "profile: micro-batch %lld outside 1..65536 (or B*T too large)",
@@ -251,7 +252,7 @@ typedef struct hm_together_slot {
 
 /* Keeps the device busy with its heaviest measured layer until every process has measured, so
  * each measurement saw the others running the whole time. */
-static void hm_keep_busy(const char *backend, const hm_profile_shape *shape, const int *layers, int nlayers,
+static void hm_keep_busy(const char *backend, const hm_spec_model_config *shape, const int *layers, int nlayers,
                          const int64_t *mbs, int nmbs, const hm_layer_timing *mine, uint64_t seed,
                          volatile int *ndone, int nprocs) {
   int best = -1;
@@ -275,7 +276,7 @@ static void hm_keep_busy(const char *backend, const hm_profile_shape *shape, con
  * seconds of a slow one's (its kernel builds, its lightest layers); the median over passes
  * spread across the whole measurement is what it runs at while the slow one trains. When the
  * passes are used up it keeps its device busy as before. */
-static void hm_remeasure(const char *backend, const hm_profile_shape *shape, const int *layers, int nlayers,
+static void hm_remeasure(const char *backend, const hm_spec_model_config *shape, const int *layers, int nlayers,
                          const int64_t *mbs, int nmbs, int warmup, int reps, double budget_s, uint64_t seed,
                          hm_layer_timing *mine, volatile int *ndone, int nprocs) {
   const int per = nlayers * nmbs;
@@ -311,7 +312,7 @@ static void hm_remeasure(const char *backend, const hm_profile_shape *shape, con
 }
 
 hm_status hm_profile_time_layers_together(int njobs, const char *const *backends, int copies,
-                                          const hm_profile_shape *shape, const int *layers, int nlayers,
+                                          const hm_spec_model_config *shape, const int *layers, int nlayers,
                                           const int64_t *mbs, int nmbs, int warmup, int reps, double budget_s,
                                           uint64_t seed, int timeout_s, hm_layer_timing *out, char *descs,
                                           size_t desc_cap, hm_profile_progress_fn progress, void *user) {

@@ -197,6 +197,79 @@ static void test_attention(void **state) {
   check_grad("attention dqkv", att_loss, &k, k.qkv, dqkv, (size_t)N * 3 * C);
 }
 
+/* ---- Llama: RMSNorm, rotary embedding, SwiGLU, key/value repeat --------------------------- */
+typedef struct rms_ctx {
+  double *out, *rstd, *inp, *w, *r;
+} rms_ctx;
+static double rms_loss(void *p) {
+  rms_ctx *k = p;
+  OK(hm_dev_rmsnorm_forward(dev, k->out, k->rstd, k->inp, k->w, N, C));
+  return dot(k->out, k->r, (size_t)N * C);
+}
+static void test_rmsnorm(void **state) {
+  (void)state;
+  rms_ctx k = {dalloc((size_t)N * C), dalloc(N), drandn((size_t)N * C, 2), drandn(C, 1), drandn((size_t)N * C, 1)};
+  rms_loss(&k); /* fills rstd */
+  double *dinp = dzeros((size_t)N * C), *dw = dzeros(C);
+  OK(hm_dev_rmsnorm_backward(dev, dinp, dw, k.r, k.inp, k.w, k.rstd, N, C));
+  check_grad("rmsnorm dinp", rms_loss, &k, k.inp, dinp, (size_t)N * C);
+  check_grad("rmsnorm dweight", rms_loss, &k, k.w, dw, C);
+}
+
+/* rope on H = 2 heads of hd = 4 in rows of stride 10 (the 2 trailing elements stay as they are) */
+enum { RH = 2, RHD = 4, RS = 10 };
+typedef struct rope_ctx {
+  double *x, *y, *r;
+} rope_ctx;
+static double rope_loss(void *p) {
+  rope_ctx *k = p;
+  OK(hm_device_copy_d2d(dev, k->y, k->x, (size_t)N * RS * hm_device_elem_size(dev)));
+  OK(hm_dev_rope_forward(dev, k->y, B, T, RH, RHD, RS));
+  return dot(k->y, k->r, (size_t)N * RS);
+}
+static void test_rope(void **state) {
+  (void)state;
+  rope_ctx k = {drandn((size_t)N * RS, 1), dalloc((size_t)N * RS), drandn((size_t)N * RS, 1)};
+  double *dx = dalloc((size_t)N * RS);
+  OK(hm_device_copy_d2d(dev, dx, k.r, (size_t)N * RS * hm_device_elem_size(dev)));
+  OK(hm_dev_rope_backward(dev, dx, B, T, RH, RHD, RS));
+  check_grad("rope dx", rope_loss, &k, k.x, dx, (size_t)N * RS);
+}
+
+typedef struct glu_ctx {
+  double *out, *inp, *r;
+} glu_ctx;
+static double glu_loss(void *p) {
+  glu_ctx *k = p;
+  OK(hm_dev_swiglu_forward(dev, k->out, k->inp, N, C));
+  return dot(k->out, k->r, (size_t)N * C);
+}
+static void test_swiglu(void **state) {
+  (void)state;
+  glu_ctx k = {dalloc((size_t)N * C), drandn((size_t)N * 2 * C, 2), drandn((size_t)N * C, 1)};
+  double *dinp = dalloc((size_t)N * 2 * C);
+  OK(hm_dev_swiglu_backward(dev, dinp, k.inp, k.r, N, C));
+  check_grad("swiglu dinp", glu_loss, &k, k.inp, dinp, (size_t)N * 2 * C);
+}
+
+/* q of C = 8 in NH = 4 heads of 2, one KV head of 2 shared by all four (the widest repeat) */
+enum { KNH = 4, KKV = 1, KW = C + 2 * KKV * (C / KNH) };
+typedef struct kv_ctx {
+  double *out, *inp, *r;
+} kv_ctx;
+static double kv_loss(void *p) {
+  kv_ctx *k = p;
+  OK(hm_dev_repeat_kv_forward(dev, k->out, k->inp, N, C, KNH, KKV));
+  return dot(k->out, k->r, (size_t)N * 3 * C);
+}
+static void test_repeat_kv(void **state) {
+  (void)state;
+  kv_ctx k = {dalloc((size_t)N * 3 * C), drandn((size_t)N * KW, 1), drandn((size_t)N * 3 * C, 1)};
+  double *dinp = dalloc((size_t)N * KW);
+  OK(hm_dev_repeat_kv_backward(dev, dinp, k.r, N, C, KNH, KKV));
+  check_grad("repeat_kv dinp", kv_loss, &k, k.inp, dinp, (size_t)N * KW);
+}
+
 /* ---- GELU, residual ---------------------------------------------------------------------- */
 typedef struct ew_ctx {
   double *out, *a, *b, *r;
@@ -332,7 +405,9 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_matmul),      cmocka_unit_test(test_layernorm),
       cmocka_unit_test(test_attention),   cmocka_unit_test(test_gelu_residual),
       cmocka_unit_test(test_encoder),     cmocka_unit_test(test_crossentropy),
-      cmocka_unit_test(test_adamw_formula),
+      cmocka_unit_test(test_adamw_formula), cmocka_unit_test(test_rmsnorm),
+      cmocka_unit_test(test_rope),          cmocka_unit_test(test_swiglu),
+      cmocka_unit_test(test_repeat_kv),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -131,6 +131,22 @@ static double rel_err(const twin *t) {
  * double: 15 u. */
 #define ADAMW_TOL (16 * U)
 
+/* RMSNorm: the sum of squares (C = 96 positive terms, kappa 1) and backward's two sums have the
+ * layernorm's structure: backward's row dot product sum(w dout x) enters dinp through
+ * rstd^3 |x| / C (~0.014 over max|dinp| >= ~0.8: kappa < 1) and dw sums N + 1 = 112 terms with
+ * kappa <= 3.4 as layernorm's dw does: LN_TOL bounds both. */
+#define RMS_TOL LN_TOL
+/* rope: each output is x1 c - x2 s (two products, one sum) with cos and sin rounded to f32 once
+ * (u/2 each): <= 3u (|x1| + |x2|) <= 6u max|x| per element, over max|result| ~ max|x| (the
+ * rotation keeps each pair's norm; thousands of pairs): 8 u. */
+#define ROPE_TOL (8 * U)
+/* SwiGLU: exp (libm expf, 1 ulp), 1 + e, a division and two products, ~6 roundings; backward's
+ * 1 - sigmoid loses sigmoid's u absolutely, times |g| <= 2, plus ~8 roundings: 16 u. */
+#define SWIGLU_TOL (16 * U)
+/* KV repeat: forward copies (exact); backward sums rep = 3 terms of magnitude <= 1: gamma_2 * 3
+ * over max|sum| >= ~2 (thousands of sums): 4 u. */
+#define KV_TOL (4 * U)
+
 #define EXPECT_CLOSE(tw, tol)                                                         \
   do {                                                                                \
     double e_ = rel_err(&(tw));                                                       \
@@ -459,6 +475,53 @@ static void test_zero_and_copies(void **state) {
   twin_free(p, &t);
 }
 
+/* Llama's kernels on odd shapes: RMSNorm (N = 111 rows of C = 96), rope on q (3 heads of 32)
+ * and on k (1 head) inside rows of stride C + 2*32 = 160, SwiGLU with F = 96, and the KV repeat
+ * of NH = 6 heads of 16 from KVH = 2 (three query heads per KV head). */
+static void test_llama_kernels(void **state) {
+  pair *p = *state;
+  twin inp = twin_rand(p, (size_t)N * C, 2), w = twin_rand(p, C, 1);
+  twin out = twin_rand(p, (size_t)N * C, 1), rstd = twin_rand(p, N, 1);
+  OK(hm_dev_rmsnorm_forward(p->cpu, out.c, rstd.c, inp.c, w.c, N, C));
+  OK(hm_dev_rmsnorm_forward(p->ref, out.r, rstd.r, inp.r, w.r, N, C));
+  EXPECT_CLOSE(out, RMS_TOL);
+  EXPECT_CLOSE(rstd, RMS_TOL);
+  twin dout = twin_rand(p, (size_t)N * C, 1), dinp = twin_rand(p, (size_t)N * C, 1), dw = twin_rand(p, C, 1);
+  OK(hm_dev_rmsnorm_backward(p->cpu, dinp.c, dw.c, dout.c, inp.c, w.c, rstd.c, N, C));
+  OK(hm_dev_rmsnorm_backward(p->ref, dinp.r, dw.r, dout.r, inp.r, w.r, rstd.r, N, C));
+  EXPECT_CLOSE(dinp, RMS_TOL);
+  EXPECT_CLOSE(dw, RMS_TOL);
+  enum { HD = C / NH, KV = 1, S = C + 2 * KV * HD };
+  twin qk = twin_rand(p, (size_t)N * S, 1);
+  for (int fwd = 1; fwd >= 0; fwd--) {
+    hm_status (*rope)(hm_device *, void *, int, int, int, int, int) = fwd ? hm_dev_rope_forward : hm_dev_rope_backward;
+    OK(rope(p->cpu, qk.c, B, T, NH, HD, S));
+    OK(rope(p->ref, qk.r, B, T, NH, HD, S));
+    OK(rope(p->cpu, hm_device_offset(p->cpu, qk.c, C), B, T, KV, HD, S));
+    OK(rope(p->ref, hm_device_offset(p->ref, qk.r, C), B, T, KV, HD, S));
+    EXPECT_CLOSE(qk, ROPE_TOL);
+  }
+  twin gu = twin_rand(p, (size_t)N * 2 * C, 2), h = twin_rand(p, (size_t)N * C, 1);
+  OK(hm_dev_swiglu_forward(p->cpu, h.c, gu.c, N, C));
+  OK(hm_dev_swiglu_forward(p->ref, h.r, gu.r, N, C));
+  EXPECT_CLOSE(h, SWIGLU_TOL);
+  twin dgu = twin_rand(p, (size_t)N * 2 * C, 1);
+  OK(hm_dev_swiglu_backward(p->cpu, dgu.c, gu.c, dout.c, N, C));
+  OK(hm_dev_swiglu_backward(p->ref, dgu.r, gu.r, dout.r, N, C));
+  EXPECT_CLOSE(dgu, SWIGLU_TOL);
+  enum { GNH = 6, GKV = 2, GW = C + 2 * GKV * (C / GNH) };
+  twin kv = twin_rand(p, (size_t)N * GW, 1), full = twin_rand(p, (size_t)N * 3 * C, 1);
+  OK(hm_dev_repeat_kv_forward(p->cpu, full.c, kv.c, N, C, GNH, GKV));
+  OK(hm_dev_repeat_kv_forward(p->ref, full.r, kv.r, N, C, GNH, GKV));
+  EXPECT_CLOSE(full, 0);
+  OK(hm_dev_repeat_kv_backward(p->cpu, kv.c, full.c, N, C, GNH, GKV));
+  OK(hm_dev_repeat_kv_backward(p->ref, kv.r, full.r, N, C, GNH, GKV));
+  EXPECT_CLOSE(kv, KV_TOL);
+  twin_free(p, &inp); twin_free(p, &w); twin_free(p, &out); twin_free(p, &rstd); twin_free(p, &dout);
+  twin_free(p, &dinp); twin_free(p, &dw); twin_free(p, &qk); twin_free(p, &gu); twin_free(p, &h);
+  twin_free(p, &dgu); twin_free(p, &kv); twin_free(p, &full);
+}
+
 /* Same inputs, different thread counts: bitwise-identical results, because the cpu backend's
  * work pieces are fixed by the shapes, not by the team size. */
 static void test_cpu_thread_count_invariance(void **state) {
@@ -476,6 +539,13 @@ static void test_cpu_thread_count_invariance(void **state) {
   OK(hm_dev_layernorm_backward(d1, dx1, dw1, db1, dy, x, w, mean, rstd, N, C));
   OK(hm_dev_layernorm_backward(d2, dx2, dw2, db2, dy, x, w, mean, rstd, N, C));
   assert_memory_equal(dw1, dw2, sizeof dw1);
+  /* RMSNorm's weight gradient is a reduction over the rows as well */
+  float rr[N], dxr1[N * C] = {0}, dxr2[N * C] = {0}, dwr1[C] = {0}, dwr2[C] = {0};
+  OK(hm_dev_rmsnorm_forward(d1, y, rr, x, w, N, C));
+  OK(hm_dev_rmsnorm_backward(d1, dxr1, dwr1, dy, x, w, rr, N, C));
+  OK(hm_dev_rmsnorm_backward(d2, dxr2, dwr2, dy, x, w, rr, N, C));
+  assert_memory_equal(dwr1, dwr2, sizeof dwr1);
+  assert_memory_equal(dxr1, dxr2, sizeof dxr1);
   assert_memory_equal(db1, db2, sizeof db1);
   assert_memory_equal(dx1, dx2, sizeof dx1);
   /* matmul over several pieces (600 rows) and attention (one head per piece) too */
@@ -533,6 +603,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_softmax_crossentropy),
       cmocka_unit_test(test_adamw_sums),
       cmocka_unit_test(test_zero_and_copies),
+      cmocka_unit_test(test_llama_kernels),
       cmocka_unit_test(test_cpu_thread_count_invariance),
   };
   return cmocka_run_group_tests(tests, setup, teardown);

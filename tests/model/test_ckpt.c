@@ -20,6 +20,7 @@ static hm_ckpt_meta sample_meta(void) {
   hm_ckpt_meta m;
   memset(&m, 0, sizeof m);
   hm_model_config_lookup("tiny", &m.config);
+  snprintf(m.model_name, sizeof m.model_name, "tiny");
   m.layer_first = 1, m.layer_last = 3;
   m.step = 123, m.data_seed = 99, m.data_position = 4567, m.rng_state = 0xdeadbeefcafef00dull;
   m.lr = 3e-4f, m.beta1 = 0.9f, m.beta2 = 0.95f, m.eps = 1e-8f, m.weight_decay = 0.1f, m.grad_clip = 1.0f;
@@ -62,7 +63,8 @@ static void test_roundtrip(void **state) {
   hm_ckpt ck;
   assert_int_equal(hm_ckpt_read(p, &ck), HM_OK);
   hm_ckpt_meta m = sample_meta();
-  assert_string_equal(ck.meta.config.name, "tiny");
+  assert_string_equal(ck.meta.model_name, "tiny");
+  assert_true(hm_model_config_same(&ck.meta.config, &m.config));
   assert_int_equal(ck.meta.config.C, m.config.C);
   assert_int_equal(ck.meta.layer_first, 1);
   assert_int_equal(ck.meta.layer_last, 3);
@@ -178,8 +180,9 @@ static void test_overlapping_tensors(void **state) {
   free(img);
 }
 
-/* Version 1 (no run identity: zero bytes at 148..247) is still read, its identity as 0; an
- * unknown version is refused naming the versions this build reads. */
+/* Version 1 (no run identity: zero bytes at 148..247) is still read, its identity as 0; version 2
+ * (no architecture fields) reads as GPT-2; an unknown version is refused naming the versions this
+ * build reads. */
 static void test_versions(void **state) {
   (void)state;
   char p[512];
@@ -198,6 +201,15 @@ static void test_versions(void **state) {
   assert_true(ck.meta.run_id == 0 && ck.meta.stage_count == 0 && ck.meta.micro_batches == 0);
   assert_int_equal(ck.meta.step, 123);
   assert_memory_equal(hm_ckpt_find(&ck, "param/a")->data, a, sizeof a);
+  hm_ckpt_free(&ck);
+  /* versions 1 and 2 hold GPT-2 only: zero arch bytes read as gpt2 with kv_heads NH, ffn 4C, tied */
+  v = 2;
+  memcpy(img + 8, &v, 4);
+  h = XXH3_64bits(img, 248);
+  memcpy(img + 248, &h, 8);
+  assert_int_equal(hm_ckpt_parse(img, len, p, &ck), HM_OK);
+  assert_true(ck.meta.config.arch == HM_ARCH_GPT2 && ck.meta.config.kv_heads == ck.meta.config.NH &&
+              ck.meta.config.ffn == 4 * ck.meta.config.C && ck.meta.config.tied_embeddings);
   hm_ckpt_free(&ck);
   v = 3; /* version 3 needs 4 or 8 bytes per element at offset 168 */
   memcpy(img + 8, &v, 4);
@@ -304,13 +316,31 @@ static void test_manifest_and_newest_complete(void **state) {
   assert_int_equal(access(run, F_OK), -1);
 }
 
+/* Version 3 keeps the architecture: a Llama config (GQA, its ffn, untied) comes back whole. */
+static void test_llama_config_roundtrip(void **state) {
+  (void)state;
+  char p[512];
+  snprintf(p, sizeof p, "%s/llama.hmc", tmpdir);
+  hm_ckpt_meta m = sample_meta();
+  assert_int_equal(hm_model_config_lookup("llama-tiny", &m.config), HM_OK);
+  float a[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+  hm_ckpt_tensor t = {"param/a", 8, a};
+  assert_int_equal(hm_ckpt_write(p, &m, &t, 1), HM_OK);
+  hm_ckpt_meta r;
+  assert_int_equal(hm_ckpt_read_meta(p, &r), HM_OK);
+  assert_true(hm_model_config_same(&r.config, &m.config));
+  assert_true(r.config.arch == HM_ARCH_LLAMA && r.config.kv_heads == 2 && r.config.ffn == 48 &&
+              !r.config.tied_embeddings);
+}
+
 int main(void) {
   snprintf(tmpdir, sizeof tmpdir, "%s/test_ckpt.XXXXXX", HM_BINARY_DIR);
   if (!mkdtemp(tmpdir)) return 1;
   const struct CMUnitTest tests[] = {cmocka_unit_test(test_roundtrip), cmocka_unit_test(test_damage_detected),
                                      cmocka_unit_test(test_overlapping_tensors), cmocka_unit_test(test_versions),
                                      cmocka_unit_test(test_f64_and_encode),
-                                     cmocka_unit_test(test_manifest_and_newest_complete)};
+                                     cmocka_unit_test(test_manifest_and_newest_complete),
+                                     cmocka_unit_test(test_llama_config_roundtrip)};
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   char cmd[600];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);

@@ -16,17 +16,17 @@
 #include "hetmix/model.h"
 
 // L2 C8 NH2 V11 T6: every tensor small enough to check every element
-static const hm_model_config fd_cfg = {"fd", 2, 8, 2, 11, 6};
+static const hm_spec_model_config fd_cfg = {HM_ARCH_GPT2, 2, 8, 2, 2, 32, 11, 6, 1, 0};
 enum { FD_B = 2, FD_T = 5 };
 
-static void make_batch(const hm_model_config *c, int B, int T, uint64_t seed, int32_t *inp, int32_t *tgt) {
+static void make_batch(const hm_spec_model_config *c, int B, int T, uint64_t seed, int32_t *inp, int32_t *tgt) {
   for (int i = 0; i < B * T; i++) {
     inp[i] = (int32_t)(hm_splitmix64(seed + 2 * (uint64_t)i) % (uint64_t)c->V);
     tgt[i] = (int32_t)(hm_splitmix64(seed + 2 * (uint64_t)i + 1) % (uint64_t)c->V);
   }
 }
 
-static hm_stage *make_stage(hm_device *d, const hm_model_config *c, int first, int last, int B, int T, int nmb) {
+static hm_stage *make_stage(hm_device *d, const hm_spec_model_config *c, int first, int last, int B, int T, int nmb) {
   hm_stage_options o = {first, last, B, T, nmb, HM_STAGE_TP_NONE};
   hm_stage *s = NULL;
   hm_status st = hm_stage_create(c, d, &o, &s);
@@ -46,7 +46,7 @@ static double loss_f64(hm_stage *s, const int32_t *inp, const int32_t *tgt) {
   assert_int_equal(hm_stage_forward(s, 0, inp, NULL, tgt, &loss), HM_OK);
   // the float loss loses precision; sum the f64 per-token losses ourselves via a second route:
   // logits are in the output buffer, recompute log-softmax in double
-  const hm_model_config *c = &fd_cfg;
+  const hm_spec_model_config *c = &fd_cfg;
   const double *logits = hm_stage_output(s, 0);
   double sum = 0;
   for (int i = 0; i < FD_B * FD_T; i++) {
@@ -111,7 +111,7 @@ static void test_backward_matches_finite_differences(void **state) {
 // gradients as one stage, and each stage's input gradient matches finite differences.
 static void test_stage_chain_matches_whole(void **state) {
   (void)state;
-  const hm_model_config *c = &fd_cfg;
+  const hm_spec_model_config *c = &fd_cfg;
   const int NL = c->L + 2, N = FD_B * FD_T;
   hm_device *d = NULL;
   assert_int_equal(hm_device_open("ref:dtype=f64", &d), HM_OK);
@@ -216,7 +216,7 @@ static void test_stage_chain_matches_whole(void **state) {
 // mean of the two micro-batches' gradients, as two separate passes do.
 static void test_microbatch_slots_and_weights(void **state) {
   (void)state;
-  const hm_model_config *c = &fd_cfg;
+  const hm_spec_model_config *c = &fd_cfg;
   const int NL = c->L + 2, N = FD_B * FD_T;
   hm_device *d = NULL;
   assert_int_equal(hm_device_open("ref:dtype=f64", &d), HM_OK);
@@ -389,7 +389,7 @@ static void check_params(odd_run *r, int step, const hm_adamw *o, const float *p
 // the linearized bound is attained.)
 static void test_cpu_matches_ref(void **state) {
   (void)state;
-  const hm_model_config c = {"odd", 2, 96, 3, 259, 37};
+  const hm_spec_model_config c = {HM_ARCH_GPT2, 2, 96, 3, 3, 384, 259, 37, 1, 0};
   const int B = 3, T = 37, N = B * T, NL = c.L + 2;
   hm_device *dc = NULL, *dd = NULL;
   assert_int_equal(hm_device_open("cpu:threads=2", &dc), HM_OK);
@@ -438,9 +438,9 @@ static void test_cpu_matches_ref(void **state) {
 
 static void test_memory_that_does_not_fit(void **state) {
   (void)state;
-  hm_model_config c;
+  hm_spec_model_config c;
   assert_int_equal(hm_model_config_lookup("gpt-mini", &c), HM_OK);
-  assert_int_equal(hm_model_num_params(&c), 10844160);  // 12*L*C^2 + 13*L*C + V*C + T*C + 2C
+  assert_true(hm_model_config_params(&c) == 10844160);  // 12*L*C^2 + 13*L*C + V*C + T*C + 2C
   hm_device *d = NULL;
   assert_int_equal(hm_device_open("cpu:mem=64M", &d), HM_OK);
   hm_stage_options o = {0, c.L + 2, 8, c.T, 1, HM_STAGE_TP_NONE};
@@ -450,14 +450,14 @@ static void test_memory_that_does_not_fit(void **state) {
   assert_non_null(strstr(hm_last_error(), "GiB are free"));
   hm_stage_memory m;
   assert_int_equal(hm_stage_estimate(&c, d, &o, &m), HM_OK);
-  assert_int_equal(m.n_params, hm_model_num_params(&c));
+  assert_true((double)m.n_params == hm_model_config_params(&c));
   assert_int_equal(m.optimizer, 2 * m.params);
   hm_device_close(d);
   // config errors name the field; unknown names list the known ones
   assert_int_equal(hm_model_config_lookup("gpt-huge", &c), HM_ERR_NOT_FOUND);
   assert_non_null(strstr(hm_last_error(), "gpt-mini"));
   assert_int_equal(hm_model_config_lookup("L2,C30,NH4,V256,T16", &c), HM_ERR_INVALID_ARG);
-  assert_non_null(strstr(hm_last_error(), "NH=4"));
+  assert_non_null(strstr(hm_last_error(), "NH = 4"));
   assert_int_equal(hm_model_config_lookup("L2,C32,NH4,V256,T16", &c), HM_OK);
   assert_int_equal(c.C, 32);
 }

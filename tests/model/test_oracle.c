@@ -1,11 +1,14 @@
-/* External oracle: the same GPT-2 in PyTorch (torch_oracle.py, Debian's python3-torch, in f64).
+/* External oracle: the same GPT-2 and Llama in PyTorch (torch_oracle.py, Debian's python3-torch, in
+ * f64, each model written there with torch's ops).
  * For each of 10 AdamW steps hetmix writes the state it starts from (params and moments), its
  * loss, its gradients and its clip scale, and the state after the step; PyTorch starts from the
  * same state and must give the loss, logits (step 0) and every gradient within the f32 error
  * bound, and after torch.optim.AdamW every parameter and moment within the bound of one AdamW
  * step (torch_oracle.py derives both). Runs for the cpu and the ref backend, and for opencl as
- * `test_model_oracle opencl` (exit 77 when it is not built or has no device). Skipped (exit code
- * 77, shown as skipped by ctest) with the reason printed only when PyTorch cannot be imported. */
+ * `test_model_oracle opencl` (exit 77 when it is not built or has no device). The Llama case runs
+ * at odd shapes: 6 query heads sharing 2 KV heads (GQA), ffn 80, V 200, sequences of T = 37 (not a
+ * power of two) of a config T of 40, B = 3. Skipped (exit code 77, shown as skipped by ctest) with
+ * the reason printed only when PyTorch cannot be imported. */
 #include <cjson/cJSON.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -22,8 +25,13 @@
 #include "hetmix/model.h"
 #include "opencl_case.h"
 
-enum { STEPS = 10, B = 4, T = 32 };
-static const hm_model_config cfg = {"oracle", 2, 64, 4, 256, 32};
+enum { STEPS = 10 };
+typedef struct oracle_case {
+  hm_spec_model_config cfg;
+  int B, T; /* micro-batch shape */
+} oracle_case;
+static const oracle_case gpt_case = {{HM_ARCH_GPT2, 2, 64, 4, 4, 256, 256, 32, 1, 0}, 4, 32};
+static const oracle_case llama_case = {{HM_ARCH_LLAMA, 2, 48, 6, 2, 80, 200, 40, 0, 0}, 3, 37};
 static const hm_adamw adam = {1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f};
 static const float clip = 1.0f;
 static char python[256];
@@ -88,7 +96,20 @@ static int find_python(void) {
   return 0;
 }
 
-static void run_case(const char *device) {
+/* The tensor's columns: matrices are (rows, C), the MLP's output projection (C, 4C) or (C, ffn);
+ * norm and LayerNorm weights and biases are vectors (0). */
+static size_t tensor_cols(const hm_spec_model_config *cfg, const char *name) {
+  if (cfg->arch == HM_ARCH_LLAMA) {
+    if (strstr(name, "norm")) return 0;
+    return strstr(name, "mlp.down.w") ? (size_t)cfg->ffn : (size_t)cfg->C;
+  }
+  if (strstr(name, "mlp.proj.w")) return (size_t)4 * cfg->C;
+  return (strstr(name, ".w") && !strstr(name, "ln")) || !strcmp(name, "wte") || !strcmp(name, "wpe") ? (size_t)cfg->C : 0;
+}
+
+static void run_case(const char *device, const oracle_case *oc) {
+  const hm_spec_model_config cfg = oc->cfg;
+  const int B = oc->B, T = oc->T;
   char dir[300];
   snprintf(dir, sizeof dir, "%s/test_oracle.XXXXXX", HM_BINARY_DIR);
   assert_non_null(mkdtemp(dir));
@@ -130,6 +151,9 @@ static void run_case(const char *device) {
   write_file(dir, "clips.bin", clips, sizeof clips);
   write_file(dir, "losses.bin", losses, sizeof losses);
   cJSON *j = cJSON_CreateObject();
+  cJSON_AddStringToObject(j, "arch", hm_arch_name(cfg.arch));
+  cJSON_AddNumberToObject(j, "kv_heads", (double)cfg.kv_heads);
+  cJSON_AddNumberToObject(j, "ffn", (double)cfg.ffn);
   cJSON_AddNumberToObject(j, "L", cfg.L);
   cJSON_AddNumberToObject(j, "C", cfg.C);
   cJSON_AddNumberToObject(j, "NH", cfg.NH);
@@ -152,11 +176,8 @@ static void run_case(const char *device) {
     cJSON_AddStringToObject(t, "name", name);
     cJSON_AddNumberToObject(t, "offset", (double)hm_stage_tensor_offset(s, i));
     cJSON_AddNumberToObject(t, "numel", (double)n);
-    // shapes from the names: matrices are (rows, C) or (C, 4C); the rest are vectors
     cJSON *shape = cJSON_AddArrayToObject(t, "shape");
-    size_t cols = strstr(name, "mlp.proj.w") ? (size_t)4 * cfg.C
-                  : (strstr(name, ".w") && !strstr(name, "ln")) || !strcmp(name, "wte") || !strcmp(name, "wpe") ? (size_t)cfg.C
-                                                                                                                  : 0;
+    size_t cols = tensor_cols(&cfg, name);
     if (cols) cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)(n / cols)));
     cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)(cols ? cols : n)));
     cJSON_AddItemToArray(ts, t);
@@ -185,22 +206,37 @@ static void run_case(const char *device) {
 
 static void test_cpu_matches_torch(void **state) {
   (void)state;
-  run_case("cpu:threads=2");
+  run_case("cpu:threads=2", &gpt_case);
 }
 
 static void test_ref_matches_torch(void **state) {
   (void)state;
-  run_case("ref");
+  run_case("ref", &gpt_case);
+}
+
+static void test_cpu_llama_matches_torch(void **state) {
+  (void)state;
+  run_case("cpu:threads=2", &llama_case);
+}
+
+static void test_ref_llama_matches_torch(void **state) {
+  (void)state;
+  run_case("ref", &llama_case);
 }
 
 static void test_opencl_matches_torch(void **state) {
   (void)state;
-  run_case("opencl:threads=2");
+  run_case("opencl:threads=2", &gpt_case);
+}
+
+static void test_opencl_llama_matches_torch(void **state) {
+  (void)state;
+  run_case("opencl:threads=2", &llama_case);
 }
 
 static void test_cuda_matches_torch(void **state) {
   (void)state;
-  run_case("cuda");
+  run_case("cuda", &gpt_case);
 }
 
 int main(int argc, char **argv) {
@@ -213,8 +249,11 @@ int main(int argc, char **argv) {
            "install Debian's python3-torch (scripts/install-deps.sh) to run the oracle test\n");
     return 77;  // ctest's SKIP_RETURN_CODE for this test (tests/model/CMakeLists.txt)
   }
-  const struct CMUnitTest tests[] = {cmocka_unit_test(test_cpu_matches_torch), cmocka_unit_test(test_ref_matches_torch)};
-  const struct CMUnitTest opencl_tests[] = {cmocka_unit_test(test_opencl_matches_torch)};
+  const struct CMUnitTest tests[] = {cmocka_unit_test(test_cpu_matches_torch), cmocka_unit_test(test_ref_matches_torch),
+                                     cmocka_unit_test(test_cpu_llama_matches_torch),
+                                     cmocka_unit_test(test_ref_llama_matches_torch)};
+  const struct CMUnitTest opencl_tests[] = {cmocka_unit_test(test_opencl_matches_torch),
+                                            cmocka_unit_test(test_opencl_llama_matches_torch)};
   const struct CMUnitTest cuda_tests[] = {cmocka_unit_test(test_cuda_matches_torch)};
   if (cuda) return cmocka_run_group_tests(cuda_tests, NULL, NULL);
   return opencl ? cmocka_run_group_tests(opencl_tests, NULL, NULL) : cmocka_run_group_tests(tests, NULL, NULL);

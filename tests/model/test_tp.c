@@ -35,7 +35,7 @@
 #define STEPS 20
 #define MICRO 2
 #define DRIFT_C 8.0
-static const hm_model_config cfg = {"tp", 2, 32, 4, 64, 16};
+static const hm_spec_model_config cfg = {HM_ARCH_GPT2, 2, 32, 4, 4, 128, 64, 16, 1, 0}; /* L2 C32 NH4 V64 T16 */
 enum { B = 2, T = 13, MAXTP = 4 };
 
 /* ---- an in-process allreduce: every rank reduces all buffers in rank order (bitwise equal) ---- */

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch oracle for hetmix's GPT-2: for each AdamW step test_oracle recorded, starts PyTorch (in
+"""PyTorch oracle for hetmix's GPT-2 and Llama: for each AdamW step test_oracle recorded, starts PyTorch (in
 float64) from the state hetmix started from (params and moments, f32 values), and checks hetmix's
 loss, logits (step 0), every gradient, and every parameter and moment after torch.optim.AdamW.
 
@@ -11,8 +11,10 @@ divergence of two trajectories (AdamW turns a sign flip of a tiny gradient into 
 Bounds (u = 2^-24, torch's own f64 error is negligible):
 - loss, logits, gradients, per tensor: max|hetmix - torch| <= TOL * max|torch|. A dot product
   of length K in f32 errs by at most K u sum|a_i b_i| (Higham 3.5); the longest here is
-  K = 4C = 256 (mlp.proj; weight gradients sum B*T = 128 rows) and a gradient lies behind at
-  most 3L + 2 = 8 dot-product layers, so TOL = 8 * 256 * u = 1.2e-4 (sum|a_i b_i| taken at the
+  K = 4C = 256 for GPT-2 (mlp.proj; weight gradients sum B*T = 128 rows) and K = V = 200 for the
+  Llama case (the head's backward; gate_up's sums 2 ffn = 160, weight gradients B*T = 111), and a
+  gradient lies behind at most 3L + 2 = 8 dot-product layers, so TOL = 8 * 256 * u = 1.2e-4 and
+  8 * 200 * u = 9.5e-5 (sum|a_i b_i| taken at the
   tensor's largest element; rounding errors behave as independent zero-mean variables, so
   this covers cancellation up to sqrt(K)/6 ~ 2.7 times). The elementwise ratio of a near-zero
   gradient means nothing, hence per tensor.
@@ -68,8 +70,11 @@ def main():
     m = json.load(open(os.path.join(case, "case.json")))
     L, C, NH, V = m["L"], m["C"], m["NH"], m["V"]
     B, T, steps = m["B"], m["seq_len"], m["steps"]
+    llama = m.get("arch", "gpt2") == "llama"
+    KV, FF = m.get("kv_heads", NH), m.get("ffn", 4 * C)
+    kvd = C // NH * KV
     # the f32 error bound of one step (module docstring): 3L + 2 dot-product layers of length K
-    K = max(4 * C, B * T)
+    K = max(2 * FF, B * T, V, C + 2 * kvd) if llama else max(4 * C, B * T)
     tol = (3 * L + 2) * K * U
     torch.manual_seed(0)
     torch.set_num_threads(2)
@@ -91,7 +96,40 @@ def main():
 
     P = {}
 
+    def rmsnorm(x, w):
+        return x * torch.rsqrt((x * x).mean(dim=-1, keepdim=True) + 1e-5) * w
+
+    # rotary embedding, rotate-half convention: pair (i, i + hs/2) at position t turns by
+    # t * 10000^(-2i/hs)
+    half = hs // 2
+    ang = torch.arange(T, dtype=dt)[:, None] * 10000.0 ** (-2.0 * torch.arange(half, dtype=dt) / hs)[None, :]
+    cos, sin = torch.cos(ang)[None, :, None, :], torch.sin(ang)[None, :, None, :]
+
+    def rope(x):  # (B, T, heads, hs)
+        x1, x2 = x[..., :half], x[..., half:]
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+    def forward_llama(inp):
+        x = P["wte"][inp]
+        for i in range(L):
+            h = f"h{i}."
+            y = rmsnorm(x, P[h + "norm1.w"])
+            q, k, v = (y @ P[h + "attn.qkv.w"].T).split([C, kvd, kvd], dim=2)
+            q = rope(q.view(B, T, NH, hs)).transpose(1, 2)
+            k = rope(k.view(B, T, KV, hs)).repeat_interleave(NH // KV, dim=2).transpose(1, 2)
+            v = v.view(B, T, KV, hs).repeat_interleave(NH // KV, dim=2).transpose(1, 2)
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(hs)
+            att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+            y = (att @ v).transpose(1, 2).contiguous().view(B, T, C)
+            x = x + y @ P[h + "attn.proj.w"].T
+            y = rmsnorm(x, P[h + "norm2.w"])
+            g, u = (y @ P[h + "mlp.gate_up.w"].T).split(FF, dim=2)
+            x = x + (F.silu(g) * u) @ P[h + "mlp.down.w"].T
+        return rmsnorm(x, P["normf.w"]) @ P["lm_head"].T  # untied
+
     def forward(inp):
+        if llama:
+            return forward_llama(inp)
         x = P["wte"][inp] + P["wpe"][:T]
         for i in range(L):
             h = f"h{i}."

@@ -286,7 +286,7 @@ static void test_measure_together(void **state) {
   hm_profile q;
   memset(&q, 0, sizeof q);
   const char *bad[1] = {"nosuchbackend"};
-  hm_profile_shape shape = {3, 32, 4, 64, 16};
+  hm_spec_model_config shape = {HM_ARCH_GPT2, 3, 32, 4, 4, 128, 64, 16, 1, 0};
   int layer = 1;
   int64_t mb = 1;
   hm_layer_timing t[2];
