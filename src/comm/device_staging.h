@@ -17,6 +17,8 @@
 typedef struct hm_devstage {
   hm_device *dev;  /* NULL: buffers are host memory (the plain path, untouched) */
   int host;        /* the device's addresses are host pointers: chunks pass through in place */
+  int map;         /* host-unified device: calls map the buffers and run in place (zero copy)
+                      HETMIX_STAGE_MAP [1]; 0 stages through the slots */
   size_t chunk;    /* bytes of one slot side [1 MiB]  HETMIX_STAGE_CHUNK */
   int nslots;      /* slots in the ring [4]            HETMIX_STAGE_SLOTS */
   void *send[HM_STAGE_MAX_SLOTS], *recv[HM_STAGE_MAX_SLOTS]; /* pinned, made on first use */
