@@ -14,7 +14,9 @@
  * On a host-unified device (hm_device_host_unified: pocl on the CPU, an integrated GPU) staging
  * copies would only copy memory to memory: the call maps its buffers (hm_device_map, which
  * waits for the kernels queued before it) and runs as on a host device on the mapped bytes.
- * Reductions run on the host, in the collective algorithms, on the slots. */
+ * Reductions run on the host, in the collective algorithms, on the slots or the mapped bytes,
+ * except allreduce sums that the cost model sends to the device (device_reduce.c). */
+#include <stdlib.h>
 #include <string.h>
 
 #include "comm/comm_internal.h"
@@ -24,6 +26,17 @@
 #define STAGE_SLOTS_DEFAULT 4
 
 /* ---- registration ---- */
+/* HETMIX_REDUCE_SITE: auto (the cost model) [default], host or device. */
+static hm_status reduce_site_env(int *mode) {
+  const char *v = getenv("HETMIX_REDUCE_SITE");
+  *mode = -1;
+  if (!v || !*v || strcmp(v, "auto") == 0) return HM_OK;
+  if (strcmp(v, "host") == 0) *mode = HM_REDUCE_ON_HOST;
+  else if (strcmp(v, "device") == 0) *mode = HM_REDUCE_ON_DEVICE;
+  else return hm_error(HM_ERR_INVALID_ARG, "HETMIX_REDUCE_SITE='%s': expected auto, host or device", v);
+  return HM_OK;
+}
+
 static void stage_free_slots(hm_devstage *s) {
   for (int i = 0; i < HM_STAGE_MAX_SLOTS; i++) {
     if (s->dev) {
@@ -37,13 +50,17 @@ static void stage_free_slots(hm_devstage *s) {
 hm_status hm_comm_register_device(hm_comm_t c, struct hm_device *dev) {
   if (!c) return hm_error(HM_ERR_INVALID_ARG, "hm_comm_register_device: comm is NULL");
   long chunk = STAGE_CHUNK_DEFAULT, slots = STAGE_SLOTS_DEFAULT, map = 1;
+  int site = -1;
   if (dev) {
+    HM_TRY(reduce_site_env(&site));
     HM_TRY(hm_env_long("HETMIX_STAGE_CHUNK", STAGE_CHUNK_DEFAULT, 4096, 64L << 20, &chunk));
     HM_TRY(hm_env_long("HETMIX_STAGE_SLOTS", STAGE_SLOTS_DEFAULT, 2, HM_STAGE_MAX_SLOTS, &slots));
     HM_TRY(hm_env_long("HETMIX_STAGE_MAP", 1, 0, 1, &map));
   }
   stage_free_slots(&c->stage);
+  hm_devreduce_release(&c->stage);
   c->stage.dev = dev;
+  c->stage.site_mode = site;
   c->stage.host = dev ? hm_device_is_host(dev) : 1;
   c->stage.map = dev && !c->stage.host && map && hm_device_host_unified(dev);
   c->stage.chunk = (size_t)chunk;
@@ -51,7 +68,7 @@ hm_status hm_comm_register_device(hm_comm_t c, struct hm_device *dev) {
   return HM_OK;
 }
 
-static hm_status stage_alloc_slots(hm_devstage *s) {
+hm_status hm_devstage_alloc_slots(hm_devstage *s) {
   for (int i = 0; i < s->nslots; i++) {
     if (!s->send[i]) HM_TRY(hm_device_alloc_host(s->dev, &s->send[i], s->chunk, "hmcomm staging slot (send)"));
     if (!s->recv[i]) HM_TRY(hm_device_alloc_host(s->dev, &s->recv[i], s->chunk, "hmcomm staging slot (receive)"));
@@ -204,7 +221,7 @@ static hm_status single_chunk(const stage_plan *p) {
 
 static hm_status pipeline(const stage_plan *p) {
   hm_devstage *s = &p->c->stage;
-  HM_TRY(stage_alloc_slots(s));
+  HM_TRY(hm_devstage_alloc_slots(s));
   size_t nch = p->total ? (p->total + p->chunk - 1) / p->chunk : 1;
   if (nch == 1) return single_chunk(p);
   stage_ring g;
@@ -325,7 +342,10 @@ hm_status hm_devstage_coll(hm_comm_t c, hm_coll_kind kind, const void *sendbuf, 
   int use_r = !((kind == HM_COLL_REDUCE || kind == HM_COLL_GATHER) && !at_root);
   p.s = (stage_side){(char *)sendbuf, use_s ? sb : 0, count * p.es};
   p.r = (stage_side){recvbuf, use_r ? rb : 0, count * p.es};
-  hm_status st = plan_exec(&p);
+  int done = 0;
+  hm_status st = kind == HM_COLL_ALLREDUCE ? hm_devreduce_allreduce(c, sendbuf, recvbuf, count, dt, op, p.chunk, &done)
+                                           : HM_OK;
+  if (st == HM_OK && !done) st = plan_exec(&p);
   if (st != HM_OK) return hm_error_context(st, "%s on device %s: ", hm_coll_kind_name(kind), hm_device_spec(p.dev));
   return st;
 }
