@@ -87,6 +87,9 @@ typedef enum hm_reduce_site {
 /* Seconds of staging copies of `bytes` each way (device->host and host->device): 0 where the
  * buffers are host memory. */
 double hm_cost_staging(const hm_device_xfer *d, double bytes);
+/* Seconds of the staging copies of one message of `bytes` from a device with terms `from`
+ * (device->host before sending) to one with terms `to` (host->device after receiving). */
+double hm_cost_staged_send(const hm_device_xfer *from, const hm_device_xfer *to, double bytes);
 /* Predicted seconds for one rank's ring allreduce of `bytes` (the whole array) over nranks
  * with its reductions at `site`: host: max(staging copies (none when mapped), ring with the
  * host's reduce bandwidth), the copies overlapping the transfers; device: 2(n-1) steps, each

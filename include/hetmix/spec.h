@@ -265,12 +265,24 @@ typedef struct hm_profile_link {
   int a, b;            /* resolved device type indices, -1 until hm_profile_resolve */
 } hm_profile_link;
 
+/* Measured staging copies of a device type whose memory is not host memory (opencl, a GPU):
+ * what a transfer from or to such a device pays on top of the link, because the runtime moves
+ * its buffers through host memory (device->host before sending, host->device after
+ * receiving). Types without an entry are host memory (no copies). */
+typedef struct hm_profile_staging {
+  char device_type[HM_SPEC_NAME_MAX];
+  hm_device_xfer xfer; /* d2h_bw, h2d_bw, copy_latency (the other terms are 0) */
+  int type;            /* resolved device type index, -1 until hm_profile_resolve */
+} hm_profile_staging;
+
 typedef struct hm_profile {
   char model[HM_SPEC_NAME_MAX]; /* name of the model measured; "" = not recorded */
   int nlayers, cap_layers;
   hm_profile_layer *layers;
   int nlinks, cap_links;
   hm_profile_link *links;
+  int nstaging, cap_staging;
+  hm_profile_staging *staging;
 } hm_profile;
 
 /* Appends an entry (the runtime's profiler builds a profile this way, then writes it). */
@@ -286,6 +298,11 @@ int hm_profile_layer_time(const hm_profile *p, int type, const char *kind, int64
                           double *fwd_s, double *bwd_s);
 /* Measured link between two device types, if any; returns 1 when found. */
 int hm_profile_link_find(const hm_profile *p, int ta, int tb, int inter_host, hm_link *out);
+/* Appends a staging entry (one per device type; a second is HM_ERR_INVALID_ARG). */
+hm_status hm_profile_add_staging(hm_profile *p, const hm_profile_staging *e);
+/* The staging terms of resolved device type `type`: all zero (no copies) when p is NULL or has
+ * no entry for it. */
+hm_device_xfer hm_profile_staging_of(const hm_profile *p, int type);
 void hm_profile_free(hm_profile *p);
 
 /* ------------------------------------------------------------------------------------------ */

@@ -11,6 +11,13 @@ double hm_cost_staging(const hm_device_xfer *d, double bytes) {
   return 2 * d->copy_latency + bytes * (per_byte(d->d2h_bw) + per_byte(d->h2d_bw));
 }
 
+double hm_cost_staged_send(const hm_device_xfer *from, const hm_device_xfer *to, double bytes) {
+  double t = 0;
+  if (from->d2h_bw > 0) t += from->copy_latency + bytes / from->d2h_bw;
+  if (to->h2d_bw > 0) t += to->copy_latency + bytes / to->h2d_bw;
+  return t;
+}
+
 double hm_cost_allreduce_at(hm_reduce_site site, const hm_device_xfer *d, int nranks, double bytes,
                             const hm_link *link) {
   if (nranks <= 1) return 0.0;
