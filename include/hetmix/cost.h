@@ -105,6 +105,47 @@ void hm_cost_link_with_zip(const hm_link *in, const hm_zip_figures *z, hm_link *
  * broadcast, reduce 1; gather, scatter (n-1)/n. */
 double hm_busbw_factor(hm_coll_kind kind, int nranks);
 
+/* ---- device buffers (cost_device.c) ----
+ * What moving and reducing one rank's device buffers costs, per device type: the staging
+ * copies between device and host memory (a term of the planner's transfers and of hmcomm's
+ * device path) and where a reduction is cheaper. All figures are doubles so that ranks can
+ * exchange them as an f64 array (HM_DEVICE_XFER_FIELDS values). */
+typedef struct hm_device_xfer {
+  double d2h_bw, h2d_bw;  /* bytes/s of a staging copy device->host, host->device; 0: the
+                             device's buffers are host memory (no copy) */
+  double copy_latency;    /* seconds per staging copy */
+  double host_reduce_bw;  /* bytes/s the host reduces (one incoming operand into the result) */
+  double dev_reduce_bw;   /* bytes/s of the device's elementwise reduction kernel; 0: none */
+  double kernel_latency;  /* seconds per device kernel */
+  double mapped;          /* 1: reducing on the host reads the buffers in place (host-unified
+                             memory mapped into the host): no staging copies on that path */
+} hm_device_xfer;
+#define HM_DEVICE_XFER_FIELDS 7
+
+typedef enum hm_reduce_site {
+  HM_REDUCE_ON_HOST = 0, /* staged or mapped data, reduced by the host (hmcomm's algorithms) */
+  HM_REDUCE_ON_DEVICE    /* each incoming piece copied to the device and added by a kernel */
+} hm_reduce_site;
+
+/* Seconds of staging copies of `bytes` each way (device->host and host->device): 0 where the
+ * buffers are host memory. */
+double hm_cost_staging(const hm_device_xfer *d, double bytes);
+/* Seconds of the staging copies of one message of `bytes` from a device with terms `from`
+ * (device->host before sending) to one with terms `to` (host->device after receiving). */
+double hm_cost_staged_send(const hm_device_xfer *from, const hm_device_xfer *to, double bytes);
+/* Predicted seconds for one rank's ring allreduce of `bytes` (the whole array) over nranks
+ * with its reductions at `site`: host: max(staging copies (none when mapped), ring with the
+ * host's reduce bandwidth), the copies overlapping the transfers; device: 2(n-1) steps, each
+ * a device->host copy, a transfer and a host->device copy of bytes/n, and n-1 kernels of
+ * bytes/n, one after the other. */
+double hm_cost_allreduce_at(hm_reduce_site site, const hm_device_xfer *d, int nranks, double bytes,
+                            const hm_link *link);
+/* The site every rank uses, from all ranks' terms (terms[0..nterms)): the device only where
+ * the slowest rank's device-site time is below the slowest rank's host-site time (ties: host).
+ * *t_host / *t_dev (may be NULL) receive those two times. */
+hm_reduce_site hm_cost_reduce_site(const hm_device_xfer *terms, int nterms, int nranks, double bytes,
+                                   const hm_link *link, double *t_host, double *t_dev);
+
 #ifdef __cplusplus
 }
 #endif

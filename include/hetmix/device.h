@@ -152,6 +152,22 @@ void *hm_device_offset(const hm_device *dev, void *base, size_t n);
  * device (hm_device_close frees any left). Not counted against the mem= cap (host memory). */
 hm_status hm_device_alloc_host(hm_device *dev, void **ptr, size_t bytes, const char *what);
 void hm_device_free_host(hm_device *dev, void *ptr); /* NULL is fine */
+/* 1 when the device's memory is the host's memory: host backends, and an OpenCL device that
+ * reports CL_DEVICE_HOST_UNIFIED_MEMORY (pocl on the CPU, integrated GPUs). There
+ * hm_device_map gives the host the bytes themselves, without a copy; elsewhere a map may copy
+ * (a discrete GPU) and staging through pinned buffers is the fast path. */
+int hm_device_host_unified(const hm_device *dev);
+/* Maps the device range [addr, addr + bytes) into host memory: *host receives a HOST pointer
+ * to its bytes. The map waits for all work queued on the device before it (a kernel producing
+ * the range has finished). HM_MAP_READ: the host reads; HM_MAP_WRITE: the host writes (and
+ * may read). Until hm_device_unmap(dev, addr, *host) the host owns the range: queue no kernel
+ * or copy touching it. Unmapping makes host writes visible to work queued after it. A range
+ * must lie inside one allocation; a range may not be mapped twice at once. Host backends:
+ * *host = addr and both calls cost nothing. */
+#define HM_MAP_READ 1
+#define HM_MAP_WRITE 2
+hm_status hm_device_map(hm_device *dev, void *addr, size_t bytes, int flags, void **host);
+hm_status hm_device_unmap(hm_device *dev, void *addr, void *host);
 
 /* ---- kernels ----------------------------------------------------------------------------- */
 

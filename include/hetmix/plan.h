@@ -108,6 +108,8 @@ typedef struct hm_sim_stage {
   double fwd, bwd;            /* seconds for one micro-batch (recompute included in bwd) */
   double act_bytes;           /* bytes of one micro-batch's output sent to stage s+1 per device */
   hm_link link_next;          /* link to stage s+1 (unused on the last stage) */
+  hm_device_xfer staging;     /* staging copies of the stage's device type (all 0: host memory):
+                                 added to its sends, receives, allreduces and tied syncs */
   double optimizer;           /* seconds of the optimizer step */
   double mem_static;          /* bytes per device: weights + gradients + optimizer state */
   double mem_act;             /* bytes per device per micro-batch held between FWD and BWD */

@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "hetmix/cost.h"
 #include "hetmix/status.h"
 
 #ifdef __cplusplus
@@ -127,6 +128,15 @@ typedef struct hm_profile_report {
  * the device type, layer kind and micro-batch that failed. rep may be NULL. */
 hm_status hm_profile_measure(const hm_profile_options *o, struct hm_profile *out,
                              hm_profile_report *rep);
+
+/* Staging copies of backend (src/runtime/profile_staging.c): opens the device (in a forked
+ * child when in_child, which waits at most timeout_s) and, when its memory is not host memory
+ * (*staged = 1), times copies of `bytes` device->host and host->device through pinned host
+ * memory and a 64-byte copy (the latency), best of reps; *out gets d2h_bw, h2d_bw,
+ * copy_latency. Host backends: *staged = 0, *out zero. in_child = 0 only in a process that
+ * already opened the backend (a later fork would not carry a device runtime's threads). */
+hm_status hm_profile_time_staging(const char *backend, size_t bytes, int reps, int in_child, int timeout_s,
+                                  hm_device_xfer *out, int *staged);
 
 /* ---- the device half (src/runtime/profile_layers.c), used by hm_profile_measure ---------- */
 

@@ -281,6 +281,15 @@ typedef struct hm_profile_allreduce {
   int ranks;
   double latency, bandwidth;
 } hm_profile_allreduce;
+/* Measured staging copies of a device type whose memory is not host memory (opencl, a GPU):
+ * what a transfer from or to such a device pays on top of the link, because the runtime moves
+ * its buffers through host memory (device->host before sending, host->device after
+ * receiving). Types without an entry are host memory (no copies). */
+typedef struct hm_profile_staging {
+  char device_type[HM_SPEC_NAME_MAX];
+  hm_device_xfer xfer; /* d2h_bw, h2d_bw, copy_latency (the other terms are 0) */
+  int type;            /* resolved device type index, -1 until hm_profile_resolve */
+} hm_profile_staging;
 
 typedef struct hm_profile {
   char model[HM_SPEC_NAME_MAX]; /* name of the model measured; "" = not recorded */
@@ -290,6 +299,8 @@ typedef struct hm_profile {
   hm_profile_link *links;
   int ntp_allreduce;            /* "tp_allreduce": one entry per rank count */
   hm_profile_allreduce tp_allreduce[HM_PROFILE_MAX_TP_ALLREDUCE];
+  int nstaging, cap_staging;
+  hm_profile_staging *staging;
 } hm_profile;
 
 /* Appends an entry (the runtime's profiler builds a profile this way, then writes it). */
@@ -308,6 +319,11 @@ int hm_profile_link_find(const hm_profile *p, int ta, int tb, int inter_host, hm
 /* Measured seconds of an allreduce of `bytes` among `ranks` tensor-parallel processes of one
  * host; returns 1 when the profile has that rank count, 0 otherwise. */
 int hm_profile_tp_allreduce_time(const hm_profile *p, int ranks, double bytes, double *seconds);
+/* Appends a staging entry (one per device type; a second is HM_ERR_INVALID_ARG). */
+hm_status hm_profile_add_staging(hm_profile *p, const hm_profile_staging *e);
+/* The staging terms of resolved device type `type`: all zero (no copies) when p is NULL or has
+ * no entry for it. */
+hm_device_xfer hm_profile_staging_of(const hm_profile *p, int type);
 void hm_profile_free(hm_profile *p);
 
 /* ------------------------------------------------------------------------------------------ */

@@ -11,7 +11,12 @@
  * device queue is in order, so the event of a chunk's last copy covers the chunk's other pieces.
  * On a host device the chunks pass through in place (its addresses are host pointers), except
  * for per-rank block layouts cut into several chunks, which are copied into the slots (memcpy).
- * Reductions run on the host, in the collective algorithms, on the slots. */
+ * On a host-unified device (hm_device_host_unified: pocl on the CPU, an integrated GPU) staging
+ * copies would only copy memory to memory: the call maps its buffers (hm_device_map, which
+ * waits for the kernels queued before it) and runs as on a host device on the mapped bytes.
+ * Reductions run on the host, in the collective algorithms, on the slots or the mapped bytes,
+ * except allreduce sums that the cost model sends to the device (device_reduce.c). */
+#include <stdlib.h>
 #include <string.h>
 
 #include "comm/comm_internal.h"
@@ -21,6 +26,17 @@
 #define STAGE_SLOTS_DEFAULT 4
 
 /* ---- registration ---- */
+/* HETMIX_REDUCE_SITE: auto (the cost model) [default], host or device. */
+static hm_status reduce_site_env(int *mode) {
+  const char *v = getenv("HETMIX_REDUCE_SITE");
+  *mode = -1;
+  if (!v || !*v || strcmp(v, "auto") == 0) return HM_OK;
+  if (strcmp(v, "host") == 0) *mode = HM_REDUCE_ON_HOST;
+  else if (strcmp(v, "device") == 0) *mode = HM_REDUCE_ON_DEVICE;
+  else return hm_error(HM_ERR_INVALID_ARG, "HETMIX_REDUCE_SITE='%s': expected auto, host or device", v);
+  return HM_OK;
+}
+
 static void stage_free_slots(hm_devstage *s) {
   for (int i = 0; i < HM_STAGE_MAX_SLOTS; i++) {
     if (s->dev) {
@@ -33,20 +49,26 @@ static void stage_free_slots(hm_devstage *s) {
 
 hm_status hm_comm_register_device(hm_comm_t c, struct hm_device *dev) {
   if (!c) return hm_error(HM_ERR_INVALID_ARG, "hm_comm_register_device: comm is NULL");
-  long chunk = STAGE_CHUNK_DEFAULT, slots = STAGE_SLOTS_DEFAULT;
+  long chunk = STAGE_CHUNK_DEFAULT, slots = STAGE_SLOTS_DEFAULT, map = 1;
+  int site = -1;
   if (dev) {
+    HM_TRY(reduce_site_env(&site));
     HM_TRY(hm_env_long("HETMIX_STAGE_CHUNK", STAGE_CHUNK_DEFAULT, 4096, 64L << 20, &chunk));
     HM_TRY(hm_env_long("HETMIX_STAGE_SLOTS", STAGE_SLOTS_DEFAULT, 2, HM_STAGE_MAX_SLOTS, &slots));
+    HM_TRY(hm_env_long("HETMIX_STAGE_MAP", 1, 0, 1, &map));
   }
   stage_free_slots(&c->stage);
+  hm_devreduce_release(&c->stage);
   c->stage.dev = dev;
+  c->stage.site_mode = site;
   c->stage.host = dev ? hm_device_is_host(dev) : 1;
+  c->stage.map = dev && !c->stage.host && map && hm_device_host_unified(dev);
   c->stage.chunk = (size_t)chunk;
   c->stage.nslots = (int)slots;
   return HM_OK;
 }
 
-static hm_status stage_alloc_slots(hm_devstage *s) {
+hm_status hm_devstage_alloc_slots(hm_devstage *s) {
   for (int i = 0; i < s->nslots; i++) {
     if (!s->send[i]) HM_TRY(hm_device_alloc_host(s->dev, &s->send[i], s->chunk, "hmcomm staging slot (send)"));
     if (!s->recv[i]) HM_TRY(hm_device_alloc_host(s->dev, &s->recv[i], s->chunk, "hmcomm staging slot (receive)"));
@@ -68,6 +90,7 @@ typedef struct stage_plan {
   size_t es;     /* bytes per element */
   size_t total;  /* elements per block */
   size_t chunk;  /* elements per block in one chunk (the same on every rank) */
+  int hostmem;   /* s.dev and r.dev are host pointers (host device, or mapped): memcpy stages */
   /* one chunk's host-memory operation */
   hm_coll_kind kind;
   hm_dtype dt;
@@ -96,13 +119,23 @@ typedef struct stage_ring {
   hm_device_event *in[HM_STAGE_MAX_SLOTS], *out[HM_STAGE_MAX_SLOTS];
 } stage_ring;
 
+/* One staging copy: queued on the device, or a memcpy where both sides are host memory. */
+static hm_status stage_copy(const stage_plan *p, int h2d, void *dst, const void *src, size_t bytes,
+                            hm_device_event **ev) {
+  if (p->hostmem) {
+    if (bytes) memcpy(dst, src, bytes);
+    return HM_OK;
+  }
+  return h2d ? hm_device_copy_h2d_async(p->dev, dst, src, bytes, ev) : hm_device_copy_d2h_async(p->dev, dst, src, bytes, ev);
+}
+
 /* Queues the device->host copies of chunk k (elements [off, off+n) of each block) into slot i. */
 static hm_status stage_in(const stage_plan *p, stage_ring *g, int i, size_t off, size_t n) {
   char *slot = p->c->stage.send[i];
   for (int q = 0; q < p->s.blocks; q++) {
     int last = q == p->s.blocks - 1;
-    HM_TRY(hm_device_copy_d2h_async(p->dev, slot + (size_t)q * n * p->es, p->s.dev + (size_t)q * p->s.stride + off * p->es,
-                                    n * p->es, last ? &g->in[i] : NULL));
+    HM_TRY(stage_copy(p, 0, slot + (size_t)q * n * p->es, p->s.dev + (size_t)q * p->s.stride + off * p->es,
+                      n * p->es, last ? &g->in[i] : NULL));
   }
   return HM_OK;
 }
@@ -112,8 +145,8 @@ static hm_status stage_out(const stage_plan *p, stage_ring *g, int i, size_t off
   char *slot = p->c->stage.recv[i];
   for (int q = 0; q < p->r.blocks; q++) {
     int last = q == p->r.blocks - 1;
-    HM_TRY(hm_device_copy_h2d_async(p->dev, p->r.dev + (size_t)q * p->r.stride + off * p->es, slot + (size_t)q * n * p->es,
-                                    n * p->es, last ? &g->out[i] : NULL));
+    HM_TRY(stage_copy(p, 1, p->r.dev + (size_t)q * p->r.stride + off * p->es, slot + (size_t)q * n * p->es,
+                      n * p->es, last ? &g->out[i] : NULL));
   }
   return HM_OK;
 }
@@ -177,16 +210,18 @@ static hm_status single_chunk(const stage_plan *p) {
   size_t n = p->total, bytes = n * p->es;
   char *hs = s->send[0], *hr = s->recv[0];
   for (int q = 0; q < p->s.blocks; q++)
-    HM_TRY(hm_device_copy_d2h(p->dev, hs + (size_t)q * bytes, p->s.dev + (size_t)q * p->s.stride, bytes));
+    HM_TRY(p->hostmem ? stage_copy(p, 0, hs + (size_t)q * bytes, p->s.dev + (size_t)q * p->s.stride, bytes, NULL)
+                      : hm_device_copy_d2h(p->dev, hs + (size_t)q * bytes, p->s.dev + (size_t)q * p->s.stride, bytes));
   HM_TRY(plan_run(p, p->s.blocks ? hs : NULL, p->r.blocks ? hr : NULL, n));
   for (int q = 0; q < p->r.blocks; q++)
-    HM_TRY(hm_device_copy_h2d(p->dev, p->r.dev + (size_t)q * p->r.stride, hr + (size_t)q * bytes, bytes));
+    HM_TRY(p->hostmem ? stage_copy(p, 1, p->r.dev + (size_t)q * p->r.stride, hr + (size_t)q * bytes, bytes, NULL)
+                      : hm_device_copy_h2d(p->dev, p->r.dev + (size_t)q * p->r.stride, hr + (size_t)q * bytes, bytes));
   return HM_OK;
 }
 
 static hm_status pipeline(const stage_plan *p) {
   hm_devstage *s = &p->c->stage;
-  HM_TRY(stage_alloc_slots(s));
+  HM_TRY(hm_devstage_alloc_slots(s));
   size_t nch = p->total ? (p->total + p->chunk - 1) / p->chunk : 1;
   if (nch == 1) return single_chunk(p);
   stage_ring g;
@@ -213,10 +248,85 @@ static hm_status pass_through(const stage_plan *p) {
   return HM_OK;
 }
 
-static hm_status plan_exec(const stage_plan *p) {
+/* Buffers that are host memory (host device, or mapped): in place, or through the slots by
+ * memcpy where a chunk of several blocks is not contiguous. */
+static hm_status host_exec(const stage_plan *p) {
   size_t nch = p->total ? (p->total + p->chunk - 1) / p->chunk : 1;
   int strided = p->s.blocks > 1 || p->r.blocks > 1;
-  if (p->c->stage.host && (!strided || nch == 1)) return pass_through(p);
+  if (!strided || nch == 1) return pass_through(p);
+  return pipeline(p);
+}
+
+/* ---- mapped buffers (host-unified devices) ---- */
+typedef struct stage_maps {
+  char *dev[2], *host[2]; /* the mapped device ranges (NULL: none) and their host pointers */
+} stage_maps;
+
+static size_t side_bytes(const stage_plan *p, const stage_side *sd) {
+  return sd->blocks ? (size_t)(sd->blocks - 1) * sd->stride + p->total * p->es : 0;
+}
+
+static hm_status unmap_sides(const stage_plan *p, stage_maps *m) {
+  hm_status st = HM_OK;
+  for (int i = 0; i < 2; i++) {
+    if (!m->dev[i]) continue;
+    hm_status su = hm_device_unmap(p->dev, m->dev[i], m->host[i]);
+    if (st == HM_OK) st = su;
+    m->dev[i] = NULL;
+  }
+  return st;
+}
+
+/* Maps each used side of p into host memory and points q's sides at the mapped bytes. Sides
+ * that overlap (in place, or one allocation's overlapping ranges) are mapped once, as one
+ * range, so their host pointers keep the same relation as the device addresses. */
+static hm_status map_sides(const stage_plan *p, stage_plan *q, stage_maps *m) {
+  size_t sb = side_bytes(p, &p->s), rb = side_bytes(p, &p->r);
+  char *s0 = p->s.dev, *r0 = p->r.dev;
+  int overlap = sb && rb && s0 < r0 + rb && r0 < s0 + sb;
+  if (overlap) {
+    char *lo = s0 < r0 ? s0 : r0, *hi = s0 + sb > r0 + rb ? s0 + sb : r0 + rb;
+    HM_TRY(hm_device_map(p->dev, lo, (size_t)(hi - lo), HM_MAP_READ | HM_MAP_WRITE, (void **)&m->host[0]));
+    m->dev[0] = lo;
+    q->s.dev = m->host[0] + (s0 - lo);
+    q->r.dev = m->host[0] + (r0 - lo);
+    return HM_OK;
+  }
+  if (sb) {
+    HM_TRY(hm_device_map(p->dev, s0, sb, HM_MAP_READ, (void **)&m->host[0]));
+    m->dev[0] = s0;
+    q->s.dev = m->host[0];
+  }
+  if (rb) {
+    hm_status st = hm_device_map(p->dev, r0, rb, HM_MAP_WRITE, (void **)&m->host[1]);
+    if (st != HM_OK) {
+      unmap_sides(p, m);
+      return st;
+    }
+    m->dev[1] = r0;
+    q->r.dev = m->host[1];
+  }
+  return HM_OK;
+}
+
+/* The call runs on the mapped bytes; the buffers are unmapped whatever happened (the first
+ * error is the one reported). */
+static hm_status mapped_exec(const stage_plan *p) {
+  stage_plan q = *p;
+  q.hostmem = 1;
+  stage_maps m = {{NULL, NULL}, {NULL, NULL}};
+  HM_TRY(map_sides(p, &q, &m));
+  hm_status st = host_exec(&q);
+  if (st == HM_OK) return unmap_sides(p, &m);
+  char keep[512];
+  hm_strcpy(keep, sizeof keep, hm_last_error());
+  unmap_sides(p, &m);
+  return hm_error(st, "%s", keep);
+}
+
+static hm_status plan_exec(const stage_plan *p) {
+  if (p->c->stage.host) return host_exec(p);
+  if (p->c->stage.map && p->total) return mapped_exec(p);
   return pipeline(p);
 }
 
@@ -225,21 +335,24 @@ hm_status hm_devstage_coll(hm_comm_t c, hm_coll_kind kind, const void *sendbuf, 
   int n = c->nranks, sb, rb;
   kind_blocks(kind, n, &sb, &rb);
   stage_plan p = {.c = c, .dev = c->stage.dev, .es = hm_dtype_size(dt), .total = count, .kind = kind,
-                  .dt = dt, .op = op, .root = root};
+                  .dt = dt, .op = op, .root = root, .hostmem = c->stage.host};
   p.chunk = chunk_elems(&c->stage, p.es, sb > rb ? sb : rb);
   int at_root = c->rank == root;
   int use_s = !((kind == HM_COLL_BROADCAST || kind == HM_COLL_SCATTER) && !at_root);
   int use_r = !((kind == HM_COLL_REDUCE || kind == HM_COLL_GATHER) && !at_root);
   p.s = (stage_side){(char *)sendbuf, use_s ? sb : 0, count * p.es};
   p.r = (stage_side){recvbuf, use_r ? rb : 0, count * p.es};
-  hm_status st = plan_exec(&p);
+  int done = 0;
+  hm_status st = kind == HM_COLL_ALLREDUCE ? hm_devreduce_allreduce(c, sendbuf, recvbuf, count, dt, op, p.chunk, &done)
+                                           : HM_OK;
+  if (st == HM_OK && !done) st = plan_exec(&p);
   if (st != HM_OK) return hm_error_context(st, "%s on device %s: ", hm_coll_kind_name(kind), hm_device_spec(p.dev));
   return st;
 }
 
 hm_status hm_devstage_p2p(hm_comm_t c, void *buf, size_t count, hm_dtype dt, int peer, int is_send) {
   stage_plan p = {.c = c, .dev = c->stage.dev, .es = hm_dtype_size(dt), .total = count, .dt = dt,
-                  .peer = peer, .is_p2p = 1, .is_send = is_send};
+                  .peer = peer, .is_p2p = 1, .is_send = is_send, .hostmem = c->stage.host};
   p.chunk = chunk_elems(&c->stage, p.es, 1);
   p.s = (stage_side){is_send ? buf : NULL, is_send, 0};
   p.r = (stage_side){is_send ? NULL : buf, !is_send, 0};

@@ -32,6 +32,11 @@ typedef struct hm_device_ops {
   /* *done = 1 once the event's copy has completed (then, and on an error, it is released);
    * done NULL: release it now without waiting (the copy runs on) */
   hm_status (*event_query)(hm_device *dev, void *event, int *done);
+  /* Optional host mapping of a device range (hm_device_map): blocks until the work queued
+   * before it finished; flags HM_MAP_READ | HM_MAP_WRITE. NULL entries: the wrappers return
+   * the address itself on HM_DEVICE_HOST devices and refuse elsewhere. */
+  hm_status (*map)(hm_device *dev, void *addr, size_t bytes, int flags, void **host);
+  hm_status (*unmap)(hm_device *dev, void *addr, void *host);
   /* physical memory of the device: total and currently free (before the mem= cap) */
   hm_status (*mem_info)(hm_device *dev, size_t *total, size_t *free_bytes);
   void (*close)(hm_device *dev); /* releases impl; buffers must already be freed */
@@ -100,6 +105,7 @@ struct hm_device {
   const char *name;        /* backend name: "cpu", "ref", "opencl" */
   char spec[128];          /* the spec it was opened with, e.g. "cpu:threads=2,slow=2" */
   hm_device_kind kind;
+  int host_unified;        /* device memory is host memory (hm_device_host_unified) */
   hm_dtype dtype;          /* HM_FLOAT32 or HM_FLOAT64 */
   size_t dtype_size;       /* bytes per element of dtype */
   int threads;             /* effective thread count */

@@ -326,6 +326,10 @@ static hm_status hm_cl_describe(hm_cl_impl *impl, int *compute_units) {
   CL_TRY(clGetDeviceInfo(impl->device, CL_DEVICE_GLOBAL_MEM_SIZE, sizeof gm, &gm, NULL), "memory size");
   CL_TRY(clGetDeviceInfo(impl->device, CL_DEVICE_MAX_MEM_ALLOC_SIZE, sizeof ma, &ma, NULL), "allocation size");
   CL_TRY(clGetDeviceInfo(impl->device, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof cu, &cu, NULL), "compute units");
+  cl_bool unified = CL_FALSE; /* deprecated in OpenCL 2.0, still answered; absent: not unified */
+  if (clGetDeviceInfo(impl->device, CL_DEVICE_HOST_UNIFIED_MEMORY, sizeof unified, &unified, NULL) != CL_SUCCESS)
+    unified = CL_FALSE;
+  impl->host_unified = unified == CL_TRUE;
   impl->global_mem = (size_t)gm;
   impl->max_alloc = (size_t)ma;
   *compute_units = (int)cu;
@@ -359,6 +363,7 @@ static hm_status hm_cl_open(hm_device *dev, const hm_device_options *opt) {
     return st;
   }
   dev->kind = HM_DEVICE_OPENCL;
+  dev->host_unified = impl->host_unified;
   dev->threads = opt->threads > 0 && opt->threads < cu ? opt->threads : cu;
   dev->ops = &hm_opencl_ops;
   return HM_OK;

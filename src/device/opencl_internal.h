@@ -79,6 +79,7 @@ typedef struct hm_cl_impl {
   size_t scratch_bytes;
   cl_mem flag;         /* one int: cross-entropy's bad-target report */
   size_t global_mem, max_alloc, allocated;
+  int host_unified;    /* CL_DEVICE_HOST_UNIFIED_MEMORY */
   char device_name[256], driver_version[128], platform_version[256];
 } hm_cl_impl;
 
@@ -100,6 +101,9 @@ hm_status hm_cl_synchronize(hm_device *dev);
 hm_status hm_cl_h2d_async(hm_device *dev, void *dst, const void *src, size_t bytes, void **event);
 hm_status hm_cl_d2h_async(hm_device *dev, void *dst, const void *src, size_t bytes, void **event);
 hm_status hm_cl_event_query(hm_device *dev, void *event, int *done);
+/* host mapping of a device range (opencl_map.c) */
+hm_status hm_cl_map(hm_device *dev, void *addr, size_t bytes, int flags, void **host);
+hm_status hm_cl_unmap(hm_device *dev, void *addr, void *host);
 hm_status hm_cl_mem_info(hm_device *dev, size_t *total, size_t *free_bytes);
 void hm_cl_close(hm_device *dev);
 

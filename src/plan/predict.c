@@ -168,6 +168,7 @@ hm_status hm_plan_predict(const hm_plan_inputs *in, hm_plan *p, hm_sim_trace *tr
                            .link_next = s + 1 < np ? hm_stage_link(in, ps->type,
                                                                    pc->stages[s + 1].type, same_host)
                                                    : (hm_link){0, 0, 0},
+                           .staging = hm_profile_staging_of(in->profile, ps->type),
                            .optimizer = opt,
                            .mem_static = hm_static_bytes(tr, params, replicas) + lc->reserve,
                            .mem_act = act, .mem_capacity = lc->capacity};

@@ -206,15 +206,20 @@ static hm_status split_template_opt(sctx *x, tmpl *t, const int *tp_of, int mbi,
     const hm_layer_costs *lc = costs_of(x, k, tp_index(tp_of[k]), mbi);
     if (!lc->ok) return HM_ERR_NO_FIT;
     hm_link link = {0, 0, 0};
+    hm_device_xfer sk = hm_profile_staging_of(x->in->profile, k), sk2 = sk;
     if (s + 1 < p) {
       const int k2 = t->types[s + 1];
       int same = k2 == k && tp_of[k] * per_type[k] <= hm_type_per_host_max(x->in->cluster, k);
       link = hm_stage_link(x->in, k, k2, same);
+      sk2 = hm_profile_staging_of(x->in->profile, k2);
     }
     for (int l = 0; l < n; l++) {
       const size_t i = (size_t)s * n + l;
       x->time[i] = lc->fwd[l] + lc->bwd[l] + (fold_opt ? lc->opt[l] / m : 0.0);
-      x->bnd[i] = s + 1 < p ? 2 * hm_cost_p2p(&link, lc->out_bytes[l]) : 0.0;
+      /* activations forward, their gradients back, each with the staging copies of both ends */
+      x->bnd[i] = s + 1 < p ? 2 * hm_cost_p2p(&link, lc->out_bytes[l]) + hm_cost_staged_send(&sk, &sk2, lc->out_bytes[l]) +
+                                  hm_cost_staged_send(&sk2, &sk, lc->out_bytes[l])
+                            : 0.0;
       x->ms[i] = hm_static_bytes(x->in->train, lc->params[l] - (p == 1 ? lc->shared[l] : 0.0), dp);
       x->ma[i] = lc->act[l];
     }

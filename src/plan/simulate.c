@@ -104,7 +104,22 @@ static int is_pipeline_op(hm_op_kind k) { return k <= HM_OP_RECV_GRAD; }
 static double send_time(const hm_sim_class *cl, int s, hm_op_kind kind) {
   /* SEND_GRAD to s-1 goes over the same link as s-1's forward sends */
   const hm_sim_stage *sg = &cl->stages[kind == HM_OP_SEND_ACT ? s : s - 1];
-  return hm_cost_p2p(&sg->link_next, sg->act_bytes);
+  const hm_sim_stage *to = &cl->stages[kind == HM_OP_SEND_ACT ? s + 1 : s - 1];
+  /* devices whose memory is not host memory stage: device->host before, host->device after */
+  return hm_cost_p2p(&sg->link_next, sg->act_bytes) +
+         hm_cost_staged_send(&cl->stages[s].staging, &to->staging, sg->act_bytes);
+}
+
+/* Staging copies of a gradient allreduce of `bytes`: the slowest staged device of the job
+ * (every replica waits for the collective's last member). */
+static double sync_staging(const hm_sim_input *in, double bytes) {
+  double worst = 0;
+  for (int c = 0; c < in->nclasses; c++)
+    for (int s = 0; s < in->classes[c].nstages; s++) {
+      double t = hm_cost_staging(&in->classes[c].stages[s].staging, bytes);
+      worst = t > worst ? t : worst;
+    }
+  return worst;
 }
 
 /* Runs op `op` of stage s. Returns 1 when done, 0 when it waits for a transfer, -1 on error. */
@@ -438,7 +453,7 @@ hm_status hm_simulate(const hm_sim_input *in, hm_sim_result *res, hm_sim_trace *
         bytes /= cl->stages[s].tp;
         double ready = bucket_ready(in, cs, op->layer_begin, op->layer_end);
         double start = comm_t > ready ? comm_t : ready;
-        double d = hm_sync_allreduce_time(&sync, bytes);
+        double d = hm_sync_allreduce_time(&sync, bytes) + sync_staging(in, bytes);
         if ((st = trace_add(tr, c, s, 1, op->kind, -1, start, d)) != HM_OK) goto fail;
         comm_t = start + d;
         ss->comm_busy += d;
@@ -462,6 +477,8 @@ hm_status hm_simulate(const hm_sim_input *in, hm_sim_result *res, hm_sim_trace *
       double bytes = in->layer_grad_bytes ? in->layer_grad_bytes[0] / cl->stages[0].tp : 0.0;
       double d = 0;
       hm_cost_best_algo(HM_COLL_ALLREDUCE, 2, bytes, &in->tied_link, &d);
+      double sa = hm_cost_staging(&cl->stages[0].staging, bytes), sb = hm_cost_staging(&cl->stages[p - 1].staging, bytes);
+      d += sa > sb ? sa : sb;
       double start = a->t > b->t ? a->t : b->t;
       if ((st = trace_add(tr, c, 0, 1, HM_OP_TIED_EMB_SYNC, -1, start, d)) != HM_OK) goto fail;
       if ((st = trace_add(tr, c, p - 1, 1, HM_OP_TIED_EMB_SYNC, -1, start, d)) != HM_OK) goto fail;

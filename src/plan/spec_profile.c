@@ -9,12 +9,14 @@
 
 #include "hetmix/spec.h"
 #include "plan/spec_json.h"
+#include "plan/spec_profile_staging.h"
 #include "util/util.h"
 
 void hm_profile_free(hm_profile *p) {
   if (!p) return;
   free(p->layers);
   free(p->links);
+  free(p->staging);
   memset(p, 0, sizeof *p);
 }
 
@@ -201,7 +203,7 @@ hm_status hm_profile_resolve(hm_profile *p, const hm_cluster *c, const hm_model 
                       e->a < 0 ? e->type_a : e->type_b, known);
     }
   }
-  return HM_OK;
+  return hm_profile_staging_resolve(p, c);
 }
 
 int hm_profile_layer_time(const hm_profile *p, int type, const char *kind, int64_t mb,
@@ -284,7 +286,7 @@ static hm_status tp_allreduce_read(const cJSON *j, const char *root, hm_profile 
 }
 
 static hm_status profile_read(const cJSON *j, const char *root, hm_profile *p) {
-  static const char *const keys[] = {"version", "model", "layers", "links", "tp_allreduce", NULL};
+  static const char *const keys[] = {"version", "model", "layers", "links", "tp_allreduce", "staging", NULL};
   static const char *const layer_keys[] = {"device_type", "kind",  "micro_batch",
                                            "fwd_s",       "bwd_s", "mem_bytes", NULL};
   static const char *const link_keys[] = {"types", "scope", "bandwidth", "latency", NULL};
@@ -349,7 +351,8 @@ static hm_status profile_read(const cJSON *j, const char *root, hm_profile *p) {
     HM_TRY(append_link(p, &l));
   }
   HM_TRY(tp_allreduce_read(j, root, p));
-  return check_repeats(p, 1);
+  HM_TRY(check_repeats(p, 1));
+  return hm_profile_staging_read(j, root, p);
 }
 
 hm_status hm_profile_from_cjson(const cJSON *j, const char *root, hm_profile *out) {
@@ -428,6 +431,7 @@ cJSON *hm_profile_to_cjson(const hm_profile *p) {
         goto fail;
     }
   }
+  if (!hm_profile_staging_write(j, p)) goto fail;
   return j;
 fail:
   cJSON_Delete(j);

@@ -391,6 +391,27 @@ hm_status hm_profile_measure(const hm_profile_options *o, hm_profile *out, hm_pr
   }
   free(all);
   free(descs);
+  /* staging copies of the types whose memory is not host memory, at one micro-batch's
+   * activations of the largest size (what a pipeline stage sends) */
+  const size_t act_bytes = (size_t)mbs[nmbs - 1] * (size_t)cfg->T * (size_t)cfg->C * sizeof(float);
+  for (int si = 0; st == HM_OK && si < nsel; si++) {
+    const hm_device_type *dt = &c->types[sel[si]];
+    hm_profile_staging e;
+    memset(&e, 0, sizeof e);
+    int staged = 0;
+    st = hm_profile_time_staging(dt->backend, act_bytes, reps, together, o->timeout_s, &e.xfer, &staged);
+    if (st != HM_OK) {
+      st = hm_error_context(st, "device type '%s': ", dt->name);
+      break;
+    }
+    if (!staged) continue;
+    hm_strcpy(e.device_type, sizeof e.device_type, dt->name);
+    char line[160];
+    snprintf(line, sizeof line, "device->host %.2f GB/s, host->device %.2f GB/s, %.1f us latency",
+             e.xfer.d2h_bw / 1e9, e.xfer.h2d_bw / 1e9, e.xfer.copy_latency * 1e6);
+    hm_say(o, "staging copies of device type '%s': %s", dt->name, line);
+    st = hm_profile_add_staging(out, &e);
+  }
   /* the planner's own check: every name must resolve against the cluster and model */
   if (st == HM_OK) st = hm_profile_resolve(out, c, m);
   rep->seconds = hm_now_s() - t_start;

@@ -141,6 +141,46 @@ static void test_pinned_staging(void **state) {
   }
 }
 
+/* hm_device_map: the map waits for the kernel queued before it (ordering), host writes are
+ * seen by work queued after the unmap, a range outside one buffer is refused; host backends
+ * hand out the address itself. */
+static void test_map(void **state) {
+  (void)state;
+  const char *specs[] = {SPEC, "cpu:threads=1"};
+  for (int k = 0; k < 2; k++) {
+    hm_device *d = NULL;
+    OK(hm_device_open(specs[k], &d));
+    const size_t n = 4097;
+    float *h = malloc(n * 4), *m = NULL;
+    assert_non_null(h);
+    void *x = NULL;
+    OK(hm_device_alloc(d, &x, n * 4, "x"));
+    for (size_t i = 0; i < n; i++) h[i] = (float)i;
+    OK(hm_device_copy_h2d(d, x, h, n * 4));
+    OK(hm_dev_scale(d, x, 3.0, n)); /* queued: the map must wait for it */
+    OK(hm_device_map(d, hm_device_offset(d, x, 1), (n - 1) * 4, HM_MAP_READ, (void **)&m));
+    for (size_t i = 1; i < n; i++) assert_true(m[i - 1] == 3.0f * (float)i);
+    OK(hm_device_unmap(d, hm_device_offset(d, x, 1), m));
+    OK(hm_device_map(d, x, n * 4, HM_MAP_WRITE, (void **)&m));
+    if (k == 1) assert_ptr_equal(m, x); /* cpu: the address is the host pointer */
+    for (size_t i = 0; i < n; i++) m[i] = (float)(n - i);
+    OK(hm_device_unmap(d, x, m));
+    OK(hm_dev_scale(d, x, 2.0, n)); /* queued after the unmap: sees the host's writes */
+    OK(hm_device_copy_d2h(d, h, x, n * 4));
+    for (size_t i = 0; i < n; i++) assert_true(h[i] == 2.0f * (float)(n - i));
+    if (k == 0) {
+      assert_int_equal(hm_device_map(d, hm_device_offset(d, x, 1), n * 4, HM_MAP_READ, (void **)&m), HM_ERR_INVALID_ARG);
+      assert_null(m);
+      assert_int_equal(hm_device_map(d, x, 4, 0, (void **)&m), HM_ERR_INVALID_ARG);
+      printf("%s: host-unified %d\n", specs[k], hm_device_host_unified(d));
+    } else {
+      assert_true(hm_device_host_unified(d));
+    }
+    free(h);
+    hm_device_close(d);
+  }
+}
+
 /* threads= is fixed for the process by the first opencl device (pocl reads it once) */
 static void test_threads_fixed(void **state) {
   (void)state;
@@ -178,7 +218,8 @@ int main(void) {
     if (system(cmd) != 0) return 1;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cache), cmocka_unit_test(test_opaque_addresses),
-        cmocka_unit_test(test_pinned_staging), cmocka_unit_test(test_threads_fixed)};
+        cmocka_unit_test(test_pinned_staging), cmocka_unit_test(test_map),
+        cmocka_unit_test(test_threads_fixed)};
     rc = cmocka_run_group_tests(tests, NULL, NULL);
   }
   char cmd[700];
