@@ -55,6 +55,11 @@ typedef struct hm_device_type {
   double efficiency;                 /* fraction of peak a large matmul reaches (default 0.5) */
   char backend[HM_SPEC_BACKEND_MAX]; /* hetmix backend string; "" when not executable here */
   hm_link intra_link;                /* between two devices of this type in one host */
+  /* GEMM shape model (docs/plan.md "Shape-aware compute"): compute units (SMs/CUs) and the
+   * output tile one unit computes at a time; 0 = unknown (constant `efficiency` instead).
+   * Optional "gemm" object of the spec; defaults from the type's name for known GPUs. */
+  int gemm_units, gemm_tile_m, gemm_tile_n;
+  int gemm_given;                    /* 1 when the spec gave the "gemm" object */
   /* derived by the reader */
   int64_t count;                     /* devices of this type in the whole cluster */
 } hm_device_type;

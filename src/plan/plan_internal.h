@@ -23,6 +23,30 @@ typedef struct hm_layer_costs {
   double capacity;    /* usable bytes per device */
 } hm_layer_costs;
 
+/* GEMM shape model of one device type (gemmcost.c, docs/plan.md "Shape-aware compute"). */
+typedef struct hm_gemm_device {
+  double peak;        /* FLOP/s of the compute dtype */
+  double efficiency;  /* fraction of peak a full wave of whole tiles reaches */
+  double membw;       /* bytes/s */
+  double elem_bytes;  /* bytes per operand element */
+  int units, tile_m, tile_n;
+} hm_gemm_device;
+
+/* Fills gemm_units/tile_m/tile_n from the type's name when the spec gave none (known GPUs);
+ * leaves them 0 for an unknown type. */
+void hm_device_type_gemm_defaults(hm_device_type *dt);
+int hm_gemm_model_known(const hm_device_type *dt);
+/* Seconds of `batch` GEMMs of M x N x K (C[M,N] = A[M,K] B[K,N]): waves of tiles, or the
+ * operands' bytes over memory bandwidth when that is longer. */
+double hm_gemm_time(const hm_gemm_device *g, double M, double N, double K, double batch);
+/* Achieved fraction of peak of those GEMMs. */
+double hm_gemm_efficiency(const hm_gemm_device *g, double M, double N, double K, double batch);
+/* GEMM seconds of one transformer block (is_head 0) or LM head (1) of cfg for a micro-batch
+ * of mb samples on one of tp tensor-parallel devices: forward, and backward (input and weight
+ * gradients) without recompute. */
+void hm_block_gemm_times(const hm_gemm_device *g, const hm_spec_model_config *cfg, int is_head,
+                         double mb, int tp, double *fwd, double *bwd);
+
 hm_status hm_layer_costs_init(const hm_plan_inputs *in, int type, int tp, int64_t mb,
                               hm_layer_costs *out);
 void hm_layer_costs_free(hm_layer_costs *c);

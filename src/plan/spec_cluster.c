@@ -91,9 +91,29 @@ static int find_pool(const hm_cluster *c, const char *name) {
 
 /* ---- reader ------------------------------------------------------------------------------ */
 
+/* Optional "gemm": {"units", "tile_m", "tile_n"}, all three required when given. */
+static hm_status read_gemm(const cJSON *o, const char *path, hm_device_type *dt) {
+  static const char *const keys[] = {"units", "tile_m", "tile_n", NULL};
+  const cJSON *g = NULL;
+  HM_TRY(hm_json_object(o, path, "gemm", 0, &g));
+  dt->gemm_given = g != NULL;
+  if (!g) return HM_OK;
+  char p[HM_JSON_PATH_MAX];
+  hm_json_path_key(p, path, "gemm");
+  HM_TRY(hm_json_check_object(g, p, keys));
+  int64_t units = 0, tm = 0, tn = 0;
+  HM_TRY(hm_json_int(g, p, "units", 1, 1, 100000, 0, &units));
+  HM_TRY(hm_json_int(g, p, "tile_m", 1, 1, 4096, 0, &tm));
+  HM_TRY(hm_json_int(g, p, "tile_n", 1, 1, 4096, 0, &tn));
+  dt->gemm_units = (int)units;
+  dt->gemm_tile_m = (int)tm;
+  dt->gemm_tile_n = (int)tn;
+  return HM_OK;
+}
+
 static hm_status read_device_type(const cJSON *o, const char *path, hm_device_type *dt) {
   static const char *const keys[] = {"name",       "peak_flops", "memory_bytes", "memory_bandwidth",
-                                     "efficiency", "backend",    "intra_host_link", NULL};
+                                     "efficiency", "backend",    "intra_host_link", "gemm", NULL};
   static const char *const flop_keys[] = {"fp32", "bf16", "fp16", "fp8", NULL};
   char p[HM_JSON_PATH_MAX];
   HM_TRY(hm_json_check_object(o, path, keys));
@@ -113,6 +133,7 @@ static hm_status read_device_type(const cJSON *o, const char *path, hm_device_ty
   HM_TRY(hm_json_number(o, path, "efficiency", 0, (hm_json_range){0.0, 1.0, 1, 0}, 0.5,
                         &dt->efficiency));
   HM_TRY(hm_json_string(o, path, "backend", 0, "", dt->backend, sizeof dt->backend));
+  HM_TRY(read_gemm(o, path, dt));
   int present = 0;
   HM_TRY(hm_json_link(o, path, "intra_host_link", 0, &dt->intra_link, &present));
   if (!present) dt->intra_link = (hm_link){0, 0, 0};
@@ -462,6 +483,13 @@ cJSON *hm_cluster_to_cjson(const hm_cluster *c) {
     ADD(cJSON_AddNumberToObject(o, "memory_bandwidth", dt->memory_bandwidth));
     ADD(cJSON_AddNumberToObject(o, "efficiency", dt->efficiency));
     if (dt->backend[0]) ADD(cJSON_AddStringToObject(o, "backend", dt->backend));
+    if (dt->gemm_given) {
+      cJSON *g = cJSON_AddObjectToObject(o, "gemm");
+      ADD(g);
+      ADD(cJSON_AddNumberToObject(g, "units", dt->gemm_units));
+      ADD(cJSON_AddNumberToObject(g, "tile_m", dt->gemm_tile_m));
+      ADD(cJSON_AddNumberToObject(g, "tile_n", dt->gemm_tile_n));
+    }
     if (dt->intra_link.bandwidth > 0) {
       cJSON *l = hm_json_link_to_cjson(&dt->intra_link);
       ADD(l);

@@ -1,5 +1,6 @@
 /* Cost of the pieces of a training step on a device type: per-layer forward/backward time
- * (measured profile if given, else roofline with the type's calibratable efficiency), the
+ * (measured profile if given, else the GEMM shape model of gemmcost.c for a config model on a
+ * type with known tiles and units, else roofline with the type's calibratable efficiency), the
  * tensor-parallel allreduces, memory per device, and the links a plan's transfers use.
  * Formulas are those of docs/plan.md; collectives and transfers use include/hetmix/cost.h. */
 #include <math.h>
@@ -147,6 +148,18 @@ hm_sync_model hm_plan_sync_model(const hm_plan_inputs *in, unsigned types_mask, 
   return m;
 }
 
+/* A config model's block or head on a type with a GEMM shape model: its GEMMs, plus the
+ * memory-bound ops as the layer's kept activations written in forward and read and written
+ * in backward; full recompute repeats the forward before the backward. */
+static void shape_layer_times(const hm_gemm_device *g, const hm_model *md, const hm_layer *ly,
+                              const hm_train *tr, double b, int tp, double *f, double *bw) {
+  double gf = 0, gb = 0;
+  hm_block_gemm_times(g, &md->cfg, strcmp(ly->kind, "head") == 0, b, tp, &gf, &gb);
+  const double elementwise = ly->act_bytes * b / tp / g->membw;
+  *f = gf + elementwise;
+  *bw = gb + 2 * elementwise + (tr->recompute == HM_RECOMPUTE_FULL ? *f : 0.0);
+}
+
 void hm_layer_costs_free(hm_layer_costs *c) {
   if (!c) return;
   free(c->fwd);
@@ -177,6 +190,16 @@ hm_status hm_layer_costs_init(const hm_plan_inputs *in, int type, int tp, int64_
                       (dt->efficiency > 0 ? dt->efficiency : 0.5);
   const double membw = dt->memory_bandwidth > 0 ? dt->memory_bandwidth : INFINITY;
   const double b = (double)mb;
+  hm_device_type dshape = *dt;
+  hm_device_type_gemm_defaults(&dshape);
+  const int shape = md->has_config && hm_gemm_model_known(&dshape);
+  const hm_gemm_device gd = {.peak = hm_device_type_peak(dt, tr->compute_dtype),
+                             .efficiency = dt->efficiency > 0 ? dt->efficiency : 0.5,
+                             .membw = membw,
+                             .elem_bytes = (double)hm_spec_dtype_size(tr->compute_dtype),
+                             .units = dshape.gemm_units,
+                             .tile_m = dshape.gemm_tile_m,
+                             .tile_n = dshape.gemm_tile_n};
   hm_link tp_link = dt->intra_link;
   if (in->profile) hm_profile_link_find(in->profile, type, type, 0, &tp_link);
   const int full = tr->recompute == HM_RECOMPUTE_FULL;
@@ -194,6 +217,8 @@ hm_status hm_layer_costs_init(const hm_plan_inputs *in, int type, int tp, int64_
       /* measured without tensor parallelism: the compute divides, the allreduces add below */
       f /= tp;
       bw = bw / tp + (full ? f : 0.0);
+    } else if (shape && (strcmp(ly->kind, "block") == 0 || strcmp(ly->kind, "head") == 0)) {
+      shape_layer_times(&gd, md, ly, tr, b, tp, &f, &bw);
     } else {
       const double ff = ly->fwd_flops * b / tp;
       const double bf = hm_layer_train_flops(ly, tr) * b / tp - ff; /* recompute included */
