@@ -124,14 +124,14 @@ hm_status hm_elastic_replan(hm_elastic *e, const int *drop, int n, const char *r
   hm_reshard_layout old, now;
   double predicted = 0;
   hm_status st = hm_replan_layout(e->argv[e->plan_at], &old, NULL);
-  if (st == HM_OK) st = hm_replan_write_specs(e->argv[e->plan_at], drop, n, dir, sp);
+  if (st == HM_OK) st = hm_replan_write_specs(e->argv[e->plan_at], e->profile, drop, n, dir, sp);
   if (st == HM_OK) {
     fprintf(stderr, "hetmix: launch: re-plan %d: dropping %s; planning on the rest (%s)\n", k, sp->dropped, sp->cluster);
     fflush(stderr);
     char *args[16] = {"plan", "--cluster", sp->cluster, "--model", sp->model, "--train", sp->train, "-o", plan,
                       "--top", "3"};
     int na = 11;
-    if (e->profile) args[na++] = "--profile", args[na++] = (char *)e->profile;
+    if (sp->profile[0]) args[na++] = "--profile", args[na++] = sp->profile;
     args[na] = NULL;
     st = hm_cli_run_self(e->self, args, "hetmix plan (re-plan)");
   }

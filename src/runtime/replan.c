@@ -93,6 +93,47 @@ static void hm_drop_unused_types(cJSON *cluster) {
   }
 }
 
+/* Whether the cluster object still has a device type of this name. */
+static int hm_has_type(const cJSON *cluster, const char *name) {
+  const cJSON *types = cJSON_GetObjectItemCaseSensitive(cluster, "device_types");
+  for (const cJSON *t = types ? types->child : NULL; t; t = t->next) {
+    const cJSON *n = cJSON_GetObjectItemCaseSensitive(t, "name");
+    if (cJSON_IsString(n) && strcmp(n->valuestring, name) == 0) return 1;
+  }
+  return 0;
+}
+
+/* Whether a profile entry names a device type the cluster no longer has ("device_type", or one
+ * of "types"). */
+static int hm_names_gone_type(const cJSON *e, const cJSON *cluster) {
+  const cJSON *dt = cJSON_GetObjectItemCaseSensitive(e, "device_type");
+  if (cJSON_IsString(dt) && !hm_has_type(cluster, dt->valuestring)) return 1;
+  const cJSON *ts = cJSON_GetObjectItemCaseSensitive(e, "types");
+  for (const cJSON *t = cJSON_IsArray(ts) ? ts->child : NULL; t; t = t->next)
+    if (cJSON_IsString(t) && !hm_has_type(cluster, t->valuestring)) return 1;
+  return 0;
+}
+
+/* The profile without the entries of device types that left the cluster (the planner refuses a
+ * profile naming a type the cluster lacks), parsed from path; NULL when it cannot be read. */
+static cJSON *hm_profile_for(const char *path, const cJSON *cluster) {
+  char *text = NULL;
+  size_t len = 0;
+  if (hm_json_read_file(path, &text, &len) != HM_OK) return NULL;
+  cJSON *j = cJSON_ParseWithLength(text, len);
+  free(text);
+  if (!j) {
+    hm_error(HM_ERR_SPEC, "re-plan: the profile %s is not JSON", path);
+    return NULL;
+  }
+  for (cJSON *arr = j->child; arr; arr = arr->next) {
+    if (!cJSON_IsArray(arr)) continue;
+    for (int i = cJSON_GetArraySize(arr) - 1; i >= 0; i--)
+      if (hm_names_gone_type(cJSON_GetArrayItem(arr, i), cluster)) cJSON_DeleteItemFromArray(arr, i);
+  }
+  return j;
+}
+
 static hm_status hm_write_item(const char *dir, const char *name, const cJSON *item, char *path, size_t cap) {
   snprintf(path, cap, "%s/%s", dir, name);
   char *txt = item ? cJSON_Print(item) : NULL;
@@ -128,8 +169,8 @@ static hm_status hm_drop_ranks(cJSON *plan, cJSON *cluster, const int *drop, int
   return HM_OK;
 }
 
-hm_status hm_replan_write_specs(const char *plan_path, const int *drop, int n, const char *out_dir,
-                                hm_replan_specs *out) {
+hm_status hm_replan_write_specs(const char *plan_path, const char *profile, const int *drop, int n,
+                                const char *out_dir, hm_replan_specs *out) {
   memset(out, 0, sizeof *out);
   char *text = NULL;
   size_t len = 0;
@@ -148,6 +189,11 @@ hm_status hm_replan_write_specs(const char *plan_path, const int *drop, int n, c
   if (st == HM_OK)
     st = hm_write_item(out_dir, "train.json", cJSON_GetObjectItemCaseSensitive(plan, "train"), out->train,
                        sizeof out->train);
+  if (st == HM_OK && profile) {
+    cJSON *pj = hm_profile_for(profile, cluster);
+    st = pj ? hm_write_item(out_dir, "profile.json", pj, out->profile, sizeof out->profile) : HM_ERR_SPEC;
+    cJSON_Delete(pj);
+  }
   cJSON_Delete(plan);
   return st;
 }

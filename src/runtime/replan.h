@@ -7,16 +7,18 @@
 
 typedef struct hm_replan_specs {
   char cluster[4200], model[4200], train[4200]; /* the files written */
+  char profile[4200];                           /* written when a profile was given, else "" */
   char dropped[1024];                           /* "rank 2 (host 0, device 2, cpu cpu:threads=1)", ... */
 } hm_replan_specs;
 
 /* Writes out_dir/cluster.json (the plan's embedded cluster less the devices of the plan's world
  * ranks drop[0..n-1]: a host group of several hosts is split into single hosts first; a host
  * left without devices, and a device type left without any, leave the cluster), model.json and
- * train.json (the plan's own). HM_ERR_INVALID_ARG when a rank is not in the plan or no device
- * would be left. */
-hm_status hm_replan_write_specs(const char *plan_path, const int *drop, int n, const char *out_dir,
-                                hm_replan_specs *out);
+ * train.json (the plan's own) and, when profile is not NULL, profile.json (its entries of the
+ * device types left). HM_ERR_INVALID_ARG when a rank is not in the plan or no device would be
+ * left. */
+hm_status hm_replan_write_specs(const char *plan_path, const char *profile, const int *drop, int n,
+                                const char *out_dir, hm_replan_specs *out);
 
 /* A plan's layout as a re-shard target (stage bounds, micro-batches per step of all replicas,
  * micro-batch size, ranks); HM_ERR_UNSUPPORTED for tensor-parallel stages. */
