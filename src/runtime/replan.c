@@ -22,29 +22,40 @@ static int hm_jint(const cJSON *o, const char *key, int def) {
   return cJSON_IsNumber(v) ? v->valueint : def;
 }
 
-/* Replaces hosts[g] (count n > 1) by n groups of one host each, in place (ranks keep their
- * numbers: they go group by group, host by host); hostnames split with them. */
-static hm_status hm_explode_group(cJSON *hosts, int g, int n) {
-  cJSON *grp = cJSON_GetArrayItem(hosts, g);
-  const cJSON *names = cJSON_GetObjectItemCaseSensitive(grp, "hostnames");
-  const cJSON *gname = cJSON_GetObjectItemCaseSensitive(grp, "name");
-  for (int h = n - 1; h >= 0; h--) {
-    cJSON *one = cJSON_Duplicate(grp, 1);
-    if (!one) return hm_error(HM_ERR_NOMEM, "re-plan: splitting a host group");
-    cJSON_ReplaceItemInObjectCaseSensitive(one, "count", cJSON_CreateNumber(1));
-    if (cJSON_IsArray(names)) {
-      cJSON *nm = cJSON_CreateArray();
-      cJSON_AddItemToArray(nm, cJSON_Duplicate(cJSON_GetArrayItem(names, h), 1));
-      cJSON_ReplaceItemInObjectCaseSensitive(one, "hostnames", nm);
+/* Replaces hosts[g] (count n > 1) of the cluster by n groups of one host each, in place (ranks
+ * keep their numbers: they go group by group, host by host); hostnames split with them. The
+ * array is rebuilt (no cJSON_InsertItemInArray: some cJSON versions lose items inserted in the
+ * middle). */
+static hm_status hm_explode_group(cJSON *cluster, int g, int n) {
+  const cJSON *hosts = cJSON_GetObjectItemCaseSensitive(cluster, "hosts");
+  cJSON *out = cJSON_CreateArray();
+  int i = 0;
+  for (const cJSON *grp = hosts->child; grp && out; grp = grp->next, i++) {
+    const cJSON *names = cJSON_GetObjectItemCaseSensitive(grp, "hostnames");
+    const cJSON *gname = cJSON_GetObjectItemCaseSensitive(grp, "name");
+    for (int h = 0; h < (i == g ? n : 1); h++) {
+      cJSON *one = cJSON_Duplicate(grp, 1);
+      if (!one) break;
+      cJSON_AddItemToArray(out, one);
+      if (i != g) continue;
+      cJSON_ReplaceItemInObjectCaseSensitive(one, "count", cJSON_CreateNumber(1));
+      if (cJSON_IsArray(names)) {
+        cJSON *nm = cJSON_CreateArray();
+        cJSON_AddItemToArray(nm, cJSON_Duplicate(cJSON_GetArrayItem(names, h), 1));
+        cJSON_ReplaceItemInObjectCaseSensitive(one, "hostnames", nm);
+      }
+      if (cJSON_IsString(gname)) {
+        char nb[160];
+        snprintf(nb, sizeof nb, "%s-%d", gname->valuestring, h);
+        cJSON_ReplaceItemInObjectCaseSensitive(one, "name", cJSON_CreateString(nb));
+      }
     }
-    if (cJSON_IsString(gname)) {
-      char nb[160];
-      snprintf(nb, sizeof nb, "%s-%d", gname->valuestring, h);
-      cJSON_ReplaceItemInObjectCaseSensitive(one, "name", cJSON_CreateString(nb));
-    }
-    cJSON_InsertItemInArray(hosts, g + 1, one);
   }
-  cJSON_DeleteItemFromArray(hosts, g);
+  if (!out || cJSON_GetArraySize(out) != cJSON_GetArraySize(hosts) + n - 1) {
+    cJSON_Delete(out);
+    return hm_error(HM_ERR_NOMEM, "re-plan: splitting host group %d", g);
+  }
+  cJSON_ReplaceItemInObjectCaseSensitive(cluster, "hosts", out);
   return HM_OK;
 }
 
@@ -56,7 +67,7 @@ static hm_status hm_take_device(cJSON *cluster, int host, const char *type) {
     const int count = hm_jint(grp, "count", 1);
     if (host < first + count) {
       if (count > 1) {
-        HM_TRY(hm_explode_group(hosts, g, count));
+        HM_TRY(hm_explode_group(cluster, g, count));
         return hm_take_device(cluster, host, type);
       }
       cJSON *devs = cJSON_GetObjectItemCaseSensitive(grp, "devices");
@@ -84,11 +95,13 @@ static void hm_drop_unused_types(cJSON *cluster) {
   for (int i = cJSON_GetArraySize(types) - 1; i >= 0; i--) {
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(types, i), "name");
     int used = 0;
-    for (const cJSON *g = hosts ? hosts->child : NULL; g && !used; g = g->next)
-      for (const cJSON *d = cJSON_GetObjectItemCaseSensitive(g, "devices")->child; d; d = d->next) {
+    for (const cJSON *g = hosts ? hosts->child : NULL; g && !used; g = g->next) {
+      const cJSON *devs = cJSON_GetObjectItemCaseSensitive(g, "devices");
+      for (const cJSON *d = devs ? devs->child : NULL; d; d = d->next) {
         const cJSON *t = cJSON_GetObjectItemCaseSensitive(d, "type");
         used |= cJSON_IsString(t) && cJSON_IsString(name) && strcmp(t->valuestring, name->valuestring) == 0;
       }
+    }
     if (!used) cJSON_DeleteItemFromArray(types, i);
   }
 }

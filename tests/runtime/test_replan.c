@@ -31,6 +31,7 @@
 
 static const char *hetmix_bin = HM_BINARY_DIR "/hetmix";
 static char work[128];
+static const char *plan_name = "plan.json"; /* the plan launch() starts */
 
 static const char cluster_json[] =
     "{\"version\": 1, \"name\": \"three-cpus\",\n"
@@ -91,7 +92,7 @@ static void read_losses(const char *path, double *loss) {
 static int launch(const char *tag, const char *const *extra, int nextra, char *out, size_t ocap, char *err,
                   size_t ecap) {
   char plan[300], dump[300], outd[300], tok[300];
-  snprintf(plan, sizeof plan, "%s/plan.json", work);
+  snprintf(plan, sizeof plan, "%s/%s", work, plan_name);
   snprintf(dump, sizeof dump, "%s/%s-ckpt", work, tag);
   snprintf(outd, sizeof outd, "%s/%s-out", work, tag);
   snprintf(tok, sizeof tok, "%s/data.tok", work);
@@ -156,6 +157,37 @@ static void test_exclude_replans_before_start(void **state) {
   assert_int_equal(m.stage_count, 2);
 }
 
+/* A host group of 3 hosts (one device each) loses its second host's device: the group is split
+ * into single hosts, the 2 left keep their names, and the job runs on them. */
+static void test_exclude_splits_a_host_group(void **state) {
+  (void)state;
+  write_text("hosts", "{\"version\": 1, \"name\": \"three-hosts\",\n"
+             " \"device_types\": [{\"name\": \"cpu\", \"backend\": \"cpu:threads=1\", \"peak_flops\": {\"fp32\": 1e11},\n"
+             "   \"memory_bytes\": 1.2e6, \"memory_bandwidth\": 1e10, \"efficiency\": 0.5}],\n"
+             " \"hosts\": [{\"name\": \"n\", \"count\": 3, \"hostnames\": [\"n0\", \"n1\", \"n2\"],\n"
+             "   \"devices\": [{\"type\": \"cpu\", \"count\": 1}], \"nic\": {\"bandwidth\": 1e9, \"latency\": 1e-5}}]}\n");
+  static char out[1 << 16], err[1 << 16];
+  char c[300], m[300], t[300], pl[300];
+  snprintf(c, sizeof c, "%s/hosts", work);
+  snprintf(m, sizeof m, "%s/model.json", work);
+  snprintf(t, sizeof t, "%s/train.json", work);
+  snprintf(pl, sizeof pl, "%s/hosts-plan/plan.json", work);
+  char *plan[] = {(char *)hetmix_bin, "plan", "--cluster", c, "--model", m, "--train", t, "-o", pl, NULL};
+  snprintf(out, sizeof out, "mkdir -p %s/hosts-plan", work);
+  assert_int_equal(system(out), 0);
+  if (run(plan, out, sizeof out, err, sizeof err) != 0) fail_msg("hetmix plan:\n%s", err);
+  plan_name = "hosts-plan/plan.json";
+  const char *opts[] = {"--exclude", "1"};
+  const int rc = launch("hosts", opts, 2, out, sizeof out, err, sizeof err);
+  plan_name = "plan.json";
+  if (rc != 0 || !strstr(err, "dropped rank 1 (host 1, device 0, cpu"))
+    fail_msg("host 1's device was not dropped (exit %d):\n%s", rc, err);
+  snprintf(pl, sizeof pl, "%s/hosts-plan/replan1/cluster.json", work);
+  hm_t_read_file(pl, out, sizeof out);
+  if (!strstr(out, "\"n0\"") || !strstr(out, "\"n2\"") || strstr(out, "\"n1\""))
+    fail_msg("the cluster without host n1's device is not hosts n0 and n2:\n%s", out);
+}
+
 static int setup(void **state) {
   (void)state;
   if (hm_t_mkdtemp(work, sizeof work, "replan") != 0) return -1;
@@ -195,6 +227,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_device_lost_for_good),
       cmocka_unit_test(test_exclude_replans_before_start),
+      cmocka_unit_test(test_exclude_splits_a_host_group),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
