@@ -491,6 +491,25 @@ hm_status hm_ckpt_remove_step_dirs(const char *run_dir);
  * the head's copy of the tied embedding is dropped (it equals the first stage's). */
 hm_status hm_ckpt_merge_stages(const char *dir, int nstages, const char *out);
 
+/* Re-sharding a checkpoint to another pipeline layout (docs/runtime.md, "Elastic re-plan"). */
+typedef struct hm_reshard_layout {
+  int nstages;
+  int bounds[HM_CKPT_MAX_SHARDS + 1]; /* stage s holds layers [bounds[s], bounds[s+1]) */
+  int micro_batches, batch;           /* per optimizer step, sequences per micro-batch */
+  int world;                          /* workers of the new layout (the manifest's) */
+} hm_reshard_layout;
+/* Writes the stage checkpoint of layers [layout->layer_first, layout->layer_last) cut out of a
+ * whole-model checkpoint (hm_ckpt_merge_stages) to out: its params and AdamW moments by layer,
+ * the head's copy of a tied embedding included, byte for byte; the meta is the whole model's
+ * (step, data position, seed, run identity) with layout's layer range, stage_index,
+ * stage_count, micro_batches and batch. */
+hm_status hm_ckpt_cut_stage(const hm_ckpt *whole, const hm_ckpt_meta *layout, const char *out);
+/* Re-shards the complete checkpoint folder src (manifest and stage shards, float32 or float64,
+ * no tensor-parallel shards) to the layout `to` in out_dir: merges the stages into the whole
+ * model, cuts the new stages out of it, writes their manifest last. The global batch must stay
+ * (micro_batches x batch as the checkpoint's), else HM_ERR_INVALID_ARG. */
+hm_status hm_ckpt_reshard(const char *src, const hm_reshard_layout *to, const char *out_dir);
+
 /* Generates n_new tokens after prompt (bytes) with the model of a checkpoint (all layers).
  * temperature 0 means greedy; top_k 0 means no cut. out receives prompt + new bytes and a NUL
  * (cap >= prompt_len + n_new + 1). */

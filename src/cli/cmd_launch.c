@@ -78,6 +78,7 @@ static const char *worker_dump_dir(char *const *wargv) {
 int hm_cmd_launch(int argc, char **argv) {
   hm_launch_opts opts = HM_LAUNCH_OPTS_INIT;
   const char *plan_path = NULL, *cluster_path = NULL, *model_path = NULL, *events_path = NULL, *launcher = NULL;
+  const char *profile_path = NULL;
   int timeout_s = 0, netns = 0, max_restarts = 0, watchdog_s = 10, drop_after = 0, nexclude = 0;
   int exclude[64];
   double predicted_step_s = 0;
@@ -102,10 +103,12 @@ int hm_cmd_launch(int argc, char **argv) {
                  "the plan's predicted step) is hung; 0: off [10]"),
       HM_OPT_STR_ROW("events", 0, &events_path, "FILE", "one JSON line per attempt (failure, cause, times)"),
       HM_OPT_ROW(HM_OPT_INT, "drop-after", 0, &drop_after, 0, 1000000, "K",
-                 "a rank that failed K times has its data-parallel replica dropped;\n"
-                 "the others take its micro-batches (worker --stages/--micro layouts) [0: never]"),
+                 "a rank that failed K times is dropped: with --plan its device (re-plan\n"
+                 "on the rest, checkpoint re-sharded); else its data-parallel replica, the\n"
+                 "others taking its micro-batches (worker --stages/--micro) [0: never]"),
       HM_OPT_LIST_ROW("exclude", 0, exclude, 64, &nexclude, 0, 4095, "R0[,R1..]",
-                      "drop the replicas of these ranks before starting (as --drop-after)"),
+                      "drop these ranks before starting (as --drop-after)"),
+      HM_OPT_STR_ROW("profile", 0, &profile_path, "P", "with --plan: the profile a re-plan plans with"),
       HM_OPT_STR_ROW("launcher", 0, &launcher, "CMD",
                      "start the N ranks through this command line instead (words split\n"
                      "at spaces, the worker command appended), e.g. \"srun -n 4\n"
@@ -166,8 +169,8 @@ int hm_cmd_launch(int argc, char **argv) {
     wargv[wn++] = (char *)plan_path;
     if (cluster_path) wargv[wn++] = "--cluster", wargv[wn++] = (char *)cluster_path;
     if (model_path) wargv[wn++] = "--model", wargv[wn++] = (char *)model_path;
-  } else if (model_path || (cluster_path && !netns)) {
-    return hm_cli_fail(NULL, "--cluster and --model check a --plan; give --plan too");
+  } else if (model_path || profile_path || (cluster_path && !netns)) {
+    return hm_cli_fail(NULL, "--cluster, --model and --profile go with a --plan; give --plan too");
   }
   hm_launch_hosts hosts = {0};
   if (netns) {
@@ -224,8 +227,11 @@ int hm_cmd_launch(int argc, char **argv) {
     el = calloc(1, sizeof *el);
     if (!el) return hm_cli_fail(NULL, "out of memory");
     hm_status est = hm_elastic_init(el, opts.argv, opts.nworkers, drop_after);
+    el->self = self, el->profile = profile_path, el->run_dir = worker_dump_dir(el->argv);
+    if (est == HM_OK && el->plan_at >= 0 && nexclude > 0) /* plan again without those devices */
+      est = hm_elastic_replan(el, exclude, nexclude, NULL, &opts.nworkers);
     /* highest replica first, so the lower ones keep their numbers */
-    for (int pass = 0; est == HM_OK && pass < nexclude; pass++) {
+    for (int pass = 0; est == HM_OK && el->plan_at < 0 && pass < nexclude; pass++) {
       int best = -1;
       for (int k = 0; k < nexclude; k++)
         if (exclude[k] >= 0 && (best < 0 || exclude[k] > exclude[best])) best = k;
@@ -236,10 +242,10 @@ int hm_cmd_launch(int argc, char **argv) {
     }
     if (est != HM_OK) {
       free(el);
-      return hm_cli_fail_status(est, "launch", "--drop-after and --exclude drop data-parallel replicas of a worker "
-                                "--stages/--micro layout");
+      return hm_cli_fail_status(est, "launch", "--drop-after and --exclude drop a --plan job's devices (re-plan) or "
+                                "data-parallel replicas of a worker --stages/--micro layout");
     }
-    if (nexclude > 0) fprintf(stderr, "hetmix: launch: excluded: %d workers, --micro %s\n", opts.nworkers, el->micro_s);
+    if (nexclude > 0 && el->plan_at < 0) fprintf(stderr, "hetmix: launch: excluded: %d workers, --micro %s\n", opts.nworkers, el->micro_s);
     opts.argv = el->argv;
   }
   const char *run_dir = worker_dump_dir(opts.argv);

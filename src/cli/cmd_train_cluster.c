@@ -35,10 +35,12 @@ typedef struct cluster_args {
   double lr;
   int max_restarts;
   int netns;
+  int drop_after;
+  const char *exclude;
 } cluster_args;
 
 static int parse_cluster_args(int argc, char **argv, cluster_args *a) {
-  *a = (cluster_args){NULL, "gpt-mini", "out", NULL, 16, 20, 3, 200, 0, 0, 5, 0, 3, 0, 1e-3, 0, 0};
+  *a = (cluster_args){NULL, "gpt-mini", "out", NULL, 16, 20, 3, 200, 0, 0, 5, 0, 3, 0, 1e-3, 0, 0, 0, NULL};
   const hm_opt opts[] = {
       HM_OPT_STR_ROW("cluster", 0, &a->cluster, "FILE|local",
                      "cluster spec; `local` is this machine as a cpu and an opencl\n"
@@ -58,6 +60,10 @@ static int parse_cluster_args(int argc, char **argv, cluster_args *a) {
       HM_OPT_ROW(HM_OPT_INT, "max-restarts", 0, &a->max_restarts, 0, 1000000, "N",
                  "after a worker fails, restart the workers from the newest complete\n"
                  "checkpoint up to N times (hetmix launch --max-restarts) [0]"),
+      HM_OPT_ROW(HM_OPT_INT, "drop-after", 0, &a->drop_after, 0, 1000000, "K",
+                 "a rank that failed K times loses its device: plan again on the\n"
+                 "rest, re-shard the checkpoint, go on (hetmix launch --drop-after) [0: never]"),
+      HM_OPT_STR_ROW("exclude", 0, &a->exclude, "R0[,R1..]", "plan again without these ranks' devices before training"),
       HM_OPT_FLAG_ROW("rebalance", 0, &a->rebalance,
                       "let the workers move micro-batches between data-parallel\n"
                       "replicas from their measured pace (docs/runtime.md)"),
@@ -141,12 +147,15 @@ static int profile_and_plan(const char *self, const cluster_args *a, const char 
   return st == HM_OK ? 0 : hm_cli_fail_status(st, "train", NULL);
 }
 
-/* Launches the plan's workers (hetmix launch --plan) with traces and stage checkpoints. */
+/* Launches the plan's workers (hetmix launch --plan) with traces and stage checkpoints; a re-plan
+ * (--drop-after, --exclude) plans with the same spec files and the profile. */
 static int train_plan(const char *self, const cluster_args *a, const char *cl_path) {
-  char plan_path[PATH_MAX], meas_path[PATH_MAX], stages_dir[PATH_MAX], steps_s[16], lr_s[32], ckpt_s[16], keep_s[16];
-  char restarts_s[16];
+  char plan_path[PATH_MAX], meas_path[PATH_MAX], stages_dir[PATH_MAX], prof_path[PATH_MAX], steps_s[16], lr_s[32];
+  char ckpt_s[16], keep_s[16], restarts_s[16], drop_s[16];
   snprintf(restarts_s, sizeof restarts_s, "%d", a->max_restarts);
+  snprintf(drop_s, sizeof drop_s, "%d", a->drop_after);
   snprintf(plan_path, sizeof plan_path, "%s/plan.json", a->out);
+  snprintf(prof_path, sizeof prof_path, "%s/profile.json", a->out);
   snprintf(meas_path, sizeof meas_path, "%s/measured.json", a->out);
   snprintf(stages_dir, sizeof stages_dir, "%s/stages", a->out);
   snprintf(steps_s, sizeof steps_s, "%d", a->steps);
@@ -158,14 +167,14 @@ static int train_plan(const char *self, const cluster_args *a, const char *cl_pa
   if (st != HM_OK) return hm_cli_fail_status(st, "train", NULL);
   printf("\n== 3/3 train: %d workers, %d steps\n", nranks, a->steps);
   fflush(stdout);
-  char *args[40] = {"launch", "--plan", plan_path, "--max-restarts", restarts_s, "--", "--steps", steps_s, "--lr", lr_s,
-                    "--out", (char *)a->out, "--trace", meas_path, "--trace-steps", "2", "--dump", stages_dir};
-  int n = 18;
-  if (a->netns) { /* launch's own options go before `--` */
-    memmove(args + 8, args + 5, sizeof(char *) * 13);
-    args[5] = "--cluster", args[6] = (char *)cl_path, args[7] = "--netns";
-    n += 3;
-  }
+  char *args[48] = {"launch", "--plan", plan_path, "--max-restarts", restarts_s, "--profile", prof_path};
+  int n = 7;
+  if (a->netns) args[n++] = "--cluster", args[n++] = (char *)cl_path, args[n++] = "--netns"; /* launch's own options */
+  if (a->drop_after > 0) args[n++] = "--drop-after", args[n++] = drop_s;
+  if (a->exclude) args[n++] = "--exclude", args[n++] = (char *)a->exclude;
+  char *worker[] = {"--", "--steps", steps_s, "--lr", lr_s, "--out", (char *)a->out, "--trace", meas_path,
+                    "--trace-steps", "2", "--dump", stages_dir, NULL};
+  for (int i = 0; worker[i]; i++) args[n++] = worker[i];
   if (a->data) args[n++] = "--data", args[n++] = (char *)a->data;
   if (a->rebalance) args[n++] = "--rebalance";
   args[n++] = "--ckpt-every", args[n++] = ckpt_s;
@@ -175,10 +184,22 @@ static int train_plan(const char *self, const cluster_args *a, const char *cl_pa
   return st == HM_OK ? 0 : hm_cli_fail_status(st, "train", NULL);
 }
 
+/* The plan the workers ended with: the newest re-plan's (<out>/replan<k>/plan.json, written by
+ * hetmix launch when it dropped a device), else <out>/plan.json. */
+static void current_plan(const cluster_args *a, char *path, size_t cap) {
+  snprintf(path, cap, "%s/plan.json", a->out);
+  for (int k = 1; k < 1000; k++) {
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s/replan%d/plan.json", a->out, k);
+    if (access(p, R_OK) != 0) break;
+    hm_strcpy(path, cap, p);
+  }
+}
+
 /* Joins the stage checkpoints into one model and prints a text sample from it. */
 static int print_sample(const cluster_args *a) {
   char plan_path[PATH_MAX], stages_dir[PATH_MAX], merged[PATH_MAX];
-  snprintf(plan_path, sizeof plan_path, "%s/plan.json", a->out);
+  current_plan(a, plan_path, sizeof plan_path);
   snprintf(stages_dir, sizeof stages_dir, "%s/stages", a->out);
   snprintf(merged, sizeof merged, "%s/model-final.hmc", a->out);
   int nranks = 0, nstages = 0;
@@ -201,7 +222,7 @@ static int print_sample(const cluster_args *a) {
 /* The report, after the bound runs when asked for. */
 static int report(const char *self, const cluster_args *a, const hm_spec_model_config *cfg, const char *cl_path) {
   char plan_path[PATH_MAX], metrics_path[PATH_MAX], model_s[PATH_MAX];
-  snprintf(plan_path, sizeof plan_path, "%s/plan.json", a->out);
+  current_plan(a, plan_path, sizeof plan_path);
   snprintf(metrics_path, sizeof metrics_path, "%s/metrics.jsonl", a->out);
   snprintf(model_s, sizeof model_s, "%s/model.json", a->out); /* the workers read the spec itself */
   hm_cli_bound bound;

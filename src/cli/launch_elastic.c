@@ -1,5 +1,8 @@
 /* Dropping a device that keeps failing, or one given by --exclude, from a `hetmix launch` job
- * (docs/runtime.md, "Failure model"). Scope: data-parallel replicas of a --stages/--micro layout.
+ * (docs/runtime.md, "Failure model" and "Elastic re-plan"). A --plan job is planned again
+ * without the device (hm_elastic_replan: the planner moves layers between stages as it sees
+ * fit, the checkpoint is re-sharded to the new stages). Otherwise, on a --stages/--micro layout,
+ * the device's data-parallel replica is dropped:
  * A replica's stages hold the same parameters as replica 0's, whose checkpoints every restart
  * resumes from, so dropping one re-shards nothing: the remaining replicas take its micro-batches
  * (the global batch and the data order stay; micro-batch k of a step is the same data wherever
@@ -11,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
+#include "runtime/replan.h"
 #include "util/util.h"
 
 static int hm_arg_index(char *const *argv, const char *name) {
@@ -42,9 +47,15 @@ hm_status hm_elastic_init(hm_elastic *e, char *const *argv, int nworkers, int dr
     e->argv[n] = argv[n];
   }
   e->argv[n] = NULL;
-  if (hm_arg_index(argv, "--plan") >= 0)
-    return hm_error(HM_ERR_INVALID_ARG, "dropping a device needs the layout as worker options (--stages, --micro); "
-                    "with --plan, make a plan without the device (hetmix plan) and resume from the checkpoint");
+  e->plan_at = hm_arg_index(argv, "--plan");
+  e->cluster_at = hm_arg_index(argv, "--cluster");
+  if (e->plan_at >= 0) { /* the plan's layout; dropping a device re-plans */
+    hm_strcpy(e->plan_dir, sizeof e->plan_dir, argv[e->plan_at]);
+    char *slash = strrchr(e->plan_dir, '/');
+    if (slash) *slash = '\0';
+    else hm_strcpy(e->plan_dir, sizeof e->plan_dir, ".");
+    return HM_OK;
+  }
   e->micro_at = hm_arg_index(argv, "--micro");
   const int st = hm_arg_index(argv, "--stages");
   int bounds[66];
@@ -94,11 +105,74 @@ hm_status hm_elastic_drop(hm_elastic *e, int q, int *nworkers) {
   return HM_OK;
 }
 
+/* "[0,2) [2,4)" of a layout, into buf. */
+static const char *hm_bounds_str(const hm_reshard_layout *l, char *buf, size_t cap) {
+  size_t n = 0;
+  buf[0] = '\0';
+  for (int s = 0; s < l->nstages && n < cap; s++)
+    n += (size_t)snprintf(buf + n, cap - n, "%s[%d,%d)", s ? " " : "", l->bounds[s], l->bounds[s + 1]);
+  return buf;
+}
+
+hm_status hm_elastic_replan(hm_elastic *e, const int *drop, int n, const char *resume, int *nworkers) {
+  const int k = ++e->replans;
+  char dir[4200], plan[4300], ob[512], nb[512];
+  snprintf(dir, sizeof dir, "%s/replan%d", e->plan_dir, k);
+  snprintf(plan, sizeof plan, "%s/plan.json", dir);
+  hm_replan_specs *sp = hm_calloc(1, sizeof *sp, "re-plan specs");
+  if (!sp) return HM_ERR_NOMEM;
+  hm_reshard_layout old, now;
+  double predicted = 0;
+  hm_status st = hm_replan_layout(e->argv[e->plan_at], &old, NULL);
+  if (st == HM_OK) st = hm_replan_write_specs(e->argv[e->plan_at], e->profile, drop, n, dir, sp);
+  if (st == HM_OK) {
+    fprintf(stderr, "hetmix: launch: re-plan %d: dropping %s; planning on the rest (%s)\n", k, sp->dropped, sp->cluster);
+    fflush(stderr);
+    char *args[16] = {"plan", "--cluster", sp->cluster, "--model", sp->model, "--train", sp->train, "-o", plan,
+                      "--top", "3"};
+    int na = 11;
+    if (sp->profile[0]) args[na++] = "--profile", args[na++] = sp->profile;
+    args[na] = NULL;
+    st = hm_cli_run_self(e->self, args, "hetmix plan (re-plan)");
+  }
+  if (st == HM_OK) st = hm_replan_layout(plan, &now, &predicted);
+  if (st == HM_OK && resume && e->run_dir) {
+    char aside[64];
+    snprintf(aside, sizeof aside, "replan%d-old-layout", k);
+    st = hm_replan_reshard(e->run_dir, resume, &now, aside);
+  }
+  if (st == HM_OK) {
+    fprintf(stderr, "hetmix: launch: re-plan %d: dropped %s; new plan %s: %d workers, stages %s, %d x %d sequences per "
+            "step (the same global batch), predicted step %.4g s%s%s (stages before: %s)\n", k, sp->dropped, plan,
+            now.world, hm_bounds_str(&now, nb, sizeof nb), now.micro_batches, now.batch, predicted,
+            resume ? "; re-sharded " : "; no checkpoint to re-shard", resume ? resume : "",
+            hm_bounds_str(&old, ob, sizeof ob));
+    hm_strcpy(e->plan_s, sizeof e->plan_s, plan);
+    e->argv[e->plan_at] = e->plan_s;
+    if (e->cluster_at >= 0) { /* the workers check the new plan against the cluster without the device */
+      hm_strcpy(e->cluster_s, sizeof e->cluster_s, sp->cluster);
+      e->argv[e->cluster_at] = e->cluster_s;
+    }
+    *nworkers = now.world;
+    memset(e->fails, 0, sizeof e->fails); /* ranks are renumbered */
+  }
+  free(sp);
+  return st;
+}
+
 hm_status hm_elastic_reshape(const hm_restart_event *ev, void *user, char *const **argv, int *nworkers) {
   hm_elastic *e = user;
   const int r = ev->res->failed_rank;
   if (e->drop_after <= 0 || r < 0 || r >= HM_ELASTIC_MAX_RANKS) return HM_OK;
   if (++e->fails[r] < e->drop_after) return HM_OK;
+  if (e->plan_at >= 0) {
+    fprintf(stderr, "hetmix: launch: rank %d (%s%s, device %s) failed %d times: dropping its device\n", r,
+            ev->res->host[0] ? "host " : "no heartbeat", ev->res->host, ev->res->device[0] ? ev->res->device : "?",
+            e->drop_after);
+    HM_TRY(hm_elastic_replan(e, &r, 1, ev->resume_path, nworkers));
+    *argv = e->argv;
+    return HM_OK;
+  }
   if (e->R == 1) return HM_OK; /* nothing to drop: keep restarting as before */
   const int q = r / e->p;
   HM_TRY(hm_elastic_drop(e, q, nworkers));

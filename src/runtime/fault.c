@@ -1,6 +1,7 @@
 /* Fault-injection hooks for the restart tests and the soak benchmark (heartbeat.h): a worker
  * kills, stops, hangs or slows itself at a given step when HETMIX_FAULT asks it to, on the
- * first attempt of a job only (HETMIX_ATTEMPT absent or 0). Inert without the variable. */
+ * first attempt of a job only (HETMIX_ATTEMPT absent or 0), or on attempt A for an entry with
+ * ":attempt=A" (a device that keeps failing). Inert without the variable. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,13 +13,13 @@
 
 typedef struct hm_fault {
   char kind[16];
-  int rank, step;
+  int rank, step, attempt;
   double factor;
 } hm_fault;
 
-static int hm_first_attempt(void) {
+static int hm_attempt_now(void) {
   const char *a = getenv("HETMIX_ATTEMPT");
-  return !a || atoi(a) == 0;
+  return a ? atoi(a) : 0;
 }
 
 /* Parses one "kind:rank=R:step=K[:factor=F]" entry; 0 when it is not one. */
@@ -28,7 +29,7 @@ static int hm_fault_parse(const char *s, size_t n, hm_fault *f) {
   memcpy(buf, s, n);
   buf[n] = '\0';
   memset(f, 0, sizeof *f);
-  f->rank = -1, f->step = -1, f->factor = 1.0;
+  f->rank = -1, f->step = -1, f->attempt = 0, f->factor = 1.0;
   char *save = NULL, *tok = strtok_r(buf, ":", &save);
   if (!tok || strlen(tok) >= sizeof f->kind) return 0;
   strcpy(f->kind, tok);
@@ -36,6 +37,7 @@ static int hm_fault_parse(const char *s, size_t n, hm_fault *f) {
     if (strncmp(tok, "rank=", 5) == 0) f->rank = atoi(tok + 5);
     else if (strncmp(tok, "step=", 5) == 0) f->step = atoi(tok + 5);
     else if (strncmp(tok, "factor=", 7) == 0) f->factor = atof(tok + 7);
+    else if (strncmp(tok, "attempt=", 8) == 0) f->attempt = atoi(tok + 8);
   }
   return f->rank >= 0 && f->step >= 0;
 }
@@ -43,11 +45,12 @@ static int hm_fault_parse(const char *s, size_t n, hm_fault *f) {
 /* The entry of HETMIX_FAULT of that kind for rank (at step, or at any step when step < 0). */
 static int hm_fault_find(const char *kind, int rank, int step, hm_fault *out) {
   const char *spec = getenv("HETMIX_FAULT");
-  if (!spec || !*spec || !hm_first_attempt()) return 0;
+  if (!spec || !*spec) return 0;
+  const int attempt = hm_attempt_now();
   for (const char *p = spec; *p;) {
     size_t n = strcspn(p, ";");
     if (hm_fault_parse(p, n, out) && strcmp(out->kind, kind) == 0 && out->rank == rank &&
-        (step < 0 || out->step == step))
+        out->attempt == attempt && (step < 0 || out->step == step))
       return 1;
     p += n;
     if (*p == ';') p++;
