@@ -156,6 +156,9 @@ typedef struct hm_stage hm_stage;
  * gradient taken by every rank), of the tied embedding (vocabulary-parallel: V/size rows each)
  * and of the logits (vocabulary-parallel cross-entropy, no full-logit gather). LayerNorms, wpe
  * and the row-parallel biases are replicated: every rank computes the same gradient for them.
+ * Llama stages the same way: QKV (query and key/value heads split; kv_heads must be divisible by
+ * size) and SwiGLU gate | up column-parallel, attention-out and down row-parallel, wte and the
+ * untied lm_head vocabulary-parallel, RMSNorm weights replicated.
  * The model calls `allreduce` (supplied by the runtime, so the model stays free of hmcomm) in
  * place on a device buffer of n elements of the device dtype, summing (HM_TP_SUM) or taking the
  * maximum (HM_TP_MAX) over the ranks; every rank must receive bitwise the same result.
@@ -181,8 +184,9 @@ typedef struct hm_stage_options {
 } hm_stage_options;
 
 /* The sizes one tensor-parallel rank holds, computed in one place: heads NH/size, channels of
- * q, k and v C/size (head size unchanged), MLP hidden 4C/size, vocabulary rows V/size starting
- * at vocab_lo = rank * V/size. HM_ERR_INVALID_ARG when size does not divide NH and V or rank is
+ * q C/size (head size unchanged), MLP hidden ffn/size (GPT-2: 4C/size), vocabulary rows V/size
+ * starting at vocab_lo = rank * V/size (Llama's kv_heads/size key/value heads: llama.c).
+ * HM_ERR_INVALID_ARG when size does not divide NH and V (Llama: also kv_heads and ffn) or rank is
  * out of range. */
 typedef struct hm_tp_sizes {
   int size, rank;
@@ -268,7 +272,9 @@ size_t hm_stage_tensor_numel(const hm_stage *s, int i);
 int hm_stage_find_tensor(const hm_stage *s, const char *name); /* index or -1 */
 /* How tensor i is split over the stage's tensor-parallel ranks: its full shape (rows, cols)
  * (1-D tensors: (n, 1)), split 0 = replicated (every rank holds it whole), 1 = rows (each of
- * `blocks` equal row blocks cut into tp parts: 3 blocks q | k | v for QKV), 2 = columns. */
+ * `blocks` equal row blocks cut into tp parts: 3 blocks q | k | v for GPT-2's QKV, 2 blocks
+ * gate | up for Llama's SwiGLU), 2 = columns, 3 = Llama's grouped-query QKV (rows q | k | v in
+ * the ratio blocks : 1 : 1, blocks = NH/kv_heads, each cut into tp parts by heads). */
 typedef struct hm_tensor_split {
   size_t rows, cols;
   int split, blocks;

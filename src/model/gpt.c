@@ -35,9 +35,6 @@ static hm_status hm_check_options(const hm_spec_model_config *cfg, const hm_stag
   if ((double)o->B * o->T * (double)(cfg->V > widest ? cfg->V : widest) > 2147483647.0)
     return hm_error(HM_ERR_INVALID_ARG, "stage micro-batch B*T=%lld is too large for 32-bit kernel indices",
                     (long long)o->B * o->T);
-  if (cfg->arch == HM_ARCH_LLAMA && o->tp.size > 1)
-    return hm_error(HM_ERR_UNSUPPORTED, "stage [%d,%d): tensor parallelism of Llama blocks is not implemented yet "
-                    "(tp %d; GPT-2 stages support it)", o->first, o->last, o->tp.size);
   hm_tp_sizes tp;
   HM_TRY(hm_stage_tp_sizes(cfg, o->tp.size, o->tp.rank, &tp));
   if (tp.size > 1 && !o->tp.allreduce)
@@ -49,7 +46,7 @@ static hm_status hm_check_options(const hm_spec_model_config *cfg, const hm_stag
 // Adds a tensor of full shape (rows, cols); the stage holds this tensor-parallel rank's shard.
 void hm_add_tensor(hm_stage *s, const char *name, size_t rows, size_t cols, int decay, double std, float c) {
   int blocks = 1;
-  const hm_tp_split split = s->tp.size > 1 ? hm_tp_tensor_split(name, &blocks) : HM_TP_REPLICATED;
+  const hm_tp_split split = s->tp.size > 1 ? hm_tp_tensor_split(&s->cfg, name, &blocks) : HM_TP_REPLICATED;
   const size_t numel = split == HM_TP_REPLICATED ? rows * cols : rows * cols / (size_t)s->tp.size;
   if (s->tensors) {
     hm_stage_tensor *t = &s->tensors[s->n_tensors];
@@ -358,7 +355,7 @@ hm_status hm_stage_init_params(hm_stage *s, uint64_t seed) {
 // ---- forward ----------------------------------------------------------------------------------
 
 // Megatron's g (forward) and f (backward) operators: the sum over the tensor-parallel ranks.
-static hm_status hm_tp_allreduce(hm_stage *s, void *buf, size_t n, hm_tp_op op) {
+hm_status hm_tp_allreduce(hm_stage *s, void *buf, size_t n, hm_tp_op op) {
   if (s->tp.size <= 1) return HM_OK;
   hm_status st = s->tpo.allreduce(s->tpo.ctx, buf, n, op);
   if (st != HM_OK)
@@ -404,24 +401,29 @@ static hm_status hm_check_mb(const hm_stage *s, int mb) {
   return HM_OK;
 }
 
-// The embedding. With tensor parallelism each rank holds rows [vocab_lo, vocab_lo + V/tp) of wte:
-// tokens outside them read a zero row appended to a copy of the shard, wpe is added by rank 0
-// only, and the allreduce sums the parts (each position gets one nonzero wte row: exact).
-static hm_status hm_embed_forward(hm_stage *s, hm_mb_acts *a, const int32_t *tokens) {
+// The vocabulary-parallel embedding: each rank holds rows [vocab_lo, vocab_lo + V/tp) of wte;
+// tokens outside them read a zero row appended to a copy of the shard, the position table `pos`
+// is added (GPT-2: wpe by rank 0 only, zeros elsewhere), and the allreduce sums the parts (each
+// position gets one nonzero wte row: exact).
+hm_status hm_tp_embed_forward(hm_stage *s, hm_mb_acts *a, const int32_t *tokens, const void *pos) {
   hm_device *d = s->dev;
   const int B = s->B, T = s->T, C = s->cfg.C, N = B * T;
-  if (s->tp.size <= 1) {
-    HM_TRY(hm_device_copy_h2d(d, a->tokens, tokens, (size_t)N * sizeof(int32_t)));
-    return hm_dev_encoder_forward(d, a->enc, a->tokens, P(s, s->wte), P(s, s->wpe), B, T, C);
-  }
   const int lo = s->tp.vocab_lo, Vl = s->tp.vocab;
   for (int i = 0; i < N; i++) s->tok_map[i] = tokens[i] >= lo && tokens[i] < lo + Vl ? tokens[i] - lo : Vl;
   HM_TRY(hm_device_copy_h2d(d, a->tokens, s->tok_map, (size_t)N * sizeof(int32_t)));
   const size_t es = hm_device_elem_size(d);
   HM_TRY(hm_device_copy_d2d(d, s->wte_pad, P(s, s->wte), (size_t)Vl * C * es));
   HM_TRY(hm_device_zero(d, hm_device_offset(d, s->wte_pad, (size_t)Vl * C), (size_t)C * es));  // backward used it
-  HM_TRY(hm_dev_encoder_forward(d, a->enc, a->tokens, s->wte_pad, s->tp.rank == 0 ? P(s, s->wpe) : s->wpe_zero, B, T, C));
+  HM_TRY(hm_dev_encoder_forward(d, a->enc, a->tokens, s->wte_pad, pos, B, T, C));
   return hm_tp_allreduce(s, a->enc, (size_t)N * C, HM_TP_SUM);
+}
+
+static hm_status hm_embed_forward(hm_stage *s, hm_mb_acts *a, const int32_t *tokens) {
+  hm_device *d = s->dev;
+  const int B = s->B, T = s->T, C = s->cfg.C, N = B * T;
+  if (s->tp.size > 1) return hm_tp_embed_forward(s, a, tokens, s->tp.rank == 0 ? P(s, s->wpe) : s->wpe_zero);
+  HM_TRY(hm_device_copy_h2d(d, a->tokens, tokens, (size_t)N * sizeof(int32_t)));
+  return hm_dev_encoder_forward(d, a->enc, a->tokens, P(s, s->wte), P(s, s->wpe), B, T, C);
 }
 
 // Reads n device values (the device dtype) into host doubles.
@@ -438,7 +440,7 @@ static hm_status hm_read_values(hm_stage *s, double *out, const void *src, size_
 
 // Vocabulary-parallel cross-entropy (forward): allreduce of the row maxima, then of the sums of
 // exponentials and the target logits; loss_n = log(sum) + max - target logit.
-static hm_status hm_head_tp_forward(hm_stage *s, hm_mb_acts *a, const int32_t *targets, float *loss) {
+hm_status hm_head_tp_forward(hm_stage *s, hm_mb_acts *a, const int32_t *targets, float *loss) {
   hm_device *d = s->dev;
   const int N = s->B * s->T, Vl = s->tp.vocab;
   HM_TRY(hm_dev_rowmax(d, a->rowmax, a->logits, N, Vl));
@@ -542,16 +544,21 @@ static hm_status hm_block_backward(hm_stage *s, int b, hm_block_acts *k, const v
   return HM_OK;
 }
 
-// The embedding's backward; with tensor parallelism the scatter goes into the padded copy, whose
-// first V/tp rows are this rank's wte gradient (the zero row takes the other ranks' tokens).
-static hm_status hm_embed_backward(hm_stage *s, hm_mb_acts *a) {
+// The vocabulary-parallel embedding's backward: the scatter goes into the padded copy, whose
+// first V/tp rows are this rank's wte gradient (the zero row takes the other ranks' tokens); the
+// position gradient is added to dpos.
+hm_status hm_tp_embed_backward(hm_stage *s, hm_mb_acts *a, void *dpos) {
   hm_device *d = s->dev;
   const int B = s->B, T = s->T, C = s->cfg.C;
-  if (s->tp.size <= 1) return hm_dev_encoder_backward(d, G(s, s->wte), G(s, s->wpe), s->dresid, a->tokens, B, T, C);
   const size_t Vl = (size_t)s->tp.vocab;
   HM_TRY(hm_device_zero(d, s->wte_pad, (Vl + 1) * C * hm_device_elem_size(d)));
-  HM_TRY(hm_dev_encoder_backward(d, s->wte_pad, G(s, s->wpe), s->dresid, a->tokens, B, T, C));
+  HM_TRY(hm_dev_encoder_backward(d, s->wte_pad, dpos, s->dresid, a->tokens, B, T, C));
   return hm_dev_residual_backward(d, G(s, s->wte), NULL, s->wte_pad, Vl * C);
+}
+
+static hm_status hm_embed_backward(hm_stage *s, hm_mb_acts *a) {
+  if (s->tp.size > 1) return hm_tp_embed_backward(s, a, G(s, s->wpe));
+  return hm_dev_encoder_backward(s->dev, G(s, s->wte), G(s, s->wpe), s->dresid, a->tokens, s->B, s->T, s->cfg.C);
 }
 
 hm_status hm_stage_backward(hm_stage *s, int mb, const void *dout, float loss_weight) {

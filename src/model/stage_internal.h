@@ -87,6 +87,15 @@ static inline void *G(hm_stage *s, int i) { return hm_device_offset(s->dev, s->g
  * with tensor parallelism the stage holds this rank's shard of it. */
 void hm_add_tensor(hm_stage *s, const char *name, size_t rows, size_t cols, int decay, double std, float c);
 
+/* gpt.c: tensor-parallel pieces both architectures use. The allreduce over the stage's ranks
+ * (no-op at tp 1); the vocabulary-parallel embedding (tokens from the host, position table pos
+ * added; then summed over the ranks) and its backward (position gradient into dpos); the
+ * vocabulary-parallel cross-entropy of a->logits (this rank's V/tp columns) with the loss. */
+hm_status hm_tp_allreduce(hm_stage *s, void *buf, size_t n, hm_tp_op op);
+hm_status hm_tp_embed_forward(hm_stage *s, hm_mb_acts *a, const int32_t *tokens, const void *pos);
+hm_status hm_tp_embed_backward(hm_stage *s, hm_mb_acts *a, void *dpos);
+hm_status hm_head_tp_forward(hm_stage *s, hm_mb_acts *a, const int32_t *targets, float *loss);
+
 /* llama.c: the Llama side of the stage-level dispatch. */
 void hm_llama_list_tensors(hm_stage *s);
 void hm_llama_carve_acts(hm_stage *s, hm_carver *c, size_t att_saved);

@@ -1,4 +1,4 @@
-/* Tensor-parallel shards of GPT-2 tensors: rank-local sizes, the split of each named tensor, the
+/* Tensor-parallel shards of GPT-2 and Llama tensors: rank-local sizes, the split of each named tensor, the
  * copy between a full tensor and a shard, and the merge of shard checkpoints into the unsplit
  * model. Not here: the parallel forward and backward (gpt.c). */
 #include <stdio.h>
@@ -16,10 +16,14 @@ hm_status hm_stage_tp_sizes(const hm_spec_model_config *cfg, int size, int rank,
   if (cfg->NH % size != 0 || cfg->V % size != 0)
     return hm_error(HM_ERR_INVALID_ARG, "tensor parallelism %d must divide the heads NH=%d and the vocabulary V=%d",
                     size, (int)cfg->NH, (int)cfg->V);
+  if (cfg->arch == HM_ARCH_LLAMA && (cfg->kv_heads % size != 0 || cfg->ffn % size != 0))
+    return hm_error(HM_ERR_INVALID_ARG, "tensor parallelism %d must divide the key/value heads kv_heads=%d and the "
+                    "SwiGLU width ffn=%d (each rank holds whole key/value heads)", size, (int)cfg->kv_heads,
+                    (int)cfg->ffn);
   out->size = size, out->rank = rank;
   out->heads = cfg->NH / size;
   out->channels = cfg->C / size;  // C = NH * head size, so size divides C too
-  out->hidden = 4 * cfg->C / size;
+  out->hidden = cfg->ffn / size;  // GPT-2: ffn = 4C
   out->vocab = cfg->V / size;
   out->vocab_lo = rank * out->vocab;
   return HM_OK;
@@ -30,9 +34,21 @@ static int hm_ends_with(const char *s, const char *suffix) {
   return n >= k && strcmp(s + n - k, suffix) == 0;
 }
 
-hm_tp_split hm_tp_tensor_split(const char *name, int *blocks) {
+hm_tp_split hm_tp_tensor_split(const hm_spec_model_config *cfg, const char *name, int *blocks) {
   *blocks = 1;
-  if (strcmp(name, "wte") == 0) return HM_TP_ROWS;  // vocabulary-parallel embedding and head
+  if (strcmp(name, "wte") == 0 || strcmp(name, "lm_head") == 0) return HM_TP_ROWS;  // vocabulary-parallel
+  if (cfg->arch == HM_ARCH_LLAMA) {
+    if (hm_ends_with(name, ".attn.qkv.w")) {
+      *blocks = (int)(cfg->NH / cfg->kv_heads);  // q heads per kv head
+      return HM_TP_ROWS_QKV;
+    }
+    if (hm_ends_with(name, ".mlp.gate_up.w")) {
+      *blocks = 2;  // gate | up, each split by columns of ffn
+      return HM_TP_ROWS;
+    }
+    if (hm_ends_with(name, ".attn.proj.w") || hm_ends_with(name, ".mlp.down.w")) return HM_TP_COLS;
+    return HM_TP_REPLICATED;  // RMSNorm weights
+  }
   if (hm_ends_with(name, ".attn.qkv.w") || hm_ends_with(name, ".attn.qkv.b")) {
     *blocks = 3;  // q | k | v, each split by heads
     return HM_TP_ROWS;
@@ -55,6 +71,17 @@ void hm_tp_copy_bytes(void *full_, void *shard_, size_t rows, size_t cols, size_
     for (size_t r = 0; r < rows; r++) {
       char *f = full + (r * cols + c0) * elem, *s = shard + r * w * elem;
       memcpy(to_shard ? s : f, to_shard ? f : s, w * elem);
+    }
+    return;
+  }
+  if (split == HM_TP_ROWS_QKV) {  // q | k | v of blocks : 1 : 1 units
+    const size_t unit = rows / ((size_t)blocks + 2), brows[3] = {(size_t)blocks * unit, unit, unit};
+    size_t f0 = 0, s0 = 0;
+    for (int b = 0; b < 3; b++) {
+      const size_t h = brows[b] / (size_t)size;
+      char *f = full + (f0 + (size_t)rank * h) * cols * elem, *s = shard + s0 * cols * elem;
+      memcpy(to_shard ? s : f, to_shard ? f : s, h * cols * elem);
+      f0 += brows[b], s0 += h;
     }
     return;
   }
@@ -98,10 +125,11 @@ static void hm_full_shape(const hm_spec_model_config *c, const char *name, size_
                           size_t *rows, size_t *cols) {
   const size_t C = (size_t)c->C, len = strlen(name);
   const int is_w = len > 2 && strcmp(name + len - 2, ".w") == 0;
-  *cols = split == HM_TP_REPLICATED         ? 1
-          : strstr(name, ".mlp.proj.w")     ? 4 * C
-          : is_w || strstr(name, "wte")     ? C
-                                            : 1;
+  *cols = split == HM_TP_REPLICATED                        ? 1
+          : strstr(name, ".mlp.proj.w")                    ? 4 * C
+          : strstr(name, ".mlp.down.w")                    ? (size_t)c->ffn
+          : is_w || strstr(name, "wte") || strstr(name, "lm_head") ? C
+                                                           : 1;
   *rows = (split == HM_TP_REPLICATED ? numel_shard : numel_shard * (size_t)n) / *cols;
 }
 
@@ -121,7 +149,7 @@ hm_status hm_ckpt_merge_tp(const char *const *paths, int n, const char *out_path
     const hm_ckpt_tensor *t0 = &ck[0].tensors[i];
     const char *slash = strchr(t0->name, '/');
     int blocks;
-    hm_tp_split split = hm_tp_tensor_split(slash ? slash + 1 : t0->name, &blocks);
+    hm_tp_split split = hm_tp_tensor_split(&ck[0].meta.config, slash ? slash + 1 : t0->name, &blocks);
     size_t rows, cols;
     hm_full_shape(&ck[0].meta.config, t0->name, t0->numel, split, n, &rows, &cols);
     out[i] = *t0;

@@ -1,6 +1,6 @@
-/* Tensor-parallel sharding of GPT-2 tensors (Megatron-LM layout), shared by the stage (gpt.c:
- * local sizes, init by slicing the full tensor) and the checkpoint merge (tp_shard.c). Private to
- * src/model. */
+/* Tensor-parallel sharding of GPT-2 and Llama tensors (Megatron-LM layout), shared by the stages
+ * (gpt.c, llama.c: local sizes, init by slicing the full tensor) and the checkpoint merge
+ * (tp_shard.c). Private to src/model. */
 #ifndef HETMIX_MODEL_TP_SHARD_H
 #define HETMIX_MODEL_TP_SHARD_H
 
@@ -12,11 +12,15 @@ typedef enum hm_tp_split {
   HM_TP_REPLICATED = 0, /* every rank holds the whole tensor */
   HM_TP_ROWS,           /* rows split: each of `blocks` equal row blocks is cut into size parts */
   HM_TP_COLS,           /* columns split: every row is cut into size parts */
+  HM_TP_ROWS_QKV,       /* grouped-query QKV rows q | k | v of blocks : 1 : 1 units (blocks =
+                           NH/kv_heads), each of q, k and v cut into size parts by heads */
 } hm_tp_split;
 
-/* How the tensor named `name` (a stage tensor name: "wte", "h3.attn.qkv.w", ...) is split, and
- * into how many row blocks (3 for QKV: q | k | v, each split by heads; else 1). */
-hm_tp_split hm_tp_tensor_split(const char *name, int *blocks);
+/* How the tensor named `name` (a stage tensor name: "wte", "h3.attn.qkv.w", ...) of a model of
+ * config cfg is split, and into how many row blocks (GPT-2 QKV: 3 equal blocks q | k | v, each
+ * split by heads; SwiGLU gate | up: 2; Llama QKV: HM_TP_ROWS_QKV with blocks = NH/kv_heads; else
+ * 1). */
+hm_tp_split hm_tp_tensor_split(const hm_spec_model_config *cfg, const char *name, int *blocks);
 
 /* Copies between a full (rows, cols) tensor and rank's shard of it (to_shard 1: full -> shard,
  * 0: shard -> full). Replicated tensors copy whole. */

@@ -65,7 +65,8 @@ hm_status hm_pipeline_check(const hm_pipeline_options *o, int world_size) {
       hm_tp_sizes sz;
       if (o->tp[r][s] < 0 || hm_stage_tp_sizes(&t->config, tp, 0, &sz) != HM_OK)
         return hm_error(HM_ERR_SPEC, "pipeline: replica %d stage %d: tensor-parallel degree %d must be in 1..64 and "
-                        "divide the model's NH=%d and V=%d", r, s, o->tp[r][s], (int)t->config.NH, (int)t->config.V);
+                        "divide the model's NH=%d and V=%d%s", r, s, o->tp[r][s], (int)t->config.NH, (int)t->config.V,
+                        t->config.arch == HM_ARCH_LLAMA ? " (and, for Llama, kv_heads and ffn)" : "");
     }
   const int need = hm_pipeline_world_size(o);
   if (world_size != need)

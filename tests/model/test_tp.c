@@ -15,7 +15,10 @@
  * rounding history of the same dynamics, about 2 drift; the rest covers maxima of few elements).
  * A wrong TP (a missing allreduce, a bias added twice, a wrong shard) moves parameters by ~lr per
  * step, far above both bounds. Also: replicated tensors stay bitwise equal on every rank, shard
- * checkpoints merge into the unsplit model, and bad layouts are refused by name. */
+ * checkpoints merge into the unsplit model, and bad layouts are refused by name.
+ * Every case runs twice: on a GPT-2 model and on a Llama model with grouped-query attention
+ * (query and key/value heads, SwiGLU columns, wte and the untied lm_head split; same bounds: the
+ * same reorderings of sums, and no biases). */
 #include <math.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -35,7 +38,12 @@
 #define STEPS 20
 #define MICRO 2
 #define DRIFT_C 8.0
-static const hm_spec_model_config cfg = {HM_ARCH_GPT2, 2, 32, 4, 4, 128, 64, 16, 1, 0}; /* L2 C32 NH4 V64 T16 */
+/* arch, L, C, NH, kv_heads, ffn, V, T, tied, flash. The model under test (set per group): GPT-2
+ * L2 C32 NH4 V64 T16, then Llama L2 C32 NH8 KV4 F48 V64 T16 (two query heads per key/value head:
+ * at TP4 each rank holds two query heads sharing one key/value head). */
+static const hm_spec_model_config gpt_cfg = {HM_ARCH_GPT2, 2, 32, 4, 4, 128, 64, 16, 1, 0};
+static const hm_spec_model_config llama_cfg = {HM_ARCH_LLAMA, 2, 32, 8, 4, 48, 64, 16, 0, 0};
+static hm_spec_model_config cfg;
 enum { B = 2, T = 13, MAXTP = 4 };
 
 /* ---- an in-process allreduce: every rank reduces all buffers in rank order (bitwise equal) ---- */
@@ -171,17 +179,17 @@ static void free_runs(run *r, int n) {
 
 /* Tensor i of the run as the full f64 tensor (shards placed by rank). */
 static double *full_tensor(run *r, int tp, int i, size_t *n_out) {
-  const char *name = hm_stage_tensor_name(r[0].stage, i);
-  int blocks = 1;
-  hm_tp_split split = tp > 1 ? hm_tp_tensor_split(name, &blocks) : HM_TP_REPLICATED;
-  size_t ns = hm_stage_tensor_numel(r[0].stage, i), n = split == HM_TP_REPLICATED ? ns : ns * (size_t)tp;
-  size_t cols = strstr(name, "mlp.proj.w") ? 4 * (size_t)cfg.C : (split != HM_TP_REPLICATED && (strstr(name, ".w") || strstr(name, "wte"))) ? (size_t)cfg.C : 1;
+  hm_tensor_split sp;
+  hm_stage_tensor_split(r[0].stage, i, &sp);
+  const hm_tp_split split = (hm_tp_split)sp.split;
+  size_t ns = hm_stage_tensor_numel(r[0].stage, i), n = sp.rows * sp.cols;
+  assert_int_equal(n, split == HM_TP_REPLICATED ? ns : ns * (size_t)tp);
   float *full = calloc(n, sizeof(float)), *shard = calloc(ns, sizeof(float));
   double *out = calloc(n, sizeof(double));
   for (int k = 0; k < (split == HM_TP_REPLICATED ? 1 : tp); k++) {
     hm_stage *s = r[k].stage;
     assert_int_equal(hm_device_copy_to_f32(r[k].dev, shard, hm_device_offset(r[k].dev, hm_stage_params(s), hm_stage_tensor_offset(s, i)), ns), HM_OK);
-    hm_tp_copy(full, shard, n / cols, cols, split, blocks, tp, k, 0);
+    hm_tensor_shard_copy(full, shard, &sp, sizeof(float), tp, k, 0);
   }
   for (size_t j = 0; j < n; j++) out[j] = full[j];
   if (strstr(r[0].device, "f64") && split == HM_TP_REPLICATED) { /* exact f64 values */
@@ -192,15 +200,7 @@ static double *full_tensor(run *r, int tp, int i, size_t *n_out) {
     for (int k = 0; k < tp; k++) {
       hm_stage *s = r[k].stage;
       assert_int_equal(hm_device_copy_d2h(r[k].dev, sh, hm_device_offset(r[k].dev, hm_stage_params(s), hm_stage_tensor_offset(s, i)), ns * 8), HM_OK);
-      /* place f64 shard values the way hm_tp_copy places f32 ones */
-      if (split == HM_TP_COLS) {
-        size_t w = cols / (size_t)tp;
-        for (size_t row = 0; row < n / cols; row++) memcpy(out + row * cols + (size_t)k * w, sh + row * w, w * 8);
-      } else {
-        size_t rb = n / cols / (size_t)blocks, h = rb / (size_t)tp;
-        for (int b = 0; b < blocks; b++)
-          memcpy(out + ((size_t)b * rb + (size_t)k * h) * cols, sh + (size_t)b * h * cols, h * cols * 8);
-      }
+      hm_tensor_shard_copy(out, sh, &sp, sizeof(double), tp, k, 0); /* exact f64 values */
     }
     free(sh);
   }
@@ -249,8 +249,9 @@ static double key_bias_drift(const double *drift, int nt) {
 /* Replicated tensors are bitwise equal on every rank. */
 static void check_replicas(run *r, int tp) {
   for (int i = 0; i < hm_stage_num_tensors(r[0].stage); i++) {
-    int blocks;
-    if (hm_tp_tensor_split(hm_stage_tensor_name(r[0].stage, i), &blocks) != HM_TP_REPLICATED) continue;
+    hm_tensor_split sp;
+    hm_stage_tensor_split(r[0].stage, i, &sp);
+    if (sp.split != HM_TP_REPLICATED) continue;
     size_t n = hm_stage_tensor_numel(r[0].stage, i), es = hm_device_elem_size(r[0].dev);
     for (int k = 1; k < tp; k++)
       if (memcmp(hm_device_offset(r[0].dev, hm_stage_params(r[0].stage), hm_stage_tensor_offset(r[0].stage, i)),
@@ -455,7 +456,7 @@ static hm_status worker_steps(worker *w, tp_rank *tr, double *tmp) {
       }
     size_t n = hm_stage_num_params(st);
     if (L->R == 2) pair_sum(L, hm_stage_grads(st), hm_stage_grads(L->st[widx(L, 1 - w->r, w->s, w->q)]), tmp, n, w->r == 0);
-    if (L->P == 2) {
+    if (L->P == 2 && cfg.tied_embeddings) { /* Llama's embeddings are untied */
       size_t nt;
       double *g = hm_stage_tied_grad(st, &nt);
       pair_sum(L, g, hm_stage_tied_grad(L->st[widx(L, w->r, 1 - w->s, w->q)], NULL), tmp, nt, w->s == 0);
@@ -558,11 +559,45 @@ static void check_layout(const char *name, int R, int P, int tp, int cut) {
 static void test_pp2_tp2_f64(void **state) { (void)state; check_layout("PP2 x TP2", 1, 2, 2, 2); }
 static void test_dp2_tp2_f64(void **state) { (void)state; check_layout("DP2 x TP2", 2, 1, 2, 0); }
 
+/* A Llama tensor-parallel degree must divide kv_heads (each rank holds whole key/value heads). */
+static void test_llama_bad_layouts(void **state) {
+  (void)state;
+  hm_device *d;
+  hm_stage *s = NULL;
+  assert_int_equal(hm_device_open("ref", &d), HM_OK);
+  hm_stage_options o = {0, cfg.L + 2, B, T, 1, {0, 8, group_allreduce, NULL}}; /* NH 8, V 64, ffn 48: divisible */
+  assert_int_equal(hm_stage_create(&cfg, d, &o, &s), HM_ERR_INVALID_ARG);
+  assert_non_null(strstr(hm_last_error(), "tensor parallelism 8 must divide the key/value heads kv_heads=4"));
+  hm_spec_model_config c = cfg;
+  c.ffn = 50; /* kv_heads 4 divisible by 2, ffn 50 by 2, 25 not by 4 */
+  o.tp = (hm_stage_tp){0, 4, group_allreduce, NULL};
+  assert_int_equal(hm_stage_create(&c, d, &o, &s), HM_ERR_INVALID_ARG);
+  assert_non_null(strstr(hm_last_error(), "SwiGLU width ffn=50"));
+  assert_null(s);
+  hm_device_close(d);
+}
+
+static int setup_gpt(void **state) {
+  cfg = gpt_cfg;
+  return setup(state);
+}
+static int setup_llama(void **state) {
+  cfg = llama_cfg;
+  return setup(state);
+}
+
 int main(void) {
+  const struct CMUnitTest llama_tests[] = {
+      cmocka_unit_test(test_llama_bad_layouts), cmocka_unit_test(test_tp2_f64), cmocka_unit_test(test_tp4_f64),
+      cmocka_unit_test(test_tp2_f32),           cmocka_unit_test(test_ckpt_merge), cmocka_unit_test(test_pp2_tp2_f64),
+      cmocka_unit_test(test_dp2_tp2_f64),
+  };
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_bad_layouts), cmocka_unit_test(test_tp2_f64), cmocka_unit_test(test_tp4_f64),
       cmocka_unit_test(test_tp2_f32),     cmocka_unit_test(test_ckpt_merge),  cmocka_unit_test(test_pp2_tp2_f64),
       cmocka_unit_test(test_dp2_tp2_f64),
   };
-  return cmocka_run_group_tests(tests, setup, teardown);
+  int failed = cmocka_run_group_tests_name("gpt2", tests, setup_gpt, teardown);
+  failed += cmocka_run_group_tests_name("llama", llama_tests, setup_llama, teardown);
+  return failed;
 }
