@@ -135,9 +135,12 @@ hm_status hm_comm_barrier(hm_comm_t comm);
  * ref) passes its pointers through in place. Every rank of comm that moves device buffers
  * registers its device, host devices included: all then cut large calls into the same chunks
  * (a rank that did not register takes the plain path and gets HM_ERR_MISMATCH on a call of
- * more than one chunk). On a non-host device only blocking calls outside groups are supported
- * (HM_ERR_UNSUPPORTED otherwise). dev NULL returns comm to host buffers and frees the slots:
- * do that before closing dev. The device is used from the calling thread only. */
+ * more than one chunk). On a non-host device, blocking calls outside groups and hm_comm_isend,
+ * hm_comm_irecv and hm_comm_iallreduce (in groups too) take device buffers (HM_ERR_UNSUPPORTED
+ * otherwise); a nonblocking call's device-side work (unmapping, or the host->device copies) is
+ * done by hm_request_wait / hm_request_test in the caller's thread. dev NULL returns comm to
+ * host buffers and frees the slots: do that, with no request in flight, before closing dev.
+ * The device is used from the calling thread only. */
 struct hm_device;
 hm_status hm_comm_register_device(hm_comm_t comm, struct hm_device *dev);
 

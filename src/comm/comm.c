@@ -31,6 +31,7 @@ struct hm_request {
   int orphan;          /* its waiter gave up (abort): whoever finishes it frees it */
   hm_op *next;
   hm_op *rprev, *rnext; /* the communicator's list of requests not yet waited on */
+  struct hm_devreq *dv; /* a nonblocking call on device buffers (device_async.c), else NULL */
 };
 
 /* Requests handed to the caller are listed on their communicator, so that destroying it frees
@@ -66,6 +67,7 @@ void hm_comm_free_requests(hm_comm_t c) {
   while (c->requests) {
     hm_op *o = c->requests;
     req_untrack_locked(o);
+    if (o->dv) hm_devasync_discard(o->dv);
     free(o);
   }
   for (int k = 0; k < 2; k++) c->self_pending[k] = NULL; /* they were requests too: freed above */
@@ -387,15 +389,32 @@ hm_status hm_comm_coll_host(hm_comm_t c, hm_coll_kind kind, const void *sb, void
 
 /* Buffers on a registered non-host device go through the staging layer (blocking calls only). */
 static hm_status staged_unsupported(hm_comm_t c, const char *what) {
-  return hm_error(HM_ERR_UNSUPPORTED, "rank %d: %s with buffers on device %s: only blocking calls outside "
-                  "groups move device buffers (use the blocking call, or host buffers)", c->rank, what,
+  return hm_error(HM_ERR_UNSUPPORTED, "rank %d: %s with buffers on device %s: device buffers move in blocking "
+                  "calls outside groups and in hm_comm_isend, hm_comm_irecv and hm_comm_iallreduce (in groups too)", c->rank, what,
                   hm_device_spec(c->stage.dev));
+}
+
+hm_status hm_comm_iallreduce_host(hm_comm_t c, const void *sb, void *rb, size_t count, hm_dtype dt, hm_redop op,
+                                  hm_request_t *req) {
+  return coll_host(c, HM_COLL_ALLREDUCE, sb, rb, count, dt, op, -1, req);
+}
+
+hm_status hm_comm_devrequest(hm_comm_t c, struct hm_devreq *d, hm_request_t *req) {
+  hm_op *o = hm_calloc(1, sizeof *o, "request");
+  if (!o) return HM_ERR_NOMEM;
+  o->comm = c;
+  o->is_request = 1;
+  o->dv = d;
+  req_track(o);
+  *req = o;
+  return HM_OK;
 }
 
 static hm_status coll(hm_comm_t c, hm_coll_kind kind, const void *sb, void *rb, size_t count, hm_dtype dt,
                       hm_redop op, int root, hm_request_t *req) {
   if (c->stage.dev && kind != HM_COLL_BARRIER) {
     if (!req && g_group_depth == 0) return hm_devstage_coll(c, kind, sb, rb, count, dt, op, root);
+    if (req && kind == HM_COLL_ALLREDUCE) return hm_devasync_allreduce(c, sb, rb, count, dt, op, req);
     if (!c->stage.host)
       return staged_unsupported(c, req ? "a nonblocking collective" : "a collective in a group");
   }
@@ -619,9 +638,10 @@ static hm_status p2p(const char *fn, hm_comm_t c, void *buf, size_t count, hm_dt
   CHECK(check_buf(fn, buf, "buf", bytes));
   hm_op o;
   p2p_op(&o, c, buf, bytes, count, dt, peer, is_send);
-  if (c->stage.dev && !c->stage.host && (req || g_group_depth > 0 || peer == c->rank))
+  if (c->stage.dev && req && peer != c->rank) return hm_devasync_p2p(c, buf, count, dt, peer, is_send, req);
+  if (c->stage.dev && !c->stage.host && (g_group_depth > 0 || peer == c->rank))
     return staged_unsupported(c, peer == c->rank ? "a send/receive to this rank itself"
-                                 : req ? "a nonblocking send/receive" : "a send/receive in a group");
+                                                 : "a blocking send/receive in a group");
   if (c->stage.dev && !req && g_group_depth == 0 && peer != c->rank)
     return hm_devstage_p2p(c, buf, count, dt, peer, is_send);
   if (peer == c->rank && g_group_depth == 0) return self_p2p(fn, &o, req);
@@ -632,6 +652,13 @@ hm_status hm_comm_p2p_host(hm_comm_t c, void *buf, size_t count, hm_dtype dt, in
   hm_op o;
   p2p_op(&o, c, buf, count * hm_dtype_size(dt), count, dt, peer, is_send);
   return submit(&o, NULL);
+}
+
+hm_status hm_comm_ip2p_host(hm_comm_t c, void *buf, size_t count, hm_dtype dt, int peer, int is_send,
+                            hm_request_t *req) {
+  hm_op o;
+  p2p_op(&o, c, buf, count * hm_dtype_size(dt), count, dt, peer, is_send);
+  return submit(&o, req);
 }
 
 hm_status hm_comm_send(hm_comm_t c, const void *buf, size_t count, hm_dtype dt, int peer) {
@@ -655,6 +682,11 @@ hm_status hm_comm_irecv(hm_comm_t c, void *buf, size_t count, hm_dtype dt, int p
 hm_status hm_request_test(hm_request_t req, int *done) {
   if (!req) return hm_error(HM_ERR_INVALID_ARG, "hm_request_test: req is NULL");
   if (!done) return hm_error(HM_ERR_INVALID_ARG, "hm_request_test: done is NULL");
+  if (req->dv) {
+    hm_status st = hm_devasync_test(req->dv, done);
+    if (*done) req->dv = NULL, req_free(req);
+    return st;
+  }
   *done = atomic_load(&req->done);
   if (!*done) return HM_OK;
   hm_status st = req->status;
@@ -665,6 +697,12 @@ hm_status hm_request_test(hm_request_t req, int *done) {
 
 hm_status hm_request_wait(hm_request_t req) {
   if (!req) return hm_error(HM_ERR_INVALID_ARG, "hm_request_wait: req is NULL");
+  if (req->dv) {
+    hm_status st = hm_devasync_wait(req->dv);
+    req->dv = NULL;
+    req_free(req);
+    return st;
+  }
   if (atomic_load(&req->done)) {
     hm_status st = req->status;
     if (st != HM_OK) hm_error(st, "%s", req->err);

@@ -58,6 +58,7 @@ hm_status hm_comm_register_device(hm_comm_t c, struct hm_device *dev) {
     HM_TRY(hm_env_long("HETMIX_STAGE_MAP", 1, 0, 1, &map));
   }
   stage_free_slots(&c->stage);
+  hm_devasync_release(&c->stage);
   hm_devreduce_release(&c->stage);
   c->stage.dev = dev;
   c->stage.site_mode = site;

@@ -13,6 +13,7 @@
 #include "hetmix/device.h"
 
 #define HM_STAGE_MAX_SLOTS 16
+#define HM_STAGE_POOL 32 /* pinned host buffers of nonblocking staged calls (device_async.c) */
 
 typedef struct hm_devstage {
   hm_device *dev;  /* NULL: buffers are host memory (the plain path, untouched) */
@@ -28,6 +29,10 @@ typedef struct hm_devstage {
                       allreduce sum on device buffers (nranks x HM_DEVSTAGE_TERMS) */
   void *tmp;       /* device scratch: two chunks (incoming pieces; the probe's operands) */
   uint64_t dev_reductions; /* allreduce calls whose sums ran on the device (tests) */
+  /* nonblocking staged calls: one pinned host buffer per request in flight, reused */
+  void *pool[HM_STAGE_POOL];
+  size_t pool_bytes[HM_STAGE_POOL];
+  int pool_busy[HM_STAGE_POOL];
 } hm_devstage;
 
 #define HM_DEVSTAGE_TERMS (HM_DEVICE_XFER_FIELDS + 1)
@@ -51,9 +56,28 @@ void hm_devreduce_release(hm_devstage *s);
  * and host reductions. */
 hm_status hm_devreduce_measure(hm_comm_t c, hm_device_xfer *out);
 
+/* device_async.c: nonblocking calls on device buffers (arguments checked, peer not this rank).
+ * The request carries the device-side work; hm_request_wait / hm_request_test complete it in
+ * the caller's thread (hm_devasync_wait / hm_devasync_test, which free d). */
+struct hm_devreq;
+hm_status hm_devasync_p2p(hm_comm_t c, void *buf, size_t count, hm_dtype dt, int peer, int is_send,
+                          hm_request_t *req);
+hm_status hm_devasync_allreduce(hm_comm_t c, const void *sendbuf, void *recvbuf, size_t count, hm_dtype dt,
+                                hm_redop op, hm_request_t *req);
+hm_status hm_devasync_wait(struct hm_devreq *d);
+hm_status hm_devasync_test(struct hm_devreq *d, int *done);
+void hm_devasync_discard(struct hm_devreq *d); /* at destroy: frees d only (the device may be gone) */
+void hm_devasync_release(hm_devstage *s);      /* frees the pool (no request in flight) */
+
 /* comm.c: the host-memory paths the staging layer drives, one chunk at a time. */
 hm_status hm_comm_coll_host(hm_comm_t c, hm_coll_kind kind, const void *sendbuf, void *recvbuf, size_t count,
                             hm_dtype dt, hm_redop op, int root);
 hm_status hm_comm_p2p_host(hm_comm_t c, void *buf, size_t count, hm_dtype dt, int peer, int is_send);
+hm_status hm_comm_ip2p_host(hm_comm_t c, void *buf, size_t count, hm_dtype dt, int peer, int is_send,
+                            hm_request_t *req);
+hm_status hm_comm_iallreduce_host(hm_comm_t c, const void *sendbuf, void *recvbuf, size_t count, hm_dtype dt,
+                                  hm_redop op, hm_request_t *req);
+/* A request handed to the caller whose completion is d's (hm_devasync_wait). */
+hm_status hm_comm_devrequest(hm_comm_t c, struct hm_devreq *d, hm_request_t *req);
 
 #endif

@@ -1,15 +1,18 @@
 /* The pipeline + data-parallel worker: executes its stage's op list from the planner's 1F1B
  * generator with the model's stage functions and hmcomm (see include/hetmix/pipeline.h).
  *
- * What crosses between workers lives in host memory in one "wire" element type the whole job
- * agrees on at start: float64 when any worker computes in f64 (ref:dtype=f64), else float32, so
- * no worker loses precision it has. That is activations and their gradients (B,T,C) per
- * micro-batch, gradient buckets for the data-parallel allreduce, the tied embedding's gradient
- * (V,C). Host devices whose dtype is the wire type are used in place; others (f64 ref, opencl
- * and any device whose memory the host cannot address) go through the device's pinned host
- * staging buffers (hm_device_alloc_host) with copies: d2h, hmcomm on host memory, h2d. This is
- * simple whole-buffer staging, not a chunked copy/communication pipeline, so unlike devices
- * (cpu next to ref:dtype=f64 or opencl) share a job.
+ * What crosses between workers has one "wire" element type the whole job agrees on at start:
+ * float64 when any worker computes in f64 (ref:dtype=f64), else float32, so no worker loses
+ * precision it has. That is activations and their gradients (B,T,C) per micro-batch, gradient
+ * buckets for the data-parallel allreduce, the tied embedding's gradient (V,C). Activations,
+ * their gradients and the gradient buckets cross on communicators of their own (pipe_dev,
+ * dp_dev) with the worker's device registered (hm_comm_register_device): a device whose dtype
+ * is the wire type hands hmcomm its device buffers (hmcomm maps them on host-unified devices or
+ * stages them chunk by chunk through pinned slots, docs/comm.md), nonblocking sends and
+ * allreduces included, so they overlap compute as before. A device of another dtype (an f32
+ * device on an f64 wire) converts into host wire buffers and hands those over (its registered
+ * device there is a host one: itself, or a ref device of the wire type). The tied embedding's
+ * gradient and the mixed-layout sums go through host memory on pipe and dp.
  *
  * Not here: choosing the layout (the planner), starting processes (launch.c), the run identity
  * and the check of a resume's stage checkpoints (pipeline_resume.c), persisting periodic
@@ -105,6 +108,9 @@ typedef struct hm_pipe {
   const hm_pipeline_options *o;
   const hm_train_options *t;
   hm_comm_t world, pipe, dp; /* pipe: this replica's workers; dp: this stage across replicas */
+  hm_comm_t pipe_dev, dp_dev; /* the same ranks, for wire data, with wire_dev registered */
+  hm_device *wire_host;      /* a ref device of the wire type registered for an f32 non-host
+                                device on an f64 wire (it hands over host buffers), else NULL */
   hm_comm_t tpc;             /* this stage's tensor-parallel ranks in this replica (tp > 1) */
   hm_comm_t tied;            /* first and last stage's workers of this replica when their degrees
                                 differ (the tied gradient is summed through the full layout) */
@@ -129,7 +135,7 @@ typedef struct hm_pipe {
   float *losses;             /* (m) */
   hm_dtype wire;             /* element type of everything sent (see the top of the file) */
   size_t wire_size;
-  void *recv_buf;            /* (N*C) host, wire type */
+  void *recv_buf;            /* (N*C) host, wire type (not native), else NULL */
   void *dev_x;               /* (N*C) device: received activations or output gradient */
   hm_send_slot *sends;
   int nsends, next_send;
@@ -137,11 +143,11 @@ typedef struct hm_pipe {
   int nbuckets;
   hm_request_t *pending; /* outstanding allreduces of this step */
   int npending, cap_pending;
-  void *stage_buf;       /* (n_params) wire-typed gradient staging when not direct, else NULL */
+  void *stage_buf;       /* (n_params) wire-typed host gradients when not native, else NULL */
   void *tied_mine, *tied_peer; /* (V*C) host, wire type */
   float *conv;           /* f32 scratch for an f32 device on an f64 wire, else NULL */
-  int direct;            /* 1: device is host memory of the wire type: hmcomm uses it in place */
-  int staged;            /* 1: allreduced sums wait in stage_buf to be copied back (not direct) */
+  int native;            /* 1: the device computes in the wire type: hmcomm moves its buffers */
+  int staged;            /* 1: allreduced sums wait in stage_buf to be converted back (not native) */
   hm_trace_rec *trace;
   int ntrace, cap_trace, tracing;
   FILE *metrics;
@@ -253,8 +259,9 @@ static hm_status hm_wait_slot(hm_send_slot *sl) {
 static int hm_tp_at(const hm_pipe *w, int stage) { return w->pipe_base[stage + 1] - w->pipe_base[stage]; }
 
 /* Sends (N,C) device activations (or their gradient) to stage peer (its tensor-parallel ranks as
- * above) without blocking: converted into a free host slot, then isend. A slot is reused only
- * after its sends completed. */
+ * above) without blocking: copied into a free device slot (native; the source is rewritten by the
+ * next micro-batch) or converted into a host one, then isend. A slot is reused only after its
+ * sends completed. */
 static hm_status hm_send_act(hm_pipe *w, const void *dev_src, int peer) {
   hm_send_slot *sl = &w->sends[w->next_send];
   w->next_send = (w->next_send + 1) % w->nsends;
@@ -262,15 +269,18 @@ static hm_status hm_send_act(hm_pipe *w, const void *dev_src, int peer) {
   const int tp_peer = hm_tp_at(w, peer);
   if (w->tp_rank >= tp_peer) return HM_OK;
   const size_t n = (size_t)w->N * w->C;
-  HM_TRY(hm_to_wire(w, sl->buf, dev_src, n));
+  if (w->native) HM_TRY(hm_device_copy_d2d(w->dev, sl->buf, dev_src, n * w->wire_size));
+  else HM_TRY(hm_to_wire(w, sl->buf, dev_src, n));
   for (int j = w->tp_rank; j < tp_peer; j += w->tp)
-    HM_TRY(hm_comm_isend(w->pipe, sl->buf, n, w->wire, w->pipe_base[peer] + j, &sl->req[sl->nreq++]));
+    HM_TRY(hm_comm_isend(w->pipe_dev, sl->buf, n, w->wire, w->pipe_base[peer] + j, &sl->req[sl->nreq++]));
   return HM_OK;
 }
 
 static hm_status hm_recv_act(hm_pipe *w, int peer) {
   const size_t n = (size_t)w->N * w->C;
-  HM_TRY(hm_comm_recv(w->pipe, w->recv_buf, n, w->wire, w->pipe_base[peer] + w->tp_rank % hm_tp_at(w, peer)));
+  const int from = w->pipe_base[peer] + w->tp_rank % hm_tp_at(w, peer);
+  if (w->native) return hm_comm_recv(w->pipe_dev, w->dev_x, n, w->wire, from);
+  HM_TRY(hm_comm_recv(w->pipe_dev, w->recv_buf, n, w->wire, from));
   return hm_from_wire(w, w->dev_x, w->recv_buf, n);
 }
 
@@ -296,7 +306,7 @@ static hm_status hm_allreduce_bucket(hm_pipe *w, int lb, int le) {
   void *grads = hm_stage_grads(w->st);
   for (int i = 0; i < b->nspans; i++) {
     void *buf;
-    if (w->direct) {
+    if (w->native) {
       buf = hm_device_offset(w->dev, grads, b->spans[i].offset);
     } else {
       buf = (char *)w->stage_buf + b->spans[i].offset * w->wire_size;
@@ -304,13 +314,13 @@ static hm_status hm_allreduce_bucket(hm_pipe *w, int lb, int le) {
       w->staged = 1;
     }
     hm_request_t r = NULL;
-    HM_TRY(hm_comm_iallreduce(w->dp, buf, buf, b->spans[i].count, w->wire, HM_SUM, &r));
+    HM_TRY(hm_comm_iallreduce(w->dp_dev, buf, buf, b->spans[i].count, w->wire, HM_SUM, &r));
     HM_TRY(hm_push_pending(w, r));
   }
   return HM_OK;
 }
 
-/* Completes the allreduces and, for staged devices, copies the sums back, once: a second call
+/* Completes the allreduces and, where not native, converts the sums back, once: a second call
  * in the same step (the tied sync, then the gradient norm) must not copy the pre-sync sums over
  * the tied embedding's synced gradient. */
 static hm_status hm_finish_allreduce(hm_pipe *w) {
@@ -319,7 +329,7 @@ static hm_status hm_finish_allreduce(hm_pipe *w) {
     w->dp_due = 0;
     return hm_pipe_dp_sum_mixed(w->st, w->dev, w->dp, w->wire, w->tp, w->tp_rank);
   }
-  if (w->direct || !w->staged) return HM_OK;
+  if (w->native || !w->staged) return HM_OK;
   w->staged = 0;
   void *grads = hm_stage_grads(w->st);
   for (int k = 0; k < w->nbuckets; k++)
@@ -499,6 +509,8 @@ static int hm_pipe_any_tp(const hm_pipeline_options *o) {
   return 0;
 }
 
+static hm_status hm_pipe_open_wire_comms(hm_pipe *w);
+
 static hm_status hm_pipe_setup(hm_pipe *w) {
   const hm_pipeline_options *o = w->o;
   const hm_train_options *t = w->t;
@@ -606,7 +618,8 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
   HM_TRY(hm_comm_allreduce(w->world, &esize, &esize_max, 1, HM_INT64, HM_MAX));
   w->wire = esize_max >= 8 ? HM_FLOAT64 : HM_FLOAT32;
   w->wire_size = hm_dtype_size(w->wire);
-  w->direct = hm_device_is_host(w->dev) && hm_device_dtype(w->dev) == w->wire;
+  w->native = hm_device_dtype(w->dev) == w->wire;
+  HM_TRY(hm_pipe_open_wire_comms(w));
   const size_t nc = (size_t)w->N * w->C, vc = (size_t)t->config.V * t->config.C;
   const size_t np = hm_stage_num_params(w->st);
   if (hm_device_dtype(w->dev) != w->wire) { /* f32 device on an f64 wire */
@@ -615,8 +628,8 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
     w->conv = hm_malloc(most * sizeof(float), "f32 conversion scratch");
     if (!w->conv) return HM_ERR_NOMEM;
   }
-  /* every host buffer a transfer stages through is the device's pinned host memory */
-  HM_TRY(hm_device_alloc_host(w->dev, &w->recv_buf, nc * w->wire_size, "received activations"));
+  /* every host buffer a conversion goes through is the device's pinned host memory */
+  if (!w->native) HM_TRY(hm_device_alloc_host(w->dev, &w->recv_buf, nc * w->wire_size, "received activations"));
   HM_TRY(hm_device_alloc(w->dev, &w->dev_x, nc * hm_device_elem_size(w->dev), "received activations"));
   /* sends in flight at once: at most the micro-batches between two waits, bounded by m */
   w->nsends = m_cap + 1;
@@ -624,9 +637,10 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
   if (!w->sends) return HM_ERR_NOMEM;
   if (w->p > 1)
     for (int i = 0; i < w->nsends; i++) {
-      HM_TRY(hm_device_alloc_host(w->dev, &w->sends[i].buf, nc * w->wire_size, "send slot"));
+      if (w->native) HM_TRY(hm_device_alloc(w->dev, &w->sends[i].buf, nc * w->wire_size, "send slot"));
+      else HM_TRY(hm_device_alloc_host(w->dev, &w->sends[i].buf, nc * w->wire_size, "send slot"));
     }
-  if (!w->direct && w->R > 1) {
+  if (!w->native && w->R > 1) {
     HM_TRY(hm_device_alloc_host(w->dev, &w->stage_buf, np * w->wire_size, "gradient staging"));
   }
   if (w->p > 1 && (w->is_first || w->is_last) && w->o->train->config.tied_embeddings) {
@@ -634,6 +648,32 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
     HM_TRY(hm_device_alloc_host(w->dev, &w->tied_peer, vc * w->wire_size, "tied embedding gradient (peer)"));
   }
   return HM_OK;
+}
+
+/* pipe_dev and dp_dev: pipe's and dp's ranks again, with the device that wire data lives on
+ * registered (see the top of the file). */
+static hm_status hm_pipe_open_wire_comms(hm_pipe *w) {
+  HM_TRY(hm_comm_split(w->pipe, 0, hm_comm_rank(w->pipe), &w->pipe_dev, NULL));
+  HM_TRY(hm_comm_split(w->dp, 0, hm_comm_rank(w->dp), &w->dp_dev, NULL));
+  if (!w->native && !hm_device_is_host(w->dev))
+    HM_TRY(hm_device_open(w->wire == HM_FLOAT64 ? "ref:dtype=f64" : "ref", &w->wire_host));
+  hm_device *reg = w->wire_host ? w->wire_host : w->dev;
+  HM_TRY(hm_comm_register_device(w->pipe_dev, reg));
+  return hm_comm_register_device(w->dp_dev, reg);
+}
+
+static void hm_pipe_close_wire_comms(hm_pipe *w) {
+  if (w->pipe_dev) {
+    hm_comm_register_device(w->pipe_dev, NULL);
+    hm_comm_destroy(w->pipe_dev);
+  }
+  if (w->dp_dev) {
+    hm_comm_register_device(w->dp_dev, NULL);
+    hm_comm_destroy(w->dp_dev);
+  }
+  w->pipe_dev = w->dp_dev = NULL;
+  if (w->wire_host) hm_device_close(w->wire_host);
+  w->wire_host = NULL;
 }
 
 /* Rank 0 gathers every worker's trace records and writes them in the simulator's format
@@ -684,7 +724,11 @@ static void hm_pipe_free(hm_pipe *w) {
   hm_wait_pending(w);
   if (w->sends) hm_wait_sends(w);
   if (w->sends && w->dev)
-    for (int i = 0; i < w->nsends; i++) hm_device_free_host(w->dev, w->sends[i].buf);
+    for (int i = 0; i < w->nsends; i++) {
+      if (w->native && w->sends[i].buf) hm_device_free(w->dev, w->sends[i].buf);
+      else hm_device_free_host(w->dev, w->sends[i].buf);
+    }
+  hm_pipe_close_wire_comms(w); /* before the devices close */
   free(w->sends);
   free(w->pending);
   free(w->buckets);

@@ -13,9 +13,9 @@
  * in turn (rank r opens item r % len, e.g. "opencl:threads=1+cpu:threads=1"), registers it with
  * hm_comm_register_device and holds every buffer on it: inputs reach the device through
  * hm_device_copy_h2d, results come back through hm_device_copy_d2h and are checked on the host.
- * Collectives and blocking send/recv run (nonblocking and grouped calls on a non-host device
- * are checked to be refused); --device-big runs only allreduce on f32 and i32 (every op), for
- * the large count. Exit 77 when a spec's backend is not available.
+ * Collectives and blocking send/recv run (nonblocking collectives other than allreduce and
+ * blocking calls in groups on a non-host device are checked to be refused); --device-big runs
+ * only allreduce on f32 and i32 (every op), for the large count. Exit 77 when a spec's backend is not available.
  * Values: reductions use small integers (sum/min/max/avg), {1,-1,2} with few 2s (prod), plus on
  * wide types a slowly varying part shared by all ranks so that misplaced blocks are caught;
  * avg follows NCCL (integers truncate; floats are exact when nranks is a power of two, else
@@ -359,13 +359,14 @@ static hm_status m_recv(mstate *m, hm_comm_t comm, unsigned char *buf, size_t co
   return dev_post(m, span, st);
 }
 
-/* A non-host device refuses nonblocking and grouped calls, naming why. */
+/* A non-host device refuses nonblocking collectives other than allreduce and blocking calls in
+ * groups, naming why (isend, irecv and iallreduce: test_comm_device_async). */
 static void run_device_refusals(mstate *m, hm_comm_t comm) {
   if (!m->dev || hm_device_is_host(m->dev) || m->n < 2) return;
   hm_request_t q = NULL;
   m->cases++;
-  hm_status st = hm_comm_iallreduce(comm, m->da, m->db, 1, HM_FLOAT32, HM_SUM, &q);
-  if (st != HM_ERR_UNSUPPORTED || q) mfail(m, "iallreduce on device buffers: %s, expected unsupported", hm_status_name(st));
+  hm_status st = hm_comm_iallgather(comm, m->da, m->db, 1, HM_FLOAT32, &q);
+  if (st != HM_ERR_UNSUPPORTED || q) mfail(m, "iallgather on device buffers: %s, expected unsupported", hm_status_name(st));
   int peer = (m->r + 1) % m->n;
   hm_group_start();
   st = hm_comm_send(comm, m->da, 1, HM_FLOAT32, peer);
