@@ -408,6 +408,12 @@ hm_status hm_plan_from_cjson(const cJSON *j, const hm_plan_inputs *against, hm_p
   const cJSON *ub = pred ? cJSON_GetObjectItemCaseSensitive(pred, "upper_bound_tokens_per_s") : NULL;
   if (cJSON_IsNumber(ub) && ub->valuedouble > 0 && isfinite(ub->valuedouble))
     p->upper_bound_tokens_per_s = ub->valuedouble;
+  /* and the recorded prediction, for what the runtime derives from it (the progress watchdog's
+   * deadline, the report) when nothing re-predicts */
+  const cJSON *stp = pred ? cJSON_GetObjectItemCaseSensitive(pred, "step_time_s") : NULL;
+  const cJSON *tps = pred ? cJSON_GetObjectItemCaseSensitive(pred, "tokens_per_s") : NULL;
+  if (cJSON_IsNumber(stp) && stp->valuedouble > 0 && isfinite(stp->valuedouble)) p->step_time = stp->valuedouble;
+  if (cJSON_IsNumber(tps) && tps->valuedouble > 0 && isfinite(tps->valuedouble)) p->tokens_per_s = tps->valuedouble;
   const cJSON *ra;
   int nr;
   if ((st = hm_json_array(j, root, "ranks", 1, &ra, &nr)) != HM_OK) goto fail;

@@ -51,8 +51,11 @@ static void hm_watch_read(hm_watch *w, int r, uint64_t now) {
   if (!x->seen || hb.beat != x->beat) x->beat = hb.beat, x->beat_ns = now;
   if (!x->seen) x->step_ns = w->start_ns;
   if (hb.step != x->step) {
-    /* the interval counts only between two completions seen in this job */
-    if (x->seen && x->step > 0 && now - x->step_ns > w->longest_step_ns) w->longest_step_ns = now - x->step_ns;
+    /* the interval between two completions seen in this job; a rank's first completion counts
+     * from the job's start (start-up included, so it can only lengthen the deadline): without it
+     * a second step slower than the floor would be taken for a hang */
+    const uint64_t since = x->seen && x->step > 0 ? x->step_ns : w->start_ns;
+    if (now - since > w->longest_step_ns) w->longest_step_ns = now - since;
     x->step = hb.step;
     x->step_ns = now;
     if (hb.step > w->steps_seen) w->steps_seen = hb.step;

@@ -190,6 +190,8 @@ static void test_plan_file(void **state) {
   hm_model m2;
   hm_train t2;
   assert_int_equal(hm_plan_load(path, NULL, back, &c2, &m2, &t2), HM_OK);
+  /* the recorded prediction comes back (the runtime's watchdog and report read it) */
+  assert_true(back->step_time > 0 && fabs(back->step_time - r->plans[0].step_time) <= 1e-6 * back->step_time);
   assert_int_equal(back->nclasses, r->plans[0].nclasses);
   for (int ci = 0; ci < back->nclasses; ci++) {
     assert_int_equal(back->classes[ci].nreplicas, r->plans[0].classes[ci].nreplicas);

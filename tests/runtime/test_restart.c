@@ -18,6 +18,9 @@
 #include "hetmix/model.h"
 #include "hetmix/runtime.h"
 #include "runtime/failslow.h"
+#include "runtime/heartbeat.h"
+#include "runtime/watch.h"
+#include "util/util.h"
 #include "runtime/proc_helpers.h"
 
 #define MODEL "L6,C32,NH4,V256,T16"
@@ -251,6 +254,30 @@ static void test_fail_slow_worker_is_named(void **state) {
 
 /* ---- the fail-slow rule, without processes (the newest complete checkpoint: test_model_ckpt) */
 
+/* The progress watchdog after a rank's first step: that step's time (since the job started)
+ * already sets the deadline, so a second step slower than the floor is not a hang. */
+static void test_watch_counts_first_step(void **state) {
+  (void)state;
+  char dir[300];
+  snprintf(dir, sizeof dir, "%s/hb-first", work);
+  assert_int_equal(mkdir(dir, 0700), 0);
+  setenv("HETMIX_HEARTBEAT_DIR", dir, 1);
+  hm_watch w;
+  assert_int_equal(hm_watch_init(&w, dir, 1, 5000, 100, 60000), HM_OK); /* floor 100 ms */
+  assert_int_equal(hm_hb_start(0, "cpu"), HM_OK);
+  int cause = 0;
+  double idle = 0;
+  usleep(300 * 1000); /* the first step takes 300 ms */
+  hm_hb_step(1);
+  assert_int_equal(hm_watch_check(&w, hm_now_ns(), NULL, &cause, &idle), -1);
+  const uint64_t d = hm_watch_step_deadline(&w, 0);
+  hm_hb_stop();
+  unsetenv("HETMIX_HEARTBEAT_DIR");
+  hm_watch_free(&w);
+  print_message("  deadline after the first 300 ms step: %.2f s (floor 0.1 s)\n", (double)d * 1e-9);
+  assert_true(d >= (uint64_t)HM_WATCH_FACTOR * 300000000u);
+}
+
 static void test_fail_slow_rule(void **state) {
   (void)state;
   enum { N = 4 };
@@ -390,6 +417,7 @@ int main(int argc, char **argv) {
     return rc;
   }
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_watch_counts_first_step),
       cmocka_unit_test(test_fail_slow_rule),
       cmocka_unit_test(test_kill_random_rank_at_random_step),
       cmocka_unit_test(test_sigstop_is_a_silent_rank),
