@@ -40,6 +40,7 @@ typedef struct hm_op {
   int peer;        /* peer stage for SEND_, RECV_ and TIED_EMB_SYNC; -1 otherwise */
   int layer_begin; /* layers the op covers: the stage's range, or an ALLREDUCE bucket's */
   int layer_end;
+  int chunk;       /* model chunk the op serves (interleaved: virtual stage chunk*p + s); 0 else */
 } hm_op;
 
 typedef struct hm_stage_ops {
@@ -48,7 +49,7 @@ typedef struct hm_stage_ops {
 } hm_stage_ops;
 
 typedef struct hm_schedule {
-  int nstages, nmicro;
+  int nstages, nmicro; /* nstages: devices (op lists) */
   hm_stage_ops *stages; /* (nstages) */
 } hm_schedule;
 
@@ -59,11 +60,24 @@ typedef struct hm_schedule_config {
   int data_parallel;       /* 1: emit ALLREDUCE buckets (more than one replica holds each layer) */
   int layers_per_bucket;   /* >= 1; buckets go from the last layer of the stage backwards */
   int tied_embeddings;     /* 1: the first and last layer share weights (TIED_EMB_SYNC when p > 1) */
+  int nchunks;             /* v: model chunks per stage (interleaved 1F1B when > 1; 0 or 1: plain
+                              1F1B). Then stage_layers has p*v+1 bounds: virtual stage j = c*p + s
+                              (chunk c of stage s) holds layers [b[j], b[j+1]) */
 } hm_schedule_config;
+
+/* Interleaved lists are generated op by op like plain ones, but the simulator runs them to the end
+ * (no extrapolation): at most this many micro-batches per replica with nchunks > 1. */
+#define HM_SCHEDULE_INTERLEAVED_MAX_MICRO 4096
 
 /* 1F1B (PipeDream-flush): stage s runs min(p-1-s, m) warm-up forwards, then alternates one
  * forward and one backward, then drains the remaining backwards; then gradient buckets, tied
- * embedding sync, gradient norm and optimizer. */
+ * embedding sync, gradient norm and optimizer. With nchunks = v > 1, interleaved 1F1B (Megatron-LM's
+ * virtual pipeline stages, Narayanan et al. SC'21): stage s holds chunks c = 0..v-1 (virtual stages
+ * c*p + s); forwards go through the chunks in groups of p micro-batches (the last group holds
+ * p + m mod p, or m when m < p), backwards the same with the chunks reversed; warm-up
+ * min(2(p-1-s) + (v-1)g, mv) forwards, g the largest group; sends between virtual stages c*p+p-1 and (c+1)*p go from
+ * stage p-1 to stage 0 (and gradients back); buckets per chunk, last chunk first; one optimizer op
+ * per chunk. Needs p >= 2 and m <= HM_SCHEDULE_INTERLEAVED_MAX_MICRO. */
 hm_status hm_schedule_1f1b(const hm_schedule_config *cfg, hm_schedule *out);
 /* The same lists one op at a time (hm_schedule_1f1b is built from these; the simulator reads them
  * so, without memory that grows with the micro-batch count). Check cfg once with
@@ -118,9 +132,12 @@ typedef struct hm_sim_stage {
 
 typedef struct hm_sim_class {
   int nreplicas; /* identical replicas of this class */
-  int nstages;
+  int nstages;   /* virtual stages p*v in model order (p devices when nchunks <= 1) */
   int nmicro;
-  hm_sim_stage *stages; /* (nstages) */
+  hm_sim_stage *stages; /* (nstages) virtual stage j runs on device stage j % p */
+  int nchunks;   /* v: chunks per device (interleaved 1F1B when > 1; 0 or 1: plain 1F1B). The
+                    device's memory is the sum of its chunks' mem_static plus the activations it
+                    holds; tp, staging, capacity come from its first chunk */
 } hm_sim_class;
 
 typedef struct hm_sim_input {
@@ -145,6 +162,8 @@ typedef struct hm_sim_input {
 /* Extrapolation keeps O(stages^2) numbers; classes of more stages are simulated op by op. */
 #define HM_SIM_EXTRAPOLATE_MAX_STAGES 256
 
+/* Per virtual stage: with nchunks > 1 each entry holds its device's figures (busy, idle, end, memory
+ * are the device's, shared by its chunks). */
 typedef struct hm_sim_stage_result {
   double busy;       /* seconds of compute ops (FWD, BWD, OPTIMIZER) */
   double comm;       /* seconds the stage's comm track was busy (sends, allreduce, syncs) */
@@ -241,9 +260,22 @@ typedef struct hm_plan_stage {
 typedef struct hm_plan_class {
   int nreplicas;
   int nmicro; /* micro-batches per replica per step */
-  int nstages;
+  int nstages; /* stages in model order: p*v virtual stages with interleaving, else p */
   hm_plan_stage stages[HM_PLAN_MAX_STAGES];
+  int nchunks; /* v: model chunks per device group (interleaved 1F1B when > 1; 0 or 1: plain
+                  1F1B). Virtual stage j runs on the devices of stage j % p, p = nstages / v:
+                  stages j and j % p have the same type and tp; a stage's predicted busy, idle and
+                  memory are its devices' */
 } hm_plan_class;
+
+/* Chunks per device group of a class (1 without interleaving). */
+static inline int hm_plan_class_chunks(const hm_plan_class *c) {
+  return c->nchunks > 1 ? c->nchunks : 1;
+}
+/* Device groups (pipeline stages with devices) of a class: nstages / chunks. */
+static inline int hm_plan_class_devstages(const hm_plan_class *c) {
+  return c->nstages / hm_plan_class_chunks(c);
+}
 
 typedef struct hm_plan {
   int64_t micro_batch;  /* samples per micro-batch */
@@ -291,7 +323,12 @@ typedef struct hm_search_options {
   int max_stages;     /* pipeline depth limit (default and maximum HM_PLAN_MAX_STAGES) */
   int only_type;      /* -1: every type; k: plans that use device type k alone */
   int upper_bound;    /* 1: also plan each type alone, fill the bound and utilization */
+  int max_chunks;     /* interleaved 1F1B with up to this many chunks per stage (default
+                         HM_SEARCH_MAX_CHUNKS_DEFAULT; 1: plain 1F1B only, which the pipeline
+                         runtime executes today) */
 } hm_search_options;
+
+#define HM_SEARCH_MAX_CHUNKS_DEFAULT 8
 
 void hm_search_options_default(hm_search_options *o);
 

@@ -16,7 +16,7 @@
 
 typedef struct plan_args {
   const char *cluster, *model, *profile, *train, *out, *trace, *plan, *add, *remove;
-  int top, max_stages;
+  int top, max_stages, max_chunks;
   int64_t batch;
 } plan_args;
 
@@ -34,6 +34,9 @@ static int parse_args(int argc, char **argv, plan_args *a, int simulate) {
       HM_OPT_ROW(HM_OPT_INT, "top", 0, &a->top, 1, 1000, "K", "plans to list [5]"),
       HM_OPT_ROW(HM_OPT_INT, "max-stages", 0, &a->max_stages, 1, HM_PLAN_MAX_STAGES, "N",
                  "pipeline depth limit [64]"),
+      HM_OPT_ROW(HM_OPT_INT, "max-chunks", 0, &a->max_chunks, 1, 8, "V",
+                 "interleaved 1F1B with up to V model chunks per stage; 1: plain 1F1B, which "
+                 "`hetmix launch` runs [8; 1 when every device type has a backend]"),
       HM_OPT_SECTION_ROW("what-if (prints the best plan of the changed cluster beside the current one):"),
       HM_OPT_STR_ROW("add", 0, &a->add, "TYPE:COUNT[@POOL],...",
                      "add COUNT devices of TYPE (whole hosts of a group holding only TYPE)"),
@@ -64,17 +67,30 @@ static int parse_args(int argc, char **argv, plan_args *a, int simulate) {
 
 static void describe_class(const hm_cluster *c, const hm_plan_class *cl, char *buf, size_t cap) {
   size_t n = 0;
+  const int ndev = hm_plan_class_devstages(cl); /* interleaved: the device stages, then v */
   n += snprintf(buf + n, cap - n, "%d x [", cl->nreplicas);
-  for (int s = 0; s < cl->nstages && n < cap;) {
+  for (int s = 0; s < ndev && n < cap;) {
     int e = s;
-    while (e < cl->nstages && cl->stages[e].type == cl->stages[s].type) e++;
+    while (e < ndev && cl->stages[e].type == cl->stages[s].type) e++;
     n += snprintf(buf + n, cap - n, "%s%s/tp%d x%d", s ? " + " : "", c->types[cl->stages[s].type].name,
                   cl->stages[s].tp, e - s);
     s = e;
   }
-  if (n < cap) n += snprintf(buf + n, cap - n, "] m=%d layers", cl->nmicro);
+  if (n < cap && hm_plan_class_chunks(cl) > 1)
+    n += snprintf(buf + n, cap - n, "] interleaved v=%d m=%d layers per chunk", hm_plan_class_chunks(cl),
+                  cl->nmicro);
+  else if (n < cap)
+    n += snprintf(buf + n, cap - n, "] m=%d layers", cl->nmicro);
   for (int s = 0; s < cl->nstages && n < cap; s++)
     n += snprintf(buf + n, cap - n, "%s%d", s ? "," : " ", cl->stages[s].layer_end - cl->stages[s].layer_begin);
+}
+
+/* --max-chunks by default: interleaved 1F1B (8) unless every device type has a backend, i.e. the
+ * plan is one `hetmix launch` runs, whose runtime executes plain 1F1B (1). */
+static int default_chunks(const hm_cluster *c) {
+  for (int k = 0; k < c->ntypes; k++)
+    if (!c->types[k].backend[0]) return HM_SEARCH_MAX_CHUNKS_DEFAULT;
+  return 1;
 }
 
 static void print_plan_row(const hm_cluster *c, int idx, const hm_plan *p) {
@@ -115,10 +131,15 @@ static void print_stages(const hm_cluster *c, const hm_plan *p) {
   for (int ci = 0; ci < p->nclasses; ci++)
     for (int s = 0; s < p->classes[ci].nstages; s++) {
       const hm_plan_stage *st = &p->classes[ci].stages[s];
-      char tt[HM_SPEC_NAME_MAX + 8], lr[32];
+      char tt[HM_SPEC_NAME_MAX + 8], lr[32], stg[32];
       snprintf(tt, sizeof tt, "%s/%d", c->types[st->type].name, st->tp);
       snprintf(lr, sizeof lr, "%d-%d", st->layer_begin, st->layer_end - 1);
-      printf("%5d %5d %-14s %9s %9.2f %9.2f %9.3f %9.3f %6d %9.2f %9.2f\n", ci, s, tt, lr,
+      const int ndev = hm_plan_class_devstages(&p->classes[ci]);
+      if (ndev < p->classes[ci].nstages) /* interleaved: device stage.chunk */
+        snprintf(stg, sizeof stg, "%d.%d", s % ndev, s / ndev);
+      else
+        snprintf(stg, sizeof stg, "%d", s);
+      printf("%5d %5s %-14s %9s %9.2f %9.2f %9.3f %9.3f %6d %9.2f %9.2f\n", ci, stg, tt, lr,
              1e3 * st->fwd, 1e3 * st->bwd, st->busy, st->idle, st->max_inflight, st->mem_peak / 1e9,
              st->mem_capacity / 1e9);
     }
@@ -296,6 +317,7 @@ int hm_cmd_plan(int argc, char **argv) {
   hm_search_options_default(&opt);
   opt.top_k = a.top;
   if (a.max_stages) opt.max_stages = a.max_stages;
+  opt.max_chunks = a.max_chunks ? a.max_chunks : default_chunks(&c);
   if (a.add || a.remove) {
     rc = plan_whatif(&a, &in, have_profile ? &pr : NULL, &opt);
     goto done;

@@ -142,7 +142,8 @@ static int profile_and_plan(const char *self, const cluster_args *a, const char 
   printf("\n== 2/3 plan\n");
   fflush(stdout);
   char *plan_args[] = {"plan", "--cluster", (char *)cl_path, "--model", model_path, "--train", train_path,
-                       "--profile", prof_path, "-o", plan_path, "--trace", pred_path, "--top", "3", NULL};
+                       "--profile", prof_path, "-o", plan_path, "--trace", pred_path, "--top", "3",
+                       "--max-chunks", "1" /* the runtime runs plain 1F1B */, NULL};
   st = hm_cli_run_self(self, plan_args, "hetmix plan");
   return st == HM_OK ? 0 : hm_cli_fail_status(st, "train", NULL);
 }

@@ -129,8 +129,8 @@ hm_status hm_elastic_replan(hm_elastic *e, const int *drop, int n, const char *r
     fprintf(stderr, "hetmix: launch: re-plan %d: dropping %s; planning on the rest (%s)\n", k, sp->dropped, sp->cluster);
     fflush(stderr);
     char *args[16] = {"plan", "--cluster", sp->cluster, "--model", sp->model, "--train", sp->train, "-o", plan,
-                      "--top", "3"};
-    int na = 11;
+                      "--top", "3", "--max-chunks", "1" /* the runtime runs plain 1F1B */};
+    int na = 13;
     if (sp->profile[0]) args[na++] = "--profile", args[na++] = sp->profile;
     args[na] = NULL;
     st = hm_cli_run_self(e->self, args, "hetmix plan (re-plan)");

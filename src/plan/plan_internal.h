@@ -75,4 +75,16 @@ int hm_type_per_host_max(const hm_cluster *c, int type);
 hm_status hm_plan_refine(const hm_plan_inputs *in, hm_plan *p, int ranges, int max_sims,
                          int64_t *nsim);
 
+/* Interleaved 1F1B in the search (search_interleave.c): v = 2..HM_SEARCH_MAX_CHUNKS chunks per
+ * device stage, for classes of at most HM_SEARCH_INTERLEAVE_MAX_MICRO micro-batches (an
+ * interleaved class is simulated op by op). */
+#define HM_SEARCH_MAX_CHUNKS HM_SEARCH_MAX_CHUNKS_DEFAULT
+#define HM_SEARCH_INTERLEAVE_MAX_MICRO 256
+/* Replaces predicted plan p by its fastest interleaved variant within memory (every class that
+ * can, with the same v, layers split again by the DP over the virtual stages), when one
+ * simulates faster; p unchanged otherwise. maxp: virtual stages at most; v <= max_chunks.
+ * *nsim counts. */
+hm_status hm_plan_interleave(const hm_plan_inputs *in, hm_plan *p, int maxp, int max_chunks,
+                             int64_t *nsim);
+
 #endif

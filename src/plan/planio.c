@@ -46,7 +46,7 @@ static int take(const hm_cluster *c, type_cursor *cur, int type, int tp) {
 static int64_t plan_devices(const hm_plan *p) {
   int64_t total = 0;
   for (int ci = 0; ci < p->nclasses; ci++)
-    for (int s = 0; s < p->classes[ci].nstages; s++)
+    for (int s = 0; s < hm_plan_class_devstages(&p->classes[ci]); s++)
       total += (int64_t)p->classes[ci].nreplicas * p->classes[ci].stages[s].tp;
   return total;
 }
@@ -63,7 +63,7 @@ hm_status hm_plan_assign_ranks(const hm_plan_inputs *in, const hm_plan *p, hm_pl
   for (int ci = 0; ci < p->nclasses; ci++) {
     const hm_plan_class *cl = &p->classes[ci];
     for (int rep = 0; rep < cl->nreplicas; rep++)
-      for (int s = 0; s < cl->nstages; s++) {
+      for (int s = 0; s < hm_plan_class_devstages(cl); s++) { /* later chunks: same devices */
         const int k = cl->stages[s].type, tp = cl->stages[s].tp;
         if (!take(c, &cur[k], k, tp)) {
           free(r);
@@ -113,6 +113,9 @@ cJSON *hm_plan_to_cjson(const hm_plan_inputs *in, const hm_plan *p) {
     cJSON_AddItemToArray(classes, o);
     ADD_OR_FAIL(cJSON_AddNumberToObject(o, "replicas", cl->nreplicas));
     ADD_OR_FAIL(cJSON_AddNumberToObject(o, "micro_batches", cl->nmicro));
+    ADD_OR_FAIL(cJSON_AddStringToObject(o, "schedule", hm_plan_class_chunks(cl) > 1
+                                                           ? "interleaved-1f1b" : "1f1b"));
+    ADD_OR_FAIL(cJSON_AddNumberToObject(o, "chunks", hm_plan_class_chunks(cl)));
     cJSON *stages = cJSON_AddArrayToObject(o, "stages");
     ADD_OR_FAIL(stages);
     for (int s = 0; s < cl->nstages; s++) {
@@ -237,6 +240,24 @@ static hm_status read_stage(const cJSON *so, const char *path, const hm_cluster 
     return hm_error(HM_ERR_SPEC, "%s: expected [begin, end] (two integers in [0, 1000000])", p2);
   st->layer_begin = (int)a;
   st->layer_end = (int)b;
+  return HM_OK;
+}
+
+/* "schedule" ("1f1b" or "interleaved-1f1b", default from "chunks") and "chunks" (v, default 1). */
+static hm_status read_schedule(const cJSON *o, const char *path, hm_plan_class *cl) {
+  char sched[32], p2[HM_JSON_PATH_MAX];
+  int64_t v;
+  HM_TRY(hm_json_int(o, path, "chunks", 0, 1, HM_PLAN_MAX_STAGES, 1, &v));
+  HM_TRY(hm_json_string(o, path, "schedule", 0, v > 1 ? "interleaved-1f1b" : "1f1b", sched,
+                        sizeof sched));
+  const int ilv = strcmp(sched, "interleaved-1f1b") == 0;
+  if (!ilv && strcmp(sched, "1f1b") != 0)
+    return hm_error(HM_ERR_SPEC, "%s: \"%s\"; expected \"1f1b\" or \"interleaved-1f1b\"",
+                    hm_json_path_key(p2, path, "schedule"), sched);
+  if (ilv != (v > 1))
+    return hm_error(HM_ERR_SPEC, "%s: %lld with schedule \"%s\" (interleaved-1f1b needs chunks >= 2, "
+                    "1f1b chunks 1)", hm_json_path_key(p2, path, "chunks"), (long long)v, sched);
+  cl->nchunks = (int)v;
   return HM_OK;
 }
 
@@ -379,13 +400,15 @@ hm_status hm_plan_from_cjson(const cJSON *j, const hm_plan_inputs *against, hm_p
     char path[HM_JSON_PATH_MAX], sp[HM_JSON_PATH_MAX], spi[HM_JSON_PATH_MAX];
     hm_json_path_index(path, "plan.classes", ci);
     const cJSON *o = cJSON_GetArrayItem(classes, ci);
-    static const char *const ckeys[] = {"replicas", "micro_batches", "stages", NULL};
+    static const char *const ckeys[] = {"replicas", "micro_batches", "schedule", "chunks", "stages",
+                                        NULL};
     if ((st = hm_json_check_object(o, path, ckeys)) != HM_OK) goto fail;
     hm_plan_class *cl = &p->classes[ci];
     if ((st = hm_json_int(o, path, "replicas", 1, 1, INT32_MAX, 1, &v)) != HM_OK) goto fail;
     cl->nreplicas = (int)v;
     if ((st = hm_json_int(o, path, "micro_batches", 1, 1, INT32_MAX, 1, &v)) != HM_OK) goto fail;
     cl->nmicro = (int)v;
+    if ((st = read_schedule(o, path, cl)) != HM_OK) goto fail;
     const cJSON *stages;
     int ns;
     if ((st = hm_json_array(o, path, "stages", 1, &stages, &ns)) != HM_OK) goto fail;

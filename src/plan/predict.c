@@ -24,6 +24,27 @@ static hm_status plan_samples(const hm_plan *p, int64_t *samples) {
   return HM_OK;
 }
 
+/* Interleaving: v chunks of p >= 2 device stages; virtual stage j on the devices of j % p. */
+static hm_status validate_chunks(const hm_plan_class *cl, int ci) {
+  const int v = hm_plan_class_chunks(cl), p = cl->nstages / v;
+  if (cl->nchunks < 0 || cl->nchunks > HM_PLAN_MAX_STAGES)
+    return hm_error(HM_ERR_SPEC, "plan.classes[%d].chunks: must be 1 to %d, got %d", ci,
+                    HM_PLAN_MAX_STAGES, cl->nchunks);
+  if (v == 1) return HM_OK;
+  if (cl->nstages % v || p < 2)
+    return hm_error(HM_ERR_SPEC, "plan.classes[%d].stages: %d stages are not %d chunks of at least "
+                    "2 device stages", ci, cl->nstages, v);
+  if (cl->nmicro > HM_SCHEDULE_INTERLEAVED_MAX_MICRO)
+    return hm_error(HM_ERR_SPEC, "plan.classes[%d].micro_batches: %d; interleaved 1F1B runs at most "
+                    "%d per replica", ci, cl->nmicro, HM_SCHEDULE_INTERLEAVED_MAX_MICRO);
+  for (int j = p; j < cl->nstages; j++)
+    if (cl->stages[j].type != cl->stages[j % p].type || cl->stages[j].tp != cl->stages[j % p].tp)
+      return hm_error(HM_ERR_SPEC, "plan.classes[%d].stages[%d]: chunk %d of stage %d runs on that "
+                      "stage's devices, so its device_type and tp must be stage %d's", ci, j,
+                      j / p, j % p, j % p);
+  return HM_OK;
+}
+
 hm_status hm_plan_validate(const hm_plan_inputs *in, const hm_plan *p) {
   if (!in || !in->cluster || !in->model || !in->train || !p)
     return hm_error(HM_ERR_INVALID_ARG, "plan: cluster, model, training and plan are required");
@@ -46,6 +67,8 @@ hm_status hm_plan_validate(const hm_plan_inputs *in, const hm_plan *p) {
     if (cl->nstages < 1 || cl->nstages > HM_PLAN_MAX_STAGES)
       return hm_error(HM_ERR_SPEC, "plan.classes[%d].stages: need 1 to %d stages, got %d", ci,
                       HM_PLAN_MAX_STAGES, cl->nstages);
+    HM_TRY(validate_chunks(cl, ci));
+    const int ndev = hm_plan_class_devstages(cl);
     for (int s = 0; s < cl->nstages; s++) {
       const hm_plan_stage *st = &cl->stages[s];
       if (st->type < 0 || st->type >= c->ntypes || st->type >= HM_PLAN_MAX_TYPES)
@@ -69,7 +92,7 @@ hm_status hm_plan_validate(const hm_plan_inputs *in, const hm_plan *p) {
         if (md->layers[l].tp_divides > 0 && md->layers[l].tp_divides % st->tp)
           return hm_error(HM_ERR_SPEC, "plan.classes[%d].stages[%d].tp: %d does not divide layer "
                           "%d's %lld", ci, s, st->tp, l, (long long)md->layers[l].tp_divides);
-      used[st->type] += (int64_t)cl->nreplicas;
+      if (s < ndev) used[st->type] += (int64_t)cl->nreplicas;
     }
     if (cl->stages[cl->nstages - 1].layer_end != md->nlayers)
       return hm_error(HM_ERR_SPEC, "plan.classes[%d].stages: the last stage ends at layer %d, the "
@@ -140,11 +163,12 @@ hm_status hm_plan_predict(const hm_plan_inputs *in, hm_plan *p, hm_sim_trace *tr
   double flops_dev[HM_PLAN_MAX_TYPES] = {0};
   for (int ci = 0; ci < p->nclasses; ci++) {
     hm_plan_class *pc = &p->classes[ci];
-    const int np = pc->nstages;
+    const int np = pc->nstages, ndev = hm_plan_class_devstages(pc);
     cls[ci] = (hm_sim_class){.nreplicas = pc->nreplicas, .nstages = np, .nmicro = pc->nmicro,
-                             .stages = stages + (size_t)ci * HM_PLAN_MAX_STAGES};
+                             .stages = stages + (size_t)ci * HM_PLAN_MAX_STAGES,
+                             .nchunks = hm_plan_class_chunks(pc)};
     int per_type[HM_PLAN_MAX_TYPES] = {0};
-    for (int s = 0; s < np; s++) per_type[pc->stages[s].type]++;
+    for (int s = 0; s < ndev; s++) per_type[pc->stages[s].type]++;
     for (int s = 0; s < np; s++) {
       hm_plan_stage *ps = &pc->stages[s];
       const hm_layer_costs *lc;
@@ -154,23 +178,26 @@ hm_status hm_plan_predict(const hm_plan_inputs *in, hm_plan *p, hm_sim_trace *tr
       for (int l = ps->layer_begin; l < ps->layer_end; l++) {
         f += lc->fwd[l];
         b += lc->bwd[l];
-        params += lc->params[l] - (np == 1 ? lc->shared[l] : 0.0);
+        params += lc->params[l] - (ndev == 1 ? lc->shared[l] : 0.0);
         act += lc->act[l];
         opt += lc->opt[l];
         flops_dev[ps->type] += (double)pc->nreplicas * pc->nmicro * (double)p->micro_batch *
                                (md->layers[l].fwd_flops + md->layers[l].bwd_flops);
       }
-      int same_host = s + 1 < np && pc->stages[s + 1].type == ps->type &&
+      /* the next virtual stage runs on device stage (s+1) % ndev (stage 0 after the last) */
+      const int nt = s + 1 < np ? pc->stages[(s + 1) % ndev].type : -1;
+      int same_host = nt == ps->type && ndev > 1 &&
                       ps->tp * per_type[ps->type] <= hm_type_per_host_max(in->cluster, ps->type);
       *ss = (hm_sim_stage){.layer_begin = ps->layer_begin, .layer_end = ps->layer_end,
                            .tp = ps->tp, .fwd = f, .bwd = b,
                            .act_bytes = lc->out_bytes[ps->layer_end - 1],
-                           .link_next = s + 1 < np ? hm_stage_link(in, ps->type,
-                                                                   pc->stages[s + 1].type, same_host)
-                                                   : (hm_link){0, 0, 0},
+                           .link_next = nt >= 0 ? hm_stage_link(in, ps->type, nt, same_host)
+                                                : (hm_link){0, 0, 0},
                            .staging = hm_profile_staging_of(in->profile, ps->type),
                            .optimizer = opt,
-                           .mem_static = hm_static_bytes(tr, params, replicas) + lc->reserve,
+                           /* one recompute workspace per device, not per chunk */
+                           .mem_static = hm_static_bytes(tr, params, replicas) +
+                                         (s < ndev ? lc->reserve : 0.0),
                            .mem_act = act, .mem_capacity = lc->capacity};
       ps->fwd = f;
       ps->bwd = b;
@@ -178,6 +205,7 @@ hm_status hm_plan_predict(const hm_plan_inputs *in, hm_plan *p, hm_sim_trace *tr
       ps->mem_act = act;
       ps->mem_capacity = lc->capacity;
       mask |= 1u << ps->type;
+      if (s >= ndev) continue; /* a later chunk: the same devices */
       p->devices_by_type[ps->type] += (int64_t)pc->nreplicas * ps->tp;
       p->devices_used += (int64_t)pc->nreplicas * ps->tp;
     }
@@ -188,6 +216,7 @@ hm_status hm_plan_predict(const hm_plan_inputs *in, hm_plan *p, hm_sim_trace *tr
   si.sync = hm_plan_sync_model(in, mask, replicas, p->devices_used);
   si.tied_link = hm_stage_link(in, p->classes[0].stages[0].type,
                                p->classes[0].stages[p->classes[0].nstages - 1].type, 0);
+  /* (the last virtual stage runs on the last device stage: same type) */
   hm_sync_model all = si.sync;
   all.nranks = (int)(p->devices_used > 1 << 30 ? 1 << 30 : p->devices_used);
   si.grad_norm_time = hm_sync_allreduce_time(&all, 8.0);
@@ -232,8 +261,10 @@ hm_status hm_plan_schedule(const hm_plan_inputs *in, const hm_plan *p, int cls, 
   for (int s = 0; s < pc->nstages; s++) bounds[s] = pc->stages[s].layer_begin;
   bounds[pc->nstages] = pc->stages[pc->nstages - 1].layer_end;
   for (int c = 0; c < p->nclasses; c++) replicas += p->classes[c].nreplicas;
-  hm_schedule_config sc = {.nstages = pc->nstages, .nmicro = pc->nmicro, .stage_layers = bounds,
-                           .data_parallel = replicas > 1, .layers_per_bucket = HM_PLAN_LAYERS_PER_BUCKET,
-                           .tied_embeddings = model_ties(in->model)};
+  hm_schedule_config sc = {.nstages = hm_plan_class_devstages(pc), .nmicro = pc->nmicro,
+                           .stage_layers = bounds, .data_parallel = replicas > 1,
+                           .layers_per_bucket = HM_PLAN_LAYERS_PER_BUCKET,
+                           .tied_embeddings = model_ties(in->model),
+                           .nchunks = hm_plan_class_chunks(pc)};
   return hm_schedule_1f1b(&sc, out);
 }

@@ -46,6 +46,8 @@ enum { NTP = 4, MAXK = HM_PLAN_MAX_TYPES };
 #define HM_SEARCH_WIDE_COUNTS 512
 /* Wide search: candidates simulated (ranked by estimate, then by simulation). */
 #define HM_SEARCH_WIDE_SIMULATE 256
+/* Plans of the simulated list whose interleaved variants are tried (search_interleave.c). */
+#define HM_SEARCH_INTERLEAVE_TOP 8
 static const int tp_values[NTP] = {1, 2, 4, 8};
 
 typedef struct tmpl {
@@ -789,6 +791,7 @@ void hm_search_options_default(hm_search_options *o) {
   o->max_stages = HM_PLAN_MAX_STAGES;
   o->only_type = -1;
   o->upper_bound = 1;
+  o->max_chunks = HM_SEARCH_MAX_CHUNKS;
 }
 
 void hm_search_result_free(hm_search_result *r) {
@@ -821,7 +824,9 @@ static int plan_same(const hm_plan *a, const hm_plan *b) {
   if (a->micro_batch != b->micro_batch || a->nclasses != b->nclasses) return 0;
   for (int c = 0; c < a->nclasses; c++) {
     const hm_plan_class *x = &a->classes[c], *y = &b->classes[c];
-    if (x->nreplicas != y->nreplicas || x->nmicro != y->nmicro || x->nstages != y->nstages) return 0;
+    if (x->nreplicas != y->nreplicas || x->nmicro != y->nmicro || x->nstages != y->nstages ||
+        hm_plan_class_chunks(x) != hm_plan_class_chunks(y))
+      return 0;
     for (int s = 0; s < x->nstages; s++)
       if (x->stages[s].type != y->stages[s].type || x->stages[s].tp != y->stages[s].tp ||
           x->stages[s].layer_end != y->stages[s].layer_end)
@@ -832,12 +837,7 @@ static int plan_same(const hm_plan *a, const hm_plan *b) {
 
 /* Refinement by simulation of the best simulated plans (the first HM_SEARCH_REFINE_WIDE on a
  * small cluster, else HM_SEARCH_REFINE), then ranked again without duplicates. */
-static hm_status refine_top(sctx *x, hm_search_result *out) {
-  const int lim = x->wide ? HM_SEARCH_REFINE_WIDE : HM_SEARCH_REFINE;
-  const int n = out->nplans < lim ? out->nplans : lim;
-  for (int i = 0; i < n; i++)
-    HM_TRY(hm_plan_refine(x->in, &out->plans[i], x->wide,
-                          x->wide ? HM_SEARCH_REFINE_WIDE_SIMS : HM_SEARCH_REFINE_SIMS, &x->nsplits));
+static void rank_unique(hm_search_result *out) {
   qsort(out->plans, (size_t)out->nplans, sizeof *out->plans, cmp_plan);
   int k = 0;
   for (int i = 0; i < out->nplans; i++) {
@@ -846,6 +846,52 @@ static hm_status refine_top(sctx *x, hm_search_result *out) {
     if (!dup) out->plans[k++] = out->plans[i];
   }
   out->nplans = k;
+}
+
+static hm_status refine_top(sctx *x, hm_search_result *out) {
+  const int lim = x->wide ? HM_SEARCH_REFINE_WIDE : HM_SEARCH_REFINE;
+  const int n = out->nplans < lim ? out->nplans : lim;
+  for (int i = 0; i < n; i++)
+    HM_TRY(hm_plan_refine(x->in, &out->plans[i], x->wide,
+                          x->wide ? HM_SEARCH_REFINE_WIDE_SIMS : HM_SEARCH_REFINE_SIMS, &x->nsplits));
+  rank_unique(out);
+  return HM_OK;
+}
+
+static int is_interleaved(const hm_plan *p) {
+  for (int c = 0; c < p->nclasses; c++)
+    if (hm_plan_class_chunks(&p->classes[c]) > 1) return 1;
+  return 0;
+}
+
+/* An interleaved plan is simulated op by op (no extrapolation): beyond small clusters its
+ * refinement gets a third of the plain plans' budget, which keeps the search's time. */
+static hm_status refine_one(sctx *x, hm_plan *p) {
+  return hm_plan_refine(x->in, p, x->wide,
+                        x->wide ? HM_SEARCH_REFINE_WIDE_SIMS : HM_SEARCH_REFINE_SIMS / 3, &x->nsplits);
+}
+
+/* Interleaved variants of the best HM_SEARCH_INTERLEAVE_TOP plans join the list beside them;
+ * the best of them (on a small cluster the best HM_SEARCH_REFINE_WIDE) is refined like the
+ * plain plans. */
+static hm_status interleave_top(sctx *x, hm_search_result *out) {
+  const int n = out->nplans < HM_SEARCH_INTERLEAVE_TOP ? out->nplans : HM_SEARCH_INTERLEAVE_TOP;
+  hm_plan *pl = realloc(out->plans, (size_t)(out->nplans + n + 1) * sizeof *pl);
+  if (!pl) return hm_error(HM_ERR_NOMEM, "plan search: cannot grow the plan list");
+  out->plans = pl;
+  for (int i = 0; i < n; i++) {
+    pl[out->nplans] = pl[i];
+    HM_TRY(hm_plan_interleave(x->in, &pl[out->nplans], x->maxp, x->opt->max_chunks, &x->nsplits));
+    if (is_interleaved(&pl[out->nplans])) out->nplans++;
+  }
+  rank_unique(out);
+  const int lim = x->wide ? HM_SEARCH_REFINE_WIDE : HM_SEARCH_REFINE;
+  for (int i = 0, done = 0; i < out->nplans && done < lim; i++)
+    if (is_interleaved(&pl[i])) {
+      HM_TRY(refine_one(x, &pl[i]));
+      done++;
+    }
+  rank_unique(out);
   return HM_OK;
 }
 
@@ -925,6 +971,7 @@ hm_status hm_plan_search(const hm_plan_inputs *in, const hm_search_options *opt_
   hm_search_options opt;
   if (opt_in) opt = *opt_in; else hm_search_options_default(&opt);
   if (opt.top_k < 1) opt.top_k = 1;
+  if (opt.max_chunks < 1 || opt.max_chunks > HM_SEARCH_MAX_CHUNKS) opt.max_chunks = HM_SEARCH_MAX_CHUNKS;
   if (opt.max_stages < 1 || opt.max_stages > HM_PLAN_MAX_STAGES) opt.max_stages = HM_PLAN_MAX_STAGES;
   if (opt.only_type >= in->cluster->ntypes)
     return hm_error(HM_ERR_INVALID_ARG, "plan search: no device type %d", opt.only_type);
@@ -1037,30 +1084,40 @@ hm_status hm_plan_search(const hm_plan_inputs *in, const hm_search_options *opt_
   }
   qsort(out->plans, (size_t)out->nplans, sizeof *out->plans, cmp_plan);
   if ((st = refine_top(&x, out)) != HM_OK) goto done;
+  if ((st = interleave_top(&x, out)) != HM_OK) goto done;
   if (out->nplans > opt.top_k) out->nplans = opt.top_k;
   out->candidates = x.nsplits;
   if (opt.upper_bound && opt.only_type < 0) {
     /* the bound: each type alone, i.e. exactly the candidates a search restricted to that type
      * keeps (same pruning against that type's own list), simulated and ranked the same way */
-    hm_plan *tp = hm_malloc(sizeof *tp, "plan");
-    if (!tp) {
+    /* each type's best plan then gets its interleaved variant, as the mixed plans do */
+    hm_plan *tp = hm_malloc(sizeof *tp, "plan"), *tbest = hm_malloc(sizeof *tbest, "plan");
+    if (!tp || !tbest) {
+      free(tp);
+      free(tbest);
       st = HM_ERR_NOMEM;
       goto done;
     }
-    for (int k = 0; k < x.K; k++)
-      for (int i = 0; i < x.by_type[k].n; i++) {
-        if ((st = materialize(&x, &x.by_type[k].c[i], tp)) != HM_OK) {
-          free(tp);
-          goto done;
-        }
+    for (int k = 0; k < x.K && st == HM_OK; k++) {
+      for (int i = 0; i < x.by_type[k].n && st == HM_OK; i++) {
+        if ((st = materialize(&x, &x.by_type[k].c[i], tp)) != HM_OK) break;
         if (tp->over_memory || tp->tokens_per_s <= out->type_best_tokens_per_s[k]) continue;
         out->type_best_tokens_per_s[k] = tp->tokens_per_s;
-        if (out->best_single_type < 0 || tp->tokens_per_s > out->best_single.tokens_per_s) {
-          out->best_single_type = k;
-          out->best_single = *tp;
-        }
+        *tbest = *tp;
       }
+      if (st != HM_OK || out->type_best_tokens_per_s[k] <= 0) continue;
+      st = hm_plan_interleave(in, tbest, x.maxp, opt.max_chunks, &x.nsplits);
+      if (st == HM_OK && is_interleaved(tbest)) st = refine_one(&x, tbest);
+      if (st != HM_OK) continue;
+      out->type_best_tokens_per_s[k] = tbest->tokens_per_s;
+      if (out->best_single_type < 0 || tbest->tokens_per_s > out->best_single.tokens_per_s) {
+        out->best_single_type = k;
+        out->best_single = *tbest;
+      }
+    }
     free(tp);
+    free(tbest);
+    if (st != HM_OK) goto done;
     for (int k = 0; k < x.K; k++) out->upper_bound_tokens_per_s += out->type_best_tokens_per_s[k];
     hm_clear_error();
     for (int i = 0; i < out->nplans; i++) {

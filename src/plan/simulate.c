@@ -9,6 +9,10 @@
  * starts when both ends are ready; the gradient norm waits for every stage; then the optimizer.
  * Not modelled: overlap of gradient buckets with backward, contention between replicas on a NIC.
  *
+ * Interleaved 1F1B (a class with nchunks v > 1): state is kept per device stage (compute track,
+ * outgoing links, op cursor, activations held) and per virtual stage (transfers arriving to it,
+ * when its gradients are complete); such a class is simulated op by op to the end.
+ *
  * Nothing grows with the micro-batch count: ops come one at a time from the generator
  * (hm_schedule_1f1b_op), transfers in flight sit in a small ring per stage, and a class with more
  * than HM_SIM_FULL_MICRO micro-batches is extrapolated once its steady state repeats (each later
@@ -64,7 +68,14 @@ typedef struct arrival {
   double t;
 } arrival;
 
-/* Per-stage state of the representative replica of one class. */
+/* Per-virtual-stage state: transfers on their way to it (ring, slot micro % ring) and when its
+ * last backward ended. Without interleaving, one per stage. */
+typedef struct vstage_state {
+  arrival *act_in, *grad_in;
+  double grads_ready;
+} vstage_state;
+
+/* Per-device-stage state of the representative replica of one class. */
 typedef struct stage_state {
   int64_t pc, npipe;   /* next op; the pipeline ops (FWD, BWD, SEND_, RECV_) are [0, npipe) */
   int64_t steady_begin, nperiods; /* the repeating part (hm_schedule_1f1b_steady) */
@@ -75,10 +86,9 @@ typedef struct stage_state {
   double comm_busy;
   double busy_fb;      /* seconds of FWD + BWD */
   double busy;         /* FWD + BWD + OPTIMIZER */
-  double grads_ready;  /* end of the last BWD */
   double period_fb, period_comm; /* seconds of FWD + BWD and of sends in one steady period */
   int live, max_inflight; /* micro-batches held (FWD done, BWD not) now and at most */
-  arrival *act_in, *grad_in; /* (ring) transfers to this stage not yet received, slot micro % ring */
+  double live_bytes, max_live_bytes; /* activation bytes held (interleaved: per chunk) */
 } stage_state;
 
 /* Values of one stage after a steady period that the next periods read: the compute track and
@@ -86,10 +96,12 @@ typedef struct stage_state {
 enum { NSNAP = 3 };
 
 typedef struct class_state {
-  hm_schedule_config cfg;
+  hm_schedule_config cfg; /* nstages = device stages p, nchunks = v */
   int *bounds;
-  stage_state *st;
-  int ring;            /* arrival slots per stage */
+  stage_state *st;     /* (p) */
+  vstage_state *vs;    /* (p*v) */
+  int nv;              /* p*v */
+  int ring;            /* arrival slots per virtual stage */
   /* steady-state detection (docs/plan.md, section 4) */
   int detect;          /* 1 while looking for a repeating state */
   int cmax, hist;      /* longest repetition looked for; periods of snapshots kept */
@@ -101,14 +113,18 @@ typedef struct class_state {
 
 static int is_pipeline_op(hm_op_kind k) { return k <= HM_OP_RECV_GRAD; }
 
-static double send_time(const hm_sim_class *cl, int s, hm_op_kind kind) {
-  /* SEND_GRAD to s-1 goes over the same link as s-1's forward sends */
-  const hm_sim_stage *sg = &cl->stages[kind == HM_OP_SEND_ACT ? s : s - 1];
-  const hm_sim_stage *to = &cl->stages[kind == HM_OP_SEND_ACT ? s + 1 : s - 1];
+/* Send of virtual stage j (= the stage itself without interleaving). */
+static double send_time(const hm_sim_class *cl, int j, hm_op_kind kind) {
+  /* SEND_GRAD to j-1 goes over the same link as j-1's forward sends */
+  const hm_sim_stage *sg = &cl->stages[kind == HM_OP_SEND_ACT ? j : j - 1];
+  const hm_sim_stage *to = &cl->stages[kind == HM_OP_SEND_ACT ? j + 1 : j - 1];
   /* devices whose memory is not host memory stage: device->host before, host->device after */
   return hm_cost_p2p(&sg->link_next, sg->act_bytes) +
-         hm_cost_staged_send(&cl->stages[s].staging, &to->staging, sg->act_bytes);
+         hm_cost_staged_send(&cl->stages[j].staging, &to->staging, sg->act_bytes);
 }
+
+static int chunks_of(const hm_sim_class *cl) { return cl->nchunks > 1 ? cl->nchunks : 1; }
+static int devstages_of(const hm_sim_class *cl) { return cl->nstages / chunks_of(cl); }
 
 /* Staging copies of a gradient allreduce of `bytes`: the slowest staged device of the job
  * (every replica waits for the collective's last member). */
@@ -126,10 +142,12 @@ static double sync_staging(const hm_sim_input *in, double bytes) {
 static int run_op(const hm_sim_class *cl, class_state *cs, int c, int s, const hm_op *op,
                   hm_sim_trace *tr, hm_status *st) {
   stage_state *ss = &cs->st[s];
-  const hm_sim_stage *sg = &cl->stages[s];
+  const int j = op->chunk * cs->cfg.nstages + s; /* virtual stage */
+  const hm_sim_stage *sg = &cl->stages[j];
+  vstage_state *vs = &cs->vs[j];
   const int64_t k = op->micro;
   if (op->kind == HM_OP_RECV_ACT || op->kind == HM_OP_RECV_GRAD) {
-    arrival *a = &(op->kind == HM_OP_RECV_ACT ? ss->act_in : ss->grad_in)[k % cs->ring];
+    arrival *a = &(op->kind == HM_OP_RECV_ACT ? vs->act_in : vs->grad_in)[k % cs->ring];
     if (a->micro != k) return 0; /* the sender has not got there yet */
     if (a->t > ss->t) ss->t = a->t;
     a->micro = -1;
@@ -139,20 +157,22 @@ static int run_op(const hm_sim_class *cl, class_state *cs, int c, int s, const h
     ss->t += d;
     ss->busy_fb += d;
     if (op->kind == HM_OP_BWD) {
-      ss->grads_ready = ss->t;
+      vs->grads_ready = ss->t;
       ss->live--;
-    } else if (++ss->live > ss->max_inflight) {
-      ss->max_inflight = ss->live;
+      ss->live_bytes -= sg->mem_act;
+    } else {
+      if (++ss->live > ss->max_inflight) ss->max_inflight = ss->live;
+      if ((ss->live_bytes += sg->mem_act) > ss->max_live_bytes) ss->max_live_bytes = ss->live_bytes;
     }
   } else {
     const int act = op->kind == HM_OP_SEND_ACT;
     double *link_free = act ? &ss->act_link_free : &ss->grad_link_free;
     const double start = ss->t > *link_free ? ss->t : *link_free;
-    const double d = send_time(cl, s, op->kind);
+    const double d = send_time(cl, j, op->kind);
     if ((*st = trace_add(tr, c, s, 1, op->kind, op->micro, start, d)) != HM_OK) return -1;
     *link_free = start + d;
     ss->comm_busy += d;
-    arrival *a = &(act ? cs->st[s + 1].act_in : cs->st[s - 1].grad_in)[k % cs->ring];
+    arrival *a = &(act ? cs->vs[j + 1].act_in : cs->vs[j - 1].grad_in)[k % cs->ring];
     if (a->micro >= 0) {
       *st = hm_error(HM_ERR_INTERNAL, "simulator: class %d stage %d: more than %d transfers in "
                      "flight", c, s, cs->ring);
@@ -251,11 +271,11 @@ static void extrapolate(const hm_sim_class *cl, class_state *cs, int c, double d
     ss->t += shift;
     ss->act_link_free += shift;
     ss->grad_link_free += shift;
-    ss->grads_ready += shift;
+    cs->vs[s].grads_ready += shift; /* no interleaving here: virtual stage s is stage s */
     ss->busy_fb += (double)kc * ss->period_fb;
     ss->comm_busy += (double)kc * ss->period_comm;
-    shift_ring(ss->act_in, cs->ring, kc, shift);
-    shift_ring(ss->grad_in, cs->ring, kc, shift);
+    shift_ring(cs->vs[s].act_in, cs->ring, kc, shift);
+    shift_ring(cs->vs[s].grad_in, cs->ring, kc, shift);
   }
   cs->skipped = kc;
 }
@@ -284,7 +304,7 @@ static void detect_repeat(const hm_sim_class *cl, class_state *cs) {
 
 /* Runs the FWD/BWD/SEND/RECV prefix of every stage of class c until all stop at the sync ops. */
 static hm_status run_pipeline(const hm_sim_class *cl, class_state *cs, int c, hm_sim_trace *tr) {
-  const int p = cl->nstages;
+  const int p = cs->cfg.nstages;
   for (;;) {
     int progressed = 0, done = 1;
     for (int s = 0; s < p; s++) {
@@ -315,10 +335,10 @@ static double bucket_ready(const hm_sim_input *in, class_state *cs, int lo, int 
   double r = 0;
   for (int c = 0; c < in->nclasses; c++) {
     const hm_sim_class *cl = &in->classes[c];
-    for (int s = 0; s < cl->nstages; s++) {
-      const hm_sim_stage *sg = &cl->stages[s];
-      if (sg->layer_end > lo && sg->layer_begin < hi && cs[c].st[s].grads_ready > r)
-        r = cs[c].st[s].grads_ready;
+    for (int j = 0; j < cl->nstages; j++) {
+      const hm_sim_stage *sg = &cl->stages[j];
+      if (sg->layer_end > lo && sg->layer_begin < hi && cs[c].vs[j].grads_ready > r)
+        r = cs[c].vs[j].grads_ready;
     }
   }
   return r;
@@ -347,6 +367,14 @@ static hm_status check_input(const hm_sim_input *in) {
     if (cl->stages[0].layer_begin != 0 || cl->stages[cl->nstages - 1].layer_end != in->nlayers)
       return hm_error(HM_ERR_INVALID_ARG, "simulator: class %d does not cover layers [0, %d)", c,
                       in->nlayers);
+    const int v = chunks_of(cl), p = cl->nstages / v;
+    if (v > 1 && (cl->nstages % v || p < 2))
+      return hm_error(HM_ERR_INVALID_ARG, "simulator: class %d: %d virtual stages are not %d chunks "
+                      "of at least 2 stages", c, cl->nstages, v);
+    for (int j = p; j < cl->nstages; j++)
+      if (cl->stages[j].tp != cl->stages[j % p].tp)
+        return hm_error(HM_ERR_INVALID_ARG, "simulator: class %d virtual stage %d runs on stage %d "
+                        "but has another tp", c, j, j % p);
   }
   return HM_OK;
 }
@@ -354,11 +382,12 @@ static hm_status check_input(const hm_sim_input *in) {
 static void free_states(class_state *cs, int n) {
   if (!cs) return;
   for (int c = 0; c < n; c++) {
-    if (cs[c].st)
-      for (int s = 0; s < cs[c].cfg.nstages; s++) {
-        free(cs[c].st[s].act_in);
-        free(cs[c].st[s].grad_in);
+    if (cs[c].vs)
+      for (int j = 0; j < cs[c].nv; j++) {
+        free(cs[c].vs[j].act_in);
+        free(cs[c].vs[j].grad_in);
       }
+    free(cs[c].vs);
     free(cs[c].st);
     free(cs[c].bounds);
     free(cs[c].snap);
@@ -368,12 +397,17 @@ static void free_states(class_state *cs, int n) {
 }
 
 /* Stage s's op cursor, its repeating part and the seconds one repeat takes. */
+static hm_status setup_vstage(class_state *cs, int j) {
+  vstage_state *vs = &cs->vs[j];
+  vs->act_in = hm_malloc((size_t)cs->ring * sizeof *vs->act_in, "simulator arrivals");
+  vs->grad_in = hm_malloc((size_t)cs->ring * sizeof *vs->grad_in, "simulator arrivals");
+  if (!vs->act_in || !vs->grad_in) return HM_ERR_NOMEM;
+  for (int i = 0; i < cs->ring; i++) vs->act_in[i].micro = vs->grad_in[i].micro = -1;
+  return HM_OK;
+}
+
 static hm_status setup_stage(const hm_sim_class *cl, class_state *cs, int s) {
   stage_state *ss = &cs->st[s];
-  ss->act_in = hm_malloc((size_t)cs->ring * sizeof *ss->act_in, "simulator arrivals");
-  ss->grad_in = hm_malloc((size_t)cs->ring * sizeof *ss->grad_in, "simulator arrivals");
-  if (!ss->act_in || !ss->grad_in) return HM_ERR_NOMEM;
-  for (int i = 0; i < cs->ring; i++) ss->act_in[i].micro = ss->grad_in[i].micro = -1;
   ss->npipe = hm_schedule_1f1b_nops(&cs->cfg, s);
   while (ss->npipe > 0 && !is_pipeline_op(hm_schedule_1f1b_op(&cs->cfg, s, ss->npipe - 1).kind))
     ss->npipe--;
@@ -391,25 +425,29 @@ static hm_status setup_stage(const hm_sim_class *cl, class_state *cs, int s) {
 
 static hm_status setup_class(const hm_sim_input *in, const hm_sim_class *cl, class_state *cs,
                              int total_replicas) {
-  const int p = cl->nstages, m = cl->nmicro;
-  cs->bounds = hm_malloc((size_t)(p + 1) * sizeof *cs->bounds, "stage bounds");
+  const int v = chunks_of(cl), p = devstages_of(cl), m = cl->nmicro;
+  cs->nv = cl->nstages;
+  cs->bounds = hm_malloc((size_t)(cs->nv + 1) * sizeof *cs->bounds, "stage bounds");
   if (!cs->bounds) return HM_ERR_NOMEM;
-  for (int s = 0; s < p; s++) cs->bounds[s] = cl->stages[s].layer_begin;
-  cs->bounds[p] = cl->stages[p - 1].layer_end;
+  for (int j = 0; j < cs->nv; j++) cs->bounds[j] = cl->stages[j].layer_begin;
+  cs->bounds[cs->nv] = cl->stages[cs->nv - 1].layer_end;
   cs->cfg = (hm_schedule_config){.nstages = p, .nmicro = m, .stage_layers = cs->bounds,
                                  .data_parallel = total_replicas > 1,
                                  .layers_per_bucket = in->layers_per_bucket,
-                                 .tied_embeddings = in->tied_embeddings};
+                                 .tied_embeddings = in->tied_embeddings, .nchunks = v};
   HM_TRY(hm_schedule_1f1b_check(&cs->cfg));
-  /* a stage has at most p-s+1 transfers to it in flight (1F1B holds p-s micro-batches) */
-  cs->ring = 2 * p + 4;
+  /* a stage has at most p-s+1 transfers to it in flight (1F1B holds p-s micro-batches);
+   * interleaved: one slot per micro-batch (m is bounded by the generator) */
+  cs->ring = v > 1 ? m : 2 * p + 4;
   const int full = in->full_micro > 0 ? in->full_micro : HM_SIM_FULL_MICRO;
   /* snapshots take O(p^2) memory: classes of more stages go op by op (still O(p) memory) */
-  cs->detect = m > full && m > p && p <= HM_SIM_EXTRAPOLATE_MAX_STAGES;
+  cs->detect = v == 1 && m > full && m > p && p <= HM_SIM_EXTRAPOLATE_MAX_STAGES;
   cs->cmax = 2 * p + 2;
   cs->hist = cs->cmax + 2 * p + 8; /* stages run at most p+2 periods apart */
   cs->st = hm_calloc((size_t)p, sizeof *cs->st, "simulator stages");
-  if (!cs->st) return HM_ERR_NOMEM;
+  cs->vs = hm_calloc((size_t)cs->nv, sizeof *cs->vs, "simulator stages");
+  if (!cs->st || !cs->vs) return HM_ERR_NOMEM;
+  for (int j = 0; j < cs->nv; j++) HM_TRY(setup_vstage(cs, j));
   if (cs->detect) {
     cs->snap = hm_malloc((size_t)cs->hist * p * NSNAP * sizeof *cs->snap, "simulator snapshots");
     cs->snap_period = hm_malloc((size_t)cs->hist * p * sizeof *cs->snap_period, "simulator snapshots");
@@ -440,7 +478,7 @@ hm_status hm_simulate(const hm_sim_input *in, hm_sim_result *res, hm_sim_trace *
   /* gradient buckets (comm track; a stage's buckets run one after another) */
   for (int c = 0; c < nc; c++) {
     const hm_sim_class *cl = &in->classes[c];
-    for (int s = 0; s < cl->nstages; s++) {
+    for (int s = 0; s < cs[c].cfg.nstages; s++) {
       stage_state *ss = &cs[c].st[s];
       const int64_t nops = hm_schedule_1f1b_nops(&cs[c].cfg, s);
       double comm_t = ss->t;
@@ -450,7 +488,7 @@ hm_status hm_simulate(const hm_sim_input *in, hm_sim_result *res, hm_sim_trace *
         double bytes = 0;
         for (int l = op->layer_begin; l < op->layer_end; l++)
           bytes += in->layer_grad_bytes ? in->layer_grad_bytes[l] : 0.0;
-        bytes /= cl->stages[s].tp;
+        bytes /= cl->stages[s].tp; /* a device's chunks share its tp */
         double ready = bucket_ready(in, cs, op->layer_begin, op->layer_end);
         double start = comm_t > ready ? comm_t : ready;
         double d = hm_sync_allreduce_time(&sync, bytes) + sync_staging(in, bytes);
@@ -464,7 +502,7 @@ hm_status hm_simulate(const hm_sim_input *in, hm_sim_result *res, hm_sim_trace *
   /* tied embedding: both ends of each replica exchange the embedding gradient */
   for (int c = 0; c < nc; c++) {
     const hm_sim_class *cl = &in->classes[c];
-    const int p = cl->nstages;
+    const int p = cs[c].cfg.nstages;
     stage_state *a = &cs[c].st[0], *b = &cs[c].st[p - 1];
     const hm_schedule_config *cfg = &cs[c].cfg;
     if (p > 1 && a->pc < hm_schedule_1f1b_nops(cfg, 0) &&
@@ -492,7 +530,7 @@ hm_status hm_simulate(const hm_sim_input *in, hm_sim_result *res, hm_sim_trace *
   /* gradient norm: every rank of every class, then each stage's optimizer */
   double norm_start = 0;
   for (int c = 0; c < nc; c++)
-    for (int s = 0; s < in->classes[c].nstages; s++)
+    for (int s = 0; s < cs[c].cfg.nstages; s++)
       if (cs[c].st[s].t > norm_start) norm_start = cs[c].st[s].t;
   res->nclasses = nc;
   res->nstages = hm_calloc((size_t)nc, sizeof *res->nstages, "simulator result");
@@ -510,7 +548,7 @@ hm_status hm_simulate(const hm_sim_input *in, hm_sim_result *res, hm_sim_trace *
       st = HM_ERR_NOMEM;
       goto fail;
     }
-    for (int s = 0; s < cl->nstages; s++) {
+    for (int s = 0; s < cs[c].cfg.nstages; s++) {
       stage_state *ss = &cs[c].st[s];
       const int64_t nops = hm_schedule_1f1b_nops(&cs[c].cfg, s);
       for (; ss->pc < nops; ss->pc++) {
@@ -521,10 +559,10 @@ hm_status hm_simulate(const hm_sim_input *in, hm_sim_result *res, hm_sim_trace *
           ss->t = norm_start + in->grad_norm_time;
           ss->comm_busy += in->grad_norm_time;
         } else if (op->kind == HM_OP_OPTIMIZER) {
-          if ((st = trace_add(tr, c, s, 0, op->kind, -1, ss->t, cl->stages[s].optimizer)) != HM_OK)
-            goto fail;
-          ss->t += cl->stages[s].optimizer;
-          ss->busy += cl->stages[s].optimizer;
+          const double d = cl->stages[op->chunk * cs[c].cfg.nstages + s].optimizer;
+          if ((st = trace_add(tr, c, s, 0, op->kind, -1, ss->t, d)) != HM_OK) goto fail;
+          ss->t += d;
+          ss->busy += d;
         } else {
           st = hm_error(HM_ERR_INTERNAL, "simulator: unexpected %s after the sync phase",
                         hm_op_kind_name(op->kind));
@@ -537,7 +575,8 @@ hm_status hm_simulate(const hm_sim_input *in, hm_sim_result *res, hm_sim_trace *
   }
   for (int c = 0; c < nc; c++) {
     const hm_sim_class *cl = &in->classes[c];
-    for (int s = 0; s < cl->nstages; s++) {
+    const int p = cs[c].cfg.nstages;
+    for (int s = 0; s < p; s++) {
       const stage_state *ss = &cs[c].st[s];
       const hm_sim_stage *sg = &cl->stages[s];
       hm_sim_stage_result *r = &res->stages[c][s];
@@ -546,12 +585,19 @@ hm_status hm_simulate(const hm_sim_input *in, hm_sim_result *res, hm_sim_trace *
       r->idle = res->step_time - ss->busy;
       r->end = ss->t;
       r->max_inflight = ss->max_inflight;
-      r->mem_peak = sg->mem_static + r->max_inflight * sg->mem_act;
+      if (cs[c].cfg.nchunks > 1) { /* the device holds every chunk's weights */
+        double stat = 0;
+        for (int j = s; j < cl->nstages; j += p) stat += cl->stages[j].mem_static;
+        r->mem_peak = stat + ss->max_live_bytes;
+      } else {
+        r->mem_peak = sg->mem_static + r->max_inflight * sg->mem_act;
+      }
       if (r->mem_peak > res->mem_peak_max) res->mem_peak_max = r->mem_peak;
       if (sg->mem_capacity > 0 && r->mem_peak > sg->mem_capacity) res->over_memory = 1;
       busy_w += (double)cl->nreplicas * ss->busy_fb;
       stages_w += (double)cl->nreplicas;
     }
+    for (int j = p; j < cl->nstages; j++) res->stages[c][j] = res->stages[c][j % p];
   }
   for (int c = 0; c < nc; c++) res->periods_skipped += cs[c].skipped;
   res->bubble_fraction = res->step_time > 0 ? 1.0 - busy_w / (stages_w * res->step_time) : 0.0;

@@ -23,7 +23,7 @@ const char *hm_pipe_op_name(int kind) { return hm_op_kind_name((hm_op_kind)kind)
 hm_status hm_pipe_stage_ops(int nstages, int nmicro, const int *stage_layers, int data_parallel,
                             int layers_per_bucket, int tied_embeddings, int stage, hm_pipe_op **ops,
                             int *nops, int *max_inflight) {
-  hm_schedule_config sc = {nstages, nmicro, stage_layers, data_parallel, layers_per_bucket, tied_embeddings};
+  hm_schedule_config sc = {nstages, nmicro, stage_layers, data_parallel, layers_per_bucket, tied_embeddings, 1};
   hm_schedule s;
   memset(&s, 0, sizeof s);
   HM_TRY(hm_schedule_1f1b(&sc, &s));
@@ -79,6 +79,10 @@ static hm_status hm_pipe_plan_fill(const char *path, const hm_plan *plan, const 
   out->nranks = 0;
   for (int k = 0; k < plan->nclasses; k++) {
     const hm_plan_class *c = &plan->classes[k];
+    if (hm_plan_class_chunks(c) > 1)
+      return hm_error(HM_ERR_UNSUPPORTED, "%s: plan.classes[%d] uses interleaved 1F1B (%d chunks per stage), which "
+                      "the planner and simulator model but this runtime does not execute yet; plan with "
+                      "`hetmix plan --max-chunks 1`", path, k, hm_plan_class_chunks(c));
     if (c->nstages != c0->nstages)
       return hm_error(HM_ERR_SPEC, "%s: plan.classes[%d] has %d stages and class 0 has %d; this runtime needs every "
                       "replica to split the model the same way", path, k, c->nstages, c0->nstages);
