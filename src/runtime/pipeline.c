@@ -967,7 +967,12 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
     }
     float val_loss = 0;
     const int has_val = hm_run_eval_due(w.t, step + 1, steps);
-    if (has_val && (st = hm_pipe_eval(&w, &val_loss)) != HM_OK) break;
+    if (has_val) { /* timed by the launcher's watchdog as its own phase */
+      hm_hb_phase(HM_HB_EVAL);
+      st = hm_pipe_eval(&w, &val_loss);
+      hm_hb_phase(HM_HB_STEP);
+      if (st != HM_OK) break;
+    }
     res->steps_done = step + 1;
     res->last_loss = (float)(loss_all / w.M);
     if (reporter) {
@@ -1018,12 +1023,15 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
       const int due = done % w.t->ckpt_every == 0 && done < steps;
       if (due) {
         hm_hb_waiting(0);
+        hm_hb_phase(HM_HB_CKPT);
         hm_fault_point(HM_FAULT_CKPT, w.rank, done);
       }
       st = hm_pipe_checkpoint(&w, done, due);
       st = hm_pipe_ckpt_skipped(st, o, res);
+      hm_hb_phase(HM_HB_STEP);
     }
   }
+  hm_hb_phase(HM_HB_FINAL); /* the last writes and the final dump are no step */
   if (st == HM_OK && w.agent) st = hm_pipe_ckpt_skipped(hm_ckpt_agent_finish(w.agent), o, res);
   hm_failslow_free(&fs);
   for (int r = 0; r < w.R && r < HM_PIPE_MAX_REPLICAS; r++) res->micro[r] = w.micro[r];
