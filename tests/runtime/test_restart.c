@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include <cmocka.h>
+#include <dirent.h>
 #include <sys/mount.h>
 
 #include "hetmix/model.h"
@@ -41,8 +42,12 @@ static uint64_t rnd(uint64_t n) {
   return rng_state % n;
 }
 
-/* A restartable job: `nranks` (2: stages 0,3,8; 4: the same x 2 replicas), --dump dir with a
- * checkpoint every 2 steps, HETMIX_FAULT = fault (NULL: none). Returns the exit status (-1 at the
+/* --max-restarts of run_job, and a --resume of its workers (NULL: none) */
+static const char *job_restarts = "3", *job_resume = NULL;
+
+/* A restartable job: `nranks` (2: stages 0,3,8; 4: the same x 2 replicas; 3: stage 1 tensor-
+ * parallel over 2 ranks, --tp 1,2), --dump dir with a checkpoint every 2 steps, HETMIX_FAULT =
+ * fault (NULL: none). Returns the exit status (-1 at the
  * deadline); stderr into err, the launcher's events (JSON lines) into ev. */
 static int run_job(const char *dir, int nranks, int f64, const char *fault, char *err, size_t cap, char *ev,
                    size_t evcap) {
@@ -51,13 +56,15 @@ static int run_job(const char *dir, int nranks, int f64, const char *fault, char
   snprintf(evp, sizeof evp, "%s.events", dir);
   snprintf(n_s, sizeof n_s, "%d", nranks);
   unlink(evp);
-  char *argv[48] = {(char *)hetmix_bin, "launch", "-n", n_s, "--max-restarts", "3", "--timeout", "150", "--events",
+  char *argv[48] = {(char *)hetmix_bin, "launch", "-n", n_s, "--max-restarts", (char *)job_restarts, "--timeout", "150", "--events",
                     evp, (char *)job_lopt, (char *)job_lval, "--",
                     (char *)hetmix_bin, "worker", "--model", (char *)job_model, "--data", tokpath, "--steps", (char *)job_steps,
                     "--batch", "2", "--stages", (char *)job_stages, "--quiet", "--dump", (char *)dir,
                     "--ckpt-every", "2", "--keep", "2"};
   int n = 32;
   if (nranks == 4) argv[n++] = "--micro", argv[n++] = "1,1";
+  if (nranks == 3) argv[n++] = "--tp", argv[n++] = "1,2";
+  if (job_resume) argv[n++] = "--resume", argv[n++] = (char *)job_resume;
   if (f64) argv[n++] = "--device", argv[n++] = "ref:dtype=f64";
   argv[n] = NULL;
   if (fault) setenv("HETMIX_FAULT", fault, 1);
@@ -126,6 +133,79 @@ static void test_kill_random_rank_at_random_step(void **state) {
   const int rank = (int)rnd(2), step = 1 + (int)rnd(STEPS - 1);
   snprintf(fault, sizeof fault, "kill:rank=%d:step=%d", rank, step);
   trial("kill", 2, 0, fault, rank, "signal");
+}
+
+/* A tensor-parallel layout (stage 1 split over ranks 1 and 2) checkpoints each rank's shard; a
+ * killed rank of either stage resumes from them bitwise. */
+static void test_tp_kill_random_rank(void **state) {
+  (void)state;
+  char fault[96];
+  const int rank = (int)rnd(3), step = 1 + (int)rnd(STEPS - 1);
+  snprintf(fault, sizeof fault, "kill:rank=%d:step=%d", rank, step);
+  trial("kill-tp", 3, 0, fault, rank, "signal");
+}
+
+/* The folder of a run's peer copies under root (hmpeer-<uid>-<run>), or "" while none. */
+static void peer_run_dir(const char *root, char *out, size_t cap) {
+  out[0] = '\0';
+  DIR *d = opendir(root);
+  if (!d) return;
+  for (struct dirent *e; (e = readdir(d)) != NULL;)
+    if (strncmp(e->d_name, "hmpeer-", 7) == 0) snprintf(out, cap, "%s/%s", root, e->d_name);
+  closedir(d);
+}
+
+/* A resume of the tensor-parallel layout from a checkpoint, ending bitwise equal to the
+ * uninterrupted run; `what` names it. */
+static void tp_resume_equal(const char *name, const char *from, const char *what) {
+  char dir[300], ref[300], err[32768], ev[4096], a[400], b[400];
+  snprintf(dir, sizeof dir, "%s/%s", work, name);
+  snprintf(ref, sizeof ref, "%s/ref3", work);
+  job_resume = from, job_restarts = "0";
+  const int rc = run_job(dir, 3, 0, NULL, err, sizeof err, ev, sizeof ev);
+  job_resume = NULL, job_restarts = "3";
+  if (rc != 0) fail_msg("resuming from %s (%s) failed:\n%s", from, what, err);
+  for (int s = 0; s < 2; s++) {
+    snprintf(a, sizeof a, "%s/stage%d.hmc", ref, s);
+    snprintf(b, sizeof b, "%s/stage%d.hmc", dir, s);
+    assert_same_state(a, b);
+  }
+}
+
+/* Tensor-parallel shards in the peers' memory: rank 2 (stage 1's second tensor-parallel rank)
+ * is killed at step 9 with no restart; the newest checkpoint complete in memory resumes
+ * bitwise, from the peer folder itself and from the disk manifest of that step with rank 2's
+ * disk shard lost (its peer copy stands in). */
+static void test_tp_shard_from_peer_copy(void **state) {
+  (void)state;
+  char root[300], peer[600], mem[800], dir[300], err[32768], ev[4096], disk[400], lost[440];
+  reference("ref3", 3, 0);
+  snprintf(root, sizeof root, "%s/shm-tp", work);
+  snprintf(dir, sizeof dir, "%s/tp-killed", work);
+  assert_int_equal(mkdir(root, 0700), 0);
+  setenv("HETMIX_PEER_DIR", root, 1);
+  job_restarts = "0";
+  const int rc = run_job(dir, 3, 0, "kill:rank=2:step=9", err, sizeof err, ev, sizeof ev);
+  job_restarts = "3";
+  if (rc != 128 + 9) fail_msg("the job with rank 2 killed ended with status %d:\n%s", rc, err);
+  int64_t n = 0;
+  peer_run_dir(root, peer, sizeof peer);
+  if (!peer[0] || hm_ckpt_newest_complete(peer, mem, sizeof mem, &n) != HM_OK)
+    fail_msg("no complete checkpoint in the peers' memory (%s): %s", root, hm_last_error());
+  setenv("HETMIX_PEER_DIR", "none", 1); /* a run that ends well removes its peer copies: not these yet */
+  tp_resume_equal("tp-from-mem", mem, "the peer folder");
+  setenv("HETMIX_PEER_DIR", root, 1);
+  snprintf(disk, sizeof disk, "%s/step-%08lld", dir, (long long)n);
+  snprintf(lost, sizeof lost, "%s/manifest.json", disk);
+  const int on_disk = access(lost, F_OK) == 0;
+  if (on_disk) {
+    snprintf(lost, sizeof lost, "%s/stage1.tp1.hmc", disk);
+    assert_int_equal(unlink(lost), 0);
+    tp_resume_equal("tp-from-disk", disk, "the disk manifest, rank 2's shard lost");
+  }
+  unsetenv("HETMIX_PEER_DIR");
+  print_message("  tp-peer        rank 2 killed at step 9: step %lld resumed bitwise from the peer folder%s\n", (long long)n,
+                on_disk ? " and from the disk manifest with stage1.tp1.hmc lost" : "");
 }
 
 static void test_sigstop_is_a_silent_rank(void **state) {
@@ -512,6 +592,8 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_watch_counts_first_step),
       cmocka_unit_test(test_fail_slow_rule),
       cmocka_unit_test(test_kill_random_rank_at_random_step),
+      cmocka_unit_test(test_tp_kill_random_rank),
+      cmocka_unit_test(test_tp_shard_from_peer_copy),
       cmocka_unit_test(test_sigstop_is_a_silent_rank),
       cmocka_unit_test(test_kill_during_checkpoint_write),
       cmocka_unit_test(test_two_ranks_killed_in_one_step),
