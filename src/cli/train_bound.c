@@ -13,6 +13,7 @@
 #include "cli.h"
 #include "hetmix/spec.h"
 #include "plan/spec_json.h"
+#include "runtime/cluster_run.h"
 #include "train_report.h"
 #include "util/util.h"
 
@@ -56,7 +57,8 @@ static hm_status run_alone(const hm_cli_bound_job *job, const char *type, const 
   snprintf(what, sizeof what, "training %s alone", type);
   HM_TRY(hm_cli_run_self(job->self, args, what));
   double step_s = 0, busy = 0;
-  if (hm_cli_metrics_mean(metrics, 1, 1, &step_s, &busy) < 1 || !(step_s > 0))
+  int nsteps = 0;
+  if (hm_metrics_mean(metrics, 1, 1, &step_s, &busy, &nsteps) != HM_OK || !(step_s > 0))
     return hm_error(HM_ERR_IO, "%s: no timed step (give --bound-steps 2 or more)", metrics);
   *tokens_per_s = (double)job->global_batch * job->seq_len / step_s;
   return HM_OK;
