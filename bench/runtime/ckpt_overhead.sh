@@ -1,20 +1,31 @@
 #!/usr/bin/env bash
 # Checkpoint overhead: the same 2-stage pipeline job with periodic checkpoints every N steps
 # (snapshot to host memory, ring copy to the peer's memory folder, background write of the
-# shard and the manifest) and without, side by side, interleaved in rounds so that a change of
-# the machine's speed hits both alike. Step time = (elapsed at the last step - elapsed at the
-# first) / (steps - 1) from rank 0's metrics.jsonl, so it includes everything done between
-# steps (the snapshot, the ring exchange, the progress exchange), not only the step itself.
+# shard and the manifest) and without, side by side. Step time = (elapsed at the last step -
+# elapsed at the first) / (steps - 1) from rank 0's metrics.jsonl, so it includes everything done
+# between steps (the snapshot, the ring exchange, the progress exchange), not only the step.
 #
-#   bench/runtime/ckpt_overhead.sh [hetmix executable] [model] [steps] [every] [rounds] [folder]
-# defaults: build/release/hetmix, L4,C256,NH4,V256,T128, 41, 10, 3, a new folder under /tmp
-# (the disk checkpoints go there: pick a folder on the file system to measure)
+# Made for a noisy machine: the two kinds of run are interleaved in rounds, in alternating order
+# (none-with, with-none, ...: a drift of the machine's speed within a round hits both alike and
+# cancels over two rounds), each round gives one ratio with/none, and the figure is the median
+# ratio over the rounds with its spread (min, max and interquartile range), next to the medians
+# of the two step times; the load average is printed before and after.
+#
+#   bench/runtime/ckpt_overhead.sh [--short] [hetmix executable] [model] [steps] [every] [rounds] [folder]
+# defaults: build/release/hetmix, L4,C256,NH4,V256,T128, 41, 10, 7, a new folder under /tmp
+# (the disk checkpoints go there: pick a folder on the file system to measure). --short: 21
+# steps, 3 rounds (a check that it works, not a figure).
 set -euo pipefail
+short=0
+if [ "${1:-}" = "--short" ]; then
+  short=1
+  shift
+fi
 hetmix=${1:-build/release/hetmix}
 model=${2:-L4,C256,NH4,V256,T128}
-steps=${3:-41}
+steps=${3:-$([ $short = 1 ] && echo 21 || echo 41)}
 every=${4:-10}
-rounds=${5:-3}
+rounds=${5:-$([ $short = 1 ] && echo 3 || echo 7)}
 hetmix=$(readlink -f "$hetmix")
 work=$(mktemp -d "${6:-/tmp}/hm-ckpt-bench-XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -35,22 +46,37 @@ print((rows[-1]["elapsed_s"] - rows[0]["elapsed_s"]) / (len(rows) - 1))
 EOF
 }
 
-echo "model $model, 2 stages, batch 4 x 4 micro-batches, $steps steps, checkpoint every $every; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-printf "%-6s %14s %14s %8s\n" round "none s/step" "every $every s/step" ratio
-ratios=()
+echo "model $model, 2 stages, batch 4 x 4 micro-batches, $steps steps, checkpoint every $every, $rounds rounds;" \
+  "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+printf "%-6s %-9s %14s %14s %8s\n" round order "none s/step" "every $every s/step" ratio
+nones=()
+withs=()
 for r in $(seq 1 "$rounds"); do
-  none=$(run none)
-  with=$(run ckpt --ckpt-every "$every" --keep 2)
-  ratio=$(python3 -c "print(f'{$with / $none:.4f}')")
-  ratios+=("$ratio")
-  printf "%-6s %14.4f %14.4f %8s\n" "$r" "$none" "$with" "$ratio"
+  if [ $((r % 2)) = 1 ]; then
+    order=none-with
+    none=$(run none)
+    with=$(run ckpt --ckpt-every "$every" --keep 2)
+  else
+    order=with-none
+    with=$(run ckpt --ckpt-every "$every" --keep 2)
+    none=$(run none)
+  fi
+  nones+=("$none")
+  withs+=("$with")
+  printf "%-6s %-9s %14.4f %14.4f %8.4f\n" "$r" "$order" "$none" "$with" "$(python3 -c "print($with / $none)")"
 done
 ls "$work/ckpt/stages" | sed 's/^/kept: /' | tr '\n' ' '
 echo
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
-python3 -c "
+python3 - "${nones[*]}" "${withs[*]}" "$every" <<'EOF'
 import statistics, sys
-r = [float(x) for x in sys.argv[1:]]
+none = [float(x) for x in sys.argv[1].split()]
+with_ = [float(x) for x in sys.argv[2].split()]
+r = sorted(w / n for n, w in zip(none, with_))
 m = statistics.median(r)
-print(f'step time with checkpoints every $every steps / without, median of {len(r)} rounds: {m:.4f} ({(m - 1) * 100:+.2f}%; goal <= +3%)')
-" "${ratios[@]}"
+q = statistics.quantiles(r, n=4, method="inclusive") if len(r) >= 2 else [r[0], r[0], r[0]]
+print(f"step time, median of {len(r)} rounds: none {statistics.median(none):.4f} s, checkpoint every {sys.argv[3]} "
+      f"steps {statistics.median(with_):.4f} s")
+print(f"ratio with/none per round: median {m:.4f} ({(m - 1) * 100:+.2f}%; goal <= +3%), min {r[0]:.4f}, "
+      f"max {r[-1]:.4f}, interquartile range {q[0]:.4f}..{q[2]:.4f}")
+EOF

@@ -6,14 +6,21 @@
 # recovery time (fault -> the next completed step; goal <= 15 s median), work lost (steps
 # redone), median and worst, next to the uninterrupted run's time. Fail-slow: a worker slowed 3x
 # at a random step (steps until named, goal <= 5) and clean runs (false reports, goal 0).
-#   bench/runtime/restart_soak.sh [hetmix] [trials per kind, 20] [workers 2|3|4, 2] [kinds] [steps, 10]
+#   bench/runtime/restart_soak.sh [--short] [hetmix] [trials per kind, 20] [workers 2|3|4, 2] [kinds] [steps, 10]
 #   kinds: any of "kill stop hang ckptkill kill2 slow clean" (default: all)
+#   --short: 2 trials per kind (a check that it works, not a figure; other arguments still apply)
 # HETMIX_BENCH_SEED fixes the seed; HETMIX_BENCH_DIR the work folder; extra worker options in
 # HETMIX_SOAK_WORKER_ARGS [--batch 1 --seq 64] (a shorter step than gpt-mini's T=256).
+# The load average is printed before and after: compare figures of quiet runs only.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+short=0
+if [ "${1:-}" = "--short" ]; then
+  short=1
+  shift
+fi
 hetmix=$(realpath "${1:-build/release/hetmix}")
-trials=${2:-20}
+trials=${2:-$([ $short = 1 ] && echo 2 || echo 20)}
 workers=${3:-2}
 kinds=${4:-"kill stop hang ckptkill kill2 slow clean"}
 steps=${5:-10}
@@ -31,7 +38,7 @@ esac
 rm -rf "$work"
 mkdir -p "$work"
 echo "restart_soak: seed $seed (HETMIX_BENCH_SEED=$seed repeats it), $trials trials per kind, $workers workers," \
-  "gpt-mini, $steps steps, checkpoint every 2, worker options: $extra"
+  "gpt-mini, $steps steps, checkpoint every 2, worker options: $extra; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 RANDOM=$seed
 
 # run <dir> <fault or ""> -> exit status; files <dir>.err, <dir>.events, <dir>.time
@@ -69,6 +76,7 @@ for kind in $kinds; do
   done
 done
 
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 python3 - "$work" "$kinds" "$trials" <<'PY'
 import json, os, re, statistics, sys
 work, kinds, trials = sys.argv[1], sys.argv[2].split(), int(sys.argv[3])
@@ -80,9 +88,9 @@ def med_worst(v):
 ref = span(os.path.join(work, "reference"))
 print("uninterrupted run: %.1f s" % ref)
 print("%-9s %8s %14s %14s %12s %10s %s" % ("kind", "finished", "detect s", "recover s", "lost steps",
-                                            "run/ref", "(median / worst)"))
+                                            "run/ref", "(median / worst; stop, hang: the deadline applied)"))
 for kind in kinds:
-    det, rec, lost, ratio, done, named, notes = [], [], [], [], 0, 0, []
+    det, rec, lost, ratio, done, named, notes, dl = [], [], [], [], 0, 0, [], []
     for t in range(1, trials + 1):
         d = os.path.join(work, "%s-%d" % (kind, t))
         if not os.path.exists(d + ".time"): continue
@@ -106,6 +114,8 @@ for kind in kinds:
         if not fault or len(evs) < 2: notes.append("trial %d: no fault or no restart" % t); continue
         f0, a0, a1 = min(fault), evs[0], evs[1]
         det.append(a0["failed_wall_s"] - f0)
+        m = re.search(r"deadline ([0-9.]+) s", a0.get("message", ""))
+        if m: dl.append(float(m.group(1)))  # the silence or watchdog deadline it was judged against
         if a1["first_step_wall_s"] > 0: rec.append(a1["first_step_wall_s"] - f0)
         resume = a0["resume_step"] if a0["resume_step"] >= 0 else 0
         lost.append(max(0, fstep[0] - resume))
@@ -117,8 +127,9 @@ for kind in kinds:
         print("%-9s %8s %29s %12s %10s  fail-slow reports (false positives): %d in %d runs" %
               (kind, "%d/%d" % (done, trials), "", "", "%.2f" % statistics.median(ratio) if ratio else "-", named, trials))
         continue
-    print("%-9s %8s %14s %14s %12s %10s" % (kind, "%d/%d" % (done, trials), "%s / %s" % med_worst(det),
-          "%s / %s" % med_worst(rec), "%s / %s" % med_worst(lost), "%.2f" % statistics.median(ratio) if ratio else "-"))
+    print("%-9s %8s %14s %14s %12s %10s %s" % (kind, "%d/%d" % (done, trials), "%s / %s" % med_worst(det),
+          "%s / %s" % med_worst(rec), "%s / %s" % med_worst(lost), "%.2f" % statistics.median(ratio) if ratio else "-",
+          " deadline %s / %s s" % med_worst(dl) if dl else ""))
     for n in notes: print("          " + n)
 # every run without a slowed worker is also a clean run for fail-slow
 fp = runs = 0

@@ -455,20 +455,32 @@ hm_status hm_stage_snapshot(hm_stage *s, hm_device *dev, const hm_ckpt_meta *met
 hm_status hm_stage_load_shard(hm_stage *s, hm_device *dev, const char *path, hm_ckpt_meta *meta);
 
 #define HM_CKPT_MANIFEST "manifest.json"
-#define HM_CKPT_MAX_SHARDS 64
+#define HM_CKPT_MAX_SHARDS 256
 
 typedef struct hm_ckpt_shard_info {
   int stage;
-  char file[64];      /* name inside the checkpoint's folder */
+  int tp_rank, tp_size; /* a tensor-parallel stage's shard: rank tp_rank of tp_size (0 of 1, or
+                           0 of 0 as written by older code: the unsplit stage) */
+  char file[64];      /* name inside the checkpoint's folder: "stage<s>.hmc", or
+                         "stage<s>.tp<r>.hmc" for rank r of a tensor-parallel stage */
   uint64_t bytes;     /* file size */
   uint64_t xxh3;      /* XXH3-64 of the whole file */
 } hm_ckpt_shard_info;
 
 typedef struct hm_ckpt_manifest {
   uint64_t run_id, step, data_position;
-  int nstages, world; /* pipeline stages (one shard each), workers of the run */
+  int nstages, world; /* pipeline stages, workers of the run */
+  int nshards;        /* shards listed, in stage then tensor-parallel rank order: one per stage
+                         and tensor-parallel rank (0 reads and writes as nstages, unsplit) */
   hm_ckpt_shard_info shards[HM_CKPT_MAX_SHARDS];
 } hm_ckpt_manifest;
+
+/* The shards m lists (nshards, or nstages when 0). */
+int hm_ckpt_manifest_nshards(const hm_ckpt_manifest *m);
+/* The index in m->shards of stage's tensor-parallel rank tp_rank, -1 when it lists none. */
+int hm_ckpt_manifest_find(const hm_ckpt_manifest *m, int stage, int tp_rank);
+/* A shard's file name: "stage<s>.hmc" unsplit (tp_size <= 1), else "stage<s>.tp<r>.hmc". */
+void hm_ckpt_shard_name(int stage, int tp_rank, int tp_size, char *out, size_t cap);
 
 /* Writes dir/manifest.json atomically (temporary file, fsync, rename, folder fsync). */
 hm_status hm_ckpt_manifest_write(const char *dir, const hm_ckpt_manifest *m);

@@ -39,11 +39,15 @@ typedef struct hm_launch_opts {
   char *const *extra_env;  /* "NAME=value" entries added to every worker, NULL-terminated, or NULL */
   /* Failure detection beyond exits (docs/runtime.md, "Failure model"); off when NULL: */
   const char *heartbeat_dir; /* workers beat into this folder (set as HETMIX_HEARTBEAT_DIR) */
-  int silence_ms;          /* a rank that beat once and then stays silent this long failed
-                              (stopped, frozen, dead) [2000] */
+  int silence_ms;          /* silence floor: a rank that beat once and then stays silent for
+                              max(this, HM_WATCH_FACTOR x the longest beat gap seen) failed
+                              (stopped, frozen, dead) [HM_SILENCE_FLOOR_MS] */
   int step_deadline_ms;    /* progress watchdog floor: a rank that completed no step for
-                              max(this, HM_WATCH_FACTOR x the longest step seen) is hung; 0: off */
-  int first_step_deadline_ms; /* the same for the first step of the job [max(60000, floor)] */
+                              max(this, HM_WATCH_FACTOR x the longest step seen) is hung (each
+                              phase, a checkpoint snapshot or an evaluation, timed on its own);
+                              0: off */
+  int first_step_deadline_ms; /* the deadline of a rank's first step, of a phase's first time
+                              and of what follows the last step [max(60000, floor)] */
   int external;            /* 1: argv is a launcher (srun ... hetmix worker) that starts the
                               nworkers ranks itself: one process is spawned, given
                               HETMIX_STORE_ADDR and HETMIX_SECRET but no rank; the heartbeat
@@ -56,8 +60,13 @@ typedef struct hm_launch_opts {
 
 #define HM_LAUNCH_OPTS_INIT {0, NULL, 0, 0, 0, 0, 0, NULL, NULL, NULL, 0, 0, 0, 0, NULL, NULL}
 
-/* The progress watchdog's factor over the longest step seen (a checkpoint's step included). */
+/* The factor of the progress watchdog over the longest step (or checkpoint snapshot, or
+ * evaluation) seen in the job, and of heartbeat silence over the longest gap between two beats
+ * (docs/runtime.md, "Failure model": why 5). */
 #define HM_WATCH_FACTOR 5
+/* The default floors of the two deadlines: hetmix launch --silence-ms and --watchdog. */
+#define HM_SILENCE_FLOOR_MS 1000
+#define HM_WATCHDOG_FLOOR_MS 1000
 
 /* How a failed rank was found. */
 enum { HM_FAIL_NONE = 0, HM_FAIL_EXIT, HM_FAIL_SIGNAL, HM_FAIL_SILENT, HM_FAIL_HANG };

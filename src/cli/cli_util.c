@@ -4,6 +4,7 @@
 
 #include "cli.h"
 #include "hetmix/runtime.h"
+#include "runtime/cluster_run.h"
 
 int hm_cli_fail(const char *hint, const char *fmt, ...) {
   va_list ap;
@@ -22,17 +23,5 @@ int hm_cli_fail_status(hm_status st, const char *what, const char *hint) {
 }
 
 hm_status hm_cli_run_self(const char *self, char *const *args, const char *what) {
-  char *argv[64];
-  int n = 0;
-  argv[n++] = (char *)self;
-  for (int i = 0; args[i] && n < 63; i++) argv[n++] = args[i];
-  argv[n] = NULL;
-  hm_launch_opts o = HM_LAUNCH_OPTS_INIT;
-  o.nworkers = 1;
-  o.argv = argv;
-  hm_launch_result res;
-  hm_status st = hm_launch_run(&o, &res);
-  if (st == HM_ERR_PEER_DEAD)
-    return hm_error(st, "%s failed (%s)", what, res.term_signal ? "killed by a signal" : "see its error above");
-  return st;
+  return hm_run_self(self, args, what);
 }

@@ -79,7 +79,7 @@ int hm_cmd_launch(int argc, char **argv) {
   hm_launch_opts opts = HM_LAUNCH_OPTS_INIT;
   const char *plan_path = NULL, *cluster_path = NULL, *model_path = NULL, *events_path = NULL, *launcher = NULL;
   const char *profile_path = NULL;
-  int timeout_s = 0, netns = 0, max_restarts = 0, watchdog_s = 10, drop_after = 0, nexclude = 0;
+  int timeout_s = 0, netns = 0, max_restarts = 0, watchdog_s = HM_WATCHDOG_FLOOR_MS / 1000, drop_after = 0, nexclude = 0;
   int exclude[64];
   double predicted_step_s = 0;
   const hm_opt table[] = {
@@ -97,10 +97,12 @@ int hm_cmd_launch(int argc, char **argv) {
                  "after a failure, stop the rest and start the job again up to N times,\n"
                  "resuming from the newest complete checkpoint of the workers' --dump [0]"),
       HM_OPT_ROW(HM_OPT_INT, "silence-ms", 0, &opts.silence_ms, 100, 3600000, "MS",
-                 "a worker whose heartbeat stops this long has failed [2000]"),
+                 "a worker whose heartbeat stops for max(MS, 5 x the longest gap between\n"
+                 "two beats seen) has failed [1000]"),
       HM_OPT_ROW(HM_OPT_INT, "watchdog", 0, &watchdog_s, 0, 30 * 86400, "S",
-                 "a worker that completes no step for max(S, 5 x its longest step, 5 x\n"
-                 "the plan's predicted step) is hung; 0: off [10]"),
+                 "a worker that completes no step for max(S, 5 x the longest step seen,\n"
+                 "5 x the plan's predicted step) is hung (its first step: 60 s; checkpoint\n"
+                 "snapshots and evaluations timed alike on their own); 0: off [1]"),
       HM_OPT_STR_ROW("events", 0, &events_path, "FILE", "one JSON line per attempt (failure, cause, times)"),
       HM_OPT_ROW(HM_OPT_INT, "drop-after", 0, &drop_after, 0, 1000000, "K",
                  "a rank that failed K times is dropped: with --plan its device (re-plan\n"

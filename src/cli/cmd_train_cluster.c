@@ -1,13 +1,14 @@
 /* `hetmix train --cluster ...`: the multi-worker path of `hetmix train` on this machine.
- * Chains the other commands as child processes (each is a subcommand of this same executable):
- * profile the local device types, plan, launch the plan's workers, then report (train_report.c)
+ * Parses the options; the runtime chains the other commands as child processes (each is a
+ * subcommand of this same executable; src/runtime/cluster_train.c): profile the local device
+ * types, plan, launch the plan's workers; then this prints the report (train_report.c)
  * predicted vs measured compute of every stage of every replica, utilization against the
  * profile-predicted bound and, with --measure-bound, the measured one (train_bound.c), where the
  * two traces are, and a text sample from the trained model. Without a cluster file it uses an
  * embedded one (local_cluster.c): this machine as a cpu and an opencl device, one core each, or,
  * without a working opencl backend, a cpu and an emulated half-speed cpu.
- * The spec files and the plan's layout come from the runtime (src/runtime/cluster_run.c), the
- * merged checkpoint from the checkpoint module (hm_ckpt_merge_stages).
+ * The spec files, the plan's layout, the chain, the merged checkpoint and the report's figures
+ * come from the runtime (src/runtime/cluster_run.c, cluster_train.c, cluster_report.c).
  * Not here: the single-process trainer (cmd_train.c), the worker (src/runtime/pipeline.c). */
 #include <errno.h>
 #include <float.h>
@@ -17,8 +18,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <cjson/cJSON.h>
 
 #include "cli.h"
 #include "hetmix/model.h"
@@ -117,95 +116,45 @@ static int write_specs(const cluster_args *a, const hm_spec_model_config *cfg, c
   return st == HM_OK ? 0 : hm_cli_fail_status(st, "train", NULL);
 }
 
-/* Profile, then plan, as child processes. Every device type is timed at the same time
- * (--concurrent), one process each, because the plan's workers train at the same time on this
- * host and take cores, caches and memory bandwidth from one another. */
-static int profile_and_plan(const char *self, const cluster_args *a, const char *name, const char *cl_path) {
-  char model_path[PATH_MAX], train_path[PATH_MAX], prof_path[PATH_MAX], plan_path[PATH_MAX], pred_path[PATH_MAX];
-  char reps_s[16];
-  snprintf(model_path, sizeof model_path, "%s/model.json", a->out);
-  snprintf(train_path, sizeof train_path, "%s/train.json", a->out);
-  snprintf(prof_path, sizeof prof_path, "%s/profile.json", a->out);
-  snprintf(plan_path, sizeof plan_path, "%s/plan.json", a->out);
-  snprintf(pred_path, sizeof pred_path, "%s/predicted.json", a->out);
-  snprintf(reps_s, sizeof reps_s, "%d", a->reps);
-  printf("== 1/3 profile: %s on %s\n", name, cl_path);
+/* The chain's settings from the options (src/runtime/cluster_train.c runs it). */
+static hm_cluster_job cluster_job(const char *self, const cluster_args *a, const char *cl_path) {
+  hm_cluster_job j = {self, cl_path, a->out, a->data, a->reps, a->profile_alone, a->netns, a->steps, a->ckpt_every,
+                      a->keep, a->max_restarts, a->drop_after, a->rebalance, a->lr, a->exclude};
+  return j;
+}
+
+/* Profile, then plan (child processes). Every device type is timed at the same time unless
+ * --profile-alone: the plan's workers train at the same time on this host and take cores,
+ * caches and memory bandwidth from one another. */
+static int profile_and_plan(const hm_cluster_job *job, const char *name) {
+  printf("== 1/3 profile: %s on %s\n", name, job->cluster_path);
   fflush(stdout);
-  char *prof_args[16] = {"profile", "--cluster", (char *)cl_path, "--model", model_path, "--train", train_path, "-o",
-                         prof_path, "--reps", reps_s};
-  int n = 11;
-  if (!a->profile_alone) prof_args[n++] = "--concurrent";
-  if (a->netns) prof_args[n++] = "--netns"; /* the links between the testbed's hosts too */
-  prof_args[n] = NULL;
-  hm_status st = hm_cli_run_self(self, prof_args, "hetmix profile");
+  hm_status st = hm_cluster_profile(job);
   if (st != HM_OK) return hm_cli_fail_status(st, "train", NULL);
   printf("\n== 2/3 plan\n");
   fflush(stdout);
-  char *plan_args[] = {"plan", "--cluster", (char *)cl_path, "--model", model_path, "--train", train_path,
-                       "--profile", prof_path, "-o", plan_path, "--trace", pred_path, "--top", "3",
-                       "--max-chunks", "1" /* the runtime runs plain 1F1B */, NULL};
-  st = hm_cli_run_self(self, plan_args, "hetmix plan");
+  st = hm_cluster_plan(job);
   return st == HM_OK ? 0 : hm_cli_fail_status(st, "train", NULL);
 }
 
-/* Launches the plan's workers (hetmix launch --plan) with traces and stage checkpoints; a re-plan
- * (--drop-after, --exclude) plans with the same spec files and the profile. */
-static int train_plan(const char *self, const cluster_args *a, const char *cl_path) {
-  char plan_path[PATH_MAX], meas_path[PATH_MAX], stages_dir[PATH_MAX], prof_path[PATH_MAX], steps_s[16], lr_s[32];
-  char ckpt_s[16], keep_s[16], restarts_s[16], drop_s[16];
-  snprintf(restarts_s, sizeof restarts_s, "%d", a->max_restarts);
-  snprintf(drop_s, sizeof drop_s, "%d", a->drop_after);
-  snprintf(plan_path, sizeof plan_path, "%s/plan.json", a->out);
-  snprintf(prof_path, sizeof prof_path, "%s/profile.json", a->out);
-  snprintf(meas_path, sizeof meas_path, "%s/measured.json", a->out);
-  snprintf(stages_dir, sizeof stages_dir, "%s/stages", a->out);
-  snprintf(steps_s, sizeof steps_s, "%d", a->steps);
-  snprintf(lr_s, sizeof lr_s, "%.9g", a->lr);
-  snprintf(ckpt_s, sizeof ckpt_s, "%d", a->ckpt_every);
-  snprintf(keep_s, sizeof keep_s, "%d", a->keep);
+/* Launches the plan's workers; a re-plan (--drop-after, --exclude) plans with the same spec
+ * files and the profile. */
+static int train_plan(const hm_cluster_job *job) {
+  char plan_path[PATH_MAX];
+  snprintf(plan_path, sizeof plan_path, "%s/plan.json", job->out);
   int nranks = 0, nstages = 0;
   hm_status st = hm_cluster_plan_shape(plan_path, &nranks, &nstages);
   if (st != HM_OK) return hm_cli_fail_status(st, "train", NULL);
-  printf("\n== 3/3 train: %d workers, %d steps\n", nranks, a->steps);
+  printf("\n== 3/3 train: %d workers, %d steps\n", nranks, job->steps);
   fflush(stdout);
-  char *args[48] = {"launch", "--plan", plan_path, "--max-restarts", restarts_s, "--profile", prof_path};
-  int n = 7;
-  if (a->netns) args[n++] = "--cluster", args[n++] = (char *)cl_path, args[n++] = "--netns"; /* launch's own options */
-  if (a->drop_after > 0) args[n++] = "--drop-after", args[n++] = drop_s;
-  if (a->exclude) args[n++] = "--exclude", args[n++] = (char *)a->exclude;
-  char *worker[] = {"--", "--steps", steps_s, "--lr", lr_s, "--out", (char *)a->out, "--trace", meas_path,
-                    "--trace-steps", "2", "--dump", stages_dir, NULL};
-  for (int i = 0; worker[i]; i++) args[n++] = worker[i];
-  if (a->data) args[n++] = "--data", args[n++] = (char *)a->data;
-  if (a->rebalance) args[n++] = "--rebalance";
-  args[n++] = "--ckpt-every", args[n++] = ckpt_s;
-  args[n++] = "--keep", args[n++] = keep_s;
-  args[n] = NULL;
-  st = hm_cli_run_self(self, args, "training");
+  st = hm_cluster_train(job);
   return st == HM_OK ? 0 : hm_cli_fail_status(st, "train", NULL);
-}
-
-/* The plan the workers ended with: the newest re-plan's (<out>/replan<k>/plan.json, written by
- * hetmix launch when it dropped a device), else <out>/plan.json. */
-static void current_plan(const cluster_args *a, char *path, size_t cap) {
-  snprintf(path, cap, "%s/plan.json", a->out);
-  for (int k = 1; k < 1000; k++) {
-    char p[PATH_MAX];
-    snprintf(p, sizeof p, "%s/replan%d/plan.json", a->out, k);
-    if (access(p, R_OK) != 0) break;
-    hm_strcpy(path, cap, p);
-  }
 }
 
 /* Joins the stage checkpoints into one model and prints a text sample from it. */
 static int print_sample(const cluster_args *a) {
-  char plan_path[PATH_MAX], stages_dir[PATH_MAX], merged[PATH_MAX];
-  current_plan(a, plan_path, sizeof plan_path);
-  snprintf(stages_dir, sizeof stages_dir, "%s/stages", a->out);
-  snprintf(merged, sizeof merged, "%s/model-final.hmc", a->out);
-  int nranks = 0, nstages = 0;
-  hm_status st = hm_cluster_plan_shape(plan_path, &nranks, &nstages);
-  if (st == HM_OK) st = hm_ckpt_merge_stages(stages_dir, nstages, merged);
+  char merged[PATH_MAX];
+  hm_status st = hm_cluster_merge_final(a->out, merged, sizeof merged);
   if (st != HM_OK) return hm_cli_fail_status(st, "train: sample", NULL);
   size_t cap = (size_t)a->sample + 64;
   char *txt = malloc(cap);
@@ -223,7 +172,7 @@ static int print_sample(const cluster_args *a) {
 /* The report, after the bound runs when asked for. */
 static int report(const char *self, const cluster_args *a, const hm_spec_model_config *cfg, const char *cl_path) {
   char plan_path[PATH_MAX], metrics_path[PATH_MAX], model_s[PATH_MAX];
-  current_plan(a, plan_path, sizeof plan_path);
+  hm_cluster_current_plan(a->out, plan_path, sizeof plan_path);
   snprintf(metrics_path, sizeof metrics_path, "%s/metrics.jsonl", a->out);
   snprintf(model_s, sizeof model_s, "%s/model.json", a->out); /* the workers read the spec itself */
   hm_cli_bound bound;
@@ -258,8 +207,9 @@ int hm_cmd_train_cluster(int argc, char **argv) {
   if (sn <= 0) return hm_cli_fail(NULL, "cannot find the hetmix executable (/proc/self/exe)");
   self[sn] = '\0';
   if ((rc = write_specs(&a, &cfg, name, cl_path, sizeof cl_path)) != 0) return rc;
-  if ((rc = profile_and_plan(self, &a, name, cl_path)) != 0) return rc;
-  if ((rc = train_plan(self, &a, cl_path)) != 0) return rc;
+  const hm_cluster_job job = cluster_job(self, &a, cl_path);
+  if ((rc = profile_and_plan(&job, name)) != 0) return rc;
+  if ((rc = train_plan(&job)) != 0) return rc;
   if ((rc = report(self, &a, &cfg, cl_path)) != 0) return rc;
   return a.sample > 0 ? print_sample(&a) : 0;
 }

@@ -3,7 +3,6 @@
  * "isolated" bound); the bound is the sum over types of the type's device count times one
  * device's measured tokens/s. Exact for types with one device (--cluster local); for more it
  * assumes the devices of a type scale linearly, which the report says. */
-#include <cjson/cJSON.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -11,28 +10,31 @@
 #include <string.h>
 
 #include "cli.h"
+#include "hetmix/plan.h"
 #include "hetmix/spec.h"
-#include "plan/spec_json.h"
+#include "runtime/cluster_run.h"
 #include "train_report.h"
 #include "util/util.h"
 
-/* The device types plan.json's stages use, in order of first use, and its micro-batch size. */
+/* The device types the plan's stages use, in order of first use, and its micro-batch size, read
+ * through the plan reader. */
 static hm_status plan_types(const char *path, hm_cli_bound *b, int *micro_batch) {
-  cJSON *j = NULL;
-  HM_TRY(hm_json_load_file(path, "plan", &j));
-  const cJSON *mb = cJSON_GetObjectItemCaseSensitive(j, "micro_batch");
-  *micro_batch = cJSON_IsNumber(mb) ? mb->valueint : 0;
-  const cJSON *cl, *stage;
-  cJSON_ArrayForEach(cl, cJSON_GetObjectItemCaseSensitive(j, "classes")) {
-    cJSON_ArrayForEach(stage, cJSON_GetObjectItemCaseSensitive(cl, "stages")) {
-      const cJSON *dt = cJSON_GetObjectItemCaseSensitive(stage, "device_type");
-      if (!cJSON_IsString(dt)) continue;
+  hm_plan *plan = calloc(1, sizeof *plan);
+  if (!plan) return hm_error(HM_ERR_NOMEM, "reading %s", path);
+  hm_cluster cl;
+  memset(&cl, 0, sizeof cl);
+  hm_status st = hm_plan_load(path, NULL, plan, &cl, NULL, NULL);
+  *micro_batch = st == HM_OK ? (int)plan->micro_batch : 0;
+  for (int c = 0; st == HM_OK && c < plan->nclasses; c++)
+    for (int s = 0; s < plan->classes[c].nstages; s++) {
+      const char *name = cl.types[plan->classes[c].stages[s].type].name;
       int k = 0;
-      while (k < b->ntypes && strcmp(b->name[k], dt->valuestring) != 0) k++;
-      if (k == b->ntypes && k < HM_CLI_BOUND_MAX_TYPES) hm_strcpy(b->name[b->ntypes++], sizeof b->name[0], dt->valuestring);
+      while (k < b->ntypes && strcmp(b->name[k], name) != 0) k++;
+      if (k == b->ntypes && k < HM_CLI_BOUND_MAX_TYPES) hm_strcpy(b->name[b->ntypes++], sizeof b->name[0], name);
     }
-  }
-  cJSON_Delete(j);
+  free(plan);
+  hm_cluster_free(&cl);
+  HM_TRY(st);
   if (*micro_batch < 1 || b->ntypes == 0) return hm_error(HM_ERR_SPEC, "%s: no micro_batch or no stages", path);
   return HM_OK;
 }
@@ -56,7 +58,8 @@ static hm_status run_alone(const hm_cli_bound_job *job, const char *type, const 
   snprintf(what, sizeof what, "training %s alone", type);
   HM_TRY(hm_cli_run_self(job->self, args, what));
   double step_s = 0, busy = 0;
-  if (hm_cli_metrics_mean(metrics, 1, 1, &step_s, &busy) < 1 || !(step_s > 0))
+  int nsteps = 0;
+  if (hm_metrics_mean(metrics, 1, 1, &step_s, &busy, &nsteps) != HM_OK || !(step_s > 0))
     return hm_error(HM_ERR_IO, "%s: no timed step (give --bound-steps 2 or more)", metrics);
   *tokens_per_s = (double)job->global_batch * job->seq_len / step_s;
   return HM_OK;

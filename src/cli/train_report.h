@@ -16,12 +16,6 @@ typedef struct hm_cli_bound {
   double tokens_per_s;                                /* sum over types of count x device rate */
 } hm_cli_bound;
 
-/* Means over metrics.jsonl without its first step (caches and allocators warm up): the step
- * time, and each worker's compute time busy[r*p + s] for R replicas of p stages (NAN where the
- * file has no figure: files from before per-replica figures hold replica 0's only). Returns
- * the number of steps averaged, -1 when the file cannot be read or has no step after the first. */
-int hm_cli_metrics_mean(const char *path, int R, int p, double *step_s, double *busy);
-
 /* Prints predicted vs measured compute time for every stage of every replica, the step time,
  * throughput, and utilization against the profile-predicted bound stored in the plan and, when
  * bound is not NULL, against the measured bound. tokens_per_step = global batch x T. */

@@ -132,7 +132,7 @@ static int hm_is_complete(const char *dir, const char *name, hm_ckpt_manifest *m
   char sub[4300];
   snprintf(sub, sizeof sub, "%s/%s", dir, name);
   if (hm_ckpt_manifest_read(sub, m, NULL, 0) != HM_OK) return 0;
-  for (int s = 0; s < m->nstages; s++) {
+  for (int s = 0; s < hm_ckpt_manifest_nshards(m); s++) {
     char path[4400];
     struct stat sb;
     snprintf(path, sizeof path, "%s/%s", sub, m->shards[s].file);

@@ -17,16 +17,37 @@
 #include "util/util.h"
 
 #define HM_MANIFEST_FORMAT "hetmix-checkpoint"
-#define HM_MANIFEST_VERSION 1
+#define HM_MANIFEST_VERSION 2 /* 2: shards of tensor-parallel stages (tp_rank, tp_size); 1 still read */
 #define HM_MANIFEST_MAX_BYTES (1u << 20)
 
 static void hm_hex64(char out[17], uint64_t v) { snprintf(out, 17, "%016" PRIx64, v); }
 
+int hm_ckpt_manifest_nshards(const hm_ckpt_manifest *m) { return m->nshards > 0 ? m->nshards : m->nstages; }
+
+int hm_ckpt_manifest_find(const hm_ckpt_manifest *m, int stage, int tp_rank) {
+  for (int i = 0; i < hm_ckpt_manifest_nshards(m); i++)
+    if (m->shards[i].stage == stage && m->shards[i].tp_rank == tp_rank) return i;
+  return -1;
+}
+
+void hm_ckpt_shard_name(int stage, int tp_rank, int tp_size, char *out, size_t cap) {
+  if (tp_size > 1) snprintf(out, cap, "stage%d.tp%d.hmc", stage, tp_rank);
+  else snprintf(out, cap, "stage%d.hmc", stage);
+}
+
+/* 1 when some shard is one of a tensor-parallel stage (the manifest then needs version 2). */
+static int hm_manifest_has_tp(const hm_ckpt_manifest *m) {
+  for (int i = 0; i < hm_ckpt_manifest_nshards(m); i++)
+    if (m->shards[i].tp_size > 1) return 1;
+  return 0;
+}
+
 static cJSON *hm_manifest_json(const hm_ckpt_manifest *m) {
   cJSON *j = cJSON_CreateObject();
   char hex[17];
+  const int tp = hm_manifest_has_tp(m); /* version 1 where it suffices, for older readers */
   cJSON_AddStringToObject(j, "format", HM_MANIFEST_FORMAT);
-  cJSON_AddNumberToObject(j, "version", HM_MANIFEST_VERSION);
+  cJSON_AddNumberToObject(j, "version", tp ? 2 : 1);
   hm_hex64(hex, m->run_id);
   cJSON_AddStringToObject(j, "run_id", hex);
   cJSON_AddNumberToObject(j, "step", (double)m->step);
@@ -34,10 +55,14 @@ static cJSON *hm_manifest_json(const hm_ckpt_manifest *m) {
   cJSON_AddNumberToObject(j, "stages", m->nstages);
   cJSON_AddNumberToObject(j, "world", m->world);
   cJSON *arr = cJSON_AddArrayToObject(j, "shards");
-  for (int s = 0; s < m->nstages; s++) {
+  for (int s = 0; s < hm_ckpt_manifest_nshards(m); s++) {
     const hm_ckpt_shard_info *i = &m->shards[s];
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "stage", i->stage);
+    if (tp) {
+      cJSON_AddNumberToObject(o, "tp_rank", i->tp_rank);
+      cJSON_AddNumberToObject(o, "tp_size", i->tp_size > 1 ? i->tp_size : 1);
+    }
     cJSON_AddStringToObject(o, "file", i->file);
     cJSON_AddNumberToObject(o, "bytes", (double)i->bytes);
     hm_hex64(hex, i->xxh3);
@@ -48,8 +73,10 @@ static cJSON *hm_manifest_json(const hm_ckpt_manifest *m) {
 }
 
 hm_status hm_ckpt_manifest_write(const char *dir, const hm_ckpt_manifest *m) {
-  if (m->nstages < 1 || m->nstages > HM_CKPT_MAX_SHARDS)
-    return hm_error(HM_ERR_INVALID_ARG, "manifest: %d stages, need 1..%d", m->nstages, HM_CKPT_MAX_SHARDS);
+  if (m->nstages < 1 || m->nstages > HM_CKPT_MAX_SHARDS || hm_ckpt_manifest_nshards(m) < m->nstages ||
+      hm_ckpt_manifest_nshards(m) > HM_CKPT_MAX_SHARDS)
+    return hm_error(HM_ERR_INVALID_ARG, "manifest: %d stages and %d shards, need 1..%d", m->nstages,
+                    hm_ckpt_manifest_nshards(m), HM_CKPT_MAX_SHARDS);
   cJSON *j = hm_manifest_json(m);
   char *txt = j ? cJSON_Print(j) : NULL;
   cJSON_Delete(j);
@@ -86,6 +113,32 @@ static int hm_shard_name_ok(const char *name) {
   return nd > 0 && nd < 6 && strcmp(name + 5 + nd, ".hmc") == 0;
 }
 
+/* Shard k of a manifest: in order, stage by stage, each stage's tensor-parallel ranks 0..size-1
+ * (*stage, *rank: where the list stands); version 1 lists one unsplit shard per stage. */
+static hm_status hm_manifest_shard_parse(const cJSON *o, const char *path, int version, int k, int *stage, int *rank,
+                                         hm_ckpt_shard_info *i) {
+#define HM_BAD(...) hm_error(HM_ERR_CORRUPT, "manifest %s: " __VA_ARGS__)
+  uint64_t s = 0, r = 0, size = 1;
+  const cJSON *file = cJSON_GetObjectItemCaseSensitive(o, "file");
+  if (hm_json_u64(o, "stage", &s) || s != (uint64_t)*stage)
+    return HM_BAD("shard %d does not say \"stage\": %d", path, k, *stage);
+  if (version >= 2 && (hm_json_u64(o, "tp_rank", &r) || hm_json_u64(o, "tp_size", &size) || size < 1 || size > 64 ||
+                       r != (uint64_t)*rank))
+    return HM_BAD("shard %d (stage %d) does not say \"tp_rank\": %d with a \"tp_size\" of 1..64", path, k, *stage,
+                  *rank);
+  char want[64];
+  hm_ckpt_shard_name(*stage, *rank, (int)size, want, sizeof want);
+  if (!cJSON_IsString(file) || (version == 1 ? !hm_shard_name_ok(file->valuestring) : strcmp(file->valuestring, want) != 0))
+    return HM_BAD("shard %d's \"file\" is not %s", path, k, version == 1 ? "a name stage<s>.hmc" : want);
+  if (hm_json_u64(o, "bytes", &i->bytes) || hm_json_hex(o, "xxh3", &i->xxh3))
+    return HM_BAD("shard %d's \"bytes\" or \"xxh3\" is missing or malformed", path, k);
+  i->stage = *stage, i->tp_rank = *rank, i->tp_size = (int)size;
+  hm_strcpy(i->file, sizeof i->file, file->valuestring);
+  if (++*rank == (int)size) ++*stage, *rank = 0;
+  return HM_OK;
+#undef HM_BAD
+}
+
 static hm_status hm_manifest_parse(const cJSON *j, const char *path, hm_ckpt_manifest *m) {
 #define HM_BAD(...) hm_error(HM_ERR_CORRUPT, "manifest %s: " __VA_ARGS__)
   memset(m, 0, sizeof *m);
@@ -93,8 +146,8 @@ static hm_status hm_manifest_parse(const cJSON *j, const char *path, hm_ckpt_man
   uint64_t version = 0, stages = 0, world = 0;
   if (!cJSON_IsString(fmt) || strcmp(fmt->valuestring, HM_MANIFEST_FORMAT) != 0)
     return HM_BAD("\"format\" is not \"%s\"", path, HM_MANIFEST_FORMAT);
-  if (hm_json_u64(j, "version", &version) || version != HM_MANIFEST_VERSION)
-    return HM_BAD("\"version\" is not %d", path, HM_MANIFEST_VERSION);
+  if (hm_json_u64(j, "version", &version) || version < 1 || version > HM_MANIFEST_VERSION)
+    return HM_BAD("\"version\" is not 1..%d", path, HM_MANIFEST_VERSION);
   if (hm_json_hex(j, "run_id", &m->run_id)) return HM_BAD("\"run_id\" is not 16 hex digits", path);
   if (hm_json_u64(j, "step", &m->step) || hm_json_u64(j, "data_position", &m->data_position))
     return HM_BAD("\"step\" or \"data_position\" is not a whole number", path);
@@ -104,22 +157,14 @@ static hm_status hm_manifest_parse(const cJSON *j, const char *path, hm_ckpt_man
     return HM_BAD("\"world\" is not a worker count of at least \"stages\"", path);
   m->nstages = (int)stages, m->world = (int)world;
   const cJSON *arr = cJSON_GetObjectItemCaseSensitive(j, "shards");
-  if (!cJSON_IsArray(arr) || cJSON_GetArraySize(arr) != m->nstages)
-    return HM_BAD("\"shards\" does not list %d shards", path, m->nstages);
-  int s = 0;
-  for (const cJSON *o = arr->child; o; o = o->next, s++) {
-    hm_ckpt_shard_info *i = &m->shards[s];
-    uint64_t stage = 0;
-    const cJSON *file = cJSON_GetObjectItemCaseSensitive(o, "file");
-    if (hm_json_u64(o, "stage", &stage) || stage != (uint64_t)s)
-      return HM_BAD("shard %d does not say \"stage\": %d", path, s, s);
-    if (!cJSON_IsString(file) || !hm_shard_name_ok(file->valuestring))
-      return HM_BAD("shard %d's \"file\" is not a name stage<s>.hmc", path, s);
-    if (hm_json_u64(o, "bytes", &i->bytes) || hm_json_hex(o, "xxh3", &i->xxh3))
-      return HM_BAD("shard %d's \"bytes\" or \"xxh3\" is missing or malformed", path, s);
-    i->stage = s;
-    hm_strcpy(i->file, sizeof i->file, file->valuestring);
-  }
+  const int n = cJSON_IsArray(arr) ? cJSON_GetArraySize(arr) : -1;
+  if (version == 1 ? n != m->nstages : n < m->nstages || n > HM_CKPT_MAX_SHARDS)
+    return HM_BAD("\"shards\" does not list %s%d shards", path, version == 1 ? "" : "at least ", m->nstages);
+  m->nshards = n;
+  int k = 0, stage = 0, rank = 0;
+  for (const cJSON *o = arr->child; o; o = o->next, k++)
+    HM_TRY(hm_manifest_shard_parse(o, path, (int)version, k, &stage, &rank, &m->shards[k]));
+  if (stage != m->nstages) return HM_BAD("\"shards\" end at stage %d of %d", path, stage, m->nstages);
   return HM_OK;
 #undef HM_BAD
 }
@@ -181,7 +226,7 @@ hm_status hm_ckpt_file_hash(const char *path, uint64_t *xxh3, uint64_t *bytes) {
 }
 
 hm_status hm_ckpt_manifest_verify(const char *dir, const hm_ckpt_manifest *m) {
-  for (int s = 0; s < m->nstages; s++) {
+  for (int s = 0; s < hm_ckpt_manifest_nshards(m); s++) {
     const hm_ckpt_shard_info *i = &m->shards[s];
     char path[4300];
     snprintf(path, sizeof path, "%s/%s", dir, i->file);

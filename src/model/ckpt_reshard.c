@@ -97,6 +97,9 @@ hm_status hm_ckpt_reshard(const char *src, const hm_reshard_layout *to, const ch
   char dir[4200], whole[4300];
   hm_status st = hm_ckpt_manifest_read(src, man, dir, sizeof dir);
   if (st == HM_OK) st = hm_ckpt_manifest_verify(dir, man);
+  if (st == HM_OK && hm_ckpt_manifest_nshards(man) != man->nstages)
+    st = hm_error(HM_ERR_UNSUPPORTED, "re-shard of %s: its stages are tensor-parallel shards (%d files for %d stages); "
+                  "only unsplit stages are re-sharded", src, hm_ckpt_manifest_nshards(man), man->nstages);
   snprintf(whole, sizeof whole, "%s/whole.hmc", out_dir);
   if (st == HM_OK) st = hm_make_dirs(out_dir, 0755, HM_DIR_OUTPUT);
   if (st == HM_OK) st = hm_ckpt_merge_stages(dir, man->nstages, whole);

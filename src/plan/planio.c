@@ -261,6 +261,23 @@ static hm_status read_schedule(const cJSON *o, const char *path, hm_plan_class *
   return HM_OK;
 }
 
+/* A stage's recorded compute per step and the rest of its step (informational, as the plan's
+ * other predictions: what the runtime's report compares with the measured): "busy_s", or in
+ * files without it nmicro x ("fwd_s" + "bwd_s"); 0 when absent. fwd and bwd stay 0 (they are
+ * the predictor's, filled by hm_plan_predict). */
+static void read_recorded_busy(const cJSON *so, int nmicro, hm_plan_stage *st) {
+  const cJSON *pr = cJSON_GetObjectItemCaseSensitive(so, "predicted");
+  const cJSON *busy = pr ? cJSON_GetObjectItemCaseSensitive(pr, "busy_s") : NULL;
+  const cJSON *idle = pr ? cJSON_GetObjectItemCaseSensitive(pr, "idle_s") : NULL;
+  const cJSON *fwd = pr ? cJSON_GetObjectItemCaseSensitive(pr, "fwd_s") : NULL;
+  const cJSON *bwd = pr ? cJSON_GetObjectItemCaseSensitive(pr, "bwd_s") : NULL;
+  double b = 0;
+  if (cJSON_IsNumber(busy)) b = busy->valuedouble;
+  else if (cJSON_IsNumber(fwd) && cJSON_IsNumber(bwd)) b = nmicro * (fwd->valuedouble + bwd->valuedouble);
+  st->busy = isfinite(b) && b > 0 ? b : 0;
+  st->idle = cJSON_IsNumber(idle) && isfinite(idle->valuedouble) && idle->valuedouble > 0 ? idle->valuedouble : 0;
+}
+
 /* The ranks list must be exactly the assignment this plan gives on this cluster. */
 static hm_status check_ranks(const cJSON *ra, int count, const hm_plan_inputs *in, const hm_plan *p) {
   /* counted before the roles are listed: a short file may claim a billion devices */
@@ -423,10 +440,12 @@ hm_status hm_plan_from_cjson(const cJSON *j, const hm_plan_inputs *against, hm_p
       hm_json_path_index(spi, sp, s);
       if ((st = read_stage(cJSON_GetArrayItem(stages, s), spi, in->cluster, &cl->stages[s])) != HM_OK)
         goto fail;
+      read_recorded_busy(cJSON_GetArrayItem(stages, s), cl->nmicro, &cl->stages[s]);
     }
   }
   if ((st = hm_plan_validate(in, p)) != HM_OK) goto fail;
-  /* predictions are informational (re-predicted on load); the bound is kept for utilization */
+  /* predictions are informational (hm_plan_predict fills them again); the bound is kept for
+   * utilization */
   const cJSON *pred = cJSON_GetObjectItemCaseSensitive(j, "predicted");
   const cJSON *ub = pred ? cJSON_GetObjectItemCaseSensitive(pred, "upper_bound_tokens_per_s") : NULL;
   if (cJSON_IsNumber(ub) && ub->valuedouble > 0 && isfinite(ub->valuedouble))

@@ -3,7 +3,9 @@
  *
  * Who does what, with p stages and R replicas (world rank = replica * p + stage): replica 0's
  * workers snapshot (their stage is the same in every replica), write their shard to disk, and
- * send the image to world rank + 1 (mod W), which writes it to the peer folder. Every step
+ * send the image to world rank + 1 (mod W), which writes it to the peer folder. With tensor-
+ * parallel stages replica 0's workers are still world ranks 0..n0-1 (stage by stage, tensor-
+ * parallel rank by rank), each writing its own shard: the same rules with n0 shards for p. Every step
  * while a checkpoint is outstanding the workers allgather their progress (last step written to
  * disk and to the peer folder, and any failure) and all decide alike: when every shard of the
  * step is durable, world rank 0's thread writes the manifest and prunes. A new snapshot waits
@@ -50,6 +52,8 @@ typedef struct hm_ckpt_rec {
 
 struct hm_ckpt_agent {
   hm_ckpt_agent_config cfg;
+  hm_ckpt_shard_info *tab; /* replica 0's workers' shards, in world rank order */
+  int n0;                  /* their number */
   char dump[4200], peer_dir[4200];
   hm_comm_t world, ring;
   int rank, W, writer, sends, recvs; /* sends: replica 0 with a ring; recvs: holds rank-1's image */
@@ -175,13 +179,14 @@ static hm_ckpt_job *hm_manifest_job(hm_ckpt_agent *a, const char *root, int keep
   snprintf(j->dir, sizeof j->dir, "%s/step-%08" PRId64, root, a->pending);
   hm_ckpt_manifest *m = &j->manifest;
   m->run_id = a->cfg.run_id, m->step = (uint64_t)a->pending, m->nstages = a->cfg.nstages, m->world = a->W;
+  m->nshards = a->n0;
   return j;
 }
 
-/* Rank 0's manifests of the outstanding step from the gathered records: stage s's disk shard is
+/* Rank 0's manifests of the outstanding step from the gathered records: shard s's disk file is
  * world rank s's; its peer copy is held by world rank s + 1 (mod W). */
 static hm_status hm_agent_complete(hm_ckpt_agent *a, const hm_ckpt_rec *all, uint64_t data_position) {
-  const int p = a->cfg.nstages;
+  const int p = a->n0;
   hm_ckpt_job *d = hm_manifest_job(a, a->dump, a->cfg.keep);
   hm_ckpt_job *m = a->pending_mem ? hm_manifest_job(a, a->peer_dir, 1) : NULL;
   if (!d || (a->pending_mem && !m)) {
@@ -192,8 +197,8 @@ static hm_status hm_agent_complete(hm_ckpt_agent *a, const hm_ckpt_rec *all, uin
   for (int s = 0; s < p; s++) {
     const hm_ckpt_rec *own = &all[s], *held = &all[(s + 1) % a->W];
     hm_ckpt_shard_info *i = &d->manifest.shards[s];
-    i->stage = s, i->bytes = own->own_bytes, i->xxh3 = own->own_hash;
-    snprintf(i->file, sizeof i->file, "stage%d.hmc", s);
+    *i = a->tab[s];
+    i->bytes = own->own_bytes, i->xxh3 = own->own_hash;
     if (m) {
       m->manifest.shards[s] = *i;
       m->manifest.shards[s].bytes = held->peer_bytes, m->manifest.shards[s].xxh3 = held->peer_hash;
@@ -221,8 +226,8 @@ static hm_status hm_agent_poll(hm_ckpt_agent *a) {
                                    a->pending, r);
       break;
     }
-    if (r < a->cfg.nstages && all[r].disk_done < a->pending) done = 0;
-    if (a->pending_mem && (r >= 1 && r <= a->cfg.nstages ? 1 : r == 0 && a->W == a->cfg.nstages) &&
+    if (r < a->n0 && all[r].disk_done < a->pending) done = 0;
+    if (a->pending_mem && (r >= 1 && r <= a->n0 ? 1 : r == 0 && a->W == a->n0) &&
         all[r].mem_done < a->pending)
       done = 0;
   }
@@ -273,12 +278,12 @@ static hm_status hm_agent_exchange(hm_ckpt_agent *a, const void *image, uint64_t
   return st;
 }
 
-static hm_ckpt_job *hm_shard_job(int peer, int64_t step, const char *root, int stage, void *image, size_t bytes) {
+static hm_ckpt_job *hm_shard_job(int peer, int64_t step, const char *root, const char *file, void *image, size_t bytes) {
   hm_ckpt_job *j = hm_calloc(1, sizeof *j, "checkpoint job");
   if (!j) return NULL;
   j->kind = HM_JOB_SHARD, j->peer = peer, j->step = step, j->image = image, j->bytes = bytes;
   snprintf(j->dir, sizeof j->dir, "%s/step-%08" PRId64, root, step);
-  snprintf(j->file, sizeof j->file, "stage%d.hmc", stage);
+  hm_strcpy(j->file, sizeof j->file, file);
   return j;
 }
 
@@ -287,15 +292,15 @@ static hm_status hm_agent_begin(hm_ckpt_agent *a, int64_t step, void *image, siz
   void *got = NULL;
   uint64_t got_bytes = 0;
   hm_status st = a->ring ? hm_agent_exchange(a, image, bytes, &got, &got_bytes) : HM_OK;
-  const int prev_stage = (a->rank + a->W - 1) % a->W; /* a sender is replica 0: its rank is its stage */
+  const int prev = (a->rank + a->W - 1) % a->W; /* a sender is replica 0: its rank is its shard */
   if (st == HM_OK && got) {
-    hm_ckpt_job *j = hm_shard_job(1, step, a->peer_dir, prev_stage, got, (size_t)got_bytes);
+    hm_ckpt_job *j = hm_shard_job(1, step, a->peer_dir, a->tab[prev].file, got, (size_t)got_bytes);
     st = j ? hm_agent_push(a, j) : (free(got), HM_ERR_NOMEM);
   } else {
     free(got);
   }
   if (st == HM_OK && a->writer) {
-    hm_ckpt_job *j = hm_shard_job(0, step, a->dump, a->cfg.stage, image, bytes);
+    hm_ckpt_job *j = hm_shard_job(0, step, a->dump, a->tab[a->rank].file, image, bytes);
     image = NULL;
     st = j ? hm_agent_push(a, j) : HM_ERR_NOMEM;
   }
@@ -347,6 +352,17 @@ hm_status hm_ckpt_agent_open(hm_comm_t world, const hm_ckpt_agent_config *cfg, h
   a->rank = hm_comm_rank(world), a->W = hm_comm_size(world);
   a->writer = cfg->replica == 0;
   a->rec.disk_done = a->rec.mem_done = -1;
+  a->n0 = cfg->nshards > 0 ? cfg->nshards : cfg->nstages;
+  a->tab = hm_calloc((size_t)a->n0, sizeof *a->tab, "checkpoint shard table");
+  if (!a->tab) {
+    free(a);
+    return HM_ERR_NOMEM;
+  }
+  for (int s = 0; s < a->n0; s++) {
+    if (cfg->nshards > 0) a->tab[s] = cfg->shards[s];
+    else a->tab[s].stage = s, a->tab[s].tp_size = 1;
+    if (!a->tab[s].file[0]) hm_ckpt_shard_name(a->tab[s].stage, a->tab[s].tp_rank, a->tab[s].tp_size, a->tab[s].file, sizeof a->tab[s].file);
+  }
   hm_strcpy(a->dump, sizeof a->dump, cfg->dump_dir);
   pthread_mutex_init(&a->mu, NULL);
   pthread_cond_init(&a->cv, NULL);
@@ -354,7 +370,7 @@ hm_status hm_ckpt_agent_open(hm_comm_t world, const hm_ckpt_agent_config *cfg, h
   if (st == HM_OK && cfg->peer_root && a->W > 1) {
     hm_ckpt_peer_dir(cfg->peer_root, cfg->run_id, a->peer_dir, sizeof a->peer_dir);
     a->sends = a->writer;
-    a->recvs = (a->rank >= 1 && a->rank <= cfg->nstages) || (a->rank == 0 && a->W == cfg->nstages);
+    a->recvs = (a->rank >= 1 && a->rank <= a->n0) || (a->rank == 0 && a->W == a->n0);
     st = hm_comm_split(world, 0, a->rank, &a->ring, NULL);
   }
   if (st == HM_OK && pthread_create(&a->thread, NULL, hm_agent_main, a) != 0)
@@ -385,5 +401,6 @@ void hm_ckpt_agent_close(hm_ckpt_agent *a, int remove_peer_copies) {
   if (a->ring) hm_comm_destroy(a->ring);
   pthread_mutex_destroy(&a->mu);
   pthread_cond_destroy(&a->cv);
+  free(a->tab);
   free(a);
 }

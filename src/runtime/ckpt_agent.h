@@ -2,7 +2,8 @@
  * "Checkpoints and failures"). Two phases, as CheckFreq: at a checkpoint step every worker
  * snapshots its stage into host memory (the caller's hm_stage_snapshot) and hands the image
  * over; a background thread then persists it while training goes on. Replica 0's workers write
- * their stage's shard to "<dump>/step-<N>/stage<s>.hmc"; once every shard is durable, world
+ * their stage's shard to "<dump>/step-<N>/stage<s>.hmc" (each tensor-parallel rank r of a
+ * stage its own, "stage<s>.tp<r>.hmc"); once every shard is durable, world
  * rank 0 renames "<dump>/step-<N>/manifest.json" into place and prunes old folders.
  * In-memory redundancy: every worker also sends its image to the next world rank (a ring), which
  * keeps it in a memory-backed folder ("<peer root>/hmpeer-<uid>-<run>/step-<N>/", tmpfs), so a
@@ -15,6 +16,7 @@
 #include <stdint.h>
 
 #include "hetmix/comm.h"
+#include "hetmix/model.h"
 #include "hetmix/status.h"
 
 typedef struct hm_ckpt_agent hm_ckpt_agent;
@@ -25,6 +27,11 @@ typedef struct hm_ckpt_agent_config {
   int keep;              /* newest complete checkpoints kept (0: all) */
   int stage, nstages, replica; /* this worker's place; world rank = replica * nstages + stage */
   uint64_t run_id;
+  /* With tensor-parallel stages: replica 0's workers (world ranks 0..nshards-1) in rank order,
+   * each one shard: its stage, tp_rank, tp_size and file (hm_ckpt_shard_name). nshards 0: one
+   * unsplit shard per stage (world rank = replica * nstages + stage). */
+  const hm_ckpt_shard_info *shards;
+  int nshards;
 } hm_ckpt_agent_config;
 
 /* The peer copies' root from $HETMIX_PEER_DIR (a folder, or "none"), else /dev/shm when it is a

@@ -21,6 +21,8 @@ static struct {
   atomic_int stop;
   atomic_llong step;
   atomic_int waiting;
+  atomic_int phase;
+  uint64_t marks;       /* under lock */
   _Atomic double step_wall;
   uint64_t beat;
   pthread_mutex_t lock; /* one writer of the file at a time (the thread, a step) */
@@ -55,9 +57,11 @@ static double hm_wall_s(void) {
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* One beat: the state into a temp file, renamed over the last one (a reader sees either). */
-static void hm_hb_write(void) {
+/* One beat: the state into a temp file, renamed over the last one (a reader sees either). A
+ * progress mark (a step, a phase change) counts itself first. */
+static void hm_hb_write(int mark) {
   pthread_mutex_lock(&hm_hb.lock);
+  hm_hb.marks += mark != 0;
   char path[1200], tmp[1220];
   snprintf(path, sizeof path, "%s/rank%d", hm_hb.dir, hm_hb.rank);
   snprintf(tmp, sizeof tmp, "%s.tmp", path);
@@ -66,9 +70,10 @@ static void hm_hb_write(void) {
     pthread_mutex_unlock(&hm_hb.lock);
     return;
   }
-  fprintf(f, "pid %d\nhost %s\ndevice %s\nbeat %llu\nstep %lld\nstep_wall %.6f\nwaiting %d\n", (int)getpid(),
-          hm_hb.host, hm_hb.device, (unsigned long long)++hm_hb.beat, (long long)atomic_load(&hm_hb.step),
-          atomic_load(&hm_hb.step_wall), atomic_load(&hm_hb.waiting));
+  fprintf(f, "pid %d\nhost %s\ndevice %s\nbeat %llu\nstep %lld\nstep_wall %.6f\nwaiting %d\nphase %d\nmarks %llu\n",
+          (int)getpid(), hm_hb.host, hm_hb.device, (unsigned long long)++hm_hb.beat,
+          (long long)atomic_load(&hm_hb.step), atomic_load(&hm_hb.step_wall), atomic_load(&hm_hb.waiting),
+          atomic_load(&hm_hb.phase), (unsigned long long)hm_hb.marks);
   if (fclose(f) == 0) rename(tmp, path);
   pthread_mutex_unlock(&hm_hb.lock);
 }
@@ -76,7 +81,7 @@ static void hm_hb_write(void) {
 static void *hm_hb_main(void *arg) {
   (void)arg;
   while (!atomic_load(&hm_hb.stop)) {
-    hm_hb_write();
+    hm_hb_write(0);
     struct timespec ts = {0, HM_HB_PERIOD_MS * 1000000L};
     nanosleep(&ts, NULL);
   }
@@ -95,6 +100,8 @@ hm_status hm_hb_start(int rank, const char *device) {
     if (*c == '\n') *c = ' ';
   hm_hb.rank = rank;
   hm_hb.beat = 0;
+  hm_hb.marks = 0;
+  atomic_store(&hm_hb.phase, HM_HB_STEP);
   pthread_mutex_init(&hm_hb.lock, NULL);
   atomic_store(&hm_hb.stop, 0);
   atomic_store(&hm_hb.step, 0);
@@ -116,7 +123,13 @@ void hm_hb_step(int64_t step) {
   if (!hm_hb.running) return;
   atomic_store(&hm_hb.step_wall, hm_wall_s());
   atomic_store(&hm_hb.step, (long long)step);
-  hm_hb_write(); /* at once: a step seen only at the next beat could be lost with the process */
+  hm_hb_write(1); /* at once: a step seen only at the next beat could be lost with the process */
+}
+
+void hm_hb_phase(int phase) {
+  if (!hm_hb.running || phase < 0 || phase >= HM_HB_NPHASES || atomic_load(&hm_hb.phase) == phase) return;
+  atomic_store(&hm_hb.phase, phase);
+  hm_hb_write(1);
 }
 
 void hm_hb_waiting(int waiting) {
@@ -152,9 +165,12 @@ hm_status hm_hb_read(const char *dir, int rank, hm_hb_state *out) {
     else if (strcmp(line, "step") == 0) out->step = strtoll(v, NULL, 10), fields++;
     else if (strcmp(line, "step_wall") == 0) out->step_wall_s = strtod(v, NULL), fields++;
     else if (strcmp(line, "waiting") == 0) out->waiting = atoi(v), fields++;
+    else if (strcmp(line, "phase") == 0) out->phase = atoi(v), fields++;
+    else if (strcmp(line, "marks") == 0) out->marks = strtoull(v, NULL, 10), fields++;
   }
   fclose(f);
-  if (fields < 7) return hm_error(HM_ERR_CORRUPT, "heartbeat %s is incomplete", path);
+  if (out->phase < 0 || out->phase >= HM_HB_NPHASES) out->phase = HM_HB_STEP;
+  if (fields < 9) return hm_error(HM_ERR_CORRUPT, "heartbeat %s is incomplete", path);
   return HM_OK;
 }
 

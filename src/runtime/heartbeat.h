@@ -23,7 +23,14 @@ typedef struct hm_hb_state {
   int64_t step;    /* optimizer steps completed (the run's step count, so it continues on resume) */
   double step_wall_s; /* CLOCK_REALTIME seconds when that step completed, 0 before the first */
   int waiting;     /* 1 while its training thread waits on peers (a collective, a receive) */
+  int phase;       /* what the training thread does now: HM_HB_STEP, _CKPT, _EVAL, _FINAL */
+  uint64_t marks;  /* progress marks so far: completed steps and phase changes */
 } hm_hb_state;
+
+/* Phases of a worker's training thread (hm_hb_phase), each timed on its own by the launcher's
+ * progress watchdog (watch.c): steps, the checkpoint snapshot between two steps, an evaluation,
+ * and what follows the last step (final dump, trace). */
+enum { HM_HB_STEP = 0, HM_HB_CKPT = 1, HM_HB_EVAL = 2, HM_HB_FINAL = 3, HM_HB_NPHASES = 4 };
 
 /* Worker side. Starts the heartbeat thread of this process when HETMIX_HEARTBEAT_DIR is set
  * (HM_OK and nothing started otherwise). One per process; device is copied. */
@@ -33,6 +40,9 @@ void hm_hb_step(int64_t step);
 /* Marks whether the training thread now waits on peers (1) or works on its own (0): of ranks
  * that stopped progressing, one that is not waiting is the cause, the waiting ones its victims. */
 void hm_hb_waiting(int waiting);
+/* Enters a phase (HM_HB_*; written at once): the time spent in it is judged against that phase's
+ * deadline, not a step's. A step completion (hm_hb_step) does not change the phase. */
+void hm_hb_phase(int phase);
 /* Stops the thread and leaves the last state in the file. From start to stop, SIGTERM and this
  * call write "<dir>/rank<R>.end" (an orderly end) before the process goes. */
 void hm_hb_stop(void);

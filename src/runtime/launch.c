@@ -188,6 +188,7 @@ typedef struct hm_job {
   /* a rank the heartbeat watch failed (or, under an external launcher, found gone) */
   int named_rank, named_cause, named_pid;
   double named_idle_s;
+  double named_limit_s; /* the deadline it was judged against */
   long long named_steps;
 } hm_job;
 
@@ -484,11 +485,11 @@ static void hm_describe_failure(const hm_job *job, const hm_worker *w, int r, co
   const int pid = job->named_pid > 0 ? job->named_pid : (int)w->pid;
   const int nr = job->named_rank >= 0 ? job->named_rank : r;
   if (job->named_cause == HM_FAIL_SILENT)
-    snprintf(buf, cap, "rank %d (pid %d)%s stopped beating for %.1f s (stopped, frozen or dead)", nr, pid, where,
-             job->named_idle_s);
+    snprintf(buf, cap, "rank %d (pid %d)%s stopped beating for %.1f s (stopped, frozen or dead; deadline %.2f s)", nr,
+             pid, where, job->named_idle_s, job->named_limit_s);
   else if (job->named_cause == HM_FAIL_HANG)
-    snprintf(buf, cap, "rank %d (pid %d)%s completed no step for %.1f s after step %lld (hung: the progress "
-             "watchdog's deadline)", nr, pid, where, job->named_idle_s, job->named_steps);
+    snprintf(buf, cap, "rank %d (pid %d)%s made no progress for %.1f s after step %lld (hung: the progress "
+             "watchdog's deadline %.2f s)", nr, pid, where, job->named_idle_s, job->named_steps, job->named_limit_s);
   else if (job->opts->external && job->named_rank >= 0)
     snprintf(buf, cap, "rank %d (pid %d)%s is gone; the launcher command (pid %d) %s %d", nr, pid, where,
              (int)w->pid, w->signal ? "was killed by signal" : "exited with status", w->signal ? w->signal : w->status_code);
@@ -519,6 +520,7 @@ static int hm_watch_round(hm_job *job, hm_watch *wt, int *exited) {
   job->named_rank = r;
   job->named_cause = cause;
   job->named_idle_s = idle;
+  job->named_limit_s = wt->limit_s;
   job->named_steps = wt->r[r].step;
   job->named_pid = wt->r[r].last.pid;
   if (!job->opts->external) {

@@ -577,8 +577,8 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
      * step by hm_pipe_run_identity): this stage's params, moments, step */
     const char *path = shard;
     hm_ckpt_meta m;
-    /* a tensor-parallel rank cuts its shard out of the unsplit stage file (hm_stage_load) */
-    HM_TRY(w->tp > 1 ? hm_stage_load(w->st, path, &m) : hm_stage_load_shard(w->st, w->dev, path, &m));
+    /* a tensor-parallel rank loads its own shard, or cuts it out of an unsplit stage file */
+    HM_TRY(hm_pipe_load_stage(w->st, w->dev, path, w->tp, w->tp_rank, &m));
     const int T_run = t->seq_len > 0 ? t->seq_len : t->config.T;
     if (m.batch != t->batch || m.seq_len != T_run || m.data_seed != t->seed ||
         m.data_position != m.step * (uint64_t)w->M * (uint64_t)t->batch)
@@ -606,12 +606,14 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
     HM_TRY(hm_make_dirs(o->dump_dir, 0755, HM_DIR_OUTPUT));
     HM_TRY(hm_clean_tmp_files(o->dump_dir, NULL));
   }
-  if (o->dump_dir && t->ckpt_every > 0 && hm_pipe_any_tp(o))
-    return hm_error(HM_ERR_UNSUPPORTED, "periodic checkpoints (--ckpt-every) of a layout with tensor-parallel stages "
-                    "are not supported yet: the final checkpoint (--dump) is");
-  if (o->dump_dir && t->ckpt_every > 0) {
-    hm_ckpt_agent_config ac = {o->dump_dir, hm_ckpt_peer_root(), t->keep, w->stage, w->p, w->replica, w->run_id};
-    HM_TRY(hm_ckpt_agent_open(w->world, &ac, &w->agent));
+  if (o->dump_dir && t->ckpt_every > 0) { /* one shard per replica-0 worker, tensor-parallel ranks apart */
+    hm_ckpt_shard_info *tab = NULL;
+    int n0 = 0;
+    HM_TRY(hm_pipe_ckpt_shards(o, &tab, &n0));
+    hm_ckpt_agent_config ac = {o->dump_dir, hm_ckpt_peer_root(), t->keep, w->stage, w->p, w->replica, w->run_id, tab, n0};
+    hm_status as = hm_ckpt_agent_open(w->world, &ac, &w->agent);
+    free(tab);
+    HM_TRY(as);
   }
   /* the wire type: f64 as soon as one worker computes in f64 */
   int64_t esize = (int64_t)hm_device_elem_size(w->dev), esize_max = 0;
@@ -828,6 +830,7 @@ static hm_status hm_pipe_checkpoint(hm_pipe *w, int done, int checkpoint) {
   size_t bytes = 0;
   hm_ckpt_meta m;
   hm_pipe_meta(w, done, &m);
+  if (w->tp > 1) m.tp_rank = w->tp_rank, m.tp_size = w->tp; /* this rank's own shard */
   if (checkpoint && w->replica == 0) HM_TRY(hm_stage_snapshot(w->st, w->dev, &m, &image, &bytes));
   return hm_ckpt_agent_step(w->agent, done, checkpoint, m.data_position, image, bytes);
 }
@@ -967,7 +970,12 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
     }
     float val_loss = 0;
     const int has_val = hm_run_eval_due(w.t, step + 1, steps);
-    if (has_val && (st = hm_pipe_eval(&w, &val_loss)) != HM_OK) break;
+    if (has_val) { /* timed by the launcher's watchdog as its own phase */
+      hm_hb_phase(HM_HB_EVAL);
+      st = hm_pipe_eval(&w, &val_loss);
+      hm_hb_phase(HM_HB_STEP);
+      if (st != HM_OK) break;
+    }
     res->steps_done = step + 1;
     res->last_loss = (float)(loss_all / w.M);
     if (reporter) {
@@ -1018,12 +1026,15 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
       const int due = done % w.t->ckpt_every == 0 && done < steps;
       if (due) {
         hm_hb_waiting(0);
+        hm_hb_phase(HM_HB_CKPT);
         hm_fault_point(HM_FAULT_CKPT, w.rank, done);
       }
       st = hm_pipe_checkpoint(&w, done, due);
       st = hm_pipe_ckpt_skipped(st, o, res);
+      hm_hb_phase(HM_HB_STEP);
     }
   }
+  hm_hb_phase(HM_HB_FINAL); /* the last writes and the final dump are no step */
   if (st == HM_OK && w.agent) st = hm_pipe_ckpt_skipped(hm_ckpt_agent_finish(w.agent), o, res);
   hm_failslow_free(&fs);
   for (int r = 0; r < w.R && r < HM_PIPE_MAX_REPLICAS; r++) res->micro[r] = w.micro[r];

@@ -22,8 +22,8 @@ typedef struct hm_shard_id {
 /* The file of this stage's shard in the manifest's folder, when its size and checksum are the
  * manifest's; else the peer copy of the same step (the peer folder of the run, in this host's
  * memory), when that one's are. */
-static hm_status hm_manifest_shard(const hm_ckpt_manifest *m, const char *dir, int stage, char *path, size_t cap) {
-  const hm_ckpt_shard_info *i = &m->shards[stage];
+static hm_status hm_manifest_shard(const hm_ckpt_manifest *m, const char *dir, int k, char *path, size_t cap) {
+  const hm_ckpt_shard_info *i = &m->shards[k];
   snprintf(path, cap, "%s/%s", dir, i->file);
   uint64_t h = 0, n = 0;
   hm_status st = hm_ckpt_file_hash(path, &h, &n);
@@ -41,7 +41,21 @@ static hm_status hm_manifest_shard(const hm_ckpt_manifest *m, const char *dir, i
   return hm_error(HM_ERR_CORRUPT, "resume: shard %s: %s, and no peer copy at %s matches the manifest", path, why, copy);
 }
 
-hm_status hm_pipe_shard_path(const char *resume, int stage, int nstages, char *path, size_t cap) {
+/* The index of tensor-parallel rank tp_rank's shard of stage (split tp ways) in m: its own, or
+ * the unsplit stage's. */
+static hm_status hm_manifest_pick(const hm_ckpt_manifest *m, const char *resume, int stage, int tp_rank, int tp, int *k) {
+  const int whole = hm_ckpt_manifest_find(m, stage, 0);
+  const int size = whole >= 0 && m->shards[whole].tp_size > 1 ? m->shards[whole].tp_size : 1;
+  if (whole < 0) return hm_error(HM_ERR_CORRUPT, "resume from %s: its manifest lists no shard of stage %d", resume, stage);
+  if (size == 1) return *k = whole, HM_OK;
+  if (size != (tp > 1 ? tp : 1))
+    return hm_error(HM_ERR_INVALID_ARG, "resume from %s: stage %d is split %d ways (tensor-parallel) in the checkpoint, "
+                    "%d in this run (resume with the layout of the checkpoint)", resume, stage, size, tp > 1 ? tp : 1);
+  *k = hm_ckpt_manifest_find(m, stage, tp_rank);
+  return HM_OK;
+}
+
+hm_status hm_pipe_shard_path(const char *resume, int stage, int tp_rank, int tp, int nstages, char *path, size_t cap) {
   hm_ckpt_manifest *m = hm_malloc(sizeof *m, "manifest");
   if (!m) return HM_ERR_NOMEM;
   char dir[4200];
@@ -53,16 +67,50 @@ hm_status hm_pipe_shard_path(const char *resume, int stage, int nstages, char *p
     st = hm_error(HM_ERR_INVALID_ARG, "resume from %s: its manifest names %d stages, this run has %d", resume, m->nstages,
                   nstages);
   } else if (st == HM_OK) {
-    st = hm_manifest_shard(m, dir, stage, path, cap);
+    int k = -1;
+    st = hm_manifest_pick(m, resume, stage, tp_rank, tp, &k);
+    if (st == HM_OK) st = hm_manifest_shard(m, dir, k, path, cap);
   }
   free(m);
   return st;
 }
 
-static void hm_shard_read(const hm_pipeline_options *o, int stage, hm_shard_id *id) {
+hm_status hm_pipe_load_stage(hm_stage *st, hm_device *dev, const char *path, int tp, int tp_rank, hm_ckpt_meta *meta) {
+  hm_ckpt_meta h;
+  HM_TRY(hm_ckpt_read_meta(path, &h));
+  if (h.tp_size > 1 && (h.tp_size != tp || h.tp_rank != tp_rank))
+    return hm_error(HM_ERR_INVALID_ARG, "%s is tensor-parallel shard %d of %d; this worker is rank %d of %d", path,
+                    h.tp_rank, h.tp_size, tp_rank, tp > 1 ? tp : 1);
+  if (h.tp_size <= 1 && tp > 1) return hm_stage_load(st, path, meta); /* cuts this rank's part out */
+  return hm_stage_load_shard(st, dev, path, meta);
+}
+
+hm_status hm_pipe_ckpt_shards(const hm_pipeline_options *o, hm_ckpt_shard_info **tab, int *n) {
+  *n = 0;
+  for (int s = 0; s < o->nstages; s++) *n += o->tp[0][s] > 1 ? o->tp[0][s] : 1;
+  if (*n > HM_CKPT_MAX_SHARDS)
+    return hm_error(HM_ERR_UNSUPPORTED, "periodic checkpoints: replica 0 has %d workers, a manifest lists at most %d", *n,
+                    HM_CKPT_MAX_SHARDS);
+  if (!(*tab = hm_calloc((size_t)*n, sizeof **tab, "checkpoint shard table"))) return HM_ERR_NOMEM;
+  int k = 0;
+  for (int s = 0; s < o->nstages; s++) {
+    const int tp = o->tp[0][s] > 1 ? o->tp[0][s] : 1;
+    for (int r = 0; r < tp; r++, k++) {
+      hm_ckpt_shard_info *i = &(*tab)[k];
+      i->stage = s, i->tp_rank = r, i->tp_size = tp;
+      hm_ckpt_shard_name(s, r, tp, i->file, sizeof i->file);
+    }
+  }
+  return HM_OK;
+}
+
+static void hm_shard_read(const hm_pipeline_options *o, int rank, hm_shard_id *id) {
   memset(id, 0, sizeof *id);
+  int replica = 0, stage = 0, tp_rank = 0;
+  hm_pipeline_locate(o, rank, &replica, &stage, &tp_rank);
+  const int tp = o->tp[replica][stage];
   id->stage = stage;
-  if (hm_pipe_shard_path(o->train->resume, stage, o->nstages, id->path, sizeof id->path) == HM_OK &&
+  if (hm_pipe_shard_path(o->train->resume, stage, tp_rank, tp, o->nstages, id->path, sizeof id->path) == HM_OK &&
       hm_ckpt_read_meta(id->path, &id->meta) == HM_OK)
     id->ok = 1;
   else
@@ -120,12 +168,24 @@ static hm_status hm_shards_agree(const hm_pipeline_options *o, const hm_shard_id
 
 /* The same verdict on every worker: from the same gathered records of replica 0's stages (tensor-
  * parallel rank 0 of each), in stage order. */
-static hm_status hm_shards_check(const hm_pipeline_options *o, int M, const hm_shard_id *all, hm_shard_id *ids) {
+static hm_status hm_shards_check(const hm_pipeline_options *o, int M, int W, const hm_shard_id *all, hm_shard_id *ids) {
   for (int s = 0; s < o->nstages; s++) ids[s] = all[hm_pipeline_rank_of(o, 0, s, 0)];
   for (int s = 0; s < o->nstages; s++)
     if (!ids[s].ok) return hm_error(HM_ERR_INVALID_ARG, "resume: stage %d: %s", s, ids[s].err);
   for (int s = 0; s < o->nstages; s++) HM_TRY(hm_shard_fits(o, M, &ids[s]));
-  return hm_shards_agree(o, ids);
+  HM_TRY(hm_shards_agree(o, ids));
+  /* every other worker's shard (tensor-parallel ranks, other replicas) is of the same run and step */
+  for (int r = 0; r < W; r++) {
+    const hm_shard_id *x = &all[r];
+    if (!x->ok) return hm_error(HM_ERR_INVALID_ARG, "resume: stage %d (world rank %d): %s", x->stage, r, x->err);
+    if (x->meta.step != ids[0].meta.step || x->meta.run_id != ids[0].meta.run_id ||
+        x->meta.data_position != ids[0].meta.data_position)
+      return hm_error(HM_ERR_INVALID_ARG, "resume from %s: %s is step %llu of run %016llx, %s step %llu of run %016llx: "
+                      "not one run at one step", o->train->resume, x->path, (unsigned long long)x->meta.step,
+                      (unsigned long long)x->meta.run_id, ids[0].path, (unsigned long long)ids[0].meta.step,
+                      (unsigned long long)ids[0].meta.run_id);
+  }
+  return HM_OK;
 }
 
 hm_status hm_pipe_run_identity(hm_comm_t world, const hm_pipeline_options *o, int stage, int M, uint64_t *run_id,
@@ -134,13 +194,14 @@ hm_status hm_pipe_run_identity(hm_comm_t world, const hm_pipeline_options *o, in
   if (shard && cap) shard[0] = '\0';
   if (o->train->resume) {
     hm_shard_id mine;
-    hm_shard_read(o, stage, &mine);
+    (void)stage; /* the world rank says which stage and tensor-parallel rank */
+    hm_shard_read(o, hm_comm_rank(world), &mine);
     if (shard) hm_strcpy(shard, cap, mine.path);
     hm_shard_id *all = hm_calloc((size_t)hm_comm_size(world), sizeof *all, "resume: stage checkpoint headers");
     if (!all) return HM_ERR_NOMEM;
     hm_shard_id *ids = hm_calloc((size_t)o->nstages, sizeof *ids, "resume: stage checkpoint headers");
     hm_status st = ids ? hm_comm_allgather(world, &mine, all, sizeof mine, HM_UINT8) : HM_ERR_NOMEM;
-    if (st == HM_OK) st = hm_shards_check(o, M, all, ids);
+    if (st == HM_OK) st = hm_shards_check(o, M, hm_comm_size(world), all, ids);
     free(ids);
     id = all[0].meta.run_id; /* a resume continues the run it resumes */
     free(all);

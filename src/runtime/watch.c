@@ -1,14 +1,18 @@
-/* Heartbeat silence and progress watchdog over the workers of a job (watch.h).
+/* Heartbeat silence and progress watchdog over the workers of a job (watch.h), with deadlines
+ * taken from the pace measured in the job (docs/runtime.md, "Failure model").
  *
- * Silence: a rank whose beat counter has not changed for silence_ns after it was first seen is
- * stopped (SIGSTOP), frozen or dead: its heartbeat thread runs independently of training, so
- * silence is never a slow step. Watchdog: a rank that completed no step for the deadline
- * (floor, or HM_WATCH_FACTOR x the longest step seen so far, whichever is longer; first_ns for
- * its first step, counted from the job's start) is hung while still beating. When several
- * ranks are past the deadline, one whose training thread is not waiting on peers (heartbeat
- * "waiting 0": computing, writing, or stuck on its own) is named before those waiting on a
- * collective or a receive, which are its victims; among equals, the one whose progress stopped
- * first. */
+ * Silence: a rank whose beat counter has not changed for max(silence floor, HM_WATCH_FACTOR x the
+ * longest gap between two beats seen so far) after it was first seen is stopped (SIGSTOP),
+ * frozen or dead: its heartbeat thread runs independently of training, so silence is never a
+ * slow step. Watchdog: a rank that made no progress mark (a completed step, a phase change) for
+ * its phase's deadline is hung while still beating. Each phase (steps, checkpoint snapshots,
+ * evaluations) is timed on its own: the deadline is max(floor, HM_WATCH_FACTOR x the longest
+ * interval of that phase seen so far); a rank's first step counts from the job's start (start-up
+ * included) and sets the deadline of its second only; a phase's first time and the final phase
+ * (the final dump) get first_ns. When several ranks are past the deadline, one whose training
+ * thread is not waiting on peers (heartbeat "waiting 0": computing, writing, or stuck on its
+ * own) is named before those waiting on a collective or a receive, which are its victims; among
+ * equals, the one whose progress stopped first. */
 #include "runtime/watch.h"
 
 #include <stdlib.h>
@@ -24,7 +28,7 @@ hm_status hm_watch_init(hm_watch *w, const char *dir, int n, int silence_ms, int
   w->dir = dir;
   w->n = n;
   w->start_ns = hm_now_ns();
-  w->silence_ns = (uint64_t)(silence_ms > 0 ? silence_ms : 2000) * 1000000ull;
+  w->silence_floor_ns = (uint64_t)(silence_ms > 0 ? silence_ms : HM_SILENCE_FLOOR_MS) * 1000000ull;
   w->floor_ns = (uint64_t)(floor_ms > 0 ? floor_ms : 0) * 1000000ull;
   uint64_t first = (uint64_t)(first_ms > 0 ? first_ms : 60000) * 1000000ull;
   w->first_ns = first > w->floor_ns ? first : w->floor_ns;
@@ -37,10 +41,33 @@ void hm_watch_free(hm_watch *w) {
   w->r = NULL;
 }
 
+static uint64_t hm_paced(uint64_t floor, uint64_t longest) {
+  const uint64_t paced = HM_WATCH_FACTOR * longest;
+  return paced > floor ? paced : floor;
+}
+
 uint64_t hm_watch_step_deadline(const hm_watch *w, int r) {
-  if (w->r[r].step <= 0) return w->first_ns;
-  uint64_t adaptive = HM_WATCH_FACTOR * w->longest_step_ns;
-  return adaptive > w->floor_ns ? adaptive : w->floor_ns;
+  const hm_watch_rank *x = &w->r[r];
+  if (x->phase == HM_HB_FINAL) return w->first_ns;
+  if (x->phase != HM_HB_STEP) return w->longest_ns[x->phase] ? hm_paced(w->floor_ns, w->longest_ns[x->phase]) : w->first_ns;
+  if (x->nsteps <= 0) return w->first_ns;
+  /* the first step (start-up included) paces only until a steady step was seen */
+  return hm_paced(w->floor_ns, w->longest_ns[HM_HB_STEP] ? w->longest_ns[HM_HB_STEP] : w->first_step_ns);
+}
+
+uint64_t hm_watch_silence_deadline(const hm_watch *w) {
+  return hm_paced(w->silence_floor_ns, w->longest_beat_ns);
+}
+
+/* Closes rank x's interval that a new progress mark ended: it counts for the phase it was
+ * spent in (the last one read; a phase shorter than one poll is folded into its neighbour,
+ * which can only lengthen that one's deadline). */
+static void hm_watch_interval(hm_watch *w, hm_watch_rank *x, uint64_t now) {
+  const uint64_t d = now - x->mark_ns;
+  uint64_t *longest = x->phase == HM_HB_FINAL ? NULL
+                      : x->phase == HM_HB_STEP && x->nsteps == 0 ? &w->first_step_ns
+                                                                  : &w->longest_ns[x->phase];
+  if (longest && d > *longest) *longest = d;
 }
 
 /* Takes in rank r's latest heartbeat. */
@@ -48,47 +75,54 @@ static void hm_watch_read(hm_watch *w, int r, uint64_t now) {
   hm_watch_rank *x = &w->r[r];
   hm_hb_state hb;
   if (hm_hb_read(w->dir, r, &hb) != HM_OK) return;
-  if (!x->seen || hb.beat != x->beat) x->beat = hb.beat, x->beat_ns = now;
-  if (!x->seen) x->step_ns = w->start_ns;
-  if (hb.step != x->step) {
-    /* the interval between two completions seen in this job; a rank's first completion counts
-     * from the job's start (start-up included, so it can only lengthen the deadline): without it
-     * a second step slower than the floor would be taken for a hang */
-    const uint64_t since = x->seen && x->step > 0 ? x->step_ns : w->start_ns;
-    if (now - since > w->longest_step_ns) w->longest_step_ns = now - since;
-    x->step = hb.step;
-    x->step_ns = now;
-    if (hb.step > w->steps_seen) w->steps_seen = hb.step;
-    if (hb.step_wall_s > 0 && (w->first_step_wall_s == 0 || hb.step_wall_s < w->first_step_wall_s))
-      w->first_step_wall_s = hb.step_wall_s;
+  if (!x->seen) { /* intervals count from the job's start */
+    x->beat = hb.beat, x->beat_ns = now;
+    x->step = hb.step, x->marks = hb.marks, x->mark_ns = w->start_ns, x->phase = hb.phase;
   }
+  if (hb.beat != x->beat) {
+    if (now - x->beat_ns > w->longest_beat_ns) w->longest_beat_ns = now - x->beat_ns;
+    x->beat = hb.beat, x->beat_ns = now;
+  }
+  if (hb.marks != x->marks || hb.step != x->step) {
+    hm_watch_interval(w, x, now);
+    if (hb.step != x->step) x->nsteps++;
+    x->marks = hb.marks, x->mark_ns = now, x->phase = hb.phase, x->step = hb.step;
+  }
+  if (hb.step > w->steps_seen) w->steps_seen = hb.step;
+  if (hb.step_wall_s > 0 && (w->first_step_wall_s == 0 || hb.step_wall_s < w->first_step_wall_s))
+    w->first_step_wall_s = hb.step_wall_s;
   x->seen = 1;
   x->last = hb;
 }
 
 int hm_watch_check(hm_watch *w, uint64_t now, const int *exited, int *cause, double *idle_s) {
   int silent = -1, hung = -1, hung_waiting = 1;
-  uint64_t hung_since = 0;
+  uint64_t hung_since = 0, hung_limit = 0;
+  for (int r = 0; r < w->n; r++)
+    if (!(exited && exited[r])) hm_watch_read(w, r, now);
+  const uint64_t silence = hm_watch_silence_deadline(w);
   for (int r = 0; r < w->n; r++) {
     if (exited && exited[r]) continue;
-    hm_watch_read(w, r, now);
     const hm_watch_rank *x = &w->r[r];
-    if (x->seen && now - x->beat_ns > w->silence_ns && silent < 0) silent = r;
-    const uint64_t since = x->seen ? x->step_ns : w->start_ns;
-    if (!x->seen || w->floor_ns == 0 || now - since <= hm_watch_step_deadline(w, r)) continue;
+    if (!x->seen) continue;
+    if (now - x->beat_ns > silence && silent < 0) silent = r;
+    const uint64_t limit = hm_watch_step_deadline(w, r);
+    if (w->floor_ns == 0 || now - x->mark_ns <= limit) continue;
     /* prefer a rank working on its own over one waiting on peers, then the earliest stopped */
     const int waiting = x->last.waiting != 0;
-    if (hung < 0 || waiting < hung_waiting || (waiting == hung_waiting && since < hung_since))
-      hung = r, hung_since = since, hung_waiting = waiting;
+    if (hung < 0 || waiting < hung_waiting || (waiting == hung_waiting && x->mark_ns < hung_since))
+      hung = r, hung_since = x->mark_ns, hung_waiting = waiting, hung_limit = limit;
   }
   if (silent >= 0) {
     *cause = HM_FAIL_SILENT;
     *idle_s = (double)(now - w->r[silent].beat_ns) * 1e-9;
+    w->limit_s = (double)silence * 1e-9;
     return silent;
   }
   if (hung >= 0) {
     *cause = HM_FAIL_HANG;
     *idle_s = (double)(now - hung_since) * 1e-9;
+    w->limit_s = (double)hung_limit * 1e-9;
     return hung;
   }
   return -1;

@@ -126,7 +126,8 @@ static void test_help(void **state) {
 }
 
 /* Report rows "  <replica> <class> <stage> <device> <layers> <micro> <pred> <meas> <err>". */
-static int report_rows(const char *out, int *replica, int *cls, int *stage, char (*dev)[32], double *meas, int cap) {
+static int report_rows(const char *out, int *replica, int *cls, int *stage, char (*dev)[32], double *meas,
+                       double *predicted, int cap) {
   int n = 0;
   const char *p = strstr(out, "predicted vs measured");
   for (p = p ? strchr(p, '\n') : NULL; p && n < cap; p = strchr(p + 1, '\n')) {
@@ -137,6 +138,7 @@ static int report_rows(const char *out, int *replica, int *cls, int *stage, char
                &pred, m) != 8)
       continue;
     meas[n] = strcmp(m, "-") ? atof(m) : -1;
+    predicted[n] = pred;
     n++;
   }
   return n;
@@ -153,8 +155,9 @@ static const char two_type_cluster[] =
     "   \"devices\": [{\"type\": \"cpu\", \"count\": 1}, {\"type\": \"cpu-half\", \"count\": 1}],\n"
     "   \"host_link\": {\"bandwidth\": 5e9, \"latency\": 5e-6}}]}\n";
 
-/* The replicas of plan.json in worker order: class and device type of each (one-stage classes). */
-static int plan_replicas(const char *path, int *cls, char (*dev)[32], int cap) {
+/* The replicas of plan.json in worker order: class, device type and recorded predicted compute
+ * ("busy_s") of each (one-stage classes). */
+static int plan_replicas(const char *path, int *cls, char (*dev)[32], double *busy, int cap) {
   char *buf = malloc(1 << 20);
   assert_non_null(buf);
   assert_int_equal(hm_t_read_file(path, buf, 1 << 20), 0);
@@ -169,6 +172,7 @@ static int plan_replicas(const char *path, int *cls, char (*dev)[32], int cap) {
     for (int r = 0; r < cJSON_GetObjectItem(cl, "replicas")->valueint && n < cap; r++, n++) {
       cls[n] = c;
       snprintf(dev[n], sizeof dev[n], "%s", cJSON_GetObjectItem(cJSON_GetArrayItem(stages, 0), "device_type")->valuestring);
+      busy[n] = cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetArrayItem(stages, 0), "predicted"), "busy_s")->valuedouble;
     }
     c++;
   }
@@ -198,17 +202,22 @@ static void test_report_every_replica(void **state) {
   if (rc != 0) fail_msg("train --cluster failed (%d):\n%s", rc, tail(out, 1500));
   int pcls[8], rep[16], cls[16], stage[16];
   char pdev[8][32], dev[16][32];
-  double meas[16];
+  double meas[16], pred[16], pbusy[8];
   snprintf(path, sizeof path, "%s/run/plan.json", dir);
-  const int R = plan_replicas(path, pcls, pdev, 8);
+  const int R = plan_replicas(path, pcls, pdev, pbusy, 8);
   if (R != 2 || strcmp(pdev[0], pdev[1]) == 0)
     fail_msg("the planner did not choose two replicas of different device types (%d replicas):\n%s", R, tail(out, 1500));
-  const int n = report_rows(out, rep, cls, stage, dev, meas, 16);
+  const int n = report_rows(out, rep, cls, stage, dev, meas, pred, 16);
   if (n != R) fail_msg("%d report rows for %d replicas:\n%s", n, R, tail(out, 1500));
   for (int i = 0; i < n; i++) {
     if (rep[i] != i || cls[i] != pcls[i] || stage[i] != 0 || strcmp(dev[i], pdev[i]) != 0 || !(meas[i] > 0))
       fail_msg("row %d: replica %d class %d stage %d device %s measured %g; plan: class %d device %s\n%s", i, rep[i],
                cls[i], stage[i], dev[i], meas[i], pcls[i], pdev[i], tail(out, 1500));
+    /* the predicted column is plan.json's recorded compute, as printed (%.4f) */
+    char want[32], got[32];
+    snprintf(want, sizeof want, "%.4f", pbusy[i]);
+    snprintf(got, sizeof got, "%.4f", pred[i]);
+    if (strcmp(want, got) != 0) fail_msg("row %d: predicted %s, plan.json's busy_s %s\n%s", i, got, want, tail(out, 1500));
   }
   assert_non_null(strstr(out, "utilization vs profile-predicted bound: "));
   const char *mb = strstr(out, "utilization vs measured bound: ");

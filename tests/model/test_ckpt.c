@@ -253,6 +253,58 @@ static void test_f64_and_encode(void **state) {
   free(enc);
 }
 
+/* A manifest of tensor-parallel shards (version 2): stage 0 unsplit, stage 1 over 3 ranks, each
+ * with its tp rank and size; it reads back, every shard is found by (stage, tp rank) and counts
+ * for completeness; shards out of order or misnamed are refused naming the shard. */
+static void test_manifest_of_tensor_parallel_shards(void **state) {
+  (void)state;
+  char dir[600], path[700], got[700];
+  snprintf(dir, sizeof dir, "%s/tp-run/step-00000004", tmpdir);
+  snprintf(path, sizeof path, "%s/tp-run", tmpdir);
+  assert_int_equal(mkdir(path, 0755), 0);
+  assert_int_equal(mkdir(dir, 0755), 0);
+  float a[1000], b[37];
+  hm_ckpt_manifest m;
+  memset(&m, 0, sizeof m);
+  m.run_id = 7, m.step = 4, m.data_position = 16, m.nstages = 2, m.world = 4, m.nshards = 4;
+  for (int k = 0; k < 4; k++) {
+    hm_ckpt_shard_info *i = &m.shards[k];
+    i->stage = k > 0, i->tp_rank = k > 0 ? k - 1 : 0, i->tp_size = k > 0 ? 3 : 1;
+    hm_ckpt_shard_name(i->stage, i->tp_rank, i->tp_size, i->file, sizeof i->file);
+    snprintf(path, sizeof path, "%s/%s", dir, i->file);
+    write_sample(path, a, b);
+    assert_int_equal(hm_ckpt_file_hash(path, &i->xxh3, &i->bytes), HM_OK);
+  }
+  assert_string_equal(m.shards[2].file, "stage1.tp1.hmc");
+  assert_int_equal(hm_ckpt_manifest_write(dir, &m), HM_OK);
+  hm_ckpt_manifest r;
+  assert_int_equal(hm_ckpt_manifest_read(dir, &r, NULL, 0), HM_OK);
+  assert_int_equal(hm_ckpt_manifest_nshards(&r), 4);
+  assert_int_equal(hm_ckpt_manifest_find(&r, 1, 2), 3);
+  assert_int_equal(hm_ckpt_manifest_find(&r, 1, 3), -1);
+  assert_int_equal(r.shards[3].tp_size, 3);
+  assert_int_equal(hm_ckpt_manifest_verify(dir, &r), HM_OK);
+  snprintf(path, sizeof path, "%s/tp-run", tmpdir);
+  int64_t step = 0;
+  assert_int_equal(hm_ckpt_newest_complete(path, got, sizeof got, &step), HM_OK);
+  assert_int_equal(step, 4);
+  snprintf(path, sizeof path, "%s/stage1.tp2.hmc", dir); /* one tensor-parallel shard lost */
+  assert_int_equal(unlink(path), 0);
+  snprintf(path, sizeof path, "%s/tp-run", tmpdir);
+  assert_int_equal(hm_ckpt_newest_complete(path, got, sizeof got, &step), HM_ERR_NOT_FOUND);
+  /* ranks out of order, and a file named for another rank */
+  hm_ckpt_manifest bad = m;
+  bad.shards[2].tp_rank = 2, bad.shards[3].tp_rank = 1;
+  assert_int_equal(hm_ckpt_manifest_write(dir, &bad), HM_OK);
+  assert_int_equal(hm_ckpt_manifest_read(dir, &r, NULL, 0), HM_ERR_CORRUPT);
+  assert_non_null(strstr(hm_last_error(), "shard 2"));
+  bad = m;
+  snprintf(bad.shards[1].file, sizeof bad.shards[1].file, "stage1.tp1.hmc");
+  assert_int_equal(hm_ckpt_manifest_write(dir, &bad), HM_OK);
+  assert_int_equal(hm_ckpt_manifest_read(dir, &r, NULL, 0), HM_ERR_CORRUPT);
+  assert_non_null(strstr(hm_last_error(), "stage1.tp0.hmc"));
+}
+
 /* A step folder counts only with a manifest whose shards are all there with their sizes; the
  * newest complete one is found, damage is named, pruning keeps the newest complete ones. */
 static void test_manifest_and_newest_complete(void **state) {
@@ -340,6 +392,7 @@ int main(void) {
                                      cmocka_unit_test(test_overlapping_tensors), cmocka_unit_test(test_versions),
                                      cmocka_unit_test(test_f64_and_encode),
                                      cmocka_unit_test(test_manifest_and_newest_complete),
+      cmocka_unit_test(test_manifest_of_tensor_parallel_shards),
                                      cmocka_unit_test(test_llama_config_roundtrip)};
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   char cmd[600];

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include <cmocka.h>
+#include <dirent.h>
 #include <sys/mount.h>
 
 #include "hetmix/model.h"
@@ -32,7 +33,7 @@ static char work[128], tokpath[256];
 static uint64_t rng_state;
 /* the model and stages of run_job: the tiny one, or one with enough compute per step (tens of
  * ms) for the fail-slow rule's 10 ms floor */
-static const char *job_model = MODEL, *job_stages = "0,3,8";
+static const char *job_model = MODEL, *job_stages = "0,3,8", *job_steps = "12";
 /* one more launch option of run_job and its value (--launcher, --watchdog) */
 static const char *job_lopt = "--grace-ms", *job_lval = "2000";
 
@@ -41,8 +42,12 @@ static uint64_t rnd(uint64_t n) {
   return rng_state % n;
 }
 
-/* A restartable job: `nranks` (2: stages 0,3,8; 4: the same x 2 replicas), --dump dir with a
- * checkpoint every 2 steps, HETMIX_FAULT = fault (NULL: none). Returns the exit status (-1 at the
+/* --max-restarts of run_job, and a --resume of its workers (NULL: none) */
+static const char *job_restarts = "3", *job_resume = NULL;
+
+/* A restartable job: `nranks` (2: stages 0,3,8; 4: the same x 2 replicas; 3: stage 1 tensor-
+ * parallel over 2 ranks, --tp 1,2), --dump dir with a checkpoint every 2 steps, HETMIX_FAULT =
+ * fault (NULL: none). Returns the exit status (-1 at the
  * deadline); stderr into err, the launcher's events (JSON lines) into ev. */
 static int run_job(const char *dir, int nranks, int f64, const char *fault, char *err, size_t cap, char *ev,
                    size_t evcap) {
@@ -51,13 +56,15 @@ static int run_job(const char *dir, int nranks, int f64, const char *fault, char
   snprintf(evp, sizeof evp, "%s.events", dir);
   snprintf(n_s, sizeof n_s, "%d", nranks);
   unlink(evp);
-  char *argv[48] = {(char *)hetmix_bin, "launch", "-n", n_s, "--max-restarts", "3", "--timeout", "150", "--events",
+  char *argv[48] = {(char *)hetmix_bin, "launch", "-n", n_s, "--max-restarts", (char *)job_restarts, "--timeout", "150", "--events",
                     evp, (char *)job_lopt, (char *)job_lval, "--",
-                    (char *)hetmix_bin, "worker", "--model", (char *)job_model, "--data", tokpath, "--steps", "12",
+                    (char *)hetmix_bin, "worker", "--model", (char *)job_model, "--data", tokpath, "--steps", (char *)job_steps,
                     "--batch", "2", "--stages", (char *)job_stages, "--quiet", "--dump", (char *)dir,
                     "--ckpt-every", "2", "--keep", "2"};
   int n = 32;
   if (nranks == 4) argv[n++] = "--micro", argv[n++] = "1,1";
+  if (nranks == 3) argv[n++] = "--tp", argv[n++] = "1,2";
+  if (job_resume) argv[n++] = "--resume", argv[n++] = (char *)job_resume;
   if (f64) argv[n++] = "--device", argv[n++] = "ref:dtype=f64";
   argv[n] = NULL;
   if (fault) setenv("HETMIX_FAULT", fault, 1);
@@ -128,6 +135,79 @@ static void test_kill_random_rank_at_random_step(void **state) {
   trial("kill", 2, 0, fault, rank, "signal");
 }
 
+/* A tensor-parallel layout (stage 1 split over ranks 1 and 2) checkpoints each rank's shard; a
+ * killed rank of either stage resumes from them bitwise. */
+static void test_tp_kill_random_rank(void **state) {
+  (void)state;
+  char fault[96];
+  const int rank = (int)rnd(3), step = 1 + (int)rnd(STEPS - 1);
+  snprintf(fault, sizeof fault, "kill:rank=%d:step=%d", rank, step);
+  trial("kill-tp", 3, 0, fault, rank, "signal");
+}
+
+/* The folder of a run's peer copies under root (hmpeer-<uid>-<run>), or "" while none. */
+static void peer_run_dir(const char *root, char *out, size_t cap) {
+  out[0] = '\0';
+  DIR *d = opendir(root);
+  if (!d) return;
+  for (struct dirent *e; (e = readdir(d)) != NULL;)
+    if (strncmp(e->d_name, "hmpeer-", 7) == 0) snprintf(out, cap, "%s/%s", root, e->d_name);
+  closedir(d);
+}
+
+/* A resume of the tensor-parallel layout from a checkpoint, ending bitwise equal to the
+ * uninterrupted run; `what` names it. */
+static void tp_resume_equal(const char *name, const char *from, const char *what) {
+  char dir[300], ref[300], err[32768], ev[4096], a[400], b[400];
+  snprintf(dir, sizeof dir, "%s/%s", work, name);
+  snprintf(ref, sizeof ref, "%s/ref3", work);
+  job_resume = from, job_restarts = "0";
+  const int rc = run_job(dir, 3, 0, NULL, err, sizeof err, ev, sizeof ev);
+  job_resume = NULL, job_restarts = "3";
+  if (rc != 0) fail_msg("resuming from %s (%s) failed:\n%s", from, what, err);
+  for (int s = 0; s < 2; s++) {
+    snprintf(a, sizeof a, "%s/stage%d.hmc", ref, s);
+    snprintf(b, sizeof b, "%s/stage%d.hmc", dir, s);
+    assert_same_state(a, b);
+  }
+}
+
+/* Tensor-parallel shards in the peers' memory: rank 2 (stage 1's second tensor-parallel rank)
+ * is killed at step 9 with no restart; the newest checkpoint complete in memory resumes
+ * bitwise, from the peer folder itself and from the disk manifest of that step with rank 2's
+ * disk shard lost (its peer copy stands in). */
+static void test_tp_shard_from_peer_copy(void **state) {
+  (void)state;
+  char root[300], peer[600], mem[800], dir[300], err[32768], ev[4096], disk[400], lost[440];
+  reference("ref3", 3, 0);
+  snprintf(root, sizeof root, "%s/shm-tp", work);
+  snprintf(dir, sizeof dir, "%s/tp-killed", work);
+  assert_int_equal(mkdir(root, 0700), 0);
+  setenv("HETMIX_PEER_DIR", root, 1);
+  job_restarts = "0";
+  const int rc = run_job(dir, 3, 0, "kill:rank=2:step=9", err, sizeof err, ev, sizeof ev);
+  job_restarts = "3";
+  if (rc != 128 + 9) fail_msg("the job with rank 2 killed ended with status %d:\n%s", rc, err);
+  int64_t n = 0;
+  peer_run_dir(root, peer, sizeof peer);
+  if (!peer[0] || hm_ckpt_newest_complete(peer, mem, sizeof mem, &n) != HM_OK)
+    fail_msg("no complete checkpoint in the peers' memory (%s): %s", root, hm_last_error());
+  setenv("HETMIX_PEER_DIR", "none", 1); /* a run that ends well removes its peer copies: not these yet */
+  tp_resume_equal("tp-from-mem", mem, "the peer folder");
+  setenv("HETMIX_PEER_DIR", root, 1);
+  snprintf(disk, sizeof disk, "%s/step-%08lld", dir, (long long)n);
+  snprintf(lost, sizeof lost, "%s/manifest.json", disk);
+  const int on_disk = access(lost, F_OK) == 0;
+  if (on_disk) {
+    snprintf(lost, sizeof lost, "%s/stage1.tp1.hmc", disk);
+    assert_int_equal(unlink(lost), 0);
+    tp_resume_equal("tp-from-disk", disk, "the disk manifest, rank 2's shard lost");
+  }
+  unsetenv("HETMIX_PEER_DIR");
+  print_message("  tp-peer        rank 2 killed at step 9: step %lld resumed bitwise from the peer folder%s\n", (long long)n,
+                on_disk ? " and from the disk manifest with stage1.tp1.hmc lost" : "");
+}
+
 static void test_sigstop_is_a_silent_rank(void **state) {
   (void)state;
   char fault[96];
@@ -165,17 +245,103 @@ static void test_external_launcher_restart(void **state) {
   job_lopt = "--grace-ms", job_lval = "2000";
 }
 
+/* How late the watchdog named a hang: the launcher's "made no progress for X s ... deadline Y s"
+ * and the time from the fault's announcement to the failure in the events. Named within the
+ * deadline: X and the detection time exceed Y by at most one poll period (50 ms) plus the
+ * launcher's own wake-up delay on a loaded machine, bounded here by 0.5 s. */
+static void assert_named_within_deadline(const char *name, const char *err, const char *ev) {
+  const char *p = strstr(err, "made no progress for ");
+  const char *q = p ? strstr(p, "watchdog's deadline ") : NULL;
+  const char *f = strstr(err, "hetmix fault: hang rank ");
+  const char *e = strstr(ev, "\"failed_wall_s\":");
+  double idle = 0, limit = 0, fault_at = 0, failed_at = 0;
+  if (!p || !q || !f || !e || sscanf(p, "made no progress for %lf", &idle) != 1 ||
+      sscanf(q, "watchdog's deadline %lf", &limit) != 1 || !strstr(f, " at ") ||
+      sscanf(strstr(f, " at "), " at %lf", &fault_at) != 1 || sscanf(e, "\"failed_wall_s\":%lf", &failed_at) != 1)
+    fail_msg("%s: no hang report with its deadline:\n%s\n%s", name, err, ev);
+  const double detect = failed_at - fault_at;
+  print_message("  %-14s deadline %.2f s, no progress for %.2f s, fault to named %.2f s\n", name, limit, idle, detect);
+  if (idle > limit + 0.5 || detect > limit + 0.5) fail_msg("%s: named %.2f s after the fault, deadline %.2f s", name, detect, limit);
+}
+
 /* A rank whose training thread stops while its heartbeat goes on is caught by the progress
- * watchdog (its floor lowered to 2 s for the test) and named: it is the one not waiting on a
- * peer. */
+ * watchdog (default floor, paced by the measured steps) and named within its deadline: it is
+ * the one not waiting on a peer. */
 static void test_hang_caught_by_watchdog(void **state) {
   (void)state;
-  char fault[96];
-  const int rank = (int)rnd(2), step = 2 + (int)rnd(STEPS - 2);
+  char fault[96], err[32768], ev[8192], errp[320], evp[320];
+  const int rank = (int)rnd(2), step = 3 + (int)rnd(STEPS - 3);
   snprintf(fault, sizeof fault, "hang:rank=%d:step=%d", rank, step);
-  job_lopt = "--watchdog", job_lval = "2";
   trial("hang", 2, 0, fault, rank, "hang");
-  job_lopt = "--grace-ms", job_lval = "2000";
+  snprintf(errp, sizeof errp, "%s/hang.err", work);
+  snprintf(evp, sizeof evp, "%s/hang.events", work);
+  hm_t_read_file(errp, err, sizeof err);
+  hm_t_read_file(evp, ev, sizeof ev);
+  assert_named_within_deadline("hang", err, ev);
+}
+
+/* ---- the watchdog on a loaded machine (`test_restart watchdog`, its own ctest entry) */
+
+enum { MAX_HOGS = 16 };
+static pid_t hogs[MAX_HOGS];
+static int nhogs;
+
+/* One process spinning on the CPU per online core (2 at least), each ending itself after 240 s
+ * at the latest. */
+static void hogs_start(void) {
+  const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  nhogs = cpus < 2 ? 2 : cpus > MAX_HOGS ? MAX_HOGS : (int)cpus;
+  for (int i = 0; i < nhogs; i++) {
+    hogs[i] = fork();
+    assert_true(hogs[i] >= 0);
+    if (hogs[i] == 0) {
+      alarm(240);
+      volatile uint64_t x = 0;
+      for (;;) x = hm_splitmix64(x);
+    }
+  }
+}
+
+static void hogs_stop(void) {
+  for (int i = 0; i < nhogs; i++)
+    if (hogs[i] > 0) kill(hogs[i], SIGKILL), waitpid(hogs[i], NULL, 0), hogs[i] = 0;
+}
+
+/* A clean run beside CPU hogs finishes on its first attempt: the paced deadlines (default
+ * floors) never take a slow step, a checkpoint snapshot or a late beat for a failure. 80 steps
+ * of tens of ms each (the fail-slow test's model), a checkpoint every 2. */
+static void test_loaded_clean_run_no_restart(void **state) {
+  (void)state;
+  char dir[300], err[32768], ev[8192];
+  snprintf(dir, sizeof dir, "%s/hog-clean", work);
+  hogs_start();
+  const double t0 = hm_t_now();
+  job_model = "L4,C192,NH4,V256,T64", job_stages = "0,3,6", job_steps = "80";
+  int rc = run_job(dir, 2, 0, NULL, err, sizeof err, ev, sizeof ev);
+  job_model = MODEL, job_stages = "0,3,8", job_steps = "12";
+  hogs_stop();
+  if (rc != 0) fail_msg("the clean run under load failed (status %d):\n%s", rc, err);
+  if (strstr(ev, "peer dead") || strstr(ev, "\"attempt\":1") || !strstr(ev, "\"attempt\":0,\"status\":\"ok\""))
+    fail_msg("the clean run under load was taken for a failure:\n%s\n%s", ev, err);
+  print_message("  hog-clean      %d CPU hogs: 80 steps finished on the first attempt in %.1f s, no restart\n", nhogs,
+                hm_t_now() - t0);
+}
+
+/* The same load: a hang is named within its deadline and the run recovers bitwise. */
+static void test_loaded_hang_named_within_deadline(void **state) {
+  (void)state;
+  char fault[96], err[32768], ev[8192], errp[320], evp[320];
+  const int rank = (int)rnd(2), step = 3 + (int)rnd(STEPS - 3);
+  snprintf(fault, sizeof fault, "hang:rank=%d:step=%d", rank, step);
+  reference("ref2", 2, 0);
+  hogs_start();
+  trial("hog-hang", 2, 0, fault, rank, "hang");
+  hogs_stop();
+  snprintf(errp, sizeof errp, "%s/hog-hang.err", work);
+  snprintf(evp, sizeof evp, "%s/hog-hang.events", work);
+  hm_t_read_file(errp, err, sizeof err);
+  hm_t_read_file(evp, ev, sizeof ev);
+  assert_named_within_deadline("hog-hang", err, ev);
 }
 
 /* --drop-after 1 on 2 replicas x 2 stages: the replica of a killed rank is dropped, the other
@@ -267,7 +433,8 @@ static void test_watch_counts_first_step(void **state) {
   assert_int_equal(hm_hb_start(0, "cpu"), HM_OK);
   int cause = 0;
   double idle = 0;
-  usleep(300 * 1000); /* the first step takes 300 ms */
+  usleep(300 * 1000); /* the first step takes 300 ms; the launcher reads its start */
+  assert_int_equal(hm_watch_check(&w, hm_now_ns(), NULL, &cause, &idle), -1);
   hm_hb_step(1);
   assert_int_equal(hm_watch_check(&w, hm_now_ns(), NULL, &cause, &idle), -1);
   const uint64_t d = hm_watch_step_deadline(&w, 0);
@@ -275,7 +442,7 @@ static void test_watch_counts_first_step(void **state) {
   unsetenv("HETMIX_HEARTBEAT_DIR");
   hm_watch_free(&w);
   print_message("  deadline after the first 300 ms step: %.2f s (floor 0.1 s)\n", (double)d * 1e-9);
-  assert_true(d >= (uint64_t)HM_WATCH_FACTOR * 300000000u);
+  assert_true(d >= (uint64_t)HM_WATCH_FACTOR * 300000000u && d < 60000000000u);
 }
 
 static void test_fail_slow_rule(void **state) {
@@ -408,6 +575,11 @@ int main(int argc, char **argv) {
     const struct CMUnitTest f64_tests[] = {cmocka_unit_test(test_f64_kill_random_rank)};
     return cmocka_run_group_tests(f64_tests, setup, teardown);
   }
+  if (argc > 1 && strcmp(argv[1], "watchdog") == 0) { /* `test_restart watchdog`: its own ctest entry */
+    const struct CMUnitTest load_tests[] = {cmocka_unit_test(test_loaded_clean_run_no_restart),
+                                            cmocka_unit_test(test_loaded_hang_named_within_deadline)};
+    return cmocka_run_group_tests(load_tests, setup, teardown);
+  }
   if (argc > 1 && strcmp(argv[1], "diskfull") == 0) {
     if (setup(NULL) != 0) return 1;
     char ref[300], err[16384], ev[4096];
@@ -420,6 +592,8 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_watch_counts_first_step),
       cmocka_unit_test(test_fail_slow_rule),
       cmocka_unit_test(test_kill_random_rank_at_random_step),
+      cmocka_unit_test(test_tp_kill_random_rank),
+      cmocka_unit_test(test_tp_shard_from_peer_copy),
       cmocka_unit_test(test_sigstop_is_a_silent_rank),
       cmocka_unit_test(test_kill_during_checkpoint_write),
       cmocka_unit_test(test_two_ranks_killed_in_one_step),
