@@ -358,6 +358,7 @@ static hm_status connect_mesh(hm_comm_t c, const hm_rank_info *info, uint64_t de
   }
   HM_TRY(check_table(c, info));
   HM_TRY(hm_topo_build(&c->topo, info, n, me));
+  hm_topo_peer_links(&c->topo, info, n, me, c->peers);
   wait_policy(c, hm_topo_same_machine(info, n, me));
   /* tuner constants: the same on every rank because they derive from the shared table */
   hm_transport_job_link(info, n, &c->link);

@@ -226,6 +226,11 @@ typedef struct hm_topo {
 hm_status hm_topo_local(hm_rank_info *me);
 hm_status hm_topo_build(hm_topo *t, const hm_rank_info *info, int n, int me);
 void hm_topo_free(hm_topo *t);
+/* Sets each peer's link_bw (the compression decision's link figure) from rank 0's environment
+ * figures: a peer of another pool gets the cross link's bandwidth, one of this pool on another
+ * host the pool link's; a peer on this host, or a class without a figure, keeps 0 (unknown). */
+struct hm_peer;
+void hm_topo_peer_links(const hm_topo *t, const hm_rank_info *info, int n, int me, struct hm_peer *peers);
 /* How many ranks of the table share rank me's machine (cores), whatever their host. */
 int hm_topo_same_machine(const hm_rank_info *info, int n, int me);
 

@@ -75,7 +75,6 @@ hm_status hm_zip_parse(const unsigned char *p, size_t n, size_t max_raw, hm_zip_
  * decode to exactly raw_len / planes bytes. */
 hm_status hm_zip_decode(hm_zip_ctx *z, const hm_zip_frame *f, void *dst);
 
-#endif
 
 /* ---- policy and the TCP transport's hooks (compress_link.c) ---- */
 struct hm_comm;
@@ -131,3 +130,5 @@ hm_status hm_zip_rx_parse(struct hm_comm *c, int r, const char *p, uint32_t len,
 hm_status hm_zip_rx_decode(struct hm_comm *c, int r, const hm_zip_frame *f, void *dst);
 /* Logs what was compressed for r (level info) and frees the state. */
 void hm_zip_peer_free(struct hm_comm *c, int r);
+
+#endif
