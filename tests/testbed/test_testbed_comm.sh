@@ -2,7 +2,8 @@
 # hmcomm across the testbed: `hetmix launch --cluster C --netns` starts 8 ranks in 4 namespaces
 # (2 pools x 2 hosts x 2 ranks: shared memory inside a host, TCP between hosts) and
 # `hetmix bench comm -c 1` checks every result of allreduce (ring, hierarchical, the tuner's
-# choice), reduce_scatter and allgather, 4 KiB - 1 MiB, with exactly representable values;
+# choice; hier again over 4 TCP streams per pair), reduce_scatter and allgather, 4 KiB - 1 MiB,
+# with exactly representable values;
 # `hetmix profile --netns` measures the link inside a pool and the link between pools, and
 # `hetmix launch --netns --profile` hands those figures to the ranks' tuner.
 # Exits 77 (skipped) where network namespaces cannot be made.
@@ -32,6 +33,7 @@ run() { # what, bench args...
   [ "$(grep -c 'selftest ok' "$work/self")" = 8 ] && echo "ok   worker selftest on 8 ranks" ||
   { echo "FAIL: worker selftest"; cat "$work/self"; fail=1; }
 for algo in ring hier auto; do run "allreduce $algo" allreduce -b 4K -e 1M -f 16 --algo "$algo" -d all; done
+HETMIX_TCP_STREAMS=4 run "allreduce hier, 4 TCP streams per pair" allreduce -b 4K -e 1M -f 16 --algo hier -d float
 run "reduce_scatter" reduce_scatter -b 4K -e 1M -f 16
 run "allgather" allgather -b 4K -e 1M -f 16
 # hetmix profile --netns probes both link classes between namespaces (a 1 MiB message takes
