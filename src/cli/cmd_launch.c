@@ -180,7 +180,11 @@ int hm_cmd_launch(int argc, char **argv) {
   if (netns) {
     if (!cluster_path) return hm_cli_fail("scripts/testbed.sh up --out C writes one", "--netns needs --cluster C");
     hm_status hst = hm_launch_hosts_from_cluster(cluster_path, plan_path, profile_path, &hosts);
-    if (hst != HM_OK) return hm_cli_fail_status(hst, "launch --netns", "bring the testbed up: scripts/testbed.sh up");
+    if (hst != HM_OK)
+      return hm_cli_fail_status(hst, "launch --netns",
+                                profile_path ? "bring the testbed up (scripts/testbed.sh up); --profile takes what "
+                                               "`hetmix profile --netns -o P` writes"
+                                             : "bring the testbed up: scripts/testbed.sh up");
     if (opts.nworkers > 0 && opts.nworkers != hosts.n) {
       hm_launch_hosts_free(&hosts);
       return hm_cli_fail("leave -n out with --netns", "the cluster has %d ranks, the job %d", hosts.n, opts.nworkers);

@@ -83,7 +83,8 @@ static hm_status plan_devices(const char *plan_path, int64_t **dev, int *n) {
 /* The profile's measured classes replace the file's figures where it has them. */
 static hm_status profile_links(const char *path, hm_link *pool, hm_link *cross, int has_cross) {
   hm_profile p;
-  HM_TRY(hm_profile_load(path, &p));
+  hm_status st = hm_profile_load(path, &p);
+  if (st != HM_OK) return hm_error_context(st, "--profile: ");
   hm_link l;
   if (hm_profile_host_link(&p, 0, &l)) *pool = (hm_link){l.bandwidth, l.latency, pool->reduce_bw};
   if (has_cross && hm_profile_host_link(&p, 1, &l)) *cross = (hm_link){l.bandwidth, l.latency, cross->reduce_bw};
