@@ -13,8 +13,12 @@
  *     Two forked ranks over TCP send the file's bytes from rank 0 to rank 1 (the receiver checks
  *     them bit for bit and answers with 8 bytes), with compression off, zstd and lz4 in turn
  *     (HETMIX_LINK_BW = B tells hmcomm the link's bandwidth; the cost model decides per chunk).
- *     Prints the median time of R rounds and the effective bandwidth side by side, and the ratio
- *     to uncompressed. bench/comm/zip_link.sh runs it over a loopback shaped to 1 Gbit/s. */
+ *     Prints, per codec beside uncompressed: the median time of R rounds, the effective bandwidth
+ *     and uncompressed's, their ratio, the wire / raw bytes the run actually sent, and what the
+ *     sender measured of the codec (running means of compress and decompress throughput and
+ *     ratio, the figures hm_cost_zip_pays decides with) with the bandwidth the cost model expects
+ *     from them, min(compress, link / ratio, decompress). bench/comm/zip_link.sh runs it over a
+ *     loopback shaped to 1 Gbit/s. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +27,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "comm/comm_internal.h"
 #include "comm/compress.h"
 #include "hetmix/comm.h"
 #include "hetmix/device.h"
@@ -185,6 +190,22 @@ static int cmp_double(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
+/* What rank 0's communicator of one mode knows after the rounds (its compression state for rank 1). */
+typedef struct link_stats {
+  double offered, wire;    /* candidate bytes and what they took on the wire */
+  hm_zip_figures fig;      /* running means for the element size */
+} link_stats;
+
+static void link_stats_of(hm_comm_t c, size_t es, link_stats *s) {
+  memset(s, 0, sizeof *s);
+  const hm_zip_peer *z = c->peers[1].zip;
+  if (!z) return;
+  s->offered = (double)z->offered;
+  s->wire = (double)(z->offered - z->zipped_raw + z->zipped_wire);
+  const hm_zip_stream *st = &z->stream[es == 1 ? 0 : es == 2 ? 1 : es == 4 ? 2 : 3];
+  if (st->known) s->fig = st->fig;
+}
+
 /* One rank: for every round and mode, rank 0 sends the buffer and waits for the 8-byte answer. */
 static int link_rank(int rank, hm_unique_id ids[NMODES], const void *buf, size_t count, hm_dtype dt, int rounds,
                      int pipefd) {
@@ -220,7 +241,9 @@ static int link_rank(int rank, hm_unique_id ids[NMODES], const void *buf, size_t
         return 1;
       }
     }
-  if (rank == 0 && write(pipefd, t, sizeof *t * rounds * NMODES) < 0) return 1;
+  link_stats ls[NMODES];
+  for (int m = 0; m < NMODES; m++) link_stats_of(c[m], hm_dtype_size(dt), &ls[m]);
+  if (rank == 0 && (write(pipefd, t, sizeof *t * rounds * NMODES) < 0 || write(pipefd, ls, sizeof ls) < 0)) return 1;
   for (int m = 0; m < NMODES; m++) hm_comm_destroy(c[m]);
   free(rx), free(t);
   return 0;
@@ -258,19 +281,29 @@ static int cmd_link(const char *file, const char *dtype, double link_bw, int rou
     bad |= !WIFEXITED(st) || WEXITSTATUS(st) != 0;
   }
   double *t = calloc((size_t)rounds * NMODES, sizeof *t);
-  if (bad || read(pfd[0], t, sizeof *t * rounds * NMODES) != (ssize_t)(sizeof *t * rounds * NMODES)) return 1;
+  link_stats ls[NMODES];
+  if (bad || read(pfd[0], t, sizeof *t * rounds * NMODES) != (ssize_t)(sizeof *t * rounds * NMODES) ||
+      read(pfd[0], ls, sizeof ls) != (ssize_t)sizeof ls)
+    return 1;
   printf("# %s %s, %.2f MiB rank 0 -> rank 1 over TCP, link %.0f MB/s (HETMIX_LINK_BW); median of %d rounds\n",
          file, dtype, bytes / 1048576.0, link_bw / 1e6, rounds);
-  printf("# effective bandwidth = bytes / (send + 8-byte answer); ratio = effective / uncompressed\n");
-  printf("%-6s %10s %12s %8s\n", "codec", "time(ms)", "eff MB/s", "ratio");
-  double base = 0;
+  printf("# effective bandwidth = bytes / (send + 8-byte answer); x raw = effective / uncompressed's;\n"
+         "# wire/raw = bytes sent / bytes offered (all rounds; probes included); sender's codec means:\n"
+         "# compress / decompress MB/s and ratio; model MB/s = min(compress, link / ratio, decompress)\n");
+  printf("%-6s %9s %9s %9s %9s %7s %8s %9s %9s %7s %9s\n", "codec", "raw(ms)", "time(ms)", "raw MB/s", "eff MB/s",
+         "x raw", "wire/raw", "comp MB/s", "dec MB/s", "ratio", "model MB/s");
+  double base = 0, base_ms = 0;
   for (int m = 0; m < NMODES; m++) {
     double v[64];
     for (int i = 0; i < rounds; i++) v[i] = t[i * NMODES + m];
     qsort(v, (size_t)rounds, sizeof v[0], cmp_double);
     const double med = v[rounds / 2], eff = bytes / med;
-    if (m == 0) base = eff;
-    printf("%-6s %10.1f %12.1f %8.2f\n", modes[m], med * 1e3, eff / 1e6, eff / base);
+    if (m == 0) base = eff, base_ms = med * 1e3;
+    const link_stats *s = &ls[m];
+    const double model = hm_cost_zip_bandwidth(link_bw, &s->fig);
+    printf("%-6s %9.1f %9.1f %9.1f %9.1f %6.2fx %8.3f %9.0f %9.0f %7.3f %9.1f\n", modes[m], base_ms, med * 1e3,
+           base / 1e6, eff / 1e6, eff / base, s->offered > 0 ? s->wire / s->offered : 1.0, s->fig.compress_bw / 1e6,
+           s->fig.decompress_bw / 1e6, s->fig.ratio, model / 1e6);
   }
   free(t), free(buf);
   return 0;

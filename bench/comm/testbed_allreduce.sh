@@ -6,6 +6,9 @@
 # POOLS=2 HOSTS=2 (per pool) DEVICES=2 (ranks per host), MIN=64K MAX=64M, ITERS=3 WARMUP=1.
 # Rates stay at hundreds of Mbit/s so that the two loaded cores of a CI machine can drive every
 # shaped link at its rate: a link the CPU cannot fill would measure the CPU, not the link.
+# Compression is off (HETMIX_COMPRESS=off): the bench's small-integer values would compress far
+# below the links' bound (bench/comm/zip_link.sh measures compression on real gradients).
+# HETMIX_TCP_STREAMS=N in the environment stripes each TCP pair over N connections.
 # Needs root (network namespaces). Columns:
 #   ring, hier        measured time per allreduce (f32 sum, out of place, mean over ranks)
 #   speedup           ring time / hier time
@@ -28,6 +31,7 @@ scripts/testbed.sh up --name "$name" --pools "$POOLS" --hosts "$HOSTS" --devices
 # the link figures the launcher hands the ranks (HETMIX_LINK_POOL / _CROSS: bytes/s,seconds)
 read -r pool_bw pool_lat cross_bw cross_lat < <("$hetmix" launch --cluster "$work/c.json" --netns -- \
   sh -c '[ "$HETMIX_RANK" = 0 ] && echo "$HETMIX_LINK_POOL $HETMIX_LINK_CROSS" | tr , " " || true')
+export HETMIX_COMPRESS=off
 for algo in ring hier; do
   "$hetmix" launch --cluster "$work/c.json" --netns --timeout 3000 -- "$hetmix" bench comm allreduce \
     -b "$MIN" -e "$MAX" -f 4 -n "$ITERS" -w "$WARMUP" -c 0 --algo "$algo" >"$work/$algo.out"

@@ -306,6 +306,10 @@ typedef struct hm_profile {
   hm_profile_allreduce tp_allreduce[HM_PROFILE_MAX_TP_ALLREDUCE];
   int nstaging, cap_staging;
   hm_profile_staging *staging;
+  /* "host_links": the links between hosts that `hetmix profile --netns` measured, one per link
+   * class of the cluster: [0] two hosts of one pool ("pool"), [1] hosts of two pools ("cross");
+   * bandwidth 0 = not measured. hmcomm's tuner takes them (hetmix launch --netns --profile). */
+  hm_link host_link[2];
 } hm_profile;
 
 /* Appends an entry (the runtime's profiler builds a profile this way, then writes it). */
@@ -319,6 +323,9 @@ hm_status hm_profile_resolve(hm_profile *p, const hm_cluster *c, const hm_model 
  * scaled by mb / size. Returns 1 when the profile has that (type, kind), 0 otherwise. */
 int hm_profile_layer_time(const hm_profile *p, int type, const char *kind, int64_t mb,
                           double *fwd_s, double *bwd_s);
+/* The measured link of a class between hosts (cross 0: one pool, 1: two pools); returns 1 when
+ * the profile has it. */
+int hm_profile_host_link(const hm_profile *p, int cross, hm_link *out);
 /* Measured link between two device types, if any; returns 1 when found. */
 int hm_profile_link_find(const hm_profile *p, int ta, int tb, int inter_host, hm_link *out);
 /* Measured seconds of an allreduce of `bytes` among `ranks` tensor-parallel processes of one

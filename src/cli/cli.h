@@ -34,7 +34,10 @@ typedef struct hm_launch_hosts {
   char ***env;
   char store_host[64];
 } hm_launch_hosts;
-hm_status hm_launch_hosts_from_cluster(const char *path, const char *plan_path, hm_launch_hosts *h);
+/* profile_path (may be NULL): a profile whose measured link classes ("host_links") replace the
+ * cluster file's figures in HETMIX_LINK_POOL / HETMIX_LINK_CROSS. */
+hm_status hm_launch_hosts_from_cluster(const char *path, const char *plan_path, const char *profile_path,
+                                       hm_launch_hosts *h);
 void hm_launch_hosts_free(hm_launch_hosts *h);
 
 int hm_cmd_train(int argc, char **argv);     /* cmd_train.c */

@@ -110,7 +110,9 @@ int hm_cmd_launch(int argc, char **argv) {
                  "others taking its micro-batches (worker --stages/--micro) [0: never]"),
       HM_OPT_LIST_ROW("exclude", 0, exclude, 64, &nexclude, 0, 4095, "R0[,R1..]",
                       "drop these ranks before starting (as --drop-after)"),
-      HM_OPT_STR_ROW("profile", 0, &profile_path, "P", "with --plan: the profile a re-plan plans with"),
+      HM_OPT_STR_ROW("profile", 0, &profile_path, "P",
+                     "with --plan: the profile a re-plan plans with; with --netns: its measured\n"
+                     "links between hosts (hetmix profile --netns) are the tuner's figures"),
       HM_OPT_STR_ROW("launcher", 0, &launcher, "CMD",
                      "start the N ranks through this command line instead (words split\n"
                      "at spaces, the worker command appended), e.g. \"srun -n 4\n"
@@ -139,7 +141,8 @@ int hm_cmd_launch(int argc, char **argv) {
       "\n"
       "With --cluster C --netns (a testbed from scripts/testbed.sh), the cluster's ranks run each in\n"
       "the network namespace named like its host, listening on that namespace's address, with\n"
-      "their pool and the file's link figures in HETMIX_POOL, HETMIX_LINK_POOL, HETMIX_LINK_CROSS.",
+      "their pool and the link figures in HETMIX_POOL, HETMIX_LINK_POOL, HETMIX_LINK_CROSS: those\n"
+      "`hetmix profile --netns` measured when --profile P has them, else the file's.",
       table, NULL, 0, 1};
   hm_opt_result parsed = {NULL, 0, 0};
   const int prc = hm_opts_parse(&spec, argc, argv, &parsed);
@@ -171,14 +174,19 @@ int hm_cmd_launch(int argc, char **argv) {
     wargv[wn++] = (char *)plan_path;
     if (cluster_path) wargv[wn++] = "--cluster", wargv[wn++] = (char *)cluster_path;
     if (model_path) wargv[wn++] = "--model", wargv[wn++] = (char *)model_path;
-  } else if (model_path || profile_path || (cluster_path && !netns)) {
-    return hm_cli_fail(NULL, "--cluster, --model and --profile go with a --plan; give --plan too");
+  } else if (model_path || (profile_path && !netns) || (cluster_path && !netns)) {
+    return hm_cli_fail(NULL, "--cluster, --model and --profile go with a --plan (--cluster and --profile also with "
+                       "--netns); give --plan too");
   }
   hm_launch_hosts hosts = {0};
   if (netns) {
     if (!cluster_path) return hm_cli_fail("scripts/testbed.sh up --out C writes one", "--netns needs --cluster C");
-    hm_status hst = hm_launch_hosts_from_cluster(cluster_path, plan_path, &hosts);
-    if (hst != HM_OK) return hm_cli_fail_status(hst, "launch --netns", "bring the testbed up: scripts/testbed.sh up");
+    hm_status hst = hm_launch_hosts_from_cluster(cluster_path, plan_path, profile_path, &hosts);
+    if (hst != HM_OK)
+      return hm_cli_fail_status(hst, "launch --netns",
+                                profile_path ? "bring the testbed up (scripts/testbed.sh up); --profile takes what "
+                                               "`hetmix profile --netns -o P` writes"
+                                             : "bring the testbed up: scripts/testbed.sh up");
     if (opts.nworkers > 0 && opts.nworkers != hosts.n) {
       hm_launch_hosts_free(&hosts);
       return hm_cli_fail("leave -n out with --netns", "the cluster has %d ranks, the job %d", hosts.n, opts.nworkers);

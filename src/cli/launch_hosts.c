@@ -1,8 +1,9 @@
 /* `hetmix launch --cluster C --netns [--plan P]`: each rank of the cluster file (or of the plan,
  * on the cluster device the plan gives it) runs in the network
  * namespace named like its host (scripts/testbed.sh names them so), listens on that namespace's
- * address, and learns its pool and the link figures of the file (HETMIX_POOL, HETMIX_LINK_POOL,
- * HETMIX_LINK_CROSS; docs/comm.md) for hmcomm's topology-aware tuner. */
+ * address, and learns its pool and the link figures (HETMIX_POOL, HETMIX_LINK_POOL,
+ * HETMIX_LINK_CROSS; docs/comm.md) for hmcomm's topology-aware tuner: a profile's measured link
+ * classes (`hetmix profile --netns`, "host_links") where given, else the file's figures. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,7 +80,19 @@ static hm_status plan_devices(const char *plan_path, int64_t **dev, int *n) {
   return st;
 }
 
-static hm_status fill(hm_launch_hosts *h, const hm_cluster *c, const int64_t *dev, int ndev) {
+/* The profile's measured classes replace the file's figures where it has them. */
+static hm_status profile_links(const char *path, hm_link *pool, hm_link *cross, int has_cross) {
+  hm_profile p;
+  hm_status st = hm_profile_load(path, &p);
+  if (st != HM_OK) return hm_error_context(st, "--profile: ");
+  hm_link l;
+  if (hm_profile_host_link(&p, 0, &l)) *pool = (hm_link){l.bandwidth, l.latency, pool->reduce_bw};
+  if (has_cross && hm_profile_host_link(&p, 1, &l)) *cross = (hm_link){l.bandwidth, l.latency, cross->reduce_bw};
+  hm_profile_free(&p);
+  return HM_OK;
+}
+
+static hm_status fill(hm_launch_hosts *h, const hm_cluster *c, const int64_t *dev, int ndev, const char *profile) {
   for (int g = 0; g < c->ngroups; g++)
     if (!c->groups[g].hostnames)
       return hm_error(HM_ERR_SPEC, "host group %s gives no hostnames: --netns runs each host's workers in the "
@@ -92,6 +105,7 @@ static hm_status fill(hm_launch_hosts *h, const hm_cluster *c, const int64_t *de
   hm_link pool, cross;
   int has_cross;
   HM_TRY(file_links(c, &pool, &cross, &has_cross));
+  if (profile) HM_TRY(profile_links(profile, &pool, &cross, has_cross));
   char addr[64] = "";
   int64_t addr_host = -1;
   for (int64_t w = 0; w < h->n; w++) {
@@ -108,7 +122,8 @@ static hm_status fill(hm_launch_hosts *h, const hm_cluster *c, const int64_t *de
   return HM_OK;
 }
 
-hm_status hm_launch_hosts_from_cluster(const char *path, const char *plan_path, hm_launch_hosts *h) {
+hm_status hm_launch_hosts_from_cluster(const char *path, const char *plan_path, const char *profile_path,
+                                       hm_launch_hosts *h) {
   memset(h, 0, sizeof *h);
   int64_t *dev = NULL;
   int ndev = 0;
@@ -116,7 +131,7 @@ hm_status hm_launch_hosts_from_cluster(const char *path, const char *plan_path, 
   hm_cluster c;
   hm_status st = hm_cluster_load(path, &c);
   if (st == HM_OK) {
-    st = fill(h, &c, dev, ndev);
+    st = fill(h, &c, dev, ndev, profile_path);
     hm_cluster_free(&c);
   }
   free(dev);

@@ -124,6 +124,7 @@ static hm_status read_env_knobs(hm_env_knobs *k) {
       {"HETMIX_COMPRESS_ALWAYS", 0, 0, 1, offsetof(hm_env_knobs, compress_always)},
       {"HETMIX_COMPRESS_BELOW", (long)HM_ZIP_DEFAULT_BELOW, 1, 1000000000000000L, offsetof(hm_env_knobs, compress_below)},
       {"HETMIX_LINK_BW", 0, 0, 1000000000000000L, offsetof(hm_env_knobs, link_bw)},
+      {"HETMIX_TCP_STREAMS", 1, 1, HM_TCP_MAX_STREAMS, offsetof(hm_env_knobs, tcp_streams)},
   };
   for (size_t i = 0; i < sizeof knobs / sizeof knobs[0]; i++)
     HM_TRY(hm_env_long(knobs[i].name, knobs[i].def, knobs[i].lo, knobs[i].hi, (long *)((char *)k + knobs[i].off)));
@@ -183,7 +184,8 @@ static void comm_free(hm_comm_t c) {
       hm_peer *p = &c->peers[r];
       if (p->tp) p->tp->close(c, r);
       if (p->ctrl_fd >= 0) close(p->ctrl_fd);
-      if (p->data_fd >= 0) close(p->data_fd);
+      for (int k = 0; k < HM_TCP_MAX_STREAMS; k++)
+        if (p->data_fd[k] >= 0) close(p->data_fd[k]);
     }
   }
   if (c->shm_base) munmap(c->shm_base, c->shm_bytes);
@@ -217,6 +219,7 @@ static hm_status prepare_local(hm_comm_t c, hm_rank_info *me, char *shm_name, si
   me->cma_probe = (uint64_t)(uintptr_t)&hm_shm_cma_probe;
   hm_strcpy(me->addr, sizeof me->addr, c->listen_addr);
   hm_strcpy(me->transport, sizeof me->transport, c->transport);
+  me->tcp_streams = (int32_t)c->env.tcp_streams;
   /* ring geometry: up to 4 ranks 8 slots of 64 KiB (a 512 KiB ring, the size of a core's L2
    * here: measured 10% faster for 4-16 MiB allreduce than 16 slots), beyond 16 slots of 16 KiB */
   uint32_t payload = c->shm_chunk ? c->shm_chunk : (c->nranks <= 4 ? 64u << 10 : 16u << 10);
@@ -244,8 +247,11 @@ static int take_peer_conn(void *arg, const hm_wire_hello *hello, int fd, const c
   hm_comm_t c = arg;
   int r = hello->rank, me = c->rank;
   hm_peer *p = (r > me && r < c->nranks) ? &c->peers[r] : NULL;
-  int *slot = !p ? NULL : hello->purpose == HM_CONN_CTRL ? &p->ctrl_fd
-                        : (hello->purpose == HM_CONN_DATA && p->tp->data_conns) ? &p->data_fd : NULL;
+  int *slot = !p ? NULL : hello->purpose == HM_CONN_CTRL ? &p->ctrl_fd : NULL;
+  /* data connections fill the streams in the order they authenticate: the connector opens the
+   * next only once this one's handshake is done (connect_down), so both ends number them alike */
+  for (int k = 0; p && hello->purpose == HM_CONN_DATA && k < p->ndata && !slot; k++)
+    if (p->data_fd[k] < 0) slot = &p->data_fd[k];
   if (!slot || *slot >= 0) {
     hm_log(HM_LOG_WARN, "rank %d: refused connection from %s (authenticated as rank %d): unexpected rank / purpose %u",
            me, who, r, (unsigned)hello->purpose);
@@ -270,8 +276,15 @@ static hm_status check_table(hm_comm_t c, const hm_rank_info *info) {
     for (int q = 0; q < r; q++)
       if (hm_transport_select(&info[q], ri) != &hm_transport_shm && strcmp(c->transport, "shm") == 0)
         return hm_error(HM_ERR_UNSUPPORTED, "transport=shm but ranks %d and %d are on different hosts", q, r);
-    c->peers[r].pid = ri->pid;
-    c->peers[r].tp = r == me ? NULL : hm_transport_select(&info[me], ri);
+    if (ri->tcp_streams < 1 || ri->tcp_streams > HM_TCP_MAX_STREAMS)
+      return hm_error(HM_ERR_PROTOCOL, "rank %d published %d TCP streams (1..%d)", r, (int)ri->tcp_streams,
+                      HM_TCP_MAX_STREAMS);
+    hm_peer *p = &c->peers[r];
+    p->pid = ri->pid;
+    p->tp = r == me ? NULL : hm_transport_select(&info[me], ri);
+    /* the pair's streams: the smaller of the two ranks' settings, the same on both ends */
+    p->ndata = !p->tp || !p->tp->data_conns ? 0
+               : info[me].tcp_streams < ri->tcp_streams ? info[me].tcp_streams : ri->tcp_streams;
   }
   return HM_OK;
 }
@@ -296,7 +309,8 @@ static void wait_policy(hm_comm_t c, int local) {
 static hm_status connect_down(hm_comm_t c, const hm_rank_info *info, uint64_t deadline) {
   for (int r = 0; r < c->rank; r++) {
     hm_peer *p = &c->peers[r];
-    for (int purpose = HM_CONN_CTRL; purpose <= HM_CONN_CTRL + p->tp->data_conns; purpose++) {
+    for (int k = -1; k < p->ndata; k++) { /* the control connection, then each data stream */
+      const int purpose = k < 0 ? HM_CONN_CTRL : HM_CONN_DATA;
       int fd = -1;
       hm_status st = hm_net_connect(info[r].addr, info[r].port, deadline, &fd);
       if (st == HM_OK) st = hm_auth_connect(fd, c->tag, c->secret, c->rank, purpose, deadline);
@@ -304,7 +318,7 @@ static hm_status connect_down(hm_comm_t c, const hm_rank_info *info, uint64_t de
         if (fd >= 0) close(fd);
         return hm_error_context(st, "connecting to rank %d at %s:%d: ", r, info[r].addr, info[r].port);
       }
-      if (purpose == HM_CONN_CTRL) p->ctrl_fd = fd; else p->data_fd = fd;
+      if (k < 0) p->ctrl_fd = fd; else p->data_fd[k] = fd;
     }
   }
   return HM_OK;
@@ -338,15 +352,19 @@ static hm_status connect_mesh(hm_comm_t c, const hm_rank_info *info, uint64_t de
   const int n = c->nranks, me = c->rank;
   c->peers = hm_calloc((size_t)n, sizeof(hm_peer), "peers");
   if (!c->peers) return HM_ERR_NOMEM;
-  for (int r = 0; r < n; r++) c->peers[r].ctrl_fd = c->peers[r].data_fd = -1;
+  for (int r = 0; r < n; r++) {
+    c->peers[r].ctrl_fd = -1;
+    for (int k = 0; k < HM_TCP_MAX_STREAMS; k++) c->peers[r].data_fd[k] = -1;
+  }
   HM_TRY(check_table(c, info));
   HM_TRY(hm_topo_build(&c->topo, info, n, me));
+  hm_topo_peer_links(&c->topo, info, n, me, c->peers);
   wait_policy(c, hm_topo_same_machine(info, n, me));
   /* tuner constants: the same on every rank because they derive from the shared table */
   hm_transport_job_link(info, n, &c->link);
   HM_TRY(connect_down(c, info, deadline));
   int expected = 0;
-  for (int r = me + 1; r < n; r++) expected += 1 + c->peers[r].tp->data_conns;
+  for (int r = me + 1; r < n; r++) expected += 1 + c->peers[r].ndata;
   HM_TRY(hm_mesh_accept(c->listen_fd, c->tag, c->secret, me, expected, take_peer_conn, c, deadline));
   HM_TRY(connect_transports(c, info, deadline));
   close(c->listen_fd);

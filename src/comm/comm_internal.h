@@ -172,12 +172,22 @@ typedef struct hm_shm_peer {
   void *seg;           /* the peer's segment, mapped */
   size_t seg_bytes;
 } hm_shm_peer;
-/* The TCP data channel with one peer (transport/tcp.c): frame being sent and frame being received. */
+/* The TCP data channel with one peer (transport/tcp.c): one or more data connections (streams,
+ * HETMIX_TCP_STREAMS). Frame k to a peer goes on stream k mod nstreams and frame k from it is
+ * read from the same stream, so the frames of a transfer are striped over every stream and both
+ * ends agree without numbering them. Each stream has its own frame being sent; frames are read
+ * one at a time, from the stream the next one is due on (the others' arrive meanwhile in their
+ * socket buffers). */
+#define HM_TCP_MAX_STREAMS HM_ZIP_TX_SLOTS
+typedef struct hm_tcp_tx {
+  unsigned char hdr[HM_WIRE_HDR_BYTES];
+  const char *data;
+  size_t len, off; /* bytes of header+payload written */
+  int busy;
+} hm_tcp_tx;
 typedef struct hm_tcp_peer {
-  unsigned char tx_hdr[HM_WIRE_HDR_BYTES];
-  const char *tx_data;
-  size_t tx_len, tx_off; /* bytes of header+payload written */
-  int tx_busy;
+  hm_tcp_tx tx[HM_TCP_MAX_STREAMS];
+  int tx_next, rx_next;   /* streams the next frame goes out on / comes in from */
   unsigned char rx_hdr[HM_WIRE_HDR_BYTES];
   size_t rx_off;          /* header+payload bytes read */
   hm_wire_hdr rx_h;
@@ -197,6 +207,7 @@ typedef struct hm_rank_info {
   char addr[64];
   char shm_name[64];
   char transport[8];
+  int32_t tcp_streams; /* HETMIX_TCP_STREAMS: a TCP pair opens the smaller of its two ranks' */
 } hm_rank_info;
 
 /* ---- topology (topology.c): hosts and pools of the ranks, the same on every rank ---- */
@@ -215,6 +226,11 @@ typedef struct hm_topo {
 hm_status hm_topo_local(hm_rank_info *me);
 hm_status hm_topo_build(hm_topo *t, const hm_rank_info *info, int n, int me);
 void hm_topo_free(hm_topo *t);
+/* Sets each peer's link_bw (the compression decision's link figure) from rank 0's environment
+ * figures: a peer of another pool gets the cross link's bandwidth, one of this pool on another
+ * host the pool link's; a peer on this host, or a class without a figure, keeps 0 (unknown). */
+struct hm_peer;
+void hm_topo_peer_links(const hm_topo *t, const hm_rank_info *info, int n, int me, struct hm_peer *peers);
 /* How many ranks of the table share rank me's machine (cores), whatever their host. */
 int hm_topo_same_machine(const hm_rank_info *info, int n, int me);
 
@@ -223,7 +239,9 @@ typedef struct hm_peer {
   const struct hm_transport *tp; /* chosen at bootstrap (transport/transport.h); NULL for self */
   int left;         /* sent BYE: its queued data may still be read, nothing more comes */
   int ctrl_fd;      /* authenticated control connection (death detection, error notices) */
-  int data_fd;      /* data connection of a transport that wants one (tp->data_conns), else -1 */
+  int data_fd[HM_TCP_MAX_STREAMS]; /* data connections of a transport that wants them
+                                       (tp->data_conns): ndata of them, the rest -1 */
+  int ndata;
   int pid;
   hm_shm_peer shm;
   hm_tcp_peer tcp;
@@ -238,7 +256,7 @@ typedef struct hm_request hm_op; /* a queued operation; also what a request poin
 /* Tuning knobs read from the environment at init (HETMIX_TIMEOUT_MS, ...; docs/comm.md). */
 typedef struct hm_env_knobs {
   long timeout_ms, heartbeat_ms, peer_dead_ms, shm_chunk, tcp_chunk, cma;
-  long compress_always, compress_below, link_bw;
+  long compress_always, compress_below, link_bw, tcp_streams;
   long shm_slots, spin_us, yield_us, spin_small_us; /* -1: unset, the default depends on the layout */
 } hm_env_knobs;
 

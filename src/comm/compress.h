@@ -75,7 +75,6 @@ hm_status hm_zip_parse(const unsigned char *p, size_t n, size_t max_raw, hm_zip_
  * decode to exactly raw_len / planes bytes. */
 hm_status hm_zip_decode(hm_zip_ctx *z, const hm_zip_frame *f, void *dst);
 
-#endif
 
 /* ---- policy and the TCP transport's hooks (compress_link.c) ---- */
 struct hm_comm;
@@ -103,9 +102,11 @@ typedef struct hm_zip_stream {
 } hm_zip_stream;
 
 /* Per-peer state, made on first use. */
+#define HM_ZIP_TX_SLOTS 8 /* compressed frames in flight to one peer: one per TCP stream */
 typedef struct hm_zip_peer {
   hm_zip_ctx tx, rx, check; /* check: a probe's trial decode */
-  unsigned char *tx_frame;  /* the compressed frame being sent */
+  unsigned char *tx_frame[HM_ZIP_TX_SLOTS]; /* the compressed frame each stream is sending (made
+                                               on first use) */
   unsigned char *rx_frame;  /* a compressed frame being received */
   unsigned char *check_out;
   hm_zip_stream stream[4];  /* element sizes 1, 2, 4, 8 */
@@ -117,10 +118,10 @@ typedef struct hm_zip_peer {
 hm_status hm_zip_configure(hm_zip_conf *z, const char *setting, long always, long below, long link_bw);
 
 /* Send side: chunk src[0, n) of a transfer of `total` bytes to rank r for the call described by
- * desc (its dtype is the element type). Sets *payload, *len and *flags to what goes on the wire:
- * the chunk itself, or (HM_WIRE_FLAG_ZIP) a compressed frame in the peer's buffer, valid until
- * the next call for r. */
-hm_status hm_zip_tx(struct hm_comm *c, int r, uint64_t desc, size_t total, const char *src, uint32_t n,
+ * desc (its dtype is the element type), going out on stream `slot` (0..HM_ZIP_TX_SLOTS-1). Sets
+ * *payload, *len and *flags to what goes on the wire: the chunk itself, or (HM_WIRE_FLAG_ZIP) a
+ * compressed frame in the peer's buffer for that slot, valid until the next call for (r, slot). */
+hm_status hm_zip_tx(struct hm_comm *c, int r, int slot, uint64_t desc, size_t total, const char *src, uint32_t n,
                     const char **payload, uint32_t *len, uint16_t *flags);
 /* Receive side: the buffer a compressed frame from r is read into (made on first use). */
 hm_status hm_zip_rx_buffer(struct hm_comm *c, int r, char **buf);
@@ -129,3 +130,5 @@ hm_status hm_zip_rx_parse(struct hm_comm *c, int r, const char *p, uint32_t len,
 hm_status hm_zip_rx_decode(struct hm_comm *c, int r, const hm_zip_frame *f, void *dst);
 /* Logs what was compressed for r (level info) and frees the state. */
 void hm_zip_peer_free(struct hm_comm *c, int r);
+
+#endif

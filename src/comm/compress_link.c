@@ -55,23 +55,25 @@ static hm_zip_peer *zip_peer(hm_comm_t c, int r) {
   return p->zip;
 }
 
-/* The send-side buffers of r's state (made on first use). */
-static hm_status tx_ready(hm_comm_t c, hm_zip_peer *z) {
-  if (z->tx_frame) return HM_OK;
+/* The send-side buffers of r's state, and slot's frame (made on first use). */
+static hm_status tx_ready(hm_comm_t c, hm_zip_peer *z, int slot) {
   const size_t chunk = c->tcp_chunk;
-  HM_TRY(hm_zip_ctx_init(&z->tx, chunk));
-  HM_TRY(hm_zip_ctx_init(&z->check, chunk));
-  z->check_out = hm_malloc(chunk, "compression check buffer");
-  z->tx_frame = z->check_out ? hm_malloc(HM_ZIP_HDR_BYTES(HM_ZIP_MAX_PLANES) + chunk, "compressed frame") : NULL;
-  return z->tx_frame ? HM_OK : HM_ERR_NOMEM;
+  if (!z->check_out) {
+    HM_TRY(hm_zip_ctx_init(&z->tx, chunk));
+    HM_TRY(hm_zip_ctx_init(&z->check, chunk));
+    z->check_out = hm_malloc(chunk, "compression check buffer");
+    if (!z->check_out) return HM_ERR_NOMEM;
+  }
+  if (!z->tx_frame[slot]) z->tx_frame[slot] = hm_malloc(HM_ZIP_HDR_BYTES(HM_ZIP_MAX_PLANES) + chunk, "compressed frame");
+  return z->tx_frame[slot] ? HM_OK : HM_ERR_NOMEM;
 }
 
 /* A probe's second half: decode the frame again (timed) and compare with the chunk. */
-static hm_status probe_check(hm_comm_t c, int r, hm_zip_peer *z, hm_zip_stream *s, const char *src, uint32_t n,
-                             size_t len) {
+static hm_status probe_check(hm_comm_t c, int r, hm_zip_peer *z, hm_zip_stream *s, const unsigned char *frame,
+                             const char *src, uint32_t n, size_t len) {
   hm_zip_frame f;
   const uint64_t t0 = hm_now_ns();
-  hm_status st = hm_zip_parse(z->tx_frame, len, n, &f);
+  hm_status st = hm_zip_parse(frame, len, n, &f);
   if (st == HM_OK) st = hm_zip_decode(&z->check, &f, z->check_out);
   const double dt = (double)(hm_now_ns() - t0) * 1e-9;
   if (st == HM_OK && memcmp(z->check_out, src, n) != 0)
@@ -84,27 +86,27 @@ static hm_status probe_check(hm_comm_t c, int r, hm_zip_peer *z, hm_zip_stream *
   return HM_OK;
 }
 
-/* Compresses src into z->tx_frame, updating the stream's figures; *len = frame bytes. */
-static hm_status encode(hm_comm_t c, int r, hm_zip_peer *z, hm_zip_stream *s, size_t es, const char *src, uint32_t n,
-                        int probe, size_t *len) {
+/* Compresses src into frame, updating the stream's figures; *len = frame bytes. */
+static hm_status encode(hm_comm_t c, int r, hm_zip_peer *z, hm_zip_stream *s, unsigned char *frame, size_t es,
+                        const char *src, uint32_t n, int probe, size_t *len) {
   const unsigned skip = s->chunks % PLANE_RETRY == 0 ? 0u : s->stored_mask;
   const int planes = n % es == 0 ? (int)es : 1;
   unsigned stored;
   const uint64_t t0 = hm_now_ns();
-  hm_status st = hm_zip_encode(&z->tx, c->zip.codec, planes, skip, src, n, z->tx_frame,
-                               HM_ZIP_HDR_BYTES(planes) + n, len, &stored);
+  hm_status st = hm_zip_encode(&z->tx, c->zip.codec, planes, skip, src, n, frame, HM_ZIP_HDR_BYTES(planes) + n, len,
+                               &stored);
   if (st != HM_OK) return hm_error_context(st, "rank %d: compressing for rank %d: ", c->rank, r);
   const double dt = (double)(hm_now_ns() - t0) * 1e-9;
   s->stored_mask = stored;
   s->chunks++;
-  if (probe) HM_TRY(probe_check(c, r, z, s, src, n, *len));
+  if (probe) HM_TRY(probe_check(c, r, z, s, frame, src, n, *len));
   mean_in(&s->fig.compress_bw, n / (dt > 1e-9 ? dt : 1e-9), s->known);
   mean_in(&s->fig.ratio, *len < n ? (double)*len / n : 1.0, s->known);
   s->known = s->fig.decompress_bw > 0;
   return HM_OK;
 }
 
-hm_status hm_zip_tx(hm_comm_t c, int r, uint64_t desc, size_t total, const char *src, uint32_t n, const char **payload,
+hm_status hm_zip_tx(hm_comm_t c, int r, int slot, uint64_t desc, size_t total, const char *src, uint32_t n, const char **payload,
                     uint32_t *len, uint16_t *flags) {
   *payload = src, *len = n, *flags = 0;
   const hm_zip_conf *zc = &c->zip;
@@ -116,7 +118,7 @@ hm_status hm_zip_tx(hm_comm_t c, int r, uint64_t desc, size_t total, const char 
   if (!zc->always && !(link.bandwidth > 0 && link.bandwidth < zc->below)) return HM_OK;
   hm_zip_peer *z = zip_peer(c, r);
   if (!z) return hm_comm_fail(c, HM_ERR_NOMEM, 1);
-  hm_status st = tx_ready(c, z);
+  hm_status st = tx_ready(c, z, slot);
   if (st != HM_OK) return hm_comm_fail(c, st, 1);
   z->offered += n;
   const size_t es = hm_dtype_size(dt);
@@ -125,12 +127,12 @@ hm_status hm_zip_tx(hm_comm_t c, int r, uint64_t desc, size_t total, const char 
   if (!probe && !zc->always && !hm_cost_zip_pays(&link, (double)total, c->tcp_chunk, &s->fig)) return HM_OK;
   if (probe) s->since_probe = 0;
   size_t out;
-  st = encode(c, r, z, s, es, src, n, probe, &out);
+  st = encode(c, r, z, s, z->tx_frame[slot], es, src, n, probe, &out);
   if (st != HM_OK) return hm_comm_fail(c, st, 1);
   if (out >= n) return HM_OK;
   z->zipped_raw += n;
   z->zipped_wire += out;
-  *payload = (const char *)z->tx_frame, *len = (uint32_t)out, *flags = HM_WIRE_FLAG_ZIP;
+  *payload = (const char *)z->tx_frame[slot], *len = (uint32_t)out, *flags = HM_WIRE_FLAG_ZIP;
   return HM_OK;
 }
 
@@ -178,7 +180,7 @@ void hm_zip_peer_free(hm_comm_t c, int r) {
   hm_zip_ctx_free(&z->tx);
   hm_zip_ctx_free(&z->rx);
   hm_zip_ctx_free(&z->check);
-  free(z->tx_frame);
+  for (int k = 0; k < HM_ZIP_TX_SLOTS; k++) free(z->tx_frame[k]);
   free(z->rx_frame);
   free(z->check_out);
   free(z);

@@ -150,6 +150,14 @@ hm_status hm_topo_build(hm_topo *t, const hm_rank_info *info, int n, int me) {
   return HM_OK;
 }
 
+void hm_topo_peer_links(const hm_topo *t, const hm_rank_info *info, int n, int me, struct hm_peer *peers) {
+  for (int r = 0; r < n; r++) {
+    const int cross = t->pool_of[r] != t->pool_of[me];
+    if (r == me || (!cross && t->host_of[r] == t->host_of[me])) continue;
+    peers[r].link_bw = cross ? info[0].cross_link[0] : info[0].pool_link[0];
+  }
+}
+
 int hm_topo_same_machine(const hm_rank_info *info, int n, int me) {
   int k = 0;
   for (int r = 0; r < n; r++) k += info[r].machine_key == info[me].machine_key;

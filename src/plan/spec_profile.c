@@ -255,7 +255,34 @@ int hm_profile_tp_allreduce_time(const hm_profile *p, int ranks, double bytes, d
   return 0;
 }
 
+int hm_profile_host_link(const hm_profile *p, int cross, hm_link *out) {
+  if (!p || cross < 0 || cross > 1 || !(p->host_link[cross].bandwidth > 0)) return 0;
+  *out = p->host_link[cross];
+  return 1;
+}
+
 /* ---- reader ------------------------------------------------------------------------------ */
+
+static const char *const host_link_classes[] = {"pool", "cross", NULL};
+
+/* "host_links": {"pool": {"bandwidth": B, "latency": L}, "cross": {...}}, each class optional. */
+static hm_status host_links_read(const cJSON *j, const char *root, hm_profile *p) {
+  static const char *const keys[] = {"bandwidth", "latency", NULL};
+  const cJSON *o = cJSON_GetObjectItemCaseSensitive(j, "host_links");
+  if (!o) return HM_OK;
+  char path[HM_JSON_PATH_MAX], q[HM_JSON_PATH_MAX];
+  hm_json_path_key(path, root, "host_links");
+  HM_TRY(hm_json_check_object(o, path, host_link_classes));
+  for (int k = 0; k < 2; k++) {
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(o, host_link_classes[k]);
+    if (!e) continue;
+    hm_json_path_key(q, path, host_link_classes[k]);
+    HM_TRY(hm_json_check_object(e, q, keys));
+    HM_TRY(hm_json_number(e, q, "bandwidth", 1, HM_RANGE_POSITIVE(1e16), 0, &p->host_link[k].bandwidth));
+    HM_TRY(hm_json_number(e, q, "latency", 1, HM_RANGE_NONNEG(10.0), 0, &p->host_link[k].latency));
+  }
+  return HM_OK;
+}
 
 static hm_status tp_allreduce_read(const cJSON *j, const char *root, hm_profile *p) {
   static const char *const keys[] = {"ranks", "bandwidth", "latency", NULL};
@@ -286,7 +313,8 @@ static hm_status tp_allreduce_read(const cJSON *j, const char *root, hm_profile 
 }
 
 static hm_status profile_read(const cJSON *j, const char *root, hm_profile *p) {
-  static const char *const keys[] = {"version", "model", "layers", "links", "tp_allreduce", "staging", NULL};
+  static const char *const keys[] = {"version", "model", "layers", "links", "tp_allreduce", "staging", "host_links",
+                                     NULL};
   static const char *const layer_keys[] = {"device_type", "kind",  "micro_batch",
                                            "fwd_s",       "bwd_s", "mem_bytes", NULL};
   static const char *const link_keys[] = {"types", "scope", "bandwidth", "latency", NULL};
@@ -351,6 +379,7 @@ static hm_status profile_read(const cJSON *j, const char *root, hm_profile *p) {
     HM_TRY(append_link(p, &l));
   }
   HM_TRY(tp_allreduce_read(j, root, p));
+  HM_TRY(host_links_read(j, root, p));
   HM_TRY(check_repeats(p, 1));
   return hm_profile_staging_read(j, root, p);
 }
@@ -383,6 +412,20 @@ hm_status hm_profile_load(const char *path, hm_profile *out) {
 }
 
 /* ---- writer ------------------------------------------------------------------------------ */
+
+static int host_links_write(cJSON *j, const hm_profile *p) {
+  if (!(p->host_link[0].bandwidth > 0) && !(p->host_link[1].bandwidth > 0)) return 1;
+  cJSON *o = cJSON_AddObjectToObject(j, "host_links");
+  if (!o) return 0;
+  for (int k = 0; k < 2; k++) {
+    if (!(p->host_link[k].bandwidth > 0)) continue;
+    cJSON *e = cJSON_AddObjectToObject(o, host_link_classes[k]);
+    if (!e || !cJSON_AddNumberToObject(e, "bandwidth", p->host_link[k].bandwidth) ||
+        !cJSON_AddNumberToObject(e, "latency", p->host_link[k].latency))
+      return 0;
+  }
+  return 1;
+}
 
 cJSON *hm_profile_to_cjson(const hm_profile *p) {
   cJSON *j = cJSON_CreateObject();
@@ -431,7 +474,7 @@ cJSON *hm_profile_to_cjson(const hm_profile *p) {
         goto fail;
     }
   }
-  if (!hm_profile_staging_write(j, p)) goto fail;
+  if (!hm_profile_staging_write(j, p) || !host_links_write(j, p)) goto fail;
   return j;
 fail:
   cJSON_Delete(j);

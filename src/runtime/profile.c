@@ -10,6 +10,7 @@
  * spec.h each define an `hm_spec_dtype`; this file includes only spec.h. */
 #include "hetmix/profile.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -239,6 +240,17 @@ static hm_status hm_add_host_links(const hm_profile_options *o, const hm_cluster
   return HM_OK;
 }
 
+/* The testbed's links are rate-shaped (htb): their figures come from the large messages. */
+static hm_status hm_refit_rate(hm_link_fit *f) {
+  HM_TRY(hm_link_fit_rate(f->bytes, f->seconds, f->npoints, &f->latency, &f->bandwidth));
+  f->max_rel_err = 0;
+  for (int i = 0; i < f->npoints; i++) {
+    const double e = fabs(f->latency + f->bytes[i] / f->bandwidth - f->seconds[i]) / f->seconds[i];
+    if (e > f->max_rel_err) f->max_rel_err = e;
+  }
+  return HM_OK;
+}
+
 static hm_status hm_measure_host_links(const hm_profile_options *o, const hm_cluster *c, hm_profile *p,
                                        hm_profile_report *rep) {
   static const char *const names[2] = {"pool", "cross"};
@@ -260,10 +272,12 @@ static hm_status hm_measure_host_links(const hm_profile_options *o, const hm_clu
     hm_say(o, "probing the %s link: tcp ping-pong between network namespaces %s", names[k], what);
     hm_link_fit *f = &rep->fits[rep->nfits];
     hm_status st = hm_profile_link_probe(&lo, f);
+    if (st == HM_OK) st = hm_refit_rate(f);
     if (st != HM_OK) return hm_error_context(st, "%s link (%s - %s): ", names[k], a, b);
     hm_strcpy(f->transport, sizeof f->transport, names[k]);
     rep->nfits++;
     fit[k] = f;
+    p->host_link[k] = (hm_link){f->bandwidth, f->latency, 0};
   }
   return hm_add_host_links(o, c, fit, p);
 }

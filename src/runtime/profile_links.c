@@ -92,6 +92,27 @@ hm_status hm_link_fit_points(const double *bytes, const double *seconds, int n, 
   return HM_OK;
 }
 
+hm_status hm_link_fit_rate(const double *bytes, const double *seconds, int n, double *latency, double *bandwidth) {
+  if (!bytes || !seconds || !latency || !bandwidth || n < 2)
+    return hm_error(HM_ERR_INVALID_ARG, "link fit: needs at least 2 points (got %d)", n);
+  int big = -1, next = -1, small = 0; /* the largest, the second largest and the smallest size */
+  for (int i = 0; i < n; i++) {
+    if (!(seconds[i] > 0) || !(bytes[i] >= 0))
+      return hm_error(HM_ERR_INVALID_ARG, "link fit: point %d has %g bytes in %g s", i, bytes[i], seconds[i]);
+    if (big < 0 || bytes[i] > bytes[big]) next = big, big = i;
+    else if (next < 0 || bytes[i] > bytes[next]) next = i;
+    if (bytes[i] < bytes[small]) small = i;
+  }
+  const double db = bytes[big] - bytes[next], dt = seconds[big] - seconds[next];
+  if (!(db > 0)) return hm_error(HM_ERR_INVALID_ARG, "link fit: the two largest points have the same size");
+  /* a time that does not grow with size (noise): the largest message's rate */
+  const double bw = dt > 0 ? db / dt : bytes[big] / seconds[big];
+  const double lat = seconds[small] - bytes[small] / bw;
+  *bandwidth = bw;
+  *latency = lat > 0 ? lat : 0;
+  return HM_OK;
+}
+
 /* Round trips per batch for a message size, from a prior (5 us + 2 GB/s), so that a size takes
  * about its share of the time budget; both ranks compute the same count. */
 static long hm_probe_iters(size_t bytes, double seconds_per_size) {

@@ -74,6 +74,40 @@ static void quick_options(hm_profile_options *o, const fixture *f) {
   o->link_probe.seconds_per_size = 0.01;
 }
 
+/* A token-bucket link (what scripts/testbed.sh's htb classes are): the first `burst` bytes of a
+ * message go at line rate, the rest at the shaped rate. The relative-error fit overstates the
+ * rate (small messages weigh as much as large ones); hm_link_fit_rate takes the slope between
+ * the two largest sizes, both beyond the burst, so it gives the rate itself. */
+static void test_fit_rate_shaped(void **state) {
+  (void)state;
+  const double lat = 10e-6, rate = 10e6, line = 1e9, burst = 65536;
+  double x[5] = {8, 4096, 65536, 262144, 1 << 20}, t[5];
+  for (int i = 0; i < 5; i++) t[i] = lat + (x[i] < burst ? x[i] : burst) / line + (x[i] > burst ? x[i] - burst : 0) / rate;
+  double a = 0, b = 0;
+  assert_int_equal(hm_link_fit_points(x, t, 5, &a, &b), HM_OK);
+  printf("# relative-error fit of the shaped link: %.3g B/s for a %.3g B/s rate\n", b, rate);
+  assert_true(b > 1.1 * rate); /* the fit this replaces for shaped links: more than 10% fast */
+  assert_int_equal(hm_link_fit_rate(x, t, 5, &a, &b), HM_OK);
+  /* slope (x4 - x3) / (t4 - t3): t4 and t3 carry a few roundings each (u64 relative), their
+   * difference loses (t4 + t3) / (t4 - t3) < 1.7 of that, the quotient adds one: 16 u64 bounds it */
+  assert_true(fabs(b - rate) <= 16 * 0x1.0p-53 * rate);
+  /* latency: the 8-byte message's time less 8 bytes at the rate (below the burst it went at line
+   * rate, so that is lat + 8/line - 8/rate, 0.79 us under lat) */
+  assert_true(fabs(a - (t[0] - 8 / rate)) <= 1e-15);
+  /* order of the points does not matter; sizes must differ at the top; noise that makes the
+   * largest message faster than the second falls back to the largest message's rate */
+  double xr[3] = {1 << 20, 8, 262144}, tr[3] = {t[4], t[0], t[3]};
+  double a2, b2;
+  assert_int_equal(hm_link_fit_rate(xr, tr, 3, &a2, &b2), HM_OK);
+  assert_true(b2 == b && a2 == a);
+  double xs[2] = {4096, 4096}, ts[2] = {1e-3, 2e-3};
+  assert_int_equal(hm_link_fit_rate(xs, ts, 2, &a2, &b2), HM_ERR_INVALID_ARG);
+  double tf[2] = {2e-3, 1e-3}, xf[2] = {4096, 65536};
+  assert_int_equal(hm_link_fit_rate(xf, tf, 2, &a2, &b2), HM_OK);
+  assert_true(b2 == 65536 / 1e-3 && a2 >= 0);
+  assert_int_equal(hm_link_fit_rate(x, t, 1, &a2, &b2), HM_ERR_INVALID_ARG);
+}
+
 static void test_fit_exact(void **state) {
   (void)state;
   const double lat = 4e-6, bw = 3e9;
@@ -454,6 +488,7 @@ static void test_cli(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_fit_exact),
+      cmocka_unit_test(test_fit_rate_shaped),
       cmocka_unit_test(test_measure_write_read_plan),
       cmocka_unit_test(test_measure_together),
       cmocka_unit_test(test_refusals),

@@ -1,9 +1,12 @@
 /* The TCP transport: each transfer moves as DATA frames (32-byte header + at most tcp_chunk
- * payload bytes) over the pair's data connection, a nonblocking socket with TCP_NODELAY and
- * 4 MiB buffers. A frame goes out with sendmsg (header and payload in one call) and may take
- * several steps; a receive reads the header first and, for a plain copy whose header checks out,
- * the payload straight into the destination (else into a staging buffer to reduce from).
- * Waits sleep in poll() on the data sockets. Chunks of floating-point data to a peer behind a
+ * payload bytes) over the pair's data connections (streams, HETMIX_TCP_STREAMS), nonblocking
+ * sockets with TCP_NODELAY and 4 MiB buffers. Frame k of the pair goes on stream k mod
+ * nstreams, so a message is striped over every stream (several TCP flows for a link one flow
+ * cannot fill) and the receiver knows where each frame comes from without numbering them.
+ * A frame goes out with sendmsg (header and payload in one call) and may take several steps;
+ * each stream has one frame in flight. A receive reads the header first and, for a plain copy
+ * whose header checks out, the payload straight into the destination (else into a staging
+ * buffer to reduce from). Waits sleep in poll() on the data sockets. Chunks of floating-point data to a peer behind a
  * slow link may go compressed (HM_WIRE_FLAG_ZIP): compress_link.c decides and codes them.
  * Not here: sockets and frames in general (net.c). */
 #include <errno.h>
@@ -21,7 +24,7 @@ static hm_status tcp_connect(hm_comm_t c, int r, const hm_rank_info *mine, const
   (void)peer;
   hm_peer *p = &c->peers[r];
   *ready_aux = 0;
-  hm_net_tune(p->data_fd, 1);
+  for (int k = 0; k < p->ndata; k++) hm_net_tune(p->data_fd[k], 1);
   p->tcp.rx_buf = hm_malloc(c->tcp_chunk, "tcp receive staging");
   return p->tcp.rx_buf ? HM_OK : HM_ERR_NOMEM;
 }
@@ -34,67 +37,88 @@ static void tcp_close(hm_comm_t c, int r) {
 
 static void tcp_link(hm_link *out) { *out = (hm_link){3e9, 25e-6, 6e9}; }
 
+/* A send waits on the stream its next frame goes out on, or on one still writing a frame; a
+ * receive on the stream its next frame comes from. */
 static int tcp_poll_fd(hm_comm_t c, const hm_xfer *x, struct pollfd *pf) {
-  *pf = (struct pollfd){c->peers[x->peer].data_fd, (short)(x->is_send ? POLLOUT : POLLIN), 0};
+  const hm_peer *p = &c->peers[x->peer];
+  int k = x->is_send ? p->tcp.tx_next : p->tcp.rx_next;
+  for (int i = 0; x->is_send && i < p->ndata && !p->tcp.tx[k].busy; i++) k = (p->tcp.tx_next + i) % p->ndata;
+  *pf = (struct pollfd){p->data_fd[k], (short)(x->is_send ? POLLOUT : POLLIN), 0};
   return 1;
 }
 
-/* Writes what the socket takes of the frame being sent to rank r. */
-static hm_status tcp_flush(hm_comm_t c, int r) {
+/* Writes what stream k's socket takes of the frame it is sending to rank r. */
+static hm_status tcp_flush_stream(hm_comm_t c, int r, int k) {
   hm_peer *p = &c->peers[r];
-  hm_tcp_peer *t = &p->tcp;
-  while (t->tx_busy) {
+  hm_tcp_tx *t = &p->tcp.tx[k];
+  while (t->busy) {
     struct iovec iov[2];
     int n = 0;
-    if (t->tx_off < HM_WIRE_HDR_BYTES)
-      iov[n++] = (struct iovec){t->tx_hdr + t->tx_off, HM_WIRE_HDR_BYTES - t->tx_off};
-    size_t doff = t->tx_off > HM_WIRE_HDR_BYTES ? t->tx_off - HM_WIRE_HDR_BYTES : 0;
-    if (t->tx_len > HM_WIRE_HDR_BYTES)
-      iov[n++] = (struct iovec){(void *)(t->tx_data + doff), t->tx_len - HM_WIRE_HDR_BYTES - doff};
+    if (t->off < HM_WIRE_HDR_BYTES) iov[n++] = (struct iovec){t->hdr + t->off, HM_WIRE_HDR_BYTES - t->off};
+    size_t doff = t->off > HM_WIRE_HDR_BYTES ? t->off - HM_WIRE_HDR_BYTES : 0;
+    if (t->len > HM_WIRE_HDR_BYTES)
+      iov[n++] = (struct iovec){(void *)(t->data + doff), t->len - HM_WIRE_HDR_BYTES - doff};
     struct msghdr m;
     memset(&m, 0, sizeof m);
     m.msg_iov = iov;
     m.msg_iovlen = (size_t)n;
-    ssize_t w = sendmsg(p->data_fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+    ssize_t w = sendmsg(p->data_fd[k], &m, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (w < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return HM_OK;
       if (errno == EPIPE || errno == ECONNRESET) return hm_comm_peer_gone(c, r, "reset its data connection");
-      hm_error(HM_ERR_IO, "rank %d: send to rank %d: %s", c->rank, r, strerror(errno));
+      hm_error(HM_ERR_IO, "rank %d: send to rank %d (stream %d): %s", c->rank, r, k, strerror(errno));
       return hm_comm_fail(c, HM_ERR_IO, 1);
     }
-    t->tx_off += (size_t)w;
-    if (t->tx_off == t->tx_len) t->tx_busy = 0;
+    t->off += (size_t)w;
+    if (t->off == t->len) t->busy = 0;
   }
   return HM_OK;
+}
+
+/* Writes what the sockets take of the frames being sent to rank r. */
+static hm_status tcp_flush(hm_comm_t c, int r) {
+  for (int k = 0; k < c->peers[r].ndata; k++) HM_TRY(tcp_flush_stream(c, r, k));
+  return HM_OK;
+}
+
+/* Whether a frame to rank r is still being written (its payload must stay valid). */
+static int tcp_tx_busy(const hm_peer *p) {
+  for (int k = 0; k < p->ndata; k++)
+    if (p->tcp.tx[k].busy) return 1;
+  return 0;
 }
 
 static hm_status tcp_send_step(const hm_xctx *cx, const hm_xfer *all, int n_all, hm_xfer *x, int *progress) {
   (void)all;
   (void)n_all;
   hm_comm_t c = cx->comm;
-  hm_tcp_peer *t = &c->peers[x->peer].tcp;
+  hm_peer *p = &c->peers[x->peer];
+  hm_tcp_peer *t = &p->tcp;
   for (;;) {
     if (x->done == x->bytes && x->nchunks > 0) {
-      if (!t->tx_busy) x->finished = 1;
+      if (!tcp_tx_busy(p)) x->finished = 1;
       return HM_OK;
     }
     size_t n = hm_xfer_send_limit(x) - x->done;
     if (n == 0 && x->bytes > 0) return HM_OK; /* waiting for the data it forwards */
-    if (t->tx_busy) return HM_OK;
+    const int k = t->tx_next;
+    hm_tcp_tx *s = &t->tx[k];
+    if (s->busy) return HM_OK;
     if (n > c->tcp_chunk) n = c->tcp_chunk;
     const char *payload;
     uint32_t len;
     uint16_t flags;
-    HM_TRY(hm_zip_tx(c, x->peer, x->desc, x->bytes, x->src + x->done, (uint32_t)n, &payload, &len, &flags));
+    HM_TRY(hm_zip_tx(c, x->peer, k, x->desc, x->bytes, x->src + x->done, (uint32_t)n, &payload, &len, &flags));
     hm_wire_hdr h;
     hm_wire_make_header(&h, HM_WIRE_DATA, x->seq, len, x->desc, 0);
     h.flags = flags;
-    hm_wire_encode_header(&h, t->tx_hdr);
-    t->tx_data = payload;
-    t->tx_len = HM_WIRE_HDR_BYTES + len;
-    t->tx_off = 0;
-    t->tx_busy = 1;
-    HM_TRY(tcp_flush(c, x->peer));
+    hm_wire_encode_header(&h, s->hdr);
+    s->data = payload;
+    s->len = HM_WIRE_HDR_BYTES + len;
+    s->off = 0;
+    s->busy = 1;
+    t->tx_next = (k + 1) % p->ndata;
+    HM_TRY(tcp_flush_stream(c, x->peer, k));
     x->done += n;
     x->nchunks++;
     *progress = 1;
@@ -131,12 +155,12 @@ static hm_status tcp_fill(hm_comm_t c, int r, char *payload, int *have_hdr, int 
       dst = payload + (t->rx_off - HM_WIRE_HDR_BYTES);
       want = HM_WIRE_HDR_BYTES + t->rx_h.len - t->rx_off;
     }
-    ssize_t got = recv(p->data_fd, dst, want, MSG_DONTWAIT);
+    ssize_t got = recv(p->data_fd[t->rx_next], dst, want, MSG_DONTWAIT);
     if (got == 0) return hm_comm_peer_gone(c, r, "closed its data connection");
     if (got < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return HM_OK;
       if (errno == ECONNRESET) return hm_comm_peer_gone(c, r, "reset its data connection");
-      hm_error(HM_ERR_IO, "rank %d: receive from rank %d: %s", c->rank, r, strerror(errno));
+      hm_error(HM_ERR_IO, "rank %d: receive from rank %d (stream %d): %s", c->rank, r, t->rx_next, strerror(errno));
       return hm_comm_fail(c, HM_ERR_IO, 1);
     }
     t->rx_off += (size_t)got;
@@ -181,6 +205,7 @@ static hm_status tcp_recv_step(const hm_xctx *cx, const hm_xfer *all, int n_all,
     } else if (len && !direct)
       hm_xfer_deliver(cx, x, data, len, es);
     t->rx_off = 0;
+    t->rx_next = (t->rx_next + 1) % c->peers[x->peer].ndata;
     x->done += len;
     x->nchunks++;
     *progress = 1;

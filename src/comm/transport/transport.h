@@ -33,7 +33,8 @@ enum {
 typedef struct hm_transport {
   const char *name;
   unsigned caps;  /* HM_TP_* */
-  int data_conns; /* authenticated data sockets the mesh opens per pair (0 or 1: hm_peer.data_fd) */
+  int data_conns; /* 1: the mesh opens authenticated data sockets per pair (hm_peer.data_fd, as many
+                     as hm_peer.ndata: the pair's stream count); 0: none */
   /* After the mesh is up: set up the channel with peer r (map its segment, allocate staging).
    * *ready_aux is what this rank tells r in its READY frame. */
   hm_status (*connect)(hm_comm_t c, int r, const hm_rank_info *mine, const hm_rank_info *peer,

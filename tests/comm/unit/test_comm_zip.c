@@ -298,12 +298,54 @@ static void test_p2p_chunks_compressed(void **state) {
   unsetenv("HETMIX_COMPRESS_ALWAYS");
 }
 
+/* One rank of test_topology_sets_link_bw: ranks 0 and 1 in pools a and b, rank 2 in pool a. */
+static int links_rank(int rank, const hm_unique_id *id) {
+  setenv("HETMIX_POOL", rank == 1 ? "b" : "a", 1);
+  setenv("HETMIX_LINK_CROSS", "1.25e8,0.001", 1);
+  setenv("HETMIX_LINK_POOL", "1e9,0.0001", 1);
+  hm_comm_config cfg = HM_COMM_CONFIG_INIT;
+  cfg.transport = "tcp";
+  hm_comm_t c;
+  if (hm_comm_init_rank(&c, 3, id, rank, &cfg) != HM_OK) return 2;
+  int bad = 0;
+  for (int r = 0; r < 3 && !bad; r++) {
+    /* another pool: the cross link; the same pool on this host (all three share it): unknown */
+    const double want = r == rank ? 0 : (r == 1) != (rank == 1) ? 1.25e8 : 0;
+    if (c->peers[r].link_bw != want) bad = 10 + r;
+  }
+  hm_comm_destroy(c);
+  return bad;
+}
+
+/* The topology gives each peer its link figure from HETMIX_LINK_CROSS / HETMIX_LINK_POOL (rank 0's),
+ * which decides whether chunks to it may be compressed; it used to be left at 0 (unknown), so
+ * nothing was ever compressed on a testbed without HETMIX_LINK_BW. */
+static void test_topology_sets_link_bw(void **state) {
+  (void)state;
+  setenv("HETMIX_SECRET", "zip-unit-test", 1);
+  hm_unique_id id;
+  assert_int_equal(hm_get_unique_id(&id), HM_OK);
+  pid_t pid[3];
+  for (int r = 0; r < 3; r++) {
+    pid[r] = fork();
+    assert_true(pid[r] >= 0);
+    if (pid[r] == 0) _exit(links_rank(r, &id));
+  }
+  for (int r = 0; r < 3; r++) {
+    int st;
+    assert_int_equal(waitpid(pid[r], &st, 0), pid[r]);
+    assert_true(WIFEXITED(st));
+    if (WEXITSTATUS(st)) fail_msg("rank %d: code %d (10 + r: the link figure of peer r is wrong)", r, WEXITSTATUS(st));
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_roundtrips),      cmocka_unit_test(test_planes_help_floats),
       cmocka_unit_test(test_split_join_inverse), cmocka_unit_test(test_parse_rejections),
       cmocka_unit_test(test_corrupt_blocks),  cmocka_unit_test(test_header_flag),
       cmocka_unit_test(test_configure),       cmocka_unit_test(test_p2p_chunks_compressed),
+      cmocka_unit_test(test_topology_sets_link_bw),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -480,8 +480,23 @@ static void test_bad_documents(void **state) {
   text = "{\"global_batch\": 1e999}";
   assert_int_equal(hm_train_parse(text, strlen(text), NULL, &t), HM_ERR_SPEC);
   assert_non_null(strstr(hm_last_error(), "train.global_batch: expected an integer"));
-  /* repeated profile entries: the earliest repeat is named, with its first occurrence */
+  /* host_links: known classes only, each with a positive bandwidth; read back as written */
   hm_profile pr;
+  text = "{\"host_links\": {\"pool\": {\"bandwidth\": 1e8, \"latency\": 1e-5}, \"rack\": {}}}";
+  assert_int_equal(hm_profile_parse(text, strlen(text), NULL, &pr), HM_ERR_SPEC);
+  assert_non_null(strstr(hm_last_error(), "profile.host_links"));
+  assert_non_null(strstr(hm_last_error(), "rack"));
+  text = "{\"host_links\": {\"cross\": {\"bandwidth\": 0, \"latency\": 1e-5}}}";
+  assert_int_equal(hm_profile_parse(text, strlen(text), NULL, &pr), HM_ERR_SPEC);
+  assert_string_equal(hm_last_error(), "profile.host_links.cross.bandwidth: expected a positive number, got 0");
+  text = "{\"host_links\": {\"cross\": {\"bandwidth\": 1.25e7, \"latency\": 2e-3}}}";
+  assert_int_equal(hm_profile_parse(text, strlen(text), NULL, &pr), HM_OK);
+  hm_link hl;
+  assert_int_equal(hm_profile_host_link(&pr, 0, &hl), 0);
+  assert_int_equal(hm_profile_host_link(&pr, 1, &hl), 1);
+  assert_true(hl.bandwidth == 1.25e7 && hl.latency == 2e-3);
+  hm_profile_free(&pr);
+  /* repeated profile entries: the earliest repeat is named, with its first occurrence */
   text = "{\"layers\": ["
          "{\"device_type\": \"x\", \"kind\": \"k\", \"micro_batch\": 2, \"fwd_s\": 1, \"bwd_s\": 1},"
          "{\"device_type\": \"x\", \"kind\": \"k\", \"micro_batch\": 1, \"fwd_s\": 1, \"bwd_s\": 1},"
