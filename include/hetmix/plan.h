@@ -61,6 +61,12 @@ typedef struct hm_schedule_config {
   int tied_embeddings;     /* 1: the first and last layer share weights (TIED_EMB_SYNC when p > 1) */
 } hm_schedule_config;
 
+/* Gradient buckets of stages [layer_begin, layer_end), per layers each: bucket q (0-based, in the
+ * order backprop completes them) is [*lo, *hi), bucket 0 ending at layer_end. The schedule's
+ * ALLREDUCE ops, the simulator and the runtime all take their buckets from here. */
+int hm_grad_bucket_count(int layer_begin, int layer_end, int per);
+void hm_grad_bucket(int layer_begin, int layer_end, int per, int q, int *lo, int *hi);
+
 /* 1F1B (PipeDream-flush): stage s runs min(p-1-s, m) warm-up forwards, then alternates one
  * forward and one backward, then drains the remaining backwards; then gradient buckets, tied
  * embedding sync, gradient norm and optimizer. */
@@ -106,6 +112,8 @@ typedef struct hm_sim_stage {
   int layer_begin, layer_end; /* layers of this stage */
   int tp;                     /* tensor-parallel degree (gradient shard = layer bytes / tp) */
   double fwd, bwd;            /* seconds for one micro-batch (recompute included in bwd) */
+  const double *layer_bwd;    /* (layer_end - layer_begin) relative backward time of each layer
+                                 (bwd is split in these proportions), or NULL: equal shares */
   double act_bytes;           /* bytes of one micro-batch's output sent to stage s+1 per device */
   hm_link link_next;          /* link to stage s+1 (unused on the last stage) */
   hm_device_xfer staging;     /* staging copies of the stage's device type (all 0: host memory):
@@ -130,6 +138,9 @@ typedef struct hm_sim_input {
   const double *layer_grad_bytes; /* (nlayers) gradient bytes of each whole layer */
   hm_sync_model sync;             /* nranks = sum of nreplicas (set by the caller) */
   int layers_per_bucket;
+  int overlap_sync;               /* 1: a bucket may start during the stage's last backward, once
+                                     that backward is done with the bucket's layers (the runtime's
+                                     default); 0: after the last backward */
   int tied_embeddings;            /* layer 0 and layer nlayers-1 share weights */
   hm_link tied_link;              /* link between a replica's first and last stage */
   double grad_norm_time;          /* seconds of the scalar allreduce */
