@@ -285,6 +285,12 @@ typedef struct hm_plan_inputs {
 /* Fills every prediction of a plan whose classes, stages and layer ranges are set, by running the
  * simulator on the op lists; trace (optional) receives the predicted timeline. */
 hm_status hm_plan_predict(const hm_plan_inputs *in, hm_plan *plan, hm_sim_trace *trace);
+/* Relative uncertainty of plan's predicted step time (already predicted on in) from the spread
+ * its profile measured (hm_profile_layer.spread): the plan predicted again with every measured
+ * layer figure at the upper end of its spread, fwd and bwd x (1 + spread), all together (as one
+ * load change of the machine moves them), and *rel = that step / the step - 1. 0 when the
+ * profile records no spread or there is no profile. */
+hm_status hm_plan_spread(const hm_plan_inputs *in, const hm_plan *plan, double *rel);
 
 /* The op lists one replica of class `cls` executes: the schedule hm_plan_predict simulates
  * (same stages, micro-batches, gradient buckets of one layer, tied-embedding sync when the model

@@ -17,6 +17,24 @@ static void print_line(const char *line, void *user) {
   fflush(stdout);
 }
 
+/* The measured spread of the layer entries: what `hetmix plan` turns into the prediction's
+ * uncertainty. */
+static void print_spread(const hm_profile *p) {
+  double worst = 0, sum = 0;
+  int n = 0, reps = 0, at = -1;
+  for (int i = 0; i < p->nlayers; i++) {
+    const hm_profile_layer *e = &p->layers[i];
+    if (e->spread <= 0) continue;
+    sum += e->spread, n++, reps += e->reps;
+    if (e->spread > worst) worst = e->spread, at = i;
+  }
+  if (!n) return;
+  printf("\nspread of the layer figures (half the interquartile range over the median; the larger of within and\n"
+         "between passes): mean %.1f%%, largest %.1f%% (%s %s, micro-batch %lld); %d timed rounds kept in all\n",
+         100 * sum / n, 100 * worst, p->layers[at].device_type, p->layers[at].kind, (long long)p->layers[at].micro_batch,
+         reps);
+}
+
 int hm_cmd_profile(int argc, char **argv) {
   const char *cluster_path = NULL, *model_path = NULL, *train_path = NULL, *out_path = "profile.json";
   char types_buf[1024] = "";
@@ -33,8 +51,14 @@ int hm_cmd_profile(int argc, char **argv) {
       HM_OPT_STR_ROW("output", 'o', &out_path, "FILE", "where to write the profile [profile.json]"),
       HM_OPT_LIST_ROW("micro-batches", 0, mbs, HM_PROFILE_MAX_MBS, &nmbs, 1, 65536, "LIST",
                       "micro-batch sizes, e.g. 1,2,4 [the training spec's, else 1,2,4]"),
-      HM_OPT_ROW(HM_OPT_INT, "reps", 0, &o.reps, 1, 1000, "N", "timed rounds per measurement, median kept [5]"),
-      HM_OPT_ROW(HM_OPT_INT, "warmup", 0, &o.warmup, 0, 1000, "N", "untimed rounds first [1]"),
+      HM_OPT_ROW(HM_OPT_INT, "reps", 0, &o.reps, 1, 1000, "N",
+                 "timed rounds per measurement, over all passes; outliers dropped,\n"
+                 "the median of the rest kept [9]"),
+      HM_OPT_ROW(HM_OPT_INT, "warmup", 0, &o.warmup, 0, 1000, "N", "untimed rounds first, in every pass [1]"),
+      HM_OPT_ROW(HM_OPT_INT, "passes", 0, &o.passes, 1, 16, "N",
+                 "measure the types in N passes of reps/N rounds, in alternating\n"
+                 "order (a, b, then b, a, ...), and keep each figure's median over\n"
+                 "the passes: every type sees the same load [3]"),
       HM_OPT_ROW(HM_OPT_DOUBLE, "budget", 0, &o.budget_s, 0, 86400, "S",
                  "stop timing a layer kind and size after S seconds of timed rounds\n"
                  "(at least one round) [2]; 0: always all --reps"),
@@ -113,8 +137,9 @@ int hm_cmd_profile(int argc, char **argv) {
   }
   o.cluster = &c;
   o.model = &m;
-  printf("profiling model \"%s\" on cluster \"%s\" (%d timed rounds after %d warm-up%s", m.name, c.name, o.reps,
-         o.warmup, o.concurrent ? "; every type at once" : "");
+  printf("profiling model \"%s\" on cluster \"%s\" (%d timed rounds", m.name, c.name, o.reps);
+  if (o.concurrent || o.copies > 1) printf(" after %d warm-up%s", o.warmup, o.concurrent ? "; every type at once" : "");
+  else printf(" in %d passes, %d warm-up each", o.passes, o.warmup);
   if (o.copies > 1) printf("; %d processes per type", o.copies);
   printf(")\n");
   fflush(stdout);
@@ -160,6 +185,7 @@ int hm_cmd_profile(int argc, char **argv) {
     rc = hm_cli_fail_status(st, "writing the profile", NULL);
     goto done;
   }
+  print_spread(&p);
   printf("\nwrote %s: %d layer entries for %d device type%s, %d link entr%s, in %.1f s%s\n", out_path, p.nlayers,
          rep.ntypes_measured, rep.ntypes_measured == 1 ? "" : "s", p.nlinks, p.nlinks == 1 ? "y" : "ies", rep.seconds,
          rep.nskipped ? " (some sizes did not fit: see above)" : "");

@@ -159,6 +159,25 @@ static void check_complete(const fixture *f, const hm_profile *p) {
 }
 
 /* Measures once (the expensive part) and checks the profile, its file and the planner on it. */
+/* The robust centre of timed rounds: a preempted round (5x) is dropped, the median of the rest
+ * kept, the spread half their interquartile range over it (values by hand, see the numbers). */
+static void test_robust_centre(void **state) {
+  (void)state;
+  double v[5] = {1.0, 1.01, 0.99, 1.02, 5.0};
+  int kept = 0;
+  double spread = -1;
+  /* median 1.01, MAD 0.01: bound 3 x 1.4826 x 0.01 = 0.0445 keeps 0.99 .. 1.02, drops 5.0 */
+  const double m = hm_profile_robust(v, 5, &kept, &spread);
+  assert_int_equal(kept, 4);
+  assert_true(fabs(m - 1.005) < 1e-15);
+  /* quartiles of 0.99, 1, 1.01, 1.02 at 0.75 and 2.25: 0.9975 and 1.0125 */
+  assert_true(fabs(spread - 0.5 * 0.015 / 1.005) < 1e-14);
+  double three[3] = {1.0, 1.001, 1.2}; /* too few to call one an outlier: the plain median */
+  assert_true(hm_profile_robust(three, 3, &kept, &spread) == 1.001 && kept == 3);
+  double same[3] = {2, 2, 2};
+  assert_true(hm_profile_robust(same, 3, &kept, &spread) == 2 && kept == 3 && spread == 0);
+}
+
 static void test_measure_write_read_plan(void **state) {
   (void)state;
   fixture f;
@@ -196,6 +215,10 @@ static void test_measure_write_read_plan(void **state) {
     assert_true(fabs(a->fwd_s - b->fwd_s) <= 1e-12 * a->fwd_s);
     assert_true(fabs(a->bwd_s - b->bwd_s) <= 1e-12 * a->bwd_s);
     assert_true(fabs(a->mem_bytes - b->mem_bytes) <= 1e-12 * a->mem_bytes);
+    /* the measured spread and the rounds behind it are recorded and read back */
+    assert_true(a->reps >= 1 && a->reps <= o.reps);
+    assert_int_equal(a->reps, b->reps);
+    assert_true(a->spread >= 0 && fabs(a->spread - b->spread) <= 1e-12 * a->spread);
   }
 
   /* the planner uses it: a 2-stage plan fast [0,2) + slow [2,5) at micro-batch 2 predicts each
@@ -234,6 +257,18 @@ static void test_measure_write_read_plan(void **state) {
   /* and the step is at least the pipeline's compute bound (m-1) max t_s + sum t_s */
   const double t0s = f0 + b0, t1s = f1 + b1;
   assert_true(plan.step_time >= 3 * fmax(t0s, t1s) + t0s + t1s - 1e-12); /* rounding of ~10 additions of ~1e-3 s */
+
+  /* the prediction's uncertainty from the profile's spread: every figure 10% up moves a step made
+   * of compute and constants (max and + of them) up by more than 0 and at most 10% (scaling
+   * everything by 1.1 scales the step by exactly 1.1); none without a recorded spread. 1e-12:
+   * rounding of the ~20 additions, far below either bound's margin. */
+  double rel = -1;
+  for (int i = 0; i < q.nlayers; i++) q.layers[i].spread = 0.1;
+  assert_int_equal(hm_plan_spread(&in, &plan, &rel), HM_OK);
+  assert_true(rel > 0.01 && rel <= 0.1 + 1e-12);
+  for (int i = 0; i < q.nlayers; i++) q.layers[i].spread = 0;
+  assert_int_equal(hm_plan_spread(&in, &plan, &rel), HM_OK);
+  assert_true(rel == 0);
 
   /* the first stage at tp 2: the layer times halve and each layer adds the profile's measured
    * allreduce of its tp_comm_bytes (forward and backward), not the cost model's */
@@ -454,6 +489,7 @@ static void test_cli(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_fit_exact),
+      cmocka_unit_test(test_robust_centre),
       cmocka_unit_test(test_measure_write_read_plan),
       cmocka_unit_test(test_measure_together),
       cmocka_unit_test(test_refusals),
