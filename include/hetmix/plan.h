@@ -292,6 +292,17 @@ hm_status hm_plan_predict(const hm_plan_inputs *in, hm_plan *plan, hm_sim_trace 
  * profile records no spread or there is no profile. */
 hm_status hm_plan_spread(const hm_plan_inputs *in, const hm_plan *plan, double *rel);
 
+/* Self-calibration: folds what a training run of `plan` measured into `out` (a copy of
+ * in->profile, which plan was predicted on). fwd[s], bwd[s]: the run's mean seconds per
+ * micro-batch of stage s of class cls (replica 0's). For each device type of that class's tp-1
+ * stages that the profile has layer entries for, scale = (sum of measured) / (sum of predicted)
+ * over the type's stages, forward and backward apart, and every layer entry of that type is
+ * multiplied by it and marked from_run (a stage's time is a sum of its layers: one run separates
+ * device types, not layer kinds). scale[k][0..1] (optional, cluster types) receives the factors,
+ * 0 for types left alone. Links are not calibrated. */
+hm_status hm_profile_calibrate(const hm_plan_inputs *in, const hm_plan *plan, int cls, const double *fwd,
+                               const double *bwd, hm_profile *out, double (*scale)[2]);
+
 /* The op lists one replica of class `cls` executes: the schedule hm_plan_predict simulates
  * (same stages, micro-batches, gradient buckets of one layer, tied-embedding sync when the model
  * ties its embedding). The pipeline runtime runs this. Free with hm_schedule_free. */

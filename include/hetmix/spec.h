@@ -272,6 +272,8 @@ typedef struct hm_profile_layer {
                           range of the rounds over their median, or half the range of the passes'
                           values, the larger); 0 = unknown */
   int reps;            /* timed rounds behind the figures (after outliers were dropped); 0 = unknown */
+  int from_run;        /* 1: calibrated by a training run's measurements (hm_profile_calibrate),
+                          "source": "run"; 0: measured by `hetmix profile`, "source": "profile" */
   int type;            /* resolved device type index, -1 until hm_profile_resolve */
 } hm_profile_layer;
 

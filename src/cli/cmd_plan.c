@@ -105,14 +105,16 @@ static void print_sources(const hm_plan_inputs *in, const hm_plan *p) {
   printf("figures:");
   for (int k = 0; k < c->ntypes && k < HM_PLAN_MAX_TYPES; k++) {
     if (p->devices_by_type[k] <= 0) continue;
-    int n = 0;
+    int n = 0, run = 0;
     double spread = 0;
     for (int i = 0; pr && i < pr->nlayers; i++)
       if (pr->layers[i].type == k) {
         n++;
+        run += pr->layers[i].from_run;
         if (pr->layers[i].spread > spread) spread = pr->layers[i].spread;
       }
-    if (n && spread > 0) printf(" %s compute measured (profile, spread up to %.1f%%);", c->types[k].name, 100 * spread);
+    if (run) printf(" %s compute measured (profile, calibrated by a training run: hetmix calibrate);", c->types[k].name);
+    else if (n && spread > 0) printf(" %s compute measured (profile, spread up to %.1f%%);", c->types[k].name, 100 * spread);
     else if (n) printf(" %s compute measured (profile, spread not recorded);", c->types[k].name);
     else printf(" %s compute from the datasheet (cluster spec);", c->types[k].name);
   }

@@ -270,6 +270,40 @@ static void test_measure_write_read_plan(void **state) {
   assert_int_equal(hm_plan_spread(&in, &plan, &rel), HM_OK);
   assert_true(rel == 0);
 
+  /* self-calibration: a run measured the fast stage at 2x forward and 3x backward and the slow
+   * one as predicted; the calibrated profile predicts exactly that (each stage is a sum of its
+   * layers' figures, each scaled once: 1e-12 relative is ~10 roundings), marks the entries
+   * "source": "run" and reads back so */
+  const double mf[2] = {2 * plan.classes[0].stages[0].fwd, plan.classes[0].stages[1].fwd};
+  const double mb[2] = {3 * plan.classes[0].stages[0].bwd, plan.classes[0].stages[1].bwd};
+  hm_profile cal;
+  double scale[HM_PLAN_MAX_TYPES][2];
+  assert_int_equal(hm_profile_calibrate(&in, &plan, 0, mf, mb, &cal, scale), HM_OK);
+  assert_true(fabs(scale[fast][0] - 2) < 1e-12 && fabs(scale[fast][1] - 3) < 1e-12);
+  assert_true(fabs(scale[slow][0] - 1) < 1e-12 && fabs(scale[slow][1] - 1) < 1e-12);
+  hm_plan_inputs in_cal = in;
+  in_cal.profile = &cal;
+  hm_plan pc = plan;
+  assert_int_equal(hm_plan_predict(&in_cal, &pc, NULL), HM_OK);
+  for (int s = 0; s < 2; s++) {
+    assert_true(fabs(pc.classes[0].stages[s].fwd - mf[s]) <= 1e-12 * mf[s]);
+    assert_true(fabs(pc.classes[0].stages[s].bwd - mb[s]) <= 1e-12 * mb[s]);
+  }
+  for (int i = 0; i < cal.nlayers; i++) assert_int_equal(cal.layers[i].from_run, 1);
+  char cpath[] = "/tmp/hm_test_calibrated_XXXXXX";
+  int cfd = mkstemp(cpath);
+  assert_true(cfd >= 0);
+  close(cfd);
+  assert_int_equal(hm_profile_write(&cal, cpath), HM_OK);
+  hm_profile back;
+  memset(&back, 0, sizeof back);
+  st = hm_profile_load(cpath, &back);
+  unlink(cpath);
+  if (st != HM_OK) fail_msg("load calibrated: %s", hm_last_error());
+  for (int i = 0; i < back.nlayers; i++) assert_int_equal(back.layers[i].from_run, 1);
+  hm_profile_free(&back);
+  hm_profile_free(&cal);
+
   /* the first stage at tp 2: the layer times halve and each layer adds the profile's measured
    * allreduce of its tp_comm_bytes (forward and backward), not the cost model's */
   plan.classes[0].stages[0].tp = 2;
