@@ -31,9 +31,9 @@ hm_status hm_profile_calibrate(const hm_plan_inputs *in, const hm_plan *plan, in
     free(cp.layers), free(cp.links), free(cp.staging);
     return HM_ERR_NOMEM;
   }
-  memcpy(cp.layers, pr->layers, (size_t)pr->nlayers * sizeof *cp.layers);
-  memcpy(cp.links, pr->links, (size_t)pr->nlinks * sizeof *cp.links);
-  memcpy(cp.staging, pr->staging, (size_t)pr->nstaging * sizeof *cp.staging);
+  if (pr->nlayers > 0) memcpy(cp.layers, pr->layers, (size_t)pr->nlayers * sizeof *cp.layers);
+  if (pr->nlinks > 0) memcpy(cp.links, pr->links, (size_t)pr->nlinks * sizeof *cp.links);
+  if (pr->nstaging > 0) memcpy(cp.staging, pr->staging, (size_t)pr->nstaging * sizeof *cp.staging);
   cp.cap_layers = pr->nlayers, cp.cap_links = pr->nlinks, cp.cap_staging = pr->nstaging;
   for (int k = 0; k < HM_PLAN_MAX_TYPES; k++) {
     if (scale) scale[k][0] = scale[k][1] = 0;
