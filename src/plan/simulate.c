@@ -8,7 +8,9 @@
  * gradients (all classes) and the stage's previous bucket is done. Without overlap_sync that is
  * the end of the holder's last backward; with it, the moment that backward has done the bucket's
  * layers (backprop goes from the stage's last layer down, each layer taking its share of bwd),
- * and the buckets run on the stage's own sync track while the backward continues. The stage's
+ * and the buckets run on the stage's own sync track while the backward continues (buckets whose
+ * holders split them with different tensor-parallel degrees wait for the backward's end, as the
+ * runtime sums those after it). The stage's
  * next ops wait for its last bucket. The tied-embedding sync starts when both ends are ready;
  * the gradient norm waits for every stage; then the optimizer.
  * Not modelled: contention between replicas on a NIC, nor between a bucket and the compute it
@@ -331,8 +333,24 @@ static double bwd_through(const hm_sim_stage *sg, int lo) {
   return all > 0 ? sg->bwd * tail / all : sg->bwd * (double)(sg->layer_end - lo) / n;
 }
 
+/* Whether every holder of layers [lo, hi) (all classes) splits them with the same tensor-parallel
+ * degree: the runtime overlaps only those buckets (replicas that split a stage differently sum
+ * its gradients once, after the backward). */
+static int same_tp(const hm_sim_input *in, int lo, int hi) {
+  int tp = 0;
+  for (int c = 0; c < in->nclasses; c++)
+    for (int s = 0; s < in->classes[c].nstages; s++) {
+      const hm_sim_stage *sg = &in->classes[c].stages[s];
+      if (sg->layer_end <= lo || sg->layer_begin >= hi) continue;
+      if (tp && sg->tp != tp) return 0;
+      tp = sg->tp;
+    }
+  return 1;
+}
+
 /* When every holder of layers [lo, hi) (all classes) has their final gradients. */
 static double bucket_ready(const hm_sim_input *in, class_state *cs, int lo, int hi) {
+  const int overlap = in->overlap_sync && same_tp(in, lo, hi);
   double r = 0;
   for (int c = 0; c < in->nclasses; c++) {
     const hm_sim_class *cl = &in->classes[c];
@@ -340,7 +358,7 @@ static double bucket_ready(const hm_sim_input *in, class_state *cs, int lo, int 
       const hm_sim_stage *sg = &cl->stages[s];
       if (sg->layer_end <= lo || sg->layer_begin >= hi) continue;
       const stage_state *ss = &cs[c].st[s];
-      double t = in->overlap_sync ? ss->last_bwd + bwd_through(sg, lo) : ss->grads_ready;
+      double t = overlap ? ss->last_bwd + bwd_through(sg, lo) : ss->grads_ready;
       if (t > ss->grads_ready) t = ss->grads_ready; /* rounding */
       if (t > r) r = t;
     }
