@@ -1,9 +1,15 @@
 /* `hetmix profile`: measure per-layer forward/backward time and memory of the local device types
  * of a cluster spec, and the link between local workers, and write the profile the planner reads
  * (`hetmix plan --profile`). Parsing and printing only; measuring is src/runtime/profile*.c. */
+#include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "hetmix/profile.h"
@@ -15,6 +21,49 @@ static void print_line(const char *line, void *user) {
   (void)user;
   printf("%s\n", line);
   fflush(stdout);
+}
+
+/* Runs the rest of the command in a child that leads a session of its own, as `hetmix launch`
+ * starts each worker (src/runtime/launch.c): with Linux's autogroup scheduling the caller's
+ * session (its shell, build jobs, a benchmark driver) shares the CPU as one group, so on a loaded
+ * host a profile measured in it got a smaller share than the workers it predicts (one-layer
+ * figures 2-2.5x a run's at load average 10-20). Returns 0 in the child (go on; also when the
+ * process leads its session already or fork failed), 1 in the parent with *rc the child's exit
+ * status, after at most timeout_s (then the child is killed). */
+static int own_session(int timeout_s, int *rc) {
+  if (getsid(0) == getpid()) return 0;
+  fflush(stdout);
+  fflush(stderr);
+  const pid_t parent = getpid(), pid = fork();
+  if (pid < 0) return 0;
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(1);
+    setsid();
+    return 0;
+  }
+  const uint64_t deadline = hm_deadline_after_ms((uint64_t)timeout_s * 1000u);
+  int ws = 0;
+  for (;;) {
+    const pid_t w = waitpid(pid, &ws, WNOHANG);
+    if (w == pid) break;
+    if (w < 0 && errno != EINTR) {
+      *rc = hm_cli_fail(NULL, "profile: lost the measuring process: %s", strerror(errno));
+      return 1;
+    }
+    if (hm_deadline_passed(deadline)) {
+      kill(pid, SIGKILL);
+      while (waitpid(pid, &ws, 0) < 0 && errno == EINTR) {
+      }
+      *rc = hm_cli_fail("measure fewer types or micro-batch sizes at a time", "profile: the measurement took over %d s; stopped it", timeout_s);
+      return 1;
+    }
+    struct timespec ts = {0, 20000000};
+    nanosleep(&ts, NULL);
+  }
+  *rc = WIFEXITED(ws) ? WEXITSTATUS(ws) : hm_cli_fail(NULL, "profile: the measuring process was killed by signal %d",
+                                                      WIFSIGNALED(ws) ? WTERMSIG(ws) : 0);
+  return 1;
 }
 
 /* The measured spread of the layer entries: what `hetmix plan` turns into the prediction's
@@ -92,6 +141,7 @@ int hm_cmd_profile(int argc, char **argv) {
   int rc = hm_opts_parse(&spec, argc, argv, &res);
   if (rc != HM_OPTS_CONTINUE) return rc;
   rc = 0;
+  if (own_session(4 * (o.timeout_s > 0 ? o.timeout_s : 3600), &rc)) return rc;
   if (no_links) o.links = 0;
   o.n_micro_batches = nmbs;
   for (int i = 0; i < nmbs; i++) o.micro_batches[i] = mbs[i];

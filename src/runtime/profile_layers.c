@@ -389,6 +389,10 @@ hm_status hm_profile_time_layers_together(int njobs, const char *const *backends
     if (pid[p] == 0) {
       prctl(PR_SET_PDEATHSIG, SIGKILL);
       if (getppid() != parent) _exit(1);
+      /* its own session, as `hetmix launch` starts each worker (launch.c): with Linux's autogroup
+       * scheduling a loaded host then shares the CPU with it as with a worker, not as with one of
+       * several processes in the caller's session */
+      setsid();
       const char *backend = backends[p / copies];
       hm_layer_timing *mine = times + (size_t)p * per;
       hm_status cs = hm_profile_time_layers(backend, shape, layers, nlayers, mbs, nmbs, warmup, reps, budget_s,
