@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <errno.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -462,6 +463,81 @@ static void test_probe_deadline(void **state) {
   assert_int_equal(errno, ECHILD);
 }
 
+/* The session of a child of `parent` (reading /proc/<pid>/stat: pid (comm) state ppid pgrp
+ * session ...), its pid in *child; -1 while it has none. */
+static pid_t child_session(pid_t parent, pid_t *child) {
+  DIR *d = opendir("/proc");
+  if (!d) return -1;
+  pid_t sid = -1;
+  for (struct dirent *e; sid < 0 && (e = readdir(d));) {
+    char path[300], buf[1024];
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
+    FILE *f = fopen(path, "r");
+    if (!f) continue;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *r = strrchr(buf, ')');
+    int ppid = 0, pgrp = 0, session = 0;
+    char state;
+    if (r && sscanf(r + 1, " %c %d %d %d", &state, &ppid, &pgrp, &session) == 4 && ppid == parent) {
+      sid = session;
+      *child = (pid_t)atoi(e->d_name);
+    }
+  }
+  closedir(d);
+  return sid;
+}
+
+/* hetmix profile measures in a session of its own, as hetmix launch starts workers (with autogroup
+ * scheduling a loaded host then gives it a worker's share): while it runs, its measuring process
+ * leads a session that is not the caller's. */
+static void test_cli_own_session(void **state) {
+  (void)state;
+  char dir[] = "/tmp/hm_test_profile_sid_XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  char cl[512], md[512], out[600], exe[512];
+  snprintf(cl, sizeof cl, "%s/cluster.json", dir);
+  snprintf(md, sizeof md, "%s/model.json", dir);
+  snprintf(out, sizeof out, "%s/p.json", dir);
+  snprintf(exe, sizeof exe, "%s/hetmix", HM_BINARY_DIR);
+  FILE *fc = fopen(cl, "w");
+  assert_non_null(fc);
+  fputs(cluster_json, fc);
+  fclose(fc);
+  fc = fopen(md, "w");
+  assert_non_null(fc);
+  fputs(model_json, fc);
+  fclose(fc);
+  const pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    if (!freopen("/dev/null", "w", stdout)) _exit(127);
+    execl(exe, exe, "profile", "--cluster", cl, "--model", md, "-o", out, "--micro-batches", "1,2", "--reps", "5",
+          "--types", "slow", "--no-links", (char *)NULL);
+    _exit(127);
+  }
+  pid_t child = -1, sid = -1;
+  int wst = 0, done = 0;
+  const double end = hm_now_s() + 60;
+  /* the run takes ~1 s, polled every ms; between its fork and its setsid the child is still in
+   * the caller's session, so wait for a look at it that leads its own */
+  while (!(sid >= 0 && sid == child) && !done && hm_now_s() < end) {
+    sid = child_session(pid, &child);
+    done = waitpid(pid, &wst, WNOHANG) == pid;
+    if (!(sid >= 0 && sid == child) && !done) usleep(1000);
+  }
+  if (!done) waitpid(pid, &wst, 0);
+  char cmd[700];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  assert_int_equal(system(cmd), 0);
+  assert_true(WIFEXITED(wst) && WEXITSTATUS(wst) == 0);
+  if (sid < 0 || sid != child)
+    fail_msg("hetmix profile measured in its caller's session (no measuring child leading a session seen)");
+  assert_true(sid != getsid(0));
+}
+
 static int run(const char *cmd, char *out, size_t cap) {
   FILE *pf = popen(cmd, "r");
   assert_non_null(pf);
@@ -529,6 +605,7 @@ int main(void) {
       cmocka_unit_test(test_refusals),
       cmocka_unit_test(test_probe_deadline),
       cmocka_unit_test(test_cli),
+      cmocka_unit_test(test_cli_own_session),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
