@@ -30,7 +30,8 @@ typedef struct bench_args {
   const char *model;    /* worker's model string, e.g. L4,C128,NH4,V256,T128 */
   const char *profile;  /* an existing profile to use instead of measuring */
   const char *only;     /* run only plans whose name contains this */
-  int mb, steps, runs, reps;
+  int mb, steps, runs, reps; /* reps 0: hetmix profile's default */
+  int profiles;         /* > 0: only predict each plan on this many fresh profiles (no training) */
   int alone;            /* 1: profile each type alone, not under the plan's own load */
 } bench_args;
 
@@ -76,16 +77,17 @@ static int sh(const char *cmd) {
  * predicted compute per step come back. */
 static int predict_once(const bench_args *a, const bench_plan *bp, int pi, int run, int after, const hm_profile *links,
                         const hm_cluster *c, const hm_model *m, hm_plan *plan, const char *plan_path, double *step,
-                        double *stage_busy) {
-  char prof_run[1024], cmd[8192];
+                        double *stage_busy, double *uncertainty) {
+  char prof_run[1024], cmd[8192], reps[32] = "";
+  if (a->reps > 0) snprintf(reps, sizeof reps, "--reps %d", a->reps);
   snprintf(prof_run, sizeof prof_run, "%s/profile-plan%d-run%d%s.json", a->dir, pi + 1, run + 1, after ? "-after" : "");
   if (a->profile) {
     snprintf(prof_run, sizeof prof_run, "%s", a->profile);
   } else {
     snprintf(cmd, sizeof cmd,
-             "%s profile --cluster %s/cluster.json --model %s/model.json --micro-batches %d --reps %d "
+             "%s profile --cluster %s/cluster.json --model %s/model.json --micro-batches %d %s "
              "--no-links %s -o %s > %s.log 2>&1",
-             a->hetmix, a->dir, a->dir, a->mb, a->reps, a->alone ? "" : bp->profile, prof_run, prof_run);
+             a->hetmix, a->dir, a->dir, a->mb, reps, a->alone ? "" : bp->profile, prof_run, prof_run);
     if (sh(cmd) != 0) return fprintf(stderr, "predict_bench: profiling failed; see %s.log\n", prof_run), 1;
   }
   hm_profile pr;
@@ -107,6 +109,7 @@ static int predict_once(const bench_args *a, const bench_plan *bp, int pi, int r
   const int first = run == 0 && !after;
   if (st == HM_OK && first) st = hm_plan_write(&in, plan, plan_path);
   if (st == HM_OK && first) st = hm_sim_trace_write(&trace, pred_trace);
+  if (st == HM_OK && uncertainty) st = hm_plan_spread(&in, plan, uncertainty);
   hm_sim_trace_free(&trace);
   hm_profile_free(&pr);
   if (st != HM_OK) return fprintf(stderr, "plan %d: %s\n", pi + 1, hm_last_error()), 1;
@@ -160,15 +163,41 @@ static double median(const double *x, int n) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+/* The predicted step of one plan on a.profiles fresh profiles, one after another: how much the
+ * profile alone moves the prediction, beside the uncertainty each profile claims for it. */
+static int profile_spread(const bench_args *a, const bench_plan *bp, int pi, const hm_profile *links,
+                          const hm_cluster *c, const hm_model *m, hm_plan *plan) {
+  double step[16], unc[16], busy[4];
+  const int n = a->profiles < 16 ? a->profiles : 16;
+  printf("plan %d: %s, %d fresh profiles (%s)\n", pi + 1, bp->name, n, a->alone ? "each type alone" : bp->profile);
+  for (int k = 0; k < n; k++) {
+    char plan_path[1024];
+    snprintf(plan_path, sizeof plan_path, "%s/plan%d.json", a->dir, pi + 1);
+    if (predict_once(a, bp, pi, k, 0, links, c, m, plan, plan_path, &step[k], busy, &unc[k]) != 0) return 1;
+    printf("  profile %d: predicted step %.4f s, its own uncertainty +-%.1f%%  (loadavg %.2f)\n", k + 1, step[k],
+           100 * unc[k], loadavg());
+  }
+  double lo = step[0], hi = step[0];
+  for (int k = 1; k < n; k++) lo = step[k] < lo ? step[k] : lo, hi = step[k] > hi ? step[k] : hi;
+  const double med = median(step, n);
+  printf("plan %d: predicted step over %d profiles: median %.4f s, min %.4f, max %.4f: spread (max - min) / median "
+         "%.1f%% (target < 3%%); median claimed uncertainty +-%.1f%%\n",
+         pi + 1, n, med, lo, hi, 100 * (hi - lo) / med, 100 * median(unc, n));
+  return 0;
+}
+
 static void usage(void) {
   printf("usage: predict_bench --hetmix PATH [--dir DIR] [--data-dir DIR] [--model L4,C128,NH4,V256,T128]\n"
-         "                     [--mb 4] [--steps 8] [--runs 3] [--reps 5] [--profile P] [--only NAME] [--alone]\n"
+         "                     [--mb 4] [--steps 8] [--runs 3] [--reps N] [--profile P] [--only NAME] [--alone]\n"
+         "                     [--profiles K]\n"
          "Each run profiles the layers under the plan's own load (the workers it runs at once: hetmix\n"
-         "profile --copies / --concurrent); --alone profiles each type by itself instead.\n");
+         "profile --copies / --concurrent); --alone profiles each type by itself instead. --reps: timed rounds\n"
+         "per profile [hetmix profile's default]. --profiles K: no training; predict each plan on K fresh\n"
+         "profiles and print how far the prediction moves between them.\n");
 }
 
 int main(int argc, char **argv) {
-  bench_args a = {NULL, "predict-bench", "data", "L4,C128,NH4,V256,T128", NULL, NULL, 4, 8, 3, 5, 0};
+  bench_args a = {NULL, "predict-bench", "data", "L4,C128,NH4,V256,T128", NULL, NULL, 4, 8, 3, 0, 0, 0};
   for (int i = 1; i < argc; i++) {
     const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (!strcmp(k, "-h") || !strcmp(k, "--help")) {
@@ -194,6 +223,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(k, "--steps")) a.steps = atoi(v);
     else if (!strcmp(k, "--runs")) a.runs = atoi(v);
     else if (!strcmp(k, "--reps")) a.reps = atoi(v);
+    else if (!strcmp(k, "--profiles")) a.profiles = atoi(v);
     else {
       usage();
       return 2;
@@ -201,7 +231,7 @@ int main(int argc, char **argv) {
   }
   int L, C, NH, V, T;
   char tail;
-  if (!a.hetmix || a.mb < 1 || a.steps < 3 || a.runs < 1 || a.reps < 1 ||
+  if (!a.hetmix || a.mb < 1 || a.steps < 3 || a.runs < 1 || a.reps < 0 || a.profiles < 0 ||
       sscanf(a.model, "L%d,C%d,NH%d,V%d,T%d%c", &L, &C, &NH, &V, &T, &tail) != 5) {
     usage();
     return 2;
@@ -248,8 +278,8 @@ int main(int argc, char **argv) {
   } else {
     snprintf(profile_path, sizeof profile_path, "%s/profile.json", a.dir);
     snprintf(cmd, sizeof cmd,
-             "%s profile --cluster %s/cluster.json --model %s/model.json --micro-batches %d --reps %d -o %s",
-             a.hetmix, a.dir, a.dir, a.mb, a.reps, profile_path);
+             "%s profile --cluster %s/cluster.json --model %s/model.json --micro-batches %d %s%.0d -o %s",
+             a.hetmix, a.dir, a.dir, a.mb, a.reps > 0 ? "--reps " : "", a.reps, profile_path);
     printf("$ %s\n", cmd);
     if (sh(cmd) != 0) return fprintf(stderr, "predict_bench: profiling failed\n"), 1;
   }
@@ -302,6 +332,10 @@ int main(int argc, char **argv) {
     for (int s = 0; s < bp->nstages; s++)
       snprintf(devices + strlen(devices), sizeof devices - strlen(devices), "%s%s", s ? "|" : "",
                type_backend(bp->types[s]));
+    if (a.profiles > 0) {
+      if (profile_spread(&a, bp, pi, &links, &c, &m, &plan) != 0) return 1;
+      continue;
+    }
     double rp[16], rm[16], re[16], rs[16], busy[4] = {0}, busy_sum[4] = {0}, pbusy_sum[4] = {0};
     int ok = 0;
     char plan_path[1024];
@@ -318,7 +352,8 @@ int main(int argc, char **argv) {
           struct stat sb;
           if (stat(od, &sb) != 0) break;
         }
-        if (predict_once(&a, bp, pi, run, k, &links, &c, &m, &plan, plan_path, &pstep[k], pbusy[k]) != 0) return 1;
+        if (predict_once(&a, bp, pi, run, k, &links, &c, &m, &plan, plan_path, &pstep[k], pbusy[k], NULL) != 0)
+          return 1;
         if (k == 0) {
           char out_dir[1024];
           snprintf(out_dir, sizeof out_dir, "%s/run%d-%d", a.dir, pi + 1, run + 1);

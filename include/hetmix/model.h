@@ -233,6 +233,14 @@ void *hm_stage_output(hm_stage *s, int mb);
  * Afterwards hm_stage_dinput() is the gradient of x_in (B,T,C) (first > 0), valid until the
  * next backward. */
 hm_status hm_stage_backward(hm_stage *s, int mb, const void *dout, float loss_weight);
+/* Optional: called inside every following hm_stage_backward as soon as layer `layer`'s part of it
+ * is done (layers in backprop order: the head L+1, the blocks downwards, the embedding 0), after
+ * its gradient kernels were queued on the stage's device. After the last micro-batch's backward
+ * reaches layer l, the gradients of every layer >= l of the stage are final: the runtime issues
+ * gradient buckets from here while the rest of the backward runs. A hook's error ends the
+ * backward with it. fn NULL removes the hook. */
+typedef hm_status (*hm_stage_grad_hook)(void *user, int layer);
+void hm_stage_set_grad_hook(hm_stage *s, hm_stage_grad_hook fn, void *user);
 void *hm_stage_dinput(hm_stage *s);
 
 /* Runs the following forwards with sequence length T (1 <= T <= the created T), for inference on

@@ -48,6 +48,9 @@ typedef struct hm_pipeline_options {
   int nreplicas;                 /* R >= 1 */
   int micro[HM_PIPE_MAX_REPLICAS]; /* micro-batches per replica per step, each >= 1 */
   int layers_per_bucket;         /* data-parallel allreduce bucket [1] */
+  int sync_after_backward;       /* 1: issue the gradient buckets after the step's last backward;
+                                    0: issue each bucket during the last backward as soon as its
+                                    layers are done (overlapped sync, the same sums bitwise) [0] */
   const char *trace_path;        /* measured Chrome/Perfetto trace (rank 0 writes), or NULL */
   int trace_steps;               /* how many final steps the trace covers [1] */
   const char *metrics_path;      /* JSON lines, one per step, or NULL (train->out_dir/metrics.jsonl) */

@@ -68,6 +68,11 @@ typedef struct hm_schedule_config {
 /* Interleaved lists are generated op by op like plain ones, but the simulator runs them to the end
  * (no extrapolation): at most this many micro-batches per replica with nchunks > 1. */
 #define HM_SCHEDULE_INTERLEAVED_MAX_MICRO 4096
+/* Gradient buckets of stages [layer_begin, layer_end), per layers each: bucket q (0-based, in the
+ * order backprop completes them) is [*lo, *hi), bucket 0 ending at layer_end. The schedule's
+ * ALLREDUCE ops, the simulator and the runtime all take their buckets from here. */
+int hm_grad_bucket_count(int layer_begin, int layer_end, int per);
+void hm_grad_bucket(int layer_begin, int layer_end, int per, int q, int *lo, int *hi);
 
 /* 1F1B (PipeDream-flush): stage s runs min(p-1-s, m) warm-up forwards, then alternates one
  * forward and one backward, then drains the remaining backwards; then gradient buckets, tied
@@ -120,6 +125,8 @@ typedef struct hm_sim_stage {
   int layer_begin, layer_end; /* layers of this stage */
   int tp;                     /* tensor-parallel degree (gradient shard = layer bytes / tp) */
   double fwd, bwd;            /* seconds for one micro-batch (recompute included in bwd) */
+  const double *layer_bwd;    /* (layer_end - layer_begin) relative backward time of each layer
+                                 (bwd is split in these proportions), or NULL: equal shares */
   double act_bytes;           /* bytes of one micro-batch's output sent to stage s+1 per device */
   hm_link link_next;          /* link to stage s+1 (unused on the last stage) */
   hm_device_xfer staging;     /* staging copies of the stage's device type (all 0: host memory):
@@ -147,6 +154,9 @@ typedef struct hm_sim_input {
   const double *layer_grad_bytes; /* (nlayers) gradient bytes of each whole layer */
   hm_sync_model sync;             /* nranks = sum of nreplicas (set by the caller) */
   int layers_per_bucket;
+  int overlap_sync;               /* 1: a bucket may start during the stage's last backward, once
+                                     that backward is done with the bucket's layers (the runtime's
+                                     default); 0: after the last backward */
   int tied_embeddings;            /* layer 0 and layer nlayers-1 share weights */
   hm_link tied_link;              /* link between a replica's first and last stage */
   double grad_norm_time;          /* seconds of the scalar allreduce */
@@ -306,6 +316,23 @@ typedef struct hm_plan_inputs {
 /* Fills every prediction of a plan whose classes, stages and layer ranges are set, by running the
  * simulator on the op lists; trace (optional) receives the predicted timeline. */
 hm_status hm_plan_predict(const hm_plan_inputs *in, hm_plan *plan, hm_sim_trace *trace);
+/* Relative uncertainty of plan's predicted step time (already predicted on in) from the spread
+ * its profile measured (hm_profile_layer.spread): the plan predicted again with every measured
+ * layer figure at the upper end of its spread, fwd and bwd x (1 + spread), all together (as one
+ * load change of the machine moves them), and *rel = that step / the step - 1. 0 when the
+ * profile records no spread or there is no profile. */
+hm_status hm_plan_spread(const hm_plan_inputs *in, const hm_plan *plan, double *rel);
+
+/* Self-calibration: folds what a training run of `plan` measured into `out` (a copy of
+ * in->profile, which plan was predicted on). fwd[s], bwd[s]: the run's mean seconds per
+ * micro-batch of stage s of class cls (replica 0's). For each device type of that class's tp-1
+ * stages that the profile has layer entries for, scale = (sum of measured) / (sum of predicted)
+ * over the type's stages, forward and backward apart, and every layer entry of that type is
+ * multiplied by it and marked from_run (a stage's time is a sum of its layers: one run separates
+ * device types, not layer kinds). scale[k][0..1] (optional, cluster types) receives the factors,
+ * 0 for types left alone. Links are not calibrated. */
+hm_status hm_profile_calibrate(const hm_plan_inputs *in, const hm_plan *plan, int cls, const double *fwd,
+                               const double *bwd, hm_profile *out, double (*scale)[2]);
 
 /* The op lists one replica of class `cls` executes: the schedule hm_plan_predict simulates
  * (same stages, micro-batches, gradient buckets of one layer, tied-embedding sync when the model

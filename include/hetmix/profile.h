@@ -82,7 +82,11 @@ hm_status hm_link_fit_rate(const double *bytes, const double *seconds, int n, do
 
 /* One layer kind at one micro-batch size on one device. */
 typedef struct hm_layer_timing {
-  double fwd_s, bwd_s;         /* median over the timed rounds */
+  double fwd_s, bwd_s;         /* median over the timed rounds left after outliers (rounds more
+                                  than 3 scaled median absolute deviations from the median) */
+  double spread;               /* relative: half the interquartile range of fwd+bwd over the
+                                  rounds kept, over their median (hm_profile_layer.spread) */
+  int rejected;                /* timed rounds dropped as outliers */
   double fwd_min_s, bwd_min_s; /* fastest rep (spread = median / min) */
   double mem_bytes;            /* device bytes of the one-layer stage: params, grads, AdamW
                                   moments, one micro-batch's activations, scratch */
@@ -98,8 +102,14 @@ typedef struct hm_profile_options {
   const struct hm_model *model;      /* needs a gpt2 config (its stages are what is timed) */
   int n_micro_batches;               /* 0: 1, 2, 4 */
   int64_t micro_batches[HM_PROFILE_MAX_MBS];
-  int warmup;                        /* untimed forward+backward rounds first [1] */
-  int reps;                          /* timed rounds; the median is kept [5] */
+  int warmup;                        /* untimed forward+backward rounds first, in every pass [1] */
+  int reps;                          /* timed rounds in all, spread over the passes; outliers
+                                        dropped, the median of the rest kept [9] */
+  int passes;                        /* each type alone (not concurrent, one copy): the types are
+                                        measured in this many passes, in alternating order (a, b,
+                                        then b, a, ...), each with reps/passes rounds; per entry the
+                                        median of the passes is kept, so every type sees the same
+                                        stretch of the machine's load [3] */
   double budget_s;                   /* stop timing a (kind, size) after this many seconds of
                                         timed rounds, at least one round [2]; <= 0: no limit */
   int ntypes;                        /* 0: every device type with a backend string */
@@ -161,6 +171,12 @@ hm_status hm_profile_time_layers(const char *backend, const struct hm_spec_model
                                  hm_layer_timing *out,
                                  char *device_desc, size_t cap, hm_profile_progress_fn progress,
                                  void *user);
+
+/* Robust centre of n > 0 timed rounds (sorted in place): with n >= 4, rounds further than
+ * 3 x 1.4826 median absolute deviations from the median are dropped as outliers, the median of the rest returned;
+ * *kept (optional) = rounds kept, *spread (optional) = half their interquartile range over that
+ * median. */
+double hm_profile_robust(double *v, int n, int *kept, double *spread);
 
 /* Times the same layers on njobs devices at once: copies processes per backend, all forked and
  * running together; a process done early keeps its device busy until every one is done. out is

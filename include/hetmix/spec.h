@@ -268,6 +268,12 @@ typedef struct hm_profile_layer {
   double fwd_s;        /* seconds for forward of one micro-batch through one layer */
   double bwd_s;        /* seconds for backward (without recompute) */
   double mem_bytes;    /* peak memory measured for the layer at this micro-batch; 0 = unknown */
+  double spread;       /* relative uncertainty of fwd_s + bwd_s as measured (half the interquartile
+                          range of the rounds over their median, or half the range of the passes'
+                          values, the larger); 0 = unknown */
+  int reps;            /* timed rounds behind the figures (after outliers were dropped); 0 = unknown */
+  int from_run;        /* 1: calibrated by a training run's measurements (hm_profile_calibrate),
+                          "source": "run"; 0: measured by `hetmix profile`, "source": "profile" */
   int type;            /* resolved device type index, -1 until hm_profile_resolve */
 } hm_profile_layer;
 

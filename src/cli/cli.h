@@ -47,6 +47,7 @@ int hm_cmd_prepare(int argc, char **argv);   /* cmd_prepare.c */
 int hm_cmd_plan(int argc, char **argv);      /* cmd_plan.c */
 int hm_cmd_simulate(int argc, char **argv);  /* cmd_plan.c */
 int hm_cmd_profile(int argc, char **argv);   /* cmd_profile.c */
+int hm_cmd_calibrate(int argc, char **argv); /* cmd_calibrate.c */
 int hm_cmd_launch(int argc, char **argv);    /* cmd_launch.c */
 int hm_cmd_worker(int argc, char **argv);    /* cmd_launch.c */
 int hm_cmd_bench(int argc, char **argv);     /* cmd_bench.c: `hetmix bench comm ...` */

@@ -418,6 +418,9 @@ int hm_cmd_worker(int argc, char **argv) {
                      "(R*p; a stage's tensor-parallel ranks share it) or per worker"),
       HM_OPT_ROW(HM_OPT_INT, "bucket", 0, &po.layers_per_bucket, 1, 1000000, "N",
                  "layers per data-parallel allreduce bucket [1]"),
+      HM_OPT_FLAG_ROW("sync-after-backward", 0, &po.sync_after_backward,
+                      "all-reduce the gradient buckets after the last backward instead of\n"
+                      "overlapping each with the rest of it (the same result bitwise)"),
       HM_OPT_FLAG_ROW("rebalance", 0, &po.rebalance,
                       "after each step move micro-batches between replicas toward\n"
                       "equal finish times, from their measured compute (same update)"),

@@ -113,6 +113,39 @@ static void print_header(void) {
          "devices", "mem(GB)", "replicas x [stage type/tp x count] m=micro-batches, layers per stage");
 }
 
+/* Which figures of the prediction are measured (the profile) and which come from the cluster
+ * spec's datasheet numbers, and the prediction's uncertainty from the profile's spread. */
+static void print_sources(const hm_plan_inputs *in, const hm_plan *p) {
+  const hm_cluster *c = in->cluster;
+  const hm_profile *pr = in->profile;
+  printf("figures:");
+  for (int k = 0; k < c->ntypes && k < HM_PLAN_MAX_TYPES; k++) {
+    if (p->devices_by_type[k] <= 0) continue;
+    int n = 0, run = 0;
+    double spread = 0;
+    for (int i = 0; pr && i < pr->nlayers; i++)
+      if (pr->layers[i].type == k) {
+        n++;
+        run += pr->layers[i].from_run;
+        if (pr->layers[i].spread > spread) spread = pr->layers[i].spread;
+      }
+    if (run) printf(" %s compute measured (profile, calibrated by a training run: hetmix calibrate);", c->types[k].name);
+    else if (n && spread > 0) printf(" %s compute measured (profile, spread up to %.1f%%);", c->types[k].name, 100 * spread);
+    else if (n) printf(" %s compute measured (profile, spread not recorded);", c->types[k].name);
+    else printf(" %s compute from the datasheet (cluster spec);", c->types[k].name);
+  }
+  printf(" links %s\n", pr && pr->nlinks ? "measured where the profile has them, else the cluster spec"
+                                          : "from the cluster spec");
+  double rel = 0;
+  if (hm_plan_spread(in, p, &rel) != HM_OK) {
+    hm_clear_error();
+    return;
+  }
+  if (rel > 0)
+    printf("uncertainty: +-%.1f%% (step %.4f .. %.4f s): every measured layer figure moved by its measured spread\n",
+           100 * rel, p->step_time * (1 - rel), p->step_time * (1 + rel));
+}
+
 static void print_summary(const hm_plan_inputs *in, const hm_plan *p) {
   const hm_cluster *c = in->cluster;
   printf("predicted: step %.4f s, %.0f tokens/s, bubble %.1f%%, peak memory %.2f GB per device, "
@@ -123,6 +156,7 @@ static void print_summary(const hm_plan_inputs *in, const hm_plan *p) {
       printf(" (%s %lld devices, MFU %.1f%%)", c->types[k].name, (long long)p->devices_by_type[k],
              100 * p->mfu_by_type[k]);
   printf("\n");
+  print_sources(in, p);
 }
 
 static void print_stages(const hm_cluster *c, const hm_plan *p) {

@@ -1,9 +1,15 @@
 /* `hetmix profile`: measure per-layer forward/backward time and memory of the local device types
  * of a cluster spec, and the link between local workers, and write the profile the planner reads
  * (`hetmix plan --profile`). Parsing and printing only; measuring is src/runtime/profile*.c. */
+#include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "hetmix/profile.h"
@@ -15,6 +21,67 @@ static void print_line(const char *line, void *user) {
   (void)user;
   printf("%s\n", line);
   fflush(stdout);
+}
+
+/* Runs the rest of the command in a child that leads a session of its own, as `hetmix launch`
+ * starts each worker (src/runtime/launch.c): with Linux's autogroup scheduling the caller's
+ * session (its shell, build jobs, a benchmark driver) shares the CPU as one group, so on a loaded
+ * host a profile measured in it got a smaller share than the workers it predicts (one-layer
+ * figures 2-2.5x a run's at load average 10-20). Returns 0 in the child (go on; also when the
+ * process leads its session already or fork failed), 1 in the parent with *rc the child's exit
+ * status, after at most timeout_s (then the child is killed). */
+static int own_session(int timeout_s, int *rc) {
+  if (getsid(0) == getpid()) return 0;
+  fflush(stdout);
+  fflush(stderr);
+  const pid_t parent = getpid(), pid = fork();
+  if (pid < 0) return 0;
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(1);
+    setsid();
+    return 0;
+  }
+  const uint64_t deadline = hm_deadline_after_ms((uint64_t)timeout_s * 1000u);
+  int ws = 0;
+  for (;;) {
+    const pid_t w = waitpid(pid, &ws, WNOHANG);
+    if (w == pid) break;
+    if (w < 0 && errno != EINTR) {
+      *rc = hm_cli_fail(NULL, "profile: lost the measuring process: %s", strerror(errno));
+      return 1;
+    }
+    if (hm_deadline_passed(deadline)) {
+      kill(pid, SIGKILL);
+      while (waitpid(pid, &ws, 0) < 0 && errno == EINTR) {
+      }
+      *rc = hm_cli_fail("measure fewer types or micro-batch sizes at a time", "profile: the measurement took over %d s; stopped it", timeout_s);
+      return 1;
+    }
+    struct timespec ts = {0, 20000000};
+    nanosleep(&ts, NULL);
+  }
+  *rc = WIFEXITED(ws) ? WEXITSTATUS(ws) : hm_cli_fail(NULL, "profile: the measuring process was killed by signal %d",
+                                                      WIFSIGNALED(ws) ? WTERMSIG(ws) : 0);
+  return 1;
+}
+
+/* The measured spread of the layer entries: what `hetmix plan` turns into the prediction's
+ * uncertainty. */
+static void print_spread(const hm_profile *p) {
+  double worst = 0, sum = 0;
+  int n = 0, reps = 0, at = -1;
+  for (int i = 0; i < p->nlayers; i++) {
+    const hm_profile_layer *e = &p->layers[i];
+    if (e->spread <= 0) continue;
+    sum += e->spread, n++, reps += e->reps;
+    if (e->spread > worst) worst = e->spread, at = i;
+  }
+  if (!n) return;
+  printf("\nspread of the layer figures (half the interquartile range over the median; the larger of within and\n"
+         "between passes): mean %.1f%%, largest %.1f%% (%s %s, micro-batch %lld); %d timed rounds kept in all\n",
+         100 * sum / n, 100 * worst, p->layers[at].device_type, p->layers[at].kind, (long long)p->layers[at].micro_batch,
+         reps);
 }
 
 int hm_cmd_profile(int argc, char **argv) {
@@ -33,8 +100,14 @@ int hm_cmd_profile(int argc, char **argv) {
       HM_OPT_STR_ROW("output", 'o', &out_path, "FILE", "where to write the profile [profile.json]"),
       HM_OPT_LIST_ROW("micro-batches", 0, mbs, HM_PROFILE_MAX_MBS, &nmbs, 1, 65536, "LIST",
                       "micro-batch sizes, e.g. 1,2,4 [the training spec's, else 1,2,4]"),
-      HM_OPT_ROW(HM_OPT_INT, "reps", 0, &o.reps, 1, 1000, "N", "timed rounds per measurement, median kept [5]"),
-      HM_OPT_ROW(HM_OPT_INT, "warmup", 0, &o.warmup, 0, 1000, "N", "untimed rounds first [1]"),
+      HM_OPT_ROW(HM_OPT_INT, "reps", 0, &o.reps, 1, 1000, "N",
+                 "timed rounds per measurement, over all passes; outliers dropped,\n"
+                 "the median of the rest kept [9]"),
+      HM_OPT_ROW(HM_OPT_INT, "warmup", 0, &o.warmup, 0, 1000, "N", "untimed rounds first, in every pass [1]"),
+      HM_OPT_ROW(HM_OPT_INT, "passes", 0, &o.passes, 1, 16, "N",
+                 "measure the types in N passes of reps/N rounds, in alternating\n"
+                 "order (a, b, then b, a, ...), and keep each figure's median over\n"
+                 "the passes: every type sees the same load [3]"),
       HM_OPT_ROW(HM_OPT_DOUBLE, "budget", 0, &o.budget_s, 0, 86400, "S",
                  "stop timing a layer kind and size after S seconds of timed rounds\n"
                  "(at least one round) [2]; 0: always all --reps"),
@@ -68,6 +141,7 @@ int hm_cmd_profile(int argc, char **argv) {
   int rc = hm_opts_parse(&spec, argc, argv, &res);
   if (rc != HM_OPTS_CONTINUE) return rc;
   rc = 0;
+  if (own_session(4 * (o.timeout_s > 0 ? o.timeout_s : 3600), &rc)) return rc;
   if (no_links) o.links = 0;
   o.n_micro_batches = nmbs;
   for (int i = 0; i < nmbs; i++) o.micro_batches[i] = mbs[i];
@@ -113,8 +187,9 @@ int hm_cmd_profile(int argc, char **argv) {
   }
   o.cluster = &c;
   o.model = &m;
-  printf("profiling model \"%s\" on cluster \"%s\" (%d timed rounds after %d warm-up%s", m.name, c.name, o.reps,
-         o.warmup, o.concurrent ? "; every type at once" : "");
+  printf("profiling model \"%s\" on cluster \"%s\" (%d timed rounds", m.name, c.name, o.reps);
+  if (o.concurrent || o.copies > 1) printf(" after %d warm-up%s", o.warmup, o.concurrent ? "; every type at once" : "");
+  else printf(" in %d passes, %d warm-up each", o.passes, o.warmup);
   if (o.copies > 1) printf("; %d processes per type", o.copies);
   printf(")\n");
   fflush(stdout);
@@ -160,6 +235,7 @@ int hm_cmd_profile(int argc, char **argv) {
     rc = hm_cli_fail_status(st, "writing the profile", NULL);
     goto done;
   }
+  print_spread(&p);
   printf("\nwrote %s: %d layer entries for %d device type%s, %d link entr%s, in %.1f s%s\n", out_path, p.nlayers,
          rep.ntypes_measured, rep.ntypes_measured == 1 ? "" : "s", p.nlinks, p.nlinks == 1 ? "y" : "ies", rep.seconds,
          rep.nskipped ? " (some sizes did not fit: see above)" : "");

@@ -17,6 +17,7 @@ static const hm_subcommand subcommands[] = {
     {"plan", hm_cmd_plan, "search the fastest plan for a cluster and a model"},
     {"simulate", hm_cmd_simulate, "predict the step time of a given plan"},
     {"profile", hm_cmd_profile, "measure per-layer times and links of local devices"},
+    {"calibrate", hm_cmd_calibrate, "fold a finished run's measurements into its profile"},
     {"launch", hm_cmd_launch, "start the workers of a plan on this machine"},
     {"worker", hm_cmd_worker, "run one worker (started by launch, mpirun or srun)"},
     {"bench", hm_cmd_bench, "benchmarks: `hetmix bench comm` (nccl-tests style)"},

@@ -587,13 +587,24 @@ hm_status hm_stage_backward(hm_stage *s, int mb, const void *dout, float loss_we
     HM_TRY(hm_device_zero(d, s->dresid, NC * es));
     HM_TRY(hm_dev_layernorm_backward(d, s->dresid, G(s, s->lnfw), G(s, s->lnfb), dlnf, hm_block_input(s, a, s->n_blocks),
                                      P(s, s->lnfw), a->lnf_mean, a->lnf_rstd, N, C));
+    HM_TRY(hm_stage_layer_done(s, (int)s->cfg.L + 1));
   } else {
     if (!dout) return hm_error(HM_ERR_INVALID_ARG, "stage [%d,%d): backward needs the output gradient", s->first, s->last);
     HM_TRY(hm_device_copy_d2d(d, s->dresid, dout, NC * es));
   }
-  for (int b = s->n_blocks - 1; b >= 0; b--) HM_TRY(hm_block_backward(s, b, &a->blocks[b], hm_block_input(s, a, b)));
-  if (s->has_embed) HM_TRY(hm_embed_backward(s, a));
-  return HM_OK;
+  for (int b = s->n_blocks - 1; b >= 0; b--) {
+    HM_TRY(hm_block_backward(s, b, &a->blocks[b], hm_block_input(s, a, b)));
+    HM_TRY(hm_stage_layer_done(s, s->first_block + b + 1));
+  }
+  if (!s->has_embed) return HM_OK;
+  HM_TRY(hm_embed_backward(s, a));
+  return hm_stage_layer_done(s, 0);
+}
+
+void hm_stage_set_grad_hook(hm_stage *s, hm_stage_grad_hook fn, void *user) {
+  if (!s) return;
+  s->grad_hook = fn;
+  s->grad_user = fn ? user : NULL;
 }
 
 void *hm_stage_dinput(hm_stage *s) { return s->first > 0 ? s->dresid : NULL; }

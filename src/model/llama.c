@@ -316,14 +316,18 @@ hm_status hm_llama_backward(hm_stage *s, int mb, const void *dout, float loss_we
   const size_t NC = (size_t)B * T * C, es = hm_device_elem_size(dv);
   if (s->has_head) {
     HM_TRY(hm_llama_head_backward(s, a, mb, loss_weight));
+    HM_TRY(hm_stage_layer_done(s, (int)s->cfg.L + 1));
   } else {
     if (!dout) return hm_error(HM_ERR_INVALID_ARG, "stage [%d,%d): backward needs the output gradient", s->first, s->last);
     HM_TRY(hm_device_copy_d2d(dv, s->dresid, dout, NC * es));
   }
-  for (int b = s->n_blocks - 1; b >= 0; b--)
+  for (int b = s->n_blocks - 1; b >= 0; b--) {
     HM_TRY(hm_llama_block_backward(s, b, &a->lblocks[b], hm_llama_block_input(s, a, b)));
+    HM_TRY(hm_stage_layer_done(s, s->first_block + b + 1));
+  }
   if (!s->has_embed) return HM_OK;
   HM_TRY(hm_device_zero(dv, s->dzpe, (size_t)T * C * es)); /* the position gradient is not wanted */
-  if (s->tp.size > 1) return hm_tp_embed_backward(s, a, s->dzpe);
-  return hm_dev_encoder_backward(dv, G(s, s->wte), s->dzpe, s->dresid, a->tokens, B, T, C);
+  if (s->tp.size > 1) HM_TRY(hm_tp_embed_backward(s, a, s->dzpe));
+  else HM_TRY(hm_dev_encoder_backward(dv, G(s, s->wte), s->dzpe, s->dresid, a->tokens, B, T, C));
+  return hm_stage_layer_done(s, 0);
 }

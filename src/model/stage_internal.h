@@ -64,6 +64,8 @@ struct hm_stage {
   void *wte_pad, *wpe_zero;          // tp > 1 embedding: local wte + a zero row; zeros for ranks > 0
   int32_t *tok_map;                  // tp > 1 embedding: host tokens mapped to local rows (B*T)
   hm_stage_memory mem;
+  hm_stage_grad_hook grad_hook;      // hm_stage_set_grad_hook, or NULL
+  void *grad_user;
 };
 
 #define HM_ALIGN_BYTES 64u
@@ -109,3 +111,8 @@ void *hm_llama_output(hm_stage *s, int mb);
 size_t hm_llama_widest(const hm_spec_model_config *cfg);
 
 #endif
+
+/* The grad hook after layer `layer`'s backward (HM_OK when none is set). */
+static inline hm_status hm_stage_layer_done(hm_stage *s, int layer) {
+  return s->grad_hook ? s->grad_hook(s->grad_user, layer) : HM_OK;
+}

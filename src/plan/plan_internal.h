@@ -7,6 +7,9 @@
 /* Gradient buckets of a plan's schedule: one layer each (a layer of a large model is already
  * hundreds of MB; the simulator and the runtime use the same value). */
 #define HM_PLAN_LAYERS_PER_BUCKET 1
+/* The runtime issues each gradient bucket during the last backward (hm_pipeline_options
+ * sync_after_backward = 0): the simulator times that overlap. */
+#define HM_PLAN_OVERLAP_SYNC 1
 
 /* Per-layer figures of one (device type, tp, micro-batch size), before the split. */
 typedef struct hm_layer_costs {

@@ -189,7 +189,7 @@ hm_status hm_plan_predict(const hm_plan_inputs *in, hm_plan *p, hm_sim_trace *tr
       int same_host = nt == ps->type && ndev > 1 &&
                       ps->tp * per_type[ps->type] <= hm_type_per_host_max(in->cluster, ps->type);
       *ss = (hm_sim_stage){.layer_begin = ps->layer_begin, .layer_end = ps->layer_end,
-                           .tp = ps->tp, .fwd = f, .bwd = b,
+                           .tp = ps->tp, .fwd = f, .bwd = b, .layer_bwd = lc->bwd + ps->layer_begin,
                            .act_bytes = lc->out_bytes[ps->layer_end - 1],
                            .link_next = nt >= 0 ? hm_stage_link(in, ps->type, nt, same_host)
                                                 : (hm_link){0, 0, 0},
@@ -212,6 +212,7 @@ hm_status hm_plan_predict(const hm_plan_inputs *in, hm_plan *p, hm_sim_trace *tr
   }
   hm_sim_input si = {.nclasses = p->nclasses, .classes = cls, .nlayers = n,
                      .layer_grad_bytes = grad, .layers_per_bucket = HM_PLAN_LAYERS_PER_BUCKET,
+                     .overlap_sync = HM_PLAN_OVERLAP_SYNC,
                      .tied_embeddings = model_ties(md)};
   si.sync = hm_plan_sync_model(in, mask, replicas, p->devices_used);
   si.tied_link = hm_stage_link(in, p->classes[0].stages[0].type,

@@ -44,8 +44,9 @@ static int per_bucket_of(const hm_schedule_config *cfg) {
 }
 
 static int nbuckets_of(const hm_schedule_config *cfg, int s) {
-  const int n = cfg->stage_layers[s + 1] - cfg->stage_layers[s], per = per_bucket_of(cfg);
-  return cfg->data_parallel ? (n + per - 1) / per : 0;
+  return cfg->data_parallel
+             ? hm_grad_bucket_count(cfg->stage_layers[s], cfg->stage_layers[s + 1], per_bucket_of(cfg))
+             : 0;
 }
 
 static int tied_of(const hm_schedule_config *cfg, int s) {
@@ -90,9 +91,10 @@ hm_op hm_schedule_1f1b_op(const hm_schedule_config *cfg, int s, int64_t i) {
   if (i < sync) return group_op(s, p, 0, (int)(m - w + (i - cool) / g), (int)((i - cool) % g), lb, le);
   /* last layers' gradients are complete first in backprop order: bucket from the end */
   int q = (int)(i - sync);
-  const int nb = nbuckets_of(cfg, s), per = per_bucket_of(cfg);
+  const int nb = nbuckets_of(cfg, s);
   if (q < nb) {
-    const int hi = le - q * per, lo = hi - per > lb ? hi - per : lb;
+    int lo, hi;
+    hm_grad_bucket(lb, le, per_bucket_of(cfg), q, &lo, &hi);
     return make(HM_OP_ALLREDUCE, -1, -1, lo, hi);
   }
   q -= nb;

@@ -123,8 +123,10 @@ static int per_bucket(const hm_schedule_config *cfg) {
 }
 
 static int chunk_buckets(const hm_schedule_config *cfg, const ilv *x, int c) {
-  const int j = vstage(x, c), n = cfg->stage_layers[j + 1] - cfg->stage_layers[j];
-  return cfg->data_parallel ? (n + per_bucket(cfg) - 1) / per_bucket(cfg) : 0;
+  const int j = vstage(x, c);
+  return cfg->data_parallel
+             ? hm_grad_bucket_count(cfg->stage_layers[j], cfg->stage_layers[j + 1], per_bucket(cfg))
+             : 0;
 }
 
 static int tied(const hm_schedule_config *cfg, int s) {
@@ -175,8 +177,9 @@ hm_op hm_schedule_ilv_op(const hm_schedule_config *cfg, int s, int64_t i) {
   for (int c = x.v - 1; c >= 0; c--) { /* buckets: last chunk first, from its last layer back */
     const int nb = chunk_buckets(cfg, &x, c);
     if (q < nb) {
-      const int j = vstage(&x, c), lb = cfg->stage_layers[j], per = per_bucket(cfg);
-      const int hi = cfg->stage_layers[j + 1] - (int)q * per, lo = hi - per > lb ? hi - per : lb;
+      const int j = vstage(&x, c);
+      int lo, hi;
+      hm_grad_bucket(cfg->stage_layers[j], cfg->stage_layers[j + 1], per_bucket(cfg), (int)q, &lo, &hi);
       return mk(HM_OP_ALLREDUCE, -1, -1, lo, hi, c);
     }
     q -= nb;

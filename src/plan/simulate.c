@@ -4,10 +4,17 @@
  *
  * Pipeline phase: compute ops are serial per stage; SEND_ occupies the sender's link in that
  * direction for hm_cost_p2p and does not block compute; RECV_ waits for the transfer's arrival.
- * Sync phase: a gradient bucket starts when every replica holding those layers has finished its
- * last backward (all classes) and the stage's previous bucket is done; the tied-embedding sync
- * starts when both ends are ready; the gradient norm waits for every stage; then the optimizer.
- * Not modelled: overlap of gradient buckets with backward, contention between replicas on a NIC.
+ * Sync phase: a gradient bucket starts when every replica holding those layers has its final
+ * gradients (all classes) and the stage's previous bucket is done. Without overlap_sync that is
+ * the end of the holder's last backward; with it, the moment that backward has done the bucket's
+ * layers (backprop goes from the stage's last layer down, each layer taking its share of bwd),
+ * and the buckets run on the stage's own sync track while the backward continues (buckets whose
+ * holders split them with different tensor-parallel degrees wait for the backward's end, as the
+ * runtime sums those after it). The stage's
+ * next ops wait for its last bucket. The tied-embedding sync starts when both ends are ready;
+ * the gradient norm waits for every stage; then the optimizer.
+ * Not modelled: contention between replicas on a NIC, nor between a bucket and the compute it
+ * overlaps.
  *
  * Interleaved 1F1B (a class with nchunks v > 1): state is kept per device stage (compute track,
  * outgoing links, op cursor, activations held) and per virtual stage (transfers arriving to it,
@@ -72,7 +79,8 @@ typedef struct arrival {
  * last backward ended. Without interleaving, one per stage. */
 typedef struct vstage_state {
   arrival *act_in, *grad_in;
-  double grads_ready;
+  double grads_ready;  /* end of the last BWD */
+  double last_bwd;     /* start of the last BWD */
 } vstage_state;
 
 /* Per-device-stage state of the representative replica of one class. */
@@ -154,6 +162,7 @@ static int run_op(const hm_sim_class *cl, class_state *cs, int c, int s, const h
   } else if (op->kind == HM_OP_FWD || op->kind == HM_OP_BWD) {
     const double d = op->kind == HM_OP_FWD ? sg->fwd : sg->bwd;
     if ((*st = trace_add(tr, c, s, 0, op->kind, op->micro, ss->t, d)) != HM_OK) return -1;
+    if (op->kind == HM_OP_BWD) vs->last_bwd = ss->t;
     ss->t += d;
     ss->busy_fb += d;
     if (op->kind == HM_OP_BWD) {
@@ -272,6 +281,7 @@ static void extrapolate(const hm_sim_class *cl, class_state *cs, int c, double d
     ss->act_link_free += shift;
     ss->grad_link_free += shift;
     cs->vs[s].grads_ready += shift; /* no interleaving here: virtual stage s is stage s */
+    cs->vs[s].last_bwd += shift;
     ss->busy_fb += (double)kc * ss->period_fb;
     ss->comm_busy += (double)kc * ss->period_comm;
     shift_ring(cs->vs[s].act_in, cs->ring, kc, shift);
@@ -330,15 +340,47 @@ static hm_status run_pipeline(const hm_sim_class *cl, class_state *cs, int c, hm
   }
 }
 
-/* When every holder of layers [lo, hi) (all classes) has its gradients. */
+/* Seconds stage sg's backward takes from its last layer down to layer lo (included). */
+static double bwd_through(const hm_sim_stage *sg, int lo) {
+  if (lo <= sg->layer_begin) return sg->bwd;
+  const int n = sg->layer_end - sg->layer_begin;
+  if (!sg->layer_bwd) return sg->bwd * (double)(sg->layer_end - lo) / n;
+  double tail = 0, all = 0;
+  for (int i = 0; i < n; i++) {
+    all += sg->layer_bwd[i];
+    if (sg->layer_begin + i >= lo) tail += sg->layer_bwd[i];
+  }
+  return all > 0 ? sg->bwd * tail / all : sg->bwd * (double)(sg->layer_end - lo) / n;
+}
+
+/* Whether every holder of layers [lo, hi) (all classes) splits them with the same tensor-parallel
+ * degree: the runtime overlaps only those buckets (replicas that split a stage differently sum
+ * its gradients once, after the backward). */
+static int same_tp(const hm_sim_input *in, int lo, int hi) {
+  int tp = 0;
+  for (int c = 0; c < in->nclasses; c++)
+    for (int s = 0; s < in->classes[c].nstages; s++) {
+      const hm_sim_stage *sg = &in->classes[c].stages[s];
+      if (sg->layer_end <= lo || sg->layer_begin >= hi) continue;
+      if (tp && sg->tp != tp) return 0;
+      tp = sg->tp;
+    }
+  return 1;
+}
+
+/* When every holder of layers [lo, hi) (all classes) has their final gradients. */
 static double bucket_ready(const hm_sim_input *in, class_state *cs, int lo, int hi) {
+  const int overlap = in->overlap_sync && same_tp(in, lo, hi);
   double r = 0;
   for (int c = 0; c < in->nclasses; c++) {
     const hm_sim_class *cl = &in->classes[c];
-    for (int j = 0; j < cl->nstages; j++) {
+    for (int j = 0; j < cl->nstages; j++) { /* virtual stages */
       const hm_sim_stage *sg = &cl->stages[j];
-      if (sg->layer_end > lo && sg->layer_begin < hi && cs[c].vs[j].grads_ready > r)
-        r = cs[c].vs[j].grads_ready;
+      if (sg->layer_end <= lo || sg->layer_begin >= hi) continue;
+      const vstage_state *vs = &cs[c].vs[j];
+      double t = overlap ? vs->last_bwd + bwd_through(sg, lo) : vs->grads_ready;
+      if (t > vs->grads_ready) t = vs->grads_ready; /* rounding */
+      if (t > r) r = t;
     }
   }
   return r;
@@ -475,13 +517,14 @@ hm_status hm_simulate(const hm_sim_input *in, hm_sim_result *res, hm_sim_trace *
   for (int c = 0; c < nc && st == HM_OK; c++) st = run_pipeline(&in->classes[c], &cs[c], c, tr);
   if (st != HM_OK) goto fail;
 
-  /* gradient buckets (comm track; a stage's buckets run one after another) */
+  /* gradient buckets (comm track; a stage's buckets run one after another; overlapped, on a
+   * track of their own that nothing else of the step uses) */
   for (int c = 0; c < nc; c++) {
     const hm_sim_class *cl = &in->classes[c];
     for (int s = 0; s < cs[c].cfg.nstages; s++) {
       stage_state *ss = &cs[c].st[s];
       const int64_t nops = hm_schedule_1f1b_nops(&cs[c].cfg, s);
-      double comm_t = ss->t;
+      double comm_t = in->overlap_sync ? 0.0 : ss->t;
       for (; ss->pc < nops; ss->pc++) {
         const hm_op o = hm_schedule_1f1b_op(&cs[c].cfg, s, ss->pc), *op = &o;
         if (op->kind != HM_OP_ALLREDUCE) break;
@@ -496,7 +539,7 @@ hm_status hm_simulate(const hm_sim_input *in, hm_sim_result *res, hm_sim_trace *
         comm_t = start + d;
         ss->comm_busy += d;
       }
-      ss->t = comm_t;
+      if (comm_t > ss->t) ss->t = comm_t;
     }
   }
   /* tied embedding: both ends of each replica exchange the embedding gradient */

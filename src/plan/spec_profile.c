@@ -316,7 +316,9 @@ static hm_status profile_read(const cJSON *j, const char *root, hm_profile *p) {
   static const char *const keys[] = {"version", "model", "layers", "links", "tp_allreduce", "staging", "host_links",
                                      NULL};
   static const char *const layer_keys[] = {"device_type", "kind",  "micro_batch",
-                                           "fwd_s",       "bwd_s", "mem_bytes", NULL};
+                                           "fwd_s",       "bwd_s", "mem_bytes",
+                                           "spread",      "reps",  "source", NULL};
+  static const char *const sources[] = {"profile", "run", NULL};
   static const char *const link_keys[] = {"types", "scope", "bandwidth", "latency", NULL};
   static const char *const scopes[] = {"intra_host", "inter_host", NULL};
   char path[HM_JSON_PATH_MAX], q[HM_JSON_PATH_MAX], r[HM_JSON_PATH_MAX];
@@ -340,6 +342,11 @@ static hm_status profile_read(const cJSON *j, const char *root, hm_profile *p) {
     HM_TRY(hm_json_number(e, q, "fwd_s", 1, HM_RANGE_NONNEG(1e6), 0, &l.fwd_s));
     HM_TRY(hm_json_number(e, q, "bwd_s", 1, HM_RANGE_NONNEG(1e6), 0, &l.bwd_s));
     HM_TRY(hm_json_number(e, q, "mem_bytes", 0, HM_RANGE_NONNEG(1e16), 0, &l.mem_bytes));
+    HM_TRY(hm_json_number(e, q, "spread", 0, HM_RANGE_NONNEG(100), 0, &l.spread));
+    int64_t reps = 0;
+    HM_TRY(hm_json_int(e, q, "reps", 0, 0, 1000000, 0, &reps));
+    l.reps = (int)reps;
+    HM_TRY(hm_json_enum(e, q, "source", 0, sources, 0, &l.from_run));
     HM_TRY(append_layer(p, &l));
   }
   HM_TRY(check_repeats(p, 0));
@@ -443,7 +450,10 @@ cJSON *hm_profile_to_cjson(const hm_profile *p) {
         !cJSON_AddNumberToObject(o, "micro_batch", (double)e->micro_batch) ||
         !cJSON_AddNumberToObject(o, "fwd_s", e->fwd_s) ||
         !cJSON_AddNumberToObject(o, "bwd_s", e->bwd_s) ||
-        (e->mem_bytes > 0 && !cJSON_AddNumberToObject(o, "mem_bytes", e->mem_bytes)))
+        (e->mem_bytes > 0 && !cJSON_AddNumberToObject(o, "mem_bytes", e->mem_bytes)) ||
+        (e->spread > 0 && !cJSON_AddNumberToObject(o, "spread", e->spread)) ||
+        (e->reps > 0 && !cJSON_AddNumberToObject(o, "reps", e->reps)) ||
+        (e->from_run && !cJSON_AddStringToObject(o, "source", "run")))
       goto fail;
   }
   if (!(links = cJSON_AddArrayToObject(j, "links"))) goto fail;

@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "hetmix/device.h"
+#include "hetmix/plan.h"
 #include "model/runbook.h"
 #include "runtime/ckpt_agent.h"
 #include "runtime/failslow.h"
@@ -141,6 +142,8 @@ typedef struct hm_pipe {
   int nsends, next_send;
   hm_bucket *buckets;
   int nbuckets;
+  int overlap;           /* 1: buckets are issued from the last backward as their layers finish */
+  int nissued;           /* buckets issued this step (in bucket order) */
   hm_request_t *pending; /* outstanding allreduces of this step */
   int npending, cap_pending;
   void *stage_buf;       /* (n_params) wire-typed host gradients when not native, else NULL */
@@ -177,14 +180,15 @@ static void hm_trace_add(hm_pipe *w, int track, int kind, int micro, uint64_t t0
 
 static hm_status hm_build_buckets(hm_pipe *w) {
   int per = w->o->layers_per_bucket > 0 ? w->o->layers_per_bucket : 1;
-  int n = (w->last - w->first + per - 1) / per;
+  const int n = hm_grad_bucket_count(w->first, w->last, per);
   w->buckets = hm_calloc((size_t)n, sizeof *w->buckets, "gradient buckets");
   if (!w->buckets) return HM_ERR_NOMEM;
   w->nbuckets = 0;
   const int nt = hm_stage_num_tensors(w->st);
-  /* same order as the schedule's ALLREDUCE ops: from the last layer backwards */
-  for (int hi = w->last; hi > w->first; hi -= per) {
-    int lo = hi - per > w->first ? hi - per : w->first;
+  /* the schedule's buckets (hm_grad_bucket), in its order: from the last layer backwards */
+  for (int q = 0; q < n; q++) {
+    int lo, hi;
+    hm_grad_bucket(w->first, w->last, per, q, &lo, &hi);
     hm_bucket *b = &w->buckets[w->nbuckets++];
     b->layer_begin = lo, b->layer_end = hi;
     for (int i = 0; i < nt; i++) {
@@ -293,16 +297,8 @@ static hm_status hm_wait_sends(hm_pipe *w) {
   return first;
 }
 
-/* Issues the data-parallel allreduce of one bucket (sum over replicas). */
-static hm_status hm_allreduce_bucket(hm_pipe *w, int lb, int le) {
-  const hm_bucket *b = NULL;
-  for (int i = 0; i < w->nbuckets && !b; i++)
-    if (w->buckets[i].layer_begin == lb && w->buckets[i].layer_end == le) b = &w->buckets[i];
-  if (!b) return hm_error(HM_ERR_INTERNAL, "the schedule's bucket [%d,%d) is not one of this stage's", lb, le);
-  if (w->dp_mixed) { /* summed whole by hm_finish_allreduce */
-    w->dp_due = 1;
-    return HM_OK;
-  }
+/* Issues the data-parallel allreduce of bucket b (sum over replicas). */
+static hm_status hm_issue_bucket(hm_pipe *w, const hm_bucket *b) {
   void *grads = hm_stage_grads(w->st);
   for (int i = 0; i < b->nspans; i++) {
     void *buf;
@@ -318,6 +314,41 @@ static hm_status hm_allreduce_bucket(hm_pipe *w, int lb, int le) {
     HM_TRY(hm_push_pending(w, r));
   }
   return HM_OK;
+}
+
+/* The schedule's ALLREDUCE op of bucket [lb, le): issues it unless the last backward already did
+ * (overlap). Either way the same buckets go out in the same order with the same final sums, so
+ * the result is bitwise that of issuing them all after the backward. */
+static hm_status hm_allreduce_bucket(hm_pipe *w, int lb, int le) {
+  int k = 0;
+  while (k < w->nbuckets && !(w->buckets[k].layer_begin == lb && w->buckets[k].layer_end == le)) k++;
+  if (k == w->nbuckets) return hm_error(HM_ERR_INTERNAL, "the schedule's bucket [%d,%d) is not one of this stage's", lb, le);
+  if (w->dp_mixed) { /* summed whole by hm_finish_allreduce */
+    w->dp_due = 1;
+    return HM_OK;
+  }
+  if (k < w->nissued) return HM_OK;
+  if (k != w->nissued)
+    return hm_error(HM_ERR_INTERNAL, "bucket [%d,%d) comes before bucket %d was issued", lb, le, w->nissued);
+  w->nissued++;
+  return hm_issue_bucket(w, &w->buckets[k]);
+}
+
+/* Grad hook of the step's last backward: layer `layer` and every later one of the stage have
+ * their final gradients, so every bucket that starts at or above it goes out now. */
+static hm_status hm_pipe_grad_hook(void *user, int layer) {
+  hm_pipe *w = user;
+  while (w->nissued < w->nbuckets && w->buckets[w->nissued].layer_begin >= layer)
+    HM_TRY(hm_issue_bucket(w, &w->buckets[w->nissued++]));
+  return HM_OK;
+}
+
+/* Index of the step's last backward in the op list (-1: none). */
+static int hm_last_bwd(const hm_pipe *w) {
+  int last = -1;
+  for (int i = 0; i < w->nops; i++)
+    if (w->ops[i].kind == HM_PIPE_OP_BWD) last = i;
+  return last;
 }
 
 /* Completes the allreduces and, where not native, converts the sums back, once: a second call
@@ -401,6 +432,8 @@ static hm_status hm_pipe_step(hm_pipe *w, int step /* 0-based */, hm_step_out *o
   }
   const float loss_weight = 1.0f / (float)w->M;
   uint64_t busy = 0, fb = 0;
+  const int last_bwd = w->overlap ? hm_last_bwd(w) : -1;
+  w->nissued = 0;
   for (int i = 0; i < w->nops; i++) {
     const hm_pipe_op *op = &w->ops[i];
     const int k = op->micro, slot = k >= 0 ? k % w->nslots : 0;
@@ -424,7 +457,10 @@ static hm_status hm_pipe_step(hm_pipe *w, int step /* 0-based */, hm_step_out *o
         break;
       case HM_PIPE_OP_BWD:
         track = 0;
-        HM_TRY(hm_stage_backward(w->st, slot, w->is_last ? NULL : w->dev_x, loss_weight));
+        if (i == last_bwd) hm_stage_set_grad_hook(w->st, hm_pipe_grad_hook, w);
+        hm_status bst = hm_stage_backward(w->st, slot, w->is_last ? NULL : w->dev_x, loss_weight);
+        hm_stage_set_grad_hook(w->st, NULL, NULL);
+        HM_TRY(bst);
         HM_TRY(hm_device_synchronize(w->dev));
         break;
       case HM_PIPE_OP_SEND_GRAD:
@@ -592,6 +628,7 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
     HM_TRY(hm_stage_init_params(w->st, t->seed));
   }
   HM_TRY(hm_build_buckets(w));
+  w->overlap = !o->sync_after_backward && w->R > 1 && !w->dp_mixed;
 
   if (w->is_first || w->is_last) {
     HM_TRY(hm_run_open_data(t, t->batch, T, &w->tf, &w->dl));

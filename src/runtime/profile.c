@@ -21,7 +21,8 @@
 void hm_profile_options_default(hm_profile_options *o) {
   memset(o, 0, sizeof *o);
   o->warmup = 1;
-  o->reps = 5;
+  o->reps = 9;
+  o->passes = 3;
   o->copies = 1;
   o->timeout_s = 3600;
   o->budget_s = 2.0;
@@ -282,6 +283,62 @@ static hm_status hm_measure_host_links(const hm_profile_options *o, const hm_clu
   return hm_add_host_links(o, c, fit, p);
 }
 
+/* Each type alone: `passes` passes over the types, in alternating order (a, b, then b, a, ...),
+ * each timing every layer kind and size with reps/passes rounds after the warm-up; per entry the
+ * median of the passes is kept, so a slow stretch of a shared machine lands on every type alike
+ * and moves the median of none. The spread is the larger of the passes' own (their median) and
+ * the one between the passes. out is (nsel, per). */
+static hm_status hm_measure_passes(const hm_profile_options *o, const hm_cluster *c, const int *sel, int nsel,
+                                   const hm_spec_model_config *shape, const int *layers, int nkinds,
+                                   const int64_t *mbs, int nmbs, int warmup, int reps, hm_layer_timing *out,
+                                   char (*descs)[256]) {
+  const int passes = o->passes < 1 ? 1 : o->passes > reps ? reps : o->passes > 16 ? 16 : o->passes;
+  const int per_pass = (reps + passes - 1) / passes;
+  const size_t per = (size_t)nkinds * (size_t)nmbs;
+  hm_layer_timing *pass = hm_calloc(per * (size_t)nsel * (size_t)passes, sizeof *pass, "profile passes");
+  if (!pass) return HM_ERR_NOMEM;
+  hm_status st = HM_OK;
+  for (int ps = 0; st == HM_OK && ps < passes; ps++) {
+    char n[32];
+    snprintf(n, sizeof n, "%d of %d", ps + 1, passes);
+    if (passes > 1) hm_say(o, "pass %s%s", n, ps % 2 ? " (types in reverse order)" : "");
+    for (int i = 0; st == HM_OK && i < nsel; i++) {
+      const int si = ps % 2 ? nsel - 1 - i : i, k = sel[si];
+      const hm_device_type *dt = &c->types[k];
+      st = hm_profile_time_layers(dt->backend, shape, layers, nkinds, mbs, nmbs, warmup, per_pass, o->budget_s,
+                                  o->seed + 7919u * (uint64_t)k, pass + ((size_t)ps * nsel + si) * per,
+                                  ps == 0 ? descs[si] : NULL, sizeof descs[0], o->progress, o->user);
+      if (st != HM_OK) st = hm_error_context(st, "device type '%s': ", dt->name);
+    }
+  }
+  for (int si = 0; st == HM_OK && si < nsel; si++)
+    for (size_t e = 0; e < per; e++) {
+      double f[16], b[16], t[16], w[16];
+      hm_layer_timing *x = &out[(size_t)si * per + e];
+      *x = pass[(size_t)si * per + e];
+      for (int ps = 0; ps < passes; ps++) {
+        const hm_layer_timing *y = &pass[((size_t)ps * nsel + si) * per + e];
+        if (!y->fits) x->fits = 0;
+        f[ps] = y->fwd_s, b[ps] = y->bwd_s, t[ps] = y->fwd_s + y->bwd_s, w[ps] = y->spread;
+        if (ps == 0) continue;
+        x->reps += y->reps;
+        x->rejected += y->rejected;
+        if (y->mem_bytes > x->mem_bytes) x->mem_bytes = y->mem_bytes;
+        if (y->fwd_min_s < x->fwd_min_s) x->fwd_min_s = y->fwd_min_s;
+        if (y->bwd_min_s < x->bwd_min_s) x->bwd_min_s = y->bwd_min_s;
+      }
+      if (!x->fits || passes == 1) continue;
+      double between = 0, within;
+      x->fwd_s = hm_profile_robust(f, passes, NULL, NULL);
+      x->bwd_s = hm_profile_robust(b, passes, NULL, NULL);
+      hm_profile_robust(t, passes, NULL, &between);
+      within = hm_profile_robust(w, passes, NULL, NULL);
+      x->spread = between > within ? between : within;
+    }
+  free(pass);
+  return st;
+}
+
 hm_status hm_profile_measure(const hm_profile_options *o, hm_profile *out, hm_profile_report *rep) {
   if (!o || !o->cluster || !o->model || !out)
     return hm_error(HM_ERR_INVALID_ARG, "hm_profile_measure: cluster, model and output are required");
@@ -327,7 +384,7 @@ hm_status hm_profile_measure(const hm_profile_options *o, hm_profile *out, hm_pr
     return hm_error(HM_ERR_NOT_FOUND,
                     "profile: no device type of cluster '%s' has a \"backend\" string, so none can run here",
                     c->name);
-  const int reps = o->reps > 0 ? o->reps : 5, warmup = o->warmup >= 0 ? o->warmup : 1;
+  const int reps = o->reps > 0 ? o->reps : 9, warmup = o->warmup >= 0 ? o->warmup : 1;
   hm_strcpy(out->model, sizeof out->model, m->name);
 
   /* links first: the probe forks, best done before this process starts device threads */
@@ -362,19 +419,13 @@ hm_status hm_profile_measure(const hm_profile_options *o, hm_profile *out, hm_pr
                                            descs[first], sizeof descs[0], o->progress, o->user);
     }
   }
+  if (st == HM_OK && !together)
+    st = hm_measure_passes(o, c, sel, nsel, &shape, layers, nkinds, mbs, nmbs, warmup, reps, all, descs);
   for (int si = 0; st == HM_OK && si < nsel; si++) {
     const int k = sel[si];
     const hm_device_type *dt = &c->types[k];
     hm_layer_timing *t = all + per * (size_t)si;
     char *desc = descs[si];
-    if (!together) {
-      st = hm_profile_time_layers(dt->backend, &shape, layers, nkinds, mbs, nmbs, warmup, reps, o->budget_s,
-                                  o->seed + 7919u * (uint64_t)k, t, desc, sizeof descs[0], o->progress, o->user);
-      if (st != HM_OK) {
-        st = hm_error_context(st, "device type '%s': ", dt->name);
-        break;
-      }
-    }
     hm_say(o, "measured device type '%s': %s", dt->name, desc);
     rep->ntypes_measured++;
     for (int i = 0; st == HM_OK && i < nkinds; i++) {
@@ -394,6 +445,8 @@ hm_status hm_profile_measure(const hm_profile_options *o, hm_profile *out, hm_pr
         e.fwd_s = x->fwd_s;
         e.bwd_s = x->bwd_s;
         e.mem_bytes = x->mem_bytes;
+        e.spread = x->spread;
+        e.reps = x->reps;
         e.type = -1;
         st = hm_profile_add_layer(out, &e);
       }

@@ -11,6 +11,7 @@
  * bandwidth); a process that finishes early keeps its device busy until all have finished.
  * Not here: choosing what to time, the profile format (src/runtime/profile.c). */
 #include <errno.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +36,40 @@ static int hm_cmp_double(const void *a, const void *b) {
 static double hm_median(double *v, int n) {
   qsort(v, (size_t)n, sizeof *v, hm_cmp_double);
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* Value at quantile q of n sorted values (linear between neighbours). */
+static double hm_quantile(const double *v, int n, double q) {
+  const double x = q * (n - 1);
+  const int i = (int)x;
+  return i + 1 < n ? v[i] + (x - i) * (v[i + 1] - v[i]) : v[n - 1];
+}
+
+/* Robust centre of n > 0 timed rounds (sorted in place): with 4 or more, rounds further than 3
+ * scaled median absolute deviations (1.4826 MAD, the standard deviation for normal noise) from
+ * the median are outliers (a round preempted on a shared machine) and dropped; the median of the rest is
+ * returned, *kept = their count, *spread = half their interquartile range over that median. */
+double hm_profile_robust(double *v, int n, int *kept, double *spread) {
+  qsort(v, (size_t)n, sizeof *v, hm_cmp_double);
+  const double med = hm_quantile(v, n, 0.5);
+  /* fewer than 4 rounds say too little about their own scatter to call one an outlier */
+  double *dev = n >= 4 ? malloc((size_t)n * sizeof *dev) : NULL;
+  int lo = 0, hi = n;
+  if (dev) {
+    for (int i = 0; i < n; i++) dev[i] = fabs(v[i] - med);
+    qsort(dev, (size_t)n, sizeof *dev, hm_cmp_double);
+    const double bound = 3 * 1.4826 * hm_quantile(dev, n, 0.5);
+    free(dev);
+    if (bound > 0) {
+      while (lo < n && v[lo] < med - bound) lo++;
+      while (hi > lo && v[hi - 1] > med + bound) hi--;
+    }
+  }
+  const int k = hi - lo;
+  const double m = hm_quantile(v + lo, k, 0.5);
+  if (kept) *kept = k;
+  if (spread) *spread = m > 0 ? 0.5 * (hm_quantile(v + lo, k, 0.75) - hm_quantile(v + lo, k, 0.25)) / m : 0;
+  return m;
 }
 
 /* Seconds since t0_ns including the change of the device's owed slow-down sleep since debt0. */
@@ -150,7 +185,7 @@ static hm_status hm_time_one(hm_device *dev, const hm_spec_model_config *cfg, in
   double *f = NULL, *b = NULL;
   if (st == HM_OK) st = hm_stage_init_params(s, seed);
   if (st == HM_OK) {
-    f = hm_calloc((size_t)reps, sizeof *f, "profile times");
+    f = hm_calloc((size_t)reps * 3, sizeof *f, "profile times");
     b = hm_calloc((size_t)reps, sizeof *b, "profile times");
     if (!f || !b) st = HM_ERR_NOMEM;
   }
@@ -164,6 +199,7 @@ static hm_status hm_time_one(hm_device *dev, const hm_spec_model_config *cfg, in
     if (st == HM_OK && r >= warmup) {
       f[timed] = tf;
       b[timed] = tb;
+      f[2 * reps + timed] = tf + tb; /* the totals, for the spread */
       timed++;
       spent += tf + tb;
       if (budget_s > 0 && spent >= budget_s) break;
@@ -171,11 +207,14 @@ static hm_status hm_time_one(hm_device *dev, const hm_spec_model_config *cfg, in
   }
   if (st == HM_OK) {
     out->fits = 1;
-    out->reps = timed;
     out->mem_bytes = (double)(hm_peak_of(dev) - base);
-    out->fwd_s = hm_median(f, timed);
-    out->bwd_s = hm_median(b, timed);
-    out->fwd_min_s = f[0]; /* sorted by hm_median */
+    int kf = timed, kb = timed, kt = timed;
+    out->fwd_s = hm_profile_robust(f, timed, &kf, NULL);
+    out->bwd_s = hm_profile_robust(b, timed, &kb, NULL);
+    hm_profile_robust(f + 2 * reps, timed, &kt, &out->spread);
+    out->reps = kt;
+    out->rejected = timed - kt;
+    out->fwd_min_s = f[0]; /* sorted by hm_profile_robust */
     out->bwd_min_s = b[0];
   }
   free(f);
@@ -226,10 +265,9 @@ hm_status hm_profile_time_layers(const char *backend, const hm_spec_model_config
       if (progress) {
         char line[256];
         if (t->fits)
-          snprintf(line, sizeof line, "%-24s %-9s mb %-4lld fwd %9.3f ms  bwd %9.3f ms  (%d reps, spread %4.1f%%/%4.1f%%)  mem %7.1f MiB",
+          snprintf(line, sizeof line, "%-24s %-9s mb %-4lld fwd %9.3f ms  bwd %9.3f ms  (%d reps, %d outliers, spread %4.1f%%)  mem %7.1f MiB",
                    backend, hm_layer_label(layers[k], cfg.L), (long long)mbs[j], 1e3 * t->fwd_s, 1e3 * t->bwd_s, t->reps,
-                   100 * (t->fwd_s / (t->fwd_min_s > 0 ? t->fwd_min_s : t->fwd_s) - 1),
-                   100 * (t->bwd_s / (t->bwd_min_s > 0 ? t->bwd_min_s : t->bwd_s) - 1), t->mem_bytes / 1048576.0);
+                   t->rejected, 100 * t->spread, t->mem_bytes / 1048576.0);
         else
           snprintf(line, sizeof line, "%-24s %-9s mb %-4lld does not fit the device: skipped", backend,
                    hm_layer_label(layers[k], cfg.L), (long long)mbs[j]);
@@ -302,6 +340,11 @@ static void hm_remeasure(const char *backend, const hm_spec_model_config *shape,
     for (int k = 0; k < npass; k++) fi[k] = f[(size_t)k * per + i], bi[k] = b[(size_t)k * per + i];
     mine[i].fwd_s = hm_median(fi, npass);
     mine[i].bwd_s = hm_median(bi, npass);
+    double tot[HM_TOGETHER_PASSES];
+    for (int k = 0; k < npass; k++) tot[k] = f[(size_t)k * per + i] + b[(size_t)k * per + i];
+    double between = 0;
+    hm_profile_robust(tot, npass, NULL, &between);
+    if (between > mine[i].spread) mine[i].spread = between;
     if (fi[0] < mine[i].fwd_min_s) mine[i].fwd_min_s = fi[0]; /* sorted by hm_median */
     if (bi[0] < mine[i].bwd_min_s) mine[i].bwd_min_s = bi[0];
   }
@@ -346,6 +389,10 @@ hm_status hm_profile_time_layers_together(int njobs, const char *const *backends
     if (pid[p] == 0) {
       prctl(PR_SET_PDEATHSIG, SIGKILL);
       if (getppid() != parent) _exit(1);
+      /* its own session, as `hetmix launch` starts each worker (launch.c): with Linux's autogroup
+       * scheduling a loaded host then shares the CPU with it as with a worker, not as with one of
+       * several processes in the caller's session */
+      setsid();
       const char *backend = backends[p / copies];
       hm_layer_timing *mine = times + (size_t)p * per;
       hm_status cs = hm_profile_time_layers(backend, shape, layers, nlayers, mbs, nmbs, warmup, reps, budget_s,

@@ -391,6 +391,76 @@ static void test_sync_model(void **state) {
   assert_true(hm_sync_allreduce_time(&one, 1e9) == 0.0);
 }
 
+/* Overlapped gradient sync by hand: one stage of 4 equal layers (layer_bwd equal), 2 replicas,
+ * m = 2, fwd 1 ms, bwd 4 ms, one layer per bucket. 1F1B on one stage: F0 B0 F1 B1, the last
+ * backward in [6, 10] ms doing layer 3 first; bucket q (layer 3-q) is ready at 7+q ms with overlap,
+ * at 10 ms without. Each allreduce takes d (the sync model's cost of 1e6 bytes over 2 ranks).
+ * Short buckets (d < 1 ms): only the last bucket is left after the backward: the step is 3d
+ * shorter. Long buckets (d > 1 ms): they run back to back from 7 ms instead of 10 ms: 3 ms
+ * shorter. Times are sums of a few doubles: 1e-12 s is far above their rounding. */
+static double overlap_step(double bandwidth, int overlap, double *d, hm_sim_trace *tr) {
+  const double lw[4] = {1, 1, 1, 1};
+  double grads[4] = {1e6, 1e6, 1e6, 1e6};
+  hm_sim_stage st = {.layer_begin = 0, .layer_end = 4, .tp = 1, .fwd = 1e-3, .bwd = 4e-3, .layer_bwd = lw};
+  hm_sim_class cl = {.nreplicas = 2, .nstages = 1, .nmicro = 2, .stages = &st};
+  hm_link nic = {.bandwidth = bandwidth, .latency = 1e-5};
+  hm_sim_input in = {.nclasses = 1, .classes = &cl, .nlayers = 4, .layer_grad_bytes = grads,
+                     .sync = {.link = nic}, .layers_per_bucket = 1, .overlap_sync = overlap};
+  hm_sim_result r;
+  assert_int_equal(hm_simulate(&in, &r, tr), HM_OK);
+  hm_sync_model m = {.nranks = 2, .link = nic};
+  *d = hm_sync_allreduce_time(&m, 1e6);
+  const double t = r.step_time;
+  hm_sim_result_free(&r);
+  return t;
+}
+
+static void test_overlapped_sync_by_hand(void **state) {
+  (void)state;
+  double d;
+  hm_sim_trace tr = {0};
+  const double short_on = overlap_step(1e11, 1, &d, &tr), short_off = overlap_step(1e11, 0, &d, NULL);
+  assert_true(d < 1e-3);
+  assert_true(fabs(short_off - (10e-3 + 4 * d)) < 1e-12);
+  assert_true(fabs(short_on - (10e-3 + d)) < 1e-12);
+  /* the buckets started during the last backward, in the schedule's order (last layer first) */
+  int q = 0;
+  for (int i = 0; i < tr.nevents; i++)
+    if (tr.events[i].kind == HM_OP_ALLREDUCE) {
+      assert_true(fabs(tr.events[i].start - (7e-3 + q * 1e-3)) < 1e-12);
+      assert_int_equal(tr.events[i].track, 1);
+      q++;
+    }
+  assert_int_equal(q, 4);
+  hm_sim_trace_free(&tr);
+  const double long_on = overlap_step(1e8, 1, &d, NULL), long_off = overlap_step(1e8, 0, &d, NULL);
+  assert_true(d > 1e-3);
+  assert_true(fabs(long_off - (10e-3 + 4 * d)) < 1e-12);
+  assert_true(fabs(long_on - (7e-3 + 4 * d)) < 1e-12);
+}
+
+/* One function defines the buckets: the schedule's ALLREDUCE ops are hm_grad_bucket's, in order. */
+static void test_buckets_one_definition(void **state) {
+  (void)state;
+  const int bounds[3] = {0, 3, 10};
+  for (int per = 1; per <= 4; per++) {
+    hm_schedule_config cfg = {.nstages = 2, .nmicro = 3, .stage_layers = bounds, .data_parallel = 1,
+                              .layers_per_bucket = per};
+    for (int s = 0; s < 2; s++) {
+      int q = 0;
+      for (int64_t i = 0; i < hm_schedule_1f1b_nops(&cfg, s); i++) {
+        const hm_op op = hm_schedule_1f1b_op(&cfg, s, i);
+        if (op.kind != HM_OP_ALLREDUCE) continue;
+        int lo, hi;
+        hm_grad_bucket(bounds[s], bounds[s + 1], per, q++, &lo, &hi);
+        assert_int_equal(op.layer_begin, lo);
+        assert_int_equal(op.layer_end, hi);
+      }
+      assert_int_equal(q, hm_grad_bucket_count(bounds[s], bounds[s + 1], per));
+    }
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_schedule_invariants),
@@ -400,6 +470,8 @@ int main(void) {
       cmocka_unit_test(test_memory_and_comm),
       cmocka_unit_test(test_heterogeneous_replicas),
       cmocka_unit_test(test_sync_model),
+      cmocka_unit_test(test_overlapped_sync_by_hand),
+      cmocka_unit_test(test_buckets_one_definition),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -50,6 +50,7 @@
 
 static const char *hetmix_bin = HM_BINARY_DIR "/hetmix";
 static const char *g_tp; /* --tp for the next run_and_compare, or NULL */
+static const char *g_flag; /* one more worker flag for the next run_and_compare, or NULL */
 static const char *g_model = MODEL; /* the model of the references and the runs (a name or a spec file) */
 static char work[128], tokpath[256];
 typedef struct reference {
@@ -261,9 +262,10 @@ static void run_and_compare_ex(const reference *ref, const char *name, int worke
                   "--model", (char *)g_model, "--data", tokpath, "--steps", steps, "--batch", "2", "--lr", "3e-3",
                   "--stages", (char *)stages, "--micro", (char *)micro,
                   devices ? "--devices" : "--device", devices ? (char *)devices : (char *)ref->device,
-                  "--out", dir, "--dump", dump, "--quiet", NULL, NULL, NULL, NULL};
-  int na = (int)(sizeof argv / sizeof argv[0]) - 4;
+                  "--out", dir, "--dump", dump, "--quiet", NULL, NULL, NULL, NULL, NULL};
+  int na = (int)(sizeof argv / sizeof argv[0]) - 5;
   if (rebalance) argv[na++] = "--rebalance";
+  if (g_flag) argv[na++] = (char *)g_flag;
   if (g_tp) argv[na++] = "--tp", argv[na++] = (char *)g_tp;
   pid_t pid = hm_t_spawn(argv, NULL, errp);
   int st = hm_t_wait(pid, 100.0);
@@ -323,6 +325,60 @@ static void test_2replicas_x_2stages_unequal_micro(void **state) {
   (void)state;
   run_and_compare(&ref32, "r2p2", 4, "0,3,8", "3,1", 2, 0);
   run_and_compare(&ref64, "r2p2-f64", 4, "0,3,8", "3,1", 2, 0);
+}
+
+/* Overlapped gradient sync (the default: each bucket's allreduce is issued during the last
+ * backward as soon as its layers are done) against --sync-after-backward (every bucket after the
+ * backward): the same buckets are summed in the same order from the same final gradients, so
+ * losses, parameters and AdamW moments must be bitwise equal, f32 and f64. Two replicas of one
+ * stage (the tied embedding's bucket is the last, after the embedding's backward) and two
+ * replicas of two stages. */
+static void assert_dumps_bitwise(const char *a, const char *b, int nstages) {
+  char pa[512], pb[512];
+  float la[STEPS], lb[STEPS];
+  snprintf(pa, sizeof pa, "%s/%s/metrics.jsonl", work, a);
+  snprintf(pb, sizeof pb, "%s/%s/metrics.jsonl", work, b);
+  assert_int_equal(read_losses(pa, la, STEPS), STEPS);
+  assert_int_equal(read_losses(pb, lb, STEPS), STEPS);
+  for (int i = 0; i < STEPS; i++)
+    if (la[i] != lb[i]) fail_msg("%s vs %s: step %d loss %.9g != %.9g", a, b, i + 1, la[i], lb[i]);
+  for (int s = 0; s < nstages; s++) {
+    hm_ckpt ca, cb;
+    snprintf(pa, sizeof pa, "%s/%s/dump/stage%d.hmc", work, a, s);
+    snprintf(pb, sizeof pb, "%s/%s/dump/stage%d.hmc", work, b, s);
+    if (hm_ckpt_read(pa, &ca) != HM_OK || hm_ckpt_read(pb, &cb) != HM_OK) fail_msg("%s", hm_last_error());
+    assert_int_equal(ca.n_tensors, cb.n_tensors);
+    assert_int_equal(ca.meta.elem_size, cb.meta.elem_size);
+    const size_t es = ca.meta.elem_size == 8 ? 8 : 4;
+    for (int i = 0; i < ca.n_tensors; i++) {
+      const hm_ckpt_tensor *x = &ca.tensors[i], *y = hm_ckpt_find(&cb, x->name);
+      if (!y || y->numel != x->numel) fail_msg("%s vs %s: stage %d tensor %s differs in shape", a, b, s, x->name);
+      if (memcmp(x->data, y->data, x->numel * es) != 0)
+        fail_msg("%s vs %s: stage %d tensor %s is not bitwise equal", a, b, s, x->name);
+    }
+    hm_ckpt_free(&ca);
+    hm_ckpt_free(&cb);
+  }
+}
+
+static void overlap_case(const reference *ref, const char *name, int workers, const char *stages, const char *micro,
+                         int nstages) {
+  char on[64], off[64];
+  snprintf(on, sizeof on, "%s-overlap", name);
+  snprintf(off, sizeof off, "%s-after", name);
+  run_and_compare(ref, on, workers, stages, micro, nstages, 0);
+  g_flag = "--sync-after-backward";
+  run_and_compare(ref, off, workers, stages, micro, nstages, 0);
+  g_flag = NULL;
+  assert_dumps_bitwise(on, off, nstages);
+}
+
+static void test_dp_overlap_is_bitwise(void **state) {
+  (void)state;
+  overlap_case(&ref32, "r2", 2, "0,8", "3,1", 1);
+  overlap_case(&ref64, "r2-f64", 2, "0,8", "3,1", 1);
+  overlap_case(&ref32, "r2p2o", 4, "0,3,8", "3,1", 2);
+  overlap_case(&ref64, "r2p2o-f64", 4, "0,3,8", "3,1", 2);
 }
 
 /* Rebalancing moves micro-batches between replicas during the run (replica 1 emulates a chip
@@ -713,6 +769,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_depth2_nonuniform),
       cmocka_unit_test(test_depth4_nonuniform),
       cmocka_unit_test(test_2replicas_x_2stages_unequal_micro),
+      cmocka_unit_test(test_dp_overlap_is_bitwise),
       cmocka_unit_test(test_rebalanced_replicas),
       cmocka_unit_test(test_mismatched_layout_is_refused),
       cmocka_unit_test(test_plan_runs_and_mismatch_is_refused),

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <errno.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -193,6 +194,25 @@ static void check_complete(const fixture *f, const hm_profile *p) {
 }
 
 /* Measures once (the expensive part) and checks the profile, its file and the planner on it. */
+/* The robust centre of timed rounds: a preempted round (5x) is dropped, the median of the rest
+ * kept, the spread half their interquartile range over it (values by hand, see the numbers). */
+static void test_robust_centre(void **state) {
+  (void)state;
+  double v[5] = {1.0, 1.01, 0.99, 1.02, 5.0};
+  int kept = 0;
+  double spread = -1;
+  /* median 1.01, MAD 0.01: bound 3 x 1.4826 x 0.01 = 0.0445 keeps 0.99 .. 1.02, drops 5.0 */
+  const double m = hm_profile_robust(v, 5, &kept, &spread);
+  assert_int_equal(kept, 4);
+  assert_true(fabs(m - 1.005) < 1e-15);
+  /* quartiles of 0.99, 1, 1.01, 1.02 at 0.75 and 2.25: 0.9975 and 1.0125 */
+  assert_true(fabs(spread - 0.5 * 0.015 / 1.005) < 1e-14);
+  double three[3] = {1.0, 1.001, 1.2}; /* too few to call one an outlier: the plain median */
+  assert_true(hm_profile_robust(three, 3, &kept, &spread) == 1.001 && kept == 3);
+  double same[3] = {2, 2, 2};
+  assert_true(hm_profile_robust(same, 3, &kept, &spread) == 2 && kept == 3 && spread == 0);
+}
+
 static void test_measure_write_read_plan(void **state) {
   (void)state;
   fixture f;
@@ -230,6 +250,10 @@ static void test_measure_write_read_plan(void **state) {
     assert_true(fabs(a->fwd_s - b->fwd_s) <= 1e-12 * a->fwd_s);
     assert_true(fabs(a->bwd_s - b->bwd_s) <= 1e-12 * a->bwd_s);
     assert_true(fabs(a->mem_bytes - b->mem_bytes) <= 1e-12 * a->mem_bytes);
+    /* the measured spread and the rounds behind it are recorded and read back */
+    assert_true(a->reps >= 1 && a->reps <= o.reps);
+    assert_int_equal(a->reps, b->reps);
+    assert_true(a->spread >= 0 && fabs(a->spread - b->spread) <= 1e-12 * a->spread);
   }
 
   /* the planner uses it: a 2-stage plan fast [0,2) + slow [2,5) at micro-batch 2 predicts each
@@ -268,6 +292,52 @@ static void test_measure_write_read_plan(void **state) {
   /* and the step is at least the pipeline's compute bound (m-1) max t_s + sum t_s */
   const double t0s = f0 + b0, t1s = f1 + b1;
   assert_true(plan.step_time >= 3 * fmax(t0s, t1s) + t0s + t1s - 1e-12); /* rounding of ~10 additions of ~1e-3 s */
+
+  /* the prediction's uncertainty from the profile's spread: every figure 10% up moves a step made
+   * of compute and constants (max and + of them) up by more than 0 and at most 10% (scaling
+   * everything by 1.1 scales the step by exactly 1.1); none without a recorded spread. 1e-12:
+   * rounding of the ~20 additions, far below either bound's margin. */
+  double rel = -1;
+  for (int i = 0; i < q.nlayers; i++) q.layers[i].spread = 0.1;
+  assert_int_equal(hm_plan_spread(&in, &plan, &rel), HM_OK);
+  assert_true(rel > 0.01 && rel <= 0.1 + 1e-12);
+  for (int i = 0; i < q.nlayers; i++) q.layers[i].spread = 0;
+  assert_int_equal(hm_plan_spread(&in, &plan, &rel), HM_OK);
+  assert_true(rel == 0);
+
+  /* self-calibration: a run measured the fast stage at 2x forward and 3x backward and the slow
+   * one as predicted; the calibrated profile predicts exactly that (each stage is a sum of its
+   * layers' figures, each scaled once: 1e-12 relative is ~10 roundings), marks the entries
+   * "source": "run" and reads back so */
+  const double mf[2] = {2 * plan.classes[0].stages[0].fwd, plan.classes[0].stages[1].fwd};
+  const double mb[2] = {3 * plan.classes[0].stages[0].bwd, plan.classes[0].stages[1].bwd};
+  hm_profile cal;
+  double scale[HM_PLAN_MAX_TYPES][2];
+  assert_int_equal(hm_profile_calibrate(&in, &plan, 0, mf, mb, &cal, scale), HM_OK);
+  assert_true(fabs(scale[fast][0] - 2) < 1e-12 && fabs(scale[fast][1] - 3) < 1e-12);
+  assert_true(fabs(scale[slow][0] - 1) < 1e-12 && fabs(scale[slow][1] - 1) < 1e-12);
+  hm_plan_inputs in_cal = in;
+  in_cal.profile = &cal;
+  hm_plan pc = plan;
+  assert_int_equal(hm_plan_predict(&in_cal, &pc, NULL), HM_OK);
+  for (int s = 0; s < 2; s++) {
+    assert_true(fabs(pc.classes[0].stages[s].fwd - mf[s]) <= 1e-12 * mf[s]);
+    assert_true(fabs(pc.classes[0].stages[s].bwd - mb[s]) <= 1e-12 * mb[s]);
+  }
+  for (int i = 0; i < cal.nlayers; i++) assert_int_equal(cal.layers[i].from_run, 1);
+  char cpath[] = "/tmp/hm_test_calibrated_XXXXXX";
+  int cfd = mkstemp(cpath);
+  assert_true(cfd >= 0);
+  close(cfd);
+  assert_int_equal(hm_profile_write(&cal, cpath), HM_OK);
+  hm_profile back;
+  memset(&back, 0, sizeof back);
+  st = hm_profile_load(cpath, &back);
+  unlink(cpath);
+  if (st != HM_OK) fail_msg("load calibrated: %s", hm_last_error());
+  for (int i = 0; i < back.nlayers; i++) assert_int_equal(back.layers[i].from_run, 1);
+  hm_profile_free(&back);
+  hm_profile_free(&cal);
 
   /* the first stage at tp 2: the layer times halve and each layer adds the profile's measured
    * allreduce of its tp_comm_bytes (forward and backward), not the cost model's */
@@ -427,6 +497,81 @@ static void test_probe_deadline(void **state) {
   assert_int_equal(errno, ECHILD);
 }
 
+/* The session of a child of `parent` (reading /proc/<pid>/stat: pid (comm) state ppid pgrp
+ * session ...), its pid in *child; -1 while it has none. */
+static pid_t child_session(pid_t parent, pid_t *child) {
+  DIR *d = opendir("/proc");
+  if (!d) return -1;
+  pid_t sid = -1;
+  for (struct dirent *e; sid < 0 && (e = readdir(d));) {
+    char path[300], buf[1024];
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
+    FILE *f = fopen(path, "r");
+    if (!f) continue;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *r = strrchr(buf, ')');
+    int ppid = 0, pgrp = 0, session = 0;
+    char state;
+    if (r && sscanf(r + 1, " %c %d %d %d", &state, &ppid, &pgrp, &session) == 4 && ppid == parent) {
+      sid = session;
+      *child = (pid_t)atoi(e->d_name);
+    }
+  }
+  closedir(d);
+  return sid;
+}
+
+/* hetmix profile measures in a session of its own, as hetmix launch starts workers (with autogroup
+ * scheduling a loaded host then gives it a worker's share): while it runs, its measuring process
+ * leads a session that is not the caller's. */
+static void test_cli_own_session(void **state) {
+  (void)state;
+  char dir[] = "/tmp/hm_test_profile_sid_XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  char cl[512], md[512], out[600], exe[512];
+  snprintf(cl, sizeof cl, "%s/cluster.json", dir);
+  snprintf(md, sizeof md, "%s/model.json", dir);
+  snprintf(out, sizeof out, "%s/p.json", dir);
+  snprintf(exe, sizeof exe, "%s/hetmix", HM_BINARY_DIR);
+  FILE *fc = fopen(cl, "w");
+  assert_non_null(fc);
+  fputs(cluster_json, fc);
+  fclose(fc);
+  fc = fopen(md, "w");
+  assert_non_null(fc);
+  fputs(model_json, fc);
+  fclose(fc);
+  const pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    if (!freopen("/dev/null", "w", stdout)) _exit(127);
+    execl(exe, exe, "profile", "--cluster", cl, "--model", md, "-o", out, "--micro-batches", "1,2", "--reps", "5",
+          "--types", "slow", "--no-links", (char *)NULL);
+    _exit(127);
+  }
+  pid_t child = -1, sid = -1;
+  int wst = 0, done = 0;
+  const double end = hm_now_s() + 60;
+  /* the run takes ~1 s, polled every ms; between its fork and its setsid the child is still in
+   * the caller's session, so wait for a look at it that leads its own */
+  while (!(sid >= 0 && sid == child) && !done && hm_now_s() < end) {
+    sid = child_session(pid, &child);
+    done = waitpid(pid, &wst, WNOHANG) == pid;
+    if (!(sid >= 0 && sid == child) && !done) usleep(1000);
+  }
+  if (!done) waitpid(pid, &wst, 0);
+  char cmd[700];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  assert_int_equal(system(cmd), 0);
+  assert_true(WIFEXITED(wst) && WEXITSTATUS(wst) == 0);
+  if (sid < 0 || sid != child)
+    fail_msg("hetmix profile measured in its caller's session (no measuring child leading a session seen)");
+  assert_true(sid != getsid(0));
+}
+
 static int run(const char *cmd, char *out, size_t cap) {
   FILE *pf = popen(cmd, "r");
   assert_non_null(pf);
@@ -489,11 +634,13 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_fit_exact),
       cmocka_unit_test(test_fit_rate_shaped),
+      cmocka_unit_test(test_robust_centre),
       cmocka_unit_test(test_measure_write_read_plan),
       cmocka_unit_test(test_measure_together),
       cmocka_unit_test(test_refusals),
       cmocka_unit_test(test_probe_deadline),
       cmocka_unit_test(test_cli),
+      cmocka_unit_test(test_cli_own_session),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
