@@ -198,6 +198,7 @@ hm_status hm_stage_tp_sizes(const hm_spec_model_config *cfg, int size, int rank,
 typedef struct hm_stage_memory {
   size_t params, grads, optimizer, activations, scratch, total;
   size_t n_params;
+  size_t weights_bf16; /* bf16-mixed: the weights' bf16 copy (2 bytes per parameter), else 0 */
 } hm_stage_memory;
 
 hm_status hm_stage_estimate(const hm_spec_model_config *cfg, hm_device *dev, const hm_stage_options *opt,
@@ -207,6 +208,15 @@ hm_status hm_stage_estimate(const hm_spec_model_config *cfg, hm_device *dev, con
  * Parameters are uninitialized until hm_stage_init_params or hm_stage_load. */
 hm_status hm_stage_create(const hm_spec_model_config *cfg, hm_device *dev, const hm_stage_options *opt,
                           hm_stage **out);
+/* The same in a training precision: HM_PREC_FP32 (what hm_stage_create does) or
+ * HM_PREC_BF16_MIXED (docs/model.md, "bf16 mixed precision": f32 master weights, gradients and
+ * AdamW moments; bf16 GEMMs and a bf16 weight copy; GEMM inputs saved in bf16). bf16-mixed needs
+ * a device with the bf16 kernels (hm_device_supports_bf16) and no tensor parallelism
+ * (HM_ERR_UNSUPPORTED otherwise). */
+hm_status hm_stage_create_prec(const hm_spec_model_config *cfg, hm_device *dev, const hm_stage_options *opt,
+                               hm_precision prec, hm_stage **out);
+hm_status hm_stage_estimate_prec(const hm_spec_model_config *cfg, hm_device *dev, const hm_stage_options *opt,
+                                 hm_precision prec, hm_stage_memory *out);
 void hm_stage_destroy(hm_stage *s);
 
 /* GPT-2 initialization: weights N(0, 0.02), residual projections N(0, 0.02/sqrt(2L)), biases 0,
