@@ -414,9 +414,10 @@ typedef struct hm_train_options {
   const char *resume;        /* checkpoint file or an out_dir with a `latest` file; NULL: fresh */
   void (*on_progress)(const hm_train_progress *p, void *user);
   void *user;
+  hm_precision precision;    /* HM_PREC_FP32 (default) or HM_PREC_BF16_MIXED (hm_stage_create_prec) */
 } hm_train_options;
 
-/* Defaults: batch 8, lr 1e-3, min_lr_frac 0.1, warmup 100 (at most steps/10), betas
+/* Defaults: precision fp32, batch 8, lr 1e-3, min_lr_frac 0.1, warmup 100 (at most steps/10), betas
  * (0.9, 0.95), eps 1e-8, weight decay 0.1, clip 1.0, val_fraction 0.05, grad_accum 1,
  * eval_every 0, eval_batches 8, data_dir "data", keep 3. */
 void hm_train_defaults(hm_train_options *o);

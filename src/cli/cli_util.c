@@ -1,6 +1,7 @@
 /* Error printing shared by the subcommands, and running this executable as a child. */
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "cli.h"
 #include "hetmix/runtime.h"
@@ -35,4 +36,15 @@ hm_status hm_cli_run_self(const char *self, char *const *args, const char *what)
   if (st == HM_ERR_PEER_DEAD)
     return hm_error(st, "%s failed (%s)", what, res.term_signal ? "killed by a signal" : "see its error above");
   return st;
+}
+
+int hm_cli_parse_precision(const char *name, hm_precision *out) {
+  if (strcmp(name, hm_precision_name(HM_PREC_FP32)) == 0) *out = HM_PREC_FP32;
+  else if (strcmp(name, hm_precision_name(HM_PREC_BF16_MIXED)) == 0) *out = HM_PREC_BF16_MIXED;
+  else {
+    hm_cli_fail("give --precision fp32 or --precision bf16-mixed (fp16-mixed is planned only, not trained)",
+                "--precision %s: not a training precision of this trainer", name);
+    return 2;
+  }
+  return 0;
 }
