@@ -17,6 +17,17 @@
 #define BRND hm_round_bf16
 #define BFN(name) name##_cpu
 #define BF_THREADS(dev) ((dev)->threads)
+/* a dot product in 8 running lanes: the compiler makes the lane loop one vector */
+static inline float hm_cpu_bf16_dot(const float *a, const float *b, int n) {
+  float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int l = 0; l < 8; l++) lane[l] += a[i + l] * b[i + l];
+  float v = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+  for (; i < n; i++) v += a[i] * b[i];
+  return v;
+}
+#define BF_DOT hm_cpu_bf16_dot
 #include "device/bf16_kernels.inc"
 
 #ifdef HETMIX_HAVE_DNNL

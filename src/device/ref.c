@@ -51,10 +51,17 @@ static size_t hm_ref_attention_saved_elems(hm_device *dev, int B, int T, int C, 
 #define BFN(name) HM_REF_CAT(name, _ref)
 #define BRND hm_round_bf16_f64
 #define BF_THREADS(dev) ((void)(dev), 1)
+static inline double hm_ref_bf16_dot(const float *a, const float *b, int n) {
+  double v = 0;
+  for (int i = 0; i < n; i++) v += (double)a[i] * b[i];
+  return v;
+}
+#define BF_DOT hm_ref_bf16_dot
 #include "device/bf16_kernels.inc"
 #undef BFN
 #undef BRND
 #undef BF_THREADS
+#undef BF_DOT
 
 #define REAL float
 #define SFX _f32
