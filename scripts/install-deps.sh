@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that hetmix's build, tests and benchmarks use.
+# libdnnl-dev (oneDNN): the cpu backend's bf16 matmuls (OpenBLAS 0.3.21 exports no sbgemm).
 # Slurm and munge (about 5 MB, for the srun launch test) are included unless HETMIX_WITH_SLURM=0.
 # OpenCL: the ICD loader and headers, CLBlast, and pocl (OpenCL on this CPU) for the opencl
 # backend and its tests. hipcc (AMD's HIP compiler, about 40 s to install) for the check that the
@@ -10,7 +11,7 @@ set -euo pipefail
 
 pkgs=(
   build-essential cmake pkg-config git
-  libopenblas-dev libcmocka-dev libcjson-dev libzstd-dev liblz4-dev libssl-dev libxxhash-dev
+  libopenblas-dev libdnnl-dev libcmocka-dev libcjson-dev libzstd-dev liblz4-dev libssl-dev libxxhash-dev
   openmpi-bin libopenmpi-dev
   clang libclang-rt-14-dev
   python3 python3-numpy python3-torch

@@ -209,6 +209,42 @@ hm_status hm_dev_attention_backward(hm_device *dev, void *dqkv, const void *dout
                                     const void *qkv, const void *saved, int B, int T, int C,
                                     int NH);
 
+/* ---- bf16 mixed precision (docs/device.md, "bf16 mixed precision") ----
+ * PyTorch autocast's bf16 semantics: GEMM inputs are rounded to bfloat16 (to nearest even),
+ * products are summed in f32 (ref: exactly, in f64), outputs are rounded to bf16. A "bf16"
+ * buffer holds n uint16 bfloat16 values (2n bytes); every other buffer holds the device dtype
+ * (f32 only: bf16 mixed precision needs dtype=f32). Backends without these kernels return
+ * HM_ERR_UNSUPPORTED (hm_device_supports_bf16 says so beforehand). */
+int hm_device_supports_bf16(const hm_device *dev);
+/* address arithmetic in bytes (a bf16 buffer's element i is at 2i bytes) */
+void *hm_device_offset_bytes(const hm_device *dev, void *base, size_t bytes);
+/* dst (n, bf16) = round_bf16(src (n)) */
+hm_status hm_dev_to_bf16(hm_device *dev, void *dst, const void *src, size_t n);
+/* out (N,OC) = round_bf16(inp (N,C, bf16) x weight (OC,C, bf16)^T + round_bf16(bias)), summed in
+ * f32, stored as the device dtype; bias may be NULL */
+hm_status hm_dev_matmul_forward_bf16(hm_device *dev, void *out, const void *inp, const void *weight,
+                                     const void *bias, int N, int C, int OC);
+/* With d = round_bf16(dout (N,OC)): dinp (N,C) += round_bf16(d x weight); dweight (OC,C) +=
+ * round_bf16(d^T x inp); dbias (OC) += round_bf16(column sums of d). inp and weight bf16; dinp
+ * and dbias may be NULL. */
+hm_status hm_dev_matmul_backward_bf16(hm_device *dev, void *dinp, void *dweight, void *dbias,
+                                      const void *dout, const void *inp, const void *weight, int N,
+                                      int C, int OC);
+/* Elements (device dtype) of the saved buffer of attention_forward_bf16: each score row's
+ * log-sum-exp (B,NH,T), the same on every backend. */
+size_t hm_dev_attention_bf16_saved_elems(int B, int T, int C, int NH);
+/* Causal attention with autocast's rounding points: q, k, v rounded to bf16; scores
+ * s = round_bf16(q.k / sqrt(hs)); p = softmax(s) in f32; out = round_bf16(round_bf16(p) v).
+ * qkv and out in the device dtype (values bf16 on the way out). */
+hm_status hm_dev_attention_forward_bf16(hm_device *dev, void *out, void *saved, const void *qkv,
+                                        int B, int T, int C, int NH);
+/* dqkv (B,T,3C) += the gradient with the same rounding points: d = round_bf16(dout);
+ * dp = round_bf16(d.v); ds = round_bf16(p (dp - sum p dp)) / sqrt(hs) (softmax backward in
+ * f32); dq, dk, dv = round_bf16 of their sums (ds k, ds^T q, round_bf16(p)^T d). */
+hm_status hm_dev_attention_backward_bf16(hm_device *dev, void *dqkv, const void *dout,
+                                         const void *qkv, const void *saved, int B, int T, int C,
+                                         int NH);
+
 /* out (n) = gelu_tanh(inp) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
 hm_status hm_dev_gelu_forward(hm_device *dev, void *out, const void *inp, size_t n);
 /* dinp (n) += gelu'(inp) * dout */

@@ -198,6 +198,7 @@ hm_status hm_stage_tp_sizes(const hm_spec_model_config *cfg, int size, int rank,
 typedef struct hm_stage_memory {
   size_t params, grads, optimizer, activations, scratch, total;
   size_t n_params;
+  size_t weights_bf16; /* bf16-mixed: the weights' bf16 copy (2 bytes per parameter), else 0 */
 } hm_stage_memory;
 
 hm_status hm_stage_estimate(const hm_spec_model_config *cfg, hm_device *dev, const hm_stage_options *opt,
@@ -207,6 +208,15 @@ hm_status hm_stage_estimate(const hm_spec_model_config *cfg, hm_device *dev, con
  * Parameters are uninitialized until hm_stage_init_params or hm_stage_load. */
 hm_status hm_stage_create(const hm_spec_model_config *cfg, hm_device *dev, const hm_stage_options *opt,
                           hm_stage **out);
+/* The same in a training precision: HM_PREC_FP32 (what hm_stage_create does) or
+ * HM_PREC_BF16_MIXED (docs/model.md, "bf16 mixed precision": f32 master weights, gradients and
+ * AdamW moments; bf16 GEMMs and a bf16 weight copy; GEMM inputs saved in bf16). bf16-mixed needs
+ * a device with the bf16 kernels (hm_device_supports_bf16) and no tensor parallelism
+ * (HM_ERR_UNSUPPORTED otherwise). */
+hm_status hm_stage_create_prec(const hm_spec_model_config *cfg, hm_device *dev, const hm_stage_options *opt,
+                               hm_precision prec, hm_stage **out);
+hm_status hm_stage_estimate_prec(const hm_spec_model_config *cfg, hm_device *dev, const hm_stage_options *opt,
+                                 hm_precision prec, hm_stage_memory *out);
 void hm_stage_destroy(hm_stage *s);
 
 /* GPT-2 initialization: weights N(0, 0.02), residual projections N(0, 0.02/sqrt(2L)), biases 0,
@@ -412,9 +422,10 @@ typedef struct hm_train_options {
   const char *resume;        /* checkpoint file or an out_dir with a `latest` file; NULL: fresh */
   void (*on_progress)(const hm_train_progress *p, void *user);
   void *user;
+  hm_precision precision;    /* HM_PREC_FP32 (default) or HM_PREC_BF16_MIXED (hm_stage_create_prec) */
 } hm_train_options;
 
-/* Defaults: batch 8, lr 1e-3, min_lr_frac 0.1, warmup 100 (at most steps/10), betas
+/* Defaults: precision fp32, batch 8, lr 1e-3, min_lr_frac 0.1, warmup 100 (at most steps/10), betas
  * (0.9, 0.95), eps 1e-8, weight decay 0.1, clip 1.0, val_fraction 0.05, grad_accum 1,
  * eval_every 0, eval_batches 8, data_dir "data", keep 3. */
 void hm_train_defaults(hm_train_options *o);

@@ -3,6 +3,7 @@
 #ifndef HETMIX_CLI_H
 #define HETMIX_CLI_H
 
+#include "hetmix/spec.h"
 #include "hetmix/status.h"
 
 /* Prints "hetmix: error: <message>" and, when hint is non-NULL, "hint: <hint>" to stderr;
@@ -14,6 +15,10 @@ int hm_cli_fail(const char *hint, const char *fmt, ...)
     ;
 /* Same, with the message of a failed library call: "<what>: <hm_last_error()>". */
 int hm_cli_fail_status(hm_status st, const char *what, const char *hint);
+
+/* --precision NAME of a trainer: "fp32" or "bf16-mixed" into *out (0); else prints the error
+ * with a hint and returns 2 (a usage error). */
+int hm_cli_parse_precision(const char *name, hm_precision *out);
 
 /* Runs this executable (self) with args (NULL-terminated, without argv[0]) as one child
  * process under the local launcher; its output goes to ours. `what` names it in errors. */

@@ -1,6 +1,7 @@
 /* Error printing shared by the subcommands, and running this executable as a child. */
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "cli.h"
 #include "hetmix/runtime.h"
@@ -24,4 +25,15 @@ int hm_cli_fail_status(hm_status st, const char *what, const char *hint) {
 
 hm_status hm_cli_run_self(const char *self, char *const *args, const char *what) {
   return hm_run_self(self, args, what);
+}
+
+int hm_cli_parse_precision(const char *name, hm_precision *out) {
+  if (strcmp(name, hm_precision_name(HM_PREC_FP32)) == 0) *out = HM_PREC_FP32;
+  else if (strcmp(name, hm_precision_name(HM_PREC_BF16_MIXED)) == 0) *out = HM_PREC_BF16_MIXED;
+  else {
+    hm_cli_fail("give --precision fp32 or --precision bf16-mixed (fp16-mixed is planned only, not trained)",
+                "--precision %s: not a training precision of this trainer", name);
+    return 2;
+  }
+  return 0;
 }

@@ -47,7 +47,7 @@ int hm_cmd_train(int argc, char **argv) {
   hm_train_defaults(&o);
   o.out_dir = "out";
   train_cli cli = {10};
-  const char *model = "gpt-mini";
+  const char *model = "gpt-mini", *precision = "fp32";
   int seed_set = 0, batch_set = 0, seq_set = 0, single = 0;
   const hm_opt opts[] = {
       HM_OPT_STR_ROW("device", 0, &o.device, "SPEC", "device backend: cpu, ref, cpu:threads=2,slow=2 ... [cpu]"),
@@ -60,6 +60,9 @@ int hm_cmd_train(int argc, char **argv) {
       HM_OPT_ROW_SEEN(HM_OPT_INT, "batch", 0, &o.batch, 1, 1e9, "B", "sequences per micro-batch [8]", &batch_set),
       HM_OPT_ROW_SEEN(HM_OPT_INT, "seq-len", 0, &o.seq_len, 1, 1e9, "T", "tokens per sequence [the model's T]",
                       &seq_set),
+      HM_OPT_STR_ROW("precision", 0, &precision, "fp32|bf16-mixed",
+                     "fp32, or bf16-mixed: bf16 GEMMs with f32 master weights, gradients and AdamW\n"
+                     "(PyTorch autocast's semantics; cpu and ref backends) [fp32]"),
       HM_OPT_ROW(HM_OPT_INT, "grad-accum", 0, &o.grad_accum, 1, 1e9, "M", "micro-batches per step [1]"),
       HM_OPT_ROW(HM_OPT_FLOAT, "lr", 0, &o.lr, 0, FLT_MAX, "X", "peak learning rate [1e-3]"),
       HM_OPT_ROW(HM_OPT_INT, "warmup", 0, &o.warmup, 0, 1e9, "N", "linear warm-up steps [100]"),
@@ -89,6 +92,7 @@ int hm_cmd_train(int argc, char **argv) {
   int rc = hm_opts_parse(&spec, argc, argv, &res_args);
   if (rc != HM_OPTS_CONTINUE) return rc;
   (void)single; /* --single only selects this path, as any option but --cluster does */
+  if (hm_cli_parse_precision(precision, &o.precision) != 0) return 2;
   hm_status st = hm_model_config_resolve(model, &o.config, o.model_name, sizeof o.model_name);
   if (st != HM_OK)
     return hm_cli_fail_status(st, "--model", "pick a named model, give L<n>,C<n>,NH<n>,V<n>,T<n>, or a model .json with a \"config\"");
@@ -113,8 +117,10 @@ int hm_cmd_train(int argc, char **argv) {
   if (st != HM_OK) return hm_cli_fail_status(st, "train", NULL);
   printf("done: %d steps, loss %.4f", res.steps_done, res.last_loss);
   if (res.last_val_loss >= 0) printf(", val loss %.4f", res.last_val_loss);
-  printf(", %.0f tok/s, memory %.1f MiB (params %.1f, grads %.1f, AdamW %.1f, activations %.1f, scratch %.1f)\n",
-         res.tokens_per_s, res.memory.total / 1048576.0, res.memory.params / 1048576.0, res.memory.grads / 1048576.0,
-         res.memory.optimizer / 1048576.0, res.memory.activations / 1048576.0, res.memory.scratch / 1048576.0);
+  printf(", %.0f tok/s, %s, memory %.1f MiB (params %.1f, bf16 weights %.1f, grads %.1f, AdamW %.1f, activations %.1f, "
+         "scratch %.1f)\n",
+         res.tokens_per_s, hm_precision_name(o.precision), res.memory.total / 1048576.0, res.memory.params / 1048576.0,
+         res.memory.weights_bf16 / 1048576.0, res.memory.grads / 1048576.0, res.memory.optimizer / 1048576.0,
+         res.memory.activations / 1048576.0, res.memory.scratch / 1048576.0);
   return 0;
 }

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "device/cpu_bf16.h"
 #include "device/device_internal.h"
 #include "util/util.h"
 
@@ -39,9 +40,12 @@ typedef struct hm_cpu_impl {
   size_t att_scratch_elems;
   double *partials; /* fixed-block partial sums */
   size_t partials_elems;
+  hm_cpu_bf16 *bf16; /* bf16 mixed precision (cpu_bf16.c), made on first use */
 } hm_cpu_impl;
 
 static hm_cpu_impl *hm_cpu(hm_device *dev) { return dev->impl; }
+
+hm_cpu_bf16 **hm_cpu_bf16_slot(hm_device *dev) { return &hm_cpu(dev)->bf16; }
 
 static hm_status hm_cpu_partials(hm_cpu_impl *impl, size_t n) {
   if (n <= impl->partials_elems) return HM_OK;
@@ -795,6 +799,7 @@ static void hm_cpu_close(hm_device *dev) {
     for (int i = 0; i < impl->threads; i++) free(impl->att_scratch[i]);
   free(impl->att_scratch);
   free(impl->partials);
+  hm_cpu_bf16_free(impl->bf16);
   free(impl);
   dev->impl = NULL;
 }
@@ -1005,6 +1010,11 @@ static const hm_device_ops hm_cpu_ops = {
     .sum = hm_cpu_sum,
     .sumsq = hm_cpu_sumsq,
     .scale = hm_cpu_scale,
+    .to_bf16 = hm_cpu_to_bf16,
+    .matmul_forward_bf16 = hm_cpu_matmul_forward_bf16,
+    .matmul_backward_bf16 = hm_cpu_matmul_backward_bf16,
+    .attention_forward_bf16 = hm_cpu_attention_forward_bf16,
+    .attention_backward_bf16 = hm_cpu_attention_backward_bf16,
 };
 
 static hm_status hm_cpu_open(hm_device *dev, const hm_device_options *opt) {

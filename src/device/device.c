@@ -733,3 +733,77 @@ hm_status hm_dev_scale(hm_device *dev, void *x, double s, size_t n) {
   HM_CHECK_DEV(dev, op); HM_CHECK_PTR(x, op);
   HM_RUN_KERNEL(dev, op, dev->ops->scale(dev, x, s, n));
 }
+
+/* ---- bf16 mixed precision ---- */
+
+#define HM_NEED_BF16(dev, op)                                                                      \
+  do {                                                                                             \
+    if (!hm_device_supports_bf16(dev))                                                             \
+      return hm_error(HM_ERR_UNSUPPORTED,                                                          \
+                      "device %s: %s: backend %s has no bf16 mixed-precision kernels%s (use "      \
+                      "--precision fp32, or the cpu or ref backend)",                              \
+                      (dev)->spec, op, (dev)->name,                                                \
+                      (dev)->dtype != HM_FLOAT32 ? " for a dtype other than f32" : "");            \
+  } while (0)
+
+int hm_device_supports_bf16(const hm_device *dev) {
+  return dev && dev->dtype == HM_FLOAT32 && dev->ops->to_bf16 && dev->ops->matmul_forward_bf16 &&
+         dev->ops->matmul_backward_bf16 && dev->ops->attention_forward_bf16 &&
+         dev->ops->attention_backward_bf16;
+}
+
+void *hm_device_offset_bytes(const hm_device *dev, void *base, size_t bytes) {
+  (void)dev;
+  return (char *)base + bytes; /* address arithmetic only, never a dereference */
+}
+
+hm_status hm_dev_to_bf16(hm_device *dev, void *dst, const void *src, size_t n) {
+  const char *op = "to_bf16";
+  HM_CHECK_DEV(dev, op); HM_CHECK_PTR(dst, op); HM_CHECK_PTR(src, op); HM_NEED_BF16(dev, op);
+  HM_RUN_KERNEL(dev, op, dev->ops->to_bf16(dev, dst, src, n));
+}
+
+hm_status hm_dev_matmul_forward_bf16(hm_device *dev, void *out, const void *inp, const void *weight,
+                                     const void *bias, int N, int C, int OC) {
+  const char *op = "matmul_forward_bf16";
+  HM_CHECK_DEV(dev, op); HM_CHECK_PTR(out, op); HM_CHECK_PTR(inp, op); HM_CHECK_PTR(weight, op);
+  HM_CHECK_POS(N, op); HM_CHECK_POS(C, op); HM_CHECK_POS(OC, op); HM_NEED_BF16(dev, op);
+  HM_RUN_KERNEL(dev, op, dev->ops->matmul_forward_bf16(dev, out, inp, weight, bias, N, C, OC));
+}
+
+hm_status hm_dev_matmul_backward_bf16(hm_device *dev, void *dinp, void *dweight, void *dbias,
+                                      const void *dout, const void *inp, const void *weight, int N,
+                                      int C, int OC) {
+  const char *op = "matmul_backward_bf16";
+  HM_CHECK_DEV(dev, op); HM_CHECK_PTR(dweight, op); HM_CHECK_PTR(dout, op); HM_CHECK_PTR(inp, op);
+  HM_CHECK_PTR(weight, op); HM_CHECK_POS(N, op); HM_CHECK_POS(C, op); HM_CHECK_POS(OC, op);
+  HM_NEED_BF16(dev, op);
+  HM_RUN_KERNEL(dev, op, dev->ops->matmul_backward_bf16(dev, dinp, dweight, dbias, dout, inp, weight,
+                                                        N, C, OC));
+}
+
+size_t hm_dev_attention_bf16_saved_elems(int B, int T, int C, int NH) {
+  (void)C;
+  return (size_t)B * NH * T;
+}
+
+hm_status hm_dev_attention_forward_bf16(hm_device *dev, void *out, void *saved, const void *qkv,
+                                        int B, int T, int C, int NH) {
+  const char *op = "attention_forward_bf16";
+  HM_CHECK_DEV(dev, op); HM_CHECK_PTR(out, op); HM_CHECK_PTR(saved, op); HM_CHECK_PTR(qkv, op);
+  HM_CHECK_POS(B, op); HM_CHECK_POS(T, op); HM_CHECK_POS(C, op);
+  HM_TRY(hm_check_heads(op, C, NH));
+  HM_NEED_BF16(dev, op);
+  HM_RUN_KERNEL(dev, op, dev->ops->attention_forward_bf16(dev, out, saved, qkv, B, T, C, NH));
+}
+
+hm_status hm_dev_attention_backward_bf16(hm_device *dev, void *dqkv, const void *dout,
+                                         const void *qkv, const void *saved, int B, int T, int C,
+                                         int NH) {
+  const char *op = "attention_backward_bf16";
+  HM_CHECK_DEV(dev, op); HM_CHECK_PTR(dqkv, op); HM_CHECK_PTR(dout, op); HM_CHECK_PTR(qkv, op);
+  HM_CHECK_PTR(saved, op); HM_CHECK_POS(B, op); HM_CHECK_POS(T, op); HM_CHECK_POS(C, op);
+  HM_TRY(hm_check_heads(op, C, NH));
+  HM_NEED_BF16(dev, op);
+  HM_RUN_KERNEL(dev, op, dev->ops->attention_backward_bf16(dev, dqkv, dout, qkv, saved, B, T, C, NH));
+}

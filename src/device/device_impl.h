@@ -99,6 +99,20 @@ typedef struct hm_device_ops {
   hm_status (*sum)(hm_device *dev, double *out_host, const void *x, size_t n);
   hm_status (*sumsq)(hm_device *dev, double *out_host, const void *x, size_t n);
   hm_status (*scale)(hm_device *dev, void *x, double s, size_t n);
+  /* bf16 mixed precision (hm_dev_*_bf16 in device.h; docs/device.md, "bf16 mixed precision"):
+   * bf16 buffers hold uint16 bfloat16 values, the rest the device dtype (f32). Optional (NULL:
+   * HM_ERR_UNSUPPORTED). */
+  hm_status (*to_bf16)(hm_device *dev, void *dst, const void *src, size_t n);
+  hm_status (*matmul_forward_bf16)(hm_device *dev, void *out, const void *inp, const void *weight,
+                                   const void *bias, int N, int C, int OC);
+  hm_status (*matmul_backward_bf16)(hm_device *dev, void *dinp, void *dweight, void *dbias,
+                                    const void *dout, const void *inp, const void *weight, int N,
+                                    int C, int OC);
+  hm_status (*attention_forward_bf16)(hm_device *dev, void *out, void *lse, const void *qkv, int B,
+                                      int T, int C, int NH);
+  hm_status (*attention_backward_bf16)(hm_device *dev, void *dqkv, const void *dout,
+                                       const void *qkv, const void *lse, int B, int T, int C,
+                                       int NH);
 } hm_device_ops;
 
 struct hm_device {

@@ -46,17 +46,42 @@ static size_t hm_ref_attention_saved_elems(hm_device *dev, int B, int T, int C, 
 #define HM_REF_CAT(a, b) HM_REF_CAT_(a, b)
 #define ACC double
 
+/* bf16 mixed precision on f32 devices: exact sums in double of the bf16-rounded values, one
+ * direct rounding (double to bf16) at each rounding point: the oracle of the other backends. */
+#define BFN(name) HM_REF_CAT(name, _ref)
+#define BRND hm_round_bf16_f64
+#define BF_THREADS(dev) ((void)(dev), 1)
+static inline double hm_ref_bf16_dot(const float *a, const float *b, int n) {
+  double v = 0;
+  for (int i = 0; i < n; i++) v += (double)a[i] * b[i];
+  return v;
+}
+#define BF_DOT hm_ref_bf16_dot
+#include "device/bf16_kernels.inc"
+#undef BFN
+#undef BRND
+#undef BF_THREADS
+#undef BF_DOT
+
 #define REAL float
 #define SFX _f32
+#define HM_REF_BF16_ENTRIES                                                                        \
+  .to_bf16 = to_bf16_ref, .matmul_forward_bf16 = matmul_forward_bf16_loops_ref,                    \
+  .matmul_backward_bf16 = matmul_backward_bf16_loops_ref,                                          \
+  .attention_forward_bf16 = attention_forward_bf16_ref,                                            \
+  .attention_backward_bf16 = attention_backward_bf16_ref,
 #include "device/ref_kernels.inc"
 #undef REAL
 #undef SFX
+#undef HM_REF_BF16_ENTRIES
 
 #define REAL double
 #define SFX _f64
+#define HM_REF_BF16_ENTRIES
 #include "device/ref_kernels.inc"
 #undef REAL
 #undef SFX
+#undef HM_REF_BF16_ENTRIES
 
 static hm_status hm_ref_open(hm_device *dev, const hm_device_options *opt) {
   if (opt->threads > 1)

@@ -110,7 +110,7 @@ static void hm_carve_acts(hm_stage *s, hm_carver *c, size_t att_saved) {
     hm_llama_carve_acts(s, c, att_saved);
     return;
   }
-  const size_t es = hm_device_elem_size(s->dev);
+  const size_t es = hm_device_elem_size(s->dev), gs = hm_mx_gemm_in_size(s); // gs: saved GEMM inputs
   const size_t N = (size_t)s->B * s->T, C = (size_t)s->cfg.C, V = (size_t)s->tp.vocab;
   const size_t Cl = (size_t)s->tp.channels, H = (size_t)s->tp.hidden;
   for (int i = 0; i < s->n_mb; i++) {
@@ -123,22 +123,22 @@ static void hm_carve_acts(hm_stage *s, hm_carver *c, size_t att_saved) {
     a->enc = s->has_embed ? hm_take(c, N * C * es) : NULL;
     for (int b = 0; b < s->n_blocks; b++) {
       hm_block_acts *k = s->mb ? &a->blocks[b] : &btmp;
-      k->ln1 = hm_take(c, N * C * es);
+      k->ln1 = hm_take(c, N * C * gs);
       k->ln1_mean = hm_take(c, N * es);
       k->ln1_rstd = hm_take(c, N * es);
       k->qkv = hm_take(c, 3 * N * Cl * es);
-      k->atty = hm_take(c, N * Cl * es);
+      k->atty = hm_take(c, N * Cl * gs);
       k->att_saved = hm_take(c, att_saved * es);
       k->res2 = hm_take(c, N * C * es);
-      k->ln2 = hm_take(c, N * C * es);
+      k->ln2 = hm_take(c, N * C * gs);
       k->ln2_mean = hm_take(c, N * es);
       k->ln2_rstd = hm_take(c, N * es);
       k->fch = hm_take(c, N * H * es);
-      k->fch_gelu = hm_take(c, N * H * es);
+      k->fch_gelu = hm_take(c, N * H * gs);
       k->res3 = hm_take(c, N * C * es);
     }
     if (s->has_head) {
-      a->lnf = hm_take(c, N * C * es);
+      a->lnf = hm_take(c, N * C * gs);
       a->lnf_mean = hm_take(c, N * es);
       a->lnf_rstd = hm_take(c, N * es);
       a->logits = hm_take(c, N * V * es);
@@ -166,7 +166,9 @@ static void hm_carve_scratch(hm_stage *s, hm_carver *c) {
   s->wpe_zero = tp_embed ? hm_take(c, (size_t)s->T_max * C * es) : NULL;
 }
 
-static void hm_stage_shape(hm_stage *s, const hm_spec_model_config *cfg, hm_device *dev, const hm_stage_options *o) {
+static void hm_stage_shape(hm_stage *s, const hm_spec_model_config *cfg, hm_device *dev, const hm_stage_options *o,
+                           hm_precision prec) {
+  s->bf16 = prec == HM_PREC_BF16_MIXED;
   s->cfg = *cfg;
   s->dev = dev;
   (void)hm_stage_tp_sizes(cfg, o->tp.size, o->tp.rank, &s->tp);  // checked by hm_check_options
@@ -182,7 +184,7 @@ static void hm_stage_shape(hm_stage *s, const hm_spec_model_config *cfg, hm_devi
 
 static void hm_measure(hm_stage *s, hm_stage_memory *m) {
   const size_t es = hm_device_elem_size(s->dev);
-  size_t att = s->n_blocks ? hm_dev_attention_saved_elems(s->dev, s->B, s->T, s->tp.channels, s->tp.heads) : 0;
+  size_t att = s->n_blocks ? hm_mx_attention_saved(s, s->tp.channels, s->tp.heads) : 0;
   hm_carver ca = {NULL, 0}, cs = {NULL, 0};
   hm_stage_memory r;
   memset(&r, 0, sizeof r);
@@ -197,16 +199,38 @@ static void hm_measure(hm_stage *s, hm_stage_memory *m) {
   hm_carve_scratch(s, &cs);
   r.activations = ca.off;
   r.scratch = cs.off;
-  r.total = r.params + r.grads + r.optimizer + r.activations + r.scratch;
+  r.weights_bf16 = s->bf16 ? hm_round(s->n_params * 2) : 0;
+  r.total = r.params + r.weights_bf16 + r.grads + r.optimizer + r.activations + r.scratch;
   *m = r;
+}
+
+// bf16 mixed precision: the device has the kernels; tensor parallelism stays f32 for now.
+static hm_status hm_check_precision(hm_device *dev, const hm_stage_options *o, hm_precision prec) {
+  if (prec != HM_PREC_FP32 && prec != HM_PREC_BF16_MIXED && prec != HM_PREC_AUTO)
+    return hm_error(HM_ERR_UNSUPPORTED, "stage precision \"%s\": a stage trains in fp32 or bf16-mixed",
+                    hm_precision_name(prec));
+  if (prec != HM_PREC_BF16_MIXED) return HM_OK;
+  if (o->tp.size > 1)
+    return hm_error(HM_ERR_UNSUPPORTED, "bf16-mixed with tensor parallelism (tp %d) is not implemented; use fp32",
+                    o->tp.size);
+  if (dev && !hm_device_supports_bf16(dev))
+    return hm_error(HM_ERR_UNSUPPORTED, "device %s has no bf16 mixed-precision kernels (cpu and ref have; dtype "
+                    "f32 only): use --precision fp32", hm_device_spec(dev));
+  return HM_OK;
 }
 
 hm_status hm_stage_estimate(const hm_spec_model_config *cfg, hm_device *dev, const hm_stage_options *opt,
                             hm_stage_memory *out) {
+  return hm_stage_estimate_prec(cfg, dev, opt, HM_PREC_FP32, out);
+}
+
+hm_status hm_stage_estimate_prec(const hm_spec_model_config *cfg, hm_device *dev, const hm_stage_options *opt,
+                                 hm_precision prec, hm_stage_memory *out) {
   HM_TRY(hm_check_options(cfg, opt));
+  HM_TRY(hm_check_precision(dev, opt, prec));
   hm_stage s;
   memset(&s, 0, sizeof s);
-  hm_stage_shape(&s, cfg, dev, opt);
+  hm_stage_shape(&s, cfg, dev, opt, prec);
   hm_measure(&s, out);
   return HM_OK;
 }
@@ -214,23 +238,29 @@ hm_status hm_stage_estimate(const hm_spec_model_config *cfg, hm_device *dev, con
 static double hm_gib(size_t b) { return (double)b / (1024.0 * 1024.0 * 1024.0); }
 
 hm_status hm_stage_create(const hm_spec_model_config *cfg, hm_device *dev, const hm_stage_options *opt, hm_stage **out) {
+  return hm_stage_create_prec(cfg, dev, opt, HM_PREC_FP32, out);
+}
+
+hm_status hm_stage_create_prec(const hm_spec_model_config *cfg, hm_device *dev, const hm_stage_options *opt,
+                               hm_precision prec, hm_stage **out) {
   *out = NULL;
   if (!dev) return hm_error(HM_ERR_INVALID_ARG, "stage: device is NULL");
   HM_TRY(hm_check_options(cfg, opt));
+  HM_TRY(hm_check_precision(dev, opt, prec));
   hm_stage *s = hm_calloc(1, sizeof *s, "stage");
   if (!s) return HM_ERR_NOMEM;
-  hm_stage_shape(s, cfg, dev, opt);
+  hm_stage_shape(s, cfg, dev, opt, prec);
   hm_measure(s, &s->mem);
   size_t total = 0, free_bytes = 0;
   hm_status st = hm_device_mem_info(dev, &total, &free_bytes);
   char cfgs[128];
   if (st == HM_OK && s->mem.total > free_bytes) {
     st = hm_error(HM_ERR_NO_FIT,
-                  "model %s layers [%d,%d) with B=%d T=%d needs %.2f GiB on %s (params %.2f, grads %.2f, "
-                  "AdamW %.2f, activations %.2f for %d micro-batches, scratch %.2f) but %.2f GiB are free",
+                  "model %s layers [%d,%d) with B=%d T=%d needs %.2f GiB on %s (params %.2f, bf16 weights %.2f, "
+                  "grads %.2f, AdamW %.2f, activations %.2f for %d micro-batches, scratch %.2f) but %.2f GiB are free",
                   hm_model_config_str(cfg, cfgs, sizeof cfgs), opt->first, opt->last, opt->B, opt->T,
                   hm_gib(s->mem.total), hm_device_spec(dev),
-                  hm_gib(s->mem.params), hm_gib(s->mem.grads), hm_gib(s->mem.optimizer),
+                  hm_gib(s->mem.params), hm_gib(s->mem.weights_bf16), hm_gib(s->mem.grads), hm_gib(s->mem.optimizer),
                   hm_gib(s->mem.activations), opt->max_microbatches, hm_gib(s->mem.scratch), hm_gib(free_bytes));
     free(s);
     return st;
@@ -265,6 +295,8 @@ hm_status hm_stage_create(const hm_spec_model_config *cfg, hm_device *dev, const
   if (st == HM_OK) st = hm_device_alloc(dev, &s->v, pb, "AdamW second moments");
   if (st == HM_OK) st = hm_device_alloc(dev, &s->acts, s->mem.activations, "activations");
   if (st == HM_OK) st = hm_device_alloc(dev, &s->scratch, s->mem.scratch, "backward scratch");
+  if (st == HM_OK && s->bf16) st = hm_device_alloc(dev, &s->w16, s->mem.weights_bf16, "bf16 weights");
+  s->w16_stale = 1;
   if (st == HM_OK) st = hm_device_zero(dev, s->params, pb);
   if (st == HM_OK) st = hm_device_zero(dev, s->grads, pb);
   if (st == HM_OK) st = hm_device_zero(dev, s->m, pb);
@@ -273,7 +305,7 @@ hm_status hm_stage_create(const hm_spec_model_config *cfg, hm_device *dev, const
     hm_stage_destroy(s);
     return hm_error_context(st, "stage [%d,%d) on %s: ", opt->first, opt->last, hm_device_spec(dev));
   }
-  size_t att = s->n_blocks ? hm_dev_attention_saved_elems(dev, s->B, s->T, s->tp.channels, s->tp.heads) : 0;
+  size_t att = s->n_blocks ? hm_mx_attention_saved(s, s->tp.channels, s->tp.heads) : 0;
   hm_carver ca = {s->acts, 0}, cs = {s->scratch, 0};
   hm_carve_acts(s, &ca, att);
   hm_carve_scratch(s, &cs);
@@ -295,6 +327,7 @@ void hm_stage_destroy(hm_stage *s) {
   hm_device_free(s->dev, s->v);
   hm_device_free(s->dev, s->acts);
   hm_device_free(s->dev, s->scratch);
+  if (s->w16) hm_device_free(s->dev, s->w16);
   if (s->mb)
     for (int i = 0; i < s->n_mb; i++) free(s->mb[i].blocks), free(s->mb[i].lblocks);
   free(s->mb);
@@ -338,6 +371,7 @@ hm_status hm_stage_init_params(hm_stage *s, uint64_t seed) {
   if (!buf) return HM_ERR_NOMEM;
   float *shard = buf + maxn;
   hm_status st = HM_OK;
+  s->w16_stale = 1;
   for (int i = 0; i < s->n_tensors && st == HM_OK; i++) {
     const hm_stage_tensor *t = &s->tensors[i];
     hm_init_full(t, seed, buf);
@@ -374,16 +408,23 @@ static hm_status hm_block_forward(hm_stage *s, int b, hm_block_acts *k, const vo
   const size_t NC = (size_t)N * C;
   const int w = s->block0 + b * BK_COUNT;
   void *proj = s->sD;  // attention / MLP projection before the residual add
-  HM_TRY(hm_dev_layernorm_forward(d, k->ln1, k->ln1_mean, k->ln1_rstd, x, P(s, w + BK_LN1W), P(s, w + BK_LN1B), N, C));
-  HM_TRY(hm_dev_matmul_forward(d, k->qkv, k->ln1, P(s, w + BK_QKVW), P(s, w + BK_QKVB), N, C, 3 * Cl));
-  HM_TRY(hm_dev_attention_forward(d, k->atty, k->att_saved, k->qkv, B, T, Cl, NHl));
-  HM_TRY(hm_dev_matmul_forward(d, proj, k->atty, P(s, w + BK_ATTPROJW), hm_row_bias(s, w + BK_ATTPROJB), N, Cl, C));
+  (void)B, (void)T;
+  void *r = hm_mx_result(s, k->ln1); // bf16: f32 results in scratch, rounded into the saved GEMM input
+  HM_TRY(hm_dev_layernorm_forward(d, r, k->ln1_mean, k->ln1_rstd, x, P(s, w + BK_LN1W), P(s, w + BK_LN1B), N, C));
+  HM_TRY(hm_mx_gemm_input(s, k->ln1, r, NC));
+  HM_TRY(hm_mx_matmul_forward(s, k->qkv, k->ln1, w + BK_QKVW, P(s, w + BK_QKVB), N, C, 3 * Cl));
+  HM_TRY(hm_mx_attention_forward(s, r = hm_mx_result(s, k->atty), k->att_saved, k->qkv, Cl, NHl));
+  HM_TRY(hm_mx_gemm_input(s, k->atty, r, (size_t)N * Cl));
+  HM_TRY(hm_mx_matmul_forward(s, proj, k->atty, w + BK_ATTPROJW, hm_row_bias(s, w + BK_ATTPROJB), N, Cl, C));
   HM_TRY(hm_tp_allreduce(s, proj, NC, HM_TP_SUM));
   HM_TRY(hm_dev_residual_forward(d, k->res2, x, proj, NC));
-  HM_TRY(hm_dev_layernorm_forward(d, k->ln2, k->ln2_mean, k->ln2_rstd, k->res2, P(s, w + BK_LN2W), P(s, w + BK_LN2B), N, C));
-  HM_TRY(hm_dev_matmul_forward(d, k->fch, k->ln2, P(s, w + BK_FCW), P(s, w + BK_FCB), N, C, H));
-  HM_TRY(hm_dev_gelu_forward(d, k->fch_gelu, k->fch, (size_t)N * H));
-  HM_TRY(hm_dev_matmul_forward(d, proj, k->fch_gelu, P(s, w + BK_FCPROJW), hm_row_bias(s, w + BK_FCPROJB), N, H, C));
+  r = hm_mx_result(s, k->ln2);
+  HM_TRY(hm_dev_layernorm_forward(d, r, k->ln2_mean, k->ln2_rstd, k->res2, P(s, w + BK_LN2W), P(s, w + BK_LN2B), N, C));
+  HM_TRY(hm_mx_gemm_input(s, k->ln2, r, NC));
+  HM_TRY(hm_mx_matmul_forward(s, k->fch, k->ln2, w + BK_FCW, P(s, w + BK_FCB), N, C, H));
+  HM_TRY(hm_dev_gelu_forward(d, r = hm_mx_result(s, k->fch_gelu), k->fch, (size_t)N * H));
+  HM_TRY(hm_mx_gemm_input(s, k->fch_gelu, r, (size_t)N * H));
+  HM_TRY(hm_mx_matmul_forward(s, proj, k->fch_gelu, w + BK_FCPROJW, hm_row_bias(s, w + BK_FCPROJB), N, H, C));
   HM_TRY(hm_tp_allreduce(s, proj, NC, HM_TP_SUM));
   HM_TRY(hm_dev_residual_forward(d, k->res3, k->res2, proj, NC));
   return HM_OK;
@@ -463,6 +504,7 @@ hm_status hm_head_tp_forward(hm_stage *s, hm_mb_acts *a, const int32_t *targets,
 hm_status hm_stage_forward(hm_stage *s, int mb, const int32_t *tokens, const void *x_in, const int32_t *targets,
                            float *loss) {
   HM_TRY(hm_check_mb(s, mb));
+  HM_TRY(hm_mx_refresh_weights(s));
   if (s->cfg.arch == HM_ARCH_LLAMA) return hm_llama_forward(s, mb, tokens, x_in, targets, loss);
   hm_device *d = s->dev;
   hm_mb_acts *a = &s->mb[mb];
@@ -482,8 +524,10 @@ hm_status hm_stage_forward(hm_stage *s, int mb, const int32_t *tokens, const voi
   a->has_targets = 0;
   if (!s->has_head) return HM_OK;
   const void *x = hm_block_input(s, a, s->n_blocks);
-  HM_TRY(hm_dev_layernorm_forward(d, a->lnf, a->lnf_mean, a->lnf_rstd, x, P(s, s->lnfw), P(s, s->lnfb), N, C));
-  HM_TRY(hm_dev_matmul_forward(d, a->logits, a->lnf, P(s, s->wte), NULL, N, C, s->tp.vocab));
+  void *r = hm_mx_result(s, a->lnf);
+  HM_TRY(hm_dev_layernorm_forward(d, r, a->lnf_mean, a->lnf_rstd, x, P(s, s->lnfw), P(s, s->lnfb), N, C));
+  HM_TRY(hm_mx_gemm_input(s, a->lnf, r, (size_t)N * C));
+  HM_TRY(hm_mx_matmul_forward(s, a->logits, a->lnf, s->wte, NULL, N, C, s->tp.vocab));
   if (!targets) return HM_OK;
   for (int i = 0; i < N; i++)
     if (targets[i] >= V)
@@ -520,24 +564,21 @@ static hm_status hm_block_backward(hm_stage *s, int b, hm_block_acts *k, const v
   const int w = s->block0 + b * BK_COUNT;
   void *dres = s->dresid, *dgelu = s->sA, *dfch = s->sB, *dln = s->sD;
   HM_TRY(hm_device_zero(d, dgelu, NH * es));
-  HM_TRY(hm_dev_matmul_backward(d, dgelu, G(s, w + BK_FCPROJW), G(s, w + BK_FCPROJB), dres, k->fch_gelu,
-                                P(s, w + BK_FCPROJW), N, H, C));
+  HM_TRY(hm_mx_matmul_backward(s, dgelu, G(s, w + BK_FCPROJB), dres, k->fch_gelu, w + BK_FCPROJW, N, H, C));
   HM_TRY(hm_device_zero(d, dfch, NH * es));
   HM_TRY(hm_dev_gelu_backward(d, dfch, k->fch, dgelu, NH));
   HM_TRY(hm_device_zero(d, dln, NC * es));
-  HM_TRY(hm_dev_matmul_backward(d, dln, G(s, w + BK_FCW), G(s, w + BK_FCB), dfch, k->ln2, P(s, w + BK_FCW), N, C, H));
+  HM_TRY(hm_mx_matmul_backward(s, dln, G(s, w + BK_FCB), dfch, k->ln2, w + BK_FCW, N, C, H));
   HM_TRY(hm_tp_allreduce(s, dln, NC, HM_TP_SUM));
   HM_TRY(hm_dev_layernorm_backward(d, dres, G(s, w + BK_LN2W), G(s, w + BK_LN2B), dln, k->res2, P(s, w + BK_LN2W),
                                    k->ln2_mean, k->ln2_rstd, N, C));
   void *datty = s->sD, *dqkv = s->sA, *dln1 = s->sB;
   HM_TRY(hm_device_zero(d, datty, (size_t)N * Cl * es));
-  HM_TRY(hm_dev_matmul_backward(d, datty, G(s, w + BK_ATTPROJW), G(s, w + BK_ATTPROJB), dres, k->atty,
-                                P(s, w + BK_ATTPROJW), N, Cl, C));
+  HM_TRY(hm_mx_matmul_backward(s, datty, G(s, w + BK_ATTPROJB), dres, k->atty, w + BK_ATTPROJW, N, Cl, C));
   HM_TRY(hm_device_zero(d, dqkv, 3 * (size_t)N * Cl * es));
-  HM_TRY(hm_dev_attention_backward(d, dqkv, datty, k->qkv, k->att_saved, B, T, Cl, NHl));
+  HM_TRY(hm_mx_attention_backward(s, dqkv, datty, k->qkv, k->att_saved, Cl, NHl));
   HM_TRY(hm_device_zero(d, dln1, NC * es));
-  HM_TRY(hm_dev_matmul_backward(d, dln1, G(s, w + BK_QKVW), G(s, w + BK_QKVB), dqkv, k->ln1, P(s, w + BK_QKVW), N, C,
-                                3 * Cl));
+  HM_TRY(hm_mx_matmul_backward(s, dln1, G(s, w + BK_QKVB), dqkv, k->ln1, w + BK_QKVW, N, C, 3 * Cl));
   HM_TRY(hm_tp_allreduce(s, dln1, NC, HM_TP_SUM));
   HM_TRY(hm_dev_layernorm_backward(d, dres, G(s, w + BK_LN1W), G(s, w + BK_LN1B), dln1, x, P(s, w + BK_LN1W),
                                    k->ln1_mean, k->ln1_rstd, N, C));
@@ -582,7 +623,7 @@ hm_status hm_stage_backward(hm_stage *s, int mb, const void *dout, float loss_we
                                                   (double)loss_weight / N, N, V, V));
     void *dlnf = s->sD;
     HM_TRY(hm_device_zero(d, dlnf, NC * es));
-    HM_TRY(hm_dev_matmul_backward(d, dlnf, G(s, s->wte), NULL, a->logits, a->lnf, P(s, s->wte), N, C, s->tp.vocab));
+    HM_TRY(hm_mx_matmul_backward(s, dlnf, NULL, a->logits, a->lnf, s->wte, N, C, s->tp.vocab));
     HM_TRY(hm_tp_allreduce(s, dlnf, NC, HM_TP_SUM));
     HM_TRY(hm_device_zero(d, s->dresid, NC * es));
     HM_TRY(hm_dev_layernorm_backward(d, s->dresid, G(s, s->lnfw), G(s, s->lnfb), dlnf, hm_block_input(s, a, s->n_blocks),
@@ -619,7 +660,10 @@ hm_status hm_stage_set_seq_len(hm_stage *s, int T) {
 
 hm_status hm_stage_zero_grad(hm_stage *s) { return hm_device_zero(s->dev, s->grads, s->n_params * hm_device_elem_size(s->dev)); }
 size_t hm_stage_num_params(const hm_stage *s) { return s->n_params; }
-void *hm_stage_params(hm_stage *s) { return s->params; }
+void *hm_stage_params(hm_stage *s) {
+  s->w16_stale = 1; /* the caller may write them */
+  return s->params;
+}
 void *hm_stage_grads(hm_stage *s) { return s->grads; }
 void *hm_stage_adam_m(hm_stage *s) { return s->m; }
 void *hm_stage_adam_v(hm_stage *s) { return s->v; }
@@ -655,6 +699,7 @@ float hm_grad_clip_scale(double total_sumsq, float max_norm) {
 hm_status hm_stage_adamw(hm_stage *s, const hm_adamw *o, int t, float grad_scale) {
   if (t < 1) return hm_error(HM_ERR_INVALID_ARG, "AdamW step %d must be >= 1", t);
   hm_device *d = s->dev;
+  s->w16_stale = 1; /* the bf16 copy is remade by the next forward */
   // consecutive tensors with the same decay setting go in one call
   int i = 0;
   while (i < s->n_tensors) {
@@ -696,7 +741,10 @@ int hm_stage_find_tensor(const hm_stage *s, const char *name) {
 
 static const char *const hm_ckpt_kinds[3] = {"param", "adam_m", "adam_v"};
 
-static void *hm_stage_buffer(hm_stage *s, int kind) { return kind == 0 ? s->params : kind == 1 ? s->m : s->v; }
+static void *hm_stage_buffer(hm_stage *s, int kind) {
+  if (kind == 0) s->w16_stale = 1; /* loading writes them */
+  return kind == 0 ? s->params : kind == 1 ? s->m : s->v;
+}
 
 hm_status hm_stage_save(hm_stage *s, const char *path, const hm_ckpt_meta *meta) {
   hm_ckpt_meta m = *meta;

@@ -98,7 +98,7 @@ hm_status hm_llama_alloc_slots(hm_stage *s) {
 }
 
 void hm_llama_carve_acts(hm_stage *s, hm_carver *c, size_t att_saved) {
-  const size_t es = hm_device_elem_size(s->dev);
+  const size_t es = hm_device_elem_size(s->dev), gs = hm_mx_gemm_in_size(s); // gs: saved GEMM inputs
   const size_t N = (size_t)s->B * s->T, C = (size_t)s->cfg.C, V = (size_t)s->tp.vocab;
   const hm_llama_dims d = hm_llama_dims_of(s);
   for (int i = 0; i < s->n_mb; i++) {
@@ -111,20 +111,20 @@ void hm_llama_carve_acts(hm_stage *s, hm_carver *c, size_t att_saved) {
     a->enc = s->has_embed ? hm_take(c, N * C * es) : NULL;
     for (int b = 0; b < s->n_blocks; b++) {
       hm_llama_block_acts *k = s->mb ? &a->lblocks[b] : &btmp;
-      k->n1 = hm_take(c, N * C * es);
+      k->n1 = hm_take(c, N * C * gs);
       k->n1_rstd = hm_take(c, N * es);
       k->qkv = hm_take(c, N * (size_t)d.qkv_cols * es);
-      k->atty = hm_take(c, N * (size_t)d.q_cols * es);
+      k->atty = hm_take(c, N * (size_t)d.q_cols * gs);
       k->att_saved = hm_take(c, att_saved * es);
       k->res2 = hm_take(c, N * C * es);
-      k->n2 = hm_take(c, N * C * es);
+      k->n2 = hm_take(c, N * C * gs);
       k->n2_rstd = hm_take(c, N * es);
       k->gu = hm_take(c, 2 * N * (size_t)d.ffn * es);
-      k->hsw = hm_take(c, N * (size_t)d.ffn * es);
+      k->hsw = hm_take(c, N * (size_t)d.ffn * gs);
       k->res3 = hm_take(c, N * C * es);
     }
     if (s->has_head) {
-      a->lnf = hm_take(c, N * C * es);
+      a->lnf = hm_take(c, N * C * gs);
       a->lnf_rstd = hm_take(c, N * es);
       a->logits = hm_take(c, N * V * es);
       a->losses = hm_take(c, N * es);
@@ -181,18 +181,25 @@ static hm_status hm_llama_block_forward(hm_stage *s, int b, hm_llama_block_acts 
   const size_t NC = (size_t)N * C;
   const int w = s->block0 + b * LK_COUNT;
   void *proj = s->sD;  // attention / MLP projection before the residual add
-  HM_TRY(hm_dev_rmsnorm_forward(dv, k->n1, k->n1_rstd, x, P(s, w + LK_NORM1), N, C));
-  HM_TRY(hm_dev_matmul_forward(dv, k->qkv, k->n1, P(s, w + LK_QKV), NULL, N, C, d.qkv_cols));
+  (void)B, (void)T;
+  void *r = hm_mx_result(s, k->n1); // bf16: f32 results in scratch, rounded into the saved GEMM input
+  HM_TRY(hm_dev_rmsnorm_forward(dv, r, k->n1_rstd, x, P(s, w + LK_NORM1), N, C));
+  HM_TRY(hm_mx_gemm_input(s, k->n1, r, NC));
+  HM_TRY(hm_mx_matmul_forward(s, k->qkv, k->n1, w + LK_QKV, NULL, N, C, d.qkv_cols));
   HM_TRY(hm_llama_rope(s, k->qkv, &d, 1));
   HM_TRY(hm_dev_repeat_kv_forward(dv, s->sQKV, k->qkv, N, d.q_cols, d.heads, d.kv_heads));
-  HM_TRY(hm_dev_attention_forward(dv, k->atty, k->att_saved, s->sQKV, B, T, d.q_cols, d.heads));
-  HM_TRY(hm_dev_matmul_forward(dv, proj, k->atty, P(s, w + LK_PROJ), NULL, N, d.q_cols, C));
+  HM_TRY(hm_mx_attention_forward(s, r = hm_mx_result(s, k->atty), k->att_saved, s->sQKV, d.q_cols, d.heads));
+  HM_TRY(hm_mx_gemm_input(s, k->atty, r, (size_t)N * d.q_cols));
+  HM_TRY(hm_mx_matmul_forward(s, proj, k->atty, w + LK_PROJ, NULL, N, d.q_cols, C));
   HM_TRY(hm_tp_allreduce(s, proj, NC, HM_TP_SUM));
   HM_TRY(hm_dev_residual_forward(dv, k->res2, x, proj, NC));
-  HM_TRY(hm_dev_rmsnorm_forward(dv, k->n2, k->n2_rstd, k->res2, P(s, w + LK_NORM2), N, C));
-  HM_TRY(hm_dev_matmul_forward(dv, k->gu, k->n2, P(s, w + LK_GATEUP), NULL, N, C, 2 * d.ffn));
-  HM_TRY(hm_dev_swiglu_forward(dv, k->hsw, k->gu, N, d.ffn));
-  HM_TRY(hm_dev_matmul_forward(dv, proj, k->hsw, P(s, w + LK_DOWN), NULL, N, d.ffn, C));
+  r = hm_mx_result(s, k->n2);
+  HM_TRY(hm_dev_rmsnorm_forward(dv, r, k->n2_rstd, k->res2, P(s, w + LK_NORM2), N, C));
+  HM_TRY(hm_mx_gemm_input(s, k->n2, r, NC));
+  HM_TRY(hm_mx_matmul_forward(s, k->gu, k->n2, w + LK_GATEUP, NULL, N, C, 2 * d.ffn));
+  HM_TRY(hm_dev_swiglu_forward(dv, r = hm_mx_result(s, k->hsw), k->gu, N, d.ffn));
+  HM_TRY(hm_mx_gemm_input(s, k->hsw, r, (size_t)N * d.ffn));
+  HM_TRY(hm_mx_matmul_forward(s, proj, k->hsw, w + LK_DOWN, NULL, N, d.ffn, C));
   HM_TRY(hm_tp_allreduce(s, proj, NC, HM_TP_SUM));
   HM_TRY(hm_dev_residual_forward(dv, k->res3, k->res2, proj, NC));
   return HM_OK;
@@ -218,8 +225,10 @@ static hm_status hm_llama_embed(hm_stage *s, hm_mb_acts *a, const int32_t *token
 static hm_status hm_llama_head_forward(hm_stage *s, hm_mb_acts *a, const int32_t *targets, float *loss) {
   hm_device *dv = s->dev;
   const int C = (int)s->cfg.C, V = (int)s->cfg.V, N = s->B * s->T;
-  HM_TRY(hm_dev_rmsnorm_forward(dv, a->lnf, a->lnf_rstd, hm_llama_block_input(s, a, s->n_blocks), P(s, s->lnfw), N, C));
-  HM_TRY(hm_dev_matmul_forward(dv, a->logits, a->lnf, P(s, s->lm_head), NULL, N, C, s->tp.vocab));
+  void *r = hm_mx_result(s, a->lnf);
+  HM_TRY(hm_dev_rmsnorm_forward(dv, r, a->lnf_rstd, hm_llama_block_input(s, a, s->n_blocks), P(s, s->lnfw), N, C));
+  HM_TRY(hm_mx_gemm_input(s, a->lnf, r, (size_t)N * C));
+  HM_TRY(hm_mx_matmul_forward(s, a->logits, a->lnf, s->lm_head, NULL, N, C, s->tp.vocab));
   if (!targets) return HM_OK;
   for (int i = 0; i < N; i++)
     if (targets[i] < 0 || targets[i] >= V)
@@ -264,22 +273,22 @@ static hm_status hm_llama_block_backward(hm_stage *s, int b, hm_llama_block_acts
   const int w = s->block0 + b * LK_COUNT;
   void *dres = s->dresid, *dh = s->sA, *dgu = s->sB, *dn = s->sD;
   HM_TRY(hm_device_zero(dv, dh, NF * es));
-  HM_TRY(hm_dev_matmul_backward(dv, dh, G(s, w + LK_DOWN), NULL, dres, k->hsw, P(s, w + LK_DOWN), N, d.ffn, C));
+  HM_TRY(hm_mx_matmul_backward(s, dh, NULL, dres, k->hsw, w + LK_DOWN, N, d.ffn, C));
   HM_TRY(hm_dev_swiglu_backward(dv, dgu, k->gu, dh, N, d.ffn));
   HM_TRY(hm_device_zero(dv, dn, NC * es));
-  HM_TRY(hm_dev_matmul_backward(dv, dn, G(s, w + LK_GATEUP), NULL, dgu, k->n2, P(s, w + LK_GATEUP), N, C, 2 * d.ffn));
+  HM_TRY(hm_mx_matmul_backward(s, dn, NULL, dgu, k->n2, w + LK_GATEUP, N, C, 2 * d.ffn));
   HM_TRY(hm_tp_allreduce(s, dn, NC, HM_TP_SUM));
   HM_TRY(hm_dev_rmsnorm_backward(dv, dres, G(s, w + LK_NORM2), dn, k->res2, P(s, w + LK_NORM2), k->n2_rstd, N, C));
   void *datty = s->sD, *dfull = s->sA, *dqkv = s->sB, *dn1 = s->sD;
   HM_TRY(hm_device_zero(dv, datty, (size_t)N * d.q_cols * es));
-  HM_TRY(hm_dev_matmul_backward(dv, datty, G(s, w + LK_PROJ), NULL, dres, k->atty, P(s, w + LK_PROJ), N, d.q_cols, C));
+  HM_TRY(hm_mx_matmul_backward(s, datty, NULL, dres, k->atty, w + LK_PROJ, N, d.q_cols, C));
   HM_TRY(hm_dev_repeat_kv_forward(dv, s->sQKV, k->qkv, N, d.q_cols, d.heads, d.kv_heads));
   HM_TRY(hm_device_zero(dv, dfull, 3 * (size_t)N * d.q_cols * es));
-  HM_TRY(hm_dev_attention_backward(dv, dfull, datty, s->sQKV, k->att_saved, B, T, d.q_cols, d.heads));
+  HM_TRY(hm_mx_attention_backward(s, dfull, datty, s->sQKV, k->att_saved, d.q_cols, d.heads));
   HM_TRY(hm_dev_repeat_kv_backward(dv, dqkv, dfull, N, d.q_cols, d.heads, d.kv_heads));
   HM_TRY(hm_llama_rope(s, dqkv, &d, 0));
   HM_TRY(hm_device_zero(dv, dn1, NC * es));
-  HM_TRY(hm_dev_matmul_backward(dv, dn1, G(s, w + LK_QKV), NULL, dqkv, k->n1, P(s, w + LK_QKV), N, C, d.qkv_cols));
+  HM_TRY(hm_mx_matmul_backward(s, dn1, NULL, dqkv, k->n1, w + LK_QKV, N, C, d.qkv_cols));
   HM_TRY(hm_tp_allreduce(s, dn1, NC, HM_TP_SUM));
   HM_TRY(hm_dev_rmsnorm_backward(dv, dres, G(s, w + LK_NORM1), dn1, x, P(s, w + LK_NORM1), k->n1_rstd, N, C));
   return HM_OK;
@@ -301,8 +310,7 @@ static hm_status hm_llama_head_backward(hm_stage *s, hm_mb_acts *a, int mb, floa
                                                 (double)loss_weight / N, N, V, V));
   void *dlnf = s->sD;
   HM_TRY(hm_device_zero(dv, dlnf, NC * es));
-  HM_TRY(hm_dev_matmul_backward(dv, dlnf, G(s, s->lm_head), NULL, a->logits, a->lnf, P(s, s->lm_head), N, C,
-                                s->tp.vocab));
+  HM_TRY(hm_mx_matmul_backward(s, dlnf, NULL, a->logits, a->lnf, s->lm_head, N, C, s->tp.vocab));
   HM_TRY(hm_tp_allreduce(s, dlnf, NC, HM_TP_SUM));
   HM_TRY(hm_device_zero(dv, s->dresid, NC * es));
   return hm_dev_rmsnorm_backward(dv, s->dresid, G(s, s->lnfw), dlnf, hm_llama_block_input(s, a, s->n_blocks),

@@ -66,6 +66,9 @@ struct hm_stage {
   hm_stage_memory mem;
   hm_stage_grad_hook grad_hook;      // hm_stage_set_grad_hook, or NULL
   void *grad_user;
+  int bf16;                          // bf16 mixed precision (mixed.c)
+  void *w16;                         // bf16: the weights' bf16 copy (n_params x 2 bytes)
+  int w16_stale;                     // the params changed since w16 was made
 };
 
 #define HM_ALIGN_BYTES 64u
@@ -97,6 +100,23 @@ hm_status hm_tp_allreduce(hm_stage *s, void *buf, size_t n, hm_tp_op op);
 hm_status hm_tp_embed_forward(hm_stage *s, hm_mb_acts *a, const int32_t *tokens, const void *pos);
 hm_status hm_tp_embed_backward(hm_stage *s, hm_mb_acts *a, void *dpos);
 hm_status hm_head_tp_forward(hm_stage *s, hm_mb_acts *a, const int32_t *targets, float *loss);
+
+/* mixed.c: bf16 mixed precision. Bytes per element of a saved GEMM input (2 in bf16); the
+ * weights' bf16 copy remade when stale; where an op writes an f32 result that becomes a GEMM
+ * input (bf16: the scratch sB, else dst itself) and the rounding of it into dst (bf16 only);
+ * matmul (weight and its gradient: tensor wi) and attention in the stage's precision. */
+size_t hm_mx_gemm_in_size(const hm_stage *s);
+hm_status hm_mx_refresh_weights(hm_stage *s);
+void *hm_mx_result(hm_stage *s, void *dst);
+hm_status hm_mx_gemm_input(hm_stage *s, void *dst, const void *result, size_t n);
+hm_status hm_mx_matmul_forward(hm_stage *s, void *out, const void *inp, int wi, const void *bias, int N, int C,
+                               int OC);
+hm_status hm_mx_matmul_backward(hm_stage *s, void *dinp, void *dbias, const void *dout, const void *inp, int wi,
+                                int N, int C, int OC);
+size_t hm_mx_attention_saved(const hm_stage *s, int C, int NH);
+hm_status hm_mx_attention_forward(hm_stage *s, void *out, void *saved, const void *qkv, int C, int NH);
+hm_status hm_mx_attention_backward(hm_stage *s, void *dqkv, const void *dout, const void *qkv, const void *saved,
+                                   int C, int NH);
 
 /* llama.c: the Llama side of the stage-level dispatch. */
 void hm_llama_list_tensors(hm_stage *s);

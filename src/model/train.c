@@ -34,6 +34,7 @@ void hm_train_defaults(hm_train_options *o) {
   o->seed = 1337;
   o->eval_batches = 8;
   o->keep = 3;
+  o->precision = HM_PREC_FP32;
 }
 
 float hm_train_lr_at(const hm_train_options *o, int step /* 1-based */) {
@@ -137,8 +138,8 @@ static hm_status hm_train_loop(hm_trainer *t, hm_train_result *res) {
   HM_TRY(hm_run_open_data(o, o->batch, T, &t->tf, &t->dl));
   HM_TRY(hm_device_open(o->device, &t->dev));
   hm_stage_options so = {0, hm_model_num_layers(cfg), o->batch, T, 1, HM_STAGE_TP_NONE};
-  HM_TRY(hm_stage_create(cfg, t->dev, &so, &t->stage));
-  hm_stage_estimate(cfg, t->dev, &so, &res->memory);
+  HM_TRY(hm_stage_create_prec(cfg, t->dev, &so, o->precision, &t->stage));
+  hm_stage_estimate_prec(cfg, t->dev, &so, o->precision, &res->memory);
 
   int step = 0;
   if (o->resume) {

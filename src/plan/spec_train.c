@@ -238,7 +238,9 @@ hm_status hm_spec_resolve(const hm_cluster *c, const hm_model *m, hm_train *t, h
   t->compute_dtype = m->dtype == HM_DTYPE_FP8 ? HM_DTYPE_FP8 : compute;
   int mixed = t->precision != HM_PREC_FP32;
   if (t->weight_bytes < 0) t->weight_bytes = mixed ? 2 : 4;
-  if (t->grad_bytes < 0) t->grad_bytes = mixed ? 2 : 4;
+  /* bf16-mixed keeps f32 gradients and reduces them in f32, as the runtime does
+   * (docs/model.md, "bf16 mixed precision"): 2 + 4 + 4 + 8 = 18 bytes per parameter */
+  if (t->grad_bytes < 0) t->grad_bytes = t->precision == HM_PREC_BF16_MIXED ? 4 : mixed ? 2 : 4;
   if (t->master_bytes < 0) t->master_bytes = mixed ? 4 : 0;
   if (t->optimizer_bytes < 0) t->optimizer_bytes = 8;
   if (p) HM_TRY(hm_profile_resolve(p, c, m));

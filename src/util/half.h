@@ -1,6 +1,8 @@
-/* IEEE half (f16) and bfloat16 conversions to and from float, rounding to nearest even
- * (subnormals, infinities and NaN kept). Used by the reduction kernels (src/comm/reduce.c) and
- * the collective benchmark's value checks (src/cli/cmd_bench.c). Not a public header. */
+/* IEEE half (f16) and bfloat16 conversions to and from float (and double to bfloat16),
+ * rounding to nearest even (subnormals, infinities and NaN kept; NaN stays a quiet NaN). Used
+ * by the reduction kernels (src/comm/reduce.c), the collective benchmark's value checks
+ * (src/cli/cmd_bench.c) and the bf16 mixed-precision kernels (src/device/bf16_kernels.inc).
+ * Not a public header. */
 #ifndef HETMIX_UTIL_HALF_H
 #define HETMIX_UTIL_HALF_H
 
@@ -66,5 +68,25 @@ static inline uint16_t hm_f32_to_bf16(float f) {
   x += 0x7fff + ((x >> 16) & 1);
   return (uint16_t)(x >> 16);
 }
+
+/* double to bfloat16 with a single rounding to nearest even: the double is first rounded to
+ * float toward zero with a sticky last bit (round to odd), then to bf16 to nearest even. Round
+ * to odd into a format with at least two more bits (24 >= 8 + 2) makes the second rounding
+ * equal the direct one, so no double rounding happens at ties. */
+static inline uint16_t hm_f64_to_bf16(double d) {
+  float f = (float)d;
+  if (d == d && (double)f != d && f - f == 0.0f) { /* inexact and finite */
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if ((f < 0 ? -(double)f : (double)f) > (d < 0 ? -d : d)) x -= 1; /* the truncation */
+    x |= 1;                                                          /* sticky bit */
+    memcpy(&f, &x, 4);
+  }
+  return hm_f32_to_bf16(f);
+}
+
+/* Rounds a float to the nearest bfloat16 value (to nearest even), kept as a float. */
+static inline float hm_round_bf16(float f) { return hm_bf16_to_f32(hm_f32_to_bf16(f)); }
+static inline double hm_round_bf16_f64(double d) { return (double)hm_bf16_to_f32(hm_f64_to_bf16(d)); }
 
 #endif

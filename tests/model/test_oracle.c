@@ -8,7 +8,9 @@
  * `test_model_oracle opencl` (exit 77 when it is not built or has no device). The Llama case runs
  * at odd shapes: 6 query heads sharing 2 KV heads (GQA), ffn 80, V 200, sequences of T = 37 (not a
  * power of two) of a config T of 40, B = 3. Skipped (exit code 77, shown as skipped by ctest) with
- * the reason printed only when PyTorch cannot be imported. */
+ * the reason printed only when PyTorch cannot be imported. The same cases run in bf16-mixed on cpu
+ * and ref against PyTorch evaluating autocast's bf16 rounding points (torch_oracle.py derives
+ * that bound from bf16's 8-bit significand). */
 #include <cjson/cJSON.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -107,7 +109,7 @@ static size_t tensor_cols(const hm_spec_model_config *cfg, const char *name) {
   return (strstr(name, ".w") && !strstr(name, "ln")) || !strcmp(name, "wte") || !strcmp(name, "wpe") ? (size_t)cfg->C : 0;
 }
 
-static void run_case(const char *device, const oracle_case *oc) {
+static void run_case_prec(const char *device, const oracle_case *oc, hm_precision prec) {
   const hm_spec_model_config cfg = oc->cfg;
   const int B = oc->B, T = oc->T;
   char dir[300];
@@ -117,7 +119,7 @@ static void run_case(const char *device, const oracle_case *oc) {
   assert_int_equal(hm_device_open(device, &d), HM_OK);
   hm_stage_options o = {0, cfg.L + 2, B, T, 1, HM_STAGE_TP_NONE};
   hm_stage *s = NULL;
-  assert_int_equal(hm_stage_create(&cfg, d, &o, &s), HM_OK);
+  assert_int_equal(hm_stage_create_prec(&cfg, d, &o, prec, &s), HM_OK);
   assert_int_equal(hm_stage_init_params(s, 31337), HM_OK);
   const size_t np = hm_stage_num_params(s), N = (size_t)B * T;
   float *buf = malloc(np * sizeof(float));
@@ -152,6 +154,7 @@ static void run_case(const char *device, const oracle_case *oc) {
   write_file(dir, "losses.bin", losses, sizeof losses);
   cJSON *j = cJSON_CreateObject();
   cJSON_AddStringToObject(j, "arch", hm_arch_name(cfg.arch));
+  cJSON_AddStringToObject(j, "precision", hm_precision_name(prec));
   cJSON_AddNumberToObject(j, "kv_heads", (double)cfg.kv_heads);
   cJSON_AddNumberToObject(j, "ffn", (double)cfg.ffn);
   cJSON_AddNumberToObject(j, "L", cfg.L);
@@ -204,6 +207,29 @@ static void run_case(const char *device, const oracle_case *oc) {
   hm_device_close(d);
 }
 
+static void run_case(const char *device, const oracle_case *oc) { run_case_prec(device, oc, HM_PREC_FP32); }
+
+/* bf16-mixed: torch evaluates autocast's rounding points exactly (torch_oracle.py) */
+static void test_cpu_bf16_matches_torch(void **state) {
+  (void)state;
+  run_case_prec("cpu:threads=2", &gpt_case, HM_PREC_BF16_MIXED);
+}
+
+static void test_ref_bf16_matches_torch(void **state) {
+  (void)state;
+  run_case_prec("ref", &gpt_case, HM_PREC_BF16_MIXED);
+}
+
+static void test_cpu_llama_bf16_matches_torch(void **state) {
+  (void)state;
+  run_case_prec("cpu:threads=2", &llama_case, HM_PREC_BF16_MIXED);
+}
+
+static void test_ref_llama_bf16_matches_torch(void **state) {
+  (void)state;
+  run_case_prec("ref", &llama_case, HM_PREC_BF16_MIXED);
+}
+
 static void test_cpu_matches_torch(void **state) {
   (void)state;
   run_case("cpu:threads=2", &gpt_case);
@@ -251,7 +277,11 @@ int main(int argc, char **argv) {
   }
   const struct CMUnitTest tests[] = {cmocka_unit_test(test_cpu_matches_torch), cmocka_unit_test(test_ref_matches_torch),
                                      cmocka_unit_test(test_cpu_llama_matches_torch),
-                                     cmocka_unit_test(test_ref_llama_matches_torch)};
+                                     cmocka_unit_test(test_ref_llama_matches_torch),
+                                     cmocka_unit_test(test_cpu_bf16_matches_torch),
+                                     cmocka_unit_test(test_ref_bf16_matches_torch),
+                                     cmocka_unit_test(test_cpu_llama_bf16_matches_torch),
+                                     cmocka_unit_test(test_ref_llama_bf16_matches_torch)};
   const struct CMUnitTest opencl_tests[] = {cmocka_unit_test(test_opencl_matches_torch),
                                             cmocka_unit_test(test_opencl_llama_matches_torch)};
   const struct CMUnitTest cuda_tests[] = {cmocka_unit_test(test_cuda_matches_torch)};

@@ -19,7 +19,28 @@ Bounds (u = 2^-24, torch's own f64 error is negligible):
   this covers cancellation up to sqrt(K)/6 ~ 2.7 times). The elementwise ratio of a near-zero
   gradient means nothing, hence per tensor.
 - params and moments after AdamW, per element, from the gradient difference d actually seen:
-  see adamw_bounds()."""
+  see adamw_bounds().
+
+bf16-mixed (case.json "precision"): PyTorch autocast's bf16 semantics with its rounding points
+evaluated exactly: torch runs in float64 and rounds to the nearest-even bf16 (one direct
+rounding, rnd()) wherever autocast casts to bf16 or a bf16 op returns, and rounds each
+gradient flowing back through such a point the same way (RoundBF16): GEMM inputs (activations,
+weights, biases) and outputs; attention's scores round(q.k / sqrt(hs)), bf16 probabilities
+into the AV product, its output; layernorm, RMSNorm, softmax, GELU, SwiGLU, cross-entropy and
+the residual stream in full precision (f32 in hetmix). Master weights, gradients and AdamW stay
+f32 in hetmix. Bound, per tensor like the f32 one: hetmix's value before each rounding differs
+from torch's only by f32 error (cpu: sums of K products in f32, K u relative; ref: exact sums,
+f32 storage of norms, residuals and log-sum-exps), so each rounding gives the same bf16 value or
+one bf16 ulp apart (2^-7 relative, bf16 has an 8-bit significand: unit roundoff 2^-8). First
+order, worst case, every one of the R rounding points on the longest path is one ulp apart:
+TOL_BF16 = R * 2^-7 + TOL, R = 14 per transformer block forward (norm output, weight, GEMM
+output for QKV, FC; scores, probabilities, attention output; weight and output for the two
+projections; GELU or SwiGLU output) and as many backward (GEMM output gradients and input
+gradients, the weight gradient's rounding, the attention's three), 5 in the head (final norm,
+weight, logits; their two gradients): R = 28 L + 5. Observed differences are far smaller (a
+flip needs the exact value within K u of a rounding boundary); the worst fraction is printed.
+To show the rounding is on at all, hetmix's bf16 logits must also differ from the unrounded
+f64 model's by more than 10 TOL."""
 import json
 import math
 import os
@@ -34,6 +55,31 @@ except ImportError as e:  # the C test turns this into a skip with this message
     sys.exit(77)
 
 U = 2.0 ** -24
+BF16_ULP = 2.0 ** -7  # one bf16 ulp relative (8-bit significand, unit roundoff 2^-8)
+
+
+def rnd(x):
+    """float64 tensor -> nearest-even bf16 value, one direct rounding (as float64): round to
+    float toward zero with a sticky last bit (round to odd), then float -> bf16 to nearest even
+    (torch's own float -> bf16 conversion rounds to nearest even)."""
+    f = x.float()
+    inexact = (f.double() != x) & torch.isfinite(f)
+    toward0 = (f.double().abs() > x.abs()).int()
+    bits = f.view(torch.int32)
+    bits = torch.where(inexact, (bits - toward0) | 1, bits)
+    return bits.view(torch.float32).to(torch.bfloat16).double()
+
+
+class RoundBF16(torch.autograd.Function):
+    """autocast's cast to bf16: the value rounded, and the gradient flowing back rounded."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return rnd(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return rnd(g)
 
 
 def load(case, name, dtype, shape=None):
@@ -76,6 +122,20 @@ def main():
     # the f32 error bound of one step (module docstring): 3L + 2 dot-product layers of length K
     K = max(2 * FF, B * T, V, C + 2 * kvd) if llama else max(4 * C, B * T)
     tol = (3 * L + 2) * K * U
+    bf16 = m.get("precision", "fp32") == "bf16-mixed"
+    tol32 = tol
+    if bf16:
+        tol += (28 * L + 5) * BF16_ULP
+    R = RoundBF16.apply if bf16 else (lambda x: x)
+
+    def lin(x, w, b=None):  # autocast's linear: bf16 inputs, bf16 output
+        y = R(x) @ R(w).T
+        return R(y + R(b) if b is not None else y)
+
+    def attend(q, k, v):  # (B, heads, T, hs): scores, softmax in full precision, AV
+        att = R((R(q) @ R(k).transpose(-2, -1)) / math.sqrt(hs))
+        att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+        return R(R(att) @ R(v))
     torch.manual_seed(0)
     torch.set_num_threads(2)
     dt = torch.float64
@@ -114,18 +174,16 @@ def main():
         for i in range(L):
             h = f"h{i}."
             y = rmsnorm(x, P[h + "norm1.w"])
-            q, k, v = (y @ P[h + "attn.qkv.w"].T).split([C, kvd, kvd], dim=2)
+            q, k, v = lin(y, P[h + "attn.qkv.w"]).split([C, kvd, kvd], dim=2)
             q = rope(q.view(B, T, NH, hs)).transpose(1, 2)
             k = rope(k.view(B, T, KV, hs)).repeat_interleave(NH // KV, dim=2).transpose(1, 2)
             v = v.view(B, T, KV, hs).repeat_interleave(NH // KV, dim=2).transpose(1, 2)
-            att = (q @ k.transpose(-2, -1)) / math.sqrt(hs)
-            att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
-            y = (att @ v).transpose(1, 2).contiguous().view(B, T, C)
-            x = x + y @ P[h + "attn.proj.w"].T
+            y = attend(q, k, v).transpose(1, 2).contiguous().view(B, T, C)
+            x = x + lin(y, P[h + "attn.proj.w"])
             y = rmsnorm(x, P[h + "norm2.w"])
-            g, u = (y @ P[h + "mlp.gate_up.w"].T).split(FF, dim=2)
-            x = x + (F.silu(g) * u) @ P[h + "mlp.down.w"].T
-        return rmsnorm(x, P["normf.w"]) @ P["lm_head"].T  # untied
+            g, u = lin(y, P[h + "mlp.gate_up.w"]).split(FF, dim=2)
+            x = x + lin(F.silu(g) * u, P[h + "mlp.down.w"])
+        return lin(rmsnorm(x, P["normf.w"]), P["lm_head"])  # untied
 
     def forward(inp):
         if llama:
@@ -134,20 +192,18 @@ def main():
         for i in range(L):
             h = f"h{i}."
             y = F.layer_norm(x, (C,), P[h + "ln1.w"], P[h + "ln1.b"], eps=1e-5)
-            qkv = y @ P[h + "attn.qkv.w"].T + P[h + "attn.qkv.b"]
+            qkv = lin(y, P[h + "attn.qkv.w"], P[h + "attn.qkv.b"])
             q, k, v = qkv.split(C, dim=2)
             q = q.view(B, T, NH, hs).transpose(1, 2)
             k = k.view(B, T, NH, hs).transpose(1, 2)
             v = v.view(B, T, NH, hs).transpose(1, 2)
-            att = (q @ k.transpose(-2, -1)) / math.sqrt(hs)
-            att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
-            y = (att @ v).transpose(1, 2).contiguous().view(B, T, C)
-            x = x + y @ P[h + "attn.proj.w"].T + P[h + "attn.proj.b"]
+            y = attend(q, k, v).transpose(1, 2).contiguous().view(B, T, C)
+            x = x + lin(y, P[h + "attn.proj.w"], P[h + "attn.proj.b"])
             y = F.layer_norm(x, (C,), P[h + "ln2.w"], P[h + "ln2.b"], eps=1e-5)
-            y = F.gelu(y @ P[h + "mlp.fc.w"].T + P[h + "mlp.fc.b"], approximate="tanh")
-            x = x + y @ P[h + "mlp.proj.w"].T + P[h + "mlp.proj.b"]
+            y = F.gelu(lin(y, P[h + "mlp.fc.w"], P[h + "mlp.fc.b"]), approximate="tanh")
+            x = x + lin(y, P[h + "mlp.proj.w"], P[h + "mlp.proj.b"])
         x = F.layer_norm(x, (C,), P["lnf.w"], P["lnf.b"], eps=1e-5)
-        return x @ P["wte"].T  # tied embedding
+        return lin(x, P["wte"])  # tied embedding
 
     def rel(a, b):
         return float(np.abs(a - b).max() / max(float(np.abs(b).max()), 1e-300))
@@ -165,7 +221,8 @@ def main():
             print(f"MISMATCH {what}: {frac:.3g} times its bound")
             ok = False
 
-    print(f"bounds: loss, logits, gradients {tol:.3g} of the tensor's largest; params and moments per element")
+    print(f"bounds ({m.get('precision', 'fp32')}): loss, logits, gradients {tol:.3g} of the tensor's largest; "
+          "params and moments per element")
     for s in range(steps + 1):
         st = state(s)
         for name, a in split(st[0]).items():
@@ -176,6 +233,16 @@ def main():
         if s == 0:
             hm_logits = load(case, "logits.bin", np.float32).astype(np.float64).reshape(B, T, V)
             note("loss", rel(hm_logits, logits.detach().numpy()) / tol, "step 0 logits")
+            if bf16:  # the rounding must be on: far from the unrounded model
+                R = lambda x: x  # noqa: E731
+                with torch.no_grad():
+                    exact = forward(tokens[s]).numpy()
+                R = RoundBF16.apply
+                off = rel(hm_logits, exact)
+                print(f"bf16 logits differ from the unrounded model's by {off:.3g} of the largest (f32 bound {tol32:.3g})")
+                if off <= 10 * tol32:
+                    print("MISMATCH: bf16-mixed logits are as close to the unrounded model as f32 would be")
+                    ok = False
         if s == steps:
             break
         loss.backward()
