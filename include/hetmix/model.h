@@ -37,7 +37,7 @@ extern "C" {
 
 /* Named configs: "gpt-mini" (gpt2 L6 C384 NH6 V256 T256), "gpt2-124m" (gpt2 L12 C768 NH12
  * V50304 T1024), "gpt2-350m", "tiny" (gpt2 L2 C32 NH4 V256 T16, for tests), "llama-mini" (llama
- * L6 C384 NH6 kv_heads 3 ffn 1152 V256 T256), "llama-tiny" (tests). Also parses
+ * L6 C384 NH12 kv_heads 6 ffn 1152 V256 T256), "llama-tiny" (tests). Also parses
  * "L6,C384,NH6,V256,T256" (gpt2). Unknown name -> HM_ERR_NOT_FOUND listing the known ones. The
  * config comes back completed and checked (hm_model_config_check). */
 hm_status hm_model_config_lookup(const char *name, hm_spec_model_config *out);
@@ -184,10 +184,11 @@ typedef struct hm_stage_options {
 } hm_stage_options;
 
 /* The sizes one tensor-parallel rank holds, computed in one place: heads NH/size, channels of
- * q C/size (head size unchanged), MLP hidden ffn/size (GPT-2: 4C/size), vocabulary rows V/size
- * starting at vocab_lo = rank * V/size (Llama's kv_heads/size key/value heads: llama.c).
- * HM_ERR_INVALID_ARG when size does not divide NH and V (Llama: also kv_heads and ffn) or rank is
- * out of range. */
+ * q C/size (head size unchanged), MLP hidden ffn/size (GPT-2: 4C/size), vocabulary rows
+ * [vocab_lo, vocab_lo + vocab) with vocab_lo = floor(rank * V/size): V/size rows each when size
+ * divides V, else rows differ by one between ranks (Llama's kv_heads/size key/value heads:
+ * llama.c). HM_ERR_INVALID_ARG when size does not divide NH (Llama: also kv_heads and ffn),
+ * exceeds V, or rank is out of range. */
 typedef struct hm_tp_sizes {
   int size, rank;
   int heads, channels, hidden, vocab, vocab_lo;
@@ -290,7 +291,7 @@ size_t hm_stage_tensor_numel(const hm_stage *s, int i);
 int hm_stage_find_tensor(const hm_stage *s, const char *name); /* index or -1 */
 /* How tensor i is split over the stage's tensor-parallel ranks: its full shape (rows, cols)
  * (1-D tensors: (n, 1)), split 0 = replicated (every rank holds it whole), 1 = rows (each of
- * `blocks` equal row blocks cut into tp parts: 3 blocks q | k | v for GPT-2's QKV, 2 blocks
+ * `blocks` equal row blocks cut into tp parts, rank r's rows [r*n/tp, (r+1)*n/tp) of n, floor: 3 blocks q | k | v for GPT-2's QKV, 2 blocks
  * gate | up for Llama's SwiGLU), 2 = columns, 3 = Llama's grouped-query QKV (rows q | k | v in
  * the ratio blocks : 1 : 1, blocks = NH/kv_heads, each cut into tp parts by heads). */
 typedef struct hm_tensor_split {
@@ -330,7 +331,7 @@ typedef struct hm_ckpt_meta {
   uint64_t run_id;
   int stage_index, stage_count, micro_batches;
   /* Bytes per stored element: 4 (float32; 0 reads as 4) or 8 (float64: an f64 stage's exact
-   * state, file version 3, written by the periodic checkpoints of f64 workers). */
+   * state, file version 3, written for f64 stages by hm_stage_save and the periodic checkpoints). */
   int elem_size;
   /* Tensor-parallel shard: rank tp_rank of tp_size (0 of 1 unsplit; a file from before tensor
    * parallelism reads as 0 of 0, meaning unsplit). */
@@ -344,11 +345,13 @@ typedef struct hm_ckpt_tensor {
 } hm_ckpt_tensor;
 
 /* Saves params and AdamW moments of a stage ("param/<name>", "adam_m/<name>", "adam_v/<name>",
- * float32) with meta (layer range, config and tensor-parallel rank filled in from the stage):
- * a tensor-parallel rank saves its own shards. */
+ * float64 for an f64 stage (meta.elem_size 8: its exact state), else float32) with meta (layer
+ * range, config, element size and tensor-parallel rank filled in from the stage): a
+ * tensor-parallel rank saves its own shards. */
 hm_status hm_stage_save(hm_stage *s, const char *path, const hm_ckpt_meta *meta);
 /* Loads a checkpoint written by hm_stage_save for the same config and layer range (else
- * HM_ERR_INVALID_ARG naming the difference); fills meta. An unsplit checkpoint loads into any
+ * HM_ERR_INVALID_ARG naming the difference), converting float32/float64 to the stage's dtype;
+ * fills meta. An unsplit checkpoint loads into any
  * tensor-parallel rank (its shard is cut out); a shard loads only into the same rank and size. */
 hm_status hm_stage_load(hm_stage *s, const char *path, hm_ckpt_meta *meta);
 
@@ -384,6 +387,10 @@ hm_status hm_ckpt_parse(const void *buf, size_t len, const char *what, hm_ckpt *
 void hm_ckpt_free(hm_ckpt *ck);
 /* The tensor named `name`, or NULL. */
 const hm_ckpt_tensor *hm_ckpt_find(const hm_ckpt *ck, const char *name);
+/* Element k (< t->numel) of tensor t of ck as a double, whatever the file's element size. */
+double hm_ckpt_value(const hm_ckpt *ck, const hm_ckpt_tensor *t, uint64_t k);
+/* Bytes per stored element of ck: 4 or 8. */
+size_t hm_ckpt_elem_size(const hm_ckpt *ck);
 
 /* ---------------------------------------------------------------------------------------------
  * Single-process training: one device, one stage holding every layer. The pipeline runtime

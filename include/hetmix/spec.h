@@ -176,8 +176,8 @@ typedef struct hm_layer {
   double act_bytes;            /* activation bytes kept for backward, per sample */
   double in_bytes;             /* bytes of its input per sample (kept under full recompute) */
   double out_bytes;            /* bytes of its output per sample (pipeline send) */
-  double tp_comm_bytes;        /* tensor-parallel allreduce bytes per sample, forward; the
-                                  backward moves the same amount */
+  double tp_comm_bytes;        /* tensor-parallel allreduce bytes per sample, forward */
+  double tp_comm_bwd_bytes;    /* the same in backward; < 0: as in forward (the default) */
   int64_t tp_divides;          /* a tensor-parallel degree must divide this; 0 = any */
 } hm_layer;
 

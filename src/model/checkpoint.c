@@ -337,3 +337,10 @@ const hm_ckpt_tensor *hm_ckpt_find(const hm_ckpt *ck, const char *name) {
     if (strcmp(ck->tensors[i].name, name) == 0) return &ck->tensors[i];
   return NULL;
 }
+
+size_t hm_ckpt_elem_size(const hm_ckpt *ck) { return ck->meta.elem_size == 8 ? 8 : 4; }
+
+double hm_ckpt_value(const hm_ckpt *ck, const hm_ckpt_tensor *t, uint64_t k) {
+  if (hm_ckpt_elem_size(ck) == 8) return ((const double *)(const void *)t->data)[k];
+  return t->data[k];
+}

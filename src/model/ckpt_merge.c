@@ -20,6 +20,10 @@ hm_status hm_ckpt_merge_stages(const char *dir, int nstages, const char *out) {
     snprintf(path, sizeof path, "%s/stage%d.hmc", dir, s);
     st = hm_ckpt_read(path, &ck[s]);
     total += st == HM_OK ? ck[s].n_tensors : 0;
+    if (st == HM_OK && (ck[s].meta.elem_size == 8) != (ck[0].meta.elem_size == 8))
+      st = hm_error(HM_ERR_UNSUPPORTED, "merging %s: stage 0 holds %d-byte and stage %d %d-byte elements (a run that "
+                    "mixes f64 and f32 stages has no one-precision whole model)", dir,
+                    ck[0].meta.elem_size == 8 ? 8 : 4, s, ck[s].meta.elem_size == 8 ? 8 : 4);
   }
   hm_ckpt_tensor *all = st == HM_OK ? hm_calloc((size_t)total, sizeof *all, "merged tensors") : NULL;
   if (st == HM_OK && !all) st = HM_ERR_NOMEM;

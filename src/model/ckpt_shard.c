@@ -42,19 +42,22 @@ hm_status hm_stage_snapshot(hm_stage *s, hm_device *dev, const hm_ckpt_meta *met
   return st;
 }
 
-/* One tensor of a read file into the stage's buffer at element offset off. */
-static hm_status hm_shard_put(hm_stage *s, hm_device *dev, int kind, size_t off, const hm_ckpt_tensor *t, int file_es) {
-  void *dst = hm_device_offset(dev, hm_shard_buffer(s, kind), off);
-  const size_t n = (size_t)t->numel;
-  if ((size_t)file_es == hm_device_elem_size(dev)) return hm_device_copy_h2d(dev, dst, t->data, n * (size_t)file_es);
-  if (file_es == 4) return hm_device_copy_from_f32(dev, dst, t->data, n);
+hm_status hm_put_file_values(hm_device *dev, void *dst, const void *src, size_t n, int file_es) {
+  if ((size_t)file_es == hm_device_elem_size(dev)) return hm_device_copy_h2d(dev, dst, src, n * (size_t)file_es);
+  if (file_es == 4) return hm_device_copy_from_f32(dev, dst, src, n);
   float *f = hm_malloc(n * sizeof *f + 1, "shard conversion"); /* an f64 file into an f32 stage */
   if (!f) return HM_ERR_NOMEM;
-  const double *d = (const double *)(const void *)t->data;
+  const double *d = src;
   for (size_t i = 0; i < n; i++) f[i] = (float)d[i];
   hm_status st = hm_device_copy_from_f32(dev, dst, f, n);
   free(f);
   return st;
+}
+
+/* One tensor of a read file into the stage's buffer at element offset off. */
+static hm_status hm_shard_put(hm_stage *s, hm_device *dev, int kind, size_t off, const hm_ckpt_tensor *t, int file_es) {
+  void *dst = hm_device_offset(dev, hm_shard_buffer(s, kind), off);
+  return hm_put_file_values(dev, dst, t->data, (size_t)t->numel, file_es);
 }
 
 hm_status hm_stage_load_shard(hm_stage *s, hm_device *dev, const char *path, hm_ckpt_meta *meta) {

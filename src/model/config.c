@@ -13,16 +13,18 @@ typedef struct {
 } hm_named_config;
 
 /* arch, L, C, NH, kv_heads, ffn, V, T, tied, flash.
- * llama-mini: gpt-mini's depth, width, heads, vocabulary and context (L6 C384 NH6 V256 T256), with
- * grouped-query attention (3 KV heads of 64, two query heads each) and ffn 1152 = 3C: 10,818,432
- * parameters (untied head, no wpe, no biases) against gpt-mini's 10,844,160 (0.24% fewer), so the
- * two compare at near-equal size and near-equal FLOPs per token. */
+ * llama-mini: gpt-mini's depth, width, vocabulary and context (L6 C384 V256 T256), with 12 query
+ * heads of 32 in grouped-query attention (6 KV heads, two query heads each) and ffn 1152 = 3C:
+ * 10,818,432 parameters (untied head, no wpe, no biases) against gpt-mini's 10,844,160 (0.24%
+ * fewer), so the two compare at near-equal size and near-equal FLOPs per token. Heads, KV heads
+ * and ffn divide by 2, 3 and 6, so tensor parallelism 2, 3 and 6 split it (the vocabulary 256
+ * splits unevenly for 3 and 6). */
 static const hm_named_config hm_named_configs[] = {
     {"gpt-mini", {HM_ARCH_GPT2, 6, 384, 6, 6, 1536, 256, 256, 1, 0}},
     {"gpt2-124m", {HM_ARCH_GPT2, 12, 768, 12, 12, 3072, 50304, 1024, 1, 0}},
     {"gpt2-350m", {HM_ARCH_GPT2, 24, 1024, 16, 16, 4096, 50304, 1024, 1, 0}},
     {"tiny", {HM_ARCH_GPT2, 2, 32, 4, 4, 128, 256, 16, 1, 0}},
-    {"llama-mini", {HM_ARCH_LLAMA, 6, 384, 6, 3, 1152, 256, 256, 0, 0}},
+    {"llama-mini", {HM_ARCH_LLAMA, 6, 384, 12, 6, 1152, 256, 256, 0, 0}},
     {"llama-tiny", {HM_ARCH_LLAMA, 2, 32, 4, 2, 48, 256, 16, 0, 0}},
 };
 enum { HM_N_NAMED = sizeof hm_named_configs / sizeof hm_named_configs[0] };

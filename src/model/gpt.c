@@ -47,7 +47,7 @@ static hm_status hm_check_options(const hm_spec_model_config *cfg, const hm_stag
 void hm_add_tensor(hm_stage *s, const char *name, size_t rows, size_t cols, int decay, double std, float c) {
   int blocks = 1;
   const hm_tp_split split = s->tp.size > 1 ? hm_tp_tensor_split(&s->cfg, name, &blocks) : HM_TP_REPLICATED;
-  const size_t numel = split == HM_TP_REPLICATED ? rows * cols : rows * cols / (size_t)s->tp.size;
+  const size_t numel = hm_tp_shard_numel(rows, cols, split, blocks, s->tp.size, s->tp.rank);
   if (s->tensors) {
     hm_stage_tensor *t = &s->tensors[s->n_tensors];
     hm_strcpy(t->name, sizeof t->name, name);
@@ -442,7 +442,8 @@ static hm_status hm_check_mb(const hm_stage *s, int mb) {
   return HM_OK;
 }
 
-// The vocabulary-parallel embedding: each rank holds rows [vocab_lo, vocab_lo + V/tp) of wte;
+// The vocabulary-parallel embedding: each rank holds rows [vocab_lo, vocab_lo + vocab) of wte
+// (V/tp rows, one more on some ranks when tp does not divide V);
 // tokens outside them read a zero row appended to a copy of the shard, the position table `pos`
 // is added (GPT-2: wpe by rank 0 only, zeros elsewhere), and the allreduce sums the parts (each
 // position gets one nonzero wte row: exact).
@@ -753,9 +754,11 @@ hm_status hm_stage_save(hm_stage *s, const char *path, const hm_ckpt_meta *meta)
   m.layer_last = s->last;
   m.tp_rank = s->tp.rank;
   m.tp_size = s->tp.size;
+  const size_t es = hm_device_elem_size(s->dev) == 8 ? 8 : 4;  // an f64 stage keeps its exact state
+  m.elem_size = (int)es;
   const int n = 3 * s->n_tensors;
   hm_ckpt_tensor *ts = hm_calloc((size_t)n, sizeof *ts, "checkpoint tensor list");
-  float *host = hm_malloc(3 * s->n_params * sizeof(float), "checkpoint host copy");
+  char *host = hm_malloc(3 * s->n_params * es, "checkpoint host copy");
   if (!ts || !host) {
     free(ts);
     free(host);
@@ -763,15 +766,16 @@ hm_status hm_stage_save(hm_stage *s, const char *path, const hm_ckpt_meta *meta)
   }
   hm_status st = HM_OK;
   for (int k = 0; k < 3 && st == HM_OK; k++) {
-    float *h = host + (size_t)k * s->n_params;
-    st = hm_device_copy_to_f32(s->dev, h, hm_stage_buffer(s, k), s->n_params);
+    char *h = host + (size_t)k * s->n_params * es;
+    st = es == 8 ? hm_device_copy_d2h(s->dev, h, hm_stage_buffer(s, k), s->n_params * es)
+                 : hm_device_copy_to_f32(s->dev, (float *)(void *)h, hm_stage_buffer(s, k), s->n_params);
     for (int i = 0; i < s->n_tensors; i++) {
       hm_ckpt_tensor *t = &ts[k * s->n_tensors + i];
       char full[HM_CKPT_NAME_MAX + 16];  // kind/name; stage tensor names are far shorter than the limit
       snprintf(full, sizeof full, "%s/%s", hm_ckpt_kinds[k], s->tensors[i].name);
       hm_strcpy(t->name, sizeof t->name, full);
       t->numel = s->tensors[i].numel;
-      t->data = h + s->tensors[i].offset;
+      t->data = (float *)(void *)(h + s->tensors[i].offset * es);  // doubles behind the pointer for es 8
     }
   }
   if (st == HM_OK) st = hm_ckpt_write(path, &m, ts, n);
@@ -780,14 +784,15 @@ hm_status hm_stage_save(hm_stage *s, const char *path, const hm_ckpt_meta *meta)
   return st;
 }
 
-// Tensor i of buffer kind k from a checkpoint's f32 data: whole (split_file) or this rank's shard of it.
-static hm_status hm_load_tensor(hm_stage *s, int k, int i, float *data, int split_file, float *shard) {
+// Tensor i of buffer kind k from a checkpoint's data (file_es bytes per element, converted to the
+// device's dtype): whole (split_file) or this rank's shard of it.
+static hm_status hm_load_tensor(hm_stage *s, int k, int i, void *data, int file_es, int split_file, void *shard) {
   const hm_stage_tensor *t = &s->tensors[i];
   if (!split_file && t->split != HM_TP_REPLICATED) {
-    hm_tp_copy(data, shard, t->rows, t->cols, t->split, t->blocks, s->tp.size, s->tp.rank, 1);
+    hm_tp_copy_bytes(data, shard, t->rows, t->cols, (size_t)file_es, t->split, t->blocks, s->tp.size, s->tp.rank, 1);
     data = shard;
   }
-  return hm_device_copy_from_f32(s->dev, hm_device_offset(s->dev, hm_stage_buffer(s, k), t->offset), data, t->numel);
+  return hm_put_file_values(s->dev, hm_device_offset(s->dev, hm_stage_buffer(s, k), t->offset), data, t->numel, file_es);
 }
 
 hm_status hm_stage_load(hm_stage *s, const char *path, hm_ckpt_meta *meta) {
@@ -808,11 +813,12 @@ hm_status hm_stage_load(hm_stage *s, const char *path, hm_ckpt_meta *meta) {
                   ck.meta.tp_size > 1 ? " (hm_ckpt_merge_tp makes the unsplit model)" : "");
   // an unsplit file into a tensor-parallel rank: cut each tensor's shard out
   const int split_file = ck.meta.tp_size > 1 || s->tp.size <= 1;
-  float *shard = NULL;
+  const int file_es = ck.meta.elem_size == 8 ? 8 : 4;
+  void *shard = NULL;
   if (st == HM_OK && !split_file) {
     size_t most = 0;
     for (int i = 0; i < s->n_tensors; i++) most = s->tensors[i].numel > most ? s->tensors[i].numel : most;
-    shard = hm_malloc(most * sizeof(float), "checkpoint shard");
+    shard = hm_malloc(most * (size_t)file_es, "checkpoint shard");
     if (!shard) st = HM_ERR_NOMEM;
   }
   for (int k = 0; k < 3 && st == HM_OK; k++)
@@ -826,7 +832,7 @@ hm_status hm_stage_load(hm_stage *s, const char *path, hm_ckpt_meta *meta) {
         st = hm_error(HM_ERR_CORRUPT, "checkpoint %s: tensor '%s' has %llu elements, expected %zu", path, name,
                       (unsigned long long)t->numel, split_file ? s->tensors[i].numel : s->tensors[i].rows * s->tensors[i].cols);
       else
-        st = hm_load_tensor(s, k, i, t->data, split_file, shard);
+        st = hm_load_tensor(s, k, i, t->data, file_es, split_file, shard);
     }
   if (st == HM_OK && meta) *meta = ck.meta;
   free(shard);

@@ -13,7 +13,8 @@
  * heads and the kv_heads/tp key/value heads they share), attention-out row-parallel; SwiGLU
  * gate | up column-parallel (ffn/tp columns each), down row-parallel; one allreduce after each
  * row-parallel layer in forward and one of each column-parallel layer's input gradient in
- * backward; wte and lm_head vocabulary-parallel (V/tp rows each) with the vocabulary-parallel
+ * backward; wte and lm_head vocabulary-parallel (V/tp rows each, one more on some ranks when tp does
+ * not divide V) with the vocabulary-parallel
  * cross-entropy of gpt.c; RMSNorm weights replicated. */
 #include <math.h>
 #include <stdio.h>
@@ -137,7 +138,7 @@ void hm_llama_carve_acts(hm_stage *s, hm_carver *c, size_t att_saved) {
 /* Scratch (this rank's widths): A (max(ffn, 3 q_cols) per row: d hidden, d repeated qkv), B
  * (max(2 ffn, qkv) per row), D and dresid (C per row), the repeated q,k,v (3 q_cols per row), a
  * zero position table with its gradient sink for the embedding kernel (T,C), and with tp > 1 the
- * embedding's padded wte copy (V/tp + 1 rows). */
+ * embedding's padded wte copy (this rank's vocabulary rows + 1). */
 void hm_llama_carve_scratch(hm_stage *s, hm_carver *c) {
   const size_t es = hm_device_elem_size(s->dev);
   const size_t N = (size_t)s->B * s->T, C = (size_t)s->cfg.C, T = (size_t)s->T_max;

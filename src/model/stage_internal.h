@@ -9,6 +9,10 @@
 #include "hetmix/model.h"
 #include "model/tp_shard.h"
 
+/* n values of a checkpoint file (file_es bytes each: 4 float32, 8 float64) into device memory of
+ * the device's dtype, converted where the two differ (ckpt_shard.c). */
+hm_status hm_put_file_values(hm_device *dev, void *dst, const void *src, size_t n, int file_es);
+
 typedef struct {
   char name[HM_CKPT_NAME_MAX];
   size_t offset, numel; // numel: this tensor-parallel rank's shard

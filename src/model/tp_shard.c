@@ -8,14 +8,38 @@
 #include "model/tp_shard.h"
 #include "util/util.h"
 
+void hm_tp_part(size_t n, int size, int rank, size_t *lo, size_t *len) {
+  const size_t k = (size_t)(size > 1 ? size : 1), r = (size_t)rank;
+  *lo = r * n / k;
+  *len = (r + 1) * n / k - *lo;
+}
+
+size_t hm_tp_shard_numel(size_t rows, size_t cols, hm_tp_split split, int blocks, int size, int rank) {
+  if (split == HM_TP_REPLICATED || size <= 1) return rows * cols;
+  size_t lo, n;
+  if (split == HM_TP_COLS) {
+    hm_tp_part(cols, size, rank, &lo, &n);
+    return rows * n;
+  }
+  if (split == HM_TP_ROWS_QKV) {  // q | k | v of blocks : 1 : 1 units, each divisible (whole heads)
+    const size_t unit = rows / ((size_t)blocks + 2);
+    return ((size_t)blocks + 2) * unit / (size_t)size * cols;
+  }
+  hm_tp_part(rows / (size_t)blocks, size, rank, &lo, &n);
+  return (size_t)blocks * n * cols;
+}
+
 hm_status hm_stage_tp_sizes(const hm_spec_model_config *cfg, int size, int rank, hm_tp_sizes *out) {
+  size_t lo, n;
   if (size < 1) size = 1;
   if (size > 64 || rank < 0 || rank >= size)
     return hm_error(HM_ERR_INVALID_ARG, "tensor parallelism: rank %d of %d (need 1 <= size <= 64, 0 <= rank < size)",
                     rank, size);
-  if (cfg->NH % size != 0 || cfg->V % size != 0)
-    return hm_error(HM_ERR_INVALID_ARG, "tensor parallelism %d must divide the heads NH=%d and the vocabulary V=%d",
-                    size, (int)cfg->NH, (int)cfg->V);
+  if (cfg->NH % size != 0)
+    return hm_error(HM_ERR_INVALID_ARG, "tensor parallelism %d must divide the heads NH=%d", size, (int)cfg->NH);
+  if (cfg->V < size)
+    return hm_error(HM_ERR_INVALID_ARG, "tensor parallelism %d exceeds the vocabulary V=%d (each rank needs a row)",
+                    size, (int)cfg->V);
   if (cfg->arch == HM_ARCH_LLAMA && (cfg->kv_heads % size != 0 || cfg->ffn % size != 0))
     return hm_error(HM_ERR_INVALID_ARG, "tensor parallelism %d must divide the key/value heads kv_heads=%d and the "
                     "SwiGLU width ffn=%d (each rank holds whole key/value heads)", size, (int)cfg->kv_heads,
@@ -24,8 +48,8 @@ hm_status hm_stage_tp_sizes(const hm_spec_model_config *cfg, int size, int rank,
   out->heads = cfg->NH / size;
   out->channels = cfg->C / size;  // C = NH * head size, so size divides C too
   out->hidden = cfg->ffn / size;  // GPT-2: ffn = 4C
-  out->vocab = cfg->V / size;
-  out->vocab_lo = rank * out->vocab;
+  hm_tp_part((size_t)cfg->V, size, rank, &lo, &n);  // V need not divide: rows split as evenly as they go
+  out->vocab_lo = (int)lo, out->vocab = (int)n;
   return HM_OK;
 }
 
@@ -67,7 +91,8 @@ void hm_tp_copy_bytes(void *full_, void *shard_, size_t rows, size_t cols, size_
     return;
   }
   if (split == HM_TP_COLS) {
-    const size_t w = cols / (size_t)size, c0 = (size_t)rank * w;
+    size_t c0, w;
+    hm_tp_part(cols, size, rank, &c0, &w);
     for (size_t r = 0; r < rows; r++) {
       char *f = full + (r * cols + c0) * elem, *s = shard + r * w * elem;
       memcpy(to_shard ? s : f, to_shard ? f : s, w * elem);
@@ -85,9 +110,11 @@ void hm_tp_copy_bytes(void *full_, void *shard_, size_t rows, size_t cols, size_
     }
     return;
   }
-  const size_t rb = rows / (size_t)blocks, h = rb / (size_t)size;
+  const size_t rb = rows / (size_t)blocks;
+  size_t r0, h;  // each block's rows [r0, r0 + h): uneven when size does not divide them (the vocabulary)
+  hm_tp_part(rb, size, rank, &r0, &h);
   for (int b = 0; b < blocks; b++) {
-    char *f = full + ((size_t)b * rb + (size_t)rank * h) * cols * elem, *s = shard + (size_t)b * h * cols * elem;
+    char *f = full + ((size_t)b * rb + r0) * cols * elem, *s = shard + (size_t)b * h * cols * elem;
     memcpy(to_shard ? s : f, to_shard ? f : s, h * cols * elem);
   }
 }
@@ -112,9 +139,9 @@ static hm_status hm_merge_check(const hm_ckpt *ck, int n, const char *const *pat
                       paths[r], m->tp_rank, m->tp_size, r, n);
     if (!hm_model_config_same(&m->config, &m0->config) || m->layer_first != m0->layer_first ||
         m->layer_last != m0->layer_last || m->step != m0->step || m->run_id != m0->run_id ||
-        ck[r].n_tensors != ck[0].n_tensors)
+        ck[r].n_tensors != ck[0].n_tensors || m->elem_size != m0->elem_size)
       return hm_error(HM_ERR_INVALID_ARG, "checkpoints %s and %s are not shards of one stage at one step (model, "
-                      "layers, step, run or tensors differ)", paths[0], paths[r]);
+                      "layers, step, run, tensors or element size differ)", paths[0], paths[r]);
   }
   return HM_OK;
 }
@@ -131,6 +158,7 @@ static void hm_full_shape(const hm_spec_model_config *c, const char *name, size_
           : is_w || strstr(name, "wte") || strstr(name, "lm_head") ? C
                                                            : 1;
   *rows = (split == HM_TP_REPLICATED ? numel_shard : numel_shard * (size_t)n) / *cols;
+  if (strstr(name, "wte") || strstr(name, "lm_head")) *rows = (size_t)c->V;  // vocabulary rows: split unevenly
 }
 
 hm_status hm_ckpt_merge_tp(const char *const *paths, int n, const char *out_path) {
@@ -143,6 +171,7 @@ hm_status hm_ckpt_merge_tp(const char *const *paths, int n, const char *out_path
   if (st != HM_OK) nread--;
   if (st == HM_OK) st = hm_merge_check(ck, n, paths);
   const int nt = st == HM_OK ? ck[0].n_tensors : 0;
+  const size_t es = st == HM_OK && ck[0].meta.elem_size == 8 ? 8 : 4;  // float64 shards merge exactly
   hm_ckpt_tensor *out = nt ? hm_calloc((size_t)nt, sizeof *out, "merged tensors") : NULL;
   if (st == HM_OK && nt && !out) st = HM_ERR_NOMEM;
   for (int i = 0; i < nt && st == HM_OK; i++) {
@@ -154,15 +183,15 @@ hm_status hm_ckpt_merge_tp(const char *const *paths, int n, const char *out_path
     hm_full_shape(&ck[0].meta.config, t0->name, t0->numel, split, n, &rows, &cols);
     out[i] = *t0;
     out[i].numel = rows * cols;
-    out[i].data = hm_malloc(rows * cols * sizeof(float), "merged tensor");
+    out[i].data = hm_malloc(rows * cols * es, "merged tensor");
     if (!out[i].data) st = HM_ERR_NOMEM;
     for (int r = 0; r < n && st == HM_OK; r++) {
       const hm_ckpt_tensor *t = hm_ckpt_find(&ck[r], t0->name);
-      if (!t || t->numel != t0->numel)
+      if (!t || t->numel != hm_tp_shard_numel(rows, cols, split, blocks, n, r))
         st = hm_error(HM_ERR_CORRUPT, "checkpoint %s: tensor '%s' is missing or has another size than in %s",
                       paths[r], t0->name, paths[0]);
       else
-        hm_tp_copy(out[i].data, t->data, rows, cols, split, blocks, n, r, 0);
+        hm_tp_copy_bytes(out[i].data, t->data, rows, cols, es, split, blocks, n, r, 0);
     }
   }
   if (st == HM_OK) {

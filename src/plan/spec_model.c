@@ -142,6 +142,7 @@ static hm_status expand_config(const hm_spec_model_config *cfg_in, hm_spec_dtype
   e->in_bytes = 4 * T;
   e->out_bytes = T * C * d;
   e->tp_comm_bytes = T * C * d;    /* vocabulary-parallel lookup: one allreduce of (T,C) */
+  e->tp_comm_bwd_bytes = 0;        /* each rank scatters into its own rows: no allreduce */
   e->tp_divides = 0;
   e->shared_with = -1;
 
@@ -163,6 +164,7 @@ static hm_status expand_config(const hm_spec_model_config *cfg_in, hm_spec_dtype
     b->in_bytes = T * C * d;
     b->out_bytes = T * C * d;
     b->tp_comm_bytes = 2 * T * C * d; /* Megatron: after attention and after the MLP */
+    b->tp_comm_bwd_bytes = -1;        /* backward: the two column-parallel input gradients */
     b->tp_divides = gcd64(cfg.kv_heads, cfg.ffn);
     b->shared_with = -1;
   }
@@ -176,7 +178,8 @@ static hm_status expand_config(const hm_spec_model_config *cfg_in, hm_spec_dtype
   h->act_bytes = (2 * T * C + T * V) * d; /* norm in, norm out, probabilities (T,V) */
   h->in_bytes = T * C * d;
   h->out_bytes = 4;                       /* the loss (fp32) */
-  h->tp_comm_bytes = 8 * T;               /* vocabulary-parallel cross-entropy: max, sum-exp */
+  h->tp_comm_bytes = 3 * T * d;           /* vocabulary-parallel cross-entropy: row max; sum-exp, target */
+  h->tp_comm_bwd_bytes = T * C * d;       /* the column-parallel head's input gradient */
   h->tp_divides = 0;
 
   for (int i = 0; i < m->nlayers; i++) m->layers[i].bwd_flops = 2 * m->layers[i].fwd_flops;
@@ -217,7 +220,7 @@ static hm_status read_layers(const cJSON *arr, const char *path, hm_model *m) {
   static const char *const keys[] = {"kind",      "count",       "fwd_flops",     "fwd_flops_per_token", "bwd_flops",
                                      "params",    "param_bytes", "shared_params", "shared_with",
                                      "act_bytes", "in_bytes",    "out_bytes",     "tp_comm_bytes",
-                                     "tp_divides", NULL};
+                                     "tp_comm_bwd_bytes", "tp_divides", NULL};
   char p[HM_JSON_PATH_MAX];
   const double big = 1e30;
   /* First pass: count the expanded layers so the array is allocated once. */
@@ -274,6 +277,7 @@ static hm_status read_layers(const cJSON *arr, const char *path, hm_model *m) {
     double prev_out = n > 0 ? m->layers[n - 1].out_bytes : 0;
     HM_TRY(hm_json_number(e, p, "in_bytes", 0, HM_RANGE_NONNEG(big), prev_out, &l.in_bytes));
     HM_TRY(hm_json_number(e, p, "tp_comm_bytes", 0, HM_RANGE_NONNEG(big), 0, &l.tp_comm_bytes));
+    HM_TRY(hm_json_number(e, p, "tp_comm_bwd_bytes", 0, HM_RANGE_NONNEG(big), -1, &l.tp_comm_bwd_bytes));
     HM_TRY(hm_json_int(e, p, "tp_divides", 0, 0, 1000000000, 1, &l.tp_divides));
     const cJSON *sp = cJSON_GetObjectItemCaseSensitive(e, "shared_params");
     const cJSON *sw = cJSON_GetObjectItemCaseSensitive(e, "shared_with");
@@ -383,7 +387,8 @@ static int layer_equal(const hm_layer *a, const hm_layer *b) {
   return strcmp(a->kind, b->kind) == 0 && a->fwd_flops == b->fwd_flops &&
          a->bwd_flops == b->bwd_flops && a->params == b->params && a->act_bytes == b->act_bytes &&
          a->out_bytes == b->out_bytes && b->in_bytes == a->out_bytes &&
-         a->tp_comm_bytes == b->tp_comm_bytes && a->tp_divides == b->tp_divides &&
+         a->tp_comm_bytes == b->tp_comm_bytes && a->tp_comm_bwd_bytes == b->tp_comm_bwd_bytes &&
+         a->tp_divides == b->tp_divides &&
          a->shared_with < 0 && b->shared_with < 0;
 }
 
@@ -435,7 +440,8 @@ cJSON *hm_model_to_cjson(const hm_model *m) {
         !cJSON_AddNumberToObject(o, "in_bytes", l->in_bytes) ||
         !cJSON_AddNumberToObject(o, "out_bytes", l->out_bytes) ||
         !cJSON_AddNumberToObject(o, "tp_comm_bytes", l->tp_comm_bytes) ||
-        !cJSON_AddNumberToObject(o, "tp_divides", (double)l->tp_divides))
+        !cJSON_AddNumberToObject(o, "tp_divides", (double)l->tp_divides) ||
+        (l->tp_comm_bwd_bytes >= 0 && !cJSON_AddNumberToObject(o, "tp_comm_bwd_bytes", l->tp_comm_bwd_bytes)))
       goto fail;
     if (l->shared_with >= 0 &&
         (!cJSON_AddNumberToObject(o, "shared_params", l->shared_params) ||

@@ -160,6 +160,16 @@ static void shape_layer_times(const hm_gemm_device *g, const hm_model *md, const
   *bw = gb + 2 * elementwise + (tr->recompute == HM_RECOMPUTE_FULL ? *f : 0.0);
 }
 
+/* One tensor-parallel allreduce of `bytes` among tp ranks: measured by the profiler when it timed
+ * this rank count, else the cost model on the type's intra-host link; 0 for no bytes. */
+static double tp_allreduce_time(const hm_plan_inputs *in, int tp, double bytes, const hm_link *link) {
+  double ar = 0;
+  if (bytes <= 0) return 0;
+  if (!in->profile || !hm_profile_tp_allreduce_time(in->profile, tp, bytes, &ar))
+    hm_cost_best_algo(HM_COLL_ALLREDUCE, tp, bytes, link, &ar);
+  return ar;
+}
+
 void hm_layer_costs_free(hm_layer_costs *c) {
   if (!c) return;
   free(c->fwd);
@@ -227,12 +237,11 @@ hm_status hm_layer_costs_init(const hm_plan_inputs *in, int type, int tp, int64_
       bw = fmax(bf / peak, (2 * wbytes + out->params[l] * tr->grad_bytes +
                             2 * ly->act_bytes * b / tp) / membw);
     }
-    if (tp > 1 && ly->tp_comm_bytes > 0) {
-      double ar = 0; /* measured by the profiler when it timed this rank count, else the cost model */
-      if (!in->profile || !hm_profile_tp_allreduce_time(in->profile, tp, ly->tp_comm_bytes * b, &ar))
-        hm_cost_best_algo(HM_COLL_ALLREDUCE, tp, ly->tp_comm_bytes * b, &tp_link, &ar);
-      f += ar;
-      bw += ar * (full ? 2 : 1);
+    if (tp > 1) { /* forward and backward allreduces differ (the embedding has none in backward) */
+      const double bwd_bytes = ly->tp_comm_bwd_bytes < 0 ? ly->tp_comm_bytes : ly->tp_comm_bwd_bytes;
+      const double ar_f = tp_allreduce_time(in, tp, ly->tp_comm_bytes * b, &tp_link);
+      f += ar_f;
+      bw += tp_allreduce_time(in, tp, bwd_bytes * b, &tp_link) + (full ? ar_f : 0.0);
     }
     out->fwd[l] = f;
     out->bwd[l] = bw;

@@ -66,6 +66,16 @@ static void test_layer_params_match_planner(void **state) {
   hm_spec_model_config c;
   assert_int_equal(hm_model_config_lookup("llama-mini", &c), HM_OK);
   assert_true(hm_model_config_params(&c) == 10818432);  // 2VC + C + L (2C^2 + 2C kvd + 3C ffn + 2C)
+  hm_tp_sizes tp;  // tensor parallelism 2 and 3 split llama-mini (the vocabulary 256 unevenly at 3)
+  assert_int_equal(hm_stage_tp_sizes(&c, 2, 1, &tp), HM_OK);
+  assert_int_equal(tp.heads, 6);
+  assert_int_equal(tp.vocab, 128);
+  for (int r = 0; r < 3; r++) {
+    assert_int_equal(hm_stage_tp_sizes(&c, 3, r, &tp), HM_OK);
+    assert_int_equal(tp.vocab_lo, r * 256 / 3);
+    assert_int_equal(tp.vocab, (r + 1) * 256 / 3 - r * 256 / 3);
+  }
+  assert_int_equal(hm_stage_tp_sizes(&c, 4, 0, &tp), HM_ERR_INVALID_ARG);  // 12 heads, 6 kv heads
 }
 
 static double logits_loss(const hm_stage *s, const int32_t *tgt, int N, int V) {

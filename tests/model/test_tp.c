@@ -43,6 +43,12 @@
  * at TP4 each rank holds two query heads sharing one key/value head). */
 static const hm_spec_model_config gpt_cfg = {HM_ARCH_GPT2, 2, 32, 4, 4, 128, 64, 16, 1, 0};
 static const hm_spec_model_config llama_cfg = {HM_ARCH_LLAMA, 2, 32, 8, 4, 48, 64, 16, 0, 0};
+/* Vocabularies the degrees do not divide (V = 67, prime: 33 | 34 rows at TP2, 22 | 22 | 23 at TP3,
+ * 16 | 17 | 17 | 17 at TP4): GPT-2 L2 C32 NH4 V67 T16 (the tied wte split unevenly in both the
+ * embedding and the head) and llama-mini's proportions in small, Llama L2 C48 NH12 KV6 F48 V67
+ * T16. Same bounds: an uneven split changes only which rank sums which logits. */
+static const hm_spec_model_config gpt_odd_cfg = {HM_ARCH_GPT2, 2, 32, 4, 4, 128, 67, 16, 1, 0};
+static const hm_spec_model_config llama_odd_cfg = {HM_ARCH_LLAMA, 2, 48, 12, 6, 48, 67, 16, 0, 0};
 static hm_spec_model_config cfg;
 enum { B = 2, T = 13, MAXTP = 4 };
 
@@ -177,17 +183,24 @@ static void free_runs(run *r, int n) {
   }
 }
 
-/* Tensor i of the run as the full f64 tensor (shards placed by rank). */
+/* Tensor i of the run as the full f64 tensor (shards placed by rank; shards of a vocabulary the
+ * degree does not divide differ in size by a row). */
 static double *full_tensor(run *r, int tp, int i, size_t *n_out) {
   hm_tensor_split sp;
   hm_stage_tensor_split(r[0].stage, i, &sp);
   const hm_tp_split split = (hm_tp_split)sp.split;
-  size_t ns = hm_stage_tensor_numel(r[0].stage, i), n = sp.rows * sp.cols;
-  assert_int_equal(n, split == HM_TP_REPLICATED ? ns : ns * (size_t)tp);
+  size_t ns = 0, n = sp.rows * sp.cols, total = 0;
+  for (int k = 0; k < tp; k++) {
+    const size_t nk = hm_stage_tensor_numel(r[k].stage, i);
+    assert_int_equal(nk, hm_tp_shard_numel(sp.rows, sp.cols, split, sp.blocks, tp, k));
+    ns = nk > ns ? nk : ns, total += nk;
+  }
+  assert_int_equal(n, split == HM_TP_REPLICATED ? ns : total);
   float *full = calloc(n, sizeof(float)), *shard = calloc(ns, sizeof(float));
   double *out = calloc(n, sizeof(double));
   for (int k = 0; k < (split == HM_TP_REPLICATED ? 1 : tp); k++) {
     hm_stage *s = r[k].stage;
+    ns = hm_stage_tensor_numel(s, i);
     assert_int_equal(hm_device_copy_to_f32(r[k].dev, shard, hm_device_offset(r[k].dev, hm_stage_params(s), hm_stage_tensor_offset(s, i)), ns), HM_OK);
     hm_tensor_shard_copy(full, shard, &sp, sizeof(float), tp, k, 0);
   }
@@ -199,6 +212,7 @@ static double *full_tensor(run *r, int tp, int i, size_t *n_out) {
     double *sh = calloc(ns, sizeof(double));
     for (int k = 0; k < tp; k++) {
       hm_stage *s = r[k].stage;
+      ns = hm_stage_tensor_numel(s, i);
       assert_int_equal(hm_device_copy_d2h(r[k].dev, sh, hm_device_offset(r[k].dev, hm_stage_params(s), hm_stage_tensor_offset(s, i)), ns * 8), HM_OK);
       hm_tensor_shard_copy(out, sh, &sp, sizeof(double), tp, k, 0); /* exact f64 values */
     }
@@ -307,6 +321,7 @@ static void check_f64(int tp) {
 
 static void test_tp2_f64(void **state) { (void)state; check_f64(2); }
 static void test_tp4_f64(void **state) { (void)state; check_f64(4); }
+static void test_tp3_f64(void **state) { (void)state; check_f64(3); }
 
 static void test_tp2_f32(void **state) {
   (void)state;
@@ -585,6 +600,14 @@ static int setup_llama(void **state) {
   cfg = llama_cfg;
   return setup(state);
 }
+static int setup_gpt_odd(void **state) {
+  cfg = gpt_odd_cfg;
+  return setup(state);
+}
+static int setup_llama_odd(void **state) {
+  cfg = llama_odd_cfg;
+  return setup(state);
+}
 
 int main(void) {
   const struct CMUnitTest llama_tests[] = {
@@ -597,7 +620,17 @@ int main(void) {
       cmocka_unit_test(test_tp2_f32),     cmocka_unit_test(test_ckpt_merge),  cmocka_unit_test(test_pp2_tp2_f64),
       cmocka_unit_test(test_dp2_tp2_f64),
   };
+  const struct CMUnitTest gpt_odd_tests[] = {
+      cmocka_unit_test(test_tp2_f64), cmocka_unit_test(test_tp4_f64), cmocka_unit_test(test_tp2_f32),
+      cmocka_unit_test(test_ckpt_merge),
+  };
+  const struct CMUnitTest llama_odd_tests[] = {
+      cmocka_unit_test(test_tp2_f64), cmocka_unit_test(test_tp3_f64), cmocka_unit_test(test_tp2_f32),
+      cmocka_unit_test(test_ckpt_merge), cmocka_unit_test(test_pp2_tp2_f64),
+  };
   int failed = cmocka_run_group_tests_name("gpt2", tests, setup_gpt, teardown);
   failed += cmocka_run_group_tests_name("llama", llama_tests, setup_llama, teardown);
+  failed += cmocka_run_group_tests_name("gpt2, V not divisible", gpt_odd_tests, setup_gpt_odd, teardown);
+  failed += cmocka_run_group_tests_name("llama, V not divisible", llama_odd_tests, setup_llama_odd, teardown);
   return failed;
 }

@@ -13,6 +13,7 @@
 #include <cmocka.h>
 #include <cjson/cJSON.h>
 
+#include "hetmix/model.h"
 #include "hetmix/plan.h"
 #include "plan/plan_internal.h"
 #include "runtime/pipeline_internal.h"
@@ -462,6 +463,68 @@ static void test_predict_by_hand(void **state) {
   unload(&s);
 }
 
+/* The planner plans only tensor-parallel degrees the model splits: on a cluster whose cpu devices
+ * hold the model only split in two (local-tp.json), a Llama whose kv_heads (3) no degree > 1 of
+ * {2,4,8} divides gets no tp > 1 anywhere, a hand-made tp 2 plan is refused naming the layer, and
+ * llama-mini's shape (12 heads, 6 KV heads, ffn 1152) gets tp 2; every planned degree is one the
+ * model's own check (hm_stage_tp_sizes) accepts. */
+static void plan_llama(const hm_spec_model_config *cfg, int *max_tp) {
+  specs s;
+  char path[512];
+  memset(&s, 0, sizeof s);
+  snprintf(path, sizeof path, "%s/examples/local-tp.json", HM_SOURCE_DIR);
+  assert_int_equal(hm_cluster_load(path, &s.c), HM_OK);
+  assert_int_equal(hm_model_from_config(cfg, HM_DTYPE_FP32, "llama-tp-check", &s.m), HM_OK);
+  snprintf(path, sizeof path, "%s/examples/train-tp.json", HM_SOURCE_DIR);
+  assert_int_equal(hm_train_load(path, &s.t), HM_OK);
+  assert_int_equal(hm_spec_resolve(&s.c, &s.m, &s.t, NULL), HM_OK);
+  s.in = (hm_plan_inputs){.cluster = &s.c, .model = &s.m, .train = &s.t};
+  hm_search_options o;
+  hm_search_options_default(&o);
+  hm_search_result *r = calloc(1, sizeof *r);
+  assert_non_null(r);
+  assert_int_equal(hm_plan_search(&s.in, &o, r), HM_OK);
+  *max_tp = 1;
+  for (int i = 0; i < r->nplans; i++)
+    for (int ci = 0; ci < r->plans[i].nclasses; ci++)
+      for (int st = 0; st < r->plans[i].classes[ci].nstages; st++) {
+        const int tp = r->plans[i].classes[ci].stages[st].tp;
+        hm_tp_sizes sz;
+        if (hm_stage_tp_sizes(cfg, tp, 0, &sz) != HM_OK) fail_msg("plan %d stage %d: tp %d: %s", i, st, tp, hm_last_error());
+        *max_tp = tp > *max_tp ? tp : *max_tp;
+      }
+  if (r->nplans > 0) { /* the best plan at tp 2 on the cpu type */
+    hm_plan *p = calloc(1, sizeof *p);
+    assert_non_null(p);
+    *p = r->plans[0];
+    p->nclasses = 1;
+    p->classes[0] = (hm_plan_class){.nreplicas = 1, .nmicro = 4, .nstages = 1};
+    p->classes[0].stages[0] = (hm_plan_stage){.type = 0, .tp = 2, .layer_begin = 0, .layer_end = s.m.nlayers};
+    const hm_status st = hm_plan_predict(&s.in, p, NULL);
+    if (cfg->kv_heads % 2) {
+      assert_int_equal(st, HM_ERR_SPEC);
+      assert_non_null(strstr(hm_last_error(), "does not divide layer"));
+    }
+    free(p);
+  }
+  hm_search_result_free(r);
+  free(r);
+  unload(&s);
+}
+
+static void test_tp_the_model_splits(void **state) {
+  (void)state;
+  hm_spec_model_config mini;
+  assert_int_equal(hm_model_config_lookup("llama-mini", &mini), HM_OK);
+  hm_spec_model_config old = mini; /* the earlier llama-mini shape: 6 heads, 3 KV heads */
+  old.NH = 6, old.kv_heads = 3;
+  int max_tp;
+  plan_llama(&old, &max_tp);
+  assert_int_equal(max_tp, 1);
+  plan_llama(&mini, &max_tp);
+  assert_true(max_tp >= 2);
+}
+
 /* Fewer micro-batches (48) than tensor-parallel groups of each type (64): the mixed pipeline
  * with one replica per micro-batch is tried. The model needs two devices; one of each type per
  * replica, 48 replicas, beats every plan with more stages. */
@@ -794,6 +857,7 @@ int main(void) {
       cmocka_unit_test(test_large_cluster),
       cmocka_unit_test(test_mixed_replicas_capped_by_batch),
       cmocka_unit_test(test_sync_model_pools),
+      cmocka_unit_test(test_tp_the_model_splits),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

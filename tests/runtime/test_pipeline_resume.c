@@ -116,8 +116,8 @@ static void assert_same_state(const char *a, const char *b) {
   assert_int_equal(x.meta.data_position, y.meta.data_position);
   assert_int_equal(x.n_tensors, y.n_tensors);
   for (int i = 0; i < x.n_tensors; i++)
-    if (x.tensors[i].numel != y.tensors[i].numel ||
-        memcmp(x.tensors[i].data, y.tensors[i].data, x.tensors[i].numel * sizeof(float)) != 0)
+    if (x.tensors[i].numel != y.tensors[i].numel || hm_ckpt_elem_size(&x) != hm_ckpt_elem_size(&y) ||
+        memcmp(x.tensors[i].data, y.tensors[i].data, x.tensors[i].numel * hm_ckpt_elem_size(&x)) != 0)
       fail_msg("tensor %s differs between %s and %s", x.tensors[i].name, a, b);
   hm_ckpt_free(&x);
   hm_ckpt_free(&y);

@@ -81,7 +81,8 @@ static void assert_same_tensors(const char *a, const char *b) {
   for (int i = 0; i < x.n_tensors; i++) {
     assert_string_equal(x.tensors[i].name, y.tensors[i].name);
     assert_int_equal(x.tensors[i].numel, y.tensors[i].numel);
-    if (memcmp(x.tensors[i].data, y.tensors[i].data, x.tensors[i].numel * sizeof(float)) != 0)
+    assert_int_equal(hm_ckpt_elem_size(&x), hm_ckpt_elem_size(&y));
+    if (memcmp(x.tensors[i].data, y.tensors[i].data, x.tensors[i].numel * hm_ckpt_elem_size(&x)) != 0)
       fail_msg("tensor %s differs between %s and %s", x.tensors[i].name, a, b);
   }
   hm_ckpt_free(&x);

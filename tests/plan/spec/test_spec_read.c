@@ -224,6 +224,7 @@ static void assert_layers_equal(const hm_model *a, const hm_model *b) {
     assert_int_equal(x->shared_with, y->shared_with);
     assert_true(x->act_bytes == y->act_bytes && x->in_bytes == y->in_bytes);
     assert_true(x->out_bytes == y->out_bytes && x->tp_comm_bytes == y->tp_comm_bytes);
+    assert_true(x->tp_comm_bwd_bytes == y->tp_comm_bwd_bytes);
     assert_int_equal(x->tp_divides, y->tp_divides);
   }
 }
