@@ -180,14 +180,49 @@ static int p2p_refill(void *arg, hm_xfer *x, int n, int cap) {
   return n;
 }
 
+static void finish(hm_op *o, hm_status st);
+
+/* The engine dropped the finished transfers (their ops, NULL here) from its set: same here. */
+static void p2p_compact(void *arg) {
+  p2p_refill_state *st = arg;
+  int m = 0;
+  for (int i = 0; i < *st->nops; i++)
+    if (st->ops[i]) st->ops[m++] = st->ops[i];
+  *st->nops = m;
+}
+
+/* A transfer of the progress thread's running set finished while others still run: its
+ * operation completes now (its waiter may go on and issue the next chunk of a message, which a
+ * peer may need before the rest of the set can end), and leaves the batch (ops[i] = NULL). */
+static void p2p_finished(void *arg, int i) {
+  p2p_refill_state *st = arg;
+  hm_comm_t c = st->c;
+  pthread_mutex_lock(&c->q_mu);
+  hm_op *o = st->ops[i];
+  st->ops[i] = NULL;
+  if (o) {
+    finish(o, HM_OK);
+    atomic_store(&o->done, 1);
+    if (o->orphan) free(o);
+    atomic_fetch_sub(&c->q_pending, 1);
+    pthread_cond_broadcast(&c->q_cv);
+  }
+  pthread_mutex_unlock(&c->q_mu);
+}
+
+/* The progress thread's running set of point-to-point transfers, kept for the thread's life. */
+static _Thread_local hm_xfer *g_pt_x;
+
 /* ops[0..*n) are point-to-point operations of one communicator; with cap > 0 (progress thread)
- * more may join while it runs, and *n grows. */
+ * more may join while it runs (up to cap at once; finished ones leave), and *n changes. */
 static hm_status exec_p2p_batch(hm_op **ops, int *n, int cap) {
   hm_comm_t c = ops[0]->comm;
   enum { STACK = 64 };
   hm_xfer stack[STACK];
-  int xcap = cap > 0 ? STACK : *n;
-  hm_xfer *x = xcap <= STACK ? stack : hm_malloc(sizeof(hm_xfer) * (size_t)xcap, "p2p transfers");
+  if (cap > 0 && !g_pt_x && !(g_pt_x = hm_malloc(sizeof(hm_xfer) * (size_t)cap, "p2p transfers")))
+    return HM_ERR_NOMEM;
+  int xcap = cap > 0 ? cap : *n;
+  hm_xfer *x = cap > 0 ? g_pt_x : xcap <= STACK ? stack : hm_malloc(sizeof(hm_xfer) * (size_t)xcap, "p2p transfers");
   if (!x) return HM_ERR_NOMEM;
   int nx = 0, nself = 0;
   for (int i = 0; i < *n; i++) {
@@ -199,14 +234,17 @@ static hm_status exec_p2p_batch(hm_op **ops, int *n, int cap) {
   }
   hm_status st = nself ? exec_self(ops, *n) : HM_OK;
   p2p_refill_state rs = {c, ops, n, cap};
-  hm_xctx cx = {c, HM_UINT8, HM_SUM, NULL, NULL, 0}; /* copies only: byte granularity */
+  hm_xctx cx = {.comm = c, .dt = HM_UINT8, .op = HM_SUM}; /* copies only: byte granularity */
   if (cap > 0 && !nself) {
     cx.refill = p2p_refill;
     cx.refill_arg = &rs;
-    cx.cap = STACK;
+    cx.cap = cap;
+    cx.finished = p2p_finished; /* x[i] is ops[i]'s transfer: no self sends in the set */
+    cx.finished_arg = &rs;
+    cx.compact = p2p_compact;
   }
   if (st == HM_OK && (nx || cx.refill)) st = hm_xfer_run(&cx, x, nx);
-  if (x != stack) free(x);
+  if (x != stack && x != g_pt_x) free(x);
   return st;
 }
 
@@ -226,9 +264,14 @@ static void finish(hm_op *o, hm_status st) {
   if (st != HM_OK) hm_strcpy(o->err, sizeof o->err, hm_last_error());
 }
 
+/* Operations the progress thread runs at once: a group's sends and receives must all fit (a set
+ * of sends alone can fill the transports while the receives the peer waits for stay queued),
+ * finished ones leaving the set as it runs (engine.c compact). */
+enum { PT_CAP = 4096 };
+
 static void *progress_main(void *arg) {
   hm_comm_t c = arg;
-  hm_op *batch[64];
+  static _Thread_local hm_op *batch[PT_CAP];
   hm_xfer_background(1);
   pthread_mutex_lock(&c->q_mu);
   for (;;) {
@@ -237,15 +280,16 @@ static void *progress_main(void *arg) {
     int n = 0;
     batch[n++] = c->q_head;
     c->q_head = c->q_head->next;
-    while (batch[0]->is_p2p && c->q_head && c->q_head->is_p2p && n < 64) {
+    while (batch[0]->is_p2p && c->q_head && c->q_head->is_p2p && n < PT_CAP) {
       batch[n++] = c->q_head;
       c->q_head = c->q_head->next;
     }
     if (!c->q_head) c->q_tail = NULL;
     pthread_mutex_unlock(&c->q_mu);
-    hm_status st = exec_ops(batch, &n, batch[0]->is_p2p ? 64 : 0);
+    hm_status st = exec_ops(batch, &n, batch[0]->is_p2p ? PT_CAP : 0);
     pthread_mutex_lock(&c->q_mu);
     for (int i = 0; i < n; i++) {
+      if (!batch[i]) continue; /* completed on its own (p2p_finished) */
       finish(batch[i], st);
       atomic_store(&batch[i]->done, 1);
       if (batch[i]->orphan) free(batch[i]);
@@ -254,6 +298,8 @@ static void *progress_main(void *arg) {
     pthread_cond_broadcast(&c->q_cv);
   }
   pthread_mutex_unlock(&c->q_mu);
+  free(g_pt_x);
+  g_pt_x = NULL;
   return NULL;
 }
 
@@ -742,30 +788,33 @@ hm_status hm_group_end(void) {
       hm_status st = quiesce(o->comm);
       if (st != HM_OK) first = st, hm_strcpy(first_msg, sizeof first_msg, hm_last_error());
     }
-  hm_op *batch[256];
+  /* each run of point-to-point ops of one communicator runs as one set, however long (a group's
+   * sends and receives must meet: a set of sends alone can deadlock against the peer's) */
   hm_op *o = head;
   while (o) {
-    int n = 0;
-    batch[n++] = o;
+    int n = 1;
     hm_op *nx = o->next;
-    while (o->is_p2p && nx && nx->is_p2p && nx->comm == o->comm && n < 256) {
-      batch[n++] = nx;
-      nx = nx->next;
-    }
+    while (o->is_p2p && nx && nx->is_p2p && nx->comm == o->comm) n++, nx = nx->next;
+    hm_op *one[1], **batch = n == 1 ? one : hm_malloc(sizeof(hm_op *) * (size_t)n, "group operations");
     hm_status st = first;
+    if (!batch && st == HM_OK) first = st = HM_ERR_NOMEM, hm_strcpy(first_msg, sizeof first_msg, hm_last_error());
+    if (batch)
+      for (int i = 0; i < n; i++) batch[i] = i ? batch[i - 1]->next : o;
     if (st == HM_OK) {
       st = exec_ops(batch, &n, 0);
       if (st != HM_OK) first = st, hm_strcpy(first_msg, sizeof first_msg, hm_last_error());
     } else {
       hm_error(st, "%s", first_msg);
     }
-    for (int i = 0; i < n; i++) {
-      finish(batch[i], st);
-      if (batch[i]->is_request)
-        atomic_store(&batch[i]->done, 1);
+    for (hm_op *p = o, *next; p != nx; p = next) {
+      next = p->next;
+      finish(p, st);
+      if (p->is_request)
+        atomic_store(&p->done, 1);
       else
-        free(batch[i]);
+        free(p);
     }
+    if (batch != one) free(batch);
     o = nx;
   }
   if (first != HM_OK) hm_error(first, "%s", first_msg);

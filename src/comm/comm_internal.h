@@ -332,6 +332,7 @@ typedef struct hm_xfer {
   uint64_t cma_until;  /* send: finished once the receiver has read this many CMA bytes */
   int nchunks;         /* chunks moved (a zero-byte transfer still moves one) */
   int after;           /* engine-internal: earlier xfer on the same channel */
+  int told;            /* engine-internal: hm_xctx.finished was called for it */
   int stream;          /* 0: moves after earlier transfers on its channel (FIFO). k > 0: the
                           k-th stream of a collective; over shared memory its chunks carry k and
                           may interleave with the operation's other streams on the channel (the
@@ -351,6 +352,12 @@ typedef struct hm_xctx {
   int (*refill)(void *arg, hm_xfer *x, int n, int cap);
   void *refill_arg;
   int cap;
+  /* optional: told once of each transfer that finished while others still run (index i) */
+  void (*finished)(void *arg, int i);
+  void *finished_arg;
+  /* optional (with refill and finished): the engine dropped the reported transfers from a full
+   * set, keeping the others' order; the owner drops the same entries (refill_arg) */
+  void (*compact)(void *arg);
 } hm_xctx;
 
 void hm_xfer_send(hm_xfer *x, int peer, const void *src, size_t bytes, uint32_t seq, uint64_t desc);

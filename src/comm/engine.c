@@ -145,7 +145,10 @@ static void wait_init(hm_comm_t c, const hm_xfer *x, int n, xwait *w) {
 static hm_status sweep(const hm_xctx *cx, hm_xfer *x, int n, int *pending, int *progress) {
   for (int i = 0; i < n; i++) {
     hm_xfer *t = &x[i];
-    if (t->finished) continue;
+    if (t->finished) {
+      if (cx->finished && !t->told) t->told = 1, cx->finished(cx->finished_arg, i);
+      continue;
+    }
     *pending = 1;
     if (!hm_xfer_may_move(x, t)) continue;
     HM_TRY(step(cx, x, n, t, progress));
@@ -253,7 +256,33 @@ static hm_status wait_idle(const hm_xctx *cx, const hm_xfer *x, int n, xwait *w)
 }
 
 /* Operations issued meanwhile join the running set (cx->refill); *n becomes the new count. */
+/* Drops the transfers already reported finished from a full running set (keeping the order of
+ * the rest; an ordering on a dropped one is met), so that refill has room: a set of sends alone
+ * could otherwise fill it while the receives their peer waits for stay queued. The owner of the
+ * set drops the same entries (its compact callback). Point-to-point sets only (no gates, no
+ * forwards between transfers). */
+static int compact(const hm_xctx *cx, hm_xfer *x, int n) {
+  int *to = malloc(sizeof(int) * (size_t)n);
+  if (!to) return n; /* stays full: refill waits for the set to end */
+  int m = 0;
+  for (int i = 0; i < n; i++) to[i] = x[i].told ? -1 : m++;
+  if (m == n) {
+    free(to);
+    return n;
+  }
+  for (int i = 0; i < n; i++) {
+    if (to[i] < 0) continue;
+    hm_xfer t = x[i];
+    t.after = t.after >= 0 ? to[t.after] : -1;
+    x[to[i]] = t;
+  }
+  free(to);
+  cx->compact(cx->refill_arg);
+  return m;
+}
+
 static hm_status refill(const hm_xctx *cx, hm_xfer *x, int *n, xwait *w) {
+  if (*n == cx->cap && cx->compact) *n = compact(cx, x, *n);
   int m = cx->refill(cx->refill_arg, x, *n, cx->cap);
   if (m <= *n) return HM_OK;
   int bad = prepare(cx->comm, x, *n, m, &w->any_poll);
@@ -278,7 +307,7 @@ static hm_status xfer_loop(const hm_xctx *cx, hm_xfer *x, int n) {
       disarm(c);
       continue;
     }
-    if (cx->refill && n < cx->cap && (w.idle & 15) == 0) {
+    if (cx->refill && (n < cx->cap || cx->compact) && (w.idle & 15) == 0) {
       int before = n;
       HM_TRY(refill(cx, x, &n, &w));
       if (n > before) continue;

@@ -1,10 +1,11 @@
 /* Nonblocking calls on device buffers (src/comm/device_async.c): hm_comm_isend, hm_comm_irecv
  * and hm_comm_iallreduce with buffers of the registered device, several requests in flight at
- * once, sends and receives in a group, and a nonblocking send met by a blocking receive. Every
+ * once, sends and receives in a group, a nonblocking send met by a blocking receive, and both
+ * ranks' isends crossing their blocking receives (several chunks each way). Every
  * result is compared bitwise with the same call on host buffers (the values are random with
  * magnitudes over 2^-10..2^10, so a different association of a sum would change bits; two
  * ranks, so the allreduce adds the same two operands on every path). Counts 1, 7, 1023 and
- * 10,007 (three 16 KiB chunks). A peer that dies mid-transfer makes the waits fail within the
+ * 10,007 (three 16 KiB chunks), and 1,048,576 on cpu (256 chunks). A peer that dies mid-transfer makes the waits fail within the
  * deadline, and the failed requests leave nothing mapped (the ranges map again).
  *
  *   test_comm_device_async          cpu with cpu, ref:dtype=f64 with ref:dtype=f64, ref with cpu
@@ -167,6 +168,25 @@ static int case_mixed_forms(hm_rank_ctx *ctx, bufs *b, uint64_t seed) {
   return check(ctx, b, 0, "isend to a blocking recv");
 }
 
+/* Both ranks at once (1F1B's crossing pattern: stage 0 sends an activation and waits for a
+ * gradient while stage 1 sends that gradient and waits for the next activation): an isend, then
+ * a blocking receive of several chunks from the same peer, then the wait. The receive's chunks
+ * are issued one after another; each must complete on its own, not only once the isend in the
+ * same progress batch has (that deadlocked: each side's second chunk waited for the other's). */
+static int case_crossing(hm_rank_ctx *ctx, bufs *b, uint64_t seed) {
+  int rc = load(ctx, b, seed);
+  if (rc) return rc;
+  const int peer = 1 - ctx->rank;
+  hm_request_t r = NULL;
+  hm_status st = hm_comm_isend(ctx->comm, b->d[ctx->rank], b->n, b->dt, peer, &r);
+  if (st == HM_OK) st = hm_comm_recv(ctx->comm, b->d[peer], b->n, b->dt, peer);
+  hm_status sw = r ? hm_request_wait(r) : st;
+  if (st == HM_OK) st = sw;
+  if (st != HM_OK) return hm_rank_fail(ctx, "isends crossing blocking receives: %s", hm_last_error());
+  fill(b->dt, b->h[peer], b->n, seed * 16 + (uint64_t)(peer * NBUF + peer)); /* what the peer sent */
+  return check(ctx, b, peer, "isends crossing blocking receives");
+}
+
 static int rank_main(hm_rank_ctx *ctx) {
   const setup *su = ctx->arg;
   bufs b;
@@ -187,6 +207,7 @@ static int rank_main(hm_rank_ctx *ctx) {
   if (!rc) rc = case_many(ctx, &b, 1);
   if (!rc) rc = case_group(ctx, &b, 2);
   if (!rc) rc = case_mixed_forms(ctx, &b, 3);
+  if (!rc) rc = case_crossing(ctx, &b, 5);
   if (!rc) rc = case_allreduce(ctx, &b, 4);
   if (!rc && hm_comm_register_device(ctx->comm, NULL) != HM_OK) rc = hm_rank_fail(ctx, "unregister: %s", hm_last_error());
   if (!rc) rc = host_sums(ctx, &b);
@@ -200,6 +221,7 @@ static int rank_main(hm_rank_ctx *ctx) {
 }
 
 /* ---- a peer dies mid-transfer ---- */
+#define BIG_COUNT (1u << 20)  /* 4 MiB of f32: 256 chunks of 16 KiB */
 #define DEAD_COUNT (4u << 20) /* 16 MiB of f32: many chunks, more than the transport buffers */
 
 static int rank_dies(hm_rank_ctx *ctx) {
@@ -285,6 +307,10 @@ int main(int argc, char **argv) {
                     counts[c]};
         bad += run_one(&su, rank_main, 0);
       }
+  if (!opencl) { /* more chunks in flight each way than the transport buffers (the crossing case) */
+    setup su = {{"cpu:threads=1", "cpu:threads=1"}, "1", BIG_COUNT};
+    bad += run_one(&su, rank_main, 0);
+  }
   for (int m = 0; m < (opencl ? 2 : 1); m++) {
     setup su = {{opencl ? "opencl:threads=1" : "cpu:threads=1", "cpu:threads=1"}, maps[m], DEAD_COUNT};
     bad += run_one(&su, rank_dies, 2);
