@@ -42,6 +42,8 @@ enum { NTP = 4, MAXK = HM_PLAN_MAX_TYPES };
 #define HM_SEARCH_REFINE_SIMS 48
 #define HM_SEARCH_REFINE_WIDE 32
 #define HM_SEARCH_REFINE_WIDE_SIMS 4096
+/* Wide search: templates kept for pairs of replica classes of any two of them (pool_pairs). */
+#define HM_SEARCH_WIDE_POOL 128
 /* Wide search: all stage counts per type when there are at most this many vectors of them. */
 #define HM_SEARCH_WIDE_COUNTS 512
 /* Wide search: candidates simulated (ranked by estimate, then by simulation). */
@@ -88,6 +90,8 @@ typedef struct sctx {
   int wide;        /* small cluster: every tp per type and interleaved orders in mixed pipelines */
   int wide_p;      /* wide: templates of family 1 kept for 1..wide_p stages */
   tmpl *wide_t;    /* wide: [k][tpi][mbi][p-1] family 1's split (nstages 0: none) */
+  struct ptmpl *pool; /* wide, per worker: the most efficient distinct templates (pool_add) */
+  int npool;
   clist all;              /* every family */
   clist by_type[MAXK];    /* single-type candidates of each type (the upper bound) */
   /* best single-type template per (type, mb): index into a per-type list */
@@ -347,6 +351,98 @@ static void keep_opt_split(sctx *x, const cand *c, const int *tp_of, int mbi, in
   keep(x, list_all, 0, &d);
 }
 
+/* Wide search: a template for pairs of replica classes (pool_pairs): its stage types and
+ * split, the tp of the types it uses, tp groups of each type per replica, and its key. */
+typedef struct ptmpl {
+  tmpl t;
+  int tp_of[MAXK];
+  int use[MAXK];
+  double key; /* bottleneck time x devices per replica: smaller uses its devices better */
+} ptmpl;
+
+static int ptmpl_same_stages(const ptmpl *a, const ptmpl *b) {
+  if (a->t.nstages != b->t.nstages) return 0;
+  for (int s = 0; s < a->t.nstages; s++)
+    if (a->t.types[s] != b->t.types[s]) return 0;
+  return !memcmp(a->tp_of, b->tp_of, sizeof a->tp_of);
+}
+
+/* Keeps template t (tp_of of its types) among the HM_SEARCH_WIDE_POOL best by key, one split per
+ * stage list (the better key). */
+static void pool_add(sctx *x, const tmpl *t, const int *tp_of) {
+  if (!x->pool) return;
+  ptmpl e;
+  memset(&e, 0, sizeof e);
+  e.t = *t;
+  int dev = 0;
+  for (int s = 0; s < t->nstages; s++) {
+    const int k = t->types[s];
+    e.tp_of[k] = tp_of[k];
+    e.use[k]++;
+    dev += tp_of[k];
+  }
+  e.key = t->B * dev;
+  int i = 0;
+  while (i < x->npool && !ptmpl_same_stages(&x->pool[i], &e)) i++;
+  if (i < x->npool) {
+    if (x->pool[i].key <= e.key) return;
+    memmove(&x->pool[i], &x->pool[i + 1], (size_t)(x->npool - i - 1) * sizeof e);
+    x->npool--;
+  }
+  if (x->npool == HM_SEARCH_WIDE_POOL && x->pool[x->npool - 1].key <= e.key) return;
+  i = x->npool < HM_SEARCH_WIDE_POOL ? x->npool++ : x->npool - 1;
+  while (i > 0 && x->pool[i - 1].key > e.key) {
+    x->pool[i] = x->pool[i - 1];
+    i--;
+  }
+  x->pool[i] = e;
+}
+
+/* Wide search: pairs of pooled templates (mixed pipelines of two stage orders, a mixed pipeline
+ * beside another type's replicas) whose tp agree on the types both use: every replica count of
+ * the first with the most of the second that the devices left allow. */
+static void pool_pair(sctx *x, const ptmpl *a, const ptmpl *b, int mbi, int64_t M) {
+  int tp_of[MAXK];
+  for (int k = 0; k < x->K; k++) {
+    if (a->tp_of[k] && b->tp_of[k] && a->tp_of[k] != b->tp_of[k]) return;
+    tp_of[k] = a->tp_of[k] ? a->tp_of[k] : b->tp_of[k];
+  }
+  for (int64_t r1 = 1; r1 < M; r1++) {
+    int64_t r2 = M - r1;
+    for (int k = 0; k < x->K && r2 >= 1; k++) {
+      if (!tp_of[k]) continue;
+      const int64_t left = x->groups[k][tp_index(tp_of[k])] - r1 * a->use[k];
+      if (left < 0) r2 = 0;
+      else if (b->use[k] && left / b->use[k] < r2) r2 = left / b->use[k];
+    }
+    if (r2 < 1) break;
+    cand c;
+    memset(&c, 0, sizeof c);
+    c.mbi = mbi;
+    c.ntmpl = 2;
+    c.t[0] = a->t;
+    c.t[1] = b->t;
+    memcpy(c.tp_of, tp_of, sizeof c.tp_of);
+    int reps[2] = {(int)r1, (int)r2};
+    if (!distribute(&c, 2, reps, c.t, M)) continue;
+    estimate(x, &c, tp_of);
+    keep(x, list_all, 0, &c);
+  }
+}
+
+static void pool_pairs(sctx *x, int mbi, int64_t M) {
+  for (int k = 0; k < x->K; k++) /* each type's single-type templates join the pool */
+    for (int ti = 0; ti < NTP; ti++)
+      for (int p = 1; p <= x->wide_p; p++) {
+        const tmpl *t = wide_tmpl(x, k, ti, mbi, p);
+        int tp_of[MAXK] = {0};
+        tp_of[k] = tp_values[ti];
+        if (t->nstages) pool_add(x, t, tp_of);
+      }
+  for (int i = 0; i < x->npool; i++)
+    for (int j = i + 1; j < x->npool; j++) pool_pair(x, &x->pool[i], &x->pool[j], mbi, M);
+}
+
 /* 1. one device type alone */
 static void search_single(sctx *x, int k, int mbi, int64_t M) {
   cand *best = &x->best_single[(size_t)k * x->nmb + mbi];
@@ -484,6 +580,7 @@ static void try_interleaved(sctx *x, const cand *c, int p0, const int *tp_of, in
     for (int s = 0; s < j; s++) d.t[0].types[P - j + s] = c->t[0].types[0];
     keep_opt_split(x, &d, tp_of, mbi, m, R, M);
     if (split_template(x, &d.t[0], tp_of, mbi, m, R) != HM_OK) continue;
+    pool_add(x, &d.t[0], tp_of);
     int rep = R;
     if (!distribute(&d, 1, &rep, d.t, M)) continue;
     estimate(x, &d, tp_of);
@@ -535,6 +632,7 @@ static void mixed_candidate(sctx *x, const int *order, int nt, int mbi, int64_t 
     try_interleaved(x, &c, x->wide ? p[0] : (p[0] < 2 ? p[0] : 2), tp_of, mbi, m, (int)R, M);
   if (x->wide) keep_opt_split(x, &c, tp_of, mbi, m, (int)R, M);
   if (split_template(x, &c.t[0], tp_of, mbi, m, (int)R) != HM_OK) return;
+  pool_add(x, &c.t[0], tp_of);
   int rep = (int)R;
   cand d = c; /* before distribute: the same template, for the variant with leftovers */
   if (distribute(&c, 1, &rep, c.t, M)) {
@@ -741,6 +839,7 @@ static void search_mixes(sctx *x, int mbi) {
       }
   }
   if (x->wide) wide_pairs(x, mbi, M);
+  if (x->wide) x->npool = 0;
   const unsigned all = (1u << x->K) - 1;
   for (unsigned mask = 1; mask <= all; mask++) {
     if (__builtin_popcount(mask) < 2 || (x->K > 6 && mask != all)) continue;
@@ -760,6 +859,7 @@ static void search_mixes(sctx *x, int mbi) {
       search_mixed(x, mask, mbi, M, tp_var);
     }
   }
+  if (x->wide) pool_pairs(x, mbi, M);
 }
 
 /* Worker copy of the search state for one micro-batch size: shares the read-only costs and the
@@ -772,6 +872,10 @@ static hm_status worker_init(sctx *w, sctx *x) {
   const size_t pn = (size_t)HM_PLAN_MAX_STAGES * x->n;
   w->time = hm_malloc((pn * 4 + HM_PLAN_MAX_STAGES) * sizeof(double), "split scratch");
   w->infl = hm_malloc(HM_PLAN_MAX_STAGES * sizeof(int), "split scratch");
+  w->pool = NULL;
+  w->npool = 0;
+  if (x->wide && !(w->pool = hm_malloc(HM_SEARCH_WIDE_POOL * sizeof *w->pool, "templates")))
+    return HM_ERR_NOMEM;
   if (!w->time || !w->infl) return HM_ERR_NOMEM;
   w->bnd = w->time + pn;
   w->ms = w->bnd + pn;
@@ -781,6 +885,7 @@ static hm_status worker_init(sctx *w, sctx *x) {
 }
 
 static void worker_free(sctx *w) {
+  free(w->pool);
   free(w->time);
   free(w->infl);
 }
