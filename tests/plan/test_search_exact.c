@@ -5,7 +5,8 @@
  *  - the default search's best is within 2% of the oracle's on every case and within 0.5% on
  *    at least HM_EXACT_WITHIN_HALF_PERCENT of them (docs/plan.md, section 6);
  *  - cases of 8 devices the default search once lost, whose exhaustive best pairs two replica
- *    templates of which at least one mixes types, are within 0.5% (pool_pairs in search.c);
+ *    templates of which at least one mixes types, are within 0.5% (pool_pairs in search.c),
+ *    and so are those of types taken in turn and one the refinement's move order lost;
  *  - clusters too large for the oracle are refused with a clear message. */
 #include <math.h>
 #include <setjmp.h>
@@ -104,6 +105,41 @@ static void test_paired_mixed_templates(void **state) {
   }
 }
 
+/* Cases whose exhaustive best takes the types in turn (try_round_robin in search.c; gap before):
+ * seed 146 [t1/tp2 t0/tp2 t1/tp2 t0/tp2] (+1.19%), 174 [t0 t2 t1/tp2 t2 t1/tp2] (+0.70%). */
+static void test_round_robin_orders(void **state) {
+  (void)state;
+  static const uint64_t seeds[] = {146, 174};
+  for (size_t i = 0; i < sizeof seeds / sizeof seeds[0]; i++) {
+    char desc[256];
+    const double gap = gap_of(seeds[i], desc, sizeof desc);
+    if (gap > 0.005) fail_msg("%s: default %.3f%% slower than exhaustive", desc, 100 * gap);
+  }
+}
+
+/* Seed 139: the pair [t1 x6] m=8 + [t1 5 | t1 1] m=12 is refined; a layer move first (to 4 | 2,
+ * 0.5% faster) ended the refinement beside the micro-batch move to m=7 and 13, 6% faster
+ * (search_refine.c tries micro-batch moves first on small clusters; gap before +3.25%). */
+static void test_refine_micro_batches_first(void **state) {
+  (void)state;
+  char desc[256];
+  const double gap = gap_of(139, desc, sizeof desc);
+  if (gap > 0.005) fail_msg("%s: default %.3f%% slower than exhaustive", desc, 100 * gap);
+}
+
+/* Plans that need refinement from a place in the simulated list past 32 (48 refined on a small
+ * cluster): seed 113 [t1 t0 x4 t2/tp2] (+0.79% before), and seed 123 [t2 x3 t0 x2 t1 x3], left
+ * 4.6% off when the round-robin orders took refinement places with 32. */
+static void test_refined_shortlist(void **state) {
+  (void)state;
+  static const uint64_t seeds[] = {113, 123};
+  for (size_t i = 0; i < sizeof seeds / sizeof seeds[0]; i++) {
+    char desc[256];
+    const double gap = gap_of(seeds[i], desc, sizeof desc);
+    if (gap > 0.005) fail_msg("%s: default %.3f%% slower than exhaustive", desc, 100 * gap);
+  }
+}
+
 static void test_too_large_refused(void **state) {
   (void)state;
   char path[1024];
@@ -130,6 +166,9 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_default_against_oracle),
       cmocka_unit_test(test_paired_mixed_templates),
+      cmocka_unit_test(test_round_robin_orders),
+      cmocka_unit_test(test_refine_micro_batches_first),
+      cmocka_unit_test(test_refined_shortlist),
       cmocka_unit_test(test_too_large_refused),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
