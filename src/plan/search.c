@@ -19,7 +19,8 @@
  * mixed pipelines, every stage count per type and replica count, every interleaving of the first
  * type around the others, fewer replicas than the devices allow, a second split that balances
  * the optimizer step too, every single-type template on the devices a pipeline leaves idle, and
- * a longer simulated shortlist; the types taken in turn (a b a b, a b c b c); and pairs of the
+ * a longer simulated shortlist; the types taken in turn (a b a b, a b c b c) and, for three
+ * types, the second type's stages inside the first's run (a b a a c); and pairs of the
  * most device-efficient templates split (pool_pairs: two mixed pipelines, or a mixed pipeline
  * beside replicas of another type). The best simulated plans are then refined by simulation (split
  * boundaries and micro-batches between classes, search_refine.c). The exhaustive search of
@@ -39,14 +40,19 @@ enum { NTP = 4, MAXK = HM_PLAN_MAX_TYPES };
 #define HM_SEARCH_WIDE_DEVICES 64
 /* Plans refined by simulation, and the simulations each may take: beyond the small clusters
  * the best plan only, with a budget that keeps the search's time (a simulation of a large plan
- * is not free); on a small cluster the best 48 (with 32, seed 123 of bench_search_exact was
- * left 4.6% off once the round-robin orders joined the list). */
+ * is not free); on a small cluster the best 64 (with 32, seed 123 of bench_search_exact was
+ * left 4.6% off once the round-robin orders joined the list; with 48, seed 113 0.8% off once
+ * the inserted orders did). */
 #define HM_SEARCH_REFINE 1
 #define HM_SEARCH_REFINE_SIMS 48
-#define HM_SEARCH_REFINE_WIDE 48
+#define HM_SEARCH_REFINE_WIDE 64
 #define HM_SEARCH_REFINE_WIDE_SIMS 4096
-/* Wide search: templates kept for pairs of replica classes of any two of them (pool_pairs). */
-#define HM_SEARCH_WIDE_POOL 128
+/* Wide search: templates kept for pairs of replica classes of any two of them (pool_pairs), on
+ * clusters of at most HM_SEARCH_POOL_DEVICES devices, else HM_SEARCH_WIDE_POOL_LARGE (the pairs
+ * cost the square of the pool times the replica counts). */
+#define HM_SEARCH_WIDE_POOL 256
+#define HM_SEARCH_WIDE_POOL_LARGE 64
+#define HM_SEARCH_POOL_DEVICES 16
 /* Wide search: all stage counts per type when there are at most this many vectors of them. */
 #define HM_SEARCH_WIDE_COUNTS 512
 /* Wide search: candidates simulated (ranked by estimate, then by simulation). */
@@ -94,7 +100,7 @@ typedef struct sctx {
   int wide_p;      /* wide: templates of family 1 kept for 1..wide_p stages */
   tmpl *wide_t;    /* wide: [k][tpi][mbi][p-1] family 1's split (nstages 0: none) */
   struct ptmpl *pool; /* wide, per worker: the most efficient distinct templates (pool_add) */
-  int npool;
+  int npool, pool_cap;
   clist all;              /* every family */
   clist by_type[MAXK];    /* single-type candidates of each type (the upper bound) */
   /* best single-type template per (type, mb): index into a per-type list */
@@ -370,8 +376,8 @@ static int ptmpl_same_stages(const ptmpl *a, const ptmpl *b) {
   return !memcmp(a->tp_of, b->tp_of, sizeof a->tp_of);
 }
 
-/* Keeps template t (tp_of of its types) among the HM_SEARCH_WIDE_POOL best by key, one split per
- * stage list (the better key). */
+/* Keeps template t (tp_of of its types) among the pool_cap best by key, one split per stage list
+ * (the better key). */
 static void pool_add(sctx *x, const tmpl *t, const int *tp_of) {
   if (!x->pool) return;
   ptmpl e;
@@ -392,8 +398,8 @@ static void pool_add(sctx *x, const tmpl *t, const int *tp_of) {
     memmove(&x->pool[i], &x->pool[i + 1], (size_t)(x->npool - i - 1) * sizeof e);
     x->npool--;
   }
-  if (x->npool == HM_SEARCH_WIDE_POOL && x->pool[x->npool - 1].key <= e.key) return;
-  i = x->npool < HM_SEARCH_WIDE_POOL ? x->npool++ : x->npool - 1;
+  if (x->npool == x->pool_cap && x->pool[x->npool - 1].key <= e.key) return;
+  i = x->npool < x->pool_cap ? x->npool++ : x->npool - 1;
   while (i > 0 && x->pool[i - 1].key > e.key) {
     x->pool[i] = x->pool[i - 1];
     i--;
@@ -591,6 +597,24 @@ static void try_interleaved(sctx *x, const cand *c, int p0, const int *tp_of, in
   }
 }
 
+/* Wide search, three types or more: the second type's stages inside the first type's run
+ * (a^j b.. a^(p0-j) c..), for every j; c holds the contiguous order, before its split. */
+static void try_inserted(sctx *x, const cand *c, const int *p, int nt, const int *tp_of, int mbi,
+                         int m, int R, int64_t M) {
+  for (int j = 1; nt >= 3 && j < p[0]; j++) {
+    cand d = *c;
+    for (int s = 0; s < p[1]; s++) d.t[0].types[j + s] = c->t[0].types[p[0] + s];
+    for (int s = 0; s < p[0] - j; s++) d.t[0].types[j + p[1] + s] = c->t[0].types[0];
+    keep_opt_split(x, &d, tp_of, mbi, m, R, M);
+    if (split_template(x, &d.t[0], tp_of, mbi, m, R) != HM_OK) continue;
+    pool_add(x, &d.t[0], tp_of);
+    int rep = R;
+    if (!distribute(&d, 1, &rep, d.t, M)) continue;
+    estimate(x, &d, tp_of);
+    keep(x, list_all, 0, &d);
+  }
+}
+
 /* Wide search: the types taken in turn (a b a b ..., a b c b c when a runs out), p[i] stages of
  * order[i]; kept when it differs from the contiguous order (c: that order, before its split). */
 static void try_round_robin(sctx *x, const cand *c, const int *order, int nt, const int *p,
@@ -658,6 +682,7 @@ static void mixed_candidate(sctx *x, const int *order, int nt, int mbi, int64_t 
   if (x->wide || nt == 2)
     try_interleaved(x, &c, x->wide ? p[0] : (p[0] < 2 ? p[0] : 2), tp_of, mbi, m, (int)R, M);
   if (x->wide) try_round_robin(x, &c, order, nt, p, tp_of, mbi, m, (int)R, M);
+  if (x->wide) try_inserted(x, &c, p, nt, tp_of, mbi, m, (int)R, M);
   if (x->wide) keep_opt_split(x, &c, tp_of, mbi, m, (int)R, M);
   if (split_template(x, &c.t[0], tp_of, mbi, m, (int)R) != HM_OK) return;
   pool_add(x, &c.t[0], tp_of);
@@ -902,7 +927,9 @@ static hm_status worker_init(sctx *w, sctx *x) {
   w->infl = hm_malloc(HM_PLAN_MAX_STAGES * sizeof(int), "split scratch");
   w->pool = NULL;
   w->npool = 0;
-  if (x->wide && !(w->pool = hm_malloc(HM_SEARCH_WIDE_POOL * sizeof *w->pool, "templates")))
+  w->pool_cap = x->in->cluster->ndevices <= HM_SEARCH_POOL_DEVICES ? HM_SEARCH_WIDE_POOL
+                                                                   : HM_SEARCH_WIDE_POOL_LARGE;
+  if (x->wide && !(w->pool = hm_malloc((size_t)w->pool_cap * sizeof *w->pool, "templates")))
     return HM_ERR_NOMEM;
   if (!w->time || !w->infl) return HM_ERR_NOMEM;
   w->bnd = w->time + pn;
