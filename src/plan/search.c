@@ -19,7 +19,10 @@
  * mixed pipelines, every stage count per type and replica count, every interleaving of the first
  * type around the others, fewer replicas than the devices allow, a second split that balances
  * the optimizer step too, every single-type template on the devices a pipeline leaves idle, and
- * a longer simulated shortlist. The best simulated plans are then refined by simulation (split
+ * a longer simulated shortlist; the types taken in turn (a b a b, a b c b c) and, for three
+ * types, the second type's stages inside the first's run (a b a a c); and pairs of the
+ * most device-efficient templates split (pool_pairs: two mixed pipelines, or a mixed pipeline
+ * beside replicas of another type). The best simulated plans are then refined by simulation (split
  * boundaries and micro-batches between classes, search_refine.c). The exhaustive search of
  * search_exact.c is the oracle these are tested against.
  * The optimizations here are exact pruning (bounds) and memoized per-layer costs; the heuristic
@@ -37,11 +40,19 @@ enum { NTP = 4, MAXK = HM_PLAN_MAX_TYPES };
 #define HM_SEARCH_WIDE_DEVICES 64
 /* Plans refined by simulation, and the simulations each may take: beyond the small clusters
  * the best plan only, with a budget that keeps the search's time (a simulation of a large plan
- * is not free); on a small cluster the best 32. */
+ * is not free); on a small cluster the best 64 (with 32, seed 123 of bench_search_exact was
+ * left 4.6% off once the round-robin orders joined the list; with 48, seed 113 0.8% off once
+ * the inserted orders did). */
 #define HM_SEARCH_REFINE 1
 #define HM_SEARCH_REFINE_SIMS 48
-#define HM_SEARCH_REFINE_WIDE 32
+#define HM_SEARCH_REFINE_WIDE 64
 #define HM_SEARCH_REFINE_WIDE_SIMS 4096
+/* Wide search: templates kept for pairs of replica classes of any two of them (pool_pairs), on
+ * clusters of at most HM_SEARCH_POOL_DEVICES devices, else HM_SEARCH_WIDE_POOL_LARGE (the pairs
+ * cost the square of the pool times the replica counts). */
+#define HM_SEARCH_WIDE_POOL 256
+#define HM_SEARCH_WIDE_POOL_LARGE 64
+#define HM_SEARCH_POOL_DEVICES 16
 /* Wide search: all stage counts per type when there are at most this many vectors of them. */
 #define HM_SEARCH_WIDE_COUNTS 512
 /* Wide search: candidates simulated (ranked by estimate, then by simulation). */
@@ -88,6 +99,8 @@ typedef struct sctx {
   int wide;        /* small cluster: every tp per type and interleaved orders in mixed pipelines */
   int wide_p;      /* wide: templates of family 1 kept for 1..wide_p stages */
   tmpl *wide_t;    /* wide: [k][tpi][mbi][p-1] family 1's split (nstages 0: none) */
+  struct ptmpl *pool; /* wide, per worker: the most efficient distinct templates (pool_add) */
+  int npool, pool_cap;
   clist all;              /* every family */
   clist by_type[MAXK];    /* single-type candidates of each type (the upper bound) */
   /* best single-type template per (type, mb): index into a per-type list */
@@ -347,6 +360,98 @@ static void keep_opt_split(sctx *x, const cand *c, const int *tp_of, int mbi, in
   keep(x, list_all, 0, &d);
 }
 
+/* Wide search: a template for pairs of replica classes (pool_pairs): its stage types and
+ * split, the tp of the types it uses, tp groups of each type per replica, and its key. */
+typedef struct ptmpl {
+  tmpl t;
+  int tp_of[MAXK];
+  int use[MAXK];
+  double key; /* bottleneck time x devices per replica: smaller uses its devices better */
+} ptmpl;
+
+static int ptmpl_same_stages(const ptmpl *a, const ptmpl *b) {
+  if (a->t.nstages != b->t.nstages) return 0;
+  for (int s = 0; s < a->t.nstages; s++)
+    if (a->t.types[s] != b->t.types[s]) return 0;
+  return !memcmp(a->tp_of, b->tp_of, sizeof a->tp_of);
+}
+
+/* Keeps template t (tp_of of its types) among the pool_cap best by key, one split per stage list
+ * (the better key). */
+static void pool_add(sctx *x, const tmpl *t, const int *tp_of) {
+  if (!x->pool) return;
+  ptmpl e;
+  memset(&e, 0, sizeof e);
+  e.t = *t;
+  int dev = 0;
+  for (int s = 0; s < t->nstages; s++) {
+    const int k = t->types[s];
+    e.tp_of[k] = tp_of[k];
+    e.use[k]++;
+    dev += tp_of[k];
+  }
+  e.key = t->B * dev;
+  int i = 0;
+  while (i < x->npool && !ptmpl_same_stages(&x->pool[i], &e)) i++;
+  if (i < x->npool) {
+    if (x->pool[i].key <= e.key) return;
+    memmove(&x->pool[i], &x->pool[i + 1], (size_t)(x->npool - i - 1) * sizeof e);
+    x->npool--;
+  }
+  if (x->npool == x->pool_cap && x->pool[x->npool - 1].key <= e.key) return;
+  i = x->npool < x->pool_cap ? x->npool++ : x->npool - 1;
+  while (i > 0 && x->pool[i - 1].key > e.key) {
+    x->pool[i] = x->pool[i - 1];
+    i--;
+  }
+  x->pool[i] = e;
+}
+
+/* Wide search: pairs of pooled templates (mixed pipelines of two stage orders, a mixed pipeline
+ * beside another type's replicas) whose tp agree on the types both use: every replica count of
+ * the first with the most of the second that the devices left allow. */
+static void pool_pair(sctx *x, const ptmpl *a, const ptmpl *b, int mbi, int64_t M) {
+  int tp_of[MAXK];
+  for (int k = 0; k < x->K; k++) {
+    if (a->tp_of[k] && b->tp_of[k] && a->tp_of[k] != b->tp_of[k]) return;
+    tp_of[k] = a->tp_of[k] ? a->tp_of[k] : b->tp_of[k];
+  }
+  for (int64_t r1 = 1; r1 < M; r1++) {
+    int64_t r2 = M - r1;
+    for (int k = 0; k < x->K && r2 >= 1; k++) {
+      if (!tp_of[k]) continue;
+      const int64_t left = x->groups[k][tp_index(tp_of[k])] - r1 * a->use[k];
+      if (left < 0) r2 = 0;
+      else if (b->use[k] && left / b->use[k] < r2) r2 = left / b->use[k];
+    }
+    if (r2 < 1) break;
+    cand c;
+    memset(&c, 0, sizeof c);
+    c.mbi = mbi;
+    c.ntmpl = 2;
+    c.t[0] = a->t;
+    c.t[1] = b->t;
+    memcpy(c.tp_of, tp_of, sizeof c.tp_of);
+    int reps[2] = {(int)r1, (int)r2};
+    if (!distribute(&c, 2, reps, c.t, M)) continue;
+    estimate(x, &c, tp_of);
+    keep(x, list_all, 0, &c);
+  }
+}
+
+static void pool_pairs(sctx *x, int mbi, int64_t M) {
+  for (int k = 0; k < x->K; k++) /* each type's single-type templates join the pool */
+    for (int ti = 0; ti < NTP; ti++)
+      for (int p = 1; p <= x->wide_p; p++) {
+        const tmpl *t = wide_tmpl(x, k, ti, mbi, p);
+        int tp_of[MAXK] = {0};
+        tp_of[k] = tp_values[ti];
+        if (t->nstages) pool_add(x, t, tp_of);
+      }
+  for (int i = 0; i < x->npool; i++)
+    for (int j = i + 1; j < x->npool; j++) pool_pair(x, &x->pool[i], &x->pool[j], mbi, M);
+}
+
 /* 1. one device type alone */
 static void search_single(sctx *x, int k, int mbi, int64_t M) {
   cand *best = &x->best_single[(size_t)k * x->nmb + mbi];
@@ -484,11 +589,54 @@ static void try_interleaved(sctx *x, const cand *c, int p0, const int *tp_of, in
     for (int s = 0; s < j; s++) d.t[0].types[P - j + s] = c->t[0].types[0];
     keep_opt_split(x, &d, tp_of, mbi, m, R, M);
     if (split_template(x, &d.t[0], tp_of, mbi, m, R) != HM_OK) continue;
+    pool_add(x, &d.t[0], tp_of);
     int rep = R;
     if (!distribute(&d, 1, &rep, d.t, M)) continue;
     estimate(x, &d, tp_of);
     keep(x, list_all, 0, &d);
   }
+}
+
+/* Wide search, three types or more: the second type's stages inside the first type's run
+ * (a^j b.. a^(p0-j) c..), for every j; c holds the contiguous order, before its split. */
+static void try_inserted(sctx *x, const cand *c, const int *p, int nt, const int *tp_of, int mbi,
+                         int m, int R, int64_t M) {
+  for (int j = 1; nt >= 3 && j < p[0]; j++) {
+    cand d = *c;
+    for (int s = 0; s < p[1]; s++) d.t[0].types[j + s] = c->t[0].types[p[0] + s];
+    for (int s = 0; s < p[0] - j; s++) d.t[0].types[j + p[1] + s] = c->t[0].types[0];
+    keep_opt_split(x, &d, tp_of, mbi, m, R, M);
+    if (split_template(x, &d.t[0], tp_of, mbi, m, R) != HM_OK) continue;
+    pool_add(x, &d.t[0], tp_of);
+    int rep = R;
+    if (!distribute(&d, 1, &rep, d.t, M)) continue;
+    estimate(x, &d, tp_of);
+    keep(x, list_all, 0, &d);
+  }
+}
+
+/* Wide search: the types taken in turn (a b a b ..., a b c b c when a runs out), p[i] stages of
+ * order[i]; kept when it differs from the contiguous order (c: that order, before its split). */
+static void try_round_robin(sctx *x, const cand *c, const int *order, int nt, const int *p,
+                            const int *tp_of, int mbi, int m, int R, int64_t M) {
+  int left[MAXK], s = 0, differs = 0;
+  cand d = *c;
+  for (int i = 0; i < nt; i++) left[i] = p[i];
+  while (s < c->t[0].nstages)
+    for (int i = 0; i < nt; i++)
+      if (left[i] > 0) {
+        left[i]--;
+        differs |= order[i] != c->t[0].types[s];
+        d.t[0].types[s++] = (signed char)order[i];
+      }
+  if (!differs) return;
+  keep_opt_split(x, &d, tp_of, mbi, m, R, M);
+  if (split_template(x, &d.t[0], tp_of, mbi, m, R) != HM_OK) return;
+  pool_add(x, &d.t[0], tp_of);
+  int rep = R;
+  if (!distribute(&d, 1, &rep, d.t, M)) return;
+  estimate(x, &d, tp_of);
+  keep(x, list_all, 0, &d);
 }
 
 /* Wide search: the leftover devices of type k (avail groups) as replicas of type k's single-type
@@ -533,8 +681,11 @@ static void mixed_candidate(sctx *x, const int *order, int nt, int mbi, int64_t 
   /* interleaved orders: all on a small cluster, else one stage moved, for two types */
   if (x->wide || nt == 2)
     try_interleaved(x, &c, x->wide ? p[0] : (p[0] < 2 ? p[0] : 2), tp_of, mbi, m, (int)R, M);
+  if (x->wide) try_round_robin(x, &c, order, nt, p, tp_of, mbi, m, (int)R, M);
+  if (x->wide) try_inserted(x, &c, p, nt, tp_of, mbi, m, (int)R, M);
   if (x->wide) keep_opt_split(x, &c, tp_of, mbi, m, (int)R, M);
   if (split_template(x, &c.t[0], tp_of, mbi, m, (int)R) != HM_OK) return;
+  pool_add(x, &c.t[0], tp_of);
   int rep = (int)R;
   cand d = c; /* before distribute: the same template, for the variant with leftovers */
   if (distribute(&c, 1, &rep, c.t, M)) {
@@ -741,6 +892,7 @@ static void search_mixes(sctx *x, int mbi) {
       }
   }
   if (x->wide) wide_pairs(x, mbi, M);
+  if (x->wide) x->npool = 0;
   const unsigned all = (1u << x->K) - 1;
   for (unsigned mask = 1; mask <= all; mask++) {
     if (__builtin_popcount(mask) < 2 || (x->K > 6 && mask != all)) continue;
@@ -760,6 +912,7 @@ static void search_mixes(sctx *x, int mbi) {
       search_mixed(x, mask, mbi, M, tp_var);
     }
   }
+  if (x->wide) pool_pairs(x, mbi, M);
 }
 
 /* Worker copy of the search state for one micro-batch size: shares the read-only costs and the
@@ -772,6 +925,12 @@ static hm_status worker_init(sctx *w, sctx *x) {
   const size_t pn = (size_t)HM_PLAN_MAX_STAGES * x->n;
   w->time = hm_malloc((pn * 4 + HM_PLAN_MAX_STAGES) * sizeof(double), "split scratch");
   w->infl = hm_malloc(HM_PLAN_MAX_STAGES * sizeof(int), "split scratch");
+  w->pool = NULL;
+  w->npool = 0;
+  w->pool_cap = x->in->cluster->ndevices <= HM_SEARCH_POOL_DEVICES ? HM_SEARCH_WIDE_POOL
+                                                                   : HM_SEARCH_WIDE_POOL_LARGE;
+  if (x->wide && !(w->pool = hm_malloc((size_t)w->pool_cap * sizeof *w->pool, "templates")))
+    return HM_ERR_NOMEM;
   if (!w->time || !w->infl) return HM_ERR_NOMEM;
   w->bnd = w->time + pn;
   w->ms = w->bnd + pn;
@@ -781,6 +940,7 @@ static hm_status worker_init(sctx *w, sctx *x) {
 }
 
 static void worker_free(sctx *w) {
+  free(w->pool);
   free(w->time);
   free(w->infl);
 }
