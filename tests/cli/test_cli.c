@@ -40,6 +40,12 @@ static const char *tail(const char *s, size_t n) {
   return len > n ? s + len - n : s;
 }
 
+/* A failed run's whole output, on stderr: cmocka cuts a long failure message short, and what
+ * went wrong is usually in its last lines (a worker's own report, the launcher's verdict). */
+static void print_output(const char *what, const char *out) {
+  fprintf(stderr, "---- output of %s ----\n%s\n---- end of output ----\n", what, out);
+}
+
 typedef struct bad_case {
   const char *args;    /* a bad value or option, plus one that would make the old parser fail fast */
   const char *message; /* the error line */
@@ -199,7 +205,10 @@ static void test_report_every_replica(void **state) {
                       "train --cluster cluster.json --model L2,C64,NH4,V256,T64 --global-batch 24 --steps 3 "
                       "--profile-alone --reps 3 --sample 0 --data corpus.tok --out run --measure-bound --bound-steps 2",
                       out, sizeof out);
-  if (rc != 0) fail_msg("train --cluster failed (%d):\n%s", rc, tail(out, 1500));
+  if (rc != 0) {
+    print_output("train --cluster", out);
+    fail_msg("train --cluster failed (%d): its output is above", rc);
+  }
   int pcls[8], rep[16], cls[16], stage[16];
   char pdev[8][32], dev[16][32];
   double meas[16], pred[16], pbusy[8];
@@ -252,7 +261,10 @@ static void test_local_cluster(void **state) {
     size_t n = fread(out, 1, sizeof out - 1, p);
     out[n] = '\0';
     const int st = pclose(p);
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) fail_msg("%s failed:\n%s", cmd, tail(out, 1500));
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+      print_output(cmd, out);
+      fail_msg("%s failed: its output is above", cmd);
+    }
     snprintf(path, sizeof path, "%s/run%d/cluster.json", dir, k);
     assert_int_equal(hm_t_read_file(path, cluster, sizeof cluster), 0);
     if (k == 0) { /* opencl works here: the two runtimes */
