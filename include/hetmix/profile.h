@@ -120,6 +120,9 @@ typedef struct hm_profile_options {
                                         the figures include what the others take from the host */
   int timeout_s;                     /* deadline of a concurrent measurement [3600] */
   int links;                         /* 1: probe shm and tcp between two local processes */
+  int tp_split;                      /* 1: also time every type's layers split at each
+                                        tensor-parallel degree 2, 4, 8 that a host holds of it
+                                        and that splits the model (entries with "tp") [1] */
   const char *link_transport;        /* which probe the intra-host entries record ["shm"] */
   int netns;                         /* 1: also probe the links between the cluster's hosts, each
                                         host the network namespace named like it (a testbed) */
@@ -161,12 +164,14 @@ hm_status hm_profile_time_staging(const char *backend, size_t bytes, int reps, i
  * description; completed and checked by the model module before timing). */
 
 /* Opens the device `backend` once and times, for each layer index layers[k] (0 = embedding,
- * 1..L = block, L+1 = head) and each micro-batch size mbs[j], a one-layer stage:
+ * 1..L = block, L+1 = head) and each micro-batch size mbs[j], a one-layer stage (tp > 1: rank 0's
+ * shard of the layer split at that tensor-parallel degree, its allreduces left out; the degree
+ * must split the model, hm_stage_tp_sizes):
  * out[k * nmbs + j]: warmup untimed rounds, then up to reps timed ones, stopping once they add up
  * to budget_s (at least one; budget_s <= 0: all reps). A stage that does not fit the device gets fits = 0 (not an error).
  * device_desc (optional, cap bytes) receives e.g. "cpu:threads=1 (1 thread, slow 1)". */
 hm_status hm_profile_time_layers(const char *backend, const struct hm_spec_model_config *shape,
-                                 const int *layers, int nlayers, const int64_t *mbs, int nmbs,
+                                 int tp, const int *layers, int nlayers, const int64_t *mbs, int nmbs,
                                  int warmup, int reps, double budget_s, uint64_t seed,
                                  hm_layer_timing *out,
                                  char *device_desc, size_t cap, hm_profile_progress_fn progress,
@@ -186,7 +191,7 @@ double hm_profile_robust(double *v, int n, int *kept, double *spread);
  * device kernels (OpenMP in the cpu backend): call it before this process has started OpenMP
  * threads of its own (libgomp's pool does not survive fork), as `hetmix profile` does. */
 hm_status hm_profile_time_layers_together(int njobs, const char *const *backends, int copies,
-                                          const struct hm_spec_model_config *shape, const int *layers, int nlayers,
+                                          const struct hm_spec_model_config *shape, int tp, const int *layers, int nlayers,
                                           const int64_t *mbs, int nmbs, int warmup, int reps,
                                           double budget_s, uint64_t seed, int timeout_s,
                                           hm_layer_timing *out, char *descs, size_t desc_cap,

@@ -274,6 +274,9 @@ typedef struct hm_profile_layer {
   int reps;            /* timed rounds behind the figures (after outliers were dropped); 0 = unknown */
   int from_run;        /* 1: calibrated by a training run's measurements (hm_profile_calibrate),
                           "source": "run"; 0: measured by `hetmix profile`, "source": "profile" */
+  int tp;              /* "tp": the tensor-parallel degree the layer was split at, one rank's
+                          shard timed (its allreduces are not in the figures: tp_allreduce
+                          costs them); 0 or 1 = unsplit */
   int type;            /* resolved device type index, -1 until hm_profile_resolve */
 } hm_profile_layer;
 
@@ -329,6 +332,10 @@ hm_status hm_profile_resolve(hm_profile *p, const hm_cluster *c, const hm_model 
  * scaled by mb / size. Returns 1 when the profile has that (type, kind), 0 otherwise. */
 int hm_profile_layer_time(const hm_profile *p, int type, const char *kind, int64_t mb,
                           double *fwd_s, double *bwd_s);
+/* The same among the entries measured split at tensor-parallel degree tp (tp <= 1: the unsplit
+ * ones, as hm_profile_layer_time): one rank's shard, without its allreduces. */
+int hm_profile_layer_time_tp(const hm_profile *p, int type, const char *kind, int64_t mb, int tp,
+                             double *fwd_s, double *bwd_s);
 /* The measured link of a class between hosts (cross 0: one pool, 1: two pools); returns 1 when
  * the profile has it. */
 int hm_profile_host_link(const hm_profile *p, int cross, hm_link *out);

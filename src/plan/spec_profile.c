@@ -33,10 +33,10 @@ static hm_status grow(void **arr, int *cap, int need, size_t elem, const char *w
 
 static hm_status layer_valid(const hm_profile_layer *e) {
   if (!e->device_type[0] || !e->kind[0] || e->micro_batch < 1 || !(e->fwd_s >= 0) ||
-      !(e->bwd_s >= 0) || !(e->mem_bytes >= 0))
+      !(e->bwd_s >= 0) || !(e->mem_bytes >= 0) || e->tp < 0 || e->tp > 4096)
     return hm_error(HM_ERR_INVALID_ARG,
-                    "profile entry (%s, %s, micro-batch %lld) has an empty name or a negative "
-                    "figure",
+                    "profile entry (%s, %s, micro-batch %lld) has an empty name, a negative "
+                    "figure or a tp outside 0..4096",
                     e->device_type, e->kind, (long long)e->micro_batch);
   return HM_OK;
 }
@@ -48,8 +48,10 @@ static hm_status link_valid(const hm_profile_link *e) {
   return HM_OK;
 }
 
+static int tp_of(const hm_profile_layer *e) { return e->tp > 1 ? e->tp : 1; }
+
 static int same_layer(const hm_profile_layer *a, const hm_profile_layer *b) {
-  return a->micro_batch == b->micro_batch && strcmp(a->kind, b->kind) == 0 &&
+  return a->micro_batch == b->micro_batch && tp_of(a) == tp_of(b) && strcmp(a->kind, b->kind) == 0 &&
          strcmp(a->device_type, b->device_type) == 0;
 }
 
@@ -60,10 +62,12 @@ static int same_link(const hm_profile_link *a, const hm_profile_link *b) {
 }
 
 static hm_status duplicate_layer(const hm_profile_layer *e, int first, int second) {
+  char tp[32] = "";
+  if (tp_of(e) > 1) snprintf(tp, sizeof tp, ", tp %d", tp_of(e));
   return hm_error(HM_ERR_SPEC,
                   "profile.layers[%d]: a second entry for device type \"%s\", kind \"%s\", "
-                  "micro_batch %lld (first is [%d])",
-                  second, e->device_type, e->kind, (long long)e->micro_batch, first);
+                  "micro_batch %lld%s (first is [%d])",
+                  second, e->device_type, e->kind, (long long)e->micro_batch, tp, first);
 }
 
 static hm_status duplicate_link(const hm_profile_link *e, int first, int second) {
@@ -107,7 +111,7 @@ hm_status hm_profile_add_link(hm_profile *p, const hm_profile_link *e) {
  * would have: the earliest entry that repeats an earlier one, and the first. */
 typedef struct entry_key {
   const char *a, *b; /* names (a link's in a fixed order) */
-  int64_t c;         /* micro-batch, or scope */
+  int64_t c;         /* micro-batch x 2^16 + tp, or scope */
   int index;         /* in the file */
 } entry_key;
 
@@ -144,7 +148,7 @@ static hm_status check_repeats(const hm_profile *p, int links) {
   for (int i = 0; i < n; i++) {
     if (!links) {
       const hm_profile_layer *e = &p->layers[i];
-      k[i] = (entry_key){e->device_type, e->kind, e->micro_batch, i};
+      k[i] = (entry_key){e->device_type, e->kind, e->micro_batch * 65536 + tp_of(e), i};
     } else {
       const hm_profile_link *e = &p->links[i];
       const int swap = strcmp(e->type_a, e->type_b) > 0;
@@ -208,10 +212,16 @@ hm_status hm_profile_resolve(hm_profile *p, const hm_cluster *c, const hm_model 
 
 int hm_profile_layer_time(const hm_profile *p, int type, const char *kind, int64_t mb,
                           double *fwd_s, double *bwd_s) {
+  return hm_profile_layer_time_tp(p, type, kind, mb, 1, fwd_s, bwd_s);
+}
+
+int hm_profile_layer_time_tp(const hm_profile *p, int type, const char *kind, int64_t mb, int tp,
+                             double *fwd_s, double *bwd_s) {
   const hm_profile_layer *lo = NULL, *hi = NULL; /* nearest sizes below and above mb */
+  if (tp < 1) tp = 1;
   for (int i = 0; i < p->nlayers; i++) {
     const hm_profile_layer *e = &p->layers[i];
-    if (e->type != type || strcmp(e->kind, kind) != 0) continue;
+    if (e->type != type || tp_of(e) != tp || strcmp(e->kind, kind) != 0) continue;
     if (e->micro_batch == mb) {
       *fwd_s = e->fwd_s;
       *bwd_s = e->bwd_s;
@@ -317,7 +327,8 @@ static hm_status profile_read(const cJSON *j, const char *root, hm_profile *p) {
                                      NULL};
   static const char *const layer_keys[] = {"device_type", "kind",  "micro_batch",
                                            "fwd_s",       "bwd_s", "mem_bytes",
-                                           "spread",      "reps",  "source", NULL};
+                                           "spread",      "reps",  "source",
+                                           "tp",          NULL};
   static const char *const sources[] = {"profile", "run", NULL};
   static const char *const link_keys[] = {"types", "scope", "bandwidth", "latency", NULL};
   static const char *const scopes[] = {"intra_host", "inter_host", NULL};
@@ -347,6 +358,9 @@ static hm_status profile_read(const cJSON *j, const char *root, hm_profile *p) {
     HM_TRY(hm_json_int(e, q, "reps", 0, 0, 1000000, 0, &reps));
     l.reps = (int)reps;
     HM_TRY(hm_json_enum(e, q, "source", 0, sources, 0, &l.from_run));
+    int64_t tp = 1;
+    HM_TRY(hm_json_int(e, q, "tp", 0, 1, 4096, 1, &tp));
+    l.tp = (int)tp;
     HM_TRY(append_layer(p, &l));
   }
   HM_TRY(check_repeats(p, 0));
@@ -453,6 +467,7 @@ cJSON *hm_profile_to_cjson(const hm_profile *p) {
         (e->mem_bytes > 0 && !cJSON_AddNumberToObject(o, "mem_bytes", e->mem_bytes)) ||
         (e->spread > 0 && !cJSON_AddNumberToObject(o, "spread", e->spread)) ||
         (e->reps > 0 && !cJSON_AddNumberToObject(o, "reps", e->reps)) ||
+        (e->tp > 1 && !cJSON_AddNumberToObject(o, "tp", e->tp)) ||
         (e->from_run && !cJSON_AddStringToObject(o, "source", "run")))
       goto fail;
   }

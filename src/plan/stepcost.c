@@ -223,7 +223,11 @@ hm_status hm_layer_costs_init(const hm_plan_inputs *in, int type, int tp, int64_
     double reserve = full ? ly->act_bytes * b / tp : 0.0;
     if (reserve > out->reserve) out->reserve = reserve;
     double f = 0, bw = 0;
-    if (in->profile && hm_profile_layer_time(in->profile, type, ly->kind, mb, &f, &bw)) {
+    if (tp > 1 && in->profile && hm_profile_layer_time_tp(in->profile, type, ly->kind, mb, tp, &f, &bw)) {
+      /* measured split at this degree (one rank's shard, the ranks timed at once): the replicated
+       * parts and the smaller GEMMs as run; the allreduces add below */
+      bw += full ? f : 0.0;
+    } else if (in->profile && hm_profile_layer_time(in->profile, type, ly->kind, mb, &f, &bw)) {
       /* measured without tensor parallelism: the compute divides, the allreduces add below */
       f /= tp;
       bw = bw / tp + (full ? f : 0.0);

@@ -27,6 +27,7 @@ void hm_profile_options_default(hm_profile_options *o) {
   o->timeout_s = 3600;
   o->budget_s = 2.0;
   o->links = 1;
+  o->tp_split = 1;
   o->link_transport = "shm";
   o->link_probe.seconds_per_size = 0.05;
   o->link_probe.timeout_ms = 30000;
@@ -305,7 +306,7 @@ static hm_status hm_measure_passes(const hm_profile_options *o, const hm_cluster
     for (int i = 0; st == HM_OK && i < nsel; i++) {
       const int si = ps % 2 ? nsel - 1 - i : i, k = sel[si];
       const hm_device_type *dt = &c->types[k];
-      st = hm_profile_time_layers(dt->backend, shape, layers, nkinds, mbs, nmbs, warmup, per_pass, o->budget_s,
+      st = hm_profile_time_layers(dt->backend, shape, 1, layers, nkinds, mbs, nmbs, warmup, per_pass, o->budget_s,
                                   o->seed + 7919u * (uint64_t)k, pass + ((size_t)ps * nsel + si) * per,
                                   ps == 0 ? descs[si] : NULL, sizeof descs[0], o->progress, o->user);
       if (st != HM_OK) st = hm_error_context(st, "device type '%s': ", dt->name);
@@ -337,6 +338,115 @@ static hm_status hm_measure_passes(const hm_profile_options *o, const hm_cluster
     }
   free(pass);
   return st;
+}
+
+/* The profile entries of one measured type: every layer kind at every micro-batch size that fit,
+ * at tensor-parallel degree tp (1: unsplit). A kind that fits at no size is HM_ERR_NO_FIT. */
+static hm_status hm_add_type_entries(const hm_cluster *c, const hm_model *m, int k, int tp, const int *layers,
+                                     int nkinds, const int64_t *mbs, int nmbs, const hm_layer_timing *t,
+                                     hm_profile *out, hm_profile_report *rep) {
+  const hm_device_type *dt = &c->types[k];
+  for (int i = 0; i < nkinds; i++) {
+    int any = 0;
+    for (int j = 0; j < nmbs; j++) {
+      const hm_layer_timing *x = &t[i * nmbs + j];
+      if (!x->fits) {
+        rep->nskipped++;
+        continue;
+      }
+      any = 1;
+      hm_profile_layer e;
+      memset(&e, 0, sizeof e);
+      hm_strcpy(e.device_type, sizeof e.device_type, dt->name);
+      hm_strcpy(e.kind, sizeof e.kind, m->layers[layers[i]].kind);
+      e.micro_batch = mbs[j];
+      e.fwd_s = x->fwd_s;
+      e.bwd_s = x->bwd_s;
+      e.mem_bytes = x->mem_bytes;
+      e.spread = x->spread;
+      e.reps = x->reps;
+      e.tp = tp;
+      e.type = -1;
+      HM_TRY(hm_profile_add_layer(out, &e));
+    }
+    if (!any)
+      return hm_error(HM_ERR_NO_FIT, "profile: a %s layer of '%s'%s does not fit device type '%s' (%s) even at "
+                      "micro-batch %lld", m->layers[layers[i]].kind, m->name, tp > 1 ? " split" : "", dt->name,
+                      dt->backend, (long long)mbs[0]);
+  }
+  return HM_OK;
+}
+
+/* 1 when the planner may run type k at tensor-parallel degree d: a host holds d of it and d
+ * splits every layer of the model (the layers' tp_divides). */
+static int hm_split_possible(const hm_cluster *c, const hm_model *m, int k, int d) {
+  int64_t most = 0;
+  for (int g = 0; g < c->ngroups; g++)
+    for (int i = 0; i < c->groups[g].nkinds; i++)
+      if (c->groups[g].dev[i].type == k && c->groups[g].dev[i].count > most) most = c->groups[g].dev[i].count;
+  if (d > most) return 0;
+  for (int l = 0; l < m->nlayers; l++)
+    if (m->layers[l].tp_divides > 0 && m->layers[l].tp_divides % d != 0) return 0;
+  return 1;
+}
+
+/* Every measured type split at each tensor-parallel degree the planner tries (2, 4, 8) that it can
+ * run: one rank's shard of each layer kind, so the plan costs a split layer as run (the smaller
+ * GEMMs, the replicated norms and residual adds, the vocabulary shard's softmax) rather than as
+ * the unsplit layer's time over the degree. The d ranks of a stage on host memory share the
+ * host's cores, memory and caches, so d processes time the shard at once and the slowest one's
+ * figures are kept (the ranks meet at every allreduce, so the stage goes at its slowest rank's
+ * pace); a type with device memory of its own (staged) has one device per rank: one process.
+ * Forks only (call before this process starts device threads). The allreduces are costed from
+ * tp_allreduce. */
+static hm_status hm_measure_split(const hm_profile_options *o, const hm_cluster *c, const hm_model *m,
+                                  const hm_spec_model_config *shape, const int *sel, const int *staged, int nsel,
+                                  const int *layers, int nkinds, const int64_t *mbs, int nmbs, int warmup, int reps,
+                                  hm_profile *out, hm_profile_report *rep) {
+  const size_t per = (size_t)nkinds * (size_t)nmbs;
+  hm_layer_timing *t = hm_calloc(per, sizeof *t, "profile split timings");
+  if (!t) return HM_ERR_NOMEM;
+  hm_status st = HM_OK;
+  for (int d = 2; st == HM_OK && d <= 8; d *= 2)
+    for (int si = 0; st == HM_OK && si < nsel; si++) {
+      const int k = sel[si];
+      if (!hm_split_possible(c, m, k, d)) continue;
+      const hm_device_type *dt = &c->types[k];
+      char what[64];
+      snprintf(what, sizeof what, "%d (%d process%s at once)", d, staged[si] ? 1 : d, staged[si] ? "" : "es");
+      hm_say(o, "timing device type '%s' split at tensor-parallel degree %s", dt->name, what);
+      const char *backend = dt->backend;
+      st = hm_profile_time_layers_together(1, &backend, staged[si] ? 1 : d, shape, d, layers, nkinds, mbs, nmbs,
+                                           warmup, reps, o->budget_s, o->seed + 7919u * (uint64_t)k, o->timeout_s, t,
+                                           NULL, 0, o->progress, o->user);
+      if (st == HM_OK) st = hm_add_type_entries(c, m, k, d, layers, nkinds, mbs, nmbs, t, out, rep);
+      if (st != HM_OK) st = hm_error_context(st, "device type '%s' split at tp %d: ", dt->name, d);
+    }
+  free(t);
+  return st;
+}
+
+/* Staging copies of the types whose memory is not host memory, at one micro-batch's activations
+ * of the largest size (what a pipeline stage sends), each in a child process; staged[si] = 1 for
+ * such a type. */
+static hm_status hm_measure_staging(const hm_profile_options *o, const hm_cluster *c, const int *sel, int nsel,
+                                    size_t act_bytes, int reps, int *staged, hm_profile *out) {
+  for (int si = 0; si < nsel; si++) {
+    const hm_device_type *dt = &c->types[sel[si]];
+    hm_profile_staging e;
+    memset(&e, 0, sizeof e);
+    staged[si] = 0;
+    hm_status st = hm_profile_time_staging(dt->backend, act_bytes, reps, 1, o->timeout_s, &e.xfer, &staged[si]);
+    if (st != HM_OK) return hm_error_context(st, "device type '%s': ", dt->name);
+    if (!staged[si]) continue;
+    hm_strcpy(e.device_type, sizeof e.device_type, dt->name);
+    char line[160];
+    snprintf(line, sizeof line, "device->host %.2f GB/s, host->device %.2f GB/s, %.1f us latency",
+             e.xfer.d2h_bw / 1e9, e.xfer.h2d_bw / 1e9, e.xfer.copy_latency * 1e6);
+    hm_say(o, "staging copies of device type '%s': %s", dt->name, line);
+    HM_TRY(hm_profile_add_staging(out, &e));
+  }
+  return HM_OK;
 }
 
 hm_status hm_profile_measure(const hm_profile_options *o, hm_profile *out, hm_profile_report *rep) {
@@ -406,15 +516,23 @@ hm_status hm_profile_measure(const hm_profile_options *o, hm_profile *out, hm_pr
     free(descs);
     return HM_ERR_NOMEM;
   }
-  hm_status st = HM_OK;
-  if (together) {
+  /* staging and the split layers fork their measuring processes: before this process opens a
+   * device itself (the passes below do) */
+  int staged[HM_PROFILE_MAX_TYPES] = {0};
+  const size_t act_bytes = (size_t)mbs[nmbs - 1] * (size_t)cfg->T * (size_t)cfg->C * sizeof(float);
+  hm_profile split;
+  memset(&split, 0, sizeof split);
+  hm_status st = hm_measure_staging(o, c, sel, nsel, act_bytes, reps, staged, out);
+  if (st == HM_OK && o->tp_split)
+    st = hm_measure_split(o, c, m, &shape, sel, staged, nsel, layers, nkinds, mbs, nmbs, warmup, reps, &split, rep);
+  if (st == HM_OK && together) {
     /* every type at once (concurrent), or each type alone with its copies */
     const int groups = o->concurrent ? 1 : nsel;
     for (int g = 0; st == HM_OK && g < groups; g++) {
       const int first = o->concurrent ? 0 : g, njobs = o->concurrent ? nsel : 1;
       const char *backends[HM_PROFILE_MAX_TYPES];
       for (int j = 0; j < njobs; j++) backends[j] = c->types[sel[first + j]].backend;
-      st = hm_profile_time_layers_together(njobs, backends, copies, &shape, layers, nkinds, mbs, nmbs, warmup, reps,
+      st = hm_profile_time_layers_together(njobs, backends, copies, &shape, 1, layers, nkinds, mbs, nmbs, warmup, reps,
                                            o->budget_s, o->seed, o->timeout_s, all + per * (size_t)first,
                                            descs[first], sizeof descs[0], o->progress, o->user);
     }
@@ -423,62 +541,15 @@ hm_status hm_profile_measure(const hm_profile_options *o, hm_profile *out, hm_pr
     st = hm_measure_passes(o, c, sel, nsel, &shape, layers, nkinds, mbs, nmbs, warmup, reps, all, descs);
   for (int si = 0; st == HM_OK && si < nsel; si++) {
     const int k = sel[si];
-    const hm_device_type *dt = &c->types[k];
-    hm_layer_timing *t = all + per * (size_t)si;
-    char *desc = descs[si];
-    hm_say(o, "measured device type '%s': %s", dt->name, desc);
+    hm_say(o, "measured device type '%s': %s", c->types[k].name, descs[si]);
     rep->ntypes_measured++;
-    for (int i = 0; st == HM_OK && i < nkinds; i++) {
-      int any = 0;
-      for (int j = 0; st == HM_OK && j < nmbs; j++) {
-        const hm_layer_timing *x = &t[i * nmbs + j];
-        if (!x->fits) {
-          rep->nskipped++;
-          continue;
-        }
-        any = 1;
-        hm_profile_layer e;
-        memset(&e, 0, sizeof e);
-        hm_strcpy(e.device_type, sizeof e.device_type, dt->name);
-        hm_strcpy(e.kind, sizeof e.kind, m->layers[layers[i]].kind);
-        e.micro_batch = mbs[j];
-        e.fwd_s = x->fwd_s;
-        e.bwd_s = x->bwd_s;
-        e.mem_bytes = x->mem_bytes;
-        e.spread = x->spread;
-        e.reps = x->reps;
-        e.type = -1;
-        st = hm_profile_add_layer(out, &e);
-      }
-      if (st == HM_OK && !any)
-        st = hm_error(HM_ERR_NO_FIT, "profile: a %s layer of '%s' does not fit device type '%s' (%s) even at "
-                      "micro-batch %lld",
-                      m->layers[layers[i]].kind, m->name, dt->name, dt->backend, (long long)mbs[0]);
-    }
+    st = hm_add_type_entries(c, m, k, 1, layers, nkinds, mbs, nmbs, all + per * (size_t)si, out, rep);
   }
+  /* the split entries after the unsplit ones */
+  for (int i = 0; st == HM_OK && i < split.nlayers; i++) st = hm_profile_add_layer(out, &split.layers[i]);
+  hm_profile_free(&split);
   free(all);
   free(descs);
-  /* staging copies of the types whose memory is not host memory, at one micro-batch's
-   * activations of the largest size (what a pipeline stage sends) */
-  const size_t act_bytes = (size_t)mbs[nmbs - 1] * (size_t)cfg->T * (size_t)cfg->C * sizeof(float);
-  for (int si = 0; st == HM_OK && si < nsel; si++) {
-    const hm_device_type *dt = &c->types[sel[si]];
-    hm_profile_staging e;
-    memset(&e, 0, sizeof e);
-    int staged = 0;
-    st = hm_profile_time_staging(dt->backend, act_bytes, reps, together, o->timeout_s, &e.xfer, &staged);
-    if (st != HM_OK) {
-      st = hm_error_context(st, "device type '%s': ", dt->name);
-      break;
-    }
-    if (!staged) continue;
-    hm_strcpy(e.device_type, sizeof e.device_type, dt->name);
-    char line[160];
-    snprintf(line, sizeof line, "device->host %.2f GB/s, host->device %.2f GB/s, %.1f us latency",
-             e.xfer.d2h_bw / 1e9, e.xfer.h2d_bw / 1e9, e.xfer.copy_latency * 1e6);
-    hm_say(o, "staging copies of device type '%s': %s", dt->name, line);
-    st = hm_profile_add_staging(out, &e);
-  }
   /* the planner's own check: every name must resolve against the cluster and model */
   if (st == HM_OK) st = hm_profile_resolve(out, c, m);
   rep->seconds = hm_now_s() - t_start;

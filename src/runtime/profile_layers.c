@@ -163,7 +163,14 @@ static void hm_peak_restore(hm_device *dev, size_t peak_before) {
   hm_device_set_peak(dev, peak_before > now ? peak_before : now);
 }
 
-static hm_status hm_time_one(hm_device *dev, const hm_spec_model_config *cfg, int layer, int B, int warmup,
+/* A split layer's allreduces are not timed with it: the profile's tp_allreduce measurement on the
+ * real link costs them (the planner adds them per layer), so here they leave the buffer as is. */
+static hm_status hm_tp_untimed(void *ctx, void *buf, size_t n, hm_tp_op op) {
+  (void)ctx, (void)buf, (void)n, (void)op;
+  return HM_OK;
+}
+
+static hm_status hm_time_one(hm_device *dev, const hm_spec_model_config *cfg, int tp, int layer, int B, int warmup,
                              int reps, double budget_s, uint64_t seed, hm_layer_timing *out) {
   memset(out, 0, sizeof *out);
   hm_layer_inputs in;
@@ -174,6 +181,7 @@ static hm_status hm_time_one(hm_device *dev, const hm_spec_model_config *cfg, in
   const size_t base = ds.bytes_allocated, peak_before = ds.bytes_peak;
   hm_device_set_peak(dev, base);
   hm_stage_options so = {.first = layer, .last = layer + 1, .B = B, .T = cfg->T, .max_microbatches = 1};
+  if (tp > 1) so.tp = (hm_stage_tp){.rank = 0, .size = tp, .allreduce = hm_tp_untimed, .ctx = NULL};
   hm_stage *s = NULL;
   hm_status st = hm_stage_create(cfg, dev, &so, &s);
   if (st == HM_ERR_NO_FIT) { /* a size this device cannot hold: report, do not fail */
@@ -229,7 +237,7 @@ static const char *hm_layer_label(int layer, int L) {
   return layer == 0 ? "embedding" : layer == L + 1 ? "head" : "block";
 }
 
-hm_status hm_profile_time_layers(const char *backend, const hm_spec_model_config *shape, const int *layers,
+hm_status hm_profile_time_layers(const char *backend, const hm_spec_model_config *shape, int tp, const int *layers,
                                  int nlayers, const int64_t *mbs, int nmbs, int warmup, int reps,
                                  double budget_s, uint64_t seed, hm_layer_timing *out, char *device_desc, size_t cap,
                                  hm_profile_progress_fn progress, void *user) {
@@ -240,6 +248,9 @@ hm_status hm_profile_time_layers(const char *backend, const hm_spec_model_config
   hm_spec_model_config cfg = *shape;
   if (hm_spec_model_config_complete(&cfg, "profile model") != HM_OK || hm_model_config_check(&cfg) != HM_OK)
     return hm_error_context(HM_ERR_INVALID_ARG, "profile: ");
+  hm_tp_sizes tps;
+  if (tp < 1 || hm_stage_tp_sizes(&cfg, tp, 0, &tps) != HM_OK)
+    return hm_error_context(HM_ERR_INVALID_ARG, "profile: tensor-parallel degree %d: ", tp);
   for (int k = 0; k < nlayers; k++)
     if (layers[k] < 0 || layers[k] > cfg.L + 1)
       return hm_error(HM_ERR_INVALID_ARG, "profile: layer %d outside 0..%d", layers[k], (int)cfg.L + 1);
@@ -256,21 +267,21 @@ hm_status hm_profile_time_layers(const char *backend, const hm_spec_model_config
   for (int k = 0; st == HM_OK && k < nlayers; k++)
     for (int j = 0; st == HM_OK && j < nmbs; j++) {
       hm_layer_timing *t = &out[k * nmbs + j];
-      st = hm_time_one(dev, &cfg, layers[k], (int)mbs[j], warmup, reps, budget_s, seed + (uint64_t)(k * 1000 + j), t);
+      st = hm_time_one(dev, &cfg, tp, layers[k], (int)mbs[j], warmup, reps, budget_s, seed + (uint64_t)(k * 1000 + j), t);
       if (st != HM_OK) {
-        st = hm_error_context(st, "profiling %s layer %d at micro-batch %lld on %s: ",
-                              hm_layer_label(layers[k], cfg.L), layers[k], (long long)mbs[j], backend);
+        st = hm_error_context(st, "profiling %s layer %d at micro-batch %lld, tp %d on %s: ",
+                              hm_layer_label(layers[k], cfg.L), layers[k], (long long)mbs[j], tp, backend);
         break;
       }
       if (progress) {
         char line[256];
         if (t->fits)
-          snprintf(line, sizeof line, "%-24s %-9s mb %-4lld fwd %9.3f ms  bwd %9.3f ms  (%d reps, %d outliers, spread %4.1f%%)  mem %7.1f MiB",
-                   backend, hm_layer_label(layers[k], cfg.L), (long long)mbs[j], 1e3 * t->fwd_s, 1e3 * t->bwd_s, t->reps,
+          snprintf(line, sizeof line, "%-24s %-9s mb %-4lld tp %d fwd %9.3f ms  bwd %9.3f ms  (%d reps, %d outliers, spread %4.1f%%)  mem %7.1f MiB",
+                   backend, hm_layer_label(layers[k], cfg.L), (long long)mbs[j], tp, 1e3 * t->fwd_s, 1e3 * t->bwd_s, t->reps,
                    t->rejected, 100 * t->spread, t->mem_bytes / 1048576.0);
         else
-          snprintf(line, sizeof line, "%-24s %-9s mb %-4lld does not fit the device: skipped", backend,
-                   hm_layer_label(layers[k], cfg.L), (long long)mbs[j]);
+          snprintf(line, sizeof line, "%-24s %-9s mb %-4lld tp %d does not fit the device: skipped", backend,
+                   hm_layer_label(layers[k], cfg.L), (long long)mbs[j], tp);
         progress(line, user);
       }
     }
@@ -290,7 +301,7 @@ typedef struct hm_together_slot {
 
 /* Keeps the device busy with its heaviest measured layer until every process has measured, so
  * each measurement saw the others running the whole time. */
-static void hm_keep_busy(const char *backend, const hm_spec_model_config *shape, const int *layers, int nlayers,
+static void hm_keep_busy(const char *backend, const hm_spec_model_config *shape, int tp, const int *layers, int nlayers,
                          const int64_t *mbs, int nmbs, const hm_layer_timing *mine, uint64_t seed,
                          volatile int *ndone, int nprocs) {
   int best = -1;
@@ -301,7 +312,7 @@ static void hm_keep_busy(const char *backend, const hm_spec_model_config *shape,
   const int64_t mb = mbs[best % nmbs];
   while (__atomic_load_n(ndone, __ATOMIC_ACQUIRE) < nprocs) {
     hm_layer_timing t;
-    if (hm_profile_time_layers(backend, shape, &layer, 1, &mb, 1, 0, 1, 0, seed, &t, NULL, 0, NULL, NULL) != HM_OK)
+    if (hm_profile_time_layers(backend, shape, tp, &layer, 1, &mb, 1, 0, 1, 0, seed, &t, NULL, 0, NULL, NULL) != HM_OK)
       return;
   }
 }
@@ -314,7 +325,7 @@ static void hm_keep_busy(const char *backend, const hm_spec_model_config *shape,
  * seconds of a slow one's (its kernel builds, its lightest layers); the median over passes
  * spread across the whole measurement is what it runs at while the slow one trains. When the
  * passes are used up it keeps its device busy as before. */
-static void hm_remeasure(const char *backend, const hm_spec_model_config *shape, const int *layers, int nlayers,
+static void hm_remeasure(const char *backend, const hm_spec_model_config *shape, int tp, const int *layers, int nlayers,
                          const int64_t *mbs, int nmbs, int warmup, int reps, double budget_s, uint64_t seed,
                          hm_layer_timing *mine, volatile int *ndone, int nprocs) {
   const int per = nlayers * nmbs;
@@ -327,7 +338,7 @@ static void hm_remeasure(const char *backend, const hm_spec_model_config *shape,
     npass = 1;
   }
   while (npass > 0 && npass < HM_TOGETHER_PASSES && __atomic_load_n(ndone, __ATOMIC_ACQUIRE) < nprocs) {
-    if (hm_profile_time_layers(backend, shape, layers, nlayers, mbs, nmbs, warmup, reps, budget_s, seed, pass, NULL,
+    if (hm_profile_time_layers(backend, shape, tp, layers, nlayers, mbs, nmbs, warmup, reps, budget_s, seed, pass, NULL,
                                0, NULL, NULL) != HM_OK)
       break;
     if (__atomic_load_n(ndone, __ATOMIC_ACQUIRE) >= nprocs) break; /* ended partly without the others */
@@ -351,11 +362,11 @@ static void hm_remeasure(const char *backend, const hm_spec_model_config *shape,
   free(f);
   free(b);
   free(pass);
-  hm_keep_busy(backend, shape, layers, nlayers, mbs, nmbs, mine, seed, ndone, nprocs);
+  hm_keep_busy(backend, shape, tp, layers, nlayers, mbs, nmbs, mine, seed, ndone, nprocs);
 }
 
 hm_status hm_profile_time_layers_together(int njobs, const char *const *backends, int copies,
-                                          const hm_spec_model_config *shape, const int *layers, int nlayers,
+                                          const hm_spec_model_config *shape, int tp, const int *layers, int nlayers,
                                           const int64_t *mbs, int nmbs, int warmup, int reps, double budget_s,
                                           uint64_t seed, int timeout_s, hm_layer_timing *out, char *descs,
                                           size_t desc_cap, hm_profile_progress_fn progress, void *user) {
@@ -395,14 +406,14 @@ hm_status hm_profile_time_layers_together(int njobs, const char *const *backends
       setsid();
       const char *backend = backends[p / copies];
       hm_layer_timing *mine = times + (size_t)p * per;
-      hm_status cs = hm_profile_time_layers(backend, shape, layers, nlayers, mbs, nmbs, warmup, reps, budget_s,
+      hm_status cs = hm_profile_time_layers(backend, shape, tp, layers, nlayers, mbs, nmbs, warmup, reps, budget_s,
                                             seed + 104729u * (uint64_t)(p % copies), mine, slot[p].desc,
                                             sizeof slot[p].desc, p % copies == 0 ? progress : NULL, user);
       if (cs != HM_OK) snprintf(slot[p].msg, sizeof slot[p].msg, "%s", hm_last_error());
       __atomic_store_n(&slot[p].status, (int)cs, __ATOMIC_RELEASE);
       __atomic_add_fetch(ndone, 1, __ATOMIC_ACQ_REL);
       if (cs == HM_OK)
-        hm_remeasure(backend, shape, layers, nlayers, mbs, nmbs, warmup, reps, budget_s,
+        hm_remeasure(backend, shape, tp, layers, nlayers, mbs, nmbs, warmup, reps, budget_s,
                      seed + 104729u * (uint64_t)(p % copies), mine, ndone, nprocs);
       _exit(cs == HM_OK ? 0 : 1);
     }

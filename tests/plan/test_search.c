@@ -525,6 +525,70 @@ static void test_tp_the_model_splits(void **state) {
   assert_true(max_tp >= 2);
 }
 
+/* A profile with layers measured split at tp 2 (hetmix profile's "tp" entries) is costed from
+ * those entries at tp 2, not from the unsplit ones over the degree: a split layer keeps its
+ * replicated parts (norms, residual adds, the vocabulary shard's softmax) and runs smaller GEMMs,
+ * so its time is not the unsplit time / tp. The TP allreduces come on top from the profile's
+ * measured tp_allreduce. tp 1 still reads the unsplit entries, and the entries survive the
+ * profile's writer and reader. The figures are chosen so that the two readings differ by 40%. */
+static void test_split_profile_used(void **state) {
+  (void)state;
+  specs s;
+  load(&s, "local-tp.json", "tp-demo-llama.json", "train-tp.json");
+  const int cpu = hm_cluster_find_type(&s.c, "cpu");
+  assert_true(cpu >= 0);
+  const int64_t mb = s.t.micro_batch_sizes[0];
+  hm_profile pr;
+  memset(&pr, 0, sizeof pr);
+  static const char *const kinds[] = {"embedding", "block", "head"};
+  for (int tp = 1; tp <= 2; tp++)
+    for (int k = 0; k < 3; k++) {
+      hm_profile_layer e;
+      memset(&e, 0, sizeof e);
+      snprintf(e.device_type, sizeof e.device_type, "cpu");
+      snprintf(e.kind, sizeof e.kind, "%s", kinds[k]);
+      e.micro_batch = mb;
+      e.fwd_s = tp == 1 ? 10e-3 * (k + 1) : 7e-3 * (k + 1);
+      e.bwd_s = 2 * e.fwd_s;
+      e.tp = tp;
+      assert_int_equal(hm_profile_add_layer(&pr, &e), HM_OK);
+    }
+  pr.ntp_allreduce = 1;
+  pr.tp_allreduce[0] = (hm_profile_allreduce){.ranks = 2, .latency = 20e-6, .bandwidth = 1e9};
+  /* round trip through the file format: the tp entries stay apart from the unsplit ones */
+  cJSON *j = hm_profile_to_cjson(&pr);
+  assert_non_null(j);
+  hm_profile_free(&pr);
+  assert_int_equal(hm_profile_from_cjson(j, "profile", &pr), HM_OK);
+  cJSON_Delete(j);
+  assert_int_equal(pr.nlayers, 6);
+  assert_int_equal(hm_profile_resolve(&pr, &s.c, &s.m), HM_OK);
+  s.in.profile = &pr;
+  hm_layer_costs one, two;
+  assert_int_equal(hm_layer_costs_init(&s.in, cpu, 1, mb, &one), HM_OK);
+  assert_int_equal(hm_layer_costs_init(&s.in, cpu, 2, mb, &two), HM_OK);
+  for (int l = 0; l < s.m.nlayers; l++) {
+    const hm_layer *ly = &s.m.layers[l];
+    const int k = strcmp(ly->kind, "embedding") == 0 ? 0 : strcmp(ly->kind, "block") == 0 ? 1 : 2;
+    const double bwd_bytes = ly->tp_comm_bwd_bytes < 0 ? ly->tp_comm_bytes : ly->tp_comm_bwd_bytes;
+    double ar_f = 0, ar_b = 0;
+    if (ly->tp_comm_bytes > 0) assert_int_equal(hm_profile_tp_allreduce_time(&pr, 2, ly->tp_comm_bytes * mb, &ar_f), 1);
+    if (bwd_bytes > 0) assert_int_equal(hm_profile_tp_allreduce_time(&pr, 2, bwd_bytes * mb, &ar_b), 1);
+    assert_true(fabs(one.fwd[l] - 10e-3 * (k + 1)) < 1e-15);
+    assert_true(fabs(one.bwd[l] - 20e-3 * (k + 1)) < 1e-15);
+    if (fabs(two.fwd[l] - (7e-3 * (k + 1) + ar_f)) >= 1e-15 || fabs(two.bwd[l] - (14e-3 * (k + 1) + ar_b)) >= 1e-15)
+      fail_msg("layer %d (%s) at tp 2: fwd %.6g bwd %.6g s, expected the split entry %.6g + allreduce %.6g, %.6g + %.6g",
+               l, ly->kind, two.fwd[l], two.bwd[l], 7e-3 * (k + 1), ar_f, 14e-3 * (k + 1), ar_b);
+  }
+  hm_layer_costs_free(&one);
+  hm_layer_costs_free(&two);
+  /* a second entry of one (type, kind, micro-batch, tp) is still refused */
+  hm_profile_layer dup = pr.layers[3];
+  assert_int_equal(hm_profile_add_layer(&pr, &dup), HM_ERR_SPEC);
+  hm_profile_free(&pr);
+  unload(&s);
+}
+
 /* Fewer micro-batches (48) than tensor-parallel groups of each type (64): the mixed pipeline
  * with one replica per micro-batch is tried. The model needs two devices; one of each type per
  * replica, 48 replicas, beats every plan with more stages. */
@@ -858,6 +922,7 @@ int main(void) {
       cmocka_unit_test(test_mixed_replicas_capped_by_batch),
       cmocka_unit_test(test_sync_model_pools),
       cmocka_unit_test(test_tp_the_model_splits),
+      cmocka_unit_test(test_split_profile_used),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

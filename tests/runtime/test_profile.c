@@ -148,18 +148,34 @@ static void test_fit_exact(void **state) {
   assert_int_equal(hm_link_fit_points(xn, tz, 2, &a, &b), HM_ERR_INVALID_ARG);
 }
 
-static const hm_profile_layer *find_layer(const hm_profile *p, const char *type, const char *kind, int64_t mb) {
+static const hm_profile_layer *find_layer_tp(const hm_profile *p, const char *type, const char *kind, int64_t mb,
+                                             int tp) {
   for (int i = 0; i < p->nlayers; i++)
-    if (!strcmp(p->layers[i].device_type, type) && !strcmp(p->layers[i].kind, kind) && p->layers[i].micro_batch == mb)
+    if (!strcmp(p->layers[i].device_type, type) && !strcmp(p->layers[i].kind, kind) &&
+        p->layers[i].micro_batch == mb && (p->layers[i].tp > 1 ? p->layers[i].tp : 1) == tp)
       return &p->layers[i];
   return NULL;
+}
+
+static const hm_profile_layer *find_layer(const hm_profile *p, const char *type, const char *kind, int64_t mb) {
+  return find_layer_tp(p, type, kind, mb, 1);
 }
 
 static void check_complete(const fixture *f, const hm_profile *p) {
   static const char *const kinds[3] = {"embedding", "block", "head"};
   static const char *const types[2] = {"fast", "slow"};
   assert_string_equal(p->model, "tiny");
-  assert_int_equal(p->nlayers, 2 * 3 * 2);
+  /* 2 types x 3 kinds x 2 sizes unsplit, and "fast" (two devices on one host) split at tp 2 */
+  assert_int_equal(p->nlayers, 2 * 3 * 2 + 3 * 2);
+  for (int k = 0; k < 3; k++)
+    for (int64_t mb = 1; mb <= 2; mb++) {
+      const hm_profile_layer *e = find_layer_tp(p, "fast", kinds[k], mb, 2);
+      assert_non_null(e);
+      assert_true(e->fwd_s > 0 && e->fwd_s < 10 && e->bwd_s > 0 && e->bwd_s < 10);
+      /* one rank's shard: half the block's and head's weights, gradients and AdamW moments */
+      if (k > 0) assert_true(e->mem_bytes < find_layer(p, "fast", kinds[k], mb)->mem_bytes);
+      assert_null(find_layer_tp(p, "slow", kinds[k], mb, 2)); /* one "slow" device: never split */
+    }
   for (int t = 0; t < 2; t++)
     for (int k = 0; k < 3; k++)
       for (int64_t mb = 1; mb <= 2; mb++) {
@@ -243,7 +259,8 @@ static void test_measure_write_read_plan(void **state) {
   unlink(path);
   check_complete(&f, &q);
   for (int i = 0; i < p.nlayers; i++) {
-    const hm_profile_layer *a = &p.layers[i], *b = find_layer(&q, a->device_type, a->kind, a->micro_batch);
+    const hm_profile_layer *a = &p.layers[i];
+    const hm_profile_layer *b = find_layer_tp(&q, a->device_type, a->kind, a->micro_batch, a->tp > 1 ? a->tp : 1);
     assert_non_null(b);
     /* written with 17 significant digits (cJSON) and read back: exact; 1e-12 allows a writer
      * that keeps 13 digits, and a wrong field or unit differs by far more */
@@ -339,7 +356,8 @@ static void test_measure_write_read_plan(void **state) {
   hm_profile_free(&back);
   hm_profile_free(&cal);
 
-  /* the first stage at tp 2: the layer times halve and each layer adds the profile's measured
+  /* the first stage at tp 2: the layer times are the profile's split entries (one rank's shard,
+   * measured) and each layer adds the profile's measured
    * allreduce of its tp_comm_bytes in forward, not the cost model's; in backward the block's
    * (its two column-parallel input gradients) but not the embedding's (a vocabulary-parallel
    * lookup's gradient is scattered into each rank's own rows: no allreduce) */
@@ -356,8 +374,11 @@ static void test_measure_write_read_plan(void **state) {
   }
   assert_int_equal((int)f.m.layers[0].tp_comm_bwd_bytes, 0); /* the embedding */
   assert_true(ar_f > ar_b && ar_b > 0);
-  assert_true(fabs(plan.classes[0].stages[0].fwd - (f0 / 2 + ar_f)) <= 1e-9 * f0);
-  assert_true(fabs(plan.classes[0].stages[0].bwd - (b0 / 2 + ar_b)) <= 1e-9 * b0);
+  const hm_profile_layer *emb2 = find_layer_tp(&q, "fast", "embedding", 2, 2);
+  const hm_profile_layer *blk2 = find_layer_tp(&q, "fast", "block", 2, 2);
+  const double f0s = emb2->fwd_s + blk2->fwd_s, b0s = emb2->bwd_s + blk2->bwd_s;
+  assert_true(fabs(plan.classes[0].stages[0].fwd - (f0s + ar_f)) <= 1e-9 * f0s);
+  assert_true(fabs(plan.classes[0].stages[0].bwd - (b0s + ar_b)) <= 1e-9 * b0s);
 
   hm_profile_free(&p);
   hm_profile_free(&q);
@@ -382,7 +403,7 @@ static void test_measure_together(void **state) {
   hm_status st = hm_profile_measure(&o, &p, &rep);
   if (st != HM_OK) fail_msg("measure together: %s", hm_last_error());
   assert_int_equal(rep.ntypes_measured, 2);
-  assert_int_equal(p.nlayers, 2 * 3 * 2);
+  assert_int_equal(p.nlayers, 2 * 3 * 2 + 3 * 2); /* and "fast" split at tp 2 */
   static const char *const kinds[3] = {"embedding", "block", "head"};
   for (int k = 0; k < 3; k++)
     for (int64_t mb = 1; mb <= 2; mb++) {
@@ -402,7 +423,7 @@ static void test_measure_together(void **state) {
   int layer = 1;
   int64_t mb = 1;
   hm_layer_timing t[2];
-  st = hm_profile_time_layers_together(1, bad, 2, &shape, &layer, 1, &mb, 1, 0, 1, 0, 1, 60, t, NULL, 0, NULL, NULL);
+  st = hm_profile_time_layers_together(1, bad, 2, &shape, 1, &layer, 1, &mb, 1, 0, 1, 0, 1, 60, t, NULL, 0, NULL, NULL);
   assert_int_not_equal(st, HM_OK);
   if (!strstr(hm_last_error(), "nosuchbackend")) fail_msg("message: %s", hm_last_error());
   assert_int_equal(waitpid(-1, &wst, WNOHANG), -1);
