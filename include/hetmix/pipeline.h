@@ -6,7 +6,8 @@
  * parallelism inside the stage, model.h's hm_stage_tp; 0 counts as 1). World ranks go replica by
  * replica, stage by stage, tensor-parallel rank by rank (the order of plan.json's ranks):
  * hm_pipeline_rank_of; with tp 1 everywhere, world rank = r * p + s. Each worker runs its stage's op list
- * from the planner's 1F1B generator (hm_schedule_1f1b, include/hetmix/plan.h): activations and
+ * from the planner's 1F1B generator (hm_schedule_1f1b, include/hetmix/plan.h; interleaved with
+ * nchunks > 1, see hm_pipeline_options): activations and
  * their gradients go between neighbouring stages with hmcomm's nonblocking send and a receive,
  * gradients are summed across replicas per bucket of layers, the tied embedding's gradient is
  * summed between first and last stage, the global gradient norm is one scalar allreduce, then
@@ -44,7 +45,15 @@ typedef struct hm_pipeline_options {
   const hm_train_options *train; /* model, data, steps, batch, optimizer, seed, out_dir;
                                     train->device is this worker's device, grad_accum ignored */
   int nstages;                   /* p >= 1 */
-  int stage_layers[HM_PIPE_MAX_STAGES + 1]; /* bounds over the model's L+2 layers */
+  int stage_layers[HM_PIPE_MAX_STAGES + 1]; /* bounds over the model's L+2 layers: p+1 of them, or
+                                    p*v+1 of the virtual stages with nchunks = v > 1 */
+  int nchunks;                   /* v: model chunks per stage [0 or 1: plain 1F1B]. v > 1 runs
+                                    interleaved 1F1B: stage s holds chunks c = 0..v-1, chunk c being
+                                    virtual stage c*p + s with layers [stage_layers[c*p+s],
+                                    stage_layers[c*p+s+1]); needs p >= 2 and p*v <= 64, and (not
+                                    supported yet) refuses tp > 1, resume, periodic checkpoints and
+                                    rebalance. --dump writes stage<j>.hmc per virtual stage j, the
+                                    files of a plain p*v-stage run */
   int nreplicas;                 /* R >= 1 */
   int micro[HM_PIPE_MAX_REPLICAS]; /* micro-batches per replica per step, each >= 1 */
   int layers_per_bucket;         /* data-parallel allreduce bucket [1] */

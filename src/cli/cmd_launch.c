@@ -373,7 +373,8 @@ static hm_status worker_apply_plan(const char *path, const char *cluster, const 
   hm_strcpy(t->model_name, sizeof t->model_name, pl->model_name);
   t->batch = pl->micro_batch;
   po->nstages = pl->nstages;
-  memcpy(po->stage_layers, pl->stage_layers, sizeof(int) * (size_t)(pl->nstages + 1));
+  po->nchunks = pl->nchunks;
+  memcpy(po->stage_layers, pl->stage_layers, sizeof(int) * (size_t)(pl->nstages * pl->nchunks + 1));
   po->nreplicas = pl->nreplicas;
   memcpy(po->micro, pl->micro, sizeof(int) * (size_t)pl->nreplicas);
   for (int r = 0; r < pl->nreplicas; r++)
@@ -406,7 +407,11 @@ int hm_cmd_worker(int argc, char **argv) {
                      "file (a path or *.json): the model to train, or with --plan: refuse the plan\n"
                      "unless it fits it"),
       HM_OPT_LIST_ROW("stages", 0, po.stage_layers, HM_PIPE_MAX_STAGES + 1, &nbounds, 0, 1000000, "B0,B1,..,Bp",
-                      "layer bounds of the p stages over the model's L+2 layers\n(default: one stage with every layer)"),
+                      "layer bounds of the p stages over the model's L+2 layers\n(default: one stage with every layer;"
+                      " with --chunks V, of the p*V\nvirtual stages)"),
+      HM_OPT_ROW(HM_OPT_INT, "chunks", 0, &po.nchunks, 1, HM_PIPE_MAX_STAGES, "V",
+                 "model chunks per stage: interleaved 1F1B, stage s holding virtual\n"
+                 "stages s, p+s, .. of --stages [1]"),
       HM_OPT_LIST_ROW("micro", 0, po.micro, HM_PIPE_MAX_REPLICAS, &nmicro, 0, 1000000, "M0[,M1,..]",
                       "micro-batches per step of each replica (count = replicas) [1]"),
       HM_OPT_LIST_ROW("tp", 0, tp_list, HM_PIPE_MAX_REPLICAS * HM_PIPE_MAX_STAGES, &ntp, 1, 64, "T[,..]",
@@ -470,10 +475,15 @@ int hm_cmd_worker(int argc, char **argv) {
   if (selftest) return worker_selftest();
   if (nbounds > 0) {
     if (nbounds < 2) return hm_cli_fail("e.g. --stages 0,3,8 for two stages", "--stages needs at least two bounds");
-    po.nstages = nbounds - 1;
+    const int v = po.nchunks > 1 ? po.nchunks : 1;
+    if ((nbounds - 1) % v != 0)
+      return hm_cli_fail("e.g. --chunks 2 --stages 0,2,4,6,8 for two stages of two chunks",
+                         "--stages lists %d virtual stages, not a multiple of --chunks %d", nbounds - 1, v);
+    po.nstages = (nbounds - 1) / v;
     have_stages = have_layout = 1;
   }
   if (nmicro > 0) po.nreplicas = nmicro, have_layout = 1;
+  if (po.nchunks > 0) have_layout = 1;
   if (ntp > 0) {
     have_layout = 1;
     const int p = po.nstages > 0 ? po.nstages : 1;
@@ -501,6 +511,8 @@ int hm_cmd_worker(int argc, char **argv) {
   } else if (cluster_path) {
     return hm_cli_fail(NULL, "--cluster only checks a --plan");
   }
+  if (!have_stages && po.nchunks > 1 && !plan_path)
+    return hm_cli_fail("e.g. --chunks 2 --stages 0,2,4,6,8", "--chunks needs --stages");
   if (!have_stages) {
     po.nstages = 1;
     po.stage_layers[0] = 0;

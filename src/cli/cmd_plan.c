@@ -35,8 +35,9 @@ static int parse_args(int argc, char **argv, plan_args *a, int simulate) {
       HM_OPT_ROW(HM_OPT_INT, "max-stages", 0, &a->max_stages, 1, HM_PLAN_MAX_STAGES, "N",
                  "pipeline depth limit [64]"),
       HM_OPT_ROW(HM_OPT_INT, "max-chunks", 0, &a->max_chunks, 1, 8, "V",
-                 "interleaved 1F1B with up to V model chunks per stage; 1: plain 1F1B, which "
-                 "`hetmix launch` runs [8; 1 when every device type has a backend]"),
+                 "interleaved 1F1B with up to V model chunks per stage; 1: plain 1F1B\n"
+                 "[8; 1 when every device type has a backend: `hetmix launch` runs\n"
+                 "interleaved plans without tensor parallelism, checkpoints or restarts]"),
       HM_OPT_SECTION_ROW("what-if (prints the best plan of the changed cluster beside the current one):"),
       HM_OPT_STR_ROW("add", 0, &a->add, "TYPE:COUNT[@POOL],...",
                      "add COUNT devices of TYPE (whole hosts of a group holding only TYPE)"),
@@ -86,7 +87,8 @@ static void describe_class(const hm_cluster *c, const hm_plan_class *cl, char *b
 }
 
 /* --max-chunks by default: interleaved 1F1B (8) unless every device type has a backend, i.e. the
- * plan is one `hetmix launch` runs, whose runtime executes plain 1F1B (1). */
+ * plan is one `hetmix launch` runs: plain 1F1B (1), which its runtime runs with tensor
+ * parallelism, checkpoints and restarts too (interleaved plans: without them, for now). */
 static int default_chunks(const hm_cluster *c) {
   for (int k = 0; k < c->ntypes; k++)
     if (!c->types[k].backend[0]) return HM_SEARCH_MAX_CHUNKS_DEFAULT;

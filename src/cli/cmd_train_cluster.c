@@ -36,10 +36,11 @@ typedef struct cluster_args {
   int netns;
   int drop_after;
   const char *exclude;
+  int max_chunks;
 } cluster_args;
 
 static int parse_cluster_args(int argc, char **argv, cluster_args *a) {
-  *a = (cluster_args){NULL, "gpt-mini", "out", NULL, 16, 20, 3, 200, 0, 0, 5, 0, 3, 0, 1e-3, 0, 0, 0, NULL};
+  *a = (cluster_args){NULL, "gpt-mini", "out", NULL, 16, 20, 3, 200, 0, 0, 5, 0, 3, 0, 1e-3, 0, 0, 0, NULL, 1};
   const hm_opt opts[] = {
       HM_OPT_STR_ROW("cluster", 0, &a->cluster, "FILE|local",
                      "cluster spec; `local` is this machine as a cpu and an opencl\n"
@@ -75,6 +76,10 @@ static int parse_cluster_args(int argc, char **argv, cluster_args *a) {
                       "measured bound too"),
       HM_OPT_ROW(HM_OPT_INT, "bound-steps", 0, &a->bound_steps, 2, 1000000, "N",
                  "steps of each --measure-bound run (the first is not timed) [5]"),
+      HM_OPT_ROW(HM_OPT_INT, "max-chunks", 0, &a->max_chunks, 1, 8, "V",
+                 "let the plan use interleaved 1F1B with up to V model chunks per\n"
+                 "stage (hetmix plan --max-chunks; not with tensor parallelism,\n"
+                 "checkpoints every N steps or restarts yet) [1]"),
       HM_OPT_FLAG_ROW("netns", 0, &a->netns,
                       "run each host's workers in the network namespace named like\n"
                       "the host (a testbed from scripts/testbed.sh; hetmix launch --netns),\n"
@@ -119,7 +124,7 @@ static int write_specs(const cluster_args *a, const hm_spec_model_config *cfg, c
 /* The chain's settings from the options (src/runtime/cluster_train.c runs it). */
 static hm_cluster_job cluster_job(const char *self, const cluster_args *a, const char *cl_path) {
   hm_cluster_job j = {self, cl_path, a->out, a->data, a->reps, a->profile_alone, a->netns, a->steps, a->ckpt_every,
-                      a->keep, a->max_restarts, a->drop_after, a->rebalance, a->lr, a->exclude};
+                      a->keep, a->max_restarts, a->drop_after, a->rebalance, a->lr, a->exclude, a->max_chunks};
   return j;
 }
 

@@ -86,7 +86,7 @@ hm_status hm_cluster_report_load(const char *plan_path, const char *metrics_path
   hm_cluster cl;
   memset(&cl, 0, sizeof cl);
   hm_status st = hm_plan_load(plan_path, NULL, plan, &cl, NULL, NULL);
-  int R = 0, p = st == HM_OK ? plan->classes[0].nstages : 0;
+  int R = 0, p = st == HM_OK ? hm_plan_class_devstages(&plan->classes[0]) : 0; /* workers per replica */
   for (int c = 0; st == HM_OK && c < plan->nclasses; c++) R += plan->classes[c].nreplicas;
   double *busy = st == HM_OK ? hm_calloc((size_t)R * (size_t)p, sizeof *busy, "measured compute") : NULL;
   r->rows = st == HM_OK ? hm_calloc((size_t)R * (size_t)p, sizeof *r->rows, "report rows") : NULL;

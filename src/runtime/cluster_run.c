@@ -61,7 +61,7 @@ hm_status hm_cluster_plan_shape(const char *plan_path, int *nranks, int *nstages
   if (!pl) return HM_ERR_NOMEM;
   hm_status st = hm_pipe_plan_load(plan_path, NULL, NULL, pl);
   *nranks = pl->nranks;
-  *nstages = pl->nstages;
+  *nstages = pl->nstages * pl->nchunks; /* one stage checkpoint per (virtual) stage */
   free(pl);
   return st;
 }

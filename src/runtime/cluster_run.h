@@ -13,7 +13,8 @@
 hm_status hm_cluster_write_specs(const char *out, const char *cluster_json, const hm_spec_model_config *cfg,
                                  const char *name, int global_batch);
 
-/* Workers and pipeline stages of a plan, read with the plan reader. */
+/* Workers and pipeline stages of a plan, read with the plan reader (virtual stages with
+ * interleaved 1F1B: one stage checkpoint each). */
 hm_status hm_cluster_plan_shape(const char *plan_path, int *nranks, int *nstages);
 
 /* ---- the chain of a cluster run (cluster_train.c): each step a child process of this same
@@ -30,6 +31,7 @@ typedef struct hm_cluster_job {
   int steps, ckpt_every, keep, max_restarts, drop_after, rebalance;
   double lr;
   const char *exclude;      /* ranks whose devices are left out ("R0,R1"), or NULL */
+  int max_chunks;           /* hetmix plan --max-chunks (0: 1, plain 1F1B) */
 } hm_cluster_job;
 
 /* Runs `self args...` as one child process and waits; HM_ERR_PEER_DEAD naming `what` when it

@@ -56,9 +56,11 @@ hm_status hm_cluster_plan(const hm_cluster_job *job) {
   hm_out_path(job, "profile.json", prof_path, sizeof prof_path);
   hm_out_path(job, "plan.json", plan_path, sizeof plan_path);
   hm_out_path(job, "predicted.json", pred_path, sizeof pred_path);
+  char chunks[16];
+  snprintf(chunks, sizeof chunks, "%d", job->max_chunks > 1 ? job->max_chunks : 1);
   char *args[] = {"plan", "--cluster", (char *)job->cluster_path, "--model", model_path, "--train", train_path,
                   "--profile", prof_path, "-o", plan_path, "--trace", pred_path, "--top", "3",
-                  "--max-chunks", "1" /* the runtime runs plain 1F1B */, NULL};
+                  "--max-chunks", chunks, NULL};
   return hm_run_self(job->self, args, "hetmix plan");
 }
 

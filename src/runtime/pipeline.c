@@ -40,6 +40,26 @@
 
 /* ---------------------------------------------------------------- layout checks */
 
+/* Interleaved 1F1B (nchunks > 1): what this runtime runs of it. */
+static hm_status hm_pipeline_check_chunks(const hm_pipeline_options *o) {
+  const int p = o->nstages, v = o->nchunks;
+  if (v < 0 || v > HM_PIPE_MAX_STAGES)
+    return hm_error(HM_ERR_SPEC, "pipeline: %d chunks per stage, need 1..%d", v, HM_PIPE_MAX_STAGES);
+  if (v <= 1) return HM_OK;
+  if (p < 2 || p * v > HM_PIPE_MAX_STAGES)
+    return hm_error(HM_ERR_SPEC, "pipeline: interleaved 1F1B with %d chunks per stage needs 2 or more stages and at "
+                    "most %d virtual stages (got %d stages)", v, HM_PIPE_MAX_STAGES, p);
+  const char *what = o->train->resume ? "resuming (--resume)" : o->train->ckpt_every > 0 ? "periodic checkpoints "
+                     "(--ckpt-every)" : o->rebalance ? "rebalancing (--rebalance)" : NULL;
+  for (int r = 0; !what && r < o->nreplicas && r < HM_PIPE_MAX_REPLICAS; r++)
+    for (int s = 0; !what && s < p; s++)
+      if (o->tp[r][s] > 1) what = "tensor-parallel stages (--tp > 1)";
+  if (what)
+    return hm_error(HM_ERR_UNSUPPORTED, "pipeline: interleaved 1F1B (%d chunks per stage) with %s is not supported "
+                    "yet; run it with one chunk per stage (`hetmix plan --max-chunks 1`)", v, what);
+  return HM_OK;
+}
+
 hm_status hm_pipeline_check(const hm_pipeline_options *o, int world_size) {
   if (!o || !o->train) return hm_error(HM_ERR_INVALID_ARG, "pipeline: no options");
   const hm_train_options *t = o->train;
@@ -50,16 +70,18 @@ hm_status hm_pipeline_check(const hm_pipeline_options *o, int world_size) {
     return hm_error(HM_ERR_SPEC, "pipeline: %d stages, need 1..%d", p, HM_PIPE_MAX_STAGES);
   if (R < 1 || R > HM_PIPE_MAX_REPLICAS)
     return hm_error(HM_ERR_SPEC, "pipeline: %d replicas, need 1..%d", R, HM_PIPE_MAX_REPLICAS);
-  if (p > nl)
-    return hm_error(HM_ERR_SPEC, "pipeline: %d stages but model %s has only %d layers (L+2)", p,
-                    t->model_name, nl);
-  if (o->stage_layers[0] != 0 || o->stage_layers[p] != nl)
+  HM_TRY(hm_pipeline_check_chunks(o));
+  const int nv = p * (o->nchunks > 1 ? o->nchunks : 1); /* virtual stages (p without interleaving) */
+  if (nv > nl)
+    return hm_error(HM_ERR_SPEC, "pipeline: %d %sstages but model %s has only %d layers (L+2)", nv,
+                    nv > p ? "virtual " : "", t->model_name, nl);
+  if (o->stage_layers[0] != 0 || o->stage_layers[nv] != nl)
     return hm_error(HM_ERR_SPEC, "pipeline: stage layers must start at 0 and end at %d (L+2 of model %s), "
-                    "got %d..%d", nl, t->model_name, o->stage_layers[0], o->stage_layers[p]);
-  for (int s = 0; s < p; s++)
+                    "got %d..%d", nl, t->model_name, o->stage_layers[0], o->stage_layers[nv]);
+  for (int s = 0; s < nv; s++)
     if (o->stage_layers[s + 1] <= o->stage_layers[s])
-      return hm_error(HM_ERR_SPEC, "pipeline: stage %d has no layers ([%d, %d))", s, o->stage_layers[s],
-                      o->stage_layers[s + 1]);
+      return hm_error(HM_ERR_SPEC, "pipeline: %sstage %d has no layers ([%d, %d))", nv > p ? "virtual " : "", s,
+                      o->stage_layers[s], o->stage_layers[s + 1]);
   for (int r = 0; r < R; r++)
     if (o->micro[r] < 1)
       return hm_error(HM_ERR_SPEC, "pipeline: replica %d has %d micro-batches, need >= 1", r, o->micro[r]);
@@ -99,6 +121,19 @@ typedef struct hm_send_slot {
   hm_request_t req[HM_PIPE_MAX_TP]; /* one per receiving tensor-parallel rank; NULL when free */
   int nreq;
 } hm_send_slot;
+
+/* A model chunk of this worker's stage: v of them with interleaved 1F1B (chunk c is virtual stage
+ * c*p + stage), else one. The fields the helpers below work on live in hm_pipe for the chunk in
+ * use (hm_pipe_use swaps them in), so that they and the plain path stay as they are; ck[c] holds
+ * them for every other chunk. */
+typedef struct hm_pipe_chunk {
+  hm_stage *st;
+  int first, last, nslots;
+  hm_bucket *buckets;
+  int nbuckets, nissued;
+  void *stage_buf;
+  int staged;
+} hm_pipe_chunk;
 
 typedef struct hm_trace_rec {
   int32_t stage, replica, track, kind, micro, pad;
@@ -158,7 +193,22 @@ typedef struct hm_pipe {
   double pace[HM_PIPE_MAX_REPLICAS]; /* smoothed seconds of compute per micro-batch, per replica */
   int paced;
   hm_ckpt_agent *agent;  /* periodic checkpoints (--ckpt-every with --dump), else NULL */
+  int v, cur;            /* chunks of this stage (nchunks, 1 without interleaving); the one in use */
+  hm_pipe_chunk ck[HM_PIPE_MAX_STAGES];
+  hm_comm_t act[HM_PIPE_MAX_STAGES], grad[HM_PIPE_MAX_STAGES]; /* interleaved: see hm_op_comm */
 } hm_pipe;
+
+/* Makes chunk c the one the helpers work on (w->st, first, last, buckets, ...). */
+static void hm_pipe_use(hm_pipe *w, int c) {
+  if (c == w->cur) return;
+  w->ck[w->cur] = (hm_pipe_chunk){w->st, w->first, w->last, w->nslots, w->buckets, w->nbuckets, w->nissued,
+                                  w->stage_buf, w->staged};
+  const hm_pipe_chunk *k = &w->ck[c];
+  w->st = k->st, w->first = k->first, w->last = k->last, w->nslots = k->nslots;
+  w->buckets = k->buckets, w->nbuckets = k->nbuckets, w->nissued = k->nissued;
+  w->stage_buf = k->stage_buf, w->staged = k->staged;
+  w->cur = c;
+}
 
 static hm_status hm_pipe_ctx(hm_status st, const hm_pipe *w) {
   if (st == HM_OK) return st;
@@ -266,7 +316,7 @@ static int hm_tp_at(const hm_pipe *w, int stage) { return w->pipe_base[stage + 1
  * above) without blocking: copied into a free device slot (native; the source is rewritten by the
  * next micro-batch) or converted into a host one, then isend. A slot is reused only after its
  * sends completed. */
-static hm_status hm_send_act(hm_pipe *w, const void *dev_src, int peer) {
+static hm_status hm_send_act(hm_pipe *w, hm_comm_t comm, const void *dev_src, int peer) {
   hm_send_slot *sl = &w->sends[w->next_send];
   w->next_send = (w->next_send + 1) % w->nsends;
   HM_TRY(hm_wait_slot(sl));
@@ -276,16 +326,28 @@ static hm_status hm_send_act(hm_pipe *w, const void *dev_src, int peer) {
   if (w->native) HM_TRY(hm_device_copy_d2d(w->dev, sl->buf, dev_src, n * w->wire_size));
   else HM_TRY(hm_to_wire(w, sl->buf, dev_src, n));
   for (int j = w->tp_rank; j < tp_peer; j += w->tp)
-    HM_TRY(hm_comm_isend(w->pipe_dev, sl->buf, n, w->wire, w->pipe_base[peer] + j, &sl->req[sl->nreq++]));
+    HM_TRY(hm_comm_isend(comm, sl->buf, n, w->wire, w->pipe_base[peer] + j, &sl->req[sl->nreq++]));
   return HM_OK;
 }
 
-static hm_status hm_recv_act(hm_pipe *w, int peer) {
+static hm_status hm_recv_act(hm_pipe *w, hm_comm_t comm, int peer) {
   const size_t n = (size_t)w->N * w->C;
   const int from = w->pipe_base[peer] + w->tp_rank % hm_tp_at(w, peer);
-  if (w->native) return hm_comm_recv(w->pipe_dev, w->dev_x, n, w->wire, from);
-  HM_TRY(hm_comm_recv(w->pipe_dev, w->recv_buf, n, w->wire, from));
+  if (w->native) return hm_comm_recv(comm, w->dev_x, n, w->wire, from);
+  HM_TRY(hm_comm_recv(comm, w->recv_buf, n, w->wire, from));
   return hm_from_wire(w, w->dev_x, w->recv_buf, n);
+}
+
+/* The communicator of a transfer op. Interleaved 1F1B: every boundary between virtual stages j
+ * and j+1 of the same lower chunk j / p has its own for activations and for gradients, so what
+ * one carries in one direction is one chunk's micro-batches, sent and received in micro-batch
+ * order; a message of another chunk or kind cannot be taken for it. Else pipe_dev. */
+static hm_comm_t hm_op_comm(const hm_pipe *w, const hm_pipe_op *op) {
+  if (w->v == 1) return w->pipe_dev;
+  const int j = op->chunk * w->p + w->stage;
+  const int lower = op->kind == HM_PIPE_OP_RECV_ACT || op->kind == HM_PIPE_OP_SEND_GRAD ? j - 1 : j;
+  const int act = op->kind == HM_PIPE_OP_SEND_ACT || op->kind == HM_PIPE_OP_RECV_ACT;
+  return (act ? w->act : w->grad)[lower / w->p];
 }
 
 static hm_status hm_wait_sends(hm_pipe *w) {
@@ -343,12 +405,11 @@ static hm_status hm_pipe_grad_hook(void *user, int layer) {
   return HM_OK;
 }
 
-/* Index of the step's last backward in the op list (-1: none). */
-static int hm_last_bwd(const hm_pipe *w) {
-  int last = -1;
+/* Index of each chunk's last backward of the step in the op list (-1: none). */
+static void hm_last_bwds(const hm_pipe *w, int *last) {
+  for (int c = 0; c < w->v; c++) last[c] = -1;
   for (int i = 0; i < w->nops; i++)
-    if (w->ops[i].kind == HM_PIPE_OP_BWD) last = i;
-  return last;
+    if (w->ops[i].kind == HM_PIPE_OP_BWD) last[w->ops[i].chunk] = i;
 }
 
 /* Completes the allreduces and, where not native, converts the sums back, once: a second call
@@ -369,6 +430,17 @@ static hm_status hm_finish_allreduce(hm_pipe *w) {
       HM_TRY(hm_from_wire(w, hm_device_offset(w->dev, grads, sp->offset),
                           (char *)w->stage_buf + sp->offset * w->wire_size, sp->count));
     }
+  return HM_OK;
+}
+
+/* hm_finish_allreduce for every chunk; the chunk in use stays. */
+static hm_status hm_finish_allreduces(hm_pipe *w) {
+  const int cur = w->cur;
+  for (int c = 0; c < w->v; c++) {
+    hm_pipe_use(w, c);
+    HM_TRY(hm_finish_allreduce(w));
+  }
+  hm_pipe_use(w, cur);
   return HM_OK;
 }
 
@@ -419,10 +491,43 @@ typedef struct hm_step_out {
   float lr;
 } hm_step_out;
 
+/* Zeroes every chunk's gradients for a new step; chunk 0 in use after. */
+static hm_status hm_pipe_zero_grads(hm_pipe *w) {
+  for (int c = w->v - 1; c >= 0; c--) {
+    hm_pipe_use(w, c);
+    HM_TRY(hm_stage_zero_grad(w->st));
+    w->nissued = 0;
+  }
+  return HM_OK;
+}
+
+/* The global gradient sum of squares. Each chunk's own sum (each pipe rank's, tensor-parallel
+ * ranks apart) goes in its slot of a vector summed over the pipe (one nonzero term per slot:
+ * exact), and the slots are added in order (virtual stage order with interleaving): the result
+ * depends neither on the allreduce's order of additions nor on how chunks sit on workers, so an
+ * interleaved run gets the bits of a plain run of its virtual stages. */
+static hm_status hm_pipe_grad_sumsq(hm_pipe *w, double *sumsq) {
+  const int n = hm_comm_size(w->pipe), me = hm_comm_rank(w->pipe), cur = w->cur;
+  const size_t len = (size_t)n * (size_t)w->v;
+  double *v = hm_calloc(2 * len, sizeof *v, "gradient norm terms");
+  if (!v) return HM_ERR_NOMEM;
+  hm_status st = HM_OK;
+  for (int c = 0; c < w->v && st == HM_OK; c++) {
+    hm_pipe_use(w, c);
+    st = hm_stage_grad_sumsq(w->st, &v[(size_t)c * n + me]);
+  }
+  hm_pipe_use(w, cur);
+  if (st == HM_OK) st = hm_comm_allreduce(w->pipe, v, v + len, len, HM_FLOAT64, HM_SUM);
+  *sumsq = 0;
+  for (size_t i = 0; st == HM_OK && i < len; i++) *sumsq += v[len + i];
+  free(v);
+  return st;
+}
+
 static hm_status hm_pipe_step(hm_pipe *w, int step /* 0-based */, hm_step_out *out) {
   const hm_train_options *t = w->t;
   memset(out, 0, sizeof *out);
-  HM_TRY(hm_stage_zero_grad(w->st));
+  HM_TRY(hm_pipe_zero_grads(w));
   if (w->is_first || w->is_last) {
     for (int k = 0; k < w->m; k++) {
       /* the single-process trainer's (step*M + micro_off + k)-th micro-batch of B sequences */
@@ -432,53 +537,54 @@ static hm_status hm_pipe_step(hm_pipe *w, int step /* 0-based */, hm_step_out *o
   }
   const float loss_weight = 1.0f / (float)w->M;
   uint64_t busy = 0, fb = 0;
-  const int last_bwd = w->overlap ? hm_last_bwd(w) : -1;
-  w->nissued = 0;
+  int last_bwd[HM_PIPE_MAX_STAGES];
+  hm_last_bwds(w, last_bwd);
   for (int i = 0; i < w->nops; i++) {
     const hm_pipe_op *op = &w->ops[i];
+    hm_pipe_use(w, op->chunk);
+    /* the chunk's micro-batches in flight are consecutive: k mod its slots tells them apart */
     const int k = op->micro, slot = k >= 0 ? k % w->nslots : 0;
+    const int vfirst = w->is_first && op->chunk == 0, vlast = w->is_last && op->chunk == w->v - 1;
     const uint64_t t0 = hm_now_ns();
     int track = 1;
     hm_hb_waiting(!(op->kind == HM_PIPE_OP_FWD || op->kind == HM_PIPE_OP_BWD || op->kind == HM_PIPE_OP_OPTIMIZER));
     switch (op->kind) {
       case HM_PIPE_OP_RECV_ACT:
       case HM_PIPE_OP_RECV_GRAD:
-        HM_TRY(hm_recv_act(w, op->peer));
+        HM_TRY(hm_recv_act(w, hm_op_comm(w, op), op->peer));
         break;
       case HM_PIPE_OP_FWD:
         track = 0;
-        HM_TRY(hm_stage_forward(w->st, slot, w->is_first ? w->inputs + (size_t)k * w->N : NULL,
-                                w->is_first ? NULL : w->dev_x, w->is_last ? w->targets + (size_t)k * w->N : NULL,
-                                w->is_last ? &w->losses[k] : NULL));
+        HM_TRY(hm_stage_forward(w->st, slot, vfirst ? w->inputs + (size_t)k * w->N : NULL,
+                                vfirst ? NULL : w->dev_x, vlast ? w->targets + (size_t)k * w->N : NULL,
+                                vlast ? &w->losses[k] : NULL));
         HM_TRY(hm_device_synchronize(w->dev)); /* an asynchronous queue: time the work, not its enqueueing */
         break;
       case HM_PIPE_OP_SEND_ACT:
-        HM_TRY(hm_send_act(w, hm_stage_output(w->st, slot), op->peer));
+        HM_TRY(hm_send_act(w, hm_op_comm(w, op), hm_stage_output(w->st, slot), op->peer));
         break;
       case HM_PIPE_OP_BWD:
         track = 0;
-        if (i == last_bwd) hm_stage_set_grad_hook(w->st, hm_pipe_grad_hook, w);
-        hm_status bst = hm_stage_backward(w->st, slot, w->is_last ? NULL : w->dev_x, loss_weight);
+        if (w->overlap && i == last_bwd[op->chunk]) hm_stage_set_grad_hook(w->st, hm_pipe_grad_hook, w);
+        hm_status bst = hm_stage_backward(w->st, slot, vlast ? NULL : w->dev_x, loss_weight);
         hm_stage_set_grad_hook(w->st, NULL, NULL);
         HM_TRY(bst);
         HM_TRY(hm_device_synchronize(w->dev));
         break;
       case HM_PIPE_OP_SEND_GRAD:
-        HM_TRY(hm_send_act(w, hm_stage_dinput(w->st), op->peer));
+        HM_TRY(hm_send_act(w, hm_op_comm(w, op), hm_stage_dinput(w->st), op->peer));
         break;
       case HM_PIPE_OP_ALLREDUCE:
         HM_TRY(hm_allreduce_bucket(w, op->layer_begin, op->layer_end));
         break;
       case HM_PIPE_OP_TIED_EMB_SYNC:
-        HM_TRY(hm_finish_allreduce(w)); /* the tied gradient is summed over replicas first */
+        HM_TRY(hm_finish_allreduces(w)); /* the tied gradient is summed over replicas first */
         HM_TRY(hm_tied_sync(w, op->peer));
         break;
       case HM_PIPE_OP_GRAD_NORM: {
-        HM_TRY(hm_finish_allreduce(w));
-        double local = 0;
-        HM_TRY(hm_stage_grad_sumsq(w->st, &local));
+        HM_TRY(hm_finish_allreduces(w));
         /* every replica holds the same summed gradients: the norm is over this replica's stages */
-        HM_TRY(hm_comm_allreduce(w->pipe, &local, &out->sumsq, 1, HM_FLOAT64, HM_SUM));
+        HM_TRY(hm_pipe_grad_sumsq(w, &out->sumsq));
         if (!isfinite(out->sumsq))
           return hm_error(HM_ERR_INTERNAL, "step %d: gradient norm is not finite; lower the learning rate", step + 1);
         break;
@@ -507,6 +613,20 @@ static hm_status hm_pipe_step(hm_pipe *w, int step /* 0-based */, hm_step_out *o
   return HM_OK;
 }
 
+/* Chunk c's part of an evaluation forward (virtual stage c*p + stage): the loss lands in *loss
+ * on the last virtual stage. */
+static hm_status hm_pipe_eval_chunk(hm_pipe *w, int c, float *loss) {
+  hm_pipe_use(w, c);
+  const int vfirst = w->is_first && c == 0, vlast = w->is_last && c == w->v - 1;
+  const hm_pipe_op in = {HM_PIPE_OP_RECV_ACT, 0, (w->stage + w->p - 1) % w->p, 0, 0, c};
+  const hm_pipe_op out = {HM_PIPE_OP_SEND_ACT, 0, (w->stage + 1) % w->p, 0, 0, c};
+  if (!vfirst) HM_TRY(hm_recv_act(w, hm_op_comm(w, &in), in.peer));
+  HM_TRY(hm_stage_forward(w->st, 0, vfirst ? w->inputs : NULL, vfirst ? NULL : w->dev_x, vlast ? w->targets : NULL,
+                          vlast ? loss : NULL));
+  if (!vlast) HM_TRY(hm_send_act(w, hm_op_comm(w, &out), hm_stage_output(w->st, 0), out.peer));
+  return HM_OK;
+}
+
 /* Validation loss of the current weights, on replica 0 (the other replicas hold the same weights
  * and skip it): forward only, the first stage feeding validation batch i (the single-process
  * trainer's, hm_run_eval_batches of them) down the pipeline and the last computing its loss, as
@@ -523,11 +643,8 @@ static hm_status hm_pipe_eval(hm_pipe *w, float *val) {
   double sum = 0;
   for (int64_t i = 0; i < count; i++) {
     if (w->is_first || w->is_last) hm_dataloader_val(&w->dl, (uint64_t)i, w->inputs, w->targets);
-    if (!w->is_first) HM_TRY(hm_recv_act(w, w->stage - 1));
     float loss = 0;
-    HM_TRY(hm_stage_forward(w->st, 0, w->is_first ? w->inputs : NULL, w->is_first ? NULL : w->dev_x,
-                            w->is_last ? w->targets : NULL, w->is_last ? &loss : NULL));
-    if (!w->is_last) HM_TRY(hm_send_act(w, hm_stage_output(w->st, 0), w->stage + 1));
+    for (int c = 0; c < w->v; c++) HM_TRY(hm_pipe_eval_chunk(w, c, &loss));
     sum += loss;
   }
   HM_TRY(hm_wait_sends(w));
@@ -547,10 +664,44 @@ static int hm_pipe_any_tp(const hm_pipeline_options *o) {
 
 static hm_status hm_pipe_open_wire_comms(hm_pipe *w);
 
+/* Interleaved 1F1B: chunks v-1 .. 1 of this stage (virtual stages c*p + stage), each a stage of
+ * the model with its own activation slots (nslots[c]), fresh parameters and buckets; chunk 0,
+ * whose layers are the stage's own bounds, is left in use for the plain setup to complete. */
+static hm_status hm_pipe_open_chunks(hm_pipe *w, int T, const int *nslots) {
+  const hm_train_options *t = w->t;
+  for (int c = w->v - 1; c >= 1; c--) {
+    hm_pipe_use(w, c);
+    const int j = c * w->p + w->stage;
+    w->first = w->o->stage_layers[j], w->last = w->o->stage_layers[j + 1];
+    w->nslots = nslots[c];
+    hm_stage_options so = {w->first, w->last, t->batch, T, w->nslots, {0, 1, NULL, NULL}};
+    HM_TRY(hm_stage_create(&t->config, w->dev, &so, &w->st));
+    HM_TRY(hm_stage_init_params(w->st, t->seed));
+    HM_TRY(hm_build_buckets(w));
+  }
+  hm_pipe_use(w, 0);
+  return HM_OK;
+}
+
+/* The largest chunk's parameter count; with wire-typed host gradients (not native, replicas),
+ * each chunk's staging buffer. Chunk 0 in use after. */
+static hm_status hm_pipe_chunk_bufs(hm_pipe *w, size_t *most) {
+  *most = 0;
+  for (int c = w->v - 1; c >= 0; c--) {
+    hm_pipe_use(w, c);
+    const size_t n = hm_stage_num_params(w->st);
+    if (n > *most) *most = n;
+    if (!w->native && w->R > 1)
+      HM_TRY(hm_device_alloc_host(w->dev, &w->stage_buf, n * w->wire_size, "gradient staging"));
+  }
+  return HM_OK;
+}
+
 static hm_status hm_pipe_setup(hm_pipe *w) {
   const hm_pipeline_options *o = w->o;
   const hm_train_options *t = w->t;
   w->p = o->nstages, w->R = o->nreplicas;
+  w->v = o->nchunks > 1 ? o->nchunks : 1;
   w->rank = hm_comm_rank(w->world);
   HM_TRY(hm_pipeline_check(o, hm_comm_size(w->world)));
   hm_pipeline_locate(o, w->rank, &w->replica, &w->stage, &w->tp_rank);
@@ -585,17 +736,20 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
   HM_TRY(hm_comm_split(w->world, tied_mixed && (w->is_first || w->is_last) ? w->replica : HM_SPLIT_NOCOLOR,
                        w->stage * HM_PIPE_MAX_TP + w->tp_rank, &w->tied, NULL));
 
+  int nslots[HM_PIPE_MAX_STAGES] = {0}, cap_slots[HM_PIPE_MAX_STAGES] = {0}; /* per chunk */
   if (m_cap > w->m) { /* activation slots for the largest share this replica may get */
-    HM_TRY(hm_pipe_stage_ops(w->p, m_cap, o->stage_layers, w->R > 1, o->layers_per_bucket > 0 ? o->layers_per_bucket : 1,
-                              t->config.tied_embeddings, w->stage, &w->ops, &w->nops, &w->nslots));
+    HM_TRY(hm_pipe_stage_ops(w->p, w->v, m_cap, o->stage_layers, w->R > 1, o->layers_per_bucket > 0 ? o->layers_per_bucket : 1,
+                              t->config.tied_embeddings, w->stage, &w->ops, &w->nops, cap_slots));
     free(w->ops);
     w->ops = NULL;
   }
-  int nslots = 0;
-  HM_TRY(hm_pipe_stage_ops(w->p, w->m, o->stage_layers, w->R > 1, o->layers_per_bucket > 0 ? o->layers_per_bucket : 1,
-                            t->config.tied_embeddings, w->stage, &w->ops, &w->nops, &nslots));
-  if (nslots > w->nslots) w->nslots = nslots;
-  if (w->nslots < 1) w->nslots = 1;
+  HM_TRY(hm_pipe_stage_ops(w->p, w->v, w->m, o->stage_layers, w->R > 1, o->layers_per_bucket > 0 ? o->layers_per_bucket : 1,
+                            t->config.tied_embeddings, w->stage, &w->ops, &w->nops, nslots));
+  for (int c = 0; c < w->v; c++) {
+    if (cap_slots[c] > nslots[c]) nslots[c] = cap_slots[c];
+    if (nslots[c] < 1) nslots[c] = 1;
+  }
+  w->nslots = nslots[0];
 
   char shard[1024];
   HM_TRY(hm_pipe_run_identity(w->world, o, w->stage, w->M, &w->run_id, shard, sizeof shard));
@@ -605,6 +759,7 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
     w->tpx.cap = (size_t)w->N * w->C * hm_device_elem_size(w->dev);
     HM_TRY(hm_device_alloc_host(w->dev, &w->tpx.host, w->tpx.cap, "tensor-parallel staging"));
   }
+  HM_TRY(hm_pipe_open_chunks(w, T, nslots)); /* chunks 1..v-1 of interleaved 1F1B */
   hm_stage_options so = {w->first, w->last, t->batch, T, w->nslots,
                          {w->tp_rank, w->tp, w->tp > 1 ? hm_pipe_tp_allreduce : NULL, &w->tpx}};
   HM_TRY(hm_stage_create(&t->config, w->dev, &so, &w->st));
@@ -660,7 +815,8 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
   w->native = hm_device_dtype(w->dev) == w->wire;
   HM_TRY(hm_pipe_open_wire_comms(w));
   const size_t nc = (size_t)w->N * w->C, vc = (size_t)t->config.V * t->config.C;
-  const size_t np = hm_stage_num_params(w->st);
+  size_t np = 0;
+  HM_TRY(hm_pipe_chunk_bufs(w, &np));
   if (hm_device_dtype(w->dev) != w->wire) { /* f32 device on an f64 wire */
     size_t most = nc > vc ? nc : vc;
     if (np > most) most = np;
@@ -670,8 +826,10 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
   /* every host buffer a conversion goes through is the device's pinned host memory */
   if (!w->native) HM_TRY(hm_device_alloc_host(w->dev, &w->recv_buf, nc * w->wire_size, "received activations"));
   HM_TRY(hm_device_alloc(w->dev, &w->dev_x, nc * hm_device_elem_size(w->dev), "received activations"));
-  /* sends in flight at once: at most the micro-batches between two waits, bounded by m */
-  w->nsends = m_cap + 1;
+  /* sends in flight at once: at most the micro-batches between two waits, bounded by m; with
+   * interleaving a stage's sends of every chunk may wait for later receives, so every send of a
+   * step (2 m v) has its own slot and none waits for a slot within the step */
+  w->nsends = w->v > 1 ? 2 * m_cap * w->v + 1 : m_cap + 1;
   w->sends = hm_calloc((size_t)w->nsends, sizeof *w->sends, "send slots");
   if (!w->sends) return HM_ERR_NOMEM;
   if (w->p > 1)
@@ -679,9 +837,6 @@ static hm_status hm_pipe_setup(hm_pipe *w) {
       if (w->native) HM_TRY(hm_device_alloc(w->dev, &w->sends[i].buf, nc * w->wire_size, "send slot"));
       else HM_TRY(hm_device_alloc_host(w->dev, &w->sends[i].buf, nc * w->wire_size, "send slot"));
     }
-  if (!w->native && w->R > 1) {
-    HM_TRY(hm_device_alloc_host(w->dev, &w->stage_buf, np * w->wire_size, "gradient staging"));
-  }
   if (w->p > 1 && (w->is_first || w->is_last) && w->o->train->config.tied_embeddings) {
     HM_TRY(hm_device_alloc_host(w->dev, &w->tied_mine, vc * w->wire_size, "tied embedding gradient"));
     HM_TRY(hm_device_alloc_host(w->dev, &w->tied_peer, vc * w->wire_size, "tied embedding gradient (peer)"));
@@ -698,7 +853,20 @@ static hm_status hm_pipe_open_wire_comms(hm_pipe *w) {
     HM_TRY(hm_device_open(w->wire == HM_FLOAT64 ? "ref:dtype=f64" : "ref", &w->wire_host));
   hm_device *reg = w->wire_host ? w->wire_host : w->dev;
   HM_TRY(hm_comm_register_device(w->pipe_dev, reg));
+  for (int b = 0; w->v > 1 && b < w->v; b++) { /* interleaved 1F1B's channels (hm_op_comm) */
+    HM_TRY(hm_comm_split(w->pipe, 0, hm_comm_rank(w->pipe), &w->act[b], NULL));
+    HM_TRY(hm_comm_register_device(w->act[b], reg));
+    HM_TRY(hm_comm_split(w->pipe, 0, hm_comm_rank(w->pipe), &w->grad[b], NULL));
+    HM_TRY(hm_comm_register_device(w->grad[b], reg));
+  }
   return hm_comm_register_device(w->dp_dev, reg);
+}
+
+static void hm_pipe_close_comm(hm_comm_t *c) {
+  if (!*c) return;
+  hm_comm_register_device(*c, NULL);
+  hm_comm_destroy(*c);
+  *c = NULL;
 }
 
 static void hm_pipe_close_wire_comms(hm_pipe *w) {
@@ -711,6 +879,10 @@ static void hm_pipe_close_wire_comms(hm_pipe *w) {
     hm_comm_destroy(w->dp_dev);
   }
   w->pipe_dev = w->dp_dev = NULL;
+  for (int b = 0; b < w->v; b++) {
+    hm_pipe_close_comm(&w->act[b]);
+    hm_pipe_close_comm(&w->grad[b]);
+  }
   if (w->wire_host) hm_device_close(w->wire_host);
   w->wire_host = NULL;
 }
@@ -759,6 +931,16 @@ static hm_status hm_pipe_write_trace(hm_pipe *w) {
   return st;
 }
 
+/* Every chunk but the one in use (whose fields hm_pipe_free frees with the rest). */
+static void hm_pipe_free_chunks(hm_pipe *w) {
+  for (int c = 0; c < w->v; c++) {
+    if (c == w->cur) continue;
+    hm_stage_destroy(w->ck[c].st);
+    free(w->ck[c].buckets);
+    if (w->dev) hm_device_free_host(w->dev, w->ck[c].stage_buf);
+  }
+}
+
 static void hm_pipe_free(hm_pipe *w) {
   hm_wait_pending(w);
   if (w->sends) hm_wait_sends(w);
@@ -784,6 +966,7 @@ static void hm_pipe_free(hm_pipe *w) {
   free(w->losses);
   free(w->trace);
   if (w->dev && w->dev_x) hm_device_free(w->dev, w->dev_x);
+  hm_pipe_free_chunks(w);
   hm_stage_destroy(w->st);
   hm_device_close(w->dev);
   if (w->have_tf) hm_tokfile_close(&w->tf);
@@ -850,6 +1033,23 @@ static hm_status hm_pipe_dump(hm_pipe *w, const char *dir, int steps) {
   return w->tp > 1 ? hm_pipe_dump_tp(w, dir, path, &m) : hm_stage_save(w->st, path, &m);
 }
 
+/* Interleaved 1F1B's dump: chunk c as "<dir>/stage<j>.hmc" of its virtual stage j = c*p + stage,
+ * stage j of p*v: the files a plain run of the virtual stages writes. */
+static hm_status hm_pipe_dump_chunks(hm_pipe *w, const char *dir, int steps) {
+  HM_TRY(hm_make_dirs(dir, 0755, HM_DIR_OUTPUT));
+  for (int c = 0; c < w->v; c++) {
+    hm_pipe_use(w, c);
+    const int j = c * w->p + w->stage;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/stage%d.hmc", dir, j);
+    hm_ckpt_meta m;
+    hm_pipe_meta(w, steps, &m);
+    m.stage_index = j, m.stage_count = w->p * w->v;
+    HM_TRY(hm_stage_save(w->st, path, &m));
+  }
+  return HM_OK;
+}
+
 /* After every step with periodic checkpoints (--ckpt-every): at a checkpoint step replica 0's
  * workers snapshot their stage into host memory (the first phase; ckpt_agent.c persists it in
  * the background); at every step the agent follows the outstanding checkpoint to its manifest. */
@@ -913,7 +1113,7 @@ static hm_status hm_pipe_rebalance(hm_pipe *w, int step, const hm_step_out *so, 
   if (hm_split_time(m, w->pace, R, p) > 0.98 * hm_split_time(w->micro, w->pace, R, p)) return HM_OK;
   int nslots = 0, nops = 0;
   hm_pipe_op *ops = NULL;
-  HM_TRY(hm_pipe_stage_ops(p, m[w->replica], w->o->stage_layers, 1,
+  HM_TRY(hm_pipe_stage_ops(p, 1, m[w->replica], w->o->stage_layers, 1,
                             w->o->layers_per_bucket > 0 ? w->o->layers_per_bucket : 1,
                             w->o->train->config.tied_embeddings, w->stage, &ops, &nops, &nslots));
   if (nslots > w->nslots) { /* cannot happen: the stage was sized for the largest share */
@@ -1084,7 +1284,8 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
     }
   }
   if (st == HM_OK && o->trace_path) st = hm_pipe_write_trace(&w);
-  if (st == HM_OK && o->dump_dir && w.replica == 0) st = hm_pipe_dump(&w, o->dump_dir, res->steps_done);
+  if (st == HM_OK && o->dump_dir && w.replica == 0)
+    st = w.v > 1 ? hm_pipe_dump_chunks(&w, o->dump_dir, res->steps_done) : hm_pipe_dump(&w, o->dump_dir, res->steps_done);
   hm_ckpt_agent_close(w.agent, st == HM_OK); /* a run that ended well needs no peer copies */
   w.agent = NULL;
   st = hm_pipe_ctx(st, &w);
@@ -1093,6 +1294,10 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
     if (w.dp) hm_comm_abort(w.dp);
     if (w.tpc) hm_comm_abort(w.tpc);
     if (w.tied) hm_comm_abort(w.tied);
+    for (int b = 0; b < w.v; b++) {
+      if (w.act[b]) hm_comm_abort(w.act[b]);
+      if (w.grad[b]) hm_comm_abort(w.grad[b]);
+    }
     hm_comm_abort(world);
   }
   hm_pipe_free(&w);

@@ -25,11 +25,14 @@ enum {
 
 typedef struct hm_pipe_op {
   int kind, micro, peer, layer_begin, layer_end;
+  int chunk; /* the model chunk it serves (interleaved 1F1B: virtual stage chunk*p + stage); 0 else */
 } hm_pipe_op;
 
-/* One stage's op list from the planner's 1F1B generator (hm_schedule_1f1b) and the most
- * micro-batches it holds at once. ops is allocated (free()). */
-hm_status hm_pipe_stage_ops(int nstages, int nmicro, const int *stage_layers, int data_parallel,
+/* One stage's op list from the planner's 1F1B generator (hm_schedule_1f1b: plain with nchunks
+ * <= 1, interleaved with nchunks = v > 1 over the p*v+1 bounds of stage_layers) and, per chunk,
+ * the most micro-batches it holds at once (max_inflight: nchunks entries, or 1 when nchunks <= 1).
+ * ops is allocated (free()). */
+hm_status hm_pipe_stage_ops(int nstages, int nchunks, int nmicro, const int *stage_layers, int data_parallel,
                             int layers_per_bucket, int tied_embeddings, int stage, hm_pipe_op **ops,
                             int *nops, int *max_inflight);
 
@@ -49,8 +52,9 @@ typedef struct hm_pipe_plan {
   hm_spec_model_config cfg;                 /* the plan's model (gpt2 or llama), completed */
   char model_name[64];
   int micro_batch;                          /* sequences per micro-batch */
-  int nstages;
-  int stage_layers[65];                     /* bounds, identical in every class */
+  int nstages;                              /* device stages p */
+  int nchunks;                              /* v: model chunks per stage (interleaved 1F1B when > 1) */
+  int stage_layers[65];                     /* p*v+1 bounds of the virtual stages, identical in every class */
   int nreplicas;                            /* over all classes */
   int micro[64];                            /* per replica */
   int tp[64][64];                           /* tensor-parallel degree per replica and stage */
@@ -58,14 +62,16 @@ typedef struct hm_pipe_plan {
   char backend[HM_PIPE_PLAN_MAX_RANKS][128]; /* per world rank (replica*p + stage) */
   double predicted_step_s;
   double predicted_tokens_per_s;
-  double predicted_stage_busy_s[64];        /* class 0's stages: fwd+bwd of its micro-batches */
+  double predicted_stage_busy_s[64];        /* class 0's device stages: fwd+bwd of its micro-batches
+                                               (every chunk of the stage) */
   double upper_bound_tokens_per_s;          /* 0 when the plan file has none */
 } hm_pipe_plan;
 
 /* Loads and validates plan.json (hm_plan_load: against its embedded specs, or against the
  * cluster / model spec files given, when not NULL) and checks it is a layout this runtime runs:
  * a model config the stages run (gpt2 or llama), every replica class with the same stages and
- * layer ranges (each class and stage with its own tensor-parallel degree; Llama stages: 1).
+ * layer ranges and chunk count (each class and stage with its own tensor-parallel degree;
+ * Llama stages: 1; interleaved plans: 1).
  * HM_ERR_SPEC naming what does not fit. */
 hm_status hm_pipe_plan_load(const char *path, const char *cluster_path, const char *model_path, hm_pipe_plan *out);
 

@@ -20,10 +20,22 @@ _Static_assert(HM_PIPE_OP_FWD == (int)HM_OP_FWD && HM_PIPE_OP_BWD == (int)HM_OP_
 
 const char *hm_pipe_op_name(int kind) { return hm_op_kind_name((hm_op_kind)kind); }
 
-hm_status hm_pipe_stage_ops(int nstages, int nmicro, const int *stage_layers, int data_parallel,
+/* The most micro-batches chunk c holds at once (forwards done less backwards done). */
+static int hm_chunk_inflight(const hm_stage_ops *so, int c) {
+  int live = 0, peak = 0;
+  for (int i = 0; i < so->nops; i++) {
+    if (so->ops[i].chunk != c) continue;
+    if (so->ops[i].kind == HM_OP_FWD && ++live > peak) peak = live;
+    if (so->ops[i].kind == HM_OP_BWD) live--;
+  }
+  return peak;
+}
+
+hm_status hm_pipe_stage_ops(int nstages, int nchunks, int nmicro, const int *stage_layers, int data_parallel,
                             int layers_per_bucket, int tied_embeddings, int stage, hm_pipe_op **ops,
                             int *nops, int *max_inflight) {
-  hm_schedule_config sc = {nstages, nmicro, stage_layers, data_parallel, layers_per_bucket, tied_embeddings, 1};
+  hm_schedule_config sc = {nstages, nmicro, stage_layers, data_parallel, layers_per_bucket, tied_embeddings,
+                           nchunks > 1 ? nchunks : 1};
   hm_schedule s;
   memset(&s, 0, sizeof s);
   HM_TRY(hm_schedule_1f1b(&sc, &s));
@@ -35,10 +47,10 @@ hm_status hm_pipe_stage_ops(int nstages, int nmicro, const int *stage_layers, in
   }
   for (int i = 0; i < so->nops; i++)
     out[i] = (hm_pipe_op){(int)so->ops[i].kind, so->ops[i].micro, so->ops[i].peer, so->ops[i].layer_begin,
-                          so->ops[i].layer_end};
+                          so->ops[i].layer_end, so->ops[i].chunk};
   *ops = out;
   *nops = so->nops;
-  *max_inflight = hm_schedule_max_inflight(&s, stage);
+  for (int c = 0; c < sc.nchunks; c++) max_inflight[c] = hm_chunk_inflight(so, c);
   hm_schedule_free(&s);
   return HM_OK;
 }
@@ -68,21 +80,23 @@ static hm_status hm_pipe_plan_fill(const char *path, const hm_plan *plan, const 
   out->micro_batch = (int)plan->micro_batch;
   if (plan->nclasses < 1) return hm_error(HM_ERR_SPEC, "%s: plan.classes is empty", path);
   const hm_plan_class *c0 = &plan->classes[0];
-  out->nstages = c0->nstages;
-  if (out->nstages > 64) return hm_error(HM_ERR_SPEC, "%s: %d stages, the runtime runs at most 64", path, c0->nstages);
-  for (int s = 0; s < c0->nstages; s++) {
-    out->stage_layers[s] = c0->stages[s].layer_begin;
-    out->predicted_stage_busy_s[s] = c0->nmicro * (c0->stages[s].fwd + c0->stages[s].bwd);
+  const int v = hm_plan_class_chunks(c0), p = hm_plan_class_devstages(c0);
+  out->nstages = p;
+  out->nchunks = v;
+  if (c0->nstages > 64)
+    return hm_error(HM_ERR_SPEC, "%s: %d (virtual) stages, the runtime runs at most 64", path, c0->nstages);
+  for (int j = 0; j < c0->nstages; j++) {
+    out->stage_layers[j] = c0->stages[j].layer_begin;
+    out->predicted_stage_busy_s[j % p] += c0->nmicro * (c0->stages[j].fwd + c0->stages[j].bwd);
   }
   out->stage_layers[c0->nstages] = c0->stages[c0->nstages - 1].layer_end;
   out->nreplicas = 0;
   out->nranks = 0;
   for (int k = 0; k < plan->nclasses; k++) {
     const hm_plan_class *c = &plan->classes[k];
-    if (hm_plan_class_chunks(c) > 1)
-      return hm_error(HM_ERR_UNSUPPORTED, "%s: plan.classes[%d] uses interleaved 1F1B (%d chunks per stage), which "
-                      "the planner and simulator model but this runtime does not execute yet; plan with "
-                      "`hetmix plan --max-chunks 1`", path, k, hm_plan_class_chunks(c));
+    if (hm_plan_class_chunks(c) != v)
+      return hm_error(HM_ERR_SPEC, "%s: plan.classes[%d] has %d chunks per stage and class 0 has %d; this runtime "
+                      "needs every replica to split the model the same way", path, k, hm_plan_class_chunks(c), v);
     if (c->nstages != c0->nstages)
       return hm_error(HM_ERR_SPEC, "%s: plan.classes[%d] has %d stages and class 0 has %d; this runtime needs every "
                       "replica to split the model the same way", path, k, c->nstages, c0->nstages);
@@ -98,9 +112,9 @@ static hm_status hm_pipe_plan_fill(const char *path, const hm_plan *plan, const 
     }
     for (int r = 0; r < c->nreplicas; r++) {
       if (out->nreplicas == 64) return hm_error(HM_ERR_SPEC, "%s: more than 64 replicas", path);
-      for (int s = 0; s < c->nstages; s++) out->tp[out->nreplicas][s] = c->stages[s].tp;
+      for (int s = 0; s < p; s++) out->tp[out->nreplicas][s] = c->stages[s].tp;
       out->micro[out->nreplicas++] = c->nmicro;
-      for (int s = 0; s < c->nstages; s++) {
+      for (int s = 0; s < p; s++) { /* later chunks run on the same devices (plan.json's ranks) */
         const hm_device_type *dt = &cl->types[c->stages[s].type];
         if (!dt->backend[0])
           return hm_error(HM_ERR_SPEC, "%s: device type %s has no \"backend\" string, so it cannot run here", path,

@@ -232,6 +232,9 @@ hm_status hm_replan_layout(const char *plan_path, hm_reshard_layout *out, double
   if (st == HM_OK && pl->nranks != pl->nstages * pl->nreplicas)
     st = hm_error(HM_ERR_UNSUPPORTED, "re-plan: %s has tensor-parallel stages; re-sharding them is not supported yet",
                   plan_path);
+  if (st == HM_OK && pl->nchunks > 1)
+    st = hm_error(HM_ERR_UNSUPPORTED, "re-plan: %s uses interleaved 1F1B (%d chunks per stage); re-sharding to it "
+                  "is not supported yet (plan with `hetmix plan --max-chunks 1`)", plan_path, pl->nchunks);
   if (st == HM_OK && pl->nstages > HM_CKPT_MAX_SHARDS)
     st = hm_error(HM_ERR_UNSUPPORTED, "re-plan: %s has %d stages (at most %d)", plan_path, pl->nstages,
                   HM_CKPT_MAX_SHARDS);
