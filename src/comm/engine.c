@@ -191,13 +191,17 @@ static inline hm_status health_tick(hm_comm_t c, xwait *w, uint64_t now, int res
   return HM_OK;
 }
 
-/* Sleeps until a transport's socket moves (or a control event): data sockets wake us. */
+/* Sleeps until a transport's socket moves (or a control event): data sockets wake us. Only
+ * transfers that can move on their socket are watched: one waiting for another transfer (its
+ * channel's earlier transfer, its gate, the data it forwards) would make poll() return at once
+ * (an idle socket is writable) and the sleep a busy loop that takes the core from the ranks it
+ * waits for. */
 static hm_status wait_poll(hm_comm_t c, const hm_xfer *x, int n, xwait *w) {
   struct pollfd pf[64];
   int np = 0;
   for (int i = 0; i < n && np < 64; i++) {
     const hm_transport *tp = c->peers[x[i].peer].tp;
-    if (!x[i].finished && tp->poll_fd) np += tp->poll_fd(c, &x[i], &pf[np]);
+    if (!x[i].finished && tp->poll_fd && hm_xfer_may_move(x, &x[i])) np += tp->poll_fd(c, &x[i], &pf[np]);
   }
   HM_TRY(hm_comm_health_poll(c, pf, np, 2));
   w->last_health = hm_now_ns();
