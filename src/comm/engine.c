@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "comm/transport/transport.h"
@@ -114,9 +115,20 @@ static int prepare(hm_comm_t c, hm_xfer *x, int from, int n, int *any_poll) {
 }
 
 static void disarm(hm_comm_t c) {
+  if (c->poll_armed) {
+    atomic_fetch_sub_explicit(&c->bell->pollers, 1, memory_order_relaxed);
+    c->poll_armed = 0;
+  }
   if (!c->bell_armed) return;
   atomic_fetch_sub_explicit(&c->bell->sleepers, 1, memory_order_relaxed);
   c->bell_armed = 0;
+}
+
+/* Empties our doorbell socket (bounded: anyone on this host may send to it). */
+static void drain_bell(hm_comm_t c) {
+  char b[16];
+  for (int i = 0; i < 64 && recv(c->bell_fd, b, sizeof b, MSG_DONTWAIT) >= 0; i++) {
+  }
 }
 
 /* How a set of transfers waits when nothing moves. */
@@ -197,13 +209,30 @@ static inline hm_status health_tick(hm_comm_t c, xwait *w, uint64_t now, int res
  * (an idle socket is writable) and the sleep a busy loop that takes the core from the ranks it
  * waits for. */
 static hm_status wait_poll(hm_comm_t c, const hm_xfer *x, int n, xwait *w) {
-  struct pollfd pf[64];
-  int np = 0;
+  struct pollfd pf[65];
+  int np = 0, local = 0;
   for (int i = 0; i < n && np < 64; i++) {
     const hm_transport *tp = c->peers[x[i].peer].tp;
-    if (!x[i].finished && tp->poll_fd && hm_xfer_may_move(x, &x[i])) np += tp->poll_fd(c, &x[i], &pf[np]);
+    if (x[i].finished || !hm_xfer_may_move(x, &x[i])) continue;
+    if (tp->poll_fd)
+      np += tp->poll_fd(c, &x[i], &pf[np]);
+    else
+      local = 1;
+  }
+  /* Shared-memory transfers wait too: their peers wake us through the doorbell socket. Announce
+   * it, look once more (the caller sweeps again), then sleep: a peer publishes before it reads
+   * `pollers`, we announce before we look, so either we see its data or it sees us. */
+  if (local && c->bell && c->bell_fd >= 0) {
+    if (!c->poll_armed) {
+      atomic_fetch_add_explicit(&c->bell->pollers, 1, memory_order_relaxed);
+      atomic_thread_fence(memory_order_seq_cst);
+      c->poll_armed = 1;
+      return HM_OK;
+    }
+    pf[np++] = (struct pollfd){c->bell_fd, POLLIN, 0};
   }
   HM_TRY(hm_comm_health_poll(c, pf, np, 2));
+  if (c->poll_armed) drain_bell(c);
   w->last_health = hm_now_ns();
   return HM_OK;
 }
