@@ -3,8 +3,9 @@
  * to completion, moving chunks on every channel that can move, so pipelines (forward what
  * arrived, reduce what arrived) and any send/receive pattern complete without deadlock. Every chunk carries the sender's operation
  * sequence number and descriptor; a receiver checks both before it touches the data.
- * Waiting: spin on the shared cache lines first (the low-latency path), then yield, then sleep in
- * poll() on the sockets; the control sockets are watched throughout, so a dead peer (EOF), an
+ * Waiting: spin on the shared cache lines first (the low-latency path), then yield, then sleep
+ * on the doorbell (shared memory only) or in poll() on the sockets that can move (and on the
+ * doorbell socket where shared-memory transfers wait as well); the control sockets are watched throughout, so a dead peer (EOF), an
  * error notice from a peer, abort() and the deadline all end the wait (liveness.c watches them).
  * Not here: which transfers a collective needs (coll.c), peer liveness (liveness.c). */
 #include <poll.h>
