@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # scripts/testbed.sh end to end: `up` makes the namespaces, links and qdiscs and a cluster file;
 # a same-pool and an other-pool link each carry one TCP stream within 5% of their configured
-# rate; `down` leaves no namespace, link or qdisc behind, also after `up` was killed half-way and
+# rate (the same-pool one again after other-pool traffic), and a message after an idle spell
+# takes the time the other-pool rate allows (no token-bucket burst); `down` leaves no namespace, link or qdisc behind, also after `up` was killed half-way and
 # with a process still running inside a host. Exits 77 (skipped) where network namespaces cannot
 # be made (not root, no CAP_NET_ADMIN, no veth/bridge/htb in the kernel).
 #   tests/testbed/test_testbed.sh <scripts/testbed.sh> <tb_rate> [<hetmix>]
