@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A cluster of many hosts in pools on this one machine: every host is a network namespace with
-# one veth link into a bridge (the bridge lives in a namespace of its own, so nothing is added to
+# a veth link into a bridge (the bridge lives in a namespace of its own, so nothing is added to
 # the machine's own network namespace), and each host's outgoing traffic is shaped by tc: an HTB
 # class per link class (same pool, other pool) with a token rate and a netem delay below it.
+# Traffic to other pools leaves through a second veth (eth1) of 1500-byte frames (add_cross_link).
 #
 #   scripts/testbed.sh up   --name NAME [--pools 2] [--hosts 2] [--intra-rate 400mbit]
 #                           [--intra-delay 50us] [--inter-rate 40mbit] [--inter-delay 1ms]
@@ -110,6 +111,61 @@ add_host() {
     match ip dst "127.1.$p.0/24" flowid 1:10
   # ARP and other non-IP frames: same-pool class (tiny, never the bottleneck)
   ip netns exec "$ns" tc filter add dev eth0 parent 1: protocol arp prio 2 u32 match u32 0 0 flowid 1:10
+  [ "$pools" -lt 2 ] || add_cross_link "$p" "$h" "$ns" "$addr"
+}
+
+# The link to the other pools: a second veth (eth1) with 1500-byte packets handed to the shaper
+# one at a time (gso_max_segs 1), and routes to the other pools through it. A token bucket (htb,
+# tbf) lets a packet go when the bucket is not in debt and charges it afterwards, so after an
+# idle spell the first packet crosses at once; with TCP's segmentation offload a "packet" was up
+# to 64 KiB (BBR sizes them to about 1 ms of its rate, at least 2 segments of 8948 bytes), and a
+# message of up to 18-32 KiB crossed the 80 Mbit/s link in 0.2 ms where the rate allows 1.6-3.3
+# ms. One 1514-byte frame (0.15 ms at 80 Mbit/s) is what a link of that rate takes for it anyway.
+# The shaper counts what TCP carries in a frame (stab overhead -66: less its Ethernet, IP and TCP
+# headers, 4.4% of a 1514-byte frame), so that the rate is that of a stream's bytes, as the
+# cluster file gives it (the same-pool link's 9000-byte frames carry 0.7% of headers).
+add_cross_link() {
+  local p="$1" h="$2" ns="$3" addr="$4" q
+  ip -n "$ns" link add eth1 type veth peer name "x${p}h${h}" netns "$name-br"
+  # eth1 has no address of its own: packets to other pools leave through it from eth0's address,
+  # and every frame for this host must come to eth0 (the bridge drops a 9000-byte frame sent to
+  # eth1's 1500-byte port, and TCP then stalls for good): only eth0 answers ARP (arp_ignore 1),
+  # and eth1 sends none, its neighbours being fixed (cross_neighbours): an ARP request from eth1
+  # carries eth0's address with eth1's MAC and would repoint the same-pool hosts' entries
+  ip netns exec "$ns" sysctl -qw net.ipv4.conf.eth1.route_localnet=1 net.ipv4.conf.all.rp_filter=0 \
+    net.ipv4.conf.eth0.rp_filter=0 net.ipv4.conf.eth1.rp_filter=0 net.ipv4.conf.all.arp_ignore=1
+  ip -n "$ns" link set eth1 mtu 1500 gso_max_segs 1 up
+  ip -n "$name-br" link set "x${p}h${h}" mtu 1500 master br0 up
+  ip netns exec "$ns" tc qdisc add dev eth1 root handle 1: stab overhead -66 htb default 20
+  ip netns exec "$ns" tc class add dev eth1 parent 1: classid 1:20 htb rate "$inter_rate" ceil "$inter_rate" quantum 30000
+  if [ "$netem" = 1 ]; then
+    ip netns exec "$ns" tc qdisc add dev eth1 parent 1:20 handle 20: netem delay "$inter_delay" limit 10000
+  else
+    ip netns exec "$ns" tc qdisc add dev eth1 parent 1:20 handle 20: pfifo limit 10000
+  fi
+  for ((q = 0; q < pools; q++)); do
+    [ "$q" = "$p" ] || ip -n "$ns" route add "127.1.$q.0/24" dev eth1 src "$addr" mtu 1500
+  done
+}
+
+# Every host's eth1 knows the eth0 MAC of every host of the other pools (permanent entries).
+cross_neighbours() {
+  local p h q g mac
+  local -a macs
+  for ((p = 0; p < pools; p++)); do for ((h = 0; h < hosts; h++)); do
+    mac=$(ip -n "$name-p${p}h${h}" -o link show eth0 | grep -o 'link/ether [0-9a-f:]*' | cut -d' ' -f2)
+    [ -n "$mac" ] || die "no MAC address on $name-p${p}h${h}'s eth0"
+    macs[p * hosts + h]=$mac
+  done; done
+  for ((p = 0; p < pools; p++)); do for ((h = 0; h < hosts; h++)); do
+    for ((q = 0; q < pools; q++)); do
+      [ "$q" = "$p" ] && continue
+      for ((g = 0; g < hosts; g++)); do
+        echo "neigh replace 127.1.$q.$((g + 1)) lladdr ${macs[q * hosts + g]} dev eth1 nud permanent"
+      done
+    done >"$work_batch"
+    ip -n "$name-p${p}h${h}" -batch "$work_batch"
+  done; done
 }
 
 write_cluster() {
@@ -178,7 +234,8 @@ up() {
   rate_bytes "$intra_rate" >/dev/null; rate_bytes "$inter_rate" >/dev/null
   delay_s "$intra_delay" >/dev/null; delay_s "$inter_delay" >/dev/null
   [ -z "$(namespaces "$name")" ] || die "a testbed named '$name' exists already (scripts/testbed.sh down --name $name)"
-  trap 'rc=$?; trap - EXIT INT TERM; down >/dev/null 2>&1 || true; echo "testbed: error: up failed (status $rc); removed what was made" >&2; exit $rc' EXIT
+  work_batch=""
+  trap 'rc=$?; trap - EXIT INT TERM; rm -f "$work_batch"; down >/dev/null 2>&1 || true; echo "testbed: error: up failed (status $rc); removed what was made" >&2; exit $rc' EXIT
   trap 'exit 130' INT TERM
   ip netns add "$name-br"
   ip -n "$name-br" link add br0 type bridge
@@ -193,6 +250,11 @@ up() {
   ip -n "$name-br" link set br0 up
   local p h
   for ((p = 0; p < pools; p++)); do for ((h = 0; h < hosts; h++)); do add_host "$p" "$h"; done; done
+  if [ "$pools" -ge 2 ]; then
+    work_batch=$(mktemp)
+    cross_neighbours
+    rm -f "$work_batch"
+  fi
   [ -z "$out" ] || write_cluster
   trap - EXIT INT TERM
   echo "testbed $name: $pools pools x $hosts hosts, same pool $intra_rate $intra_delay, other pool $inter_rate $inter_delay${out:+; cluster file $out}"

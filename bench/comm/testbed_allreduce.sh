@@ -13,7 +13,9 @@
 #   ring, hier        measured time per allreduce (f32 sum, out of place, mean over ranks)
 #   speedup           ring time / hier time
 #   pred, err         the cost model's time (hm_cost_collective ring over the link between pools;
-#                     hm_cost_allreduce_hier) and (measured - predicted) / predicted
+#                     hm_cost_hier) from the links hetmix profile --netns measured (the figures
+#                     the ranks' tuner gets), and (measured - predicted) / predicted
+#   pick              the algorithm the tuner runs at that size (hier, or the best flat one)
 #   %bound            the algorithm's bandwidth-only time over the bottleneck links (no
 #                     latency) / measured time: busbw as a share of what the links allow
 set -euo pipefail
@@ -28,12 +30,20 @@ work=$(mktemp -d)
 trap 'scripts/testbed.sh down --name "$name" >/dev/null 2>&1; rm -rf "$work"' EXIT
 scripts/testbed.sh up --name "$name" --pools "$POOLS" --hosts "$HOSTS" --devices "$DEVICES" \
   --intra-rate "$INTRA" --inter-rate "$INTER" --types cpu --out "$work/c.json" >&2
+# the links measured (hetmix profile --netns: each class's latency, an 8-byte message's one-way
+# time, and its rate), as the ranks' tuner and the planner get them (launch --profile)
+cat >"$work/model.json" <<'JSON'
+{"version": 1, "name": "tb-tiny", "dtype": "fp32", "config": {"arch": "gpt2", "L": 1, "C": 32, "NH": 2, "V": 256, "T": 16}}
+JSON
+hetmix_abs=$(realpath "$hetmix")
+(cd "$work" && "$hetmix_abs" profile --cluster c.json --model model.json --netns --micro-batches 1 --reps 1 \
+  --budget 0.1 -o p.json >prof.out 2>&1) || { cat "$work/prof.out" >&2; echo "hetmix profile --netns failed" >&2; exit 1; }
 # the link figures the launcher hands the ranks (HETMIX_LINK_POOL / _CROSS: bytes/s,seconds)
-read -r pool_bw pool_lat cross_bw cross_lat < <("$hetmix" launch --cluster "$work/c.json" --netns -- \
+read -r pool_bw pool_lat cross_bw cross_lat < <("$hetmix" launch --cluster "$work/c.json" --netns --profile "$work/p.json" -- \
   sh -c '[ "$HETMIX_RANK" = 0 ] && echo "$HETMIX_LINK_POOL $HETMIX_LINK_CROSS" | tr , " " || true')
 export HETMIX_COMPRESS=off
 for algo in ring hier; do
-  "$hetmix" launch --cluster "$work/c.json" --netns --timeout 3000 -- "$hetmix" bench comm allreduce \
+  "$hetmix" launch --cluster "$work/c.json" --netns --profile "$work/p.json" --timeout 3000 -- "$hetmix" bench comm allreduce \
     -b "$MIN" -e "$MAX" -f 4 -n "$ITERS" -w "$WARMUP" -c 0 --algo "$algo" >"$work/$algo.out"
 done
 sizes=$(awk '!/^#/ && NF > 5 { print $1 }' "$work/ring.out")
@@ -42,10 +52,11 @@ n=$((POOLS * HOSTS * DEVICES))
 "$predict" "$POOLS" $((HOSTS * DEVICES)) "$DEVICES" "$pool_bw" "$pool_lat" "$cross_bw" "$cross_lat" $sizes >"$work/pred"
 "$predict" "$POOLS" $((HOSTS * DEVICES)) "$DEVICES" "$pool_bw" 0 "$cross_bw" 0 $sizes >"$work/bound"
 echo "# allreduce f32 sum on the testbed: $POOLS pools x $HOSTS hosts x $DEVICES ranks ($n ranks), same pool $INTRA, other pool $INTER per host; $ITERS iterations"
+echo "# links measured (hetmix profile --netns): same pool $(awk -v b="$pool_bw" -v l="$pool_lat" 'BEGIN { printf "%.1f MB/s, %.0f us", b / 1e6, l * 1e6 }'), other pool $(awk -v b="$cross_bw" -v l="$cross_lat" 'BEGIN { printf "%.2f MB/s, %.0f us", b / 1e6, l * 1e6 }')"
 echo "# load $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores"
-printf '#%11s %11s %11s %8s %11s %7s %7s %11s %7s %7s\n' size "ring(us)" "hier(us)" speedup "ring pred" err "%bound" "hier pred" err "%bound"
+printf '#%11s %11s %11s %8s %11s %7s %7s %11s %7s %7s %5s\n' size "ring(us)" "hier(us)" speedup "ring pred" err "%bound" "hier pred" err "%bound" pick
 paste <(awk '!/^#/ && NF > 5 { print $1, $6 }' "$work/ring.out") <(awk '!/^#/ && NF > 5 { print $6 }' "$work/hier.out") \
   "$work/pred" "$work/bound" | awk '{
-    size = $1; ring = $2; hier = $3; pr = $5 * 1e6; ph = $6 * 1e6; br = $8 * 1e6; bh = $9 * 1e6;
-    printf "%12d %11.0f %11.0f %7.2fx %11.0f %+6.1f%% %6.1f%% %11.0f %+6.1f%% %6.1f%%\n", size, ring, hier, ring / hier,
-      pr, (ring - pr) / pr * 100, br / ring * 100, ph, (hier - ph) / ph * 100, bh / hier * 100 }'
+    size = $1; ring = $2; hier = $3; pr = $5 * 1e6; ph = $6 * 1e6; pick = $7; br = $9 * 1e6; bh = $10 * 1e6;
+    printf "%12d %11.0f %11.0f %7.2fx %11.0f %+6.1f%% %6.1f%% %11.0f %+6.1f%% %6.1f%% %5s\n", size, ring, hier, ring / hier,
+      pr, (ring - pr) / pr * 100, br / ring * 100, ph, (hier - ph) / ph * 100, bh / hier * 100, pick }'

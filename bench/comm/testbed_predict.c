@@ -2,7 +2,8 @@
  * ring over the link between pools and the hierarchical allreduce, from include/hetmix/cost.h,
  * the functions hmcomm's tuner uses.
  *   testbed_predict POOLS PER_POOL PER_HOST POOL_BW POOL_LAT CROSS_BW CROSS_LAT SIZE...
- * prints "size ring_s hier_s" per size (bytes). */
+ * prints "size ring_s hier_s pick" per size (bytes); pick: the algorithm hmcomm's tuner runs there
+ * (src/comm/coll.c: the hierarchy against the best flat algorithm over the link between pools). */
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -21,9 +22,11 @@ int main(int argc, char **argv) {
     return 2;
   }
   for (int i = 8; i < argc; i++) {
-    double b = atof(argv[i]);
-    printf("%.0f %.9g %.9g\n", b, hm_cost_collective(HM_COLL_ALLREDUCE, HM_ALGO_RING, pools * per_pool, b, &cross),
-           hm_cost_hier(HM_COLL_ALLREDUCE, pools, per_pool, per_host, b, &pool, &cross));
+    double b = atof(argv[i]), flat_t;
+    hm_coll_algo flat = hm_cost_best_algo(HM_COLL_ALLREDUCE, pools * per_pool, b, &cross, &flat_t);
+    double hier = hm_cost_hier(HM_COLL_ALLREDUCE, pools, per_pool, per_host, b, &pool, &cross);
+    printf("%.0f %.9g %.9g %s\n", b, hm_cost_collective(HM_COLL_ALLREDUCE, HM_ALGO_RING, pools * per_pool, b, &cross),
+           hier, hm_coll_algo_name(hier >= 0 && hier < flat_t ? HM_ALGO_HIER : flat));
   }
   return 0;
 }

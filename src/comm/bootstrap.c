@@ -172,6 +172,7 @@ static hm_comm_t comm_alloc(void) {
   pthread_mutex_init(&c->hb_mu, NULL);
   pthread_cond_init(&c->hb_cv, NULL);
   c->listen_fd = -1;
+  c->bell_fd = -1;
   return c;
 }
 
@@ -190,6 +191,7 @@ static void comm_free(hm_comm_t c) {
   }
   if (c->shm_base) munmap(c->shm_base, c->shm_bytes);
   if (c->listen_fd >= 0) close(c->listen_fd);
+  if (c->bell_fd >= 0) close(c->bell_fd);
   free(c->peers);
   free(c->scratch);
   free(c->cma_tmp);
@@ -234,6 +236,7 @@ static hm_status prepare_local(hm_comm_t c, hm_rank_info *me, char *shm_name, si
     c->shm_bytes = HM_SHM_HDR_BYTES + (size_t)c->nranks * hm_shm_ring_bytes((uint32_t)me->shm_slots, payload);
     HM_TRY(hm_shm_segment_create(shm_name, c->shm_bytes, &c->shm_base));
     c->bell = c->shm_base;
+    hm_shm_bell_socket(c, shm_name);
     hm_strcpy(me->shm_name, sizeof me->shm_name, shm_name);
     me->has_shm = 1;
   }

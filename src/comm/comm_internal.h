@@ -8,6 +8,8 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 #include "comm/compress.h"
 #include "comm/device_staging.h"
@@ -135,14 +137,26 @@ typedef struct hm_shm_ring_ctl {
 } hm_shm_ring_ctl;
 
 /* First 64 bytes of every segment: the owner sleeps on `seq` (futex) when it has waited a while;
- * peers that publish into or free space in its rings bump `seq` and wake it if it sleeps. */
+ * peers that publish into or free space in its rings bump `seq` and wake it if it sleeps. An
+ * owner that also waits on sockets (a set with shared-memory and TCP transfers) sleeps in poll()
+ * instead, with its doorbell socket among the descriptors (`pollers`): peers then send that
+ * socket a datagram, so both kinds of arrival end the sleep. */
 typedef struct hm_shm_bell {
   _Atomic uint32_t seq;
   _Atomic uint32_t sleepers;
-  char pad[56];
+  _Atomic uint32_t pollers;
+  char pad[52];
 } hm_shm_bell;
 #define HM_SHM_HDR_BYTES 64
-void hm_shm_bell_ring(hm_shm_bell *b);
+struct hm_peer;
+/* Wakes peer q if it sleeps on its doorbell (futex or socket); after publishing or freeing. */
+void hm_shm_bell_ring(hm_comm_t c, struct hm_peer *q);
+/* Our doorbell socket: a datagram socket bound to an abstract name made from the segment's
+ * (ranks of one host share its network namespace, so the peers reach it); c->bell_fd stays -1
+ * where none can be made, and waits then fall back to poll()'s timeout. */
+void hm_shm_bell_socket(hm_comm_t c, const char *shm_name);
+/* The abstract address of the doorbell socket of the rank whose segment is shm_name. */
+socklen_t hm_shm_bell_addr(const char *shm_name, struct sockaddr_un *sa);
 /* Sleeps until seq != seen or timeout_us passed. */
 void hm_shm_bell_wait(hm_shm_bell *b, uint32_t seen, int timeout_us);
 
@@ -169,6 +183,8 @@ typedef struct hm_shm_peer {
   hm_shm_chan tx, rx;  /* we produce into the peer's segment, consume ours */
   int peer_reads_me;   /* the peer can process_vm_readv from this process (probed at bootstrap) */
   hm_shm_bell *bell;   /* the peer's doorbell (in its segment) */
+  struct sockaddr_un bell_addr; /* the peer's doorbell socket */
+  socklen_t bell_len;
   void *seg;           /* the peer's segment, mapped */
   size_t seg_bytes;
 } hm_shm_peer;
@@ -273,6 +289,8 @@ struct hm_comm {
   void *shm_base;   /* our segment (doorbell, inbound rings) */
   hm_shm_bell *bell; /* our doorbell */
   int bell_armed;    /* this rank announced it may sleep on the bell */
+  int bell_fd;       /* our doorbell socket (bound), -1: none */
+  int poll_armed;    /* this rank announced it may sleep in poll() on bell_fd */
   uint64_t spin_ns;  /* how long a wait spins before it yields */
   uint64_t yield_ns; /* ... and until when it yields before it sleeps */
   uint64_t spin_small_ns; /* spin of operations under 1 MiB */

@@ -3,8 +3,9 @@
  * to completion, moving chunks on every channel that can move, so pipelines (forward what
  * arrived, reduce what arrived) and any send/receive pattern complete without deadlock. Every chunk carries the sender's operation
  * sequence number and descriptor; a receiver checks both before it touches the data.
- * Waiting: spin on the shared cache lines first (the low-latency path), then yield, then sleep in
- * poll() on the sockets; the control sockets are watched throughout, so a dead peer (EOF), an
+ * Waiting: spin on the shared cache lines first (the low-latency path), then yield, then sleep
+ * on the doorbell (shared memory only) or in poll() on the sockets that can move (and on the
+ * doorbell socket where shared-memory transfers wait as well); the control sockets are watched throughout, so a dead peer (EOF), an
  * error notice from a peer, abort() and the deadline all end the wait (liveness.c watches them).
  * Not here: which transfers a collective needs (coll.c), peer liveness (liveness.c). */
 #include <poll.h>
@@ -13,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "comm/transport/transport.h"
@@ -114,9 +116,20 @@ static int prepare(hm_comm_t c, hm_xfer *x, int from, int n, int *any_poll) {
 }
 
 static void disarm(hm_comm_t c) {
+  if (c->poll_armed) {
+    atomic_fetch_sub_explicit(&c->bell->pollers, 1, memory_order_relaxed);
+    c->poll_armed = 0;
+  }
   if (!c->bell_armed) return;
   atomic_fetch_sub_explicit(&c->bell->sleepers, 1, memory_order_relaxed);
   c->bell_armed = 0;
+}
+
+/* Empties our doorbell socket (bounded: anyone on this host may send to it). */
+static void drain_bell(hm_comm_t c) {
+  char b[16];
+  for (int i = 0; i < 64 && recv(c->bell_fd, b, sizeof b, MSG_DONTWAIT) >= 0; i++) {
+  }
 }
 
 /* How a set of transfers waits when nothing moves. */
@@ -191,15 +204,36 @@ static inline hm_status health_tick(hm_comm_t c, xwait *w, uint64_t now, int res
   return HM_OK;
 }
 
-/* Sleeps until a transport's socket moves (or a control event): data sockets wake us. */
+/* Sleeps until a transport's socket moves (or a control event): data sockets wake us. Only
+ * transfers that can move on their socket are watched: one waiting for another transfer (its
+ * channel's earlier transfer, its gate, the data it forwards) would make poll() return at once
+ * (an idle socket is writable) and the sleep a busy loop that takes the core from the ranks it
+ * waits for. */
 static hm_status wait_poll(hm_comm_t c, const hm_xfer *x, int n, xwait *w) {
-  struct pollfd pf[64];
-  int np = 0;
+  struct pollfd pf[65];
+  int np = 0, local = 0;
   for (int i = 0; i < n && np < 64; i++) {
     const hm_transport *tp = c->peers[x[i].peer].tp;
-    if (!x[i].finished && tp->poll_fd) np += tp->poll_fd(c, &x[i], &pf[np]);
+    if (x[i].finished || !hm_xfer_may_move(x, &x[i])) continue;
+    if (tp->poll_fd)
+      np += tp->poll_fd(c, &x[i], &pf[np]);
+    else
+      local = 1;
+  }
+  /* Shared-memory transfers wait too: their peers wake us through the doorbell socket. Announce
+   * it, look once more (the caller sweeps again), then sleep: a peer publishes before it reads
+   * `pollers`, we announce before we look, so either we see its data or it sees us. */
+  if (local && c->bell && c->bell_fd >= 0) {
+    if (!c->poll_armed) {
+      atomic_fetch_add_explicit(&c->bell->pollers, 1, memory_order_relaxed);
+      atomic_thread_fence(memory_order_seq_cst);
+      c->poll_armed = 1;
+      return HM_OK;
+    }
+    pf[np++] = (struct pollfd){c->bell_fd, POLLIN, 0};
   }
   HM_TRY(hm_comm_health_poll(c, pf, np, 2));
+  if (c->poll_armed) drain_bell(c);
   w->last_health = hm_now_ns();
   return HM_OK;
 }

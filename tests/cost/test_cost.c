@@ -98,6 +98,30 @@ static void test_hier_allreduce_formula(void **state) {
   assert_true(hm_cost_hier(HM_COLL_BROADCAST, 2, 4, 2, b, &pool, &cross) < 0);
 }
 
+/* The latency terms against the algorithms' message schedules (src/comm/coll.c): each ring step
+ * is one message per rank that the next step forwards, so a ring over n ranks pays n-1 link
+ * latencies for reduce-scatter or allgather and 2(n-1) for allreduce; hierarchical allreduce
+ * runs three rings one after the other (reduce-scatter over the k ranks of the pool, allreduce
+ * across the P pools, allgather in the pool): 2(k-1) pool latencies + 2(P-1) cross latencies.
+ * Infinite bandwidths isolate the latencies. */
+static void test_latency_counts_match_schedules(void **state) {
+  (void)state;
+  const double ap = 1e-3, ac = 1e-1; /* distinct, so a pool step counted as a cross step shows */
+  const hm_link pool = {INFINITY, ap, 0}, cross = {INFINITY, ac, 0};
+  for (int np = 2; np <= 4; np++)
+    for (int k = 1; k <= 5; k++) {
+      const double t = hm_cost_hier(HM_COLL_ALLREDUCE, np, k, 1, 1e6, &pool, &cross);
+      const double want = 2 * (k - 1) * ap + 2 * (np - 1) * ac;
+      assert_true(fabs(t - want) < 1e-12 * want);
+      const double rs = hm_cost_hier(HM_COLL_REDUCE_SCATTER, np, k, 1, 1e6, &pool, &cross);
+      assert_true(fabs(rs - ((k - 1) * ap + (np - 1) * ac)) < 1e-12 * want);
+    }
+  for (int n = 2; n <= 9; n++) {
+    const double t = hm_cost_collective(HM_COLL_ALLREDUCE, HM_ALGO_RING, n, 1e6, &cross);
+    assert_true(fabs(t - 2 * (n - 1) * ac) < 1e-12 * t);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_p2p),
@@ -107,6 +131,7 @@ int main(void) {
       cmocka_unit_test(test_algo_names_roundtrip),
       cmocka_unit_test(test_zip_costs),
       cmocka_unit_test(test_hier_allreduce_formula),
+      cmocka_unit_test(test_latency_counts_match_schedules),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

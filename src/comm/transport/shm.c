@@ -115,11 +115,36 @@ static hm_status segment_open(const char *name, size_t bytes, void **base) {
 /* Called after publishing a slot or freeing one: a full fence orders our store before reading
  * `sleepers` (the sleeper orders its `sleepers` store before re-checking the rings), so either
  * it sees our data or we see it asleep. */
-void hm_shm_bell_ring(hm_shm_bell *b) {
+void hm_shm_bell_ring(hm_comm_t c, hm_peer *q) {
+  hm_shm_bell *b = q->shm.bell;
   atomic_thread_fence(memory_order_seq_cst);
+  if (atomic_load_explicit(&b->pollers, memory_order_relaxed) != 0 && c->bell_fd >= 0 && q->shm.bell_len)
+    (void)sendto(c->bell_fd, "", 1, MSG_DONTWAIT | MSG_NOSIGNAL, (const struct sockaddr *)&q->shm.bell_addr,
+                 q->shm.bell_len); /* a full socket has a wake-up pending already */
   if (atomic_load_explicit(&b->sleepers, memory_order_relaxed) == 0) return;
   atomic_fetch_add_explicit(&b->seq, 1, memory_order_release);
   syscall(SYS_futex, (uint32_t *)&b->seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+socklen_t hm_shm_bell_addr(const char *shm_name, struct sockaddr_un *sa) {
+  memset(sa, 0, sizeof *sa);
+  sa->sun_family = AF_UNIX;
+  int n = snprintf(sa->sun_path + 1, sizeof sa->sun_path - 1, "hetmix-bell%s", shm_name);
+  if (n < 0 || (size_t)n >= sizeof sa->sun_path - 1) return 0;
+  return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
+}
+
+void hm_shm_bell_socket(hm_comm_t c, const char *shm_name) {
+  struct sockaddr_un sa;
+  socklen_t len = hm_shm_bell_addr(shm_name, &sa);
+  int fd = len ? socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0) : -1;
+  if (fd >= 0 && bind(fd, (const struct sockaddr *)&sa, len) != 0) {
+    hm_log(HM_LOG_DEBUG, "rank %d: no doorbell socket (%s): mixed waits wake on poll()'s timeout", c->rank,
+           strerror(errno));
+    close(fd);
+    fd = -1;
+  }
+  c->bell_fd = fd;
 }
 
 void hm_shm_bell_wait(hm_shm_bell *b, uint32_t seen, int timeout_us) {
@@ -147,6 +172,7 @@ static hm_status shm_connect(hm_comm_t c, int r, const hm_rank_info *mine, const
   s->seg_bytes = HM_SHM_HDR_BYTES + (size_t)c->nranks * hm_shm_ring_bytes(slots, payload);
   HM_TRY(segment_open(peer->shm_name, s->seg_bytes, &s->seg));
   s->bell = s->seg;
+  s->bell_len = hm_shm_bell_addr(peer->shm_name, &s->bell_addr);
   chan_init(&s->tx, (char *)s->seg + HM_SHM_HDR_BYTES + (size_t)c->rank * hm_shm_ring_bytes(slots, payload), slots,
             payload);
   uint32_t ms = (uint32_t)mine->shm_slots, mp = (uint32_t)mine->shm_payload;
@@ -175,7 +201,7 @@ static hm_shm_slot *chan_slot(hm_shm_chan *ch) {
 }
 
 /* Publishes slot s (payload filled) of transfer x to peer q: header, then the stamp (release). */
-static void chan_publish(hm_peer *q, hm_shm_slot *s, const hm_xfer *x, uint32_t len, uint32_t kind) {
+static void chan_publish(hm_comm_t c, hm_peer *q, hm_shm_slot *s, const hm_xfer *x, uint32_t len, uint32_t kind) {
   s->len = len;
   s->seq = x->seq;
   s->desc = x->desc;
@@ -183,7 +209,7 @@ static void chan_publish(hm_peer *q, hm_shm_slot *s, const hm_xfer *x, uint32_t 
   s->stream = (uint32_t)x->stream;
   q->shm.tx.count++;
   atomic_store_explicit(&s->stamp, q->shm.tx.count, memory_order_release);
-  hm_shm_bell_ring(q->shm.bell);
+  hm_shm_bell_ring(c, q);
 }
 
 /* How many bytes of send x the next slot carries (0 with *go = 0: wait for more); single copy
@@ -226,7 +252,7 @@ static hm_status shm_send_step(const hm_xctx *cx, const hm_xfer *all, int n_all,
     } else if (n) {
       memcpy((char *)s + 32, x->src + x->done, n);
     }
-    chan_publish(p, s, x, (uint32_t)n, cma ? HM_SLOT_CMA : HM_SLOT_DATA);
+    chan_publish(cx->comm, p, s, x, (uint32_t)n, cma ? HM_SLOT_CMA : HM_SLOT_DATA);
     x->done += n;
     x->nchunks++;
     *progress = 1;
@@ -267,7 +293,7 @@ static hm_status cma_read(const hm_xctx *cx, hm_xfer *x, hm_peer *p, uint64_t ad
     off += n;
   }
   atomic_fetch_add_explicit(&p->shm.rx.ctl->cma_bytes, len, memory_order_release);
-  hm_shm_bell_ring(p->shm.bell);
+  hm_shm_bell_ring(c, p);
   return HM_OK;
 }
 
@@ -291,7 +317,7 @@ static void fwd_chunk(const hm_xctx *cx, hm_xfer *x, hm_shm_slot *out, const cha
     hm_reduce(o, x->src + x->done, data, len / es, cx->dt, cx->op, x->final_div);
   else
     memcpy(o, data, len);
-  chan_publish(&cx->comm->peers[x->fwd->peer], out, x->fwd, len, HM_SLOT_DATA);
+  chan_publish(cx->comm, &cx->comm->peers[x->fwd->peer], out, x->fwd, len, HM_SLOT_DATA);
   x->fwd->done += len;
   x->fwd->nchunks++;
   if (x->bytes >= HM_STREAM_MIN_BYTES)
@@ -360,7 +386,7 @@ static hm_status shm_recv_step(const hm_xctx *cx, const hm_xfer *all, int n_all,
     HM_TRY(take_chunk(cx, all, x, s, len, es));
     ch->count++;
     atomic_store_explicit(&ch->ctl->consumed, ch->count, memory_order_release);
-    hm_shm_bell_ring(p->shm.bell);
+    hm_shm_bell_ring(cx->comm, p);
     x->done += len;
     x->nchunks++;
     *progress = 1;

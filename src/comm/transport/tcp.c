@@ -37,10 +37,23 @@ static void tcp_close(hm_comm_t c, int r) {
 
 static void tcp_link(hm_link *out) { *out = (hm_link){3e9, 25e-6, 6e9}; }
 
+/* Whether a frame to rank r is still being written (its payload must stay valid). */
+static int tcp_tx_busy(const hm_peer *p) {
+  for (int k = 0; k < p->ndata; k++)
+    if (p->tcp.tx[k].busy) return 1;
+  return 0;
+}
+
 /* A send waits on the stream its next frame goes out on, or on one still writing a frame; a
- * receive on the stream its next frame comes from. */
+ * receive on the stream its next frame comes from. None (0) where the transfer waits for
+ * another one, not for its socket: a send with nothing to write yet (the data it forwards has
+ * not arrived) and a receive holding a whole frame it may not reduce yet; watching those
+ * sockets would wake the wait at once (an idle socket is writable, the next frame readable). */
 static int tcp_poll_fd(hm_comm_t c, const hm_xfer *x, struct pollfd *pf) {
   const hm_peer *p = &c->peers[x->peer];
+  const hm_tcp_peer *t = &p->tcp;
+  if (x->is_send && !tcp_tx_busy(p) && x->bytes > 0 && hm_xfer_send_limit(x) == x->done) return 0;
+  if (!x->is_send && t->rx_off >= HM_WIRE_HDR_BYTES && t->rx_off == HM_WIRE_HDR_BYTES + t->rx_h.len) return 0;
   int k = x->is_send ? p->tcp.tx_next : p->tcp.rx_next;
   for (int i = 0; x->is_send && i < p->ndata && !p->tcp.tx[k].busy; i++) k = (p->tcp.tx_next + i) % p->ndata;
   *pf = (struct pollfd){p->data_fd[k], (short)(x->is_send ? POLLOUT : POLLIN), 0};
@@ -79,13 +92,6 @@ static hm_status tcp_flush_stream(hm_comm_t c, int r, int k) {
 static hm_status tcp_flush(hm_comm_t c, int r) {
   for (int k = 0; k < c->peers[r].ndata; k++) HM_TRY(tcp_flush_stream(c, r, k));
   return HM_OK;
-}
-
-/* Whether a frame to rank r is still being written (its payload must stay valid). */
-static int tcp_tx_busy(const hm_peer *p) {
-  for (int k = 0; k < p->ndata; k++)
-    if (p->tcp.tx[k].busy) return 1;
-  return 0;
 }
 
 static hm_status tcp_send_step(const hm_xctx *cx, const hm_xfer *all, int n_all, hm_xfer *x, int *progress) {
