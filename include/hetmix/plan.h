@@ -110,7 +110,8 @@ int hm_schedule_max_inflight(const hm_schedule *s, int stage);
 
 /* Gradient allreduce among the replicas that hold a layer: a ring/tree over `link` when
  * ngroups <= 1, else hierarchical: reduce-scatter inside each of ngroups groups over `link`,
- * allreduce of the shards across groups over `outer`, allgather inside. */
+ * allreduce of the shards across groups over `outer`, allgather inside; or, where faster (as
+ * hmcomm's tuner picks), the flat ring over all of them at the slower link's pace. */
 typedef struct hm_sync_model {
   int nranks;    /* replicas taking part (all classes together) */
   hm_link link;  /* link between replicas (inter-host NIC, or intra-host when all on one host) */

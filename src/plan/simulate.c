@@ -50,7 +50,13 @@ double hm_sync_allreduce_time(const hm_sync_model *m, double bytes) {
     hm_cost_best_algo(HM_COLL_ALLGATHER, inner, bytes, &m->link, &ag);
   }
   hm_cost_best_algo(HM_COLL_ALLREDUCE, m->ngroups, bytes / (inner > 1 ? inner : 1), &m->outer, &ar);
-  return rs + ar + ag;
+  /* hmcomm's tuner runs the flat ring instead where that is faster (uneven or few pools): a flat
+   * ring's every step runs at the pace of its slowest link */
+  const hm_link slow = {.bandwidth = fmin(m->link.bandwidth, m->outer.bandwidth),
+                        .latency = fmax(m->link.latency, m->outer.latency)};
+  double flat = 0;
+  hm_cost_best_algo(HM_COLL_ALLREDUCE, m->nranks, bytes, &slow, &flat);
+  return fmin(rs + ar + ag, flat);
 }
 
 static hm_status trace_add(hm_sim_trace *tr, int cls, int stage, int track, hm_op_kind kind,

@@ -369,7 +369,8 @@ static void test_heterogeneous_replicas(void **state) {
 }
 
 /* Data-parallel sync: flat = best algorithm over the link; across pools = reduce-scatter inside,
- * allreduce of the shards across pools, allgather inside (cost.h functions at each level). */
+ * allreduce of the shards across pools, allgather inside (cost.h functions at each level), or
+ * the flat ring at the slowest link's pace where that is faster. */
 static void test_sync_model(void **state) {
   (void)state;
   hm_link nic = {.bandwidth = 25e9, .latency = 5e-6}, pool = {.bandwidth = 1e9, .latency = 2e-5};
@@ -389,6 +390,12 @@ static void test_sync_model(void **state) {
   assert_true(hm_sync_allreduce_time(&two, 1e9) < hm_sync_allreduce_time(&slow_flat, 1e9));
   hm_sync_model one = {.nranks = 1, .link = nic};
   assert_true(hm_sync_allreduce_time(&one, 1e9) == 0.0);
+  /* 3 replicas in 2 pools on equal links: the hierarchy moves 1.5 B per rank where the flat ring
+   * moves 4/3 B, so the flat ring is what hmcomm's tuner runs and what the sync costs */
+  hm_sync_model uneven = {.nranks = 3, .link = nic, .ngroups = 2, .outer = nic};
+  double flat3 = 0;
+  hm_cost_best_algo(HM_COLL_ALLREDUCE, 3, 1e9, &nic, &flat3);
+  assert_true(fabs(hm_sync_allreduce_time(&uneven, 1e9) - flat3) < 1e-15);
 }
 
 /* Overlapped gradient sync by hand: one stage of 4 equal layers (layer_bwd equal), 2 replicas,
