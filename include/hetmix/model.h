@@ -529,6 +529,12 @@ hm_status hm_ckpt_newest_complete(const char *run_dir, char *path, size_t cap, i
 hm_status hm_ckpt_prune_complete(const char *run_dir, int keep, int *removed);
 /* Removes every "step-<N>/" folder of run_dir (their regular files), then run_dir when empty. */
 hm_status hm_ckpt_remove_step_dirs(const char *run_dir);
+/* The steps of run_dir's "step-<N>/" folders, complete or not, newest first (*steps: free();
+ * HM_ERR_NOT_FOUND when run_dir does not exist). */
+hm_status hm_ckpt_list_steps(const char *run_dir, int64_t **steps, size_t *n);
+/* Removes run_dir's folder "step-<8 digits>/" (its regular files, then the folder); a missing one is
+ * fine. */
+hm_status hm_ckpt_remove_step(const char *run_dir, int64_t step);
 
 /* Joins the stage checkpoints "<dir>/stage<s>.hmc" (s < nstages, one replica's, float32) into
  * one checkpoint of the whole model at out: every stage's params, then moments, in layer order;

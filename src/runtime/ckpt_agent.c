@@ -24,6 +24,7 @@
 #include <xxhash.h>
 
 #include "hetmix/model.h"
+#include "runtime/ckpt_memory.h"
 #include "util/files.h"
 #include "util/util.h"
 
@@ -58,6 +59,7 @@ struct hm_ckpt_agent {
   hm_comm_t world, ring;
   int rank, W, writer, sends, recvs; /* sends: replica 0 with a ring; recvs: holds rank-1's image */
   int64_t pending;                   /* step of the outstanding checkpoint, 0: none */
+  int64_t last_snap, last_disk;      /* the previous snapshot's step, the newest complete checkpoint's */
   uint64_t pending_pos;              /* its data position */
   int pending_mem;                   /* it has peer copies */
   long wait_s;
@@ -233,6 +235,7 @@ static hm_status hm_agent_poll(hm_ckpt_agent *a) {
   }
   if (st == HM_OK && done) {
     if (a->rank == 0) st = hm_agent_complete(a, all, a->pending_pos);
+    a->last_disk = a->pending;
     a->pending = 0;
   }
   if (st == HM_ERR_IO) { /* every worker saw the same records: all abandon this step alike, and */
@@ -287,33 +290,69 @@ static hm_ckpt_job *hm_shard_job(int peer, int64_t step, const char *root, const
   return j;
 }
 
-/* Starts checkpoint `step`: the ring exchange, then the writes in the background. */
-static hm_status hm_agent_begin(hm_ckpt_agent *a, int64_t step, void *image, size_t bytes) {
+/* A failure of this worker's own part of a snapshot (a memory copy not written): recorded like
+ * a failed background write, so every worker learns it at the next progress exchange. */
+static void hm_agent_fail(hm_ckpt_agent *a, hm_status st) {
+  pthread_mutex_lock(&a->mu);
+  if (st != HM_OK && !a->rec.failed) {
+    a->rec.failed = 1;
+    snprintf(a->err, sizeof a->err, "%s", hm_last_error());
+  }
+  pthread_mutex_unlock(&a->mu);
+}
+
+/* The memory copies of snapshot `step`, written by the training thread before it goes on: the
+ * ring predecessor's image (got) into the run's memory folder, this worker's own (image) into
+ * its own/ part. A disk checkpoint's held copy is what its peer manifest names. */
+static void hm_agent_memory(hm_ckpt_agent *a, int64_t step, int disk, const void *got, uint64_t got_bytes,
+                            const void *image, size_t bytes) {
+  const int prev = (a->rank + a->W - 1) % a->W; /* a sender is replica 0: its rank is its shard */
+  hm_status st = HM_OK;
+  if (got) {
+    st = hm_mem_write(a->peer_dir, step, a->tab[prev].file, got, (size_t)got_bytes);
+    if (st == HM_OK && disk) {
+      const uint64_t h = XXH3_64bits(got, (size_t)got_bytes);
+      pthread_mutex_lock(&a->mu);
+      a->rec.mem_done = step, a->rec.peer_bytes = got_bytes, a->rec.peer_hash = h;
+      pthread_mutex_unlock(&a->mu);
+    }
+  }
+  if (st == HM_OK && image) {
+    char own[4300];
+    hm_mem_own_dir(a->peer_dir, own, sizeof own);
+    st = hm_mem_write(own, step, a->tab[a->rank].file, image, bytes);
+  }
+  /* world rank 0 keeps this snapshot and the one before it (every worker finished writing that
+   * one before this step began), the outstanding checkpoint's and the newest complete one's */
+  if (st == HM_OK && a->rank == 0) st = hm_mem_prune(a->peer_dir, a->last_snap, a->pending, a->last_disk);
+  hm_agent_fail(a, st);
+}
+
+/* Starts snapshot `step`: the ring exchange, the memory copies, then (disk) the shard written in
+ * the background. */
+static hm_status hm_agent_begin(hm_ckpt_agent *a, int64_t step, int disk, void *image, size_t bytes) {
   void *got = NULL;
   uint64_t got_bytes = 0;
   hm_status st = a->ring ? hm_agent_exchange(a, image, bytes, &got, &got_bytes) : HM_OK;
-  const int prev = (a->rank + a->W - 1) % a->W; /* a sender is replica 0: its rank is its shard */
-  if (st == HM_OK && got) {
-    hm_ckpt_job *j = hm_shard_job(1, step, a->peer_dir, a->tab[prev].file, got, (size_t)got_bytes);
-    st = j ? hm_agent_push(a, j) : (free(got), HM_ERR_NOMEM);
-  } else {
-    free(got);
-  }
-  if (st == HM_OK && a->writer) {
+  if (disk) a->pending = step, a->pending_mem = a->ring != NULL;
+  if (st == HM_OK && a->ring) hm_agent_memory(a, step, disk, got, got_bytes, a->writer ? image : NULL, bytes);
+  free(got);
+  if (st == HM_OK && disk && a->writer) {
     hm_ckpt_job *j = hm_shard_job(0, step, a->dump, a->tab[a->rank].file, image, bytes);
     image = NULL;
     st = j ? hm_agent_push(a, j) : HM_ERR_NOMEM;
   }
   free(image);
-  a->pending = step;
-  a->pending_mem = a->ring != NULL;
+  a->last_snap = step;
   return st;
 }
 
-hm_status hm_ckpt_agent_step(hm_ckpt_agent *a, int64_t done, int checkpoint, uint64_t data_position, void *image,
+hm_status hm_ckpt_agent_step(hm_ckpt_agent *a, int64_t done, int kind, uint64_t data_position, void *image,
                              size_t bytes) {
-  if (checkpoint && a->writer && !image) return hm_error(HM_ERR_INTERNAL, "checkpoint step %" PRId64 ": no snapshot", done);
-  if (!checkpoint || !a->writer) {
+  const int checkpoint = kind == HM_SNAP_DISK, memory = kind == HM_SNAP_MEMORY && a->ring;
+  if ((checkpoint || memory) && a->writer && !image)
+    return hm_error(HM_ERR_INTERNAL, "snapshot of step %" PRId64 ": no image", done);
+  if (!(checkpoint || memory) || !a->writer) {
     free(image);
     image = NULL;
   }
@@ -325,9 +364,10 @@ hm_status hm_ckpt_agent_step(hm_ckpt_agent *a, int64_t done, int checkpoint, uin
       return hm_error(HM_ERR_INTERNAL, "checkpoint step %" PRId64 " is incomplete after every worker waited", a->pending);
     }
   }
+  if (memory) return hm_agent_begin(a, done, 0, image, bytes);
   if (!checkpoint) return HM_OK;
   a->pending_pos = data_position;
-  return hm_agent_begin(a, done, image, bytes);
+  return hm_agent_begin(a, done, 1, image, bytes);
 }
 
 hm_status hm_ckpt_agent_finish(hm_ckpt_agent *a) {
@@ -397,7 +437,7 @@ void hm_ckpt_agent_close(hm_ckpt_agent *a, int remove_peer_copies) {
     free(a->queue[i]->image);
     free(a->queue[i]);
   }
-  if (remove_peer_copies && a->rank == 0 && a->peer_dir[0]) hm_ckpt_remove_step_dirs(a->peer_dir);
+  if (remove_peer_copies && a->rank == 0 && a->peer_dir[0]) hm_mem_remove_run(a->peer_dir);
   if (a->ring) hm_comm_destroy(a->ring);
   pthread_mutex_destroy(&a->mu);
   pthread_cond_destroy(&a->cv);

@@ -862,14 +862,22 @@ static hm_status hm_pipe_ckpt_skipped(hm_status st, const hm_pipeline_options *o
   return HM_OK;
 }
 
-static hm_status hm_pipe_checkpoint(hm_pipe *w, int done, int checkpoint) {
+static hm_status hm_pipe_checkpoint(hm_pipe *w, int done, int kind) {
   void *image = NULL;
   size_t bytes = 0;
   hm_ckpt_meta m;
   hm_pipe_meta(w, done, &m);
   if (w->tp > 1) m.tp_rank = w->tp_rank, m.tp_size = w->tp; /* this rank's own shard */
-  if (checkpoint && w->replica == 0) HM_TRY(hm_stage_snapshot(w->st, w->dev, &m, &image, &bytes));
-  return hm_ckpt_agent_step(w->agent, done, checkpoint, m.data_position, image, bytes);
+  if (kind != HM_SNAP_NONE && w->replica == 0) HM_TRY(hm_stage_snapshot(w->st, w->dev, &m, &image, &bytes));
+  return hm_ckpt_agent_step(w->agent, done, kind, m.data_position, image, bytes);
+}
+
+/* What the snapshot after `done` of `steps` steps is: a disk checkpoint every ckpt_every steps,
+ * memory only every mem_every steps between them, none after the last step (the final dump). */
+static int hm_pipe_snap_kind(const hm_pipe *w, int done, int steps) {
+  if (done >= steps) return HM_SNAP_NONE;
+  if (done % w->t->ckpt_every == 0) return HM_SNAP_DISK;
+  return w->o->mem_every > 0 && done % w->o->mem_every == 0 ? HM_SNAP_MEMORY : HM_SNAP_NONE;
 }
 
 /* Predicted step time of a split: each replica's 1F1B takes about (m + p - 1) micro-batch
@@ -1060,13 +1068,13 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
     const int done = step + 1; /* the last step's state is the final dump below */
     hm_hb_step(done);
     if (w.agent) {
-      const int due = done % w.t->ckpt_every == 0 && done < steps;
-      if (due) {
+      const int kind = hm_pipe_snap_kind(&w, done, steps);
+      if (kind != HM_SNAP_NONE) {
         hm_hb_waiting(0);
         hm_hb_phase(HM_HB_CKPT);
-        hm_fault_point(HM_FAULT_CKPT, w.rank, done);
+        if (kind == HM_SNAP_DISK) hm_fault_point(HM_FAULT_CKPT, w.rank, done);
       }
-      st = hm_pipe_checkpoint(&w, done, due);
+      st = hm_pipe_checkpoint(&w, done, kind);
       st = hm_pipe_ckpt_skipped(st, o, res);
       hm_hb_phase(HM_HB_STEP);
     }

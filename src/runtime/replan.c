@@ -268,11 +268,15 @@ static hm_status hm_move_steps_aside(const char *run_dir, const char *aside) {
 }
 
 hm_status hm_replan_reshard(const char *run_dir, const char *ckpt, const hm_reshard_layout *to, const char *aside) {
-  char fresh[4200];
-  snprintf(fresh, sizeof fresh, "%s.reshard", ckpt);
+  /* into the run folder under the checkpoint's own name: a checkpoint taken from the peers'
+   * memory (restart.c) is re-sharded onto disk like one of the run folder */
+  const char *name = strrchr(ckpt, '/') ? strrchr(ckpt, '/') + 1 : ckpt;
+  char dest[4200], fresh[4300];
+  snprintf(dest, sizeof dest, "%s/%s", run_dir, name);
+  snprintf(fresh, sizeof fresh, "%s.reshard", dest);
   HM_TRY(hm_ckpt_reshard(ckpt, to, fresh));
   HM_TRY(hm_move_steps_aside(run_dir, aside));
-  if (rename(fresh, ckpt) != 0)
-    return hm_error(HM_ERR_IO, "re-plan: cannot move %s to %s: %s", fresh, ckpt, strerror(errno));
+  if (rename(fresh, dest) != 0)
+    return hm_error(HM_ERR_IO, "re-plan: cannot move %s to %s: %s", fresh, dest, strerror(errno));
   return HM_OK;
 }
