@@ -1066,14 +1066,11 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
       if (w.t->on_progress) w.t->on_progress(&pr, w.t->user);
     }
     const int done = step + 1; /* the last step's state is the final dump below */
-    hm_hb_step(done);
+    const int kind = w.agent ? hm_pipe_snap_kind(&w, done, steps) : HM_SNAP_NONE;
+    if (kind != HM_SNAP_NONE) hm_hb_waiting(0);
+    hm_hb_step_phase(done, kind != HM_SNAP_NONE ? HM_HB_CKPT : HM_HB_STEP);
     if (w.agent) {
-      const int kind = hm_pipe_snap_kind(&w, done, steps);
-      if (kind != HM_SNAP_NONE) {
-        hm_hb_waiting(0);
-        hm_hb_phase(HM_HB_CKPT);
-        if (kind == HM_SNAP_DISK) hm_fault_point(HM_FAULT_CKPT, w.rank, done);
-      }
+      if (kind == HM_SNAP_DISK) hm_fault_point(HM_FAULT_CKPT, w.rank, done);
       st = hm_pipe_checkpoint(&w, done, kind);
       st = hm_pipe_ckpt_skipped(st, o, res);
       hm_hb_phase(HM_HB_STEP);
