@@ -45,40 +45,51 @@ run() { # name extra-args...
   python3 - "$work/$name/metrics.jsonl" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print((rows[-1]["elapsed_s"] - rows[0]["elapsed_s"]) / (len(rows) - 1))
+span = rows[-1]["elapsed_s"] - rows[0]["elapsed_s"]
+# the training thread's checkpoint work between the steps measured (ckpt_s: after the previous step)
+print(span / (len(rows) - 1), sum(r.get("ckpt_s", 0) for r in rows[1:]) / span)
 EOF
 }
 
 echo "model $model, 2 stages, batch 4 x 4 micro-batches, $steps steps, checkpoint every $every," \
   "memory snapshots every $mem_every, $rounds rounds; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-printf "%-6s %-14s %12s %12s %12s %8s %8s\n" round order "none s/step" "ckpt s/step" "+mem s/step" ckpt mem
+printf "%-6s %-14s %12s %12s %12s %8s %8s %10s %10s\n" round order "none s/step" "ckpt s/step" "+mem s/step" ckpt mem \
+  "ckpt work" "+mem work"
 nones=()
 withs=()
 mems=()
+shares=()
 for r in $(seq 1 "$rounds"); do
   if [ $((r % 2)) = 1 ]; then
     order=none-ckpt-mem
-    none=$(run none)
-    with=$(run ckpt --ckpt-every "$every" --keep 2)
-    mem=$(run mem --ckpt-every "$every" --keep 2 --mem-every "$mem_every")
+    read -r none _ < <(run none)
+    read -r with wshare < <(run ckpt --ckpt-every "$every" --keep 2)
+    read -r mem mshare < <(run mem --ckpt-every "$every" --keep 2 --mem-every "$mem_every")
   else
     order=mem-ckpt-none
-    mem=$(run mem --ckpt-every "$every" --keep 2 --mem-every "$mem_every")
-    with=$(run ckpt --ckpt-every "$every" --keep 2)
-    none=$(run none)
+    read -r mem mshare < <(run mem --ckpt-every "$every" --keep 2 --mem-every "$mem_every")
+    read -r with wshare < <(run ckpt --ckpt-every "$every" --keep 2)
+    read -r none _ < <(run none)
   fi
   nones+=("$none")
   withs+=("$with")
   mems+=("$mem")
-  printf "%-6s %-14s %12.4f %12.4f %12.4f %8.4f %8.4f\n" "$r" "$order" "$none" "$with" "$mem" \
-    "$(python3 -c "print($with / $none)")" "$(python3 -c "print($mem / $none)")"
+  shares+=("$wshare,$mshare")
+  printf "%-6s %-14s %12.4f %12.4f %12.4f %8.4f %8.4f %9.2f%% %9.2f%%\n" "$r" "$order" "$none" "$with" "$mem" \
+    "$(python3 -c "print($with / $none)")" "$(python3 -c "print($mem / $none)")" \
+    "$(python3 -c "print(100 * $wshare)")" "$(python3 -c "print(100 * $mshare)")"
 done
-echo "ckpt: --ckpt-every $every; mem: the same plus --mem-every $mem_every; ratios to none"
+echo "ckpt: --ckpt-every $every; mem: the same plus --mem-every $mem_every; ratios to none; work: the share of the"
+echo "run the training thread spent on checkpoint work between steps (metrics.jsonl ckpt_s: snapshot, ring copy,"
+echo "memory copies, progress exchange), a figure the machine's speed drift between runs does not blur"
 ls "$work/ckpt/stages" | sed 's/^/kept: /' | tr '\n' ' '
 echo
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
-python3 - "${nones[*]}" "${withs[*]}" "${mems[*]}" "$every" "$mem_every" <<'EOF'
+python3 - "${nones[*]}" "${withs[*]}" "${mems[*]}" "$every" "$mem_every" "${shares[*]}" <<'EOF'
 import statistics, sys
+sh = [tuple(float(v) for v in x.split(",")) for x in sys.argv[6].split()]
+print(f"checkpoint work, median share of the run: every {sys.argv[4]} steps {100 * statistics.median(s[0] for s in sh):.2f}%, "
+      f"plus memory snapshots every {sys.argv[5]} {100 * statistics.median(s[1] for s in sh):.2f}%")
 none = [float(x) for x in sys.argv[1].split()]
 with_ = [float(x) for x in sys.argv[2].split()]
 mem = [float(x) for x in sys.argv[3].split()]

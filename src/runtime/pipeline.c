@@ -158,6 +158,7 @@ typedef struct hm_pipe {
   double pace[HM_PIPE_MAX_REPLICAS]; /* smoothed seconds of compute per micro-batch, per replica */
   int paced;
   hm_ckpt_agent *agent;  /* periodic checkpoints (--ckpt-every with --dump), else NULL */
+  double snap_s;         /* the training thread's checkpoint work after the last step (ckpt_s) */
 } hm_pipe;
 
 static hm_status hm_pipe_ctx(hm_status st, const hm_pipe *w) {
@@ -1044,6 +1045,7 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
         cJSON_AddNumberToObject(j, "step_time_s", stat_max[0]);
         cJSON_AddNumberToObject(j, "elapsed_s", pr.elapsed_s);
         if (has_val) cJSON_AddNumberToObject(j, "val_loss", val_loss);
+        if (w.agent) cJSON_AddNumberToObject(j, "ckpt_s", w.snap_s);
         cJSON *busy = cJSON_AddArrayToObject(j, "stage_busy_s");
         for (int s = 0; s < w.p; s++) cJSON_AddItemToArray(busy, cJSON_CreateNumber(stat_max[1 + s]));
         if (any_tp) { /* replica 0's stages: time in tensor-parallel allreduces (inside stage_busy_s) */
@@ -1071,7 +1073,9 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
     hm_hb_step_phase(done, kind != HM_SNAP_NONE ? HM_HB_CKPT : HM_HB_STEP);
     if (w.agent) {
       if (kind == HM_SNAP_DISK) hm_fault_point(HM_FAULT_CKPT, w.rank, done);
+      const double t_snap = hm_now_s();
       st = hm_pipe_checkpoint(&w, done, kind);
+      w.snap_s = hm_now_s() - t_snap;
       st = hm_pipe_ckpt_skipped(st, o, res);
       hm_hb_phase(HM_HB_STEP);
     }

@@ -224,14 +224,21 @@ static double hm_plan_file_step_s(const char *plan_path) {
   return s;
 }
 
+/* How stage s is stored in a re-sharded checkpoint: split as every replica splits it (each
+ * worker then loads its own shard), or unsplit when replicas split it differently (a worker cuts
+ * its part out of the unsplit file, whatever its degree). */
+static int hm_replan_stage_tp(const hm_pipe_plan *pl, int s) {
+  const int t0 = pl->tp[0][s] > 1 ? pl->tp[0][s] : 1;
+  for (int r = 1; r < pl->nreplicas; r++)
+    if ((pl->tp[r][s] > 1 ? pl->tp[r][s] : 1) != t0) return 1;
+  return t0;
+}
+
 hm_status hm_replan_layout(const char *plan_path, hm_reshard_layout *out, double *predicted_step_s) {
   hm_pipe_plan *pl = hm_calloc(1, sizeof *pl, "plan layout");
   if (!pl) return HM_ERR_NOMEM;
   hm_status st = hm_pipe_plan_load(plan_path, NULL, NULL, pl);
   memset(out, 0, sizeof *out);
-  if (st == HM_OK && pl->nranks != pl->nstages * pl->nreplicas)
-    st = hm_error(HM_ERR_UNSUPPORTED, "re-plan: %s has tensor-parallel stages; re-sharding them is not supported yet",
-                  plan_path);
   if (st == HM_OK && pl->nstages > HM_CKPT_MAX_SHARDS)
     st = hm_error(HM_ERR_UNSUPPORTED, "re-plan: %s has %d stages (at most %d)", plan_path, pl->nstages,
                   HM_CKPT_MAX_SHARDS);
@@ -241,6 +248,7 @@ hm_status hm_replan_layout(const char *plan_path, hm_reshard_layout *out, double
     for (int r = 0; r < pl->nreplicas; r++) out->micro_batches += pl->micro[r];
     out->batch = pl->micro_batch;
     out->world = pl->nranks;
+    for (int s = 0; s < pl->nstages; s++) out->tp[s] = hm_replan_stage_tp(pl, s);
     if (predicted_step_s) *predicted_step_s = hm_plan_file_step_s(plan_path);
   }
   free(pl);

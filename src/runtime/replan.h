@@ -21,7 +21,8 @@ hm_status hm_replan_write_specs(const char *plan_path, const char *profile, cons
                                 const char *out_dir, hm_replan_specs *out);
 
 /* A plan's layout as a re-shard target (stage bounds, micro-batches per step of all replicas,
- * micro-batch size, ranks); HM_ERR_UNSUPPORTED for tensor-parallel stages. */
+ * micro-batch size, ranks) and, per stage, the tensor-parallel degree its re-sharded checkpoint is
+ * written with (every replica's, or 1: unsplit, when replicas split the stage differently). */
 hm_status hm_replan_layout(const char *plan_path, hm_reshard_layout *out, double *predicted_step_s);
 
 /* Re-shards the complete checkpoint folder ckpt (run_dir/step-<N>, or a step-<N> folder of the
