@@ -2,8 +2,10 @@
  * background thread, completed by a manifest once every shard is durable (ckpt_agent.h).
  *
  * Who does what, with p stages and R replicas (world rank = replica * p + stage): replica 0's
- * workers snapshot (their stage is the same in every replica), write their shard to disk, and
- * send the image to world rank + 1 (mod W), which writes it to the peer folder. With tensor-
+ * workers snapshot (their stage is the same in every replica), send the image to world rank + 1
+ * (mod W), which writes it to the peer folder while the owner writes its own copy beside it
+ * (both in memory, before training goes on: ckpt_memory.h), and then write their shard to disk
+ * in the background (memory-only snapshots stop before the disk). With tensor-
  * parallel stages replica 0's workers are still world ranks 0..n0-1 (stage by stage, tensor-
  * parallel rank by rank), each writing its own shard: the same rules with n0 shards for p. Every step
  * while a checkpoint is outstanding the workers allgather their progress (last step written to
@@ -31,7 +33,7 @@
 enum { HM_JOB_SHARD, HM_JOB_MANIFEST };
 
 typedef struct hm_ckpt_job {
-  int kind, peer;     /* peer: the image is another worker's (the peer folder) */
+  int kind;
   int64_t step;
   char dir[4300];     /* the step's folder */
   char file[64];      /* shard name */
@@ -87,7 +89,7 @@ void hm_ckpt_peer_dir(const char *root, uint64_t run_id, char *out, size_t cap) 
 /* ---------------------------------------------------------------- the thread */
 
 static hm_status hm_job_shard(hm_ckpt_agent *a, const hm_ckpt_job *j) {
-  HM_TRY(hm_make_dirs(j->dir, j->peer ? 0700 : 0755, HM_DIR_OUTPUT));
+  HM_TRY(hm_make_dirs(j->dir, 0755, HM_DIR_OUTPUT));
   char path[4400];
   /* a folder of this step left by an earlier attempt (a resumed run) loses its manifest before
    * any of its shards is replaced: it counts again only once the new manifest is written */
@@ -98,8 +100,7 @@ static hm_status hm_job_shard(hm_ckpt_agent *a, const hm_ckpt_job *j) {
   HM_TRY(hm_atomic_write_file(path, j->image, j->bytes));
   const uint64_t h = XXH3_64bits(j->image, j->bytes);
   pthread_mutex_lock(&a->mu);
-  if (j->peer) a->rec.mem_done = j->step, a->rec.peer_bytes = j->bytes, a->rec.peer_hash = h;
-  else a->rec.disk_done = j->step, a->rec.own_bytes = j->bytes, a->rec.own_hash = h;
+  a->rec.disk_done = j->step, a->rec.own_bytes = j->bytes, a->rec.own_hash = h;
   pthread_mutex_unlock(&a->mu);
   return HM_OK;
 }
@@ -281,10 +282,10 @@ static hm_status hm_agent_exchange(hm_ckpt_agent *a, const void *image, uint64_t
   return st;
 }
 
-static hm_ckpt_job *hm_shard_job(int peer, int64_t step, const char *root, const char *file, void *image, size_t bytes) {
+static hm_ckpt_job *hm_shard_job(int64_t step, const char *root, const char *file, void *image, size_t bytes) {
   hm_ckpt_job *j = hm_calloc(1, sizeof *j, "checkpoint job");
   if (!j) return NULL;
-  j->kind = HM_JOB_SHARD, j->peer = peer, j->step = step, j->image = image, j->bytes = bytes;
+  j->kind = HM_JOB_SHARD, j->step = step, j->image = image, j->bytes = bytes;
   snprintf(j->dir, sizeof j->dir, "%s/step-%08" PRId64, root, step);
   hm_strcpy(j->file, sizeof j->file, file);
   return j;
@@ -338,7 +339,7 @@ static hm_status hm_agent_begin(hm_ckpt_agent *a, int64_t step, int disk, void *
   if (st == HM_OK && a->ring) hm_agent_memory(a, step, disk, got, got_bytes, a->writer ? image : NULL, bytes);
   free(got);
   if (st == HM_OK && disk && a->writer) {
-    hm_ckpt_job *j = hm_shard_job(0, step, a->dump, a->tab[a->rank].file, image, bytes);
+    hm_ckpt_job *j = hm_shard_job(step, a->dump, a->tab[a->rank].file, image, bytes);
     image = NULL;
     st = j ? hm_agent_push(a, j) : HM_ERR_NOMEM;
   }
