@@ -71,6 +71,8 @@ struct hm_ckpt_agent {
   pthread_cond_t cv;
   hm_ckpt_job *queue[HM_AGENT_QUEUE];
   int nq, busy, stop;
+  int64_t prune[3]; /* rank 0: the memory pruning asked for last (below, keep, keep) */
+  int prune_due;
   hm_ckpt_rec rec; /* guarded by mu */
   char err[1024];  /* the thread's first failure */
 };
@@ -111,11 +113,39 @@ static hm_status hm_job_run(hm_ckpt_agent *a, const hm_ckpt_job *j) {
   return j->prune_root ? hm_ckpt_prune_complete(j->prune_root, j->keep, NULL) : HM_OK;
 }
 
+/* A failure of the thread's work or of this worker's own part of a snapshot: the first one is
+ * kept; every worker learns it at the next progress exchange. Called with mu held. */
+static void hm_agent_failed_locked(hm_ckpt_agent *a, hm_status st) {
+  if (st != HM_OK && !a->rec.failed) {
+    a->rec.failed = 1;
+    snprintf(a->err, sizeof a->err, "%s", hm_last_error());
+  }
+}
+
+/* Rank 0's pruning of the memory copies (hm_mem_prune), run when no write is queued: requests
+ * coalesce, so a slow disk write never fills the queue with them, and the training thread of
+ * rank 0 does no more work after a snapshot than the others (the progress watchdog compares
+ * them). Called with mu held; returns with it held. */
+static void hm_agent_prune_locked(hm_ckpt_agent *a) {
+  const int64_t below = a->prune[0], k1 = a->prune[1], k2 = a->prune[2];
+  a->prune_due = 0, a->busy = 1;
+  pthread_mutex_unlock(&a->mu);
+  hm_status st = hm_mem_prune(a->peer_dir, below, k1, k2);
+  pthread_mutex_lock(&a->mu);
+  hm_agent_failed_locked(a, st);
+  a->busy = 0;
+  pthread_cond_broadcast(&a->cv);
+}
+
 static void *hm_agent_main(void *arg) {
   hm_ckpt_agent *a = arg;
   pthread_mutex_lock(&a->mu);
   for (;;) {
-    while (a->nq == 0 && !a->stop) pthread_cond_wait(&a->cv, &a->mu);
+    while (a->nq == 0 && !a->prune_due && !a->stop) pthread_cond_wait(&a->cv, &a->mu);
+    if (a->nq == 0 && a->prune_due) {
+      hm_agent_prune_locked(a);
+      continue;
+    }
     if (a->nq == 0) break;
     hm_ckpt_job *j = a->queue[0];
     memmove(a->queue, a->queue + 1, (size_t)(a->nq - 1) * sizeof *a->queue);
@@ -124,10 +154,7 @@ static void *hm_agent_main(void *arg) {
     pthread_mutex_unlock(&a->mu);
     hm_status st = skip ? HM_OK : hm_job_run(a, j);
     pthread_mutex_lock(&a->mu);
-    if (st != HM_OK && !a->rec.failed) {
-      a->rec.failed = 1;
-      snprintf(a->err, sizeof a->err, "%s", hm_last_error());
-    }
+    hm_agent_failed_locked(a, st);
     free(j->image);
     free(j);
     a->busy = 0;
@@ -291,16 +318,6 @@ static hm_ckpt_job *hm_shard_job(int64_t step, const char *root, const char *fil
   return j;
 }
 
-/* A failure of this worker's own part of a snapshot (a memory copy not written): recorded like
- * a failed background write, so every worker learns it at the next progress exchange. */
-static void hm_agent_fail(hm_ckpt_agent *a, hm_status st) {
-  pthread_mutex_lock(&a->mu);
-  if (st != HM_OK && !a->rec.failed) {
-    a->rec.failed = 1;
-    snprintf(a->err, sizeof a->err, "%s", hm_last_error());
-  }
-  pthread_mutex_unlock(&a->mu);
-}
 
 /* The memory copies of snapshot `step`, written by the training thread before it goes on: the
  * ring predecessor's image (got) into the run's memory folder, this worker's own (image) into
@@ -323,10 +340,16 @@ static void hm_agent_memory(hm_ckpt_agent *a, int64_t step, int disk, const void
     hm_mem_own_dir(a->peer_dir, own, sizeof own);
     st = hm_mem_write(own, step, a->tab[a->rank].file, image, bytes);
   }
+  pthread_mutex_lock(&a->mu);
+  hm_agent_failed_locked(a, st); /* a memory copy not written, recorded like a failed write */
   /* world rank 0 keeps this snapshot and the one before it (every worker finished writing that
    * one before this step began), the outstanding checkpoint's and the newest complete one's */
-  if (st == HM_OK && a->rank == 0) st = hm_mem_prune(a->peer_dir, a->last_snap, a->pending, a->last_disk);
-  hm_agent_fail(a, st);
+  if (st == HM_OK && a->rank == 0) {
+    a->prune[0] = a->last_snap, a->prune[1] = a->pending, a->prune[2] = a->last_disk;
+    a->prune_due = 1;
+    pthread_cond_broadcast(&a->cv);
+  }
+  pthread_mutex_unlock(&a->mu);
 }
 
 /* Starts snapshot `step`: the ring exchange, the memory copies, then (disk) the shard written in

@@ -30,6 +30,7 @@ typedef struct hm_cluster_job {
   int steps, ckpt_every, keep, max_restarts, drop_after, rebalance;
   double lr;
   const char *exclude;      /* ranks whose devices are left out ("R0,R1"), or NULL */
+  int mem_every;            /* workers' --mem-every (0: none) */
 } hm_cluster_job;
 
 /* Runs `self args...` as one child process and waits; HM_ERR_PEER_DEAD naming `what` when it
