@@ -3,14 +3,18 @@
 # gpt-mini, each injecting one fault (HETMIX_FAULT, src/runtime/heartbeat.h) at a random rank and
 # step (seeded; the seed is printed) into a pipeline of 2-4 workers checkpointing every 2 steps.
 # Per kind: runs that finished, detection time (fault -> failed rank named; goal <= 3 s),
-# recovery time (fault -> the next completed step; goal <= 15 s median), work lost (steps
-# redone), median and worst, next to the uninterrupted run's time. Fail-slow: a worker slowed 3x
+# recovery time (fault -> the next completed step; goal <= 15 s median), work lost (completed
+# steps that had to be redone: the steps completed when the fault struck less the step the
+# restart resumed from; goal <= one checkpoint interval, 0 when resumed from memory right after
+# a snapshot) and where the restart resumed from (memory or disk), median and worst, next to
+# the uninterrupted run's time. Fail-slow: a worker slowed 3x
 # at a random step (steps until named, goal <= 5) and clean runs (false reports, goal 0).
 #   bench/runtime/restart_soak.sh [--short] [hetmix] [trials per kind, 20] [workers 2|3|4, 2] [kinds] [steps, 10]
 #   kinds: any of "kill stop hang ckptkill kill2 slow clean" (default: all)
 #   --short: 2 trials per kind (a check that it works, not a figure; other arguments still apply)
 # HETMIX_BENCH_SEED fixes the seed; HETMIX_BENCH_DIR the work folder; extra worker options in
-# HETMIX_SOAK_WORKER_ARGS [--batch 1 --seq 64] (a shorter step than gpt-mini's T=256).
+# HETMIX_SOAK_WORKER_ARGS [--batch 1 --seq 64] (a shorter step than gpt-mini's T=256), e.g.
+# "--batch 1 --seq 64 --mem-every 1" for snapshots into memory every step.
 # The load average is printed before and after: compare figures of quiet runs only.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -87,10 +91,10 @@ def med_worst(v):
     return ("%.2f" % statistics.median(v), "%.2f" % max(v)) if v else ("-", "-")
 ref = span(os.path.join(work, "reference"))
 print("uninterrupted run: %.1f s" % ref)
-print("%-9s %8s %14s %14s %12s %10s %s" % ("kind", "finished", "detect s", "recover s", "lost steps",
-                                            "run/ref", "(median / worst; stop, hang: the deadline applied)"))
+print("%-9s %8s %14s %14s %12s %7s %10s %s" % ("kind", "finished", "detect s", "recover s", "lost steps", "memory",
+                                                 "run/ref", "(median / worst; stop, hang: the deadline applied)"))
 for kind in kinds:
-    det, rec, lost, ratio, done, named, notes, dl = [], [], [], [], 0, 0, [], []
+    det, rec, lost, ratio, done, named, notes, dl, mem = [], [], [], [], 0, 0, [], [], 0
     for t in range(1, trials + 1):
         d = os.path.join(work, "%s-%d" % (kind, t))
         if not os.path.exists(d + ".time"): continue
@@ -117,18 +121,22 @@ for kind in kinds:
         m = re.search(r"deadline ([0-9.]+) s", a0.get("message", ""))
         if m: dl.append(float(m.group(1)))  # the silence or watchdog deadline it was judged against
         if a1["first_step_wall_s"] > 0: rec.append(a1["first_step_wall_s"] - f0)
+        # work lost: completed steps redone. A fault "at step K" strikes before step K+1 starts (the
+        # loop's index K: K steps done; ckptkill: before the snapshot of step K, K steps done)
         resume = a0["resume_step"] if a0["resume_step"] >= 0 else 0
-        lost.append(max(0, fstep[0] - resume))
+        lost.append(max(0, min(fstep) - resume))
+        mem += a0.get("resume_from") == "memory"
     if kind == "slow":
-        print("%-9s %8s %29s %12s %10s  named %d of %d; steps from slowdown to report (goal <= 5)" %
-              (kind, "%d/%d" % (done, trials), "", "%s / %s" % med_worst(lost), "%.2f" % statistics.median(ratio) if ratio else "-", named, trials))
+        print("%-9s %8s %29s %12s %7s %10s  named %d of %d; steps from slowdown to report (goal <= 5)" %
+              (kind, "%d/%d" % (done, trials), "", "%s / %s" % med_worst(lost), "", "%.2f" % statistics.median(ratio) if ratio else "-", named, trials))
         continue
     if kind == "clean":
-        print("%-9s %8s %29s %12s %10s  fail-slow reports (false positives): %d in %d runs" %
-              (kind, "%d/%d" % (done, trials), "", "", "%.2f" % statistics.median(ratio) if ratio else "-", named, trials))
+        print("%-9s %8s %29s %12s %7s %10s  fail-slow reports (false positives): %d in %d runs" %
+              (kind, "%d/%d" % (done, trials), "", "", "", "%.2f" % statistics.median(ratio) if ratio else "-", named, trials))
         continue
-    print("%-9s %8s %14s %14s %12s %10s %s" % (kind, "%d/%d" % (done, trials), "%s / %s" % med_worst(det),
-          "%s / %s" % med_worst(rec), "%s / %s" % med_worst(lost), "%.2f" % statistics.median(ratio) if ratio else "-",
+    print("%-9s %8s %14s %14s %12s %7s %10s %s" % (kind, "%d/%d" % (done, trials), "%s / %s" % med_worst(det),
+          "%s / %s" % med_worst(rec), "%s / %s" % med_worst(lost), "%d/%d" % (mem, len(lost)),
+          "%.2f" % statistics.median(ratio) if ratio else "-",
           " deadline %s / %s s" % med_worst(dl) if dl else ""))
     for n in notes: print("          " + n)
 # every run without a slowed worker is also a clean run for fail-slow

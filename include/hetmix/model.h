@@ -375,6 +375,10 @@ typedef struct hm_ckpt {
  * checkpoint out_path (tp 0 of 1), e.g. for hetmix sample. HM_ERR_INVALID_ARG when the files do
  * not belong together (config, layers, step, tp rank and size). */
 hm_status hm_ckpt_merge_tp(const char *const *paths, int n, const char *out_path);
+/* The inverse: splits the unsplit stage checkpoint at path into n tensor-parallel shards,
+ * out_paths[r] holding rank r of n (the layout a stage split n ways keeps: each tensor as the
+ * stage's own shard of it), byte for byte; hm_ckpt_merge_tp of them gives path's tensors back. */
+hm_status hm_ckpt_split_tp(const char *path, int n, const char *const *out_paths);
 
 /* Reads and verifies everything (header, table, every checksum, trailer). Truncated or corrupt
  * -> HM_ERR_CORRUPT naming the path and what is wrong. */
@@ -529,16 +533,26 @@ hm_status hm_ckpt_newest_complete(const char *run_dir, char *path, size_t cap, i
 hm_status hm_ckpt_prune_complete(const char *run_dir, int keep, int *removed);
 /* Removes every "step-<N>/" folder of run_dir (their regular files), then run_dir when empty. */
 hm_status hm_ckpt_remove_step_dirs(const char *run_dir);
+/* The steps of run_dir's "step-<N>/" folders, complete or not, newest first (*steps: free();
+ * HM_ERR_NOT_FOUND when run_dir does not exist). */
+hm_status hm_ckpt_list_steps(const char *run_dir, int64_t **steps, size_t *n);
+/* Removes run_dir's folder "step-<8 digits>/" (its regular files, then the folder); a missing one is
+ * fine. */
+hm_status hm_ckpt_remove_step(const char *run_dir, int64_t step);
 
 /* Joins the stage checkpoints "<dir>/stage<s>.hmc" (s < nstages, one replica's, float32) into
  * one checkpoint of the whole model at out: every stage's params, then moments, in layer order;
  * the head's copy of the tied embedding is dropped (it equals the first stage's). */
 hm_status hm_ckpt_merge_stages(const char *dir, int nstages, const char *out);
+/* The same from the unsplit stage files paths[0..nstages-1] (dir names them in messages). */
+hm_status hm_ckpt_merge_stage_files(const char *const *paths, int nstages, const char *dir, const char *out);
 
 /* Re-sharding a checkpoint to another pipeline layout (docs/runtime.md, "Elastic re-plan"). */
 typedef struct hm_reshard_layout {
   int nstages;
   int bounds[HM_CKPT_MAX_SHARDS + 1]; /* stage s holds layers [bounds[s], bounds[s+1]) */
+  int tp[HM_CKPT_MAX_SHARDS];         /* stage s written as tp[s] tensor-parallel shards (0, 1:
+                                         one unsplit file, which loads into any degree) */
   int micro_batches, batch;           /* per optimizer step, sequences per micro-batch */
   int world;                          /* workers of the new layout (the manifest's) */
 } hm_reshard_layout;
@@ -549,9 +563,11 @@ typedef struct hm_reshard_layout {
  * stage_count, micro_batches and batch. */
 hm_status hm_ckpt_cut_stage(const hm_ckpt *whole, const hm_ckpt_meta *layout, const char *out);
 /* Re-shards the complete checkpoint folder src (manifest and stage shards, float32 or float64,
- * no tensor-parallel shards) to the layout `to` in out_dir: merges the stages into the whole
- * model, cuts the new stages out of it, writes their manifest last. The global batch must stay
- * (micro_batches x batch as the checkpoint's), else HM_ERR_INVALID_ARG. */
+ * tensor-parallel shards of a stage merged first with hm_ckpt_merge_tp) to the layout `to` in
+ * out_dir: merges the stages into the whole model, cuts the new stages out of it (each split
+ * into to->tp[s] shards with hm_ckpt_split_tp), writes their manifest last. Every tensor is
+ * copied byte for byte. The global batch must stay (micro_batches x batch as the
+ * checkpoint's), else HM_ERR_INVALID_ARG. */
 hm_status hm_ckpt_reshard(const char *src, const hm_reshard_layout *to, const char *out_dir);
 
 /* Generates n_new tokens after prompt (bytes) with the model of a checkpoint (all layers).

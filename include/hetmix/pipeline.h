@@ -77,6 +77,11 @@ typedef struct hm_pipeline_options {
   void (*on_slow)(const struct hm_slow_report *r, void *user); /* a rank found persistently slow
                                     (every worker gets every report; r->self marks its own), or NULL */
   void *slow_user;
+  int mem_every;                 /* with periodic checkpoints (train->ckpt_every, dump_dir) and peer
+                                    copies: also snapshot into memory only (the own and the ring
+                                    peer's copy, no disk) every N steps, so a restart loses fewer
+                                    steps (docs/runtime.md, "In-memory snapshots"); 0: only at
+                                    the disk checkpoints [0] */
   void (*on_warning)(const char *msg, void *user); /* something the run survived (a periodic
                                     checkpoint that could not be written is skipped), or NULL */
   void *warning_user;

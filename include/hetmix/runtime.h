@@ -101,9 +101,12 @@ hm_status hm_launch_run(const hm_launch_opts *opts, hm_launch_result *res);
 
 /* A job with automatic restarts (`hetmix launch --max-restarts N`): runs launch; when a worker
  * fails (HM_ERR_PEER_DEAD: exit, signal, heartbeat silence, progress watchdog) and restarts are
- * left, it starts the whole job again resuming from hm_ckpt_newest_complete(run_dir) (the
- * argument after "--resume" in argv is replaced, or "--resume PATH" appended; from scratch when
- * there is none). Every attempt gets HETMIX_ATTEMPT=<k> and a fresh heartbeat folder. */
+ * left, it starts the whole job again resuming from the newest step whose every shard is in the
+ * peers' memory, or hm_ckpt_newest_complete(run_dir) when that is newer (the argument after
+ * "--resume" in argv is replaced, or "--resume PATH" appended; from scratch when there is none).
+ * With restarts and a run_dir the job gets a memory folder of its own for the peer copies
+ * (HETMIX_PEER_DIR=<peer root>/hetmix-mem-XXXXXX, removed at the end; none when
+ * HETMIX_PEER_DIR=none). Every attempt gets HETMIX_ATTEMPT=<k> and a fresh heartbeat folder. */
 typedef struct hm_restart_event {
   int attempt;             /* the attempt that ended (0 = the first) */
   hm_status status;        /* how it ended */
@@ -112,6 +115,7 @@ typedef struct hm_restart_event {
   int restarting;          /* 1: another attempt follows */
   long long resume_step;   /* its resume point, -1 from scratch */
   const char *resume_path; /* NULL from scratch */
+  int resume_memory;       /* 1: resume_path is a step complete in the peers' memory, not on disk */
 } hm_restart_event;
 
 typedef struct hm_restart_opts {

@@ -42,8 +42,8 @@ static void launch_on_attempt(const hm_restart_event *ev, void *user) {
   if (ev->restarting) {
     fprintf(stderr, "hetmix: launch: attempt %d failed: %s\n", ev->attempt, ev->message);
     if (ev->resume_path)
-      fprintf(stderr, "hetmix: launch: restart %d: resuming from %s (step %lld)\n", ev->attempt + 1, ev->resume_path,
-              ev->resume_step);
+      fprintf(stderr, "hetmix: launch: restart %d: resuming from %s (step %lld, %s)\n", ev->attempt + 1,
+              ev->resume_path, ev->resume_step, ev->resume_memory ? "in the peers' memory" : "on disk");
     else
       fprintf(stderr, "hetmix: launch: restart %d: no complete checkpoint yet, starting over\n", ev->attempt + 1);
   }
@@ -61,6 +61,7 @@ static void launch_on_attempt(const hm_restart_event *ev, void *user) {
   cJSON_AddNumberToObject(j, "stop_s", r->stop_s);
   cJSON_AddBoolToObject(j, "restarting", ev->restarting);
   cJSON_AddNumberToObject(j, "resume_step", (double)ev->resume_step);
+  if (ev->resume_path) cJSON_AddStringToObject(j, "resume_from", ev->resume_memory ? "memory" : "disk");
   cJSON_AddStringToObject(j, "message", ev->message ? ev->message : "");
   char *txt = cJSON_PrintUnformatted(j);
   cJSON_Delete(j);
@@ -452,6 +453,9 @@ int hm_cmd_worker(int argc, char **argv) {
       HM_OPT_ROW(HM_OPT_INT, "ckpt-every", 0, &t.ckpt_every, 0, 1e8, "N",
                  "also every N steps, in DIR/step-<N>/ (0: only the last step) [0]"),
       HM_OPT_ROW(HM_OPT_INT, "keep", 0, &t.keep, 0, 1e8, "K", "keep the newest K step-<N>/ folders of --dump (0: all) [3]"),
+      HM_OPT_ROW(HM_OPT_INT, "mem-every", 0, &po.mem_every, 0, 1e8, "N",
+                 "with --ckpt-every: also snapshot into memory only (own and ring peer's\n"
+                 "copy, no disk) every N steps; a restart resumes from it (0: off) [0]"),
       HM_OPT_STR_ROW("resume", 0, &t.resume, "DIR",
                      "continue from a --dump of the same layout and options (params, AdamW\n"
                      "moments, step; the data position follows from the step)"),

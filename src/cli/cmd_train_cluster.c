@@ -37,10 +37,11 @@ typedef struct cluster_args {
   int drop_after;
   const char *exclude;
   int max_chunks;
+  int mem_every;
 } cluster_args;
 
 static int parse_cluster_args(int argc, char **argv, cluster_args *a) {
-  *a = (cluster_args){NULL, "gpt-mini", "out", NULL, 16, 20, 3, 200, 0, 0, 5, 0, 3, 0, 1e-3, 0, 0, 0, NULL, 1};
+  *a = (cluster_args){NULL, "gpt-mini", "out", NULL, 16, 20, 3, 200, 0, 0, 5, 0, 3, 0, 1e-3, 0, 0, 0, NULL, 1, 0};
   const hm_opt opts[] = {
       HM_OPT_STR_ROW("cluster", 0, &a->cluster, "FILE|local",
                      "cluster spec; `local` is this machine as a cpu and an opencl\n"
@@ -57,6 +58,9 @@ static int parse_cluster_args(int argc, char **argv, cluster_args *a) {
       HM_OPT_ROW(HM_OPT_INT, "ckpt-every", 0, &a->ckpt_every, 0, 1e9, "N",
                  "also checkpoint every N steps, in stages/step-<N>/ [0: only the end]"),
       HM_OPT_ROW(HM_OPT_INT, "keep", 0, &a->keep, 0, 1e9, "K", "keep the newest K of those step folders (0: all) [3]"),
+      HM_OPT_ROW(HM_OPT_INT, "mem-every", 0, &a->mem_every, 0, 1e9, "N",
+                 "with --ckpt-every: also snapshot into memory only every N steps\n"
+                 "(hetmix worker --mem-every; restarts resume from it) [0]"),
       HM_OPT_ROW(HM_OPT_INT, "max-restarts", 0, &a->max_restarts, 0, 1000000, "N",
                  "after a worker fails, restart the workers from the newest complete\n"
                  "checkpoint up to N times (hetmix launch --max-restarts) [0]"),
@@ -124,7 +128,8 @@ static int write_specs(const cluster_args *a, const hm_spec_model_config *cfg, c
 /* The chain's settings from the options (src/runtime/cluster_train.c runs it). */
 static hm_cluster_job cluster_job(const char *self, const cluster_args *a, const char *cl_path) {
   hm_cluster_job j = {self, cl_path, a->out, a->data, a->reps, a->profile_alone, a->netns, a->steps, a->ckpt_every,
-                      a->keep, a->max_restarts, a->drop_after, a->rebalance, a->lr, a->exclude, a->max_chunks};
+                      a->keep, a->max_restarts, a->drop_after, a->rebalance, a->lr, a->exclude, a->max_chunks,
+                      a->mem_every};
   return j;
 }
 

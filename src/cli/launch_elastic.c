@@ -143,9 +143,10 @@ hm_status hm_elastic_replan(hm_elastic *e, const int *drop, int n, const char *r
   }
   if (st == HM_OK) {
     fprintf(stderr, "hetmix: launch: re-plan %d: dropped %s; new plan %s: %d workers, stages %s, %d x %d sequences per "
-            "step (the same global batch), predicted step %.4g s%s%s (stages before: %s)\n", k, sp->dropped, plan,
+            "step (the same global batch), predicted step %.4g s%s%s%s (stages before: %s)\n", k, sp->dropped, plan,
             now.world, hm_bounds_str(&now, nb, sizeof nb), now.micro_batches, now.batch, predicted,
             resume ? "; re-sharded " : "; no checkpoint to re-shard", resume ? resume : "",
+            resume ? " into the run folder" : "",
             hm_bounds_str(&old, ob, sizeof ob));
     hm_strcpy(e->plan_s, sizeof e->plan_s, plan);
     e->argv[e->plan_at] = e->plan_s;

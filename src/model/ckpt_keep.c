@@ -235,3 +235,25 @@ hm_status hm_ckpt_remove_step_dirs(const char *run_dir) {
     st = hm_error(HM_ERR_IO, "cannot remove %s: %s", run_dir, strerror(errno));
   return st;
 }
+
+hm_status hm_ckpt_list_steps(const char *run_dir, int64_t **steps, size_t *n) {
+  *steps = NULL, *n = 0;
+  hm_numbered *list = NULL;
+  size_t k = 0;
+  HM_TRY(hm_step_dirs(run_dir, &list, &k));
+  int64_t *out = k ? hm_malloc(k * sizeof *out, "checkpoint steps") : NULL;
+  if (k && !out) {
+    free(list);
+    return HM_ERR_NOMEM;
+  }
+  for (size_t i = 0; i < k; i++) out[i] = (int64_t)list[i].step;
+  free(list);
+  *steps = out, *n = k;
+  return HM_OK;
+}
+
+hm_status hm_ckpt_remove_step(const char *run_dir, int64_t step) {
+  char name[64];
+  snprintf(name, sizeof name, "step-%08lld", (long long)step);
+  return hm_remove_folder(run_dir, name);
+}

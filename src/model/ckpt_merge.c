@@ -10,15 +10,28 @@
 /* Joins replica 0's stage checkpoints into one checkpoint of the whole model (the head's copy of
  * the tied embedding is dropped: it equals the first stage's), for `hetmix sample`. */
 hm_status hm_ckpt_merge_stages(const char *dir, int nstages, const char *out) {
+  if (nstages < 1 || nstages > HM_CKPT_MAX_SHARDS) return hm_error(HM_ERR_INVALID_ARG, "merging %s: %d stages", dir, nstages);
+  char(*paths)[4200] = hm_calloc((size_t)nstages, sizeof *paths, "stage paths");
+  const char **pp = hm_calloc((size_t)nstages, sizeof *pp, "stage paths");
+  hm_status st = paths && pp ? HM_OK : HM_ERR_NOMEM;
+  for (int s = 0; s < nstages && st == HM_OK; s++) {
+    snprintf(paths[s], sizeof paths[s], "%s/stage%d.hmc", dir, s);
+    pp[s] = paths[s];
+  }
+  if (st == HM_OK) st = hm_ckpt_merge_stage_files(pp, nstages, dir, out);
+  free(paths);
+  free(pp);
+  return st;
+}
+
+hm_status hm_ckpt_merge_stage_files(const char *const *paths, int nstages, const char *dir, const char *out) {
   if (nstages < 1) return hm_error(HM_ERR_INVALID_ARG, "merging %s: %d stages", dir, nstages);
   hm_ckpt *ck = hm_calloc((size_t)nstages, sizeof *ck, "stage checkpoints");
   if (!ck) return HM_ERR_NOMEM;
   hm_status st = HM_OK;
   int total = 0;
   for (int s = 0; s < nstages && st == HM_OK; s++) {
-    char path[4200];
-    snprintf(path, sizeof path, "%s/stage%d.hmc", dir, s);
-    st = hm_ckpt_read(path, &ck[s]);
+    st = hm_ckpt_read(paths[s], &ck[s]);
     total += st == HM_OK ? ck[s].n_tensors : 0;
     if (st == HM_OK && (ck[s].meta.elem_size == 8) != (ck[0].meta.elem_size == 8))
       st = hm_error(HM_ERR_UNSUPPORTED, "merging %s: stage 0 holds %d-byte and stage %d %d-byte elements (a run that "

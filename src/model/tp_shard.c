@@ -205,3 +205,53 @@ hm_status hm_ckpt_merge_tp(const char *const *paths, int n, const char *out_path
   free(ck);
   return st;
 }
+
+// Rank r's shard of every tensor of the unsplit checkpoint whole (tp 0 of 1), written to out_path.
+static hm_status hm_split_one(const hm_ckpt *whole, int n, int r, const char *out_path) {
+  const int nt = whole->n_tensors;
+  const size_t es = hm_ckpt_elem_size(whole);
+  hm_ckpt_tensor *out = nt ? hm_calloc((size_t)nt, sizeof *out, "split tensors") : NULL;
+  hm_status st = nt && !out ? HM_ERR_NOMEM : HM_OK;
+  for (int i = 0; i < nt && st == HM_OK; i++) {
+    const hm_ckpt_tensor *t = &whole->tensors[i];
+    const char *slash = strchr(t->name, '/');
+    int blocks;
+    hm_tp_split split = hm_tp_tensor_split(&whole->meta.config, slash ? slash + 1 : t->name, &blocks);
+    size_t rows, cols;
+    hm_full_shape(&whole->meta.config, t->name, t->numel, split, 1, &rows, &cols);
+    if (rows * cols != t->numel) {
+      st = hm_error(HM_ERR_CORRUPT, "splitting: tensor '%s' holds %llu elements, not a (%zu, %zu) tensor", t->name,
+                    (unsigned long long)t->numel, rows, cols);
+      break;
+    }
+    out[i] = *t;
+    out[i].numel = hm_tp_shard_numel(rows, cols, split, blocks, n, r);
+    out[i].data = hm_malloc(out[i].numel * es + 1, "split tensor");
+    if (!out[i].data) st = HM_ERR_NOMEM;
+    else hm_tp_copy_bytes(t->data, out[i].data, rows, cols, es, split, blocks, n, r, 1);
+  }
+  if (st == HM_OK) {
+    hm_ckpt_meta m = whole->meta;
+    m.tp_rank = r, m.tp_size = n;
+    st = hm_ckpt_write(out_path, &m, out, nt);
+  }
+  for (int i = 0; i < nt && out; i++) free(out[i].data);
+  free(out);
+  return st;
+}
+
+hm_status hm_ckpt_split_tp(const char *path, int n, const char *const *out_paths) {
+  if (n < 1 || n > 64) return hm_error(HM_ERR_INVALID_ARG, "split into %d tensor-parallel shards (need 1..64)", n);
+  hm_ckpt whole;
+  HM_TRY(hm_ckpt_read(path, &whole));
+  hm_status st = HM_OK;
+  if (whole.meta.tp_size > 1)
+    st = hm_error(HM_ERR_INVALID_ARG, "checkpoint %s is already tensor-parallel rank %d of %d, not an unsplit stage", path,
+                  whole.meta.tp_rank, whole.meta.tp_size);
+  if (st == HM_OK && n > 1 && whole.meta.config.NH % n != 0)
+    st = hm_error(HM_ERR_INVALID_ARG, "checkpoint %s: %lld heads do not split %d ways", path,
+                  (long long)whole.meta.config.NH, n);
+  for (int r = 0; r < n && st == HM_OK; r++) st = hm_split_one(&whole, n, r, out_paths[r]);
+  hm_ckpt_free(&whole);
+  return st;
+}

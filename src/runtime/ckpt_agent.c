@@ -2,8 +2,10 @@
  * background thread, completed by a manifest once every shard is durable (ckpt_agent.h).
  *
  * Who does what, with p stages and R replicas (world rank = replica * p + stage): replica 0's
- * workers snapshot (their stage is the same in every replica), write their shard to disk, and
- * send the image to world rank + 1 (mod W), which writes it to the peer folder. With tensor-
+ * workers snapshot (their stage is the same in every replica), send the image to world rank + 1
+ * (mod W), which writes it to the peer folder while the owner writes its own copy beside it
+ * (both in memory, before training goes on: ckpt_memory.h), and then write their shard to disk
+ * in the background (memory-only snapshots stop before the disk). With tensor-
  * parallel stages replica 0's workers are still world ranks 0..n0-1 (stage by stage, tensor-
  * parallel rank by rank), each writing its own shard: the same rules with n0 shards for p. Every step
  * while a checkpoint is outstanding the workers allgather their progress (last step written to
@@ -24,13 +26,14 @@
 #include <xxhash.h>
 
 #include "hetmix/model.h"
+#include "runtime/ckpt_memory.h"
 #include "util/files.h"
 #include "util/util.h"
 
 enum { HM_JOB_SHARD, HM_JOB_MANIFEST };
 
 typedef struct hm_ckpt_job {
-  int kind, peer;     /* peer: the image is another worker's (the peer folder) */
+  int kind;
   int64_t step;
   char dir[4300];     /* the step's folder */
   char file[64];      /* shard name */
@@ -58,6 +61,7 @@ struct hm_ckpt_agent {
   hm_comm_t world, ring;
   int rank, W, writer, sends, recvs; /* sends: replica 0 with a ring; recvs: holds rank-1's image */
   int64_t pending;                   /* step of the outstanding checkpoint, 0: none */
+  int64_t last_snap, last_disk;      /* the previous snapshot's step, the newest complete checkpoint's */
   uint64_t pending_pos;              /* its data position */
   int pending_mem;                   /* it has peer copies */
   long wait_s;
@@ -67,6 +71,8 @@ struct hm_ckpt_agent {
   pthread_cond_t cv;
   hm_ckpt_job *queue[HM_AGENT_QUEUE];
   int nq, busy, stop;
+  int64_t prune[3]; /* rank 0: the memory pruning asked for last (below, keep, keep) */
+  int prune_due;
   hm_ckpt_rec rec; /* guarded by mu */
   char err[1024];  /* the thread's first failure */
 };
@@ -85,7 +91,7 @@ void hm_ckpt_peer_dir(const char *root, uint64_t run_id, char *out, size_t cap) 
 /* ---------------------------------------------------------------- the thread */
 
 static hm_status hm_job_shard(hm_ckpt_agent *a, const hm_ckpt_job *j) {
-  HM_TRY(hm_make_dirs(j->dir, j->peer ? 0700 : 0755, HM_DIR_OUTPUT));
+  HM_TRY(hm_make_dirs(j->dir, 0755, HM_DIR_OUTPUT));
   char path[4400];
   /* a folder of this step left by an earlier attempt (a resumed run) loses its manifest before
    * any of its shards is replaced: it counts again only once the new manifest is written */
@@ -96,8 +102,7 @@ static hm_status hm_job_shard(hm_ckpt_agent *a, const hm_ckpt_job *j) {
   HM_TRY(hm_atomic_write_file(path, j->image, j->bytes));
   const uint64_t h = XXH3_64bits(j->image, j->bytes);
   pthread_mutex_lock(&a->mu);
-  if (j->peer) a->rec.mem_done = j->step, a->rec.peer_bytes = j->bytes, a->rec.peer_hash = h;
-  else a->rec.disk_done = j->step, a->rec.own_bytes = j->bytes, a->rec.own_hash = h;
+  a->rec.disk_done = j->step, a->rec.own_bytes = j->bytes, a->rec.own_hash = h;
   pthread_mutex_unlock(&a->mu);
   return HM_OK;
 }
@@ -108,11 +113,39 @@ static hm_status hm_job_run(hm_ckpt_agent *a, const hm_ckpt_job *j) {
   return j->prune_root ? hm_ckpt_prune_complete(j->prune_root, j->keep, NULL) : HM_OK;
 }
 
+/* A failure of the thread's work or of this worker's own part of a snapshot: the first one is
+ * kept; every worker learns it at the next progress exchange. Called with mu held. */
+static void hm_agent_failed_locked(hm_ckpt_agent *a, hm_status st) {
+  if (st != HM_OK && !a->rec.failed) {
+    a->rec.failed = 1;
+    snprintf(a->err, sizeof a->err, "%s", hm_last_error());
+  }
+}
+
+/* Rank 0's pruning of the memory copies (hm_mem_prune), run when no write is queued: requests
+ * coalesce, so a slow disk write never fills the queue with them, and the training thread of
+ * rank 0 does no more work after a snapshot than the others (the progress watchdog compares
+ * them). Called with mu held; returns with it held. */
+static void hm_agent_prune_locked(hm_ckpt_agent *a) {
+  const int64_t below = a->prune[0], k1 = a->prune[1], k2 = a->prune[2];
+  a->prune_due = 0, a->busy = 1;
+  pthread_mutex_unlock(&a->mu);
+  hm_status st = hm_mem_prune(a->peer_dir, below, k1, k2);
+  pthread_mutex_lock(&a->mu);
+  hm_agent_failed_locked(a, st);
+  a->busy = 0;
+  pthread_cond_broadcast(&a->cv);
+}
+
 static void *hm_agent_main(void *arg) {
   hm_ckpt_agent *a = arg;
   pthread_mutex_lock(&a->mu);
   for (;;) {
-    while (a->nq == 0 && !a->stop) pthread_cond_wait(&a->cv, &a->mu);
+    while (a->nq == 0 && !a->prune_due && !a->stop) pthread_cond_wait(&a->cv, &a->mu);
+    if (a->nq == 0 && a->prune_due) {
+      hm_agent_prune_locked(a);
+      continue;
+    }
     if (a->nq == 0) break;
     hm_ckpt_job *j = a->queue[0];
     memmove(a->queue, a->queue + 1, (size_t)(a->nq - 1) * sizeof *a->queue);
@@ -121,10 +154,7 @@ static void *hm_agent_main(void *arg) {
     pthread_mutex_unlock(&a->mu);
     hm_status st = skip ? HM_OK : hm_job_run(a, j);
     pthread_mutex_lock(&a->mu);
-    if (st != HM_OK && !a->rec.failed) {
-      a->rec.failed = 1;
-      snprintf(a->err, sizeof a->err, "%s", hm_last_error());
-    }
+    hm_agent_failed_locked(a, st);
     free(j->image);
     free(j);
     a->busy = 0;
@@ -233,6 +263,7 @@ static hm_status hm_agent_poll(hm_ckpt_agent *a) {
   }
   if (st == HM_OK && done) {
     if (a->rank == 0) st = hm_agent_complete(a, all, a->pending_pos);
+    a->last_disk = a->pending;
     a->pending = 0;
   }
   if (st == HM_ERR_IO) { /* every worker saw the same records: all abandon this step alike, and */
@@ -278,42 +309,74 @@ static hm_status hm_agent_exchange(hm_ckpt_agent *a, const void *image, uint64_t
   return st;
 }
 
-static hm_ckpt_job *hm_shard_job(int peer, int64_t step, const char *root, const char *file, void *image, size_t bytes) {
+static hm_ckpt_job *hm_shard_job(int64_t step, const char *root, const char *file, void *image, size_t bytes) {
   hm_ckpt_job *j = hm_calloc(1, sizeof *j, "checkpoint job");
   if (!j) return NULL;
-  j->kind = HM_JOB_SHARD, j->peer = peer, j->step = step, j->image = image, j->bytes = bytes;
+  j->kind = HM_JOB_SHARD, j->step = step, j->image = image, j->bytes = bytes;
   snprintf(j->dir, sizeof j->dir, "%s/step-%08" PRId64, root, step);
   hm_strcpy(j->file, sizeof j->file, file);
   return j;
 }
 
-/* Starts checkpoint `step`: the ring exchange, then the writes in the background. */
-static hm_status hm_agent_begin(hm_ckpt_agent *a, int64_t step, void *image, size_t bytes) {
+
+/* The memory copies of snapshot `step`, written by the training thread before it goes on: the
+ * ring predecessor's image (got) into the run's memory folder, this worker's own (image) into
+ * its own/ part. A disk checkpoint's held copy is what its peer manifest names. */
+static void hm_agent_memory(hm_ckpt_agent *a, int64_t step, int disk, const void *got, uint64_t got_bytes,
+                            const void *image, size_t bytes) {
+  const int prev = (a->rank + a->W - 1) % a->W; /* a sender is replica 0: its rank is its shard */
+  hm_status st = HM_OK;
+  if (got) {
+    st = hm_mem_write(a->peer_dir, step, a->tab[prev].file, got, (size_t)got_bytes);
+    if (st == HM_OK && disk) {
+      const uint64_t h = XXH3_64bits(got, (size_t)got_bytes);
+      pthread_mutex_lock(&a->mu);
+      a->rec.mem_done = step, a->rec.peer_bytes = got_bytes, a->rec.peer_hash = h;
+      pthread_mutex_unlock(&a->mu);
+    }
+  }
+  if (st == HM_OK && image) {
+    char own[4300];
+    hm_mem_own_dir(a->peer_dir, own, sizeof own);
+    st = hm_mem_write(own, step, a->tab[a->rank].file, image, bytes);
+  }
+  pthread_mutex_lock(&a->mu);
+  hm_agent_failed_locked(a, st); /* a memory copy not written, recorded like a failed write */
+  /* world rank 0 keeps this snapshot and the one before it (every worker finished writing that
+   * one before this step began), the outstanding checkpoint's and the newest complete one's */
+  if (st == HM_OK && a->rank == 0) {
+    a->prune[0] = a->last_snap, a->prune[1] = a->pending, a->prune[2] = a->last_disk;
+    a->prune_due = 1;
+    pthread_cond_broadcast(&a->cv);
+  }
+  pthread_mutex_unlock(&a->mu);
+}
+
+/* Starts snapshot `step`: the ring exchange, the memory copies, then (disk) the shard written in
+ * the background. */
+static hm_status hm_agent_begin(hm_ckpt_agent *a, int64_t step, int disk, void *image, size_t bytes) {
   void *got = NULL;
   uint64_t got_bytes = 0;
   hm_status st = a->ring ? hm_agent_exchange(a, image, bytes, &got, &got_bytes) : HM_OK;
-  const int prev = (a->rank + a->W - 1) % a->W; /* a sender is replica 0: its rank is its shard */
-  if (st == HM_OK && got) {
-    hm_ckpt_job *j = hm_shard_job(1, step, a->peer_dir, a->tab[prev].file, got, (size_t)got_bytes);
-    st = j ? hm_agent_push(a, j) : (free(got), HM_ERR_NOMEM);
-  } else {
-    free(got);
-  }
-  if (st == HM_OK && a->writer) {
-    hm_ckpt_job *j = hm_shard_job(0, step, a->dump, a->tab[a->rank].file, image, bytes);
+  if (disk) a->pending = step, a->pending_mem = a->ring != NULL;
+  if (st == HM_OK && a->ring) hm_agent_memory(a, step, disk, got, got_bytes, a->writer ? image : NULL, bytes);
+  free(got);
+  if (st == HM_OK && disk && a->writer) {
+    hm_ckpt_job *j = hm_shard_job(step, a->dump, a->tab[a->rank].file, image, bytes);
     image = NULL;
     st = j ? hm_agent_push(a, j) : HM_ERR_NOMEM;
   }
   free(image);
-  a->pending = step;
-  a->pending_mem = a->ring != NULL;
+  a->last_snap = step;
   return st;
 }
 
-hm_status hm_ckpt_agent_step(hm_ckpt_agent *a, int64_t done, int checkpoint, uint64_t data_position, void *image,
+hm_status hm_ckpt_agent_step(hm_ckpt_agent *a, int64_t done, int kind, uint64_t data_position, void *image,
                              size_t bytes) {
-  if (checkpoint && a->writer && !image) return hm_error(HM_ERR_INTERNAL, "checkpoint step %" PRId64 ": no snapshot", done);
-  if (!checkpoint || !a->writer) {
+  const int checkpoint = kind == HM_SNAP_DISK, memory = kind == HM_SNAP_MEMORY && a->ring;
+  if ((checkpoint || memory) && a->writer && !image)
+    return hm_error(HM_ERR_INTERNAL, "snapshot of step %" PRId64 ": no image", done);
+  if (!(checkpoint || memory) || !a->writer) {
     free(image);
     image = NULL;
   }
@@ -325,9 +388,10 @@ hm_status hm_ckpt_agent_step(hm_ckpt_agent *a, int64_t done, int checkpoint, uin
       return hm_error(HM_ERR_INTERNAL, "checkpoint step %" PRId64 " is incomplete after every worker waited", a->pending);
     }
   }
+  if (memory) return hm_agent_begin(a, done, 0, image, bytes);
   if (!checkpoint) return HM_OK;
   a->pending_pos = data_position;
-  return hm_agent_begin(a, done, image, bytes);
+  return hm_agent_begin(a, done, 1, image, bytes);
 }
 
 hm_status hm_ckpt_agent_finish(hm_ckpt_agent *a) {
@@ -397,7 +461,7 @@ void hm_ckpt_agent_close(hm_ckpt_agent *a, int remove_peer_copies) {
     free(a->queue[i]->image);
     free(a->queue[i]);
   }
-  if (remove_peer_copies && a->rank == 0 && a->peer_dir[0]) hm_ckpt_remove_step_dirs(a->peer_dir);
+  if (remove_peer_copies && a->rank == 0 && a->peer_dir[0]) hm_mem_remove_run(a->peer_dir);
   if (a->ring) hm_comm_destroy(a->ring);
   pthread_mutex_destroy(&a->mu);
   pthread_cond_destroy(&a->cv);

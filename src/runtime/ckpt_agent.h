@@ -6,8 +6,10 @@
  * stage its own, "stage<s>.tp<r>.hmc"); once every shard is durable, world
  * rank 0 renames "<dump>/step-<N>/manifest.json" into place and prunes old folders.
  * In-memory redundancy: every worker also sends its image to the next world rank (a ring), which
- * keeps it in a memory-backed folder ("<peer root>/hmpeer-<uid>-<run>/step-<N>/", tmpfs), so a
- * lost worker's shard survives in its peer's memory; that folder gets a manifest too.
+ * keeps it in a memory-backed folder ("<peer root>/hmpeer-<uid>-<run>/step-<N>/", tmpfs), next to
+ * the owners' own copies (ckpt_memory.h), so a lost worker's shard survives in its peer's memory;
+ * that folder gets a manifest too. Snapshots to memory only can be taken more often than disk
+ * checkpoints (HM_SNAP_MEMORY).
  * Internal to the runtime. */
 #ifndef HETMIX_CKPT_AGENT_H
 #define HETMIX_CKPT_AGENT_H
@@ -42,13 +44,18 @@ void hm_ckpt_peer_dir(const char *root, uint64_t run_id, char *out, size_t cap);
 
 /* Collective over world: splits a communicator for the ring, starts the thread. */
 hm_status hm_ckpt_agent_open(hm_comm_t world, const hm_ckpt_agent_config *cfg, hm_ckpt_agent **out);
-/* Collective, every worker after each step (done = steps taken; checkpoint: 1 on every worker
- * when this step is checkpointed). While a checkpoint is being persisted it exchanges the
+/* What a step's snapshot is for (the same on every worker). */
+enum { HM_SNAP_NONE = 0, HM_SNAP_DISK = 1 /* a checkpoint: memory copies, then disk */,
+       HM_SNAP_MEMORY = 2 /* memory copies only (ckpt_memory.h; nothing without a ring) */ };
+
+/* Collective, every worker after each step (done = steps taken; kind: HM_SNAP_*). A snapshot
+ * is sent around the ring and both memory copies are written before this returns; a disk one is
+ * then persisted in the background. While a checkpoint is being persisted it exchanges the
  * workers' progress (one small allgather) and, when every shard is durable, has rank 0 write
  * the manifest. image (bytes; ownership passes to the agent, may be NULL elsewhere) is the
- * snapshot of replica 0's workers at a checkpoint step; data_position goes into the manifest.
- * A new snapshot first waits until the previous checkpoint is complete. */
-hm_status hm_ckpt_agent_step(hm_ckpt_agent *a, int64_t done, int checkpoint, uint64_t data_position, void *image,
+ * snapshot of replica 0's workers at a snapshot step; data_position goes into the manifest.
+ * A new disk snapshot first waits until the previous checkpoint is complete. */
+hm_status hm_ckpt_agent_step(hm_ckpt_agent *a, int64_t done, int kind, uint64_t data_position, void *image,
                              size_t bytes);
 /* Collective, at the end of training: waits (with a deadline) until the last checkpoint is
  * complete. */

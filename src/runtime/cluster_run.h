@@ -32,6 +32,7 @@ typedef struct hm_cluster_job {
   double lr;
   const char *exclude;      /* ranks whose devices are left out ("R0,R1"), or NULL */
   int max_chunks;           /* hetmix plan --max-chunks (0: 1, plain 1F1B) */
+  int mem_every;            /* workers' --mem-every (0: none) */
 } hm_cluster_job;
 
 /* Runs `self args...` as one child process and waits; HM_ERR_PEER_DEAD naming `what` when it

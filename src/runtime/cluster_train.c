@@ -66,7 +66,7 @@ hm_status hm_cluster_plan(const hm_cluster_job *job) {
 
 hm_status hm_cluster_train(const hm_cluster_job *job) {
   char plan_path[PATH_MAX], meas_path[PATH_MAX], stages_dir[PATH_MAX], prof_path[PATH_MAX], steps_s[16], lr_s[32];
-  char ckpt_s[16], keep_s[16], restarts_s[16], drop_s[16];
+  char ckpt_s[16], keep_s[16], restarts_s[16], drop_s[16], mem_s[16];
   snprintf(restarts_s, sizeof restarts_s, "%d", job->max_restarts);
   snprintf(drop_s, sizeof drop_s, "%d", job->drop_after);
   hm_out_path(job, "plan.json", plan_path, sizeof plan_path);
@@ -77,6 +77,7 @@ hm_status hm_cluster_train(const hm_cluster_job *job) {
   snprintf(lr_s, sizeof lr_s, "%.9g", job->lr);
   snprintf(ckpt_s, sizeof ckpt_s, "%d", job->ckpt_every);
   snprintf(keep_s, sizeof keep_s, "%d", job->keep);
+  snprintf(mem_s, sizeof mem_s, "%d", job->mem_every);
   char *args[48] = {"launch", "--plan", plan_path, "--max-restarts", restarts_s, "--profile", prof_path};
   int n = 7;
   if (job->netns) /* launch's own options */
@@ -90,6 +91,7 @@ hm_status hm_cluster_train(const hm_cluster_job *job) {
   if (job->rebalance) args[n++] = "--rebalance";
   args[n++] = "--ckpt-every", args[n++] = ckpt_s;
   args[n++] = "--keep", args[n++] = keep_s;
+  if (job->mem_every > 0) args[n++] = "--mem-every", args[n++] = mem_s;
   args[n] = NULL;
   return hm_run_self(job->self, args, "training");
 }

@@ -126,6 +126,14 @@ void hm_hb_step(int64_t step) {
   hm_hb_write(1); /* at once: a step seen only at the next beat could be lost with the process */
 }
 
+void hm_hb_step_phase(int64_t step, int phase) {
+  if (!hm_hb.running || phase < 0 || phase >= HM_HB_NPHASES) return;
+  atomic_store(&hm_hb.step_wall, hm_wall_s());
+  atomic_store(&hm_hb.step, (long long)step);
+  atomic_store(&hm_hb.phase, phase);
+  hm_hb_write(1); /* one mark: the step ends in the step phase, the next interval is the new phase's */
+}
+
 void hm_hb_phase(int phase) {
   if (!hm_hb.running || phase < 0 || phase >= HM_HB_NPHASES || atomic_load(&hm_hb.phase) == phase) return;
   atomic_store(&hm_hb.phase, phase);

@@ -37,6 +37,10 @@ enum { HM_HB_STEP = 0, HM_HB_CKPT = 1, HM_HB_EVAL = 2, HM_HB_FINAL = 3, HM_HB_NP
 hm_status hm_hb_start(int rank, const char *device);
 /* Records that `step` steps are done (written at once, and carried by every later beat). */
 void hm_hb_step(int64_t step);
+/* hm_hb_step and hm_hb_phase in one write and one progress mark: the launcher never sees the
+ * step done in its old phase, so no interval of next to nothing counts as a step (or as the
+ * new phase) and shortens that one's deadline. */
+void hm_hb_step_phase(int64_t step, int phase);
 /* Marks whether the training thread now waits on peers (1) or works on its own (0): of ranks
  * that stopped progressing, one that is not waiting is the cause, the waiting ones its victims. */
 void hm_hb_waiting(int waiting);

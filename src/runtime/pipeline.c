@@ -49,8 +49,10 @@ static hm_status hm_pipeline_check_chunks(const hm_pipeline_options *o) {
   if (p < 2 || p * v > HM_PIPE_MAX_STAGES)
     return hm_error(HM_ERR_SPEC, "pipeline: interleaved 1F1B with %d chunks per stage needs 2 or more stages and at "
                     "most %d virtual stages (got %d stages)", v, HM_PIPE_MAX_STAGES, p);
-  const char *what = o->train->resume ? "resuming (--resume)" : o->train->ckpt_every > 0 ? "periodic checkpoints "
-                     "(--ckpt-every)" : o->rebalance ? "rebalancing (--rebalance)" : NULL;
+  const char *what = o->train->resume ? "resuming (--resume)"
+                     : o->train->ckpt_every > 0 ? "periodic checkpoints (--ckpt-every)"
+                     : o->mem_every > 0 ? "memory snapshots (--mem-every)"
+                     : o->rebalance ? "rebalancing (--rebalance)" : NULL;
   for (int r = 0; !what && r < o->nreplicas && r < HM_PIPE_MAX_REPLICAS; r++)
     for (int s = 0; !what && s < p; s++)
       if (o->tp[r][s] > 1) what = "tensor-parallel stages (--tp > 1)";
@@ -196,6 +198,7 @@ typedef struct hm_pipe {
   int v, cur;            /* chunks of this stage (nchunks, 1 without interleaving); the one in use */
   hm_pipe_chunk ck[HM_PIPE_MAX_STAGES];
   hm_comm_t act[HM_PIPE_MAX_STAGES], grad[HM_PIPE_MAX_STAGES]; /* interleaved: see hm_op_comm */
+  double snap_s;         /* the training thread's checkpoint work after the last step (ckpt_s) */
 } hm_pipe;
 
 /* Makes chunk c the one the helpers work on (w->st, first, last, buckets, ...). */
@@ -1062,14 +1065,22 @@ static hm_status hm_pipe_ckpt_skipped(hm_status st, const hm_pipeline_options *o
   return HM_OK;
 }
 
-static hm_status hm_pipe_checkpoint(hm_pipe *w, int done, int checkpoint) {
+static hm_status hm_pipe_checkpoint(hm_pipe *w, int done, int kind) {
   void *image = NULL;
   size_t bytes = 0;
   hm_ckpt_meta m;
   hm_pipe_meta(w, done, &m);
   if (w->tp > 1) m.tp_rank = w->tp_rank, m.tp_size = w->tp; /* this rank's own shard */
-  if (checkpoint && w->replica == 0) HM_TRY(hm_stage_snapshot(w->st, w->dev, &m, &image, &bytes));
-  return hm_ckpt_agent_step(w->agent, done, checkpoint, m.data_position, image, bytes);
+  if (kind != HM_SNAP_NONE && w->replica == 0) HM_TRY(hm_stage_snapshot(w->st, w->dev, &m, &image, &bytes));
+  return hm_ckpt_agent_step(w->agent, done, kind, m.data_position, image, bytes);
+}
+
+/* What the snapshot after `done` of `steps` steps is: a disk checkpoint every ckpt_every steps,
+ * memory only every mem_every steps between them, none after the last step (the final dump). */
+static int hm_pipe_snap_kind(const hm_pipe *w, int done, int steps) {
+  if (done >= steps) return HM_SNAP_NONE;
+  if (done % w->t->ckpt_every == 0) return HM_SNAP_DISK;
+  return w->o->mem_every > 0 && done % w->o->mem_every == 0 ? HM_SNAP_MEMORY : HM_SNAP_NONE;
 }
 
 /* Predicted step time of a split: each replica's 1F1B takes about (m + p - 1) micro-batch
@@ -1236,6 +1247,7 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
         cJSON_AddNumberToObject(j, "step_time_s", stat_max[0]);
         cJSON_AddNumberToObject(j, "elapsed_s", pr.elapsed_s);
         if (has_val) cJSON_AddNumberToObject(j, "val_loss", val_loss);
+        if (w.agent) cJSON_AddNumberToObject(j, "ckpt_s", w.snap_s);
         cJSON *busy = cJSON_AddArrayToObject(j, "stage_busy_s");
         for (int s = 0; s < w.p; s++) cJSON_AddItemToArray(busy, cJSON_CreateNumber(stat_max[1 + s]));
         if (any_tp) { /* replica 0's stages: time in tensor-parallel allreduces (inside stage_busy_s) */
@@ -1258,15 +1270,14 @@ hm_status hm_pipeline_run(const hm_pipeline_options *o, hm_comm_t world, hm_pipe
       if (w.t->on_progress) w.t->on_progress(&pr, w.t->user);
     }
     const int done = step + 1; /* the last step's state is the final dump below */
-    hm_hb_step(done);
+    const int kind = w.agent ? hm_pipe_snap_kind(&w, done, steps) : HM_SNAP_NONE;
+    if (kind != HM_SNAP_NONE) hm_hb_waiting(0);
+    hm_hb_step_phase(done, kind != HM_SNAP_NONE ? HM_HB_CKPT : HM_HB_STEP);
     if (w.agent) {
-      const int due = done % w.t->ckpt_every == 0 && done < steps;
-      if (due) {
-        hm_hb_waiting(0);
-        hm_hb_phase(HM_HB_CKPT);
-        hm_fault_point(HM_FAULT_CKPT, w.rank, done);
-      }
-      st = hm_pipe_checkpoint(&w, done, due);
+      if (kind == HM_SNAP_DISK) hm_fault_point(HM_FAULT_CKPT, w.rank, done);
+      const double t_snap = hm_now_s();
+      st = hm_pipe_checkpoint(&w, done, kind);
+      w.snap_s = hm_now_s() - t_snap;
       st = hm_pipe_ckpt_skipped(st, o, res);
       hm_hb_phase(HM_HB_STEP);
     }

@@ -224,14 +224,21 @@ static double hm_plan_file_step_s(const char *plan_path) {
   return s;
 }
 
+/* How stage s is stored in a re-sharded checkpoint: split as every replica splits it (each
+ * worker then loads its own shard), or unsplit when replicas split it differently (a worker cuts
+ * its part out of the unsplit file, whatever its degree). */
+static int hm_replan_stage_tp(const hm_pipe_plan *pl, int s) {
+  const int t0 = pl->tp[0][s] > 1 ? pl->tp[0][s] : 1;
+  for (int r = 1; r < pl->nreplicas; r++)
+    if ((pl->tp[r][s] > 1 ? pl->tp[r][s] : 1) != t0) return 1;
+  return t0;
+}
+
 hm_status hm_replan_layout(const char *plan_path, hm_reshard_layout *out, double *predicted_step_s) {
   hm_pipe_plan *pl = hm_calloc(1, sizeof *pl, "plan layout");
   if (!pl) return HM_ERR_NOMEM;
   hm_status st = hm_pipe_plan_load(plan_path, NULL, NULL, pl);
   memset(out, 0, sizeof *out);
-  if (st == HM_OK && pl->nranks != pl->nstages * pl->nreplicas)
-    st = hm_error(HM_ERR_UNSUPPORTED, "re-plan: %s has tensor-parallel stages; re-sharding them is not supported yet",
-                  plan_path);
   if (st == HM_OK && pl->nchunks > 1)
     st = hm_error(HM_ERR_UNSUPPORTED, "re-plan: %s uses interleaved 1F1B (%d chunks per stage); re-sharding to it "
                   "is not supported yet (plan with `hetmix plan --max-chunks 1`)", plan_path, pl->nchunks);
@@ -244,6 +251,7 @@ hm_status hm_replan_layout(const char *plan_path, hm_reshard_layout *out, double
     for (int r = 0; r < pl->nreplicas; r++) out->micro_batches += pl->micro[r];
     out->batch = pl->micro_batch;
     out->world = pl->nranks;
+    for (int s = 0; s < pl->nstages; s++) out->tp[s] = hm_replan_stage_tp(pl, s);
     if (predicted_step_s) *predicted_step_s = hm_plan_file_step_s(plan_path);
   }
   free(pl);
@@ -271,11 +279,15 @@ static hm_status hm_move_steps_aside(const char *run_dir, const char *aside) {
 }
 
 hm_status hm_replan_reshard(const char *run_dir, const char *ckpt, const hm_reshard_layout *to, const char *aside) {
-  char fresh[4200];
-  snprintf(fresh, sizeof fresh, "%s.reshard", ckpt);
+  /* into the run folder under the checkpoint's own name: a checkpoint taken from the peers'
+   * memory (restart.c) is re-sharded onto disk like one of the run folder */
+  const char *name = strrchr(ckpt, '/') ? strrchr(ckpt, '/') + 1 : ckpt;
+  char dest[4200], fresh[4300];
+  snprintf(dest, sizeof dest, "%s/%s", run_dir, name);
+  snprintf(fresh, sizeof fresh, "%s.reshard", dest);
   HM_TRY(hm_ckpt_reshard(ckpt, to, fresh));
   HM_TRY(hm_move_steps_aside(run_dir, aside));
-  if (rename(fresh, ckpt) != 0)
-    return hm_error(HM_ERR_IO, "re-plan: cannot move %s to %s: %s", fresh, ckpt, strerror(errno));
+  if (rename(fresh, dest) != 0)
+    return hm_error(HM_ERR_IO, "re-plan: cannot move %s to %s: %s", fresh, dest, strerror(errno));
   return HM_OK;
 }

@@ -21,13 +21,15 @@ hm_status hm_replan_write_specs(const char *plan_path, const char *profile, cons
                                 const char *out_dir, hm_replan_specs *out);
 
 /* A plan's layout as a re-shard target (stage bounds, micro-batches per step of all replicas,
- * micro-batch size, ranks); HM_ERR_UNSUPPORTED for tensor-parallel stages. */
+ * micro-batch size, ranks) and, per stage, the tensor-parallel degree its re-sharded checkpoint is
+ * written with (every replica's, or 1: unsplit, when replicas split the stage differently). */
 hm_status hm_replan_layout(const char *plan_path, hm_reshard_layout *out, double *predicted_step_s);
 
-/* Re-shards the complete checkpoint folder ckpt (run_dir/step-<N>) to layout `to` in place: the
- * new shards are written beside it, then every step-* folder of run_dir (old layout) moves into
- * run_dir/<aside>/ and the new one takes ckpt's name, so the run's newest complete checkpoint
- * is the re-sharded one and no old-layout one is left to resume from. */
+/* Re-shards the complete checkpoint folder ckpt (run_dir/step-<N>, or a step-<N> folder of the
+ * peers' memory) to layout `to` as run_dir/step-<N>: the new shards are written beside it, then
+ * every step-* folder of run_dir (old layout) moves into run_dir/<aside>/ and the new one takes
+ * ckpt's name, so the run's newest complete checkpoint is the re-sharded one and no old-layout
+ * one is left to resume from. */
 hm_status hm_replan_reshard(const char *run_dir, const char *ckpt, const hm_reshard_layout *to, const char *aside);
 
 #endif

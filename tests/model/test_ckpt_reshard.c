@@ -2,7 +2,9 @@
  * whole model -> stages A -> whole model -> stages B gives tensors bitwise equal to cutting B
  * straight out of the whole model; re-sharding to the same layout gives the same files; every
  * cut stage loads into a stage of its layer range (the head's copy of the tied embedding
- * included); a changed global batch is refused. */
+ * included); a changed global batch is refused; tensor-parallel shards are merged on the way in
+ * and split on the way out, each split shard the part a stage of that rank cuts out of the
+ * unsplit file, byte for byte. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -190,6 +192,103 @@ static void test_global_batch_must_stay(void **state) {
   assert_int_equal(hm_ckpt_manifest_read(dx, &m, NULL, 0), HM_ERR_NOT_FOUND); /* no manifest: not a checkpoint */
 }
 
+static hm_status no_allreduce(void *ctx, void *buf, size_t n, hm_tp_op op) {
+  (void)ctx, (void)buf, (void)n, (void)op;
+  return HM_OK;
+}
+
+/* Params and both moments of a stage of layers [first,last) at tensor-parallel rank of size
+ * loaded from path (hm_stage_load: a shard as it is, an unsplit file cut), into out (3 x np). */
+static float *load_tp(const char *path, int first, int last, int rank, int size, size_t *np) {
+  hm_spec_model_config cfg;
+  assert_int_equal(hm_model_config_lookup("tiny", &cfg), HM_OK);
+  hm_device *dev = NULL;
+  assert_int_equal(hm_device_open("cpu:threads=1", &dev), HM_OK);
+  hm_stage *s = NULL;
+  hm_stage_options so = {first, last, 2, (int)cfg.T, 1, {rank, size, no_allreduce, NULL}};
+  assert_int_equal(hm_stage_create(&cfg, dev, &so, &s), HM_OK);
+  hm_ckpt_meta m;
+  if (hm_stage_load(s, path, &m) != HM_OK) fail_msg("%s: %s", path, hm_last_error());
+  *np = hm_stage_num_params(s);
+  float *out = malloc(3 * *np * sizeof *out);
+  assert_non_null(out);
+  assert_int_equal(hm_device_copy_d2h(dev, out, hm_stage_params(s), *np * sizeof *out), HM_OK);
+  assert_int_equal(hm_device_copy_d2h(dev, out + *np, hm_stage_adam_m(s), *np * sizeof *out), HM_OK);
+  assert_int_equal(hm_device_copy_d2h(dev, out + 2 * *np, hm_stage_adam_v(s), *np * sizeof *out), HM_OK);
+  hm_stage_destroy(s);
+  hm_device_close(dev);
+  return out;
+}
+
+/* Rank r of 2's shard dir/stage<s>.tp<r>.hmc loads as the same state as the unsplit file cut. */
+static void assert_shard_is_cut(const char *dir, int s, int first, int last, const char *unsplit) {
+  for (int r = 0; r < 2; r++) {
+    char p[700];
+    snprintf(p, sizeof p, "%s/stage%d.tp%d.hmc", dir, s, r);
+    size_t na, nb;
+    float *a = load_tp(p, first, last, r, 2, &na), *b = load_tp(unsplit, first, last, r, 2, &nb);
+    assert_int_equal(na, nb);
+    if (memcmp(a, b, 3 * na * sizeof *a) != 0) fail_msg("%s differs from rank %d's part of %s", p, r, unsplit);
+    free(a);
+    free(b);
+  }
+}
+
+/* A direct cut of layers [first,last) of the whole model (stage s of n, m x b per step) at p. */
+static void direct_cut(const char *p, int first, int last, int s, int n, int m, int b) {
+  hm_ckpt whole;
+  assert_int_equal(hm_ckpt_read(whole_path, &whole), HM_OK);
+  hm_ckpt_meta lay = {0};
+  lay.layer_first = first, lay.layer_last = last, lay.stage_index = s, lay.stage_count = n;
+  lay.micro_batches = m, lay.batch = b;
+  assert_int_equal(hm_ckpt_cut_stage(&whole, &lay, p), HM_OK);
+  hm_ckpt_free(&whole);
+}
+
+/* Whole model -> A (stage 0 split 2 ways) -> B (stage 1 split 2 ways; A's shards merged on the
+ * way in) -> one unsplit stage: the manifest names each shard by stage and rank, every split
+ * shard is the part its rank's stage cuts out of the unsplit stage, merging the shards gives the
+ * direct cut, and the last layout is the whole model byte for byte. */
+static void test_tensor_parallel_shards(void **state) {
+  (void)state;
+  char src[512], da[512], db[512], dc[512], p[700], q[700], r0[700], r1[700];
+  snprintf(src, sizeof src, "%s/src4", tmpdir);
+  snprintf(da, sizeof da, "%s/tpa", tmpdir);
+  snprintf(db, sizeof db, "%s/tpb", tmpdir);
+  snprintf(dc, sizeof dc, "%s/tpc", tmpdir);
+  make_source(src);
+  static const int A[] = {0, 2, 4}, B[] = {0, 1, 3, 4}, C1[] = {0, 4};
+  hm_reshard_layout la = layout(2, A, 6, 2), lb = layout(3, B, 3, 4), lc = layout(1, C1, 6, 2);
+  la.tp[0] = 2, lb.tp[1] = 2;
+  assert_int_equal(hm_ckpt_reshard(src, &la, da), HM_OK);
+  hm_ckpt_manifest m;
+  assert_int_equal(hm_ckpt_manifest_read(da, &m, NULL, 0), HM_OK);
+  assert_int_equal(hm_ckpt_manifest_nshards(&m), 3);
+  assert_string_equal(m.shards[1].file, "stage0.tp1.hmc");
+  assert_int_equal(m.shards[1].tp_rank, 1);
+  assert_int_equal(m.shards[1].tp_size, 2);
+  assert_string_equal(m.shards[2].file, "stage1.hmc");
+  assert_int_equal(hm_ckpt_manifest_verify(da, &m), HM_OK);
+  snprintf(p, sizeof p, "%s/direct-a0.hmc", tmpdir);
+  direct_cut(p, 0, 2, 0, 2, 6, 2);
+  assert_shard_is_cut(da, 0, 0, 2, p);
+  snprintf(r0, sizeof r0, "%s/stage0.tp0.hmc", da);
+  snprintf(r1, sizeof r1, "%s/stage0.tp1.hmc", da);
+  const char *pa[2] = {r0, r1};
+  snprintf(q, sizeof q, "%s/merged-a0.hmc", tmpdir);
+  assert_int_equal(hm_ckpt_merge_tp(pa, 2, q), HM_OK);
+  assert_same_tensors(p, q);
+  assert_int_equal(hm_ckpt_reshard(da, &lb, db), HM_OK);
+  snprintf(p, sizeof p, "%s/direct-b1.hmc", tmpdir);
+  direct_cut(p, 1, 3, 1, 3, 3, 4);
+  assert_shard_is_cut(db, 1, 1, 3, p);
+  assert_int_equal(hm_ckpt_reshard(db, &lc, dc), HM_OK);
+  snprintf(p, sizeof p, "%s/direct-c.hmc", tmpdir);
+  direct_cut(p, 0, 4, 0, 1, 6, 2);
+  snprintf(q, sizeof q, "%s/stage0.hmc", dc);
+  assert_same_tensors(p, q);
+}
+
 static int setup(void **state) {
   (void)state;
   snprintf(tmpdir, sizeof tmpdir, "/tmp/hetmix-reshard-XXXXXX");
@@ -210,6 +309,7 @@ int main(void) {
       cmocka_unit_test(test_a_then_b_equals_b),
       cmocka_unit_test(test_same_layout_is_bitwise),
       cmocka_unit_test(test_global_batch_must_stay),
+      cmocka_unit_test(test_tensor_parallel_shards),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -18,6 +18,7 @@
 #include <cmocka.h>
 
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -188,6 +189,169 @@ static void test_exclude_splits_a_host_group(void **state) {
     fail_msg("the cluster without host n1's device is not hosts n0 and n2:\n%s", out);
 }
 
+/* ---- a tensor-parallel plan that loses a device */
+
+/* Two device types of f64 reference devices: fa x2 (one stage split 2 ways) and fb x1. */
+static const char tp_cluster_json[] =
+    "{\"version\": 1, \"name\": \"tp-f64\",\n"
+    " \"device_types\": [\n"
+    "  {\"name\": \"fa\", \"backend\": \"ref:dtype=f64\", \"peak_flops\": {\"fp32\": 1e11}, \"memory_bytes\": 1e9,\n"
+    "   \"memory_bandwidth\": 1e10, \"efficiency\": 0.5, \"intra_host_link\": {\"bandwidth\": 5e9, \"latency\": 5e-6}},\n"
+    "  {\"name\": \"fb\", \"backend\": \"ref:dtype=f64\", \"peak_flops\": {\"fp32\": 1e11}, \"memory_bytes\": 1e9,\n"
+    "   \"memory_bandwidth\": 1e10, \"efficiency\": 0.5}],\n"
+    " \"hosts\": [{\"name\": \"localhost\", \"count\": 1,\n"
+    "   \"devices\": [{\"type\": \"fa\", \"count\": 2}, {\"type\": \"fb\", \"count\": 1}],\n"
+    "   \"host_link\": {\"bandwidth\": 5e9, \"latency\": 5e-6}}]}\n";
+
+/* One rank of the fixed layout below. */
+static cJSON *tp_rank(int rank, int device, const char *type, int stage, int tp_rank, int lo, int hi) {
+  cJSON *r = cJSON_CreateObject();
+  cJSON_AddNumberToObject(r, "rank", rank);
+  cJSON_AddNumberToObject(r, "host", 0);
+  cJSON_AddNumberToObject(r, "device", device);
+  cJSON_AddStringToObject(r, "device_type", type);
+  cJSON_AddStringToObject(r, "backend", "ref:dtype=f64");
+  cJSON_AddNumberToObject(r, "class", 0);
+  cJSON_AddNumberToObject(r, "replica", 0);
+  cJSON_AddNumberToObject(r, "stage", stage);
+  cJSON_AddNumberToObject(r, "tp_rank", tp_rank);
+  int layers[2] = {lo, hi};
+  cJSON_AddItemToObject(r, "layers", cJSON_CreateIntArray(layers, 2));
+  cJSON_AddNumberToObject(r, "micro_batches", 2);
+  return r;
+}
+
+static cJSON *tp_stage(const char *type, int tp, int lo, int hi) {
+  cJSON *st = cJSON_CreateObject();
+  cJSON_AddStringToObject(st, "device_type", type);
+  cJSON_AddNumberToObject(st, "tp", tp);
+  int layers[2] = {lo, hi};
+  cJSON_AddItemToObject(st, "layers", cJSON_CreateIntArray(layers, 2));
+  return st;
+}
+
+/* tp-plan.json: `hetmix plan`'s file for the cluster above (its embedded specs) with a fixed
+ * layout whatever the planner chose: micro-batches of 4, 2 per step; stage 0 = layers [0,4) on
+ * fa split 2 ways (ranks 0, 1), stage 1 = [4,6) on fb (rank 2). */
+static void write_tp_plan(void) {
+  static char out[1 << 16], err[1 << 16];
+  char c[300], m[300], t[300], pl[300];
+  write_text("tp-cluster.json", tp_cluster_json);
+  snprintf(c, sizeof c, "%s/tp-cluster.json", work);
+  snprintf(m, sizeof m, "%s/model.json", work);
+  snprintf(t, sizeof t, "%s/train.json", work);
+  snprintf(pl, sizeof pl, "%s/tp-plan.json", work);
+  char *plan[] = {(char *)hetmix_bin, "plan", "--cluster", c, "--model", m, "--train", t, "-o", pl, "--max-chunks", "1", NULL};
+  if (run(plan, out, sizeof out, err, sizeof err) != 0) fail_msg("hetmix plan:\n%s", err);
+  static char text[1 << 18];
+  hm_t_read_file(pl, text, sizeof text);
+  cJSON *j = cJSON_Parse(text);
+  assert_non_null(j);
+  cJSON_ReplaceItemInObject(j, "micro_batch", cJSON_CreateNumber(4));
+  cJSON *cls = cJSON_CreateObject(), *stages = cJSON_CreateArray(), *classes = cJSON_CreateArray();
+  cJSON_AddNumberToObject(cls, "replicas", 1);
+  cJSON_AddNumberToObject(cls, "micro_batches", 2);
+  cJSON_AddStringToObject(cls, "schedule", "1f1b");
+  cJSON_AddNumberToObject(cls, "chunks", 1);
+  cJSON_AddItemToArray(stages, tp_stage("fa", 2, 0, 4));
+  cJSON_AddItemToArray(stages, tp_stage("fb", 1, 4, 6));
+  cJSON_AddItemToObject(cls, "stages", stages);
+  cJSON_AddItemToArray(classes, cls);
+  cJSON_ReplaceItemInObject(j, "classes", classes);
+  cJSON *ranks = cJSON_CreateArray();
+  cJSON_AddItemToArray(ranks, tp_rank(0, 0, "fa", 0, 0, 0, 4));
+  cJSON_AddItemToArray(ranks, tp_rank(1, 1, "fa", 0, 1, 0, 4));
+  cJSON_AddItemToArray(ranks, tp_rank(2, 2, "fb", 1, 0, 4, 6));
+  cJSON_ReplaceItemInObject(j, "ranks", ranks);
+  char *txt = cJSON_Print(j);
+  cJSON_Delete(j);
+  write_text("tp-plan.json", txt);
+  free(txt);
+}
+
+/* The whole model of a final dump folder (its stage files merged), read into ck. */
+static void read_whole(const char *dir, hm_ckpt *ck) {
+  char p[400], whole[400];
+  hm_ckpt_meta m;
+  snprintf(p, sizeof p, "%s/stage0.hmc", dir);
+  assert_int_equal(hm_ckpt_read_meta(p, &m), HM_OK);
+  snprintf(whole, sizeof whole, "%s.whole.hmc", dir);
+  if (hm_ckpt_merge_stages(dir, m.stage_count, whole) != HM_OK) fail_msg("merging %s: %s", dir, hm_last_error());
+  assert_int_equal(hm_ckpt_read(whole, ck), HM_OK);
+  assert_int_equal(hm_ckpt_elem_size(ck), 8);
+}
+
+/* 1 for element k of an attention key bias ("param/h<i>.attn.qkv.b" elements [C, 2C)). */
+static int is_key_bias(const char *name, uint64_t k, int64_t C) {
+  return strstr(name, ".attn.qkv.b") && k >= (uint64_t)C && k < 2 * (uint64_t)C;
+}
+
+/* A tensor-parallel plan (stage 0 split over fa ranks 0 and 1, f64 devices) loses rank 1's
+ * device for good: the launcher merges stage 0's two tensor-parallel shards of the newest
+ * checkpoint, re-plans on fa x1 + fb x1 and re-shards to whatever the planner chose (the tensor-
+ * parallel degree and the layers change), and the run finishes. Its final parameters against the
+ * uninterrupted run's: the same f64 operations but for the order of the tensor-parallel partial
+ * sums and of the micro-batch and replica sums the new layout does in other groupings, each a
+ * few u64 = 1.1e-16 relative, so every tensor within F64_REL = 1e-12 relative (max |a - b| / max
+ * |b|), test_pipeline's bound for f64 tensor-parallel runs against one process. The attention
+ * key biases apart: their exact gradient is zero, so both runs move them by rounding noise that
+ * AdamW scales by its own tiny RMS; a step of AdamW moves an element by at most lr (Kingma & Ba,
+ * 2.1: |m/sqrt(v)| <= 1 for beta1 0.9 < sqrt(beta2 0.95)), so they differ by at most twice the
+ * learning rates summed over the steps after the re-plan. A lost or misplaced shard moves
+ * whole tensors by ~lr per step, far above 1e-12 relative. */
+static void test_tp_plan_loses_a_device(void **state) {
+  (void)state;
+  static char out[1 << 16], err[1 << 16];
+  write_tp_plan();
+  plan_name = "tp-plan.json";
+  const char *none[] = {NULL};
+  if (launch("tpref", none, 0, out, sizeof out, err, sizeof err) != 0) fail_msg("the TP plan's run failed:\n%s", err);
+  const char *opts[] = {"--max-restarts", "3", "--drop-after", "1"};
+  setenv("HETMIX_FAULT", "kill:rank=1:step=5", 1);
+  const int rc = launch("tpdrop", opts, 4, out, sizeof out, err, sizeof err);
+  unsetenv("HETMIX_FAULT");
+  plan_name = "plan.json";
+  if (rc != 0) fail_msg("the job did not finish (exit %d):\n%s", rc, err);
+  const char *nl = strstr(err, "re-plan 1: dropped rank 1 (host 0, device 1, fa");
+  if (!nl || !strstr(err, "re-sharded ")) fail_msg("rank 1's device was not dropped and re-sharded:\n%s", err);
+  const char *eol = strchr(nl, '\n');
+  print_message("  %.*s\n", eol ? (int)(eol - nl) : 200, nl);
+  hm_ckpt a, b;
+  char da[300], db[300];
+  snprintf(da, sizeof da, "%s/tpref-ckpt", work);
+  snprintf(db, sizeof db, "%s/tpdrop-ckpt", work);
+  read_whole(da, &a);
+  read_whole(db, &b);
+  assert_int_equal(a.meta.step, STEPS);
+  assert_int_equal(b.meta.step, STEPS);
+  hm_train_options to;
+  hm_train_defaults(&to);
+  to.steps = STEPS, to.warmup = 2;
+  double lr_sum = 0;
+  for (int s = 5; s <= STEPS; s++) lr_sum += hm_train_lr_at(&to, s); /* steps 5.. ran on the new layout (resumed at 4 at the latest) */
+  double worst = 0, worst_kb = 0;
+  const char *worst_name = "";
+  for (int i = 0; i < a.n_tensors; i++) {
+    const hm_ckpt_tensor *x = &a.tensors[i], *y = hm_ckpt_find(&b, x->name);
+    if (strncmp(x->name, "param/", 6) != 0) continue;
+    if (!y || y->numel != x->numel) fail_msg("tensor %s is missing or of another size after the re-plan", x->name);
+    double d = 0, mag = 0;
+    for (uint64_t k = 0; k < x->numel; k++) {
+      const double e = fabs(hm_ckpt_value(&a, x, k) - hm_ckpt_value(&b, y, k));
+      if (is_key_bias(x->name, k, a.meta.config.C)) worst_kb = fmax(worst_kb, e);
+      else d = fmax(d, e), mag = fmax(mag, fabs(hm_ckpt_value(&a, x, k)));
+    }
+    const double rel = mag > 0 ? d / mag : d;
+    if (rel > worst) worst = rel, worst_name = x->name;
+  }
+  print_message("  final parameters against the uninterrupted TP run: largest error %.2e relative (%s; bound 1e-12), "
+                "key biases %.2e absolute (bound %.2e)\n", worst, worst_name, worst_kb, 2 * lr_sum);
+  if (worst > 1e-12) fail_msg("%s differs by %.3g relative after the re-plan (bound 1e-12)", worst_name, worst);
+  if (worst_kb > 2 * lr_sum) fail_msg("a key bias differs by %.3g (bound %.3g)", worst_kb, 2 * lr_sum);
+  hm_ckpt_free(&a);
+  hm_ckpt_free(&b);
+}
+
 static int setup(void **state) {
   (void)state;
   if (hm_t_mkdtemp(work, sizeof work, "replan") != 0) return -1;
@@ -228,6 +392,7 @@ int main(void) {
       cmocka_unit_test(test_device_lost_for_good),
       cmocka_unit_test(test_exclude_replans_before_start),
       cmocka_unit_test(test_exclude_splits_a_host_group),
+      cmocka_unit_test(test_tp_plan_loses_a_device),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
