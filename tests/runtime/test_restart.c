@@ -39,6 +39,15 @@ static const char *job_model = MODEL, *job_stages = "0,3,8", *job_steps = "12";
 /* one more launch option of run_job and its value (--launcher, --watchdog) */
 static const char *job_lopt = "--grace-ms", *job_lval = "2000";
 
+/* Teardown of the tests that change the job above: the defaults back even when the test failed
+ * half-way (a failed assertion leaves the test at once), so the next test runs its own job. */
+static int job_defaults(void **state) {
+  (void)state;
+  job_model = MODEL, job_stages = "0,3,8", job_steps = "12";
+  job_lopt = "--grace-ms", job_lval = "2000";
+  return 0;
+}
+
 static uint64_t rnd(uint64_t n) {
   rng_state = hm_splitmix64(rng_state);
   return rng_state % n;
@@ -685,7 +694,7 @@ int main(int argc, char **argv) {
     return cmocka_run_group_tests(f64_tests, setup, teardown);
   }
   if (argc > 1 && strcmp(argv[1], "watchdog") == 0) { /* `test_restart watchdog`: its own ctest entry */
-    const struct CMUnitTest load_tests[] = {cmocka_unit_test(test_loaded_clean_run_no_restart),
+    const struct CMUnitTest load_tests[] = {cmocka_unit_test_teardown(test_loaded_clean_run_no_restart, job_defaults),
                                             cmocka_unit_test(test_loaded_hang_named_within_deadline)};
     return cmocka_run_group_tests(load_tests, setup, teardown);
   }
@@ -711,8 +720,8 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_kill_during_checkpoint_write),
       cmocka_unit_test(test_two_ranks_killed_in_one_step),
       cmocka_unit_test(test_hang_caught_by_watchdog),
-      cmocka_unit_test(test_fail_slow_worker_is_named),
-      cmocka_unit_test(test_external_launcher_restart),
+      cmocka_unit_test_teardown(test_fail_slow_worker_is_named, job_defaults),
+      cmocka_unit_test_teardown(test_external_launcher_restart, job_defaults),
       cmocka_unit_test(test_drop_failing_replica),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
