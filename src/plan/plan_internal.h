@@ -90,4 +90,14 @@ hm_status hm_plan_refine(const hm_plan_inputs *in, hm_plan *p, int ranges, int m
 hm_status hm_plan_interleave(const hm_plan_inputs *in, hm_plan *p, int maxp, int max_chunks,
                              int64_t *nsim);
 
+/* Heterogeneous data parallelism with a schedule per class (search_hdp.c): for every choice of
+ * one plan or none per type (type_plans[k][0..nplans[k]-1]: single-type plans of type k, plain,
+ * predicted), at least two types, one replica class per type with the template and replicas of
+ * the chosen plan, the micro-batches split by each class's simulated speed at its share, each
+ * class interleaved on its own (v <= max_chunks) when that is faster. *best: the fastest within
+ * memory (*found 1), simulated whole. *nsim counts simulations. */
+hm_status hm_plan_hetero_dp(const hm_plan_inputs *in, const hm_plan *const *type_plans,
+                            const int *nplans, int ntypes, int maxp, int max_chunks,
+                            hm_plan *best, int *found, int64_t *nsim);
+
 #endif

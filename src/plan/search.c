@@ -96,6 +96,8 @@ typedef struct sctx {
   hm_layer_costs *costs; /* [k][tpi][mbi] */
   int64_t groups[MAXK][NTP];
   int single_only; /* -1 or the type */
+  int ties;        /* the model ties its first and last layer (tied-embedding sync) */
+  int share;       /* family 1 at a class's share of the batch (hetero_dp_top): this type's list only */
   int wide;        /* small cluster: every tp per type and interleaved orders in mixed pipelines */
   int wide_p;      /* wide: templates of family 1 kept for 1..wide_p stages */
   tmpl *wide_t;    /* wide: [k][tpi][mbi][p-1] family 1's split (nstages 0: none) */
@@ -322,6 +324,24 @@ static int distribute(cand *c, int ntm, const int *rep, const tmpl *t, int64_t M
   return nc;
 }
 
+/* Tied-embedding sync of a template (the simulator's TIED_EMB_SYNC): when the model ties its
+ * first and last layer and the template has more than one stage, both ends all-reduce the
+ * first layer's gradient after their backward, over the link between the two ends' types. */
+static double tied_estimate(sctx *x, const tmpl *t, const int *tp_of) {
+  const hm_model *md = x->in->model;
+  if (t->nstages < 2 || !x->ties) return 0.0;
+  const int a = t->types[0], b = t->types[t->nstages - 1];
+  const double bytes =
+      (md->layers[0].params + md->layers[0].shared_params) * x->in->train->grad_bytes / tp_of[a];
+  const hm_link link = hm_stage_link(x->in, a, b, 0);
+  double d = 0;
+  hm_cost_best_algo(HM_COLL_ALLREDUCE, 2, bytes, &link, &d);
+  const hm_device_xfer xa = hm_profile_staging_of(x->in->profile, a),
+                       xb = hm_profile_staging_of(x->in->profile, b);
+  const double sa = hm_cost_staging(&xa, bytes), sb = hm_cost_staging(&xb, bytes);
+  return d + (sa > sb ? sa : sb);
+}
+
 /* Estimated step time of a candidate whose classes are set. */
 static double estimate(sctx *x, cand *c, const int *tp_of) {
   int nranks = 0;
@@ -339,7 +359,7 @@ static double estimate(sctx *x, cand *c, const int *tp_of) {
   for (int i = 0; i < c->nclasses; i++) {
     const tmpl *t = &c->t[c->tmpl_of[i]];
     double v = (c->nmicro[i] - 1) * t->B + t->S + sync_estimate(x, t, tp_of, nranks, mask, devices) +
-               t->opt;
+               tied_estimate(x, t, tp_of) + t->opt;
     if (v > worst) worst = v;
   }
   c->est = worst;
@@ -482,16 +502,18 @@ static void search_single(sctx *x, int k, int mbi, int64_t M) {
         for (int l = 0; l < x->n; l++) W += lc->fwd[l] + lc->bwd[l];
         double lb = (m - 1) * W / p + W;
         /* cannot enter the overall list nor this type's list (the upper bound's) */
-        if (!x->wide && lb > worst_kept(x, list_all, 0) && lb > worst_kept(x, list_type, k))
+        if (!x->wide && lb > worst_kept(x, list_type, k) &&
+            (x->share || lb > worst_kept(x, list_all, 0)))
           continue;
-        if (x->wide) keep_opt_split(x, &c, tp_of, mbi, m, (int)R, M);
+        if (x->wide && !x->share) keep_opt_split(x, &c, tp_of, mbi, m, (int)R, M);
         if (split_template(x, &c.t[0], tp_of, mbi, m, (int)R) != HM_OK) continue;
-        if (x->wide && p <= x->wide_p && R == Rmax) *wide_tmpl(x, k, ti, mbi, p) = c.t[0];
+        if (x->wide && !x->share && p <= x->wide_p && R == Rmax) *wide_tmpl(x, k, ti, mbi, p) = c.t[0];
         int rep = (int)R;
         if (!distribute(&c, 1, &rep, c.t, M)) continue;
         estimate(x, &c, tp_of);
-        keep(x, list_all, 0, &c);
         keep(x, list_type, k, &c);
+        if (x->share) continue;
+        keep(x, list_all, 0, &c);
         if (!*have || c.est < best->est) {
           *best = c;
           *have = 1;
@@ -1055,6 +1077,124 @@ static hm_status interleave_top(sctx *x, hm_search_result *out) {
   return HM_OK;
 }
 
+/* Each type's own shortlist (the upper bound's candidates), simulated: the plans within memory,
+ * fastest first (ties keep the shortlist's order). */
+typedef struct type_plans {
+  hm_plan *p[MAXK];
+  int n[MAXK];
+} type_plans;
+
+static hm_status type_plans_make(sctx *x, type_plans *tp) {
+  for (int k = 0; k < x->K; k++) {
+    tp->p[k] = hm_malloc((size_t)(x->by_type[k].n + 1) * sizeof(hm_plan), "plans");
+    if (!tp->p[k]) return HM_ERR_NOMEM;
+    for (int i = 0; i < x->by_type[k].n; i++) {
+      hm_plan *q = &tp->p[k][tp->n[k]];
+      HM_TRY(materialize(x, &x->by_type[k].c[i], q));
+      if (q->over_memory) continue;
+      hm_plan t = *q; /* insertion, stable */
+      int j = tp->n[k]++;
+      while (j > 0 && tp->p[k][j - 1].step_time > t.step_time) {
+        tp->p[k][j] = tp->p[k][j - 1];
+        j--;
+      }
+      tp->p[k][j] = t;
+    }
+  }
+  return HM_OK;
+}
+
+/* Templates per type tried by the heterogeneous data parallelism of search_hdp.c: more with
+ * fewer types (the combinations grow as the product). */
+static int hdp_templates(int K) { return K <= 2 ? 4 : 1; }
+
+static int same_template(const hm_plan *a, const hm_plan *b) {
+  return a->micro_batch == b->micro_batch && a->classes[0].nstages == b->classes[0].nstages &&
+         a->classes[0].stages[0].tp == b->classes[0].stages[0].tp;
+}
+
+/* Family 1 for type k at its share of the batch (M_k micro-batches of each size), its own
+ * shortlist of 16 only; the plans within memory, fastest first, distinct templates, at most lim. */
+static hm_status share_templates(sctx *x, int k, double share, int lim, unsigned mbs, hm_plan *pick,
+                                 int *np) {
+  sctx tmp = *x;
+  tmp.by_type[k].n = 0;
+  tmp.by_type[k].cap = 16;
+  tmp.by_type[k].c = hm_calloc(16, sizeof(cand), "candidates");
+  hm_status st = tmp.by_type[k].c ? HM_OK : HM_ERR_NOMEM;
+  for (int mbi = 0; mbi < x->nmb && st == HM_OK; mbi++) {
+    if (!(mbs & (1u << mbi))) continue;
+    sctx w;
+    int64_t Mk = llround((double)(x->in->train->global_batch / x->mbs[mbi]) * share);
+    if ((st = worker_init(&w, &tmp)) == HM_OK && Mk >= 1) {
+      w.share = 1;
+      search_single(&w, k, mbi, Mk);
+      x->nsplits += w.nsplits;
+    }
+    worker_free(&w);
+  }
+  /* simulated, fastest first (the shortlist's order on ties), one plan per template */
+  type_plans sl;
+  memset(&sl, 0, sizeof sl);
+  if (st == HM_OK) {
+    sctx only = *x;
+    only.by_type[k] = tmp.by_type[k];
+    only.K = k + 1; /* type_plans_make fills types 0..K-1: the others have empty lists here */
+    for (int j = 0; j < k; j++) only.by_type[j].n = 0;
+    st = type_plans_make(&only, &sl);
+  }
+  *np = 0;
+  for (int i = 0; st == HM_OK && i < sl.n[k] && *np < lim; i++) {
+    int dup = 0;
+    for (int j = 0; j < *np && !dup; j++) dup = same_template(&pick[j], &sl.p[k][i]);
+    if (!dup) pick[(*np)++] = sl.p[k][i];
+  }
+  for (int j = 0; j <= k; j++) free(sl.p[j]);
+  free(tmp.by_type[k].c);
+  return st;
+}
+
+/* Heterogeneous data parallelism with a schedule per class (search_hdp.c): each type's share of
+ * the batch from its speed alone, at most hdp_templates(K) distinct templates per type from
+ * family 1 run at that share (micro-batch sizes of the types' fastest plans); the best
+ * combination, refined, joins the list when it fits. */
+static hm_status hetero_dp_top(sctx *x, const type_plans *tp, hm_search_result *out) {
+  if (x->K < 2) return HM_OK;
+  hm_plan *pick[MAXK] = {0}, *best = hm_malloc(sizeof *best, "plan");
+  int np[MAXK] = {0}, found = 0;
+  hm_status st = best ? HM_OK : HM_ERR_NOMEM;
+  const int lim = hdp_templates(x->K);
+  /* each type's share of the batch: its speed alone (its fastest plan) over the sum */
+  double speed[MAXK] = {0}, sum = 0;
+  unsigned mbs = 0; /* the micro-batch sizes of the types' fastest plans */
+  for (int k = 0; k < x->K; k++) {
+    if (tp->n[k] == 0) continue;
+    sum += speed[k] = (double)tp->p[k][0].global_batch / tp->p[k][0].step_time;
+    for (int i = 0; i < x->nmb; i++)
+      if (x->mbs[i] == tp->p[k][0].micro_batch) mbs |= 1u << i;
+  }
+  for (int k = 0; k < x->K && st == HM_OK; k++) {
+    if (!(pick[k] = hm_malloc((size_t)lim * sizeof(hm_plan), "plans"))) st = HM_ERR_NOMEM;
+    else if (speed[k] > 0) st = share_templates(x, k, speed[k] / sum, lim, mbs, pick[k], &np[k]);
+  }
+  if (st == HM_OK)
+    st = hm_plan_hetero_dp(x->in, (const hm_plan *const *)pick, np, x->K, x->maxp,
+                           x->opt->max_chunks, best, &found, &x->nsplits);
+  if (st == HM_OK && found) st = refine_one(x, best);
+  if (st == HM_OK && found && !best->over_memory) {
+    hm_plan *pl = realloc(out->plans, (size_t)(out->nplans + 1) * sizeof *pl);
+    if (!pl) st = hm_error(HM_ERR_NOMEM, "plan search: cannot grow the plan list");
+    else {
+      out->plans = pl;
+      pl[out->nplans++] = *best;
+      rank_unique(out);
+    }
+  }
+  for (int k = 0; k < x->K; k++) free(pick[k]);
+  free(best);
+  return st;
+}
+
 static hm_status no_fit_error(sctx *x) {
   const hm_plan_inputs *in = x->in;
   double need = hm_static_bytes(in->train, in->model->params, 1), have = 0, biggest = 0;
@@ -1137,12 +1277,16 @@ hm_status hm_plan_search(const hm_plan_inputs *in, const hm_search_options *opt_
     return hm_error(HM_ERR_INVALID_ARG, "plan search: no device type %d", opt.only_type);
   sctx x;
   memset(&x, 0, sizeof x);
+  type_plans tpl;
+  memset(&tpl, 0, sizeof tpl);
   x.in = in;
   x.opt = &opt;
   x.n = in->model->nlayers;
   x.K = in->cluster->ntypes;
   x.maxp = opt.max_stages;
   x.single_only = opt.only_type;
+  for (int l = 0; l < x.n; l++)
+    if (in->model->layers[l].shared_with >= 0) x.ties = 1;
   for (int i = 0; i < in->train->n_micro_batch_sizes; i++)
     if (in->train->global_batch % in->train->micro_batch_sizes[i] == 0)
       x.mbs[x.nmb++] = in->train->micro_batch_sizes[i];
@@ -1245,27 +1389,23 @@ hm_status hm_plan_search(const hm_plan_inputs *in, const hm_search_options *opt_
   qsort(out->plans, (size_t)out->nplans, sizeof *out->plans, cmp_plan);
   if ((st = refine_top(&x, out)) != HM_OK) goto done;
   if ((st = interleave_top(&x, out)) != HM_OK) goto done;
+  if (opt.only_type < 0 && (st = type_plans_make(&x, &tpl)) != HM_OK) goto done;
+  if (opt.only_type < 0 && (st = hetero_dp_top(&x, &tpl, out)) != HM_OK) goto done;
   if (out->nplans > opt.top_k) out->nplans = opt.top_k;
   out->candidates = x.nsplits;
   if (opt.upper_bound && opt.only_type < 0) {
     /* the bound: each type alone, i.e. exactly the candidates a search restricted to that type
      * keeps (same pruning against that type's own list), simulated and ranked the same way */
     /* each type's best plan then gets its interleaved variant, as the mixed plans do */
-    hm_plan *tp = hm_malloc(sizeof *tp, "plan"), *tbest = hm_malloc(sizeof *tbest, "plan");
-    if (!tp || !tbest) {
-      free(tp);
-      free(tbest);
+    hm_plan *tbest = hm_malloc(sizeof *tbest, "plan");
+    if (!tbest) {
       st = HM_ERR_NOMEM;
       goto done;
     }
     for (int k = 0; k < x.K && st == HM_OK; k++) {
-      for (int i = 0; i < x.by_type[k].n && st == HM_OK; i++) {
-        if ((st = materialize(&x, &x.by_type[k].c[i], tp)) != HM_OK) break;
-        if (tp->over_memory || tp->tokens_per_s <= out->type_best_tokens_per_s[k]) continue;
-        out->type_best_tokens_per_s[k] = tp->tokens_per_s;
-        *tbest = *tp;
-      }
-      if (st != HM_OK || out->type_best_tokens_per_s[k] <= 0) continue;
+      if (tpl.n[k] == 0) continue;
+      *tbest = tpl.p[k][0];
+      out->type_best_tokens_per_s[k] = tbest->tokens_per_s;
       st = hm_plan_interleave(in, tbest, x.maxp, opt.max_chunks, &x.nsplits);
       if (st == HM_OK && is_interleaved(tbest)) st = refine_one(&x, tbest);
       if (st != HM_OK) continue;
@@ -1275,7 +1415,6 @@ hm_status hm_plan_search(const hm_plan_inputs *in, const hm_search_options *opt_
         out->best_single = *tbest;
       }
     }
-    free(tp);
     free(tbest);
     if (st != HM_OK) goto done;
     for (int k = 0; k < x.K; k++) out->upper_bound_tokens_per_s += out->type_best_tokens_per_s[k];
@@ -1294,6 +1433,7 @@ hm_status hm_plan_search(const hm_plan_inputs *in, const hm_search_options *opt_
   }
 done:
   out->seconds = hm_now_s() - t0;
+  for (int k = 0; k < MAXK; k++) free(tpl.p[k]);
   sctx_free(&x);
   if (st != HM_OK) hm_search_result_free(out);
   return st;
