@@ -43,7 +43,7 @@ HETMIX_FAULT="kill:rank=1:step=$k1;kill:rank=1:step=$k2:attempt=1" "$hetmix" lau
   --max-restarts 4 --drop-after 2 --profile profile.json -- "${wargs[@]}" --dump drop-ckpt --out drop-out >drop.out 2>drop.err ||
   { echo "replan: the re-planned run failed:" >&2; tail -20 drop.err >&2; exit 1; }
 grep -E "re-plan 1: dropped" drop.err | sed 's/^hetmix: launch: //'
-python3 - "$steps" "$(grep -o 'resuming from [^ ]* (step [0-9]*)' drop.err | tail -1 | grep -o '[0-9]*)' | tr -d ')')" <<'PY'
+python3 - "$steps" "$(grep -o 'resuming from [^ ]* (step [0-9]*' drop.err | tail -1 | grep -o '[0-9]*$')" <<'PY'
 import json, statistics, sys
 steps, resume = int(sys.argv[1]), int(sys.argv[2] or 0)
 def read(p):
