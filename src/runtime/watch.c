@@ -95,6 +95,24 @@ static void hm_watch_read(hm_watch *w, int r, uint64_t now) {
   x->last = hb;
 }
 
+/* A rank past its deadline while waiting on peers is a victim: the rank it waits for stopped at
+ * about the same time, one step or less apart, but may have marked its last progress a little
+ * later and so not be past the deadline yet. A rank not waiting that has made no progress for
+ * over half its deadline (2.5 x the longest step at least: far more than any step takes) is that
+ * culprit and is named instead; the one stopped earliest among such. */
+static void hm_watch_culprit(const hm_watch *w, uint64_t now, const int *exited, int *hung, uint64_t *since,
+                             uint64_t *limit) {
+  int best = -1;
+  for (int r = 0; r < w->n; r++) {
+    const hm_watch_rank *x = &w->r[r];
+    if ((exited && exited[r]) || !x->seen || x->last.waiting != 0) continue;
+    const uint64_t lim = hm_watch_step_deadline(w, r);
+    if (now - x->mark_ns > lim / 2 && (best < 0 || x->mark_ns < w->r[best].mark_ns)) best = r;
+  }
+  if (best < 0) return;
+  *hung = best, *since = w->r[best].mark_ns, *limit = hm_watch_step_deadline(w, best);
+}
+
 int hm_watch_check(hm_watch *w, uint64_t now, const int *exited, int *cause, double *idle_s) {
   int silent = -1, hung = -1, hung_waiting = 1;
   uint64_t hung_since = 0, hung_limit = 0;
@@ -119,6 +137,7 @@ int hm_watch_check(hm_watch *w, uint64_t now, const int *exited, int *cause, dou
     w->limit_s = (double)silence * 1e-9;
     return silent;
   }
+  if (hung >= 0 && hung_waiting) hm_watch_culprit(w, now, exited, &hung, &hung_since, &hung_limit);
   if (hung >= 0) {
     *cause = HM_FAIL_HANG;
     *idle_s = (double)(now - hung_since) * 1e-9;

@@ -21,15 +21,19 @@
 static char dir[128];
 static unsigned long long beat_no;
 
-/* rank 0's heartbeat as a worker writes it */
-static void beat(long long step, int phase, unsigned long long marks, int waiting) {
+/* rank r's heartbeat as a worker writes it */
+static void beat_rank(int r, long long step, int phase, unsigned long long marks, int waiting) {
   char path[256];
-  snprintf(path, sizeof path, "%s/rank0", dir);
+  snprintf(path, sizeof path, "%s/rank%d", dir, r);
   FILE *f = fopen(path, "w");
   assert_non_null(f);
   fprintf(f, "pid 1\nhost h\ndevice cpu\nbeat %llu\nstep %lld\nstep_wall %.1f\nwaiting %d\nphase %d\nmarks %llu\n",
           ++beat_no, step, step > 0 ? 1.0 : 0.0, waiting, phase, marks);
   fclose(f);
+}
+
+static void beat(long long step, int phase, unsigned long long marks, int waiting) {
+  beat_rank(0, step, phase, marks, waiting);
 }
 
 static int check(hm_watch *w, uint64_t at_ms, int *cause, double *idle) {
@@ -128,6 +132,37 @@ static void test_silence_paced_by_beats(void **state) {
   hm_watch_free(&w);
 }
 
+/* Rank 0 ends step 3 and then waits on rank 1, which ends step 3 150 ms later and hangs at the
+ * start of step 4 (still beating, not waiting). The longest step is then rank 1's 350 ms, so the
+ * deadline is 1.75 s. Rank 0 passes it first, 150 ms before rank 1, but it is the victim: rank 1,
+ * not waiting and stopped for over half the deadline, is named. */
+static void test_hang_names_the_rank_waited_for(void **state) {
+  (void)state;
+  hm_watch w;
+  int cause = 0;
+  double idle = 0;
+  assert_int_equal(hm_watch_init(&w, dir, 2, HM_SILENCE_FLOOR_MS, HM_WATCHDOG_FLOOR_MS, 60000), HM_OK);
+  for (int s = 0; s <= 2; s++) { /* steps of 200 ms */
+    beat_rank(0, s, HM_HB_STEP, (unsigned long long)s, 0);
+    beat_rank(1, s, HM_HB_STEP, (unsigned long long)s, 0);
+    assert_int_equal(check(&w, 1000 + 200 * (uint64_t)s, &cause, &idle), -1);
+  }
+  beat_rank(0, 3, HM_HB_STEP, 3, 1); /* rank 0 ends step 3 at 1600 ms and waits */
+  assert_int_equal(check(&w, 1600, &cause, &idle), -1);
+  beat_rank(1, 3, HM_HB_STEP, 3, 0); /* rank 1 ends it at 1750 ms, then hangs */
+  assert_int_equal(check(&w, 1750, &cause, &idle), -1);
+  assert_int_equal(hm_watch_step_deadline(&w, 0), 1750 * MS);
+  for (uint64_t t = 1800; t <= 3300; t += 100) { /* both beat */
+    beat_rank(0, 3, HM_HB_STEP, 3, 1);
+    beat_rank(1, 3, HM_HB_STEP, 3, 0);
+    assert_int_equal(check(&w, t, &cause, &idle), -1);
+  }
+  assert_int_equal(check(&w, 3351, &cause, &idle), 1); /* rank 0 is past 1.75 s, rank 1 not yet */
+  assert_int_equal(cause, HM_FAIL_HANG);
+  assert_true(idle > 1.59 && idle < 1.61);
+  hm_watch_free(&w);
+}
+
 static int setup(void **state) {
   (void)state;
   return hm_t_mkdtemp(dir, sizeof dir, "watch");
@@ -144,6 +179,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_deadline_from_measured_steps, setup, teardown),
       cmocka_unit_test_setup_teardown(test_phases_timed_apart, setup, teardown),
       cmocka_unit_test_setup_teardown(test_silence_paced_by_beats, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_hang_names_the_rank_waited_for, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
