@@ -423,6 +423,14 @@ hm_status hm_plan_assign_ranks(const hm_plan_inputs *in, const hm_plan *plan,
 hm_status hm_cluster_whatif(const hm_cluster *c, const char *type, int64_t delta, const char *pool,
                             hm_cluster *out);
 
+/* A plan made for `from` set up for `to` (device types matched by name) and predicted there,
+ * with out->upper_bound_tokens_per_s kept from plan (set it to to's bound before the call for
+ * utilization against that). HM_ERR_NO_FIT when a type it uses is gone, HM_ERR_SPEC when the
+ * plan no longer validates (too few devices, a tp that no longer fits a host). What-if uses it
+ * so that adding devices never reports a slower best plan than leaving them idle. */
+hm_status hm_plan_carry_over(const hm_plan_inputs *from, const hm_plan *plan,
+                             const hm_plan_inputs *to, hm_plan *out);
+
 #ifdef __cplusplus
 }
 #endif

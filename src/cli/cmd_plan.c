@@ -245,6 +245,21 @@ static void print_compare_row(const char *what, double a, double b, const char *
   printf("\n");
 }
 
+/* 1 when the current best plan, set up on the changed cluster (it is still valid there after
+ * adding devices, and may be after removing some), beats the changed cluster's searched best:
+ * *kept is then that plan, predicted there. Devices added must never look like a loss. */
+static int keep_current(const hm_plan_inputs *in, const hm_plan *cur, const hm_plan_inputs *in2,
+                        const hm_search_result *r2, hm_plan *kept) {
+  if (hm_plan_carry_over(in, cur, in2, kept) != HM_OK) {
+    hm_clear_error();
+    return 0;
+  }
+  kept->upper_bound_tokens_per_s = r2->upper_bound_tokens_per_s;
+  kept->utilization = r2->upper_bound_tokens_per_s > 0
+                          ? kept->tokens_per_s / r2->upper_bound_tokens_per_s : 0;
+  return !kept->over_memory && kept->tokens_per_s > r2->plans[0].tokens_per_s;
+}
+
 /* --add/--remove: plans the cluster as it is and as changed, and prints both best plans. */
 static int plan_whatif(const plan_args *a, const hm_plan_inputs *in, hm_profile *pr,
                        const hm_search_options *opt) {
@@ -296,7 +311,9 @@ static int plan_whatif(const plan_args *a, const hm_plan_inputs *in, hm_profile 
     rc = hm_cli_fail_status(st, "plan (what-if cluster)", NULL);
     goto done;
   }
-  const hm_plan *p0 = &res[0].plans[0], *p1 = &res[1].plans[0];
+  hm_plan kept;
+  const int carried = keep_current(in, &res[0].plans[0], &in2, &res[1], &kept);
+  const hm_plan *p0 = &res[0].plans[0], *p1 = carried ? &kept : &res[1].plans[0];
   printf("what-if on cluster \"%s\", model \"%s\":%s%s%s%s\n\n", in->cluster->name, in->model->name,
          a->add ? " add " : "", a->add ? a->add : "", a->remove ? " remove " : "",
          a->remove ? a->remove : "");
@@ -315,6 +332,9 @@ static int plan_whatif(const plan_args *a, const hm_plan_inputs *in, hm_profile 
   printf("what-if best plan:\n");
   print_header();
   print_plan_row(&w, 1, p1);
+  if (carried)
+    printf("(the search on the changed cluster found %.0f tokens/s at best; the current plan, "
+           "still valid there, is faster and is kept)\n", res[1].plans[0].tokens_per_s);
   printf("\nanswered in %.3f s (searches %.3f s + %.3f s)\n", hm_now_s() - t0, res[0].seconds,
          res[1].seconds);
 done:

@@ -108,3 +108,24 @@ hm_status hm_cluster_whatif(const hm_cluster *c, const char *type, int64_t delta
   free(hosts);
   return st;
 }
+
+hm_status hm_plan_carry_over(const hm_plan_inputs *from, const hm_plan *plan,
+                             const hm_plan_inputs *to, hm_plan *out) {
+  if (!from || !from->cluster || !plan || !to || !to->cluster || !out)
+    return hm_error(HM_ERR_INVALID_ARG, "plan carry-over: NULL argument");
+  *out = *plan;
+  for (int ci = 0; ci < out->nclasses; ci++)
+    for (int s = 0; s < out->classes[ci].nstages; s++) {
+      hm_plan_stage *st = &out->classes[ci].stages[s];
+      if (st->type < 0 || st->type >= from->cluster->ntypes)
+        return hm_error(HM_ERR_SPEC, "plan carry-over: stage type %d is not in cluster \"%s\"",
+                        st->type, from->cluster->name);
+      const char *name = from->cluster->types[st->type].name;
+      st->type = hm_cluster_find_type(to->cluster, name);
+      if (st->type < 0)
+        return hm_error(HM_ERR_NO_FIT, "plan carry-over: cluster \"%s\" has no \"%s\" devices",
+                        to->cluster->name, name);
+    }
+  HM_TRY(hm_plan_validate(to, out));
+  return hm_plan_predict(to, out, NULL);
+}

@@ -3,6 +3,7 @@
  * and links of the result are those of the equivalent cluster file; bad requests are refused
  * with a message naming what is wrong; and the command prints both best plans side by side. */
 #include <setjmp.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -12,6 +13,7 @@
 
 #include <cmocka.h>
 
+#include "hetmix/model.h"
 #include "hetmix/plan.h"
 
 /* Two pools; pool "p1" holds a type-a group and a mixed group, pool "p2" a named type-a group. */
@@ -128,6 +130,48 @@ static void test_refused(void **state) {
   hm_cluster_free(&c);
 }
 
+/* hm_plan_carry_over: a plan set up on a changed cluster by type name, or refused by name. */
+static void test_carry_over(void **state) {
+  (void)state;
+  char path[512];
+  hm_cluster c, w;
+  hm_model m;
+  hm_train t;
+  snprintf(path, sizeof path, "%s/examples/reference-768.json", HM_SOURCE_DIR);
+  assert_int_equal(hm_cluster_load(path, &c), HM_OK);
+  snprintf(path, sizeof path, "%s/examples/llama2-70b.json", HM_SOURCE_DIR);
+  assert_int_equal(hm_model_load(path, &m), HM_OK);
+  snprintf(path, sizeof path, "%s/examples/train-default.json", HM_SOURCE_DIR);
+  assert_int_equal(hm_train_load(path, &t), HM_OK);
+  assert_int_equal(hm_spec_resolve(&c, &m, &t, NULL), HM_OK);
+  hm_plan_inputs in = {.cluster = &c, .model = &m, .train = &t};
+  hm_search_options o;
+  hm_search_options_default(&o);
+  o.upper_bound = 0;
+  hm_search_result r;
+  assert_int_equal(hm_plan_search(&in, &o, &r), HM_OK);
+  const hm_plan *p = &r.plans[0];
+  hm_plan q;
+  /* the a100 type moves from index 1 to 0 when every mi250 leaves */
+  assert_int_equal(hm_cluster_whatif(&c, "mi250", -128, NULL, &w), HM_OK);
+  hm_plan_inputs in2 = {.cluster = &w, .model = &m, .train = &t};
+  int uses_mi250 = 0;
+  for (int ci = 0; ci < p->nclasses; ci++)
+    for (int s = 0; s < p->classes[ci].nstages; s++) uses_mi250 |= p->classes[ci].stages[s].type == 0;
+  assert_true(uses_mi250); /* the best plan is heterogeneous (docs/plan.md) */
+  assert_int_equal(hm_plan_carry_over(&in, p, &in2, &q), HM_ERR_NO_FIT);
+  assert_non_null(strstr(hm_last_error(), "has no \"mi250\" devices"));
+  hm_cluster_free(&w);
+  /* added devices: the same plan, valid and predicted the same (same links, same types) */
+  assert_int_equal(hm_cluster_whatif(&c, "a100", 64, NULL, &w), HM_OK);
+  assert_int_equal(hm_plan_carry_over(&in, p, &in2, &q), HM_OK);
+  assert_true(fabs(q.tokens_per_s / p->tokens_per_s - 1) < 1e-9);
+  hm_cluster_free(&w);
+  hm_search_result_free(&r);
+  hm_model_free(&m);
+  hm_cluster_free(&c);
+}
+
 /* `hetmix plan --add`: both plans, side by side; bad requests exit 1 with the reason. */
 static int run(const char *args, char *out, size_t cap) {
   char cmd[2048];
@@ -158,6 +202,15 @@ static void test_cli(void **state) {
   assert_int_equal(d0, 768);
   assert_int_equal(d1, 768 + 64 - 8);
   assert_non_null(strstr(out, "tokens/s"));
+  /* adding devices never reports a loss: the current plan stays valid on the bigger cluster
+   * (mi250:8 here: the changed cluster's own search found 201,842 tokens/s against the
+   * current 202,848 before the current plan was carried over) */
+  snprintf(args, sizeof args, "%s --add mi250:8", base);
+  rc = run(args, out, sizeof out);
+  double t0 = 0, t1 = 0;
+  row = strstr(out, "\ntokens/s");
+  if (rc != 0 || !row || sscanf(row, "\ntokens/s %lf %lf", &t0, &t1) != 2) fail_msg("exit %d:\n%s", rc, out);
+  if (!(t0 > 0 && t1 >= t0)) fail_msg("adding devices lost tokens/s:\n%s", out);
   snprintf(args, sizeof args, "%s --add mi250:6", base);
   assert_int_equal(run(args, out, sizeof out), 1);
   assert_non_null(strstr(out, "hetmix: error: --add: what-if: cannot add 6 \"mi250\" devices"));
@@ -174,6 +227,7 @@ int main(void) {
       cmocka_unit_test(test_add_remove),
       cmocka_unit_test(test_type_leaves),
       cmocka_unit_test(test_refused),
+      cmocka_unit_test(test_carry_over),
       cmocka_unit_test(test_cli),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
