@@ -120,6 +120,16 @@ hm_status hm_plan_refine(const hm_plan_inputs *in, hm_plan *p, int ranges, int m
 hm_status hm_plan_interleave(const hm_plan_inputs *in, hm_plan *p, int maxp, int max_chunks,
                              int64_t *nsim);
 
+/* Whether class c's device stages can run v >= 2 chunks in the search (p >= 2, p*v <= maxp and
+ * the layers, at most HM_SEARCH_INTERLEAVE_MAX_MICRO micro-batches). */
+int hm_plan_class_chunks_fit(const hm_plan_class *c, int v, int nlayers, int maxp);
+/* Class c (plain or interleaved) as v >= 2 chunks of its device stages, its layers split again
+ * by the DP over the p*v virtual stages (as hm_plan_interleave splits them); with `balance`, then
+ * moved one at a time across chunk boundaries to even the sums of each device's chunks without
+ * raising the largest chunk (search_interleave.c, balance_devices). */
+hm_status hm_plan_class_rechunk(const hm_plan_inputs *in, int64_t mb, hm_plan_class *c, int v,
+                                int balance);
+
 /* Heterogeneous data parallelism with a schedule per class (search_hdp.c): for every choice of
  * one plan or none per type (type_plans[k][0..nplans[k]-1]: single-type plans of type k, plain,
  * predicted), at least two types, one replica class per type with the template and replicas of
