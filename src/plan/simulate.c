@@ -430,6 +430,14 @@ static double bucket_ready(const hm_sim_input *in, class_state *cs, int lo, int 
   return r;
 }
 
+/* Bytes per device of bucket op of class cl's stage s (a device's chunks share its tp). */
+static double bucket_bytes(const hm_sim_input *in, const hm_sim_class *cl, int s, const hm_op *op) {
+  double bytes = 0;
+  for (int l = op->layer_begin; l < op->layer_end; l++)
+    bytes += in->layer_grad_bytes ? in->layer_grad_bytes[l] : 0.0;
+  return bytes / cl->stages[s].tp;
+}
+
 /* Gradient buckets, each taking hm_sync_allreduce_time (+ staging) on its stage's sync track. */
 static hm_status sync_buckets(const hm_sim_input *in, class_state *cs, const hm_sync_model *sync,
                               hm_sim_trace *tr) {
@@ -442,10 +450,7 @@ static hm_status sync_buckets(const hm_sim_input *in, class_state *cs, const hm_
       for (; ss->pc < nops; ss->pc++) {
         const hm_op o = hm_schedule_1f1b_op(&cs[c].cfg, s, ss->pc), *op = &o;
         if (op->kind != HM_OP_ALLREDUCE) break;
-        double bytes = 0;
-        for (int l = op->layer_begin; l < op->layer_end; l++)
-          bytes += in->layer_grad_bytes ? in->layer_grad_bytes[l] : 0.0;
-        bytes /= cl->stages[s].tp; /* a device's chunks share its tp */
+        const double bytes = bucket_bytes(in, cl, s, op);
         double ready = bucket_ready(in, cs, op->layer_begin, op->layer_end);
         double start = comm_t > ready ? comm_t : ready;
         double d = hm_sync_allreduce_time(sync, bytes) + sync_staging(in, bytes);
@@ -478,75 +483,75 @@ static int bucket_pools(const hm_sim_input *in, int lo, int hi, int all) {
   return n < all ? n : all;
 }
 
+/* The job of bucket op of class c's stage s on the shared pool link: its holders' readiness, and
+ * its allreduce in the parts the link divides (all before it when it does not cross). */
+static hm_share_job bucket_job(const hm_sim_input *in, class_state *cs, const hm_sync_model *sync,
+                               int c, int s, const hm_op *op) {
+  const hm_sim_class *cl = &in->classes[c];
+  const double bytes = bucket_bytes(in, cl, s, op), staging = sync_staging(in, bytes);
+  hm_sync_model m = *sync;
+  m.ngroups = bucket_pools(in, op->layer_begin, op->layer_end, sync->ngroups);
+  hm_share_job j = {.ready = bucket_ready(in, cs, op->layer_begin, op->layer_end)};
+  if (m.ngroups <= 1) {
+    j.pre = hm_sync_allreduce_time(&m, bytes) + staging;
+    return j;
+  }
+  hm_sync_parts parts;
+  hm_sync_split(&m, bytes, &parts);
+  j.pre = parts.pre;
+  j.bytes = parts.bytes;
+  j.devices = parts.crossing * cl->nreplicas * cl->stages[s].tp;
+  j.post = parts.post + staging;
+  return j;
+}
+
+/* Gradient buckets of stage s of class c from its cursor on (NULL jobs: only counted). */
+static int stage_jobs(const hm_sim_input *in, class_state *cs, const hm_sync_model *sync, int c,
+                      int s, hm_share_job *jobs) {
+  const int64_t nops = hm_schedule_1f1b_nops(&cs[c].cfg, s);
+  int k = 0;
+  for (int64_t pc = cs[c].st[s].pc; pc < nops; pc++, k++) {
+    const hm_op op = hm_schedule_1f1b_op(&cs[c].cfg, s, pc);
+    if (op.kind != HM_OP_ALLREDUCE) break;
+    if (jobs) jobs[k] = bucket_job(in, cs, sync, c, s, &op);
+  }
+  return k;
+}
+
 /* Gradient buckets when the replicas span pools whose link the simulator shares
- * (sync->pool_bandwidth > 0): each stage's buckets run on its sync track as below, but the part
- * of a bucket that crosses between pools moves its bytes at the share of the link that its devices
- * get among every device crossing at that moment (hm_share_run), and a bucket whose holders all
- * sit in one pool does not cross (an allreduce inside the pool). */
+ * (sync->pool_bandwidth > 0): each stage's buckets run on its sync track as in sync_buckets, but
+ * the part of a bucket that crosses between pools moves its bytes at the share of the link that
+ * its devices get among every device crossing at that moment (hm_share_run), and a bucket whose
+ * holders all sit in one pool does not cross (an allreduce inside the pool). */
 static hm_status sync_across_pools(const hm_sim_input *in, class_state *cs,
                                    const hm_sync_model *sync, hm_sim_trace *tr) {
-  const int nc = in->nclasses;
   int ntracks = 0, njobs = 0;
-  for (int c = 0; c < nc; c++)
-    for (int s = 0; s < cs[c].cfg.nstages; s++, ntracks++)
-      for (int64_t pc = cs[c].st[s].pc; pc < hm_schedule_1f1b_nops(&cs[c].cfg, s) &&
-                                        hm_schedule_1f1b_op(&cs[c].cfg, s, pc).kind == HM_OP_ALLREDUCE;
-           pc++)
-        njobs++;
+  for (int c = 0; c < in->nclasses; c++)
+    for (int s = 0; s < cs[c].cfg.nstages; s++, ntracks++) njobs += stage_jobs(in, cs, sync, c, s, NULL);
   hm_share_job *jobs = hm_calloc((size_t)njobs + 1, sizeof *jobs, "simulator sync");
   int *first = hm_calloc((size_t)ntracks + 1, sizeof *first, "simulator sync");
   double *track_free = hm_calloc((size_t)ntracks + 1, sizeof *track_free, "simulator sync");
   hm_status st = HM_ERR_NOMEM;
   if (!jobs || !first || !track_free) goto done;
-  int t = 0, k = 0;
-  for (int c = 0; c < nc; c++) {
-    const hm_sim_class *cl = &in->classes[c];
+  for (int c = 0, t = 0; c < in->nclasses; c++)
     for (int s = 0; s < cs[c].cfg.nstages; s++, t++) {
-      first[t] = k;
       track_free[t] = in->overlap_sync ? 0.0 : cs[c].st[s].t;
-      for (int64_t pc = cs[c].st[s].pc; k < njobs; pc++, k++) {
-        if (pc >= hm_schedule_1f1b_nops(&cs[c].cfg, s)) break;
-        const hm_op op = hm_schedule_1f1b_op(&cs[c].cfg, s, pc);
-        if (op.kind != HM_OP_ALLREDUCE) break;
-        double bytes = 0;
-        for (int l = op.layer_begin; l < op.layer_end; l++)
-          bytes += in->layer_grad_bytes ? in->layer_grad_bytes[l] : 0.0;
-        bytes /= cl->stages[s].tp; /* a device's chunks share its tp */
-        hm_sync_model m = *sync;
-        m.ngroups = bucket_pools(in, op.layer_begin, op.layer_end, sync->ngroups);
-        const double staging = sync_staging(in, bytes);
-        jobs[k].ready = bucket_ready(in, cs, op.layer_begin, op.layer_end);
-        if (m.ngroups <= 1) {
-          jobs[k].pre = hm_sync_allreduce_time(&m, bytes) + staging;
-          continue;
-        }
-        hm_sync_parts parts;
-        hm_sync_split(&m, bytes, &parts);
-        jobs[k].pre = parts.pre;
-        jobs[k].bytes = parts.bytes;
-        jobs[k].devices = parts.crossing * cl->nreplicas * cl->stages[s].tp;
-        jobs[k].post = parts.post + staging;
-      }
+      first[t + 1] = first[t] + stage_jobs(in, cs, sync, c, s, jobs + first[t]);
     }
-  }
-  first[ntracks] = k;
   if ((st = hm_share_run(jobs, first, track_free, ntracks, sync->pool_bandwidth,
                          sync->link.bandwidth)) != HM_OK)
     goto done;
-  t = 0;
-  for (int c = 0; c < nc; c++)
+  for (int c = 0, t = 0; c < in->nclasses; c++)
     for (int s = 0; s < cs[c].cfg.nstages; s++, t++) {
       stage_state *ss = &cs[c].st[s];
-      double end = track_free[t];
       for (int i = first[t]; i < first[t + 1]; i++, ss->pc++) {
         const double d = jobs[i].end - jobs[i].start;
         if ((st = trace_add(tr, c, s, 1, HM_OP_ALLREDUCE, -1, jobs[i].start, d)) != HM_OK) goto done;
         ss->comm_busy += d;
-        end = jobs[i].end;
+        if (jobs[i].end > ss->t) ss->t = jobs[i].end;
       }
-      if (end > ss->t) ss->t = end;
+      if (track_free[t] > ss->t) ss->t = track_free[t];
     }
-  st = HM_OK;
 done:
   free(jobs);
   free(first);
