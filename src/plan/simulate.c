@@ -11,7 +11,10 @@
  * and the buckets run on the stage's own sync track while the backward continues (buckets whose
  * holders split them with different tensor-parallel degrees wait for the backward's end, as the
  * runtime sums those after it). The stage's
- * next ops wait for its last bucket. The tied-embedding sync starts when both ends are ready;
+ * next ops wait for its last bucket. When the replicas span pools, the part of each bucket that
+ * crosses between them shares the pool link with every bucket crossing at that moment
+ * (linkshare.c), and a bucket whose holders sit in one pool stays in it. The tied-embedding sync
+ * starts when both ends are ready;
  * the gradient norm waits for every stage; then the optimizer.
  * Not modelled: contention between replicas on a NIC, nor between a bucket and the compute it
  * overlaps.
