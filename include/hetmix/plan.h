@@ -116,7 +116,11 @@ typedef struct hm_sync_model {
   int nranks;    /* replicas taking part (all classes together) */
   hm_link link;  /* link between replicas (inter-host NIC, or intra-host when all on one host) */
   int ngroups;   /* pools the replicas span (hierarchical when > 1) */
-  hm_link outer; /* link between pools */
+  hm_link outer; /* link between pools, the share of one device when every device of a pool
+                    crosses at once (the bandwidth divided by the devices per pool) */
+  double pool_bandwidth; /* the link between pools as a whole (bytes/s, one direction): the
+                            simulator shares it among the devices crossing at each moment
+                            (docs/plan.md, section 2); 0: every crossing gets `outer` */
 } hm_sync_model;
 
 /* Seconds to allreduce `bytes` under the sync model, with hm_cost_best_algo at each level. */
@@ -132,6 +136,8 @@ typedef struct hm_sim_stage {
   hm_link link_next;          /* link to stage s+1 (unused on the last stage) */
   hm_device_xfer staging;     /* staging copies of the stage's device type (all 0: host memory):
                                  added to its sends, receives, allreduces and tied syncs */
+  int in_pool;                /* 1 + index of the one pool holding the stage's devices; 0: not
+                                 known or several (its buckets cross as `sync` says) */
   double optimizer;           /* seconds of the optimizer step */
   double mem_static;          /* bytes per device: weights + gradients + optimizer state */
   double mem_act;             /* bytes per device per micro-batch held between FWD and BWD */

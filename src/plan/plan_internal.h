@@ -66,6 +66,36 @@ hm_link hm_device_nic(const hm_cluster *c, int type);
 /* Gradient-sync model for a plan using `types_mask` device types and `nranks` replicas. */
 hm_sync_model hm_plan_sync_model(const hm_plan_inputs *in, unsigned types_mask, int nranks,
                                  int64_t devices);
+/* The pool holding every device of type k; -1 when they sit in several pools or in none. */
+int hm_type_pool(const hm_cluster *c, int type);
+
+/* One bucket's allreduce under m (m->ngroups > 1), in the parts that the link between pools
+ * divides: seconds before the crossing (the reduce-scatter inside the pools, latencies), bytes
+ * each crossing device moves over that link, seconds after (the allgather), and the devices
+ * that cross per replica holding the bucket (per tensor-parallel rank: R/P of the R replicas
+ * for the hierarchical allreduce, one for the flat ring, whose ring crosses between pools once
+ * each way). The algorithm is the one hm_sync_allreduce_time takes (the faster at the `outer`
+ * share), and at that share pre + bytes / rate + post is its time, rate being outer.bandwidth
+ * (hierarchical) or min(link, outer) (flat ring). */
+typedef struct hm_sync_parts {
+  double pre, bytes, post, crossing;
+} hm_sync_parts;
+void hm_sync_split(const hm_sync_model *m, double bytes, hm_sync_parts *out);
+
+/* A transfer on a track that shares one link with the other tracks' (linkshare.c): it starts at
+ * max(ready, end of the track's previous job), takes `pre` seconds, then moves `bytes` per device
+ * over the shared link with `devices` devices, then `post` seconds. */
+typedef struct hm_share_job {
+  double ready, pre, bytes, devices, post;
+  double start, end; /* set by hm_share_run */
+} hm_share_job;
+
+/* Runs jobs[first[i] .. first[i+1]) on track i, one after another, from track_free[i] on. While
+ * moving bytes, every device gets capacity / (devices moving bytes at that moment, at least 1)
+ * bytes/s, at most `cap` (cap <= 0: no cap); capacity > 0. Deterministic; O(jobs x tracks). */
+hm_status hm_share_run(hm_share_job *jobs, const int *first, const double *track_free, int ntracks,
+                       double capacity, double cap);
+
 /* Number of tensor-parallel groups of size tp of type k (each inside one host). */
 int64_t hm_type_groups(const hm_cluster *c, int type, int tp);
 /* Largest number of devices of type k in one host. */
@@ -89,6 +119,16 @@ hm_status hm_plan_refine(const hm_plan_inputs *in, hm_plan *p, int ranges, int m
  * *nsim counts. */
 hm_status hm_plan_interleave(const hm_plan_inputs *in, hm_plan *p, int maxp, int max_chunks,
                              int64_t *nsim);
+
+/* Whether class c's device stages can run v >= 2 chunks in the search (p >= 2, p*v <= maxp and
+ * the layers, at most HM_SEARCH_INTERLEAVE_MAX_MICRO micro-batches). */
+int hm_plan_class_chunks_fit(const hm_plan_class *c, int v, int nlayers, int maxp);
+/* Class c (plain or interleaved) as v >= 2 chunks of its device stages, its layers split again
+ * by the DP over the p*v virtual stages (as hm_plan_interleave splits them); with `balance`, then
+ * moved one at a time across chunk boundaries to even the sums of each device's chunks without
+ * raising the largest chunk (search_interleave.c, balance_devices). */
+hm_status hm_plan_class_rechunk(const hm_plan_inputs *in, int64_t mb, hm_plan_class *c, int v,
+                                int balance);
 
 /* Heterogeneous data parallelism with a schedule per class (search_hdp.c): for every choice of
  * one plan or none per type (type_plans[k][0..nplans[k]-1]: single-type plans of type k, plain,

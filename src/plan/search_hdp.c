@@ -139,6 +139,71 @@ static hm_status combine(const hm_plan_inputs *in, const hm_plan *const *pick, i
   return HM_OK;
 }
 
+/* Whether classes a and b run on the same device stages (types and tp, in order): the two parts
+ * of a class split by micro-batch count. */
+static int same_devstages(const hm_plan_class *a, const hm_plan_class *b) {
+  const int p = hm_plan_class_devstages(a);
+  if (hm_plan_class_devstages(b) != p) return 0;
+  for (int s = 0; s < p; s++)
+    if (a->stages[s].type != b->stages[s].type || a->stages[s].tp != b->stages[s].tp) return 0;
+  return 1;
+}
+
+/* The classes c.. that run on c's device stages (c and the other part of it when it was split by
+ * micro-batch count): one past the last. */
+static int group_end(const hm_plan *p, int c) {
+  int d = c + 1;
+  while (d < p->nclasses && same_devstages(&p->classes[c], &p->classes[d])) d++;
+  return d;
+}
+
+/* Class group [c, end) of best as v chunks (balance: the device-balanced split); 0 when some
+ * class cannot run v chunks or the split equals best's. */
+static hm_status rechunk_group(const hm_plan_inputs *in, const hm_plan *best, int c, int end, int v,
+                               int balance, int maxp, hm_plan *trial, int *ok) {
+  *trial = *best;
+  *ok = 1;
+  for (int d = c; d < end && *ok; d++) {
+    *ok = hm_plan_class_chunks_fit(&trial->classes[d], v, in->model->nlayers, maxp);
+    if (*ok) HM_TRY(hm_plan_class_rechunk(in, trial->micro_batch, &trial->classes[d], v, balance));
+  }
+  int same = *ok;
+  for (int d = c; d < end && same; d++) {
+    const hm_plan_class *a = &trial->classes[d], *b = &best->classes[d];
+    same = a->nstages == b->nstages && hm_plan_class_chunks(a) == hm_plan_class_chunks(b);
+    for (int s = 0; s < a->nstages && same; s++)
+      same = a->stages[s].layer_begin == b->stages[s].layer_begin &&
+             a->stages[s].layer_end == b->stages[s].layer_end;
+  }
+  if (same) *ok = 0;
+  return HM_OK;
+}
+
+/* The chunk count of each class chosen on the whole plan. Each class (with the other part of it,
+ * when it was split by micro-batch count) was interleaved alone, by an estimate that leaves out
+ * what the classes do to each other, the gradient sync across them above all (the buckets of the
+ * first layers, whose holders finish the backward last, wait for every class's holders and end
+ * the step); so every v from 2 up that fits is tried for it with the other classes unchanged, its
+ * layers split again over its virtual stages by the DP and, as a second candidate, with the sums
+ * of each device's chunks evened out, and the plan simulated whole; the fastest within memory is
+ * kept. */
+static hm_status chunks_on_whole_plan(const hm_plan_inputs *in, hm_plan *best, int maxp,
+                                      int max_chunks, hm_plan *trial, int64_t *nsim) {
+  for (int c = 0; c < best->nclasses; c = group_end(best, c)) {
+    const int end = group_end(best, c);
+    for (int v = 2; v <= max_chunks; v++)
+      for (int balance = 0; balance < 2; balance++) {
+        int ok;
+        HM_TRY(rechunk_group(in, best, c, end, v, balance, maxp, trial, &ok));
+        if (!ok) continue;
+        if (nsim) (*nsim)++;
+        HM_TRY(hm_plan_predict(in, trial, NULL));
+        if (!trial->over_memory && trial->step_time < best->step_time) *best = *trial;
+      }
+  }
+  return HM_OK;
+}
+
 hm_status hm_plan_hetero_dp(const hm_plan_inputs *in, const hm_plan *const *type_plans,
                             const int *nplans, int ntypes, int maxp, int max_chunks,
                             hm_plan *best, int *found, int64_t *nsim) {
@@ -169,6 +234,8 @@ hm_status hm_plan_hetero_dp(const hm_plan_inputs *in, const hm_plan *const *type
     if (k == ntypes) break;
     idx[k]++;
   }
+  if (st == HM_OK && *found && max_chunks > 1)
+    st = chunks_on_whole_plan(in, best, maxp, max_chunks, trial, nsim);
 done:
   free(scratch);
   free(trial);

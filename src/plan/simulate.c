@@ -11,7 +11,10 @@
  * and the buckets run on the stage's own sync track while the backward continues (buckets whose
  * holders split them with different tensor-parallel degrees wait for the backward's end, as the
  * runtime sums those after it). The stage's
- * next ops wait for its last bucket. The tied-embedding sync starts when both ends are ready;
+ * next ops wait for its last bucket. When the replicas span pools, the part of each bucket that
+ * crosses between them shares the pool link with every bucket crossing at that moment
+ * (linkshare.c), and a bucket whose holders sit in one pool stays in it. The tied-embedding sync
+ * starts when both ends are ready;
  * the gradient norm waits for every stage; then the optimizer.
  * Not modelled: contention between replicas on a NIC, nor between a bucket and the compute it
  * overlaps.
@@ -33,6 +36,7 @@
 #include <cjson/cJSON.h>
 
 #include "hetmix/plan.h"
+#include "plan/plan_internal.h"
 #include "util/files.h"
 #include "util/util.h"
 
@@ -57,6 +61,43 @@ double hm_sync_allreduce_time(const hm_sync_model *m, double bytes) {
   double flat = 0;
   hm_cost_best_algo(HM_COLL_ALLREDUCE, m->nranks, bytes, &slow, &flat);
   return fmin(rs + ar + ag, flat);
+}
+
+/* Latency (and reduction) seconds and bytes per rank of one algorithm: its time over `link` is
+ * lat + bytes / link bandwidth. */
+static void coll_parts(hm_coll_algo algo, int n, double bytes, const hm_link *link, double *lat,
+                       double *moved) {
+  const hm_link no_bw = {.bandwidth = 0, .latency = link->latency, .reduce_bw = link->reduce_bw};
+  const hm_link unit = {.bandwidth = 1.0};
+  *lat = hm_cost_collective(HM_COLL_ALLREDUCE, algo, n, bytes, &no_bw);
+  *moved = hm_cost_collective(HM_COLL_ALLREDUCE, algo, n, bytes, &unit);
+}
+
+void hm_sync_split(const hm_sync_model *m, double bytes, hm_sync_parts *out) {
+  *out = (hm_sync_parts){0};
+  if (!m || m->nranks <= 1 || bytes <= 0 || m->ngroups <= 1) return;
+  const int inner = (m->nranks + m->ngroups - 1) / m->ngroups;
+  const double part = bytes / (inner > 1 ? inner : 1);
+  double rs = 0, ag = 0, ar = 0, flat = 0;
+  if (inner > 1) {
+    hm_cost_best_algo(HM_COLL_REDUCE_SCATTER, inner, bytes, &m->link, &rs);
+    hm_cost_best_algo(HM_COLL_ALLGATHER, inner, bytes, &m->link, &ag);
+  }
+  const hm_coll_algo outer = hm_cost_best_algo(HM_COLL_ALLREDUCE, m->ngroups, part, &m->outer, &ar);
+  const hm_link slow = {.bandwidth = fmin(m->link.bandwidth, m->outer.bandwidth),
+                        .latency = fmax(m->link.latency, m->outer.latency)};
+  const hm_coll_algo ring = hm_cost_best_algo(HM_COLL_ALLREDUCE, m->nranks, bytes, &slow, &flat);
+  double lat;
+  if (rs + ar + ag <= flat) { /* as hm_sync_allreduce_time's fmin picks */
+    coll_parts(outer, m->ngroups, part, &m->outer, &lat, &out->bytes);
+    out->pre = rs + lat;
+    out->post = ag;
+    out->crossing = (double)inner / m->nranks;
+  } else {
+    coll_parts(ring, m->nranks, bytes, &slow, &lat, &out->bytes);
+    out->pre = lat;
+    out->crossing = 1.0 / m->nranks;
+  }
 }
 
 static hm_status trace_add(hm_sim_trace *tr, int cls, int stage, int track, hm_op_kind kind,
@@ -392,6 +433,135 @@ static double bucket_ready(const hm_sim_input *in, class_state *cs, int lo, int 
   return r;
 }
 
+/* Bytes per device of bucket op of class cl's stage s (a device's chunks share its tp). */
+static double bucket_bytes(const hm_sim_input *in, const hm_sim_class *cl, int s, const hm_op *op) {
+  double bytes = 0;
+  for (int l = op->layer_begin; l < op->layer_end; l++)
+    bytes += in->layer_grad_bytes ? in->layer_grad_bytes[l] : 0.0;
+  return bytes / cl->stages[s].tp;
+}
+
+/* Gradient buckets, each taking hm_sync_allreduce_time (+ staging) on its stage's sync track. */
+static hm_status sync_buckets(const hm_sim_input *in, class_state *cs, const hm_sync_model *sync,
+                              hm_sim_trace *tr) {
+  for (int c = 0; c < in->nclasses; c++) {
+    const hm_sim_class *cl = &in->classes[c];
+    for (int s = 0; s < cs[c].cfg.nstages; s++) {
+      stage_state *ss = &cs[c].st[s];
+      const int64_t nops = hm_schedule_1f1b_nops(&cs[c].cfg, s);
+      double comm_t = in->overlap_sync ? 0.0 : ss->t;
+      for (; ss->pc < nops; ss->pc++) {
+        const hm_op o = hm_schedule_1f1b_op(&cs[c].cfg, s, ss->pc), *op = &o;
+        if (op->kind != HM_OP_ALLREDUCE) break;
+        const double bytes = bucket_bytes(in, cl, s, op);
+        double ready = bucket_ready(in, cs, op->layer_begin, op->layer_end);
+        double start = comm_t > ready ? comm_t : ready;
+        double d = hm_sync_allreduce_time(sync, bytes) + sync_staging(in, bytes);
+        HM_TRY(trace_add(tr, c, s, 1, op->kind, -1, start, d));
+        comm_t = start + d;
+        ss->comm_busy += d;
+      }
+      if (comm_t > ss->t) ss->t = comm_t;
+    }
+  }
+  return HM_OK;
+}
+
+/* Pools spanned by the holders of layers [lo, hi) (all classes); `all` when some holder's pool is
+ * not known (or its devices sit in several). */
+static int bucket_pools(const hm_sim_input *in, int lo, int hi, int all) {
+  enum { MAXP = 16 };
+  int seen[MAXP], n = 0;
+  for (int c = 0; c < in->nclasses; c++)
+    for (int j = 0; j < in->classes[c].nstages; j++) {
+      const hm_sim_stage *sg = &in->classes[c].stages[j];
+      if (sg->layer_end <= lo || sg->layer_begin >= hi) continue;
+      if (sg->in_pool <= 0) return all;
+      int i = 0;
+      while (i < n && seen[i] != sg->in_pool) i++;
+      if (i < n) continue;
+      if (n == MAXP) return all;
+      seen[n++] = sg->in_pool;
+    }
+  return n < all ? n : all;
+}
+
+/* The job of bucket op of class c's stage s on the shared pool link: its holders' readiness, and
+ * its allreduce in the parts the link divides (all before it when it does not cross). */
+static hm_share_job bucket_job(const hm_sim_input *in, class_state *cs, const hm_sync_model *sync,
+                               int c, int s, const hm_op *op) {
+  const hm_sim_class *cl = &in->classes[c];
+  const double bytes = bucket_bytes(in, cl, s, op), staging = sync_staging(in, bytes);
+  hm_sync_model m = *sync;
+  m.ngroups = bucket_pools(in, op->layer_begin, op->layer_end, sync->ngroups);
+  hm_share_job j = {.ready = bucket_ready(in, cs, op->layer_begin, op->layer_end)};
+  if (m.ngroups <= 1) {
+    j.pre = hm_sync_allreduce_time(&m, bytes) + staging;
+    return j;
+  }
+  hm_sync_parts parts;
+  hm_sync_split(&m, bytes, &parts);
+  j.pre = parts.pre;
+  j.bytes = parts.bytes;
+  j.devices = parts.crossing * cl->nreplicas * cl->stages[s].tp;
+  j.post = parts.post + staging;
+  return j;
+}
+
+/* Gradient buckets of stage s of class c from its cursor on (NULL jobs: only counted). */
+static int stage_jobs(const hm_sim_input *in, class_state *cs, const hm_sync_model *sync, int c,
+                      int s, hm_share_job *jobs) {
+  const int64_t nops = hm_schedule_1f1b_nops(&cs[c].cfg, s);
+  int k = 0;
+  for (int64_t pc = cs[c].st[s].pc; pc < nops; pc++, k++) {
+    const hm_op op = hm_schedule_1f1b_op(&cs[c].cfg, s, pc);
+    if (op.kind != HM_OP_ALLREDUCE) break;
+    if (jobs) jobs[k] = bucket_job(in, cs, sync, c, s, &op);
+  }
+  return k;
+}
+
+/* Gradient buckets when the replicas span pools whose link the simulator shares
+ * (sync->pool_bandwidth > 0): each stage's buckets run on its sync track as in sync_buckets, but
+ * the part of a bucket that crosses between pools moves its bytes at the share of the link that
+ * its devices get among every device crossing at that moment (hm_share_run), and a bucket whose
+ * holders all sit in one pool does not cross (an allreduce inside the pool). */
+static hm_status sync_across_pools(const hm_sim_input *in, class_state *cs,
+                                   const hm_sync_model *sync, hm_sim_trace *tr) {
+  int ntracks = 0, njobs = 0;
+  for (int c = 0; c < in->nclasses; c++)
+    for (int s = 0; s < cs[c].cfg.nstages; s++, ntracks++) njobs += stage_jobs(in, cs, sync, c, s, NULL);
+  hm_share_job *jobs = hm_calloc((size_t)njobs + 1, sizeof *jobs, "simulator sync");
+  int *first = hm_calloc((size_t)ntracks + 1, sizeof *first, "simulator sync");
+  double *track_free = hm_calloc((size_t)ntracks + 1, sizeof *track_free, "simulator sync");
+  hm_status st = HM_ERR_NOMEM;
+  if (!jobs || !first || !track_free) goto done;
+  for (int c = 0, t = 0; c < in->nclasses; c++)
+    for (int s = 0; s < cs[c].cfg.nstages; s++, t++) {
+      track_free[t] = in->overlap_sync ? 0.0 : cs[c].st[s].t;
+      first[t + 1] = first[t] + stage_jobs(in, cs, sync, c, s, jobs + first[t]);
+    }
+  if ((st = hm_share_run(jobs, first, track_free, ntracks, sync->pool_bandwidth,
+                         sync->link.bandwidth)) != HM_OK)
+    goto done;
+  for (int c = 0, t = 0; c < in->nclasses; c++)
+    for (int s = 0; s < cs[c].cfg.nstages; s++, t++) {
+      stage_state *ss = &cs[c].st[s];
+      for (int i = first[t]; i < first[t + 1]; i++, ss->pc++) {
+        const double d = jobs[i].end - jobs[i].start;
+        if ((st = trace_add(tr, c, s, 1, HM_OP_ALLREDUCE, -1, jobs[i].start, d)) != HM_OK) goto done;
+        ss->comm_busy += d;
+        if (jobs[i].end > ss->t) ss->t = jobs[i].end;
+      }
+      if (track_free[t] > ss->t) ss->t = track_free[t];
+    }
+done:
+  free(jobs);
+  free(first);
+  free(track_free);
+  return st;
+}
+
 static hm_status check_input(const hm_sim_input *in) {
   if (!in || in->nclasses < 1 || !in->classes)
     return hm_error(HM_ERR_INVALID_ARG, "simulator: no replica classes");
@@ -525,29 +695,9 @@ hm_status hm_simulate(const hm_sim_input *in, hm_sim_result *res, hm_sim_trace *
 
   /* gradient buckets (comm track; a stage's buckets run one after another; overlapped, on a
    * track of their own that nothing else of the step uses) */
-  for (int c = 0; c < nc; c++) {
-    const hm_sim_class *cl = &in->classes[c];
-    for (int s = 0; s < cs[c].cfg.nstages; s++) {
-      stage_state *ss = &cs[c].st[s];
-      const int64_t nops = hm_schedule_1f1b_nops(&cs[c].cfg, s);
-      double comm_t = in->overlap_sync ? 0.0 : ss->t;
-      for (; ss->pc < nops; ss->pc++) {
-        const hm_op o = hm_schedule_1f1b_op(&cs[c].cfg, s, ss->pc), *op = &o;
-        if (op->kind != HM_OP_ALLREDUCE) break;
-        double bytes = 0;
-        for (int l = op->layer_begin; l < op->layer_end; l++)
-          bytes += in->layer_grad_bytes ? in->layer_grad_bytes[l] : 0.0;
-        bytes /= cl->stages[s].tp; /* a device's chunks share its tp */
-        double ready = bucket_ready(in, cs, op->layer_begin, op->layer_end);
-        double start = comm_t > ready ? comm_t : ready;
-        double d = hm_sync_allreduce_time(&sync, bytes) + sync_staging(in, bytes);
-        if ((st = trace_add(tr, c, s, 1, op->kind, -1, start, d)) != HM_OK) goto fail;
-        comm_t = start + d;
-        ss->comm_busy += d;
-      }
-      if (comm_t > ss->t) ss->t = comm_t;
-    }
-  }
+  st = sync.ngroups > 1 && sync.pool_bandwidth > 0 ? sync_across_pools(in, cs, &sync, tr)
+                                                    : sync_buckets(in, cs, &sync, tr);
+  if (st != HM_OK) goto fail;
   /* tied embedding: both ends of each replica exchange the embedding gradient */
   for (int c = 0; c < nc; c++) {
     const hm_sim_class *cl = &in->classes[c];

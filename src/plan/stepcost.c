@@ -25,6 +25,17 @@ int hm_type_per_host_max(const hm_cluster *c, int type) {
   return best;
 }
 
+int hm_type_pool(const hm_cluster *c, int type) {
+  int pool = -1;
+  for (int g = 0; g < c->ngroups; g++)
+    for (int k = 0; k < c->groups[g].nkinds; k++) {
+      if (c->groups[g].dev[k].type != type) continue;
+      if (c->groups[g].pool < 0 || (pool >= 0 && c->groups[g].pool != pool)) return -1;
+      pool = c->groups[g].pool;
+    }
+  return pool;
+}
+
 int64_t hm_type_groups(const hm_cluster *c, int type, int tp) {
   int64_t n = 0;
   for (int g = 0; g < c->ngroups; g++)
@@ -141,6 +152,7 @@ hm_sync_model hm_plan_sync_model(const hm_plan_inputs *in, unsigned types_mask, 
       firstp = 0;
     }
     m.outer = zip_link(in->train, m.outer);
+    m.pool_bandwidth = m.outer.bandwidth;
     double per_pool = (double)devices / npools;
     if (per_pool > 1) m.outer.bandwidth /= per_pool;
     m.outer.latency += m.link.latency;
