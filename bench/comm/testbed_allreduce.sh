@@ -13,8 +13,9 @@
 #   ring, hier        measured time per allreduce (f32 sum, out of place, mean over ranks)
 #   speedup           ring time / hier time
 #   pred, err         the cost model's time (hm_cost_collective ring over the link between pools;
-#                     hm_cost_hier) from the links hetmix profile --netns measured (the figures
-#                     the ranks' tuner gets), and (measured - predicted) / predicted
+#                     hm_cost_hier) from the links hetmix profile --netns measured (latency,
+#                     bandwidth and burst: the figures the ranks' tuner gets; docs/comm.md),
+#                     and (measured - predicted) / predicted
 #   pick              the algorithm the tuner runs at that size (hier, or the best flat one)
 #   %bound            the algorithm's bandwidth-only time over the bottleneck links (no
 #                     latency) / measured time: busbw as a share of what the links allow
@@ -31,7 +32,8 @@ trap 'scripts/testbed.sh down --name "$name" >/dev/null 2>&1; rm -rf "$work"' EX
 scripts/testbed.sh up --name "$name" --pools "$POOLS" --hosts "$HOSTS" --devices "$DEVICES" \
   --intra-rate "$INTRA" --inter-rate "$INTER" --types cpu --out "$work/c.json" >&2
 # the links measured (hetmix profile --netns: each class's latency, an 8-byte message's one-way
-# time, and its rate), as the ranks' tuner and the planner get them (launch --profile)
+# time, its rate, and its burst: what the shaper lets through at once after idling), as the
+# ranks' tuner and the planner get them (launch --profile)
 cat >"$work/model.json" <<'JSON'
 {"version": 1, "name": "tb-tiny", "dtype": "fp32", "config": {"arch": "gpt2", "L": 1, "C": 32, "NH": 2, "V": 256, "T": 16}}
 JSON
