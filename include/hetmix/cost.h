@@ -18,6 +18,8 @@ typedef struct hm_link {
   double bandwidth;  /* bytes per second, one direction */
   double latency;    /* seconds per message */
   double reduce_bw;  /* bytes per second a rank can reduce (0 = free) */
+  double burst;      /* bytes a rate-shaped link (a token bucket) passes at once after idling:
+                        measured (hm_link_fit_rate); 0 = a plain link, every byte at the rate */
 } hm_link;
 
 typedef enum hm_coll_kind {

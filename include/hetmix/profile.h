@@ -43,6 +43,7 @@ typedef struct hm_link_fit {
   double seconds[HM_PROFILE_MAX_SIZES];    /* one-way time: median over batches of round trip / 2 */
   double latency;                          /* seconds */
   double bandwidth;                        /* bytes per second */
+  double burst;                            /* bytes a shaped link passes at once (hm_link_fit_rate) */
   double max_rel_err;                      /* largest |fit - measured| / measured over the points */
 } hm_link_fit;
 
@@ -77,8 +78,15 @@ hm_status hm_link_fit_points(const double *bytes, const double *seconds, int n, 
  * lets a burst go at line rate, so small messages cross faster than the rate and a relative-error
  * fit over every size overstates the bandwidth (the testbed's 80 Mbit/s link fitted 41% fast).
  * The bandwidth is the slope between the two largest sizes (both beyond the burst), the latency
- * the smallest message's time less its bytes at that bandwidth (clamped at 0). */
-hm_status hm_link_fit_rate(const double *bytes, const double *seconds, int n, double *latency, double *bandwidth);
+ * the smallest message's time less its bytes at that bandwidth (clamped at 0). The burst (burst
+ * may be NULL) is what the large messages arrive ahead of latency + bytes / bandwidth, in bytes
+ * at that bandwidth: each ping-pong message finds the link idle and its bucket full, so a large
+ * message takes latency + (bytes - burst) / bandwidth (clamped at 0: a plain link's line lies
+ * at or above latency + bytes / bandwidth). */
+hm_status hm_link_fit_rate(const double *bytes, const double *seconds, int n, double *latency, double *bandwidth,
+                           double *burst);
+/* The fit's one-way time for a message: latency + max(0, bytes - burst) / bandwidth. */
+double hm_link_fit_time(const hm_link_fit *f, double bytes);
 
 /* One layer kind at one micro-batch size on one device. */
 typedef struct hm_layer_timing {

@@ -206,11 +206,11 @@ int hm_cmd_profile(int argc, char **argv) {
     goto done;
   }
   if (rep.nfits) {
-    printf("\n%-5s %12s %16s %12s   (one-way time = latency + bytes / bandwidth)\n", "link", "latency(us)",
-           "bandwidth(GB/s)", "max fit err");
+    printf("\n%-5s %12s %16s %9s %12s   (one-way time = latency + max(0, bytes - burst) / bandwidth)\n", "link",
+           "latency(us)", "bandwidth(GB/s)", "burst(B)", "max fit err");
     for (int i = 0; i < rep.nfits; i++)
-      printf("%-5s %12.2f %16.3f %11.1f%%%s\n", rep.fits[i].transport, 1e6 * rep.fits[i].latency,
-             rep.fits[i].bandwidth / 1e9, 100 * rep.fits[i].max_rel_err,
+      printf("%-5s %12.2f %16.3f %9.0f %11.1f%%%s\n", rep.fits[i].transport, 1e6 * rep.fits[i].latency,
+             rep.fits[i].bandwidth / 1e9, rep.fits[i].burst, 100 * rep.fits[i].max_rel_err,
              !strcmp(rep.fits[i].transport, o.link_transport) ? "   <- written as intra_host"
              : strcmp(rep.fits[i].transport, "pool") && strcmp(rep.fits[i].transport, "cross") ? ""
                                                                                                : "   <- inter_host, for type pairs whose hosts are all this kind");
@@ -226,7 +226,7 @@ int hm_cmd_profile(int argc, char **argv) {
           continue;
         }
         printf("  %13.2f  %6.1f%%", 1e6 * f->seconds[k],
-               100 * ((f->latency + f->bytes[k] / f->bandwidth) / f->seconds[k] - 1));
+               100 * (hm_link_fit_time(f, f->bytes[k]) / f->seconds[k] - 1));
       }
       printf("\n");
     }

@@ -14,12 +14,16 @@
 #include "hetmix/spec.h"
 #include "util/util.h"
 
-static char *fmt_dup(const char *fmt, const char *a, double x, double y) {
+static char *fmt_dup(const char *fmt, const char *a) {
   char buf[512];
-  if (a)
-    snprintf(buf, sizeof buf, fmt, a);
-  else
-    snprintf(buf, sizeof buf, fmt, x, y);
+  snprintf(buf, sizeof buf, fmt, a);
+  return strdup(buf);
+}
+
+/* "VAR=bandwidth,latency,burst" (topology.c reads it). */
+static char *link_env(const char *var, const hm_link *l) {
+  char buf[256];
+  snprintf(buf, sizeof buf, "%s=%.17g,%.17g,%.17g", var, l->bandwidth, l->latency, l->burst);
   return strdup(buf);
 }
 
@@ -45,11 +49,11 @@ static hm_status rank_env(const hm_cluster *c, int64_t r, const char *addr, cons
   if (!env) return HM_ERR_NOMEM;
   *out = env;
   int k = 0;
-  env[k++] = fmt_dup("HETMIX_LISTEN_ADDR=%s", addr, 0, 0);
+  env[k++] = fmt_dup("HETMIX_LISTEN_ADDR=%s", addr);
   const hm_host_group *g = &c->groups[loc.group];
-  if (g->pool >= 0) env[k++] = fmt_dup("HETMIX_POOL=%s", c->pools[g->pool].name, 0, 0);
-  if (c->nhosts > 1) env[k++] = fmt_dup("HETMIX_LINK_POOL=%.17g,%.17g", NULL, pool->bandwidth, pool->latency);
-  if (has_cross) env[k++] = fmt_dup("HETMIX_LINK_CROSS=%.17g,%.17g", NULL, cross->bandwidth, cross->latency);
+  if (g->pool >= 0) env[k++] = fmt_dup("HETMIX_POOL=%s", c->pools[g->pool].name);
+  if (c->nhosts > 1) env[k++] = link_env("HETMIX_LINK_POOL", pool);
+  if (has_cross) env[k++] = link_env("HETMIX_LINK_CROSS", cross);
   for (int i = 0; i < k; i++)
     if (!env[i]) return hm_error(HM_ERR_NOMEM, "cannot allocate the worker environment");
   return HM_OK;
@@ -86,8 +90,9 @@ static hm_status profile_links(const char *path, hm_link *pool, hm_link *cross, 
   hm_status st = hm_profile_load(path, &p);
   if (st != HM_OK) return hm_error_context(st, "--profile: ");
   hm_link l;
-  if (hm_profile_host_link(&p, 0, &l)) *pool = (hm_link){l.bandwidth, l.latency, pool->reduce_bw};
-  if (has_cross && hm_profile_host_link(&p, 1, &l)) *cross = (hm_link){l.bandwidth, l.latency, cross->reduce_bw};
+  if (hm_profile_host_link(&p, 0, &l)) *pool = (hm_link){l.bandwidth, l.latency, pool->reduce_bw, l.burst};
+  if (has_cross && hm_profile_host_link(&p, 1, &l))
+    *cross = (hm_link){l.bandwidth, l.latency, cross->reduce_bw, l.burst};
   hm_profile_free(&p);
   return HM_OK;
 }

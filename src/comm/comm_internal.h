@@ -216,7 +216,7 @@ typedef struct hm_rank_info {
   uint32_t magic, size;
   uint64_t host_key;     /* machine + network namespace (topology.c) */
   uint64_t machine_key;  /* hostname + boot id: ranks sharing cores and memory */
-  double pool_link[2], cross_link[2]; /* HETMIX_LINK_POOL / _CROSS: bytes/s, s (0: not given) */
+  double pool_link[3], cross_link[3]; /* HETMIX_LINK_POOL / _CROSS: bytes/s, s, burst bytes (0: not given) */
   char pool[64];         /* HETMIX_POOL ("" : one pool) */
   int32_t pid, port, nranks, shm_payload, shm_slots, has_shm;
   uint64_t cma_probe;  /* address of hm_shm_cma_probe in this process */

@@ -114,7 +114,7 @@ hm_status hm_zip_tx(hm_comm_t c, int r, int slot, uint64_t desc, size_t total, c
   hm_desc_unpack(desc, &d);
   const hm_dtype dt = (hm_dtype)d.dtype;
   if (zc->codec == HM_ZIP_NONE || !is_float(dt) || n < HM_ZIP_MIN_CHUNK) return HM_OK;
-  const hm_link link = {zc->link_bw > 0 ? zc->link_bw : c->peers[r].link_bw, 0, 0};
+  const hm_link link = {zc->link_bw > 0 ? zc->link_bw : c->peers[r].link_bw, 0, 0, 0};
   if (!zc->always && !(link.bandwidth > 0 && link.bandwidth < zc->below)) return HM_OK;
   hm_zip_peer *z = zip_peer(c, r);
   if (!z) return hm_comm_fail(c, HM_ERR_NOMEM, 1);

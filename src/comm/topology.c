@@ -5,8 +5,9 @@
  *
  * Environment (set by `hetmix launch --cluster`, or by hand):
  *   HETMIX_POOL        the pool (machine room) of this rank; unset: one pool
- *   HETMIX_LINK_POOL   "BW,LAT": bytes/s and seconds of a link between two hosts of one pool
- *   HETMIX_LINK_CROSS  "BW,LAT": the same for one rank's link into another pool
+ *   HETMIX_LINK_POOL   "BW,LAT[,BURST]": bytes/s and seconds of a link between two hosts of one
+ *                      pool, and the bytes it passes at once after idling (a shaped link's burst)
+ *   HETMIX_LINK_CROSS  "BW,LAT[,BURST]": the same for one rank's link into another pool
  * Rank 0's figures are the ones every rank uses. */
 #include <errno.h>
 #include <math.h>
@@ -48,19 +49,26 @@ static uint64_t host_key(uint64_t machine) {
   return fnv(machine, buf);
 }
 
-static hm_status read_link(const char *var, double out[2]) {
-  out[0] = out[1] = 0;
+static hm_status read_link(const char *var, double out[3]) {
+  out[0] = out[1] = out[2] = 0;
   const char *v = getenv(var);
   if (!v || !*v) return HM_OK;
   char *end;
   errno = 0;
-  double bw = strtod(v, &end), lat = -1;
+  double bw = strtod(v, &end), lat = -1, burst = 0;
   if (*end == ',') lat = strtod(end + 1, &end);
-  if (errno || *end || !(bw > 0) || !isfinite(bw) || !(lat >= 0) || !(lat <= 10))
-    return hm_error(HM_ERR_INVALID_ARG, "%s='%s': give \"bandwidth,latency\" in bytes/s (> 0) and seconds (0..10)",
+  if (*end == ',') { /* the burst: optional, but not empty */
+    const char *b = end + 1;
+    burst = strtod(b, &end);
+    if (end == b) burst = -1;
+  }
+  if (errno || *end || !(bw > 0) || !isfinite(bw) || !(lat >= 0) || !(lat <= 10) || !(burst >= 0) || !(burst < 1e12))
+    return hm_error(HM_ERR_INVALID_ARG,
+                    "%s='%s': give \"bandwidth,latency[,burst]\" in bytes/s (> 0), seconds (0..10) and bytes (>= 0)",
                     var, v);
   out[0] = bw;
   out[1] = lat;
+  out[2] = burst;
   return HM_OK;
 }
 
@@ -143,9 +151,9 @@ hm_status hm_topo_build(hm_topo *t, const hm_rank_info *info, int n, int me) {
   hm_link tp;
   hm_transport_job_link(info, n, &tp);
   t->pool_link = t->cross_link = tp;
-  if (info[0].pool_link[0] > 0) t->pool_link = (hm_link){info[0].pool_link[0], info[0].pool_link[1], tp.reduce_bw};
-  if (info[0].cross_link[0] > 0)
-    t->cross_link = (hm_link){info[0].cross_link[0], info[0].cross_link[1], tp.reduce_bw};
+  const double *pl = info[0].pool_link, *cl = info[0].cross_link;
+  if (pl[0] > 0) t->pool_link = (hm_link){pl[0], pl[1], tp.reduce_bw, pl[2]};
+  if (cl[0] > 0) t->cross_link = (hm_link){cl[0], cl[1], tp.reduce_bw, cl[2]};
   t->measured = info[0].pool_link[0] > 0 || info[0].cross_link[0] > 0;
   return HM_OK;
 }

@@ -34,6 +34,20 @@ static double reduce_time(const hm_link *l, double bytes) {
   return l->reduce_bw > 0 ? bytes / l->reduce_bw : 0.0;
 }
 
+/* A rate-shaped link (a token bucket) refills while it idles, up to its burst, and then passes
+ * that many bytes of the next message at once. A ring step's message follows the link's previous
+ * one after at least a latency (the step's data crossed a hop meanwhile): refill min(burst,
+ * bandwidth x idle). Returns the bytes a message of msg bytes gets free after idle_s. */
+static double burst_credit(const hm_link *l, double msg, double idle_s) {
+  if (!(l->burst > 0) || !(l->bandwidth > 0) || !(idle_s > 0)) return 0.0;
+  return fmin(fmin(l->burst, l->bandwidth * idle_s), msg);
+}
+
+/* Seconds a ring of steps of msg bytes each saves on a shaped link (0 for a plain link). */
+static double ring_burst_saving(const hm_link *l, double steps, double msg) {
+  return l->bandwidth > 0 ? steps * burst_credit(l, msg, l->latency) / l->bandwidth : 0.0;
+}
+
 static int ceil_log2(int n) {
   int k = 0;
   while ((1 << k) < n) k++;
@@ -51,10 +65,13 @@ double hm_cost_collective(hm_coll_kind kind, hm_coll_algo algo, int nranks, doub
     case HM_ALGO_RING:
       switch (kind) {
         case HM_COLL_ALLREDUCE:
-          return 2 * (n - 1) * a + 2 * (n - 1) / n * bytes * b + (n - 1) / n * reduce_time(l, bytes);
+          return 2 * (n - 1) * a + 2 * (n - 1) / n * bytes * b + (n - 1) / n * reduce_time(l, bytes) -
+                 ring_burst_saving(l, 2 * (n - 1), bytes / n);
         case HM_COLL_REDUCE_SCATTER:
-          return (n - 1) * a + (n - 1) / n * bytes * b + (n - 1) / n * reduce_time(l, bytes);
+          return (n - 1) * a + (n - 1) / n * bytes * b + (n - 1) / n * reduce_time(l, bytes) -
+                 ring_burst_saving(l, n - 1, bytes / n);
         case HM_COLL_ALLGATHER:
+          return (n - 1) * a + (n - 1) / n * bytes * b - ring_burst_saving(l, n - 1, bytes / n);
         case HM_COLL_ALLTOALL:
           return (n - 1) * a + (n - 1) / n * bytes * b;
         case HM_COLL_BROADCAST:  /* pipelined chain: roughly (n-1) hops of latency plus one copy */
@@ -107,19 +124,30 @@ double hm_cost_collective(hm_coll_kind kind, hm_coll_algo algo, int nranks, doub
   }
 }
 
+/* The cross ring's first step after the pool's reduce-scatter (rs_s seconds, while the links
+ * between pools idled): what its host link's bucket holds beyond a ring step's refill, in seconds.
+ * The host's `sharing` ranks send their step messages (msg bytes each) through it at once. */
+static double cross_first_step_saving(const hm_link *cross, int sharing, double msg, double rs_s) {
+  if (!(cross->bandwidth > 0)) return 0.0;
+  const double host_msg = sharing * msg;
+  return (burst_credit(cross, host_msg, rs_s) - burst_credit(cross, host_msg, cross->latency)) / cross->bandwidth;
+}
+
 double hm_cost_hier(hm_coll_kind kind, int npools, int per_pool, int sharing, double bytes, const hm_link *pool,
                     const hm_link *cross) {
   if (npools < 1 || per_pool < 1 || sharing < 1) return -1.0;
   const double part = bytes / per_pool; /* what one rank moves between the pools */
-  hm_link shared = *cross;
+  hm_link shared = *cross;               /* one rank's share of its host's link */
   shared.bandwidth = cross->bandwidth / sharing;
+  shared.burst = cross->burst / sharing;
   const double rs = hm_cost_collective(HM_COLL_REDUCE_SCATTER, HM_ALGO_RING, per_pool, bytes, pool);
   const double ag = hm_cost_collective(HM_COLL_ALLGATHER, HM_ALGO_RING, per_pool, bytes, pool);
+  const double first = per_pool > 1 && npools > 1 ? cross_first_step_saving(cross, sharing, part / npools, rs) : 0.0;
   switch (kind) {
     case HM_COLL_ALLREDUCE:
-      return rs + ag + hm_cost_collective(HM_COLL_ALLREDUCE, HM_ALGO_RING, npools, part, &shared);
+      return rs + ag + hm_cost_collective(HM_COLL_ALLREDUCE, HM_ALGO_RING, npools, part, &shared) - first;
     case HM_COLL_REDUCE_SCATTER:
-      return rs + hm_cost_collective(HM_COLL_REDUCE_SCATTER, HM_ALGO_RING, npools, part, &shared);
+      return rs + hm_cost_collective(HM_COLL_REDUCE_SCATTER, HM_ALGO_RING, npools, part, &shared) - first;
     case HM_COLL_ALLGATHER:
       return hm_cost_collective(HM_COLL_ALLGATHER, HM_ALGO_RING, npools, part, &shared) + ag;
     default:

@@ -192,7 +192,7 @@ hm_status hm_plan_predict(const hm_plan_inputs *in, hm_plan *p, hm_sim_trace *tr
                            .tp = ps->tp, .fwd = f, .bwd = b, .layer_bwd = lc->bwd + ps->layer_begin,
                            .act_bytes = lc->out_bytes[ps->layer_end - 1],
                            .link_next = nt >= 0 ? hm_stage_link(in, ps->type, nt, same_host)
-                                                : (hm_link){0, 0, 0},
+                                                : (hm_link){0, 0, 0, 0},
                            .staging = hm_profile_staging_of(in->profile, ps->type),
                            .in_pool = hm_type_pool(in->cluster, ps->type) + 1,
                            .optimizer = opt,

@@ -222,7 +222,7 @@ static hm_status split_template_opt(sctx *x, tmpl *t, const int *tp_of, int mbi,
     const int k = t->types[s];
     const hm_layer_costs *lc = costs_of(x, k, tp_index(tp_of[k]), mbi);
     if (!lc->ok) return HM_ERR_NO_FIT;
-    hm_link link = {0, 0, 0};
+    hm_link link = {0, 0, 0, 0};
     hm_device_xfer sk = hm_profile_staging_of(x->in->profile, k), sk2 = sk;
     if (s + 1 < p) {
       const int k2 = t->types[s + 1];

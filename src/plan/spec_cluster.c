@@ -136,7 +136,7 @@ static hm_status read_device_type(const cJSON *o, const char *path, hm_device_ty
   HM_TRY(read_gemm(o, path, dt));
   int present = 0;
   HM_TRY(hm_json_link(o, path, "intra_host_link", 0, &dt->intra_link, &present));
-  if (!present) dt->intra_link = (hm_link){0, 0, 0};
+  if (!present) dt->intra_link = (hm_link){0, 0, 0, 0};
   return HM_OK;
 }
 
@@ -205,13 +205,13 @@ static hm_status read_host_group(hm_cluster *c, const cJSON *o, const char *path
 
   int present = 0;
   HM_TRY(hm_json_link(o, path, "nic", 0, &g->nic, &present));
-  if (!present) g->nic = (hm_link){0, 0, 0};
+  if (!present) g->nic = (hm_link){0, 0, 0, 0};
   int64_t nics = 1;
   HM_TRY(hm_json_int(o, path, "nic_count", 0, 1, 1024, 1, &nics));
   g->nic_count = (int)nics;
   HM_TRY(hm_json_link(o, path, "host_link", 0, &g->host_link, &present));
   if (!present) {
-    g->host_link = (hm_link){0, 0, 0};
+    g->host_link = (hm_link){0, 0, 0, 0};
     if (g->nkinds > 1)
       return hm_error(HM_ERR_SPEC,
                       "%s: missing (expected a link object: this host holds %d device types, "
@@ -288,7 +288,7 @@ static hm_status read_pool_link(hm_cluster *c, const cJSON *o, const char *path,
     return hm_error(HM_ERR_SPEC, "%s: links pool \"%s\" to itself", p, c->pools[idx[0]].name);
   pl->a = idx[0] < idx[1] ? idx[0] : idx[1];
   pl->b = idx[0] < idx[1] ? idx[1] : idx[0];
-  pl->link = (hm_link){0, 0, 0};
+  pl->link = (hm_link){0, 0, 0, 0};
   HM_TRY(hm_json_number(o, path, "bandwidth", 1, HM_RANGE_POSITIVE(1e16), 0, &pl->link.bandwidth));
   HM_TRY(hm_json_number(o, path, "latency", 1, HM_RANGE_NONNEG(10.0), 0, &pl->link.latency));
   return HM_OK;
@@ -638,7 +638,7 @@ hm_status hm_cluster_link(const hm_cluster *c, int ga, int ta, int gb, int tb, i
       tb < 0 || tb >= c->ntypes)
     return hm_error(HM_ERR_INVALID_ARG, "link query out of range (groups %d, %d; types %d, %d)",
                     ga, gb, ta, tb);
-  *out = (hm_link){0, 0, 0};
+  *out = (hm_link){0, 0, 0, 0};
   if (same_host) {
     if (ga != gb)
       return hm_error(HM_ERR_INVALID_ARG, "devices of host groups %d and %d cannot share a host",

@@ -275,9 +275,10 @@ int hm_profile_host_link(const hm_profile *p, int cross, hm_link *out) {
 
 static const char *const host_link_classes[] = {"pool", "cross", NULL};
 
-/* "host_links": {"pool": {"bandwidth": B, "latency": L}, "cross": {...}}, each class optional. */
+/* "host_links": {"pool": {"bandwidth": B, "latency": L, "burst": N}, "cross": {...}}, each class
+ * optional, "burst" too (0: a plain link). */
 static hm_status host_links_read(const cJSON *j, const char *root, hm_profile *p) {
-  static const char *const keys[] = {"bandwidth", "latency", NULL};
+  static const char *const keys[] = {"bandwidth", "latency", "burst", NULL};
   const cJSON *o = cJSON_GetObjectItemCaseSensitive(j, "host_links");
   if (!o) return HM_OK;
   char path[HM_JSON_PATH_MAX], q[HM_JSON_PATH_MAX];
@@ -290,6 +291,7 @@ static hm_status host_links_read(const cJSON *j, const char *root, hm_profile *p
     HM_TRY(hm_json_check_object(e, q, keys));
     HM_TRY(hm_json_number(e, q, "bandwidth", 1, HM_RANGE_POSITIVE(1e16), 0, &p->host_link[k].bandwidth));
     HM_TRY(hm_json_number(e, q, "latency", 1, HM_RANGE_NONNEG(10.0), 0, &p->host_link[k].latency));
+    HM_TRY(hm_json_number(e, q, "burst", 0, HM_RANGE_NONNEG(1e12), 0, &p->host_link[k].burst));
   }
   return HM_OK;
 }
@@ -442,7 +444,8 @@ static int host_links_write(cJSON *j, const hm_profile *p) {
     if (!(p->host_link[k].bandwidth > 0)) continue;
     cJSON *e = cJSON_AddObjectToObject(o, host_link_classes[k]);
     if (!e || !cJSON_AddNumberToObject(e, "bandwidth", p->host_link[k].bandwidth) ||
-        !cJSON_AddNumberToObject(e, "latency", p->host_link[k].latency))
+        !cJSON_AddNumberToObject(e, "latency", p->host_link[k].latency) ||
+        !cJSON_AddNumberToObject(e, "burst", p->host_link[k].burst))
       return 0;
   }
   return 1;

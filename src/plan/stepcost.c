@@ -58,7 +58,7 @@ static int first_group_with(const hm_cluster *c, int type, int other) {
 
 hm_link hm_device_nic(const hm_cluster *c, int type) {
   /* the slowest per-device share among the host groups holding this type */
-  hm_link best = {0, 0, 0};
+  hm_link best = {0, 0, 0, 0};
   int first = 1;
   for (int g = 0; g < c->ngroups; g++) {
     const hm_host_group *hg = &c->groups[g];
@@ -83,7 +83,7 @@ static hm_link zip_link(const hm_train *t, hm_link l) {
 
 hm_link hm_stage_link(const hm_plan_inputs *in, int ta, int tb, int same_host) {
   const hm_cluster *c = in->cluster;
-  hm_link l = {0, 0, 0};
+  hm_link l = {0, 0, 0, 0};
   if (c->nhosts <= 1) same_host = 1;
   if (same_host) {
     int g = first_group_with(c, ta, tb);

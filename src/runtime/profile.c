@@ -244,10 +244,10 @@ static hm_status hm_add_host_links(const hm_profile_options *o, const hm_cluster
 
 /* The testbed's links are rate-shaped (htb): their figures come from the large messages. */
 static hm_status hm_refit_rate(hm_link_fit *f) {
-  HM_TRY(hm_link_fit_rate(f->bytes, f->seconds, f->npoints, &f->latency, &f->bandwidth));
+  HM_TRY(hm_link_fit_rate(f->bytes, f->seconds, f->npoints, &f->latency, &f->bandwidth, &f->burst));
   f->max_rel_err = 0;
   for (int i = 0; i < f->npoints; i++) {
-    const double e = fabs(f->latency + f->bytes[i] / f->bandwidth - f->seconds[i]) / f->seconds[i];
+    const double e = fabs(hm_link_fit_time(f, f->bytes[i]) - f->seconds[i]) / f->seconds[i];
     if (e > f->max_rel_err) f->max_rel_err = e;
   }
   return HM_OK;
@@ -279,7 +279,7 @@ static hm_status hm_measure_host_links(const hm_profile_options *o, const hm_clu
     hm_strcpy(f->transport, sizeof f->transport, names[k]);
     rep->nfits++;
     fit[k] = f;
-    p->host_link[k] = (hm_link){f->bandwidth, f->latency, 0};
+    p->host_link[k] = (hm_link){f->bandwidth, f->latency, 0, f->burst};
   }
   return hm_add_host_links(o, c, fit, p);
 }

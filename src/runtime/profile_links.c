@@ -92,7 +92,8 @@ hm_status hm_link_fit_points(const double *bytes, const double *seconds, int n, 
   return HM_OK;
 }
 
-hm_status hm_link_fit_rate(const double *bytes, const double *seconds, int n, double *latency, double *bandwidth) {
+hm_status hm_link_fit_rate(const double *bytes, const double *seconds, int n, double *latency, double *bandwidth,
+                           double *burst) {
   if (!bytes || !seconds || !latency || !bandwidth || n < 2)
     return hm_error(HM_ERR_INVALID_ARG, "link fit: needs at least 2 points (got %d)", n);
   int big = -1, next = -1, small = 0; /* the largest, the second largest and the smallest size */
@@ -110,7 +111,16 @@ hm_status hm_link_fit_rate(const double *bytes, const double *seconds, int n, do
   const double lat = seconds[small] - bytes[small] / bw;
   *bandwidth = bw;
   *latency = lat > 0 ? lat : 0;
+  if (burst) { /* the large messages' line, latency + (bytes - burst) / bw, through the largest point */
+    const double ahead = (*latency + bytes[big] / bw - seconds[big]) * bw;
+    *burst = ahead > 0 ? ahead : 0;
+  }
   return HM_OK;
+}
+
+double hm_link_fit_time(const hm_link_fit *f, double bytes) {
+  const double paid = bytes > f->burst ? bytes - f->burst : 0;
+  return f->latency + (f->bandwidth > 0 ? paid / f->bandwidth : 0);
 }
 
 /* Round trips per batch for a message size, from a prior (5 us + 2 GB/s), so that a size takes

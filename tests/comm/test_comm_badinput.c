@@ -169,7 +169,10 @@ static void test_invalid_init(void **state) {
                                                /* topology (topology.c): a pool name, link figures */
                                                {"HETMIX_POOL", "room a"},   {"HETMIX_LINK_CROSS", "1e9"},
                                                {"HETMIX_LINK_POOL", "-5,0"}, {"HETMIX_LINK_CROSS", "1e9,20"},
-                                               {"HETMIX_LINK_POOL", "fast,1e-6"}};
+                                               {"HETMIX_LINK_POOL", "fast,1e-6"},
+                                               {"HETMIX_LINK_POOL", "1e8,1e-5,"},
+                                               {"HETMIX_LINK_CROSS", "1e7,1e-5,-1500"},
+                                               {"HETMIX_LINK_CROSS", "1e7,1e-5,2000,3"}};
     for (size_t i = 0; i < sizeof bad_knobs / sizeof bad_knobs[0]; i++) {
       setenv(bad_knobs[i][0], bad_knobs[i][1], 1);
       st = hm_comm_init_rank(&c, 1, &good, 0, NULL);

@@ -80,7 +80,7 @@ static void test_zip_costs(void **state) {
  * through one host link: 2 (P-1)/P (B/k) / (bw_cross / sharing). */
 static void test_hier_allreduce_formula(void **state) {
   (void)state;
-  const hm_link pool = {100e6, 0, 0}, cross = {10e6, 0, 0};
+  const hm_link pool = {100e6, 0, 0, 0}, cross = {10e6, 0, 0, 0};
   const double b = 64e6;
   double t = hm_cost_hier(HM_COLL_ALLREDUCE, 2, 4, 2, b, &pool, &cross);
   double want = 1.5 * b / 100e6 + 0.5 * b / 10e6;
@@ -107,7 +107,7 @@ static void test_hier_allreduce_formula(void **state) {
 static void test_latency_counts_match_schedules(void **state) {
   (void)state;
   const double ap = 1e-3, ac = 1e-1; /* distinct, so a pool step counted as a cross step shows */
-  const hm_link pool = {INFINITY, ap, 0}, cross = {INFINITY, ac, 0};
+  const hm_link pool = {INFINITY, ap, 0, 0}, cross = {INFINITY, ac, 0, 0};
   for (int np = 2; np <= 4; np++)
     for (int k = 1; k <= 5; k++) {
       const double t = hm_cost_hier(HM_COLL_ALLREDUCE, np, k, 1, 1e6, &pool, &cross);
@@ -122,6 +122,43 @@ static void test_latency_counts_match_schedules(void **state) {
   }
 }
 
+/* A rate-shaped link (a token bucket) passes up to `burst` bytes of a message at once after it
+ * idled long enough to refill them (burst / bandwidth). A ring step's message follows the link's
+ * previous one after a latency, so each step gets min(burst, bandwidth x latency, message) free;
+ * the hierarchy's first cross step comes after the pool's reduce-scatter, during which the links
+ * between pools idled: it gets min(burst, message of the host) free. Figures as measured on the
+ * testbed (bench/comm/testbed_allreduce.sh: 100 MB/s 30 us 3000 B, 10 MB/s 33 us 2200 B). */
+static void test_burst_credit(void **state) {
+  (void)state;
+  const hm_link pool = {100e6, 30e-6, 0, 3000}, cross = {10e6, 33e-6, 0, 2200};
+  hm_link plain_pool = pool, plain_cross = cross;
+  plain_pool.burst = plain_cross.burst = 0;
+  const double b = 65536;
+  /* flat ring over 8 ranks: 14 steps of b/8 = 8 KiB, each 330 B (10 MB/s x 33 us) free */
+  const double ring = hm_cost_collective(HM_COLL_ALLREDUCE, HM_ALGO_RING, 8, b, &cross);
+  const double ring0 = hm_cost_collective(HM_COLL_ALLREDUCE, HM_ALGO_RING, 8, b, &plain_cross);
+  assert_true(fabs(ring0 - ring - 14 * 330 / 10e6) < 1e-12 * ring0);
+  /* hierarchy, 2 pools of 4 ranks, 2 per host: 6 pool steps of 16 KiB with 3000 B free each
+   * (100 MB/s x 30 us), 2 cross steps of 8 KiB per rank (16 KiB per host link): the first gets
+   * the whole 2200 B burst, the second 330 B */
+  const double hier = hm_cost_hier(HM_COLL_ALLREDUCE, 2, 4, 2, b, &pool, &cross);
+  const double hier0 = hm_cost_hier(HM_COLL_ALLREDUCE, 2, 4, 2, b, &plain_pool, &plain_cross);
+  const double saved = 6 * 3000 / 100e6 + (2200 + 330) / 10e6;
+  assert_true(fabs(hier0 - hier - saved) < 1e-12 * hier0);
+  const double rs = hm_cost_hier(HM_COLL_REDUCE_SCATTER, 2, 4, 2, b, &pool, &cross);
+  const double rs0 = hm_cost_hier(HM_COLL_REDUCE_SCATTER, 2, 4, 2, b, &plain_pool, &plain_cross);
+  assert_true(fabs(rs0 - rs - (3 * 3000 / 100e6 + 2200 / 10e6)) < 1e-12 * rs0);
+  /* a burst beyond every message: only the latencies are left, never less */
+  hm_link huge_pool = pool, huge_cross = cross;
+  huge_pool.burst = huge_cross.burst = 1e9;
+  huge_pool.latency = huge_cross.latency = 1; /* refills any burst within a step */
+  const double lat_only = 6 * 1.0 + 2 * 1.0;
+  assert_true(fabs(hm_cost_hier(HM_COLL_ALLREDUCE, 2, 4, 2, b, &huge_pool, &huge_cross) - lat_only) < 1e-12);
+  /* a plain link (burst 0) keeps the alpha-beta figures exactly */
+  assert_true(hier0 == hm_cost_hier(HM_COLL_ALLREDUCE, 2, 4, 2, b, &plain_pool, &plain_cross));
+  assert_true(fabs(ring0 - (14 * 33e-6 + 14.0 / 8 * b / 10e6)) < 1e-12 * ring0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_p2p),
@@ -132,6 +169,7 @@ int main(void) {
       cmocka_unit_test(test_zip_costs),
       cmocka_unit_test(test_hier_allreduce_formula),
       cmocka_unit_test(test_latency_counts_match_schedules),
+      cmocka_unit_test(test_burst_credit),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -88,25 +88,40 @@ static void test_fit_rate_shaped(void **state) {
   assert_int_equal(hm_link_fit_points(x, t, 5, &a, &b), HM_OK);
   printf("# relative-error fit of the shaped link: %.3g B/s for a %.3g B/s rate\n", b, rate);
   assert_true(b > 1.1 * rate); /* the fit this replaces for shaped links: more than 10% fast */
-  assert_int_equal(hm_link_fit_rate(x, t, 5, &a, &b), HM_OK);
+  double u = -1;
+  assert_int_equal(hm_link_fit_rate(x, t, 5, &a, &b, &u), HM_OK);
   /* slope (x4 - x3) / (t4 - t3): t4 and t3 carry a few roundings each (u64 relative), their
    * difference loses (t4 + t3) / (t4 - t3) < 1.7 of that, the quotient adds one: 16 u64 bounds it */
   assert_true(fabs(b - rate) <= 16 * 0x1.0p-53 * rate);
   /* latency: the 8-byte message's time less 8 bytes at the rate (below the burst it went at line
    * rate, so that is lat + 8/line - 8/rate, 0.79 us under lat) */
   assert_true(fabs(a - (t[0] - 8 / rate)) <= 1e-15);
+  /* burst: the large messages arrive (burst - 8)(1 - rate/line) bytes' time at the rate ahead of
+   * a + bytes / rate (the burst went at line rate, not at once; the fitted latency holds the 8-byte
+   * message's 8 bytes). It is (a + x/b - t) b from times of 0.1 s whose difference is 6.5 ms: a
+   * few u64 each on 0.1 s, over 6.5 ms, plus b's 16 u64: 1e-12 relative bounds it. */
+  const double want_u = (burst - 8) * (1 - rate / line);
+  assert_true(fabs(u - want_u) <= 1e-12 * want_u);
+  assert_true(fabs(hm_link_fit_time(&(hm_link_fit){.latency = a, .bandwidth = b, .burst = u}, x[4]) - t[4]) <=
+              1e-12 * t[4]);
+  /* a plain link (every byte at the rate): no burst, up to rounding (bytes at 10 MB/s of a few
+   * u64 of 0.1 s) */
+  double tp[5], a2u, b2u;
+  for (int i = 0; i < 5; i++) tp[i] = lat + x[i] / rate;
+  assert_int_equal(hm_link_fit_rate(x, tp, 5, &a2u, &b2u, &u), HM_OK);
+  assert_true(u >= 0 && u < 1e-6);
   /* order of the points does not matter; sizes must differ at the top; noise that makes the
    * largest message faster than the second falls back to the largest message's rate */
   double xr[3] = {1 << 20, 8, 262144}, tr[3] = {t[4], t[0], t[3]};
   double a2, b2;
-  assert_int_equal(hm_link_fit_rate(xr, tr, 3, &a2, &b2), HM_OK);
+  assert_int_equal(hm_link_fit_rate(xr, tr, 3, &a2, &b2, NULL), HM_OK);
   assert_true(b2 == b && a2 == a);
   double xs[2] = {4096, 4096}, ts[2] = {1e-3, 2e-3};
-  assert_int_equal(hm_link_fit_rate(xs, ts, 2, &a2, &b2), HM_ERR_INVALID_ARG);
+  assert_int_equal(hm_link_fit_rate(xs, ts, 2, &a2, &b2, NULL), HM_ERR_INVALID_ARG);
   double tf[2] = {2e-3, 1e-3}, xf[2] = {4096, 65536};
-  assert_int_equal(hm_link_fit_rate(xf, tf, 2, &a2, &b2), HM_OK);
+  assert_int_equal(hm_link_fit_rate(xf, tf, 2, &a2, &b2, NULL), HM_OK);
   assert_true(b2 == 65536 / 1e-3 && a2 >= 0);
-  assert_int_equal(hm_link_fit_rate(x, t, 1, &a2, &b2), HM_ERR_INVALID_ARG);
+  assert_int_equal(hm_link_fit_rate(x, t, 1, &a2, &b2, NULL), HM_ERR_INVALID_ARG);
 }
 
 static void test_fit_exact(void **state) {

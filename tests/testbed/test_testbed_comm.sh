@@ -52,7 +52,7 @@ else
   # ranks as the tuner's figures instead of the cluster file's
   want=$(python3 -c 'import json, sys
 h = json.load(open(sys.argv[1])).get("host_links", {})
-print(" ".join("%.17g" % h[k][f] for k in ("pool", "cross") for f in ("bandwidth", "latency")) if len(h) == 2 else "")' \
+print(" ".join("%.17g" % h[k][f] for k in ("pool", "cross") for f in ("bandwidth", "latency", "burst")) if len(h) == 2 else "")' \
          "$work/p.json")
   got=$("$hetmix" launch --cluster "$work/c.json" --netns --profile "$work/p.json" -- \
         sh -c '[ "$HETMIX_RANK" = 0 ] && echo "$HETMIX_LINK_POOL $HETMIX_LINK_CROSS" | tr , " " || true' 2>&1)
@@ -65,7 +65,7 @@ print(" ".join("%.17g" % h[k][f] for k in ("pool", "cross") for f in ("bandwidth
   elif [ "$got" = "$filed" ]; then
     echo "FAIL: launch --profile gave the cluster file's figures '$filed'"; fail=1
   elif ! awk -v a="$got" -v b="$filed" 'BEGIN { split(a, x, " "); split(b, y, " ");
-         exit !(x[1] > 0.85 * y[1] && x[1] < 1.15 * y[1] && x[3] > 0.85 * y[3] && x[3] < 1.15 * y[3]) }'; then
+         exit !(x[1] > 0.85 * y[1] && x[1] < 1.15 * y[1] && x[4] > 0.85 * y[4] && x[4] < 1.15 * y[4]) }'; then
     # the shaped rates (the file's bandwidths) within 15%: the bandwidth is the slope between the
     # two largest ping-pongs (256 KiB, 1 MiB), 7.9 ms apart on the pool link, where a 1 ms
     # wake-up delay of a loaded machine is 13% (htb itself measures about 3% above its rate)

@@ -189,7 +189,7 @@ static void shm_close(hm_comm_t c, int r) {
   s->seg = NULL;
 }
 
-static void shm_link(hm_link *out) { *out = (hm_link){8e9, 1.5e-6, 6e9}; }
+static void shm_link(hm_link *out) { *out = (hm_link){8e9, 1.5e-6, 6e9, 0}; }
 
 /* The next free slot of a shared-memory channel we produce into, or NULL when it is full. */
 static hm_shm_slot *chan_slot(hm_shm_chan *ch) {

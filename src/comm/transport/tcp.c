@@ -35,7 +35,7 @@ static void tcp_close(hm_comm_t c, int r) {
   c->peers[r].tcp.rx_buf = NULL;
 }
 
-static void tcp_link(hm_link *out) { *out = (hm_link){3e9, 25e-6, 6e9}; }
+static void tcp_link(hm_link *out) { *out = (hm_link){3e9, 25e-6, 6e9, 0}; }
 
 /* Whether a frame to rank r is still being written (its payload must stay valid). */
 static int tcp_tx_busy(const hm_peer *p) {

@@ -362,7 +362,7 @@ static void test_store_and_auth(void **state) {
 
 static void test_tuner_choices(void **state) {
   (void)state;
-  hm_link shm = {8e9, 1.5e-6, 6e9};
+  hm_link shm = {8e9, 1.5e-6, 6e9, 0};
   /* latency-bound sizes take recursive doubling, bandwidth-bound ones the ring */
   assert_int_equal(hm_cost_best_algo(HM_COLL_ALLREDUCE, 2, 8, &shm, NULL), HM_ALGO_RECURSIVE_DOUBLING);
   assert_int_equal(hm_cost_best_algo(HM_COLL_ALLREDUCE, 2, 64 << 20, &shm, NULL), HM_ALGO_RING);

@@ -301,7 +301,7 @@ static void test_p2p_chunks_compressed(void **state) {
 /* One rank of test_topology_sets_link_bw: ranks 0 and 1 in pools a and b, rank 2 in pool a. */
 static int links_rank(int rank, const hm_unique_id *id) {
   setenv("HETMIX_POOL", rank == 1 ? "b" : "a", 1);
-  setenv("HETMIX_LINK_CROSS", "1.25e8,0.001", 1);
+  setenv("HETMIX_LINK_CROSS", rank == 0 ? "1.25e8,0.001,3000" : "1.25e8,0.001", 1); /* a burst: rank 0's counts */
   setenv("HETMIX_LINK_POOL", "1e9,0.0001", 1);
   hm_comm_config cfg = HM_COMM_CONFIG_INIT;
   cfg.transport = "tcp";
@@ -313,6 +313,7 @@ static int links_rank(int rank, const hm_unique_id *id) {
     const double want = r == rank ? 0 : (r == 1) != (rank == 1) ? 1.25e8 : 0;
     if (c->peers[r].link_bw != want) bad = 10 + r;
   }
+  if (!bad && (c->topo.cross_link.burst != 3000 || c->topo.pool_link.burst != 0)) bad = 20;
   hm_comm_destroy(c);
   return bad;
 }
@@ -335,7 +336,9 @@ static void test_topology_sets_link_bw(void **state) {
     int st;
     assert_int_equal(waitpid(pid[r], &st, 0), pid[r]);
     assert_true(WIFEXITED(st));
-    if (WEXITSTATUS(st)) fail_msg("rank %d: code %d (10 + r: the link figure of peer r is wrong)", r, WEXITSTATUS(st));
+    if (WEXITSTATUS(st))
+      fail_msg("rank %d: code %d (10 + r: the link figure of peer r is wrong; 20: the tuner's bursts are not rank 0's)", r,
+               WEXITSTATUS(st));
   }
 }
 

@@ -494,8 +494,16 @@ static void test_bad_documents(void **state) {
   hm_link hl;
   assert_int_equal(hm_profile_host_link(&pr, 0, &hl), 0);
   assert_int_equal(hm_profile_host_link(&pr, 1, &hl), 1);
-  assert_true(hl.bandwidth == 1.25e7 && hl.latency == 2e-3);
+  assert_true(hl.bandwidth == 1.25e7 && hl.latency == 2e-3 && hl.burst == 0); /* no "burst": a plain link */
   hm_profile_free(&pr);
+  text = "{\"host_links\": {\"cross\": {\"bandwidth\": 1.25e7, \"latency\": 2e-3, \"burst\": 2200}}}";
+  assert_int_equal(hm_profile_parse(text, strlen(text), NULL, &pr), HM_OK);
+  assert_int_equal(hm_profile_host_link(&pr, 1, &hl), 1);
+  assert_true(hl.burst == 2200);
+  hm_profile_free(&pr);
+  text = "{\"host_links\": {\"cross\": {\"bandwidth\": 1.25e7, \"latency\": 2e-3, \"burst\": -1}}}";
+  assert_int_equal(hm_profile_parse(text, strlen(text), NULL, &pr), HM_ERR_SPEC);
+  assert_non_null(strstr(hm_last_error(), "profile.host_links.cross.burst"));
   /* repeated profile entries: the earliest repeat is named, with its first occurrence */
   text = "{\"layers\": ["
          "{\"device_type\": \"x\", \"kind\": \"k\", \"micro_batch\": 2, \"fwd_s\": 1, \"bwd_s\": 1},"
