@@ -3,7 +3,8 @@
 # by side, each against the cost model's prediction and its bottleneck-link bound.
 #   BUILD=build/release bench/comm/testbed_allreduce.sh
 # Knobs (environment): INTRA=800mbit INTER=80mbit (per host; 10x slower across pools),
-# POOLS=2 HOSTS=2 (per pool) DEVICES=2 (ranks per host), MIN=64K MAX=64M, ITERS=3 WARMUP=1.
+# POOLS=2 HOSTS=2 (per pool) DEVICES=2 (ranks per host), MIN=64K MAX=64M, ITERS=3 (sizes from
+# 1 MiB), SMALL_ITERS=20 (sizes below), WARMUP=1.
 # Rates stay at hundreds of Mbit/s so that the two loaded cores of a CI machine can drive every
 # shaped link at its rate: a link the CPU cannot fill would measure the CPU, not the link.
 # Compression is off (HETMIX_COMPRESS=off): the bench's small-integer values would compress far
@@ -24,7 +25,7 @@ cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build/release}
 hetmix=$BUILD/hetmix predict=$BUILD/bench/testbed_predict
 INTRA=${INTRA:-800mbit} INTER=${INTER:-80mbit} POOLS=${POOLS:-2} HOSTS=${HOSTS:-2} DEVICES=${DEVICES:-2}
-MIN=${MIN:-64K} MAX=${MAX:-64M} ITERS=${ITERS:-3} WARMUP=${WARMUP:-1}
+MIN=${MIN:-64K} MAX=${MAX:-64M} ITERS=${ITERS:-3} SMALL_ITERS=${SMALL_ITERS:-20} WARMUP=${WARMUP:-1}
 [ -x "$hetmix" ] && [ -x "$predict" ] || { echo "build first: cmake --build $BUILD" >&2; exit 1; }
 name="tba$(( $$ % 100000 ))"
 work=$(mktemp -d)
@@ -44,9 +45,19 @@ hetmix_abs=$(realpath "$hetmix")
 read -r pool_bw pool_lat pool_burst cross_bw cross_lat cross_burst < <("$hetmix" launch --cluster "$work/c.json" --netns --profile "$work/p.json" -- \
   sh -c '[ "$HETMIX_RANK" = 0 ] && echo "$HETMIX_LINK_POOL $HETMIX_LINK_CROSS" | tr , " " || true')
 export HETMIX_COMPRESS=off
-for algo in ring hier; do
+# sizes below 1 MiB take SMALL_ITERS iterations (a few ms each: three would leave the mean to
+# chance), the larger ones ITERS (up to seconds each)
+to_bytes() { local v=${1%[KkMmGg]}; case $1 in *[Kk]) echo $((v << 10));; *[Mm]) echo $((v << 20));; *[Gg]) echo $((v << 30));; *) echo "$v";; esac; }
+lo=$(to_bytes "$MIN") hi=$(to_bytes "$MAX") small_end=0 large_begin=$lo
+while [ "$large_begin" -lt $((1 << 20)) ] && [ "$large_begin" -le "$hi" ]; do small_end=$large_begin; large_begin=$((large_begin * 4)); done
+run_sizes() { # algo begin end iters
   "$hetmix" launch --cluster "$work/c.json" --netns --profile "$work/p.json" --timeout 3000 -- "$hetmix" bench comm allreduce \
-    -b "$MIN" -e "$MAX" -f 4 -n "$ITERS" -w "$WARMUP" -c 0 --algo "$algo" >"$work/$algo.out"
+    -b "$2" -e "$3" -f 4 -n "$4" -w "$WARMUP" -c 0 --algo "$1"
+}
+for algo in ring hier; do
+  : >"$work/$algo.out"
+  [ "$small_end" -gt 0 ] && run_sizes "$algo" "$lo" "$small_end" "$SMALL_ITERS" >>"$work/$algo.out"
+  [ "$large_begin" -le "$hi" ] && run_sizes "$algo" "$large_begin" "$hi" "$ITERS" >>"$work/$algo.out"
 done
 sizes=$(awk '!/^#/ && NF > 5 { print $1 }' "$work/ring.out")
 n=$((POOLS * HOSTS * DEVICES))
@@ -54,7 +65,7 @@ n=$((POOLS * HOSTS * DEVICES))
 "$predict" "$POOLS" $((HOSTS * DEVICES)) "$DEVICES" "$pool_bw" "$pool_lat" "$pool_burst" "$cross_bw" "$cross_lat" \
   "$cross_burst" $sizes >"$work/pred"
 "$predict" "$POOLS" $((HOSTS * DEVICES)) "$DEVICES" "$pool_bw" 0 0 "$cross_bw" 0 0 $sizes >"$work/bound"
-echo "# allreduce f32 sum on the testbed: $POOLS pools x $HOSTS hosts x $DEVICES ranks ($n ranks), same pool $INTRA, other pool $INTER per host; $ITERS iterations"
+echo "# allreduce f32 sum on the testbed: $POOLS pools x $HOSTS hosts x $DEVICES ranks ($n ranks), same pool $INTRA, other pool $INTER per host; $SMALL_ITERS iterations below 1 MiB, $ITERS from 1 MiB"
 echo "# links measured (hetmix profile --netns): same pool $(awk -v b="$pool_bw" -v l="$pool_lat" -v u="$pool_burst" 'BEGIN { printf "%.1f MB/s, %.0f us, burst %.0f B", b / 1e6, l * 1e6, u }'), other pool $(awk -v b="$cross_bw" -v l="$cross_lat" -v u="$cross_burst" 'BEGIN { printf "%.2f MB/s, %.0f us, burst %.0f B", b / 1e6, l * 1e6, u }')"
 echo "# testbed_predict's link figures (bandwidth B/s, latency s, burst B): same pool $pool_bw $pool_lat $pool_burst, other pool $cross_bw $cross_lat $cross_burst"
 echo "# load $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores"
