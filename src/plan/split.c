@@ -174,7 +174,7 @@ static void compute_use(split_ctx *c, int *tmp) {
   for (int s = 0; s < c->p; s++) {
     c->ulo[s] = c->n + 1;
     c->uhi[s] = 0;
-    for (int j = 0; j <= c->n; j++)
+    for (int j = s + 1; j <= c->n - (c->p - 1 - s); j++) /* the ends stage s can have */
       if (c->use[(size_t)s * (c->n + 1) + j]) {
         if (j < c->ulo[s]) c->ulo[s] = j;
         c->uhi[s] = j;
