@@ -212,6 +212,57 @@ static double sync_estimate(sctx *x, const tmpl *t, const int *tp_of, int nranks
   return worst;
 }
 
+/* The first stage before s whose rows equal stage s's: the same type (its time, memory rows),
+ * and for the boundary row also the same next type (or both last); -1 when none. The rows are
+ * functions of exactly these (the tp and host-fit test depend on the type alone within one
+ * template), so copying them yields the values a recomputation would. */
+static int same_rows_before(const tmpl *t, int s, int with_next) {
+  const int p = t->nstages;
+  for (int r = 0; r < s; r++) {
+    if (t->types[r] != t->types[s]) continue;
+    if (!with_next) return r;
+    const int nr = r + 1 < p ? t->types[r + 1] : -1, ns = s + 1 < p ? t->types[s + 1] : -1;
+    if (nr == ns && (r + 1 < p) == (s + 1 < p)) return r;
+  }
+  return -1;
+}
+
+/* Boundary row of stage s (seconds added when its last layer is l): activations forward, their
+ * gradients back, each with the staging copies of both ends. */
+static void boundary_row(sctx *x, const tmpl *t, int s, const int *tp_of, const int *per_type,
+                         const hm_layer_costs *lc) {
+  const int p = t->nstages, n = x->n, k = t->types[s];
+  double *row = x->bnd + (size_t)s * n;
+  if (s + 1 >= p) {
+    for (int l = 0; l < n; l++) row[l] = 0.0;
+    return;
+  }
+  const int k2 = t->types[s + 1];
+  int same = k2 == k && tp_of[k] * per_type[k] <= hm_type_per_host_max(x->in->cluster, k);
+  hm_link link = hm_stage_link(x->in, k, k2, same);
+  hm_device_xfer sk = hm_profile_staging_of(x->in->profile, k),
+                 sk2 = hm_profile_staging_of(x->in->profile, k2);
+  for (int l = 0; l < n; l++)
+    row[l] = 2 * hm_cost_p2p(&link, lc->out_bytes[l]) + hm_cost_staged_send(&sk, &sk2, lc->out_bytes[l]) +
+             hm_cost_staged_send(&sk2, &sk, lc->out_bytes[l]);
+}
+
+/* Time and memory rows of stage s. */
+static void layer_rows(sctx *x, const tmpl *t, int s, const hm_layer_costs *lc, int m, int dp,
+                       int fold_opt) {
+  const int p = t->nstages, n = x->n;
+  for (int l = 0; l < n; l++) {
+    const size_t i = (size_t)s * n + l;
+    x->time[i] = lc->fwd[l] + lc->bwd[l] + (fold_opt ? lc->opt[l] / m : 0.0);
+    x->ms[i] = hm_static_bytes(x->in->train, lc->params[l] - (p == 1 ? lc->shared[l] : 0.0), dp);
+    x->ma[i] = lc->act[l];
+  }
+}
+
+static void copy_row(double *a, int n, int from, int to) {
+  memcpy(a + (size_t)to * n, a + (size_t)from * n, (size_t)n * sizeof *a);
+}
+
 /* DP split of a stage-type sequence; fills t (bounds, B, S, opt). HM_ERR_NO_FIT if it cannot fit. */
 static hm_status split_template_opt(sctx *x, tmpl *t, const int *tp_of, int mbi, int m, int dp,
                                     int fold_opt) {
@@ -222,24 +273,16 @@ static hm_status split_template_opt(sctx *x, tmpl *t, const int *tp_of, int mbi,
     const int k = t->types[s];
     const hm_layer_costs *lc = costs_of(x, k, tp_index(tp_of[k]), mbi);
     if (!lc->ok) return HM_ERR_NO_FIT;
-    hm_link link = {0, 0, 0, 0};
-    hm_device_xfer sk = hm_profile_staging_of(x->in->profile, k), sk2 = sk;
-    if (s + 1 < p) {
-      const int k2 = t->types[s + 1];
-      int same = k2 == k && tp_of[k] * per_type[k] <= hm_type_per_host_max(x->in->cluster, k);
-      link = hm_stage_link(x->in, k, k2, same);
-      sk2 = hm_profile_staging_of(x->in->profile, k2);
+    const int r = same_rows_before(t, s, 0), rb = same_rows_before(t, s, 1);
+    if (r < 0) {
+      layer_rows(x, t, s, lc, m, dp, fold_opt);
+    } else {
+      copy_row(x->time, n, r, s);
+      copy_row(x->ms, n, r, s);
+      copy_row(x->ma, n, r, s);
     }
-    for (int l = 0; l < n; l++) {
-      const size_t i = (size_t)s * n + l;
-      x->time[i] = lc->fwd[l] + lc->bwd[l] + (fold_opt ? lc->opt[l] / m : 0.0);
-      /* activations forward, their gradients back, each with the staging copies of both ends */
-      x->bnd[i] = s + 1 < p ? 2 * hm_cost_p2p(&link, lc->out_bytes[l]) + hm_cost_staged_send(&sk, &sk2, lc->out_bytes[l]) +
-                                  hm_cost_staged_send(&sk2, &sk, lc->out_bytes[l])
-                            : 0.0;
-      x->ms[i] = hm_static_bytes(x->in->train, lc->params[l] - (p == 1 ? lc->shared[l] : 0.0), dp);
-      x->ma[i] = lc->act[l];
-    }
+    if (rb < 0) boundary_row(x, t, s, tp_of, per_type, lc);
+    else copy_row(x->bnd, n, rb, s);
     x->cap[s] = lc->capacity - lc->reserve;
     x->infl[s] = p - s < m ? p - s : m;
   }

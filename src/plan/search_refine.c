@@ -30,12 +30,13 @@ static int move_range(hm_plan_class *cl, int a, int b, int d) {
 
 /* Micro-batch move i: one micro-batch per replica from class i / nc to class i % nc (equal
  * replica counts). Returns 0 when it does not apply. */
-static int micro_trial(hm_plan *t, int i) {
-  const int nc = t->nclasses;
-  hm_plan_class *a = &t->classes[i / nc], *b = &t->classes[i % nc];
+static int micro_trial(const hm_plan *p, int i, hm_plan *t) {
+  const int nc = p->nclasses;
+  const hm_plan_class *a = &p->classes[i / nc], *b = &p->classes[i % nc];
   if (a == b || a->nreplicas != b->nreplicas || a->nmicro < 2) return 0;
-  a->nmicro--;
-  b->nmicro++;
+  *t = *p;
+  t->classes[i / nc].nmicro--;
+  t->classes[i % nc].nmicro++;
   return 1;
 }
 
@@ -44,26 +45,28 @@ static int micro_trial(hm_plan *t, int i) {
  * two classes swapped in the plan's order. With `ranges` (small clusters) the micro-batch moves
  * come first: a layer move that helps a little can otherwise end the search beside a better
  * micro-batch move (seed 139 of bench_search_exact: 3.2%). Returns 0 when the trial does not
- * apply, -1 past the last trial. */
+ * apply, -1 past the last trial. t (a whole plan) is copied from p only for a trial that applies:
+ * most indices do not (a layer move between stages that are not neighbours, without ranges). */
 static int make_trial(const hm_plan *p, int i, int ranges, hm_plan *t) {
-  *t = *p;
   const int nc = p->nclasses;
-  if (ranges && i < nc * nc) return micro_trial(t, i);
+  if (ranges && i < nc * nc) return micro_trial(p, i, t);
   if (ranges) i -= nc * nc;
   for (int c = 0; c < p->nclasses; c++) {
     const int ns = p->classes[c].nstages, n = 2 * ns * ns;
     if (i < n) {
       const int a = i / (2 * ns), b = (i / 2) % ns;
       if (b <= a || (!ranges && b != a + 1)) return 0;
+      *t = *p;
       return move_range(&t->classes[c], a, b, i % 2 ? 1 : -1);
     }
     i -= n;
   }
-  if (!ranges && i < nc * nc) return micro_trial(t, i);
+  if (!ranges && i < nc * nc) return micro_trial(p, i, t);
   if (!ranges) i -= nc * nc;
   /* two classes swapped: the order of classes decides which gradient sync waits */
   if (i >= nc * nc) return -1;
   if (i / nc >= i % nc) return 0;
+  *t = *p;
   t->classes[i / nc] = p->classes[i % nc];
   t->classes[i % nc] = p->classes[i / nc];
   return 1;

@@ -30,6 +30,10 @@ void *hm_malloc(size_t bytes, const char *what);
 void *hm_calloc(size_t n, size_t size, const char *what);
 void *hm_aligned_alloc(size_t alignment, size_t bytes, const char *what);
 
+/* Sorts n finite doubles, each > 0 or +0.0 (never -0.0 or NaN), ascending: the order of any
+ * comparison sort, since equal values are then bit-identical. HM_ERR_NOMEM when its buffers cannot be allocated. */
+hm_status hm_sort_positive(double *v, size_t n);
+
 /* Reads an integer environment variable (a tuning knob): *out = def when it is unset or empty;
  * HM_ERR_INVALID_ARG naming the variable when it is not a whole decimal number in [lo, hi], so
  * a typo never falls back silently to a default. */

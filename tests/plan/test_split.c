@@ -1,15 +1,24 @@
 /* Acceptance: the dynamic-programming layer split equals exhaustive search of the same objective
  * on random small instances (up to 12 layers, 4 stages, 3 device types), with unequal layers,
- * boundary transfers and memory limits; and it reports when nothing fits. */
+ * boundary transfers and memory limits; it reports when nothing fits; and on larger instances
+ * (up to 64 stages, where the search's pipelines are deep and memory leaves few ends per stage)
+ * it returns exactly the splits it returned before its speed-ups (a digest of every bound and
+ * objective bit, recorded with the straightforward DP of commit e589423). */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 #include <cmocka.h>
 
 #include "hetmix/plan.h"
+
+/* test_dp_splits_unchanged's digest, recorded before the DP's speed-ups */
+#ifndef SPLIT_DIGEST
+#define SPLIT_DIGEST 0xf74a16410d6ac8b9ull
+#endif
 
 static unsigned rng_state = 777;
 static unsigned rnd(void) {
@@ -98,10 +107,74 @@ static void test_no_fit_message(void **state) {
   assert_int_equal(hm_split_dp(&pb, b, &o), HM_ERR_NO_FIT);
 }
 
+/* FNV-1a over bytes: a digest of many splits, sensitive to any bound or objective bit. */
+static uint64_t fnv(uint64_t h, const void *p, size_t n) {
+  const unsigned char *b = p;
+  for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 1099511628211ull;
+  return h;
+}
+
+enum { BIGL = 96, BIGP = 64 };
+
+/* One deep instance: few layer patterns (so equal-objective ties are common), stage types that
+ * repeat, boundary transfers, and memory caps from loose to one-or-two layers per stage. */
+static void big_instance(int it, hm_split_problem *pb, double *time, double *bnd, double *ms,
+                         double *ma, double *mc) {
+  const int n = 8 + rnd() % (BIGL - 7);
+  const int p = 1 + rnd() % (n < BIGP ? n : BIGP);
+  double work[BIGL], out[BIGL], wb[BIGL];
+  for (int l = 0; l < n; l++) {
+    work[l] = (it % 2) ? 1 + rnd() % 3 : 0.1 + (rnd() % 1000) / 97.0;
+    out[l] = (rnd() % 20) / 100.0;
+    wb[l] = 1 + (l == 0 || l == n - 1 ? 3 : 0) + rnd() % 2;
+  }
+  const double per_stage = (double)n / p; /* layers a stage holds on average */
+  for (int s = 0; s < p; s++) {
+    const int k = rnd() % 3;
+    mc[s] = (it % 5 == 0) ? 1e30 : (2.0 + k) * (1.0 + per_stage * (0.8 + (rnd() % 100) / 100.0));
+    for (int l = 0; l < n; l++) {
+      time[s * n + l] = work[l] / (0.5 + k);
+      bnd[s * n + l] = out[l] * (k + 1);
+      ms[s * n + l] = wb[l];
+      ma[s * n + l] = 0.25 * (l % 2);
+    }
+  }
+  *pb = (hm_split_problem){.nlayers = n, .nstages = p, .nmicro = 1 + rnd() % 64, .time = time,
+                           .boundary = (it % 3) ? bnd : NULL, .mem_static = ms, .mem_act = ma,
+                           .mem_cap = mc};
+}
+
+static void test_dp_splits_unchanged(void **state) {
+  (void)state;
+  static double time[BIGP * BIGL], bnd[BIGP * BIGL], ms[BIGP * BIGL], ma[BIGP * BIGL], mc[BIGP];
+  rng_state = 4242;
+  uint64_t h = 1469598103934665603ull;
+  int fit = 0, nofit = 0;
+  for (int it = 0; it < 1500; it++) {
+    hm_split_problem pb;
+    big_instance(it, &pb, time, bnd, ms, ma, mc);
+    int b[BIGP + 1];
+    double o = 0;
+    const hm_status st = hm_split_dp(&pb, b, &o);
+    h = fnv(h, &st, sizeof st);
+    if (st != HM_OK) {
+      nofit++;
+      continue;
+    }
+    fit++;
+    h = fnv(h, b, sizeof(int) * (size_t)(pb.nstages + 1));
+    h = fnv(h, &o, sizeof o);
+  }
+  print_message("%d instances fit, %d do not; digest %016llx\n", fit, nofit, (unsigned long long)h);
+  assert_true(fit >= 500 && nofit >= 100); /* both the fitting and the binding-memory paths */
+  assert_true(h == SPLIT_DIGEST);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_dp_equals_exhaustive),
       cmocka_unit_test(test_no_fit_message),
+      cmocka_unit_test(test_dp_splits_unchanged),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
