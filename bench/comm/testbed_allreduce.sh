@@ -4,7 +4,9 @@
 #   BUILD=build/release bench/comm/testbed_allreduce.sh
 # Knobs (environment): INTRA=800mbit INTER=80mbit (per host; 10x slower across pools),
 # POOLS=2 HOSTS=2 (per pool) DEVICES=2 (ranks per host), MIN=64K MAX=64M, ITERS=3 (sizes from
-# 1 MiB), SMALL_ITERS=20 (sizes below), WARMUP=1.
+# 1 MiB), SMALL_ITERS=20 (sizes below), WARMUP=1, SYNC=0 (calls back to back after one barrier,
+# nccl-tests' way: a rank that finished starts the next call while its peers finish this one;
+# SYNC=1: each call timed alone after a barrier, `bench comm --sync`, OSU's way).
 # Rates stay at hundreds of Mbit/s so that the two loaded cores of a CI machine can drive every
 # shaped link at its rate: a link the CPU cannot fill would measure the CPU, not the link.
 # Compression is off (HETMIX_COMPRESS=off): the bench's small-integer values would compress far
@@ -25,7 +27,7 @@ cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build/release}
 hetmix=$BUILD/hetmix predict=$BUILD/bench/testbed_predict
 INTRA=${INTRA:-800mbit} INTER=${INTER:-80mbit} POOLS=${POOLS:-2} HOSTS=${HOSTS:-2} DEVICES=${DEVICES:-2}
-MIN=${MIN:-64K} MAX=${MAX:-64M} ITERS=${ITERS:-3} SMALL_ITERS=${SMALL_ITERS:-20} WARMUP=${WARMUP:-1}
+MIN=${MIN:-64K} MAX=${MAX:-64M} ITERS=${ITERS:-3} SMALL_ITERS=${SMALL_ITERS:-20} WARMUP=${WARMUP:-1} SYNC=${SYNC:-0}
 [ -x "$hetmix" ] && [ -x "$predict" ] || { echo "build first: cmake --build $BUILD" >&2; exit 1; }
 name="tba$(( $$ % 100000 ))"
 work=$(mktemp -d)
@@ -50,9 +52,10 @@ export HETMIX_COMPRESS=off
 to_bytes() { local v=${1%[KkMmGg]}; case $1 in *[Kk]) echo $((v << 10));; *[Mm]) echo $((v << 20));; *[Gg]) echo $((v << 30));; *) echo "$v";; esac; }
 lo=$(to_bytes "$MIN") hi=$(to_bytes "$MAX") small_end=0 large_begin=$lo
 while [ "$large_begin" -lt $((1 << 20)) ] && [ "$large_begin" -le "$hi" ]; do small_end=$large_begin; large_begin=$((large_begin * 4)); done
+sync_flag=; [ "$SYNC" = 1 ] && sync_flag=--sync
 run_sizes() { # algo begin end iters
   "$hetmix" launch --cluster "$work/c.json" --netns --profile "$work/p.json" --timeout 3000 -- "$hetmix" bench comm allreduce \
-    -b "$2" -e "$3" -f 4 -n "$4" -w "$WARMUP" -c 0 --algo "$1"
+    -b "$2" -e "$3" -f 4 -n "$4" -w "$WARMUP" -c 0 --algo "$1" $sync_flag
 }
 for algo in ring hier; do
   : >"$work/$algo.out"
@@ -65,7 +68,7 @@ n=$((POOLS * HOSTS * DEVICES))
 "$predict" "$POOLS" $((HOSTS * DEVICES)) "$DEVICES" "$pool_bw" "$pool_lat" "$pool_burst" "$cross_bw" "$cross_lat" \
   "$cross_burst" $sizes >"$work/pred"
 "$predict" "$POOLS" $((HOSTS * DEVICES)) "$DEVICES" "$pool_bw" 0 0 "$cross_bw" 0 0 $sizes >"$work/bound"
-echo "# allreduce f32 sum on the testbed: $POOLS pools x $HOSTS hosts x $DEVICES ranks ($n ranks), same pool $INTRA, other pool $INTER per host; $SMALL_ITERS iterations below 1 MiB, $ITERS from 1 MiB"
+echo "# allreduce f32 sum on the testbed: $POOLS pools x $HOSTS hosts x $DEVICES ranks ($n ranks), same pool $INTRA, other pool $INTER per host; $SMALL_ITERS iterations below 1 MiB, $ITERS from 1 MiB, $([ "$SYNC" = 1 ] && echo "each call timed alone after a barrier" || echo "calls back to back")"
 echo "# links measured (hetmix profile --netns): same pool $(awk -v b="$pool_bw" -v l="$pool_lat" -v u="$pool_burst" 'BEGIN { printf "%.1f MB/s, %.0f us, burst %.0f B", b / 1e6, l * 1e6, u }'), other pool $(awk -v b="$cross_bw" -v l="$cross_lat" -v u="$cross_burst" 'BEGIN { printf "%.2f MB/s, %.0f us, burst %.0f B", b / 1e6, l * 1e6, u }')"
 echo "# testbed_predict's link figures (bandwidth B/s, latency s, burst B): same pool $pool_bw $pool_lat $pool_burst, other pool $cross_bw $cross_lat $cross_burst"
 echo "# load $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores"

@@ -43,6 +43,7 @@ typedef struct bench_opts {
   int ranks; /* 0: from the launcher's environment */
   int bind;  /* forked ranks: pin rank r to CPU r mod (CPUs this process may use) */
   int huge;  /* buffers 2 MiB-aligned and advised for transparent huge pages */
+  int sync;  /* a barrier before each timed call, which alone is timed (OSU's way) */
   const char *transport, *algo;
   double timeout_s;
 } bench_opts;
@@ -272,6 +273,26 @@ static void print_header(const bench_opts *o, int n) {
   fflush(stdout);
 }
 
+/* The mean time of o->iters calls: back to back after one barrier (nccl-tests' way: a call may
+ * start while its peers finish the last), or with --sync each call alone after a barrier, as one
+ * isolated call from a common start (OSU's way; the barriers are not timed). */
+static hm_status timed_calls(hm_comm_t comm, const bench_opts *o, const bench_case *c, char *sbuf,
+                             char *rbuf, int ip, double *mean) {
+  hm_status st = hm_comm_barrier(comm);
+  double total = 0, t0 = now_s();
+  for (int it = 0; it < o->iters && st == HM_OK; it++) {
+    if (o->sync) {
+      if ((st = hm_comm_barrier(comm)) != HM_OK) break;
+      t0 = now_s();
+    }
+    st = run_once(comm, c, sbuf, rbuf, ip);
+    if (o->sync) total += now_s() - t0;
+  }
+  if (!o->sync) total = now_s() - t0;
+  *mean = total / (o->iters > 0 ? o->iters : 1);
+  return st;
+}
+
 /* Runs the whole sweep on one rank; rank 0 prints. Returns 0 when all ran and checked clean. */
 static int bench_rank(hm_comm_t comm, const bench_opts *o) {
   int n = hm_comm_size(comm), r = hm_comm_rank(comm);
@@ -333,10 +354,8 @@ static int bench_rank(hm_comm_t comm, const bench_opts *o) {
           hm_status st = HM_OK;
           fill_inputs(&c, sbuf, ip); /* real values also with -c 0 (as the Open MPI peer's) */
           for (int w = 0; w < o->warmup && st == HM_OK; w++) st = run_once(comm, &c, sbuf, rbuf, ip);
-          if (st == HM_OK) st = hm_comm_barrier(comm);
-          double t0 = now_s();
-          for (int it = 0; it < o->iters && st == HM_OK; it++) st = run_once(comm, &c, sbuf, rbuf, ip);
-          double dt = (now_s() - t0) / (o->iters > 0 ? o->iters : 1);
+          double dt = 0;
+          if (st == HM_OK) st = timed_calls(comm, o, &c, sbuf, rbuf, ip, &dt);
           if (st == HM_OK && o->check) st = check_once(comm, &c, sbuf, rbuf, ip, &wrong[ip]);
           /* nccl-tests reports the time averaged over ranks and the sum of wrong values. */
           double tsum = 0;
@@ -544,6 +563,8 @@ static int bench_comm(int argc, char **argv) {
       HM_OPT_ROW(HM_OPT_DOUBLE, "timeout", 0, &o.timeout_s, 1e-3, 1e9, "S", "kill forked ranks after S seconds [900]"),
       HM_OPT_FLAG_ROW("bind", 0, &o.bind, "pin forked rank r to the r-th CPU this process may use (mod\n"
                       "their count), as mpirun's default binding does"),
+      HM_OPT_FLAG_ROW("sync", 0, &o.sync, "a barrier before each timed call, timing each call alone from a\n"
+                      "common start (OSU's way) instead of back to back (nccl-tests')"),
       HM_OPT_FLAG_ROW("hugepages", 0, &o.huge, "2 MiB-aligned buffers advised for transparent huge pages\n"
                       "(madvise; as a training framework's allocator does)"),
       HM_OPT_END_ROW};

@@ -37,6 +37,7 @@ done
 check "allreduce tcp ring" "$hetmix" bench comm allreduce --ranks 2 -b 8 -e 1M -f 16 -n 2 -w 1 -c 1 -t tcp --algo ring
 check "allreduce rd" "$hetmix" bench comm allreduce --ranks 4 -b 8 -e 1M -f 16 -n 2 -w 1 -c 1 --algo rd
 check "allreduce bound ranks" "$hetmix" bench comm allreduce --ranks 3 --bind -b 8 -e 1M -f 16 -n 2 -w 1 -c 1
+check "allreduce each call after a barrier" "$hetmix" bench comm allreduce --ranks 3 --sync -b 8 -e 1M -f 16 -n 3 -w 1 -c 1
 # Odd sizes (counts 1, 3, 9, ... 59049 f32, none a multiple of 2 or 4 ranks): a segment, block
 # or chunk boundary that is off by one loses or repeats elements only when the count does not
 # divide evenly.
