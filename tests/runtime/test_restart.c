@@ -130,7 +130,7 @@ static void trial(const char *name, int nranks, int f64, const char *fault, int 
   if (rank >= 0) {
     char want[64];
     snprintf(want, sizeof want, "\"rank\":%d,\"cause\":\"%s\"", rank, cause);
-    if (!strstr(ev, want)) fail_msg("%s: the failure was not named as %s:\n%s", name, want, ev);
+    if (!strstr(ev, want)) fail_msg("%s: the failure was not named as %s:\n%s\n%s", name, want, ev, err);
   }
   if (!strstr(err, "on host ") || !strstr(err, f64 ? ", device ref" : ", device cpu")) fail_msg("%s: no host and device named:\n%s", name, err);
   for (int s = 0; s < 2; s++) {
