@@ -78,6 +78,10 @@ static void hm_watch_read(hm_watch *w, int r, uint64_t now) {
   if (!x->seen) { /* intervals count from the job's start */
     x->beat = hb.beat, x->beat_ns = now;
     x->step = hb.step, x->marks = hb.marks, x->mark_ns = w->start_ns, x->phase = hb.phase;
+    if (hb.step > 0) { /* first read after its first steps: start-up and they took at most this */
+      x->nsteps = 1;
+      if (now - w->start_ns > w->first_step_ns) w->first_step_ns = now - w->start_ns;
+    }
   }
   if (hb.beat != x->beat) {
     if (now - x->beat_ns > w->longest_beat_ns) w->longest_beat_ns = now - x->beat_ns;

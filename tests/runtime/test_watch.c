@@ -40,6 +40,27 @@ static int check(hm_watch *w, uint64_t at_ms, int *cause, double *idle) {
   return hm_watch_check(w, w->start_ns + at_ms * MS, NULL, cause, idle);
 }
 
+/* A rank first read already past its first steps (fast steps, a late first poll) is paced from
+ * the time since the job's start, which bounds its start-up and those steps: a hang right after
+ * is named at 5 x 300 ms, not at the 60 s of a first step (before, its peers' own 30 s receive
+ * deadline ended the job first and the waiting peer was named). */
+static void test_first_read_after_steps(void **state) {
+  (void)state;
+  hm_watch w;
+  int cause = 0;
+  double idle = 0;
+  assert_int_equal(hm_watch_init(&w, dir, 1, HM_SILENCE_FLOOR_MS, HM_WATCHDOG_FLOOR_MS, 60000), HM_OK);
+  beat(3, HM_HB_STEP, 3, 0);
+  assert_int_equal(check(&w, 300, &cause, &idle), -1);
+  assert_int_equal(hm_watch_step_deadline(&w, 0), 1500 * MS);
+  beat(3, HM_HB_STEP, 3, 0);
+  assert_int_equal(check(&w, 1400, &cause, &idle), -1);
+  beat(3, HM_HB_STEP, 3, 0);
+  assert_int_equal(check(&w, 1600, &cause, &idle), 0);
+  assert_int_equal(cause, HM_FAIL_HANG);
+  hm_watch_free(&w);
+}
+
 /* A 2 s start-up and first step set the second step's deadline to 10 s; once a steady 200 ms
  * step was seen, the deadline is the 1 s floor (5 x 200 ms): the start-up no longer counts, and
  * a hang is named 1 s after the last step. */
@@ -177,6 +198,7 @@ static int teardown(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_deadline_from_measured_steps, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_first_read_after_steps, setup, teardown),
       cmocka_unit_test_setup_teardown(test_phases_timed_apart, setup, teardown),
       cmocka_unit_test_setup_teardown(test_silence_paced_by_beats, setup, teardown),
       cmocka_unit_test_setup_teardown(test_hang_names_the_rank_waited_for, setup, teardown),
