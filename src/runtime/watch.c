@@ -12,7 +12,11 @@
  * (the final dump) get first_ns. When several ranks are past the deadline, one whose training
  * thread is not waiting on peers (heartbeat "waiting 0": computing, writing, or stuck on its
  * own) is named before those waiting on a collective or a receive, which are its victims; among
- * equals, the one whose progress stopped first. */
+ * equals, the one whose progress stopped first. A hang is judged only while every rank still
+ * beats: a rank whose beats are late (twice the longest gap seen, three beat periods at least)
+ * is stopped or frozen, and its fate is the silence deadline's to decide; otherwise a rank
+ * stopped right after a progress mark, whose step deadline ends before its silence deadline,
+ * would be named hung. */
 #include "runtime/watch.h"
 
 #include <stdlib.h>
@@ -117,8 +121,15 @@ static void hm_watch_culprit(const hm_watch *w, uint64_t now, const int *exited,
   *hung = best, *since = w->r[best].mark_ns, *limit = hm_watch_step_deadline(w, best);
 }
 
+/* Rank x's beats are later than its normal gaps: it may be stopped, and is not judged hung. */
+static int hm_watch_beats_late(const hm_watch *w, const hm_watch_rank *x, uint64_t now) {
+  uint64_t window = 2 * w->longest_beat_ns;
+  if (window < 3ull * HM_HB_PERIOD_MS * 1000000ull) window = 3ull * HM_HB_PERIOD_MS * 1000000ull;
+  return now - x->beat_ns > window;
+}
+
 int hm_watch_check(hm_watch *w, uint64_t now, const int *exited, int *cause, double *idle_s) {
-  int silent = -1, hung = -1, hung_waiting = 1;
+  int silent = -1, hung = -1, hung_waiting = 1, late = 0;
   uint64_t hung_since = 0, hung_limit = 0;
   for (int r = 0; r < w->n; r++)
     if (!(exited && exited[r])) hm_watch_read(w, r, now);
@@ -128,6 +139,7 @@ int hm_watch_check(hm_watch *w, uint64_t now, const int *exited, int *cause, dou
     const hm_watch_rank *x = &w->r[r];
     if (!x->seen) continue;
     if (now - x->beat_ns > silence && silent < 0) silent = r;
+    late |= hm_watch_beats_late(w, x, now);
     const uint64_t limit = hm_watch_step_deadline(w, r);
     if (w->floor_ns == 0 || now - x->mark_ns <= limit) continue;
     /* prefer a rank working on its own over one waiting on peers, then the earliest stopped */
@@ -141,6 +153,7 @@ int hm_watch_check(hm_watch *w, uint64_t now, const int *exited, int *cause, dou
     w->limit_s = (double)silence * 1e-9;
     return silent;
   }
+  if (late) return -1; /* a rank may be stopped: the silence deadline names it */
   if (hung >= 0 && hung_waiting) hm_watch_culprit(w, now, exited, &hung, &hung_since, &hung_limit);
   if (hung >= 0) {
     *cause = HM_FAIL_HANG;

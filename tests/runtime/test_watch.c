@@ -153,6 +153,28 @@ static void test_silence_paced_by_beats(void **state) {
   hm_watch_free(&w);
 }
 
+/* A rank stopped (SIGSTOP) right after a step: its last beat came 50 ms after its last mark, so
+ * its 1 s step deadline ends 50 ms before its 1 s silence deadline. It is named silent, not
+ * hung: while its beats are late, no hang is judged (before, it was named hung at 2001 ms). */
+static void test_stopped_after_a_step_is_silent(void **state) {
+  (void)state;
+  hm_watch w;
+  int cause = 0;
+  double idle = 0;
+  assert_int_equal(hm_watch_init(&w, dir, 1, HM_SILENCE_FLOOR_MS, HM_WATCHDOG_FLOOR_MS, 60000), HM_OK);
+  for (uint64_t t = 0; t <= 1000; t += 100) { /* steps of 100 ms, a beat at each */
+    beat((long long)t / 100, HM_HB_STEP, t / 100, 0);
+    assert_int_equal(check(&w, t, &cause, &idle), -1);
+  }
+  beat(10, HM_HB_STEP, 10, 0); /* one more beat, then stopped */
+  assert_int_equal(check(&w, 1050, &cause, &idle), -1);
+  assert_int_equal(hm_watch_step_deadline(&w, 0), 1000 * MS);
+  for (uint64_t t = 1100; t <= 2050; t += 50) assert_int_equal(check(&w, t, &cause, &idle), -1);
+  assert_int_equal(check(&w, 2051, &cause, &idle), 0);
+  assert_int_equal(cause, HM_FAIL_SILENT);
+  hm_watch_free(&w);
+}
+
 /* Rank 0 ends step 3 and then waits on rank 1, which ends step 3 150 ms later and hangs at the
  * start of step 4 (still beating, not waiting). The longest step is then rank 1's 350 ms, so the
  * deadline is 1.75 s. Rank 0 passes it first, 150 ms before rank 1, but it is the victim: rank 1,
@@ -202,6 +224,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_phases_timed_apart, setup, teardown),
       cmocka_unit_test_setup_teardown(test_silence_paced_by_beats, setup, teardown),
       cmocka_unit_test_setup_teardown(test_hang_names_the_rank_waited_for, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_stopped_after_a_step_is_silent, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
