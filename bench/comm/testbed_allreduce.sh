@@ -6,14 +6,16 @@
 # POOLS=2 HOSTS=2 (per pool) DEVICES=2 (ranks per host), MIN=64K MAX=64M, ITERS=3 (sizes from
 # 1 MiB), SMALL_ITERS=20 (sizes below), WARMUP=1, SYNC=0 (calls back to back after one barrier,
 # nccl-tests' way: a rank that finished starts the next call while its peers finish this one;
-# SYNC=1: each call timed alone after a barrier, `bench comm --sync`, OSU's way).
+# SYNC=1: each call timed alone after a barrier until its slowest rank is done, `bench comm
+# --sync`: the time the cost model predicts).
 # Rates stay at hundreds of Mbit/s so that the two loaded cores of a CI machine can drive every
 # shaped link at its rate: a link the CPU cannot fill would measure the CPU, not the link.
 # Compression is off (HETMIX_COMPRESS=off): the bench's small-integer values would compress far
 # below the links' bound (bench/comm/zip_link.sh measures compression on real gradients).
 # HETMIX_TCP_STREAMS=N in the environment stripes each TCP pair over N connections.
 # Needs root (network namespaces). Columns:
-#   ring, hier        measured time per allreduce (f32 sum, out of place, mean over ranks)
+#   ring, hier        measured time per allreduce (f32 sum, out of place; back to back: the mean
+#                     over ranks of each rank's time per call; SYNC=1: the slowest rank's)
 #   speedup           ring time / hier time
 #   pred, err         the cost model's time (hm_cost_collective ring over the link between pools;
 #                     hm_cost_hier) from the links hetmix profile --netns measured (latency,

@@ -275,7 +275,11 @@ static void print_header(const bench_opts *o, int n) {
 
 /* The mean time of o->iters calls: back to back after one barrier (nccl-tests' way: a call may
  * start while its peers finish the last), or with --sync each call alone after a barrier, as one
- * isolated call from a common start (OSU's way; the barriers are not timed). */
+ * isolated call from a common start, timed until its slowest rank has its result (the barriers
+ * and the exchange of times are not timed). A rank's own time in an isolated call is not the
+ * call's: in a ring whose links differ, the ranks just before a slow link receive their last
+ * block steps before the ranks after it (8 ranks, 2 slow links: the mean over ranks is 11% under
+ * the last rank's time), so every rank adds the call's slowest time. */
 static hm_status timed_calls(hm_comm_t comm, const bench_opts *o, const bench_case *c, char *sbuf,
                              char *rbuf, int ip, double *mean) {
   hm_status st = hm_comm_barrier(comm);
@@ -286,7 +290,11 @@ static hm_status timed_calls(hm_comm_t comm, const bench_opts *o, const bench_ca
       t0 = now_s();
     }
     st = run_once(comm, c, sbuf, rbuf, ip);
-    if (o->sync) total += now_s() - t0;
+    if (o->sync && st == HM_OK) {
+      double mine = now_s() - t0, slowest = 0;
+      st = hm_comm_allreduce(comm, &mine, &slowest, 1, HM_FLOAT64, HM_MAX);
+      total += slowest;
+    }
   }
   if (!o->sync) total = now_s() - t0;
   *mean = total / (o->iters > 0 ? o->iters : 1);
@@ -564,7 +572,8 @@ static int bench_comm(int argc, char **argv) {
       HM_OPT_FLAG_ROW("bind", 0, &o.bind, "pin forked rank r to the r-th CPU this process may use (mod\n"
                       "their count), as mpirun's default binding does"),
       HM_OPT_FLAG_ROW("sync", 0, &o.sync, "a barrier before each timed call, timing each call alone from a\n"
-                      "common start (OSU's way) instead of back to back (nccl-tests')"),
+                      "common start until its slowest rank is done, instead of back to\n"
+                      "back (nccl-tests')"),
       HM_OPT_FLAG_ROW("hugepages", 0, &o.huge, "2 MiB-aligned buffers advised for transparent huge pages\n"
                       "(madvise; as a training framework's allocator does)"),
       HM_OPT_END_ROW};
