@@ -31,6 +31,7 @@ typedef struct bench_args {
   const char *profile;  /* an existing profile to use instead of measuring */
   const char *only;     /* run only plans whose name contains this */
   int mb, steps, runs, reps; /* reps 0: hetmix profile's default */
+  double min_time;      /* < 0: hetmix profile's default --min-time */
   int profiles;         /* > 0: only predict each plan on this many fresh profiles (no training) */
   int alone;            /* 1: profile each type alone, not under the plan's own load */
 } bench_args;
@@ -78,8 +79,9 @@ static int sh(const char *cmd) {
 static int predict_once(const bench_args *a, const bench_plan *bp, int pi, int run, int after, const hm_profile *links,
                         const hm_cluster *c, const hm_model *m, hm_plan *plan, const char *plan_path, double *step,
                         double *stage_busy, double *uncertainty) {
-  char prof_run[1024], cmd[8192], reps[32] = "";
+  char prof_run[1024], cmd[8192], reps[64] = "";
   if (a->reps > 0) snprintf(reps, sizeof reps, "--reps %d", a->reps);
+  if (a->min_time >= 0) snprintf(reps + strlen(reps), sizeof reps - strlen(reps), " --min-time %g", a->min_time);
   snprintf(prof_run, sizeof prof_run, "%s/profile-plan%d-run%d%s.json", a->dir, pi + 1, run + 1, after ? "-after" : "");
   if (a->profile) {
     snprintf(prof_run, sizeof prof_run, "%s", a->profile);
@@ -188,7 +190,7 @@ static int profile_spread(const bench_args *a, const bench_plan *bp, int pi, con
 
 static void usage(void) {
   printf("usage: predict_bench --hetmix PATH [--dir DIR] [--data-dir DIR] [--model L4,C128,NH4,V256,T128]\n"
-         "                     [--mb 4] [--steps 8] [--runs 3] [--reps N] [--profile P] [--only NAME] [--alone]\n"
+         "                     [--mb 4] [--steps 8] [--runs 3] [--reps N] [--min-time S] [--profile P] [--only NAME] [--alone]\n"
          "                     [--profiles K]\n"
          "Each run profiles the layers under the plan's own load (the workers it runs at once: hetmix\n"
          "profile --copies / --concurrent); --alone profiles each type by itself instead. --reps: timed rounds\n"
@@ -197,7 +199,7 @@ static void usage(void) {
 }
 
 int main(int argc, char **argv) {
-  bench_args a = {NULL, "predict-bench", "data", "L4,C128,NH4,V256,T128", NULL, NULL, 4, 8, 3, 0, 0, 0};
+  bench_args a = {NULL, "predict-bench", "data", "L4,C128,NH4,V256,T128", NULL, NULL, 4, 8, 3, 0, -1, 0, 0};
   for (int i = 1; i < argc; i++) {
     const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (!strcmp(k, "-h") || !strcmp(k, "--help")) {
@@ -223,6 +225,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(k, "--steps")) a.steps = atoi(v);
     else if (!strcmp(k, "--runs")) a.runs = atoi(v);
     else if (!strcmp(k, "--reps")) a.reps = atoi(v);
+    else if (!strcmp(k, "--min-time")) a.min_time = atof(v);
     else if (!strcmp(k, "--profiles")) a.profiles = atoi(v);
     else {
       usage();

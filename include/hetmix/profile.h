@@ -32,6 +32,7 @@ struct hm_spec_model_config;
 
 #define HM_PROFILE_MAX_SIZES 16  /* ping-pong message sizes */
 #define HM_PROFILE_MAX_MBS 32    /* micro-batch sizes (HM_SPEC_MBS_MAX) */
+#define HM_PROFILE_MAX_PASSES 256 /* measurement passes whose median a figure is */
 #define HM_PROFILE_MAX_TYPES 16  /* device types measured in one call */
 
 /* Latency and bandwidth of one transport between two local processes, fitted to ping-pong
@@ -120,6 +121,11 @@ typedef struct hm_profile_options {
                                         stretch of the machine's load [3] */
   double budget_s;                   /* stop timing a (kind, size) after this many seconds of
                                         timed rounds, at least one round [2]; <= 0: no limit */
+  double min_s;                      /* measure the layers for at least this many seconds: the
+                                        passes are repeated until then (at most
+                                        HM_PROFILE_MAX_PASSES) and each figure is their median, so
+                                        a slow stretch of the machine moves a minority of them
+                                        [3]; <= 0: the passes above only */
   int ntypes;                        /* 0: every device type with a backend string */
   const char *types[16];             /* else only these type names */
   int concurrent;                    /* 1: time every selected type at the same time, each in its
@@ -192,7 +198,9 @@ hm_status hm_profile_time_layers(const char *backend, const struct hm_spec_model
 double hm_profile_robust(double *v, int n, int *kept, double *spread);
 
 /* Times the same layers on njobs devices at once: copies processes per backend, all forked and
- * running together; a process done early keeps its device busy until every one is done. out is
+ * running together; each process measures pass after pass for at least min_s seconds (<= 0: one
+ * pass) and then while others still measure, and keeps per entry the median over its passes; a
+ * process done early keeps its device busy until every one is done. out is
  * (njobs, nlayers, nmbs): per backend the figures of its slowest copy (largest total). descs (optional) receives one
  * device description of desc_cap bytes per backend. A failing process stops all and is named;
  * past timeout_s (<= 0: 3600) all are killed. No process outlives the call. The children run
@@ -201,7 +209,7 @@ double hm_profile_robust(double *v, int n, int *kept, double *spread);
 hm_status hm_profile_time_layers_together(int njobs, const char *const *backends, int copies,
                                           const struct hm_spec_model_config *shape, int tp, const int *layers, int nlayers,
                                           const int64_t *mbs, int nmbs, int warmup, int reps,
-                                          double budget_s, uint64_t seed, int timeout_s,
+                                          double budget_s, double min_s, uint64_t seed, int timeout_s,
                                           hm_layer_timing *out, char *descs, size_t desc_cap,
                                           hm_profile_progress_fn progress, void *user);
 

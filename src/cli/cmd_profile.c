@@ -108,6 +108,10 @@ int hm_cmd_profile(int argc, char **argv) {
                  "measure the types in N passes of reps/N rounds, in alternating\n"
                  "order (a, b, then b, a, ...), and keep each figure's median over\n"
                  "the passes: every type sees the same load [3]"),
+      HM_OPT_ROW(HM_OPT_DOUBLE, "min-time", 0, &o.min_s, 0, 86400, "S",
+                 "measure the layers for at least S seconds: passes are repeated\n"
+                 "until then (at most 256) and each figure is their median, so a\n"
+                 "slow stretch of a shared machine moves few of them [3]; 0: --passes only"),
       HM_OPT_ROW(HM_OPT_DOUBLE, "budget", 0, &o.budget_s, 0, 86400, "S",
                  "stop timing a layer kind and size after S seconds of timed rounds\n"
                  "(at least one round) [2]; 0: always all --reps"),
@@ -191,6 +195,7 @@ int hm_cmd_profile(int argc, char **argv) {
   if (o.concurrent || o.copies > 1) printf(" after %d warm-up%s", o.warmup, o.concurrent ? "; every type at once" : "");
   else printf(" in %d passes, %d warm-up each", o.passes, o.warmup);
   if (o.copies > 1) printf("; %d processes per type", o.copies);
+  if (o.min_s > 0) printf("; passes repeated for at least %g s, each figure their median", o.min_s);
   printf(")\n");
   fflush(stdout);
   hm_profile_report rep;

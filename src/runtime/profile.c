@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "hetmix/spec.h"
+#include "profile_passes.h"
 #include "util/util.h"
 
 void hm_profile_options_default(hm_profile_options *o) {
@@ -26,6 +27,7 @@ void hm_profile_options_default(hm_profile_options *o) {
   o->copies = 1;
   o->timeout_s = 3600;
   o->budget_s = 2.0;
+  o->min_s = 3.0;
   o->links = 1;
   o->tp_split = 1;
   o->link_transport = "shm";
@@ -284,40 +286,53 @@ static hm_status hm_measure_host_links(const hm_profile_options *o, const hm_clu
   return hm_add_host_links(o, c, fit, p);
 }
 
-/* Each type alone: `passes` passes over the types, in alternating order (a, b, then b, a, ...),
- * each timing every layer kind and size with reps/passes rounds after the warm-up; per entry the
- * median of the passes is kept, so a slow stretch of a shared machine lands on every type alike
- * and moves the median of none. The spread is the larger of the passes' own (their median) and
- * the one between the passes. out is (nsel, per). */
+/* Each type alone: at least `passes` passes over the types, and more until o->min_s seconds have
+ * gone (at most HM_PROFILE_MAX_PASSES), in alternating order (a, b, then b, a, ...), each timing
+ * every layer kind and size with reps/passes rounds after the warm-up; per entry the median of
+ * the passes is kept, so a slow stretch of a shared machine lands on every type alike and moves
+ * the median of none. The spread is the larger of the passes' own (their median) and the one
+ * between the passes. out is (nsel, per). */
 static hm_status hm_measure_passes(const hm_profile_options *o, const hm_cluster *c, const int *sel, int nsel,
                                    const hm_spec_model_config *shape, const int *layers, int nkinds,
                                    const int64_t *mbs, int nmbs, int warmup, int reps, hm_layer_timing *out,
                                    char (*descs)[256]) {
-  const int passes = o->passes < 1 ? 1 : o->passes > reps ? reps : o->passes > 16 ? 16 : o->passes;
+  enum { MAXP = HM_PROFILE_MAX_PASSES };
+  const int passes = o->passes < 1 ? 1 : o->passes > reps ? reps : o->passes > MAXP ? MAXP : o->passes;
   const int per_pass = (reps + passes - 1) / passes;
   const size_t per = (size_t)nkinds * (size_t)nmbs;
-  hm_layer_timing *pass = hm_calloc(per * (size_t)nsel * (size_t)passes, sizeof *pass, "profile passes");
+  const double until = hm_now_s() + (o->min_s > 0 ? o->min_s : 0);
+  hm_layer_timing *pass = hm_calloc(per * (size_t)nsel * (size_t)MAXP, sizeof *pass, "profile passes");
   if (!pass) return HM_ERR_NOMEM;
   hm_status st = HM_OK;
-  for (int ps = 0; st == HM_OK && ps < passes; ps++) {
-    char n[32];
+  int done = 0, rounds = per_pass;
+  for (; st == HM_OK && done < MAXP && (done < passes || hm_now_s() < until); done++) {
+    const int ps = done;
+    const double pass_start = hm_now_s();
+    char n[48];
     snprintf(n, sizeof n, "%d of %d", ps + 1, passes);
-    if (passes > 1) hm_say(o, "pass %s%s", n, ps % 2 ? " (types in reverse order)" : "");
+    if (passes > 1 && ps < passes) hm_say(o, "pass %s%s", n, ps % 2 ? " (types in reverse order)" : "");
+    if (ps == passes) {
+      snprintf(n, sizeof n, "%g", o->min_s);
+      hm_say(o, "more passes until %s s of measuring (each figure the median over the passes)%s", n, "");
+    }
     for (int i = 0; st == HM_OK && i < nsel; i++) {
       const int si = ps % 2 ? nsel - 1 - i : i, k = sel[si];
       const hm_device_type *dt = &c->types[k];
-      st = hm_profile_time_layers(dt->backend, shape, 1, layers, nkinds, mbs, nmbs, warmup, per_pass, o->budget_s,
+      st = hm_profile_time_layers(dt->backend, shape, 1, layers, nkinds, mbs, nmbs, warmup, rounds, o->budget_s,
                                   o->seed + 7919u * (uint64_t)k, pass + ((size_t)ps * nsel + si) * per,
-                                  ps == 0 ? descs[si] : NULL, sizeof descs[0], o->progress, o->user);
+                                  ps == 0 ? descs[si] : NULL, sizeof descs[0], ps < passes ? o->progress : NULL,
+                                  o->user);
       if (st != HM_OK) st = hm_error_context(st, "device type '%s': ", dt->name);
     }
+    const double now = hm_now_s();
+    if (ps + 1 >= passes) rounds = hm_profile_rounds_to_fill(rounds, now - pass_start, until - now, MAXP - ps - 1);
   }
   for (int si = 0; st == HM_OK && si < nsel; si++)
     for (size_t e = 0; e < per; e++) {
-      double f[16], b[16], t[16], w[16];
+      double f[MAXP], b[MAXP], t[MAXP], w[MAXP];
       hm_layer_timing *x = &out[(size_t)si * per + e];
       *x = pass[(size_t)si * per + e];
-      for (int ps = 0; ps < passes; ps++) {
+      for (int ps = 0; ps < done; ps++) {
         const hm_layer_timing *y = &pass[((size_t)ps * nsel + si) * per + e];
         if (!y->fits) x->fits = 0;
         f[ps] = y->fwd_s, b[ps] = y->bwd_s, t[ps] = y->fwd_s + y->bwd_s, w[ps] = y->spread;
@@ -328,12 +343,12 @@ static hm_status hm_measure_passes(const hm_profile_options *o, const hm_cluster
         if (y->fwd_min_s < x->fwd_min_s) x->fwd_min_s = y->fwd_min_s;
         if (y->bwd_min_s < x->bwd_min_s) x->bwd_min_s = y->bwd_min_s;
       }
-      if (!x->fits || passes == 1) continue;
+      if (!x->fits || done == 1) continue;
       double between = 0, within;
-      x->fwd_s = hm_profile_robust(f, passes, NULL, NULL);
-      x->bwd_s = hm_profile_robust(b, passes, NULL, NULL);
-      hm_profile_robust(t, passes, NULL, &between);
-      within = hm_profile_robust(w, passes, NULL, NULL);
+      x->fwd_s = hm_profile_robust(f, done, NULL, NULL);
+      x->bwd_s = hm_profile_robust(b, done, NULL, NULL);
+      hm_profile_robust(t, done, NULL, &between);
+      within = hm_profile_robust(w, done, NULL, NULL);
       x->spread = between > within ? between : within;
     }
   free(pass);
@@ -417,7 +432,7 @@ static hm_status hm_measure_split(const hm_profile_options *o, const hm_cluster 
       hm_say(o, "timing device type '%s' split at tensor-parallel degree %s", dt->name, what);
       const char *backend = dt->backend;
       st = hm_profile_time_layers_together(1, &backend, staged[si] ? 1 : d, shape, d, layers, nkinds, mbs, nmbs,
-                                           warmup, reps, o->budget_s, o->seed + 7919u * (uint64_t)k, o->timeout_s, t,
+                                           warmup, reps, o->budget_s, o->min_s, o->seed + 7919u * (uint64_t)k, o->timeout_s, t,
                                            NULL, 0, o->progress, o->user);
       if (st == HM_OK) st = hm_add_type_entries(c, m, k, d, layers, nkinds, mbs, nmbs, t, out, rep);
       if (st != HM_OK) st = hm_error_context(st, "device type '%s' split at tp %d: ", dt->name, d);
@@ -533,7 +548,7 @@ hm_status hm_profile_measure(const hm_profile_options *o, hm_profile *out, hm_pr
       const char *backends[HM_PROFILE_MAX_TYPES];
       for (int j = 0; j < njobs; j++) backends[j] = c->types[sel[first + j]].backend;
       st = hm_profile_time_layers_together(njobs, backends, copies, &shape, 1, layers, nkinds, mbs, nmbs, warmup, reps,
-                                           o->budget_s, o->seed, o->timeout_s, all + per * (size_t)first,
+                                           o->budget_s, o->min_s, o->seed, o->timeout_s, all + per * (size_t)first,
                                            descs[first], sizeof descs[0], o->progress, o->user);
     }
   }

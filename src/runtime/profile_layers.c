@@ -25,6 +25,7 @@
 #include "hetmix/device.h"
 #include "hetmix/model.h"
 #include "hetmix/profile.h"
+#include "profile_passes.h"
 #include "util/util.h"
 
 static int hm_cmp_double(const void *a, const void *b) {
@@ -317,42 +318,58 @@ static void hm_keep_busy(const char *backend, const hm_spec_model_config *shape,
   }
 }
 
-#define HM_TOGETHER_PASSES 16 /* measurement passes a fast process keeps while slower ones measure */
+#define HM_TOGETHER_PASSES HM_PROFILE_MAX_PASSES /* measurement passes one process keeps */
 
-/* A process that finished measuring before the others measures everything again, pass after
- * pass, while they are still measuring, and keeps per entry the median over its passes that
- * ended before the last process was done. A fast device's first pass overlaps only the first
- * seconds of a slow one's (its kernel builds, its lightest layers); the median over passes
- * spread across the whole measurement is what it runs at while the slow one trains. When the
- * passes are used up it keeps its device busy as before. */
-static void hm_remeasure(const char *backend, const hm_spec_model_config *shape, int tp, const int *layers, int nlayers,
-                         const int64_t *mbs, int nmbs, int warmup, int reps, double budget_s, uint64_t seed,
-                         hm_layer_timing *mine, volatile int *ndone, int nprocs) {
+/* After its first pass a process measures everything again, pass after pass, until `until` (the
+ * measurement's least length; hm_now_s's clock, shared by the processes) and then while other
+ * processes are still measuring; per entry it keeps the median over its passes that ended
+ * before the last process was done. The passes spread each figure over the whole measurement: a
+ * slow stretch of a shared machine (a neighbour's burst of a second or two) then moves a minority
+ * of the passes and not the median, where one pass of a few rounds can fall wholly inside it.
+ * The same holds for a fast device's passes while a slow one trains. When the passes are used up
+ * it keeps its device busy. It counts itself done (ndone) once past `until`. */
+static void hm_measure_more(const char *backend, const hm_spec_model_config *shape, int tp, const int *layers,
+                            int nlayers, const int64_t *mbs, int nmbs, int warmup, int reps, double budget_s,
+                            uint64_t seed, double until, hm_layer_timing *mine, volatile int *ndone, int nprocs) {
   const int per = nlayers * nmbs;
   double *f = hm_calloc((size_t)HM_TOGETHER_PASSES * (size_t)per, sizeof *f, "profile passes");
   double *b = hm_calloc((size_t)HM_TOGETHER_PASSES * (size_t)per, sizeof *b, "profile passes");
   hm_layer_timing *pass = hm_calloc((size_t)per, sizeof *pass, "profile pass");
-  int npass = 0;
+  int npass = 0, counted = 0, rounds = reps;
   if (f && b && pass) {
     for (int i = 0; i < per; i++) f[i] = mine[i].fwd_s, b[i] = mine[i].bwd_s;
     npass = 1;
   }
-  while (npass > 0 && npass < HM_TOGETHER_PASSES && __atomic_load_n(ndone, __ATOMIC_ACQUIRE) < nprocs) {
-    if (hm_profile_time_layers(backend, shape, tp, layers, nlayers, mbs, nmbs, warmup, reps, budget_s, seed, pass, NULL,
-                               0, NULL, NULL) != HM_OK)
+  for (;;) {
+    if (!counted && (npass == 0 || npass == HM_TOGETHER_PASSES || hm_now_s() >= until)) {
+      __atomic_add_fetch(ndone, 1, __ATOMIC_ACQ_REL);
+      counted = 1;
+    }
+    if (npass == 0 || npass == HM_TOGETHER_PASSES || (counted && __atomic_load_n(ndone, __ATOMIC_ACQUIRE) >= nprocs))
       break;
-    if (__atomic_load_n(ndone, __ATOMIC_ACQUIRE) >= nprocs) break; /* ended partly without the others */
-    for (int i = 0; i < per; i++) f[(size_t)npass * per + i] = pass[i].fwd_s, b[(size_t)npass * per + i] = pass[i].bwd_s;
+    const double pass_start = hm_now_s();
+    if (hm_profile_time_layers(backend, shape, tp, layers, nlayers, mbs, nmbs, warmup, rounds, budget_s, seed, pass,
+                               NULL, 0, NULL, NULL) != HM_OK)
+      break;
+    if (counted && __atomic_load_n(ndone, __ATOMIC_ACQUIRE) >= nprocs) break; /* ended partly without the others */
+    const double now = hm_now_s();
+    rounds = hm_profile_rounds_to_fill(rounds, now - pass_start, until - now, HM_TOGETHER_PASSES - npass - 1);
+    for (int i = 0; i < per; i++) {
+      f[(size_t)npass * per + i] = pass[i].fwd_s, b[(size_t)npass * per + i] = pass[i].bwd_s;
+      mine[i].reps += pass[i].reps, mine[i].rejected += pass[i].rejected;
+    }
     npass++;
   }
+  if (!counted) __atomic_add_fetch(ndone, 1, __ATOMIC_ACQ_REL); /* a pass failed: the others go on */
   for (int i = 0; npass > 1 && i < per; i++) {
     if (!mine[i].fits) continue;
-    double fi[HM_TOGETHER_PASSES], bi[HM_TOGETHER_PASSES];
-    for (int k = 0; k < npass; k++) fi[k] = f[(size_t)k * per + i], bi[k] = b[(size_t)k * per + i];
+    double fi[HM_TOGETHER_PASSES], bi[HM_TOGETHER_PASSES], tot[HM_TOGETHER_PASSES];
+    for (int k = 0; k < npass; k++) {
+      fi[k] = f[(size_t)k * per + i], bi[k] = b[(size_t)k * per + i];
+      tot[k] = fi[k] + bi[k];
+    }
     mine[i].fwd_s = hm_median(fi, npass);
     mine[i].bwd_s = hm_median(bi, npass);
-    double tot[HM_TOGETHER_PASSES];
-    for (int k = 0; k < npass; k++) tot[k] = f[(size_t)k * per + i] + b[(size_t)k * per + i];
     double between = 0;
     hm_profile_robust(tot, npass, NULL, &between);
     if (between > mine[i].spread) mine[i].spread = between;
@@ -368,7 +385,7 @@ static void hm_remeasure(const char *backend, const hm_spec_model_config *shape,
 hm_status hm_profile_time_layers_together(int njobs, const char *const *backends, int copies,
                                           const hm_spec_model_config *shape, int tp, const int *layers, int nlayers,
                                           const int64_t *mbs, int nmbs, int warmup, int reps, double budget_s,
-                                          uint64_t seed, int timeout_s, hm_layer_timing *out, char *descs,
+                                          double min_s, uint64_t seed, int timeout_s, hm_layer_timing *out, char *descs,
                                           size_t desc_cap, hm_profile_progress_fn progress, void *user) {
   if (njobs < 1 || copies < 1 || njobs * copies > HM_TOGETHER_MAX || !backends || !out)
     return hm_error(HM_ERR_INVALID_ARG, "profile: %d device types x %d copies at once (at most %d processes)", njobs,
@@ -386,6 +403,7 @@ hm_status hm_profile_time_layers_together(int njobs, const char *const *backends
 
   fflush(stdout); /* children print progress lines through the same stdout */
   const pid_t parent = getpid();
+  const double until = hm_now_s() + (min_s > 0 ? min_s : 0);
   pid_t pid[HM_TOGETHER_MAX] = {0};
   hm_status st = HM_OK;
   int started = 0;
@@ -411,10 +429,10 @@ hm_status hm_profile_time_layers_together(int njobs, const char *const *backends
                                             sizeof slot[p].desc, p % copies == 0 ? progress : NULL, user);
       if (cs != HM_OK) snprintf(slot[p].msg, sizeof slot[p].msg, "%s", hm_last_error());
       __atomic_store_n(&slot[p].status, (int)cs, __ATOMIC_RELEASE);
-      __atomic_add_fetch(ndone, 1, __ATOMIC_ACQ_REL);
-      if (cs == HM_OK)
-        hm_remeasure(backend, shape, tp, layers, nlayers, mbs, nmbs, warmup, reps, budget_s,
-                     seed + 104729u * (uint64_t)(p % copies), mine, ndone, nprocs);
+      if (cs != HM_OK) __atomic_add_fetch(ndone, 1, __ATOMIC_ACQ_REL);
+      else
+        hm_measure_more(backend, shape, tp, layers, nlayers, mbs, nmbs, warmup, reps, budget_s,
+                        seed + 104729u * (uint64_t)(p % copies), until, mine, ndone, nprocs);
       _exit(cs == HM_OK ? 0 : 1);
     }
   }

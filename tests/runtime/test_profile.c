@@ -68,6 +68,7 @@ static void quick_options(hm_profile_options *o, const fixture *f) {
   o->micro_batches[1] = 1;
   o->reps = 3;
   o->warmup = 1;
+  o->min_s = 0; /* the given passes only (test_min_time times the repeated ones) */
   o->link_probe.nsizes = 3;
   o->link_probe.sizes[0] = 8;
   o->link_probe.sizes[1] = 4096;
@@ -438,12 +439,51 @@ static void test_measure_together(void **state) {
   int layer = 1;
   int64_t mb = 1;
   hm_layer_timing t[2];
-  st = hm_profile_time_layers_together(1, bad, 2, &shape, 1, &layer, 1, &mb, 1, 0, 1, 0, 1, 60, t, NULL, 0, NULL, NULL);
+  st = hm_profile_time_layers_together(1, bad, 2, &shape, 1, &layer, 1, &mb, 1, 0, 1, 0, 0, 1, 60, t, NULL, 0, NULL, NULL);
   assert_int_not_equal(st, HM_OK);
   if (!strstr(hm_last_error(), "nosuchbackend")) fail_msg("message: %s", hm_last_error());
   assert_int_equal(waitpid(-1, &wst, WNOHANG), -1);
   hm_profile_free(&p);
   hm_profile_free(&q);
+  fixture_free(&f);
+}
+
+/* --min-time: the passes are repeated until the measurement has lasted that long, alone and with
+ * copies at once, and each figure stands on the rounds of every pass (more than one pass holds);
+ * without it (min_s 0) the given passes only. */
+static void test_min_time(void **state) {
+  (void)state;
+  fixture f;
+  fixture_load(&f);
+  for (int copies = 1; copies <= 2; copies++) {
+    hm_profile_options o;
+    quick_options(&o, &f);
+    o.links = 0;
+    o.tp_split = 0;
+    o.ntypes = 1;
+    o.types[0] = "fast";
+    o.n_micro_batches = 1;
+    o.copies = copies;
+    o.min_s = 0.4;
+    hm_profile p;
+    memset(&p, 0, sizeof p);
+    hm_profile_report rep;
+    const double t0 = hm_now_s();
+    hm_status st = hm_profile_measure(&o, &p, &rep);
+    const double took = hm_now_s() - t0;
+    if (st != HM_OK) fail_msg("measure (copies %d): %s", copies, hm_last_error());
+    if (took < o.min_s) fail_msg("copies %d: measured for %.3f s, asked for at least %.1f s", copies, took, o.min_s);
+    assert_int_equal(p.nlayers, 3);
+    for (int i = 0; i < p.nlayers; i++) {
+      const hm_profile_layer *e = &p.layers[i];
+      /* one pass keeps at most o.reps rounds (alone: reps over the 3 given passes) */
+      if (e->reps <= o.reps) fail_msg("copies %d, %s: %d rounds kept, no more than one pass holds", copies, e->kind, e->reps);
+      assert_true(e->fwd_s > 0 && e->bwd_s > 0 && e->spread >= 0);
+    }
+    hm_profile_free(&p);
+  }
+  int wst;
+  assert_int_equal(waitpid(-1, &wst, WNOHANG), -1);
   fixture_free(&f);
 }
 
@@ -681,6 +721,7 @@ int main(void) {
       cmocka_unit_test(test_robust_centre),
       cmocka_unit_test(test_measure_write_read_plan),
       cmocka_unit_test(test_measure_together),
+      cmocka_unit_test(test_min_time),
       cmocka_unit_test(test_refusals),
       cmocka_unit_test(test_probe_deadline),
       cmocka_unit_test(test_cli),
