@@ -125,7 +125,7 @@ typedef struct hm_profile_options {
                                         passes are repeated until then (at most
                                         HM_PROFILE_MAX_PASSES) and each figure is their median, so
                                         a slow stretch of the machine moves a minority of them
-                                        [3]; <= 0: the passes above only */
+                                        [0: the passes above only] */
   int ntypes;                        /* 0: every device type with a backend string */
   const char *types[16];             /* else only these type names */
   int concurrent;                    /* 1: time every selected type at the same time, each in its

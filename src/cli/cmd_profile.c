@@ -111,7 +111,7 @@ int hm_cmd_profile(int argc, char **argv) {
       HM_OPT_ROW(HM_OPT_DOUBLE, "min-time", 0, &o.min_s, 0, 86400, "S",
                  "measure the layers for at least S seconds: passes are repeated\n"
                  "until then (at most 256) and each figure is their median, so a\n"
-                 "slow stretch of a shared machine moves few of them [3]; 0: --passes only"),
+                 "slow stretch of a shared machine moves few of them [0: --passes only]"),
       HM_OPT_ROW(HM_OPT_DOUBLE, "budget", 0, &o.budget_s, 0, 86400, "S",
                  "stop timing a layer kind and size after S seconds of timed rounds\n"
                  "(at least one round) [2]; 0: always all --reps"),

@@ -27,7 +27,7 @@ void hm_profile_options_default(hm_profile_options *o) {
   o->copies = 1;
   o->timeout_s = 3600;
   o->budget_s = 2.0;
-  o->min_s = 3.0;
+  o->min_s = 0;
   o->links = 1;
   o->tp_split = 1;
   o->link_transport = "shm";
