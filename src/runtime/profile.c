@@ -301,11 +301,12 @@ static hm_status hm_measure_passes(const hm_profile_options *o, const hm_cluster
   const int per_pass = (reps + passes - 1) / passes;
   const size_t per = (size_t)nkinds * (size_t)nmbs;
   const double until = hm_now_s() + (o->min_s > 0 ? o->min_s : 0);
-  hm_layer_timing *pass = hm_calloc(per * (size_t)nsel * (size_t)MAXP, sizeof *pass, "profile passes");
+  const int cap = o->min_s > 0 ? MAXP : passes; /* passes there can be */
+  hm_layer_timing *pass = hm_calloc(per * (size_t)nsel * (size_t)cap, sizeof *pass, "profile passes");
   if (!pass) return HM_ERR_NOMEM;
   hm_status st = HM_OK;
   int done = 0, rounds = per_pass;
-  for (; st == HM_OK && done < MAXP && (done < passes || hm_now_s() < until); done++) {
+  for (; st == HM_OK && done < cap && (done < passes || hm_now_s() < until); done++) {
     const int ps = done;
     const double pass_start = hm_now_s();
     char n[48];
@@ -325,7 +326,7 @@ static hm_status hm_measure_passes(const hm_profile_options *o, const hm_cluster
       if (st != HM_OK) st = hm_error_context(st, "device type '%s': ", dt->name);
     }
     const double now = hm_now_s();
-    if (ps + 1 >= passes) rounds = hm_profile_rounds_to_fill(rounds, now - pass_start, until - now, MAXP - ps - 1);
+    if (ps + 1 >= passes) rounds = hm_profile_rounds_to_fill(rounds, now - pass_start, until - now, cap - ps - 1);
   }
   for (int si = 0; st == HM_OK && si < nsel; si++)
     for (size_t e = 0; e < per; e++) {
